@@ -1,0 +1,59 @@
+import { promises as fsp } from 'node:fs';
+import * as path from 'node:path';
+import { TwinError } from '../common/errors.js';
+
+/** Settings of `twinfs serve`, from the config file and then the command line. */
+export interface ServeConfig {
+  primary?: string;
+  mount?: string;
+  mirror?: string;
+  cacheMb?: number;
+  writebackMs?: number;
+  writeThrough?: boolean;
+  flushOnClose?: boolean;
+  force?: boolean;
+}
+
+const SCHEMA: Record<keyof ServeConfig, 'string' | 'number' | 'boolean'> = {
+  primary: 'string',
+  mount: 'string',
+  mirror: 'string',
+  cacheMb: 'number',
+  writebackMs: 'number',
+  writeThrough: 'boolean',
+  flushOnClose: 'boolean',
+  force: 'boolean',
+};
+
+/** Reads and validates a JSON config file. Relative paths in it are relative to the file. */
+export async function loadConfig(file: string): Promise<ServeConfig> {
+  let text: string;
+  try {
+    text = await fsp.readFile(file, 'utf8');
+  } catch (err) {
+    throw new TwinError('ETWIN_CONFIG', `cannot read config file ${file}: ${(err as NodeJS.ErrnoException).code}`, { file });
+  }
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (err) {
+    throw new TwinError('ETWIN_CONFIG', `config file ${file} is not valid JSON: ${(err as Error).message}`, { file });
+  }
+  const source = raw && typeof raw === 'object' && 'serve' in raw ? (raw as { serve: unknown }).serve : raw;
+  return validateConfig(source, file);
+}
+
+export function validateConfig(raw: unknown, file = '<config>'): ServeConfig {
+  if (!raw || typeof raw !== 'object' || Array.isArray(raw))
+    throw new TwinError('ETWIN_CONFIG', `config ${file} must hold a JSON object`, { file });
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(raw)) {
+    const type = SCHEMA[k as keyof ServeConfig];
+    if (!type) throw new TwinError('ETWIN_CONFIG', `config ${file}: unknown setting "${k}"`, { file, key: k });
+    if (typeof v !== type) throw new TwinError('ETWIN_CONFIG', `config ${file}: "${k}" must be a ${type}`, { file, key: k });
+    if (type === 'number' && (!Number.isFinite(v) || (v as number) <= 0))
+      throw new TwinError('ETWIN_CONFIG', `config ${file}: "${k}" must be a positive number`, { file, key: k });
+    out[k] = type === 'string' && file !== '<config>' ? path.resolve(path.dirname(file), v as string) : v;
+  }
+  return out as ServeConfig;
+}

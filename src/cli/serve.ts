@@ -1,0 +1,81 @@
+import { TwinError } from '../common/errors.js';
+import { TwinFs } from '../fusefs/index.js';
+import { loadConfig, type ServeConfig, validateConfig } from './config.js';
+
+export interface ServeArgs extends ServeConfig {
+  config?: string;
+  json?: boolean;
+}
+
+/** Resolves the effective settings: built-in defaults < config file < command line. */
+export async function resolveServeConfig(args: ServeArgs): Promise<Required<Pick<ServeConfig, 'primary' | 'mount'>> & ServeConfig> {
+  const fromFile = args.config ? await loadConfig(args.config) : {};
+  const cli: Record<string, unknown> = {};
+  for (const k of ['primary', 'mount', 'mirror', 'cacheMb', 'writebackMs', 'writeThrough', 'flushOnClose', 'force'] as const) {
+    if (args[k] !== undefined) cli[k] = args[k];
+  }
+  const merged = { ...fromFile, ...validateConfig(cli) };
+  if (!merged.primary) throw new TwinError('ETWIN_USAGE', 'no primary directory: pass --primary DIR or set "primary" in the config');
+  if (!merged.mount) throw new TwinError('ETWIN_USAGE', 'no mount point: pass --mount DIR or set "mount" in the config');
+  return merged as Required<Pick<ServeConfig, 'primary' | 'mount'>> & ServeConfig;
+}
+
+/**
+ * `twinfs serve`: mounts in the foreground; SIGINT/SIGTERM write everything back and unmount
+ * (exit 0). A second signal while shutting down exits at once with status 1.
+ */
+export async function serve(args: ServeArgs): Promise<number> {
+  const cfg = await resolveServeConfig(args);
+  const out = (event: string, data: Record<string, unknown>, text: string) =>
+    process.stdout.write(args.json ? JSON.stringify({ event, ...data }) + '\n' : `twinfs: ${text}\n`);
+
+  const fs = await TwinFs.mount({
+    primary: cfg.primary,
+    mount: cfg.mount,
+    mirror: cfg.mirror,
+    force: cfg.force,
+    cacheBytes: cfg.cacheMb ? Math.floor(cfg.cacheMb * 1024 * 1024) : undefined,
+    writebackMs: cfg.writebackMs,
+    writeThrough: cfg.writeThrough,
+    flushOnClose: cfg.flushOnClose,
+  });
+  const st = fs.status();
+  out(
+    'mounted',
+    { primary: fs.primary, mount: fs.mountPoint, pid: process.pid, cacheBytes: st.cache.limitBytes, writeThrough: st.writeThrough },
+    `serving ${fs.primary} at ${fs.mountPoint} (pid ${process.pid}, ${
+      st.writeThrough ? 'write-through' : `write-back cache ${Math.round(st.cache.limitBytes / 1048576)} MiB`
+    })`,
+  );
+
+  return new Promise<number>((resolve) => {
+    let stopping = false;
+    const stop = (signal: string) => {
+      if (stopping) {
+        process.stderr.write(`twinfs: ${signal} again, exiting without a clean unmount\n`);
+        process.exit(1);
+      }
+      stopping = true;
+      out('stopping', { signal }, `${signal}: writing back cached data and unmounting`);
+      fs.unmount().then(
+        () => {
+          out('unmounted', { mount: fs.mountPoint }, `unmounted ${fs.mountPoint}`);
+          resolve(0);
+        },
+        (err) => {
+          process.stderr.write(`twinfs: unmount failed: ${formatError(err)}\n`);
+          resolve(1);
+        },
+      );
+    };
+    process.on('SIGINT', () => stop('SIGINT'));
+    process.on('SIGTERM', () => stop('SIGTERM'));
+  });
+}
+
+export function formatError(err: unknown): string {
+  if (err instanceof TwinError) return `${err.code}: ${err.message}`;
+  if (err instanceof AggregateError) return err.errors.map(formatError).join('; ');
+  const e = err as NodeJS.ErrnoException;
+  return e?.code ? `${e.code}: ${e.message}` : String(e?.message ?? err);
+}

@@ -1,0 +1,53 @@
+/**
+ * The twinfs error catalogue. Every error a user or a peer can see has a stable code here,
+ * documented in docs/errors.md. Filesystem layers speak errno (ENOENT, EEXIST, ...) and are
+ * mapped to FUSE's negative errno at one boundary (src/fusefs/errno.ts).
+ */
+export const ErrorCodes = {
+  ETWIN_USAGE: 'bad command-line usage or option value',
+  ETWIN_CONFIG: 'the config file is missing, unreadable or invalid',
+  ETWIN_MOUNTPOINT_MISSING: 'the mount point does not exist',
+  ETWIN_MOUNTPOINT_NOT_DIR: 'the mount point is not a directory',
+  ETWIN_MOUNTPOINT_BUSY: 'the mount point is already a mount or in use',
+  ETWIN_MOUNTPOINT_NOT_EMPTY: 'the mount point is not empty',
+  ETWIN_PRIMARY_MISSING: 'the primary directory does not exist',
+  ETWIN_PRIMARY_NOT_WRITABLE: 'the primary directory is not writable',
+  ETWIN_OVERLAP: 'primary, mirror and mount directories overlap',
+  ETWIN_FUSE_UNAVAILABLE: 'FUSE is not available on this machine',
+  ETWIN_MOUNT_FAILED: 'mounting failed',
+  ETWIN_UNMOUNT_FAILED: 'unmounting failed',
+  ETWIN_NOT_MOUNTED: 'the directory is not a twinfs/FUSE mount',
+  ETWIN_PATH_ESCAPE: 'the path escapes the volume root',
+  ETWIN_WRITEBACK: 'cached data could not be written to the primary',
+  ETWIN_DISPOSED: 'the component was already shut down',
+  ETWIN_INTERNAL: 'internal error',
+} as const;
+
+export type TwinErrorCode = keyof typeof ErrorCodes;
+
+/** An error with a literal code and a structured, serialisable payload. */
+export class TwinError<D extends Record<string, unknown> = Record<string, unknown>> extends Error {
+  override readonly name = 'TwinError';
+  constructor(
+    readonly code: TwinErrorCode,
+    message: string,
+    readonly data: D = {} as D,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+
+  toJSON(): { code: TwinErrorCode; message: string; data: D } {
+    return { code: this.code, message: this.message, data: this.data };
+  }
+}
+
+export function isTwinError(err: unknown): err is TwinError {
+  return err instanceof TwinError;
+}
+
+/** The errno code of a Node fs error (ENOENT, ...) or undefined. */
+export function errnoCode(err: unknown): string | undefined {
+  const code = (err as NodeJS.ErrnoException | undefined)?.code;
+  return typeof code === 'string' ? code : undefined;
+}

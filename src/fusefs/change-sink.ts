@@ -1,0 +1,52 @@
+/**
+ * The flush hook: the single place where every change that reaches the primary directory is
+ * reported, in the order the primary saw it. The mirror driver implements ChangeSink; the
+ * backup sequence uses WriteGate to inhibit and drain writes to chosen files.
+ *
+ * Paths are volume paths: '/'-rooted, normalised, never containing '..'.
+ */
+export type Change =
+  | { op: 'write'; path: string; offset: number; data: Buffer }
+  | { op: 'truncate'; path: string; size: number }
+  | { op: 'create'; path: string; mode: number; uid: number; gid: number }
+  | { op: 'mkdir'; path: string; mode: number; uid: number; gid: number }
+  | { op: 'mknod'; path: string; mode: number; dev: number; uid: number; gid: number }
+  | { op: 'symlink'; path: string; target: string; uid: number; gid: number }
+  | { op: 'link'; path: string; from: string }
+  | { op: 'rename'; path: string; from: string }
+  | { op: 'unlink'; path: string }
+  | { op: 'rmdir'; path: string }
+  | { op: 'chmod'; path: string; mode: number }
+  | { op: 'chown'; path: string; uid: number; gid: number }
+  | { op: 'utimens'; path: string; atime: number | null; mtime: number | null }
+  | { op: 'setxattr'; path: string; name: string; value: Buffer }
+  | { op: 'removexattr'; path: string; name: string }
+  /** The file's data must be durable wherever the sink keeps it before this resolves. */
+  | { op: 'fsync'; path: string; datasync: boolean };
+
+export interface ChangeSink {
+  /**
+   * Called after the change was applied to the primary. A write's data buffer is owned by the
+   * cache and is not modified afterwards; the sink may keep it until the returned promise
+   * settles. A sink error is the sink's to record (e.g. mark a pair broken): throwing here
+   * fails the application's operation, which only an fsync should ever see.
+   */
+  apply(change: Change): Promise<void>;
+}
+
+export const nullSink: ChangeSink = { apply: async () => undefined };
+
+/** A pass through the gate: call done() when the guarded operation has finished. */
+export interface GatePass {
+  done(): void;
+}
+
+/**
+ * Decides when a change to a path may proceed. Every write accepted into the cache and every
+ * namespace change goes through it, so a freeze can inhibit exactly the files it covers and
+ * wait for in-flight operations on them to finish.
+ */
+export interface WriteGate {
+  /** Resolves when changes to path may proceed; the pass counts as in flight until done(). */
+  enter(path: string): GatePass | Promise<GatePass>;
+}

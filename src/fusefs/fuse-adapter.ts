@@ -1,0 +1,133 @@
+import { isUnexpected, toFuseErrno } from './errno.js';
+import type { CallerContext, VolumeOps } from './volume-ops.js';
+
+type Cb = (...args: any[]) => void;
+
+export interface AdapterOptions {
+  /** Reads the caller of the op being dispatched (valid synchronously at handler entry only). */
+  context: () => CallerContext | undefined;
+  /** Unexpected (non-errno) failures go here; they reach the application as EIO. */
+  onUnexpectedError?: (op: string, err: unknown) => void;
+}
+
+/**
+ * Turns VolumeOps into fuse-native's callback handlers. This is the one boundary where errors
+ * become negative errno values.
+ */
+export function createFuseHandlers(ops: VolumeOps, opts: AdapterOptions): Record<string, Cb> {
+  const report = opts.onUnexpectedError ?? ((op, err) => console.error(`twinfs: ${op} failed unexpectedly:`, err));
+  const fail = (op: string, cb: Cb, err: unknown, ...defaults: unknown[]) => {
+    if (isUnexpected(err)) report(op, err);
+    cb(toFuseErrno(err), ...defaults);
+  };
+  // Result-carrying ops answer cb(0, value); data ops answer cb(bytes) or cb(-errno).
+  const value =
+    (op: string, cb: Cb) =>
+    (p: Promise<unknown>): void => {
+      p.then(
+        (v) => cb(0, v),
+        (e) => fail(op, cb, e),
+      );
+    };
+  const status =
+    (op: string, cb: Cb) =>
+    (p: Promise<unknown>): void => {
+      p.then(
+        () => cb(0),
+        (e) => fail(op, cb, e),
+      );
+    };
+  const tryCall = (op: string, cb: Cb, fn: () => Promise<unknown>, wrap: (p: Promise<unknown>) => void) => {
+    let p: Promise<unknown>;
+    try {
+      p = fn();
+    } catch (err) {
+      fail(op, cb, err);
+      return;
+    }
+    wrap(p);
+  };
+
+  return {
+    init: (cb: Cb) => cb(0),
+    getattr: (path: string, cb: Cb) => tryCall('getattr', cb, () => ops.getattr(path), value('getattr', cb)),
+    access: (path: string, mode: number, cb: Cb) =>
+      tryCall('access', cb, () => ops.access(path, mode), status('access', cb)),
+    readdir: (path: string, cb: Cb) => tryCall('readdir', cb, () => ops.readdir(path), value('readdir', cb)),
+    readlink: (path: string, cb: Cb) => tryCall('readlink', cb, () => ops.readlink(path), value('readlink', cb)),
+    statfs: (path: string, cb: Cb) => tryCall('statfs', cb, () => ops.statfs(path), value('statfs', cb)),
+    open: (path: string, flags: number, cb: Cb) =>
+      tryCall('open', cb, () => ops.open(path, flags), value('open', cb)),
+    create: (path: string, mode: number, cb: Cb) => {
+      const ctx = opts.context();
+      tryCall('create', cb, () => ops.create(path, mode, ctx), value('create', cb));
+    },
+    read: (_path: string, fh: number, buf: Buffer, len: number, pos: number, cb: Cb) => {
+      let p: Promise<number>;
+      try {
+        p = ops.read(fh, buf, len, pos);
+      } catch (err) {
+        fail('read', cb, err);
+        return;
+      }
+      p.then(
+        (n) => cb(n),
+        (e) => fail('read', cb, e),
+      );
+    },
+    write: (_path: string, fh: number, buf: Buffer, len: number, pos: number, cb: Cb) => {
+      let r: number | Promise<number>;
+      try {
+        r = ops.write(fh, buf, len, pos);
+      } catch (err) {
+        fail('write', cb, err);
+        return;
+      }
+      if (typeof r === 'number') return cb(r);
+      r.then(
+        (n) => cb(n),
+        (e) => fail('write', cb, e),
+      );
+    },
+    flush: (_path: string, fh: number, cb: Cb) => tryCall('flush', cb, () => ops.flush(fh), status('flush', cb)),
+    release: (_path: string, fh: number, cb: Cb) =>
+      tryCall('release', cb, () => ops.release(fh), status('release', cb)),
+    fsync: (path: string, datasync: number | boolean, fh: number, cb: Cb) =>
+      tryCall('fsync', cb, () => ops.fsync(path, Boolean(datasync), fh), status('fsync', cb)),
+    fsyncdir: (path: string, _datasync: number | boolean, _fh: number, cb: Cb) =>
+      tryCall('fsyncdir', cb, () => ops.fsyncdir(path), status('fsyncdir', cb)),
+    truncate: (path: string, size: number, cb: Cb) =>
+      tryCall('truncate', cb, () => ops.truncate(path, size), status('truncate', cb)),
+    ftruncate: (_path: string, fh: number, size: number, cb: Cb) =>
+      tryCall('ftruncate', cb, () => ops.ftruncate(fh, size), status('ftruncate', cb)),
+    unlink: (path: string, cb: Cb) => tryCall('unlink', cb, () => ops.unlink(path), status('unlink', cb)),
+    rmdir: (path: string, cb: Cb) => tryCall('rmdir', cb, () => ops.rmdir(path), status('rmdir', cb)),
+    mkdir: (path: string, mode: number, cb: Cb) => {
+      const ctx = opts.context();
+      tryCall('mkdir', cb, () => ops.mkdir(path, mode, ctx), status('mkdir', cb));
+    },
+    mknod: (path: string, mode: number, dev: number, cb: Cb) => {
+      const ctx = opts.context();
+      tryCall('mknod', cb, () => ops.mknod(path, mode, dev, ctx), status('mknod', cb));
+    },
+    symlink: (target: string, path: string, cb: Cb) => {
+      const ctx = opts.context();
+      tryCall('symlink', cb, () => ops.symlink(target, path, ctx), status('symlink', cb));
+    },
+    link: (from: string, path: string, cb: Cb) => tryCall('link', cb, () => ops.link(from, path), status('link', cb)),
+    rename: (from: string, to: string, cb: Cb) =>
+      tryCall('rename', cb, () => ops.rename(from, to), status('rename', cb)),
+    chmod: (path: string, mode: number, cb: Cb) => tryCall('chmod', cb, () => ops.chmod(path, mode), status('chmod', cb)),
+    chown: (path: string, uid: number, gid: number, cb: Cb) =>
+      tryCall('chown', cb, () => ops.chown(path, uid, gid), status('chown', cb)),
+    utimens: (path: string, atime: number | null, mtime: number | null, cb: Cb) =>
+      tryCall('utimens', cb, () => ops.utimens(path, atime, mtime), status('utimens', cb)),
+    setxattr: (path: string, name: string, value: Buffer, _position: number, flags: number, cb: Cb) =>
+      tryCall('setxattr', cb, () => ops.setxattr(path, name, value, flags), status('setxattr', cb)),
+    getxattr: (path: string, name: string, _position: number, cb: Cb) =>
+      tryCall('getxattr', cb, () => ops.getxattr(path, name), value('getxattr', cb)),
+    listxattr: (path: string, cb: Cb) => tryCall('listxattr', cb, () => ops.listxattr(path), value('listxattr', cb)),
+    removexattr: (path: string, name: string, cb: Cb) =>
+      tryCall('removexattr', cb, () => ops.removexattr(path, name), status('removexattr', cb)),
+  };
+}

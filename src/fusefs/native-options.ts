@@ -1,0 +1,65 @@
+/**
+ * The one place that knows how mount options reach libfuse through fuse-native.
+ *
+ * fuse-native 2.2.6 passes a fixed list of options; twinfs's patch (patches/, see
+ * docs/fuse-native-patch.md) adds `extraOptions`, appended verbatim to the `-o` list. Through
+ * it we ask for:
+ * - big_writes + max_write=131072: 128 KiB write requests instead of 4 KiB (libfuse2's cap);
+ * - max_read / max_readahead: large reads and readahead;
+ * - use_ino: our (the primary's) inode numbers, so hard links share one;
+ * - default_permissions (a regular option): the kernel checks permission bits like a local fs.
+ */
+export interface NativeMountOptions {
+  attrTimeoutSec: number;
+  entryTimeoutSec: number;
+  allowOther: boolean;
+  fsname: string;
+}
+
+export const DEFAULT_NATIVE_OPTIONS: NativeMountOptions = {
+  attrTimeoutSec: 1,
+  entryTimeoutSec: 1,
+  allowOther: (process.getuid?.() ?? 1) === 0,
+  fsname: 'twinfs',
+};
+
+/** Ops that may wait on a freeze or on the cache draining must not be failed by fuse-native's 15 s timer. */
+const UNTIMED_OPS = [
+  'write',
+  'flush',
+  'fsync',
+  'fsyncdir',
+  'release',
+  'create',
+  'truncate',
+  'ftruncate',
+  'unlink',
+  'rmdir',
+  'mkdir',
+  'mknod',
+  'symlink',
+  'link',
+  'rename',
+  'chmod',
+  'chown',
+  'utimens',
+  'setxattr',
+  'removexattr',
+] as const;
+
+export function fuseNativeOptions(o: NativeMountOptions): Record<string, unknown> {
+  const timeout: Record<string, number | false> = { default: 60_000 };
+  for (const op of UNTIMED_OPS) timeout[op] = false;
+  return {
+    force: false,
+    mkdir: false,
+    fsname: o.fsname,
+    allowOther: o.allowOther,
+    defaultPermissions: true,
+    // Strings: fuse-native drops a numeric 0 (falsy).
+    attrTimeout: String(o.attrTimeoutSec),
+    entryTimeout: String(o.entryTimeoutSec),
+    extraOptions: ['big_writes', 'max_write=131072', 'max_read=131072', 'max_readahead=1048576', 'use_ino'],
+    timeout,
+  };
+}

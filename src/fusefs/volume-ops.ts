@@ -1,0 +1,589 @@
+import { execFile } from 'node:child_process';
+import * as fs from 'node:fs';
+import { promises as fsp } from 'node:fs';
+import * as xattr from 'fs-xattr';
+import type { ChangeSink, WriteGate } from './change-sink.js';
+import { errnoError } from './errno.js';
+import { parentOf, VolumePaths } from './volume-paths.js';
+import type { FileNode, WritebackCache } from './writeback-cache.js';
+
+/** Who is calling (from fuse_get_context); undefined when the binding cannot tell. */
+export interface CallerContext {
+  uid: number;
+  gid: number;
+  pid: number;
+}
+
+/** What getattr returns (fuse-native's stat shape). */
+export interface VolumeStat {
+  mode: number;
+  uid: number;
+  gid: number;
+  size: number;
+  dev: number;
+  nlink: number;
+  ino: number;
+  rdev: number;
+  blksize: number;
+  blocks: number;
+  atime: Date;
+  mtime: Date;
+  ctime: Date;
+}
+
+export interface VolumeStatfs {
+  bsize: number;
+  frsize: number;
+  blocks: number;
+  bfree: number;
+  bavail: number;
+  files: number;
+  ffree: number;
+  favail: number;
+  fsid: number;
+  flag: number;
+  namemax: number;
+}
+
+export interface VolumeOpsOptions {
+  paths: VolumePaths;
+  cache: WritebackCache;
+  sink: ChangeSink;
+  gate: WriteGate;
+  /** Flush a file's cached data when the application closes it (default false). */
+  flushOnClose?: boolean;
+}
+
+const S_IFMT = 0o170000;
+const S_IFREG = 0o100000;
+const S_IFIFO = 0o010000;
+const S_IFCHR = 0o020000;
+const S_IFBLK = 0o060000;
+const S_IFSOCK = 0o140000;
+const S_ISGID = 0o2000;
+const NO_ID = 0xffffffff;
+const XATTR_CREATE = 1;
+const XATTR_REPLACE = 2;
+const UINT32_MAX = 0xffffffff;
+
+/**
+ * The filesystem's operations over volume paths, as promises that reject with errno errors.
+ * Regular-file data goes through the write-back cache; everything else passes through to the
+ * primary directory and is then reported to the change sink. The FUSE adapter
+ * (fuse-adapter.ts) is the only caller and the one place where errors become errno numbers.
+ */
+export class VolumeOps {
+  private readonly paths: VolumePaths;
+  private readonly cache: WritebackCache;
+  private readonly sink: ChangeSink;
+  private readonly gate: WriteGate;
+  private readonly flushOnClose: boolean;
+  private readonly handles = new Map<number, FileNode>();
+  private nextHandle = 1;
+  private readonly myUid = process.getuid?.() ?? 0;
+  private readonly myGid = process.getgid?.() ?? 0;
+
+  constructor(opts: VolumeOpsOptions) {
+    this.paths = opts.paths;
+    this.cache = opts.cache;
+    this.sink = opts.sink;
+    this.gate = opts.gate;
+    this.flushOnClose = opts.flushOnClose ?? false;
+  }
+
+  get openHandles(): number {
+    return this.handles.size;
+  }
+
+  async getattr(path: string): Promise<VolumeStat> {
+    const st = await fsp.lstat(this.paths.backing(path));
+    const out: VolumeStat = {
+      mode: st.mode,
+      uid: st.uid,
+      gid: st.gid,
+      size: st.size,
+      dev: st.dev,
+      nlink: st.nlink,
+      ino: st.ino,
+      rdev: st.rdev,
+      blksize: st.blksize,
+      blocks: st.blocks,
+      atime: st.atime,
+      mtime: st.mtime,
+      ctime: st.ctime,
+    };
+    if ((st.mode & S_IFMT) === S_IFREG) {
+      const node = this.cache.get(st.ino);
+      if (node?.isDirty) {
+        // Cached writes count as if they were on the primary: size and mtime show them.
+        out.size = Math.max(st.size, node.cachedEnd);
+        out.blocks = Math.max(st.blocks, Math.ceil(out.size / 512));
+        if (node.lastWriteAt > st.mtimeMs) {
+          out.mtime = new Date(node.lastWriteAt);
+          out.ctime = new Date(Math.max(node.lastWriteAt, st.ctimeMs));
+        }
+      }
+    }
+    return out;
+  }
+
+  async access(path: string, _mode: number): Promise<void> {
+    // The kernel checks permissions itself (default_permissions); existence is what is left.
+    await fsp.lstat(this.paths.backing(path));
+  }
+
+  async readdir(path: string): Promise<string[]> {
+    return fsp.readdir(this.paths.backing(path));
+  }
+
+  async readlink(path: string): Promise<string> {
+    return fsp.readlink(this.paths.backing(path));
+  }
+
+  async statfs(path: string): Promise<VolumeStatfs> {
+    const s = await fsp.statfs(this.paths.backing(path));
+    // fuse-native carries these as uint32: scale the block size up until the counts fit.
+    let { blocks, bfree, bavail, bsize } = s;
+    while (blocks > UINT32_MAX) {
+      blocks = Math.floor(blocks / 2);
+      bfree = Math.floor(bfree / 2);
+      bavail = Math.floor(bavail / 2);
+      bsize *= 2;
+    }
+    return {
+      bsize,
+      frsize: bsize,
+      blocks,
+      bfree,
+      bavail,
+      files: Math.min(s.files, UINT32_MAX),
+      ffree: Math.min(s.ffree, UINT32_MAX),
+      favail: Math.min(s.ffree, UINT32_MAX),
+      fsid: 0,
+      flag: 0,
+      namemax: 255,
+    };
+  }
+
+  // ---- open files -------------------------------------------------------------------------
+
+  async open(path: string, _flags: number): Promise<number> {
+    const backing = this.paths.backing(path);
+    const st = await fsp.lstat(backing);
+    const existing = this.cache.get(st.ino);
+    if (existing && !existing.dead) {
+      existing.refs++;
+      return this.newHandle(existing);
+    }
+    const { fd, writable } = await openBest(backing);
+    const fst = await fstatFd(fd);
+    return this.newHandle(this.cache.adopt(fst.ino, path, fd, writable));
+  }
+
+  async create(path: string, mode: number, ctx: CallerContext | undefined): Promise<number> {
+    const pass = await this.gate.enter(path);
+    try {
+      const backing = this.paths.backing(path);
+      const fd = await openFd(backing, fs.constants.O_CREAT | fs.constants.O_RDWR, mode & 0o7777);
+      const { uid, gid } = await this.ownFor(ctx, path);
+      if (uid !== undefined) await fchownFd(fd, uid, gid!);
+      const fst = await fstatFd(fd);
+      const node = this.cache.adopt(fst.ino, path, fd, true);
+      await this.sink.apply({ op: 'create', path, mode: fst.mode, uid: fst.uid, gid: fst.gid });
+      return this.newHandle(node);
+    } finally {
+      pass.done();
+    }
+  }
+
+  async read(fh: number, buf: Buffer, len: number, pos: number): Promise<number> {
+    const node = this.handle(fh);
+    return this.cache.read(node, buf, len, pos);
+  }
+
+  /**
+   * Accepts a write. Synchronous (returns the byte count) on the hot path: no inhibition and
+   * room in the cache; otherwise a promise.
+   */
+  write(fh: number, buf: Buffer, len: number, pos: number): number | Promise<number> {
+    const node = this.handle(fh);
+    const data = buf.length === len ? buf : buf.subarray(0, len);
+    const pass = this.gate.enter(node.path);
+    if (pass instanceof Promise) return pass.then((p) => this.writeWithPass(node, p, data, pos));
+    return this.writeWithPass(node, pass, data, pos);
+  }
+
+  private writeWithPass(
+    node: FileNode,
+    pass: { done(): void },
+    data: Buffer,
+    pos: number,
+  ): number | Promise<number> {
+    if (this.cache.writeThrough) {
+      return (async () => {
+        try {
+          await writeFdAll(node.fd, data, pos);
+          await this.sink.apply({ op: 'write', path: node.path, offset: pos, data });
+          return data.length;
+        } finally {
+          pass.done();
+        }
+      })();
+    }
+    let r: void | Promise<void>;
+    try {
+      r = this.cache.write(node, pos, data);
+    } catch (err) {
+      pass.done();
+      throw err;
+    }
+    if (r === undefined) {
+      pass.done();
+      return data.length;
+    }
+    // The writer waits for the flusher; libfuse's buffer stays valid until we answer.
+    return r.then(
+      () => {
+        pass.done();
+        return data.length;
+      },
+      (err) => {
+        pass.done();
+        throw err;
+      },
+    );
+  }
+
+  /** close(2) of one descriptor: report write-back errors (and flush first if configured). */
+  async flush(fh: number): Promise<void> {
+    const node = this.handles.get(fh);
+    if (!node) return;
+    if (this.flushOnClose && node.isDirty) {
+      try {
+        await this.cache.flush(node);
+      } catch (err) {
+        this.cache.takeError(node);
+        throw err;
+      }
+    }
+    const err = this.cache.takeError(node);
+    if (err) throw err;
+  }
+
+  async release(fh: number): Promise<void> {
+    const node = this.handles.get(fh);
+    if (!node) return;
+    this.handles.delete(fh);
+    await this.cache.unref(node);
+  }
+
+  async fsync(path: string, datasync: boolean, fh: number): Promise<void> {
+    const node = this.handles.get(fh) ?? (await this.nodeOf(path));
+    if (!node) {
+      // No cached state: make the primary file durable anyway.
+      const fd = await openFd(this.paths.backing(path), fs.constants.O_RDONLY, 0);
+      try {
+        await new Promise<void>((res, rej) => fs.fsync(fd, (e) => (e ? rej(e) : res())));
+      } finally {
+        fs.close(fd, () => undefined);
+      }
+      await this.sink.apply({ op: 'fsync', path, datasync });
+      return;
+    }
+    try {
+      await this.cache.flush(node, { sync: datasync ? 'data' : 'full' });
+    } catch (err) {
+      this.cache.takeError(node);
+      throw err;
+    }
+    const err = this.cache.takeError(node);
+    if (err) throw err;
+  }
+
+  async fsyncdir(path: string): Promise<void> {
+    const fd = await openFd(this.paths.backing(path), fs.constants.O_RDONLY | fs.constants.O_DIRECTORY, 0);
+    try {
+      await new Promise<void>((res, rej) => fs.fsync(fd, (e) => (e ? rej(e) : res())));
+    } finally {
+      fs.close(fd, () => undefined);
+    }
+  }
+
+  async truncate(path: string, size: number): Promise<void> {
+    const pass = await this.gate.enter(path);
+    try {
+      const node = await this.nodeOf(path);
+      if (node) return await this.cache.truncate(node, size);
+      await fsp.truncate(this.paths.backing(path), size);
+      await this.sink.apply({ op: 'truncate', path, size });
+    } finally {
+      pass.done();
+    }
+  }
+
+  async ftruncate(fh: number, size: number): Promise<void> {
+    const node = this.handle(fh);
+    const pass = await this.gate.enter(node.path);
+    try {
+      await this.cache.truncate(node, size);
+    } finally {
+      pass.done();
+    }
+  }
+
+  // ---- namespace ----------------------------------------------------------------------------
+
+  async unlink(path: string): Promise<void> {
+    await this.guarded([path], async () => {
+      const backing = this.paths.backing(path);
+      const st = await fsp.lstat(backing);
+      const node = (st.mode & S_IFMT) === S_IFREG ? this.cache.get(st.ino) : undefined;
+      // Another name keeps the inode alive: its cached data must reach the primary under a
+      // path that still exists, so write it back first.
+      if (node?.isDirty && st.nlink > 1) await this.cache.flush(node);
+      await fsp.unlink(backing);
+      await this.sink.apply({ op: 'unlink', path });
+      if (node && st.nlink <= 1) await this.cache.discard(node);
+    });
+  }
+
+  async rmdir(path: string): Promise<void> {
+    await this.guarded([path], async () => {
+      await fsp.rmdir(this.paths.backing(path));
+      await this.sink.apply({ op: 'rmdir', path });
+    });
+  }
+
+  async mkdir(path: string, mode: number, ctx: CallerContext | undefined): Promise<void> {
+    await this.guarded([path], async () => {
+      const backing = this.paths.backing(path);
+      await fsp.mkdir(backing, mode & 0o7777);
+      const { uid, gid } = await this.ownFor(ctx, path);
+      if (uid !== undefined) await fsp.lchown(backing, uid, gid!);
+      const st = await fsp.lstat(backing);
+      await this.sink.apply({ op: 'mkdir', path, mode: st.mode, uid: st.uid, gid: st.gid });
+    });
+  }
+
+  async mknod(path: string, mode: number, dev: number, ctx: CallerContext | undefined): Promise<void> {
+    await this.guarded([path], async () => {
+      const backing = this.paths.backing(path);
+      const perm = (mode & 0o7777).toString(8);
+      switch (mode & S_IFMT) {
+        case S_IFREG: {
+          const fd = await openFd(backing, fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_WRONLY, mode & 0o7777);
+          fs.close(fd, () => undefined);
+          break;
+        }
+        case S_IFIFO:
+          await run('mknod', ['-m', perm, backing, 'p']);
+          break;
+        case S_IFCHR:
+        case S_IFBLK: {
+          const major = (dev >>> 8) & 0xfff;
+          const minor = (dev & 0xff) | ((dev >>> 12) & 0xfff00);
+          await run('mknod', ['-m', perm, backing, (mode & S_IFMT) === S_IFCHR ? 'c' : 'b', String(major), String(minor)]);
+          break;
+        }
+        case S_IFSOCK:
+          throw errnoError('EOPNOTSUPP', 'sockets cannot be created on twinfs');
+        default:
+          throw errnoError('EINVAL');
+      }
+      const { uid, gid } = await this.ownFor(ctx, path);
+      if (uid !== undefined) await fsp.lchown(backing, uid, gid!);
+      const st = await fsp.lstat(backing);
+      await this.sink.apply({ op: 'mknod', path, mode: st.mode, dev, uid: st.uid, gid: st.gid });
+    });
+  }
+
+  async symlink(target: string, path: string, ctx: CallerContext | undefined): Promise<void> {
+    await this.guarded([path], async () => {
+      const backing = this.paths.backing(path);
+      await fsp.symlink(target, backing);
+      const { uid, gid } = await this.ownFor(ctx, path);
+      if (uid !== undefined) await fsp.lchown(backing, uid, gid!);
+      const st = await fsp.lstat(backing);
+      await this.sink.apply({ op: 'symlink', path, target, uid: st.uid, gid: st.gid });
+    });
+  }
+
+  async link(from: string, path: string): Promise<void> {
+    await this.guarded([from, path], async () => {
+      await fsp.link(this.paths.backing(from), this.paths.backing(path));
+      await this.sink.apply({ op: 'link', path, from });
+    });
+  }
+
+  async rename(from: string, to: string): Promise<void> {
+    await this.guarded([from, to], async () => {
+      const dest = await fsp.lstat(this.paths.backing(to)).catch(() => undefined);
+      const replaced = dest && (dest.mode & S_IFMT) === S_IFREG ? this.cache.get(dest.ino) : undefined;
+      if (replaced?.isDirty && dest!.nlink > 1) await this.cache.flush(replaced);
+      await fsp.rename(this.paths.backing(from), this.paths.backing(to));
+      // Update cached paths and report in one synchronous step, so a concurrent flush reports
+      // its writes either before the rename under the old path or after it under the new one.
+      this.cache.renamed(from, to);
+      await this.sink.apply({ op: 'rename', path: to, from });
+      if (replaced && dest!.nlink <= 1 && replaced.refs === 0) await this.cache.discard(replaced);
+    });
+  }
+
+  async chmod(path: string, mode: number): Promise<void> {
+    await this.guarded([path], async () => {
+      await fsp.chmod(this.paths.backing(path), mode & 0o7777);
+      await this.sink.apply({ op: 'chmod', path, mode: mode & 0o7777 });
+    });
+  }
+
+  async chown(path: string, uid: number, gid: number): Promise<void> {
+    await this.guarded([path], async () => {
+      const u = uid === NO_ID ? -1 : uid;
+      const g = gid === NO_ID ? -1 : gid;
+      await fsp.lchown(this.paths.backing(path), u, g);
+      const st = await fsp.lstat(this.paths.backing(path));
+      await this.sink.apply({ op: 'chown', path, uid: st.uid, gid: st.gid });
+    });
+  }
+
+  /** Times in ms since the epoch; null leaves that time unchanged. */
+  async utimens(path: string, atime: number | null, mtime: number | null): Promise<void> {
+    if (atime === null && mtime === null) return;
+    await this.guarded([path], async () => {
+      const backing = this.paths.backing(path);
+      // Cached data would move mtime when it is written back later: write it back first.
+      const node = await this.nodeOf(path);
+      if (node?.isDirty) await this.cache.flush(node);
+      let a = atime;
+      let m = mtime;
+      if (a === null || m === null) {
+        const st = await fsp.lstat(backing);
+        a ??= st.atimeMs;
+        m ??= st.mtimeMs;
+      }
+      await fsp.lutimes(backing, a / 1000, m / 1000);
+      await this.sink.apply({ op: 'utimens', path, atime: a, mtime: m });
+    });
+  }
+
+  // ---- extended attributes ------------------------------------------------------------------
+
+  async setxattr(path: string, name: string, value: Buffer, flags: number): Promise<void> {
+    await this.guarded([path], async () => {
+      const backing = this.paths.backing(path);
+      if (flags & (XATTR_CREATE | XATTR_REPLACE)) {
+        const exists = await xattr.getAttribute(backing, name).then(
+          () => true,
+          () => false,
+        );
+        if (flags & XATTR_CREATE && exists) throw errnoError('EEXIST');
+        if (flags & XATTR_REPLACE && !exists) throw errnoError('ENODATA');
+      }
+      const copy = Buffer.from(value);
+      await xattr.setAttribute(backing, name, copy);
+      await this.sink.apply({ op: 'setxattr', path, name, value: copy });
+    });
+  }
+
+  async getxattr(path: string, name: string): Promise<Buffer> {
+    return xattr.getAttribute(this.paths.backing(path), name);
+  }
+
+  async listxattr(path: string): Promise<string[]> {
+    return xattr.listAttributes(this.paths.backing(path));
+  }
+
+  async removexattr(path: string, name: string): Promise<void> {
+    await this.guarded([path], async () => {
+      await xattr.removeAttribute(this.paths.backing(path), name);
+      await this.sink.apply({ op: 'removexattr', path, name });
+    });
+  }
+
+  // ---- helpers ------------------------------------------------------------------------------
+
+  private handle(fh: number): FileNode {
+    const node = this.handles.get(fh);
+    if (!node) throw errnoError('EBADF');
+    return node;
+  }
+
+  private newHandle(node: FileNode): number {
+    let fh = this.nextHandle++;
+    if (this.nextHandle > 0x7ffffff0) this.nextHandle = 1;
+    while (this.handles.has(fh)) fh = this.nextHandle++;
+    this.handles.set(fh, node);
+    return fh;
+  }
+
+  private async nodeOf(path: string): Promise<FileNode | undefined> {
+    const st = await fsp.lstat(this.paths.backing(path)).catch(() => undefined);
+    if (!st || (st.mode & S_IFMT) !== S_IFREG) return undefined;
+    return this.cache.get(st.ino);
+  }
+
+  /** Runs a namespace change with gate passes for each path it touches. */
+  private async guarded(paths: string[], fn: () => Promise<void>): Promise<void> {
+    const passes = [];
+    try {
+      for (const p of paths) passes.push(await this.gate.enter(p));
+      await fn();
+    } finally {
+      for (const p of passes) p.done();
+    }
+  }
+
+  /**
+   * The owner a new entry must get: the caller's uid, and the caller's gid unless the parent
+   * directory is setgid (then the backing filesystem already gave it the parent's gid).
+   * Undefined when the server already created it as the caller (root creating as root).
+   */
+  private async ownFor(ctx: CallerContext | undefined, path: string): Promise<{ uid?: number; gid?: number }> {
+    if (!ctx || this.myUid !== 0) return {};
+    if (ctx.uid === this.myUid && ctx.gid === this.myGid) return {};
+    const parent = await fsp.stat(this.paths.backing(parentOf(path)));
+    const gid = parent.mode & S_ISGID ? parent.gid : ctx.gid;
+    return { uid: ctx.uid, gid };
+  }
+}
+
+async function openBest(backing: string): Promise<{ fd: number; writable: boolean }> {
+  try {
+    return { fd: await openFd(backing, fs.constants.O_RDWR, 0), writable: true };
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code !== 'EACCES' && code !== 'EPERM' && code !== 'EROFS' && code !== 'ETXTBSY') throw err;
+    return { fd: await openFd(backing, fs.constants.O_RDONLY, 0), writable: false };
+  }
+}
+
+function openFd(p: string, flags: number, mode: number): Promise<number> {
+  return new Promise((res, rej) => fs.open(p, flags, mode, (e, fd) => (e ? rej(e) : res(fd))));
+}
+function fstatFd(fd: number): Promise<fs.Stats> {
+  return new Promise((res, rej) => fs.fstat(fd, (e, st) => (e ? rej(e) : res(st))));
+}
+function fchownFd(fd: number, uid: number, gid: number): Promise<void> {
+  return new Promise((res, rej) => fs.fchown(fd, uid, gid, (e) => (e ? rej(e) : res())));
+}
+async function writeFdAll(fd: number, data: Buffer, pos: number): Promise<void> {
+  let off = 0;
+  while (off < data.length) {
+    const n = await new Promise<number>((res, rej) =>
+      fs.write(fd, data, off, data.length - off, pos + off, (e, w) => (e ? rej(e) : res(w))),
+    );
+    off += n;
+  }
+}
+function run(cmd: string, args: string[]): Promise<void> {
+  return new Promise((resolve, reject) => {
+    execFile(cmd, args, { timeout: 10_000 }, (err, _out, stderr) => {
+      if (!err) return resolve();
+      const msg = String(stderr);
+      if (/File exists/.test(msg)) return reject(errnoError('EEXIST'));
+      if (/Permission denied|not permitted/.test(msg)) return reject(errnoError('EPERM'));
+      if (/No such file/.test(msg)) return reject(errnoError('ENOENT'));
+      reject(errnoError('EIO', msg.trim()));
+    });
+  });
+}

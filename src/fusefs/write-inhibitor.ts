@@ -1,0 +1,164 @@
+import { Emitter } from '../common/event.js';
+import type { GatePass, WriteGate } from './change-sink.js';
+
+/** Which files an inhibition covers: exact volume paths, whole subtrees, or the whole volume. */
+export interface InhibitSelector {
+  paths?: readonly string[];
+  subtrees?: readonly string[];
+  volume?: boolean;
+}
+
+export interface Inhibition {
+  readonly selector: InhibitSelector;
+  readonly since: number;
+  /** Resolves when no change to a covered file is in flight any more. */
+  drained(): Promise<void>;
+  /** Lets held changes proceed. Idempotent. */
+  release(): void;
+}
+
+export interface InhibitorStats {
+  /** Changes that had to wait for an inhibition. */
+  held: number;
+  /** Longest wait, ms. */
+  maxStallMs: number;
+  activeInhibitions: number;
+}
+
+class InhibitionImpl implements Inhibition {
+  readonly since = Date.now();
+  private releasedFlag = false;
+  private readonly releasedWaiters: Array<() => void> = [];
+  constructor(
+    readonly selector: InhibitSelector,
+    private readonly owner: WriteInhibitor,
+  ) {}
+
+  covers(path: string): boolean {
+    const s = this.selector;
+    if (s.volume) return true;
+    if (s.paths?.includes(path)) return true;
+    return s.subtrees?.some((t) => t === '/' || path === t || path.startsWith(t + '/')) ?? false;
+  }
+
+  get isReleased(): boolean {
+    return this.releasedFlag;
+  }
+
+  whenReleased(): Promise<void> {
+    if (this.releasedFlag) return Promise.resolve();
+    return new Promise((r) => this.releasedWaiters.push(r));
+  }
+
+  drained(): Promise<void> {
+    return this.owner.drained((p) => this.covers(p));
+  }
+
+  release(): void {
+    if (this.releasedFlag) return;
+    this.releasedFlag = true;
+    this.owner.forget(this);
+    for (const w of this.releasedWaiters.splice(0)) w();
+  }
+}
+
+/**
+ * The default WriteGate: holds changes to files covered by an active inhibition and counts
+ * changes in flight per path, so an inhibition can wait for them to drain.
+ */
+export class WriteInhibitor implements WriteGate {
+  private readonly inflight = new Map<string, number>();
+  private readonly active = new Set<InhibitionImpl>();
+  private drainWaiters: Array<{ covers: (p: string) => boolean; resolve: () => void }> = [];
+  private readonly stats = { held: 0, maxStallMs: 0 };
+  private readonly _onDidHold = new Emitter<{ path: string }>();
+  /** Fires when a change starts waiting on an inhibition. */
+  readonly onDidHold = this._onDidHold.event;
+
+  enter(path: string): GatePass | Promise<GatePass> {
+    if (this.active.size === 0) return this.pass(path);
+    const blocker = this.blockerOf(path);
+    if (!blocker) return this.pass(path);
+    return this.waitAndPass(path, blocker);
+  }
+
+  inhibit(selector: InhibitSelector): Inhibition {
+    const inh = new InhibitionImpl(selector, this);
+    this.active.add(inh);
+    return inh;
+  }
+
+  getStats(): InhibitorStats {
+    return { ...this.stats, activeInhibitions: this.active.size };
+  }
+
+  /** In-flight changes per path (for status and tests). */
+  inFlight(): Map<string, number> {
+    return new Map(this.inflight);
+  }
+
+  /** @internal */
+  forget(inh: InhibitionImpl): void {
+    this.active.delete(inh);
+  }
+
+  /** @internal */
+  drained(covers: (p: string) => boolean): Promise<void> {
+    for (const p of this.inflight.keys()) {
+      if (covers(p)) return new Promise((resolve) => this.drainWaiters.push({ covers, resolve }));
+    }
+    return Promise.resolve();
+  }
+
+  private blockerOf(path: string): InhibitionImpl | undefined {
+    for (const inh of this.active) if (inh.covers(path)) return inh;
+    return undefined;
+  }
+
+  private async waitAndPass(path: string, first: InhibitionImpl): Promise<GatePass> {
+    const started = Date.now();
+    this.stats.held++;
+    this._onDidHold.fire({ path });
+    let blocker: InhibitionImpl | undefined = first;
+    while (blocker) {
+      await blocker.whenReleased();
+      blocker = this.blockerOf(path);
+    }
+    this.stats.maxStallMs = Math.max(this.stats.maxStallMs, Date.now() - started);
+    return this.pass(path);
+  }
+
+  private pass(path: string): GatePass {
+    this.inflight.set(path, (this.inflight.get(path) ?? 0) + 1);
+    let done = false;
+    return {
+      done: () => {
+        if (done) return;
+        done = true;
+        const n = (this.inflight.get(path) ?? 1) - 1;
+        if (n > 0) {
+          this.inflight.set(path, n);
+          return;
+        }
+        this.inflight.delete(path);
+        if (this.drainWaiters.length > 0) this.checkDrains();
+      },
+    };
+  }
+
+  private checkDrains(): void {
+    const still: typeof this.drainWaiters = [];
+    for (const w of this.drainWaiters) {
+      let busy = false;
+      for (const p of this.inflight.keys()) {
+        if (w.covers(p)) {
+          busy = true;
+          break;
+        }
+      }
+      if (busy) still.push(w);
+      else w.resolve();
+    }
+    this.drainWaiters = still;
+  }
+}

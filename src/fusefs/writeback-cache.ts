@@ -1,0 +1,442 @@
+import * as fs from 'node:fs';
+
+import { Mutex } from '../common/async.js';
+import { Emitter } from '../common/event.js';
+import type { ChangeSink } from './change-sink.js';
+import { type Extent, ExtentMap, overlay } from './extent-map.js';
+
+/**
+ * One open (or still dirty) regular file, keyed by inode so every handle and every hard link
+ * of it shares the same dirty data. The fd is the cache's own, opened read-write when
+ * possible; it follows the inode across renames.
+ */
+export class FileNode {
+  /** Current volume path (updated on rename); used for change reports and the write gate. */
+  path: string;
+  refs = 0;
+  readonly dirty = new ExtentMap();
+  /** Extents being written to the primary right now; reads overlay them. */
+  flushing: Extent[] | null = null;
+  readonly lock = new Mutex();
+  firstDirtyAt = 0;
+  /** Time of the last write into the cache (ms), reported as mtime until flushed. */
+  lastWriteAt = 0;
+  /** A write-back failure not yet reported to the application. */
+  error: NodeJS.ErrnoException | null = null;
+  retryAt = 0;
+  /** Unlinked while dirty: its data has nowhere to go and is dropped. */
+  dead = false;
+
+  constructor(
+    readonly ino: number,
+    path: string,
+    readonly fd: number,
+    readonly writable: boolean,
+  ) {
+    this.path = path;
+  }
+
+  /** Logical end of the file as far as cached data goes (0 when clean). */
+  get cachedEnd(): number {
+    let end = this.dirty.end;
+    if (this.flushing) for (const e of this.flushing) end = Math.max(end, e.off + e.len);
+    return end;
+  }
+
+  get isDirty(): boolean {
+    return !this.dirty.isEmpty || this.flushing !== null;
+  }
+}
+
+export interface WritebackCacheOptions {
+  /** Dirty-data limit in bytes; writers wait (never fail) beyond it. Default 64 MiB. */
+  limitBytes?: number;
+  /** Dirty data older than this is flushed. Default 3000 ms. */
+  writebackMs?: number;
+  /** Background flushing starts above this fraction of the limit. Default 0.5. */
+  highWater?: number;
+  /** Files flushed in parallel by the background flusher. Default 4. */
+  flushConcurrency?: number;
+  /** Bypass the cache: every write goes to the primary before it is acknowledged. */
+  writeThrough?: boolean;
+  sink: ChangeSink;
+  /** Injected for tests. */
+  now?: () => number;
+}
+
+export interface CacheStats {
+  dirtyBytes: number;
+  limitBytes: number;
+  dirtyFiles: number;
+  openFiles: number;
+  flushedBytes: number;
+  flushes: number;
+  throttledWrites: number;
+  writeErrors: number;
+}
+
+const MAX_IOV = 1024;
+
+/**
+ * The write-back cache: writes are copied into per-file extent maps and acknowledged; a
+ * flusher writes them to the primary (on fsync, after writebackMs, above the high-water mark,
+ * before operations that need it, and on dispose) and reports every written range to the sink.
+ */
+export class WritebackCache {
+  readonly limitBytes: number;
+  readonly writebackMs: number;
+  readonly writeThrough: boolean;
+  private readonly highWaterBytes: number;
+  private readonly flushConcurrency: number;
+  private readonly sink: ChangeSink;
+  private readonly now: () => number;
+  private readonly nodes = new Map<number, FileNode>();
+  private dirtyBytes = 0;
+  private activeFlushes = 0;
+  private roomWaiters: Array<{ need: number; resolve: () => void }> = [];
+  private timer: NodeJS.Timeout | null = null;
+  private disposed = false;
+  private readonly stats = { flushedBytes: 0, flushes: 0, throttledWrites: 0, writeErrors: 0 };
+  private readonly _onDidFailWriteback = new Emitter<{ path: string; error: NodeJS.ErrnoException }>();
+  readonly onDidFailWriteback = this._onDidFailWriteback.event;
+
+  constructor(opts: WritebackCacheOptions) {
+    this.limitBytes = opts.limitBytes ?? 64 * 1024 * 1024;
+    this.writebackMs = opts.writebackMs ?? 3000;
+    this.highWaterBytes = Math.floor(this.limitBytes * (opts.highWater ?? 0.5));
+    this.flushConcurrency = opts.flushConcurrency ?? 4;
+    this.writeThrough = opts.writeThrough ?? false;
+    this.sink = opts.sink;
+    this.now = opts.now ?? Date.now;
+    if (!this.writeThrough) {
+      const period = Math.max(50, Math.min(1000, Math.floor(this.writebackMs / 2)));
+      this.timer = setInterval(() => this.tick(), period);
+      this.timer.unref();
+    }
+  }
+
+  getStats(): CacheStats {
+    let dirtyFiles = 0;
+    let openFiles = 0;
+    for (const n of this.nodes.values()) {
+      if (n.isDirty) dirtyFiles++;
+      if (n.refs > 0) openFiles++;
+    }
+    return { dirtyBytes: this.dirtyBytes, limitBytes: this.limitBytes, dirtyFiles, openFiles, ...this.stats };
+  }
+
+  get(ino: number): FileNode | undefined {
+    return this.nodes.get(ino);
+  }
+
+  *allNodes(): IterableIterator<FileNode> {
+    yield* this.nodes.values();
+  }
+
+  /** Registers a node for an inode the caller has just opened (fd ownership passes to the cache). */
+  adopt(ino: number, path: string, fd: number, writable: boolean): FileNode {
+    const existing = this.nodes.get(ino);
+    if (existing) {
+      closeQuietly(fd);
+      existing.refs++;
+      existing.path = path;
+      return existing;
+    }
+    const node = new FileNode(ino, path, fd, writable);
+    node.refs = 1;
+    this.nodes.set(ino, node);
+    return node;
+  }
+
+  /** Drops one reference; a clean, unreferenced node is closed. */
+  async unref(node: FileNode): Promise<void> {
+    node.refs--;
+    await this.maybeClose(node);
+  }
+
+  /** Paths of cached nodes change with renames. `from` may be a directory. */
+  renamed(from: string, to: string): void {
+    for (const n of this.nodes.values()) {
+      if (n.path === from) n.path = to;
+      else if (n.path.startsWith(from + '/')) n.path = to + n.path.slice(from.length);
+    }
+  }
+
+  /**
+   * Accepts a write. Returns synchronously when there is room (the common case), or a promise
+   * when the writer must wait for the flusher. Fails only if this file cannot be written back.
+   */
+  write(node: FileNode, off: number, data: Uint8Array): void | Promise<void> {
+    if (this.dirtyBytes + data.length > this.limitBytes && this.dirtyBytes > 0) {
+      if (node.error && node.isDirty) return Promise.reject(node.error);
+      this.stats.throttledWrites++;
+      return this.waitForRoom(data.length).then(() => this.write(node, off, data));
+    }
+    this.accept(node, off, data);
+  }
+
+  /** Reads from the primary through node's fd and overlays cached data. Returns bytes read. */
+  async read(node: FileNode, buf: Buffer, len: number, pos: number): Promise<number> {
+    const before = this.overlaySources(node);
+    const { bytesRead } = await readFd(node.fd, buf, len, pos);
+    const after = this.overlaySources(node);
+    let end = pos + bytesRead;
+    const cachedEnd = Math.max(endOf(before), endOf(after));
+    if (cachedEnd > end && bytesRead < len) {
+      // Cached data extends the file past the primary's EOF: the gap reads as zeros.
+      const newEnd = Math.min(pos + len, cachedEnd);
+      buf.fill(0, bytesRead, newEnd - pos);
+      end = newEnd;
+    }
+    if (before.length > 0 || after.length > 0) {
+      const view = buf.subarray(0, end - pos);
+      overlay(view, pos, before);
+      overlay(view, pos, after);
+    }
+    return end - pos;
+  }
+
+  /**
+   * Writes node's dirty data to the primary and reports it to the sink. With sync, also makes
+   * it durable (fdatasync or fsync) and reports an fsync change. Throws the write-back error.
+   */
+  flush(node: FileNode, opts: { sync?: 'data' | 'full' } = {}): Promise<void> {
+    return node.lock.run(async () => {
+      await this.flushLocked(node);
+      if (opts.sync) {
+        if (opts.sync === 'data') await fdatasync(node.fd);
+        else await fsync(node.fd);
+        await this.sink.apply({ op: 'fsync', path: node.path, datasync: opts.sync === 'data' });
+      }
+    });
+  }
+
+  /** Reports (once) a write-back error recorded by a background flush. */
+  takeError(node: FileNode): NodeJS.ErrnoException | null {
+    const err = node.error;
+    node.error = null;
+    return err;
+  }
+
+  /** Truncates the cached data and the primary file to size, in that order, under the node lock. */
+  truncate(node: FileNode, size: number): Promise<void> {
+    return node.lock.run(async () => {
+      this.release(node.dirty.truncate(size));
+      await ftruncate(node.fd, size);
+      await this.sink.apply({ op: 'truncate', path: node.path, size });
+    });
+  }
+
+  /** The file was unlinked and has no other name: drop its cached data. */
+  async discard(node: FileNode): Promise<void> {
+    await node.lock.run(async () => {
+      node.dead = true;
+      this.release(node.dirty.takeAll().reduce((s, e) => s + e.len, 0));
+    });
+    await this.maybeClose(node);
+  }
+
+  /** Flushes every dirty file (in parallel, bounded). Throws an AggregateError of failures. */
+  async flushAll(opts: { sync?: boolean } = {}): Promise<void> {
+    const errors: unknown[] = [];
+    const nodes = [...this.nodes.values()].filter((n) => n.isDirty || opts.sync);
+    let i = 0;
+    const worker = async () => {
+      while (i < nodes.length) {
+        const n = nodes[i++]!;
+        try {
+          await this.flush(n, opts.sync ? { sync: 'data' } : {});
+        } catch (err) {
+          errors.push(err);
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(this.flushConcurrency, nodes.length) }, worker));
+    if (errors.length > 0) throw new AggregateError(errors, `${errors.length} file(s) could not be written back`);
+  }
+
+  /** Flushes everything and closes every fd. The cache is unusable afterwards. */
+  async dispose(): Promise<void> {
+    if (this.disposed) return;
+    this.disposed = true;
+    if (this.timer) clearInterval(this.timer);
+    let failure: unknown;
+    try {
+      await this.flushAll({ sync: true });
+    } catch (err) {
+      failure = err;
+    }
+    for (const n of this.nodes.values()) closeQuietly(n.fd);
+    this.nodes.clear();
+    for (const w of this.roomWaiters.splice(0)) w.resolve();
+    if (failure) throw failure;
+  }
+
+  private accept(node: FileNode, off: number, data: Uint8Array): void {
+    const delta = node.dirty.write(off, data);
+    this.dirtyBytes += delta;
+    const now = this.now();
+    if (node.firstDirtyAt === 0) node.firstDirtyAt = now;
+    node.lastWriteAt = now;
+    if (this.dirtyBytes > this.highWaterBytes) this.kick();
+  }
+
+  private overlaySources(node: FileNode): Extent[] {
+    const f = node.flushing;
+    const d = node.dirty.all();
+    if (!f) return d.length ? [...d] : [];
+    return d.length ? [...f, ...d] : f;
+  }
+
+  private async flushLocked(node: FileNode): Promise<void> {
+    if (node.dead || node.dirty.isEmpty) return;
+    const taken = node.dirty.takeAll();
+    const bytes = taken.reduce((s, e) => s + e.len, 0);
+    node.flushing = taken;
+    node.firstDirtyAt = node.dirty.isEmpty ? 0 : node.firstDirtyAt;
+    try {
+      for (const run of runs(taken)) {
+        await writeRun(node.fd, run);
+        for (const e of run) await this.sink.apply({ op: 'write', path: node.path, offset: e.off, data: e.buf.subarray(0, e.len) });
+      }
+      this.stats.flushedBytes += bytes;
+      this.stats.flushes++;
+      node.flushing = null;
+      this.release(bytes);
+    } catch (err) {
+      // Keep the data: it goes back under anything written since, and stays until it can be
+      // written or the file is gone. The error reaches the application on fsync or close.
+      node.flushing = null;
+      node.dirty.restoreUnder(taken);
+      if (node.firstDirtyAt === 0) node.firstDirtyAt = this.now();
+      node.error = err as NodeJS.ErrnoException;
+      node.retryAt = this.now() + Math.max(200, this.writebackMs);
+      this.stats.writeErrors++;
+      this._onDidFailWriteback.fire({ path: node.path, error: node.error });
+      throw err;
+    }
+  }
+
+  private release(bytes: number): void {
+    if (bytes <= 0) return;
+    this.dirtyBytes -= bytes;
+    if (this.roomWaiters.length === 0) return;
+    const still: typeof this.roomWaiters = [];
+    for (const w of this.roomWaiters) {
+      if (this.dirtyBytes + w.need <= this.limitBytes || this.dirtyBytes === 0) w.resolve();
+      else still.push(w);
+    }
+    this.roomWaiters = still;
+  }
+
+  private waitForRoom(need: number): Promise<void> {
+    const p = new Promise<void>((resolve) => this.roomWaiters.push({ need, resolve }));
+    this.kick();
+    return p;
+  }
+
+  /** Starts background flushes of the oldest dirty files while above the high-water mark. */
+  private kick(): void {
+    if (this.disposed) return;
+    while (this.activeFlushes < this.flushConcurrency && (this.dirtyBytes > this.highWaterBytes || this.roomWaiters.length > 0)) {
+      const node = this.pickOldest((n) => n.flushing === null && !n.dirty.isEmpty && n.retryAt <= this.now());
+      if (!node) return;
+      this.background(node);
+    }
+  }
+
+  private tick(): void {
+    const now = this.now();
+    for (const n of this.nodes.values()) {
+      if (this.activeFlushes >= this.flushConcurrency) break;
+      if (n.flushing === null && !n.dirty.isEmpty && now - n.firstDirtyAt >= this.writebackMs && n.retryAt <= now) {
+        this.background(n);
+      }
+    }
+    this.kick();
+  }
+
+  private background(node: FileNode): void {
+    this.activeFlushes++;
+    // Mark it so kick() does not pick the same node twice before the lock is taken.
+    node.retryAt = Number.POSITIVE_INFINITY;
+    this.flush(node)
+      .then(
+        () => {
+          node.retryAt = 0;
+        },
+        () => undefined /* recorded on the node; retryAt set by flushLocked */,
+      )
+      .finally(() => {
+        this.activeFlushes--;
+        if (node.retryAt === Number.POSITIVE_INFINITY) node.retryAt = 0;
+        void this.maybeClose(node);
+        this.kick();
+      });
+  }
+
+  private pickOldest(pred: (n: FileNode) => boolean): FileNode | undefined {
+    let best: FileNode | undefined;
+    for (const n of this.nodes.values()) if (pred(n) && (!best || n.firstDirtyAt < best.firstDirtyAt)) best = n;
+    return best;
+  }
+
+  private async maybeClose(node: FileNode): Promise<void> {
+    if (node.refs > 0 || node.isDirty || this.nodes.get(node.ino) !== node) return;
+    this.nodes.delete(node.ino);
+    await closeFd(node.fd);
+  }
+}
+
+function endOf(exts: readonly Extent[]): number {
+  let end = 0;
+  for (const e of exts) end = Math.max(end, e.off + e.len);
+  return end;
+}
+
+/** Groups sorted extents into runs of adjacent ones, each written with one writev. */
+function* runs(exts: Extent[]): Generator<Extent[]> {
+  let run: Extent[] = [];
+  for (const e of exts) {
+    const last = run[run.length - 1];
+    if (last && (last.off + last.len !== e.off || run.length >= MAX_IOV)) {
+      yield run;
+      run = [];
+    }
+    run.push(e);
+  }
+  if (run.length) yield run;
+}
+
+
+function writeRun(fd: number, run: Extent[]): Promise<void> {
+  const bufs = run.map((e) => e.buf.subarray(0, e.len));
+  const total = run.reduce((s, e) => s + e.len, 0);
+  return writevAll(fd, bufs, run[0]!.off, total);
+}
+
+async function writevAll(fd: number, bufs: Buffer[], pos: number, total: number): Promise<void> {
+  let written = await new Promise<number>((res, rej) => fs.writev(fd, bufs, pos, (err, n) => (err ? rej(err) : res(n))));
+  while (written < total) {
+    // Short write: continue with what is left (rare; a full disk reports ENOSPC next round).
+    const rest = Buffer.concat(bufs).subarray(written);
+    const n = await new Promise<number>((res, rej) =>
+      fs.write(fd, rest, 0, rest.length, pos + written, (err, w) => (err ? rej(err) : res(w))),
+    );
+    if (n === 0) throw Object.assign(new Error('short write'), { code: 'EIO', errno: -5 });
+    written += n;
+  }
+}
+
+function readFd(fd: number, buf: Buffer, len: number, pos: number): Promise<{ bytesRead: number }> {
+  return new Promise((res, rej) => fs.read(fd, buf, 0, len, pos, (err, bytesRead) => (err ? rej(err) : res({ bytesRead }))));
+}
+
+const fdatasync = (fd: number) => new Promise<void>((res, rej) => fs.fdatasync(fd, (e) => (e ? rej(e) : res())));
+const fsync = (fd: number) => new Promise<void>((res, rej) => fs.fsync(fd, (e) => (e ? rej(e) : res())));
+const ftruncate = (fd: number, len: number) =>
+  new Promise<void>((res, rej) => fs.ftruncate(fd, len, (e) => (e ? rej(e) : res())));
+const closeFd = (fd: number) => new Promise<void>((res) => fs.close(fd, () => res()));
+function closeQuietly(fd: number): void {
+  fs.close(fd, () => undefined);
+}
