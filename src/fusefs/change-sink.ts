@@ -26,6 +26,11 @@ export type Change =
 
 export interface ChangeSink {
   /**
+   * Called before a change to path reaches the primary (optional). A sink that must survive a
+   * crash between the primary and its own copy records its intent here (a write-intent log).
+   */
+  beforeChange?(path: string): void | Promise<void>;
+  /**
    * Called after the change was applied to the primary. A write's data buffer is owned by the
    * cache and is not modified afterwards; the sink may keep it until the returned promise
    * settles. A sink error is the sink's to record (e.g. mark a pair broken): throwing here

@@ -183,6 +183,7 @@ export class VolumeOps {
   async create(path: string, mode: number, ctx: CallerContext | undefined): Promise<number> {
     const pass = await this.gate.enter(path);
     try {
+      await this.sink.beforeChange?.(path);
       const backing = this.paths.backing(path);
       const fd = await openFd(backing, fs.constants.O_CREAT | fs.constants.O_RDWR, mode & 0o7777);
       const { uid, gid } = await this.ownFor(ctx, path);
@@ -222,6 +223,7 @@ export class VolumeOps {
     if (this.cache.writeThrough) {
       return (async () => {
         try {
+          await this.sink.beforeChange?.(node.path);
           await writeFdAll(node.fd, data, pos);
           await this.sink.apply({ op: 'write', path: node.path, offset: pos, data });
           return data.length;
@@ -314,6 +316,7 @@ export class VolumeOps {
     try {
       const node = await this.nodeOf(path);
       if (node) return await this.cache.truncate(node, size);
+      await this.sink.beforeChange?.(path);
       await fsp.truncate(this.paths.backing(path), size);
       await this.sink.apply({ op: 'truncate', path, size });
     } finally {
@@ -527,6 +530,7 @@ export class VolumeOps {
     const passes = [];
     try {
       for (const p of paths) passes.push(await this.gate.enter(p));
+      for (const p of paths) await this.sink.beforeChange?.(p);
       await fn();
     } finally {
       for (const p of passes) p.done();

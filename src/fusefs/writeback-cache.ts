@@ -221,6 +221,7 @@ export class WritebackCache {
   /** Truncates the cached data and the primary file to size, in that order, under the node lock. */
   truncate(node: FileNode, size: number): Promise<void> {
     return node.lock.run(async () => {
+      await this.sink.beforeChange?.(node.path);
       this.release(node.dirty.truncate(size));
       await ftruncate(node.fd, size);
       await this.sink.apply({ op: 'truncate', path: node.path, size });
@@ -295,10 +296,16 @@ export class WritebackCache {
     node.flushing = taken;
     node.firstDirtyAt = node.dirty.isEmpty ? 0 : node.firstDirtyAt;
     try {
+      await this.sink.beforeChange?.(node.path);
+      // The sink's copies overlap with the next primary writes; all must finish before the
+      // flush counts as done. Reports go out in primary order.
+      const reported: Promise<void>[] = [];
       for (const run of runs(taken)) {
         await writeRun(node.fd, run);
-        for (const e of run) await this.sink.apply({ op: 'write', path: node.path, offset: e.off, data: e.buf.subarray(0, e.len) });
+        for (const e of run)
+          reported.push(this.sink.apply({ op: 'write', path: node.path, offset: e.off, data: e.buf.subarray(0, e.len) }));
       }
+      await Promise.all(reported);
       this.stats.flushedBytes += bytes;
       this.stats.flushes++;
       node.flushing = null;

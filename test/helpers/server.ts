@@ -1,0 +1,126 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import { promises as fsp } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { sh } from './proc.js';
+
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+export const CLI = path.join(ROOT, 'dist/cli/main.js');
+
+/** A temporary directory tree for one test file, removed (after unmounting anything in it) by cleanup(). */
+export async function tempDirs(...names: string[]): Promise<{ base: string; dirs: Record<string, string>; cleanup(): Promise<void> }> {
+  const base = await fsp.mkdtemp(path.join(os.tmpdir(), 'twinfs-test-'));
+  const dirs: Record<string, string> = {};
+  for (const n of names) {
+    dirs[n] = path.join(base, n);
+    await fsp.mkdir(dirs[n]!, { recursive: true });
+  }
+  await fsp.chmod(base, 0o755);
+  return {
+    base,
+    dirs,
+    async cleanup() {
+      for (const d of Object.values(dirs)) await sh(`fusermount -uz '${d}' 2>/dev/null`, { timeoutMs: 10_000 });
+      await fsp.rm(base, { recursive: true, force: true }).catch(() => undefined);
+    },
+  };
+}
+
+export interface ServerHandle {
+  proc: ChildProcess;
+  mount: string;
+  primary: string;
+  /** JSON event lines the server printed. */
+  events: Array<Record<string, unknown>>;
+  stderr(): string;
+  /** SIGTERM and wait for exit; returns the exit status. */
+  stop(timeoutMs?: number): Promise<number | null>;
+  /** SIGKILL, then clear the mount. */
+  kill(): Promise<void>;
+  exited: Promise<number | null>;
+}
+
+/**
+ * Starts `twinfs serve --json` as a separate process and waits until it reports "mounted".
+ * Rejects (and clears the mount) if it exits first or takes longer than timeoutMs.
+ */
+export async function startServer(
+  opts: { primary: string; mount: string; args?: string[]; env?: NodeJS.ProcessEnv; timeoutMs?: number },
+): Promise<ServerHandle> {
+  const proc = spawn(process.execPath, [CLI, 'serve', '--primary', opts.primary, '--mount', opts.mount, '--json', ...(opts.args ?? [])], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: opts.env ?? process.env,
+  });
+  const events: Array<Record<string, unknown>> = [];
+  let err = '';
+  proc.stderr!.on('data', (d) => (err += d.toString()));
+  const exited = new Promise<number | null>((r) => proc.on('exit', (code) => r(code)));
+  const mounted = new Promise<void>((resolve, reject) => {
+    let buf = '';
+    proc.stdout!.on('data', (d: Buffer) => {
+      buf += d.toString();
+      let i: number;
+      while ((i = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, i);
+        buf = buf.slice(i + 1);
+        try {
+          const ev = JSON.parse(line);
+          events.push(ev);
+          if (ev.event === 'mounted') resolve();
+        } catch {
+          /* ignore */
+        }
+      }
+    });
+    void exited.then((code) => reject(new Error(`twinfs serve exited (${code}) before mounting: ${err}`)));
+  });
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    await Promise.race([
+      mounted,
+      new Promise((_, rej) => {
+        timer = setTimeout(() => rej(new Error(`twinfs serve did not mount within ${opts.timeoutMs ?? 20_000} ms: ${err}`)), opts.timeoutMs ?? 20_000);
+      }),
+    ]);
+  } catch (e) {
+    proc.kill('SIGKILL');
+    await sh(`fusermount -uz '${opts.mount}' 2>/dev/null`);
+    throw e;
+  } finally {
+    clearTimeout(timer);
+  }
+  const handle: ServerHandle = {
+    proc,
+    mount: opts.mount,
+    primary: opts.primary,
+    events,
+    stderr: () => err,
+    exited,
+    async stop(timeoutMs = 30_000) {
+      if (proc.exitCode !== null || proc.signalCode !== null) return proc.exitCode;
+      proc.kill('SIGTERM');
+      let t: NodeJS.Timeout | undefined;
+      const code = await Promise.race([
+        exited,
+        new Promise<'timeout'>((r) => {
+          t = setTimeout(() => r('timeout'), timeoutMs);
+        }),
+      ]);
+      clearTimeout(t);
+      if (code === 'timeout') {
+        await handle.kill();
+        throw new Error(`twinfs serve did not stop within ${timeoutMs} ms`);
+      }
+      return code;
+    },
+    async kill() {
+      if (proc.exitCode === null && proc.signalCode === null) {
+        proc.kill('SIGKILL');
+        await exited;
+      }
+      await sh(`fusermount -uz '${opts.mount}' 2>/dev/null`);
+    },
+  };
+  return handle;
+}
