@@ -35,11 +35,11 @@ function fail(msg) {
   process.exit(1);
 }
 
-function run(cmd, args, opts = {}) {
+function run(cmd, args, opts = {}, hint = '') {
   log(`$ ${[cmd, ...args].join(' ')}`);
   const r = spawnSync(cmd, args, { stdio: 'inherit', timeout: 10 * 60_000, ...opts });
   if (r.error) fail(`could not run ${cmd}: ${r.error.message}`);
-  if (r.status !== 0) fail(`${cmd} ${args.join(' ')} exited with ${r.status ?? r.signal}`);
+  if (r.status !== 0) fail(`${cmd} ${args.join(' ')} exited with ${r.status ?? r.signal}${hint}`);
 }
 
 function capture(cmd, args) {
@@ -146,7 +146,13 @@ try {
       '  Install with dev dependencies, or move patch-package to "dependencies".',
   );
 }
-run(process.execPath, [patchPackageBin, '--error-on-fail'], { cwd: ROOT });
+run(
+  process.execPath,
+  [patchPackageBin, '--error-on-fail'],
+  { cwd: ROOT },
+  '.\n  If node_modules/fuse-native carries an older version of the patch (the patch file changed since\n' +
+    '  it was applied), reinstall it pristine and re-run:  rm -rf node_modules/fuse-native && npm install',
+);
 
 const indexJs = fs.readFileSync(path.join(PKG_DIR, 'index.js'), 'utf8');
 const cSource = fs.readFileSync(path.join(PKG_DIR, 'fuse-native.c'), 'utf8');

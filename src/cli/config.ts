@@ -12,6 +12,10 @@ export interface ServeConfig {
   writeThrough?: boolean;
   flushOnClose?: boolean;
   force?: boolean;
+  /** Where twinfs keeps the primary's volume id (default /var/lib/twinfs as root). */
+  stateDir?: string;
+  /** Take over a mirror that belongs to another primary. */
+  adoptMirror?: boolean;
 }
 
 const SCHEMA: Record<keyof ServeConfig, 'string' | 'number' | 'boolean'> = {
@@ -23,6 +27,8 @@ const SCHEMA: Record<keyof ServeConfig, 'string' | 'number' | 'boolean'> = {
   writeThrough: 'boolean',
   flushOnClose: 'boolean',
   force: 'boolean',
+  stateDir: 'string',
+  adoptMirror: 'boolean',
 };
 
 /** Reads and validates a JSON config file. Relative paths in it are relative to the file. */

@@ -26,6 +26,8 @@ async function main(argv: string[]): Promise<number> {
           .option('write-through', { type: 'boolean', describe: 'no write-back cache: writes reach the primary before they return' })
           .option('flush-on-close', { type: 'boolean', describe: 'write a file back when it is closed' })
           .option('force', { type: 'boolean', describe: 'mount over a non-empty directory' })
+          .option('state-dir', { type: 'string', describe: 'where the volume id is kept (default /var/lib/twinfs)' })
+          .option('adopt-mirror', { type: 'boolean', describe: 'take over a mirror that belongs to another primary' })
           .option('json', { type: 'boolean', describe: 'print events as JSON lines' }),
       async (a) => {
         status = await serve({
@@ -38,6 +40,8 @@ async function main(argv: string[]): Promise<number> {
           writeThrough: a['write-through'],
           flushOnClose: a['flush-on-close'],
           force: a.force,
+          stateDir: a['state-dir'],
+          adoptMirror: a['adopt-mirror'],
           json: a.json,
         });
       },
@@ -50,6 +54,20 @@ async function main(argv: string[]): Promise<number> {
         const { forceUnmount } = await import('../fusefs/unmount.js');
         const r = await forceUnmount(a.dir);
         process.stdout.write(`twinfs: unmounted ${a.dir} (${r.method})\n`);
+      },
+    )
+    .command(
+      'verify',
+      'compare primary and mirror (offline: --primary DIR --mirror DIR); exit 0 only if they match',
+      (y) =>
+        y
+          .option('primary', { type: 'string', demandOption: true })
+          .option('mirror', { type: 'string', demandOption: true, describe: 'the mirror root (holding device.json and data/)' })
+          .option('no-content', { type: 'boolean', describe: 'skip content hashes' })
+          .option('json', { type: 'boolean' }),
+      async (a) => {
+        const { verifyOffline } = await import('./verify.js');
+        status = await verifyOffline({ primary: a.primary, mirror: a.mirror, content: !a['no-content'], json: a.json });
       },
     )
     .command(

@@ -1,5 +1,7 @@
 import { TwinError } from '../common/errors.js';
 import { TwinFs } from '../fusefs/index.js';
+import { preflight } from '../fusefs/mount-checks.js';
+import { MirrorDriver } from '../mirror-driver/index.js';
 import { loadConfig, type ServeConfig, validateConfig } from './config.js';
 
 export interface ServeArgs extends ServeConfig {
@@ -11,7 +13,7 @@ export interface ServeArgs extends ServeConfig {
 export async function resolveServeConfig(args: ServeArgs): Promise<Required<Pick<ServeConfig, 'primary' | 'mount'>> & ServeConfig> {
   const fromFile = args.config ? await loadConfig(args.config) : {};
   const cli: Record<string, unknown> = {};
-  for (const k of ['primary', 'mount', 'mirror', 'cacheMb', 'writebackMs', 'writeThrough', 'flushOnClose', 'force'] as const) {
+  for (const k of ['primary', 'mount', 'mirror', 'cacheMb', 'writebackMs', 'writeThrough', 'flushOnClose', 'force', 'stateDir', 'adoptMirror'] as const) {
     if (args[k] !== undefined) cli[k] = args[k];
   }
   const merged = { ...fromFile, ...validateConfig(cli) };
@@ -29,7 +31,18 @@ export async function serve(args: ServeArgs): Promise<number> {
   const out = (event: string, data: Record<string, unknown>, text: string) =>
     process.stdout.write(args.json ? JSON.stringify({ event, ...data }) + '\n' : `twinfs: ${text}\n`);
 
-  const fs = await TwinFs.mount({
+  let mirror: MirrorDriver | undefined;
+  if (cfg.mirror) {
+    // Check the directories before the mirror driver creates anything.
+    await preflight({ primary: cfg.primary, mount: cfg.mount, mirror: cfg.mirror, force: cfg.force });
+    mirror = await MirrorDriver.open({ primary: cfg.primary, mirror: cfg.mirror, stateDir: cfg.stateDir, adopt: cfg.adoptMirror });
+    mirror.onDidBreak((e) => out('broken', e, `mirror pair broken: ${e.path} (${e.error})`));
+    mirror.onDidChangeState((e) => args.json && out('state', e, ''));
+  }
+  let fs: TwinFs;
+  try {
+    fs = await TwinFs.mount({
+    sink: mirror,
     primary: cfg.primary,
     mount: cfg.mount,
     mirror: cfg.mirror,
@@ -39,10 +52,21 @@ export async function serve(args: ServeArgs): Promise<number> {
     writeThrough: cfg.writeThrough,
     flushOnClose: cfg.flushOnClose,
   });
+  } catch (err) {
+    await mirror?.dispose().catch(() => undefined);
+    throw err;
+  }
   const st = fs.status();
   out(
     'mounted',
-    { primary: fs.primary, mount: fs.mountPoint, pid: process.pid, cacheBytes: st.cache.limitBytes, writeThrough: st.writeThrough },
+    {
+      primary: fs.primary,
+      mount: fs.mountPoint,
+      pid: process.pid,
+      cacheBytes: st.cache.limitBytes,
+      writeThrough: st.writeThrough,
+      mirror: mirror ? { deviceId: mirror.deviceId, mirrorRoot: mirror.dataRoot } : null,
+    },
     `serving ${fs.primary} at ${fs.mountPoint} (pid ${process.pid}, ${
       st.writeThrough ? 'write-through' : `write-back cache ${Math.round(st.cache.limitBytes / 1048576)} MiB`
     })`,
@@ -57,7 +81,9 @@ export async function serve(args: ServeArgs): Promise<number> {
       }
       stopping = true;
       out('stopping', { signal }, `${signal}: writing back cached data and unmounting`);
-      fs.unmount().then(
+      fs.unmount()
+        .finally(() => mirror?.dispose())
+        .then(
         () => {
           out('unmounted', { mount: fs.mountPoint }, `unmounted ${fs.mountPoint}`);
           resolve(0);

@@ -69,3 +69,40 @@ export function delay(ms: number, signal?: AbortSignal): Promise<void> {
     );
   });
 }
+
+/**
+ * Runs tasks one at a time in submission order. Unlike a promise chain it keeps no
+ * ever-growing chain of closures, and it can tell when it is idle.
+ */
+export class SerialQueue {
+  private readonly tasks: Array<() => Promise<void>> = [];
+  private running = false;
+  private idleWaiters: Array<() => void> = [];
+
+  get length(): number {
+    return this.tasks.length + (this.running ? 1 : 0);
+  }
+
+  push<T>(task: () => Promise<T>): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      this.tasks.push(() => task().then(resolve, reject));
+      if (!this.running) void this.drain();
+    });
+  }
+
+  /** Resolves when every task queued so far (and since) has finished. */
+  whenIdle(): Promise<void> {
+    if (!this.running && this.tasks.length === 0) return Promise.resolve();
+    return new Promise((r) => this.idleWaiters.push(r));
+  }
+
+  private async drain(): Promise<void> {
+    this.running = true;
+    while (this.tasks.length > 0) {
+      const t = this.tasks.shift()!;
+      await t().catch(() => undefined);
+    }
+    this.running = false;
+    for (const w of this.idleWaiters.splice(0)) w();
+  }
+}

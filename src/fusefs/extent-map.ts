@@ -79,14 +79,15 @@ export class ExtentMap {
 
   /**
    * Puts extents back underneath the current ones (used when a flush failed: the data taken
-   * for it is older than anything written since). Returns the bytes added.
+   * for it is older than anything written since). Returns the change in dirty bytes (bytes of
+   * old not covered by newer data).
    */
   restoreUnder(old: Extent[]): number {
+    const sizeBefore = this.bytes;
     const newer = this.takeAll();
-    let added = 0;
-    for (const e of old) added += this.write(e.off, e.buf.subarray(0, e.len));
+    for (const e of old) this.write(e.off, e.buf.subarray(0, e.len));
     for (const e of newer) this.write(e.off, e.buf.subarray(0, e.len));
-    return added;
+    return this.bytes - sizeBefore;
   }
 
   /** The extents intersecting [off, off+len), in order. */
@@ -118,7 +119,7 @@ export class ExtentMap {
         e.cap = e.len;
         exts.splice(i + 1, 0, right);
         removed += to - from;
-        return removed;
+        break;
       }
       if (e.off < from) {
         removed += eEnd - from;

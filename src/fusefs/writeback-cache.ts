@@ -314,7 +314,11 @@ export class WritebackCache {
       // Keep the data: it goes back under anything written since, and stays until it can be
       // written or the file is gone. The error reaches the application on fsync or close.
       node.flushing = null;
+      // dirtyBytes still counts the taken bytes and everything written since; merged, the
+      // overlap between the two is counted once.
+      const before = bytes + node.dirty.size;
       node.dirty.restoreUnder(taken);
+      this.release(before - node.dirty.size);
       if (node.firstDirtyAt === 0) node.firstDirtyAt = this.now();
       node.error = err as NodeJS.ErrnoException;
       node.retryAt = this.now() + Math.max(200, this.writebackMs);

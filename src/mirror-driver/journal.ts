@@ -1,0 +1,181 @@
+import { promises as fsp } from 'node:fs';
+import * as path from 'node:path';
+import type { Change } from '../fusefs/change-sink.js';
+import { SplitTracker, type TrackerRecord } from './split-tracker.js';
+
+/**
+ * The driver's crash record, an append-only file of JSON lines in the mirror's state directory:
+ *   intent  a change to this path may have reached the primary but not the mirror (written
+ *           before the primary is touched — md's write-intent bitmap, at path granularity)
+ *   split / w / tr / ns / m / released   a split and what changed under it
+ *   broken / repaired                    pairs the mirror could not follow
+ *   clean   the server shut down cleanly
+ * Lines are written without fsync: they survive a kill -9 of the server (the page cache does);
+ * after a machine crash the driver cannot trust the record and verifies instead (see recover()).
+ * A checkpoint rewrites the file with only what is still live.
+ */
+export type JournalRecord =
+  | { t: 'gen'; at: number; boot: string }
+  | { t: 'intent'; p: string }
+  | { t: 'split'; s: TrackerRecord }
+  | { t: 'w'; id: string; p: string; a: number; b: number }
+  | { t: 'ns'; id: string; c: Exclude<Change, { op: 'write' } | { op: 'fsync' }> }
+  | { t: 'tr'; id: string; p: string; size: number }
+  | { t: 'm'; id: string; p: string }
+  | { t: 'released'; id: string }
+  | { t: 'broken'; p: string }
+  | { t: 'repaired'; p: string }
+  | { t: 'clean'; at: number };
+
+export interface RecoveredState {
+  /** No journal at all. */
+  missing: boolean;
+  /** The last generation ended with a clean shutdown. */
+  clean: boolean;
+  /** Written by an earlier boot of the machine: the page cache may have lost lines. */
+  otherBoot: boolean;
+  intents: Set<string>;
+  splits: Map<string, SplitTracker>;
+  broken: Set<string>;
+}
+
+export class Journal {
+  private fh: fsp.FileHandle | null = null;
+  private pending: string[] = [];
+  private writing: Promise<void> | null = null;
+  private waiters: Array<{ resolve: () => void; reject: (e: unknown) => void }> = [];
+  readonly file: string;
+
+  constructor(
+    stateDir: string,
+    private readonly bootId: string,
+  ) {
+    this.file = path.join(stateDir, 'journal.jsonl');
+  }
+
+  async read(): Promise<RecoveredState> {
+    const st: RecoveredState = {
+      missing: false,
+      clean: false,
+      otherBoot: false,
+      intents: new Set(),
+      splits: new Map(),
+      broken: new Set(),
+    };
+    let text: string;
+    try {
+      text = await fsp.readFile(this.file, 'utf8');
+    } catch {
+      st.missing = true;
+      return st;
+    }
+    for (const line of text.split('\n')) {
+      if (!line) continue;
+      let r: JournalRecord;
+      try {
+        r = JSON.parse(line);
+      } catch {
+        continue; // a torn last line
+      }
+      st.clean = false;
+      switch (r.t) {
+        case 'gen':
+          st.otherBoot = r.boot !== this.bootId;
+          break;
+        case 'intent':
+          st.intents.add(r.p);
+          break;
+        case 'split':
+          st.splits.set(r.s.id, new SplitTracker(r.s.id, r.s.selector, r.s.since, r.s.owner));
+          break;
+        case 'w':
+          st.splits.get(r.id)?.recordRange(r.p, r.a, r.b);
+          break;
+        case 'tr':
+          st.splits.get(r.id)?.record({ op: 'truncate', path: r.p, size: r.size });
+          break;
+        case 'ns':
+          st.splits.get(r.id)?.record(r.c);
+          break;
+        case 'm':
+          st.splits.get(r.id)?.touched.add(r.p);
+          break;
+        case 'released':
+          st.splits.delete(r.id);
+          break;
+        case 'broken':
+          st.broken.add(r.p);
+          break;
+        case 'repaired':
+          st.broken.delete(r.p);
+          break;
+        case 'clean':
+          st.clean = true;
+          break;
+      }
+    }
+    return st;
+  }
+
+  /** Starts a new generation holding only the live state (splits, their changes, broken pairs). */
+  async checkpoint(splits: Iterable<SplitTracker>, broken: Iterable<string>, intents: Iterable<string>): Promise<void> {
+    await this.flushPending();
+    const lines: JournalRecord[] = [{ t: 'gen', at: Date.now(), boot: this.bootId }];
+    for (const s of splits) {
+      lines.push({ t: 'split', s: s.toRecord() });
+      for (const c of s.namespace) lines.push({ t: 'ns', id: s.id, c });
+      for (const [p, f] of s.files) for (const [a, b] of f.ranges.toArray()) lines.push({ t: 'w', id: s.id, p, a, b });
+      for (const p of s.touched) lines.push({ t: 'm', id: s.id, p });
+    }
+    for (const p of broken) lines.push({ t: 'broken', p });
+    for (const p of intents) lines.push({ t: 'intent', p });
+    const tmp = `${this.file}.tmp`;
+    await fsp.writeFile(tmp, lines.map((l) => JSON.stringify(l)).join('\n') + '\n');
+    const fh = await fsp.open(tmp, 'r');
+    await fh.sync();
+    await fh.close();
+    await this.fh?.close();
+    this.fh = null;
+    await fsp.rename(tmp, this.file);
+    this.fh = await fsp.open(this.file, 'a');
+  }
+
+  append(r: JournalRecord): Promise<void> {
+    this.pending.push(JSON.stringify(r) + '\n');
+    return new Promise((resolve, reject) => {
+      this.waiters.push({ resolve, reject });
+      if (!this.writing) this.writing = this.writeLoop();
+    });
+  }
+
+  async close(clean: boolean): Promise<void> {
+    if (clean) {
+      await this.append({ t: 'clean', at: Date.now() });
+      await this.fh?.sync();
+    } else await this.flushPending();
+    await this.fh?.close();
+    this.fh = null;
+  }
+
+  private async flushPending(): Promise<void> {
+    while (this.writing) await this.writing;
+  }
+
+  private async writeLoop(): Promise<void> {
+    try {
+      while (this.pending.length > 0) {
+        const batch = this.pending.splice(0).join('');
+        const waiters = this.waiters.splice(0);
+        try {
+          this.fh ??= await fsp.open(this.file, 'a');
+          await this.fh.write(batch);
+          for (const w of waiters) w.resolve();
+        } catch (err) {
+          for (const w of waiters) w.reject(err);
+        }
+      }
+    } finally {
+      this.writing = null;
+    }
+  }
+}

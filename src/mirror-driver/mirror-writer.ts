@@ -1,0 +1,175 @@
+import { execFile } from 'node:child_process';
+import * as fs from 'node:fs';
+import { promises as fsp } from 'node:fs';
+import * as xattr from 'fs-xattr';
+import type { Change } from '../fusefs/change-sink.js';
+
+const S_IFMT = 0o170000;
+const S_IFIFO = 0o010000;
+const S_IFCHR = 0o020000;
+const S_IFBLK = 0o060000;
+const FD_CACHE = 128;
+
+/**
+ * Applies changes to the mirror's data directory, the way the primary saw them. Keeps a small
+ * cache of open descriptors for files being written, closed on rename/unlink of their path.
+ */
+export class MirrorWriter {
+  private readonly fds = new Map<string, number>();
+
+  constructor(private readonly dataRoot: string) {}
+
+  backing(volumePath: string): string {
+    return volumePath === '/' ? this.dataRoot : this.dataRoot + volumePath;
+  }
+
+  async apply(c: Change): Promise<void> {
+    const p = this.backing(c.path);
+    switch (c.op) {
+      case 'write': {
+        const fd = await this.fd(c.path);
+        await writeAll(fd, c.data, c.offset);
+        return;
+      }
+      case 'truncate': {
+        const fd = await this.fd(c.path);
+        await new Promise<void>((res, rej) => fs.ftruncate(fd, c.size, (e) => (e ? rej(e) : res())));
+        return;
+      }
+      case 'create': {
+        const fh = await fsp.open(p, fs.constants.O_CREAT | fs.constants.O_WRONLY, c.mode & 0o7777);
+        try {
+          await fh.chown(c.uid, c.gid);
+          await fh.chmod(c.mode & 0o7777);
+        } finally {
+          await fh.close();
+        }
+        return;
+      }
+      case 'mkdir':
+        await fsp.mkdir(p, c.mode & 0o7777).catch((e) => {
+          if (e.code !== 'EEXIST') throw e;
+        });
+        await fsp.lchown(p, c.uid, c.gid);
+        await fsp.chmod(p, c.mode & 0o7777);
+        return;
+      case 'mknod':
+        await mknod(p, c.mode, c.dev);
+        await fsp.lchown(p, c.uid, c.gid);
+        return;
+      case 'symlink':
+        await fsp.symlink(c.target, p);
+        await fsp.lchown(p, c.uid, c.gid);
+        return;
+      case 'link':
+        await fsp.link(this.backing(c.from), p);
+        return;
+      case 'rename':
+        this.forget(c.from, true);
+        this.forget(c.path, true);
+        await fsp.rename(this.backing(c.from), p);
+        return;
+      case 'unlink':
+        this.forget(c.path, false);
+        await fsp.unlink(p);
+        return;
+      case 'rmdir':
+        this.forget(c.path, true);
+        await fsp.rmdir(p);
+        return;
+      case 'chmod':
+        await fsp.chmod(p, c.mode);
+        return;
+      case 'chown':
+        await fsp.lchown(p, c.uid, c.gid);
+        return;
+      case 'utimens': {
+        const st = c.atime === null || c.mtime === null ? await fsp.lstat(p) : undefined;
+        await fsp.lutimes(p, (c.atime ?? st!.atimeMs) / 1000, (c.mtime ?? st!.mtimeMs) / 1000);
+        return;
+      }
+      case 'setxattr':
+        await xattr.setAttribute(p, c.name, c.value);
+        return;
+      case 'removexattr':
+        await xattr.removeAttribute(p, c.name);
+        return;
+      case 'fsync': {
+        const fd = this.fds.get(c.path);
+        if (fd !== undefined) await new Promise<void>((res, rej) => fs.fdatasync(fd, (e) => (e ? rej(e) : res())));
+        else {
+          const fh = await fsp.open(p, 'r');
+          try {
+            await fh.datasync();
+          } finally {
+            await fh.close();
+          }
+        }
+        return;
+      }
+    }
+  }
+
+  /** Closes cached descriptors of path (and of everything under it when it may be a directory). */
+  forget(path: string, subtree: boolean): void {
+    for (const [p, fd] of this.fds) {
+      if (p === path || (subtree && p.startsWith(path + '/'))) {
+        this.fds.delete(p);
+        fs.close(fd, () => undefined);
+      }
+    }
+  }
+
+  closeAll(): void {
+    for (const fd of this.fds.values()) fs.close(fd, () => undefined);
+    this.fds.clear();
+  }
+
+  private async fd(path: string): Promise<number> {
+    const cached = this.fds.get(path);
+    if (cached !== undefined) {
+      // Refresh LRU position.
+      this.fds.delete(path);
+      this.fds.set(path, cached);
+      return cached;
+    }
+    const fd = await new Promise<number>((res, rej) =>
+      fs.open(this.backing(path), fs.constants.O_WRONLY, (e, f) => (e ? rej(e) : res(f))),
+    );
+    this.fds.set(path, fd);
+    if (this.fds.size > FD_CACHE) {
+      const [oldPath, oldFd] = this.fds.entries().next().value as [string, number];
+      this.fds.delete(oldPath);
+      fs.close(oldFd, () => undefined);
+    }
+    return fd;
+  }
+}
+
+async function writeAll(fd: number, data: Buffer, pos: number): Promise<void> {
+  let off = 0;
+  while (off < data.length) {
+    const n = await new Promise<number>((res, rej) =>
+      fs.write(fd, data, off, data.length - off, pos + off, (e, w) => (e ? rej(e) : res(w))),
+    );
+    if (n === 0) throw Object.assign(new Error('short write'), { code: 'EIO' });
+    off += n;
+  }
+}
+
+export function mknod(p: string, mode: number, dev: number): Promise<void> {
+  const perm = (mode & 0o7777).toString(8);
+  const type = mode & S_IFMT;
+  const args =
+    type === S_IFIFO
+      ? ['-m', perm, p, 'p']
+      : type === S_IFCHR || type === S_IFBLK
+        ? ['-m', perm, p, type === S_IFCHR ? 'c' : 'b', String((dev >>> 8) & 0xfff), String((dev & 0xff) | ((dev >>> 12) & 0xfff00))]
+        : null;
+  if (!args) return fsp.writeFile(p, '', { mode: mode & 0o7777, flag: 'wx' });
+  return new Promise((resolve, reject) =>
+    execFile('mknod', args, { timeout: 10_000 }, (err, _o, stderr) =>
+      err ? reject(Object.assign(new Error(String(stderr).trim()), { code: /exists/.test(String(stderr)) ? 'EEXIST' : 'EIO' })) : resolve(),
+    ),
+  );
+}

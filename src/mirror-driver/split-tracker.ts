@@ -1,0 +1,148 @@
+import type { Change } from '../fusefs/change-sink.js';
+import { RangeSet } from './range-set.js';
+
+/** Which files a split (or an inhibition) covers. */
+export interface Selector {
+  paths?: string[];
+  subtrees?: string[];
+  volume?: boolean;
+}
+
+export function covers(sel: Selector, p: string): boolean {
+  if (sel.volume) return true;
+  if (sel.paths?.includes(p)) return true;
+  return sel.subtrees?.some((t) => t === '/' || p === t || p.startsWith(t + '/')) ?? false;
+}
+
+/** Does the selector cover anything at or below dir (so renaming or removing dir moves it)? */
+export function coversUnder(sel: Selector, dir: string): boolean {
+  if (sel.volume || covers(sel, dir)) return true;
+  const under = (p: string) => dir === '/' || p.startsWith(dir + '/');
+  return (sel.paths?.some(under) ?? false) || (sel.subtrees?.some(under) ?? false);
+}
+
+/** Whether a change touches files a selector covers. */
+export function touches(sel: Selector, c: Change): boolean {
+  switch (c.op) {
+    case 'rename':
+      return coversUnder(sel, c.from) || coversUnder(sel, c.path);
+    case 'rmdir':
+      return coversUnder(sel, c.path);
+    case 'link':
+      return covers(sel, c.from) || covers(sel, c.path);
+    default:
+      return covers(sel, c.path);
+  }
+}
+
+/** A namespace change as recorded (no data). */
+export type NamespaceChange = Exclude<Change, { op: 'write' } | { op: 'fsync' }>;
+
+export interface TrackedFile {
+  ranges: RangeSet;
+}
+
+/** Serialisable form, for the journal. */
+export interface TrackerRecord {
+  id: string;
+  selector: Selector;
+  since: number;
+  owner?: string;
+}
+
+/**
+ * What changed on the primary under one split since it was taken: byte ranges per file (keyed by
+ * the file's current path, moved along with renames), the namespace changes in order, and every
+ * path whose metadata may differ. Costs nothing at split time; grows with the changes only.
+ */
+export class SplitTracker {
+  readonly files = new Map<string, TrackedFile>();
+  readonly namespace: NamespaceChange[] = [];
+  readonly touched = new Set<string>();
+  /** Directories whose contents must be reconciled recursively at resync. */
+  readonly trees = new Set<string>();
+
+  constructor(
+    readonly id: string,
+    readonly selector: Selector,
+    readonly since: number,
+    readonly owner?: string,
+  ) {}
+
+  toRecord(): TrackerRecord {
+    return { id: this.id, selector: this.selector, since: this.since, owner: this.owner };
+  }
+
+  get trackedBytes(): number {
+    let n = 0;
+    for (const f of this.files.values()) n += f.ranges.bytes;
+    return n;
+  }
+
+  record(c: Change): void {
+    switch (c.op) {
+      case 'write':
+        this.file(c.path).ranges.add(c.offset, c.offset + c.data.length);
+        this.touched.add(c.path);
+        return;
+      case 'fsync':
+        return;
+      case 'truncate':
+        this.file(c.path).ranges.truncate(c.size);
+        this.touched.add(c.path);
+        return;
+      case 'rename': {
+        this.namespace.push(c);
+        const moved: Array<[string, TrackedFile]> = [];
+        for (const [p, f] of this.files) {
+          if (p === c.from || p.startsWith(c.from + '/')) moved.push([p, f]);
+        }
+        for (const [p] of moved) this.files.delete(p);
+        this.files.delete(c.path);
+        for (const [p, f] of moved) this.files.set(c.path + p.slice(c.from.length), f);
+        this.touched.add(c.from);
+        this.touched.add(c.path);
+        return;
+      }
+      case 'unlink':
+        this.namespace.push(c);
+        this.files.delete(c.path);
+        this.touched.add(c.path);
+        return;
+      case 'rmdir':
+        this.namespace.push(c);
+        this.touched.add(c.path);
+        return;
+      case 'create':
+        this.namespace.push(c);
+        this.files.set(c.path, { ranges: new RangeSet() });
+        this.touched.add(c.path);
+        return;
+      case 'mkdir':
+      case 'mknod':
+      case 'symlink':
+      case 'link':
+        this.namespace.push(c);
+        this.touched.add(c.path);
+        return;
+      default:
+        // chmod, chown, utimens, xattrs: metadata is synced for every touched path.
+        this.touched.add(c.path);
+    }
+  }
+
+  /** Replays a recorded byte range (journal recovery). */
+  recordRange(p: string, start: number, end: number): void {
+    this.file(p).ranges.add(start, end);
+    this.touched.add(p);
+  }
+
+  private file(p: string): TrackedFile {
+    let f = this.files.get(p);
+    if (!f) {
+      f = { ranges: new RangeSet() };
+      this.files.set(p, f);
+    }
+    return f;
+  }
+}

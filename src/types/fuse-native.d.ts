@@ -1,0 +1,458 @@
+/**
+ * Types for fuse-native 2.2.6 **as patched by patches/fuse-native+2.2.6.patch** (twinfs patch
+ * level 1; see docs/fuse-native-patch.md). They describe what the patched index.js actually
+ * passes to handlers and accepts back, not upstream's README.
+ *
+ * Result convention: every callback's first argument is the op's result, a number: 0 for
+ * success or a negative errno (`Fuse.ENOENT`, Node's `err.errno`). The patched build also
+ * accepts `null`/`undefined` (= 0) and an Error with a numeric `errno`; anything else is EIO.
+ * read and write are different: their single argument is the byte count (or a negative errno).
+ */
+/// <reference types="node" />
+
+declare module 'fuse-native' {
+  namespace Fuse {
+    /** 0 = success, < 0 = -errno. null / undefined / omitted also mean 0. */
+    type Result = number | null | undefined;
+    /** Plain status callback. */
+    type StatusCallback = (err?: Result) => void;
+    /** Callback of read/write: bytes transferred (>= 0) or a negative errno. A second argument is ignored. */
+    type BytesCallback = (bytesOrErrno: number) => void;
+    /**
+     * Callback of open/opendir/create: fh (int32) is handed back to read/write/flush/release/
+     * fsync/ftruncate/fgetattr (or releasedir/fsyncdir). 0 or omitted means "no handle" (those ops get 0).
+     */
+    type HandleCallback = (err: Result, fh?: number) => void;
+
+    /** Identity of the process that caused the current op (fuse_get_context()). */
+    interface Context {
+      readonly uid: number;
+      readonly gid: number;
+      /** Thread id of the caller as the kernel reports it (0 for kernel-originated requests). */
+      readonly pid: number;
+    }
+
+    /**
+     * What getattr/fgetattr (and readdir's optional stats) return. Every field is optional;
+     * missing numbers are 0 except nlink (1), missing times are "now".
+     * Encoding limits (native side): mode/uid/gid/dev/ino/rdev/blksize/nlink are uint32 (ino is
+     * truncated to 32 bits and ignored unless the `use_ino` option is set); size/blocks are
+     * integers up to 2^53; times are Date or ms since the epoch, delivered with whole-ms
+     * precision and must not be before 1970.
+     */
+    interface Stat {
+      mode?: number;
+      uid?: number;
+      gid?: number;
+      size?: number;
+      dev?: number;
+      nlink?: number;
+      ino?: number;
+      rdev?: number;
+      blksize?: number;
+      /** 512-byte blocks. */
+      blocks?: number;
+      atime?: Date | number;
+      mtime?: Date | number;
+      ctime?: Date | number;
+    }
+
+    /** statfs result. Every field is carried as uint32: scale bsize/frsize up so counts fit. */
+    interface Statfs {
+      bsize?: number;
+      frsize?: number;
+      blocks?: number;
+      bfree?: number;
+      bavail?: number;
+      files?: number;
+      ffree?: number;
+      favail?: number;
+      fsid?: number;
+      flag?: number;
+      namemax?: number;
+    }
+
+    type OpName =
+      | 'init'
+      | 'access'
+      | 'statfs'
+      | 'fgetattr'
+      | 'getattr'
+      | 'flush'
+      | 'fsync'
+      | 'fsyncdir'
+      | 'readdir'
+      | 'truncate'
+      | 'ftruncate'
+      | 'utimens'
+      | 'readlink'
+      | 'chown'
+      | 'chmod'
+      | 'mknod'
+      | 'setxattr'
+      | 'getxattr'
+      | 'listxattr'
+      | 'removexattr'
+      | 'open'
+      | 'opendir'
+      | 'read'
+      | 'write'
+      | 'release'
+      | 'releasedir'
+      | 'create'
+      | 'unlink'
+      | 'rename'
+      | 'link'
+      | 'symlink'
+      | 'mkdir'
+      | 'rmdir';
+
+    /**
+     * Per-op timeout in ms after which fuse-native answers the kernel ETIMEDOUT by itself (the
+     * handler keeps running; its late answer is dropped). `false` or 0 disable the timer.
+     */
+    type TimeoutMs = number | false;
+
+    /** `{ default, <op>: ms | false }`: ops not listed use `default`; no `default` means 15 000 ms. */
+    type TimeoutConfig = { default?: TimeoutMs } & { [op in OpName]?: TimeoutMs };
+
+    interface Options {
+      /** Per-op timeout: ms, false/0 (none), or per-op config. Default: 15 000 ms for every op. */
+      timeout?: TimeoutMs | TimeoutConfig;
+      /**
+       * Raw libfuse `-o` options appended verbatim after the options below, e.g.
+       * `['big_writes', 'max_write=131072', 'max_read=131072', 'max_readahead=1048576', 'use_ino',
+       * 'hard_remove', 'negative_timeout=1']`. Entries must be non-empty strings; the whole `-o`
+       * string must stay under 1024 bytes (the constructor/mount throws otherwise). libfuse
+       * rejects unknown options at mount time ("fuse failed").
+       */
+      extraOptions?: readonly string[];
+      /** Unmount a stale (ENOTCONN) mount at the mountpoint before mounting. */
+      force?: boolean;
+      /** Create the mountpoint if missing. */
+      mkdir?: boolean;
+      /** libfuse `debug` (also enabled by DEBUG=fuse-bindings): logs every request to stderr. */
+      debug?: boolean;
+      allowOther?: boolean;
+      allowRoot?: boolean;
+      autoUnmount?: boolean;
+      defaultPermissions?: boolean;
+      blkdev?: boolean;
+      blksize?: number;
+      maxRead?: number;
+      fd?: number;
+      userId?: number | string;
+      fsname?: string;
+      subtype?: string;
+      kernelCache?: boolean;
+      autoCache?: boolean;
+      /** A number is written in octal (0o022 -> `umask=22`); a string is passed verbatim (octal digits). */
+      umask?: number | string;
+      uid?: number;
+      gid?: number;
+      /** Seconds (may be fractional). 0 is honoured (= no caching). Default 1. */
+      entryTimeout?: number | string;
+      /** Seconds (may be fractional). 0 is honoured (= no caching). Default 1. */
+      attrTimeout?: number | string;
+      acAttrTimeout?: number | string;
+      noforget?: boolean;
+      remember?: number | string;
+      modules?: string;
+      /** macOS only. */
+      displayFolder?: boolean;
+      /** macOS only (volume name with displayFolder). */
+      name?: string;
+    }
+
+    /**
+     * Handlers, called as `ops.<name>(...)` (with `this` = the ops object) on the JS main
+     * thread. Many ops are in flight at once and async handlers interleave. Paths are relative
+     * to the mount root and start with '/'. Only implemented ops are registered with libfuse
+     * (getattr always is: without it only '/' exists).
+     *
+     * Caller identity: `fuse.context` ({ uid, gid, pid }) is set synchronously right before
+     * each handler is called. Read it at handler entry, before any await or callback; a fresh
+     * object is created per op, so the object you read may be kept.
+     */
+    interface Operations {
+      /** After the mount is up (mount()'s callback fires before this). */
+      init?(cb: StatusCallback): void;
+      /** mode: R_OK | W_OK | X_OK bits, or F_OK (0). */
+      access?(path: string, mode: number, cb: StatusCallback): void;
+      statfs?(path: string, cb: (err: Result, statfs?: Statfs) => void): void;
+      getattr?(path: string, cb: (err: Result, stat?: Stat) => void): void;
+      /**
+       * getattr on an open file (libfuse2 calls it after create and ftruncate, and for fstat
+       * when the kernel passes a handle). If not implemented libfuse falls back to getattr.
+       */
+      fgetattr?(path: string, fh: number, cb: (err: Result, stat?: Stat) => void): void;
+      /** Called on every close(2) of a file descriptor (may be several per open). */
+      flush?(path: string, fh: number, cb: StatusCallback): void;
+      /** datasync: 1 for fdatasync(2), 0 for fsync(2). Note the order: (path, datasync, fh). */
+      fsync?(path: string, datasync: number, fh: number, cb: StatusCallback): void;
+      fsyncdir?(path: string, datasync: number, fh: number, cb: StatusCallback): void;
+      /**
+       * The whole listing at once (no offsets). names must not include '.' and '..' unless you
+       * want them listed. stats are used (for d_type / d_ino) only if stats.length === names.length.
+       * The opendir handle is not passed.
+       */
+      readdir?(path: string, cb: (err: Result, names?: string[], stats?: Stat[]) => void): void;
+      truncate?(path: string, size: number, cb: StatusCallback): void;
+      ftruncate?(path: string, fh: number, size: number, cb: StatusCallback): void;
+      /**
+       * atime / mtime: ms since the epoch (fractional ms allowed, ~µs precision), or null =
+       * leave that time unchanged (UTIME_OMIT). UTIME_NOW arrives already resolved to the
+       * current realtime clock (both times from a single clock reading). Examples:
+       * `touch -m -d @1e9 f` -> (path, null, 1e12); `touch -a f` -> (path, <now>, null);
+       * `touch f` -> (path, now, now).
+       */
+      utimens?(path: string, atime: number | null, mtime: number | null, cb: StatusCallback): void;
+      /** target is truncated to the kernel's buffer (PATH_MAX). */
+      readlink?(path: string, cb: (err: Result, target?: string) => void): void;
+      /** uid/gid are uint32; 4294967295 ((uid_t)-1) means "leave unchanged". */
+      chown?(path: string, uid: number, gid: number, cb: StatusCallback): void;
+      /** mode carries the permission bits (and possibly S_IF* type bits). */
+      chmod?(path: string, mode: number, cb: StatusCallback): void;
+      /** mode includes the S_IF* file type; dev is the device number for S_IFCHR/S_IFBLK. */
+      mknod?(path: string, mode: number, dev: number, cb: StatusCallback): void;
+      /**
+       * value is a view of libfuse memory, invalid after cb: copy it if you keep it.
+       * position is always 0 on Linux; flags: XATTR_CREATE (1) / XATTR_REPLACE (2).
+       */
+      setxattr?(
+        path: string,
+        name: string,
+        value: Buffer,
+        position: number,
+        flags: number,
+        cb: StatusCallback,
+      ): void;
+      /**
+       * Answer the whole value; fuse-native handles size probes (size 0) and returns ERANGE if
+       * it does not fit the caller's buffer. A missing value (null/undefined) answers ENODATA.
+       * position is always 0 on Linux.
+       */
+      getxattr?(
+        path: string,
+        name: string,
+        position: number,
+        cb: (err: Result, value?: Buffer | string | null) => void,
+      ): void;
+      /** Answer all names; fuse-native handles size probes and ERANGE. */
+      listxattr?(path: string, cb: (err: Result, names?: string[]) => void): void;
+      removexattr?(path: string, name: string, cb: StatusCallback): void;
+      /** flags: the open(2) flags (O_ACCMODE, O_APPEND, O_TRUNC, ...; O_CREAT/O_EXCL are handled by the kernel). */
+      open?(path: string, flags: number, cb: HandleCallback): void;
+      /** flags: the open(2) flags (O_DIRECTORY, ...). */
+      opendir?(path: string, flags: number, cb: HandleCallback): void;
+      /**
+       * Fill buf (a view of libfuse memory, exactly len bytes, invalid after cb) and answer the
+       * number of bytes read (0 = EOF) or a negative errno: cb(n), not cb(0, n).
+       */
+      read?(path: string, fh: number, buf: Buffer, len: number, position: number, cb: BytesCallback): void;
+      /**
+       * buf is a view of libfuse memory, invalid after cb: copy data you keep. Answer the number
+       * of bytes written or a negative errno: cb(len), not cb(0, len).
+       */
+      write?(path: string, fh: number, buf: Buffer, len: number, position: number, cb: BytesCallback): void;
+      /**
+       * Last close of an open file. After unlink of an open file, path is the libfuse hidden name
+       * (.fuse_hiddenXXXX) or, with hard_remove, may not be usable: key state by fh.
+       */
+      release?(path: string, fh: number, cb: StatusCallback): void;
+      releasedir?(path: string, fh: number, cb: StatusCallback): void;
+      /** Create and open. mode includes S_IFREG; the open flags are NOT passed. */
+      create?(path: string, mode: number, cb: HandleCallback): void;
+      unlink?(path: string, cb: StatusCallback): void;
+      /** No rename flags (RENAME_NOREPLACE / RENAME_EXCHANGE are rejected by the kernel for FUSE2). */
+      rename?(src: string, dest: string, cb: StatusCallback): void;
+      /** Hard link: src is the existing path, dest the new one. */
+      link?(src: string, dest: string, cb: StatusCallback): void;
+      /** target: the link's content (any string); path: the new symlink inside the FS. */
+      symlink?(target: string, path: string, cb: StatusCallback): void;
+      /** mode: permission bits only (no S_IFDIR). */
+      mkdir?(path: string, mode: number, cb: StatusCallback): void;
+      rmdir?(path: string, cb: StatusCallback): void;
+    }
+  }
+
+  class Fuse {
+    /**
+     * Nothing happens until mount(). Throws TypeError for bad `timeout` or `extraOptions` values.
+     * An instance mounts once: after unmount() it cannot be mounted again.
+     */
+    constructor(mnt: string, ops: Fuse.Operations, opts?: Fuse.Options);
+
+    /** Absolute mountpoint. */
+    readonly mnt: string;
+    readonly ops: Fuse.Operations;
+    readonly opts: Fuse.Options;
+    /**
+     * Caller of the op being dispatched; set synchronously immediately before each handler call
+     * (null before the first op). Only valid synchronously at handler entry: ops interleave.
+     */
+    readonly context: Fuse.Context | null;
+    /** Nanoresource state. */
+    readonly opened: boolean;
+    readonly closed: boolean;
+
+    /**
+     * Mounts (fuse_mount in the calling thread, then the FUSE loop in a native thread). cb fires
+     * when libfuse's init arrives, or with an Error ('fuse failed', 'Mountpoint does not exist',
+     * 'Mountpoint in use', ...). Never access the mount synchronously from this process.
+     */
+    mount(cb: (err?: Error | null) => void): void;
+    /**
+     * `fusermount -uz` (lazy) then releases the native side. Does not wait for in-flight
+     * handlers: they may still run afterwards. err.unmountFailure is set if fusermount failed.
+     */
+    unmount(cb: (err?: (Error & { unmountFailure?: boolean }) | null) => void): void;
+    /** Fuse[code.toUpperCase()] or -1 (EPERM) for unknown codes, e.g. fuse.errno('ENOENT') === -2. */
+    errno(code: string): number;
+
+    /** `fusermount -uz <mnt>` (lazy unmount) of any FUSE mount. */
+    static unmount(mnt: string, cb: (err: Error | null) => void): void;
+    /**
+     * fuse-shared-library's bundled-libfuse setup check (has `configure` run as root?). Not
+     * needed with the system libfuse2 this build links.
+     */
+    static isConfigured(cb: (err: Error | null, configured?: boolean) => void): void;
+    /** Installs the bundled fusermount/init scripts (needs root). Not needed with system libfuse2. */
+    static configure(cb?: (err: Error | null) => void): void;
+    static unconfigure(cb?: (err: Error | null) => void): void;
+    static beforeMount(cb?: (err: Error | null) => void): void;
+    static beforeUnmount(cb?: (err: Error | null) => void): void;
+
+    /** twinfs patch level (1); undefined if an unpatched fuse-native is installed. */
+    static readonly patchLevel: number | undefined;
+
+    // errno constants (Linux values, negative)
+    static readonly EPERM: -1;
+    static readonly ENOENT: -2;
+    static readonly ESRCH: -3;
+    static readonly EINTR: -4;
+    static readonly EIO: -5;
+    static readonly ENXIO: -6;
+    static readonly E2BIG: -7;
+    static readonly ENOEXEC: -8;
+    static readonly EBADF: -9;
+    static readonly ECHILD: -10;
+    static readonly EAGAIN: -11;
+    static readonly ENOMEM: -12;
+    static readonly EACCES: -13;
+    static readonly EFAULT: -14;
+    static readonly ENOTBLK: -15;
+    static readonly EBUSY: -16;
+    static readonly EEXIST: -17;
+    static readonly EXDEV: -18;
+    static readonly ENODEV: -19;
+    static readonly ENOTDIR: -20;
+    static readonly EISDIR: -21;
+    static readonly EINVAL: -22;
+    static readonly ENFILE: -23;
+    static readonly EMFILE: -24;
+    static readonly ENOTTY: -25;
+    static readonly ETXTBSY: -26;
+    static readonly EFBIG: -27;
+    static readonly ENOSPC: -28;
+    static readonly ESPIPE: -29;
+    static readonly EROFS: -30;
+    static readonly EMLINK: -31;
+    static readonly EPIPE: -32;
+    static readonly EDOM: -33;
+    static readonly ERANGE: -34;
+    static readonly EDEADLK: -35;
+    static readonly ENAMETOOLONG: -36;
+    static readonly ENOLCK: -37;
+    static readonly ENOSYS: -38;
+    static readonly ENOTEMPTY: -39;
+    static readonly ELOOP: -40;
+    static readonly EWOULDBLOCK: -11;
+    static readonly ENOMSG: -42;
+    static readonly EIDRM: -43;
+    static readonly ECHRNG: -44;
+    static readonly EL2NSYNC: -45;
+    static readonly EL3HLT: -46;
+    static readonly EL3RST: -47;
+    static readonly ELNRNG: -48;
+    static readonly EUNATCH: -49;
+    static readonly ENOCSI: -50;
+    static readonly EL2HLT: -51;
+    static readonly EBADE: -52;
+    static readonly EBADR: -53;
+    static readonly EXFULL: -54;
+    static readonly ENOANO: -55;
+    static readonly EBADRQC: -56;
+    static readonly EBADSLT: -57;
+    static readonly EDEADLOCK: -35;
+    static readonly EBFONT: -59;
+    static readonly ENOSTR: -60;
+    static readonly ENODATA: -61;
+    static readonly ETIME: -62;
+    static readonly ENOSR: -63;
+    static readonly ENONET: -64;
+    static readonly ENOPKG: -65;
+    static readonly EREMOTE: -66;
+    static readonly ENOLINK: -67;
+    static readonly EADV: -68;
+    static readonly ESRMNT: -69;
+    static readonly ECOMM: -70;
+    static readonly EPROTO: -71;
+    static readonly EMULTIHOP: -72;
+    static readonly EDOTDOT: -73;
+    static readonly EBADMSG: -74;
+    static readonly EOVERFLOW: -75;
+    static readonly ENOTUNIQ: -76;
+    static readonly EBADFD: -77;
+    static readonly EREMCHG: -78;
+    static readonly ELIBACC: -79;
+    static readonly ELIBBAD: -80;
+    static readonly ELIBSCN: -81;
+    static readonly ELIBMAX: -82;
+    static readonly ELIBEXEC: -83;
+    static readonly EILSEQ: -84;
+    static readonly ERESTART: -85;
+    static readonly ESTRPIPE: -86;
+    static readonly EUSERS: -87;
+    static readonly ENOTSOCK: -88;
+    static readonly EDESTADDRREQ: -89;
+    static readonly EMSGSIZE: -90;
+    static readonly EPROTOTYPE: -91;
+    static readonly ENOPROTOOPT: -92;
+    static readonly EPROTONOSUPPORT: -93;
+    static readonly ESOCKTNOSUPPORT: -94;
+    static readonly EOPNOTSUPP: -95;
+    static readonly EPFNOSUPPORT: -96;
+    static readonly EAFNOSUPPORT: -97;
+    static readonly EADDRINUSE: -98;
+    static readonly EADDRNOTAVAIL: -99;
+    static readonly ENETDOWN: -100;
+    static readonly ENETUNREACH: -101;
+    static readonly ENETRESET: -102;
+    static readonly ECONNABORTED: -103;
+    static readonly ECONNRESET: -104;
+    static readonly ENOBUFS: -105;
+    static readonly EISCONN: -106;
+    static readonly ENOTCONN: -107;
+    static readonly ESHUTDOWN: -108;
+    static readonly ETOOMANYREFS: -109;
+    static readonly ETIMEDOUT: -110;
+    static readonly ECONNREFUSED: -111;
+    static readonly EHOSTDOWN: -112;
+    static readonly EHOSTUNREACH: -113;
+    static readonly EALREADY: -114;
+    static readonly EINPROGRESS: -115;
+    static readonly ESTALE: -116;
+    static readonly EUCLEAN: -117;
+    static readonly ENOTNAM: -118;
+    static readonly ENAVAIL: -119;
+    static readonly EISNAM: -120;
+    static readonly EREMOTEIO: -121;
+    static readonly EDQUOT: -122;
+    static readonly ENOMEDIUM: -123;
+    static readonly EMEDIUMTYPE: -124;
+  }
+
+  // CommonJS module.exports = Fuse; in ESM: `import Fuse from 'fuse-native'` (or createRequire).
+  export default Fuse;
+}
