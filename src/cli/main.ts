@@ -4,6 +4,7 @@ import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { TwinError } from '../common/errors.js';
 import { demo } from './demo.js';
+import { registerPeerCommands } from './peer-commands.js';
 import { formatError, serve } from './serve.js';
 
 async function main(argv: string[]): Promise<number> {
@@ -77,7 +78,11 @@ async function main(argv: string[]): Promise<number> {
       async (a) => {
         status = await demo({ keep: a.keep });
       },
-    )
+    );
+  registerPeerCommands(parser, (code) => {
+    status = code;
+  });
+  parser
     .fail((msg, err) => {
       if (err) throw err;
       throw new TwinError('ETWIN_USAGE', msg);

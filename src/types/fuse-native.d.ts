@@ -123,7 +123,7 @@ declare module 'fuse-native' {
        * Raw libfuse `-o` options appended verbatim after the options below, e.g.
        * `['big_writes', 'max_write=131072', 'max_read=131072', 'max_readahead=1048576', 'use_ino',
        * 'hard_remove', 'negative_timeout=1']`. Entries must be non-empty strings; the whole `-o`
-       * string must stay under 1024 bytes (the constructor/mount throws otherwise). libfuse
+       * string must stay under 1024 bytes (otherwise mount() calls back with an Error). libfuse
        * rejects unknown options at mount time ("fuse failed").
        */
       extraOptions?: readonly string[];
@@ -278,7 +278,8 @@ declare module 'fuse-native' {
 
   class Fuse {
     /**
-     * Nothing happens until mount(). Throws TypeError for bad `timeout` or `extraOptions` values.
+     * Nothing happens until mount(). Throws TypeError for a bad `timeout`; bad `extraOptions`
+     * reach mount()'s callback as an Error.
      * An instance mounts once: after unmount() it cannot be mounted again.
      */
     constructor(mnt: string, ops: Fuse.Operations, opts?: Fuse.Options);

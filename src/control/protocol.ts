@@ -1,0 +1,126 @@
+import { z } from 'zod';
+
+/**
+ * The twinfs control protocol, version 1: JSON text messages over a websocket. This module is
+ * the one schema; the server validates every request with it and the client validates every
+ * reply and event. Documented in docs/protocol.md.
+ */
+export const PROTOCOL_VERSION = 1;
+/** Largest message either side accepts, bytes. */
+export const MAX_MESSAGE_BYTES = 1024 * 1024;
+
+const volumePath = z
+  .string()
+  .min(1)
+  .max(4096)
+  .refine((p) => !p.includes('\0'), 'path contains a NUL byte')
+  .refine((p) => !p.split('/').includes('..'), 'path escapes the volume root (..)');
+
+export const selectorSchema = z
+  .object({
+    paths: z.array(volumePath).max(10_000).optional(),
+    subtree: volumePath.optional(),
+    volume: z.boolean().optional(),
+  })
+  .strict()
+  .refine((s) => [s.paths !== undefined && s.paths.length > 0, s.subtree !== undefined, s.volume === true].filter(Boolean).length === 1, {
+    message: 'name exactly one of: paths (non-empty), subtree, volume',
+  });
+export type SelectorMsg = z.infer<typeof selectorSchema>;
+
+const id = z.union([z.string().min(1).max(100), z.number().int()]);
+
+export const requestSchema = z.discriminatedUnion('type', [
+  z.object({ type: z.literal('hello'), id, version: z.number().int(), token: z.string().max(1024), client: z.string().max(200).optional() }).strict(),
+  z.object({ type: z.literal('status'), id }).strict(),
+  z
+    .object({
+      type: z.literal('prepare'),
+      id,
+      selector: selectorSchema,
+      /** How long the split may be held without renew, ms. */
+      leaseMs: z.number().int().min(1000).max(24 * 3600_000).optional(),
+      /** Override the server's maximum write stall for this prepare (may only be lower). */
+      maxStallMs: z.number().int().min(1).max(60_000).optional(),
+    })
+    .strict(),
+  z.object({ type: z.literal('renew'), id, backupId: z.string().max(200), leaseMs: z.number().int().min(1000).max(24 * 3600_000).optional() }).strict(),
+  z.object({ type: z.literal('release'), id, backupId: z.string().max(200) }).strict(),
+  z.object({ type: z.literal('freeze'), id, selector: selectorSchema, timeoutMs: z.number().int().min(100).max(3600_000).optional() }).strict(),
+  z.object({ type: z.literal('thaw'), id, freezeId: z.string().max(200) }).strict(),
+  z.object({ type: z.literal('verify'), id, content: z.boolean().optional() }).strict(),
+  z.object({ type: z.literal('repair'), id }).strict(),
+  z.object({ type: z.literal('flush'), id }).strict(),
+]);
+export type Request = z.infer<typeof requestSchema>;
+export type RequestType = Request['type'];
+
+export const itemSchema = z.object({
+  path: z.string(),
+  /** Path of the frozen copy relative to mirrorRoot. */
+  mirrorPath: z.string(),
+  type: z.enum(['file', 'dir', 'symlink', 'fifo', 'other']),
+  size: z.number(),
+  mtime: z.number(),
+  mode: z.number(),
+  uid: z.number(),
+  gid: z.number(),
+  ino: z.number().optional(),
+  nlink: z.number().optional(),
+  target: z.string().optional(),
+});
+export type Item = z.infer<typeof itemSchema>;
+
+export const prepareResultSchema = z.object({
+  backupId: z.string(),
+  deviceId: z.string(),
+  mirrorRoot: z.string(),
+  selector: selectorSchema,
+  items: z.array(itemSchema),
+  /** False when the selection held more items than a reply carries: walk mirrorRoot instead. */
+  itemsComplete: z.boolean(),
+  stallMs: z.number(),
+  leaseMs: z.number(),
+  expiresAt: z.number(),
+});
+export type PrepareResult = z.infer<typeof prepareResultSchema>;
+
+export const errorSchema = z.object({ code: z.string(), message: z.string(), data: z.record(z.string(), z.unknown()).optional() });
+export type ErrorPayload = z.infer<typeof errorSchema>;
+
+export const serverMessageSchema = z.discriminatedUnion('type', [
+  z.object({ type: z.literal('result'), id, result: z.unknown() }),
+  z.object({ type: z.literal('error'), id: id.nullable(), error: errorSchema }),
+  z.object({ type: z.literal('event'), event: z.string(), data: z.unknown() }),
+]);
+export type ServerMessage = z.infer<typeof serverMessageSchema>;
+
+export const helloResultSchema = z.object({
+  version: z.number(),
+  server: z.string(),
+  deviceId: z.string().nullable(),
+  mirrorRoot: z.string().nullable(),
+});
+export type HelloResult = z.infer<typeof helloResultSchema>;
+
+/** Server events pushed to every authenticated connection. */
+export const EVENTS = ['frozen', 'thawed', 'split', 'resynced', 'broken', 'released', 'lease-expired', 'state'] as const;
+export type EventName = (typeof EVENTS)[number];
+
+/** Stable error codes of the protocol (in addition to the ETWIN_* catalogue). */
+export const ProtocolErrors = {
+  EPROTO_MALFORMED: 'the message is not valid JSON or does not match the schema',
+  EPROTO_TOO_LARGE: 'the message exceeds the size limit',
+  EPROTO_VERSION: 'unsupported protocol version',
+  EPROTO_AUTH: 'missing or wrong token',
+  EPROTO_NOT_AUTHENTICATED: 'send hello first',
+  EPROTO_UNKNOWN_TYPE: 'unknown request type',
+} as const;
+
+/** Formats zod issues into one readable line. */
+export function describeIssues(err: z.ZodError): string {
+  return err.issues
+    .slice(0, 3)
+    .map((i) => `${i.path.length ? i.path.join('.') + ': ' : ''}${i.message}`)
+    .join('; ');
+}

@@ -1,0 +1,355 @@
+import { createHash } from 'node:crypto';
+import * as fs from 'node:fs';
+import { promises as fsp } from 'node:fs';
+import * as path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type ChangeSink, nullSink, TwinFs } from '../../src/fusefs/index.js';
+import { WritebackCache } from '../../src/fusefs/writeback-cache.js';
+import { isMounted, mountTmpfs, runSteps, unmountAll, waitFor } from '../helpers/mounts.js';
+import { sh, shOk } from '../helpers/proc.js';
+import { type ServerHandle, startServer, tempDirs } from '../helpers/server.js';
+import { bytes } from './fixtures/bytes.mjs';
+
+const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+const MiB = 1024 * 1024;
+
+async function primaryBytes(file: string): Promise<Buffer> {
+  return fsp.readFile(file).catch(() => Buffer.alloc(0));
+}
+
+describe('WritebackCache (no FUSE)', () => {
+  let t: Awaited<ReturnType<typeof tempDirs>>;
+  beforeAll(async () => {
+    t = await tempDirs('d');
+  });
+  afterAll(async () => {
+    await t?.cleanup();
+  });
+
+  it('reads overlay cached data on the primary, and sparse gaps read as zeros', async () => {
+    const file = path.join(t.dirs.d!, 'overlay');
+    await fsp.writeFile(file, Buffer.alloc(100, 1));
+    const cache = new WritebackCache({ sink: nullSink, writebackMs: 60_000 });
+    try {
+      const node = cache.adopt(1, '/overlay', fs.openSync(file, 'r+'), true);
+      cache.write(node, 50, Buffer.alloc(10, 2));
+      cache.write(node, 200, Buffer.alloc(10, 3));
+      const buf = Buffer.alloc(300, 0xee);
+      const n = await cache.read(node, buf, 300, 0);
+      const want = Buffer.concat([Buffer.alloc(50, 1), Buffer.alloc(10, 2), Buffer.alloc(40, 1), Buffer.alloc(100, 0), Buffer.alloc(10, 3)]);
+      expect(n).toBe(210);
+      expect(buf.subarray(0, n).equals(want)).toBe(true);
+      expect((await fsp.readFile(file)).length).toBe(100);
+      await cache.flush(node, { sync: 'data' });
+      expect((await fsp.readFile(file)).equals(want)).toBe(true);
+      expect(cache.getStats().dirtyBytes).toBe(0);
+    } finally {
+      await cache.dispose();
+    }
+  });
+
+  it('after a failed flush, keeps the data under newer writes and counts dirty bytes once', async () => {
+    const file = path.join(t.dirs.d!, 'fail');
+    await fsp.writeFile(file, '');
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    let entered!: () => void;
+    const inFlush = new Promise<void>((r) => (entered = r));
+    const sink: ChangeSink = {
+      beforeChange: async () => {
+        entered();
+        await gate;
+      },
+      apply: async () => undefined,
+    };
+    const cache = new WritebackCache({ sink, writebackMs: 60_000 });
+    // A read-only fd: every write-back fails with EBADF, for real.
+    const node = cache.adopt(2, '/fail', fs.openSync(file, 'r'), false);
+    cache.write(node, 0, Buffer.alloc(100, 1));
+    const flushing = cache.flush(node);
+    await inFlush;
+    cache.write(node, 50, Buffer.alloc(100, 2)); // overlaps the data being flushed by 50 bytes
+    expect(cache.getStats().dirtyBytes).toBe(200);
+    release();
+    await expect(flushing).rejects.toMatchObject({ code: 'EBADF' });
+    expect(node.dirty.size).toBe(150);
+    expect(cache.getStats().dirtyBytes).toBe(150);
+    expect(cache.getStats().writeErrors).toBe(1);
+    const buf = Buffer.alloc(150);
+    expect(await cache.read(node, buf, 150, 0)).toBe(150);
+    expect(buf.equals(Buffer.concat([Buffer.alloc(50, 1), Buffer.alloc(100, 2)]))).toBe(true);
+    expect(cache.takeError(node)?.code).toBe('EBADF');
+    expect(cache.takeError(node)).toBeNull();
+    // The data stays until the file is gone.
+    await cache.discard(node);
+    expect(cache.getStats().dirtyBytes).toBe(0);
+    await cache.dispose();
+  });
+
+  it('throttles a writer at the limit and lets it go once the flusher made room', async () => {
+    const file = path.join(t.dirs.d!, 'throttle');
+    await fsp.writeFile(file, '');
+    const cache = new WritebackCache({ sink: nullSink, limitBytes: 64 * 1024, writebackMs: 60_000 });
+    try {
+      const node = cache.adopt(3, '/throttle', fs.openSync(file, 'r+'), true);
+      const chunk = 16 * 1024;
+      const data = bytes(1024 * 1024, 7);
+      let waited = 0;
+      for (let off = 0; off < data.length; off += chunk) {
+        const r = cache.write(node, off, data.subarray(off, off + chunk));
+        if (r) {
+          waited++;
+          await r;
+        }
+        expect(cache.getStats().dirtyBytes).toBeLessThanOrEqual(64 * 1024);
+      }
+      expect(waited).toBeGreaterThan(0);
+      expect(cache.getStats().throttledWrites).toBe(waited);
+      await cache.flush(node);
+      expect((await fsp.readFile(file)).equals(data)).toBe(true);
+    } finally {
+      await cache.dispose();
+    }
+  });
+});
+
+describe('read-your-writes through a long write-back delay', () => {
+  let t: Awaited<ReturnType<typeof tempDirs>>;
+  let srv: ServerHandle;
+  beforeAll(async () => {
+    t = await tempDirs('primary', 'mnt');
+    srv = await startServer({ primary: t.dirs.primary!, mount: t.dirs.mnt!, args: ['--writeback-ms', '600000'] });
+  });
+  afterAll(async () => {
+    await srv?.kill();
+    await t?.cleanup();
+  });
+
+  it('shows unsynced writes to other processes at once, but not on the primary yet', async () => {
+    const f = path.join(t.dirs.mnt!, 'ryw.bin');
+    const data = bytes(300_000, 11);
+    const r = await runSteps([
+      { op: 'open', path: f, flags: 'w' },
+      { op: 'write', off: 0, len: data.length, seed: 11 },
+      { op: 'close' },
+    ]);
+    expect(r.every((s) => s.ok)).toBe(true);
+    // Another process reads it back through the mount.
+    const [read, st] = await runSteps([
+      { op: 'read', path: f },
+      { op: 'stat', path: f },
+    ]);
+    expect(read).toMatchObject({ ok: true, size: data.length, sha: sha(data) });
+    expect(st).toMatchObject({ ok: true, size: data.length });
+    expect(await shOk(`stat -c %s '${f}'`)).toBe(`${data.length}\n`);
+    expect((await primaryBytes(path.join(t.dirs.primary!, 'ryw.bin'))).length).toBe(0);
+  });
+
+  it('reports size and mtime of cached writes', async () => {
+    const f = path.join(t.dirs.mnt!, 'times.txt');
+    await shOk(`printf abc > '${f}' && touch -d '2001-02-03 04:05:06' '${f}'`);
+    const before = await runSteps([{ op: 'stat', path: f }]);
+    expect(before[0]!.mtimeMs).toBe(new Date('2001-02-03T04:05:06').getTime());
+    const start = Date.now();
+    await shOk(`printf defg >> '${f}'`);
+    const [st] = await runSteps([{ op: 'stat', path: f }]);
+    expect(st!.size).toBe(7);
+    expect(st!.mtimeMs).toBeGreaterThanOrEqual(start - 2000);
+    expect(await shOk(`cat '${f}'`)).toBe('abcdefg');
+    expect((await primaryBytes(path.join(t.dirs.primary!, 'times.txt'))).toString()).toBe('abc');
+  });
+
+  it('sparse writes past the end read back with a zero gap', async () => {
+    const f = path.join(t.dirs.mnt!, 'sparse.bin');
+    const r = await runSteps([
+      { op: 'open', path: f, flags: 'w' },
+      { op: 'write', off: 0, len: 1000, seed: 1 },
+      { op: 'write', off: 5_000_000, len: 1000, seed: 2 },
+      { op: 'close' },
+      { op: 'read', path: f },
+    ]);
+    const want = Buffer.alloc(5_001_000);
+    bytes(1000, 1).copy(want, 0);
+    bytes(1000, 2).copy(want, 5_000_000);
+    expect(r[4]).toMatchObject({ ok: true, size: want.length, sha: sha(want) });
+  });
+
+  it('fsync puts the data on the primary before it returns', async () => {
+    const f = path.join(t.dirs.mnt!, 'synced.bin');
+    const data = bytes(700_000, 12);
+    const r = await runSteps([
+      { op: 'open', path: f, flags: 'w' },
+      { op: 'write', off: 0, len: data.length, seed: 12 },
+      { op: 'fsync' },
+      { op: 'read', path: path.join(t.dirs.primary!, 'synced.bin') },
+      { op: 'write', off: 100, len: 1000, seed: 13 },
+      { op: 'fdatasync' },
+      { op: 'read', path: path.join(t.dirs.primary!, 'synced.bin') },
+      { op: 'close' },
+    ]);
+    expect(r.every((s) => s.ok)).toBe(true);
+    expect(r[3]).toMatchObject({ size: data.length, sha: sha(data) });
+    bytes(1000, 13).copy(data, 100);
+    expect(r[6]).toMatchObject({ size: data.length, sha: sha(data) });
+  });
+
+  it('`sync FILE` from another process writes back data written by someone else', async () => {
+    const f = path.join(t.dirs.mnt!, 'other.txt');
+    await shOk(`printf 'from a writer' > '${f}'`);
+    expect((await primaryBytes(path.join(t.dirs.primary!, 'other.txt'))).length).toBe(0);
+    await shOk(`sync '${f}'`);
+    expect((await primaryBytes(path.join(t.dirs.primary!, 'other.txt'))).toString()).toBe('from a writer');
+  });
+
+  it('writes everything back on SIGTERM', async () => {
+    expect(await srv.stop()).toBe(0);
+    expect(await isMounted(t.dirs.mnt!)).toBe(false);
+    expect(sha(await primaryBytes(path.join(t.dirs.primary!, 'ryw.bin')))).toBe(sha(bytes(300_000, 11)));
+    expect((await primaryBytes(path.join(t.dirs.primary!, 'times.txt'))).toString()).toBe('abcdefg');
+  });
+});
+
+describe('short write-back delay and --write-through', () => {
+  let t: Awaited<ReturnType<typeof tempDirs>>;
+  let short: ServerHandle;
+  let through: ServerHandle;
+  beforeAll(async () => {
+    t = await tempDirs('p1', 'm1', 'p2', 'm2');
+    [short, through] = await Promise.all([
+      startServer({ primary: t.dirs.p1!, mount: t.dirs.m1!, args: ['--writeback-ms', '200'] }),
+      startServer({ primary: t.dirs.p2!, mount: t.dirs.m2!, args: ['--write-through'] }),
+    ]);
+  });
+  afterAll(async () => {
+    await short?.kill();
+    await through?.kill();
+    await t?.cleanup();
+  });
+
+  it('writes unsynced data back after the delay', async () => {
+    const data = bytes(200_000, 21);
+    const r = await runSteps([
+      { op: 'open', path: path.join(t.dirs.m1!, 'later.bin'), flags: 'w' },
+      { op: 'write', off: 0, len: data.length, seed: 21 },
+      { op: 'close' },
+    ]);
+    expect(r.every((s) => s.ok)).toBe(true);
+    const want = sha(data);
+    const landed = await waitFor(async () => sha(await primaryBytes(path.join(t.dirs.p1!, 'later.bin'))) === want, 5000);
+    expect(landed).toBe(true);
+  });
+
+  it('--write-through: a write is on the primary as soon as write() returns', async () => {
+    const primaryFile = path.join(t.dirs.p2!, 'wt.bin');
+    const r = await runSteps([
+      { op: 'open', path: path.join(t.dirs.m2!, 'wt.bin'), flags: 'w' },
+      { op: 'write', off: 0, len: 5000, seed: 31 },
+      { op: 'read', path: primaryFile },
+      { op: 'write', off: 1_000_000, len: 10, seed: 32 },
+      { op: 'stat', path: primaryFile },
+      { op: 'close' },
+    ]);
+    expect(r.every((s) => s.ok)).toBe(true);
+    expect(r[2]).toMatchObject({ size: 5000, sha: sha(bytes(5000, 31)) });
+    expect(r[4]!.size).toBe(1_000_010);
+    expect(through.events.find((e) => e.event === 'mounted')).toMatchObject({ writeThrough: true });
+  });
+});
+
+describe('in-process mount: dirty limit and write-back errors', () => {
+  let t: Awaited<ReturnType<typeof tempDirs>>;
+  let tfs: TwinFs | undefined;
+  const mounted: string[] = [];
+  beforeAll(async () => {
+    t = await tempDirs('primary', 'mnt', 'small', 'smnt', 'src');
+  });
+  afterAll(async () => {
+    // Unmount (drains the cache) while the primary tmpfs is still there.
+    await tfs?.unmount().catch(() => undefined);
+    await unmountAll(t.dirs.mnt!, t.dirs.smnt!, ...mounted);
+    await t?.cleanup();
+  });
+
+  it('throttles writers at the dirty limit: 64 MiB through a 1 MiB cache succeeds', async () => {
+    const src = path.join(t.dirs.src!, 'big');
+    await fsp.writeFile(src, bytes(64 * MiB, 41));
+    const want = sha(await fsp.readFile(src));
+    tfs = await TwinFs.mount({ primary: t.dirs.primary!, mount: t.dirs.mnt!, cacheBytes: MiB, writebackMs: 600_000 });
+    let maxDirty = 0;
+    const sampler = setInterval(() => {
+      maxDirty = Math.max(maxDirty, tfs!.status().cache.dirtyBytes);
+    }, 1);
+    try {
+      const r = await sh(`dd if='${src}' of='${t.dirs.mnt}/big' bs=1M 2>&1`, { timeoutMs: 60_000 });
+      expect(r.code, r.stdout).toBe(0);
+    } finally {
+      clearInterval(sampler);
+    }
+    const st = tfs.status().cache;
+    expect(maxDirty).toBeGreaterThan(0);
+    expect(maxDirty).toBeLessThanOrEqual(MiB);
+    expect(st.dirtyBytes).toBeLessThanOrEqual(MiB);
+    expect(st.throttledWrites).toBeGreaterThan(0);
+    expect(st.writeErrors).toBe(0);
+    expect((await shOk(`sha256sum < '${t.dirs.mnt}/big'`)).split(' ')[0]).toBe(want);
+    await tfs.flushAll({ sync: true });
+    expect(tfs.status().cache.dirtyBytes).toBe(0);
+    expect(sha(await fsp.readFile(path.join(t.dirs.primary!, 'big')))).toBe(want);
+    await tfs.unmount();
+    tfs = undefined;
+    expect(await isMounted(t.dirs.mnt!)).toBe(false);
+  });
+
+  it('a full primary: fsync and close report ENOSPC, the data stays cached and lands once space is freed', async () => {
+    const small = t.dirs.small!;
+    await mountTmpfs(small, 'size=1m');
+    mounted.push(small);
+    tfs = await TwinFs.mount({ primary: small, mount: t.dirs.smnt!, writebackMs: 300 });
+    // Fill the primary behind the server's back.
+    await sh(`dd if=/dev/zero of='${small}/filler' bs=4k 2>/dev/null`);
+    const m = t.dirs.smnt!;
+    const a = bytes(256 * 1024, 51);
+    const b = bytes(200 * 1024, 52);
+    const [fsyncRun, closeRun] = await Promise.all([
+      runSteps([
+        { op: 'open', path: `${m}/a.bin`, flags: 'w' },
+        { op: 'write', off: 0, len: a.length, seed: 51 },
+        { op: 'fsync' },
+        { op: 'close' },
+      ]),
+      // No fsync: the background write-back fails, and close() must say so.
+      runSteps([
+        { op: 'open', path: `${m}/b.bin`, flags: 'w' },
+        { op: 'write', off: 0, len: b.length, seed: 52 },
+        { op: 'sleep', ms: 1500 },
+        { op: 'close' },
+      ]),
+    ]);
+    expect(fsyncRun.map((s) => s.code ?? 'ok')).toEqual(['ok', 'ok', 'ENOSPC', 'ok']);
+    expect(closeRun.map((s) => s.code ?? 'ok')).toEqual(['ok', 'ok', 'ok', 'ENOSPC']);
+    const st = tfs.status().cache;
+    expect(st.writeErrors).toBeGreaterThan(0);
+    expect(st.dirtyBytes).toBeGreaterThanOrEqual(a.length + b.length);
+    // Still readable, whole, through the mount. (The shell ignores the close() of a redirect:
+    // the reader's close may report the pending write-back error, as any close of the file does.)
+    expect((await shOk(`sha256sum < '${m}/a.bin'`)).split(' ')[0]).toBe(sha(a));
+    expect((await shOk(`sha256sum < '${m}/b.bin'`)).split(' ')[0]).toBe(sha(b));
+    expect(await shOk(`stat -c %s '${m}/a.bin' '${m}/b.bin'`)).toBe(`${a.length}\n${b.length}\n`);
+    // Free the space: the background retry writes both files back without anyone asking.
+    await fsp.unlink(path.join(small, 'filler'));
+    const landed = await waitFor(
+      async () =>
+        sha(await primaryBytes(path.join(small, 'a.bin'))) === sha(a) &&
+        sha(await primaryBytes(path.join(small, 'b.bin'))) === sha(b),
+      10_000,
+    );
+    expect(landed).toBe(true);
+    await waitFor(() => tfs!.status().cache.dirtyBytes === 0, 5000);
+    expect(tfs.status().cache.dirtyBytes).toBe(0);
+    // The error was reported once; a later fsync succeeds.
+    const again = await runSteps([{ op: 'open', path: `${m}/a.bin`, flags: 'r+' }, { op: 'fsync' }, { op: 'close' }]);
+    expect(again.every((s) => s.ok)).toBe(true);
+    await tfs.unmount();
+    tfs = undefined;
+  });
+});
