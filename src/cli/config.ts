@@ -16,6 +16,14 @@ export interface ServeConfig {
   stateDir?: string;
   /** Take over a mirror that belongs to another primary. */
   adoptMirror?: boolean;
+  /** HOST:PORT of the control channel (websocket). */
+  control?: string;
+  /** Control token file (created 0600 if missing). Default STATE_DIR/control.token. */
+  tokenFile?: string;
+  /** Longest a prepare may hold writes, ms (default 1000). */
+  maxStallMs?: number;
+  tlsCert?: string;
+  tlsKey?: string;
 }
 
 const SCHEMA: Record<keyof ServeConfig, 'string' | 'number' | 'boolean'> = {
@@ -29,6 +37,11 @@ const SCHEMA: Record<keyof ServeConfig, 'string' | 'number' | 'boolean'> = {
   force: 'boolean',
   stateDir: 'string',
   adoptMirror: 'boolean',
+  control: 'string',
+  tokenFile: 'string',
+  maxStallMs: 'number',
+  tlsCert: 'string',
+  tlsKey: 'string',
 };
 
 /** Reads and validates a JSON config file. Relative paths in it are relative to the file. */
@@ -37,13 +50,19 @@ export async function loadConfig(file: string): Promise<ServeConfig> {
   try {
     text = await fsp.readFile(file, 'utf8');
   } catch (err) {
-    throw new TwinError('ETWIN_CONFIG', `cannot read config file ${file}: ${(err as NodeJS.ErrnoException).code}`, { file });
+    throw new TwinError(
+      'ETWIN_CONFIG',
+      `cannot read config file ${file}: ${(err as NodeJS.ErrnoException).code}`,
+      { file },
+    );
   }
   let raw: unknown;
   try {
     raw = JSON.parse(text);
   } catch (err) {
-    throw new TwinError('ETWIN_CONFIG', `config file ${file} is not valid JSON: ${(err as Error).message}`, { file });
+    throw new TwinError('ETWIN_CONFIG', `config file ${file} is not valid JSON: ${(err as Error).message}`, {
+      file,
+    });
   }
   const source = raw && typeof raw === 'object' && 'serve' in raw ? (raw as { serve: unknown }).serve : raw;
   return validateConfig(source, file);
@@ -55,11 +74,19 @@ export function validateConfig(raw: unknown, file = '<config>'): ServeConfig {
   const out: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(raw)) {
     const type = SCHEMA[k as keyof ServeConfig];
-    if (!type) throw new TwinError('ETWIN_CONFIG', `config ${file}: unknown setting "${k}"`, { file, key: k });
-    if (typeof v !== type) throw new TwinError('ETWIN_CONFIG', `config ${file}: "${k}" must be a ${type}`, { file, key: k });
+    if (!type)
+      throw new TwinError('ETWIN_CONFIG', `config ${file}: unknown setting "${k}"`, { file, key: k });
+    if (typeof v !== type)
+      throw new TwinError('ETWIN_CONFIG', `config ${file}: "${k}" must be a ${type}`, { file, key: k });
     if (type === 'number' && (!Number.isFinite(v) || (v as number) <= 0))
-      throw new TwinError('ETWIN_CONFIG', `config ${file}: "${k}" must be a positive number`, { file, key: k });
-    out[k] = type === 'string' && file !== '<config>' ? path.resolve(path.dirname(file), v as string) : v;
+      throw new TwinError('ETWIN_CONFIG', `config ${file}: "${k}" must be a positive number`, {
+        file,
+        key: k,
+      });
+    out[k] =
+      type === 'string' && file !== '<config>' && k !== 'control'
+        ? path.resolve(path.dirname(file), v as string)
+        : v;
   }
   return out as ServeConfig;
 }

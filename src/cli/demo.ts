@@ -65,7 +65,9 @@ export async function demo(opts: { keep?: boolean; log?: (s: string) => void } =
     check(!(await isMountPoint(mount)).mounted, 'mount point is unmounted');
     const lazyOnPrimary = await fsp.readFile(path.join(primary, 'lazy.txt')).catch(() => Buffer.alloc(0));
     check(lazyOnPrimary.equals(lazy), 'cached (never fsynced) write was written back at unmount');
-    const renamed = await fsp.readFile(path.join(primary, 'docs/hello-renamed.txt')).catch(() => Buffer.alloc(0));
+    const renamed = await fsp
+      .readFile(path.join(primary, 'docs/hello-renamed.txt'))
+      .catch(() => Buffer.alloc(0));
     check(renamed.equals(files['hello.txt']!), 'rename reached the primary');
   } catch (err) {
     failures++;
@@ -75,14 +77,19 @@ export async function demo(opts: { keep?: boolean; log?: (s: string) => void } =
       server.kill('SIGTERM');
       await withTimeout(exited, 20_000, 'server exit').catch(() => server.kill('SIGKILL'));
     }
-    if ((await isMountPoint(mount)).mounted) await import('../fusefs/unmount.js').then((m) => m.forceUnmount(mount)).catch(() => undefined);
+    if ((await isMountPoint(mount)).mounted)
+      await import('../fusefs/unmount.js').then((m) => m.forceUnmount(mount)).catch(() => undefined);
     if (!opts.keep) await fsp.rm(base, { recursive: true, force: true });
   }
   log(failures === 0 ? 'demo: all checks passed' : `demo: ${failures} check(s) failed`);
   return failures === 0 ? 0 : 1;
 }
 
-function waitForEvent(child: ReturnType<typeof spawn>, event: string, ms: number): Promise<Record<string, unknown>> {
+function waitForEvent(
+  child: ReturnType<typeof spawn>,
+  event: string,
+  ms: number,
+): Promise<Record<string, unknown>> {
   return withTimeout(
     new Promise((resolve, reject) => {
       let buf = '';

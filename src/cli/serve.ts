@@ -1,7 +1,12 @@
 import { TwinError } from '../common/errors.js';
 import { TwinFs } from '../fusefs/index.js';
 import { preflight } from '../fusefs/mount-checks.js';
-import { MirrorDriver } from '../mirror-driver/index.js';
+import { BackupService } from '../control/backup-service.js';
+import { ControlServer } from '../control/control-server.js';
+import { loadOrCreateToken } from '../control/token.js';
+import { defaultStateDir, MirrorDriver } from '../mirror-driver/index.js';
+import { promises as fsp } from 'node:fs';
+import * as path from 'node:path';
 import { loadConfig, type ServeConfig, validateConfig } from './config.js';
 
 export interface ServeArgs extends ServeConfig {
@@ -10,15 +15,38 @@ export interface ServeArgs extends ServeConfig {
 }
 
 /** Resolves the effective settings: built-in defaults < config file < command line. */
-export async function resolveServeConfig(args: ServeArgs): Promise<Required<Pick<ServeConfig, 'primary' | 'mount'>> & ServeConfig> {
+export async function resolveServeConfig(
+  args: ServeArgs,
+): Promise<Required<Pick<ServeConfig, 'primary' | 'mount'>> & ServeConfig> {
   const fromFile = args.config ? await loadConfig(args.config) : {};
   const cli: Record<string, unknown> = {};
-  for (const k of ['primary', 'mount', 'mirror', 'cacheMb', 'writebackMs', 'writeThrough', 'flushOnClose', 'force', 'stateDir', 'adoptMirror'] as const) {
+  for (const k of [
+    'primary',
+    'mount',
+    'mirror',
+    'cacheMb',
+    'writebackMs',
+    'writeThrough',
+    'flushOnClose',
+    'force',
+    'stateDir',
+    'adoptMirror',
+    'control',
+    'tokenFile',
+    'maxStallMs',
+    'tlsCert',
+    'tlsKey',
+  ] as const) {
     if (args[k] !== undefined) cli[k] = args[k];
   }
   const merged = { ...fromFile, ...validateConfig(cli) };
-  if (!merged.primary) throw new TwinError('ETWIN_USAGE', 'no primary directory: pass --primary DIR or set "primary" in the config');
-  if (!merged.mount) throw new TwinError('ETWIN_USAGE', 'no mount point: pass --mount DIR or set "mount" in the config');
+  if (!merged.primary)
+    throw new TwinError(
+      'ETWIN_USAGE',
+      'no primary directory: pass --primary DIR or set "primary" in the config',
+    );
+  if (!merged.mount)
+    throw new TwinError('ETWIN_USAGE', 'no mount point: pass --mount DIR or set "mount" in the config');
   return merged as Required<Pick<ServeConfig, 'primary' | 'mount'>> & ServeConfig;
 }
 
@@ -35,26 +63,60 @@ export async function serve(args: ServeArgs): Promise<number> {
   if (cfg.mirror) {
     // Check the directories before the mirror driver creates anything.
     await preflight({ primary: cfg.primary, mount: cfg.mount, mirror: cfg.mirror, force: cfg.force });
-    mirror = await MirrorDriver.open({ primary: cfg.primary, mirror: cfg.mirror, stateDir: cfg.stateDir, adopt: cfg.adoptMirror });
+    mirror = await MirrorDriver.open({
+      primary: cfg.primary,
+      mirror: cfg.mirror,
+      stateDir: cfg.stateDir,
+      adopt: cfg.adoptMirror,
+    });
     mirror.onDidBreak((e) => out('broken', e, `mirror pair broken: ${e.path} (${e.error})`));
     mirror.onDidChangeState((e) => args.json && out('state', e, ''));
   }
   let fs: TwinFs;
   try {
     fs = await TwinFs.mount({
-    sink: mirror,
-    primary: cfg.primary,
-    mount: cfg.mount,
-    mirror: cfg.mirror,
-    force: cfg.force,
-    cacheBytes: cfg.cacheMb ? Math.floor(cfg.cacheMb * 1024 * 1024) : undefined,
-    writebackMs: cfg.writebackMs,
-    writeThrough: cfg.writeThrough,
-    flushOnClose: cfg.flushOnClose,
-  });
+      sink: mirror,
+      primary: cfg.primary,
+      mount: cfg.mount,
+      mirror: cfg.mirror,
+      force: cfg.force,
+      cacheBytes: cfg.cacheMb ? Math.floor(cfg.cacheMb * 1024 * 1024) : undefined,
+      writebackMs: cfg.writebackMs,
+      writeThrough: cfg.writeThrough,
+      flushOnClose: cfg.flushOnClose,
+    });
   } catch (err) {
     await mirror?.dispose().catch(() => undefined);
     throw err;
+  }
+  let control: ControlServer | undefined;
+  let service: BackupService | undefined;
+  if (cfg.control) {
+    try {
+      const [host, port] = parseHostPort(cfg.control);
+      const token = await loadOrCreateToken(
+        cfg.tokenFile ?? path.join(cfg.stateDir ?? defaultStateDir(), 'control.token'),
+      );
+      const tls =
+        cfg.tlsCert && cfg.tlsKey
+          ? { cert: await fsp.readFile(cfg.tlsCert), key: await fsp.readFile(cfg.tlsKey) }
+          : undefined;
+      service = new BackupService({ fs, mirror, maxStallMs: cfg.maxStallMs });
+      control = await ControlServer.start({
+        host,
+        port,
+        token,
+        tls,
+        service,
+        fs,
+        mirror,
+        log: (m) => process.stderr.write(`twinfs: ${m}\n`),
+      });
+    } catch (err) {
+      await fs.unmount().catch(() => undefined);
+      await mirror?.dispose().catch(() => undefined);
+      throw err;
+    }
   }
   const st = fs.status();
   out(
@@ -66,6 +128,7 @@ export async function serve(args: ServeArgs): Promise<number> {
       cacheBytes: st.cache.limitBytes,
       writeThrough: st.writeThrough,
       mirror: mirror ? { deviceId: mirror.deviceId, mirrorRoot: mirror.dataRoot } : null,
+      control: control ? { url: control.url } : null,
     },
     `serving ${fs.primary} at ${fs.mountPoint} (pid ${process.pid}, ${
       st.writeThrough ? 'write-through' : `write-back cache ${Math.round(st.cache.limitBytes / 1048576)} MiB`
@@ -81,22 +144,33 @@ export async function serve(args: ServeArgs): Promise<number> {
       }
       stopping = true;
       out('stopping', { signal }, `${signal}: writing back cached data and unmounting`);
-      fs.unmount()
+      Promise.resolve()
+        .then(() => control?.dispose())
+        .then(() => service?.dispose())
+        .then(() => fs.unmount())
         .finally(() => mirror?.dispose())
         .then(
-        () => {
-          out('unmounted', { mount: fs.mountPoint }, `unmounted ${fs.mountPoint}`);
-          resolve(0);
-        },
-        (err) => {
-          process.stderr.write(`twinfs: unmount failed: ${formatError(err)}\n`);
-          resolve(1);
-        },
-      );
+          () => {
+            out('unmounted', { mount: fs.mountPoint }, `unmounted ${fs.mountPoint}`);
+            resolve(0);
+          },
+          (err) => {
+            process.stderr.write(`twinfs: unmount failed: ${formatError(err)}\n`);
+            resolve(1);
+          },
+        );
     };
     process.on('SIGINT', () => stop('SIGINT'));
     process.on('SIGTERM', () => stop('SIGTERM'));
   });
+}
+
+export function parseHostPort(spec: string): [string, number] {
+  const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d+)$/.exec(spec) ?? /^()()(\d+)$/.exec(spec);
+  if (!m) throw new TwinError('ETWIN_USAGE', `--control must be HOST:PORT or PORT, not "${spec}"`);
+  const port = Number(m[3]);
+  if (port > 65535) throw new TwinError('ETWIN_USAGE', `--control port ${port} is out of range`);
+  return [m[1] || m[2] || '127.0.0.1', port];
 }
 
 export function formatError(err: unknown): string {

@@ -1,7 +1,11 @@
 import type { Disposable } from './lifecycle.js';
 
 /** An event is a function that subscribes a listener and returns the subscription. */
-export type Event<T> = (listener: (e: T) => unknown, thisArgs?: unknown, disposables?: Disposable[]) => Disposable;
+export type Event<T> = (
+  listener: (e: T) => unknown,
+  thisArgs?: unknown,
+  disposables?: Disposable[],
+) => Disposable;
 
 /**
  * Fires events to listeners. One listener's exception never stops the others; it is handed
@@ -12,7 +16,8 @@ export class Emitter<T> {
   private readonly onListenerError: (err: unknown) => void;
 
   constructor(options: { onListenerError?: (err: unknown) => void } = {}) {
-    this.onListenerError = options.onListenerError ?? ((err) => console.error('twinfs: event listener failed:', err));
+    this.onListenerError =
+      options.onListenerError ?? ((err) => console.error('twinfs: event listener failed:', err));
   }
 
   readonly event: Event<T> = (listener, thisArgs, disposables) => {
@@ -27,7 +32,8 @@ export class Emitter<T> {
     for (const l of [...this.listeners]) {
       try {
         const r = l(e);
-        if (r && typeof (r as Promise<unknown>).catch === 'function') (r as Promise<unknown>).catch(this.onListenerError);
+        if (r && typeof (r as Promise<unknown>).catch === 'function')
+          (r as Promise<unknown>).catch(this.onListenerError);
       } catch (err) {
         this.onListenerError(err);
       }

@@ -45,7 +45,10 @@ export interface ControlClientOptions {
  */
 export class ControlClient {
   private nextId = 1;
-  private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: unknown) => void; timer: NodeJS.Timeout }>();
+  private readonly pending = new Map<
+    number,
+    { resolve: (v: unknown) => void; reject: (e: unknown) => void; timer: NodeJS.Timeout }
+  >();
   private readonly _onEvent = new Emitter<{ event: string; data: unknown }>();
   readonly onEvent = this._onEvent.event;
   private readonly _onClose = new Emitter<{ code: number; reason: string }>();
@@ -60,7 +63,11 @@ export class ControlClient {
     ws.on('message', (raw) => this.onMessage(String(raw)));
     ws.on('close', (code, reason) => {
       this.closed = true;
-      const err = new TwinError('ETWIN_CONTROL_CLOSED', `control connection closed (${code}${reason.length ? `: ${reason}` : ''})`, { code });
+      const err = new TwinError(
+        'ETWIN_CONTROL_CLOSED',
+        `control connection closed (${code}${reason.length ? `: ${reason}` : ''})`,
+        { code },
+      );
       for (const p of this.pending.values()) {
         clearTimeout(p.timer);
         p.reject(err);
@@ -72,20 +79,41 @@ export class ControlClient {
   }
 
   static async connect(url: string, opts: ControlClientOptions): Promise<ControlClient> {
-    const ws = new WebSocket(url, { maxPayload: 64 * MAX_MESSAGE_BYTES, ca: opts.ca, handshakeTimeout: opts.connectTimeoutMs ?? 10_000 });
+    const ws = new WebSocket(url, {
+      maxPayload: 64 * MAX_MESSAGE_BYTES,
+      ca: opts.ca,
+      handshakeTimeout: opts.connectTimeoutMs ?? 10_000,
+    });
     await new Promise<void>((resolve, reject) => {
       ws.once('open', () => resolve());
       ws.once('error', (err) =>
-        reject(new TwinError('ETWIN_CONTROL_UNREACHABLE', `cannot reach the twinfs server at ${url}: ${(err as Error).message}`, { url })),
+        reject(
+          new TwinError(
+            'ETWIN_CONTROL_UNREACHABLE',
+            `cannot reach the twinfs server at ${url}: ${(err as Error).message}`,
+            { url },
+          ),
+        ),
       );
       ws.once('unexpected-response', (_req, res) =>
-        reject(new TwinError('ETWIN_CONTROL_UNREACHABLE', `${url} answered HTTP ${res.statusCode}, not a twinfs control channel`, { url })),
+        reject(
+          new TwinError(
+            'ETWIN_CONTROL_UNREACHABLE',
+            `${url} answered HTTP ${res.statusCode}, not a twinfs control channel`,
+            { url },
+          ),
+        ),
       );
     });
     const c = new ControlClient(ws, opts);
-    const hello = await c.request('hello', { version: PROTOCOL_VERSION, token: opts.token, client: opts.client });
+    const hello = await c.request('hello', {
+      version: PROTOCOL_VERSION,
+      token: opts.token,
+      client: opts.client,
+    });
     const parsed = helloResultSchema.safeParse(hello);
-    if (!parsed.success) throw new TwinError('ETWIN_PROTOCOL', `bad hello reply: ${describeIssues(parsed.error)}`);
+    if (!parsed.success)
+      throw new TwinError('ETWIN_PROTOCOL', `bad hello reply: ${describeIssues(parsed.error)}`);
     c.hello = parsed.data;
     return c;
   }
@@ -96,7 +124,8 @@ export class ControlClient {
 
   /** Sends a request and resolves with its result (rejects with a RemoteError). */
   request(type: string, payload: Record<string, unknown> = {}, timeoutMs?: number): Promise<unknown> {
-    if (this.closed) return Promise.reject(new TwinError('ETWIN_CONTROL_CLOSED', 'control connection is closed'));
+    if (this.closed)
+      return Promise.reject(new TwinError('ETWIN_CONTROL_CLOSED', 'control connection is closed'));
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       const ms = timeoutMs ?? this.opts.requestTimeoutMs ?? 120_000;
@@ -109,10 +138,14 @@ export class ControlClient {
     });
   }
 
-  async prepare(selector: SelectorMsg, opts: { leaseMs?: number; maxStallMs?: number } = {}): Promise<PrepareResult> {
+  async prepare(
+    selector: SelectorMsg,
+    opts: { leaseMs?: number; maxStallMs?: number } = {},
+  ): Promise<PrepareResult> {
     const r = await this.request('prepare', { selector, ...opts });
     const parsed = prepareResultSchema.safeParse(r);
-    if (!parsed.success) throw new TwinError('ETWIN_PROTOCOL', `bad prepare reply: ${describeIssues(parsed.error)}`);
+    if (!parsed.success)
+      throw new TwinError('ETWIN_PROTOCOL', `bad prepare reply: ${describeIssues(parsed.error)}`);
     return parsed.data;
   }
 

@@ -23,15 +23,29 @@ export const selectorSchema = z
     volume: z.boolean().optional(),
   })
   .strict()
-  .refine((s) => [s.paths !== undefined && s.paths.length > 0, s.subtree !== undefined, s.volume === true].filter(Boolean).length === 1, {
-    message: 'name exactly one of: paths (non-empty), subtree, volume',
-  });
+  .refine(
+    (s) =>
+      [s.paths !== undefined && s.paths.length > 0, s.subtree !== undefined, s.volume === true].filter(
+        Boolean,
+      ).length === 1,
+    {
+      message: 'name exactly one of: paths (non-empty), subtree, volume',
+    },
+  );
 export type SelectorMsg = z.infer<typeof selectorSchema>;
 
 const id = z.union([z.string().min(1).max(100), z.number().int()]);
 
 export const requestSchema = z.discriminatedUnion('type', [
-  z.object({ type: z.literal('hello'), id, version: z.number().int(), token: z.string().max(1024), client: z.string().max(200).optional() }).strict(),
+  z
+    .object({
+      type: z.literal('hello'),
+      id,
+      version: z.number().int(),
+      token: z.string().max(1024),
+      client: z.string().max(200).optional(),
+    })
+    .strict(),
   z.object({ type: z.literal('status'), id }).strict(),
   z
     .object({
@@ -39,14 +53,38 @@ export const requestSchema = z.discriminatedUnion('type', [
       id,
       selector: selectorSchema,
       /** How long the split may be held without renew, ms. */
-      leaseMs: z.number().int().min(1000).max(24 * 3600_000).optional(),
+      leaseMs: z
+        .number()
+        .int()
+        .min(1000)
+        .max(24 * 3600_000)
+        .optional(),
       /** Override the server's maximum write stall for this prepare (may only be lower). */
       maxStallMs: z.number().int().min(1).max(60_000).optional(),
     })
     .strict(),
-  z.object({ type: z.literal('renew'), id, backupId: z.string().max(200), leaseMs: z.number().int().min(1000).max(24 * 3600_000).optional() }).strict(),
+  z
+    .object({
+      type: z.literal('renew'),
+      id,
+      backupId: z.string().max(200),
+      leaseMs: z
+        .number()
+        .int()
+        .min(1000)
+        .max(24 * 3600_000)
+        .optional(),
+    })
+    .strict(),
   z.object({ type: z.literal('release'), id, backupId: z.string().max(200) }).strict(),
-  z.object({ type: z.literal('freeze'), id, selector: selectorSchema, timeoutMs: z.number().int().min(100).max(3600_000).optional() }).strict(),
+  z
+    .object({
+      type: z.literal('freeze'),
+      id,
+      selector: selectorSchema,
+      timeoutMs: z.number().int().min(100).max(3600_000).optional(),
+    })
+    .strict(),
   z.object({ type: z.literal('thaw'), id, freezeId: z.string().max(200) }).strict(),
   z.object({ type: z.literal('verify'), id, content: z.boolean().optional() }).strict(),
   z.object({ type: z.literal('repair'), id }).strict(),
@@ -85,7 +123,11 @@ export const prepareResultSchema = z.object({
 });
 export type PrepareResult = z.infer<typeof prepareResultSchema>;
 
-export const errorSchema = z.object({ code: z.string(), message: z.string(), data: z.record(z.string(), z.unknown()).optional() });
+export const errorSchema = z.object({
+  code: z.string(),
+  message: z.string(),
+  data: z.record(z.string(), z.unknown()).optional(),
+});
 export type ErrorPayload = z.infer<typeof errorSchema>;
 
 export const serverMessageSchema = z.discriminatedUnion('type', [
@@ -104,7 +146,16 @@ export const helloResultSchema = z.object({
 export type HelloResult = z.infer<typeof helloResultSchema>;
 
 /** Server events pushed to every authenticated connection. */
-export const EVENTS = ['frozen', 'thawed', 'split', 'resynced', 'broken', 'released', 'lease-expired', 'state'] as const;
+export const EVENTS = [
+  'frozen',
+  'thawed',
+  'split',
+  'resynced',
+  'broken',
+  'released',
+  'lease-expired',
+  'state',
+] as const;
 export type EventName = (typeof EVENTS)[number];
 
 /** Stable error codes of the protocol (in addition to the ETWIN_* catalogue). */

@@ -114,7 +114,12 @@ export class ExtentMap {
       }
       if (e.off < from && eEnd > to) {
         // The cut is inside e: split into a left and a right piece sharing memory.
-        const right: Extent = { off: to, len: eEnd - to, buf: e.buf.subarray(to - e.off, e.len), cap: eEnd - to };
+        const right: Extent = {
+          off: to,
+          len: eEnd - to,
+          buf: e.buf.subarray(to - e.off, e.len),
+          cap: eEnd - to,
+        };
         e.len = from - e.off;
         e.cap = e.len;
         exts.splice(i + 1, 0, right);

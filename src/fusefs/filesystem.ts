@@ -70,7 +70,13 @@ export class TwinFs {
       writebackMs: opts.writebackMs,
       writeThrough: opts.writeThrough,
     });
-    this.ops = new VolumeOps({ paths: this.paths, cache: this.cache, sink, gate, flushOnClose: opts.flushOnClose });
+    this.ops = new VolumeOps({
+      paths: this.paths,
+      cache: this.cache,
+      sink,
+      gate,
+      flushOnClose: opts.flushOnClose,
+    });
   }
 
   static async mount(opts: TwinFsOptions): Promise<TwinFs> {
@@ -93,7 +99,14 @@ export class TwinFs {
     await new Promise<void>((resolve, reject) =>
       this.fuse.mount((err: Error | null) =>
         err
-          ? reject(new TwinError('ETWIN_MOUNT_FAILED', `mounting ${this.mountPoint} failed: ${err.message}`, { mount: this.mountPoint }, { cause: err }))
+          ? reject(
+              new TwinError(
+                'ETWIN_MOUNT_FAILED',
+                `mounting ${this.mountPoint} failed: ${err.message}`,
+                { mount: this.mountPoint },
+                { cause: err },
+              ),
+            )
           : resolve(),
       ),
     );
@@ -108,6 +121,12 @@ export class TwinFs {
       cache: this.cache.getStats(),
       openHandles: this.ops.openHandles,
     };
+  }
+
+  /** Writes back the cached data of the files whose current volume path matches. */
+  async flushWhere(match: (volumePath: string) => boolean): Promise<void> {
+    const nodes = [...this.cache.allNodes()].filter((n) => n.isDirty && match(n.path));
+    await Promise.all(nodes.map((n) => this.cache.flush(n)));
   }
 
   /** Writes back all cached data (and makes it durable with sync). */
@@ -133,16 +152,24 @@ export class TwinFs {
       errors.push(err);
     }
     try {
-      await new Promise<void>((resolve, reject) => this.fuse.unmount((err: Error | null) => (err ? reject(err) : resolve())));
+      await new Promise<void>((resolve, reject) =>
+        this.fuse.unmount((err: Error | null) => (err ? reject(err) : resolve())),
+      );
     } catch (err) {
-      errors.push(new TwinError('ETWIN_UNMOUNT_FAILED', `unmounting ${this.mountPoint} failed: ${(err as Error).message}`));
+      errors.push(
+        new TwinError(
+          'ETWIN_UNMOUNT_FAILED',
+          `unmounting ${this.mountPoint} failed: ${(err as Error).message}`,
+        ),
+      );
     }
     try {
       await this.store.dispose();
     } catch (err) {
       errors.push(err);
     }
-    if ((await isMountPoint(this.mountPoint)).mounted) errors.push(new TwinError('ETWIN_UNMOUNT_FAILED', `${this.mountPoint} is still mounted`));
+    if ((await isMountPoint(this.mountPoint)).mounted)
+      errors.push(new TwinError('ETWIN_UNMOUNT_FAILED', `${this.mountPoint} is still mounted`));
     if (errors.length === 1) throw errors[0];
     if (errors.length > 1) throw new AggregateError(errors, 'unmount finished with errors');
   }

@@ -15,7 +15,8 @@ export interface AdapterOptions {
  * become negative errno values.
  */
 export function createFuseHandlers(ops: VolumeOps, opts: AdapterOptions): Record<string, Cb> {
-  const report = opts.onUnexpectedError ?? ((op, err) => console.error(`twinfs: ${op} failed unexpectedly:`, err));
+  const report =
+    opts.onUnexpectedError ?? ((op, err) => console.error(`twinfs: ${op} failed unexpectedly:`, err));
   const fail = (op: string, cb: Cb, err: unknown, ...defaults: unknown[]) => {
     if (isUnexpected(err)) report(op, err);
     cb(toFuseErrno(err), ...defaults);
@@ -54,7 +55,8 @@ export function createFuseHandlers(ops: VolumeOps, opts: AdapterOptions): Record
     access: (path: string, mode: number, cb: Cb) =>
       tryCall('access', cb, () => ops.access(path, mode), status('access', cb)),
     readdir: (path: string, cb: Cb) => tryCall('readdir', cb, () => ops.readdir(path), value('readdir', cb)),
-    readlink: (path: string, cb: Cb) => tryCall('readlink', cb, () => ops.readlink(path), value('readlink', cb)),
+    readlink: (path: string, cb: Cb) =>
+      tryCall('readlink', cb, () => ops.readlink(path), value('readlink', cb)),
     statfs: (path: string, cb: Cb) => tryCall('statfs', cb, () => ops.statfs(path), value('statfs', cb)),
     open: (path: string, flags: number, cb: Cb) =>
       tryCall('open', cb, () => ops.open(path, flags), value('open', cb)),
@@ -89,7 +91,8 @@ export function createFuseHandlers(ops: VolumeOps, opts: AdapterOptions): Record
         (e) => fail('write', cb, e),
       );
     },
-    flush: (_path: string, fh: number, cb: Cb) => tryCall('flush', cb, () => ops.flush(fh), status('flush', cb)),
+    flush: (_path: string, fh: number, cb: Cb) =>
+      tryCall('flush', cb, () => ops.flush(fh), status('flush', cb)),
     release: (_path: string, fh: number, cb: Cb) =>
       tryCall('release', cb, () => ops.release(fh), status('release', cb)),
     fsync: (path: string, datasync: number | boolean, fh: number, cb: Cb) =>
@@ -114,10 +117,12 @@ export function createFuseHandlers(ops: VolumeOps, opts: AdapterOptions): Record
       const ctx = opts.context();
       tryCall('symlink', cb, () => ops.symlink(target, path, ctx), status('symlink', cb));
     },
-    link: (from: string, path: string, cb: Cb) => tryCall('link', cb, () => ops.link(from, path), status('link', cb)),
+    link: (from: string, path: string, cb: Cb) =>
+      tryCall('link', cb, () => ops.link(from, path), status('link', cb)),
     rename: (from: string, to: string, cb: Cb) =>
       tryCall('rename', cb, () => ops.rename(from, to), status('rename', cb)),
-    chmod: (path: string, mode: number, cb: Cb) => tryCall('chmod', cb, () => ops.chmod(path, mode), status('chmod', cb)),
+    chmod: (path: string, mode: number, cb: Cb) =>
+      tryCall('chmod', cb, () => ops.chmod(path, mode), status('chmod', cb)),
     chown: (path: string, uid: number, gid: number, cb: Cb) =>
       tryCall('chown', cb, () => ops.chown(path, uid, gid), status('chown', cb)),
     utimens: (path: string, atime: number | null, mtime: number | null, cb: Cb) =>
@@ -126,7 +131,8 @@ export function createFuseHandlers(ops: VolumeOps, opts: AdapterOptions): Record
       tryCall('setxattr', cb, () => ops.setxattr(path, name, value, flags), status('setxattr', cb)),
     getxattr: (path: string, name: string, _position: number, cb: Cb) =>
       tryCall('getxattr', cb, () => ops.getxattr(path, name), value('getxattr', cb)),
-    listxattr: (path: string, cb: Cb) => tryCall('listxattr', cb, () => ops.listxattr(path), value('listxattr', cb)),
+    listxattr: (path: string, cb: Cb) =>
+      tryCall('listxattr', cb, () => ops.listxattr(path), value('listxattr', cb)),
     removexattr: (path: string, name: string, cb: Cb) =>
       tryCall('removexattr', cb, () => ops.removexattr(path, name), status('removexattr', cb)),
   };

@@ -4,7 +4,9 @@ import * as path from 'node:path';
 import { TwinError } from '../common/errors.js';
 
 /** Mount points in this mount namespace, from /proc/self/mountinfo (octal escapes decoded). */
-export async function listMountPoints(): Promise<Array<{ mountPoint: string; fsType: string; source: string }>> {
+export async function listMountPoints(): Promise<
+  Array<{ mountPoint: string; fsType: string; source: string }>
+> {
   const text = await fsp.readFile('/proc/self/mountinfo', 'utf8').catch(() => '');
   const out = [];
   for (const line of text.split('\n')) {
@@ -12,7 +14,11 @@ export async function listMountPoints(): Promise<Array<{ mountPoint: string; fsT
     const [left, right] = line.split(' - ');
     const fields = left!.split(' ');
     const rf = (right ?? '').split(' ');
-    out.push({ mountPoint: unescapeMount(fields[4] ?? ''), fsType: rf[0] ?? '', source: unescapeMount(rf[1] ?? '') });
+    out.push({
+      mountPoint: unescapeMount(fields[4] ?? ''),
+      fsType: rf[0] ?? '',
+      source: unescapeMount(rf[1] ?? ''),
+    });
   }
   return out;
 }
@@ -40,7 +46,9 @@ export interface PreflightInput {
  * Everything that must hold before mounting, each failure a named error with a clear message.
  * Returns the resolved real paths.
  */
-export async function preflight(input: PreflightInput): Promise<{ primary: string; mount: string; mirror?: string }> {
+export async function preflight(
+  input: PreflightInput,
+): Promise<{ primary: string; mount: string; mirror?: string }> {
   const mount = path.resolve(input.mount);
   const primary = path.resolve(input.primary);
 
@@ -49,16 +57,21 @@ export async function preflight(input: PreflightInput): Promise<{ primary: strin
     mst = await fsp.stat(mount);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') throw new TwinError('ETWIN_MOUNTPOINT_MISSING', `mount point ${mount} does not exist`, { mount });
+    if (code === 'ENOENT')
+      throw new TwinError('ETWIN_MOUNTPOINT_MISSING', `mount point ${mount} does not exist`, { mount });
     if (code === 'ENOTCONN' || code === 'EIO')
       throw new TwinError(
         'ETWIN_MOUNTPOINT_BUSY',
         `mount point ${mount} holds a stale FUSE mount; clear it with: twinfs unmount ${mount}`,
         { mount, stale: true },
       );
-    throw new TwinError('ETWIN_MOUNTPOINT_MISSING', `mount point ${mount} cannot be inspected: ${code}`, { mount, code });
+    throw new TwinError('ETWIN_MOUNTPOINT_MISSING', `mount point ${mount} cannot be inspected: ${code}`, {
+      mount,
+      code,
+    });
   }
-  if (!mst.isDirectory()) throw new TwinError('ETWIN_MOUNTPOINT_NOT_DIR', `mount point ${mount} is not a directory`, { mount });
+  if (!mst.isDirectory())
+    throw new TwinError('ETWIN_MOUNTPOINT_NOT_DIR', `mount point ${mount} is not a directory`, { mount });
   const mp = await isMountPoint(mount);
   if (mp.mounted)
     throw new TwinError(
@@ -80,7 +93,8 @@ export async function preflight(input: PreflightInput): Promise<{ primary: strin
   } catch {
     throw new TwinError('ETWIN_PRIMARY_MISSING', `primary directory ${primary} does not exist`, { primary });
   }
-  if (!pst.isDirectory()) throw new TwinError('ETWIN_PRIMARY_MISSING', `primary ${primary} is not a directory`, { primary });
+  if (!pst.isDirectory())
+    throw new TwinError('ETWIN_PRIMARY_MISSING', `primary ${primary} is not a directory`, { primary });
   await assertWritable(primary, 'ETWIN_PRIMARY_NOT_WRITABLE', 'primary directory');
 
   const realPrimary = await fsp.realpath(primary);
@@ -99,17 +113,25 @@ export async function preflight(input: PreflightInput): Promise<{ primary: strin
       const [an, a] = dirs[i]!;
       const [bn, b] = dirs[j]!;
       if (a === b || a.startsWith(b + path.sep) || b.startsWith(a + path.sep) || a === '/' || b === '/')
-        throw new TwinError('ETWIN_OVERLAP', `${an} (${a}) and ${bn} (${b}) overlap; they must be separate directories`, {
-          [an]: a,
-          [bn]: b,
-        });
+        throw new TwinError(
+          'ETWIN_OVERLAP',
+          `${an} (${a}) and ${bn} (${b}) overlap; they must be separate directories`,
+          {
+            [an]: a,
+            [bn]: b,
+          },
+        );
     }
   }
   return { primary: realPrimary, mount: realMount, mirror: realMirror };
 }
 
 /** Checks a directory can really be written (access() says yes for root even on a read-only fs). */
-export async function assertWritable(dir: string, code: 'ETWIN_PRIMARY_NOT_WRITABLE', what: string): Promise<void> {
+export async function assertWritable(
+  dir: string,
+  code: 'ETWIN_PRIMARY_NOT_WRITABLE',
+  what: string,
+): Promise<void> {
   const probe = path.join(dir, `.twinfs-probe-${process.pid}-${Date.now()}`);
   try {
     await fsp.access(dir, fs.constants.W_OK | fs.constants.X_OK);

@@ -6,7 +6,9 @@ import { isMountPoint } from './mount-checks.js';
 
 function run(cmd: string, args: string[], timeoutMs = 10_000): Promise<{ ok: boolean; stderr: string }> {
   return new Promise((resolve) => {
-    execFile(cmd, args, { timeout: timeoutMs }, (err, _stdout, stderr) => resolve({ ok: !err, stderr: String(stderr).trim() }));
+    execFile(cmd, args, { timeout: timeoutMs }, (err, _stdout, stderr) =>
+      resolve({ ok: !err, stderr: String(stderr).trim() }),
+    );
   });
 }
 
@@ -19,18 +21,25 @@ export async function forceUnmount(dir: string): Promise<{ method: string }> {
   const mp = await isMountPoint(abs);
   if (!mp.mounted) throw new TwinError('ETWIN_NOT_MOUNTED', `${abs} is not a mount point`, { mount: abs });
   if (!mp.fsType?.startsWith('fuse'))
-    throw new TwinError('ETWIN_NOT_MOUNTED', `${abs} is a ${mp.fsType} mount, not a FUSE mount; refusing to unmount it`, {
-      mount: abs,
-      fsType: mp.fsType,
-    });
+    throw new TwinError(
+      'ETWIN_NOT_MOUNTED',
+      `${abs} is a ${mp.fsType} mount, not a FUSE mount; refusing to unmount it`,
+      {
+        mount: abs,
+        fsType: mp.fsType,
+      },
+    );
   const r = await run('fusermount', ['-uz', abs]);
   if (r.ok && !(await isMountPoint(abs)).mounted) return { method: 'fusermount -uz' };
   // Hung connection: abort it, then detach.
   const minor = await connectionMinor(abs);
-  if (minor !== undefined) await fsp.writeFile(`/sys/fs/fuse/connections/${minor}/abort`, '1').catch(() => undefined);
+  if (minor !== undefined)
+    await fsp.writeFile(`/sys/fs/fuse/connections/${minor}/abort`, '1').catch(() => undefined);
   const u = await run('umount', ['-l', abs]);
   if ((await isMountPoint(abs)).mounted)
-    throw new TwinError('ETWIN_UNMOUNT_FAILED', `could not unmount ${abs}: ${r.stderr || u.stderr}`, { mount: abs });
+    throw new TwinError('ETWIN_UNMOUNT_FAILED', `could not unmount ${abs}: ${r.stderr || u.stderr}`, {
+      mount: abs,
+    });
   return { method: 'abort + umount -l' };
 }
 

@@ -4,7 +4,7 @@ import { promises as fsp } from 'node:fs';
 import * as xattr from 'fs-xattr';
 import type { ChangeSink, WriteGate } from './change-sink.js';
 import { errnoError } from './errno.js';
-import { parentOf, VolumePaths } from './volume-paths.js';
+import { parentOf, type VolumePaths } from './volume-paths.js';
 import type { FileNode, WritebackCache } from './writeback-cache.js';
 
 /** Who is calling (from fuse_get_context); undefined when the binding cannot tell. */
@@ -65,6 +65,9 @@ const NO_ID = 0xffffffff;
 const XATTR_CREATE = 1;
 const XATTR_REPLACE = 2;
 const UINT32_MAX = 0xffffffff;
+/** Linux's O_PATH (not in fs.constants): a descriptor that names an entry without opening it. */
+const O_PATH = 0o10000000;
+const O_ACCMODE = 0o3;
 
 /**
  * The filesystem's operations over volume paths, as promises that reject with errno errors.
@@ -133,7 +136,9 @@ export class VolumeOps {
   }
 
   async readdir(path: string): Promise<string[]> {
-    return fsp.readdir(this.paths.backing(path));
+    // readdir(3) on a local filesystem lists '.' and '..' too (`ls -a`, some tools rely on it);
+    // libfuse passes on exactly what we return.
+    return ['.', '..', ...(await fsp.readdir(this.paths.backing(path)))];
   }
 
   async readlink(path: string): Promise<string> {
@@ -167,15 +172,24 @@ export class VolumeOps {
 
   // ---- open files -------------------------------------------------------------------------
 
-  async open(path: string, _flags: number): Promise<number> {
+  async open(path: string, flags: number): Promise<number> {
     const backing = this.paths.backing(path);
     const st = await fsp.lstat(backing);
     const existing = this.cache.get(st.ino);
     if (existing && !existing.dead) {
+      if (wantsWrite(flags) && !existing.writable) {
+        // The cache's fd cannot write this file back: refuse now, with the errno the primary
+        // gives (ETXTBSY, EROFS, EACCES...), rather than fail the write-back later.
+        closeQuietly((await openCacheFd(backing, flags)).fd);
+        throw errnoError('EBUSY', `${path} is cached read-only; close it everywhere and reopen`);
+      }
       existing.refs++;
+      // A hard link may have been opened under another name, since unlinked: report changes
+      // under a name that exists.
+      existing.path = path;
       return this.newHandle(existing);
     }
-    const { fd, writable } = await openBest(backing);
+    const { fd, writable } = await openCacheFd(backing, flags);
     const fst = await fstatFd(fd);
     return this.newHandle(this.cache.adopt(fst.ino, path, fd, writable));
   }
@@ -374,7 +388,11 @@ export class VolumeOps {
       const perm = (mode & 0o7777).toString(8);
       switch (mode & S_IFMT) {
         case S_IFREG: {
-          const fd = await openFd(backing, fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_WRONLY, mode & 0o7777);
+          const fd = await openFd(
+            backing,
+            fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_WRONLY,
+            mode & 0o7777,
+          );
           fs.close(fd, () => undefined);
           break;
         }
@@ -385,7 +403,14 @@ export class VolumeOps {
         case S_IFBLK: {
           const major = (dev >>> 8) & 0xfff;
           const minor = (dev & 0xff) | ((dev >>> 12) & 0xfff00);
-          await run('mknod', ['-m', perm, backing, (mode & S_IFMT) === S_IFCHR ? 'c' : 'b', String(major), String(minor)]);
+          await run('mknod', [
+            '-m',
+            perm,
+            backing,
+            (mode & S_IFMT) === S_IFCHR ? 'c' : 'b',
+            String(major),
+            String(minor),
+          ]);
           break;
         }
         case S_IFSOCK:
@@ -473,34 +498,50 @@ export class VolumeOps {
 
   async setxattr(path: string, name: string, value: Buffer, flags: number): Promise<void> {
     await this.guarded([path], async () => {
-      const backing = this.paths.backing(path);
-      if (flags & (XATTR_CREATE | XATTR_REPLACE)) {
-        const exists = await xattr.getAttribute(backing, name).then(
-          () => true,
-          () => false,
-        );
-        if (flags & XATTR_CREATE && exists) throw errnoError('EEXIST');
-        if (flags & XATTR_REPLACE && !exists) throw errnoError('ENODATA');
-      }
       const copy = Buffer.from(value);
-      await xattr.setAttribute(backing, name, copy);
+      await this.onEntry(path, async (entry) => {
+        if (flags & (XATTR_CREATE | XATTR_REPLACE)) {
+          const exists = await xattr.getAttribute(entry, name).then(
+            () => true,
+            () => false,
+          );
+          if (flags & XATTR_CREATE && exists) throw errnoError('EEXIST');
+          if (flags & XATTR_REPLACE && !exists) throw errnoError('ENODATA');
+        }
+        await xattr.setAttribute(entry, name, copy);
+      });
       await this.sink.apply({ op: 'setxattr', path, name, value: copy });
     });
   }
 
   async getxattr(path: string, name: string): Promise<Buffer> {
-    return xattr.getAttribute(this.paths.backing(path), name);
+    return this.onEntry(path, (entry) => xattr.getAttribute(entry, name));
   }
 
   async listxattr(path: string): Promise<string[]> {
-    return xattr.listAttributes(this.paths.backing(path));
+    return this.onEntry(path, (entry) => xattr.listAttributes(entry));
   }
 
   async removexattr(path: string, name: string): Promise<void> {
     await this.guarded([path], async () => {
-      await xattr.removeAttribute(this.paths.backing(path), name);
+      await this.onEntry(path, (entry) => xattr.removeAttribute(entry, name));
       await this.sink.apply({ op: 'removexattr', path, name });
     });
+  }
+
+  /**
+   * Runs an xattr call on the entry itself. The kernel has already followed any symlinks, so a
+   * FUSE path that names a symlink means the link (getfattr -h, ls -l on a dangling link).
+   * fs-xattr only has the following calls; /proc/self/fd/N of an O_PATH|O_NOFOLLOW descriptor
+   * reaches the entry without following it.
+   */
+  private async onEntry<T>(path: string, fn: (entry: string) => Promise<T>): Promise<T> {
+    const fd = await openFd(this.paths.backing(path), O_PATH | fs.constants.O_NOFOLLOW, 0);
+    try {
+      return await fn(`/proc/self/fd/${fd}`);
+    } finally {
+      closeQuietly(fd);
+    }
   }
 
   // ---- helpers ------------------------------------------------------------------------------
@@ -542,7 +583,10 @@ export class VolumeOps {
    * directory is setgid (then the backing filesystem already gave it the parent's gid).
    * Undefined when the server already created it as the caller (root creating as root).
    */
-  private async ownFor(ctx: CallerContext | undefined, path: string): Promise<{ uid?: number; gid?: number }> {
+  private async ownFor(
+    ctx: CallerContext | undefined,
+    path: string,
+  ): Promise<{ uid?: number; gid?: number }> {
     if (!ctx || this.myUid !== 0) return {};
     if (ctx.uid === this.myUid && ctx.gid === this.myGid) return {};
     const parent = await fsp.stat(this.paths.backing(parentOf(path)));
@@ -551,14 +595,32 @@ export class VolumeOps {
   }
 }
 
-async function openBest(backing: string): Promise<{ fd: number; writable: boolean }> {
+function wantsWrite(flags: number): boolean {
+  return (flags & O_ACCMODE) !== fs.constants.O_RDONLY;
+}
+
+/**
+ * The cache's own fd for a file: read-write when possible, because every handle of the inode
+ * shares it. When that is refused, fall back to what the application asked for, so an open
+ * for writing fails here with the primary's errno instead of a later write-back.
+ */
+async function openCacheFd(backing: string, flags: number): Promise<{ fd: number; writable: boolean }> {
   try {
     return { fd: await openFd(backing, fs.constants.O_RDWR, 0), writable: true };
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code !== 'EACCES' && code !== 'EPERM' && code !== 'EROFS' && code !== 'ETXTBSY') throw err;
-    return { fd: await openFd(backing, fs.constants.O_RDONLY, 0), writable: false };
+    const acc = flags & O_ACCMODE;
+    if (acc === fs.constants.O_RDONLY)
+      return { fd: await openFd(backing, fs.constants.O_RDONLY, 0), writable: false };
+    if (acc === fs.constants.O_WRONLY)
+      return { fd: await openFd(backing, fs.constants.O_WRONLY, 0), writable: true };
+    throw err;
   }
+}
+
+function closeQuietly(fd: number): void {
+  fs.close(fd, () => undefined);
 }
 
 function openFd(p: string, flags: number, mode: number): Promise<number> {

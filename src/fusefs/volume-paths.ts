@@ -14,7 +14,8 @@ export class VolumePaths {
 
   /** Normalises a user or FUSE path to a volume path ('/' rooted). Throws EPERM-coded escape errors. */
   static normalize(p: string): string {
-    if (typeof p !== 'string' || p.includes('\0')) throw errnoError('EINVAL', `invalid path: ${JSON.stringify(p)}`);
+    if (typeof p !== 'string' || p.includes('\0'))
+      throw errnoError('EINVAL', `invalid path: ${JSON.stringify(p)}`);
     const parts = p.split('/').filter((s) => s !== '' && s !== '.');
     if (parts.includes('..')) throw errnoError('EPERM', `path escapes the volume root: ${p}`);
     return '/' + parts.join('/');

@@ -253,7 +253,8 @@ export class WritebackCache {
       }
     };
     await Promise.all(Array.from({ length: Math.min(this.flushConcurrency, nodes.length) }, worker));
-    if (errors.length > 0) throw new AggregateError(errors, `${errors.length} file(s) could not be written back`);
+    if (errors.length > 0)
+      throw new AggregateError(errors, `${errors.length} file(s) could not be written back`);
   }
 
   /** Flushes everything and closes every fd. The cache is unusable afterwards. */
@@ -303,7 +304,9 @@ export class WritebackCache {
       for (const run of runs(taken)) {
         await writeRun(node.fd, run);
         for (const e of run)
-          reported.push(this.sink.apply({ op: 'write', path: node.path, offset: e.off, data: e.buf.subarray(0, e.len) }));
+          reported.push(
+            this.sink.apply({ op: 'write', path: node.path, offset: e.off, data: e.buf.subarray(0, e.len) }),
+          );
       }
       await Promise.all(reported);
       this.stats.flushedBytes += bytes;
@@ -349,7 +352,10 @@ export class WritebackCache {
   /** Starts background flushes of the oldest dirty files while above the high-water mark. */
   private kick(): void {
     if (this.disposed) return;
-    while (this.activeFlushes < this.flushConcurrency && (this.dirtyBytes > this.highWaterBytes || this.roomWaiters.length > 0)) {
+    while (
+      this.activeFlushes < this.flushConcurrency &&
+      (this.dirtyBytes > this.highWaterBytes || this.roomWaiters.length > 0)
+    ) {
       const node = this.pickOldest((n) => n.flushing === null && !n.dirty.isEmpty && n.retryAt <= this.now());
       if (!node) return;
       this.background(node);
@@ -360,7 +366,12 @@ export class WritebackCache {
     const now = this.now();
     for (const n of this.nodes.values()) {
       if (this.activeFlushes >= this.flushConcurrency) break;
-      if (n.flushing === null && !n.dirty.isEmpty && now - n.firstDirtyAt >= this.writebackMs && n.retryAt <= now) {
+      if (
+        n.flushing === null &&
+        !n.dirty.isEmpty &&
+        now - n.firstDirtyAt >= this.writebackMs &&
+        n.retryAt <= now
+      ) {
         this.background(n);
       }
     }
@@ -388,7 +399,8 @@ export class WritebackCache {
 
   private pickOldest(pred: (n: FileNode) => boolean): FileNode | undefined {
     let best: FileNode | undefined;
-    for (const n of this.nodes.values()) if (pred(n) && (!best || n.firstDirtyAt < best.firstDirtyAt)) best = n;
+    for (const n of this.nodes.values())
+      if (pred(n) && (!best || n.firstDirtyAt < best.firstDirtyAt)) best = n;
     return best;
   }
 
@@ -419,7 +431,6 @@ function* runs(exts: Extent[]): Generator<Extent[]> {
   if (run.length) yield run;
 }
 
-
 function writeRun(fd: number, run: Extent[]): Promise<void> {
   const bufs = run.map((e) => e.buf.subarray(0, e.len));
   const total = run.reduce((s, e) => s + e.len, 0);
@@ -427,7 +438,9 @@ function writeRun(fd: number, run: Extent[]): Promise<void> {
 }
 
 async function writevAll(fd: number, bufs: Buffer[], pos: number, total: number): Promise<void> {
-  let written = await new Promise<number>((res, rej) => fs.writev(fd, bufs, pos, (err, n) => (err ? rej(err) : res(n))));
+  let written = await new Promise<number>((res, rej) =>
+    fs.writev(fd, bufs, pos, (err, n) => (err ? rej(err) : res(n))),
+  );
   while (written < total) {
     // Short write: continue with what is left (rare; a full disk reports ENOSPC next round).
     const rest = Buffer.concat(bufs).subarray(written);
@@ -440,10 +453,13 @@ async function writevAll(fd: number, bufs: Buffer[], pos: number, total: number)
 }
 
 function readFd(fd: number, buf: Buffer, len: number, pos: number): Promise<{ bytesRead: number }> {
-  return new Promise((res, rej) => fs.read(fd, buf, 0, len, pos, (err, bytesRead) => (err ? rej(err) : res({ bytesRead }))));
+  return new Promise((res, rej) =>
+    fs.read(fd, buf, 0, len, pos, (err, bytesRead) => (err ? rej(err) : res({ bytesRead }))),
+  );
 }
 
-const fdatasync = (fd: number) => new Promise<void>((res, rej) => fs.fdatasync(fd, (e) => (e ? rej(e) : res())));
+const fdatasync = (fd: number) =>
+  new Promise<void>((res, rej) => fs.fdatasync(fd, (e) => (e ? rej(e) : res())));
 const fsync = (fd: number) => new Promise<void>((res, rej) => fs.fsync(fd, (e) => (e ? rej(e) : res())));
 const ftruncate = (fd: number, len: number) =>
   new Promise<void>((res, rej) => fs.ftruncate(fd, len, (e) => (e ? rej(e) : res())));

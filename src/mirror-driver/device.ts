@@ -18,7 +18,12 @@ export interface MirrorLayout {
 
 export function mirrorLayout(root: string): MirrorLayout {
   const r = path.resolve(root);
-  return { root: r, data: path.join(r, 'data'), state: path.join(r, 'state'), deviceFile: path.join(r, 'device.json') };
+  return {
+    root: r,
+    data: path.join(r, 'data'),
+    state: path.join(r, 'state'),
+    deviceFile: path.join(r, 'device.json'),
+  };
 }
 
 export interface DeviceRecord {
@@ -51,9 +56,13 @@ export async function openDevice(
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code !== 'ENOENT')
-      throw new TwinError('ETWIN_MIRROR_FOREIGN', `mirror ${layout.root}: device.json is unreadable (${code ?? (err as Error).message})`, {
-        mirror: layout.root,
-      });
+      throw new TwinError(
+        'ETWIN_MIRROR_FOREIGN',
+        `mirror ${layout.root}: device.json is unreadable (${code ?? (err as Error).message})`,
+        {
+          mirror: layout.root,
+        },
+      );
   }
   if (record && record.volumeId !== volumeId && !opts.adopt)
     throw new TwinError(

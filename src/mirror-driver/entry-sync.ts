@@ -92,7 +92,8 @@ export async function syncMeta(primary: string, mirror: string, pst?: fs.Stats):
       const v = await xattr.getAttribute(primary, name).catch(() => undefined);
       if (v) await xattr.setAttribute(mirror, name, v).catch(() => undefined);
     }
-    for (const name of have) if (!want.includes(name)) await xattr.removeAttribute(mirror, name).catch(() => undefined);
+    for (const name of have)
+      if (!want.includes(name)) await xattr.removeAttribute(mirror, name).catch(() => undefined);
   }
   await fsp.lutimes(mirror, pst.atimeMs / 1000, pst.mtimeMs / 1000);
 }

@@ -118,13 +118,18 @@ export class Journal {
   }
 
   /** Starts a new generation holding only the live state (splits, their changes, broken pairs). */
-  async checkpoint(splits: Iterable<SplitTracker>, broken: Iterable<string>, intents: Iterable<string>): Promise<void> {
+  async checkpoint(
+    splits: Iterable<SplitTracker>,
+    broken: Iterable<string>,
+    intents: Iterable<string>,
+  ): Promise<void> {
     await this.flushPending();
     const lines: JournalRecord[] = [{ t: 'gen', at: Date.now(), boot: this.bootId }];
     for (const s of splits) {
       lines.push({ t: 'split', s: s.toRecord() });
       for (const c of s.namespace) lines.push({ t: 'ns', id: s.id, c });
-      for (const [p, f] of s.files) for (const [a, b] of f.ranges.toArray()) lines.push({ t: 'w', id: s.id, p, a, b });
+      for (const [p, f] of s.files)
+        for (const [a, b] of f.ranges.toArray()) lines.push({ t: 'w', id: s.id, p, a, b });
       for (const p of s.touched) lines.push({ t: 'm', id: s.id, p });
     }
     for (const p of broken) lines.push({ t: 'broken', p });

@@ -51,7 +51,13 @@ export interface MirrorStatus {
   splits: SplitInfo[];
   broken: string[];
   queueLength: number;
-  stats: { bytesMirrored: number; changesApplied: number; changesTracked: number; resyncBytes: number; repairs: number };
+  stats: {
+    bytesMirrored: number;
+    changesApplied: number;
+    changesTracked: number;
+    resyncBytes: number;
+    repairs: number;
+  };
 }
 
 export interface ProgressEvent {
@@ -86,9 +92,19 @@ export class MirrorDriver implements ChangeSink {
   private timesTimer: NodeJS.Timeout | null = null;
   private timers: NodeJS.Timeout[] = [];
   private disposed = false;
-  private readonly stats = { bytesMirrored: 0, changesApplied: 0, changesTracked: 0, resyncBytes: 0, repairs: 0 };
+  private readonly stats = {
+    bytesMirrored: 0,
+    changesApplied: 0,
+    changesTracked: 0,
+    resyncBytes: 0,
+    repairs: 0,
+  };
 
-  private readonly _onDidChangeState = new Emitter<{ paths: string[] | 'volume'; state: PairState; splitId?: string }>();
+  private readonly _onDidChangeState = new Emitter<{
+    paths: string[] | 'volume';
+    state: PairState;
+    splitId?: string;
+  }>();
   /** Pairs changed state (split, resync, resynced, broken, repaired, copy). */
   readonly onDidChangeState = this._onDidChangeState.event;
   private readonly _onDidSplit = new Emitter<SplitInfo>();
@@ -124,7 +140,9 @@ export class MirrorDriver implements ChangeSink {
     const stateDir = opts.stateDir ?? defaultStateDir();
     const volumeId = await loadVolumeId(stateDir, primary);
     const { record, created } = await openDevice(layout, volumeId, primary, { adopt: opts.adopt });
-    const bootId = (await fsp.readFile('/proc/sys/kernel/random/boot_id', 'utf8').catch(() => 'unknown')).trim();
+    const bootId = (
+      await fsp.readFile('/proc/sys/kernel/random/boot_id', 'utf8').catch(() => 'unknown')
+    ).trim();
     const d = new MirrorDriver(primary, layout, record.deviceId, opts, bootId);
     await d.start(created);
     return d;
@@ -138,15 +156,22 @@ export class MirrorDriver implements ChangeSink {
     for (const s of rec.splits.values()) this.splits.set(s.id, s);
     const needFullCopy = created || rec.missing || rec.otherBoot;
     if (needFullCopy) {
-      this.log(created ? 'new mirror: initial copy' : 'no usable journal: verify and repair the whole mirror');
+      this.log(
+        created ? 'new mirror: initial copy' : 'no usable journal: verify and repair the whole mirror',
+      );
       void this.initialCopy();
     } else if (!rec.clean || rec.splits.size > 0 || rec.intents.size > 0) {
       this.log(`recovering: ${rec.splits.size} split(s), ${rec.intents.size} path(s) that may differ`);
       void this.recover(rec.intents);
     }
     const retry = this.opts.retryBrokenMs ?? 30_000;
-    if (retry > 0) this.timers.push(setInterval(() => this.broken.size > 0 && void this.repair().catch(() => undefined), retry));
-    this.timers.push(setInterval(() => void this.checkpoint().catch(() => undefined), this.opts.checkpointMs ?? 10_000));
+    if (retry > 0)
+      this.timers.push(
+        setInterval(() => this.broken.size > 0 && void this.repair().catch(() => undefined), retry),
+      );
+    this.timers.push(
+      setInterval(() => void this.checkpoint().catch(() => undefined), this.opts.checkpointMs ?? 10_000),
+    );
     for (const t of this.timers) t.unref();
   }
 
@@ -184,7 +209,8 @@ export class MirrorDriver implements ChangeSink {
       if (c.op === 'write') {
         this.stats.bytesMirrored += c.data.length;
         this.noteTimes(c.path);
-      } else if (c.op === 'truncate' || c.op === 'create' || c.op === 'mknod' || c.op === 'symlink') this.noteTimes(c.path);
+      } else if (c.op === 'truncate' || c.op === 'create' || c.op === 'mknod' || c.op === 'symlink')
+        this.noteTimes(c.path);
       else if (c.op === 'fsync') await this.syncTimes(c.path);
     } catch (err) {
       await this.onApplyError(c, err as NodeJS.ErrnoException);
@@ -251,7 +277,8 @@ export class MirrorDriver implements ChangeSink {
   private async syncTimes(p: string): Promise<void> {
     if (!this.pendingTimes.delete(p)) return;
     const st = await fsp.lstat(this.primary + p).catch(() => undefined);
-    if (st) await fsp.lutimes(this.layout.data + p, st.atimeMs / 1000, st.mtimeMs / 1000).catch(() => undefined);
+    if (st)
+      await fsp.lutimes(this.layout.data + p, st.atimeMs / 1000, st.mtimeMs / 1000).catch(() => undefined);
   }
 
   private async syncAllTimes(): Promise<void> {
@@ -274,7 +301,11 @@ export class MirrorDriver implements ChangeSink {
       this.splits.set(s.id, s);
       const info = this.splitInfo(s);
       this._onDidSplit.fire(info);
-      this._onDidChangeState.fire({ paths: sel.volume ? 'volume' : [...(sel.paths ?? []), ...(sel.subtrees ?? [])], state: 'SPLIT', splitId: s.id });
+      this._onDidChangeState.fire({
+        paths: sel.volume ? 'volume' : [...(sel.paths ?? []), ...(sel.subtrees ?? [])],
+        state: 'SPLIT',
+        splitId: s.id,
+      });
       return info;
     });
   }
@@ -283,9 +314,16 @@ export class MirrorDriver implements ChangeSink {
   resync(splitId: string): Promise<ResyncResult> {
     const s = this.splits.get(splitId);
     if (!s) return Promise.reject(new TwinError('ETWIN_UNKNOWN_SPLIT', `no split ${splitId}`, { splitId }));
-    if (this.resyncing.has(splitId)) return Promise.reject(new TwinError('ETWIN_SPLIT_CONFLICT', `split ${splitId} is already resyncing`, { splitId }));
+    if (this.resyncing.has(splitId))
+      return Promise.reject(
+        new TwinError('ETWIN_SPLIT_CONFLICT', `split ${splitId} is already resyncing`, { splitId }),
+      );
     this.resyncing.add(splitId);
-    this._onDidChangeState.fire({ paths: s.selector.volume ? 'volume' : [...s.touched], state: 'RESYNC', splitId });
+    this._onDidChangeState.fire({
+      paths: s.selector.volume ? 'volume' : [...s.touched],
+      state: 'RESYNC',
+      splitId,
+    });
     return this.queue.push(() => this.resyncLocked(s)).finally(() => this.resyncing.delete(splitId));
   }
 
@@ -294,7 +332,8 @@ export class MirrorDriver implements ChangeSink {
     this.splits.delete(s.id);
     // Other splits that still hold some of these paths keep them frozen: those paths are
     // resynced when the last holder lets go (their changes are tracked there too).
-    const stillHeld = (p: string) => [...this.splits.values()].some((o) => covers(o.selector, p) || coversUnder(o.selector, p));
+    const stillHeld = (p: string) =>
+      [...this.splits.values()].some((o) => covers(o.selector, p) || coversUnder(o.selector, p));
     let bytes = 0;
     let entries = 0;
     const failedTrees = new Set<string>();
@@ -333,7 +372,11 @@ export class MirrorDriver implements ChangeSink {
     await this.journal.append({ t: 'released', id: s.id });
     const result = { splitId: s.id, bytesCopied: bytes, entries, ms: Date.now() - started };
     this._onDidResync.fire(result);
-    this._onDidChangeState.fire({ paths: s.selector.volume ? 'volume' : touched, state: 'PAIR', splitId: s.id });
+    this._onDidChangeState.fire({
+      paths: s.selector.volume ? 'volume' : touched,
+      state: 'PAIR',
+      splitId: s.id,
+    });
     return result;
   }
 
@@ -359,7 +402,9 @@ export class MirrorDriver implements ChangeSink {
   // ---- copy, repair, recovery -------------------------------------------------------------------
 
   /** Full resync of broken pairs (or of everything with all=true). */
-  async repair(opts: { all?: boolean } = {}): Promise<{ bytes: number; entries: number; remaining: string[] }> {
+  async repair(
+    opts: { all?: boolean } = {},
+  ): Promise<{ bytes: number; entries: number; remaining: string[] }> {
     const targets = opts.all ? ['/'] : [...this.broken];
     let bytes = 0;
     let entries = 0;
@@ -404,15 +449,18 @@ export class MirrorDriver implements ChangeSink {
       }
     }
     for (const p of intents) {
-      const r = await this.queue.push(async () => {
-        this.writer.forget(p, true);
-        const st = await fsp.lstat(this.primary + p).catch(() => undefined);
-        if (st?.isDirectory()) return this.reconcileTreeLocked(p);
-        const parent = path.posix.dirname(p);
-        if (parent !== '/' && !(await fsp.lstat(this.layout.data + parent).catch(() => undefined))) return this.reconcileTreeLocked(parent);
-        const x = await syncEntry(this.primary + p, this.layout.data + p);
-        return { bytes: x.bytesCopied, entries: 1 };
-      }).catch(() => ({ bytes: 0, entries: 0 }));
+      const r = await this.queue
+        .push(async () => {
+          this.writer.forget(p, true);
+          const st = await fsp.lstat(this.primary + p).catch(() => undefined);
+          if (st?.isDirectory()) return this.reconcileTreeLocked(p);
+          const parent = path.posix.dirname(p);
+          if (parent !== '/' && !(await fsp.lstat(this.layout.data + parent).catch(() => undefined)))
+            return this.reconcileTreeLocked(parent);
+          const x = await syncEntry(this.primary + p, this.layout.data + p);
+          return { bytes: x.bytesCopied, entries: 1 };
+        })
+        .catch(() => ({ bytes: 0, entries: 0 }));
       bytes += r.bytes;
       entries += r.entries;
     }
@@ -424,7 +472,10 @@ export class MirrorDriver implements ChangeSink {
    * owner or mtime differ are copied whole, extras are removed, hard links are kept. Each entry
    * is one task in the change queue, so live changes interleave in the right order.
    */
-  private async reconcileTree(p: string, phase: 'copy' | 'repair'): Promise<{ bytes: number; entries: number }> {
+  private async reconcileTree(
+    p: string,
+    phase: 'copy' | 'repair',
+  ): Promise<{ bytes: number; entries: number }> {
     let bytes = 0;
     let entries = 0;
     const links = new Map<number, string>();
@@ -463,7 +514,11 @@ export class MirrorDriver implements ChangeSink {
     return { bytes, entries };
   }
 
-  private async syncQuick(p: string, pst: import('node:fs').Stats | undefined, links: Map<number, string>): Promise<number> {
+  private async syncQuick(
+    p: string,
+    pst: import('node:fs').Stats | undefined,
+    links: Map<number, string>,
+  ): Promise<number> {
     const mp = p === '/' ? this.layout.data : this.layout.data + p;
     if (p !== '/' && [...this.splits.values()].some((s) => covers(s.selector, p))) return 0;
     this.writer.forget(p, false);
@@ -498,8 +553,13 @@ export class MirrorDriver implements ChangeSink {
       await fsp.lchown(mp, pst.uid, pst.gid);
       return 0;
     }
-    const sameFile = mst && pst.isFile() && mst.isFile() && mst.size === pst.size && Math.abs(mst.mtimeMs - pst.mtimeMs) < 1;
-    const r = await syncEntry(this.primary + p, mp, sameFile ? new (await import('./range-set.js')).RangeSet() : undefined);
+    const sameFile =
+      mst && pst.isFile() && mst.isFile() && mst.size === pst.size && Math.abs(mst.mtimeMs - pst.mtimeMs) < 1;
+    const r = await syncEntry(
+      this.primary + p,
+      mp,
+      sameFile ? new (await import('./range-set.js')).RangeSet() : undefined,
+    );
     return r.bytesCopied;
   }
 
@@ -543,7 +603,9 @@ export class MirrorDriver implements ChangeSink {
     await this.whenIdle();
     const skip = (p: string) =>
       this.isBroken(p) ||
-      [...this.splits.values()].some((s) => covers(s.selector, p) || [...s.touched].some((t) => p === t || p.startsWith(t + '/')));
+      [...this.splits.values()].some(
+        (s) => covers(s.selector, p) || [...s.touched].some((t) => p === t || p.startsWith(t + '/')),
+      );
     return verifyTrees(this.primary, this.layout.data, { skip, content: opts.content, signal: opts.signal });
   }
 
@@ -567,7 +629,14 @@ export class MirrorDriver implements ChangeSink {
   }
 
   private splitInfo(s: SplitTracker): SplitInfo {
-    return { splitId: s.id, selector: s.selector, since: s.since, trackedBytes: s.trackedBytes, trackedFiles: s.files.size, owner: s.owner };
+    return {
+      splitId: s.id,
+      selector: s.selector,
+      since: s.since,
+      trackedBytes: s.trackedBytes,
+      trackedFiles: s.files.size,
+      owner: s.owner,
+    };
   }
 
   private log(msg: string): void {
@@ -594,7 +663,12 @@ function trackRecord(id: string, c: Change) {
 }
 
 function normalizeSelector(sel: Selector): Selector {
-  const norm = (p: string) => '/' + p.split('/').filter((x) => x && x !== '.').join('/');
+  const norm = (p: string) =>
+    '/' +
+    p
+      .split('/')
+      .filter((x) => x && x !== '.')
+      .join('/');
   return {
     volume: sel.volume || undefined,
     paths: sel.paths?.map(norm),
@@ -604,5 +678,8 @@ function normalizeSelector(sel: Selector): Selector {
 
 export function defaultStateDir(): string {
   if ((process.getuid?.() ?? 1) === 0) return '/var/lib/twinfs';
-  return path.join(process.env.XDG_STATE_HOME ?? path.join(process.env.HOME ?? '/tmp', '.local/state'), 'twinfs');
+  return path.join(
+    process.env.XDG_STATE_HOME ?? path.join(process.env.HOME ?? '/tmp', '.local/state'),
+    'twinfs',
+  );
 }

@@ -96,7 +96,8 @@ export class MirrorWriter {
         return;
       case 'fsync': {
         const fd = this.fds.get(c.path);
-        if (fd !== undefined) await new Promise<void>((res, rej) => fs.fdatasync(fd, (e) => (e ? rej(e) : res())));
+        if (fd !== undefined)
+          await new Promise<void>((res, rej) => fs.fdatasync(fd, (e) => (e ? rej(e) : res())));
         else {
           const fh = await fsp.open(p, 'r');
           try {
@@ -164,12 +165,25 @@ export function mknod(p: string, mode: number, dev: number): Promise<void> {
     type === S_IFIFO
       ? ['-m', perm, p, 'p']
       : type === S_IFCHR || type === S_IFBLK
-        ? ['-m', perm, p, type === S_IFCHR ? 'c' : 'b', String((dev >>> 8) & 0xfff), String((dev & 0xff) | ((dev >>> 12) & 0xfff00))]
+        ? [
+            '-m',
+            perm,
+            p,
+            type === S_IFCHR ? 'c' : 'b',
+            String((dev >>> 8) & 0xfff),
+            String((dev & 0xff) | ((dev >>> 12) & 0xfff00)),
+          ]
         : null;
   if (!args) return fsp.writeFile(p, '', { mode: mode & 0o7777, flag: 'wx' });
   return new Promise((resolve, reject) =>
     execFile('mknod', args, { timeout: 10_000 }, (err, _o, stderr) =>
-      err ? reject(Object.assign(new Error(String(stderr).trim()), { code: /exists/.test(String(stderr)) ? 'EEXIST' : 'EIO' })) : resolve(),
+      err
+        ? reject(
+            Object.assign(new Error(String(stderr).trim()), {
+              code: /exists/.test(String(stderr)) ? 'EEXIST' : 'EIO',
+            }),
+          )
+        : resolve(),
     ),
   );
 }

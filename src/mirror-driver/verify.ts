@@ -40,7 +40,11 @@ export interface VerifyOptions {
  * Compares the primary tree with the mirror's data tree: type, size, content hash, mode, owner,
  * mtime (to the millisecond), symlink targets and xattrs. Every difference is reported.
  */
-export async function verifyTrees(primaryRoot: string, mirrorRoot: string, opts: VerifyOptions = {}): Promise<VerifyReport> {
+export async function verifyTrees(
+  primaryRoot: string,
+  mirrorRoot: string,
+  opts: VerifyOptions = {},
+): Promise<VerifyReport> {
   const diffs: Difference[] = [];
   const skip = opts.skip ?? (() => false);
   let checked = 0;
@@ -64,7 +68,12 @@ export async function verifyTrees(primaryRoot: string, mirrorRoot: string, opts:
       continue;
     }
     if ((ps.mode & 0o7777) !== (ms.mode & 0o7777) && !ps.isSymbolicLink())
-      diffs.push({ path: p, kind: 'mode', primary: (ps.mode & 0o7777).toString(8), mirror: (ms.mode & 0o7777).toString(8) });
+      diffs.push({
+        path: p,
+        kind: 'mode',
+        primary: (ps.mode & 0o7777).toString(8),
+        mirror: (ms.mode & 0o7777).toString(8),
+      });
     if (ps.uid !== ms.uid || ps.gid !== ms.gid)
       diffs.push({ path: p, kind: 'owner', primary: `${ps.uid}:${ps.gid}`, mirror: `${ms.uid}:${ms.gid}` });
     if (ps.isSymbolicLink()) {
@@ -80,7 +89,8 @@ export async function verifyTrees(primaryRoot: string, mirrorRoot: string, opts:
       if (ps.size !== ms.size) diffs.push({ path: p, kind: 'size', primary: ps.size, mirror: ms.size });
       else if (opts.content !== false) {
         const [ha, hb] = await Promise.all([hashFile(primaryRoot + p), hashFile(mirrorRoot + p)]);
-        if (ha !== hb) diffs.push({ path: p, kind: 'content', primary: ha.slice(0, 16), mirror: hb.slice(0, 16) });
+        if (ha !== hb)
+          diffs.push({ path: p, kind: 'content', primary: ha.slice(0, 16), mirror: hb.slice(0, 16) });
       }
     }
   }

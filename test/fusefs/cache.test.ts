@@ -5,7 +5,7 @@ import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type ChangeSink, nullSink, TwinFs } from '../../src/fusefs/index.js';
 import { WritebackCache } from '../../src/fusefs/writeback-cache.js';
-import { isMounted, mountTmpfs, runSteps, unmountAll, waitFor } from '../helpers/mounts.js';
+import { FIXTURES, isMounted, mountTmpfs, runSteps, unmountAll, waitFor } from '../helpers/mounts.js';
 import { sh, shOk } from '../helpers/proc.js';
 import { type ServerHandle, startServer, tempDirs } from '../helpers/server.js';
 import { bytes } from './fixtures/bytes.mjs';
@@ -351,5 +351,69 @@ describe('in-process mount: dirty limit and write-back errors', () => {
     expect(again.every((s) => s.ok)).toBe(true);
     await tfs.unmount();
     tfs = undefined;
+  });
+});
+
+describe('concurrent writers through a small cache', () => {
+  let t: Awaited<ReturnType<typeof tempDirs>>;
+  let srv: ServerHandle;
+  beforeAll(async () => {
+    t = await tempDirs('primary', 'mnt');
+    srv = await startServer({
+      primary: t.dirs.primary!,
+      mount: t.dirs.mnt!,
+      args: ['--cache-mb', '1', '--writeback-ms', '100'],
+    });
+  });
+  afterAll(async () => {
+    await srv?.kill();
+    await t?.cleanup();
+  });
+
+  it('disjoint regions of one file, separate appends and a shared O_APPEND log come out exact', async () => {
+    const N = 8;
+    const region = 1024 * 1024 + 333;
+    const m = t.dirs.mnt!;
+    await shOk(`truncate -s 0 '${m}/shared.bin' && : > '${m}/log'`);
+    const runs = await Promise.all(
+      Array.from({ length: N }, (_, i) =>
+        sh(`node '${FIXTURES}/region-writer.mjs' '${m}/shared.bin' ${i} ${region} '${m}/own${i}' '${m}/log'`, {
+          timeoutMs: 60_000,
+        }),
+      ),
+    );
+    const counts = runs.map((r, i) => {
+      expect(r.code, `writer ${i}: ${r.stderr}`).toBe(0);
+      return Number(r.stdout.trim());
+    });
+    const shared = Buffer.concat(Array.from({ length: N }, (_, i) => bytes(region, 100 + i)));
+    const own = counts.map((n, i) =>
+      Buffer.concat(Array.from({ length: n }, (_, seq) => bytes(1 + (seq % 5000), seq + i * 100000))),
+    );
+    const checkLog = (log: Buffer, where: string) => {
+      const total = counts.reduce((a, b) => a + b, 0);
+      expect(log.length, where).toBe(total * 1000);
+      const next = new Array(N).fill(0);
+      for (let off = 0; off < log.length; off += 1000) {
+        const m = /^w(\d+) (\d+)\n\.*$/.exec(log.subarray(off, off + 1000).toString('latin1'));
+        expect(m, `${where}: record at ${off} is torn`).not.toBeNull();
+        const w = Number(m![1]);
+        expect(Number(m![2]), `${where}: writer ${w} out of order`).toBe(next[w]++);
+      }
+    };
+    // Through the mount, from another process.
+    const through = await runSteps([
+      { op: 'read', path: `${m}/shared.bin` },
+      ...own.map((_, i) => ({ op: 'read', path: `${m}/own${i}` })),
+    ]);
+    expect(through[0]).toMatchObject({ ok: true, size: shared.length, sha: sha(shared) });
+    own.forEach((b, i) => expect(through[i + 1], `own${i}`).toMatchObject({ ok: true, size: b.length, sha: sha(b) }));
+    checkLog(Buffer.from(await shOk(`cat '${m}/log'`), 'latin1'), 'log through the mount');
+    // And on the primary once the server has written everything back.
+    expect(await srv.stop()).toBe(0);
+    const p = t.dirs.primary!;
+    expect(sha(await fsp.readFile(path.join(p, 'shared.bin')))).toBe(sha(shared));
+    for (const [i, b] of own.entries()) expect(sha(await fsp.readFile(path.join(p, `own${i}`))), `own${i}`).toBe(sha(b));
+    checkLog(await fsp.readFile(path.join(p, 'log')), 'log on the primary');
   });
 });

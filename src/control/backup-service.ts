@@ -1,0 +1,401 @@
+import { randomUUID } from 'node:crypto';
+import { promises as fsp } from 'node:fs';
+import { TwinError } from '../common/errors.js';
+import { Emitter } from '../common/event.js';
+import type { TwinFs } from '../fusefs/filesystem.js';
+import { VolumePaths } from '../fusefs/volume-paths.js';
+import type { Inhibition } from '../fusefs/write-inhibitor.js';
+import { walk } from '../mirror-driver/entry-sync.js';
+import type { MirrorDriver, ResyncResult } from '../mirror-driver/mirror-driver.js';
+import { covers, type Selector } from '../mirror-driver/split-tracker.js';
+import type { Item, PrepareResult, SelectorMsg } from './protocol.js';
+
+export interface BackupServiceOptions {
+  fs: TwinFs;
+  mirror?: MirrorDriver;
+  /** Longest writes may be held by a prepare, ms (default 1000). */
+  maxStallMs?: number;
+  defaultLeaseMs?: number;
+  /** An operator freeze without thaw ends after this, ms (default 30000). */
+  freezeTimeoutMs?: number;
+  /** Largest item list a prepare reply carries. */
+  maxItems?: number;
+}
+
+interface ActiveBackup {
+  backupId: string;
+  splitId: string;
+  selector: Selector;
+  owner: string;
+  started: number;
+  expiresAt: number;
+  timer: NodeJS.Timeout;
+  stallMs: number;
+}
+
+interface ActiveFreeze {
+  freezeId: string;
+  selector: Selector;
+  owner: string;
+  since: number;
+  inhibition: Inhibition;
+  timer: NodeJS.Timeout;
+}
+
+export interface StallStats {
+  prepares: number;
+  failedPrepares: number;
+  maxStallMs: number;
+  lastStallMs: number | null;
+}
+
+/**
+ * The backup sequence on the first server (ARCHITECTURE.md, steps 2–5 and 7): inhibit writes to
+ * exactly the selected files, wait for in-flight ones, flush their cached data, split their
+ * pairs, lift the inhibition — all within maxStallMs or not at all — then hand out the frozen
+ * copies under a lease. Transport-agnostic: the control server calls it.
+ */
+export class BackupService {
+  private readonly backups = new Map<string, ActiveBackup>();
+  private readonly freezes = new Map<string, ActiveFreeze>();
+  private readonly maxStallMs: number;
+  private readonly defaultLeaseMs: number;
+  private readonly freezeTimeoutMs: number;
+  private readonly maxItems: number;
+  private readonly stall: StallStats = { prepares: 0, failedPrepares: 0, maxStallMs: 0, lastStallMs: null };
+
+  private readonly _onEvent = new Emitter<{ event: string; data: Record<string, unknown> }>();
+  /** frozen, thawed, split, released, resynced, lease-expired. */
+  readonly onEvent = this._onEvent.event;
+
+  constructor(private readonly opts: BackupServiceOptions) {
+    this.maxStallMs = opts.maxStallMs ?? 1000;
+    this.defaultLeaseMs = opts.defaultLeaseMs ?? 60_000;
+    this.freezeTimeoutMs = opts.freezeTimeoutMs ?? 30_000;
+    this.maxItems = opts.maxItems ?? 5000;
+  }
+
+  async prepare(
+    sel: SelectorMsg,
+    o: { owner: string; leaseMs?: number; maxStallMs?: number },
+  ): Promise<PrepareResult> {
+    const mirror = this.requireMirror();
+    const selector = await this.resolveSelector(sel);
+    this.assertFree(selector, o.owner);
+    this.assertMirrorReady(mirror, selector);
+    const inhibitor = this.requireInhibitor();
+    const budget = Math.min(o.maxStallMs ?? this.maxStallMs, this.maxStallMs);
+
+    const t0 = performance.now();
+    const inh = inhibitor.inhibit(toInhibitSelector(selector));
+    let splitId: string | undefined;
+    let timedOut = false;
+    const work = (async () => {
+      await inh.drained();
+      await this.opts.fs.flushWhere((p) => covers(selector, p));
+      const s = await mirror.split(selector, o.owner);
+      splitId = s.splitId;
+      // Lost the race against the stall budget: undo at once.
+      if (timedOut) void mirror.resync(s.splitId).catch(() => undefined);
+    })();
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      await Promise.race([
+        work,
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(() => {
+            timedOut = true;
+            reject(
+              new TwinError(
+                'ETWIN_STALL_EXCEEDED',
+                `could not drain, flush and split within the maximum stall of ${budget} ms; writes resumed and nothing stays split`,
+                { maxStallMs: budget },
+              ),
+            );
+          }, budget);
+        }),
+      ]);
+    } catch (err) {
+      timedOut = true;
+      this.stall.failedPrepares++;
+      work.catch(() => undefined);
+      if (splitId) void mirror.resync(splitId).catch(() => undefined);
+      throw err;
+    } finally {
+      clearTimeout(timer);
+      inh.release();
+    }
+    const stallMs = performance.now() - t0;
+    this.stall.prepares++;
+    this.stall.lastStallMs = stallMs;
+    this.stall.maxStallMs = Math.max(this.stall.maxStallMs, stallMs);
+
+    const leaseMs = o.leaseMs ?? this.defaultLeaseMs;
+    const backupId = `bk-${randomUUID()}`;
+    const b: ActiveBackup = {
+      backupId,
+      splitId: splitId!,
+      selector,
+      owner: o.owner,
+      started: Date.now(),
+      expiresAt: Date.now() + leaseMs,
+      stallMs,
+      timer: setTimeout(() => this.expire(backupId), leaseMs),
+    };
+    b.timer.unref();
+    this.backups.set(backupId, b);
+    this._onEvent.fire({ event: 'split', data: { backupId, selector, stallMs } });
+    const { items, complete } = await this.listItems(mirror, selector);
+    return {
+      backupId,
+      deviceId: mirror.deviceId,
+      mirrorRoot: mirror.dataRoot,
+      selector: sel,
+      items,
+      itemsComplete: complete,
+      stallMs,
+      leaseMs,
+      expiresAt: b.expiresAt,
+    };
+  }
+
+  renew(backupId: string, owner: string, leaseMs?: number): { backupId: string; expiresAt: number } {
+    const b = this.backup(backupId, owner);
+    const ms = leaseMs ?? this.defaultLeaseMs;
+    clearTimeout(b.timer);
+    b.expiresAt = Date.now() + ms;
+    b.timer = setTimeout(() => this.expire(backupId), ms);
+    b.timer.unref();
+    return { backupId, expiresAt: b.expiresAt };
+  }
+
+  async release(backupId: string, owner?: string): Promise<ResyncResult & { backupId: string }> {
+    const b = this.backup(backupId, owner);
+    clearTimeout(b.timer);
+    this.backups.delete(backupId);
+    this._onEvent.fire({ event: 'released', data: { backupId } });
+    const r = await this.requireMirror().resync(b.splitId);
+    this._onEvent.fire({
+      event: 'resynced',
+      data: { backupId, bytesCopied: r.bytesCopied, entries: r.entries, ms: r.ms },
+    });
+    return { ...r, backupId };
+  }
+
+  /** A connection went away: release everything it held. */
+  async releaseOwner(owner: string): Promise<void> {
+    for (const b of [...this.backups.values()])
+      if (b.owner === owner) await this.release(b.backupId).catch(() => undefined);
+    for (const f of [...this.freezes.values()])
+      if (f.owner === owner) this.thaw(f.freezeId, undefined, 'owner disconnected');
+  }
+
+  /** Operator freeze: inhibit and drain writes to the selection and flush them; held until thaw or timeout. */
+  async freeze(
+    sel: SelectorMsg,
+    o: { owner: string; timeoutMs?: number },
+  ): Promise<{ freezeId: string; flushedMs: number; timeoutMs: number }> {
+    const selector = await this.resolveSelector(sel);
+    for (const f of this.freezes.values())
+      if (selectorsOverlap(f.selector, selector))
+        throw new TwinError('ETWIN_BUSY', `already frozen by ${f.freezeId}`, { freezeId: f.freezeId });
+    const inhibition = this.requireInhibitor().inhibit(toInhibitSelector(selector));
+    const t0 = performance.now();
+    try {
+      await inhibition.drained();
+      await this.opts.fs.flushWhere((p) => covers(selector, p));
+    } catch (err) {
+      inhibition.release();
+      throw err;
+    }
+    const timeoutMs = o.timeoutMs ?? this.freezeTimeoutMs;
+    const freezeId = `fz-${randomUUID()}`;
+    const timer = setTimeout(() => this.thaw(freezeId, undefined, 'timeout'), timeoutMs);
+    timer.unref();
+    this.freezes.set(freezeId, { freezeId, selector, owner: o.owner, since: Date.now(), inhibition, timer });
+    this._onEvent.fire({ event: 'frozen', data: { freezeId, selector, timeoutMs } });
+    return { freezeId, flushedMs: performance.now() - t0, timeoutMs };
+  }
+
+  thaw(freezeId: string, _owner?: string, reason = 'thaw'): { freezeId: string; heldMs: number } {
+    const f = this.freezes.get(freezeId);
+    if (!f) throw new TwinError('ETWIN_UNKNOWN_FREEZE', `no freeze ${freezeId}`, { freezeId });
+    clearTimeout(f.timer);
+    this.freezes.delete(freezeId);
+    f.inhibition.release();
+    const heldMs = Date.now() - f.since;
+    this._onEvent.fire({ event: 'thawed', data: { freezeId, reason, heldMs } });
+    return { freezeId, heldMs };
+  }
+
+  status() {
+    return {
+      maxStallMs: this.maxStallMs,
+      stall: { ...this.stall, inhibitor: this.opts.fs.inhibitor?.getStats() ?? null },
+      backups: [...this.backups.values()].map((b) => ({
+        backupId: b.backupId,
+        selector: b.selector,
+        owner: b.owner,
+        started: b.started,
+        expiresAt: b.expiresAt,
+        stallMs: b.stallMs,
+      })),
+      freezes: [...this.freezes.values()].map((f) => ({
+        freezeId: f.freezeId,
+        selector: f.selector,
+        owner: f.owner,
+        since: f.since,
+      })),
+    };
+  }
+
+  async dispose(): Promise<void> {
+    for (const f of [...this.freezes.keys()]) this.thaw(f, undefined, 'shutdown');
+    for (const b of [...this.backups.keys()]) await this.release(b).catch(() => undefined);
+  }
+
+  private expire(backupId: string): void {
+    const b = this.backups.get(backupId);
+    if (!b) return;
+    this._onEvent.fire({ event: 'lease-expired', data: { backupId, owner: b.owner } });
+    void this.release(backupId).catch(() => undefined);
+  }
+
+  private backup(backupId: string, _owner?: string): ActiveBackup {
+    const b = this.backups.get(backupId);
+    if (!b)
+      throw new TwinError(
+        'ETWIN_UNKNOWN_BACKUP',
+        `no active backup ${backupId} (released, expired or never prepared)`,
+        { backupId },
+      );
+    return b;
+  }
+
+  private requireMirror(): MirrorDriver {
+    if (!this.opts.mirror)
+      throw new TwinError('ETWIN_NO_MIRROR', 'this server has no mirror; start it with --mirror DIR');
+    return this.opts.mirror;
+  }
+
+  private requireInhibitor() {
+    const inh = this.opts.fs.inhibitor;
+    if (!inh) throw new TwinError('ETWIN_INTERNAL', 'the filesystem has no write inhibitor');
+    return inh;
+  }
+
+  /** Normalises and checks a selector: every path inside the volume and existing. */
+  private async resolveSelector(sel: SelectorMsg): Promise<Selector> {
+    const norm = (p: string) => {
+      try {
+        return VolumePaths.normalize(p);
+      } catch (err) {
+        throw new TwinError('ETWIN_PATH_ESCAPE', (err as Error).message, { path: p });
+      }
+    };
+    const exists = async (p: string) => {
+      if (!(await fsp.lstat(this.opts.fs.paths.backing(p)).catch(() => undefined)))
+        throw new TwinError('ETWIN_NOT_FOUND', `no such file on the volume: ${p}`, { path: p });
+    };
+    if (sel.volume) return { volume: true };
+    if (sel.subtree !== undefined) {
+      const t = norm(sel.subtree);
+      await exists(t);
+      return t === '/' ? { volume: true } : { subtrees: [t] };
+    }
+    const paths = [...new Set((sel.paths ?? []).map(norm))];
+    for (const p of paths) await exists(p);
+    return { paths };
+  }
+
+  private assertFree(sel: Selector, _owner: string): void {
+    for (const b of this.backups.values())
+      if (selectorsOverlap(b.selector, sel))
+        throw new TwinError(
+          'ETWIN_BUSY',
+          `files in this selection are being backed up by ${b.backupId}; try again after it is released`,
+          {
+            backupId: b.backupId,
+          },
+        );
+  }
+
+  private assertMirrorReady(mirror: MirrorDriver, sel: Selector): void {
+    const st = mirror.status();
+    if (st.state === 'COPY')
+      throw new TwinError(
+        'ETWIN_MIRROR_BROKEN',
+        'the mirror is still being copied; try again when it is in sync',
+      );
+    const hit = st.broken.find(
+      (b) =>
+        sel.volume || covers(sel, b) || (sel.subtrees ?? []).some((t) => b === '/' || t.startsWith(b + '/')),
+    );
+    if (hit)
+      throw new TwinError('ETWIN_MIRROR_BROKEN', `the mirror pair for ${hit} is BROKEN; run a repair first`, {
+        path: hit,
+      });
+  }
+
+  private async listItems(
+    mirror: MirrorDriver,
+    sel: Selector,
+  ): Promise<{ items: Item[]; complete: boolean }> {
+    const items: Item[] = [];
+    const root = mirror.dataRoot;
+    const add = async (p: string, st?: import('node:fs').Stats) => {
+      st ??= await fsp.lstat(root + p);
+      items.push({
+        path: p,
+        mirrorPath: p,
+        type: st.isFile()
+          ? 'file'
+          : st.isDirectory()
+            ? 'dir'
+            : st.isSymbolicLink()
+              ? 'symlink'
+              : st.isFIFO()
+                ? 'fifo'
+                : 'other',
+        size: st.size,
+        mtime: st.mtimeMs,
+        mode: st.mode,
+        uid: st.uid,
+        gid: st.gid,
+        ino: st.ino,
+        nlink: st.nlink,
+        target: st.isSymbolicLink() ? await fsp.readlink(root + p) : undefined,
+      });
+    };
+    if (sel.paths) {
+      for (const p of sel.paths) await add(p);
+      return { items, complete: true };
+    }
+    const top = sel.volume ? '' : sel.subtrees![0]!;
+    if (top) await add(top);
+    for await (const e of walk(root + top)) {
+      if (items.length >= this.maxItems) return { items, complete: false };
+      await add(top + e.path, e.stat);
+    }
+    return { items, complete: true };
+  }
+}
+
+function toInhibitSelector(sel: Selector) {
+  return { paths: sel.paths, subtrees: sel.subtrees, volume: sel.volume };
+}
+
+export function selectorsOverlap(a: Selector, b: Selector): boolean {
+  if (a.volume || b.volume) return true;
+  const roots = (s: Selector) => [
+    ...(s.paths ?? []).map((p) => ({ p, tree: false })),
+    ...(s.subtrees ?? []).map((p) => ({ p, tree: true })),
+  ];
+  for (const x of roots(a))
+    for (const y of roots(b)) {
+      if (x.p === y.p) return true;
+      if (x.tree && y.p.startsWith(x.p + '/')) return true;
+      if (y.tree && x.p.startsWith(y.p + '/')) return true;
+    }
+  return false;
+}
