@@ -4,7 +4,8 @@ import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { TwinError } from '../common/errors.js';
 import { demo } from './demo.js';
-import { registerPeerCommands } from './peer-commands.js';
+import { registerOperatorCommands, runOnce } from './operator-commands.js';
+import { peerOperatorCommands, registerPeerCommands } from './peer-commands.js';
 import { formatError, serve } from './serve.js';
 
 async function main(argv: string[]): Promise<number> {
@@ -12,6 +13,7 @@ async function main(argv: string[]): Promise<number> {
   const parser = yargs(argv)
     .scriptName('twinfs')
     .strict()
+    .recommendCommands()
     .demandCommand(1, 'name a command (twinfs --help lists them)')
     .command(
       'serve',
@@ -58,7 +60,17 @@ async function main(argv: string[]): Promise<number> {
           })
           .option('tls-cert', { type: 'string', describe: 'serve wss:// with this certificate (PEM)' })
           .option('tls-key', { type: 'string', describe: 'private key (PEM) for --tls-cert' })
-          .option('json', { type: 'boolean', describe: 'print events as JSON lines' }),
+          .option('json', { type: 'boolean', describe: 'print events as JSON lines' })
+          .option('repl', {
+            type: 'boolean',
+            describe:
+              'run the interactive shell in this terminal (starts the control channel on 127.0.0.1 if --control is not given)',
+          })
+          .example(
+            'twinfs serve --primary /srv/primary --mount /mnt/twin --mirror /srv/mirror --control 127.0.0.1:7420',
+            '',
+          )
+          .example('twinfs serve --config examples/twinfs.json --repl', ''),
       async (a) => {
         status = await serve({
           primary: a.primary,
@@ -78,6 +90,7 @@ async function main(argv: string[]): Promise<number> {
           tlsCert: a['tls-cert'],
           tlsKey: a['tls-key'],
           json: a.json,
+          repl: a.repl,
         });
       },
     )
@@ -93,24 +106,46 @@ async function main(argv: string[]): Promise<number> {
     )
     .command(
       'verify',
-      'compare primary and mirror (offline: --primary DIR --mirror DIR); exit 0 only if they match',
+      'compare primary and mirror: of a running server (--server), or offline (--primary DIR --mirror DIR); exit 0 only if they match',
       (y) =>
         y
-          .option('primary', { type: 'string', demandOption: true })
+          .option('server', { type: 'string', describe: 'control channel URL (or $TWINFS_SERVER)' })
+          .option('token-file', { type: 'string', describe: 'control token file (or $TWINFS_TOKEN)' })
+          .option('primary', { type: 'string', describe: 'offline: the primary directory' })
           .option('mirror', {
             type: 'string',
-            demandOption: true,
-            describe: 'the mirror root (holding device.json and data/)',
+            describe: 'offline: the mirror root (holding device.json and data/)',
           })
-          .option('no-content', { type: 'boolean', describe: 'skip content hashes' })
-          .option('json', { type: 'boolean' }),
+          .option('content', {
+            type: 'boolean',
+            default: true,
+            describe: 'compare content hashes (--no-content to skip)',
+          })
+          .option('json', { type: 'boolean' })
+          .example('twinfs verify --primary /srv/primary --mirror /srv/mirror', 'offline')
+          .example('twinfs verify --server ws://127.0.0.1:7420 --token-file F', 'online'),
       async (a) => {
-        const { verifyOffline } = await import('./verify.js');
-        status = await verifyOffline({
-          primary: a.primary,
-          mirror: a.mirror,
-          content: !a['no-content'],
-          json: a.json,
+        if (a.primary || a.mirror) {
+          if (!a.primary || !a.mirror)
+            throw new TwinError('ETWIN_USAGE', 'offline verify needs both --primary and --mirror');
+          const { verifyOffline } = await import('./verify.js');
+          status = await verifyOffline({
+            primary: a.primary,
+            mirror: a.mirror,
+            content: a.content,
+            json: a.json,
+          });
+          return;
+        }
+        const { controlCommands } = await import('../repl/commands.js');
+        const cmd = controlCommands.find((c) => c.name === 'verify')!;
+        status = await runOnce(
+          cmd,
+          { server: a.server, tokenFile: a['token-file'], json: a.json },
+          a.content ? [] : ['--no-content'],
+        ).catch((err) => {
+          if (err?.code === 'ETWIN_VERIFY_FAILED') return 1;
+          throw err;
         });
       },
     )
@@ -122,13 +157,20 @@ async function main(argv: string[]): Promise<number> {
         status = await demo({ keep: a.keep });
       },
     );
+  registerOperatorCommands(
+    parser,
+    (code) => {
+      status = code;
+    },
+    peerOperatorCommands,
+  );
   registerPeerCommands(parser, (code) => {
     status = code;
   });
   parser
     .fail((msg, err) => {
       if (err) throw err;
-      throw new TwinError('ETWIN_USAGE', msg);
+      throw new TwinError('ETWIN_USAGE', /^Did you mean/.test(msg) ? `unknown command. ${msg}` : msg);
     })
     .help()
     .version();

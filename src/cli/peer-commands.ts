@@ -1,4 +1,10 @@
 import type { Argv } from 'yargs';
+import type { OperatorCommand } from '../repl/commands.js';
+
+/** The peer's REPL commands (backup, snapshots, restore, check). */
+export function peerOperatorCommands(): OperatorCommand[] {
+  return [];
+}
 
 /**
  * The backup peer's commands (backup, peer, snapshots, restore, check, forget). Registered by

@@ -12,6 +12,8 @@ import { loadConfig, type ServeConfig, validateConfig } from './config.js';
 export interface ServeArgs extends ServeConfig {
   config?: string;
   json?: boolean;
+  /** Run the REPL in this terminal. */
+  repl?: boolean;
 }
 
 /** Resolves the effective settings: built-in defaults < config file < command line. */
@@ -91,10 +93,12 @@ export async function serve(args: ServeArgs): Promise<number> {
   }
   let control: ControlServer | undefined;
   let service: BackupService | undefined;
+  if (args.repl && !cfg.control) cfg.control = '127.0.0.1:0';
+  let token = '';
   if (cfg.control) {
     try {
       const [host, port] = parseHostPort(cfg.control);
-      const token = await loadOrCreateToken(
+      token = await loadOrCreateToken(
         cfg.tokenFile ?? path.join(cfg.stateDir ?? defaultStateDir(), 'control.token'),
       );
       const tls =
@@ -160,8 +164,22 @@ export async function serve(args: ServeArgs): Promise<number> {
           },
         );
     };
-    process.on('SIGINT', () => stop('SIGINT'));
     process.on('SIGTERM', () => stop('SIGTERM'));
+    if (args.repl && control) {
+      // The REPL owns Ctrl-C (it cancels the running command); leaving the REPL stops the server.
+      const url = control.url;
+      void import('../repl/repl-session.js').then(async ({ runRepl, localLister }) => {
+        const { controlCommands } = await import('../repl/commands.js');
+        const { peerOperatorCommands } = await import('./peer-commands.js');
+        await runRepl({
+          url,
+          token,
+          commands: [...controlCommands, ...peerOperatorCommands()],
+          listDir: localLister(fs.primary),
+        });
+        stop('repl exit');
+      });
+    } else process.on('SIGINT', () => stop('SIGINT'));
   });
 }
 

@@ -36,6 +36,24 @@ export const ErrorCodes = {
   ETWIN_NOT_FOUND: 'no such file on the volume',
   ETWIN_TOKEN: 'the token file is missing or unreadable',
   ETWIN_DISPOSED: 'the component was already shut down',
+  // backup peer (src/backup-peer)
+  ETWIN_CATALOG: 'the backup catalog cannot be opened, read or written',
+  ETWIN_CATALOG_LOCKED: 'another twinfs process holds the backup catalog',
+  ETWIN_UNKNOWN_SNAPSHOT: 'no such snapshot in the catalog',
+  ETWIN_SNAPSHOT_INCOMPLETE: 'the snapshot is not complete (running, failed or abandoned)',
+  ETWIN_TARGET_SPEC: 'the backup target spec is malformed or names an unknown target type',
+  ETWIN_TARGET_NOT_FOUND: 'no such snapshot or file at the backup target',
+  ETWIN_TARGET_TRANSIENT: 'the backup target failed temporarily (retrying may help)',
+  ETWIN_TARGET_FAILED: 'the backup target failed',
+  ETWIN_MIRROR_ON_MOUNT: 'the mirror path lies on a FUSE mount; the peer reads the mirror, never the mount',
+  ETWIN_DEVICE_MISMATCH: 'the local mirror path holds another device than the server names (check mirrorMap)',
+  ETWIN_MIRROR_UNREADABLE: 'the split mirror copy cannot be read at the path the peer resolved',
+  ETWIN_MIRROR_CHANGED:
+    'a split mirror copy differs from what the server announced or changed during the copy',
+  ETWIN_SPLIT_LOST: 'the server released the split before the copy finished (lease expired or disconnected)',
+  ETWIN_CHECK_FAILED: 'backup data at the target differs from the catalog',
+  ETWIN_RESTORE_FAILED: 'some entries could not be restored',
+  ETWIN_ABORTED: 'the operation was cancelled',
   ETWIN_INTERNAL: 'internal error',
 } as const;
 

@@ -2,10 +2,10 @@ import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FIXTURES, unmountAll, waitFor } from '../helpers/mounts.js';
-import { sh } from '../helpers/proc.js';
+import { sh, shOk } from '../helpers/proc.js';
 import { type ServerHandle, startServer, tempDirs } from '../helpers/server.js';
 
-const OPS = 300;
+const OPS = 400;
 
 /** Runs the workload for seed under root in a child process; returns its output lines. */
 async function workload(root: string, seed: number): Promise<string[]> {
@@ -20,31 +20,50 @@ async function dump(root: string): Promise<string[]> {
   return r.stdout.trimEnd().split('\n');
 }
 
-/** Fails with the seed and the first differing line, in context. */
-function expectSameRun(seed: number, what: string, got: string[], want: string[]): void {
+/**
+ * A known libfuse2 limitation (see the it.fails tests below): a file unlinked while open lives
+ * on as `.fuse_hidden…` in its directory until closed, so removing or replacing that directory
+ * fails with ENOTEMPTY (the runs cannot be compared past that point), and fstat shows nlink 1.
+ */
+function isHiddenFileLimit(got: string | undefined, want: string | undefined): boolean {
+  const m = /^(\d+ (?:rmdir|rename)\(.*\)) = ERR ENOTEMPTY$/.exec(got ?? '');
+  return m !== null && want === `${m[1]} = ok`;
+}
+
+/**
+ * Compares the outputs line by line. Fails with the seed and the first differing line in
+ * context; returns false (compared up to there) when the runs part at the known limitation.
+ */
+function compareRuns(seed: number, what: string, got: string[], want: string[]): boolean {
   const n = Math.max(got.length, want.length);
   for (let i = 0; i < n; i++) {
-    if (got[i] !== want[i]) {
-      const ctx = want.slice(Math.max(0, i - 8), i).join('\n  ');
-      throw new Error(
-        `differential run diverged (seed ${seed}, ${what}); replay: node test/fusefs/fixtures/diff-ops.mjs run DIR ${seed} ${OPS}\n` +
-          `  ...\n  ${ctx}\n` +
-          `twinfs: ${got[i] ?? '<missing>'}\nplain:  ${want[i] ?? '<missing>'}`,
-      );
-    }
+    if (got[i] === want[i]) continue;
+    if (isHiddenFileLimit(got[i], want[i])) return false;
+    // The same limitation: an unlinked open file still has its hidden name (nlink 1, not 0).
+    if (/ fstat\(\d\) = file \d+ nlink=0$/.test(want[i] ?? '') && got[i] === want[i]!.replace(/nlink=0$/, 'nlink=1'))
+      continue;
+    const ctx = want.slice(Math.max(0, i - 8), i).join('\n  ');
+    throw new Error(
+      `differential run diverged (seed ${seed}, ${what}); replay: node test/fusefs/fixtures/diff-ops.mjs run DIR ${seed} ${OPS}\n` +
+        `  ...\n  ${ctx}\n` +
+        `twinfs: ${got[i] ?? '<missing>'}\nplain:  ${want[i] ?? '<missing>'}`,
+    );
   }
+  return true;
 }
 
 /** Each configuration exercises a different path of the cache: timed write-back, the dirty limit, none. */
 const CONFIGS: Array<{ name: string; args: string[]; seeds: number[] }> = [
-  { name: 'write-back after 50 ms', args: ['--writeback-ms', '50'], seeds: [1, 2, 3] },
-  { name: '1 MiB cache, long delay', args: ['--cache-mb', '1', '--writeback-ms', '600000'], seeds: [4, 5, 6] },
-  { name: 'write-through', args: ['--write-through'], seeds: [7] },
+  { name: 'write-back after 50 ms', args: ['--writeback-ms', '50'], seeds: [1, 2, 3, 4, 5, 6] },
+  { name: '1 MiB cache, long delay', args: ['--cache-mb', '1', '--writeback-ms', '600000'], seeds: [7, 8, 9, 10, 11, 12] },
+  { name: 'write-through', args: ['--write-through'], seeds: [13, 14] },
 ];
 
 describe.each(CONFIGS)('randomized differential test: $name', ({ args, seeds }) => {
   let t: Awaited<ReturnType<typeof tempDirs>>;
   let srv: ServerHandle | undefined;
+  /** Seeds whose runs parted at the known limitation: their final trees are not compared. */
+  const cut = new Set<number>();
   beforeAll(async () => {
     t = await tempDirs('primary', 'mnt', 'plain');
     srv = await startServer({ primary: t.dirs.primary!, mount: t.dirs.mnt!, args });
@@ -61,8 +80,11 @@ describe.each(CONFIGS)('randomized differential test: $name', ({ args, seeds }) 
       workload(path.join(t.dirs.mnt!, name), seed),
       workload(path.join(t.dirs.plain!, name), seed),
     ]);
-    expectSameRun(seed, 'operations and final tree through the mount', onMount, onPlain);
-    expect(onMount.filter((l) => / = ERR /.test(l)).length).toBeLessThan(OPS * 0.8);
+    if (!compareRuns(seed, 'operations and final tree through the mount', onMount, onPlain)) {
+      cut.add(seed);
+      console.warn(`seed ${seed}: compared up to a rmdir/rename hitting a .fuse_hidden file (libfuse2 limitation)`);
+    }
+    expect(onMount.filter((l) => / = ERR /.test(l)).length).toBeLessThan(OPS * 0.6);
   });
 
   it('the primary holds the same trees after the server wrote everything back and stopped', async () => {
@@ -72,8 +94,9 @@ describe.each(CONFIGS)('randomized differential test: $name', ({ args, seeds }) 
     const noHidden = async () => !(await sh(`find '${t.dirs.primary}' -name '.fuse_hidden*'`)).stdout.trim();
     expect(await waitFor(noHidden, 3000)).toBe(true);
     for (const seed of seeds) {
+      if (cut.has(seed)) continue;
       const name = `s${seed}`;
-      expectSameRun(
+      compareRuns(
         seed,
         'tree on the primary after unmount',
         await dump(path.join(t.dirs.primary!, name)),
@@ -81,5 +104,48 @@ describe.each(CONFIGS)('randomized differential test: $name', ({ args, seeds }) 
       );
     }
     expect((await fsp.readdir(t.dirs.primary!)).sort()).toEqual(seeds.map((s) => `s${s}`).sort());
+    expect(cut.size).toBeLessThan(seeds.length);
+  });
+});
+
+/**
+ * Divergences from a local filesystem that come from libfuse2's high-level API as twinfs uses
+ * it today, not from the cache. `it.fails`: these pass while the limitation exists; when it is
+ * fixed they fail, and the marker should go (and `links` go back into the random workload).
+ */
+describe('known libfuse2 limitations', () => {
+  let t: Awaited<ReturnType<typeof tempDirs>>;
+  let srv: ServerHandle;
+  beforeAll(async () => {
+    t = await tempDirs('primary', 'mnt');
+    srv = await startServer({ primary: t.dirs.primary!, mount: t.dirs.mnt! });
+  });
+  afterAll(async () => {
+    await srv?.kill();
+    await t?.cleanup();
+  });
+
+  // Each name gets its own kernel inode with its own attribute cache (attr_timeout 1 s).
+  it.fails('a size change through one hard link shows through the other at once', async () => {
+    const m = t.dirs.mnt!;
+    const out = await shOk(
+      `cd '${m}' && printf abc > a && ln a c && stat -c %s c >/dev/null && printf defgh >> a && stat -c %s a c`,
+    );
+    expect(out).toBe('8\n8\n');
+  });
+
+  // An unlinked open file becomes .fuse_hidden… in its directory until it is closed.
+  it.fails('rmdir succeeds when the last file in it was unlinked while still open', async () => {
+    const m = t.dirs.mnt!;
+    const out = await sh(`mkdir '${m}/d' && exec 3>'${m}/d/f' && rm '${m}/d/f' && rmdir '${m}/d'; echo "rmdir=$?"`);
+    expect(out.stdout).toContain('rmdir=0');
+  });
+
+  it.fails('fstat of a file unlinked while open shows nlink 0', async () => {
+    const m = t.dirs.mnt!;
+    const r = await sh(
+      `node -e "const fs=require('fs');const fd=fs.openSync('${m}/u','w');fs.unlinkSync('${m}/u');console.log(fs.fstatSync(fd).nlink)"`,
+    );
+    expect(r.stdout.trim()).toBe('0');
   });
 });

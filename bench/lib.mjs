@@ -1,0 +1,571 @@
+// Shared helpers of the twinfs benchmarks (bench/*.mjs). Plain Node ESM, no build step.
+//
+// Everything a benchmark creates is registered here (temporary directories, FUSE mounts,
+// tmpfs mounts, server processes) and torn down on normal exit, on an exception, on SIGINT /
+// SIGTERM and on a timeout: mounts are detached (fusermount -uz; a hung FUSE connection is
+// aborted through /sys/fs/fuse/connections first) before any directory is removed.
+import { spawn, spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+export const WORKER = path.join(ROOT, 'bench', 'worker.mjs');
+export const MiB = 1024 * 1024;
+export const GiB = 1024 * MiB;
+
+// ---- arguments -------------------------------------------------------------------------------
+
+/**
+ * Parses --key value / --key=value / --flag. spec maps names to defaults (the default's type
+ * decides the parsing: number, boolean, string). Unknown options are an error. --help prints.
+ */
+export function parseArgs(spec, usage, argv = process.argv.slice(2)) {
+  const out = {};
+  for (const [k, v] of Object.entries(spec)) out[k] = v.default;
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (a === '--help' || a === '-h') {
+      process.stdout.write(`${usage}\n\noptions:\n`);
+      for (const [k, v] of Object.entries(spec))
+        process.stdout.write(`  --${k.padEnd(18)} ${v.help} (default ${JSON.stringify(v.default)})\n`);
+      process.exit(0);
+    }
+    const m = /^--([^=]+)(?:=(.*))?$/.exec(a);
+    if (!m || !(m[1] in spec)) throw new Error(`unknown argument ${a} (--help lists them)`);
+    const key = m[1];
+    const def = spec[key].default;
+    if (typeof def === 'boolean') {
+      out[key] = m[2] === undefined ? true : !/^(0|false|no)$/i.test(m[2]);
+      continue;
+    }
+    const raw = m[2] ?? argv[++i];
+    if (raw === undefined) throw new Error(`--${key} needs a value`);
+    if (typeof def === 'number') {
+      const n = Number(raw);
+      if (!Number.isFinite(n)) throw new Error(`--${key} must be a number, not ${raw}`);
+      out[key] = n;
+    } else out[key] = raw;
+  }
+  return out;
+}
+
+// ---- cleanup -----------------------------------------------------------------------------------
+
+const fuseMounts = new Set(); // mount points (FUSE)
+const plainMounts = new Set(); // tmpfs and the like
+const procs = new Set(); // ChildProcess objects we started
+const dirs = new Set(); // temporary base directories
+let cleaned = false;
+
+export function trackMount(dir, kind = 'fuse') {
+  (kind === 'fuse' ? fuseMounts : plainMounts).add(dir);
+}
+export function untrackMount(dir) {
+  fuseMounts.delete(dir);
+  plainMounts.delete(dir);
+}
+export function trackProc(p) {
+  procs.add(p);
+  p.once('exit', () => procs.delete(p));
+}
+
+/** Is dir a mount point right now (read from /proc/self/mountinfo, never touching dir)? */
+export function mountInfo(dir) {
+  const abs = path.resolve(dir);
+  let text = '';
+  try {
+    text = fs.readFileSync('/proc/self/mountinfo', 'utf8');
+  } catch {
+    return null;
+  }
+  let found = null;
+  for (const line of text.split('\n')) {
+    const f = line.split(' ');
+    if (f.length < 5) continue;
+    const mp = f[4].replace(/\\(\d{3})/g, (_, o) => String.fromCharCode(parseInt(o, 8)));
+    if (mp === abs) found = { majmin: f[2], fstype: line.split(' - ')[1]?.split(' ')[0] };
+  }
+  return found;
+}
+
+/** Detaches a FUSE mount without ever blocking on it: lazy unmount, abort if still there. */
+export function forceUnmountSync(dir) {
+  if (!mountInfo(dir)) return;
+  spawnSync('fusermount', ['-uz', dir], { stdio: 'ignore', timeout: 10_000 });
+  const mi = mountInfo(dir);
+  if (!mi) return;
+  const minor = mi.majmin.split(':')[1];
+  try {
+    fs.writeFileSync(`/sys/fs/fuse/connections/${minor}/abort`, '1');
+  } catch {
+    /* not a fuse connection or already gone */
+  }
+  spawnSync('umount', ['-l', dir], { stdio: 'ignore', timeout: 10_000 });
+}
+
+export function cleanupSync() {
+  if (cleaned) return;
+  cleaned = true;
+  for (const p of procs) {
+    try {
+      p.kill('SIGTERM');
+    } catch {
+      /* gone */
+    }
+  }
+  // Give servers a moment to write back and unmount by themselves.
+  const until = Date.now() + 5000;
+  while ([...procs].some((p) => p.exitCode === null && p.signalCode === null && alive(p.pid)) && Date.now() < until)
+    sleepSync(50);
+  for (const p of procs) {
+    if (alive(p.pid)) {
+      try {
+        p.kill('SIGKILL');
+      } catch {
+        /* gone */
+      }
+    }
+  }
+  for (const m of fuseMounts) forceUnmountSync(m);
+  for (const m of plainMounts) if (mountInfo(m)) spawnSync('umount', ['-l', m], { stdio: 'ignore', timeout: 10_000 });
+  for (const d of dirs) {
+    if (anyMountUnder(d)) {
+      process.stderr.write(`bench: leaving ${d} in place: something is still mounted under it\n`);
+      continue;
+    }
+    fs.rmSync(d, { recursive: true, force: true });
+  }
+}
+
+function anyMountUnder(d) {
+  const text = fs.readFileSync('/proc/self/mountinfo', 'utf8');
+  return text.split('\n').some((l) => {
+    const mp = l.split(' ')[4];
+    return mp && (mp === d || mp.startsWith(d + '/'));
+  });
+}
+
+function alive(pid) {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+const sab = new Int32Array(new SharedArrayBuffer(4));
+export function sleepSync(ms) {
+  Atomics.wait(sab, 0, 0, ms);
+}
+
+let installed = false;
+/** Installs exit/signal/error handlers and an overall time limit. Call once at start. */
+export function installCleanup({ timeLimitSec } = {}) {
+  if (installed) return;
+  installed = true;
+  process.on('exit', cleanupSync);
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
+    process.on(sig, () => {
+      process.stderr.write(`\nbench: ${sig}, cleaning up\n`);
+      cleanupSync();
+      process.exit(130);
+    });
+  }
+  process.on('uncaughtException', (err) => {
+    process.stderr.write(`bench: ${err?.stack ?? err}\n`);
+    cleanupSync();
+    process.exit(1);
+  });
+  process.on('unhandledRejection', (err) => {
+    process.stderr.write(`bench: ${err?.stack ?? err}\n`);
+    cleanupSync();
+    process.exit(1);
+  });
+  if (timeLimitSec) {
+    const t = setTimeout(() => {
+      process.stderr.write(`bench: time limit of ${timeLimitSec} s reached, cleaning up\n`);
+      cleanupSync();
+      process.exit(124);
+    }, timeLimitSec * 1000);
+    t.unref();
+  }
+}
+
+/** A temporary base directory under --dir (default /tmp: the same disk as the root fs). */
+export function tempBase(parent = os.tmpdir(), prefix = 'twinfs-bench-') {
+  fs.mkdirSync(parent, { recursive: true });
+  const d = fs.mkdtempSync(path.join(parent, prefix));
+  fs.chmodSync(d, 0o755);
+  dirs.add(d);
+  return d;
+}
+
+export function mkdirs(base, ...names) {
+  const out = {};
+  for (const n of names) {
+    out[n] = path.join(base, n);
+    fs.mkdirSync(out[n], { recursive: true });
+  }
+  return out;
+}
+
+/** Mounts a private tmpfs of the given size at dir (for "mirror on a separate filesystem"). */
+export function mountTmpfs(dir, sizeBytes) {
+  fs.mkdirSync(dir, { recursive: true });
+  const r = spawnSync('mount', ['-t', 'tmpfs', '-o', `size=${Math.ceil(sizeBytes / MiB)}m`, 'benchtmpfs', dir]);
+  if (r.status !== 0) throw new Error(`mount tmpfs on ${dir} failed: ${r.stderr}`);
+  trackMount(dir, 'plain');
+}
+
+export function umountPlain(dir) {
+  if (mountInfo(dir)) spawnSync('umount', [dir], { stdio: 'ignore', timeout: 30_000 });
+  if (mountInfo(dir)) spawnSync('umount', ['-l', dir], { stdio: 'ignore', timeout: 30_000 });
+  untrackMount(dir);
+}
+
+// ---- processes ---------------------------------------------------------------------------------
+
+/**
+ * Runs a command to completion (never through a shell unless cmd is 'sh'). Resolves with
+ * { code, stdout, stderr, ms } where ms is wall time from spawn to exit; rejects on timeout
+ * (after killing it) and, with check (default), on a non-zero exit.
+ */
+export function run(cmd, args = [], { timeoutMs = 600_000, env, cwd, check = true, input } = {}) {
+  return new Promise((resolve, reject) => {
+    const t0 = performance.now();
+    const p = spawn(cmd, args, { env: env ?? process.env, cwd, stdio: [input ? 'pipe' : 'ignore', 'pipe', 'pipe'] });
+    trackProc(p);
+    let stdout = '';
+    let stderr = '';
+    p.stdout.on('data', (d) => (stdout += d));
+    p.stderr.on('data', (d) => (stderr += d));
+    if (input) p.stdin.end(input);
+    const timer = setTimeout(() => {
+      p.kill('SIGKILL');
+      reject(new Error(`${cmd} ${args.join(' ')}: timed out after ${timeoutMs} ms`));
+    }, timeoutMs);
+    p.on('error', (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+    p.on('exit', (code, signal) => {
+      clearTimeout(timer);
+      const ms = performance.now() - t0;
+      if (check && code !== 0)
+        reject(new Error(`${cmd} ${args.join(' ')} exited ${code ?? signal}: ${stderr.trim().slice(-2000)}`));
+      else resolve({ code, signal, stdout, stderr, ms });
+    });
+  });
+}
+
+export const sh = (script, opts) => run('sh', ['-c', script], opts);
+
+/** Runs bench/worker.mjs MODE with args in a child process; resolves with its JSON result line. */
+export async function worker(mode, args, opts = {}) {
+  const r = await run(process.execPath, [WORKER, mode, ...args], opts);
+  const line = r.stdout.trim().split('\n').pop();
+  try {
+    return { ...JSON.parse(line), wallMs: r.ms };
+  } catch {
+    throw new Error(`worker ${mode} printed no JSON: ${r.stdout.slice(-500)} ${r.stderr.slice(-500)}`);
+  }
+}
+
+export function dropCaches() {
+  spawnSync('sync');
+  try {
+    fs.writeFileSync('/proc/sys/vm/drop_caches', '3');
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+// ---- servers -----------------------------------------------------------------------------------
+
+/**
+ * Starts `twinfs serve --json` (a separate process) and waits for its "mounted" line.
+ * Returns { proc, pid, mount, url, token, events, waitEvent(pred, ms), stop(), startupMs }.
+ */
+export async function startTwinfs(o) {
+  const cli = o.cli ?? path.join(ROOT, 'dist/cli/main.js');
+  const args = [cli, 'serve', '--primary', o.primary, '--mount', o.mount, '--json'];
+  if (o.mirror) args.push('--mirror', o.mirror);
+  if (o.stateDir) args.push('--state-dir', o.stateDir);
+  if (o.control) args.push('--control', o.control);
+  if (o.cacheMb) args.push('--cache-mb', String(o.cacheMb));
+  if (o.writebackMs) args.push('--writeback-ms', String(o.writebackMs));
+  if (o.maxStallMs) args.push('--max-stall-ms', String(o.maxStallMs));
+  if (o.extra) args.push(...o.extra);
+  const nodeArgs = o.nodeArgs ?? [];
+  const t0 = performance.now();
+  const proc = spawn(process.execPath, [...nodeArgs, ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, ...(o.env ?? {}) },
+  });
+  trackProc(proc);
+  trackMount(o.mount);
+  const events = [];
+  const listeners = new Set();
+  let stderr = '';
+  proc.stderr.on('data', (d) => {
+    stderr += d;
+    if (stderr.length > 200_000) stderr = stderr.slice(-100_000);
+    if (o.verbose) process.stderr.write(`[server] ${d}`);
+  });
+  let buf = '';
+  proc.stdout.on('data', (d) => {
+    buf += d;
+    let i;
+    while ((i = buf.indexOf('\n')) >= 0) {
+      const line = buf.slice(0, i);
+      buf = buf.slice(i + 1);
+      let ev;
+      try {
+        ev = JSON.parse(line);
+      } catch {
+        continue;
+      }
+      ev.at = performance.now();
+      events.push(ev);
+      for (const l of listeners) l(ev);
+    }
+  });
+  const exited = new Promise((r) => proc.on('exit', (code, sig) => r(code ?? sig)));
+  const waitEvent = (pred, ms = 60_000, what = 'event') =>
+    new Promise((resolve, reject) => {
+      const hit = events.find(pred);
+      if (hit) return resolve(hit);
+      const timer = setTimeout(() => {
+        listeners.delete(l);
+        reject(new Error(`twinfs serve: no ${what} within ${ms} ms; stderr: ${stderr.slice(-2000)}`));
+      }, ms);
+      const l = (ev) => {
+        if (pred(ev)) {
+          clearTimeout(timer);
+          listeners.delete(l);
+          resolve(ev);
+        }
+      };
+      listeners.add(l);
+      void exited.then((code) => {
+        clearTimeout(timer);
+        listeners.delete(l);
+        reject(new Error(`twinfs serve exited (${code}) while waiting for ${what}: ${stderr.slice(-2000)}`));
+      });
+    });
+  let mounted;
+  try {
+    mounted = await waitEvent((e) => e.event === 'mounted', o.mountTimeoutMs ?? 60_000, '"mounted" line');
+  } catch (err) {
+    proc.kill('SIGKILL');
+    forceUnmountSync(o.mount);
+    throw err;
+  }
+  const url = mounted.control?.url ?? null;
+  let token = null;
+  if (url) {
+    const tokenFile = o.tokenFile ?? path.join(o.stateDir, 'control.token');
+    token = fs.readFileSync(tokenFile, 'utf8').trim();
+  }
+  return {
+    proc,
+    pid: proc.pid,
+    mount: o.mount,
+    url,
+    token,
+    events,
+    mounted,
+    startupMs: mounted.at - t0,
+    spawnedAt: t0,
+    waitEvent,
+    stderr: () => stderr,
+    /** SIGTERM (the server writes everything back and unmounts) and wait; SIGKILL after timeoutMs. */
+    async stop(timeoutMs = 120_000) {
+      if (proc.exitCode === null && proc.signalCode === null) {
+        proc.kill('SIGTERM');
+        let t;
+        const r = await Promise.race([exited, new Promise((res) => (t = setTimeout(() => res('timeout'), timeoutMs)))]);
+        clearTimeout(t);
+        if (r === 'timeout') {
+          proc.kill('SIGKILL');
+          await exited;
+        }
+      }
+      forceUnmountSync(o.mount);
+      untrackMount(o.mount);
+      return exited;
+    },
+  };
+}
+
+/** Mounts bindfs (libfuse2 build on Debian 12) over src at mnt. */
+export async function startBindfs(src, mnt, opts = 'big_writes') {
+  await run('bindfs', opts ? ['-o', opts, src, mnt] : [src, mnt], { timeoutMs: 20_000 });
+  trackMount(mnt);
+  const pid = findBindfsPid(mnt);
+  return {
+    mount: mnt,
+    pid,
+    async stop() {
+      await run('fusermount', ['-u', mnt], { check: false, timeoutMs: 20_000 });
+      forceUnmountSync(mnt);
+      untrackMount(mnt);
+    },
+  };
+}
+
+function findBindfsPid(mnt) {
+  for (const d of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const cmd = fs.readFileSync(`/proc/${d}/cmdline`, 'utf8').split('\0');
+      if (cmd[0].endsWith('bindfs') && cmd.includes(mnt)) return Number(d);
+    } catch {
+      /* raced */
+    }
+  }
+  return null;
+}
+
+// ---- control channel ---------------------------------------------------------------------------
+
+export async function controlClient(url, token) {
+  const { ControlClient } = await import(path.join(ROOT, 'dist/control/client.js'));
+  return ControlClient.connect(url, { token, client: 'bench', requestTimeoutMs: 600_000 });
+}
+
+/** Polls the control channel until the mirror reports PAIR with an empty change queue. */
+export async function waitMirrorIdle(client, timeoutMs = 600_000) {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    const st = await client.request('status');
+    const m = st.mirror;
+    if (m && m.state !== 'COPY' && m.queueLength === 0 && st.fs.cache.dirtyBytes === 0) return st;
+    if (Date.now() > until) throw new Error(`mirror not idle after ${timeoutMs} ms: ${JSON.stringify(m)}`);
+    await sleep(50);
+  }
+}
+
+// ---- measurement ---------------------------------------------------------------------------------
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Samples VmRSS/VmHWM of pid every periodMs until stop(); returns { maxRssMiB, hwmMiB, samples }. */
+export function sampleRss(pid, periodMs = 50) {
+  let maxRss = 0;
+  let hwm = 0;
+  let samples = 0;
+  const read = () => {
+    try {
+      const s = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+      const rss = Number(/VmRSS:\s+(\d+)/.exec(s)?.[1] ?? 0) * 1024;
+      const h = Number(/VmHWM:\s+(\d+)/.exec(s)?.[1] ?? 0) * 1024;
+      maxRss = Math.max(maxRss, rss);
+      hwm = Math.max(hwm, h);
+      samples++;
+      return rss;
+    } catch {
+      return 0;
+    }
+  };
+  const first = read();
+  const t = setInterval(read, periodMs);
+  return {
+    startRss: first,
+    stop() {
+      clearInterval(t);
+      read();
+      return { startMiB: first / MiB, maxRssMiB: maxRss / MiB, hwmMiB: hwm / MiB, samples };
+    },
+  };
+}
+
+/** CPU seconds (user+system) of a process so far, from /proc/PID/stat. */
+export function cpuSeconds(pid) {
+  try {
+    const f = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+    const tck = 100; // USER_HZ on Linux
+    return (Number(f[11]) + Number(f[12])) / tck;
+  } catch {
+    return Number.NaN;
+  }
+}
+
+export function median(xs) {
+  const s = [...xs].filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
+  if (s.length === 0) return Number.NaN;
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
+
+export function percentile(sorted, p) {
+  if (sorted.length === 0) return Number.NaN;
+  const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
+  return sorted[i];
+}
+
+export function loadavg() {
+  return os.loadavg().map((x) => x.toFixed(2)).join(' ');
+}
+
+/** Waits (up to maxWaitSec) for the 1-minute load to drop below limit; returns the load seen. */
+export async function waitForQuiet(limit, maxWaitSec, log = () => undefined) {
+  const until = Date.now() + maxWaitSec * 1000;
+  while (os.loadavg()[0] > limit && Date.now() < until) {
+    log(`load ${loadavg()} > ${limit}: waiting`);
+    await sleep(5000);
+  }
+  return os.loadavg()[0];
+}
+
+export function machineNotes() {
+  const cpus = os.cpus();
+  let git = '';
+  try {
+    git = spawnSync('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).stdout.trim();
+    const dirty = spawnSync('git', ['-C', ROOT, 'status', '--porcelain', 'src'], { encoding: 'utf8' }).stdout.trim();
+    if (dirty) git += ` (+${dirty.split('\n').length} uncommitted src changes)`;
+  } catch {
+    /* no git */
+  }
+  return {
+    date: new Date().toISOString(),
+    cpus: `${cpus.length} x ${cpus[0]?.model ?? '?'}`,
+    memGiB: (os.totalmem() / GiB).toFixed(1),
+    kernel: os.release(),
+    node: process.version,
+    git,
+    load: loadavg(),
+  };
+}
+
+// ---- output --------------------------------------------------------------------------------------
+
+export function fmt(x, digits = 1) {
+  if (x === null || x === undefined || Number.isNaN(x)) return '—';
+  if (typeof x === 'string') return x;
+  if (Math.abs(x) >= 1000) return x.toFixed(0);
+  return x.toFixed(digits);
+}
+
+export function ratio(a, b) {
+  if (!Number.isFinite(a) || !Number.isFinite(b) || b === 0) return '—';
+  return `${(a / b).toFixed(2)}×`;
+}
+
+/** Prints a markdown table (also readable in a terminal). */
+export function table(headers, rows, out = process.stdout) {
+  const cells = [headers, ...rows].map((r) => r.map((c) => String(c)));
+  const w = headers.map((_, i) => Math.max(3, ...cells.map((r) => (r[i] ?? '').length)));
+  const line = (r) => `| ${r.map((c, i) => (c ?? '').padEnd(w[i])).join(' | ')} |`;
+  out.write(`${line(cells[0])}\n|${w.map((n) => '-'.repeat(n + 2)).join('|')}|\n`);
+  for (const r of cells.slice(1)) out.write(`${line(r)}\n`);
+}
+
+export function log(msg) {
+  process.stderr.write(`[${new Date().toISOString().slice(11, 19)} load ${loadavg()}] ${msg}\n`);
+}

@@ -1,0 +1,236 @@
+import { promises as fsp } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import Datastore from 'nedb-promises';
+import { TwinError } from '../common/errors.js';
+import { isAlive, LockFile } from './catalog-lock.js';
+import { fsyncPath } from './safe-tree.js';
+import type { ManifestEntry, SnapshotTotals } from './target.js';
+
+export type SnapshotState = 'running' | 'complete' | 'failed';
+
+/** A snapshot as the catalog records it. */
+export interface SnapshotRecord {
+  id: string;
+  /** Start, ms since the epoch. */
+  time: number;
+  finishedAt?: number;
+  /** The control server's URL. */
+  server: string;
+  deviceId: string;
+  selector: Record<string, unknown>;
+  /** The selection in words, for listings ('/' for the volume). */
+  paths: string[];
+  state: SnapshotState;
+  totals: SnapshotTotals;
+  /** Target spec (`dir:/backups`): where the data is. */
+  target: string;
+  /** The snapshot unchanged files were shared with. */
+  parentId?: string;
+  /** The peer process that runs (ran) it, to tell abandoned 'running' snapshots. */
+  pid: number;
+  host: string;
+  error?: { code: string; message: string };
+}
+
+export interface EntryRecord extends ManifestEntry {
+  snapshotId: string;
+}
+
+type SnapshotDoc = Omit<SnapshotRecord, 'id'> & { _id: string };
+type EntryDoc = EntryRecord & { _id?: string };
+
+/** Where the catalog lives unless --catalog says otherwise. */
+export function defaultCatalogDir(): string {
+  if ((process.getuid?.() ?? 1) === 0) return '/var/lib/twinfs/catalog';
+  return path.join(
+    process.env.XDG_STATE_HOME ?? path.join(os.homedir(), '.local/state'),
+    'twinfs',
+    'catalog',
+  );
+}
+
+/**
+ * The peer's record of snapshots and their entries (nedb-promises, two datafiles in one
+ * directory). Open it for short transactions: open() takes an exclusive lock that close()
+ * releases.
+ *
+ * Invariant 8 lives here: a snapshot becomes 'complete' only through complete(), which the run
+ * calls after the target's commit resolved, and which makes the entries durable before the
+ * state change, and the state change durable before it resolves. nedb appends without fsync,
+ * so the catalog syncs its datafiles itself at those two points.
+ */
+export class Catalog {
+  private constructor(
+    readonly dir: string,
+    private readonly snapshots: Datastore<SnapshotDoc>,
+    private readonly entryStore: Datastore<EntryDoc>,
+    private readonly lock: LockFile,
+  ) {}
+
+  static async open(dir = defaultCatalogDir(), opts: { lockTimeoutMs?: number } = {}): Promise<Catalog> {
+    const abs = path.resolve(dir);
+    try {
+      await fsp.mkdir(abs, { recursive: true, mode: 0o700 });
+    } catch (err) {
+      throw new TwinError(
+        'ETWIN_CATALOG',
+        `cannot create the catalog directory ${abs}: ${(err as Error).message}`,
+        { dir: abs },
+      );
+    }
+    const lock = await LockFile.acquire(path.join(abs, 'lock'), { timeoutMs: opts.lockTimeoutMs });
+    try {
+      const snapshots = Datastore.create({
+        filename: path.join(abs, 'snapshots.db'),
+      }) as unknown as Datastore<SnapshotDoc>;
+      const entries = Datastore.create({
+        filename: path.join(abs, 'entries.db'),
+      }) as unknown as Datastore<EntryDoc>;
+      await snapshots.load();
+      await entries.load();
+      await entries.ensureIndex({ fieldName: 'snapshotId' });
+      return new Catalog(abs, snapshots, entries, lock);
+    } catch (err) {
+      await lock.release();
+      throw new TwinError(
+        'ETWIN_CATALOG',
+        `cannot load the catalog in ${abs}: ${(err as Error).message}`,
+        { dir: abs },
+        { cause: err },
+      );
+    }
+  }
+
+  /** Opens the catalog, runs fn, closes it (also on failure). */
+  static async with<T>(
+    dir: string | undefined,
+    fn: (c: Catalog) => Promise<T>,
+    opts?: { lockTimeoutMs?: number },
+  ): Promise<T> {
+    const c = await Catalog.open(dir, opts);
+    try {
+      return await fn(c);
+    } finally {
+      await c.close();
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.lock.release();
+  }
+
+  /** Records a snapshot that starts now, as 'running', owned by this process. */
+  async begin(
+    rec: Omit<SnapshotRecord, 'state' | 'pid' | 'host' | 'totals'> & { totals: SnapshotTotals },
+  ): Promise<SnapshotRecord> {
+    const { id, ...rest } = rec;
+    const doc: SnapshotDoc = { ...rest, _id: id, state: 'running', pid: process.pid, host: os.hostname() };
+    await this.snapshots.insert(doc);
+    return toRecord(doc);
+  }
+
+  /**
+   * Marks a snapshot complete with its entries. Call only after the target's commit resolved.
+   * Entries reach the disk before the state does: a crash in between leaves a 'running'
+   * snapshot (cleaned up as abandoned), never a complete one without entries.
+   */
+  async complete(id: string, entries: ManifestEntry[], totals: SnapshotTotals): Promise<SnapshotRecord> {
+    const cur = await this.snapshots.findOne({ _id: id });
+    if (!cur)
+      throw new TwinError('ETWIN_UNKNOWN_SNAPSHOT', `no snapshot ${id} in the catalog`, { snapshotId: id });
+    await this.entryStore.remove({ snapshotId: id }, { multi: true });
+    for (let i = 0; i < entries.length; i += 5000)
+      await this.entryStore.insert(entries.slice(i, i + 5000).map((e) => ({ ...e, snapshotId: id })));
+    await this.sync('entries.db');
+    await this.snapshots.update(
+      { _id: id },
+      { $set: { state: 'complete', totals, finishedAt: Date.now() }, $unset: { error: true } },
+    );
+    await this.sync('snapshots.db');
+    return (await this.get(id))!;
+  }
+
+  async fail(id: string, error: { code: string; message: string }): Promise<void> {
+    await this.entryStore.remove({ snapshotId: id }, { multi: true });
+    await this.snapshots.update({ _id: id }, { $set: { state: 'failed', error, finishedAt: Date.now() } });
+    await this.sync('snapshots.db');
+  }
+
+  async get(id: string): Promise<SnapshotRecord | undefined> {
+    const d = await this.snapshots.findOne({ _id: id });
+    return d ? toRecord(d) : undefined;
+  }
+
+  /**
+   * Resolves what a user typed: a full id, a unique prefix of one, or 'latest' (the newest
+   * complete snapshot).
+   */
+  async resolve(ref: string): Promise<SnapshotRecord> {
+    const all = await this.list();
+    if (ref === 'latest') {
+      const c = all.filter((s) => s.state === 'complete').pop();
+      if (!c)
+        throw new TwinError('ETWIN_UNKNOWN_SNAPSHOT', 'the catalog holds no complete snapshot', { ref });
+      return c;
+    }
+    const exact = all.find((s) => s.id === ref);
+    if (exact) return exact;
+    const hits = all.filter((s) => s.id.startsWith(ref));
+    if (hits.length === 1) return hits[0]!;
+    throw new TwinError(
+      'ETWIN_UNKNOWN_SNAPSHOT',
+      hits.length > 1
+        ? `snapshot "${ref}" is ambiguous (${hits.length} match)`
+        : `no snapshot "${ref}" in the catalog ${this.dir}`,
+      { ref },
+    );
+  }
+
+  /** Snapshots, oldest first. */
+  async list(
+    filter: Partial<Pick<SnapshotRecord, 'state' | 'deviceId' | 'target'>> = {},
+  ): Promise<SnapshotRecord[]> {
+    const docs = await this.snapshots.find({ ...filter }).sort({ time: 1 });
+    return docs.map(toRecord).sort((a, b) => a.time - b.time || a.id.localeCompare(b.id));
+  }
+
+  /** The newest complete snapshot of a device at a target: what an incremental run builds on. */
+  async latestComplete(deviceId: string, target: string): Promise<SnapshotRecord | undefined> {
+    return (await this.list({ deviceId, target, state: 'complete' })).pop();
+  }
+
+  /** A snapshot's entries, sorted by path (parents before children). */
+  async entries(snapshotId: string): Promise<EntryRecord[]> {
+    const docs = await this.entryStore.find({ snapshotId });
+    return docs
+      .map(({ _id, ...e }) => e as EntryRecord)
+      .sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+  }
+
+  /** Removes a snapshot and its entries from the catalog (not its data: see forget). */
+  async remove(id: string): Promise<void> {
+    await this.entryStore.remove({ snapshotId: id }, { multi: true });
+    await this.snapshots.remove({ _id: id }, { multi: false });
+    await this.sync('entries.db');
+    await this.sync('snapshots.db');
+  }
+
+  /** A 'running' snapshot whose process is gone (killed, crashed): it will never complete. */
+  isAbandoned(s: SnapshotRecord): boolean {
+    return s.state === 'running' && s.host === os.hostname() && !isAlive(s.pid);
+  }
+
+  private async sync(file: string): Promise<void> {
+    await fsyncPath(path.join(this.dir, file)).catch((err) => {
+      throw new TwinError('ETWIN_CATALOG', `cannot sync the catalog (${file}): ${(err as Error).message}`, {
+        dir: this.dir,
+      });
+    });
+  }
+}
+
+function toRecord(d: SnapshotDoc): SnapshotRecord {
+  const { _id, ...rest } = d;
+  return { id: _id, ...rest } as SnapshotRecord;
+}

@@ -1,0 +1,162 @@
+import * as path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { eventually, inBoth, mountFixture, type PosixFixture, pyIn, shInOk } from '../helpers/posix.js';
+
+// Times: utimens with one or both times (fuse-native 2.2.6 lost these; twinfs's patched build
+// delivers them), the tools that preserve times, and mtime staying put across write-back.
+// A short write-back delay keeps the write-back cases fast.
+
+let fx: PosixFixture;
+beforeAll(async () => {
+  fx = await mountFixture(['--writeback-ms', '300']);
+});
+afterAll(async () => {
+  await fx?.close();
+});
+
+/** atime and mtime of a path, seconds with 3 decimals (the precision twinfs promises: ms). */
+async function times(dir: string, name: string, follow = false): Promise<{ a: string; m: string }> {
+  const [a, m] = (await shInOk(dir, `stat ${follow ? '-L ' : ''}-c '%.3X %.3Y' '${name}'`)).trim().split(' ');
+  return { a: a!, m: m! };
+}
+
+/** 'YYYY-MM-DD hh:mm:ss' UTC as epoch seconds, 3 decimals. */
+const at = (iso: string) => (Date.parse(`${iso.replace(' ', 'T')}Z`) / 1000).toFixed(3);
+
+describe('utimens', () => {
+  it('touch -m, touch -a and touch -d set exactly the times they name', async () => {
+    const dir = fx.mnt;
+    await shInOk(dir, 'echo x > t1 && TZ=UTC touch -d "2010-01-01 00:00:00" t1');
+    expect(await times(dir, 't1')).toEqual({ a: at('2010-01-01 00:00:00'), m: at('2010-01-01 00:00:00') });
+    await shInOk(dir, 'TZ=UTC touch -m -d "2001-02-03 04:05:06" t1');
+    expect(await times(dir, 't1')).toEqual({ a: at('2010-01-01 00:00:00'), m: at('2001-02-03 04:05:06') });
+    await shInOk(dir, 'TZ=UTC touch -a -d "2002-03-04 05:06:07" t1');
+    expect(await times(dir, 't1')).toEqual({ a: at('2002-03-04 05:06:07'), m: at('2001-02-03 04:05:06') });
+    await shInOk(dir, 'TZ=UTC touch -d "2003-04-05 06:07:08.123456789" t1');
+    expect(await times(dir, 't1')).toEqual({ a: '1049522828.123', m: '1049522828.123' });
+    // The primary holds the same times.
+    expect(await times(fx.primary, 't1')).toEqual({ a: '1049522828.123', m: '1049522828.123' });
+  });
+
+  it('distinct atime and mtime, UTIME_NOW and UTIME_OMIT reach the file', async () => {
+    const program = `
+import os, time
+with open('t2', 'w') as f: f.write('x')
+os.utime('t2', ns=(1500000000_250000000, 1600000000_750000000))
+st = os.stat('t2'); print(st.st_atime_ns // 1000000, st.st_mtime_ns // 1000000)
+os.utime('t2', None)                              # both UTIME_NOW
+st = os.stat('t2'); print(abs(st.st_atime - time.time()) < 5, abs(st.st_mtime - time.time()) < 5)
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+class TS(ctypes.Structure): _fields_ = [('sec', ctypes.c_long), ('nsec', ctypes.c_long)]
+UTIME_NOW, UTIME_OMIT, AT_FDCWD = (1 << 30) - 1, (1 << 30) - 2, -100
+def utimensat(a, m):
+    if libc.utimensat(AT_FDCWD, b't2', (TS * 2)(TS(*a), TS(*m)), 0) != 0: raise OSError(ctypes.get_errno(), 'utimensat')
+    st = os.stat('t2'); return st.st_atime_ns // 1000000, st.st_mtime_ns // 1000000
+os.utime('t2', (1000000000, 1000000000))
+print(utimensat((0, UTIME_OMIT), (1234567890, 5000000)))             # mtime only
+print(utimensat((1222222222, 0), (0, UTIME_OMIT)))                   # atime only
+a, m = utimensat((0, UTIME_NOW), (0, UTIME_OMIT))                    # atime now
+print(abs(a / 1000 - time.time()) < 5, m)
+fd = os.open('t2', os.O_RDONLY)
+os.utime(fd, (1111111111, 1111111111))            # futimens through a descriptor
+os.close(fd)
+st = os.stat('t2'); print(int(st.st_atime), int(st.st_mtime))
+`;
+    const [plain, mnt] = [await pyIn(fx.plain, program), await pyIn(fx.mnt, program)];
+    expect(mnt).toBe(plain);
+    expect(mnt).toBe(
+      '1500000000250 1600000000750\nTrue True\n(1000000000000, 1234567890005)\n(1222222222000, 1234567890005)\n' +
+        'True 1234567890005\n1111111111 1111111111\n',
+    );
+  });
+
+  it('touch -h sets the times of a symlink itself, not of its target', async () => {
+    await shInOk(fx.mnt, 'echo x > target && TZ=UTC touch -d "2011-01-01 00:00:00" target && ln -s target sym');
+    await shInOk(fx.mnt, 'TZ=UTC touch -h -d "2012-06-06 12:00:00" sym');
+    expect((await times(fx.mnt, 'sym')).m).toBe(at('2012-06-06 12:00:00'));
+    expect((await times(fx.mnt, 'target')).m).toBe(at('2011-01-01 00:00:00'));
+  });
+
+  it('a write after setting the times moves mtime to now; chmod moves ctime', async () => {
+    await shInOk(fx.mnt, 'echo x > t3 && touch -d "2001-01-01" t3 && echo more >> t3');
+    const now = Date.now() / 1000;
+    expect(Math.abs(Number((await times(fx.mnt, 't3')).m) - now)).toBeLessThan(5);
+    await shInOk(fx.mnt, 'touch -d "2001-01-01" t3');
+    const c0 = Number(await shInOk(fx.mnt, "stat -c '%.3Z' t3"));
+    await new Promise((r) => setTimeout(r, 20));
+    await shInOk(fx.mnt, 'chmod 600 t3');
+    expect(Number(await shInOk(fx.mnt, "stat -c '%.3Z' t3"))).toBeGreaterThan(c0);
+  });
+
+  it('creating an entry updates the directory’s mtime', async () => {
+    await shInOk(fx.mnt, 'mkdir dm && TZ=UTC touch -d "2001-01-01 00:00:00" dm');
+    expect((await times(fx.mnt, 'dm')).m).toBe(at('2001-01-01 00:00:00'));
+    await shInOk(fx.mnt, 'touch dm/new');
+    expect(Math.abs(Number((await times(fx.mnt, 'dm')).m) - Date.now() / 1000)).toBeLessThan(5);
+  });
+});
+
+describe('tools that preserve times', () => {
+  // The source tree lives outside the mount, with whole-second times (%T@ compares exactly).
+  const SRC = `rm -rf src && mkdir -p src/sub && echo one > src/a && echo two > src/sub/b && ln -s a src/l &&
+    dd if=/dev/urandom of=src/big bs=64k count=20 status=none &&
+    TZ=UTC touch -d "2001-01-01 01:01:01" src/a src/big && TZ=UTC touch -a -d "2009-09-09 09:09:09" src/a &&
+    TZ=UTC touch -m -d "2002-02-02 02:02:02" src/sub/b && TZ=UTC touch -h -d "2005-05-05 05:05:05" src/l &&
+    TZ=UTC touch -d "2003-03-03 03:03:03" src/sub src && chmod 640 src/a`;
+  const LIST = `find . -printf '%p %y %m %T@\\n' | sort`;
+  // cp -p of single files: the new directory itself has a fresh mtime.
+  const LIST_FILES = `find . -mindepth 1 -printf '%p %y %m %T@\\n' | sort`;
+  let src: string;
+  let expected: string;
+  beforeAll(async () => {
+    src = path.dirname(fx.plain);
+    await shInOk(src, SRC);
+    expected = await shInOk(path.join(src, 'src'), LIST);
+  });
+
+  for (const [tool, out, cmd] of [
+    ['cp -p', 'cpp', 'mkdir cpp && cp -p "$SRC/a" "$SRC/big" cpp/'],
+    ['cp -a', 'cpa', 'cp -a "$SRC" cpa'],
+    ['rsync -a (-t)', 'rs', 'rsync -a "$SRC/" rs/'],
+    ['tar x', 'tx', 'mkdir tx && tar -C "$SRC" -cf - . | tar -C tx -xf -'],
+  ] as const) {
+    it(`${tool} keeps modification times`, async () => {
+      const list = tool === 'cp -p' ? LIST_FILES : LIST;
+      const script = `SRC='${path.join(src, 'src')}' && ${cmd} && cd ${out} && ${list}`;
+      const a = await inBoth(fx, script);
+      expect(a.mnt).toEqual(a.plain);
+      if (tool === 'cp -p') {
+        expect(a.mnt.stdout).toContain('./a f 640 978310861.0000000000\n');
+        expect(a.mnt.stdout).toContain('./big f 644 978310861.0000000000\n');
+        // cp -p keeps atime too.
+        expect(await shInOk(path.join(fx.mnt, 'cpp'), 'stat -c "%X %Y" a')).toBe('1252487349 978310861\n');
+      } else {
+        expect(a.mnt.stdout).toBe(expected);
+      }
+    });
+  }
+});
+
+describe('write-back', () => {
+  it('mtime seen right after writing stays the same once the data is written back', async () => {
+    const program = `
+import os
+fd = os.open('wb', os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
+os.write(fd, b'x' * 100000)
+os.close(fd)
+st = os.stat('wb'); print(st.st_mtime_ns, st.st_size)
+`;
+    const [m1, size] = (await pyIn(fx.mnt, program)).trim().split(' ');
+    expect(size).toBe('100000');
+    // Wait until the data is on the primary (write-back after 300 ms), then a bit more.
+    const primaryFile = path.join(fx.primary, 'wb');
+    expect(await eventually(async () => (await shInOk(fx.primary, 'stat -c %s wb')).trim() === '100000', 5000)).toBe(true);
+    await new Promise((r) => setTimeout(r, 300));
+    const m2 = (await pyIn(fx.mnt, "import os\nprint(os.stat('wb').st_mtime_ns)")).trim();
+    const onPrimary = (await pyIn(fx.primary, `import os\nprint(os.stat('${primaryFile}').st_mtime_ns)`)).trim();
+    // Millisecond precision: what getattr showed before write-back must be what stays.
+    expect(Math.round(Number(m2) / 1e6)).toBe(Math.round(Number(m1) / 1e6));
+    expect(Math.round(Number(onPrimary) / 1e6)).toBe(Math.round(Number(m1) / 1e6));
+  });
+});
