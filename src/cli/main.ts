@@ -6,6 +6,7 @@ import { TwinError } from '../common/errors.js';
 import { demo } from './demo.js';
 import { registerOperatorCommands, runOnce } from './operator-commands.js';
 import { peerOperatorCommands, registerPeerCommands } from './peer-commands.js';
+import { registerPluginCommands } from './plugin-commands.js';
 import { formatError, serve } from './serve.js';
 
 async function main(argv: string[]): Promise<number> {
@@ -164,6 +165,9 @@ async function main(argv: string[]): Promise<number> {
     },
     peerOperatorCommands,
   );
+  registerPluginCommands(parser, (code) => {
+    status = code;
+  });
   registerPeerCommands(parser, (code) => {
     status = code;
   });

@@ -1,15 +1,336 @@
+import * as path from 'node:path';
+import cliProgress from 'cli-progress';
 import type { Argv } from 'yargs';
-import type { OperatorCommand } from '../repl/commands.js';
-
-/** The peer's REPL commands (backup, snapshots, restore, check). */
-export function peerOperatorCommands(): OperatorCommand[] {
-  return [];
-}
+import { TwinError } from '../common/errors.js';
 
 /**
  * The backup peer's commands (backup, peer, snapshots, restore, check, forget). Registered by
- * main.ts; each sets the exit status through setStatus.
+ * main.ts; each sets the exit status through setStatus. Output contract: human text (and a
+ * progress bar on a TTY) by default; with --json, one JSON object per line on stdout, the last
+ * line being the result (or {event:"error", code, message}). Errors are one line on stderr with
+ * a stable code and a non-zero status (2 for usage mistakes), never a stack trace.
  */
-export function registerPeerCommands(y: Argv, _setStatus: (code: number) => void): Argv {
-  return y;
+export function registerPeerCommands(y: Argv, setStatus: (code: number) => void): Argv {
+  const run = (json: boolean | undefined, fn: (out: Output) => Promise<number>) => async () => {
+    const out = new Output(!!json);
+    try {
+      setStatus(await fn(out));
+    } catch (err) {
+      out.error(err);
+      setStatus((err as TwinError)?.code === 'ETWIN_USAGE' ? 2 : 1);
+    } finally {
+      out.stopBar();
+    }
+  };
+  const catalog = { type: 'string', describe: 'catalog directory (default /var/lib/twinfs/catalog as root, else ~/.local/state/twinfs/catalog)' } as const;
+  const json = { type: 'boolean', describe: 'JSON lines on stdout; the last one is the result' } as const;
+
+  return y
+    .command(
+      'backup',
+      'back up files, a subtree or the whole volume from a twinfs server to a target (one run)',
+      (a) =>
+        a
+          .option('server', { type: 'string', demandOption: true, describe: 'control URL, ws://HOST:PORT' })
+          .option('token-file', { type: 'string', demandOption: true, describe: 'file holding the control token' })
+          .option('target', { type: 'string', demandOption: true, describe: 'backup target, TYPE:LOCATION (dir:/backups)' })
+          .option('path', { type: 'string', array: true, describe: 'a volume path to back up (repeatable)' })
+          .option('subtree', { type: 'string', describe: 'a volume directory to back up with everything below it' })
+          .option('catalog', catalog)
+          .option('lease-sec', { type: 'number', describe: 'split lease, renewed while copying (default 60)' })
+          .option('mirror-map', { type: 'string', array: true, describe: 'DEVICE_ID=PATH: where this host sees a mirror' })
+          .option('full', { type: 'boolean', describe: 'copy every file (share nothing with the previous snapshot)' })
+          .option('ca-file', { type: 'string', describe: 'CA certificate (PEM) for wss://' })
+          .option('json', json),
+      (a) =>
+        run(a.json, async (out) => {
+          const { BackupRun, TargetRegistry, readToken, selectorFor } = await import('../backup-peer/index.js');
+          const { promises: fsp } = await import('node:fs');
+          const selector = selectorFor({ paths: a.path, subtree: a.subtree });
+          const token = await readToken(a['token-file']);
+          const target = await new TargetRegistry().open(absoluteSpec(a.target));
+          const ac = new AbortController();
+          const onSignal = (s: string) => ac.abort(new TwinError('ETWIN_ABORTED', `backup cancelled (${s})`));
+          process.once('SIGINT', onSignal).once('SIGTERM', onSignal);
+          try {
+            const r = new BackupRun({
+              server: a.server,
+              token,
+              target,
+              catalogDir: a.catalog,
+              selector,
+              leaseMs: a['lease-sec'] ? Math.round(a['lease-sec'] * 1000) : undefined,
+              mirrorMap: parseMirrorMap(a['mirror-map']),
+              full: a.full,
+              ca: a['ca-file'] ? await fsp.readFile(a['ca-file']) : undefined,
+              signal: ac.signal,
+            });
+            r.onDidProgress((p) => out.progress(p));
+            const res = await r.run();
+            const t = res.snapshot.totals;
+            out.result(
+              { event: 'done', snapshotId: res.snapshot.id, backupId: res.backupId, stallMs: res.stallMs, target: res.snapshot.target, totals: t },
+              `snapshot ${res.snapshot.id} complete: ${t.files} files, ${t.dirs} dirs, ${t.symlinks} symlinks, ${bytes(t.bytes)} ` +
+                `(${bytes(t.copiedBytes)} copied, ${t.reusedFiles} files unchanged)${t.skipped ? `, ${t.skipped} special files skipped` : ''}`,
+            );
+            return 0;
+          } finally {
+            process.off('SIGINT', onSignal).off('SIGTERM', onSignal);
+            await target.close();
+          }
+        })(),
+    )
+    .command(
+      'peer',
+      'run the backup peer as a daemon: backups on an interval, from a JSON config',
+      (a) => a.option('config', { type: 'string', demandOption: true, describe: 'peer config (JSON)' }).option('json', json),
+      (a) =>
+        run(a.json, async (out) => {
+          const { PeerDaemon, TargetRegistry, loadPeerConfig } = await import('../backup-peer/index.js');
+          const config = await loadPeerConfig(a.config);
+          const daemon = new PeerDaemon(config, new TargetRegistry());
+          const ac = new AbortController();
+          const onSignal = () => ac.abort();
+          process.once('SIGINT', onSignal).once('SIGTERM', onSignal);
+          daemon.onDidReport((e) => out.event(e as unknown as Record<string, unknown>, describePeerEvent(e)));
+          try {
+            await daemon.run(ac.signal);
+          } finally {
+            process.off('SIGINT', onSignal).off('SIGTERM', onSignal);
+          }
+          return 0;
+        })(),
+    )
+    .command(
+      'snapshots',
+      'list the snapshots in the catalog',
+      (a) => a.option('catalog', catalog).option('json', json),
+      (a) =>
+        run(a.json, async (out) => {
+          const { Catalog } = await import('../backup-peer/index.js');
+          const list = await Catalog.with(a.catalog, async (c) => (await c.list()).map((s) => ({ ...s, abandoned: c.isAbandoned(s) })));
+          if (out.json) {
+            out.line(JSON.stringify(list));
+            return 0;
+          }
+          for (const s of list)
+            out.line(
+              [
+                s.id.padEnd(24),
+                new Date(s.time).toISOString().replace('T', ' ').slice(0, 19),
+                (s.abandoned ? 'abandoned' : s.state).padEnd(9),
+                `${String(s.totals.files).padStart(7)} files`,
+                bytes(s.totals.bytes).padStart(10),
+                s.paths.join(',').padEnd(12),
+                s.target,
+              ].join('  '),
+            );
+          out.line(`twinfs: ${list.length} snapshot(s), ${list.filter((s) => s.state === 'complete').length} complete`);
+          return 0;
+        })(),
+    )
+    .command(
+      'restore <snapshot> [paths..]',
+      'restore a snapshot (or volume paths of it) into a directory',
+      (a) =>
+        a
+          .positional('snapshot', { type: 'string', demandOption: true, describe: "snapshot id, unique prefix, or 'latest'" })
+          .positional('paths', { type: 'string', array: true, describe: 'volume paths (default: everything)' })
+          .option('to', { type: 'string', demandOption: true, describe: 'destination directory (a twinfs mount works too)' })
+          .option('catalog', catalog)
+          .option('json', json),
+      (a) =>
+        run(a.json, async (out) => {
+          const { restore, TargetRegistry } = await import('../backup-peer/index.js');
+          const r = await restore({
+            snapshot: a.snapshot,
+            paths: a.paths,
+            to: a.to,
+            catalogDir: a.catalog,
+            registry: new TargetRegistry(),
+            onProgress: (p) => out.progress({ phase: 'restore', ...p }),
+          });
+          out.stopBar();
+          for (const f of r.failures) out.warn(`${f.code}: ${f.message}`);
+          out.result(
+            { event: 'done', ...r },
+            `restored ${r.entries} entries (${bytes(r.bytes)}) of snapshot ${r.snapshotId} to ${path.resolve(a.to)}` +
+              (r.failures.length ? `; ${r.failures.length} failed` : ''),
+          );
+          if (r.failures.length > 0) throw new TwinError('ETWIN_RESTORE_FAILED', `${r.failures.length} entries could not be restored`);
+          return 0;
+        })(),
+    )
+    .command(
+      'check <snapshot>',
+      're-read a snapshot at its target and compare it with the catalog; exit 1 on any difference',
+      (a) =>
+        a
+          .positional('snapshot', { type: 'string', demandOption: true, describe: "snapshot id, unique prefix, or 'latest'" })
+          .option('catalog', catalog)
+          .option('json', json),
+      (a) =>
+        run(a.json, async (out) => {
+          const { checkSnapshot, TargetRegistry } = await import('../backup-peer/index.js');
+          const r = await checkSnapshot({
+            snapshot: a.snapshot,
+            catalogDir: a.catalog,
+            registry: new TargetRegistry(),
+            onProgress: (p) => out.progress({ phase: 'check', ...p }),
+          });
+          out.stopBar();
+          if (!out.json) for (const p of r.problems) out.line(`${p.kind.padEnd(10)} ${p.path}  ${p.message}`);
+          out.result(
+            { event: 'done', ...r },
+            r.ok
+              ? `snapshot ${r.snapshotId}: ${r.checked} entries, ${bytes(r.bytes)} verified`
+              : `snapshot ${r.snapshotId}: ${r.problems.length} problem(s) in ${r.checked} entries`,
+          );
+          if (!r.ok) throw new TwinError('ETWIN_CHECK_FAILED', `snapshot ${r.snapshotId} does not match the catalog`);
+          return 0;
+        })(),
+    )
+    .command(
+      'forget',
+      'remove snapshots a keep policy does not keep (catalog entries and target data)',
+      (a) =>
+        a
+          .option('keep-last', { type: 'number', describe: 'keep the newest N snapshots (per device, target and selection)' })
+          .option('keep-daily', { type: 'number', describe: 'keep the newest snapshot of each of the last N days' })
+          .option('dry-run', { type: 'boolean', describe: 'show what would be removed' })
+          .option('catalog', catalog)
+          .option('json', json),
+      (a) =>
+        run(a.json, async (out) => {
+          const { forget, TargetRegistry } = await import('../backup-peer/index.js');
+          for (const k of ['keep-last', 'keep-daily'] as const) {
+            const v = a[k];
+            if (v !== undefined && !(Number.isInteger(v) && v >= 1)) throw new TwinError('ETWIN_USAGE', `--${k} must be a whole number ≥ 1`);
+          }
+          const r = await forget({
+            catalogDir: a.catalog,
+            policy: { keepLast: a['keep-last'], keepDaily: a['keep-daily'] },
+            registry: new TargetRegistry(),
+            dryRun: a['dry-run'],
+          });
+          if (!out.json) for (const s of r.remove) out.line(`${a['dry-run'] ? 'would remove' : 'removed'} ${s.id} (${s.reason})`);
+          for (const o of r.orphaned) out.warn(`${o.id}: removed from the catalog, but its data at ${o.target} remains: ${o.message}`);
+          out.result(
+            { event: 'done', kept: r.keep.map((s) => s.id), removed: r.remove.map((s) => s.id), orphaned: r.orphaned, dryRun: !!a['dry-run'] },
+            `${a['dry-run'] ? 'would keep' : 'kept'} ${r.keep.length}, ${a['dry-run'] ? 'would remove' : 'removed'} ${r.remove.length} snapshot(s)`,
+          );
+          return r.orphaned.length > 0 ? 1 : 0;
+        })(),
+    );
+}
+
+/** Where command output goes: text or JSON lines on stdout, a progress bar on a TTY's stderr. */
+class Output {
+  private bar: cliProgress.SingleBar | undefined;
+  private lastJson = 0;
+  private lastPhase: string | undefined;
+
+  constructor(readonly json: boolean) {}
+
+  line(text: string): void {
+    process.stdout.write(text + '\n');
+  }
+
+  warn(text: string): void {
+    this.stopBar();
+    process.stderr.write(`twinfs: warning: ${text}\n`);
+  }
+
+  event(obj: Record<string, unknown>, text: string): void {
+    if (this.json) this.line(JSON.stringify({ ...obj, time: new Date().toISOString() }));
+    else this.line(`twinfs: ${text}`);
+  }
+
+  result(obj: Record<string, unknown>, text: string): void {
+    this.stopBar();
+    this.line(this.json ? JSON.stringify(obj) : `twinfs: ${text}`);
+  }
+
+  /** Progress: at most 4 JSON lines a second (and one per phase change), or the bar. */
+  progress(p: { phase: string; files: number; filesTotal: number; bytes: number; bytesTotal?: number; [k: string]: unknown }): void {
+    if (this.json) {
+      const now = Date.now();
+      if (p.phase === this.lastPhase && now - this.lastJson < 250) return;
+      this.lastJson = now;
+      this.lastPhase = p.phase;
+      const { path: _path, ...rest } = p;
+      this.line(JSON.stringify({ event: 'progress', ...rest }));
+      return;
+    }
+    if (!process.stderr.isTTY) return;
+    const useBytes = (p.bytesTotal ?? 0) > 0;
+    const total = useBytes ? p.bytesTotal! : Math.max(p.filesTotal, 1);
+    const value = useBytes ? p.bytes : p.files;
+    const payload = { phase: p.phase.padEnd(7), files: p.files, filesTotal: p.filesTotal, size: bytes(p.bytes) };
+    if (!this.bar) {
+      this.bar = new cliProgress.SingleBar(
+        { format: '{phase} [{bar}] {percentage}% | {files}/{filesTotal} entries | {size} | ETA {eta_formatted}', hideCursor: true, fps: 8 },
+        cliProgress.Presets.shades_classic,
+      );
+      this.bar.start(total, value, payload);
+    } else {
+      this.bar.setTotal(total);
+      this.bar.update(value, payload);
+    }
+  }
+
+  stopBar(): void {
+    this.bar?.stop();
+    this.bar = undefined;
+  }
+
+  error(err: unknown): void {
+    this.stopBar();
+    const code = (err as { code?: unknown })?.code;
+    const known = typeof code === 'string';
+    const message = (err as Error)?.message ?? String(err);
+    if (this.json) this.line(JSON.stringify({ event: 'error', code: known ? code : 'ETWIN_INTERNAL', message }));
+    process.stderr.write(`twinfs: error ${known ? `${code}: ` : ''}${message}\n`);
+    if (!known) process.stderr.write(`${(err as Error)?.stack ?? ''}\n`);
+  }
+}
+
+function describePeerEvent(e: import('../backup-peer/index.js').PeerEvent): string {
+  switch (e.event) {
+    case 'started':
+      return `peer started: ${e.server} → ${e.target} every ${e.intervalSec} s`;
+    case 'backup-started':
+      return `backup ${e.run} started`;
+    case 'backup-complete':
+      return `backup ${e.run}: snapshot ${e.snapshotId} complete, ${e.files} files, ${bytes(e.bytes)} (${bytes(e.copiedBytes)} copied) in ${(e.ms / 1000).toFixed(1)} s`;
+    case 'backup-failed':
+      return `backup ${e.run} failed: ${e.code}: ${e.message}`;
+    case 'forget':
+      return `forgot ${e.removed.length} snapshot(s)${e.orphaned.length ? ` (${e.orphaned.length} left data behind)` : ''}`;
+    case 'stopped':
+      return 'peer stopped';
+  }
+}
+
+/** `dir:./b` → `dir:/abs/b`: the catalog must be able to reopen the target from anywhere. */
+function absoluteSpec(spec: string): string {
+  return spec.startsWith('dir:') && spec.length > 4 ? `dir:${path.resolve(spec.slice(4))}` : spec;
+}
+
+function parseMirrorMap(list: string[] | undefined): Record<string, string> | undefined {
+  if (!list?.length) return undefined;
+  const map: Record<string, string> = {};
+  for (const item of list) {
+    const i = item.indexOf('=');
+    if (i <= 0) throw new TwinError('ETWIN_USAGE', `--mirror-map wants DEVICE_ID=PATH, got "${item}"`);
+    map[item.slice(0, i)] = path.resolve(item.slice(i + 1));
+  }
+  return map;
+}
+
+function bytes(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let i = 0;
+  for (; n >= 1024 && i < units.length - 1; i++) n /= 1024;
+  return `${i === 0 ? n : n.toFixed(1)} ${units[i]}`;
 }

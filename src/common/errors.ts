@@ -35,6 +35,16 @@ export const ErrorCodes = {
   ETWIN_UNKNOWN_FREEZE: 'no such freeze',
   ETWIN_NOT_FOUND: 'no such file on the volume',
   ETWIN_TOKEN: 'the token file is missing or unreadable',
+  ETWIN_PLUGIN_MANIFEST: 'a plugin manifest (package.json) is invalid',
+  ETWIN_PLUGIN_ENGINE: 'a plugin needs another twinfs API version (engines.twinfs)',
+  ETWIN_PLUGIN_DUPLICATE: 'a plugin, target or command id is already taken',
+  ETWIN_PLUGIN_DEPENDENCY: 'a plugin dependency is missing, failed or cyclic',
+  ETWIN_PLUGIN_TIMEOUT: 'a plugin did not answer in time',
+  ETWIN_PLUGIN_FAILED: 'a plugin failed; it is recorded against the plugin',
+  ETWIN_PLUGIN_DISABLED: 'the plugin is disabled',
+  ETWIN_PLUGIN_NOT_FOUND: 'no such plugin or command',
+  ETWIN_PLUGIN_COMMAND: 'a plugin command failed',
+  ETWIN_PLUGIN_CONFIG: 'a plugin setting is invalid',
   ETWIN_DISPOSED: 'the component was already shut down',
   // backup peer (src/backup-peer)
   ETWIN_CATALOG: 'the backup catalog cannot be opened, read or written',
@@ -54,6 +64,12 @@ export const ErrorCodes = {
   ETWIN_CHECK_FAILED: 'backup data at the target differs from the catalog',
   ETWIN_RESTORE_FAILED: 'some entries could not be restored',
   ETWIN_ABORTED: 'the operation was cancelled',
+  // SMB service (src/smb)
+  ETWIN_SMB_NOT_INSTALLED: 'Samba is not installed (smbd, smbpasswd or pdbedit not on PATH)',
+  ETWIN_SMB_PORT_BUSY: 'the SMB port is already in use',
+  ETWIN_SMB_START: 'smbd failed to start, to answer, or kept dying',
+  ETWIN_SMB_CONFIG: 'the Samba configuration cannot be written or is refused',
+  ETWIN_SMB_USER: 'an SMB user cannot be created or given its password',
   ETWIN_INTERNAL: 'internal error',
 } as const;
 

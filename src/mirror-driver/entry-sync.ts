@@ -12,12 +12,21 @@ export interface SyncResult {
   bytesCopied: number;
 }
 
+export interface SyncOptions {
+  /** Copy only these ranges of a file whose mirror copy exists (a split's tracked writes). */
+  ranges?: RangeSet;
+  /** Truncate the mirror copy to this size before copying ranges (see TrackedFile.cut). */
+  cut?: number;
+  /** Compare the contents chunk by chunk and write only the chunks that differ. */
+  compare?: boolean;
+}
+
 /**
- * Makes one mirror entry equal to its primary entry: type, content (only `ranges` when given and
- * the mirror file exists, else all of it), size, mode, owner, xattrs and times. A primary entry
- * that is gone is removed from the mirror (recursively).
+ * Makes one mirror entry equal to its primary entry: type, content (only `ranges`, or only what
+ * differs with `compare`, when the mirror file exists; else all of it), size, mode, owner,
+ * xattrs and times. A primary entry that is gone is removed from the mirror (recursively).
  */
-export async function syncEntry(primary: string, mirror: string, ranges?: RangeSet): Promise<SyncResult> {
+export async function syncEntry(primary: string, mirror: string, opts: SyncOptions = {}): Promise<SyncResult> {
   const pst = await fsp.lstat(primary).catch((e) => {
     if (e.code === 'ENOENT' || e.code === 'ENOTDIR') return undefined;
     throw e;
@@ -41,12 +50,12 @@ export async function syncEntry(primary: string, mirror: string, ranges?: RangeS
       await fsp.symlink(target, mirror);
     }
   } else if (pst.isFile()) {
-    if (!mst || !ranges) {
+    if (mst && opts.ranges) bytesCopied = await copyRanges(primary, mirror, opts.ranges, pst.size, opts.cut);
+    else if (mst && opts.compare) bytesCopied = await copyDiff(primary, mirror, pst.size);
+    else {
       // Whole file: copy_file_range (or a reflink) in the kernel.
       await fsp.copyFile(primary, mirror);
       bytesCopied = pst.size;
-    } else {
-      bytesCopied = await copyRanges(primary, mirror, ranges, pst.size);
     }
   } else if (!mst) {
     await mknod(mirror, pst.mode, pst.rdev);
@@ -55,18 +64,20 @@ export async function syncEntry(primary: string, mirror: string, ranges?: RangeS
   return { bytesCopied };
 }
 
-async function copyRanges(primary: string, mirror: string, ranges: RangeSet, size: number): Promise<number> {
+async function copyRanges(primary: string, mirror: string, ranges: RangeSet, size: number, cut?: number): Promise<number> {
   const src = await fsp.open(primary, 'r');
-  const dst = await fsp.open(mirror, 'r+');
+  let dst: fsp.FileHandle | undefined;
   let copied = 0;
   try {
+    dst = await fsp.open(mirror, 'r+');
+    if (cut !== undefined && cut < size) await dst.truncate(cut);
     const buf = Buffer.allocUnsafe(CHUNK);
     for (const [a, b] of ranges.toArray()) {
       const end = Math.min(b, size);
       for (let pos = a; pos < end; ) {
         const { bytesRead } = await src.read(buf, 0, Math.min(CHUNK, end - pos), pos);
         if (bytesRead === 0) break;
-        await dst.write(buf, 0, bytesRead, pos);
+        await writeFull(dst, buf.subarray(0, bytesRead), pos);
         pos += bytesRead;
         copied += bytesRead;
       }
@@ -74,9 +85,55 @@ async function copyRanges(primary: string, mirror: string, ranges: RangeSet, siz
     await dst.truncate(size);
   } finally {
     await src.close();
-    await dst.close();
+    await dst?.close();
   }
   return copied;
+}
+
+/** Writes only the chunks that differ (for copies that are probably, not provably, equal). */
+async function copyDiff(primary: string, mirror: string, size: number): Promise<number> {
+  const src = await fsp.open(primary, 'r');
+  let dst: fsp.FileHandle | undefined;
+  let copied = 0;
+  try {
+    dst = await fsp.open(mirror, 'r+');
+    const a = Buffer.allocUnsafe(CHUNK);
+    const b = Buffer.allocUnsafe(CHUNK);
+    for (let pos = 0; pos < size; ) {
+      const { bytesRead } = await src.read(a, 0, Math.min(CHUNK, size - pos), pos);
+      if (bytesRead === 0) break;
+      const got = await readFull(dst, b, bytesRead, pos);
+      if (got !== bytesRead || !a.subarray(0, bytesRead).equals(b.subarray(0, bytesRead))) {
+        await writeFull(dst, a.subarray(0, bytesRead), pos);
+        copied += bytesRead;
+      }
+      pos += bytesRead;
+    }
+    const mst = await dst.stat();
+    if (mst.size !== size) await dst.truncate(size);
+  } finally {
+    await src.close();
+    await dst?.close();
+  }
+  return copied;
+}
+
+async function readFull(fh: fsp.FileHandle, buf: Buffer, len: number, pos: number): Promise<number> {
+  let got = 0;
+  while (got < len) {
+    const { bytesRead } = await fh.read(buf, got, len - got, pos + got);
+    if (bytesRead === 0) break;
+    got += bytesRead;
+  }
+  return got;
+}
+
+async function writeFull(fh: fsp.FileHandle, data: Buffer, pos: number): Promise<void> {
+  for (let off = 0; off < data.length; ) {
+    const { bytesWritten } = await fh.write(data, off, data.length - off, pos + off);
+    if (bytesWritten === 0) throw Object.assign(new Error('short write'), { code: 'EIO' });
+    off += bytesWritten;
+  }
 }
 
 /** Copies mode, owner, xattrs and times (times last: the others move ctime only). */

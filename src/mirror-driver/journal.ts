@@ -1,18 +1,27 @@
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
+import { Mutex } from '../common/async.js';
 import type { Change } from '../fusefs/change-sink.js';
 import { SplitTracker, type TrackerRecord } from './split-tracker.js';
 
 /**
- * The driver's crash record, an append-only file of JSON lines in the mirror's state directory:
+ * The driver's crash record, an append-only file of JSON lines:
  *   intent  a change to this path may have reached the primary but not the mirror (written
  *           before the primary is touched — md's write-intent bitmap, at path granularity)
  *   split / w / tr / ns / m / released   a split and what changed under it
  *   broken / repaired                    pairs the mirror could not follow
+ *   deep    the mirror must be compared by content (the page cache may have lost its writes)
  *   clean   the server shut down cleanly
  * Lines are written without fsync: they survive a kill -9 of the server (the page cache does);
- * after a machine crash the driver cannot trust the record and verifies instead (see recover()).
- * A checkpoint rewrites the file with only what is still live.
+ * after a machine crash the driver cannot trust the record and verifies instead.
+ *
+ * It lives in the server's state directory, not on the mirror: a full or failing mirror (the
+ * very case the record must describe) would lose it.
+ *
+ * A checkpoint rewrites the file with only what is still live. Its snapshot is taken after the
+ * lines being written have landed and while new lines are held back; lines still pending at that
+ * instant are dropped, their effect being part of the snapshot. Callers must therefore change
+ * their in-memory state and append the matching line in one synchronous step.
  */
 export type JournalRecord =
   | { t: 'gen'; at: number; boot: string }
@@ -25,6 +34,7 @@ export type JournalRecord =
   | { t: 'released'; id: string }
   | { t: 'broken'; p: string }
   | { t: 'repaired'; p: string }
+  | { t: 'deep'; on: boolean }
   | { t: 'clean'; at: number };
 
 export interface RecoveredState {
@@ -34,6 +44,8 @@ export interface RecoveredState {
   clean: boolean;
   /** Written by an earlier boot of the machine: the page cache may have lost lines. */
   otherBoot: boolean;
+  /** A content comparison of the whole mirror was pending. */
+  deep: boolean;
   intents: Set<string>;
   splits: Map<string, SplitTracker>;
   broken: Set<string>;
@@ -44,13 +56,15 @@ export class Journal {
   private pending: string[] = [];
   private writing: Promise<void> | null = null;
   private waiters: Array<{ resolve: () => void; reject: (e: unknown) => void }> = [];
+  private paused = false;
+  private readonly checkpoints = new Mutex();
   readonly file: string;
 
   constructor(
-    stateDir: string,
+    file: string,
     private readonly bootId: string,
   ) {
-    this.file = path.join(stateDir, 'journal.jsonl');
+    this.file = file;
   }
 
   async read(): Promise<RecoveredState> {
@@ -58,6 +72,7 @@ export class Journal {
       missing: false,
       clean: false,
       otherBoot: false,
+      deep: false,
       intents: new Set(),
       splits: new Map(),
       broken: new Set(),
@@ -86,7 +101,7 @@ export class Journal {
           st.intents.add(r.p);
           break;
         case 'split':
-          st.splits.set(r.s.id, new SplitTracker(r.s.id, r.s.selector, r.s.since, r.s.owner));
+          if (!st.splits.has(r.s.id)) st.splits.set(r.s.id, new SplitTracker(r.s.id, r.s.selector, r.s.since, r.s.owner));
           break;
         case 'w':
           st.splits.get(r.id)?.recordRange(r.p, r.a, r.b);
@@ -109,6 +124,9 @@ export class Journal {
         case 'repaired':
           st.broken.delete(r.p);
           break;
+        case 'deep':
+          st.deep = r.on;
+          break;
         case 'clean':
           st.clean = true;
           break;
@@ -117,39 +135,53 @@ export class Journal {
     return st;
   }
 
-  /** Starts a new generation holding only the live state (splits, their changes, broken pairs). */
-  async checkpoint(
-    splits: Iterable<SplitTracker>,
-    broken: Iterable<string>,
-    intents: Iterable<string>,
-  ): Promise<void> {
-    await this.flushPending();
-    const lines: JournalRecord[] = [{ t: 'gen', at: Date.now(), boot: this.bootId }];
-    for (const s of splits) {
-      lines.push({ t: 'split', s: s.toRecord() });
-      for (const c of s.namespace) lines.push({ t: 'ns', id: s.id, c });
-      for (const [p, f] of s.files)
-        for (const [a, b] of f.ranges.toArray()) lines.push({ t: 'w', id: s.id, p, a, b });
-      for (const p of s.touched) lines.push({ t: 'm', id: s.id, p });
-    }
-    for (const p of broken) lines.push({ t: 'broken', p });
-    for (const p of intents) lines.push({ t: 'intent', p });
-    const tmp = `${this.file}.tmp`;
-    await fsp.writeFile(tmp, lines.map((l) => JSON.stringify(l)).join('\n') + '\n');
-    const fh = await fsp.open(tmp, 'r');
-    await fh.sync();
-    await fh.close();
-    await this.fh?.close();
-    this.fh = null;
-    await fsp.rename(tmp, this.file);
-    this.fh = await fsp.open(this.file, 'a');
+  /**
+   * Starts a new generation holding only the live state, as listed by snapshot() at the instant
+   * the file is quiet (see the class comment).
+   */
+  checkpoint(snapshot: () => JournalRecord[]): Promise<void> {
+    return this.checkpoints.run(async () => {
+      this.paused = true;
+      try {
+        while (this.writing) await this.writing;
+        const dropped = this.waiters.splice(0);
+        this.pending = [];
+        const lines: JournalRecord[] = [{ t: 'gen', at: Date.now(), boot: this.bootId }, ...snapshot()];
+        try {
+          await fsp.mkdir(path.dirname(this.file), { recursive: true });
+          const tmp = `${this.file}.tmp`;
+          await fsp.writeFile(tmp, lines.map((l) => JSON.stringify(l)).join('\n') + '\n');
+          const fh = await fsp.open(tmp, 'r');
+          await fh.sync();
+          await fh.close();
+          await this.fh?.close();
+          this.fh = null;
+          await fsp.rename(tmp, this.file);
+          this.fh = await fsp.open(this.file, 'a');
+        } catch (err) {
+          for (const w of dropped) w.reject(err);
+          throw err;
+        }
+        for (const w of dropped) w.resolve();
+      } finally {
+        this.paused = false;
+        this.kick();
+      }
+    });
   }
 
   append(r: JournalRecord): Promise<void> {
     this.pending.push(JSON.stringify(r) + '\n');
     return new Promise((resolve, reject) => {
       this.waiters.push({ resolve, reject });
-      if (!this.writing) this.writing = this.writeLoop();
+      this.kick();
+    });
+  }
+
+  /** Resolves when every line appended so far is written (not synced). */
+  async flush(): Promise<void> {
+    await this.checkpoints.run(async () => {
+      while (this.writing) await this.writing;
     });
   }
 
@@ -157,22 +189,25 @@ export class Journal {
     if (clean) {
       await this.append({ t: 'clean', at: Date.now() });
       await this.fh?.sync();
-    } else await this.flushPending();
+    } else await this.flush();
     await this.fh?.close();
     this.fh = null;
   }
 
-  private async flushPending(): Promise<void> {
-    while (this.writing) await this.writing;
+  private kick(): void {
+    if (!this.writing && !this.paused && this.pending.length > 0) this.writing = this.writeLoop();
   }
 
   private async writeLoop(): Promise<void> {
     try {
-      while (this.pending.length > 0) {
+      while (this.pending.length > 0 && !this.paused) {
         const batch = this.pending.splice(0).join('');
         const waiters = this.waiters.splice(0);
         try {
-          this.fh ??= await fsp.open(this.file, 'a');
+          if (!this.fh) {
+            await fsp.mkdir(path.dirname(this.file), { recursive: true });
+            this.fh = await fsp.open(this.file, 'a');
+          }
           await this.fh.write(batch);
           for (const w of waiters) w.resolve();
         } catch (err) {

@@ -37,7 +37,10 @@ export class MirrorWriter {
         return;
       }
       case 'create': {
-        const fh = await fsp.open(p, fs.constants.O_CREAT | fs.constants.O_WRONLY, c.mode & 0o7777);
+        // The primary made a new, empty file. A stale one in the mirror (left by a rename that a
+        // split held back, or a crash) must not lend it old bytes.
+        this.forget(c.path, false);
+        const fh = await fsp.open(p, fs.constants.O_CREAT | fs.constants.O_TRUNC | fs.constants.O_WRONLY, c.mode & 0o7777);
         try {
           await fh.chown(c.uid, c.gid);
           await fh.chmod(c.mode & 0o7777);
@@ -62,7 +65,15 @@ export class MirrorWriter {
         await fsp.lchown(p, c.uid, c.gid);
         return;
       case 'link':
-        await fsp.link(this.backing(c.from), p);
+        try {
+          await fsp.link(this.backing(c.from), p);
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+          // A stale entry (the primary's name was free): the new name must share the inode.
+          this.forget(c.path, false);
+          await fsp.rm(p, { recursive: true, force: true });
+          await fsp.link(this.backing(c.from), p);
+        }
         return;
       case 'rename':
         this.forget(c.from, true);
@@ -97,11 +108,11 @@ export class MirrorWriter {
       case 'fsync': {
         const fd = this.fds.get(c.path);
         if (fd !== undefined)
-          await new Promise<void>((res, rej) => fs.fdatasync(fd, (e) => (e ? rej(e) : res())));
+          await new Promise<void>((res, rej) => (c.datasync ? fs.fdatasync : fs.fsync)(fd, (e) => (e ? rej(e) : res())));
         else {
           const fh = await fsp.open(p, 'r');
           try {
-            await fh.datasync();
+            await (c.datasync ? fh.datasync() : fh.sync());
           } finally {
             await fh.close();
           }

@@ -40,6 +40,11 @@ export type NamespaceChange = Exclude<Change, { op: 'write' } | { op: 'fsync' }>
 
 export interface TrackedFile {
   ranges: RangeSet;
+  /**
+   * The smallest size the file was truncated to since the split. Bytes from there to the end of
+   * the frozen copy may have been zeroed by a truncate and an extension, with no write to tell.
+   */
+  cut?: number;
 }
 
 /** Serialisable form, for the journal. */
@@ -54,20 +59,27 @@ export interface TrackerRecord {
  * What changed on the primary under one split since it was taken: byte ranges per file (keyed by
  * the file's current path, moved along with renames), the namespace changes in order, and every
  * path whose metadata may differ. Costs nothing at split time; grows with the changes only.
+ *
+ * Coverage follows the split's files: once a covered file or directory is renamed (or a covered
+ * file gets another hard link), its new name is covered too. Otherwise later writes under the
+ * new name would reach the mirror at a path the resync is about to replace with the frozen copy.
  */
 export class SplitTracker {
   readonly files = new Map<string, TrackedFile>();
   readonly namespace: NamespaceChange[] = [];
   readonly touched = new Set<string>();
-  /** Directories whose contents must be reconciled recursively at resync. */
-  readonly trees = new Set<string>();
+  /** New names of covered entries (each covers its subtree). */
+  readonly followed = new Set<string>();
+  private readonly paths: Set<string>;
 
   constructor(
     readonly id: string,
     readonly selector: Selector,
     readonly since: number,
     readonly owner?: string,
-  ) {}
+  ) {
+    this.paths = new Set(selector.paths ?? []);
+  }
 
   toRecord(): TrackerRecord {
     return { id: this.id, selector: this.selector, since: this.since, owner: this.owner };
@@ -79,6 +91,41 @@ export class SplitTracker {
     return n;
   }
 
+  /** Is p (a file, or a directory as a whole) held by this split? */
+  covers(p: string): boolean {
+    if (this.selector.volume || this.paths.has(p)) return true;
+    const trees = this.selector.subtrees;
+    if (!trees?.length && this.followed.size === 0) return false;
+    // p itself and each ancestor, against the subtree roots.
+    for (let q = p; ; q = q.slice(0, Math.max(1, q.lastIndexOf('/')))) {
+      if (this.followed.has(q) || trees?.includes(q)) return true;
+      if (q === '/') return false;
+    }
+  }
+
+  /** Is anything at or below dir held by this split? */
+  coversUnder(dir: string): boolean {
+    if (this.covers(dir)) return true;
+    const under = (p: string) => dir === '/' || p.startsWith(dir + '/');
+    for (const p of this.paths) if (under(p)) return true;
+    for (const p of this.followed) if (under(p)) return true;
+    return this.selector.subtrees?.some(under) ?? false;
+  }
+
+  /** Does the change affect files this split holds? */
+  touches(c: Change): boolean {
+    switch (c.op) {
+      case 'rename':
+        return this.coversUnder(c.from) || this.coversUnder(c.path);
+      case 'rmdir':
+        return this.coversUnder(c.path);
+      case 'link':
+        return this.covers(c.from) || this.covers(c.path);
+      default:
+        return this.covers(c.path);
+    }
+  }
+
   record(c: Change): void {
     switch (c.op) {
       case 'write':
@@ -87,11 +134,15 @@ export class SplitTracker {
         return;
       case 'fsync':
         return;
-      case 'truncate':
-        this.file(c.path).ranges.truncate(c.size);
+      case 'truncate': {
+        const f = this.file(c.path);
+        f.ranges.truncate(c.size);
+        f.cut = Math.min(f.cut ?? Number.POSITIVE_INFINITY, c.size);
         this.touched.add(c.path);
         return;
+      }
       case 'rename': {
+        this.follow(c.from, c.path);
         this.namespace.push(c);
         const moved: Array<[string, TrackedFile]> = [];
         for (const [p, f] of this.files) {
@@ -118,10 +169,14 @@ export class SplitTracker {
         this.files.set(c.path, { ranges: new RangeSet() });
         this.touched.add(c.path);
         return;
+      case 'link':
+        if (this.covers(c.from)) this.followed.add(c.path);
+        this.namespace.push(c);
+        this.touched.add(c.path);
+        return;
       case 'mkdir':
       case 'mknod':
       case 'symlink':
-      case 'link':
         this.namespace.push(c);
         this.touched.add(c.path);
         return;
@@ -135,6 +190,21 @@ export class SplitTracker {
   recordRange(p: string, start: number, end: number): void {
     this.file(p).ranges.add(start, end);
     this.touched.add(p);
+  }
+
+  /** Extends coverage to the new names of whatever a rename from → to moves. */
+  private follow(from: string, to: string): void {
+    if (this.covers(from)) {
+      this.followed.add(to);
+      return;
+    }
+    const map = (p: string) => (p.startsWith(from + '/') ? to + p.slice(from.length) : undefined);
+    const add: string[] = [];
+    for (const p of [...this.paths, ...this.followed, ...(this.selector.subtrees ?? [])]) {
+      const q = map(p);
+      if (q) add.push(q);
+    }
+    for (const q of add) this.followed.add(q);
   }
 
   private file(p: string): TrackedFile {

@@ -1,0 +1,11 @@
+export { type BackupControl, type BackupOptions, type BackupProgress, type BackupResult, BackupRun, newSnapshotId } from './backup-run.js';
+export { Catalog, defaultCatalogDir, type EntryRecord, type SnapshotRecord, type SnapshotState } from './catalog.js';
+export { type CheckResult, checkSnapshot } from './check.js';
+export { type ForgetResult, forget, type KeepPolicy, planForget } from './forget.js';
+export { fuseMountOf, locateMirror, MirrorReader } from './mirror-source.js';
+export { loadPeerConfig, type PeerConfig, readToken, selectorFor } from './peer-config.js';
+export { PeerDaemon, type PeerEvent } from './peer-daemon.js';
+export { type RestoreResult, restore } from './restore.js';
+export * from './target.js';
+export { DirectoryTarget } from './targets/directory.js';
+export { TargetRegistry } from './targets/index.js';

@@ -1,0 +1,183 @@
+import * as fs from 'node:fs';
+import { promises as fsp } from 'node:fs';
+import * as path from 'node:path';
+import { errnoCode, TwinError } from '../common/errors.js';
+import type { Item, PrepareResult } from '../control/protocol.js';
+import { SafeTree } from './safe-tree.js';
+import { volumePathParts } from './target.js';
+
+/**
+ * The peer's side of the mirror: the "second storage device" as this host sees it. The server
+ * names a device id and its own path of the mirror's data directory; the peer maps the id to a
+ * path of its own (the same path by default), proves the device there is the one the server
+ * means (device.json), refuses to read through a FUSE mount (that would be reading the live
+ * volume through the server, the very thing a split exists to avoid), and then reads split
+ * copies by volume path without following symlinks.
+ *
+ * This module reads device.json and /proc/self/mountinfo itself rather than importing the
+ * mirror driver or fusefs: the peer may depend on the control client only (ARCHITECTURE.md).
+ */
+export interface MirrorLocation {
+  deviceId: string;
+  /** Real path of the mirror root (holding device.json). */
+  root: string;
+  /** Real path of its data directory: the volume's copy. */
+  data: string;
+}
+
+/**
+ * Finds the local mirror for a prepare reply. mirrorMap maps a device id to either the mirror
+ * root (the directory holding device.json) or its data directory.
+ */
+export async function locateMirror(prep: Pick<PrepareResult, 'deviceId' | 'mirrorRoot'>, mirrorMap: Record<string, string> = {}): Promise<MirrorLocation> {
+  const mapped = mirrorMap[prep.deviceId];
+  const given = path.resolve(mapped ?? prep.mirrorRoot);
+  let real: string;
+  try {
+    real = await fsp.realpath(given);
+  } catch (err) {
+    throw new TwinError(
+      'ETWIN_MIRROR_UNREADABLE',
+      `mirror of device ${prep.deviceId} is not readable at ${given} (${errnoCode(err) ?? (err as Error).message})${
+        mapped ? '' : '; if this host sees the mirror elsewhere, map it: mirrorMap {"' + prep.deviceId + '": "/local/path"}'
+      }`,
+      { deviceId: prep.deviceId, path: given },
+    );
+  }
+  const fuse = await fuseMountOf(real);
+  if (fuse)
+    throw new TwinError(
+      'ETWIN_MIRROR_ON_MOUNT',
+      `refusing to back up from ${real}: it lies on the FUSE mount ${fuse.mountPoint} (${fuse.fsType}${
+        fuse.source ? `, ${fuse.source}` : ''
+      }); point the peer at the mirror directory itself (mirrorMap), not at the mount`,
+      { path: real, mountPoint: fuse.mountPoint, fsType: fuse.fsType },
+    );
+  const candidates = [
+    { root: real, data: path.join(real, 'data') },
+    { root: path.dirname(real), data: real },
+  ];
+  for (const c of candidates) {
+    const dev = await readDevice(path.join(c.root, 'device.json'));
+    if (!dev) continue;
+    if (dev.deviceId !== prep.deviceId)
+      throw new TwinError(
+        'ETWIN_DEVICE_MISMATCH',
+        `${c.root} holds device ${dev.deviceId}, but the server backs up device ${prep.deviceId}; fix mirrorMap`,
+        { path: c.root, found: dev.deviceId, expected: prep.deviceId },
+      );
+    const st = await fsp.stat(c.data).catch(() => undefined);
+    if (!st?.isDirectory())
+      throw new TwinError('ETWIN_MIRROR_UNREADABLE', `mirror ${c.root} has no data directory`, { path: c.root });
+    return { deviceId: dev.deviceId, root: c.root, data: await fsp.realpath(c.data) };
+  }
+  throw new TwinError(
+    'ETWIN_MIRROR_UNREADABLE',
+    `${real} is not a twinfs mirror (no device.json in it or beside it); map device ${prep.deviceId} to the mirror root`,
+    { path: real, deviceId: prep.deviceId },
+  );
+}
+
+async function readDevice(file: string): Promise<{ deviceId: string } | undefined> {
+  try {
+    const d = JSON.parse(await fsp.readFile(file, 'utf8'));
+    return typeof d?.deviceId === 'string' ? d : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The FUSE mount a real path lies on, if any (the innermost mount containing it). */
+export async function fuseMountOf(realPath: string): Promise<{ mountPoint: string; fsType: string; source: string } | undefined> {
+  const text = await fsp.readFile('/proc/self/mountinfo', 'utf8').catch(() => '');
+  let best: { mountPoint: string; fsType: string; source: string } | undefined;
+  for (const line of text.split('\n')) {
+    if (!line) continue;
+    const [left, right] = line.split(' - ');
+    const mp = unescapeMount(left!.split(' ')[4] ?? '');
+    const [fsType = '', source = ''] = (right ?? '').split(' ');
+    const inside = mp === '/' || realPath === mp || realPath.startsWith(mp + '/');
+    // Later lines are mounted on top of earlier ones: on equal length the later one wins.
+    if (inside && (!best || mp.length >= best.mountPoint.length)) best = { mountPoint: mp, fsType, source: unescapeMount(source) };
+  }
+  return best && (best.fsType === 'fuse' || best.fsType.startsWith('fuse.')) ? best : undefined;
+}
+
+function unescapeMount(s: string): string {
+  return s.replace(/\\([0-7]{3})/g, (_, o) => String.fromCharCode(Number.parseInt(o, 8)));
+}
+
+/** One entry to back up: where it goes in the snapshot and where its split copy is. */
+export interface SourceEntry {
+  /** Volume path ('/a/b'). */
+  path: string;
+  /** The same, relative to the mirror data directory. */
+  mirrorPath: string;
+  /** What the server announced (absent when the peer walked the mirror itself). */
+  item?: Item;
+}
+
+/** Normalises a server path to a volume path, refusing '..' and friends (ETWIN_PATH_ESCAPE). */
+export function toVolumePath(p: string): string {
+  return '/' + volumePathParts(p.startsWith('/') ? p : '/' + p).join('/');
+}
+
+/** Reads split copies under the mirror's data directory by volume path. */
+export class MirrorReader {
+  private readonly tree: SafeTree;
+
+  constructor(readonly data: string) {
+    this.tree = new SafeTree(data);
+  }
+
+  /** lstat of an entry (parents checked: no symlink on the way is followed). */
+  async lstat(mirrorPath: string): Promise<fs.Stats> {
+    return fsp.lstat(await this.tree.resolve(mirrorPath));
+  }
+
+  async readlink(mirrorPath: string): Promise<string> {
+    return fsp.readlink(await this.tree.resolve(mirrorPath));
+  }
+
+  /** Opens a regular file for reading, never through a symlink. */
+  async open(mirrorPath: string): Promise<{ fh: fs.promises.FileHandle; stat: fs.Stats }> {
+    const fh = await fsp.open(await this.tree.resolve(mirrorPath), fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+    try {
+      const stat = await fh.stat();
+      if (!stat.isFile()) throw new TwinError('ETWIN_MIRROR_CHANGED', `${mirrorPath} in the mirror is not a regular file`);
+      return { fh, stat };
+    } catch (err) {
+      await fh.close();
+      throw err;
+    }
+  }
+
+  /**
+   * The entries of a selection, by walking the mirror (when the server's item list was cut
+   * short): parents before children, sorted, symlinks not followed.
+   */
+  async *walk(selector: { paths?: string[]; subtree?: string; volume?: boolean }): AsyncGenerator<SourceEntry> {
+    const roots = selector.volume ? ['/'] : selector.subtree ? [selector.subtree] : (selector.paths ?? []);
+    for (const r of roots) {
+      const top = toVolumePath(r);
+      const st = await this.lstat(top).catch((err) => {
+        if (errnoCode(err) === 'ENOENT') return undefined;
+        throw err;
+      });
+      if (!st) continue;
+      yield { path: top, mirrorPath: top };
+      if (st.isDirectory() && !selector.paths) yield* this.walkDir(top);
+    }
+  }
+
+  private async *walkDir(dir: string): AsyncGenerator<SourceEntry> {
+    const names = (await fsp.readdir(await this.tree.resolve(dir === '/' ? '/' : dir))).sort();
+    for (const name of names) {
+      const p = dir === '/' ? `/${name}` : `${dir}/${name}`;
+      const st = await this.lstat(p).catch(() => undefined);
+      if (!st) continue;
+      yield { path: p, mirrorPath: p };
+      if (st.isDirectory()) yield* this.walkDir(p);
+    }
+  }
+}

@@ -1,0 +1,196 @@
+import { randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
+import { promises as fsp } from 'node:fs';
+import * as path from 'node:path';
+import { errnoCode, TwinError } from '../common/errors.js';
+import { Catalog, type EntryRecord, type SnapshotRecord } from './catalog.js';
+import { toVolumePath } from './mirror-source.js';
+import { forEachLimit, SafeTree } from './safe-tree.js';
+import { type BackupTarget, Digest, type EntryMeta, volumePathParts } from './target.js';
+import type { TargetRegistry } from './targets/index.js';
+
+export interface RestoreOptions {
+  /** Snapshot id, unique prefix or 'latest'. */
+  snapshot: string;
+  /** Volume paths to restore (each with everything below it); none = the whole snapshot. */
+  paths?: string[];
+  /** Destination directory; entries land at TO/<volume path>. */
+  to: string;
+  catalogDir?: string;
+  registry: TargetRegistry;
+  signal?: AbortSignal;
+  onProgress?: (p: { files: number; filesTotal: number; bytes: number; path: string }) => void;
+}
+
+export interface RestoreFailure {
+  path: string;
+  code: string;
+  message: string;
+}
+
+export interface RestoreResult {
+  snapshotId: string;
+  entries: number;
+  bytes: number;
+  failures: RestoreFailure[];
+}
+
+/** Loads a snapshot that may be read: complete, with its entries. */
+export async function loadCompleteSnapshot(catalogDir: string | undefined, ref: string): Promise<{ snapshot: SnapshotRecord; entries: EntryRecord[] }> {
+  return Catalog.with(catalogDir, async (c) => {
+    const snapshot = await c.resolve(ref);
+    if (snapshot.state !== 'complete')
+      throw new TwinError('ETWIN_SNAPSHOT_INCOMPLETE', `snapshot ${snapshot.id} is ${c.isAbandoned(snapshot) ? 'abandoned' : snapshot.state}, not complete`, {
+        snapshotId: snapshot.id,
+        state: snapshot.state,
+      });
+    return { snapshot, entries: await c.entries(snapshot.id) };
+  });
+}
+
+/**
+ * Restores a snapshot (or paths of it) into a directory: content byte for byte (verified
+ * against the catalog's hash), mode, owner (as root), mtime, symlinks as symlinks. Nothing is
+ * ever written outside `to`: paths with '..' are refused, and so is any existing or restored
+ * symlink on the way to an entry. Files are written to a temporary name and renamed into place,
+ * so an existing file is replaced whole or not at all. The destination may be any directory, a
+ * twinfs mount included.
+ *
+ * Failures of single entries are collected (the rest is still restored); the caller decides
+ * what they mean. Bad arguments and an incomplete snapshot throw before anything is written.
+ */
+export async function restore(o: RestoreOptions): Promise<RestoreResult> {
+  const wanted = (o.paths ?? []).map((p) => {
+    try {
+      return toVolumePath(p);
+    } catch {
+      throw new TwinError('ETWIN_PATH_ESCAPE', `restore path ${JSON.stringify(p)} escapes the volume root (and would escape --to)`, { path: p });
+    }
+  });
+  const { snapshot, entries: all } = await loadCompleteSnapshot(o.catalogDir, o.snapshot);
+  for (const e of all) volumePathParts(e.path);
+  const under = (p: string, top: string) => top === '/' || p === top || p.startsWith(top + '/');
+  const selected = wanted.length === 0 ? all : all.filter((e) => wanted.some((w) => under(e.path, w)));
+  for (const w of wanted)
+    if (!all.some((e) => under(e.path, w)))
+      throw new TwinError('ETWIN_NOT_FOUND', `${w} is not in snapshot ${snapshot.id}`, { path: w, snapshotId: snapshot.id });
+  // Directories above the selection get their recorded metadata too.
+  const byPath = new Map(all.map((e) => [e.path, e]));
+  const selectedPaths = new Set(selected.map((e) => e.path));
+  const ancestors = new Map<string, EntryRecord>();
+  for (const e of selected)
+    for (let p = path.posix.dirname(e.path); p !== '/'; p = path.posix.dirname(p)) {
+      const a = byPath.get(p);
+      if (a?.type === 'dir' && !selectedPaths.has(p)) ancestors.set(p, a);
+    }
+
+  const to = path.resolve(o.to);
+  await fsp.mkdir(to, { recursive: true });
+  const tree = new SafeTree(await fsp.realpath(to));
+  const target = await o.registry.open(snapshot.target);
+  const result: RestoreResult = { snapshotId: snapshot.id, entries: 0, bytes: 0, failures: [] };
+  const fail = (p: string, err: unknown) =>
+    result.failures.push({ path: p, code: (err as { code?: string })?.code ?? 'ETWIN_INTERNAL', message: (err as Error)?.message ?? String(err) });
+  const asRoot = (process.getuid?.() ?? 1) === 0;
+  const dirs = selected.filter((e) => e.type === 'dir' && e.path !== '/');
+  const leaves = selected.filter((e) => e.type !== 'dir');
+  let done = 0;
+  const step = (e: EntryRecord, bytes = 0) => {
+    result.entries++;
+    result.bytes += bytes;
+    o.onProgress?.({ files: ++done, filesTotal: selected.length, bytes: result.bytes, path: e.path });
+  };
+  try {
+    for (const d of dirs) {
+      try {
+        // Owner-writable while children are restored; the recorded mode comes last.
+        await tree.mkdir(d.path);
+        step(d);
+      } catch (err) {
+        fail(d.path, err);
+      }
+    }
+    await forEachLimit(leaves, Math.min(4, target.capabilities.maxConcurrency), async (e) => {
+      if (o.signal?.aborted) throw new TwinError('ETWIN_ABORTED', 'restore cancelled');
+      try {
+        if (e.type === 'file') step(e, await restoreFile(target, snapshot.id, e, tree, asRoot));
+        else if (e.type === 'symlink') {
+          await restoreSymlink(e, tree, asRoot);
+          step(e);
+        }
+      } catch (err) {
+        fail(e.path, err);
+      }
+    });
+    const metaDirs = [...dirs, ...ancestors.values()].sort((a, b) => b.path.split('/').length - a.path.split('/').length);
+    for (const d of metaDirs) {
+      try {
+        await applyMeta(await tree.resolve(d.path), d, asRoot, false);
+      } catch (err) {
+        if (errnoCode(err) !== 'ENOENT') fail(d.path, err);
+      }
+    }
+  } finally {
+    await target.close();
+  }
+  return result;
+}
+
+async function restoreFile(target: BackupTarget, snapshotId: string, e: EntryRecord, tree: SafeTree, asRoot: boolean): Promise<number> {
+  const dest = await tree.prepareParents(e.path, 0o755);
+  await refuseDirInTheWay(dest, e.path);
+  const tmp = path.join(path.dirname(dest), `.${path.basename(dest)}.twinfs-restore-${randomBytes(4).toString('hex')}`);
+  const fh = await fsp.open(tmp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
+  let ok = false;
+  try {
+    const digest = new Digest();
+    const stream = await target.openFile(snapshotId, e.path);
+    for await (const chunk of stream) {
+      digest.update(chunk as Buffer);
+      const b = chunk as Buffer;
+      let off = 0;
+      while (off < b.length) off += (await fh.write(b, off, b.length - off)).bytesWritten;
+    }
+    const got = digest.result();
+    if (got.bytes !== e.size || (e.hash && got.hash !== e.hash))
+      throw new TwinError('ETWIN_CHECK_FAILED', `${e.path}: the backup data does not match the catalog (size ${got.bytes}/${e.size}, sha256 ${got.hash.slice(0, 12)}…)`, {
+        path: e.path,
+      });
+    await fh.close().catch(() => undefined);
+    await applyMeta(tmp, e, asRoot, false);
+    await fsp.rename(tmp, dest);
+    ok = true;
+    return got.bytes;
+  } finally {
+    await fh.close().catch(() => undefined);
+    if (!ok) await fsp.rm(tmp, { force: true });
+  }
+}
+
+async function restoreSymlink(e: EntryRecord, tree: SafeTree, asRoot: boolean): Promise<void> {
+  if (e.target === undefined) throw new TwinError('ETWIN_CATALOG', `${e.path}: symlink without a target in the catalog`, { path: e.path });
+  const dest = await tree.prepareParents(e.path, 0o755);
+  await refuseDirInTheWay(dest, e.path);
+  const tmp = path.join(path.dirname(dest), `.${path.basename(dest)}.twinfs-restore-${randomBytes(4).toString('hex')}`);
+  await fsp.symlink(e.target, tmp);
+  try {
+    await applyMeta(tmp, e, asRoot, true);
+    await fsp.rename(tmp, dest);
+  } catch (err) {
+    await fsp.rm(tmp, { force: true });
+    throw err;
+  }
+}
+
+async function refuseDirInTheWay(dest: string, p: string): Promise<void> {
+  const st = await fsp.lstat(dest).catch(() => undefined);
+  if (st?.isDirectory())
+    throw new TwinError('ETWIN_RESTORE_FAILED', `${p}: a directory is in the way at the destination; not replacing it`, { path: p });
+}
+
+/** Owner first (chown clears set-id bits), then mode, times last. */
+async function applyMeta(p: string, m: EntryMeta, asRoot: boolean, link: boolean): Promise<void> {
+  if (asRoot) await fsp.lchown(p, m.uid, m.gid);
+  if (!link) await fsp.chmod(p, m.mode & 0o7777);
+  await fsp.lutimes(p, m.mtime / 1000, m.mtime / 1000);
+}

@@ -1,0 +1,98 @@
+import { TwinError } from '../common/errors.js';
+import type { BackupTarget, BackupTargetProvider, SnapshotWriter } from '../backup-peer/target.js';
+
+export interface GuardOptions {
+  timeoutMs: number;
+  onProblem: (message: string) => void;
+}
+
+/**
+ * Wraps a plugin's target provider so that a target that throws or hangs fails the operation
+ * with an error naming the plugin (and is recorded against it) instead of hanging the peer or
+ * escaping as an unknown exception. Target-contract errors (ETWIN_TARGET_*) keep their codes.
+ */
+export function guardProvider(
+  provider: BackupTargetProvider,
+  plugin: string,
+  o: GuardOptions,
+): BackupTargetProvider {
+  return {
+    id: provider.id,
+    open: async (location) =>
+      guardTarget(await call(plugin, `${provider.id}.open`, o, () => provider.open(location)), plugin, o),
+  };
+}
+
+function guardTarget(t: BackupTarget, plugin: string, o: GuardOptions): BackupTarget {
+  const g = <T>(name: string, fn: () => Promise<T>) => call(plugin, `${t.id}.${name}`, o, fn);
+  return {
+    get id() {
+      return t.id;
+    },
+    get spec() {
+      return t.spec;
+    },
+    get capabilities() {
+      return t.capabilities;
+    },
+    beginSnapshot: async (meta) =>
+      guardWriter(await g('beginSnapshot', () => t.beginSnapshot(meta)), plugin, o, t.id),
+    listSnapshots: () => g('listSnapshots', () => t.listSnapshots()),
+    readManifest: (id) => g('readManifest', () => t.readManifest(id)),
+    openFile: (id, p, r) => g('openFile', () => t.openFile(id, p, r)),
+    stat: (id, p) => g('stat', () => t.stat(id, p)),
+    deleteSnapshot: (id) => g('deleteSnapshot', () => t.deleteSnapshot(id)),
+    close: () => g('close', () => t.close()),
+  };
+}
+
+function guardWriter(w: SnapshotWriter, plugin: string, o: GuardOptions, tid: string): SnapshotWriter {
+  const g = <T>(name: string, fn: () => Promise<T>) => call(plugin, `${tid}.${name}`, o, fn);
+  return {
+    get snapshotId() {
+      return w.snapshotId;
+    },
+    putFile: (p, data, meta, opts) => g('putFile', () => w.putFile(p, data, meta, opts)),
+    reuseFile: (p, from, e) => g('reuseFile', () => w.reuseFile(p, from, e)),
+    putDir: (p, meta) => g('putDir', () => w.putDir(p, meta)),
+    putSymlink: (p, target, meta) => g('putSymlink', () => w.putSymlink(p, target, meta)),
+    commit: (m) => g('commit', () => w.commit(m)),
+    abort: () => g('abort', () => w.abort()),
+  };
+}
+
+async function call<T>(plugin: string, op: string, o: GuardOptions, fn: () => Promise<T>): Promise<T> {
+  let t: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      Promise.resolve().then(fn),
+      new Promise<never>((_, rej) => {
+        t = setTimeout(
+          () =>
+            rej(
+              new TwinError(
+                'ETWIN_PLUGIN_TIMEOUT',
+                `${op} (plugin ${plugin}) did not finish within ${o.timeoutMs} ms`,
+                { plugin, op },
+              ),
+            ),
+          o.timeoutMs,
+        );
+      }),
+    ]);
+  } catch (err) {
+    if (err instanceof TwinError) {
+      if (err.code === 'ETWIN_PLUGIN_TIMEOUT') o.onProblem(err.message);
+      else if (!err.code.startsWith('ETWIN_TARGET_') && !err.code.startsWith('ETWIN_PATH'))
+        o.onProblem(`${op}: ${err.message}`);
+      if (err.data && typeof err.data === 'object' && !('plugin' in err.data))
+        (err.data as Record<string, unknown>).plugin = plugin;
+      throw err;
+    }
+    const message = `${op} (plugin ${plugin}) failed: ${(err as Error)?.message ?? String(err)}`;
+    o.onProblem(message);
+    throw new TwinError('ETWIN_PLUGIN_FAILED', message, { plugin, op }, { cause: err });
+  } finally {
+    clearTimeout(t);
+  }
+}

@@ -1,0 +1,129 @@
+import * as path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { inBoth, mountFixture, type PosixFixture, probe, pyIn, shInOk } from '../helpers/posix.js';
+
+// Permissions and ownership as an ordinary user (nobody, uid 65534) on a mount served by root,
+// against the same steps on a plain directory. The server runs as root and creates everything
+// itself: ownership of new entries and every permission check must still be the caller's.
+
+const NOBODY = 65534;
+
+let fx: PosixFixture;
+const SETUP = `umask 022 && echo root > rootf && chmod 644 rootf && mkdir pub && chmod 1777 pub &&
+  mkdir priv && chmod 700 priv && echo secret > priv/s && echo shared > pub/byroot && chmod 666 pub/byroot &&
+  mkdir sg && chgrp 100 sg && chmod 2777 sg && echo x > exe && chmod 700 exe && mkdir ro && chmod 555 ro`;
+
+beforeAll(async () => {
+  fx = await mountFixture();
+  for (const dir of [fx.plain, fx.mnt]) await shInOk(dir, SETUP);
+});
+afterAll(async () => {
+  await fx?.close();
+});
+
+/** The probe as nobody in plain dir and mount; both must give the expected results. */
+async function expectAsNobody(steps: Array<[string, string, string]>) {
+  const expected = Object.fromEntries(steps.map(([l, , e]) => [l, e]));
+  const run = steps.map(([l, c]): [string, string] => [l, c]);
+  expect(await probe(fx.plain, run, { nobody: true })).toEqual(expected);
+  expect(await probe(fx.mnt, run, { nobody: true })).toEqual(expected);
+}
+
+describe('an ordinary user', () => {
+  it('cannot write, truncate, chmod, chown, retime or remove what root owns', async () => {
+    await expectAsNobody([
+      ['read root’s 0644 file', "os.close(os.open('rootf', os.O_RDONLY))", 'OK'],
+      ['open root’s 0644 file for writing', "os.open('rootf', os.O_WRONLY)", 'EACCES'],
+      ['open it O_APPEND', "os.open('rootf', os.O_WRONLY | os.O_APPEND)", 'EACCES'],
+      ['truncate it', "os.truncate('rootf', 0)", 'EACCES'],
+      ['chmod it', "os.chmod('rootf', 0o666)", 'EPERM'],
+      ['chown it to themselves', `os.chown('rootf', ${NOBODY}, -1)`, 'EPERM'],
+      ['chgrp it', `os.chown('rootf', -1, ${NOBODY})`, 'EPERM'],
+      ['set its times', "os.utime('rootf', (1, 1))", 'EPERM'],
+      ['touch it (times = now)', "os.utime('rootf', None)", 'EACCES'],
+      ['unlink it from root’s 755 dir', "os.unlink('rootf')", 'EACCES'],
+      ['rename it', "os.rename('rootf', 'pub/stolen')", 'EACCES'],
+      ['create in root’s 755 dir', "os.open('mine', os.O_CREAT | os.O_WRONLY, 0o644)", 'EACCES'],
+      ['mkdir in root’s 755 dir', "os.mkdir('mydir')", 'EACCES'],
+      ['symlink in root’s 755 dir', "os.symlink('x', 'mylink')", 'EACCES'],
+      ['mkfifo in root’s 755 dir', "os.mkfifo('myfifo')", 'EACCES'],
+      ['create in a 555 dir', "os.open('ro/x', os.O_CREAT | os.O_WRONLY)", 'EACCES'],
+      ['list a 0700 dir', "os.listdir('priv')", 'EACCES'],
+      ['read in a 0700 dir', "os.open('priv/s', os.O_RDONLY)", 'EACCES'],
+      ['stat in a 0700 dir', "os.stat('priv/s')", 'EACCES'],
+      ['run a 0700 file', "os.execv('./exe', ['exe'])", 'EACCES'],
+      ['set a user xattr on root’s file', "os.setxattr('rootf', 'user.a', b'1')", 'EACCES'],
+      ['set a trusted xattr', "os.setxattr('pub/byroot', 'trusted.a', b'1')", 'EPERM'],
+      ['remove root’s file from a sticky dir', "os.unlink('pub/byroot')", 'EPERM'],
+      ['rename root’s file in a sticky dir', "os.rename('pub/byroot', 'pub/moved')", 'EPERM'],
+      ['append to a 0666 file', "os.close(os.open('pub/byroot', os.O_WRONLY | os.O_APPEND))", 'OK'],
+    ]);
+  });
+
+  it('owns what it creates in a 1777 dir, and may change it', async () => {
+    await expectAsNobody([
+      ['create a file', "os.close(os.open('pub/mine', os.O_CREAT | os.O_WRONLY, 0o644))", 'OK'],
+      ['owned by nobody', `s = os.stat('pub/mine'); assert (s.st_uid, s.st_gid) == (${NOBODY}, ${NOBODY}), s`, 'OK'],
+      ['mkdir', `os.mkdir('pub/md'); s = os.stat('pub/md'); assert (s.st_uid, s.st_gid) == (${NOBODY}, ${NOBODY})`, 'OK'],
+      ['symlink', `os.symlink('x', 'pub/ms'); s = os.lstat('pub/ms'); assert (s.st_uid, s.st_gid) == (${NOBODY}, ${NOBODY})`, 'OK'],
+      ['mkfifo', `os.mkfifo('pub/mf'); s = os.stat('pub/mf'); assert (s.st_uid, s.st_gid) == (${NOBODY}, ${NOBODY})`, 'OK'],
+      ['hard link keeps the owner', "os.link('pub/mine', 'pub/mine2'); assert os.stat('pub/mine2').st_uid == 65534", 'OK'],
+      ['chmod own file', "os.chmod('pub/mine', 0o600); assert os.stat('pub/mine').st_mode & 0o7777 == 0o600", 'OK'],
+      ['set own file’s times', "os.utime('pub/mine', (1, 2)); assert os.stat('pub/mine').st_mtime == 2", 'OK'],
+      ['user xattr on own file', "os.setxattr('pub/mine', 'user.a', b'1'); assert os.getxattr('pub/mine', 'user.a') == b'1'", 'OK'],
+      ['give own file to root', "os.chown('pub/mine', 0, -1)", 'EPERM'],
+      ['give own file to group 0', "os.chown('pub/mine', -1, 0)", 'EPERM'],
+      ['chown to itself (no-op)', `os.chown('pub/mine', ${NOBODY}, ${NOBODY})`, 'OK'],
+      ['umask 077 gives 0600', "os.umask(0o077); os.close(os.open('pub/um', os.O_CREAT | os.O_WRONLY, 0o666)); assert os.stat('pub/um').st_mode & 0o777 == 0o600", 'OK'],
+      ['umask 027 dir gives 0750', "os.umask(0o027); os.mkdir('pub/umd'); assert os.stat('pub/umd').st_mode & 0o777 == 0o750", 'OK'],
+      ['write and read back own file', "fd = os.open('pub/mine', os.O_RDWR); os.write(fd, b'mine'); assert os.pread(fd, 4, 0) == b'mine'; os.close(fd)", 'OK'],
+      ['remove own file from sticky dir', "os.unlink('pub/mine2')", 'OK'],
+    ]);
+    // The primary holds the same owners.
+    expect(await shInOk(fx.primary, 'stat -c "%n %u:%g %a" pub/mine pub/md pub/mf pub/um pub/umd')).toBe(
+      'pub/mine 65534:65534 600\npub/md 65534:65534 755\npub/mf 65534:65534 644\npub/um 65534:65534 600\npub/umd 65534:65534 750\n',
+    );
+    expect(await shInOk(fx.primary, 'stat -c "%u:%g" pub/ms')).toBe('65534:65534\n');
+  });
+
+  it('inherits the group of a setgid directory, and subdirectories stay setgid', async () => {
+    const script = `echo q > sg/f && mkdir sg/d && stat -c '%n %u %g %A' sg/f sg/d`;
+    const a = await inBoth(fx, script, { nobody: true });
+    expect(a.mnt).toEqual(a.plain);
+    expect(a.mnt.stdout).toBe('sg/f 65534 100 -rw-r--r--\nsg/d 65534 100 drwxr-sr-x\n');
+  });
+
+  it('sees the same access(2) answers as on a local directory', async () => {
+    const program = `
+import os
+for p in ('rootf', 'priv', 'priv/s', 'pub', 'pub/byroot', 'exe', 'ro', 'nope'):
+    print(p, [os.access(p, m) for m in (os.F_OK, os.R_OK, os.W_OK, os.X_OK)])
+`;
+    const plain = await pyIn(fx.plain, program, { nobody: true });
+    expect(await pyIn(fx.mnt, program, { nobody: true })).toBe(plain);
+    expect(plain).toContain('rootf [True, True, False, False]');
+  });
+});
+
+describe('root', () => {
+  it('may chown, chgrp and chmod anything, and the primary shows it', async () => {
+    const script = `echo r > owned && chown 123:456 owned && stat -c '%u:%g' owned && chgrp 789 owned &&
+      chmod 4751 owned && stat -c '%u:%g %a' owned && chown 1000 owned && stat -c '%u:%g %a' owned &&
+      ln -s owned lk && chown -h 321:654 lk && stat -c '%u:%g' lk owned`;
+    const a = await inBoth(fx, script);
+    expect(a.mnt).toEqual(a.plain);
+    expect(a.mnt.stdout).toBe('123:456\n123:789 4751\n1000:789 751\n321:654\n1000:789\n');
+    expect(await shInOk(fx.primary, `stat -c '%u:%g %a' owned`)).toBe('1000:789 751\n');
+  });
+
+  it('writing to a setuid file as its owner clears the setuid bit', async () => {
+    await shInOk(path.join(fx.mnt, 'pub'), `echo x > suid && chmod 4755 suid`);
+    await shInOk(path.join(fx.plain, 'pub'), `echo x > suid && chmod 4755 suid`);
+    const script = 'chown 65534 pub/suid && chmod 4777 pub/suid';
+    await shInOk(fx.mnt, script);
+    await shInOk(fx.plain, script);
+    const a = await inBoth(fx, "echo more >> pub/suid && stat -c '%a' pub/suid", { nobody: true });
+    expect(a.mnt).toEqual(a.plain);
+    expect(a.mnt.stdout).toBe('777\n');
+  });
+});
