@@ -8,8 +8,9 @@
 //       unlink phases are not answered from the kernel's cache on either FUSE mount).
 //   node bench/worker.mjs writer --file F --rate R --duration-ms T --span S --out OUT
 //       paced writer: R writes/s of 4 KiB (--bs) at offsets cycling through [--base, --base+S)
-//       of F (opened O_WRONLY, must exist), for T ms; each write(2) is timed; OUT receives
-//       Float64 pairs (epoch ms at start, latency ms). Prints "ready" once the file is open.
+//       of F (opened O_WRONLY, must exist), for T ms or until the file --stop exists (checked
+//       every 50 writes); each write(2) is timed; OUT receives Float64 pairs (epoch ms at
+//       start, latency ms). Prints "ready" once the file is open.
 //   node bench/worker.mjs fsync  --file F
 //       open F read-only and fsync it; prints the fsync time.
 import * as fs from 'node:fs';
@@ -51,6 +52,7 @@ if (mode === 'meta') {
   const bs = Number(a.bs ?? 4096);
   const span = Math.max(bs, Number(a.span ?? 1 << 20));
   const base = Number(a.base ?? 0);
+  const stop = a.stop;
   const fd = fs.openSync(a.file, fs.constants.O_WRONLY);
   const buf = Buffer.alloc(bs, 0x5a);
   const max = Math.ceil((rate * duration) / 1000) + 16;
@@ -65,6 +67,7 @@ if (mode === 'meta') {
   while (i < max) {
     let t = now();
     if (t >= end) break;
+    if (stop && i % 50 === 0 && fs.existsSync(stop)) break;
     if (t < next) {
       sleep(next - t);
       t = now();

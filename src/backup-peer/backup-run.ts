@@ -80,7 +80,10 @@ const RETRY_DELAYS_MS = [200, 1000, 3000];
 
 /** A snapshot id: sortable by time, unique enough, safe as a file name. */
 export function newSnapshotId(now = new Date()): string {
-  const t = now.toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
+  const t = now
+    .toISOString()
+    .replace(/[-:]/g, '')
+    .replace(/\.\d+Z$/, 'Z');
   return `${t}-${randomBytes(3).toString('hex')}`;
 }
 
@@ -121,7 +124,10 @@ export class BackupRun {
     store.add({ dispose: () => o.signal?.removeEventListener('abort', onAbort) });
 
     this.emit({ phase: 'connect' });
-    const control = await (o.connect ?? ((url, token) => defaultConnect(url, token, o.ca)))(o.server, o.token);
+    const control = await (o.connect ?? ((url, token) => defaultConnect(url, token, o.ca)))(
+      o.server,
+      o.token,
+    );
     store.add({ dispose: () => control.close() });
     let prep: PrepareResult | undefined;
     let held = false;
@@ -136,19 +142,29 @@ export class BackupRun {
       this.progress.backupId = backupId;
       const lost = (why: string) => {
         if (held && !stop.signal.aborted)
-          stop.abort(new TwinError('ETWIN_SPLIT_LOST', `the server released the split before the copy finished (${why})`, { backupId }));
+          stop.abort(
+            new TwinError(
+              'ETWIN_SPLIT_LOST',
+              `the server released the split before the copy finished (${why})`,
+              { backupId },
+            ),
+          );
       };
       store.add(control.onClose(() => lost('control connection closed')));
       store.add(
         control.onEvent(({ event, data }) => {
-          if ((event === 'released' || event === 'lease-expired') && (data as { backupId?: string } | null)?.backupId === backupId)
+          if (
+            (event === 'released' || event === 'lease-expired') &&
+            (data as { backupId?: string } | null)?.backupId === backupId
+          )
             lost(event);
         }),
       );
       const timer = setInterval(
         () => {
           control.renew(backupId, leaseMs).catch((err) => {
-            if (err instanceof RemoteError || (err as TwinError)?.code === 'ETWIN_CONTROL_CLOSED') lost(`renew failed: ${describe(err)}`);
+            if (err instanceof RemoteError || (err as TwinError)?.code === 'ETWIN_CONTROL_CLOSED')
+              lost(`renew failed: ${describe(err)}`);
           });
         },
         Math.max(500, Math.floor(leaseMs / 3)),
@@ -184,7 +200,10 @@ export class BackupRun {
       const concurrency = o.concurrency ?? Math.min(4, o.target.capabilities.maxConcurrency);
       if (sources) {
         this.progress.filesTotal = sources.length;
-        this.progress.bytesTotal = sources.reduce((n, s) => n + (s.item?.type === 'file' ? s.item.size : 0), 0);
+        this.progress.bytesTotal = sources.reduce(
+          (n, s) => n + (s.item?.type === 'file' ? s.item.size : 0),
+          0,
+        );
         await forEachLimit(sources, concurrency, copyOne);
       } else {
         // The reply was cut short: walk the split selection in the mirror, in batches.
@@ -204,7 +223,11 @@ export class BackupRun {
 
       // Every read is done: prove the split was held all along, then let the server resync.
       await control.renew(backupId, leaseMs).catch((err) => {
-        throw new TwinError('ETWIN_SPLIT_LOST', `the split could not be confirmed after the copy: ${describe(err)}`, { backupId });
+        throw new TwinError(
+          'ETWIN_SPLIT_LOST',
+          `the split could not be confirmed after the copy: ${describe(err)}`,
+          { backupId },
+        );
       });
       this.throwIfStopped(stop.signal);
       held = false;
@@ -212,7 +235,14 @@ export class BackupRun {
 
       this.emit({ phase: 'commit' });
       entries.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
-      const meta = { snapshotId: id, time: Date.now(), server: o.server, deviceId: prep.deviceId, selector: o.selector, parentId: parent?.id };
+      const meta = {
+        snapshotId: id,
+        time: Date.now(),
+        server: o.server,
+        deviceId: prep.deviceId,
+        selector: o.selector,
+        parentId: parent?.id,
+      };
       await writer.commit({ version: 1, meta, totals, entries });
       const snapshot = await Catalog.with(o.catalogDir, (c) => c.complete(id, entries, totals));
       this.emit({ phase: 'done' });
@@ -223,7 +253,9 @@ export class BackupRun {
       await writer?.abort().catch(() => undefined);
       if (snapshotId) {
         const id = snapshotId;
-        await Catalog.with(o.catalogDir, (c) => c.fail(id, { code: codeOf(reason), message: describe(reason) })).catch(() => undefined);
+        await Catalog.with(o.catalogDir, (c) =>
+          c.fail(id, { code: codeOf(reason), message: describe(reason) }),
+        ).catch(() => undefined);
       }
       throw reason;
     } finally {
@@ -280,9 +312,18 @@ export class BackupRun {
       throw mirrorError(err, src);
     }
     const meta = metaOf(st);
-    const type = st.isDirectory() ? 'dir' : st.isSymbolicLink() ? 'symlink' : st.isFile() ? 'file' : undefined;
+    const type = st.isDirectory()
+      ? 'dir'
+      : st.isSymbolicLink()
+        ? 'symlink'
+        : st.isFile()
+          ? 'file'
+          : undefined;
     const announced = src.item?.type;
-    if (announced && (type ? announced !== type : announced === 'file' || announced === 'dir' || announced === 'symlink'))
+    if (
+      announced &&
+      (type ? announced !== type : announced === 'file' || announced === 'dir' || announced === 'symlink')
+    )
       throw new TwinError(
         'ETWIN_MIRROR_CHANGED',
         `${src.path}: the server announced a ${announced}, the mirror holds a ${type ?? 'special file'}`,
@@ -304,9 +345,13 @@ export class BackupRun {
       return undefined;
     }
     if (src.item && src.item.size !== st.size)
-      throw new TwinError('ETWIN_MIRROR_CHANGED', `${src.path}: the server announced ${src.item.size} bytes, the mirror holds ${st.size}`, {
-        path: src.path,
-      });
+      throw new TwinError(
+        'ETWIN_MIRROR_CHANGED',
+        `${src.path}: the server announced ${src.item.size} bytes, the mirror holds ${st.size}`,
+        {
+          path: src.path,
+        },
+      );
     totals.files++;
     totals.bytes += st.size;
     const prev = parentEntries.get(src.path);
@@ -328,7 +373,13 @@ export class BackupRun {
   }
 
   /** Streams one split copy into the target; retries transient target failures. */
-  private async copyFile(src: SourceEntry, reader: MirrorReader, writer: SnapshotWriter, meta: EntryMeta, signal: AbortSignal): Promise<string> {
+  private async copyFile(
+    src: SourceEntry,
+    reader: MirrorReader,
+    writer: SnapshotWriter,
+    meta: EntryMeta,
+    signal: AbortSignal,
+  ): Promise<string> {
     for (let attempt = 0; ; attempt++) {
       let opened: Awaited<ReturnType<MirrorReader['open']>>;
       try {
@@ -394,7 +445,13 @@ function itemsToSources(prep: PrepareResult): SourceEntry[] {
 }
 
 function metaOf(st: Stats): EntryMeta {
-  return { size: st.isFile() ? st.size : 0, mode: st.mode & 0o7777, uid: st.uid, gid: st.gid, mtime: st.mtimeMs };
+  return {
+    size: st.isFile() ? st.size : 0,
+    mode: st.mode & 0o7777,
+    uid: st.uid,
+    gid: st.gid,
+    mtime: st.mtimeMs,
+  };
 }
 
 /** Unchanged for an incremental run: same size, mtime, mode and owner (the data may be shared). */
@@ -419,10 +476,14 @@ function mirrorError(err: unknown, src: SourceEntry): unknown {
       `${src.path}: ${code === 'ELOOP' ? 'the mirror holds a symlink where the server announced a file' : 'missing from the split mirror'}`,
       { path: src.path },
     );
-  return new TwinError('ETWIN_MIRROR_UNREADABLE', `${src.path}: cannot read the split copy (${code ?? (err as Error).message})`, {
-    path: src.path,
-    errno: code,
-  });
+  return new TwinError(
+    'ETWIN_MIRROR_UNREADABLE',
+    `${src.path}: cannot read the split copy (${code ?? (err as Error).message})`,
+    {
+      path: src.path,
+      errno: code,
+    },
+  );
 }
 
 export function describeSelector(sel: SelectorMsg): string[] {

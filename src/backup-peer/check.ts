@@ -1,6 +1,6 @@
+import { loadCompleteSnapshot } from './restore.js';
 import { Digest, isTargetNotFound } from './target.js';
 import type { TargetRegistry } from './targets/index.js';
-import { loadCompleteSnapshot } from './restore.js';
 
 export interface CheckProblem {
   path: string;
@@ -39,28 +39,59 @@ export async function checkSnapshot(o: {
       for (const e of entries) {
         const t = theirs.get(e.path);
         if (!t || t.type !== e.type || t.hash !== e.hash)
-          problems.push({ path: e.path, kind: 'manifest', message: `the target's manifest ${t ? 'differs' : 'lacks it'}` });
+          problems.push({
+            path: e.path,
+            kind: 'manifest',
+            message: `the target's manifest ${t ? 'differs' : 'lacks it'}`,
+          });
       }
       if (manifest.entries.length !== entries.length)
-        problems.push({ path: '/', kind: 'manifest', message: `manifest has ${manifest.entries.length} entries, catalog ${entries.length}` });
+        problems.push({
+          path: '/',
+          kind: 'manifest',
+          message: `manifest has ${manifest.entries.length} entries, catalog ${entries.length}`,
+        });
     } catch (err) {
-      problems.push({ path: '/', kind: isTargetNotFound(err) ? 'missing' : 'unreadable', message: `manifest: ${(err as Error).message}` });
+      problems.push({
+        path: '/',
+        kind: isTargetNotFound(err) ? 'missing' : 'unreadable',
+        message: `manifest: ${(err as Error).message}`,
+      });
     }
     for (const e of entries) {
       try {
         const st = await target.stat(snapshot.id, e.path);
         if (st.type !== e.type) {
-          problems.push({ path: e.path, kind: 'type', message: `catalog says ${e.type}, target holds ${st.type}` });
+          problems.push({
+            path: e.path,
+            kind: 'type',
+            message: `catalog says ${e.type}, target holds ${st.type}`,
+          });
         } else if (e.type === 'file') {
           const digest = new Digest();
-          for await (const chunk of await target.openFile(snapshot.id, e.path)) digest.update(chunk as Buffer);
+          for await (const chunk of await target.openFile(snapshot.id, e.path))
+            digest.update(chunk as Buffer);
           const got = digest.result();
           bytes += got.bytes;
-          if (got.bytes !== e.size) problems.push({ path: e.path, kind: 'size', message: `${got.bytes} bytes, catalog says ${e.size}` });
-          else if (got.hash !== e.hash) problems.push({ path: e.path, kind: 'hash', message: `sha256 ${got.hash}, catalog says ${e.hash}` });
+          if (got.bytes !== e.size)
+            problems.push({
+              path: e.path,
+              kind: 'size',
+              message: `${got.bytes} bytes, catalog says ${e.size}`,
+            });
+          else if (got.hash !== e.hash)
+            problems.push({
+              path: e.path,
+              kind: 'hash',
+              message: `sha256 ${got.hash}, catalog says ${e.hash}`,
+            });
         }
       } catch (err) {
-        problems.push({ path: e.path, kind: isTargetNotFound(err) ? 'missing' : 'unreadable', message: (err as Error).message });
+        problems.push({
+          path: e.path,
+          kind: isTargetNotFound(err) ? 'missing' : 'unreadable',
+          message: (err as Error).message,
+        });
       }
       o.onProgress?.({ files: ++done, filesTotal: entries.length, bytes, path: e.path });
     }

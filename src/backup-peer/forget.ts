@@ -25,7 +25,11 @@ export interface ForgetResult extends ForgetPlan {
  * each group on its own, as restic's does per host and paths. Failed and abandoned snapshots
  * are always removed; a snapshot still running in a live process is never touched.
  */
-export function planForget(all: SnapshotRecord[], policy: KeepPolicy, isAbandoned: (s: SnapshotRecord) => boolean): ForgetPlan {
+export function planForget(
+  all: SnapshotRecord[],
+  policy: KeepPolicy,
+  isAbandoned: (s: SnapshotRecord) => boolean,
+): ForgetPlan {
   if (!policy.keepLast && !policy.keepDaily)
     throw new TwinError('ETWIN_USAGE', 'name a keep policy: --keep-last N and/or --keep-daily N (N ≥ 1)');
   const keep: SnapshotRecord[] = [];
@@ -67,7 +71,12 @@ export function planForget(all: SnapshotRecord[], policy: KeepPolicy, isAbandone
  * at worst, never a catalog entry pointing at deleted data (invariant 8). Data shared with kept
  * snapshots (hard links, content addressing) stays: a target only frees what nothing else uses.
  */
-export async function forget(o: { catalogDir?: string; policy: KeepPolicy; registry: TargetRegistry; dryRun?: boolean }): Promise<ForgetResult> {
+export async function forget(o: {
+  catalogDir?: string;
+  policy: KeepPolicy;
+  registry: TargetRegistry;
+  dryRun?: boolean;
+}): Promise<ForgetResult> {
   return Catalog.with(o.catalogDir, async (c) => {
     const plan = planForget(await c.list(), o.policy, (s) => c.isAbandoned(s));
     const result: ForgetResult = { ...plan, orphaned: [] };

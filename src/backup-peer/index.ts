@@ -1,5 +1,18 @@
-export { type BackupControl, type BackupOptions, type BackupProgress, type BackupResult, BackupRun, newSnapshotId } from './backup-run.js';
-export { Catalog, defaultCatalogDir, type EntryRecord, type SnapshotRecord, type SnapshotState } from './catalog.js';
+export {
+  type BackupControl,
+  type BackupOptions,
+  type BackupProgress,
+  type BackupResult,
+  BackupRun,
+  newSnapshotId,
+} from './backup-run.js';
+export {
+  Catalog,
+  defaultCatalogDir,
+  type EntryRecord,
+  type SnapshotRecord,
+  type SnapshotState,
+} from './catalog.js';
 export { type CheckResult, checkSnapshot } from './check.js';
 export { type ForgetResult, forget, type KeepPolicy, planForget } from './forget.js';
 export { fuseMountOf, locateMirror, MirrorReader } from './mirror-source.js';

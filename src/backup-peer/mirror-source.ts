@@ -29,7 +29,10 @@ export interface MirrorLocation {
  * Finds the local mirror for a prepare reply. mirrorMap maps a device id to either the mirror
  * root (the directory holding device.json) or its data directory.
  */
-export async function locateMirror(prep: Pick<PrepareResult, 'deviceId' | 'mirrorRoot'>, mirrorMap: Record<string, string> = {}): Promise<MirrorLocation> {
+export async function locateMirror(
+  prep: Pick<PrepareResult, 'deviceId' | 'mirrorRoot'>,
+  mirrorMap: Record<string, string> = {},
+): Promise<MirrorLocation> {
   const mapped = mirrorMap[prep.deviceId];
   const given = path.resolve(mapped ?? prep.mirrorRoot);
   let real: string;
@@ -39,7 +42,11 @@ export async function locateMirror(prep: Pick<PrepareResult, 'deviceId' | 'mirro
     throw new TwinError(
       'ETWIN_MIRROR_UNREADABLE',
       `mirror of device ${prep.deviceId} is not readable at ${given} (${errnoCode(err) ?? (err as Error).message})${
-        mapped ? '' : '; if this host sees the mirror elsewhere, map it: mirrorMap {"' + prep.deviceId + '": "/local/path"}'
+        mapped
+          ? ''
+          : '; if this host sees the mirror elsewhere, map it: mirrorMap {"' +
+            prep.deviceId +
+            '": "/local/path"}'
       }`,
       { deviceId: prep.deviceId, path: given },
     );
@@ -68,7 +75,9 @@ export async function locateMirror(prep: Pick<PrepareResult, 'deviceId' | 'mirro
       );
     const st = await fsp.stat(c.data).catch(() => undefined);
     if (!st?.isDirectory())
-      throw new TwinError('ETWIN_MIRROR_UNREADABLE', `mirror ${c.root} has no data directory`, { path: c.root });
+      throw new TwinError('ETWIN_MIRROR_UNREADABLE', `mirror ${c.root} has no data directory`, {
+        path: c.root,
+      });
     return { deviceId: dev.deviceId, root: c.root, data: await fsp.realpath(c.data) };
   }
   throw new TwinError(
@@ -88,7 +97,9 @@ async function readDevice(file: string): Promise<{ deviceId: string } | undefine
 }
 
 /** The FUSE mount a real path lies on, if any (the innermost mount containing it). */
-export async function fuseMountOf(realPath: string): Promise<{ mountPoint: string; fsType: string; source: string } | undefined> {
+export async function fuseMountOf(
+  realPath: string,
+): Promise<{ mountPoint: string; fsType: string; source: string } | undefined> {
   const text = await fsp.readFile('/proc/self/mountinfo', 'utf8').catch(() => '');
   let best: { mountPoint: string; fsType: string; source: string } | undefined;
   for (const line of text.split('\n')) {
@@ -98,7 +109,8 @@ export async function fuseMountOf(realPath: string): Promise<{ mountPoint: strin
     const [fsType = '', source = ''] = (right ?? '').split(' ');
     const inside = mp === '/' || realPath === mp || realPath.startsWith(mp + '/');
     // Later lines are mounted on top of earlier ones: on equal length the later one wins.
-    if (inside && (!best || mp.length >= best.mountPoint.length)) best = { mountPoint: mp, fsType, source: unescapeMount(source) };
+    if (inside && (!best || mp.length >= best.mountPoint.length))
+      best = { mountPoint: mp, fsType, source: unescapeMount(source) };
   }
   return best && (best.fsType === 'fuse' || best.fsType.startsWith('fuse.')) ? best : undefined;
 }
@@ -141,10 +153,14 @@ export class MirrorReader {
 
   /** Opens a regular file for reading, never through a symlink. */
   async open(mirrorPath: string): Promise<{ fh: fs.promises.FileHandle; stat: fs.Stats }> {
-    const fh = await fsp.open(await this.tree.resolve(mirrorPath), fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+    const fh = await fsp.open(
+      await this.tree.resolve(mirrorPath),
+      fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW,
+    );
     try {
       const stat = await fh.stat();
-      if (!stat.isFile()) throw new TwinError('ETWIN_MIRROR_CHANGED', `${mirrorPath} in the mirror is not a regular file`);
+      if (!stat.isFile())
+        throw new TwinError('ETWIN_MIRROR_CHANGED', `${mirrorPath} in the mirror is not a regular file`);
       return { fh, stat };
     } catch (err) {
       await fh.close();
@@ -156,7 +172,11 @@ export class MirrorReader {
    * The entries of a selection, by walking the mirror (when the server's item list was cut
    * short): parents before children, sorted, symlinks not followed.
    */
-  async *walk(selector: { paths?: string[]; subtree?: string; volume?: boolean }): AsyncGenerator<SourceEntry> {
+  async *walk(selector: {
+    paths?: string[];
+    subtree?: string;
+    volume?: boolean;
+  }): AsyncGenerator<SourceEntry> {
     const roots = selector.volume ? ['/'] : selector.subtree ? [selector.subtree] : (selector.paths ?? []);
     for (const r of roots) {
       const top = toVolumePath(r);

@@ -42,7 +42,8 @@ export async function loadPeerConfig(file: string): Promise<PeerConfig> {
     throw new TwinError('ETWIN_CONFIG', `cannot read peer config ${file}: ${e.code ?? e.message}`, { file });
   }
   const parsed = peerConfigSchema.safeParse(raw);
-  if (!parsed.success) throw new TwinError('ETWIN_CONFIG', `peer config ${file}: ${describeIssues(parsed.error)}`, { file });
+  if (!parsed.success)
+    throw new TwinError('ETWIN_CONFIG', `peer config ${file}: ${describeIssues(parsed.error)}`, { file });
   const c = parsed.data;
   const dir = path.dirname(path.resolve(file));
   const rel = (p: string) => path.resolve(dir, p);
@@ -58,7 +59,8 @@ export async function loadPeerConfig(file: string): Promise<PeerConfig> {
 
 /** The protocol selector for paths / a subtree / (neither) the volume. */
 export function selectorFor(o: { paths?: string[]; subtree?: string }): SelectorMsg {
-  if (o.paths && o.paths.length > 0 && o.subtree) throw new TwinError('ETWIN_USAGE', 'name --path or --subtree, not both');
+  if (o.paths && o.paths.length > 0 && o.subtree)
+    throw new TwinError('ETWIN_USAGE', 'name --path or --subtree, not both');
   if (o.paths && o.paths.length > 0) return { paths: o.paths.map(normalize) };
   if (o.subtree) return { subtree: normalize(o.subtree) };
   return { volume: true };
@@ -66,7 +68,10 @@ export function selectorFor(o: { paths?: string[]; subtree?: string }): Selector
 
 function normalize(p: string): string {
   const parts = p.split('/').filter((x) => x && x !== '.');
-  if (parts.includes('..')) throw new TwinError('ETWIN_PATH_ESCAPE', `path ${JSON.stringify(p)} escapes the volume root`, { path: p });
+  if (parts.includes('..'))
+    throw new TwinError('ETWIN_PATH_ESCAPE', `path ${JSON.stringify(p)} escapes the volume root`, {
+      path: p,
+    });
   return '/' + parts.join('/');
 }
 
@@ -78,6 +83,8 @@ export async function readToken(file: string): Promise<string> {
     return t;
   } catch (err) {
     const e = err as NodeJS.ErrnoException;
-    throw new TwinError('ETWIN_TOKEN', `cannot read the token from ${file}: ${e.code ?? e.message}`, { file });
+    throw new TwinError('ETWIN_TOKEN', `cannot read the token from ${file}: ${e.code ?? e.message}`, {
+      file,
+    });
   }
 }

@@ -9,7 +9,16 @@ import type { TargetRegistry } from './targets/index.js';
 export type PeerEvent =
   | { event: 'started'; server: string; target: string; intervalSec: number }
   | { event: 'backup-started'; run: number }
-  | { event: 'backup-complete'; run: number; snapshotId: string; files: number; bytes: number; copiedBytes: number; reusedFiles: number; ms: number }
+  | {
+      event: 'backup-complete';
+      run: number;
+      snapshotId: string;
+      files: number;
+      bytes: number;
+      copiedBytes: number;
+      reusedFiles: number;
+      ms: number;
+    }
   | { event: 'backup-failed'; run: number; code: string; message: string }
   | { event: 'forget'; removed: string[]; orphaned: string[] }
   | { event: 'stopped' };
@@ -33,7 +42,12 @@ export class PeerDaemon {
   async run(signal: AbortSignal): Promise<void> {
     const c = this.config;
     const selector = selectorFor({ paths: c.paths, subtree: c.subtree });
-    this._onDidReport.fire({ event: 'started', server: c.server, target: c.target, intervalSec: c.intervalSec });
+    this._onDidReport.fire({
+      event: 'started',
+      server: c.server,
+      target: c.target,
+      intervalSec: c.intervalSec,
+    });
     for (let n = 1; !signal.aborted; n++) {
       await this.once(n, selector, signal);
       if (signal.aborted) break;
@@ -43,7 +57,11 @@ export class PeerDaemon {
     this._onDidReport.dispose();
   }
 
-  private async once(run: number, selector: ReturnType<typeof selectorFor>, signal: AbortSignal): Promise<void> {
+  private async once(
+    run: number,
+    selector: ReturnType<typeof selectorFor>,
+    signal: AbortSignal,
+  ): Promise<void> {
     const c = this.config;
     const started = Date.now();
     this._onDidReport.fire({ event: 'backup-started', run });
@@ -79,13 +97,26 @@ export class PeerDaemon {
         await target.close();
       }
       if (c.keepLast || c.keepDaily) {
-        const f = await forget({ catalogDir: c.catalog, policy: { keepLast: c.keepLast, keepDaily: c.keepDaily }, registry: this.registry });
+        const f = await forget({
+          catalogDir: c.catalog,
+          policy: { keepLast: c.keepLast, keepDaily: c.keepDaily },
+          registry: this.registry,
+        });
         if (f.remove.length > 0)
-          this._onDidReport.fire({ event: 'forget', removed: f.remove.map((s) => s.id), orphaned: f.orphaned.map((o) => o.id) });
+          this._onDidReport.fire({
+            event: 'forget',
+            removed: f.remove.map((s) => s.id),
+            orphaned: f.orphaned.map((o) => o.id),
+          });
       }
     } catch (err) {
       const e = err as { code?: string; message?: string };
-      this._onDidReport.fire({ event: 'backup-failed', run, code: e?.code ?? 'ETWIN_INTERNAL', message: e?.message ?? String(err) });
+      this._onDidReport.fire({
+        event: 'backup-failed',
+        run,
+        code: e?.code ?? 'ETWIN_INTERNAL',
+        message: e?.message ?? String(err),
+      });
     }
   }
 }

@@ -36,14 +36,21 @@ export interface RestoreResult {
 }
 
 /** Loads a snapshot that may be read: complete, with its entries. */
-export async function loadCompleteSnapshot(catalogDir: string | undefined, ref: string): Promise<{ snapshot: SnapshotRecord; entries: EntryRecord[] }> {
+export async function loadCompleteSnapshot(
+  catalogDir: string | undefined,
+  ref: string,
+): Promise<{ snapshot: SnapshotRecord; entries: EntryRecord[] }> {
   return Catalog.with(catalogDir, async (c) => {
     const snapshot = await c.resolve(ref);
     if (snapshot.state !== 'complete')
-      throw new TwinError('ETWIN_SNAPSHOT_INCOMPLETE', `snapshot ${snapshot.id} is ${c.isAbandoned(snapshot) ? 'abandoned' : snapshot.state}, not complete`, {
-        snapshotId: snapshot.id,
-        state: snapshot.state,
-      });
+      throw new TwinError(
+        'ETWIN_SNAPSHOT_INCOMPLETE',
+        `snapshot ${snapshot.id} is ${c.isAbandoned(snapshot) ? 'abandoned' : snapshot.state}, not complete`,
+        {
+          snapshotId: snapshot.id,
+          state: snapshot.state,
+        },
+      );
     return { snapshot, entries: await c.entries(snapshot.id) };
   });
 }
@@ -64,7 +71,11 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     try {
       return toVolumePath(p);
     } catch {
-      throw new TwinError('ETWIN_PATH_ESCAPE', `restore path ${JSON.stringify(p)} escapes the volume root (and would escape --to)`, { path: p });
+      throw new TwinError(
+        'ETWIN_PATH_ESCAPE',
+        `restore path ${JSON.stringify(p)} escapes the volume root (and would escape --to)`,
+        { path: p },
+      );
     }
   });
   const { snapshot, entries: all } = await loadCompleteSnapshot(o.catalogDir, o.snapshot);
@@ -73,7 +84,10 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
   const selected = wanted.length === 0 ? all : all.filter((e) => wanted.some((w) => under(e.path, w)));
   for (const w of wanted)
     if (!all.some((e) => under(e.path, w)))
-      throw new TwinError('ETWIN_NOT_FOUND', `${w} is not in snapshot ${snapshot.id}`, { path: w, snapshotId: snapshot.id });
+      throw new TwinError('ETWIN_NOT_FOUND', `${w} is not in snapshot ${snapshot.id}`, {
+        path: w,
+        snapshotId: snapshot.id,
+      });
   // Directories above the selection get their recorded metadata too.
   const byPath = new Map(all.map((e) => [e.path, e]));
   const selectedPaths = new Set(selected.map((e) => e.path));
@@ -90,7 +104,11 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
   const target = await o.registry.open(snapshot.target);
   const result: RestoreResult = { snapshotId: snapshot.id, entries: 0, bytes: 0, failures: [] };
   const fail = (p: string, err: unknown) =>
-    result.failures.push({ path: p, code: (err as { code?: string })?.code ?? 'ETWIN_INTERNAL', message: (err as Error)?.message ?? String(err) });
+    result.failures.push({
+      path: p,
+      code: (err as { code?: string })?.code ?? 'ETWIN_INTERNAL',
+      message: (err as Error)?.message ?? String(err),
+    });
   const asRoot = (process.getuid?.() ?? 1) === 0;
   const dirs = selected.filter((e) => e.type === 'dir' && e.path !== '/');
   const leaves = selected.filter((e) => e.type !== 'dir');
@@ -122,7 +140,9 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
         fail(e.path, err);
       }
     });
-    const metaDirs = [...dirs, ...ancestors.values()].sort((a, b) => b.path.split('/').length - a.path.split('/').length);
+    const metaDirs = [...dirs, ...ancestors.values()].sort(
+      (a, b) => b.path.split('/').length - a.path.split('/').length,
+    );
     for (const d of metaDirs) {
       try {
         await applyMeta(await tree.resolve(d.path), d, asRoot, false);
@@ -136,10 +156,19 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
   return result;
 }
 
-async function restoreFile(target: BackupTarget, snapshotId: string, e: EntryRecord, tree: SafeTree, asRoot: boolean): Promise<number> {
+async function restoreFile(
+  target: BackupTarget,
+  snapshotId: string,
+  e: EntryRecord,
+  tree: SafeTree,
+  asRoot: boolean,
+): Promise<number> {
   const dest = await tree.prepareParents(e.path, 0o755);
   await refuseDirInTheWay(dest, e.path);
-  const tmp = path.join(path.dirname(dest), `.${path.basename(dest)}.twinfs-restore-${randomBytes(4).toString('hex')}`);
+  const tmp = path.join(
+    path.dirname(dest),
+    `.${path.basename(dest)}.twinfs-restore-${randomBytes(4).toString('hex')}`,
+  );
   const fh = await fsp.open(tmp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
   let ok = false;
   try {
@@ -153,9 +182,13 @@ async function restoreFile(target: BackupTarget, snapshotId: string, e: EntryRec
     }
     const got = digest.result();
     if (got.bytes !== e.size || (e.hash && got.hash !== e.hash))
-      throw new TwinError('ETWIN_CHECK_FAILED', `${e.path}: the backup data does not match the catalog (size ${got.bytes}/${e.size}, sha256 ${got.hash.slice(0, 12)}…)`, {
-        path: e.path,
-      });
+      throw new TwinError(
+        'ETWIN_CHECK_FAILED',
+        `${e.path}: the backup data does not match the catalog (size ${got.bytes}/${e.size}, sha256 ${got.hash.slice(0, 12)}…)`,
+        {
+          path: e.path,
+        },
+      );
     await fh.close().catch(() => undefined);
     await applyMeta(tmp, e, asRoot, false);
     await fsp.rename(tmp, dest);
@@ -168,10 +201,16 @@ async function restoreFile(target: BackupTarget, snapshotId: string, e: EntryRec
 }
 
 async function restoreSymlink(e: EntryRecord, tree: SafeTree, asRoot: boolean): Promise<void> {
-  if (e.target === undefined) throw new TwinError('ETWIN_CATALOG', `${e.path}: symlink without a target in the catalog`, { path: e.path });
+  if (e.target === undefined)
+    throw new TwinError('ETWIN_CATALOG', `${e.path}: symlink without a target in the catalog`, {
+      path: e.path,
+    });
   const dest = await tree.prepareParents(e.path, 0o755);
   await refuseDirInTheWay(dest, e.path);
-  const tmp = path.join(path.dirname(dest), `.${path.basename(dest)}.twinfs-restore-${randomBytes(4).toString('hex')}`);
+  const tmp = path.join(
+    path.dirname(dest),
+    `.${path.basename(dest)}.twinfs-restore-${randomBytes(4).toString('hex')}`,
+  );
   await fsp.symlink(e.target, tmp);
   try {
     await applyMeta(tmp, e, asRoot, true);
@@ -185,7 +224,11 @@ async function restoreSymlink(e: EntryRecord, tree: SafeTree, asRoot: boolean): 
 async function refuseDirInTheWay(dest: string, p: string): Promise<void> {
   const st = await fsp.lstat(dest).catch(() => undefined);
   if (st?.isDirectory())
-    throw new TwinError('ETWIN_RESTORE_FAILED', `${p}: a directory is in the way at the destination; not replacing it`, { path: p });
+    throw new TwinError(
+      'ETWIN_RESTORE_FAILED',
+      `${p}: a directory is in the way at the destination; not replacing it`,
+      { path: p },
+    );
 }
 
 /** Owner first (chown clears set-id bits), then mode, times last. */

@@ -1,6 +1,7 @@
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { TwinError } from '../common/errors.js';
+import { type SmbSettings, validateSmbSettings } from '../smb/settings.js';
 
 /** Settings of `twinfs serve`, from the config file and then the command line. */
 export interface ServeConfig {
@@ -24,9 +25,11 @@ export interface ServeConfig {
   maxStallMs?: number;
   tlsCert?: string;
   tlsKey?: string;
+  /** Serve the mount over SMB with a supervised smbd (docs/smb.md). */
+  smb?: SmbSettings;
 }
 
-const SCHEMA: Record<keyof ServeConfig, 'string' | 'number' | 'boolean'> = {
+const SCHEMA: Record<keyof ServeConfig, 'string' | 'number' | 'boolean' | 'object'> = {
   primary: 'string',
   mount: 'string',
   mirror: 'string',
@@ -42,6 +45,7 @@ const SCHEMA: Record<keyof ServeConfig, 'string' | 'number' | 'boolean'> = {
   maxStallMs: 'number',
   tlsCert: 'string',
   tlsKey: 'string',
+  smb: 'object',
 };
 
 /** Reads and validates a JSON config file. Relative paths in it are relative to the file. */
@@ -76,6 +80,10 @@ export function validateConfig(raw: unknown, file = '<config>'): ServeConfig {
     const type = SCHEMA[k as keyof ServeConfig];
     if (!type)
       throw new TwinError('ETWIN_CONFIG', `config ${file}: unknown setting "${k}"`, { file, key: k });
+    if (k === 'smb') {
+      out[k] = validateSmbSettings(v, file);
+      continue;
+    }
     if (typeof v !== type)
       throw new TwinError('ETWIN_CONFIG', `config ${file}: "${k}" must be a ${type}`, { file, key: k });
     if (type === 'number' && (!Number.isFinite(v) || (v as number) <= 0))

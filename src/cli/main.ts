@@ -67,6 +67,15 @@ async function main(argv: string[]): Promise<number> {
             describe:
               'run the interactive shell in this terminal (starts the control channel on 127.0.0.1 if --control is not given)',
           })
+          .option('smb', {
+            type: 'string',
+            describe: 'serve the mount over SMB with Samba on [HOST:]PORT (127.0.0.1 by default; docs/smb.md)',
+          })
+          .option('smb-user', {
+            type: 'string',
+            array: true,
+            describe: 'an SMB account NAME:PASSWORD (repeatable; the config file keeps passwords off ps)',
+          })
           .example(
             'twinfs serve --primary /srv/primary --mount /mnt/twin --mirror /srv/mirror --control 127.0.0.1:7420',
             '',
@@ -92,6 +101,8 @@ async function main(argv: string[]): Promise<number> {
           tlsKey: a['tls-key'],
           json: a.json,
           repl: a.repl,
+          smbListen: a.smb,
+          smbUsers: a['smb-user'],
         });
       },
     )

@@ -2,6 +2,139 @@ import * as path from 'node:path';
 import cliProgress from 'cli-progress';
 import type { Argv } from 'yargs';
 import { TwinError } from '../common/errors.js';
+import type { CommandContext, OperatorCommand } from '../repl/commands.js';
+
+/**
+ * The peer's REPL commands (backup, snapshots, restore, check). A backup from the REPL runs over
+ * the REPL's own control connection; like any peer it reads the mirror, never the mount.
+ */
+export function peerOperatorCommands(): OperatorCommand[] {
+  const opt = (v: string | boolean | undefined) => (typeof v === 'string' ? v : undefined);
+  return [
+    {
+      name: 'backup',
+      summary: 'back up paths (or the volume) from the mirror to a target and record the snapshot',
+      usage: 'backup [PATH...] --target dir:/backups [--subtree DIR] [--catalog DIR] [--full]',
+      examples: ['backup /db --target dir:/backups'],
+      options: ['--target', '--subtree', '--catalog', '--full', '--lease'],
+      flags: ['full'],
+      completes: 'paths',
+      async run(ctx, a) {
+        const { BackupRun, TargetRegistry, selectorFor } = await import('../backup-peer/index.js');
+        const spec = opt(a.options.target);
+        if (!spec) throw new TwinError('ETWIN_USAGE', 'backup needs --target TYPE:LOCATION (dir:/backups)');
+        const paths = a.positional.filter((p) => p !== '/');
+        const target = await new TargetRegistry().open(absoluteSpec(spec));
+        try {
+          const client = await ctx.client();
+          const run = new BackupRun({
+            server: client.hello.server,
+            token: '',
+            target,
+            catalogDir: opt(a.options.catalog),
+            selector: selectorFor({ paths, subtree: opt(a.options.subtree) }),
+            leaseMs: opt(a.options.lease) ? Number(a.options.lease) * 1000 : undefined,
+            full: a.options.full === true,
+            signal: ctx.signal,
+            connect: async () => replControl(ctx, client),
+          });
+          const r = await run.run();
+          const t = r.snapshot.totals;
+          ctx.print(
+            `snapshot ${r.snapshot.id}: ${t.files} files, ${bytes(t.bytes)} (${bytes(t.copiedBytes)} copied, ${t.reusedFiles} unchanged)`,
+          );
+          return { snapshotId: r.snapshot.id, totals: t };
+        } finally {
+          await target.close();
+        }
+      },
+    },
+    {
+      name: 'snapshots',
+      summary: 'list the snapshots in the catalog',
+      usage: 'snapshots [--catalog DIR]',
+      options: ['--catalog'],
+      async run(ctx, a) {
+        const { Catalog } = await import('../backup-peer/index.js');
+        const list = await Catalog.with(opt(a.options.catalog), (c) => c.list());
+        for (const s of list)
+          ctx.print(
+            `${s.id}  ${new Date(s.time).toISOString()}  ${s.state.padEnd(8)}  ${s.totals.files} files  ${s.paths.join(',')}`,
+          );
+        return list;
+      },
+    },
+    {
+      name: 'restore',
+      summary: 'restore a snapshot (or paths of it) into a directory',
+      usage: 'restore SNAPSHOT [PATH...] --to DIR [--catalog DIR]',
+      options: ['--to', '--catalog'],
+      completes: 'snapshots',
+      async run(ctx, a) {
+        const { restore, TargetRegistry } = await import('../backup-peer/index.js');
+        const [snapshot, ...paths] = a.positional;
+        const to = opt(a.options.to);
+        if (!snapshot || !to)
+          throw new TwinError('ETWIN_USAGE', 'usage: restore SNAPSHOT [PATH...] --to DIR');
+        const r = await restore({
+          snapshot,
+          paths,
+          to,
+          catalogDir: opt(a.options.catalog),
+          registry: new TargetRegistry(),
+          signal: ctx.signal,
+        });
+        for (const f of r.failures) ctx.print(`failed   ${f.path}: ${f.code}: ${f.message}`);
+        ctx.print(`restored ${r.entries} entries (${bytes(r.bytes)}) of ${r.snapshotId} to ${to}`);
+        if (r.failures.length)
+          throw new TwinError('ETWIN_RESTORE_FAILED', `${r.failures.length} entries could not be restored`, {
+            result: r,
+          });
+        return r;
+      },
+    },
+    {
+      name: 'check',
+      summary: 're-read a snapshot at its target and compare it with the catalog',
+      usage: 'check SNAPSHOT [--catalog DIR]',
+      options: ['--catalog'],
+      completes: 'snapshots',
+      async run(ctx, a) {
+        const { checkSnapshot, TargetRegistry } = await import('../backup-peer/index.js');
+        const snapshot = a.positional[0];
+        if (!snapshot) throw new TwinError('ETWIN_USAGE', 'usage: check SNAPSHOT');
+        const r = await checkSnapshot({
+          snapshot,
+          catalogDir: opt(a.options.catalog),
+          registry: new TargetRegistry(),
+        });
+        for (const p of r.problems) ctx.print(`${p.kind.padEnd(10)} ${p.path}  ${p.message}`);
+        ctx.print(
+          r.ok
+            ? `${r.snapshotId}: ${r.checked} entries verified`
+            : `${r.snapshotId}: ${r.problems.length} problem(s)`,
+        );
+        if (!r.ok)
+          throw new TwinError('ETWIN_CHECK_FAILED', `snapshot ${r.snapshotId} does not match the catalog`, {
+            result: r,
+          });
+        return r;
+      },
+    },
+  ];
+}
+
+/** The REPL's shared connection as a backup's control channel: the run must not close it. */
+function replControl(_ctx: CommandContext, client: import('../control/client.js').ControlClient) {
+  return {
+    prepare: client.prepare.bind(client),
+    renew: client.renew.bind(client),
+    release: client.release.bind(client),
+    onEvent: client.onEvent,
+    onClose: client.onClose,
+    close: async () => undefined,
+  };
+}
 
 /**
  * The backup peer's commands (backup, peer, snapshots, restore, check, forget). Registered by
@@ -22,7 +155,11 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
       out.stopBar();
     }
   };
-  const catalog = { type: 'string', describe: 'catalog directory (default /var/lib/twinfs/catalog as root, else ~/.local/state/twinfs/catalog)' } as const;
+  const catalog = {
+    type: 'string',
+    describe:
+      'catalog directory (default /var/lib/twinfs/catalog as root, else ~/.local/state/twinfs/catalog)',
+  } as const;
   const json = { type: 'boolean', describe: 'JSON lines on stdout; the last one is the result' } as const;
 
   return y
@@ -32,19 +169,42 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
       (a) =>
         a
           .option('server', { type: 'string', demandOption: true, describe: 'control URL, ws://HOST:PORT' })
-          .option('token-file', { type: 'string', demandOption: true, describe: 'file holding the control token' })
-          .option('target', { type: 'string', demandOption: true, describe: 'backup target, TYPE:LOCATION (dir:/backups)' })
+          .option('token-file', {
+            type: 'string',
+            demandOption: true,
+            describe: 'file holding the control token',
+          })
+          .option('target', {
+            type: 'string',
+            demandOption: true,
+            describe: 'backup target, TYPE:LOCATION (dir:/backups)',
+          })
           .option('path', { type: 'string', array: true, describe: 'a volume path to back up (repeatable)' })
-          .option('subtree', { type: 'string', describe: 'a volume directory to back up with everything below it' })
+          .option('subtree', {
+            type: 'string',
+            describe: 'a volume directory to back up with everything below it',
+          })
           .option('catalog', catalog)
-          .option('lease-sec', { type: 'number', describe: 'split lease, renewed while copying (default 60)' })
-          .option('mirror-map', { type: 'string', array: true, describe: 'DEVICE_ID=PATH: where this host sees a mirror' })
-          .option('full', { type: 'boolean', describe: 'copy every file (share nothing with the previous snapshot)' })
+          .option('lease-sec', {
+            type: 'number',
+            describe: 'split lease, renewed while copying (default 60)',
+          })
+          .option('mirror-map', {
+            type: 'string',
+            array: true,
+            describe: 'DEVICE_ID=PATH: where this host sees a mirror',
+          })
+          .option('full', {
+            type: 'boolean',
+            describe: 'copy every file (share nothing with the previous snapshot)',
+          })
           .option('ca-file', { type: 'string', describe: 'CA certificate (PEM) for wss://' })
           .option('json', json),
       (a) =>
         run(a.json, async (out) => {
-          const { BackupRun, TargetRegistry, readToken, selectorFor } = await import('../backup-peer/index.js');
+          const { BackupRun, TargetRegistry, readToken, selectorFor } = await import(
+            '../backup-peer/index.js'
+          );
           const { promises: fsp } = await import('node:fs');
           const selector = selectorFor({ paths: a.path, subtree: a.subtree });
           const token = await readToken(a['token-file']);
@@ -65,11 +225,18 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
               ca: a['ca-file'] ? await fsp.readFile(a['ca-file']) : undefined,
               signal: ac.signal,
             });
-            r.onDidProgress((p) => out.progress(p));
+            r.onDidProgress((p) => out.progress({ ...p }));
             const res = await r.run();
             const t = res.snapshot.totals;
             out.result(
-              { event: 'done', snapshotId: res.snapshot.id, backupId: res.backupId, stallMs: res.stallMs, target: res.snapshot.target, totals: t },
+              {
+                event: 'done',
+                snapshotId: res.snapshot.id,
+                backupId: res.backupId,
+                stallMs: res.stallMs,
+                target: res.snapshot.target,
+                totals: t,
+              },
               `snapshot ${res.snapshot.id} complete: ${t.files} files, ${t.dirs} dirs, ${t.symlinks} symlinks, ${bytes(t.bytes)} ` +
                 `(${bytes(t.copiedBytes)} copied, ${t.reusedFiles} files unchanged)${t.skipped ? `, ${t.skipped} special files skipped` : ''}`,
             );
@@ -83,7 +250,10 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
     .command(
       'peer',
       'run the backup peer as a daemon: backups on an interval, from a JSON config',
-      (a) => a.option('config', { type: 'string', demandOption: true, describe: 'peer config (JSON)' }).option('json', json),
+      (a) =>
+        a
+          .option('config', { type: 'string', demandOption: true, describe: 'peer config (JSON)' })
+          .option('json', json),
       (a) =>
         run(a.json, async (out) => {
           const { PeerDaemon, TargetRegistry, loadPeerConfig } = await import('../backup-peer/index.js');
@@ -108,7 +278,9 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
       (a) =>
         run(a.json, async (out) => {
           const { Catalog } = await import('../backup-peer/index.js');
-          const list = await Catalog.with(a.catalog, async (c) => (await c.list()).map((s) => ({ ...s, abandoned: c.isAbandoned(s) })));
+          const list = await Catalog.with(a.catalog, async (c) =>
+            (await c.list()).map((s) => ({ ...s, abandoned: c.isAbandoned(s) })),
+          );
           if (out.json) {
             out.line(JSON.stringify(list));
             return 0;
@@ -125,7 +297,9 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
                 s.target,
               ].join('  '),
             );
-          out.line(`twinfs: ${list.length} snapshot(s), ${list.filter((s) => s.state === 'complete').length} complete`);
+          out.line(
+            `twinfs: ${list.length} snapshot(s), ${list.filter((s) => s.state === 'complete').length} complete`,
+          );
           return 0;
         })(),
     )
@@ -134,9 +308,21 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
       'restore a snapshot (or volume paths of it) into a directory',
       (a) =>
         a
-          .positional('snapshot', { type: 'string', demandOption: true, describe: "snapshot id, unique prefix, or 'latest'" })
-          .positional('paths', { type: 'string', array: true, describe: 'volume paths (default: everything)' })
-          .option('to', { type: 'string', demandOption: true, describe: 'destination directory (a twinfs mount works too)' })
+          .positional('snapshot', {
+            type: 'string',
+            demandOption: true,
+            describe: "snapshot id, unique prefix, or 'latest'",
+          })
+          .positional('paths', {
+            type: 'string',
+            array: true,
+            describe: 'volume paths (default: everything)',
+          })
+          .option('to', {
+            type: 'string',
+            demandOption: true,
+            describe: 'destination directory (a twinfs mount works too)',
+          })
           .option('catalog', catalog)
           .option('json', json),
       (a) =>
@@ -157,7 +343,8 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
             `restored ${r.entries} entries (${bytes(r.bytes)}) of snapshot ${r.snapshotId} to ${path.resolve(a.to)}` +
               (r.failures.length ? `; ${r.failures.length} failed` : ''),
           );
-          if (r.failures.length > 0) throw new TwinError('ETWIN_RESTORE_FAILED', `${r.failures.length} entries could not be restored`);
+          if (r.failures.length > 0)
+            throw new TwinError('ETWIN_RESTORE_FAILED', `${r.failures.length} entries could not be restored`);
           return 0;
         })(),
     )
@@ -166,7 +353,11 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
       're-read a snapshot at its target and compare it with the catalog; exit 1 on any difference',
       (a) =>
         a
-          .positional('snapshot', { type: 'string', demandOption: true, describe: "snapshot id, unique prefix, or 'latest'" })
+          .positional('snapshot', {
+            type: 'string',
+            demandOption: true,
+            describe: "snapshot id, unique prefix, or 'latest'",
+          })
           .option('catalog', catalog)
           .option('json', json),
       (a) =>
@@ -186,7 +377,8 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
               ? `snapshot ${r.snapshotId}: ${r.checked} entries, ${bytes(r.bytes)} verified`
               : `snapshot ${r.snapshotId}: ${r.problems.length} problem(s) in ${r.checked} entries`,
           );
-          if (!r.ok) throw new TwinError('ETWIN_CHECK_FAILED', `snapshot ${r.snapshotId} does not match the catalog`);
+          if (!r.ok)
+            throw new TwinError('ETWIN_CHECK_FAILED', `snapshot ${r.snapshotId} does not match the catalog`);
           return 0;
         })(),
     )
@@ -195,8 +387,14 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
       'remove snapshots a keep policy does not keep (catalog entries and target data)',
       (a) =>
         a
-          .option('keep-last', { type: 'number', describe: 'keep the newest N snapshots (per device, target and selection)' })
-          .option('keep-daily', { type: 'number', describe: 'keep the newest snapshot of each of the last N days' })
+          .option('keep-last', {
+            type: 'number',
+            describe: 'keep the newest N snapshots (per device, target and selection)',
+          })
+          .option('keep-daily', {
+            type: 'number',
+            describe: 'keep the newest snapshot of each of the last N days',
+          })
           .option('dry-run', { type: 'boolean', describe: 'show what would be removed' })
           .option('catalog', catalog)
           .option('json', json),
@@ -205,7 +403,8 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
           const { forget, TargetRegistry } = await import('../backup-peer/index.js');
           for (const k of ['keep-last', 'keep-daily'] as const) {
             const v = a[k];
-            if (v !== undefined && !(Number.isInteger(v) && v >= 1)) throw new TwinError('ETWIN_USAGE', `--${k} must be a whole number ≥ 1`);
+            if (v !== undefined && !(Number.isInteger(v) && v >= 1))
+              throw new TwinError('ETWIN_USAGE', `--${k} must be a whole number ≥ 1`);
           }
           const r = await forget({
             catalogDir: a.catalog,
@@ -213,10 +412,19 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
             registry: new TargetRegistry(),
             dryRun: a['dry-run'],
           });
-          if (!out.json) for (const s of r.remove) out.line(`${a['dry-run'] ? 'would remove' : 'removed'} ${s.id} (${s.reason})`);
-          for (const o of r.orphaned) out.warn(`${o.id}: removed from the catalog, but its data at ${o.target} remains: ${o.message}`);
+          if (!out.json)
+            for (const s of r.remove)
+              out.line(`${a['dry-run'] ? 'would remove' : 'removed'} ${s.id} (${s.reason})`);
+          for (const o of r.orphaned)
+            out.warn(`${o.id}: removed from the catalog, but its data at ${o.target} remains: ${o.message}`);
           out.result(
-            { event: 'done', kept: r.keep.map((s) => s.id), removed: r.remove.map((s) => s.id), orphaned: r.orphaned, dryRun: !!a['dry-run'] },
+            {
+              event: 'done',
+              kept: r.keep.map((s) => s.id),
+              removed: r.remove.map((s) => s.id),
+              orphaned: r.orphaned,
+              dryRun: !!a['dry-run'],
+            },
             `${a['dry-run'] ? 'would keep' : 'kept'} ${r.keep.length}, ${a['dry-run'] ? 'would remove' : 'removed'} ${r.remove.length} snapshot(s)`,
           );
           return r.orphaned.length > 0 ? 1 : 0;
@@ -252,7 +460,14 @@ class Output {
   }
 
   /** Progress: at most 4 JSON lines a second (and one per phase change), or the bar. */
-  progress(p: { phase: string; files: number; filesTotal: number; bytes: number; bytesTotal?: number; [k: string]: unknown }): void {
+  progress(p: {
+    phase: string;
+    files: number;
+    filesTotal: number;
+    bytes: number;
+    bytesTotal?: number;
+    [k: string]: unknown;
+  }): void {
     if (this.json) {
       const now = Date.now();
       if (p.phase === this.lastPhase && now - this.lastJson < 250) return;
@@ -266,10 +481,20 @@ class Output {
     const useBytes = (p.bytesTotal ?? 0) > 0;
     const total = useBytes ? p.bytesTotal! : Math.max(p.filesTotal, 1);
     const value = useBytes ? p.bytes : p.files;
-    const payload = { phase: p.phase.padEnd(7), files: p.files, filesTotal: p.filesTotal, size: bytes(p.bytes) };
+    const payload = {
+      phase: p.phase.padEnd(7),
+      files: p.files,
+      filesTotal: p.filesTotal,
+      size: bytes(p.bytes),
+    };
     if (!this.bar) {
       this.bar = new cliProgress.SingleBar(
-        { format: '{phase} [{bar}] {percentage}% | {files}/{filesTotal} entries | {size} | ETA {eta_formatted}', hideCursor: true, fps: 8 },
+        {
+          format:
+            '{phase} [{bar}] {percentage}% | {files}/{filesTotal} entries | {size} | ETA {eta_formatted}',
+          hideCursor: true,
+          fps: 8,
+        },
         cliProgress.Presets.shades_classic,
       );
       this.bar.start(total, value, payload);
@@ -289,7 +514,8 @@ class Output {
     const code = (err as { code?: unknown })?.code;
     const known = typeof code === 'string';
     const message = (err as Error)?.message ?? String(err);
-    if (this.json) this.line(JSON.stringify({ event: 'error', code: known ? code : 'ETWIN_INTERNAL', message }));
+    if (this.json)
+      this.line(JSON.stringify({ event: 'error', code: known ? code : 'ETWIN_INTERNAL', message }));
     process.stderr.write(`twinfs: error ${known ? `${code}: ` : ''}${message}\n`);
     if (!known) process.stderr.write(`${(err as Error)?.stack ?? ''}\n`);
   }

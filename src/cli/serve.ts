@@ -8,12 +8,16 @@ import { defaultStateDir, MirrorDriver } from '../mirror-driver/index.js';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { loadConfig, type ServeConfig, validateConfig } from './config.js';
+import { describeSmbEvent, mergeSmbSettings, parseUserSpec, SmbService } from '../smb/index.js';
 
 export interface ServeArgs extends ServeConfig {
   config?: string;
   json?: boolean;
   /** Run the REPL in this terminal. */
   repl?: boolean;
+  /** `--smb [HOST:]PORT` and `--smb-user NAME:PASSWORD` (src/smb). */
+  smbListen?: string;
+  smbUsers?: string[];
 }
 
 /** Resolves the effective settings: built-in defaults < config file < command line. */
@@ -49,6 +53,10 @@ export async function resolveServeConfig(
     );
   if (!merged.mount)
     throw new TwinError('ETWIN_USAGE', 'no mount point: pass --mount DIR or set "mount" in the config');
+  merged.smb = mergeSmbSettings(merged.smb, {
+    listen: args.smbListen,
+    users: args.smbUsers?.map(parseUserSpec),
+  });
   return merged as Required<Pick<ServeConfig, 'primary' | 'mount'>> & ServeConfig;
 }
 
@@ -138,6 +146,17 @@ export async function serve(args: ServeArgs): Promise<number> {
       st.writeThrough ? 'write-through' : `write-back cache ${Math.round(st.cache.limitBytes / 1048576)} MiB`
     })`,
   );
+  // SMB (src/smb): smbd serves the mount once it is up; an SMB failure is reported as an
+  // event and the mount goes on serving.
+  const smb = cfg.smb
+    ? new SmbService({
+        settings: cfg.smb,
+        sharePath: fs.mountPoint,
+        stateDir: path.join(cfg.stateDir ?? defaultStateDir(), 'smb'),
+      })
+    : undefined;
+  smb?.onEvent((e) => out(e.event, e, describeSmbEvent(e)));
+  void smb?.start();
 
   return new Promise<number>((resolve) => {
     let stopping = false;
@@ -151,6 +170,7 @@ export async function serve(args: ServeArgs): Promise<number> {
       Promise.resolve()
         .then(() => control?.dispose())
         .then(() => service?.dispose())
+        .then(() => smb?.dispose())
         .then(() => fs.unmount())
         .finally(() => mirror?.dispose())
         .then(

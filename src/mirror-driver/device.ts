@@ -6,8 +6,10 @@ import { TwinError } from '../common/errors.js';
 /**
  * The mirror's on-disk layout. The mirror root is the "second storage device":
  *   ROOT/device.json   stable device id and the primary it belongs to
- *   ROOT/state/        the driver's journal (split tracking, write intents)
  *   ROOT/data/         the copy of the volume (what a backup peer reads)
+ * The driver's journal is kept in the server's state directory, keyed by the device id: a full
+ * or failing mirror must not take its own crash record down with it. (`state` is an older
+ * location, still accepted as part of a mirror root.)
  */
 export interface MirrorLayout {
   root: string;
@@ -91,7 +93,6 @@ export async function openDevice(
     created = true;
   }
   await fsp.mkdir(layout.data, { recursive: true });
-  await fsp.mkdir(layout.state, { recursive: true });
   return { record, created };
 }
 

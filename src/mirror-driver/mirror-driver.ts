@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import type { Stats } from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { SerialQueue } from '../common/async.js';
@@ -6,10 +7,10 @@ import { TwinError } from '../common/errors.js';
 import { Emitter } from '../common/event.js';
 import type { Change, ChangeSink } from '../fusefs/change-sink.js';
 import { loadVolumeId, type MirrorLayout, mirrorLayout, openDevice } from './device.js';
-import { syncEntry, walk } from './entry-sync.js';
-import { Journal } from './journal.js';
+import { syncEntry, syncMeta, walk } from './entry-sync.js';
+import { Journal, type JournalRecord } from './journal.js';
 import { MirrorWriter } from './mirror-writer.js';
-import { covers, coversUnder, type Selector, SplitTracker, touches } from './split-tracker.js';
+import { covers, coversUnder, type Selector, SplitTracker } from './split-tracker.js';
 import { type VerifyReport, verifyTrees } from './verify.js';
 
 export type PairState = 'PAIR' | 'COPY' | 'SPLIT' | 'RESYNC' | 'BROKEN';
@@ -17,7 +18,10 @@ export type PairState = 'PAIR' | 'COPY' | 'SPLIT' | 'RESYNC' | 'BROKEN';
 export interface MirrorDriverOptions {
   primary: string;
   mirror: string;
-  /** Where the primary's volume id is kept (default /var/lib/twinfs, or ~/.local/state/twinfs). */
+  /**
+   * Where the primary's volume id and the driver's journal are kept (default /var/lib/twinfs, or
+   * ~/.local/state/twinfs).
+   */
   stateDir?: string;
   /** Take over a mirror that belongs to another primary. */
   adopt?: boolean;
@@ -25,6 +29,13 @@ export interface MirrorDriverOptions {
   retryBrokenMs?: number;
   /** Checkpoint the journal this often, ms. Default 10000. */
   checkpointMs?: number;
+  /**
+   * Compare the whole mirror with the primary (type, size, mtime, ctime, mode, owner) in the
+   * background at every start, copying what differs (state COPY meanwhile). Default true: the
+   * primary is a plain directory that may have changed while no server ran. A new mirror, a lost
+   * journal or a machine crash always get one.
+   */
+  reconcileOnStart?: boolean;
   log?: (msg: string) => void;
 }
 
@@ -55,7 +66,12 @@ export interface MirrorStatus {
     bytesMirrored: number;
     changesApplied: number;
     changesTracked: number;
+    /** Bytes copied by resyncs of splits. */
     resyncBytes: number;
+    /** Bytes copied by the initial copy and start-up reconciliation. */
+    copyBytes: number;
+    /** Bytes rewritten for paths the journal named as possibly different after a crash. */
+    recoveryBytes: number;
     repairs: number;
   };
 }
@@ -67,7 +83,7 @@ export interface ProgressEvent {
   done: boolean;
 }
 
-const TRANSIENT_OR_MISSING = new Set(['ENOENT', 'ENOTDIR']);
+const HEAL_CODES = new Set(['ENOENT', 'ENOTDIR']);
 
 /**
  * The mirror driver: a ChangeSink that keeps the mirror's data directory identical to the
@@ -76,6 +92,10 @@ const TRANSIENT_OR_MISSING = new Set(['ENOENT', 'ENOTDIR']);
  * of files) after which changes to covered files are tracked instead of applied; resync applies
  * exactly the tracked changes. A mirror error breaks only the pairs it hit; the primary and the
  * application never see it.
+ *
+ * Start-up work (resyncing splits recorded in the journal, repairing paths it names, the
+ * initial copy or reconciliation) runs in the background; status().state is COPY until it is
+ * done (whenReady()), and split() refuses meanwhile.
  */
 export class MirrorDriver implements ChangeSink {
   readonly layout: MirrorLayout;
@@ -86,9 +106,18 @@ export class MirrorDriver implements ChangeSink {
   private readonly splits = new Map<string, SplitTracker>();
   private readonly resyncing = new Set<string>();
   private readonly broken = new Set<string>();
+  /** Paths with a write intent in the journal, and when it was last renewed. */
   private readonly intents = new Map<string, number>();
+  /** Paths the journal named at start that are not repaired yet. */
+  private readonly pendingIntents = new Set<string>();
   private readonly pendingTimes = new Set<string>();
-  private copying = false;
+  /** The next reconciliation must compare contents (machine crash, lost journal). */
+  private deep = false;
+  private copying = true;
+  private ready: Promise<void> = Promise.resolve();
+  private repairing: Promise<{ bytes: number; entries: number; remaining: string[] }> | null = null;
+  private checkpointQueued = false;
+  private readonly abort = new AbortController();
   private timesTimer: NodeJS.Timeout | null = null;
   private timers: NodeJS.Timeout[] = [];
   private disposed = false;
@@ -97,14 +126,12 @@ export class MirrorDriver implements ChangeSink {
     changesApplied: 0,
     changesTracked: 0,
     resyncBytes: 0,
+    copyBytes: 0,
+    recoveryBytes: 0,
     repairs: 0,
   };
 
-  private readonly _onDidChangeState = new Emitter<{
-    paths: string[] | 'volume';
-    state: PairState;
-    splitId?: string;
-  }>();
+  private readonly _onDidChangeState = new Emitter<{ paths: string[] | 'volume'; state: PairState; splitId?: string }>();
   /** Pairs changed state (split, resync, resynced, broken, repaired, copy). */
   readonly onDidChangeState = this._onDidChangeState.event;
   private readonly _onDidSplit = new Emitter<SplitInfo>();
@@ -121,18 +148,20 @@ export class MirrorDriver implements ChangeSink {
     layout: MirrorLayout,
     readonly deviceId: string,
     private readonly opts: MirrorDriverOptions,
+    journalFile: string,
     bootId: string,
   ) {
     this.primary = primary;
     this.layout = layout;
     this.writer = new MirrorWriter(layout.data);
-    this.journal = new Journal(layout.state, bootId);
+    this.journal = new Journal(journalFile, bootId);
   }
 
   /**
    * Opens the mirror (creating its device record on first use; refusing one that belongs to
    * another primary), reads the journal, and starts recovery or the initial copy in the
-   * background. The returned driver is usable at once.
+   * background. The returned driver is usable at once; subscribe to its events before the next
+   * turn of the event loop to see the first COPY.
    */
   static async open(opts: MirrorDriverOptions): Promise<MirrorDriver> {
     const primary = await fsp.realpath(opts.primary);
@@ -140,43 +169,101 @@ export class MirrorDriver implements ChangeSink {
     const stateDir = opts.stateDir ?? defaultStateDir();
     const volumeId = await loadVolumeId(stateDir, primary);
     const { record, created } = await openDevice(layout, volumeId, primary, { adopt: opts.adopt });
-    const bootId = (
-      await fsp.readFile('/proc/sys/kernel/random/boot_id', 'utf8').catch(() => 'unknown')
-    ).trim();
-    const d = new MirrorDriver(primary, layout, record.deviceId, opts, bootId);
+    const bootId = (await fsp.readFile('/proc/sys/kernel/random/boot_id', 'utf8').catch(() => 'unknown')).trim();
+    const journalFile = path.join(stateDir, 'journals', `${record.deviceId}.jsonl`);
+    const d = new MirrorDriver(primary, layout, record.deviceId, opts, journalFile, bootId);
     await d.start(created);
     return d;
   }
 
   private async start(created: boolean): Promise<void> {
     const rec = await this.journal.read();
-    await this.journal.checkpoint([], rec.broken, []);
     for (const p of rec.broken) this.broken.add(p);
-    // Splits that survived a restart have no holder any more: resync them now.
+    // Splits that survived a restart have no holder any more: they are resynced first.
     for (const s of rec.splits.values()) this.splits.set(s.id, s);
-    const needFullCopy = created || rec.missing || rec.otherBoot;
-    if (needFullCopy) {
-      this.log(
-        created ? 'new mirror: initial copy' : 'no usable journal: verify and repair the whole mirror',
-      );
-      void this.initialCopy();
-    } else if (!rec.clean || rec.splits.size > 0 || rec.intents.size > 0) {
-      this.log(`recovering: ${rec.splits.size} split(s), ${rec.intents.size} path(s) that may differ`);
-      void this.recover(rec.intents);
-    }
+    for (const p of rec.intents) this.pendingIntents.add(p);
+    // Without a record written since this boot, the page cache may have lost mirror writes
+    // whose size and mtime look right: compare contents.
+    this.deep = rec.deep || rec.otherBoot || (rec.missing && !created);
+    // A new generation that still holds everything recovered, until it is repaired.
+    await this.journal.checkpoint(() => this.snapshot());
     const retry = this.opts.retryBrokenMs ?? 30_000;
     if (retry > 0)
       this.timers.push(
-        setInterval(() => this.broken.size > 0 && void this.repair().catch(() => undefined), retry),
+        setInterval(() => {
+          if (this.broken.size > 0 && !this.copying && !this.disposed) void this.repair().catch(() => undefined);
+        }, retry),
       );
-    this.timers.push(
-      setInterval(() => void this.checkpoint().catch(() => undefined), this.opts.checkpointMs ?? 10_000),
-    );
+    this.timers.push(setInterval(() => this.queueCheckpoint(), this.opts.checkpointMs ?? 10_000));
     for (const t of this.timers) t.unref();
+    const reconcile = created || this.deep || (this.opts.reconcileOnStart ?? true);
+    // Next turn: whoever opened the driver subscribes to its events first.
+    this.ready = new Promise<void>((r) => setImmediate(r)).then(() => this.startWork(rec.clean, reconcile, created));
+  }
+
+  private async startWork(clean: boolean, reconcile: boolean, created: boolean): Promise<void> {
+    const signal = this.abort.signal;
+    this._onDidChangeState.fire({ paths: 'volume', state: 'COPY' });
+    try {
+      if (this.splits.size > 0 || this.pendingIntents.size > 0 || !clean)
+        this.log(`recovering: ${this.splits.size} split(s), ${this.pendingIntents.size} path(s) that may differ`);
+      for (const s of [...this.splits.values()]) {
+        await this.resync(s.id).catch((err) => this.log(`resync of recorded split ${s.id} failed: ${(err as Error).message}`));
+      }
+      await this.recoverIntents(signal);
+      if (this.broken.size > 0 && !signal.aborted) await this.repair();
+      if (reconcile && !signal.aborted) {
+        if (created) this.log('new mirror: initial copy');
+        else if (this.deep) this.log('no usable journal: comparing the whole mirror with the primary');
+        const r = await this.reconcileTree('/', 'copy', { deep: this.deep, signal });
+        this.stats.copyBytes += r.bytes;
+        if (signal.aborted) this.pendingIntents.add('/');
+        else if (this.deep) {
+          this.deep = false;
+          this.queueCheckpoint();
+        }
+      }
+    } catch (err) {
+      if (!signal.aborted) this.markBroken('/', err as NodeJS.ErrnoException);
+    } finally {
+      this.copying = false;
+      if (!signal.aborted) this._onDidChangeState.fire({ paths: 'volume', state: 'PAIR' });
+    }
+  }
+
+  /** Repairs the paths the journal named (exactly: compared chunk by chunk, differences rewritten). */
+  private async recoverIntents(signal: AbortSignal): Promise<void> {
+    let bytes = 0;
+    let entries = 0;
+    for (const p of [...this.pendingIntents]) {
+      if (signal.aborted) return;
+      const st = await fsp.lstat(this.primary + (p === '/' ? '' : p)).catch(() => undefined);
+      if (st?.isDirectory()) {
+        const r = await this.reconcileTree(p, 'recover', { signal });
+        bytes += r.bytes;
+        entries += r.entries;
+      } else {
+        bytes += await this.queue.push(async () => {
+          if (this.heldUnder(p)) return 0;
+          this.writer.forget(p, true);
+          await this.ensureParents(p);
+          return (await syncEntry(this.primary + p, this.layout.data + p, { compare: true })).bytesCopied;
+        });
+        entries++;
+      }
+      if (!signal.aborted) this.pendingIntents.delete(p);
+    }
+    this.stats.recoveryBytes += bytes;
+    this._onProgress.fire({ phase: 'recover', entries, bytes, done: true });
   }
 
   get dataRoot(): string {
     return this.layout.data;
+  }
+
+  /** Resolves when the start-up work (recovery, initial copy or reconciliation) is done. */
+  whenReady(): Promise<void> {
+    return this.ready;
   }
 
   // ---- ChangeSink -----------------------------------------------------------------------------
@@ -193,36 +280,41 @@ export class MirrorDriver implements ChangeSink {
   }
 
   private async route(c: Change): Promise<void> {
-    const held = [...this.splits.values()].filter((s) => touches(s.selector, c));
-    if (held.length > 0) {
-      for (const s of held) {
-        s.record(c);
-        if (c.op !== 'fsync') await this.journal.append(trackRecord(s.id, c)).catch(() => undefined);
-      }
+    let held = false;
+    for (const s of this.splits.values()) {
+      if (!s.touches(c)) continue;
+      held = true;
+      // State and journal line in one synchronous step (see Journal). Not awaited: the write
+      // intent, on disk before the primary changed, covers a crash before this line lands.
+      s.record(c);
+      if (c.op !== 'fsync') void this.journal.append(trackRecord(s.id, c)).catch(() => undefined);
+    }
+    if (held) {
       if (c.op !== 'fsync') this.stats.changesTracked++;
       return;
     }
+    if ((c.op === 'rename' || c.op === 'link') && this.broken.size > 0) this.followBroken(c.from, c.path, c.op === 'rename');
     if (this.isBroken(c.path)) return;
     try {
+      if (c.op === 'fsync') await this.syncTimes(c.path);
       await this.writer.apply(c);
       this.stats.changesApplied++;
       if (c.op === 'write') {
         this.stats.bytesMirrored += c.data.length;
         this.noteTimes(c.path);
-      } else if (c.op === 'truncate' || c.op === 'create' || c.op === 'mknod' || c.op === 'symlink')
-        this.noteTimes(c.path);
-      else if (c.op === 'fsync') await this.syncTimes(c.path);
+      } else if (c.op === 'truncate' || c.op === 'create' || c.op === 'mknod' || c.op === 'symlink') this.noteTimes(c.path);
     } catch (err) {
       await this.onApplyError(c, err as NodeJS.ErrnoException);
     }
   }
 
   private async onApplyError(c: Change, err: NodeJS.ErrnoException): Promise<void> {
-    if (TRANSIENT_OR_MISSING.has(err.code ?? '') || (err.code === 'EEXIST' && c.op !== 'write')) {
+    const code = err.code ?? '';
+    if (HEAL_CODES.has(code) || (code === 'EEXIST' && c.op !== 'write') || (code === 'EISDIR' && c.op === 'create')) {
       // The mirror lacks what the change builds on (or already has it): make this path whole
       // from the primary, parents first.
       try {
-        await this.healPath(c.op === 'rename' ? c.path : c.path);
+        await this.healPath(c.path);
         if (c.op === 'rename') await this.healPath(c.from);
         return;
       } catch (e) {
@@ -230,7 +322,18 @@ export class MirrorDriver implements ChangeSink {
       }
     }
     this.markBroken(c.path, err);
-    if (c.op === 'rename' || c.op === 'link') this.markBroken(c.from, err);
+    if (c.op === 'rename') this.markBroken(c.from, err);
+  }
+
+  /** A rename (or link) from a broken pair carries the brokenness to the new name. */
+  private followBroken(from: string, to: string, subtree: boolean): void {
+    const err = Object.assign(new Error(`moved from the broken pair ${from}`), { code: 'EIO' });
+    if (this.isBroken(from)) {
+      this.markBroken(to, err);
+      return;
+    }
+    if (!subtree) return;
+    for (const b of [...this.broken]) if (b.startsWith(from + '/')) this.markBroken(to + b.slice(from.length), err);
   }
 
   private markBroken(p: string, err: NodeJS.ErrnoException): void {
@@ -248,15 +351,43 @@ export class MirrorDriver implements ChangeSink {
     return false;
   }
 
-  /** Copies path (and any missing parents) from the primary. */
-  private async healPath(p: string): Promise<void> {
+  /** Does any split hold p, or anything below it? Such mirror entries must not be replaced. */
+  private heldUnder(p: string): boolean {
+    for (const s of this.splits.values()) if (s.coversUnder(p)) return true;
+    return false;
+  }
+
+  private isHeld(p: string): boolean {
+    for (const s of this.splits.values()) if (s.covers(p)) return true;
+    return false;
+  }
+
+  /** Creates missing parent directories of p in the mirror, from the primary's. */
+  private async ensureParents(p: string): Promise<void> {
     const parts = p.split('/').filter(Boolean);
     let cur = '';
     for (let i = 0; i < parts.length - 1; i++) {
       cur += '/' + parts[i];
       const m = await fsp.lstat(this.layout.data + cur).catch(() => undefined);
-      if (!m) await syncEntry(this.primary + cur, this.layout.data + cur);
+      if (m?.isDirectory()) continue;
+      if (m && this.heldUnder(cur)) throw Object.assign(new Error(`${cur} is held by a split`), { code: 'ENOTDIR' });
+      this.writer.forget(cur, true);
+      await syncEntry(this.primary + cur, this.layout.data + cur);
     }
+  }
+
+  /** Copies path (and any missing parents) from the primary. */
+  private async healPath(p: string): Promise<void> {
+    if (this.heldUnder(p)) {
+      // A frozen copy sits at or below p: leave the mirror alone, the resync will sync p.
+      for (const s of this.splits.values()) {
+        if (!s.coversUnder(p)) continue;
+        s.touched.add(p);
+        void this.journal.append({ t: 'm', id: s.id, p }).catch(() => undefined);
+      }
+      return;
+    }
+    await this.ensureParents(p);
     this.writer.forget(p, true);
     const r = await syncEntry(this.primary + p, this.layout.data + p);
     this.stats.bytesMirrored += r.bytesCopied;
@@ -277,8 +408,7 @@ export class MirrorDriver implements ChangeSink {
   private async syncTimes(p: string): Promise<void> {
     if (!this.pendingTimes.delete(p)) return;
     const st = await fsp.lstat(this.primary + p).catch(() => undefined);
-    if (st)
-      await fsp.lutimes(this.layout.data + p, st.atimeMs / 1000, st.mtimeMs / 1000).catch(() => undefined);
+    if (st) await fsp.lutimes(this.layout.data + p, st.atimeMs / 1000, st.mtimeMs / 1000).catch(() => undefined);
   }
 
   private async syncAllTimes(): Promise<void> {
@@ -290,15 +420,28 @@ export class MirrorDriver implements ChangeSink {
   /**
    * Splits the pairs of the selected files atomically: every change reported before this call
    * is on the mirror when it resolves, and every change after it is tracked. Costs O(1) in the
-   * number of files. Overlapping splits are allowed (each tracks its own changes).
+   * number of files. Overlapping splits are allowed (each tracks its own changes). Refused
+   * (ETWIN_MIRROR_BROKEN) while the mirror is being copied or recovered, and when a selected
+   * pair is broken: the frozen copy would not be what the primary held.
    */
   split(selector: Selector, owner?: string): Promise<SplitInfo> {
     const sel = normalizeSelector(selector);
     return this.queue.push(async () => {
+      if (this.disposed) throw new TwinError('ETWIN_DISPOSED', 'the mirror driver is shut down');
+      if (this.copying)
+        throw new TwinError('ETWIN_MIRROR_BROKEN', 'the mirror is still being copied or recovered; try again when it is in sync');
+      const hit = [...this.broken].find((b) => covers(sel, b) || coversUnder(sel, b));
+      if (hit)
+        throw new TwinError('ETWIN_MIRROR_BROKEN', `the mirror pair for ${hit} is BROKEN; repair it first`, { path: hit });
       await this.syncAllTimes();
       const s = new SplitTracker(`split-${randomUUID()}`, sel, Date.now(), owner);
-      await this.journal.append({ t: 'split', s: s.toRecord() });
       this.splits.set(s.id, s);
+      try {
+        await this.journal.append({ t: 'split', s: s.toRecord() });
+      } catch (err) {
+        this.splits.delete(s.id);
+        throw new TwinError('ETWIN_MIRROR_BROKEN', `cannot record the split: ${(err as Error).message}`, {}, { cause: err });
+      }
       const info = this.splitInfo(s);
       this._onDidSplit.fire(info);
       this._onDidChangeState.fire({
@@ -315,15 +458,9 @@ export class MirrorDriver implements ChangeSink {
     const s = this.splits.get(splitId);
     if (!s) return Promise.reject(new TwinError('ETWIN_UNKNOWN_SPLIT', `no split ${splitId}`, { splitId }));
     if (this.resyncing.has(splitId))
-      return Promise.reject(
-        new TwinError('ETWIN_SPLIT_CONFLICT', `split ${splitId} is already resyncing`, { splitId }),
-      );
+      return Promise.reject(new TwinError('ETWIN_SPLIT_CONFLICT', `split ${splitId} is already resyncing`, { splitId }));
     this.resyncing.add(splitId);
-    this._onDidChangeState.fire({
-      paths: s.selector.volume ? 'volume' : [...s.touched],
-      state: 'RESYNC',
-      splitId,
-    });
+    this._onDidChangeState.fire({ paths: s.selector.volume ? 'volume' : [...s.touched], state: 'RESYNC', splitId });
     return this.queue.push(() => this.resyncLocked(s)).finally(() => this.resyncing.delete(splitId));
   }
 
@@ -332,52 +469,77 @@ export class MirrorDriver implements ChangeSink {
     this.splits.delete(s.id);
     // Other splits that still hold some of these paths keep them frozen: those paths are
     // resynced when the last holder lets go (their changes are tracked there too).
-    const stillHeld = (p: string) =>
-      [...this.splits.values()].some((o) => covers(o.selector, p) || coversUnder(o.selector, p));
+    const stillHeld = (p: string) => this.heldUnder(p);
     let bytes = 0;
     let entries = 0;
-    const failedTrees = new Set<string>();
+    const trees = new Set<string>();
     for (const c of s.namespace) {
-      if (stillHeld(c.path) || (c.op === 'rename' && stillHeld(c.from))) continue;
+      if (stillHeld(c.path) || ((c.op === 'rename' || c.op === 'link') && stillHeld(c.from))) continue;
       try {
         await this.writer.apply(c);
-      } catch {
-        // The final state is reconciled below; a failed rename needs its subtrees compared.
-        if (c.op === 'rename') {
-          failedTrees.add(c.path);
-          failedTrees.add(c.from);
+      } catch (err) {
+        // The final state is reconciled below; a rename that could not be replayed needs its
+        // subtrees compared.
+        if (c.op !== 'rename') continue;
+        const code = (err as NodeJS.ErrnoException).code;
+        if ((code === 'ENOTEMPTY' || code === 'EEXIST') && (await this.mergeInto(c.from, c.path).catch(() => false))) {
+          trees.add(c.path);
+          continue;
         }
+        trees.add(c.path);
+        trees.add(c.from);
       }
     }
-    const touched = [...s.touched].sort();
-    for (const p of touched) {
+    const paths = [...new Set([...s.touched, ...s.files.keys()])].sort();
+    for (const p of paths) {
       if (stillHeld(p)) continue;
       const f = s.files.get(p);
       try {
         this.writer.forget(p, true);
-        const r = await syncEntry(this.primary + p, this.layout.data + p, f?.ranges);
+        await this.ensureParents(p);
+        const r = await syncEntry(this.primary + p, this.layout.data + p, { ranges: f?.ranges, cut: f?.cut });
         bytes += r.bytesCopied;
         entries++;
       } catch (err) {
-        if ((err as NodeJS.ErrnoException).code === 'ENOENT') failedTrees.add(p);
+        if (HEAL_CODES.has((err as NodeJS.ErrnoException).code ?? '')) trees.add(path.posix.dirname(p));
         else this.markBroken(p, err as NodeJS.ErrnoException);
       }
     }
-    for (const t of failedTrees) {
-      const r = await this.reconcileTreeLocked(t);
-      bytes += r.bytes;
-      entries += r.entries;
+    for (const t of outermost(trees)) {
+      try {
+        const r = await this.reconcileTree(t, 'resync', { locked: true });
+        bytes += r.bytes;
+        entries += r.entries;
+      } catch (err) {
+        this.markBroken(t, err as NodeJS.ErrnoException);
+      }
     }
     this.stats.resyncBytes += bytes;
-    await this.journal.append({ t: 'released', id: s.id });
+    await this.journal.append({ t: 'released', id: s.id }).catch(() => undefined);
     const result = { splitId: s.id, bytesCopied: bytes, entries, ms: Date.now() - started };
     this._onDidResync.fire(result);
-    this._onDidChangeState.fire({
-      paths: s.selector.volume ? 'volume' : touched,
-      state: 'PAIR',
-      splitId: s.id,
-    });
+    this._onDidChangeState.fire({ paths: s.selector.volume ? 'volume' : paths, state: 'PAIR', splitId: s.id });
     return result;
+  }
+
+  /**
+   * Replays a directory rename whose target the mirror already has (files under the new name
+   * were mirrored while the rename was held back): moves in whatever the target lacks, keeps
+   * what it has (made from the primary later), drops the rest of the source.
+   */
+  private async mergeInto(from: string, to: string): Promise<boolean> {
+    const src = this.layout.data + from;
+    const dst = this.layout.data + to;
+    const [a, b] = await Promise.all([fsp.lstat(src).catch(() => undefined), fsp.lstat(dst).catch(() => undefined)]);
+    if (!a?.isDirectory() || !b?.isDirectory()) return false;
+    this.writer.forget(from, true);
+    for (const name of await fsp.readdir(src)) {
+      const d = await fsp.lstat(`${dst}/${name}`).catch(() => undefined);
+      if (!d) await fsp.rename(`${src}/${name}`, `${dst}/${name}`);
+      else if (d.isDirectory()) await this.mergeInto(`${from}/${name}`, `${to}/${name}`);
+    }
+    await fsp.rm(src, { recursive: true, force: true });
+    return true;
   }
 
   getSplit(splitId: string): SplitInfo | undefined {
@@ -389,7 +551,7 @@ export class MirrorDriver implements ChangeSink {
   stateOf(p: string): PairState {
     if (this.isBroken(p)) return 'BROKEN';
     for (const s of this.splits.values()) {
-      if (covers(s.selector, p)) return this.resyncing.has(s.id) ? 'RESYNC' : 'SPLIT';
+      if (s.covers(p)) return this.resyncing.has(s.id) ? 'RESYNC' : 'SPLIT';
     }
     return this.copying ? 'COPY' : 'PAIR';
   }
@@ -401,181 +563,133 @@ export class MirrorDriver implements ChangeSink {
 
   // ---- copy, repair, recovery -------------------------------------------------------------------
 
-  /** Full resync of broken pairs (or of everything with all=true). */
-  async repair(
-    opts: { all?: boolean } = {},
-  ): Promise<{ bytes: number; entries: number; remaining: string[] }> {
-    const targets = opts.all ? ['/'] : [...this.broken];
+  /** Full resync of broken pairs (or of everything with all=true). Concurrent calls share one run. */
+  repair(opts: { all?: boolean } = {}): Promise<{ bytes: number; entries: number; remaining: string[] }> {
+    this.repairing ??= this.doRepair(opts).finally(() => {
+      this.repairing = null;
+    });
+    return this.repairing;
+  }
+
+  private async doRepair(opts: { all?: boolean }): Promise<{ bytes: number; entries: number; remaining: string[] }> {
+    const targets = opts.all ? ['/'] : outermost(this.broken);
     let bytes = 0;
     let entries = 0;
     for (const t of targets) {
-      this.broken.delete(t);
-      const r = await this.reconcileTree(t, 'repair').catch((err) => {
-        this.markBroken(t, err);
-        return { bytes: 0, entries: 0 };
-      });
-      bytes += r.bytes;
-      entries += r.entries;
-      if (!this.broken.has(t)) {
+      const cleared = [...this.broken].filter((b) => t === '/' || b === t || b.startsWith(t + '/'));
+      for (const b of cleared) this.broken.delete(b);
+      try {
+        const st = await fsp.lstat(this.primary + (t === '/' ? '' : t)).catch(() => undefined);
+        if (st && !st.isDirectory()) {
+          // A file the mirror failed to follow: its copy may be torn anywhere; copy it whole.
+          bytes += await this.queue.push(async () => {
+            if (this.heldUnder(t)) return 0;
+            this.writer.forget(t, true);
+            await this.ensureParents(t);
+            return (await syncEntry(this.primary + t, this.layout.data + t)).bytesCopied;
+          });
+          entries++;
+        } else {
+          const r = await this.reconcileTree(t, 'repair', { signal: this.abort.signal });
+          bytes += r.bytes;
+          entries += r.entries;
+        }
+      } catch (err) {
+        this.markBroken(t, err as NodeJS.ErrnoException);
+      }
+      if (!this.isBroken(t)) {
         this.stats.repairs++;
-        await this.journal.append({ t: 'repaired', p: t }).catch(() => undefined);
+        for (const b of cleared) void this.journal.append({ t: 'repaired', p: b }).catch(() => undefined);
         this._onDidChangeState.fire({ paths: [t], state: 'PAIR' });
       }
     }
     return { bytes, entries, remaining: [...this.broken] };
   }
 
-  private async initialCopy(): Promise<void> {
-    this.copying = true;
-    this._onDidChangeState.fire({ paths: 'volume', state: 'COPY' });
-    try {
-      await this.reconcileTree('/', 'copy');
-    } catch (err) {
-      this.markBroken('/', err as NodeJS.ErrnoException);
-    } finally {
-      this.copying = false;
-      this._onDidChangeState.fire({ paths: 'volume', state: 'PAIR' });
-    }
-  }
-
-  private async recover(intents: Set<string>): Promise<void> {
-    let bytes = 0;
-    let entries = 0;
-    for (const s of [...this.splits.values()]) {
-      const r = await this.resync(s.id).catch(() => undefined);
-      if (r) {
-        bytes += r.bytesCopied;
-        entries += r.entries;
-      }
-    }
-    for (const p of intents) {
-      const r = await this.queue
-        .push(async () => {
-          this.writer.forget(p, true);
-          const st = await fsp.lstat(this.primary + p).catch(() => undefined);
-          if (st?.isDirectory()) return this.reconcileTreeLocked(p);
-          const parent = path.posix.dirname(p);
-          if (parent !== '/' && !(await fsp.lstat(this.layout.data + parent).catch(() => undefined)))
-            return this.reconcileTreeLocked(parent);
-          const x = await syncEntry(this.primary + p, this.layout.data + p);
-          return { bytes: x.bytesCopied, entries: 1 };
-        })
-        .catch(() => ({ bytes: 0, entries: 0 }));
-      bytes += r.bytes;
-      entries += r.entries;
-    }
-    this._onProgress.fire({ phase: 'recover', entries, bytes, done: true });
-  }
-
   /**
    * Makes the mirror's subtree at p equal to the primary's: entries whose type, size, mode,
-   * owner or mtime differ are copied whole, extras are removed, hard links are kept. Each entry
-   * is one task in the change queue, so live changes interleave in the right order.
+   * owner or mtime differ are copied, entries whose ctime is newer on the primary are compared
+   * (metadata, and contents chunk by chunk), extras are removed, hard links are kept, and
+   * nothing a split holds is touched. Each entry is one task in the change queue, so live
+   * changes interleave in the right order (locked: the caller already runs in the queue).
    */
   private async reconcileTree(
     p: string,
-    phase: 'copy' | 'repair',
+    phase: ProgressEvent['phase'],
+    o: { locked?: boolean; deep?: boolean; signal?: AbortSignal } = {},
   ): Promise<{ bytes: number; entries: number }> {
+    const run = <T>(f: () => Promise<T>): Promise<T> => (o.locked ? f() : this.queue.push(f));
     let bytes = 0;
     let entries = 0;
     const links = new Map<number, string>();
     const report = (done: boolean) => this._onProgress.fire({ phase, entries, bytes, done });
-    const top = await fsp.lstat(this.primary + p).catch(() => undefined);
-    await this.queue.push(async () => {
-      const r = await this.syncQuick(p, top, links);
-      bytes += r;
-    });
+    const base = p === '/' ? '' : p;
+    bytes += await run(() => this.syncQuick(p, links, o.deep));
+    const top = await fsp.lstat(this.primary + base).catch(() => undefined);
     if (top?.isDirectory()) {
-      for await (const e of walk(this.primary + (p === '/' ? '' : p))) {
-        const vp = (p === '/' ? '' : p) + e.path;
-        bytes += await this.queue.push(() => this.syncQuick(vp, e.stat, links));
+      for await (const e of walk(this.primary + base)) {
+        if (o.signal?.aborted) return { bytes, entries };
+        bytes += await run(() => this.syncQuick(base + e.path, links, o.deep));
         entries++;
         if (entries % 1000 === 0) report(false);
       }
-      await this.queue.push(() => this.removeExtras(p));
+      let removed = '';
+      for await (const e of walk(this.layout.data + base)) {
+        if (o.signal?.aborted) return { bytes, entries };
+        const vp = base + e.path;
+        if (removed && vp.startsWith(removed + '/')) continue;
+        const gone = await run(async () => {
+          if (this.heldUnder(vp) || (await fsp.lstat(this.primary + vp).catch(() => undefined))) return false;
+          this.writer.forget(vp, true);
+          await fsp.rm(this.layout.data + vp, { recursive: true, force: true });
+          return true;
+        });
+        if (gone) removed = vp;
+      }
     }
     report(true);
     return { bytes, entries };
   }
 
-  private async reconcileTreeLocked(p: string): Promise<{ bytes: number; entries: number }> {
-    let bytes = 0;
-    let entries = 0;
-    const links = new Map<number, string>();
-    const top = await fsp.lstat(this.primary + p).catch(() => undefined);
-    bytes += await this.syncQuick(p, top, links);
-    if (top?.isDirectory()) {
-      for await (const e of walk(this.primary + (p === '/' ? '' : p))) {
-        bytes += await this.syncQuick((p === '/' ? '' : p) + e.path, e.stat, links);
-        entries++;
-      }
-      await this.removeExtras(p);
-    }
-    return { bytes, entries };
-  }
-
-  private async syncQuick(
-    p: string,
-    pst: import('node:fs').Stats | undefined,
-    links: Map<number, string>,
-  ): Promise<number> {
+  private async syncQuick(p: string, links: Map<number, string>, deep?: boolean): Promise<number> {
     const mp = p === '/' ? this.layout.data : this.layout.data + p;
-    if (p !== '/' && [...this.splits.values()].some((s) => covers(s.selector, p))) return 0;
-    this.writer.forget(p, false);
+    if (p !== '/' && this.isHeld(p)) return 0;
+    const pst = await fsp.lstat(p === '/' ? this.primary : this.primary + p).catch(() => undefined);
+    const mst = await fsp.lstat(mp).catch(() => undefined);
     if (!pst) {
+      if (p === '/' || !mst || this.heldUnder(p)) return 0;
+      this.writer.forget(p, true);
       await fsp.rm(mp, { recursive: true, force: true });
       return 0;
     }
-    const mst = await fsp.lstat(mp).catch(() => undefined);
+    const sameType = !!mst && (mst.mode & 0o170000) === (pst.mode & 0o170000);
+    if (mst && !sameType && this.heldUnder(p)) return 0;
+    if (p === '/') {
+      if (!sameMeta(pst, mst!) || pst.ctimeMs > mst!.ctimeMs) await syncMeta(this.primary, mp, pst);
+      return 0;
+    }
     if (pst.isFile() && pst.nlink > 1) {
       const first = links.get(pst.ino);
       if (first) {
         const firstM = await fsp.lstat(this.layout.data + first).catch(() => undefined);
         if (firstM && (!mst || mst.ino !== firstM.ino)) {
-          await fsp.rm(mp, { force: true });
+          this.writer.forget(p, false);
+          await fsp.rm(mp, { recursive: true, force: true });
+          await this.ensureParents(p);
           await fsp.link(this.layout.data + first, mp);
         }
         return 0;
       }
       links.set(pst.ino, p);
     }
-    if (
-      mst &&
-      (mst.mode & 0o170000) === (pst.mode & 0o170000) &&
-      (pst.isDirectory() || (mst.size === pst.size && Math.abs(mst.mtimeMs - pst.mtimeMs) < 1)) &&
-      mst.mode === pst.mode &&
-      mst.uid === pst.uid &&
-      mst.gid === pst.gid
-    )
-      return 0;
-    if (p === '/') {
-      await fsp.chmod(mp, pst.mode & 0o7777);
-      await fsp.lchown(mp, pst.uid, pst.gid);
-      return 0;
-    }
-    const sameFile =
-      mst && pst.isFile() && mst.isFile() && mst.size === pst.size && Math.abs(mst.mtimeMs - pst.mtimeMs) < 1;
-    const r = await syncEntry(
-      this.primary + p,
-      mp,
-      sameFile ? new (await import('./range-set.js')).RangeSet() : undefined,
-    );
+    const sameData = sameType && (pst.isDirectory() || (mst!.size === pst.size && Math.abs(mst!.mtimeMs - pst.mtimeMs) < 1));
+    const newer = !!mst && pst.ctimeMs > mst.ctimeMs;
+    if (sameData && sameMeta(pst, mst!) && !newer && !(deep && pst.isFile())) return 0;
+    this.writer.forget(p, true);
+    await this.ensureParents(p);
+    // Same size and mtime: probably equal, so compare rather than copy.
+    const r = await syncEntry(this.primary + p, mp, { compare: sameData });
     return r.bytesCopied;
-  }
-
-  private async removeExtras(p: string): Promise<void> {
-    const base = p === '/' ? '' : p;
-    const extras: string[] = [];
-    for await (const e of walk(this.layout.data + base)) {
-      const vp = base + e.path;
-      if (extras.some((x) => vp.startsWith(x + '/'))) continue;
-      if ([...this.splits.values()].some((s) => covers(s.selector, vp))) continue;
-      if (!(await fsp.lstat(this.primary + vp).catch(() => undefined))) extras.push(vp);
-    }
-    for (const x of extras) {
-      this.writer.forget(x, true);
-      await fsp.rm(this.layout.data + x, { recursive: true, force: true });
-    }
   }
 
   // ---- status, verify, lifecycle -------------------------------------------------------------
@@ -592,10 +706,11 @@ export class MirrorDriver implements ChangeSink {
     };
   }
 
-  /** Resolves when every reported change has been applied or tracked. */
+  /** Resolves when every reported change has been applied or tracked (and journaled). */
   async whenIdle(): Promise<void> {
     await this.queue.whenIdle();
     await this.queue.push(() => this.syncAllTimes());
+    await this.journal.flush();
   }
 
   /** Compares primary and mirror for every pair in PAIR state. */
@@ -603,28 +718,61 @@ export class MirrorDriver implements ChangeSink {
     await this.whenIdle();
     const skip = (p: string) =>
       this.isBroken(p) ||
-      [...this.splits.values()].some(
-        (s) => covers(s.selector, p) || [...s.touched].some((t) => p === t || p.startsWith(t + '/')),
-      );
+      [...this.splits.values()].some((s) => s.covers(p) || [...s.touched].some((t) => p === t || p.startsWith(t + '/')));
     return verifyTrees(this.primary, this.layout.data, { skip, content: opts.content, signal: opts.signal });
   }
 
-  private async checkpoint(): Promise<void> {
-    if (this.disposed || this.queue.length > 0) return;
-    const cutoff = Date.now() - 30_000;
-    for (const [p, t] of this.intents) if (t < cutoff) this.intents.delete(p);
-    await this.journal.checkpoint(this.splits.values(), this.broken, this.intents.keys());
+  private queueCheckpoint(): void {
+    if (this.disposed || this.checkpointQueued) return;
+    this.checkpointQueued = true;
+    // In the queue: a resync in progress has dropped its split from memory but not yet
+    // recorded its release, so a snapshot must not be taken in the middle of one.
+    void this.queue
+      .push(async () => {
+        this.checkpointQueued = false;
+        if (this.disposed) return;
+        const cutoff = Date.now() - 30_000;
+        for (const [p, t] of this.intents) if (t < cutoff) this.intents.delete(p);
+        await this.journal.checkpoint(() => this.snapshot());
+      })
+      .catch(() => undefined);
   }
 
-  /** Applies everything queued, records a clean shutdown and stops timers. Splits stay recorded. */
+  /** The live state, as journal lines. */
+  private snapshot(): JournalRecord[] {
+    const lines: JournalRecord[] = [];
+    for (const s of this.splits.values()) {
+      lines.push({ t: 'split', s: s.toRecord() });
+      for (const c of s.namespace) lines.push({ t: 'ns', id: s.id, c });
+      for (const [p, f] of s.files) {
+        if (f.cut !== undefined) lines.push({ t: 'tr', id: s.id, p, size: f.cut });
+        for (const [a, b] of f.ranges.toArray()) lines.push({ t: 'w', id: s.id, p, a, b });
+      }
+      for (const p of s.touched) lines.push({ t: 'm', id: s.id, p });
+    }
+    for (const p of this.broken) lines.push({ t: 'broken', p });
+    for (const p of new Set([...this.intents.keys(), ...this.pendingIntents])) lines.push({ t: 'intent', p });
+    if (this.deep) lines.push({ t: 'deep', on: true });
+    return lines;
+  }
+
+  /**
+   * Stops background work (what is left of it is recorded and resumed at the next start),
+   * applies everything queued, records a clean shutdown and stops timers. Splits stay recorded.
+   */
   async dispose(): Promise<void> {
     if (this.disposed) return;
     for (const t of this.timers) clearInterval(t);
     if (this.timesTimer) clearTimeout(this.timesTimer);
+    this.abort.abort();
+    await this.ready.catch(() => undefined);
+    await this.repairing?.catch(() => undefined);
     await this.whenIdle();
     this.disposed = true;
     this.writer.closeAll();
-    await this.journal.checkpoint(this.splits.values(), this.broken, []);
+    // Every change reported so far is on the mirror (or tracked): no intent is open.
+    this.intents.clear();
+    await this.journal.checkpoint(() => this.snapshot());
     await this.journal.close(true);
   }
 
@@ -644,31 +792,41 @@ export class MirrorDriver implements ChangeSink {
   }
 }
 
-function trackRecord(id: string, c: Change) {
+function sameMeta(a: Stats, b: Stats): boolean {
+  return a.mode === b.mode && a.uid === b.uid && a.gid === b.gid;
+}
+
+/** The paths of a set that are not below another one of it. */
+function outermost(paths: Iterable<string>): string[] {
+  const sorted = [...new Set(paths)].sort();
+  const out: string[] = [];
+  for (const p of sorted) {
+    if (out.some((q) => q === '/' || p === q || p.startsWith(q + '/'))) continue;
+    out.push(p);
+  }
+  return out;
+}
+
+function trackRecord(id: string, c: Change): JournalRecord {
   switch (c.op) {
     case 'write':
-      return { t: 'w' as const, id, p: c.path, a: c.offset, b: c.offset + c.data.length };
+      return { t: 'w', id, p: c.path, a: c.offset, b: c.offset + c.data.length };
     case 'truncate':
-      return { t: 'tr' as const, id, p: c.path, size: c.size };
+      return { t: 'tr', id, p: c.path, size: c.size };
     case 'chmod':
     case 'chown':
     case 'utimens':
     case 'setxattr':
     case 'removexattr':
     case 'fsync':
-      return { t: 'm' as const, id, p: c.path };
+      return { t: 'm', id, p: c.path };
     default:
-      return { t: 'ns' as const, id, c };
+      return { t: 'ns', id, c };
   }
 }
 
 function normalizeSelector(sel: Selector): Selector {
-  const norm = (p: string) =>
-    '/' +
-    p
-      .split('/')
-      .filter((x) => x && x !== '.')
-      .join('/');
+  const norm = (p: string) => '/' + p.split('/').filter((x) => x && x !== '.').join('/');
   return {
     volume: sel.volume || undefined,
     paths: sel.paths?.map(norm),
@@ -678,8 +836,5 @@ function normalizeSelector(sel: Selector): Selector {
 
 export function defaultStateDir(): string {
   if ((process.getuid?.() ?? 1) === 0) return '/var/lib/twinfs';
-  return path.join(
-    process.env.XDG_STATE_HOME ?? path.join(process.env.HOME ?? '/tmp', '.local/state'),
-    'twinfs',
-  );
+  return path.join(process.env.XDG_STATE_HOME ?? path.join(process.env.HOME ?? '/tmp', '.local/state'), 'twinfs');
 }

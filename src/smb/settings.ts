@@ -122,7 +122,10 @@ export function mergeSmbSettings(
   }
   const users = new Map((fromFile?.users ?? []).map((u) => [u.name, u]));
   for (const u of cli.users ?? []) users.set(u.name, u);
-  return { ...fromFile, listen: cli.listen ?? fromFile!.listen, users: [...users.values()] };
+  const merged = { ...fromFile, listen: cli.listen ?? fromFile!.listen, users: [...users.values()] };
+  // Mistakes in the settings stop `twinfs serve` before it mounts anything.
+  resolveSmbSettings(merged);
+  return merged;
 }
 
 /** Fills in defaults; refuses a share nobody could log in to. */

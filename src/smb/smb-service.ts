@@ -219,6 +219,7 @@ export class SmbService implements Disposable {
     const [file, args] = tools.setpriv
       ? [tools.setpriv, ['--pdeathsig', 'SIGTERM', '--', tools.smbd, ...smbdArgs]]
       : [tools.smbd, smbdArgs];
+    if (this.disposed) return;
     const child = spawn(file, args, { stdio: ['ignore', 'ignore', 'pipe'], detached: true });
     let stderr = '';
     child.stderr!.on('data', (d) => (stderr = (stderr + String(d)).slice(-4000)));

@@ -172,7 +172,8 @@ describe('twinfs serve: bad input fails clearly and mounts nothing', () => {
         cacheBytes: 2 * 1024 * 1024,
       });
     } finally {
-      expect(await proc.stop()).toBe(0);
+      const c = await proc.stop();
+      expect(c, `${proc.proc.signalCode} ${proc.stderr()} ${JSON.stringify(proc.events)}`).toBe(0);
     }
   });
 
