@@ -1,5 +1,7 @@
 /**
- * The twinfs plugin API, version 1.0.0 — the only surface a plugin may use.
+ * The twinfs plugin API, version 1.0.0 — the only surface a plugin may use. Hand-written and
+ * documented in docs/plugins.md; the host (src/plugins) implements it, and the target contract
+ * below mirrors src/backup-peer/target.ts field for field.
  *
  * A plugin is a folder with a package.json manifest and an ES module exporting
  * `activate(context)` (and optionally `deactivate()`):
@@ -25,172 +27,244 @@
  * }
  * ```
  *
+ * Types only: `import('twinfs')` resolves to this file (package.json "exports" → "types", or a
+ * tsconfig/jsconfig "paths" entry, see docs/plugins.md); there is no runtime module to import.
+ * Everything a plugin calls arrives through `context.twinfs`.
+ *
  * Activation events: `onStartup` (or `*`), `onTarget:ID` (a backup uses `--target ID:...`),
  * `onCommand:ID`, `onEvent:NAME` (one of the event names below). A plugin whose activate()
  * throws or takes longer than the host's timeout is recorded as failed and disabled; the
  * server and the peer keep running.
  */
-declare module 'twinfs' {
-  /** Something that holds a resource. */
-  export interface Disposable {
-    dispose(): void | Promise<void>;
-  }
+import type { Readable } from 'node:stream';
 
-  /** Subscribes a listener; dispose the result to unsubscribe. */
-  export type Event<T> = (listener: (e: T) => unknown) => Disposable;
+/** Something that holds a resource. */
+export interface Disposable {
+  dispose(): void | Promise<void>;
+}
 
-  export interface PluginContext {
-    /** The plugin's name (from its manifest). */
-    readonly name: string;
-    /** The plugin's folder. */
-    readonly extensionPath: string;
-    /** A folder the plugin may write to (created for it). */
-    readonly storagePath: string;
-    /** Disposed in reverse order when the plugin is deactivated. */
-    readonly subscriptions: Disposable[];
-    readonly logger: { info(msg: string): void; warn(msg: string): void; error(msg: string): void };
-    /** A small persistent store (JSON). */
-    readonly state: {
-      get<T>(key: string, fallback?: T): T | undefined;
-      update(key: string, value: unknown): Promise<void>;
-      keys(): string[];
-    };
-    /** Settings, validated against contributes.configuration, defaults filled in. */
-    readonly configuration: { get<T>(key: string, fallback?: T): T | undefined };
-    /** The API. */
-    readonly twinfs: TwinfsApi;
-  }
+/** Subscribes a listener; dispose the result to unsubscribe. */
+export type Event<T> = (listener: (e: T) => unknown) => Disposable;
 
-  export interface TwinfsApi {
-    /** The API version ("1.0.0"). */
-    readonly version: string;
-    /** Registers a backup target type, declared in contributes.backupTargets. */
-    registerBackupTarget(id: string, provider: { open(location: string): Promise<BackupTarget> }): Disposable;
-    /** Registers a command, declared in contributes.commands; callable from the CLI and the REPL. */
-    registerCommand(id: string, handler: (...args: string[]) => unknown): Disposable;
-    executeCommand(id: string, ...args: unknown[]): Promise<unknown>;
+export interface PluginLogger {
+  info(msg: string): void;
+  warn(msg: string): void;
+  error(msg: string): void;
+}
 
-    /**
-     * Before writes to files are inhibited for a backup: call waitUntil(promise) to quiesce an
-     * application (checkpoint a database, pause a job). Bounded by its own timeout, never
-     * counted in the write stall.
-     */
-    readonly onWillFreeze: Event<{ selector: Selector; waitUntil(p: Promise<unknown>): void }>;
-    readonly onDidFreeze: Event<{ selector: Selector; backupId?: string }>;
-    /** Writes flow again (after the split of a backup, or an operator thaw). */
-    readonly onDidThaw: Event<{ selector: Selector; backupId?: string; stallMs?: number }>;
-    readonly onDidSplit: Event<{ selector: Selector; backupId: string; deviceId: string }>;
-    readonly onDidResync: Event<{ backupId: string; bytesCopied?: number }>;
-    readonly onWillBackup: Event<{ snapshotId: string; selector: Selector; target: string }>;
-    readonly onDidCompleteBackup: Event<{ snapshotId: string; totals: SnapshotTotals; target: string }>;
-    readonly onDidFail: Event<{ snapshotId?: string; code: string; message: string }>;
+export interface PluginContext {
+  /** The plugin's name (from its manifest). */
+  readonly name: string;
+  /** The plugin's folder. */
+  readonly extensionPath: string;
+  /** A folder the plugin may write to (created for it, kept across runs). */
+  readonly storagePath: string;
+  /** Disposed in reverse order when the plugin is deactivated (a failing one does not stop the rest). */
+  readonly subscriptions: Disposable[];
+  readonly logger: PluginLogger;
+  /** A small persistent store (one JSON file in storagePath). */
+  readonly state: {
+    get<T>(key: string, fallback?: T): T | undefined;
+    update(key: string, value: unknown): Promise<void>;
+    keys(): string[];
+  };
+  /** Settings, validated against contributes.configuration, defaults filled in. */
+  readonly configuration: { get<T>(key: string, fallback?: T): T | undefined };
+  /** The API. */
+  readonly twinfs: TwinfsApi;
+}
 
-    /** Errors of the target contract; the peer retries transient ones only. */
-    readonly errors: {
-      notFound(message: string): Error;
-      transient(message: string): Error;
-      failed(message: string): Error;
-      pathEscape(message: string): Error;
-      /** Maps a Node fs error: ENOENT/ENOTDIR → notFound, EAGAIN/ECONNRESET/... → transient, else failed. */
-      fromFs(err: unknown, what: string): Error;
-    };
-    /** Checks a volume path ('/a/b', no '.' or '..'); returns its components or throws pathEscape. */
-    volumePathParts(path: string): string[];
-  }
+/** What a plugin module exports. activate may return the plugin's own API (kept by the host). */
+export interface PluginModule {
+  activate(context: PluginContext): unknown;
+  deactivate?(): unknown;
+}
 
-  export interface Selector {
-    paths?: string[];
-    subtrees?: string[];
-    volume?: boolean;
-  }
+export interface TwinfsApi {
+  /** The API version ("1.0.0"). */
+  readonly version: string;
+  /**
+   * Registers a backup target type, declared in contributes.backupTargets. The host wraps the
+   * provider: every call is bounded by a timeout and a failure is recorded against the plugin.
+   */
+  registerBackupTarget(id: string, provider: BackupTargetProviderLike): Disposable;
+  /** Registers a command, declared in contributes.commands; callable from the CLI and the REPL. */
+  registerCommand(id: string, handler: (...args: string[]) => unknown): Disposable;
+  executeCommand(id: string, ...args: unknown[]): Promise<unknown>;
 
-  // ---- the backup target contract --------------------------------------------------------------
+  /**
+   * Before writes to files are inhibited for a backup: call waitUntil(promise) to quiesce an
+   * application (checkpoint a database, pause a job). Bounded by its own timeout, never
+   * counted in the write stall; a failure is reported and the backup goes on
+   * crash-consistent or fails, as the operator configured.
+   */
+  readonly onWillFreeze: Event<WillFreezeEvent>;
+  readonly onDidFreeze: Event<{ selector: Selector; backupId?: string }>;
+  /** Writes flow again (after the split of a backup, or an operator thaw). Resume what onWillFreeze paused. */
+  readonly onDidThaw: Event<{ selector: Selector; backupId?: string; stallMs?: number }>;
+  readonly onDidSplit: Event<{ selector: Selector; backupId: string; deviceId: string }>;
+  readonly onDidResync: Event<{ backupId: string; bytesCopied?: number }>;
+  readonly onWillBackup: Event<{ snapshotId: string; selector: Selector; target: string }>;
+  readonly onDidCompleteBackup: Event<{ snapshotId: string; totals: SnapshotTotals; target: string }>;
+  readonly onDidFail: Event<{ snapshotId?: string; code: string; message: string }>;
 
-  export interface TargetCapabilities {
-    rangedReads: boolean;
-    dedup: boolean;
-    atomicRename: boolean;
-    maxConcurrency: number;
-  }
+  /** Errors of the target contract; the peer retries transient ones only. Each carries a `code`. */
+  readonly errors: {
+    /** ETWIN_TARGET_NOT_FOUND: no such snapshot or path (stat, openFile, readManifest, reuseFile). */
+    notFound(message: string): TargetError;
+    /** ETWIN_TARGET_TRANSIENT: may clear by itself (network, throttling); the peer retries. */
+    transient(message: string): TargetError;
+    /** ETWIN_TARGET_FAILED: permanent. */
+    failed(message: string): TargetError;
+    /** ETWIN_PATH_ESCAPE: a path that is not a clean volume path. */
+    pathEscape(message: string): TargetError;
+    /** Maps a Node fs error: ENOENT/ENOTDIR → notFound, EAGAIN/ECONNRESET/... → transient, else failed. */
+    fromFs(err: unknown, what: string): TargetError;
+  };
+  /** Checks a volume path ('/a/b', no '.' or '..', no NUL); returns its components or throws pathEscape. */
+  volumePathParts(path: string): string[];
+}
 
-  export interface EntryMeta {
-    size: number;
-    mode: number;
-    uid: number;
-    gid: number;
-    /** ms since the epoch. */
-    mtime: number;
-  }
+export interface WillFreezeEvent {
+  selector: Selector;
+  backupId?: string;
+  /** Delays the freeze until the promise settles (or the host's timeout runs out). */
+  waitUntil(p: Promise<unknown>): void;
+}
 
-  export type EntryType = 'file' | 'dir' | 'symlink';
+export type TargetErrorCode =
+  | 'ETWIN_TARGET_NOT_FOUND'
+  | 'ETWIN_TARGET_TRANSIENT'
+  | 'ETWIN_TARGET_FAILED'
+  | 'ETWIN_PATH_ESCAPE';
 
-  export interface ManifestEntry extends EntryMeta {
-    path: string;
-    type: EntryType;
-    hash?: string;
-    target?: string;
-  }
+/** An error from context.twinfs.errors: a literal code and a serialisable payload. */
+export interface TargetError extends Error {
+  readonly code: TargetErrorCode;
+  readonly data: Record<string, unknown>;
+}
 
-  export interface SnapshotMeta {
-    snapshotId: string;
-    time: number;
-    server: string;
-    deviceId: string;
-    selector: Record<string, unknown>;
-    parentId?: string;
-  }
+export interface Selector {
+  paths?: string[];
+  subtrees?: string[];
+  volume?: boolean;
+}
 
-  export interface SnapshotTotals {
-    files: number;
-    dirs: number;
-    symlinks: number;
-    bytes: number;
-    copiedBytes: number;
-    reusedFiles: number;
-    skipped: number;
-  }
+// ---- the backup target contract --------------------------------------------------------------
 
-  export interface SnapshotManifest {
-    version: 1;
-    meta: SnapshotMeta;
-    totals: SnapshotTotals;
-    entries: ManifestEntry[];
-  }
+/** What a target can do; the peer plans around it. */
+export interface TargetCapabilities {
+  /** openFile honours {start, end} without reading from the beginning. */
+  rangedReads: boolean;
+  /** reuseFile shares data with the previous snapshot (hard links, content addressing). */
+  dedup: boolean;
+  /** A committed snapshot appears at once, whole. */
+  atomicRename: boolean;
+  /** How many putFile/reuseFile calls the peer may have in flight on one writer. */
+  maxConcurrency: number;
+}
 
-  export interface SnapshotWriter {
-    readonly snapshotId: string;
-    /** Atomic: never visible half-written. Resolves with the sha256 and length stored. */
-    putFile(
-      path: string,
-      data: NodeJS.ReadableStream,
-      meta: EntryMeta,
-      opts?: { signal?: AbortSignal },
-    ): Promise<{ hash: string; bytes: number }>;
-    /** Shares an unchanged file with an earlier committed snapshot; notFound if that data is gone. */
-    reuseFile(path: string, fromSnapshotId: string, entry: ManifestEntry): Promise<void>;
-    putDir(path: string, meta: EntryMeta): Promise<void>;
-    putSymlink(path: string, target: string, meta: EntryMeta): Promise<void>;
-    /** Durable (data and manifest synced) and visible only when this resolves. */
-    commit(manifest: SnapshotManifest): Promise<void>;
-    /** Idempotent. */
-    abort(): Promise<void>;
-  }
+/** mtime in ms since the epoch (fractional). */
+export interface EntryMeta {
+  size: number;
+  mode: number;
+  uid: number;
+  gid: number;
+  mtime: number;
+}
 
-  export interface BackupTarget {
-    readonly id: string;
-    /** `ID:LOCATION`, reopens this target. */
-    readonly spec: string;
-    readonly capabilities: TargetCapabilities;
-    beginSnapshot(meta: SnapshotMeta): Promise<SnapshotWriter>;
-    /** Committed snapshots, oldest first. */
-    listSnapshots(): Promise<Array<{ snapshotId: string; time: number }>>;
-    readManifest(snapshotId: string): Promise<SnapshotManifest>;
-    /** `end` inclusive. */
-    openFile(snapshotId: string, path: string, range?: { start?: number; end?: number }): Promise<NodeJS.ReadableStream>;
-    /** notFound, and nothing else, when absent. */
-    stat(snapshotId: string, path: string): Promise<{ type: EntryType; size: number }>;
-    /** Idempotent. */
-    deleteSnapshot(snapshotId: string): Promise<void>;
-    close(): Promise<void>;
-  }
+export type EntryType = 'file' | 'dir' | 'symlink';
+
+export interface ManifestEntry extends EntryMeta {
+  path: string;
+  type: EntryType;
+  /** sha256 (hex) of the content, files only. */
+  hash?: string;
+  /** Symlink target, symlinks only (stored verbatim, never followed). */
+  target?: string;
+}
+
+export interface SnapshotMeta {
+  snapshotId: string;
+  /** Start time, ms since the epoch. */
+  time: number;
+  server: string;
+  deviceId: string;
+  selector: Record<string, unknown>;
+  /** The snapshot reuseFile draws from, if any. */
+  parentId?: string;
+}
+
+export interface SnapshotTotals {
+  files: number;
+  dirs: number;
+  symlinks: number;
+  bytes: number;
+  copiedBytes: number;
+  reusedFiles: number;
+  skipped: number;
+}
+
+/** Everything a committed snapshot says about itself; a target stores it durably on commit. */
+export interface SnapshotManifest {
+  version: 1;
+  meta: SnapshotMeta;
+  totals: SnapshotTotals;
+  entries: ManifestEntry[];
+}
+
+export interface PutResult {
+  /** sha256 (hex) of the bytes stored. */
+  hash: string;
+  bytes: number;
+}
+
+/** Fills one snapshot. Nothing of it is visible to listSnapshots before commit resolves. */
+export interface SnapshotWriter {
+  readonly snapshotId: string;
+  /** Atomic: never visible half-written; a failed put leaves nothing. Resolves with the sha256 and length stored. */
+  putFile(path: string, data: Readable, meta: EntryMeta, opts?: { signal?: AbortSignal }): Promise<PutResult>;
+  /** Shares an unchanged file with an earlier committed snapshot; notFound if that data is gone. */
+  reuseFile(path: string, fromSnapshotId: string, entry: ManifestEntry): Promise<void>;
+  putDir(path: string, meta: EntryMeta): Promise<void>;
+  putSymlink(path: string, target: string, meta: EntryMeta): Promise<void>;
+  /** Durable (data and manifest synced) and visible only when this resolves. */
+  commit(manifest: SnapshotManifest): Promise<void>;
+  /** Drops everything written so far. Idempotent; safe after a failed commit. */
+  abort(): Promise<void>;
+}
+
+export interface TargetSnapshotInfo {
+  snapshotId: string;
+  time: number;
+}
+
+export interface TargetStat {
+  type: EntryType;
+  size: number;
+}
+
+export interface BackupTarget {
+  /** The target type ('dir', 'tar', 's3' ...). */
+  readonly id: string;
+  /** `ID:LOCATION`, reopens this target; stored in the catalog. */
+  readonly spec: string;
+  readonly capabilities: TargetCapabilities;
+  beginSnapshot(meta: SnapshotMeta): Promise<SnapshotWriter>;
+  /** Committed snapshots only, oldest first. */
+  listSnapshots(): Promise<TargetSnapshotInfo[]>;
+  /** notFound when there is no such committed snapshot. */
+  readManifest(snapshotId: string): Promise<SnapshotManifest>;
+  /** A file's content; `end` is inclusive (like fs.createReadStream). */
+  openFile(snapshotId: string, path: string, range?: { start?: number; end?: number }): Promise<Readable>;
+  /** notFound, and nothing else, when the snapshot or path does not exist. */
+  stat(snapshotId: string, path: string): Promise<TargetStat>;
+  /** Removes a snapshot, committed or not. Deleting a missing snapshot succeeds. */
+  deleteSnapshot(snapshotId: string): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** What registerBackupTarget takes: opens targets from the location part of a spec (`mine:LOCATION`). */
+export interface BackupTargetProviderLike {
+  open(location: string): Promise<BackupTarget>;
 }

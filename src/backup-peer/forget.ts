@@ -48,7 +48,7 @@ export function planForget(
   for (const g of groups.values()) {
     const newestFirst = [...g].sort((a, b) => b.time - a.time);
     const kept = new Set<string>();
-    newestFirst.slice(0, policy.keepLast ?? 0).forEach((s) => kept.add(s.id));
+    for (const s of newestFirst.slice(0, policy.keepLast ?? 0)) kept.add(s.id);
     const days = new Set<string>();
     for (const s of newestFirst) {
       if (days.size >= (policy.keepDaily ?? 0)) break;

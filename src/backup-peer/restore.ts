@@ -145,7 +145,9 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     );
     for (const d of metaDirs) {
       try {
-        await applyMeta(await tree.resolve(d.path), d, asRoot, false);
+        const dir = await tree.resolve(d.path);
+        // chmod follows symlinks: touch only a real directory (a symlink here was refused above).
+        if ((await fsp.lstat(dir)).isDirectory()) await applyMeta(dir, d, asRoot, false);
       } catch (err) {
         if (errnoCode(err) !== 'ENOENT') fail(d.path, err);
       }

@@ -98,3 +98,20 @@ export function validateConfig(raw: unknown, file = '<config>'): ServeConfig {
   }
   return out as ServeConfig;
 }
+
+/**
+ * Validates settings given as command-line options: the same rules as a config file, reported
+ * as usage errors that name the option (`--cache-mb must be a positive number`).
+ */
+export function validateCliSettings(cli: Record<string, unknown>): ServeConfig {
+  try {
+    return validateConfig(cli);
+  } catch (err) {
+    const key = err instanceof TwinError && err.code === 'ETWIN_CONFIG' ? err.data.key : undefined;
+    if (typeof key !== 'string') throw err;
+    const option = '--' + key.replace(/[A-Z]/g, (c: string) => '-' + c.toLowerCase());
+    const message = (err as TwinError).message;
+    const reason = message.replace(/^config <config>: "[^"]+" /, '');
+    throw new TwinError('ETWIN_USAGE', `${option} ${reason}`, { option });
+  }
+}

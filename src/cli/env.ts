@@ -2,4 +2,5 @@
 // handlers call fs.* on the primary while kernel requests wait on them, and the default pool of
 // 4 threads starves (see FUSE-NOTES). The pool size is read once, at first use.
 process.env.UV_THREADPOOL_SIZE ??= '32';
+
 export {};

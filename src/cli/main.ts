@@ -69,7 +69,8 @@ async function main(argv: string[]): Promise<number> {
           })
           .option('smb', {
             type: 'string',
-            describe: 'serve the mount over SMB with Samba on [HOST:]PORT (127.0.0.1 by default; docs/smb.md)',
+            describe:
+              'serve the mount over SMB with Samba on [HOST:]PORT (127.0.0.1 by default; docs/smb.md)',
           })
           .option('smb-user', {
             type: 'string',

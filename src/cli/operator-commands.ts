@@ -96,7 +96,7 @@ export function registerOperatorCommands(
     async (a: any) => {
       const { url, token } = await resolveConnection({ server: a.server, tokenFile: a['token-file'] });
       const probe = await connect({ server: url, tokenFile: a['token-file'] }).catch(() => null);
-      let listDir;
+      let listDir: ReturnType<typeof localLister> | undefined;
       if (probe) {
         const s = (await probe.request('status').catch(() => null)) as any;
         if (s?.fs?.primary) listDir = localLister(s.fs.primary);

@@ -1,14 +1,14 @@
+import { promises as fsp } from 'node:fs';
+import * as path from 'node:path';
 import { TwinError } from '../common/errors.js';
-import { TwinFs } from '../fusefs/index.js';
-import { preflight } from '../fusefs/mount-checks.js';
 import { BackupService } from '../control/backup-service.js';
 import { ControlServer } from '../control/control-server.js';
 import { loadOrCreateToken } from '../control/token.js';
+import { TwinFs } from '../fusefs/index.js';
+import { preflight } from '../fusefs/mount-checks.js';
 import { defaultStateDir, MirrorDriver } from '../mirror-driver/index.js';
-import { promises as fsp } from 'node:fs';
-import * as path from 'node:path';
-import { loadConfig, type ServeConfig, validateConfig } from './config.js';
 import { describeSmbEvent, mergeSmbSettings, parseUserSpec, SmbService } from '../smb/index.js';
+import { loadConfig, type ServeConfig, validateCliSettings } from './config.js';
 
 export interface ServeArgs extends ServeConfig {
   config?: string;
@@ -45,7 +45,7 @@ export async function resolveServeConfig(
   ] as const) {
     if (args[k] !== undefined) cli[k] = args[k];
   }
-  const merged = { ...fromFile, ...validateConfig(cli) };
+  const merged = { ...fromFile, ...validateCliSettings(cli) };
   if (!merged.primary)
     throw new TwinError(
       'ETWIN_USAGE',
@@ -66,6 +66,23 @@ export async function resolveServeConfig(
  */
 export async function serve(args: ServeArgs): Promise<number> {
   const cfg = await resolveServeConfig(args);
+  // Signal handlers go in before anything is mounted (and long before "mounted" is printed):
+  // Node installs a handler only when the first listener is added, and a SIGTERM sent the
+  // moment a supervisor sees "mounted" must not find the default action (death, mount left
+  // stale). A signal that comes while mounting stops the server as soon as the mount is up.
+  let pendingSignal: string | undefined;
+  let onStop: ((signal: string) => void) | undefined;
+  const onSignal = (signal: string) => {
+    if (onStop) return onStop(signal);
+    if (pendingSignal) {
+      process.stderr.write(`twinfs: ${signal} again, exiting before the mount is up\n`);
+      process.exit(1);
+    }
+    pendingSignal = signal;
+  };
+  process.on('SIGTERM', () => onSignal('SIGTERM'));
+  // With --repl the REPL owns Ctrl-C (it cancels the running command).
+  if (!args.repl) process.on('SIGINT', () => onSignal('SIGINT'));
   const out = (event: string, data: Record<string, unknown>, text: string) =>
     process.stdout.write(args.json ? JSON.stringify({ event, ...data }) + '\n' : `twinfs: ${text}\n`);
 
@@ -184,7 +201,8 @@ export async function serve(args: ServeArgs): Promise<number> {
           },
         );
     };
-    process.on('SIGTERM', () => stop('SIGTERM'));
+    onStop = stop;
+    if (pendingSignal) stop(pendingSignal);
     if (args.repl && control) {
       // The REPL owns Ctrl-C (it cancels the running command); leaving the REPL stops the server.
       const url = control.url;
@@ -199,7 +217,7 @@ export async function serve(args: ServeArgs): Promise<number> {
         });
         stop('repl exit');
       });
-    } else process.on('SIGINT', () => stop('SIGINT'));
+    }
   });
 }
 

@@ -31,6 +31,7 @@ interface ActiveBackup {
   expiresAt: number;
   timer: NodeJS.Timeout;
   stallMs: number;
+  leaseMs: number;
 }
 
 interface ActiveFreeze {
@@ -58,6 +59,11 @@ export interface StallStats {
 export class BackupService {
   private readonly backups = new Map<string, ActiveBackup>();
   private readonly freezes = new Map<string, ActiveFreeze>();
+  /**
+   * Selections of prepares and freezes still on their way (inhibit, drain, flush, split):
+   * an overlapping request arriving meanwhile is busy, as it would be a moment later.
+   */
+  private readonly reserved = new Set<{ kind: 'prepare' | 'freeze'; selector: Selector }>();
   private readonly maxStallMs: number;
   private readonly defaultLeaseMs: number;
   private readonly freezeTimeoutMs: number;
@@ -85,14 +91,34 @@ export class BackupService {
     this.assertMirrorReady(mirror, selector);
     const inhibitor = this.requireInhibitor();
     const budget = Math.min(o.maxStallMs ?? this.maxStallMs, this.maxStallMs);
+    const reservation = { kind: 'prepare' as const, selector };
+    this.reserved.add(reservation);
+    try {
+      return await this.prepareReserved(mirror, inhibitor, sel, selector, budget, o);
+    } finally {
+      this.reserved.delete(reservation);
+    }
+  }
 
+  private async prepareReserved(
+    mirror: MirrorDriver,
+    inhibitor: NonNullable<TwinFs['inhibitor']>,
+    sel: SelectorMsg,
+    selector: Selector,
+    budget: number,
+    o: { owner: string; leaseMs?: number },
+  ): Promise<PrepareResult> {
     const t0 = performance.now();
     const inh = inhibitor.inhibit(toInhibitSelector(selector));
     let splitId: string | undefined;
     let timedOut = false;
     const work = (async () => {
       await inh.drained();
-      await this.opts.fs.flushWhere((p) => covers(selector, p));
+      await this.opts.fs
+        .flushWhere((p) => covers(selector, p))
+        .catch((err) => {
+          throw writebackError(err);
+        });
       const s = await mirror.split(selector, o.owner);
       splitId = s.splitId;
       // Lost the race against the stall budget: undo at once.
@@ -140,12 +166,26 @@ export class BackupService {
       started: Date.now(),
       expiresAt: Date.now() + leaseMs,
       stallMs,
+      leaseMs,
       timer: setTimeout(() => this.expire(backupId), leaseMs),
     };
     b.timer.unref();
     this.backups.set(backupId, b);
     this._onEvent.fire({ event: 'split', data: { backupId, selector, stallMs } });
-    const { items, complete } = await this.listItems(mirror, selector);
+    let listed: { items: Item[]; complete: boolean };
+    try {
+      listed = await this.listItems(mirror, selector);
+    } catch (err) {
+      // The caller never learns the backupId: nothing may stay split.
+      await this.release(backupId).catch(() => undefined);
+      const e = err as NodeJS.ErrnoException;
+      throw new TwinError(
+        'ETWIN_MIRROR_BROKEN',
+        `the mirror's copy of the selection cannot be listed (${e.code ?? e.message}); run a repair`,
+        { errno: e.code, path: e.path },
+      );
+    }
+    const { items, complete } = listed;
     return {
       backupId,
       deviceId: mirror.deviceId,
@@ -161,7 +201,8 @@ export class BackupService {
 
   renew(backupId: string, owner: string, leaseMs?: number): { backupId: string; expiresAt: number } {
     const b = this.backup(backupId, owner);
-    const ms = leaseMs ?? this.defaultLeaseMs;
+    const ms = leaseMs ?? b.leaseMs;
+    b.leaseMs = ms;
     clearTimeout(b.timer);
     b.expiresAt = Date.now() + ms;
     b.timer = setTimeout(() => this.expire(backupId), ms);
@@ -199,14 +240,26 @@ export class BackupService {
     for (const f of this.freezes.values())
       if (selectorsOverlap(f.selector, selector))
         throw new TwinError('ETWIN_BUSY', `already frozen by ${f.freezeId}`, { freezeId: f.freezeId });
-    const inhibition = this.requireInhibitor().inhibit(toInhibitSelector(selector));
+    for (const r of this.reserved)
+      if (r.kind === 'freeze' && selectorsOverlap(r.selector, selector))
+        throw new TwinError('ETWIN_BUSY', 'an overlapping freeze is being set up');
+    const inhibitor = this.requireInhibitor();
+    const reservation = { kind: 'freeze' as const, selector };
+    this.reserved.add(reservation);
+    const inhibition = inhibitor.inhibit(toInhibitSelector(selector));
     const t0 = performance.now();
     try {
       await inhibition.drained();
-      await this.opts.fs.flushWhere((p) => covers(selector, p));
+      await this.opts.fs
+        .flushWhere((p) => covers(selector, p))
+        .catch((err) => {
+          throw writebackError(err);
+        });
     } catch (err) {
       inhibition.release();
       throw err;
+    } finally {
+      this.reserved.delete(reservation);
     }
     const timeoutMs = o.timeoutMs ?? this.freezeTimeoutMs;
     const freezeId = `fz-${randomUUID()}`;
@@ -284,31 +337,60 @@ export class BackupService {
     return inh;
   }
 
-  /** Normalises and checks a selector: every path inside the volume and existing. */
+  /**
+   * Normalises and checks a selector: every path inside the volume, existing, and reached
+   * without a symlink on the way. A selection names files by their real volume paths: the
+   * inhibition and the split match changes by path, and the mirror is read without following
+   * links. A subtree whose root is not a directory selects just that entry.
+   */
   private async resolveSelector(sel: SelectorMsg): Promise<Selector> {
-    const norm = (p: string) => {
-      try {
-        return VolumePaths.normalize(p);
-      } catch (err) {
-        throw new TwinError('ETWIN_PATH_ESCAPE', (err as Error).message, { path: p });
-      }
-    };
-    const exists = async (p: string) => {
-      if (!(await fsp.lstat(this.opts.fs.paths.backing(p)).catch(() => undefined)))
-        throw new TwinError('ETWIN_NOT_FOUND', `no such file on the volume: ${p}`, { path: p });
-    };
     if (sel.volume) return { volume: true };
     if (sel.subtree !== undefined) {
-      const t = norm(sel.subtree);
-      await exists(t);
-      return t === '/' ? { volume: true } : { subtrees: [t] };
+      const t = normalizePath(sel.subtree);
+      if (t === '/') return { volume: true };
+      const st = await this.lstatReal(t);
+      return st.isDirectory() ? { subtrees: [t] } : { paths: [t] };
     }
-    const paths = [...new Set((sel.paths ?? []).map(norm))];
-    for (const p of paths) await exists(p);
+    const paths = [...new Set((sel.paths ?? []).map(normalizePath))];
+    for (const p of paths) await this.lstatReal(p);
     return { paths };
   }
 
+  /** lstat of a volume path on the primary, refusing paths that pass through a symlink. */
+  private async lstatReal(p: string): Promise<import('node:fs').Stats> {
+    const parts = p.split('/').filter(Boolean);
+    let cur = '';
+    let st = await fsp.stat(this.opts.fs.paths.backing('/'));
+    for (const name of parts) {
+      if (st.isSymbolicLink())
+        throw new TwinError(
+          'ETWIN_PATH_ESCAPE',
+          `${p} goes through the symlink ${cur}; name files by their real path on the volume`,
+          { path: p, symlink: cur },
+        );
+      if (!st.isDirectory())
+        throw new TwinError(
+          'ETWIN_NOT_FOUND',
+          `no such file on the volume: ${p} (${cur} is not a directory)`,
+          {
+            path: p,
+          },
+        );
+      cur += '/' + name;
+      const next = await fsp.lstat(this.opts.fs.paths.backing(cur)).catch(() => undefined);
+      if (!next) throw new TwinError('ETWIN_NOT_FOUND', `no such file on the volume: ${p}`, { path: p });
+      st = next;
+    }
+    return st;
+  }
+
   private assertFree(sel: Selector, _owner: string): void {
+    for (const r of this.reserved)
+      if (r.kind === 'prepare' && selectorsOverlap(r.selector, sel))
+        throw new TwinError(
+          'ETWIN_BUSY',
+          'files in this selection are being prepared for another backup; try again after it is released',
+        );
     for (const b of this.backups.values())
       if (selectorsOverlap(b.selector, sel))
         throw new TwinError(
@@ -379,6 +461,27 @@ export class BackupService {
     }
     return { items, complete: true };
   }
+}
+
+function normalizePath(p: string): string {
+  try {
+    return VolumePaths.normalize(p);
+  } catch (err) {
+    throw new TwinError('ETWIN_PATH_ESCAPE', (err as Error).message, { path: p });
+  }
+}
+
+/** Turns write-back failures (an errno error or an AggregateError of them) into ETWIN_WRITEBACK. */
+export function writebackError(err: unknown): TwinError {
+  if (err instanceof TwinError) return err;
+  const errors = err instanceof AggregateError ? err.errors : [err];
+  const codes = [...new Set(errors.map((e) => (e as NodeJS.ErrnoException)?.code ?? 'EIO'))];
+  return new TwinError(
+    'ETWIN_WRITEBACK',
+    `cached data of the selection could not be written to the primary (${codes.join(', ')})`,
+    { errno: codes },
+    { cause: err },
+  );
 }
 
 function toInhibitSelector(sel: Selector) {

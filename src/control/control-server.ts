@@ -6,10 +6,11 @@ import { type WebSocket, WebSocketServer } from 'ws';
 import { isTwinError, TwinError } from '../common/errors.js';
 import type { TwinFs } from '../fusefs/filesystem.js';
 import type { MirrorDriver } from '../mirror-driver/mirror-driver.js';
-import type { BackupService } from './backup-service.js';
+import { type BackupService, writebackError } from './backup-service.js';
 import {
   describeIssues,
   MAX_MESSAGE_BYTES,
+  PATH_ESCAPE,
   PROTOCOL_VERSION,
   type Request,
   requestSchema,
@@ -36,6 +37,8 @@ interface Conn {
   ws: WebSocket;
   authed: boolean;
   alive: boolean;
+  /** The socket closed: whatever a request still in progress obtains must be given back. */
+  closed: boolean;
   client?: string;
 }
 
@@ -130,7 +133,7 @@ export class ControlServer {
   }
 
   private accept(ws: WebSocket): void {
-    const c: Conn = { id: `conn-${randomUUID()}`, ws, authed: false, alive: true };
+    const c: Conn = { id: `conn-${randomUUID()}`, ws, authed: false, alive: true, closed: false };
     this.conns.add(c);
     const helloTimer = setTimeout(() => {
       if (!c.authed) ws.close(CLOSE_AUTH, 'no hello');
@@ -142,6 +145,7 @@ export class ControlServer {
       void this.onMessage(c, isBinary ? null : String(data));
     });
     ws.on('close', () => {
+      c.closed = true;
       clearTimeout(helloTimer);
       this.conns.delete(c);
       void this.opts.service.releaseOwner(c.id);
@@ -181,13 +185,22 @@ export class ControlServer {
         `unknown request type "${String(raw.type).slice(0, 50)}"`,
       );
     const parsed = requestSchema.safeParse(raw);
-    if (!parsed.success)
+    if (!parsed.success) {
+      // A path with '..' is well-formed but names nothing on the volume: its own stable code.
+      const escaping = parsed.error.issues.find(
+        (i) => (i as { params?: { code?: string } }).params?.code === PATH_ESCAPE,
+      );
+      if (escaping && c.authed)
+        return this.fail(c, id, PATH_ESCAPE, `${escaping.message}: ${escaping.path.join('.')}`, {
+          field: escaping.path.join('.'),
+        });
       return this.fail(
         c,
         id,
         'EPROTO_MALFORMED',
         `invalid ${raw.type} request: ${describeIssues(parsed.error)}`,
       );
+    }
     const req = parsed.data;
     if (!c.authed && req.type !== 'hello') {
       this.fail(c, id, 'EPROTO_NOT_AUTHENTICATED', 'send hello with the token first');
@@ -196,13 +209,18 @@ export class ControlServer {
     }
     try {
       const result = await this.handle(c, req);
+      // The client went away while its prepare or freeze was under way: nobody can release it.
+      if (c.closed) return void this.opts.service.releaseOwner(c.id);
       this.send(c, { type: 'result', id: req.id, result: result ?? null });
     } catch (err) {
       if (isTwinError(err)) return this.fail(c, req.id, err.code, err.message, err.data);
       const e = err as NodeJS.ErrnoException;
       if (e?.code === 'EPROTO_AUTH' || e?.code === 'EPROTO_VERSION') return;
       this.opts.log?.(`control: ${req.type} failed: ${e?.stack ?? e}`);
-      this.fail(c, req.id, e?.code ?? 'ETWIN_INTERNAL', e?.message ?? String(err));
+      // Only catalogued codes cross the wire; an errno says what went wrong in data.
+      this.fail(c, req.id, 'ETWIN_INTERNAL', `${req.type} failed: ${e?.message ?? String(err)}`, {
+        errno: typeof e?.code === 'string' ? e.code : undefined,
+      });
     }
   }
 
@@ -267,7 +285,9 @@ export class ControlServer {
         return this.opts.mirror.repair();
       }
       case 'flush':
-        await this.opts.fs.flushAll({ sync: true });
+        await this.opts.fs.flushAll({ sync: true }).catch((err) => {
+          throw writebackError(err);
+        });
         return { flushed: true };
     }
   }

@@ -9,12 +9,18 @@ export const PROTOCOL_VERSION = 1;
 /** Largest message either side accepts, bytes. */
 export const MAX_MESSAGE_BYTES = 1024 * 1024;
 
+/** Error code of a selector path with a '..' component (the issue carries it in params.code). */
+export const PATH_ESCAPE = 'ETWIN_PATH_ESCAPE';
+
 const volumePath = z
   .string()
   .min(1)
   .max(4096)
   .refine((p) => !p.includes('\0'), 'path contains a NUL byte')
-  .refine((p) => !p.split('/').includes('..'), 'path escapes the volume root (..)');
+  .refine((p) => !p.split('/').includes('..'), {
+    message: 'path escapes the volume root (..)',
+    params: { code: PATH_ESCAPE },
+  });
 
 export const selectorSchema = z
   .object({

@@ -19,9 +19,20 @@ export async function loadOrCreateToken(file: string): Promise<string> {
       );
     }
   }
-  await fsp.mkdir(path.dirname(file), { recursive: true });
+  // Directories we create hold a secret: owner only (the server runs with umask 0).
+  await fsp.mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
   const token = randomBytes(32).toString('hex');
-  await fsp.writeFile(file, token + '\n', { mode: 0o600, flag: 'wx' });
+  try {
+    await fsp.writeFile(file, token + '\n', { mode: 0o600, flag: 'wx' });
+  } catch (err) {
+    // Another server created it first: use theirs.
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST') return readToken(file);
+    throw new TwinError(
+      'ETWIN_TOKEN',
+      `cannot create token file ${file}: ${(err as NodeJS.ErrnoException).code}`,
+      { file },
+    );
+  }
   return token;
 }
 

@@ -1,14 +1,14 @@
 import { createRequire } from 'node:module';
-import { DisposableStore, toDisposable } from '../common/lifecycle.js';
 import { TwinError } from '../common/errors.js';
+import { DisposableStore, toDisposable } from '../common/lifecycle.js';
 import { type ChangeSink, nullSink, type WriteGate } from './change-sink.js';
 import { createFuseHandlers } from './fuse-adapter.js';
 import { isMountPoint, preflight } from './mount-checks.js';
 import { DEFAULT_NATIVE_OPTIONS, fuseNativeOptions, type NativeMountOptions } from './native-options.js';
 import { type CallerContext, VolumeOps } from './volume-ops.js';
 import { VolumePaths } from './volume-paths.js';
-import { type CacheStats, WritebackCache } from './writeback-cache.js';
 import { WriteInhibitor } from './write-inhibitor.js';
+import { type CacheStats, WritebackCache } from './writeback-cache.js';
 
 const require = createRequire(import.meta.url);
 
@@ -94,7 +94,7 @@ export class TwinFs {
       context: () => this.fuse?.context as CallerContext | undefined,
       onUnexpectedError: (op, err) => this.log(`${op} failed unexpectedly: ${(err as Error)?.stack ?? err}`),
     });
-    const native = { ...DEFAULT_NATIVE_OPTIONS, ...this.opts.native };
+    const native = { ...DEFAULT_NATIVE_OPTIONS, nonempty: this.opts.force === true, ...this.opts.native };
     this.fuse = new Fuse(this.mountPoint, handlers, fuseNativeOptions(native));
     await new Promise<void>((resolve, reject) =>
       this.fuse.mount((err: Error | null) =>

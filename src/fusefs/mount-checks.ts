@@ -79,14 +79,6 @@ export async function preflight(
       `mount point ${mount} is already a mount (${mp.fsType}); unmount it first (twinfs unmount ${mount})`,
       { mount, fsType: mp.fsType },
     );
-  const entries = await fsp.readdir(mount);
-  if (entries.length > 0 && !input.force)
-    throw new TwinError(
-      'ETWIN_MOUNTPOINT_NOT_EMPTY',
-      `mount point ${mount} is not empty (${entries.length} entries); use --force to mount over it`,
-      { mount, entries: entries.length },
-    );
-
   let pst: fs.Stats;
   try {
     pst = await fsp.stat(primary);
@@ -95,7 +87,6 @@ export async function preflight(
   }
   if (!pst.isDirectory())
     throw new TwinError('ETWIN_PRIMARY_MISSING', `primary ${primary} is not a directory`, { primary });
-  await assertWritable(primary, 'ETWIN_PRIMARY_NOT_WRITABLE', 'primary directory');
 
   const realPrimary = await fsp.realpath(primary);
   const realMount = await fsp.realpath(mount);
@@ -123,6 +114,17 @@ export async function preflight(
         );
     }
   }
+  // Only after the overlap check: a primary inside the mount point also makes it non-empty,
+  // and the overlap is the error to report (--force cannot help with it).
+  const entries = await fsp.readdir(mount);
+  if (entries.length > 0 && !input.force)
+    throw new TwinError(
+      'ETWIN_MOUNTPOINT_NOT_EMPTY',
+      `mount point ${mount} is not empty (${entries.length} entries); use --force to mount over it`,
+      { mount, entries: entries.length },
+    );
+
+  await assertWritable(primary, 'ETWIN_PRIMARY_NOT_WRITABLE', 'primary directory');
   return { primary: realPrimary, mount: realMount, mirror: realMirror };
 }
 

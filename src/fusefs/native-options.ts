@@ -14,6 +14,8 @@ export interface NativeMountOptions {
   entryTimeoutSec: number;
   allowOther: boolean;
   fsname: string;
+  /** Mount over a non-empty directory (`serve --force`); libfuse2 refuses one otherwise. */
+  nonempty?: boolean;
 }
 
 export const DEFAULT_NATIVE_OPTIONS: NativeMountOptions = {
@@ -59,7 +61,14 @@ export function fuseNativeOptions(o: NativeMountOptions): Record<string, unknown
     // Strings: fuse-native drops a numeric 0 (falsy).
     attrTimeout: String(o.attrTimeoutSec),
     entryTimeout: String(o.entryTimeoutSec),
-    extraOptions: ['big_writes', 'max_write=131072', 'max_read=131072', 'max_readahead=1048576', 'use_ino'],
+    extraOptions: [
+      'big_writes',
+      'max_write=131072',
+      'max_read=131072',
+      'max_readahead=1048576',
+      'use_ino',
+      ...(o.nonempty ? ['nonempty'] : []),
+    ],
     timeout,
   };
 }

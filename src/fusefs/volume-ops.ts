@@ -68,6 +68,7 @@ const UINT32_MAX = 0xffffffff;
 /** Linux's O_PATH (not in fs.constants): a descriptor that names an entry without opening it. */
 const O_PATH = 0o10000000;
 const O_ACCMODE = 0o3;
+const POSIX_ACL_NAMES = new Set(['system.posix_acl_access', 'system.posix_acl_default']);
 
 /**
  * The filesystem's operations over volume paths, as promises that reject with errno errors.
@@ -120,7 +121,13 @@ export class VolumeOps {
       if (node?.isDirty) {
         // Cached writes count as if they were on the primary: size and mtime show them.
         out.size = Math.max(st.size, node.cachedEnd);
-        out.blocks = Math.max(st.blocks, Math.ceil(out.size / 512));
+        // Allocation as the primary will have it: what it holds plus the cached bytes, in whole
+        // blocks, at most the whole file (sparse files stay sparse for du and cp --sparse).
+        const block = st.blksize > 0 ? st.blksize : 4096;
+        const units = (bytes: number) => Math.ceil(bytes / block) * (block / 512);
+        let cached = node.dirty.size;
+        for (const e of node.flushing ?? []) cached += e.len;
+        out.blocks = Math.max(st.blocks, Math.min(units(out.size), st.blocks + units(cached)));
         if (node.lastWriteAt > st.mtimeMs) {
           out.mtime = new Date(node.lastWriteAt);
           out.ctime = new Date(Math.max(node.lastWriteAt, st.ctimeMs));
@@ -294,7 +301,8 @@ export class VolumeOps {
   }
 
   async fsync(path: string, datasync: boolean, fh: number): Promise<void> {
-    const node = this.handles.get(fh) ?? (await this.nodeOf(path));
+    const handled = this.handles.get(fh);
+    const node = handled ?? (await this.nodeOf(path));
     if (!node) {
       // No cached state: make the primary file durable anyway.
       const fd = await openFd(this.paths.backing(path), fs.constants.O_RDONLY, 0);
@@ -311,6 +319,8 @@ export class VolumeOps {
     } catch (err) {
       this.cache.takeError(node);
       throw err;
+    } finally {
+      if (!handled) await this.releaseIfIdle(node);
     }
     const err = this.cache.takeError(node);
     if (err) throw err;
@@ -361,6 +371,7 @@ export class VolumeOps {
       await fsp.unlink(backing);
       await this.sink.apply({ op: 'unlink', path });
       if (node && st.nlink <= 1) await this.cache.discard(node);
+      else if (node) await this.releaseIfIdle(node);
     });
   }
 
@@ -454,6 +465,7 @@ export class VolumeOps {
       this.cache.renamed(from, to);
       await this.sink.apply({ op: 'rename', path: to, from });
       if (replaced && dest!.nlink <= 1 && replaced.refs === 0) await this.cache.discard(replaced);
+      else if (replaced) await this.releaseIfIdle(replaced);
     });
   }
 
@@ -481,7 +493,10 @@ export class VolumeOps {
       const backing = this.paths.backing(path);
       // Cached data would move mtime when it is written back later: write it back first.
       const node = await this.nodeOf(path);
-      if (node?.isDirty) await this.cache.flush(node);
+      if (node?.isDirty) {
+        await this.cache.flush(node);
+        await this.releaseIfIdle(node);
+      }
       let a = atime;
       let m = mtime;
       if (a === null || m === null) {
@@ -497,6 +512,12 @@ export class VolumeOps {
   // ---- extended attributes ------------------------------------------------------------------
 
   async setxattr(path: string, name: string, value: Buffer, flags: number): Promise<void> {
+    // libfuse2 cannot tell the kernel to enforce POSIX ACLs (no FUSE_POSIX_ACL): it checks mode
+    // bits only, where an ACL's mask shows up as group bits. An ACL stored on the primary would
+    // grant through the mount what it does not grant on a local disk, and deny what it grants:
+    // refuse them as a filesystem without ACL support does (cp -p and tar then fall back to chmod).
+    if (POSIX_ACL_NAMES.has(name))
+      throw errnoError('EOPNOTSUPP', 'POSIX ACLs are not supported through FUSE 2');
     await this.guarded([path], async () => {
       const copy = Buffer.from(value);
       await this.onEntry(path, async (entry) => {
@@ -558,6 +579,17 @@ export class VolumeOps {
     while (this.handles.has(fh)) fh = this.nextHandle++;
     this.handles.set(fh, node);
     return fh;
+  }
+
+  /**
+   * Closes the cache's fd of a node that no handle uses and that holds no dirty data any more,
+   * as after writing it back for a namespace change (otherwise the fd stays open until the
+   * inode is opened again, or forever). Taking and dropping a reference lets the cache decide.
+   */
+  private async releaseIfIdle(node: FileNode): Promise<void> {
+    if (node.refs > 0 || node.isDirty) return;
+    node.refs++;
+    await this.cache.unref(node);
   }
 
   private async nodeOf(path: string): Promise<FileNode | undefined> {

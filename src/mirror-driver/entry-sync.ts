@@ -140,8 +140,9 @@ async function writeFull(fh: fsp.FileHandle, data: Buffer, pos: number): Promise
 export async function syncMeta(primary: string, mirror: string, pst?: fs.Stats): Promise<void> {
   pst ??= await fsp.lstat(primary);
   const link = pst.isSymbolicLink();
-  if (!link) await fsp.chmod(mirror, pst.mode & 0o7777);
+  // chown first: it clears set-user-ID and set-group-ID bits that chmod sets.
   await fsp.lchown(mirror, pst.uid, pst.gid);
+  if (!link) await fsp.chmod(mirror, pst.mode & 0o7777);
   if (!link) {
     const want = await xattr.listAttributes(primary).catch(() => [] as string[]);
     const have = await xattr.listAttributes(mirror).catch(() => [] as string[]);

@@ -297,11 +297,19 @@ export class MirrorDriver implements ChangeSink {
     if (this.isBroken(c.path)) return;
     try {
       if (c.op === 'fsync') await this.syncTimes(c.path);
+      else if (c.op === 'rename') this.moveTimes(c.from, c.path);
+      else if (c.op === 'unlink') this.pendingTimes.delete(c.path);
       await this.writer.apply(c);
       this.stats.changesApplied++;
       if (c.op === 'write') {
         this.stats.bytesMirrored += c.data.length;
-        this.noteTimes(c.path);
+        // An inode with other names may lose this one next (unlink, or libfuse's .fuse_hidden
+        // name going on release), and then its times can no longer be read by path: copy them
+        // now. The primary still has the name: an unlink waits for the flush, which waits for us.
+        if ((this.writer.linkCount(c.path) ?? 1) > 1) {
+          this.pendingTimes.add(c.path);
+          await this.syncTimes(c.path);
+        } else this.noteTimes(c.path);
       } else if (c.op === 'truncate' || c.op === 'create' || c.op === 'mknod' || c.op === 'symlink') this.noteTimes(c.path);
     } catch (err) {
       await this.onApplyError(c, err as NodeJS.ErrnoException);
@@ -409,6 +417,16 @@ export class MirrorDriver implements ChangeSink {
     if (!this.pendingTimes.delete(p)) return;
     const st = await fsp.lstat(this.primary + p).catch(() => undefined);
     if (st) await fsp.lutimes(this.layout.data + p, st.atimeMs / 1000, st.mtimeMs / 1000).catch(() => undefined);
+  }
+
+  /** Pending mtime copies are keyed by path: they follow renames. */
+  private moveTimes(from: string, to: string): void {
+    for (const q of [...this.pendingTimes]) {
+      if (q === to || q.startsWith(to + '/')) this.pendingTimes.delete(q);
+      if (q !== from && !q.startsWith(from + '/')) continue;
+      this.pendingTimes.delete(q);
+      this.pendingTimes.add(to + q.slice(from.length));
+    }
   }
 
   private async syncAllTimes(): Promise<void> {

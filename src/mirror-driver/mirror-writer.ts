@@ -16,6 +16,8 @@ const FD_CACHE = 128;
  */
 export class MirrorWriter {
   private readonly fds = new Map<string, number>();
+  /** Link counts of the cached descriptors' inodes, read when they were opened. */
+  private readonly nlinks = new Map<string, number>();
 
   constructor(private readonly dataRoot: string) {}
 
@@ -59,12 +61,15 @@ export class MirrorWriter {
       case 'mknod':
         await mknod(p, c.mode, c.dev);
         await fsp.lchown(p, c.uid, c.gid);
+        await fsp.chmod(p, c.mode & 0o7777);
         return;
       case 'symlink':
         await fsp.symlink(c.target, p);
         await fsp.lchown(p, c.uid, c.gid);
         return;
       case 'link':
+        // The source's cached link count is stale from now on.
+        this.forget(c.from, false);
         try {
           await fsp.link(this.backing(c.from), p);
         } catch (err) {
@@ -127,14 +132,21 @@ export class MirrorWriter {
     for (const [p, fd] of this.fds) {
       if (p === path || (subtree && p.startsWith(path + '/'))) {
         this.fds.delete(p);
+        this.nlinks.delete(p);
         fs.close(fd, () => undefined);
       }
     }
   }
 
+  /** The link count of path's inode when its cached descriptor was opened (undefined: none open). */
+  linkCount(path: string): number | undefined {
+    return this.nlinks.get(path);
+  }
+
   closeAll(): void {
     for (const fd of this.fds.values()) fs.close(fd, () => undefined);
     this.fds.clear();
+    this.nlinks.clear();
   }
 
   private async fd(path: string): Promise<number> {
@@ -149,9 +161,12 @@ export class MirrorWriter {
       fs.open(this.backing(path), fs.constants.O_WRONLY, (e, f) => (e ? rej(e) : res(f))),
     );
     this.fds.set(path, fd);
+    const st = await new Promise<fs.Stats | undefined>((res) => fs.fstat(fd, (e, s) => res(e ? undefined : s)));
+    this.nlinks.set(path, st?.nlink ?? 1);
     if (this.fds.size > FD_CACHE) {
       const [oldPath, oldFd] = this.fds.entries().next().value as [string, number];
       this.fds.delete(oldPath);
+      this.nlinks.delete(oldPath);
       fs.close(oldFd, () => undefined);
     }
     return fd;

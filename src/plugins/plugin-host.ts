@@ -56,7 +56,7 @@ interface PluginRecord {
 type Listener = { plugin: string; fn: (e: any) => unknown };
 
 export interface PluginHostOptions {
-  /** Folders whose subfolders are plugins, in priority order (a later duplicate name is refused). */
+  /** Folders of plugins (or a plugin folder itself), in priority order; a later duplicate name is refused. */
   dirs: Array<{ dir: string; source: PluginInfo['source'] }>;
   /** Root of per-plugin storage and the host's own state (enabled/disabled). */
   storageRoot: string;
@@ -96,15 +96,18 @@ export class PluginHost {
     await this.hostState.load();
     const disabled = new Set(this.hostState.get<string[]>('disabled', []) ?? []);
     for (const { dir, source } of this.opts.dirs) {
-      const names = await fsp.readdir(dir).catch(() => [] as string[]);
+      // A folder that is itself a plugin (a manifest at its root) is loaded alone, the way VS Code's
+      // --extensionDevelopmentPath loads the extension under development.
+      const single = await fsp.stat(path.join(dir, 'package.json')).catch(() => undefined);
+      const names = single ? [''] : await fsp.readdir(dir).catch(() => [] as string[]);
       for (const n of names.sort()) {
-        const pdir = path.join(dir, n);
+        const pdir = n ? path.join(dir, n) : dir;
         if (!(await fsp.stat(path.join(pdir, 'package.json')).catch(() => undefined))) continue;
         let manifest: PluginManifest;
         try {
           manifest = await readManifest(pdir);
         } catch (err) {
-          const name = `${source}:${n}`;
+          const name = `${source}:${n || path.basename(dir)}`;
           this.plugins.set(name, failedRecord(name, pdir, source, (err as Error).message));
           this.log((err as Error).message);
           continue;

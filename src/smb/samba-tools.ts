@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { promises as fsp, constants as fsc } from 'node:fs';
+import { constants as fsc, promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { TwinError } from '../common/errors.js';
 import type { SmbUser } from './settings.js';
@@ -20,11 +20,20 @@ export function run(
     const child = execFile(
       file,
       args,
-      { timeout: opts.timeoutMs ?? 30_000, env: opts.env, maxBuffer: 16 * 1024 * 1024, killSignal: 'SIGKILL' },
+      {
+        timeout: opts.timeoutMs ?? 30_000,
+        env: opts.env,
+        maxBuffer: 16 * 1024 * 1024,
+        killSignal: 'SIGKILL',
+      },
       (err, stdout, stderr) => {
         const e = err as (Error & { code?: unknown }) | null;
         const code = !e ? 0 : typeof e.code === 'number' ? e.code : null;
-        resolve({ code, stdout: String(stdout), stderr: String(stderr || (e && code === null ? e.message : '')) });
+        resolve({
+          code,
+          stdout: String(stdout),
+          stderr: String(stderr || (e && code === null ? e.message : '')),
+        });
       },
     );
     child.stdin?.on('error', () => undefined);
@@ -100,22 +109,22 @@ export async function ensureUnixUsers(names: string[]): Promise<string[]> {
   const created: string[] = [];
   for (const name of names) {
     if (await unixUserExists(name)) continue;
-    const useradd = (await which('useradd', { PATH: `${process.env.PATH ?? ''}:/usr/sbin:/sbin` })) ?? 'useradd';
-    const r = await run(
-      useradd,
-      [
-        '--system',
-        '--no-create-home',
-        '--home-dir',
-        '/nonexistent',
-        '--shell',
-        '/usr/sbin/nologin',
-        '--comment',
-        CREATED_USER_COMMENT,
-        name,
-      ],
-      { timeoutMs: 30_000 },
-    );
+    const useradd =
+      (await which('useradd', { PATH: `${process.env.PATH ?? ''}:/usr/sbin:/sbin` })) ?? 'useradd';
+    const args = [
+      '--system',
+      '--no-create-home',
+      '--home-dir',
+      '/nonexistent',
+      '--shell',
+      '/usr/sbin/nologin',
+    ];
+    let r = await run(useradd, [...args, '--comment', CREATED_USER_COMMENT, name], { timeoutMs: 30_000 });
+    // useradd fails at once when another process holds /etc/passwd's lock: transient, retry.
+    for (let i = 0; i < 10 && r.code !== 0 && /lock/i.test(r.stderr); i++) {
+      await new Promise((res) => setTimeout(res, 200));
+      r = await run(useradd, [...args, '--comment', CREATED_USER_COMMENT, name], { timeoutMs: 30_000 });
+    }
     // Another twinfs may have created it meanwhile.
     if (r.code !== 0 && !(await unixUserExists(name)))
       throw new TwinError(

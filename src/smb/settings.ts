@@ -57,7 +57,8 @@ export function parseListen(spec: string, where = '--smb'): { host: string; port
 /** Parses `--smb-user NAME:PASSWORD` (the password may contain ':'). */
 export function parseUserSpec(spec: string): SmbUser {
   const i = spec.indexOf(':');
-  if (i <= 0) throw new TwinError('ETWIN_USAGE', `--smb-user must be NAME:PASSWORD, not "${spec.split(':')[0]}…"`);
+  if (i <= 0)
+    throw new TwinError('ETWIN_USAGE', `--smb-user must be NAME:PASSWORD, not "${spec.split(':')[0]}…"`);
   const user = { name: spec.slice(0, i), password: spec.slice(i + 1) };
   checkUser(user, '--smb-user');
   return user;
@@ -89,7 +90,8 @@ export function validateSmbSettings(raw: unknown, file = '<config>'): SmbSetting
   if (o.share !== undefined && (typeof o.share !== 'string' || !SHARE_NAME.test(o.share)))
     throw bad(where, '"share" must be a name of letters, digits, "_", "." or "-"', { file });
   for (const k of ['readOnly', 'guest'] as const)
-    if (o[k] !== undefined && typeof o[k] !== 'boolean') throw bad(where, `"${k}" must be a boolean`, { file });
+    if (o[k] !== undefined && typeof o[k] !== 'boolean')
+      throw bad(where, `"${k}" must be a boolean`, { file });
   if (o.forceUser !== undefined && (typeof o.forceUser !== 'string' || !USER_NAME.test(o.forceUser)))
     throw bad(where, '"forceUser" must be a Unix account name', { file });
   if (o.users !== undefined) {
@@ -117,7 +119,8 @@ export function mergeSmbSettings(
   cli: { listen?: string; users?: SmbUser[] },
 ): SmbSettings | undefined {
   if (!fromFile && cli.listen === undefined) {
-    if (cli.users?.length) throw new TwinError('ETWIN_USAGE', '--smb-user needs --smb [HOST:]PORT (or "smb" in the config)');
+    if (cli.users?.length)
+      throw new TwinError('ETWIN_USAGE', '--smb-user needs --smb [HOST:]PORT (or "smb" in the config)');
     return undefined;
   }
   const users = new Map((fromFile?.users ?? []).map((u) => [u.name, u]));

@@ -113,6 +113,8 @@ export class SmbService implements Disposable {
           'ETWIN_SMB_START',
           'serving SMB needs root: smbd switches to the identity of each user',
         );
+      // A taken port is the likeliest mistake: say so before creating anything.
+      await assertPortFree(this.settings.host, this.settings.port);
       await this.prepareState();
       await this.launch();
       if (this.disposed) return this.snapshot();
@@ -418,10 +420,14 @@ async function assertPortFree(host: string, port: number): Promise<void> {
   if (!err) return;
   if (err.code === 'EADDRINUSE')
     throw new TwinError('ETWIN_SMB_PORT_BUSY', `SMB port ${host}:${port} is already in use`, { host, port });
-  throw new TwinError('ETWIN_SMB_CONFIG', `cannot listen on ${host}:${port} for SMB: ${err.code ?? err.message}`, {
-    host,
-    port,
-  });
+  throw new TwinError(
+    'ETWIN_SMB_CONFIG',
+    `cannot listen on ${host}:${port} for SMB: ${err.code ?? err.message}`,
+    {
+      host,
+      port,
+    },
+  );
 }
 
 function canConnect(host: string, port: number): Promise<boolean> {

@@ -93,13 +93,16 @@ describe('backup sequence on the server: consistency and stalls', () => {
     // The copies follow the writers: each cycle saw more records than the one before.
     for (let i = 1; i < cycles.length; i++) expect(cycles[i]!.a).toBeGreaterThan(cycles[i - 1]!.a);
     expect(events.filter((e) => e.event === 'split')).toHaveLength(6);
-    await waitUntil(() => events.filter((e) => e.event === 'resynced').length === 6, 10_000, '6 resynced events');
+    await waitUntil(
+      () => events.filter((e) => e.event === 'resynced').length === 6,
+      10_000,
+      '6 resynced events',
+    );
 
     for (const w of [synced, cached, outside]) {
       expect(w.error).toBeNull();
       await w.kill();
     }
-    console.log('STATS1', JSON.stringify({ cycles, sw: synced.maxWriteMs(), sf: synced.maxFsyncMs(), cw: cached.maxWriteMs(), ow: outside.maxWriteMs() }));
     // The write(2) of a record in a prepared file waits at most the stall; fsync never waits on it.
     expect(synced.maxWriteMs()).toBeLessThan(MAX_STALL_MS + SLACK_MS);
     expect(cached.maxWriteMs()).toBeLessThan(MAX_STALL_MS + SLACK_MS);
@@ -121,9 +124,7 @@ describe('backup sequence on the server: consistency and stalls', () => {
     const dirty = writer({ file: path.join(fx.mnt, 'd.dat'), size: REC, fsync: false, count: 1536 });
     await dirty.waitFor(1536);
     const from = outside.acked;
-    const T0 = Date.now();
     const p = await c.prepare({ paths: ['/d.dat'] });
-    const T1 = Date.now();
     const d = await mirrorCopy(p, '/d.dat');
     expect(checkPrefix(d, REC)).toEqual({ records: 1536 });
     await c.release(p.backupId);
@@ -133,7 +134,14 @@ describe('backup sequence on the server: consistency and stalls', () => {
     // A freeze of d.dat holds its writer for 1.5 s; c2.dat goes on.
     const f: any = await c.request('freeze', { selector: { paths: ['/d.dat'] } });
     const before = outside.acked;
-    const held = writer({ file: path.join(fx.mnt, 'd.dat'), size: REC, fsync: false, count: 1, start: 1536, keep: true });
+    const held = writer({
+      file: path.join(fx.mnt, 'd.dat'),
+      size: REC,
+      fsync: false,
+      count: 1,
+      start: 1536,
+      keep: true,
+    });
     await waitUntil(() => held.opened, 5000, 'the held writer to open d.dat');
     await sleep(1500);
     expect(held.acked).toBe(0);
@@ -142,15 +150,23 @@ describe('backup sequence on the server: consistency and stalls', () => {
     await held.waitFor(1);
     expect(held.records[0]!.writeMs).toBeGreaterThan(1000);
     await outside.kill();
-    console.log('STATS2', JSON.stringify({ T0, T1, slow: outside.records.filter((r) => r.writeMs > 30), stall: p.stallMs, duringPrepare, max: outside.maxWriteMs(), held: held.records[0] }));
     expect(outside.error).toBeNull();
-    expect(duringPrepare, `c2.dat writes during a prepare with ${p.stallMs.toFixed(0)} ms stall`).toBeLessThan(UNHELD_MS);
+    expect(
+      duringPrepare,
+      `c2.dat writes during a prepare with ${p.stallMs.toFixed(0)} ms stall`,
+    ).toBeLessThan(UNHELD_MS);
     expect(outside.maxWriteMs()).toBeLessThan(UNHELD_MS);
   });
 
   it('a prepare that cannot drain, flush and split within its stall budget fails with ETWIN_STALL_EXCEEDED, leaves nothing split and writes resume', async () => {
     // 24 MiB dirty, then a record every 5 ms. A 1 ms budget cannot cover writing 24 MiB back.
-    const w = writer({ file: path.join(fx.mnt, 'e.dat'), size: REC, fsync: false, burst: 1536, intervalMs: 5 });
+    const w = writer({
+      file: path.join(fx.mnt, 'e.dat'),
+      size: REC,
+      fsync: false,
+      burst: 1536,
+      intervalMs: 5,
+    });
     await w.waitFor(1540);
     const before: any = await status(c);
     const from = w.acked;
@@ -158,7 +174,6 @@ describe('backup sequence on the server: consistency and stalls', () => {
     expect(err).toMatchObject({ code: 'ETWIN_STALL_EXCEEDED', data: { maxStallMs: 1 } });
     // Writes resume at once: they were held for the 1 ms budget, not for the write-back.
     await w.waitFor(from + 20, 5000);
-    console.log('STATS3', w.maxWriteMs(from));
     expect(w.maxWriteMs(from)).toBeLessThan(UNHELD_MS);
     // Nothing stays split: the split that lost the race is undone when it lands.
     await waitUntil(
@@ -183,6 +198,25 @@ describe('backup sequence on the server: consistency and stalls', () => {
     expect(w.error).toBeNull();
   });
 
+  // Skipped because it fails today (bug outside src/control, reported with issue 4): fusefs
+  // gates and writes back a hard-linked file under the name it was last opened by, and the
+  // mirror keeps hard links, so a write through another name of a prepared file is neither held
+  // nor kept out of the split copy (invariants 1, 3 and 4).
+  it.skip('a write through another hard link of a prepared file leaves the split copy alone', async () => {
+    await fsp.writeFile(path.join(fx.mnt, 'hl-a'), 'original\n');
+    await fsp.link(path.join(fx.mnt, 'hl-a'), path.join(fx.mnt, 'hl-b'));
+    await c.request('flush');
+    const p = await c.prepare({ paths: ['/hl-a'] });
+    expect((await mirrorCopy(p, '/hl-a')).toString()).toBe('original\n');
+    const fh = await fsp.open(path.join(fx.mnt, 'hl-b'), 'r+');
+    await fh.write('CHANGED!\n', 0);
+    await fh.sync();
+    await fh.close();
+    await sleep(300);
+    expect((await mirrorCopy(p, '/hl-a')).toString()).toBe('original\n');
+    await c.release(p.backupId);
+  });
+
   it("prepare replies carry each item's type, size, mtime, mode and owner; subtree and volume prepares list their entries", async () => {
     const tree = path.join(fx.mnt, 'tree');
     await fsp.mkdir(path.join(tree, 'sub'), { recursive: true });
@@ -199,7 +233,14 @@ describe('backup sequence on the server: consistency and stalls', () => {
     const item = one.items[0]!;
     const prim = await fsp.lstat(path.join(fx.primary, 'tree/x'));
     const viaMount = await fsp.stat(path.join(tree, 'x'));
-    expect(item).toMatchObject({ path: '/tree/x', mirrorPath: '/tree/x', type: 'file', size: 1000, uid: 65534, gid: 65534 });
+    expect(item).toMatchObject({
+      path: '/tree/x',
+      mirrorPath: '/tree/x',
+      type: 'file',
+      size: 1000,
+      uid: 65534,
+      gid: 65534,
+    });
     expect(item.mode).toBe(0o100640);
     expect(item.mode).toBe(prim.mode);
     expect(item.mode).toBe(viaMount.mode);
@@ -233,7 +274,9 @@ describe('backup sequence on the server: consistency and stalls', () => {
 
     const vol = await c.prepare({ volume: true });
     const names = vol.items.map((i) => i.path);
-    expect(names).toEqual(expect.arrayContaining(['/a.dat', '/b.dat', '/tree', '/tree/x', '/tree/sub/y', '/tree/ln']));
+    expect(names).toEqual(
+      expect.arrayContaining(['/a.dat', '/b.dat', '/tree', '/tree/x', '/tree/sub/y', '/tree/ln']),
+    );
     expect(vol.itemsComplete).toBe(true);
     expect(new Set(names).size).toBe(names.length);
     await c.release(vol.backupId);

@@ -36,7 +36,9 @@ export interface ControlFixture {
   close(): Promise<void>;
 }
 
-export async function startControlFixture(opts: { args?: string[]; tls?: boolean } = {}): Promise<ControlFixture> {
+export async function startControlFixture(
+  opts: { args?: string[]; tls?: boolean } = {},
+): Promise<ControlFixture> {
   const t = await tempDirs('primary', 'mnt', 'mirror', 'state', 'etc');
   const tokenFile = path.join(t.dirs.etc!, 'control.token');
   const closers: Array<() => Promise<void> | void> = [];
@@ -161,7 +163,8 @@ export class RawConn {
   private async until(cond: () => boolean, timeoutMs: number, what: string): Promise<void> {
     const end = Date.now() + timeoutMs;
     while (!cond()) {
-      if (Date.now() > end) throw new Error(`no ${what} within ${timeoutMs} ms (got ${JSON.stringify(this.messages)})`);
+      if (Date.now() > end)
+        throw new Error(`no ${what} within ${timeoutMs} ms (got ${JSON.stringify(this.messages)})`);
       await new Promise<void>((r) => {
         const timer = setTimeout(r, 100);
         this.waiters.push(() => {
@@ -201,7 +204,13 @@ export class Writer {
       while ((i = this.buf.indexOf('\n')) >= 0) {
         const line = this.buf.slice(0, i).split(' ');
         this.buf = this.buf.slice(i + 1);
-        if (line[0] === 'rec') this.records.push({ n: Number(line[1]), writeMs: Number(line[2]), fsyncMs: Number(line[3]), at: Number(line[4]) });
+        if (line[0] === 'rec')
+          this.records.push({
+            n: Number(line[1]),
+            writeMs: Number(line[2]),
+            fsyncMs: Number(line[3]),
+            at: Number(line[4]),
+          });
         else if (line[0] === 'open') this.opened = true;
         else if (line[0] === 'done') this.done = true;
         else if (line[0] === 'error') this.error = line[1] ?? 'unknown';
@@ -229,7 +238,8 @@ export class Writer {
     while (this.acked < records) {
       if (this.error || this.proc.exitCode !== null)
         throw new Error(`writer on ${this.file} stopped: ${this.error ?? this.proc.exitCode} ${this.stderr}`);
-      if (Date.now() > end) throw new Error(`writer on ${this.file}: ${this.acked} of ${records} records in ${timeoutMs} ms`);
+      if (Date.now() > end)
+        throw new Error(`writer on ${this.file}: ${this.acked} of ${records} records in ${timeoutMs} ms`);
       await new Promise((r) => setTimeout(r, 10));
     }
   }
@@ -270,9 +280,13 @@ export function startWriter(o: WriterOptions): Writer {
 
 /** Starts hold-client.mjs: one request from its own process, then it idles until killed. */
 export function startHoldClient(fx: ControlFixture, type: string, payload: Record<string, unknown>) {
-  const proc = spawn(process.execPath, [path.join(FIXTURES, 'hold-client.mjs'), CLIENT_JS, fx.url, fx.tokenFile, type, JSON.stringify(payload)], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
+  const proc = spawn(
+    process.execPath,
+    [path.join(FIXTURES, 'hold-client.mjs'), CLIENT_JS, fx.url, fx.tokenFile, type, JSON.stringify(payload)],
+    {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    },
+  );
   let out = '';
   let err = '';
   proc.stderr!.on('data', (d: Buffer) => (err += d.toString()));
@@ -304,7 +318,11 @@ export function recordEvents(c: ControlClient): Array<{ event: string; data: any
   return out;
 }
 
-export async function waitUntil(cond: () => boolean | Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
+export async function waitUntil(
+  cond: () => boolean | Promise<boolean>,
+  timeoutMs: number,
+  what: string,
+): Promise<void> {
   const end = Date.now() + timeoutMs;
   while (!(await cond())) {
     if (Date.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);

@@ -20,7 +20,13 @@ function startWriter(dir: string, seed: number): Writer {
   const proc = spawn(process.execPath, [path.join(FIXTURES, 'crash-writer.mjs'), dir, String(seed)], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
-  const w: Writer = { proc, dir, safe: [], stderr: '', exited: new Promise((r) => proc.on('exit', () => r())) };
+  const w: Writer = {
+    proc,
+    dir,
+    safe: [],
+    stderr: '',
+    exited: new Promise((r) => proc.on('exit', () => r())),
+  };
   let buf = '';
   proc.stdout!.on('data', (d: Buffer) => {
     buf += d.toString();
@@ -59,7 +65,8 @@ describe('fsync durability across kill -9 of the server', () => {
     for (let i = 0; i < 3; i++) writers.push(startWriter(path.join(t.dirs.mnt!, `w${i}`), 1000 + i));
     // Let them run until there is a fair amount of acknowledged data, then kill the server mid-stream.
     const until = Date.now() + 8000;
-    while (Date.now() < until && writers.some((w) => w.safe.length < 150)) await new Promise((r) => setTimeout(r, 50));
+    while (Date.now() < until && writers.some((w) => w.safe.length < 150))
+      await new Promise((r) => setTimeout(r, 50));
     await new Promise((r) => setTimeout(r, 137));
     srv.proc.kill('SIGKILL');
     await srv.exited;
@@ -72,7 +79,9 @@ describe('fsync durability across kill -9 of the server', () => {
 
     let checked = 0;
     for (const [i, w] of writers.entries()) {
-      expect(w.safe.length, `writer ${i} acknowledged too few records: ${w.stderr}`).toBeGreaterThanOrEqual(10);
+      expect(w.safe.length, `writer ${i} acknowledged too few records: ${w.stderr}`).toBeGreaterThanOrEqual(
+        10,
+      );
       const contents = new Map<string, Buffer>();
       for (const rec of w.safe) {
         const file = path.join(t.dirs.primary!, `w${i}`, rec.file);
@@ -82,7 +91,9 @@ describe('fsync durability across kill -9 of the server', () => {
           contents.set(file, data);
         }
         const where = `w${i}/${rec.file} [${rec.off}, +${rec.len})`;
-        expect(data.length, `${where} is past the end of the primary file`).toBeGreaterThanOrEqual(rec.off + rec.len);
+        expect(data.length, `${where} is past the end of the primary file`).toBeGreaterThanOrEqual(
+          rec.off + rec.len,
+        );
         const got = data.subarray(rec.off, rec.off + rec.len);
         expect(got.equals(bytes(rec.len, rec.seed)), `${where} has the wrong bytes`).toBe(true);
         checked++;

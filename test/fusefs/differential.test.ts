@@ -23,7 +23,7 @@ async function dump(root: string): Promise<string[]> {
 /**
  * A known libfuse2 limitation (see the it.fails tests below): a file unlinked while open lives
  * on as `.fuse_hidden…` in its directory until closed, so removing or replacing that directory
- * fails with ENOTEMPTY (the runs cannot be compared past that point), and fstat shows nlink 1.
+ * fails with ENOTEMPTY (the runs cannot be compared past that point).
  */
 function isHiddenFileLimit(got: string | undefined, want: string | undefined): boolean {
   const m = /^(\d+ (?:rmdir|rename)\(.*\)) = ERR ENOTEMPTY$/.exec(got ?? '');
@@ -39,8 +39,12 @@ function compareRuns(seed: number, what: string, got: string[], want: string[]):
   for (let i = 0; i < n; i++) {
     if (got[i] === want[i]) continue;
     if (isHiddenFileLimit(got[i], want[i])) return false;
-    // The same limitation: an unlinked open file still has its hidden name (nlink 1, not 0).
-    if (/ fstat\(\d\) = file \d+ nlink=0$/.test(want[i] ?? '') && got[i] === want[i]!.replace(/nlink=0$/, 'nlink=1'))
+    // The same limitation: libfuse reports a hidden file with nlink - 1, but in some sequences
+    // (several handles, renames) an unlinked open file shows nlink 1 instead of 0.
+    if (
+      / fstat\(\d\) = file \d+ nlink=0$/.test(want[i] ?? '') &&
+      got[i] === want[i]!.replace(/nlink=0$/, 'nlink=1')
+    )
       continue;
     const ctx = want.slice(Math.max(0, i - 8), i).join('\n  ');
     throw new Error(
@@ -55,7 +59,11 @@ function compareRuns(seed: number, what: string, got: string[], want: string[]):
 /** Each configuration exercises a different path of the cache: timed write-back, the dirty limit, none. */
 const CONFIGS: Array<{ name: string; args: string[]; seeds: number[] }> = [
   { name: 'write-back after 50 ms', args: ['--writeback-ms', '50'], seeds: [1, 2, 3, 4, 5, 6] },
-  { name: '1 MiB cache, long delay', args: ['--cache-mb', '1', '--writeback-ms', '600000'], seeds: [7, 8, 9, 10, 11, 12] },
+  {
+    name: '1 MiB cache, long delay',
+    args: ['--cache-mb', '1', '--writeback-ms', '600000'],
+    seeds: [7, 8, 9, 10, 11, 12],
+  },
   { name: 'write-through', args: ['--write-through'], seeds: [13, 14] },
 ];
 
@@ -82,7 +90,9 @@ describe.each(CONFIGS)('randomized differential test: $name', ({ args, seeds }) 
     ]);
     if (!compareRuns(seed, 'operations and final tree through the mount', onMount, onPlain)) {
       cut.add(seed);
-      console.warn(`seed ${seed}: compared up to a rmdir/rename hitting a .fuse_hidden file (libfuse2 limitation)`);
+      console.warn(
+        `seed ${seed}: compared up to a rmdir/rename hitting a .fuse_hidden file (libfuse2 limitation)`,
+      );
     }
     expect(onMount.filter((l) => / = ERR /.test(l)).length).toBeLessThan(OPS * 0.6);
   });
@@ -137,15 +147,9 @@ describe('known libfuse2 limitations', () => {
   // An unlinked open file becomes .fuse_hidden… in its directory until it is closed.
   it.fails('rmdir succeeds when the last file in it was unlinked while still open', async () => {
     const m = t.dirs.mnt!;
-    const out = await sh(`mkdir '${m}/d' && exec 3>'${m}/d/f' && rm '${m}/d/f' && rmdir '${m}/d'; echo "rmdir=$?"`);
-    expect(out.stdout).toContain('rmdir=0');
-  });
-
-  it.fails('fstat of a file unlinked while open shows nlink 0', async () => {
-    const m = t.dirs.mnt!;
-    const r = await sh(
-      `node -e "const fs=require('fs');const fd=fs.openSync('${m}/u','w');fs.unlinkSync('${m}/u');console.log(fs.fstatSync(fd).nlink)"`,
+    const out = await sh(
+      `mkdir '${m}/d' && exec 3>'${m}/d/f' && rm '${m}/d/f' && rmdir '${m}/d'; echo "rmdir=$?"`,
     );
-    expect(r.stdout.trim()).toBe('0');
+    expect(out.stdout).toContain('rmdir=0');
   });
 });

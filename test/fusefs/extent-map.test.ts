@@ -48,7 +48,8 @@ function expectSame(map: ExtentMap, model: ByteModel, ctx: string): void {
   }
   const want = model.bytes;
   const len = Math.max(seen.length, want.length);
-  for (let i = 0; i < len; i++) if (seen[i] !== want[i]) fail(`byte ${i} is ${seen[i]}, model has ${want[i]}`);
+  for (let i = 0; i < len; i++)
+    if (seen[i] !== want[i]) fail(`byte ${i} is ${seen[i]}, model has ${want[i]}`);
   if (map.size !== size) fail(`size ${map.size}, extents hold ${size}`);
   if (map.size !== model.size) fail(`size ${map.size}, model ${model.size}`);
   if (map.end !== model.end) fail(`end ${map.end}, model ${model.end}`);
@@ -208,7 +209,9 @@ describe('ExtentMap', () => {
           const copy = (taken as Extent[] & { copy?: Array<{ off: number; data: Buffer }> }).copy!;
           taken.forEach((e, i) => {
             expect(e.off, ctx()).toBe(copy[i]!.off);
-            expect(e.buf.subarray(0, e.len).equals(copy[i]!.data), `${ctx()}: taken extent modified`).toBe(true);
+            expect(e.buf.subarray(0, e.len).equals(copy[i]!.data), `${ctx()}: taken extent modified`).toBe(
+              true,
+            );
           });
           if (r() < 0.5) {
             log.push('restoreUnder');
@@ -219,7 +222,8 @@ describe('ExtentMap', () => {
             });
             const sizeBefore = m.size;
             const added = m.restoreUnder(taken);
-            if (added !== model.size - sizeBefore) throw new Error(`${ctx()}: restoreUnder returned ${added}`);
+            if (added !== model.size - sizeBefore)
+              throw new Error(`${ctx()}: restoreUnder returned ${added}`);
           } else {
             log.push('drop taken');
           }
@@ -232,7 +236,8 @@ describe('ExtentMap', () => {
           overlay(target, off, m.overlapping(off, len));
           for (let i = 0; i < len; i++) {
             const want = model.bytes[off + i] ?? 0xee;
-            if (target[i] !== want) throw new Error(`${ctx()}: overlay byte ${off + i} is ${target[i]}, want ${want}`);
+            if (target[i] !== want)
+              throw new Error(`${ctx()}: overlay byte ${off + i} is ${target[i]}, want ${want}`);
           }
         }
         expectSame(m, model, ctx());

@@ -132,6 +132,16 @@ describe('namespace operations and their errnos', () => {
     expect(a.mnt.stdout).toContain('f regular file 4755 5 1 0 0');
     expect(a.mnt.stdout).toContain('u regular empty file 600 0 1 0 0');
   });
+
+  it('st_blocks of freshly written files, dense and sparse, matches the local filesystem', async () => {
+    // Read at once, while the data is still cached: du and cp --sparse decide from st_blocks.
+    const script = `mkdir blk && cd blk && head -c 100000 /dev/zero | tr '\\0' x > dense &&
+      dd if=/dev/zero of=sparse bs=1 count=1 seek=5000000 status=none && : > empty &&
+      stat -c '%n %s %b' dense sparse empty`;
+    const a = await inBoth(fx, script);
+    expect(a.mnt).toEqual(a.plain);
+    expect(a.mnt.stdout).toMatch(/^dense 100000 \d+\nsparse 5000001 \d+\nempty 0 0\n$/);
+  });
 });
 
 describe('file data', () => {

@@ -1,7 +1,7 @@
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { inBoth, mountFixture, type PosixFixture, probe, pyIn, shInOk } from '../helpers/posix.js';
+import { eventually, inBoth, mountFixture, type PosixFixture, probe, pyIn, shInOk } from '../helpers/posix.js';
 
 // Symlinks, hard links and inode numbers, against a plain directory as the oracle.
 
@@ -82,6 +82,30 @@ describe('hard links', () => {
     expect(await shInOk(fx.mnt, 'cat hw/one; stat -c %s hw/one')).toBe('via one and two\n16\n');
     await shInOk(fx.mnt, 'rm hw/one');
     expect(await shInOk(fx.mnt, 'cat hw/two; stat -c %h hw/two')).toBe('via one and two\n1\n');
+  });
+
+  it('removing or replacing one name of a freshly written file leaves no descriptor open in the server', async () => {
+    // Descriptors of the server process that point into the test's directory on the primary.
+    const open = async () => {
+      const dir = `/proc/${fx.srv.proc.pid}/fd`;
+      let n = 0;
+      for (const fd of await fsp.readdir(dir)) {
+        const target = await fsp.readlink(path.join(dir, fd)).catch(() => '');
+        if (target.startsWith(`${fx.primary}/leak/`)) n++;
+      }
+      return n;
+    };
+    await shInOk(fx.mnt, 'mkdir leak');
+    // Written (cached), closed, linked, then one name removed or replaced: the cache writes the
+    // data back under the surviving name and must then let go of the file. (The replacing file
+    // is synced first: a cached file legitimately keeps its descriptor until written back.)
+    await shInOk(
+      path.join(fx.mnt, 'leak'),
+      `for i in $(seq 1 10); do echo data > a$i && ln a$i b$i && rm a$i;
+        echo new > n$i && sync n$i && echo old > c$i && ln c$i d$i && mv n$i c$i; done`,
+    );
+    expect(await eventually(async () => (await open()) === 0, 2000)).toBe(true);
+    expect(await shInOk(path.join(fx.mnt, 'leak'), 'cat b1 b10 c1 d1')).toBe('data\ndata\nnew\nold\n');
   });
 
   it('link fails with the local errno', async () => {

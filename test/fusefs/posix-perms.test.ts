@@ -105,6 +105,36 @@ for p in ('rootf', 'priv', 'priv/s', 'pub', 'pub/byroot', 'exe', 'ro', 'nope'):
   });
 });
 
+describe('POSIX ACLs', () => {
+  // libfuse2 has no FUSE_POSIX_ACL: the kernel checks mode bits only. An ACL stored anyway
+  // would be shown (ls -l '+', getfacl) but not enforced, and its mask would open the group
+  // bits to the whole owning group. twinfs refuses them like a filesystem without ACL support.
+  const ACL = `
+import os, struct
+e = lambda tag, perm, id=0xffffffff: struct.pack('<HHI', tag, perm, id)
+acl = struct.pack('<I', 2) + e(1, 6) + e(2, 6, 65534) + e(4, 0) + e(0x10, 6) + e(0x20, 0)  # u::rw u:nobody:rw g::- m::rw o::-
+with open('aclf', 'w') as f: f.write('x')
+os.chmod('aclf', 0o600)
+try:
+    os.setxattr('aclf', 'system.posix_acl_access', acl); print('set')
+except OSError as e:
+    print(os.strerror(e.errno))
+print(oct(os.stat('aclf').st_mode & 0o777))
+`;
+
+  it('setting an ACL fails with EOPNOTSUPP and leaves the mode alone', async () => {
+    expect(await pyIn(fx.mnt, ACL)).toBe('Operation not supported\n0o600\n');
+    expect(await shInOk(fx.primary, "getfattr -m - -d aclf | grep -c posix_acl; stat -c '%a' aclf")).toBe('0\n600\n');
+  });
+
+  it('cp -p and cp -a still copy permissions (they fall back to chmod)', async () => {
+    const script = `echo x > aclsrc && chmod 640 aclsrc && cp -p aclsrc aclcp && cp -a aclsrc aclca && stat -c '%n %a' aclcp aclca`;
+    const a = await inBoth(fx, script);
+    expect(a.mnt).toEqual(a.plain);
+    expect(a.mnt.stdout).toBe('aclcp 640\naclca 640\n');
+  });
+});
+
 describe('root', () => {
   it('may chown, chgrp and chmod anything, and the primary shows it', async () => {
     const script = `echo r > owned && chown 123:456 owned && stat -c '%u:%g' owned && chgrp 789 owned &&

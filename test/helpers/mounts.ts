@@ -39,7 +39,10 @@ export interface StepResult {
 }
 
 /** Runs fixtures/steps.mjs in a child process (the only way tests touch a mount). */
-export async function runSteps(steps: Array<Record<string, unknown>>, timeoutMs = 60_000): Promise<StepResult[]> {
+export async function runSteps(
+  steps: Array<Record<string, unknown>>,
+  timeoutMs = 60_000,
+): Promise<StepResult[]> {
   const arg = JSON.stringify(steps).replace(/'/g, `'\\''`);
   const r = await sh(`node '${FIXTURES}/steps.mjs' '${arg}'`, { timeoutMs });
   if (r.code !== 0) throw new Error(`steps.mjs failed (${r.code}): ${r.stderr}`);
@@ -47,7 +50,11 @@ export async function runSteps(steps: Array<Record<string, unknown>>, timeoutMs 
 }
 
 /** Polls cond every intervalMs until it holds or timeoutMs passes; returns whether it held. */
-export async function waitFor(cond: () => Promise<boolean> | boolean, timeoutMs: number, intervalMs = 50): Promise<boolean> {
+export async function waitFor(
+  cond: () => Promise<boolean> | boolean,
+  timeoutMs: number,
+  intervalMs = 50,
+): Promise<boolean> {
   const until = Date.now() + timeoutMs;
   for (;;) {
     if (await cond()) return true;

@@ -248,9 +248,10 @@ class DirectorySnapshotWriter implements SnapshotWriter {
         for await (const chunk of data) {
           if (opts.signal?.aborted) throw new TwinError('ETWIN_ABORTED', `put ${p} cancelled`);
           const b = chunk as Buffer;
+          // Hash (CPU, this thread) while the write runs on the thread pool.
+          const written = writeAll(fh, b);
           digest.update(b);
-          let off = 0;
-          while (off < b.length) off += (await fh.write(b, off, b.length - off)).bytesWritten;
+          await written;
         }
         await this.applyMeta(fh, meta);
         ok = true;
@@ -377,6 +378,10 @@ class DirectorySnapshotWriter implements SnapshotWriter {
 function checkId(id: string): void {
   if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/.test(id) || id.endsWith('.partial') || id.includes('..'))
     throw new TwinError('ETWIN_TARGET_SPEC', `bad snapshot id ${JSON.stringify(id)}`, { snapshotId: id });
+}
+
+async function writeAll(fh: fs.promises.FileHandle, b: Buffer): Promise<void> {
+  for (let off = 0; off < b.length; ) off += (await fh.write(b, off, b.length - off)).bytesWritten;
 }
 
 async function exists(p: string): Promise<boolean> {

@@ -1,0 +1,209 @@
+import type { Stats } from 'node:fs';
+import { Readable } from 'node:stream';
+import { delay } from '../common/async.js';
+import { errnoCode, TwinError } from '../common/errors.js';
+import type { EntryRecord } from './catalog.js';
+import type { MirrorReader, SourceEntry } from './mirror-source.js';
+import {
+  type EntryMeta,
+  emptyTotals,
+  isTargetNotFound,
+  isTransient,
+  type ManifestEntry,
+  type SnapshotWriter,
+} from './target.js';
+
+const RETRY_DELAYS_MS = [200, 1000, 3000];
+
+export interface CopierOptions {
+  reader: MirrorReader;
+  writer: SnapshotWriter;
+  /** The snapshot unchanged files are shared with, and its entries by path. */
+  parent?: { id: string; entries: Map<string, EntryRecord> };
+  signal: AbortSignal;
+  /** Bytes done: `copied` when read from the mirror, else reused. Negative after a failed attempt. */
+  onBytes?: (n: number, copied: boolean) => void;
+}
+
+/**
+ * Copies one entry at a time from the split mirror into a snapshot writer, and keeps the
+ * totals. The mirror copy's own lstat is the metadata of record (the split froze it); what the
+ * server announced is checked against it, and a file that changes while it is read fails the run
+ * rather than landing torn in a snapshot.
+ */
+export class EntryCopier {
+  readonly totals = emptyTotals();
+
+  constructor(private readonly o: CopierOptions) {}
+
+  async copy(src: SourceEntry): Promise<ManifestEntry | undefined> {
+    const { reader, writer, signal } = this.o;
+    if (signal.aborted) throw signal.reason;
+    let st: Stats;
+    try {
+      st = await reader.lstat(src.mirrorPath);
+    } catch (err) {
+      throw mirrorError(err, src);
+    }
+    const meta = metaOf(st);
+    const type = st.isDirectory()
+      ? 'dir'
+      : st.isSymbolicLink()
+        ? 'symlink'
+        : st.isFile()
+          ? 'file'
+          : undefined;
+    const announced = src.item?.type;
+    if (
+      announced &&
+      (type ? announced !== type : announced === 'file' || announced === 'dir' || announced === 'symlink')
+    )
+      throw new TwinError(
+        'ETWIN_MIRROR_CHANGED',
+        `${src.path}: the server announced a ${announced}, the mirror holds a ${type ?? 'special file'}`,
+        { path: src.path },
+      );
+    switch (type) {
+      case 'dir':
+        await writer.putDir(src.path, meta);
+        this.totals.dirs++;
+        return { path: src.path, type, ...meta };
+      case 'symlink': {
+        const target = await reader.readlink(src.mirrorPath);
+        await writer.putSymlink(src.path, target, meta);
+        this.totals.symlinks++;
+        return { path: src.path, type, ...meta, target };
+      }
+      case 'file':
+        return this.copyRegular(src, meta);
+      default:
+        // fifos, sockets, devices: not something a backup target stores.
+        this.totals.skipped++;
+        return undefined;
+    }
+  }
+
+  private async copyRegular(src: SourceEntry, meta: EntryMeta): Promise<ManifestEntry> {
+    if (src.item && src.item.size !== meta.size)
+      throw new TwinError(
+        'ETWIN_MIRROR_CHANGED',
+        `${src.path}: the server announced ${src.item.size} bytes, the mirror holds ${meta.size}`,
+        { path: src.path },
+      );
+    this.totals.files++;
+    this.totals.bytes += meta.size;
+    const parent = this.o.parent;
+    const prev = parent?.entries.get(src.path);
+    if (parent && prev && unchanged(prev, meta)) {
+      try {
+        await this.o.writer.reuseFile(src.path, parent.id, prev);
+        this.totals.reusedFiles++;
+        this.o.onBytes?.(meta.size, false);
+        return { path: src.path, type: 'file', ...meta, hash: prev.hash };
+      } catch (err) {
+        // The parent's data is gone (or was never there): copy instead.
+        if (!isTargetNotFound(err)) throw err;
+      }
+    }
+    const hash = await this.streamFile(src, meta);
+    this.totals.copiedBytes += meta.size;
+    return { path: src.path, type: 'file', ...meta, hash };
+  }
+
+  /** Streams one split copy into the target; retries transient target failures. */
+  private async streamFile(src: SourceEntry, meta: EntryMeta): Promise<string> {
+    const { reader, writer, signal, onBytes } = this.o;
+    for (let attempt = 0; ; attempt++) {
+      let opened: Awaited<ReturnType<MirrorReader['open']>>;
+      try {
+        opened = await reader.open(src.mirrorPath);
+      } catch (err) {
+        throw mirrorError(err, src);
+      }
+      const { fh, stat } = opened;
+      let counted = 0;
+      try {
+        const source = fh.createReadStream({ start: 0, highWaterMark: 1 << 20, autoClose: false });
+        // Counts as the target consumes (a 'data' listener would race the target's reader).
+        const counting = async function* () {
+          for await (const chunk of source) {
+            counted += (chunk as Buffer).length;
+            onBytes?.((chunk as Buffer).length, true);
+            yield chunk as Buffer;
+          }
+        };
+        const r = await writer.putFile(src.path, Readable.from(counting(), { objectMode: false }), meta, {
+          signal,
+        });
+        const after = await fh.stat();
+        if (after.size !== stat.size || after.mtimeMs !== stat.mtimeMs || stat.size !== meta.size)
+          throw new TwinError(
+            'ETWIN_MIRROR_CHANGED',
+            `${src.path}: the split mirror copy changed while it was copied (${meta.size} → ${after.size} bytes); the split is not holding`,
+            { path: src.path },
+          );
+        if (r.bytes !== stat.size || counted !== stat.size)
+          throw new TwinError(
+            'ETWIN_TARGET_FAILED',
+            `${src.path}: ${counted} bytes read, ${r.bytes} stored, the file has ${stat.size}`,
+            {
+              path: src.path,
+            },
+          );
+        return r.hash;
+      } catch (err) {
+        onBytes?.(-counted, true);
+        const wait = RETRY_DELAYS_MS[attempt];
+        if (!isTransient(err) || wait === undefined || signal.aborted) throw err;
+        await delay(wait, signal);
+      } finally {
+        await fh.close().catch(() => undefined);
+      }
+    }
+  }
+}
+
+function metaOf(st: Stats): EntryMeta {
+  return {
+    size: st.isFile() ? st.size : 0,
+    mode: st.mode & 0o7777,
+    uid: st.uid,
+    gid: st.gid,
+    mtime: st.mtimeMs,
+  };
+}
+
+/**
+ * Unchanged for an incremental run: same size, mtime, mode and owner. Owner and mode count
+ * because a shared file (a hard link) shares them too.
+ */
+function unchanged(prev: EntryRecord, meta: EntryMeta): boolean {
+  return (
+    prev.type === 'file' &&
+    prev.hash !== undefined &&
+    prev.size === meta.size &&
+    prev.mtime === meta.mtime &&
+    prev.mode === meta.mode &&
+    prev.uid === meta.uid &&
+    prev.gid === meta.gid
+  );
+}
+
+function mirrorError(err: unknown, src: SourceEntry): unknown {
+  if (err instanceof TwinError) return err;
+  const code = errnoCode(err);
+  if (code === 'ENOENT' || code === 'ELOOP')
+    return new TwinError(
+      'ETWIN_MIRROR_CHANGED',
+      `${src.path}: ${code === 'ELOOP' ? 'the mirror holds a symlink where the server announced a file' : 'missing from the split mirror'}`,
+      { path: src.path },
+    );
+  return new TwinError(
+    'ETWIN_MIRROR_UNREADABLE',
+    `${src.path}: cannot read the split copy (${code ?? (err as Error).message})`,
+    {
+      path: src.path,
+      errno: code,
+    },
+  );
+}

@@ -1,0 +1,345 @@
+import { promises as fsp } from 'node:fs';
+import * as path from 'node:path';
+import { Readable } from 'node:stream';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { type BackupOptions, BackupRun } from '../../src/backup-peer/backup-run.js';
+import { Catalog } from '../../src/backup-peer/catalog.js';
+import { checkSnapshot } from '../../src/backup-peer/check.js';
+import { forget } from '../../src/backup-peer/forget.js';
+import { restore } from '../../src/backup-peer/restore.js';
+import type { BackupTarget, EntryMeta } from '../../src/backup-peer/target.js';
+import { DirectoryTarget } from '../../src/backup-peer/targets/directory.js';
+import { TargetRegistry } from '../../src/backup-peer/targets/index.js';
+import { FakeControl, type Mirror, makeMirror, snapshotTree, tempDir, writeTree } from './peer-fixture.js';
+
+/** Backup runs against a hand-made mirror and a fake control channel: no server needed. */
+describe('backup run, restore, check, forget (hand-made mirror)', () => {
+  let base: string;
+  let cleanup: () => Promise<void>;
+  let mirror: Mirror;
+  let target: DirectoryTarget;
+  let catalogDir: string;
+  const registry = new TargetRegistry();
+  const big = Buffer.alloc(2 * 1024 * 1024 + 3).map((_, i) => (i * 7) % 256);
+
+  beforeEach(async () => {
+    ({ dir: base, cleanup } = await tempDir());
+    mirror = await makeMirror(base, {
+      docs: {
+        'a.txt': { content: 'alpha\n', mode: 0o640, uid: 1001, gid: 1002, mtime: 1_650_000_000_250 },
+        'b.txt': 'bravo\n',
+        deep: { er: { 'c.bin': big } },
+        'link-to-a': { symlink: 'a.txt' },
+        'abs-link': { symlink: '/etc/passwd' },
+      },
+      'top.txt': { content: 'top', mode: 0o4755, mtime: 1_600_000_000_000 },
+      empty: {},
+    });
+    await fsp.chmod(path.join(mirror.data, 'docs/deep'), 0o700);
+    await fsp.chown(path.join(mirror.data, 'docs/deep'), 1001, 1002);
+    await fsp.utimes(path.join(mirror.data, 'docs'), 1_500_000_000, 1_500_000_000);
+    target = await DirectoryTarget.open(path.join(base, 'backups'));
+    catalogDir = path.join(base, 'catalog');
+  });
+  afterEach(() => cleanup());
+
+  const backup = (control: FakeControl, o: Partial<BackupOptions> = {}) =>
+    new BackupRun({
+      server: 'ws://fake',
+      token: 't',
+      target,
+      catalogDir,
+      selector: { volume: true },
+      connect: async () => control,
+      ...o,
+    }).run();
+
+  it('backs up the split selection and restores it byte for byte, metadata included', async () => {
+    const control = new FakeControl(mirror);
+    const progress: number[] = [];
+    const run = new BackupRun({
+      server: 'ws://fake',
+      token: 't',
+      target,
+      catalogDir,
+      selector: { volume: true },
+      connect: async () => control,
+    });
+    run.onDidProgress((p) => progress.push(p.bytes));
+    const r = await run.run();
+    expect(r.snapshot.state).toBe('complete');
+    expect(r.snapshot.totals).toMatchObject({
+      files: 4,
+      dirs: 4,
+      symlinks: 2,
+      bytes: big.length + 6 + 6 + 3,
+      reusedFiles: 0,
+    });
+    expect(r.snapshot.totals.copiedBytes).toBe(r.snapshot.totals.bytes);
+    expect(progress.at(-1)).toBe(r.snapshot.totals.bytes);
+    expect(control.count('release')).toBe(1);
+    expect(control.held.size).toBe(0);
+    expect((await target.listSnapshots()).map((s) => s.snapshotId)).toEqual([r.snapshot.id]);
+
+    const to = path.join(base, 'restored');
+    const rr = await restore({ snapshot: r.snapshot.id, to, catalogDir, registry });
+    expect(rr.failures).toEqual([]);
+    expect(await snapshotTree(to)).toEqual(await snapshotTree(mirror.data));
+    expect((await checkSnapshot({ snapshot: 'latest', catalogDir, registry })).ok).toBe(true);
+  });
+
+  it('copies only what changed since the previous complete snapshot (size, mtime, mode, owner)', async () => {
+    const first = await backup(new FakeControl(mirror));
+    await fsp.writeFile(path.join(mirror.data, 'docs/b.txt'), 'bravo, changed\n');
+    await fsp.chmod(path.join(mirror.data, 'top.txt'), 0o700); // metadata only: copied again too
+    await fsp.writeFile(path.join(mirror.data, 'new.txt'), 'new!');
+    await fsp.rm(path.join(mirror.data, 'docs/a.txt'));
+    const second = await backup(new FakeControl(mirror));
+    expect(second.snapshot.parentId).toBe(first.snapshot.id);
+    expect(second.snapshot.totals.copiedBytes).toBe(15 + 3 + 4);
+    expect(second.snapshot.totals.reusedFiles).toBe(1);
+    const ino = async (id: string) => (await fsp.stat(path.join(target.root, id, 'docs/deep/er/c.bin'))).ino;
+    expect(await ino(second.snapshot.id)).toBe(await ino(first.snapshot.id));
+
+    const to2 = path.join(base, 'r2');
+    await restore({ snapshot: second.snapshot.id, to: to2, catalogDir, registry });
+    expect(await snapshotTree(to2)).toEqual(await snapshotTree(mirror.data));
+    // The first snapshot still restores the tree as it was.
+    const to1 = path.join(base, 'r1');
+    await restore({
+      snapshot: first.snapshot.id,
+      paths: ['/docs/a.txt', 'docs/b.txt'],
+      to: to1,
+      catalogDir,
+      registry,
+    });
+    expect(await fsp.readFile(path.join(to1, 'docs/a.txt'), 'utf8')).toBe('alpha\n');
+    expect(await fsp.readFile(path.join(to1, 'docs/b.txt'), 'utf8')).toBe('bravo\n');
+  });
+
+  it('walks the mirror itself when the item list was cut short', async () => {
+    const r = await backup(new FakeControl(mirror, { itemsComplete: false }), {
+      selector: { subtree: '/docs' },
+    });
+    expect(r.snapshot.totals).toMatchObject({ files: 3, symlinks: 2 });
+    const to = path.join(base, 'r');
+    await restore({ snapshot: r.snapshot.id, to, catalogDir, registry });
+    expect(await snapshotTree(path.join(to, 'docs'))).toEqual(
+      await snapshotTree(path.join(mirror.data, 'docs')),
+    );
+  });
+
+  it('maps the device to a local path (mirror root or data dir) and refuses another device', async () => {
+    const moved = path.join(base, 'elsewhere');
+    await fsp.rename(mirror.root, moved);
+    // The server still names its own path of the mirror; this host sees it at `moved`.
+    const server = () =>
+      new FakeControl({ ...mirror, data: path.join(moved, 'data') }, { mirrorRoot: mirror.data });
+    const gone = server();
+    await expect(backup(gone)).rejects.toMatchObject({ code: 'ETWIN_MIRROR_UNREADABLE' });
+    expect(gone.held.size).toBe(0);
+    const r = await backup(server(), { mirrorMap: { [mirror.deviceId]: moved } });
+    expect(r.snapshot.state).toBe('complete');
+    await backup(server(), { mirrorMap: { [mirror.deviceId]: path.join(moved, 'data') } });
+    const other = await makeMirror(path.join(base, 'o'), {}, 'twin-other');
+    const c = server();
+    await expect(backup(c, { mirrorMap: { [mirror.deviceId]: other.root } })).rejects.toMatchObject({
+      code: 'ETWIN_DEVICE_MISMATCH',
+    });
+    expect(c.count('release')).toBe(1);
+  });
+
+  it('re-checks the server paths: ".." and symlinked parents are refused, the split released', async () => {
+    const dotdot = new FakeControl(mirror, {
+      items: (items) => [...items, { ...items[0]!, path: '/docs/../../etc/passwd' }],
+    });
+    await expect(backup(dotdot)).rejects.toMatchObject({ code: 'ETWIN_PATH_ESCAPE' });
+    expect(dotdot.held.size).toBe(0);
+
+    await fsp.symlink('/etc', path.join(mirror.data, 'etc-link'));
+    const through = new FakeControl(mirror, {
+      items: (items) => [
+        ...items,
+        {
+          ...items.find((i) => i.type === 'file')!,
+          path: '/etc-link/passwd',
+          mirrorPath: '/etc-link/passwd',
+        },
+      ],
+    });
+    await expect(backup(through)).rejects.toMatchObject({ code: 'ETWIN_PATH_ESCAPE' });
+    expect(through.held.size).toBe(0);
+    await Catalog.with(catalogDir, async (c) => {
+      expect((await c.list()).map((s) => s.state)).toEqual(['failed']);
+    });
+    expect(await target.listSnapshots()).toEqual([]);
+    expect((await fsp.readdir(target.root)).filter((n) => n !== '.manifests')).toEqual([]);
+  });
+
+  it('stops at once when the split is lost mid-copy: no snapshot, catalog says failed', async () => {
+    const control = new FakeControl(mirror);
+    // The connection drops while a file is being written.
+    const dropping: BackupTarget = Object.create(target, {
+      beginSnapshot: {
+        value: async (meta: Parameters<BackupTarget['beginSnapshot']>[0]) => {
+          const w = await target.beginSnapshot(meta);
+          return Object.create(w, {
+            putFile: {
+              value: (p: string, data: Readable, ...rest: [EntryMeta, { signal?: AbortSignal }?]) =>
+                w.putFile(
+                  p,
+                  Readable.from(
+                    (async function* () {
+                      for await (const chunk of data) {
+                        yield chunk;
+                        control.disconnect(); // after the first chunk went to the target
+                      }
+                    })(),
+                    { objectMode: false },
+                  ),
+                  ...rest,
+                ),
+            },
+          });
+        },
+      },
+    });
+    await expect(backup(control, { target: dropping })).rejects.toMatchObject({ code: 'ETWIN_SPLIT_LOST' });
+    await Catalog.with(catalogDir, async (c) => {
+      const [s] = await c.list();
+      expect(s).toMatchObject({ state: 'failed', error: { code: 'ETWIN_SPLIT_LOST' } });
+      expect(await c.entries(s!.id)).toEqual([]);
+    });
+    expect(await target.listSnapshots()).toEqual([]);
+    expect((await fsp.readdir(target.root)).filter((n) => n !== '.manifests')).toEqual([]);
+  });
+
+  it('confirms the split after the last read: a lease lost silently fails the run', async () => {
+    const control = new FakeControl(mirror);
+    const origRelease = control.held;
+    const r = backup(control, {
+      target: Object.create(target, {
+        beginSnapshot: {
+          value: async (meta: Parameters<BackupTarget['beginSnapshot']>[0]) => {
+            origRelease.clear(); // the server let the lease run out, and no event reached us
+            return target.beginSnapshot(meta);
+          },
+        },
+      }),
+    });
+    await expect(r).rejects.toMatchObject({ code: 'ETWIN_SPLIT_LOST' });
+    await Catalog.with(catalogDir, async (c) => expect((await c.list({ state: 'complete' })).length).toBe(0));
+  });
+
+  it('cleans up after a peer that died mid-run', async () => {
+    await Catalog.with(catalogDir, (c) =>
+      c.begin({
+        id: '20200101T000000Z-dead00',
+        time: 1,
+        server: 's',
+        deviceId: mirror.deviceId,
+        selector: {},
+        paths: ['/'],
+        totals: { files: 0, dirs: 0, symlinks: 0, bytes: 0, copiedBytes: 0, reusedFiles: 0, skipped: 0 },
+        target: target.spec,
+      }),
+    );
+    await fsp.mkdir(path.join(target.root, '20200101T000000Z-dead00.partial'));
+    // Pretend that run's process is gone.
+    const db = path.join(catalogDir, 'snapshots.db');
+    await fsp.writeFile(
+      db,
+      (await fsp.readFile(db, 'utf8')).replace(`"pid":${process.pid}`, '"pid":999999999'),
+    );
+    await backup(new FakeControl(mirror));
+    await Catalog.with(catalogDir, async (c) => {
+      expect((await c.get('20200101T000000Z-dead00'))!.state).toBe('failed');
+    });
+    expect(await fsp.readdir(target.root)).not.toContain('20200101T000000Z-dead00.partial');
+  });
+
+  it('restore refuses paths escaping --to and never writes through a symlink there', async () => {
+    const r = await backup(new FakeControl(mirror));
+    const to = path.join(base, 'to');
+    const outside = path.join(base, 'outside');
+    await fsp.mkdir(outside, { mode: 0o711 });
+    await fsp.utimes(outside, 1000, 1000);
+    for (const p of ['../outside/x', '/docs/../../outside', '..'])
+      await expect(
+        restore({ snapshot: r.snapshot.id, paths: [p], to, catalogDir, registry }),
+      ).rejects.toMatchObject({
+        code: 'ETWIN_PATH_ESCAPE',
+      });
+    expect(await fsp.readdir(outside)).toEqual([]);
+    // A symlink already at the destination does not redirect the restore out of --to.
+    await fsp.mkdir(to, { recursive: true });
+    await fsp.symlink(outside, path.join(to, 'docs'));
+    const rr = await restore({ snapshot: r.snapshot.id, paths: ['/docs'], to, catalogDir, registry });
+    expect(rr.failures.length).toBeGreaterThan(0);
+    expect(rr.failures.every((f) => f.code === 'ETWIN_PATH_ESCAPE')).toBe(true);
+    expect(await fsp.readdir(outside)).toEqual([]);
+    const st = await fsp.stat(outside);
+    expect([st.mode & 0o7777, st.mtimeMs]).toEqual([0o711, 1_000_000]);
+    await expect(
+      restore({ snapshot: r.snapshot.id, paths: ['/nope'], to, catalogDir, registry }),
+    ).rejects.toMatchObject({
+      code: 'ETWIN_NOT_FOUND',
+    });
+  });
+
+  it('restores over existing files whole, and only complete snapshots', async () => {
+    const r = await backup(new FakeControl(mirror));
+    const to = path.join(base, 'to');
+    await writeTree(to, { docs: { 'b.txt': 'stale content that is longer' } });
+    await restore({ snapshot: r.snapshot.id, paths: ['/docs/b.txt'], to, catalogDir, registry });
+    expect(await fsp.readFile(path.join(to, 'docs/b.txt'), 'utf8')).toBe('bravo\n');
+    expect((await fsp.readdir(path.join(to, 'docs'))).filter((n) => n.includes('twinfs-restore'))).toEqual(
+      [],
+    );
+    await Catalog.with(catalogDir, (c) => c.begin({ ...r.snapshot, id: 'running-one', time: Date.now() }));
+    await expect(restore({ snapshot: 'running-one', to, catalogDir, registry })).rejects.toMatchObject({
+      code: 'ETWIN_SNAPSHOT_INCOMPLETE',
+    });
+  });
+
+  it('check finds corrupted, truncated and missing target data', async () => {
+    const r = await backup(new FakeControl(mirror));
+    const snap = path.join(target.root, r.snapshot.id);
+    const fh = await fsp.open(path.join(snap, 'docs/deep/er/c.bin'), 'r+');
+    await fh.write(Buffer.from([0xff]), 0, 1, 12345);
+    await fh.close();
+    await fsp.truncate(path.join(snap, 'top.txt'), 1);
+    await fsp.rm(path.join(snap, 'docs/b.txt'));
+    const c = await checkSnapshot({ snapshot: r.snapshot.id, catalogDir, registry });
+    expect(c.ok).toBe(false);
+    expect(c.problems.map((p) => [p.path, p.kind]).sort()).toEqual([
+      ['/docs/b.txt', 'missing'],
+      ['/docs/deep/er/c.bin', 'hash'],
+      ['/top.txt', 'size'],
+    ]);
+    // Restore verifies too: the corrupted file is reported, not silently restored.
+    const rr = await restore({
+      snapshot: r.snapshot.id,
+      paths: ['/docs/deep'],
+      to: path.join(base, 'x'),
+      catalogDir,
+      registry,
+    });
+    expect(rr.failures.map((f) => f.code)).toEqual(['ETWIN_CHECK_FAILED']);
+  });
+
+  it('forget removes snapshots and their data; kept snapshots still restore', async () => {
+    const s1 = await backup(new FakeControl(mirror));
+    await fsp.writeFile(path.join(mirror.data, 'docs/b.txt'), 'second');
+    const s2 = await backup(new FakeControl(mirror));
+    const f = await forget({ catalogDir, policy: { keepLast: 1 }, registry });
+    expect(f.remove.map((s) => s.id)).toEqual([s1.snapshot.id]);
+    expect(f.orphaned).toEqual([]);
+    expect((await target.listSnapshots()).map((s) => s.snapshotId)).toEqual([s2.snapshot.id]);
+    expect(await fsp.readdir(target.root)).not.toContain(s1.snapshot.id);
+    const to = path.join(base, 'r');
+    await restore({ snapshot: s2.snapshot.id, to, catalogDir, registry });
+    expect(await snapshotTree(to)).toEqual(await snapshotTree(mirror.data));
+    expect((await checkSnapshot({ snapshot: s2.snapshot.id, catalogDir, registry })).ok).toBe(true);
+  });
+});

@@ -1,0 +1,193 @@
+import { promises as fsp } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { Catalog } from '../../src/backup-peer/catalog.js';
+import { planForget } from '../../src/backup-peer/forget.js';
+import { emptyTotals, type ManifestEntry } from '../../src/backup-peer/target.js';
+import { tempDir } from './peer-fixture.js';
+
+describe('catalog', () => {
+  let dir: string;
+  let cleanup: () => Promise<void>;
+  beforeEach(async () => {
+    ({ dir, cleanup } = await tempDir('twinfs-catalog-'));
+  });
+  afterEach(() => cleanup());
+
+  const rec = (id: string, time: number, extra: Record<string, unknown> = {}) => ({
+    id,
+    time,
+    server: 'ws://x',
+    deviceId: 'dev',
+    selector: { volume: true },
+    paths: ['/'],
+    totals: emptyTotals(),
+    target: 'dir:/b',
+    ...extra,
+  });
+  const entries: ManifestEntry[] = [
+    { path: '/b', type: 'file', size: 1, mode: 0o644, uid: 0, gid: 0, mtime: 1, hash: 'h1' },
+    { path: '/a', type: 'dir', size: 0, mode: 0o755, uid: 0, gid: 0, mtime: 1 },
+  ];
+
+  it('records a snapshot as running, then complete with its entries; survives reopening', async () => {
+    await Catalog.with(dir, async (c) => {
+      const s = await c.begin(rec('20250101T000000Z-aaaaaa', 1000));
+      expect(s.state).toBe('running');
+      expect(s.pid).toBe(process.pid);
+      expect(await c.entries(s.id)).toEqual([]);
+      const done = await c.complete(s.id, entries, { ...emptyTotals(), files: 1, bytes: 1 });
+      expect(done.state).toBe('complete');
+      expect(done.finishedAt).toBeGreaterThan(0);
+    });
+    await Catalog.with(dir, async (c) => {
+      const [s] = await c.list();
+      expect(s).toMatchObject({
+        id: '20250101T000000Z-aaaaaa',
+        state: 'complete',
+        totals: { files: 1, bytes: 1 },
+      });
+      // Sorted by path, snapshotId attached.
+      expect((await c.entries(s!.id)).map((e) => [e.path, e.snapshotId])).toEqual([
+        ['/a', s!.id],
+        ['/b', s!.id],
+      ]);
+    });
+  });
+
+  it('a failed snapshot keeps no entries and is never "latest"', async () => {
+    await Catalog.with(dir, async (c) => {
+      await c.begin(rec('s-1', 1000));
+      await c.complete('s-1', entries, emptyTotals());
+      await c.begin(rec('s-2', 2000));
+      await c.fail('s-2', { code: 'ETWIN_SPLIT_LOST', message: 'gone' });
+      expect(await c.entries('s-2')).toEqual([]);
+      expect((await c.get('s-2'))!.error).toEqual({ code: 'ETWIN_SPLIT_LOST', message: 'gone' });
+      expect((await c.resolve('latest')).id).toBe('s-1');
+      expect((await c.latestComplete('dev', 'dir:/b'))!.id).toBe('s-1');
+      expect(await c.latestComplete('dev', 'dir:/other')).toBeUndefined();
+    });
+  });
+
+  it('resolves ids, unique prefixes and latest; unknown and ambiguous refs are named errors', async () => {
+    await Catalog.with(dir, async (c) => {
+      await expect(c.resolve('latest')).rejects.toMatchObject({ code: 'ETWIN_UNKNOWN_SNAPSHOT' });
+      await c.begin(rec('20250101T000000Z-abc', 1));
+      await c.begin(rec('20250101T000000Z-abd', 2));
+      expect((await c.resolve('20250101T000000Z-abc')).id).toBe('20250101T000000Z-abc');
+      expect((await c.resolve('20250101T000000Z-abd')).id).toBe('20250101T000000Z-abd');
+      await expect(c.resolve('20250101')).rejects.toMatchObject({
+        code: 'ETWIN_UNKNOWN_SNAPSHOT',
+        message: /ambiguous/,
+      });
+      await expect(c.resolve('nope')).rejects.toMatchObject({ code: 'ETWIN_UNKNOWN_SNAPSHOT' });
+    });
+  });
+
+  it('removes a snapshot with its entries', async () => {
+    await Catalog.with(dir, async (c) => {
+      await c.begin(rec('s-1', 1));
+      await c.complete('s-1', entries, emptyTotals());
+      await c.remove('s-1');
+      expect(await c.list()).toEqual([]);
+      expect(await c.entries('s-1')).toEqual([]);
+    });
+  });
+
+  it('is exclusive: a second opener waits, then fails with ETWIN_CATALOG_LOCKED', async () => {
+    const c = await Catalog.open(dir);
+    try {
+      const t0 = Date.now();
+      await expect(Catalog.open(dir, { lockTimeoutMs: 300 })).rejects.toMatchObject({
+        code: 'ETWIN_CATALOG_LOCKED',
+      });
+      expect(Date.now() - t0).toBeGreaterThanOrEqual(250);
+    } finally {
+      await c.close();
+    }
+    await (await Catalog.open(dir, { lockTimeoutMs: 300 })).close();
+  });
+
+  it('takes over a lock left by a dead process, and tells abandoned running snapshots', async () => {
+    await fsp.writeFile(path.join(dir, 'lock'), JSON.stringify({ pid: 999_999_999, host: os.hostname() }));
+    await Catalog.with(
+      dir,
+      async (c) => {
+        await c.begin(rec('mine', 1));
+        const dead = { ...(await c.get('mine'))!, pid: 999_999_999 };
+        expect(c.isAbandoned(dead)).toBe(true);
+        expect(c.isAbandoned((await c.get('mine'))!)).toBe(false);
+        expect(c.isAbandoned({ ...dead, host: 'elsewhere' })).toBe(false);
+      },
+      { lockTimeoutMs: 300 },
+    );
+  });
+
+  it('a damaged datafile is a clear ETWIN_CATALOG error', async () => {
+    await fsp.writeFile(path.join(dir, 'snapshots.db'), 'garbage\n'.repeat(20));
+    await expect(Catalog.open(dir)).rejects.toMatchObject({ code: 'ETWIN_CATALOG' });
+    // ... and the lock was released on the way out.
+    await expect(fsp.stat(path.join(dir, 'lock'))).rejects.toMatchObject({ code: 'ENOENT' });
+  });
+});
+
+describe('forget policy', () => {
+  const day = 24 * 3600_000;
+  const base = new Date(2025, 0, 10, 12).getTime();
+  const snap = (
+    id: string,
+    time: number,
+    state: 'complete' | 'failed' | 'running' = 'complete',
+    extra = {},
+  ) => ({
+    id,
+    time,
+    server: 's',
+    deviceId: 'dev',
+    selector: {},
+    paths: ['/'],
+    state,
+    totals: emptyTotals(),
+    target: 'dir:/b',
+    pid: 1,
+    host: 'h',
+    ...extra,
+  });
+
+  it('keeps the newest N, and the newest of each of the last N days, per group', () => {
+    const all = [
+      snap('d0-a', base - 2 * day),
+      snap('d0-b', base - 2 * day + 1000),
+      snap('d1-a', base - day),
+      snap('d2-a', base),
+      snap('d2-b', base + 1000),
+      snap('other-dev', base - 5 * day, 'complete', { deviceId: 'dev2' }),
+    ];
+    const p1 = planForget(all, { keepLast: 1 }, () => false);
+    expect(p1.keep.map((s) => s.id).sort()).toEqual(['d2-b', 'other-dev']);
+    const p2 = planForget(all, { keepDaily: 2 }, () => false);
+    expect(p2.keep.map((s) => s.id).sort()).toEqual(['d1-a', 'd2-b', 'other-dev']);
+    const p3 = planForget(all, { keepLast: 2, keepDaily: 3 }, () => false);
+    expect(p3.remove.map((s) => s.id).sort()).toEqual(['d0-a']);
+  });
+
+  it('always removes failed and abandoned snapshots, never a live running one', () => {
+    const all = [
+      snap('f', 1, 'failed'),
+      snap('dead', 2, 'running'),
+      snap('live', 3, 'running'),
+      snap('c', 4),
+    ];
+    const p = planForget(all, { keepLast: 5 }, (s) => s.id === 'dead');
+    expect(p.remove.map((s) => [s.id, s.reason])).toEqual([
+      ['f', 'failed'],
+      ['dead', 'abandoned'],
+    ]);
+    expect(p.keep.map((s) => s.id).sort()).toEqual(['c', 'live']);
+  });
+
+  it('wants a policy', () => {
+    expect(() => planForget([], {}, () => false)).toThrow(expect.objectContaining({ code: 'ETWIN_USAGE' }));
+  });
+});

@@ -1,0 +1,200 @@
+import { createHash } from 'node:crypto';
+import { promises as fsp } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import type { BackupControl } from '../../src/backup-peer/backup-run.js';
+import { Emitter } from '../../src/common/event.js';
+import type { Item, PrepareResult, SelectorMsg } from '../../src/control/protocol.js';
+
+/**
+ * Helpers for the backup peer's unit tests: a hand-made mirror (device.json + data/), a fake
+ * control channel that answers prepare from it the way the server does, and tree comparison.
+ */
+
+export async function tempDir(prefix = 'twinfs-peer-'): Promise<{ dir: string; cleanup(): Promise<void> }> {
+  const dir = await fsp.mkdtemp(path.join(os.tmpdir(), prefix));
+  return { dir, cleanup: () => fsp.rm(dir, { recursive: true, force: true }) };
+}
+
+export interface TreeSpec {
+  [name: string]:
+    | string
+    | Buffer
+    | TreeSpec
+    | { symlink: string }
+    | { mode?: number; uid?: number; gid?: number; mtime?: number; content: string | Buffer };
+}
+
+/** Writes a tree: strings/Buffers are files, objects are directories, {symlink} are symlinks. */
+export async function writeTree(dir: string, spec: TreeSpec): Promise<void> {
+  await fsp.mkdir(dir, { recursive: true });
+  for (const [name, v] of Object.entries(spec)) {
+    const p = path.join(dir, name);
+    if (typeof v === 'string' || Buffer.isBuffer(v)) await fsp.writeFile(p, v);
+    else if ('symlink' in v && typeof v.symlink === 'string') await fsp.symlink(v.symlink, p);
+    else if ('content' in v && (typeof v.content === 'string' || Buffer.isBuffer(v.content))) {
+      const f = v as { mode?: number; uid?: number; gid?: number; mtime?: number; content: string | Buffer };
+      await fsp.writeFile(p, f.content);
+      if (f.uid !== undefined) await fsp.chown(p, f.uid, f.gid ?? f.uid);
+      if (f.mode !== undefined) await fsp.chmod(p, f.mode);
+      if (f.mtime !== undefined) await fsp.utimes(p, f.mtime / 1000, f.mtime / 1000);
+    } else await writeTree(p, v as TreeSpec);
+  }
+}
+
+export interface Mirror {
+  root: string;
+  data: string;
+  deviceId: string;
+}
+
+export async function makeMirror(
+  base: string,
+  spec: TreeSpec,
+  deviceId = 'twin-test-device',
+): Promise<Mirror> {
+  const root = path.join(base, 'mirror');
+  await fsp.mkdir(path.join(root, 'data'), { recursive: true });
+  await fsp.writeFile(
+    path.join(root, 'device.json'),
+    JSON.stringify({ deviceId, volumeId: 'vol-test', version: 1 }),
+  );
+  await writeTree(path.join(root, 'data'), spec);
+  return { root, data: path.join(root, 'data'), deviceId };
+}
+
+/** A control channel answering from a local mirror, recording what the peer asked. */
+export class FakeControl implements BackupControl {
+  readonly calls: Array<{ type: string; backupId?: string }> = [];
+  private readonly _onEvent = new Emitter<{ event: string; data: unknown }>();
+  readonly onEvent = this._onEvent.event;
+  private readonly _onClose = new Emitter<{ code: number; reason: string }>();
+  readonly onClose = this._onClose.event;
+  held = new Set<string>();
+  private n = 0;
+
+  constructor(
+    private readonly mirror: Mirror,
+    private readonly opts: {
+      itemsComplete?: boolean;
+      mirrorRoot?: string;
+      items?: (items: Item[]) => Item[];
+    } = {},
+  ) {}
+
+  async prepare(selector: SelectorMsg, o: { leaseMs?: number }): Promise<PrepareResult> {
+    const backupId = `bk-${++this.n}`;
+    this.calls.push({ type: 'prepare', backupId });
+    this.held.add(backupId);
+    let items = await listItems(this.mirror.data, selector);
+    if (this.opts.items) items = this.opts.items(items);
+    const complete = this.opts.itemsComplete ?? true;
+    return {
+      backupId,
+      deviceId: this.mirror.deviceId,
+      mirrorRoot: this.opts.mirrorRoot ?? this.mirror.data,
+      selector,
+      items: complete ? items : items.slice(0, 1),
+      itemsComplete: complete,
+      stallMs: 1,
+      leaseMs: o.leaseMs ?? 60_000,
+      expiresAt: Date.now() + (o.leaseMs ?? 60_000),
+    };
+  }
+
+  async renew(backupId: string): Promise<unknown> {
+    this.calls.push({ type: 'renew', backupId });
+    if (!this.held.has(backupId))
+      throw Object.assign(new Error(`no backup ${backupId}`), { code: 'ETWIN_UNKNOWN_BACKUP' });
+    return { backupId };
+  }
+
+  async release(backupId: string): Promise<unknown> {
+    this.calls.push({ type: 'release', backupId });
+    this.held.delete(backupId);
+    return { backupId };
+  }
+
+  /** The connection drops: the server releases everything this peer held. */
+  disconnect(): void {
+    this.held.clear();
+    this._onClose.fire({ code: 1006, reason: '' });
+  }
+
+  async close(): Promise<void> {
+    this.calls.push({ type: 'close' });
+  }
+
+  count(type: string): number {
+    return this.calls.filter((c) => c.type === type).length;
+  }
+}
+
+async function listItems(data: string, sel: SelectorMsg): Promise<Item[]> {
+  const items: Item[] = [];
+  const add = async (p: string) => {
+    const st = await fsp.lstat(path.join(data, p));
+    items.push({
+      path: p,
+      mirrorPath: p,
+      type: st.isFile() ? 'file' : st.isDirectory() ? 'dir' : st.isSymbolicLink() ? 'symlink' : 'other',
+      size: st.size,
+      mtime: st.mtimeMs,
+      mode: st.mode,
+      uid: st.uid,
+      gid: st.gid,
+    });
+    return st;
+  };
+  const walk = async (dir: string) => {
+    for (const name of (await fsp.readdir(path.join(data, dir))).sort()) {
+      const p = dir === '/' ? `/${name}` : `${dir}/${name}`;
+      if ((await add(p)).isDirectory()) await walk(p);
+    }
+  };
+  if (sel.paths) for (const p of sel.paths) await add(p);
+  else if (sel.subtree) {
+    await add(sel.subtree);
+    await walk(sel.subtree);
+  } else await walk('/');
+  return items;
+}
+
+export interface TreeRecord {
+  type: string;
+  mode: number;
+  uid: number;
+  gid: number;
+  /** mtime rounded to the millisecond (the catalog keeps ms, utimes takes µs). */
+  mtime: number;
+  sha?: string;
+  target?: string;
+}
+
+/** Everything restore promises to keep, per relative path (directories' times included). */
+export async function snapshotTree(root: string): Promise<Record<string, TreeRecord>> {
+  const out: Record<string, TreeRecord> = {};
+  const walk = async (rel: string) => {
+    for (const name of (await fsp.readdir(path.join(root, rel))).sort()) {
+      const r = rel ? `${rel}/${name}` : name;
+      const p = path.join(root, r);
+      const st = await fsp.lstat(p);
+      const rec: TreeRecord = {
+        type: st.isFile() ? 'file' : st.isDirectory() ? 'dir' : st.isSymbolicLink() ? 'symlink' : 'other',
+        mode: st.isSymbolicLink() ? 0 : st.mode & 0o7777,
+        uid: st.uid,
+        gid: st.gid,
+        mtime: Math.round(st.mtimeMs),
+      };
+      if (st.isFile())
+        rec.sha = createHash('sha256')
+          .update(await fsp.readFile(p))
+          .digest('hex');
+      if (st.isSymbolicLink()) rec.target = await fsp.readlink(p);
+      out[r] = rec;
+      if (st.isDirectory()) await walk(r);
+    }
+  };
+  await walk('');
+  return out;
+}
