@@ -19,7 +19,10 @@ export interface NativeMountOptions {
 }
 
 export const DEFAULT_NATIVE_OPTIONS: NativeMountOptions = {
-  attrTimeoutSec: 1,
+  // 0: libfuse2 gives each name of a hard-linked file its own kernel inode, so cached
+  // attributes (nlink, size) seen through one name go stale after changes through another.
+  // Correctness first; it costs a getattr per stat (see docs/benchmarks.md).
+  attrTimeoutSec: 0,
   entryTimeoutSec: 1,
   allowOther: (process.getuid?.() ?? 1) === 0,
   fsname: 'twinfs',

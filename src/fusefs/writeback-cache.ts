@@ -57,6 +57,11 @@ export interface WritebackCacheOptions {
   highWater?: number;
   /** Files flushed in parallel by the background flusher. Default 4. */
   flushConcurrency?: number;
+  /**
+   * Above this many cached files (each holds a descriptor), closed dirty files are written back
+   * early so they can be closed. Default 1024.
+   */
+  maxNodes?: number;
   /** Bypass the cache: every write goes to the primary before it is acknowledged. */
   writeThrough?: boolean;
   sink: ChangeSink;
@@ -88,6 +93,7 @@ export class WritebackCache {
   readonly writeThrough: boolean;
   private readonly highWaterBytes: number;
   private readonly flushConcurrency: number;
+  private readonly maxNodes: number;
   private readonly sink: ChangeSink;
   private readonly now: () => number;
   private readonly nodes = new Map<number, FileNode>();
@@ -105,6 +111,7 @@ export class WritebackCache {
     this.writebackMs = opts.writebackMs ?? 3000;
     this.highWaterBytes = Math.floor(this.limitBytes * (opts.highWater ?? 0.5));
     this.flushConcurrency = opts.flushConcurrency ?? 4;
+    this.maxNodes = opts.maxNodes ?? 1024;
     this.writeThrough = opts.writeThrough ?? false;
     this.sink = opts.sink;
     this.now = opts.now ?? Date.now;
@@ -308,6 +315,14 @@ export class WritebackCache {
             this.sink.apply({ op: 'write', path: node.path, offset: e.off, data: e.buf.subarray(0, e.len) }),
           );
       }
+      // The primary's mtime is now the flush time; applications saw the time of their last
+      // write (getattr reports it while data is cached), so put that back, and tell the sink.
+      const mtime = node.lastWriteAt;
+      if (mtime > 0) {
+        const st = await fstatFd(node.fd);
+        await futimesFd(node.fd, st.atimeMs / 1000, mtime / 1000);
+        reported.push(this.sink.apply({ op: 'utimens', path: node.path, atime: null, mtime }));
+      }
       await Promise.all(reported);
       this.stats.flushedBytes += bytes;
       this.stats.flushes++;
@@ -354,9 +369,12 @@ export class WritebackCache {
     if (this.disposed) return;
     while (
       this.activeFlushes < this.flushConcurrency &&
-      (this.dirtyBytes > this.highWaterBytes || this.roomWaiters.length > 0)
+      (this.dirtyBytes > this.highWaterBytes || this.roomWaiters.length > 0 || this.nodes.size > this.maxNodes)
     ) {
-      const node = this.pickOldest((n) => n.flushing === null && !n.dirty.isEmpty && n.retryAt <= this.now());
+      const eligible = (n: FileNode) => n.flushing === null && !n.dirty.isEmpty && n.retryAt <= this.now();
+      const node =
+        (this.nodes.size > this.maxNodes ? this.pickOldest((n) => n.refs === 0 && eligible(n)) : undefined) ??
+        this.pickOldest(eligible);
       if (!node) return;
       this.background(node);
     }
@@ -393,7 +411,8 @@ export class WritebackCache {
         this.activeFlushes--;
         if (node.retryAt === Number.POSITIVE_INFINITY) node.retryAt = 0;
         void this.maybeClose(node);
-        this.kick();
+        // Keep draining: the next aged file starts as soon as a flush slot is free.
+        this.tick();
       });
   }
 
@@ -463,6 +482,10 @@ const fdatasync = (fd: number) =>
 const fsync = (fd: number) => new Promise<void>((res, rej) => fs.fsync(fd, (e) => (e ? rej(e) : res())));
 const ftruncate = (fd: number, len: number) =>
   new Promise<void>((res, rej) => fs.ftruncate(fd, len, (e) => (e ? rej(e) : res())));
+const fstatFd = (fd: number) =>
+  new Promise<fs.Stats>((res, rej) => fs.fstat(fd, (e, st) => (e ? rej(e) : res(st))));
+const futimesFd = (fd: number, a: number, m: number) =>
+  new Promise<void>((res, rej) => fs.futimes(fd, a, m, (e) => (e ? rej(e) : res())));
 const closeFd = (fd: number) => new Promise<void>((res) => fs.close(fd, () => res()));
 function closeQuietly(fd: number): void {
   fs.close(fd, () => undefined);

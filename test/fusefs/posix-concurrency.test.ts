@@ -19,7 +19,9 @@ afterAll(async () => {
 
 /** Starts n copies of a python program in dir (argv[1] = 0..n-1) and waits for all. */
 async function parallel(dir: string, n: number, program: string): Promise<string[]> {
-  return Promise.all(Array.from({ length: n }, (_, i) => pyIn(dir, program, { args: [String(i)], timeoutMs: 60_000 })));
+  return Promise.all(
+    Array.from({ length: n }, (_, i) => pyIn(dir, program, { args: [String(i)], timeoutMs: 60_000 })),
+  );
 }
 
 describe('concurrent processes', () => {
@@ -80,7 +82,9 @@ os.close(fd)
     // Each writer's lines stay in its own order.
     for (let i = 0; i < PROCS; i++) {
       const mine = lines.filter((l) => l.startsWith(`${String(i).padStart(2, '0')}:`));
-      expect(mine).toEqual(Array.from({ length: 300 }, (_, k) => `${String(i).padStart(2, '0')}:${String(k).padStart(4, '0')}`));
+      expect(mine).toEqual(
+        Array.from({ length: 300 }, (_, k) => `${String(i).padStart(2, '0')}:${String(k).padStart(4, '0')}`),
+      );
     }
   });
 
@@ -136,7 +140,8 @@ for k in range(200):
 print(' '.join(sorted(seen)))
 `;
     const outs = await parallel(path.join(fx.mnt, 'race'), PROCS, program);
-    for (const o of outs) for (const code of o.trim().split(' ')) expect(['OK', 'EEXIST', 'ENOENT']).toContain(code);
+    for (const o of outs)
+      for (const code of o.trim().split(' ')) expect(['OK', 'EEXIST', 'ENOENT']).toContain(code);
     const left = (await fsp.readdir(path.join(fx.mnt, 'race'))).filter((n) => n !== 'dir');
     expect(left.length).toBe(1);
     expect(await fsp.readFile(path.join(fx.mnt, 'race', left[0]!), 'utf8')).toBe('payload\n');
@@ -164,7 +169,8 @@ print(' '.join(sorted(out)))
 `;
     const outs = await parallel(path.join(fx.mnt, 'rw'), PROCS, program);
     for (let i = 1; i < PROCS; i += 2) expect(outs[i]!.trim()).toBe(want);
-    for (let i = 0; i < PROCS; i += 2) expect((await fsp.stat(path.join(fx.mnt, `rw/scratch${i}`))).size).toBe(19_000);
+    for (let i = 0; i < PROCS; i += 2)
+      expect((await fsp.stat(path.join(fx.mnt, `rw/scratch${i}`))).size).toBe(19_000);
   });
 
   it('small files written by many processes reach the primary soon after the write-back delay', async () => {
@@ -184,7 +190,11 @@ print(' '.join(sorted(out)))
       return full;
     };
     const done = await eventually(async () => (await onPrimary()) === PROCS * 50, 8000, 200);
-    expect({ done, onPrimary: await onPrimary(), seconds: Math.round((Date.now() - written) / 1000) }).toMatchObject({
+    expect({
+      done,
+      onPrimary: await onPrimary(),
+      seconds: Math.round((Date.now() - written) / 1000),
+    }).toMatchObject({
       done: true,
       onPrimary: PROCS * 50,
     });

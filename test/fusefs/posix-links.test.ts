@@ -1,7 +1,15 @@
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { eventually, inBoth, mountFixture, type PosixFixture, probe, pyIn, shInOk } from '../helpers/posix.js';
+import {
+  eventually,
+  inBoth,
+  mountFixture,
+  type PosixFixture,
+  probe,
+  pyIn,
+  shInOk,
+} from '../helpers/posix.js';
 
 // Symlinks, hard links and inode numbers, against a plain directory as the oracle.
 
@@ -76,7 +84,10 @@ describe('hard links', () => {
   it('a write through one name is visible through the other at once', async () => {
     // Each step runs in its own process, as separate programs would.
     await shInOk(fx.mnt, 'mkdir hw && cd hw && : > one && ln one two && stat -c %s two');
-    await pyIn(path.join(fx.mnt, 'hw'), "import os\nfd = os.open('one', os.O_WRONLY)\nos.write(fd, b'via one')\nos.close(fd)");
+    await pyIn(
+      path.join(fx.mnt, 'hw'),
+      "import os\nfd = os.open('one', os.O_WRONLY)\nos.write(fd, b'via one')\nos.close(fd)",
+    );
     expect(await shInOk(fx.mnt, 'cat hw/two; echo; stat -c %s hw/two')).toBe('via one\n7\n');
     await shInOk(fx.mnt, 'echo " and two" >> hw/two');
     expect(await shInOk(fx.mnt, 'cat hw/one; stat -c %s hw/one')).toBe('via one and two\n16\n');
@@ -136,11 +147,18 @@ describe('inode numbers', () => {
     const viaMount = await shInOk(path.join(fx.mnt, 'ino'), `stat -c '%n %i' ${q}`);
     const onPrimary = await shInOk(path.join(fx.primary, 'ino'), `stat -c '%n %i' ${q}`);
     expect(viaMount).toBe(onPrimary);
-    const inos = new Map(viaMount.trim().split('\n').map((l) => l.split(' ') as [string, string]));
+    const inos = new Map(
+      viaMount
+        .trim()
+        .split('\n')
+        .map((l) => l.split(' ') as [string, string]),
+    );
     expect(inos.get('f')).toBe(inos.get('h'));
     expect(new Set(inos.values()).size).toBe(4);
     await shInOk(fx.mnt, 'cd ino && mv f f2 && mv d d2');
-    expect(await shInOk(path.join(fx.mnt, 'ino'), 'stat -c %i f2 d2')).toBe(`${inos.get('f')}\n${inos.get('d')}\n`);
+    expect(await shInOk(path.join(fx.mnt, 'ino'), 'stat -c %i f2 d2')).toBe(
+      `${inos.get('f')}\n${inos.get('d')}\n`,
+    );
     // readdir's d_ino agrees with stat for ls -i.
     const lsi = await shInOk(path.join(fx.mnt, 'ino'), 'ls -i1 f2 h');
     expect(lsi).toBe(`${inos.get('f')} f2\n${inos.get('f')} h\n`);

@@ -63,20 +63,64 @@ describe('an ordinary user', () => {
   it('owns what it creates in a 1777 dir, and may change it', async () => {
     await expectAsNobody([
       ['create a file', "os.close(os.open('pub/mine', os.O_CREAT | os.O_WRONLY, 0o644))", 'OK'],
-      ['owned by nobody', `s = os.stat('pub/mine'); assert (s.st_uid, s.st_gid) == (${NOBODY}, ${NOBODY}), s`, 'OK'],
-      ['mkdir', `os.mkdir('pub/md'); s = os.stat('pub/md'); assert (s.st_uid, s.st_gid) == (${NOBODY}, ${NOBODY})`, 'OK'],
-      ['symlink', `os.symlink('x', 'pub/ms'); s = os.lstat('pub/ms'); assert (s.st_uid, s.st_gid) == (${NOBODY}, ${NOBODY})`, 'OK'],
-      ['mkfifo', `os.mkfifo('pub/mf'); s = os.stat('pub/mf'); assert (s.st_uid, s.st_gid) == (${NOBODY}, ${NOBODY})`, 'OK'],
-      ['hard link keeps the owner', "os.link('pub/mine', 'pub/mine2'); assert os.stat('pub/mine2').st_uid == 65534", 'OK'],
-      ['chmod own file', "os.chmod('pub/mine', 0o600); assert os.stat('pub/mine').st_mode & 0o7777 == 0o600", 'OK'],
-      ['set own file’s times', "os.utime('pub/mine', (1, 2)); assert os.stat('pub/mine').st_mtime == 2", 'OK'],
-      ['user xattr on own file', "os.setxattr('pub/mine', 'user.a', b'1'); assert os.getxattr('pub/mine', 'user.a') == b'1'", 'OK'],
+      [
+        'owned by nobody',
+        `s = os.stat('pub/mine'); assert (s.st_uid, s.st_gid) == (${NOBODY}, ${NOBODY}), s`,
+        'OK',
+      ],
+      [
+        'mkdir',
+        `os.mkdir('pub/md'); s = os.stat('pub/md'); assert (s.st_uid, s.st_gid) == (${NOBODY}, ${NOBODY})`,
+        'OK',
+      ],
+      [
+        'symlink',
+        `os.symlink('x', 'pub/ms'); s = os.lstat('pub/ms'); assert (s.st_uid, s.st_gid) == (${NOBODY}, ${NOBODY})`,
+        'OK',
+      ],
+      [
+        'mkfifo',
+        `os.mkfifo('pub/mf'); s = os.stat('pub/mf'); assert (s.st_uid, s.st_gid) == (${NOBODY}, ${NOBODY})`,
+        'OK',
+      ],
+      [
+        'hard link keeps the owner',
+        "os.link('pub/mine', 'pub/mine2'); assert os.stat('pub/mine2').st_uid == 65534",
+        'OK',
+      ],
+      [
+        'chmod own file',
+        "os.chmod('pub/mine', 0o600); assert os.stat('pub/mine').st_mode & 0o7777 == 0o600",
+        'OK',
+      ],
+      [
+        'set own file’s times',
+        "os.utime('pub/mine', (1, 2)); assert os.stat('pub/mine').st_mtime == 2",
+        'OK',
+      ],
+      [
+        'user xattr on own file',
+        "os.setxattr('pub/mine', 'user.a', b'1'); assert os.getxattr('pub/mine', 'user.a') == b'1'",
+        'OK',
+      ],
       ['give own file to root', "os.chown('pub/mine', 0, -1)", 'EPERM'],
       ['give own file to group 0', "os.chown('pub/mine', -1, 0)", 'EPERM'],
       ['chown to itself (no-op)', `os.chown('pub/mine', ${NOBODY}, ${NOBODY})`, 'OK'],
-      ['umask 077 gives 0600', "os.umask(0o077); os.close(os.open('pub/um', os.O_CREAT | os.O_WRONLY, 0o666)); assert os.stat('pub/um').st_mode & 0o777 == 0o600", 'OK'],
-      ['umask 027 dir gives 0750', "os.umask(0o027); os.mkdir('pub/umd'); assert os.stat('pub/umd').st_mode & 0o777 == 0o750", 'OK'],
-      ['write and read back own file', "fd = os.open('pub/mine', os.O_RDWR); os.write(fd, b'mine'); assert os.pread(fd, 4, 0) == b'mine'; os.close(fd)", 'OK'],
+      [
+        'umask 077 gives 0600',
+        "os.umask(0o077); os.close(os.open('pub/um', os.O_CREAT | os.O_WRONLY, 0o666)); assert os.stat('pub/um').st_mode & 0o777 == 0o600",
+        'OK',
+      ],
+      [
+        'umask 027 dir gives 0750',
+        "os.umask(0o027); os.mkdir('pub/umd'); assert os.stat('pub/umd').st_mode & 0o777 == 0o750",
+        'OK',
+      ],
+      [
+        'write and read back own file',
+        "fd = os.open('pub/mine', os.O_RDWR); os.write(fd, b'mine'); assert os.pread(fd, 4, 0) == b'mine'; os.close(fd)",
+        'OK',
+      ],
       ['remove own file from sticky dir', "os.unlink('pub/mine2')", 'OK'],
     ]);
     // The primary holds the same owners.
@@ -124,7 +168,9 @@ print(oct(os.stat('aclf').st_mode & 0o777))
 
   it('setting an ACL fails with EOPNOTSUPP and leaves the mode alone', async () => {
     expect(await pyIn(fx.mnt, ACL)).toBe('Operation not supported\n0o600\n');
-    expect(await shInOk(fx.primary, "getfattr -m - -d aclf | grep -c posix_acl; stat -c '%a' aclf")).toBe('0\n600\n');
+    expect(await shInOk(fx.primary, "getfattr -m - -d aclf | grep -c posix_acl; stat -c '%a' aclf")).toBe(
+      '0\n600\n',
+    );
   });
 
   it('cp -p and cp -a still copy permissions (they fall back to chmod)', async () => {

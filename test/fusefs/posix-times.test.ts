@@ -72,7 +72,10 @@ st = os.stat('t2'); print(int(st.st_atime), int(st.st_mtime))
   });
 
   it('touch -h sets the times of a symlink itself, not of its target', async () => {
-    await shInOk(fx.mnt, 'echo x > target && TZ=UTC touch -d "2011-01-01 00:00:00" target && ln -s target sym');
+    await shInOk(
+      fx.mnt,
+      'echo x > target && TZ=UTC touch -d "2011-01-01 00:00:00" target && ln -s target sym',
+    );
     await shInOk(fx.mnt, 'TZ=UTC touch -h -d "2012-06-06 12:00:00" sym');
     expect((await times(fx.mnt, 'sym')).m).toBe(at('2012-06-06 12:00:00'));
     expect((await times(fx.mnt, 'target')).m).toBe(at('2011-01-01 00:00:00'));
@@ -152,10 +155,14 @@ st = os.stat('wb'); print(st.st_mtime_ns, st.st_size)
     expect(size).toBe('100000');
     // Wait until the data is on the primary (write-back after 300 ms), then a bit more.
     const primaryFile = path.join(fx.primary, 'wb');
-    expect(await eventually(async () => (await shInOk(fx.primary, 'stat -c %s wb')).trim() === '100000', 5000)).toBe(true);
+    expect(
+      await eventually(async () => (await shInOk(fx.primary, 'stat -c %s wb')).trim() === '100000', 5000),
+    ).toBe(true);
     await new Promise((r) => setTimeout(r, 300));
     const m2 = (await pyIn(fx.mnt, "import os\nprint(os.stat('wb').st_mtime_ns)")).trim();
-    const onPrimary = (await pyIn(fx.primary, `import os\nprint(os.stat('${primaryFile}').st_mtime_ns)`)).trim();
+    const onPrimary = (
+      await pyIn(fx.primary, `import os\nprint(os.stat('${primaryFile}').st_mtime_ns)`)
+    ).trim();
     // Millisecond precision: what getattr showed before write-back must be what stays.
     expect(Math.round(Number(m2) / 1e6)).toBe(Math.round(Number(m1) / 1e6));
     expect(Math.round(Number(onPrimary) / 1e6)).toBe(Math.round(Number(m1) / 1e6));

@@ -39,8 +39,16 @@ describe('extended attributes', () => {
       ['replace missing', "os.setxattr('f', 'user.a', b'1', os.XATTR_REPLACE)", 'ENODATA'],
       ['create', "os.setxattr('f', 'user.a', b'1', os.XATTR_CREATE)", 'OK'],
       ['create existing', "os.setxattr('f', 'user.a', b'2', os.XATTR_CREATE)", 'EEXIST'],
-      ['replace existing', "os.setxattr('f', 'user.a', b'3', os.XATTR_REPLACE); assert os.getxattr('f', 'user.a') == b'3'", 'OK'],
-      ['large value', "os.setxattr('f', 'user.big', bytes(range(256)) * 15); assert os.getxattr('f', 'user.big') == bytes(range(256)) * 15", 'OK'],
+      [
+        'replace existing',
+        "os.setxattr('f', 'user.a', b'3', os.XATTR_REPLACE); assert os.getxattr('f', 'user.a') == b'3'",
+        'OK',
+      ],
+      [
+        'large value',
+        "os.setxattr('f', 'user.big', bytes(range(256)) * 15); assert os.getxattr('f', 'user.big') == bytes(range(256)) * 15",
+        'OK',
+      ],
       ['list', "assert sorted(os.listxattr('f')) == ['user.a', 'user.big'], os.listxattr('f')", 'OK'],
       ['get on missing file', "os.getxattr('nope', 'user.a')", 'ENOENT'],
       ['unknown namespace', "os.setxattr('f', 'bogus.a', b'1')", 'ENOTSUP'], // = EOPNOTSUPP on Linux
@@ -93,7 +101,9 @@ describe('fifos', () => {
       (seq 1 20000 > p2 &) && wc -l < p2 && (mkfifo p1 2>&1; true)`;
     const a = await inBoth(fx, script, { timeoutMs: 15_000 });
     expect(a.mnt).toEqual(a.plain);
-    expect(a.mnt.stdout).toBe('p1 fifo 640 0\np2 fifo 644 0\nthrough-the-fifo\n20000\nmkfifo: cannot create fifo \'p1\': File exists\n');
+    expect(a.mnt.stdout).toBe(
+      "p1 fifo 640 0\np2 fifo 644 0\nthrough-the-fifo\n20000\nmkfifo: cannot create fifo 'p1': File exists\n",
+    );
     expect(await shInOk(path.join(fx.primary, 'ff'), 'stat -c %F p1')).toBe('fifo\n');
   });
 
