@@ -35,6 +35,7 @@ import {
   run,
   sampleRss,
   startBindfs,
+  snapshotDist,
   startTwinfs,
   table,
   tempBase,
@@ -77,6 +78,8 @@ const loadStart = await waitForQuiet(opts['max-load'], opts['wait-quiet'], log);
 log(`machine: ${JSON.stringify(notes)}`);
 
 const base = tempBase(opts.dir);
+notes.build = opts.cli ? `--cli ${opts.cli}` : snapshotDist(base);
+log(notes.build);
 const d = mkdirs(base, 'primary', 'bindfs', 'twinfs', 'prof');
 const servers = {};
 const paths = { bare: d.primary };
@@ -117,6 +120,8 @@ async function measured(t, fn) {
 const order = (rep) => targets.map((_, i) => targets[(i + rep) % targets.length]);
 const file = (t, name) => path.join(paths[t], `${t}-${name}`);
 const bare = (t, name) => path.join(d.primary, `${t}-${name}`);
+// Files are removed through the target itself (in a child process), never behind a server's back.
+const rmVia = (p) => run('rm', ['-rf', p]);
 const ddWrite = (f, bs, count, fsync) =>
   run('dd', ['if=/dev/zero', `of=${f}`, `bs=${bs}`, `count=${count}`, ...(fsync ? ['conv=fsync'] : [])]);
 
@@ -124,7 +129,7 @@ for (let rep = 0; rep < opts.reps; rep++) {
   for (const t of order(rep)) {
     if (workloads.has('seqwrite') || workloads.has('seqread')) {
       const f = file(t, 'seq');
-      fs.rmSync(bare(t, 'seq'), { force: true });
+      await rmVia(file(t, 'seq'));
       dropCaches();
       const w = await measured(t, () => ddWrite(f, '1M', SIZE / MiB, true));
       add('seqwrite', t, { mbps: SIZE / MiB / (w.ms / 1000), ms: w.ms, cpu: w.serverCpuS, rss: w.serverRssMiB });
@@ -139,11 +144,11 @@ for (let rep = 0; rep < opts.reps; rep++) {
         add('seqread-warm', t, { mbps: SIZE / MiB / (rw.ms / 1000), ms: rw.ms, cpu: rw.serverCpuS, rss: rw.serverRssMiB });
         log(`rep ${rep} ${t} seq read cold ${fmt(SIZE / MiB / (rc.ms / 1000))} warm ${fmt(SIZE / MiB / (rw.ms / 1000))} MiB/s`);
       }
-      fs.rmSync(bare(t, 'seq'), { force: true });
+      await rmVia(file(t, 'seq'));
     }
     if (workloads.has('small')) {
       const f = file(t, 'small');
-      fs.rmSync(bare(t, 'small'), { force: true });
+      await rmVia(file(t, 'small'));
       dropCaches();
       const w = await measured(t, () => ddWrite(f, '4k', SMALL / 4096, false));
       const s = await measured(t, () => worker('fsync', ['--file', f]));
@@ -156,12 +161,12 @@ for (let rep = 0; rep < opts.reps; rep++) {
         rss: Math.max(w.serverRssMiB ?? 0, s.serverRssMiB ?? 0) || undefined,
       });
       log(`rep ${rep} ${t} 4k writes ${fmt(SMALL / MiB / (w.ms / 1000))} MiB/s, fsync ${fmt(s.fsyncMs)} ms`);
-      fs.rmSync(bare(t, 'small'), { force: true });
+      await rmVia(file(t, 'small'));
     }
     if (workloads.has('meta')) {
       const dir = path.join(paths[t], `${t}-meta`);
-      fs.rmSync(path.join(d.primary, `${t}-meta`), { recursive: true, force: true });
-      fs.mkdirSync(path.join(d.primary, `${t}-meta`));
+      await rmVia(dir);
+      await run('mkdir', [dir]);
       const m = await measured(t, () =>
         worker('meta', ['--dir', dir, '--n', String(opts.files), '--size', String(opts['meta-size'])]),
       );
@@ -174,7 +179,7 @@ for (let rep = 0; rep < opts.reps; rep++) {
         rss: m.serverRssMiB,
       });
       log(`rep ${rep} ${t} meta create ${fmt(n / (m.createMs / 1000))}/s stat ${fmt(n / (m.statMs / 1000))}/s unlink ${fmt(n / (m.unlinkMs / 1000))}/s`);
-      fs.rmSync(path.join(d.primary, `${t}-meta`), { recursive: true, force: true });
+      await rmVia(dir);
     }
   }
 }
@@ -209,7 +214,7 @@ if (opts['rss-mb'] > 0 && servers.twinfs) {
     samples: m.samples,
   };
   log(`RSS run: ${JSON.stringify(rssResult)}`);
-  fs.rmSync(bare('twinfs', 'rss'), { force: true });
+  await rmVia(f);
 }
 
 for (const s of Object.values(servers)) await s.stop();
@@ -219,7 +224,7 @@ const loadEnd = (await import('node:os')).loadavg()[0];
 const out = process.stdout;
 out.write(`\n## bench/fs.mjs — ${notes.date}\n\n`);
 out.write(
-  `machine: ${notes.cpus}, ${notes.memGiB} GiB, kernel ${notes.kernel}, node ${notes.node}, git ${notes.git}\n` +
+  `machine: ${notes.cpus}, ${notes.memGiB} GiB, kernel ${notes.kernel}, node ${notes.node}, git ${notes.git}\nbuild: ${notes.build}\n` +
     `load (1/5/15 min) at start: ${notes.load}; 1-min load at end: ${loadEnd.toFixed(2)}\n` +
     `sizes: seq ${opts['size-mb']} MiB, 4k writes ${opts['small-mb']} MiB, ${opts.files} files of ${opts['meta-size']} B, ` +
     `${opts.reps} rep(s) (median; range in brackets), bindfs -o ${opts['bindfs-opts']}, ` +

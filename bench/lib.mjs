@@ -13,6 +13,26 @@ import { fileURLToPath } from 'node:url';
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 export const WORKER = path.join(ROOT, 'bench', 'worker.mjs');
 export const MiB = 1024 * 1024;
+/** The twinfs build the benchmarks run (see snapshotDist). */
+export let DIST = path.join(ROOT, 'dist');
+
+/**
+ * Copies dist/ into base (with node_modules, plugins and package.json linked beside it) and
+ * makes every later server start and control client use that copy: other engineers rebuild
+ * dist/ while a benchmark runs, and a half-written build must not be picked up mid-run.
+ * Returns a description (build time of dist/cli/main.js) for the report.
+ */
+export function snapshotDist(base) {
+  const snap = path.join(base, 'build');
+  fs.mkdirSync(snap, { recursive: true });
+  const built = fs.statSync(path.join(ROOT, 'dist/cli/main.js')).mtime.toISOString();
+  fs.cpSync(path.join(ROOT, 'dist'), path.join(snap, 'dist'), { recursive: true });
+  fs.copyFileSync(path.join(ROOT, 'package.json'), path.join(snap, 'package.json'));
+  fs.symlinkSync(path.join(ROOT, 'node_modules'), path.join(snap, 'node_modules'));
+  if (fs.existsSync(path.join(ROOT, 'plugins'))) fs.symlinkSync(path.join(ROOT, 'plugins'), path.join(snap, 'plugins'));
+  DIST = path.join(snap, 'dist');
+  return `dist/ built ${built}, copied to ${DIST}`;
+}
 export const GiB = 1024 * MiB;
 
 // ---- arguments -------------------------------------------------------------------------------
@@ -291,7 +311,7 @@ export function dropCaches() {
  * Returns { proc, pid, mount, url, token, events, waitEvent(pred, ms), stop(), startupMs }.
  */
 export async function startTwinfs(o) {
-  const cli = o.cli ?? path.join(ROOT, 'dist/cli/main.js');
+  const cli = o.cli ?? path.join(DIST, 'cli/main.js');
   const args = [cli, 'serve', '--primary', o.primary, '--mount', o.mount, '--json'];
   if (o.mirror) args.push('--mirror', o.mirror);
   if (o.stateDir) args.push('--state-dir', o.stateDir);
@@ -434,7 +454,7 @@ function findBindfsPid(mnt) {
 // ---- control channel ---------------------------------------------------------------------------
 
 export async function controlClient(url, token) {
-  const { ControlClient } = await import(path.join(ROOT, 'dist/control/client.js'));
+  const { ControlClient } = await import(path.join(DIST, 'control/client.js'));
   return ControlClient.connect(url, { token, client: 'bench', requestTimeoutMs: 600_000 });
 }
 
@@ -444,7 +464,7 @@ export async function waitMirrorIdle(client, timeoutMs = 600_000) {
   for (;;) {
     const st = await client.request('status');
     const m = st.mirror;
-    if (m && m.state !== 'COPY' && m.queueLength === 0 && st.fs.cache.dirtyBytes === 0) return st;
+    if ((!m || (m.state !== 'COPY' && m.queueLength === 0)) && st.fs.cache.dirtyBytes === 0) return st;
     if (Date.now() > until) throw new Error(`mirror not idle after ${timeoutMs} ms: ${JSON.stringify(m)}`);
     await sleep(50);
   }

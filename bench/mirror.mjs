@@ -38,6 +38,7 @@ import {
   ratio,
   run,
   sleep,
+  snapshotDist,
   startTwinfs,
   table,
   tempBase,
@@ -75,6 +76,8 @@ const notes = machineNotes();
 await waitForQuiet(opts['max-load'], opts['wait-quiet'], log);
 log(`machine: ${JSON.stringify(notes)}`);
 const base = tempBase(opts.dir);
+notes.build = opts.cli ? `--cli ${opts.cli}` : snapshotDist(base);
+log(notes.build);
 const cli = opts.cli || undefined;
 const out = {};
 const loads = {};
@@ -151,7 +154,7 @@ if (sections.has('A')) {
       r.cpuSeq.push(cpuSeconds(srv.pid) - cpu0);
       r.seq.push(SIZE / MiB / (w.ms / 1000));
       if (mirror) await waitMirrorIdle(client);
-      fs.rmSync(`${d.primary}/seq`);
+      await run('rm', ['-f', `${d.mount}/seq`]);
       dropCaches();
       cpu0 = cpuSeconds(srv.pid);
       const s = await run('dd', ['if=/dev/zero', `of=${d.mount}/small`, 'bs=4k', `count=${SMALL / 4096}`]);
@@ -302,7 +305,7 @@ if (sections.has('D')) {
 const w = (s) => process.stdout.write(s);
 w(`\n## bench/mirror.mjs — ${notes.date}\n\n`);
 w(
-  `machine: ${notes.cpus}, ${notes.memGiB} GiB, kernel ${notes.kernel}, node ${notes.node}, git ${notes.git}\n` +
+  `machine: ${notes.cpus}, ${notes.memGiB} GiB, kernel ${notes.kernel}, node ${notes.node}, git ${notes.git}\nbuild: ${notes.build}\n` +
     `1-min load at the start of each section: ${JSON.stringify(loads)}; at end: ${os.loadavg()[0].toFixed(2)}\n\n`,
 );
 if (out.A) {

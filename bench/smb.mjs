@@ -23,6 +23,7 @@ import {
   dropCaches,
   fmt,
   installCleanup,
+  loadavg,
   log,
   MiB,
   machineNotes,
@@ -35,6 +36,7 @@ import {
   startTwinfs,
   table,
   tempBase,
+  waitForQuiet,
 } from './lib.mjs';
 
 const opts = parseArgs(
@@ -44,6 +46,7 @@ const opts = parseArgs(
     mirror: { default: true, help: 'also measure twinfs with a mirror (--no-mirror: skip)' },
     dir: { default: '/tmp', help: 'where the directories go (one disk for all)' },
     json: { default: false, help: 'print the result as one JSON line too' },
+    'quiet-load': { default: 1.5, help: 'wait (up to 3 min) for the 1-minute load to drop below this first' },
   },
   'node bench/smb.mjs [options]: smbclient put/get of a large file, bare Samba share vs twinfs mount',
   process.argv.slice(2).map((a) => (a === '--no-mirror' ? '--mirror=false' : a)),
@@ -83,7 +86,7 @@ const d = mkdirs(base, 'src', 'bare', 'bareState', 'p1', 'm1', 's1', 'p2', 'm2',
 const source = path.join(d.src, 'source.bin');
 log(`writing a ${opts['size-mb']} MiB source file`);
 await run('dd', ['if=/dev/urandom', `of=${source}`, 'bs=1M', `count=${opts['size-mb']}`, 'status=none']);
-await run('cat', [source], { check: false }).catch(() => undefined); // into the page cache
+await run('sh', ['-c', 'cat "$0" > /dev/null', source]); // into the page cache
 
 const shares = [];
 // bare: the same generated smb.conf, over a plain directory.
@@ -119,6 +122,8 @@ async function twinfsShare(name, primary, mount, stateDir, mirror) {
 await twinfsShare('twinfs', d.p1, d.m1, d.s1);
 if (opts.mirror) await twinfsShare('twinfs+mirror', d.p2, d.m2, d.s2, d.mir2);
 
+await waitForQuiet(opts['quiet-load'], 180, log);
+const loadBefore = loadavg();
 const results = Object.fromEntries(shares.map((s) => [s.name, { write: [], read: [] }]));
 for (let rep = 1; rep <= opts.reps; rep++) {
   for (const s of shares) {
@@ -145,6 +150,9 @@ for (const s of shares) {
   if (got !== size) throw new Error(`${s.name}: big.bin has ${got} bytes, not ${size}`);
 }
 for (const s of shares.reverse()) await s.stop();
+// The Unix account twinfs created for the SMB user (only if it created it).
+const pw = await run('getent', ['passwd', USER], { check: false });
+if (pw.stdout.split(':')[4] === 'twinfs SMB user') await run('userdel', [USER], { check: false });
 
 const bare = results.bare;
 const rows = Object.entries(results).map(([name, r]) => [
@@ -156,7 +164,7 @@ const rows = Object.entries(results).map(([name, r]) => [
 ]);
 const notes = machineNotes();
 process.stdout.write(
-  `\nSMB sequential ${opts['size-mb']} MiB, smbclient SMB3 on loopback, median of ${opts.reps} (${notes.date}, ${notes.cpus}, ${notes.git})\n\n`,
+  `\nSMB sequential ${opts['size-mb']} MiB, smbclient SMB3 on loopback, median of ${opts.reps} (${notes.date}, ${notes.cpus}, ${notes.git}; load ${loadBefore} before, ${notes.load} after)\n\n`,
 );
 table(['share', 'write MiB/s', 'write vs bare', 'read MiB/s', 'read vs bare'], rows);
 if (opts.json)

@@ -112,7 +112,8 @@ export class TarTarget {
       if (!n.endsWith('.manifest.jsonl')) continue;
       const line = await readFirstLine(path.join(this.root, n)).catch(() => undefined);
       const meta = line ? JSON.parse(line).meta : undefined;
-      if (meta?.snapshotId && isSafeId(meta.snapshotId)) out.push({ snapshotId: meta.snapshotId, time: meta.time });
+      if (meta?.snapshotId && isSafeId(meta.snapshotId))
+        out.push({ snapshotId: meta.snapshotId, time: meta.time });
     }
     return out.sort((a, b) => a.time - b.time || a.snapshotId.localeCompare(b.snapshotId));
   }
@@ -141,7 +142,7 @@ export class TarTarget {
     const parts = this.api.volumePathParts(p);
     const idx = await this.index(snapshotId);
     const e = idx.byPath.get(parts.join('/'));
-    if (!e || e.type !== 'file' || e.offset === undefined)
+    if (e?.type !== 'file' || e.offset === undefined)
       throw this.api.errors.notFound(`${p} is not a file in snapshot ${snapshotId}`);
     const start = Math.max(0, range.start ?? 0);
     const end = Math.min(e.size - 1, range.end ?? e.size - 1);
@@ -198,7 +199,10 @@ export class TarTarget {
    * @param {'manifest' | 'index' | 'tar' | 'tar.gz'} kind
    */
   file(id, kind) {
-    return path.join(this.root, kind === 'manifest' || kind === 'index' ? `${id}.${kind}.jsonl` : `${id}.${kind}`);
+    return path.join(
+      this.root,
+      kind === 'manifest' || kind === 'index' ? `${id}.${kind}.jsonl` : `${id}.${kind}`,
+    );
   }
 
   /** Everything but the manifest stored for a snapshot id. @param {string} id */
@@ -225,7 +229,8 @@ export class TarTarget {
       p = this.loadIndex(snapshotId);
       p.catch(() => this.indexes.delete(snapshotId));
       this.indexes.set(snapshotId, p);
-      while (this.indexes.size > 4) this.indexes.delete(/** @type {string} */ (this.indexes.keys().next().value));
+      while (this.indexes.size > 4)
+        this.indexes.delete(/** @type {string} */ (this.indexes.keys().next().value));
     }
     return p;
   }
@@ -242,7 +247,9 @@ export class TarTarget {
       throw this.api.errors.failed(`index of snapshot ${snapshotId} at ${this.spec} is unreadable: ${err}`);
     }
     if (data.head.format !== INDEX_FORMAT || !isSafeId(data.head.archive.replace(/\.tar(\.gz)?$/, '')))
-      throw this.api.errors.failed(`index of snapshot ${snapshotId} at ${this.spec} is not a ${INDEX_FORMAT} index`);
+      throw this.api.errors.failed(
+        `index of snapshot ${snapshotId} at ${this.spec} is not a ${INDEX_FORMAT} index`,
+      );
     /** @type {Map<string, IndexEntry>} */
     const byPath = new Map();
     const dirs = new Set();

@@ -97,7 +97,9 @@ export class TarSnapshotWriter {
           if (this.state === 'aborted') throw this.api.errors.failed(`put ${p}: snapshot aborted`);
           const b = /** @type {Buffer} */ (chunk);
           if (bytes + b.length > meta.size)
-            throw this.api.errors.failed(`${p} grew past the ${meta.size} bytes announced while it was stored`);
+            throw this.api.errors.failed(
+              `${p} grew past the ${meta.size} bytes announced while it was stored`,
+            );
           digest.update(b);
           bytes += b.length;
           await write(entry, b);
@@ -233,7 +235,8 @@ export class TarSnapshotWriter {
     const parts = this.api.volumePathParts(p);
     if (parts.length === 0 && type !== 'dir') throw this.api.errors.pathEscape(`${what}: "/" is not a file`);
     const run = async () => {
-      if (this.state !== 'open') throw this.api.errors.failed(`${what}: snapshot ${this.snapshotId} is ${this.state}`);
+      if (this.state !== 'open')
+        throw this.api.errors.failed(`${what}: snapshot ${this.snapshotId} is ${this.state}`);
       this.claim(parts, type, what);
       try {
         return await fn(parts.join('/'));

@@ -123,6 +123,8 @@ export class BackupRun {
         o.token,
       );
       store.add({ dispose: () => control.close() });
+      // Before the split is taken: nothing here should count against the lease.
+      await this.clearAbandoned();
       throwIfAborted(stop.signal);
       this.emit({ phase: 'prepare' });
       const prep = await control.prepare(o.selector, { leaseMs });
@@ -132,6 +134,8 @@ export class BackupRun {
 
       const mirror = await locateMirror(prep, o.mirrorMap);
       const reader = new MirrorReader(mirror.data);
+      // Checked before anything is recorded: a bad path list is the server's fault, not a run.
+      const sources = prep.itemsComplete ? itemsToSources(prep) : undefined;
       const id = (snapshotId = newSnapshotId());
       this.progress.snapshotId = id;
       const parent = await this.beginInCatalog(id, prep);
@@ -145,6 +149,7 @@ export class BackupRun {
       };
       writer = await o.target.beginSnapshot(meta);
       this.emit({ phase: 'copy' });
+      let lastByteEvent = 0;
       const copier = new EntryCopier({
         reader,
         writer,
@@ -153,9 +158,15 @@ export class BackupRun {
         onBytes: (n, copied) => {
           this.progress.bytes += n;
           if (copied) this.progress.copiedBytes += n;
+          // Large files report while they stream, a few times a second.
+          const now = Date.now();
+          if (now - lastByteEvent >= 200) {
+            lastByteEvent = now;
+            this.emit({});
+          }
         },
       });
-      const entries = await this.copyAll(prep, reader, copier, stop.signal);
+      const entries = await this.copyAll(sources, reader, copier, stop.signal);
 
       // Every read is done: prove the split held all along, then let the server resync.
       await lease.confirm();
@@ -165,6 +176,8 @@ export class BackupRun {
       this.emit({ phase: 'commit' });
       const totals = copier.totals;
       await writer.commit({ version: 1, meta, totals, entries });
+      // Should recording fail now, the committed data stays at the target as an orphan: the
+      // catalog never claims it, and a transient catalog failure must not destroy a good copy.
       const snapshot = await Catalog.with(o.catalogDir, (c) => c.complete(id, entries, totals));
       this.emit({ phase: 'done', reusedFiles: totals.reusedFiles });
       return { snapshot, stallMs: prep.stallMs, backupId: prep.backupId };
@@ -186,7 +199,7 @@ export class BackupRun {
 
   /** Copies the items of the reply, or (cut short) what a walk of the selection finds. */
   private async copyAll(
-    prep: PrepareResult,
+    sources: SourceEntry[] | undefined,
     reader: MirrorReader,
     copier: EntryCopier,
     signal: AbortSignal,
@@ -200,8 +213,7 @@ export class BackupRun {
       this.progress.reusedFiles = copier.totals.reusedFiles;
       this.emit({ path: src.path });
     };
-    if (prep.itemsComplete) {
-      const sources = itemsToSources(prep);
+    if (sources) {
       this.progress.filesTotal = sources.length;
       this.progress.bytesTotal = sources.reduce((n, s) => n + (s.item?.type === 'file' ? s.item.size : 0), 0);
       await forEachLimit(sources, concurrency, copyOne);
@@ -223,20 +235,27 @@ export class BackupRun {
   }
 
   /**
-   * Clears runs abandoned by dead peers, finds the parent snapshot (the newest complete one of
-   * this device at this target), records this run as running.
+   * Marks runs abandoned by dead peers failed, then deletes what they left at this target
+   * (outside the catalog lock: removing a large partial tree takes a while).
    */
+  private async clearAbandoned(): Promise<void> {
+    const o = this.opts;
+    const ids = await Catalog.with(o.catalogDir, async (c) => {
+      const dead = (await c.list({ state: 'running' })).filter((s) => c.isAbandoned(s));
+      for (const s of dead)
+        await c.fail(s.id, { code: 'ETWIN_ABORTED', message: `peer process ${s.pid} died during the run` });
+      return dead.filter((s) => s.target === o.target.spec).map((s) => s.id);
+    });
+    for (const id of ids) await o.target.deleteSnapshot(id).catch(() => undefined);
+  }
+
+  /** Finds the parent snapshot (the newest complete one of this device at this target), records this run as running. */
   private async beginInCatalog(
     id: string,
     prep: PrepareResult,
   ): Promise<{ id: string; entries: Map<string, EntryRecord> } | undefined> {
     const o = this.opts;
     return Catalog.with(o.catalogDir, async (c) => {
-      for (const s of await c.list({ state: 'running' })) {
-        if (!c.isAbandoned(s)) continue;
-        await c.fail(s.id, { code: 'ETWIN_ABORTED', message: `peer process ${s.pid} died during the run` });
-        if (s.target === o.target.spec) await o.target.deleteSnapshot(s.id).catch(() => undefined);
-      }
       const parent = o.full ? undefined : await c.latestComplete(prep.deviceId, o.target.spec);
       await c.begin({
         id,

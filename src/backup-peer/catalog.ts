@@ -51,9 +51,16 @@ export function defaultCatalogDir(): string {
 }
 
 /**
- * The peer's record of snapshots and their entries (nedb-promises, two datafiles in one
- * directory). Open it for short transactions: open() takes an exclusive lock that close()
- * releases.
+ * The peer's record of snapshots and their entries (nedb-promises):
+ *
+ *   DIR/snapshots.db          one document per snapshot
+ *   DIR/entries/<id>.db       the entries of one complete snapshot, written once
+ *   DIR/lock                  held while the catalog is open
+ *
+ * Entries live in a datafile per snapshot because nedb keeps a datastore wholly in memory and
+ * rewrites it on every load: one shared file would make every open cost all entries of all
+ * snapshots. Open the catalog for short transactions: open() takes an exclusive lock that
+ * close() releases.
  *
  * Invariant 8 lives here: a snapshot becomes 'complete' only through complete(), which the run
  * calls after the target's commit resolved, and which makes the entries durable before the
@@ -64,7 +71,6 @@ export class Catalog {
   private constructor(
     readonly dir: string,
     private readonly snapshots: Datastore<SnapshotDoc>,
-    private readonly entryStore: Datastore<EntryDoc>,
     private readonly lock: LockFile,
   ) {}
 
@@ -84,13 +90,9 @@ export class Catalog {
       const snapshots = Datastore.create({
         filename: path.join(abs, 'snapshots.db'),
       }) as unknown as Datastore<SnapshotDoc>;
-      const entries = Datastore.create({
-        filename: path.join(abs, 'entries.db'),
-      }) as unknown as Datastore<EntryDoc>;
       await snapshots.load();
-      await entries.load();
-      await entries.ensureIndex({ fieldName: 'snapshotId' });
-      return new Catalog(abs, snapshots, entries, lock);
+      await fsp.mkdir(path.join(abs, 'entries'), { recursive: true, mode: 0o700 });
+      return new Catalog(abs, snapshots, lock);
     } catch (err) {
       await lock.release();
       throw new TwinError(
@@ -139,22 +141,25 @@ export class Catalog {
     const cur = await this.snapshots.findOne({ _id: id });
     if (!cur)
       throw new TwinError('ETWIN_UNKNOWN_SNAPSHOT', `no snapshot ${id} in the catalog`, { snapshotId: id });
-    await this.entryStore.remove({ snapshotId: id }, { multi: true });
+    const file = this.entriesFile(id);
+    await fsp.rm(file, { force: true });
+    const store = await this.entryStore(id);
     for (let i = 0; i < entries.length; i += 5000)
-      await this.entryStore.insert(entries.slice(i, i + 5000).map((e) => ({ ...e, snapshotId: id })));
-    await this.sync('entries.db');
+      await store.insert(entries.slice(i, i + 5000).map((e) => ({ ...e, snapshotId: id })));
+    await this.sync(file);
+    await this.sync(path.dirname(file));
     await this.snapshots.update(
       { _id: id },
       { $set: { state: 'complete', totals, finishedAt: Date.now() }, $unset: { error: true } },
     );
-    await this.sync('snapshots.db');
+    await this.sync(path.join(this.dir, 'snapshots.db'));
     return (await this.get(id))!;
   }
 
   async fail(id: string, error: { code: string; message: string }): Promise<void> {
-    await this.entryStore.remove({ snapshotId: id }, { multi: true });
     await this.snapshots.update({ _id: id }, { $set: { state: 'failed', error, finishedAt: Date.now() } });
-    await this.sync('snapshots.db');
+    await this.sync(path.join(this.dir, 'snapshots.db'));
+    await fsp.rm(this.entriesFile(id), { force: true });
   }
 
   async get(id: string): Promise<SnapshotRecord | undefined> {
@@ -202,7 +207,8 @@ export class Catalog {
 
   /** A snapshot's entries, sorted by path (parents before children). */
   async entries(snapshotId: string): Promise<EntryRecord[]> {
-    const docs = await this.entryStore.find({ snapshotId });
+    if (!(await fsp.stat(this.entriesFile(snapshotId)).catch(() => undefined))) return [];
+    const docs = await (await this.entryStore(snapshotId)).find({});
     return docs
       .map(({ _id, ...e }) => e as EntryRecord)
       .sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
@@ -210,10 +216,9 @@ export class Catalog {
 
   /** Removes a snapshot and its entries from the catalog (not its data: see forget). */
   async remove(id: string): Promise<void> {
-    await this.entryStore.remove({ snapshotId: id }, { multi: true });
     await this.snapshots.remove({ _id: id }, { multi: false });
-    await this.sync('entries.db');
-    await this.sync('snapshots.db');
+    await this.sync(path.join(this.dir, 'snapshots.db'));
+    await fsp.rm(this.entriesFile(id), { force: true });
   }
 
   /** A 'running' snapshot whose process is gone (killed, crashed): it will never complete. */
@@ -221,8 +226,20 @@ export class Catalog {
     return s.state === 'running' && s.host === os.hostname() && !isAlive(s.pid);
   }
 
+  private entriesFile(id: string): string {
+    if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/.test(id) || id.includes('..'))
+      throw new TwinError('ETWIN_CATALOG', `bad snapshot id ${JSON.stringify(id)}`, { snapshotId: id });
+    return path.join(this.dir, 'entries', `${id}.db`);
+  }
+
+  private async entryStore(id: string): Promise<Datastore<EntryDoc>> {
+    const store = Datastore.create({ filename: this.entriesFile(id) }) as unknown as Datastore<EntryDoc>;
+    await store.load();
+    return store;
+  }
+
   private async sync(file: string): Promise<void> {
-    await fsyncPath(path.join(this.dir, file)).catch((err) => {
+    await fsyncPath(file).catch((err) => {
       throw new TwinError('ETWIN_CATALOG', `cannot sync the catalog (${file}): ${(err as Error).message}`, {
         dir: this.dir,
       });

@@ -41,7 +41,7 @@ export class EntryCopier {
     if (signal.aborted) throw signal.reason;
     let st: Stats;
     try {
-      st = await reader.lstat(src.mirrorPath);
+      st = src.stat ?? (await reader.lstat(src.mirrorPath));
     } catch (err) {
       throw mirrorError(err, src);
     }

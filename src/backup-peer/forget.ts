@@ -77,31 +77,33 @@ export async function forget(o: {
   registry: TargetRegistry;
   dryRun?: boolean;
 }): Promise<ForgetResult> {
-  return Catalog.with(o.catalogDir, async (c) => {
-    const plan = planForget(await c.list(), o.policy, (s) => c.isAbandoned(s));
-    const result: ForgetResult = { ...plan, orphaned: [] };
-    if (o.dryRun) return result;
-    const targets = new Map<string, BackupTarget | Error>();
-    try {
-      for (const s of plan.remove) {
-        await c.remove(s.id);
-        let t = targets.get(s.target);
-        if (!t) {
-          t = await o.registry.open(s.target).catch((err: Error) => err);
-          targets.set(s.target, t);
-        }
-        try {
-          if (t instanceof Error) throw t;
-          await t.deleteSnapshot(s.id);
-        } catch (err) {
-          result.orphaned.push({ id: s.id, target: s.target, message: (err as Error).message });
-        }
-      }
-    } finally {
-      for (const t of targets.values()) if (!(t instanceof Error)) await t.close().catch(() => undefined);
-    }
-    return result;
+  // The catalog part under its lock (short), the target deletions after it (they take a while).
+  const plan = await Catalog.with(o.catalogDir, async (c) => {
+    const p = planForget(await c.list(), o.policy, (s) => c.isAbandoned(s));
+    if (!o.dryRun) for (const s of p.remove) await c.remove(s.id);
+    return p;
   });
+  const result: ForgetResult = { ...plan, orphaned: [] };
+  if (o.dryRun) return result;
+  const targets = new Map<string, BackupTarget | Error>();
+  try {
+    for (const s of plan.remove) {
+      let t = targets.get(s.target);
+      if (!t) {
+        t = await o.registry.open(s.target).catch((err: Error) => err);
+        targets.set(s.target, t);
+      }
+      try {
+        if (t instanceof Error) throw t;
+        await t.deleteSnapshot(s.id);
+      } catch (err) {
+        result.orphaned.push({ id: s.id, target: s.target, message: (err as Error).message });
+      }
+    }
+  } finally {
+    for (const t of targets.values()) if (!(t instanceof Error)) await t.close().catch(() => undefined);
+  }
+  return result;
 }
 
 function localDay(ms: number): string {

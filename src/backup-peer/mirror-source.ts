@@ -127,6 +127,8 @@ export interface SourceEntry {
   mirrorPath: string;
   /** What the server announced (absent when the peer walked the mirror itself). */
   item?: Item;
+  /** The split copy's lstat, when the walk already took it. */
+  stat?: fs.Stats;
 }
 
 /** Normalises a server path to a volume path, refusing '..' and friends (ETWIN_PATH_ESCAPE). */
@@ -185,18 +187,18 @@ export class MirrorReader {
         throw err;
       });
       if (!st) continue;
-      yield { path: top, mirrorPath: top };
+      yield { path: top, mirrorPath: top, stat: st };
       if (st.isDirectory() && !selector.paths) yield* this.walkDir(top);
     }
   }
 
   private async *walkDir(dir: string): AsyncGenerator<SourceEntry> {
-    const names = (await fsp.readdir(await this.tree.resolve(dir === '/' ? '/' : dir))).sort();
+    const names = (await fsp.readdir(await this.tree.resolve(dir))).sort();
     for (const name of names) {
       const p = dir === '/' ? `/${name}` : `${dir}/${name}`;
       const st = await this.lstat(p).catch(() => undefined);
       if (!st) continue;
-      yield { path: p, mirrorPath: p };
+      yield { path: p, mirrorPath: p, stat: st };
       if (st.isDirectory()) yield* this.walkDir(p);
     }
   }

@@ -1,166 +1,47 @@
 import * as path from 'node:path';
 import cliProgress from 'cli-progress';
 import type { Argv } from 'yargs';
+import type { PeerEvent } from '../backup-peer/peer-daemon.js';
+import type { TargetRegistry } from '../backup-peer/targets/index.js';
 import { TwinError } from '../common/errors.js';
-import type { CommandContext, OperatorCommand } from '../repl/commands.js';
+import type { ControlClient } from '../control/client.js';
+import type { OperatorCommand } from '../repl/commands.js';
 
 /**
- * The peer's REPL commands (backup, snapshots, restore, check). A backup from the REPL runs over
- * the REPL's own control connection; like any peer it reads the mirror, never the mount.
- */
-export function peerOperatorCommands(): OperatorCommand[] {
-  const opt = (v: string | boolean | undefined) => (typeof v === 'string' ? v : undefined);
-  return [
-    {
-      name: 'backup',
-      summary: 'back up paths (or the volume) from the mirror to a target and record the snapshot',
-      usage: 'backup [PATH...] --target dir:/backups [--subtree DIR] [--catalog DIR] [--full]',
-      examples: ['backup /db --target dir:/backups'],
-      options: ['--target', '--subtree', '--catalog', '--full', '--lease'],
-      flags: ['full'],
-      completes: 'paths',
-      async run(ctx, a) {
-        const { BackupRun, TargetRegistry, selectorFor } = await import('../backup-peer/index.js');
-        const spec = opt(a.options.target);
-        if (!spec) throw new TwinError('ETWIN_USAGE', 'backup needs --target TYPE:LOCATION (dir:/backups)');
-        const paths = a.positional.filter((p) => p !== '/');
-        const target = await new TargetRegistry().open(absoluteSpec(spec));
-        try {
-          const client = await ctx.client();
-          const run = new BackupRun({
-            server: client.hello.server,
-            token: '',
-            target,
-            catalogDir: opt(a.options.catalog),
-            selector: selectorFor({ paths, subtree: opt(a.options.subtree) }),
-            leaseMs: opt(a.options.lease) ? Number(a.options.lease) * 1000 : undefined,
-            full: a.options.full === true,
-            signal: ctx.signal,
-            connect: async () => replControl(ctx, client),
-          });
-          const r = await run.run();
-          const t = r.snapshot.totals;
-          ctx.print(
-            `snapshot ${r.snapshot.id}: ${t.files} files, ${bytes(t.bytes)} (${bytes(t.copiedBytes)} copied, ${t.reusedFiles} unchanged)`,
-          );
-          return { snapshotId: r.snapshot.id, totals: t };
-        } finally {
-          await target.close();
-        }
-      },
-    },
-    {
-      name: 'snapshots',
-      summary: 'list the snapshots in the catalog',
-      usage: 'snapshots [--catalog DIR]',
-      options: ['--catalog'],
-      async run(ctx, a) {
-        const { Catalog } = await import('../backup-peer/index.js');
-        const list = await Catalog.with(opt(a.options.catalog), (c) => c.list());
-        for (const s of list)
-          ctx.print(
-            `${s.id}  ${new Date(s.time).toISOString()}  ${s.state.padEnd(8)}  ${s.totals.files} files  ${s.paths.join(',')}`,
-          );
-        return list;
-      },
-    },
-    {
-      name: 'restore',
-      summary: 'restore a snapshot (or paths of it) into a directory',
-      usage: 'restore SNAPSHOT [PATH...] --to DIR [--catalog DIR]',
-      options: ['--to', '--catalog'],
-      completes: 'snapshots',
-      async run(ctx, a) {
-        const { restore, TargetRegistry } = await import('../backup-peer/index.js');
-        const [snapshot, ...paths] = a.positional;
-        const to = opt(a.options.to);
-        if (!snapshot || !to)
-          throw new TwinError('ETWIN_USAGE', 'usage: restore SNAPSHOT [PATH...] --to DIR');
-        const r = await restore({
-          snapshot,
-          paths,
-          to,
-          catalogDir: opt(a.options.catalog),
-          registry: new TargetRegistry(),
-          signal: ctx.signal,
-        });
-        for (const f of r.failures) ctx.print(`failed   ${f.path}: ${f.code}: ${f.message}`);
-        ctx.print(`restored ${r.entries} entries (${bytes(r.bytes)}) of ${r.snapshotId} to ${to}`);
-        if (r.failures.length)
-          throw new TwinError('ETWIN_RESTORE_FAILED', `${r.failures.length} entries could not be restored`, {
-            result: r,
-          });
-        return r;
-      },
-    },
-    {
-      name: 'check',
-      summary: 're-read a snapshot at its target and compare it with the catalog',
-      usage: 'check SNAPSHOT [--catalog DIR]',
-      options: ['--catalog'],
-      completes: 'snapshots',
-      async run(ctx, a) {
-        const { checkSnapshot, TargetRegistry } = await import('../backup-peer/index.js');
-        const snapshot = a.positional[0];
-        if (!snapshot) throw new TwinError('ETWIN_USAGE', 'usage: check SNAPSHOT');
-        const r = await checkSnapshot({
-          snapshot,
-          catalogDir: opt(a.options.catalog),
-          registry: new TargetRegistry(),
-        });
-        for (const p of r.problems) ctx.print(`${p.kind.padEnd(10)} ${p.path}  ${p.message}`);
-        ctx.print(
-          r.ok
-            ? `${r.snapshotId}: ${r.checked} entries verified`
-            : `${r.snapshotId}: ${r.problems.length} problem(s)`,
-        );
-        if (!r.ok)
-          throw new TwinError('ETWIN_CHECK_FAILED', `snapshot ${r.snapshotId} does not match the catalog`, {
-            result: r,
-          });
-        return r;
-      },
-    },
-  ];
-}
-
-/** The REPL's shared connection as a backup's control channel: the run must not close it. */
-function replControl(_ctx: CommandContext, client: import('../control/client.js').ControlClient) {
-  return {
-    prepare: client.prepare.bind(client),
-    renew: client.renew.bind(client),
-    release: client.release.bind(client),
-    onEvent: client.onEvent,
-    onClose: client.onClose,
-    close: async () => undefined,
-  };
-}
-
-/**
- * The backup peer's commands (backup, peer, snapshots, restore, check, forget). Registered by
- * main.ts; each sets the exit status through setStatus. Output contract: human text (and a
- * progress bar on a TTY) by default; with --json, one JSON object per line on stdout, the last
- * line being the result (or {event:"error", code, message}). Errors are one line on stderr with
- * a stable code and a non-zero status (2 for usage mistakes), never a stack trace.
+ * The backup peer's commands: `backup`, `peer`, `snapshots`, `restore`, `check`, `forget` on the
+ * command line, and `backup`, `snapshots`, `restore`, `check` in the REPL. Thin: each validates
+ * and adapts its arguments, calls src/backup-peer, and prints.
+ *
+ * Output contract: human text (and a progress bar on a TTY's stderr) by default; with --json,
+ * one JSON object per line on stdout, the last line being the result (or {event:"error", code,
+ * message}). Errors are one line on stderr with a stable code and a non-zero status (2 for
+ * usage mistakes), never a stack trace.
  */
 export function registerPeerCommands(y: Argv, setStatus: (code: number) => void): Argv {
-  const run = (json: boolean | undefined, fn: (out: Output) => Promise<number>) => async () => {
-    const out = new Output(!!json);
-    try {
-      setStatus(await fn(out));
-    } catch (err) {
-      out.error(err);
-      setStatus((err as TwinError)?.code === 'ETWIN_USAGE' ? 2 : 1);
-    } finally {
-      out.stopBar();
-    }
-  };
+  const run =
+    (json: boolean | undefined, fn: (out: Output, targets: TargetRegistry) => Promise<number>) =>
+    async () => {
+      const out = new Output(!!json);
+      try {
+        setStatus(await withTargets((targets) => fn(out, targets)));
+      } catch (err) {
+        out.error(err);
+        setStatus((err as TwinError)?.code === 'ETWIN_USAGE' ? 2 : 1);
+      } finally {
+        out.stopBar();
+      }
+    };
   const catalog = {
     type: 'string',
     describe:
-      'catalog directory (default /var/lib/twinfs/catalog as root, else ~/.local/state/twinfs/catalog)',
+      'catalog directory (default: /var/lib/twinfs/catalog as root, else ~/.local/state/twinfs/catalog)',
   } as const;
   const json = { type: 'boolean', describe: 'JSON lines on stdout; the last one is the result' } as const;
+  const snapshot = {
+    type: 'string',
+    demandOption: true,
+    describe: "snapshot id, unique prefix, or 'latest'",
+  } as const;
 
   return y
     .command(
@@ -177,13 +58,10 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
           .option('target', {
             type: 'string',
             demandOption: true,
-            describe: 'backup target, TYPE:LOCATION (dir:/backups)',
+            describe: 'TYPE:LOCATION (dir:/backups, tar:..., s3:...)',
           })
           .option('path', { type: 'string', array: true, describe: 'a volume path to back up (repeatable)' })
-          .option('subtree', {
-            type: 'string',
-            describe: 'a volume directory to back up with everything below it',
-          })
+          .option('subtree', { type: 'string', describe: 'a volume directory, with everything below it' })
           .option('catalog', catalog)
           .option('lease-sec', {
             type: 'number',
@@ -196,19 +74,21 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
           })
           .option('full', {
             type: 'boolean',
-            describe: 'copy every file (share nothing with the previous snapshot)',
+            describe: 'copy every file, share nothing with the previous snapshot',
           })
           .option('ca-file', { type: 'string', describe: 'CA certificate (PEM) for wss://' })
           .option('json', json),
       (a) =>
-        run(a.json, async (out) => {
-          const { BackupRun, TargetRegistry, readToken, selectorFor } = await import(
-            '../backup-peer/index.js'
-          );
+        run(a.json, async (out, targets) => {
+          const { BackupRun, readToken, selectorFor } = await import('../backup-peer/index.js');
           const { promises: fsp } = await import('node:fs');
           const selector = selectorFor({ paths: a.path, subtree: a.subtree });
+          const leaseSec = a['lease-sec'];
+          if (leaseSec !== undefined && !(leaseSec >= 1))
+            throw new TwinError('ETWIN_USAGE', '--lease-sec must be at least 1');
           const token = await readToken(a['token-file']);
-          const target = await new TargetRegistry().open(absoluteSpec(a.target));
+          const ca = a['ca-file'] ? await fsp.readFile(a['ca-file']) : undefined;
+          const target = await targets.open(absoluteSpec(a.target));
           const ac = new AbortController();
           const onSignal = (s: string) => ac.abort(new TwinError('ETWIN_ABORTED', `backup cancelled (${s})`));
           process.once('SIGINT', onSignal).once('SIGTERM', onSignal);
@@ -216,29 +96,28 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
             const r = new BackupRun({
               server: a.server,
               token,
+              ca,
               target,
               catalogDir: a.catalog,
               selector,
-              leaseMs: a['lease-sec'] ? Math.round(a['lease-sec'] * 1000) : undefined,
+              leaseMs: leaseSec ? Math.round(leaseSec * 1000) : undefined,
               mirrorMap: parseMirrorMap(a['mirror-map']),
               full: a.full,
-              ca: a['ca-file'] ? await fsp.readFile(a['ca-file']) : undefined,
               signal: ac.signal,
             });
             r.onDidProgress((p) => out.progress({ ...p }));
             const res = await r.run();
-            const t = res.snapshot.totals;
+            const s = res.snapshot;
             out.result(
               {
                 event: 'done',
-                snapshotId: res.snapshot.id,
+                snapshotId: s.id,
                 backupId: res.backupId,
                 stallMs: res.stallMs,
-                target: res.snapshot.target,
-                totals: t,
+                target: s.target,
+                totals: s.totals,
               },
-              `snapshot ${res.snapshot.id} complete: ${t.files} files, ${t.dirs} dirs, ${t.symlinks} symlinks, ${bytes(t.bytes)} ` +
-                `(${bytes(t.copiedBytes)} copied, ${t.reusedFiles} files unchanged)${t.skipped ? `, ${t.skipped} special files skipped` : ''}`,
+              `snapshot ${s.id} complete: ${describeTotals(s.totals)}`,
             );
             return 0;
           } finally {
@@ -249,20 +128,19 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
     )
     .command(
       'peer',
-      'run the backup peer as a daemon: backups on an interval, from a JSON config',
+      'run the backup peer as a daemon: backups on an interval, from a JSON config (SIGTERM stops it)',
       (a) =>
         a
           .option('config', { type: 'string', demandOption: true, describe: 'peer config (JSON)' })
           .option('json', json),
       (a) =>
-        run(a.json, async (out) => {
-          const { PeerDaemon, TargetRegistry, loadPeerConfig } = await import('../backup-peer/index.js');
-          const config = await loadPeerConfig(a.config);
-          const daemon = new PeerDaemon(config, new TargetRegistry());
+        run(a.json, async (out, targets) => {
+          const { PeerDaemon, loadPeerConfig } = await import('../backup-peer/index.js');
+          const daemon = new PeerDaemon(await loadPeerConfig(a.config), targets);
           const ac = new AbortController();
           const onSignal = () => ac.abort();
           process.once('SIGINT', onSignal).once('SIGTERM', onSignal);
-          daemon.onDidReport((e) => out.event(e as unknown as Record<string, unknown>, describePeerEvent(e)));
+          daemon.onDidReport((e) => out.event({ ...e }, describePeerEvent(e)));
           try {
             await daemon.run(ac.signal);
           } finally {
@@ -285,18 +163,14 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
             out.line(JSON.stringify(list));
             return 0;
           }
-          for (const s of list)
+          for (const s of list) {
+            const when = new Date(s.time).toISOString().replace('T', ' ').slice(0, 19);
+            const state = (s.abandoned ? 'abandoned' : s.state).padEnd(9);
+            const size = `${String(s.totals.files).padStart(7)} files ${bytes(s.totals.bytes).padStart(10)}`;
             out.line(
-              [
-                s.id.padEnd(24),
-                new Date(s.time).toISOString().replace('T', ' ').slice(0, 19),
-                (s.abandoned ? 'abandoned' : s.state).padEnd(9),
-                `${String(s.totals.files).padStart(7)} files`,
-                bytes(s.totals.bytes).padStart(10),
-                s.paths.join(',').padEnd(12),
-                s.target,
-              ].join('  '),
+              `${s.id.padEnd(24)}  ${when}  ${state}  ${size}  ${s.paths.join(',').padEnd(12)}  ${s.target}`,
             );
+          }
           out.line(
             `twinfs: ${list.length} snapshot(s), ${list.filter((s) => s.state === 'complete').length} complete`,
           );
@@ -305,14 +179,10 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
     )
     .command(
       'restore <snapshot> [paths..]',
-      'restore a snapshot (or volume paths of it) into a directory',
+      'restore a snapshot (or volume paths of it) into a directory; nothing is written outside it',
       (a) =>
         a
-          .positional('snapshot', {
-            type: 'string',
-            demandOption: true,
-            describe: "snapshot id, unique prefix, or 'latest'",
-          })
+          .positional('snapshot', snapshot)
           .positional('paths', {
             type: 'string',
             array: true,
@@ -326,22 +196,22 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
           .option('catalog', catalog)
           .option('json', json),
       (a) =>
-        run(a.json, async (out) => {
-          const { restore, TargetRegistry } = await import('../backup-peer/index.js');
+        run(a.json, async (out, targets) => {
+          const { restore } = await import('../backup-peer/index.js');
           const r = await restore({
             snapshot: a.snapshot,
             paths: a.paths,
             to: a.to,
             catalogDir: a.catalog,
-            registry: new TargetRegistry(),
+            registry: targets,
             onProgress: (p) => out.progress({ phase: 'restore', ...p }),
           });
           out.stopBar();
           for (const f of r.failures) out.warn(`${f.code}: ${f.message}`);
+          const fails = r.failures.length ? `; ${r.failures.length} failed` : '';
           out.result(
             { event: 'done', ...r },
-            `restored ${r.entries} entries (${bytes(r.bytes)}) of snapshot ${r.snapshotId} to ${path.resolve(a.to)}` +
-              (r.failures.length ? `; ${r.failures.length} failed` : ''),
+            `restored ${r.entries} entries (${bytes(r.bytes)}) of ${r.snapshotId} to ${path.resolve(a.to)}${fails}`,
           );
           if (r.failures.length > 0)
             throw new TwinError('ETWIN_RESTORE_FAILED', `${r.failures.length} entries could not be restored`);
@@ -351,22 +221,14 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
     .command(
       'check <snapshot>',
       're-read a snapshot at its target and compare it with the catalog; exit 1 on any difference',
+      (a) => a.positional('snapshot', snapshot).option('catalog', catalog).option('json', json),
       (a) =>
-        a
-          .positional('snapshot', {
-            type: 'string',
-            demandOption: true,
-            describe: "snapshot id, unique prefix, or 'latest'",
-          })
-          .option('catalog', catalog)
-          .option('json', json),
-      (a) =>
-        run(a.json, async (out) => {
-          const { checkSnapshot, TargetRegistry } = await import('../backup-peer/index.js');
+        run(a.json, async (out, targets) => {
+          const { checkSnapshot } = await import('../backup-peer/index.js');
           const r = await checkSnapshot({
             snapshot: a.snapshot,
             catalogDir: a.catalog,
-            registry: new TargetRegistry(),
+            registry: targets,
             onProgress: (p) => out.progress({ phase: 'check', ...p }),
           });
           out.stopBar();
@@ -384,7 +246,7 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
     )
     .command(
       'forget',
-      'remove snapshots a keep policy does not keep (catalog entries and target data)',
+      'remove the snapshots a keep policy does not keep: catalog entries and target data',
       (a) =>
         a
           .option('keep-last', {
@@ -399,22 +261,22 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
           .option('catalog', catalog)
           .option('json', json),
       (a) =>
-        run(a.json, async (out) => {
-          const { forget, TargetRegistry } = await import('../backup-peer/index.js');
+        run(a.json, async (out, targets) => {
+          const { forget } = await import('../backup-peer/index.js');
           for (const k of ['keep-last', 'keep-daily'] as const) {
             const v = a[k];
             if (v !== undefined && !(Number.isInteger(v) && v >= 1))
               throw new TwinError('ETWIN_USAGE', `--${k} must be a whole number ≥ 1`);
           }
+          const dry = !!a['dry-run'];
           const r = await forget({
             catalogDir: a.catalog,
             policy: { keepLast: a['keep-last'], keepDaily: a['keep-daily'] },
-            registry: new TargetRegistry(),
-            dryRun: a['dry-run'],
+            registry: targets,
+            dryRun: dry,
           });
           if (!out.json)
-            for (const s of r.remove)
-              out.line(`${a['dry-run'] ? 'would remove' : 'removed'} ${s.id} (${s.reason})`);
+            for (const s of r.remove) out.line(`${dry ? 'would remove' : 'removed'} ${s.id} (${s.reason})`);
           for (const o of r.orphaned)
             out.warn(`${o.id}: removed from the catalog, but its data at ${o.target} remains: ${o.message}`);
           out.result(
@@ -423,13 +285,169 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
               kept: r.keep.map((s) => s.id),
               removed: r.remove.map((s) => s.id),
               orphaned: r.orphaned,
-              dryRun: !!a['dry-run'],
+              dryRun: dry,
             },
-            `${a['dry-run'] ? 'would keep' : 'kept'} ${r.keep.length}, ${a['dry-run'] ? 'would remove' : 'removed'} ${r.remove.length} snapshot(s)`,
+            `${dry ? 'would keep' : 'kept'} ${r.keep.length}, ${dry ? 'would remove' : 'removed'} ${r.remove.length} snapshot(s)`,
           );
           return r.orphaned.length > 0 ? 1 : 0;
         })(),
     );
+}
+
+/**
+ * The peer's REPL commands. A backup from the REPL runs over the REPL's own control connection;
+ * like any peer it reads the mirror, never the mount.
+ */
+export function peerOperatorCommands(): OperatorCommand[] {
+  const opt = (v: string | boolean | undefined) => (typeof v === 'string' ? v : undefined);
+  return [
+    {
+      name: 'backup',
+      summary: 'back up paths, a subtree or the volume from the mirror to a target; records the snapshot',
+      usage:
+        'backup [PATH...] --target dir:/backups [--subtree DIR] [--catalog DIR] [--full] [--lease SECONDS]',
+      examples: ['backup --subtree /db --target dir:/backups'],
+      options: ['--target', '--subtree', '--catalog', '--full', '--lease'],
+      flags: ['full'],
+      completes: 'paths',
+      run: (ctx, a) =>
+        withTargets(async (targets) => {
+          const { BackupRun, selectorFor } = await import('../backup-peer/index.js');
+          const spec = opt(a.options.target);
+          if (!spec) throw new TwinError('ETWIN_USAGE', 'backup needs --target TYPE:LOCATION (dir:/backups)');
+          const selector = selectorFor({
+            paths: a.positional.filter((p) => p !== '/'),
+            subtree: opt(a.options.subtree),
+          });
+          const target = await targets.open(absoluteSpec(spec));
+          try {
+            const client = await ctx.client();
+            const r = await new BackupRun({
+              server: client.hello.server,
+              token: '',
+              target,
+              catalogDir: opt(a.options.catalog),
+              selector,
+              leaseMs: opt(a.options.lease) ? Number(a.options.lease) * 1000 : undefined,
+              full: a.options.full === true,
+              signal: ctx.signal,
+              connect: async () => sharedControl(client),
+            }).run();
+            ctx.print(`snapshot ${r.snapshot.id}: ${describeTotals(r.snapshot.totals)}`);
+            return { snapshotId: r.snapshot.id, totals: r.snapshot.totals };
+          } finally {
+            await target.close();
+          }
+        }),
+    },
+    {
+      name: 'snapshots',
+      summary: 'list the snapshots in the catalog',
+      usage: 'snapshots [--catalog DIR]',
+      options: ['--catalog'],
+      async run(ctx, a) {
+        const { Catalog } = await import('../backup-peer/index.js');
+        const list = await Catalog.with(opt(a.options.catalog), (c) => c.list());
+        for (const s of list)
+          ctx.print(
+            `${s.id}  ${new Date(s.time).toISOString()}  ${s.state.padEnd(8)}  ${s.totals.files} files  ${s.paths.join(',')}`,
+          );
+        return list;
+      },
+    },
+    {
+      name: 'restore',
+      summary: 'restore a snapshot (or paths of it) into a directory',
+      usage: 'restore SNAPSHOT [PATH...] --to DIR [--catalog DIR]',
+      options: ['--to', '--catalog'],
+      completes: 'snapshots',
+      run: (ctx, a) =>
+        withTargets(async (targets) => {
+          const { restore } = await import('../backup-peer/index.js');
+          const [snapshotRef, ...paths] = a.positional;
+          const to = opt(a.options.to);
+          if (!snapshotRef || !to)
+            throw new TwinError('ETWIN_USAGE', 'usage: restore SNAPSHOT [PATH...] --to DIR');
+          const catalogDir = opt(a.options.catalog);
+          const r = await restore({
+            snapshot: snapshotRef,
+            paths,
+            to,
+            catalogDir,
+            registry: targets,
+            signal: ctx.signal,
+          });
+          for (const f of r.failures) ctx.print(`failed   ${f.path}: ${f.code}: ${f.message}`);
+          ctx.print(`restored ${r.entries} entries (${bytes(r.bytes)}) of ${r.snapshotId} to ${to}`);
+          if (r.failures.length)
+            throw new TwinError(
+              'ETWIN_RESTORE_FAILED',
+              `${r.failures.length} entries could not be restored`,
+              { result: r },
+            );
+          return r;
+        }),
+    },
+    {
+      name: 'check',
+      summary: 're-read a snapshot at its target and compare it with the catalog',
+      usage: 'check SNAPSHOT [--catalog DIR]',
+      options: ['--catalog'],
+      completes: 'snapshots',
+      run: (ctx, a) =>
+        withTargets(async (targets) => {
+          const { checkSnapshot } = await import('../backup-peer/index.js');
+          const snapshotRef = a.positional[0];
+          if (!snapshotRef) throw new TwinError('ETWIN_USAGE', 'usage: check SNAPSHOT');
+          const r = await checkSnapshot({
+            snapshot: snapshotRef,
+            catalogDir: opt(a.options.catalog),
+            registry: targets,
+          });
+          for (const p of r.problems) ctx.print(`${p.kind.padEnd(10)} ${p.path}  ${p.message}`);
+          ctx.print(
+            r.ok
+              ? `${r.snapshotId}: ${r.checked} entries verified`
+              : `${r.snapshotId}: ${r.problems.length} problem(s)`,
+          );
+          if (!r.ok)
+            throw new TwinError('ETWIN_CHECK_FAILED', `snapshot ${r.snapshotId} does not match the catalog`, {
+              result: r,
+            });
+          return r;
+        }),
+    },
+  ];
+}
+
+/**
+ * Runs fn with a target registry: the built-in directory target, and for any other type the
+ * plugin host (created on first need, disposed at the end).
+ */
+async function withTargets<T>(fn: (targets: TargetRegistry) => Promise<T>): Promise<T> {
+  const { TargetRegistry } = await import('../backup-peer/index.js');
+  let host: import('../plugins/index.js').PluginHost | undefined;
+  const targets = new TargetRegistry(undefined, async (type) => {
+    host ??= await (await import('../plugins/index.js')).createPluginHost();
+    return host.getTargetProvider(type);
+  });
+  try {
+    return await fn(targets);
+  } finally {
+    await host?.dispose();
+  }
+}
+
+/** The REPL's connection as a backup's control channel: the run must not close it. */
+function sharedControl(client: ControlClient) {
+  return {
+    prepare: client.prepare.bind(client),
+    renew: client.renew.bind(client),
+    release: client.release.bind(client),
+    onEvent: client.onEvent,
+    onClose: client.onClose,
+    close: async () => undefined,
+  };
 }
 
 /** Where command output goes: text or JSON lines on stdout, a progress bar on a TTY's stderr. */
@@ -478,9 +496,9 @@ class Output {
       return;
     }
     if (!process.stderr.isTTY) return;
-    const useBytes = (p.bytesTotal ?? 0) > 0;
-    const total = useBytes ? p.bytesTotal! : Math.max(p.filesTotal, 1);
-    const value = useBytes ? p.bytes : p.files;
+    const byBytes = (p.bytesTotal ?? 0) > 0;
+    const total = byBytes ? p.bytesTotal! : Math.max(p.filesTotal, 1);
+    const value = byBytes ? p.bytes : p.files;
     const payload = {
       phase: p.phase.padEnd(7),
       files: p.files,
@@ -521,7 +539,20 @@ class Output {
   }
 }
 
-function describePeerEvent(e: import('../backup-peer/index.js').PeerEvent): string {
+function describeTotals(t: {
+  files: number;
+  dirs: number;
+  symlinks: number;
+  bytes: number;
+  copiedBytes: number;
+  reusedFiles: number;
+  skipped: number;
+}): string {
+  const skipped = t.skipped ? `, ${t.skipped} special files skipped` : '';
+  return `${t.files} files, ${t.dirs} dirs, ${t.symlinks} symlinks, ${bytes(t.bytes)} (${bytes(t.copiedBytes)} copied, ${t.reusedFiles} files unchanged)${skipped}`;
+}
+
+function describePeerEvent(e: PeerEvent): string {
   switch (e.event) {
     case 'started':
       return `peer started: ${e.server} → ${e.target} every ${e.intervalSec} s`;

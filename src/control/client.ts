@@ -106,16 +106,22 @@ export class ControlClient {
       );
     });
     const c = new ControlClient(ws, opts);
-    const hello = await c.request('hello', {
-      version: PROTOCOL_VERSION,
-      token: opts.token,
-      client: opts.client,
-    });
-    const parsed = helloResultSchema.safeParse(hello);
-    if (!parsed.success)
-      throw new TwinError('ETWIN_PROTOCOL', `bad hello reply: ${describeIssues(parsed.error)}`);
-    c.hello = parsed.data;
-    return c;
+    try {
+      const hello = await c.request('hello', {
+        version: PROTOCOL_VERSION,
+        token: opts.token,
+        client: opts.client,
+      });
+      const parsed = helloResultSchema.safeParse(hello);
+      if (!parsed.success)
+        throw new TwinError('ETWIN_PROTOCOL', `bad hello reply: ${describeIssues(parsed.error)}`);
+      c.hello = parsed.data;
+      return c;
+    } catch (err) {
+      // Nobody gets this client: do not leave its socket open.
+      ws.terminate();
+      throw err;
+    }
   }
 
   get isClosed(): boolean {

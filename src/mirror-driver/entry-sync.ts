@@ -19,6 +19,8 @@ export interface SyncOptions {
   cut?: number;
   /** Compare the contents chunk by chunk and write only the chunks that differ. */
   compare?: boolean;
+  /** The mirror entry's lstat, just read by the caller (null: it does not exist). */
+  mirrorStat?: fs.Stats | null;
 }
 
 /**
@@ -35,7 +37,7 @@ export async function syncEntry(primary: string, mirror: string, opts: SyncOptio
     await fsp.rm(mirror, { recursive: true, force: true });
     return { bytesCopied: 0 };
   }
-  let mst = await fsp.lstat(mirror).catch(() => undefined);
+  let mst = opts.mirrorStat === undefined ? await fsp.lstat(mirror).catch(() => undefined) : (opts.mirrorStat ?? undefined);
   if (mst && (mst.mode & 0o170000) !== (pst.mode & 0o170000)) {
     await fsp.rm(mirror, { recursive: true, force: true });
     mst = undefined;
@@ -60,7 +62,7 @@ export async function syncEntry(primary: string, mirror: string, opts: SyncOptio
   } else if (!mst) {
     await mknod(mirror, pst.mode, pst.rdev);
   }
-  await syncMeta(primary, mirror, pst);
+  await syncMeta(primary, mirror, pst, !mst);
   return { bytesCopied };
 }
 
@@ -118,6 +120,36 @@ async function copyDiff(primary: string, mirror: string, size: number): Promise<
   return copied;
 }
 
+/**
+ * Copies (or, with compare, rewrites where it differs) [offset, offset + len) of primary into
+ * mirror, both existing. Returns the bytes written and whether the primary's end was reached.
+ */
+export async function copyChunk(primary: string, mirror: string, offset: number, len: number, compare: boolean): Promise<{ copied: number; eof: boolean }> {
+  const src = await fsp.open(primary, 'r');
+  let dst: fsp.FileHandle | undefined;
+  let copied = 0;
+  try {
+    dst = await fsp.open(mirror, 'r+');
+    const a = Buffer.allocUnsafe(Math.min(CHUNK, len));
+    const b = compare ? Buffer.allocUnsafe(a.length) : undefined;
+    for (let pos = offset; pos < offset + len; ) {
+      const n = await readFull(src, a, Math.min(a.length, offset + len - pos), pos);
+      if (n === 0) return { copied, eof: true };
+      const same = b && (await readFull(dst, b, n, pos)) === n && a.subarray(0, n).equals(b.subarray(0, n));
+      if (!same) {
+        await writeFull(dst, a.subarray(0, n), pos);
+        copied += n;
+      }
+      pos += n;
+      if (n < a.length) return { copied, eof: true };
+    }
+    return { copied, eof: false };
+  } finally {
+    await src.close();
+    await dst?.close();
+  }
+}
+
 async function readFull(fh: fsp.FileHandle, buf: Buffer, len: number, pos: number): Promise<number> {
   let got = 0;
   while (got < len) {
@@ -136,22 +168,29 @@ async function writeFull(fh: fsp.FileHandle, data: Buffer, pos: number): Promise
   }
 }
 
-/** Copies mode, owner, xattrs and times (times last: the others move ctime only). */
-export async function syncMeta(primary: string, mirror: string, pst?: fs.Stats): Promise<void> {
+const MY_UID = process.getuid?.() ?? 0;
+const MY_GID = process.getgid?.() ?? 0;
+
+/**
+ * Copies mode, owner, xattrs and times (times last: the others move ctime only). fresh: the
+ * mirror entry was just made by this process (no xattrs yet, owned by us, a copied file already
+ * has the mode), so fewer calls are needed.
+ */
+export async function syncMeta(primary: string, mirror: string, pst?: fs.Stats, fresh = false): Promise<void> {
   pst ??= await fsp.lstat(primary);
   const link = pst.isSymbolicLink();
   // chown first: it clears set-user-ID and set-group-ID bits that chmod sets.
-  await fsp.lchown(mirror, pst.uid, pst.gid);
-  if (!link) await fsp.chmod(mirror, pst.mode & 0o7777);
+  const chown = !fresh || pst.uid !== MY_UID || pst.gid !== MY_GID;
+  if (chown) await fsp.lchown(mirror, pst.uid, pst.gid);
+  if (!link && (chown || !pst.isFile() || pst.mode & 0o7000)) await fsp.chmod(mirror, pst.mode & 0o7777);
   if (!link) {
     const want = await xattr.listAttributes(primary).catch(() => [] as string[]);
-    const have = await xattr.listAttributes(mirror).catch(() => [] as string[]);
+    const have = fresh ? [] : await xattr.listAttributes(mirror).catch(() => [] as string[]);
     for (const name of want) {
       const v = await xattr.getAttribute(primary, name).catch(() => undefined);
       if (v) await xattr.setAttribute(mirror, name, v).catch(() => undefined);
     }
-    for (const name of have)
-      if (!want.includes(name)) await xattr.removeAttribute(mirror, name).catch(() => undefined);
+    for (const name of have) if (!want.includes(name)) await xattr.removeAttribute(mirror, name).catch(() => undefined);
   }
   await fsp.lutimes(mirror, pst.atimeMs / 1000, pst.mtimeMs / 1000);
 }
@@ -181,10 +220,20 @@ export async function* walk(root: string, rel = ''): AsyncGenerator<TreeEntry> {
   }
 }
 
-export async function hashFile(file: string): Promise<string> {
+/** sha256 of a file; size (if known) sizes the read buffer, so small files cost little. */
+export async function hashFile(file: string, size?: number): Promise<string> {
   const h = createHash('sha256');
-  const stream = fs.createReadStream(file, { highWaterMark: CHUNK });
-  for await (const chunk of stream) h.update(chunk as Buffer);
+  const fh = await fsp.open(file, 'r');
+  try {
+    const buf = Buffer.allocUnsafe(Math.max(4096, Math.min(size ?? CHUNK, CHUNK)));
+    for (;;) {
+      const { bytesRead } = await fh.read(buf, 0, buf.length, null);
+      if (bytesRead === 0) break;
+      h.update(buf.subarray(0, bytesRead));
+    }
+  } finally {
+    await fh.close();
+  }
   return h.digest('hex');
 }
 

@@ -7,7 +7,7 @@ import { TwinError } from '../common/errors.js';
 import { Emitter } from '../common/event.js';
 import type { Change, ChangeSink } from '../fusefs/change-sink.js';
 import { loadVolumeId, type MirrorLayout, mirrorLayout, openDevice } from './device.js';
-import { syncEntry, syncMeta, walk } from './entry-sync.js';
+import { copyChunk, syncEntry, syncMeta } from './entry-sync.js';
 import { Journal, type JournalRecord } from './journal.js';
 import { MirrorWriter } from './mirror-writer.js';
 import { covers, coversUnder, type Selector, SplitTracker } from './split-tracker.js';
@@ -111,6 +111,8 @@ export class MirrorDriver implements ChangeSink {
   /** Paths the journal named at start that are not repaired yet. */
   private readonly pendingIntents = new Set<string>();
   private readonly pendingTimes = new Set<string>();
+  /** Rename targets seen by each running (unlocked) reconciliation walk. */
+  private readonly walks = new Set<Set<string>>();
   /** The next reconciliation must compare contents (machine crash, lost journal). */
   private deep = false;
   private copying = true;
@@ -301,6 +303,9 @@ export class MirrorDriver implements ChangeSink {
       else if (c.op === 'unlink') this.pendingTimes.delete(c.path);
       await this.writer.apply(c);
       this.stats.changesApplied++;
+      // A directory renamed under a running walk may have moved where the walk has been to a
+      // place it has already left: it gets walked again afterwards.
+      if (c.op === 'rename') for (const w of this.walks) w.add(c.path);
       if (c.op === 'write') {
         this.stats.bytesMirrored += c.data.length;
         // An inode with other names may lose this one next (unlink, or libfuse's .fuse_hidden
@@ -399,6 +404,12 @@ export class MirrorDriver implements ChangeSink {
     this.writer.forget(p, true);
     const r = await syncEntry(this.primary + p, this.layout.data + p);
     this.stats.bytesMirrored += r.bytesCopied;
+    // A directory the mirror lacked (say, renamed before the initial copy reached it) comes
+    // with its contents.
+    if ((await lstatOrUndefined(this.primary + p))?.isDirectory()) {
+      const t = await this.reconcileTree(p, 'repair', { locked: true });
+      this.stats.bytesMirrored += t.bytes;
+    }
   }
 
   private noteTimes(p: string): void {
@@ -628,13 +639,42 @@ export class MirrorDriver implements ChangeSink {
    * Makes the mirror's subtree at p equal to the primary's: entries whose type, size, mode,
    * owner or mtime differ are copied, entries whose ctime is newer on the primary are compared
    * (metadata, and contents chunk by chunk), extras are removed, hard links are kept, and
-   * nothing a split holds is touched. Each entry is one task in the change queue, so live
-   * changes interleave in the right order (locked: the caller already runs in the queue).
+   * nothing a split holds is touched.
+   *
+   * Directory by directory: both listings are read, then the entries are synced in batches,
+   * each batch one task in the change queue (so live changes interleave in the right order) and
+   * parallel inside it (no live change can run meanwhile). locked: the caller already runs in
+   * the queue.
    */
   private async reconcileTree(
     p: string,
     phase: ProgressEvent['phase'],
     o: { locked?: boolean; deep?: boolean; signal?: AbortSignal } = {},
+  ): Promise<{ bytes: number; entries: number }> {
+    if (o.locked) return this.walkTree(p, phase, o);
+    const renamed = new Set<string>();
+    this.walks.add(renamed);
+    try {
+      const total = await this.walkTree(p, phase, o);
+      for (let round = 0; renamed.size > 0 && round < 10 && !o.signal?.aborted; round++) {
+        const again = outermost(renamed).filter((t) => t === p || t.startsWith(p === '/' ? '/' : p + '/'));
+        renamed.clear();
+        for (const t of again) {
+          const r = await this.walkTree(t, phase, o);
+          total.bytes += r.bytes;
+          total.entries += r.entries;
+        }
+      }
+      return total;
+    } finally {
+      this.walks.delete(renamed);
+    }
+  }
+
+  private async walkTree(
+    p: string,
+    phase: ProgressEvent['phase'],
+    o: { locked?: boolean; deep?: boolean; signal?: AbortSignal },
   ): Promise<{ bytes: number; entries: number }> {
     const run = <T>(f: () => Promise<T>): Promise<T> => (o.locked ? f() : this.queue.push(f));
     let bytes = 0;
@@ -642,38 +682,128 @@ export class MirrorDriver implements ChangeSink {
     const links = new Map<number, string>();
     const report = (done: boolean) => this._onProgress.fire({ phase, entries, bytes, done });
     const base = p === '/' ? '' : p;
-    bytes += await run(() => this.syncQuick(p, links, o.deep));
-    const top = await fsp.lstat(this.primary + base).catch(() => undefined);
-    if (top?.isDirectory()) {
-      for await (const e of walk(this.primary + base)) {
-        if (o.signal?.aborted) return { bytes, entries };
-        bytes += await run(() => this.syncQuick(base + e.path, links, o.deep));
-        entries++;
-        if (entries % 1000 === 0) report(false);
+    bytes += await run(async () => this.syncQuick(p, await lstatOrUndefined(this.primary + base), links, o.deep));
+    const dirs = [base];
+    let reported = 0;
+    while (dirs.length > 0) {
+      if (o.signal?.aborted) return { bytes, entries };
+      const dir = dirs.pop()!;
+      let names: string[];
+      try {
+        names = (await fsp.readdir(this.primary + dir)).sort();
+      } catch {
+        continue; // gone or not a directory any more: its own change says what became of it
       }
-      let removed = '';
-      for await (const e of walk(this.layout.data + base)) {
+      const have = await fsp.readdir(this.layout.data + dir).catch(() => [] as string[]);
+      const wanted = new Set(names);
+      const extras = have.filter((n) => !wanted.has(n));
+      const stats = await mapLimit(names, PARALLEL, (n) => lstatOrUndefined(`${this.primary}${dir}/${n}`));
+      const items = names.map((name, i) => ({ path: `${dir}/${name}`, st: stats[i] }));
+      // Small tasks: a live change waits for at most one of them.
+      const large = items.filter((it) => it.st?.isFile() && it.st.nlink === 1 && it.st.size > LARGE_FILE);
+      const small = items.filter((it) => !large.includes(it));
+      for (let i = 0; i < small.length; ) {
         if (o.signal?.aborted) return { bytes, entries };
-        const vp = base + e.path;
-        if (removed && vp.startsWith(removed + '/')) continue;
-        const gone = await run(async () => {
-          if (this.heldUnder(vp) || (await fsp.lstat(this.primary + vp).catch(() => undefined))) return false;
-          this.writer.forget(vp, true);
-          await fsp.rm(this.layout.data + vp, { recursive: true, force: true });
-          return true;
-        });
-        if (gone) removed = vp;
+        let j = i;
+        for (let size = 0; j < small.length && j - i < BATCH && size <= BATCH_BYTES; j++) size += small[j]!.st?.size ?? 0;
+        const batch = small.slice(i, j);
+        i = j;
+        bytes += await run(() => this.syncBatch(batch, links, o.deep));
       }
+      for (const it of large) {
+        if (o.signal?.aborted) return { bytes, entries };
+        bytes += await this.syncLargeFile(it.path, it.st!, run, o.deep);
+      }
+      if (extras.length > 0) await run(() => this.removeExtras(dir, extras));
+      entries += items.length;
+      if (entries - reported >= 1000) {
+        reported = entries;
+        report(false);
+      }
+      for (const it of [...items].reverse()) if (it.st?.isDirectory()) dirs.push(it.path);
     }
     report(true);
     return { bytes, entries };
   }
 
-  private async syncQuick(p: string, links: Map<number, string>, deep?: boolean): Promise<number> {
+  /**
+   * A big file, chunk by chunk, each chunk one queue task (a whole-file copy would hold live
+   * changes back for as long as it takes). Each chunk reads the primary as it is when the task
+   * runs, so live writes in between are never undone; the last task fixes size and metadata.
+   */
+  private async syncLargeFile(p: string, listed: Stats, run: <T>(f: () => Promise<T>) => Promise<T>, deep?: boolean): Promise<number> {
+    const mp = this.layout.data + p;
+    const plan = await run(async () => {
+      if (this.isHeld(p)) return undefined;
+      const [pst, mst] = await Promise.all([lstatOrUndefined(this.primary + p), lstatOrUndefined(mp)]);
+      if (!pst?.isFile() || pst.nlink > 1) return { fallback: true as const, pst };
+      if (mst?.isFile()) {
+        const sameData = mst.size === pst.size && Math.abs(mst.mtimeMs - pst.mtimeMs) < 1;
+        if (sameData && sameMeta(pst, mst) && pst.ctimeMs <= mst.ctimeMs && !deep) return undefined;
+        this.writer.forget(p, true);
+        return { compare: sameData, size: pst.size };
+      }
+      this.writer.forget(p, true);
+      if (mst) await fsp.rm(mp, { recursive: true, force: true });
+      await this.ensureParents(p);
+      await fsp.writeFile(mp, '', { mode: 0o600 });
+      return { compare: false, size: pst.size };
+    });
+    if (!plan) return 0;
+    if ('fallback' in plan) return run(async () => this.syncQuick(p, (await lstatOrUndefined(this.primary + p)) ?? listed, new Map(), deep));
+    let bytes = 0;
+    for (let off = 0; ; off += LARGE_CHUNK) {
+      const r = await run(async () => {
+        if (this.isHeld(p)) return undefined;
+        return copyChunk(this.primary + p, mp, off, LARGE_CHUNK, plan.compare).catch((err) => {
+          if (HEAL_CODES.has((err as NodeJS.ErrnoException).code ?? '')) return undefined; // gone meanwhile
+          throw err;
+        });
+      });
+      if (!r) return bytes;
+      bytes += r.copied;
+      if (r.eof) break;
+    }
+    await run(async () => {
+      if (this.isHeld(p)) return;
+      const pst = await lstatOrUndefined(this.primary + p);
+      if (!pst?.isFile()) return;
+      await fsp.truncate(mp, pst.size);
+      await syncMeta(this.primary + p, mp, pst);
+    });
+    return bytes;
+  }
+
+  /** One batch of entries of a directory: plain ones in parallel, directories and hard links in order. */
+  private async syncBatch(items: Array<{ path: string; st: Stats | undefined }>, links: Map<number, string>, deep?: boolean): Promise<number> {
+    const serial = items.filter((it) => it.st && (it.st.isDirectory() || (it.st.isFile() && it.st.nlink > 1)));
+    const plain = items.filter((it) => it.st && !serial.includes(it));
+    let bytes = 0;
+    for (const it of serial) bytes += await this.syncQuick(it.path, it.st, links, deep);
+    const r = await mapLimit(plain, PARALLEL, (it) => this.syncQuick(it.path, it.st, links, deep));
+    for (const b of r) bytes += b;
+    return bytes;
+  }
+
+  private async removeExtras(dir: string, names: string[]): Promise<void> {
+    await mapLimit(names, PARALLEL, async (name) => {
+      const vp = `${dir}/${name}`;
+      // Made since the listing (and already mirrored by its own change)?
+      if (this.heldUnder(vp) || (await lstatOrUndefined(this.primary + vp))) return;
+      this.writer.forget(vp, true);
+      await fsp.rm(this.layout.data + vp, { recursive: true, force: true });
+    });
+  }
+
+  /**
+   * Syncs one entry unless it provably matches. pst may be a little old (listed before this
+   * task ran): a change since is either on the mirror already (which then differs from pst, so
+   * the entry is synced from the primary as it is now) or queued behind this task.
+   */
+  private async syncQuick(p: string, pst: Stats | undefined, links: Map<number, string>, deep?: boolean): Promise<number> {
     const mp = p === '/' ? this.layout.data : this.layout.data + p;
     if (p !== '/' && this.isHeld(p)) return 0;
-    const pst = await fsp.lstat(p === '/' ? this.primary : this.primary + p).catch(() => undefined);
-    const mst = await fsp.lstat(mp).catch(() => undefined);
+    const mst = await lstatOrUndefined(mp);
     if (!pst) {
       if (p === '/' || !mst || this.heldUnder(p)) return 0;
       this.writer.forget(p, true);
@@ -683,13 +813,14 @@ export class MirrorDriver implements ChangeSink {
     const sameType = !!mst && (mst.mode & 0o170000) === (pst.mode & 0o170000);
     if (mst && !sameType && this.heldUnder(p)) return 0;
     if (p === '/') {
-      if (!sameMeta(pst, mst!) || pst.ctimeMs > mst!.ctimeMs) await syncMeta(this.primary, mp, pst);
+      if (!mst) await fsp.mkdir(mp, { recursive: true });
+      if (!mst || !sameMeta(pst, mst) || pst.ctimeMs > mst.ctimeMs) await syncMeta(this.primary, mp, pst);
       return 0;
     }
     if (pst.isFile() && pst.nlink > 1) {
       const first = links.get(pst.ino);
       if (first) {
-        const firstM = await fsp.lstat(this.layout.data + first).catch(() => undefined);
+        const firstM = await lstatOrUndefined(this.layout.data + first);
         if (firstM && (!mst || mst.ino !== firstM.ino)) {
           this.writer.forget(p, false);
           await fsp.rm(mp, { recursive: true, force: true });
@@ -704,10 +835,16 @@ export class MirrorDriver implements ChangeSink {
     const newer = !!mst && pst.ctimeMs > mst.ctimeMs;
     if (sameData && sameMeta(pst, mst!) && !newer && !(deep && pst.isFile())) return 0;
     this.writer.forget(p, true);
-    await this.ensureParents(p);
     // Same size and mtime: probably equal, so compare rather than copy.
-    const r = await syncEntry(this.primary + p, mp, { compare: sameData });
-    return r.bytesCopied;
+    const opts = { compare: sameData, mirrorStat: mst ?? null };
+    try {
+      return (await syncEntry(this.primary + p, mp, opts)).bytesCopied;
+    } catch (err) {
+      // The parent is normally there (directories are synced before their entries).
+      if (!HEAL_CODES.has((err as NodeJS.ErrnoException).code ?? '')) throw err;
+      await this.ensureParents(p);
+      return (await syncEntry(this.primary + p, mp, { compare: sameData })).bytesCopied;
+    }
   }
 
   // ---- status, verify, lifecycle -------------------------------------------------------------
@@ -808,6 +945,32 @@ export class MirrorDriver implements ChangeSink {
   private log(msg: string): void {
     (this.opts.log ?? ((m: string) => process.stderr.write(`twinfs mirror: ${m}\n`)))(msg);
   }
+}
+
+/** Entries synced in parallel inside one queue task, and entries per task. */
+const PARALLEL = 16;
+const BATCH = 64;
+const BATCH_BYTES = 8 * 1024 * 1024;
+/** Files above this size are reconciled chunk by chunk, LARGE_CHUNK bytes per queue task. */
+const LARGE_FILE = 8 * 1024 * 1024;
+const LARGE_CHUNK = 8 * 1024 * 1024;
+
+function lstatOrUndefined(p: string): Promise<Stats | undefined> {
+  return fsp.lstat(p).catch(() => undefined);
+}
+
+/** Maps with at most `limit` calls in flight; results in input order. */
+async function mapLimit<T, R>(items: readonly T[], limit: number, fn: (item: T) => Promise<R>): Promise<R[]> {
+  const out = new Array<R>(items.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const i = next++;
+      out[i] = await fn(items[i]!);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+  return out;
 }
 
 function sameMeta(a: Stats, b: Stats): boolean {

@@ -1,6 +1,7 @@
+import type { Stats } from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import * as xattr from 'fs-xattr';
-import { hashFile, walk } from './entry-sync.js';
+import { hashFile } from './entry-sync.js';
 
 export type DifferenceKind =
   | 'missing-in-mirror'
@@ -36,68 +37,93 @@ export interface VerifyOptions {
   signal?: AbortSignal;
 }
 
+/** Entries compared at once. */
+const PARALLEL = 16;
+
 /**
  * Compares the primary tree with the mirror's data tree: type, size, content hash, mode, owner,
- * mtime (to the millisecond), symlink targets and xattrs. Every difference is reported.
+ * mtime (to the millisecond), symlink targets and xattrs. Every difference is reported, sorted
+ * by path. Directory by directory: both listings give what is missing and what is extra; the
+ * entries of a directory are compared in parallel.
  */
-export async function verifyTrees(
-  primaryRoot: string,
-  mirrorRoot: string,
-  opts: VerifyOptions = {},
-): Promise<VerifyReport> {
+export async function verifyTrees(primaryRoot: string, mirrorRoot: string, opts: VerifyOptions = {}): Promise<VerifyReport> {
   const diffs: Difference[] = [];
   const skip = opts.skip ?? (() => false);
   let checked = 0;
   let skipped = 0;
-  const seen = new Set<string>();
-  for await (const { path: p, stat: ps } of walk(primaryRoot)) {
+  const dirs = [''];
+  while (dirs.length > 0) {
     opts.signal?.throwIfAborted();
-    seen.add(p);
-    if (skip(p)) {
-      skipped++;
-      continue;
+    const dir = dirs.pop()!;
+    const names = await fsp.readdir(primaryRoot + dir).catch(() => [] as string[]);
+    const have = new Set(await fsp.readdir(mirrorRoot + dir).catch(() => [] as string[]));
+    const wanted = new Set(names);
+    for (const n of have) {
+      const p = `${dir}/${n}`;
+      if (!wanted.has(n) && !skip(p)) diffs.push({ path: p, kind: 'extra-in-mirror' });
     }
-    checked++;
-    const ms = await fsp.lstat(mirrorRoot + p).catch(() => undefined);
-    if (!ms) {
-      diffs.push({ path: p, kind: 'missing-in-mirror' });
-      continue;
-    }
-    if ((ps.mode & 0o170000) !== (ms.mode & 0o170000)) {
-      diffs.push({ path: p, kind: 'type', primary: ps.mode & 0o170000, mirror: ms.mode & 0o170000 });
-      continue;
-    }
-    if ((ps.mode & 0o7777) !== (ms.mode & 0o7777) && !ps.isSymbolicLink())
-      diffs.push({
-        path: p,
-        kind: 'mode',
-        primary: (ps.mode & 0o7777).toString(8),
-        mirror: (ms.mode & 0o7777).toString(8),
-      });
-    if (ps.uid !== ms.uid || ps.gid !== ms.gid)
-      diffs.push({ path: p, kind: 'owner', primary: `${ps.uid}:${ps.gid}`, mirror: `${ms.uid}:${ms.gid}` });
-    if (ps.isSymbolicLink()) {
-      const [a, b] = await Promise.all([fsp.readlink(primaryRoot + p), fsp.readlink(mirrorRoot + p)]);
-      if (a !== b) diffs.push({ path: p, kind: 'symlink', primary: a, mirror: b });
-      continue;
-    }
-    if (!ps.isDirectory() && Math.abs(ps.mtimeMs - ms.mtimeMs) >= 1)
-      diffs.push({ path: p, kind: 'mtime', primary: ps.mtime.toISOString(), mirror: ms.mtime.toISOString() });
-    const [xa, xb] = await Promise.all([xattrsOf(primaryRoot + p), xattrsOf(mirrorRoot + p)]);
-    if (xa !== xb) diffs.push({ path: p, kind: 'xattr', primary: xa, mirror: xb });
-    if (ps.isFile()) {
-      if (ps.size !== ms.size) diffs.push({ path: p, kind: 'size', primary: ps.size, mirror: ms.size });
-      else if (opts.content !== false) {
-        const [ha, hb] = await Promise.all([hashFile(primaryRoot + p), hashFile(mirrorRoot + p)]);
-        if (ha !== hb)
-          diffs.push({ path: p, kind: 'content', primary: ha.slice(0, 16), mirror: hb.slice(0, 16) });
+    await mapLimit(names, PARALLEL, async (name) => {
+      const p = `${dir}/${name}`;
+      const ps = await fsp.lstat(primaryRoot + p).catch(() => undefined);
+      if (!ps) return;
+      if (ps.isDirectory()) dirs.push(p);
+      if (skip(p)) {
+        skipped++;
+        return;
       }
+      checked++;
+      const ms = have.has(name) ? await fsp.lstat(mirrorRoot + p).catch(() => undefined) : undefined;
+      if (!ms) {
+        diffs.push({ path: p, kind: 'missing-in-mirror' });
+        return;
+      }
+      diffs.push(...(await compareEntry(primaryRoot, mirrorRoot, p, ps, ms, opts.content !== false)));
+    });
+  }
+  diffs.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+  return { ok: diffs.length === 0, checked, skipped, differences: diffs };
+}
+
+async function compareEntry(
+  primaryRoot: string,
+  mirrorRoot: string,
+  p: string,
+  ps: Stats,
+  ms: Stats,
+  content: boolean,
+): Promise<Difference[]> {
+  const diffs: Difference[] = [];
+  if ((ps.mode & 0o170000) !== (ms.mode & 0o170000))
+    return [{ path: p, kind: 'type', primary: ps.mode & 0o170000, mirror: ms.mode & 0o170000 }];
+  if ((ps.mode & 0o7777) !== (ms.mode & 0o7777) && !ps.isSymbolicLink())
+    diffs.push({ path: p, kind: 'mode', primary: (ps.mode & 0o7777).toString(8), mirror: (ms.mode & 0o7777).toString(8) });
+  if (ps.uid !== ms.uid || ps.gid !== ms.gid)
+    diffs.push({ path: p, kind: 'owner', primary: `${ps.uid}:${ps.gid}`, mirror: `${ms.uid}:${ms.gid}` });
+  if (ps.isSymbolicLink()) {
+    const [a, b] = await Promise.all([fsp.readlink(primaryRoot + p), fsp.readlink(mirrorRoot + p)]);
+    if (a !== b) diffs.push({ path: p, kind: 'symlink', primary: a, mirror: b });
+    return diffs;
+  }
+  if (!ps.isDirectory() && Math.abs(ps.mtimeMs - ms.mtimeMs) >= 1)
+    diffs.push({ path: p, kind: 'mtime', primary: ps.mtime.toISOString(), mirror: ms.mtime.toISOString() });
+  const [xa, xb] = await Promise.all([xattrsOf(primaryRoot + p), xattrsOf(mirrorRoot + p)]);
+  if (xa !== xb) diffs.push({ path: p, kind: 'xattr', primary: xa, mirror: xb });
+  if (ps.isFile()) {
+    if (ps.size !== ms.size) diffs.push({ path: p, kind: 'size', primary: ps.size, mirror: ms.size });
+    else if (content) {
+      const [ha, hb] = await Promise.all([hashFile(primaryRoot + p, ps.size), hashFile(mirrorRoot + p, ms.size)]);
+      if (ha !== hb) diffs.push({ path: p, kind: 'content', primary: ha.slice(0, 16), mirror: hb.slice(0, 16) });
     }
   }
-  for await (const { path: p } of walk(mirrorRoot)) {
-    if (!seen.has(p) && !skip(p)) diffs.push({ path: p, kind: 'extra-in-mirror' });
-  }
-  return { ok: diffs.length === 0, checked, skipped, differences: diffs };
+  return diffs;
+}
+
+async function mapLimit<T>(items: readonly T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) await fn(items[next++]!);
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
 }
 
 async function xattrsOf(file: string): Promise<string> {

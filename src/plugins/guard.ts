@@ -1,5 +1,6 @@
-import { TwinError } from '../common/errors.js';
+import { PassThrough, pipeline } from 'node:stream';
 import type { BackupTarget, BackupTargetProvider, SnapshotWriter } from '../backup-peer/target.js';
+import { TwinError } from '../common/errors.js';
 
 export interface GuardOptions {
   timeoutMs: number;
@@ -52,7 +53,25 @@ function guardWriter(w: SnapshotWriter, plugin: string, o: GuardOptions, tid: st
     get snapshotId() {
       return w.snapshotId;
     },
-    putFile: (p, data, meta, opts) => g('putFile', () => w.putFile(p, data, meta, opts)),
+    // A put may stream for hours: its timeout measures silence (no chunk consumed), not length.
+    putFile: (p, data, meta, opts) => {
+      let touch = () => {};
+      const tap = new PassThrough({
+        highWaterMark: 64 * 1024,
+        transform(chunk, _enc, cb) {
+          touch();
+          cb(null, chunk);
+        },
+      });
+      pipeline(data, tap, () => undefined);
+      return call(
+        plugin,
+        `${tid}.putFile`,
+        o,
+        () => w.putFile(p, tap, meta, opts),
+        (t) => (touch = t),
+      );
+    },
     reuseFile: (p, from, e) => g('reuseFile', () => w.reuseFile(p, from, e)),
     putDir: (p, meta) => g('putDir', () => w.putDir(p, meta)),
     putSymlink: (p, target, meta) => g('putSymlink', () => w.putSymlink(p, target, meta)),
@@ -61,23 +80,40 @@ function guardWriter(w: SnapshotWriter, plugin: string, o: GuardOptions, tid: st
   };
 }
 
-async function call<T>(plugin: string, op: string, o: GuardOptions, fn: () => Promise<T>): Promise<T> {
+/**
+ * Runs one plugin operation under the timeout. With `progress`, the operation gets a function that
+ * restarts the timer (the timeout then bounds inactivity).
+ */
+async function call<T>(
+  plugin: string,
+  op: string,
+  o: GuardOptions,
+  fn: () => Promise<T>,
+  progress?: (touch: () => void) => void,
+): Promise<T> {
   let t: NodeJS.Timeout | undefined;
   try {
     return await Promise.race([
       Promise.resolve().then(fn),
       new Promise<never>((_, rej) => {
-        t = setTimeout(
-          () =>
-            rej(
-              new TwinError(
-                'ETWIN_PLUGIN_TIMEOUT',
-                `${op} (plugin ${plugin}) did not finish within ${o.timeoutMs} ms`,
-                { plugin, op },
+        const arm = () => {
+          clearTimeout(t);
+          t = setTimeout(
+            () =>
+              rej(
+                new TwinError(
+                  'ETWIN_PLUGIN_TIMEOUT',
+                  progress
+                    ? `${op} (plugin ${plugin}) made no progress for ${o.timeoutMs} ms`
+                    : `${op} (plugin ${plugin}) did not finish within ${o.timeoutMs} ms`,
+                  { plugin, op },
+                ),
               ),
-            ),
-          o.timeoutMs,
-        );
+            o.timeoutMs,
+          );
+        };
+        arm();
+        progress?.(arm);
       }),
     ]);
   } catch (err) {

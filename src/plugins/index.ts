@@ -1,15 +1,19 @@
+import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { TwinError } from '../common/errors.js';
 import { PluginHost, type PluginInfo } from './plugin-host.js';
 
-export { PLUGIN_EVENTS, PluginHost, type PluginEventName, type PluginInfo } from './plugin-host.js';
 export { API_VERSION } from './manifest.js';
+export { PLUGIN_EVENTS, type PluginEventName, PluginHost, type PluginInfo } from './plugin-host.js';
 
 /** The built-in plugins shipped in the package's plugins/ folder. */
 export const BUILTIN_PLUGIN_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../plugins');
 
+/** Plugin storage and the host's enabled/disabled list: $TWINFS_PLUGIN_STATE, else a per-user or system folder. */
 export function defaultPluginStateRoot(): string {
+  if (process.env.TWINFS_PLUGIN_STATE) return path.resolve(process.env.TWINFS_PLUGIN_STATE);
   if ((process.getuid?.() ?? 1) === 0) return '/var/lib/twinfs/plugins';
   return path.join(process.env.XDG_STATE_HOME ?? path.join(os.homedir(), '.local/state'), 'twinfs/plugins');
 }
@@ -22,10 +26,33 @@ export function defaultUserPluginDir(): string {
   );
 }
 
+/**
+ * Plugin settings from a JSON file (`$TWINFS_PLUGIN_CONFIG`): `{ "PLUGIN-NAME": { KEY: VALUE } }`,
+ * or the `plugins` section of such a file. Each plugin's part is validated when it activates.
+ */
+export async function readPluginSettings(
+  file: string | undefined,
+): Promise<Record<string, Record<string, unknown>> | undefined> {
+  if (!file) return undefined;
+  let raw: unknown;
+  try {
+    raw = JSON.parse(await fsp.readFile(file, 'utf8'));
+  } catch (err) {
+    throw new TwinError('ETWIN_PLUGIN_CONFIG', `plugin settings ${file}: ${(err as Error).message}`, { file });
+  }
+  const section = raw && typeof raw === 'object' && 'plugins' in raw ? (raw as { plugins: unknown }).plugins : raw;
+  if (!section || typeof section !== 'object' || Array.isArray(section))
+    throw new TwinError('ETWIN_PLUGIN_CONFIG', `plugin settings ${file} must map plugin names to objects`, {
+      file,
+    });
+  return section as Record<string, Record<string, unknown>>;
+}
+
 export interface CreateHostOptions {
   /** Extra plugin folders (--plugin-dir), highest priority after the built-ins. */
   pluginDirs?: string[];
   storageRoot?: string;
+  /** Settings per plugin name (default: the file named by $TWINFS_PLUGIN_CONFIG, if any). */
   configuration?: Record<string, Record<string, unknown>>;
   activationTimeoutMs?: number;
   log?: (msg: string) => void;
@@ -41,7 +68,7 @@ export async function createPluginHost(o: CreateHostOptions = {}): Promise<Plugi
   const host = new PluginHost({
     dirs,
     storageRoot: o.storageRoot ?? defaultPluginStateRoot(),
-    configuration: o.configuration,
+    configuration: o.configuration ?? (await readPluginSettings(process.env.TWINFS_PLUGIN_CONFIG)),
     activationTimeoutMs: o.activationTimeoutMs,
     log: o.log,
   });

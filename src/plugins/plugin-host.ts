@@ -1,14 +1,14 @@
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { pathToFileURL } from 'node:url';
+import type { BackupTargetProvider } from '../backup-peer/target.js';
+import { targetError, volumePathParts } from '../backup-peer/target.js';
 import { TwinError } from '../common/errors.js';
 import type { Disposable } from '../common/lifecycle.js';
-import type { BackupTargetProvider } from '../backup-peer/target.js';
+import { validateConfiguration } from './configuration.js';
 import { guardProvider } from './guard.js';
 import { API_VERSION, type PluginManifest, readManifest } from './manifest.js';
 import { StateStore } from './state-store.js';
-import { validateConfiguration } from './configuration.js';
-import { targetError, volumePathParts } from '../backup-peer/target.js';
 
 export type PluginState = 'inactive' | 'activating' | 'active' | 'failed' | 'disabled';
 
@@ -184,9 +184,7 @@ export class PluginHost {
   async activateByEvent(event: string): Promise<void> {
     await this.discover();
     const todo = [...this.plugins.values()].filter(
-      (p) =>
-        p.state === 'inactive' &&
-        (p.manifest.activationEvents.includes(event) || p.manifest.activationEvents.includes('*')),
+      (p) => p.state === 'inactive' && activatesOn(p.manifest, event),
     );
     await Promise.all(todo.map((p) => this.activate(p).catch(() => undefined)));
   }
@@ -348,6 +346,16 @@ export class PluginHost {
           plugin: rec.manifest.name,
         }),
       );
+    // A plugin met again on its own dependency chain is a cycle: waiting for its pending
+    // activation would wait forever.
+    if (chain.includes(rec.manifest.name))
+      return Promise.reject(
+        new TwinError(
+          'ETWIN_PLUGIN_DEPENDENCY',
+          `dependency cycle: ${[...chain, rec.manifest.name].join(' -> ')}`,
+          { plugin: rec.manifest.name },
+        ),
+      );
     rec.activation ??= this.doActivate(rec, chain).catch((err) => {
       rec.state = 'failed';
       rec.error = (err as Error)?.message ?? String(err);
@@ -359,10 +367,6 @@ export class PluginHost {
 
   private async doActivate(rec: PluginRecord, chain: string[]): Promise<void> {
     const name = rec.manifest.name;
-    if (chain.includes(name))
-      throw new TwinError('ETWIN_PLUGIN_DEPENDENCY', `dependency cycle: ${[...chain, name].join(' -> ')}`, {
-        plugin: name,
-      });
     for (const dep of Object.keys(rec.manifest.pluginDependencies ?? {})) {
       const d = this.plugins.get(dep);
       if (!d)
@@ -566,6 +570,19 @@ export class PluginHost {
     if (rec && rec.problems.length > 50) rec.problems.shift();
     this.log(`${plugin}: ${message}`);
   }
+}
+
+/**
+ * Whether a plugin activates on an event: listed in activationEvents (or '*'), or implied by
+ * what it contributes — a contributed command implies onCommand:ID and a contributed target
+ * onTarget:ID, as contributed commands do in VS Code since 1.74.
+ */
+function activatesOn(m: PluginManifest, event: string): boolean {
+  if (m.activationEvents.includes(event) || m.activationEvents.includes('*')) return true;
+  const [kind, id] = [event.slice(0, event.indexOf(':')), event.slice(event.indexOf(':') + 1)];
+  if (kind === 'onCommand') return m.contributes.commands.some((c) => c.command === id);
+  if (kind === 'onTarget') return m.contributes.backupTargets.some((t) => t.id === id);
+  return false;
 }
 
 function failedRecord(name: string, dir: string, source: PluginInfo['source'], error: string): PluginRecord {

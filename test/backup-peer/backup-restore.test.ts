@@ -20,7 +20,7 @@ describe('backup run, restore, check, forget (hand-made mirror)', () => {
   let target: DirectoryTarget;
   let catalogDir: string;
   const registry = new TargetRegistry();
-  const big = Buffer.alloc(2 * 1024 * 1024 + 3).map((_, i) => (i * 7) % 256);
+  const big = Buffer.from(Buffer.alloc(2 * 1024 * 1024 + 3).map((_, i) => (i * 7) % 256));
 
   beforeEach(async () => {
     ({ dir: base, cleanup } = await tempDir());

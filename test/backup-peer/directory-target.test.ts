@@ -2,13 +2,26 @@ import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { Readable } from 'node:stream';
 import { afterEach, describe, expect, it } from 'vitest';
-import { emptyTotals } from '../../src/backup-peer/target.js';
+import { emptyTotals, isTransient, targetError } from '../../src/backup-peer/target.js';
 import { DirectoryTarget } from '../../src/backup-peer/targets/directory.js';
 import { TargetRegistry } from '../../src/backup-peer/targets/index.js';
+import { describeTargetConformance } from '../conformance/index.js';
 import { tempDir } from './peer-fixture.js';
-import { describeTargetConformance } from './target-conformance.js';
 
-describeTargetConformance('dir', (dir) => DirectoryTarget.open(path.join(dir, 'backups')));
+// The shared backup-target conformance suite (test/conformance), on the peer's own directory target.
+describeTargetConformance('dir (src/backup-peer)', async () => {
+  const d = await tempDir('twinfs-target-');
+  const root = path.join(d.dir, 'backups');
+  const target = await DirectoryTarget.open(root);
+  return {
+    target,
+    reopen: () => DirectoryTarget.open(root),
+    async cleanup() {
+      await target.close();
+      await d.cleanup();
+    },
+  };
+});
 
 describe('directory target', () => {
   const cleanups: Array<() => Promise<void>> = [];
@@ -77,6 +90,14 @@ describe('directory target', () => {
     await expect(reg.open('tape:/dev/st0')).rejects.toMatchObject({ code: 'ETWIN_TARGET_SPEC' });
     await expect(reg.open('/backups')).rejects.toMatchObject({ code: 'ETWIN_TARGET_SPEC' });
     await expect(reg.open('dir:')).rejects.toMatchObject({ code: 'ETWIN_TARGET_SPEC' });
+  });
+
+  it('maps fs errors to the contract: not found, transient (retried by the peer), permanent', () => {
+    const e = (code: string) => targetError(Object.assign(new Error(code), { code }), 'op');
+    expect(e('ENOENT').code).toBe('ETWIN_TARGET_NOT_FOUND');
+    expect([e('EAGAIN'), e('EBUSY'), e('ETIMEDOUT')].every(isTransient)).toBe(true);
+    expect([e('ENOSPC'), e('EIO'), e('EACCES')].some(isTransient)).toBe(false);
+    expect(e('ENOSPC').code).toBe('ETWIN_TARGET_FAILED');
   });
 
   it('refuses unsafe snapshot ids', async () => {

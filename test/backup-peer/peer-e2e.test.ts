@@ -3,7 +3,13 @@ import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ControlClient } from '../../src/control/client.js';
-import { type ControlFixture, startControlFixture, status, waitUntil } from '../control/control-fixture.js';
+import {
+  type ControlFixture,
+  recordEvents,
+  startControlFixture,
+  status,
+  waitUntil,
+} from '../control/control-fixture.js';
 import { sh } from '../helpers/proc.js';
 import { CLI } from '../helpers/server.js';
 import { snapshotTree } from './peer-fixture.js';
@@ -189,33 +195,39 @@ describe('backup peer end to end (real server, real peer processes)', () => {
   it('kill -9 of the peer mid-copy: no complete snapshot, the server releases the split', async () => {
     await fsp.mkdir(path.join(fx.mnt, 'big'));
     await sh(`dd if=/dev/zero of='${fx.mnt}/big/file' bs=1M count=256 status=none`, { timeoutMs: 60_000 });
+    const events = recordEvents(client);
     const peer = watchCli(['backup', ...common, '--subtree', '/big', '--lease-sec', '2', '--json']);
     await waitUntil(
       () => peer.lines.some((l) => l.phase === 'copy') || peer.proc.exitCode !== null,
       30_000,
-      'copy phase',
+      'copy',
     );
-    const copying = Date.now();
-    await waitUntil(
-      () =>
-        peer.lines.some((l) => l.copiedBytes > 0) ||
-        Date.now() - copying > 500 ||
-        peer.proc.exitCode !== null,
-      5000,
-      'bytes',
-    );
-    expect(peer.proc.exitCode, `the copy ended before the kill: ${peer.stderr()}`).toBeNull();
-    const snapshotId = peer.lines.find((l) => l.snapshotId)?.snapshotId as string;
+    const { snapshotId, backupId } = peer.lines.find((l) => l.phase === 'copy');
     killedId = snapshotId;
-    expect((await status(client)).backup.backups).toHaveLength(1);
+    // Kill while the big file is half written to the target (the split is held until the copy ends).
+    const partial = path.join(targetDir, `${snapshotId}.partial/big/file`);
+    const started = async () => ((await fsp.stat(partial).catch(() => undefined))?.size ?? 0) > 0;
+    await waitUntil(
+      async () => (await started()) || peer.proc.exitCode !== null,
+      10_000,
+      'the copy to start',
+    );
     peer.proc.kill('SIGKILL');
+    const killedAt = Date.now();
     await peer.exited;
+    expect(
+      peer.lines.some((l) => l.event === 'done' || l.phase === 'commit'),
+      'the copy ended first',
+    ).toBe(false);
+    expect((await fsp.stat(partial)).size).toBeLessThan(256 * 1024 * 1024);
 
     await waitUntil(
       async () => (await status(client)).backup.backups.length === 0,
       10_000,
       'the server to release the split',
     );
+    const released = events.find((e) => e.event === 'released' && e.data.backupId === backupId);
+    expect(released?.at).toBeGreaterThanOrEqual(killedAt);
     await waitUntil(
       async () => (await status(client)).mirror.splits.length === 0,
       10_000,
@@ -294,4 +306,50 @@ describe('backup peer end to end (real server, real peer processes)', () => {
     expect(usage.code).toBe(2);
     expect(usage.stderr).toMatch(/ETWIN_USAGE/);
   });
+});
+
+describe('backup peer end to end: the server dies mid-copy', () => {
+  let fx: ControlFixture | undefined;
+  afterAll(async () => {
+    await fx?.close();
+  });
+
+  it('the peer fails cleanly: ETWIN_SPLIT_LOST, no complete snapshot, nothing committed', async () => {
+    fx = await startControlFixture();
+    const targetDir = path.join(fx.base, 'backups');
+    const catalog = path.join(fx.base, 'catalog');
+    await fsp.mkdir(path.join(fx.mnt, 'big'));
+    await sh(`dd if=/dev/zero of='${fx.mnt}/big/file' bs=1M count=192 status=none`, { timeoutMs: 60_000 });
+    const args = [
+      '--server',
+      fx.url,
+      '--token-file',
+      fx.tokenFile,
+      '--target',
+      `dir:${targetDir}`,
+      '--catalog',
+      catalog,
+    ];
+    const peer = watchCli(['backup', ...args, '--subtree', '/big', '--json']);
+    await waitUntil(
+      () => peer.lines.some((l) => l.phase === 'copy') || peer.proc.exitCode !== null,
+      30_000,
+      'copy',
+    );
+    const { snapshotId } = peer.lines.find((l) => l.phase === 'copy');
+    const partial = path.join(targetDir, `${snapshotId}.partial/big/file`);
+    const started = async () => ((await fsp.stat(partial).catch(() => undefined))?.size ?? 0) > 0;
+    await waitUntil(
+      async () => (await started()) || peer.proc.exitCode !== null,
+      10_000,
+      'the copy to start',
+    );
+    fx.srv.proc.kill('SIGKILL');
+    expect(await peer.exited).toBe(1);
+    expect(peer.lines.at(-1)).toMatchObject({ event: 'error', code: 'ETWIN_SPLIT_LOST' });
+    expect(peer.stderr()).toMatch(/^twinfs: error ETWIN_SPLIT_LOST: /);
+    const list = await cli(['snapshots', '--catalog', catalog, '--json']);
+    expect(list.last).toEqual([expect.objectContaining({ id: snapshotId, state: 'failed' })]);
+    expect(await fsp.readdir(targetDir)).toEqual(['.manifests']);
+  }, 120_000);
 });

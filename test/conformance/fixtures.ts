@@ -47,7 +47,8 @@ export function failingStream(good: Buffer, message = 'source failed mid-file'):
 /** Reads a stream to the end. */
 export async function readAll(s: NodeJS.ReadableStream): Promise<Buffer> {
   const parts: Buffer[] = [];
-  for await (const c of s as AsyncIterable<Buffer | string>) parts.push(Buffer.isBuffer(c) ? c : Buffer.from(c));
+  for await (const c of s as AsyncIterable<Buffer | string>)
+    parts.push(Buffer.isBuffer(c) ? c : Buffer.from(c));
   return Buffer.concat(parts);
 }
 

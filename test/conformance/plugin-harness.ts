@@ -30,7 +30,10 @@ export interface LoadPluginOptions {
  * guard (timeouts, problems recorded). What a third party needs to feed its target to
  * describeTargetConformance.
  */
-export async function loadTargetPlugin(pluginDir: string | URL, o: LoadPluginOptions = {}): Promise<LoadedPlugin> {
+export async function loadTargetPlugin(
+  pluginDir: string | URL,
+  o: LoadPluginOptions = {},
+): Promise<LoadedPlugin> {
   const dir = typeof pluginDir === 'string' ? path.resolve(pluginDir) : fileURLToPath(pluginDir);
   // The host takes settings per plugin name: read the name the manifest declares.
   const { name } = JSON.parse(await fsp.readFile(path.join(dir, 'package.json'), 'utf8')) as { name: string };

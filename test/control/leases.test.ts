@@ -143,6 +143,14 @@ describe('leases, disconnects, freeze/thaw and busy selections', () => {
     );
     const thawed = events.find((e) => e.event === 'thawed');
     expect(thawed?.data).toMatchObject({ freezeId: frozen.result.freezeId, reason: 'owner disconnected' });
+    // A clean close gives everything back just the same.
+    const other = await fx.connect();
+    const p = await other.prepare({ paths: ['/f2'] }, { leaseMs: 600_000 });
+    await other.request('freeze', { selector: { paths: ['/f3'] } });
+    expect(await active()).toEqual({ backups: 1, freezes: 1, splits: 1 });
+    await other.close();
+    await idle();
+    expect(events.filter((e) => e.event === 'resynced').map((e) => e.data.backupId)).toContain(p.backupId);
   });
 
   it('a client that closes its socket while its prepare or freeze is still running holds nothing afterwards', async () => {

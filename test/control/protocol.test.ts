@@ -57,6 +57,8 @@ describe('control protocol v1 on the wire', () => {
     await fsp.symlink('d', path.join(fx.mnt, 'd-link'));
     const c = await fx.connect();
     await c.request('flush');
+    // verify waits until the mirror has applied everything, times included
+    expect(await c.request('verify', { content: true })).toMatchObject({ ok: true });
     await c.close();
     before = { primary: await fingerprint(fx.primary), mirror: await fingerprint(fx.mirrorRoot) };
   });

@@ -66,7 +66,11 @@ export async function shInOk(dir: string, script: string, opts: RunOpts = {}): P
 }
 
 /** Runs a python program in dir (the program text goes through stdin). Throws unless it exits 0. */
-export async function pyIn(dir: string, program: string, opts: Omit<RunOpts, 'input'> & { args?: string[] } = {}): Promise<string> {
+export async function pyIn(
+  dir: string,
+  program: string,
+  opts: Omit<RunOpts, 'input'> & { args?: string[] } = {},
+): Promise<string> {
   const args = (opts.args ?? []).map((a) => `'${a.replace(/'/g, `'\\''`)}'`).join(' ');
   const r = await shIn(dir, `${PYTHON} - ${args}`, { ...opts, input: program });
   if (r.code !== 0) throw new Error(`python in ${dir} exited ${r.code}:\n${r.stderr}${r.stdout}`);
@@ -93,7 +97,11 @@ print(json.dumps(out))
  * Runs each statement in order in dir and reports 'OK' or the errno name (ENOENT...) of the
  * OSError it raised. Steps share one python process, so they may build on each other.
  */
-export async function probe(dir: string, steps: ProbeStep[], opts: Omit<RunOpts, 'input'> = {}): Promise<Record<string, string>> {
+export async function probe(
+  dir: string,
+  steps: ProbeStep[],
+  opts: Omit<RunOpts, 'input'> = {},
+): Promise<Record<string, string>> {
   const program = `${JSON.stringify(steps)}\n`;
   const cmd = `${PYTHON} -c '${PROBE.replace(/'/g, `'\\''`)}'`;
   const r = await shIn(dir, cmd, { ...opts, input: program });
@@ -102,7 +110,11 @@ export async function probe(dir: string, steps: ProbeStep[], opts: Omit<RunOpts,
 }
 
 /** Runs the same shell snippet in the plain directory and in the mount; paths are shown as '.'. */
-export async function inBoth(fx: PosixFixture, script: string, opts: RunOpts = {}): Promise<{ plain: RunResult; mnt: RunResult }> {
+export async function inBoth(
+  fx: PosixFixture,
+  script: string,
+  opts: RunOpts = {},
+): Promise<{ plain: RunResult; mnt: RunResult }> {
   const scrub = (r: RunResult, dir: string): RunResult => ({
     code: r.code,
     stdout: r.stdout.split(dir).join('.'),
@@ -114,7 +126,11 @@ export async function inBoth(fx: PosixFixture, script: string, opts: RunOpts = {
 }
 
 /** Polls cond until it holds or timeoutMs passes; returns whether it held. */
-export async function eventually(cond: () => Promise<boolean>, timeoutMs: number, intervalMs = 50): Promise<boolean> {
+export async function eventually(
+  cond: () => Promise<boolean>,
+  timeoutMs: number,
+  intervalMs = 50,
+): Promise<boolean> {
   const end = Date.now() + timeoutMs;
   for (;;) {
     if (await cond()) return true;

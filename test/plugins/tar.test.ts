@@ -3,7 +3,6 @@ import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { describeTargetConformance, type LoadedPlugin, loadTargetPlugin } from '../conformance/index.js';
 import {
   failingStream,
   fileEntry,
@@ -15,6 +14,7 @@ import {
   snapMeta,
   streamOf,
 } from '../conformance/fixtures.js';
+import { describeTargetConformance, type LoadedPlugin, loadTargetPlugin } from '../conformance/index.js';
 
 const PLUGIN = path.resolve(import.meta.dirname, '../../plugins/tar');
 
@@ -60,10 +60,14 @@ describe('tar target specifics', () => {
       const long = `/${'d'.repeat(120)}/${'n'.repeat(150)}.txt`;
       const w = await t.beginSnapshot(snapMeta(id));
       await w.putFile('/big.bin', streamOf(big), fileMeta(big.length));
-      await expect(w.putFile('/torn', failingStream(pseudoRandom(1000, 1)), fileMeta(5000))).rejects.toThrow();
+      await expect(
+        w.putFile('/torn', failingStream(pseudoRandom(1000, 1)), fileMeta(5000)),
+      ).rejects.toThrow();
       await w.putFile(long, streamOf(Buffer.from('long name')), fileMeta(9));
       await w.putSymlink('/escape', '../../../../etc/passwd', linkMeta());
-      await w.commit(manifest(snapMeta(id), [fileEntry('/big.bin', big), fileEntry(long, Buffer.from('long name'))]));
+      await w.commit(
+        manifest(snapMeta(id), [fileEntry('/big.bin', big), fileEntry(long, Buffer.from('long name'))]),
+      );
       const archive = path.join(dir, `${id}.tar${gzip ? '.gz' : ''}`);
       const names = execFileSync('tar', [gzip ? '-tzf' : '-tf', archive], { encoding: 'utf8' }).split('\n');
       expect(names).toContain('big.bin');
@@ -87,7 +91,12 @@ describe('tar target specifics', () => {
     const files = Array.from({ length: 20 }, (_, i) => pseudoRandom(100_000, 40 + i));
     const w = await t.beginSnapshot(snapMeta('members'));
     for (const [i, f] of files.entries()) await w.putFile(`/f${i}`, streamOf(f), fileMeta(f.length));
-    await w.commit(manifest(snapMeta('members'), files.map((f, i) => fileEntry(`/f${i}`, f))));
+    await w.commit(
+      manifest(
+        snapMeta('members'),
+        files.map((f, i) => fileEntry(`/f${i}`, f)),
+      ),
+    );
     const index = (await fsp.readFile(path.join(dir, 'members.index.jsonl'), 'utf8')).split('\n');
     const head = JSON.parse(index[0]!) as { members: Array<[number, number]> };
     expect(head.members.length).toBeGreaterThan(20);

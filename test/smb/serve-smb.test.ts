@@ -216,8 +216,9 @@ describe('twinfs serve --smb: files through SMB land on the primary and the mirr
     expect(Number(m?.[1])).toBe(size + 3);
     // Reading the data past the 4 GiB mark over SMB means reading 4 GiB first (smbclient's
     // reget, which could start there, does not work past 4 GiB): about 40 s here, too slow for
-    // this suite. The size must be right on the primary too.
-    expect((await fsp.stat(P('big.img'))).size).toBe(size + 3);
+    // this suite.
+    // The size must be right on the primary too, once the cache has written the tail back.
+    expect(await waitFor(async () => (await fsp.stat(P('big.img'))).size === size + 3, 10_000)).toBe(true);
   });
 
   it('stops smbd and its helpers before unmounting on SIGTERM', async () => {

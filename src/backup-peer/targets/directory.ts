@@ -48,6 +48,8 @@ export class DirectoryTarget implements BackupTarget {
     maxConcurrency: 8,
   };
   private readonly manifests: string;
+  /** Committed snapshots being read, with their checked directories cached. */
+  private readonly trees = new Map<string, SafeTree>();
 
   private constructor(readonly root: string) {
     this.spec = `dir:${root}`;
@@ -152,6 +154,7 @@ export class DirectoryTarget implements BackupTarget {
 
   async deleteSnapshot(snapshotId: string): Promise<void> {
     checkId(snapshotId);
+    this.trees.delete(snapshotId);
     try {
       // Manifest first: from here on the snapshot no longer exists, whatever else fails.
       await fsp.rm(this.manifestFile(snapshotId), { force: true });
@@ -203,8 +206,20 @@ export class DirectoryTarget implements BackupTarget {
         snapshotId,
       });
     try {
-      return await new SafeTree(path.join(this.root, snapshotId)).resolve(p);
+      let tree = this.trees.get(snapshotId);
+      if (!tree) this.trees.set(snapshotId, (tree = new SafeTree(path.join(this.root, snapshotId))));
+      return await tree.resolve(p);
     } catch (err) {
+      // Below a file or a stored symlink there is nothing in the snapshot: not found ('..' stays an escape).
+      if (err instanceof TwinError && err.code === 'ETWIN_PATH_ESCAPE' && err.data.at !== undefined)
+        throw new TwinError(
+          'ETWIN_TARGET_NOT_FOUND',
+          `${p} is not in snapshot ${snapshotId} (${err.message})`,
+          {
+            snapshotId,
+            path: p,
+          },
+        );
       throw targetError(err, `${p} in snapshot ${snapshotId}`, { snapshotId, path: p });
     }
   }
@@ -219,6 +234,8 @@ class DirectorySnapshotWriter implements SnapshotWriter {
   private inflight = 0;
   private state: 'open' | 'committing' | 'committed' | 'aborted' = 'open';
   private readonly asRoot = (process.getuid?.() ?? 1) === 0;
+  /** Earlier snapshots reuseFile reads, with their checked directories cached. */
+  private readonly sources = new Map<string, SafeTree>();
 
   constructor(
     private readonly target: DirectoryTarget,
@@ -270,7 +287,7 @@ class DirectorySnapshotWriter implements SnapshotWriter {
   reuseFile(p: string, fromSnapshotId: string, entry: ManifestEntry): Promise<void> {
     return this.op(`reuse ${p}`, async () => {
       checkId(fromSnapshotId);
-      const from = await new SafeTree(path.join(this.target.root, fromSnapshotId)).resolve(p);
+      const from = await this.committedTree(fromSnapshotId).resolve(p);
       const st = await fsp.lstat(from);
       if (!st.isFile() || st.size !== entry.size)
         throw new TwinError('ETWIN_TARGET_NOT_FOUND', `${p} in ${fromSnapshotId} is not the file to reuse`, {
@@ -344,6 +361,12 @@ class DirectorySnapshotWriter implements SnapshotWriter {
     if (this.state === 'committed' || this.state === 'aborted') return;
     this.state = 'aborted';
     await fsp.rm(this.partial, { recursive: true, force: true }).catch(() => undefined);
+  }
+
+  private committedTree(snapshotId: string): SafeTree {
+    let t = this.sources.get(snapshotId);
+    if (!t) this.sources.set(snapshotId, (t = new SafeTree(path.join(this.target.root, snapshotId))));
+    return t;
   }
 
   private async op<T>(what: string, fn: () => Promise<T>): Promise<T> {

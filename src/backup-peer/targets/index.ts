@@ -3,13 +3,17 @@ import type { BackupTarget, BackupTargetProvider } from '../target.js';
 import { directoryTargetProvider } from './directory.js';
 
 /**
- * Target providers by type id. The plugin host (issue 5) registers its providers here in place
- * of this built-in list; the peer only ever opens targets through a registry.
+ * Target providers by type id: the built-in directory target, then whatever `resolve` finds
+ * (the CLI passes the plugin host's getTargetProvider, so `tar:` and `s3:` come from plugins).
+ * The peer only ever opens targets through a registry.
  */
 export class TargetRegistry {
   private readonly providers = new Map<string, BackupTargetProvider>();
 
-  constructor(providers: BackupTargetProvider[] = [directoryTargetProvider]) {
+  constructor(
+    providers: BackupTargetProvider[] = [directoryTargetProvider],
+    private readonly resolve?: (type: string) => Promise<BackupTargetProvider>,
+  ) {
     for (const p of providers) this.register(p);
   }
 
@@ -18,7 +22,9 @@ export class TargetRegistry {
       throw new TwinError(
         'ETWIN_TARGET_SPEC',
         `a backup target of type "${provider.id}" is already registered`,
-        { id: provider.id },
+        {
+          id: provider.id,
+        },
       );
     this.providers.set(provider.id, provider);
   }
@@ -34,10 +40,13 @@ export class TargetRegistry {
       throw new TwinError(
         'ETWIN_TARGET_SPEC',
         `target "${spec}" is not TYPE:LOCATION (for example dir:/backups)`,
-        { spec },
+        {
+          spec,
+        },
       );
     const type = spec.slice(0, i);
-    const provider = this.providers.get(type);
+    let provider = this.providers.get(type);
+    if (!provider && this.resolve) provider = await this.resolve(type);
     if (!provider)
       throw new TwinError(
         'ETWIN_TARGET_SPEC',

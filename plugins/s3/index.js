@@ -1,0 +1,36 @@
+// @ts-check
+import { createS3Client } from './s3-client.js';
+import { S3Target } from './s3-target.js';
+
+/**
+ * The S3 target plugin: `s3:bucket/prefix` on AWS or any S3-compatible store. Settings come
+ * from the plugin configuration, else from the standard AWS_* environment variables.
+ * @param {import('twinfs').PluginContext} context
+ */
+export function activate(context) {
+  const { twinfs, configuration: c } = context;
+  /** @type {import('@aws-sdk/client-s3').S3Client | undefined} */
+  let client;
+  context.subscriptions.push(
+    twinfs.registerBackupTarget('s3', {
+      open(location) {
+        client ??= createS3Client({
+          endpoint: c.get('endpoint'),
+          region: c.get('region'),
+          forcePathStyle: c.get('forcePathStyle'),
+          accessKeyId: c.get('accessKeyId'),
+          secretAccessKey: c.get('secretAccessKey'),
+          sessionToken: c.get('sessionToken'),
+          maxAttempts: c.get('maxAttempts', 5) ?? 5,
+        });
+        const options = {
+          partSize: (c.get('partSizeMiB', 8) ?? 8) * 1024 * 1024,
+          queueSize: c.get('queueSize', 4) ?? 4,
+          maxConcurrency: c.get('maxConcurrency', 8) ?? 8,
+        };
+        return S3Target.open(location, client, options, twinfs);
+      },
+    }),
+    { dispose: () => client?.destroy() },
+  );
+}
