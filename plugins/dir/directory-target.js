@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { DirectorySnapshotWriter } from './directory-writer.js';
-import { fsyncPath, SafeTree } from './safe-tree.js';
+import { exists, fsyncPath, SafeTree } from './safe-tree.js';
 
 /** @typedef {import('twinfs').TwinfsApi} TwinfsApi */
 /** @typedef {import('twinfs').SnapshotManifest} SnapshotManifest */
@@ -127,7 +127,8 @@ export class DirectoryTarget {
     let fh;
     try {
       fh = await fsp.open(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
-      if (!(await fh.stat()).isFile()) throw this.api.errors.notFound(`${p} is not a file in snapshot ${snapshotId}`);
+      if (!(await fh.stat()).isFile())
+        throw this.api.errors.notFound(`${p} is not a file in snapshot ${snapshotId}`);
       return fh.createReadStream({ start: range.start, end: range.end, highWaterMark: 1 << 20 });
     } catch (err) {
       await fh?.close().catch(() => undefined);
@@ -234,7 +235,9 @@ export class DirectoryTarget {
     } catch (err) {
       // Below a file or a stored symlink there is nothing in the snapshot: not found ('..' stays an escape).
       if (/** @type {any} */ (err)?.blockedAt)
-        throw this.api.errors.notFound(`${p} is not in snapshot ${snapshotId} (${/** @type {Error} */ (err).message})`);
+        throw this.api.errors.notFound(
+          `${p} is not in snapshot ${snapshotId} (${/** @type {Error} */ (err).message})`,
+        );
       throw this.api.errors.fromFs(err, `${p} in snapshot ${snapshotId}`);
     }
   }
@@ -245,14 +248,6 @@ export class DirectoryTarget {
     if (!tree) this.trees.set(snapshotId, (tree = new SafeTree(path.join(this.root, snapshotId), this.api)));
     return tree;
   }
-}
-
-/** @param {string} p */
-export async function exists(p) {
-  return fsp.lstat(p).then(
-    () => true,
-    () => false,
-  );
 }
 
 /** @param {string} file */

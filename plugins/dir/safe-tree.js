@@ -106,6 +106,14 @@ export class SafeTree {
   }
 }
 
+/** @param {string} p */
+export async function exists(p) {
+  return fsp.lstat(p).then(
+    () => true,
+    () => false,
+  );
+}
+
 /** fsyncs a file or directory by path. @param {string} p */
 export async function fsyncPath(p) {
   const fh = await fsp.open(p, 'r');

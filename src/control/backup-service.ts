@@ -111,7 +111,7 @@ export class BackupService {
     // Write back what is already cached before writes are held (as VSS flushes before it
     // freezes): the stall then covers only what was written since, not the whole backlog.
     await this.opts.fs.flushWhere((p) => covers(selector, p)).catch(() => undefined);
-    await mirror.whenIdle();
+    await mirror.barrier();
     const t0 = performance.now();
     const inh = inhibitor.inhibit(toInhibitSelector(selector));
     let splitId: string | undefined;

@@ -861,6 +861,11 @@ export class MirrorDriver implements ChangeSink {
     };
   }
 
+  /** Resolves when every change reported so far has been applied or tracked (later ones may still be queued). */
+  async barrier(): Promise<void> {
+    await this.queue.push(async () => undefined);
+  }
+
   /** Resolves when every reported change has been applied or tracked (and journaled). */
   async whenIdle(): Promise<void> {
     await this.queue.whenIdle();

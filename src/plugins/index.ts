@@ -38,9 +38,12 @@ export async function readPluginSettings(
   try {
     raw = JSON.parse(await fsp.readFile(file, 'utf8'));
   } catch (err) {
-    throw new TwinError('ETWIN_PLUGIN_CONFIG', `plugin settings ${file}: ${(err as Error).message}`, { file });
+    throw new TwinError('ETWIN_PLUGIN_CONFIG', `plugin settings ${file}: ${(err as Error).message}`, {
+      file,
+    });
   }
-  const section = raw && typeof raw === 'object' && 'plugins' in raw ? (raw as { plugins: unknown }).plugins : raw;
+  const section =
+    raw && typeof raw === 'object' && 'plugins' in raw ? (raw as { plugins: unknown }).plugins : raw;
   if (!section || typeof section !== 'object' || Array.isArray(section))
     throw new TwinError('ETWIN_PLUGIN_CONFIG', `plugin settings ${file} must map plugin names to objects`, {
       file,

@@ -1,10 +1,19 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
-import * as net from 'node:net';
 import { delay } from '../common/async.js';
 import { TwinError } from '../common/errors.js';
 import { Emitter } from '../common/event.js';
 import type { Disposable } from '../common/lifecycle.js';
+import {
+  alive,
+  assertPortFree,
+  canConnect,
+  connectHost,
+  lastLines,
+  readFrom,
+  signal,
+  stopProcess,
+} from './process-helpers.js';
 import { renderSmbConf, type SambaLayout, sambaLayout } from './samba-conf.js';
 import {
   ensureUnixUsers,
@@ -222,6 +231,7 @@ export class SmbService implements Disposable {
       ? [tools.setpriv, ['--pdeathsig', 'SIGTERM', '--', tools.smbd, ...smbdArgs]]
       : [tools.smbd, smbdArgs];
     if (this.disposed) return;
+    // stdin is /dev/null: smbd in the foreground exits when a stdin pipe reaches its end.
     const child = spawn(file, args, { stdio: ['ignore', 'ignore', 'pipe'], detached: true });
     let stderr = '';
     child.stderr!.on('data', (d) => (stderr = (stderr + String(d)).slice(-4000)));
@@ -398,108 +408,4 @@ function errorInfo(err: unknown): { code: string; message: string } {
   if (err instanceof TwinError) return { code: err.code, message: err.message };
   const e = err as NodeJS.ErrnoException;
   return { code: 'ETWIN_SMB_START', message: e?.message ?? String(err) };
-}
-
-/** The address a local client reaches a listener on. */
-function connectHost(host: string): string {
-  if (host === '0.0.0.0') return '127.0.0.1';
-  if (host === '::') return '::1';
-  return host;
-}
-
-/**
- * Fails with a clear error when the address is taken or not on this machine. smbd would fail
- * too, but only with a panic in its log.
- */
-async function assertPortFree(host: string, port: number): Promise<void> {
-  const err = await new Promise<NodeJS.ErrnoException | undefined>((resolve) => {
-    const srv = net.createServer();
-    srv.once('error', (e) => resolve(e as NodeJS.ErrnoException));
-    srv.listen({ host, port, exclusive: true }, () => srv.close(() => resolve(undefined)));
-  });
-  if (!err) return;
-  if (err.code === 'EADDRINUSE')
-    throw new TwinError('ETWIN_SMB_PORT_BUSY', `SMB port ${host}:${port} is already in use`, { host, port });
-  throw new TwinError(
-    'ETWIN_SMB_CONFIG',
-    `cannot listen on ${host}:${port} for SMB: ${err.code ?? err.message}`,
-    {
-      host,
-      port,
-    },
-  );
-}
-
-function canConnect(host: string, port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const sock = net.connect({ host, port });
-    const done = (ok: boolean) => {
-      sock.destroy();
-      resolve(ok);
-    };
-    sock.setTimeout(1000, () => done(false));
-    sock.once('connect', () => done(true));
-    sock.once('error', () => done(false));
-  });
-}
-
-async function stopProcess(child: ChildProcess, graceMs: number): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null || child.pid === undefined) return;
-  const gone = new Promise<void>((r) => child.once('exit', () => r()));
-  child.kill('SIGTERM');
-  let t: NodeJS.Timeout | undefined;
-  const timedOut = await Promise.race([
-    gone.then(() => false),
-    new Promise<boolean>((r) => (t = setTimeout(() => r(true), graceMs))),
-  ]);
-  clearTimeout(t);
-  if (timedOut) {
-    // Its own process group (detached): take the forked children along.
-    signal(-child.pid, 'SIGKILL');
-    await gone;
-  }
-}
-
-function signal(pid: number, sig: NodeJS.Signals): void {
-  try {
-    process.kill(pid, sig);
-  } catch {
-    /* already gone */
-  }
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-async function readFrom(file: string, offset: number): Promise<string> {
-  try {
-    const fh = await fsp.open(file, 'r');
-    try {
-      const size = (await fh.stat()).size;
-      const start = Math.max(offset, size - 16_384);
-      const buf = Buffer.alloc(Math.max(0, size - start));
-      await fh.read(buf, 0, buf.length, start);
-      return buf.toString('utf8');
-    } finally {
-      await fh.close();
-    }
-  } catch {
-    return '';
-  }
-}
-
-/** The last n meaningful lines (Samba's log headers `[date] file:line(fn)` dropped). */
-function lastLines(text: string, n: number): string {
-  return text
-    .split('\n')
-    .map((l) => l.trim())
-    .filter((l) => l && !l.startsWith('[') && !l.startsWith('#') && !/^=+$/.test(l))
-    .slice(-n)
-    .join(' | ');
 }

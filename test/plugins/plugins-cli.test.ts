@@ -83,7 +83,11 @@ describe('twinfs plugins (CLI)', () => {
     expect(by['twinfs-dir']).toMatchObject({ source: 'builtin', targets: ['dir'], state: 'inactive' });
     expect(by['twinfs-tar']).toMatchObject({ source: 'builtin', targets: ['tar'], state: 'inactive' });
     expect(by['twinfs-s3']).toMatchObject({ source: 'builtin', targets: ['s3'], state: 'inactive' });
-    expect(by['dev-hello']).toMatchObject({ source: 'cli', targets: ['null'], commands: ['hello.say', 'hello.greet'] });
+    expect(by['dev-hello']).toMatchObject({
+      source: 'cli',
+      targets: ['null'],
+      commands: ['hello.say', 'hello.greet'],
+    });
     expect(by['user-notifier']).toMatchObject({ source: 'user', targets: [] });
   });
 
@@ -117,7 +121,9 @@ describe('twinfs plugins (CLI)', () => {
     expect(r.stdout).toBe('hello you\n');
     env.TWINFS_PLUGIN_CONFIG = file;
     try {
-      expect((await twinfs('plugins', 'run', 'hello.greet', 'you', '--plugin-dir', dev)).stdout).toBe('hi you\n');
+      expect((await twinfs('plugins', 'run', 'hello.greet', 'you', '--plugin-dir', dev)).stdout).toBe(
+        'hi you\n',
+      );
       await fsp.writeFile(file, JSON.stringify({ plugins: { 'dev-hello': { greeting: 7 } } }));
       const bad = await twinfs('plugins', 'run', 'hello.greet', 'you', '--plugin-dir', dev);
       expect(bad.code).not.toBe(0);
