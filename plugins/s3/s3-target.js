@@ -2,9 +2,11 @@
 
 import { Readable, Transform } from 'node:stream';
 import {
+  AbortMultipartUploadCommand,
   DeleteObjectsCommand,
   GetObjectCommand,
   HeadBucketCommand,
+  ListMultipartUploadsCommand,
   ListObjectsCommand,
   PutObjectCommand,
 } from '@aws-sdk/client-s3';
@@ -102,6 +104,7 @@ export class S3Target {
     if (await this.manifestKey(meta.snapshotId))
       throw this.api.errors.failed(`snapshot ${meta.snapshotId} already exists at ${this.spec}`);
     // Objects of an earlier attempt with this id (never committed) are not ours to keep.
+    await this.abortUploads(this.snapshotPrefix(meta.snapshotId));
     await this.deletePrefix(this.snapshotPrefix(meta.snapshotId));
     return new S3SnapshotWriter(this, meta);
   }
@@ -190,6 +193,7 @@ export class S3Target {
     this.indexes.delete(snapshotId);
     // The manifest first: from here on the snapshot does not exist, whatever else fails.
     await this.deletePrefix(this.key(`manifests/${snapshotId}@`));
+    await this.abortUploads(this.snapshotPrefix(snapshotId));
     await this.deletePrefix(this.snapshotPrefix(snapshotId));
   }
 
@@ -279,6 +283,27 @@ export class S3Target {
       } catch (err) {
         throw s3Error(this.api.errors, err, `cannot delete under ${prefix}`);
       }
+    }
+  }
+
+  /**
+   * Aborts multipart uploads a crashed writer left under a prefix (their parts are stored, and
+   * billed, until aborted). Best effort: some S3-compatible stores do not list uploads, and a
+   * bucket lifecycle rule (AbortIncompleteMultipartUpload) is the backstop.
+   * @param {string} prefix
+   */
+  async abortUploads(prefix) {
+    try {
+      const r = await this.client.send(
+        new ListMultipartUploadsCommand({ Bucket: this.bucket, Prefix: prefix }),
+      );
+      for (const u of r.Uploads ?? [])
+        if (u.Key && u.UploadId)
+          await this.client.send(
+            new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: u.Key, UploadId: u.UploadId }),
+          );
+    } catch {
+      // Not supported here, or already gone: the lifecycle rule covers it.
     }
   }
 

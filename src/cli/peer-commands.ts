@@ -1,11 +1,13 @@
 import * as path from 'node:path';
-import cliProgress from 'cli-progress';
 import type { Argv } from 'yargs';
 import type { PeerEvent } from '../backup-peer/peer-daemon.js';
 import type { TargetRegistry } from '../backup-peer/targets/index.js';
 import { TwinError } from '../common/errors.js';
 import type { ControlClient } from '../control/client.js';
 import type { OperatorCommand } from '../repl/commands.js';
+import { resolveConnection } from './connect.js';
+import { operatorConfigFrom } from './operator-config.js';
+import { formatBytes as bytes, Output } from './output.js';
 
 /**
  * The backup peer's commands: `backup`, `peer`, `snapshots`, `restore`, `check`, `forget` on the
@@ -37,6 +39,13 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
       'catalog directory (default: /var/lib/twinfs/catalog as root, else ~/.local/state/twinfs/catalog)',
   } as const;
   const json = { type: 'boolean', describe: 'JSON lines on stdout; the last one is the result' } as const;
+  const config = {
+    type: 'string',
+    describe: 'operator config file with defaults: server, tokenFile, catalog, target (or $TWINFS_CONFIG)',
+  } as const;
+  /** --catalog, else the config's catalog (else the built-in default). */
+  const catalogOf = async (a: { catalog?: string; config?: string }) =>
+    a.catalog ?? (await operatorConfigFrom(a.config)).catalog;
   const snapshot = {
     type: 'string',
     demandOption: true,
@@ -49,16 +58,14 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
       'back up files, a subtree or the whole volume from a twinfs server to a target (one run)',
       (a) =>
         a
-          .option('server', { type: 'string', demandOption: true, describe: 'control URL, ws://HOST:PORT' })
+          .option('server', { type: 'string', describe: 'control URL, ws://HOST:PORT (or $TWINFS_SERVER)' })
           .option('token-file', {
             type: 'string',
-            demandOption: true,
-            describe: 'file holding the control token',
+            describe: 'file holding the control token (or $TWINFS_TOKEN)',
           })
           .option('target', {
             type: 'string',
-            demandOption: true,
-            describe: 'TYPE:LOCATION (dir:/backups, tar:..., s3:...)',
+            describe: 'TYPE:LOCATION (dir:/backups, tar:..., s3:...); default: the config\'s target',
           })
           .option('path', { type: 'string', array: true, describe: 'a volume path to back up (repeatable)' })
           .option('subtree', { type: 'string', describe: 'a volume directory, with everything below it' })
@@ -77,28 +84,38 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
             describe: 'copy every file, share nothing with the previous snapshot',
           })
           .option('ca-file', { type: 'string', describe: 'CA certificate (PEM) for wss://' })
-          .option('json', json),
+          .option('config', config)
+          .option('json', json)
+          .example('twinfs backup --server ws://127.0.0.1:7420 --token-file /var/lib/twinfs/control.token --target dir:/backups', 'the whole volume')
+          .example('twinfs backup --subtree /db --config /etc/twinfs.json', 'server, token, target and catalog from the config')
+          .example('twinfs backup --path /a.txt --path /b.txt --target dir:/backups --json', 'JSON progress lines, then the result'),
       (a) =>
         run(a.json, async (out, targets) => {
-          const { BackupRun, readToken, selectorFor } = await import('../backup-peer/index.js');
-          const { promises: fsp } = await import('node:fs');
+          const { BackupRun, selectorFor } = await import('../backup-peer/index.js');
+          const conn = await resolveConnection({
+            server: a.server,
+            tokenFile: a['token-file'],
+            caFile: a['ca-file'],
+            config: a.config,
+          });
+          const spec = a.target ?? conn.config.target;
+          if (!spec)
+            throw new TwinError('ETWIN_USAGE', 'no target: pass --target TYPE:LOCATION or name "target" in the config');
           const selector = selectorFor({ paths: a.path, subtree: a.subtree });
           const leaseSec = a['lease-sec'];
           if (leaseSec !== undefined && !(leaseSec >= 1))
             throw new TwinError('ETWIN_USAGE', '--lease-sec must be at least 1');
-          const token = await readToken(a['token-file']);
-          const ca = a['ca-file'] ? await fsp.readFile(a['ca-file']) : undefined;
-          const target = await targets.open(absoluteSpec(a.target));
+          const target = await targets.open(absoluteSpec(spec));
           const ac = new AbortController();
           const onSignal = (s: string) => ac.abort(new TwinError('ETWIN_ABORTED', `backup cancelled (${s})`));
           process.once('SIGINT', onSignal).once('SIGTERM', onSignal);
           try {
             const r = new BackupRun({
-              server: a.server,
-              token,
-              ca,
+              server: conn.url,
+              token: conn.token,
+              ca: conn.ca,
               target,
-              catalogDir: a.catalog,
+              catalogDir: a.catalog ?? conn.config.catalog,
               selector,
               leaseMs: leaseSec ? Math.round(leaseSec * 1000) : undefined,
               mirrorMap: parseMirrorMap(a['mirror-map']),
@@ -132,7 +149,8 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
       (a) =>
         a
           .option('config', { type: 'string', demandOption: true, describe: 'peer config (JSON)' })
-          .option('json', json),
+          .option('json', json)
+          .example('twinfs peer --config /etc/twinfs-peer.json', 'backups every intervalSec, SIGTERM stops it'),
       (a) =>
         run(a.json, async (out, targets) => {
           const { PeerDaemon, loadPeerConfig } = await import('../backup-peer/index.js');
@@ -152,11 +170,17 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
     .command(
       'snapshots',
       'list the snapshots in the catalog',
-      (a) => a.option('catalog', catalog).option('json', json),
+      (a) =>
+        a
+          .option('catalog', catalog)
+          .option('config', config)
+          .option('json', json)
+          .example('twinfs snapshots --catalog /var/lib/twinfs/catalog', '')
+          .example('twinfs snapshots --json', 'one JSON array of snapshot records'),
       (a) =>
         run(a.json, async (out) => {
           const { Catalog } = await import('../backup-peer/index.js');
-          const list = await Catalog.with(a.catalog, async (c) =>
+          const list = await Catalog.with(await catalogOf(a), async (c) =>
             (await c.list()).map((s) => ({ ...s, abandoned: c.isAbandoned(s) })),
           );
           if (out.json) {
@@ -194,7 +218,10 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
             describe: 'destination directory (a twinfs mount works too)',
           })
           .option('catalog', catalog)
-          .option('json', json),
+          .option('config', config)
+          .option('json', json)
+          .example('twinfs restore latest --to /tmp/restored', 'everything of the newest snapshot')
+          .example('twinfs restore 20240101-0000-ab12 /db /etc/app.conf --to /srv/twinfs', 'two paths, back onto the mount'),
       (a) =>
         run(a.json, async (out, targets) => {
           const { restore } = await import('../backup-peer/index.js');
@@ -202,7 +229,7 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
             snapshot: a.snapshot,
             paths: a.paths,
             to: a.to,
-            catalogDir: a.catalog,
+            catalogDir: await catalogOf(a),
             registry: targets,
             onProgress: (p) => out.progress({ phase: 'restore', ...p }),
           });
@@ -221,13 +248,19 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
     .command(
       'check <snapshot>',
       're-read a snapshot at its target and compare it with the catalog; exit 1 on any difference',
-      (a) => a.positional('snapshot', snapshot).option('catalog', catalog).option('json', json),
+      (a) =>
+        a
+          .positional('snapshot', snapshot)
+          .option('catalog', catalog)
+          .option('config', config)
+          .option('json', json)
+          .example('twinfs check latest', 're-read the newest snapshot at its target'),
       (a) =>
         run(a.json, async (out, targets) => {
           const { checkSnapshot } = await import('../backup-peer/index.js');
           const r = await checkSnapshot({
             snapshot: a.snapshot,
-            catalogDir: a.catalog,
+            catalogDir: await catalogOf(a),
             registry: targets,
             onProgress: (p) => out.progress({ phase: 'check', ...p }),
           });
@@ -259,7 +292,9 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
           })
           .option('dry-run', { type: 'boolean', describe: 'show what would be removed' })
           .option('catalog', catalog)
-          .option('json', json),
+          .option('config', config)
+          .option('json', json)
+          .example('twinfs forget --keep-last 7 --keep-daily 30 --dry-run', ''),
       (a) =>
         run(a.json, async (out, targets) => {
           const { forget } = await import('../backup-peer/index.js');
@@ -270,7 +305,7 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
           }
           const dry = !!a['dry-run'];
           const r = await forget({
-            catalogDir: a.catalog,
+            catalogDir: await catalogOf(a),
             policy: { keepLast: a['keep-last'], keepDaily: a['keep-daily'] },
             registry: targets,
             dryRun: dry,
@@ -450,95 +485,6 @@ function sharedControl(client: ControlClient) {
   };
 }
 
-/** Where command output goes: text or JSON lines on stdout, a progress bar on a TTY's stderr. */
-class Output {
-  private bar: cliProgress.SingleBar | undefined;
-  private lastJson = 0;
-  private lastPhase: string | undefined;
-
-  constructor(readonly json: boolean) {}
-
-  line(text: string): void {
-    process.stdout.write(text + '\n');
-  }
-
-  warn(text: string): void {
-    this.stopBar();
-    process.stderr.write(`twinfs: warning: ${text}\n`);
-  }
-
-  event(obj: Record<string, unknown>, text: string): void {
-    if (this.json) this.line(JSON.stringify({ ...obj, time: new Date().toISOString() }));
-    else this.line(`twinfs: ${text}`);
-  }
-
-  result(obj: Record<string, unknown>, text: string): void {
-    this.stopBar();
-    this.line(this.json ? JSON.stringify(obj) : `twinfs: ${text}`);
-  }
-
-  /** Progress: at most 4 JSON lines a second (and one per phase change), or the bar. */
-  progress(p: {
-    phase: string;
-    files: number;
-    filesTotal: number;
-    bytes: number;
-    bytesTotal?: number;
-    [k: string]: unknown;
-  }): void {
-    if (this.json) {
-      const now = Date.now();
-      if (p.phase === this.lastPhase && now - this.lastJson < 250) return;
-      this.lastJson = now;
-      this.lastPhase = p.phase;
-      const { path: _path, ...rest } = p;
-      this.line(JSON.stringify({ event: 'progress', ...rest }));
-      return;
-    }
-    if (!process.stderr.isTTY) return;
-    const byBytes = (p.bytesTotal ?? 0) > 0;
-    const total = byBytes ? p.bytesTotal! : Math.max(p.filesTotal, 1);
-    const value = byBytes ? p.bytes : p.files;
-    const payload = {
-      phase: p.phase.padEnd(7),
-      files: p.files,
-      filesTotal: p.filesTotal,
-      size: bytes(p.bytes),
-    };
-    if (!this.bar) {
-      this.bar = new cliProgress.SingleBar(
-        {
-          format:
-            '{phase} [{bar}] {percentage}% | {files}/{filesTotal} entries | {size} | ETA {eta_formatted}',
-          hideCursor: true,
-          fps: 8,
-        },
-        cliProgress.Presets.shades_classic,
-      );
-      this.bar.start(total, value, payload);
-    } else {
-      this.bar.setTotal(total);
-      this.bar.update(value, payload);
-    }
-  }
-
-  stopBar(): void {
-    this.bar?.stop();
-    this.bar = undefined;
-  }
-
-  error(err: unknown): void {
-    this.stopBar();
-    const code = (err as { code?: unknown })?.code;
-    const known = typeof code === 'string';
-    const message = (err as Error)?.message ?? String(err);
-    if (this.json)
-      this.line(JSON.stringify({ event: 'error', code: known ? code : 'ETWIN_INTERNAL', message }));
-    process.stderr.write(`twinfs: error ${known ? `${code}: ` : ''}${message}\n`);
-    if (!known) process.stderr.write(`${(err as Error)?.stack ?? ''}\n`);
-  }
-}
-
 function describeTotals(t: {
   files: number;
   dirs: number;
@@ -583,11 +529,4 @@ function parseMirrorMap(list: string[] | undefined): Record<string, string> | un
     map[item.slice(0, i)] = path.resolve(item.slice(i + 1));
   }
   return map;
-}
-
-function bytes(n: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let i = 0;
-  for (; n >= 1024 && i < units.length - 1; i++) n /= 1024;
-  return `${i === 0 ? n : n.toFixed(1)} ${units[i]}`;
 }

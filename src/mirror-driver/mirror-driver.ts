@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { Stats } from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
-import { SerialQueue } from '../common/async.js';
+import { delay, SerialQueue } from '../common/async.js';
 import { TwinError } from '../common/errors.js';
 import { Emitter } from '../common/event.js';
 import type { Change, ChangeSink } from '../fusefs/change-sink.js';
@@ -111,6 +111,7 @@ export class MirrorDriver implements ChangeSink {
   /** Paths the journal named at start that are not repaired yet. */
   private readonly pendingIntents = new Set<string>();
   private readonly pendingTimes = new Set<string>();
+  private lastLiveAt = 0;
   /** Rename targets seen by each running (unlocked) reconciliation walk. */
   private readonly walks = new Set<Set<string>>();
   /** The next reconciliation must compare contents (machine crash, lost journal). */
@@ -278,7 +279,18 @@ export class MirrorDriver implements ChangeSink {
 
   apply(c: Change): Promise<void> {
     if (this.disposed) return Promise.resolve();
+    this.lastLiveAt = Date.now();
     return this.queue.push(() => this.route(c));
+  }
+
+  /**
+   * Background work (copy, repair, reconciliation) runs between live changes. An application
+   * doing one change after another (rm -r, untar) would wait for a whole background task each
+   * time: while changes keep coming, hold back (for up to YIELD_MAX_MS per task).
+   */
+  private async yieldToLive(): Promise<void> {
+    const until = Date.now() + YIELD_MAX_MS;
+    while (Date.now() - this.lastLiveAt < YIELD_QUIET_MS && Date.now() < until) await delay(YIELD_QUIET_MS);
   }
 
   private async route(c: Change): Promise<void> {
@@ -676,7 +688,11 @@ export class MirrorDriver implements ChangeSink {
     phase: ProgressEvent['phase'],
     o: { locked?: boolean; deep?: boolean; signal?: AbortSignal },
   ): Promise<{ bytes: number; entries: number }> {
-    const run = <T>(f: () => Promise<T>): Promise<T> => (o.locked ? f() : this.queue.push(f));
+    const run = async <T>(f: () => Promise<T>): Promise<T> => {
+      if (o.locked) return f();
+      await this.yieldToLive();
+      return this.queue.push(f);
+    };
     let bytes = 0;
     let entries = 0;
     const links = new Map<number, string>();
@@ -954,6 +970,9 @@ export class MirrorDriver implements ChangeSink {
 
 /** Entries synced in parallel inside one queue task, and entries per task. */
 const PARALLEL = 16;
+/** Background tasks wait for this long a pause in live changes, but no longer than YIELD_MAX_MS. */
+const YIELD_QUIET_MS = 5;
+const YIELD_MAX_MS = 100;
 const BATCH = 64;
 const BATCH_BYTES = 8 * 1024 * 1024;
 /** Files above this size are reconciled chunk by chunk, LARGE_CHUNK bytes per queue task. */

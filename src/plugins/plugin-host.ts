@@ -66,6 +66,8 @@ export interface PluginHostOptions {
   activationTimeoutMs?: number;
   /** A target operation must settle within this, ms (default 300000). */
   targetOpTimeoutMs?: number;
+  /** An event listener's returned promise is waited for at most this, ms (default 10000). */
+  listenerTimeoutMs?: number;
   log?: (msg: string) => void;
 }
 
@@ -266,11 +268,27 @@ export class PluginHost {
     payload: Record<string, unknown>,
   ): Promise<void> {
     await this.activateByEvent(`onEvent:${name}`);
-    for (const l of this.listeners.get(name) ?? []) {
+    const timeoutMs = this.opts.listenerTimeoutMs ?? 10_000;
+    const timeout = new Error('timeout');
+    for (const l of [...(this.listeners.get(name) ?? [])]) {
+      let t: NodeJS.Timeout | undefined;
       try {
-        await l.fn(payload);
+        // A listener that returns a promise is waited for, but never longer than timeoutMs.
+        await Promise.race([
+          Promise.resolve().then(() => l.fn(payload)),
+          new Promise((_, rej) => {
+            t = setTimeout(() => rej(timeout), timeoutMs);
+          }),
+        ]);
       } catch (err) {
-        this.problem(l.plugin, `${name} listener threw: ${(err as Error)?.message ?? err}`);
+        this.problem(
+          l.plugin,
+          err === timeout
+            ? `${name} listener did not finish within ${timeoutMs} ms`
+            : `${name} listener threw: ${(err as Error)?.message ?? err}`,
+        );
+      } finally {
+        clearTimeout(t);
       }
     }
   }

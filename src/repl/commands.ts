@@ -1,6 +1,14 @@
 import { TwinError } from '../common/errors.js';
+import { formatBytes, type ProgressReport } from '../common/progress.js';
 import type { ControlClient } from '../control/client.js';
+import { describeStatus, type SnapshotSummary } from './status-text.js';
 import type { ParsedArgs } from './words.js';
+
+/** Defaults a front end takes from the operator config (`--config`, docs/cli.md). */
+export interface OperatorDefaults {
+  catalog?: string;
+  target?: string;
+}
 
 /** What a command needs from the front end (REPL or CLI). */
 export interface CommandContext {
@@ -8,9 +16,20 @@ export interface CommandContext {
   client(): Promise<ControlClient>;
   /** Prints one line of human output (suppressed with --json). */
   print(line: string): void;
+  /** Reports progress of long work: a bar or status line on a TTY, JSON lines with --json, else nothing. */
+  progress(p: ProgressReport): void;
   json: boolean;
   signal: AbortSignal;
+  defaults: OperatorDefaults;
+  /**
+   * The newest snapshots of a device in the local catalog, newest first; null when there is no
+   * catalog here (or it is busy). Given by front ends that can read a catalog.
+   */
+  recentSnapshots?(deviceId: string | null, limit: number): Promise<{ catalog: string; snapshots: SnapshotSummary[] } | null>;
 }
+
+/** What an argument completes to in the REPL. 'local' is a path on this host (--to, --catalog). */
+export type CompletionKind = 'paths' | 'snapshots' | 'targets' | 'commands' | 'local';
 
 export interface OperatorCommand {
   name: string;
@@ -21,93 +40,82 @@ export interface OperatorCommand {
   options?: string[];
   /** Options that take no value. */
   flags?: string[];
-  /** What positional arguments complete to. */
-  completes?: 'paths' | 'snapshots' | 'targets' | 'commands';
+  /** What positional arguments complete to, by position; the last kind repeats. */
+  completes?: CompletionKind | CompletionKind[];
+  /** What the value of an option completes to ('--target' → 'targets'). */
+  optionValues?: Record<string, CompletionKind>;
+  /** The plugin that contributes the command, if any. */
+  plugin?: string;
   run(ctx: CommandContext, args: ParsedArgs): Promise<unknown>;
 }
 
-const selectorOf = (paths: string[]) =>
-  paths.length === 0 || (paths.length === 1 && paths[0] === '/') ? { volume: true } : { paths };
+/** PATH... plus --subtree DIR → a protocol selector ('/' alone is the volume). */
+export function selectorOf(paths: string[], subtree?: string | boolean) {
+  if (typeof subtree === 'string') {
+    if (paths.length) throw new TwinError('ETWIN_USAGE', 'give either paths or --subtree, not both');
+    return subtree === '/' ? { volume: true } : { subtree };
+  }
+  return paths.length === 0 || (paths.length === 1 && paths[0] === '/') ? { volume: true } : { paths };
+}
+
+/** A selector (protocol or internal form) in words: `/`, `/a /b`, `/db/**`. */
+export function selectorText(s: { volume?: boolean; paths?: string[]; subtree?: string; subtrees?: string[] }): string {
+  if (s.volume) return '/';
+  const parts = [...(s.paths ?? []), ...(s.subtree ? [s.subtree] : []).concat(s.subtrees ?? []).map((t) => `${t}/**`)];
+  return parts.join(' ');
+}
 
 function seconds(v: string | boolean | undefined, what: string): number | undefined {
   if (v === undefined) return undefined;
   const n = Number(v);
-  if (!Number.isFinite(n) || n <= 0)
+  if (typeof v !== 'string' || !Number.isFinite(n) || n <= 0)
     throw new TwinError('ETWIN_USAGE', `${what} must be a positive number of seconds`);
   return Math.round(n * 1000);
 }
 
-const fmtBytes = (n: number) =>
-  n >= 1 << 30
-    ? `${(n / (1 << 30)).toFixed(1)} GiB`
-    : n >= 1 << 20
-      ? `${(n / (1 << 20)).toFixed(1)} MiB`
-      : n >= 1024
-        ? `${(n / 1024).toFixed(1)} KiB`
-        : `${n} B`;
+const covers = (sel: { volume?: boolean; paths?: string[]; subtree?: string; subtrees?: string[] }, p: string) =>
+  Boolean(
+    sel.volume ||
+      sel.paths?.includes(p) ||
+      [...(sel.subtree ? [sel.subtree] : []), ...(sel.subtrees ?? [])].some(
+        (t) => t === '/' || p === t || p.startsWith(t + '/'),
+      ),
+  );
 
 /** The operator commands backed by the control channel. The peer's commands are added by the peer module. */
 export const controlCommands: OperatorCommand[] = [
   {
     name: 'status',
-    summary: 'pair states, cache, active freezes and leases, stall statistics',
+    summary: 'pair states, cache, active freezes and leases, stall statistics, last backups',
     usage: 'status',
+    examples: ['status', 'status --json'],
     async run(ctx) {
       const s = (await (await ctx.client()).request('status')) as any;
-      if (!ctx.json) {
-        const c = s.fs.cache;
-        ctx.print(`volume   ${s.fs.primary} at ${s.fs.mount}${s.fs.writeThrough ? ' (write-through)' : ''}`);
-        ctx.print(
-          `cache    ${fmtBytes(c.dirtyBytes)} dirty of ${fmtBytes(c.limitBytes)} in ${c.dirtyFiles} file(s); ${c.openFiles} open; ${c.writeErrors} write-back error(s)`,
-        );
-        if (s.mirror) {
-          ctx.print(
-            `mirror   ${s.mirror.state} device ${s.mirror.deviceId} at ${s.mirror.mirrorRoot}; queue ${s.mirror.queueLength}`,
-          );
-          for (const sp of s.mirror.splits)
-            ctx.print(
-              `  split  ${sp.splitId} ${JSON.stringify(sp.selector)} tracked ${fmtBytes(sp.trackedBytes)} in ${sp.trackedFiles} file(s)`,
-            );
-          for (const b of s.mirror.broken) ctx.print(`  BROKEN ${b}`);
-        } else ctx.print('mirror   none');
-        const st = s.backup.stall;
-        ctx.print(
-          `stall    ${st.prepares} prepare(s), ${st.failedPrepares} failed; max ${st.maxStallMs.toFixed(1)} ms; last ${st.lastStallMs === null ? '-' : `${st.lastStallMs.toFixed(1)} ms`}`,
-        );
-        for (const b of s.backup.backups)
-          ctx.print(
-            `lease    ${b.backupId} ${JSON.stringify(b.selector)} expires in ${Math.max(0, Math.round((b.expiresAt - Date.now()) / 1000))} s`,
-          );
-        for (const f of s.backup.freezes)
-          ctx.print(
-            `frozen   ${f.freezeId} ${JSON.stringify(f.selector)} since ${new Date(f.since).toISOString()}`,
-          );
-        if (s.smb)
-          ctx.print(
-            `smb      ${s.smb.running ? 'running' : 'stopped'}${s.smb.port ? ` on port ${s.smb.port}` : ''}`,
-          );
-      }
-      return s;
+      const recent = (await ctx.recentSnapshots?.(s.mirror?.deviceId ?? null, 3).catch(() => null)) ?? null;
+      if (!ctx.json) for (const l of describeStatus(s, recent)) ctx.print(l);
+      return { ...s, lastBackups: recent };
     },
   },
   {
     name: 'freeze',
     summary: 'inhibit writes to files (flushing their cached data) until thaw or timeout',
-    usage: 'freeze PATH... [--timeout SECONDS]',
-    examples: ['freeze /db/data.sqlite --timeout 20'],
-    options: ['--timeout'],
+    usage: 'freeze PATH... | --subtree DIR [--timeout SECONDS]',
+    examples: ['freeze /db/data.sqlite --timeout 20', 'freeze --subtree /db', 'freeze /'],
+    options: ['--timeout', '--subtree'],
     completes: 'paths',
+    optionValues: { '--subtree': 'paths' },
     async run(ctx, a) {
-      if (a.positional.length === 0)
-        throw new TwinError('ETWIN_USAGE', 'freeze needs at least one path (/ for the whole volume)');
+      if (a.positional.length === 0 && typeof a.options.subtree !== 'string')
+        throw new TwinError('ETWIN_USAGE', 'freeze needs at least one path (/ for the whole volume) or --subtree DIR');
+      const selector = selectorOf(a.positional, a.options.subtree);
       const r = (await (
         await ctx.client()
       ).request('freeze', {
-        selector: selectorOf(a.positional),
+        selector,
         timeoutMs: seconds(a.options.timeout, '--timeout'),
       })) as any;
       ctx.print(
-        `frozen ${a.positional.join(' ')} (${r.freezeId}); writes held until thaw or ${Math.round(r.timeoutMs / 1000)} s`,
+        `frozen ${selectorText(selector)} (${r.freezeId}); writes held until thaw or ${Math.round(r.timeoutMs / 1000)} s`,
       );
       return r;
     },
@@ -116,6 +124,7 @@ export const controlCommands: OperatorCommand[] = [
     name: 'thaw',
     summary: 'let held writes proceed (all freezes, or those covering the given paths or ids)',
     usage: 'thaw [PATH|FREEZE_ID...]',
+    examples: ['thaw', 'thaw /db/data.sqlite'],
     completes: 'paths',
     async run(ctx, a) {
       const client = await ctx.client();
@@ -123,12 +132,7 @@ export const controlCommands: OperatorCommand[] = [
       const freezes: any[] = s.backup.freezes;
       const want = a.positional;
       const chosen = freezes.filter(
-        (f) =>
-          want.length === 0 ||
-          want.includes(f.freezeId) ||
-          want.some(
-            (p) => f.selector.volume || f.selector.paths?.includes(p) || f.selector.subtrees?.includes(p),
-          ),
+        (f) => want.length === 0 || want.includes(f.freezeId) || want.some((p) => covers(f.selector, p)),
       );
       if (chosen.length === 0)
         throw new TwinError(
@@ -138,7 +142,7 @@ export const controlCommands: OperatorCommand[] = [
       const out = [];
       for (const f of chosen) {
         const r = (await client.request('thaw', { freezeId: f.freezeId })) as any;
-        ctx.print(`thawed ${f.freezeId} after ${(r.heldMs / 1000).toFixed(1)} s`);
+        ctx.print(`thawed ${selectorText(f.selector)} (${f.freezeId}) after ${(r.heldMs / 1000).toFixed(1)} s`);
         out.push(r);
       }
       return out;
@@ -148,17 +152,14 @@ export const controlCommands: OperatorCommand[] = [
     name: 'pairs',
     summary: 'mirror pair state: splits, broken pairs (optionally for one path)',
     usage: 'pairs [PATH]',
+    examples: ['pairs', 'pairs /db/data.sqlite'],
     completes: 'paths',
     async run(ctx, a) {
       const s = (await (await ctx.client()).request('status')) as any;
       if (!s.mirror) throw new TwinError('ETWIN_NO_MIRROR', 'this server has no mirror');
       const p = a.positional[0];
       const splits = s.mirror.splits.filter(
-        (sp: any) =>
-          !p ||
-          sp.selector.volume ||
-          sp.selector.paths?.includes(p) ||
-          sp.selector.subtrees?.some((t: string) => p === t || p.startsWith(t + '/')),
+        (sp: any) => !p || covers(sp.selector, p) || sp.selector.paths?.some((x: string) => x.startsWith(p + '/')),
       );
       const broken = s.mirror.broken.filter(
         (b: string) => !p || p === b || p.startsWith(b + '/') || b === '/',
@@ -173,7 +174,7 @@ export const controlCommands: OperatorCommand[] = [
       ctx.print(`${p ?? 'volume'}: ${state}`);
       for (const sp of splits)
         ctx.print(
-          `  split ${sp.splitId} ${JSON.stringify(sp.selector)}, ${fmtBytes(sp.trackedBytes)} changed since`,
+          `  split ${sp.splitId} ${selectorText(sp.selector)}, ${formatBytes(sp.trackedBytes)} changed since`,
         );
       for (const b of broken) ctx.print(`  broken ${b}`);
       return { path: p ?? null, state, splits, broken };
@@ -183,13 +184,15 @@ export const controlCommands: OperatorCommand[] = [
     name: 'split',
     summary:
       '(advanced) prepare a backup by hand: inhibit, flush, split; prints the backup id and mirror path',
-    usage: 'split PATH... [--lease SECONDS]',
-    options: ['--lease'],
+    usage: 'split PATH... | --subtree DIR [--lease SECONDS]',
+    examples: ['split /db/data.sqlite --lease 300', 'split --subtree /db'],
+    options: ['--lease', '--subtree'],
     completes: 'paths',
+    optionValues: { '--subtree': 'paths' },
     async run(ctx, a) {
-      if (a.positional.length === 0)
-        throw new TwinError('ETWIN_USAGE', 'split needs at least one path (/ for the whole volume)');
-      const r = await (await ctx.client()).prepare(selectorOf(a.positional) as any, {
+      if (a.positional.length === 0 && typeof a.options.subtree !== 'string')
+        throw new TwinError('ETWIN_USAGE', 'split needs at least one path (/ for the whole volume) or --subtree DIR');
+      const r = await (await ctx.client()).prepare(selectorOf(a.positional, a.options.subtree) as any, {
         leaseMs: seconds(a.options.lease, '--lease'),
       });
       ctx.print(
@@ -202,11 +205,12 @@ export const controlCommands: OperatorCommand[] = [
     name: 'resync',
     summary: '(advanced) release a split by backup id: copy what changed and rejoin the pairs',
     usage: 'resync BACKUP_ID',
+    examples: ['resync bk-0c3e...'],
     async run(ctx, a) {
       const id = a.positional[0];
       if (!id) throw new TwinError('ETWIN_USAGE', 'resync needs a backup id (see status)');
       const r = (await (await ctx.client()).release(id)) as any;
-      ctx.print(`resynced ${id}: ${fmtBytes(r.bytesCopied)} copied, ${r.entries} entries, ${r.ms} ms`);
+      ctx.print(`resynced ${id}: ${formatBytes(r.bytesCopied)} copied, ${r.entries} entries, ${r.ms} ms`);
       return r;
     },
   },
@@ -214,6 +218,7 @@ export const controlCommands: OperatorCommand[] = [
     name: 'verify',
     summary: 'compare primary and mirror for every pair in PAIR state',
     usage: 'verify [--no-content]',
+    examples: ['verify', 'verify --no-content'],
     flags: ['no-content'],
     options: ['--no-content'],
     async run(ctx, a) {
@@ -237,10 +242,11 @@ export const controlCommands: OperatorCommand[] = [
     name: 'repair',
     summary: 'resync broken mirror pairs fully',
     usage: 'repair',
+    examples: ['repair'],
     async run(ctx) {
       const r = (await (await ctx.client()).request('repair', {}, 3600_000)) as any;
       ctx.print(
-        `repair: ${fmtBytes(r.bytes)} copied; ${r.remaining.length ? `still broken: ${r.remaining.join(' ')}` : 'all pairs in sync'}`,
+        `repair: ${formatBytes(r.bytes)} copied; ${r.remaining.length ? `still broken: ${r.remaining.join(' ')}` : 'all pairs in sync'}`,
       );
       return r;
     },
@@ -249,6 +255,7 @@ export const controlCommands: OperatorCommand[] = [
     name: 'flush',
     summary: 'write all cached data back to the primary (and the mirror) durably',
     usage: 'flush',
+    examples: ['flush'],
     async run(ctx) {
       const r = await (await ctx.client()).request('flush', {}, 600_000);
       ctx.print('flushed');

@@ -36,9 +36,7 @@ export interface ControlFixture {
   close(): Promise<void>;
 }
 
-export async function startControlFixture(
-  opts: { args?: string[]; tls?: boolean } = {},
-): Promise<ControlFixture> {
+export async function startControlFixture(opts: { args?: string[] } = {}): Promise<ControlFixture> {
   const t = await tempDirs('primary', 'mnt', 'mirror', 'state', 'etc');
   const tokenFile = path.join(t.dirs.etc!, 'control.token');
   const closers: Array<() => Promise<void> | void> = [];

@@ -252,6 +252,7 @@ describe('leases, disconnects, freeze/thaw and busy selections', () => {
   }, async () => {
     const f: any = await c.request('freeze', { selector: { paths: ['/f4'] }, timeoutMs: 60_000 });
     const held = writer({ file: path.join(fx.mnt, 'f4'), size: REC, fsync: true, count: 1, keep: true });
+    await waitUntil(() => held.opened, 5000, 'writer to open f4');
     await sleep(16_500);
     expect(held.acked).toBe(0);
     await c.request('thaw', { freezeId: f.freezeId });

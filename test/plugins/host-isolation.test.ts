@@ -83,6 +83,19 @@ describe('plugin host: a failing plugin is isolated and recorded', () => {
     expect(host.info('healthy').problems).toEqual([]);
   });
 
+  it('stops waiting for a listener that hangs, and records it', async () => {
+    await writeHealthy();
+    await box.write({
+      name: 'hanging-listener',
+      code: `export function activate(c) { c.twinfs.onDidSplit(() => new Promise(() => {})); }`,
+    });
+    const host = await box.host({ listenerTimeoutMs: 200 });
+    await host.activateByEvent('onStartup');
+    await host.emit('onDidSplit', { backupId: 'b8', deviceId: 'd', selector: {} });
+    expect(trace().events).toContain('healthy saw b8');
+    expect(host.info('hanging-listener').problems).toEqual(['onDidSplit listener did not finish within 200 ms']);
+  });
+
   it('onWillFreeze: waits for waitUntil promises, bounded by its timeout, and names the plugins that failed', async () => {
     await writeHealthy();
     await box.write({

@@ -1,0 +1,160 @@
+import { promises as fsp } from 'node:fs';
+import * as path from 'node:path';
+import { TwinError } from '../common/errors.js';
+import { type ServeConfig, validateConfig } from './config.js';
+
+/**
+ * Defaults of the operator commands (`twinfs repl`, `status`, `freeze`, `backup`, `restore`,
+ * ...), from a JSON file named by `--config` or `$TWINFS_CONFIG`, so nobody retypes a server URL
+ * and a token path. The command line wins over the environment, which wins over the file.
+ * Documented in docs/cli.md.
+ *
+ * The file is either flat (operator and/or serve settings side by side) or in sections:
+ * `{ "serve": {...}, "operator": {...}, "plugins": {...} }`, the same file `twinfs serve
+ * --config` reads. Without an explicit `server` or `tokenFile`, they are derived from the serve
+ * settings (`control`, `tokenFile`, `stateDir`), so on the server's host one file serves both.
+ */
+export interface OperatorConfig {
+  /** Control channel URL, ws://HOST:PORT or wss://HOST:PORT. */
+  server?: string;
+  /** File holding the control token (the token itself belongs in $TWINFS_TOKEN, never here). */
+  tokenFile?: string;
+  /** CA certificate (PEM) to trust for wss://. */
+  caFile?: string;
+  /** Backup catalog directory. */
+  catalog?: string;
+  /** Default backup target spec (dir:/backups, s3:bucket/prefix, ...). */
+  target?: string;
+  /** REPL history file. */
+  history?: string;
+}
+
+type Kind = 'url' | 'path' | 'target';
+const OPERATOR_KEYS: Record<keyof OperatorConfig, Kind> = {
+  server: 'url',
+  tokenFile: 'path',
+  caFile: 'path',
+  catalog: 'path',
+  target: 'target',
+  history: 'path',
+};
+const SECTIONS = ['serve', 'operator', 'plugins'] as const;
+/** Keys of a flat serve config (src/cli/config.ts); kept here so a flat file can mix both kinds. */
+const SERVE_KEYS = new Set([
+  'primary',
+  'mount',
+  'mirror',
+  'cacheMb',
+  'writebackMs',
+  'writeThrough',
+  'flushOnClose',
+  'force',
+  'stateDir',
+  'adoptMirror',
+  'control',
+  'tokenFile',
+  'maxStallMs',
+  'tlsCert',
+  'tlsKey',
+  'smb',
+]);
+
+const bad = (file: string, key: string, why: string) =>
+  new TwinError('ETWIN_CONFIG', `config ${file}: "${key}" ${why}`, { file, key });
+
+/** Reads and validates an operator config file; relative paths in it are relative to the file. */
+export async function loadOperatorConfig(file: string): Promise<OperatorConfig> {
+  let text: string;
+  try {
+    text = await fsp.readFile(file, 'utf8');
+  } catch (err) {
+    throw new TwinError(
+      'ETWIN_CONFIG',
+      `cannot read config file ${file}: ${(err as NodeJS.ErrnoException).code}`,
+      { file },
+    );
+  }
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (err) {
+    throw new TwinError('ETWIN_CONFIG', `config file ${file} is not valid JSON: ${(err as Error).message}`, {
+      file,
+    });
+  }
+  return parseOperatorConfig(raw, file);
+}
+
+/** Validates a parsed config (see loadOperatorConfig); errors name the bad key. */
+export function parseOperatorConfig(raw: unknown, file: string): OperatorConfig {
+  if (!raw || typeof raw !== 'object' || Array.isArray(raw))
+    throw new TwinError('ETWIN_CONFIG', `config ${file} must hold a JSON object`, { file });
+  const obj = raw as Record<string, unknown>;
+  let operator: Record<string, unknown> = {};
+  let serve: Record<string, unknown> | undefined;
+  if (Object.keys(obj).some((k) => (SECTIONS as readonly string[]).includes(k))) {
+    for (const k of Object.keys(obj))
+      if (!(SECTIONS as readonly string[]).includes(k))
+        throw bad(file, k, `is not a section (expected ${SECTIONS.join(', ')})`);
+    for (const s of ['serve', 'operator'] as const)
+      if (obj[s] !== undefined && (!obj[s] || typeof obj[s] !== 'object' || Array.isArray(obj[s])))
+        throw bad(file, s, 'must be an object');
+    operator = (obj.operator as Record<string, unknown> | undefined) ?? {};
+    serve = obj.serve as Record<string, unknown> | undefined;
+    for (const k of Object.keys(operator))
+      if (!(k in OPERATOR_KEYS))
+        throw bad(file, `operator.${k}`, `is not a setting (known: ${Object.keys(OPERATOR_KEYS).join(', ')})`);
+  } else {
+    // Flat: each key is an operator or a serve setting (tokenFile is both).
+    serve = {};
+    for (const [k, v] of Object.entries(obj)) {
+      if (k in OPERATOR_KEYS) operator[k] = v;
+      if (SERVE_KEYS.has(k)) serve[k] = v;
+      if (!(k in OPERATOR_KEYS) && !SERVE_KEYS.has(k))
+        throw bad(
+          file,
+          k,
+          `is not a setting (operator settings: ${Object.keys(OPERATOR_KEYS).join(', ')}; serve settings: see docs/cli.md)`,
+        );
+    }
+  }
+  const out: OperatorConfig = {};
+  const dir = path.dirname(path.resolve(file));
+  for (const [k, v] of Object.entries(operator) as Array<[keyof OperatorConfig, unknown]>) {
+    if (typeof v !== 'string' || v === '') throw bad(file, k, 'must be a non-empty string');
+    const kind = OPERATOR_KEYS[k];
+    if (kind === 'url' && !/^wss?:\/\/[^/]/.test(v)) throw bad(file, k, `must be a ws:// or wss:// URL, not "${v}"`);
+    if (kind === 'target' && !/^[a-z][a-z0-9_-]*:/i.test(v)) throw bad(file, k, `must be TYPE:LOCATION, not "${v}"`);
+    out[k] =
+      kind === 'path'
+        ? path.resolve(dir, v)
+        : kind === 'target' && v.startsWith('dir:') && v.length > 4
+          ? `dir:${path.resolve(dir, v.slice(4))}`
+          : v;
+  }
+  if (serve) {
+    // validateConfig names a bad key of the serve settings the same way `twinfs serve` does.
+    const s: ServeConfig = validateConfig(serve, file);
+    out.server ??= serverFromControl(s);
+    out.tokenFile ??= s.tokenFile ?? (s.stateDir ? path.join(s.stateDir, 'control.token') : undefined);
+  }
+  return out;
+}
+
+/** `control: "127.0.0.1:7420"` → ws://127.0.0.1:7420 (a wildcard host is reached through loopback). */
+function serverFromControl(s: ServeConfig): string | undefined {
+  if (!s.control) return undefined;
+  const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d+)$/.exec(s.control) ?? /^()()(\d+)$/.exec(s.control);
+  if (!m || Number(m[3]) === 0) return undefined;
+  let host = m[1] || m[2] || '127.0.0.1';
+  if (host === '0.0.0.0') host = '127.0.0.1';
+  if (host === '::') host = '::1';
+  if (host.includes(':')) host = `[${host}]`;
+  return `${s.tlsCert ? 'wss' : 'ws'}://${host}:${m[3]}`;
+}
+
+/** The config named by --config, else $TWINFS_CONFIG, else none. */
+export async function operatorConfigFrom(configFile: string | undefined): Promise<OperatorConfig> {
+  const file = configFile ?? process.env.TWINFS_CONFIG;
+  return file ? loadOperatorConfig(file) : {};
+}

@@ -1,0 +1,32 @@
+import { formatBytes } from '../common/progress.js';
+import { selectorText } from './commands.js';
+
+/** A server event (docs/protocol.md, "Events") in one line for people. */
+export function describeEvent(event: string, data: unknown): string {
+  const d = (data ?? {}) as Record<string, any>;
+  const sel = (s: unknown) => (s && typeof s === 'object' ? selectorText(s as any) : '?');
+  switch (event) {
+    case 'frozen':
+      return `${sel(d.selector)} frozen (${d.freezeId})`;
+    case 'thawed':
+      return `${d.freezeId} thawed after ${((d.heldMs ?? 0) / 1000).toFixed(1)} s (${d.reason})`;
+    case 'split':
+      return `${sel(d.selector)} split for ${d.backupId}, writes held ${Number(d.stallMs ?? 0).toFixed(1)} ms`;
+    case 'released':
+      return `${d.backupId} released; resyncing`;
+    case 'resynced':
+      return `${d.backupId} resynced: ${formatBytes(Number(d.bytesCopied ?? 0))} copied${d.entries !== undefined ? `, ${d.entries} entries` : ''}`;
+    case 'lease-expired':
+      return `${d.backupId} lease expired (its peer went quiet); released by the server`;
+    case 'broken':
+      return `mirror pair ${d.path} BROKEN: ${d.error}`;
+    case 'state': {
+      const where = d.paths === 'volume' ? 'volume' : Array.isArray(d.paths) ? d.paths.join(' ') : String(d.paths);
+      return `${where}: ${d.state}${d.splitId ? ` (${d.splitId})` : ''}`;
+    }
+    case 'progress':
+      return `${d.phase ?? 'work'}: ${d.entries ?? d.files ?? 0} entries, ${formatBytes(Number(d.bytes ?? 0))}${d.done ? ', done' : ''}`;
+    default:
+      return JSON.stringify(d);
+  }
+}
