@@ -4,8 +4,8 @@ import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { TwinError } from '../common/errors.js';
 import { demo } from './demo.js';
-import { registerOperatorCommands, runOnce } from './operator-commands.js';
-import { peerOperatorCommands, registerPeerCommands } from './peer-commands.js';
+import { registerOperatorCommands, runOnce, withServer } from './operator-commands.js';
+import { registerPeerCommands } from './peer-commands.js';
 import { registerPluginCommands } from './plugin-commands.js';
 import { formatError, serve } from './serve.js';
 
@@ -121,9 +121,7 @@ async function main(argv: string[]): Promise<number> {
       'verify',
       'compare primary and mirror: of a running server (--server), or offline (--primary DIR --mirror DIR); exit 0 only if they match',
       (y) =>
-        y
-          .option('server', { type: 'string', describe: 'control channel URL (or $TWINFS_SERVER)' })
-          .option('token-file', { type: 'string', describe: 'control token file (or $TWINFS_TOKEN)' })
+        withServer(y)
           .option('primary', { type: 'string', describe: 'offline: the primary directory' })
           .option('mirror', {
             type: 'string',
@@ -134,9 +132,9 @@ async function main(argv: string[]): Promise<number> {
             default: true,
             describe: 'compare content hashes (--no-content to skip)',
           })
-          .option('json', { type: 'boolean' })
-          .example('twinfs verify --primary /srv/primary --mirror /srv/mirror', 'offline')
-          .example('twinfs verify --server ws://127.0.0.1:7420 --token-file F', 'online'),
+          .example('twinfs verify --primary /srv/primary --mirror /srv/mirror', 'offline, the server stopped')
+          .example('twinfs verify --server ws://127.0.0.1:7420 --token-file F', 'online')
+          .example('twinfs verify --config /etc/twinfs.json --no-content --json', 'metadata only, JSON report'),
       async (a) => {
         if (a.primary || a.mirror) {
           if (!a.primary || !a.mirror)
@@ -154,11 +152,20 @@ async function main(argv: string[]): Promise<number> {
         const cmd = controlCommands.find((c) => c.name === 'verify')!;
         status = await runOnce(
           cmd,
-          { server: a.server, tokenFile: a['token-file'], json: a.json },
+          {
+            server: a.server,
+            tokenFile: a['token-file'],
+            caFile: a['ca-file'],
+            config: a.config,
+            json: a.json,
+          },
           a.content ? [] : ['--no-content'],
         ).catch((err) => {
-          if (err?.code === 'ETWIN_VERIFY_FAILED') return 1;
-          throw err;
+          if (err?.code !== 'ETWIN_VERIFY_FAILED') throw err;
+          // The differences were printed (or, with --json, are the result).
+          if (a.json) process.stdout.write(JSON.stringify(err.data.report) + '\n');
+          process.stderr.write(`twinfs: error ${formatError(err)}\n`);
+          return 1;
         });
       },
     )
@@ -170,13 +177,9 @@ async function main(argv: string[]): Promise<number> {
         status = await demo({ keep: a.keep });
       },
     );
-  registerOperatorCommands(
-    parser,
-    (code) => {
-      status = code;
-    },
-    peerOperatorCommands,
-  );
+  registerOperatorCommands(parser, (code) => {
+    status = code;
+  });
   registerPluginCommands(parser, (code) => {
     status = code;
   });
@@ -185,13 +188,42 @@ async function main(argv: string[]): Promise<number> {
   });
   parser
     .fail((msg, err) => {
-      if (err) throw err;
-      throw new TwinError('ETWIN_USAGE', /^Did you mean/.test(msg) ? `unknown command. ${msg}` : msg);
+      // yargs' own validation errors (YError) are usage mistakes; anything else is a real failure.
+      if (err && err.name !== 'YError') throw err;
+      throw new TwinError('ETWIN_USAGE', usageMessage(msg ?? err?.message ?? 'bad usage', argv, commands));
     })
     .help()
     .version();
+  // Read before parsing: inside a command, yargs holds only that command's subcommands.
+  const commands = knownCommands(parser);
   await parser.parseAsync();
   return status;
+}
+
+/** The names of the registered commands (yargs keeps them internally). */
+function knownCommands(parser: ReturnType<typeof yargs>): string[] {
+  try {
+    return (parser as any).getInternalMethods().getCommandInstance().getCommands() as string[];
+  } catch {
+    return [];
+  }
+}
+
+/** yargs' message as one line that names what was wrong and where help is. */
+function usageMessage(msg: string, argv: string[], commands: string[]): string {
+  const first = argv.find((w) => !w.startsWith('-'));
+  const help = first && commands.includes(first) ? `twinfs ${first} --help` : 'twinfs --help';
+  const guess = /^Did you mean (.+)\?$/.exec(msg.trim());
+  if (guess) return `unknown command "${first}"; did you mean "${guess[1]}"? (twinfs --help lists the commands)`;
+  const unknown = /^Unknown arguments?: (.+)$/.exec(msg.trim());
+  if (unknown) {
+    const names = unknown[1]!.split(', ');
+    if (first && names.includes(first) && !commands.includes(first))
+      return `unknown command "${first}" (twinfs --help lists the commands)`;
+    const shown = names.map((n) => (argv.includes(`--${n}`) || argv.some((w) => w.startsWith(`--${n}=`)) ? `--${n}` : n));
+    return `unknown ${shown.every((n) => n.startsWith('--')) ? 'option' : 'argument'}${shown.length > 1 ? 's' : ''} ${shown.join(', ')} (${help} lists what it takes)`;
+  }
+  return `${msg.trim().replace(/:\s*\n\s*/g, ': ').replace(/\s*\n\s*/g, '; ')} (${help})`;
 }
 
 main(hideBin(process.argv)).then(

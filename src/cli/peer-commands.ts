@@ -331,7 +331,8 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
 
 /**
  * The peer's REPL commands. A backup from the REPL runs over the REPL's own control connection;
- * like any peer it reads the mirror, never the mount.
+ * like any peer it reads the mirror, never the mount. --target and --catalog default to the
+ * operator config's (ctx.defaults).
  */
 export function peerOperatorCommands(): OperatorCommand[] {
   const opt = (v: string | boolean | undefined) => (typeof v === 'string' ? v : undefined);
@@ -340,16 +341,25 @@ export function peerOperatorCommands(): OperatorCommand[] {
       name: 'backup',
       summary: 'back up paths, a subtree or the volume from the mirror to a target; records the snapshot',
       usage:
-        'backup [PATH...] --target dir:/backups [--subtree DIR] [--catalog DIR] [--full] [--lease SECONDS]',
-      examples: ['backup --subtree /db --target dir:/backups'],
+        'backup [PATH...] [--subtree DIR] --target TYPE:LOCATION [--catalog DIR] [--full] [--lease SECONDS]',
+      examples: ['backup --subtree /db --target dir:/backups', 'backup / --target dir:/backups --full'],
       options: ['--target', '--subtree', '--catalog', '--full', '--lease'],
       flags: ['full'],
       completes: 'paths',
+      optionValues: { '--target': 'targets', '--subtree': 'paths', '--catalog': 'local' },
+      cancellable: true,
       run: (ctx, a) =>
         withTargets(async (targets) => {
           const { BackupRun, selectorFor } = await import('../backup-peer/index.js');
-          const spec = opt(a.options.target);
-          if (!spec) throw new TwinError('ETWIN_USAGE', 'backup needs --target TYPE:LOCATION (dir:/backups)');
+          const spec = opt(a.options.target) ?? ctx.defaults.target;
+          if (!spec)
+            throw new TwinError(
+              'ETWIN_USAGE',
+              'backup needs --target TYPE:LOCATION (dir:/backups), or "target" in the config',
+            );
+          const lease = opt(a.options.lease);
+          if (lease !== undefined && !(Number(lease) >= 1))
+            throw new TwinError('ETWIN_USAGE', '--lease must be at least 1 (seconds)');
           const selector = selectorFor({
             paths: a.positional.filter((p) => p !== '/'),
             subtree: opt(a.options.subtree),
@@ -357,19 +367,21 @@ export function peerOperatorCommands(): OperatorCommand[] {
           const target = await targets.open(absoluteSpec(spec));
           try {
             const client = await ctx.client();
-            const r = await new BackupRun({
+            const run = new BackupRun({
               server: client.hello.server,
               token: '',
               target,
-              catalogDir: opt(a.options.catalog),
+              catalogDir: opt(a.options.catalog) ?? ctx.defaults.catalog,
               selector,
-              leaseMs: opt(a.options.lease) ? Number(a.options.lease) * 1000 : undefined,
+              leaseMs: lease ? Math.round(Number(lease) * 1000) : undefined,
               full: a.options.full === true,
               signal: ctx.signal,
               connect: async () => sharedControl(client),
-            }).run();
+            });
+            run.onDidProgress((p) => ctx.progress({ ...p, phase: `backup ${p.phase}` }));
+            const r = await run.run();
             ctx.print(`snapshot ${r.snapshot.id}: ${describeTotals(r.snapshot.totals)}`);
-            return { snapshotId: r.snapshot.id, totals: r.snapshot.totals };
+            return { snapshotId: r.snapshot.id, backupId: r.backupId, stallMs: r.stallMs, totals: r.snapshot.totals };
           } finally {
             await target.close();
           }
@@ -379,14 +391,17 @@ export function peerOperatorCommands(): OperatorCommand[] {
       name: 'snapshots',
       summary: 'list the snapshots in the catalog',
       usage: 'snapshots [--catalog DIR]',
+      examples: ['snapshots', 'snapshots --catalog /var/lib/twinfs/catalog'],
       options: ['--catalog'],
+      optionValues: { '--catalog': 'local' },
       async run(ctx, a) {
         const { Catalog } = await import('../backup-peer/index.js');
-        const list = await Catalog.with(opt(a.options.catalog), (c) => c.list());
+        const list = await Catalog.with(opt(a.options.catalog) ?? ctx.defaults.catalog, (c) => c.list());
         for (const s of list)
           ctx.print(
-            `${s.id}  ${new Date(s.time).toISOString()}  ${s.state.padEnd(8)}  ${s.totals.files} files  ${s.paths.join(',')}`,
+            `${s.id}  ${new Date(s.time).toISOString()}  ${s.state.padEnd(8)}  ${s.totals.files} files ${bytes(s.totals.bytes)}  ${s.paths.join(',')}  ${s.target}`,
           );
+        if (list.length === 0) ctx.print('no snapshots');
         return list;
       },
     },
@@ -394,8 +409,11 @@ export function peerOperatorCommands(): OperatorCommand[] {
       name: 'restore',
       summary: 'restore a snapshot (or paths of it) into a directory',
       usage: 'restore SNAPSHOT [PATH...] --to DIR [--catalog DIR]',
+      examples: ['restore latest --to /tmp/restored', 'restore latest /db/data.sqlite --to /tmp/restored'],
       options: ['--to', '--catalog'],
-      completes: 'snapshots',
+      completes: ['snapshots', 'paths'],
+      optionValues: { '--to': 'local', '--catalog': 'local' },
+      cancellable: true,
       run: (ctx, a) =>
         withTargets(async (targets) => {
           const { restore } = await import('../backup-peer/index.js');
@@ -403,14 +421,14 @@ export function peerOperatorCommands(): OperatorCommand[] {
           const to = opt(a.options.to);
           if (!snapshotRef || !to)
             throw new TwinError('ETWIN_USAGE', 'usage: restore SNAPSHOT [PATH...] --to DIR');
-          const catalogDir = opt(a.options.catalog);
           const r = await restore({
             snapshot: snapshotRef,
             paths,
             to,
-            catalogDir,
+            catalogDir: opt(a.options.catalog) ?? ctx.defaults.catalog,
             registry: targets,
             signal: ctx.signal,
+            onProgress: (p) => ctx.progress({ phase: 'restore', ...p }),
           });
           for (const f of r.failures) ctx.print(`failed   ${f.path}: ${f.code}: ${f.message}`);
           ctx.print(`restored ${r.entries} entries (${bytes(r.bytes)}) of ${r.snapshotId} to ${to}`);
@@ -427,8 +445,10 @@ export function peerOperatorCommands(): OperatorCommand[] {
       name: 'check',
       summary: 're-read a snapshot at its target and compare it with the catalog',
       usage: 'check SNAPSHOT [--catalog DIR]',
+      examples: ['check latest'],
       options: ['--catalog'],
       completes: 'snapshots',
+      optionValues: { '--catalog': 'local' },
       run: (ctx, a) =>
         withTargets(async (targets) => {
           const { checkSnapshot } = await import('../backup-peer/index.js');
@@ -436,8 +456,9 @@ export function peerOperatorCommands(): OperatorCommand[] {
           if (!snapshotRef) throw new TwinError('ETWIN_USAGE', 'usage: check SNAPSHOT');
           const r = await checkSnapshot({
             snapshot: snapshotRef,
-            catalogDir: opt(a.options.catalog),
+            catalogDir: opt(a.options.catalog) ?? ctx.defaults.catalog,
             registry: targets,
+            onProgress: (p) => ctx.progress({ phase: 'check', ...p }),
           });
           for (const p of r.problems) ctx.print(`${p.kind.padEnd(10)} ${p.path}  ${p.message}`);
           ctx.print(

@@ -98,6 +98,13 @@ export async function serve(args: ServeArgs): Promise<number> {
     });
     mirror.onDidBreak((e) => out('broken', e, `mirror pair broken: ${e.path} (${e.error})`));
     mirror.onDidChangeState((e) => args.json && out('state', e, ''));
+    // The initial copy and resyncs, for supervisors and tests: at most 4 lines a second per phase.
+    let lastProgress = 0;
+    mirror.onProgress((p) => {
+      if (!args.json || (!p.done && Date.now() - lastProgress < 250)) return;
+      lastProgress = Date.now();
+      out('progress', { ...p }, '');
+    });
   }
   let fs: TwinFs;
   try {
@@ -206,15 +213,8 @@ export async function serve(args: ServeArgs): Promise<number> {
     if (args.repl && control) {
       // The REPL owns Ctrl-C (it cancels the running command); leaving the REPL stops the server.
       const url = control.url;
-      void import('../repl/repl-session.js').then(async ({ runRepl, localLister }) => {
-        const { controlCommands } = await import('../repl/commands.js');
-        const { peerOperatorCommands } = await import('./peer-commands.js');
-        await runRepl({
-          url,
-          token,
-          commands: [...controlCommands, ...peerOperatorCommands()],
-          listDir: localLister(fs.primary),
-        });
+      void import('./operator-repl.js').then(async ({ startOperatorRepl }) => {
+        await startOperatorRepl({ url, token, defaults: {}, primary: fs.primary });
         stop('repl exit');
       });
     }

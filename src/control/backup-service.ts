@@ -110,16 +110,18 @@ export class BackupService {
   ): Promise<PrepareResult> {
     // Write back what is already cached before writes are held (as VSS flushes before it
     // freezes): the stall then covers only what was written since, not the whole backlog.
-    await this.opts.fs.flushWhere((p) => covers(selector, p)).catch(() => undefined);
+    const inos = await this.linkedInodes(selector);
+    const hit = (p: string, ino: number) => covers(selector, p) || inos.includes(ino);
+    await this.opts.fs.flushWhere(hit).catch(() => undefined);
     await mirror.barrier();
     const t0 = performance.now();
-    const inh = inhibitor.inhibit(toInhibitSelector(selector));
+    const inh = inhibitor.inhibit({ ...toInhibitSelector(selector), inos });
     let splitId: string | undefined;
     let timedOut = false;
     const work = (async () => {
       await inh.drained();
       await this.opts.fs
-        .flushWhere((p) => covers(selector, p))
+        .flushWhere(hit)
         .catch((err) => {
           throw writebackError(err);
         });
@@ -250,12 +252,13 @@ export class BackupService {
     const inhibitor = this.requireInhibitor();
     const reservation = { kind: 'freeze' as const, selector };
     this.reserved.add(reservation);
-    const inhibition = inhibitor.inhibit(toInhibitSelector(selector));
+    const inos = await this.linkedInodes(selector);
+    const inhibition = inhibitor.inhibit({ ...toInhibitSelector(selector), inos });
     const t0 = performance.now();
     try {
       await inhibition.drained();
       await this.opts.fs
-        .flushWhere((p) => covers(selector, p))
+        .flushWhere((p, ino) => covers(selector, p) || inos.includes(ino))
         .catch((err) => {
           throw writebackError(err);
         });
@@ -327,6 +330,20 @@ export class BackupService {
         { backupId },
       );
     return b;
+  }
+
+  /**
+   * Inodes of selected regular files that have other names: writes through those names must be
+   * held too (the gate sees the inode of every data change). Only explicit paths are resolved;
+   * inside a subtree a name outside it is not found (docs/architecture.md).
+   */
+  private async linkedInodes(sel: Selector): Promise<number[]> {
+    const out: number[] = [];
+    for (const p of sel.paths ?? []) {
+      const st = await fsp.lstat(this.opts.fs.paths.backing(p)).catch(() => undefined);
+      if (st?.isFile() && st.nlink > 1) out.push(st.ino);
+    }
+    return out;
   }
 
   private requireMirror(): MirrorDriver {
@@ -488,6 +505,7 @@ export function writebackError(err: unknown): TwinError {
   );
 }
 
+/** @internal */
 function toInhibitSelector(sel: Selector) {
   return { paths: sel.paths, subtrees: sel.subtrees, volume: sel.volume };
 }

@@ -52,6 +52,10 @@ export interface GatePass {
  * wait for in-flight operations on them to finish.
  */
 export interface WriteGate {
-  /** Resolves when changes to path may proceed; the pass counts as in flight until done(). */
-  enter(path: string): GatePass | Promise<GatePass>;
+  /**
+   * Resolves when changes to path may proceed; the pass counts as in flight until done(). Data
+   * changes also give the file's inode, so a freeze of one name of a hard-linked file holds
+   * writes through its other names.
+   */
+  enter(path: string, ino?: number): GatePass | Promise<GatePass>;
 }

@@ -124,8 +124,8 @@ export class TwinFs {
   }
 
   /** Writes back the cached data of the files whose current volume path matches. */
-  async flushWhere(match: (volumePath: string) => boolean): Promise<void> {
-    const nodes = [...this.cache.allNodes()].filter((n) => n.isDirty && match(n.path));
+  async flushWhere(match: (volumePath: string, ino: number) => boolean): Promise<void> {
+    const nodes = [...this.cache.allNodes()].filter((n) => n.isDirty && match(n.path, n.ino));
     await Promise.all(nodes.map((n) => this.cache.flush(n)));
   }
 

@@ -230,7 +230,7 @@ export class VolumeOps {
   write(fh: number, buf: Buffer, len: number, pos: number): number | Promise<number> {
     const node = this.handle(fh);
     const data = buf.length === len ? buf : buf.subarray(0, len);
-    const pass = this.gate.enter(node.path);
+    const pass = this.gate.enter(node.path, node.ino);
     if (pass instanceof Promise) return pass.then((p) => this.writeWithPass(node, p, data, pos));
     return this.writeWithPass(node, pass, data, pos);
   }
@@ -350,7 +350,7 @@ export class VolumeOps {
 
   async ftruncate(fh: number, size: number): Promise<void> {
     const node = this.handle(fh);
-    const pass = await this.gate.enter(node.path);
+    const pass = await this.gate.enter(node.path, node.ino);
     try {
       await this.cache.truncate(node, size);
     } finally {

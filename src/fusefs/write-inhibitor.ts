@@ -6,6 +6,11 @@ export interface InhibitSelector {
   paths?: readonly string[];
   subtrees?: readonly string[];
   volume?: boolean;
+  /**
+   * Inode numbers (on the primary) of covered files with several names: a change through any
+   * name of such a file is held too.
+   */
+  inos?: readonly number[];
 }
 
 export interface Inhibition {
@@ -34,9 +39,10 @@ class InhibitionImpl implements Inhibition {
     private readonly owner: WriteInhibitor,
   ) {}
 
-  covers(path: string): boolean {
+  covers(path: string, ino?: number): boolean {
     const s = this.selector;
     if (s.volume) return true;
+    if (ino !== undefined && s.inos?.includes(ino)) return true;
     if (s.paths?.includes(path)) return true;
     return s.subtrees?.some((t) => t === '/' || path === t || path.startsWith(t + '/')) ?? false;
   }
@@ -51,7 +57,7 @@ class InhibitionImpl implements Inhibition {
   }
 
   drained(): Promise<void> {
-    return this.owner.drained((p) => this.covers(p));
+    return this.owner.drained((p, ino) => this.covers(p, ino));
   }
 
   release(): void {
@@ -69,17 +75,17 @@ class InhibitionImpl implements Inhibition {
 export class WriteInhibitor implements WriteGate {
   private readonly inflight = new Map<string, number>();
   private readonly active = new Set<InhibitionImpl>();
-  private drainWaiters: Array<{ covers: (p: string) => boolean; resolve: () => void }> = [];
+  private drainWaiters: Array<{ covers: (p: string, ino?: number) => boolean; resolve: () => void }> = [];
   private readonly stats = { held: 0, maxStallMs: 0 };
   private readonly _onDidHold = new Emitter<{ path: string }>();
   /** Fires when a change starts waiting on an inhibition. */
   readonly onDidHold = this._onDidHold.event;
 
-  enter(path: string): GatePass | Promise<GatePass> {
-    if (this.active.size === 0) return this.pass(path);
-    const blocker = this.blockerOf(path);
-    if (!blocker) return this.pass(path);
-    return this.waitAndPass(path, blocker);
+  enter(path: string, ino?: number): GatePass | Promise<GatePass> {
+    if (this.active.size === 0) return this.pass(path, ino);
+    const blocker = this.blockerOf(path, ino);
+    if (!blocker) return this.pass(path, ino);
+    return this.waitAndPass(path, ino, blocker);
   }
 
   inhibit(selector: InhibitSelector): Inhibition {
@@ -103,44 +109,45 @@ export class WriteInhibitor implements WriteGate {
   }
 
   /** @internal */
-  drained(covers: (p: string) => boolean): Promise<void> {
-    for (const p of this.inflight.keys()) {
-      if (covers(p)) return new Promise((resolve) => this.drainWaiters.push({ covers, resolve }));
+  drained(covers: (p: string, ino?: number) => boolean): Promise<void> {
+    for (const k of this.inflight.keys()) {
+      if (covers(...unkey(k))) return new Promise((resolve) => this.drainWaiters.push({ covers, resolve }));
     }
     return Promise.resolve();
   }
 
-  private blockerOf(path: string): InhibitionImpl | undefined {
-    for (const inh of this.active) if (inh.covers(path)) return inh;
+  private blockerOf(path: string, ino?: number): InhibitionImpl | undefined {
+    for (const inh of this.active) if (inh.covers(path, ino)) return inh;
     return undefined;
   }
 
-  private async waitAndPass(path: string, first: InhibitionImpl): Promise<GatePass> {
+  private async waitAndPass(path: string, ino: number | undefined, first: InhibitionImpl): Promise<GatePass> {
     const started = Date.now();
     this.stats.held++;
     this._onDidHold.fire({ path });
     let blocker: InhibitionImpl | undefined = first;
     while (blocker) {
       await blocker.whenReleased();
-      blocker = this.blockerOf(path);
+      blocker = this.blockerOf(path, ino);
     }
     this.stats.maxStallMs = Math.max(this.stats.maxStallMs, Date.now() - started);
-    return this.pass(path);
+    return this.pass(path, ino);
   }
 
-  private pass(path: string): GatePass {
-    this.inflight.set(path, (this.inflight.get(path) ?? 0) + 1);
+  private pass(path: string, ino?: number): GatePass {
+    const key = ino === undefined ? path : `${path}\u0000${ino}`;
+    this.inflight.set(key, (this.inflight.get(key) ?? 0) + 1);
     let done = false;
     return {
       done: () => {
         if (done) return;
         done = true;
-        const n = (this.inflight.get(path) ?? 1) - 1;
+        const n = (this.inflight.get(key) ?? 1) - 1;
         if (n > 0) {
-          this.inflight.set(path, n);
+          this.inflight.set(key, n);
           return;
         }
-        this.inflight.delete(path);
+        this.inflight.delete(key);
         if (this.drainWaiters.length > 0) this.checkDrains();
       },
     };
@@ -150,8 +157,8 @@ export class WriteInhibitor implements WriteGate {
     const still: typeof this.drainWaiters = [];
     for (const w of this.drainWaiters) {
       let busy = false;
-      for (const p of this.inflight.keys()) {
-        if (w.covers(p)) {
+      for (const k of this.inflight.keys()) {
+        if (w.covers(...unkey(k))) {
           busy = true;
           break;
         }
@@ -161,4 +168,10 @@ export class WriteInhibitor implements WriteGate {
     }
     this.drainWaiters = still;
   }
+}
+
+/** In-flight keys are the path, or path NUL inode for changes that know their inode. */
+function unkey(k: string): [string, number | undefined] {
+  const i = k.indexOf('\u0000');
+  return i < 0 ? [k, undefined] : [k.slice(0, i), Number(k.slice(i + 1))];
 }

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import * as fs from 'node:fs';
+import type * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import * as xattr from 'fs-xattr';
@@ -28,7 +28,11 @@ export interface SyncOptions {
  * differs with `compare`, when the mirror file exists; else all of it), size, mode, owner,
  * xattrs and times. A primary entry that is gone is removed from the mirror (recursively).
  */
-export async function syncEntry(primary: string, mirror: string, opts: SyncOptions = {}): Promise<SyncResult> {
+export async function syncEntry(
+  primary: string,
+  mirror: string,
+  opts: SyncOptions = {},
+): Promise<SyncResult> {
   const pst = await fsp.lstat(primary).catch((e) => {
     if (e.code === 'ENOENT' || e.code === 'ENOTDIR') return undefined;
     throw e;
@@ -37,7 +41,10 @@ export async function syncEntry(primary: string, mirror: string, opts: SyncOptio
     await fsp.rm(mirror, { recursive: true, force: true });
     return { bytesCopied: 0 };
   }
-  let mst = opts.mirrorStat === undefined ? await fsp.lstat(mirror).catch(() => undefined) : (opts.mirrorStat ?? undefined);
+  let mst =
+    opts.mirrorStat === undefined
+      ? await fsp.lstat(mirror).catch(() => undefined)
+      : (opts.mirrorStat ?? undefined);
   if (mst && (mst.mode & 0o170000) !== (pst.mode & 0o170000)) {
     await fsp.rm(mirror, { recursive: true, force: true });
     mst = undefined;
@@ -66,7 +73,13 @@ export async function syncEntry(primary: string, mirror: string, opts: SyncOptio
   return { bytesCopied };
 }
 
-async function copyRanges(primary: string, mirror: string, ranges: RangeSet, size: number, cut?: number): Promise<number> {
+async function copyRanges(
+  primary: string,
+  mirror: string,
+  ranges: RangeSet,
+  size: number,
+  cut?: number,
+): Promise<number> {
   const src = await fsp.open(primary, 'r');
   let dst: fsp.FileHandle | undefined;
   let copied = 0;
@@ -124,7 +137,13 @@ async function copyDiff(primary: string, mirror: string, size: number): Promise<
  * Copies (or, with compare, rewrites where it differs) [offset, offset + len) of primary into
  * mirror, both existing. Returns the bytes written and whether the primary's end was reached.
  */
-export async function copyChunk(primary: string, mirror: string, offset: number, len: number, compare: boolean): Promise<{ copied: number; eof: boolean }> {
+export async function copyChunk(
+  primary: string,
+  mirror: string,
+  offset: number,
+  len: number,
+  compare: boolean,
+): Promise<{ copied: number; eof: boolean }> {
   const src = await fsp.open(primary, 'r');
   let dst: fsp.FileHandle | undefined;
   let copied = 0;
@@ -176,7 +195,12 @@ const MY_GID = process.getgid?.() ?? 0;
  * mirror entry was just made by this process (no xattrs yet, owned by us, a copied file already
  * has the mode), so fewer calls are needed.
  */
-export async function syncMeta(primary: string, mirror: string, pst?: fs.Stats, fresh = false): Promise<void> {
+export async function syncMeta(
+  primary: string,
+  mirror: string,
+  pst?: fs.Stats,
+  fresh = false,
+): Promise<void> {
   pst ??= await fsp.lstat(primary);
   const link = pst.isSymbolicLink();
   // chown first: it clears set-user-ID and set-group-ID bits that chmod sets.
@@ -190,7 +214,8 @@ export async function syncMeta(primary: string, mirror: string, pst?: fs.Stats, 
       const v = await xattr.getAttribute(primary, name).catch(() => undefined);
       if (v) await xattr.setAttribute(mirror, name, v).catch(() => undefined);
     }
-    for (const name of have) if (!want.includes(name)) await xattr.removeAttribute(mirror, name).catch(() => undefined);
+    for (const name of have)
+      if (!want.includes(name)) await xattr.removeAttribute(mirror, name).catch(() => undefined);
   }
   await fsp.lutimes(mirror, pst.atimeMs / 1000, pst.mtimeMs / 1000);
 }

@@ -1,12 +1,12 @@
 export { mirrorLayout } from './device.js';
 export {
-  type MirrorDriverOptions,
+  defaultStateDir,
   MirrorDriver,
+  type MirrorDriverOptions,
   type MirrorStatus,
   type PairState,
   type ResyncResult,
   type SplitInfo,
-  defaultStateDir,
 } from './mirror-driver.js';
-export { type Selector } from './split-tracker.js';
+export type { Selector } from './split-tracker.js';
 export { type Difference, type VerifyReport, verifyTrees } from './verify.js';

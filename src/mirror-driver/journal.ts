@@ -101,7 +101,8 @@ export class Journal {
           st.intents.add(r.p);
           break;
         case 'split':
-          if (!st.splits.has(r.s.id)) st.splits.set(r.s.id, new SplitTracker(r.s.id, r.s.selector, r.s.since, r.s.owner));
+          if (!st.splits.has(r.s.id))
+            st.splits.set(r.s.id, new SplitTracker(r.s.id, r.s.selector, r.s.since, r.s.owner));
           break;
         case 'w':
           st.splits.get(r.id)?.recordRange(r.p, r.a, r.b);

@@ -1,3 +1,4 @@
+import { execFile } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import type { Stats } from 'node:fs';
 import { promises as fsp } from 'node:fs';
@@ -84,6 +85,8 @@ export interface ProgressEvent {
 }
 
 const HEAL_CODES = new Set(['ENOENT', 'ENOTDIR']);
+/** Errors that say the mirror device as a whole cannot be written. */
+const DEVICE_CODES = new Set(['ENOSPC', 'EDQUOT', 'EIO', 'EROFS', 'ENODEV', 'ENXIO']);
 
 /**
  * The mirror driver: a ChangeSink that keeps the mirror's data directory identical to the
@@ -106,6 +109,8 @@ export class MirrorDriver implements ChangeSink {
   private readonly splits = new Map<string, SplitTracker>();
   private readonly resyncing = new Set<string>();
   private readonly broken = new Set<string>();
+  /** Broken pairs being repaired: live changes reach them again, but they cannot be split yet. */
+  private readonly healing = new Set<string>();
   /** Paths with a write intent in the journal, and when it was last renewed. */
   private readonly intents = new Map<string, number>();
   /** Paths the journal named at start that are not repaired yet. */
@@ -134,7 +139,11 @@ export class MirrorDriver implements ChangeSink {
     repairs: 0,
   };
 
-  private readonly _onDidChangeState = new Emitter<{ paths: string[] | 'volume'; state: PairState; splitId?: string }>();
+  private readonly _onDidChangeState = new Emitter<{
+    paths: string[] | 'volume';
+    state: PairState;
+    splitId?: string;
+  }>();
   /** Pairs changed state (split, resync, resynced, broken, repaired, copy). */
   readonly onDidChangeState = this._onDidChangeState.event;
   private readonly _onDidSplit = new Emitter<SplitInfo>();
@@ -172,7 +181,9 @@ export class MirrorDriver implements ChangeSink {
     const stateDir = opts.stateDir ?? defaultStateDir();
     const volumeId = await loadVolumeId(stateDir, primary);
     const { record, created } = await openDevice(layout, volumeId, primary, { adopt: opts.adopt });
-    const bootId = (await fsp.readFile('/proc/sys/kernel/random/boot_id', 'utf8').catch(() => 'unknown')).trim();
+    const bootId = (
+      await fsp.readFile('/proc/sys/kernel/random/boot_id', 'utf8').catch(() => 'unknown')
+    ).trim();
     const journalFile = path.join(stateDir, 'journals', `${record.deviceId}.jsonl`);
     const d = new MirrorDriver(primary, layout, record.deviceId, opts, journalFile, bootId);
     await d.start(created);
@@ -186,22 +197,25 @@ export class MirrorDriver implements ChangeSink {
     for (const s of rec.splits.values()) this.splits.set(s.id, s);
     for (const p of rec.intents) this.pendingIntents.add(p);
     // Without a record written since this boot, the page cache may have lost mirror writes
-    // whose size and mtime look right: compare contents.
-    this.deep = rec.deep || rec.otherBoot || (rec.missing && !created);
+    // whose size and mtime look right: compare contents. (A clean shutdown synced the mirror.)
+    this.deep = rec.deep || (rec.otherBoot && !rec.clean) || (rec.missing && !created);
     // A new generation that still holds everything recovered, until it is repaired.
     await this.journal.checkpoint(() => this.snapshot());
     const retry = this.opts.retryBrokenMs ?? 30_000;
     if (retry > 0)
       this.timers.push(
         setInterval(() => {
-          if (this.broken.size > 0 && !this.copying && !this.disposed) void this.repair().catch(() => undefined);
+          if (this.broken.size > 0 && !this.copying && !this.disposed)
+            void this.repair().catch(() => undefined);
         }, retry),
       );
     this.timers.push(setInterval(() => this.queueCheckpoint(), this.opts.checkpointMs ?? 10_000));
     for (const t of this.timers) t.unref();
     const reconcile = created || this.deep || (this.opts.reconcileOnStart ?? true);
     // Next turn: whoever opened the driver subscribes to its events first.
-    this.ready = new Promise<void>((r) => setImmediate(r)).then(() => this.startWork(rec.clean, reconcile, created));
+    this.ready = new Promise<void>((r) => setImmediate(r)).then(() =>
+      this.startWork(rec.clean, reconcile, created),
+    );
   }
 
   private async startWork(clean: boolean, reconcile: boolean, created: boolean): Promise<void> {
@@ -209,9 +223,13 @@ export class MirrorDriver implements ChangeSink {
     this._onDidChangeState.fire({ paths: 'volume', state: 'COPY' });
     try {
       if (this.splits.size > 0 || this.pendingIntents.size > 0 || !clean)
-        this.log(`recovering: ${this.splits.size} split(s), ${this.pendingIntents.size} path(s) that may differ`);
+        this.log(
+          `recovering: ${this.splits.size} split(s), ${this.pendingIntents.size} path(s) that may differ`,
+        );
       for (const s of [...this.splits.values()]) {
-        await this.resync(s.id).catch((err) => this.log(`resync of recorded split ${s.id} failed: ${(err as Error).message}`));
+        await this.resync(s.id).catch((err) =>
+          this.log(`resync of recorded split ${s.id} failed: ${(err as Error).message}`),
+        );
       }
       await this.recoverIntents(signal);
       if (this.broken.size > 0 && !signal.aborted) await this.repair();
@@ -307,7 +325,8 @@ export class MirrorDriver implements ChangeSink {
       if (c.op !== 'fsync') this.stats.changesTracked++;
       return;
     }
-    if ((c.op === 'rename' || c.op === 'link') && this.broken.size > 0) this.followBroken(c.from, c.path, c.op === 'rename');
+    if ((c.op === 'rename' || c.op === 'link') && this.broken.size > 0)
+      this.followBroken(c.from, c.path, c.op === 'rename');
     if (this.isBroken(c.path)) return;
     try {
       if (c.op === 'fsync') await this.syncTimes(c.path);
@@ -327,7 +346,8 @@ export class MirrorDriver implements ChangeSink {
           this.pendingTimes.add(c.path);
           await this.syncTimes(c.path);
         } else this.noteTimes(c.path);
-      } else if (c.op === 'truncate' || c.op === 'create' || c.op === 'mknod' || c.op === 'symlink') this.noteTimes(c.path);
+      } else if (c.op === 'truncate' || c.op === 'create' || c.op === 'mknod' || c.op === 'symlink')
+        this.noteTimes(c.path);
     } catch (err) {
       await this.onApplyError(c, err as NodeJS.ErrnoException);
     }
@@ -335,7 +355,11 @@ export class MirrorDriver implements ChangeSink {
 
   private async onApplyError(c: Change, err: NodeJS.ErrnoException): Promise<void> {
     const code = err.code ?? '';
-    if (HEAL_CODES.has(code) || (code === 'EEXIST' && c.op !== 'write') || (code === 'EISDIR' && c.op === 'create')) {
+    if (
+      HEAL_CODES.has(code) ||
+      (code === 'EEXIST' && c.op !== 'write') ||
+      (code === 'EISDIR' && c.op === 'create')
+    ) {
       // The mirror lacks what the change builds on (or already has it): make this path whole
       // from the primary, parents first.
       try {
@@ -358,7 +382,8 @@ export class MirrorDriver implements ChangeSink {
       return;
     }
     if (!subtree) return;
-    for (const b of [...this.broken]) if (b.startsWith(from + '/')) this.markBroken(to + b.slice(from.length), err);
+    for (const b of [...this.broken])
+      if (b.startsWith(from + '/')) this.markBroken(to + b.slice(from.length), err);
   }
 
   private markBroken(p: string, err: NodeJS.ErrnoException): void {
@@ -395,7 +420,8 @@ export class MirrorDriver implements ChangeSink {
       cur += '/' + parts[i];
       const m = await fsp.lstat(this.layout.data + cur).catch(() => undefined);
       if (m?.isDirectory()) continue;
-      if (m && this.heldUnder(cur)) throw Object.assign(new Error(`${cur} is held by a split`), { code: 'ENOTDIR' });
+      if (m && this.heldUnder(cur))
+        throw Object.assign(new Error(`${cur} is held by a split`), { code: 'ENOTDIR' });
       this.writer.forget(cur, true);
       await syncEntry(this.primary + cur, this.layout.data + cur);
     }
@@ -439,7 +465,8 @@ export class MirrorDriver implements ChangeSink {
   private async syncTimes(p: string): Promise<void> {
     if (!this.pendingTimes.delete(p)) return;
     const st = await fsp.lstat(this.primary + p).catch(() => undefined);
-    if (st) await fsp.lutimes(this.layout.data + p, st.atimeMs / 1000, st.mtimeMs / 1000).catch(() => undefined);
+    if (st)
+      await fsp.lutimes(this.layout.data + p, st.atimeMs / 1000, st.mtimeMs / 1000).catch(() => undefined);
   }
 
   /** Pending mtime copies are keyed by path: they follow renames. */
@@ -470,10 +497,15 @@ export class MirrorDriver implements ChangeSink {
     return this.queue.push(async () => {
       if (this.disposed) throw new TwinError('ETWIN_DISPOSED', 'the mirror driver is shut down');
       if (this.copying)
-        throw new TwinError('ETWIN_MIRROR_BROKEN', 'the mirror is still being copied or recovered; try again when it is in sync');
-      const hit = [...this.broken].find((b) => covers(sel, b) || coversUnder(sel, b));
+        throw new TwinError(
+          'ETWIN_MIRROR_BROKEN',
+          'the mirror is still being copied or recovered; try again when it is in sync',
+        );
+      const hit = [...this.broken, ...this.healing].find((b) => covers(sel, b) || coversUnder(sel, b));
       if (hit)
-        throw new TwinError('ETWIN_MIRROR_BROKEN', `the mirror pair for ${hit} is BROKEN; repair it first`, { path: hit });
+        throw new TwinError('ETWIN_MIRROR_BROKEN', `the mirror pair for ${hit} is BROKEN; repair it first`, {
+          path: hit,
+        });
       await this.syncAllTimes();
       const s = new SplitTracker(`split-${randomUUID()}`, sel, Date.now(), owner);
       this.splits.set(s.id, s);
@@ -481,7 +513,12 @@ export class MirrorDriver implements ChangeSink {
         await this.journal.append({ t: 'split', s: s.toRecord() });
       } catch (err) {
         this.splits.delete(s.id);
-        throw new TwinError('ETWIN_MIRROR_BROKEN', `cannot record the split: ${(err as Error).message}`, {}, { cause: err });
+        throw new TwinError(
+          'ETWIN_MIRROR_BROKEN',
+          `cannot record the split: ${(err as Error).message}`,
+          {},
+          { cause: err },
+        );
       }
       const info = this.splitInfo(s);
       this._onDidSplit.fire(info);
@@ -499,9 +536,15 @@ export class MirrorDriver implements ChangeSink {
     const s = this.splits.get(splitId);
     if (!s) return Promise.reject(new TwinError('ETWIN_UNKNOWN_SPLIT', `no split ${splitId}`, { splitId }));
     if (this.resyncing.has(splitId))
-      return Promise.reject(new TwinError('ETWIN_SPLIT_CONFLICT', `split ${splitId} is already resyncing`, { splitId }));
+      return Promise.reject(
+        new TwinError('ETWIN_SPLIT_CONFLICT', `split ${splitId} is already resyncing`, { splitId }),
+      );
     this.resyncing.add(splitId);
-    this._onDidChangeState.fire({ paths: s.selector.volume ? 'volume' : [...s.touched], state: 'RESYNC', splitId });
+    this._onDidChangeState.fire({
+      paths: s.selector.volume ? 'volume' : [...s.touched],
+      state: 'RESYNC',
+      splitId,
+    });
     return this.queue.push(() => this.resyncLocked(s)).finally(() => this.resyncing.delete(splitId));
   }
 
@@ -523,7 +566,10 @@ export class MirrorDriver implements ChangeSink {
         // subtrees compared.
         if (c.op !== 'rename') continue;
         const code = (err as NodeJS.ErrnoException).code;
-        if ((code === 'ENOTEMPTY' || code === 'EEXIST') && (await this.mergeInto(c.from, c.path).catch(() => false))) {
+        if (
+          (code === 'ENOTEMPTY' || code === 'EEXIST') &&
+          (await this.mergeInto(c.from, c.path).catch(() => false))
+        ) {
           trees.add(c.path);
           continue;
         }
@@ -559,7 +605,11 @@ export class MirrorDriver implements ChangeSink {
     await this.journal.append({ t: 'released', id: s.id }).catch(() => undefined);
     const result = { splitId: s.id, bytesCopied: bytes, entries, ms: Date.now() - started };
     this._onDidResync.fire(result);
-    this._onDidChangeState.fire({ paths: s.selector.volume ? 'volume' : paths, state: 'PAIR', splitId: s.id });
+    this._onDidChangeState.fire({
+      paths: s.selector.volume ? 'volume' : paths,
+      state: 'PAIR',
+      splitId: s.id,
+    });
     return result;
   }
 
@@ -571,7 +621,10 @@ export class MirrorDriver implements ChangeSink {
   private async mergeInto(from: string, to: string): Promise<boolean> {
     const src = this.layout.data + from;
     const dst = this.layout.data + to;
-    const [a, b] = await Promise.all([fsp.lstat(src).catch(() => undefined), fsp.lstat(dst).catch(() => undefined)]);
+    const [a, b] = await Promise.all([
+      fsp.lstat(src).catch(() => undefined),
+      fsp.lstat(dst).catch(() => undefined),
+    ]);
     if (!a?.isDirectory() || !b?.isDirectory()) return false;
     this.writer.forget(from, true);
     for (const name of await fsp.readdir(src)) {
@@ -590,7 +643,8 @@ export class MirrorDriver implements ChangeSink {
 
   /** The pair state of one volume path. */
   stateOf(p: string): PairState {
-    if (this.isBroken(p)) return 'BROKEN';
+    if (this.isBroken(p) || [...this.healing].some((h) => h === '/' || p === h || p.startsWith(h + '/')))
+      return 'BROKEN';
     for (const s of this.splits.values()) {
       if (s.covers(p)) return this.resyncing.has(s.id) ? 'RESYNC' : 'SPLIT';
     }
@@ -612,13 +666,16 @@ export class MirrorDriver implements ChangeSink {
     return this.repairing;
   }
 
-  private async doRepair(opts: { all?: boolean }): Promise<{ bytes: number; entries: number; remaining: string[] }> {
+  private async doRepair(opts: {
+    all?: boolean;
+  }): Promise<{ bytes: number; entries: number; remaining: string[] }> {
     const targets = opts.all ? ['/'] : outermost(this.broken);
     let bytes = 0;
     let entries = 0;
     for (const t of targets) {
       const cleared = [...this.broken].filter((b) => t === '/' || b === t || b.startsWith(t + '/'));
       for (const b of cleared) this.broken.delete(b);
+      this.healing.add(t);
       try {
         const st = await fsp.lstat(this.primary + (t === '/' ? '' : t)).catch(() => undefined);
         if (st && !st.isDirectory()) {
@@ -637,6 +694,8 @@ export class MirrorDriver implements ChangeSink {
         }
       } catch (err) {
         this.markBroken(t, err as NodeJS.ErrnoException);
+      } finally {
+        this.healing.delete(t);
       }
       if (!this.isBroken(t)) {
         this.stats.repairs++;
@@ -698,7 +757,9 @@ export class MirrorDriver implements ChangeSink {
     const links = new Map<number, string>();
     const report = (done: boolean) => this._onProgress.fire({ phase, entries, bytes, done });
     const base = p === '/' ? '' : p;
-    bytes += await run(async () => this.syncQuick(p, await lstatOrUndefined(this.primary + base), links, o.deep));
+    bytes += await run(async () =>
+      this.syncQuick(p, await lstatOrUndefined(this.primary + base), links, o.deep),
+    );
     const dirs = [base];
     let reported = 0;
     while (dirs.length > 0) {
@@ -721,7 +782,8 @@ export class MirrorDriver implements ChangeSink {
       for (let i = 0; i < small.length; ) {
         if (o.signal?.aborted) return { bytes, entries };
         let j = i;
-        for (let size = 0; j < small.length && j - i < BATCH && size <= BATCH_BYTES; j++) size += small[j]!.st?.size ?? 0;
+        for (let size = 0; j < small.length && j - i < BATCH && size <= BATCH_BYTES; j++)
+          size += small[j]!.st?.size ?? 0;
         const batch = small.slice(i, j);
         i = j;
         bytes += await run(() => this.syncBatch(batch, links, o.deep));
@@ -747,7 +809,12 @@ export class MirrorDriver implements ChangeSink {
    * changes back for as long as it takes). Each chunk reads the primary as it is when the task
    * runs, so live writes in between are never undone; the last task fixes size and metadata.
    */
-  private async syncLargeFile(p: string, listed: Stats, run: <T>(f: () => Promise<T>) => Promise<T>, deep?: boolean): Promise<number> {
+  private async syncLargeFile(
+    p: string,
+    listed: Stats,
+    run: <T>(f: () => Promise<T>) => Promise<T>,
+    deep?: boolean,
+  ): Promise<number> {
     const mp = this.layout.data + p;
     const plan = await run(async () => {
       if (this.isHeld(p)) return undefined;
@@ -766,7 +833,10 @@ export class MirrorDriver implements ChangeSink {
       return { compare: false, size: pst.size };
     });
     if (!plan) return 0;
-    if ('fallback' in plan) return run(async () => this.syncQuick(p, (await lstatOrUndefined(this.primary + p)) ?? listed, new Map(), deep));
+    if ('fallback' in plan)
+      return run(async () =>
+        this.syncQuick(p, (await lstatOrUndefined(this.primary + p)) ?? listed, new Map(), deep),
+      );
     let bytes = 0;
     for (let off = 0; ; off += LARGE_CHUNK) {
       const r = await run(async () => {
@@ -791,14 +861,39 @@ export class MirrorDriver implements ChangeSink {
   }
 
   /** One batch of entries of a directory: plain ones in parallel, directories and hard links in order. */
-  private async syncBatch(items: Array<{ path: string; st: Stats | undefined }>, links: Map<number, string>, deep?: boolean): Promise<number> {
-    const serial = items.filter((it) => it.st && (it.st.isDirectory() || (it.st.isFile() && it.st.nlink > 1)));
+  private async syncBatch(
+    items: Array<{ path: string; st: Stats | undefined }>,
+    links: Map<number, string>,
+    deep?: boolean,
+  ): Promise<number> {
+    const serial = items.filter(
+      (it) => it.st && (it.st.isDirectory() || (it.st.isFile() && it.st.nlink > 1)),
+    );
     const plain = items.filter((it) => it.st && !serial.includes(it));
     let bytes = 0;
-    for (const it of serial) bytes += await this.syncQuick(it.path, it.st, links, deep);
-    const r = await mapLimit(plain, PARALLEL, (it) => this.syncQuick(it.path, it.st, links, deep));
+    for (const it of serial) bytes += await this.syncOne(it.path, it.st, links, deep);
+    const r = await mapLimit(plain, PARALLEL, (it) => this.syncOne(it.path, it.st, links, deep));
     for (const b of r) bytes += b;
     return bytes;
+  }
+
+  /**
+   * syncQuick, with an entry that cannot be copied marked broken (the rest goes on); a failure
+   * of the mirror device itself ends the walk (its root is then marked broken by the caller).
+   */
+  private async syncOne(
+    p: string,
+    pst: Stats | undefined,
+    links: Map<number, string>,
+    deep?: boolean,
+  ): Promise<number> {
+    try {
+      return await this.syncQuick(p, pst, links, deep);
+    } catch (err) {
+      if (DEVICE_CODES.has((err as NodeJS.ErrnoException).code ?? '')) throw err;
+      this.markBroken(p, err as NodeJS.ErrnoException);
+      return 0;
+    }
   }
 
   private async removeExtras(dir: string, names: string[]): Promise<void> {
@@ -816,7 +911,12 @@ export class MirrorDriver implements ChangeSink {
    * task ran): a change since is either on the mirror already (which then differs from pst, so
    * the entry is synced from the primary as it is now) or queued behind this task.
    */
-  private async syncQuick(p: string, pst: Stats | undefined, links: Map<number, string>, deep?: boolean): Promise<number> {
+  private async syncQuick(
+    p: string,
+    pst: Stats | undefined,
+    links: Map<number, string>,
+    deep?: boolean,
+  ): Promise<number> {
     const mp = p === '/' ? this.layout.data : this.layout.data + p;
     if (p !== '/' && this.isHeld(p)) return 0;
     const mst = await lstatOrUndefined(mp);
@@ -847,7 +947,8 @@ export class MirrorDriver implements ChangeSink {
       }
       links.set(pst.ino, p);
     }
-    const sameData = sameType && (pst.isDirectory() || (mst!.size === pst.size && Math.abs(mst!.mtimeMs - pst.mtimeMs) < 1));
+    const sameData =
+      sameType && (pst.isDirectory() || (mst!.size === pst.size && Math.abs(mst!.mtimeMs - pst.mtimeMs) < 1));
     const newer = !!mst && pst.ctimeMs > mst.ctimeMs;
     if (sameData && sameMeta(pst, mst!) && !newer && !(deep && pst.isFile())) return 0;
     this.writer.forget(p, true);
@@ -894,7 +995,9 @@ export class MirrorDriver implements ChangeSink {
     await this.whenIdle();
     const skip = (p: string) =>
       this.isBroken(p) ||
-      [...this.splits.values()].some((s) => s.covers(p) || [...s.touched].some((t) => p === t || p.startsWith(t + '/')));
+      [...this.splits.values()].some(
+        (s) => s.covers(p) || [...s.touched].some((t) => p === t || p.startsWith(t + '/')),
+      );
     return verifyTrees(this.primary, this.layout.data, { skip, content: opts.content, signal: opts.signal });
   }
 
@@ -946,6 +1049,8 @@ export class MirrorDriver implements ChangeSink {
     await this.whenIdle();
     this.disposed = true;
     this.writer.closeAll();
+    // The clean record vouches for the mirror after a reboot too: its data must be on disk.
+    await syncFilesystem(this.layout.data);
     // Every change reported so far is on the mirror (or tracked): no intent is open.
     this.intents.clear();
     await this.journal.checkpoint(() => this.snapshot());
@@ -966,6 +1071,11 @@ export class MirrorDriver implements ChangeSink {
   private log(msg: string): void {
     (this.opts.log ?? ((m: string) => process.stderr.write(`twinfs mirror: ${m}\n`)))(msg);
   }
+}
+
+/** syncfs(2) of the filesystem holding dir (coreutils `sync -f`; Node has no binding). */
+function syncFilesystem(dir: string): Promise<void> {
+  return new Promise((resolve) => execFile('sync', ['-f', dir], { timeout: 120_000 }, () => resolve()));
 }
 
 /** Entries synced in parallel inside one queue task, and entries per task. */
@@ -1031,7 +1141,12 @@ function trackRecord(id: string, c: Change): JournalRecord {
 }
 
 function normalizeSelector(sel: Selector): Selector {
-  const norm = (p: string) => '/' + p.split('/').filter((x) => x && x !== '.').join('/');
+  const norm = (p: string) =>
+    '/' +
+    p
+      .split('/')
+      .filter((x) => x && x !== '.')
+      .join('/');
   return {
     volume: sel.volume || undefined,
     paths: sel.paths?.map(norm),
@@ -1041,5 +1156,8 @@ function normalizeSelector(sel: Selector): Selector {
 
 export function defaultStateDir(): string {
   if ((process.getuid?.() ?? 1) === 0) return '/var/lib/twinfs';
-  return path.join(process.env.XDG_STATE_HOME ?? path.join(process.env.HOME ?? '/tmp', '.local/state'), 'twinfs');
+  return path.join(
+    process.env.XDG_STATE_HOME ?? path.join(process.env.HOME ?? '/tmp', '.local/state'),
+    'twinfs',
+  );
 }

@@ -42,7 +42,11 @@ export class MirrorWriter {
         // The primary made a new, empty file. A stale one in the mirror (left by a rename that a
         // split held back, or a crash) must not lend it old bytes.
         this.forget(c.path, false);
-        const fh = await fsp.open(p, fs.constants.O_CREAT | fs.constants.O_TRUNC | fs.constants.O_WRONLY, c.mode & 0o7777);
+        const fh = await fsp.open(
+          p,
+          fs.constants.O_CREAT | fs.constants.O_TRUNC | fs.constants.O_WRONLY,
+          c.mode & 0o7777,
+        );
         try {
           await fh.chown(c.uid, c.gid);
           await fh.chmod(c.mode & 0o7777);
@@ -113,7 +117,9 @@ export class MirrorWriter {
       case 'fsync': {
         const fd = this.fds.get(c.path);
         if (fd !== undefined)
-          await new Promise<void>((res, rej) => (c.datasync ? fs.fdatasync : fs.fsync)(fd, (e) => (e ? rej(e) : res())));
+          await new Promise<void>((res, rej) =>
+            (c.datasync ? fs.fdatasync : fs.fsync)(fd, (e) => (e ? rej(e) : res())),
+          );
         else {
           const fh = await fsp.open(p, 'r');
           try {
@@ -161,7 +167,9 @@ export class MirrorWriter {
       fs.open(this.backing(path), fs.constants.O_WRONLY, (e, f) => (e ? rej(e) : res(f))),
     );
     this.fds.set(path, fd);
-    const st = await new Promise<fs.Stats | undefined>((res) => fs.fstat(fd, (e, s) => res(e ? undefined : s)));
+    const st = await new Promise<fs.Stats | undefined>((res) =>
+      fs.fstat(fd, (e, s) => res(e ? undefined : s)),
+    );
     this.nlinks.set(path, st?.nlink ?? 1);
     if (this.fds.size > FD_CACHE) {
       const [oldPath, oldFd] = this.fds.entries().next().value as [string, number];

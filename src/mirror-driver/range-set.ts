@@ -30,7 +30,9 @@ export class RangeSet {
 
   /** Drops everything at or beyond size. */
   truncate(size: number): void {
-    this.ranges = this.ranges.filter(([a]) => a < size).map(([a, b]) => [a, Math.min(b, size)] as [number, number]);
+    this.ranges = this.ranges
+      .filter(([a]) => a < size)
+      .map(([a, b]) => [a, Math.min(b, size)] as [number, number]);
   }
 
   get bytes(): number {

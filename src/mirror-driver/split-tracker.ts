@@ -152,7 +152,8 @@ export class SplitTracker {
         this.files.delete(c.path);
         for (const [p, f] of moved) this.files.set(c.path + p.slice(c.from.length), f);
         // Metadata changed under the old name must be synced under the new one.
-        for (const t of [...this.touched]) if (t.startsWith(c.from + '/')) this.touched.add(c.path + t.slice(c.from.length));
+        for (const t of [...this.touched])
+          if (t.startsWith(c.from + '/')) this.touched.add(c.path + t.slice(c.from.length));
         this.touched.add(c.from);
         this.touched.add(c.path);
         return;

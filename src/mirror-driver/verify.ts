@@ -46,7 +46,11 @@ const PARALLEL = 16;
  * by path. Directory by directory: both listings give what is missing and what is extra; the
  * entries of a directory are compared in parallel.
  */
-export async function verifyTrees(primaryRoot: string, mirrorRoot: string, opts: VerifyOptions = {}): Promise<VerifyReport> {
+export async function verifyTrees(
+  primaryRoot: string,
+  mirrorRoot: string,
+  opts: VerifyOptions = {},
+): Promise<VerifyReport> {
   const diffs: Difference[] = [];
   const skip = opts.skip ?? (() => false);
   let checked = 0;
@@ -96,7 +100,12 @@ async function compareEntry(
   if ((ps.mode & 0o170000) !== (ms.mode & 0o170000))
     return [{ path: p, kind: 'type', primary: ps.mode & 0o170000, mirror: ms.mode & 0o170000 }];
   if ((ps.mode & 0o7777) !== (ms.mode & 0o7777) && !ps.isSymbolicLink())
-    diffs.push({ path: p, kind: 'mode', primary: (ps.mode & 0o7777).toString(8), mirror: (ms.mode & 0o7777).toString(8) });
+    diffs.push({
+      path: p,
+      kind: 'mode',
+      primary: (ps.mode & 0o7777).toString(8),
+      mirror: (ms.mode & 0o7777).toString(8),
+    });
   if (ps.uid !== ms.uid || ps.gid !== ms.gid)
     diffs.push({ path: p, kind: 'owner', primary: `${ps.uid}:${ps.gid}`, mirror: `${ms.uid}:${ms.gid}` });
   if (ps.isSymbolicLink()) {
@@ -111,14 +120,22 @@ async function compareEntry(
   if (ps.isFile()) {
     if (ps.size !== ms.size) diffs.push({ path: p, kind: 'size', primary: ps.size, mirror: ms.size });
     else if (content) {
-      const [ha, hb] = await Promise.all([hashFile(primaryRoot + p, ps.size), hashFile(mirrorRoot + p, ms.size)]);
-      if (ha !== hb) diffs.push({ path: p, kind: 'content', primary: ha.slice(0, 16), mirror: hb.slice(0, 16) });
+      const [ha, hb] = await Promise.all([
+        hashFile(primaryRoot + p, ps.size),
+        hashFile(mirrorRoot + p, ms.size),
+      ]);
+      if (ha !== hb)
+        diffs.push({ path: p, kind: 'content', primary: ha.slice(0, 16), mirror: hb.slice(0, 16) });
     }
   }
   return diffs;
 }
 
-async function mapLimit<T>(items: readonly T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
+async function mapLimit<T>(
+  items: readonly T[],
+  limit: number,
+  fn: (item: T) => Promise<void>,
+): Promise<void> {
   let next = 0;
   const worker = async () => {
     while (next < items.length) await fn(items[next++]!);

@@ -58,6 +58,10 @@ export interface CreateHostOptions {
   /** Settings per plugin name (default: the file named by $TWINFS_PLUGIN_CONFIG, if any). */
   configuration?: Record<string, Record<string, unknown>>;
   activationTimeoutMs?: number;
+  /** A target call's timeout (of inactivity, for putFile), ms (default 300000). */
+  targetOpTimeoutMs?: number;
+  /** How long an event listener's promise is waited for, ms (default 10000). */
+  listenerTimeoutMs?: number;
   log?: (msg: string) => void;
 }
 
@@ -73,6 +77,8 @@ export async function createPluginHost(o: CreateHostOptions = {}): Promise<Plugi
     storageRoot: o.storageRoot ?? defaultPluginStateRoot(),
     configuration: o.configuration ?? (await readPluginSettings(process.env.TWINFS_PLUGIN_CONFIG)),
     activationTimeoutMs: o.activationTimeoutMs,
+    targetOpTimeoutMs: o.targetOpTimeoutMs,
+    listenerTimeoutMs: o.listenerTimeoutMs,
     log: o.log,
   });
   await host.discover();

@@ -64,7 +64,7 @@ export interface PluginHostOptions {
   configuration?: Record<string, Record<string, unknown>>;
   /** A plugin's activate() must settle within this, ms (default 10000). */
   activationTimeoutMs?: number;
-  /** A target operation must settle within this, ms (default 300000). */
+  /** A target operation must settle within this, ms (default 300000); putFile: this long without progress. */
   targetOpTimeoutMs?: number;
   /** An event listener's returned promise is waited for at most this, ms (default 10000). */
   listenerTimeoutMs?: number;

@@ -1,7 +1,7 @@
 import { TwinError } from '../common/errors.js';
 import { formatBytes, type ProgressReport } from '../common/progress.js';
 import type { ControlClient } from '../control/client.js';
-import { describeStatus, type SnapshotSummary } from './status-text.js';
+import { describeStatus, type RecentSnapshots } from './status-text.js';
 import type { ParsedArgs } from './words.js';
 
 /** Defaults a front end takes from the operator config (`--config`, docs/cli.md). */
@@ -22,10 +22,11 @@ export interface CommandContext {
   signal: AbortSignal;
   defaults: OperatorDefaults;
   /**
-   * The newest snapshots of a device in the local catalog, newest first; null when there is no
-   * catalog here (or it is busy). Given by front ends that can read a catalog.
+   * The newest snapshots of a device in the local catalog (`catalog`, else the configured or
+   * default one), newest first; null when there is no catalog here. Given by front ends that can
+   * read a catalog.
    */
-  recentSnapshots?(deviceId: string | null, limit: number): Promise<{ catalog: string; snapshots: SnapshotSummary[] } | null>;
+  recentSnapshots?(deviceId: string | null, limit: number, catalog?: string): Promise<RecentSnapshots | null>;
 }
 
 /** What an argument completes to in the REPL. 'local' is a path on this host (--to, --catalog). */
@@ -44,8 +45,10 @@ export interface OperatorCommand {
   completes?: CompletionKind | CompletionKind[];
   /** What the value of an option completes to ('--target' → 'targets'). */
   optionValues?: Record<string, CompletionKind>;
-  /** The plugin that contributes the command, if any. */
+  /** The plugin that contributes the command, if any (it parses its own words: ParsedArgs.raw). */
   plugin?: string;
+  /** Honours ctx.signal and cleans up before it settles (the REPL waits for it on Ctrl-C). */
+  cancellable?: boolean;
   run(ctx: CommandContext, args: ParsedArgs): Promise<unknown>;
 }
 
@@ -87,11 +90,15 @@ export const controlCommands: OperatorCommand[] = [
   {
     name: 'status',
     summary: 'pair states, cache, active freezes and leases, stall statistics, last backups',
-    usage: 'status',
-    examples: ['status', 'status --json'],
-    async run(ctx) {
+    usage: 'status [--catalog DIR]',
+    examples: ['status', 'status --catalog /var/lib/twinfs/catalog'],
+    options: ['--catalog'],
+    optionValues: { '--catalog': 'local' },
+    async run(ctx, a) {
       const s = (await (await ctx.client()).request('status')) as any;
-      const recent = (await ctx.recentSnapshots?.(s.mirror?.deviceId ?? null, 3).catch(() => null)) ?? null;
+      const catalog = typeof a.options.catalog === 'string' ? a.options.catalog : undefined;
+      const recent =
+        (await ctx.recentSnapshots?.(s.mirror?.deviceId ?? null, 3, catalog).catch(() => null)) ?? null;
       if (!ctx.json) for (const l of describeStatus(s, recent)) ctx.print(l);
       return { ...s, lastBackups: recent };
     },

@@ -30,3 +30,14 @@ export function describeEvent(event: string, data: unknown): string {
       return JSON.stringify(d);
   }
 }
+
+/**
+ * Whether the REPL shows an event above the prompt. Pair-state changes a split, release or
+ * resync already announced are left out; the initial copy, breaks and repairs are shown.
+ */
+export function isNoteworthy(event: string, data: unknown): boolean {
+  if (event === 'progress') return false; // shown on the status line of the running command
+  if (event !== 'state') return true;
+  const d = (data ?? {}) as Record<string, unknown>;
+  return !d.splitId && d.state !== 'SPLIT' && d.state !== 'RESYNC';
+}

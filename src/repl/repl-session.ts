@@ -1,70 +1,95 @@
-import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as readline from 'node:readline';
 import * as nodeRepl from 'node:repl';
 import type { Readable, Writable } from 'node:stream';
-import { formatError } from '../cli/serve.js';
-import type { CommandContext, OperatorCommand } from './commands.js';
+import { TwinError } from '../common/errors.js';
+import type { CommandContext, OperatorCommand, OperatorDefaults } from './commands.js';
+import { type CompletionSources, complete } from './completion.js';
+import { describeEvent, isNoteworthy } from './events.js';
 import { ReconnectingClient } from './reconnecting-client.js';
+import { StatusLine } from './status-line.js';
 import { parseArgs, splitWords } from './words.js';
 
 export interface ReplOptions {
   url: string;
   token: string;
+  /** CA (PEM) to trust for wss://. */
+  ca?: string | Buffer;
   commands: OperatorCommand[];
   input?: Readable & { isTTY?: boolean };
-  output?: Writable & { isTTY?: boolean };
+  output?: Writable & { isTTY?: boolean; columns?: number };
+  /** Where piped mode reports errors (default process.stderr). */
+  errorOutput?: Writable;
   /** History file (default $TWINFS_HISTORY or ~/.twinfs_history). */
   historyFile?: string;
-  /** Lists volume entries for path completion (default: from the primary directory if it is local). */
-  listDir?: (volumeDir: string) => Promise<Array<{ name: string; dir: boolean }>>;
+  /** Completion of volume paths, snapshot ids and target ids. */
+  completion?: Omit<CompletionSources, 'commands' | 'builtins'>;
+  defaults?: OperatorDefaults;
+  recentSnapshots?: CommandContext['recentSnapshots'];
+  /** Piped mode: print each command's result as one JSON line instead of text. */
+  json?: boolean;
 }
 
 const BUILTINS = ['help', 'exit'];
 
 /**
  * The twinfs REPL: plain-word commands over the control channel, tab completion, persistent
- * history, live server events printed above the prompt, Ctrl-C cancels the running command.
- * With a non-TTY input it runs the piped commands in order and resolves with the exit status
- * of the last failure (0 if none).
+ * history, live server events printed above the prompt (the line being typed is kept), a
+ * progress line for long commands, Ctrl-C cancels the running command. Errors are one line
+ * with their code. With a non-TTY input it runs the piped commands in order and resolves with
+ * the exit status of the last failure (0 if none; 2 for a usage mistake).
  */
 export async function runRepl(opts: ReplOptions): Promise<number> {
   const input = opts.input ?? process.stdin;
   const output = opts.output ?? process.stdout;
+  const errorOutput = opts.errorOutput ?? process.stderr;
   const interactive = Boolean(input.isTTY);
-  const client = new ReconnectingClient(opts.url, opts.token);
+  const client = new ReconnectingClient(opts.url, opts.token, { ca: opts.ca });
   const byName = new Map(opts.commands.map((c) => [c.name, c]));
+  const status = new StatusLine(output);
   let lastFailure = 0;
   let current: AbortController | null = null;
   let server: nodeRepl.REPLServer | null = null;
 
   const write = (line: string) => output.write(line + '\n');
+  /** Prints a line without breaking the prompt or the line being typed. */
   const printAbove = (line: string) => {
-    if (!server || !interactive) return write(line);
+    if (!interactive) return write(line);
+    if (current || !server) return status.print(line);
     readline.clearLine(output, 0);
     readline.cursorTo(output, 0);
     output.write(line + '\n');
     server.displayPrompt(true);
   };
+  const fail = (err: unknown) => {
+    const code = errorCode(err);
+    if (opts.json && !interactive) write(JSON.stringify({ event: 'error', code, message: errorMessage(err) }));
+    (interactive ? output : errorOutput).write(`error ${code}: ${errorMessage(err)}\n`);
+    lastFailure = code === 'ETWIN_USAGE' ? 2 : 1;
+  };
 
-  client.onEvent((e) => printAbove(`[${e.event}] ${summarizeEvent(e.event, e.data)}`));
-  client.onDidChangeConnection((c) =>
-    printAbove(
-      c.connected
-        ? '[connection] reconnected to the server'
-        : `[connection] lost${c.error ? `: ${c.error}` : '; reconnecting...'}`,
-    ),
-  );
+  if (interactive) {
+    client.onEvent((e) => {
+      if (isNoteworthy(e.event, e.data)) printAbove(`[${e.event}] ${describeEvent(e.event, e.data)}`);
+    });
+    client.onDidChangeConnection((c) =>
+      printAbove(
+        c.connected
+          ? '[connection] reconnected to the server'
+          : `[connection] lost${c.error ? `: ${c.error}` : '; reconnecting...'}`,
+      ),
+    );
+  }
 
   try {
     const c = await client.get();
     if (interactive)
       write(
-        `connected to ${opts.url} (${c.hello.server}${c.hello.deviceId ? `, mirror ${c.hello.deviceId}` : ''}); type help`,
+        `connected to ${opts.url} (${c.hello.server}${c.hello.deviceId ? `, mirror ${c.hello.deviceId}` : ''}); type help, Tab completes`,
       );
   } catch (err) {
-    write(`error ${formatError(err)}`);
+    fail(err);
     await client.dispose();
     return 1;
   }
@@ -74,11 +99,10 @@ export async function runRepl(opts: ReplOptions): Promise<number> {
     try {
       words = splitWords(line.trim());
     } catch (err) {
-      write(`error ETWIN_USAGE: ${(err as Error).message}`);
-      lastFailure = 2;
+      fail(new TwinError('ETWIN_USAGE', (err as Error).message));
       return true;
     }
-    if (words.length === 0) return true;
+    if (words.length === 0 || words[0]!.startsWith('#')) return true;
     const [name, ...rest] = words as [string, ...string[]];
     if (name === 'exit' || name === 'quit') return false;
     if (name === 'help') {
@@ -88,24 +112,56 @@ export async function runRepl(opts: ReplOptions): Promise<number> {
     const cmd = byName.get(name);
     if (!cmd) {
       const guess = suggest(name, [...byName.keys(), ...BUILTINS]);
-      write(
-        `error ETWIN_USAGE: unknown command "${name}"${guess ? `; did you mean "${guess}"?` : ''} (help lists them)`,
+      fail(
+        new TwinError(
+          'ETWIN_USAGE',
+          `unknown command "${name}"${guess ? `; did you mean "${guess}"?` : ''} (help lists them)`,
+        ),
       );
-      lastFailure = 2;
       return true;
     }
-    current = new AbortController();
+    const ac = new AbortController();
+    current = ac;
     const ctx: CommandContext = {
       client: () => client.get(),
-      print: write,
-      json: false,
-      signal: current.signal,
+      print: (l) => {
+        if (!(opts.json && !interactive)) printAbove(l);
+      },
+      progress: (p) => {
+        if (interactive) status.progress(p);
+      },
+      json: Boolean(opts.json && !interactive),
+      signal: ac.signal,
+      defaults: opts.defaults ?? {},
+      recentSnapshots: opts.recentSnapshots,
     };
     try {
-      await cmd.run(ctx, parseArgs(rest, cmd.flags));
+      const args = parseArgs(rest, cmd.flags);
+      const unknown = cmd.plugin
+        ? []
+        : Object.keys(args.options).filter((o) => !(cmd.options ?? []).includes(`--${o}`));
+      if (unknown.length)
+        throw new TwinError(
+          'ETWIN_USAGE',
+          `${name} has no option --${unknown[0]} (${cmd.options?.length ? `options: ${cmd.options.join(' ')}` : 'it takes none'})`,
+        );
+      const run = cmd.run(ctx, args);
+      // A command that cannot be cancelled goes on at the server; the prompt comes back at once.
+      const result = await (cmd.cancellable
+        ? run
+        : Promise.race([
+            run,
+            new Promise((_, reject) =>
+              ac.signal.addEventListener('abort', () =>
+                reject(new TwinError('ETWIN_ABORTED', `stopped waiting for ${name}; the server finishes it`)),
+              ),
+            ),
+          ]));
+      status.clear();
+      if (opts.json && !interactive) write(JSON.stringify(result ?? null));
     } catch (err) {
-      write(`error ${formatError(err)}`);
-      lastFailure = 1;
+      status.clear();
+      fail(err);
     } finally {
       current = null;
     }
@@ -117,120 +173,108 @@ export async function runRepl(opts: ReplOptions): Promise<number> {
     for await (const line of rl) {
       if (!(await runLine(line))) break;
     }
+    rl.close();
     await client.dispose();
     return lastFailure;
   }
 
+  const r = nodeRepl.start({
+    prompt: 'twinfs> ',
+    input,
+    output,
+    terminal: true,
+    preview: false,
+    ignoreUndefined: true,
+    completer: (line: string, cb: (err: Error | null, result: [string[], string]) => void) => {
+      complete(line, { ...opts.completion, commands: byName, builtins: BUILTINS })
+        .then((res) => cb(null, res))
+        .catch(() => cb(null, [[], line]));
+    },
+    eval: (cmd, _context, _file, cb) => {
+      runLine(cmd).then((goOn) => {
+        if (!goOn) r.close();
+        else cb(null, undefined);
+      });
+    },
+  });
+  server = r;
+  // The REPL's dot-commands (.load, .editor, ...) are JavaScript things; twinfs has none.
+  for (const k of Object.keys(r.commands)) delete (r.commands as Record<string, unknown>)[k];
+  // Ctrl-C: cancels the running command (a backup releases its split first); else drops the
+  // line being typed; twice on an empty line leaves.
+  let sawSigint = false;
+  r.removeAllListeners('SIGINT');
+  r.on('SIGINT', () => {
+    if (current) {
+      current.abort(new TwinError('ETWIN_ABORTED', 'cancelled (Ctrl-C)'));
+      printAbove('cancelling...');
+      return;
+    }
+    const empty = r.line.length === 0;
+    r.write(null, { ctrl: true, name: 'e' });
+    r.write(null, { ctrl: true, name: 'u' });
+    output.write('\n');
+    if (empty && sawSigint) {
+      r.close();
+      return;
+    }
+    if (empty) output.write('(Ctrl-C again, Ctrl-D or exit to leave)\n');
+    sawSigint = empty;
+    r.displayPrompt();
+  });
+  r.on('line', () => {
+    sawSigint = false;
+  });
+  const historyFile =
+    opts.historyFile ?? process.env.TWINFS_HISTORY ?? path.join(os.homedir(), '.twinfs_history');
+  await new Promise<void>((resolve) =>
+    r.setupHistory(historyFile, (err) => {
+      if (err) printAbove(`[history] not kept: ${err.message}`);
+      resolve();
+    }),
+  );
   return new Promise<number>((resolve) => {
-    const r = nodeRepl.start({
-      prompt: 'twinfs> ',
-      input,
-      output,
-      terminal: true,
-      ignoreUndefined: true,
-      completer: (line: string, cb: (err: Error | null, result: [string[], string]) => void) => {
-        complete(line, opts, byName)
-          .then((res) => cb(null, res))
-          .catch(() => cb(null, [[], line]));
-      },
-      eval: (cmd, _context, _file, cb) => {
-        runLine(cmd).then((goOn) => {
-          if (!goOn) r.close();
-          cb(null, undefined);
-        });
-      },
-    });
-    server = r;
-    // Ctrl-C while a command runs cancels it (a backup releases its split); at the prompt it
-    // clears the line as usual.
-    r.on('SIGINT', () => {
-      if (current) {
-        current.abort(new Error('cancelled'));
-        printAbove('cancelling...');
-      }
-    });
-    const historyFile =
-      opts.historyFile ?? process.env.TWINFS_HISTORY ?? path.join(os.homedir(), '.twinfs_history');
-    r.setupHistory(historyFile, () => undefined);
     r.on('exit', () => {
+      status.clear();
       void client.dispose().then(() => resolve(lastFailure));
     });
   });
 }
 
-async function complete(
-  line: string,
-  opts: ReplOptions,
-  byName: Map<string, OperatorCommand>,
-): Promise<[string[], string]> {
-  const endsWithSpace = /\s$/.test(line);
-  let words: string[];
-  try {
-    words = splitWords(line);
-  } catch {
-    return [[], line];
-  }
-  const last = endsWithSpace ? '' : (words[words.length - 1] ?? '');
-  if (words.length === 0 || (words.length === 1 && !endsWithSpace)) {
-    const names = [...byName.keys(), ...BUILTINS].sort();
-    return [names.filter((n) => n.startsWith(last)).map((n) => n + ' '), last];
-  }
-  const cmd = byName.get(words[0]!);
-  if (!cmd) return [[], last];
-  if (last.startsWith('--')) return [(cmd.options ?? []).filter((o) => o.startsWith(last)), last];
-  if (cmd.completes === 'paths' && opts.listDir) {
-    const dir = last.includes('/') ? last.slice(0, last.lastIndexOf('/') + 1) : '/';
-    const base = last.includes('/') ? last.slice(last.lastIndexOf('/') + 1) : last.replace(/^\/?/, '');
-    const entries = await opts.listDir(dir === '' ? '/' : dir);
-    const prefix = last.includes('/') ? dir : '/';
-    return [
-      entries.filter((e) => e.name.startsWith(base)).map((e) => prefix + e.name + (e.dir ? '/' : ' ')),
-      last,
-    ];
-  }
-  if (cmd.completes === 'commands') return [[...byName.keys()].filter((n) => n.startsWith(last)), last];
-  return [[], last];
+function errorCode(err: unknown): string {
+  const code = (err as { code?: unknown })?.code;
+  return typeof code === 'string' && code ? code : 'ETWIN_INTERNAL';
 }
 
-/** Path completion from a local directory holding the volume (the primary or a mount). */
-export function localLister(root: string): (dir: string) => Promise<Array<{ name: string; dir: boolean }>> {
-  return async (dir) => {
-    const safe = path.posix.normalize('/' + dir).replace(/^(\.\.\/?)+/, '');
-    const entries = await fsp.readdir(path.join(root, safe), { withFileTypes: true }).catch(() => []);
-    return entries.map((e) => ({ name: e.name, dir: e.isDirectory() }));
-  };
+/** The message on one line (a stack trace is never shown). */
+function errorMessage(err: unknown): string {
+  if (err instanceof AggregateError && err.errors.length)
+    return err.errors.map((e) => `${errorCode(e)}: ${errorMessage(e)}`).join('; ');
+  const m = (err as Error)?.message ?? String(err);
+  return m.replace(/\s*\n\s*/g, ' ');
 }
 
 export function helpText(commands: OperatorCommand[], name?: string): string {
   if (name) {
     const c = commands.find((x) => x.name === name);
-    if (!c) return `no command "${name}"`;
-    return [`${c.usage}`, `  ${c.summary}`, ...(c.examples ?? []).map((e) => `  e.g. ${e}`)].join('\n');
+    if (!c) {
+      const guess = suggest(name, commands.map((x) => x.name));
+      return `no command "${name}"${guess ? `; did you mean "${guess}"?` : ''}`;
+    }
+    return [
+      `${c.usage}`,
+      `  ${c.summary}`,
+      ...(c.options?.length ? [`  options: ${c.options.join(' ')}`] : []),
+      ...(c.examples ?? []).map((e) => `  e.g. ${e}`),
+    ].join('\n');
   }
   const w = Math.max(...commands.map((c) => c.name.length), 6);
   return [
     ...commands.map((c) => `  ${c.name.padEnd(w)}  ${c.summary}`),
     `  ${'help'.padEnd(w)}  help [COMMAND]`,
     `  ${'exit'.padEnd(w)}  leave (Ctrl-D too)`,
+    'Paths are relative to the volume root. Tab completes commands, options, paths, snapshots, targets.',
   ].join('\n');
-}
-
-function summarizeEvent(event: string, data: unknown): string {
-  const d = (data ?? {}) as Record<string, any>;
-  switch (event) {
-    case 'frozen':
-      return `${JSON.stringify(d.selector)} frozen (${d.freezeId})`;
-    case 'thawed':
-      return `${d.freezeId} thawed after ${((d.heldMs ?? 0) / 1000).toFixed(1)} s (${d.reason})`;
-    case 'split':
-      return `${JSON.stringify(d.selector)} split for ${d.backupId}, writes held ${Number(d.stallMs ?? 0).toFixed(1)} ms`;
-    case 'resynced':
-      return `${d.backupId} resynced: ${d.bytesCopied} bytes copied`;
-    case 'broken':
-      return `mirror pair ${d.path} BROKEN: ${d.error}`;
-    default:
-      return JSON.stringify(d);
-  }
 }
 
 /** The closest known word within edit distance 2, for "did you mean". */

@@ -11,6 +11,13 @@ export interface SnapshotSummary {
   paths: string[];
 }
 
+/** The last backups of a volume in a catalog; note says why there are none to show (busy, missing). */
+export interface RecentSnapshots {
+  catalog: string;
+  snapshots: SnapshotSummary[];
+  note?: string;
+}
+
 /** The value below which a fraction q of the sorted samples lie (nearest rank). */
 export function percentile(sorted: readonly number[], q: number): number {
   if (sorted.length === 0) return Number.NaN;
@@ -31,7 +38,7 @@ const sel = (s: any) =>
  */
 export function describeStatus(
   s: any,
-  recent: { catalog: string; snapshots: SnapshotSummary[] } | null,
+  recent: RecentSnapshots | null,
   now = Date.now(),
 ): string[] {
   const out: string[] = [];
@@ -66,7 +73,8 @@ export function describeStatus(
     out.push(`frozen   ${f.freezeId} ${sel(f.selector)} for ${Math.round((now - f.since) / 1000)} s`);
   if (s.smb) out.push(`smb      ${s.smb.running ? 'running' : 'stopped'}${s.smb.port ? ` on port ${s.smb.port}` : ''}`);
   if (recent) {
-    if (recent.snapshots.length === 0) out.push(`backups  none of this volume in ${recent.catalog}`);
+    if (recent.note) out.push(`backups  catalog ${recent.catalog}: ${recent.note}`);
+    else if (recent.snapshots.length === 0) out.push(`backups  none of this volume in ${recent.catalog}`);
     for (const [i, b] of recent.snapshots.entries())
       out.push(
         `${i === 0 ? 'backups ' : '        '} ${b.id}  ${new Date(b.time).toISOString().replace('T', ' ').slice(0, 19)}  ${b.state.padEnd(8)}  ${b.files} files ${formatBytes(b.bytes)}  ${b.paths.join(',')}  ${b.target}`,

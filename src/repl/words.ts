@@ -35,6 +35,8 @@ export function splitWords(line: string): string[] {
 export interface ParsedArgs {
   positional: string[];
   options: Record<string, string | boolean>;
+  /** The words as given (for commands that parse their own, such as plugin commands). */
+  raw: string[];
 }
 
 /** Parses words after the command name: --name value, --flag, --name=value. */
@@ -51,5 +53,5 @@ export function parseArgs(words: string[], flags: readonly string[] = []): Parse
       else options[w.slice(2)] = words[++i]!;
     } else positional.push(w);
   }
-  return { positional, options };
+  return { positional, options, raw: [...words] };
 }

@@ -50,7 +50,6 @@ describe('attaching a mirror to a populated primary', () => {
        dd if=/dev/urandom of=big5 bs=64k count=4 seek=3 conv=notrunc,fsync status=none; rm big6`,
     );
     const opsMs = Date.now() - t0;
-    console.log('DBG', opsMs);
     const pairedDuringOps = srv.events.some(pairedVolume);
     await waitForEvent(srv, pairedVolume, 60_000);
     const copyMs = Date.now() - t0;
@@ -63,7 +62,9 @@ describe('attaching a mirror to a populated primary', () => {
     const r = await verify();
     expect(r.stdout).toMatch(/entries match/);
     expect(r.code).toBe(0);
-    const [a, b] = await Promise.all(['big1', 'big1-link'].map((f) => fsp.stat(path.join(t.dirs.mirror!, 'data', f))));
+    const [a, b] = await Promise.all(
+      ['big1', 'big1-link'].map((f) => fsp.stat(path.join(t.dirs.mirror!, 'data', f))),
+    );
     expect(a!.ino).toBe(b!.ino);
   });
 

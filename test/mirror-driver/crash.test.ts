@@ -5,7 +5,15 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MirrorDriver } from '../../src/mirror-driver/index.js';
 import { FIXTURES, unmountAll, waitFor } from '../helpers/mounts.js';
 import { type ServerHandle, startServer, tempDirs } from '../helpers/server.js';
-import { type InProcess, mountInProcess, pairedVolume, run, sha, twinfs, waitForEvent } from './mirror-helpers.js';
+import {
+  type InProcess,
+  mountInProcess,
+  pairedVolume,
+  run,
+  sha,
+  twinfs,
+  waitForEvent,
+} from './mirror-helpers.js';
 
 const MiB = 1024 * 1024;
 
@@ -16,7 +24,16 @@ describe('crash: kill -9 of a server with a mirror during writes', () => {
   beforeAll(async () => {
     t = await tempDirs('primary', 'mnt', 'mirror', 'state');
     // A small cache flushes all the time: the mirror is behind the primary most of the time.
-    args = ['--mirror', t.dirs.mirror!, '--state-dir', t.dirs.state!, '--writeback-ms', '100', '--cache-mb', '16'];
+    args = [
+      '--mirror',
+      t.dirs.mirror!,
+      '--state-dir',
+      t.dirs.state!,
+      '--writeback-ms',
+      '100',
+      '--cache-mb',
+      '16',
+    ];
   });
   afterAll(async () => {
     await srv?.kill();
@@ -29,7 +46,11 @@ describe('crash: kill -9 of a server with a mirror during writes', () => {
     srv = await startServer({ primary: t.dirs.primary!, mount: mnt, args });
     await waitForEvent(srv, pairedVolume, 20_000);
     // Appends with fsync, unsynced noise, and namespace churn, all at once; killed mid-way.
-    const writer = spawn(process.execPath, [path.join(FIXTURES, 'crash-writer.mjs'), path.join(mnt, 'w'), '7'], { stdio: 'ignore' });
+    const writer = spawn(
+      process.execPath,
+      [path.join(FIXTURES, 'crash-writer.mjs'), path.join(mnt, 'w'), '7'],
+      { stdio: 'ignore' },
+    );
     const churn = spawn(
       '/bin/bash',
       [
@@ -45,13 +66,19 @@ describe('crash: kill -9 of a server with a mirror during writes', () => {
     );
     // Streams: a flush writes a whole batch to the primary while the mirror catches up behind it.
     const streams = [1, 2, 3].map((i) =>
-      spawn('/bin/sh', ['-c', `dd if=/dev/urandom of='${mnt}/stream${i}' bs=1M count=400 status=none`], { stdio: 'ignore' }),
+      spawn('/bin/sh', ['-c', `dd if=/dev/urandom of='${mnt}/stream${i}' bs=1M count=400 status=none`], {
+        stdio: 'ignore',
+      }),
     );
     await new Promise((r) => setTimeout(r, 1500));
     srv.proc.kill('SIGKILL');
     await srv.exited;
     await srv.kill(); // clears the dead mount
-    await Promise.all([writer, churn, ...streams].map((c) => new Promise((r) => (c.exitCode !== null ? r(null) : c.on('exit', r)))));
+    await Promise.all(
+      [writer, churn, ...streams].map(
+        (c) => new Promise((r) => (c.exitCode !== null ? r(null) : c.on('exit', r))),
+      ),
+    );
     srv = undefined;
 
     const second = await startServer({ primary: t.dirs.primary!, mount: mnt, args });
@@ -75,7 +102,13 @@ describe('crash: the driver dies with a split recorded (in-process)', () => {
   let mnt: string;
   const drivers: MirrorDriver[] = [];
   const open = async () => {
-    const d = await MirrorDriver.open({ primary: P, mirror: t.dirs.mirror!, stateDir: t.dirs.state!, retryBrokenMs: 0, log: () => undefined });
+    const d = await MirrorDriver.open({
+      primary: P,
+      mirror: t.dirs.mirror!,
+      stateDir: t.dirs.state!,
+      retryBrokenMs: 0,
+      log: () => undefined,
+    });
     drivers.push(d);
     await d.whenReady();
     return d;
@@ -97,7 +130,13 @@ describe('crash: the driver dies with a split recorded (in-process)', () => {
   });
 
   it('the next driver resyncs the split from its journal, copying only the tracked bytes', async () => {
-    m = await mountInProcess({ primary: P, mount: mnt, mirror: t.dirs.mirror!, stateDir: t.dirs.state!, driver: { checkpointMs: 200 } });
+    m = await mountInProcess({
+      primary: P,
+      mount: mnt,
+      mirror: t.dirs.mirror!,
+      stateDir: t.dirs.state!,
+      driver: { checkpointMs: 200 },
+    });
     await run(`set -e; cd '${mnt}'; dd if=/dev/urandom of=big bs=1M count=16 status=none; mkdir sub;
       head -c 100000 /dev/urandom >sub/x; head -c 5000 /dev/urandom >outside`);
     await m.settle();
@@ -112,7 +151,9 @@ describe('crash: the driver dies with a split recorded (in-process)', () => {
     const before = (await fsp.stat(file)).ino;
     await waitFor(async () => (await fsp.stat(file)).ino !== before && (await checkpointed()), 5000);
     expect((await fsp.readFile(file, 'utf8')).match(/"t":"(ns|tr|w)"/g)?.length).toBeGreaterThanOrEqual(3);
-    await run(`set -e; cd '${mnt}'; dd if=/dev/urandom of=big bs=1M seek=8 count=1 conv=notrunc status=none; echo new >sub/z`);
+    await run(
+      `set -e; cd '${mnt}'; dd if=/dev/urandom of=big bs=1M seek=8 count=1 conv=notrunc status=none; echo new >sub/z`,
+    );
     await m.settle();
     const tracked = m.driver.getSplit(s.splitId)!.trackedBytes;
     expect(tracked).toBe(2 * MiB + 3 * 1024 + 4);
@@ -139,9 +180,17 @@ describe('crash: the driver dies with a split recorded (in-process)', () => {
   });
 
   it('a crash after a resync but before its release was recorded resyncs again, idempotently', async () => {
-    m = await mountInProcess({ primary: P, mount: mnt, mirror: t.dirs.mirror!, stateDir: t.dirs.state!, driver: { checkpointMs: 1e9 } });
+    m = await mountInProcess({
+      primary: P,
+      mount: mnt,
+      mirror: t.dirs.mirror!,
+      stateDir: t.dirs.state!,
+      driver: { checkpointMs: 1e9 },
+    });
     const s = await m.driver.split({ subtrees: ['/sub'] });
-    await run(`set -e; cd '${mnt}'; mkdir sub/d; mv sub/y sub/d/y; echo 1 >>sub/d/y; mv sub/d sub/e; rm sub/z`);
+    await run(
+      `set -e; cd '${mnt}'; mkdir sub/d; mv sub/y sub/d/y; echo 1 >>sub/d/y; mv sub/d sub/e; rm sub/z`,
+    );
     await m.settle();
     await m.driver.resync(s.splitId);
     await m.close({ abandon: true });

@@ -1,7 +1,15 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mountTmpfs, unmountAll, waitFor } from '../helpers/mounts.js';
 import { type ServerHandle, startServer, tempDirs } from '../helpers/server.js';
-import { type InProcess, mountInProcess, pairedVolume, run, sha, twinfs, waitForEvent } from './mirror-helpers.js';
+import {
+  type InProcess,
+  mountInProcess,
+  pairedVolume,
+  run,
+  sha,
+  twinfs,
+  waitForEvent,
+} from './mirror-helpers.js';
 
 /** Writes more than the 2 MiB mirror holds, through the mount, with fsync; must all succeed. */
 const FILL = (mnt: string) =>
@@ -15,7 +23,18 @@ describe('ENOSPC on the mirror: pairs go BROKEN, the application sees nothing, r
   let m: InProcess | undefined;
   let srv: ServerHandle | undefined;
   beforeAll(async () => {
-    t = await tempDirs('primary', 'mnt', 'mirror', 'primary2', 'mnt2', 'mirror2', 'primary3', 'mnt3', 'mirror3', 'state');
+    t = await tempDirs(
+      'primary',
+      'mnt',
+      'mirror',
+      'primary2',
+      'mnt2',
+      'mirror2',
+      'primary3',
+      'mnt3',
+      'mirror3',
+      'state',
+    );
     for (const d of ['mirror', 'mirror2', 'mirror3']) {
       await mountTmpfs(t.dirs[d]!, 'size=2m');
       tmpfs.push(t.dirs[d]!);
@@ -29,7 +48,12 @@ describe('ENOSPC on the mirror: pairs go BROKEN, the application sees nothing, r
   });
 
   it('in-process: writes and fsync succeed, status shows broken pairs, repair() after space returns makes verify clean', async () => {
-    m = await mountInProcess({ primary: t.dirs.primary!, mount: t.dirs.mnt!, mirror: t.dirs.mirror!, stateDir: t.dirs.state! });
+    m = await mountInProcess({
+      primary: t.dirs.primary!,
+      mount: t.dirs.mnt!,
+      mirror: t.dirs.mirror!,
+      stateDir: t.dirs.state!,
+    });
     const broken: string[] = [];
     m.driver.onDidBreak((e) => broken.push(`${e.path} ${e.error}`));
     await run(FILL(t.dirs.mnt!));
@@ -91,7 +115,9 @@ describe('ENOSPC on the mirror: pairs go BROKEN, the application sees nothing, r
     await run(`set -e; cd '${t.dirs.mnt2}'; cat b >/dev/null; echo after >after; sync`);
     expect(await srv.stop()).toBe(0);
     srv = undefined;
-    expect((await twinfs(`verify --primary '${t.dirs.primary2}' --mirror '${t.dirs.mirror2}'`)).code).not.toBe(0);
+    expect(
+      (await twinfs(`verify --primary '${t.dirs.primary2}' --mirror '${t.dirs.mirror2}'`)).code,
+    ).not.toBe(0);
 
     await run(`mount -o remount,size=64m '${t.dirs.mirror2}'`);
     srv = await startServer({ primary: t.dirs.primary2!, mount: t.dirs.mnt2!, args });

@@ -9,10 +9,16 @@ describe('a mirror belongs to one primary', () => {
   let t: Awaited<ReturnType<typeof tempDirs>>;
   let srv: ServerHandle | undefined;
   const serve = (primary: string, mirror: string, extra: string[] = []) =>
-    startServer({ primary, mount: t.dirs.mnt!, args: ['--mirror', mirror, '--state-dir', t.dirs.state!, ...extra] });
+    startServer({
+      primary,
+      mount: t.dirs.mnt!,
+      args: ['--mirror', mirror, '--state-dir', t.dirs.state!, ...extra],
+    });
   beforeAll(async () => {
     t = await tempDirs('p1', 'p2', 'mnt', 'mirror', 'state', 'junk');
-    await run(`set -e; echo one >'${t.dirs.p1}/one'; echo two >'${t.dirs.p2}/two'; echo mine >'${t.dirs.junk}/precious'`);
+    await run(
+      `set -e; echo one >'${t.dirs.p1}/one'; echo two >'${t.dirs.p2}/two'; echo mine >'${t.dirs.junk}/precious'`,
+    );
   });
   afterAll(async () => {
     await srv?.kill();

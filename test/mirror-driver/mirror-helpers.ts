@@ -60,13 +60,16 @@ export async function waitForEvent(
     const hit = srv.events.slice(from).find(pred);
     if (hit) return hit;
     if (Date.now() > until)
-      throw new Error(`no such event within ${timeoutMs} ms; got ${JSON.stringify(srv.events)}\nstderr: ${srv.stderr()}`);
+      throw new Error(
+        `no such event within ${timeoutMs} ms; got ${JSON.stringify(srv.events)}\nstderr: ${srv.stderr()}`,
+      );
     await new Promise((r) => setTimeout(r, 50));
   }
 }
 
 /** The event a server prints when the mirror's start-up work (copy, recovery) is done. */
-export const pairedVolume = (e: Record<string, unknown>) => e.event === 'state' && e.state === 'PAIR' && e.paths === 'volume';
+export const pairedVolume = (e: Record<string, unknown>) =>
+  e.event === 'state' && e.state === 'PAIR' && e.paths === 'volume';
 
 export interface InProcess {
   fs: TwinFs;
@@ -99,7 +102,14 @@ export async function mountInProcess(o: {
   await driver.whenReady();
   let twin: TwinFs;
   try {
-    twin = await TwinFs.mount({ primary: o.primary, mount: o.mount, mirror: o.mirror, sink: driver, writebackMs: 200, log: () => undefined });
+    twin = await TwinFs.mount({
+      primary: o.primary,
+      mount: o.mount,
+      mirror: o.mirror,
+      sink: driver,
+      writebackMs: 200,
+      log: () => undefined,
+    });
   } catch (err) {
     await driver.dispose();
     throw err;

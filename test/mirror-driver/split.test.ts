@@ -31,7 +31,9 @@ describe('split: frozen mirror copies, tracked changes, exact resync', () => {
   });
 
   it('a split file stays frozen through writes, truncate, rename (also of its directory) and unlink', async () => {
-    await run(`set -e; cd '${mnt}'; mkdir -p a; head -c 3000000 /dev/urandom >a/frozen; head -c 100000 /dev/urandom >a/other`);
+    await run(
+      `set -e; cd '${mnt}'; mkdir -p a; head -c 3000000 /dev/urandom >a/frozen; head -c 100000 /dev/urandom >a/other`,
+    );
     await m.settle();
     const frozen = await sha(`${M}/a/frozen`);
     expect(frozen).toBe(await sha(`${P}/a/frozen`));
@@ -49,10 +51,14 @@ describe('split: frozen mirror copies, tracked changes, exact resync', () => {
     expect(await sha(`${M}/a/other`)).toBe(await sha(`${P}/a/other`));
 
     // Its new name is still part of the split; then its directory is renamed, then it is removed.
-    await run(`set -e; cd '${mnt}'; mv a/frozen a/renamed; dd if=/dev/urandom of=a/renamed bs=4k count=3 conv=notrunc status=none`);
+    await run(
+      `set -e; cd '${mnt}'; mv a/frozen a/renamed; dd if=/dev/urandom of=a/renamed bs=4k count=3 conv=notrunc status=none`,
+    );
     await m.settle();
     expect(await sha(`${M}/a/frozen`)).toBe(frozen);
-    await run(`set -e; cd '${mnt}'; mv a b; head -c 1000 /dev/urandom >>b/other; dd if=/dev/zero of=b/renamed bs=1k count=1 seek=5 conv=notrunc status=none`);
+    await run(
+      `set -e; cd '${mnt}'; mv a b; head -c 1000 /dev/urandom >>b/other; dd if=/dev/zero of=b/renamed bs=1k count=1 seek=5 conv=notrunc status=none`,
+    );
     await m.settle();
     expect(await sha(`${M}/a/frozen`)).toBe(frozen);
     expect(await sha(`${M}/b/other`)).toBe(await sha(`${P}/b/other`));
@@ -94,7 +100,9 @@ describe('split: frozen mirror copies, tracked changes, exact resync', () => {
   });
 
   it('a volume split freezes the whole mirror through a mixed workload; resync makes it equal again', async () => {
-    await run(`set -e; cd '${mnt}'; mkdir -p v/d; head -c 400000 /dev/urandom >v/d/f; ln v/d/f v/hard; echo x >v/small`);
+    await run(
+      `set -e; cd '${mnt}'; mkdir -p v/d; head -c 400000 /dev/urandom >v/d/f; ln v/d/f v/hard; echo x >v/small`,
+    );
     await m.settle();
     const before = await fingerprint(M);
     const s = await m.driver.split({ volume: true });
@@ -143,7 +151,9 @@ describe('split: frozen mirror copies, tracked changes, exact resync', () => {
     await run(`head -c 300000 /dev/urandom >'${mnt}/tr'`);
     await m.settle();
     const s = await m.driver.split({ paths: ['/tr'] });
-    await run(`set -e; cd '${mnt}'; truncate -s 1000 tr; truncate -s 300000 tr; dd if=/dev/urandom of=tr bs=1k seek=200 count=1 conv=notrunc status=none`);
+    await run(
+      `set -e; cd '${mnt}'; truncate -s 1000 tr; truncate -s 300000 tr; dd if=/dev/urandom of=tr bs=1k seek=200 count=1 conv=notrunc status=none`,
+    );
     await m.settle();
     const r = await m.driver.resync(s.splitId);
     expect(r.bytesCopied).toBe(1024);
@@ -155,7 +165,9 @@ describe('split: frozen mirror copies, tracked changes, exact resync', () => {
     await m.settle();
     const frozen = await sha(`${M}/hl`);
     const s = await m.driver.split({ paths: ['/hl'] });
-    await run(`set -e; cd '${mnt}'; ln hl alias; dd if=/dev/urandom of=alias bs=1k count=4 conv=notrunc status=none`);
+    await run(
+      `set -e; cd '${mnt}'; ln hl alias; dd if=/dev/urandom of=alias bs=1k count=4 conv=notrunc status=none`,
+    );
     await m.settle();
     expect(await sha(`${M}/hl`)).toBe(frozen);
     expect(await fsp.stat(`${M}/alias`).catch(() => null)).toBeNull();
@@ -165,13 +177,35 @@ describe('split: frozen mirror copies, tracked changes, exact resync', () => {
     expect(a.ino).toBe(b.ino);
   });
 
+  // KNOWN BUG (design): a hard link made before the split, with one name inside it and one
+  // outside. A write through the outside name reaches the mirror inode both names share, so the
+  // frozen copy changes (invariant 4). Fixing it needs the mirror's other names of the inode,
+  // copy-on-write of the outside name and a relink at resync. it.fails: remove when fixed.
+  it.fails('KNOWN BUG: a write through a hard link outside the split leaves the frozen copy alone', async () => {
+    await run(`set -e; cd '${mnt}'; head -c 10000 /dev/urandom >ha; ln ha hb`);
+    await m.settle();
+    const frozen = await sha(`${M}/ha`);
+    const s = await m.driver.split({ paths: ['/ha'] });
+    try {
+      await run(`dd if=/dev/zero of='${mnt}/hb' bs=1k count=1 conv=notrunc status=none`);
+      await m.settle();
+      expect(await sha(`${M}/ha`)).toBe(frozen);
+    } finally {
+      await m.driver.resync(s.splitId);
+    }
+  });
+
   it('overlapping splits: a path stays frozen until the last holder resyncs', async () => {
-    await run(`set -e; cd '${mnt}'; mkdir -p o; head -c 100000 /dev/urandom >o/f; head -c 100000 /dev/urandom >o/g`);
+    await run(
+      `set -e; cd '${mnt}'; mkdir -p o; head -c 100000 /dev/urandom >o/f; head -c 100000 /dev/urandom >o/g`,
+    );
     await m.settle();
     const f0 = await sha(`${M}/o/f`);
     const outer = await m.driver.split({ subtrees: ['/o'] });
     const inner = await m.driver.split({ paths: ['/o/f'] });
-    await run(`set -e; cd '${mnt}'; dd if=/dev/urandom of=o/f bs=1k count=8 conv=notrunc status=none; echo g >>o/g`);
+    await run(
+      `set -e; cd '${mnt}'; dd if=/dev/urandom of=o/f bs=1k count=8 conv=notrunc status=none; echo g >>o/g`,
+    );
     await m.settle();
     await m.driver.resync(inner.splitId);
     expect(await sha(`${M}/o/f`)).toBe(f0);
@@ -183,7 +217,9 @@ describe('split: frozen mirror copies, tracked changes, exact resync', () => {
 
   it('leaves nothing split and the mirror equal after unmount and dispose', async () => {
     await m.close();
-    const r = await run(`'${process.execPath}' '${path.resolve('dist/cli/main.js')}' verify --primary '${P}' --mirror '${t.dirs.mirror}'`);
+    const r = await run(
+      `'${process.execPath}' '${path.resolve('dist/cli/main.js')}' verify --primary '${P}' --mirror '${t.dirs.mirror}'`,
+    );
     expect(r).toMatch(/entries match/);
   });
 });

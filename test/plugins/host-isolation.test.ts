@@ -93,7 +93,9 @@ describe('plugin host: a failing plugin is isolated and recorded', () => {
     await host.activateByEvent('onStartup');
     await host.emit('onDidSplit', { backupId: 'b8', deviceId: 'd', selector: {} });
     expect(trace().events).toContain('healthy saw b8');
-    expect(host.info('hanging-listener').problems).toEqual(['onDidSplit listener did not finish within 200 ms']);
+    expect(host.info('hanging-listener').problems).toEqual([
+      'onDidSplit listener did not finish within 200 ms',
+    ]);
   });
 
   it('onWillFreeze: waits for waitUntil promises, bounded by its timeout, and names the plugins that failed', async () => {

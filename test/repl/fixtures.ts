@@ -1,0 +1,105 @@
+import { promises as fsp } from 'node:fs';
+import * as net from 'node:net';
+import * as path from 'node:path';
+import { type RunResult, sh } from '../helpers/proc.js';
+import { CLI } from '../helpers/server.js';
+
+export const q = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
+
+/** Runs the built CLI with a time limit (and optionally stdin and extra environment). */
+export function twinfs(
+  args: string[],
+  opts: { input?: string; env?: Record<string, string | undefined>; timeoutMs?: number } = {},
+): Promise<RunResult> {
+  const env: NodeJS.ProcessEnv = { ...process.env, ...opts.env };
+  for (const [k, v] of Object.entries(opts.env ?? {})) if (v === undefined) delete env[k];
+  return sh(`node ${q(CLI)} ${args.map(q).join(' ')}`, {
+    input: opts.input ?? '',
+    env,
+    timeoutMs: opts.timeoutMs ?? 30_000,
+  });
+}
+
+/** stdout's JSON lines. */
+export const jsonLines = (stdout: string): any[] =>
+  stdout
+    .split('\n')
+    .filter((l) => l.startsWith('{') || l.startsWith('[') || l === 'null')
+    .map((l) => JSON.parse(l));
+
+/** A TCP port nobody listens on right now (for a server that must come back on the same port). */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+/**
+ * A plugin contributing the backup target `slow:` (every file takes delayMs, so a backup can be
+ * cancelled halfway) and the command `slow.hello`. Written to dir/twinfs-test-slow.
+ */
+export async function writeSlowPlugin(dir: string, delayMs = 300): Promise<void> {
+  const folder = path.join(dir, 'twinfs-test-slow');
+  await fsp.mkdir(folder, { recursive: true });
+  await fsp.writeFile(
+    path.join(folder, 'package.json'),
+    JSON.stringify({
+      name: 'twinfs-test-slow',
+      version: '1.0.0',
+      main: 'index.js',
+      type: 'module',
+      engines: { twinfs: '^1.0.0' },
+      activationEvents: ['onTarget:slow', 'onCommand:slow.hello'],
+      contributes: {
+        backupTargets: [{ id: 'slow', description: 'slow:NAME - stores nothing, slowly' }],
+        commands: [{ command: 'slow.hello', title: 'Say hello' }],
+      },
+    }),
+  );
+  await fsp.writeFile(
+    path.join(folder, 'index.js'),
+    `import { createHash } from 'node:crypto';
+const sleep = (ms, signal) => new Promise((resolve, reject) => {
+  const t = setTimeout(resolve, ms);
+  signal?.addEventListener('abort', () => { clearTimeout(t); reject(new Error('aborted')); });
+});
+export function activate(context) {
+  const api = context.twinfs;
+  context.subscriptions.push(api.registerCommand('slow.hello', (...who) => 'hello ' + who.join(' ')));
+  context.subscriptions.push(api.registerBackupTarget('slow', {
+    async open(location) {
+      return {
+        id: 'slow', spec: 'slow:' + location,
+        capabilities: { rangedReads: false, dedup: false, atomicRename: true, maxConcurrency: 1 },
+        async beginSnapshot(meta) {
+          return {
+            snapshotId: meta.snapshotId,
+            async putFile(p, data, m, o) {
+              const h = createHash('sha256');
+              let bytes = 0;
+              for await (const c of data) { h.update(c); bytes += c.length; }
+              await sleep(${delayMs}, o?.signal);
+              return { hash: h.digest('hex'), bytes };
+            },
+            async reuseFile() { throw api.errors.notFound('nothing to reuse'); },
+            async putDir() {}, async putSymlink() {}, async commit() {}, async abort() {},
+          };
+        },
+        async listSnapshots() { return []; },
+        async readManifest(id) { throw api.errors.notFound('no snapshot ' + id); },
+        async openFile(id) { throw api.errors.notFound('no snapshot ' + id); },
+        async stat(id) { throw api.errors.notFound('no snapshot ' + id); },
+        async deleteSnapshot() {},
+        async close() {},
+      };
+    },
+  }));
+}
+`,
+  );
+}
