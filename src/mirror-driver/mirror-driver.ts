@@ -14,6 +14,9 @@ import { MirrorWriter } from './mirror-writer.js';
 import { covers, coversUnder, type Selector, SplitTracker } from './split-tracker.js';
 import { type VerifyReport, verifyTrees } from './verify.js';
 
+/** Changes that modify an inode's content or metadata (not its names). */
+const INODE_OPS = new Set<Change['op']>(['write', 'truncate', 'chmod', 'chown', 'utimens', 'setxattr', 'removexattr']);
+
 export type PairState = 'PAIR' | 'COPY' | 'SPLIT' | 'RESYNC' | 'BROKEN';
 
 export interface MirrorDriverOptions {
@@ -332,6 +335,7 @@ export class MirrorDriver implements ChangeSink {
       if (c.op === 'fsync') await this.syncTimes(c.path);
       else if (c.op === 'rename') this.moveTimes(c.from, c.path);
       else if (c.op === 'unlink') this.pendingTimes.delete(c.path);
+      if (INODE_OPS.has(c.op)) await this.copyOnWrite(c.path);
       await this.writer.apply(c);
       this.stats.changesApplied++;
       // A directory renamed under a running walk may have moved where the walk has been to a
@@ -351,6 +355,51 @@ export class MirrorDriver implements ChangeSink {
     } catch (err) {
       await this.onApplyError(c, err as NodeJS.ErrnoException);
     }
+  }
+
+  /**
+   * A change to the inode behind path, whose mirror inode is frozen by a split under another
+   * name: give path its own copy in the mirror first, so the frozen copy never changes.
+   */
+  private async copyOnWrite(p: string): Promise<void> {
+    let owner: SplitTracker | undefined;
+    for (const s of this.splits.values()) if (s.frozenInos.size > 0) owner = s;
+    if (!owner) return;
+    const mp = this.layout.data + p;
+    const st = await fsp.lstat(mp).catch(() => undefined);
+    if (!st?.isFile() || st.nlink < 2) return;
+    for (const s of this.splits.values()) {
+      const frozen = s.frozenInos.get(st.ino);
+      if (frozen === undefined || frozen === p) continue;
+      const tmp = path.join(path.dirname(mp), `.twinfs-cow-${randomUUID()}`);
+      await fsp.copyFile(mp, tmp);
+      await syncMeta(mp, tmp, st);
+      this.writer.forget(p, false);
+      await fsp.rename(tmp, mp);
+      s.cowNames.set(p, frozen);
+      return;
+    }
+  }
+
+  /** After a resync: names that got their own copy are linked to their file again. */
+  private async relinkCow(s: SplitTracker): Promise<number> {
+    let bytes = 0;
+    for (const [name, frozen] of s.cowNames) {
+      const [a, b] = await Promise.all([
+        fsp.lstat(this.primary + frozen).catch(() => undefined),
+        fsp.lstat(this.primary + name).catch(() => undefined),
+      ]);
+      this.writer.forget(frozen, false);
+      this.writer.forget(name, false);
+      if (a && b && a.ino === b.ino) {
+        // Still one file on the primary: copy it whole once, and make the other name a link.
+        const r = await syncEntry(this.primary + frozen, this.layout.data + frozen);
+        bytes += r.bytesCopied;
+        await fsp.rm(this.layout.data + name, { force: true });
+        await fsp.link(this.layout.data + frozen, this.layout.data + name);
+      } else if (b) bytes += (await syncEntry(this.primary + name, this.layout.data + name)).bytesCopied;
+    }
+    return bytes;
   }
 
   private async onApplyError(c: Change, err: NodeJS.ErrnoException): Promise<void> {
@@ -508,6 +557,11 @@ export class MirrorDriver implements ChangeSink {
         });
       await this.syncAllTimes();
       const s = new SplitTracker(`split-${randomUUID()}`, sel, Date.now(), owner);
+      // Explicitly selected files with other names (O(selected paths), not O(volume)).
+      for (const p of sel.paths ?? []) {
+        const st = await fsp.lstat(this.layout.data + p).catch(() => undefined);
+        if (st?.isFile() && st.nlink > 1) s.frozenInos.set(st.ino, p);
+      }
       this.splits.set(s.id, s);
       try {
         await this.journal.append({ t: 'split', s: s.toRecord() });
@@ -602,6 +656,7 @@ export class MirrorDriver implements ChangeSink {
       }
     }
     this.stats.resyncBytes += bytes;
+    if (s.cowNames.size > 0) bytes += await this.relinkCow(s);
     await this.journal.append({ t: 'released', id: s.id }).catch(() => undefined);
     const result = { splitId: s.id, bytesCopied: bytes, entries, ms: Date.now() - started };
     this._onDidResync.fire(result);

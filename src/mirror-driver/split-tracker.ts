@@ -70,6 +70,14 @@ export class SplitTracker {
   readonly touched = new Set<string>();
   /** New names of covered entries (each covers its subtree). */
   readonly followed = new Set<string>();
+  /**
+   * Mirror inodes of selected files that had other names at split time (mirror inode → the
+   * selected path). A change through another name must not reach the frozen copy: the mirror
+   * gives that name its own copy first (copy-on-write), and the resync links them again.
+   */
+  readonly frozenInos = new Map<number, string>();
+  /** Names given their own copy by copy-on-write → the selected path they were linked to. */
+  readonly cowNames = new Map<string, string>();
   private readonly paths: Set<string>;
 
   constructor(

@@ -177,11 +177,10 @@ describe('split: frozen mirror copies, tracked changes, exact resync', () => {
     expect(a.ino).toBe(b.ino);
   });
 
-  // KNOWN BUG (design): a hard link made before the split, with one name inside it and one
-  // outside. A write through the outside name reaches the mirror inode both names share, so the
-  // frozen copy changes (invariant 4). Fixing it needs the mirror's other names of the inode,
-  // copy-on-write of the outside name and a relink at resync. it.fails: remove when fixed.
-  it.fails('KNOWN BUG: a write through a hard link outside the split leaves the frozen copy alone', async () => {
+  // A hard link made before the split, one name inside it and one outside: a write through the
+  // outside name must not reach the frozen copy (invariant 4). The mirror gives that name its own
+  // copy (copy-on-write) and links the two again at resync.
+  it('a write through a hard link outside the split leaves the frozen copy alone; resync relinks', async () => {
     await run(`set -e; cd '${mnt}'; head -c 10000 /dev/urandom >ha; ln ha hb`);
     await m.settle();
     const frozen = await sha(`${M}/ha`);
@@ -190,9 +189,15 @@ describe('split: frozen mirror copies, tracked changes, exact resync', () => {
       await run(`dd if=/dev/zero of='${mnt}/hb' bs=1k count=1 conv=notrunc status=none`);
       await m.settle();
       expect(await sha(`${M}/ha`)).toBe(frozen);
+      expect(await sha(`${M}/hb`)).toBe(await sha(`${P}/hb`));
     } finally {
       await m.driver.resync(s.splitId);
     }
+    await m.settle();
+    expect(await sha(`${M}/ha`)).toBe(await sha(`${P}/ha`));
+    const [a, b] = await Promise.all([fsp.stat(`${M}/ha`), fsp.stat(`${M}/hb`)]);
+    expect(a.ino).toBe(b.ino);
+    expect((await m.driver.verify()).differences).toEqual([]);
   });
 
   it('overlapping splits: a path stays frozen until the last holder resyncs', async () => {
