@@ -110,7 +110,10 @@ async function main(argv: string[]): Promise<number> {
     .command(
       'unmount <dir>',
       'unmount a twinfs (or any FUSE) mount, stale ones included',
-      (y) => y.positional('dir', { type: 'string', demandOption: true }),
+      (y) =>
+        y
+          .positional('dir', { type: 'string', demandOption: true, describe: 'the mount point' })
+          .example('twinfs unmount /srv/twinfs', 'after `twinfs serve` was killed: "Transport endpoint is not connected"'),
       async (a) => {
         const { forceUnmount } = await import('../fusefs/unmount.js');
         const r = await forceUnmount(a.dir);
@@ -171,8 +174,11 @@ async function main(argv: string[]): Promise<number> {
     )
     .command(
       'demo',
-      'mount on temporary directories, write and read files, show the primary holds them, unmount',
-      (y) => y.option('keep', { type: 'boolean', describe: 'keep the temporary directories' }),
+      'on temporary directories: serve, write a tree while a separate peer backs it up, restore, verify, report the write stall',
+      (y) =>
+        y
+          .option('keep', { type: 'boolean', describe: 'keep the temporary directories' })
+          .example('twinfs demo', 'about ten seconds; needs FUSE'),
       async (a) => {
         status = await demo({ keep: a.keep });
       },

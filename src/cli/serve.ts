@@ -123,6 +123,7 @@ export async function serve(args: ServeArgs): Promise<number> {
     await mirror?.dispose().catch(() => undefined);
     throw err;
   }
+  let smbRef: SmbService | undefined;
   let control: ControlServer | undefined;
   let service: BackupService | undefined;
   if (args.repl && !cfg.control) cfg.control = '127.0.0.1:0';
@@ -139,6 +140,7 @@ export async function serve(args: ServeArgs): Promise<number> {
           : undefined;
       service = new BackupService({ fs, mirror, maxStallMs: cfg.maxStallMs });
       control = await ControlServer.start({
+        statusExtras: async () => ({ smb: smbRef ? await smbRef.status() : null }),
         host,
         port,
         token,
@@ -179,6 +181,7 @@ export async function serve(args: ServeArgs): Promise<number> {
         stateDir: path.join(cfg.stateDir ?? defaultStateDir(), 'smb'),
       })
     : undefined;
+  smbRef = smb;
   smb?.onEvent((e) => out(e.event, e, describeSmbEvent(e)));
   void smb?.start();
 

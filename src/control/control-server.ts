@@ -30,6 +30,8 @@ export interface ControlServerOptions {
   /** A connection must say hello within this, ms (default 10000). */
   helloTimeoutMs?: number;
   log?: (msg: string) => void;
+  /** More sections for the status reply (e.g. the SMB service), from the server's other parts. */
+  statusExtras?: () => Promise<Record<string, unknown>>;
 }
 
 interface Conn {
@@ -260,6 +262,7 @@ export class ControlServer {
           fs: this.opts.fs.status(),
           mirror: this.opts.mirror?.status() ?? null,
           backup: svc.status(),
+          ...(await this.opts.statusExtras?.().catch((err) => ({ extrasError: String(err?.message ?? err) }))),
           connections: [...this.conns]
             .filter((x) => x.authed)
             .map((x) => ({ id: x.id, client: x.client ?? null })),

@@ -115,12 +115,8 @@ export const controlCommands: OperatorCommand[] = [
       if (a.positional.length === 0 && typeof a.options.subtree !== 'string')
         throw new TwinError('ETWIN_USAGE', 'freeze needs at least one path (/ for the whole volume) or --subtree DIR');
       const selector = selectorOf(a.positional, a.options.subtree);
-      const r = (await (
-        await ctx.client()
-      ).request('freeze', {
-        selector,
-        timeoutMs: seconds(a.options.timeout, '--timeout'),
-      })) as any;
+      const timeoutMs = seconds(a.options.timeout, '--timeout');
+      const r = (await (await ctx.client()).request('freeze', { selector, timeoutMs })) as any;
       ctx.print(
         `frozen ${selectorText(selector)} (${r.freezeId}); writes held until thaw or ${Math.round(r.timeoutMs / 1000)} s`,
       );
@@ -199,9 +195,9 @@ export const controlCommands: OperatorCommand[] = [
     async run(ctx, a) {
       if (a.positional.length === 0 && typeof a.options.subtree !== 'string')
         throw new TwinError('ETWIN_USAGE', 'split needs at least one path (/ for the whole volume) or --subtree DIR');
-      const r = await (await ctx.client()).prepare(selectorOf(a.positional, a.options.subtree) as any, {
-        leaseMs: seconds(a.options.lease, '--lease'),
-      });
+      const selector = selectorOf(a.positional, a.options.subtree);
+      const leaseMs = seconds(a.options.lease, '--lease');
+      const r = await (await ctx.client()).prepare(selector as any, { leaseMs });
       ctx.print(
         `split ${r.backupId}: ${r.items.length} item(s) frozen at ${r.mirrorRoot} (device ${r.deviceId}); writes held ${r.stallMs.toFixed(1)} ms`,
       );
