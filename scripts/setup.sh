@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pkg in libfuse2 fuse attr rsync bindfs tar python3 make g++ samba smbclient; do
+for pkg in libfuse2 fuse attr rsync bindfs tar python3 make g++ samba smbclient sqlite3 openssl strace; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then
