@@ -132,17 +132,34 @@ for (let rep = 0; rep < opts.reps; rep++) {
       await rmVia(file(t, 'seq'));
       dropCaches();
       const w = await measured(t, () => ddWrite(f, '1M', SIZE / MiB, true));
-      add('seqwrite', t, { mbps: SIZE / MiB / (w.ms / 1000), ms: w.ms, cpu: w.serverCpuS, rss: w.serverRssMiB });
+      add('seqwrite', t, {
+        mbps: SIZE / MiB / (w.ms / 1000),
+        ms: w.ms,
+        cpu: w.serverCpuS,
+        rss: w.serverRssMiB,
+      });
       log(`rep ${rep} ${t} seq write ${fmt(SIZE / MiB / (w.ms / 1000))} MiB/s`);
       if (workloads.has('seqread')) {
         dropCaches();
         const rc = await measured(t, () => run('dd', [`if=${f}`, 'of=/dev/null', 'bs=1M']));
-        add('seqread-cold', t, { mbps: SIZE / MiB / (rc.ms / 1000), ms: rc.ms, cpu: rc.serverCpuS, rss: rc.serverRssMiB });
+        add('seqread-cold', t, {
+          mbps: SIZE / MiB / (rc.ms / 1000),
+          ms: rc.ms,
+          cpu: rc.serverCpuS,
+          rss: rc.serverRssMiB,
+        });
         dropCaches();
         await run('dd', [`if=${bare(t, 'seq')}`, 'of=/dev/null', 'bs=1M']);
         const rw = await measured(t, () => run('dd', [`if=${f}`, 'of=/dev/null', 'bs=1M']));
-        add('seqread-warm', t, { mbps: SIZE / MiB / (rw.ms / 1000), ms: rw.ms, cpu: rw.serverCpuS, rss: rw.serverRssMiB });
-        log(`rep ${rep} ${t} seq read cold ${fmt(SIZE / MiB / (rc.ms / 1000))} warm ${fmt(SIZE / MiB / (rw.ms / 1000))} MiB/s`);
+        add('seqread-warm', t, {
+          mbps: SIZE / MiB / (rw.ms / 1000),
+          ms: rw.ms,
+          cpu: rw.serverCpuS,
+          rss: rw.serverRssMiB,
+        });
+        log(
+          `rep ${rep} ${t} seq read cold ${fmt(SIZE / MiB / (rc.ms / 1000))} warm ${fmt(SIZE / MiB / (rw.ms / 1000))} MiB/s`,
+        );
       }
       await rmVia(file(t, 'seq'));
     }
@@ -178,7 +195,9 @@ for (let rep = 0; rep < opts.reps; rep++) {
         cpu: m.serverCpuS,
         rss: m.serverRssMiB,
       });
-      log(`rep ${rep} ${t} meta create ${fmt(n / (m.createMs / 1000))}/s stat ${fmt(n / (m.statMs / 1000))}/s unlink ${fmt(n / (m.unlinkMs / 1000))}/s`);
+      log(
+        `rep ${rep} ${t} meta create ${fmt(n / (m.createMs / 1000))}/s stat ${fmt(n / (m.statMs / 1000))}/s unlink ${fmt(n / (m.unlinkMs / 1000))}/s`,
+      );
       await rmVia(dir);
     }
   }
@@ -271,7 +290,8 @@ for (const w of ['seqwrite', 'seqread-cold', 'seqread-warm', 'small']) {
     }
   }
 }
-if (dataRows.length) table(['workload', 'target', 'MiB/s', 'vs bindfs', 'server CPU s', 'server peak RSS MiB'], dataRows);
+if (dataRows.length)
+  table(['workload', 'target', 'MiB/s', 'vs bindfs', 'server CPU s', 'server peak RSS MiB'], dataRows);
 if (results.meta) {
   out.write('\n');
   const ref = (k) => median((results.meta.bindfs ?? []).map((r) => r[k]));
@@ -291,12 +311,24 @@ if (results.meta) {
         fmt(median(rs.map((r) => r.cpu)), 2),
       ];
     });
-  table(['metadata (ops/s)', 'create', 'vs bindfs', 'stat', 'vs bindfs', 'unlink', 'vs bindfs', 'server CPU s'], rows);
+  table(
+    ['metadata (ops/s)', 'create', 'vs bindfs', 'stat', 'vs bindfs', 'unlink', 'vs bindfs', 'server CPU s'],
+    rows,
+  );
 }
 if (rssResult) {
   out.write('\n');
   table(
-    ['twinfs RSS run', 'written MiB', 'MiB/s', 'RSS at start', 'max VmRSS', 'VmHWM', 'limit (cache+150)', 'verdict'],
+    [
+      'twinfs RSS run',
+      'written MiB',
+      'MiB/s',
+      'RSS at start',
+      'max VmRSS',
+      'VmHWM',
+      'limit (cache+150)',
+      'verdict',
+    ],
     [
       [
         `dd bs=1M conv=fsync`,
@@ -312,4 +344,7 @@ if (rssResult) {
   );
 }
 if (opts.json)
-  fs.writeFileSync(opts.json, JSON.stringify({ notes, opts, loadStart, loadEnd, results, rss: rssResult }, null, 2));
+  fs.writeFileSync(
+    opts.json,
+    JSON.stringify({ notes, opts, loadStart, loadEnd, results, rss: rssResult }, null, 2),
+  );

@@ -56,7 +56,19 @@ function serveNullfs(mnt, noXattr) {
   const nodes = new Map([['/', { mode: 0o40755, size: 0, ino: 1 }]]);
   let nextIno = 2;
   const sink = Buffer.alloc(1 << 20);
-  const st = (n) => ({ mode: n.mode, size: n.size, ino: n.ino, nlink: 1, uid: 0, gid: 0, mtime: now, atime: now, ctime: now, blksize: 4096, blocks: Math.ceil(n.size / 512) });
+  const st = (n) => ({
+    mode: n.mode,
+    size: n.size,
+    ino: n.ino,
+    nlink: 1,
+    uid: 0,
+    gid: 0,
+    mtime: now,
+    atime: now,
+    ctime: now,
+    blksize: 4096,
+    blocks: Math.ceil(n.size / 512),
+  });
   const ops = {
     init: (cb) => cb(0),
     getattr: (p, cb) => {
@@ -67,10 +79,23 @@ function serveNullfs(mnt, noXattr) {
     readdir: (p, cb) => {
       const pre = p === '/' ? '/' : `${p}/`;
       const names = [];
-      for (const k of nodes.keys()) if (k !== p && k.startsWith(pre) && !k.slice(pre.length).includes('/')) names.push(k.slice(pre.length));
+      for (const k of nodes.keys())
+        if (k !== p && k.startsWith(pre) && !k.slice(pre.length).includes('/'))
+          names.push(k.slice(pre.length));
       cb(0, names);
     },
-    statfs: (p, cb) => cb(0, { bsize: 4096, frsize: 4096, blocks: 1e6, bfree: 1e6, bavail: 1e6, files: 1e6, ffree: 1e6, favail: 1e6, namemax: 255 }),
+    statfs: (p, cb) =>
+      cb(0, {
+        bsize: 4096,
+        frsize: 4096,
+        blocks: 1e6,
+        bfree: 1e6,
+        bavail: 1e6,
+        files: 1e6,
+        ffree: 1e6,
+        favail: 1e6,
+        namemax: 255,
+      }),
     open: (p, flags, cb) => (nodes.has(p) ? cb(0, 42) : cb(Fuse.ENOENT)),
     create: (p, mode, cb) => {
       nodes.set(p, { mode, size: 0, ino: nextIno++ });
@@ -132,10 +157,14 @@ function serveNullfs(mnt, noXattr) {
 }
 
 async function startNullfs(mnt, noXattr) {
-  const p = spawn(process.execPath, [new URL(import.meta.url).pathname, '--serve', mnt, ...(noXattr ? ['--no-xattr'] : [])], {
-    stdio: ['ignore', 'pipe', 'inherit'],
-    env: { ...process.env, UV_THREADPOOL_SIZE: '32' },
-  });
+  const p = spawn(
+    process.execPath,
+    [new URL(import.meta.url).pathname, '--serve', mnt, ...(noXattr ? ['--no-xattr'] : [])],
+    {
+      stdio: ['ignore', 'pipe', 'inherit'],
+      env: { ...process.env, UV_THREADPOOL_SIZE: '32' },
+    },
+  );
   trackProc(p);
   trackMount(mnt);
   await new Promise((resolve, reject) => {
@@ -202,18 +231,29 @@ async function main() {
       await run('rm', ['-f', `${m}/small`]);
       await run('mkdir', ['-p', `${m}/meta`]);
       c0 = cpuSeconds(pid);
-      const mm = await worker('meta', ['--dir', `${m}/meta`, '--n', String(opts.files), '--size', String(opts['meta-size'])]);
+      const mm = await worker('meta', [
+        '--dir',
+        `${m}/meta`,
+        '--n',
+        String(opts.files),
+        '--size',
+        String(opts['meta-size']),
+      ]);
       add('meta-create', t, { v: opts.files / (mm.createMs / 1000), cpu: cpuSeconds(pid) - c0 });
       add('meta-stat', t, { v: opts.files / (mm.statMs / 1000) });
       add('meta-unlink', t, { v: opts.files / (mm.unlinkMs / 1000) });
       await run('rm', ['-rf', `${m}/meta`]);
-      log(`rep ${rep} ${t}: seq w ${fmt(res.seqwrite[t].at(-1).v)} r ${fmt(res.seqread[t].at(-1).v)} 4k ${fmt(res.small[t].at(-1).v)} MiB/s; create ${fmt(res['meta-create'][t].at(-1).v, 0)}/s`);
+      log(
+        `rep ${rep} ${t}: seq w ${fmt(res.seqwrite[t].at(-1).v)} r ${fmt(res.seqread[t].at(-1).v)} 4k ${fmt(res.small[t].at(-1).v)} MiB/s; create ${fmt(res['meta-create'][t].at(-1).v, 0)}/s`,
+      );
     }
   }
   for (const s of Object.values(servers)) await s.stop();
   umountPlain(d.tmpfs);
   const w = (x) => process.stdout.write(x);
-  w(`\n## bench/fuse-floor.mjs — ${notes.date}\n\nmachine: ${notes.cpus}, load at start ${notes.load}, node ${notes.node}; ${opts.reps} reps, median; bindfs over tmpfs, nullfs in memory\n\n`);
+  w(
+    `\n## bench/fuse-floor.mjs — ${notes.date}\n\nmachine: ${notes.cpus}, load at start ${notes.load}, node ${notes.node}; ${opts.reps} reps, median; bindfs over tmpfs, nullfs in memory\n\n`,
+  );
   const labels = {
     seqwrite: `seq write 1M + fsync (MiB/s)`,
     seqread: 'seq read 1M (MiB/s)',
@@ -232,5 +272,14 @@ async function main() {
     const cpu = targets.map((t) => fmt(median(res[k][t].map((x) => x.cpu ?? Number.NaN)), 2)).join(' / ');
     rows.push([label, ...cells, cpu]);
   }
-  table(['workload', 'bindfs (tmpfs)', 'nullfs (fuse-native, getxattr)', 'nullfs, no getxattr', 'server CPU s b / n / n-nox'], rows);
+  table(
+    [
+      'workload',
+      'bindfs (tmpfs)',
+      'nullfs (fuse-native, getxattr)',
+      'nullfs, no getxattr',
+      'server CPU s b / n / n-nox',
+    ],
+    rows,
+  );
 }

@@ -29,7 +29,8 @@ export function snapshotDist(base) {
   fs.cpSync(path.join(ROOT, 'dist'), path.join(snap, 'dist'), { recursive: true });
   fs.copyFileSync(path.join(ROOT, 'package.json'), path.join(snap, 'package.json'));
   fs.symlinkSync(path.join(ROOT, 'node_modules'), path.join(snap, 'node_modules'));
-  if (fs.existsSync(path.join(ROOT, 'plugins'))) fs.symlinkSync(path.join(ROOT, 'plugins'), path.join(snap, 'plugins'));
+  if (fs.existsSync(path.join(ROOT, 'plugins')))
+    fs.symlinkSync(path.join(ROOT, 'plugins'), path.join(snap, 'plugins'));
   DIST = path.join(snap, 'dist');
   return `dist/ built ${built}, copied to ${DIST}`;
 }
@@ -137,7 +138,10 @@ export function cleanupSync() {
   }
   // Give servers a moment to write back and unmount by themselves.
   const until = Date.now() + 5000;
-  while ([...procs].some((p) => p.exitCode === null && p.signalCode === null && alive(p.pid)) && Date.now() < until)
+  while (
+    [...procs].some((p) => p.exitCode === null && p.signalCode === null && alive(p.pid)) &&
+    Date.now() < until
+  )
     sleepSync(50);
   for (const p of procs) {
     if (alive(p.pid)) {
@@ -149,7 +153,8 @@ export function cleanupSync() {
     }
   }
   for (const m of fuseMounts) forceUnmountSync(m);
-  for (const m of plainMounts) if (mountInfo(m)) spawnSync('umount', ['-l', m], { stdio: 'ignore', timeout: 10_000 });
+  for (const m of plainMounts)
+    if (mountInfo(m)) spawnSync('umount', ['-l', m], { stdio: 'ignore', timeout: 10_000 });
   for (const d of dirs) {
     if (anyMountUnder(d)) {
       process.stderr.write(`bench: leaving ${d} in place: something is still mounted under it\n`);
@@ -235,7 +240,14 @@ export function mkdirs(base, ...names) {
 /** Mounts a private tmpfs of the given size at dir (for "mirror on a separate filesystem"). */
 export function mountTmpfs(dir, sizeBytes) {
   fs.mkdirSync(dir, { recursive: true });
-  const r = spawnSync('mount', ['-t', 'tmpfs', '-o', `size=${Math.ceil(sizeBytes / MiB)}m`, 'benchtmpfs', dir]);
+  const r = spawnSync('mount', [
+    '-t',
+    'tmpfs',
+    '-o',
+    `size=${Math.ceil(sizeBytes / MiB)}m`,
+    'benchtmpfs',
+    dir,
+  ]);
   if (r.status !== 0) throw new Error(`mount tmpfs on ${dir} failed: ${r.stderr}`);
   trackMount(dir, 'plain');
 }
@@ -256,7 +268,11 @@ export function umountPlain(dir) {
 export function run(cmd, args = [], { timeoutMs = 600_000, env, cwd, check = true, input } = {}) {
   return new Promise((resolve, reject) => {
     const t0 = performance.now();
-    const p = spawn(cmd, args, { env: env ?? process.env, cwd, stdio: [input ? 'pipe' : 'ignore', 'pipe', 'pipe'] });
+    const p = spawn(cmd, args, {
+      env: env ?? process.env,
+      cwd,
+      stdio: [input ? 'pipe' : 'ignore', 'pipe', 'pipe'],
+    });
     trackProc(p);
     let stdout = '';
     let stderr = '';
@@ -408,7 +424,10 @@ export async function startTwinfs(o) {
       if (proc.exitCode === null && proc.signalCode === null) {
         proc.kill('SIGTERM');
         let t;
-        const r = await Promise.race([exited, new Promise((res) => (t = setTimeout(() => res('timeout'), timeoutMs)))]);
+        const r = await Promise.race([
+          exited,
+          new Promise((res) => (t = setTimeout(() => res('timeout'), timeoutMs))),
+        ]);
         clearTimeout(t);
         if (r === 'timeout') {
           proc.kill('SIGKILL');
@@ -529,7 +548,10 @@ export function percentile(sorted, p) {
 }
 
 export function loadavg() {
-  return os.loadavg().map((x) => x.toFixed(2)).join(' ');
+  return os
+    .loadavg()
+    .map((x) => x.toFixed(2))
+    .join(' ');
 }
 
 /** Waits (up to maxWaitSec) for the 1-minute load to drop below limit; returns the load seen. */
@@ -547,7 +569,9 @@ export function machineNotes() {
   let git = '';
   try {
     git = spawnSync('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).stdout.trim();
-    const dirty = spawnSync('git', ['-C', ROOT, 'status', '--porcelain', 'src'], { encoding: 'utf8' }).stdout.trim();
+    const dirty = spawnSync('git', ['-C', ROOT, 'status', '--porcelain', 'src'], {
+      encoding: 'utf8',
+    }).stdout.trim();
     if (dirty) git += ` (+${dirty.split('\n').length} uncommitted src changes)`;
   } catch {
     /* no git */

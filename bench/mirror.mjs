@@ -150,7 +150,13 @@ if (sections.has('A')) {
       const r = (res[cfg] ??= { seq: [], small: [], smallFsync: [], cpuSeq: [], cpuSmall: [] });
       dropCaches();
       let cpu0 = cpuSeconds(srv.pid);
-      const w = await run('dd', ['if=/dev/zero', `of=${d.mount}/seq`, 'bs=1M', `count=${SIZE / MiB}`, 'conv=fsync']);
+      const w = await run('dd', [
+        'if=/dev/zero',
+        `of=${d.mount}/seq`,
+        'bs=1M',
+        `count=${SIZE / MiB}`,
+        'conv=fsync',
+      ]);
       r.cpuSeq.push(cpuSeconds(srv.pid) - cpu0);
       r.seq.push(SIZE / MiB / (w.ms / 1000));
       if (mirror) await waitMirrorIdle(client);
@@ -162,11 +168,14 @@ if (sections.has('A')) {
       r.cpuSmall.push(cpuSeconds(srv.pid) - cpu0);
       r.small.push(SMALL / MiB / (s.ms / 1000));
       r.smallFsync.push(SMALL / MiB / ((s.ms + f.wallMs) / 1000));
-      log(`A rep ${rep} mirror ${cfg}: seq ${fmt(r.seq.at(-1))} MiB/s, 4k ${fmt(r.small.at(-1))} MiB/s (${fmt(r.smallFsync.at(-1))} incl. fsync)`);
+      log(
+        `A rep ${rep} mirror ${cfg}: seq ${fmt(r.seq.at(-1))} MiB/s, 4k ${fmt(r.small.at(-1))} MiB/s (${fmt(r.smallFsync.at(-1))} incl. fsync)`,
+      );
       if (mirror) {
         await waitMirrorIdle(client);
         const v = await client.request('verify', { content: false });
-        if (v && v.differences && v.differences.length) log(`A: verify found ${v.differences.length} differences!`);
+        if (v && v.differences && v.differences.length)
+          log(`A: verify found ${v.differences.length} differences!`);
       }
       await client.close();
       await srv.stop();
@@ -188,7 +197,11 @@ async function splitRun(nFiles) {
   fs.rmSync(d.cpcopy, { recursive: true, force: true });
   dropCaches();
   const srv = await mirroredServer(d, path.join(root, 'mirror'));
-  const pair = await srv.waitEvent((e) => e.event === 'state' && e.state === 'PAIR' && e.paths === 'volume', 600_000, 'PAIR');
+  const pair = await srv.waitEvent(
+    (e) => e.event === 'state' && e.state === 'PAIR' && e.paths === 'volume',
+    600_000,
+    'PAIR',
+  );
   const copyMs = pair.at - srv.spawnedAt;
   log(`B: initial copy of ${nFiles} files ${fmt(copyMs / 1000, 2)} s (cp -a ${fmt(cp.ms / 1000, 2)} s)`);
   const client = await controlClient(srv.url, srv.token);
@@ -289,13 +302,19 @@ if (sections.has('D')) {
     const mirror = path.join(root, `mirror${i}`);
     dropCaches();
     const srv = await mirroredServer(d, mirror);
-    const pair = await srv.waitEvent((e) => e.event === 'state' && e.state === 'PAIR' && e.paths === 'volume', 600_000, 'PAIR');
+    const pair = await srv.waitEvent(
+      (e) => e.event === 'state' && e.state === 'PAIR' && e.paths === 'volume',
+      600_000,
+      'PAIR',
+    );
     const copyMs = pair.at - srv.spawnedAt;
     const cpu = cpuSeconds(srv.pid);
     await srv.stop();
     fs.rmSync(mirror, { recursive: true, force: true });
     runs.push({ cpMs: cp.ms, copyMs, startupMs: srv.startupMs, serverCpuS: cpu });
-    log(`D: initial copy ${fmt(copyMs / 1000, 2)} s (startup ${fmt(srv.startupMs)} ms), cp -a ${fmt(cp.ms / 1000, 2)} s`);
+    log(
+      `D: initial copy ${fmt(copyMs / 1000, 2)} s (startup ${fmt(srv.startupMs)} ms), cp -a ${fmt(cp.ms / 1000, 2)} s`,
+    );
   }
   fs.rmSync(root, { recursive: true, force: true });
   out.D = { files: tree.files, bytes: tree.bytes, runs };
@@ -326,8 +345,13 @@ if (out.A) {
       `${fmt(v('cpuSeq'), 2)} / ${fmt(v('cpuSmall'), 2)}`,
     ]);
   }
-  w(`A. write throughput (MiB/s, median of ${opts.reps}; seq = dd bs=1M ${opts['size-mb']} MiB conv=fsync; 4k = dd bs=4k ${opts['small-mb']} MiB, then open+fsync)\n\n`);
-  table(['config', 'seq', 'vs off', '4k write', 'vs off', '4k incl. fsync', 'vs off', 'server CPU s seq / 4k'], rows);
+  w(
+    `A. write throughput (MiB/s, median of ${opts.reps}; seq = dd bs=1M ${opts['size-mb']} MiB conv=fsync; 4k = dd bs=4k ${opts['small-mb']} MiB, then open+fsync)\n\n`,
+  );
+  table(
+    ['config', 'seq', 'vs off', '4k write', 'vs off', '4k incl. fsync', 'vs off', 'server CPU s seq / 4k'],
+    rows,
+  );
   w(`goals: tmpfs ≥ 0.85× off; same disk ≥ 0.45× off (within 10% of half)\n\n`);
 }
 if (out.B) {
@@ -349,10 +373,28 @@ if (out.B) {
     }
   }
   w(`B. split latency through the control channel (${opts.splits} prepares each; ms)\n\n`);
-  table(['files on volume', 'selection', 'stallMs median', 'stallMs max', 'prepare round trip', 'release round trip', 'items in reply'], rows);
+  table(
+    [
+      'files on volume',
+      'selection',
+      'stallMs median',
+      'stallMs max',
+      'prepare round trip',
+      'release round trip',
+      'items in reply',
+    ],
+    rows,
+  );
   w(`goal: volume split ≤ 50 ms at 100,000 files, not growing with the file count\n\n`);
   table(
-    ['initial copy (1 KiB files)', 'files', 'twinfs s (spawn→PAIR)', 'of which startup s', 'cp -a s', 'twinfs vs cp -a'],
+    [
+      'initial copy (1 KiB files)',
+      'files',
+      'twinfs s (spawn→PAIR)',
+      'of which startup s',
+      'cp -a s',
+      'twinfs vs cp -a',
+    ],
     out.B.map((b) => [
       'small-file tree',
       b.nFiles,
@@ -368,9 +410,18 @@ if (out.C) {
   const C = out.C;
   const rs = median(C.resync.map((r) => r.ms));
   const cp = median(C.cpMs);
-  w(`C. resync of ${C.changeMiB} MiB changed inside a ${C.sizeMiB} MiB file (3 runs, median; caches dropped before each)\n\n`);
+  w(
+    `C. resync of ${C.changeMiB} MiB changed inside a ${C.sizeMiB} MiB file (3 runs, median; caches dropped before each)\n\n`,
+  );
   table(
-    ['resync ms (server)', 'release round trip ms', 'bytes copied', 'cp of the file ms', 'resync / cp', 'verify after'],
+    [
+      'resync ms (server)',
+      'release round trip ms',
+      'bytes copied',
+      'cp of the file ms',
+      'resync / cp',
+      'verify after',
+    ],
     [
       [
         fmt(rs, 1),
@@ -388,7 +439,9 @@ if (out.D) {
   const D = out.D;
   const copy = median(D.runs.map((r) => r.copyMs));
   const cp = median(D.runs.map((r) => r.cpMs));
-  w(`D. initial copy of a mixed tree: ${D.files} files, ${fmt(D.bytes / MiB)} MiB (half in 4 large files, half in 4–64 KiB files); 2 runs, median\n\n`);
+  w(
+    `D. initial copy of a mixed tree: ${D.files} files, ${fmt(D.bytes / MiB)} MiB (half in 4 large files, half in 4–64 KiB files); 2 runs, median\n\n`,
+  );
   table(
     ['', 'seconds', 'MiB/s', 'vs cp -a'],
     [
@@ -396,7 +449,9 @@ if (out.D) {
       ['twinfs spawn → PAIR', fmt(copy / 1000, 2), fmt(D.bytes / MiB / (copy / 1000)), ratio(cp, copy)],
     ],
   );
-  w(`(server startup included: ${D.runs.map((r) => fmt(r.startupMs, 0)).join(', ')} ms; server CPU s ${D.runs.map((r) => fmt(r.serverCpuS, 2)).join(', ')})\ngoal: ≥ 0.9× cp -a\n`);
+  w(
+    `(server startup included: ${D.runs.map((r) => fmt(r.startupMs, 0)).join(', ')} ms; server CPU s ${D.runs.map((r) => fmt(r.serverCpuS, 2)).join(', ')})\ngoal: ≥ 0.9× cp -a\n`,
+  );
 }
 if (opts.json) fs.writeFileSync(opts.json, JSON.stringify({ notes, opts, loads, results: out }, null, 2));
 await sleep(10);

@@ -12,7 +12,24 @@ const smoke = args.includes('--smoke');
 const pass = args.filter((a) => a !== '--smoke');
 const SMOKE = {
   'fs.mjs': ['--size-mb', '64', '--small-mb', '16', '--files', '500', '--rss-mb', '256', '--reps', '1'],
-  'mirror.mjs': ['--size-mb', '64', '--small-mb', '16', '--reps', '1', '--files', '2000', '--files-small', '200', '--splits', '3', '--resync-mb', '64', '--copy-mb', '64'],
+  'mirror.mjs': [
+    '--size-mb',
+    '64',
+    '--small-mb',
+    '16',
+    '--reps',
+    '1',
+    '--files',
+    '2000',
+    '--files-small',
+    '200',
+    '--splits',
+    '3',
+    '--resync-mb',
+    '64',
+    '--copy-mb',
+    '64',
+  ],
   'stall.mjs': ['--big-mib', '64', '--dirty-mib', '16', '--cycles', '2'],
   'fuse-floor.mjs': ['--size-mb', '128', '--small-mb', '32', '--files', '1000', '--reps', '1'],
 };

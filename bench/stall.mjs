@@ -110,13 +110,35 @@ const scenarios = {
   'small-0': { target: 'small', dirty: null },
   'big-0': { target: 'big', dirty: null },
   'small-dirty': { target: 'small', dirty: { file: 'other', seekMiB: 0 } },
-  'big-dirty': { target: 'big', dirty: { file: 'big', seekMiB: Math.min(256, Math.max(1, opts['big-mib'] - opts['dirty-mib'])) } },
+  'big-dirty': {
+    target: 'big',
+    dirty: { file: 'big', seekMiB: Math.min(256, Math.max(1, opts['big-mib'] - opts['dirty-mib'])) },
+  },
 };
 
 function startWriter(file, outFile, stopFile) {
-  const p = spawn(process.execPath, [WORKER, 'writer', '--file', file, '--rate', String(opts.rate), '--duration-ms', '600000', '--span', String(Math.min(opts['small-mib'], 1) * MiB), '--out', outFile, '--stop', stopFile], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
+  const p = spawn(
+    process.execPath,
+    [
+      WORKER,
+      'writer',
+      '--file',
+      file,
+      '--rate',
+      String(opts.rate),
+      '--duration-ms',
+      '600000',
+      '--span',
+      String(Math.min(opts['small-mib'], 1) * MiB),
+      '--out',
+      outFile,
+      '--stop',
+      stopFile,
+    ],
+    {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    },
+  );
   trackProc(p);
   let buf = '';
   let err = '';
@@ -186,7 +208,16 @@ async function scenarioRun(name, withBackup) {
       const r0 = now();
       const r = await client.release(p.backupId);
       const r1 = now();
-      prepares.push({ t0, t1, rtt: t1 - t0, stallMs: p.stallMs, dirtyBytes, resyncMs: r.ms, resyncBytes: r.bytesCopied, releaseRtt: r1 - r0 });
+      prepares.push({
+        t0,
+        t1,
+        rtt: t1 - t0,
+        stallMs: p.stallMs,
+        dirtyBytes,
+        resyncMs: r.ms,
+        resyncBytes: r.bytesCopied,
+        releaseRtt: r1 - r0,
+      });
     } else {
       prepares.push({ dirtyBytes });
       await sleep(opts['hold-ms']);
@@ -232,7 +263,12 @@ w(
     `writer: 4 KiB writes at ${opts.rate}/s into the target's first MiB; ${opts.cycles} prepare/release cycles per run, split held ${opts['hold-ms']} ms; ` +
     `mirror on ${opts.mirror}; server --cache-mb ${opts['cache-mb']} --writeback-ms ${opts['writeback-ms']}; verify after: ${JSON.stringify(v?.ok)}\n\n`,
 );
-const label = { 'small-0': `${opts['small-mib']} MiB, 0 dirty`, 'big-0': `${opts['big-mib']} MiB, 0 dirty`, 'small-dirty': `${opts['small-mib']} MiB, ${opts['dirty-mib']} MiB dirty elsewhere`, 'big-dirty': `${opts['big-mib']} MiB, ${opts['dirty-mib']} MiB dirty in it` };
+const label = {
+  'small-0': `${opts['small-mib']} MiB, 0 dirty`,
+  'big-0': `${opts['big-mib']} MiB, 0 dirty`,
+  'small-dirty': `${opts['small-mib']} MiB, ${opts['dirty-mib']} MiB dirty elsewhere`,
+  'big-dirty': `${opts['big-mib']} MiB, ${opts['dirty-mib']} MiB dirty in it`,
+};
 const rows = [];
 for (const [name, r] of Object.entries(results)) {
   const p = r.backup.prepares;

@@ -4,6 +4,15 @@ import { Emitter } from '../common/event.js';
 import { DisposableStore } from '../common/lifecycle.js';
 import { ControlClient } from '../control/client.js';
 import type { PrepareResult, SelectorMsg } from '../control/protocol.js';
+import {
+  type BackupEventName,
+  type BackupHooks,
+  type FreezeHookResult,
+  type HookFailurePolicy,
+  type PluginSelector,
+  pluginSelector,
+  runFreezeHooks,
+} from './backup-hooks.js';
 import { Catalog, type EntryRecord, type SnapshotRecord } from './catalog.js';
 import { EntryCopier } from './entry-copier.js';
 import { locateMirror, MirrorReader, type SourceEntry, toVolumePath } from './mirror-source.js';
@@ -17,6 +26,7 @@ import {
   type SnapshotWriter,
 } from './target.js';
 
+export type { BackupEventName, BackupHooks, HookFailurePolicy } from './backup-hooks.js';
 export type { BackupControl } from './split-lease.js';
 
 export interface BackupOptions {
@@ -40,9 +50,14 @@ export interface BackupOptions {
   connect?: (url: string, token: string) => Promise<BackupControl>;
   /** Parallel copies (default: min(4, the target's maxConcurrency)). */
   concurrency?: number;
+  /** Plugin events and onWillFreeze hooks (the CLI passes its plugin host). */
+  hooks?: BackupHooks;
+  /** How long onWillFreeze hooks may take, ms (default 10000); before prepare, never in the write stall. */
+  freezeHookTimeoutMs?: number;
+  onHookFailure?: HookFailurePolicy;
 }
 
-export type BackupPhase = 'connect' | 'prepare' | 'copy' | 'commit' | 'done';
+export type BackupPhase = 'connect' | 'freeze' | 'prepare' | 'copy' | 'commit' | 'done';
 
 export interface BackupProgress {
   phase: BackupPhase;
@@ -63,6 +78,17 @@ export interface BackupResult {
   snapshot: SnapshotRecord;
   stallMs: number;
   backupId: string;
+  /** How long the onWillFreeze hooks took, ms (before prepare: not part of stallMs). */
+  freezeHookMs: number;
+  /** onWillFreeze hooks that failed or timed out; the run went on crash-consistent. */
+  hookFailures: Array<{ plugin: string; message: string }>;
+}
+
+/** A warning of a run that goes on (a failed onWillFreeze hook). */
+export interface BackupWarning {
+  code: string;
+  message: string;
+  plugin?: string;
 }
 
 const DEFAULT_LEASE_MS = 60_000;
@@ -92,6 +118,11 @@ export class BackupRun {
   private readonly _onDidProgress = new Emitter<BackupProgress>();
   /** Fired on every phase change and after every entry. */
   readonly onDidProgress = this._onDidProgress.event;
+  private readonly _onDidWarn = new Emitter<BackupWarning>();
+  /** Fired when the run goes on past a problem (a failed onWillFreeze hook). */
+  readonly onDidWarn = this._onDidWarn.event;
+  /** Plugin events delivered while the run goes on; settled before run() returns. */
+  private readonly pendingEvents: Array<Promise<void>> = [];
   private readonly progress: BackupProgress = {
     phase: 'connect',
     files: 0,
@@ -115,8 +146,16 @@ export class BackupRun {
     o.signal?.addEventListener('abort', onAbort, { once: true });
     store.add({ dispose: () => o.signal?.removeEventListener('abort', onAbort) });
     let writer: SnapshotWriter | undefined;
-    let snapshotId: string | undefined;
+    let recorded = false;
+    // Known from the start: plugins hear of the run (onWillBackup) before anything happens.
+    const id = newSnapshotId();
+    this.progress.snapshotId = id;
+    const selector = pluginSelector(o.selector);
+    const target = o.target.spec;
+    // Set while plugins may hold applications quiesced for this run: onDidThaw lets them go.
+    let thawOwed = false;
     try {
+      await o.hooks?.emit('onWillBackup', { snapshotId: id, selector, target });
       this.emit({ phase: 'connect' });
       const control = await (o.connect ?? ((url, token) => defaultConnect(url, token, o.ca)))(
         o.server,
@@ -126,18 +165,28 @@ export class BackupRun {
       // Before the split is taken: nothing here should count against the lease.
       await this.clearAbandoned();
       throwIfAborted(stop.signal);
+      thawOwed = !!o.hooks;
+      const hooks = await this.freezeHooks(selector);
+      throwIfAborted(stop.signal);
       this.emit({ phase: 'prepare' });
       const prep = await control.prepare(o.selector, { leaseMs });
       // Registered after the connection: disposed (the split released) before it closes.
       const lease = store.add(new SplitLease(control, prep.backupId, leaseMs, (err) => stop.abort(err)));
       this.progress.backupId = prep.backupId;
+      // When prepare answers, the server has held the writes, split the pairs and let writes go
+      // again: told in that order, and not waited for — applications paused by onWillFreeze
+      // resume on onDidThaw, and the lease is running.
+      const backupId = prep.backupId;
+      this.deliver('onDidFreeze', { selector, backupId });
+      this.deliver('onDidSplit', { selector, backupId, deviceId: prep.deviceId });
+      this.deliver('onDidThaw', { selector, backupId, stallMs: prep.stallMs });
+      thawOwed = false;
 
       const mirror = await locateMirror(prep, o.mirrorMap);
       const reader = new MirrorReader(mirror.data);
       // Checked before anything is recorded: a bad path list is the server's fault, not a run.
       const sources = prep.itemsComplete ? itemsToSources(prep) : undefined;
-      const id = (snapshotId = newSnapshotId());
-      this.progress.snapshotId = id;
+      recorded = true;
       const parent = await this.beginInCatalog(id, prep);
       const meta: SnapshotMeta = {
         snapshotId: id,
@@ -171,7 +220,9 @@ export class BackupRun {
       // Every read is done: prove the split held all along, then let the server resync.
       await lease.confirm();
       throwIfAborted(stop.signal);
-      await lease.release();
+      const resynced = await lease.release();
+      if (resynced !== undefined)
+        this.deliver('onDidResync', { backupId, bytesCopied: numberOr(resynced.reply, 'bytesCopied') });
 
       this.emit({ phase: 'commit' });
       const totals = copier.totals;
@@ -180,21 +231,57 @@ export class BackupRun {
       // catalog never claims it, and a transient catalog failure must not destroy a good copy.
       const snapshot = await Catalog.with(o.catalogDir, (c) => c.complete(id, entries, totals));
       this.emit({ phase: 'done', reusedFiles: totals.reusedFiles });
-      return { snapshot, stallMs: prep.stallMs, backupId: prep.backupId };
+      await o.hooks?.emit('onDidCompleteBackup', { snapshotId: id, totals, target });
+      return {
+        snapshot,
+        stallMs: prep.stallMs,
+        backupId,
+        freezeHookMs: hooks.ms,
+        hookFailures: hooks.failures,
+      };
     } catch (err) {
       // Once stopped, whatever in-flight work threw is a consequence: report the cause.
       const reason = stop.signal.aborted ? stop.signal.reason : err;
+      if (thawOwed) this.deliver('onDidThaw', { selector });
       await writer?.abort().catch(() => undefined);
-      const id = snapshotId;
-      if (id)
+      if (recorded)
         await Catalog.with(o.catalogDir, (c) =>
           c.fail(id, { code: codeOf(reason), message: describe(reason) }),
         ).catch(() => undefined);
+      await o.hooks
+        ?.emit('onDidFail', { snapshotId: id, code: codeOf(reason), message: describe(reason) })
+        .catch(() => undefined);
       throw reason;
     } finally {
       await store.dispose().catch(() => undefined);
+      await Promise.allSettled(this.pendingEvents);
       this._onDidProgress.dispose();
+      this._onDidWarn.dispose();
     }
+  }
+
+  /** onWillFreeze hooks (see runFreezeHooks); a failure that lets the run go on is a warning. */
+  private async freezeHooks(selector: PluginSelector): Promise<FreezeHookResult> {
+    const o = this.opts;
+    if (!o.hooks) return { ms: 0, failures: [] };
+    this.emit({ phase: 'freeze' });
+    const r = await runFreezeHooks(o.hooks, selector, {
+      timeoutMs: o.freezeHookTimeoutMs,
+      policy: o.onHookFailure,
+    });
+    for (const f of r.failures)
+      this._onDidWarn.fire({
+        code: 'ETWIN_PLUGIN_FAILED',
+        plugin: f.plugin,
+        message: `plugin ${f.plugin}: ${f.message}; going on crash-consistent`,
+      });
+    return r;
+  }
+
+  /** Delivers a plugin event without waiting for it (settled before run() returns). */
+  private deliver(name: BackupEventName, payload: Record<string, unknown>): void {
+    const hooks = this.opts.hooks;
+    if (hooks) this.pendingEvents.push(hooks.emit(name, payload).catch(() => undefined));
   }
 
   /** Copies the items of the reply, or (cut short) what a walk of the selection finds. */
@@ -301,6 +388,11 @@ export function describeSelector(sel: SelectorMsg): string[] {
 
 function throwIfAborted(signal: AbortSignal): void {
   if (signal.aborted) throw signal.reason;
+}
+
+function numberOr(o: unknown, key: string): number | undefined {
+  const v = (o as Record<string, unknown> | null)?.[key];
+  return typeof v === 'number' ? v : undefined;
 }
 
 function codeOf(err: unknown): string {

@@ -1,9 +1,18 @@
 export {
+  type BackupEventName,
+  type BackupHooks,
+  type HookFailurePolicy,
+  type PluginSelector,
+  pluginSelector,
+  runFreezeHooks,
+} from './backup-hooks.js';
+export {
   type BackupControl,
   type BackupOptions,
   type BackupProgress,
   type BackupResult,
   BackupRun,
+  type BackupWarning,
   newSnapshotId,
 } from './backup-run.js';
 export {
@@ -20,5 +29,4 @@ export { loadPeerConfig, type PeerConfig, readToken, selectorFor } from './peer-
 export { PeerDaemon, type PeerEvent } from './peer-daemon.js';
 export { type RestoreResult, restore } from './restore.js';
 export * from './target.js';
-export { DirectoryTarget } from './targets/directory.js';
 export { TargetRegistry } from './targets/index.js';

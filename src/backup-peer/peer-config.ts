@@ -27,6 +27,10 @@ export const peerConfigSchema = z
     keepDaily: z.number().int().min(1).optional(),
     /** CA certificate (PEM file) for wss:// with a private CA. */
     caFile: z.string().optional(),
+    /** How long onWillFreeze plugin hooks may take, seconds (default 10; not part of the write stall). */
+    freezeHookTimeoutSec: z.number().positive().optional(),
+    /** A failed onWillFreeze hook: go on crash-consistent (default) or fail the run. */
+    onHookFailure: z.enum(['crash-consistent', 'fail']).optional(),
   })
   .strict()
   .refine((c) => !(c.paths && c.subtree), { message: 'name paths or subtree, not both' });

@@ -1,7 +1,7 @@
 import { promises as fsp } from 'node:fs';
 import { delay } from '../common/async.js';
 import { Emitter } from '../common/event.js';
-import { BackupRun } from './backup-run.js';
+import { type BackupHooks, BackupRun } from './backup-run.js';
 import { forget } from './forget.js';
 import { type PeerConfig, readToken, selectorFor } from './peer-config.js';
 import type { TargetRegistry } from './targets/index.js';
@@ -19,6 +19,7 @@ export type PeerEvent =
       reusedFiles: number;
       ms: number;
     }
+  | { event: 'backup-warning'; run: number; code: string; message: string }
   | { event: 'backup-failed'; run: number; code: string; message: string }
   | { event: 'forget'; removed: string[]; orphaned: string[] }
   | { event: 'stopped' };
@@ -37,6 +38,8 @@ export class PeerDaemon {
   constructor(
     private readonly config: PeerConfig,
     private readonly registry: TargetRegistry,
+    /** Plugin events and onWillFreeze hooks (the CLI passes its plugin host). */
+    private readonly hooks?: BackupHooks,
   ) {}
 
   async run(signal: AbortSignal): Promise<void> {
@@ -71,7 +74,7 @@ export class PeerDaemon {
       const ca = c.caFile ? await fsp.readFile(c.caFile) : undefined;
       const target = await this.registry.open(c.target);
       try {
-        const r = await new BackupRun({
+        const backup = new BackupRun({
           server: c.server,
           token,
           ca,
@@ -81,7 +84,14 @@ export class PeerDaemon {
           leaseMs: c.leaseSec ? c.leaseSec * 1000 : undefined,
           mirrorMap: c.mirrorMap,
           signal,
-        }).run();
+          hooks: this.hooks,
+          freezeHookTimeoutMs: c.freezeHookTimeoutSec ? c.freezeHookTimeoutSec * 1000 : undefined,
+          onHookFailure: c.onHookFailure,
+        });
+        backup.onDidWarn((w) =>
+          this._onDidReport.fire({ event: 'backup-warning', run, code: w.code, message: w.message }),
+        );
+        const r = await backup.run();
         const t = r.snapshot.totals;
         this._onDidReport.fire({
           event: 'backup-complete',

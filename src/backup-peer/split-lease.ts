@@ -61,11 +61,18 @@ export class SplitLease implements Disposable {
     });
   }
 
-  /** Lets the server resync (idempotent; failures are the server's to clean up by lease). */
-  async release(): Promise<void> {
-    if (!this.held) return;
+  /**
+   * Lets the server resync (idempotent; failures are the server's to clean up by lease).
+   * Resolves with the server's reply once the pairs are back in sync; undefined when this call
+   * did not release them (released before, or the request failed).
+   */
+  async release(): Promise<{ reply: unknown } | undefined> {
+    if (!this.held) return undefined;
     this.held = false;
-    await this.control.release(this.backupId).catch(() => undefined);
+    return this.control.release(this.backupId).then(
+      (reply) => ({ reply }),
+      () => undefined,
+    );
   }
 
   async dispose(): Promise<void> {

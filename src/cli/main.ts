@@ -77,6 +77,12 @@ async function main(argv: string[]): Promise<number> {
             array: true,
             describe: 'an SMB account NAME:PASSWORD (repeatable; the config file keeps passwords off ps)',
           })
+          .option('plugin-dir', {
+            type: 'string',
+            array: true,
+            describe:
+              'a folder of plugins, or one plugin folder (repeatable); with --control, plugins hear freeze, split, thaw and resync events',
+          })
           .example(
             'twinfs serve --primary /srv/primary --mount /mnt/twin --mirror /srv/mirror --control 127.0.0.1:7420',
             '',
@@ -104,6 +110,7 @@ async function main(argv: string[]): Promise<number> {
           repl: a.repl,
           smbListen: a.smb,
           smbUsers: a['smb-user'],
+          pluginDirs: a['plugin-dir'],
         });
       },
     )
@@ -113,7 +120,10 @@ async function main(argv: string[]): Promise<number> {
       (y) =>
         y
           .positional('dir', { type: 'string', demandOption: true, describe: 'the mount point' })
-          .example('twinfs unmount /srv/twinfs', 'after `twinfs serve` was killed: "Transport endpoint is not connected"'),
+          .example(
+            'twinfs unmount /srv/twinfs',
+            'after `twinfs serve` was killed: "Transport endpoint is not connected"',
+          ),
       async (a) => {
         const { forceUnmount } = await import('../fusefs/unmount.js');
         const r = await forceUnmount(a.dir);
@@ -137,7 +147,10 @@ async function main(argv: string[]): Promise<number> {
           })
           .example('twinfs verify --primary /srv/primary --mirror /srv/mirror', 'offline, the server stopped')
           .example('twinfs verify --server ws://127.0.0.1:7420 --token-file F', 'online')
-          .example('twinfs verify --config /etc/twinfs.json --no-content --json', 'metadata only, JSON report'),
+          .example(
+            'twinfs verify --config /etc/twinfs.json --no-content --json',
+            'metadata only, JSON report',
+          ),
       async (a) => {
         if (a.primary || a.mirror) {
           if (!a.primary || !a.mirror)
@@ -199,7 +212,8 @@ async function main(argv: string[]): Promise<number> {
       throw new TwinError('ETWIN_USAGE', usageMessage(msg ?? err?.message ?? 'bad usage', argv, commands));
     })
     .help()
-    .version();
+    .version()
+    .wrap(Math.min(110, parser.terminalWidth()));
   // Read before parsing: inside a command, yargs holds only that command's subcommands.
   const commands = knownCommands(parser);
   await parser.parseAsync();
@@ -220,16 +234,22 @@ function usageMessage(msg: string, argv: string[], commands: string[]): string {
   const first = argv.find((w) => !w.startsWith('-'));
   const help = first && commands.includes(first) ? `twinfs ${first} --help` : 'twinfs --help';
   const guess = /^Did you mean (.+)\?$/.exec(msg.trim());
-  if (guess) return `unknown command "${first}"; did you mean "${guess[1]}"? (twinfs --help lists the commands)`;
+  if (guess)
+    return `unknown command "${first}"; did you mean "${guess[1]}"? (twinfs --help lists the commands)`;
   const unknown = /^Unknown arguments?: (.+)$/.exec(msg.trim());
   if (unknown) {
     const names = unknown[1]!.split(', ');
     if (first && names.includes(first) && !commands.includes(first))
       return `unknown command "${first}" (twinfs --help lists the commands)`;
-    const shown = names.map((n) => (argv.includes(`--${n}`) || argv.some((w) => w.startsWith(`--${n}=`)) ? `--${n}` : n));
+    const shown = names.map((n) =>
+      argv.includes(`--${n}`) || argv.some((w) => w.startsWith(`--${n}=`)) ? `--${n}` : n,
+    );
     return `unknown ${shown.every((n) => n.startsWith('--')) ? 'option' : 'argument'}${shown.length > 1 ? 's' : ''} ${shown.join(', ')} (${help} lists what it takes)`;
   }
-  return `${msg.trim().replace(/:\s*\n\s*/g, ': ').replace(/\s*\n\s*/g, '; ')} (${help})`;
+  return `${msg
+    .trim()
+    .replace(/:\s*\n\s*/g, ': ')
+    .replace(/\s*\n\s*/g, '; ')} (${help})`;
 }
 
 main(hideBin(process.argv)).then(

@@ -1,10 +1,10 @@
 import type { Argv } from 'yargs';
 import { TwinError } from '../common/errors.js';
+import { ControlClient } from '../control/client.js';
 import { type CommandContext, controlCommands, type OperatorCommand } from '../repl/commands.js';
 import { parseArgs } from '../repl/words.js';
 import { type ConnectArgs, resolveConnection } from './connect.js';
-import { ControlClient } from '../control/client.js';
-import { catalogSources, operatorCommandList, startOperatorRepl } from './operator-repl.js';
+import { catalogSources, startOperatorRepl } from './operator-repl.js';
 import { Output } from './output.js';
 
 /** Options every command that talks to a server takes. */
@@ -58,9 +58,12 @@ export async function runOnce(cmd: OperatorCommand, a: ServerArgs, words: string
   // Connected on first use, so a usage mistake is reported before the server is even tried.
   let connecting: Promise<ControlClient> | undefined;
   const client = () =>
-    (connecting ??= ControlClient.connect(conn.url, { token: conn.token, ca: conn.ca, client: 'twinfs-cli' }));
+    (connecting ??= ControlClient.connect(conn.url, {
+      token: conn.token,
+      ca: conn.ca,
+      client: 'twinfs-cli',
+    }));
   const out = new Output(Boolean(a.json));
-  const ac = new AbortController();
   const snapshots = catalogSources(conn.config.catalog);
   const ctx: CommandContext = {
     client,
@@ -69,14 +72,16 @@ export async function runOnce(cmd: OperatorCommand, a: ServerArgs, words: string
     },
     progress: (p) => out.progress(p),
     json: Boolean(a.json),
-    signal: ac.signal,
+    // Ctrl-C ends the process (freeze and split trap it to let go of what they hold).
+    signal: new AbortController().signal,
     defaults: { catalog: conn.config.catalog, target: conn.config.target },
     recentSnapshots: snapshots.recentSnapshots,
   };
   try {
     const result = (await cmd.run(ctx, parseArgs(words, cmd.flags))) as Record<string, unknown>;
     out.stopBar();
-    if (cmd.name === 'freeze' || cmd.name === 'split') return await hold(cmd.name, await client(), result, out);
+    if (cmd.name === 'freeze' || cmd.name === 'split')
+      return await hold(cmd.name, await client(), result, out);
     if (a.json) out.line(JSON.stringify(result ?? null));
     return 0;
   } finally {
@@ -108,27 +113,36 @@ async function hold(
         : `holding the split (lease renewed): \`twinfs resync ${id}\` or Ctrl-C releases it`,
     );
   let renew: NodeJS.Timeout | undefined;
-  const ended = new Promise<{ event: string; data: Record<string, unknown> }>((resolve) => {
-    client.onEvent((e) => {
-      const d = (e.data ?? {}) as Record<string, unknown>;
-      if (kind === 'freeze' && e.event === 'thawed' && d.freezeId === id) resolve({ event: 'thawed', data: d });
-      if (kind === 'split' && e.event === 'resynced' && d.backupId === id) resolve({ event: 'resynced', data: d });
-      if (kind === 'split' && e.event === 'lease-expired' && d.backupId === id)
-        resolve({ event: 'lease-expired', data: d });
-    });
-    client.onClose(() => resolve({ event: 'closed', data: {} }));
+  type End = { event: string; data: Record<string, unknown>; error?: unknown };
+  let finish!: (end: End) => void;
+  const ended = new Promise<End>((resolve) => {
+    finish = resolve;
   });
+  client.onEvent((e) => {
+    const d = (e.data ?? {}) as Record<string, unknown>;
+    if (kind === 'freeze' && e.event === 'thawed' && d.freezeId === id) finish({ event: 'thawed', data: d });
+    if (kind === 'split' && e.event === 'resynced' && d.backupId === id)
+      finish({ event: 'resynced', data: d });
+    if (kind === 'split' && e.event === 'lease-expired' && d.backupId === id)
+      finish({ event: 'lease-expired', data: d });
+  });
+  client.onClose(() => finish({ event: 'closed', data: {} }));
   if (kind === 'split') {
     const leaseMs = Number(made.leaseMs) || 60_000;
     renew = setInterval(() => void client.renew(id).catch(() => undefined), Math.max(500, leaseMs / 3));
   }
+  // The event normally comes first; the reply settles it if the event never comes (a failed resync).
   const onSignal = () => {
-    if (kind === 'freeze') void client.request('thaw', { freezeId: id }).catch(() => undefined);
-    else void client.release(id).catch(() => undefined);
+    const req = kind === 'freeze' ? client.request('thaw', { freezeId: id }) : client.release(id);
+    req.then(
+      (r) => finish({ event: kind === 'freeze' ? 'thawed' : 'resynced', data: r as Record<string, unknown> }),
+      (error) => finish({ event: 'error', data: {}, error }),
+    );
   };
   process.on('SIGINT', onSignal).on('SIGTERM', onSignal);
   try {
     const end = await ended;
+    if (end.event === 'error') throw end.error;
     if (end.event === 'closed')
       throw new TwinError(
         'ETWIN_CONTROL_CLOSED',
@@ -140,7 +154,7 @@ async function hold(
     out.result(
       { event: end.event, ...d },
       end.event === 'thawed'
-        ? `thawed ${id} after ${(Number(d.heldMs) / 1000).toFixed(1)} s (${d.reason})`
+        ? `thawed ${id} after ${(Number(d.heldMs) / 1000).toFixed(1)} s (${d.reason ?? 'thaw'})`
         : `resynced ${id}: ${d.bytesCopied} bytes copied, ${d.entries} entries`,
     );
     return 0;
@@ -152,7 +166,7 @@ async function hold(
 
 /** Turns parsed yargs options back into the REPL words a command parses. */
 function wordsOf(cmd: OperatorCommand, a: Record<string, unknown>): string[] {
-  const words = [...((a.args as string[] | undefined) ?? []).map(String)];
+  const words = [...((a[argName(cmd)] as string[] | undefined) ?? []).map(String)];
   for (const o of cmd.options ?? []) {
     const k = o.slice(2);
     const v = a[k];
@@ -194,12 +208,17 @@ export function registerOperatorCommands(y: Argv, setStatus: (code: number) => v
   for (const cmd of controlCommands) {
     if (cmd.name === 'verify' || cmd.name === 'repair') continue; // in main.ts / below, with offline forms
     y.command(
-      `${cmd.name}${takesArgs(cmd) ? ' [args..]' : ''}`,
+      `${cmd.name}${takesArgs(cmd) ? ` [${argName(cmd)}..]` : ''}`,
       cmd.summary,
       (b) => {
         let bb = withServer(b);
         if (takesArgs(cmd))
-          bb = bb.positional('args', { type: 'string', array: true, describe: cmd.usage }) as typeof bb;
+          bb = bb.positional(argName(cmd), {
+            type: 'string',
+            array: true,
+            describe:
+              argName(cmd) === 'paths' ? 'volume paths (/ is the whole volume)' : 'see the usage above',
+          }) as typeof bb;
         for (const o of cmd.options ?? []) {
           const k = o.slice(2);
           const flag = (cmd.flags ?? []).includes(k);
@@ -224,7 +243,10 @@ export function registerOperatorCommands(y: Argv, setStatus: (code: number) => v
     (b) =>
       withServer(b)
         .positional('action', { choices: ['repair'] as const, demandOption: true })
-        .example('twinfs mirror repair --server ws://127.0.0.1:7420 --token-file F', 'after the mirror disk is back'),
+        .example(
+          'twinfs mirror repair --server ws://127.0.0.1:7420 --token-file F',
+          'after the mirror disk is back',
+        ),
     async (a: Record<string, unknown>) => {
       const cmd = controlCommands.find((c) => c.name === 'repair')!;
       setStatus(await runOnce(cmd, serverArgs(a), []));
@@ -235,13 +257,22 @@ export function registerOperatorCommands(y: Argv, setStatus: (code: number) => v
     'interactive shell over a running server (freeze, thaw, backup, status, ...); reads commands from stdin when piped',
     (b) =>
       withServer(b)
-        .option('history', { type: 'string', describe: 'history file (default $TWINFS_HISTORY or ~/.twinfs_history)' })
-        .option('catalog', { type: 'string', describe: 'catalog for snapshots, restore, check and completion' })
+        .option('history', {
+          type: 'string',
+          describe: 'history file (default $TWINFS_HISTORY or ~/.twinfs_history)',
+        })
+        .option('catalog', {
+          type: 'string',
+          describe: 'catalog for snapshots, restore, check and completion',
+        })
         .option('plugin-dir', { type: 'string', array: true, describe: 'extra plugin folders' })
         .example('twinfs repl --server ws://127.0.0.1:7420 --token-file /var/lib/twinfs/control.token', '')
         .example('twinfs repl --config /etc/twinfs.json', 'server, token, catalog and target from the config')
-        .example("printf 'freeze /db\\nbackup /db --target dir:/b\\n' | twinfs repl", 'scripted: exit status of the last failure')
-        .example("echo status | twinfs repl --json", 'one JSON line per command'),
+        .example(
+          "printf 'freeze /db\\nbackup /db --target dir:/b\\n' | twinfs repl",
+          'scripted: exit status of the last failure',
+        )
+        .example('echo status | twinfs repl --json', 'one JSON line per command'),
     async (a: Record<string, unknown>) => {
       const conn = await resolveConnection({ ...serverArgs(a) });
       const catalog = (a.catalog as string | undefined) ?? conn.config.catalog;
@@ -264,11 +295,13 @@ export function registerOperatorCommands(y: Argv, setStatus: (code: number) => v
 /** Whether the usage names positional arguments (`resync BACKUP_ID`), options aside. */
 const takesArgs = (cmd: OperatorCommand) => /\s[A-Z[]/.test(cmd.usage.replace(/\[--[^\]]*\]/g, ''));
 
+/** What the positional arguments are called in --help. */
+const argName = (cmd: OperatorCommand) => (cmd.completes === 'paths' ? 'paths' : 'args');
+
 const OPTION_TEXT: Record<string, string> = {
   timeout: 'thaw by itself after this many seconds (server default 30)',
   subtree: 'a volume directory, with everything below it (instead of paths)',
   lease: 'seconds the split is held without renewal (renewed while this command runs)',
-  catalog: 'catalog directory for "last backups" (default: the config\'s, else the default catalog if it exists)',
+  catalog:
+    'catalog directory for "last backups" (default: the config\'s, else the default catalog if it exists)',
 };
-
-export { operatorCommandList };

@@ -1,4 +1,5 @@
 import { promises as fsp } from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { TwinError } from '../common/errors.js';
 import { type ServeConfig, validateConfig } from './config.js';
@@ -59,6 +60,17 @@ const SERVE_KEYS = new Set([
   'smb',
 ]);
 
+/** Keys of a peer daemon config (`twinfs peer --config`) that operator commands leave alone. */
+const PEER_ONLY_KEYS = new Set([
+  'intervalSec',
+  'paths',
+  'subtree',
+  'mirrorMap',
+  'leaseSec',
+  'keepLast',
+  'keepDaily',
+]);
+
 const bad = (file: string, key: string, why: string) =>
   new TwinError('ETWIN_CONFIG', `config ${file}: "${key}" ${why}`, { file, key });
 
@@ -103,18 +115,23 @@ export function parseOperatorConfig(raw: unknown, file: string): OperatorConfig 
     serve = obj.serve as Record<string, unknown> | undefined;
     for (const k of Object.keys(operator))
       if (!(k in OPERATOR_KEYS))
-        throw bad(file, `operator.${k}`, `is not a setting (known: ${Object.keys(OPERATOR_KEYS).join(', ')})`);
+        throw bad(
+          file,
+          `operator.${k}`,
+          `is not a setting (known: ${Object.keys(OPERATOR_KEYS).join(', ')})`,
+        );
   } else {
-    // Flat: each key is an operator or a serve setting (tokenFile is both).
+    // Flat: each key is an operator or a serve setting (tokenFile is both); a peer daemon's
+    // config works too (server, tokenFile, target, catalog, caFile are operator settings).
     serve = {};
     for (const [k, v] of Object.entries(obj)) {
       if (k in OPERATOR_KEYS) operator[k] = v;
       if (SERVE_KEYS.has(k)) serve[k] = v;
-      if (!(k in OPERATOR_KEYS) && !SERVE_KEYS.has(k))
+      if (!(k in OPERATOR_KEYS) && !SERVE_KEYS.has(k) && !PEER_ONLY_KEYS.has(k))
         throw bad(
           file,
           k,
-          `is not a setting (operator settings: ${Object.keys(OPERATOR_KEYS).join(', ')}; serve settings: see docs/cli.md)`,
+          `is not a setting (operator settings: ${Object.keys(OPERATOR_KEYS).join(', ')}; serve and peer settings: see docs/cli.md)`,
         );
     }
   }
@@ -123,11 +140,13 @@ export function parseOperatorConfig(raw: unknown, file: string): OperatorConfig 
   for (const [k, v] of Object.entries(operator) as Array<[keyof OperatorConfig, unknown]>) {
     if (typeof v !== 'string' || v === '') throw bad(file, k, 'must be a non-empty string');
     const kind = OPERATOR_KEYS[k];
-    if (kind === 'url' && !/^wss?:\/\/[^/]/.test(v)) throw bad(file, k, `must be a ws:// or wss:// URL, not "${v}"`);
-    if (kind === 'target' && !/^[a-z][a-z0-9_-]*:/i.test(v)) throw bad(file, k, `must be TYPE:LOCATION, not "${v}"`);
+    if (kind === 'url' && !/^wss?:\/\/[^/]/.test(v))
+      throw bad(file, k, `must be a ws:// or wss:// URL, not "${v}"`);
+    if (kind === 'target' && !/^[a-z][a-z0-9_-]*:/i.test(v))
+      throw bad(file, k, `must be TYPE:LOCATION, not "${v}"`);
     out[k] =
       kind === 'path'
-        ? path.resolve(dir, v)
+        ? path.resolve(dir, v.startsWith('~/') ? path.join(os.homedir(), v.slice(2)) : v)
         : kind === 'target' && v.startsWith('dir:') && v.length > 4
           ? `dir:${path.resolve(dir, v.slice(4))}`
           : v;

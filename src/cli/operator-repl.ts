@@ -1,8 +1,13 @@
 import { existsSync } from 'node:fs';
 import * as path from 'node:path';
-import { TwinError } from '../common/errors.js';
+import type { TwinError } from '../common/errors.js';
 import { ControlClient } from '../control/client.js';
-import { controlCommands, type CommandContext, type OperatorCommand, type OperatorDefaults } from '../repl/commands.js';
+import {
+  type CommandContext,
+  controlCommands,
+  type OperatorCommand,
+  type OperatorDefaults,
+} from '../repl/commands.js';
 import { directoryLister } from '../repl/completion.js';
 import { type PluginCommandHost, pluginOperatorCommands } from '../repl/plugin-commands.js';
 import { runRepl } from '../repl/repl-session.js';
@@ -24,7 +29,10 @@ export function operatorCommandList(host?: PluginCommandHost): OperatorCommand[]
  * running backup is reported as busy rather than waited for.
  */
 export function catalogSources(catalog: string | undefined) {
-  const open = async <T>(dir: string | undefined, fn: (c: import('../backup-peer/index.js').Catalog) => Promise<T>) => {
+  const open = async <T>(
+    dir: string | undefined,
+    fn: (c: import('../backup-peer/index.js').Catalog) => Promise<T>,
+  ) => {
     const { Catalog, defaultCatalogDir } = await import('../backup-peer/index.js');
     const where = path.resolve(dir ?? catalog ?? defaultCatalogDir());
     if (!existsSync(path.join(where, 'snapshots.db'))) return { where, value: null };
@@ -33,7 +41,8 @@ export function catalogSources(catalog: string | undefined) {
   const recentSnapshots: NonNullable<CommandContext['recentSnapshots']> = async (deviceId, limit, dir) => {
     try {
       const r = await open(dir, (c) => c.list(deviceId ? { deviceId } : {}));
-      if (r.value === null) return dir || catalog ? { catalog: r.where, snapshots: [], note: 'no catalog there' } : null;
+      if (r.value === null)
+        return dir || catalog ? { catalog: r.where, snapshots: [], note: 'no catalog there' } : null;
       const snapshots: SnapshotSummary[] = r.value
         .slice(-limit)
         .reverse()
@@ -52,12 +61,16 @@ export function catalogSources(catalog: string | undefined) {
       return {
         catalog: path.resolve(dir ?? catalog ?? '.'),
         snapshots: [],
-        note: code === 'ETWIN_CATALOG_LOCKED' ? 'busy (a backup holds it)' : `unreadable (${code ?? (err as Error).message})`,
+        note:
+          code === 'ETWIN_CATALOG_LOCKED'
+            ? 'busy (a backup holds it)'
+            : `unreadable (${code ?? (err as Error).message})`,
       };
     }
   };
   const snapshotIds = async (dir: string | undefined): Promise<string[]> =>
-    (await open(dir, async (c) => (await c.list()).map((s) => s.id)).catch(() => ({ value: null }))).value ?? [];
+    (await open(dir, async (c) => (await c.list()).map((s) => s.id)).catch(() => ({ value: null }))).value ??
+    [];
   return { recentSnapshots, snapshotIds };
 }
 
@@ -80,15 +93,19 @@ export interface OperatorReplOptions {
  */
 export async function startOperatorRepl(o: OperatorReplOptions): Promise<number> {
   const { createPluginHost } = await import('../plugins/index.js');
-  const host = await createPluginHost({ pluginDirs: o.pluginDirs, log: () => undefined }).catch(() => undefined);
+  const host = await createPluginHost({ pluginDirs: o.pluginDirs, log: () => undefined }).catch(
+    () => undefined,
+  );
   try {
     let primary = o.primary;
     if (!primary) {
       // Path completion reads the primary directory if this host sees it. (Not the mount: in
       // `serve --repl` the REPL shares its process with the FUSE server.)
-      const probe = await ControlClient.connect(o.url, { token: o.token, ca: o.ca, client: 'twinfs-repl-probe' }).catch(
-        () => null,
-      );
+      const probe = await ControlClient.connect(o.url, {
+        token: o.token,
+        ca: o.ca,
+        client: 'twinfs-repl-probe',
+      }).catch(() => null);
       if (probe) {
         const s = (await probe.request('status').catch(() => null)) as { fs?: { primary?: string } } | null;
         if (s?.fs?.primary && existsSync(s.fs.primary)) primary = s.fs.primary;

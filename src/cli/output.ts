@@ -63,12 +63,12 @@ export class Output {
       files: p.files,
       filesTotal: p.filesTotal,
       size: formatBytes(p.bytes),
-      eta: etaSec === null ? '-' : formatSeconds(etaSec),
+      etaText: etaSec === null ? '-' : formatSeconds(etaSec),
     };
     if (!this.bar) {
       this.bar = new cliProgress.SingleBar(
         {
-          format: '{phase} [{bar}] {percentage}% | {files}/{filesTotal} entries | {size} | ETA {eta}',
+          format: '{phase} [{bar}] {percentage}% | {files}/{filesTotal} entries | {size} | ETA {etaText}',
           hideCursor: true,
           fps: 8,
           stream: this.stderr,

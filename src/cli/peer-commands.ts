@@ -4,6 +4,7 @@ import type { PeerEvent } from '../backup-peer/peer-daemon.js';
 import type { TargetRegistry } from '../backup-peer/targets/index.js';
 import { TwinError } from '../common/errors.js';
 import type { ControlClient } from '../control/client.js';
+import type { PluginHost } from '../plugins/index.js';
 import type { OperatorCommand } from '../repl/commands.js';
 import { resolveConnection } from './connect.js';
 import { operatorConfigFrom } from './operator-config.js';
@@ -21,11 +22,14 @@ import { formatBytes as bytes, Output } from './output.js';
  */
 export function registerPeerCommands(y: Argv, setStatus: (code: number) => void): Argv {
   const run =
-    (json: boolean | undefined, fn: (out: Output, targets: TargetRegistry) => Promise<number>) =>
+    (
+      a: { json?: boolean; 'plugin-dir'?: string[] },
+      fn: (out: Output, targets: TargetRegistry, plugins: () => Promise<PluginHost>) => Promise<number>,
+    ) =>
     async () => {
-      const out = new Output(!!json);
+      const out = new Output(!!a.json);
       try {
-        setStatus(await withTargets((targets) => fn(out, targets)));
+        setStatus(await withTargets((targets, plugins) => fn(out, targets, plugins), a['plugin-dir']));
       } catch (err) {
         out.error(err);
         setStatus((err as TwinError)?.code === 'ETWIN_USAGE' ? 2 : 1);
@@ -51,6 +55,11 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
     demandOption: true,
     describe: "snapshot id, unique prefix, or 'latest'",
   } as const;
+  const pluginDir = {
+    type: 'string',
+    array: true,
+    describe: 'a folder of plugins, or one plugin folder (repeatable); targets and hooks come from plugins',
+  } as const;
 
   return y
     .command(
@@ -65,7 +74,7 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
           })
           .option('target', {
             type: 'string',
-            describe: 'TYPE:LOCATION (dir:/backups, tar:..., s3:...); default: the config\'s target',
+            describe: "TYPE:LOCATION (dir:/backups, tar:..., s3:...); default: the config's target",
           })
           .option('path', { type: 'string', array: true, describe: 'a volume path to back up (repeatable)' })
           .option('subtree', { type: 'string', describe: 'a volume directory, with everything below it' })
@@ -84,13 +93,37 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
             describe: 'copy every file, share nothing with the previous snapshot',
           })
           .option('ca-file', { type: 'string', describe: 'CA certificate (PEM) for wss://' })
+          .option('plugin-dir', pluginDir)
+          .option('freeze-hook-timeout-sec', {
+            type: 'number',
+            describe:
+              'how long plugins may take to quiesce applications (onWillFreeze) before writes are held; not part of the write stall (default 10)',
+          })
+          .option('on-hook-failure', {
+            choices: ['crash-consistent', 'fail'] as const,
+            describe:
+              'when an onWillFreeze hook fails or times out: warn and back up crash-consistent (default), or fail',
+          })
           .option('config', config)
           .option('json', json)
-          .example('twinfs backup --server ws://127.0.0.1:7420 --token-file /var/lib/twinfs/control.token --target dir:/backups', 'the whole volume')
-          .example('twinfs backup --subtree /db --config /etc/twinfs.json', 'server, token, target and catalog from the config')
-          .example('twinfs backup --path /a.txt --path /b.txt --target dir:/backups --json', 'JSON progress lines, then the result'),
+          .example(
+            'twinfs backup --server ws://127.0.0.1:7420 --token-file /var/lib/twinfs/control.token --target dir:/backups',
+            'the whole volume',
+          )
+          .example(
+            'twinfs backup --subtree /db --config /etc/twinfs.json',
+            'server, token, target and catalog from the config',
+          )
+          .example(
+            'twinfs backup --path /a.txt --path /b.txt --target dir:/backups --json',
+            'JSON progress lines, then the result',
+          )
+          .example(
+            'twinfs backup --subtree /app --plugin-dir ./sqlite-checkpoint --on-hook-failure fail',
+            'application-consistent: a plugin checkpoints the database first, or no backup',
+          ),
       (a) =>
-        run(a.json, async (out, targets) => {
+        run(a, async (out, targets, plugins) => {
           const { BackupRun, selectorFor } = await import('../backup-peer/index.js');
           const conn = await resolveConnection({
             server: a.server,
@@ -100,11 +133,17 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
           });
           const spec = a.target ?? conn.config.target;
           if (!spec)
-            throw new TwinError('ETWIN_USAGE', 'no target: pass --target TYPE:LOCATION or name "target" in the config');
+            throw new TwinError(
+              'ETWIN_USAGE',
+              'no target: pass --target TYPE:LOCATION or name "target" in the config',
+            );
           const selector = selectorFor({ paths: a.path, subtree: a.subtree });
           const leaseSec = a['lease-sec'];
           if (leaseSec !== undefined && !(leaseSec >= 1))
             throw new TwinError('ETWIN_USAGE', '--lease-sec must be at least 1');
+          const hookSec = a['freeze-hook-timeout-sec'];
+          if (hookSec !== undefined && !(hookSec > 0))
+            throw new TwinError('ETWIN_USAGE', '--freeze-hook-timeout-sec must be more than 0');
           const target = await targets.open(absoluteSpec(spec));
           const ac = new AbortController();
           const onSignal = (s: string) => ac.abort(new TwinError('ETWIN_ABORTED', `backup cancelled (${s})`));
@@ -121,8 +160,15 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
               mirrorMap: parseMirrorMap(a['mirror-map']),
               full: a.full,
               signal: ac.signal,
+              hooks: await plugins(),
+              freezeHookTimeoutMs: hookSec === undefined ? undefined : Math.round(hookSec * 1000),
+              onHookFailure: a['on-hook-failure'],
             });
             r.onDidProgress((p) => out.progress({ ...p }));
+            r.onDidWarn((w) => {
+              if (out.json) out.event({ event: 'warning', ...w }, w.message);
+              out.warn(w.message);
+            });
             const res = await r.run();
             const s = res.snapshot;
             out.result(
@@ -131,6 +177,8 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
                 snapshotId: s.id,
                 backupId: res.backupId,
                 stallMs: res.stallMs,
+                freezeHookMs: res.freezeHookMs,
+                hookFailures: res.hookFailures,
                 target: s.target,
                 totals: s.totals,
               },
@@ -149,12 +197,16 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
       (a) =>
         a
           .option('config', { type: 'string', demandOption: true, describe: 'peer config (JSON)' })
+          .option('plugin-dir', pluginDir)
           .option('json', json)
-          .example('twinfs peer --config /etc/twinfs-peer.json', 'backups every intervalSec, SIGTERM stops it'),
+          .example(
+            'twinfs peer --config /etc/twinfs-peer.json',
+            'backups every intervalSec, SIGTERM stops it',
+          ),
       (a) =>
-        run(a.json, async (out, targets) => {
+        run(a, async (out, targets, plugins) => {
           const { PeerDaemon, loadPeerConfig } = await import('../backup-peer/index.js');
-          const daemon = new PeerDaemon(await loadPeerConfig(a.config), targets);
+          const daemon = new PeerDaemon(await loadPeerConfig(a.config), targets, await plugins());
           const ac = new AbortController();
           const onSignal = () => ac.abort();
           process.once('SIGINT', onSignal).once('SIGTERM', onSignal);
@@ -178,7 +230,7 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
           .example('twinfs snapshots --catalog /var/lib/twinfs/catalog', '')
           .example('twinfs snapshots --json', 'one JSON array of snapshot records'),
       (a) =>
-        run(a.json, async (out) => {
+        run(a, async (out) => {
           const { Catalog } = await import('../backup-peer/index.js');
           const list = await Catalog.with(await catalogOf(a), async (c) =>
             (await c.list()).map((s) => ({ ...s, abandoned: c.isAbandoned(s) })),
@@ -219,11 +271,15 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
           })
           .option('catalog', catalog)
           .option('config', config)
+          .option('plugin-dir', pluginDir)
           .option('json', json)
           .example('twinfs restore latest --to /tmp/restored', 'everything of the newest snapshot')
-          .example('twinfs restore 20240101-0000-ab12 /db /etc/app.conf --to /srv/twinfs', 'two paths, back onto the mount'),
+          .example(
+            'twinfs restore 20240101-0000-ab12 /db /etc/app.conf --to /srv/twinfs',
+            'two paths, back onto the mount',
+          ),
       (a) =>
-        run(a.json, async (out, targets) => {
+        run(a, async (out, targets) => {
           const { restore } = await import('../backup-peer/index.js');
           const r = await restore({
             snapshot: a.snapshot,
@@ -253,10 +309,11 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
           .positional('snapshot', snapshot)
           .option('catalog', catalog)
           .option('config', config)
+          .option('plugin-dir', pluginDir)
           .option('json', json)
           .example('twinfs check latest', 're-read the newest snapshot at its target'),
       (a) =>
-        run(a.json, async (out, targets) => {
+        run(a, async (out, targets) => {
           const { checkSnapshot } = await import('../backup-peer/index.js');
           const r = await checkSnapshot({
             snapshot: a.snapshot,
@@ -293,10 +350,11 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
           .option('dry-run', { type: 'boolean', describe: 'show what would be removed' })
           .option('catalog', catalog)
           .option('config', config)
+          .option('plugin-dir', pluginDir)
           .option('json', json)
           .example('twinfs forget --keep-last 7 --keep-daily 30 --dry-run', ''),
       (a) =>
-        run(a.json, async (out, targets) => {
+        run(a, async (out, targets) => {
           const { forget } = await import('../backup-peer/index.js');
           for (const k of ['keep-last', 'keep-daily'] as const) {
             const v = a[k];
@@ -332,9 +390,10 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
 /**
  * The peer's REPL commands. A backup from the REPL runs over the REPL's own control connection;
  * like any peer it reads the mirror, never the mount. --target and --catalog default to the
- * operator config's (ctx.defaults).
+ * operator config's (ctx.defaults). Targets and backup hooks come from the plugins of the
+ * built-in and user folders and of `pluginDirs` (the REPL's --plugin-dir).
  */
-export function peerOperatorCommands(): OperatorCommand[] {
+export function peerOperatorCommands(o: { pluginDirs?: string[] } = {}): OperatorCommand[] {
   const opt = (v: string | boolean | undefined) => (typeof v === 'string' ? v : undefined);
   return [
     {
@@ -349,7 +408,7 @@ export function peerOperatorCommands(): OperatorCommand[] {
       optionValues: { '--target': 'targets', '--subtree': 'paths', '--catalog': 'local' },
       cancellable: true,
       run: (ctx, a) =>
-        withTargets(async (targets) => {
+        withTargets(async (targets, plugins) => {
           const { BackupRun, selectorFor } = await import('../backup-peer/index.js');
           const spec = opt(a.options.target) ?? ctx.defaults.target;
           if (!spec)
@@ -377,15 +436,23 @@ export function peerOperatorCommands(): OperatorCommand[] {
               full: a.options.full === true,
               signal: ctx.signal,
               connect: async () => sharedControl(client),
+              hooks: await plugins(),
             });
             run.onDidProgress((p) => ctx.progress({ ...p, phase: `backup ${p.phase}` }));
+            run.onDidWarn((w) => ctx.print(`warning: ${w.message}`));
             const r = await run.run();
             ctx.print(`snapshot ${r.snapshot.id}: ${describeTotals(r.snapshot.totals)}`);
-            return { snapshotId: r.snapshot.id, backupId: r.backupId, stallMs: r.stallMs, totals: r.snapshot.totals };
+            return {
+              snapshotId: r.snapshot.id,
+              backupId: r.backupId,
+              stallMs: r.stallMs,
+              hookFailures: r.hookFailures,
+              totals: r.snapshot.totals,
+            };
           } finally {
             await target.close();
           }
-        }),
+        }, o.pluginDirs),
     },
     {
       name: 'snapshots',
@@ -439,7 +506,7 @@ export function peerOperatorCommands(): OperatorCommand[] {
               { result: r },
             );
           return r;
-        }),
+        }, o.pluginDirs),
     },
     {
       name: 'check',
@@ -471,26 +538,33 @@ export function peerOperatorCommands(): OperatorCommand[] {
               result: r,
             });
           return r;
-        }),
+        }, o.pluginDirs),
     },
   ];
 }
 
 /**
- * Runs fn with a target registry: the built-in directory target, and for any other type the
- * plugin host (created on first need, disposed at the end).
+ * Runs fn with a target registry over a plugin host (the built-in, --plugin-dir and user plugin
+ * folders): every target type, `dir:` included, comes from a plugin. The host is created on
+ * first need (onStartup plugins activated then) and disposed at the end.
  */
-async function withTargets<T>(fn: (targets: TargetRegistry) => Promise<T>): Promise<T> {
+async function withTargets<T>(
+  fn: (targets: TargetRegistry, plugins: () => Promise<PluginHost>) => Promise<T>,
+  pluginDirs?: string[],
+): Promise<T> {
   const { TargetRegistry } = await import('../backup-peer/index.js');
-  let host: import('../plugins/index.js').PluginHost | undefined;
-  const targets = new TargetRegistry(undefined, async (type) => {
-    host ??= await (await import('../plugins/index.js')).createPluginHost();
-    return host.getTargetProvider(type);
-  });
+  let host: Promise<PluginHost> | undefined;
+  const plugins = () =>
+    (host ??= (async () => {
+      const h = await (await import('../plugins/index.js')).createPluginHost({ pluginDirs });
+      await h.activateByEvent('onStartup');
+      return h;
+    })());
+  const targets = new TargetRegistry([], async (type) => (await plugins()).getTargetProvider(type));
   try {
-    return await fn(targets);
+    return await fn(targets, plugins);
   } finally {
-    await host?.dispose();
+    await (await host?.catch(() => undefined))?.dispose().catch(() => undefined);
   }
 }
 
@@ -527,6 +601,8 @@ function describePeerEvent(e: PeerEvent): string {
       return `backup ${e.run} started`;
     case 'backup-complete':
       return `backup ${e.run}: snapshot ${e.snapshotId} complete, ${e.files} files, ${bytes(e.bytes)} (${bytes(e.copiedBytes)} copied) in ${(e.ms / 1000).toFixed(1)} s`;
+    case 'backup-warning':
+      return `backup ${e.run}: warning: ${e.message}`;
     case 'backup-failed':
       return `backup ${e.run} failed: ${e.code}: ${e.message}`;
     case 'forget':

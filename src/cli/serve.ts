@@ -18,6 +18,8 @@ export interface ServeArgs extends ServeConfig {
   /** `--smb [HOST:]PORT` and `--smb-user NAME:PASSWORD` (src/smb). */
   smbListen?: string;
   smbUsers?: string[];
+  /** `--plugin-dir`: extra plugin folders; with a control channel, plugins hear freeze/split/thaw/resync. */
+  pluginDirs?: string[];
 }
 
 /** Resolves the effective settings: built-in defaults < config file < command line. */
@@ -126,6 +128,7 @@ export async function serve(args: ServeArgs): Promise<number> {
   let smbRef: SmbService | undefined;
   let control: ControlServer | undefined;
   let service: BackupService | undefined;
+  let plugins: { dispose(): Promise<void> } | undefined;
   if (args.repl && !cfg.control) cfg.control = '127.0.0.1:0';
   let token = '';
   if (cfg.control) {
@@ -139,6 +142,7 @@ export async function serve(args: ServeArgs): Promise<number> {
           ? { cert: await fsp.readFile(cfg.tlsCert), key: await fsp.readFile(cfg.tlsKey) }
           : undefined;
       service = new BackupService({ fs, mirror, maxStallMs: cfg.maxStallMs });
+      plugins = await startPlugins(service, args.pluginDirs, mirror?.deviceId);
       control = await ControlServer.start({
         statusExtras: async () => ({ smb: smbRef ? await smbRef.status() : null }),
         host,
@@ -151,6 +155,7 @@ export async function serve(args: ServeArgs): Promise<number> {
         log: (m) => process.stderr.write(`twinfs: ${m}\n`),
       });
     } catch (err) {
+      await plugins?.dispose().catch(() => undefined);
       await fs.unmount().catch(() => undefined);
       await mirror?.dispose().catch(() => undefined);
       throw err;
@@ -197,6 +202,7 @@ export async function serve(args: ServeArgs): Promise<number> {
       Promise.resolve()
         .then(() => control?.dispose())
         .then(() => service?.dispose())
+        .then(() => plugins?.dispose())
         .then(() => smb?.dispose())
         .then(() => fs.unmount())
         .finally(() => mirror?.dispose())
@@ -217,11 +223,46 @@ export async function serve(args: ServeArgs): Promise<number> {
       // The REPL owns Ctrl-C (it cancels the running command); leaving the REPL stops the server.
       const url = control.url;
       void import('./operator-repl.js').then(async ({ startOperatorRepl }) => {
-        await startOperatorRepl({ url, token, defaults: {}, primary: fs.primary });
+        const { operatorConfigFrom } = await import('./operator-config.js');
+        const oc = await operatorConfigFrom(args.config).catch(() => ({}) as Record<string, undefined>);
+        await startOperatorRepl({
+          url,
+          token,
+          defaults: { catalog: oc.catalog, target: oc.target },
+          historyFile: oc.history,
+          primary: fs.primary,
+        });
         stop('repl exit');
       });
     }
   });
+}
+
+/**
+ * The server's plugin host: its plugins hear the backup service's events (onDidFreeze,
+ * onDidSplit, onDidThaw, onDidResync), never waited for in the write path. A host that cannot
+ * start (unreadable plugin settings) is reported and the server goes on without plugins.
+ */
+async function startPlugins(
+  service: BackupService,
+  pluginDirs: string[] | undefined,
+  deviceId: string | undefined,
+): Promise<{ dispose(): Promise<void> } | undefined> {
+  const { createPluginHost, forwardServiceEvents } = await import('../plugins/index.js');
+  try {
+    const host = await createPluginHost({ pluginDirs });
+    const forwarding = forwardServiceEvents(service.onEvent, host, { deviceId });
+    await host.activateByEvent('onStartup');
+    return {
+      async dispose() {
+        forwarding.dispose();
+        await host.dispose().catch((err) => process.stderr.write(`twinfs: plugins: ${formatError(err)}\n`));
+      },
+    };
+  } catch (err) {
+    process.stderr.write(`twinfs: plugins disabled: ${formatError(err)}\n`);
+    return undefined;
+  }
 }
 
 export function parseHostPort(spec: string): [string, number] {

@@ -120,11 +120,9 @@ export class BackupService {
     let timedOut = false;
     const work = (async () => {
       await inh.drained();
-      await this.opts.fs
-        .flushWhere(hit)
-        .catch((err) => {
-          throw writebackError(err);
-        });
+      await this.opts.fs.flushWhere(hit).catch((err) => {
+        throw writebackError(err);
+      });
       const s = await mirror.split(selector, o.owner);
       splitId = s.splitId;
       // Lost the race against the stall budget: undo at once.

@@ -262,7 +262,9 @@ export class ControlServer {
           fs: this.opts.fs.status(),
           mirror: this.opts.mirror?.status() ?? null,
           backup: svc.status(),
-          ...(await this.opts.statusExtras?.().catch((err) => ({ extrasError: String(err?.message ?? err) }))),
+          ...(await this.opts
+            .statusExtras?.()
+            .catch((err) => ({ extrasError: String(err?.message ?? err) }))),
           connections: [...this.conns]
             .filter((x) => x.authed)
             .map((x) => ({ id: x.id, client: x.client ?? null })),

@@ -369,7 +369,9 @@ export class WritebackCache {
     if (this.disposed) return;
     while (
       this.activeFlushes < this.flushConcurrency &&
-      (this.dirtyBytes > this.highWaterBytes || this.roomWaiters.length > 0 || this.nodes.size > this.maxNodes)
+      (this.dirtyBytes > this.highWaterBytes ||
+        this.roomWaiters.length > 0 ||
+        this.nodes.size > this.maxNodes)
     ) {
       const eligible = (n: FileNode) => n.flushing === null && !n.dirty.isEmpty && n.retryAt <= this.now();
       const node =

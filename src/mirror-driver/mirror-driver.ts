@@ -15,7 +15,15 @@ import { covers, coversUnder, type Selector, SplitTracker } from './split-tracke
 import { type VerifyReport, verifyTrees } from './verify.js';
 
 /** Changes that modify an inode's content or metadata (not its names). */
-const INODE_OPS = new Set<Change['op']>(['write', 'truncate', 'chmod', 'chown', 'utimens', 'setxattr', 'removexattr']);
+const INODE_OPS = new Set<Change['op']>([
+  'write',
+  'truncate',
+  'chmod',
+  'chown',
+  'utimens',
+  'setxattr',
+  'removexattr',
+]);
 
 export type PairState = 'PAIR' | 'COPY' | 'SPLIT' | 'RESYNC' | 'BROKEN';
 

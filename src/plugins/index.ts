@@ -7,6 +7,7 @@ import { PluginHost, type PluginInfo } from './plugin-host.js';
 
 export { API_VERSION } from './manifest.js';
 export { PLUGIN_EVENTS, type PluginEventName, PluginHost, type PluginInfo } from './plugin-host.js';
+export { forwardServiceEvents, type PluginEventSink, type ServiceEvents } from './service-events.js';
 
 /** The built-in plugins shipped in the package's plugins/ folder. */
 export const BUILTIN_PLUGIN_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../plugins');

@@ -62,9 +62,17 @@ export function selectorOf(paths: string[], subtree?: string | boolean) {
 }
 
 /** A selector (protocol or internal form) in words: `/`, `/a /b`, `/db/**`. */
-export function selectorText(s: { volume?: boolean; paths?: string[]; subtree?: string; subtrees?: string[] }): string {
+export function selectorText(s: {
+  volume?: boolean;
+  paths?: string[];
+  subtree?: string;
+  subtrees?: string[];
+}): string {
   if (s.volume) return '/';
-  const parts = [...(s.paths ?? []), ...(s.subtree ? [s.subtree] : []).concat(s.subtrees ?? []).map((t) => `${t}/**`)];
+  const parts = [
+    ...(s.paths ?? []),
+    ...(s.subtree ? [s.subtree] : []).concat(s.subtrees ?? []).map((t) => `${t}/**`),
+  ];
   return parts.join(' ');
 }
 
@@ -76,7 +84,10 @@ function seconds(v: string | boolean | undefined, what: string): number | undefi
   return Math.round(n * 1000);
 }
 
-const covers = (sel: { volume?: boolean; paths?: string[]; subtree?: string; subtrees?: string[] }, p: string) =>
+const covers = (
+  sel: { volume?: boolean; paths?: string[]; subtree?: string; subtrees?: string[] },
+  p: string,
+) =>
   Boolean(
     sel.volume ||
       sel.paths?.includes(p) ||
@@ -113,7 +124,10 @@ export const controlCommands: OperatorCommand[] = [
     optionValues: { '--subtree': 'paths' },
     async run(ctx, a) {
       if (a.positional.length === 0 && typeof a.options.subtree !== 'string')
-        throw new TwinError('ETWIN_USAGE', 'freeze needs at least one path (/ for the whole volume) or --subtree DIR');
+        throw new TwinError(
+          'ETWIN_USAGE',
+          'freeze needs at least one path (/ for the whole volume) or --subtree DIR',
+        );
       const selector = selectorOf(a.positional, a.options.subtree);
       const timeoutMs = seconds(a.options.timeout, '--timeout');
       const r = (await (await ctx.client()).request('freeze', { selector, timeoutMs })) as any;
@@ -145,7 +159,9 @@ export const controlCommands: OperatorCommand[] = [
       const out = [];
       for (const f of chosen) {
         const r = (await client.request('thaw', { freezeId: f.freezeId })) as any;
-        ctx.print(`thawed ${selectorText(f.selector)} (${f.freezeId}) after ${(r.heldMs / 1000).toFixed(1)} s`);
+        ctx.print(
+          `thawed ${selectorText(f.selector)} (${f.freezeId}) after ${(r.heldMs / 1000).toFixed(1)} s`,
+        );
         out.push(r);
       }
       return out;
@@ -162,7 +178,8 @@ export const controlCommands: OperatorCommand[] = [
       if (!s.mirror) throw new TwinError('ETWIN_NO_MIRROR', 'this server has no mirror');
       const p = a.positional[0];
       const splits = s.mirror.splits.filter(
-        (sp: any) => !p || covers(sp.selector, p) || sp.selector.paths?.some((x: string) => x.startsWith(p + '/')),
+        (sp: any) =>
+          !p || covers(sp.selector, p) || sp.selector.paths?.some((x: string) => x.startsWith(p + '/')),
       );
       const broken = s.mirror.broken.filter(
         (b: string) => !p || p === b || p.startsWith(b + '/') || b === '/',
@@ -194,7 +211,10 @@ export const controlCommands: OperatorCommand[] = [
     optionValues: { '--subtree': 'paths' },
     async run(ctx, a) {
       if (a.positional.length === 0 && typeof a.options.subtree !== 'string')
-        throw new TwinError('ETWIN_USAGE', 'split needs at least one path (/ for the whole volume) or --subtree DIR');
+        throw new TwinError(
+          'ETWIN_USAGE',
+          'split needs at least one path (/ for the whole volume) or --subtree DIR',
+        );
       const selector = selectorOf(a.positional, a.options.subtree);
       const leaseMs = seconds(a.options.lease, '--lease');
       const r = await (await ctx.client()).prepare(selector as any, { leaseMs });

@@ -39,7 +39,10 @@ export async function complete(line: string, src: CompletionSources): Promise<[s
   const cur = endsWithSpace ? '' : (words[words.length - 1] ?? '');
   const before = endsWithSpace ? words : words.slice(0, -1);
   const match = (list: Iterable<string>, suffix = ' ') =>
-    [...new Set(list)].filter((n) => n.startsWith(cur)).sort().map((n) => n + suffix);
+    [...new Set(list)]
+      .filter((n) => n.startsWith(cur))
+      .sort()
+      .map((n) => n + suffix);
   if (before.length === 0) return [match([...src.commands.keys(), ...src.builtins]), cur];
   const name = before[0]!;
   if (name === 'help') return [before.length === 1 ? match(src.commands.keys()) : [], cur];
@@ -63,7 +66,8 @@ export async function complete(line: string, src: CompletionSources): Promise<[s
       if (!w.includes('=') && !flags.has(w)) i++;
     } else index++;
   }
-  const kinds = cmd.completes === undefined ? [] : Array.isArray(cmd.completes) ? cmd.completes : [cmd.completes];
+  const kinds =
+    cmd.completes === undefined ? [] : Array.isArray(cmd.completes) ? cmd.completes : [cmd.completes];
   const kind = kinds[Math.min(index, kinds.length - 1)];
   return [kind ? await completeKind(kind, cur, before, src) : [], cur];
 }
@@ -91,7 +95,10 @@ async function completeKind(
       const colon = cur.indexOf(':');
       if (colon < 0) {
         const ids = new Set(['dir', ...((await src.targetIds?.()) ?? [])]);
-        return [...ids].sort().map((id) => id + ':').filter((s) => s.startsWith(cur));
+        return [...ids]
+          .sort()
+          .map((id) => id + ':')
+          .filter((s) => s.startsWith(cur));
       }
       // dir:LOCATION is a path on this host; other types' locations are their own business.
       if (cur.slice(0, colon) !== 'dir') return [];

@@ -21,7 +21,8 @@ export function describeEvent(event: string, data: unknown): string {
     case 'broken':
       return `mirror pair ${d.path} BROKEN: ${d.error}`;
     case 'state': {
-      const where = d.paths === 'volume' ? 'volume' : Array.isArray(d.paths) ? d.paths.join(' ') : String(d.paths);
+      const where =
+        d.paths === 'volume' ? 'volume' : Array.isArray(d.paths) ? d.paths.join(' ') : String(d.paths);
       return `${where}: ${d.state}${d.splitId ? ` (${d.splitId})` : ''}`;
     }
     case 'progress':

@@ -23,7 +23,10 @@ export interface PluginCommandHost {
  * words are passed to the command as strings; its result is printed (strings as they are,
  * anything else as JSON).
  */
-export function pluginOperatorCommands(host: PluginCommandHost, reserved: ReadonlySet<string>): OperatorCommand[] {
+export function pluginOperatorCommands(
+  host: PluginCommandHost,
+  reserved: ReadonlySet<string>,
+): OperatorCommand[] {
   const plugins: OperatorCommand = {
     name: 'plugins',
     summary: 'installed plugins: state, backup targets and commands they contribute',
@@ -33,7 +36,9 @@ export function pluginOperatorCommands(host: PluginCommandHost, reserved: Readon
       const want = a.positional[0];
       const list = host.list().filter((p) => !want || p.name === want);
       if (want && list.length === 0)
-        throw new TwinError('ETWIN_PLUGIN_NOT_FOUND', `no plugin "${want}" (plugins lists them)`, { plugin: want });
+        throw new TwinError('ETWIN_PLUGIN_NOT_FOUND', `no plugin "${want}" (plugins lists them)`, {
+          plugin: want,
+        });
       for (const p of list) {
         ctx.print(`${p.name}@${p.version}  ${p.state}${p.error ? ` (${p.error})` : ''}  [${p.source}]`);
         if (p.targets.length) ctx.print(`    targets:  ${p.targets.join(', ')}`);

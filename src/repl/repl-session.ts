@@ -64,7 +64,8 @@ export async function runRepl(opts: ReplOptions): Promise<number> {
   };
   const fail = (err: unknown) => {
     const code = errorCode(err);
-    if (opts.json && !interactive) write(JSON.stringify({ event: 'error', code, message: errorMessage(err) }));
+    if (opts.json && !interactive)
+      write(JSON.stringify({ event: 'error', code, message: errorMessage(err) }));
     (interactive ? output : errorOutput).write(`error ${code}: ${errorMessage(err)}\n`);
     lastFailure = code === 'ETWIN_USAGE' ? 2 : 1;
   };
@@ -178,6 +179,8 @@ export async function runRepl(opts: ReplOptions): Promise<number> {
     return lastFailure;
   }
 
+  let queue = Promise.resolve();
+  let generation = 0;
   const r = nodeRepl.start({
     prompt: 'twinfs> ',
     input,
@@ -190,10 +193,14 @@ export async function runRepl(opts: ReplOptions): Promise<number> {
         .then((res) => cb(null, res))
         .catch(() => cb(null, [[], line]));
     },
+    // node:repl evaluates a line as soon as it is entered, even while the previous one still
+    // runs: lines typed ahead are queued here and run in order (Ctrl-C drops them).
     eval: (cmd, _context, _file, cb) => {
-      runLine(cmd).then((goOn) => {
-        if (!goOn) r.close();
-        else cb(null, undefined);
+      const gen = generation;
+      queue = queue.then(async () => {
+        if (gen !== generation) return cb(null, undefined);
+        if (await runLine(cmd)) cb(null, undefined);
+        else r.close();
       });
     },
   });
@@ -206,14 +213,15 @@ export async function runRepl(opts: ReplOptions): Promise<number> {
   r.removeAllListeners('SIGINT');
   r.on('SIGINT', () => {
     if (current) {
+      generation++;
       current.abort(new TwinError('ETWIN_ABORTED', 'cancelled (Ctrl-C)'));
       printAbove('cancelling...');
       return;
     }
     const empty = r.line.length === 0;
-    r.write(null, { ctrl: true, name: 'e' });
-    r.write(null, { ctrl: true, name: 'u' });
-    output.write('\n');
+    // readline's own (the REPL's handler uses it too): cursor to the end, a new line, an empty
+    // buffer; what was typed stays visible above, as in a shell.
+    (r as unknown as { clearLine(): void }).clearLine();
     if (empty && sawSigint) {
       r.close();
       return;
@@ -258,7 +266,10 @@ export function helpText(commands: OperatorCommand[], name?: string): string {
   if (name) {
     const c = commands.find((x) => x.name === name);
     if (!c) {
-      const guess = suggest(name, commands.map((x) => x.name));
+      const guess = suggest(
+        name,
+        commands.map((x) => x.name),
+      );
       return `no command "${name}"${guess ? `; did you mean "${guess}"?` : ''}`;
     }
     return [

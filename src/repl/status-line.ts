@@ -55,6 +55,8 @@ export function formatProgress(p: ProgressReport, etaSec: number | null): string
   const frac = byBytes ? p.bytes / (p.bytesTotal ?? 1) : p.filesTotal > 0 ? p.files / p.filesTotal : 0;
   const pct = Math.max(0, Math.min(100, Math.floor(frac * 100)));
   const filled = Math.round(pct / 5);
-  const size = byBytes ? `${formatBytes(p.bytes)} of ${formatBytes(p.bytesTotal ?? 0)}` : formatBytes(p.bytes);
+  const size = byBytes
+    ? `${formatBytes(p.bytes)} of ${formatBytes(p.bytesTotal ?? 0)}`
+    : formatBytes(p.bytes);
   return `${p.phase} ${String(pct).padStart(3)}% [${'#'.repeat(filled)}${'-'.repeat(20 - filled)}] ${p.files}/${p.filesTotal} entries, ${size}, ETA ${etaSec === null ? '-' : formatSeconds(etaSec)} (Ctrl-C cancels)`;
 }

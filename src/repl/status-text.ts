@@ -27,7 +27,11 @@ export function percentile(sorted: readonly number[], q: number): number {
 
 const ms = (v: number) => `${v.toFixed(1)} ms`;
 const sel = (s: any) =>
-  s.volume ? '/' : [...(s.paths ?? []), ...[s.subtree, ...(s.subtrees ?? [])].filter(Boolean).map((t) => `${t}/**`)].join(' ');
+  s.volume
+    ? '/'
+    : [...(s.paths ?? []), ...[s.subtree, ...(s.subtrees ?? [])].filter(Boolean).map((t) => `${t}/**`)].join(
+        ' ',
+      );
 
 /**
  * The server's status (the control channel's `status` result) in lines for people: the volume,
@@ -36,11 +40,7 @@ const sel = (s: any) =>
  * Stall percentiles need the durations of recent prepares: the server reports them as
  * `backup.stall.recentMs` when it keeps them; otherwise the count, the longest and the last.
  */
-export function describeStatus(
-  s: any,
-  recent: RecentSnapshots | null,
-  now = Date.now(),
-): string[] {
+export function describeStatus(s: any, recent: RecentSnapshots | null, now = Date.now()): string[] {
   const out: string[] = [];
   const c = s.fs.cache;
   out.push(`volume   ${s.fs.primary} at ${s.fs.mount}${s.fs.writeThrough ? ' (write-through)' : ''}`);
@@ -48,7 +48,9 @@ export function describeStatus(
     `cache    ${formatBytes(c.dirtyBytes)} dirty of ${formatBytes(c.limitBytes)} in ${c.dirtyFiles} file(s); ${c.openFiles} open; ${c.writeErrors} write-back error(s)`,
   );
   if (s.mirror) {
-    out.push(`mirror   ${s.mirror.state} device ${s.mirror.deviceId} at ${s.mirror.mirrorRoot}; queue ${s.mirror.queueLength}`);
+    out.push(
+      `mirror   ${s.mirror.state} device ${s.mirror.deviceId} at ${s.mirror.mirrorRoot}; queue ${s.mirror.queueLength}`,
+    );
     for (const sp of s.mirror.splits)
       out.push(
         `  split  ${sp.splitId} ${sel(sp.selector)}: ${formatBytes(sp.trackedBytes)} in ${sp.trackedFiles} file(s) changed since`,
@@ -64,14 +66,25 @@ export function describeStatus(
     `stall    ${st.prepares} prepare(s), ${st.failedPrepares} failed${pct}; max ${ms(st.maxStallMs)}; last ${st.lastStallMs === null ? '-' : ms(st.lastStallMs)} (budget ${s.backup.maxStallMs} ms)`,
   );
   if (st.inhibitor && st.inhibitor.held > 0)
-    out.push(`         ${st.inhibitor.held} write(s) held by freezes or prepares, longest ${ms(st.inhibitor.maxStallMs)}`);
+    out.push(
+      `         ${st.inhibitor.held} write(s) held by freezes or prepares, longest ${ms(st.inhibitor.maxStallMs)}`,
+    );
   for (const b of s.backup.backups)
     out.push(
       `lease    ${b.backupId} ${sel(b.selector)} expires in ${Math.max(0, Math.round((b.expiresAt - now) / 1000))} s`,
     );
   for (const f of s.backup.freezes)
     out.push(`frozen   ${f.freezeId} ${sel(f.selector)} for ${Math.round((now - f.since) / 1000)} s`);
-  if (s.smb) out.push(`smb      ${s.smb.running ? 'running' : 'stopped'}${s.smb.port ? ` on port ${s.smb.port}` : ''}`);
+  if (s.smb) {
+    const m = s.smb;
+    const where = m.url ? ` at ${m.url}` : m.port ? ` on port ${m.port}` : '';
+    const clients = Array.isArray(m.clients) ? `; ${m.clients.length} client(s)` : '';
+    const restarts = m.restarts ? `; ${m.restarts} restart(s)` : '';
+    const error = m.lastError ? `; last error ${m.lastError.code}: ${m.lastError.message}` : '';
+    out.push(
+      `smb      ${m.state ?? (m.running ? 'running' : 'stopped')}${where}${clients}${restarts}${error}`,
+    );
+  }
   if (recent) {
     if (recent.note) out.push(`backups  catalog ${recent.catalog}: ${recent.note}`);
     else if (recent.snapshots.length === 0) out.push(`backups  none of this volume in ${recent.catalog}`);

@@ -1,25 +1,38 @@
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { Readable } from 'node:stream';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { type BackupOptions, BackupRun } from '../../src/backup-peer/backup-run.js';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { type BackupHooks, type BackupOptions, BackupRun } from '../../src/backup-peer/backup-run.js';
 import { Catalog } from '../../src/backup-peer/catalog.js';
 import { checkSnapshot } from '../../src/backup-peer/check.js';
 import { forget } from '../../src/backup-peer/forget.js';
 import { restore } from '../../src/backup-peer/restore.js';
 import type { BackupTarget, EntryMeta } from '../../src/backup-peer/target.js';
-import { DirectoryTarget } from '../../src/backup-peer/targets/directory.js';
 import { TargetRegistry } from '../../src/backup-peer/targets/index.js';
+import { TwinError } from '../../src/common/errors.js';
+import { type LoadedPlugin, loadTargetPlugin } from '../conformance/index.js';
 import { FakeControl, type Mirror, makeMirror, snapshotTree, tempDir, writeTree } from './peer-fixture.js';
 
-/** Backup runs against a hand-made mirror and a fake control channel: no server needed. */
+const DIR_PLUGIN = path.resolve(import.meta.dirname, '../../plugins/dir');
+
+/**
+ * Backup runs against a hand-made mirror and a fake control channel: no server needed. The
+ * target is the directory target plugin (plugins/dir) in a real plugin host, as the CLI opens it.
+ */
 describe('backup run, restore, check, forget (hand-made mirror)', () => {
   let base: string;
   let cleanup: () => Promise<void>;
   let mirror: Mirror;
-  let target: DirectoryTarget;
+  let plugin: LoadedPlugin;
+  let target: BackupTarget;
+  let targetRoot: string;
   let catalogDir: string;
-  const registry = new TargetRegistry();
+  const registry = new TargetRegistry([], (type) => plugin.host.getTargetProvider(type));
+
+  beforeAll(async () => {
+    plugin = await loadTargetPlugin(DIR_PLUGIN);
+  });
+  afterAll(() => plugin?.dispose());
   const big = Buffer.from(Buffer.alloc(2 * 1024 * 1024 + 3).map((_, i) => (i * 7) % 256));
 
   beforeEach(async () => {
@@ -38,7 +51,8 @@ describe('backup run, restore, check, forget (hand-made mirror)', () => {
     await fsp.chmod(path.join(mirror.data, 'docs/deep'), 0o700);
     await fsp.chown(path.join(mirror.data, 'docs/deep'), 1001, 1002);
     await fsp.utimes(path.join(mirror.data, 'docs'), 1_500_000_000, 1_500_000_000);
-    target = await DirectoryTarget.open(path.join(base, 'backups'));
+    targetRoot = path.join(base, 'backups');
+    target = await registry.open(`dir:${targetRoot}`);
     catalogDir = path.join(base, 'catalog');
   });
   afterEach(() => cleanup());
@@ -98,7 +112,7 @@ describe('backup run, restore, check, forget (hand-made mirror)', () => {
     expect(second.snapshot.parentId).toBe(first.snapshot.id);
     expect(second.snapshot.totals.copiedBytes).toBe(15 + 3 + 4);
     expect(second.snapshot.totals.reusedFiles).toBe(1);
-    const ino = async (id: string) => (await fsp.stat(path.join(target.root, id, 'docs/deep/er/c.bin'))).ino;
+    const ino = async (id: string) => (await fsp.stat(path.join(targetRoot, id, 'docs/deep/er/c.bin'))).ino;
     expect(await ino(second.snapshot.id)).toBe(await ino(first.snapshot.id));
 
     const to2 = path.join(base, 'r2');
@@ -173,7 +187,7 @@ describe('backup run, restore, check, forget (hand-made mirror)', () => {
       expect((await c.list()).map((s) => s.state)).toEqual(['failed']);
     });
     expect(await target.listSnapshots()).toEqual([]);
-    expect((await fsp.readdir(target.root)).filter((n) => n !== '.manifests')).toEqual([]);
+    expect((await fsp.readdir(targetRoot)).filter((n) => n !== '.manifests')).toEqual([]);
   });
 
   it('stops at once when the split is lost mid-copy: no snapshot, catalog says failed', async () => {
@@ -211,7 +225,7 @@ describe('backup run, restore, check, forget (hand-made mirror)', () => {
       expect(await c.entries(s!.id)).toEqual([]);
     });
     expect(await target.listSnapshots()).toEqual([]);
-    expect((await fsp.readdir(target.root)).filter((n) => n !== '.manifests')).toEqual([]);
+    expect((await fsp.readdir(targetRoot)).filter((n) => n !== '.manifests')).toEqual([]);
   });
 
   it('confirms the split after the last read: a lease lost silently fails the run', async () => {
@@ -244,7 +258,7 @@ describe('backup run, restore, check, forget (hand-made mirror)', () => {
         target: target.spec,
       }),
     );
-    await fsp.mkdir(path.join(target.root, '20200101T000000Z-dead00.partial'));
+    await fsp.mkdir(path.join(targetRoot, '20200101T000000Z-dead00.partial'));
     // Pretend that run's process is gone.
     const db = path.join(catalogDir, 'snapshots.db');
     await fsp.writeFile(
@@ -255,7 +269,7 @@ describe('backup run, restore, check, forget (hand-made mirror)', () => {
     await Catalog.with(catalogDir, async (c) => {
       expect((await c.get('20200101T000000Z-dead00'))!.state).toBe('failed');
     });
-    expect(await fsp.readdir(target.root)).not.toContain('20200101T000000Z-dead00.partial');
+    expect(await fsp.readdir(targetRoot)).not.toContain('20200101T000000Z-dead00.partial');
   });
 
   it('restore refuses paths escaping --to and never writes through a symlink there', async () => {
@@ -304,7 +318,7 @@ describe('backup run, restore, check, forget (hand-made mirror)', () => {
 
   it('check finds corrupted, truncated and missing target data', async () => {
     const r = await backup(new FakeControl(mirror));
-    const snap = path.join(target.root, r.snapshot.id);
+    const snap = path.join(targetRoot, r.snapshot.id);
     const fh = await fsp.open(path.join(snap, 'docs/deep/er/c.bin'), 'r+');
     await fh.write(Buffer.from([0xff]), 0, 1, 12345);
     await fh.close();
@@ -336,10 +350,118 @@ describe('backup run, restore, check, forget (hand-made mirror)', () => {
     expect(f.remove.map((s) => s.id)).toEqual([s1.snapshot.id]);
     expect(f.orphaned).toEqual([]);
     expect((await target.listSnapshots()).map((s) => s.snapshotId)).toEqual([s2.snapshot.id]);
-    expect(await fsp.readdir(target.root)).not.toContain(s1.snapshot.id);
+    expect(await fsp.readdir(targetRoot)).not.toContain(s1.snapshot.id);
     const to = path.join(base, 'r');
     await restore({ snapshot: s2.snapshot.id, to, catalogDir, registry });
     expect(await snapshotTree(to)).toEqual(await snapshotTree(mirror.data));
     expect((await checkSnapshot({ snapshot: s2.snapshot.id, catalogDir, registry })).ok).toBe(true);
+  });
+
+  /** Plugin hooks that record what the run tells them, and how many prepares came before. */
+  const recordingHooks = (
+    control: FakeControl,
+    failures: Array<{ plugin: string; message: string }> = [],
+  ) => {
+    const log: Array<{ name: string; payload: Record<string, unknown>; prepares: number }> = [];
+    const hooks: BackupHooks = {
+      async willFreeze(payload, timeoutMs) {
+        log.push({
+          name: 'onWillFreeze',
+          payload: { ...payload, timeoutMs },
+          prepares: control.count('prepare'),
+        });
+        return failures;
+      },
+      async emit(name, payload) {
+        log.push({ name, payload, prepares: control.count('prepare') });
+      },
+    };
+    return { hooks, log, names: () => log.map((l) => l.name) };
+  };
+
+  it('tells plugins about the run in order; onWillFreeze comes before prepare, with its own timeout', async () => {
+    const control = new FakeControl(mirror);
+    const h = recordingHooks(control);
+    const r = await backup(control, {
+      hooks: h.hooks,
+      freezeHookTimeoutMs: 1234,
+      selector: { subtree: '/docs' },
+    });
+    expect(h.names()).toEqual([
+      'onWillBackup',
+      'onWillFreeze',
+      'onDidFreeze',
+      'onDidSplit',
+      'onDidThaw',
+      'onDidResync',
+      'onDidCompleteBackup',
+    ]);
+    const at = (n: string) => h.log.find((l) => l.name === n)!;
+    const selector = { subtrees: ['/docs'] };
+    expect(at('onWillBackup')).toEqual({
+      name: 'onWillBackup',
+      payload: { snapshotId: r.snapshot.id, selector, target: target.spec },
+      prepares: 0,
+    });
+    expect(at('onWillFreeze')).toEqual({
+      name: 'onWillFreeze',
+      payload: { selector, timeoutMs: 1234 },
+      prepares: 0,
+    });
+    expect(at('onDidFreeze').payload).toEqual({ selector, backupId: r.backupId });
+    expect(at('onDidSplit').payload).toEqual({ selector, backupId: r.backupId, deviceId: mirror.deviceId });
+    expect(at('onDidThaw').payload).toEqual({ selector, backupId: r.backupId, stallMs: 1 });
+    expect(at('onDidResync').payload).toMatchObject({ backupId: r.backupId });
+    expect(at('onDidCompleteBackup').payload).toEqual({
+      snapshotId: r.snapshot.id,
+      totals: r.snapshot.totals,
+      target: target.spec,
+    });
+    expect(r.hookFailures).toEqual([]);
+  });
+
+  it('a failed onWillFreeze hook: a warning and a crash-consistent backup by default, or no backup with "fail"', async () => {
+    const failures = [{ plugin: 'app-quiescer', message: 'onWillFreeze: did not finish within 10 ms' }];
+    const h = recordingHooks(new FakeControl(mirror), failures);
+    const run = new BackupRun({
+      server: 'ws://fake',
+      token: 't',
+      target,
+      catalogDir,
+      selector: { volume: true },
+      connect: async () => new FakeControl(mirror),
+      hooks: h.hooks,
+    });
+    const warnings: string[] = [];
+    run.onDidWarn((w) => warnings.push(`${w.code} ${w.plugin}: ${w.message}`));
+    const r = await run.run();
+    expect(r.snapshot.state).toBe('complete');
+    expect(r.hookFailures).toEqual(failures);
+    expect(warnings).toEqual([
+      'ETWIN_PLUGIN_FAILED app-quiescer: plugin app-quiescer: onWillFreeze: did not finish within 10 ms; going on crash-consistent',
+    ]);
+
+    const control = new FakeControl(mirror);
+    const strict = recordingHooks(control, failures);
+    await expect(backup(control, { hooks: strict.hooks, onHookFailure: 'fail' })).rejects.toMatchObject({
+      code: 'ETWIN_PLUGIN_FAILED',
+      data: { failures },
+    });
+    // Nothing was held or split; paused applications are let go; plugins hear of the failure.
+    expect(control.count('prepare')).toBe(0);
+    expect(strict.names()).toEqual(['onWillBackup', 'onWillFreeze', 'onDidThaw', 'onDidFail']);
+    expect(strict.log.at(-1)!.payload).toMatchObject({ code: 'ETWIN_PLUGIN_FAILED' });
+    expect((await target.listSnapshots()).map((s) => s.snapshotId)).toEqual([r.snapshot.id]);
+  });
+
+  it('a prepare that fails still lets paused applications go (onDidThaw), then onDidFail', async () => {
+    const control = new FakeControl(mirror);
+    control.prepare = async () => {
+      throw new TwinError('ETWIN_BUSY', 'files in this selection are being backed up');
+    };
+    const h = recordingHooks(control);
+    await expect(backup(control, { hooks: h.hooks })).rejects.toMatchObject({ code: 'ETWIN_BUSY' });
+    expect(h.names()).toEqual(['onWillBackup', 'onWillFreeze', 'onDidThaw', 'onDidFail']);
+    expect(h.log.at(-1)!.payload).toMatchObject({ code: 'ETWIN_BUSY', snapshotId: expect.any(String) });
   });
 });

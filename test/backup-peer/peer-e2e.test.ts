@@ -1,5 +1,6 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ControlClient } from '../../src/control/client.js';
@@ -70,6 +71,18 @@ function watchCli(args: string[]): {
   const exited = new Promise<number | null>((r) => proc.on('exit', (code) => r(code)));
   return { proc, lines, exited, stderr: () => err };
 }
+
+// Targets come from plugins: the plugin hosts of the servers and the peers (children of this
+// forked test process) keep their state in a temporary folder and see no user plugins.
+let pluginState: string;
+beforeAll(async () => {
+  pluginState = await fsp.mkdtemp(path.join(os.tmpdir(), 'twinfs-peer-e2e-plugins-'));
+  process.env.TWINFS_PLUGIN_STATE = path.join(pluginState, 'state');
+  process.env.TWINFS_PLUGIN_PATH = path.join(pluginState, 'user');
+});
+afterAll(async () => {
+  if (pluginState) await fsp.rm(pluginState, { recursive: true, force: true });
+});
 
 describe('backup peer end to end (real server, real peer processes)', () => {
   let fx: ControlFixture;

@@ -32,9 +32,24 @@ describe('twinfs CLI: usage mistakes, bad config, unreachable server, missing to
   });
 
   it('bad options and arguments exit 2 with a message naming them', async () => {
-    expectError(await twinfs(['status', '--bogus'], { env: clean }), 2, 'ETWIN_USAGE', /unknown option --bogus \(twinfs status --help/);
-    expectError(await twinfs(['status', 'extra'], { env: clean }), 2, 'ETWIN_USAGE', /unknown argument extra/);
-    expectError(await twinfs(['freeze', '--timeout'], { env: clean }), 2, 'ETWIN_USAGE', /Not enough arguments following: timeout/);
+    expectError(
+      await twinfs(['status', '--bogus'], { env: clean }),
+      2,
+      'ETWIN_USAGE',
+      /unknown option --bogus \(twinfs status --help/,
+    );
+    expectError(
+      await twinfs(['status', 'extra'], { env: clean }),
+      2,
+      'ETWIN_USAGE',
+      /unknown argument extra/,
+    );
+    expectError(
+      await twinfs(['freeze', '--timeout'], { env: clean }),
+      2,
+      'ETWIN_USAGE',
+      /Not enough arguments following: timeout/,
+    );
     expectError(await twinfs(['mirror', 'fix'], { env: clean }), 2, 'ETWIN_USAGE', /Choices: "repair"/);
     expectError(
       await twinfs(['freeze', '--server', dead, '--token-file', token], { env: clean }),
@@ -43,29 +58,49 @@ describe('twinfs CLI: usage mistakes, bad config, unreachable server, missing to
       /freeze needs at least one path/,
     );
     expectError(
-      await twinfs(['freeze', '/a', '--timeout', 'soon', '--server', dead, '--token-file', token], { env: clean }),
+      await twinfs(['freeze', '/a', '--timeout', 'soon', '--server', dead, '--token-file', token], {
+        env: clean,
+      }),
       2,
       'ETWIN_USAGE',
       /--timeout must be a positive number of seconds/,
     );
     expectError(
-      await twinfs(['backup', '--lease-sec', '0', '--server', dead, '--token-file', token, '--target', 'dir:/tmp/x'], {
-        env: clean,
-      }),
+      await twinfs(
+        ['backup', '--lease-sec', '0', '--server', dead, '--token-file', token, '--target', 'dir:/tmp/x'],
+        {
+          env: clean,
+        },
+      ),
       2,
       'ETWIN_USAGE',
       /--lease-sec/,
     );
-    expectError(await twinfs(['forget', '--keep-last', '0'], { env: clean }), 2, 'ETWIN_USAGE', /--keep-last/);
+    expectError(
+      await twinfs(['forget', '--keep-last', '0'], { env: clean }),
+      2,
+      'ETWIN_USAGE',
+      /--keep-last/,
+    );
     const none = await twinfs([], { env: clean });
     expect(none.code).toBe(2);
     expect(none.stderr).toMatch(/name a command/);
   });
 
   it('a typo suggests the command', async () => {
-    expectError(await twinfs(['statsu'], { env: clean }), 2, 'ETWIN_USAGE', /unknown command "statsu"; did you mean "status"\?/);
+    expectError(
+      await twinfs(['statsu'], { env: clean }),
+      2,
+      'ETWIN_USAGE',
+      /unknown command "statsu"; did you mean "status"\?/,
+    );
     expectError(await twinfs(['snapshot'], { env: clean }), 2, 'ETWIN_USAGE', /did you mean "snapshots"\?/);
-    expectError(await twinfs(['xyzzy'], { env: clean }), 2, 'ETWIN_USAGE', /unknown command "xyzzy" \(twinfs --help/);
+    expectError(
+      await twinfs(['xyzzy'], { env: clean }),
+      2,
+      'ETWIN_USAGE',
+      /unknown command "xyzzy" \(twinfs --help/,
+    );
   });
 
   it('a bad config file: the message names the file and the bad key (exit 1)', async () => {
@@ -75,66 +110,164 @@ describe('twinfs CLI: usage mistakes, bad config, unreachable server, missing to
       return f;
     };
     const unknownKey = await cfg('a.json', JSON.stringify({ operator: { sever: 'ws://x:1' } }));
-    expectError(await twinfs(['status', '--config', unknownKey], { env: clean }), 1, 'ETWIN_CONFIG', /"operator\.sever" is not a setting/);
+    expectError(
+      await twinfs(['status', '--config', unknownKey], { env: clean }),
+      1,
+      'ETWIN_CONFIG',
+      /"operator\.sever" is not a setting/,
+    );
     const flat = await cfg('b.json', JSON.stringify({ server: 'ws://127.0.0.1:1', tokn: 'x' }));
-    expectError(await twinfs(['status', '--config', flat], { env: clean }), 1, 'ETWIN_CONFIG', /"tokn" is not a setting/);
+    expectError(
+      await twinfs(['status', '--config', flat], { env: clean }),
+      1,
+      'ETWIN_CONFIG',
+      /"tokn" is not a setting/,
+    );
     const badUrl = await cfg('c.json', JSON.stringify({ server: 'http://x' }));
-    expectError(await twinfs(['pairs', '--config', badUrl], { env: clean }), 1, 'ETWIN_CONFIG', /"server" must be a ws:\/\/ or wss:\/\/ URL/);
+    expectError(
+      await twinfs(['pairs', '--config', badUrl], { env: clean }),
+      1,
+      'ETWIN_CONFIG',
+      /"server" must be a ws:\/\/ or wss:\/\/ URL/,
+    );
     const badServe = await cfg('d.json', JSON.stringify({ serve: { cacheMb: 'lots' } }));
-    expectError(await twinfs(['status', '--config', badServe], { env: clean }), 1, 'ETWIN_CONFIG', /"cacheMb" must be a number/);
+    expectError(
+      await twinfs(['status', '--config', badServe], { env: clean }),
+      1,
+      'ETWIN_CONFIG',
+      /"cacheMb" must be a number/,
+    );
     const section = await cfg('e.json', JSON.stringify({ serve: {}, operators: {} }));
-    expectError(await twinfs(['status', '--config', section], { env: clean }), 1, 'ETWIN_CONFIG', /"operators" is not a section/);
+    expectError(
+      await twinfs(['status', '--config', section], { env: clean }),
+      1,
+      'ETWIN_CONFIG',
+      /"operators" is not a section/,
+    );
     const notJson = await cfg('f.json', '{ server: ');
-    expectError(await twinfs(['repl', '--config', notJson], { env: clean }), 1, 'ETWIN_CONFIG', /not valid JSON/);
+    expectError(
+      await twinfs(['repl', '--config', notJson], { env: clean }),
+      1,
+      'ETWIN_CONFIG',
+      /not valid JSON/,
+    );
     expectError(
       await twinfs(['status'], { env: { ...clean, TWINFS_CONFIG: path.join(t.dirs.etc!, 'missing.json') } }),
       1,
       'ETWIN_CONFIG',
       /cannot read config file .*missing\.json: ENOENT/,
     );
-    expectError(await twinfs(['snapshots', '--config', unknownKey], { env: clean }), 1, 'ETWIN_CONFIG', /operator\.sever/);
+    expectError(
+      await twinfs(['snapshots', '--config', unknownKey], { env: clean }),
+      1,
+      'ETWIN_CONFIG',
+      /operator\.sever/,
+    );
   });
 
   it('an unreachable server: ETWIN_CONTROL_UNREACHABLE, exit 1 (CLI and REPL)', async () => {
-    for (const cmd of [['status'], ['thaw'], ['pairs'], ['verify'], ['mirror', 'repair'], ['flush'], ['resync', 'bk-1']])
+    for (const cmd of [
+      ['status'],
+      ['thaw'],
+      ['pairs'],
+      ['verify'],
+      ['mirror', 'repair'],
+      ['flush'],
+      ['resync', 'bk-1'],
+    ])
       expectError(
         await twinfs([...cmd, '--server', dead, '--token-file', token], { env: clean }),
         1,
         'ETWIN_CONTROL_UNREACHABLE',
         new RegExp(dead.replace(/[/.]/g, '\\$&')),
       );
-    const r = await twinfs(['repl', '--server', dead, '--token-file', token], { env: clean, input: 'status\n' });
+    const r = await twinfs(['repl', '--server', dead, '--token-file', token], {
+      env: clean,
+      input: 'status\n',
+    });
     expect(r.code).toBe(1);
     expect(r.stderr).toMatch(/^error ETWIN_CONTROL_UNREACHABLE: /);
     expect(r.stderr).not.toMatch(/\n\s+at /);
     expectError(
-      await twinfs(['backup', '--server', dead, '--token-file', token, '--target', `dir:${t.dirs.etc}/b`, '--catalog', `${t.dirs.etc}/c`], {
-        env: clean,
-      }),
+      await twinfs(
+        [
+          'backup',
+          '--server',
+          dead,
+          '--token-file',
+          token,
+          '--target',
+          `dir:${t.dirs.etc}/b`,
+          '--catalog',
+          `${t.dirs.etc}/c`,
+        ],
+        {
+          env: clean,
+        },
+      ),
       1,
       'ETWIN_CONTROL_UNREACHABLE',
     );
   });
 
   it('no server or no token: a usage error saying where they come from; an unreadable token file', async () => {
-    expectError(await twinfs(['status'], { env: clean }), 2, 'ETWIN_USAGE', /no server: pass --server .*TWINFS_SERVER/);
-    expectError(await twinfs(['status', '--server', dead], { env: clean }), 2, 'ETWIN_USAGE', /no token: pass --token-file .*TWINFS_TOKEN/);
-    expectError(await twinfs(['repl', '--server', dead], { env: clean }), 2, 'ETWIN_USAGE', /no token/);
-    expectError(await twinfs(['status', '--server', 'http://x'], { env: clean }), 2, 'ETWIN_USAGE', /ws:\/\/ or wss:\/\//);
     expectError(
-      await twinfs(['status', '--server', dead, '--token-file', path.join(t.dirs.etc!, 'nope')], { env: clean }),
+      await twinfs(['status'], { env: clean }),
+      2,
+      'ETWIN_USAGE',
+      /no server: pass --server .*TWINFS_SERVER/,
+    );
+    expectError(
+      await twinfs(['status', '--server', dead], { env: clean }),
+      2,
+      'ETWIN_USAGE',
+      /no token: pass --token-file .*TWINFS_TOKEN/,
+    );
+    expectError(await twinfs(['repl', '--server', dead], { env: clean }), 2, 'ETWIN_USAGE', /no token/);
+    expectError(
+      await twinfs(['status', '--server', 'http://x'], { env: clean }),
+      2,
+      'ETWIN_USAGE',
+      /ws:\/\/ or wss:\/\//,
+    );
+    expectError(
+      await twinfs(['status', '--server', dead, '--token-file', path.join(t.dirs.etc!, 'nope')], {
+        env: clean,
+      }),
       1,
       'ETWIN_TOKEN',
       /nope: ENOENT/,
     );
     // From the environment instead: TWINFS_SERVER and TWINFS_TOKEN are enough to get as far as the server.
-    expectError(await twinfs(['status'], { env: { ...clean, TWINFS_SERVER: dead, TWINFS_TOKEN: 'abc' } }), 1, 'ETWIN_CONTROL_UNREACHABLE');
+    expectError(
+      await twinfs(['status'], { env: { ...clean, TWINFS_SERVER: dead, TWINFS_TOKEN: 'abc' } }),
+      1,
+      'ETWIN_CONTROL_UNREACHABLE',
+    );
   });
 
   it('--help of every subcommand shows usage and examples', async () => {
     const subcommands = [
-      'serve', 'unmount', 'verify', 'demo', 'status', 'freeze', 'thaw', 'pairs', 'split', 'resync', 'flush',
-      'mirror', 'repl', 'plugins', 'backup', 'peer', 'snapshots', 'restore', 'check', 'forget',
+      'serve',
+      'unmount',
+      'verify',
+      'demo',
+      'status',
+      'freeze',
+      'thaw',
+      'pairs',
+      'split',
+      'resync',
+      'flush',
+      'mirror',
+      'repl',
+      'plugins',
+      'backup',
+      'peer',
+      'snapshots',
+      'restore',
+      'check',
+      'forget',
     ];
     const results = await Promise.all(subcommands.map((c) => twinfs([c, '--help'], { env: clean })));
     for (const [i, r] of results.entries()) {

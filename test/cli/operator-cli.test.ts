@@ -4,11 +4,17 @@ import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type ControlFixture, startControlFixture } from '../control/control-fixture.js';
 import { isMounted, waitFor } from '../helpers/mounts.js';
+import { sh } from '../helpers/proc.js';
 import { CLI, startServer } from '../helpers/server.js';
 import { jsonLines, twinfs } from '../repl/fixtures.js';
 
 /** A CLI process whose JSON lines are read as they come (for commands that hold something). */
-function watch(args: string[]): { proc: ChildProcess; lines: any[]; exited: Promise<number | null>; stderr(): string } {
+function watch(args: string[]): {
+  proc: ChildProcess;
+  lines: any[];
+  exited: Promise<number | null>;
+  stderr(): string;
+} {
   const proc = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   const lines: any[] = [];
   let buf = '';
@@ -80,7 +86,11 @@ describe('twinfs operator subcommands', () => {
     expect(last).toMatchObject({
       fs: { primary: fx.primary, cache: { dirtyBytes: expect.any(Number) } },
       mirror: { state: 'PAIR', deviceId: fx.deviceId, splits: [], broken: [] },
-      backup: { stall: { prepares: expect.any(Number), maxStallMs: expect.any(Number) }, freezes: [], backups: [] },
+      backup: {
+        stall: { prepares: expect.any(Number), maxStallMs: expect.any(Number) },
+        freezes: [],
+        backups: [],
+      },
       lastBackups: { catalog, snapshots: [] },
     });
   });
@@ -88,7 +98,11 @@ describe('twinfs operator subcommands', () => {
   it('freeze holds until thaw; thaw ends it (--json: frozen first, thawed last)', async () => {
     const f = watch(['freeze', '/docs/a.txt', '--timeout', '60', ...conn, '--json']);
     expect(await waitFor(() => f.lines.length > 0, 10_000)).toBe(true);
-    expect(f.lines[0]).toMatchObject({ event: 'frozen', freezeId: expect.stringMatching(/^fz-/), timeoutMs: 60_000 });
+    expect(f.lines[0]).toMatchObject({
+      event: 'frozen',
+      freezeId: expect.stringMatching(/^fz-/),
+      timeoutMs: 60_000,
+    });
     const { last } = await okJson(['thaw', '/docs/a.txt', ...conn]);
     expect(last).toEqual([{ freezeId: f.lines[0].freezeId, heldMs: expect.any(Number) }]);
     expect(await f.exited).toBe(0);
@@ -96,7 +110,9 @@ describe('twinfs operator subcommands', () => {
   });
 
   it('freeze: text mode, and Ctrl-C (SIGINT) thaws', async () => {
-    const f = spawn(process.execPath, [CLI, 'freeze', '--subtree', '/docs', ...conn], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const f = spawn(process.execPath, [CLI, 'freeze', '--subtree', '/docs', ...conn], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let out = '';
     f.stdout.on('data', (d) => (out += d));
     const exited = new Promise<number | null>((r) => f.on('exit', r));
@@ -130,7 +146,11 @@ describe('twinfs operator subcommands', () => {
     const text = await ok(['pairs', '/docs/a.txt', ...conn]);
     expect(text.stdout).toMatch(/^\/docs\/a\.txt: SPLIT$/m);
     const { last: r } = await okJson(['resync', made.backupId, ...conn]);
-    expect(r).toMatchObject({ backupId: made.backupId, bytesCopied: expect.any(Number), entries: expect.any(Number) });
+    expect(r).toMatchObject({
+      backupId: made.backupId,
+      bytesCopied: expect.any(Number),
+      entries: expect.any(Number),
+    });
     expect(await s.exited).toBe(0);
     expect(s.lines.at(-1)).toMatchObject({ event: 'resynced', backupId: made.backupId });
   });
@@ -151,7 +171,16 @@ describe('twinfs operator subcommands', () => {
 
   it('backup (progress lines with bytes, totals, files and ETA), snapshots, restore, check, forget', async () => {
     const target = `dir:${backups}`;
-    const { lines, last } = await okJson(['backup', ...conn, '--subtree', '/docs', '--target', target, '--catalog', catalog]);
+    const { lines, last } = await okJson([
+      'backup',
+      ...conn,
+      '--subtree',
+      '/docs',
+      '--target',
+      target,
+      '--catalog',
+      catalog,
+    ]);
     const progress = lines.filter((l) => l.event === 'progress');
     expect(progress.length).toBeGreaterThan(0);
     for (const p of progress)
@@ -162,13 +191,26 @@ describe('twinfs operator subcommands', () => {
         bytes: expect.any(Number),
         bytesTotal: expect.any(Number),
       });
-    expect(progress.every((p) => 'etaSec' in p && (p.etaSec === null || typeof p.etaSec === 'number'))).toBe(true);
+    expect(progress.every((p) => 'etaSec' in p && (p.etaSec === null || typeof p.etaSec === 'number'))).toBe(
+      true,
+    );
     expect(last).toMatchObject({ event: 'done', snapshotId: expect.any(String), totals: { files: 2 } });
     snapshotId = last.snapshotId;
 
     // Without --json and with stdout and stderr piped: the result line only, no progress bar.
-    const quiet = await ok(['backup', ...conn, '--subtree', '/docs', '--target', target, '--catalog', catalog]);
-    expect(quiet.stdout.trim().split('\n')).toEqual([expect.stringMatching(/^twinfs: snapshot \S+ complete: 2 files/)]);
+    const quiet = await ok([
+      'backup',
+      ...conn,
+      '--subtree',
+      '/docs',
+      '--target',
+      target,
+      '--catalog',
+      catalog,
+    ]);
+    expect(quiet.stdout.trim().split('\n')).toEqual([
+      expect.stringMatching(/^twinfs: snapshot \S+ complete: 2 files/),
+    ]);
     expect(quiet.stderr).toBe('');
 
     const { last: list } = await okJson(['snapshots', '--catalog', catalog]);
@@ -196,15 +238,36 @@ describe('twinfs operator subcommands', () => {
     expect(fg2).toMatchObject({ event: 'done', dryRun: false, removed: [snapshotId] });
   });
 
+  it('on a terminal, backup and restore draw a progress bar on stderr', async () => {
+    const cmd = (args: string[]) => [process.execPath, CLI, ...args].map((w) => `'${w}'`).join(' ');
+    const b = await sh(
+      `script -q -e -c ${JSON.stringify(cmd(['backup', ...conn, '--subtree', '/docs', '--target', `dir:${backups}`, '--catalog', catalog, '--full']))} /dev/null`,
+      { timeoutMs: 30_000 },
+    );
+    expect(b.code, b.stdout).toBe(0);
+    expect(b.stdout).toMatch(/\w+\s+\[[█░]+\] \d+% \| \d+\/\d+ entries \| [\d.]+ \S+ \| ETA \S+/);
+    expect(b.stdout).toMatch(/twinfs: snapshot \S+ complete/);
+    const r = await sh(
+      `script -q -e -c ${JSON.stringify(cmd(['restore', 'latest', '--to', path.join(fx.base, 'tty-restore'), '--catalog', catalog]))} /dev/null`,
+      { timeoutMs: 30_000 },
+    );
+    expect(r.code, r.stdout).toBe(0);
+    expect(r.stdout).toMatch(/restore\s+\[[█░]+\] 100%/);
+  });
+
   it('plugins list', async () => {
     const { last } = await okJson(['plugins', 'list']);
     expect(last).toEqual(
-      expect.arrayContaining([expect.objectContaining({ name: 'twinfs-dir', targets: ['dir'], state: expect.any(String) })]),
+      expect.arrayContaining([
+        expect.objectContaining({ name: 'twinfs-dir', targets: ['dir'], state: expect.any(String) }),
+      ]),
     );
   });
 
   it('repl with piped stdin: commands in order, exit status of the last failure, --json lines', async () => {
-    const r = await twinfs(['repl', ...conn], { input: 'pairs /docs/a.txt\n# a comment\nflush\nverify --no-content\n' });
+    const r = await twinfs(['repl', ...conn], {
+      input: 'pairs /docs/a.txt\n# a comment\nflush\nverify --no-content\n',
+    });
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout.split('\n').filter(Boolean)).toEqual([
       '/docs/a.txt: PAIR',
@@ -248,7 +311,9 @@ describe('twinfs operator subcommands', () => {
     const serveCfg = path.join(fx.base, 'etc/serve.json');
     await fsp.writeFile(
       serveCfg,
-      JSON.stringify({ serve: { primary: fx.primary, mount: fx.mnt, control: `0.0.0.0:${port}`, tokenFile: fx.tokenFile } }),
+      JSON.stringify({
+        serve: { primary: fx.primary, mount: fx.mnt, control: `0.0.0.0:${port}`, tokenFile: fx.tokenFile },
+      }),
     );
     const viaEnv = await ok(['pairs'], { env: { TWINFS_CONFIG: serveCfg } });
     expect(viaEnv.stdout).toBe('volume: PAIR\n');

@@ -8,7 +8,9 @@ import { ROOT } from '../helpers/server.js';
 describe('docs/errors.md', () => {
   it('documents every error code of the catalogue and the protocol', () => {
     const doc = readFileSync(path.join(ROOT, 'docs/errors.md'), 'utf8');
-    const missing = [...Object.keys(ErrorCodes), ...Object.keys(ProtocolErrors)].filter((c) => !doc.includes(`\`${c}\``));
+    const missing = [...Object.keys(ErrorCodes), ...Object.keys(ProtocolErrors)].filter(
+      (c) => !doc.includes(`\`${c}\``),
+    );
     expect(missing).toEqual([]);
   });
 });

@@ -10,12 +10,21 @@ export interface RunResult {
  * Runs a shell command in a child process with a hard timeout. Tests touch mounts only this
  * way or with async fs from a process that does not serve the mount.
  */
-export function sh(cmd: string, opts: { timeoutMs?: number; cwd?: string; env?: NodeJS.ProcessEnv; input?: string } = {}): Promise<RunResult> {
+export function sh(
+  cmd: string,
+  opts: { timeoutMs?: number; cwd?: string; env?: NodeJS.ProcessEnv; input?: string } = {},
+): Promise<RunResult> {
   return new Promise((resolve) => {
     const child = execFile(
       '/bin/sh',
       ['-c', cmd],
-      { timeout: opts.timeoutMs ?? 30_000, cwd: opts.cwd, env: opts.env ?? process.env, maxBuffer: 64 * 1024 * 1024, killSignal: 'SIGKILL' },
+      {
+        timeout: opts.timeoutMs ?? 30_000,
+        cwd: opts.cwd,
+        env: opts.env ?? process.env,
+        maxBuffer: 64 * 1024 * 1024,
+        killSignal: 'SIGKILL',
+      },
       (err, stdout, stderr) => {
         const code = err ? (typeof (err as any).code === 'number' ? (err as any).code : null) : 0;
         resolve({ code, stdout: String(stdout), stderr: String(stderr) });

@@ -9,7 +9,9 @@ export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '
 export const CLI = path.join(ROOT, 'dist/cli/main.js');
 
 /** A temporary directory tree for one test file, removed (after unmounting anything in it) by cleanup(). */
-export async function tempDirs(...names: string[]): Promise<{ base: string; dirs: Record<string, string>; cleanup(): Promise<void> }> {
+export async function tempDirs(
+  ...names: string[]
+): Promise<{ base: string; dirs: Record<string, string>; cleanup(): Promise<void> }> {
   const base = await fsp.mkdtemp(path.join(os.tmpdir(), 'twinfs-test-'));
   const dirs: Record<string, string> = {};
   for (const n of names) {
@@ -21,7 +23,8 @@ export async function tempDirs(...names: string[]): Promise<{ base: string; dirs
     base,
     dirs,
     async cleanup() {
-      for (const d of Object.values(dirs)) await sh(`fusermount -uz '${d}' 2>/dev/null`, { timeoutMs: 10_000 });
+      for (const d of Object.values(dirs))
+        await sh(`fusermount -uz '${d}' 2>/dev/null`, { timeoutMs: 10_000 });
       await fsp.rm(base, { recursive: true, force: true }).catch(() => undefined);
     },
   };
@@ -45,13 +48,21 @@ export interface ServerHandle {
  * Starts `twinfs serve --json` as a separate process and waits until it reports "mounted".
  * Rejects (and clears the mount) if it exits first or takes longer than timeoutMs.
  */
-export async function startServer(
-  opts: { primary: string; mount: string; args?: string[]; env?: NodeJS.ProcessEnv; timeoutMs?: number },
-): Promise<ServerHandle> {
-  const proc = spawn(process.execPath, [CLI, 'serve', '--primary', opts.primary, '--mount', opts.mount, '--json', ...(opts.args ?? [])], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: opts.env ?? process.env,
-  });
+export async function startServer(opts: {
+  primary: string;
+  mount: string;
+  args?: string[];
+  env?: NodeJS.ProcessEnv;
+  timeoutMs?: number;
+}): Promise<ServerHandle> {
+  const proc = spawn(
+    process.execPath,
+    [CLI, 'serve', '--primary', opts.primary, '--mount', opts.mount, '--json', ...(opts.args ?? [])],
+    {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: opts.env ?? process.env,
+    },
+  );
   const events: Array<Record<string, unknown>> = [];
   let err = '';
   proc.stderr!.on('data', (d) => (err += d.toString()));
@@ -80,7 +91,10 @@ export async function startServer(
     await Promise.race([
       mounted,
       new Promise((_, rej) => {
-        timer = setTimeout(() => rej(new Error(`twinfs serve did not mount within ${opts.timeoutMs ?? 20_000} ms: ${err}`)), opts.timeoutMs ?? 20_000);
+        timer = setTimeout(
+          () => rej(new Error(`twinfs serve did not mount within ${opts.timeoutMs ?? 20_000} ms: ${err}`)),
+          opts.timeoutMs ?? 20_000,
+        );
       }),
     ]);
   } catch (e) {

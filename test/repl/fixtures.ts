@@ -65,8 +65,9 @@ export async function writeSlowPlugin(dir: string, delayMs = 300): Promise<void>
     path.join(folder, 'index.js'),
     `import { createHash } from 'node:crypto';
 const sleep = (ms, signal) => new Promise((resolve, reject) => {
-  const t = setTimeout(resolve, ms);
-  signal?.addEventListener('abort', () => { clearTimeout(t); reject(new Error('aborted')); });
+  const onAbort = () => { clearTimeout(t); reject(new Error('aborted')); };
+  const t = setTimeout(() => { signal?.removeEventListener('abort', onAbort); resolve(); }, ms);
+  signal?.addEventListener('abort', onAbort, { once: true });
 });
 export function activate(context) {
   const api = context.twinfs;

@@ -2,9 +2,9 @@ import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { ControlClient } from '../../src/control/client.js';
-import { waitFor } from '../helpers/mounts.js';
+import { isMounted, waitFor } from '../helpers/mounts.js';
 import { CLI, type ServerHandle, startServer, tempDirs } from '../helpers/server.js';
-import { freePort, q, twinfs, writeSlowPlugin } from './fixtures.js';
+import { freePort, jsonLines, q, twinfs, writeSlowPlugin } from './fixtures.js';
 import { TmuxTerminal } from './tmux.js';
 
 /**
@@ -28,7 +28,7 @@ describe('twinfs repl in a terminal', () => {
       `node ${q(CLI)} repl --server ${url} --token-file ${q(tokenFile)} --catalog ${q(d.cat!)} --history ${q(
         path.join(d.etc!, 'history'),
       )} ${extra}`,
-      { env, cwd: t.base },
+      { env, cwd: t.base, socket: path.join(t.base, 'tmux.sock') },
     );
     terms.push(term);
     await term.waitFor(/twinfs> ?$/);
@@ -80,7 +80,7 @@ describe('twinfs repl in a terminal', () => {
 
   afterAll(async () => {
     await client?.close();
-    await TmuxTerminal.killServer();
+    await TmuxTerminal.killServer(path.join(t.base, 'tmux.sock'));
     await srv?.kill();
     await t?.cleanup();
   });
@@ -142,6 +142,7 @@ describe('twinfs repl in a terminal', () => {
     await second.press('Enter');
     await second.waitFor(/^\/docs\/beta\.txt: PAIR$/m);
     expect(await fsp.readFile(path.join(d.etc!, 'history'), 'utf8')).toContain('pairs /docs/beta.txt');
+    expect((await fsp.stat(path.join(d.etc!, 'history'))).mode & 0o777).toBe(0o600);
   });
 
   it('prints a server event above the prompt and keeps the half-typed line', async () => {
@@ -149,9 +150,11 @@ describe('twinfs repl in a terminal', () => {
     await term.type('pairs /docs/alpha.txt');
     await term.waitFor((s) => s.endsWith('twinfs> pairs /docs/alpha.txt'));
     const fz = (await client.request('freeze', { selector: { paths: ['/docs/beta.txt'] } })) as any;
-    const s = await term.waitFor(/\[frozen\] \/docs\/beta\.txt frozen/);
-    // The event went above; the prompt and the typed words are back below it, intact.
-    expect(s.split('\n').at(-1)).toBe('twinfs> pairs /docs/alpha.txt');
+    // The event goes above; the prompt and the typed words come back below it, intact.
+    const s = await term.waitFor(
+      (x) => /\[frozen\] \/docs\/beta\.txt frozen/.test(x) && x.endsWith('\ntwinfs> pairs /docs/alpha.txt'),
+    );
+    expect(s.split('\n').slice(-2)[0]).toMatch(/^\[frozen\] \/docs\/beta\.txt frozen \(fz-/);
     await term.press('Enter');
     await term.waitFor(/^\/docs\/alpha\.txt: PAIR$/m);
     await client.request('thaw', { freezeId: fz.freezeId });
@@ -161,15 +164,41 @@ describe('twinfs repl in a terminal', () => {
 
   it('reports errors as one line with the code, never a stack trace', async () => {
     const term = await repl();
-    for (const line of ['freeze /no/such/file', 'thaw', 'stauts', 'freeze /docs --bogus 1', 'restore nope --to x'])
+    for (const line of [
+      'freeze /no/such/file',
+      'thaw',
+      'stauts',
+      'freeze /docs --bogus 1',
+      'restore nope --to x',
+    ])
       await term.type(line).then(() => term.press('Enter'));
-    const s = await term.waitForCount('twinfs>', 6);
+    // Typed ahead: the lines run one after another, in order.
+    const s = await term.waitFor(/^error ETWIN_UNKNOWN_SNAPSHOT: .*\ntwinfs>$/m);
     expect(s).toMatch(/^error ETWIN_NOT_FOUND: .*\/no\/such\/file/m);
     expect(s).toMatch(/^error ETWIN_UNKNOWN_FREEZE: nothing is frozen$/m);
     expect(s).toMatch(/^error ETWIN_USAGE: unknown command "stauts"; did you mean "status"\?/m);
     expect(s).toMatch(/^error ETWIN_USAGE: freeze has no option --bogus/m);
     expect(s).toMatch(/^error ETWIN_UNKNOWN_SNAPSHOT: /m);
     expect(s).not.toMatch(/^\s+at /m);
+    expect([...s.matchAll(/^error (\w+)/gm)].map((m) => m[1])).toEqual([
+      'ETWIN_NOT_FOUND',
+      'ETWIN_UNKNOWN_FREEZE',
+      'ETWIN_USAGE',
+      'ETWIN_USAGE',
+      'ETWIN_UNKNOWN_SNAPSHOT',
+    ]);
+  });
+
+  it('Ctrl-C at the prompt drops the typed line; twice on an empty line leaves', async () => {
+    const term = await repl();
+    await term.type('freeze /docs/alpha.txt');
+    await term.press('C-c');
+    await term.waitFor((s) => s.endsWith('twinfs>') && s.includes('twinfs> freeze /docs/alpha.txt\n'));
+    await term.press('C-c');
+    await term.waitFor(/\(Ctrl-C again, Ctrl-D or exit to leave\)\ntwinfs>$/);
+    await term.press('C-c');
+    await term.waitFor(/\[exit 0\]/);
+    expect((await status()).backup.freezes).toEqual([]);
   });
 
   it('Ctrl-C during a long backup cancels it and leaves nothing frozen or split', async () => {
@@ -192,6 +221,9 @@ describe('twinfs repl in a terminal', () => {
     await term.type('pairs /many/f00');
     await term.press('Enter');
     await term.waitFor(/^\/many\/f00: PAIR$/m);
+    // The catalog does not claim the cancelled run.
+    const list = jsonLines((await twinfs(['snapshots', '--catalog', d.cat!, '--json'])).stdout)[0] as any[];
+    expect(list.filter((x) => x.target === 'slow:x').map((x) => x.state)).toEqual(['failed']);
   });
 
   it('survives a server restart on the same port and says it reconnected', async () => {
@@ -207,5 +239,37 @@ describe('twinfs repl in a terminal', () => {
     await term.press('Enter');
     await term.waitFor(/^mirror\s+PAIR device /m);
     expect(await waitFor(async () => (await term.lastLine()) === 'twinfs>', 5000)).toBe(true);
+  });
+});
+
+describe('twinfs serve --repl', () => {
+  let t: Awaited<ReturnType<typeof tempDirs>>;
+  let term: TmuxTerminal | undefined;
+  beforeAll(async () => {
+    t = await tempDirs('primary', 'mnt', 'mirror', 'state', 'home');
+    await fsp.writeFile(path.join(t.dirs.primary!, 'hello.txt'), 'hello\n');
+  });
+  afterAll(async () => {
+    await term?.kill();
+    await TmuxTerminal.killServer(path.join(t.base, 'tmux.sock'));
+    await t?.cleanup();
+  });
+
+  it("runs the REPL in the server's terminal; exit stops the server and unmounts", async () => {
+    const d = t.dirs;
+    term = await TmuxTerminal.start(
+      `node ${q(CLI)} serve --primary ${q(d.primary!)} --mount ${q(d.mnt!)} --mirror ${q(d.mirror!)} --state-dir ${q(d.state!)} --repl`,
+      { env: { HOME: d.home! }, socket: path.join(t.base, 'tmux.sock') },
+    );
+    await term.waitFor(/twinfs> ?$/, 20_000);
+    await term.type('pairs /hel');
+    await term.press('Tab');
+    await term.waitFor((s) => s.endsWith('twinfs> pairs /hello.txt'));
+    await term.press('Enter');
+    await term.waitFor(/^\/hello\.txt: PAIR$/m);
+    await term.type('exit');
+    await term.press('Enter');
+    await term.waitFor(/\[exit 0\]/, 20_000);
+    expect(await isMounted(d.mnt!)).toBe(false);
   });
 });

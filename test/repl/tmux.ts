@@ -3,8 +3,9 @@ import { sh, shOk } from '../helpers/proc.js';
 const q = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
 
 /**
- * A program in a real pseudo-terminal: a tmux session on a private tmux server (its own socket,
- * so the tests neither see nor touch anyone else's sessions). Keys go in with send-keys, the
+ * A program in a real pseudo-terminal: a tmux session on a private tmux server (its own socket
+ * file, in the test's temporary directory, so the tests neither see nor touch anyone else's
+ * sessions and leave nothing behind). Keys go in with send-keys, the
  * screen comes back with capture-pane. When the program exits, the pane shows `[exit N]` and
  * stays, so its last output can still be read.
  */
@@ -16,16 +17,23 @@ export class TmuxTerminal {
 
   static async start(
     command: string,
-    opts: { env?: Record<string, string>; cwd?: string; width?: number; height?: number; socket?: string } = {},
+    opts: {
+      env?: Record<string, string>;
+      cwd?: string;
+      width?: number;
+      height?: number;
+      /** The tmux server's socket file (tmux -S). */
+      socket: string;
+    },
   ): Promise<TmuxTerminal> {
-    const socket = opts.socket ?? `twinfs-test-${process.pid}`;
+    const socket = opts.socket;
     const session = `s${Math.random().toString(36).slice(2, 8)}`;
     const env = Object.entries(opts.env ?? {})
       .map(([k, v]) => `${k}=${q(v)}`)
       .join(' ');
     const inner = `${env ? `env ${env} ` : ''}${command}; echo "[exit $?]"; sleep 600`;
     await shOk(
-      `tmux -L ${q(socket)} -f /dev/null new-session -d -s ${session} -x ${opts.width ?? 160} -y ${opts.height ?? 50} ${
+      `tmux -S ${q(socket)} -f /dev/null new-session -d -s ${session} -x ${opts.width ?? 160} -y ${opts.height ?? 50} ${
         opts.cwd ? `-c ${q(opts.cwd)} ` : ''
       }${q(`sh -c ${q(inner)}`)}`,
       { timeoutMs: 10_000 },
@@ -35,13 +43,15 @@ export class TmuxTerminal {
 
   /** Types text literally (no key names). */
   async type(text: string): Promise<void> {
-    await shOk(`tmux -L ${q(this.socket)} send-keys -t ${this.session} -l -- ${q(text)}`, { timeoutMs: 5000 });
+    await shOk(`tmux -S ${q(this.socket)} send-keys -t ${this.session} -l -- ${q(text)}`, {
+      timeoutMs: 5000,
+    });
   }
 
   /** Presses keys by tmux name: Enter, Tab, Up, C-c, C-d, C-u. */
   async press(...keys: string[]): Promise<void> {
     for (const k of keys) {
-      await shOk(`tmux -L ${q(this.socket)} send-keys -t ${this.session} ${k}`, { timeoutMs: 5000 });
+      await shOk(`tmux -S ${q(this.socket)} send-keys -t ${this.session} ${k}`, { timeoutMs: 5000 });
       // Key by key: a Tab right after another must reach readline as a second Tab.
       await new Promise((r) => setTimeout(r, 60));
     }
@@ -49,7 +59,9 @@ export class TmuxTerminal {
 
   /** The screen and the scrollback, wrapped lines joined, trailing blank lines dropped. */
   async screen(): Promise<string> {
-    const r = await sh(`tmux -L ${q(this.socket)} capture-pane -p -J -S -500 -t ${this.session}`, { timeoutMs: 5000 });
+    const r = await sh(`tmux -S ${q(this.socket)} capture-pane -p -J -S -500 -t ${this.session}`, {
+      timeoutMs: 5000,
+    });
     return r.stdout.replace(/\s+$/, '');
   }
 
@@ -67,22 +79,18 @@ export class TmuxTerminal {
     for (;;) {
       s = await this.screen();
       if (test(s)) return s;
-      if (Date.now() > until) throw new Error(`screen did not show ${String(pred)} within ${timeoutMs} ms:\n${s}`);
+      if (Date.now() > until)
+        throw new Error(`screen did not show ${String(pred)} within ${timeoutMs} ms:\n${s}`);
       await new Promise((r) => setTimeout(r, 80));
     }
   }
 
-  /** Waits until the screen shows `count` occurrences of text (for output that repeats). */
-  async waitForCount(text: string, count: number, timeoutMs = 10_000): Promise<string> {
-    return this.waitFor((s) => s.split(text).length - 1 >= count, timeoutMs);
-  }
-
   async kill(): Promise<void> {
-    await sh(`tmux -L ${q(this.socket)} kill-session -t ${this.session} 2>/dev/null`, { timeoutMs: 5000 });
+    await sh(`tmux -S ${q(this.socket)} kill-session -t ${this.session} 2>/dev/null`, { timeoutMs: 5000 });
   }
 
-  /** Ends the private tmux server and everything in it (for afterAll). */
-  static async killServer(socket = `twinfs-test-${process.pid}`): Promise<void> {
-    await sh(`tmux -L ${q(socket)} kill-server 2>/dev/null`, { timeoutMs: 5000 });
+  /** Ends the private tmux server on socket and everything in it (for afterAll). */
+  static async killServer(socket: string): Promise<void> {
+    await sh(`tmux -S ${q(socket)} kill-server 2>/dev/null; rm -f ${q(socket)}`, { timeoutMs: 5000 });
   }
 }

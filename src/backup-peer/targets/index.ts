@@ -1,17 +1,18 @@
 import { TwinError } from '../../common/errors.js';
 import type { BackupTarget, BackupTargetProvider } from '../target.js';
-import { directoryTargetProvider } from './directory.js';
 
 /**
- * Target providers by type id: the built-in directory target, then whatever `resolve` finds
- * (the CLI passes the plugin host's getTargetProvider, so `tar:` and `s3:` come from plugins).
- * The peer only ever opens targets through a registry.
+ * Target providers by type id. Every target type comes from a plugin: the CLI passes the plugin
+ * host's getTargetProvider as `resolve`, so `dir:`, `tar:` and `s3:` are opened exactly like a
+ * third party's target (`new TargetRegistry([], (t) => host.getTargetProvider(t))`). Providers
+ * given directly are consulted first (tests use them for fakes). The peer only ever opens
+ * targets through a registry.
  */
 export class TargetRegistry {
   private readonly providers = new Map<string, BackupTargetProvider>();
 
   constructor(
-    providers: BackupTargetProvider[] = [directoryTargetProvider],
+    providers: BackupTargetProvider[] = [],
     private readonly resolve?: (type: string) => Promise<BackupTargetProvider>,
   ) {
     for (const p of providers) this.register(p);
@@ -29,14 +30,13 @@ export class TargetRegistry {
     this.providers.set(provider.id, provider);
   }
 
-  get ids(): string[] {
-    return [...this.providers.keys()];
-  }
-
-  /** Opens `TYPE:LOCATION` (`dir:/backups`). */
+  /**
+   * Opens `TYPE:LOCATION` (`dir:/backups`). An unknown type fails with ETWIN_TARGET_SPEC naming
+   * the known ones (the plugin host's message lists every target a plugin contributes).
+   */
   async open(spec: string): Promise<BackupTarget> {
     const i = spec.indexOf(':');
-    if (i <= 0)
+    if (i <= 0 || i === spec.length - 1)
       throw new TwinError(
         'ETWIN_TARGET_SPEC',
         `target "${spec}" is not TYPE:LOCATION (for example dir:/backups)`,
@@ -45,16 +45,12 @@ export class TargetRegistry {
         },
       );
     const type = spec.slice(0, i);
-    let provider = this.providers.get(type);
-    if (!provider && this.resolve) provider = await this.resolve(type);
+    const provider = this.providers.get(type) ?? (await this.resolve?.(type));
     if (!provider)
       throw new TwinError(
         'ETWIN_TARGET_SPEC',
-        `unknown target type "${type}" in "${spec}" (known: ${this.ids.join(', ')})`,
-        {
-          spec,
-          type,
-        },
+        `unknown target type "${type}" in "${spec}" (known: ${[...this.providers.keys()].join(', ') || 'none'})`,
+        { spec, type },
       );
     return provider.open(spec.slice(i + 1));
   }
