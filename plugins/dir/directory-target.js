@@ -10,7 +10,7 @@ import { exists, fsyncPath, SafeTree } from './safe-tree.js';
 
 /**
  * The directory target (`dir:/backups`): a plain tree per snapshot, readable with ls and cp.
- * Ported from the peer's built-in src/backup-peer/targets/directory.ts onto the public plugin API.
+ * Ported from the peer's built-in src/backup-peer (the original directory target, now only this plugin) onto the public plugin API.
  *
  *   ROOT/<id>.partial/...        a snapshot being written (invisible to listSnapshots)
  *   ROOT/<id>/...                a committed snapshot: the volume's tree as it was

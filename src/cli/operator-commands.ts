@@ -5,7 +5,7 @@ import { type CommandContext, controlCommands, type OperatorCommand } from '../r
 import { parseArgs } from '../repl/words.js';
 import { type ConnectArgs, resolveConnection } from './connect.js';
 import { catalogSources, startOperatorRepl } from './operator-repl.js';
-import { Output } from './output.js';
+import { formatBytes, Output } from './output.js';
 
 /** Options every command that talks to a server takes. */
 export function withServer<T>(y: Argv<T>) {
@@ -155,7 +155,7 @@ async function hold(
       { event: end.event, ...d },
       end.event === 'thawed'
         ? `thawed ${id} after ${(Number(d.heldMs) / 1000).toFixed(1)} s (${d.reason ?? 'thaw'})`
-        : `resynced ${id}: ${d.bytesCopied} bytes copied, ${d.entries} entries`,
+        : `resynced ${id}: ${formatBytes(Number(d.bytesCopied ?? 0))} copied, ${d.entries} entries`,
     );
     return 0;
   } finally {
