@@ -14,130 +14,24 @@ import { errnoCode, TwinError, type TwinErrorCode } from '../common/errors.js';
  * of defence for the storage it owns.
  */
 
-/** What a target can do; the peer plans around it. */
-export interface TargetCapabilities {
-  /** openFile honours {start, end} without reading from the beginning. */
-  rangedReads: boolean;
-  /** reuseFile shares data with the previous snapshot (hard links, content addressing). */
-  dedup: boolean;
-  /** A committed snapshot appears at once, whole (no reader ever sees it half-committed). */
-  atomicRename: boolean;
-  /** How many putFile/reuseFile calls the peer may have in flight on one writer. */
-  maxConcurrency: number;
-}
+// The contract's types are the public plugin API's (api/twinfs.d.ts, hand-written and
+// documented for plugin authors): one definition, used by the peer and by every plugin.
+export type {
+  BackupTarget,
+  EntryMeta,
+  EntryType,
+  ManifestEntry,
+  PutResult,
+  SnapshotManifest,
+  SnapshotMeta,
+  SnapshotTotals,
+  SnapshotWriter,
+  TargetCapabilities,
+  TargetSnapshotInfo,
+  TargetStat,
+} from '../../api/twinfs.js';
 
-/** Metadata kept with every entry. mtime is in milliseconds since the epoch (fractional). */
-export interface EntryMeta {
-  size: number;
-  mode: number;
-  uid: number;
-  gid: number;
-  mtime: number;
-}
-
-export type EntryType = 'file' | 'dir' | 'symlink';
-
-/** One entry of a snapshot, as the manifest and the catalog record it. */
-export interface ManifestEntry extends EntryMeta {
-  path: string;
-  type: EntryType;
-  /** sha256 (hex) of the content, files only. */
-  hash?: string;
-  /** Symlink target, symlinks only (stored verbatim, never followed). */
-  target?: string;
-}
-
-/** Describes a snapshot being written; stored in its manifest. */
-export interface SnapshotMeta {
-  snapshotId: string;
-  /** Start time, ms since the epoch. */
-  time: number;
-  server: string;
-  deviceId: string;
-  /** The selection that was backed up (the protocol's selector). */
-  selector: Record<string, unknown>;
-  /** The snapshot reuseFile draws from, if any. */
-  parentId?: string;
-}
-
-export interface SnapshotTotals {
-  files: number;
-  dirs: number;
-  symlinks: number;
-  /** Bytes of all files in the snapshot. */
-  bytes: number;
-  /** Bytes actually copied in this run (the rest was reused). */
-  copiedBytes: number;
-  reusedFiles: number;
-  /** Entries skipped because the target cannot represent them (fifos, devices, sockets). */
-  skipped: number;
-}
-
-/** Everything a committed snapshot says about itself. A target stores it durably on commit. */
-export interface SnapshotManifest {
-  version: 1;
-  meta: SnapshotMeta;
-  totals: SnapshotTotals;
-  entries: ManifestEntry[];
-}
-
-export interface PutResult {
-  /** sha256 (hex) of the bytes the target stored. */
-  hash: string;
-  bytes: number;
-}
-
-/** Fills one snapshot. Nothing of it is visible to listSnapshots before commit resolves. */
-export interface SnapshotWriter {
-  readonly snapshotId: string;
-  /**
-   * Stores a file from a stream. Atomic: the file is never visible half-written, and a failed
-   * put leaves nothing behind. Resolves with the hash and length of what was stored.
-   */
-  putFile(path: string, data: Readable, meta: EntryMeta, opts?: { signal?: AbortSignal }): Promise<PutResult>;
-  /**
-   * Records an unchanged file by sharing it with an earlier committed snapshot (incremental
-   * backups cost only the changes). Rejects with ETWIN_TARGET_NOT_FOUND when the earlier data is
-   * gone; the peer then copies the file instead.
-   */
-  reuseFile(path: string, fromSnapshotId: string, entry: ManifestEntry): Promise<void>;
-  putDir(path: string, meta: EntryMeta): Promise<void>;
-  putSymlink(path: string, target: string, meta: EntryMeta): Promise<void>;
-  /** Makes the snapshot durable (data and manifest synced) and visible; only then resolves. */
-  commit(manifest: SnapshotManifest): Promise<void>;
-  /** Drops everything written so far. Idempotent; safe after a failed commit. */
-  abort(): Promise<void>;
-}
-
-export interface TargetSnapshotInfo {
-  snapshotId: string;
-  time: number;
-}
-
-export interface TargetStat {
-  type: EntryType;
-  size: number;
-}
-
-export interface BackupTarget {
-  /** The target type ('dir', 'tar', 's3' ...). */
-  readonly id: string;
-  /** The normalised spec that reopens this target (`dir:/backups`); stored in the catalog. */
-  readonly spec: string;
-  readonly capabilities: TargetCapabilities;
-  beginSnapshot(meta: SnapshotMeta): Promise<SnapshotWriter>;
-  /** Committed snapshots only, oldest first. */
-  listSnapshots(): Promise<TargetSnapshotInfo[]>;
-  /** The manifest stored at commit. ETWIN_TARGET_NOT_FOUND when there is no such snapshot. */
-  readManifest(snapshotId: string): Promise<SnapshotManifest>;
-  /** A file's content; `end` is inclusive (like fs.createReadStream). */
-  openFile(snapshotId: string, path: string, range?: { start?: number; end?: number }): Promise<Readable>;
-  /** ETWIN_TARGET_NOT_FOUND (and nothing else) when the snapshot or path does not exist. */
-  stat(snapshotId: string, path: string): Promise<TargetStat>;
-  /** Removes a snapshot, committed or not. Deleting a missing snapshot succeeds. */
-  deleteSnapshot(snapshotId: string): Promise<void>;
-  close(): Promise<void>;
-}
+import type { BackupTarget, PutResult, SnapshotTotals } from '../../api/twinfs.js';
 
 /** A target type: opens targets from the location part of a spec (`dir:LOCATION`). */
 export interface BackupTargetProvider {
