@@ -48,6 +48,8 @@ export interface StallStats {
   failedPrepares: number;
   maxStallMs: number;
   lastStallMs: number | null;
+  /** The last 100 stalls, ms, oldest first (for percentiles). */
+  recentMs: number[];
 }
 
 /**
@@ -68,7 +70,13 @@ export class BackupService {
   private readonly defaultLeaseMs: number;
   private readonly freezeTimeoutMs: number;
   private readonly maxItems: number;
-  private readonly stall: StallStats = { prepares: 0, failedPrepares: 0, maxStallMs: 0, lastStallMs: null };
+  private readonly stall: StallStats = {
+    prepares: 0,
+    failedPrepares: 0,
+    maxStallMs: 0,
+    lastStallMs: null,
+    recentMs: [],
+  };
 
   private readonly _onEvent = new Emitter<{ event: string; data: Record<string, unknown> }>();
   /** frozen, thawed, split, released, resynced, lease-expired. */
@@ -158,6 +166,8 @@ export class BackupService {
     const stallMs = performance.now() - t0;
     this.stall.prepares++;
     this.stall.lastStallMs = stallMs;
+    this.stall.recentMs.push(stallMs);
+    if (this.stall.recentMs.length > 100) this.stall.recentMs.shift();
     this.stall.maxStallMs = Math.max(this.stall.maxStallMs, stallMs);
 
     const leaseMs = o.leaseMs ?? this.defaultLeaseMs;
@@ -289,7 +299,11 @@ export class BackupService {
   status() {
     return {
       maxStallMs: this.maxStallMs,
-      stall: { ...this.stall, inhibitor: this.opts.fs.inhibitor?.getStats() ?? null },
+      stall: {
+        ...this.stall,
+        recentMs: [...this.stall.recentMs],
+        inhibitor: this.opts.fs.inhibitor?.getStats() ?? null,
+      },
       backups: [...this.backups.values()].map((b) => ({
         backupId: b.backupId,
         selector: b.selector,

@@ -131,6 +131,7 @@ export class ControlServer {
     if (this.opts.mirror) {
       this.unsubscribe.push(this.opts.mirror.onDidBreak((e) => broadcast('broken', e)));
       this.unsubscribe.push(this.opts.mirror.onDidChangeState((e) => broadcast('state', e)));
+      this.unsubscribe.push(this.opts.mirror.onProgress((e) => broadcast('progress', e)));
     }
   }
 

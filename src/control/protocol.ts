@@ -161,6 +161,7 @@ export const EVENTS = [
   'released',
   'lease-expired',
   'state',
+  'progress',
 ] as const;
 export type EventName = (typeof EVENTS)[number];
 
