@@ -13,35 +13,35 @@
 //
 //   node bench/fuse-floor.mjs [--size-mb 1024] [--small-mb 256] [--files 10000] [--reps 3]
 //   node bench/fuse-floor.mjs --serve MOUNT [--no-xattr]     (the nullfs server; used internally)
+import { spawn } from 'node:child_process';
 import { createRequire } from 'node:module';
-import * as fs from 'node:fs';
 import * as path from 'node:path';
 import {
   cpuSeconds,
   fmt,
+  forceUnmountSync,
   installCleanup,
   log,
+  MiB,
   machineNotes,
   median,
-  MiB,
   mkdirs,
   mountTmpfs,
   parseArgs,
-  ratio,
   ROOT,
+  ratio,
   run,
   startBindfs,
+  startSpinners,
   table,
   tempBase,
   trackMount,
   trackProc,
-  forceUnmountSync,
-  untrackMount,
   umountPlain,
+  untrackMount,
   waitForQuiet,
   worker,
 } from './lib.mjs';
-import { spawn } from 'node:child_process';
 
 if (process.argv[2] === '--serve') {
   serveNullfs(process.argv[3], process.argv.includes('--no-xattr'));
@@ -75,7 +75,7 @@ function serveNullfs(mnt, noXattr) {
       const n = nodes.get(p);
       return n ? cb(0, st(n)) : cb(Fuse.ENOENT);
     },
-    access: (p, m, cb) => cb(nodes.has(p) ? 0 : Fuse.ENOENT),
+    access: (p, _m, cb) => cb(nodes.has(p) ? 0 : Fuse.ENOENT),
     readdir: (p, cb) => {
       const pre = p === '/' ? '/' : `${p}/`;
       const names = [];
@@ -84,7 +84,7 @@ function serveNullfs(mnt, noXattr) {
           names.push(k.slice(pre.length));
       cb(0, names);
     },
-    statfs: (p, cb) =>
+    statfs: (_p, cb) =>
       cb(0, {
         bsize: 4096,
         frsize: 4096,
@@ -96,37 +96,37 @@ function serveNullfs(mnt, noXattr) {
         favail: 1e6,
         namemax: 255,
       }),
-    open: (p, flags, cb) => (nodes.has(p) ? cb(0, 42) : cb(Fuse.ENOENT)),
+    open: (p, _flags, cb) => (nodes.has(p) ? cb(0, 42) : cb(Fuse.ENOENT)),
     create: (p, mode, cb) => {
       nodes.set(p, { mode, size: 0, ino: nextIno++ });
       cb(0, 42);
     },
-    read: (p, fh, buf, len, pos, cb) => {
+    read: (p, _fh, _buf, len, pos, cb) => {
       const n = nodes.get(p);
       cb(Math.max(0, Math.min(len, (n?.size ?? 0) - pos)));
     },
-    write: (p, fh, buf, len, pos, cb) => {
+    write: (p, _fh, buf, len, pos, cb) => {
       // The copy a cache must make (FUSE-NOTES: the buffer dies after the callback).
       buf.copy(sink, 0, 0, Math.min(len, sink.length));
       const n = nodes.get(p);
       if (n && pos + len > n.size) n.size = pos + len;
       cb(len);
     },
-    flush: (p, fh, cb) => cb(0),
-    release: (p, fh, cb) => cb(0),
-    fsync: (p, ds, fh, cb) => cb(0),
+    flush: (_p, _fh, cb) => cb(0),
+    release: (_p, _fh, cb) => cb(0),
+    fsync: (_p, _ds, _fh, cb) => cb(0),
     truncate: (p, size, cb) => {
       const n = nodes.get(p);
       if (n) n.size = size;
       cb(n ? 0 : Fuse.ENOENT);
     },
-    ftruncate: (p, fh, size, cb) => {
+    ftruncate: (p, _fh, size, cb) => {
       const n = nodes.get(p);
       if (n) n.size = size;
       cb(0);
     },
-    utimens: (p, a, m, cb) => cb(0),
-    chmod: (p, m, cb) => cb(0),
+    utimens: (_p, _a, _m, cb) => cb(0),
+    chmod: (_p, _m, cb) => cb(0),
     unlink: (p, cb) => cb(nodes.delete(p) ? 0 : Fuse.ENOENT),
     mkdir: (p, mode, cb) => {
       nodes.set(p, { mode: mode | 0o40000, size: 0, ino: nextIno++ });
@@ -134,7 +134,7 @@ function serveNullfs(mnt, noXattr) {
     },
     rmdir: (p, cb) => cb(nodes.delete(p) ? 0 : Fuse.ENOENT),
   };
-  if (!noXattr) ops.getxattr = (p, name, pos, cb) => cb(Fuse.ENODATA);
+  if (!noXattr) ops.getxattr = (_p, _name, _pos, cb) => cb(Fuse.ENODATA);
   const fuse = new Fuse(mnt, ops, {
     fsname: 'nullfs',
     allowOther: true,
@@ -191,6 +191,7 @@ async function main() {
       'meta-size': { default: 1024, help: 'bytes written into each small file' },
       reps: { default: 3, help: 'repetitions (median)' },
       dir: { default: '/tmp', help: 'parent of the temporary directories' },
+      spin: { default: 0, help: 'busy loops at nice 19 during the workloads (keeps vCPUs out of idle)' },
       'max-load': { default: 1.5, help: 'wait (up to --wait-quiet s) for the 1-min load to drop below this' },
       'wait-quiet': { default: 120, help: 'longest wait for a quiet machine, s' },
       'time-limit': { default: 600, help: 'abort (and clean up) after this many seconds' },
@@ -214,6 +215,7 @@ async function main() {
   const add = (w, t, v) => ((res[w] ??= {})[t] ??= []).push(v);
   const SIZE = opts['size-mb'];
   const SMALL = opts['small-mb'] * MiB;
+  const stopSpin = opts.spin > 0 ? startSpinners(opts.spin) : () => undefined;
   for (let rep = 0; rep < opts.reps; rep++) {
     for (const t of targets.map((_, i) => targets[(i + rep) % targets.length])) {
       const m = mounts[t];
@@ -248,11 +250,12 @@ async function main() {
       );
     }
   }
+  stopSpin();
   for (const s of Object.values(servers)) await s.stop();
   umountPlain(d.tmpfs);
   const w = (x) => process.stdout.write(x);
   w(
-    `\n## bench/fuse-floor.mjs — ${notes.date}\n\nmachine: ${notes.cpus}, load at start ${notes.load}, node ${notes.node}; ${opts.reps} reps, median; bindfs over tmpfs, nullfs in memory\n\n`,
+    `\n## bench/fuse-floor.mjs — ${notes.date}\n\nmachine: ${notes.cpus}, load at start ${notes.load}, node ${notes.node}; ${opts.reps} reps, median; spinners ${opts.spin}; bindfs over tmpfs, nullfs in memory\n\n`,
   );
   const labels = {
     seqwrite: `seq write 1M + fsync (MiB/s)`,

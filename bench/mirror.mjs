@@ -25,12 +25,13 @@ import * as path from 'node:path';
 import {
   controlClient,
   cpuSeconds,
+  DIST,
   dropCaches,
   fmt,
   installCleanup,
   log,
-  machineNotes,
   MiB,
+  machineNotes,
   median,
   mkdirs,
   mountTmpfs,
@@ -59,7 +60,7 @@ const opts = parseArgs(
     'resync-mb': { default: 1024, help: 'C: size of the file resynced, MiB' },
     'change-mb': { default: 1, help: 'C: bytes changed inside it, MiB' },
     'copy-mb': { default: 1024, help: 'D: size of the mixed tree for the initial copy, MiB' },
-    sections: { default: 'A,B,C,D', help: 'which sections to run' },
+    sections: { default: 'A,B,C,D,E', help: 'which sections to run' },
     cli: { default: '', help: 'twinfs CLI to run (default dist/cli/main.js of this checkout)' },
     dir: { default: '/tmp', help: 'parent of the temporary directories (same disk as /)' },
     'max-load': { default: 1.5, help: 'wait (up to --wait-quiet s) for the 1-min load to drop below this' },
@@ -174,8 +175,7 @@ if (sections.has('A')) {
       if (mirror) {
         await waitMirrorIdle(client);
         const v = await client.request('verify', { content: false });
-        if (v && v.differences && v.differences.length)
-          log(`A: verify found ${v.differences.length} differences!`);
+        if (v?.differences?.length) log(`A: verify found ${v.differences.length} differences!`);
       }
       await client.close();
       await srv.stop();
@@ -186,8 +186,28 @@ if (sections.has('A')) {
   out.A = res;
 }
 
+// Time from spawn to "mounted" of a server without a mirror (node boot, control channel,
+// mount): subtracted from spawn→PAIR to get the initial copy's own time.
+let bootMs;
+async function measureBoot() {
+  if (bootMs !== undefined) return bootMs;
+  const xs = [];
+  for (let i = 0; i < 2; i++) {
+    const root = path.join(base, `boot-${i}`);
+    const d = mkdirs(root, 'primary', 'mount', 'state');
+    const srv = await mirroredServer(d, undefined);
+    xs.push(srv.startupMs);
+    await srv.stop();
+    fs.rmSync(root, { recursive: true, force: true });
+  }
+  bootMs = Math.min(...xs);
+  log(`server boot without a mirror: ${fmt(bootMs, 0)} ms`);
+  return bootMs;
+}
+
 // ---- B: split latency (and the initial copy of many small files) -----------------------------
 async function splitRun(nFiles) {
+  await measureBoot();
   const root = path.join(base, `B-${nFiles}`);
   const d = mkdirs(root, 'primary', 'mount', 'state', 'cpcopy');
   const tree = makeTree(d.primary, { count: nFiles, size: 1024 });
@@ -280,6 +300,7 @@ if (sections.has('C')) {
 // ---- D: initial copy of a mixed tree ----------------------------------------------------------
 if (sections.has('D')) {
   noteLoad('D');
+  await measureBoot();
   const root = path.join(base, 'D');
   const d = mkdirs(root, 'primary', 'mount', 'state', 'cpcopy');
   const total = opts['copy-mb'] * MiB;
@@ -318,6 +339,76 @@ if (sections.has('D')) {
   }
   fs.rmSync(root, { recursive: true, force: true });
   out.D = { files: tree.files, bytes: tree.bytes, runs };
+}
+
+// ---- E: the mirror driver alone (in-process, no FUSE) -----------------------------------------
+// What the driver can sustain once the FUSE path is not the bottleneck: this process writes
+// --size-mb to a primary file in 1 MiB pwrites and reports each to MirrorDriver.apply() the way
+// the write-back cache's flush does (primary write, then the sink's copy, overlapping the next
+// primary write), then fdatasync + the fsync change (durable on both). No server, no mount.
+if (sections.has('E')) {
+  noteLoad('E');
+  const { MirrorDriver } = await import(path.join(DIST, 'mirror-driver/index.js'));
+  const SIZE = opts['size-mb'];
+  const buf = Buffer.alloc(MiB);
+  for (let i = 0; i < buf.length; i += 4) buf.writeUInt32LE((Math.random() * 2 ** 32) >>> 0, i);
+  const res = {};
+  for (let rep = 0; rep < opts.reps; rep++) {
+    for (const cfg of ['off', 'tmpfs', 'disk', 'disk-overlap']) {
+      const root = path.join(base, `E-${cfg}`);
+      const d = mkdirs(root, 'primary', 'state');
+      let mirror;
+      if (cfg === 'tmpfs') {
+        mirror = path.join(root, 'tmpfs');
+        mountTmpfs(mirror, (SIZE + 256) * MiB);
+      } else if (cfg.startsWith('disk')) mirror = path.join(root, 'mirror');
+      const drv = mirror
+        ? await MirrorDriver.open({
+            primary: d.primary,
+            mirror,
+            stateDir: d.state,
+            retryBrokenMs: 0,
+            log: () => undefined,
+          })
+        : null;
+      while (drv && drv.status().state === 'COPY') await sleep(10);
+      dropCaches();
+      const t0 = performance.now();
+      await drv?.beforeChange('/f');
+      const fh = await fs.promises.open(path.join(d.primary, 'f'), 'w', 0o644);
+      await drv?.apply({ op: 'create', path: '/f', mode: 0o100644, uid: 0, gid: 0 });
+      let inflight = [];
+      for (let i = 0; i < SIZE; i++) {
+        await fh.write(buf, 0, MiB, i * MiB);
+        if (drv) inflight.push(drv.apply({ op: 'write', path: '/f', offset: i * MiB, data: buf }));
+        if (inflight.length >= 32) {
+          await Promise.all(inflight);
+          inflight = [];
+        }
+      }
+      if (cfg === 'disk-overlap') {
+        // What the cache's flush(sync) could do: start the mirror's fdatasync together with the
+        // primary's instead of after it (it does: fdatasync(primary), then apply fsync).
+        await Promise.all([
+          fh.datasync(),
+          ...inflight,
+          drv.apply({ op: 'fsync', path: '/f', datasync: true }),
+        ]);
+      } else {
+        await fh.datasync();
+        await Promise.all(inflight);
+        await drv?.apply({ op: 'fsync', path: '/f', datasync: true });
+      }
+      const ms = performance.now() - t0;
+      await fh.close();
+      await drv?.dispose();
+      if (cfg === 'tmpfs') umountPlain(mirror);
+      fs.rmSync(root, { recursive: true, force: true });
+      (res[cfg] ??= []).push(SIZE / (ms / 1000));
+      log(`E rep ${rep} ${cfg}: ${fmt(SIZE / (ms / 1000))} MiB/s`);
+    }
+  }
+  out.E = res;
 }
 
 // ---- report -------------------------------------------------------------------------------------
@@ -391,19 +482,20 @@ if (out.B) {
       'initial copy (1 KiB files)',
       'files',
       'twinfs s (spawn→PAIR)',
-      'of which startup s',
+      'copy s (minus boot)',
       'cp -a s',
-      'twinfs vs cp -a',
+      'twinfs vs cp -a (raw / minus boot)',
     ],
     out.B.map((b) => [
       'small-file tree',
       b.nFiles,
       fmt(b.copyMs / 1000, 2),
-      fmt(b.startupMs / 1000, 2),
+      fmt((b.copyMs - bootMs) / 1000, 2),
       fmt(b.cpMs / 1000, 2),
-      ratio(b.cpMs, b.copyMs),
+      `${ratio(b.cpMs, b.copyMs)} / ${ratio(b.cpMs, b.copyMs - bootMs)}`,
     ]),
   );
+  w(`(boot = spawn→mounted of a server without a mirror, measured in this run: ${fmt(bootMs, 0)} ms)\n`);
   w('\n');
 }
 if (out.C) {
@@ -447,10 +539,35 @@ if (out.D) {
     [
       ['cp -a (same disk, cold cache)', fmt(cp / 1000, 2), fmt(D.bytes / MiB / (cp / 1000)), '1.00×'],
       ['twinfs spawn → PAIR', fmt(copy / 1000, 2), fmt(D.bytes / MiB / (copy / 1000)), ratio(cp, copy)],
+      [
+        `twinfs copy (minus ${fmt(bootMs, 0)} ms boot)`,
+        fmt((copy - bootMs) / 1000, 2),
+        fmt(D.bytes / MiB / ((copy - bootMs) / 1000)),
+        ratio(cp, copy - bootMs),
+      ],
     ],
   );
   w(
     `(server startup included: ${D.runs.map((r) => fmt(r.startupMs, 0)).join(', ')} ms; server CPU s ${D.runs.map((r) => fmt(r.serverCpuS, 2)).join(', ')})\ngoal: ≥ 0.9× cp -a\n`,
+  );
+}
+if (out.E) {
+  const off = median(out.E.off);
+  w(
+    `\nE. the mirror driver alone, in-process (no FUSE): ${opts['size-mb']} MiB in 1 MiB pwrites + MirrorDriver.apply, then fdatasync + fsync change; median of ${opts.reps}\n\n`,
+  );
+  table(
+    ['config', 'MiB/s', 'vs off'],
+    ['off', 'tmpfs', 'disk', 'disk-overlap'].map((c) => [
+      {
+        off: 'primary only',
+        tmpfs: 'mirror on tmpfs',
+        disk: 'mirror on same disk',
+        'disk-overlap': 'same disk, both fdatasyncs started together (experiment)',
+      }[c],
+      fmt(median(out.E[c])),
+      ratio(median(out.E[c]), off),
+    ]),
   );
 }
 if (opts.json) fs.writeFileSync(opts.json, JSON.stringify({ notes, opts, loads, results: out }, null, 2));

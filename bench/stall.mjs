@@ -30,8 +30,8 @@ import {
   fmt,
   installCleanup,
   log,
-  machineNotes,
   MiB,
+  machineNotes,
   mkdirs,
   mountTmpfs,
   parseArgs,
@@ -43,9 +43,9 @@ import {
   table,
   tempBase,
   trackProc,
+  WORKER,
   waitForQuiet,
   waitMirrorIdle,
-  WORKER,
 } from './lib.mjs';
 
 const opts = parseArgs(
@@ -79,7 +79,7 @@ const base = tempBase(opts.dir);
 notes.build = opts.cli ? `--cli ${opts.cli}` : snapshotDist(base);
 log(notes.build);
 const d = mkdirs(base, 'primary', 'mount', 'state', 'tmp');
-let mirror = path.join(base, 'mirror');
+const mirror = path.join(base, 'mirror');
 if (opts.mirror === 'tmpfs') {
   mountTmpfs(mirror, (opts['big-mib'] + opts['small-mib'] + 2 * opts['dirty-mib'] + 256) * MiB);
 }
@@ -211,6 +211,8 @@ async function scenarioRun(name, withBackup) {
       prepares.push({
         t0,
         t1,
+        r0,
+        r1,
         rtt: t1 - t0,
         stallMs: p.stallMs,
         dirtyBytes,
@@ -236,7 +238,11 @@ async function scenarioRun(name, withBackup) {
   const inWindow = withBackup
     ? recs.filter((r) => prepares.some((p) => r.t <= p.t1 && r.t + r.lat >= p.t0))
     : [];
-  return { all: stats(recs), window: stats(inWindow), prepares };
+  // ... and writes that overlapped a release (the resync of the split).
+  const inRelease = withBackup
+    ? recs.filter((r) => prepares.some((p) => r.t <= p.r1 && r.t + r.lat >= p.r0))
+    : [];
+  return { all: stats(recs), window: stats(inWindow), release: stats(inRelease), prepares };
 }
 
 const results = {};
@@ -277,6 +283,7 @@ for (const [name, r] of Object.entries(results)) {
     `${fmt(r.base.all.max)} / ${fmt(r.base.all.p99, 2)} / ${r.base.all.over100} (n=${r.base.all.n})`,
     `${fmt(r.backup.all.max)} / ${fmt(r.backup.all.p99, 2)} / ${r.backup.all.over100} (n=${r.backup.all.n})`,
     `${fmt(r.backup.window.max)} (n=${r.backup.window.n})`,
+    `${fmt(r.backup.release.max)} (n=${r.backup.release.n})`,
     `${fmt(Math.max(...p.map((x) => x.stallMs)))} (${p.map((x) => fmt(x.stallMs, 0)).join(', ')})`,
     fmt(Math.max(...p.map((x) => x.rtt))),
     `${fmt(Math.max(...p.map((x) => x.dirtyBytes)) / MiB)}`,
@@ -289,6 +296,7 @@ table(
     'baseline: max / p99 / >100ms (ms)',
     'with backups: max / p99 / >100ms',
     'max of writes overlapping a prepare',
+    'max overlapping a release',
     'server stallMs max (each)',
     'prepare round trip max',
     'dirty MiB at prepare',

@@ -1,0 +1,151 @@
+#!/usr/bin/env node
+// Before/after in one run: the same short workloads on bindfs and on several twinfs variants
+// mounted side by side over one primary directory, interleaved, with server CPU per unit of
+// work (the number that does not depend on how idle the vCPUs are). Use it to check a fix:
+//
+//   node bench/compare.mjs \
+//     --variant 'as built' \
+//     --variant 'patched|/tmp/patched/dist/cli/main.js' \
+//     --variant 'write-through||--write-through' \
+//     --variant 'env knob|/tmp/exp/dist/cli/main.js|--cache-mb 128|EXP_ATTR=1'
+//
+// A variant is NAME|CLI|SERVE ARGS|ENV (all but NAME optional; CLI defaults to this checkout's
+// dist, snapshotted). Workloads: dd 1 MiB + conv=fsync of --seq-mb, dd bs=4k of --small-mb
+// (no fsync), bench/worker.mjs meta on --files files.
+import * as path from 'node:path';
+import {
+  cpuSeconds,
+  DIST,
+  dropCaches,
+  fmt,
+  installCleanup,
+  log,
+  machineNotes,
+  median,
+  mkdirs,
+  parseArgs,
+  run,
+  snapshotDist,
+  startBindfs,
+  startTwinfs,
+  table,
+  tempBase,
+  waitForQuiet,
+  worker,
+} from './lib.mjs';
+
+const argv = process.argv.slice(2);
+const variants = [];
+for (let i = 0; i < argv.length; i++) {
+  if (argv[i] === '--variant') {
+    variants.push(argv[i + 1]);
+    argv.splice(i, 2);
+    i--;
+  }
+}
+const opts = parseArgs(
+  {
+    'seq-mb': { default: 512, help: 'sequential write size, MiB' },
+    'small-mb': { default: 64, help: '4 KiB writes, MiB' },
+    files: { default: 3000, help: 'files in the metadata workload' },
+    reps: { default: 3, help: 'repetitions (median)' },
+    dir: { default: '/tmp', help: 'parent of the temporary directories' },
+    'max-load': { default: 1.5, help: 'wait (up to --wait-quiet s) for the 1-min load to drop below this' },
+    'wait-quiet': { default: 120, help: 'longest wait for a quiet machine, s' },
+    'time-limit': { default: 1200, help: 'abort (and clean up) after this many seconds' },
+  },
+  'node bench/compare.mjs --variant NAME[|CLI[|ARGS[|ENV=V ...]]] ... [options]',
+  argv,
+);
+if (variants.length === 0) variants.push('as built');
+installCleanup({ timeLimitSec: opts['time-limit'] });
+const notes = machineNotes();
+await waitForQuiet(opts['max-load'], opts['wait-quiet'], log);
+const base = tempBase(opts.dir);
+notes.build = snapshotDist(base);
+const d = mkdirs(base, 'primary', 'bindfs');
+const S = { bindfs: await startBindfs(d.primary, d.bindfs) };
+const M = { bindfs: d.bindfs };
+for (const [i, spec] of variants.entries()) {
+  const [name, cli, args, env] = spec.split('|');
+  const dd = mkdirs(base, `m${i}`, `s${i}`);
+  S[name] = await startTwinfs({
+    cli: cli || path.join(DIST, 'cli/main.js'),
+    primary: d.primary,
+    mount: dd[`m${i}`],
+    stateDir: dd[`s${i}`],
+    extra: args ? args.split(' ').filter(Boolean) : [],
+    env: Object.fromEntries(
+      (env ?? '')
+        .split(' ')
+        .filter(Boolean)
+        .map((kv) => kv.split('=')),
+    ),
+  });
+  M[name] = dd[`m${i}`];
+}
+const SEQ = opts['seq-mb'];
+const SMALL = opts['small-mb'];
+const FILES = opts.files;
+const res = {};
+const add = (t, k, v) => {
+  ((res[t] ??= {})[k] ??= []).push(v);
+};
+const names = Object.keys(M);
+for (let rep = 0; rep < opts.reps; rep++) {
+  for (const t of names.map((_, j) => names[(j + rep) % names.length])) {
+    const m = M[t];
+    const pid = S[t].pid;
+    dropCaches();
+    let c = cpuSeconds(pid);
+    let r = await run('dd', ['if=/dev/zero', `of=${m}/cmp-seq`, 'bs=1M', `count=${SEQ}`, 'conv=fsync']);
+    add(t, 'seq', SEQ / (r.ms / 1000));
+    add(t, 'seqcpu', ((cpuSeconds(pid) - c) * 1000) / SEQ);
+    await run('rm', ['-f', `${m}/cmp-seq`]);
+    dropCaches();
+    c = cpuSeconds(pid);
+    r = await run('dd', ['if=/dev/zero', `of=${m}/cmp-small`, 'bs=4k', `count=${SMALL * 256}`]);
+    add(t, 'small', SMALL / (r.ms / 1000));
+    add(t, 'smallcpu', ((cpuSeconds(pid) - c) * 1e6) / (SMALL * 256));
+    await run('rm', ['-f', `${m}/cmp-small`]);
+    await run('mkdir', ['-p', `${m}/cmp-meta`]);
+    c = cpuSeconds(pid);
+    const mm = await worker('meta', ['--dir', `${m}/cmp-meta`, '--n', String(FILES), '--size', '1024']);
+    add(t, 'create', FILES / (mm.createMs / 1000));
+    add(t, 'stat', FILES / (mm.statMs / 1000));
+    add(t, 'unlink', FILES / (mm.unlinkMs / 1000));
+    add(t, 'metacpu', ((cpuSeconds(pid) - c) * 1e6) / FILES);
+    await run('rm', ['-rf', `${m}/cmp-meta`]);
+    log(`rep ${rep} ${t} done`);
+  }
+}
+for (const s of Object.values(S)) await s.stop();
+const md = (t, k) => median(res[t][k]);
+process.stdout.write(
+  `\n## bench/compare.mjs — ${notes.date}\n\nmachine: ${notes.cpus}, git ${notes.git}, ${notes.build}\n` +
+    `load at start ${notes.load}; ${opts.reps} reps (median); seq ${SEQ} MiB, 4k ${SMALL} MiB, ${FILES} files\n\n`,
+);
+table(
+  [
+    'variant',
+    'seq write MiB/s',
+    'ms CPU/MiB',
+    '4k write MiB/s',
+    'µs CPU/write',
+    'create/s',
+    'stat/s',
+    'unlink/s',
+    'µs CPU/file',
+  ],
+  names.map((t) => [
+    t,
+    fmt(md(t, 'seq')),
+    fmt(md(t, 'seqcpu'), 2),
+    fmt(md(t, 'small')),
+    fmt(md(t, 'smallcpu'), 0),
+    fmt(md(t, 'create'), 0),
+    fmt(md(t, 'stat'), 0),
+    fmt(md(t, 'unlink'), 0),
+    fmt(md(t, 'metacpu'), 0),
+  ]),
+);
