@@ -48,8 +48,11 @@ const SCHEMA: Record<keyof ServeConfig, 'string' | 'number' | 'boolean' | 'objec
   smb: 'object',
 };
 
-/** Reads and validates a JSON config file. Relative paths in it are relative to the file. */
-export async function loadConfig(file: string): Promise<ServeConfig> {
+/** The keys of a serve config (flat, or its "serve" section). */
+export const SERVE_KEYS: readonly (keyof ServeConfig)[] = Object.keys(SCHEMA) as (keyof ServeConfig)[];
+
+/** Reads a config file as JSON; errors are ETWIN_CONFIG naming the file. */
+export async function readJsonConfig(file: string): Promise<unknown> {
   let text: string;
   try {
     text = await fsp.readFile(file, 'utf8');
@@ -60,14 +63,18 @@ export async function loadConfig(file: string): Promise<ServeConfig> {
       { file },
     );
   }
-  let raw: unknown;
   try {
-    raw = JSON.parse(text);
+    return JSON.parse(text);
   } catch (err) {
     throw new TwinError('ETWIN_CONFIG', `config file ${file} is not valid JSON: ${(err as Error).message}`, {
       file,
     });
   }
+}
+
+/** Reads and validates a JSON config file. Relative paths in it are relative to the file. */
+export async function loadConfig(file: string): Promise<ServeConfig> {
+  const raw = await readJsonConfig(file);
   const source = raw && typeof raw === 'object' && 'serve' in raw ? (raw as { serve: unknown }).serve : raw;
   return validateConfig(source, file);
 }

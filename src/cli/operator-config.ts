@@ -2,7 +2,7 @@ import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { TwinError } from '../common/errors.js';
-import { type ServeConfig, validateConfig } from './config.js';
+import { readJsonConfig, SERVE_KEYS, type ServeConfig, validateConfig } from './config.js';
 
 /**
  * Defaults of the operator commands (`twinfs repl`, `status`, `freeze`, `backup`, `restore`,
@@ -41,24 +41,7 @@ const OPERATOR_KEYS: Record<keyof OperatorConfig, Kind> = {
 };
 const SECTIONS = ['serve', 'operator', 'plugins'] as const;
 /** Keys of a flat serve config (src/cli/config.ts); kept here so a flat file can mix both kinds. */
-const SERVE_KEYS = new Set([
-  'primary',
-  'mount',
-  'mirror',
-  'cacheMb',
-  'writebackMs',
-  'writeThrough',
-  'flushOnClose',
-  'force',
-  'stateDir',
-  'adoptMirror',
-  'control',
-  'tokenFile',
-  'maxStallMs',
-  'tlsCert',
-  'tlsKey',
-  'smb',
-]);
+const SERVE_KEYS_SET = new Set<string>(SERVE_KEYS);
 
 /** Keys of a peer daemon config (`twinfs peer --config`) that operator commands leave alone. */
 const PEER_ONLY_KEYS = new Set([
@@ -76,24 +59,7 @@ const bad = (file: string, key: string, why: string) =>
 
 /** Reads and validates an operator config file; relative paths in it are relative to the file. */
 export async function loadOperatorConfig(file: string): Promise<OperatorConfig> {
-  let text: string;
-  try {
-    text = await fsp.readFile(file, 'utf8');
-  } catch (err) {
-    throw new TwinError(
-      'ETWIN_CONFIG',
-      `cannot read config file ${file}: ${(err as NodeJS.ErrnoException).code}`,
-      { file },
-    );
-  }
-  let raw: unknown;
-  try {
-    raw = JSON.parse(text);
-  } catch (err) {
-    throw new TwinError('ETWIN_CONFIG', `config file ${file} is not valid JSON: ${(err as Error).message}`, {
-      file,
-    });
-  }
+  const raw = await readJsonConfig(file);
   return parseOperatorConfig(raw, file);
 }
 
@@ -126,8 +92,8 @@ export function parseOperatorConfig(raw: unknown, file: string): OperatorConfig 
     serve = {};
     for (const [k, v] of Object.entries(obj)) {
       if (k in OPERATOR_KEYS) operator[k] = v;
-      if (SERVE_KEYS.has(k)) serve[k] = v;
-      if (!(k in OPERATOR_KEYS) && !SERVE_KEYS.has(k) && !PEER_ONLY_KEYS.has(k))
+      if (SERVE_KEYS_SET.has(k)) serve[k] = v;
+      if (!(k in OPERATOR_KEYS) && !SERVE_KEYS_SET.has(k) && !PEER_ONLY_KEYS.has(k))
         throw bad(
           file,
           k,

@@ -8,7 +8,7 @@ import { TwinFs } from '../fusefs/index.js';
 import { preflight } from '../fusefs/mount-checks.js';
 import { defaultStateDir, MirrorDriver } from '../mirror-driver/index.js';
 import { describeSmbEvent, mergeSmbSettings, parseUserSpec, SmbService } from '../smb/index.js';
-import { loadConfig, type ServeConfig, validateCliSettings } from './config.js';
+import { loadConfig, SERVE_KEYS, type ServeConfig, validateCliSettings } from './config.js';
 
 export interface ServeArgs extends ServeConfig {
   config?: string;
@@ -28,23 +28,8 @@ export async function resolveServeConfig(
 ): Promise<Required<Pick<ServeConfig, 'primary' | 'mount'>> & ServeConfig> {
   const fromFile = args.config ? await loadConfig(args.config) : {};
   const cli: Record<string, unknown> = {};
-  for (const k of [
-    'primary',
-    'mount',
-    'mirror',
-    'cacheMb',
-    'writebackMs',
-    'writeThrough',
-    'flushOnClose',
-    'force',
-    'stateDir',
-    'adoptMirror',
-    'control',
-    'tokenFile',
-    'maxStallMs',
-    'tlsCert',
-    'tlsKey',
-  ] as const) {
+  for (const k of SERVE_KEYS) {
+    if (k === 'smb') continue; // merged below from --smb / --smb-user
     if (args[k] !== undefined) cli[k] = args[k];
   }
   const merged = { ...fromFile, ...validateCliSettings(cli) };
