@@ -524,6 +524,9 @@ export class MirrorDriver implements ChangeSink {
     const st = await fsp.lstat(this.primary + p).catch(() => undefined);
     if (st)
       await fsp.lutimes(this.layout.data + p, st.atimeMs / 1000, st.mtimeMs / 1000).catch(() => undefined);
+    // Gone from the primary: it was renamed (or unlinked) and the change is still on its way
+    // to this queue. Keep it pending so the rename moves it (the unlink drops it).
+    else if (this.pendingTimes.size < 100_000) this.pendingTimes.add(p);
   }
 
   /** Pending mtime copies are keyed by path: they follow renames. */
