@@ -2,12 +2,12 @@ import { randomUUID } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import { TwinError } from '../common/errors.js';
 import { Emitter } from '../common/event.js';
+import { covers, type Selector, selectorsOverlap } from '../common/selector.js';
 import type { TwinFs } from '../fusefs/filesystem.js';
 import { VolumePaths } from '../fusefs/volume-paths.js';
 import type { Inhibition } from '../fusefs/write-inhibitor.js';
 import { walk } from '../mirror-driver/entry-sync.js';
 import type { MirrorDriver, ResyncResult } from '../mirror-driver/mirror-driver.js';
-import { covers, type Selector } from '../mirror-driver/split-tracker.js';
 import type { Item, PrepareResult, SelectorMsg } from './protocol.js';
 
 export interface BackupServiceOptions {
@@ -520,19 +520,4 @@ export function writebackError(err: unknown): TwinError {
 /** @internal */
 function toInhibitSelector(sel: Selector) {
   return { paths: sel.paths, subtrees: sel.subtrees, volume: sel.volume };
-}
-
-export function selectorsOverlap(a: Selector, b: Selector): boolean {
-  if (a.volume || b.volume) return true;
-  const roots = (s: Selector) => [
-    ...(s.paths ?? []).map((p) => ({ p, tree: false })),
-    ...(s.subtrees ?? []).map((p) => ({ p, tree: true })),
-  ];
-  for (const x of roots(a))
-    for (const y of roots(b)) {
-      if (x.p === y.p) return true;
-      if (x.tree && y.p.startsWith(x.p + '/')) return true;
-      if (y.tree && x.p.startsWith(y.p + '/')) return true;
-    }
-  return false;
 }

@@ -1,15 +1,13 @@
 import { Emitter } from '../common/event.js';
+import { covers, type Selector } from '../common/selector.js';
 import type { GatePass, WriteGate } from './change-sink.js';
 
-/** Which files an inhibition covers: exact volume paths, whole subtrees, or the whole volume. */
-export interface InhibitSelector {
-  paths?: readonly string[];
-  subtrees?: readonly string[];
-  volume?: boolean;
-  /**
-   * Inode numbers (on the primary) of covered files with several names: a change through any
-   * name of such a file is held too.
-   */
+/**
+ * Which files an inhibition covers (see common/selector.ts), plus the inode numbers (on the
+ * primary) of covered files with several names: a change through any name of such a file is
+ * held too.
+ */
+export interface InhibitSelector extends Selector {
   inos?: readonly number[];
 }
 
@@ -40,11 +38,8 @@ class InhibitionImpl implements Inhibition {
   ) {}
 
   covers(path: string, ino?: number): boolean {
-    const s = this.selector;
-    if (s.volume) return true;
-    if (ino !== undefined && s.inos?.includes(ino)) return true;
-    if (s.paths?.includes(path)) return true;
-    return s.subtrees?.some((t) => t === '/' || path === t || path.startsWith(t + '/')) ?? false;
+    if (ino !== undefined && this.selector.inos?.includes(ino)) return true;
+    return covers(this.selector, path);
   }
 
   get isReleased(): boolean {

@@ -1,25 +1,8 @@
+import { covers, coversUnder, type Selector } from '../common/selector.js';
 import type { Change } from '../fusefs/change-sink.js';
 import { RangeSet } from './range-set.js';
 
-/** Which files a split (or an inhibition) covers. */
-export interface Selector {
-  paths?: string[];
-  subtrees?: string[];
-  volume?: boolean;
-}
-
-export function covers(sel: Selector, p: string): boolean {
-  if (sel.volume) return true;
-  if (sel.paths?.includes(p)) return true;
-  return sel.subtrees?.some((t) => t === '/' || p === t || p.startsWith(t + '/')) ?? false;
-}
-
-/** Does the selector cover anything at or below dir (so renaming or removing dir moves it)? */
-export function coversUnder(sel: Selector, dir: string): boolean {
-  if (sel.volume || covers(sel, dir)) return true;
-  const under = (p: string) => dir === '/' || p.startsWith(dir + '/');
-  return (sel.paths?.some(under) ?? false) || (sel.subtrees?.some(under) ?? false);
-}
+export { covers, coversUnder, type Selector } from '../common/selector.js';
 
 /** Whether a change touches files a selector covers. */
 export function touches(sel: Selector, c: Change): boolean {

@@ -1,5 +1,6 @@
 import { TwinError } from '../common/errors.js';
 import { formatBytes, type ProgressReport } from '../common/progress.js';
+import { covers } from '../common/selector.js';
 import type { ControlClient } from '../control/client.js';
 import { describeStatus, type RecentSnapshots } from './status-text.js';
 import type { ParsedArgs } from './words.js';
@@ -83,18 +84,6 @@ function seconds(v: string | boolean | undefined, what: string): number | undefi
     throw new TwinError('ETWIN_USAGE', `${what} must be a positive number of seconds`);
   return Math.round(n * 1000);
 }
-
-const covers = (
-  sel: { volume?: boolean; paths?: string[]; subtree?: string; subtrees?: string[] },
-  p: string,
-) =>
-  Boolean(
-    sel.volume ||
-      sel.paths?.includes(p) ||
-      [...(sel.subtree ? [sel.subtree] : []), ...(sel.subtrees ?? [])].some(
-        (t) => t === '/' || p === t || p.startsWith(t + '/'),
-      ),
-  );
 
 /** The operator commands backed by the control channel. The peer's commands are added by the peer module. */
 export const controlCommands: OperatorCommand[] = [
