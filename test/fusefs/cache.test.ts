@@ -292,6 +292,9 @@ describe('in-process mount: dirty limit and write-back errors', () => {
       mount: t.dirs.mnt!,
       cacheBytes: MiB,
       writebackMs: 600_000,
+      // A slow second copy (like a mirror on a slower disk) makes write-back slower than the
+      // writer for sure; without it, a fast page cache could keep up and nothing would throttle.
+      sink: { apply: (c) => (c.op === 'write' ? new Promise((r) => setTimeout(r, 5)) : Promise.resolve()) },
     });
     let maxDirty = 0;
     const sampler = setInterval(() => {
