@@ -5,7 +5,7 @@ import { TwinError } from '../common/errors.js';
 
 /** Mount points in this mount namespace, from /proc/self/mountinfo (octal escapes decoded). */
 export async function listMountPoints(): Promise<
-  Array<{ mountPoint: string; fsType: string; source: string }>
+  Array<{ mountPoint: string; fsType: string; source: string; minor: number }>
 > {
   const text = await fsp.readFile('/proc/self/mountinfo', 'utf8').catch(() => '');
   const out = [];
@@ -18,6 +18,8 @@ export async function listMountPoints(): Promise<
       mountPoint: unescapeMount(fields[4] ?? ''),
       fsType: rf[0] ?? '',
       source: unescapeMount(rf[1] ?? ''),
+      // major:minor of the mount's device; for FUSE the minor names /sys/fs/fuse/connections/N.
+      minor: Number((fields[2] ?? '').split(':')[1]),
     });
   }
   return out;

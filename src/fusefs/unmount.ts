@@ -2,7 +2,7 @@ import { execFile } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { TwinError } from '../common/errors.js';
-import { isMountPoint } from './mount-checks.js';
+import { isMountPoint, listMountPoints } from './mount-checks.js';
 
 function run(cmd: string, args: string[], timeoutMs = 10_000): Promise<{ ok: boolean; stderr: string }> {
   return new Promise((resolve) => {
@@ -44,14 +44,6 @@ export async function forceUnmount(dir: string): Promise<{ method: string }> {
 }
 
 async function connectionMinor(abs: string): Promise<number | undefined> {
-  const text = await fsp.readFile('/proc/self/mountinfo', 'utf8').catch(() => '');
-  for (const line of text.split('\n')) {
-    const f = line.split(' ');
-    if (f[4] === abs) {
-      const dev = f[2] ?? '';
-      const minor = Number(dev.split(':')[1]);
-      return Number.isFinite(minor) ? minor : undefined;
-    }
-  }
-  return undefined;
+  const m = (await listMountPoints()).filter((x) => x.mountPoint === abs).pop();
+  return m && Number.isFinite(m.minor) ? m.minor : undefined;
 }
