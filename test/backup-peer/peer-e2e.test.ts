@@ -1,4 +1,4 @@
-import { type ChildProcess, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -11,6 +11,7 @@ import {
   status,
   waitUntil,
 } from '../control/control-fixture.js';
+import { watchCli } from '../helpers/cli.js';
 import { sh } from '../helpers/proc.js';
 import { CLI } from '../helpers/server.js';
 import { snapshotTree } from './peer-fixture.js';
@@ -46,30 +47,6 @@ function cli(args: string[], timeoutMs = 60_000): Promise<CliRun> {
       resolve({ code, stdout, stderr, lines, last: lines.at(-1) });
     });
   });
-}
-
-/** A CLI process whose JSON lines are watched as they come. */
-function watchCli(args: string[]): {
-  proc: ChildProcess;
-  lines: any[];
-  exited: Promise<number | null>;
-  stderr(): string;
-} {
-  const proc = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  const lines: any[] = [];
-  let buf = '';
-  let err = '';
-  proc.stdout!.on('data', (d: Buffer) => {
-    buf += d.toString();
-    for (let i = buf.indexOf('\n'); i >= 0; i = buf.indexOf('\n')) {
-      const l = buf.slice(0, i);
-      buf = buf.slice(i + 1);
-      if (l.startsWith('{')) lines.push(JSON.parse(l));
-    }
-  });
-  proc.stderr!.on('data', (d: Buffer) => (err += d.toString()));
-  const exited = new Promise<number | null>((r) => proc.on('exit', (code) => r(code)));
-  return { proc, lines, exited, stderr: () => err };
 }
 
 // Targets come from plugins: the plugin hosts of the servers and the peers (children of this

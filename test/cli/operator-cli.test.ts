@@ -1,42 +1,13 @@
-import { type ChildProcess, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type ControlFixture, startControlFixture } from '../control/control-fixture.js';
+import { watchCli } from '../helpers/cli.js';
 import { isMounted, waitFor } from '../helpers/mounts.js';
 import { sh } from '../helpers/proc.js';
 import { CLI, startServer } from '../helpers/server.js';
 import { jsonLines, twinfs } from '../repl/fixtures.js';
-
-/** A CLI process whose JSON lines are read as they come (for commands that hold something). */
-function watch(args: string[]): {
-  proc: ChildProcess;
-  lines: any[];
-  exited: Promise<number | null>;
-  stderr(): string;
-} {
-  const proc = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  const lines: any[] = [];
-  let buf = '';
-  let err = '';
-  proc.stdout!.on('data', (d: Buffer) => {
-    buf += d.toString();
-    for (let i = buf.indexOf('\n'); i >= 0; i = buf.indexOf('\n')) {
-      const l = buf.slice(0, i);
-      buf = buf.slice(i + 1);
-      if (l.startsWith('{')) lines.push(JSON.parse(l));
-    }
-  });
-  proc.stderr!.on('data', (d: Buffer) => (err += d.toString()));
-  const timer = setTimeout(() => proc.kill('SIGKILL'), 30_000);
-  const exited = new Promise<number | null>((r) =>
-    proc.on('exit', (code) => {
-      clearTimeout(timer);
-      r(code);
-    }),
-  );
-  return { proc, lines, exited, stderr: () => err };
-}
 
 /**
  * Every operator subcommand of the CLI against a real server: the success path, the text and
@@ -96,7 +67,7 @@ describe('twinfs operator subcommands', () => {
   });
 
   it('freeze holds until thaw; thaw ends it (--json: frozen first, thawed last)', async () => {
-    const f = watch(['freeze', '/docs/a.txt', '--timeout', '60', ...conn, '--json']);
+    const f = watchCli(['freeze', '/docs/a.txt', '--timeout', '60', ...conn, '--json'], 30_000);
     expect(await waitFor(() => f.lines.length > 0, 10_000)).toBe(true);
     expect(f.lines[0]).toMatchObject({
       event: 'frozen',
@@ -128,7 +99,7 @@ describe('twinfs operator subcommands', () => {
   it('pairs, split (held, lease renewed) and resync', async () => {
     const { last: p0 } = await okJson(['pairs', ...conn]);
     expect(p0).toEqual({ path: null, state: 'PAIR', splits: [], broken: [] });
-    const s = watch(['split', '/docs/a.txt', '--lease', '2', ...conn, '--json']);
+    const s = watchCli(['split', '/docs/a.txt', '--lease', '2', ...conn, '--json'], 30_000);
     expect(await waitFor(() => s.lines.length > 0, 10_000)).toBe(true);
     const made = s.lines[0];
     expect(made).toMatchObject({
