@@ -20,26 +20,23 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import {
+  commonOptions,
   cpuSeconds,
   dropCaches,
   fmt,
-  installCleanup,
   log,
   MiB,
-  machineNotes,
   median,
   mkdirs,
   parseArgs,
   ratio,
   run,
   sampleRss,
-  snapshotDist,
+  startBench,
   startBindfs,
   startSpinners,
   startTwinfs,
   table,
-  tempBase,
-  waitForQuiet,
   worker,
 } from './lib.mjs';
 
@@ -56,34 +53,20 @@ const opts = parseArgs(
     'bindfs-opts': { default: 'big_writes', help: 'bindfs -o options' },
     'cache-mb': { default: 0, help: 'twinfs --cache-mb (0: the server default, 64)' },
     'twinfs-args': { default: '', help: 'extra twinfs serve arguments (space separated)' },
-    cli: { default: '', help: 'twinfs CLI to run (default dist/cli/main.js of this checkout)' },
     'cpu-prof': { default: '', help: 'write a V8 CPU profile of the twinfs server into this dir' },
-    dir: { default: '/tmp', help: 'parent of the temporary directories (same disk as /)' },
     spin: {
       default: 0,
       help: 'busy loops at nice 19 kept running during the workloads (keeps vCPUs out of idle; see lib.mjs)',
     },
-    'max-load': { default: 1.5, help: 'wait (up to --wait-quiet s) for the 1-min load to drop below this' },
-    'wait-quiet': { default: 120, help: 'longest wait for a quiet machine, s' },
-    'time-limit': { default: 900, help: 'abort (and clean up) after this many seconds' },
-    json: { default: '', help: 'also write all results as JSON to this file' },
-    verbose: { default: false, help: 'echo the server stderr' },
+    ...commonOptions('parent of the temporary directories (same disk as /)'),
   },
   'node bench/fs.mjs [options]: bare vs bindfs vs twinfs (issue 2)',
 );
-installCleanup({ timeLimitSec: opts['time-limit'] });
-
 const targets = opts.targets.split(',').filter(Boolean);
 const workloads = new Set(opts.workloads.split(',').filter(Boolean));
 const SIZE = opts['size-mb'] * MiB;
 const SMALL = opts['small-mb'] * MiB;
-const notes = machineNotes();
-const loadStart = await waitForQuiet(opts['max-load'], opts['wait-quiet'], log);
-log(`machine: ${JSON.stringify(notes)}`);
-
-const base = tempBase(opts.dir);
-notes.build = opts.cli ? `--cli ${opts.cli}` : snapshotDist(base);
-log(notes.build);
+const { notes, base, loadStart } = await startBench(opts);
 const d = mkdirs(base, 'primary', 'bindfs', 'twinfs', 'prof');
 const servers = {};
 const paths = { bare: d.primary };

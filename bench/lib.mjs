@@ -631,3 +631,31 @@ export function table(headers, rows, out = process.stdout) {
 export function log(msg) {
   process.stderr.write(`[${new Date().toISOString().slice(11, 19)} load ${loadavg()}] ${msg}\n`);
 }
+
+/** The options every twinfs benchmark script takes (dir's help text varies by script). */
+export function commonOptions(dirHelp = 'parent of the temporary directories') {
+  return {
+    cli: { default: '', help: 'twinfs CLI to run (default dist/cli/main.js of this checkout)' },
+    dir: { default: '/tmp', help: dirHelp },
+    'max-load': { default: 1.5, help: 'wait (up to --wait-quiet s) for the 1-min load to drop below this' },
+    'wait-quiet': { default: 120, help: 'longest wait for a quiet machine, s' },
+    'time-limit': { default: 900, help: 'abort (and clean up) after this many seconds' },
+    json: { default: '', help: 'also write all results as JSON to this file' },
+    verbose: { default: false, help: 'echo the server stderr' },
+  };
+}
+
+/**
+ * The start every benchmark script shares: cleanup on exit and time limit, wait for a quiet
+ * machine, note it, make the temporary base and snapshot dist/ (unless --cli names a CLI).
+ */
+export async function startBench(opts) {
+  installCleanup({ timeLimitSec: opts['time-limit'] });
+  const notes = machineNotes();
+  const loadStart = await waitForQuiet(opts['max-load'], opts['wait-quiet'], log);
+  log(`machine: ${JSON.stringify(notes)}`);
+  const base = tempBase(opts.dir);
+  notes.build = opts.cli ? `--cli ${opts.cli}` : snapshotDist(base);
+  log(notes.build);
+  return { notes, base, loadStart };
+}

@@ -23,15 +23,14 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import {
+  commonOptions,
   controlClient,
   cpuSeconds,
   DIST,
   dropCaches,
   fmt,
-  installCleanup,
   log,
   MiB,
-  machineNotes,
   median,
   mkdirs,
   mountTmpfs,
@@ -39,12 +38,10 @@ import {
   ratio,
   run,
   sleep,
-  snapshotDist,
+  startBench,
   startTwinfs,
   table,
-  tempBase,
   umountPlain,
-  waitForQuiet,
   waitMirrorIdle,
   worker,
 } from './lib.mjs';
@@ -61,24 +58,12 @@ const opts = parseArgs(
     'change-mb': { default: 1, help: 'C: bytes changed inside it, MiB' },
     'copy-mb': { default: 1024, help: 'D: size of the mixed tree for the initial copy, MiB' },
     sections: { default: 'A,B,C,D,E', help: 'which sections to run' },
-    cli: { default: '', help: 'twinfs CLI to run (default dist/cli/main.js of this checkout)' },
-    dir: { default: '/tmp', help: 'parent of the temporary directories (same disk as /)' },
-    'max-load': { default: 1.5, help: 'wait (up to --wait-quiet s) for the 1-min load to drop below this' },
-    'wait-quiet': { default: 120, help: 'longest wait for a quiet machine, s' },
-    'time-limit': { default: 900, help: 'abort (and clean up) after this many seconds' },
-    json: { default: '', help: 'also write all results as JSON to this file' },
-    verbose: { default: false, help: 'echo the server stderr' },
+    ...commonOptions('parent of the temporary directories (same disk as /)'),
   },
   'node bench/mirror.mjs [options]: mirror driver costs (issue 3)',
 );
-installCleanup({ timeLimitSec: opts['time-limit'] });
 const sections = new Set(opts.sections.split(','));
-const notes = machineNotes();
-await waitForQuiet(opts['max-load'], opts['wait-quiet'], log);
-log(`machine: ${JSON.stringify(notes)}`);
-const base = tempBase(opts.dir);
-notes.build = opts.cli ? `--cli ${opts.cli}` : snapshotDist(base);
-log(notes.build);
+const { notes, base } = await startBench(opts);
 const cli = opts.cli || undefined;
 const out = {};
 const loads = {};

@@ -26,25 +26,22 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import {
+  commonOptions,
   controlClient,
   fmt,
-  installCleanup,
   log,
   MiB,
-  machineNotes,
   mkdirs,
   mountTmpfs,
   parseArgs,
   percentile,
   run,
   sleep,
-  snapshotDist,
+  startBench,
   startTwinfs,
   table,
-  tempBase,
   trackProc,
   WORKER,
-  waitForQuiet,
   waitMirrorIdle,
 } from './lib.mjs';
 
@@ -61,23 +58,11 @@ const opts = parseArgs(
     'cache-mb': { default: 256, help: 'twinfs --cache-mb' },
     'writeback-ms': { default: 30000, help: 'twinfs --writeback-ms' },
     scenarios: { default: 'small-0,big-0,small-dirty,big-dirty', help: 'comma list' },
-    cli: { default: '', help: 'twinfs CLI to run (default dist/cli/main.js of this checkout)' },
-    dir: { default: '/tmp', help: 'parent of the temporary directories' },
-    'max-load': { default: 1.5, help: 'wait (up to --wait-quiet s) for the 1-min load to drop below this' },
-    'wait-quiet': { default: 120, help: 'longest wait for a quiet machine, s' },
-    'time-limit': { default: 900, help: 'abort (and clean up) after this many seconds' },
-    json: { default: '', help: 'also write all results as JSON to this file' },
-    verbose: { default: false, help: 'echo the server stderr' },
+    ...commonOptions('parent of the temporary directories'),
   },
   'node bench/stall.mjs [options]: write stall during prepare (issue 4)',
 );
-installCleanup({ timeLimitSec: opts['time-limit'] });
-const notes = machineNotes();
-await waitForQuiet(opts['max-load'], opts['wait-quiet'], log);
-log(`machine: ${JSON.stringify(notes)}`);
-const base = tempBase(opts.dir);
-notes.build = opts.cli ? `--cli ${opts.cli}` : snapshotDist(base);
-log(notes.build);
+const { notes, base } = await startBench(opts);
 const d = mkdirs(base, 'primary', 'mount', 'state', 'tmp');
 const mirror = path.join(base, 'mirror');
 if (opts.mirror === 'tmpfs') {
