@@ -1,5 +1,4 @@
 import { createHash } from 'node:crypto';
-import type { Readable } from 'node:stream';
 import { errnoCode, TwinError, type TwinErrorCode } from '../common/errors.js';
 
 /**

@@ -1,4 +1,3 @@
-import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { TwinError } from '../common/errors.js';

@@ -85,6 +85,16 @@ function seconds(v: string | boolean | undefined, what: string): number | undefi
   return Math.round(n * 1000);
 }
 
+/** The selection of freeze and split: paths, or --subtree DIR; at least one. */
+function requiredSelector(command: string, a: ParsedArgs) {
+  if (a.positional.length === 0 && typeof a.options.subtree !== 'string')
+    throw new TwinError(
+      'ETWIN_USAGE',
+      `${command} needs at least one path (/ for the whole volume) or --subtree DIR`,
+    );
+  return selectorOf(a.positional, a.options.subtree);
+}
+
 /** The operator commands backed by the control channel. The peer's commands are added by the peer module. */
 export const controlCommands: OperatorCommand[] = [
   {
@@ -112,12 +122,7 @@ export const controlCommands: OperatorCommand[] = [
     completes: 'paths',
     optionValues: { '--subtree': 'paths' },
     async run(ctx, a) {
-      if (a.positional.length === 0 && typeof a.options.subtree !== 'string')
-        throw new TwinError(
-          'ETWIN_USAGE',
-          'freeze needs at least one path (/ for the whole volume) or --subtree DIR',
-        );
-      const selector = selectorOf(a.positional, a.options.subtree);
+      const selector = requiredSelector('freeze', a);
       const timeoutMs = seconds(a.options.timeout, '--timeout');
       const r = (await (await ctx.client()).request('freeze', { selector, timeoutMs })) as any;
       ctx.print(
@@ -199,12 +204,7 @@ export const controlCommands: OperatorCommand[] = [
     completes: 'paths',
     optionValues: { '--subtree': 'paths' },
     async run(ctx, a) {
-      if (a.positional.length === 0 && typeof a.options.subtree !== 'string')
-        throw new TwinError(
-          'ETWIN_USAGE',
-          'split needs at least one path (/ for the whole volume) or --subtree DIR',
-        );
-      const selector = selectorOf(a.positional, a.options.subtree);
+      const selector = requiredSelector('split', a);
       const leaseMs = seconds(a.options.lease, '--lease');
       const r = await (await ctx.client()).prepare(selector as any, { leaseMs });
       ctx.print(
