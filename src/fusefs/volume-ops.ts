@@ -1,9 +1,9 @@
-import { execFile } from 'node:child_process';
 import * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import * as xattr from 'fs-xattr';
 import type { ChangeSink, WriteGate } from './change-sink.js';
 import { errnoError } from './errno.js';
+import { mknod } from './mknod.js';
 import { parentOf, type VolumePaths } from './volume-paths.js';
 import type { FileNode, WritebackCache } from './writeback-cache.js';
 
@@ -56,10 +56,10 @@ export interface VolumeOpsOptions {
 
 const S_IFMT = 0o170000;
 const S_IFREG = 0o100000;
-const S_IFIFO = 0o010000;
-const S_IFCHR = 0o020000;
-const S_IFBLK = 0o060000;
-const S_IFSOCK = 0o140000;
+const _S_IFIFO = 0o010000;
+const _S_IFCHR = 0o020000;
+const _S_IFBLK = 0o060000;
+const _S_IFSOCK = 0o140000;
 const S_ISGID = 0o2000;
 const NO_ID = 0xffffffff;
 const XATTR_CREATE = 1;
@@ -401,39 +401,7 @@ export class VolumeOps {
   async mknod(path: string, mode: number, dev: number, ctx: CallerContext | undefined): Promise<void> {
     await this.guarded([path], async () => {
       const backing = this.paths.backing(path);
-      const perm = (mode & 0o7777).toString(8);
-      switch (mode & S_IFMT) {
-        case S_IFREG: {
-          const fd = await openFd(
-            backing,
-            fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_WRONLY,
-            mode & 0o7777,
-          );
-          fs.close(fd, () => undefined);
-          break;
-        }
-        case S_IFIFO:
-          await run('mknod', ['-m', perm, backing, 'p']);
-          break;
-        case S_IFCHR:
-        case S_IFBLK: {
-          const major = (dev >>> 8) & 0xfff;
-          const minor = (dev & 0xff) | ((dev >>> 12) & 0xfff00);
-          await run('mknod', [
-            '-m',
-            perm,
-            backing,
-            (mode & S_IFMT) === S_IFCHR ? 'c' : 'b',
-            String(major),
-            String(minor),
-          ]);
-          break;
-        }
-        case S_IFSOCK:
-          throw errnoError('EOPNOTSUPP', 'sockets cannot be created on twinfs');
-        default:
-          throw errnoError('EINVAL');
-      }
+      await mknod(backing, mode, dev);
       const { uid, gid } = await this.ownFor(ctx, path);
       if (uid !== undefined) await fsp.lchown(backing, uid, gid!);
       const st = await fsp.lstat(backing);
@@ -691,16 +659,4 @@ async function writeFdAll(fd: number, data: Buffer, pos: number): Promise<void> 
     );
     off += n;
   }
-}
-function run(cmd: string, args: string[]): Promise<void> {
-  return new Promise((resolve, reject) => {
-    execFile(cmd, args, { timeout: 10_000 }, (err, _out, stderr) => {
-      if (!err) return resolve();
-      const msg = String(stderr);
-      if (/File exists/.test(msg)) return reject(errnoError('EEXIST'));
-      if (/Permission denied|not permitted/.test(msg)) return reject(errnoError('EPERM'));
-      if (/No such file/.test(msg)) return reject(errnoError('ENOENT'));
-      reject(errnoError('EIO', msg.trim()));
-    });
-  });
 }

@@ -3,7 +3,7 @@ import type * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import * as xattr from 'fs-xattr';
-import { mknod } from './mirror-writer.js';
+import { mknod } from '../fusefs/mknod.js';
 import type { RangeSet } from './range-set.js';
 
 const CHUNK = 1 << 20;

@@ -1,13 +1,13 @@
-import { execFile } from 'node:child_process';
 import * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import * as xattr from 'fs-xattr';
 import type { Change } from '../fusefs/change-sink.js';
+import { mknod } from '../fusefs/mknod.js';
 
-const S_IFMT = 0o170000;
-const S_IFIFO = 0o010000;
-const S_IFCHR = 0o020000;
-const S_IFBLK = 0o060000;
+const _S_IFMT = 0o170000;
+const _S_IFIFO = 0o010000;
+const _S_IFCHR = 0o020000;
+const _S_IFBLK = 0o060000;
 const FD_CACHE = 128;
 
 /**
@@ -190,34 +190,4 @@ async function writeAll(fd: number, data: Buffer, pos: number): Promise<void> {
     if (n === 0) throw Object.assign(new Error('short write'), { code: 'EIO' });
     off += n;
   }
-}
-
-export function mknod(p: string, mode: number, dev: number): Promise<void> {
-  const perm = (mode & 0o7777).toString(8);
-  const type = mode & S_IFMT;
-  const args =
-    type === S_IFIFO
-      ? ['-m', perm, p, 'p']
-      : type === S_IFCHR || type === S_IFBLK
-        ? [
-            '-m',
-            perm,
-            p,
-            type === S_IFCHR ? 'c' : 'b',
-            String((dev >>> 8) & 0xfff),
-            String((dev & 0xff) | ((dev >>> 12) & 0xfff00)),
-          ]
-        : null;
-  if (!args) return fsp.writeFile(p, '', { mode: mode & 0o7777, flag: 'wx' });
-  return new Promise((resolve, reject) =>
-    execFile('mknod', args, { timeout: 10_000 }, (err, _o, stderr) =>
-      err
-        ? reject(
-            Object.assign(new Error(String(stderr).trim()), {
-              code: /exists/.test(String(stderr)) ? 'EEXIST' : 'EIO',
-            }),
-          )
-        : resolve(),
-    ),
-  );
 }
