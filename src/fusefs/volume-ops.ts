@@ -56,10 +56,6 @@ export interface VolumeOpsOptions {
 
 const S_IFMT = 0o170000;
 const S_IFREG = 0o100000;
-const _S_IFIFO = 0o010000;
-const _S_IFCHR = 0o020000;
-const _S_IFBLK = 0o060000;
-const _S_IFSOCK = 0o140000;
 const S_ISGID = 0o2000;
 const NO_ID = 0xffffffff;
 const XATTR_CREATE = 1;

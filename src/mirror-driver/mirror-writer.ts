@@ -4,10 +4,6 @@ import * as xattr from 'fs-xattr';
 import type { Change } from '../fusefs/change-sink.js';
 import { mknod } from '../fusefs/mknod.js';
 
-const _S_IFMT = 0o170000;
-const _S_IFIFO = 0o010000;
-const _S_IFCHR = 0o020000;
-const _S_IFBLK = 0o060000;
 const FD_CACHE = 128;
 
 /**
