@@ -26,9 +26,10 @@ export interface VolumeStat {
   rdev: number;
   blksize: number;
   blocks: number;
-  atime: Date;
-  mtime: Date;
-  ctime: Date;
+  /** Times in ns since the epoch, exactly as the primary has them. */
+  atime: bigint;
+  mtime: bigint;
+  ctime: bigint;
 }
 
 export interface VolumeStatfs {
@@ -101,37 +102,40 @@ export class VolumeOps {
   }
 
   async getattr(path: string): Promise<VolumeStat> {
-    const st = await fsp.lstat(this.paths.backing(path));
+    // bigint: the times in whole ns, so a stat through the mount shows exactly the primary's
+    // (Node's Date fields round to the ms, which can even move a time into the next second).
+    const st = await fsp.lstat(this.paths.backing(path), { bigint: true });
     const out: VolumeStat = {
-      mode: st.mode,
-      uid: st.uid,
-      gid: st.gid,
-      size: st.size,
-      dev: st.dev,
-      nlink: st.nlink,
-      ino: st.ino,
-      rdev: st.rdev,
-      blksize: st.blksize,
-      blocks: st.blocks,
-      atime: st.atime,
-      mtime: st.mtime,
-      ctime: st.ctime,
+      mode: Number(st.mode),
+      uid: Number(st.uid),
+      gid: Number(st.gid),
+      size: Number(st.size),
+      dev: Number(st.dev),
+      nlink: Number(st.nlink),
+      ino: Number(st.ino),
+      rdev: Number(st.rdev),
+      blksize: Number(st.blksize),
+      blocks: Number(st.blocks),
+      atime: st.atimeNs,
+      mtime: st.mtimeNs,
+      ctime: st.ctimeNs,
     };
-    if ((st.mode & S_IFMT) === S_IFREG) {
-      const node = this.cache.get(st.ino);
+    if ((out.mode & S_IFMT) === S_IFREG) {
+      const node = this.cache.get(out.ino);
       if (node?.isDirty) {
         // Cached writes count as if they were on the primary: size and mtime show them.
-        out.size = Math.max(st.size, node.cachedEnd);
+        out.size = Math.max(out.size, node.cachedEnd);
         // Allocation as the primary will have it: what it holds plus the cached bytes, in whole
         // blocks, at most the whole file (sparse files stay sparse for du and cp --sparse).
-        const block = st.blksize > 0 ? st.blksize : 4096;
+        const block = out.blksize > 0 ? out.blksize : 4096;
         const units = (bytes: number) => Math.ceil(bytes / block) * (block / 512);
         let cached = node.dirty.size;
         for (const e of node.flushing ?? []) cached += e.len;
-        out.blocks = Math.max(st.blocks, Math.min(units(out.size), st.blocks + units(cached)));
-        if (node.lastWriteAt > st.mtimeMs) {
-          out.mtime = new Date(node.lastWriteAt);
-          out.ctime = new Date(Math.max(node.lastWriteAt, st.ctimeMs));
+        out.blocks = Math.max(out.blocks, Math.min(units(out.size), out.blocks + units(cached)));
+        const written = BigInt(Math.trunc(node.lastWriteAt)) * 1_000_000n;
+        if (written > st.mtimeNs) {
+          out.mtime = written;
+          out.ctime = written > st.ctimeNs ? written : st.ctimeNs;
         }
       }
     }

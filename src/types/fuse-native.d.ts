@@ -37,8 +37,8 @@ declare module 'fuse-native' {
      * missing numbers are 0 except nlink (1), missing times are "now".
      * Encoding limits (native side): mode/uid/gid/dev/ino/rdev/blksize/nlink are uint32 (ino is
      * truncated to 32 bits and ignored unless the `use_ino` option is set); size/blocks are
-     * integers up to 2^53; times are Date or ms since the epoch, delivered with whole-ms
-     * precision and must not be before 1970.
+     * integers up to 2^53; times are a Date, ms since the epoch (fractional allowed) or a bigint
+     * of ns since the epoch (delivered exactly: twinfs patch level 2), not before 1970.
      */
     interface Stat {
       mode?: number;
@@ -52,9 +52,9 @@ declare module 'fuse-native' {
       blksize?: number;
       /** 512-byte blocks. */
       blocks?: number;
-      atime?: Date | number;
-      mtime?: Date | number;
-      ctime?: Date | number;
+      atime?: Date | number | bigint;
+      mtime?: Date | number | bigint;
+      ctime?: Date | number | bigint;
     }
 
     /** statfs result. Every field is carried as uint32: scale bsize/frsize up so counts fit. */
@@ -324,7 +324,7 @@ declare module 'fuse-native' {
     static beforeMount(cb?: (err: Error | null) => void): void;
     static beforeUnmount(cb?: (err: Error | null) => void): void;
 
-    /** twinfs patch level (1); undefined if an unpatched fuse-native is installed. */
+    /** twinfs patch level (2); undefined if an unpatched fuse-native is installed. */
     static readonly patchLevel: number | undefined;
 
     // errno constants (Linux values, negative)
