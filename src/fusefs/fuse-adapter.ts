@@ -48,6 +48,21 @@ export function createFuseHandlers(ops: VolumeOps, opts: AdapterOptions): Record
     }
     wrap(p);
   };
+  // read and write answer synchronously when they can (cache hit, room in the cache).
+  const byteCount = (op: string, cb: Cb, fn: () => number | Promise<number>) => {
+    let r: number | Promise<number>;
+    try {
+      r = fn();
+    } catch (err) {
+      fail(op, cb, err);
+      return;
+    }
+    if (typeof r === 'number') return cb(r);
+    r.then(
+      (n) => cb(n),
+      (e) => fail(op, cb, e),
+    );
+  };
 
   return {
     init: (cb: Cb) => cb(0),
@@ -64,33 +79,10 @@ export function createFuseHandlers(ops: VolumeOps, opts: AdapterOptions): Record
       const ctx = opts.context();
       tryCall('create', cb, () => ops.create(path, mode, ctx), value('create', cb));
     },
-    read: (_path: string, fh: number, buf: Buffer, len: number, pos: number, cb: Cb) => {
-      let p: Promise<number>;
-      try {
-        p = ops.read(fh, buf, len, pos);
-      } catch (err) {
-        fail('read', cb, err);
-        return;
-      }
-      p.then(
-        (n) => cb(n),
-        (e) => fail('read', cb, e),
-      );
-    },
-    write: (_path: string, fh: number, buf: Buffer, len: number, pos: number, cb: Cb) => {
-      let r: number | Promise<number>;
-      try {
-        r = ops.write(fh, buf, len, pos);
-      } catch (err) {
-        fail('write', cb, err);
-        return;
-      }
-      if (typeof r === 'number') return cb(r);
-      r.then(
-        (n) => cb(n),
-        (e) => fail('write', cb, e),
-      );
-    },
+    read: (_path: string, fh: number, buf: Buffer, len: number, pos: number, cb: Cb) =>
+      byteCount('read', cb, () => ops.read(fh, buf, len, pos)),
+    write: (_path: string, fh: number, buf: Buffer, len: number, pos: number, cb: Cb) =>
+      byteCount('write', cb, () => ops.write(fh, buf, len, pos)),
     flush: (_path: string, fh: number, cb: Cb) =>
       tryCall('flush', cb, () => ops.flush(fh), status('flush', cb)),
     release: (_path: string, fh: number, cb: Cb) =>
@@ -125,7 +117,7 @@ export function createFuseHandlers(ops: VolumeOps, opts: AdapterOptions): Record
       tryCall('chmod', cb, () => ops.chmod(path, mode), status('chmod', cb)),
     chown: (path: string, uid: number, gid: number, cb: Cb) =>
       tryCall('chown', cb, () => ops.chown(path, uid, gid), status('chown', cb)),
-    utimens: (path: string, atime: number | null, mtime: number | null, cb: Cb) =>
+    utimens: (path: string, atime: bigint | null, mtime: bigint | null, cb: Cb) =>
       tryCall('utimens', cb, () => ops.utimens(path, atime, mtime), status('utimens', cb)),
     setxattr: (path: string, name: string, value: Buffer, _position: number, flags: number, cb: Cb) =>
       tryCall('setxattr', cb, () => ops.setxattr(path, name, value, flags), status('setxattr', cb)),

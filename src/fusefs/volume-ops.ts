@@ -4,6 +4,7 @@ import * as xattr from 'fs-xattr';
 import type { ChangeSink, WriteGate } from './change-sink.js';
 import { errnoError } from './errno.js';
 import { mknod } from './mknod.js';
+import { nsToMs, setTimesNs } from './set-times.js';
 import { parentOf, type VolumePaths } from './volume-paths.js';
 import type { FileNode, WritebackCache } from './writeback-cache.js';
 
@@ -223,7 +224,7 @@ export class VolumeOps {
     }
   }
 
-  async read(fh: number, buf: Buffer, len: number, pos: number): Promise<number> {
+  read(fh: number, buf: Buffer, len: number, pos: number): number | Promise<number> {
     const node = this.handle(fh);
     return this.cache.read(node, buf, len, pos);
   }
@@ -250,6 +251,7 @@ export class VolumeOps {
       return (async () => {
         try {
           await this.sink.beforeChange?.(node.path);
+          node.contentChanged();
           await writeFdAll(node.fd, data, pos);
           await this.sink.apply({ op: 'write', path: node.path, offset: pos, data });
           return data.length;
@@ -459,8 +461,8 @@ export class VolumeOps {
     });
   }
 
-  /** Times in ms since the epoch; null leaves that time unchanged. */
-  async utimens(path: string, atime: number | null, mtime: number | null): Promise<void> {
+  /** Times in ns since the epoch, set exactly; null leaves that time unchanged. */
+  async utimens(path: string, atime: bigint | null, mtime: bigint | null): Promise<void> {
     if (atime === null && mtime === null) return;
     await this.guarded([path], async () => {
       const backing = this.paths.backing(path);
@@ -470,15 +472,9 @@ export class VolumeOps {
         await this.cache.flush(node);
         await this.releaseIfIdle(node);
       }
-      let a = atime;
-      let m = mtime;
-      if (a === null || m === null) {
-        const st = await fsp.lstat(backing);
-        a ??= st.atimeMs;
-        m ??= st.mtimeMs;
-      }
-      await fsp.lutimes(backing, a / 1000, m / 1000);
-      await this.sink.apply({ op: 'utimens', path, atime: a, mtime: m });
+      setTimesNs(backing, atime, mtime);
+      const ms = (t: bigint | null) => (t === null ? null : nsToMs(t));
+      await this.sink.apply({ op: 'utimens', path, atime: ms(atime), mtime: ms(mtime) });
     });
   }
 

@@ -4,6 +4,8 @@ import { Mutex } from '../common/async.js';
 import { Emitter } from '../common/event.js';
 import type { ChangeSink } from './change-sink.js';
 import { type Extent, ExtentMap, overlay } from './extent-map.js';
+import { ReadAheadPool, ReadAheadState } from './read-ahead.js';
+import { msToNs, setFdTimesNs } from './set-times.js';
 
 /**
  * One open (or still dirty) regular file, keyed by inode so every handle and every hard link
@@ -26,6 +28,7 @@ export class FileNode {
   retryAt = 0;
   /** Unlinked while dirty: its data has nowhere to go and is dropped. */
   dead = false;
+  readonly readAhead = new ReadAheadState();
 
   constructor(
     readonly ino: number,
@@ -45,6 +48,11 @@ export class FileNode {
 
   get isDirty(): boolean {
     return !this.dirty.isEmpty || this.flushing !== null;
+  }
+
+  /** The file's content changed (or is about to): read-ahead windows of it are stale. */
+  contentChanged(): void {
+    this.readAhead.gen++;
   }
 }
 
@@ -78,6 +86,8 @@ export interface CacheStats {
   flushes: number;
   throttledWrites: number;
   writeErrors: number;
+  /** Reads answered from read-ahead windows (hits), windows filled, reads done the slow way. */
+  readAhead: { hits: number; fills: number; direct: number; windows: number };
 }
 
 const MAX_IOV = 1024;
@@ -97,6 +107,7 @@ export class WritebackCache {
   private readonly sink: ChangeSink;
   private readonly now: () => number;
   private readonly nodes = new Map<number, FileNode>();
+  private readonly readAhead = new ReadAheadPool();
   private dirtyBytes = 0;
   private activeFlushes = 0;
   private roomWaiters: Array<{ need: number; resolve: () => void }> = [];
@@ -129,7 +140,14 @@ export class WritebackCache {
       if (n.isDirty) dirtyFiles++;
       if (n.refs > 0) openFiles++;
     }
-    return { dirtyBytes: this.dirtyBytes, limitBytes: this.limitBytes, dirtyFiles, openFiles, ...this.stats };
+    return {
+      dirtyBytes: this.dirtyBytes,
+      limitBytes: this.limitBytes,
+      dirtyFiles,
+      openFiles,
+      ...this.stats,
+      readAhead: this.readAhead.getStats(),
+    };
   }
 
   get(ino: number): FileNode | undefined {
@@ -182,8 +200,18 @@ export class WritebackCache {
     this.accept(node, off, data);
   }
 
-  /** Reads from the primary through node's fd and overlays cached data. Returns bytes read. */
-  async read(node: FileNode, buf: Buffer, len: number, pos: number): Promise<number> {
+  /**
+   * Reads through node's fd and overlays cached data. A file with nothing cached is read
+   * through the read-ahead windows, often synchronously (a number). Returns bytes read.
+   */
+  read(node: FileNode, buf: Buffer, len: number, pos: number): number | Promise<number> {
+    if (node.isDirty) return this.readOverlaid(node, buf, len, pos);
+    return this.readAhead.read(node.fd, node.readAhead, buf, len, pos, () =>
+      this.readOverlaid(node, buf, len, pos),
+    );
+  }
+
+  private async readOverlaid(node: FileNode, buf: Buffer, len: number, pos: number): Promise<number> {
     const before = this.overlaySources(node);
     const { bytesRead } = await readFd(node.fd, buf, len, pos);
     const after = this.overlaySources(node);
@@ -229,6 +257,7 @@ export class WritebackCache {
   truncate(node: FileNode, size: number): Promise<void> {
     return node.lock.run(async () => {
       await this.sink.beforeChange?.(node.path);
+      node.contentChanged();
       this.release(node.dirty.truncate(size));
       await ftruncate(node.fd, size);
       await this.sink.apply({ op: 'truncate', path: node.path, size });
@@ -282,6 +311,7 @@ export class WritebackCache {
   }
 
   private accept(node: FileNode, off: number, data: Uint8Array): void {
+    node.contentChanged();
     const delta = node.dirty.write(off, data);
     this.dirtyBytes += delta;
     const now = this.now();
@@ -302,6 +332,7 @@ export class WritebackCache {
     const taken = node.dirty.takeAll();
     const bytes = taken.reduce((s, e) => s + e.len, 0);
     node.flushing = taken;
+    node.contentChanged();
     node.firstDirtyAt = node.dirty.isEmpty ? 0 : node.firstDirtyAt;
     try {
       await this.sink.beforeChange?.(node.path);
@@ -319,8 +350,7 @@ export class WritebackCache {
       // write (getattr reports it while data is cached), so put that back, and tell the sink.
       const mtime = node.lastWriteAt;
       if (mtime > 0) {
-        const st = await fstatFd(node.fd);
-        await futimesFd(node.fd, st.atimeMs / 1000, mtime / 1000);
+        setFdTimesNs(node.fd, null, msToNs(mtime));
         reported.push(this.sink.apply({ op: 'utimens', path: node.path, atime: null, mtime }));
       }
       await Promise.all(reported);
@@ -428,6 +458,7 @@ export class WritebackCache {
   private async maybeClose(node: FileNode): Promise<void> {
     if (node.refs > 0 || node.isDirty || this.nodes.get(node.ino) !== node) return;
     this.nodes.delete(node.ino);
+    this.readAhead.drop(node.readAhead);
     await closeFd(node.fd);
   }
 }
@@ -484,10 +515,6 @@ const fdatasync = (fd: number) =>
 const fsync = (fd: number) => new Promise<void>((res, rej) => fs.fsync(fd, (e) => (e ? rej(e) : res())));
 const ftruncate = (fd: number, len: number) =>
   new Promise<void>((res, rej) => fs.ftruncate(fd, len, (e) => (e ? rej(e) : res())));
-const fstatFd = (fd: number) =>
-  new Promise<fs.Stats>((res, rej) => fs.fstat(fd, (e, st) => (e ? rej(e) : res(st))));
-const futimesFd = (fd: number, a: number, m: number) =>
-  new Promise<void>((res, rej) => fs.futimes(fd, a, m, (e) => (e ? rej(e) : res())));
 const closeFd = (fd: number) => new Promise<void>((res) => fs.close(fd, () => res()));
 function closeQuietly(fd: number): void {
   fs.close(fd, () => undefined);

@@ -4,6 +4,7 @@ import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import * as xattr from 'fs-xattr';
 import { mknod } from '../fusefs/mknod.js';
+import { msToNs, setTimesNs } from '../fusefs/set-times.js';
 import type { RangeSet } from './range-set.js';
 
 const CHUNK = 1 << 20;
@@ -217,7 +218,7 @@ export async function syncMeta(
     for (const name of have)
       if (!want.includes(name)) await xattr.removeAttribute(mirror, name).catch(() => undefined);
   }
-  await fsp.lutimes(mirror, pst.atimeMs / 1000, pst.mtimeMs / 1000);
+  setTimesNs(mirror, msToNs(pst.atimeMs), msToNs(pst.mtimeMs));
 }
 
 export interface TreeEntry {

@@ -7,6 +7,7 @@ import { delay, SerialQueue } from '../common/async.js';
 import { TwinError } from '../common/errors.js';
 import { Emitter } from '../common/event.js';
 import type { Change, ChangeSink } from '../fusefs/change-sink.js';
+import { setTimesNs } from '../fusefs/set-times.js';
 import { loadVolumeId, type MirrorLayout, mirrorLayout, openDevice } from './device.js';
 import { copyChunk, syncEntry, syncMeta } from './entry-sync.js';
 import { Journal, type JournalRecord } from './journal.js';
@@ -521,9 +522,14 @@ export class MirrorDriver implements ChangeSink {
   /** Data writes move the mirror's mtime; copy the primary's so the pair matches. */
   private async syncTimes(p: string): Promise<void> {
     if (!this.pendingTimes.delete(p)) return;
-    const st = await fsp.lstat(this.primary + p).catch(() => undefined);
-    if (st)
-      await fsp.lutimes(this.layout.data + p, st.atimeMs / 1000, st.mtimeMs / 1000).catch(() => undefined);
+    const st = await fsp.lstat(this.primary + p, { bigint: true }).catch(() => undefined);
+    if (st) {
+      try {
+        setTimesNs(this.layout.data + p, st.atimeNs, st.mtimeNs);
+      } catch {
+        // Gone from the mirror too (or not yet there): the change that made it is queued.
+      }
+    }
     // Gone from the primary: it was renamed (or unlinked) and the change is still on its way
     // to this queue. Keep it pending so the rename moves it (the unlink drops it).
     else if (this.pendingTimes.size < 100_000) this.pendingTimes.add(p);

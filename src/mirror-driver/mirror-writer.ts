@@ -3,6 +3,7 @@ import { promises as fsp } from 'node:fs';
 import * as xattr from 'fs-xattr';
 import type { Change } from '../fusefs/change-sink.js';
 import { mknod } from '../fusefs/mknod.js';
+import { msToNs, setTimesNs } from '../fusefs/set-times.js';
 
 const FD_CACHE = 128;
 
@@ -100,8 +101,7 @@ export class MirrorWriter {
         await fsp.lchown(p, c.uid, c.gid);
         return;
       case 'utimens': {
-        const st = c.atime === null || c.mtime === null ? await fsp.lstat(p) : undefined;
-        await fsp.lutimes(p, (c.atime ?? st!.atimeMs) / 1000, (c.mtime ?? st!.mtimeMs) / 1000);
+        setTimesNs(p, c.atime === null ? null : msToNs(c.atime), c.mtime === null ? null : msToNs(c.mtime));
         return;
       }
       case 'setxattr':

@@ -200,13 +200,12 @@ declare module 'fuse-native' {
       truncate?(path: string, size: number, cb: StatusCallback): void;
       ftruncate?(path: string, fh: number, size: number, cb: StatusCallback): void;
       /**
-       * atime / mtime: ms since the epoch (fractional ms allowed, ~µs precision), or null =
-       * leave that time unchanged (UTIME_OMIT). UTIME_NOW arrives already resolved to the
-       * current realtime clock (both times from a single clock reading). Examples:
-       * `touch -m -d @1e9 f` -> (path, null, 1e12); `touch -a f` -> (path, <now>, null);
-       * `touch f` -> (path, now, now).
+       * atime / mtime: ns since the epoch (bigint, exact), or null = leave that time unchanged
+       * (UTIME_OMIT). UTIME_NOW arrives already resolved to the current realtime clock (both
+       * times from a single clock reading). Examples: `touch -m -d @1e9 f` -> (path, null,
+       * 1000000000000000000n); `touch -a f` -> (path, <now>, null); `touch f` -> (path, now, now).
        */
-      utimens?(path: string, atime: number | null, mtime: number | null, cb: StatusCallback): void;
+      utimens?(path: string, atime: bigint | null, mtime: bigint | null, cb: StatusCallback): void;
       /** target is truncated to the kernel's buffer (PATH_MAX). */
       readlink?(path: string, cb: (err: Result, target?: string) => void): void;
       /** uid/gid are uint32; 4294967295 ((uid_t)-1) means "leave unchanged". */
@@ -324,8 +323,13 @@ declare module 'fuse-native' {
     static beforeMount(cb?: (err: Error | null) => void): void;
     static beforeUnmount(cb?: (err: Error | null) => void): void;
 
-    /** twinfs patch level (2); undefined if an unpatched fuse-native is installed. */
+    /** twinfs patch level (3); undefined if an unpatched fuse-native is installed. */
     static readonly patchLevel: number | undefined;
+    /**
+     * twinfs patch: utimensat(2) on a local path with whole ns (bigints since the epoch); null
+     * leaves a time unchanged (UTIME_OMIT). Synchronous. Returns 0 or a negative errno.
+     */
+    static setTimes(path: string, atimeNs: bigint | null, mtimeNs: bigint | null, nofollow: boolean): number;
 
     // errno constants (Linux values, negative)
     static readonly EPERM: -1;

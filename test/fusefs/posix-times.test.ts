@@ -90,6 +90,23 @@ st = os.stat('t2'); print(int(st.st_atime), int(st.st_mtime))
     expect(await shInOk(fx.mnt, ls)).toBe(await shInOk(fx.primary, ls));
   });
 
+  it('times set through the mount land to the nanosecond; setting one leaves the other exactly', async () => {
+    const fmt = `TZ=UTC stat -c '%x|%y' exact`;
+    await shInOk(fx.mnt, 'echo x > exact && TZ=UTC touch -d "2007-07-07 07:07:07.123456789" exact');
+    await shInOk(fx.mnt, 'TZ=UTC touch -m -d "2008-08-08 08:08:08.987654321" exact');
+    const want = '2007-07-07 07:07:07.123456789 +0000|2008-08-08 08:08:08.987654321 +0000\n';
+    expect(await shInOk(fx.primary, fmt)).toBe(want);
+    expect(await shInOk(fx.mnt, fmt)).toBe(want);
+    // Written-back data moves mtime back to the time of the write, and leaves atime alone.
+    await shInOk(fx.mnt, 'echo more >> exact');
+    expect(
+      await eventually(async () => (await shInOk(fx.primary, 'stat -c %s exact')).trim() === '7', 5000),
+    ).toBe(true);
+    await new Promise((r) => setTimeout(r, 300));
+    const [a] = (await shInOk(fx.primary, fmt)).split('|');
+    expect(a).toBe('2007-07-07 07:07:07.123456789 +0000');
+  });
+
   it('touch -h sets the times of a symlink itself, not of its target', async () => {
     await shInOk(
       fx.mnt,
