@@ -13,12 +13,15 @@ import * as fs from 'node:fs';
  * and every change to the file's content goes through the cache, which bumps the file's
  * generation (`ReadAheadState.gen`): a window of an older generation is never served.
  *
- * Windows come from a small pool of reused buffers (no allocation per read, bounded memory);
- * when it is empty the least recently used idle window is taken over.
+ * A reader has up to two windows: the one it reads from and the next, filled in the background
+ * once it is past the middle of the first, so the disk works while the requests are answered
+ * from memory. Windows come from a small pool of reused buffers (no allocation per read,
+ * bounded memory); when it is empty the least recently used idle window is taken over.
  */
 export const WINDOW_BYTES = 1024 * 1024;
 /** Smaller reads are not worth a window (the kernel's own readahead asks for 128 KiB). */
 const MIN_FILL_REQUEST = 64 * 1024;
+const WINDOWS_PER_READER = 2;
 
 /** The read-ahead state of one file (kept on the cache's FileNode). */
 export class ReadAheadState {
@@ -26,12 +29,13 @@ export class ReadAheadState {
   gen = 0;
   /** Where the next sequential read would start. */
   nextPos = 0;
-  window: Window | null = null;
+  readonly windows: Window[] = [];
 }
 
 interface Window {
   buf: Buffer;
   off: number;
+  /** Bytes filled; -1 while filling or after a failed fill. */
   len: number;
   /** The fill reached the end of the file (at gen). */
   eof: boolean;
@@ -46,11 +50,11 @@ export class ReadAheadPool {
   private readonly used = new Set<Window>();
   private readonly free: Buffer[] = [];
   private allocated = 0;
-  private readonly stats = { hits: 0, fills: 0, direct: 0 };
+  private readonly stats = { hits: 0, fills: 0, prefetches: 0, direct: 0 };
 
   constructor(private readonly maxWindows = 16) {}
 
-  getStats(): { hits: number; fills: number; direct: number; windows: number } {
+  getStats(): { hits: number; fills: number; prefetches: number; direct: number; windows: number } {
     return { ...this.stats, windows: this.used.size };
   }
 
@@ -67,48 +71,57 @@ export class ReadAheadPool {
     pos: number,
     slow: () => Promise<number>,
   ): number | Promise<number> {
-    const w = st.window;
-    if (w && w.gen === st.gen && pos >= w.off) {
+    for (const w of st.windows) {
+      if (w.gen !== st.gen || pos < w.off) continue;
       if (w.filling) {
         if (pos + len <= w.off + WINDOW_BYTES)
-          return w.filling.then(() => this.afterFill(st, w, buf, len, pos, slow));
+          return w.filling.then(() => this.afterFill(fd, st, w, buf, len, pos, slow));
       } else if (pos + len <= w.off + w.len || (w.eof && pos <= w.off + w.len)) {
-        return this.serve(st, w, buf, len, pos);
+        return this.serve(fd, st, w, buf, len, pos);
       }
     }
     // Sequential: where the last read ended, or the start of the file (a new reader).
-    if ((pos === st.nextPos || pos === 0) && len >= MIN_FILL_REQUEST && len <= WINDOW_BYTES && !w?.filling) {
-      const fill = this.fill(fd, st, pos);
-      if (fill) return fill.then((filled) => this.afterFill(st, filled, buf, len, pos, slow));
+    if ((pos === st.nextPos || pos === 0) && len >= MIN_FILL_REQUEST && len <= WINDOW_BYTES) {
+      const w = this.fill(fd, st, pos);
+      if (w) return w.filling!.then(() => this.afterFill(fd, st, w, buf, len, pos, slow));
     }
     this.stats.direct++;
     st.nextPos = pos + len;
     return slow();
   }
 
-  /** The file is being closed: its window goes back to the pool. */
+  /** The file is being closed: its windows go back to the pool. */
   drop(st: ReadAheadState): void {
-    const w = st.window;
-    if (!w) return;
-    st.window = null;
+    for (const w of st.windows.splice(0)) this.release(w);
+  }
+
+  private release(w: Window): void {
     this.used.delete(w);
     // A fill in progress still writes into the buffer: hand it back when that is over.
     if (w.filling) void w.filling.then(() => this.free.push(w.buf));
     else this.free.push(w.buf);
   }
 
-  private serve(st: ReadAheadState, w: Window, buf: Buffer, len: number, pos: number): number {
+  private serve(fd: number, st: ReadAheadState, w: Window, buf: Buffer, len: number, pos: number): number {
     const n = Math.max(0, Math.min(len, w.off + w.len - pos));
     w.buf.copy(buf, 0, pos - w.off, pos - w.off + n);
     st.nextPos = pos + n;
     this.stats.hits++;
-    // Most recently used last.
-    this.used.delete(w);
-    this.used.add(w);
+    this.touch(w);
+    // Past the middle of the window: fill the next one while this one is read.
+    const next = w.off + w.len;
+    if (
+      !w.eof &&
+      pos + n > w.off + w.len / 2 &&
+      !st.windows.some((x) => x.off === next && x.gen === st.gen)
+    ) {
+      if (this.fill(fd, st, next, w)) this.stats.prefetches++;
+    }
     return n;
   }
 
   private afterFill(
+    fd: number,
     st: ReadAheadState,
     w: Window,
     buf: Buffer,
@@ -117,43 +130,52 @@ export class ReadAheadPool {
     slow: () => Promise<number>,
   ): number | Promise<number> {
     // Changed (or taken over) while filling, or the fill failed: the slow way, this once.
-    if (st.window === w && w.gen === st.gen && (pos + len <= w.off + w.len || w.eof))
-      return this.serve(st, w, buf, len, pos);
+    if (st.windows.includes(w) && w.gen === st.gen && w.len >= 0 && (pos + len <= w.off + w.len || w.eof))
+      return this.serve(fd, st, w, buf, len, pos);
     this.stats.direct++;
     return slow();
   }
 
-  /** Starts filling a window at pos; undefined when no buffer is free (all windows filling). */
-  private fill(fd: number, st: ReadAheadState, pos: number): Promise<Window> | undefined {
-    let w = st.window;
-    if (!w) {
+  /**
+   * Starts filling a window of st at pos, reusing one of st's idle windows other than `keep`
+   * once it has its two. Undefined when no buffer can be had.
+   */
+  private fill(fd: number, st: ReadAheadState, pos: number, keep?: Window): Window | undefined {
+    let w: Window | undefined;
+    if (st.windows.length >= WINDOWS_PER_READER) {
+      w = st.windows.find((x) => x !== keep && !x.filling);
+      if (!w) return undefined;
+    } else {
       const buf = this.take();
       if (!buf) return undefined;
-      w = { buf, off: 0, len: 0, eof: false, gen: 0, filling: null, owner: st };
-      st.window = w;
+      w = { buf, off: 0, len: -1, eof: false, gen: 0, filling: null, owner: st };
+      st.windows.push(w);
     }
-    this.used.delete(w);
-    this.used.add(w);
     const win = w;
+    this.touch(win);
     win.off = pos;
     win.len = -1;
     win.eof = false;
     win.gen = st.gen;
     this.stats.fills++;
-    const done = new Promise<Window>((resolve) => {
+    win.filling = new Promise<void>((resolve) => {
       fs.read(fd, win.buf, 0, WINDOW_BYTES, pos, (err, n) => {
         win.filling = null;
-        if (err)
-          win.gen = -1; // never served: the readers go the slow way and see the error
-        else {
+        // A failed fill is never served: its readers go the slow way and see the error.
+        if (!err) {
           win.len = n;
           win.eof = n < WINDOW_BYTES;
         }
-        resolve(win);
+        resolve();
       });
     });
-    win.filling = done.then(() => undefined);
-    return done;
+    return win;
+  }
+
+  /** Most recently used last. */
+  private touch(w: Window): void {
+    this.used.delete(w);
+    this.used.add(w);
   }
 
   /** A free buffer: from the pool, newly allocated below the limit, or an idle window's. */
@@ -167,7 +189,8 @@ export class ReadAheadPool {
     for (const w of this.used) {
       if (w.filling) continue;
       this.used.delete(w);
-      w.owner.window = null;
+      const ws = w.owner.windows;
+      ws.splice(ws.indexOf(w), 1);
       return w.buf;
     }
     return undefined;

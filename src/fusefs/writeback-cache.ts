@@ -86,8 +86,8 @@ export interface CacheStats {
   flushes: number;
   throttledWrites: number;
   writeErrors: number;
-  /** Reads answered from read-ahead windows (hits), windows filled, reads done the slow way. */
-  readAhead: { hits: number; fills: number; direct: number; windows: number };
+  /** Reads answered from read-ahead windows (hits), windows filled (prefetches: ahead of the reader), reads done the slow way. */
+  readAhead: { hits: number; fills: number; prefetches: number; direct: number; windows: number };
 }
 
 const MAX_IOV = 1024;
