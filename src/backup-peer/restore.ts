@@ -3,6 +3,8 @@ import * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { errnoCode, TwinError } from '../common/errors.js';
+import { servedMountHolding } from '../fusefs/served-mounts.js';
+import { msToNs, setTimesNs } from '../fusefs/set-times.js';
 import { Catalog, type EntryRecord, type SnapshotRecord } from './catalog.js';
 import { toVolumePath } from './mirror-source.js';
 import { forEachLimit, SafeTree } from './safe-tree.js';
@@ -57,7 +59,9 @@ export async function loadCompleteSnapshot(
 
 /**
  * Restores a snapshot (or paths of it) into a directory: content byte for byte (verified
- * against the catalog's hash), mode, owner (as root), mtime, symlinks as symlinks. Nothing is
+ * against the catalog's hash; runs of zeros as holes), mode, owner (as root), mtime, symlinks
+ * as symlinks. Each file is on disk (fdatasync) before it takes its name, and the directories
+ * that received names are fsync'd before restore returns. Nothing is
  * ever written outside `to`: paths with '..' are refused, and so is any existing or restored
  * symlink on the way to an entry. Files are written to a temporary name and renamed into place,
  * so an existing file is replaced whole or not at all. The destination may be any directory, a
@@ -67,6 +71,7 @@ export async function loadCompleteSnapshot(
  * what they mean. Bad arguments and an incomplete snapshot throw before anything is written.
  */
 export async function restore(o: RestoreOptions): Promise<RestoreResult> {
+  await refuseOwnMount(path.resolve(o.to));
   const wanted = (o.paths ?? []).map((p) => {
     try {
       return toVolumePath(p);
@@ -111,6 +116,8 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     });
   const asRoot = (process.getuid?.() ?? 1) === 0;
   const dirs = selected.filter((e) => e.type === 'dir' && e.path !== '/');
+  /** Directories that received a name: fsync'd once the files are in. */
+  const touchedDirs = new Set<string>();
   const leaves = selected.filter((e) => e.type !== 'dir');
   let done = 0;
   const step = (e: EntryRecord, bytes = 0) => {
@@ -131,15 +138,16 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     await forEachLimit(leaves, Math.min(4, target.capabilities.maxConcurrency), async (e) => {
       if (o.signal?.aborted) throw new TwinError('ETWIN_ABORTED', 'restore cancelled');
       try {
-        if (e.type === 'file') step(e, await restoreFile(target, snapshot.id, e, tree, asRoot));
+        if (e.type === 'file') step(e, await restoreFile(target, snapshot.id, e, tree, asRoot, touchedDirs));
         else if (e.type === 'symlink') {
-          await restoreSymlink(e, tree, asRoot);
+          await restoreSymlink(e, tree, asRoot, touchedDirs);
           step(e);
         }
       } catch (err) {
         fail(e.path, err);
       }
     });
+    await syncDirs(touchedDirs);
     const metaDirs = [...dirs, ...ancestors.values()].sort(
       (a, b) => b.path.split('/').length - a.path.split('/').length,
     );
@@ -164,8 +172,10 @@ async function restoreFile(
   e: EntryRecord,
   tree: SafeTree,
   asRoot: boolean,
+  touchedDirs: Set<string>,
 ): Promise<number> {
   const dest = await tree.prepareParents(e.path, 0o755);
+  touchedDirs.add(path.dirname(dest));
   await refuseDirInTheWay(dest, e.path);
   const tmp = path.join(
     path.dirname(dest),
@@ -176,12 +186,25 @@ async function restoreFile(
   try {
     const digest = new Digest();
     const stream = await target.openFile(snapshotId, e.path);
+    // Runs of zeros become holes (the file is new: what is not written reads as zeros), so
+    // sparse files come back sparse, as with cp --sparse / rsync -S.
+    let pos = 0;
     for await (const chunk of stream) {
-      digest.update(chunk as Buffer);
       const b = chunk as Buffer;
-      let off = 0;
-      while (off < b.length) off += (await fh.write(b, off, b.length - off)).bytesWritten;
+      digest.update(b);
+      for (let at = 0; at < b.length; at += HOLE_BLOCK) {
+        const piece = b.subarray(at, Math.min(b.length, at + HOLE_BLOCK));
+        if (!isZero(piece)) {
+          let off = 0;
+          while (off < piece.length)
+            off += (await fh.write(piece, off, piece.length - off, pos + off)).bytesWritten;
+        }
+        pos += piece.length;
+      }
     }
+    await fh.truncate(pos);
+    // On disk before it takes the name: a crash leaves the old file or the whole new one.
+    await fh.datasync();
     const got = digest.result();
     if (got.bytes !== e.size || (e.hash && got.hash !== e.hash))
       throw new TwinError(
@@ -202,12 +225,18 @@ async function restoreFile(
   }
 }
 
-async function restoreSymlink(e: EntryRecord, tree: SafeTree, asRoot: boolean): Promise<void> {
+async function restoreSymlink(
+  e: EntryRecord,
+  tree: SafeTree,
+  asRoot: boolean,
+  touchedDirs: Set<string>,
+): Promise<void> {
   if (e.target === undefined)
     throw new TwinError('ETWIN_CATALOG', `${e.path}: symlink without a target in the catalog`, {
       path: e.path,
     });
   const dest = await tree.prepareParents(e.path, 0o755);
+  touchedDirs.add(path.dirname(dest));
   await refuseDirInTheWay(dest, e.path);
   const tmp = path.join(
     path.dirname(dest),
@@ -220,6 +249,32 @@ async function restoreSymlink(e: EntryRecord, tree: SafeTree, asRoot: boolean): 
   } catch (err) {
     await fsp.rm(tmp, { force: true });
     throw err;
+  }
+}
+
+/**
+ * In the server's own process (the REPL of `twinfs serve --repl`) a restore into its mount
+ * would wait on itself forever. Checked on the nearest existing ancestor, before anything is
+ * created.
+ */
+async function refuseOwnMount(to: string): Promise<void> {
+  let p = to;
+  for (;;) {
+    const real = await fsp.realpath(p).catch(() => undefined);
+    if (real !== undefined) {
+      const m = servedMountHolding(real);
+      if (m)
+        throw new TwinError(
+          'ETWIN_OWN_MOUNT',
+          `${to} is inside ${m}, which this process serves: it cannot restore into its own mount. ` +
+            'Run `twinfs restore` from another shell (or restore elsewhere and copy).',
+          { to, mount: m },
+        );
+      return;
+    }
+    const up = path.dirname(p);
+    if (up === p) return;
+    p = up;
   }
 }
 
@@ -237,5 +292,23 @@ async function refuseDirInTheWay(dest: string, p: string): Promise<void> {
 async function applyMeta(p: string, m: EntryMeta, asRoot: boolean, link: boolean): Promise<void> {
   if (asRoot) await fsp.lchown(p, m.uid, m.gid);
   if (!link) await fsp.chmod(p, m.mode & 0o7777);
-  await fsp.lutimes(p, m.mtime / 1000, m.mtime / 1000);
+  const t = msToNs(m.mtime);
+  setTimesNs(p, t, t);
+}
+
+const HOLE_BLOCK = 64 * 1024;
+const ZEROS = Buffer.alloc(HOLE_BLOCK);
+const isZero = (b: Buffer) => b.equals(b.length === HOLE_BLOCK ? ZEROS : ZEROS.subarray(0, b.length));
+
+/** fsync of directories: the names restored into them survive a crash. */
+async function syncDirs(dirs: Iterable<string>): Promise<void> {
+  for (const d of dirs) {
+    const fh = await fsp.open(d, 'r').catch(() => undefined);
+    if (!fh) continue;
+    try {
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+  }
 }

@@ -63,6 +63,7 @@ export const ErrorCodes = {
   ETWIN_SPLIT_LOST: 'the server released the split before the copy finished (lease expired or disconnected)',
   ETWIN_CHECK_FAILED: 'backup data at the target differs from the catalog',
   ETWIN_RESTORE_FAILED: 'some entries could not be restored',
+  ETWIN_OWN_MOUNT: 'this process serves that mount and must not write into it itself',
   ETWIN_ABORTED: 'the operation was cancelled',
   // SMB service (src/smb)
   ETWIN_SMB_NOT_INSTALLED: 'Samba is not installed (smbd, smbpasswd or pdbedit not on PATH)',

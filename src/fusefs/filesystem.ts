@@ -5,6 +5,7 @@ import { type ChangeSink, nullSink, type WriteGate } from './change-sink.js';
 import { createFuseHandlers } from './fuse-adapter.js';
 import { isMountPoint, preflight } from './mount-checks.js';
 import { DEFAULT_NATIVE_OPTIONS, fuseNativeOptions, type NativeMountOptions } from './native-options.js';
+import { addServedMount, removeServedMount } from './served-mounts.js';
 import { type CallerContext, VolumeOps } from './volume-ops.js';
 import { VolumePaths } from './volume-paths.js';
 import { WriteInhibitor } from './write-inhibitor.js';
@@ -110,6 +111,8 @@ export class TwinFs {
           : resolve(),
       ),
     );
+    addServedMount(this.mountPoint);
+    this.store.add(toDisposable(() => removeServedMount(this.mountPoint)));
     this.store.add(toDisposable(() => this.cache.dispose()));
   }
 

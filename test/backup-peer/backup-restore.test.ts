@@ -102,6 +102,25 @@ describe('backup run, restore, check, forget (hand-made mirror)', () => {
     expect((await checkSnapshot({ snapshot: 'latest', catalogDir, registry })).ok).toBe(true);
   });
 
+  it('restores sparse files sparse, with their exact size and content', async () => {
+    const f = path.join(mirror.data, 'sparse.img');
+    const fh = await fsp.open(f, 'w');
+    await fh.write(Buffer.from('head'), 0, 4, 0);
+    await fh.write(Buffer.alloc(100_000, 0x61), 0, 100_000, 5 * 1024 * 1024 + 7);
+    await fh.truncate(9 * 1024 * 1024 + 3); // a hole at the end too
+    await fh.close();
+    const r = await backup(new FakeControl(mirror));
+    const to = path.join(base, 'sparse-restored');
+    const rr = await restore({ snapshot: r.snapshot.id, paths: ['/sparse.img'], to, catalogDir, registry });
+    expect(rr.failures).toEqual([]);
+    const out = path.join(to, 'sparse.img');
+    expect((await fsp.readFile(out)).equals(await fsp.readFile(f))).toBe(true);
+    const st = await fsp.stat(out);
+    expect(st.size).toBe(9 * 1024 * 1024 + 3);
+    // 4 bytes and 100,000 bytes of data: a few 64 KiB blocks at most, not 9 MiB.
+    expect(st.blocks * 512).toBeLessThan(512 * 1024);
+  });
+
   it('copies only what changed since the previous complete snapshot (size, mtime, mode, owner)', async () => {
     const first = await backup(new FakeControl(mirror));
     await fsp.writeFile(path.join(mirror.data, 'docs/b.txt'), 'bravo, changed\n');

@@ -267,6 +267,15 @@ describe('twinfs serve --repl', () => {
     await term.waitFor((s) => s.endsWith('twinfs> pairs /hello.txt'));
     await term.press('Enter');
     await term.waitFor(/^\/hello\.txt: PAIR$/m);
+    // Restoring into the mount this very process serves would wait on itself: refused, and
+    // the server goes on serving.
+    await term.type(`restore latest --to ${d.mnt}/restored --catalog ${d.state}/catalog`);
+    await term.press('Enter');
+    await term.waitFor(/ETWIN_OWN_MOUNT/, 10_000);
+    expect(await fsp.readdir(d.primary!)).not.toContain('restored');
+    await term.type('pairs /hello.txt');
+    await term.press('Enter');
+    await term.waitFor((s) => s.split('/hello.txt: PAIR').length >= 3, 10_000);
     await term.type('exit');
     await term.press('Enter');
     await term.waitFor(/\[exit 0\]/, 20_000);
