@@ -68,6 +68,7 @@ export const ErrorCodes = {
   // SMB service (src/smb)
   ETWIN_SMB_NOT_INSTALLED: 'Samba is not installed (smbd, smbpasswd or pdbedit not on PATH)',
   ETWIN_SMB_PORT_BUSY: 'the SMB port is already in use',
+  ETWIN_SMB_HUNG: 'smbd stopped answering SMB sessions; it is killed and restarted',
   ETWIN_SMB_START: 'smbd failed to start, to answer, or kept dying',
   ETWIN_SMB_CONFIG: 'the Samba configuration cannot be written or is refused',
   ETWIN_SMB_USER: 'an SMB user cannot be created or given its password',

@@ -44,6 +44,16 @@ export interface SmbServiceOptions {
   maxRestartDelayMs?: number;
   /** Failed restarts in a row after which the service gives up. Default 8. */
   maxRestartFailures?: number;
+  /**
+   * Health check: every this many ms a client session (smbclient, like the start check) must
+   * succeed within healthTimeoutMs; after healthFailures failures in a row smbd counts as hung
+   * and is killed and restarted. 0 turns it off. Default 15000.
+   */
+  healthIntervalMs?: number;
+  /** Default 10000. */
+  healthTimeoutMs?: number;
+  /** Default 2. */
+  healthFailures?: number;
 }
 
 export type SmbState = 'stopped' | 'starting' | 'running' | 'restarting' | 'failed';
@@ -53,6 +63,7 @@ export type SmbEvent =
   | { event: 'smb-failed'; code: string; message: string; gaveUp: boolean }
   | { event: 'smb-died'; pid: number; exitCode: number | null; signal: string | null; restartInMs: number }
   | { event: 'smb-restarted'; pid: number; restarts: number }
+  | { event: 'smb-hung'; pid: number; failures: number; message: string }
   | { event: 'smb-stopped' };
 
 export interface SmbStatus {
@@ -99,6 +110,8 @@ export class SmbService implements Disposable {
   private failuresInRow = 0;
   private lastError: { code: string; message: string } | null = null;
   private restartTimer: NodeJS.Timeout | undefined;
+  private healthTimer: NodeJS.Timeout | undefined;
+  private healthFailuresInRow = 0;
   private disposed = false;
   private starting: Promise<SmbStatus> | undefined;
 
@@ -130,6 +143,7 @@ export class SmbService implements Disposable {
       this.startedAt = Date.now();
       this.state = 'running';
       this.fire({ event: 'smb-started', pid: this.child!.pid!, ...this.where() });
+      this.scheduleHealthCheck();
     } catch (err) {
       this.fail(err, false);
     }
@@ -169,6 +183,7 @@ export class SmbService implements Disposable {
     if (this.disposed) return;
     this.disposed = true;
     clearTimeout(this.restartTimer);
+    clearTimeout(this.healthTimer);
     const wasUp = this.state === 'running' || this.state === 'restarting' || this.state === 'starting';
     const child = this.child;
     this.child = undefined;
@@ -289,7 +304,7 @@ export class SmbService implements Disposable {
   }
 
   /** Logs in like a client (first configured user, or as guest) and lists the share root. */
-  private probeSession(smbclient: string) {
+  private probeSession(smbclient: string, timeoutMs = 20_000) {
     const s = this.settings!;
     const user = s.users[0];
     const args = [
@@ -309,11 +324,56 @@ export class SmbService implements Disposable {
     // The password travels in the environment (PASSWD), never on a command line others can read.
     return run(smbclient, args, {
       env: { ...process.env, PASSWD: user?.password ?? '' },
-      timeoutMs: 20_000,
+      timeoutMs,
     });
   }
 
   // ---- supervision ----------------------------------------------------------------------------
+
+  /**
+   * A hung smbd (stopped, deadlocked, stuck on a lock) keeps its port and its pid: only a
+   * session shows it. Without smbclient there is nothing to check with.
+   */
+  private scheduleHealthCheck(): void {
+    const every = this.opts.healthIntervalMs ?? 15_000;
+    if (every <= 0 || !this.tools?.smbclient || this.disposed) return;
+    clearTimeout(this.healthTimer);
+    this.healthTimer = setTimeout(() => void this.checkHealth(), every);
+    this.healthTimer.unref();
+  }
+
+  private async checkHealth(): Promise<void> {
+    const child = this.child;
+    if (this.disposed || this.state !== 'running' || !child) return;
+    const r = await this.probeSession(this.tools!.smbclient!, this.opts.healthTimeoutMs ?? 10_000);
+    if (this.disposed || this.child !== child || this.state !== 'running') return;
+    if (r.code === 0) {
+      this.healthFailuresInRow = 0;
+    } else {
+      this.healthFailuresInRow++;
+      if (this.healthFailuresInRow >= (this.opts.healthFailures ?? 2)) {
+        const message = `no SMB session in ${this.healthFailuresInRow} checks in a row: ${
+          lastLines(r.stdout + r.stderr, 2) || (r.code === null ? 'timed out' : `smbclient status ${r.code}`)
+        }`;
+        this.healthFailuresInRow = 0;
+        this.lastError = { code: 'ETWIN_SMB_HUNG', message };
+        this.fire({
+          event: 'smb-hung',
+          pid: child.pid ?? 0,
+          failures: this.opts.healthFailures ?? 2,
+          message,
+        });
+        // The exit handler restarts it, as after any death (a stopped process dies of SIGKILL).
+        try {
+          process.kill(-child.pid!, 'SIGKILL');
+        } catch {
+          child.kill('SIGKILL');
+        }
+        return;
+      }
+    }
+    this.scheduleHealthCheck();
+  }
 
   private onExit(child: ChildProcess, code: number | null, signal: string | null): void {
     if (this.disposed || this.child !== child) return;
@@ -347,6 +407,7 @@ export class SmbService implements Disposable {
       this.startedAt = Date.now();
       this.lastError = null;
       this.fire({ event: 'smb-restarted', pid: this.child!.pid!, restarts: this.restarts });
+      this.scheduleHealthCheck();
     } catch (err) {
       if (this.disposed) return;
       this.failuresInRow++;
@@ -399,6 +460,8 @@ export function describeSmbEvent(e: SmbEvent): string {
       return `SMB: smbd (pid ${e.pid}) died (${e.signal ?? `status ${e.exitCode}`}); restarting in ${e.restartInMs} ms`;
     case 'smb-restarted':
       return `SMB: smbd restarted (pid ${e.pid}, restart ${e.restarts})`;
+    case 'smb-hung':
+      return `SMB: smbd (pid ${e.pid}) does not answer (${e.message}); killing and restarting it`;
     case 'smb-stopped':
       return 'SMB: smbd stopped';
   }

@@ -21,7 +21,7 @@ describe('SmbService', () => {
   const services: SmbService[] = [];
 
   beforeAll(async () => {
-    t = await tempDirs('share', 'state1', 'state2', 'state3', 'state4');
+    t = await tempDirs('share', 'state1', 'state2', 'state3', 'state4', 'state5');
     await fsp.writeFile(path.join(t.dirs.share!, 'hello.txt'), 'hello\n');
   });
   afterAll(async () => {
@@ -111,6 +111,38 @@ describe('SmbService', () => {
     expect(s.snapshot()).toMatchObject({ state: 'stopped', running: false, pid: null });
     expect(await sambaProcesses(s.layout.conf)).toEqual([]);
     expect((await smbclient({ port, user: USERS[0], password: 'secret one' }, 'ls')).code).not.toBe(0);
+  });
+
+  it('a hung smbd (stopped: its port still open, its pid alive) is found by the health check and restarted', async () => {
+    const port = await freePort();
+    const { s, events } = service(
+      t.dirs.state5!,
+      { listen: String(port), users: [{ name: USERS[0]!, password: 'pw' }] },
+      { healthIntervalMs: 300, healthTimeoutMs: 1500, healthFailures: 2 },
+    );
+    const st = await s.start();
+    expect(st.running).toBe(true);
+    // Healthy: checks pass, nothing happens.
+    await new Promise((r) => setTimeout(r, 1500));
+    expect(events.map((e) => e.event)).toEqual(['smb-started']);
+    process.kill(st.pid!, 'SIGSTOP');
+    try {
+      expect(await waitFor(() => events.some((e) => e.event === 'smb-restarted'), 30_000)).toBe(true);
+    } finally {
+      try {
+        process.kill(st.pid!, 'SIGCONT');
+      } catch {
+        // already gone (killed by the service)
+      }
+    }
+    expect(events.map((e) => e.event)).toEqual(['smb-started', 'smb-hung', 'smb-died', 'smb-restarted']);
+    expect(events[1]).toMatchObject({ pid: st.pid, failures: 2 });
+    const after = s.snapshot();
+    expect(after).toMatchObject({ running: true, restarts: 1 });
+    expect(after.pid).not.toBe(st.pid);
+    expect(await smbOk({ port, user: USERS[0], password: 'pw' }, 'get hello.txt -')).toContain('hello');
+    await s.dispose();
+    expect(await sambaProcesses(s.layout.conf)).toEqual([]);
   });
 
   it('gives up after repeated failed restarts (bounded backoff) and says why', async () => {
