@@ -25,7 +25,7 @@ const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const PKG_DIR = path.join(ROOT, 'node_modules', 'fuse-native');
 const PATCH = path.join(ROOT, 'patches', 'fuse-native+2.2.6.patch');
 const EXPECTED_VERSION = '2.2.6';
-const EXPECTED_PATCH_LEVEL = 3;
+const EXPECTED_PATCH_LEVEL = 4;
 const require = createRequire(path.join(ROOT, 'package.json'));
 
 const log = (msg) => console.log(`build-native: ${msg}`);

@@ -54,6 +54,7 @@ export class TwinFs {
   private readonly ops: VolumeOps;
   private readonly store = new DisposableStore();
   private fuse: any;
+  private fuseClass: any;
   private unmounting: Promise<void> | null = null;
 
   private constructor(
@@ -77,6 +78,7 @@ export class TwinFs {
       sink,
       gate,
       flushOnClose: opts.flushOnClose,
+      forgetNoCapabilities: () => this.fuseClass?.forgetNoCapabilities?.(),
     });
   }
 
@@ -84,6 +86,7 @@ export class TwinFs {
     const real = await preflight(opts);
     const Fuse = loadFuse();
     const fs = new TwinFs(real.primary, real.mount, opts);
+    fs.fuseClass = Fuse;
     await fs.doMount(Fuse);
     return fs;
   }

@@ -54,6 +54,11 @@ export interface VolumeOpsOptions {
   gate: WriteGate;
   /** Flush a file's cached data when the application closes it (default false). */
   flushOnClose?: boolean;
+  /**
+   * Forget every path known to have no security.capability, in layers below this one (the
+   * patched fuse-native answers those lookups itself: Fuse.forgetNoCapabilities).
+   */
+  forgetNoCapabilities?: () => void;
 }
 
 const S_IFMT = 0o170000;
@@ -89,6 +94,7 @@ export class VolumeOps {
   private nextHandle = 1;
   private readonly myUid = process.getuid?.() ?? 0;
   private readonly myGid = process.getgid?.() ?? 0;
+  private readonly forgetBelow: (() => void) | undefined;
 
   constructor(opts: VolumeOpsOptions) {
     this.paths = opts.paths;
@@ -96,6 +102,7 @@ export class VolumeOps {
     this.sink = opts.sink;
     this.gate = opts.gate;
     this.flushOnClose = opts.flushOnClose ?? false;
+    this.forgetBelow = opts.forgetNoCapabilities;
   }
 
   get openHandles(): number {
@@ -573,6 +580,11 @@ export class VolumeOps {
     await this.cache.unref(node);
   }
 
+  private forgetNoCapabilities(): void {
+    this.noCapability.clear();
+    this.forgetBelow?.();
+  }
+
   private async nodeOf(path: string): Promise<FileNode | undefined> {
     const st = await fsp.lstat(this.paths.backing(path)).catch(() => undefined);
     if (!st || (st.mode & S_IFMT) !== S_IFREG) return undefined;
@@ -581,14 +593,17 @@ export class VolumeOps {
 
   /** Runs a namespace change with gate passes for each path it touches. */
   private async guarded(paths: string[], fn: () => Promise<void>): Promise<void> {
-    // Any change through the volume may give a name a different file or new xattrs.
-    this.noCapability.clear();
+    // Any change through the volume may give a name a different file or new xattrs: forget
+    // before (lookups from now on ask the primary) and after (an answer computed while the
+    // change was on its way must not stay).
+    this.forgetNoCapabilities();
     const passes = [];
     try {
       for (const p of paths) passes.push(await this.gate.enter(p));
       for (const p of paths) await this.sink.beforeChange?.(p);
       await fn();
     } finally {
+      this.forgetNoCapabilities();
       for (const p of passes) p.done();
     }
   }

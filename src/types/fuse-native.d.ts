@@ -323,13 +323,21 @@ declare module 'fuse-native' {
     static beforeMount(cb?: (err: Error | null) => void): void;
     static beforeUnmount(cb?: (err: Error | null) => void): void;
 
-    /** twinfs patch level (3); undefined if an unpatched fuse-native is installed. */
+    /** twinfs patch level (4); undefined if an unpatched fuse-native is installed. */
     static readonly patchLevel: number | undefined;
     /**
      * twinfs patch: utimensat(2) on a local path with whole ns (bigints since the epoch); null
      * leaves a time unchanged (UTIME_OMIT). Synchronous. Returns 0 or a negative errno.
      */
     static setTimes(path: string, atimeNs: bigint | null, mtimeNs: bigint | null, nofollow: boolean): number;
+    /**
+     * twinfs patch: paths for which getxattr("security.capability") answered ENODATA are
+     * answered in the native layer from then on; this forgets them all (call it before and after
+     * anything that may give a path another file or other xattrs).
+     */
+    static forgetNoCapabilities(): void;
+    /** How many paths the native layer remembers as having no security.capability. */
+    static noCapabilityCount(): number;
 
     // errno constants (Linux values, negative)
     static readonly EPERM: -1;

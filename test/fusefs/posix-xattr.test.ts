@@ -31,6 +31,26 @@ describe('extended attributes', () => {
     expect(await shInOk(path.join(fx.primary, 'xa'), 'getfattr --only-values -n user.dir d')).toBe('yes');
   });
 
+  it('file capabilities: set after writes are seen at once, and a later write drops them as locally', async () => {
+    // The kernel asks for security.capability before every write; twinfs's native layer
+    // answers "none" from memory once the primary said so. It must forget that when a
+    // capability is set, and the kernel must then see it (and remove it on the next write).
+    // A VFS_CAP_REVISION_2 value: effective, permitted CAP_NET_RAW.
+    const cap = '0x0100000200200000000000000000000000000000';
+    const script = `echo one > capf && for i in 1 2 3 4 5; do echo more >> capf; done &&
+      setfattr -n security.capability -v ${cap} capf && getfattr -n security.capability -e hex capf &&
+      echo again >> capf && (getfattr -n security.capability capf 2>&1; echo "after write: $?") &&
+      setfattr -n security.capability -v ${cap} capf && mv capf capg && echo x > capf &&
+      (getfattr -n security.capability capf 2>&1; echo "new file: $?") &&
+      getfattr -n security.capability -e hex capg`;
+    const a = await inBoth(fx, script);
+    expect(a.mnt).toEqual(a.plain);
+    expect(a.mnt.stdout).toContain(`security.capability=${cap}\n`);
+    expect(a.mnt.stdout).toContain('capf: security.capability: No such attribute\nafter write: 1');
+    expect(a.mnt.stdout).toContain('capf: security.capability: No such attribute\nnew file: 1');
+    expect(a.mnt.stdout.split(`security.capability=${cap}`).length).toBe(3);
+  });
+
   it('getxattr, setxattr flags, removexattr and listxattr give the local errnos', async () => {
     for (const dir of [fx.plain, fx.mnt]) await shInOk(dir, 'mkdir xe && echo f > xe/f');
     const steps: Array<[string, string, string]> = [
