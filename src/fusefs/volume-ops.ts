@@ -69,6 +69,8 @@ const XATTR_CREATE = 1;
 const XATTR_REPLACE = 2;
 const UINT32_MAX = 0xffffffff;
 const CAPABILITY_XATTR = 'security.capability';
+/** Writes this large (libfuse's max_write: what large write(2)s arrive as) bypass the cache. */
+const PASS_THROUGH_BYTES = 128 * 1024;
 const NO_CAPABILITY = errnoError('ENODATA', 'no security.capability');
 
 /** Linux's O_PATH (not in fs.constants): a descriptor that names an entry without opening it. */
@@ -254,19 +256,12 @@ export class VolumeOps {
     data: Buffer,
     pos: number,
   ): number | Promise<number> {
-    if (this.cache.writeThrough) {
-      return (async () => {
-        try {
-          await this.sink.beforeChange?.(node.path);
-          node.contentChanged();
-          await writeFdAll(node.fd, data, pos);
-          await this.sink.apply({ op: 'write', path: node.path, offset: pos, data });
-          return data.length;
-        } finally {
-          pass.done();
-        }
-      })();
-    }
+    // Large writes to a file with nothing cached go straight to the primary: the cache would
+    // copy them twice (into its buffers, then out of them cold) for nothing to absorb.
+    if (this.cache.writeThrough) return this.writeDirect(node, pass, data, pos);
+    if (data.length >= PASS_THROUGH_BYTES && !node.isDirty)
+      // Under the node's lock: a flush of data cached meanwhile (newer) lands after this one.
+      return node.lock.run(() => this.writeDirect(node, pass, data, pos));
     let r: void | Promise<void>;
     try {
       r = this.cache.write(node, pos, data);
@@ -289,6 +284,24 @@ export class VolumeOps {
         throw err;
       },
     );
+  }
+
+  /** Writes to the primary before answering (libfuse's buffer stays valid until then). */
+  private async writeDirect(
+    node: FileNode,
+    pass: { done(): void },
+    data: Buffer,
+    pos: number,
+  ): Promise<number> {
+    try {
+      await this.sink.beforeChange?.(node.path);
+      node.contentChanged();
+      await writeFdAll(node.fd, data, pos);
+      await this.sink.apply({ op: 'write', path: node.path, offset: pos, data });
+      return data.length;
+    } finally {
+      pass.done();
+    }
   }
 
   /** close(2) of one descriptor: report write-back errors (and flush first if configured). */

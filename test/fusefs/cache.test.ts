@@ -138,9 +138,10 @@ describe('read-your-writes through a long write-back delay', () => {
   it('shows unsynced writes to other processes at once, but not on the primary yet', async () => {
     const f = path.join(t.dirs.mnt!, 'ryw.bin');
     const data = bytes(300_000, 11);
+    // 64 KiB write(2)s: the cache takes them (128 KiB requests go straight to the primary).
     const r = await runSteps([
       { op: 'open', path: f, flags: 'w' },
-      { op: 'write', off: 0, len: data.length, seed: 11 },
+      { op: 'write', off: 0, len: data.length, seed: 11, chunk: 64 * 1024 },
       { op: 'close' },
     ]);
     expect(r.every((s) => s.ok)).toBe(true);
@@ -153,6 +154,37 @@ describe('read-your-writes through a long write-back delay', () => {
     expect(st).toMatchObject({ ok: true, size: data.length });
     expect(await shOk(`stat -c %s '${f}'`)).toBe(`${data.length}\n`);
     expect((await primaryBytes(path.join(t.dirs.primary!, 'ryw.bin'))).length).toBe(0);
+  });
+
+  it('large writes to a file with nothing cached go straight to the primary; later ones wait behind cached data', async () => {
+    const f = path.join(t.dirs.mnt!, 'pass.bin');
+    const onPrimary = path.join(t.dirs.primary!, 'pass.bin');
+    const big = bytes(MiB, 21);
+    const r = await runSteps([
+      { op: 'open', path: f, flags: 'w' },
+      { op: 'write', off: 0, len: MiB, seed: 21 }, // one write(2): 128 KiB requests
+    ]);
+    expect(r.every((s) => s.ok)).toBe(true);
+    // No fsync, write-back 10 minutes away: on the primary all the same.
+    expect(sha(await primaryBytes(onPrimary))).toBe(sha(big));
+    // A small write is cached; a large one over it must not be overtaken by its write-back.
+    const small = bytes(4096, 22);
+    const over = bytes(256 * 1024, 23);
+    const r2 = await runSteps([
+      { op: 'open', path: f, flags: 'r+' },
+      { op: 'write', off: 100_000, len: small.length, seed: 22 },
+      { op: 'write', off: 0, len: over.length, seed: 23 },
+      { op: 'close' },
+    ]);
+    expect(r2.every((s) => s.ok)).toBe(true);
+    const want = Buffer.from(big);
+    small.copy(want, 100_000);
+    over.copy(want, 0);
+    expect(sha(await primaryBytes(onPrimary))).toBe(sha(big)); // both cached: the file was dirty
+    const [read] = await runSteps([{ op: 'read', path: f }]);
+    expect(read).toMatchObject({ ok: true, size: MiB, sha: sha(want) });
+    await runSteps([{ op: 'open', path: f, flags: 'r+' }, { op: 'fsync' }, { op: 'close' }]);
+    expect(sha(await primaryBytes(onPrimary))).toBe(sha(want));
   });
 
   it('reports size and mtime of cached writes', async () => {
@@ -301,7 +333,8 @@ describe('in-process mount: dirty limit and write-back errors', () => {
       maxDirty = Math.max(maxDirty, tfs!.status().cache.dirtyBytes);
     }, 1);
     try {
-      const r = await sh(`dd if='${src}' of='${t.dirs.mnt}/big' bs=1M 2>&1`, { timeoutMs: 60_000 });
+      // 64 KiB write(2)s: cached (128 KiB requests would bypass the cache).
+      const r = await sh(`dd if='${src}' of='${t.dirs.mnt}/big' bs=64k 2>&1`, { timeoutMs: 60_000 });
       expect(r.code, r.stdout).toBe(0);
     } finally {
       clearInterval(sampler);
@@ -334,14 +367,14 @@ describe('in-process mount: dirty limit and write-back errors', () => {
     const [fsyncRun, closeRun] = await Promise.all([
       runSteps([
         { op: 'open', path: `${m}/a.bin`, flags: 'w' },
-        { op: 'write', off: 0, len: a.length, seed: 51 },
+        { op: 'write', off: 0, len: a.length, seed: 51, chunk: 64 * 1024 },
         { op: 'fsync' },
         { op: 'close' },
       ]),
       // No fsync: the background write-back fails, and close() must say so.
       runSteps([
         { op: 'open', path: `${m}/b.bin`, flags: 'w' },
-        { op: 'write', off: 0, len: b.length, seed: 52 },
+        { op: 'write', off: 0, len: b.length, seed: 52, chunk: 64 * 1024 },
         { op: 'sleep', ms: 1500 },
         { op: 'close' },
       ]),
@@ -376,6 +409,25 @@ describe('in-process mount: dirty limit and write-back errors', () => {
       { op: 'close' },
     ]);
     expect(again.every((s) => s.ok)).toBe(true);
+    await tfs.unmount();
+    tfs = undefined;
+  });
+
+  it('a full primary: a large write (not cached) fails at once with ENOSPC and leaves nothing behind', async () => {
+    const small = path.join(t.dirs.small!, 'again');
+    await fsp.mkdir(small);
+    await mountTmpfs(small, 'size=1m');
+    mounted.push(small);
+    const m = t.dirs.smnt!;
+    tfs = await TwinFs.mount({ primary: small, mount: m, writebackMs: 600_000 });
+    await sh(`dd if=/dev/zero of='${small}/filler' bs=4k 2>/dev/null`);
+    const r = await runSteps([
+      { op: 'open', path: `${m}/big.bin`, flags: 'w' },
+      { op: 'write', off: 0, len: 512 * 1024, seed: 61 },
+      { op: 'close' },
+    ]);
+    expect(r.map((s) => s.code ?? 'ok')).toEqual(['ok', 'ENOSPC', 'ok']);
+    expect(tfs.status().cache.dirtyBytes).toBe(0);
     await tfs.unmount();
     tfs = undefined;
   });
