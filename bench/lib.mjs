@@ -331,6 +331,7 @@ export function makeTree(dir, { count, size, perDir = 1000, large = [] }) {
   for (let i = 0; i < pool.length; i += 4) pool.writeUInt32LE((Math.random() * 2 ** 32) >>> 0, i);
   let bytes = 0;
   let files = 0;
+  fs.mkdirSync(dir, { recursive: true });
   for (let i = 0; i < count; i++) {
     const sub = path.join(dir, `d${String(Math.floor(i / perDir)).padStart(4, '0')}`);
     if (i % perDir === 0) fs.mkdirSync(sub, { recursive: true });
