@@ -33,7 +33,7 @@
 //
 // Phases of every twinfs run come from its --json progress lines, timestamped on arrival.
 //
-//   node bench/backup.mjs                                            full size (~10 minutes)
+//   node bench/backup.mjs                                            full size (~6 minutes)
 //   node bench/backup.mjs --tree-mib 64 --files 1000 --reps 1        (smoke, ~1 minute)
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -327,6 +327,28 @@ if (sections.has('full')) {
     }
   }
   out.full = res;
+  // What the split protocol alone costs the server: prepare (flush, split, the item list) and
+  // release (resync) of the same selection, nothing read in between.
+  const c = await controlClient(srv.url, srv.token);
+  const splits = [];
+  for (let i = 0; i < opts.reps; i++) {
+    dropCaches();
+    const before = serverCounters(srv.pid);
+    const t = performance.now();
+    const p = await c.prepare({ subtree: '/mixed' }, { leaseMs: 60_000 });
+    await c.release(p.backupId);
+    splits.push({
+      ms: performance.now() - t,
+      server: delta(before, serverCounters(srv.pid)),
+      items: p.items.length,
+      itemsComplete: p.itemsComplete,
+    });
+  }
+  await c.close();
+  out.splitOnly = splits;
+  log(
+    `prepare + release alone: server CPU ${splits.map((x) => fmt(x.server.cpuS, 2)).join(', ')} s, ${splits[0].items} items (complete: ${splits[0].itemsComplete})`,
+  );
 }
 
 // ---- no-change incremental vs rsync -------------------------------------------------------------
@@ -485,6 +507,12 @@ if (out.full && ['twinfs', 'cp', 'rsync', 'mount-cp'].every((c) => out.full[c]?.
       ['write_bytes MiB', fmt(m(peer, 'writeBytes') / MiB, 2), fmt(m(mnt, 'writeBytes') / MiB, 1), '—'],
     ],
   );
+  if (out.splitOnly) {
+    const S = out.splitOnly.map((x) => x.server);
+    w(
+      `\nof which prepare + release alone (no copy; cold cache; ${out.splitOnly[0].items} items in the reply, complete: ${out.splitOnly[0].itemsComplete}): server CPU ${range(S.map((x) => x.cpuS))} s, read_bytes ${fmt(m(S, 'readBytes') / MiB, 2)} MiB, round trip ${fmt(median(out.splitOnly.map((x) => x.ms)), 0)} ms\n`,
+    );
+  }
   w(
     `\n(server CPU during cp -a / rsync -a of the mirror, i.e. the idle server: ${F.cp.map((r) => fmt(r.server.cpuS, 2)).join(', ')} / ${F.rsync.map((r) => fmt(r.server.cpuS, 2)).join(', ')} s)\ngoal: ≤ 1%\n\n`,
   );
