@@ -320,6 +320,37 @@ export function dropCaches() {
   }
 }
 
+/**
+ * Fills dir with files written directly (never through a mount): count files of size bytes (or
+ * size(i)) in subdirectories of perDir files, then the large files (large[j] bytes each, named
+ * largeJ). Data comes from a 4 MiB pool of random words (not compressible, not all unique).
+ * Returns { files, bytes }.
+ */
+export function makeTree(dir, { count, size, perDir = 1000, large = [] }) {
+  const pool = Buffer.alloc(4 * MiB);
+  for (let i = 0; i < pool.length; i += 4) pool.writeUInt32LE((Math.random() * 2 ** 32) >>> 0, i);
+  let bytes = 0;
+  let files = 0;
+  fs.mkdirSync(dir, { recursive: true });
+  for (let i = 0; i < count; i++) {
+    const sub = path.join(dir, `d${String(Math.floor(i / perDir)).padStart(4, '0')}`);
+    if (i % perDir === 0) fs.mkdirSync(sub, { recursive: true });
+    const n = typeof size === 'function' ? size(i) : size;
+    const off = (i * 4099) % (pool.length - n);
+    fs.writeFileSync(path.join(sub, `f${i}`), pool.subarray(off, off + n));
+    bytes += n;
+    files++;
+  }
+  for (const [j, n] of large.entries()) {
+    const fd = fs.openSync(path.join(dir, `large${j}`), 'w');
+    for (let w = 0; w < n; w += pool.length) fs.writeSync(fd, pool, 0, Math.min(pool.length, n - w));
+    fs.closeSync(fd);
+    bytes += n;
+    files++;
+  }
+  return { files, bytes };
+}
+
 // ---- servers -----------------------------------------------------------------------------------
 
 /**

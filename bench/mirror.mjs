@@ -31,6 +31,7 @@ import {
   fmt,
   log,
   MiB,
+  makeTree,
   median,
   mkdirs,
   mountTmpfs,
@@ -68,31 +69,6 @@ const cli = opts.cli || undefined;
 const out = {};
 const loads = {};
 const noteLoad = (k) => (loads[k] = os.loadavg()[0].toFixed(2));
-
-/** Fills dir with files (written directly, not through a mount); returns { files, bytes }. */
-function makeTree(dir, { count, size, perDir = 1000, large = [] }) {
-  const pool = Buffer.alloc(4 * MiB);
-  for (let i = 0; i < pool.length; i += 4) pool.writeUInt32LE((Math.random() * 2 ** 32) >>> 0, i);
-  let bytes = 0;
-  let files = 0;
-  for (let i = 0; i < count; i++) {
-    const sub = path.join(dir, `d${String(Math.floor(i / perDir)).padStart(4, '0')}`);
-    if (i % perDir === 0) fs.mkdirSync(sub, { recursive: true });
-    const n = typeof size === 'function' ? size(i) : size;
-    const off = (i * 4099) % (pool.length - n);
-    fs.writeFileSync(path.join(sub, `f${i}`), pool.subarray(off, off + n));
-    bytes += n;
-    files++;
-  }
-  for (const [j, n] of large.entries()) {
-    const fd = fs.openSync(path.join(dir, `large${j}`), 'w');
-    for (let w = 0; w < n; w += pool.length) fs.writeSync(fd, pool, 0, Math.min(pool.length, n - w));
-    fs.closeSync(fd);
-    bytes += n;
-    files++;
-  }
-  return { files, bytes };
-}
 
 async function mirroredServer(d, mirror, extra = {}) {
   return startTwinfs({

@@ -16,7 +16,7 @@ import {
 import { Catalog, type EntryRecord, type SnapshotRecord } from './catalog.js';
 import { EntryCopier } from './entry-copier.js';
 import { locateMirror, MirrorReader, type SourceEntry, toVolumePath } from './mirror-source.js';
-import { forEachLimit } from './safe-tree.js';
+import { forEachLimit, forEachLimitAsync } from './safe-tree.js';
 import { type BackupControl, describe, SplitLease } from './split-lease.js';
 import {
   type BackupTarget,
@@ -92,8 +92,6 @@ export interface BackupWarning {
 }
 
 const DEFAULT_LEASE_MS = 60_000;
-/** Entries per batch when the run walks the mirror itself. */
-const WALK_BATCH = 256;
 
 /** A snapshot id: sortable by time, unique enough, safe as a file name. */
 export function newSnapshotId(now = new Date()): string {
@@ -305,17 +303,13 @@ export class BackupRun {
       this.progress.bytesTotal = sources.reduce((n, s) => n + (s.item?.type === 'file' ? s.item.size : 0), 0);
       await forEachLimit(sources, concurrency, copyOne);
     } else {
-      let batch: SourceEntry[] = [];
-      for await (const s of reader.walk(this.opts.selector)) {
+      // Copies start as the walk finds entries and the walk goes on while they run (no batch
+      // waits for its slowest file before the walk resumes).
+      await forEachLimitAsync(reader.walk(this.opts.selector), concurrency, async (s) => {
         throwIfAborted(signal);
         this.progress.filesTotal++;
-        batch.push(s);
-        if (batch.length >= WALK_BATCH) {
-          await forEachLimit(batch, concurrency, copyOne);
-          batch = [];
-        }
-      }
-      await forEachLimit(batch, concurrency, copyOne);
+        await copyOne(s);
+      });
     }
     throwIfAborted(signal);
     return entries.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));

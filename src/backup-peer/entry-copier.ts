@@ -1,4 +1,5 @@
 import type { Stats } from 'node:fs';
+import type { FileHandle } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { delay } from '../common/async.js';
 import { errnoCode, TwinError } from '../common/errors.js';
@@ -14,6 +15,8 @@ import {
 } from './target.js';
 
 const RETRY_DELAYS_MS = [200, 1000, 3000];
+/** Files up to this size are read whole, in one read(2), instead of through a read stream. */
+const SMALL_FILE = 1 << 20;
 
 export interface CopierOptions {
   reader: MirrorReader;
@@ -123,7 +126,20 @@ export class EntryCopier {
       const { fh, stat } = opened;
       let counted = 0;
       try {
-        const source = fh.createReadStream({ start: 0, highWaterMark: 1 << 20, autoClose: false });
+        // A small file in one read into a buffer of its size; a large one as a stream of 1 MiB
+        // chunks that stops at the size fstat gave (a file that grew or shrank meanwhile is
+        // caught below). Without the bound every file cost a 1 MiB buffer and an extra read.
+        const source: AsyncIterable<Buffer> | Iterable<Buffer> =
+          stat.size === 0
+            ? []
+            : stat.size <= SMALL_FILE
+              ? [await readWhole(fh, stat.size)]
+              : fh.createReadStream({
+                  start: 0,
+                  end: stat.size - 1,
+                  highWaterMark: 1 << 20,
+                  autoClose: false,
+                });
         // Counts as the target consumes (a 'data' listener would race the target's reader).
         const counting = async function* () {
           for await (const chunk of source) {
@@ -161,6 +177,18 @@ export class EntryCopier {
       }
     }
   }
+}
+
+/** Reads up to size bytes from offset 0 (fewer if the file shrank: the caller checks the count). */
+async function readWhole(fh: FileHandle, size: number): Promise<Buffer> {
+  const buf = Buffer.allocUnsafe(size);
+  let off = 0;
+  while (off < size) {
+    const { bytesRead } = await fh.read(buf, off, size - off, off);
+    if (bytesRead === 0) break;
+    off += bytesRead;
+  }
+  return off === size ? buf : buf.subarray(0, off);
 }
 
 function metaOf(st: Stats): EntryMeta {

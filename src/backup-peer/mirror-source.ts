@@ -136,6 +136,9 @@ export function toVolumePath(p: string): string {
   return '/' + volumePathParts(p.startsWith('/') ? p : '/' + p).join('/');
 }
 
+/** lstats in flight at once while a directory is walked. */
+const WALK_LSTATS = 64;
+
 /** Reads split copies under the mirror's data directory by volume path. */
 export class MirrorReader {
   private readonly tree: SafeTree;
@@ -194,12 +197,19 @@ export class MirrorReader {
 
   private async *walkDir(dir: string): AsyncGenerator<SourceEntry> {
     const names = (await fsp.readdir(await this.tree.resolve(dir))).sort();
-    for (const name of names) {
-      const p = dir === '/' ? `/${name}` : `${dir}/${name}`;
-      const st = await this.lstat(p).catch(() => undefined);
-      if (!st) continue;
-      yield { path: p, mirrorPath: p, stat: st };
-      if (st.isDirectory()) yield* this.walkDir(p);
+    // The lstats of a directory's entries go out WALK_LSTATS at a time, not one after the
+    // other: one at a time, a walk of 10,000 files is 10,000 thread-pool round trips in a row.
+    for (let i = 0; i < names.length; i += WALK_LSTATS) {
+      const paths = names
+        .slice(i, i + WALK_LSTATS)
+        .map((name) => (dir === '/' ? `/${name}` : `${dir}/${name}`));
+      const stats = await Promise.all(paths.map((p) => this.lstat(p).catch(() => undefined)));
+      for (const [j, p] of paths.entries()) {
+        const st = stats[j];
+        if (!st) continue;
+        yield { path: p, mirrorPath: p, stat: st };
+        if (st.isDirectory()) yield* this.walkDir(p);
+      }
     }
   }
 }

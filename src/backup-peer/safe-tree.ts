@@ -129,3 +129,45 @@ export async function forEachLimit<T>(
   await Promise.all(Array.from({ length: Math.max(1, limit) }, worker));
   if (failed) throw failed.err;
 }
+
+/**
+ * forEachLimit over an async iterable: `limit` workers pull the next item as they get free, so
+ * producing items and processing them overlap. Rejects with the first failure (after the
+ * workers in flight settled); the iterable is closed then, or when it ran out.
+ */
+export async function forEachLimitAsync<T>(
+  items: AsyncIterable<T>,
+  limit: number,
+  fn: (item: T) => Promise<void>,
+): Promise<void> {
+  const it = items[Symbol.asyncIterator]();
+  let failed: { err: unknown } | undefined;
+  let done = false;
+  const worker = async () => {
+    for (;;) {
+      if (failed || done) return;
+      let n: IteratorResult<T>;
+      try {
+        n = await it.next();
+      } catch (err) {
+        failed ??= { err };
+        return;
+      }
+      if (n.done) {
+        done = true;
+        return;
+      }
+      try {
+        await fn(n.value);
+      } catch (err) {
+        failed ??= { err };
+      }
+    }
+  };
+  try {
+    await Promise.all(Array.from({ length: Math.max(1, limit) }, worker));
+  } finally {
+    if (!done) await it.return?.(undefined)?.catch(() => undefined);
+  }
+  if (failed) throw failed.err;
+}

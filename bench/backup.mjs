@@ -1,0 +1,572 @@
+#!/usr/bin/env node
+// Backup peer benchmark (issue 4): throughput, a no-change incremental, and offload.
+//
+// One twinfs server, mirror on the same disk as the primary. The primary holds two trees,
+// written directly before the server starts (the server's initial copy then fills the mirror,
+// and the bench waits for PAIR and an idle mirror over the control channel):
+//   /mixed  --tree-mib (1 GiB): half in 4 large files, half in 4–64 KiB files (the tree of
+//           bench/mirror.mjs section D, makeTree in lib.mjs)
+//   /inc    --files (10,000) small files of 1–8 KiB, 100 per directory
+//
+//   full     per repetition, in rotated order, page cache dropped (sync; drop_caches) before
+//            each, every copy on the same disk:
+//              twinfs    `twinfs backup --subtree /mixed --target dir:NEW --catalog NEW --json`
+//                        (a new catalog: nothing to share, a full copy; the dir target fsyncs
+//                        every file at commit)
+//              cp        `cp -a MIRROR/data/mixed NEW`
+//              rsync     `rsync -a MIRROR/data/mixed/ NEW/`
+//              mount-cp  `cp -a MOUNT/mixed NEW`: the same data read through the mount
+//            timed from spawn to exit; `sync` right after cp/rsync is timed separately (they
+//            leave their writes dirty, the dir target does not). Each copier's CPU (user+sys of
+//            the process tree) and the server's CPU and I/O counters (/proc/PID/stat, io)
+//            before and after every run.
+//   inc      one full twinfs backup of /inc to a target and one `rsync -a` to a copy, then per
+//            repetition, rotated, nothing changed, cold (caches dropped) and warm (right after):
+//              twinfs      `twinfs backup --subtree /inc` to the same target and catalog
+//                          (incremental: every file hard-linked to the previous snapshot)
+//              rsync       `rsync -a MIRROR/data/inc/ COPY/` into the up-to-date copy
+//              rsync-link  `rsync -a --link-dest=COPY MIRROR/data/inc/ NEW/`: a new tree of
+//                          hard links, what the dir target builds
+//   offload  from the full section: the server's CPU seconds and bytes read (read_bytes, rchar)
+//            during the twinfs peer backups vs during mount-cp (the same files read through
+//            the mount).
+//
+// Phases of every twinfs run come from its --json progress lines, timestamped on arrival.
+//
+//   node bench/backup.mjs                                            full size (~6 minutes)
+//   node bench/backup.mjs --tree-mib 64 --files 1000 --reps 1        (smoke, ~1 minute)
+import { spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import {
+  commonOptions,
+  controlClient,
+  DIST,
+  dropCaches,
+  fmt,
+  log,
+  MiB,
+  makeTree,
+  median,
+  mkdirs,
+  parseArgs,
+  ratio,
+  sleep,
+  startBench,
+  startTwinfs,
+  table,
+  trackProc,
+  waitMirrorIdle,
+} from './lib.mjs';
+
+const opts = parseArgs(
+  {
+    'tree-mib': { default: 1024, help: 'full/offload: size of the mixed tree, MiB' },
+    files: { default: 10000, help: 'inc: small files in the incremental tree' },
+    reps: { default: 3, help: 'repetitions of every configuration (medians and ranges)' },
+    sections: { default: 'full,inc', help: 'which sections to run (offload is computed from full)' },
+    'full-configs': {
+      default: 'twinfs,cp,rsync,mount-cp',
+      help: 'full: which copies to run (all four for the report)',
+    },
+    verify: { default: false, help: 'diff -r the first snapshot of each tree against the mirror' },
+    'cpu-prof': { default: '', help: 'write a V8 CPU profile of every twinfs backup run into this dir' },
+    'cmd-timeout': { default: 900, help: 'time limit of one copy command, s' },
+    ...commonOptions('parent of the temporary directories (same disk as /)'),
+    'time-limit': { default: 2700, help: 'abort (and clean up) after this many seconds' },
+  },
+  'node bench/backup.mjs [options]: backup peer throughput, incremental and offload (issue 4)',
+);
+const sections = new Set(opts.sections.split(','));
+const loadAtStart = fs.readFileSync('/proc/loadavg', 'utf8').trim();
+const { notes, base } = await startBench(opts);
+const cliPath = opts.cli || path.join(DIST, 'cli/main.js');
+const CMD_MS = opts['cmd-timeout'] * 1000;
+const d = mkdirs(base, 'primary', 'mount', 'state', 'work');
+const mirror = path.join(base, 'mirror');
+const mirrorData = path.join(mirror, 'data');
+const loads = {};
+const noteLoad = (k) => (loads[k] = fs.readFileSync('/proc/loadavg', 'utf8').trim());
+
+// ---- helpers --------------------------------------------------------------------------------
+
+/** Server counters: CPU s (all threads) and /proc/PID/io. */
+function serverCounters(pid) {
+  const f = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+  const io = Object.fromEntries(
+    fs
+      .readFileSync(`/proc/${pid}/io`, 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => l.split(': '))
+      .map(([k, v]) => [k, Number(v)]),
+  );
+  return { cpuS: (Number(f[11]) + Number(f[12])) / 100, ...io };
+}
+function delta(a, b) {
+  return {
+    cpuS: b.cpuS - a.cpuS,
+    readBytes: b.read_bytes - a.read_bytes,
+    rchar: b.rchar - a.rchar,
+    writeBytes: b.write_bytes - a.write_bytes,
+  };
+}
+
+/**
+ * Runs cmd under `sh` in its own process group with a timeout; stdout lines are timestamped as
+ * they arrive (ms since spawn). Resolves { ms, lines, stderr, cpuS } where cpuS is the user+sys
+ * time of the command and its children (the shell's cutime+cstime after waiting for it).
+ */
+function runMeasured(cmd, args, { timeoutMs = CMD_MS } = {}) {
+  return new Promise((resolve, reject) => {
+    const script = '"$@"; rc=$?; read -r s < /proc/$$/stat; echo "@@stat $s" >&2; exit $rc';
+    const t0 = performance.now();
+    const p = spawn('sh', ['-c', script, 'sh', cmd, ...args], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      detached: true,
+    });
+    trackProc(p);
+    const lines = [];
+    let buf = '';
+    let stderr = '';
+    p.stdout.on('data', (x) => {
+      const at = performance.now() - t0;
+      buf += x;
+      let i;
+      while ((i = buf.indexOf('\n')) >= 0) {
+        lines.push({ at, text: buf.slice(0, i) });
+        buf = buf.slice(i + 1);
+      }
+    });
+    p.stderr.on('data', (x) => (stderr += x));
+    const timer = setTimeout(() => {
+      try {
+        process.kill(-p.pid, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
+      reject(new Error(`${cmd} ${args.join(' ')}: timed out after ${timeoutMs} ms`));
+    }, timeoutMs);
+    p.on('exit', (code) => {
+      clearTimeout(timer);
+      const ms = performance.now() - t0;
+      const m = /@@stat .*\) (.*)$/m.exec(stderr);
+      let cpuS = Number.NaN;
+      if (m) {
+        const f = m[1].split(' ');
+        cpuS = (Number(f[13]) + Number(f[14])) / 100; // cutime + cstime
+      }
+      stderr = stderr.replace(/^@@stat .*\n?/m, '');
+      if (code !== 0) reject(new Error(`${cmd} ${args.join(' ')} exited ${code}: ${stderr.slice(-2000)}`));
+      else resolve({ ms, lines, stderr, cpuS });
+    });
+  });
+}
+
+let srv;
+let profN = 0;
+/** One `twinfs backup` run; returns its times, phases and result. */
+async function twinfsBackup({ subtree, target, catalog }) {
+  const nodeArgs = [];
+  if (opts['cpu-prof']) {
+    fs.mkdirSync(opts['cpu-prof'], { recursive: true });
+    nodeArgs.push(
+      '--cpu-prof',
+      '--cpu-prof-dir',
+      opts['cpu-prof'],
+      '--cpu-prof-name',
+      `backup-${++profN}.cpuprofile`,
+    );
+  }
+  const args = [
+    ...nodeArgs,
+    cliPath,
+    'backup',
+    '--server',
+    srv.url,
+    '--token-file',
+    path.join(d.state, 'control.token'),
+    '--target',
+    `dir:${target}`,
+    '--catalog',
+    catalog,
+    '--subtree',
+    subtree,
+    '--json',
+  ];
+  const before = serverCounters(srv.pid);
+  const r = await runMeasured(process.execPath, args);
+  const server = delta(before, serverCounters(srv.pid));
+  const events = r.lines.flatMap((l) => {
+    try {
+      return [{ ...JSON.parse(l.text), at: l.at }];
+    } catch {
+      return [];
+    }
+  });
+  const result = events.findLast((e) => e.event === 'done');
+  if (!result) throw new Error(`twinfs backup printed no result: ${r.stderr.slice(-1000)}`);
+  const firstAt = (ph) => events.find((e) => e.event === 'progress' && e.phase === ph)?.at;
+  const tConnect = firstAt('connect');
+  const tPrepare = firstAt('prepare');
+  const tCopy = firstAt('copy');
+  const tCommit = firstAt('commit');
+  const tDone = firstAt('done');
+  const phases = {
+    startMs: tConnect,
+    connectMs: tPrepare - tConnect,
+    prepareMs: tCopy - tPrepare,
+    copyMs: tCommit - tCopy,
+    commitMs: tDone - tCommit,
+    exitMs: r.ms - tDone,
+  };
+  return {
+    ms: r.ms,
+    cpuS: r.cpuS,
+    server,
+    phases,
+    stallMs: result.stallMs,
+    totals: result.totals,
+    id: result.snapshotId,
+  };
+}
+
+async function plainCopy(cmd, args) {
+  const before = serverCounters(srv.pid);
+  const r = await runMeasured(cmd, args);
+  const server = delta(before, serverCounters(srv.pid));
+  const t = performance.now();
+  await runMeasured('sync', []);
+  return { ms: r.ms, cpuS: r.cpuS, server, syncMs: performance.now() - t };
+}
+
+const rm = (p) => fs.rmSync(p, { recursive: true, force: true });
+const rotate = (xs, k) => xs.map((_, i) => xs[(i + k) % xs.length]);
+const stats = (xs) => ({ median: median(xs), min: Math.min(...xs), max: Math.max(...xs) });
+
+// ---- setup: trees in the primary, server with an empty mirror, wait for PAIR ------------------
+noteLoad('setup');
+const total = opts['tree-mib'] * MiB;
+const largeEach = Math.floor(total / 2 / 4 / MiB) * MiB;
+const mixed = makeTree(path.join(d.primary, 'mixed'), {
+  count: Math.max(1, Math.floor(total / 2 / (34 * 1024))),
+  size: (i) => 4096 + ((i * 7919) % 61) * 1024, // 4–64 KiB, average ~34 KiB
+  perDir: 256,
+  large: [largeEach, largeEach, largeEach, largeEach],
+});
+const inc = makeTree(path.join(d.primary, 'inc'), {
+  count: opts.files,
+  size: (i) => 1024 + ((i * 7919) % 8) * 1024, // 1–8 KiB
+  perDir: 100,
+});
+log(
+  `trees: /mixed ${mixed.files} files ${fmt(mixed.bytes / MiB)} MiB, /inc ${inc.files} files ${fmt(inc.bytes / MiB)} MiB`,
+);
+const t0 = performance.now();
+srv = await startTwinfs({
+  cli: opts.cli || undefined,
+  primary: d.primary,
+  mount: d.mount,
+  mirror,
+  stateDir: d.state,
+  control: '127.0.0.1:0',
+  verbose: opts.verbose,
+});
+await srv.waitEvent(
+  (e) => e.event === 'state' && e.state === 'PAIR' && e.paths === 'volume',
+  1_200_000,
+  'PAIR',
+);
+const client = await controlClient(srv.url, srv.token);
+const st = await waitMirrorIdle(client);
+await client.close();
+log(
+  `server pid ${srv.pid}: mirror ${st.mirror?.state} (initial copy ${fmt((performance.now() - t0) / 1000, 1)} s), data in ${mirrorData}`,
+);
+if (!fs.existsSync(path.join(mirror, 'device.json'))) throw new Error(`${mirror} holds no device.json`);
+
+async function verifySnapshot(target, id, subtree) {
+  const r = await runMeasured('diff', [
+    '-r',
+    '--no-dereference',
+    path.join(mirrorData, subtree),
+    path.join(target, id, subtree),
+  ]);
+  log(`verify: snapshot ${id}${subtree} equals the mirror (diff -r, ${fmt(r.ms / 1000, 1)} s)`);
+}
+
+const out = { trees: { mixed, inc } };
+
+// ---- full backup vs cp -a / rsync -a, and through the mount --------------------------------------
+if (sections.has('full')) {
+  noteLoad('full');
+  const configs = opts['full-configs'].split(',');
+  const res = Object.fromEntries(configs.map((c) => [c, []]));
+  for (let rep = 0; rep < opts.reps; rep++) {
+    for (const cfg of rotate(configs, rep)) {
+      const dest = path.join(d.work, `full-${cfg}-${rep}`);
+      dropCaches();
+      let r;
+      if (cfg === 'twinfs') {
+        r = await twinfsBackup({ subtree: '/mixed', target: dest, catalog: `${dest}.catalog` });
+        if (r.totals.copiedBytes !== mixed.bytes || r.totals.files !== mixed.files)
+          throw new Error(
+            `full backup copied ${JSON.stringify(r.totals)}, expected ${JSON.stringify(mixed)}`,
+          );
+        if (opts.verify && rep === 0) await verifySnapshot(dest, r.id, '/mixed');
+      } else if (cfg === 'cp') r = await plainCopy('cp', ['-a', path.join(mirrorData, 'mixed'), dest]);
+      else if (cfg === 'rsync')
+        r = await plainCopy('rsync', ['-a', `${path.join(mirrorData, 'mixed')}/`, `${dest}/`]);
+      else r = await plainCopy('cp', ['-a', path.join(d.mount, 'mixed'), dest]);
+      res[cfg].push(r);
+      log(
+        `full rep ${rep} ${cfg}: ${fmt(r.ms / 1000, 2)} s${r.syncMs !== undefined ? ` (+ sync ${fmt(r.syncMs / 1000, 2)} s)` : ''}, CPU ${fmt(r.cpuS, 2)} s, server CPU ${fmt(r.server.cpuS, 2)} s read ${fmt(r.server.readBytes / MiB)} MiB`,
+      );
+      rm(dest);
+      rm(`${dest}.catalog`);
+    }
+  }
+  out.full = res;
+  // What the split protocol alone costs the server: prepare (flush, split, the item list) and
+  // release (resync) of the same selection, nothing read in between.
+  const c = await controlClient(srv.url, srv.token);
+  const splits = [];
+  for (let i = 0; i < opts.reps; i++) {
+    dropCaches();
+    const before = serverCounters(srv.pid);
+    const t = performance.now();
+    const p = await c.prepare({ subtree: '/mixed' }, { leaseMs: 60_000 });
+    await c.release(p.backupId);
+    splits.push({
+      ms: performance.now() - t,
+      server: delta(before, serverCounters(srv.pid)),
+      items: p.items.length,
+      itemsComplete: p.itemsComplete,
+    });
+  }
+  await c.close();
+  out.splitOnly = splits;
+  log(
+    `prepare + release alone: server CPU ${splits.map((x) => fmt(x.server.cpuS, 2)).join(', ')} s, ${splits[0].items} items (complete: ${splits[0].itemsComplete})`,
+  );
+}
+
+// ---- no-change incremental vs rsync -------------------------------------------------------------
+if (sections.has('inc')) {
+  noteLoad('inc');
+  const target = path.join(d.work, 'inc-target');
+  const catalog = path.join(d.work, 'inc-catalog');
+  const copy = path.join(d.work, 'inc-rsync');
+  const src = `${path.join(mirrorData, 'inc')}/`;
+  dropCaches();
+  const first = await twinfsBackup({ subtree: '/inc', target, catalog });
+  if (opts.verify) await verifySnapshot(target, first.id, '/inc');
+  dropCaches();
+  const firstRsync = await plainCopy('rsync', ['-a', src, `${copy}/`]);
+  log(`inc: first full backup ${fmt(first.ms / 1000, 2)} s, first rsync ${fmt(firstRsync.ms / 1000, 2)} s`);
+  const configs = ['twinfs', 'rsync', 'rsync-link'];
+  const res = Object.fromEntries(configs.map((c) => [c, { cold: [], warm: [] }]));
+  for (let rep = 0; rep < opts.reps; rep++) {
+    for (const cfg of rotate(configs, rep)) {
+      for (const temp of ['cold', 'warm']) {
+        if (temp === 'cold') dropCaches();
+        let r;
+        if (cfg === 'twinfs') {
+          r = await twinfsBackup({ subtree: '/inc', target, catalog });
+          if (r.totals.reusedFiles !== inc.files || r.totals.copiedBytes !== 0)
+            throw new Error(`incremental backup was not a no-change one: ${JSON.stringify(r.totals)}`);
+        } else if (cfg === 'rsync') r = await plainCopy('rsync', ['-a', src, `${copy}/`]);
+        else {
+          const dest = path.join(d.work, `inc-link-${rep}-${temp}`);
+          r = await plainCopy('rsync', ['-a', `--link-dest=${copy}`, src, `${dest}/`]);
+          rm(dest);
+        }
+        res[cfg][temp].push(r);
+        log(
+          `inc rep ${rep} ${cfg} ${temp}: ${fmt(r.ms, 0)} ms, CPU ${fmt(r.cpuS, 2)} s${r.phases ? ` phases ${JSON.stringify(Object.fromEntries(Object.entries(r.phases).map(([k, v]) => [k, Math.round(v)])))}` : ''}`,
+        );
+      }
+    }
+  }
+  out.inc = { first, firstRsync, res };
+}
+
+await srv.stop();
+const loadAtEnd = fs.readFileSync('/proc/loadavg', 'utf8').trim();
+
+// ---- report -------------------------------------------------------------------------------------
+const w = (s) => process.stdout.write(s);
+const range = (xs, digits = 2) => {
+  const s = stats(xs);
+  return `${fmt(s.median, digits)} [${fmt(s.min, digits)}–${fmt(s.max, digits)}]`;
+};
+w(`\n## bench/backup.mjs — ${notes.date}\n\n`);
+w(
+  `machine: ${notes.cpus}, ${notes.memGiB} GiB, kernel ${notes.kernel}, node ${notes.node}, git ${notes.git}\nbuild: ${notes.build}\n` +
+    `/proc/loadavg at start: ${loadAtStart}; at each section: ${JSON.stringify(loads)}; at end: ${loadAtEnd}\n\n`,
+);
+if (out.full && ['twinfs', 'cp', 'rsync', 'mount-cp'].every((c) => out.full[c]?.length)) {
+  const F = out.full;
+  const mib = mixed.bytes / MiB;
+  const med = (cfg, k = 'ms') => median(F[cfg].map((r) => r[k]));
+  const rows = [
+    ['twinfs backup (peer, dir: target)', 'twinfs'],
+    ['cp -a of the mirror', 'cp'],
+    ['rsync -a of the mirror', 'rsync'],
+    ['cp -a through the mount', 'mount-cp'],
+  ].map(([label, cfg]) => {
+    const s = F[cfg].map((r) => r.ms / 1000);
+    const sync = F[cfg][0].syncMs === undefined ? '(fsyncs)' : fmt(med(cfg, 'syncMs') / 1000, 2);
+    const withSync = F[cfg][0].syncMs === undefined ? med(cfg) : med(cfg) + med(cfg, 'syncMs');
+    return [
+      label,
+      range(s),
+      fmt(mib / (med(cfg) / 1000)),
+      ratio(med('cp'), med(cfg)),
+      ratio(med('rsync'), med(cfg)),
+      sync,
+      fmt(mib / (withSync / 1000)),
+      fmt(med(cfg, 'cpuS'), 2),
+      fmt(median(F[cfg].map((r) => r.server.cpuS)), 2),
+      fmt(median(F[cfg].map((r) => r.server.readBytes)) / MiB, 1),
+    ];
+  });
+  w(
+    `Full backup of /mixed: ${mixed.files} files, ${fmt(mib)} MiB (4 × ${fmt(largeEach / MiB, 0)} MiB + ${mixed.files - 4} files of 4–64 KiB); ${opts.reps} reps rotated, caches dropped before each; median [range]\n\n`,
+  );
+  table(
+    [
+      'copy',
+      'seconds',
+      'MiB/s',
+      'throughput vs cp -a',
+      'vs rsync -a',
+      'sync after, s',
+      'MiB/s incl. sync',
+      'copier CPU s',
+      'server CPU s',
+      'server read MiB',
+    ],
+    rows,
+  );
+  w('\ngoal: twinfs backup ≥ 0.9× cp -a and rsync -a\n\n');
+  const ph = (k) => range(F.twinfs.map((r) => r.phases[k] / 1000));
+  table(
+    [
+      'twinfs backup phase (s)',
+      'start (node, plugins)',
+      'connect',
+      'prepare',
+      'copy',
+      'commit (fsync, catalog)',
+      'exit',
+    ],
+    [
+      [
+        'median [range]',
+        ph('startMs'),
+        ph('connectMs'),
+        ph('prepareMs'),
+        ph('copyMs'),
+        ph('commitMs'),
+        ph('exitMs'),
+      ],
+    ],
+  );
+  w(`\n(server stallMs: ${F.twinfs.map((r) => fmt(r.stallMs, 1)).join(', ')})\n\n`);
+
+  // offload
+  const peer = F.twinfs.map((r) => r.server);
+  const mnt = F['mount-cp'].map((r) => r.server);
+  const m = (xs, k) => median(xs.map((x) => x[k]));
+  const pct = (a, b) => (b > 0 ? `${((100 * a) / b).toFixed(2)}%` : '—');
+  w(
+    `Offload: the server process during the peer backup vs during cp -a of the same tree through the mount (median of ${opts.reps})\n\n`,
+  );
+  table(
+    ['server counter', 'peer backup', 'through the mount', 'peer / mount'],
+    [
+      [
+        'CPU s (utime+stime)',
+        fmt(m(peer, 'cpuS'), 2),
+        fmt(m(mnt, 'cpuS'), 2),
+        pct(m(peer, 'cpuS'), m(mnt, 'cpuS')),
+      ],
+      [
+        'read_bytes MiB',
+        fmt(m(peer, 'readBytes') / MiB, 2),
+        fmt(m(mnt, 'readBytes') / MiB, 1),
+        pct(m(peer, 'readBytes'), m(mnt, 'readBytes')),
+      ],
+      [
+        'rchar MiB',
+        fmt(m(peer, 'rchar') / MiB, 2),
+        fmt(m(mnt, 'rchar') / MiB, 1),
+        pct(m(peer, 'rchar'), m(mnt, 'rchar')),
+      ],
+      ['write_bytes MiB', fmt(m(peer, 'writeBytes') / MiB, 2), fmt(m(mnt, 'writeBytes') / MiB, 1), '—'],
+    ],
+  );
+  if (out.splitOnly) {
+    const S = out.splitOnly.map((x) => x.server);
+    w(
+      `\nof which prepare + release alone (no copy; cold cache; ${out.splitOnly[0].items} items in the reply, complete: ${out.splitOnly[0].itemsComplete}): server CPU ${range(S.map((x) => x.cpuS))} s, read_bytes ${fmt(m(S, 'readBytes') / MiB, 2)} MiB, round trip ${fmt(median(out.splitOnly.map((x) => x.ms)), 0)} ms\n`,
+    );
+  }
+  w(
+    `\n(server CPU during cp -a / rsync -a of the mirror, i.e. the idle server: ${F.cp.map((r) => fmt(r.server.cpuS, 2)).join(', ')} / ${F.rsync.map((r) => fmt(r.server.cpuS, 2)).join(', ')} s)\ngoal: ≤ 1%\n\n`,
+  );
+}
+if (out.inc) {
+  const I = out.inc;
+  const R = I.res;
+  w(
+    `No-change incremental of /inc: ${inc.files} files, ${fmt(inc.bytes / MiB)} MiB, ${inc.files / 100} directories; first full backup ${fmt(I.first.ms / 1000, 2)} s, first rsync ${fmt(I.firstRsync.ms / 1000, 2)} s; ${opts.reps} reps rotated; cold = caches dropped, warm = right after\n\n`,
+  );
+  const rs = median(R.rsync.cold.map((r) => r.ms));
+  const rsw = median(R.rsync.warm.map((r) => r.ms));
+  table(
+    ['run', 'cold s', 'vs rsync -a', 'warm s', 'vs rsync -a', 'CPU s cold / warm'],
+    [
+      ['twinfs backup (incremental)', 'twinfs'],
+      ['rsync -a into the up-to-date copy', 'rsync'],
+      ['rsync -a --link-dest (new tree of links)', 'rsync-link'],
+    ].map(([label, cfg]) => [
+      label,
+      range(R[cfg].cold.map((r) => r.ms / 1000)),
+      ratio(median(R[cfg].cold.map((r) => r.ms)), rs),
+      range(R[cfg].warm.map((r) => r.ms / 1000)),
+      ratio(median(R[cfg].warm.map((r) => r.ms)), rsw),
+      `${fmt(median(R[cfg].cold.map((r) => r.cpuS)), 2)} / ${fmt(median(R[cfg].warm.map((r) => r.cpuS)), 2)}`,
+    ]),
+  );
+  w('\n(ratios are time ratios: < 1.00× is faster than rsync -a)\ngoal: twinfs faster than rsync -a\n\n');
+  const ph = (temp, k) => range(R.twinfs[temp].map((r) => r.phases[k] / 1000));
+  table(
+    [
+      'twinfs incremental phase (s)',
+      'start (node, plugins)',
+      'connect',
+      'prepare',
+      'copy',
+      'commit (fsync, catalog)',
+      'exit',
+    ],
+    ['cold', 'warm'].map((t) => [
+      t,
+      ph(t, 'startMs'),
+      ph(t, 'connectMs'),
+      ph(t, 'prepareMs'),
+      ph(t, 'copyMs'),
+      ph(t, 'commitMs'),
+      ph(t, 'exitMs'),
+    ]),
+  );
+  w('\n');
+}
+if (opts.json)
+  fs.writeFileSync(
+    opts.json,
+    JSON.stringify({ notes, opts, loadAtStart, loadAtEnd, loads, results: out }, null, 2),
+  );
+await sleep(10);

@@ -1,0 +1,95 @@
+import { promises as fsp } from 'node:fs';
+import * as path from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { MirrorReader } from '../../src/backup-peer/mirror-source.js';
+import { forEachLimitAsync } from '../../src/backup-peer/safe-tree.js';
+import { tempDir } from './peer-fixture.js';
+
+describe('walking the mirror (the run walks it when the item list was cut short)', () => {
+  const cleanups: Array<() => Promise<void>> = [];
+  afterEach(async () => {
+    for (const c of cleanups.splice(0)) await c();
+  });
+
+  it('yields parents before children, sorted, with more entries in a directory than lstats in flight', async () => {
+    const d = await tempDir();
+    cleanups.push(d.cleanup);
+    const expected: string[] = ['/t'];
+    await fsp.mkdir(path.join(d.dir, 't'));
+    // 150 entries: three rounds of parallel lstats; every 50th a directory with 2 files.
+    const names = Array.from({ length: 150 }, (_, i) => `e${String(i).padStart(3, '0')}`);
+    for (const [i, n] of names.entries()) {
+      const p = path.join(d.dir, 't', n);
+      expected.push(`/t/${n}`);
+      if (i % 50 === 7) {
+        await fsp.mkdir(p);
+        for (const c of ['a', 'b']) {
+          await fsp.writeFile(path.join(p, c), c);
+          expected.push(`/t/${n}/${c}`);
+        }
+      } else await fsp.writeFile(p, n);
+    }
+    await fsp.symlink('/etc', path.join(d.dir, 't', 'zlink'));
+    expected.push('/t/zlink');
+    const got: string[] = [];
+    for await (const s of new MirrorReader(d.dir).walk({ subtree: '/t' })) {
+      expect(s.stat).toBeDefined();
+      got.push(s.path);
+    }
+    expect(got).toEqual(expected);
+  });
+
+  it('forEachLimitAsync runs at most `limit` at once and overlaps pulling with processing', async () => {
+    let inFlight = 0;
+    let max = 0;
+    let pulled = 0;
+    async function* items() {
+      for (let i = 0; i < 20; i++) {
+        pulled++;
+        yield i;
+      }
+    }
+    const seen: number[] = [];
+    await forEachLimitAsync(items(), 3, async (i) => {
+      inFlight++;
+      max = Math.max(max, inFlight);
+      await new Promise((r) => setTimeout(r, 2));
+      seen.push(i);
+      inFlight--;
+    });
+    expect(max).toBe(3);
+    expect(pulled).toBe(20);
+    expect(seen.sort((a, b) => a - b)).toEqual(Array.from({ length: 20 }, (_, i) => i));
+  });
+
+  it('forEachLimitAsync rejects with the first failure, stops pulling and closes the iterable', async () => {
+    let pulled = 0;
+    let closed = false;
+    async function* items() {
+      try {
+        for (let i = 0; i < 1000; i++) {
+          pulled++;
+          yield i;
+        }
+      } finally {
+        closed = true;
+      }
+    }
+    await expect(
+      forEachLimitAsync(items(), 4, async (i) => {
+        if (i === 5) throw new Error('boom');
+        await new Promise((r) => setTimeout(r, 1));
+      }),
+    ).rejects.toThrow('boom');
+    expect(pulled).toBeLessThan(20);
+    expect(closed).toBe(true);
+  });
+
+  it('forEachLimitAsync rejects when the iterable itself throws', async () => {
+    async function* items() {
+      yield 1;
+      throw new Error('walk failed');
+    }
+    await expect(forEachLimitAsync(items(), 2, async () => undefined)).rejects.toThrow('walk failed');
+  });
+});
