@@ -167,7 +167,9 @@ export class BackupRun {
       const hooks = await this.freezeHooks(selector);
       throwIfAborted(stop.signal);
       this.emit({ phase: 'prepare' });
-      const prep = await control.prepare(o.selector, { leaseMs });
+      // A subtree or the volume is walked here, in the mirror, anyway when the list is long:
+      // asking the server for none keeps that work off it (offload).
+      const prep = await control.prepare(o.selector, { leaseMs, listItems: Boolean(o.selector.paths) });
       // Registered after the connection: disposed (the split released) before it closes.
       const lease = store.add(new SplitLease(control, prep.backupId, leaseMs, (err) => stop.abort(err)));
       this.progress.backupId = prep.backupId;

@@ -5,7 +5,7 @@ import type { PrepareResult, SelectorMsg } from '../control/protocol.js';
 
 /** What a backup run needs of the control channel (ControlClient; a fake in unit tests). */
 export interface BackupControl {
-  prepare(selector: SelectorMsg, opts: { leaseMs?: number }): Promise<PrepareResult>;
+  prepare(selector: SelectorMsg, opts: { leaseMs?: number; listItems?: boolean }): Promise<PrepareResult>;
   renew(backupId: string, leaseMs?: number): Promise<unknown>;
   release(backupId: string): Promise<unknown>;
   readonly onEvent: Event<{ event: string; data: unknown }>;

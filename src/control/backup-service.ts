@@ -91,7 +91,7 @@ export class BackupService {
 
   async prepare(
     sel: SelectorMsg,
-    o: { owner: string; leaseMs?: number; maxStallMs?: number },
+    o: { owner: string; leaseMs?: number; maxStallMs?: number; listItems?: boolean },
   ): Promise<PrepareResult> {
     const mirror = this.requireMirror();
     const selector = await this.resolveSelector(sel);
@@ -114,7 +114,7 @@ export class BackupService {
     sel: SelectorMsg,
     selector: Selector,
     budget: number,
-    o: { owner: string; leaseMs?: number },
+    o: { owner: string; leaseMs?: number; listItems?: boolean },
   ): Promise<PrepareResult> {
     // Write back what is already cached before writes are held (as VSS flushes before it
     // freezes): the stall then covers only what was written since, not the whole backlog.
@@ -188,7 +188,10 @@ export class BackupService {
     this._onEvent.fire({ event: 'split', data: { backupId, selector, stallMs } });
     let listed: { items: Item[]; complete: boolean };
     try {
-      listed = await this.listItems(mirror, selector);
+      listed =
+        o.listItems === false && !selector.paths
+          ? { items: [], complete: false }
+          : await this.listItems(mirror, selector);
     } catch (err) {
       // The caller never learns the backupId: nothing may stay split.
       await this.release(backupId).catch(() => undefined);

@@ -146,7 +146,7 @@ export class ControlClient {
 
   async prepare(
     selector: SelectorMsg,
-    opts: { leaseMs?: number; maxStallMs?: number } = {},
+    opts: { leaseMs?: number; maxStallMs?: number; listItems?: boolean } = {},
   ): Promise<PrepareResult> {
     const r = await this.request('prepare', { selector, ...opts });
     const parsed = prepareResultSchema.safeParse(r);

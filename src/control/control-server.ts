@@ -271,7 +271,12 @@ export class ControlServer {
             .map((x) => ({ id: x.id, client: x.client ?? null })),
         };
       case 'prepare':
-        return svc.prepare(req.selector, { owner: c.id, leaseMs: req.leaseMs, maxStallMs: req.maxStallMs });
+        return svc.prepare(req.selector, {
+          owner: c.id,
+          leaseMs: req.leaseMs,
+          maxStallMs: req.maxStallMs,
+          listItems: req.listItems,
+        });
       case 'renew':
         return svc.renew(req.backupId, c.id, req.leaseMs);
       case 'release':

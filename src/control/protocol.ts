@@ -67,6 +67,11 @@ export const requestSchema = z.discriminatedUnion('type', [
         .optional(),
       /** Override the server's maximum write stall for this prepare (may only be lower). */
       maxStallMs: z.number().int().min(1).max(60_000).optional(),
+      /**
+       * false: no item list for a subtree or volume (items [], itemsComplete false): the peer
+       * walks the mirror itself. Default true. A paths selection is always listed.
+       */
+      listItems: z.boolean().optional(),
     })
     .strict(),
   z

@@ -82,13 +82,18 @@ export class FakeControl implements BackupControl {
     } = {},
   ) {}
 
-  async prepare(selector: SelectorMsg, o: { leaseMs?: number }): Promise<PrepareResult> {
+  /** What the last prepare asked for (listItems). */
+  lastListItems: boolean | undefined;
+
+  async prepare(selector: SelectorMsg, o: { leaseMs?: number; listItems?: boolean }): Promise<PrepareResult> {
+    this.lastListItems = o.listItems;
     const backupId = `bk-${++this.n}`;
     this.calls.push({ type: 'prepare', backupId });
     this.held.add(backupId);
     let items = await listItems(this.mirror.data, selector);
     if (this.opts.items) items = this.opts.items(items);
-    const complete = this.opts.itemsComplete ?? true;
+    // As the server: no list for a subtree or the volume when the peer asks for none.
+    const complete = o.listItems === false && !selector.paths ? false : (this.opts.itemsComplete ?? true);
     return {
       backupId,
       deviceId: this.mirror.deviceId,

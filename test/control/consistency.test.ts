@@ -288,5 +288,14 @@ describe('backup sequence on the server: consistency and stalls', () => {
     expect(vol.itemsComplete).toBe(true);
     expect(new Set(names).size).toBe(names.length);
     await c.release(vol.backupId);
+
+    // A peer that walks the mirror itself asks for no list: none, and it says so.
+    const bare = await c.prepare({ subtree: '/tree' }, { listItems: false });
+    expect(bare).toMatchObject({ items: [], itemsComplete: false });
+    await c.release(bare.backupId);
+    // A paths selection is listed all the same.
+    const listed = await c.prepare({ paths: ['/a.dat'] }, { listItems: false });
+    expect(listed.items.map((i) => i.path)).toEqual(['/a.dat']);
+    await c.release(listed.backupId);
   });
 });
