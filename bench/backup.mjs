@@ -59,6 +59,16 @@ import {
   waitMirrorIdle,
 } from './lib.mjs';
 
+/** Columns of the phase tables (from the peer's --json progress lines). */
+const PHASE_COLUMNS = [
+  'start (node, plugins)',
+  'connect',
+  'prepare',
+  'copy',
+  'commit (fsync, catalog)',
+  'exit',
+];
+
 const opts = parseArgs(
   {
     'tree-mib': { default: 1024, help: 'full/offload: size of the mixed tree, MiB' },
@@ -452,15 +462,7 @@ if (out.full && ['twinfs', 'cp', 'rsync', 'mount-cp'].every((c) => out.full[c]?.
   w('\ngoal: twinfs backup ≥ 0.9× cp -a and rsync -a\n\n');
   const ph = (k) => range(F.twinfs.map((r) => r.phases[k] / 1000));
   table(
-    [
-      'twinfs backup phase (s)',
-      'start (node, plugins)',
-      'connect',
-      'prepare',
-      'copy',
-      'commit (fsync, catalog)',
-      'exit',
-    ],
+    ['twinfs backup phase (s)', ...PHASE_COLUMNS],
     [
       [
         'median [range]',
@@ -543,15 +545,7 @@ if (out.inc) {
   w('\n(ratios are time ratios: < 1.00× is faster than rsync -a)\ngoal: twinfs faster than rsync -a\n\n');
   const ph = (temp, k) => range(R.twinfs[temp].map((r) => r.phases[k] / 1000));
   table(
-    [
-      'twinfs incremental phase (s)',
-      'start (node, plugins)',
-      'connect',
-      'prepare',
-      'copy',
-      'commit (fsync, catalog)',
-      'exit',
-    ],
+    ['twinfs incremental phase (s)', ...PHASE_COLUMNS],
     ['cold', 'warm'].map((t) => [
       t,
       ph(t, 'startMs'),

@@ -6,8 +6,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { nullSink } from '../../src/fusefs/index.js';
 import { WINDOW_BYTES } from '../../src/fusefs/read-ahead.js';
 import { type FileNode, WritebackCache } from '../../src/fusefs/writeback-cache.js';
-import { eventually, shInOk } from '../helpers/posix.js';
-import { type ServerHandle, startServer, tempDirs } from '../helpers/server.js';
+import { eventually, mountFixture, type PosixFixture, shInOk } from '../helpers/posix.js';
+import { tempDirs } from '../helpers/server.js';
 
 // Read-ahead: sequential reads of a clean file are answered from 1 MiB windows (one pread per
 // window). What matters is that a window never answers with bytes the file no longer has.
@@ -127,25 +127,18 @@ describe('read-ahead windows (WritebackCache, real files, no FUSE)', () => {
 });
 
 describe('read-ahead through a mount', () => {
-  let t: Awaited<ReturnType<typeof tempDirs>>;
-  let srv: ServerHandle;
+  let fx: PosixFixture;
   beforeAll(async () => {
-    t = await tempDirs('primary', 'mnt');
-    srv = await startServer({
-      primary: t.dirs.primary!,
-      mount: t.dirs.mnt!,
-      args: ['--writeback-ms', '200'],
-    });
+    fx = await mountFixture(['--writeback-ms', '200']);
   });
   afterAll(async () => {
-    await srv?.kill();
-    await t?.cleanup();
+    await fx?.close();
   });
 
   it('files read whole, and read again after being rewritten in place, match the primary', async () => {
-    const mnt = t.dirs.mnt!;
+    const mnt = fx.mnt;
     await shInOk(mnt, 'head -c 9000000 /dev/urandom > big && sha256sum big > /dev/null');
-    const onPrimary = async () => (await shInOk(t.dirs.primary!, 'sha256sum big')).split(' ')[0];
+    const onPrimary = async () => (await shInOk(fx.primary, 'sha256sum big')).split(' ')[0];
     const whole = (await shInOk(mnt, 'sha256sum big')).split(' ')[0];
     // The primary has it once it is written back (200 ms).
     expect(await eventually(async () => (await onPrimary()) === whole, 5000)).toBe(true);
