@@ -354,6 +354,57 @@ describe('in-process mount: dirty limit and write-back errors', () => {
     expect(await isMounted(t.dirs.mnt!)).toBe(false);
   });
 
+  it('large writes bypass the cache; a slow mirror gets copies, at most 32 MiB behind, in order', async () => {
+    const src = path.join(t.dirs.src!, 'big2');
+    await fsp.writeFile(src, bytes(96 * MiB, 42));
+    const want = sha(await fsp.readFile(src));
+    // A sink slower than the disk, which rebuilds the file from what it is given.
+    const copy = Buffer.alloc(96 * MiB);
+    let applied = 0;
+    let fsyncAfter = -1;
+    let queue: Promise<void> = Promise.resolve();
+    tfs = await TwinFs.mount({
+      primary: t.dirs.primary!,
+      mount: t.dirs.mnt!,
+      writebackMs: 600_000,
+      // One change after another, in the order given, as the mirror driver's queue does.
+      sink: {
+        apply: (c) => {
+          queue = queue.then(async () => {
+            if (c.op === 'write' && c.path === '/big2') {
+              await new Promise((r) => setTimeout(r, 2));
+              c.data.copy(copy, c.offset);
+              applied += c.data.length;
+            }
+            if (c.op === 'fsync' && c.path === '/big2') fsyncAfter = applied;
+          });
+          return queue;
+        },
+      },
+    });
+    let maxBacklog = 0;
+    const sampler = setInterval(() => {
+      maxBacklog = Math.max(maxBacklog, tfs!.status().sinkBacklogBytes);
+    }, 1);
+    try {
+      const r = await sh(`dd if='${src}' of='${t.dirs.mnt}/big2' bs=1M conv=fsync 2>&1`, {
+        timeoutMs: 120_000,
+      });
+      expect(r.code, r.stdout).toBe(0);
+    } finally {
+      clearInterval(sampler);
+    }
+    expect(tfs.status().cache.dirtyBytes).toBe(0); // never cached
+    expect(maxBacklog).toBeGreaterThan(0);
+    expect(maxBacklog).toBeLessThanOrEqual(32 * MiB + 128 * 1024);
+    // fsync reached the sink after every write of the file.
+    expect(fsyncAfter).toBe(96 * MiB);
+    expect(sha(copy)).toBe(want);
+    expect(sha(await fsp.readFile(path.join(t.dirs.primary!, 'big2')))).toBe(want);
+    await tfs.unmount();
+    tfs = undefined;
+  });
+
   it('a full primary: fsync and close report ENOSPC, the data stays cached and lands once space is freed', async () => {
     const small = t.dirs.small!;
     await mountTmpfs(small, 'size=1m');
