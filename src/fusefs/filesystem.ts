@@ -40,8 +40,6 @@ export interface TwinFsStatus {
   writeThrough: boolean;
   cache: CacheStats;
   openHandles: number;
-  /** Large writes passed through to the primary whose copy the sink (mirror) still holds. */
-  sinkBacklogBytes: number;
 }
 
 /**
@@ -128,7 +126,6 @@ export class TwinFs {
       writeThrough: this.cache.writeThrough,
       cache: this.cache.getStats(),
       openHandles: this.ops.openHandles,
-      sinkBacklogBytes: this.ops.sinkBacklogBytes,
     };
   }
 

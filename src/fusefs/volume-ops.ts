@@ -71,8 +71,6 @@ const UINT32_MAX = 0xffffffff;
 const CAPABILITY_XATTR = 'security.capability';
 /** Writes this large (libfuse's max_write: what large write(2)s arrive as) bypass the cache. */
 const PASS_THROUGH_BYTES = 128 * 1024;
-/** Copies of passed-through writes the sink may have in hand before writers wait. */
-const SINK_BACKLOG_BYTES = 32 * 1024 * 1024;
 const NO_CAPABILITY = errnoError('ENODATA', 'no security.capability');
 
 /** Linux's O_PATH (not in fs.constants): a descriptor that names an entry without opening it. */
@@ -99,8 +97,6 @@ export class VolumeOps {
   private readonly myUid = process.getuid?.() ?? 0;
   private readonly myGid = process.getgid?.() ?? 0;
   private readonly forgetBelow: (() => void) | undefined;
-  private sinkBacklog = 0;
-  private backlogWaiters: Array<() => void> = [];
 
   constructor(opts: VolumeOpsOptions) {
     this.paths = opts.paths;
@@ -109,11 +105,6 @@ export class VolumeOps {
     this.gate = opts.gate;
     this.flushOnClose = opts.flushOnClose ?? false;
     this.forgetBelow = opts.forgetNoCapabilities;
-  }
-
-  /** Bytes of passed-through writes the sink has not finished with. */
-  get sinkBacklogBytes(): number {
-    return this.sinkBacklog;
   }
 
   get openHandles(): number {
@@ -269,9 +260,11 @@ export class VolumeOps {
     // Large writes to a file with nothing cached go straight to the primary: the cache would
     // copy them twice (into its buffers, then out of them cold) for nothing to absorb.
     if (this.cache.writeThrough) return this.writeDirect(node, pass, data, pos);
-    if (data.length >= PASS_THROUGH_BYTES && !node.isDirty)
+    // Not with a mirror: there the cache's write-back hands it 1 MiB extents in the background,
+    // where passing 128 KiB requests through cost 15-20% (bench/mirror.mjs section A, SMB).
+    if (data.length >= PASS_THROUGH_BYTES && !node.isDirty && this.sink === nullSink)
       // Under the node's lock: a flush of data cached meanwhile (newer) lands after this one.
-      return node.lock.run(() => this.writePassedThrough(node, pass, data, pos));
+      return node.lock.run(() => this.writeDirect(node, pass, data, pos));
     let r: void | Promise<void>;
     try {
       r = this.cache.write(node, pos, data);
@@ -294,43 +287,6 @@ export class VolumeOps {
         throw err;
       },
     );
-  }
-
-  /**
-   * A large write that bypasses the cache: on the primary before it is answered, like
-   * writeDirect, but the sink (the mirror) gets a copy and is not waited for, as with the
-   * cache's write-back: the two disks overlap. Reported (queued, in order) before the gate
-   * pass ends, so a split still sees it; an fsync waits for it in the sink's order. What the
-   * sink has not finished is bounded (SINK_BACKLOG_BYTES): past it the writer waits.
-   */
-  private async writePassedThrough(
-    node: FileNode,
-    pass: { done(): void },
-    data: Buffer,
-    pos: number,
-  ): Promise<number> {
-    if (this.sink === nullSink) return this.writeDirect(node, pass, data, pos);
-    try {
-      await this.sink.beforeChange?.(node.path);
-      node.contentChanged();
-      await writeFdAll(node.fd, data, pos);
-      const copy = Buffer.from(data);
-      this.sinkBacklog += copy.length;
-      void this.sink
-        .apply({ op: 'write', path: node.path, offset: pos, data: copy })
-        .catch((err: NodeJS.ErrnoException) => {
-          // As a failed write-back: reported on the next fsync or close of the file.
-          node.error ??= err;
-        })
-        .finally(() => {
-          this.sinkBacklog -= copy.length;
-          if (this.sinkBacklog <= SINK_BACKLOG_BYTES) for (const w of this.backlogWaiters.splice(0)) w();
-        });
-    } finally {
-      pass.done();
-    }
-    if (this.sinkBacklog > SINK_BACKLOG_BYTES) await new Promise<void>((r) => this.backlogWaiters.push(r));
-    return data.length;
   }
 
   /** Writes to the primary before answering (libfuse's buffer stays valid until then). */

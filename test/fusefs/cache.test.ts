@@ -354,12 +354,13 @@ describe('in-process mount: dirty limit and write-back errors', () => {
     expect(await isMounted(t.dirs.mnt!)).toBe(false);
   });
 
-  it('large writes bypass the cache; a slow mirror gets copies, at most 32 MiB behind, in order', async () => {
+  it('with a mirror (a sink), large writes still go through the cache and reach it in order', async () => {
     const src = path.join(t.dirs.src!, 'big2');
-    await fsp.writeFile(src, bytes(96 * MiB, 42));
+    await fsp.writeFile(src, bytes(32 * MiB, 42));
     const want = sha(await fsp.readFile(src));
-    // A sink slower than the disk, which rebuilds the file from what it is given.
-    const copy = Buffer.alloc(96 * MiB);
+    // A sink slower than the disk that rebuilds the file from what it is given, one change
+    // after another in the order given, as the mirror driver's queue does.
+    const copy = Buffer.alloc(32 * MiB);
     let applied = 0;
     let fsyncAfter = -1;
     let queue: Promise<void> = Promise.resolve();
@@ -367,12 +368,11 @@ describe('in-process mount: dirty limit and write-back errors', () => {
       primary: t.dirs.primary!,
       mount: t.dirs.mnt!,
       writebackMs: 600_000,
-      // One change after another, in the order given, as the mirror driver's queue does.
       sink: {
         apply: (c) => {
           queue = queue.then(async () => {
             if (c.op === 'write' && c.path === '/big2') {
-              await new Promise((r) => setTimeout(r, 2));
+              await new Promise((r) => setTimeout(r, 1));
               c.data.copy(copy, c.offset);
               applied += c.data.length;
             }
@@ -382,9 +382,9 @@ describe('in-process mount: dirty limit and write-back errors', () => {
         },
       },
     });
-    let maxBacklog = 0;
+    let maxDirty = 0;
     const sampler = setInterval(() => {
-      maxBacklog = Math.max(maxBacklog, tfs!.status().sinkBacklogBytes);
+      maxDirty = Math.max(maxDirty, tfs!.status().cache.dirtyBytes);
     }, 1);
     try {
       const r = await sh(`dd if='${src}' of='${t.dirs.mnt}/big2' bs=1M conv=fsync 2>&1`, {
@@ -394,11 +394,8 @@ describe('in-process mount: dirty limit and write-back errors', () => {
     } finally {
       clearInterval(sampler);
     }
-    expect(tfs.status().cache.dirtyBytes).toBe(0); // never cached
-    expect(maxBacklog).toBeGreaterThan(0);
-    expect(maxBacklog).toBeLessThanOrEqual(32 * MiB + 128 * 1024);
-    // fsync reached the sink after every write of the file.
-    expect(fsyncAfter).toBe(96 * MiB);
+    expect(maxDirty).toBeGreaterThan(0); // cached, not passed through
+    expect(fsyncAfter).toBe(32 * MiB); // fsync reached the sink after every write of the file
     expect(sha(copy)).toBe(want);
     expect(sha(await fsp.readFile(path.join(t.dirs.primary!, 'big2')))).toBe(want);
     await tfs.unmount();
