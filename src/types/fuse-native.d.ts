@@ -38,7 +38,7 @@ declare module 'fuse-native' {
      * Encoding limits (native side): mode/uid/gid/dev/ino/rdev/blksize/nlink are uint32 (ino is
      * truncated to 32 bits and ignored unless the `use_ino` option is set); size/blocks are
      * integers up to 2^53; times are a Date, ms since the epoch (fractional allowed) or a bigint
-     * of ns since the epoch (delivered exactly: twinfs patch level 2), not before 1970.
+     * of ns since the epoch (delivered exactly, before 1970 too: twinfs patch level 4).
      */
     interface Stat {
       mode?: number;

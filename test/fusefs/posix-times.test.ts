@@ -107,6 +107,19 @@ st = os.stat('t2'); print(int(st.st_atime), int(st.st_mtime))
     expect(a).toBe('2007-07-07 07:07:07.123456789 +0000');
   });
 
+  it('times before 1970 are set and shown as on a local filesystem', async () => {
+    const script =
+      'echo x > old && TZ=UTC touch -d "1960-01-01 00:00:00.5" old && ' +
+      'TZ=UTC touch -m -d "1901-12-14 00:00:00.25" old && mkdir oldd && ' +
+      'TZ=UTC touch -d "1969-12-31 23:59:59.999999999" oldd && TZ=UTC stat -c "%n %x|%y|%X|%Y" old oldd';
+    const a = await inBoth(fx, script);
+    expect(a.mnt).toEqual(a.plain);
+    expect(a.mnt.stdout).toContain(
+      'old 1960-01-01 00:00:00.500000000 +0000|1901-12-14 00:00:00.250000000 +0000|',
+    );
+    expect(a.mnt.stdout).toContain('oldd 1969-12-31 23:59:59.999999999 +0000|');
+  });
+
   it('touch -h sets the times of a symlink itself, not of its target', async () => {
     await shInOk(
       fx.mnt,
