@@ -91,6 +91,8 @@ export interface CacheStats {
 }
 
 const MAX_IOV = 1024;
+/** A file with this much dirty data is written back at once (write-behind). */
+const EARLY_FLUSH_BYTES = 4 * 1024 * 1024;
 
 /**
  * The write-back cache: writes are copied into per-file extent maps and acknowledged; a
@@ -318,6 +320,16 @@ export class WritebackCache {
     if (node.firstDirtyAt === 0) node.firstDirtyAt = now;
     node.lastWriteAt = now;
     if (this.dirtyBytes > this.highWaterBytes) this.kick();
+    // Write-behind: a file that has piled up this much is being streamed; its data is best
+    // written while still warm in the CPU cache, not copied out cold at the high-water mark.
+    else if (
+      node.dirty.size >= EARLY_FLUSH_BYTES &&
+      node.flushing === null &&
+      node.retryAt <= now &&
+      this.activeFlushes < this.flushConcurrency &&
+      !this.disposed
+    )
+      this.background(node);
   }
 
   private overlaySources(node: FileNode): Extent[] {

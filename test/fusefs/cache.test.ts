@@ -187,6 +187,26 @@ describe('read-your-writes through a long write-back delay', () => {
     expect(sha(await primaryBytes(onPrimary))).toBe(sha(want));
   });
 
+  it('write-behind: a file with 4 MiB dirty is written back at once; a smaller one waits', async () => {
+    const big = path.join(t.dirs.mnt!, 'behind.bin');
+    const small = path.join(t.dirs.mnt!, 'stays.bin');
+    const r = await runSteps([
+      { op: 'open', path: big, flags: 'w' },
+      { op: 'write', off: 0, len: 6 * MiB, seed: 24, chunk: 64 * 1024 }, // cached (64 KiB writes)
+      { op: 'close' },
+      { op: 'open', path: small, flags: 'w' },
+      { op: 'write', off: 0, len: 3 * MiB, seed: 25, chunk: 64 * 1024 },
+      { op: 'close' },
+    ]);
+    expect(r.every((s) => s.ok)).toBe(true);
+    // The write-back delay is 10 minutes: only write-behind can put the first 4 MiB there.
+    const onPrimary = async (name: string) => (await primaryBytes(path.join(t.dirs.primary!, name))).length;
+    expect(await waitFor(async () => (await onPrimary('behind.bin')) >= 4 * MiB, 5000)).toBe(true);
+    expect(await onPrimary('stays.bin')).toBe(0);
+    const [read] = await runSteps([{ op: 'read', path: big }]);
+    expect(read).toMatchObject({ ok: true, size: 6 * MiB, sha: sha(bytes(6 * MiB, 24)) });
+  });
+
   it('reports size and mtime of cached writes', async () => {
     const f = path.join(t.dirs.mnt!, 'times.txt');
     await shOk(`printf abc > '${f}' && touch -d '2001-02-03 04:05:06' '${f}'`);
