@@ -224,6 +224,12 @@ export interface SnapshotWriter {
   readonly snapshotId: string;
   /** Atomic: never visible half-written; a failed put leaves nothing. Resolves with the sha256 and length stored. */
   putFile(path: string, data: Readable, meta: EntryMeta, opts?: { signal?: AbortSignal }): Promise<PutResult>;
+  /**
+   * Optional: the same as putFile for a file whose whole content is in memory (the peer uses it
+   * for files up to 1 MiB). Most files of a tree are small, and a stream per file costs more
+   * than the copy; a target that can store a buffer at once should implement this.
+   */
+  putSmallFile?(path: string, data: Buffer, meta: EntryMeta, opts?: { signal?: AbortSignal }): Promise<PutResult>;
   /** Shares an unchanged file with an earlier committed snapshot; notFound if that data is gone. */
   reuseFile(path: string, fromSnapshotId: string, entry: ManifestEntry): Promise<void>;
   putDir(path: string, meta: EntryMeta): Promise<void>;

@@ -126,6 +126,17 @@ export class EntryCopier {
       const { fh, stat } = opened;
       let counted = 0;
       try {
+        // Most files of a tree are small: the whole content in one call when the target can
+        // take a buffer (no stream, no pipeline per file).
+        if (stat.size <= SMALL_FILE && writer.putSmallFile) {
+          const data = stat.size === 0 ? Buffer.alloc(0) : await readWhole(fh, stat.size);
+          counted = data.length;
+          onBytes?.(data.length, true);
+          const r = await writer.putSmallFile(src.path, data, meta, { signal });
+          await this.checkUnchanged(fh, stat, meta, src);
+          this.checkStored(src, counted, r.bytes, stat.size);
+          return r.hash;
+        }
         // A small file in one read into a buffer of its size; a large one as a stream of 1 MiB
         // chunks that stops at the size fstat gave (a file that grew or shrank meanwhile is
         // caught below). Without the bound every file cost a 1 MiB buffer and an extra read.
@@ -151,21 +162,8 @@ export class EntryCopier {
         const r = await writer.putFile(src.path, Readable.from(counting(), { objectMode: false }), meta, {
           signal,
         });
-        const after = await fh.stat();
-        if (after.size !== stat.size || after.mtimeMs !== stat.mtimeMs || stat.size !== meta.size)
-          throw new TwinError(
-            'ETWIN_MIRROR_CHANGED',
-            `${src.path}: the split mirror copy changed while it was copied (${meta.size} → ${after.size} bytes); the split is not holding`,
-            { path: src.path },
-          );
-        if (r.bytes !== stat.size || counted !== stat.size)
-          throw new TwinError(
-            'ETWIN_TARGET_FAILED',
-            `${src.path}: ${counted} bytes read, ${r.bytes} stored, the file has ${stat.size}`,
-            {
-              path: src.path,
-            },
-          );
+        await this.checkUnchanged(fh, stat, meta, src);
+        this.checkStored(src, counted, r.bytes, stat.size);
         return r.hash;
       } catch (err) {
         onBytes?.(-counted, true);
@@ -176,6 +174,33 @@ export class EntryCopier {
         await fh.close().catch(() => undefined);
       }
     }
+  }
+
+  /** The split copy must not change while it is copied. */
+  private async checkUnchanged(
+    fh: FileHandle,
+    stat: Stats,
+    meta: EntryMeta,
+    src: SourceEntry,
+  ): Promise<void> {
+    const after = await fh.stat();
+    if (after.size !== stat.size || after.mtimeMs !== stat.mtimeMs || stat.size !== meta.size)
+      throw new TwinError(
+        'ETWIN_MIRROR_CHANGED',
+        `${src.path}: the split mirror copy changed while it was copied (${meta.size} → ${after.size} bytes); the split is not holding`,
+        { path: src.path },
+      );
+  }
+
+  private checkStored(src: SourceEntry, counted: number, stored: number, size: number): void {
+    if (stored !== size || counted !== size)
+      throw new TwinError(
+        'ETWIN_TARGET_FAILED',
+        `${src.path}: ${counted} bytes read, ${stored} stored, the file has ${size}`,
+        {
+          path: src.path,
+        },
+      );
   }
 }
 

@@ -1,5 +1,5 @@
 import { PassThrough, pipeline } from 'node:stream';
-import type { BackupTarget, BackupTargetProvider, SnapshotWriter } from '../backup-peer/target.js';
+import type { BackupTarget, BackupTargetProvider, EntryMeta, SnapshotWriter } from '../backup-peer/target.js';
 import { TwinError } from '../common/errors.js';
 
 export interface GuardOptions {
@@ -72,6 +72,12 @@ function guardWriter(w: SnapshotWriter, plugin: string, o: GuardOptions, tid: st
         (t) => (touch = t),
       );
     },
+    ...(w.putSmallFile
+      ? {
+          putSmallFile: (p: string, data: Buffer, meta: EntryMeta, opts?: { signal?: AbortSignal }) =>
+            g('putSmallFile', () => w.putSmallFile!(p, data, meta, opts)),
+        }
+      : {}),
     reuseFile: (p, from, e) => g('reuseFile', () => w.reuseFile(p, from, e)),
     putDir: (p, meta) => g('putDir', () => w.putDir(p, meta)),
     putSymlink: (p, target, meta) => g('putSymlink', () => w.putSymlink(p, target, meta)),

@@ -153,6 +153,40 @@ export function describeTargetConformance(
     );
 
     it(
+      'putSmallFile (when offered) stores a buffer like putFile: content, hash, an empty file, no overwrite',
+      async () => {
+        const id = 'snap-small';
+        const w = await t.beginSnapshot(snapMeta(id));
+        if (!w.putSmallFile) {
+          await w.abort();
+          return; // optional in the contract; putFile covers everything
+        }
+        const a = pseudoRandom(70_000, 9);
+        await w.putDir('/s', dirMeta());
+        expect(await w.putSmallFile('/s/a.bin', a, fileMeta(a.length))).toEqual({
+          hash: sha256(a),
+          bytes: a.length,
+        });
+        expect(await w.putSmallFile('/s/empty', Buffer.alloc(0), fileMeta(0))).toEqual({
+          hash: sha256(Buffer.alloc(0)),
+          bytes: 0,
+        });
+        // A path already put is not written through again.
+        await expect(w.putSmallFile('/s/a.bin', Buffer.from('other'), fileMeta(5))).rejects.toBeTruthy();
+        const m = manifest(snapMeta(id), [
+          { path: '/s', type: 'dir', ...dirMeta() },
+          fileEntry('/s/a.bin', a),
+          fileEntry('/s/empty', Buffer.alloc(0)),
+        ]);
+        await w.commit(m);
+        expect(await readAll(await t.openFile(id, '/s/a.bin'))).toEqual(a);
+        expect(await t.stat(id, '/s/empty')).toEqual({ type: 'file', size: 0 });
+        expect(await t.readManifest(id)).toEqual(m);
+      },
+      timeout,
+    );
+
+    it(
       'lists committed snapshots oldest first',
       async () => {
         await commitSnapshot('snap-b', { '/f': Buffer.from('b') }, T0 + 2000);
