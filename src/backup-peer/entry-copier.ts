@@ -117,6 +117,11 @@ export class EntryCopier {
   private async streamFile(src: SourceEntry, meta: EntryMeta): Promise<string> {
     const { reader, writer, signal, onBytes } = this.o;
     for (let attempt = 0; ; attempt++) {
+      if (meta.size <= SMALL_FILE && writer.putSmallFile) {
+        const hash = await this.putSmall(src, meta, attempt);
+        if (hash !== undefined) return hash;
+        continue; // a transient target failure: the next attempt, after its delay
+      }
       let opened: Awaited<ReturnType<MirrorReader['open']>>;
       try {
         opened = await reader.open(src.mirrorPath);
@@ -126,17 +131,6 @@ export class EntryCopier {
       const { fh, stat } = opened;
       let counted = 0;
       try {
-        // Most files of a tree are small: the whole content in one call when the target can
-        // take a buffer (no stream, no pipeline per file).
-        if (stat.size <= SMALL_FILE && writer.putSmallFile) {
-          const data = stat.size === 0 ? Buffer.alloc(0) : await readWhole(fh, stat.size);
-          counted = data.length;
-          onBytes?.(data.length, true);
-          const r = await writer.putSmallFile(src.path, data, meta, { signal });
-          await this.checkUnchanged(fh, stat, meta, src);
-          this.checkStored(src, counted, r.bytes, stat.size);
-          return r.hash;
-        }
         // A small file in one read into a buffer of its size; a large one as a stream of 1 MiB
         // chunks that stops at the size fstat gave (a file that grew or shrank meanwhile is
         // caught below). Without the bound every file cost a 1 MiB buffer and an extra read.
@@ -173,6 +167,40 @@ export class EntryCopier {
       } finally {
         await fh.close().catch(() => undefined);
       }
+    }
+  }
+
+  /**
+   * Most files of a tree are small: read whole (synchronously) and handed to the target in one
+   * call (no stream, no pipeline per file). Undefined after a transient target failure that may
+   * be retried (having waited the retry delay).
+   */
+  private async putSmall(src: SourceEntry, meta: EntryMeta, attempt: number): Promise<string | undefined> {
+    const { reader, writer, signal, onBytes } = this.o;
+    let read: Awaited<ReturnType<MirrorReader['readSmall']>>;
+    try {
+      read = await reader.readSmall(src.mirrorPath, SMALL_FILE);
+    } catch (err) {
+      throw mirrorError(err, src);
+    }
+    const { stat, after, data } = read ?? { stat: undefined, after: undefined, data: Buffer.alloc(0) };
+    if (!stat || after.size !== stat.size || after.mtimeMs !== stat.mtimeMs || stat.size !== meta.size)
+      throw new TwinError(
+        'ETWIN_MIRROR_CHANGED',
+        `${src.path}: the split mirror copy changed while it was copied (${meta.size} → ${after?.size ?? 'more than 1 MiB'} bytes); the split is not holding`,
+        { path: src.path },
+      );
+    onBytes?.(data.length, true);
+    try {
+      const r = await writer.putSmallFile!(src.path, data, meta, { signal });
+      this.checkStored(src, data.length, r.bytes, stat.size);
+      return r.hash;
+    } catch (err) {
+      onBytes?.(-data.length, true);
+      const wait = RETRY_DELAYS_MS[attempt];
+      if (!isTransient(err) || wait === undefined || signal.aborted) throw err;
+      await delay(wait, signal);
+      return undefined;
     }
   }
 

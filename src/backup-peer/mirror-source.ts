@@ -174,6 +174,35 @@ export class MirrorReader {
   }
 
   /**
+   * A regular file of at most maxBytes, whole, with its fstat before and after the read, all
+   * with synchronous calls (this is the peer, not a server: for a small file the calls cost less
+   * than thread-pool round trips). Undefined when the file is larger. Never through a symlink.
+   */
+  async readSmall(
+    mirrorPath: string,
+    maxBytes: number,
+  ): Promise<{ stat: fs.Stats; after: fs.Stats; data: Buffer } | undefined> {
+    const file = await this.tree.resolve(mirrorPath);
+    const fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+    try {
+      const stat = fs.fstatSync(fd);
+      if (!stat.isFile())
+        throw new TwinError('ETWIN_MIRROR_CHANGED', `${mirrorPath} in the mirror is not a regular file`);
+      if (stat.size > maxBytes) return undefined;
+      const data = Buffer.allocUnsafe(stat.size);
+      let off = 0;
+      while (off < data.length) {
+        const n = fs.readSync(fd, data, off, data.length - off, off);
+        if (n === 0) break;
+        off += n;
+      }
+      return { stat, after: fs.fstatSync(fd), data: off === data.length ? data : data.subarray(0, off) };
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+
+  /**
    * The entries of a selection, by walking the mirror (when the server's item list was cut
    * short): parents before children, sorted, symlinks not followed.
    */
