@@ -2,7 +2,8 @@ import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { eventually, mountFixture, type PosixFixture, pyIn, shInOk } from '../helpers/posix.js';
+import { waitFor } from '../helpers/mounts.js';
+import { mountFixture, type PosixFixture, pyIn, shInOk } from '../helpers/posix.js';
 
 // Many processes at once on one mount. libfuse hands the ops to JS from many threads and async
 // handlers interleave: every result here must still be what a local filesystem gives.
@@ -189,7 +190,7 @@ print(' '.join(sorted(out)))
       for (const n of names) if ((await fsp.stat(path.join(fx.primary, 'small', n))).size > 0) full++;
       return full;
     };
-    const done = await eventually(async () => (await onPrimary()) === PROCS * 50, 8000, 200);
+    const done = await waitFor(async () => (await onPrimary()) === PROCS * 50, 8000, 200);
     expect({
       done,
       onPrimary: await onPrimary(),

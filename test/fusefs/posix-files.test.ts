@@ -2,8 +2,8 @@ import { spawn } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { waitFor } from '../helpers/mounts.js';
 import {
-  eventually,
   inBoth,
   mountFixture,
   type PosixFixture,
@@ -332,7 +332,7 @@ os.close(fd)
     expect(mnt).toBe(plain);
     expect(mnt).toBe("False False\n3004 b'abc' 3004 0\nabcdef False\nnew+\n");
     // libfuse keeps an unlinked open file as .fuse_hidden*; it must be gone once closed.
-    const clean = await eventually(
+    const clean = await waitFor(
       async () => !(await fsp.readdir(fx.primary)).some((n) => n.startsWith('.fuse_hidden')),
       5000,
     );
@@ -354,7 +354,7 @@ os.close(fd)
     try {
       let err = '';
       tracer.stderr!.on('data', (d) => (err += d.toString()));
-      expect(await eventually(async () => /attached/.test(err), 10_000)).toBe(true);
+      expect(await waitFor(async () => /attached/.test(err), 10_000)).toBe(true);
       await new Promise((r) => setTimeout(r, 200));
       await shInOk(fx.mnt, 'dd if=/dev/zero of=dd-1m bs=1M count=16 conv=fsync status=none');
     } finally {

@@ -1,15 +1,8 @@
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import {
-  eventually,
-  inBoth,
-  mountFixture,
-  type PosixFixture,
-  probe,
-  pyIn,
-  shInOk,
-} from '../helpers/posix.js';
+import { waitFor } from '../helpers/mounts.js';
+import { inBoth, mountFixture, type PosixFixture, probe, pyIn, shInOk } from '../helpers/posix.js';
 
 // Symlinks, hard links and inode numbers, against a plain directory as the oracle.
 
@@ -115,7 +108,7 @@ describe('hard links', () => {
       `for i in $(seq 1 10); do echo data > a$i && ln a$i b$i && rm a$i;
         echo new > n$i && sync n$i && echo old > c$i && ln c$i d$i && mv n$i c$i; done`,
     );
-    expect(await eventually(async () => (await open()) === 0, 2000)).toBe(true);
+    expect(await waitFor(async () => (await open()) === 0, 2000)).toBe(true);
     expect(await shInOk(path.join(fx.mnt, 'leak'), 'cat b1 b10 c1 d1')).toBe('data\ndata\nnew\nold\n');
   });
 

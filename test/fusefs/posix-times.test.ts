@@ -1,6 +1,7 @@
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { eventually, inBoth, mountFixture, type PosixFixture, pyIn, shInOk } from '../helpers/posix.js';
+import { waitFor } from '../helpers/mounts.js';
+import { inBoth, mountFixture, type PosixFixture, pyIn, shInOk } from '../helpers/posix.js';
 
 // Times: utimens with one or both times (fuse-native 2.2.6 lost these; twinfs's patched build
 // delivers them), the tools that preserve times, and mtime staying put across write-back.
@@ -100,7 +101,7 @@ st = os.stat('t2'); print(int(st.st_atime), int(st.st_mtime))
     // Written-back data moves mtime back to the time of the write, and leaves atime alone.
     await shInOk(fx.mnt, 'echo more >> exact');
     expect(
-      await eventually(async () => (await shInOk(fx.primary, 'stat -c %s exact')).trim() === '7', 5000),
+      await waitFor(async () => (await shInOk(fx.primary, 'stat -c %s exact')).trim() === '7', 5000),
     ).toBe(true);
     await new Promise((r) => setTimeout(r, 300));
     const [a] = (await shInOk(fx.primary, fmt)).split('|');
@@ -205,7 +206,7 @@ st = os.stat('wb'); print(st.st_mtime_ns, st.st_size)
     // Wait until the data is on the primary (write-back after 300 ms), then a bit more.
     const primaryFile = path.join(fx.primary, 'wb');
     expect(
-      await eventually(async () => (await shInOk(fx.primary, 'stat -c %s wb')).trim() === '100000', 5000),
+      await waitFor(async () => (await shInOk(fx.primary, 'stat -c %s wb')).trim() === '100000', 5000),
     ).toBe(true);
     await new Promise((r) => setTimeout(r, 300));
     const m2 = (await pyIn(fx.mnt, "import os\nprint(os.stat('wb').st_mtime_ns)")).trim();

@@ -6,7 +6,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { nullSink } from '../../src/fusefs/index.js';
 import { WINDOW_BYTES } from '../../src/fusefs/read-ahead.js';
 import { type FileNode, WritebackCache } from '../../src/fusefs/writeback-cache.js';
-import { eventually, mountFixture, type PosixFixture, shInOk } from '../helpers/posix.js';
+import { waitFor } from '../helpers/mounts.js';
+import { mountFixture, type PosixFixture, shInOk } from '../helpers/posix.js';
 import { tempDirs } from '../helpers/server.js';
 
 // Read-ahead: sequential reads of a clean file are answered from 1 MiB windows (one pread per
@@ -141,7 +142,7 @@ describe('read-ahead through a mount', () => {
     const onPrimary = async () => (await shInOk(fx.primary, 'sha256sum big')).split(' ')[0];
     const whole = (await shInOk(mnt, 'sha256sum big')).split(' ')[0];
     // The primary has it once it is written back (200 ms).
-    expect(await eventually(async () => (await onPrimary()) === whole, 5000)).toBe(true);
+    expect(await waitFor(async () => (await onPrimary()) === whole, 5000)).toBe(true);
     // O_DIRECT: the reads reach the server every time (no kernel page cache in between).
     const script = `
 import os, mmap, hashlib, time
@@ -165,6 +166,6 @@ print(hashlib.sha256(whole).hexdigest(), rd(655360)[:3].decode(), len(whole))
     const out = (await shInOk(mnt, `python3 -c "${script.replace(/"/g, '\\"')}"`)).trim().split(' ');
     expect(out[1]).toBe('ZZZ');
     expect(out[2]).toBe('9000000');
-    expect(await eventually(async () => (await onPrimary()) === out[0], 5000)).toBe(true);
+    expect(await waitFor(async () => (await onPrimary()) === out[0], 5000)).toBe(true);
   });
 });

@@ -124,17 +124,3 @@ export async function inBoth(
   const mnt = scrub(await shIn(fx.mnt, script, opts), fx.mnt);
   return { plain, mnt };
 }
-
-/** Polls cond until it holds or timeoutMs passes; returns whether it held. */
-export async function eventually(
-  cond: () => Promise<boolean>,
-  timeoutMs: number,
-  intervalMs = 50,
-): Promise<boolean> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    if (await cond()) return true;
-    if (Date.now() >= end) return false;
-    await new Promise((r) => setTimeout(r, intervalMs));
-  }
-}
