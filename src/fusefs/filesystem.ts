@@ -40,6 +40,8 @@ export interface TwinFsStatus {
   writeThrough: boolean;
   cache: CacheStats;
   openHandles: number;
+  /** Paths whose security.capability lookups the patched fuse-native answers itself. */
+  noCapabilityPaths: number;
 }
 
 /**
@@ -126,6 +128,7 @@ export class TwinFs {
       writeThrough: this.cache.writeThrough,
       cache: this.cache.getStats(),
       openHandles: this.ops.openHandles,
+      noCapabilityPaths: this.fuseClass?.noCapabilityCount?.() ?? 0,
     };
   }
 

@@ -68,10 +68,8 @@ const NO_ID = 0xffffffff;
 const XATTR_CREATE = 1;
 const XATTR_REPLACE = 2;
 const UINT32_MAX = 0xffffffff;
-const CAPABILITY_XATTR = 'security.capability';
 /** Writes this large (libfuse's max_write: what large write(2)s arrive as) bypass the cache. */
 const PASS_THROUGH_BYTES = 128 * 1024;
-const NO_CAPABILITY = errnoError('ENODATA', 'no security.capability');
 
 /** Linux's O_PATH (not in fs.constants): a descriptor that names an entry without opening it. */
 const O_PATH = 0o10000000;
@@ -91,12 +89,10 @@ export class VolumeOps {
   private readonly gate: WriteGate;
   private readonly flushOnClose: boolean;
   private readonly handles = new Map<number, FileNode>();
-  /** Paths known to have no security.capability xattr (see getxattr). */
-  private readonly noCapability = new Set<string>();
   private nextHandle = 1;
   private readonly myUid = process.getuid?.() ?? 0;
   private readonly myGid = process.getgid?.() ?? 0;
-  private readonly forgetBelow: (() => void) | undefined;
+  private readonly forgetNoCapabilities: (() => void) | undefined;
 
   constructor(opts: VolumeOpsOptions) {
     this.paths = opts.paths;
@@ -104,7 +100,7 @@ export class VolumeOps {
     this.sink = opts.sink;
     this.gate = opts.gate;
     this.flushOnClose = opts.flushOnClose ?? false;
-    this.forgetBelow = opts.forgetNoCapabilities;
+    this.forgetNoCapabilities = opts.forgetNoCapabilities;
   }
 
   get openHandles(): number {
@@ -528,19 +524,10 @@ export class VolumeOps {
   }
 
   async getxattr(path: string, name: string): Promise<Buffer> {
-    // The kernel asks for security.capability before every write(2) to a file (to drop file
-    // capabilities). Answering from memory keeps that extra round trip cheap: without this,
-    // each 4 KiB write paid an open, a getxattr and a close in libuv's pool.
-    if (name === CAPABILITY_XATTR && this.noCapability.has(path)) throw NO_CAPABILITY;
-    try {
-      return await this.onEntry(path, (entry) => xattr.getAttribute(entry, name));
-    } catch (err) {
-      if (name === CAPABILITY_XATTR && (err as NodeJS.ErrnoException).code === 'ENODATA') {
-        if (this.noCapability.size >= 10_000) this.noCapability.clear();
-        this.noCapability.add(path);
-      }
-      throw err;
-    }
+    // The kernel's security.capability lookup before every write(2) reaches here once per
+    // path: the patched fuse-native remembers an ENODATA answer and repeats it itself, until
+    // forgetNoCapabilities (see guarded).
+    return this.onEntry(path, (entry) => xattr.getAttribute(entry, name));
   }
 
   async listxattr(path: string): Promise<string[]> {
@@ -596,11 +583,6 @@ export class VolumeOps {
     await this.cache.unref(node);
   }
 
-  private forgetNoCapabilities(): void {
-    this.noCapability.clear();
-    this.forgetBelow?.();
-  }
-
   private async nodeOf(path: string): Promise<FileNode | undefined> {
     const st = lstatOrUndefined(this.paths.backing(path));
     if (!st || (st.mode & S_IFMT) !== S_IFREG) return undefined;
@@ -612,14 +594,14 @@ export class VolumeOps {
     // Any change through the volume may give a name a different file or new xattrs: forget
     // before (lookups from now on ask the primary) and after (an answer computed while the
     // change was on its way must not stay).
-    this.forgetNoCapabilities();
+    this.forgetNoCapabilities?.();
     const passes = [];
     try {
       for (const p of paths) passes.push(await this.gate.enter(p));
       for (const p of paths) await this.sink.beforeChange?.(p);
       await fn();
     } finally {
-      this.forgetNoCapabilities();
+      this.forgetNoCapabilities?.();
       for (const p of passes) p.done();
     }
   }

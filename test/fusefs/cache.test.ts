@@ -481,6 +481,20 @@ describe('in-process mount: dirty limit and write-back errors', () => {
     tfs = undefined;
   });
 
+  it('the per-write security.capability lookup is answered natively once the primary said "none"', async () => {
+    tfs = await TwinFs.mount({ primary: t.dirs.primary!, mount: t.dirs.mnt!, writebackMs: 600_000 });
+    const f = path.join(t.dirs.mnt!, 'caps.txt');
+    const before = tfs.status().noCapabilityPaths;
+    // Four write(2)s: the kernel asks before each; the first answer (ENODATA) is remembered.
+    await shOk(`printf a > '${f}' && for i in 1 2 3; do printf b >> '${f}'; done`);
+    expect(tfs.status().noCapabilityPaths).toBeGreaterThan(before);
+    // Any namespace change forgets: a name may now be another file.
+    await shOk(`mv '${f}' '${f}.2'`);
+    expect(tfs.status().noCapabilityPaths).toBe(0);
+    await tfs.unmount();
+    tfs = undefined;
+  });
+
   it('a full primary: a large write (not cached) fails at once with ENOSPC and leaves nothing behind', async () => {
     const small = path.join(t.dirs.small!, 'again');
     await fsp.mkdir(small);
