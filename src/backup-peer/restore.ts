@@ -174,13 +174,7 @@ async function restoreFile(
   asRoot: boolean,
   touchedDirs: Set<string>,
 ): Promise<number> {
-  const dest = await tree.prepareParents(e.path, 0o755);
-  touchedDirs.add(path.dirname(dest));
-  await refuseDirInTheWay(dest, e.path);
-  const tmp = path.join(
-    path.dirname(dest),
-    `.${path.basename(dest)}.twinfs-restore-${randomBytes(4).toString('hex')}`,
-  );
+  const { dest, tmp } = await placeFor(e, tree, touchedDirs);
   const fh = await fsp.open(tmp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
   let ok = false;
   try {
@@ -235,13 +229,7 @@ async function restoreSymlink(
     throw new TwinError('ETWIN_CATALOG', `${e.path}: symlink without a target in the catalog`, {
       path: e.path,
     });
-  const dest = await tree.prepareParents(e.path, 0o755);
-  touchedDirs.add(path.dirname(dest));
-  await refuseDirInTheWay(dest, e.path);
-  const tmp = path.join(
-    path.dirname(dest),
-    `.${path.basename(dest)}.twinfs-restore-${randomBytes(4).toString('hex')}`,
-  );
+  const { dest, tmp } = await placeFor(e, tree, touchedDirs);
   await fsp.symlink(e.target, tmp);
   try {
     await applyMeta(tmp, e, asRoot, true);
@@ -276,6 +264,25 @@ async function refuseOwnMount(to: string): Promise<void> {
     if (up === p) return;
     p = up;
   }
+}
+
+/**
+ * Where entry e goes (parents created, nothing but a file or symlink in the way) and the
+ * temporary name beside it that it is written under before being renamed into place.
+ */
+async function placeFor(
+  e: EntryRecord,
+  tree: SafeTree,
+  touchedDirs: Set<string>,
+): Promise<{ dest: string; tmp: string }> {
+  const dest = await tree.prepareParents(e.path, 0o755);
+  touchedDirs.add(path.dirname(dest));
+  await refuseDirInTheWay(dest, e.path);
+  const tmp = path.join(
+    path.dirname(dest),
+    `.${path.basename(dest)}.twinfs-restore-${randomBytes(4).toString('hex')}`,
+  );
+  return { dest, tmp };
 }
 
 async function refuseDirInTheWay(dest: string, p: string): Promise<void> {

@@ -76,7 +76,7 @@ export class ReadAheadPool {
       if (w.filling) {
         if (pos + len <= w.off + WINDOW_BYTES)
           return w.filling.then(() => this.afterFill(fd, st, w, buf, len, pos, slow));
-      } else if (pos + len <= w.off + w.len || (w.eof && pos <= w.off + w.len)) {
+      } else if (answers(w, pos, len)) {
         return this.serve(fd, st, w, buf, len, pos);
       }
     }
@@ -130,7 +130,7 @@ export class ReadAheadPool {
     slow: () => Promise<number>,
   ): number | Promise<number> {
     // Changed (or taken over) while filling, or the fill failed: the slow way, this once.
-    if (st.windows.includes(w) && w.gen === st.gen && w.len >= 0 && (pos + len <= w.off + w.len || w.eof))
+    if (st.windows.includes(w) && w.gen === st.gen && w.len >= 0 && answers(w, pos, len))
       return this.serve(fd, st, w, buf, len, pos);
     this.stats.direct++;
     return slow();
@@ -195,4 +195,9 @@ export class ReadAheadPool {
     }
     return undefined;
   }
+}
+
+/** A filled window holds [pos, pos + len), or all of it there is (the end of the file). */
+function answers(w: Window, pos: number, len: number): boolean {
+  return pos >= w.off && (pos + len <= w.off + w.len || (w.eof && pos <= w.off + w.len));
 }

@@ -118,11 +118,15 @@ describe('read-ahead windows (WritebackCache, real files, no FUSE)', () => {
       await fsp.writeFile(f, data);
       files.push({ node: cache.adopt(100 + i, `/many${i}`, fs.openSync(f, 'r'), false), data });
     }
+    const before = cache.getStats().readAhead;
     const got = files.map(() => [] as Buffer[]);
     for (let pos = 0; pos < 2 * MiB; pos += REQ)
       await Promise.all(files.map(async (f, i) => got[i]!.push(await readAt(cache, f.node, pos))));
     for (const [i, f] of files.entries()) expect(sha(Buffer.concat(got[i]!))).toBe(sha(f.data));
-    expect(cache.getStats().readAhead.windows).toBeLessThanOrEqual(16);
+    // The pool did run out: 20 readers, 16 windows, so some reads found none and went the slow way.
+    const after = cache.getStats().readAhead;
+    expect(after.direct).toBeGreaterThan(before.direct);
+    expect(after.hits).toBeGreaterThan(before.hits);
     for (const f of files) await cache.unref(f.node);
   });
 });
