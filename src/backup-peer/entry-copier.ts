@@ -113,69 +113,75 @@ export class EntryCopier {
     return { path: src.path, type: 'file', ...meta, hash };
   }
 
-  /** Streams one split copy into the target; retries transient target failures. */
+  /** Copies one split copy into the target; retries transient target failures. */
   private async streamFile(src: SourceEntry, meta: EntryMeta): Promise<string> {
-    const { reader, writer, signal, onBytes } = this.o;
+    const { writer, signal } = this.o;
     for (let attempt = 0; ; attempt++) {
-      if (meta.size <= SMALL_FILE && writer.putSmallFile) {
-        const hash = await this.putSmall(src, meta, attempt);
-        if (hash !== undefined) return hash;
-        continue; // a transient target failure: the next attempt, after its delay
-      }
-      let opened: Awaited<ReturnType<MirrorReader['open']>>;
       try {
-        opened = await reader.open(src.mirrorPath);
+        return meta.size <= SMALL_FILE && writer.putSmallFile
+          ? await this.putSmall(src, meta)
+          : await this.putStreamed(src, meta);
       } catch (err) {
-        throw mirrorError(err, src);
-      }
-      const { fh, stat } = opened;
-      let counted = 0;
-      try {
-        // A small file in one read into a buffer of its size; a large one as a stream of 1 MiB
-        // chunks that stops at the size fstat gave (a file that grew or shrank meanwhile is
-        // caught below). Without the bound every file cost a 1 MiB buffer and an extra read.
-        const source: AsyncIterable<Buffer> | Iterable<Buffer> =
-          stat.size === 0
-            ? []
-            : stat.size <= SMALL_FILE
-              ? [await readWhole(fh, stat.size)]
-              : fh.createReadStream({
-                  start: 0,
-                  end: stat.size - 1,
-                  highWaterMark: 1 << 20,
-                  autoClose: false,
-                });
-        // Counts as the target consumes (a 'data' listener would race the target's reader).
-        const counting = async function* () {
-          for await (const chunk of source) {
-            counted += (chunk as Buffer).length;
-            onBytes?.((chunk as Buffer).length, true);
-            yield chunk as Buffer;
-          }
-        };
-        const r = await writer.putFile(src.path, Readable.from(counting(), { objectMode: false }), meta, {
-          signal,
-        });
-        await this.checkUnchanged(fh, stat, meta, src);
-        this.checkStored(src, counted, r.bytes, stat.size);
-        return r.hash;
-      } catch (err) {
-        onBytes?.(-counted, true);
         const wait = RETRY_DELAYS_MS[attempt];
         if (!isTransient(err) || wait === undefined || signal.aborted) throw err;
         await delay(wait, signal);
-      } finally {
-        await fh.close().catch(() => undefined);
       }
     }
   }
 
+  /** One attempt through putFile: the content as a stream. */
+  private async putStreamed(src: SourceEntry, meta: EntryMeta): Promise<string> {
+    const { reader, writer, signal, onBytes } = this.o;
+    let opened: Awaited<ReturnType<MirrorReader['open']>>;
+    try {
+      opened = await reader.open(src.mirrorPath);
+    } catch (err) {
+      throw mirrorError(err, src);
+    }
+    const { fh, stat } = opened;
+    let counted = 0;
+    try {
+      // A small file in one read into a buffer of its size; a large one as a stream of 1 MiB
+      // chunks that stops at the size fstat gave (a file that grew or shrank meanwhile is
+      // caught below). Without the bound every file cost a 1 MiB buffer and an extra read.
+      const source: AsyncIterable<Buffer> | Iterable<Buffer> =
+        stat.size === 0
+          ? []
+          : stat.size <= SMALL_FILE
+            ? [await readWhole(fh, stat.size)]
+            : fh.createReadStream({
+                start: 0,
+                end: stat.size - 1,
+                highWaterMark: 1 << 20,
+                autoClose: false,
+              });
+      // Counts as the target consumes (a 'data' listener would race the target's reader).
+      const counting = async function* () {
+        for await (const chunk of source) {
+          counted += (chunk as Buffer).length;
+          onBytes?.((chunk as Buffer).length, true);
+          yield chunk as Buffer;
+        }
+      };
+      const r = await writer.putFile(src.path, Readable.from(counting(), { objectMode: false }), meta, {
+        signal,
+      });
+      checkUnchanged(src, meta, stat, await fh.stat());
+      checkStored(src, counted, r.bytes, stat.size);
+      return r.hash;
+    } catch (err) {
+      onBytes?.(-counted, true);
+      throw err;
+    } finally {
+      await fh.close().catch(() => undefined);
+    }
+  }
+
   /**
-   * Most files of a tree are small: read whole (synchronously) and handed to the target in one
-   * call (no stream, no pipeline per file). Undefined after a transient target failure that may
-   * be retried (having waited the retry delay).
+   * One attempt through putSmallFile. Most files of a tree are small: read whole
+   * (synchronously) and handed to the target in one call (no stream, no pipeline per file).
    */
-  private async putSmall(src: SourceEntry, meta: EntryMeta, attempt: number): Promise<string | undefined> {
+  private async putSmall(src: SourceEntry, meta: EntryMeta): Promise<string> {
     const { reader, writer, signal, onBytes } = this.o;
     let read: Awaited<ReturnType<MirrorReader['readSmall']>>;
     try {
@@ -183,53 +189,45 @@ export class EntryCopier {
     } catch (err) {
       throw mirrorError(err, src);
     }
-    const { stat, after, data } = read ?? { stat: undefined, after: undefined, data: Buffer.alloc(0) };
-    if (!stat || after.size !== stat.size || after.mtimeMs !== stat.mtimeMs || stat.size !== meta.size)
-      throw new TwinError(
-        'ETWIN_MIRROR_CHANGED',
-        `${src.path}: the split mirror copy changed while it was copied (${meta.size} → ${after?.size ?? 'more than 1 MiB'} bytes); the split is not holding`,
-        { path: src.path },
-      );
+    // Undefined: the copy grew past the small-file size since it was listed.
+    if (!read) throw changedError(src, meta, 'more than 1 MiB');
+    const { stat, after, data } = read;
+    checkUnchanged(src, meta, stat, after);
     onBytes?.(data.length, true);
     try {
       const r = await writer.putSmallFile!(src.path, data, meta, { signal });
-      this.checkStored(src, data.length, r.bytes, stat.size);
+      checkStored(src, data.length, r.bytes, stat.size);
       return r.hash;
     } catch (err) {
       onBytes?.(-data.length, true);
-      const wait = RETRY_DELAYS_MS[attempt];
-      if (!isTransient(err) || wait === undefined || signal.aborted) throw err;
-      await delay(wait, signal);
-      return undefined;
+      throw err;
     }
   }
+}
 
-  /** The split copy must not change while it is copied. */
-  private async checkUnchanged(
-    fh: FileHandle,
-    stat: Stats,
-    meta: EntryMeta,
-    src: SourceEntry,
-  ): Promise<void> {
-    const after = await fh.stat();
-    if (after.size !== stat.size || after.mtimeMs !== stat.mtimeMs || stat.size !== meta.size)
-      throw new TwinError(
-        'ETWIN_MIRROR_CHANGED',
-        `${src.path}: the split mirror copy changed while it was copied (${meta.size} → ${after.size} bytes); the split is not holding`,
-        { path: src.path },
-      );
-  }
+/** The split copy must not change while it is copied. */
+function checkUnchanged(src: SourceEntry, meta: EntryMeta, stat: Stats, after: Stats): void {
+  if (after.size !== stat.size || after.mtimeMs !== stat.mtimeMs || stat.size !== meta.size)
+    throw changedError(src, meta, after.size);
+}
 
-  private checkStored(src: SourceEntry, counted: number, stored: number, size: number): void {
-    if (stored !== size || counted !== size)
-      throw new TwinError(
-        'ETWIN_TARGET_FAILED',
-        `${src.path}: ${counted} bytes read, ${stored} stored, the file has ${size}`,
-        {
-          path: src.path,
-        },
-      );
-  }
+function changedError(src: SourceEntry, meta: EntryMeta, now: number | string): TwinError {
+  return new TwinError(
+    'ETWIN_MIRROR_CHANGED',
+    `${src.path}: the split mirror copy changed while it was copied (${meta.size} → ${now} bytes); the split is not holding`,
+    { path: src.path },
+  );
+}
+
+function checkStored(src: SourceEntry, counted: number, stored: number, size: number): void {
+  if (stored !== size || counted !== size)
+    throw new TwinError(
+      'ETWIN_TARGET_FAILED',
+      `${src.path}: ${counted} bytes read, ${stored} stored, the file has ${size}`,
+      {
+        path: src.path,
+      },
+    );
 }
 
 /** Reads up to size bytes from offset 0 (fewer if the file shrank: the caller checks the count). */
