@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type ChangeSink, nullSink, TwinFs } from '../../src/fusefs/index.js';
 import { WritebackCache } from '../../src/fusefs/writeback-cache.js';
 import { FIXTURES, isMounted, mountTmpfs, runSteps, unmountAll, waitFor } from '../helpers/mounts.js';
+import { mountFixture, type PosixFixture } from '../helpers/posix.js';
 import { sh, shOk } from '../helpers/proc.js';
 import { type ServerHandle, startServer, tempDirs } from '../helpers/server.js';
 import { bytes } from './fixtures/bytes.mjs';
@@ -120,23 +121,16 @@ describe('WritebackCache (no FUSE)', () => {
 });
 
 describe('read-your-writes through a long write-back delay', () => {
-  let t: Awaited<ReturnType<typeof tempDirs>>;
-  let srv: ServerHandle;
+  let fx: PosixFixture;
   beforeAll(async () => {
-    t = await tempDirs('primary', 'mnt');
-    srv = await startServer({
-      primary: t.dirs.primary!,
-      mount: t.dirs.mnt!,
-      args: ['--writeback-ms', '600000'],
-    });
+    fx = await mountFixture(['--writeback-ms', '600000']);
   });
   afterAll(async () => {
-    await srv?.kill();
-    await t?.cleanup();
+    await fx?.close();
   });
 
   it('shows unsynced writes to other processes at once, but not on the primary yet', async () => {
-    const f = path.join(t.dirs.mnt!, 'ryw.bin');
+    const f = path.join(fx.mnt, 'ryw.bin');
     const data = bytes(300_000, 11);
     // 64 KiB write(2)s: the cache takes them (128 KiB requests go straight to the primary).
     const r = await runSteps([
@@ -153,12 +147,12 @@ describe('read-your-writes through a long write-back delay', () => {
     expect(read).toMatchObject({ ok: true, size: data.length, sha: sha(data) });
     expect(st).toMatchObject({ ok: true, size: data.length });
     expect(await shOk(`stat -c %s '${f}'`)).toBe(`${data.length}\n`);
-    expect((await primaryBytes(path.join(t.dirs.primary!, 'ryw.bin'))).length).toBe(0);
+    expect((await primaryBytes(path.join(fx.primary, 'ryw.bin'))).length).toBe(0);
   });
 
   it('large writes to a file with nothing cached go straight to the primary; later ones wait behind cached data', async () => {
-    const f = path.join(t.dirs.mnt!, 'pass.bin');
-    const onPrimary = path.join(t.dirs.primary!, 'pass.bin');
+    const f = path.join(fx.mnt, 'pass.bin');
+    const onPrimary = path.join(fx.primary, 'pass.bin');
     const big = bytes(MiB, 21);
     const r = await runSteps([
       { op: 'open', path: f, flags: 'w' },
@@ -188,8 +182,8 @@ describe('read-your-writes through a long write-back delay', () => {
   });
 
   it('write-behind: a file with 4 MiB dirty is written back at once; a smaller one waits', async () => {
-    const big = path.join(t.dirs.mnt!, 'behind.bin');
-    const small = path.join(t.dirs.mnt!, 'stays.bin');
+    const big = path.join(fx.mnt, 'behind.bin');
+    const small = path.join(fx.mnt, 'stays.bin');
     const r = await runSteps([
       { op: 'open', path: big, flags: 'w' },
       { op: 'write', off: 0, len: 6 * MiB, seed: 24, chunk: 64 * 1024 }, // cached (64 KiB writes)
@@ -200,7 +194,7 @@ describe('read-your-writes through a long write-back delay', () => {
     ]);
     expect(r.every((s) => s.ok)).toBe(true);
     // The write-back delay is 10 minutes: only write-behind can put the first 4 MiB there.
-    const onPrimary = async (name: string) => (await primaryBytes(path.join(t.dirs.primary!, name))).length;
+    const onPrimary = async (name: string) => (await primaryBytes(path.join(fx.primary, name))).length;
     expect(await waitFor(async () => (await onPrimary('behind.bin')) >= 4 * MiB, 5000)).toBe(true);
     expect(await onPrimary('stays.bin')).toBe(0);
     const [read] = await runSteps([{ op: 'read', path: big }]);
@@ -208,7 +202,7 @@ describe('read-your-writes through a long write-back delay', () => {
   });
 
   it('reports size and mtime of cached writes', async () => {
-    const f = path.join(t.dirs.mnt!, 'times.txt');
+    const f = path.join(fx.mnt, 'times.txt');
     await shOk(`printf abc > '${f}' && touch -d '2001-02-03 04:05:06' '${f}'`);
     const before = await runSteps([{ op: 'stat', path: f }]);
     expect(before[0]!.mtimeMs).toBe(new Date('2001-02-03T04:05:06').getTime());
@@ -218,11 +212,11 @@ describe('read-your-writes through a long write-back delay', () => {
     expect(st!.size).toBe(7);
     expect(st!.mtimeMs).toBeGreaterThanOrEqual(start - 2000);
     expect(await shOk(`cat '${f}'`)).toBe('abcdefg');
-    expect((await primaryBytes(path.join(t.dirs.primary!, 'times.txt'))).toString()).toBe('abc');
+    expect((await primaryBytes(path.join(fx.primary, 'times.txt'))).toString()).toBe('abc');
   });
 
   it('sparse writes past the end read back with a zero gap', async () => {
-    const f = path.join(t.dirs.mnt!, 'sparse.bin');
+    const f = path.join(fx.mnt, 'sparse.bin');
     const r = await runSteps([
       { op: 'open', path: f, flags: 'w' },
       { op: 'write', off: 0, len: 1000, seed: 1 },
@@ -237,16 +231,16 @@ describe('read-your-writes through a long write-back delay', () => {
   });
 
   it('fsync puts the data on the primary before it returns', async () => {
-    const f = path.join(t.dirs.mnt!, 'synced.bin');
+    const f = path.join(fx.mnt, 'synced.bin');
     const data = bytes(700_000, 12);
     const r = await runSteps([
       { op: 'open', path: f, flags: 'w' },
       { op: 'write', off: 0, len: data.length, seed: 12 },
       { op: 'fsync' },
-      { op: 'read', path: path.join(t.dirs.primary!, 'synced.bin') },
+      { op: 'read', path: path.join(fx.primary, 'synced.bin') },
       { op: 'write', off: 100, len: 1000, seed: 13 },
       { op: 'fdatasync' },
-      { op: 'read', path: path.join(t.dirs.primary!, 'synced.bin') },
+      { op: 'read', path: path.join(fx.primary, 'synced.bin') },
       { op: 'close' },
     ]);
     expect(r.every((s) => s.ok)).toBe(true);
@@ -256,18 +250,18 @@ describe('read-your-writes through a long write-back delay', () => {
   });
 
   it('`sync FILE` from another process writes back data written by someone else', async () => {
-    const f = path.join(t.dirs.mnt!, 'other.txt');
+    const f = path.join(fx.mnt, 'other.txt');
     await shOk(`printf 'from a writer' > '${f}'`);
-    expect((await primaryBytes(path.join(t.dirs.primary!, 'other.txt'))).length).toBe(0);
+    expect((await primaryBytes(path.join(fx.primary, 'other.txt'))).length).toBe(0);
     await shOk(`sync '${f}'`);
-    expect((await primaryBytes(path.join(t.dirs.primary!, 'other.txt'))).toString()).toBe('from a writer');
+    expect((await primaryBytes(path.join(fx.primary, 'other.txt'))).toString()).toBe('from a writer');
   });
 
   it('writes everything back on SIGTERM', async () => {
-    expect(await srv.stop()).toBe(0);
-    expect(await isMounted(t.dirs.mnt!)).toBe(false);
-    expect(sha(await primaryBytes(path.join(t.dirs.primary!, 'ryw.bin')))).toBe(sha(bytes(300_000, 11)));
-    expect((await primaryBytes(path.join(t.dirs.primary!, 'times.txt'))).toString()).toBe('abcdefg');
+    expect(await fx.srv.stop()).toBe(0);
+    expect(await isMounted(fx.mnt)).toBe(false);
+    expect(sha(await primaryBytes(path.join(fx.primary, 'ryw.bin')))).toBe(sha(bytes(300_000, 11)));
+    expect((await primaryBytes(path.join(fx.primary, 'times.txt'))).toString()).toBe('abcdefg');
   });
 });
 
@@ -516,25 +510,18 @@ describe('in-process mount: dirty limit and write-back errors', () => {
 });
 
 describe('concurrent writers through a small cache', () => {
-  let t: Awaited<ReturnType<typeof tempDirs>>;
-  let srv: ServerHandle;
+  let fx: PosixFixture;
   beforeAll(async () => {
-    t = await tempDirs('primary', 'mnt');
-    srv = await startServer({
-      primary: t.dirs.primary!,
-      mount: t.dirs.mnt!,
-      args: ['--cache-mb', '1', '--writeback-ms', '100'],
-    });
+    fx = await mountFixture(['--cache-mb', '1', '--writeback-ms', '100']);
   });
   afterAll(async () => {
-    await srv?.kill();
-    await t?.cleanup();
+    await fx?.close();
   });
 
   it('disjoint regions of one file, separate appends and a shared O_APPEND log come out exact', async () => {
     const N = 8;
     const region = 1024 * 1024 + 333;
-    const m = t.dirs.mnt!;
+    const m = fx.mnt;
     await shOk(`truncate -s 0 '${m}/shared.bin' && : > '${m}/log'`);
     const runs = await Promise.all(
       Array.from({ length: N }, (_, i) =>
@@ -576,8 +563,8 @@ describe('concurrent writers through a small cache', () => {
     }
     checkLog(Buffer.from(await shOk(`cat '${m}/log'`), 'latin1'), 'log through the mount');
     // And on the primary once the server has written everything back.
-    expect(await srv.stop()).toBe(0);
-    const p = t.dirs.primary!;
+    expect(await fx.srv.stop()).toBe(0);
+    const p = fx.primary;
     expect(sha(await fsp.readFile(path.join(p, 'shared.bin')))).toBe(sha(shared));
     for (const [i, b] of own.entries())
       expect(sha(await fsp.readFile(path.join(p, `own${i}`))), `own${i}`).toBe(sha(b));

@@ -2,6 +2,7 @@ import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FIXTURES, unmountAll, waitFor } from '../helpers/mounts.js';
+import { mountFixture, type PosixFixture } from '../helpers/posix.js';
 import { sh, shOk } from '../helpers/proc.js';
 import { type ServerHandle, startServer, tempDirs } from '../helpers/server.js';
 
@@ -124,21 +125,18 @@ describe.each(CONFIGS)('randomized differential test: $name', ({ args, seeds }) 
  * fixed they fail, and the marker should go (and `links` go back into the random workload).
  */
 describe('known libfuse2 limitations', () => {
-  let t: Awaited<ReturnType<typeof tempDirs>>;
-  let srv: ServerHandle;
+  let fx: PosixFixture;
   beforeAll(async () => {
-    t = await tempDirs('primary', 'mnt');
-    srv = await startServer({ primary: t.dirs.primary!, mount: t.dirs.mnt! });
+    fx = await mountFixture();
   });
   afterAll(async () => {
-    await srv?.kill();
-    await t?.cleanup();
+    await fx?.close();
   });
 
   // Each name gets its own kernel inode with its own attribute cache (attr_timeout 1 s).
   // Fixed by attr_timeout=0 (native-options.ts): a plain test now.
   it('a size change through one hard link shows through the other at once', async () => {
-    const m = t.dirs.mnt!;
+    const m = fx.mnt;
     const out = await shOk(
       `cd '${m}' && printf abc > a && ln a c && stat -c %s c >/dev/null && printf defgh >> a && stat -c %s a c`,
     );
@@ -147,7 +145,7 @@ describe('known libfuse2 limitations', () => {
 
   // An unlinked open file becomes .fuse_hidden… in its directory until it is closed.
   it.fails('rmdir succeeds when the last file in it was unlinked while still open', async () => {
-    const m = t.dirs.mnt!;
+    const m = fx.mnt;
     const out = await sh(
       `mkdir '${m}/d' && exec 3>'${m}/d/f' && rm '${m}/d/f' && rmdir '${m}/d'; echo "rmdir=$?"`,
     );
