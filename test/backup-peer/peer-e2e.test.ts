@@ -1,4 +1,3 @@
-import { spawn } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -11,9 +10,8 @@ import {
   status,
   waitUntil,
 } from '../control/control-fixture.js';
-import { watchCli } from '../helpers/cli.js';
+import { runCli, watchCli } from '../helpers/cli.js';
 import { sh } from '../helpers/proc.js';
-import { CLI } from '../helpers/server.js';
 import { snapshotTree } from './peer-fixture.js';
 
 /**
@@ -21,33 +19,8 @@ import { snapshotTree } from './peer-fixture.js';
  * `twinfs backup|restore|check|snapshots|forget|peer` processes, a real websocket.
  */
 
-interface CliRun {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-  /** stdout's JSON lines. */
-  lines: any[];
-  last: any;
-}
-
-function cli(args: string[], timeoutMs = 60_000): Promise<CliRun> {
-  return new Promise((resolve) => {
-    const p = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    p.stdout.on('data', (d) => (stdout += d));
-    p.stderr.on('data', (d) => (stderr += d));
-    const t = setTimeout(() => p.kill('SIGKILL'), timeoutMs);
-    p.on('exit', (code) => {
-      clearTimeout(t);
-      const lines = stdout
-        .split('\n')
-        .filter((l) => l.startsWith('{') || l.startsWith('['))
-        .map((l) => JSON.parse(l));
-      resolve({ code, stdout, stderr, lines, last: lines.at(-1) });
-    });
-  });
-}
+/** A twinfs command run to its end. */
+const cli = (args: string[], timeoutMs?: number) => runCli(args, { timeoutMs });
 
 // Targets come from plugins: the plugin hosts of the servers and the peers (children of this
 // forked test process) keep their state in a temporary folder and see no user plugins.

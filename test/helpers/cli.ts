@@ -36,3 +36,39 @@ export function watchCli(args: string[], killAfterMs?: number): WatchedCli {
   );
   return { proc, lines, exited, stderr: () => err };
 }
+
+/** stdout's JSON lines (objects, arrays, and `null` results). */
+export const jsonLines = (stdout: string): any[] =>
+  stdout
+    .split('\n')
+    .filter((l) => l.startsWith('{') || l.startsWith('[') || l === 'null')
+    .map((l) => JSON.parse(l));
+
+export interface CliRun {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+  /** stdout's JSON lines. */
+  lines: any[];
+  last: any;
+}
+
+/** Runs a `twinfs` command to its end (SIGKILL after timeoutMs) and collects its output. */
+export function runCli(
+  args: string[],
+  opts: { env?: NodeJS.ProcessEnv; timeoutMs?: number } = {},
+): Promise<CliRun> {
+  return new Promise((resolve) => {
+    const p = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: opts.env });
+    let stdout = '';
+    let stderr = '';
+    p.stdout!.on('data', (d) => (stdout += d));
+    p.stderr!.on('data', (d) => (stderr += d));
+    const t = setTimeout(() => p.kill('SIGKILL'), opts.timeoutMs ?? 60_000);
+    p.on('exit', (code) => {
+      clearTimeout(t);
+      const lines = jsonLines(stdout);
+      resolve({ code, stdout, stderr, lines, last: lines.at(-1) });
+    });
+  });
+}

@@ -1,4 +1,4 @@
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -6,7 +6,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { SqliteShell } from '../../examples/plugins/sqlite-checkpoint/sqlite-shell.js';
 import type { ControlClient } from '../../src/control/client.js';
 import { type ControlFixture, startControlFixture } from '../control/control-fixture.js';
-import { CLI, ROOT } from '../helpers/server.js';
+import { runCli } from '../helpers/cli.js';
+import { ROOT } from '../helpers/server.js';
 
 /**
  * Application-consistent backups end to end: a real `twinfs serve --mirror --control
@@ -71,31 +72,8 @@ async function writePlugin(dir: string, name: string, code: string): Promise<str
   return dir;
 }
 
-interface CliRun {
-  code: number | null;
-  stderr: string;
-  lines: any[];
-  last: any;
-}
-
-function cli(args: string[], env: NodeJS.ProcessEnv, timeoutMs = 60_000): Promise<CliRun> {
-  return new Promise((resolve) => {
-    const p = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env });
-    let stdout = '';
-    let stderr = '';
-    p.stdout.on('data', (d) => (stdout += d));
-    p.stderr.on('data', (d) => (stderr += d));
-    const t = setTimeout(() => p.kill('SIGKILL'), timeoutMs);
-    p.on('exit', (code) => {
-      clearTimeout(t);
-      const lines = stdout
-        .split('\n')
-        .filter((l) => l.startsWith('{') || l.startsWith('['))
-        .map((l) => JSON.parse(l));
-      resolve({ code, stderr, lines, last: lines.at(-1) });
-    });
-  });
-}
+/** A twinfs command run to its end, with this environment. */
+const cli = (args: string[], env: NodeJS.ProcessEnv, timeoutMs?: number) => runCli(args, { env, timeoutMs });
 
 async function readEvents(stateRoot: string): Promise<any[]> {
   const text = await fsp

@@ -20,12 +20,7 @@ export function twinfs(
   });
 }
 
-/** stdout's JSON lines. */
-export const jsonLines = (stdout: string): any[] =>
-  stdout
-    .split('\n')
-    .filter((l) => l.startsWith('{') || l.startsWith('[') || l === 'null')
-    .map((l) => JSON.parse(l));
+export { jsonLines } from '../helpers/cli.js';
 
 /** A TCP port nobody listens on right now (for a server that must come back on the same port). */
 export function freePort(): Promise<number> {
