@@ -3,6 +3,7 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import { type RunResult, sh } from '../helpers/proc.js';
 import { CLI } from '../helpers/server.js';
+import { memoryTargetPlugin } from '../plugins/plugin-fixtures.js';
 
 export const q = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
 
@@ -56,46 +57,19 @@ export async function writeSlowPlugin(dir: string, delayMs = 300): Promise<void>
       },
     }),
   );
-  await fsp.writeFile(
-    path.join(folder, 'index.js'),
-    `import { createHash } from 'node:crypto';
-const sleep = (ms, signal) => new Promise((resolve, reject) => {
-  const onAbort = () => { clearTimeout(t); reject(new Error('aborted')); };
-  const t = setTimeout(() => { signal?.removeEventListener('abort', onAbort); resolve(); }, ms);
-  signal?.addEventListener('abort', onAbort, { once: true });
-});
-export function activate(context) {
-  const api = context.twinfs;
-  context.subscriptions.push(api.registerCommand('slow.hello', (...who) => 'hello ' + who.join(' ')));
-  context.subscriptions.push(api.registerBackupTarget('slow', {
-    async open(location) {
-      return {
-        id: 'slow', spec: 'slow:' + location,
-        capabilities: { rangedReads: false, dedup: false, atomicRename: true, maxConcurrency: 1 },
-        async beginSnapshot(meta) {
-          return {
-            snapshotId: meta.snapshotId,
-            async putFile(p, data, m, o) {
-              const h = createHash('sha256');
-              let bytes = 0;
-              for await (const c of data) { h.update(c); bytes += c.length; }
-              await sleep(${delayMs}, o?.signal);
-              return { hash: h.digest('hex'), bytes };
-            },
-            async reuseFile() { throw api.errors.notFound('nothing to reuse'); },
-            async putDir() {}, async putSymlink() {}, async commit() {}, async abort() {},
-          };
-        },
-        async listSnapshots() { return []; },
-        async readManifest(id) { throw api.errors.notFound('no snapshot ' + id); },
-        async openFile(id) { throw api.errors.notFound('no snapshot ' + id); },
-        async stat(id) { throw api.errors.notFound('no snapshot ' + id); },
-        async deleteSnapshot() {},
-        async close() {},
-      };
-    },
-  }));
-}
-`,
-  );
+  // Each put hashes what it is given, then waits delayMs (cut short by the run's signal).
+  const putFile = `async (p, data, m, o) => {
+    const h = (await import('node:crypto')).createHash('sha256');
+    let bytes = 0;
+    for await (const c of data) { h.update(c); bytes += c.length; }
+    await new Promise((resolve, reject) => {
+      const onAbort = () => { clearTimeout(t); reject(new Error('aborted')); };
+      const t = setTimeout(() => { o?.signal?.removeEventListener('abort', onAbort); resolve(); }, ${delayMs});
+      o?.signal?.addEventListener('abort', onAbort, { once: true });
+    });
+    return { hash: h.digest('hex'), bytes };
+  }`;
+  const hello =
+    "context.subscriptions.push(context.twinfs.registerCommand('slow.hello', (...who) => 'hello ' + who.join(' ')));";
+  await fsp.writeFile(path.join(folder, 'index.js'), memoryTargetPlugin('slow', putFile, hello));
 }
