@@ -36,7 +36,9 @@ export interface ControlFixture {
   close(): Promise<void>;
 }
 
-export async function startControlFixture(opts: { args?: string[] } = {}): Promise<ControlFixture> {
+export async function startControlFixture(
+  opts: { args?: string[]; prefix?: string[] } = {},
+): Promise<ControlFixture> {
   const t = await tempDirs('primary', 'mnt', 'mirror', 'state', 'etc');
   const tokenFile = path.join(t.dirs.etc!, 'control.token');
   const closers: Array<() => Promise<void> | void> = [];
@@ -56,6 +58,7 @@ export async function startControlFixture(opts: { args?: string[] } = {}): Promi
         tokenFile,
         ...(opts.args ?? []),
       ],
+      prefix: opts.prefix,
     });
   } catch (err) {
     await t.cleanup();

@@ -116,6 +116,7 @@ describe('control protocol v1 on the wire', () => {
         server: expect.stringMatching(/^twinfs\//),
         deviceId: fx.deviceId,
         mirrorRoot: fx.mirrorRoot,
+        role: 'operator',
       },
     });
     const s = await r.request({ type: 'status', id: 7 });
