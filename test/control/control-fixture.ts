@@ -79,7 +79,12 @@ export async function startControlFixture(
     tokenFile,
     token,
     async connect(o = {}) {
-      const c = await ControlClient.connect(url, { token, client: 'test', requestTimeoutMs: 30_000, ...o });
+      const c = await ControlClient.connect(url, {
+        token: fx.token,
+        client: 'test',
+        requestTimeoutMs: 30_000,
+        ...o,
+      });
       closers.push(() => c.close());
       return c;
     },
