@@ -143,6 +143,13 @@ export class RawConn {
     return this.messages.splice(i, 1)[0];
   }
 
+  /** The first message (not yet taken) matching pred, or null if the connection closes first. */
+  async nextOrClose(pred: (m: any) => boolean, timeoutMs = 10_000): Promise<any | null> {
+    await this.until(() => this.closed !== null || this.messages.some(pred), timeoutMs, 'message or close');
+    const i = this.messages.findIndex(pred);
+    return i >= 0 ? this.messages.splice(i, 1)[0] : null;
+  }
+
   /** Sends a request and resolves with the reply (result or error) carrying its id. */
   async request(msg: { id: string | number } & Record<string, unknown>): Promise<any> {
     this.send(msg);
