@@ -283,7 +283,9 @@ main(hideBin(process.argv)).then(
   (err) => {
     const code = knownCode(err);
     process.stderr.write(`twinfs: error ${code ? `${code}: ${(err as Error).message}` : formatError(err)}\n`);
-    if (!code || code === 'ETWIN_INTERNAL') process.stderr.write(`${(err as Error)?.stack ?? ''}\n`);
+    // A stack helps only for a failure of this process; a server's ETWIN_INTERNAL is in its log.
+    if (!code || (code === 'ETWIN_INTERNAL' && err instanceof TwinError))
+      process.stderr.write(`${(err as Error)?.stack ?? ''}\n`);
     process.exit(code === 'ETWIN_USAGE' ? 2 : 1);
   },
 );
