@@ -79,16 +79,5 @@ function normalize(p: string): string {
   return '/' + parts.join('/');
 }
 
-/** Reads a token file (the first line, trimmed). */
-export async function readToken(file: string): Promise<string> {
-  try {
-    const t = (await fsp.readFile(file, 'utf8')).split('\n')[0]!.trim();
-    if (!t) throw new Error('empty');
-    return t;
-  } catch (err) {
-    const e = err as NodeJS.ErrnoException;
-    throw new TwinError('ETWIN_TOKEN', `cannot read the token from ${file}: ${e.code ?? e.message}`, {
-      file,
-    });
-  }
-}
+/** Reads a token file (the first line, trimmed); refused if group or others can read it. */
+export { readToken } from '../control/token.js';

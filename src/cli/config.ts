@@ -25,6 +25,12 @@ export interface ServeConfig {
   maxStallMs?: number;
   tlsCert?: string;
   tlsKey?: string;
+  /** A second token file whose token may only look (status, verify); created 0600 if missing. */
+  readTokenFile?: string;
+  /** Allow a non-loopback --control address without TLS (the token then crosses the network in clear). */
+  insecureBind?: boolean;
+  /** Most control connections at once (default 256; never more than 1/8 of the descriptor limit). */
+  controlMaxConnections?: number;
   /** Serve the mount over SMB with a supervised smbd (docs/smb.md). */
   smb?: SmbSettings;
 }
@@ -45,11 +51,32 @@ const SCHEMA: Record<keyof ServeConfig, 'string' | 'number' | 'boolean' | 'objec
   maxStallMs: 'number',
   tlsCert: 'string',
   tlsKey: 'string',
+  readTokenFile: 'string',
+  insecureBind: 'boolean',
+  controlMaxConnections: 'number',
   smb: 'object',
 };
 
 /** The keys of a serve config (flat, or its "serve" section). */
 export const SERVE_KEYS: readonly (keyof ServeConfig)[] = Object.keys(SCHEMA) as (keyof ServeConfig)[];
+
+/**
+ * Keys of the shared config file that belong to the operator commands (src/cli/operator-config.ts)
+ * and to the peer daemon: `twinfs serve` leaves them alone in a flat file (docs/cli.md), as the
+ * operator commands leave the serve keys alone. tokenFile is both an operator and a serve key.
+ */
+export const OPERATOR_KEY_NAMES = ['server', 'tokenFile', 'caFile', 'catalog', 'target', 'history'] as const;
+export const PEER_KEY_NAMES = [
+  'intervalSec',
+  'paths',
+  'subtree',
+  'mirrorMap',
+  'leaseSec',
+  'keepLast',
+  'keepDaily',
+] as const;
+/** Top-level keys of a config in sections. */
+export const CONFIG_SECTIONS = ['serve', 'operator', 'plugins'] as const;
 
 /** Reads a config file as JSON; errors are ETWIN_CONFIG naming the file. */
 export async function readJsonConfig(file: string): Promise<unknown> {
@@ -75,8 +102,15 @@ export async function readJsonConfig(file: string): Promise<unknown> {
 /** Reads and validates a JSON config file. Relative paths in it are relative to the file. */
 export async function loadConfig(file: string): Promise<ServeConfig> {
   const raw = await readJsonConfig(file);
-  const source = raw && typeof raw === 'object' && 'serve' in raw ? (raw as { serve: unknown }).serve : raw;
-  return validateConfig(source, file);
+  if (!raw || typeof raw !== 'object' || Array.isArray(raw)) return validateConfig(raw, file);
+  const obj = raw as Record<string, unknown>;
+  if (Object.keys(obj).some((k) => (CONFIG_SECTIONS as readonly string[]).includes(k)))
+    return validateConfig(obj.serve ?? {}, file);
+  // Flat: the operator's and the peer's keys sit beside the serve keys; a key nobody knows is
+  // still refused by name.
+  const others = new Set<string>([...OPERATOR_KEY_NAMES, ...PEER_KEY_NAMES]);
+  const serveOnly = Object.fromEntries(Object.entries(obj).filter(([k]) => k in SCHEMA || !others.has(k)));
+  return validateConfig(serveOnly, file);
 }
 
 export function validateConfig(raw: unknown, file = '<config>'): ServeConfig {

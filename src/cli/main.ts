@@ -2,7 +2,8 @@
 import './env.js';
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
-import { TwinError } from '../common/errors.js';
+import { ErrorCodes, TwinError } from '../common/errors.js';
+import { ProtocolErrors } from '../control/protocol.js';
 import { demo } from './demo.js';
 import { registerOperatorCommands, runOnce, withServer } from './operator-commands.js';
 import { registerPeerCommands } from './peer-commands.js';
@@ -61,6 +62,19 @@ async function main(argv: string[]): Promise<number> {
           })
           .option('tls-cert', { type: 'string', describe: 'serve wss:// with this certificate (PEM)' })
           .option('tls-key', { type: 'string', describe: 'private key (PEM) for --tls-cert' })
+          .option('read-token-file', {
+            type: 'string',
+            describe: 'a second token, read-only (status, verify), created 0600 if missing',
+          })
+          .option('insecure-bind', {
+            type: 'boolean',
+            describe:
+              'allow a non-loopback --control address without TLS (the token crosses the network in clear)',
+          })
+          .option('control-max-connections', {
+            type: 'number',
+            describe: 'most control connections at once (default 256, at most 1/8 of the open-file limit)',
+          })
           .option('json', { type: 'boolean', describe: 'print events as JSON lines' })
           .option('repl', {
             type: 'boolean',
@@ -106,6 +120,9 @@ async function main(argv: string[]): Promise<number> {
           maxStallMs: a['max-stall-ms'],
           tlsCert: a['tls-cert'],
           tlsKey: a['tls-key'],
+          readTokenFile: a['read-token-file'],
+          insecureBind: a['insecure-bind'],
+          controlMaxConnections: a['control-max-connections'],
           json: a.json,
           repl: a.repl,
           smbListen: a.smb,
@@ -252,12 +269,23 @@ function usageMessage(msg: string, argv: string[], commands: string[]): string {
     .replace(/\s*\n\s*/g, '; ')} (${help})`;
 }
 
+/**
+ * The catalogued code an error carries: a TwinError's, or one the server sent back (a
+ * RemoteError with an ETWIN_* or EPROTO_* code). Those are known failures: one line, no stack.
+ */
+function knownCode(err: unknown): string | undefined {
+  const code = (err as { code?: unknown } | undefined)?.code;
+  return typeof code === 'string' && (code in ErrorCodes || code in ProtocolErrors) ? code : undefined;
+}
+
 main(hideBin(process.argv)).then(
   (code) => process.exit(code),
   (err) => {
-    process.stderr.write(`twinfs: error ${formatError(err)}\n`);
-    if (!(err instanceof TwinError) || err.code === 'ETWIN_INTERNAL')
+    const code = knownCode(err);
+    process.stderr.write(`twinfs: error ${code ? `${code}: ${(err as Error).message}` : formatError(err)}\n`);
+    // A stack helps only for a failure of this process; a server's ETWIN_INTERNAL is in its log.
+    if (!code || (code === 'ETWIN_INTERNAL' && err instanceof TwinError))
       process.stderr.write(`${(err as Error)?.stack ?? ''}\n`);
-    process.exit(err instanceof TwinError && err.code === 'ETWIN_USAGE' ? 2 : 1);
+    process.exit(code === 'ETWIN_USAGE' ? 2 : 1);
   },
 );

@@ -1,7 +1,15 @@
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { TwinError } from '../common/errors.js';
-import { readJsonConfig, SERVE_KEYS, type ServeConfig, validateConfig } from './config.js';
+import {
+  CONFIG_SECTIONS,
+  type OPERATOR_KEY_NAMES,
+  PEER_KEY_NAMES,
+  readJsonConfig,
+  SERVE_KEYS,
+  type ServeConfig,
+  validateConfig,
+} from './config.js';
 
 /**
  * Defaults of the operator commands (`twinfs repl`, `status`, `freeze`, `backup`, `restore`,
@@ -30,7 +38,8 @@ export interface OperatorConfig {
 }
 
 type Kind = 'url' | 'path' | 'target';
-const OPERATOR_KEYS: Record<keyof OperatorConfig, Kind> = {
+// Typed against config.ts's list of names, which `twinfs serve` skips in a flat file.
+const OPERATOR_KEYS: Record<keyof OperatorConfig & (typeof OPERATOR_KEY_NAMES)[number], Kind> = {
   server: 'url',
   tokenFile: 'path',
   caFile: 'path',
@@ -38,20 +47,12 @@ const OPERATOR_KEYS: Record<keyof OperatorConfig, Kind> = {
   target: 'target',
   history: 'path',
 };
-const SECTIONS = ['serve', 'operator', 'plugins'] as const;
+const SECTIONS = CONFIG_SECTIONS;
 /** Keys of a flat serve config (src/cli/config.ts); kept here so a flat file can mix both kinds. */
 const SERVE_KEYS_SET = new Set<string>(SERVE_KEYS);
 
 /** Keys of a peer daemon config (`twinfs peer --config`) that operator commands leave alone. */
-const PEER_ONLY_KEYS = new Set([
-  'intervalSec',
-  'paths',
-  'subtree',
-  'mirrorMap',
-  'leaseSec',
-  'keepLast',
-  'keepDaily',
-]);
+const PEER_ONLY_KEYS = new Set<string>(PEER_KEY_NAMES);
 
 const bad = (file: string, key: string, why: string) =>
   new TwinError('ETWIN_CONFIG', `config ${file}: "${key}" ${why}`, { file, key });

@@ -1,14 +1,14 @@
-import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { TwinError } from '../common/errors.js';
 import { BackupService } from '../control/backup-service.js';
-import { ControlServer } from '../control/control-server.js';
-import { loadOrCreateToken } from '../control/token.js';
 import { TwinFs } from '../fusefs/index.js';
 import { preflight } from '../fusefs/mount-checks.js';
 import { defaultStateDir, MirrorDriver } from '../mirror-driver/index.js';
 import { describeSmbEvent, mergeSmbSettings, parseUserSpec, SmbService } from '../smb/index.js';
 import { loadConfig, SERVE_KEYS, type ServeConfig, validateCliSettings } from './config.js';
+import { openControl } from './serve-control.js';
+
+export { parseHostPort } from './serve-control.js';
 
 export interface ServeArgs extends ServeConfig {
   config?: string;
@@ -73,28 +73,32 @@ export async function serve(args: ServeArgs): Promise<number> {
   const out = (event: string, data: Record<string, unknown>, text: string) =>
     process.stdout.write(args.json ? JSON.stringify({ event, ...data }) + '\n' : `twinfs: ${text}\n`);
 
+  if (args.repl && !cfg.control) cfg.control = '127.0.0.1:0';
+  // The control channel is checked and bound before anything is mounted: a bad address, TLS
+  // file or token file is a coded error with nothing left behind (src/cli/serve-control.ts).
+  const controlSetup = await openControl(cfg, (m) => process.stderr.write(`twinfs: ${m}\n`));
   let mirror: MirrorDriver | undefined;
-  if (cfg.mirror) {
-    // Check the directories before the mirror driver creates anything.
-    await preflight({ primary: cfg.primary, mount: cfg.mount, mirror: cfg.mirror, force: cfg.force });
-    mirror = await MirrorDriver.open({
-      primary: cfg.primary,
-      mirror: cfg.mirror,
-      stateDir: cfg.stateDir,
-      adopt: cfg.adoptMirror,
-    });
-    mirror.onDidBreak((e) => out('broken', e, `mirror pair broken: ${e.path} (${e.error})`));
-    mirror.onDidChangeState((e) => args.json && out('state', e, ''));
-    // The initial copy and resyncs, for supervisors and tests: at most 4 lines a second per phase.
-    let lastProgress = 0;
-    mirror.onProgress((p) => {
-      if (!args.json || (!p.done && Date.now() - lastProgress < 250)) return;
-      lastProgress = Date.now();
-      out('progress', { ...p }, '');
-    });
-  }
   let fs: TwinFs;
   try {
+    if (cfg.mirror) {
+      // Check the directories before the mirror driver creates anything.
+      await preflight({ primary: cfg.primary, mount: cfg.mount, mirror: cfg.mirror, force: cfg.force });
+      mirror = await MirrorDriver.open({
+        primary: cfg.primary,
+        mirror: cfg.mirror,
+        stateDir: cfg.stateDir,
+        adopt: cfg.adoptMirror,
+      });
+      mirror.onDidBreak((e) => out('broken', e, `mirror pair broken: ${e.path} (${e.error})`));
+      mirror.onDidChangeState((e) => args.json && out('state', e, ''));
+      // The initial copy and resyncs, for supervisors and tests: at most 4 lines a second per phase.
+      let lastProgress = 0;
+      mirror.onProgress((p) => {
+        if (!args.json || (!p.done && Date.now() - lastProgress < 250)) return;
+        lastProgress = Date.now();
+        out('progress', { ...p }, '');
+      });
+    }
     fs = await TwinFs.mount({
       sink: mirror,
       primary: cfg.primary,
@@ -108,43 +112,23 @@ export async function serve(args: ServeArgs): Promise<number> {
     });
   } catch (err) {
     await mirror?.dispose().catch(() => undefined);
+    await controlSetup?.dispose().catch(() => undefined);
     throw err;
   }
   let smbRef: SmbService | undefined;
-  let control: ControlServer | undefined;
+  const control = controlSetup?.server;
   let service: BackupService | undefined;
   let plugins: { dispose(): Promise<void> } | undefined;
-  if (args.repl && !cfg.control) cfg.control = '127.0.0.1:0';
-  let token = '';
-  if (cfg.control) {
-    try {
-      const [host, port] = parseHostPort(cfg.control);
-      token = await loadOrCreateToken(
-        cfg.tokenFile ?? path.join(cfg.stateDir ?? defaultStateDir(), 'control.token'),
-      );
-      const tls =
-        cfg.tlsCert && cfg.tlsKey
-          ? { cert: await fsp.readFile(cfg.tlsCert), key: await fsp.readFile(cfg.tlsKey) }
-          : undefined;
-      service = new BackupService({ fs, mirror, maxStallMs: cfg.maxStallMs });
-      plugins = await startPlugins(service, args.pluginDirs, mirror?.deviceId);
-      control = await ControlServer.start({
-        statusExtras: async () => ({ smb: smbRef ? await smbRef.status() : null }),
-        host,
-        port,
-        token,
-        tls,
-        service,
-        fs,
-        mirror,
-        log: (m) => process.stderr.write(`twinfs: ${m}\n`),
-      });
-    } catch (err) {
-      await plugins?.dispose().catch(() => undefined);
-      await fs.unmount().catch(() => undefined);
-      await mirror?.dispose().catch(() => undefined);
-      throw err;
-    }
+  const token = controlSetup?.tokens.operatorToken ?? '';
+  if (control) {
+    service = new BackupService({ fs, mirror, maxStallMs: cfg.maxStallMs });
+    plugins = await startPlugins(service, args.pluginDirs, mirror?.deviceId);
+    control.attach({
+      statusExtras: async () => ({ smb: smbRef ? await smbRef.status() : null }),
+      service,
+      fs,
+      mirror,
+    });
   }
   const st = fs.status();
   out(
@@ -185,7 +169,7 @@ export async function serve(args: ServeArgs): Promise<number> {
       stopping = true;
       out('stopping', { signal }, `${signal}: writing back cached data and unmounting`);
       Promise.resolve()
-        .then(() => control?.dispose())
+        .then(() => controlSetup?.dispose())
         .then(() => service?.dispose())
         .then(() => plugins?.dispose())
         .then(() => smb?.dispose())
@@ -248,14 +232,6 @@ async function startPlugins(
     process.stderr.write(`twinfs: plugins disabled: ${formatError(err)}\n`);
     return undefined;
   }
-}
-
-export function parseHostPort(spec: string): [string, number] {
-  const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d+)$/.exec(spec) ?? /^()()(\d+)$/.exec(spec);
-  if (!m) throw new TwinError('ETWIN_USAGE', `--control must be HOST:PORT or PORT, not "${spec}"`);
-  const port = Number(m[3]);
-  if (port > 65535) throw new TwinError('ETWIN_USAGE', `--control port ${port} is out of range`);
-  return [m[1] || m[2] || '127.0.0.1', port];
 }
 
 export function formatError(err: unknown): string {

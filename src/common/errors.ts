@@ -35,6 +35,12 @@ export const ErrorCodes = {
   ETWIN_UNKNOWN_FREEZE: 'no such freeze',
   ETWIN_NOT_FOUND: 'no such file on the volume',
   ETWIN_TOKEN: 'the token file is missing or unreadable',
+  ETWIN_TOKEN_PERMISSIONS:
+    'the token file can be read or written by group or others (chmod 600 it, like an ssh key)',
+  ETWIN_TLS: 'the TLS certificate or key is missing, unreadable, invalid, or one is given without the other',
+  ETWIN_CONTROL_LISTEN:
+    'the control channel cannot listen on that address (port in use, or address not bindable)',
+  ETWIN_INSECURE_BIND: 'a non-loopback control address needs TLS (--tls-cert/--tls-key) or --insecure-bind',
   ETWIN_PLUGIN_MANIFEST: 'a plugin manifest (package.json) is invalid',
   ETWIN_PLUGIN_ENGINE: 'a plugin needs another twinfs API version (engines.twinfs)',
   ETWIN_PLUGIN_DUPLICATE: 'a plugin, target or command id is already taken',

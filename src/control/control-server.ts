@@ -1,12 +1,14 @@
 import { randomUUID } from 'node:crypto';
 import * as http from 'node:http';
 import * as https from 'node:https';
-import type { AddressInfo } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import { type WebSocket, WebSocketServer } from 'ws';
 import { isTwinError, TwinError } from '../common/errors.js';
 import type { TwinFs } from '../fusefs/filesystem.js';
 import type { MirrorDriver } from '../mirror-driver/mirror-driver.js';
 import { type BackupService, writebackError } from './backup-service.js';
+import { ConnectionGuard, type ConnectionLimits, resolveLimits } from './connection-guard.js';
+import { DEFAULT_LIVENESS, Liveness, type LivenessOptions } from './liveness.js';
 import {
   describeIssues,
   MAX_MESSAGE_BYTES,
@@ -15,33 +17,48 @@ import {
   type Request,
   requestSchema,
 } from './protocol.js';
-import { tokensEqual } from './token.js';
+import { DEFAULT_RATE_LIMITS, RateLimiter, type RateLimits } from './rate-limit.js';
+import type { Role } from './token-store.js';
+
+/** What the control channel serves, attached once the volume is mounted. */
+export interface ControlBackend {
+  service: BackupService;
+  fs: TwinFs;
+  mirror?: MirrorDriver;
+  /** More sections for the status reply (e.g. the SMB service), from the server's other parts. */
+  statusExtras?: () => Promise<Record<string, unknown>>;
+}
 
 export interface ControlServerOptions {
   host?: string;
   port?: number;
-  token: string;
+  /** Who may do what: the role a presented token grants (TokenStore). */
+  tokens: { roleOf(token: string): Role | null };
   tls?: { cert: string | Buffer; key: string | Buffer };
-  service: BackupService;
-  fs: TwinFs;
-  mirror?: MirrorDriver;
-  /** Heartbeat period, ms (default 15000): a connection that misses one pong is dropped. */
-  heartbeatMs?: number;
+  /** Connection caps and the raw-socket handshake timeout (defaults: connection-guard.ts). */
+  limits?: Partial<ConnectionLimits>;
+  /** Per-connection request rate (defaults: rate-limit.ts). */
+  rate?: Partial<RateLimits>;
+  /** Ping period and how long a silent connection lives (defaults: liveness.ts). */
+  liveness?: Partial<LivenessOptions>;
   /** A connection must say hello within this, ms (default 10000). */
   helloTimeoutMs?: number;
   log?: (msg: string) => void;
-  /** More sections for the status reply (e.g. the SMB service), from the server's other parts. */
-  statusExtras?: () => Promise<Record<string, unknown>>;
 }
 
 interface Conn {
   id: string;
   ws: WebSocket;
-  authed: boolean;
-  alive: boolean;
+  socket: Socket;
+  role: Role | null;
   /** The socket closed: whatever a request still in progress obtains must be given back. */
   closed: boolean;
   client?: string;
+  rate: RateLimiter;
+  /** prepare and freeze requests under way, and the freezes and splits this connection holds. */
+  holding: number;
+  freezes: Set<string>;
+  backups: Set<string>;
 }
 
 const CLOSE_AUTH = 4401;
@@ -58,50 +75,86 @@ const KNOWN_TYPES = new Set([
   'repair',
   'flush',
 ]);
+/** What a read-only token may ask: requests that only look. */
+const READ_ONLY_TYPES = new Set(['hello', 'status', 'verify']);
 
 /**
  * The websocket control channel of `twinfs serve` (protocol v1, docs/protocol.md): token
- * authentication in hello, schema-validated requests with ids, typed results and errors,
- * pushed events, heartbeats and a message size limit. A connection's leases and freezes end
- * with it.
+ * authentication in hello with roles, schema-validated requests with ids, typed results and
+ * errors, pushed events, a message size limit, and the guards that keep it from hurting the
+ * filesystem it controls (docs/security.md): connection caps within a share of the descriptor
+ * limit, a handshake timeout, per-connection rate limits, ping/pong liveness. A connection's
+ * leases and freezes end with it.
+ *
+ * listen() binds (and checks the TLS material) before anything is mounted, so a bad address or
+ * certificate stops `serve` with nothing to undo; attach() hands it the mounted volume, and
+ * requests wait for that.
  */
 export class ControlServer {
   private readonly conns = new Set<Conn>();
-  private heartbeat: NodeJS.Timeout | null = null;
   private readonly unsubscribe: Array<{ dispose(): void }> = [];
+  private backend: ControlBackend | undefined;
+  private attached!: () => void;
+  private readonly ready = new Promise<void>((r) => {
+    this.attached = r;
+  });
+  private readonly liveness: Liveness;
+  private readonly rateLimits: RateLimits;
 
   private constructor(
     private readonly http: http.Server | https.Server,
     private readonly wss: WebSocketServer,
+    private readonly guard: ConnectionGuard,
     private readonly opts: ControlServerOptions,
-  ) {}
+  ) {
+    this.liveness = new Liveness({ ...DEFAULT_LIVENESS, ...opts.liveness });
+    this.rateLimits = { ...DEFAULT_RATE_LIMITS, ...opts.rate };
+    wss.on('connection', (ws, req) => this.accept(ws, req.socket as Socket));
+    wss.on('error', (err) => opts.log?.(`control: ${err.message}`));
+  }
 
-  static async start(opts: ControlServerOptions): Promise<ControlServer> {
-    const server = opts.tls
-      ? https.createServer({ cert: opts.tls.cert, key: opts.tls.key })
-      : http.createServer();
+  /**
+   * Binds the control channel. Errors: ETWIN_TLS (the certificate or key cannot be used),
+   * ETWIN_CONTROL_LISTEN (the address is in use or cannot be bound).
+   */
+  static async listen(opts: ControlServerOptions): Promise<ControlServer> {
+    let server: http.Server | https.Server;
+    try {
+      server = opts.tls
+        ? https.createServer({ cert: opts.tls.cert, key: opts.tls.key })
+        : http.createServer();
+    } catch (err) {
+      const e = err as NodeJS.ErrnoException;
+      throw new TwinError(
+        'ETWIN_TLS',
+        `the TLS certificate or key cannot be used: ${e.code ?? ''} ${e.message}`.trim(),
+        {
+          errno: e.code,
+        },
+      );
+    }
     server.on('request', (_req, res) => {
-      res.writeHead(426, { 'content-type': 'text/plain' });
+      res.writeHead(426, { 'content-type': 'text/plain', connection: 'close' });
       res.end('twinfs control channel: connect with a websocket\n');
     });
-    const wss = new WebSocketServer({ server, maxPayload: MAX_MESSAGE_BYTES });
-    const cs = new ControlServer(server, wss, opts);
+    const host = opts.host ?? '127.0.0.1';
     await new Promise<void>((resolve, reject) => {
       server.once('error', (err: NodeJS.ErrnoException) =>
         reject(
           new TwinError(
-            'ETWIN_USAGE',
-            `control channel cannot listen on ${opts.host ?? '127.0.0.1'}:${opts.port ?? 0}: ${err.code}`,
-            {
-              code: err.code,
-            },
+            'ETWIN_CONTROL_LISTEN',
+            `control channel cannot listen on ${host.includes(':') ? `[${host}]` : host}:${opts.port ?? 0}: ${err.code}`,
+            { host, port: opts.port ?? 0, errno: err.code },
           ),
         ),
       );
-      server.listen(opts.port ?? 0, opts.host ?? '127.0.0.1', () => resolve());
+      server.listen(opts.port ?? 0, host, () => resolve());
     });
-    cs.init();
-    return cs;
+    // Created after the bind succeeded: ws re-emits the server's errors, and an EADDRINUSE
+    // with nobody listening on the WebSocketServer was an uncaught exception.
+    const guard = new ConnectionGuard(server, resolveLimits(opts.limits));
+    const wss = new WebSocketServer({ server, maxPayload: MAX_MESSAGE_BYTES });
+    return new ControlServer(server, wss, guard, opts);
   }
 
   get url(): string {
@@ -110,40 +163,56 @@ export class ControlServer {
     return `${this.opts.tls ? 'wss' : 'ws'}://${host}:${a.port}`;
   }
 
-  private init(): void {
-    this.wss.on('connection', (ws) => this.accept(ws));
-    this.heartbeat = setInterval(() => {
-      for (const c of this.conns) {
-        if (!c.alive) {
-          c.ws.terminate();
-          continue;
-        }
-        c.alive = false;
-        c.ws.ping();
-      }
-    }, this.opts.heartbeatMs ?? 15_000);
-    this.heartbeat.unref();
+  /** Starts answering requests for the mounted volume. */
+  attach(backend: ControlBackend): void {
+    this.backend = backend;
     const broadcast = (event: string, data: unknown) => {
       const text = JSON.stringify({ type: 'event', event, data });
-      for (const c of this.conns) if (c.authed && c.ws.readyState === 1) c.ws.send(text);
+      for (const c of this.conns) if (c.role && c.ws.readyState === 1) c.ws.send(text);
     };
-    this.unsubscribe.push(this.opts.service.onEvent((e) => broadcast(e.event, e.data)));
-    if (this.opts.mirror) {
-      this.unsubscribe.push(this.opts.mirror.onDidBreak((e) => broadcast('broken', e)));
-      this.unsubscribe.push(this.opts.mirror.onDidChangeState((e) => broadcast('state', e)));
-      this.unsubscribe.push(this.opts.mirror.onProgress((e) => broadcast('progress', e)));
+    this.unsubscribe.push(
+      backend.service.onEvent((e) => {
+        // What a connection holds, for liveness: a freeze or split it no longer has is dropped.
+        const id = (e.data as { freezeId?: string; backupId?: string }) ?? {};
+        if (e.event === 'thawed' && id.freezeId) for (const c of this.conns) c.freezes.delete(id.freezeId);
+        if ((e.event === 'released' || e.event === 'lease-expired') && id.backupId)
+          for (const c of this.conns) c.backups.delete(id.backupId);
+        broadcast(e.event, e.data);
+      }),
+    );
+    if (backend.mirror) {
+      this.unsubscribe.push(backend.mirror.onDidBreak((e) => broadcast('broken', e)));
+      this.unsubscribe.push(backend.mirror.onDidChangeState((e) => broadcast('state', e)));
+      this.unsubscribe.push(backend.mirror.onProgress((e) => broadcast('progress', e)));
     }
+    this.attached();
   }
 
-  private accept(ws: WebSocket): void {
-    const c: Conn = { id: `conn-${randomUUID()}`, ws, authed: false, alive: true, closed: false };
+  private accept(ws: WebSocket, socket: Socket): void {
+    this.guard.upgraded(socket);
+    const c: Conn = {
+      id: `conn-${randomUUID()}`,
+      ws,
+      socket,
+      role: null,
+      closed: false,
+      rate: new RateLimiter(this.rateLimits),
+      holding: 0,
+      freezes: new Set(),
+      backups: new Set(),
+    };
     this.conns.add(c);
     const helloTimer = setTimeout(() => {
-      if (!c.authed) ws.close(CLOSE_AUTH, 'no hello');
+      if (!c.role) ws.close(CLOSE_AUTH, 'no hello');
     }, this.opts.helloTimeoutMs ?? 10_000);
-    ws.on('pong', () => {
-      c.alive = true;
-    });
+    this.liveness.track(
+      ws,
+      () => c.holding > 0 || c.freezes.size > 0 || c.backups.size > 0,
+      (silentMs) =>
+        this.opts.log?.(
+          `control: ${c.client ?? c.id} did not answer pings for ${Math.round(silentMs)} ms: dropped, what it held is released`,
+        ),
+    );
     ws.on('message', (data, isBinary) => {
       void this.onMessage(c, isBinary ? null : String(data));
     });
@@ -151,7 +220,7 @@ export class ControlServer {
       c.closed = true;
       clearTimeout(helloTimer);
       this.conns.delete(c);
-      void this.opts.service.releaseOwner(c.id);
+      void this.backend?.service.releaseOwner(c.id);
     });
     ws.on('error', () => undefined);
   }
@@ -169,6 +238,28 @@ export class ControlServer {
   }
 
   private async onMessage(c: Conn, text: string | null): Promise<void> {
+    const verdict = c.rate.admit();
+    if (verdict !== 'ok') {
+      if (verdict === 'close') return void c.ws.close(1008, 'rate limit');
+      return this.fail(
+        c,
+        cheapId(text),
+        'EPROTO_RATE_LIMITED',
+        'too many requests on this connection; slow down',
+        {
+          ratePerSec: this.rateLimits.ratePerSec,
+          maxInFlight: this.rateLimits.maxInFlight,
+        },
+      );
+    }
+    try {
+      await this.onAdmitted(c, text);
+    } finally {
+      c.rate.done();
+    }
+  }
+
+  private async onAdmitted(c: Conn, text: string | null): Promise<void> {
     if (text === null)
       return this.fail(c, null, 'EPROTO_MALFORMED', 'binary messages are not part of the protocol');
     let raw: any;
@@ -193,7 +284,7 @@ export class ControlServer {
       const escaping = parsed.error.issues.find(
         (i) => (i as { params?: { code?: string } }).params?.code === PATH_ESCAPE,
       );
-      if (escaping && c.authed)
+      if (escaping && c.role)
         return this.fail(c, id, PATH_ESCAPE, `${escaping.message}: ${escaping.path.join('.')}`, {
           field: escaping.path.join('.'),
         });
@@ -205,15 +296,25 @@ export class ControlServer {
       );
     }
     const req = parsed.data;
-    if (!c.authed && req.type !== 'hello') {
+    if (!c.role && req.type !== 'hello') {
       this.fail(c, id, 'EPROTO_NOT_AUTHENTICATED', 'send hello with the token first');
       c.ws.close(CLOSE_AUTH, 'not authenticated');
       return;
     }
+    if (c.role === 'read' && !READ_ONLY_TYPES.has(req.type))
+      return this.fail(c, id, 'EPROTO_FORBIDDEN', `a read-only token may not send ${req.type}`, {
+        role: c.role,
+        allowed: [...READ_ONLY_TYPES],
+      });
+    const holds = req.type === 'prepare' || req.type === 'freeze';
+    if (holds) c.holding++;
     try {
-      const result = await this.handle(c, req);
+      await this.ready;
+      const result = await this.handle(c, req, this.backend!);
       // The client went away while its prepare or freeze was under way: nobody can release it.
-      if (c.closed) return void this.opts.service.releaseOwner(c.id);
+      if (c.closed) return void this.backend!.service.releaseOwner(c.id);
+      if (req.type === 'freeze') c.freezes.add((result as { freezeId: string }).freezeId);
+      if (req.type === 'prepare') c.backups.add((result as { backupId: string }).backupId);
       this.send(c, { type: 'result', id: req.id, result: result ?? null });
     } catch (err) {
       if (isTwinError(err)) return this.fail(c, req.id, err.code, err.message, err.data);
@@ -224,11 +325,13 @@ export class ControlServer {
       this.fail(c, req.id, 'ETWIN_INTERNAL', `${req.type} failed: ${e?.message ?? String(err)}`, {
         errno: typeof e?.code === 'string' ? e.code : undefined,
       });
+    } finally {
+      if (holds) c.holding--;
     }
   }
 
-  private async handle(c: Conn, req: Request): Promise<unknown> {
-    const svc = this.opts.service;
+  private async handle(c: Conn, req: Request, b: ControlBackend): Promise<unknown> {
+    const svc = b.service;
     switch (req.type) {
       case 'hello': {
         if (req.version !== PROTOCOL_VERSION) {
@@ -244,31 +347,33 @@ export class ControlServer {
           c.ws.close(CLOSE_VERSION, 'version');
           throw Object.assign(new Error('version'), { code: 'EPROTO_VERSION' });
         }
-        if (!tokensEqual(req.token, this.opts.token)) {
+        const role = this.opts.tokens.roleOf(req.token);
+        if (!role) {
           this.fail(c, req.id, 'EPROTO_AUTH', 'wrong token');
           c.ws.close(CLOSE_AUTH, 'wrong token');
           throw Object.assign(new Error('auth'), { code: 'EPROTO_AUTH' });
         }
-        c.authed = true;
+        c.role = role;
         c.client = req.client;
+        this.guard.authenticated(c.socket);
         return {
           version: PROTOCOL_VERSION,
           server: `twinfs/${process.pid}`,
-          deviceId: this.opts.mirror?.deviceId ?? null,
-          mirrorRoot: this.opts.mirror?.dataRoot ?? null,
+          deviceId: b.mirror?.deviceId ?? null,
+          mirrorRoot: b.mirror?.dataRoot ?? null,
+          role,
         };
       }
       case 'status':
         return {
-          fs: this.opts.fs.status(),
-          mirror: this.opts.mirror?.status() ?? null,
+          fs: b.fs.status(),
+          mirror: b.mirror?.status() ?? null,
           backup: svc.status(),
-          ...(await this.opts
-            .statusExtras?.()
-            .catch((err) => ({ extrasError: String(err?.message ?? err) }))),
+          ...(await b.statusExtras?.().catch((err) => ({ extrasError: String(err?.message ?? err) }))),
           connections: [...this.conns]
-            .filter((x) => x.authed)
-            .map((x) => ({ id: x.id, client: x.client ?? null })),
+            .filter((x) => x.role)
+            .map((x) => ({ id: x.id, client: x.client ?? null, role: x.role })),
+          control: this.guard.stats(),
         };
       case 'prepare':
         return svc.prepare(req.selector, {
@@ -286,17 +391,17 @@ export class ControlServer {
       case 'thaw':
         return svc.thaw(req.freezeId, c.id);
       case 'verify': {
-        if (!this.opts.mirror)
+        if (!b.mirror)
           throw new TwinError('ETWIN_NO_MIRROR', 'this server has no mirror; start it with --mirror DIR');
-        return this.opts.mirror.verify({ content: req.content });
+        return b.mirror.verify({ content: req.content });
       }
       case 'repair': {
-        if (!this.opts.mirror)
+        if (!b.mirror)
           throw new TwinError('ETWIN_NO_MIRROR', 'this server has no mirror; start it with --mirror DIR');
-        return this.opts.mirror.repair();
+        return b.mirror.repair();
       }
       case 'flush':
-        await this.opts.fs.flushAll({ sync: true }).catch((err) => {
+        await b.fs.flushAll({ sync: true }).catch((err) => {
           throw writebackError(err);
         });
         return { flushed: true };
@@ -304,10 +409,22 @@ export class ControlServer {
   }
 
   async dispose(): Promise<void> {
-    if (this.heartbeat) clearInterval(this.heartbeat);
+    this.liveness.dispose();
     for (const u of this.unsubscribe) u.dispose();
     for (const c of this.conns) c.ws.terminate();
+    this.guard.destroyAll();
     this.wss.close();
     await new Promise<void>((r) => this.http.close(() => r()));
+  }
+}
+
+/** The id of a refused message, if it is small enough to look at (for the error reply). */
+function cheapId(text: string | null): string | number | null {
+  if (text === null || text.length > 4096) return null;
+  try {
+    const id = JSON.parse(text)?.id;
+    return typeof id === 'string' || typeof id === 'number' ? id : null;
+  } catch {
+    return null;
   }
 }

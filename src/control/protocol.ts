@@ -153,6 +153,8 @@ export const helloResultSchema = z.object({
   server: z.string(),
   deviceId: z.string().nullable(),
   mirrorRoot: z.string().nullable(),
+  /** What the token may do: operator (everything) or read (status, verify). */
+  role: z.enum(['operator', 'read']).optional(),
 });
 export type HelloResult = z.infer<typeof helloResultSchema>;
 
@@ -178,6 +180,10 @@ export const ProtocolErrors = {
   EPROTO_AUTH: 'missing or wrong token',
   EPROTO_NOT_AUTHENTICATED: 'send hello first',
   EPROTO_UNKNOWN_TYPE: 'unknown request type',
+  EPROTO_FORBIDDEN:
+    "the token's role does not allow this request (a read-only token asked for an operator request)",
+  EPROTO_RATE_LIMITED:
+    'too many requests on this connection (per-second rate or requests in flight); slow down',
 } as const;
 
 /** Formats zod issues into one readable line. */

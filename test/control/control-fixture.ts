@@ -36,7 +36,9 @@ export interface ControlFixture {
   close(): Promise<void>;
 }
 
-export async function startControlFixture(opts: { args?: string[] } = {}): Promise<ControlFixture> {
+export async function startControlFixture(
+  opts: { args?: string[]; prefix?: string[] } = {},
+): Promise<ControlFixture> {
   const t = await tempDirs('primary', 'mnt', 'mirror', 'state', 'etc');
   const tokenFile = path.join(t.dirs.etc!, 'control.token');
   const closers: Array<() => Promise<void> | void> = [];
@@ -56,6 +58,7 @@ export async function startControlFixture(opts: { args?: string[] } = {}): Promi
         tokenFile,
         ...(opts.args ?? []),
       ],
+      prefix: opts.prefix,
     });
   } catch (err) {
     await t.cleanup();
@@ -76,7 +79,12 @@ export async function startControlFixture(opts: { args?: string[] } = {}): Promi
     tokenFile,
     token,
     async connect(o = {}) {
-      const c = await ControlClient.connect(url, { token, client: 'test', requestTimeoutMs: 30_000, ...o });
+      const c = await ControlClient.connect(url, {
+        token: fx.token,
+        client: 'test',
+        requestTimeoutMs: 30_000,
+        ...o,
+      });
       closers.push(() => c.close());
       return c;
     },
@@ -133,6 +141,13 @@ export class RawConn {
     await this.until(() => this.messages.some(pred), timeoutMs, 'message');
     const i = this.messages.findIndex(pred);
     return this.messages.splice(i, 1)[0];
+  }
+
+  /** The first message (not yet taken) matching pred, or null if the connection closes first. */
+  async nextOrClose(pred: (m: any) => boolean, timeoutMs = 10_000): Promise<any | null> {
+    await this.until(() => this.closed !== null || this.messages.some(pred), timeoutMs, 'message or close');
+    const i = this.messages.findIndex(pred);
+    return i >= 0 ? this.messages.splice(i, 1)[0] : null;
   }
 
   /** Sends a request and resolves with the reply (result or error) carrying its id. */

@@ -116,6 +116,7 @@ describe('control protocol v1 on the wire', () => {
         server: expect.stringMatching(/^twinfs\//),
         deviceId: fx.deviceId,
         mirrorRoot: fx.mirrorRoot,
+        role: 'operator',
       },
     });
     const s = await r.request({ type: 'status', id: 7 });
@@ -312,10 +313,15 @@ describe('control channel over wss', () => {
     await t?.cleanup();
   });
 
-  it('serves wss://, which the client accepts given the CA and refuses without it', async () => {
+  it('serves wss://, which the client accepts given the CA and refuses without it', {
+    timeout: 30_000,
+  }, async () => {
     expect(fx.url).toMatch(/^wss:\/\/127\.0\.0\.1:\d+$/);
     const c = await fx.connect({ ca });
     expect(c.hello.deviceId).toBe(fx.deviceId);
+    // Past the 5 s handshake timeout: it is cleared for TLS sockets too, once upgraded.
+    await new Promise((r) => setTimeout(r, 6000));
+    expect(c.isClosed).toBe(false);
     await fsp.writeFile(path.join(fx.mnt, 'f'), 'x');
     const p = await c.prepare({ paths: ['/f'] });
     expect(p.items[0]).toMatchObject({ path: '/f', size: 1 });

@@ -54,10 +54,22 @@ export async function startServer(opts: {
   args?: string[];
   env?: NodeJS.ProcessEnv;
   timeoutMs?: number;
+  /** A command the server runs under, e.g. ['prlimit', '--nofile=1024:1024']. */
+  prefix?: string[];
 }): Promise<ServerHandle> {
+  const argv = [
+    CLI,
+    'serve',
+    '--primary',
+    opts.primary,
+    '--mount',
+    opts.mount,
+    '--json',
+    ...(opts.args ?? []),
+  ];
   const proc = spawn(
-    process.execPath,
-    [CLI, 'serve', '--primary', opts.primary, '--mount', opts.mount, '--json', ...(opts.args ?? [])],
+    opts.prefix?.[0] ?? process.execPath,
+    opts.prefix ? [...opts.prefix.slice(1), process.execPath, ...argv] : argv,
     {
       stdio: ['ignore', 'pipe', 'pipe'],
       env: opts.env ?? process.env,
