@@ -18,7 +18,8 @@ const args = parseArgs(
     writers: { default: 4, help: 'writer processes' },
     mmap: { default: true, help: 'writers do mmap writes (msync before the op returns)' },
     'lazy-mmap': { default: false, help: 'some mmap writes skip msync (dirty pages left to the kernel)' },
-    keep: { default: false, help: 'keep each seed\'s files (primary, mirror, target, logs)' },
+    selections: { default: 'volume,subtree,paths', help: 'what the prepare loop selects' },
+    keep: { default: false, help: "keep each seed's files (primary, mirror, target, logs)" },
     json: { default: '', help: 'write the reports to this file' },
   },
   'node bench/stress.mjs [options]',
@@ -38,6 +39,7 @@ for (let seed = args.seed; ; seed++) {
     mmap: args.mmap,
     lazyMmap: args['lazy-mmap'],
     keep: args.keep,
+    selections: args.selections.split(','),
   });
   const p = problems(r);
   reports.push({ ...r, problems: p });

@@ -11,6 +11,7 @@ import { setTimesNs } from '../fusefs/set-times.js';
 import { loadVolumeId, type MirrorLayout, mirrorLayout, openDevice } from './device.js';
 import { copyChunk, syncEntry, syncMeta } from './entry-sync.js';
 import { Journal, type JournalRecord } from './journal.js';
+import { mergeLinkedRanges } from './linked-ranges.js';
 import { MirrorWriter } from './mirror-writer.js';
 import { covers, coversUnder, type Selector, SplitTracker } from './split-tracker.js';
 import { type VerifyReport, verifyTrees } from './verify.js';
@@ -324,17 +325,20 @@ export class MirrorDriver implements ChangeSink {
   }
 
   private async route(c: Change): Promise<void> {
-    let held = false;
+    const inodeOp = INODE_OPS.has(c.op);
+    if (inodeOp) await this.followFrozen(c.path);
+    const holders: SplitTracker[] = [];
     for (const s of this.splits.values()) {
       if (!s.touches(c)) continue;
-      held = true;
+      holders.push(s);
       // State and journal line in one synchronous step (see Journal). Not awaited: the write
       // intent, on disk before the primary changed, covers a crash before this line lands.
       s.record(c);
       if (c.op !== 'fsync') void this.journal.append(trackRecord(s.id, c)).catch(() => undefined);
     }
-    if (held) {
+    if (holders.length > 0) {
       if (c.op !== 'fsync') this.stats.changesTracked++;
+      if (inodeOp) await this.noteInodeChange(holders, c.path);
       return;
     }
     if ((c.op === 'rename' || c.op === 'link') && this.broken.size > 0)
@@ -344,7 +348,6 @@ export class MirrorDriver implements ChangeSink {
       if (c.op === 'fsync') await this.syncTimes(c.path);
       else if (c.op === 'rename') this.moveTimes(c.from, c.path);
       else if (c.op === 'unlink') this.pendingTimes.delete(c.path);
-      if (INODE_OPS.has(c.op)) await this.copyOnWrite(c.path);
       await this.writer.apply(c);
       this.stats.changesApplied++;
       // A directory renamed under a running walk may have moved where the walk has been to a
@@ -367,48 +370,31 @@ export class MirrorDriver implements ChangeSink {
   }
 
   /**
-   * A change to the inode behind path, whose mirror inode is frozen by a split under another
-   * name: give path its own copy in the mirror first, so the frozen copy never changes.
+   * A change through another name of a hard-linked file that a split selected by one of its
+   * names: in the mirror that name is the frozen copy too, so it must not be written now. The
+   * split covers it from here on (its changes are tracked and resynced through the same mirror
+   * inode: the names stay one file).
    */
-  private async copyOnWrite(p: string): Promise<void> {
-    let owner: SplitTracker | undefined;
-    for (const s of this.splits.values()) if (s.frozenInos.size > 0) owner = s;
-    if (!owner) return;
-    const mp = this.layout.data + p;
-    const st = await fsp.lstat(mp).catch(() => undefined);
-    if (!st?.isFile() || st.nlink < 2) return;
-    for (const s of this.splits.values()) {
-      const frozen = s.frozenInos.get(st.ino);
-      if (frozen === undefined || frozen === p) continue;
-      const tmp = path.join(path.dirname(mp), `.twinfs-cow-${randomUUID()}`);
-      await fsp.copyFile(mp, tmp);
-      await syncMeta(mp, tmp, st);
-      this.writer.forget(p, false);
-      await fsp.rename(tmp, mp);
-      s.cowNames.set(p, frozen);
-      return;
-    }
+  private async followFrozen(p: string): Promise<void> {
+    let any = false;
+    for (const s of this.splits.values()) if (s.frozenInos.size > 0 && !s.covers(p)) any = true;
+    if (!any) return;
+    const st = await fsp.lstat(this.layout.data + p).catch(() => undefined);
+    if (!st?.isFile()) return;
+    for (const s of this.splits.values()) if (s.frozenInos.has(st.ino)) s.followName(p);
   }
 
-  /** After a resync: names that got their own copy are linked to their file again. */
-  private async relinkCow(s: SplitTracker): Promise<number> {
-    let bytes = 0;
-    for (const [name, frozen] of s.cowNames) {
-      const [a, b] = await Promise.all([
-        fsp.lstat(this.primary + frozen).catch(() => undefined),
-        fsp.lstat(this.primary + name).catch(() => undefined),
-      ]);
-      this.writer.forget(frozen, false);
-      this.writer.forget(name, false);
-      if (a && b && a.ino === b.ino) {
-        // Still one file on the primary: copy it whole once, and make the other name a link.
-        const r = await syncEntry(this.primary + frozen, this.layout.data + frozen);
-        bytes += r.bytesCopied;
-        await fsp.rm(this.layout.data + name, { force: true });
-        await fsp.link(this.layout.data + frozen, this.layout.data + name);
-      } else if (b) bytes += (await syncEntry(this.primary + name, this.layout.data + name)).bytesCopied;
-    }
-    return bytes;
+  /**
+   * Held changes to an inode: its link count tells the split whether a later unlink of this
+   * name could leave other names, unknown to it, with changes to resync (see lostLinks).
+   */
+  private async noteInodeChange(holders: SplitTracker[], p: string): Promise<void> {
+    const todo = holders.filter((s) => !s.inodeChanged.has(p));
+    if (todo.length === 0) return;
+    const st = await fsp.lstat(this.primary + p).catch(() => undefined);
+    // Gone already (its unlink or rename is queued behind): assume it had other names.
+    const nlink = st ? (st.isDirectory() ? 1 : st.nlink) : 2;
+    for (const s of todo) s.noteInodeChange(p, nlink);
   }
 
   private async onApplyError(c: Change, err: NodeJS.ErrnoException): Promise<void> {
@@ -649,9 +635,18 @@ export class MirrorDriver implements ChangeSink {
       }
     }
     const paths = [...new Set([...s.touched, ...s.files.keys()])].sort();
+    const tracked = await mergeLinkedRanges(
+      s.files,
+      paths,
+      async (p) => {
+        const st = stillHeld(p) ? undefined : await lstatOrUndefined(this.layout.data + p);
+        return st?.isFile() && st.nlink > 1 ? st.ino : undefined;
+      },
+      s.lostLinks,
+    );
     for (const p of paths) {
       if (stillHeld(p)) continue;
-      const f = s.files.get(p);
+      const f = tracked.get(p);
       try {
         this.writer.forget(p, true);
         await this.ensureParents(p);
@@ -663,6 +658,8 @@ export class MirrorDriver implements ChangeSink {
         else this.markBroken(p, err as NodeJS.ErrnoException);
       }
     }
+    // A changed file lost a name while it had others: they are found by comparing everything.
+    if (s.lostLinks) trees.add('/');
     for (const t of outermost(trees)) {
       try {
         const r = await this.reconcileTree(t, 'resync', { locked: true });
@@ -673,7 +670,6 @@ export class MirrorDriver implements ChangeSink {
       }
     }
     this.stats.resyncBytes += bytes;
-    if (s.cowNames.size > 0) bytes += await this.relinkCow(s);
     await this.journal.append({ t: 'released', id: s.id }).catch(() => undefined);
     const result = { splitId: s.id, bytesCopied: bytes, entries, ms: Date.now() - started };
     this._onDidResync.fire(result);

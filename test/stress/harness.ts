@@ -36,6 +36,8 @@ export interface StressOptions {
   mmap?: boolean;
   /** Some mmap writes skip msync: their pages stay dirty in the kernel (issue 10, item 2). */
   lazyMmap?: boolean;
+  /** Selections the prepare loop makes (default all three kinds). */
+  selections?: Array<'volume' | 'subtree' | 'paths'>;
   /** Run the prepare/release loop and the backup loop (default both). */
   prepares?: boolean;
   backups?: boolean;
@@ -76,11 +78,13 @@ export function problems(r: StressReport): string[] {
   for (const f of r.writerFailures) out.push(`writer: ${f}`);
   for (const m of r.snapshots.mismatches.slice(0, 20))
     out.push(`snapshot ${m.snapshot} ${m.path}: expected ${brief(m.expected)}, got ${brief(m.actual)}`);
-  if (r.snapshots.mismatches.length > 20) out.push(`... ${r.snapshots.mismatches.length - 20} more mismatches`);
+  if (r.snapshots.mismatches.length > 20)
+    out.push(`... ${r.snapshots.mismatches.length - 20} more mismatches`);
   for (const f of r.frozenChanged) out.push(`split copy changed while held: ${f}`);
   for (const p of r.primaryVsModel.slice(0, 20)) out.push(`primary differs from the model: ${p}`);
   if (!r.verify.ok)
-    for (const d of r.verify.differences.slice(0, 30)) out.push(`mirror differs from primary: ${JSON.stringify(d)}`);
+    for (const d of r.verify.differences.slice(0, 30))
+      out.push(`mirror differs from primary: ${JSON.stringify(d)}`);
   for (const b of r.broken) out.push(`broken pair: ${JSON.stringify(b)}`);
   if (r.serverExit !== 0) out.push(`twinfs serve exited with ${r.serverExit}`);
   return out;
@@ -184,13 +188,35 @@ export async function runStress(o: StressOptions): Promise<StressReport> {
     if (o.prepares !== false) {
       const client = await ControlClient.connect(url, { token, client: 'stress', requestTimeoutMs: 60_000 });
       loops.push(
-        prepareLoop(rng.fork('prepare'), client, d('primary'), mirrorRoot, roots, () => writing, report, snapshots, log)
-          .finally(() => client.close()),
+        prepareLoop(
+          rng.fork('prepare'),
+          client,
+          d('primary'),
+          mirrorRoot,
+          roots,
+          () => writing,
+          report,
+          snapshots,
+          {
+            log,
+            kinds: o.selections ?? ['volume', 'subtree', 'paths'],
+          },
+        ).finally(() => client.close()),
       );
     }
     if (o.backups !== false)
       loops.push(
-        backupLoop(url, tokenFile, d('target'), d('catalog'), () => writing, report, backupsTaken, log, children),
+        backupLoop(
+          url,
+          tokenFile,
+          d('target'),
+          d('catalog'),
+          () => writing,
+          report,
+          backupsTaken,
+          log,
+          children,
+        ),
       );
     // A hung mount must not hang the run: writers get the deadline plus a margin, then SIGKILL.
     const killTimer = setTimeout(() => {
@@ -212,7 +238,10 @@ export async function runStress(o: StressOptions): Promise<StressReport> {
     const history = new History();
     const finals = new Map<string, FinalRecord>();
     for (const [i, root] of roots.entries()) {
-      const lines = readFileSync(d(`logs/writer-${i}.jsonl`), 'utf8').trim().split('\n').filter(Boolean);
+      const lines = readFileSync(d(`logs/writer-${i}.jsonl`), 'utf8')
+        .trim()
+        .split('\n')
+        .filter(Boolean);
       const recs = lines.map((l) => JSON.parse(l) as OpRecord | FinalRecord);
       const fin = recs.at(-1);
       const ops = recs.filter((r): r is OpRecord => !('done' in r));
@@ -228,13 +257,17 @@ export async function runStress(o: StressOptions): Promise<StressReport> {
       for (const [p, s] of Object.entries(fin.state))
         if (!sameState(s, real.get(p) ?? null, 'all'))
           report.primaryVsModel.push(`${p}: model ${brief(s)}, primary ${brief(real.get(p) ?? null)}`);
-      for (const p of real.keys()) if (!(p in fin.state)) report.primaryVsModel.push(`${p}: not in the model`);
+      for (const p of real.keys())
+        if (!(p in fin.state)) report.primaryVsModel.push(`${p}: not in the model`);
     }
 
     // Mirror = primary.
-    const v = await sh(`'${process.execPath}' '${CLI}' verify --primary '${d('primary')}' --mirror '${d('mirror')}' --json`, {
-      timeoutMs: 300_000,
-    });
+    const v = await sh(
+      `'${process.execPath}' '${CLI}' verify --primary '${d('primary')}' --mirror '${d('mirror')}' --json`,
+      {
+        timeoutMs: 300_000,
+      },
+    );
     try {
       report.verify = JSON.parse(v.stdout.trim().split('\n').at(-1)!);
     } catch {
@@ -255,6 +288,12 @@ export async function runStress(o: StressOptions): Promise<StressReport> {
         fields: 'content',
       });
     }
+    await fsp.writeFile(
+      d('logs/snapshots.jsonl'),
+      snapshots
+        .map((s) => JSON.stringify({ label: s.label, sent: s.sent, replied: s.replied }) + '\n')
+        .join(''),
+    );
     report.snapshots.count = snapshots.length;
     for (const s of snapshots) {
       const c = checkSnapshot(history, s);
@@ -284,10 +323,13 @@ async function prepareLoop(
   writing: () => boolean,
   report: StressReport,
   snapshots: Snapshot[],
-  log: (m: string) => void,
+  o: { log: (m: string) => void; kinds: Array<'volume' | 'subtree' | 'paths'> },
 ): Promise<void> {
+  const weights = { volume: 2, subtree: 4, paths: 4 };
+  for (const k of Object.keys(weights) as Array<keyof typeof weights>)
+    if (!o.kinds.includes(k)) weights[k] = 0;
   while (writing()) {
-    const kind = rng.weighted({ volume: 2, subtree: 4, paths: 4 });
+    const kind = rng.weighted(weights);
     let selector: SelectorMsg;
     let tops: string[];
     let covers: (p: string) => boolean;
@@ -318,7 +360,7 @@ async function prepareLoop(
     } catch (err) {
       const code = err instanceof RemoteError ? err.code : ((err as Error).message ?? 'error');
       report.prepares.failed[code] = (report.prepares.failed[code] ?? 0) + 1;
-      log(`prepare ${JSON.stringify(selector)} failed: ${code}`);
+      o.log(`prepare ${JSON.stringify(selector)} failed: ${code}`);
       await sleep(rng.int(200));
       continue;
     }
@@ -344,7 +386,14 @@ async function prepareLoop(
       const code = err instanceof RemoteError ? err.code : 'error';
       report.prepares.failed[`release ${code}`] = (report.prepares.failed[`release ${code}`] ?? 0) + 1;
     });
-    snapshots.push({ label: `split ${prep.backupId} ${kind}`, sent, replied, covers, entries, fields: 'all' });
+    snapshots.push({
+      label: `split ${prep.backupId} ${JSON.stringify(selector)}`,
+      sent,
+      replied,
+      covers,
+      entries,
+      fields: 'all',
+    });
     await sleep(rng.int(150));
   }
 }

@@ -142,7 +142,8 @@ export class SubtreeModel {
       case 'write': {
         const n = this.names.get(o.path)!;
         const end = o.offset + o.len;
-        const data = end > n.data.length ? Buffer.concat([n.data, Buffer.alloc(end - n.data.length)]) : n.data;
+        const data =
+          end > n.data.length ? Buffer.concat([n.data, Buffer.alloc(end - n.data.length)]) : n.data;
         opData(o.seed, o.len).copy(data, o.offset);
         this.setData(n, data);
         return;
@@ -196,7 +197,14 @@ export class SubtreeModel {
         });
         return;
       case 'mkfifo':
-        this.names.set(o.path, { kind: 'p', data: Buffer.alloc(0), mode: o.mode, uid: 0, gid: 0, xattrs: new Map() });
+        this.names.set(o.path, {
+          kind: 'p',
+          data: Buffer.alloc(0),
+          mode: o.mode,
+          uid: 0,
+          gid: 0,
+          xattrs: new Map(),
+        });
         return;
       case 'rmdir':
         this.dirs.delete(o.path);
@@ -276,7 +284,11 @@ export class SubtreeModel {
     switch (kind) {
       case 'create': {
         // Mostly small, some over 1 MiB (several write requests, chunked resync).
-        const len = rng.chance(0.06) ? rng.range(1 << 20, 3 << 20) : rng.chance(0.5) ? rng.int(4096) : rng.int(200_000);
+        const len = rng.chance(0.06)
+          ? rng.range(1 << 20, 3 << 20)
+          : rng.chance(0.5)
+            ? rng.int(4096)
+            : rng.int(200_000);
         return { op: 'create', path: this.newName(rng, dirs, 'f'), mode: rng.pick(FILE_MODES), len, seed };
       }
       case 'write': {
@@ -289,7 +301,11 @@ export class SubtreeModel {
       case 'truncate': {
         const p = rng.pick(files);
         const size = this.names.get(p)!.data.length;
-        return { op: 'truncate', path: p, size: rng.chance(0.5) ? rng.int(size + 1) : size + rng.int(100_000) };
+        return {
+          op: 'truncate',
+          path: p,
+          size: rng.chance(0.5) ? rng.int(size + 1) : size + rng.int(100_000),
+        };
       }
       case 'mmap': {
         const p = rng.pick(files);
@@ -297,7 +313,14 @@ export class SubtreeModel {
         if (size < 1) return undefined;
         const offset = rng.int(size);
         const len = 1 + rng.int(Math.min(size - offset, 200_000));
-        return { op: 'mmap', path: p, offset, len, byte: 0x41 + rng.int(26), msync: !o.lazyMmap || rng.chance(0.5) };
+        return {
+          op: 'mmap',
+          path: p,
+          offset,
+          len,
+          byte: 0x41 + rng.int(26),
+          msync: !o.lazyMmap || rng.chance(0.5),
+        };
       }
       case 'rename': {
         const from = rng.pick(nonDirs);
@@ -308,7 +331,9 @@ export class SubtreeModel {
       }
       case 'renameDir': {
         const from = rng.pick(dirs.filter((d) => d !== this.root));
-        const parents = dirs.filter((d) => d !== from && !d.startsWith(from + '/') && depth(d, this.root) < MAX_DEPTH);
+        const parents = dirs.filter(
+          (d) => d !== from && !d.startsWith(from + '/') && depth(d, this.root) < MAX_DEPTH,
+        );
         if (!parents.length) return undefined;
         const to = `${rng.pick(parents)}/d${this.counter++}`;
         if (depth(to, this.root) + this.height(from) > MAX_DEPTH + 1) return undefined;
@@ -319,7 +344,8 @@ export class SubtreeModel {
       case 'unlink':
         return { op: 'unlink', path: rng.pick(nonDirs) };
       case 'symlink': {
-        const target = rng.chance(0.5) && nonDirs.length ? rng.pick(nonDirs).split('/').pop()! : `t${rng.int(1000)}`;
+        const target =
+          rng.chance(0.5) && nonDirs.length ? rng.pick(nonDirs).split('/').pop()! : `t${rng.int(1000)}`;
         return { op: 'symlink', path: this.newName(rng, dirs, 'l'), target };
       }
       case 'mkdir': {
@@ -367,10 +393,16 @@ export class SubtreeModel {
   }
 
   /** A path for files, dirs (all=true: symlinks too; xattrOk: only where user.* xattrs go). */
-  private pickMeta(rng: Rng, nonDirs: string[], dirs: string[], all: boolean, xattrOk = false): string | undefined {
+  private pickMeta(
+    rng: Rng,
+    nonDirs: string[],
+    dirs: string[],
+    all: boolean,
+    xattrOk = false,
+  ): string | undefined {
     const ok = nonDirs.filter((p) => {
       const k = this.names.get(p)!.kind;
-      return all || (k === 'f' || (k === 'p' && !xattrOk));
+      return all || k === 'f' || (k === 'p' && !xattrOk);
     });
     const pool = rng.chance(0.3) ? dirs : ok;
     return pool.length ? rng.pick(pool) : undefined;

@@ -96,7 +96,8 @@ export function checkSnapshot(h: History, s: Snapshot): SnapshotCheck {
     // its manifest): content checks compare files, symlinks and directories.
     if (s.fields === 'content' && (want?.t === 'p' || got?.t === 'p')) continue;
     out.checked++;
-    if (!sameState(want, got, s.fields)) out.mismatches.push({ snapshot: s.label, path: p, expected: want, actual: got });
+    if (!sameState(want, got, s.fields))
+      out.mismatches.push({ snapshot: s.label, path: p, expected: want, actual: got });
   }
   return out;
 }

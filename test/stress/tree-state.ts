@@ -19,7 +19,9 @@ export async function readEntry(file: string): Promise<EntryState | null> {
   if (st.isDirectory()) return { t: 'd', mode, ...own, x };
   if (st.isFIFO()) return { t: 'p', mode, ...own, x };
   if (!st.isFile()) return { t: 'p', mode: -1, ...own };
-  const h = createHash('sha1').update(await fsp.readFile(file)).digest('hex');
+  const h = createHash('sha1')
+    .update(await fsp.readFile(file))
+    .digest('hex');
   return { t: 'f', h, size: st.size, mode, ...own, x };
 }
 

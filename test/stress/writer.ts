@@ -117,7 +117,14 @@ async function exec(mount: string, o: Op): Promise<void> {
     case 'truncate':
       return fsp.truncate(p, o.size);
     case 'mmap':
-      return run('python3', [MMAP_PY, p, String(o.offset), String(o.len), String(o.byte), o.msync ? '1' : '0']);
+      return run('python3', [
+        MMAP_PY,
+        p,
+        String(o.offset),
+        String(o.len),
+        String(o.byte),
+        o.msync ? '1' : '0',
+      ]);
     case 'rename':
       return fsp.rename(mount + o.from, p);
     case 'link':
@@ -155,7 +162,9 @@ async function exec(mount: string, o: Op): Promise<void> {
 function run(cmd: string, args: string[]): Promise<void> {
   return new Promise((resolve, reject) =>
     execFile(cmd, args, { timeout: OP_TIMEOUT_MS }, (err, _out, stderr) =>
-      err ? reject(Object.assign(new Error(`${cmd}: ${stderr || err.message}`), { code: 'ECHILD' })) : resolve(),
+      err
+        ? reject(Object.assign(new Error(`${cmd}: ${stderr || err.message}`), { code: 'ECHILD' }))
+        : resolve(),
     ),
   );
 }
