@@ -138,6 +138,8 @@ export class MirrorDriver implements ChangeSink {
   private ready: Promise<void> = Promise.resolve();
   private repairing: Promise<{ bytes: number; entries: number; remaining: string[] }> | null = null;
   private checkpointQueued = false;
+  /** A volume comparison to link the names of hard-linked files is queued (see healPath). */
+  private relinkQueued = false;
   private readonly abort = new AbortController();
   private timesTimer: NodeJS.Timeout | null = null;
   private timers: NodeJS.Timeout[] = [];
@@ -488,9 +490,48 @@ export class MirrorDriver implements ChangeSink {
     this.stats.bytesMirrored += r.bytesCopied;
     // A directory the mirror lacked (say, renamed before the initial copy reached it) comes
     // with its contents.
-    if ((await lstatOrUndefined(this.primary + p))?.isDirectory()) {
+    const st = await lstatOrUndefined(this.primary + p);
+    if (st?.isDirectory()) {
       const t = await this.reconcileTree(p, 'repair', { locked: true });
       this.stats.bytesMirrored += t.bytes;
+    }
+    // A file with other names came as a copy of its own: the mirror would keep two files where
+    // the primary has one, and the next write through one name would leave the other behind.
+    // Its other names can be anywhere: the next queue task compares the volume and links them.
+    if ((st?.isFile() && st.nlink > 1) || (st?.isDirectory() && (await hasMultiLink(this.primary + p))))
+      this.relinkVolume(p);
+  }
+
+  private relinkVolume(cause: string): void {
+    if (this.relinkQueued) return;
+    this.relinkQueued = true;
+    this.log(`${cause}: a file with several names was copied alone; comparing the volume to link its names`);
+    void this.queue
+      .push(async () => {
+        this.relinkQueued = false;
+        const r = await this.reconcileTree('/', 'repair', { locked: true });
+        this.stats.bytesMirrored += r.bytes;
+      })
+      .catch((err) => this.markBroken('/', err as NodeJS.ErrnoException));
+  }
+
+  /**
+   * Entries a resync found gone from the primary. Their removal may already be on its way in the
+   * queue (the primary runs ahead of it) as a rename: removing them now would make that rename
+   * fail and heal its target as a fresh copy (a hard link lost). Run after what was queued
+   * during the resync: whatever is still gone from the primary then is removed.
+   */
+  private async removeGone(paths: string[]): Promise<void> {
+    for (const p of paths) {
+      if (this.heldUnder(p)) {
+        for (const s of this.splits.values()) if (s.coversUnder(p)) s.touched.add(p);
+        continue;
+      }
+      if (await lstatOrUndefined(this.primary + p)) continue;
+      this.writer.forget(p, true);
+      await fsp
+        .rm(this.layout.data + p, { recursive: true, force: true })
+        .catch((err) => this.markBroken(p, err as NodeJS.ErrnoException));
     }
   }
 
@@ -644,8 +685,13 @@ export class MirrorDriver implements ChangeSink {
       },
       s.lostLinks,
     );
+    const gone: string[] = [];
     for (const p of paths) {
       if (stillHeld(p)) continue;
+      if (!(await lstatOrUndefined(this.primary + p))) {
+        gone.push(p);
+        continue;
+      }
       const f = tracked.get(p);
       try {
         this.writer.forget(p, true);
@@ -670,6 +716,10 @@ export class MirrorDriver implements ChangeSink {
       }
     }
     this.stats.resyncBytes += bytes;
+    if (gone.length > 0)
+      void this.queue
+        .push(() => this.removeGone(gone))
+        .catch((err) => this.markBroken('/', err as NodeJS.ErrnoException));
     await this.journal.append({ t: 'released', id: s.id }).catch(() => undefined);
     const result = { splitId: s.id, bytesCopied: bytes, entries, ms: Date.now() - started };
     this._onDidResync.fire(result);
@@ -1156,6 +1206,17 @@ const BATCH_BYTES = 8 * 1024 * 1024;
 /** Files above this size are reconciled chunk by chunk, LARGE_CHUNK bytes per queue task. */
 const LARGE_FILE = 8 * 1024 * 1024;
 const LARGE_CHUNK = 8 * 1024 * 1024;
+
+/** Is there a regular file with several names at or below dir (no symlinks followed)? */
+async function hasMultiLink(dir: string): Promise<boolean> {
+  const names = await fsp.readdir(dir).catch(() => [] as string[]);
+  for (const n of names) {
+    const st = await lstatOrUndefined(`${dir}/${n}`);
+    if (st?.isFile() && st.nlink > 1) return true;
+    if (st?.isDirectory() && (await hasMultiLink(`${dir}/${n}`))) return true;
+  }
+  return false;
+}
 
 function lstatOrUndefined(p: string): Promise<Stats | undefined> {
   return fsp.lstat(p).catch(() => undefined);

@@ -90,4 +90,20 @@ describe('resync of files with several names', () => {
     expect((await fsp.stat(`${M}/a`)).ino).toBe((await fsp.stat(`${M}/x`)).ino);
     expect((await d.verify()).differences).toEqual([]);
   });
+
+  it('a rename queued behind the resync keeps the names one file (the primary runs ahead of the queue)', async () => {
+    const s = await d.split({ volume: true });
+    await fsp.mkdir(`${P}/d`);
+    await d.apply({ op: 'mkdir', path: '/d', mode: 0o40755, uid: 0, gid: 0 });
+    await fsp.link(`${P}/a`, `${P}/d/h`);
+    await d.apply({ op: 'link', from: '/a', path: '/d/h' });
+    // The rename reaches the primary before the resync runs, and the driver after it.
+    await fsp.rename(`${P}/d`, `${P}/e`);
+    const resynced = d.resync(s.splitId);
+    const applied = d.apply({ op: 'rename', from: '/d', path: '/e' });
+    await Promise.all([resynced, applied]);
+    await d.barrier();
+    expect((await fsp.stat(`${M}/e/h`)).ino).toBe((await fsp.stat(`${M}/a`)).ino);
+    expect((await d.verify()).differences).toEqual([]);
+  });
 });

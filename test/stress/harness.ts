@@ -232,6 +232,11 @@ export async function runStress(o: StressOptions): Promise<StressReport> {
     await sh(`sync -f '${d('mnt')}'`, { timeoutMs: 60_000 });
     report.serverExit = await srv.stop(120_000);
     report.broken = srv.events.filter((e) => e.event === 'broken');
+    await fsp.writeFile(
+      d('logs/server-events.jsonl'),
+      srv.events.map((e) => JSON.stringify(e) + '\n').join(''),
+    );
+    await fsp.writeFile(d('logs/server-stderr.txt'), srv.stderr());
     srv = undefined;
 
     // The writers' records.
