@@ -13,8 +13,10 @@ import type { TrackedFile } from './split-tracker.js';
  * copy on the others (their sizes and metadata are synced all the same).
  *
  * inoOf: the mirror inode of a name, undefined when it is not a regular file with other names.
- * whole: some ranges of files with other names were lost (SplitTracker.lostLinks): every such
- * name is copied whole (undefined) instead.
+ * whole: ranges tracked under a name of a file with other names were lost with that name
+ * (SplitTracker.lostLinks). The file's other names may be tracked under their own names (with
+ * ranges that miss the lost ones, and a file whose link count in the mirror is 1 by now): every
+ * tracked name is copied whole (undefined) instead.
  */
 export async function mergeLinkedRanges(
   files: ReadonlyMap<string, TrackedFile>,
@@ -23,6 +25,10 @@ export async function mergeLinkedRanges(
   whole = false,
 ): Promise<Map<string, TrackedFile | undefined>> {
   const out = new Map<string, TrackedFile | undefined>();
+  if (whole) {
+    for (const p of paths) out.set(p, undefined);
+    return out;
+  }
   const groups = new Map<number, string[]>();
   for (const p of paths) {
     const f = files.get(p);
@@ -30,10 +36,6 @@ export async function mergeLinkedRanges(
     if (!f) continue;
     const ino = await inoOf(p);
     if (ino === undefined) continue;
-    if (whole) {
-      out.set(p, undefined);
-      continue;
-    }
     const g = groups.get(ino);
     if (g) g.push(p);
     else groups.set(ino, [p]);

@@ -64,6 +64,8 @@ describe('resync of files with several names', () => {
 
   it('a changed file that loses one of its names still reaches the mirror through the others', async () => {
     const s = await d.split({ volume: true });
+    // Changes under both names; the ranges under the name that goes are what must not be lost.
+    await write('/b', 0, 1000);
     await write('/a', 10_000, 20_000);
     await fsp.unlink(`${P}/a`);
     await d.apply({ op: 'unlink', path: '/a' });
