@@ -75,6 +75,7 @@ const now = (): number => performance.timeOrigin + performance.now();
 /** Everything a report says went wrong (empty: the run passed). */
 export function problems(r: StressReport): string[] {
   const out: string[] = [];
+  if (r.ops < 10) out.push(`the writers did only ${r.ops} operations`);
   for (const f of r.writerFailures) out.push(`writer: ${f}`);
   for (const m of r.snapshots.mismatches.slice(0, 20))
     out.push(`snapshot ${m.snapshot} ${m.path}: expected ${brief(m.expected)}, got ${brief(m.actual)}`);
@@ -150,14 +151,13 @@ export async function runStress(o: StressOptions): Promise<StressReport> {
 
     const nWriters = o.writers ?? 3;
     const roots = Array.from({ length: nWriters }, (_, i) => `/w${i}`);
-    const deadline = Date.now() + o.durationMs;
     const writerDone = roots.map((root, i) => {
       const cfg: WriterConfig = {
         mount: d('mnt'),
         root,
         seed: rng.u32(),
         maxOps: o.maxOps ?? 1_000_000,
-        deadline,
+        durationMs: o.durationMs,
         log: d(`logs/writer-${i}.jsonl`),
         mmap: o.mmap ?? false,
         lazyMmap: o.lazyMmap ?? false,

@@ -22,8 +22,8 @@ export interface WriterConfig {
   root: string;
   seed: number;
   maxOps: number;
-  /** Stop starting operations at this time (ms since the epoch). */
-  deadline: number;
+  /** Stop starting operations this long after the first one, ms (a slow start costs nothing). */
+  durationMs: number;
   log: string;
   mmap: boolean;
   lazyMmap: boolean;
@@ -62,7 +62,8 @@ async function main(): Promise<void> {
   let before = model.state();
   let seq = 0;
   let failed: string | undefined;
-  for (; seq < cfg.maxOps && now() < cfg.deadline; seq++) {
+  const deadline = now() + cfg.durationMs;
+  for (; seq < cfg.maxOps && now() < deadline; seq++) {
     const o = model.next(rng, cfg);
     const t0 = now();
     let err: string | undefined;
