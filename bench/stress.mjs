@@ -48,7 +48,7 @@ for (let seed = args.seed; ; seed++) {
     `seed ${seed}: ${r.ops} ops, ${r.prepares.ok} prepares (${fmtFailed(r.prepares.failed)}), ${r.backups.ok} backups (${fmtFailed(r.backups.failed)}), ` +
       `${r.snapshots.count} snapshots: ${r.snapshots.checked} entries checked, ${r.snapshots.unverifiable} unverifiable, ` +
       `${r.snapshots.mismatches.length} mismatches; verify ${r.verify.checked} entries, ${r.verify.differences.length} differences; ` +
-      `${r.broken.length} broken; ${(r.ms / 1000).toFixed(0)} s${p.length ? ` — ${p.length} problem(s)${r.dir && args.keep ? ` (files in ${r.dir})` : ''}` : ''}\n`,
+      `${r.broken.length} broken; ${(r.ms / 1000).toFixed(0)} s${p.length ? ` — ${p.length} problem(s) (files kept in ${r.dir})` : ''}\n`,
   );
   for (const line of p.slice(0, 15)) process.stdout.write(`    ${line}\n`);
   if (Date.now() >= until) break;

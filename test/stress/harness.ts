@@ -44,6 +44,8 @@ export interface StressOptions {
   /** Where to keep the run's files (default a new temp dir, removed unless keep). */
   dir?: string;
   keep?: boolean;
+  /** Keep the files of a run that found problems (default true). */
+  keepFailed?: boolean;
   log?: (msg: string) => void;
   /** Extra `twinfs serve` arguments. */
   serveArgs?: string[];
@@ -65,6 +67,8 @@ export interface StressReport {
   verify: { ok: boolean; checked: number; differences: unknown[] };
   broken: Array<Record<string, unknown>>;
   serverExit: number | null;
+  /** ms since the start at which each phase ended. */
+  phases: Record<string, number>;
 }
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
@@ -119,6 +123,11 @@ export async function runStress(o: StressOptions): Promise<StressReport> {
     verify: { ok: false, checked: 0, differences: [] },
     broken: [],
     serverExit: null,
+    phases: {},
+  };
+  const phase = (name: string) => {
+    report.phases[name] = Math.round(now() - started);
+    log(`${name} after ${report.phases[name]} ms`);
   };
   let srv: ServerHandle | undefined;
   const children = new Set<ChildProcess>();
@@ -144,6 +153,7 @@ export async function runStress(o: StressOptions): Promise<StressReport> {
       env: { ...process.env, UV_THREADPOOL_SIZE: '16' },
       timeoutMs: 60_000,
     });
+    phase('mounted');
     const mounted = srv.events.find((e) => e.event === 'mounted') as any;
     const url: string = mounted.control.url;
     const token = (await fsp.readFile(tokenFile, 'utf8')).trim();
@@ -223,14 +233,16 @@ export async function runStress(o: StressOptions): Promise<StressReport> {
       for (const c of children) c.kill('SIGKILL');
     }, o.durationMs + 120_000);
     await allWritten;
+    phase('writers');
     await Promise.all(loops);
     clearTimeout(killTimer);
-    log(`writers and loops done after ${Math.round(now() - started)} ms`);
+    phase('loops');
 
     // Kernel dirty pages (mmap without msync) and twinfs's cache go to the primary and the
     // mirror; the server drains everything on SIGTERM.
     await sh(`sync -f '${d('mnt')}'`, { timeoutMs: 60_000 });
     report.serverExit = await srv.stop(120_000);
+    phase('stopped');
     report.broken = srv.events.filter((e) => e.event === 'broken');
     await fsp.writeFile(
       d('logs/server-events.jsonl'),
@@ -279,6 +291,7 @@ export async function runStress(o: StressOptions): Promise<StressReport> {
       report.verify = { ok: false, checked: 0, differences: [`verify failed: ${v.stderr.slice(-500)}`] };
     }
 
+    phase('verified');
     // Backups: what each snapshot holds under the writers' roots, read from the dir target.
     for (const b of backupsTaken) {
       const entries = new Map<string, EntryState>();
@@ -299,6 +312,7 @@ export async function runStress(o: StressOptions): Promise<StressReport> {
         .map((s) => JSON.stringify({ label: s.label, sent: s.sent, replied: s.replied }) + '\n')
         .join(''),
     );
+    phase('snapshots read');
     report.snapshots.count = snapshots.length;
     for (const s of snapshots) {
       const c = checkSnapshot(history, s);
@@ -314,7 +328,8 @@ export async function runStress(o: StressOptions): Promise<StressReport> {
     }
     await sh(`fusermount -uz '${d('mnt')}' 2>/dev/null`);
     report.ms = Math.round(now() - started);
-    if (!o.keep && !o.dir) await fsp.rm(dir, { recursive: true, force: true }).catch(() => undefined);
+    const keep = o.keep || o.dir || ((o.keepFailed ?? true) && problems(report).length > 0);
+    if (!keep) await fsp.rm(dir, { recursive: true, force: true }).catch(() => undefined);
   }
   return report;
 }
