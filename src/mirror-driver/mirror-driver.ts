@@ -11,6 +11,7 @@ import { setTimesNs } from '../fusefs/set-times.js';
 import { loadVolumeId, type MirrorLayout, mirrorLayout, openDevice } from './device.js';
 import { copyChunk, syncEntry, syncMeta } from './entry-sync.js';
 import { Journal, type JournalRecord } from './journal.js';
+import { mergeLinkedRanges } from './linked-ranges.js';
 import { MirrorWriter } from './mirror-writer.js';
 import { covers, coversUnder, type Selector, SplitTracker } from './split-tracker.js';
 import { type VerifyReport, verifyTrees } from './verify.js';
@@ -137,6 +138,8 @@ export class MirrorDriver implements ChangeSink {
   private ready: Promise<void> = Promise.resolve();
   private repairing: Promise<{ bytes: number; entries: number; remaining: string[] }> | null = null;
   private checkpointQueued = false;
+  /** A volume comparison to link the names of hard-linked files is queued (see healPath). */
+  private relinkQueued = false;
   private readonly abort = new AbortController();
   private timesTimer: NodeJS.Timeout | null = null;
   private timers: NodeJS.Timeout[] = [];
@@ -324,17 +327,20 @@ export class MirrorDriver implements ChangeSink {
   }
 
   private async route(c: Change): Promise<void> {
-    let held = false;
+    const inodeOp = INODE_OPS.has(c.op);
+    if (inodeOp) await this.followFrozen(c.path);
+    const holders: SplitTracker[] = [];
     for (const s of this.splits.values()) {
       if (!s.touches(c)) continue;
-      held = true;
+      holders.push(s);
       // State and journal line in one synchronous step (see Journal). Not awaited: the write
       // intent, on disk before the primary changed, covers a crash before this line lands.
       s.record(c);
       if (c.op !== 'fsync') void this.journal.append(trackRecord(s.id, c)).catch(() => undefined);
     }
-    if (held) {
+    if (holders.length > 0) {
       if (c.op !== 'fsync') this.stats.changesTracked++;
+      if (inodeOp) await this.noteInodeChange(holders, c.path);
       return;
     }
     if ((c.op === 'rename' || c.op === 'link') && this.broken.size > 0)
@@ -344,7 +350,6 @@ export class MirrorDriver implements ChangeSink {
       if (c.op === 'fsync') await this.syncTimes(c.path);
       else if (c.op === 'rename') this.moveTimes(c.from, c.path);
       else if (c.op === 'unlink') this.pendingTimes.delete(c.path);
-      if (INODE_OPS.has(c.op)) await this.copyOnWrite(c.path);
       await this.writer.apply(c);
       this.stats.changesApplied++;
       // A directory renamed under a running walk may have moved where the walk has been to a
@@ -367,48 +372,31 @@ export class MirrorDriver implements ChangeSink {
   }
 
   /**
-   * A change to the inode behind path, whose mirror inode is frozen by a split under another
-   * name: give path its own copy in the mirror first, so the frozen copy never changes.
+   * A change through another name of a hard-linked file that a split selected by one of its
+   * names: in the mirror that name is the frozen copy too, so it must not be written now. The
+   * split covers it from here on (its changes are tracked and resynced through the same mirror
+   * inode: the names stay one file).
    */
-  private async copyOnWrite(p: string): Promise<void> {
-    let owner: SplitTracker | undefined;
-    for (const s of this.splits.values()) if (s.frozenInos.size > 0) owner = s;
-    if (!owner) return;
-    const mp = this.layout.data + p;
-    const st = await fsp.lstat(mp).catch(() => undefined);
-    if (!st?.isFile() || st.nlink < 2) return;
-    for (const s of this.splits.values()) {
-      const frozen = s.frozenInos.get(st.ino);
-      if (frozen === undefined || frozen === p) continue;
-      const tmp = path.join(path.dirname(mp), `.twinfs-cow-${randomUUID()}`);
-      await fsp.copyFile(mp, tmp);
-      await syncMeta(mp, tmp, st);
-      this.writer.forget(p, false);
-      await fsp.rename(tmp, mp);
-      s.cowNames.set(p, frozen);
-      return;
-    }
+  private async followFrozen(p: string): Promise<void> {
+    let any = false;
+    for (const s of this.splits.values()) if (s.frozenInos.size > 0 && !s.covers(p)) any = true;
+    if (!any) return;
+    const st = await fsp.lstat(this.layout.data + p).catch(() => undefined);
+    if (!st?.isFile()) return;
+    for (const s of this.splits.values()) if (s.frozenInos.has(st.ino)) s.followName(p);
   }
 
-  /** After a resync: names that got their own copy are linked to their file again. */
-  private async relinkCow(s: SplitTracker): Promise<number> {
-    let bytes = 0;
-    for (const [name, frozen] of s.cowNames) {
-      const [a, b] = await Promise.all([
-        fsp.lstat(this.primary + frozen).catch(() => undefined),
-        fsp.lstat(this.primary + name).catch(() => undefined),
-      ]);
-      this.writer.forget(frozen, false);
-      this.writer.forget(name, false);
-      if (a && b && a.ino === b.ino) {
-        // Still one file on the primary: copy it whole once, and make the other name a link.
-        const r = await syncEntry(this.primary + frozen, this.layout.data + frozen);
-        bytes += r.bytesCopied;
-        await fsp.rm(this.layout.data + name, { force: true });
-        await fsp.link(this.layout.data + frozen, this.layout.data + name);
-      } else if (b) bytes += (await syncEntry(this.primary + name, this.layout.data + name)).bytesCopied;
-    }
-    return bytes;
+  /**
+   * Held changes to an inode: its link count tells the split whether a later unlink of this
+   * name could leave other names, unknown to it, with changes to resync (see lostLinks).
+   */
+  private async noteInodeChange(holders: SplitTracker[], p: string): Promise<void> {
+    const todo = holders.filter((s) => !s.inodeChanged.has(p));
+    if (todo.length === 0) return;
+    const st = await fsp.lstat(this.primary + p).catch(() => undefined);
+    // Gone already (its unlink or rename is queued behind): assume it had other names.
+    const nlink = st ? (st.isDirectory() ? 1 : st.nlink) : 2;
+    for (const s of todo) s.noteInodeChange(p, nlink);
   }
 
   private async onApplyError(c: Change, err: NodeJS.ErrnoException): Promise<void> {
@@ -502,9 +490,48 @@ export class MirrorDriver implements ChangeSink {
     this.stats.bytesMirrored += r.bytesCopied;
     // A directory the mirror lacked (say, renamed before the initial copy reached it) comes
     // with its contents.
-    if ((await lstatOrUndefined(this.primary + p))?.isDirectory()) {
+    const st = await lstatOrUndefined(this.primary + p);
+    if (st?.isDirectory()) {
       const t = await this.reconcileTree(p, 'repair', { locked: true });
       this.stats.bytesMirrored += t.bytes;
+    }
+    // A file with other names came as a copy of its own: the mirror would keep two files where
+    // the primary has one, and the next write through one name would leave the other behind.
+    // Its other names can be anywhere: the next queue task compares the volume and links them.
+    if ((st?.isFile() && st.nlink > 1) || (st?.isDirectory() && (await hasMultiLink(this.primary + p))))
+      this.relinkVolume(p);
+  }
+
+  private relinkVolume(cause: string): void {
+    if (this.relinkQueued) return;
+    this.relinkQueued = true;
+    this.log(`${cause}: a file with several names was copied alone; comparing the volume to link its names`);
+    void this.queue
+      .push(async () => {
+        this.relinkQueued = false;
+        const r = await this.reconcileTree('/', 'repair', { locked: true });
+        this.stats.bytesMirrored += r.bytes;
+      })
+      .catch((err) => this.markBroken('/', err as NodeJS.ErrnoException));
+  }
+
+  /**
+   * Entries a resync found gone from the primary. Their removal may already be on its way in the
+   * queue (the primary runs ahead of it) as a rename: removing them now would make that rename
+   * fail and heal its target as a fresh copy (a hard link lost). Run after what was queued
+   * during the resync: whatever is still gone from the primary then is removed.
+   */
+  private async removeGone(paths: string[]): Promise<void> {
+    for (const p of paths) {
+      if (this.heldUnder(p)) {
+        for (const s of this.splits.values()) if (s.coversUnder(p)) s.touched.add(p);
+        continue;
+      }
+      if (await lstatOrUndefined(this.primary + p)) continue;
+      this.writer.forget(p, true);
+      await fsp
+        .rm(this.layout.data + p, { recursive: true, force: true })
+        .catch((err) => this.markBroken(p, err as NodeJS.ErrnoException));
     }
   }
 
@@ -649,9 +676,23 @@ export class MirrorDriver implements ChangeSink {
       }
     }
     const paths = [...new Set([...s.touched, ...s.files.keys()])].sort();
+    const tracked = await mergeLinkedRanges(
+      s.files,
+      paths,
+      async (p) => {
+        const st = stillHeld(p) ? undefined : await lstatOrUndefined(this.layout.data + p);
+        return st?.isFile() && st.nlink > 1 ? st.ino : undefined;
+      },
+      s.lostLinks,
+    );
+    const gone: string[] = [];
     for (const p of paths) {
       if (stillHeld(p)) continue;
-      const f = s.files.get(p);
+      if (!(await lstatOrUndefined(this.primary + p))) {
+        gone.push(p);
+        continue;
+      }
+      const f = tracked.get(p);
       try {
         this.writer.forget(p, true);
         await this.ensureParents(p);
@@ -663,6 +704,8 @@ export class MirrorDriver implements ChangeSink {
         else this.markBroken(p, err as NodeJS.ErrnoException);
       }
     }
+    // A changed file lost a name while it had others: they are found by comparing everything.
+    if (s.lostLinks) trees.add('/');
     for (const t of outermost(trees)) {
       try {
         const r = await this.reconcileTree(t, 'resync', { locked: true });
@@ -673,7 +716,10 @@ export class MirrorDriver implements ChangeSink {
       }
     }
     this.stats.resyncBytes += bytes;
-    if (s.cowNames.size > 0) bytes += await this.relinkCow(s);
+    if (gone.length > 0)
+      void this.queue
+        .push(() => this.removeGone(gone))
+        .catch((err) => this.markBroken('/', err as NodeJS.ErrnoException));
     await this.journal.append({ t: 'released', id: s.id }).catch(() => undefined);
     const result = { splitId: s.id, bytesCopied: bytes, entries, ms: Date.now() - started };
     this._onDidResync.fire(result);
@@ -1160,6 +1206,17 @@ const BATCH_BYTES = 8 * 1024 * 1024;
 /** Files above this size are reconciled chunk by chunk, LARGE_CHUNK bytes per queue task. */
 const LARGE_FILE = 8 * 1024 * 1024;
 const LARGE_CHUNK = 8 * 1024 * 1024;
+
+/** Is there a regular file with several names at or below dir (no symlinks followed)? */
+async function hasMultiLink(dir: string): Promise<boolean> {
+  const names = await fsp.readdir(dir).catch(() => [] as string[]);
+  for (const n of names) {
+    const st = await lstatOrUndefined(`${dir}/${n}`);
+    if (st?.isFile() && st.nlink > 1) return true;
+    if (st?.isDirectory() && (await hasMultiLink(`${dir}/${n}`))) return true;
+  }
+  return false;
+}
 
 function lstatOrUndefined(p: string): Promise<Stats | undefined> {
   return fsp.lstat(p).catch(() => undefined);

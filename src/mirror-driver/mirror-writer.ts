@@ -37,8 +37,12 @@ export class MirrorWriter {
       }
       case 'create': {
         // The primary made a new, empty file. A stale one in the mirror (left by a rename that a
-        // split held back, or a crash) must not lend it old bytes.
+        // split held back, or a crash) must not lend it old bytes, nor lose its own: it may be
+        // another name of a file that lives on, so it is unlinked, not truncated.
         this.forget(c.path, false);
+        await fsp.unlink(p).catch((e) => {
+          if (e.code !== 'ENOENT') throw e;
+        });
         const fh = await fsp.open(
           p,
           fs.constants.O_CREAT | fs.constants.O_TRUNC | fs.constants.O_WRONLY,

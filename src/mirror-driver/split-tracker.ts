@@ -55,12 +55,22 @@ export class SplitTracker {
   readonly followed = new Set<string>();
   /**
    * Mirror inodes of selected files that had other names at split time (mirror inode → the
-   * selected path). A change through another name must not reach the frozen copy: the mirror
-   * gives that name its own copy first (copy-on-write), and the resync links them again.
+   * selected path). A change through another name must not reach the frozen copy: that name
+   * becomes covered too (see followName), so its changes are tracked and resynced through the
+   * same mirror inode, and every name stays one file in the mirror.
    */
   readonly frozenInos = new Map<number, string>();
-  /** Names given their own copy by copy-on-write → the selected path they were linked to. */
-  readonly cowNames = new Map<string, string>();
+  /**
+   * Paths whose inode (data or metadata) changed under this split → the inode's link count on
+   * the primary when that was first seen. Moved along with renames.
+   */
+  readonly inodeChanged = new Map<string, number>();
+  /**
+   * A name of a changed inode with other names went away (unlink, or replaced by a rename):
+   * what was tracked under it is lost, and the other names, which may not be known here, still
+   * need the changes. The resync then compares the whole volume (the only way to find them).
+   */
+  lostLinks = false;
   private readonly paths: Set<string>;
 
   constructor(
@@ -135,13 +145,10 @@ export class SplitTracker {
       case 'rename': {
         this.follow(c.from, c.path);
         this.namespace.push(c);
-        const moved: Array<[string, TrackedFile]> = [];
-        for (const [p, f] of this.files) {
-          if (p === c.from || p.startsWith(c.from + '/')) moved.push([p, f]);
-        }
-        for (const [p] of moved) this.files.delete(p);
-        this.files.delete(c.path);
-        for (const [p, f] of moved) this.files.set(c.path + p.slice(c.from.length), f);
+        // The name replaced loses what was tracked under it (its inode may live on elsewhere).
+        this.dropName(c.path);
+        moveKeys(this.files, c.from, c.path);
+        moveKeys(this.inodeChanged, c.from, c.path);
         // Metadata changed under the old name must be synced under the new one.
         for (const t of [...this.touched])
           if (t.startsWith(c.from + '/')) this.touched.add(c.path + t.slice(c.from.length));
@@ -151,7 +158,7 @@ export class SplitTracker {
       }
       case 'unlink':
         this.namespace.push(c);
-        this.files.delete(c.path);
+        this.dropName(c.path);
         this.touched.add(c.path);
         return;
       case 'rmdir':
@@ -178,6 +185,28 @@ export class SplitTracker {
         // chmod, chown, utimens, xattrs: metadata is synced for every touched path.
         this.touched.add(c.path);
     }
+  }
+
+  /**
+   * Another name of a frozen inode (frozenInos) is about to change: from now on it is covered
+   * like the selected name, so its changes are tracked and its mirror entry, the frozen copy,
+   * is left alone until the resync.
+   */
+  followName(p: string): void {
+    this.followed.add(p);
+  }
+
+  /** The inode behind p changed under this split; nlink: its link count on the primary. */
+  noteInodeChange(p: string, nlink: number): void {
+    if (!this.inodeChanged.has(p)) this.inodeChanged.set(p, nlink);
+  }
+
+  /** A name goes away (unlink, or replaced by a rename). */
+  private dropName(p: string): void {
+    this.files.delete(p);
+    const nlink = this.inodeChanged.get(p);
+    this.inodeChanged.delete(p);
+    if (nlink !== undefined && nlink > 1) this.lostLinks = true;
   }
 
   /** Replays a recorded byte range (journal recovery). */
@@ -209,4 +238,12 @@ export class SplitTracker {
     }
     return f;
   }
+}
+
+/** Moves the keys at and below from to the same places below to (a rename). */
+function moveKeys<V>(m: Map<string, V>, from: string, to: string): void {
+  const moved: Array<[string, V]> = [];
+  for (const [p, v] of m) if (p === from || p.startsWith(from + '/')) moved.push([p, v]);
+  for (const [p] of moved) m.delete(p);
+  for (const [p, v] of moved) m.set(to + p.slice(from.length), v);
 }

@@ -13,7 +13,8 @@ export type DifferenceKind =
   | 'owner'
   | 'mtime'
   | 'symlink'
-  | 'xattr';
+  | 'xattr'
+  | 'links';
 
 export interface Difference {
   path: string;
@@ -53,6 +54,7 @@ export async function verifyTrees(
 ): Promise<VerifyReport> {
   const diffs: Difference[] = [];
   const skip = opts.skip ?? (() => false);
+  const links = new LinkStructure();
   let checked = 0;
   let skipped = 0;
   const dirs = [''];
@@ -82,8 +84,10 @@ export async function verifyTrees(
         return;
       }
       diffs.push(...(await compareEntry(primaryRoot, mirrorRoot, p, ps, ms, opts.content !== false)));
+      links.add(p, ps, ms);
     });
   }
+  diffs.push(...links.differences());
   diffs.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
   return { ok: diffs.length === 0, checked, skipped, differences: diffs };
 }
@@ -151,4 +155,49 @@ async function xattrsOf(file: string): Promise<string> {
     parts.push(`${n}=${v.toString('base64')}`);
   }
   return parts.join(',');
+}
+
+/**
+ * Hard-link structure: names that are one file on the primary must be one file in the mirror,
+ * and names that are separate files on the primary separate in the mirror (a mirror that
+ * keeps two names of one file as two copies drifts apart at the next write).
+ */
+class LinkStructure {
+  /** primary inode → mirror inode → names */
+  private readonly byPrimary = new Map<number, Map<number, string[]>>();
+  /** mirror inode → primary inodes */
+  private readonly byMirror = new Map<number, Set<number>>();
+
+  add(p: string, ps: Stats, ms: Stats): void {
+    if (ps.isDirectory() || (ps.nlink < 2 && ms.nlink < 2)) return;
+    if ((ps.mode & 0o170000) !== (ms.mode & 0o170000)) return;
+    let m = this.byPrimary.get(ps.ino);
+    if (!m) this.byPrimary.set(ps.ino, (m = new Map()));
+    let names = m.get(ms.ino);
+    if (!names) m.set(ms.ino, (names = []));
+    names.push(p);
+    let q = this.byMirror.get(ms.ino);
+    if (!q) this.byMirror.set(ms.ino, (q = new Set()));
+    q.add(ps.ino);
+  }
+
+  differences(): Difference[] {
+    const out: Difference[] = [];
+    for (const m of this.byPrimary.values()) {
+      if (m.size < 2) continue;
+      // One file on the primary, several in the mirror: every name but those of the largest group.
+      const groups = [...m.values()].sort((a, b) => b.length - a.length);
+      const first = groups[0]![0]!;
+      for (const g of groups.slice(1))
+        for (const p of g)
+          out.push({ path: p, kind: 'links', primary: `one file with ${first}`, mirror: 'separate' });
+    }
+    for (const [mino, pinos] of this.byMirror) {
+      if (pinos.size < 2) continue;
+      const names = [...pinos].flatMap((pi) => this.byPrimary.get(pi)?.get(mino) ?? []).sort();
+      for (const p of names.slice(1))
+        out.push({ path: p, kind: 'links', primary: 'separate', mirror: `one file with ${names[0]}` });
+    }
+    return out;
+  }
 }

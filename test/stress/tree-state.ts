@@ -1,0 +1,52 @@
+import { createHash } from 'node:crypto';
+import { promises as fsp } from 'node:fs';
+import * as xattr from 'fs-xattr';
+import { type EntryState, xattrString } from './model.js';
+
+/**
+ * Reads real trees (the primary, a split mirror copy, a backup snapshot) as the model's
+ * EntryStates, keyed by volume path. Never used on the mount itself from a serving process.
+ */
+
+/** The state of one entry, or null when there is none. */
+export async function readEntry(file: string): Promise<EntryState | null> {
+  const st = await fsp.lstat(file).catch(() => undefined);
+  if (!st) return null;
+  const own = { uid: st.uid, gid: st.gid };
+  if (st.isSymbolicLink()) return { t: 'l', target: await fsp.readlink(file), ...own };
+  const x = xattrString(await userXattrs(file));
+  const mode = st.mode & 0o7777;
+  if (st.isDirectory()) return { t: 'd', mode, ...own, x };
+  if (st.isFIFO()) return { t: 'p', mode, ...own, x };
+  if (!st.isFile()) return { t: 'p', mode: -1, ...own };
+  const h = createHash('sha1')
+    .update(await fsp.readFile(file))
+    .digest('hex');
+  return { t: 'f', h, size: st.size, mode, ...own, x };
+}
+
+/** Every entry at and below the volume path `top` of the tree at `root`. */
+export async function readTree(root: string, top: string): Promise<Map<string, EntryState>> {
+  const out = new Map<string, EntryState>();
+  const walk = async (p: string): Promise<void> => {
+    const s = await readEntry(root + p);
+    if (!s) return;
+    out.set(p, s);
+    if (s.t !== 'd') return;
+    const names = await fsp.readdir(root + p).catch(() => [] as string[]);
+    for (const n of names.sort()) await walk(`${p}/${n}`);
+  };
+  await walk(top);
+  return out;
+}
+
+async function userXattrs(file: string): Promise<Array<[string, string]>> {
+  const names = await xattr.listAttributes(file).catch(() => [] as string[]);
+  const out: Array<[string, string]> = [];
+  for (const n of names) {
+    if (!n.startsWith('user.')) continue;
+    const v = await xattr.getAttribute(file, n).catch(() => undefined);
+    if (v) out.push([n, v.toString('utf8')]);
+  }
+  return out;
+}
