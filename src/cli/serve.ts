@@ -105,6 +105,7 @@ export async function serve(args: ServeArgs): Promise<number> {
       writebackMs: cfg.writebackMs,
       writeThrough: cfg.writeThrough,
       flushOnClose: cfg.flushOnClose,
+      spillDir: path.join(cfg.stateDir ?? defaultStateDir(), 'spill'),
     });
   } catch (err) {
     await mirror?.dispose().catch(() => undefined);
@@ -197,7 +198,11 @@ export async function serve(args: ServeArgs): Promise<number> {
             resolve(0);
           },
           (err) => {
-            process.stderr.write(`twinfs: unmount failed: ${formatError(err)}\n`);
+            // The coded form every command uses; with --json also as an event line.
+            for (const e of err instanceof AggregateError ? err.errors : [err]) {
+              if (args.json) out('error', { code: codeOf(e), message: messageOf(e) }, '');
+              process.stderr.write(`twinfs: error ${formatError(e)}\n`);
+            }
             resolve(1);
           },
         );
@@ -256,6 +261,14 @@ export function parseHostPort(spec: string): [string, number] {
   const port = Number(m[3]);
   if (port > 65535) throw new TwinError('ETWIN_USAGE', `--control port ${port} is out of range`);
   return [m[1] || m[2] || '127.0.0.1', port];
+}
+
+function codeOf(err: unknown): string {
+  return err instanceof TwinError ? err.code : 'ETWIN_INTERNAL';
+}
+
+function messageOf(err: unknown): string {
+  return err instanceof TwinError ? err.message : formatError(err);
 }
 
 export function formatError(err: unknown): string {

@@ -9,7 +9,8 @@ import { addServedMount, removeServedMount } from './served-mounts.js';
 import { type CallerContext, VolumeOps } from './volume-ops.js';
 import { VolumePaths } from './volume-paths.js';
 import { WriteInhibitor } from './write-inhibitor.js';
-import { type CacheStats, WritebackCache } from './writeback-cache.js';
+import { type CacheStats, DEFAULT_LIMIT_BYTES, WritebackCache } from './writeback-cache.js';
+import { spillReserveBytes, WritebackSpill } from './writeback-spill.js';
 
 const require = createRequire(import.meta.url);
 
@@ -32,6 +33,12 @@ export interface TwinFsOptions {
   gate?: WriteGate & Partial<WriteInhibitor>;
   native?: Partial<NativeMountOptions>;
   log?: (msg: string) => void;
+  /**
+   * Where cached data goes when it cannot be written to the primary at unmount (its disk is
+   * full): a journal per volume in this directory, its space reserved at mount, replayed onto
+   * the primary before the next mount. Without it such data is lost (tests and embedders only).
+   */
+  spillDir?: string;
 }
 
 export interface TwinFsStatus {
@@ -58,6 +65,7 @@ export class TwinFs {
   private fuse: any;
   private fuseClass: any;
   private unmounting: Promise<void> | null = null;
+  private spill: WritebackSpill | undefined;
 
   private constructor(
     readonly primary: string,
@@ -87,7 +95,19 @@ export class TwinFs {
   static async mount(opts: TwinFsOptions): Promise<TwinFs> {
     const real = await preflight(opts);
     const Fuse = loadFuse();
+    let spill: WritebackSpill | undefined;
+    if (opts.spillDir) {
+      // Before mounting: what a previous run could not write back lands first, so no
+      // application ever sees the older bytes. A journal that cannot be replayed stops the mount.
+      spill = await WritebackSpill.open({
+        spillDir: opts.spillDir,
+        primary: real.primary,
+        reserveBytes: spillReserveBytes(opts.cacheBytes ?? DEFAULT_LIMIT_BYTES),
+      });
+      await spill.replay(opts.sink ?? nullSink, opts.log ?? defaultLog);
+    }
     const fs = new TwinFs(real.primary, real.mount, opts);
+    fs.spill = spill;
     fs.fuseClass = Fuse;
     await fs.doMount(Fuse);
     return fs;
@@ -155,11 +175,8 @@ export class TwinFs {
 
   private async doUnmount(): Promise<void> {
     const errors: unknown[] = [];
-    try {
-      await this.cache.flushAll();
-    } catch (err) {
-      errors.push(err);
-    }
+    // A failure here is retried after detaching (and then spilled): not reported twice.
+    await this.cache.flushAll().catch(() => undefined);
     try {
       await new Promise<void>((resolve, reject) =>
         this.fuse.unmount((err: Error | null) => (err ? reject(err) : resolve())),
@@ -172,20 +189,70 @@ export class TwinFs {
         ),
       );
     }
+    let spilled = false;
+    try {
+      await this.cache.flushAll();
+    } catch (err) {
+      // Acknowledged data that cannot reach the primary is never dropped (invariant 10): it goes
+      // to the spill journal, which the next start writes back before mounting.
+      errors.push(await this.spillUnwritten(err));
+      spilled = true;
+    }
     try {
       await this.store.dispose();
     } catch (err) {
       errors.push(err);
     }
+    if (!spilled) await this.spill?.removeIfEmpty().catch(() => undefined);
     if ((await isMountPoint(this.mountPoint)).mounted)
       errors.push(new TwinError('ETWIN_UNMOUNT_FAILED', `${this.mountPoint} is still mounted`));
     if (errors.length === 1) throw errors[0];
     if (errors.length > 1) throw new AggregateError(errors, 'unmount finished with errors');
   }
 
-  private log(msg: string): void {
-    (this.opts.log ?? ((m: string) => process.stderr.write(`twinfs: ${m}\n`)))(msg);
+  /** Moves what the cache could not write back into the spill journal; returns the error to report. */
+  private async spillUnwritten(cause: unknown): Promise<TwinError> {
+    const files = await this.cache.takeUnwritten();
+    const bytes = files.reduce((s, f) => s + f.extents.reduce((t, e) => t + e.data.length, 0), 0);
+    const why = [...new Set(files.map((f) => f.error).filter(Boolean))].join(', ') || firstCode(cause);
+    const data = { primary: this.primary, files: files.map((f) => f.path), bytes };
+    if (!this.spill)
+      return new TwinError(
+        'ETWIN_WRITEBACK',
+        `${bytes} byte(s) of ${files.length} file(s) could not be written to ${this.primary} (${why}) and are lost: no spill directory`,
+        data,
+        { cause },
+      );
+    try {
+      await this.spill.write(files);
+    } catch (err) {
+      return new TwinError(
+        'ETWIN_WRITEBACK',
+        `${bytes} byte(s) of ${files.length} file(s) could not be written to ${this.primary} (${why}) nor to the spill journal ${this.spill.file} (${(err as Error).message}): lost`,
+        data,
+        { cause: err },
+      );
+    }
+    return new TwinError(
+      'ETWIN_WRITEBACK_SPILLED',
+      `${bytes} byte(s) of ${files.length} file(s) could not be written to ${this.primary} (${why}); they are kept in ${this.spill.file} and written back when the server next starts`,
+      { ...data, journal: this.spill.file },
+      { cause },
+    );
   }
+
+  private log(msg: string): void {
+    (this.opts.log ?? defaultLog)(msg);
+  }
+}
+
+function defaultLog(msg: string): void {
+  process.stderr.write(`twinfs: ${msg}\n`);
+}
+
+function firstCode(err: unknown): string {
+  if (err instanceof AggregateError) return firstCode(err.errors[0]);
+  return (err as NodeJS.ErrnoException)?.code ?? String((err as Error)?.message ?? err);
 }
 
 function loadFuse(): any {

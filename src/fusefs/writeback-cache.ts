@@ -6,6 +6,7 @@ import type { ChangeSink } from './change-sink.js';
 import { type Extent, ExtentMap, overlay } from './extent-map.js';
 import { ReadAheadPool, ReadAheadState } from './read-ahead.js';
 import { msToNs, setFdTimesNs } from './set-times.js';
+import type { UnwrittenFile } from './writeback-spill.js';
 
 /**
  * One open (or still dirty) regular file, keyed by inode so every handle and every hard link
@@ -90,6 +91,8 @@ export interface CacheStats {
   readAhead: { hits: number; fills: number; prefetches: number; direct: number; windows: number };
 }
 
+/** The default dirty-data limit. */
+export const DEFAULT_LIMIT_BYTES = 64 * 1024 * 1024;
 const MAX_IOV = 1024;
 /** A file with this much dirty data is written back at once (write-behind). */
 const EARLY_FLUSH_BYTES = 4 * 1024 * 1024;
@@ -120,7 +123,7 @@ export class WritebackCache {
   readonly onDidFailWriteback = this._onDidFailWriteback.event;
 
   constructor(opts: WritebackCacheOptions) {
-    this.limitBytes = opts.limitBytes ?? 64 * 1024 * 1024;
+    this.limitBytes = opts.limitBytes ?? DEFAULT_LIMIT_BYTES;
     this.writebackMs = opts.writebackMs ?? 3000;
     this.highWaterBytes = Math.floor(this.limitBytes * (opts.highWater ?? 0.5));
     this.flushConcurrency = opts.flushConcurrency ?? 4;
@@ -293,6 +296,29 @@ export class WritebackCache {
     await Promise.all(Array.from({ length: Math.min(this.flushConcurrency, nodes.length) }, worker));
     if (errors.length > 0)
       throw new AggregateError(errors, `${errors.length} file(s) could not be written back`);
+  }
+
+  /**
+   * Takes the cached data that is not on the primary (after a failed write-back) out of the
+   * cache, for the spill journal: the cache holds it no more. Each file is taken under its
+   * lock, so no write-back of it is running. Unlinked files are left out: their data has
+   * nowhere to go.
+   */
+  async takeUnwritten(): Promise<UnwrittenFile[]> {
+    const out: UnwrittenFile[] = [];
+    for (const n of [...this.nodes.values()]) {
+      if (n.dead || !n.isDirty) continue;
+      await n.lock.run(async () => {
+        if (n.dead || n.dirty.isEmpty) return;
+        const taken = n.dirty.takeAll();
+        this.release(taken.reduce((s, e) => s + e.len, 0));
+        const extents = taken.map((e) => ({ off: e.off, data: e.buf.subarray(0, e.len) }));
+        out.push({ path: n.path, ino: n.ino, mtime: n.lastWriteAt, extents, error: n.error?.code });
+        n.error = null;
+        n.firstDirtyAt = 0;
+      });
+    }
+    return out;
   }
 
   /** Flushes everything and closes every fd. The cache is unusable afterwards. */
