@@ -17,6 +17,8 @@ export const ErrorCodes = {
   ETWIN_MOUNT_FAILED: 'mounting failed',
   ETWIN_UNMOUNT_FAILED: 'unmounting failed',
   ETWIN_NOT_MOUNTED: 'the directory is not a twinfs/FUSE mount',
+  ETWIN_MOUNT_LOST:
+    'the volume was unmounted behind the server (twinfs unmount, fusermount -u); the server wrote back and stopped',
   ETWIN_PATH_ESCAPE: 'the path escapes the volume root',
   ETWIN_WRITEBACK: 'cached data could not be written to the primary',
   ETWIN_WRITEBACK_SPILLED:

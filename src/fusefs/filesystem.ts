@@ -1,9 +1,11 @@
 import { createRequire } from 'node:module';
 import { TwinError } from '../common/errors.js';
+import { Emitter } from '../common/event.js';
 import { DisposableStore, toDisposable } from '../common/lifecycle.js';
 import { type ChangeSink, nullSink, type WriteGate } from './change-sink.js';
 import { createFuseHandlers } from './fuse-adapter.js';
 import { isMountPoint, preflight } from './mount-checks.js';
+import { watchMount } from './mount-watch.js';
 import { DEFAULT_NATIVE_OPTIONS, fuseNativeOptions, type NativeMountOptions } from './native-options.js';
 import { addServedMount, removeServedMount } from './served-mounts.js';
 import { type CallerContext, VolumeOps } from './volume-ops.js';
@@ -39,6 +41,8 @@ export interface TwinFsOptions {
    * the primary before the next mount. Without it such data is lost (tests and embedders only).
    */
   spillDir?: string;
+  /** How often to check that the mount is still there, ms (0: never). Default 1000. */
+  mountCheckMs?: number;
 }
 
 export interface TwinFsStatus {
@@ -49,6 +53,8 @@ export interface TwinFsStatus {
   openHandles: number;
   /** Paths whose security.capability lookups the patched fuse-native answers itself. */
   noCapabilityPaths: number;
+  /** Why the mount is gone while the server still runs (it was unmounted behind its back). */
+  mountLost?: string;
 }
 
 /**
@@ -66,6 +72,10 @@ export class TwinFs {
   private fuseClass: any;
   private unmounting: Promise<void> | null = null;
   private spill: WritebackSpill | undefined;
+  private mountLost: string | undefined;
+  private readonly _onDidLoseMount = new Emitter<{ mount: string; reason: string }>();
+  /** The mount was detached by someone else (twinfs unmount, fusermount -u): the server should stop. */
+  readonly onDidLoseMount = this._onDidLoseMount.event;
 
   private constructor(
     readonly primary: string,
@@ -138,6 +148,17 @@ export class TwinFs {
     );
     addServedMount(this.mountPoint);
     this.store.add(toDisposable(() => removeServedMount(this.mountPoint)));
+    this.store.add(
+      await watchMount(this.mountPoint, {
+        intervalMs: this.opts.mountCheckMs ?? 1000,
+        onLost: (reason) => {
+          if (this.unmounting) return;
+          this.mountLost = reason;
+          this.log(reason);
+          this._onDidLoseMount.fire({ mount: this.mountPoint, reason });
+        },
+      }),
+    );
     this.store.add(toDisposable(() => this.cache.dispose()));
   }
 
@@ -149,6 +170,7 @@ export class TwinFs {
       cache: this.cache.getStats(),
       openHandles: this.ops.openHandles,
       noCapabilityPaths: this.fuseClass?.noCapabilityCount?.() ?? 0,
+      ...(this.mountLost ? { mountLost: this.mountLost } : {}),
     };
   }
 
@@ -182,12 +204,14 @@ export class TwinFs {
         this.fuse.unmount((err: Error | null) => (err ? reject(err) : resolve())),
       );
     } catch (err) {
-      errors.push(
-        new TwinError(
-          'ETWIN_UNMOUNT_FAILED',
-          `unmounting ${this.mountPoint} failed: ${(err as Error).message}`,
-        ),
-      );
+      // Already detached by someone else: fusermount fails, and the goal holds.
+      if (!this.mountLost || (await isMountPoint(this.mountPoint)).mounted)
+        errors.push(
+          new TwinError(
+            'ETWIN_UNMOUNT_FAILED',
+            `unmounting ${this.mountPoint} failed: ${(err as Error).message}`,
+          ),
+        );
     }
     let spilled = false;
     try {
