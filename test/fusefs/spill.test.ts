@@ -35,18 +35,19 @@ describe('write-back at shutdown onto a full primary: the spill journal', () => 
   let t: Awaited<ReturnType<typeof tempDirs>>;
   let srv: ServerHandle | undefined;
   beforeAll(async () => {
-    t = await tempDirs('primary', 'mnt', 'mirror', 'state');
+    t = await tempDirs('primary', 'mnt', 'mirror', 'state', 'primary2', 'mnt2', 'mirror2');
     await mountTmpfs(t.dirs.primary!, 'size=20m');
+    await mountTmpfs(t.dirs.primary2!, 'size=20m');
   });
   afterAll(async () => {
     await srv?.kill();
-    await unmountAll(t.dirs.mnt!, t.dirs.primary!);
+    await unmountAll(t.dirs.mnt!, t.dirs.mnt2!, t.dirs.primary!, t.dirs.primary2!);
     await t?.cleanup();
   });
 
-  const args = () => [
+  const args = (mirror = t.dirs.mirror!) => [
     '--mirror',
-    t.dirs.mirror!,
+    mirror,
     '--state-dir',
     t.dirs.state!,
     // Only fsync and shutdown write back: what close() acknowledged stays cached.
@@ -110,5 +111,44 @@ describe('write-back at shutdown onto a full primary: the spill journal', () => 
     expect(await sha(path.join(t.dirs.mirror!, 'data', 'C'))).toBe(want);
     // A clean shutdown gives the reservation back.
     await expect(fsp.stat(journal)).rejects.toMatchObject({ code: 'ENOENT' });
+  });
+
+  it('the reported case: A 12 MiB fsynced, B 12 MiB whose fsync fails, C ~4 MiB closed; SIGTERM, restart: nothing acknowledged is lost', async () => {
+    const primary = t.dirs.primary2!;
+    const mnt = t.dirs.mnt2!;
+    srv = await startServer({ primary, mount: mnt, args: args(t.dirs.mirror2!) });
+    await waitForEvent(srv, pairedVolume, 20_000);
+    const a = await runSteps(writeSteps(path.join(mnt, 'A'), 12 * MiB, 1, true));
+    expect(a.map((r) => r.code ?? 'ok')).toEqual(['ok', 'ok', 'ok', 'ok']);
+    // 20 MiB hold A and part of B: every write is acknowledged, the fsync is not.
+    const b = await runSteps(writeSteps(path.join(mnt, 'B'), 12 * MiB, 2, true));
+    expect(b.map((r) => r.code ?? 'ok')).toEqual(['ok', 'ok', 'ENOSPC', 'ok']);
+    // C: every write and the close succeed (acknowledged), nothing is on the primary yet. (One
+    // block short of 4 MiB: at 4 MiB the cache starts writing the file back at once, and close
+    // then rightly reports that write-back's ENOSPC.)
+    const cLen = 4 * MiB - 4096;
+    const c = await runSteps(writeSteps(path.join(mnt, 'C'), cLen, 3, false));
+    expect(c.map((r) => r.code ?? 'ok')).toEqual(['ok', 'ok', 'ok']);
+
+    const code = await srv.stop();
+    const stderr = srv.stderr();
+    srv = undefined;
+    expect(code).toBe(1);
+    expect(stderr).not.toMatch(/unmount failed/);
+    expect(stderr).toMatch(
+      /^twinfs: error ETWIN_WRITEBACK_SPILLED: \d+ byte\(s\) of 2 file\(s\) could not be written to .*\(ENOSPC\); they are kept in \S+\.journal/m,
+    );
+    expect(await isMounted(mnt)).toBe(false);
+
+    // Space is freed (A removed on the primary while no server runs); the next start writes
+    // B and C back before it mounts.
+    await fsp.rm(path.join(primary, 'A'));
+    srv = await startServer({ primary, mount: mnt, args: args(t.dirs.mirror2!) });
+    expect(srv.stderr()).toMatch(/wrote back \d+ byte\(s\) of 2 file\(s\) from the spill journal/);
+    expect(await srv.stop()).toBe(0);
+    srv = undefined;
+    expect(await sha(path.join(primary, 'C'))).toBe(shaOf(bytes(cLen, 3)));
+    // B's writes were acknowledged too (only its fsync failed): kept as well.
+    expect(await sha(path.join(primary, 'B'))).toBe(shaOf(bytes(12 * MiB, 2)));
   });
 });
