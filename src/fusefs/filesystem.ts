@@ -8,6 +8,7 @@ import { isMountPoint, preflight } from './mount-checks.js';
 import { watchMount } from './mount-watch.js';
 import { DEFAULT_NATIVE_OPTIONS, fuseNativeOptions, type NativeMountOptions } from './native-options.js';
 import { addServedMount, removeServedMount } from './served-mounts.js';
+import { SpaceAccount } from './space-account.js';
 import { type CallerContext, VolumeOps } from './volume-ops.js';
 import { VolumePaths } from './volume-paths.js';
 import { WriteInhibitor } from './write-inhibitor.js';
@@ -43,6 +44,11 @@ export interface TwinFsOptions {
   spillDir?: string;
   /** How often to check that the mount is still there, ms (0: never). Default 1000. */
   mountCheckMs?: number;
+  /**
+   * Reserve the primary's free space (statfs) for accepted writes, so a write the primary could
+   * never take fails with ENOSPC at once (space-account.ts). Default true.
+   */
+  reserveSpace?: boolean;
 }
 
 export interface TwinFsStatus {
@@ -81,6 +87,7 @@ export class TwinFs {
     readonly primary: string,
     readonly mountPoint: string,
     private readonly opts: TwinFsOptions,
+    space: SpaceAccount | undefined,
   ) {
     const sink = opts.sink ?? nullSink;
     const gate = opts.gate ?? new WriteInhibitor();
@@ -91,7 +98,9 @@ export class TwinFs {
       limitBytes: opts.cacheBytes,
       writebackMs: opts.writebackMs,
       writeThrough: opts.writeThrough,
+      space,
     });
+    if (space) this.store.add(space);
     this.ops = new VolumeOps({
       paths: this.paths,
       cache: this.cache,
@@ -116,7 +125,8 @@ export class TwinFs {
       });
       await spill.replay(opts.sink ?? nullSink, opts.log ?? defaultLog);
     }
-    const fs = new TwinFs(real.primary, real.mount, opts);
+    const space = opts.reserveSpace === false ? undefined : await SpaceAccount.open(real.primary);
+    const fs = new TwinFs(real.primary, real.mount, opts, space);
     fs.spill = spill;
     fs.fuseClass = Fuse;
     await fs.doMount(Fuse);
