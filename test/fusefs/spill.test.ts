@@ -143,4 +143,25 @@ describe('write-back at shutdown onto a full primary: the spill journal', () => 
     expect(await sha(path.join(primary, 'B'))).toBe(shaOf(bytes(12 * MiB, 2).subarray(0, bAcked)));
     expect((await fsp.stat(path.join(primary, 'C'))).size).toBe(0);
   });
+
+  it('on that full primary, overwriting bytes a file already has needs no new space and is accepted', async () => {
+    const primary = t.dirs.primary2!;
+    const mnt = t.dirs.mnt2!;
+    srv = await startServer({ primary, mount: mnt, args: args(t.dirs.mirror2!) });
+    const r = await runSteps([
+      { op: 'open', path: path.join(mnt, 'A'), flags: 'r+' },
+      { op: 'write', off: 0, len: 2 * MiB, seed: 9, chunk: 4096 },
+      { op: 'fsync' },
+      { op: 'close' },
+      // Growing a file still needs space the primary does not have.
+      { op: 'open', path: path.join(mnt, 'A'), flags: 'r+' },
+      { op: 'write', off: 12 * MiB, len: 1 * MiB, seed: 10, chunk: 4096 },
+      { op: 'close' },
+    ]);
+    expect(r.map((x) => x.code ?? 'ok')).toEqual(['ok', 'ok', 'ok', 'ok', 'ok', 'ENOSPC', 'ok']);
+    expect(await srv.stop()).toBe(0);
+    srv = undefined;
+    const want = Buffer.concat([bytes(2 * MiB, 9), bytes(12 * MiB, 1).subarray(2 * MiB)]);
+    expect(await sha(path.join(primary, 'A'))).toBe(shaOf(want.subarray(0, 12 * MiB)));
+  });
 });
