@@ -21,6 +21,13 @@
 //
 //   node bench/stall.mjs                              full size (~3 minutes)
 //   node bench/stall.mjs --big-mib 64 --cycles 2      (smoke)
+//
+// Tight budget (issue 11, row 10), with --tight N: N prepares back to back with maxStallMs
+// --tight-budget-ms (1) against the same writer on the small file, after a baseline run of the
+// same length. Reported: prepares that succeeded and failed (ETWIN_STALL_EXCEEDED), the
+// largest stallMs a successful one reported (must be ≤ the budget), and the writer's max and
+// p99 in both runs (what the prepares added to write latency, failed ones included).
+//   node bench/stall.mjs --scenarios '' --tight 60
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -58,6 +65,9 @@ const opts = parseArgs(
     'cache-mb': { default: 256, help: 'twinfs --cache-mb' },
     'writeback-ms': { default: 30000, help: 'twinfs --writeback-ms' },
     scenarios: { default: 'small-0,big-0,small-dirty,big-dirty', help: 'comma list' },
+    tight: { default: 0, help: 'prepares in the tight-budget run (0: none)' },
+    'tight-budget-ms': { default: 1, help: 'maxStallMs of each tight-budget prepare' },
+    'tight-gap-ms': { default: 20, help: 'pause between tight-budget prepares' },
     ...commonOptions('parent of the temporary directories'),
   },
   'node bench/stall.mjs [options]: write stall during prepare (issue 4)',
@@ -230,9 +240,45 @@ async function scenarioRun(name, withBackup) {
   return { all: stats(recs), window: stats(inWindow), release: stats(inRelease), prepares };
 }
 
+/** The tight-budget run: a baseline, then opts.tight prepares with a tiny maxStallMs. */
+async function tightRun(withPrepares) {
+  const tag = withPrepares ? 'tight' : 'tight-base';
+  const outFile = path.join(d.tmp, `${tag}.bin`);
+  const stopFile = path.join(d.tmp, `${tag}.stop`);
+  fs.rmSync(stopFile, { force: true });
+  const w = startWriter(M('small'), outFile, stopFile);
+  await w.ready;
+  await sleep(opts['gap-ms']);
+  const outcomes = [];
+  const budget = opts['tight-budget-ms'];
+  for (let i = 0; i < opts.tight; i++) {
+    if (withPrepares) {
+      const t0 = now();
+      try {
+        const p = await client.prepare({ paths: ['/small'] }, { leaseMs: 60_000, maxStallMs: budget });
+        outcomes.push({ ok: true, stallMs: p.stallMs, t0, t1: now() });
+        await client.release(p.backupId);
+      } catch (err) {
+        outcomes.push({ ok: false, code: err.code, t0, t1: now() });
+      }
+    }
+    await sleep(opts['tight-gap-ms']);
+  }
+  fs.writeFileSync(stopFile, '');
+  await w.done;
+  await client.request('flush');
+  await waitMirrorIdle(client);
+  const recs = readLatencies(outFile);
+  const inWindow = recs.filter((r) => outcomes.some((p) => r.t <= p.t1 && r.t + r.lat >= p.t0));
+  // The server's own account: how long the write gate held a write, at most (all runs so far).
+  const st = (await client.request('status')).backup.stall;
+  const gate = { ...st.inhibitor, maxFailedHeldMs: st.maxFailedHeldMs };
+  return { all: stats(recs), window: stats(inWindow), outcomes, gate };
+}
+
 const results = {};
 const loads = {};
-for (const name of opts.scenarios.split(',')) {
+for (const name of opts.scenarios.split(',').filter(Boolean)) {
   loads[name] = os.loadavg()[0].toFixed(2);
   const baseRun = await scenarioRun(name, false);
   const bk = await scenarioRun(name, true);
@@ -241,6 +287,11 @@ for (const name of opts.scenarios.split(',')) {
     `${name}: baseline max ${fmt(baseRun.all.max)} p99 ${fmt(baseRun.all.p99, 2)} >100ms ${baseRun.all.over100}; ` +
       `backup max ${fmt(bk.all.max)} p99 ${fmt(bk.all.p99, 2)} >100ms ${bk.all.over100}; stallMs ${bk.prepares.map((p) => fmt(p.stallMs)).join(' ')}`,
   );
+}
+let tight;
+if (opts.tight > 0) {
+  loads.tight = os.loadavg()[0].toFixed(2);
+  tight = { base: await tightRun(false), run: await tightRun(true) };
 }
 const v = await client.request('verify', { content: true });
 await client.close();
@@ -275,19 +326,58 @@ for (const [name, r] of Object.entries(results)) {
     fmt(Math.max(...p.map((x) => x.resyncMs))),
   ]);
 }
-table(
-  [
-    'target, dirty at prepare',
-    'baseline: max / p99 / >100ms (ms)',
-    'with backups: max / p99 / >100ms',
-    'max of writes overlapping a prepare',
-    'max overlapping a release',
-    'server stallMs max (each)',
-    'prepare round trip max',
-    'dirty MiB at prepare',
-    'resync ms max',
-  ],
-  rows,
-);
-w(`goal: max ≤ 50 ms without dirty data, flat in file size\n`);
-if (opts.json) fs.writeFileSync(opts.json, JSON.stringify({ notes, opts, loads, results }, null, 2));
+if (rows.length > 0)
+  table(
+    [
+      'target, dirty at prepare',
+      'baseline: max / p99 / >100ms (ms)',
+      'with backups: max / p99 / >100ms',
+      'max of writes overlapping a prepare',
+      'max overlapping a release',
+      'server stallMs max (each)',
+      'prepare round trip max',
+      'dirty MiB at prepare',
+      'resync ms max',
+    ],
+    rows,
+  );
+if (rows.length > 0) w(`goal: max ≤ 50 ms without dirty data, flat in file size\n`);
+if (tight) {
+  const o = tight.run.outcomes;
+  const okd = o.filter((x) => x.ok);
+  const codes = {};
+  for (const x of o) if (!x.ok) codes[x.code] = (codes[x.code] ?? 0) + 1;
+  w(
+    `\ntight budget: ${opts.tight} prepares of /small with maxStallMs ${opts['tight-budget-ms']}, ${opts['tight-gap-ms']} ms apart, writer as above\n\n`,
+  );
+  table(
+    [
+      'run',
+      'writer max / p99 / p50 (ms)',
+      'max of writes overlapping a prepare',
+      'prepares ok / failed',
+      'stallMs of successful ones: max',
+    ],
+    [
+      [
+        'baseline',
+        `${fmt(tight.base.all.max)} / ${fmt(tight.base.all.p99, 2)} / ${fmt(tight.base.all.p50, 2)} (n=${tight.base.all.n})`,
+        '-',
+        '-',
+        '-',
+      ],
+      [
+        'prepares',
+        `${fmt(tight.run.all.max)} / ${fmt(tight.run.all.p99, 2)} / ${fmt(tight.run.all.p50, 2)} (n=${tight.run.all.n})`,
+        `${fmt(tight.run.window.max)} (n=${tight.run.window.n})`,
+        `${okd.length} / ${o.length - okd.length} ${JSON.stringify(codes)}`,
+        okd.length ? fmt(Math.max(...okd.map((x) => x.stallMs)), 2) : '-',
+      ],
+    ],
+  );
+  w(
+    `server: writes held by the gate ${tight.run.gate?.held}, longest hold ${fmt(tight.run.gate?.maxStallMs, 2)} ms; ` +
+      `longest a failed prepare held writes ${fmt(tight.run.gate?.maxFailedHeldMs, 2)} ms\n`,
+  );
+}
+if (opts.json) fs.writeFileSync(opts.json, JSON.stringify({ notes, opts, loads, results, tight }, null, 2));

@@ -109,6 +109,7 @@ export async function serve(args: ServeArgs): Promise<number> {
       writebackMs: cfg.writebackMs,
       writeThrough: cfg.writeThrough,
       flushOnClose: cfg.flushOnClose,
+      spillDir: path.join(cfg.stateDir ?? defaultStateDir(), 'spill'),
     });
   } catch (err) {
     await mirror?.dispose().catch(() => undefined);
@@ -161,7 +162,9 @@ export async function serve(args: ServeArgs): Promise<number> {
 
   return new Promise<number>((resolve) => {
     let stopping = false;
-    const stop = (signal: string) => {
+    /** cause: why the server stops on its own (its mount was lost); the exit status is then 1. */
+    const stop = (signal: string, cause?: TwinError) => {
+      if (stopping && cause) return;
       if (stopping) {
         process.stderr.write(`twinfs: ${signal} again, exiting without a clean unmount\n`);
         process.exit(1);
@@ -178,15 +181,36 @@ export async function serve(args: ServeArgs): Promise<number> {
         .then(
           () => {
             out('unmounted', { mount: fs.mountPoint }, `unmounted ${fs.mountPoint}`);
-            resolve(0);
+            if (cause) report(cause);
+            resolve(cause ? 1 : 0);
           },
           (err) => {
-            process.stderr.write(`twinfs: unmount failed: ${formatError(err)}\n`);
+            if (cause) report(cause);
+            report(err);
             resolve(1);
           },
         );
     };
+    // The coded form every command uses; with --json also as an event line.
+    const report = (err: unknown) => {
+      for (const e of err instanceof AggregateError ? err.errors : [err]) {
+        if (args.json) out('error', { code: codeOf(e), message: messageOf(e) }, '');
+        process.stderr.write(`twinfs: error ${formatError(e)}\n`);
+      }
+    };
     onStop = stop;
+    // Someone unmounted the volume behind the server's back (twinfs unmount, fusermount -u):
+    // there is nothing left to serve, so write everything back and stop, saying why.
+    fs.onDidLoseMount((e) =>
+      stop(
+        'mount lost',
+        new TwinError(
+          'ETWIN_MOUNT_LOST',
+          `${e.reason}; cached data was written back and the server stopped`,
+          { mount: e.mount },
+        ),
+      ),
+    );
     if (pendingSignal) stop(pendingSignal);
     if (args.repl && control) {
       // The REPL owns Ctrl-C (it cancels the running command); leaving the REPL stops the server.
@@ -232,6 +256,14 @@ async function startPlugins(
     process.stderr.write(`twinfs: plugins disabled: ${formatError(err)}\n`);
     return undefined;
   }
+}
+
+function codeOf(err: unknown): string {
+  return err instanceof TwinError ? err.code : 'ETWIN_INTERNAL';
+}
+
+function messageOf(err: unknown): string {
+  return err instanceof TwinError ? err.message : formatError(err);
 }
 
 export function formatError(err: unknown): string {

@@ -17,8 +17,14 @@ export const ErrorCodes = {
   ETWIN_MOUNT_FAILED: 'mounting failed',
   ETWIN_UNMOUNT_FAILED: 'unmounting failed',
   ETWIN_NOT_MOUNTED: 'the directory is not a twinfs/FUSE mount',
+  ETWIN_MOUNT_LOST:
+    'the volume was unmounted behind the server (twinfs unmount, fusermount -u); the server wrote back and stopped',
   ETWIN_PATH_ESCAPE: 'the path escapes the volume root',
   ETWIN_WRITEBACK: 'cached data could not be written to the primary',
+  ETWIN_WRITEBACK_SPILLED:
+    'cached data could not be written to the primary at shutdown; it is kept in the spill journal and written back at the next start',
+  ETWIN_SPILL_REPLAY: 'the spill journal could not be written back to the primary; the volume is not mounted',
+  ETWIN_SPILL_RESERVE: 'the state directory cannot hold the space reserved for the spill journal',
   ETWIN_MIRROR_FOREIGN: 'the mirror belongs to another primary or is not a twinfs mirror',
   ETWIN_MIRROR_BROKEN: 'the mirror cannot be written; pairs are BROKEN until repaired',
   ETWIN_SPLIT_CONFLICT: 'the files are already split by another holder',

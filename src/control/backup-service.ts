@@ -46,6 +46,8 @@ interface ActiveFreeze {
 export interface StallStats {
   prepares: number;
   failedPrepares: number;
+  /** Longest a failed prepare held writes, ms (the budget plus however late its timer ran). */
+  maxFailedHeldMs: number;
   maxStallMs: number;
   lastStallMs: number | null;
   /** The last 100 stalls, ms, oldest first (for percentiles). */
@@ -73,6 +75,7 @@ export class BackupService {
   private readonly stall: StallStats = {
     prepares: 0,
     failedPrepares: 0,
+    maxFailedHeldMs: 0,
     maxStallMs: 0,
     lastStallMs: null,
     recentMs: [],
@@ -124,17 +127,26 @@ export class BackupService {
     await mirror.barrier();
     const t0 = performance.now();
     const inh = inhibitor.inhibit({ ...toInhibitSelector(selector), inos });
+    // The budget bounds the hold itself (invariant 2). The timer lifts the inhibition the moment
+    // it runs out, not after the failure has travelled up the promise chain; the steps still
+    // running stop at their next check instead of splitting (and at once resyncing) for nothing:
+    // a failed prepare adds no work that competes with the writers it just let go.
+    let heldMs: number | undefined;
+    const lift = () => {
+      if (heldMs !== undefined) return;
+      heldMs = performance.now() - t0;
+      inh.release();
+    };
+    const expired = () => heldMs !== undefined || performance.now() - t0 > budget;
     let splitId: string | undefined;
-    let timedOut = false;
     const work = (async () => {
       await inh.drained();
+      if (expired()) throw stallExceeded(budget);
       await this.opts.fs.flushWhere(hit).catch((err) => {
         throw writebackError(err);
       });
-      const s = await mirror.split(selector, o.owner);
-      splitId = s.splitId;
-      // Lost the race against the stall budget: undo at once.
-      if (timedOut) void mirror.resync(s.splitId).catch(() => undefined);
+      if (expired()) throw stallExceeded(budget);
+      splitId = (await mirror.split(selector, o.owner)).splitId;
     })();
     let timer: NodeJS.Timeout | undefined;
     try {
@@ -142,28 +154,29 @@ export class BackupService {
         work,
         new Promise<never>((_, reject) => {
           timer = setTimeout(() => {
-            timedOut = true;
-            reject(
-              new TwinError(
-                'ETWIN_STALL_EXCEEDED',
-                `could not drain, flush and split within the maximum stall of ${budget} ms; writes resumed and nothing stays split`,
-                { maxStallMs: budget },
-              ),
-            );
+            lift();
+            reject(stallExceeded(budget));
           }, budget);
         }),
       ]);
+      lift();
+      // A timer that ran late (a busy event loop) must not turn an overrun into a success:
+      // every successful prepare held writes for at most the budget, as its stallMs says.
+      if (heldMs! > budget) throw stallExceeded(budget, heldMs);
     } catch (err) {
-      timedOut = true;
+      lift();
       this.stall.failedPrepares++;
-      work.catch(() => undefined);
-      if (splitId) void mirror.resync(splitId).catch(() => undefined);
+      this.stall.maxFailedHeldMs = Math.max(this.stall.maxFailedHeldMs, heldMs!);
+      // A split made after all (it was already queued in the mirror) is undone once it lands.
+      void work.then(
+        () => (splitId ? mirror.resync(splitId).then(() => undefined) : undefined),
+        () => undefined,
+      );
       throw err;
     } finally {
       clearTimeout(timer);
-      inh.release();
     }
-    const stallMs = performance.now() - t0;
+    const stallMs = heldMs!;
     this.stall.prepares++;
     this.stall.lastStallMs = stallMs;
     this.stall.recentMs.push(stallMs);
@@ -508,6 +521,16 @@ function normalizePath(p: string): string {
 }
 
 /** Turns write-back failures (an errno error or an AggregateError of them) into ETWIN_WRITEBACK. */
+function stallExceeded(budget: number, heldMs?: number): TwinError {
+  return new TwinError(
+    'ETWIN_STALL_EXCEEDED',
+    `could not drain, flush and split within the maximum stall of ${budget} ms${
+      heldMs === undefined ? '' : ` (writes were held ${heldMs.toFixed(2)} ms)`
+    }; writes resumed and nothing stays split`,
+    { maxStallMs: budget, ...(heldMs === undefined ? {} : { heldMs }) },
+  );
+}
+
 export function writebackError(err: unknown): TwinError {
   if (err instanceof TwinError) return err;
   const errors = err instanceof AggregateError ? err.errors : [err];

@@ -1,15 +1,19 @@
 import { createRequire } from 'node:module';
 import { TwinError } from '../common/errors.js';
+import { Emitter } from '../common/event.js';
 import { DisposableStore, toDisposable } from '../common/lifecycle.js';
 import { type ChangeSink, nullSink, type WriteGate } from './change-sink.js';
 import { createFuseHandlers } from './fuse-adapter.js';
 import { isMountPoint, preflight } from './mount-checks.js';
+import { watchMount } from './mount-watch.js';
 import { DEFAULT_NATIVE_OPTIONS, fuseNativeOptions, type NativeMountOptions } from './native-options.js';
 import { addServedMount, removeServedMount } from './served-mounts.js';
+import { SpaceAccount } from './space-account.js';
 import { type CallerContext, VolumeOps } from './volume-ops.js';
 import { VolumePaths } from './volume-paths.js';
 import { WriteInhibitor } from './write-inhibitor.js';
-import { type CacheStats, WritebackCache } from './writeback-cache.js';
+import { type CacheStats, DEFAULT_LIMIT_BYTES, WritebackCache } from './writeback-cache.js';
+import { spillReserveBytes, WritebackSpill } from './writeback-spill.js';
 
 const require = createRequire(import.meta.url);
 
@@ -32,6 +36,19 @@ export interface TwinFsOptions {
   gate?: WriteGate & Partial<WriteInhibitor>;
   native?: Partial<NativeMountOptions>;
   log?: (msg: string) => void;
+  /**
+   * Where cached data goes when it cannot be written to the primary at unmount (its disk is
+   * full): a journal per volume in this directory, its space reserved at mount, replayed onto
+   * the primary before the next mount. Without it such data is lost (tests and embedders only).
+   */
+  spillDir?: string;
+  /** How often to check that the mount is still there, ms (0: never). Default 1000. */
+  mountCheckMs?: number;
+  /**
+   * Reserve the primary's free space (statfs) for accepted writes, so a write the primary could
+   * never take fails with ENOSPC at once (space-account.ts). Default true.
+   */
+  reserveSpace?: boolean;
 }
 
 export interface TwinFsStatus {
@@ -42,6 +59,8 @@ export interface TwinFsStatus {
   openHandles: number;
   /** Paths whose security.capability lookups the patched fuse-native answers itself. */
   noCapabilityPaths: number;
+  /** Why the mount is gone while the server still runs (it was unmounted behind its back). */
+  mountLost?: string;
 }
 
 /**
@@ -58,11 +77,17 @@ export class TwinFs {
   private fuse: any;
   private fuseClass: any;
   private unmounting: Promise<void> | null = null;
+  private spill: WritebackSpill | undefined;
+  private mountLost: string | undefined;
+  private readonly _onDidLoseMount = new Emitter<{ mount: string; reason: string }>();
+  /** The mount was detached by someone else (twinfs unmount, fusermount -u): the server should stop. */
+  readonly onDidLoseMount = this._onDidLoseMount.event;
 
   private constructor(
     readonly primary: string,
     readonly mountPoint: string,
     private readonly opts: TwinFsOptions,
+    space: SpaceAccount | undefined,
   ) {
     const sink = opts.sink ?? nullSink;
     const gate = opts.gate ?? new WriteInhibitor();
@@ -73,7 +98,9 @@ export class TwinFs {
       limitBytes: opts.cacheBytes,
       writebackMs: opts.writebackMs,
       writeThrough: opts.writeThrough,
+      space,
     });
+    if (space) this.store.add(space);
     this.ops = new VolumeOps({
       paths: this.paths,
       cache: this.cache,
@@ -87,7 +114,20 @@ export class TwinFs {
   static async mount(opts: TwinFsOptions): Promise<TwinFs> {
     const real = await preflight(opts);
     const Fuse = loadFuse();
-    const fs = new TwinFs(real.primary, real.mount, opts);
+    let spill: WritebackSpill | undefined;
+    if (opts.spillDir) {
+      // Before mounting: what a previous run could not write back lands first, so no
+      // application ever sees the older bytes. A journal that cannot be replayed stops the mount.
+      spill = await WritebackSpill.open({
+        spillDir: opts.spillDir,
+        primary: real.primary,
+        reserveBytes: spillReserveBytes(opts.cacheBytes ?? DEFAULT_LIMIT_BYTES),
+      });
+      await spill.replay(opts.sink ?? nullSink, opts.log ?? defaultLog);
+    }
+    const space = opts.reserveSpace === false ? undefined : await SpaceAccount.open(real.primary);
+    const fs = new TwinFs(real.primary, real.mount, opts, space);
+    fs.spill = spill;
     fs.fuseClass = Fuse;
     await fs.doMount(Fuse);
     return fs;
@@ -118,6 +158,17 @@ export class TwinFs {
     );
     addServedMount(this.mountPoint);
     this.store.add(toDisposable(() => removeServedMount(this.mountPoint)));
+    this.store.add(
+      await watchMount(this.mountPoint, {
+        intervalMs: this.opts.mountCheckMs ?? 1000,
+        onLost: (reason) => {
+          if (this.unmounting) return;
+          this.mountLost = reason;
+          this.log(reason);
+          this._onDidLoseMount.fire({ mount: this.mountPoint, reason });
+        },
+      }),
+    );
     this.store.add(toDisposable(() => this.cache.dispose()));
   }
 
@@ -129,6 +180,7 @@ export class TwinFs {
       cache: this.cache.getStats(),
       openHandles: this.ops.openHandles,
       noCapabilityPaths: this.fuseClass?.noCapabilityCount?.() ?? 0,
+      ...(this.mountLost ? { mountLost: this.mountLost } : {}),
     };
   }
 
@@ -155,37 +207,86 @@ export class TwinFs {
 
   private async doUnmount(): Promise<void> {
     const errors: unknown[] = [];
-    try {
-      await this.cache.flushAll();
-    } catch (err) {
-      errors.push(err);
-    }
+    // A failure here is retried after detaching (and then spilled): not reported twice.
+    await this.cache.flushAll().catch(() => undefined);
     try {
       await new Promise<void>((resolve, reject) =>
         this.fuse.unmount((err: Error | null) => (err ? reject(err) : resolve())),
       );
     } catch (err) {
-      errors.push(
-        new TwinError(
-          'ETWIN_UNMOUNT_FAILED',
-          `unmounting ${this.mountPoint} failed: ${(err as Error).message}`,
-        ),
-      );
+      // Already detached by someone else: fusermount fails, and the goal holds.
+      if (!this.mountLost || (await isMountPoint(this.mountPoint)).mounted)
+        errors.push(
+          new TwinError(
+            'ETWIN_UNMOUNT_FAILED',
+            `unmounting ${this.mountPoint} failed: ${(err as Error).message}`,
+          ),
+        );
+    }
+    let spilled = false;
+    try {
+      await this.cache.flushAll();
+    } catch (err) {
+      // Acknowledged data that cannot reach the primary is never dropped (invariant 10): it goes
+      // to the spill journal, which the next start writes back before mounting.
+      errors.push(await this.spillUnwritten(err));
+      spilled = true;
     }
     try {
       await this.store.dispose();
     } catch (err) {
       errors.push(err);
     }
+    if (!spilled) await this.spill?.removeIfEmpty().catch(() => undefined);
     if ((await isMountPoint(this.mountPoint)).mounted)
       errors.push(new TwinError('ETWIN_UNMOUNT_FAILED', `${this.mountPoint} is still mounted`));
     if (errors.length === 1) throw errors[0];
     if (errors.length > 1) throw new AggregateError(errors, 'unmount finished with errors');
   }
 
-  private log(msg: string): void {
-    (this.opts.log ?? ((m: string) => process.stderr.write(`twinfs: ${m}\n`)))(msg);
+  /** Moves what the cache could not write back into the spill journal; returns the error to report. */
+  private async spillUnwritten(cause: unknown): Promise<TwinError> {
+    const files = await this.cache.takeUnwritten();
+    const bytes = files.reduce((s, f) => s + f.extents.reduce((t, e) => t + e.data.length, 0), 0);
+    const why = [...new Set(files.map((f) => f.error).filter(Boolean))].join(', ') || firstCode(cause);
+    const data = { primary: this.primary, files: files.map((f) => f.path), bytes };
+    if (!this.spill)
+      return new TwinError(
+        'ETWIN_WRITEBACK',
+        `${bytes} byte(s) of ${files.length} file(s) could not be written to ${this.primary} (${why}) and are lost: no spill directory`,
+        data,
+        { cause },
+      );
+    try {
+      await this.spill.write(files);
+    } catch (err) {
+      return new TwinError(
+        'ETWIN_WRITEBACK',
+        `${bytes} byte(s) of ${files.length} file(s) could not be written to ${this.primary} (${why}) nor to the spill journal ${this.spill.file} (${(err as Error).message}): lost`,
+        data,
+        { cause: err },
+      );
+    }
+    return new TwinError(
+      'ETWIN_WRITEBACK_SPILLED',
+      `${bytes} byte(s) of ${files.length} file(s) could not be written to ${this.primary} (${why}); they are kept in ${this.spill.file} and written back when the server next starts`,
+      { ...data, journal: this.spill.file },
+      { cause },
+    );
   }
+
+  private log(msg: string): void {
+    (this.opts.log ?? defaultLog)(msg);
+  }
+}
+
+function defaultLog(msg: string): void {
+  process.stderr.write(`twinfs: ${msg}\n`);
+}
+
+function firstCode(err: unknown): string {
+  if (err instanceof AggregateError) return firstCode(err.errors[0]);
+  return (err as NodeJS.ErrnoException)?.code ?? String((err as Error)?.message ?? err);
 }
 
 function loadFuse(): any {

@@ -3,9 +3,12 @@ import * as fs from 'node:fs';
 import { Mutex } from '../common/async.js';
 import { Emitter } from '../common/event.js';
 import type { ChangeSink } from './change-sink.js';
+import { errnoError } from './errno.js';
 import { type Extent, ExtentMap, overlay } from './extent-map.js';
 import { ReadAheadPool, ReadAheadState } from './read-ahead.js';
 import { msToNs, setFdTimesNs } from './set-times.js';
+import type { SpaceAccount } from './space-account.js';
+import type { UnwrittenFile } from './writeback-spill.js';
 
 /**
  * One open (or still dirty) regular file, keyed by inode so every handle and every hard link
@@ -28,6 +31,10 @@ export class FileNode {
   retryAt = 0;
   /** Unlinked while dirty: its data has nowhere to go and is dropped. */
   dead = false;
+  /** The primary file's size as far as the cache knows (space beyond it must be reserved). */
+  primarySize = 0;
+  /** Bytes of primary space reserved for this file's dirty data (SpaceAccount). */
+  reserved = 0;
   readonly readAhead = new ReadAheadState();
 
   constructor(
@@ -73,6 +80,11 @@ export interface WritebackCacheOptions {
   /** Bypass the cache: every write goes to the primary before it is acknowledged. */
   writeThrough?: boolean;
   sink: ChangeSink;
+  /**
+   * Reserve primary space for accepted writes: a write the primary could not take fails with
+   * ENOSPC at once instead of being acknowledged (space-account.ts). Default: none.
+   */
+  space?: SpaceAccount;
   /** Injected for tests. */
   now?: () => number;
 }
@@ -90,6 +102,8 @@ export interface CacheStats {
   readAhead: { hits: number; fills: number; prefetches: number; direct: number; windows: number };
 }
 
+/** The default dirty-data limit. */
+export const DEFAULT_LIMIT_BYTES = 64 * 1024 * 1024;
 const MAX_IOV = 1024;
 /** A file with this much dirty data is written back at once (write-behind). */
 const EARLY_FLUSH_BYTES = 4 * 1024 * 1024;
@@ -107,6 +121,7 @@ export class WritebackCache {
   private readonly flushConcurrency: number;
   private readonly maxNodes: number;
   private readonly sink: ChangeSink;
+  private readonly space: SpaceAccount | undefined;
   private readonly now: () => number;
   private readonly nodes = new Map<number, FileNode>();
   private readonly readAhead = new ReadAheadPool();
@@ -120,13 +135,14 @@ export class WritebackCache {
   readonly onDidFailWriteback = this._onDidFailWriteback.event;
 
   constructor(opts: WritebackCacheOptions) {
-    this.limitBytes = opts.limitBytes ?? 64 * 1024 * 1024;
+    this.limitBytes = opts.limitBytes ?? DEFAULT_LIMIT_BYTES;
     this.writebackMs = opts.writebackMs ?? 3000;
     this.highWaterBytes = Math.floor(this.limitBytes * (opts.highWater ?? 0.5));
     this.flushConcurrency = opts.flushConcurrency ?? 4;
     this.maxNodes = opts.maxNodes ?? 1024;
     this.writeThrough = opts.writeThrough ?? false;
     this.sink = opts.sink;
+    this.space = opts.space;
     this.now = opts.now ?? Date.now;
     if (!this.writeThrough) {
       const period = Math.max(50, Math.min(1000, Math.floor(this.writebackMs / 2)));
@@ -170,6 +186,7 @@ export class WritebackCache {
       return existing;
     }
     const node = new FileNode(ino, path, fd, writable);
+    if (this.space) node.primarySize = fs.fstatSync(fd).size;
     node.refs = 1;
     this.nodes.set(ino, node);
     return node;
@@ -191,13 +208,26 @@ export class WritebackCache {
 
   /**
    * Accepts a write. Returns synchronously when there is room (the common case), or a promise
-   * when the writer must wait for the flusher. Fails only if this file cannot be written back.
+   * when the writer must wait for the flusher. Fails if this file cannot be written back, or
+   * (with a SpaceAccount) with ENOSPC when the primary has no room for what it adds.
    */
   write(node: FileNode, off: number, data: Uint8Array): void | Promise<void> {
+    if (this.space && !this.reserveFor(node, off, data.length)) {
+      // The estimate may be stale (space freed since the last statfs): ask again, then refuse.
+      return this.space.refresh().then(() => {
+        if (!this.reserveFor(node, off, data.length))
+          throw errnoError('ENOSPC', `no space on the primary for ${node.path}`);
+        return this.writeReserved(node, off, data);
+      });
+    }
+    return this.writeReserved(node, off, data);
+  }
+
+  private writeReserved(node: FileNode, off: number, data: Uint8Array): void | Promise<void> {
     if (this.dirtyBytes + data.length > this.limitBytes && this.dirtyBytes > 0) {
       if (node.error && node.isDirty) return Promise.reject(node.error);
       this.stats.throttledWrites++;
-      return this.waitForRoom(data.length).then(() => this.write(node, off, data));
+      return this.waitForRoom(data.length).then(() => this.writeReserved(node, off, data));
     }
     this.accept(node, off, data);
   }
@@ -262,6 +292,8 @@ export class WritebackCache {
       node.contentChanged();
       this.release(node.dirty.truncate(size));
       await ftruncate(node.fd, size);
+      // Growing a file makes a hole, not allocated space: only shrinking lowers the mark.
+      this.settleSpace(node, [], Math.min(node.primarySize, size));
       await this.sink.apply({ op: 'truncate', path: node.path, size });
     });
   }
@@ -271,6 +303,8 @@ export class WritebackCache {
     await node.lock.run(async () => {
       node.dead = true;
       this.release(node.dirty.takeAll().reduce((s, e) => s + e.len, 0));
+      this.space?.release(node.reserved);
+      node.reserved = 0;
     });
     await this.maybeClose(node);
   }
@@ -293,6 +327,31 @@ export class WritebackCache {
     await Promise.all(Array.from({ length: Math.min(this.flushConcurrency, nodes.length) }, worker));
     if (errors.length > 0)
       throw new AggregateError(errors, `${errors.length} file(s) could not be written back`);
+  }
+
+  /**
+   * Takes the cached data that is not on the primary (after a failed write-back) out of the
+   * cache, for the spill journal: the cache holds it no more. Each file is taken under its
+   * lock, so no write-back of it is running. Unlinked files are left out: their data has
+   * nowhere to go.
+   */
+  async takeUnwritten(): Promise<UnwrittenFile[]> {
+    const out: UnwrittenFile[] = [];
+    for (const n of [...this.nodes.values()]) {
+      if (n.dead || !n.isDirty) continue;
+      await n.lock.run(async () => {
+        if (n.dead || n.dirty.isEmpty) return;
+        const taken = n.dirty.takeAll();
+        this.release(taken.reduce((s, e) => s + e.len, 0));
+        this.space?.release(n.reserved);
+        n.reserved = 0;
+        const extents = taken.map((e) => ({ off: e.off, data: e.buf.subarray(0, e.len) }));
+        out.push({ path: n.path, ino: n.ino, mtime: n.lastWriteAt, extents, error: n.error?.code });
+        n.error = null;
+        n.firstDirtyAt = 0;
+      });
+    }
+    return out;
   }
 
   /** Flushes everything and closes every fd. The cache is unusable afterwards. */
@@ -366,6 +425,7 @@ export class WritebackCache {
         reported.push(this.sink.apply({ op: 'utimens', path: node.path, atime: null, mtime }));
       }
       await Promise.all(reported);
+      this.settleSpace(node, taken, node.primarySize);
       this.stats.flushedBytes += bytes;
       this.stats.flushes++;
       node.flushing = null;
@@ -386,6 +446,47 @@ export class WritebackCache {
       this._onDidFailWriteback.fire({ path: node.path, error: node.error });
       throw err;
     }
+  }
+
+  /**
+   * Reserves primary space for the bytes of a write at off that are beyond the primary file's
+   * end and not already dirty (so reserved). False when the primary does not have them.
+   */
+  private reserveFor(node: FileNode, off: number, len: number): boolean {
+    const start = Math.max(off, node.primarySize);
+    const end = off + len;
+    if (end <= start) return true;
+    let need = end - start;
+    if (start < node.dirty.end)
+      for (const e of node.dirty.overlapping(start, end - start))
+        need -= Math.min(end, e.off + e.len) - Math.max(start, e.off);
+    if (need <= 0) return true;
+    if (!this.space!.tryReserve(need)) return false;
+    node.reserved += need;
+    return true;
+  }
+
+  /**
+   * After taken extents landed (or the file was truncated to mark): the file's end on the
+   * primary moved; what is still dirty beyond it keeps its reservation, the rest is given back.
+   */
+  private settleSpace(node: FileNode, taken: readonly Extent[], mark: number): void {
+    if (!this.space) return;
+    let landed = 0;
+    let end = mark;
+    for (const e of taken) {
+      const from = Math.max(e.off, mark);
+      const to = e.off + e.len;
+      if (to > from) landed += to - from;
+      end = Math.max(end, to);
+    }
+    node.primarySize = end;
+    let still = 0;
+    for (const e of node.dirty.overlapping(end, Number.MAX_SAFE_INTEGER - end))
+      still += e.off + e.len - Math.max(end, e.off);
+    const keep = Math.min(node.reserved, still);
+    this.space.release(node.reserved - keep, landed);
+    node.reserved = keep;
   }
 
   private release(bytes: number): void {

@@ -9,6 +9,7 @@ import { Emitter } from '../common/event.js';
 import type { Change, ChangeSink } from '../fusefs/change-sink.js';
 import { setTimesNs } from '../fusefs/set-times.js';
 import { loadVolumeId, type MirrorLayout, mirrorLayout, openDevice } from './device.js';
+import { DeviceWatch } from './device-watch.js';
 import { copyChunk, syncEntry, syncMeta } from './entry-sync.js';
 import { Journal, type JournalRecord } from './journal.js';
 import { mergeLinkedRanges } from './linked-ranges.js';
@@ -43,6 +44,8 @@ export interface MirrorDriverOptions {
   retryBrokenMs?: number;
   /** Checkpoint the journal this often, ms. Default 10000. */
   checkpointMs?: number;
+  /** Check that the mirror's filesystem is still there this often, ms (0: never). Default 1000. */
+  deviceCheckMs?: number;
   /**
    * Compare the whole mirror with the primary (type, size, mtime, ctime, mode, owner) in the
    * background at every start, copying what differs (state COPY meanwhile). Default true: the
@@ -75,6 +78,8 @@ export interface MirrorStatus {
   state: 'COPY' | 'PAIR' | 'DEGRADED';
   splits: SplitInfo[];
   broken: string[];
+  /** Why each broken pair broke (errno code and message). */
+  brokenReasons: Record<string, string>;
   queueLength: number;
   stats: {
     bytesMirrored: number;
@@ -88,6 +93,14 @@ export interface MirrorStatus {
     recoveryBytes: number;
     repairs: number;
   };
+}
+
+export interface RepairResult {
+  bytes: number;
+  entries: number;
+  /** Pairs still BROKEN afterwards, and why. */
+  remaining: string[];
+  reasons: Record<string, string>;
 }
 
 export interface ProgressEvent {
@@ -122,6 +135,8 @@ export class MirrorDriver implements ChangeSink {
   private readonly splits = new Map<string, SplitTracker>();
   private readonly resyncing = new Set<string>();
   private readonly broken = new Set<string>();
+  private readonly brokenReasons = new Map<string, string>();
+  private readonly deviceWatch: DeviceWatch;
   /** Broken pairs being repaired: live changes reach them again, but they cannot be split yet. */
   private readonly healing = new Set<string>();
   /** Paths with a write intent in the journal, and when it was last renewed. */
@@ -136,7 +151,7 @@ export class MirrorDriver implements ChangeSink {
   private deep = false;
   private copying = true;
   private ready: Promise<void> = Promise.resolve();
-  private repairing: Promise<{ bytes: number; entries: number; remaining: string[] }> | null = null;
+  private repairing: Promise<RepairResult> | null = null;
   private checkpointQueued = false;
   /** A volume comparison to link the names of hard-linked files is queued (see healPath). */
   private relinkQueued = false;
@@ -182,6 +197,7 @@ export class MirrorDriver implements ChangeSink {
     this.layout = layout;
     this.writer = new MirrorWriter(layout.data);
     this.journal = new Journal(journalFile, bootId);
+    this.deviceWatch = new DeviceWatch(layout, deviceId);
   }
 
   /**
@@ -226,6 +242,10 @@ export class MirrorDriver implements ChangeSink {
       );
     this.timers.push(setInterval(() => this.queueCheckpoint(), this.opts.checkpointMs ?? 10_000));
     for (const t of this.timers) t.unref();
+    await this.deviceWatch.start({
+      intervalMs: this.opts.deviceCheckMs ?? 1000,
+      onVanished: (reason) => this.markBroken('/', Object.assign(new Error(reason), { code: 'ENODEV' })),
+    });
     const reconcile = created || this.deep || (this.opts.reconcileOnStart ?? true);
     // Next turn: whoever opened the driver subscribes to its events first.
     this.ready = new Promise<void>((r) => setImmediate(r)).then(() =>
@@ -435,6 +455,7 @@ export class MirrorDriver implements ChangeSink {
   private markBroken(p: string, err: NodeJS.ErrnoException): void {
     if (this.broken.has(p)) return;
     this.broken.add(p);
+    this.brokenReasons.set(p, `${err.code ?? 'EIO'}: ${err.message}`);
     this.log(`mirror pair broken for ${p}: ${err.code ?? err.message}`);
     void this.journal.append({ t: 'broken', p }).catch(() => undefined);
     this._onDidBreak.fire({ path: p, error: `${err.code ?? 'EIO'}: ${err.message}` });
@@ -777,16 +798,20 @@ export class MirrorDriver implements ChangeSink {
   // ---- copy, repair, recovery -------------------------------------------------------------------
 
   /** Full resync of broken pairs (or of everything with all=true). Concurrent calls share one run. */
-  repair(opts: { all?: boolean } = {}): Promise<{ bytes: number; entries: number; remaining: string[] }> {
+  repair(opts: { all?: boolean } = {}): Promise<RepairResult> {
     this.repairing ??= this.doRepair(opts).finally(() => {
       this.repairing = null;
     });
     return this.repairing;
   }
 
-  private async doRepair(opts: {
-    all?: boolean;
-  }): Promise<{ bytes: number; entries: number; remaining: string[] }> {
+  private async doRepair(opts: { all?: boolean }): Promise<RepairResult> {
+    if (!(await this.deviceWatch.accept())) {
+      // Never copy into the directory a vanished mirror left behind (the wrong disk).
+      const reason = (await this.deviceWatch.check()) ?? 'the mirror device is not there';
+      this.markBroken('/', Object.assign(new Error(reason), { code: 'ENODEV' }));
+      return { bytes: 0, entries: 0, remaining: [...this.broken], reasons: this.reasonsOf() };
+    }
     const targets = opts.all ? ['/'] : outermost(this.broken);
     let bytes = 0;
     let entries = 0;
@@ -821,7 +846,7 @@ export class MirrorDriver implements ChangeSink {
         this._onDidChangeState.fire({ paths: [t], state: 'PAIR' });
       }
     }
-    return { bytes, entries, remaining: [...this.broken] };
+    return { bytes, entries, remaining: [...this.broken], reasons: this.reasonsOf() };
   }
 
   /**
@@ -1091,9 +1116,14 @@ export class MirrorDriver implements ChangeSink {
       state: this.copying ? 'COPY' : this.broken.size > 0 ? 'DEGRADED' : 'PAIR',
       splits: [...this.splits.values()].map((s) => this.splitInfo(s)),
       broken: [...this.broken],
+      brokenReasons: this.reasonsOf(),
       queueLength: this.queue.length,
       stats: { ...this.stats },
     };
+  }
+
+  private reasonsOf(): Record<string, string> {
+    return Object.fromEntries([...this.broken].map((b) => [b, this.brokenReasons.get(b) ?? 'unknown']));
   }
 
   /** Resolves when every change reported so far has been applied or tracked (later ones may still be queued). */
@@ -1160,6 +1190,7 @@ export class MirrorDriver implements ChangeSink {
   async dispose(): Promise<void> {
     if (this.disposed) return;
     for (const t of this.timers) clearInterval(t);
+    this.deviceWatch.dispose();
     if (this.timesTimer) clearTimeout(this.timesTimer);
     this.abort.abort();
     await this.ready.catch(() => undefined);

@@ -190,7 +190,8 @@ export const controlCommands: OperatorCommand[] = [
         ctx.print(
           `  split ${sp.splitId} ${selectorText(sp.selector)}, ${formatBytes(sp.trackedBytes)} changed since`,
         );
-      for (const b of broken) ctx.print(`  broken ${b}`);
+      for (const b of broken)
+        ctx.print(`  broken ${b}${s.mirror.brokenReasons?.[b] ? `: ${s.mirror.brokenReasons[b]}` : ''}`);
       return { path: p ?? null, state, splits, broken };
     },
   },
@@ -257,9 +258,16 @@ export const controlCommands: OperatorCommand[] = [
     examples: ['repair'],
     async run(ctx) {
       const r = (await (await ctx.client()).request('repair', {}, 3600_000)) as any;
-      ctx.print(
-        `repair: ${formatBytes(r.bytes)} copied; ${r.remaining.length ? `still broken: ${r.remaining.join(' ')}` : 'all pairs in sync'}`,
-      );
+      // A repair that left pairs BROKEN failed: scripts and supervisors go by the exit status.
+      if (r.remaining.length > 0)
+        throw new TwinError(
+          'ETWIN_MIRROR_BROKEN',
+          `repair: ${formatBytes(r.bytes)} copied, but ${r.remaining.length} pair(s) are still BROKEN: ${r.remaining
+            .map((p: string) => (r.reasons?.[p] ? `${p} (${r.reasons[p]})` : p))
+            .join(', ')}`,
+          { report: r },
+        );
+      ctx.print(`repair: ${formatBytes(r.bytes)} copied; all pairs in sync`);
       return r;
     },
   },

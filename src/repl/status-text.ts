@@ -55,7 +55,10 @@ export function describeStatus(s: any, recent: RecentSnapshots | null, now = Dat
       out.push(
         `  split  ${sp.splitId} ${sel(sp.selector)}: ${formatBytes(sp.trackedBytes)} in ${sp.trackedFiles} file(s) changed since`,
       );
-    for (const b of s.mirror.broken) out.push(`  BROKEN ${b} (twinfs mirror repair)`);
+    for (const b of s.mirror.broken)
+      out.push(
+        `  BROKEN ${b}${s.mirror.brokenReasons?.[b] ? `: ${s.mirror.brokenReasons[b]}` : ''} (twinfs mirror repair)`,
+      );
   } else out.push('mirror   none');
   const st = s.backup.stall;
   const recentMs: number[] = Array.isArray(st.recentMs) ? [...st.recentMs].sort((a, b) => a - b) : [];

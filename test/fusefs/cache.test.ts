@@ -420,7 +420,10 @@ describe('in-process mount: dirty limit and write-back errors', () => {
     const small = t.dirs.small!;
     await mountTmpfs(small, 'size=1m');
     mounted.push(small);
-    tfs = await TwinFs.mount({ primary: small, mount: t.dirs.smnt!, writebackMs: 300 });
+    // Without the space reservation: this is the write-back failing after writes were accepted
+    // (another process took the space meanwhile), which the reservation cannot prevent. With it
+    // the writes below would fail at once (test/fusefs/spill.test.ts, the reported case).
+    tfs = await TwinFs.mount({ primary: small, mount: t.dirs.smnt!, writebackMs: 300, reserveSpace: false });
     // Fill the primary behind the server's back.
     await sh(`dd if=/dev/zero of='${small}/filler' bs=4k 2>/dev/null`);
     const m = t.dirs.smnt!;
