@@ -1,11 +1,11 @@
 import { createRequire } from 'node:module';
 import { TwinError } from '../common/errors.js';
 import { DisposableStore, toDisposable } from '../common/lifecycle.js';
+import { addServedMount, removeServedMount } from '../common/served-mounts.js';
 import { type ChangeSink, nullSink, type WriteGate } from './change-sink.js';
 import { createFuseHandlers } from './fuse-adapter.js';
 import { isMountPoint, preflight } from './mount-checks.js';
 import { DEFAULT_NATIVE_OPTIONS, fuseNativeOptions, type NativeMountOptions } from './native-options.js';
-import { addServedMount, removeServedMount } from './served-mounts.js';
 import { type CallerContext, VolumeOps } from './volume-ops.js';
 import { VolumePaths } from './volume-paths.js';
 import { WriteInhibitor } from './write-inhibitor.js';

@@ -2,10 +2,10 @@ import * as fs from 'node:fs';
 
 import { Mutex } from '../common/async.js';
 import { Emitter } from '../common/event.js';
+import { msToNs, setFdTimesNs } from '../posix/set-times.js';
 import type { ChangeSink } from './change-sink.js';
 import { type Extent, ExtentMap, overlay } from './extent-map.js';
 import { ReadAheadPool, ReadAheadState } from './read-ahead.js';
-import { msToNs, setFdTimesNs } from './set-times.js';
 
 /**
  * One open (or still dirty) regular file, keyed by inode so every handle and every hard link

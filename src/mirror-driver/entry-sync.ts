@@ -3,8 +3,8 @@ import type * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import * as xattr from 'fs-xattr';
-import { mknod } from '../fusefs/mknod.js';
-import { msToNs, setTimesNs } from '../fusefs/set-times.js';
+import { mknod } from '../posix/mknod.js';
+import { msToNs, setTimesNs } from '../posix/set-times.js';
 import type { RangeSet } from './range-set.js';
 
 const CHUNK = 1 << 20;

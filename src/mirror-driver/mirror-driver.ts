@@ -7,7 +7,7 @@ import { delay, SerialQueue } from '../common/async.js';
 import { TwinError } from '../common/errors.js';
 import { Emitter } from '../common/event.js';
 import type { Change, ChangeSink } from '../fusefs/change-sink.js';
-import { setTimesNs } from '../fusefs/set-times.js';
+import { setTimesNs } from '../posix/set-times.js';
 import { loadVolumeId, type MirrorLayout, mirrorLayout, openDevice } from './device.js';
 import { copyChunk, syncEntry, syncMeta } from './entry-sync.js';
 import { Journal, type JournalRecord } from './journal.js';

@@ -2,8 +2,8 @@ import * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import * as xattr from 'fs-xattr';
 import type { Change } from '../fusefs/change-sink.js';
-import { mknod } from '../fusefs/mknod.js';
-import { msToNs, setTimesNs } from '../fusefs/set-times.js';
+import { mknod } from '../posix/mknod.js';
+import { msToNs, setTimesNs } from '../posix/set-times.js';
 
 const FD_CACHE = 128;
 
