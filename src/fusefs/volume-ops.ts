@@ -493,7 +493,15 @@ export class VolumeOps {
       }
       setTimesNs(backing, atime, mtime);
       const ms = (t: bigint | null) => (t === null ? null : nsToMs(t));
-      await this.sink.apply({ op: 'utimens', path, atime: ms(atime), mtime: ms(mtime) });
+      const ns = (t: bigint | null) => (t === null ? null : String(t));
+      await this.sink.apply({
+        op: 'utimens',
+        path,
+        atime: ms(atime),
+        mtime: ms(mtime),
+        atimeNs: ns(atime),
+        mtimeNs: ns(mtime),
+      });
     });
   }
 

@@ -101,7 +101,10 @@ export class MirrorWriter {
         await fsp.lchown(p, c.uid, c.gid);
         return;
       case 'utimens': {
-        setTimesNs(p, c.atime === null ? null : msToNs(c.atime), c.mtime === null ? null : msToNs(c.mtime));
+        // To the ns when the change has them (what the primary got), else from the ms.
+        const ns = (exact: string | null | undefined, ms: number | null) =>
+          exact != null ? BigInt(exact) : ms === null ? null : msToNs(ms);
+        setTimesNs(p, ns(c.atimeNs, c.atime), ns(c.mtimeNs, c.mtime));
         return;
       }
       case 'setxattr':
