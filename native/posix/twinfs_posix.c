@@ -5,6 +5,7 @@
 // that into an errno error. Nothing here blocks for long: flock is called non-blocking by
 // twinfs, and the rest are metadata calls. Used by the FUSE layer, the mirror driver and the
 // backup peer alike, so a peer host needs no FUSE build.
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <node_api.h>
@@ -236,6 +237,43 @@ static napi_value js_lremovexattr(napi_env env, napi_callback_info info) {
   return r;
 }
 
+// readdirNoAtime(path): the names in a directory (without . and ..), read through a descriptor
+// opened with O_NOATIME where allowed (owner or root; anyone else reads without it), so that a
+// backup's walk does not change the directory atimes the next backup records. Array or -errno.
+static napi_value js_readdir_noatime(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  char *p = path_arg(env, argv[0]);
+  if (!p) return num(env, -EINVAL);
+  int flags = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
+  int fd = open(p, flags | O_NOATIME);
+  if (fd < 0 && errno == EPERM) fd = open(p, flags);
+  free(p);
+  if (fd < 0) return num(env, -errno);
+  DIR *d = fdopendir(fd);
+  if (!d) {
+    int err = errno;
+    close(fd);
+    return num(env, -err);
+  }
+  napi_value arr;
+  napi_create_array(env, &arr);
+  uint32_t i = 0;
+  for (;;) {
+    errno = 0;
+    struct dirent *e = readdir(d);
+    if (!e) break;
+    if (e->d_name[0] == '.' && (e->d_name[1] == 0 || (e->d_name[1] == '.' && e->d_name[2] == 0))) continue;
+    napi_value s;
+    napi_create_string_utf8(env, e->d_name, NAPI_AUTO_LENGTH, &s);
+    napi_set_element(env, arr, i++, s);
+  }
+  int err = errno;
+  closedir(d);
+  return err ? num(env, -err) : arr;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"mknod", NULL, js_mknod, NULL, NULL, NULL, napi_enumerable, NULL},
@@ -245,10 +283,11 @@ static napi_value init(napi_env env, napi_value exports) {
       {"lgetxattr", NULL, js_lgetxattr, NULL, NULL, NULL, napi_enumerable, NULL},
       {"lsetxattr", NULL, js_lsetxattr, NULL, NULL, NULL, napi_enumerable, NULL},
       {"lremovexattr", NULL, js_lremovexattr, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"readdirNoAtime", NULL, js_readdir_noatime, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
   napi_value v;
-  napi_create_uint32(env, 1, &v);
+  napi_create_uint32(env, 2, &v);
   napi_set_named_property(env, exports, "abiLevel", v);
   return exports;
 }

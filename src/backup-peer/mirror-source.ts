@@ -3,6 +3,7 @@ import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { errnoCode, TwinError } from '../common/errors.js';
 import type { Item, PrepareResult } from '../control/protocol.js';
+import { readdirNoAtime } from '../posix/readdir.js';
 import { readXattrs } from '../posix/xattr.js';
 import { SafeTree } from './safe-tree.js';
 import { volumePathParts } from './target.js';
@@ -245,7 +246,8 @@ export class MirrorReader {
   }
 
   private async *walkDir(dir: string): AsyncGenerator<SourceEntry> {
-    const names = (await fsp.readdir(await this.tree.resolve(dir))).sort();
+    // Without moving the copy's atime: the next snapshot records it (readdirNoAtime).
+    const names = readdirNoAtime(await this.tree.resolve(dir)).sort();
     // The lstats of a directory's entries go out WALK_LSTATS at a time, not one after the
     // other: one at a time, a walk of 10,000 files is 10,000 thread-pool round trips in a row.
     for (let i = 0; i < names.length; i += WALK_LSTATS) {

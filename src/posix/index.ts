@@ -6,6 +6,7 @@
 export { check, errnoError } from './errno.js';
 export { mknod, S_IFBLK, S_IFCHR, S_IFIFO, S_IFMT, S_IFREG, S_IFSOCK } from './mknod.js';
 export { posix } from './native.js';
+export { readdirNoAtime } from './readdir.js';
 export { msToNs, nsToMs, setFdTimesNs, setTimesNs } from './set-times.js';
 export { type LockedPart, VolumeLock, type VolumeLockOptions } from './volume-lock.js';
 export { getXattr, listXattrs, readXattrs, removeXattr, setXattr } from './xattr.js';

@@ -17,6 +17,7 @@ export interface PosixAddon {
   lgetxattr(path: string, name: string): Buffer | number;
   lsetxattr(path: string, name: string, value: Buffer, flags: number): number;
   lremovexattr(path: string, name: string): number;
+  readdirNoAtime(path: string): string[] | number;
 }
 
 /** Same depth from src/posix (tests) and dist/posix (the CLI): two levels up is the package root. */
@@ -30,7 +31,7 @@ const ADDON = path.resolve(
   'Release',
   'twinfs_posix.node',
 );
-const ABI_LEVEL = 1;
+const ABI_LEVEL = 2;
 
 let addon: PosixAddon | undefined;
 

@@ -6,6 +6,7 @@ import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { mknod, S_IFBLK, S_IFCHR, S_IFIFO, S_IFSOCK } from '../../src/posix/mknod.js';
 import { posix } from '../../src/posix/native.js';
+import { readdirNoAtime } from '../../src/posix/readdir.js';
 import { setTimesNs } from '../../src/posix/set-times.js';
 import { getXattr, listXattrs, readXattrs, removeXattr, setXattr } from '../../src/posix/xattr.js';
 
@@ -69,6 +70,21 @@ describe('src/posix (native/posix addon)', () => {
     expect(() => setTimesNs(path.join(dir, 'missing'), 1n, 1n)).toThrow(
       expect.objectContaining({ code: 'ENOENT' }),
     );
+  });
+
+  it('readdirNoAtime lists a directory without moving its atime (Node’s readdir moves it)', async () => {
+    const sub = path.join(dir, 'listed');
+    await fsp.mkdir(sub);
+    await fsp.writeFile(path.join(sub, 'one'), '');
+    await fsp.mkdir(path.join(sub, 'two'));
+    const atime = 1_000_000_000_000_000_001n;
+    // Setting times makes ctime newer than atime: relatime moves atime at the next read.
+    setTimesNs(sub, atime, 2_000_000_000_000_000_000n);
+    expect(readdirNoAtime(sub).sort()).toEqual(['one', 'two']);
+    expect((await fsp.lstat(sub, { bigint: true })).atimeNs).toBe(atime);
+    await fsp.readdir(sub);
+    expect((await fsp.lstat(sub, { bigint: true })).atimeNs).not.toBe(atime);
+    expect(() => readdirNoAtime(path.join(sub, 'one'))).toThrow(expect.objectContaining({ code: 'ENOTDIR' }));
   });
 
   it('flock: exclusive, non-blocking, held against another process until the descriptor closes', async () => {
