@@ -173,15 +173,44 @@ export interface EntryMeta {
   mtime: number;
 }
 
+/** What a target stores: files (with content), directories and symlinks. */
 export type EntryType = 'file' | 'dir' | 'symlink';
 
+/**
+ * Nodes without content that a snapshot records in its manifest only (no target call stores
+ * them; restore makes them with mknod): fifos, character and block devices, UNIX sockets.
+ */
+export type NodeType = 'fifo' | 'char' | 'block' | 'socket';
+
+/**
+ * One entry of a snapshot. Fields after `target` came later, for faithful restores;
+ * each is optional, and an entry without them restores as before (mtime to the ms, no xattrs,
+ * each name of a hard link as its own file).
+ */
 export interface ManifestEntry extends EntryMeta {
   path: string;
-  type: EntryType;
+  type: EntryType | NodeType;
   /** sha256 (hex) of the content, files only. */
   hash?: string;
   /** Symlink target, symlinks only (stored verbatim, never followed). */
   target?: string;
+  /**
+   * Another name of the same file (hard link): the path of the entry of this snapshot that this
+   * one shares its inode with (always a `file` entry without linkTo). The data is still readable
+   * at this entry's own path (a target links it with putHardLink, or stores it again).
+   */
+  linkTo?: string;
+  /** Device number (st_rdev as stat(2) gives it), char and block devices only. */
+  rdev?: number;
+  /**
+   * Extended attributes (POSIX ACLs included: system.posix_acl_*), as [name, value in base64]
+   * pairs sorted by name (pairs, not an object: names contain dots, which some stores refuse
+   * as keys).
+   */
+  xattrs?: Array<[name: string, value: string]>;
+  /** Times to the nanosecond, since the epoch, as decimal strings (mtime above is the same, in ms). */
+  mtimeNs?: string;
+  atimeNs?: string;
 }
 
 export interface SnapshotMeta {
@@ -202,7 +231,12 @@ export interface SnapshotTotals {
   bytes: number;
   copiedBytes: number;
   reusedFiles: number;
+  /** Entries not recorded at all (fifos, devices and sockets were, before they were recorded as `nodes`). */
   skipped: number;
+  /** Fifos, devices and sockets recorded in the manifest. */
+  nodes?: number;
+  /** Names recorded as hard links of another entry (linkTo). */
+  hardLinks?: number;
 }
 
 /** Everything a committed snapshot says about itself; a target stores it durably on commit. */
@@ -234,6 +268,12 @@ export interface SnapshotWriter {
   reuseFile(path: string, fromSnapshotId: string, entry: ManifestEntry): Promise<void>;
   putDir(path: string, meta: EntryMeta): Promise<void>;
   putSymlink(path: string, target: string, meta: EntryMeta): Promise<void>;
+  /**
+   * Optional: stores `path` as another name of `existingPath`, a file already put (or reused)
+   * in this snapshot, sharing its data (a hard link). Without it the peer stores the data again
+   * with putFile; either way openFile(path) reads it, and the manifest's `linkTo` tells restore.
+   */
+  putHardLink?(path: string, existingPath: string, meta: EntryMeta): Promise<void>;
   /** Durable (data and manifest synced) and visible only when this resolves. */
   commit(manifest: SnapshotManifest): Promise<void>;
   /** Drops everything written so far. Idempotent; safe after a failed commit. */

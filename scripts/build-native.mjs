@@ -10,6 +10,13 @@
 //   4. check that require('fuse-native') now loads build/Release/fuse.node, that it is the
 //      patched build, and that it resolves libfuse.so.2 to the system library.
 //
+//   5. (first, before 1-4) build the project's own addon native/posix (mknod, utimensat, flock,
+//      l*xattr: src/posix), which needs Node's headers and a C compiler but no libfuse.
+//
+// Arguments:
+//   --posix-only                 build native/posix only (a peer host without FUSE; a worktree
+//                                whose node_modules is shared and must not be rebuilt).
+//
 // Environment:
 //   TWINFS_SKIP_NATIVE_BUILD=1   skip everything (e.g. a docs-only CI job); fuse-native then
 //                                refuses to load until this script has run.
@@ -27,6 +34,8 @@ const PATCH = path.join(ROOT, 'patches', 'fuse-native+2.2.6.patch');
 const EXPECTED_VERSION = '2.2.6';
 const EXPECTED_PATCH_LEVEL = 4;
 const require = createRequire(path.join(ROOT, 'package.json'));
+const POSIX_DIR = path.join(ROOT, 'native', 'posix');
+const POSIX_ONLY = process.argv.includes('--posix-only');
 
 const log = (msg) => console.log(`build-native: ${msg}`);
 
@@ -63,10 +72,27 @@ function which(name) {
 // 1. preconditions
 
 if (process.env.TWINFS_SKIP_NATIVE_BUILD === '1') {
-  log('TWINFS_SKIP_NATIVE_BUILD=1: skipping the fuse-native patch and build');
+  log('TWINFS_SKIP_NATIVE_BUILD=1: skipping the native builds (fuse-native and native/posix)');
   process.exit(0);
 }
 if (process.platform !== 'linux') fail(`twinfs needs Linux (libfuse2); this is ${process.platform}.`);
+
+const missingTools = [];
+if (!which('python3') && !which('python')) missingTools.push('python3');
+if (!which('make')) missingTools.push('make');
+if (!which('cc') && !which('gcc') && !process.env.CC) missingTools.push('a C compiler (gcc)');
+if (!which('c++') && !which('g++') && !process.env.CXX)
+  missingTools.push('a C++ compiler driver (g++, used by node-gyp to link)');
+if (missingTools.length) {
+  fail(
+    `missing build tools: ${missingTools.join(', ')}.\n  On Debian: apt-get install python3 make g++   (or build-essential python3)`,
+  );
+}
+
+// The project's own addon first: it needs no libfuse (a peer host builds only this one).
+buildPosixAddon();
+if (POSIX_ONLY) process.exit(0);
+
 if (!fs.existsSync(path.join(PKG_DIR, 'package.json'))) {
   fail(`${PKG_DIR} is missing: run npm install (fuse-native is a dependency).`);
 }
@@ -119,18 +145,6 @@ log(`libfuse2: ${libfuse} -> ${fs.realpathSync(libfuse)}`);
 if (!which('fusermount')) {
   console.warn(
     'build-native: WARNING: fusermount not found; mounting will fail. Install it: apt-get install fuse',
-  );
-}
-
-const missingTools = [];
-if (!which('python3') && !which('python')) missingTools.push('python3');
-if (!which('make')) missingTools.push('make');
-if (!which('cc') && !which('gcc') && !process.env.CC) missingTools.push('a C compiler (gcc)');
-if (!which('c++') && !which('g++') && !process.env.CXX)
-  missingTools.push('a C++ compiler driver (g++, used by node-gyp to link)');
-if (missingTools.length) {
-  fail(
-    `missing build tools: ${missingTools.join(', ')}.\n  On Debian: apt-get install python3 make g++   (or build-essential python3)`,
   );
 }
 
@@ -198,6 +212,44 @@ function findNodeHeaders() {
   return `v${v}` === process.version ? prefix : null;
 }
 
+function gypArgsFor(nodeGyp) {
+  const nodedir = findNodeHeaders();
+  const args = [nodeGyp, 'rebuild', '--release', '--loglevel=warn'];
+  if (nodedir) {
+    args.push(`--nodedir=${nodedir}`);
+    log(`node headers: ${nodedir}/include/node (${process.version})`);
+  } else {
+    console.warn(
+      `build-native: WARNING: no installed headers for Node ${process.version} under <prefix>/include/node; ` +
+        'node-gyp will try to download them (needs network access to nodejs.org).',
+    );
+  }
+  return args;
+}
+
+/**
+ * native/posix: twinfs's own N-API addon (src/posix loads build/Release/twinfs_posix.node).
+ * Checked by loading it in a child process and calling one function.
+ */
+function buildPosixAddon() {
+  const gyp = findNodeGyp();
+  if (!gyp) fail('node-gyp was not found (it ships with npm); it builds native/posix.');
+  log(`node-gyp: ${gyp}`);
+  fs.rmSync(path.join(POSIX_DIR, 'build'), { recursive: true, force: true });
+  run(process.execPath, gypArgsFor(gyp), { cwd: POSIX_DIR });
+  const built = path.join(POSIX_DIR, 'build', 'Release', 'twinfs_posix.node');
+  const probe = spawnSync(
+    process.execPath,
+    [
+      '-e',
+      `const p = require(${JSON.stringify(built)}); process.stdout.write(String(p.utimensat('/', null, null, false)));`,
+    ],
+    { encoding: 'utf8', timeout: 60_000 },
+  );
+  if (probe.status !== 0 || probe.stdout !== '0') fail(`${built} does not load or work:\n${probe.stderr}`);
+  log(`ok: native/posix loads ${path.relative(ROOT, built)}`);
+}
+
 const nodeGyp = findNodeGyp();
 if (!nodeGyp) {
   fail(
@@ -205,17 +257,7 @@ if (!nodeGyp) {
       '      npm install --save-dev node-gyp',
   );
 }
-const nodedir = findNodeHeaders();
-const gypArgs = [nodeGyp, 'rebuild', '--release', '--loglevel=warn'];
-if (nodedir) {
-  gypArgs.push(`--nodedir=${nodedir}`);
-  log(`node headers: ${nodedir}/include/node (${process.version})`);
-} else {
-  console.warn(
-    `build-native: WARNING: no installed headers for Node ${process.version} under <prefix>/include/node; ` +
-      'node-gyp will try to download them (needs network access to nodejs.org).',
-  );
-}
+const gypArgs = gypArgsFor(nodeGyp);
 log(`node-gyp: ${nodeGyp}`);
 
 fs.rmSync(path.join(PKG_DIR, 'build'), { recursive: true, force: true });

@@ -137,6 +137,30 @@ export class DirectorySnapshotWriter {
   }
 
   /**
+   * Another name of a file already in this snapshot: a hard link to it, so the snapshot's tree
+   * has the volume's link structure (ls -i, du) and the data once.
+   * @param {string} p
+   * @param {string} existing
+   * @param {EntryMeta} _meta
+   */
+  putHardLink(p, existing, _meta) {
+    return this.op(`link ${p}`, async () => {
+      const from = await this.tree.resolve(existing);
+      const st = await fsp.lstat(from);
+      if (!st.isFile()) throw this.api.errors.failed(`link ${p}: ${existing} is not a file of this snapshot`);
+      const file = await this.tree.prepareParents(p);
+      try {
+        await fsp.link(from, file);
+      } catch (err) {
+        // Too many links to one inode (ext4: 65000): this name gets its own copy.
+        if (/** @type {NodeJS.ErrnoException} */ (err)?.code !== 'EMLINK') throw err;
+        await fsp.copyFile(from, file, fs.constants.COPYFILE_EXCL);
+        this.unsynced.push(file);
+      }
+    });
+  }
+
+  /**
    * @param {string} p
    * @param {EntryMeta} meta
    */

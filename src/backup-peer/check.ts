@@ -1,5 +1,5 @@
 import { loadCompleteSnapshot } from './restore.js';
-import { Digest, isTargetNotFound } from './target.js';
+import { Digest, isNodeEntry, isTargetNotFound } from './target.js';
 import type { TargetRegistry } from './targets/index.js';
 
 export interface CheckProblem {
@@ -60,6 +60,11 @@ export async function checkSnapshot(o: {
     }
     for (const e of entries) {
       try {
+        // Fifos, devices and sockets live in the manifest alone (compared above).
+        if (isNodeEntry(e)) {
+          o.onProgress?.({ files: ++done, filesTotal: entries.length, bytes, path: e.path });
+          continue;
+        }
         const st = await target.stat(snapshot.id, e.path);
         if (st.type !== e.type) {
           problems.push({

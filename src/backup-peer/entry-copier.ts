@@ -1,4 +1,4 @@
-import type { Stats } from 'node:fs';
+import type { BigIntStats, Stats } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { delay } from '../common/async.js';
@@ -36,30 +36,29 @@ export interface CopierOptions {
  */
 export class EntryCopier {
   readonly totals = emptyTotals();
+  /** The first name copied of each multiply-linked inode (dev:ino), for its other names. */
+  private readonly inodes = new Map<string, Promise<ManifestEntry>>();
 
   constructor(private readonly o: CopierOptions) {}
 
   async copy(src: SourceEntry): Promise<ManifestEntry | undefined> {
     const { reader, writer, signal } = this.o;
     if (signal.aborted) throw signal.reason;
-    let st: Stats;
+    let st: BigIntStats;
+    let extra: EntryExtras;
     try {
-      st = src.stat ?? (await reader.lstat(src.mirrorPath));
+      st = src.stat ?? (await reader.lstatNs(src.mirrorPath));
+      extra = await extrasOf(reader, src, st);
     } catch (err) {
       throw mirrorError(err, src);
     }
     const meta = metaOf(st);
-    const type = st.isDirectory()
-      ? 'dir'
-      : st.isSymbolicLink()
-        ? 'symlink'
-        : st.isFile()
-          ? 'file'
-          : undefined;
+    const type = typeOf(st);
     const announced = src.item?.type;
     if (
       announced &&
-      (type ? announced !== type : announced === 'file' || announced === 'dir' || announced === 'symlink')
+      announced !==
+        (type === 'file' || type === 'dir' || type === 'symlink' || type === 'fifo' ? type : 'other')
     )
       throw new TwinError(
         'ETWIN_MIRROR_CHANGED',
@@ -70,20 +69,65 @@ export class EntryCopier {
       case 'dir':
         await writer.putDir(src.path, meta);
         this.totals.dirs++;
-        return { path: src.path, type, ...meta };
+        return { path: src.path, type, ...meta, ...extra };
       case 'symlink': {
         const target = await reader.readlink(src.mirrorPath);
         await writer.putSymlink(src.path, target, meta);
         this.totals.symlinks++;
-        return { path: src.path, type, ...meta, target };
+        return { path: src.path, type, ...meta, ...extra, target };
       }
       case 'file':
-        return this.copyRegular(src, meta);
-      default:
-        // fifos, sockets, devices: not something a backup target stores.
+        return st.nlink > 1n
+          ? this.copyLinked(src, st, meta, extra)
+          : { ...(await this.copyRegular(src, meta)), ...extra };
+      case undefined:
         this.totals.skipped++;
         return undefined;
+      default:
+        // Fifos, devices, sockets: no content, recorded in the manifest alone; restore makes them.
+        this.totals.nodes = (this.totals.nodes ?? 0) + 1;
+        return {
+          path: src.path,
+          type,
+          ...meta,
+          ...extra,
+          ...(type === 'char' || type === 'block' ? { rdev: Number(st.rdev) } : {}),
+        };
     }
+  }
+
+  /**
+   * A file with more than one name. The first name of an inode met in this run is copied as any
+   * file; every later one waits for it and becomes a hard link of it (linkTo), stored with the
+   * target's putHardLink when it has one, else as a copy of the data. Names are copied in
+   * parallel: the map entry is set before the first await, so exactly one name leads.
+   */
+  private async copyLinked(
+    src: SourceEntry,
+    st: BigIntStats,
+    meta: EntryMeta,
+    extra: EntryExtras,
+  ): Promise<ManifestEntry> {
+    const key = `${st.dev}:${st.ino}`;
+    const leading = this.inodes.get(key);
+    if (!leading) {
+      const copied = this.copyRegular(src, meta).then((e) => ({ ...e, ...extra }));
+      this.inodes.set(key, copied);
+      return copied;
+    }
+    const first = await leading;
+    if (first.size !== meta.size)
+      throw changedError(src, meta, `${first.size} (another name of the same file)`);
+    this.totals.files++;
+    this.totals.hardLinks = (this.totals.hardLinks ?? 0) + 1;
+    let hash = first.hash;
+    if (this.o.writer.putHardLink) await this.o.writer.putHardLink(src.path, first.path, meta);
+    else {
+      hash = await this.streamFile(src, meta);
+      this.totals.copiedBytes += meta.size;
+      if (hash !== first.hash) throw changedError(src, meta, 'other content than its other name');
+    }
+    return { path: src.path, type: 'file', ...meta, hash, ...extra, linkTo: first.path };
   }
 
   private async copyRegular(src: SourceEntry, meta: EntryMeta): Promise<ManifestEntry> {
@@ -242,14 +286,34 @@ async function readWhole(fh: FileHandle, size: number): Promise<Buffer> {
   return off === size ? buf : buf.subarray(0, off);
 }
 
-function metaOf(st: Stats): EntryMeta {
+function metaOf(st: BigIntStats): EntryMeta {
   return {
-    size: st.isFile() ? st.size : 0,
-    mode: st.mode & 0o7777,
-    uid: st.uid,
-    gid: st.gid,
-    mtime: st.mtimeMs,
+    size: st.isFile() ? Number(st.size) : 0,
+    mode: Number(st.mode) & 0o7777,
+    uid: Number(st.uid),
+    gid: Number(st.gid),
+    // As Node computes Stats.mtimeMs, so that entries of older snapshots compare equal.
+    mtime: Number(st.mtimeNs / 1_000_000_000n) * 1e3 + Number(st.mtimeNs % 1_000_000_000n) / 1e6,
   };
+}
+
+/** What a manifest records beyond EntryMeta for a faithful restore. */
+type EntryExtras = Pick<ManifestEntry, 'mtimeNs' | 'atimeNs' | 'xattrs'>;
+
+async function extrasOf(reader: MirrorReader, src: SourceEntry, st: BigIntStats): Promise<EntryExtras> {
+  const xattrs = await reader.xattrs(src.mirrorPath);
+  return { mtimeNs: String(st.mtimeNs), atimeNs: String(st.atimeNs), ...(xattrs ? { xattrs } : {}) };
+}
+
+function typeOf(st: BigIntStats): ManifestEntry['type'] | undefined {
+  if (st.isDirectory()) return 'dir';
+  if (st.isSymbolicLink()) return 'symlink';
+  if (st.isFile()) return 'file';
+  if (st.isFIFO()) return 'fifo';
+  if (st.isCharacterDevice()) return 'char';
+  if (st.isBlockDevice()) return 'block';
+  if (st.isSocket()) return 'socket';
+  return undefined;
 }
 
 /**

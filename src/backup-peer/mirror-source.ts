@@ -3,6 +3,8 @@ import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { errnoCode, TwinError } from '../common/errors.js';
 import type { Item, PrepareResult } from '../control/protocol.js';
+import { readdirNoAtime } from '../posix/readdir.js';
+import { readXattrs } from '../posix/xattr.js';
 import { SafeTree } from './safe-tree.js';
 import { volumePathParts } from './target.js';
 
@@ -127,8 +129,8 @@ export interface SourceEntry {
   mirrorPath: string;
   /** What the server announced (absent when the peer walked the mirror itself). */
   item?: Item;
-  /** The split copy's lstat, when the walk already took it. */
-  stat?: fs.Stats;
+  /** The split copy's lstat (ns times), when the walk already took it. */
+  stat?: fs.BigIntStats;
 }
 
 /** Normalises a server path to a volume path, refusing '..' and friends (ETWIN_PATH_ESCAPE). */
@@ -152,16 +154,35 @@ export class MirrorReader {
     return fsp.lstat(await this.tree.resolve(mirrorPath));
   }
 
+  /** The same with times to the ns (what a snapshot records). */
+  async lstatNs(mirrorPath: string): Promise<fs.BigIntStats> {
+    return fsp.lstat(await this.tree.resolve(mirrorPath), { bigint: true });
+  }
+
+  /**
+   * An entry's own extended attributes (never a symlink's target's), POSIX ACLs included, as
+   * [name, base64] pairs sorted by name; undefined when it has none. An attribute removed
+   * between list and get is simply not there.
+   */
+  async xattrs(mirrorPath: string): Promise<Array<[string, string]> | undefined> {
+    const all = readXattrs(await this.tree.resolve(mirrorPath));
+    if (all.size === 0) return undefined;
+    return [...all].map(([name, value]) => [name, value.toString('base64')]);
+  }
+
   async readlink(mirrorPath: string): Promise<string> {
     return fsp.readlink(await this.tree.resolve(mirrorPath));
   }
 
   /** Opens a regular file for reading, never through a symlink. */
   async open(mirrorPath: string): Promise<{ fh: fs.promises.FileHandle; stat: fs.Stats }> {
-    const fh = await fsp.open(
-      await this.tree.resolve(mirrorPath),
-      fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW,
-    );
+    const file = await this.tree.resolve(mirrorPath);
+    const flags = fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW;
+    // O_NOATIME: a backup must not change what the next one records (the copy's atime). Only
+    // the owner or root may ask for it: anyone else reads without it.
+    const fh = await fsp
+      .open(file, flags | fs.constants.O_NOATIME)
+      .catch((err) => (errnoCode(err) === 'EPERM' ? fsp.open(file, flags) : Promise.reject(err)));
     try {
       const stat = await fh.stat();
       if (!stat.isFile())
@@ -183,7 +204,7 @@ export class MirrorReader {
     maxBytes: number,
   ): Promise<{ stat: fs.Stats; after: fs.Stats; data: Buffer } | undefined> {
     const file = await this.tree.resolve(mirrorPath);
-    const fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+    const fd = openNoAtimeSync(file);
     try {
       const stat = fs.fstatSync(fd);
       if (!stat.isFile())
@@ -214,7 +235,7 @@ export class MirrorReader {
     const roots = selector.volume ? ['/'] : selector.subtree ? [selector.subtree] : (selector.paths ?? []);
     for (const r of roots) {
       const top = toVolumePath(r);
-      const st = await this.lstat(top).catch((err) => {
+      const st = await this.lstatNs(top).catch((err) => {
         if (errnoCode(err) === 'ENOENT') return undefined;
         throw err;
       });
@@ -225,14 +246,15 @@ export class MirrorReader {
   }
 
   private async *walkDir(dir: string): AsyncGenerator<SourceEntry> {
-    const names = (await fsp.readdir(await this.tree.resolve(dir))).sort();
+    // Without moving the copy's atime: the next snapshot records it (readdirNoAtime).
+    const names = readdirNoAtime(await this.tree.resolve(dir)).sort();
     // The lstats of a directory's entries go out WALK_LSTATS at a time, not one after the
     // other: one at a time, a walk of 10,000 files is 10,000 thread-pool round trips in a row.
     for (let i = 0; i < names.length; i += WALK_LSTATS) {
       const paths = names
         .slice(i, i + WALK_LSTATS)
         .map((name) => (dir === '/' ? `/${name}` : `${dir}/${name}`));
-      const stats = await Promise.all(paths.map((p) => this.lstat(p).catch(() => undefined)));
+      const stats = await Promise.all(paths.map((p) => this.lstatNs(p).catch(() => undefined)));
       for (const [j, p] of paths.entries()) {
         const st = stats[j];
         if (!st) continue;
@@ -240,5 +262,16 @@ export class MirrorReader {
         if (st.isDirectory()) yield* this.walkDir(p);
       }
     }
+  }
+}
+
+/** Opens a file to read without changing its atime where allowed (see MirrorReader.open). */
+function openNoAtimeSync(file: string): number {
+  const flags = fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW;
+  try {
+    return fs.openSync(file, flags | fs.constants.O_NOATIME);
+  } catch (err) {
+    if (errnoCode(err) !== 'EPERM') throw err;
+    return fs.openSync(file, flags);
   }
 }

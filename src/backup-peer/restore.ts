@@ -3,12 +3,14 @@ import * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { errnoCode, TwinError } from '../common/errors.js';
-import { servedMountHolding } from '../fusefs/served-mounts.js';
-import { msToNs, setTimesNs } from '../fusefs/set-times.js';
+import { servedMountHolding } from '../common/served-mounts.js';
+import { mknod, S_IFBLK, S_IFCHR, S_IFIFO, S_IFSOCK } from '../posix/mknod.js';
+import { msToNs, setTimesNs } from '../posix/set-times.js';
+import { setXattr } from '../posix/xattr.js';
 import { Catalog, type EntryRecord, type SnapshotRecord } from './catalog.js';
 import { toVolumePath } from './mirror-source.js';
 import { forEachLimit, SafeTree } from './safe-tree.js';
-import { type BackupTarget, Digest, type EntryMeta, volumePathParts } from './target.js';
+import { type BackupTarget, Digest, isNodeEntry, volumePathParts } from './target.js';
 import type { TargetRegistry } from './targets/index.js';
 
 export interface RestoreOptions {
@@ -118,7 +120,9 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
   const dirs = selected.filter((e) => e.type === 'dir' && e.path !== '/');
   /** Directories that received a name: fsync'd once the files are in. */
   const touchedDirs = new Set<string>();
-  const leaves = selected.filter((e) => e.type !== 'dir');
+  const { leaves, links } = planLinks(selected.filter((e) => e.type !== 'dir'));
+  /** Where each restored file landed, for the other names of its inode. */
+  const placed = new Map<string, string>();
   let done = 0;
   const step = (e: EntryRecord, bytes = 0) => {
     result.entries++;
@@ -135,18 +139,39 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
         fail(d.path, err);
       }
     }
-    await forEachLimit(leaves, Math.min(4, target.capabilities.maxConcurrency), async (e) => {
+    const restoreLeaf = async (e: EntryRecord) => {
       if (o.signal?.aborted) throw new TwinError('ETWIN_ABORTED', 'restore cancelled');
       try {
-        if (e.type === 'file') step(e, await restoreFile(target, snapshot.id, e, tree, asRoot, touchedDirs));
-        else if (e.type === 'symlink') {
+        if (e.type === 'file') {
+          const leader = links.get(e.path);
+          const at = leader !== undefined ? placed.get(leader) : undefined;
+          // Another name of a file restored above: a hard link to it (its data, metadata and
+          // xattrs are the inode's). Without one (it failed) the name gets the data itself.
+          if (at !== undefined) step(e, await restoreHardLink(e, at, tree, touchedDirs));
+          else {
+            const { bytes, dest } = await restoreFile(target, snapshot.id, e, tree, asRoot, touchedDirs);
+            placed.set(e.path, dest);
+            step(e, bytes);
+          }
+        } else if (e.type === 'symlink') {
           await restoreSymlink(e, tree, asRoot, touchedDirs);
+          step(e);
+        } else if (isNodeEntry(e)) {
+          await restoreNode(e, tree, asRoot, touchedDirs);
           step(e);
         }
       } catch (err) {
         fail(e.path, err);
       }
-    });
+    };
+    const concurrency = Math.min(4, target.capabilities.maxConcurrency);
+    // Names of hard links after the names they link to.
+    await forEachLimit(leaves, concurrency, restoreLeaf);
+    await forEachLimit(
+      selected.filter((e) => links.has(e.path)),
+      concurrency,
+      restoreLeaf,
+    );
     await syncDirs(touchedDirs);
     const metaDirs = [...dirs, ...ancestors.values()].sort(
       (a, b) => b.path.split('/').length - a.path.split('/').length,
@@ -173,7 +198,7 @@ async function restoreFile(
   tree: SafeTree,
   asRoot: boolean,
   touchedDirs: Set<string>,
-): Promise<number> {
+): Promise<{ bytes: number; dest: string }> {
   const { dest, tmp } = await placeFor(e, tree, touchedDirs);
   const fh = await fsp.open(tmp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
   let ok = false;
@@ -212,7 +237,7 @@ async function restoreFile(
     await applyMeta(tmp, e, asRoot, false);
     await fsp.rename(tmp, dest);
     ok = true;
-    return got.bytes;
+    return { bytes: got.bytes, dest };
   } finally {
     await fh.close().catch(() => undefined);
     if (!ok) await fsp.rm(tmp, { force: true });
@@ -238,6 +263,72 @@ async function restoreSymlink(
     await fsp.rm(tmp, { force: true });
     throw err;
   }
+}
+
+/** Another name of a restored file: linked under a temporary name, renamed into place. */
+async function restoreHardLink(
+  e: EntryRecord,
+  existing: string,
+  tree: SafeTree,
+  touchedDirs: Set<string>,
+): Promise<number> {
+  const { dest, tmp } = await placeFor(e, tree, touchedDirs);
+  await fsp.link(existing, tmp);
+  try {
+    await fsp.rename(tmp, dest);
+  } catch (err) {
+    await fsp.rm(tmp, { force: true });
+    throw err;
+  }
+  return 0;
+}
+
+const NODE_BITS: Record<string, number> = {
+  fifo: S_IFIFO,
+  char: S_IFCHR,
+  block: S_IFBLK,
+  socket: S_IFSOCK,
+};
+
+/** A fifo, device or socket, made with mknod (devices need root, as with tar and cpio). */
+async function restoreNode(
+  e: EntryRecord,
+  tree: SafeTree,
+  asRoot: boolean,
+  touchedDirs: Set<string>,
+): Promise<void> {
+  const { dest, tmp } = await placeFor(e, tree, touchedDirs);
+  await mknod(tmp, NODE_BITS[e.type]! | (e.mode & 0o7777), e.rdev ?? 0);
+  try {
+    await applyMeta(tmp, e, asRoot, false);
+    await fsp.rename(tmp, dest);
+  } catch (err) {
+    await fsp.rm(tmp, { force: true });
+    throw err;
+  }
+}
+
+/**
+ * The hard links of a selection: each entry that is another name of a selected file, mapped to
+ * the name restored with the data (the one its linkTo names, or the first selected name of the
+ * group when that one is not selected); leaves are the rest.
+ */
+function planLinks(entries: EntryRecord[]): { leaves: EntryRecord[]; links: Map<string, string> } {
+  const groups = new Map<string, EntryRecord[]>();
+  for (const e of entries)
+    if (e.type === 'file') {
+      const key = e.linkTo ?? e.path;
+      const g = groups.get(key);
+      if (g) g.push(e);
+      else groups.set(key, [e]);
+    }
+  const links = new Map<string, string>();
+  for (const [key, g] of groups) {
+    if (g.length < 2) continue;
+    const leader = g.find((e) => e.path === key) ?? g[0]!;
+    for (const e of g) if (e !== leader) links.set(e.path, leader.path);
+  }
+  return { leaves: entries.filter((e) => !links.has(e.path)), links };
 }
 
 /**
@@ -295,12 +386,20 @@ async function refuseDirInTheWay(dest: string, p: string): Promise<void> {
     );
 }
 
-/** Owner first (chown clears set-id bits), then mode, times last. */
-async function applyMeta(p: string, m: EntryMeta, asRoot: boolean, link: boolean): Promise<void> {
+/**
+ * Owner first (chown clears set-id bits), then mode, then xattrs (an ACL sets the group bits
+ * the mode showed), times last, to the ns when the entry has them (older entries: mtime in ms,
+ * atime = mtime). As another user than root, owners stay the restorer's and only user.* xattrs
+ * and ACLs are set (trusted.* and security.* need privileges), as with tar and rsync.
+ */
+async function applyMeta(p: string, m: EntryRecord, asRoot: boolean, link: boolean): Promise<void> {
   if (asRoot) await fsp.lchown(p, m.uid, m.gid);
   if (!link) await fsp.chmod(p, m.mode & 0o7777);
-  const t = msToNs(m.mtime);
-  setTimesNs(p, t, t);
+  for (const [name, value] of m.xattrs ?? [])
+    if (asRoot || name.startsWith('user.') || name.startsWith('system.posix_acl_'))
+      setXattr(p, name, Buffer.from(value, 'base64'));
+  const mtime = m.mtimeNs !== undefined ? BigInt(m.mtimeNs) : msToNs(m.mtime);
+  setTimesNs(p, m.atimeNs !== undefined ? BigInt(m.atimeNs) : mtime, mtime);
 }
 
 const HOLE_BLOCK = 64 * 1024;

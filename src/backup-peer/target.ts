@@ -20,6 +20,7 @@ export type {
   EntryMeta,
   EntryType,
   ManifestEntry,
+  NodeType,
   PutResult,
   SnapshotManifest,
   SnapshotMeta,
@@ -30,7 +31,7 @@ export type {
   TargetStat,
 } from '../../api/twinfs.js';
 
-import type { BackupTarget, PutResult, SnapshotTotals } from '../../api/twinfs.js';
+import type { BackupTarget, ManifestEntry, PutResult, SnapshotTotals } from '../../api/twinfs.js';
 
 /** A target type: opens targets from the location part of a spec (`dir:LOCATION`). */
 export interface BackupTargetProvider {
@@ -107,4 +108,9 @@ export class Digest {
 /** An empty set of totals. */
 export function emptyTotals(): SnapshotTotals {
   return { files: 0, dirs: 0, symlinks: 0, bytes: 0, copiedBytes: 0, reusedFiles: 0, skipped: 0 };
+}
+
+/** Entries with no content at the target: fifos, devices and sockets (the manifest records them). */
+export function isNodeEntry(e: Pick<ManifestEntry, 'type'>): boolean {
+  return e.type === 'fifo' || e.type === 'char' || e.type === 'block' || e.type === 'socket';
 }

@@ -588,9 +588,13 @@ function describeTotals(t: {
   copiedBytes: number;
   reusedFiles: number;
   skipped: number;
+  nodes?: number;
+  hardLinks?: number;
 }): string {
   const skipped = t.skipped ? `, ${t.skipped} special files skipped` : '';
-  return `${t.files} files, ${t.dirs} dirs, ${t.symlinks} symlinks, ${bytes(t.bytes)} (${bytes(t.copiedBytes)} copied, ${t.reusedFiles} files unchanged)${skipped}`;
+  const nodes = t.nodes ? `, ${t.nodes} fifos/devices/sockets` : '';
+  const links = t.hardLinks ? ` (${t.hardLinks} of them hard links)` : '';
+  return `${t.files} files${links}, ${t.dirs} dirs, ${t.symlinks} symlinks${nodes}, ${bytes(t.bytes)} (${bytes(t.copiedBytes)} copied, ${t.reusedFiles} files unchanged)${skipped}`;
 }
 
 function describePeerEvent(e: PeerEvent): string {

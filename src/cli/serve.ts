@@ -4,6 +4,7 @@ import { BackupService } from '../control/backup-service.js';
 import { TwinFs } from '../fusefs/index.js';
 import { preflight } from '../fusefs/mount-checks.js';
 import { defaultStateDir, MirrorDriver } from '../mirror-driver/index.js';
+import { VolumeLock } from '../posix/volume-lock.js';
 import { describeSmbEvent, mergeSmbSettings, parseUserSpec, SmbService } from '../smb/index.js';
 import { loadConfig, SERVE_KEYS, type ServeConfig, validateCliSettings } from './config.js';
 import { openControl } from './serve-control.js';
@@ -73,32 +74,29 @@ export async function serve(args: ServeArgs): Promise<number> {
   const out = (event: string, data: Record<string, unknown>, text: string) =>
     process.stdout.write(args.json ? JSON.stringify({ event, ...data }) + '\n' : `twinfs: ${text}\n`);
 
+  // Check the directories before anything is created, then take the volume (primary, mirror,
+  // its state) for this process's life, before the journal is read or anything is mounted: a
+  // second server on the same volume stops here with ETWIN_VOLUME_LOCKED naming the holder.
+  await preflight({ primary: cfg.primary, mount: cfg.mount, mirror: cfg.mirror, force: cfg.force });
+  const volumeLock = VolumeLock.acquire({
+    primary: cfg.primary,
+    mirror: cfg.mirror,
+    stateDir: cfg.stateDir ?? defaultStateDir(),
+  });
   if (args.repl && !cfg.control) cfg.control = '127.0.0.1:0';
   // The control channel is checked and bound before anything is mounted: a bad address, TLS
   // file or token file is a coded error with nothing left behind (src/cli/serve-control.ts).
-  const controlSetup = await openControl(cfg, (m) => process.stderr.write(`twinfs: ${m}\n`));
+  let controlSetup: Awaited<ReturnType<typeof openControl>>;
+  try {
+    controlSetup = await openControl(cfg, (m) => process.stderr.write(`twinfs: ${m}\n`));
+  } catch (err) {
+    volumeLock.release();
+    throw err;
+  }
   let mirror: MirrorDriver | undefined;
   let fs: TwinFs;
   try {
-    if (cfg.mirror) {
-      // Check the directories before the mirror driver creates anything.
-      await preflight({ primary: cfg.primary, mount: cfg.mount, mirror: cfg.mirror, force: cfg.force });
-      mirror = await MirrorDriver.open({
-        primary: cfg.primary,
-        mirror: cfg.mirror,
-        stateDir: cfg.stateDir,
-        adopt: cfg.adoptMirror,
-      });
-      mirror.onDidBreak((e) => out('broken', e, `mirror pair broken: ${e.path} (${e.error})`));
-      mirror.onDidChangeState((e) => args.json && out('state', e, ''));
-      // The initial copy and resyncs, for supervisors and tests: at most 4 lines a second per phase.
-      let lastProgress = 0;
-      mirror.onProgress((p) => {
-        if (!args.json || (!p.done && Date.now() - lastProgress < 250)) return;
-        lastProgress = Date.now();
-        out('progress', { ...p }, '');
-      });
-    }
+    mirror = await openMirror(cfg, out, args.json);
     fs = await TwinFs.mount({
       sink: mirror,
       primary: cfg.primary,
@@ -114,6 +112,7 @@ export async function serve(args: ServeArgs): Promise<number> {
   } catch (err) {
     await mirror?.dispose().catch(() => undefined);
     await controlSetup?.dispose().catch(() => undefined);
+    volumeLock.release();
     throw err;
   }
   let smbRef: SmbService | undefined;
@@ -178,6 +177,9 @@ export async function serve(args: ServeArgs): Promise<number> {
         .then(() => smb?.dispose())
         .then(() => fs.unmount())
         .finally(() => mirror?.dispose())
+        // Held until everything is written back and the journal closed: only then may another
+        // server take the volume.
+        .finally(() => volumeLock.release())
         .then(
           () => {
             out('unmounted', { mount: fs.mountPoint }, `unmounted ${fs.mountPoint}`);
@@ -229,6 +231,31 @@ export async function serve(args: ServeArgs): Promise<number> {
       });
     }
   });
+}
+
+/** The mirror driver, when the server has a mirror, with its events reported. */
+async function openMirror(
+  cfg: ServeConfig & { primary: string },
+  out: (event: string, data: Record<string, unknown>, text: string) => void,
+  json?: boolean,
+): Promise<MirrorDriver | undefined> {
+  if (!cfg.mirror) return undefined;
+  const mirror = await MirrorDriver.open({
+    primary: cfg.primary,
+    mirror: cfg.mirror,
+    stateDir: cfg.stateDir,
+    adopt: cfg.adoptMirror,
+  });
+  mirror.onDidBreak((e) => out('broken', e, `mirror pair broken: ${e.path} (${e.error})`));
+  mirror.onDidChangeState((e) => json && out('state', e, ''));
+  // The initial copy and resyncs, for supervisors and tests: at most 4 lines a second per phase.
+  let lastProgress = 0;
+  mirror.onProgress((p) => {
+    if (!json || (!p.done && Date.now() - lastProgress < 250)) return;
+    lastProgress = Date.now();
+    out('progress', { ...p }, '');
+  });
+  return mirror;
 }
 
 /**

@@ -10,6 +10,7 @@ export const ErrorCodes = {
   ETWIN_MOUNTPOINT_NOT_DIR: 'the mount point is not a directory',
   ETWIN_MOUNTPOINT_BUSY: 'the mount point is already a mount or in use',
   ETWIN_MOUNTPOINT_NOT_EMPTY: 'the mount point is not empty',
+  ETWIN_VOLUME_LOCKED: 'another twinfs server owns this volume (its primary, mirror or state)',
   ETWIN_PRIMARY_MISSING: 'the primary directory does not exist',
   ETWIN_PRIMARY_NOT_WRITABLE: 'the primary directory is not writable',
   ETWIN_OVERLAP: 'primary, mirror and mount directories overlap',

@@ -18,7 +18,15 @@ export type Change =
   | { op: 'rmdir'; path: string }
   | { op: 'chmod'; path: string; mode: number }
   | { op: 'chown'; path: string; uid: number; gid: number }
-  | { op: 'utimens'; path: string; atime: number | null; mtime: number | null }
+  | {
+      op: 'utimens';
+      path: string;
+      atime: number | null;
+      mtime: number | null;
+      /** The same to the ns, as decimal strings (ms as a double lose up to ~120 ns today). */
+      atimeNs?: string | null;
+      mtimeNs?: string | null;
+    }
   | { op: 'setxattr'; path: string; name: string; value: Buffer }
   | { op: 'removexattr'; path: string; name: string }
   /** The file's data must be durable wherever the sink keeps it before this resolves. */

@@ -2,13 +2,7 @@ import { constants } from 'node:os';
 
 const errnos = constants.errno as Record<string, number>;
 
-/** Builds an errno-style error (what Node's fs would throw) for a code such as 'EINVAL'. */
-export function errnoError(code: string, message?: string): NodeJS.ErrnoException {
-  const err = new Error(message ?? code) as NodeJS.ErrnoException;
-  err.code = code;
-  err.errno = -(errnos[code] ?? errnos.EIO!);
-  return err;
-}
+export { errnoError } from '../posix/errno.js';
 
 /**
  * Maps any error to the negative errno FUSE expects. This is the one boundary where errors

@@ -1,10 +1,10 @@
 import * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import * as xattr from 'fs-xattr';
+import { mknod } from '../posix/mknod.js';
+import { nsToMs, setTimesNs } from '../posix/set-times.js';
 import { type ChangeSink, nullSink, type WriteGate } from './change-sink.js';
 import { errnoError } from './errno.js';
-import { mknod } from './mknod.js';
-import { nsToMs, setTimesNs } from './set-times.js';
 import { parentOf, type VolumePaths } from './volume-paths.js';
 import type { FileNode, WritebackCache } from './writeback-cache.js';
 
@@ -493,7 +493,15 @@ export class VolumeOps {
       }
       setTimesNs(backing, atime, mtime);
       const ms = (t: bigint | null) => (t === null ? null : nsToMs(t));
-      await this.sink.apply({ op: 'utimens', path, atime: ms(atime), mtime: ms(mtime) });
+      const ns = (t: bigint | null) => (t === null ? null : String(t));
+      await this.sink.apply({
+        op: 'utimens',
+        path,
+        atime: ms(atime),
+        mtime: ms(mtime),
+        atimeNs: ns(atime),
+        mtimeNs: ns(mtime),
+      });
     });
   }
 

@@ -2,11 +2,11 @@ import * as fs from 'node:fs';
 
 import { Mutex } from '../common/async.js';
 import { Emitter } from '../common/event.js';
+import { msToNs, setFdTimesNs } from '../posix/set-times.js';
 import type { ChangeSink } from './change-sink.js';
 import { errnoError } from './errno.js';
 import { type Extent, ExtentMap, overlay } from './extent-map.js';
 import { ReadAheadPool, ReadAheadState } from './read-ahead.js';
-import { msToNs, setFdTimesNs } from './set-times.js';
 import type { SpaceAccount } from './space-account.js';
 import type { UnwrittenFile } from './writeback-spill.js';
 

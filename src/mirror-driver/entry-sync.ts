@@ -3,8 +3,8 @@ import type * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import * as xattr from 'fs-xattr';
-import { mknod } from '../fusefs/mknod.js';
-import { msToNs, setTimesNs } from '../fusefs/set-times.js';
+import { mknod } from '../posix/mknod.js';
+import { msToNs, setTimesNs } from '../posix/set-times.js';
 import type { RangeSet } from './range-set.js';
 
 const CHUNK = 1 << 20;
@@ -218,7 +218,11 @@ export async function syncMeta(
     for (const name of have)
       if (!want.includes(name)) await xattr.removeAttribute(mirror, name).catch(() => undefined);
   }
-  setTimesNs(mirror, msToNs(pst.atimeMs), msToNs(pst.mtimeMs));
+  // Times to the ns, and as they are now: copying the data just read the primary, which may
+  // have moved its atime (relatime), and pst is older than that read.
+  const times = await fsp.lstat(primary, { bigint: true }).catch(() => undefined);
+  if (times) setTimesNs(mirror, times.atimeNs, times.mtimeNs);
+  else setTimesNs(mirror, msToNs(pst.atimeMs), msToNs(pst.mtimeMs));
 }
 
 export interface TreeEntry {

@@ -7,7 +7,7 @@ import { delay, SerialQueue } from '../common/async.js';
 import { TwinError } from '../common/errors.js';
 import { Emitter } from '../common/event.js';
 import type { Change, ChangeSink } from '../fusefs/change-sink.js';
-import { setTimesNs } from '../fusefs/set-times.js';
+import { setTimesNs } from '../posix/set-times.js';
 import { loadVolumeId, type MirrorLayout, mirrorLayout, openDevice } from './device.js';
 import { DeviceWatch } from './device-watch.js';
 import { copyChunk, syncEntry, syncMeta } from './entry-sync.js';
@@ -567,6 +567,18 @@ export class MirrorDriver implements ChangeSink {
     }
   }
 
+  /** The primary entry's times onto its mirror copy, to the ns (gone from either: nothing to do). */
+  private async copyTimes(p: string): Promise<void> {
+    if (this.isHeld(p)) return;
+    const st = await fsp.lstat(this.primary + (p === '/' ? '' : p), { bigint: true }).catch(() => undefined);
+    if (!st) return;
+    try {
+      setTimesNs(this.layout.data + (p === '/' ? '' : p), st.atimeNs, st.mtimeNs);
+    } catch {
+      // Gone from the mirror meanwhile: the change that removed it is queued.
+    }
+  }
+
   /** Data writes move the mirror's mtime; copy the primary's so the pair matches. */
   private async syncTimes(p: string): Promise<void> {
     if (!this.pendingTimes.delete(p)) return;
@@ -936,6 +948,9 @@ export class MirrorDriver implements ChangeSink {
         bytes += await this.syncLargeFile(it.path, it.st!, run, o.deep);
       }
       if (extras.length > 0) await run(() => this.removeExtras(dir, extras));
+      // Making and removing the names above moved the mirror directory's times (and reading
+      // the primary's may have moved its atime): copy them again, now that it is complete.
+      await run(() => this.copyTimes(dir === '' ? '/' : dir));
       entries += items.length;
       if (entries - reported >= 1000) {
         reported = entries;

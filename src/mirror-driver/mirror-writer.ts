@@ -2,8 +2,8 @@ import * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import * as xattr from 'fs-xattr';
 import type { Change } from '../fusefs/change-sink.js';
-import { mknod } from '../fusefs/mknod.js';
-import { msToNs, setTimesNs } from '../fusefs/set-times.js';
+import { mknod } from '../posix/mknod.js';
+import { msToNs, setTimesNs } from '../posix/set-times.js';
 
 const FD_CACHE = 128;
 
@@ -105,7 +105,10 @@ export class MirrorWriter {
         await fsp.lchown(p, c.uid, c.gid);
         return;
       case 'utimens': {
-        setTimesNs(p, c.atime === null ? null : msToNs(c.atime), c.mtime === null ? null : msToNs(c.mtime));
+        // To the ns when the change has them (what the primary got), else from the ms.
+        const ns = (exact: string | null | undefined, ms: number | null) =>
+          exact != null ? BigInt(exact) : ms === null ? null : msToNs(ms);
+        setTimesNs(p, ns(c.atimeNs, c.atime), ns(c.mtimeNs, c.mtime));
         return;
       }
       case 'setxattr':

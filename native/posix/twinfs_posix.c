@@ -1,0 +1,295 @@
+// twinfs's own POSIX calls that Node lacks (docs/architecture.md, "POSIX helpers").
+//
+// Every function is one synchronous system call on a local path or descriptor and returns 0
+// (or its result) on success, and a negative errno on failure: the JS side (src/posix) turns
+// that into an errno error. Nothing here blocks for long: flock is called non-blocking by
+// twinfs, and the rest are metadata calls. Used by the FUSE layer, the mirror driver and the
+// backup peer alike, so a peer host needs no FUSE build.
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <node_api.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/types.h>
+#include <sys/xattr.h>
+#include <time.h>
+#include <unistd.h>
+
+#define CHECK(call)                                                                     \
+  do {                                                                                  \
+    if ((call) != napi_ok) {                                                            \
+      napi_throw_error(env, NULL, "twinfs_posix: bad arguments (" #call ")");         \
+      return NULL;                                                                      \
+    }                                                                                   \
+  } while (0)
+
+static napi_value num(napi_env env, double v) {
+  napi_value r;
+  napi_create_double(env, v, &r);
+  return r;
+}
+
+static napi_value result(napi_env env, int rc) { return num(env, rc == 0 ? 0 : -errno); }
+
+// A path argument, copied into a malloc'd NUL-terminated string (NULL when not a string).
+static char *path_arg(napi_env env, napi_value v) {
+  size_t len = 0;
+  if (napi_get_value_string_utf8(env, v, NULL, 0, &len) != napi_ok) return NULL;
+  char *s = malloc(len + 1);
+  if (!s) return NULL;
+  napi_get_value_string_utf8(env, v, s, len + 1, &len);
+  return s;
+}
+
+// mknod(path, mode, dev): any node type, sockets included (bind(2) makes them, and so does
+// mknod with S_IFSOCK). dev is a dev_t as stat(2) gives it (glibc's encoding).
+static napi_value js_mknod(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  double mode, dev;
+  CHECK(napi_get_value_double(env, argv[1], &mode));
+  CHECK(napi_get_value_double(env, argv[2], &dev));
+  char *p = path_arg(env, argv[0]);
+  if (!p) return num(env, -EINVAL);
+  int rc = mknod(p, (mode_t)mode, (dev_t)dev);
+  napi_value r = result(env, rc);
+  free(p);
+  return r;
+}
+
+// A time argument: a bigint of ns since the epoch, or null/undefined for UTIME_OMIT.
+static int time_arg(napi_env env, napi_value v, struct timespec *ts) {
+  napi_valuetype t;
+  if (napi_typeof(env, v, &t) != napi_ok) return -1;
+  if (t == napi_null || t == napi_undefined) {
+    ts->tv_sec = 0;
+    ts->tv_nsec = UTIME_OMIT;
+    return 0;
+  }
+  if (t != napi_bigint) return -1;
+  int64_t ns;
+  bool lossless;
+  if (napi_get_value_bigint_int64(env, v, &ns, &lossless) != napi_ok || !lossless) return -1;
+  int64_t sec = ns / 1000000000, rem = ns % 1000000000;
+  if (rem < 0) {  // before 1970: tv_nsec must stay in [0, 1e9)
+    rem += 1000000000;
+    sec -= 1;
+  }
+  ts->tv_sec = (time_t)sec;
+  ts->tv_nsec = (long)rem;
+  return 0;
+}
+
+// utimensat(path, atimeNs, mtimeNs, nofollow): times to the ns; null leaves a time alone.
+static napi_value js_utimensat(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  struct timespec ts[2];
+  if (argc < 4 || time_arg(env, argv[1], &ts[0]) || time_arg(env, argv[2], &ts[1])) return num(env, -EINVAL);
+  bool nofollow = false;
+  CHECK(napi_get_value_bool(env, argv[3], &nofollow));
+  char *p = path_arg(env, argv[0]);
+  if (!p) return num(env, -EINVAL);
+  int rc = utimensat(AT_FDCWD, p, ts, nofollow ? AT_SYMLINK_NOFOLLOW : 0);
+  napi_value r = result(env, rc);
+  free(p);
+  return r;
+}
+
+// flock(fd, exclusive, nonblocking). The lock belongs to the open file description: it lasts
+// until the descriptor is closed, which the kernel does when the process dies.
+static napi_value js_flock(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int32_t fd;
+  bool exclusive = false, nonblocking = false;
+  CHECK(napi_get_value_int32(env, argv[0], &fd));
+  CHECK(napi_get_value_bool(env, argv[1], &exclusive));
+  CHECK(napi_get_value_bool(env, argv[2], &nonblocking));
+  int rc = flock(fd, (exclusive ? LOCK_EX : LOCK_SH) | (nonblocking ? LOCK_NB : 0));
+  return result(env, rc);
+}
+
+// llistxattr(path): the names of a path's own xattrs (a symlink's, not its target's), as an
+// array of strings, or a negative errno.
+static napi_value js_llistxattr(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  char *p = path_arg(env, argv[0]);
+  if (!p) return num(env, -EINVAL);
+  char *buf = NULL;
+  ssize_t n;
+  for (;;) {  // the list may grow between the size query and the read: ERANGE, ask again
+    n = llistxattr(p, NULL, 0);
+    if (n <= 0) break;
+    buf = realloc(buf, (size_t)n);
+    if (!buf) {
+      free(p);
+      return num(env, -ENOMEM);
+    }
+    ssize_t got = llistxattr(p, buf, (size_t)n);
+    if (got >= 0 || errno != ERANGE) {
+      n = got;
+      break;
+    }
+  }
+  int err = n < 0 ? -errno : 0;
+  free(p);
+  if (err) {
+    free(buf);
+    return num(env, err);
+  }
+  napi_value arr;
+  napi_create_array(env, &arr);
+  uint32_t i = 0;
+  for (ssize_t off = 0; off < n;) {
+    size_t len = strlen(buf + off);
+    napi_value s;
+    napi_create_string_utf8(env, buf + off, len, &s);
+    napi_set_element(env, arr, i++, s);
+    off += (ssize_t)len + 1;
+  }
+  free(buf);
+  return arr;
+}
+
+// lgetxattr(path, name): the value as a Buffer, or a negative errno (ENODATA: no such xattr).
+static napi_value js_lgetxattr(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  char *p = path_arg(env, argv[0]);
+  char *name = path_arg(env, argv[1]);
+  if (!p || !name) {
+    free(p);
+    free(name);
+    return num(env, -EINVAL);
+  }
+  char *buf = NULL;
+  ssize_t n;
+  for (;;) {
+    n = lgetxattr(p, name, NULL, 0);
+    if (n < 0) break;
+    buf = realloc(buf, n > 0 ? (size_t)n : 1);
+    if (!buf) {
+      n = -1;
+      errno = ENOMEM;
+      break;
+    }
+    ssize_t got = lgetxattr(p, name, buf, (size_t)n);
+    if (got >= 0 || errno != ERANGE) {
+      n = got;
+      break;
+    }
+  }
+  int err = n < 0 ? -errno : 0;
+  free(p);
+  free(name);
+  if (err) {
+    free(buf);
+    return num(env, err);
+  }
+  napi_value out;
+  void *data;
+  napi_create_buffer_copy(env, (size_t)n, buf, &data, &out);
+  free(buf);
+  return out;
+}
+
+// lsetxattr(path, name, value, flags): flags 0, XATTR_CREATE (1) or XATTR_REPLACE (2).
+static napi_value js_lsetxattr(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  void *data;
+  size_t len;
+  int32_t flags;
+  CHECK(napi_get_buffer_info(env, argv[2], &data, &len));
+  CHECK(napi_get_value_int32(env, argv[3], &flags));
+  char *p = path_arg(env, argv[0]);
+  char *name = path_arg(env, argv[1]);
+  int rc = p && name ? lsetxattr(p, name, data, len, flags) : (errno = EINVAL, -1);
+  napi_value r = result(env, rc);
+  free(p);
+  free(name);
+  return r;
+}
+
+// lremovexattr(path, name).
+static napi_value js_lremovexattr(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  char *p = path_arg(env, argv[0]);
+  char *name = path_arg(env, argv[1]);
+  int rc = p && name ? lremovexattr(p, name) : (errno = EINVAL, -1);
+  napi_value r = result(env, rc);
+  free(p);
+  free(name);
+  return r;
+}
+
+// readdirNoAtime(path): the names in a directory (without . and ..), read through a descriptor
+// opened with O_NOATIME where allowed (owner or root; anyone else reads without it), so that a
+// backup's walk does not change the directory atimes the next backup records. Array or -errno.
+static napi_value js_readdir_noatime(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  char *p = path_arg(env, argv[0]);
+  if (!p) return num(env, -EINVAL);
+  int flags = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
+  int fd = open(p, flags | O_NOATIME);
+  if (fd < 0 && errno == EPERM) fd = open(p, flags);
+  free(p);
+  if (fd < 0) return num(env, -errno);
+  DIR *d = fdopendir(fd);
+  if (!d) {
+    int err = errno;
+    close(fd);
+    return num(env, -err);
+  }
+  napi_value arr;
+  napi_create_array(env, &arr);
+  uint32_t i = 0;
+  for (;;) {
+    errno = 0;
+    struct dirent *e = readdir(d);
+    if (!e) break;
+    if (e->d_name[0] == '.' && (e->d_name[1] == 0 || (e->d_name[1] == '.' && e->d_name[2] == 0))) continue;
+    napi_value s;
+    napi_create_string_utf8(env, e->d_name, NAPI_AUTO_LENGTH, &s);
+    napi_set_element(env, arr, i++, s);
+  }
+  int err = errno;
+  closedir(d);
+  return err ? num(env, -err) : arr;
+}
+
+static napi_value init(napi_env env, napi_value exports) {
+  napi_property_descriptor props[] = {
+      {"mknod", NULL, js_mknod, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"utimensat", NULL, js_utimensat, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"flock", NULL, js_flock, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"llistxattr", NULL, js_llistxattr, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"lgetxattr", NULL, js_lgetxattr, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"lsetxattr", NULL, js_lsetxattr, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"lremovexattr", NULL, js_lremovexattr, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"readdirNoAtime", NULL, js_readdir_noatime, NULL, NULL, NULL, napi_enumerable, NULL},
+  };
+  napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
+  napi_value v;
+  napi_create_uint32(env, 2, &v);
+  napi_set_named_property(env, exports, "abiLevel", v);
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)

@@ -1,0 +1,55 @@
+import { createRequire } from 'node:module';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/**
+ * twinfs's own N-API addon (native/posix/twinfs_posix.c): the POSIX calls Node lacks, shared by
+ * the FUSE layer, the mirror driver and the backup peer, so that a peer host needs no FUSE
+ * build. Every call is synchronous and returns a negative errno on failure (the wrappers in
+ * this folder turn it into an errno error). Built by scripts/build-native.mjs at postinstall.
+ */
+export interface PosixAddon {
+  abiLevel: number;
+  mknod(path: string, mode: number, dev: number): number;
+  utimensat(path: string, atimeNs: bigint | null, mtimeNs: bigint | null, nofollow: boolean): number;
+  flock(fd: number, exclusive: boolean, nonblocking: boolean): number;
+  llistxattr(path: string): string[] | number;
+  lgetxattr(path: string, name: string): Buffer | number;
+  lsetxattr(path: string, name: string, value: Buffer, flags: number): number;
+  lremovexattr(path: string, name: string): number;
+  readdirNoAtime(path: string): string[] | number;
+}
+
+/** Same depth from src/posix (tests) and dist/posix (the CLI): two levels up is the package root. */
+const ADDON = path.resolve(
+  path.dirname(fileURLToPath(import.meta.url)),
+  '..',
+  '..',
+  'native',
+  'posix',
+  'build',
+  'Release',
+  'twinfs_posix.node',
+);
+const ABI_LEVEL = 2;
+
+let addon: PosixAddon | undefined;
+
+/** The loaded addon; a clear message when it was never built (postinstall skipped). */
+export function posix(): PosixAddon {
+  if (addon) return addon;
+  let loaded: PosixAddon;
+  try {
+    loaded = createRequire(import.meta.url)(ADDON) as PosixAddon;
+  } catch (err) {
+    throw new Error(
+      `twinfs's native addon is not built (${ADDON}: ${(err as Error).message}); run: node scripts/build-native.mjs --posix-only`,
+    );
+  }
+  if (loaded.abiLevel !== ABI_LEVEL)
+    throw new Error(
+      `${ADDON} is level ${loaded.abiLevel}, expected ${ABI_LEVEL}: rebuild it (node scripts/build-native.mjs --posix-only)`,
+    );
+  addon = loaded;
+  return addon;
+}

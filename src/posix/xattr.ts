@@ -1,0 +1,45 @@
+import { check, errnoError } from './errno.js';
+import { posix } from './native.js';
+
+/**
+ * Extended attributes of a path itself, never through a symlink (l*xattr(2); fs-xattr follows
+ * symlinks). POSIX ACLs are the xattrs system.posix_acl_access and system.posix_acl_default,
+ * so copying xattrs copies ACLs.
+ */
+export function listXattrs(path: string): string[] {
+  const r = posix().llistxattr(path);
+  if (typeof r === 'number') {
+    // A filesystem without xattrs has none to list.
+    if (r === -95 /* EOPNOTSUPP */) return [];
+    check(r, `llistxattr ${path}`);
+    return [];
+  }
+  return r;
+}
+
+/** A value, or undefined when the attribute is gone (removed between list and get is no error). */
+export function getXattr(path: string, name: string): Buffer | undefined {
+  const r = posix().lgetxattr(path, name);
+  if (typeof r !== 'number') return r;
+  if (r === -61 /* ENODATA */) return undefined;
+  check(r, `lgetxattr ${path} ${name}`);
+  throw errnoError('EIO');
+}
+
+/** Every xattr of a path, names sorted. */
+export function readXattrs(path: string): Map<string, Buffer> {
+  const out = new Map<string, Buffer>();
+  for (const name of listXattrs(path).sort()) {
+    const v = getXattr(path, name);
+    if (v) out.set(name, v);
+  }
+  return out;
+}
+
+export function setXattr(path: string, name: string, value: Buffer): void {
+  check(posix().lsetxattr(path, name, value, 0), `lsetxattr ${path} ${name}`);
+}
+
+export function removeXattr(path: string, name: string): void {
+  check(posix().lremovexattr(path, name), `lremovexattr ${path} ${name}`);
+}

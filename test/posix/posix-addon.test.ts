@@ -1,0 +1,126 @@
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import { promises as fsp } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { mknod, S_IFBLK, S_IFCHR, S_IFIFO, S_IFSOCK } from '../../src/posix/mknod.js';
+import { posix } from '../../src/posix/native.js';
+import { readdirNoAtime } from '../../src/posix/readdir.js';
+import { setTimesNs } from '../../src/posix/set-times.js';
+import { getXattr, listXattrs, readXattrs, removeXattr, setXattr } from '../../src/posix/xattr.js';
+
+/**
+ * The project's own addon (native/posix) through its wrappers in src/posix: what Node cannot
+ * do — mknod of every node type, times to the ns with UTIME_OMIT and without following a
+ * symlink, flock, and xattrs of a path itself — checked against lstat and a second process.
+ */
+describe('src/posix (native/posix addon)', () => {
+  let dir: string;
+  beforeAll(async () => {
+    dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'twinfs-posix-'));
+  });
+  afterAll(() => fsp.rm(dir, { recursive: true, force: true }));
+
+  it('mknod makes fifos, devices and sockets with the exact mode and rdev', async () => {
+    const cases: Array<[string, number, number, (s: fs.Stats) => boolean]> = [
+      ['fifo', S_IFIFO | 0o640, 0, (s) => s.isFIFO()],
+      ['chr', S_IFCHR | 0o600, makedev(1, 3), (s) => s.isCharacterDevice()],
+      ['blk', S_IFBLK | 0o660, makedev(259, 70000), (s) => s.isBlockDevice()],
+      ['sock', S_IFSOCK | 0o751, 0, (s) => s.isSocket()],
+    ];
+    const old = process.umask(0o077);
+    try {
+      for (const [name, mode, dev, is] of cases) {
+        const p = path.join(dir, name);
+        await mknod(p, mode, dev);
+        const st = await fsp.lstat(p);
+        expect(is(st), name).toBe(true);
+        expect(st.mode & 0o7777, name).toBe(mode & 0o7777);
+        if (dev) expect(st.rdev, name).toBe(dev);
+      }
+    } finally {
+      process.umask(old);
+    }
+    await expect(mknod(path.join(dir, 'fifo'), S_IFIFO | 0o600, 0)).rejects.toMatchObject({ code: 'EEXIST' });
+    await expect(mknod(path.join(dir, 'no/such'), S_IFSOCK | 0o600, 0)).rejects.toMatchObject({
+      code: 'ENOENT',
+    });
+  });
+
+  it('sets times to the ns, leaves one alone (UTIME_OMIT), and sets a symlink’s own times', async () => {
+    const f = path.join(dir, 'times');
+    await fsp.writeFile(f, 'x');
+    const a = 1_700_000_000_123_456_789n;
+    const m = 1_600_000_000_987_654_321n;
+    setTimesNs(f, a, m);
+    let st = await fsp.lstat(f, { bigint: true });
+    expect([st.atimeNs, st.mtimeNs]).toEqual([a, m]);
+    setTimesNs(f, null, m + 1n);
+    st = await fsp.lstat(f, { bigint: true });
+    expect([st.atimeNs, st.mtimeNs]).toEqual([a, m + 1n]);
+    // Before 1970 too (negative ns, tv_nsec kept in range).
+    setTimesNs(f, -1_500_000_001n, null);
+    expect((await fsp.lstat(f, { bigint: true })).atimeNs).toBe(-1_500_000_001n);
+    const l = path.join(dir, 'link');
+    await fsp.symlink('times', l);
+    setTimesNs(l, 5n, 7_000_000_011n);
+    expect((await fsp.lstat(l, { bigint: true })).mtimeNs).toBe(7_000_000_011n);
+    expect((await fsp.lstat(f, { bigint: true })).mtimeNs).toBe(m + 1n);
+    expect(() => setTimesNs(path.join(dir, 'missing'), 1n, 1n)).toThrow(
+      expect.objectContaining({ code: 'ENOENT' }),
+    );
+  });
+
+  it('readdirNoAtime lists a directory without moving its atime (Node’s readdir moves it)', async () => {
+    const sub = path.join(dir, 'listed');
+    await fsp.mkdir(sub);
+    await fsp.writeFile(path.join(sub, 'one'), '');
+    await fsp.mkdir(path.join(sub, 'two'));
+    const atime = 1_000_000_000_000_000_001n;
+    // Setting times makes ctime newer than atime: relatime moves atime at the next read.
+    setTimesNs(sub, atime, 2_000_000_000_000_000_000n);
+    expect(readdirNoAtime(sub).sort()).toEqual(['one', 'two']);
+    expect((await fsp.lstat(sub, { bigint: true })).atimeNs).toBe(atime);
+    await fsp.readdir(sub);
+    expect((await fsp.lstat(sub, { bigint: true })).atimeNs).not.toBe(atime);
+    expect(() => readdirNoAtime(path.join(sub, 'one'))).toThrow(expect.objectContaining({ code: 'ENOTDIR' }));
+  });
+
+  it('flock: exclusive, non-blocking, held against another process until the descriptor closes', async () => {
+    const f = path.join(dir, 'lock');
+    const fd = fs.openSync(f, 'w');
+    expect(posix().flock(fd, true, true)).toBe(0);
+    const other = () =>
+      spawnSync('flock', ['-n', '-x', f, 'true'], { encoding: 'utf8', timeout: 10_000 }).status;
+    expect(other()).toBe(1);
+    fs.closeSync(fd);
+    expect(other()).toBe(0);
+  });
+
+  it('xattrs of the path itself: a symlink’s own, binary values, a vanished one is undefined', async () => {
+    const f = path.join(dir, 'x');
+    await fsp.writeFile(f, '');
+    const bin = Buffer.from([0, 1, 2, 255]);
+    setXattr(f, 'user.b', bin);
+    setXattr(f, 'user.a', Buffer.from('text'));
+    expect(listXattrs(f).sort()).toEqual(['user.a', 'user.b']);
+    expect(getXattr(f, 'user.b')).toEqual(bin);
+    expect([...readXattrs(f).keys()]).toEqual(['user.a', 'user.b']);
+    removeXattr(f, 'user.a');
+    expect(getXattr(f, 'user.a')).toBeUndefined();
+    const l = path.join(dir, 'xl');
+    await fsp.symlink('x', l);
+    // trusted.* may sit on a symlink (root only); user.* may not. The target is left alone.
+    setXattr(l, 'trusted.own', Buffer.from('mine'));
+    expect(listXattrs(l)).toEqual(['trusted.own']);
+    expect(getXattr(f, 'trusted.own')).toBeUndefined();
+    expect(() => setXattr(l, 'user.no', Buffer.from('x'))).toThrow(
+      expect.objectContaining({ code: 'EPERM' }),
+    );
+  });
+});
+
+function makedev(major: number, minor: number): number {
+  return (minor & 0xff) | ((major & 0xfff) << 8) | ((minor & ~0xff) << 12);
+}
