@@ -61,8 +61,10 @@ export async function loadCompleteSnapshot(
 
 /**
  * Restores a snapshot (or paths of it) into a directory: content byte for byte (verified
- * against the catalog's hash; runs of zeros as holes), mode, owner (as root), mtime, symlinks
- * as symlinks. Each file is on disk (fdatasync) before it takes its name, and the directories
+ * against the catalog's hash; runs of zeros as holes), mode, owner (as root, symlinks too),
+ * xattrs and ACLs, atime and mtime to the ns (when the snapshot recorded them), symlinks as
+ * symlinks, the names of a hard-linked file as links of one file, fifos, devices and sockets
+ * as nodes (docs/architecture.md, "Faithful restore"). Each file is on disk (fdatasync) before it takes its name, and the directories
  * that received names are fsync'd before restore returns. Nothing is
  * ever written outside `to`: paths with '..' are refused, and so is any existing or restored
  * symlink on the way to an entry. Files are written to a temporary name and renamed into place,
