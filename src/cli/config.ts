@@ -23,6 +23,8 @@ export interface ServeConfig {
   tokenFile?: string;
   /** Longest a prepare may hold writes, ms (default 1000). */
   maxStallMs?: number;
+  /** Longest the kernel write-back of dirty mmap pages before a prepare may take, ms (default 10000). */
+  kernelSyncTimeoutMs?: number;
   tlsCert?: string;
   tlsKey?: string;
   /** Serve the mount over SMB with a supervised smbd (docs/smb.md). */
@@ -43,6 +45,7 @@ const SCHEMA: Record<keyof ServeConfig, 'string' | 'number' | 'boolean' | 'objec
   control: 'string',
   tokenFile: 'string',
   maxStallMs: 'number',
+  kernelSyncTimeoutMs: 'number',
   tlsCert: 'string',
   tlsKey: 'string',
   smb: 'object',

@@ -126,7 +126,12 @@ export async function serve(args: ServeArgs): Promise<number> {
         cfg.tlsCert && cfg.tlsKey
           ? { cert: await fsp.readFile(cfg.tlsCert), key: await fsp.readFile(cfg.tlsKey) }
           : undefined;
-      service = new BackupService({ fs, mirror, maxStallMs: cfg.maxStallMs });
+      service = new BackupService({
+        fs,
+        mirror,
+        maxStallMs: cfg.maxStallMs,
+        kernelSyncTimeoutMs: cfg.kernelSyncTimeoutMs,
+      });
       plugins = await startPlugins(service, args.pluginDirs, mirror?.deviceId);
       control = await ControlServer.start({
         statusExtras: async () => ({ smb: smbRef ? await smbRef.status() : null }),

@@ -19,6 +19,8 @@ export const ErrorCodes = {
   ETWIN_NOT_MOUNTED: 'the directory is not a twinfs/FUSE mount',
   ETWIN_PATH_ESCAPE: 'the path escapes the volume root',
   ETWIN_WRITEBACK: 'cached data could not be written to the primary',
+  ETWIN_KERNEL_WRITEBACK:
+    'the kernel did not write back dirty mmap pages of the mount in time; prepare refused',
   ETWIN_MIRROR_FOREIGN: 'the mirror belongs to another primary or is not a twinfs mirror',
   ETWIN_MIRROR_BROKEN: 'the mirror cannot be written; pairs are BROKEN until repaired',
   ETWIN_SPLIT_CONFLICT: 'the files are already split by another holder',
