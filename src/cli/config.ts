@@ -23,7 +23,7 @@ export interface ServeConfig {
   tokenFile?: string;
   /** Longest a prepare may hold writes, ms (default 1000). */
   maxStallMs?: number;
-  /** Longest the kernel write-back of dirty mmap pages before a prepare may take, ms (default 10000). */
+  /** Longest the kernel write-back of dirty mmap pages before a prepare may take, ms (default 30000). */
   kernelSyncTimeoutMs?: number;
   tlsCert?: string;
   tlsKey?: string;

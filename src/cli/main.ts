@@ -62,7 +62,7 @@ async function main(argv: string[]): Promise<number> {
           .option('kernel-sync-timeout-ms', {
             type: 'number',
             describe:
-              'longest a prepare waits for the kernel to write back dirty mmap pages of the mount (default 10000)',
+              'longest a prepare waits for the kernel to write back dirty mmap pages of the mount (default 30000)',
           })
           .option('tls-cert', { type: 'string', describe: 'serve wss:// with this certificate (PEM)' })
           .option('tls-key', { type: 'string', describe: 'private key (PEM) for --tls-cert' })

@@ -23,10 +23,10 @@ export interface BackupServiceOptions {
   maxItems?: number;
   /**
    * Writes back the kernel's dirty pages of the mount (shared writable mmaps) before writes are
-   * inhibited. Default: `sync -f MOUNT` in a child process, timing out after kernelSyncTimeoutMs.
+   * inhibited. Default: `sync -d -- MOUNT/NAME...` in a child process (fusefs/kernel-writeback.ts).
    */
   kernelWriteback?: Pick<KernelWriteback, 'sync'>;
-  /** Longest the kernel write-back before a prepare may take, ms (default 10000). */
+  /** Longest the kernel write-back before a prepare may take, ms (default 30000). */
   kernelSyncTimeoutMs?: number;
 }
 

@@ -5,7 +5,7 @@ import { TwinError } from '../common/errors.js';
 export interface KernelWritebackOptions {
   /** The mount whose dirty pages are written back. */
   mountPoint: string;
-  /** Longest one write-back may take, ms (default 10000). */
+  /** Longest one write-back may take, ms (default 30000). */
   timeoutMs?: number;
   /** The program run for it (default coreutils `sync`, called as `sync -d -- FILE...`). */
   syncCommand?: string;
@@ -37,7 +37,7 @@ export class KernelWriteback {
   private stuck: ChildProcess | null = null;
 
   constructor(private readonly opts: KernelWritebackOptions) {
-    this.timeoutMs = opts.timeoutMs ?? 10_000;
+    this.timeoutMs = opts.timeoutMs ?? 30_000;
   }
 
   /**
