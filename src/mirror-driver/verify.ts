@@ -88,6 +88,20 @@ export async function verifyTrees(
   return { ok: diffs.length === 0, checked, skipped, differences: diffs };
 }
 
+/**
+ * Compares one entry (volume path p, '' for the roots themselves) of both trees, content
+ * included: what verifyTrees would report for it, or [] when they match.
+ */
+export async function compareOne(primaryRoot: string, mirrorRoot: string, p: string): Promise<Difference[]> {
+  const [ps, ms] = await Promise.all([
+    fsp.lstat(primaryRoot + p).catch(() => undefined),
+    fsp.lstat(mirrorRoot + p).catch(() => undefined),
+  ]);
+  if (!ps) return ms ? [{ path: p, kind: 'extra-in-mirror' }] : [];
+  if (!ms) return [{ path: p, kind: 'missing-in-mirror' }];
+  return compareEntry(primaryRoot, mirrorRoot, p, ps, ms, true);
+}
+
 async function compareEntry(
   primaryRoot: string,
   mirrorRoot: string,
