@@ -137,10 +137,15 @@ export class BackupService {
     // not stall. Pages dirtied again after it stay in the kernel with no request at all: that
     // window is documented in docs/architecture.md (backup sequence).
     const inos = await this.linkedInodes(selector);
-    await this.syncKernelPages(selector, inos);
+    try {
+      await this.syncKernelPages(selector, inos);
+    } catch (err) {
+      this.stall.failedPrepares++;
+      throw err;
+    }
     // Write back what is already cached before writes are held (as VSS flushes before it
     // freezes): the stall then covers only what was written since, not the whole backlog.
-    const hit = (p: string, ino: number) => covers(selector, p) || inos.includes(ino);
+    const hit = this.selectionMatcher(selector, inos);
     await this.opts.fs.flushWhere(hit).catch(() => undefined);
     await mirror.barrier();
     const t0 = performance.now();
@@ -284,16 +289,23 @@ export class BackupService {
     const inhibitor = this.requireInhibitor();
     const reservation = { kind: 'freeze' as const, selector };
     this.reserved.add(reservation);
-    const inos = await this.linkedInodes(selector);
+    let inos: number[];
+    try {
+      inos = await this.linkedInodes(selector);
+      // As in prepare: pages written through mmap reach us only once the kernel sends them.
+      await this.syncKernelPages(selector, inos);
+    } catch (err) {
+      this.reserved.delete(reservation);
+      throw err;
+    }
+    const hit = this.selectionMatcher(selector, inos);
     const inhibition = inhibitor.inhibit({ ...toInhibitSelector(selector), inos });
     const t0 = performance.now();
     try {
       await inhibition.drained();
-      await this.opts.fs
-        .flushWhere((p, ino) => covers(selector, p) || inos.includes(ino))
-        .catch((err) => {
-          throw writebackError(err);
-        });
+      await this.opts.fs.flushWhere(hit).catch((err) => {
+        throw writebackError(err);
+      });
     } catch (err) {
       inhibition.release();
       throw err;
@@ -384,6 +396,20 @@ export class BackupService {
   }
 
   /**
+   * Which cached files a selection's flush takes: those whose (current) name it covers, other
+   * names of selected inodes, and, for a subtree, any multiply-linked file: the cache keeps one
+   * name per inode, possibly one outside the subtree for a file inside it. Flushing one file
+   * too many costs a write-back that was due anyway.
+   */
+  private selectionMatcher(selector: Selector, inos: number[]): (p: string, ino: number) => boolean {
+    const fs = this.opts.fs;
+    return (p, ino) =>
+      covers(selector, p) ||
+      inos.includes(ino) ||
+      (selector.subtrees !== undefined && isMultiplyLinked(fs.paths.backing(p)));
+  }
+
+  /**
    * Runs the kernel write-back for every name open for writing that may show a selected file:
    * names inside the selection, other names of selected inodes, and, for a subtree, any name of
    * a multiply-linked file (it may be a name of a file inside; an fsync too many costs little).
@@ -392,15 +418,11 @@ export class BackupService {
   private async syncKernelPages(selector: Selector, inos: number[]): Promise<void> {
     const k = this.stall.kernelSync;
     const fs = this.opts.fs;
+    const hit = this.selectionMatcher(selector, inos);
     const names = () =>
       fs
         .openForWriting()
-        .filter(
-          (e) =>
-            covers(selector, e.path) ||
-            inos.includes(e.ino) ||
-            (selector.subtrees !== undefined && isMultiplyLinked(fs.paths.backing(e.path))),
-        )
+        .filter((e) => hit(e.path, e.ino))
         .map((e) => e.path);
     try {
       const { ms } = await this.kernelWriteback.sync(names);
@@ -408,7 +430,6 @@ export class BackupService {
       k.maxMs = Math.max(k.maxMs, ms);
     } catch (err) {
       k.failures++;
-      this.stall.failedPrepares++;
       throw err;
     }
   }

@@ -152,6 +152,34 @@ describe('prepare writes back the kernel dirty pages of shared writable mappings
     }
   });
 
+  it('a subtree prepare writes back data cached under a name outside it of a file inside it', async () => {
+    // Not mmap: our cache keeps one name per inode, here the outside one the data came through.
+    await shOk(
+      `mkdir '${fx.mnt}/sub2' && : > '${fx.mnt}/sub2/t1' && ln '${fx.mnt}/sub2/t1' '${fx.mnt}/t2' && head -c ${MiB} /dev/zero | tr '\\0' T > '${fx.mnt}/t2'`,
+      { timeoutMs: 20_000 },
+    );
+    const p = await c.prepare({ subtree: '/sub2' });
+    try {
+      const copy = await mirrorCopy(p, '/sub2/t1');
+      expect(copy.length).toBe(MiB);
+      expect(countOther(copy, 'T')).toBe(0);
+    } finally {
+      await c.release(p.backupId);
+    }
+  });
+
+  it('an operator freeze writes back mapped pages too: the primary holds them while frozen', async () => {
+    await writer(path.join(fx.mnt, 'fz.dat'), MiB, 'F');
+    const fz: any = await c.request('freeze', { selector: { paths: ['/fz.dat'] } });
+    try {
+      const onPrimary = await fsp.readFile(path.join(fx.primary, 'fz.dat'));
+      expect(onPrimary.length).toBe(MiB);
+      expect(countOther(onPrimary, 'F')).toBe(0);
+    } finally {
+      await c.request('thaw', { freezeId: fz.freezeId });
+    }
+  });
+
   it('a kernel write-back that cannot finish in time fails prepare with ETWIN_KERNEL_WRITEBACK and leaves nothing split or held', async () => {
     // Real cause: an operator freeze holds the WRITE requests of the selected file's dirty
     // mapping, so the fsync through the mount waits for them (as it would behind a hung disk).
