@@ -23,6 +23,8 @@ export interface ServeConfig {
   tokenFile?: string;
   /** Longest a prepare may hold writes, ms (default 1000). */
   maxStallMs?: number;
+  /** Longest the kernel write-back of dirty mmap pages before a prepare may take, ms (default 30000). */
+  kernelSyncTimeoutMs?: number;
   tlsCert?: string;
   tlsKey?: string;
   /** A second token file whose token may only look (status, verify); created 0600 if missing. */
@@ -49,6 +51,7 @@ const SCHEMA: Record<keyof ServeConfig, 'string' | 'number' | 'boolean' | 'objec
   control: 'string',
   tokenFile: 'string',
   maxStallMs: 'number',
+  kernelSyncTimeoutMs: 'number',
   tlsCert: 'string',
   tlsKey: 'string',
   readTokenFile: 'string',

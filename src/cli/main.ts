@@ -60,6 +60,11 @@ async function main(argv: string[]): Promise<number> {
             type: 'number',
             describe: 'longest a backup prepare may hold writes (default 1000)',
           })
+          .option('kernel-sync-timeout-ms', {
+            type: 'number',
+            describe:
+              'longest a prepare waits for the kernel to write back dirty mmap pages of the mount (default 30000)',
+          })
           .option('tls-cert', { type: 'string', describe: 'serve wss:// with this certificate (PEM)' })
           .option('tls-key', { type: 'string', describe: 'private key (PEM) for --tls-cert' })
           .option('read-token-file', {
@@ -118,6 +123,7 @@ async function main(argv: string[]): Promise<number> {
           control: a.control,
           tokenFile: a['token-file'],
           maxStallMs: a['max-stall-ms'],
+          kernelSyncTimeoutMs: a['kernel-sync-timeout-ms'],
           tlsCert: a['tls-cert'],
           tlsKey: a['tls-key'],
           readTokenFile: a['read-token-file'],

@@ -121,7 +121,12 @@ export async function serve(args: ServeArgs): Promise<number> {
   let plugins: { dispose(): Promise<void> } | undefined;
   const token = controlSetup?.tokens.operatorToken ?? '';
   if (control) {
-    service = new BackupService({ fs, mirror, maxStallMs: cfg.maxStallMs });
+    service = new BackupService({
+      fs,
+      mirror,
+      maxStallMs: cfg.maxStallMs,
+      kernelSyncTimeoutMs: cfg.kernelSyncTimeoutMs,
+    });
     plugins = await startPlugins(service, args.pluginDirs, mirror?.deviceId);
     control.attach({
       statusExtras: async () => ({ smb: smbRef ? await smbRef.status() : null }),

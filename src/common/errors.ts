@@ -26,6 +26,8 @@ export const ErrorCodes = {
     'cached data could not be written to the primary at shutdown; it is kept in the spill journal and written back at the next start',
   ETWIN_SPILL_REPLAY: 'the spill journal could not be written back to the primary; the volume is not mounted',
   ETWIN_SPILL_RESERVE: 'the state directory cannot hold the space reserved for the spill journal',
+  ETWIN_KERNEL_WRITEBACK:
+    'the kernel did not write back dirty mmap pages of the mount in time; prepare refused',
   ETWIN_MIRROR_FOREIGN: 'the mirror belongs to another primary or is not a twinfs mirror',
   ETWIN_MIRROR_BROKEN: 'the mirror cannot be written; pairs are BROKEN until repaired',
   ETWIN_SPLIT_CONFLICT: 'the files are already split by another holder',

@@ -1,9 +1,10 @@
 import { randomUUID } from 'node:crypto';
-import { promises as fsp } from 'node:fs';
+import { promises as fsp, lstatSync } from 'node:fs';
 import { TwinError } from '../common/errors.js';
 import { Emitter } from '../common/event.js';
 import { covers, type Selector, selectorsOverlap } from '../common/selector.js';
 import type { TwinFs } from '../fusefs/filesystem.js';
+import { KernelWriteback } from '../fusefs/kernel-writeback.js';
 import { VolumePaths } from '../fusefs/volume-paths.js';
 import type { Inhibition } from '../fusefs/write-inhibitor.js';
 import { walk } from '../mirror-driver/entry-sync.js';
@@ -20,6 +21,13 @@ export interface BackupServiceOptions {
   freezeTimeoutMs?: number;
   /** Largest item list a prepare reply carries. */
   maxItems?: number;
+  /**
+   * Writes back the kernel's dirty pages of the mount (shared writable mmaps) before writes are
+   * inhibited. Default: `sync -d -- MOUNT/NAME...` in a child process (fusefs/kernel-writeback.ts).
+   */
+  kernelWriteback?: Pick<KernelWriteback, 'sync'>;
+  /** Longest the kernel write-back before a prepare may take, ms (default 30000). */
+  kernelSyncTimeoutMs?: number;
 }
 
 interface ActiveBackup {
@@ -52,6 +60,8 @@ export interface StallStats {
   lastStallMs: number | null;
   /** The last 100 stalls, ms, oldest first (for percentiles). */
   recentMs: number[];
+  /** The kernel write-back before the inhibition (not part of the stall: writes flow). */
+  kernelSync: { lastMs: number | null; maxMs: number; failures: number };
 }
 
 /**
@@ -79,7 +89,9 @@ export class BackupService {
     maxStallMs: 0,
     lastStallMs: null,
     recentMs: [],
+    kernelSync: { lastMs: null, maxMs: 0, failures: 0 },
   };
+  private readonly kernelWriteback: Pick<KernelWriteback, 'sync'>;
 
   private readonly _onEvent = new Emitter<{ event: string; data: Record<string, unknown> }>();
   /** frozen, thawed, split, released, resynced, lease-expired. */
@@ -90,6 +102,9 @@ export class BackupService {
     this.defaultLeaseMs = opts.defaultLeaseMs ?? 60_000;
     this.freezeTimeoutMs = opts.freezeTimeoutMs ?? 30_000;
     this.maxItems = opts.maxItems ?? 5000;
+    this.kernelWriteback =
+      opts.kernelWriteback ??
+      new KernelWriteback({ mountPoint: opts.fs.mountPoint, timeoutMs: opts.kernelSyncTimeoutMs });
   }
 
   async prepare(
@@ -119,10 +134,21 @@ export class BackupService {
     budget: number,
     o: { owner: string; leaseMs?: number; listItems?: boolean },
   ): Promise<PrepareResult> {
+    // The kernel's dirty pages of shared writable mmaps reach us only as WRITE requests, when
+    // the kernel decides; make it send them now, before the inhibition would hold them (and the
+    // child waiting for them with it). Writes keep flowing meanwhile, so this is prepare latency,
+    // not stall. Pages dirtied again after it stay in the kernel with no request at all: that
+    // window is documented in docs/architecture.md (backup sequence).
+    const inos = await this.linkedInodes(selector);
+    try {
+      await this.syncKernelPages(selector, inos);
+    } catch (err) {
+      this.stall.failedPrepares++;
+      throw err;
+    }
     // Write back what is already cached before writes are held (as VSS flushes before it
     // freezes): the stall then covers only what was written since, not the whole backlog.
-    const inos = await this.linkedInodes(selector);
-    const hit = (p: string, ino: number) => covers(selector, p) || inos.includes(ino);
+    const hit = this.selectionMatcher(selector, inos);
     await this.opts.fs.flushWhere(hit).catch(() => undefined);
     await mirror.barrier();
     const t0 = performance.now();
@@ -276,16 +302,23 @@ export class BackupService {
     const inhibitor = this.requireInhibitor();
     const reservation = { kind: 'freeze' as const, selector };
     this.reserved.add(reservation);
-    const inos = await this.linkedInodes(selector);
+    let inos: number[];
+    try {
+      inos = await this.linkedInodes(selector);
+      // As in prepare: pages written through mmap reach us only once the kernel sends them.
+      await this.syncKernelPages(selector, inos);
+    } catch (err) {
+      this.reserved.delete(reservation);
+      throw err;
+    }
+    const hit = this.selectionMatcher(selector, inos);
     const inhibition = inhibitor.inhibit({ ...toInhibitSelector(selector), inos });
     const t0 = performance.now();
     try {
       await inhibition.drained();
-      await this.opts.fs
-        .flushWhere((p, ino) => covers(selector, p) || inos.includes(ino))
-        .catch((err) => {
-          throw writebackError(err);
-        });
+      await this.opts.fs.flushWhere(hit).catch((err) => {
+        throw writebackError(err);
+      });
     } catch (err) {
       inhibition.release();
       throw err;
@@ -318,6 +351,7 @@ export class BackupService {
       stall: {
         ...this.stall,
         recentMs: [...this.stall.recentMs],
+        kernelSync: { ...this.stall.kernelSync },
         inhibitor: this.opts.fs.inhibitor?.getStats() ?? null,
       },
       backups: [...this.backups.values()].map((b) => ({
@@ -372,6 +406,45 @@ export class BackupService {
       if (st?.isFile() && st.nlink > 1) out.push(st.ino);
     }
     return out;
+  }
+
+  /**
+   * Which cached files a selection's flush takes: those whose (current) name it covers, other
+   * names of selected inodes, and, for a subtree, any multiply-linked file: the cache keeps one
+   * name per inode, possibly one outside the subtree for a file inside it. Flushing one file
+   * too many costs a write-back that was due anyway.
+   */
+  private selectionMatcher(selector: Selector, inos: number[]): (p: string, ino: number) => boolean {
+    const fs = this.opts.fs;
+    return (p, ino) =>
+      covers(selector, p) ||
+      inos.includes(ino) ||
+      (selector.subtrees !== undefined && isMultiplyLinked(fs.paths.backing(p)));
+  }
+
+  /**
+   * Runs the kernel write-back for every name open for writing that may show a selected file:
+   * names inside the selection, other names of selected inodes, and, for a subtree, any name of
+   * a multiply-linked file (it may be a name of a file inside; an fsync too many costs little).
+   * A failure refuses the prepare: nothing is inhibited or split yet.
+   */
+  private async syncKernelPages(selector: Selector, inos: number[]): Promise<void> {
+    const k = this.stall.kernelSync;
+    const fs = this.opts.fs;
+    const hit = this.selectionMatcher(selector, inos);
+    const names = () =>
+      fs
+        .openForWriting()
+        .filter((e) => hit(e.path, e.ino))
+        .map((e) => e.path);
+    try {
+      const { ms } = await this.kernelWriteback.sync(names);
+      k.lastMs = ms;
+      k.maxMs = Math.max(k.maxMs, ms);
+    } catch (err) {
+      k.failures++;
+      throw err;
+    }
   }
 
   private requireMirror(): MirrorDriver {
@@ -541,6 +614,14 @@ export function writebackError(err: unknown): TwinError {
     { errno: codes },
     { cause: err },
   );
+}
+
+function isMultiplyLinked(backing: string): boolean {
+  try {
+    return lstatSync(backing).nlink > 1;
+  } catch {
+    return false;
+  }
 }
 
 /** @internal */

@@ -190,6 +190,14 @@ export class TwinFs {
     await Promise.all(nodes.map((n) => this.cache.flush(n)));
   }
 
+  /**
+   * Volume paths under which a file is open for writing, with its inode: the only names whose
+   * kernel inodes can hold dirty pages of a shared writable mapping (open-names.ts).
+   */
+  openForWriting(): Array<{ path: string; ino: number }> {
+    return this.ops.openNames.list();
+  }
+
   /** Writes back all cached data (and makes it durable with sync). */
   flushAll(opts: { sync?: boolean } = {}): Promise<void> {
     return this.cache.flushAll(opts);

@@ -5,6 +5,7 @@ import { mknod } from '../posix/mknod.js';
 import { nsToMs, setTimesNs } from '../posix/set-times.js';
 import { type ChangeSink, nullSink, type WriteGate } from './change-sink.js';
 import { errnoError } from './errno.js';
+import { OpenNames } from './open-names.js';
 import { parentOf, type VolumePaths } from './volume-paths.js';
 import type { FileNode, WritebackCache } from './writeback-cache.js';
 
@@ -89,6 +90,8 @@ export class VolumeOps {
   private readonly gate: WriteGate;
   private readonly flushOnClose: boolean;
   private readonly handles = new Map<number, FileNode>();
+  /** Names with a handle open for writing: where the kernel may hold dirty mapped pages. */
+  readonly openNames = new OpenNames();
   private nextHandle = 1;
   private readonly myUid = process.getuid?.() ?? 0;
   private readonly myGid = process.getgid?.() ?? 0;
@@ -206,11 +209,14 @@ export class VolumeOps {
       // A hard link may have been opened under another name, since unlinked: report changes
       // under a name that exists.
       existing.path = path;
-      return this.newHandle(existing);
+      return this.newHandle(existing, wantsWrite(flags) ? path : undefined);
     }
     const { fd, writable } = await openCacheFd(backing, flags);
     const fst = fstatFd(fd);
-    return this.newHandle(this.cache.adopt(fst.ino, path, fd, writable));
+    return this.newHandle(
+      this.cache.adopt(fst.ino, path, fd, writable),
+      wantsWrite(flags) ? path : undefined,
+    );
   }
 
   async create(path: string, mode: number, ctx: CallerContext | undefined): Promise<number> {
@@ -224,7 +230,7 @@ export class VolumeOps {
       const fst = fstatFd(fd);
       const node = this.cache.adopt(fst.ino, path, fd, true);
       await this.sink.apply({ op: 'create', path, mode: fst.mode, uid: fst.uid, gid: fst.gid });
-      return this.newHandle(node);
+      return this.newHandle(node, path);
     } finally {
       pass.done();
     }
@@ -323,6 +329,7 @@ export class VolumeOps {
     const node = this.handles.get(fh);
     if (!node) return;
     this.handles.delete(fh);
+    this.openNames.delete(fh);
     await this.cache.unref(node);
   }
 
@@ -457,6 +464,7 @@ export class VolumeOps {
       // Update cached paths and report in one synchronous step, so a concurrent flush reports
       // its writes either before the rename under the old path or after it under the new one.
       this.cache.renamed(from, to);
+      this.openNames.renamed(from, to);
       await this.sink.apply({ op: 'rename', path: to, from });
       if (replaced && dest!.nlink <= 1 && replaced.refs === 0) await this.cache.discard(replaced);
       else if (replaced) await this.releaseIfIdle(replaced);
@@ -572,11 +580,13 @@ export class VolumeOps {
     return node;
   }
 
-  private newHandle(node: FileNode): number {
+  /** writtenAs: the name a handle opened for writing was opened under (see open-names.ts). */
+  private newHandle(node: FileNode, writtenAs?: string): number {
     let fh = this.nextHandle++;
     if (this.nextHandle > 0x7ffffff0) this.nextHandle = 1;
     while (this.handles.has(fh)) fh = this.nextHandle++;
     this.handles.set(fh, node);
+    if (writtenAs !== undefined) this.openNames.add(fh, writtenAs, node.ino);
     return fh;
   }
 

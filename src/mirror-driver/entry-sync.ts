@@ -3,6 +3,7 @@ import type * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import * as xattr from 'fs-xattr';
+import { isNoXattrSupport, readXattrs, removeXattr } from '../common/xattrs.js';
 import { mknod } from '../posix/mknod.js';
 import { msToNs, setTimesNs } from '../posix/set-times.js';
 import type { RangeSet } from './range-set.js';
@@ -209,20 +210,36 @@ export async function syncMeta(
   if (chown) await fsp.lchown(mirror, pst.uid, pst.gid);
   if (!link && (chown || !pst.isFile() || pst.mode & 0o7000)) await fsp.chmod(mirror, pst.mode & 0o7777);
   if (!link) {
-    const want = await xattr.listAttributes(primary).catch(() => [] as string[]);
-    const have = fresh ? [] : await xattr.listAttributes(mirror).catch(() => [] as string[]);
-    for (const name of want) {
-      const v = await xattr.getAttribute(primary, name).catch(() => undefined);
-      if (v) await xattr.setAttribute(mirror, name, v).catch(() => undefined);
-    }
-    for (const name of have)
-      if (!want.includes(name)) await xattr.removeAttribute(mirror, name).catch(() => undefined);
+    // An attribute removed between list and get is not there (common/xattrs.ts), so the mirror
+    // loses it too; an entry gone from the primary has none (its unlink is on its way). A
+    // mirror that refuses an attribute breaks the pair (the caller's catch), never silently.
+    const want = await readXattrs(primary).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'ENOENT') return new Map<string, Buffer>();
+      throw err;
+    });
+    const have = fresh ? [] : [...(await readXattrNames(mirror))];
+    for (const [name, v] of want) await tolerateNoSupport(xattr.setAttribute(mirror, name, v));
+    for (const name of have) if (!want.has(name)) await tolerateNoSupport(removeXattr(mirror, name));
   }
   // Times to the ns, and as they are now: copying the data just read the primary, which may
   // have moved its atime (relatime), and pst is older than that read.
   const times = await fsp.lstat(primary, { bigint: true }).catch(() => undefined);
   if (times) setTimesNs(mirror, times.atimeNs, times.mtimeNs);
   else setTimesNs(mirror, msToNs(pst.atimeMs), msToNs(pst.mtimeMs));
+}
+
+async function readXattrNames(file: string): Promise<string[]> {
+  return xattr.listAttributes(file).catch((err) => {
+    if (isNoXattrSupport(err)) return [];
+    throw err;
+  });
+}
+
+/** A mirror file system without xattrs (of a namespace) keeps none: not a broken pair. */
+async function tolerateNoSupport(p: Promise<void>): Promise<void> {
+  await p.catch((err) => {
+    if (!isNoXattrSupport(err)) throw err;
+  });
 }
 
 export interface TreeEntry {

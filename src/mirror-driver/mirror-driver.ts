@@ -15,7 +15,7 @@ import { Journal, type JournalRecord } from './journal.js';
 import { mergeLinkedRanges } from './linked-ranges.js';
 import { MirrorWriter } from './mirror-writer.js';
 import { covers, coversUnder, type Selector, SplitTracker } from './split-tracker.js';
-import { type VerifyReport, verifyTrees } from './verify.js';
+import { compareOne, type Difference, type VerifyReport, verifyTrees } from './verify.js';
 
 /** Changes that modify an inode's content or metadata (not its names). */
 const INODE_OPS = new Set<Change['op']>([
@@ -847,18 +847,66 @@ export class MirrorDriver implements ChangeSink {
           bytes += r.bytes;
           entries += r.entries;
         }
+        // Copying is not proof: the pair is PAIR again only where a comparison says so.
+        for (const d of await this.verifyRepaired(t))
+          this.markBroken(
+            d.path || '/',
+            Object.assign(new Error(`the mirror still differs after the repair (${d.kind})`), {
+              code: 'EVERIFY',
+            }),
+          );
       } catch (err) {
         this.markBroken(t, err as NodeJS.ErrnoException);
       } finally {
         this.healing.delete(t);
       }
-      if (!this.isBroken(t)) {
+      if (!this.isBroken(t) && ![...this.broken].some((b) => t === '/' || b.startsWith(t + '/'))) {
         this.stats.repairs++;
         for (const b of cleared) void this.journal.append({ t: 'repaired', p: b }).catch(() => undefined);
         this._onDidChangeState.fire({ paths: [t], state: 'PAIR' });
       }
     }
     return { bytes, entries, remaining: [...this.broken], reasons: this.reasonsOf() };
+  }
+
+  /**
+   * Compares a repaired subtree (or file) with the primary, content included. Entries that
+   * differ — live changes in flight, or a copy that did not take — are synced and compared once
+   * more inside the change queue, where no live change interleaves; what still differs is
+   * returned (and stays BROKEN). Entries a split holds are left alone.
+   */
+  private async verifyRepaired(t: string): Promise<Difference[]> {
+    const base = t === '/' ? '' : t;
+    const suspects = [base];
+    if ((await lstatOrUndefined(this.primary + base))?.isDirectory()) {
+      const r = await verifyTrees(this.primary + base, this.layout.data + base, {
+        skip: (rel) => this.isHeld(base + rel),
+        content: true,
+        signal: this.abort.signal,
+      });
+      suspects.push(...r.differences.map((d) => base + d.path));
+    }
+    const still: Difference[] = [];
+    for (const p of new Set(suspects)) {
+      if (this.isBroken(p || '/')) continue; // the copy already failed here, with its reason
+      const diffs = await this.queue
+        .push(async () => {
+          if (p !== '' && this.heldUnder(p)) return [];
+          if ((await compareOne(this.primary, this.layout.data, p)).length === 0) return [];
+          if (p !== '') {
+            this.writer.forget(p, true);
+            await this.ensureParents(p);
+            await syncEntry(this.primary + p, this.layout.data + p);
+          } else await syncMeta(this.primary, this.layout.data);
+          return compareOne(this.primary, this.layout.data, p);
+        })
+        .catch((err) => {
+          this.markBroken(p || '/', err as NodeJS.ErrnoException);
+          return [];
+        });
+      still.push(...diffs);
+    }
+    return still;
   }
 
   /**
@@ -1128,9 +1176,10 @@ export class MirrorDriver implements ChangeSink {
     return {
       deviceId: this.deviceId,
       mirrorRoot: this.layout.data,
-      state: this.copying ? 'COPY' : this.broken.size > 0 ? 'DEGRADED' : 'PAIR',
+      state: this.copying ? 'COPY' : this.broken.size + this.healing.size > 0 ? 'DEGRADED' : 'PAIR',
       splits: [...this.splits.values()].map((s) => this.splitInfo(s)),
-      broken: [...this.broken],
+      // A pair being repaired is not PAIR until the repair has verified it.
+      broken: [...new Set([...this.broken, ...this.healing])],
       brokenReasons: this.reasonsOf(),
       queueLength: this.queue.length,
       stats: { ...this.stats },
@@ -1192,7 +1241,8 @@ export class MirrorDriver implements ChangeSink {
       }
       for (const p of s.touched) lines.push({ t: 'm', id: s.id, p });
     }
-    for (const p of this.broken) lines.push({ t: 'broken', p });
+    // Pairs being repaired are still broken: a crash mid-repair must not forget them.
+    for (const p of new Set([...this.broken, ...this.healing])) lines.push({ t: 'broken', p });
     for (const p of new Set([...this.intents.keys(), ...this.pendingIntents])) lines.push({ t: 'intent', p });
     if (this.deep) lines.push({ t: 'deep', on: true });
     return lines;

@@ -1,6 +1,7 @@
 import * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import * as xattr from 'fs-xattr';
+import { removeXattr } from '../common/xattrs.js';
 import type { Change } from '../fusefs/change-sink.js';
 import { mknod } from '../posix/mknod.js';
 import { msToNs, setTimesNs } from '../posix/set-times.js';
@@ -115,7 +116,9 @@ export class MirrorWriter {
         await xattr.setAttribute(p, c.name, c.value);
         return;
       case 'removexattr':
-        await xattr.removeAttribute(p, c.name);
+        // Already gone is the state wanted: a resync or heal may have copied the primary after
+        // this removal, before the change reached the queue.
+        await removeXattr(p, c.name);
         return;
       case 'fsync': {
         const fd = this.fds.get(c.path);

@@ -1,6 +1,6 @@
 import type { Stats } from 'node:fs';
 import { promises as fsp } from 'node:fs';
-import * as xattr from 'fs-xattr';
+import { readXattrs } from '../common/xattrs.js';
 import { hashFile } from './entry-sync.js';
 
 export type DifferenceKind =
@@ -92,6 +92,20 @@ export async function verifyTrees(
   return { ok: diffs.length === 0, checked, skipped, differences: diffs };
 }
 
+/**
+ * Compares one entry (volume path p, '' for the roots themselves) of both trees, content
+ * included: what verifyTrees would report for it, or [] when they match.
+ */
+export async function compareOne(primaryRoot: string, mirrorRoot: string, p: string): Promise<Difference[]> {
+  const [ps, ms] = await Promise.all([
+    fsp.lstat(primaryRoot + p).catch(() => undefined),
+    fsp.lstat(mirrorRoot + p).catch(() => undefined),
+  ]);
+  if (!ps) return ms ? [{ path: p, kind: 'extra-in-mirror' }] : [];
+  if (!ms) return [{ path: p, kind: 'missing-in-mirror' }];
+  return compareEntry(primaryRoot, mirrorRoot, p, ps, ms, true);
+}
+
 async function compareEntry(
   primaryRoot: string,
   mirrorRoot: string,
@@ -147,14 +161,20 @@ async function mapLimit<T>(
   await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
 }
 
+/** Attributes as one comparable string; vanished ones are absent, unreadable ones show as such. */
 async function xattrsOf(file: string): Promise<string> {
-  const names = await xattr.listAttributes(file).catch(() => [] as string[]);
-  const parts: string[] = [];
-  for (const n of names.sort()) {
-    const v = await xattr.getAttribute(file, n).catch(() => Buffer.alloc(0));
-    parts.push(`${n}=${v.toString('base64')}`);
+  let attrs: Map<string, Buffer>;
+  try {
+    attrs = await readXattrs(file);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    // Gone meanwhile: the entry's own comparison reports that.
+    return code === 'ENOENT' ? '' : `unreadable:${code ?? 'EIO'}`;
   }
-  return parts.join(',');
+  return [...attrs]
+    .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+    .map(([n, v]) => `${n}=${v.toString('base64')}`)
+    .join(',');
 }
 
 /**
