@@ -8,7 +8,7 @@ import { VolumePaths } from '../fusefs/volume-paths.js';
 import type { Inhibition } from '../fusefs/write-inhibitor.js';
 import { walk } from '../mirror-driver/entry-sync.js';
 import type { MirrorDriver, ResyncResult } from '../mirror-driver/mirror-driver.js';
-import type { Item, PrepareResult, SelectorMsg } from './protocol.js';
+import type { GenerationMsg, Item, PrepareResult, SelectorMsg } from './protocol.js';
 
 export interface BackupServiceOptions {
   fs: TwinFs;
@@ -91,7 +91,7 @@ export class BackupService {
 
   async prepare(
     sel: SelectorMsg,
-    o: { owner: string; leaseMs?: number; maxStallMs?: number; listItems?: boolean },
+    o: { owner: string; leaseMs?: number; maxStallMs?: number; listItems?: boolean; since?: GenerationMsg },
   ): Promise<PrepareResult> {
     const mirror = this.requireMirror();
     const selector = await this.resolveSelector(sel);
@@ -114,7 +114,7 @@ export class BackupService {
     sel: SelectorMsg,
     selector: Selector,
     budget: number,
-    o: { owner: string; leaseMs?: number; listItems?: boolean },
+    o: { owner: string; leaseMs?: number; listItems?: boolean; since?: GenerationMsg },
   ): Promise<PrepareResult> {
     // Write back what is already cached before writes are held (as VSS flushes before it
     // freezes): the stall then covers only what was written since, not the whole backlog.
@@ -125,6 +125,7 @@ export class BackupService {
     const t0 = performance.now();
     const inh = inhibitor.inhibit({ ...toInhibitSelector(selector), inos });
     let splitId: string | undefined;
+    let generation: GenerationMsg | undefined;
     let timedOut = false;
     const work = (async () => {
       await inh.drained();
@@ -133,6 +134,7 @@ export class BackupService {
       });
       const s = await mirror.split(selector, o.owner);
       splitId = s.splitId;
+      generation = s.generation;
       // Lost the race against the stall budget: undo at once.
       if (timedOut) void mirror.resync(s.splitId).catch(() => undefined);
     })();
@@ -203,6 +205,9 @@ export class BackupService {
       );
     }
     const { items, complete } = listed;
+    // Asked after the split: a change the record holds past its generation shows as changed,
+    // which costs a copy, never a wrong "unchanged".
+    const changes = o.since && mirror.changesSince(o.since, (p) => covers(selector, p));
     return {
       backupId,
       deviceId: mirror.deviceId,
@@ -213,6 +218,10 @@ export class BackupService {
       stallMs,
       leaseMs,
       expiresAt: b.expiresAt,
+      generation,
+      changes: changes
+        ? { since: changes.since, unknown: changes.unknown, changed: changes.changed, trees: changes.trees }
+        : undefined,
     };
   }
 

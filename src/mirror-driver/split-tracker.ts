@@ -61,6 +61,8 @@ export class SplitTracker {
   readonly frozenInos = new Map<number, string>();
   /** Names given their own copy by copy-on-write → the selected path they were linked to. */
   readonly cowNames = new Map<string, string>();
+  /** The change record's generation at the split (unset for splits recovered from the journal). */
+  generation?: { log: string; generation: number };
   private readonly paths: Set<string>;
 
   constructor(
