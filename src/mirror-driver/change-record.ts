@@ -81,6 +81,7 @@ interface RecordFile {
   self: Array<[string, number]>;
   trees: Array<[string, number]>;
   linked: string[];
+  epoch?: string;
 }
 
 export class ChangeRecord {
@@ -95,6 +96,8 @@ export class ChangeRecord {
   private trusted = false;
   /** While the start-up walk runs: entries with a ctime from this instant on are stamped. */
   private ctimeFrom: number | undefined;
+  /** Why the record starts where it does (floor): told with every "unknown" below it. */
+  private epoch = 'the record is new';
   private readonly maxEntries: number;
   private readonly maxAnswerBytes: number;
   private readonly now: () => number;
@@ -132,12 +135,14 @@ export class ChangeRecord {
       // Nothing before this start can be vouched for: a new epoch.
       r.gen = top + 1;
       r.floor = r.gen;
+      r.epoch = why ?? 'no change record';
       if (!j.missing) o.log?.(`change record: ${why}; unknown since generation ${r.gen}`);
       return r;
     }
     r.gen = saved.gen;
     r.floor = saved.floor;
     r.linkedGen = saved.linkedGen;
+    r.epoch = saved.epoch ?? r.epoch;
     for (const [p, g] of saved.self) r.self.set(p, g);
     for (const [p, g] of saved.trees) r.trees.set(p, g);
     for (const p of saved.linked) r.linked.add(p);
@@ -203,7 +208,8 @@ export class ChangeRecord {
     if (since.log !== this.log)
       return unknown('generation of another change log (server state lost or replaced)');
     if (!this.trusted) return unknown('the start-up comparison of the primary has not completed');
-    if (since.generation < this.floor) return unknown(`the record starts at generation ${this.floor}`);
+    if (since.generation < this.floor)
+      return unknown(`the record starts at generation ${this.floor} (${this.epoch})`);
     if (since.generation > this.gen) return unknown(`generation ${since.generation} was never handed out`);
     const changed = new Set<string>();
     const trees: string[] = [];
@@ -231,7 +237,10 @@ export class ChangeRecord {
    * walk did not finish) is saved as a new epoch.
    */
   async save(): Promise<void> {
-    if (!this.trusted) this.floor = this.gen;
+    if (!this.trusted) {
+      this.floor = this.gen;
+      this.epoch = 'the start-up comparison of the primary did not complete';
+    }
     const rec: RecordFile = {
       version: 1,
       log: this.log,
@@ -242,6 +251,7 @@ export class ChangeRecord {
       self: [...this.self],
       trees: [...this.trees],
       linked: [...this.linked],
+      epoch: this.epoch,
     };
     await fsp.mkdir(path.dirname(this.o.file), { recursive: true });
     const tmp = `${this.o.file}.tmp`;
@@ -262,6 +272,7 @@ export class ChangeRecord {
     const cut = gens[Math.floor(gens.length / 2)]!;
     for (const m of [this.self, this.trees]) for (const [p, g] of m) if (g <= cut) m.delete(p);
     this.floor = Math.max(this.floor, cut);
+    this.epoch = `older changes dropped to keep the record within ${this.maxEntries} paths`;
   }
 }
 
