@@ -543,9 +543,9 @@ export function peerOperatorCommands(o: { pluginDirs?: string[] } = {}): Operato
     {
       name: 'check',
       summary: 're-read a snapshot at its target and compare it with the catalog',
-      usage: 'check SNAPSHOT [--catalog DIR]',
-      examples: ['check latest'],
-      options: ['--catalog'],
+      usage: 'check SNAPSHOT [--metadata-only] [--catalog DIR]',
+      examples: ['check latest', 'check latest --metadata-only'],
+      options: ['--catalog', '--metadata-only'],
       completes: 'snapshots',
       optionValues: { '--catalog': 'local' },
       run: (ctx, a) =>
@@ -557,6 +557,7 @@ export function peerOperatorCommands(o: { pluginDirs?: string[] } = {}): Operato
             snapshot: snapshotRef,
             catalogDir: opt(a.options.catalog) ?? ctx.defaults.catalog,
             registry: targets,
+            metadataOnly: a.options['metadata-only'] === true,
             onProgress: (p) => ctx.progress({ phase: 'check', ...p }),
           });
           for (const p of r.problems) ctx.print(`${p.kind.padEnd(10)} ${p.path}  ${p.message}`);

@@ -177,4 +177,20 @@ describe('incremental backups across restarts (real server, real peer processes)
     const r = await backup('--check-source', 'data');
     expect(r.sourceCheck).toEqual({ checked: 5, bytes: 2 * (12 + 300_000 + 8), ok: true });
   }, 120_000);
+
+  it('a change through one name of a hard link is a change of every name', async () => {
+    const m = t.dirs.mnt!;
+    await fsp.writeFile(path.join(m, 'h1'), 'hotel one\n');
+    await fsp.link(path.join(m, 'h1'), path.join(m, 'd/h2'));
+    await backup();
+    const quietRun = await backup();
+    expect(quietRun.totals).toMatchObject({ files: 5, reusedFiles: 5 });
+    // Written through the second name, size and mtime kept: only the server knows the first
+    // name changed too.
+    await rewriteKeepingMtime(path.join(m, 'd/h2'), 'HOTEL ONE\n');
+    const r = await backup();
+    expect(r.totals).toMatchObject({ files: 5, reusedFiles: 3 });
+    expect(r.refused.notVouched).toBe(2);
+    expect(await fsp.readFile(stored(r.snapshotId, 'h1'), 'utf8')).toBe('HOTEL ONE\n');
+  }, 120_000);
 });
