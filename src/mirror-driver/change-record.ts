@@ -227,6 +227,12 @@ export class ChangeRecord {
     return { ...base, changed: [...changed].sort(), trees: trees.sort() };
   }
 
+  /** For status: the current generation, where the record starts, and whether it can vouch now. */
+  describe(): Generation & { floor: number; vouching: boolean; paths: number } {
+    const paths = this.self.size + this.trees.size;
+    return { log: this.log, generation: this.gen, floor: this.floor, vouching: this.trusted, paths };
+  }
+
   /** The line the journal carries at every checkpoint and before every split. */
   journalLine(): { t: 'cg'; log: string; gen: number } {
     return { t: 'cg', log: this.log, gen: this.gen };

@@ -78,6 +78,8 @@ export interface MirrorStatus {
   splits: SplitInfo[];
   broken: string[];
   queueLength: number;
+  /** The change record (change-record.ts): generation, floor, whether it vouches now. */
+  changes: ReturnType<ChangeRecord['describe']>;
   stats: {
     bytesMirrored: number;
     changesApplied: number;
@@ -1075,6 +1077,7 @@ export class MirrorDriver implements ChangeSink {
       splits: [...this.splits.values()].map((s) => this.splitInfo(s)),
       broken: [...this.broken],
       queueLength: this.queue.length,
+      changes: this.changes.describe(),
       stats: { ...this.stats },
     };
   }
