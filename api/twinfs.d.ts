@@ -211,6 +211,10 @@ export interface ManifestEntry extends EntryMeta {
   /** Times to the nanosecond, since the epoch, as decimal strings (mtime above is the same, in ms). */
   mtimeNs?: string;
   atimeNs?: string;
+  /** Files: the snapshot whose put stored this data (reused entries keep their source's). Set by the peer. */
+  storedIn?: string;
+  /** Files: the target's stamp of the stored data when it was stored or last reused (PutResult.stamp). */
+  stored?: string;
 }
 
 export interface SnapshotMeta {
@@ -251,6 +255,13 @@ export interface PutResult {
   /** sha256 (hex) of the bytes stored. */
   hash: string;
   bytes: number;
+  /**
+   * Optional: an opaque fingerprint of the stored copy as the target sees it (a directory
+   * target: size, mtime and inode). The peer keeps it in the manifest and passes it back to
+   * reuseFile, which must refuse (notFound) a copy whose stamp changed since: it was damaged or
+   * replaced at the target. stat() returns the current one for a cheap metadata check.
+   */
+  stamp?: string;
 }
 
 /** Fills one snapshot. Nothing of it is visible to listSnapshots before commit resolves. */
@@ -264,8 +275,12 @@ export interface SnapshotWriter {
    * than the copy; a target that can store a buffer at once should implement this.
    */
   putSmallFile?(path: string, data: Buffer, meta: EntryMeta, opts?: { signal?: AbortSignal }): Promise<PutResult>;
-  /** Shares an unchanged file with an earlier committed snapshot; notFound if that data is gone. */
-  reuseFile(path: string, fromSnapshotId: string, entry: ManifestEntry): Promise<void>;
+  /**
+   * Shares an unchanged file with an earlier committed snapshot; notFound if that data is gone,
+   * or (a target that gives stamps) if its stamp is not entry.stored any more. May resolve with
+   * the shared copy's current stamp.
+   */
+  reuseFile(path: string, fromSnapshotId: string, entry: ManifestEntry): Promise<void | { stamp?: string }>;
   putDir(path: string, meta: EntryMeta): Promise<void>;
   putSymlink(path: string, target: string, meta: EntryMeta): Promise<void>;
   /**
@@ -288,6 +303,8 @@ export interface TargetSnapshotInfo {
 export interface TargetStat {
   type: EntryType;
   size: number;
+  /** Files, targets that give stamps (PutResult.stamp): the stored copy's current stamp. */
+  stamp?: string;
 }
 
 export interface BackupTarget {

@@ -2,7 +2,7 @@
 import * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
-import { DirectorySnapshotWriter } from './directory-writer.js';
+import { DirectorySnapshotWriter, stampOf } from './directory-writer.js';
 import { exists, fsyncPath, SafeTree } from './safe-tree.js';
 
 /** @typedef {import('twinfs').TwinfsApi} TwinfsApi */
@@ -144,9 +144,9 @@ export class DirectoryTarget {
   async stat(snapshotId, p) {
     const file = await this.committedPath(snapshotId, p);
     try {
-      const st = await fsp.lstat(file);
+      const st = await fsp.lstat(file, { bigint: true });
       const type = st.isDirectory() ? 'dir' : st.isSymbolicLink() ? 'symlink' : 'file';
-      return { type, size: type === 'file' ? st.size : 0 };
+      return type === 'file' ? { type, size: Number(st.size), stamp: stampOf(st) } : { type, size: 0 };
     } catch (err) {
       throw this.api.errors.fromFs(err, `${p} in snapshot ${snapshotId}`);
     }

@@ -50,6 +50,7 @@ export class DirectorySnapshotWriter {
       const digest = createHash('sha256');
       let bytes = 0;
       let ok = false;
+      let stamp = '';
       try {
         for await (const chunk of data) {
           if (opts.signal?.aborted) throw this.api.errors.failed(`put ${p} cancelled`);
@@ -62,6 +63,7 @@ export class DirectorySnapshotWriter {
         }
         if (opts.signal?.aborted) throw this.api.errors.failed(`put ${p} cancelled`);
         await this.applyMeta(fh, meta);
+        stamp = stampOf(await fh.stat({ bigint: true }));
         ok = true;
       } finally {
         await fh.close();
@@ -71,7 +73,7 @@ export class DirectorySnapshotWriter {
         }
       }
       this.unsynced.push(file);
-      return { hash: digest.digest('hex'), bytes };
+      return { hash: digest.digest('hex'), bytes, stamp };
     });
   }
 
@@ -91,18 +93,20 @@ export class DirectorySnapshotWriter {
       // O_EXCL: never write through an existing entry (a symlink included).
       const fd = fs.openSync(file, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
       let ok = false;
+      let stamp = '';
       try {
         for (let off = 0; off < data.length; ) off += fs.writeSync(fd, data, off, data.length - off, off);
         if (this.asRoot) fs.fchownSync(fd, meta.uid, meta.gid);
         fs.fchmodSync(fd, this.asRoot ? meta.mode & 0o7777 : (meta.mode & 0o7777) | 0o600);
         fs.futimesSync(fd, meta.mtime / 1000, meta.mtime / 1000);
+        stamp = stampOf(fs.fstatSync(fd, { bigint: true }));
         ok = true;
       } finally {
         fs.closeSync(fd);
         if (!ok) fs.rmSync(file, { force: true });
       }
       this.unsynced.push(file);
-      return { hash: createHash('sha256').update(data).digest('hex'), bytes: data.length };
+      return { hash: createHash('sha256').update(data).digest('hex'), bytes: data.length, stamp };
     });
   }
 
@@ -110,14 +114,22 @@ export class DirectorySnapshotWriter {
    * @param {string} p
    * @param {string} fromSnapshotId
    * @param {import('twinfs').ManifestEntry} entry
+   * @returns {Promise<{ stamp: string }>}
    */
   reuseFile(p, fromSnapshotId, entry) {
     return this.op(`reuse ${p}`, async () => {
       this.target.checkId(fromSnapshotId);
       const from = await this.target.committedTree(fromSnapshotId).resolve(p);
-      const st = await fsp.lstat(from);
-      if (!st.isFile() || st.size !== entry.size)
+      const st = await fsp.lstat(from, { bigint: true });
+      if (!st.isFile() || Number(st.size) !== entry.size)
         throw this.api.errors.notFound(`${p} in ${fromSnapshotId} is not the file to reuse`);
+      // A copy whose size, mtime or inode changed since it was stored was damaged or replaced
+      // here: never share it (the peer stores the file again). Without a recorded stamp there is
+      // nothing to prove it intact.
+      if (entry.stored === undefined || stampOf(st) !== entry.stored)
+        throw this.api.errors.notFound(
+          `${p} in ${fromSnapshotId} ${entry.stored === undefined ? 'has no recorded stamp' : 'changed at the target since it was stored'}`,
+        );
       const file = await this.tree.prepareParents(p);
       try {
         await fsp.link(from, file);
@@ -133,6 +145,7 @@ export class DirectorySnapshotWriter {
         }
         this.unsynced.push(file);
       }
+      return { stamp: stampOf(await fsp.lstat(file, { bigint: true })) };
     });
   }
 
@@ -280,6 +293,15 @@ async function writeAll(fh, b) {
 }
 
 const SYNCFS_ABOVE = 64;
+
+/**
+ * A stored file's stamp (PutResult.stamp): size, mtime to the ns, inode. Not ctime: sharing the
+ * file with a later snapshot (link) moves its ctime, which is no damage.
+ * @param {fs.BigIntStats} st
+ */
+export function stampOf(st) {
+  return `${st.size}:${st.mtimeNs}:${st.ino}`;
+}
 
 /**
  * syncfs(2) of the filesystem holding dir, through `sync -f`. Resolves false when that could

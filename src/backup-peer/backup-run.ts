@@ -16,7 +16,9 @@ import {
 import { Catalog, type EntryRecord, type SnapshotRecord } from './catalog.js';
 import { EntryCopier } from './entry-copier.js';
 import { locateMirror, MirrorReader, type SourceEntry, toVolumePath } from './mirror-source.js';
+import { vouchedBy } from './reuse-oracle.js';
 import { forEachLimit, forEachLimitAsync } from './safe-tree.js';
+import { checkAgainstSource, type SourceCheckResult } from './source-check.js';
 import { type BackupControl, describe, SplitLease } from './split-lease.js';
 import {
   type BackupTarget,
@@ -43,6 +45,12 @@ export interface BackupOptions {
   mirrorMap?: Record<string, string>;
   /** Copy every file, sharing nothing with the previous snapshot. */
   full?: boolean;
+  /**
+   * Compare the committed snapshot with the split mirror copy before the split is released
+   * (source-check.ts): 'metadata' (cheap) or 'data' (every file read back and hashed). A
+   * mismatch fails the run (ETWIN_SOURCE_MISMATCH) and deletes the snapshot.
+   */
+  checkSource?: 'metadata' | 'data';
   signal?: AbortSignal;
   /** CA (PEM) to trust for wss:// with a private CA. */
   ca?: string | Buffer;
@@ -82,6 +90,12 @@ export interface BackupResult {
   freezeHookMs: number;
   /** onWillFreeze hooks that failed or timed out; the run went on crash-consistent. */
   hookFailures: Array<{ plugin: string; message: string }>;
+  /** Files that looked unchanged and were copied anyway, by reason (EntryCopier.refused). */
+  refused: { notVouched: number; flagged: number; atTarget: number };
+  /** Why the server vouched for nothing, when it did not (an unclean start, a lost record...). */
+  unknownSince?: { since: number; reason: string };
+  /** The --check-source result, when asked for. */
+  sourceCheck?: SourceCheckResult;
 }
 
 /** A warning of a run that goes on (a failed onWillFreeze hook). */
@@ -145,6 +159,8 @@ export class BackupRun {
     store.add({ dispose: () => o.signal?.removeEventListener('abort', onAbort) });
     let writer: SnapshotWriter | undefined;
     let recorded = false;
+    /** Committed before the split was released (checkSource): a failure after it must delete it. */
+    let committedEarly = false;
     // Known from the start: plugins hear of the run (onWillBackup) before anything happens.
     const id = newSnapshotId();
     this.progress.snapshotId = id;
@@ -169,7 +185,13 @@ export class BackupRun {
       this.emit({ phase: 'prepare' });
       // A subtree or the volume is walked here, in the mirror, anyway when the list is long:
       // asking the server for none keeps that work off it (offload).
-      const prep = await control.prepare(o.selector, { leaseMs, listItems: Boolean(o.selector.paths) });
+      // The previous snapshot, chosen before prepare: the server says what changed since its split.
+      const base = o.full ? undefined : await this.previous(control.hello?.deviceId ?? undefined);
+      const prep = await control.prepare(o.selector, {
+        leaseMs,
+        listItems: Boolean(o.selector.paths),
+        since: base?.generation,
+      });
       // Registered after the connection: disposed (the split released) before it closes.
       const lease = store.add(new SplitLease(control, prep.backupId, leaseMs, (err) => stop.abort(err)));
       this.progress.backupId = prep.backupId;
@@ -188,6 +210,8 @@ export class BackupRun {
       const sources = prep.itemsComplete ? itemsToSources(prep) : undefined;
       recorded = true;
       const parent = await this.beginInCatalog(id, prep);
+      // Only an answer about this very parent's split vouches for anything.
+      const vouched = parent && parent.id === base?.id ? vouchedBy(prep.changes) : () => false;
       const meta: SnapshotMeta = {
         snapshotId: id,
         time: Date.now(),
@@ -203,6 +227,8 @@ export class BackupRun {
         reader,
         writer,
         parent,
+        vouched,
+        damaged: parent?.damaged,
         signal: stop.signal,
         onBytes: (n, copied) => {
           this.progress.bytes += n;
@@ -217,6 +243,32 @@ export class BackupRun {
       });
       const entries = await this.copyAll(sources, reader, copier, stop.signal);
 
+      const totals = copier.totals;
+      let sourceCheck: SourceCheckResult | undefined;
+      if (o.checkSource) {
+        // Committed first, then compared with the split copy, which stays held until then.
+        this.emit({ phase: 'commit' });
+        await writer.commit({ version: 1, meta, totals, entries });
+        committedEarly = true;
+        sourceCheck = await checkAgainstSource({
+          target: o.target,
+          snapshotId: id,
+          entries,
+          reader,
+          readData: o.checkSource === 'data',
+          signal: stop.signal,
+        });
+        if (!sourceCheck.ok) {
+          await o.target.deleteSnapshot(id).catch(() => undefined);
+          const first = sourceCheck.problems[0]!;
+          throw new TwinError(
+            'ETWIN_SOURCE_MISMATCH',
+            `snapshot ${id} differs from the split copy in ${sourceCheck.problems.length} entr${sourceCheck.problems.length === 1 ? 'y' : 'ies'} (first: ${first.path}: ${first.message}); deleted`,
+            { snapshotId: id, problems: sourceCheck.problems.slice(0, 20) },
+          );
+        }
+      }
+
       // Every read is done: prove the split held all along, then let the server resync.
       await lease.confirm();
       throwIfAborted(stop.signal);
@@ -224,9 +276,10 @@ export class BackupRun {
       if (resynced !== undefined)
         this.deliver('onDidResync', { backupId, bytesCopied: numberOr(resynced.reply, 'bytesCopied') });
 
-      this.emit({ phase: 'commit' });
-      const totals = copier.totals;
-      await writer.commit({ version: 1, meta, totals, entries });
+      if (!o.checkSource) {
+        this.emit({ phase: 'commit' });
+        await writer.commit({ version: 1, meta, totals, entries });
+      }
       // Should recording fail now, the committed data stays at the target as an orphan: the
       // catalog never claims it, and a transient catalog failure must not destroy a good copy.
       const snapshot = await Catalog.with(o.catalogDir, (c) => c.complete(id, entries, totals));
@@ -238,12 +291,16 @@ export class BackupRun {
         backupId,
         freezeHookMs: hooks.ms,
         hookFailures: hooks.failures,
+        refused: { ...copier.refused },
+        unknownSince: prep.changes?.unknown,
+        sourceCheck,
       };
     } catch (err) {
       // Once stopped, whatever in-flight work threw is a consequence: report the cause.
       const reason = stop.signal.aborted ? stop.signal.reason : err;
       if (thawOwed) this.deliver('onDidThaw', { selector });
       await writer?.abort().catch(() => undefined);
+      if (committedEarly) await o.target.deleteSnapshot(id).catch(() => undefined);
       if (recorded)
         await Catalog.with(o.catalogDir, (c) =>
           c.fail(id, { code: codeOf(reason), message: describe(reason) }),
@@ -332,11 +389,24 @@ export class BackupRun {
     for (const id of ids) await o.target.deleteSnapshot(id).catch(() => undefined);
   }
 
-  /** Finds the parent snapshot (the newest complete one of this device at this target), records this run as running. */
+  /** The snapshot an incremental run builds on, as far as it is known before prepare. */
+  private async previous(deviceId: string | undefined): Promise<SnapshotRecord | undefined> {
+    const o = this.opts;
+    return Catalog.with(o.catalogDir, async (c) =>
+      deviceId
+        ? c.latestComplete(deviceId, o.target.spec)
+        : (await c.list({ target: o.target.spec, state: 'complete' })).pop(),
+    );
+  }
+
+  /**
+   * Finds the parent snapshot (the newest complete one of this device at this target) and the
+   * stored copies checks flagged, records this run as running.
+   */
   private async beginInCatalog(
     id: string,
     prep: PrepareResult,
-  ): Promise<{ id: string; entries: Map<string, EntryRecord> } | undefined> {
+  ): Promise<{ id: string; entries: Map<string, EntryRecord>; damaged: Set<string> } | undefined> {
     const o = this.opts;
     return Catalog.with(o.catalogDir, async (c) => {
       const parent = o.full ? undefined : await c.latestComplete(prep.deviceId, o.target.spec);
@@ -350,9 +420,14 @@ export class BackupRun {
         totals: emptyTotals(),
         target: o.target.spec,
         parentId: parent?.id,
+        generation: prep.generation,
       });
       if (!parent) return undefined;
-      return { id: parent.id, entries: new Map((await c.entries(parent.id)).map((e) => [e.path, e])) };
+      return {
+        id: parent.id,
+        entries: new Map((await c.entries(parent.id)).map((e) => [e.path, e])),
+        damaged: await c.damaged(),
+      };
     });
   }
 

@@ -27,6 +27,11 @@ export interface SnapshotRecord {
   target: string;
   /** The snapshot unchanged files were shared with. */
   parentId?: string;
+  /**
+   * The server's change generation at this snapshot's split (the prepare reply's): the next
+   * incremental asks what changed since it.
+   */
+  generation?: { log: string; generation: number };
   /** The peer process that runs (ran) it, to tell abandoned 'running' snapshots. */
   pid: number;
   host: string;
@@ -38,6 +43,23 @@ export interface EntryRecord extends ManifestEntry {
 }
 
 type SnapshotDoc = Omit<SnapshotRecord, 'id'> & { _id: string };
+
+/** A stored copy a check found damaged: the data `path` stored by snapshot `storedIn`. */
+export interface DamageRecord {
+  storedIn: string;
+  path: string;
+  /** The snapshot whose check found it, when, and what it found. */
+  foundBy: string;
+  at: number;
+  kind: string;
+  message: string;
+}
+type DamageDoc = Omit<DamageRecord, 'storedIn' | 'path'> & { _id: string };
+
+/** The key of a stored copy: the snapshot that stored the data, and the path. */
+export function storedCopyKey(storedIn: string, p: string): string {
+  return `${storedIn}\0${p}`;
+}
 type EntryDoc = EntryRecord & { _id?: string };
 
 /** Where the catalog lives unless --catalog says otherwise. */
@@ -214,6 +236,30 @@ export class Catalog {
       .sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
   }
 
+  /**
+   * Records stored copies a check found damaged. No later snapshot shares them: the next backup
+   * stores those files again (EntryCopier).
+   */
+  async flagDamaged(found: DamageRecord[]): Promise<void> {
+    if (found.length === 0) return;
+    const store = await this.damageStore();
+    for (const d of found) {
+      const { storedIn, path: p, ...rest } = d;
+      await store.update(
+        { _id: storedCopyKey(storedIn, p) },
+        { _id: storedCopyKey(storedIn, p), ...rest },
+        { upsert: true },
+      );
+    }
+    await this.sync(path.join(this.dir, 'damage.db'));
+  }
+
+  /** Keys (storedCopyKey) of every stored copy a check flagged. */
+  async damaged(): Promise<Set<string>> {
+    if (!(await fsp.stat(path.join(this.dir, 'damage.db')).catch(() => undefined))) return new Set();
+    return new Set((await (await this.damageStore()).find({})).map((d) => d._id));
+  }
+
   /** Removes a snapshot and its entries from the catalog (not its data: see forget). */
   async remove(id: string): Promise<void> {
     await this.snapshots.remove({ _id: id }, { multi: false });
@@ -230,6 +276,14 @@ export class Catalog {
     if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/.test(id) || id.includes('..'))
       throw new TwinError('ETWIN_CATALOG', `bad snapshot id ${JSON.stringify(id)}`, { snapshotId: id });
     return path.join(this.dir, 'entries', `${id}.db`);
+  }
+
+  private async damageStore(): Promise<Datastore<DamageDoc>> {
+    const store = Datastore.create({
+      filename: path.join(this.dir, 'damage.db'),
+    }) as unknown as Datastore<DamageDoc>;
+    await store.load();
+    return store;
   }
 
   private async entryStore(id: string): Promise<Datastore<EntryDoc>> {

@@ -1,10 +1,11 @@
+import { Catalog, type DamageRecord } from './catalog.js';
 import { loadCompleteSnapshot } from './restore.js';
 import { Digest, isNodeEntry, isTargetNotFound } from './target.js';
 import type { TargetRegistry } from './targets/index.js';
 
 export interface CheckProblem {
   path: string;
-  kind: 'missing' | 'type' | 'size' | 'hash' | 'manifest' | 'unreadable';
+  kind: 'missing' | 'type' | 'size' | 'hash' | 'stamp' | 'manifest' | 'unreadable';
   message: string;
 }
 
@@ -14,17 +15,27 @@ export interface CheckResult {
   bytes: number;
   problems: CheckProblem[];
   ok: boolean;
+  /** Stored copies recorded as damaged in the catalog: no later snapshot shares them. */
+  flagged: number;
 }
+
+/** Problems that say a stored file's data is not what was stored. */
+const DATA_PROBLEMS = new Set<CheckProblem['kind']>(['missing', 'size', 'hash', 'stamp', 'type']);
 
 /**
  * Re-reads a snapshot's data at its target and compares it with the catalog: every file's
  * length and sha256, every entry's type, and the target's own manifest (same entries, same
- * hashes). Read-only.
+ * hashes). metadataOnly: no data is read, only each entry's type and size and, where the target
+ * stamps its copies, the stamp (a stored file rewritten in place shows there): cheap, but blind
+ * to bit rot that leaves size and mtime alone. Read-only at the target; what it finds wrong with
+ * stored files is recorded in the catalog (Catalog.flagDamaged), so the next backup stores those
+ * files again instead of sharing them.
  */
 export async function checkSnapshot(o: {
   snapshot: string;
   catalogDir?: string;
   registry: TargetRegistry;
+  metadataOnly?: boolean;
   onProgress?: (p: { files: number; filesTotal: number; bytes: number; path: string }) => void;
 }): Promise<CheckResult> {
   const { snapshot, entries } = await loadCompleteSnapshot(o.catalogDir, o.snapshot);
@@ -72,6 +83,19 @@ export async function checkSnapshot(o: {
             kind: 'type',
             message: `catalog says ${e.type}, target holds ${st.type}`,
           });
+        } else if (e.type === 'file' && o.metadataOnly) {
+          if (st.size !== e.size)
+            problems.push({
+              path: e.path,
+              kind: 'size',
+              message: `${st.size} bytes, catalog says ${e.size}`,
+            });
+          else if (st.stamp !== undefined && e.stored !== undefined && st.stamp !== e.stored)
+            problems.push({
+              path: e.path,
+              kind: 'stamp',
+              message: `changed at the target since it was stored (stamp ${st.stamp}, stored ${e.stored})`,
+            });
         } else if (e.type === 'file') {
           const digest = new Digest();
           for await (const chunk of await target.openFile(snapshot.id, e.path))
@@ -103,5 +127,28 @@ export async function checkSnapshot(o: {
   } finally {
     await target.close();
   }
-  return { snapshotId: snapshot.id, checked: entries.length, bytes, problems, ok: problems.length === 0 };
+  const byPath = new Map(entries.map((e) => [e.path, e]));
+  const found: DamageRecord[] = [];
+  for (const p of problems) {
+    const e = byPath.get(p.path);
+    if (e?.type !== 'file' || !DATA_PROBLEMS.has(p.kind)) continue;
+    const { kind, message } = p;
+    found.push({
+      storedIn: e.storedIn ?? snapshot.id,
+      path: e.path,
+      foundBy: snapshot.id,
+      at: Date.now(),
+      kind,
+      message,
+    });
+  }
+  await Catalog.with(o.catalogDir, (c) => c.flagDamaged(found));
+  return {
+    snapshotId: snapshot.id,
+    checked: entries.length,
+    bytes,
+    problems,
+    ok: problems.length === 0,
+    flagged: found.length,
+  };
 }

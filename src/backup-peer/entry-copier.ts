@@ -3,7 +3,7 @@ import type { FileHandle } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { delay } from '../common/async.js';
 import { errnoCode, TwinError } from '../common/errors.js';
-import type { EntryRecord } from './catalog.js';
+import { type EntryRecord, storedCopyKey } from './catalog.js';
 import type { MirrorReader, SourceEntry } from './mirror-source.js';
 import {
   type EntryMeta,
@@ -11,6 +11,7 @@ import {
   isTargetNotFound,
   isTransient,
   type ManifestEntry,
+  type PutResult,
   type SnapshotWriter,
 } from './target.js';
 
@@ -23,6 +24,14 @@ export interface CopierOptions {
   writer: SnapshotWriter;
   /** The snapshot unchanged files are shared with, and its entries by path. */
   parent?: { id: string; entries: Map<string, EntryRecord> };
+  /**
+   * Whether the server vouches that a file did not change since the parent's split (its change
+   * record, see reuse-oracle.ts). A file is shared with the parent only then: the same size and
+   * mtime prove nothing (a write through a shared mmap, a tool that restores mtimes).
+   */
+  vouched?: (path: string) => boolean;
+  /** Stored copies a check flagged (storedCopyKey): never shared, stored again. */
+  damaged?: ReadonlySet<string>;
   signal: AbortSignal;
   /** Bytes done: `copied` when read from the mirror, else reused. Negative after a failed attempt. */
   onBytes?: (n: number, copied: boolean) => void;
@@ -38,6 +47,8 @@ export class EntryCopier {
   readonly totals = emptyTotals();
   /** The first name copied of each multiply-linked inode (dev:ino), for its other names. */
   private readonly inodes = new Map<string, Promise<ManifestEntry>>();
+  /** Files that looked unchanged but were copied: not vouched for, flagged by a check, changed at the target. */
+  readonly refused = { notVouched: 0, flagged: 0, atTarget: 0 };
 
   constructor(private readonly o: CopierOptions) {}
 
@@ -123,7 +134,7 @@ export class EntryCopier {
     let hash = first.hash;
     if (this.o.writer.putHardLink) await this.o.writer.putHardLink(src.path, first.path, meta);
     else {
-      hash = await this.streamFile(src, meta);
+      hash = (await this.streamFile(src, meta)).hash;
       this.totals.copiedBytes += meta.size;
       if (hash !== first.hash) throw changedError(src, meta, 'other content than its other name');
     }
@@ -139,26 +150,48 @@ export class EntryCopier {
       );
     this.totals.files++;
     this.totals.bytes += meta.size;
+    const reused = await this.reuse(src, meta);
+    if (reused) return reused;
+    const r = await this.streamFile(src, meta);
+    this.totals.copiedBytes += meta.size;
+    const storedIn = this.o.writer.snapshotId;
+    return { path: src.path, type: 'file', ...meta, hash: r.hash, storedIn, stored: r.stamp };
+  }
+
+  /**
+   * Shares the parent's stored copy when, and only when, the server vouches the file did not
+   * change since the parent's split, no check flagged that copy, and the target finds it as it
+   * was stored (reuseFile refuses a copy whose stamp changed). Invariant 9.
+   */
+  private async reuse(src: SourceEntry, meta: EntryMeta): Promise<ManifestEntry | undefined> {
     const parent = this.o.parent;
     const prev = parent?.entries.get(src.path);
-    if (parent && prev && unchanged(prev, meta)) {
-      try {
-        await this.o.writer.reuseFile(src.path, parent.id, prev);
-        this.totals.reusedFiles++;
-        this.o.onBytes?.(meta.size, false);
-        return { path: src.path, type: 'file', ...meta, hash: prev.hash };
-      } catch (err) {
-        // The parent's data is gone (or was never there): copy instead.
-        if (!isTargetNotFound(err)) throw err;
-      }
+    if (!parent || !prev || !unchanged(prev, meta)) return undefined;
+    if (!this.o.vouched?.(src.path)) {
+      this.refused.notVouched++;
+      return undefined;
     }
-    const hash = await this.streamFile(src, meta);
-    this.totals.copiedBytes += meta.size;
-    return { path: src.path, type: 'file', ...meta, hash };
+    const storedIn = prev.storedIn ?? parent.id;
+    if (this.o.damaged?.has(storedCopyKey(storedIn, src.path))) {
+      this.refused.flagged++;
+      return undefined;
+    }
+    try {
+      const r = (await this.o.writer.reuseFile(src.path, parent.id, prev)) as { stamp?: string } | undefined;
+      this.totals.reusedFiles++;
+      this.o.onBytes?.(meta.size, false);
+      const stored = r?.stamp ?? prev.stored;
+      return { path: src.path, type: 'file', ...meta, hash: prev.hash, storedIn, stored };
+    } catch (err) {
+      // The parent's data is gone, or no longer what was stored: copy instead.
+      if (!isTargetNotFound(err)) throw err;
+      this.refused.atTarget++;
+      return undefined;
+    }
   }
 
   /** Copies one split copy into the target; retries transient target failures. */
-  private async streamFile(src: SourceEntry, meta: EntryMeta): Promise<string> {
+  private async streamFile(src: SourceEntry, meta: EntryMeta): Promise<PutResult> {
     const { writer, signal } = this.o;
     for (let attempt = 0; ; attempt++) {
       try {
@@ -174,7 +207,7 @@ export class EntryCopier {
   }
 
   /** One attempt through putFile: the content as a stream. */
-  private async putStreamed(src: SourceEntry, meta: EntryMeta): Promise<string> {
+  private async putStreamed(src: SourceEntry, meta: EntryMeta): Promise<PutResult> {
     const { reader, writer, signal, onBytes } = this.o;
     let opened: Awaited<ReturnType<MirrorReader['open']>>;
     try {
@@ -212,7 +245,7 @@ export class EntryCopier {
       });
       checkUnchanged(src, meta, stat, await fh.stat());
       checkStored(src, counted, r.bytes, stat.size);
-      return r.hash;
+      return r;
     } catch (err) {
       onBytes?.(-counted, true);
       throw err;
@@ -225,7 +258,7 @@ export class EntryCopier {
    * One attempt through putSmallFile. Most files of a tree are small: read whole
    * (synchronously) and handed to the target in one call (no stream, no pipeline per file).
    */
-  private async putSmall(src: SourceEntry, meta: EntryMeta): Promise<string> {
+  private async putSmall(src: SourceEntry, meta: EntryMeta): Promise<PutResult> {
     const { reader, writer, signal, onBytes } = this.o;
     let read: Awaited<ReturnType<MirrorReader['readSmall']>>;
     try {
@@ -241,7 +274,7 @@ export class EntryCopier {
     try {
       const r = await writer.putSmallFile!(src.path, data, meta, { signal });
       checkStored(src, data.length, r.bytes, stat.size);
-      return r.hash;
+      return r;
     } catch (err) {
       onBytes?.(-data.length, true);
       throw err;

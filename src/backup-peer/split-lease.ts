@@ -1,16 +1,21 @@
 import { TwinError } from '../common/errors.js';
 import type { Event } from '../common/event.js';
 import { type Disposable, DisposableStore } from '../common/lifecycle.js';
-import type { PrepareResult, SelectorMsg } from '../control/protocol.js';
+import type { GenerationMsg, PrepareResult, SelectorMsg } from '../control/protocol.js';
 
 /** What a backup run needs of the control channel (ControlClient; a fake in unit tests). */
 export interface BackupControl {
-  prepare(selector: SelectorMsg, opts: { leaseMs?: number; listItems?: boolean }): Promise<PrepareResult>;
+  prepare(
+    selector: SelectorMsg,
+    opts: { leaseMs?: number; listItems?: boolean; since?: GenerationMsg },
+  ): Promise<PrepareResult>;
   renew(backupId: string, leaseMs?: number): Promise<unknown>;
   release(backupId: string): Promise<unknown>;
   readonly onEvent: Event<{ event: string; data: unknown }>;
   readonly onClose: Event<{ code: number; reason: string }>;
   close(): Promise<void>;
+  /** The server's hello (ControlClient): its device id picks the previous snapshot before prepare. */
+  readonly hello?: { deviceId: string | null };
 }
 
 /**

@@ -92,6 +92,11 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
             type: 'boolean',
             describe: 'copy every file, share nothing with the previous snapshot',
           })
+          .option('check-source', {
+            choices: ['metadata', 'data'] as const,
+            describe:
+              'before releasing the split, compare the committed snapshot with the split copy it was read from: metadata (cheap) or data (every file read back and hashed); a mismatch fails the run',
+          })
           .option('ca-file', { type: 'string', describe: 'CA certificate (PEM) for wss://' })
           .option('plugin-dir', pluginDir)
           .option('freeze-hook-timeout-sec', {
@@ -159,6 +164,7 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
               leaseMs: leaseSec ? Math.round(leaseSec * 1000) : undefined,
               mirrorMap: parseMirrorMap(a['mirror-map']),
               full: a.full,
+              checkSource: a['check-source'],
               signal: ac.signal,
               hooks: await plugins(),
               freezeHookTimeoutMs: hookSec === undefined ? undefined : Math.round(hookSec * 1000),
@@ -181,8 +187,18 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
                 hookFailures: res.hookFailures,
                 target: s.target,
                 totals: s.totals,
+                generation: s.generation,
+                refused: res.refused,
+                unknownSince: res.unknownSince,
+                sourceCheck: res.sourceCheck && {
+                  checked: res.sourceCheck.checked,
+                  bytes: res.sourceCheck.bytes,
+                  ok: res.sourceCheck.ok,
+                },
               },
-              `snapshot ${s.id} complete: ${describeTotals(s.totals)}`,
+              `snapshot ${s.id} complete: ${describeTotals(s.totals)}${
+                res.sourceCheck ? `; matches the split copy (${res.sourceCheck.checked} entries)` : ''
+              }`,
             );
             return 0;
           } finally {
@@ -311,7 +327,18 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
           .option('config', config)
           .option('plugin-dir', pluginDir)
           .option('json', json)
-          .example('twinfs check latest', 're-read the newest snapshot at its target'),
+          .option('metadata-only', {
+            type: 'boolean',
+            describe:
+              "cheap: compare each entry's type, size and the target's stamp of the stored copy, read no data",
+          })
+          .option('read-data', {
+            type: 'boolean',
+            describe: 'read every file back and compare its sha256 (the default)',
+          })
+          .conflicts('metadata-only', 'read-data')
+          .example('twinfs check latest', 're-read the newest snapshot at its target')
+          .example('twinfs check latest --metadata-only', 'sizes and stamps only: seconds, not hours'),
       (a) =>
         run(a, async (out, targets) => {
           const { checkSnapshot } = await import('../backup-peer/index.js');
@@ -319,6 +346,7 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
             snapshot: a.snapshot,
             catalogDir: await catalogOf(a),
             registry: targets,
+            metadataOnly: a['metadata-only'],
             onProgress: (p) => out.progress({ phase: 'check', ...p }),
           });
           out.stopBar();
@@ -327,7 +355,11 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
             { event: 'done', ...r },
             r.ok
               ? `snapshot ${r.snapshotId}: ${r.checked} entries, ${bytes(r.bytes)} verified`
-              : `snapshot ${r.snapshotId}: ${r.problems.length} problem(s) in ${r.checked} entries`,
+              : `snapshot ${r.snapshotId}: ${r.problems.length} problem(s) in ${r.checked} entries${
+                  r.flagged > 0
+                    ? `; ${r.flagged} stored file(s) flagged, the next backup stores them again`
+                    : ''
+                }`,
           );
           if (!r.ok)
             throw new TwinError('ETWIN_CHECK_FAILED', `snapshot ${r.snapshotId} does not match the catalog`);
@@ -511,9 +543,9 @@ export function peerOperatorCommands(o: { pluginDirs?: string[] } = {}): Operato
     {
       name: 'check',
       summary: 're-read a snapshot at its target and compare it with the catalog',
-      usage: 'check SNAPSHOT [--catalog DIR]',
-      examples: ['check latest'],
-      options: ['--catalog'],
+      usage: 'check SNAPSHOT [--metadata-only] [--catalog DIR]',
+      examples: ['check latest', 'check latest --metadata-only'],
+      options: ['--catalog', '--metadata-only'],
       completes: 'snapshots',
       optionValues: { '--catalog': 'local' },
       run: (ctx, a) =>
@@ -525,6 +557,7 @@ export function peerOperatorCommands(o: { pluginDirs?: string[] } = {}): Operato
             snapshot: snapshotRef,
             catalogDir: opt(a.options.catalog) ?? ctx.defaults.catalog,
             registry: targets,
+            metadataOnly: a.options['metadata-only'] === true,
             onProgress: (p) => ctx.progress({ phase: 'check', ...p }),
           });
           for (const p of r.problems) ctx.print(`${p.kind.padEnd(10)} ${p.path}  ${p.message}`);

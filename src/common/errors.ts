@@ -77,6 +77,8 @@ export const ErrorCodes = {
     'a split mirror copy differs from what the server announced or changed during the copy',
   ETWIN_SPLIT_LOST: 'the server released the split before the copy finished (lease expired or disconnected)',
   ETWIN_CHECK_FAILED: 'backup data at the target differs from the catalog',
+  ETWIN_SOURCE_MISMATCH:
+    'a snapshot differs from the split mirror copy it was read from (backup --check-source)',
   ETWIN_RESTORE_FAILED: 'some entries could not be restored',
   ETWIN_OWN_MOUNT: 'this process serves that mount and must not write into it itself',
   ETWIN_ABORTED: 'the operation was cancelled',

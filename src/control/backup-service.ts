@@ -9,7 +9,7 @@ import { VolumePaths } from '../fusefs/volume-paths.js';
 import type { Inhibition } from '../fusefs/write-inhibitor.js';
 import { walk } from '../mirror-driver/entry-sync.js';
 import type { MirrorDriver, ResyncResult } from '../mirror-driver/mirror-driver.js';
-import type { Item, PrepareResult, SelectorMsg } from './protocol.js';
+import type { GenerationMsg, Item, PrepareResult, SelectorMsg } from './protocol.js';
 
 export interface BackupServiceOptions {
   fs: TwinFs;
@@ -109,7 +109,7 @@ export class BackupService {
 
   async prepare(
     sel: SelectorMsg,
-    o: { owner: string; leaseMs?: number; maxStallMs?: number; listItems?: boolean },
+    o: { owner: string; leaseMs?: number; maxStallMs?: number; listItems?: boolean; since?: GenerationMsg },
   ): Promise<PrepareResult> {
     const mirror = this.requireMirror();
     const selector = await this.resolveSelector(sel);
@@ -132,7 +132,7 @@ export class BackupService {
     sel: SelectorMsg,
     selector: Selector,
     budget: number,
-    o: { owner: string; leaseMs?: number; listItems?: boolean },
+    o: { owner: string; leaseMs?: number; listItems?: boolean; since?: GenerationMsg },
   ): Promise<PrepareResult> {
     // The kernel's dirty pages of shared writable mmaps reach us only as WRITE requests, when
     // the kernel decides; make it send them now, before the inhibition would hold them (and the
@@ -165,6 +165,7 @@ export class BackupService {
     };
     const expired = () => heldMs !== undefined || performance.now() - t0 > budget;
     let splitId: string | undefined;
+    let generation: GenerationMsg | undefined;
     const work = (async () => {
       await inh.drained();
       if (expired()) throw stallExceeded(budget);
@@ -172,7 +173,9 @@ export class BackupService {
         throw writebackError(err);
       });
       if (expired()) throw stallExceeded(budget);
-      splitId = (await mirror.split(selector, o.owner)).splitId;
+      const s = await mirror.split(selector, o.owner);
+      splitId = s.splitId;
+      generation = s.generation;
     })();
     let timer: NodeJS.Timeout | undefined;
     try {
@@ -242,6 +245,9 @@ export class BackupService {
       );
     }
     const { items, complete } = listed;
+    // Asked after the split: a change the record holds past its generation shows as changed,
+    // which costs a copy, never a wrong "unchanged".
+    const changes = o.since && mirror.changesSince(o.since, (p) => covers(selector, p));
     return {
       backupId,
       deviceId: mirror.deviceId,
@@ -252,6 +258,10 @@ export class BackupService {
       stallMs,
       leaseMs,
       expiresAt: b.expiresAt,
+      generation,
+      changes: changes
+        ? { since: changes.since, unknown: changes.unknown, changed: changes.changed, trees: changes.trees }
+        : undefined,
     };
   }
 

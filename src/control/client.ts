@@ -3,6 +3,7 @@ import { TwinError } from '../common/errors.js';
 import { Emitter } from '../common/event.js';
 import {
   describeIssues,
+  type GenerationMsg,
   type HelloResult,
   helloResultSchema,
   MAX_MESSAGE_BYTES,
@@ -146,7 +147,7 @@ export class ControlClient {
 
   async prepare(
     selector: SelectorMsg,
-    opts: { leaseMs?: number; maxStallMs?: number; listItems?: boolean } = {},
+    opts: { leaseMs?: number; maxStallMs?: number; listItems?: boolean; since?: GenerationMsg } = {},
   ): Promise<PrepareResult> {
     const r = await this.request('prepare', { selector, ...opts });
     const parsed = prepareResultSchema.safeParse(r);

@@ -381,6 +381,7 @@ export class ControlServer {
           leaseMs: req.leaseMs,
           maxStallMs: req.maxStallMs,
           listItems: req.listItems,
+          since: req.since,
         });
       case 'renew':
         return svc.renew(req.backupId, c.id, req.leaseMs);

@@ -40,6 +40,26 @@ export const selectorSchema = z
   );
 export type SelectorMsg = z.infer<typeof selectorSchema>;
 
+/** A change generation of the server's change record; comparable only within one log. */
+export const generationSchema = z
+  .object({ log: z.string().min(1).max(100), generation: z.number().int().min(0) })
+  .strict();
+export type GenerationMsg = z.infer<typeof generationSchema>;
+
+/**
+ * What changed in the selection since the prepare's `since`, as the server's change record
+ * vouches. A file not in `changed` and not under any of `trees` is unchanged since that split,
+ * unless `unknown` is set: then nothing is vouched for (everything before generation
+ * unknown.since is unknown to the server: an unclean start, a lost record, too many changes).
+ */
+export const changesSchema = z.object({
+  since: z.number(),
+  unknown: z.object({ since: z.number(), reason: z.string() }).optional(),
+  changed: z.array(z.string()),
+  trees: z.array(z.string()),
+});
+export type ChangesMsg = z.infer<typeof changesSchema>;
+
 const id = z.union([z.string().min(1).max(100), z.number().int()]);
 
 export const requestSchema = z.discriminatedUnion('type', [
@@ -72,6 +92,11 @@ export const requestSchema = z.discriminatedUnion('type', [
        * walks the mirror itself. Default true. A paths selection is always listed.
        */
       listItems: z.boolean().optional(),
+      /**
+       * The generation of the previous snapshot's split (its prepare reply's `generation`): the
+       * reply then says which files of the selection changed since (`changes`).
+       */
+      since: generationSchema.optional(),
     })
     .strict(),
   z
@@ -131,6 +156,10 @@ export const prepareResultSchema = z.object({
   stallMs: z.number(),
   leaseMs: z.number(),
   expiresAt: z.number(),
+  /** The change record's generation at the split: pass it as `since` to the next prepare. */
+  generation: generationSchema.optional(),
+  /** Present when the prepare gave `since`. */
+  changes: changesSchema.optional(),
 });
 export type PrepareResult = z.infer<typeof prepareResultSchema>;
 

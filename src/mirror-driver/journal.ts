@@ -12,6 +12,8 @@ import { SplitTracker, type TrackerRecord } from './split-tracker.js';
  *   broken / repaired                    pairs the mirror could not follow
  *   deep    the mirror must be compared by content (the page cache may have lost its writes)
  *   clean   the server shut down cleanly
+ *   cg      the change record's log id and generation (change-record.ts): at every checkpoint
+ *           and before every split, so no generation handed out is ever handed out again
  * Lines are written without fsync: they survive a kill -9 of the server (the page cache does);
  * after a machine crash the driver cannot trust the record and verifies instead.
  *
@@ -35,7 +37,8 @@ export type JournalRecord =
   | { t: 'broken'; p: string }
   | { t: 'repaired'; p: string }
   | { t: 'deep'; on: boolean }
-  | { t: 'clean'; at: number };
+  | { t: 'clean'; at: number }
+  | { t: 'cg'; log: string; gen: number };
 
 export interface RecoveredState {
   /** No journal at all. */
@@ -49,6 +52,9 @@ export interface RecoveredState {
   intents: Set<string>;
   splits: Map<string, SplitTracker>;
   broken: Set<string>;
+  /** The change record's log id and the highest generation recorded (cg lines). */
+  changeLog?: string;
+  changeGen?: number;
 }
 
 export class Journal {
@@ -130,6 +136,11 @@ export class Journal {
           break;
         case 'clean':
           st.clean = true;
+          break;
+        case 'cg':
+          if (st.changeLog !== r.log) st.changeGen = undefined;
+          st.changeLog = r.log;
+          st.changeGen = Math.max(st.changeGen ?? 0, r.gen);
           break;
       }
     }

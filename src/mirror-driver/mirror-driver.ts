@@ -8,6 +8,7 @@ import { TwinError } from '../common/errors.js';
 import { Emitter } from '../common/event.js';
 import type { Change, ChangeSink } from '../fusefs/change-sink.js';
 import { setTimesNs } from '../posix/set-times.js';
+import { type ChangeAnswer, ChangeRecord, type Generation } from './change-record.js';
 import { loadVolumeId, type MirrorLayout, mirrorLayout, openDevice } from './device.js';
 import { DeviceWatch } from './device-watch.js';
 import { copyChunk, syncEntry, syncMeta } from './entry-sync.js';
@@ -63,6 +64,8 @@ export interface SplitInfo {
   trackedBytes: number;
   trackedFiles: number;
   owner?: string;
+  /** The change record's generation at the split: what the split copy holds (see ChangeRecord). */
+  generation: Generation;
 }
 
 export interface ResyncResult {
@@ -81,6 +84,8 @@ export interface MirrorStatus {
   /** Why each broken pair broke (errno code and message). */
   brokenReasons: Record<string, string>;
   queueLength: number;
+  /** The change record (change-record.ts): generation, floor, whether it vouches now. */
+  changes: ReturnType<ChangeRecord['describe']>;
   stats: {
     bytesMirrored: number;
     changesApplied: number;
@@ -132,6 +137,8 @@ export class MirrorDriver implements ChangeSink {
   private readonly queue = new SerialQueue();
   private readonly writer: MirrorWriter;
   private readonly journal: Journal;
+  /** Per-path change generations (set in start()). */
+  private changes!: ChangeRecord;
   private readonly splits = new Map<string, SplitTracker>();
   private readonly resyncing = new Set<string>();
   private readonly broken = new Set<string>();
@@ -157,6 +164,7 @@ export class MirrorDriver implements ChangeSink {
   private relinkQueued = false;
   private readonly abort = new AbortController();
   private timesTimer: NodeJS.Timeout | null = null;
+  private changeFile = '';
   private timers: NodeJS.Timeout[] = [];
   private disposed = false;
   private readonly stats = {
@@ -217,6 +225,7 @@ export class MirrorDriver implements ChangeSink {
     ).trim();
     const journalFile = path.join(stateDir, 'journals', `${record.deviceId}.jsonl`);
     const d = new MirrorDriver(primary, layout, record.deviceId, opts, journalFile, bootId);
+    d.changeFile = path.join(stateDir, 'journals', `${record.deviceId}.changes.json`);
     await d.start(created);
     return d;
   }
@@ -230,6 +239,11 @@ export class MirrorDriver implements ChangeSink {
     // Without a record written since this boot, the page cache may have lost mirror writes
     // whose size and mtime look right: compare contents. (A clean shutdown synced the mirror.)
     this.deep = rec.deep || (rec.otherBoot && !rec.clean) || (rec.missing && !created);
+    this.changes = await ChangeRecord.open({
+      file: this.changeFile,
+      journal: { ...rec, log: rec.changeLog, gen: rec.changeGen },
+      log: (m) => this.log(m),
+    });
     // A new generation that still holds everything recovered, until it is repaired.
     await this.journal.checkpoint(() => this.snapshot());
     const retry = this.opts.retryBrokenMs ?? 30_000;
@@ -274,9 +288,13 @@ export class MirrorDriver implements ChangeSink {
         const r = await this.reconcileTree('/', 'copy', { deep: this.deep, signal });
         this.stats.copyBytes += r.bytes;
         if (signal.aborted) this.pendingIntents.add('/');
-        else if (this.deep) {
-          this.deep = false;
-          this.queueCheckpoint();
+        else {
+          // Every entry of the primary seen: changes made while no server ran are stamped.
+          this.changes.startWalkDone();
+          if (this.deep) {
+            this.deep = false;
+            this.queueCheckpoint();
+          }
         }
       }
     } catch (err) {
@@ -325,6 +343,7 @@ export class MirrorDriver implements ChangeSink {
   // ---- ChangeSink -----------------------------------------------------------------------------
 
   beforeChange(p: string): void | Promise<void> {
+    this.changes.stamp(p);
     const known = this.intents.has(p);
     this.intents.set(p, Date.now());
     if (!known) return this.journal.append({ t: 'intent', p }).catch(() => undefined);
@@ -333,6 +352,7 @@ export class MirrorDriver implements ChangeSink {
   apply(c: Change): Promise<void> {
     if (this.disposed) return Promise.resolve();
     this.lastLiveAt = Date.now();
+    this.changes.note(c);
     return this.queue.push(() => this.route(c));
   }
 
@@ -640,7 +660,9 @@ export class MirrorDriver implements ChangeSink {
         if (st?.isFile() && st.nlink > 1) s.frozenInos.set(st.ino, p);
       }
       this.splits.set(s.id, s);
+      s.generation = this.changes.generation;
       try {
+        void this.journal.append(this.changes.journalLine()).catch(() => undefined);
         await this.journal.append({ t: 'split', s: s.toRecord() });
       } catch (err) {
         this.splits.delete(s.id);
@@ -785,6 +807,14 @@ export class MirrorDriver implements ChangeSink {
     }
     await fsp.rm(src, { recursive: true, force: true });
     return true;
+  }
+
+  /**
+   * What changed since a generation, among the paths `within` accepts (ChangeRecord.since).
+   * Ask right after a split: its generation bounds what its copy holds.
+   */
+  changesSince(since: Generation, within?: (p: string) => boolean): ChangeAnswer {
+    return this.changes.since(since, within);
   }
 
   getSplit(splitId: string): SplitInfo | undefined {
@@ -979,6 +1009,7 @@ export class MirrorDriver implements ChangeSink {
       const extras = have.filter((n) => !wanted.has(n));
       const stats = await mapLimit(names, PARALLEL, (n) => lstatOrUndefined(`${this.primary}${dir}/${n}`));
       const items = names.map((name, i) => ({ path: `${dir}/${name}`, st: stats[i] }));
+      for (const it of items) if (it.st) this.changes.notePrimary(it.path, it.st);
       // Small tasks: a live change waits for at most one of them.
       const large = items.filter((it) => it.st?.isFile() && it.st.nlink === 1 && it.st.size > LARGE_FILE);
       const small = items.filter((it) => !large.includes(it));
@@ -1182,6 +1213,7 @@ export class MirrorDriver implements ChangeSink {
       broken: [...new Set([...this.broken, ...this.healing])],
       brokenReasons: this.reasonsOf(),
       queueLength: this.queue.length,
+      changes: this.changes.describe(),
       stats: { ...this.stats },
     };
   }
@@ -1245,6 +1277,7 @@ export class MirrorDriver implements ChangeSink {
     for (const p of new Set([...this.broken, ...this.healing])) lines.push({ t: 'broken', p });
     for (const p of new Set([...this.intents.keys(), ...this.pendingIntents])) lines.push({ t: 'intent', p });
     if (this.deep) lines.push({ t: 'deep', on: true });
+    lines.push(this.changes.journalLine());
     return lines;
   }
 
@@ -1267,6 +1300,10 @@ export class MirrorDriver implements ChangeSink {
     await syncFilesystem(this.layout.data);
     // Every change reported so far is on the mirror (or tracked): no intent is open.
     this.intents.clear();
+    // Before the clean line: a crash in between leaves an unclean journal, which ignores it.
+    await this.changes
+      .save()
+      .catch((err) => this.log(`cannot save the change record: ${(err as Error).message}`));
     await this.journal.checkpoint(() => this.snapshot());
     await this.journal.close(true);
   }
@@ -1279,6 +1316,7 @@ export class MirrorDriver implements ChangeSink {
       trackedBytes: s.trackedBytes,
       trackedFiles: s.files.size,
       owner: s.owner,
+      generation: s.generation ?? this.changes.generation,
     };
   }
 

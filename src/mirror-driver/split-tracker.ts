@@ -71,6 +71,8 @@ export class SplitTracker {
    * need the changes. The resync then compares the whole volume (the only way to find them).
    */
   lostLinks = false;
+  /** The change record's generation at the split (unset for splits recovered from the journal). */
+  generation?: { log: string; generation: number };
   private readonly paths: Set<string>;
 
   constructor(

@@ -4,7 +4,13 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import type { BackupControl } from '../../src/backup-peer/backup-run.js';
 import { Emitter } from '../../src/common/event.js';
-import type { Item, PrepareResult, SelectorMsg } from '../../src/control/protocol.js';
+import type {
+  ChangesMsg,
+  GenerationMsg,
+  Item,
+  PrepareResult,
+  SelectorMsg,
+} from '../../src/control/protocol.js';
 
 /**
  * Helpers for the backup peer's unit tests: a hand-made mirror (device.json + data/), a fake
@@ -84,9 +90,47 @@ export class FakeControl implements BackupControl {
 
   /** What the last prepare asked for (listItems). */
   lastListItems: boolean | undefined;
+  /** Split instants by generation, per mirror, across FakeControls: the fake's change record (changesSince). */
+  private static readonly splits = new Map<string, number[]>();
+  private get splitTimes(): number[] {
+    let s = FakeControl.splits.get(this.mirror.data);
+    if (!s) FakeControl.splits.set(this.mirror.data, (s = []));
+    return s;
+  }
 
-  async prepare(selector: SelectorMsg, o: { leaseMs?: number; listItems?: boolean }): Promise<PrepareResult> {
+  /**
+   * As the server's change record would answer, from the mirror itself: files whose ctime is not
+   * older than the split of `since` changed (the tests change the mirror directly).
+   */
+  private async changesSince(since: GenerationMsg): Promise<ChangesMsg> {
+    const at = this.splitTimes[since.generation];
+    if (since.log !== 'fake-log' || at === undefined)
+      return {
+        since: since.generation,
+        unknown: { since: 0, reason: 'fake: unknown' },
+        changed: [],
+        trees: [],
+      };
+    const changed: string[] = [];
+    const walk = async (dir: string) => {
+      for (const name of await fsp.readdir(path.join(this.mirror.data, dir))) {
+        const p = dir === '/' ? `/${name}` : `${dir}/${name}`;
+        const st = await fsp.lstat(path.join(this.mirror.data, p));
+        if (st.ctimeMs >= at - 5) changed.push(p);
+        if (st.isDirectory()) await walk(p);
+      }
+    };
+    await walk('/');
+    return { since: since.generation, changed, trees: [] };
+  }
+
+  async prepare(
+    selector: SelectorMsg,
+    o: { leaseMs?: number; listItems?: boolean; since?: GenerationMsg },
+  ): Promise<PrepareResult> {
     this.lastListItems = o.listItems;
+    const changes = o.since && (await this.changesSince(o.since));
+    this.splitTimes.push(Date.now());
     const backupId = `bk-${++this.n}`;
     this.calls.push({ type: 'prepare', backupId });
     this.held.add(backupId);
@@ -104,6 +148,8 @@ export class FakeControl implements BackupControl {
       stallMs: 1,
       leaseMs: o.leaseMs ?? 60_000,
       expiresAt: Date.now() + (o.leaseMs ?? 60_000),
+      generation: { log: 'fake-log', generation: this.splitTimes.length - 1 },
+      changes,
     };
   }
 

@@ -45,10 +45,10 @@ describe('dir target specifics', () => {
     const t = await plugin.open(`dir:${dir}`);
     const a = pseudoRandom(50_000, 1);
     const w1 = await t.beginSnapshot(snapMeta('one'));
-    await w1.putFile('/d/a.bin', streamOf(a), fileMeta(a.length));
+    const put = await w1.putFile('/d/a.bin', streamOf(a), fileMeta(a.length));
     await w1.commit(manifest(snapMeta('one'), [fileEntry('/d/a.bin', a)]));
     const w2 = await t.beginSnapshot(snapMeta('two', Date.now(), 'one'));
-    await w2.reuseFile('/d/a.bin', 'one', fileEntry('/d/a.bin', a));
+    await w2.reuseFile('/d/a.bin', 'one', { ...fileEntry('/d/a.bin', a), stored: put.stamp });
     await w2.commit(manifest(snapMeta('two', Date.now(), 'one'), [fileEntry('/d/a.bin', a)]));
     const [s1, s2] = await Promise.all([
       fsp.stat(path.join(dir, 'one/d/a.bin')),

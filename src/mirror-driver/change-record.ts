@@ -1,0 +1,292 @@
+import { randomUUID } from 'node:crypto';
+import type { Stats } from 'node:fs';
+import { promises as fsp } from 'node:fs';
+import * as path from 'node:path';
+import type { Change } from '../fusefs/change-sink.js';
+
+/**
+ * The volume's change record: one generation counter that every change through the volume
+ * advances, and per path the generation of its last change. It answers one question for the
+ * backup peer — "did this file change since generation G?" — with "no" only when it can prove
+ * it, and otherwise with "unknown since generation F" (VMware CBT's change id, at file grain).
+ * The change-aware backups of issue 13 extend this record (ranges, renames, deletions); there is
+ * no second one.
+ *
+ * What makes "unchanged" true:
+ * - stamp() runs in the sink's beforeChange, before the primary is touched: a change that has
+ *   reached the primary is always in the record. (A change that then fails leaves a stamp: a
+ *   file reported changed that is not costs a copy, never a lie.)
+ * - A rename stamps both names as subtrees (everything below them moved).
+ * - A data or metadata change reaches an inode, not a name: names known to share an inode (made
+ *   by link, or seen with nlink > 1 by a walk of the primary) form the linked set, and a change
+ *   to any of them counts as a change to all (linkedGen).
+ * - Generations only grow, across restarts and crashes: the driver journals journalLine() at
+ *   every checkpoint and before every split, so a generation handed to a peer is on disk, and a
+ *   start takes one above anything recorded. A lost journal starts a new log (another `log`
+ *   id), and generations of another log are never comparable.
+ *
+ * When it cannot vouch (everything before `floor` is unknown):
+ * - an unclean start (no clean shutdown record, or a journal of another boot of the machine: the
+ *   clock and the page cache may have lied), or a record file that does not match the journal's
+ *   last line: floor = the new generation;
+ * - a clean start vouches only after the start-up reconciliation walk has seen every entry of
+ *   the primary: entries whose ctime is not older than the shutdown (minus CTIME_MARGIN_MS, for
+ *   the kernel's coarse clock) were changed behind the server's back and are stamped (a
+ *   directory as a subtree: a directory renamed at the primary keeps its children's ctimes), and
+ *   files with several names join the linked set. ctime cannot be set by applications. Until
+ *   that walk completes (or when the server runs without it, reconcileOnStart: false) nothing is
+ *   vouched for in this run. A clock that went back since the shutdown starts a new epoch;
+ * - the record keeps at most maxEntries paths: past it the oldest half is dropped and floor
+ *   rises to the newest dropped generation;
+ * - an answer too large for one reply (maxAnswerBytes) is "unknown".
+ */
+export interface ChangeRecordOptions {
+  /** The record file (written at a clean shutdown only). */
+  file: string;
+  /** The journal's state at start. */
+  journal: { clean: boolean; otherBoot: boolean; missing: boolean; log?: string; gen?: number };
+  maxEntries?: number;
+  maxAnswerBytes?: number;
+  now?: () => number;
+  log?: (msg: string) => void;
+}
+
+/** A generation of one log: only comparable within the same log. */
+export interface Generation {
+  log: string;
+  generation: number;
+}
+
+/** The record's answer to "what changed since G" for one selection. */
+export interface ChangeAnswer extends Generation {
+  since: number;
+  /** Set when nothing can be vouched for: everything before `since` generation is unknown. */
+  unknown?: { since: number; reason: string };
+  /** Paths changed since (their own data, metadata or name). */
+  changed: string[];
+  /** Paths under which everything changed (renamed directories, directories changed behind the server's back). */
+  trees: string[];
+}
+
+/** Slack for the kernel's coarse ctime clock (a few ms behind Date.now()), and for a clock nudged by NTP. */
+export const CTIME_MARGIN_MS = 2000;
+
+interface RecordFile {
+  version: 1;
+  log: string;
+  gen: number;
+  floor: number;
+  savedAt: number;
+  linkedGen: number;
+  self: Array<[string, number]>;
+  trees: Array<[string, number]>;
+  linked: string[];
+  epoch?: string;
+}
+
+export class ChangeRecord {
+  private log: string;
+  private gen = 0;
+  private floor = 0;
+  private linkedGen = 0;
+  private readonly self = new Map<string, number>();
+  private readonly trees = new Map<string, number>();
+  private readonly linked = new Set<string>();
+  /** A walk of the primary has completed in this run: behind-the-back changes and links are known. */
+  private trusted = false;
+  /** While the start-up walk runs: entries with a ctime from this instant on are stamped. */
+  private ctimeFrom: number | undefined;
+  /** Why the record starts where it does (floor): told with every "unknown" below it. */
+  private epoch = 'the record is new';
+  private readonly maxEntries: number;
+  private readonly maxAnswerBytes: number;
+  private readonly now: () => number;
+
+  private constructor(
+    private readonly o: ChangeRecordOptions,
+    log: string,
+  ) {
+    this.log = log;
+    this.maxEntries = o.maxEntries ?? 500_000;
+    this.maxAnswerBytes = o.maxAnswerBytes ?? 256_000;
+    this.now = o.now ?? Date.now;
+  }
+
+  /** Loads the record as the journal's state allows (see the class comment). */
+  static async open(o: ChangeRecordOptions): Promise<ChangeRecord> {
+    const j = o.journal;
+    const saved = await readRecordFile(o.file);
+    const r = new ChangeRecord(o, j.log ?? saved?.log ?? randomUUID());
+    const top = Math.max(j.gen ?? 0, saved?.log === r.log ? saved.gen : 0);
+    const why = j.missing
+      ? 'no journal'
+      : !j.clean
+        ? 'unclean shutdown'
+        : j.otherBoot
+          ? 'the machine rebooted since the shutdown'
+          : !saved
+            ? 'no change record'
+            : saved.log !== r.log || saved.gen !== j.gen
+              ? 'the change record does not match the journal'
+              : saved.savedAt > r.now()
+                ? 'the clock went back since the shutdown'
+                : undefined;
+    if (why || !saved) {
+      // Nothing before this start can be vouched for: a new epoch.
+      r.gen = top + 1;
+      r.floor = r.gen;
+      r.epoch = why ?? 'no change record';
+      if (!j.missing) o.log?.(`change record: ${why}; unknown since generation ${r.gen}`);
+      return r;
+    }
+    r.gen = saved.gen;
+    r.floor = saved.floor;
+    r.linkedGen = saved.linkedGen;
+    r.epoch = saved.epoch ?? r.epoch;
+    for (const [p, g] of saved.self) r.self.set(p, g);
+    for (const [p, g] of saved.trees) r.trees.set(p, g);
+    for (const p of saved.linked) r.linked.add(p);
+    r.ctimeFrom = saved.savedAt - CTIME_MARGIN_MS;
+    return r;
+  }
+
+  get generation(): Generation {
+    return { log: this.log, generation: this.gen };
+  }
+
+  /** Before a change to p reaches the primary (the sink's beforeChange). */
+  stamp(p: string): void {
+    const g = ++this.gen;
+    this.self.set(p, g);
+    if (this.linked.has(p)) this.linkedGen = g;
+    this.bound();
+  }
+
+  /** After the primary applied c (the sink's apply): what a name-level stamp cannot say. */
+  note(c: Change): void {
+    if (c.op === 'rename') {
+      const g = ++this.gen;
+      this.trees.set(c.from, g);
+      this.trees.set(c.path, g);
+      this.linkedGen = this.linked.has(c.path) || this.linked.has(c.from) ? g : this.linkedGen;
+      for (const m of [...this.linked])
+        if (m === c.from || m.startsWith(c.from + '/')) {
+          this.linked.delete(m);
+          this.linked.add(c.path + m.slice(c.from.length));
+        }
+    } else if (c.op === 'link') {
+      this.linked.add(c.from);
+      this.linked.add(c.path);
+      this.linkedGen = ++this.gen;
+    }
+  }
+
+  /** An entry of the primary as a walk of it found it (reconciliation, repair, resync). */
+  notePrimary(p: string, st: Stats): void {
+    if (st.isFile() && st.nlink > 1 && !this.linked.has(p)) {
+      this.linked.add(p);
+      this.linkedGen = ++this.gen;
+    }
+    if (this.ctimeFrom !== undefined && st.ctimeMs >= this.ctimeFrom) {
+      const g = ++this.gen;
+      if (st.isDirectory()) this.trees.set(p, g);
+      else this.self.set(p, g);
+    }
+    this.bound();
+  }
+
+  /** The start-up walk saw every entry: from now on the record can vouch. */
+  startWalkDone(): void {
+    this.ctimeFrom = undefined;
+    this.trusted = true;
+  }
+
+  /** What changed since `since`, among the paths `within` accepts. */
+  since(since: Generation, within: (p: string) => boolean = () => true): ChangeAnswer {
+    const base = { log: this.log, generation: this.gen, since: since.generation, changed: [], trees: [] };
+    const unknown = (reason: string): ChangeAnswer => ({ ...base, unknown: { since: this.floor, reason } });
+    if (since.log !== this.log)
+      return unknown('generation of another change log (server state lost or replaced)');
+    if (!this.trusted) return unknown('the start-up comparison of the primary has not completed');
+    if (since.generation < this.floor)
+      return unknown(`the record starts at generation ${this.floor} (${this.epoch})`);
+    if (since.generation > this.gen) return unknown(`generation ${since.generation} was never handed out`);
+    const changed = new Set<string>();
+    const trees: string[] = [];
+    let bytes = 0;
+    const add = (into: { add(p: string): void }, p: string) => {
+      into.add(p);
+      bytes += p.length + 4;
+    };
+    for (const [p, g] of this.self) if (g > since.generation && within(p)) add(changed, p);
+    if (this.linkedGen > since.generation) for (const p of this.linked) if (within(p)) add(changed, p);
+    // Not filtered: a subtree stamp above the selection covers it too (and there are few).
+    for (const [p, g] of this.trees) if (g > since.generation) add({ add: (x) => trees.push(x) }, p);
+    if (bytes > this.maxAnswerBytes)
+      return unknown(`too many changes for one answer (${changed.size + trees.length} paths)`);
+    return { ...base, changed: [...changed].sort(), trees: trees.sort() };
+  }
+
+  /** For status: the current generation, where the record starts, and whether it can vouch now. */
+  describe(): Generation & { floor: number; vouching: boolean; paths: number } {
+    const paths = this.self.size + this.trees.size;
+    return { log: this.log, generation: this.gen, floor: this.floor, vouching: this.trusted, paths };
+  }
+
+  /** The line the journal carries at every checkpoint and before every split. */
+  journalLine(): { t: 'cg'; log: string; gen: number } {
+    return { t: 'cg', log: this.log, gen: this.gen };
+  }
+
+  /**
+   * Written at a clean shutdown, durably. A record that could not vouch in this run (its start
+   * walk did not finish) is saved as a new epoch.
+   */
+  async save(): Promise<void> {
+    if (!this.trusted) {
+      this.floor = this.gen;
+      this.epoch = 'the start-up comparison of the primary did not complete';
+    }
+    const rec: RecordFile = {
+      version: 1,
+      log: this.log,
+      gen: this.gen,
+      floor: this.floor,
+      savedAt: this.now(),
+      linkedGen: this.linkedGen,
+      self: [...this.self],
+      trees: [...this.trees],
+      linked: [...this.linked],
+      epoch: this.epoch,
+    };
+    await fsp.mkdir(path.dirname(this.o.file), { recursive: true });
+    const tmp = `${this.o.file}.tmp`;
+    const fh = await fsp.open(tmp, 'w', 0o600);
+    try {
+      await fh.writeFile(JSON.stringify(rec));
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    await fsp.rename(tmp, this.o.file);
+  }
+
+  /** Keeps the record bounded: past maxEntries the oldest half goes and the floor rises. */
+  private bound(): void {
+    if (this.self.size + this.trees.size <= this.maxEntries) return;
+    const gens = [...this.self.values(), ...this.trees.values()].sort((a, b) => a - b);
+    const cut = gens[Math.floor(gens.length / 2)]!;
+    for (const m of [this.self, this.trees]) for (const [p, g] of m) if (g <= cut) m.delete(p);
+    this.floor = Math.max(this.floor, cut);
+    this.epoch = `older changes dropped to keep the record within ${this.maxEntries} paths`;
+  }
+}
+
+async function readRecordFile(file: string): Promise<RecordFile | undefined> {
+  try {
+    const r = JSON.parse(await fsp.readFile(file, 'utf8')) as RecordFile;
+    return r?.version === 1 && typeof r.log === 'string' && Number.isFinite(r.gen) ? r : undefined;
+  } catch {
+    return undefined;
+  }
+}

@@ -1,0 +1,196 @@
+import { promises as fsp } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { runCli } from '../helpers/cli.js';
+import { sh } from '../helpers/proc.js';
+import { type ServerHandle, startServer, tempDirs } from '../helpers/server.js';
+import { pairedVolume, waitForEvent } from '../mirror-driver/mirror-helpers.js';
+
+/**
+ * Incrementals that cannot lie, end to end: a real `twinfs serve` (restarted cleanly, killed
+ * with SIGKILL, and its primary edited while it is stopped) and real `twinfs backup|check`
+ * processes with a `dir:` target. A file is shared with the previous snapshot only when the
+ * server's change record vouches it did not change since that snapshot's split, and never when
+ * its stored copy was damaged.
+ */
+let pluginState: string;
+beforeAll(async () => {
+  pluginState = await fsp.mkdtemp(path.join(os.tmpdir(), 'twinfs-incr-e2e-plugins-'));
+  process.env.TWINFS_PLUGIN_STATE = path.join(pluginState, 'state');
+  process.env.TWINFS_PLUGIN_PATH = path.join(pluginState, 'user');
+});
+afterAll(async () => {
+  if (pluginState) await fsp.rm(pluginState, { recursive: true, force: true });
+});
+
+describe('incremental backups across restarts (real server, real peer processes)', () => {
+  let t: Awaited<ReturnType<typeof tempDirs>>;
+  let srv: ServerHandle | undefined;
+  let url = '';
+  let targetDir: string;
+  let catalog: string;
+  let tokenFile: string;
+  const cli = (args: string[]) => runCli(args, { timeoutMs: 60_000 });
+  const backup = async (...extra: string[]) => {
+    const r = await cli([
+      'backup',
+      '--server',
+      url,
+      '--token-file',
+      tokenFile,
+      '--target',
+      `dir:${targetDir}`,
+      '--catalog',
+      catalog,
+      '--json',
+      ...extra,
+    ]);
+    expect(r.code, r.stderr).toBe(0);
+    return r.last;
+  };
+  const start = async () => {
+    srv = await startServer({
+      primary: t.dirs.primary!,
+      mount: t.dirs.mnt!,
+      args: [
+        '--mirror',
+        t.dirs.mirror!,
+        '--state-dir',
+        t.dirs.state!,
+        '--control',
+        '127.0.0.1:0',
+        '--token-file',
+        tokenFile,
+      ],
+    });
+    url = (srv.events.find((e) => e.event === 'mounted') as any).control.url;
+    // Backups are refused until the start-up comparison is done (and the record vouches only then).
+    await waitForEvent(srv, pairedVolume, 30_000);
+  };
+  const stored = (id: string, p: string) => path.join(targetDir, id, p);
+  const ino = async (id: string, p: string) => (await fsp.stat(stored(id, p))).ino;
+  /** Same size, same mtime (to the ns, by touch in a child process), other bytes: what size+mtime reuse cannot see. */
+  const rewriteKeepingMtime = async (file: string, content: string) => {
+    const st = await fsp.stat(file, { bigint: true });
+    await fsp.writeFile(file, content);
+    const ns = st.mtimeNs;
+    const r = await sh(
+      `touch -m -d @${ns / 1_000_000_000n}.${(ns % 1_000_000_000n).toString().padStart(9, '0')} '${file}'`,
+      { timeoutMs: 10_000 },
+    );
+    expect(r.code, r.stderr).toBe(0);
+    expect((await fsp.stat(file, { bigint: true })).mtimeNs).toBe(ns);
+  };
+  /** Entries changed within CTIME_MARGIN_MS (2 s) of a shutdown are stamped as changed after it. */
+  const quiet = () => new Promise((r) => setTimeout(r, 2500));
+
+  beforeAll(async () => {
+    t = await tempDirs('primary', 'mnt', 'mirror', 'state', 'etc');
+    targetDir = path.join(t.base, 'backups');
+    catalog = path.join(t.base, 'catalog');
+    tokenFile = path.join(t.dirs.etc!, 'control.token');
+    await start();
+    const m = t.dirs.mnt!;
+    await fsp.mkdir(path.join(m, 'd'));
+    await fsp.writeFile(path.join(m, 'a.txt'), 'alpha alpha\n');
+    await fsp.writeFile(path.join(m, 'b.bin'), Buffer.alloc(300_000, 9));
+    await fsp.writeFile(path.join(m, 'd/c.txt'), 'charlie\n');
+  }, 60_000);
+  afterAll(async () => {
+    await srv?.kill();
+    await t?.cleanup();
+  });
+
+  it('shares what the server vouches for, and copies a change that kept size and mtime', async () => {
+    const first = await backup();
+    expect(first.totals).toMatchObject({ files: 3, reusedFiles: 0 });
+    expect(first.generation).toMatchObject({ log: expect.any(String), generation: expect.any(Number) });
+    const second = await backup();
+    expect(second.totals).toMatchObject({ files: 3, reusedFiles: 3, copiedBytes: 0 });
+    expect(second.generation.generation).toBeGreaterThanOrEqual(first.generation.generation);
+
+    await rewriteKeepingMtime(path.join(t.dirs.mnt!, 'a.txt'), 'ALPHA ALPHA\n');
+    const third = await backup();
+    expect(third.totals).toMatchObject({ reusedFiles: 2, copiedBytes: 12 });
+    expect(third.refused.notVouched).toBe(1);
+    expect(await fsp.readFile(stored(third.snapshotId, 'a.txt'), 'utf8')).toBe('ALPHA ALPHA\n');
+  }, 120_000);
+
+  it('a clean restart keeps vouching for what did not change', async () => {
+    await quiet();
+    expect(await srv!.stop()).toBe(0);
+    await start();
+    const r = await backup();
+    expect(r.unknownSince).toBeUndefined();
+    expect(r.totals).toMatchObject({ files: 3, reusedFiles: 3, copiedBytes: 0 });
+  }, 120_000);
+
+  it('a file changed at the primary while the server was stopped is caught by the next backup', async () => {
+    await quiet();
+    expect(await srv!.stop()).toBe(0);
+    await rewriteKeepingMtime(path.join(t.dirs.primary!, 'd/c.txt'), 'CHARLIE\n');
+    await start();
+    const r = await backup();
+    expect(r.totals).toMatchObject({ reusedFiles: 2, copiedBytes: 8 });
+    expect(await fsp.readFile(stored(r.snapshotId, 'd/c.txt'), 'utf8')).toBe('CHARLIE\n');
+    const c = await cli(['check', r.snapshotId, '--catalog', catalog, '--json']);
+    expect(c.code, c.stdout + c.stderr).toBe(0);
+  }, 120_000);
+
+  it('after a kill -9 the server vouches for nothing before it ("unknown since G"), and the backup copies all', async () => {
+    await srv!.kill();
+    await start();
+    const r = await backup();
+    expect(r.unknownSince).toMatchObject({
+      since: expect.any(Number),
+      reason: expect.stringMatching(/unclean shutdown/),
+    });
+    expect(r.totals).toMatchObject({ files: 3, reusedFiles: 0 });
+    // And the one after vouches again.
+    const next = await backup();
+    expect(next.totals).toMatchObject({ reusedFiles: 3 });
+  }, 120_000);
+
+  it('a stored file with one byte flipped is never shared again: stored anew, and the new snapshot checks clean', async () => {
+    const prev = await backup();
+    const f = stored(prev.snapshotId, 'b.bin');
+    const fh = await fsp.open(f, 'r+');
+    await fh.write(Buffer.from([0x42]), 0, 1, 150_000);
+    await fh.close();
+    const r = await backup();
+    expect(r.refused.atTarget).toBe(1);
+    expect(r.totals).toMatchObject({ reusedFiles: 2, copiedBytes: 300_000 });
+    expect(await ino(r.snapshotId, 'b.bin')).not.toBe(await ino(prev.snapshotId, 'b.bin'));
+    const c = await cli(['check', r.snapshotId, '--catalog', catalog, '--json']);
+    expect(c.code, c.stdout + c.stderr).toBe(0);
+    const bad = await cli(['check', prev.snapshotId, '--catalog', catalog, '--metadata-only', '--json']);
+    expect(bad.code).not.toBe(0);
+    expect(bad.lines.find((l) => l.event === 'done')).toMatchObject({
+      ok: false,
+      flagged: 1,
+      problems: [{ path: '/b.bin', kind: 'stamp' }],
+    });
+  }, 120_000);
+
+  it('backup --check-source compares the snapshot with the split copy it came from', async () => {
+    const r = await backup('--check-source', 'data');
+    expect(r.sourceCheck).toEqual({ checked: 5, bytes: 2 * (12 + 300_000 + 8), ok: true });
+  }, 120_000);
+
+  it('a change through one name of a hard link is a change of every name', async () => {
+    const m = t.dirs.mnt!;
+    await fsp.writeFile(path.join(m, 'h1'), 'hotel one\n');
+    await fsp.link(path.join(m, 'h1'), path.join(m, 'd/h2'));
+    await backup();
+    const quietRun = await backup();
+    expect(quietRun.totals).toMatchObject({ files: 5, reusedFiles: 5 });
+    // Written through the second name, size and mtime kept: only the server knows the first
+    // name changed too.
+    await rewriteKeepingMtime(path.join(m, 'd/h2'), 'HOTEL ONE\n');
+    const r = await backup();
+    expect(r.totals).toMatchObject({ files: 5, reusedFiles: 3 });
+    expect(r.refused.notVouched).toBe(2);
+    expect(await fsp.readFile(stored(r.snapshotId, 'h1'), 'utf8')).toBe('HOTEL ONE\n');
+  }, 120_000);
+});
