@@ -902,12 +902,17 @@ export class MirrorDriver implements ChangeSink {
   /**
    * Compares a repaired subtree (or file) with the primary, content included. Entries that
    * differ — live changes in flight, or a copy that did not take — are synced and compared once
-   * more inside the change queue, where no live change interleaves; what still differs is
-   * returned (and stays BROKEN). Entries a split holds are left alone.
+   * more inside the change queue, where no live change interleaves (for a large file that holds
+   * live changes back for one read of both copies, only when the first comparison differed);
+   * what still differs is returned (and stays BROKEN). Entries a split holds are left alone.
    */
   private async verifyRepaired(t: string): Promise<Difference[]> {
     const base = t === '/' ? '' : t;
-    const suspects = [base];
+    // First without holding live changes back (a large file's comparison takes a while); only
+    // what differs is compared again inside the queue.
+    const suspects: string[] = [];
+    if ((await compareOne(this.primary, this.layout.data, base).catch(() => [null])).length > 0)
+      suspects.push(base);
     if ((await lstatOrUndefined(this.primary + base))?.isDirectory()) {
       const r = await verifyTrees(this.primary + base, this.layout.data + base, {
         skip: (rel) => this.isHeld(base + rel),
