@@ -77,28 +77,29 @@ export async function serve(args: ServeArgs): Promise<number> {
   // The control channel is checked and bound before anything is mounted: a bad address, TLS
   // file or token file is a coded error with nothing left behind (src/cli/serve-control.ts).
   const controlSetup = await openControl(cfg, (m) => process.stderr.write(`twinfs: ${m}\n`));
+  // (Should opening the mirror fail, the process exits and the port goes with it.)
   let mirror: MirrorDriver | undefined;
+  if (cfg.mirror) {
+    // Check the directories before the mirror driver creates anything.
+    await preflight({ primary: cfg.primary, mount: cfg.mount, mirror: cfg.mirror, force: cfg.force });
+    mirror = await MirrorDriver.open({
+      primary: cfg.primary,
+      mirror: cfg.mirror,
+      stateDir: cfg.stateDir,
+      adopt: cfg.adoptMirror,
+    });
+    mirror.onDidBreak((e) => out('broken', e, `mirror pair broken: ${e.path} (${e.error})`));
+    mirror.onDidChangeState((e) => args.json && out('state', e, ''));
+    // The initial copy and resyncs, for supervisors and tests: at most 4 lines a second per phase.
+    let lastProgress = 0;
+    mirror.onProgress((p) => {
+      if (!args.json || (!p.done && Date.now() - lastProgress < 250)) return;
+      lastProgress = Date.now();
+      out('progress', { ...p }, '');
+    });
+  }
   let fs: TwinFs;
   try {
-    if (cfg.mirror) {
-      // Check the directories before the mirror driver creates anything.
-      await preflight({ primary: cfg.primary, mount: cfg.mount, mirror: cfg.mirror, force: cfg.force });
-      mirror = await MirrorDriver.open({
-        primary: cfg.primary,
-        mirror: cfg.mirror,
-        stateDir: cfg.stateDir,
-        adopt: cfg.adoptMirror,
-      });
-      mirror.onDidBreak((e) => out('broken', e, `mirror pair broken: ${e.path} (${e.error})`));
-      mirror.onDidChangeState((e) => args.json && out('state', e, ''));
-      // The initial copy and resyncs, for supervisors and tests: at most 4 lines a second per phase.
-      let lastProgress = 0;
-      mirror.onProgress((p) => {
-        if (!args.json || (!p.done && Date.now() - lastProgress < 250)) return;
-        lastProgress = Date.now();
-        out('progress', { ...p }, '');
-      });
-    }
     fs = await TwinFs.mount({
       sink: mirror,
       primary: cfg.primary,
