@@ -9,7 +9,11 @@ import type { Socket } from 'node:net';
  * through the mount failed with EMFILE. So the control plane gets a bounded share of the
  * limit, of which only part may be connections that have not authenticated yet, and a socket
  * that has not become a websocket within handshakeMs (it never sent a byte, or dribbles its
- * request) is closed. Over-cap sockets are closed the moment they are accepted.
+ * request) is closed. When the unauthenticated cap is reached, a new socket pushes out the
+ * oldest unauthenticated one (as sshd's MaxStartups drops early): a flood then churns through
+ * its own sockets, and an operator, who completes the handshake and hello in milliseconds,
+ * still gets in. Only when authenticated connections fill the total cap is a new socket
+ * refused at accept.
  */
 export interface ConnectionLimits {
   /** Most sockets at once, authenticated or not. */
@@ -61,8 +65,10 @@ export interface GuardStats {
   limits: ConnectionLimits;
   open: number;
   unauthenticated: number;
-  /** Sockets closed at accept because a cap was reached. */
+  /** Sockets closed at accept because the total cap was reached. */
   refused: number;
+  /** Unauthenticated sockets pushed out by newer ones (the unauthenticated cap was reached). */
+  evicted: number;
   /** Sockets closed because they did not become a websocket in time. */
   handshakeTimeouts: number;
 }
@@ -71,6 +77,7 @@ export class ConnectionGuard {
   private readonly sockets = new Map<Socket, { timer: NodeJS.Timeout | null; authed: boolean }>();
   private unauthed = 0;
   private refused = 0;
+  private evicted = 0;
   private handshakeTimeouts = 0;
 
   constructor(
@@ -104,6 +111,7 @@ export class ConnectionGuard {
       open: this.sockets.size,
       unauthenticated: this.unauthed,
       refused: this.refused,
+      evicted: this.evicted,
       handshakeTimeouts: this.handshakeTimeouts,
     };
   }
@@ -114,7 +122,17 @@ export class ConnectionGuard {
   }
 
   private admit(socket: Socket): void {
-    if (this.sockets.size >= this.limits.maxConnections || this.unauthed >= this.limits.maxUnauthenticated) {
+    if (this.unauthed >= this.limits.maxUnauthenticated) {
+      // The Map keeps insertion order: the first unauthenticated entry is the oldest.
+      for (const [old, s] of this.sockets)
+        if (!s.authed) {
+          this.evicted++;
+          this.forget(old);
+          old.destroy();
+          break;
+        }
+    }
+    if (this.sockets.size >= this.limits.maxConnections) {
       this.refused++;
       socket.destroy();
       return;
@@ -126,13 +144,15 @@ export class ConnectionGuard {
     timer.unref();
     this.sockets.set(socket, { timer, authed: false });
     this.unauthed++;
-    socket.once('close', () => {
-      const s = this.sockets.get(socket);
-      if (!s) return;
-      if (s.timer) clearTimeout(s.timer);
-      if (!s.authed) this.unauthed--;
-      this.sockets.delete(socket);
-    });
+    socket.once('close', () => this.forget(socket));
+  }
+
+  private forget(socket: Socket): void {
+    const s = this.sockets.get(socket);
+    if (!s) return;
+    if (s.timer) clearTimeout(s.timer);
+    if (!s.authed) this.unauthed--;
+    this.sockets.delete(socket);
   }
 }
 

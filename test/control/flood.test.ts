@@ -2,6 +2,7 @@ import { spawn } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ControlClient } from '../../src/control/client.js';
 import { sh } from '../helpers/proc.js';
 import {
   type ControlFixture,
@@ -89,10 +90,23 @@ describe('a connection flood on the control port', () => {
       expect(opens).toEqual({ opened: OPENS, verified: OPENS, errors: {} });
       // The flood held no more than the control plane's share (plus the server's own baseline).
       expect(fdsDuring).toBeLessThan(FD_LIMIT - OPENS);
+      // An operator still gets in during the flood: newer sockets push out the oldest idle ones,
+      // and a real client finishes its handshake and hello long before it is the oldest.
+      let attempts = 0;
+      let during: ControlClient | undefined;
+      while (!during && attempts < 20) {
+        attempts++;
+        during = await ControlClient.connect(fx.url, { token: fx.token, connectTimeoutMs: 5000 }).catch(
+          () => undefined,
+        );
+      }
+      expect(during, `no operator connection in ${attempts} attempts`).toBeDefined();
+      expect((await status(during!)).backup).toBeDefined();
+      await during!.close();
     } finally {
       const end = await flood.stop();
       expect(end.attempts).toBeGreaterThanOrEqual(FLOOD);
-      // The server shut the over-cap sockets at once, and the admitted ones at the handshake timeout.
+      // The server shut the flood's sockets: pushed out by newer ones, or at the handshake timeout.
       expect(end.closedByServer).toBeGreaterThan(FLOOD - 200);
     }
     // The operator's channel works again at once, and status counts what the guard did.
@@ -103,8 +117,8 @@ describe('a connection flood on the control port', () => {
       maxUnauthenticated: 64,
       handshakeMs: 5000,
     });
-    expect(s.control.refused).toBeGreaterThan(0);
-    expect(s.control.handshakeTimeouts).toBeGreaterThan(0);
+    // Flood sockets were pushed out by newer ones long before their handshake timeout.
+    expect(s.control.evicted).toBeGreaterThan(FLOOD - 200);
   });
 
   it('a socket that never sends a byte is closed after the handshake timeout; a websocket that says hello stays', {
