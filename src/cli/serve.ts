@@ -202,7 +202,7 @@ export async function serve(args: ServeArgs): Promise<number> {
     const report = (err: unknown) => {
       for (const e of err instanceof AggregateError ? err.errors : [err]) {
         if (args.json) out('error', { code: codeOf(e), message: messageOf(e) }, '');
-        process.stderr.write(`twinfs: error ${formatError(e)}\n`);
+        process.stderr.write(`twinfs: error ${codeOf(e)}: ${messageOf(e)}\n`);
       }
     };
     onStop = stop;
@@ -290,8 +290,9 @@ async function startPlugins(
   }
 }
 
+/** Errors of the shutdown path without a code of their own are unmount failures. */
 function codeOf(err: unknown): string {
-  return err instanceof TwinError ? err.code : 'ETWIN_INTERNAL';
+  return err instanceof TwinError ? err.code : 'ETWIN_UNMOUNT_FAILED';
 }
 
 function messageOf(err: unknown): string {

@@ -255,6 +255,13 @@ export class TwinFs {
   /** Moves what the cache could not write back into the spill journal; returns the error to report. */
   private async spillUnwritten(cause: unknown): Promise<TwinError> {
     const files = await this.cache.takeUnwritten();
+    if (files.length === 0)
+      return new TwinError(
+        'ETWIN_WRITEBACK',
+        `write-back failed at unmount: ${firstCode(cause)}`,
+        {},
+        { cause },
+      );
     const bytes = files.reduce((s, f) => s + f.extents.reduce((t, e) => t + e.data.length, 0), 0);
     const why = [...new Set(files.map((f) => f.error).filter(Boolean))].join(', ') || firstCode(cause);
     const data = { primary: this.primary, files: files.map((f) => f.path), bytes };

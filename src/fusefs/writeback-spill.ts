@@ -65,6 +65,8 @@ export class WritebackSpill {
     const spill = new WritebackSpill(file, opts.primary, opts.reserveBytes);
     try {
       await fsp.mkdir(opts.spillDir, { recursive: true, mode: 0o700 });
+      await collectOrphans(opts.spillDir);
+      await fsp.writeFile(`${file}.primary`, `${opts.primary}\n`, { mode: 0o600 });
       const st = await fsp.stat(file).catch(() => undefined);
       // A journal holding data keeps its size; an empty one is (re)reserved.
       if (!st || (!(await spill.hasData()) && st.blocks * 512 < opts.reserveBytes))
@@ -187,7 +189,9 @@ export class WritebackSpill {
 
   /** Removes the reservation (clean shutdown: nothing was spilled). */
   async removeIfEmpty(): Promise<void> {
-    if (!(await this.hasData())) await fsp.rm(this.file, { force: true });
+    if (await this.hasData()) return;
+    await fsp.rm(this.file, { force: true });
+    await fsp.rm(`${this.file}.primary`, { force: true });
   }
 
   private async replayFile(
@@ -250,6 +254,36 @@ export class WritebackSpill {
  */
 export function spillReserveBytes(limitBytes: number): number {
   return HEADER_ROOM + limitBytes + Math.ceil(limitBytes / 4) + (1 << 20);
+}
+
+/**
+ * Removes empty journals (reservations) whose primary directory no longer exists: left by a
+ * server killed with -9 on a volume since deleted (test runs, temporary volumes). A journal
+ * holding data is never removed.
+ */
+async function collectOrphans(spillDir: string): Promise<void> {
+  const names = await fsp.readdir(spillDir).catch(() => [] as string[]);
+  for (const n of names) {
+    if (!n.endsWith('.journal')) continue;
+    const file = path.join(spillDir, n);
+    const primary = (await fsp.readFile(`${file}.primary`, 'utf8').catch(() => '')).trim();
+    const exists = await fsp.stat(primary).then(
+      () => true,
+      () => false,
+    );
+    if (!primary || exists) continue;
+    const head = Buffer.alloc(MAGIC.length);
+    const fh = await fsp.open(file, 'r').catch(() => undefined);
+    if (!fh) continue;
+    try {
+      await fh.read(head, 0, head.length, 0);
+    } finally {
+      await fh.close();
+    }
+    if (head.equals(MAGIC)) continue;
+    await fsp.rm(file, { force: true });
+    await fsp.rm(`${file}.primary`, { force: true });
+  }
 }
 
 async function writeAll(fh: fsp.FileHandle, data: Buffer, pos: number): Promise<void> {

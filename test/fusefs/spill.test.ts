@@ -96,11 +96,23 @@ describe('write-back at shutdown onto a full primary: the spill journal', () => 
     expect(await isMounted(mnt)).toBe(false);
     expect((await fsp.stat(journal)).size).toBeGreaterThan(3 * MiB);
 
+    // Reservations left by servers killed on volumes that are gone are collected at start;
+    // a journal holding data never is.
+    const spillDir = path.dirname(journal);
+    const gone = path.join(t.base, 'deleted-volume');
+    await fsp.writeFile(path.join(spillDir, 'orphan.journal'), Buffer.alloc(4096));
+    await fsp.writeFile(path.join(spillDir, 'orphan.journal.primary'), `${gone}\n`);
+    await fsp.writeFile(path.join(spillDir, 'kept.journal'), await fsp.readFile(journal));
+    await fsp.writeFile(path.join(spillDir, 'kept.journal.primary'), `${gone}\n`);
+
     // Space returns: the start writes the data back before mounting.
     await fsp.rm(path.join(t.dirs.primary!, 'filler'));
     srv = await startServer({ primary: t.dirs.primary!, mount: mnt, args: args() });
     expect(srv.stderr()).toMatch(/wrote back 3145728 byte\(s\) of 1 file\(s\) from the spill journal/);
     await waitForEvent(srv, pairedVolume, 20_000);
+    expect(
+      (await fsp.readdir(spillDir)).filter((n) => n.startsWith('orphan') || n.startsWith('kept')).sort(),
+    ).toEqual(['kept.journal', 'kept.journal.primary']);
     const read = await runSteps([{ op: 'read', path: path.join(mnt, 'C') }]);
     expect(read[0]).toMatchObject({ ok: true, size: 3 * MiB, sha: want });
     expect(await srv.stop()).toBe(0);
