@@ -28,6 +28,7 @@ export { fuseMountOf, locateMirror, MirrorReader } from './mirror-source.js';
 export { loadPeerConfig, type PeerConfig, readToken, selectorFor } from './peer-config.js';
 export { PeerDaemon, type PeerEvent } from './peer-daemon.js';
 export { type RestoreResult, restore } from './restore.js';
+export { checkSnapshotAgainstSource, type SnapshotSourceCheck } from './snapshot-source-check.js';
 export { checkAgainstSource, type SourceCheckResult } from './source-check.js';
 export * from './target.js';
 export { TargetRegistry } from './targets/index.js';

@@ -337,10 +337,65 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
             describe: 'read every file back and compare its sha256 (the default)',
           })
           .conflicts('metadata-only', 'read-data')
+          .option('source', {
+            type: 'boolean',
+            describe:
+              "compare with the mirror instead of the catalog: the server splits the selection again and vouches which files did not change since the snapshot's split; those are compared (metadata, and unless --metadata-only their content on both sides)",
+          })
+          .option('server', { type: 'string', describe: 'control URL for --source (or $TWINFS_SERVER)' })
+          .option('token-file', {
+            type: 'string',
+            describe: 'control token file for --source (or $TWINFS_TOKEN)',
+          })
+          .option('ca-file', { type: 'string', describe: 'CA certificate (PEM) for wss://' })
+          .option('mirror-map', {
+            type: 'string',
+            array: true,
+            describe: 'DEVICE_ID=PATH: where this host sees a mirror (--source)',
+          })
           .example('twinfs check latest', 're-read the newest snapshot at its target')
+          .example(
+            'twinfs check latest --source --server ws://127.0.0.1:7420 --token-file /var/lib/twinfs/control.token',
+            'compare the newest snapshot with the mirror, for every file unchanged since',
+          )
           .example('twinfs check latest --metadata-only', 'sizes and stamps only: seconds, not hours'),
       (a) =>
         run(a, async (out, targets) => {
+          if (a.source) {
+            const { checkSnapshotAgainstSource } = await import('../backup-peer/index.js');
+            const conn = await resolveConnection({
+              server: a.server,
+              tokenFile: a['token-file'],
+              caFile: a['ca-file'],
+              config: a.config,
+            });
+            const s = await checkSnapshotAgainstSource({
+              snapshot: a.snapshot,
+              catalogDir: await catalogOf(a),
+              registry: targets,
+              server: conn.url,
+              token: conn.token,
+              ca: conn.ca,
+              mirrorMap: parseMirrorMap(a['mirror-map']),
+              readData: a['metadata-only'] !== true,
+            });
+            if (!out.json)
+              for (const p of s.problems) out.line(`${p.kind.padEnd(10)} ${p.path}  ${p.message}`);
+            out.result(
+              { event: 'done', ...s },
+              s.unknownSince
+                ? `snapshot ${s.snapshotId}: nothing compared, the server cannot vouch (unknown since generation ${s.unknownSince.since}: ${s.unknownSince.reason})`
+                : `snapshot ${s.snapshotId}: ${s.checked} entries compared with the mirror (${s.skipped} changed since or directories, skipped)${s.ok ? '' : `, ${s.problems.length} problem(s)`}`,
+            );
+            if (!s.ok)
+              throw new TwinError(
+                'ETWIN_CHECK_FAILED',
+                s.unknownSince
+                  ? `snapshot ${s.snapshotId} could not be compared with the mirror`
+                  : `snapshot ${s.snapshotId} does not match the mirror`,
+              );
+            return 0;
+          }
           const { checkSnapshot } = await import('../backup-peer/index.js');
           const r = await checkSnapshot({
             snapshot: a.snapshot,
