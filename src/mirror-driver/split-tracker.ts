@@ -170,11 +170,15 @@ export class SplitTracker {
         this.files.set(c.path, { ranges: new RangeSet() });
         this.touched.add(c.path);
         return;
-      case 'link':
+      case 'link': {
         if (this.covers(c.from)) this.followed.add(c.path);
+        // Both names are of a file with several names now (see lostLinks).
+        const n = this.inodeChanged.get(c.from);
+        if (n !== undefined) this.inodeChanged.set(c.from, Math.max(n, 2));
         this.namespace.push(c);
         this.touched.add(c.path);
         return;
+      }
       case 'mkdir':
       case 'mknod':
       case 'symlink':
