@@ -214,15 +214,11 @@ export class MirrorDriver implements ChangeSink {
   private async start(created: boolean): Promise<void> {
     const rec = await this.journal.read();
     for (const p of rec.broken) this.broken.add(p);
-    // Splits that survived a restart have no holder any more: they are resynced first. What a
-    // split learnt about link counts is not journaled: if a name went away (unlink, rename),
-    // it may have been one of a multi-link file's and taken tracked ranges with it, so such a
-    // recovered split copies its tracked files whole.
+    // Splits that survived a restart have no holder any more: they are resynced first. Link
+    // counts are not journaled: if a name with tracked data went away (see lostLinks), every
+    // tracked file of such a recovered split is copied whole.
     for (const s of rec.splits.values()) {
-      if (s.namespace.some((c) => c.op === 'unlink' || c.op === 'rename')) {
-        s.lostLinks = true;
-        for (const p of s.files.keys()) s.inodeChanged.set(p, 2);
-      }
+      if (s.lostLinks) for (const p of s.files.keys()) s.inodeChanged.set(p, 2);
       this.splits.set(s.id, s);
     }
     for (const p of rec.intents) this.pendingIntents.add(p);

@@ -207,8 +207,12 @@ export class SplitTracker {
 
   /** A name goes away (unlink, or replaced by a rename). */
   private dropName(p: string): void {
+    const f = this.files.get(p);
     this.files.delete(p);
-    const nlink = this.inodeChanged.get(p);
+    // Live, a name with tracked data always has its link count noted; replayed from the journal
+    // it has none: assume other names.
+    const data = f !== undefined && (!f.ranges.isEmpty || f.cut !== undefined);
+    const nlink = this.inodeChanged.get(p) ?? (data ? 2 : undefined);
     this.inodeChanged.delete(p);
     if (nlink !== undefined && nlink > 1) this.lostLinks = true;
   }
