@@ -13,27 +13,27 @@ import type { TrackedFile } from './split-tracker.js';
  * copy on the others (their sizes and metadata are synced all the same).
  *
  * inoOf: the mirror inode of a name, undefined when it is not a regular file with other names.
- * whole: ranges tracked under a name of a file with other names were lost with that name
- * (SplitTracker.lostLinks). The file's other names may be tracked under their own names (with
- * ranges that miss the lost ones, and a file whose link count in the mirror is 1 by now): every
- * tracked name is copied whole (undefined) instead.
+ * whole: names copied whole (undefined) instead. When ranges tracked under a name of a file
+ * with other names were lost with that name (SplitTracker.lostLinks), the file's other names
+ * may be tracked under their own names, with ranges that miss the lost ones and a link count
+ * in the mirror that is 1 by now: the caller names every file that had several names.
  */
 export async function mergeLinkedRanges(
   files: ReadonlyMap<string, TrackedFile>,
   paths: readonly string[],
   inoOf: (p: string) => Promise<number | undefined>,
-  whole = false,
+  whole: (p: string) => boolean = () => false,
 ): Promise<Map<string, TrackedFile | undefined>> {
   const out = new Map<string, TrackedFile | undefined>();
-  if (whole) {
-    for (const p of paths) out.set(p, undefined);
-    return out;
-  }
   const groups = new Map<number, string[]>();
   for (const p of paths) {
     const f = files.get(p);
     out.set(p, f);
     if (!f) continue;
+    if (whole(p)) {
+      out.set(p, undefined);
+      continue;
+    }
     const ino = await inoOf(p);
     if (ino === undefined) continue;
     const g = groups.get(ino);

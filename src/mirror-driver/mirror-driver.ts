@@ -162,6 +162,12 @@ export class MirrorDriver implements ChangeSink {
   private checkpointQueued = false;
   /** A volume comparison to link the names of hard-linked files is queued (see healPath). */
   private relinkQueued = false;
+  /**
+   * Entries a resync found gone from the primary and left in the mirror for the changes queued
+   * behind it (see removeGone), not synced yet: a rename moves them and syncs them where they
+   * land, an unlink drops them.
+   */
+  private readonly unsynced = new Set<string>();
   private readonly abort = new AbortController();
   private timesTimer: NodeJS.Timeout | null = null;
   private changeFile = '';
@@ -233,8 +239,13 @@ export class MirrorDriver implements ChangeSink {
   private async start(created: boolean): Promise<void> {
     const rec = await this.journal.read();
     for (const p of rec.broken) this.broken.add(p);
-    // Splits that survived a restart have no holder any more: they are resynced first.
-    for (const s of rec.splits.values()) this.splits.set(s.id, s);
+    // Splits that survived a restart have no holder any more: they are resynced first. Link
+    // counts are not journaled: if a name with tracked data went away (see lostLinks), every
+    // tracked file of such a recovered split is copied whole.
+    for (const s of rec.splits.values()) {
+      if (s.lostLinks) for (const p of s.files.keys()) s.inodeChanged.set(p, 2);
+      this.splits.set(s.id, s);
+    }
     for (const p of rec.intents) this.pendingIntents.add(p);
     // Without a record written since this boot, the page cache may have lost mirror writes
     // whose size and mtime look right: compare contents. (A clean shutdown synced the mirror.)
@@ -381,6 +392,9 @@ export class MirrorDriver implements ChangeSink {
     if (holders.length > 0) {
       if (c.op !== 'fsync') this.stats.changesTracked++;
       if (inodeOp) await this.noteInodeChange(holders, c.path);
+      // Unsynced entries moved under the split: its resync syncs them where they land.
+      if (c.op === 'rename' && this.unsynced.size > 0)
+        for (const q of this.moveUnsynced(c.from, c.path)) for (const s of holders) s.touched.add(q);
       return;
     }
     if ((c.op === 'rename' || c.op === 'link') && this.broken.size > 0)
@@ -395,6 +409,10 @@ export class MirrorDriver implements ChangeSink {
       // A directory renamed under a running walk may have moved where the walk has been to a
       // place it has already left: it gets walked again afterwards.
       if (c.op === 'rename') for (const w of this.walks) w.add(c.path);
+      if (this.unsynced.size > 0) {
+        if (c.op === 'rename') await this.syncUnsynced(this.moveUnsynced(c.from, c.path));
+        else if (c.op === 'unlink' || c.op === 'rmdir') this.moveUnsynced(c.path, null);
+      }
       if (c.op === 'write') {
         this.stats.bytesMirrored += c.data.length;
         // An inode with other names may lose this one next (unlink, or libfuse's .fuse_hidden
@@ -563,16 +581,53 @@ export class MirrorDriver implements ChangeSink {
    * during the resync: whatever is still gone from the primary then is removed.
    */
   private async removeGone(paths: string[]): Promise<void> {
+    const left = paths.filter((p) => this.unsynced.delete(p));
+    const back: string[] = [];
+    for (const p of left) {
+      if (this.heldUnder(p)) {
+        for (const s of this.splits.values()) if (s.coversUnder(p)) s.touched.add(p);
+        continue;
+      }
+      if (await lstatOrUndefined(this.primary + p)) {
+        back.push(p);
+        continue;
+      }
+      this.writer.forget(p, true);
+      await fsp
+        .rm(this.layout.data + p, { recursive: true, force: true })
+        .catch((err) => this.markBroken(p, err as NodeJS.ErrnoException));
+    }
+    await this.syncUnsynced(back);
+  }
+
+  /** Moves unsynced entries at or below from to below to (null: drops them); returns their new paths. */
+  private moveUnsynced(from: string, to: string | null): string[] {
+    const moved: string[] = [];
+    for (const p of [...this.unsynced]) {
+      if (p !== from && !p.startsWith(from + '/')) continue;
+      this.unsynced.delete(p);
+      if (to !== null) moved.push(to + p.slice(from.length));
+    }
+    return moved.sort();
+  }
+
+  /** Syncs entries a resync could not (they had moved on the primary) where they are now. */
+  private async syncUnsynced(paths: string[]): Promise<void> {
     for (const p of paths) {
       if (this.heldUnder(p)) {
         for (const s of this.splits.values()) if (s.coversUnder(p)) s.touched.add(p);
         continue;
       }
-      if (await lstatOrUndefined(this.primary + p)) continue;
-      this.writer.forget(p, true);
-      await fsp
-        .rm(this.layout.data + p, { recursive: true, force: true })
-        .catch((err) => this.markBroken(p, err as NodeJS.ErrnoException));
+      try {
+        this.writer.forget(p, true);
+        await this.ensureParents(p);
+        const r = await syncEntry(this.primary + p, this.layout.data + p, { compare: true });
+        this.stats.resyncBytes += r.bytesCopied;
+      } catch (err) {
+        // Moved on again: the change that did it is queued and carries on from there.
+        if (!HEAL_CODES.has((err as NodeJS.ErrnoException).code ?? ''))
+          this.markBroken(p, err as NodeJS.ErrnoException);
+      }
     }
   }
 
@@ -738,13 +793,14 @@ export class MirrorDriver implements ChangeSink {
         const st = stillHeld(p) ? undefined : await lstatOrUndefined(this.layout.data + p);
         return st?.isFile() && st.nlink > 1 ? st.ino : undefined;
       },
-      s.lostLinks,
+      s.lostLinks ? (p) => (s.inodeChanged.get(p) ?? 1) > 1 : undefined,
     );
     const gone: string[] = [];
     for (const p of paths) {
       if (stillHeld(p)) continue;
       if (!(await lstatOrUndefined(this.primary + p))) {
         gone.push(p);
+        this.unsynced.add(p);
         continue;
       }
       const f = tracked.get(p);

@@ -172,11 +172,15 @@ export class SplitTracker {
         this.files.set(c.path, { ranges: new RangeSet() });
         this.touched.add(c.path);
         return;
-      case 'link':
+      case 'link': {
         if (this.covers(c.from)) this.followed.add(c.path);
+        // Both names are of a file with several names now (see lostLinks).
+        const n = this.inodeChanged.get(c.from);
+        if (n !== undefined) this.inodeChanged.set(c.from, Math.max(n, 2));
         this.namespace.push(c);
         this.touched.add(c.path);
         return;
+      }
       case 'mkdir':
       case 'mknod':
       case 'symlink':
@@ -205,8 +209,12 @@ export class SplitTracker {
 
   /** A name goes away (unlink, or replaced by a rename). */
   private dropName(p: string): void {
+    const f = this.files.get(p);
     this.files.delete(p);
-    const nlink = this.inodeChanged.get(p);
+    // Live, a name with tracked data always has its link count noted; replayed from the journal
+    // it has none: assume other names.
+    const data = f !== undefined && (!f.ranges.isEmpty || f.cut !== undefined);
+    const nlink = this.inodeChanged.get(p) ?? (data ? 2 : undefined);
     this.inodeChanged.delete(p);
     if (nlink !== undefined && nlink > 1) this.lostLinks = true;
   }

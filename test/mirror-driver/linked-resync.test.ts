@@ -93,12 +93,17 @@ describe('resync of files with several names', () => {
     expect((await d.verify()).differences).toEqual([]);
   });
 
-  it('a rename queued behind the resync keeps the names one file (the primary runs ahead of the queue)', async () => {
+  it('a rename queued behind the resync keeps the names one file and brings their changes (the primary runs ahead of the queue)', async () => {
     const s = await d.split({ volume: true });
     await fsp.mkdir(`${P}/d`);
     await d.apply({ op: 'mkdir', path: '/d', mode: 0o40755, uid: 0, gid: 0 });
     await fsp.link(`${P}/a`, `${P}/d/h`);
     await d.apply({ op: 'link', from: '/a', path: '/d/h' });
+    await write('/d/h', 50_000, 10_000);
+    await fsp.mkdir(`${P}/d/sub`);
+    await d.apply({ op: 'mkdir', path: '/d/sub', mode: 0o40755, uid: 0, gid: 0 });
+    await fsp.chown(`${P}/d/sub`, 30, 4);
+    await d.apply({ op: 'chown', path: '/d/sub', uid: 30, gid: 4 });
     // The rename reaches the primary before the resync runs, and the driver after it.
     await fsp.rename(`${P}/d`, `${P}/e`);
     const resynced = d.resync(s.splitId);
