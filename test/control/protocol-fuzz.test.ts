@@ -84,7 +84,7 @@ describe('protocol decoders under random frames', () => {
         let conn: RawConn | undefined;
         let sent = 0;
         for (let i = 0; i < 1000; i++) {
-          // Under the per-connection burst (100): the rate limit is tested elsewhere.
+          // Well under the per-connection burst: the rate limit is tested elsewhere.
           if (!conn || conn.closed || sent >= 90) {
             conn?.terminate();
             conn = await fx.raw();
