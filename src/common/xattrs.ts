@@ -25,22 +25,38 @@ export function isNoXattrSupport(err: unknown): boolean {
  * skip them (a symlink's own user.* attributes cannot exist on Linux).
  */
 export async function readXattrs(file: string): Promise<Map<string, Buffer>> {
-  let names: string[];
-  try {
-    names = await xattr.listAttributes(file);
-  } catch (err) {
-    if (isNoXattrSupport(err)) return new Map();
-    throw err;
+  let names: string[] = [];
+  // The list is sized and then read as well: one that grew in between answers ERANGE.
+  for (let attempt = 0; ; attempt++) {
+    try {
+      names = await xattr.listAttributes(file);
+      break;
+    } catch (err) {
+      if (isNoXattrSupport(err)) return new Map();
+      if ((err as NodeJS.ErrnoException).code !== 'ERANGE' || attempt >= 8) throw err;
+    }
   }
   const out = new Map<string, Buffer>();
   for (const name of names) {
-    try {
-      out.set(name, await xattr.getAttribute(file, name));
-    } catch (err) {
-      if (!isNoAttr(err)) throw err;
-    }
+    const v = await getXattr(file, name);
+    if (v) out.set(name, v);
   }
   return out;
+}
+
+/**
+ * One attribute's value, or undefined when it vanished. getxattr sizes the value first and then
+ * reads it: a value that grew in between answers ERANGE, and is read again.
+ */
+async function getXattr(file: string, name: string): Promise<Buffer | undefined> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      return await xattr.getAttribute(file, name);
+    } catch (err) {
+      if (isNoAttr(err)) return undefined;
+      if ((err as NodeJS.ErrnoException).code !== 'ERANGE' || attempt >= 8) throw err;
+    }
+  }
 }
 
 /** Removes an attribute; one already gone is fine (removal is idempotent). */

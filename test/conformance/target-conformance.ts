@@ -116,7 +116,8 @@ export function describeTargetConformance(
         ]);
         await w.commit(m);
         expect(await t.readManifest(id)).toEqual(m);
-        expect(await t.stat(id, '/b')).toEqual({ type: 'file', size: a.length });
+        // toMatchObject: a target may add its stamp of the stored copy.
+        expect(await t.stat(id, '/b')).toMatchObject({ type: 'file', size: a.length });
         expect(await readAll(await t.openFile(id, '/b'))).toEqual(a);
         expect(await readAll(await t.openFile(id, '/a'))).toEqual(a);
       },
