@@ -14,6 +14,7 @@ import {
   MAX_MESSAGE_BYTES,
   PATH_ESCAPE,
   PROTOCOL_VERSION,
+  REQUEST_TYPES,
   type Request,
   requestSchema,
 } from './protocol.js';
@@ -63,18 +64,6 @@ interface Conn {
 
 const CLOSE_AUTH = 4401;
 const CLOSE_VERSION = 4400;
-const KNOWN_TYPES = new Set([
-  'hello',
-  'status',
-  'prepare',
-  'renew',
-  'release',
-  'freeze',
-  'thaw',
-  'verify',
-  'repair',
-  'flush',
-]);
 /** What a read-only token may ask: requests that only look. */
 const READ_ONLY_TYPES = new Set(['hello', 'status', 'verify']);
 
@@ -271,7 +260,7 @@ export class ControlServer {
     const id = raw?.id;
     if (!raw || typeof raw !== 'object' || typeof raw.type !== 'string')
       return this.fail(c, id, 'EPROTO_MALFORMED', 'message must be an object with a string "type"');
-    if (!KNOWN_TYPES.has(raw.type))
+    if (!REQUEST_TYPES.has(raw.type))
       return this.fail(
         c,
         id,

@@ -7,6 +7,20 @@ import { z } from 'zod';
  */
 export const PROTOCOL_VERSION = 1;
 /** Largest message either side accepts, bytes. */
+/** The request types the server answers (requestSchema's discriminators). */
+export const REQUEST_TYPES: ReadonlySet<string> = new Set([
+  'hello',
+  'status',
+  'prepare',
+  'renew',
+  'release',
+  'freeze',
+  'thaw',
+  'verify',
+  'repair',
+  'flush',
+]);
+
 export const MAX_MESSAGE_BYTES = 1024 * 1024;
 
 /** Error code of a selector path with a '..' component (the issue carries it in params.code). */

@@ -5,7 +5,12 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { WebSocketServer } from 'ws';
 import { ErrorCodes } from '../../src/common/errors.js';
 import { ControlClient } from '../../src/control/client.js';
-import { ProtocolErrors, requestSchema, serverMessageSchema } from '../../src/control/protocol.js';
+import {
+  ProtocolErrors,
+  REQUEST_TYPES,
+  requestSchema,
+  serverMessageSchema,
+} from '../../src/control/protocol.js';
 import {
   type ControlFixture,
   type RawConn,
@@ -23,18 +28,6 @@ import { FrameFuzzer } from './frame-fuzzer.js';
 
 const SEEDS = [1, 7, 2026];
 const KNOWN = new Set([...Object.keys(ErrorCodes), ...Object.keys(ProtocolErrors)]);
-const KNOWN_TYPES = new Set([
-  'hello',
-  'status',
-  'prepare',
-  'renew',
-  'release',
-  'freeze',
-  'thaw',
-  'verify',
-  'repair',
-  'flush',
-]);
 
 describe('protocol decoders under random frames', () => {
   it('the request schema never throws, and what it accepts is well-formed (no .., no NUL, a known type)', () => {
@@ -52,7 +45,7 @@ describe('protocol decoders under random frames', () => {
         const r = requestSchema.safeParse(raw);
         serverMessageSchema.safeParse(raw);
         if (!r.success) continue;
-        expect(KNOWN_TYPES.has(r.data.type), where).toBe(true);
+        expect(REQUEST_TYPES.has(r.data.type), where).toBe(true);
         const sel = (r.data as { selector?: { paths?: string[]; subtree?: string } }).selector;
         for (const p of [...(sel?.paths ?? []), ...(sel?.subtree ? [sel.subtree] : [])]) {
           expect(p.split('/').includes('..'), where).toBe(false);
