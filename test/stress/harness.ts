@@ -36,6 +36,8 @@ export interface StressOptions {
   mmap?: boolean;
   /** Some mmap writes skip msync: their pages stay dirty in the kernel (issue 10, item 2). */
   lazyMmap?: boolean;
+  /** Writers make hard links (default true). */
+  links?: boolean;
   /** Selections the prepare loop makes (default all three kinds). */
   selections?: Array<'volume' | 'subtree' | 'paths'>;
   /** Run the prepare/release loop and the backup loop (default both). */
@@ -171,6 +173,7 @@ export async function runStress(o: StressOptions): Promise<StressReport> {
         log: d(`logs/writer-${i}.jsonl`),
         mmap: o.mmap ?? false,
         lazyMmap: o.lazyMmap ?? false,
+        links: o.links ?? true,
         pauseMs: rng.pick([0, 20, 100]),
       };
       const child = spawn(process.execPath, ['--import', REGISTER, WRITER, JSON.stringify(cfg)], {

@@ -65,6 +65,8 @@ export interface GeneratorOptions {
   lazyMmap: boolean;
   /** Generate mmap writes at all (each one starts a python3 process). */
   mmap: boolean;
+  /** Generate hard links (default true). */
+  links?: boolean;
 }
 
 const FILE_MODES = [0o644, 0o600, 0o640, 0o664, 0o755, 0o444];
@@ -254,7 +256,7 @@ export class SubtreeModel {
         mmap: files.length && o.mmap ? 1 : 0,
         rename: nonDirs.length ? 8 : 0,
         renameDir: dirs.length > 1 ? 2 : 0,
-        link: files.length && !full ? 5 : 0,
+        link: files.length && !full && o.links !== false ? 5 : 0,
         unlink: nonDirs.length ? (full ? 10 : 5) : 0,
         symlink: full ? 0 : 3,
         mkdir: full ? 0 : 3,

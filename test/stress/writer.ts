@@ -27,6 +27,8 @@ export interface WriterConfig {
   log: string;
   mmap: boolean;
   lazyMmap: boolean;
+  /** Make hard links (default true). */
+  links?: boolean;
   /** Longest pause between operations, ms (some operations are followed by one). */
   pauseMs: number;
 }
