@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli } from '../helpers/cli.js';
 import { sh } from '../helpers/proc.js';
-import { type ServerHandle, startServer, tempDirs } from '../helpers/server.js';
+import { controlServeArgs, type ServerHandle, startServer, tempDirs } from '../helpers/server.js';
 import { pairedVolume, waitForEvent } from '../mirror-driver/mirror-helpers.js';
 
 /**
@@ -54,16 +54,7 @@ describe('incremental backups across restarts (real server, real peer processes)
     srv = await startServer({
       primary: t.dirs.primary!,
       mount: t.dirs.mnt!,
-      args: [
-        '--mirror',
-        t.dirs.mirror!,
-        '--state-dir',
-        t.dirs.state!,
-        '--control',
-        '127.0.0.1:0',
-        '--token-file',
-        tokenFile,
-      ],
+      args: controlServeArgs(t.dirs, tokenFile),
     });
     url = (srv.events.find((e) => e.event === 'mounted') as any).control.url;
     // Backups are refused until the start-up comparison is done (and the record vouches only then).

@@ -3,7 +3,7 @@ import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import WebSocket from 'ws';
 import { ControlClient, type ControlClientOptions } from '../../src/control/client.js';
-import { ROOT, type ServerHandle, startServer, tempDirs } from '../helpers/server.js';
+import { controlServeArgs, ROOT, type ServerHandle, startServer, tempDirs } from '../helpers/server.js';
 
 /**
  * Helpers for the control-channel suites: a `twinfs serve` process with a mirror and a control
@@ -47,17 +47,7 @@ export async function startControlFixture(
     srv = await startServer({
       primary: t.dirs.primary!,
       mount: t.dirs.mnt!,
-      args: [
-        '--mirror',
-        t.dirs.mirror!,
-        '--state-dir',
-        t.dirs.state!,
-        '--control',
-        '127.0.0.1:0',
-        '--token-file',
-        tokenFile,
-        ...(opts.args ?? []),
-      ],
+      args: controlServeArgs(t.dirs, tokenFile, opts.args),
       prefix: opts.prefix,
     });
   } catch (err) {

@@ -150,3 +150,25 @@ export async function startServer(opts: {
   };
   return handle;
 }
+
+/**
+ * `twinfs serve` arguments for a volume with a mirror, its own state dir and a control channel on
+ * a free loopback port: for tests that start (and restart) the server on the same directories.
+ */
+export function controlServeArgs(
+  dirs: { mirror?: string; state?: string },
+  tokenFile: string,
+  extra: string[] = [],
+): string[] {
+  return [
+    '--mirror',
+    dirs.mirror!,
+    '--state-dir',
+    dirs.state!,
+    '--control',
+    '127.0.0.1:0',
+    '--token-file',
+    tokenFile,
+    ...extra,
+  ];
+}

@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ControlClient } from '../../src/control/client.js';
 import { runCli } from '../helpers/cli.js';
 import { sh } from '../helpers/proc.js';
-import { type ServerHandle, startServer, tempDirs } from '../helpers/server.js';
+import { controlServeArgs, type ServerHandle, startServer, tempDirs } from '../helpers/server.js';
 import { run, sha } from './mirror-helpers.js';
 
 /**
@@ -25,16 +25,7 @@ describe('BROKEN pairs: only a verified repair clears them', () => {
     srv = await startServer({
       primary: t.dirs.primary!,
       mount: t.dirs.mnt!,
-      args: [
-        '--mirror',
-        t.dirs.mirror!,
-        '--state-dir',
-        t.dirs.state!,
-        '--control',
-        '127.0.0.1:0',
-        '--token-file',
-        tokenFile(),
-      ],
+      args: controlServeArgs(t.dirs, tokenFile()),
     });
     const mounted = srv.events.find((e) => e.event === 'mounted') as any;
     mirrorData = mounted.mirror.mirrorRoot;
