@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything twinfs needs on a fresh Debian machine with Node 20, as root:
 # Debian packages (libfuse2 and fuse for FUSE; attr, rsync, bindfs for tests and benchmarks;
-# samba and smbclient for `twinfs serve --smb` and its tests)
-# when missing, npm dependencies (postinstall patches and builds fuse-native), the TypeScript
+# samba and smbclient for `twinfs serve --smb` and its tests; ceph-mon, ceph-osd, radosgw and
+# ceph-common for the one-node Ceph cluster whose RADOS Gateway the s3 target is tested against,
+# see scripts/ceph-rgw.sh) when missing, npm dependencies (postinstall patches and builds fuse-native), the TypeScript
 # build, and the `twinfs` command on PATH.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +16,16 @@ if [ "${#need[@]}" -gt 0 ]; then
   echo "setup: installing Debian packages: ${need[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+# Ceph (Debian 12 ships 16.2): nothing starts on install; without recommends it is ~250 MB.
+ceph=()
+for pkg in ceph-mon ceph-osd radosgw ceph-common uuid-runtime curl; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || ceph+=("$pkg")
+done
+if [ "${#ceph[@]}" -gt 0 ]; then
+  echo "setup: installing Debian packages: ${ceph[*]}"
+  [ "${#need[@]}" -gt 0 ] || apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${ceph[@]}" >/dev/null
 fi
 [ -e /dev/fuse ] || { echo "setup: /dev/fuse is missing: this machine cannot mount FUSE filesystems" >&2; exit 1; }
 
