@@ -10,7 +10,7 @@ import { TargetRegistry } from '../../src/backup-peer/targets/index.js';
 import { PluginHost } from '../../src/plugins/plugin-host.js';
 import { FakeControl, type Mirror, makeMirror, snapshotTree, tempDir } from '../backup-peer/peer-fixture.js';
 import { memoryTargetPlugin } from './plugin-fixtures.js';
-import { S3_CREDENTIALS, type S3Fixture, startS3 } from './s3-fixture.js';
+import { type S3Fixture, startS3 } from './s3-fixture.js';
 
 const ROOT = path.resolve(import.meta.dirname, '../..');
 
@@ -64,7 +64,7 @@ describe('end to end: backup, incremental backup and restore through each target
         { dir: path.join(base, 'extra'), source: 'cli' },
       ],
       storageRoot: path.join(base, 'plugin-state'),
-      configuration: { 'twinfs-s3': { endpoint: s3.endpoint, ...S3_CREDENTIALS, partSizeMiB: 5 } },
+      configuration: { 'twinfs-s3': { endpoint: s3.endpoint, ...s3.credentials, partSizeMiB: 5 } },
       log: () => undefined,
     });
     await host.discover();
