@@ -168,11 +168,13 @@ rgw_frontends = beast endpoint=127.0.0.1:$port tcp_nodelay=1
 rgw_thread_pool_size = 64
 EOF
 
-# Runs a step's command with what is left of the time budget.
+# Runs a step's command with what is left of the time budget. Daemons keep none of this
+# script's descriptors (fd 3 is the caller's stderr: a caller reading it to its end would wait
+# for the cluster to stop).
 bounded() {
   local l=$((deadline - SECONDS))
   [ "$l" -gt 0 ] || fail "" "timed out after ${timeout}s at: $step"
-  timeout "$l" "$@"
+  timeout "$l" "$@" </dev/null 3>&-
 }
 
 step="monitor: create"
