@@ -26,6 +26,7 @@ import { CreateBucketCommand, GetObjectCommand, PutObjectCommand } from '@aws-sd
 import { Upload } from '@aws-sdk/lib-storage';
 import { createS3Client } from '../plugins/s3/s3-client.js';
 import {
+  cpuSeconds,
   fmt,
   installCleanup,
   log,
@@ -73,7 +74,7 @@ const wanted = new Set(opts.stores.split(','));
 /** @typedef {{ name: string, put(k: string, b: Buffer): Promise<void>, get(k: string): Promise<number>, putLarge(k: string, s: Readable): Promise<void>, getLarge(k: string): Promise<number>, close(): Promise<void> }} Store */
 
 /** @returns {Store} */
-function s3Store(name, endpoint, credentials, close) {
+function s3Store(name, endpoint, credentials, close, pids = () => []) {
   const client = createS3Client({ endpoint, ...credentials, maxAttempts: 3 });
   const drain = async (body) => {
     let n = 0;
@@ -83,6 +84,7 @@ function s3Store(name, endpoint, credentials, close) {
   return {
     name,
     client,
+    pids,
     async put(k, b) {
       await client.send(new PutObjectCommand({ Bucket: BUCKET, Key: k, Body: b }));
     },
@@ -113,6 +115,7 @@ function diskStore(dir) {
   const file = (k) => path.join(dir, k.replaceAll('/', '_'));
   return {
     name: 'local disk',
+    pids: () => [],
     async put(k, b) {
       const fh = await fs.promises.open(file(k), 'w');
       try {
@@ -166,6 +169,7 @@ async function startS3rver() {
     async () => {
       p.kill('SIGTERM');
     },
+    () => [p.pid],
   );
 }
 
@@ -197,9 +201,17 @@ async function startRgw() {
     env.AWS_ENDPOINT_URL,
     { accessKeyId: env.AWS_ACCESS_KEY_ID, secretAccessKey: env.AWS_SECRET_ACCESS_KEY },
     async () => undefined,
+    rgwPids,
   );
   await store.client.send(new CreateBucketCommand({ Bucket: BUCKET }));
   return store;
+}
+
+/** The cluster's daemons (from their pid files). */
+function rgwPids() {
+  return ['mon.a', 'osd.0', 'client.rgw.0'].map((n) =>
+    Number(fs.readFileSync(path.join(rgwDir, 'run', `${n}.pid`), 'utf8').trim()),
+  );
 }
 
 /** RSS of the cluster's daemons, MiB (from their pid files). */
@@ -240,9 +252,20 @@ const largeStream = () =>
 async function measure(store, rep) {
   const r = {};
   const pre = `r${rep}`;
+  // CPU seconds of the server's processes (none for the local disk): what a request costs the
+  // store whatever else runs on the machine.
+  const cpu = () => store.pids().reduce((a, pid) => a + cpuSeconds(pid), 0);
+  let c = cpu();
+  const cpuSince = (per) => {
+    const now = cpu();
+    const d = now - c;
+    c = now;
+    return store.pids().length ? (d * 1000) / per : Number.NaN;
+  };
   let t = performance.now();
   await pool(opts['small-count'], opts.concurrency, (i) => store.put(`${pre}/s/${i}`, small));
   r.smallPut = opts['small-count'] / ((performance.now() - t) / 1000);
+  r.smallPutCpuMs = cpuSince(opts['small-count']);
   t = performance.now();
   let bytes = 0;
   await pool(opts['small-count'], opts.concurrency, async (i) => {
@@ -250,6 +273,7 @@ async function measure(store, rep) {
     bytes += n;
   });
   r.smallGet = opts['small-count'] / ((performance.now() - t) / 1000);
+  r.smallGetCpuMs = cpuSince(opts['small-count']);
   if (bytes !== opts['small-count'] * small.length)
     throw new Error(`${store.name}: small GETs returned ${bytes} bytes`);
   const lat = [];
@@ -259,15 +283,18 @@ async function measure(store, rep) {
     lat.push(performance.now() - s);
   }
   r.serialPutMs = median(lat);
+  cpuSince(1);
   t = performance.now();
   for (let i = 0; i < opts['large-count']; i++) await store.putLarge(`${pre}/L/${i}`, largeStream());
   r.largePut = (opts['large-count'] * opts['large-mib']) / ((performance.now() - t) / 1000);
+  r.largePutCpuMs = cpuSince(opts['large-count'] * opts['large-mib']);
   t = performance.now();
   for (let i = 0; i < opts['large-count']; i++) {
     const n = await store.getLarge(`${pre}/L/${i}`);
     if (n !== opts['large-mib'] * MiB) throw new Error(`${store.name}: large GET returned ${n} bytes`);
   }
   r.largeGet = (opts['large-count'] * opts['large-mib']) / ((performance.now() - t) / 1000);
+  r.largeGetCpuMs = cpuSince(opts['large-count'] * opts['large-mib']);
   return r;
 }
 
@@ -297,6 +324,15 @@ const rows = stores.map((s) => [
   fmt(med(s.name, 'largeGet'), 0),
   `${ratio(med(s.name, 'smallPut'), med(baseline, 'smallPut'))} / ${ratio(med(s.name, 'largePut'), med(baseline, 'largePut'))}`,
 ]);
+const cpuRows = stores
+  .filter((s) => s.pids().length)
+  .map((s) => [
+    s.name,
+    fmt(med(s.name, 'smallPutCpuMs'), 2),
+    fmt(med(s.name, 'smallGetCpuMs'), 2),
+    fmt(med(s.name, 'largePutCpuMs'), 1),
+    fmt(med(s.name, 'largeGetCpuMs'), 1),
+  ]);
 console.log(
   `\nsmall: ${opts['small-count']} × ${opts['small-kib']} KiB, ${opts.concurrency} in flight; serial: ${opts.serial} PUTs one at a time; ` +
     `large: ${opts['large-count']} × ${opts['large-mib']} MiB (8 MiB parts, 4 in flight); median of ${opts.reps} rotated repetitions\n`,
@@ -312,6 +348,11 @@ table(
     `PUT vs ${baseline} (small / large)`,
   ],
   rows,
+);
+console.log('\nserver CPU (user+sys of its processes: for RGW the mon, the OSD and radosgw):\n');
+table(
+  ['store', 'ms per small PUT', 'ms per small GET', 'ms per large MiB PUT', 'ms per large MiB GET'],
+  cpuRows,
 );
 console.log(`\n${JSON.stringify(notes)}`);
 if (opts.json) fs.writeFileSync(opts.json, JSON.stringify({ opts, notes, results }, null, 2));
