@@ -32,6 +32,40 @@ afterAll(async () => {
 
 describeS3Target('Ceph RADOS Gateway', () => s3);
 
+describe('the s3 test fixture', () => {
+  it('uses the store that AWS_ENDPOINT_URL and the AWS_* keys name instead of s3rver', async () => {
+    const saved = { ...process.env };
+    Object.assign(process.env, {
+      AWS_ENDPOINT_URL: rgw.endpoint,
+      AWS_ACCESS_KEY_ID: rgw.credentials.accessKeyId,
+      AWS_SECRET_ACCESS_KEY: rgw.credentials.secretAccessKey,
+      AWS_REGION: rgw.region,
+      TWINFS_S3_TEST_BUCKET: 'twinfs-from-env',
+    });
+    let fx: S3Fixture | undefined;
+    try {
+      fx = await startS3();
+      expect(fx).toMatchObject({ server: 'external', direct: rgw.endpoint, bucket: 'twinfs-from-env' });
+      // A write through the fixture's proxy lands in the gateway, under the bucket it created.
+      const prefix = uniquePrefix('env');
+      const client = createS3Client({ endpoint: fx.endpoint, ...fx.credentials, maxAttempts: 1 });
+      await client.send(new PutObjectCommand({ Bucket: fx.bucket, Key: `${prefix}/x`, Body: 'x' }));
+      client.destroy();
+      expect(fx.requests.some((r) => r.startsWith('PUT /twinfs-from-env/'))).toBe(true);
+      expect(await s3.listKeys(`${prefix}/`)).toEqual([]);
+      const other = await startS3('twinfs-from-env', rgw);
+      try {
+        expect(await other.listKeys(`${prefix}/`)).toEqual([`${prefix}/x`]);
+      } finally {
+        await other.close();
+      }
+    } finally {
+      process.env = saved;
+      await fx?.close();
+    }
+  });
+});
+
 describe('RADOS Gateway quirks', () => {
   it('the plugin’s client streams a PutObject body of known length (RGW answers 411 to checksum trailers)', async () => {
     // SDK releases since 2025 send such a body aws-chunked with a CRC32 trailer unless checksums
@@ -107,6 +141,7 @@ describe('backup and restore of a real tree into RGW (twinfs mount, peer process
     await fsp.chmod(path.join(m, 'docs/a.txt'), 0o600);
     await fsp.utimes(path.join(m, 'docs/b.txt'), 1_600_000_000.25, 1_600_000_000.25);
     await fsp.utimes(path.join(m, 'docs/deep'), 1_500_000_000, 1_500_000_000);
+    await fsp.utimes(path.join(m, 'docs'), 1_500_000_000, 1_500_000_000);
   }, 60_000);
 
   afterAll(async () => {
@@ -134,6 +169,10 @@ describe('backup and restore of a real tree into RGW (twinfs mount, peer process
     const r = await cli(['restore', second.last.snapshotId, '--to', to, '--catalog', catalog(), '--json']);
     expect(r.code, r.stderr).toBe(0);
     expect(r.last).toMatchObject({ event: 'done', failures: [] });
-    expect(await snapshotTree(to)).toEqual(await snapshotTree(fx.primary));
+    // Everything below the volume's root, each file's content and metadata, as the primary has it.
+    expect(await snapshotTree(path.join(to, 'docs'))).toEqual(
+      await snapshotTree(path.join(fx.primary, 'docs')),
+    );
+    expect(await fsp.readdir(to)).toEqual(await fsp.readdir(fx.primary));
   });
 });
