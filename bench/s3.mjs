@@ -183,7 +183,14 @@ async function startRgw() {
   const t0 = Date.now();
   const r = spawnSync(
     'bash',
-    [path.join(ROOT, 'scripts/ceph-rgw.sh'), 'start', '--memstore-mib', String(memstore)],
+    [
+      path.join(ROOT, 'scripts/ceph-rgw.sh'),
+      'start',
+      '--memstore-mib',
+      String(memstore),
+      '--watch',
+      String(process.pid),
+    ],
     {
       encoding: 'utf8',
       timeout: 120_000,

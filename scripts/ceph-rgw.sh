@@ -2,7 +2,7 @@
 # A one-node Ceph cluster with a RADOS Gateway (S3) on loopback, for tests and benchmarks:
 # one monitor, one memstore OSD (data in memory), radosgw with the beast frontend; no mgr.
 #
-#   scripts/ceph-rgw.sh start [--dir DIR] [--port N] [--timeout SEC] [--memstore-mib N]
+#   scripts/ceph-rgw.sh start [--dir DIR] [--port N] [--timeout SEC] [--memstore-mib N] [--watch PID]
 #       Starts the cluster with everything (config, daemons' data, logs, sockets, pid files)
 #       under DIR (default: a new temporary directory), creates an S3 user and prints, on
 #       stdout, shell lines to eval:
@@ -11,6 +11,8 @@
 #       The same lines are written to DIR/env. Progress and errors go to stderr. Gives up (and
 #       tears down what it started) when the gateway does not answer within --timeout seconds
 #       (default 60), naming the step that failed and the end of that daemon's log.
+#       With --watch PID, a background watcher stops the cluster (as `stop` does) once process
+#       PID has exited: a test run killed before its teardown leaves no daemons behind.
 #   scripts/ceph-rgw.sh stop [--dir DIR]     (DIR defaults to $CEPH_RGW_DIR)
 #       Stops the daemons started in DIR (by their pid files) and removes DIR.
 #
@@ -29,19 +31,22 @@ die() {
   exit 1
 }
 
+self=$(cd "$(dirname "$0")" && pwd)/$(basename "$0")
 cmd=${1:-}
 [ $# -gt 0 ] && shift
 dir=""
 port=""
 timeout=60
 memstore_mib=1024
+watch=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --dir) dir=$2; shift 2 ;;
     --port) port=$2; shift 2 ;;
     --timeout) timeout=$2; shift 2 ;;
     --memstore-mib) memstore_mib=$2; shift 2 ;;
-    *) die "unknown option $1 (usage: ceph-rgw.sh start|stop [--dir DIR] [--port N] [--timeout SEC] [--memstore-mib N])" ;;
+    --watch) watch=$2; shift 2 ;;
+    *) die "unknown option $1 (usage: ceph-rgw.sh start|stop [--dir DIR] [--port N] [--timeout SEC] [--memstore-mib N] [--watch PID])" ;;
   esac
 done
 
@@ -84,7 +89,7 @@ if [ "$cmd" = stop ]; then
   say "stopped, $dir removed"
   exit 0
 fi
-[ "$cmd" = start ] || die "usage: ceph-rgw.sh start|stop [--dir DIR] [--port N] [--timeout SEC]"
+[ "$cmd" = start ] || die "usage: ceph-rgw.sh start|stop [--dir DIR] [--port N] [--timeout SEC] [--memstore-mib N] [--watch PID]"
 
 for bin in ceph-mon ceph-osd radosgw radosgw-admin ceph ceph-authtool monmaptool uuidgen curl node timeout; do
   command -v "$bin" >/dev/null ||
@@ -92,6 +97,7 @@ for bin in ceph-mon ceph-osd radosgw radosgw-admin ceph ceph-authtool monmaptool
 done
 [[ "$timeout" =~ ^[0-9]+$ ]] || die "--timeout must be a number of seconds"
 [[ "$memstore_mib" =~ ^[0-9]+$ ]] || die "--memstore-mib must be a number"
+[ -z "$watch" ] || [ -d "/proc/$watch" ] || die "--watch $watch: no such process"
 
 if [ -z "$dir" ]; then
   dir=$(mktemp -d "${TMPDIR:-/tmp}/twinfs-ceph-XXXXXX")
@@ -230,5 +236,10 @@ AWS_SECRET_ACCESS_KEY=$secret
 AWS_REGION=us-east-1
 EOF
 ok=1
+if [ -n "$watch" ]; then
+  # Detached, holding none of the caller's descriptors.
+  setsid bash -c 'while [ -d "/proc/$1" ] && [ -f "$2/ceph.conf" ]; do sleep 1; done
+    exec bash "$0" stop --dir "$2"' "$self" "$watch" "$dir" </dev/null >/dev/null 2>&1 3>&- &
+fi
 say "up in ${SECONDS}s: http://127.0.0.1:$port (stop: $0 stop --dir $dir)"
 sed 's/^/export /' "$dir/env"

@@ -33,7 +33,11 @@ function run(args: string[], timeoutMs: number): Promise<{ stdout: string; stder
  * started when it fails) and returns the gateway's endpoint and S3 keys.
  */
 export async function startRgw(timeoutSec = 60): Promise<RgwCluster> {
-  const { stdout } = await run(['start', '--timeout', String(timeoutSec)], (timeoutSec + 15) * 1000);
+  // --watch: should this process die before its teardown, the cluster stops all the same.
+  const { stdout } = await run(
+    ['start', '--timeout', String(timeoutSec), '--watch', String(process.pid)],
+    (timeoutSec + 15) * 1000,
+  );
   const env: Record<string, string> = {};
   for (const m of stdout.matchAll(/^export ([A-Z_0-9]+)=(.*)$/gm)) env[m[1]!] = m[2]!;
   const dir = env.CEPH_RGW_DIR;
