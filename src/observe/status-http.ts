@@ -110,9 +110,25 @@ export class StatusHttpServer {
   /** Starts serving the mounted volume's state; until then, requests for it get 503. */
   attach(backend: StatusHttpBackend): void {
     this.backend = backend;
-    this.unsubscribe = backend.feed.onDidPush((m) => {
+    // Each event is sent as it is, then the whole state once the burst it belongs to settled
+    // (a prepare is several events): the page redraws from the state, never asks for it.
+    let pending: NodeJS.Timeout | undefined;
+    const sub = backend.feed.onDidPush((m) => {
       for (const res of this.streams) sse(res, m);
+      if (m.type !== 'event' || pending || this.streams.size === 0) return;
+      pending = setTimeout(() => {
+        pending = undefined;
+        void backend.feed.state().then((state) => {
+          for (const res of this.streams) sse(res, { type: 'state', state });
+        });
+      }, 50);
     });
+    this.unsubscribe = {
+      dispose() {
+        clearTimeout(pending);
+        sub.dispose();
+      },
+    };
   }
 
   /** Called for each wrong token presented (for the auth-failure metric and the log). */
