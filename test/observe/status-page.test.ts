@@ -28,10 +28,10 @@ describe('status page in headless Chromium', () => {
   let tokenFile = '';
   let readToken = '';
 
-  const textOf = (sel: string) => page.$eval(sel, (el) => (el as HTMLElement).innerText);
+  const textOf = (sel: string) => page.$eval(sel, (el) => (el as HTMLElement).textContent ?? '');
   const waitForText = (sel: string, text: string, timeout = 20_000) =>
     page.waitForFunction(
-      (s: string, x: string) => (document.querySelector(s) as HTMLElement | null)?.innerText.includes(x),
+      (s: string, x: string) => document.querySelector(s)?.textContent?.includes(x) ?? false,
       { timeout },
       sel,
       text,
