@@ -311,7 +311,7 @@ export class BackupService {
         `no backup ${backupId} of this connection to report on (never prepared here, or its outcome was reported)`,
         { backupId },
       );
-    const data = { backupId, ...r, elapsedMs: Date.now() - b.started };
+    const data = { backupId, ...r, elapsedMs: Date.now() - b.started, owner };
     if (r.outcome) {
       b.outcome = r.outcome;
       this._onEvent.fire({ event: 'backup-done', data });

@@ -192,7 +192,11 @@ export class ServerMetrics {
           this.set(service.status().freezes.length);
         },
       });
-      const inProgress = new Set<string>();
+      /** Backups being copied, by id, with the connection reporting them. */
+      const inProgress = new Map<string, string>();
+      this.forgetOwner = (conn) => {
+        for (const [id, owner] of inProgress) if (owner === conn) inProgress.delete(id);
+      };
       new Gauge({
         name: 'twinfs_backups_in_progress',
         help: 'Backups whose peer reports a copy under way',
@@ -245,7 +249,7 @@ export class ServerMetrics {
               if (d.copiedBytes > seen) copied.inc({ target: d.target }, d.copiedBytes - seen);
               if (event === 'backup-progress') {
                 copiedSeen.set(d.backupId, Math.max(seen, d.copiedBytes));
-                inProgress.add(d.backupId);
+                inProgress.set(d.backupId, d.owner);
                 return;
               }
               copiedSeen.delete(d.backupId);
@@ -293,6 +297,7 @@ export class ServerMetrics {
       this.subs.push(
         control.onDidControl((e) => {
           if (e.event === 'connection') opened.inc();
+          else if (e.event === 'disconnected') this.forgetOwner(e.conn);
           else if (e.event === 'auth-failed') authFailures.inc({ channel: 'control' });
           else if (e.event === 'repaired') repairs.inc({ outcome: 'ok' });
           else if (e.event === 'repair-failed') repairs.inc({ outcome: 'failed' });
@@ -313,6 +318,9 @@ export class ServerMetrics {
       });
     }
   }
+
+  /** A connection closed: the backups it reported on are no longer in progress. */
+  private forgetOwner: (conn: string) => void = () => undefined;
 
   /** Counts a wrong token presented to the status page. */
   httpAuthFailure: () => void = () => undefined;

@@ -27,6 +27,8 @@ export interface CacheSample {
 
 interface BackupLive {
   backupId: string;
+  /** The reporting connection: its backup ends with it, reported or not. */
+  owner: string;
   target: string;
   snapshotId?: string;
   phase: string;
@@ -93,6 +95,13 @@ export class StatusFeed {
           // Connections come and go all the time; the page shows refusals and repairs.
           if (e.event === 'auth-failed' || e.event === 'repaired' || e.event === 'repair-failed')
             this.push(e.event, e);
+          // A peer gone without reporting an outcome (killed, cut off): its copy is not in progress.
+          if (e.event === 'disconnected')
+            for (const b of [...this.backups.values()])
+              if (b.owner === e.conn) {
+                this.backups.delete(b.backupId);
+                this.push('backup-lost', { backupId: b.backupId, target: b.target });
+              }
         }),
       );
   }
@@ -201,6 +210,7 @@ export class StatusFeed {
       } else
         this.backups.set(d.backupId, {
           backupId: d.backupId,
+          owner: d.owner,
           target: d.target,
           snapshotId: d.snapshotId,
           phase: d.phase,

@@ -171,12 +171,21 @@ function render(st) {
       fmtSecs(b.etaSec),
     ]),
   );
-  const targets = Object.keys(st.lastSuccess).sort();
+  const targets = [...new Set([...Object.keys(st.lastSuccess), ...Object.keys(st.lastFailure || {})])].sort();
   fill(
     'last-success',
     targets.map((t) => {
       const s = st.lastSuccess[t];
-      return [t, s.snapshotId || '–', ago(s.time), String(s.files), fmtBytes(s.copiedBytes)];
+      const f = (st.lastFailure || {})[t];
+      const failed = f ? document.createElement('span') : '–';
+      if (f) {
+        failed.className = 'bad';
+        failed.textContent = `${f.code} ${ago(f.time)}`;
+        failed.title = f.message || '';
+      }
+      return s
+        ? [t, s.snapshotId || '–', ago(s.time), String(s.files), fmtBytes(s.copiedBytes), failed]
+        : [t, '–', 'never', '–', '–', failed];
     }),
     (i) => freshSuccess.has(targets[i]),
   );
@@ -211,6 +220,7 @@ function describeEvent(e) {
     }
     case 'auth-failed': return `wrong token from ${d.remote}`;
     case 'repaired': return 'mirror repair done';
+    case 'backup-lost': return `backup ${d.backupId} to ${d.target}: its peer went away without an outcome`;
     case 'repair-failed': return `mirror repair failed: ${d.code}`;
     default: return JSON.stringify(d);
   }
