@@ -112,7 +112,7 @@ export async function serve(args: ServeArgs): Promise<number> {
   if (controlSetup)
     log.info(
       {
-        event: 'listening',
+        kind: 'listening',
         control: controlSetup.server.url,
         tokenFile: controlSetup.tokenFile,
         readTokenFile: controlSetup.readTokenFile ?? null,

@@ -58,26 +58,30 @@ export interface LogSources {
 
 /**
  * Writes a line for each event of the sources; returns what unsubscribes them. Each line has
- * `event` (the same names as the control protocol's events where there is one) and `msg`.
+ * `kind` (the control protocol's event names where there is one) and `msg`. Not `event`: with
+ * `--json` the server's event lines share stdout and are keyed by `event`, and their readers
+ * must not take a log line for one.
  */
 export function logServerEvents(log: ServerLog, s: LogSources): Disposable {
   const subs: Disposable[] = [];
   if (s.control)
     subs.push(
       s.control.onDidControl((e) => {
+        const { event, ...fields } = e;
+        const line = { kind: event, ...fields };
         switch (e.event) {
           case 'connection':
-            return log.info(e, `control connection from ${e.remote}`);
+            return log.info(line, `control connection from ${e.remote}`);
           case 'authenticated':
-            return log.info(e, `${e.client ?? e.conn} authenticated as ${e.role}`);
+            return log.info(line, `${e.client ?? e.conn} authenticated as ${e.role}`);
           case 'auth-failed':
-            return log.warn(e, `wrong token from ${e.remote}${e.client ? ` (${e.client})` : ''}`);
+            return log.warn(line, `wrong token from ${e.remote}${e.client ? ` (${e.client})` : ''}`);
           case 'disconnected':
-            return log.info(e, `${e.client ?? e.conn} disconnected`);
+            return log.info(line, `${e.client ?? e.conn} disconnected`);
           case 'repaired':
-            return log.info(e, 'mirror repair done');
+            return log.info(line, 'mirror repair done');
           case 'repair-failed':
-            return log.error(e, `mirror repair failed: ${e.code}: ${e.message}`);
+            return log.error(line, `mirror repair failed: ${e.code}: ${e.message}`);
         }
       }),
     );
@@ -85,7 +89,7 @@ export function logServerEvents(log: ServerLog, s: LogSources): Disposable {
     subs.push(
       s.service.onEvent(({ event, data }) => {
         const d = data as Record<string, any>;
-        const line = { event, ...d };
+        const line = { kind: event, ...d };
         switch (event) {
           case 'frozen':
             return log.info(line, `frozen ${selectorText(d.selector)} (${d.freezeId})`);
@@ -93,7 +97,7 @@ export function logServerEvents(log: ServerLog, s: LogSources): Disposable {
             return log.info(line, `thawed ${d.freezeId} after ${d.heldMs} ms (${d.reason ?? 'thaw'})`);
           case 'split':
             return log.info(
-              { ...line, event: 'prepare' },
+              { ...line, kind: 'prepare' },
               `prepared ${selectorText(d.selector)} (${d.backupId}): writes held ${d.stallMs} ms`,
             );
           case 'released':
@@ -107,11 +111,11 @@ export function logServerEvents(log: ServerLog, s: LogSources): Disposable {
           case 'backup-done':
             return d.outcome === 'ok'
               ? log.info(
-                  { ...line, event: 'backup' },
+                  { ...line, kind: 'backup' },
                   `backup ${d.snapshotId ?? d.backupId} to ${d.target} done: ${d.files} entries, ${d.copiedBytes} bytes copied`,
                 )
               : log.error(
-                  { ...line, event: 'backup' },
+                  { ...line, kind: 'backup' },
                   `backup ${d.snapshotId ?? d.backupId} to ${d.target} failed: ${d.error?.code}: ${d.error?.message}`,
                 );
           default:
@@ -122,13 +126,13 @@ export function logServerEvents(log: ServerLog, s: LogSources): Disposable {
   if (s.mirror) {
     subs.push(
       s.mirror.onDidBreak((e) =>
-        log.error({ event: 'broken', ...e }, `mirror pair broken: ${e.path} (${e.error})`),
+        log.error({ kind: 'broken', ...e }, `mirror pair broken: ${e.path} (${e.error})`),
       ),
     );
     subs.push(
       s.mirror.onDidChangeState((e) =>
         log.info(
-          { event: 'state', ...e },
+          { kind: 'state', ...e },
           `${e.paths === 'volume' ? 'volume' : e.paths.join(' ')}: ${e.state}`,
         ),
       ),

@@ -129,7 +129,7 @@ describe('server log and metrics through a backup sequence', () => {
     expect(rep.remaining).toEqual([]);
     // The reply can overtake the server's stdout on its way here.
     const until = Date.now() + 10_000;
-    while (!srv.log.some((l) => l.event === 'repaired') && Date.now() < until)
+    while (!srv.log.some((l) => l.kind === 'repaired') && Date.now() < until)
       await new Promise((r) => setTimeout(r, 50));
   }, 180_000);
 
@@ -150,37 +150,40 @@ describe('server log and metrics through a backup sequence', () => {
         );
       return i;
     };
-    const listening = find(0, (l) => l.event === 'listening', 'listening');
+    const listening = find(0, (l) => l.kind === 'listening', 'listening');
     expect(log[listening]!.control).toBe(controlUrl);
     expect(log[listening]!.http).toBe(httpUrl);
-    let i = find(listening, (l) => l.event === 'connection', 'a connection');
-    const refused = find(i, (l) => l.event === 'auth-failed' && l.client === 'intruder', 'the wrong token');
+    let i = find(listening, (l) => l.kind === 'connection', 'a connection');
+    const refused = find(i, (l) => l.kind === 'auth-failed' && l.client === 'intruder', 'the wrong token');
     expect(log[refused]!.level).toBe(40);
     i = find(
       refused,
-      (l) => l.event === 'authenticated' && l.client === 'log-test' && l.role === 'operator',
+      (l) => l.kind === 'authenticated' && l.client === 'log-test' && l.role === 'operator',
       'hello',
     );
-    i = find(i, (l) => l.event === 'frozen' && l.selector?.paths?.[0] === '/a.txt', 'the freeze');
-    i = find(i, (l) => l.event === 'thawed', 'the thaw');
+    i = find(i, (l) => l.kind === 'frozen' && l.selector?.paths?.[0] === '/a.txt', 'the freeze');
+    i = find(i, (l) => l.kind === 'thawed', 'the thaw');
     const prepare = find(
       i,
-      (l) => l.event === 'prepare' && l.backupId === backupReply.backupId,
+      (l) => l.kind === 'prepare' && l.backupId === backupReply.backupId,
       'the prepare',
     );
     expect(log[prepare]!.stallMs).toBe(backupReply.stallMs);
-    i = find(prepare, (l) => l.event === 'released' && l.backupId === backupReply.backupId, 'the release');
-    const done = find(i, (l) => l.event === 'backup' && l.backupId === backupReply.backupId, 'the backup');
+    i = find(prepare, (l) => l.kind === 'released' && l.backupId === backupReply.backupId, 'the release');
+    const done = find(i, (l) => l.kind === 'backup' && l.backupId === backupReply.backupId, 'the backup');
     expect(log[done]).toMatchObject({
       outcome: 'ok',
       target: `dir:${t.dirs.backups}`,
       snapshotId: backupReply.snapshotId,
     });
     expect(log[done]!.copiedBytes).toBeGreaterThanOrEqual(300_000);
-    i = find(done, (l) => l.event === 'broken' && l.path === '/a.txt', 'the broken pair');
+    i = find(done, (l) => l.kind === 'broken' && l.path === '/a.txt', 'the broken pair');
     expect(log[i]!.level).toBe(50);
-    find(i, (l) => l.event === 'repaired', 'the repair');
+    find(i, (l) => l.kind === 'repaired', 'the repair');
     for (const l of log) {
+      // Never `event`: readers of the --json event lines on the same stdout key on it.
+      expect(l.event).toBeUndefined();
+      expect(typeof l.kind).toBe('string');
       expect(typeof l.msg).toBe('string');
       expect(typeof l.time).toBe('string');
     }
