@@ -157,4 +157,42 @@ describe('status page in headless Chromium', () => {
       f.freezeId,
     );
   }, 120_000);
+
+  it("shows a backup in progress from its peer's reports, its lease, and then its outcome", async () => {
+    // The peer's side of the protocol, by hand: prepare, report part of the copy, release, report the outcome.
+    const prep: any = await c!.request('prepare', { selector: { subtree: '/d' }, listItems: false });
+    await waitForText('#leases tbody', prep.backupId);
+    const target = 'dir:/elsewhere/backups';
+    const report = {
+      target,
+      snapshotId: 'snap-in-progress',
+      phase: 'copy',
+      files: 2,
+      filesTotal: 4,
+      bytes: 1048576,
+      bytesTotal: 4194304,
+      copiedBytes: 1048576,
+    };
+    await c!.report(prep.backupId, report as any);
+    await waitForText('#backups tbody', target);
+    expect(await textOf('#backups tbody')).toContain('1.0 MiB / 4.0 MiB');
+    expect(await textOf('#backups tbody')).toContain('copy');
+    const metrics = await (
+      await fetch(`${httpUrl}metrics`, { headers: { authorization: `Bearer ${readToken}` } })
+    ).text();
+    expect(metrics).toMatch(/^twinfs_backups_in_progress 1$/m);
+    expect(metrics).toMatch(/^twinfs_active_leases 1$/m);
+
+    await c!.request('release', { backupId: prep.backupId });
+    await c!.report(prep.backupId, {
+      ...report,
+      phase: 'done',
+      outcome: 'failed',
+      error: { code: 'ETWIN_TARGET_TRANSIENT', message: 'disk full' },
+    } as any);
+    await waitForText('#last-success tbody', 'ETWIN_TARGET_TRANSIENT');
+    expect(await textOf('#backups tbody')).not.toContain(target);
+    expect(await textOf('#leases tbody')).not.toContain(prep.backupId);
+    await waitForText('#events tbody', `backup to ${target} failed: ETWIN_TARGET_TRANSIENT: disk full`);
+  }, 60_000);
 });
