@@ -22,7 +22,7 @@ export interface ServerLogOptions {
  * The server's structured log (pino): one line per thing the server does that an operator
  * looks for later — connections, refused tokens, freezes, prepares with their stall, releases,
  * backups, broken pairs, repairs. JSON lines when stdout is not a terminal (for journald,
- * Loki, jq), pino-pretty's one-line form on a terminal. Synchronous, so its lines and the
+ * Loki, jq), pino-pretty's time, level and message on a terminal. Synchronous, so its lines and the
  * server's own output keep their order. Token values never reach it: nothing logs a hello's
  * payload, and `token` fields are redacted should one ever be passed.
  */
@@ -44,7 +44,8 @@ export function createServerLog(o: ServerLogOptions = {}): ServerLog {
       colorize: true,
       translateTime: 'HH:MM:ss.l',
       ignore: 'pid,hostname',
-      singleLine: true,
+      // Each message says what matters; the fields are for the JSON form.
+      hideObject: true,
     }),
   );
 }
