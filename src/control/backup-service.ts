@@ -100,7 +100,7 @@ export class BackupService {
   private readonly reportable = new Map<string, { owner: string; started: number; outcome?: string }>();
 
   private readonly _onEvent = new Emitter<{ event: string; data: Record<string, unknown> }>();
-  /** frozen, thawed, split, released, resynced, lease-expired, backup-progress, backup-done. */
+  /** frozen, thawed, split, prepare-failed, released, resynced, lease-expired, backup-progress, backup-done. */
   readonly onEvent = this._onEvent.event;
 
   constructor(private readonly opts: BackupServiceOptions) {
@@ -127,6 +127,19 @@ export class BackupService {
     this.reserved.add(reservation);
     try {
       return await this.prepareReserved(mirror, inhibitor, sel, selector, budget, o);
+    } catch (err) {
+      const e = err as { code?: unknown; message?: unknown; data?: Record<string, unknown> };
+      this._onEvent.fire({
+        event: 'prepare-failed',
+        data: {
+          selector,
+          code: typeof e?.code === 'string' ? e.code : 'ETWIN_INTERNAL',
+          message: String(e?.message ?? err),
+          budgetMs: budget,
+          ...(typeof e?.data?.heldMs === 'number' ? { heldMs: e.data.heldMs } : {}),
+        },
+      });
+      throw err;
     } finally {
       this.reserved.delete(reservation);
     }

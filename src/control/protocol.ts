@@ -242,6 +242,7 @@ export const EVENTS = [
   'frozen',
   'thawed',
   'split',
+  'prepare-failed',
   'resynced',
   'broken',
   'released',

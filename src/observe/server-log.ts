@@ -101,6 +101,11 @@ export function logServerEvents(log: ServerLog, s: LogSources): Disposable {
               { ...line, kind: 'prepare' },
               `prepared ${selectorText(d.selector)} (${d.backupId}): writes held ${d.stallMs} ms`,
             );
+          case 'prepare-failed':
+            return log.warn(
+              { ...line, kind: 'prepare' },
+              `prepare of ${selectorText(d.selector)} failed: ${d.code}: ${d.message}`,
+            );
           case 'released':
             return log.info(line, `released ${d.backupId}`);
           case 'resynced':
@@ -146,9 +151,10 @@ export function logServerEvents(log: ServerLog, s: LogSources): Disposable {
   };
 }
 
-function selectorText(sel: { paths?: string[]; subtree?: string } | undefined): string {
+/** A selection as the server keeps it ({paths, subtrees, volume}) in a few words. */
+function selectorText(sel: { paths?: string[]; subtrees?: string[]; volume?: boolean } | undefined): string {
   if (!sel) return '?';
-  if (sel.subtree !== undefined) return `${sel.subtree}/ (subtree)`;
-  const p = sel.paths ?? [];
-  return p.length <= 3 ? p.join(' ') : `${p.slice(0, 3).join(' ')} and ${p.length - 3} more`;
+  if (sel.volume) return 'the volume';
+  const names = [...(sel.paths ?? []), ...(sel.subtrees ?? []).map((t) => `${t}/ (subtree)`)];
+  return names.length <= 3 ? names.join(' ') : `${names.slice(0, 3).join(' ')} and ${names.length - 3} more`;
 }

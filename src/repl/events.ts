@@ -12,6 +12,8 @@ export function describeEvent(event: string, data: unknown): string {
       return `${d.freezeId} thawed after ${((d.heldMs ?? 0) / 1000).toFixed(1)} s (${d.reason})`;
     case 'split':
       return `${sel(d.selector)} split for ${d.backupId}, writes held ${Number(d.stallMs ?? 0).toFixed(1)} ms`;
+    case 'prepare-failed':
+      return `prepare of ${sel(d.selector)} failed: ${d.code}: ${d.message}`;
     case 'released':
       return `${d.backupId} released; resyncing`;
     case 'resynced':

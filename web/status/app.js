@@ -206,6 +206,7 @@ function describeEvent(e) {
     case 'frozen': return `frozen ${selText(d.selector)} (${d.freezeId})`;
     case 'thawed': return `thawed ${d.freezeId} after ${d.heldMs} ms`;
     case 'split': return `prepared ${selText(d.selector)}: writes held ${fmtMs(d.stallMs)} (${d.backupId})`;
+    case 'prepare-failed': return `prepare of ${selText(d.selector)} failed: ${d.code}: ${d.message}`;
     case 'released': return `released ${d.backupId}`;
     case 'resynced': return `resynced ${d.backupId}: ${fmtBytes(d.bytesCopied)} in ${d.ms} ms`;
     case 'lease-expired': return `lease of ${d.backupId} expired`;
