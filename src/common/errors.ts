@@ -51,6 +51,7 @@ export const ErrorCodes = {
     'the control channel cannot listen on that address (port in use, or address not bindable)',
   ETWIN_HTTP_LISTEN:
     'the status page (--http) cannot listen on its address (in use, or not an address of this host)',
+  ETWIN_HTTP_BUSY: 'the status page serves as many live streams as it allows (32); close one',
   ETWIN_INSECURE_BIND:
     'a non-loopback control or status-page address needs TLS (--tls-cert/--tls-key) or --insecure-bind',
   ETWIN_PLUGIN_MANIFEST: 'a plugin manifest (package.json) is invalid',

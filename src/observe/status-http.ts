@@ -22,6 +22,10 @@ const STATIC: Record<string, { file: string; type: string }> = {
   '/vendor/uPlot.min.css': { file: 'node_modules/uplot/dist/uPlot.min.css', type: 'text/css; charset=utf-8' },
 };
 
+/** Sockets at once (the page holds one for its stream), and live streams at once. */
+const MAX_CONNECTIONS = 64;
+const MAX_STREAMS = 32;
+
 /** The session cookie's name and what its value is derived for (TokenStore.derived). */
 const COOKIE = 'twinfs_session';
 const SESSION_PURPOSE = 'twinfs status page session v1';
@@ -98,6 +102,11 @@ export class StatusHttpServer {
       );
       server.listen(opts.port, opts.host, () => resolve());
     });
+    // Every socket is a descriptor the filesystem also needs (docs/security.md): a bounded
+    // number, and none kept by a client that does not finish its request.
+    server.maxConnections = MAX_CONNECTIONS;
+    server.headersTimeout = 10_000;
+    server.requestTimeout = 10_000;
     return new StatusHttpServer(server, opts);
   }
 
@@ -191,6 +200,13 @@ export class StatusHttpServer {
       return void res.end(m.body);
     }
     if (url.pathname === '/api/status') return this.json(res, 200, await b.feed.state());
+    if (this.streams.size >= MAX_STREAMS)
+      return this.json(res, 503, {
+        error: {
+          code: 'ETWIN_HTTP_BUSY',
+          message: `${MAX_STREAMS} status streams are open already; close one`,
+        },
+      });
     // Server-sent events: the state, then whatever happens. A comment every 15 s keeps
     // proxies from closing an idle stream.
     res.writeHead(200, {
@@ -216,6 +232,12 @@ export class StatusHttpServer {
   }
 
   private async login(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    // JSON only: a cross-site form cannot send it without the browser asking first (CORS), so
+    // no other site can sign a visitor in with a token of its choosing.
+    if (!/^application\/json\b/.test(req.headers['content-type'] ?? ''))
+      return this.json(res, 415, {
+        error: { code: 'EPROTO_MALFORMED', message: 'send {"token": "..."} as application/json' },
+      });
     let body = '';
     for await (const chunk of req) {
       body += chunk;

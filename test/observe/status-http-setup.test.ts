@@ -129,12 +129,28 @@ describe('twinfs serve --http: checked and bound before mounting, TLS, sessions,
     expect(page.body).toContain('/vendor/uPlot.iife.min.js');
     expect((await get(`${base}vendor/uPlot.iife.min.js`, { ca })).status).toBe(200);
 
-    const bad = await get(`${base}session`, { ca, method: 'POST', body: JSON.stringify({ token: 'nope' }) });
+    const json = { 'content-type': 'application/json' };
+    // A form post (what another site could make a browser send) is refused before the token is looked at.
+    const form = await get(`${base}session`, {
+      ca,
+      method: 'POST',
+      headers: { 'content-type': 'application/x-www-form-urlencoded' },
+      body: `token=${readToken}`,
+    });
+    expect(form.status).toBe(415);
+    expect(form.headers['set-cookie']).toBeUndefined();
+    const bad = await get(`${base}session`, {
+      ca,
+      method: 'POST',
+      headers: json,
+      body: JSON.stringify({ token: 'nope' }),
+    });
     expect(bad.status).toBe(401);
     expect(JSON.parse(bad.body).error.code).toBe('EPROTO_AUTH');
     const login = await get(`${base}session`, {
       ca,
       method: 'POST',
+      headers: json,
       body: JSON.stringify({ token: readToken }),
     });
     expect(login.status).toBe(200);
