@@ -32,11 +32,21 @@ const MIRROR_STATES = ['COPY', 'PAIR', 'DEGRADED'] as const;
 export class ServerMetrics {
   readonly registry = new Registry();
   private readonly subs: Disposable[] = [];
+  private readonly scrapeCache: Array<() => void> = [];
 
   constructor(s: MetricSources) {
     const r = this.registry;
     collectDefaultMetrics({ register: r });
-    const fsStatus = () => s.fs.status();
+    // Each source's status is read once per scrape, not once per metric (expose() clears it):
+    // the scrape runs on the event loop that serves the mount.
+    const once = <T>(read: () => T) => {
+      let v: T | undefined;
+      this.scrapeCache.push(() => {
+        v = undefined;
+      });
+      return () => (v ??= read());
+    };
+    const fsStatus = once(() => s.fs.status());
     new Gauge({
       name: 'twinfs_cache_dirty_bytes',
       help: 'Data written to the mount and not yet written back to the primary',
@@ -94,7 +104,8 @@ export class ServerMetrics {
     });
 
     if (s.mirror) {
-      const mirror = s.mirror;
+      const mirrorStatus = once(() => s.mirror!.status());
+      const mirror = { status: mirrorStatus };
       new Gauge({
         name: 'twinfs_mirror_state',
         help: 'The mirror of the volume: 1 for the state it is in (COPY, PAIR, DEGRADED)',
@@ -143,7 +154,8 @@ export class ServerMetrics {
     }
 
     if (s.service) {
-      const service = s.service;
+      const serviceStatus = once(() => s.service!.status());
+      const service = { onEvent: s.service.onEvent, status: serviceStatus };
       const stall = new Histogram({
         name: 'twinfs_write_stall_seconds',
         help: 'How long a successful prepare held writes to its selection',
@@ -327,7 +339,12 @@ export class ServerMetrics {
 
   /** The exposition (text format 0.0.4). */
   async expose(): Promise<{ contentType: string; body: string }> {
-    return { contentType: this.registry.contentType, body: await this.registry.metrics() };
+    for (const clear of this.scrapeCache) clear();
+    try {
+      return { contentType: this.registry.contentType, body: await this.registry.metrics() };
+    } finally {
+      for (const clear of this.scrapeCache) clear();
+    }
   }
 
   dispose(): void {
