@@ -144,12 +144,6 @@ describe('status page in headless Chromium', () => {
     // The stall histogram counted the prepare (uPlot holds what it draws).
     expect(await textOf('#stall-detail')).toMatch(/^1 prepare\(s\), 0 failed/);
 
-    const shot = process.env.TWINFS_UPDATE_SCREENSHOT
-      ? path.join(ROOT, 'docs/status-page.png')
-      : path.join(t.dirs.shots!, 'status-page.png');
-    await page.screenshot({ path: shot as `${string}.png`, fullPage: true });
-    expect((await fsp.stat(shot)).size).toBeGreaterThan(10_000);
-
     await c!.request('thaw', { freezeId: f.freezeId });
     await page.waitForFunction(
       (id: string) => !document.querySelector('#freezes tbody')?.textContent?.includes(id),
@@ -173,10 +167,21 @@ describe('status page in headless Chromium', () => {
       bytesTotal: 4194304,
       copiedBytes: 1048576,
     };
+    const f: any = await c!.request('freeze', { selector: { paths: ['/a.txt'] }, timeoutMs: 120_000 });
     await c!.report(prep.backupId, report as any);
     await waitForText('#backups tbody', target);
     expect(await textOf('#backups tbody')).toContain('1.0 MiB / 4.0 MiB');
     expect(await textOf('#backups tbody')).toContain('copy');
+    await waitForText('#freezes tbody', f.freezeId);
+
+    // The page with everything on it: a freeze, a held split, a backup in progress, the earlier
+    // backup's success, two prepares.
+    const shot = process.env.TWINFS_UPDATE_SCREENSHOT
+      ? path.join(ROOT, 'docs/status-page.png')
+      : path.join(t.dirs.shots!, 'status-page.png');
+    await page.screenshot({ path: shot as `${string}.png`, fullPage: true });
+    expect((await fsp.stat(shot)).size).toBeGreaterThan(10_000);
+    await c!.request('thaw', { freezeId: f.freezeId });
     const metrics = await (
       await fetch(`${httpUrl}metrics`, { headers: { authorization: `Bearer ${readToken}` } })
     ).text();
