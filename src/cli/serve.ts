@@ -47,7 +47,7 @@ export async function resolveServeConfig(
   if (merged.logLevel !== undefined && !(LOG_LEVELS as readonly string[]).includes(merged.logLevel))
     throw new TwinError(
       'ETWIN_USAGE',
-      `--log-level must be one of ${LOG_LEVELS.join(', ')}, not "${merged.logLevel}"`,
+      `--log-level (config "logLevel") must be one of ${LOG_LEVELS.join(', ')}, not "${merged.logLevel}"`,
       { option: '--log-level' },
     );
   merged.smb = mergeSmbSettings(merged.smb, {
