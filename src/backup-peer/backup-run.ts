@@ -3,7 +3,7 @@ import { TwinError } from '../common/errors.js';
 import { Emitter } from '../common/event.js';
 import { DisposableStore } from '../common/lifecycle.js';
 import { ControlClient } from '../control/client.js';
-import type { PrepareResult, SelectorMsg } from '../control/protocol.js';
+import type { BackupReport, PrepareResult, SelectorMsg } from '../control/protocol.js';
 import {
   type BackupEventName,
   type BackupHooks,
@@ -168,6 +168,8 @@ export class BackupRun {
     const target = o.target.spec;
     // Set while plugins may hold applications quiesced for this run: onDidThaw lets them go.
     let thawOwed = false;
+    /** Tells the server how the copy goes (set once the split is prepared). */
+    let tellServer: ((r: Pick<BackupReport, 'outcome' | 'error'>) => Promise<void>) | undefined;
     try {
       await o.hooks?.emit('onWillBackup', { snapshotId: id, selector, target });
       this.emit({ phase: 'connect' });
@@ -195,6 +197,7 @@ export class BackupRun {
       // Registered after the connection: disposed (the split released) before it closes.
       const lease = store.add(new SplitLease(control, prep.backupId, leaseMs, (err) => stop.abort(err)));
       this.progress.backupId = prep.backupId;
+      tellServer = this.serverReporter(control, prep.backupId, target, store);
       // When prepare answers, the server has held the writes, split the pairs and let writes go
       // again: told in that order, and not waited for — applications paused by onWillFreeze
       // resume on onDidThaw, and the lease is running.
@@ -284,6 +287,7 @@ export class BackupRun {
       // catalog never claims it, and a transient catalog failure must not destroy a good copy.
       const snapshot = await Catalog.with(o.catalogDir, (c) => c.complete(id, entries, totals));
       this.emit({ phase: 'done', reusedFiles: totals.reusedFiles });
+      await tellServer({ outcome: 'ok' });
       await o.hooks?.emit('onDidCompleteBackup', { snapshotId: id, totals, target });
       return {
         snapshot,
@@ -299,6 +303,7 @@ export class BackupRun {
       // Once stopped, whatever in-flight work threw is a consequence: report the cause.
       const reason = stop.signal.aborted ? stop.signal.reason : err;
       if (thawOwed) this.deliver('onDidThaw', { selector });
+      await tellServer?.({ outcome: 'failed', error: { code: codeOf(reason), message: describe(reason) } });
       await writer?.abort().catch(() => undefined);
       if (committedEarly) await o.target.deleteSnapshot(id).catch(() => undefined);
       if (recorded)
@@ -315,6 +320,54 @@ export class BackupRun {
       this._onDidProgress.dispose();
       this._onDidWarn.dispose();
     }
+  }
+
+  /**
+   * Reports the copy's progress to the server (request `report`), at most twice a second and
+   * at each phase, for its status page, metrics and log; returns the function that reports
+   * the outcome. Best effort: a server that does not know the request (an older one) or a
+   * refused report stops the reporting, never the run.
+   */
+  private serverReporter(
+    control: BackupControl,
+    backupId: string,
+    target: string,
+    store: DisposableStore,
+  ): (r: Pick<BackupReport, 'outcome' | 'error'>) => Promise<void> {
+    let working = typeof control.report === 'function';
+    let last = 0;
+    let lastPhase: string | undefined;
+    const send = async (extra: Pick<BackupReport, 'outcome' | 'error'>) => {
+      if (!working) return;
+      const p = this.progress;
+      const phase = extra.outcome ? 'done' : p.phase === 'commit' || p.phase === 'done' ? p.phase : 'copy';
+      await control.report!(backupId, {
+        target,
+        snapshotId: p.snapshotId,
+        phase,
+        files: p.files,
+        filesTotal: p.filesTotal,
+        bytes: p.bytes,
+        bytesTotal: p.bytesTotal,
+        copiedBytes: p.copiedBytes,
+        ...extra,
+      }).catch(() => {
+        working = false;
+      });
+    };
+    store.add(
+      this.onDidProgress((p) => {
+        const now = Date.now();
+        if (p.phase === lastPhase && now - last < 500) return;
+        last = now;
+        lastPhase = p.phase;
+        void send({});
+      }),
+    );
+    return async (r) => {
+      await send(r);
+      working = false;
+    };
   }
 
   /** onWillFreeze hooks (see runFreezeHooks); a failure that lets the run go on is a warning. */

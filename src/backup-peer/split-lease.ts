@@ -1,7 +1,7 @@
 import { TwinError } from '../common/errors.js';
 import type { Event } from '../common/event.js';
 import { type Disposable, DisposableStore } from '../common/lifecycle.js';
-import type { GenerationMsg, PrepareResult, SelectorMsg } from '../control/protocol.js';
+import type { BackupReport, GenerationMsg, PrepareResult, SelectorMsg } from '../control/protocol.js';
 
 /** What a backup run needs of the control channel (ControlClient; a fake in unit tests). */
 export interface BackupControl {
@@ -11,6 +11,8 @@ export interface BackupControl {
   ): Promise<PrepareResult>;
   renew(backupId: string, leaseMs?: number): Promise<unknown>;
   release(backupId: string): Promise<unknown>;
+  /** Tells the server how the copy goes, for its status page and metrics (absent in fakes). */
+  report?(backupId: string, report: BackupReport): Promise<unknown>;
   readonly onEvent: Event<{ event: string; data: unknown }>;
   readonly onClose: Event<{ code: number; reason: string }>;
   close(): Promise<void>;

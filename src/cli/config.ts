@@ -35,6 +35,10 @@ export interface ServeConfig {
   controlMaxConnections?: number;
   /** Serve the mount over SMB with a supervised smbd (docs/smb.md). */
   smb?: SmbSettings;
+  /** HOST:PORT of the status page and /metrics (docs/observability.md); loopback by default. */
+  http?: string;
+  /** The server log's level: trace, debug, info (default), warn, error, fatal, silent. */
+  logLevel?: string;
 }
 
 const SCHEMA: Record<keyof ServeConfig, 'string' | 'number' | 'boolean' | 'object'> = {
@@ -58,7 +62,12 @@ const SCHEMA: Record<keyof ServeConfig, 'string' | 'number' | 'boolean' | 'objec
   insecureBind: 'boolean',
   controlMaxConnections: 'number',
   smb: 'object',
+  http: 'string',
+  logLevel: 'string',
 };
+
+/** String settings that are not file names (not resolved against the config file's folder). */
+const NOT_PATHS = new Set(['control', 'http', 'logLevel']);
 
 /** The keys of a serve config (flat, or its "serve" section). */
 export const SERVE_KEYS: readonly (keyof ServeConfig)[] = Object.keys(SCHEMA) as (keyof ServeConfig)[];
@@ -136,7 +145,7 @@ export function validateConfig(raw: unknown, file = '<config>'): ServeConfig {
         key: k,
       });
     out[k] =
-      type === 'string' && file !== '<config>' && k !== 'control'
+      type === 'string' && file !== '<config>' && !NOT_PATHS.has(k)
         ? path.resolve(path.dirname(file), v as string)
         : v;
   }

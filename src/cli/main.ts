@@ -80,6 +80,16 @@ async function main(argv: string[]): Promise<number> {
             type: 'number',
             describe: 'most control connections at once (default 256, at most 1/8 of the open-file limit)',
           })
+          .option('http', {
+            type: 'string',
+            describe:
+              'serve the status page and /metrics on HOST:PORT (127.0.0.1 by default; starts the control channel if --control is not given; docs/observability.md)',
+          })
+          .option('log-level', {
+            type: 'string',
+            describe:
+              'server log level: trace, debug, info, warn, error, fatal, silent (default info; warn with --repl)',
+          })
           .option('json', { type: 'boolean', describe: 'print events as JSON lines' })
           .option('repl', {
             type: 'boolean',
@@ -106,7 +116,11 @@ async function main(argv: string[]): Promise<number> {
             'twinfs serve --primary /srv/primary --mount /mnt/twin --mirror /srv/mirror --control 127.0.0.1:7420',
             '',
           )
-          .example('twinfs serve --config examples/twinfs.json --repl', ''),
+          .example('twinfs serve --config examples/twinfs.json --repl', '')
+          .example(
+            'twinfs serve --config /etc/twinfs.json --http 127.0.0.1:7421 --read-token-file /var/lib/twinfs/read.token',
+            'status page and Prometheus metrics, for the read-only token',
+          ),
       async (a) => {
         status = await serve({
           primary: a.primary,
@@ -129,6 +143,8 @@ async function main(argv: string[]): Promise<number> {
           readTokenFile: a['read-token-file'],
           insecureBind: a['insecure-bind'],
           controlMaxConnections: a['control-max-connections'],
+          http: a.http,
+          logLevel: a['log-level'],
           json: a.json,
           repl: a.repl,
           smbListen: a.smb,

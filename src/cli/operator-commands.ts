@@ -182,6 +182,7 @@ const CLI_EXAMPLES: Record<string, Array<[string, string]>> = {
     ['twinfs status --server ws://127.0.0.1:7420 --token-file /var/lib/twinfs/control.token', ''],
     ['twinfs status --config /etc/twinfs.json --json', 'the server status as one JSON object'],
     ['TWINFS_SERVER=ws://127.0.0.1:7420 TWINFS_TOKEN=$(cat token) twinfs status', 'from the environment'],
+    ['twinfs status --watch', 'redrawn as the server reports events (one line per event when piped)'],
   ],
   freeze: [
     ['twinfs freeze /db/data.sqlite --timeout 20', 'holds until thawed, 20 s pass, or Ctrl-C'],
@@ -228,11 +229,21 @@ export function registerOperatorCommands(y: Argv, setStatus: (code: number) => v
             requiresArg: !flag,
           }) as typeof bb;
         }
+        if (cmd.name === 'status')
+          bb = bb.option('watch', {
+            type: 'boolean',
+            describe:
+              "keep the status current from the server's events (redrawn on a terminal; one line per event otherwise)",
+          }) as typeof bb;
         bb = bb.usage(`twinfs ${cmd.usage}\n\n${cmd.summary}`) as typeof bb;
         for (const [e, d] of CLI_EXAMPLES[cmd.name] ?? []) bb = bb.example(e, d) as typeof bb;
         return bb;
       },
       async (a: Record<string, unknown>) => {
+        if (cmd.name === 'status' && a.watch) {
+          const { watchStatus } = await import('./status-watch.js');
+          return setStatus(await watchStatus(serverArgs(a)));
+        }
         setStatus(await runOnce(cmd, serverArgs(a), wordsOf(cmd, a)));
       },
     );

@@ -5,12 +5,18 @@ import { TwinError } from '../common/errors.js';
 import { ControlServer } from '../control/control-server.js';
 import { TokenStore } from '../control/token-store.js';
 import { defaultStateDir } from '../mirror-driver/index.js';
+import { StatusHttpServer } from '../observe/status-http.js';
 import type { ServeConfig } from './config.js';
 
 /** The control channel of `twinfs serve`, bound and with its tokens, not yet serving a volume. */
 export interface ControlSetup {
   server: ControlServer;
   tokens: TokenStore;
+  /** The token files (operator, and read-only when there is one). */
+  tokenFile: string;
+  readTokenFile?: string;
+  /** The status page (--http), bound with the control channel. */
+  http?: StatusHttpServer;
   dispose(): Promise<void>;
 }
 
@@ -19,8 +25,9 @@ export interface ControlSetup {
  * settings is a coded error with nothing to undo: the TLS pair (ETWIN_USAGE when one half is
  * missing, ETWIN_TLS when unreadable or invalid), a non-loopback address without TLS
  * (ETWIN_INSECURE_BIND unless insecureBind), the token files (ETWIN_TOKEN,
- * ETWIN_TOKEN_PERMISSIONS), the address (ETWIN_CONTROL_LISTEN). SIGHUP re-reads the token
- * files (they are also polled for changes).
+ * ETWIN_TOKEN_PERMISSIONS), the address (ETWIN_CONTROL_LISTEN). The status page (--http) is
+ * bound here too, under the same rules (ETWIN_INSECURE_BIND, ETWIN_HTTP_LISTEN), with the same
+ * tokens. SIGHUP re-reads the token files (they are also polled for changes).
  */
 export async function openControl(
   cfg: ServeConfig,
@@ -47,9 +54,18 @@ export async function openControl(
         'Serve wss:// with --tls-cert and --tls-key, bind 127.0.0.1, or pass --insecure-bind to accept the risk',
       { host },
     );
+  const httpAddr = cfg.http ? parseHostPort(cfg.http, '--http') : undefined;
+  if (httpAddr && !tls && !isLoopback(httpAddr[0]) && !cfg.insecureBind)
+    throw new TwinError(
+      'ETWIN_INSECURE_BIND',
+      `--http ${cfg.http} is reachable from other hosts: the token and session cookie would cross the network in clear. ` +
+        'Serve https:// with --tls-cert and --tls-key, bind 127.0.0.1, or pass --insecure-bind to accept the risk',
+      { host: httpAddr[0] },
+    );
   const stateDir = cfg.stateDir ?? defaultStateDir();
+  const tokenFile = cfg.tokenFile ?? path.join(stateDir, 'control.token');
   const tokens = await TokenStore.open({
-    operatorFile: cfg.tokenFile ?? path.join(stateDir, 'control.token'),
+    operatorFile: tokenFile,
     readFile: cfg.readTokenFile,
     log: (m) => log(`control: ${m}`),
   });
@@ -67,14 +83,27 @@ export async function openControl(
     tokens.dispose();
     throw err;
   }
+  let http: StatusHttpServer | undefined;
+  if (httpAddr)
+    try {
+      http = await StatusHttpServer.listen({ host: httpAddr[0], port: httpAddr[1], tls, tokens });
+    } catch (err) {
+      tokens.dispose();
+      await server.dispose();
+      throw err;
+    }
   const onHup = () => void tokens.reload();
   process.on('SIGHUP', onHup);
   return {
     server,
     tokens,
+    tokenFile,
+    readTokenFile: cfg.readTokenFile,
+    http,
     async dispose() {
       process.off('SIGHUP', onHup);
       tokens.dispose();
+      await http?.dispose();
       await server.dispose();
     },
   };
@@ -97,10 +126,11 @@ export function isLoopback(host: string): boolean {
   return false;
 }
 
-export function parseHostPort(spec: string): [string, number] {
+export function parseHostPort(spec: string, option = '--control'): [string, number] {
   const m = /^(?:\[([^\]]+)\]|([^:]*)):(\d+)$/.exec(spec) ?? /^()()(\d+)$/.exec(spec);
-  if (!m) throw new TwinError('ETWIN_USAGE', `--control must be HOST:PORT or PORT, not "${spec}"`);
+  if (!m)
+    throw new TwinError('ETWIN_USAGE', `${option} must be HOST:PORT or PORT, not "${spec}"`, { option });
   const port = Number(m[3]);
-  if (port > 65535) throw new TwinError('ETWIN_USAGE', `--control port ${port} is out of range`);
+  if (port > 65535) throw new TwinError('ETWIN_USAGE', `${option} port ${port} is out of range`, { option });
   return [m[1] || m[2] || '127.0.0.1', port];
 }

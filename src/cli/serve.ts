@@ -4,6 +4,9 @@ import { BackupService } from '../control/backup-service.js';
 import { TwinFs } from '../fusefs/index.js';
 import { preflight } from '../fusefs/mount-checks.js';
 import { defaultStateDir, MirrorDriver } from '../mirror-driver/index.js';
+import { ServerMetrics } from '../observe/metrics.js';
+import { createServerLog, LOG_LEVELS, type LogLevel, logServerEvents } from '../observe/server-log.js';
+import { StatusFeed } from '../observe/status-feed.js';
 import { VolumeLock } from '../posix/volume-lock.js';
 import { describeSmbEvent, mergeSmbSettings, parseUserSpec, SmbService } from '../smb/index.js';
 import { loadConfig, SERVE_KEYS, type ServeConfig, validateCliSettings } from './config.js';
@@ -41,6 +44,12 @@ export async function resolveServeConfig(
     );
   if (!merged.mount)
     throw new TwinError('ETWIN_USAGE', 'no mount point: pass --mount DIR or set "mount" in the config');
+  if (merged.logLevel !== undefined && !(LOG_LEVELS as readonly string[]).includes(merged.logLevel))
+    throw new TwinError(
+      'ETWIN_USAGE',
+      `--log-level (config "logLevel") must be one of ${LOG_LEVELS.join(', ')}, not "${merged.logLevel}"`,
+      { option: '--log-level' },
+    );
   merged.smb = mergeSmbSettings(merged.smb, {
     listen: args.smbListen,
     users: args.smbUsers?.map(parseUserSpec),
@@ -83,7 +92,14 @@ export async function serve(args: ServeArgs): Promise<number> {
     mirror: cfg.mirror,
     stateDir: cfg.stateDir ?? defaultStateDir(),
   });
-  if (args.repl && !cfg.control) cfg.control = '127.0.0.1:0';
+  // The REPL and the status page need the control channel (its tokens, its backup service).
+  if ((args.repl || cfg.http) && !cfg.control) cfg.control = '127.0.0.1:0';
+  // JSON lines on stdout when it is not a terminal (or with --json); the REPL's terminal only
+  // hears of warnings unless asked.
+  const log = createServerLog({
+    level: (cfg.logLevel as LogLevel | undefined) ?? (args.repl ? 'warn' : 'info'),
+    json: args.json || !process.stdout.isTTY,
+  });
   // The control channel is checked and bound before anything is mounted: a bad address, TLS
   // file or token file is a coded error with nothing left behind (src/cli/serve-control.ts).
   let controlSetup: Awaited<ReturnType<typeof openControl>>;
@@ -93,6 +109,19 @@ export async function serve(args: ServeArgs): Promise<number> {
     volumeLock.release();
     throw err;
   }
+  if (controlSetup)
+    log.info(
+      {
+        kind: 'listening',
+        control: controlSetup.server.url,
+        tokenFile: controlSetup.tokenFile,
+        readTokenFile: controlSetup.readTokenFile ?? null,
+        http: controlSetup.http?.url ?? null,
+      },
+      `control channel ${controlSetup.server.url} (token file ${controlSetup.tokenFile})${
+        controlSetup.http ? `, status page ${controlSetup.http.url}` : ''
+      }`,
+    );
   let mirror: MirrorDriver | undefined;
   let fs: TwinFs;
   try {
@@ -119,6 +148,7 @@ export async function serve(args: ServeArgs): Promise<number> {
   const control = controlSetup?.server;
   let service: BackupService | undefined;
   let plugins: { dispose(): Promise<void> } | undefined;
+  const observers: Array<{ dispose(): void }> = [];
   const token = controlSetup?.tokens.operatorToken ?? '';
   if (control) {
     service = new BackupService({
@@ -134,6 +164,37 @@ export async function serve(args: ServeArgs): Promise<number> {
       fs,
       mirror,
     });
+    observers.push(
+      logServerEvents(log, { control: { onDidControl: control.onDidControl }, service, mirror }),
+    );
+    const http = controlSetup?.http;
+    if (http) {
+      const metrics = new ServerMetrics({
+        fs,
+        service,
+        mirror,
+        control,
+        smbSessions: cfg.smb
+          ? async () => (smbRef ? (await smbRef.status()).clients.length : null)
+          : undefined,
+      });
+      const feed = new StatusFeed({
+        fs,
+        service,
+        mirror,
+        control: { onDidControl: control.onDidControl },
+        smb: cfg.smb ? async () => (smbRef ? await smbRef.status() : null) : undefined,
+      });
+      observers.push(feed, metrics);
+      http.onAuthFailure = (remote) => {
+        metrics.httpAuthFailure();
+        log.warn(
+          { event: 'auth-failed', channel: 'http', remote },
+          `wrong token from ${remote} (status page)`,
+        );
+      };
+      http.attach({ feed, metrics });
+    }
   }
   const st = fs.status();
   out(
@@ -145,11 +206,24 @@ export async function serve(args: ServeArgs): Promise<number> {
       cacheBytes: st.cache.limitBytes,
       writeThrough: st.writeThrough,
       mirror: mirror ? { deviceId: mirror.deviceId, mirrorRoot: mirror.dataRoot } : null,
-      control: control ? { url: control.url } : null,
+      control: control
+        ? {
+            url: control.url,
+            tokenFile: controlSetup!.tokenFile,
+            readTokenFile: controlSetup!.readTokenFile ?? null,
+          }
+        : null,
+      http: controlSetup?.http ? { url: controlSetup.http.url } : null,
     },
     `serving ${fs.primary} at ${fs.mountPoint} (pid ${process.pid}, ${
       st.writeThrough ? 'write-through' : `write-back cache ${Math.round(st.cache.limitBytes / 1048576)} MiB`
-    })`,
+    })${
+      control
+        ? `\ntwinfs: control channel ${control.url} (operator token in ${controlSetup!.tokenFile}${
+            controlSetup!.readTokenFile ? `, read-only token in ${controlSetup!.readTokenFile}` : ''
+          })`
+        : ''
+    }${controlSetup?.http ? `\ntwinfs: status page ${controlSetup.http.url} (metrics at ${controlSetup.http.url}metrics)` : ''}`,
   );
   // SMB (src/smb): smbd serves the mount once it is up; an SMB failure is reported as an
   // event and the mount goes on serving.
@@ -175,6 +249,7 @@ export async function serve(args: ServeArgs): Promise<number> {
       }
       stopping = true;
       out('stopping', { signal }, `${signal}: writing back cached data and unmounting`);
+      for (const o of observers.splice(0)) o.dispose();
       Promise.resolve()
         .then(() => controlSetup?.dispose())
         .then(() => service?.dispose())

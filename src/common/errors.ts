@@ -49,7 +49,11 @@ export const ErrorCodes = {
   ETWIN_TLS: 'the TLS certificate or key is missing, unreadable, invalid, or one is given without the other',
   ETWIN_CONTROL_LISTEN:
     'the control channel cannot listen on that address (port in use, or address not bindable)',
-  ETWIN_INSECURE_BIND: 'a non-loopback control address needs TLS (--tls-cert/--tls-key) or --insecure-bind',
+  ETWIN_HTTP_LISTEN:
+    'the status page (--http) cannot listen on its address (in use, or not an address of this host)',
+  ETWIN_HTTP_BUSY: 'the status page serves as many live streams as it allows (32); close one',
+  ETWIN_INSECURE_BIND:
+    'a non-loopback control or status-page address needs TLS (--tls-cert/--tls-key) or --insecure-bind',
   ETWIN_PLUGIN_MANIFEST: 'a plugin manifest (package.json) is invalid',
   ETWIN_PLUGIN_ENGINE: 'a plugin needs another twinfs API version (engines.twinfs)',
   ETWIN_PLUGIN_DUPLICATE: 'a plugin, target or command id is already taken',

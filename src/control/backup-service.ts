@@ -9,7 +9,7 @@ import { VolumePaths } from '../fusefs/volume-paths.js';
 import type { Inhibition } from '../fusefs/write-inhibitor.js';
 import { walk } from '../mirror-driver/entry-sync.js';
 import type { MirrorDriver, ResyncResult } from '../mirror-driver/mirror-driver.js';
-import type { GenerationMsg, Item, PrepareResult, SelectorMsg } from './protocol.js';
+import type { BackupReport, GenerationMsg, Item, PrepareResult, SelectorMsg } from './protocol.js';
 
 export interface BackupServiceOptions {
   fs: TwinFs;
@@ -93,8 +93,14 @@ export class BackupService {
   };
   private readonly kernelWriteback: Pick<KernelWriteback, 'sync'>;
 
+  /**
+   * Backups whose peer may still report progress (report()): prepared ones, kept after release
+   * (the peer commits and reports its outcome after the split is released). The last 64.
+   */
+  private readonly reportable = new Map<string, { owner: string; started: number; outcome?: string }>();
+
   private readonly _onEvent = new Emitter<{ event: string; data: Record<string, unknown> }>();
-  /** frozen, thawed, split, released, resynced, lease-expired. */
+  /** frozen, thawed, split, prepare-failed, released, resynced, lease-expired, backup-progress, backup-done. */
   readonly onEvent = this._onEvent.event;
 
   constructor(private readonly opts: BackupServiceOptions) {
@@ -121,6 +127,19 @@ export class BackupService {
     this.reserved.add(reservation);
     try {
       return await this.prepareReserved(mirror, inhibitor, sel, selector, budget, o);
+    } catch (err) {
+      const e = err as { code?: unknown; message?: unknown; data?: Record<string, unknown> };
+      this._onEvent.fire({
+        event: 'prepare-failed',
+        data: {
+          selector,
+          code: typeof e?.code === 'string' ? e.code : 'ETWIN_INTERNAL',
+          message: String(e?.message ?? err),
+          budgetMs: budget,
+          ...(typeof e?.data?.heldMs === 'number' ? { heldMs: e.data.heldMs } : {}),
+        },
+      });
+      throw err;
     } finally {
       this.reserved.delete(reservation);
     }
@@ -227,6 +246,8 @@ export class BackupService {
     };
     b.timer.unref();
     this.backups.set(backupId, b);
+    this.reportable.set(backupId, { owner: o.owner, started: b.started });
+    if (this.reportable.size > 64) this.reportable.delete(this.reportable.keys().next().value!);
     this._onEvent.fire({ event: 'split', data: { backupId, selector, stallMs } });
     let listed: { items: Item[]; complete: boolean };
     try {
@@ -287,6 +308,28 @@ export class BackupService {
       data: { backupId, bytesCopied: r.bytesCopied, entries: r.entries, ms: r.ms },
     });
     return { ...r, backupId };
+  }
+
+  /**
+   * A peer's report on the copy of a backup it prepared (bytes and entries so far, then its
+   * outcome): nothing here depends on it, it is only told on, as backup-progress and
+   * backup-done events, to whoever watches (status page, metrics, log). Only the connection
+   * that prepared the backup may report on it; after the outcome, nothing more.
+   */
+  report(backupId: string, owner: string, r: BackupReport): { backupId: string } {
+    const b = this.reportable.get(backupId);
+    if (!b || b.owner !== owner || b.outcome)
+      throw new TwinError(
+        'ETWIN_UNKNOWN_BACKUP',
+        `no backup ${backupId} of this connection to report on (never prepared here, or its outcome was reported)`,
+        { backupId },
+      );
+    const data = { backupId, ...r, elapsedMs: Date.now() - b.started, owner };
+    if (r.outcome) {
+      b.outcome = r.outcome;
+      this._onEvent.fire({ event: 'backup-done', data });
+    } else this._onEvent.fire({ event: 'backup-progress', data });
+    return { backupId };
   }
 
   /** A connection went away: release everything it held. */

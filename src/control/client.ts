@@ -2,6 +2,7 @@ import WebSocket from 'ws';
 import { TwinError } from '../common/errors.js';
 import { Emitter } from '../common/event.js';
 import {
+  type BackupReport,
   describeIssues,
   type GenerationMsg,
   type HelloResult,
@@ -162,6 +163,11 @@ export class ControlClient {
 
   renew(backupId: string, leaseMs?: number): Promise<unknown> {
     return this.request('renew', { backupId, leaseMs });
+  }
+
+  /** Tells the server how the copy of a backup this connection prepared goes (request `report`). */
+  report(backupId: string, report: BackupReport): Promise<unknown> {
+    return this.request('report', { backupId, report });
   }
 
   /** Sends raw text (tests of malformed input use this). */

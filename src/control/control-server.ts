@@ -4,6 +4,7 @@ import * as https from 'node:https';
 import type { AddressInfo, Socket } from 'node:net';
 import { type WebSocket, WebSocketServer } from 'ws';
 import { isTwinError, TwinError } from '../common/errors.js';
+import { Emitter } from '../common/event.js';
 import type { TwinFs } from '../fusefs/filesystem.js';
 import type { MirrorDriver } from '../mirror-driver/mirror-driver.js';
 import { type BackupService, writebackError } from './backup-service.js';
@@ -47,6 +48,19 @@ export interface ControlServerOptions {
   log?: (msg: string) => void;
 }
 
+/**
+ * What happens on the control channel itself, for the server log and metrics: a connection
+ * opened (its remote address), authenticated (client name and role; never the token), refused
+ * a token, closed; a repair ran.
+ */
+export type ControlEvent =
+  | { event: 'connection'; conn: string; remote: string }
+  | { event: 'authenticated'; conn: string; remote: string; client: string | null; role: Role }
+  | { event: 'auth-failed'; conn: string; remote: string; client: string | null }
+  | { event: 'disconnected'; conn: string; remote: string; client: string | null }
+  | { event: 'repaired'; conn: string; result: Record<string, unknown> }
+  | { event: 'repair-failed'; conn: string; code: string; message: string };
+
 interface Conn {
   id: string;
   ws: WebSocket;
@@ -89,6 +103,9 @@ export class ControlServer {
   });
   private readonly liveness: Liveness;
   private readonly rateLimits: RateLimits;
+  private readonly _onDidControl = new Emitter<ControlEvent>();
+  /** Connections, authentications and their failures, disconnections, repairs (ControlEvent). */
+  readonly onDidControl = this._onDidControl.event;
 
   private constructor(
     private readonly http: http.Server | https.Server,
@@ -191,6 +208,8 @@ export class ControlServer {
       backups: new Set(),
     };
     this.conns.add(c);
+    const remote = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
+    this._onDidControl.fire({ event: 'connection', conn: c.id, remote });
     const helloTimer = setTimeout(() => {
       if (!c.role) ws.close(CLOSE_AUTH, 'no hello');
     }, this.opts.helloTimeoutMs ?? 10_000);
@@ -209,6 +228,7 @@ export class ControlServer {
       c.closed = true;
       clearTimeout(helloTimer);
       this.conns.delete(c);
+      this._onDidControl.fire({ event: 'disconnected', conn: c.id, remote, client: c.client ?? null });
       void this.backend?.service.releaseOwner(c.id);
     });
     ws.on('error', () => undefined);
@@ -338,6 +358,12 @@ export class ControlServer {
         }
         const role = this.opts.tokens.roleOf(req.token);
         if (!role) {
+          this._onDidControl.fire({
+            event: 'auth-failed',
+            conn: c.id,
+            remote: `${c.socket.remoteAddress ?? '?'}:${c.socket.remotePort ?? '?'}`,
+            client: req.client ?? null,
+          });
           this.fail(c, req.id, 'EPROTO_AUTH', 'wrong token');
           c.ws.close(CLOSE_AUTH, 'wrong token');
           throw Object.assign(new Error('auth'), { code: 'EPROTO_AUTH' });
@@ -345,6 +371,13 @@ export class ControlServer {
         c.role = role;
         c.client = req.client;
         this.guard.authenticated(c.socket);
+        this._onDidControl.fire({
+          event: 'authenticated',
+          conn: c.id,
+          remote: `${c.socket.remoteAddress ?? '?'}:${c.socket.remotePort ?? '?'}`,
+          client: c.client ?? null,
+          role,
+        });
         return {
           version: PROTOCOL_VERSION,
           server: `twinfs/${process.pid}`,
@@ -388,14 +421,39 @@ export class ControlServer {
       case 'repair': {
         if (!b.mirror)
           throw new TwinError('ETWIN_NO_MIRROR', 'this server has no mirror; start it with --mirror DIR');
-        return b.mirror.repair();
+        try {
+          const result = await b.mirror.repair();
+          this._onDidControl.fire({
+            event: 'repaired',
+            conn: c.id,
+            result: result as unknown as Record<string, unknown>,
+          });
+          return result;
+        } catch (err) {
+          this._onDidControl.fire({
+            event: 'repair-failed',
+            conn: c.id,
+            code: isTwinError(err) ? err.code : 'ETWIN_INTERNAL',
+            message: (err as Error)?.message ?? String(err),
+          });
+          throw err;
+        }
       }
+      case 'report':
+        return svc.report(req.backupId, c.id, req.report);
       case 'flush':
         await b.fs.flushAll({ sync: true }).catch((err) => {
           throw writebackError(err);
         });
         return { flushed: true };
     }
+  }
+
+  /** Authenticated connections now, by role. */
+  connectionCounts(): Record<Role, number> {
+    const n: Record<Role, number> = { operator: 0, read: 0 };
+    for (const c of this.conns) if (c.role) n[c.role]++;
+    return n;
   }
 
   async dispose(): Promise<void> {

@@ -19,6 +19,7 @@ export const REQUEST_TYPES: ReadonlySet<string> = new Set([
   'verify',
   'repair',
   'flush',
+  'report',
 ]);
 
 export const MAX_MESSAGE_BYTES = 1024 * 1024;
@@ -35,6 +36,33 @@ const volumePath = z
     message: 'path escapes the volume root (..)',
     params: { code: PATH_ESCAPE },
   });
+
+const count = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER);
+
+/**
+ * A peer's report on the copy of a backup it prepared (request `report`): what it copies to,
+ * how far it is, and at the end its outcome. Only told on to whoever watches the server.
+ */
+export const backupReportSchema = z
+  .object({
+    /** The target spec (dir:/backups, s3://bucket/prefix). */
+    target: z.string().max(1024),
+    snapshotId: z.string().max(200).optional(),
+    phase: z.enum(['copy', 'commit', 'done']),
+    files: count,
+    filesTotal: count,
+    bytes: count,
+    bytesTotal: count,
+    copiedBytes: count,
+    outcome: z.enum(['ok', 'failed']).optional(),
+    /** The coded error of a failed run. */
+    error: z
+      .object({ code: z.string().max(100), message: z.string().max(2000) })
+      .strict()
+      .optional(),
+  })
+  .strict();
+export type BackupReport = z.infer<typeof backupReportSchema>;
 
 export const selectorSchema = z
   .object({
@@ -129,6 +157,14 @@ export const requestSchema = z.discriminatedUnion('type', [
   z.object({ type: z.literal('release'), id, backupId: z.string().max(200) }).strict(),
   z
     .object({
+      type: z.literal('report'),
+      id,
+      backupId: z.string().max(200),
+      report: backupReportSchema,
+    })
+    .strict(),
+  z
+    .object({
       type: z.literal('freeze'),
       id,
       selector: selectorSchema,
@@ -206,12 +242,16 @@ export const EVENTS = [
   'frozen',
   'thawed',
   'split',
+  'prepare-failed',
   'resynced',
   'broken',
   'released',
   'lease-expired',
   'state',
   'progress',
+  'backup-progress',
+  'backup-done',
+  'repaired',
 ] as const;
 export type EventName = (typeof EVENTS)[number];
 

@@ -1,3 +1,4 @@
+import { createHmac, timingSafeEqual } from 'node:crypto';
 import { unwatchFile, watchFile } from 'node:fs';
 import { TwinError } from '../common/errors.js';
 import { Emitter } from '../common/event.js';
@@ -61,6 +62,32 @@ export class TokenStore {
     for (const r of ['operator', 'read'] as const) {
       const t = this.tokens[r];
       if (t !== undefined && tokensEqual(presented, t) && role === null) role = r;
+    }
+    return role;
+  }
+
+  /**
+   * A value derived from each token (HMAC-SHA256 keyed by the token, over `purpose`): the
+   * status page's session cookie. It proves the token without being it, and stops working
+   * when the token is rotated.
+   */
+  derived(purpose: string): Array<{ role: Role; value: string }> {
+    const out: Array<{ role: Role; value: string }> = [];
+    for (const r of ['operator', 'read'] as const) {
+      const t = this.tokens[r];
+      if (t !== undefined)
+        out.push({ role: r, value: createHmac('sha256', t).update(purpose).digest('base64url') });
+    }
+    return out;
+  }
+
+  /** The role whose derived value (derived()) this is, compared in constant time, or null. */
+  roleOfDerived(purpose: string, presented: string): Role | null {
+    let role: Role | null = null;
+    const p = Buffer.from(presented);
+    for (const d of this.derived(purpose)) {
+      const v = Buffer.from(d.value);
+      if (v.length === p.length && timingSafeEqual(v, p) && role === null) role = d.role;
     }
     return role;
   }

@@ -12,6 +12,8 @@ export function describeEvent(event: string, data: unknown): string {
       return `${d.freezeId} thawed after ${((d.heldMs ?? 0) / 1000).toFixed(1)} s (${d.reason})`;
     case 'split':
       return `${sel(d.selector)} split for ${d.backupId}, writes held ${Number(d.stallMs ?? 0).toFixed(1)} ms`;
+    case 'prepare-failed':
+      return `prepare of ${sel(d.selector)} failed: ${d.code}: ${d.message}`;
     case 'released':
       return `${d.backupId} released; resyncing`;
     case 'resynced':
@@ -25,6 +27,12 @@ export function describeEvent(event: string, data: unknown): string {
         d.paths === 'volume' ? 'volume' : Array.isArray(d.paths) ? d.paths.join(' ') : String(d.paths);
       return `${where}: ${d.state}${d.splitId ? ` (${d.splitId})` : ''}`;
     }
+    case 'backup-progress':
+      return `backup ${d.backupId} to ${d.target}: ${formatBytes(Number(d.bytes ?? 0))}${d.bytesTotal ? ` of ${formatBytes(Number(d.bytesTotal))}` : ''}, ${d.files ?? 0} entries`;
+    case 'backup-done':
+      return d.outcome === 'ok'
+        ? `backup ${d.snapshotId ?? d.backupId} to ${d.target} done: ${d.files ?? 0} entries, ${formatBytes(Number(d.copiedBytes ?? 0))} copied`
+        : `backup ${d.snapshotId ?? d.backupId} to ${d.target} failed: ${d.error?.code}: ${d.error?.message}`;
     case 'progress':
       return `${d.phase ?? 'work'}: ${d.entries ?? d.files ?? 0} entries, ${formatBytes(Number(d.bytes ?? 0))}${d.done ? ', done' : ''}`;
     default:
@@ -37,7 +45,8 @@ export function describeEvent(event: string, data: unknown): string {
  * resync already announced are left out; the initial copy, breaks and repairs are shown.
  */
 export function isNoteworthy(event: string, data: unknown): boolean {
-  if (event === 'progress') return false; // shown on the status line of the running command
+  // Shown on the status line of the running command (a backup's, for its own peer).
+  if (event === 'progress' || event === 'backup-progress') return false;
   if (event !== 'state') return true;
   const d = (data ?? {}) as Record<string, unknown>;
   return !d.splitId && d.state !== 'SPLIT' && d.state !== 'RESYNC';

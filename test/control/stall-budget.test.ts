@@ -38,6 +38,10 @@ describe('prepare with a tiny stall budget against a busy writer', () => {
     let ok = 0;
     let failed = 0;
     const stalls: number[] = [];
+    const failedEvents: any[] = [];
+    const sub = client.onEvent((e) => {
+      if (e.event === 'prepare-failed') failedEvents.push(e.data);
+    });
     for (let i = 0; i < N; i++) {
       let outcome: { stallMs: number; backupId: string } | { code?: string };
       try {
@@ -57,8 +61,17 @@ describe('prepare with a tiny stall budget against a busy writer', () => {
         await writer.waitFor(seen + 2, 10_000);
       }
     }
+    sub.dispose();
     expect(stalls.filter((s) => s > budget)).toEqual([]);
     expect(ok + failed).toBe(N);
+    // Each failure was told to every connection (sent before its error reply), with its code.
+    expect(failedEvents).toHaveLength(failed);
+    for (const e of failedEvents)
+      expect(e).toMatchObject({
+        code: 'ETWIN_STALL_EXCEEDED',
+        budgetMs: budget,
+        selector: { paths: ['/busy'] },
+      });
     const st = (await client.request('status')) as any;
     // The server's own record agrees: no successful prepare held writes longer than the budget.
     expect(st.backup.stall.prepares).toBe(ok);

@@ -36,6 +36,8 @@ export interface ServerHandle {
   primary: string;
   /** JSON event lines the server printed. */
   events: Array<Record<string, unknown>>;
+  /** The server log's lines (pino JSON: level, time, event, msg), apart from the events. */
+  log: Array<Record<string, unknown>>;
   stderr(): string;
   /** SIGTERM and wait for exit; returns the exit status. */
   stop(timeoutMs?: number): Promise<number | null>;
@@ -76,6 +78,7 @@ export async function startServer(opts: {
     },
   );
   const events: Array<Record<string, unknown>> = [];
+  const log: Array<Record<string, unknown>> = [];
   let err = '';
   proc.stderr!.on('data', (d) => (err += d.toString()));
   const exited = new Promise<number | null>((r) => proc.on('exit', (code) => r(code)));
@@ -89,6 +92,11 @@ export async function startServer(opts: {
         buf = buf.slice(i + 1);
         try {
           const ev = JSON.parse(line);
+          // The server log (pino) writes JSON lines to the same stdout: level and time tell them apart.
+          if (typeof ev.level === 'number' && 'time' in ev) {
+            log.push(ev);
+            continue;
+          }
           events.push(ev);
           if (ev.event === 'mounted') resolve();
         } catch {
@@ -121,6 +129,7 @@ export async function startServer(opts: {
     mount: opts.mount,
     primary: opts.primary,
     events,
+    log,
     stderr: () => err,
     exited,
     async stop(timeoutMs = 30_000) {
