@@ -22,6 +22,7 @@ const args = parseArgs(
     keep: { default: false, help: 'keep the files of every part' },
     verbose: { default: false, help: 'one line per round' },
     json: { default: '', help: 'write the reports to this file' },
+    only: { default: '', help: 'scenarios: run only these (comma-separated names, e.g. "full mirror")' },
   },
   'node bench/chaos.mjs [options]',
 );
@@ -61,6 +62,7 @@ if (parts.includes('peer')) {
 if (parts.includes('scenarios')) {
   const sc = await import('../test/chaos/scenarios.ts');
   for (const [name, fn] of Object.entries(sc.SCENARIOS)) {
+    if (args.only && !args.only.split(',').includes(name)) continue;
     const r = await fn({ seed: args.seed, keep: args.keep, log });
     show(name, r, r.problems);
   }

@@ -358,7 +358,7 @@ export function makeTree(dir, { count, size, perDir = 1000, large = [] }) {
  * Returns { proc, pid, mount, url, token, events, waitEvent(pred, ms), stop(), startupMs }.
  */
 export async function startTwinfs(o) {
-  const cli = o.cli ?? path.join(DIST, 'cli/main.js');
+  const cli = o.cli ?? path.join(DIST, 'cli/twinfs.cjs');
   const args = [cli, 'serve', '--primary', o.primary, '--mount', o.mount, '--json'];
   if (o.mirror) args.push('--mirror', o.mirror);
   if (o.stateDir) args.push('--state-dir', o.stateDir);

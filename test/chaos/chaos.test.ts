@@ -4,18 +4,18 @@ import { peerKills, peerProblems, serverKillProblems, serverKills } from './chao
 /**
  * A few rounds of the chaos runs (bench/chaos.mjs runs 100 of each; docs/reliability.md has
  * the figures). A failing seed replays with `node bench/chaos.mjs --seed N --parts kills
- * --kill-rounds 4 --keep --verbose` (or --parts peer --peer-rounds 5).
+ * --kill-rounds 3 --keep --verbose` (or --parts peer --peer-rounds 5).
  */
 describe('chaos: kill -9 of the server under mixed writes', () => {
-  it('4 rounds: no fsync-acknowledged byte lost, no pair stuck, verify clean after each restart', async () => {
-    const r = await serverKills({ seed: 11, rounds: 4 });
+  it('3 rounds: no fsync-acknowledged byte lost, no pair stuck, verify clean after each restart', async () => {
+    const r = await serverKills({ seed: 11, rounds: 3 });
     expect(serverKillProblems(r)).toEqual([]);
     // The rounds did what they are there for: fsyncs acknowledged, then the server killed
     // under the writer (its last call failed because the server was gone).
-    expect(r.rounds).toBe(4);
+    expect(r.rounds).toBe(3);
     expect(r.fsyncs).toBeGreaterThan(0);
-    expect(r.restartMs.length).toBe(4);
-    expect(Object.values(r.writerStops).reduce((a, b) => a + b, 0)).toBe(4);
+    expect(r.restartMs.length).toBe(3);
+    expect(Object.values(r.writerStops).reduce((a, b) => a + b, 0)).toBe(3);
   }, 150_000);
 });
 

@@ -403,7 +403,9 @@ export async function peerKills(o: PeerOptions): Promise<PeerReport> {
     const list = await sh(`'${process.execPath}' '${CLI}' snapshots --catalog '${d('catalog')}' --json`, {
       timeoutMs: 60_000,
     });
-    const snaps = JSON.parse(list.stdout.trim() || '[]') as Array<{ id: string }>;
+    const snaps = (JSON.parse(list.stdout.trim() || '[]') as Array<{ id: string; state: string }>).filter(
+      (s) => s.state === 'complete',
+    );
     r.snapshots = snaps.length;
     for (const s of snaps) {
       const c = await sh(

@@ -7,6 +7,7 @@
 //     the bytes [0, size) of file k were acknowledged as durable. Between them: creates, renames
 //     and unlinks in scratch/. Each file is first cut to start[k] (what the previous round had
 //     made durable), so every byte below a later acknowledged size is one this run wrote.
+//     With "maxMs" it stops by itself after that long ({stopped: 'time'}).
 //   node writer.mjs latency '{"file","rateHz","log"}'
 //     4 KiB pwrite(2)s at rateHz into a 1 MiB region until SIGTERM; then one JSON line on
 //     stdout: {writes, errors, maxMs, p99Ms, over: {ms: count}}; each write slower than 50 ms
@@ -51,7 +52,12 @@ if (mode === 'durable') {
       sizes.push(start);
     }
     let n = 0;
+    const until = o.maxMs ? performance.now() + o.maxMs : Number.POSITIVE_INFINITY;
     for (;;) {
+      if (performance.now() > until) {
+        note({ stopped: 'time', code: 'none' });
+        break;
+      }
       const k = rnd(o.files);
       const r = rnd(100);
       if (r < 55) {
