@@ -31,6 +31,10 @@ export function snapshotDist(base) {
   fs.symlinkSync(path.join(ROOT, 'node_modules'), path.join(snap, 'node_modules'));
   if (fs.existsSync(path.join(ROOT, 'plugins')))
     fs.symlinkSync(path.join(ROOT, 'plugins'), path.join(snap, 'plugins'));
+  // The project's addon, found two levels above dist/posix (src/posix/native.ts).
+  const addon = 'native/posix/build/Release/twinfs_posix.node';
+  fs.mkdirSync(path.dirname(path.join(snap, addon)), { recursive: true });
+  fs.copyFileSync(path.join(ROOT, addon), path.join(snap, addon));
   DIST = path.join(snap, 'dist');
   return `dist/ built ${built}, copied to ${DIST}`;
 }
