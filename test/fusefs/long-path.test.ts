@@ -2,7 +2,7 @@ import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { unmountAll } from '../helpers/mounts.js';
 import { sh } from '../helpers/proc.js';
-import { type ServerHandle, startServer, tempDirs } from '../helpers/server.js';
+import { CLI, type ServerHandle, startServer, tempDirs } from '../helpers/server.js';
 
 const FIXTURE = path.join(path.dirname(new URL(import.meta.url).pathname), 'fixtures/long-path.mjs');
 
@@ -60,6 +60,14 @@ describe('long paths through the mount, like a local filesystem', () => {
     const onMirror = await longPath(`${t.dirs.mirror}/data/top`, 4095, 'read');
     expect(onMirror.results.filter((r) => !r.ok)).toEqual([]);
     expect(onMirror.sha).toBe(plain.sha);
+    // verify reaches the entries past PATH_MAX too: /top, its 15 directories, the renamed file
+    // and the symlink (it used to skip the last two as unreadable and call the pair clean).
+    const v = await sh(`node '${CLI}' verify --primary '${t.dirs.primary}' --mirror '${t.dirs.mirror}' --json`, {
+      timeoutMs: 60_000,
+    });
+    const report = JSON.parse(v.stdout.trim().split('\n').at(-1)!);
+    expect(report).toMatchObject({ ok: true, checked: 18 });
+    expect(v.code).toBe(0);
   });
 
   it('PATH_MAX bytes: ENAMETOOLONG through the mount, as on a local directory', async () => {
