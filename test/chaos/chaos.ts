@@ -238,12 +238,17 @@ export interface PeerReport {
  */
 export const WRITE_SLACK_MS = 500;
 
-export function peerProblems(r: PeerReport): string[] {
+/**
+ * What went wrong in a peer run. writerTiming: count the writer's slow writes (heldWrites) as
+ * problems — the bench does; a CI test does not assert on timing (a loaded machine alone can
+ * stall a write that long), it has the server's own account of every hold.
+ */
+export function peerProblems(r: PeerReport, o: { writerTiming?: boolean } = {}): string[] {
   return [
     ...r.splitsLeft.map((s) => `split left: ${s}`),
     ...r.checkFailed.map((c) => `check: ${c}`),
     ...(r.stall.maxStallMs > r.maxStallMs ? [`a prepare reported ${r.stall.maxStallMs} ms of stall`] : []),
-    ...r.heldWrites.map((w) => `a write took ${w.ms} ms at ${w.atMs} ms`),
+    ...(o.writerTiming === false ? [] : r.heldWrites.map((w) => `a write took ${w.ms} ms at ${w.atMs} ms`)),
     ...(r.serverExit === 0 ? [] : [`the server exited with ${r.serverExit}`]),
   ];
 }
@@ -251,6 +256,11 @@ export function peerProblems(r: PeerReport): string[] {
 export interface PeerOptions extends ChaosBase {
   maxStallMs?: number;
   leaseSec?: number;
+  /**
+   * A split must be gone within lease + liveness timeout + this after the fault, ms (default
+   * 1000; a CI run on a loaded machine gives the server's timers more room).
+   */
+  releaseMarginMs?: number;
 }
 
 /** Liveness: a holder silent this long is dropped (src/control/liveness.ts), plus a tick. */
@@ -386,7 +396,7 @@ export async function peerKills(o: PeerOptions): Promise<PeerReport> {
       const key = outcome.replace(/: .*\)$/, ')');
       r.outcomes[key] = (r.outcomes[key] ?? 0) + 1;
       // Every split of this round gone within the lease plus the liveness timeout.
-      const until = faultAt + leaseMs + HOLDER_TIMEOUT_MS + 1000;
+      const until = faultAt + leaseMs + HOLDER_TIMEOUT_MS + (o.releaseMarginMs ?? 1000);
       let left = await splitsNow(client);
       while (left.length > 0 && now() < until) {
         await sleep(100);
