@@ -250,12 +250,15 @@ export const SCENARIOS: Record<string, Scenario> = {
     scenario('full-mirror', o, async (c) => {
       await tmpfs(c, c.d('mirror'), '6m');
       const { srv, url, client } = await serve(c);
-      // 6 s of writes, far more than 6 MiB: the primary never notices.
+      // 6 s of mixed writes, then a large file: the mirror fills, the primary never notices.
       const w = await write(c, 'fill', 6000);
       c.report.fsyncs = w.fsyncs;
       c.report.writerStop = w.stop;
       if (w.stop?.stopped !== 'time') c.problems.push(`the writer stopped with ${JSON.stringify(w.stop)}`);
       await checkAcked(c, w);
+      // However little a loaded machine let the writer do: 12 MiB more, which cannot fit.
+      const big = await writeThrough(c, 'big', 12 << 20);
+      if (big !== 0) c.problems.push(`a 12 MiB write with the mirror full failed (${big})`);
       const shown = await until(async () => (await statusOf(client)).mirror.state === 'DEGRADED', 10_000);
       const st = await statusOf(client);
       c.report.brokenReasons = st.mirror.brokenReasons;
