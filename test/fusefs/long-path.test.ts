@@ -62,9 +62,12 @@ describe('long paths through the mount, like a local filesystem', () => {
     expect(onMirror.sha).toBe(plain.sha);
     // verify reaches the entries past PATH_MAX too: /top, its 15 directories, the renamed file
     // and the symlink (it used to skip the last two as unreadable and call the pair clean).
-    const v = await sh(`node '${CLI}' verify --primary '${t.dirs.primary}' --mirror '${t.dirs.mirror}' --json`, {
-      timeoutMs: 60_000,
-    });
+    const v = await sh(
+      `node '${CLI}' verify --primary '${t.dirs.primary}' --mirror '${t.dirs.mirror}' --json`,
+      {
+        timeoutMs: 60_000,
+      },
+    );
     const report = JSON.parse(v.stdout.trim().split('\n').at(-1)!);
     expect(report).toMatchObject({ ok: true, checked: 18 });
     expect(v.code).toBe(0);
