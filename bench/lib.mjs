@@ -31,6 +31,10 @@ export function snapshotDist(base) {
   fs.symlinkSync(path.join(ROOT, 'node_modules'), path.join(snap, 'node_modules'));
   if (fs.existsSync(path.join(ROOT, 'plugins')))
     fs.symlinkSync(path.join(ROOT, 'plugins'), path.join(snap, 'plugins'));
+  // The project's addon, found two levels above dist/posix (src/posix/native.ts).
+  const addon = 'native/posix/build/Release/twinfs_posix.node';
+  fs.mkdirSync(path.dirname(path.join(snap, addon)), { recursive: true });
+  fs.copyFileSync(path.join(ROOT, addon), path.join(snap, addon));
   DIST = path.join(snap, 'dist');
   return `dist/ built ${built}, copied to ${DIST}`;
 }
@@ -358,7 +362,7 @@ export function makeTree(dir, { count, size, perDir = 1000, large = [] }) {
  * Returns { proc, pid, mount, url, token, events, waitEvent(pred, ms), stop(), startupMs }.
  */
 export async function startTwinfs(o) {
-  const cli = o.cli ?? path.join(DIST, 'cli/main.js');
+  const cli = o.cli ?? path.join(DIST, 'cli/twinfs.cjs');
   const args = [cli, 'serve', '--primary', o.primary, '--mount', o.mount, '--json'];
   if (o.mirror) args.push('--mirror', o.mirror);
   if (o.stateDir) args.push('--state-dir', o.stateDir);

@@ -28,6 +28,7 @@
 // largest stallMs a successful one reported (must be ≤ the budget), and the writer's max and
 // p99 in both runs (what the prepares added to write latency, failed ones included).
 //   node bench/stall.mjs --scenarios '' --tight 60
+// With --tight-budgets 1,10,100 the same for each budget in turn (a baseline before each).
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -67,6 +68,10 @@ const opts = parseArgs(
     scenarios: { default: 'small-0,big-0,small-dirty,big-dirty', help: 'comma list' },
     tight: { default: 0, help: 'prepares in the tight-budget run (0: none)' },
     'tight-budget-ms': { default: 1, help: 'maxStallMs of each tight-budget prepare' },
+    'tight-budgets': {
+      default: '',
+      help: 'several budgets, comma-separated (e.g. 1,10,100): a baseline and a run for each, in turn',
+    },
     'tight-gap-ms': { default: 20, help: 'pause between tight-budget prepares' },
     ...commonOptions('parent of the temporary directories'),
   },
@@ -241,8 +246,8 @@ async function scenarioRun(name, withBackup) {
 }
 
 /** The tight-budget run: a baseline, then opts.tight prepares with a tiny maxStallMs. */
-async function tightRun(withPrepares) {
-  const tag = withPrepares ? 'tight' : 'tight-base';
+async function tightRun(withPrepares, budget) {
+  const tag = `${withPrepares ? 'tight' : 'tight-base'}-${budget}`;
   const outFile = path.join(d.tmp, `${tag}.bin`);
   const stopFile = path.join(d.tmp, `${tag}.stop`);
   fs.rmSync(stopFile, { force: true });
@@ -250,7 +255,6 @@ async function tightRun(withPrepares) {
   await w.ready;
   await sleep(opts['gap-ms']);
   const outcomes = [];
-  const budget = opts['tight-budget-ms'];
   for (let i = 0; i < opts.tight; i++) {
     if (withPrepares) {
       const t0 = now();
@@ -288,10 +292,15 @@ for (const name of opts.scenarios.split(',').filter(Boolean)) {
       `backup max ${fmt(bk.all.max)} p99 ${fmt(bk.all.p99, 2)} >100ms ${bk.all.over100}; stallMs ${bk.prepares.map((p) => fmt(p.stallMs)).join(' ')}`,
   );
 }
-let tight;
+const tights = [];
 if (opts.tight > 0) {
-  loads.tight = os.loadavg()[0].toFixed(2);
-  tight = { base: await tightRun(false), run: await tightRun(true) };
+  const budgets = opts['tight-budgets']
+    ? opts['tight-budgets'].split(',').map(Number)
+    : [opts['tight-budget-ms']];
+  for (const budget of budgets) {
+    const load = os.loadavg()[0].toFixed(2);
+    tights.push({ budget, load, base: await tightRun(false, budget), run: await tightRun(true, budget) });
+  }
 }
 const v = await client.request('verify', { content: true });
 await client.close();
@@ -342,42 +351,39 @@ if (rows.length > 0)
     rows,
   );
 if (rows.length > 0) w(`goal: max ≤ 50 ms without dirty data, flat in file size\n`);
-if (tight) {
-  const o = tight.run.outcomes;
-  const okd = o.filter((x) => x.ok);
-  const codes = {};
-  for (const x of o) if (!x.ok) codes[x.code] = (codes[x.code] ?? 0) + 1;
+if (tights.length > 0) {
   w(
-    `\ntight budget: ${opts.tight} prepares of /small with maxStallMs ${opts['tight-budget-ms']}, ${opts['tight-gap-ms']} ms apart, writer as above\n\n`,
+    `\ntight budget: per budget, a baseline run, then ${opts.tight} prepares of /small with that maxStallMs, ${opts['tight-gap-ms']} ms apart, writer as above\n\n`,
   );
+  const rows = [];
+  for (const t of tights) {
+    const o = t.run.outcomes;
+    const okd = o.filter((x) => x.ok);
+    const codes = {};
+    for (const x of o) if (!x.ok) codes[x.code] = (codes[x.code] ?? 0) + 1;
+    rows.push([
+      `${t.budget} ms`,
+      t.load,
+      `${fmt(t.base.all.max)} / ${fmt(t.base.all.p99, 2)}`,
+      `${fmt(t.run.all.max)} / ${fmt(t.run.all.p99, 2)}`,
+      `${fmt(t.run.window.max)} / ${fmt(t.run.window.p99, 2)} (n=${t.run.window.n})`,
+      `${okd.length} / ${o.length - okd.length}${o.length - okd.length ? ` ${JSON.stringify(codes)}` : ''}`,
+      okd.length ? fmt(Math.max(...okd.map((x) => x.stallMs)), 2) : '-',
+      `${fmt(t.run.gate?.maxStallMs, 2)} / ${fmt(t.run.gate?.maxFailedHeldMs, 2)}`,
+    ]);
+  }
   table(
     [
-      'run',
-      'writer max / p99 / p50 (ms)',
-      'max of writes overlapping a prepare',
+      'budget',
+      'load',
+      'writer baseline max / p99 (ms)',
+      'with prepares max / p99',
+      'writes overlapping a prepare max / p99',
       'prepares ok / failed',
-      'stallMs of successful ones: max',
+      'stallMs of successes, max',
+      'server: longest gate hold / longest failed hold (cumulative)',
     ],
-    [
-      [
-        'baseline',
-        `${fmt(tight.base.all.max)} / ${fmt(tight.base.all.p99, 2)} / ${fmt(tight.base.all.p50, 2)} (n=${tight.base.all.n})`,
-        '-',
-        '-',
-        '-',
-      ],
-      [
-        'prepares',
-        `${fmt(tight.run.all.max)} / ${fmt(tight.run.all.p99, 2)} / ${fmt(tight.run.all.p50, 2)} (n=${tight.run.all.n})`,
-        `${fmt(tight.run.window.max)} (n=${tight.run.window.n})`,
-        `${okd.length} / ${o.length - okd.length} ${JSON.stringify(codes)}`,
-        okd.length ? fmt(Math.max(...okd.map((x) => x.stallMs)), 2) : '-',
-      ],
-    ],
-  );
-  w(
-    `server: writes held by the gate ${tight.run.gate?.held}, longest hold ${fmt(tight.run.gate?.maxStallMs, 2)} ms; ` +
-      `longest a failed prepare held writes ${fmt(tight.run.gate?.maxFailedHeldMs, 2)} ms\n`,
+    rows,
   );
 }
-if (opts.json) fs.writeFileSync(opts.json, JSON.stringify({ notes, opts, loads, results, tight }, null, 2));
+if (opts.json) fs.writeFileSync(opts.json, JSON.stringify({ notes, opts, loads, results, tights }, null, 2));

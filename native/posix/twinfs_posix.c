@@ -274,6 +274,45 @@ static napi_value js_readdir_noatime(napi_env env, napi_callback_info info) {
   return err ? num(env, -err) : arr;
 }
 
+// openDirBeneath(root, rel): a descriptor (O_PATH) of the directory rel under root, opened one
+// component at a time with openat(O_PATH|O_DIRECTORY|O_NOFOLLOW), so that no component is a
+// symlink (ELOOP/ENOTDIR: nothing can lead out of root) and no path handed to the kernel is
+// longer than one name. rel is '/'-separated and relative ('' or '/' is root itself); '..' is
+// refused (EPERM). For paths whose full backing path is PATH_MAX or longer: the caller then
+// names the entry as /proc/self/fd/N/leaf, which resolves through the descriptor as the *at
+// calls do. Returns the descriptor or -errno.
+static napi_value js_open_dir_beneath(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  char *root = path_arg(env, argv[0]);
+  char *rel = path_arg(env, argv[1]);
+  if (!root || !rel) {
+    free(root);
+    free(rel);
+    return num(env, -EINVAL);
+  }
+  int fd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC);
+  int err = fd < 0 ? errno : 0;
+  char *save = NULL;
+  for (char *c = strtok_r(rel, "/", &save); c && fd >= 0; c = strtok_r(NULL, "/", &save)) {
+    if (strcmp(c, ".") == 0) continue;
+    if (strcmp(c, "..") == 0) {
+      err = EPERM;
+      close(fd);
+      fd = -1;
+      break;
+    }
+    int next = openat(fd, c, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    err = next < 0 ? errno : 0;
+    close(fd);
+    fd = next;
+  }
+  free(root);
+  free(rel);
+  return num(env, fd >= 0 ? fd : -err);
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"mknod", NULL, js_mknod, NULL, NULL, NULL, napi_enumerable, NULL},
@@ -284,10 +323,11 @@ static napi_value init(napi_env env, napi_value exports) {
       {"lsetxattr", NULL, js_lsetxattr, NULL, NULL, NULL, napi_enumerable, NULL},
       {"lremovexattr", NULL, js_lremovexattr, NULL, NULL, NULL, napi_enumerable, NULL},
       {"readdirNoAtime", NULL, js_readdir_noatime, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"openDirBeneath", NULL, js_open_dir_beneath, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
   napi_value v;
-  napi_create_uint32(env, 2, &v);
+  napi_create_uint32(env, 3, &v);
   napi_set_named_property(env, exports, "abiLevel", v);
   return exports;
 }

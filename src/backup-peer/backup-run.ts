@@ -41,6 +41,12 @@ export interface BackupOptions {
   selector: SelectorMsg;
   /** Lease asked for at prepare and at every renew, ms (default 60000). */
   leaseMs?: number;
+  /**
+   * The target took no file and no byte for this long while the split is held, ms (default
+   * 120000): the run fails with ETWIN_TARGET_HUNG and the split is released at once, so a hung
+   * target cannot hold the mirror. The call stuck at the target is left behind.
+   */
+  targetTimeoutMs?: number;
   /** deviceId → this host's path of that mirror (root or data directory). */
   mirrorMap?: Record<string, string>;
   /** Copy every file, sharing nothing with the previous snapshot. */
@@ -106,6 +112,7 @@ export interface BackupWarning {
 }
 
 const DEFAULT_LEASE_MS = 60_000;
+const DEFAULT_TARGET_TIMEOUT_MS = 120_000;
 
 /** A snapshot id: sortable by time, unique enough, safe as a file name. */
 export function newSnapshotId(now = new Date()): string {
@@ -223,7 +230,11 @@ export class BackupRun {
         selector: o.selector,
         parentId: parent?.id,
       };
-      writer = await o.target.beginSnapshot(meta);
+      // From here the target may hang (a stalled network filesystem, a stopped server): while the
+      // split is held, the watchdog releases it and fails the run; awaits at the target are raced
+      // with it.
+      const watch = store.add(this.watchTarget(stop, lease, o.targetTimeoutMs ?? DEFAULT_TARGET_TIMEOUT_MS));
+      writer = await unlessAborted(o.target.beginSnapshot(meta), stop.signal);
       this.emit({ phase: 'copy' });
       let lastByteEvent = 0;
       const copier = new EntryCopier({
@@ -244,14 +255,14 @@ export class BackupRun {
           }
         },
       });
-      const entries = await this.copyAll(sources, reader, copier, stop.signal);
+      const entries = await unlessAborted(this.copyAll(sources, reader, copier, stop.signal), stop.signal);
 
       const totals = copier.totals;
       let sourceCheck: SourceCheckResult | undefined;
       if (o.checkSource) {
         // Committed first, then compared with the split copy, which stays held until then.
         this.emit({ phase: 'commit' });
-        await writer.commit({ version: 1, meta, totals, entries });
+        await unlessAborted(writer.commit({ version: 1, meta, totals, entries }), stop.signal);
         committedEarly = true;
         sourceCheck = await checkAgainstSource({
           target: o.target,
@@ -276,12 +287,14 @@ export class BackupRun {
       await lease.confirm();
       throwIfAborted(stop.signal);
       const resynced = await lease.release();
+      // The split is back with the server: a slow commit from here holds nothing.
+      watch.dispose();
       if (resynced !== undefined)
         this.deliver('onDidResync', { backupId, bytesCopied: numberOr(resynced.reply, 'bytesCopied') });
 
       if (!o.checkSource) {
         this.emit({ phase: 'commit' });
-        await writer.commit({ version: 1, meta, totals, entries });
+        await unlessAborted(writer.commit({ version: 1, meta, totals, entries }), stop.signal);
       }
       // Should recording fail now, the committed data stays at the target as an orphan: the
       // catalog never claims it, and a transient catalog failure must not destroy a good copy.
@@ -304,8 +317,9 @@ export class BackupRun {
       const reason = stop.signal.aborted ? stop.signal.reason : err;
       if (thawOwed) this.deliver('onDidThaw', { selector });
       await tellServer?.({ outcome: 'failed', error: { code: codeOf(reason), message: describe(reason) } });
-      await writer?.abort().catch(() => undefined);
-      if (committedEarly) await o.target.deleteSnapshot(id).catch(() => undefined);
+      // A hung target may never answer these: bounded, the catalog still records the failure.
+      await unlessSlow(writer?.abort(), CLEANUP_MS);
+      if (committedEarly) await unlessSlow(o.target.deleteSnapshot(id), CLEANUP_MS);
       if (recorded)
         await Catalog.with(o.catalogDir, (c) =>
           c.fail(id, { code: codeOf(reason), message: describe(reason) }),
@@ -368,6 +382,36 @@ export class BackupRun {
       await send(r);
       working = false;
     };
+  }
+
+  /**
+   * Fails the run with ETWIN_TARGET_HUNG and releases its split when neither a file nor a byte
+   * reached the target for timeoutMs (checked every second, or every tenth of the timeout).
+   */
+  private watchTarget(stop: AbortController, lease: SplitLease, timeoutMs: number): { dispose(): void } {
+    let mark = '';
+    let since = Date.now();
+    const timer = setInterval(
+      () => {
+        const now = `${this.progress.files}/${this.progress.bytes}`;
+        if (now !== mark) {
+          mark = now;
+          since = Date.now();
+          return;
+        }
+        if (Date.now() - since < timeoutMs || stop.signal.aborted) return;
+        clearInterval(timer);
+        stop.abort(
+          new TwinError(
+            'ETWIN_TARGET_HUNG',
+            `the target ${this.opts.target.spec} took nothing for ${Math.round(timeoutMs / 1000)} s; the split was released and the run abandoned`,
+          ),
+        );
+        void lease.release();
+      },
+      Math.min(1000, Math.max(50, Math.floor(timeoutMs / 10))),
+    );
+    return { dispose: () => clearInterval(timer) };
   }
 
   /** onWillFreeze hooks (see runFreezeHooks); a failure that lets the run go on is a warning. */
@@ -508,6 +552,39 @@ export function describeSelector(sel: SelectorMsg): string[] {
   if (sel.volume) return ['/'];
   if (sel.subtree !== undefined) return [sel.subtree];
   return sel.paths ?? [];
+}
+
+/** How long cleanup at a target (abort, delete) may take after a failure, ms. */
+const CLEANUP_MS = 5000;
+
+/** p, or the signal's reason as soon as it is aborted (p is left running). */
+function unlessAborted<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) {
+    p.catch(() => undefined);
+    return Promise.reject(signal.reason);
+  }
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener('abort', onAbort, { once: true });
+    p.then(
+      (v) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(v);
+      },
+      (e) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(e);
+      },
+    );
+  });
+}
+
+/** Waits for p (ignoring its failure) at most ms. */
+async function unlessSlow(p: Promise<unknown> | undefined, ms: number): Promise<void> {
+  if (!p) return;
+  let t: NodeJS.Timeout | undefined;
+  await Promise.race([p.catch(() => undefined), new Promise<void>((r) => (t = setTimeout(r, ms)))]);
+  clearTimeout(t);
 }
 
 function throwIfAborted(signal: AbortSignal): void {

@@ -10,6 +10,9 @@ import { resolveConnection } from './connect.js';
 import { operatorConfigFrom } from './operator-config.js';
 import { formatBytes as bytes, Output } from './output.js';
 
+/** How long `backup` waits for its target to close before exiting anyway, ms. */
+const TARGET_CLOSE_MS = 5000;
+
 /**
  * The backup peer's commands: `backup`, `peer`, `snapshots`, `restore`, `check`, `forget` on the
  * command line, and `backup`, `snapshots`, `restore`, `check` in the REPL. Thin: each validates
@@ -83,6 +86,11 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
             type: 'number',
             describe: 'split lease, renewed while copying (default 60)',
           })
+          .option('target-timeout-sec', {
+            type: 'number',
+            describe:
+              'the target took nothing (no file, no byte) for this long while the split is held: release the split and fail with ETWIN_TARGET_HUNG (default 120)',
+          })
           .option('mirror-map', {
             type: 'string',
             array: true,
@@ -146,6 +154,9 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
           const leaseSec = a['lease-sec'];
           if (leaseSec !== undefined && !(leaseSec >= 1))
             throw new TwinError('ETWIN_USAGE', '--lease-sec must be at least 1');
+          const targetSec = a['target-timeout-sec'];
+          if (targetSec !== undefined && !(targetSec > 0))
+            throw new TwinError('ETWIN_USAGE', '--target-timeout-sec must be more than 0');
           const hookSec = a['freeze-hook-timeout-sec'];
           if (hookSec !== undefined && !(hookSec > 0))
             throw new TwinError('ETWIN_USAGE', '--freeze-hook-timeout-sec must be more than 0');
@@ -162,6 +173,7 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
               catalogDir: a.catalog ?? conn.config.catalog,
               selector,
               leaseMs: leaseSec ? Math.round(leaseSec * 1000) : undefined,
+              targetTimeoutMs: targetSec === undefined ? undefined : Math.round(targetSec * 1000),
               mirrorMap: parseMirrorMap(a['mirror-map']),
               full: a.full,
               checkSource: a['check-source'],
@@ -203,7 +215,13 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
             return 0;
           } finally {
             process.off('SIGINT', onSignal).off('SIGTERM', onSignal);
-            await target.close();
+            // A hung target (ETWIN_TARGET_HUNG) may never finish closing: the result stands.
+            let t: NodeJS.Timeout | undefined;
+            await Promise.race([
+              target.close().catch(() => undefined),
+              new Promise<void>((r) => (t = setTimeout(r, TARGET_CLOSE_MS))),
+            ]);
+            clearTimeout(t);
           }
         })(),
     )

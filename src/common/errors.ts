@@ -80,6 +80,8 @@ export const ErrorCodes = {
   ETWIN_MIRROR_CHANGED:
     'a split mirror copy differs from what the server announced or changed during the copy',
   ETWIN_SPLIT_LOST: 'the server released the split before the copy finished (lease expired or disconnected)',
+  ETWIN_TARGET_HUNG:
+    'the backup target took nothing for --target-timeout-sec; the split was released and the run abandoned',
   ETWIN_CHECK_FAILED: 'backup data at the target differs from the catalog',
   ETWIN_SOURCE_MISMATCH:
     'a snapshot differs from the split mirror copy it was read from (backup --check-source)',

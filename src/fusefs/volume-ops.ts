@@ -114,7 +114,7 @@ export class VolumeOps {
     // bigint: the times in whole ns, so a stat through the mount shows exactly the primary's
     // (Node's Date fields round to the ms, which can even move a time into the next second).
     // Synchronous: see lstatNow.
-    const st = lstatNow(this.paths.backing(path));
+    const st = this.paths.at([path], lstatNow);
     const out: VolumeStat = {
       mode: Number(st.mode),
       uid: Number(st.uid),
@@ -154,21 +154,21 @@ export class VolumeOps {
 
   async access(path: string, _mode: number): Promise<void> {
     // The kernel checks permissions itself (default_permissions); existence is what is left.
-    lstatNow(this.paths.backing(path));
+    this.paths.at([path], lstatNow);
   }
 
   async readdir(path: string): Promise<string[]> {
     // readdir(3) on a local filesystem lists '.' and '..' too (`ls -a`, some tools rely on it);
     // libfuse passes on exactly what we return.
-    return ['.', '..', ...(await fsp.readdir(this.paths.backing(path)))];
+    return ['.', '..', ...(await this.paths.at([path], (b) => fsp.readdir(b)))];
   }
 
   async readlink(path: string): Promise<string> {
-    return fsp.readlink(this.paths.backing(path));
+    return this.paths.at([path], (b) => fsp.readlink(b));
   }
 
   async statfs(path: string): Promise<VolumeStatfs> {
-    const s = await fsp.statfs(this.paths.backing(path));
+    const s = await this.paths.at([path], (b) => fsp.statfs(b));
     // fuse-native carries these as uint32: scale the block size up until the counts fit.
     let { blocks, bfree, bavail, bsize } = s;
     while (blocks > UINT32_MAX) {
@@ -195,7 +195,10 @@ export class VolumeOps {
   // ---- open files -------------------------------------------------------------------------
 
   async open(path: string, flags: number): Promise<number> {
-    const backing = this.paths.backing(path);
+    return this.paths.at([path], (backing) => this.openAt(path, backing, flags));
+  }
+
+  private async openAt(path: string, backing: string, flags: number): Promise<number> {
     const st = fs.lstatSync(backing);
     const existing = this.cache.get(st.ino);
     if (existing && !existing.dead) {
@@ -223,8 +226,9 @@ export class VolumeOps {
     const pass = await this.gate.enter(path);
     try {
       await this.sink.beforeChange?.(path);
-      const backing = this.paths.backing(path);
-      const fd = await openFd(backing, fs.constants.O_CREAT | fs.constants.O_RDWR, mode & 0o7777);
+      const fd = await this.paths.at([path], (backing) =>
+        openFd(backing, fs.constants.O_CREAT | fs.constants.O_RDWR, mode & 0o7777),
+      );
       const { uid, gid } = await this.ownFor(ctx, path);
       if (uid !== undefined) await fchownFd(fd, uid, gid!);
       const fst = fstatFd(fd);
@@ -338,7 +342,7 @@ export class VolumeOps {
     const node = handled ?? (await this.nodeOf(path));
     if (!node) {
       // No cached state: make the primary file durable anyway.
-      const fd = await openFd(this.paths.backing(path), fs.constants.O_RDONLY, 0);
+      const fd = await this.paths.at([path], (b) => openFd(b, fs.constants.O_RDONLY, 0));
       try {
         await new Promise<void>((res, rej) => fs.fsync(fd, (e) => (e ? rej(e) : res())));
       } finally {
@@ -360,7 +364,9 @@ export class VolumeOps {
   }
 
   async fsyncdir(path: string): Promise<void> {
-    const fd = await openFd(this.paths.backing(path), fs.constants.O_RDONLY | fs.constants.O_DIRECTORY, 0);
+    const fd = await this.paths.at([path], (b) =>
+      openFd(b, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY, 0),
+    );
     try {
       await new Promise<void>((res, rej) => fs.fsync(fd, (e) => (e ? rej(e) : res())));
     } finally {
@@ -374,7 +380,7 @@ export class VolumeOps {
       const node = await this.nodeOf(path);
       if (node) return await this.cache.truncate(node, size);
       await this.sink.beforeChange?.(path);
-      await fsp.truncate(this.paths.backing(path), size);
+      await this.paths.at([path], (b) => fsp.truncate(b, size));
       await this.sink.apply({ op: 'truncate', path, size });
     } finally {
       pass.done();
@@ -395,13 +401,12 @@ export class VolumeOps {
 
   async unlink(path: string): Promise<void> {
     await this.guarded([path], async () => {
-      const backing = this.paths.backing(path);
-      const st = fs.lstatSync(backing);
+      const st = this.paths.at([path], (b) => fs.lstatSync(b));
       const node = (st.mode & S_IFMT) === S_IFREG ? this.cache.get(st.ino) : undefined;
       // Another name keeps the inode alive: its cached data must reach the primary under a
       // path that still exists, so write it back first.
       if (node?.isDirty && st.nlink > 1) await this.cache.flush(node);
-      await fsp.unlink(backing);
+      await this.paths.at([path], (b) => fsp.unlink(b));
       await this.sink.apply({ op: 'unlink', path });
       if (node && st.nlink <= 1) await this.cache.discard(node);
       else if (node) await this.releaseIfIdle(node);
@@ -410,57 +415,48 @@ export class VolumeOps {
 
   async rmdir(path: string): Promise<void> {
     await this.guarded([path], async () => {
-      await fsp.rmdir(this.paths.backing(path));
+      await this.paths.at([path], (b) => fsp.rmdir(b));
       await this.sink.apply({ op: 'rmdir', path });
     });
   }
 
   async mkdir(path: string, mode: number, ctx: CallerContext | undefined): Promise<void> {
     await this.guarded([path], async () => {
-      const backing = this.paths.backing(path);
-      await fsp.mkdir(backing, mode & 0o7777);
-      const { uid, gid } = await this.ownFor(ctx, path);
-      if (uid !== undefined) await fsp.lchown(backing, uid, gid!);
-      const st = fs.lstatSync(backing);
+      await this.paths.at([path], (b) => fsp.mkdir(b, mode & 0o7777));
+      const st = await this.ownNew(ctx, path);
       await this.sink.apply({ op: 'mkdir', path, mode: st.mode, uid: st.uid, gid: st.gid });
     });
   }
 
   async mknod(path: string, mode: number, dev: number, ctx: CallerContext | undefined): Promise<void> {
     await this.guarded([path], async () => {
-      const backing = this.paths.backing(path);
-      await mknod(backing, mode, dev);
-      const { uid, gid } = await this.ownFor(ctx, path);
-      if (uid !== undefined) await fsp.lchown(backing, uid, gid!);
-      const st = fs.lstatSync(backing);
+      await this.paths.at([path], (b) => mknod(b, mode, dev));
+      const st = await this.ownNew(ctx, path);
       await this.sink.apply({ op: 'mknod', path, mode: st.mode, dev, uid: st.uid, gid: st.gid });
     });
   }
 
   async symlink(target: string, path: string, ctx: CallerContext | undefined): Promise<void> {
     await this.guarded([path], async () => {
-      const backing = this.paths.backing(path);
-      await fsp.symlink(target, backing);
-      const { uid, gid } = await this.ownFor(ctx, path);
-      if (uid !== undefined) await fsp.lchown(backing, uid, gid!);
-      const st = fs.lstatSync(backing);
+      await this.paths.at([path], (b) => fsp.symlink(target, b));
+      const st = await this.ownNew(ctx, path);
       await this.sink.apply({ op: 'symlink', path, target, uid: st.uid, gid: st.gid });
     });
   }
 
   async link(from: string, path: string): Promise<void> {
     await this.guarded([from, path], async () => {
-      await fsp.link(this.paths.backing(from), this.paths.backing(path));
+      await this.paths.at([from, path], (a, b) => fsp.link(a, b));
       await this.sink.apply({ op: 'link', path, from });
     });
   }
 
   async rename(from: string, to: string): Promise<void> {
     await this.guarded([from, to], async () => {
-      const dest = lstatOrUndefined(this.paths.backing(to));
+      const dest = this.lstatIfAny(to);
       const replaced = dest && (dest.mode & S_IFMT) === S_IFREG ? this.cache.get(dest.ino) : undefined;
       if (replaced?.isDirty && dest!.nlink > 1) await this.cache.flush(replaced);
-      await fsp.rename(this.paths.backing(from), this.paths.backing(to));
+      await this.paths.at([from, to], (a, b) => fsp.rename(a, b));
       // Update cached paths and report in one synchronous step, so a concurrent flush reports
       // its writes either before the rename under the old path or after it under the new one.
       this.cache.renamed(from, to);
@@ -473,7 +469,7 @@ export class VolumeOps {
 
   async chmod(path: string, mode: number): Promise<void> {
     await this.guarded([path], async () => {
-      await fsp.chmod(this.paths.backing(path), mode & 0o7777);
+      await this.paths.at([path], (b) => fsp.chmod(b, mode & 0o7777));
       await this.sink.apply({ op: 'chmod', path, mode: mode & 0o7777 });
     });
   }
@@ -482,8 +478,10 @@ export class VolumeOps {
     await this.guarded([path], async () => {
       const u = uid === NO_ID ? -1 : uid;
       const g = gid === NO_ID ? -1 : gid;
-      await fsp.lchown(this.paths.backing(path), u, g);
-      const st = fs.lstatSync(this.paths.backing(path));
+      const st = await this.paths.at([path], async (b) => {
+        await fsp.lchown(b, u, g);
+        return fs.lstatSync(b);
+      });
       await this.sink.apply({ op: 'chown', path, uid: st.uid, gid: st.gid });
     });
   }
@@ -492,14 +490,13 @@ export class VolumeOps {
   async utimens(path: string, atime: bigint | null, mtime: bigint | null): Promise<void> {
     if (atime === null && mtime === null) return;
     await this.guarded([path], async () => {
-      const backing = this.paths.backing(path);
       // Cached data would move mtime when it is written back later: write it back first.
       const node = await this.nodeOf(path);
       if (node?.isDirty) {
         await this.cache.flush(node);
         await this.releaseIfIdle(node);
       }
-      setTimesNs(backing, atime, mtime);
+      this.paths.at([path], (b) => setTimesNs(b, atime, mtime));
       const ms = (t: bigint | null) => (t === null ? null : nsToMs(t));
       const ns = (t: bigint | null) => (t === null ? null : String(t));
       await this.sink.apply({
@@ -564,7 +561,7 @@ export class VolumeOps {
    * reaches the entry without following it.
    */
   private async onEntry<T>(path: string, fn: (entry: string) => Promise<T>): Promise<T> {
-    const fd = await openFd(this.paths.backing(path), O_PATH | fs.constants.O_NOFOLLOW, 0);
+    const fd = await this.paths.at([path], (b) => openFd(b, O_PATH | fs.constants.O_NOFOLLOW, 0));
     try {
       return await fn(`/proc/self/fd/${fd}`);
     } finally {
@@ -602,9 +599,18 @@ export class VolumeOps {
   }
 
   private async nodeOf(path: string): Promise<FileNode | undefined> {
-    const st = lstatOrUndefined(this.paths.backing(path));
+    const st = this.lstatIfAny(path);
     if (!st || (st.mode & S_IFMT) !== S_IFREG) return undefined;
     return this.cache.get(st.ino);
+  }
+
+  /** The primary's lstat of a volume path, undefined when anything on the way is missing. */
+  private lstatIfAny(path: string): fs.Stats | undefined {
+    try {
+      return this.paths.at([path], lstatOrUndefined);
+    } catch {
+      return undefined;
+    }
   }
 
   /** Runs a namespace change with gate passes for each path it touches. */
@@ -629,13 +635,22 @@ export class VolumeOps {
    * directory is setgid (then the backing filesystem already gave it the parent's gid).
    * Undefined when the server already created it as the caller (root creating as root).
    */
+  /** Gives a new entry its owner (see ownFor) and returns its lstat. */
+  private async ownNew(ctx: CallerContext | undefined, path: string): Promise<fs.Stats> {
+    const { uid, gid } = await this.ownFor(ctx, path);
+    return this.paths.at([path], async (b) => {
+      if (uid !== undefined) await fsp.lchown(b, uid, gid!);
+      return fs.lstatSync(b);
+    });
+  }
+
   private async ownFor(
     ctx: CallerContext | undefined,
     path: string,
   ): Promise<{ uid?: number; gid?: number }> {
     if (!ctx || this.myUid !== 0) return {};
     if (ctx.uid === this.myUid && ctx.gid === this.myGid) return {};
-    const parent = fs.statSync(this.paths.backing(parentOf(path)));
+    const parent = this.paths.at([parentOf(path)], (b) => fs.statSync(b));
     const gid = parent.mode & S_ISGID ? parent.gid : ctx.gid;
     return { uid: ctx.uid, gid };
   }

@@ -1,4 +1,5 @@
 import * as path from 'node:path';
+import { underRoot } from '../posix/long-path.js';
 import { errnoError } from './errno.js';
 
 /**
@@ -21,10 +22,21 @@ export class VolumePaths {
     return '/' + parts.join('/');
   }
 
-  /** The backing path of a volume path. */
+  /** The backing path of a volume path (may be PATH_MAX or longer: see at). */
   backing(volumePath: string): string {
     const v = VolumePaths.normalize(volumePath);
     return v === '/' ? this.root : this.root + v;
+  }
+
+  /**
+   * Runs fn with backing paths of the volume paths that the kernel accepts even when root +
+   * path is PATH_MAX bytes or longer (a path relative to a directory deep in the mount): then
+   * the entry is reached through a descriptor of its parent, opened one component at a time
+   * without following symlinks (src/posix/long-path.ts). Descriptors close when fn returns or
+   * its promise settles; short paths cost nothing more than backing().
+   */
+  at<T>(volumePaths: string[], fn: (...backing: string[]) => T): T {
+    return underRoot(this.root, volumePaths.map(VolumePaths.normalize), fn);
   }
 }
 

@@ -399,7 +399,17 @@ export class MirrorDriver implements ChangeSink {
     }
     if ((c.op === 'rename' || c.op === 'link') && this.broken.size > 0)
       this.followBroken(c.from, c.path, c.op === 'rename');
-    if (this.isBroken(c.path)) return;
+    if (this.isBroken(c.path)) {
+      // A rename onto a broken pair is not applied to the mirror, where the old name would then
+      // stay with nothing left to remove it (a repair of the new name does not touch it): it is
+      // broken too, and a repair makes both names as the primary has them.
+      if (c.op === 'rename' && !this.isBroken(c.from))
+        this.markBroken(
+          c.from,
+          Object.assign(new Error(`renamed onto the broken pair ${c.path}`), { code: 'EIO' }),
+        );
+      return;
+    }
     try {
       if (c.op === 'fsync') await this.syncTimes(c.path);
       else if (c.op === 'rename') this.moveTimes(c.from, c.path);

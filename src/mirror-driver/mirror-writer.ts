@@ -3,6 +3,7 @@ import { promises as fsp } from 'node:fs';
 import * as xattr from 'fs-xattr';
 import { removeXattr } from '../common/xattrs.js';
 import type { Change } from '../fusefs/change-sink.js';
+import { underRoot } from '../posix/long-path.js';
 import { mknod } from '../posix/mknod.js';
 import { msToNs, setTimesNs } from '../posix/set-times.js';
 
@@ -23,8 +24,16 @@ export class MirrorWriter {
     return volumePath === '/' ? this.dataRoot : this.dataRoot + volumePath;
   }
 
+  /**
+   * Applies one change. Paths whose full mirror path is PATH_MAX or longer are reached through
+   * a descriptor of their parent directory (src/posix/long-path.ts), as on the primary.
+   */
   async apply(c: Change): Promise<void> {
-    const p = this.backing(c.path);
+    const paths = c.op === 'link' || c.op === 'rename' ? [c.path, c.from] : [c.path];
+    return underRoot(this.dataRoot, paths, (p, from) => this.applyAt(c, p!, from!));
+  }
+
+  private async applyAt(c: Change, p: string, from: string): Promise<void> {
     switch (c.op) {
       case 'write': {
         const fd = await this.fd(c.path);
@@ -77,19 +86,19 @@ export class MirrorWriter {
         // The source's cached link count is stale from now on.
         this.forget(c.from, false);
         try {
-          await fsp.link(this.backing(c.from), p);
+          await fsp.link(from, p);
         } catch (err) {
           if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
           // A stale entry (the primary's name was free): the new name must share the inode.
           this.forget(c.path, false);
           await fsp.rm(p, { recursive: true, force: true });
-          await fsp.link(this.backing(c.from), p);
+          await fsp.link(from, p);
         }
         return;
       case 'rename':
         this.forget(c.from, true);
         this.forget(c.path, true);
-        await fsp.rename(this.backing(c.from), p);
+        await fsp.rename(from, p);
         return;
       case 'unlink':
         this.forget(c.path, false);
@@ -169,8 +178,12 @@ export class MirrorWriter {
       this.fds.set(path, cached);
       return cached;
     }
-    const fd = await new Promise<number>((res, rej) =>
-      fs.open(this.backing(path), fs.constants.O_WRONLY, (e, f) => (e ? rej(e) : res(f))),
+    // The promise inside underRoot: a long path's parent descriptor stays open until the open is done.
+    const fd = await underRoot(
+      this.dataRoot,
+      [path],
+      (b) =>
+        new Promise<number>((res, rej) => fs.open(b, fs.constants.O_WRONLY, (e, f) => (e ? rej(e) : res(f)))),
     );
     this.fds.set(path, fd);
     const st = await new Promise<fs.Stats | undefined>((res) =>

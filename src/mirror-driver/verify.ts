@@ -1,6 +1,7 @@
 import type { Stats } from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import { readXattrs } from '../common/xattrs.js';
+import { underRoot } from '../posix/long-path.js';
 import { hashFile } from './entry-sync.js';
 
 export type DifferenceKind =
@@ -61,8 +62,8 @@ export async function verifyTrees(
   while (dirs.length > 0) {
     opts.signal?.throwIfAborted();
     const dir = dirs.pop()!;
-    const names = await fsp.readdir(primaryRoot + dir).catch(() => [] as string[]);
-    const have = new Set(await fsp.readdir(mirrorRoot + dir).catch(() => [] as string[]));
+    const names = await at(primaryRoot, dir, (b) => fsp.readdir(b)).catch(() => [] as string[]);
+    const have = new Set(await at(mirrorRoot, dir, (b) => fsp.readdir(b)).catch(() => [] as string[]));
     const wanted = new Set(names);
     for (const n of have) {
       const p = `${dir}/${n}`;
@@ -70,7 +71,7 @@ export async function verifyTrees(
     }
     await mapLimit(names, PARALLEL, async (name) => {
       const p = `${dir}/${name}`;
-      const ps = await fsp.lstat(primaryRoot + p).catch(() => undefined);
+      const ps = await at(primaryRoot, p, (b) => fsp.lstat(b)).catch(() => undefined);
       if (!ps) return;
       if (ps.isDirectory()) dirs.push(p);
       if (skip(p)) {
@@ -78,7 +79,9 @@ export async function verifyTrees(
         return;
       }
       checked++;
-      const ms = have.has(name) ? await fsp.lstat(mirrorRoot + p).catch(() => undefined) : undefined;
+      const ms = have.has(name)
+        ? await at(mirrorRoot, p, (b) => fsp.lstat(b)).catch(() => undefined)
+        : undefined;
       if (!ms) {
         diffs.push({ path: p, kind: 'missing-in-mirror' });
         return;
@@ -98,8 +101,8 @@ export async function verifyTrees(
  */
 export async function compareOne(primaryRoot: string, mirrorRoot: string, p: string): Promise<Difference[]> {
   const [ps, ms] = await Promise.all([
-    fsp.lstat(primaryRoot + p).catch(() => undefined),
-    fsp.lstat(mirrorRoot + p).catch(() => undefined),
+    at(primaryRoot, p, (b) => fsp.lstat(b)).catch(() => undefined),
+    at(mirrorRoot, p, (b) => fsp.lstat(b)).catch(() => undefined),
   ]);
   if (!ps) return ms ? [{ path: p, kind: 'extra-in-mirror' }] : [];
   if (!ms) return [{ path: p, kind: 'missing-in-mirror' }];
@@ -127,26 +130,38 @@ async function compareEntry(
   if (ps.uid !== ms.uid || ps.gid !== ms.gid)
     diffs.push({ path: p, kind: 'owner', primary: `${ps.uid}:${ps.gid}`, mirror: `${ms.uid}:${ms.gid}` });
   if (ps.isSymbolicLink()) {
-    const [a, b] = await Promise.all([fsp.readlink(primaryRoot + p), fsp.readlink(mirrorRoot + p)]);
+    const [a, b] = await Promise.all([
+      at(primaryRoot, p, (x) => fsp.readlink(x)),
+      at(mirrorRoot, p, (x) => fsp.readlink(x)),
+    ]);
     if (a !== b) diffs.push({ path: p, kind: 'symlink', primary: a, mirror: b });
     return diffs;
   }
   if (!ps.isDirectory() && Math.abs(ps.mtimeMs - ms.mtimeMs) >= 1)
     diffs.push({ path: p, kind: 'mtime', primary: ps.mtime.toISOString(), mirror: ms.mtime.toISOString() });
-  const [xa, xb] = await Promise.all([xattrsOf(primaryRoot + p), xattrsOf(mirrorRoot + p)]);
+  const [xa, xb] = await Promise.all([xattrsOf(primaryRoot, p), xattrsOf(mirrorRoot, p)]);
   if (xa !== xb) diffs.push({ path: p, kind: 'xattr', primary: xa, mirror: xb });
   if (ps.isFile()) {
     if (ps.size !== ms.size) diffs.push({ path: p, kind: 'size', primary: ps.size, mirror: ms.size });
     else if (content) {
       const [ha, hb] = await Promise.all([
-        hashFile(primaryRoot + p, ps.size),
-        hashFile(mirrorRoot + p, ms.size),
+        at(primaryRoot, p, (x) => hashFile(x, ps.size)),
+        at(mirrorRoot, p, (x) => hashFile(x, ms.size)),
       ]);
       if (ha !== hb)
         diffs.push({ path: p, kind: 'content', primary: ha.slice(0, 16), mirror: hb.slice(0, 16) });
     }
   }
   return diffs;
+}
+
+/**
+ * fn on root + p ('' or a volume path), reached through a descriptor of its parent when that
+ * path is PATH_MAX or longer (src/posix/long-path.ts): entries deep in the tree are compared
+ * too, not skipped as unreadable.
+ */
+async function at<T>(root: string, p: string, fn: (backing: string) => Promise<T>): Promise<T> {
+  return underRoot(root, [p === '' ? '/' : p], (b) => fn(b!));
 }
 
 async function mapLimit<T>(
@@ -162,10 +177,10 @@ async function mapLimit<T>(
 }
 
 /** Attributes as one comparable string; vanished ones are absent, unreadable ones show as such. */
-async function xattrsOf(file: string): Promise<string> {
+async function xattrsOf(root: string, p: string): Promise<string> {
   let attrs: Map<string, Buffer>;
   try {
-    attrs = await readXattrs(file);
+    attrs = await at(root, p, (file) => readXattrs(file));
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     // Gone meanwhile: the entry's own comparison reports that.

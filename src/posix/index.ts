@@ -4,6 +4,7 @@
  * Nothing here imports the FUSE layer: a peer host needs no FUSE build.
  */
 export { check, errnoError } from './errno.js';
+export { isTooLong, PATH_MAX, underRoot } from './long-path.js';
 export { mknod, S_IFBLK, S_IFCHR, S_IFIFO, S_IFMT, S_IFREG, S_IFSOCK } from './mknod.js';
 export { posix } from './native.js';
 export { readdirNoAtime } from './readdir.js';

@@ -18,6 +18,7 @@ export interface PosixAddon {
   lsetxattr(path: string, name: string, value: Buffer, flags: number): number;
   lremovexattr(path: string, name: string): number;
   readdirNoAtime(path: string): string[] | number;
+  openDirBeneath(root: string, rel: string): number;
 }
 
 /** Same depth from src/posix (tests) and dist/posix (the CLI): two levels up is the package root. */
@@ -31,7 +32,7 @@ const ADDON = path.resolve(
   'Release',
   'twinfs_posix.node',
 );
-const ABI_LEVEL = 2;
+const ABI_LEVEL = 3;
 
 let addon: PosixAddon | undefined;
 

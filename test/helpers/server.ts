@@ -6,7 +6,8 @@ import { fileURLToPath } from 'node:url';
 import { sh } from './proc.js';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-export const CLI = path.join(ROOT, 'dist/cli/main.js');
+/** The installed command's entry (dist/cli/twinfs.cjs sizes libuv's pool, then loads main.js). */
+export const CLI = path.join(ROOT, 'dist/cli/twinfs.cjs');
 
 /** A temporary directory tree for one test file, removed (after unmounting anything in it) by cleanup(). */
 export async function tempDirs(

@@ -108,3 +108,57 @@ describe('mirror status: failed repairs and vanished mirrors', () => {
     srv = undefined;
   });
 });
+
+/**
+ * Found by the full-mirror chaos scenario: a rename onto a pair broken by a full mirror was not
+ * applied to the mirror, so the old name stayed there after the repair (verify: extra in mirror).
+ */
+describe('a rename onto a broken pair', () => {
+  let t: Awaited<ReturnType<typeof tempDirs>>;
+  let srv: ServerHandle | undefined;
+  beforeAll(async () => {
+    t = await tempDirs('primary', 'mnt', 'mirror', 'state');
+    await mountTmpfs(t.dirs.mirror!, 'size=2m');
+  });
+  afterAll(async () => {
+    await srv?.kill();
+    await unmountAll(t.dirs.mnt!, t.dirs.mirror!);
+    await t?.cleanup();
+  });
+
+  it('the old name leaves the mirror with the repair: verify is clean', async () => {
+    srv = await startServer({
+      primary: t.dirs.primary!,
+      mount: t.dirs.mnt!,
+      args: [
+        '--mirror',
+        t.dirs.mirror!,
+        '--state-dir',
+        t.dirs.state!,
+        '--control',
+        '127.0.0.1:0',
+        '--writeback-ms',
+        '100',
+      ],
+    });
+    await waitForEvent(srv, pairedVolume, 20_000);
+    const url = (srv.events.find((e) => e.event === 'mounted') as any).control.url as string;
+    const conn = `--server '${url}' --token-file '${path.join(t.dirs.state!, 'control.token')}'`;
+    // a is mirrored; b (3 MiB) does not fit in the 2 MiB mirror: its pair breaks.
+    await run(
+      `set -e; cd '${t.dirs.mnt}'; echo small >a; sync a; dd if=/dev/urandom of=b bs=1M count=3 conv=fsync status=none`,
+    );
+    await waitForEvent(srv, (e) => e.event === 'broken' && e.path === '/b', 10_000);
+    expect(await fsp.readFile(path.join(t.dirs.mirror!, 'data/a'), 'utf8')).toBe('small\n');
+    await run(`set -e; cd '${t.dirs.mnt}'; mv a b; sync`);
+    await sh(`mount -o remount,size=64m '${t.dirs.mirror}'`);
+    const healed = await twinfs(`mirror repair ${conn}`);
+    expect(healed.code, healed.stderr).toBe(0);
+    const v = await twinfs(`verify ${conn}`);
+    expect(v.code, v.stdout + v.stderr).toBe(0);
+    await expect(fsp.access(path.join(t.dirs.mirror!, 'data/a'))).rejects.toMatchObject({ code: 'ENOENT' });
+    expect(await fsp.readFile(path.join(t.dirs.mirror!, 'data/b'), 'utf8')).toBe('small\n');
+    expect(await srv.stop()).toBe(0);
+    srv = undefined;
+  });
+});

@@ -1,0 +1,1 @@
+export declare function byteAt(k: number, i: number): number;
