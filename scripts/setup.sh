@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything twinfs needs on a fresh Debian machine with Node 20, as root:
-# Debian packages (libfuse2 and fuse for FUSE; attr, rsync, bindfs for tests and benchmarks;
+# Debian packages (libfuse2 and fuse for FUSE, libfuse3-dev for the libfuse3 build; attr, rsync, bindfs for tests and benchmarks;
 # samba and smbclient for `twinfs serve --smb` and its tests)
 # when missing, npm dependencies (postinstall patches and builds fuse-native), the TypeScript
 # build, and the `twinfs` command on PATH.
@@ -15,6 +15,17 @@ if [ "${#need[@]}" -gt 0 ]; then
   echo "setup: installing Debian packages: ${need[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+# libfuse3-dev (and pkg-config) for the second fuse-native build (TWINFS_FUSE=3). Without
+# recommends: those pull in Debian's `fuse3`, which removes `fuse` and its fusermount.
+need3=()
+for pkg in libfuse3-dev pkg-config; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need3+=("$pkg")
+done
+if [ "${#need3[@]}" -gt 0 ]; then
+  echo "setup: installing Debian packages (no recommends): ${need3[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need3[@]}" >/dev/null
 fi
 [ -e /dev/fuse ] || { echo "setup: /dev/fuse is missing: this machine cannot mount FUSE filesystems" >&2; exit 1; }
 
