@@ -265,7 +265,8 @@ const gypArgs = gypArgsFor(nodeGyp);
 log(`node-gyp: ${nodeGyp}`);
 
 // The libfuse3 build needs libfuse3's headers and pkg-config (libfuse3-dev).
-const withFuse3 = process.env.TWINFS_NO_FUSE3 !== '1' && capture('pkg-config', ['--exists', 'fuse3']) !== null;
+const withFuse3 =
+  process.env.TWINFS_NO_FUSE3 !== '1' && capture('pkg-config', ['--exists', 'fuse3']) !== null;
 if (!withFuse3 && process.env.TWINFS_NO_FUSE3 !== '1') {
   console.warn(
     'build-native: WARNING: libfuse3-dev (pkg-config fuse3) not found: only the libfuse2 build is made, ' +
@@ -320,12 +321,17 @@ if (withFuse3) {
   }
   const probe3 = spawnSync(
     process.execPath,
-    ['-e', `const b = require(${JSON.stringify(built3)}); console.log(JSON.stringify([b.fuse_native_patch_level, b.fuse_native_libfuse_major]));`],
+    [
+      '-e',
+      `const b = require(${JSON.stringify(built3)}); console.log(JSON.stringify([b.fuse_native_patch_level, b.fuse_native_libfuse_major]));`,
+    ],
     { encoding: 'utf8', timeout: 60_000 },
   );
   if (probe3.status !== 0) fail(`${built3} does not load:\n${probe3.stderr}`);
   const [level3, major3] = JSON.parse(probe3.stdout.trim().split('\n').pop());
   if (level3 !== EXPECTED_PATCH_LEVEL || major3 !== 3)
-    fail(`${built3} reports patch level ${level3} / libfuse ${major3}, expected ${EXPECTED_PATCH_LEVEL} / 3.`);
+    fail(
+      `${built3} reports patch level ${level3} / libfuse ${major3}, expected ${EXPECTED_PATCH_LEVEL} / 3.`,
+    );
   log(`ok: fuse-native libfuse3 build (patch level ${level3}) at ${path.relative(ROOT, built3)}`);
 }

@@ -35,6 +35,8 @@ export interface ServeConfig {
   controlMaxConnections?: number;
   /** Serve the mount over SMB with a supervised smbd (docs/smb.md). */
   smb?: SmbSettings;
+  /** Which libfuse serves the mount: 2 (default) or 3 (kernel caching, exact invalidation). */
+  fuse?: number;
 }
 
 const SCHEMA: Record<keyof ServeConfig, 'string' | 'number' | 'boolean' | 'object'> = {
@@ -58,6 +60,7 @@ const SCHEMA: Record<keyof ServeConfig, 'string' | 'number' | 'boolean' | 'objec
   insecureBind: 'boolean',
   controlMaxConnections: 'number',
   smb: 'object',
+  fuse: 'number',
 };
 
 /** The keys of a serve config (flat, or its "serve" section). */
@@ -130,6 +133,8 @@ export function validateConfig(raw: unknown, file = '<config>'): ServeConfig {
     }
     if (typeof v !== type)
       throw new TwinError('ETWIN_CONFIG', `config ${file}: "${k}" must be a ${type}`, { file, key: k });
+    if (k === 'fuse' && v !== 2 && v !== 3)
+      throw new TwinError('ETWIN_CONFIG', `config ${file}: "fuse" must be 2 or 3`, { file, key: k });
     if (type === 'number' && (!Number.isFinite(v) || (v as number) <= 0))
       throw new TwinError('ETWIN_CONFIG', `config ${file}: "${k}" must be a positive number`, {
         file,

@@ -5,9 +5,15 @@ import { DisposableStore, toDisposable } from '../common/lifecycle.js';
 import { addServedMount, removeServedMount } from '../common/served-mounts.js';
 import { type ChangeSink, nullSink, type WriteGate } from './change-sink.js';
 import { createFuseHandlers } from './fuse-adapter.js';
+import { KernelNames } from './kernel-names.js';
 import { isMountPoint, preflight } from './mount-checks.js';
 import { watchMount } from './mount-watch.js';
-import { DEFAULT_NATIVE_OPTIONS, fuseNativeOptions, type NativeMountOptions } from './native-options.js';
+import {
+  DEFAULT_NATIVE_OPTIONS,
+  fuseNativeOptions,
+  libfuseFromEnv,
+  type NativeMountOptions,
+} from './native-options.js';
 import { SpaceAccount } from './space-account.js';
 import { type CallerContext, VolumeOps } from './volume-ops.js';
 import { VolumePaths } from './volume-paths.js';
@@ -73,6 +79,9 @@ export class TwinFs {
   readonly inhibitor: WriteInhibitor | undefined;
   readonly paths: VolumePaths;
   private readonly ops: VolumeOps;
+  /** libfuse3 path only: the names whose kernel caches are invalidated on change. */
+  readonly kernelNames: KernelNames | undefined;
+  private readonly libfuse: 2 | 3;
   private readonly store = new DisposableStore();
   private fuse: any;
   private fuseClass: any;
@@ -93,6 +102,15 @@ export class TwinFs {
     const gate = opts.gate ?? new WriteInhibitor();
     this.inhibitor = gate instanceof WriteInhibitor ? gate : undefined;
     this.paths = new VolumePaths(primary);
+    this.libfuse = opts.native?.libfuse ?? libfuseFromEnv();
+    if (this.libfuse === 3) {
+      const inhibitor = this.inhibitor;
+      this.kernelNames = new KernelNames(
+        (paths) => this.fuse?.invalidatePaths(paths) ?? Promise.resolve(),
+        (path, ino) => inhibitor?.isHeld(path, ino) ?? false,
+      );
+      if (inhibitor) this.store.add(inhibitor.onDidRelease(() => this.kernelNames?.retryDeferred()));
+    }
     this.cache = new WritebackCache({
       sink,
       limitBytes: opts.cacheBytes,
@@ -108,7 +126,13 @@ export class TwinFs {
       gate,
       flushOnClose: opts.flushOnClose,
       forgetNoCapabilities: () => this.fuseClass?.forgetNoCapabilities?.(),
+      kernelNames: this.kernelNames,
+      readdirStats: this.libfuse === 3,
     });
+    if (this.kernelNames) {
+      const names = this.kernelNames;
+      this.store.add(this.cache.onDidWriteBack((e) => names.changedBehind(e.ino, e.path)));
+    }
   }
 
   static async mount(opts: TwinFsOptions): Promise<TwinFs> {
@@ -140,8 +164,23 @@ export class TwinFs {
       context: () => this.fuse?.context as CallerContext | undefined,
       onUnexpectedError: (op, err) => this.log(`${op} failed unexpectedly: ${(err as Error)?.stack ?? err}`),
     });
-    const native = { ...DEFAULT_NATIVE_OPTIONS, nonempty: this.opts.force === true, ...this.opts.native };
-    this.fuse = new Fuse(this.mountPoint, handlers, fuseNativeOptions(native));
+    const native = {
+      ...DEFAULT_NATIVE_OPTIONS,
+      nonempty: this.opts.force === true,
+      ...this.opts.native,
+      libfuse: this.libfuse,
+    };
+    try {
+      this.fuse = new Fuse(this.mountPoint, handlers, fuseNativeOptions(native));
+    } catch (err) {
+      // The libfuse3 build is missing (libfuse3-dev was not installed at npm install).
+      throw new TwinError(
+        'ETWIN_MOUNT_FAILED',
+        `mounting ${this.mountPoint} failed: ${(err as Error).message}`,
+        { mount: this.mountPoint },
+        { cause: err },
+      );
+    }
     await new Promise<void>((resolve, reject) =>
       this.fuse.mount((err: Error | null) =>
         err
