@@ -431,8 +431,16 @@ export class VolumeOps {
     try {
       const node = await this.nodeOf(path);
       ino = node?.ino;
-      if (node) await this.cache.truncate(node, size);
-      else {
+      if (node) {
+        // A reference for the duration: a write-back finishing meanwhile would otherwise close
+        // the fd of a node no handle holds, under the truncate waiting for its lock (EBADF).
+        node.refs++;
+        try {
+          await this.cache.truncate(node, size);
+        } finally {
+          await this.cache.unref(node);
+        }
+      } else {
         await this.sink.beforeChange?.(path);
         await fsp.truncate(this.paths.backing(path), size);
         await this.sink.apply({ op: 'truncate', path, size });
