@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // Before/after in one run: the same short workloads on bindfs and on several twinfs variants
-// mounted side by side over one primary directory, interleaved, with server CPU per unit of
+// mounted side by side over primary directories on one filesystem, interleaved, with server CPU per unit of
 // work (the number that does not depend on how idle the vCPUs are). Use it to check a fix:
 //
 //   node bench/compare.mjs \
@@ -76,10 +76,11 @@ if (opts.bare) {
 }
 for (const [i, spec] of variants.entries()) {
   const [name, cli, args, env] = spec.split('|');
-  const dd = mkdirs(base, `m${i}`, `s${i}`);
+  // A primary of its own (same filesystem): one twinfs server per volume (the volume lock).
+  const dd = mkdirs(base, `m${i}`, `s${i}`, `p${i}`);
   S[name] = await startTwinfs({
     cli: cli || path.join(DIST, 'cli/main.js'),
-    primary: d.primary,
+    primary: dd[`p${i}`],
     mount: dd[`m${i}`],
     stateDir: dd[`s${i}`],
     extra: args ? args.split(' ').filter(Boolean) : [],

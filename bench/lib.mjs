@@ -31,6 +31,9 @@ export function snapshotDist(base) {
   fs.symlinkSync(path.join(ROOT, 'node_modules'), path.join(snap, 'node_modules'));
   if (fs.existsSync(path.join(ROOT, 'plugins')))
     fs.symlinkSync(path.join(ROOT, 'plugins'), path.join(snap, 'plugins'));
+  // The project's own addon (dist/posix/native.js loads ../../native/posix/build/...).
+  fs.mkdirSync(path.join(snap, 'native'), { recursive: true });
+  fs.symlinkSync(path.join(ROOT, 'native', 'posix'), path.join(snap, 'native', 'posix'));
   DIST = path.join(snap, 'dist');
   return `dist/ built ${built}, copied to ${DIST}`;
 }
