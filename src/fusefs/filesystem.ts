@@ -65,6 +65,13 @@ export interface TwinFsStatus {
   openHandles: number;
   /** Paths whose security.capability lookups the patched fuse-native answers itself. */
   noCapabilityPaths: number;
+  /** Which libfuse serves the mount. */
+  libfuse: 2 | 3;
+  /**
+   * libfuse3: names of multi-link files the kernel may cache, invalidations asked for, and the
+   * native queue (queued, processed, sent for a name the kernel had).
+   */
+  kernelCache?: { names: number; invalidations: number; queued: number; done: number; sent: number };
   /** Why the mount is gone while the server still runs (it was unmounted behind its back). */
   mountLost?: string;
 }
@@ -219,6 +226,16 @@ export class TwinFs {
       cache: this.cache.getStats(),
       openHandles: this.ops.openHandles,
       noCapabilityPaths: this.fuseClass?.noCapabilityCount?.() ?? 0,
+      libfuse: this.libfuse,
+      ...(this.kernelNames
+        ? {
+            kernelCache: {
+              names: this.kernelNames.getStats().names,
+              invalidations: this.kernelNames.getStats().invalidations,
+              ...(this.fuse?.invalidateStats?.() ?? { queued: 0, done: 0, sent: 0 }),
+            },
+          }
+        : {}),
       ...(this.mountLost ? { mountLost: this.mountLost } : {}),
     };
   }

@@ -92,8 +92,10 @@ export function createFuseHandlers(ops: VolumeOps, opts: AdapterOptions): Record
     },
     read: (_path: string, fh: number, buf: Buffer, len: number, pos: number, cb: Cb) =>
       byteCount('read', cb, () => ops.read(fh, buf, len, pos)),
-    write: (path: string, fh: number, buf: Buffer, len: number, pos: number, cb: Cb) =>
-      byteCount('write', cb, () => ops.write(fh, buf, len, pos, path)),
+    write: (path: string, fh: number, buf: Buffer, len: number, pos: number, cb: Cb) => {
+      const writepage = opts.context()?.writepage === true;
+      byteCount('write', cb, () => ops.write(fh, buf, len, pos, path, writepage));
+    },
     flush: (_path: string, fh: number, cb: Cb) =>
       tryCall('flush', cb, () => ops.flush(fh), status('flush', cb)),
     release: (_path: string, fh: number, cb: Cb) =>

@@ -15,6 +15,8 @@ export interface CallerContext {
   uid: number;
   gid: number;
   pid: number;
+  /** write only: the kernel writing back pages (mmap, laundering), not a write(2). */
+  writepage?: boolean;
 }
 
 /** What getattr returns (fuse-native's stat shape). */
@@ -291,7 +293,14 @@ export class VolumeOps {
    * Accepts a write. Synchronous (returns the byte count) on the hot path: no inhibition and
    * room in the cache; otherwise a promise.
    */
-  write(fh: number, buf: Buffer, len: number, pos: number, path?: string): number | Promise<number> {
+  write(
+    fh: number,
+    buf: Buffer,
+    len: number,
+    pos: number,
+    path?: string,
+    writepage = false,
+  ): number | Promise<number> {
     const node = this.handle(fh);
     const data = buf.length === len ? buf : buf.subarray(0, len);
     const pass = this.gate.enter(node.path, node.ino);
@@ -303,9 +312,12 @@ export class VolumeOps {
     if (names === undefined || names.isEmpty) return r;
     // The file's other names: answered once the kernel dropped their attributes and pages. Not
     // the name written through (`path`): this WRITE holds its pages locked until answered.
+    // A page write-back is not waited for: it may be the laundering of a notify the helper
+    // is sending right now, which an invalidation queued behind it would never let finish.
     const after = (n: number): number | Promise<number> => {
       const w = names.changed([node.ino], path);
-      return w ? w.then(() => n) : n;
+      if (w === undefined || writepage) return n;
+      return w.then(() => n);
     };
     return typeof r === 'number' ? after(r) : r.then(after);
   }

@@ -30,6 +30,8 @@ declare module 'fuse-native' {
       readonly gid: number;
       /** Thread id of the caller as the kernel reports it (0 for kernel-originated requests). */
       readonly pid: number;
+      /** write only (patch level 5): the kernel writing back pages (mmap, laundering), not a write(2). */
+      readonly writepage?: boolean;
     }
 
     /**
