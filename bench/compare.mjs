@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // Before/after in one run: the same short workloads on bindfs and on several twinfs variants
-// mounted side by side over one primary directory, interleaved, with server CPU per unit of
+// mounted side by side over primary directories on one filesystem, interleaved, with server CPU per unit of
 // work (the number that does not depend on how idle the vCPUs are). Use it to check a fix:
 //
 //   node bench/compare.mjs \
@@ -11,7 +11,9 @@
 //
 // A variant is NAME|CLI|SERVE ARGS|ENV (all but NAME optional; CLI defaults to this checkout's
 // dist, snapshotted). Workloads: dd 1 MiB + conv=fsync of --seq-mb, dd bs=4k of --small-mb
-// (no fsync), bench/worker.mjs meta on --files files.
+// (no fsync), a cached read (dd bs=1M of a --read-mb file read once before through the same
+// mount: served from the kernel's page cache where it is kept across opens), bench/worker.mjs
+// meta on --files files. --bare adds the primary directory itself as a target (no server).
 import * as path from 'node:path';
 import {
   cpuSeconds,
@@ -48,6 +50,8 @@ const opts = parseArgs(
     'seq-mb': { default: 512, help: 'sequential write size, MiB' },
     'small-mb': { default: 64, help: '4 KiB writes, MiB' },
     files: { default: 3000, help: 'files in the metadata workload' },
+    'read-mb': { default: 256, help: 'cached read file size, MiB' },
+    bare: { default: false, help: 'also run on the bare primary directory' },
     reps: { default: 3, help: 'repetitions (median)' },
     dir: { default: '/tmp', help: 'parent of the temporary directories' },
     'max-load': { default: 1.5, help: 'wait (up to --wait-quiet s) for the 1-min load to drop below this' },
@@ -66,12 +70,17 @@ notes.build = snapshotDist(base);
 const d = mkdirs(base, 'primary', 'bindfs');
 const S = { bindfs: await startBindfs(d.primary, d.bindfs) };
 const M = { bindfs: d.bindfs };
+if (opts.bare) {
+  S.bare = { pid: undefined, stop: async () => undefined };
+  M.bare = d.primary;
+}
 for (const [i, spec] of variants.entries()) {
   const [name, cli, args, env] = spec.split('|');
-  const dd = mkdirs(base, `m${i}`, `s${i}`);
+  // A primary of its own (same filesystem): one twinfs server per volume (the volume lock).
+  const dd = mkdirs(base, `m${i}`, `s${i}`, `p${i}`);
   S[name] = await startTwinfs({
     cli: cli || path.join(DIST, 'cli/main.js'),
-    primary: d.primary,
+    primary: dd[`p${i}`],
     mount: dd[`m${i}`],
     stateDir: dd[`s${i}`],
     extra: args ? args.split(' ').filter(Boolean) : [],
@@ -108,6 +117,13 @@ for (let rep = 0; rep < opts.reps; rep++) {
     add(t, 'small', SMALL / (r.ms / 1000));
     add(t, 'smallcpu', ((cpuSeconds(pid) - c) * 1e6) / (SMALL * 256));
     await run('rm', ['-f', `${m}/cmp-small`]);
+    await run('dd', ['if=/dev/zero', `of=${m}/cmp-read`, 'bs=1M', `count=${opts['read-mb']}`, 'conv=fsync']);
+    await run('dd', [`if=${m}/cmp-read`, 'of=/dev/null', 'bs=1M']);
+    c = cpuSeconds(pid);
+    r = await run('dd', [`if=${m}/cmp-read`, 'of=/dev/null', 'bs=1M']);
+    add(t, 'read', opts['read-mb'] / (r.ms / 1000));
+    add(t, 'readcpu', ((cpuSeconds(pid) - c) * 1000) / opts['read-mb']);
+    await run('rm', ['-f', `${m}/cmp-read`]);
     await run('mkdir', ['-p', `${m}/cmp-meta`]);
     c = cpuSeconds(pid);
     const mm = await worker('meta', ['--dir', `${m}/cmp-meta`, '--n', String(FILES), '--size', '1024']);
@@ -132,6 +148,8 @@ table(
     'ms CPU/MiB',
     '4k write MiB/s',
     'µs CPU/write',
+    'cached read MiB/s',
+    'ms CPU/MiB read',
     'create/s',
     'stat/s',
     'unlink/s',
@@ -143,6 +161,8 @@ table(
     fmt(md(t, 'seqcpu'), 2),
     fmt(md(t, 'small')),
     fmt(md(t, 'smallcpu'), 0),
+    fmt(md(t, 'read')),
+    fmt(md(t, 'readcpu'), 2),
     fmt(md(t, 'create'), 0),
     fmt(md(t, 'stat'), 0),
     fmt(md(t, 'unlink'), 0),

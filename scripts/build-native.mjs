@@ -9,6 +9,9 @@
 //      the system libfuse.so.2 (headers come from fuse-shared-library, no libfuse-dev needed);
 //   4. check that require('fuse-native') now loads build/Release/fuse.node, that it is the
 //      patched build, and that it resolves libfuse.so.2 to the system library.
+//   When libfuse3's headers are installed (Debian: libfuse3-dev, pkg-config fuse3), step 3 also
+//   builds build/Release/fuse3.node, the same patched source against libfuse3 (TWINFS_FUSE=3),
+//   and step 4 checks it too. Without them only the libfuse2 build is made (with a warning).
 //
 //   5. (first, before 1-4) build the project's own addon native/posix (mknod, utimensat, flock,
 //      l*xattr: src/posix), which needs Node's headers and a C compiler but no libfuse.
@@ -21,6 +24,7 @@
 //   TWINFS_SKIP_NATIVE_BUILD=1   skip everything (e.g. a docs-only CI job); fuse-native then
 //                                refuses to load until this script has run.
 //   FUSE_NATIVE_LIBFUSE=/path    link this libfuse.so.2 instead of the one found below.
+//   TWINFS_NO_FUSE3=1            do not build the libfuse3 binary even if libfuse3-dev is there.
 
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -32,7 +36,7 @@ const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const PKG_DIR = path.join(ROOT, 'node_modules', 'fuse-native');
 const PATCH = path.join(ROOT, 'patches', 'fuse-native+2.2.6.patch');
 const EXPECTED_VERSION = '2.2.6';
-const EXPECTED_PATCH_LEVEL = 4;
+const EXPECTED_PATCH_LEVEL = 5;
 const require = createRequire(path.join(ROOT, 'package.json'));
 const POSIX_DIR = path.join(ROOT, 'native', 'posix');
 const POSIX_ONLY = process.argv.includes('--posix-only');
@@ -260,10 +264,20 @@ if (!nodeGyp) {
 const gypArgs = gypArgsFor(nodeGyp);
 log(`node-gyp: ${nodeGyp}`);
 
+// The libfuse3 build needs libfuse3's headers and pkg-config (libfuse3-dev).
+const withFuse3 =
+  process.env.TWINFS_NO_FUSE3 !== '1' && capture('pkg-config', ['--exists', 'fuse3']) !== null;
+if (!withFuse3 && process.env.TWINFS_NO_FUSE3 !== '1') {
+  console.warn(
+    'build-native: WARNING: libfuse3-dev (pkg-config fuse3) not found: only the libfuse2 build is made, ' +
+      'TWINFS_FUSE=3 will not work. Install it: apt-get install --no-install-recommends libfuse3-dev pkg-config',
+  );
+}
+
 fs.rmSync(path.join(PKG_DIR, 'build'), { recursive: true, force: true });
 run(process.execPath, gypArgs, {
   cwd: PKG_DIR,
-  env: { ...process.env, FUSE_NATIVE_LIBFUSE: libfuse },
+  env: { ...process.env, FUSE_NATIVE_LIBFUSE: libfuse, FUSE_NATIVE_FUSE3: withFuse3 ? '1' : '0' },
 });
 
 // ---------------------------------------------------------------------------------------------
@@ -295,3 +309,29 @@ if (patchLevel !== EXPECTED_PATCH_LEVEL)
   fail(`fuse-native reports patch level ${patchLevel}, expected ${EXPECTED_PATCH_LEVEL}.`);
 if (path.resolve(where) !== path.resolve(built)) fail(`fuse-native loads ${where} instead of ${built}.`);
 log(`ok: fuse-native ${fnVersion} (patch level ${patchLevel}) loads ${path.relative(ROOT, where)}`);
+
+if (withFuse3) {
+  const built3 = path.join(PKG_DIR, 'build', 'Release', 'fuse3.node');
+  if (!fs.existsSync(built3)) fail(`node-gyp succeeded but ${built3} is missing.`);
+  const ldd3 = capture('ldd', [built3]);
+  if (ldd3) {
+    const m = ldd3.match(/libfuse3\.so\.3\s+=>\s+(\S+)/);
+    if (!m || m[1] === 'not') fail(`${built3} does not resolve libfuse3.so.3:\n${ldd3}`);
+    log(`fuse3.node links libfuse3.so.3 => ${m[1]}`);
+  }
+  const probe3 = spawnSync(
+    process.execPath,
+    [
+      '-e',
+      `const b = require(${JSON.stringify(built3)}); console.log(JSON.stringify([b.fuse_native_patch_level, b.fuse_native_libfuse_major]));`,
+    ],
+    { encoding: 'utf8', timeout: 60_000 },
+  );
+  if (probe3.status !== 0) fail(`${built3} does not load:\n${probe3.stderr}`);
+  const [level3, major3] = JSON.parse(probe3.stdout.trim().split('\n').pop());
+  if (level3 !== EXPECTED_PATCH_LEVEL || major3 !== 3)
+    fail(
+      `${built3} reports patch level ${level3} / libfuse ${major3}, expected ${EXPECTED_PATCH_LEVEL} / 3.`,
+    );
+  log(`ok: fuse-native libfuse3 build (patch level ${level3}) at ${path.relative(ROOT, built3)}`);
+}

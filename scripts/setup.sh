@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Installs everything twinfs needs on a fresh Debian machine with Node 20, as root:
-# Debian packages (libfuse2 and fuse for FUSE; attr, rsync, bindfs for tests and benchmarks;
-# samba and smbclient for `twinfs serve --smb` and its tests; ceph-mon, ceph-osd, radosgw and
-# ceph-common for the one-node Ceph cluster whose RADOS Gateway the s3 target is tested against,
-# see scripts/ceph-rgw.sh; chromium for the status page's browser test, driven by
-# puppeteer-core, which never downloads a browser of its own) when missing, npm dependencies
-# (postinstall patches and builds fuse-native), the TypeScript
+# Debian packages (libfuse2 and fuse for FUSE, libfuse3-dev for the libfuse3 build; attr, rsync,
+# bindfs for tests and benchmarks; samba and smbclient for `twinfs serve --smb` and its tests;
+# ceph-mon, ceph-osd, radosgw and ceph-common for the one-node Ceph cluster whose RADOS Gateway
+# the s3 target is tested against, see scripts/ceph-rgw.sh; chromium for the status page's
+# browser test, driven by puppeteer-core, which never downloads a browser of its own) when
+# missing, npm dependencies (postinstall patches and builds fuse-native), the TypeScript
 # build, and the `twinfs` command on PATH.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +28,17 @@ if [ "${#ceph[@]}" -gt 0 ]; then
   echo "setup: installing Debian packages: ${ceph[*]}"
   [ "${#need[@]}" -gt 0 ] || apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${ceph[@]}" >/dev/null
+fi
+# libfuse3-dev (and pkg-config) for the second fuse-native build (TWINFS_FUSE=3). Without
+# recommends: those pull in Debian's `fuse3`, which removes `fuse` and its fusermount.
+need3=()
+for pkg in libfuse3-dev pkg-config; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need3+=("$pkg")
+done
+if [ "${#need3[@]}" -gt 0 ]; then
+  echo "setup: installing Debian packages (no recommends): ${need3[*]}"
+  [ "${#need[@]}" -gt 0 ] || apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need3[@]}" >/dev/null
 fi
 [ -e /dev/fuse ] || { echo "setup: /dev/fuse is missing: this machine cannot mount FUSE filesystems" >&2; exit 1; }
 

@@ -39,6 +39,8 @@ export interface ServeConfig {
   http?: string;
   /** The server log's level: trace, debug, info (default), warn, error, fatal, silent. */
   logLevel?: string;
+  /** Which libfuse serves the mount: 2 (default) or 3 (kernel caching, exact invalidation). */
+  fuse?: number;
 }
 
 const SCHEMA: Record<keyof ServeConfig, 'string' | 'number' | 'boolean' | 'object'> = {
@@ -64,6 +66,7 @@ const SCHEMA: Record<keyof ServeConfig, 'string' | 'number' | 'boolean' | 'objec
   smb: 'object',
   http: 'string',
   logLevel: 'string',
+  fuse: 'number',
 };
 
 /** String settings that are not file names (not resolved against the config file's folder). */
@@ -139,6 +142,8 @@ export function validateConfig(raw: unknown, file = '<config>'): ServeConfig {
     }
     if (typeof v !== type)
       throw new TwinError('ETWIN_CONFIG', `config ${file}: "${k}" must be a ${type}`, { file, key: k });
+    if (k === 'fuse' && v !== 2 && v !== 3)
+      throw new TwinError('ETWIN_CONFIG', `config ${file}: "fuse" must be 2 or 3`, { file, key: k });
     if (type === 'number' && (!Number.isFinite(v) || (v as number) <= 0))
       throw new TwinError('ETWIN_CONFIG', `config ${file}: "${k}" must be a positive number`, {
         file,

@@ -40,6 +40,10 @@ async function main(argv: string[]): Promise<number> {
           })
           .option('flush-on-close', { type: 'boolean', describe: 'write a file back when it is closed' })
           .option('force', { type: 'boolean', describe: 'mount over a non-empty directory' })
+          .option('fuse', {
+            type: 'number',
+            describe: 'libfuse to serve with: 2 (default) or 3 (kernel caching; also TWINFS_FUSE=3)',
+          })
           .option('state-dir', {
             type: 'string',
             describe: 'where the volume id is kept (default /var/lib/twinfs)',
@@ -132,6 +136,7 @@ async function main(argv: string[]): Promise<number> {
           writeThrough: a['write-through'],
           flushOnClose: a['flush-on-close'],
           force: a.force,
+          fuse: a.fuse,
           stateDir: a['state-dir'],
           adoptMirror: a['adopt-mirror'],
           control: a.control,

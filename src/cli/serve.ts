@@ -137,6 +137,7 @@ export async function serve(args: ServeArgs): Promise<number> {
       writeThrough: cfg.writeThrough,
       flushOnClose: cfg.flushOnClose,
       spillDir: path.join(cfg.stateDir ?? defaultStateDir(), 'spill'),
+      ...(cfg.fuse === 3 || cfg.fuse === 2 ? { native: { libfuse: cfg.fuse } } : {}),
     });
   } catch (err) {
     await mirror?.dispose().catch(() => undefined);

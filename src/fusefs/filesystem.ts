@@ -5,9 +5,15 @@ import { DisposableStore, toDisposable } from '../common/lifecycle.js';
 import { addServedMount, removeServedMount } from '../common/served-mounts.js';
 import { type ChangeSink, nullSink, type WriteGate } from './change-sink.js';
 import { createFuseHandlers } from './fuse-adapter.js';
+import { KernelNames } from './kernel-names.js';
 import { isMountPoint, preflight } from './mount-checks.js';
 import { watchMount } from './mount-watch.js';
-import { DEFAULT_NATIVE_OPTIONS, fuseNativeOptions, type NativeMountOptions } from './native-options.js';
+import {
+  DEFAULT_NATIVE_OPTIONS,
+  fuseNativeOptions,
+  libfuseFromEnv,
+  type NativeMountOptions,
+} from './native-options.js';
 import { SpaceAccount } from './space-account.js';
 import { type CallerContext, VolumeOps } from './volume-ops.js';
 import { VolumePaths } from './volume-paths.js';
@@ -59,6 +65,13 @@ export interface TwinFsStatus {
   openHandles: number;
   /** Paths whose security.capability lookups the patched fuse-native answers itself. */
   noCapabilityPaths: number;
+  /** Which libfuse serves the mount. */
+  libfuse: 2 | 3;
+  /**
+   * libfuse3: names of multi-link files the kernel may cache, invalidations asked for, and the
+   * native queue (queued, processed, sent for a name the kernel had).
+   */
+  kernelCache?: { names: number; invalidations: number; queued: number; done: number; sent: number };
   /** Why the mount is gone while the server still runs (it was unmounted behind its back). */
   mountLost?: string;
 }
@@ -73,6 +86,9 @@ export class TwinFs {
   readonly inhibitor: WriteInhibitor | undefined;
   readonly paths: VolumePaths;
   private readonly ops: VolumeOps;
+  /** libfuse3 path only: the names whose kernel caches are invalidated on change. */
+  readonly kernelNames: KernelNames | undefined;
+  private readonly libfuse: 2 | 3;
   private readonly store = new DisposableStore();
   private fuse: any;
   private fuseClass: any;
@@ -93,6 +109,15 @@ export class TwinFs {
     const gate = opts.gate ?? new WriteInhibitor();
     this.inhibitor = gate instanceof WriteInhibitor ? gate : undefined;
     this.paths = new VolumePaths(primary);
+    this.libfuse = opts.native?.libfuse ?? libfuseFromEnv();
+    if (this.libfuse === 3) {
+      const inhibitor = this.inhibitor;
+      this.kernelNames = new KernelNames(
+        (paths) => this.fuse?.invalidatePaths(paths) ?? Promise.resolve(),
+        (path, ino) => inhibitor?.isHeld(path, ino) ?? false,
+      );
+      if (inhibitor) this.store.add(inhibitor.onDidRelease(() => this.kernelNames?.retryDeferred()));
+    }
     this.cache = new WritebackCache({
       sink,
       limitBytes: opts.cacheBytes,
@@ -108,7 +133,13 @@ export class TwinFs {
       gate,
       flushOnClose: opts.flushOnClose,
       forgetNoCapabilities: () => this.fuseClass?.forgetNoCapabilities?.(),
+      kernelNames: this.kernelNames,
+      readdirStats: this.libfuse === 3,
     });
+    if (this.kernelNames) {
+      const names = this.kernelNames;
+      this.store.add(this.cache.onDidWriteBack((e) => names.changedBehind(e.ino, e.path)));
+    }
   }
 
   static async mount(opts: TwinFsOptions): Promise<TwinFs> {
@@ -140,8 +171,23 @@ export class TwinFs {
       context: () => this.fuse?.context as CallerContext | undefined,
       onUnexpectedError: (op, err) => this.log(`${op} failed unexpectedly: ${(err as Error)?.stack ?? err}`),
     });
-    const native = { ...DEFAULT_NATIVE_OPTIONS, nonempty: this.opts.force === true, ...this.opts.native };
-    this.fuse = new Fuse(this.mountPoint, handlers, fuseNativeOptions(native));
+    const native = {
+      ...DEFAULT_NATIVE_OPTIONS,
+      nonempty: this.opts.force === true,
+      ...this.opts.native,
+      libfuse: this.libfuse,
+    };
+    try {
+      this.fuse = new Fuse(this.mountPoint, handlers, fuseNativeOptions(native));
+    } catch (err) {
+      // The libfuse3 build is missing (libfuse3-dev was not installed at npm install).
+      throw new TwinError(
+        'ETWIN_MOUNT_FAILED',
+        `mounting ${this.mountPoint} failed: ${(err as Error).message}`,
+        { mount: this.mountPoint },
+        { cause: err },
+      );
+    }
     await new Promise<void>((resolve, reject) =>
       this.fuse.mount((err: Error | null) =>
         err
@@ -180,6 +226,16 @@ export class TwinFs {
       cache: this.cache.getStats(),
       openHandles: this.ops.openHandles,
       noCapabilityPaths: this.fuseClass?.noCapabilityCount?.() ?? 0,
+      libfuse: this.libfuse,
+      ...(this.kernelNames
+        ? {
+            kernelCache: {
+              names: this.kernelNames.getStats().names,
+              invalidations: this.kernelNames.getStats().invalidations,
+              ...(this.fuse?.invalidateStats?.() ?? { queued: 0, done: 0, sent: 0 }),
+            },
+          }
+        : {}),
       ...(this.mountLost ? { mountLost: this.mountLost } : {}),
     };
   }

@@ -1,5 +1,5 @@
 import { isUnexpected, toFuseErrno } from './errno.js';
-import type { CallerContext, VolumeOps } from './volume-ops.js';
+import type { CallerContext, DirListing, VolumeOps } from './volume-ops.js';
 
 type Cb = (...args: any[]) => void;
 
@@ -69,7 +69,18 @@ export function createFuseHandlers(ops: VolumeOps, opts: AdapterOptions): Record
     getattr: (path: string, cb: Cb) => tryCall('getattr', cb, () => ops.getattr(path), value('getattr', cb)),
     access: (path: string, mode: number, cb: Cb) =>
       tryCall('access', cb, () => ops.access(path, mode), status('access', cb)),
-    readdir: (path: string, cb: Cb) => tryCall('readdir', cb, () => ops.readdir(path), value('readdir', cb)),
+    // A listing with attributes (readdirplus) answers cb(0, names, stats).
+    readdir: (path: string, cb: Cb) =>
+      tryCall(
+        'readdir',
+        cb,
+        () => ops.readdir(path),
+        (p) =>
+          p.then(
+            (r) => (Array.isArray(r) ? cb(0, r) : cb(0, (r as DirListing).names, (r as DirListing).stats)),
+            (e) => fail('readdir', cb, e),
+          ),
+      ),
     readlink: (path: string, cb: Cb) =>
       tryCall('readlink', cb, () => ops.readlink(path), value('readlink', cb)),
     statfs: (path: string, cb: Cb) => tryCall('statfs', cb, () => ops.statfs(path), value('statfs', cb)),
@@ -81,8 +92,10 @@ export function createFuseHandlers(ops: VolumeOps, opts: AdapterOptions): Record
     },
     read: (_path: string, fh: number, buf: Buffer, len: number, pos: number, cb: Cb) =>
       byteCount('read', cb, () => ops.read(fh, buf, len, pos)),
-    write: (_path: string, fh: number, buf: Buffer, len: number, pos: number, cb: Cb) =>
-      byteCount('write', cb, () => ops.write(fh, buf, len, pos)),
+    write: (path: string, fh: number, buf: Buffer, len: number, pos: number, cb: Cb) => {
+      const writepage = opts.context()?.writepage === true;
+      byteCount('write', cb, () => ops.write(fh, buf, len, pos, path, writepage));
+    },
     flush: (_path: string, fh: number, cb: Cb) =>
       tryCall('flush', cb, () => ops.flush(fh), status('flush', cb)),
     release: (_path: string, fh: number, cb: Cb) =>
@@ -93,8 +106,8 @@ export function createFuseHandlers(ops: VolumeOps, opts: AdapterOptions): Record
       tryCall('fsyncdir', cb, () => ops.fsyncdir(path), status('fsyncdir', cb)),
     truncate: (path: string, size: number, cb: Cb) =>
       tryCall('truncate', cb, () => ops.truncate(path, size), status('truncate', cb)),
-    ftruncate: (_path: string, fh: number, size: number, cb: Cb) =>
-      tryCall('ftruncate', cb, () => ops.ftruncate(fh, size), status('ftruncate', cb)),
+    ftruncate: (path: string, fh: number, size: number, cb: Cb) =>
+      tryCall('ftruncate', cb, () => ops.ftruncate(fh, size, path), status('ftruncate', cb)),
     unlink: (path: string, cb: Cb) => tryCall('unlink', cb, () => ops.unlink(path), status('unlink', cb)),
     rmdir: (path: string, cb: Cb) => tryCall('rmdir', cb, () => ops.rmdir(path), status('rmdir', cb)),
     mkdir: (path: string, mode: number, cb: Cb) => {

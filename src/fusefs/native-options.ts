@@ -8,6 +8,12 @@
  * - max_read / max_readahead: large reads and readahead;
  * - use_ino: our (the primary's) inode numbers, so hard links share one;
  * - default_permissions (a regular option): the kernel checks permission bits like a local fs.
+ *
+ * With `libfuse: 3` (TWINFS_FUSE=3, `serve --fuse 3`) the patch's libfuse3 build is used
+ * instead: kernel attribute and entry caches with timeouts and the page cache kept across
+ * opens (kernel_cache), kept exact by invalidating every name of a changed file
+ * (kernel-names.ts); 1 MiB requests (max_write, which libfuse3 turns into max_pages);
+ * readdirplus. big_writes and nonempty do not exist there (both are always on).
  */
 export interface NativeMountOptions {
   attrTimeoutSec: number;
@@ -16,6 +22,16 @@ export interface NativeMountOptions {
   fsname: string;
   /** Mount over a non-empty directory (`serve --force`); libfuse2 refuses one otherwise. */
   nonempty?: boolean;
+  /** Which libfuse: 2 (default) or 3 (docs/architecture.md, "The FUSE layer"). */
+  libfuse?: 2 | 3;
+}
+
+/** Kernel cache timeouts on the libfuse3 path, where every change invalidates exactly. */
+export const LIBFUSE3_CACHE_SEC = 60;
+
+/** The libfuse chosen by the environment: TWINFS_FUSE=3, otherwise 2. */
+export function libfuseFromEnv(env: NodeJS.ProcessEnv = process.env): 2 | 3 {
+  return env.TWINFS_FUSE === '3' ? 3 : 2;
 }
 
 export const DEFAULT_NATIVE_OPTIONS: NativeMountOptions = {
@@ -26,6 +42,7 @@ export const DEFAULT_NATIVE_OPTIONS: NativeMountOptions = {
   entryTimeoutSec: 1,
   allowOther: (process.getuid?.() ?? 1) === 0,
   fsname: 'twinfs',
+  libfuse: libfuseFromEnv(),
 };
 
 /** Ops that may wait on a freeze or on the cache draining must not be failed by fuse-native's 15 s timer. */
@@ -55,6 +72,21 @@ const UNTIMED_OPS = [
 export function fuseNativeOptions(o: NativeMountOptions): Record<string, unknown> {
   const timeout: Record<string, number | false> = { default: 60_000 };
   for (const op of UNTIMED_OPS) timeout[op] = false;
+  if (o.libfuse === 3) {
+    return {
+      libfuse: 3,
+      force: false,
+      mkdir: false,
+      fsname: o.fsname,
+      allowOther: o.allowOther,
+      defaultPermissions: true,
+      attrTimeout: String(LIBFUSE3_CACHE_SEC),
+      entryTimeout: String(LIBFUSE3_CACHE_SEC),
+      kernelCache: true,
+      extraOptions: ['use_ino', 'max_write=1048576', 'max_readahead=1048576'],
+      timeout,
+    };
+  }
   return {
     force: false,
     mkdir: false,

@@ -5,6 +5,7 @@ import { mknod } from '../posix/mknod.js';
 import { nsToMs, setTimesNs } from '../posix/set-times.js';
 import { type ChangeSink, nullSink, type WriteGate } from './change-sink.js';
 import { errnoError } from './errno.js';
+import type { KernelNames } from './kernel-names.js';
 import { OpenNames } from './open-names.js';
 import { parentOf, type VolumePaths } from './volume-paths.js';
 import type { FileNode, WritebackCache } from './writeback-cache.js';
@@ -14,6 +15,8 @@ export interface CallerContext {
   uid: number;
   gid: number;
   pid: number;
+  /** write only: the kernel writing back pages (mmap, laundering), not a write(2). */
+  writepage?: boolean;
 }
 
 /** What getattr returns (fuse-native's stat shape). */
@@ -60,10 +63,24 @@ export interface VolumeOpsOptions {
    * patched fuse-native answers those lookups itself: Fuse.forgetNoCapabilities).
    */
   forgetNoCapabilities?: () => void;
+  /**
+   * libfuse3 path: the names the kernel caches attributes and pages under, invalidated after
+   * every change (kernel-names.ts). Undefined: nothing is cached in the kernel (libfuse2).
+   */
+  kernelNames?: KernelNames;
+  /** readdir returns each entry's attributes too (readdirplus: no lookup per entry). */
+  readdirStats?: boolean;
+}
+
+/** readdir's answer with attributes (readdirStats). */
+export interface DirListing {
+  names: string[];
+  stats: VolumeStat[];
 }
 
 const S_IFMT = 0o170000;
 const S_IFREG = 0o100000;
+const S_IFDIR = 0o040000;
 const S_ISGID = 0o2000;
 const NO_ID = 0xffffffff;
 const XATTR_CREATE = 1;
@@ -96,6 +113,8 @@ export class VolumeOps {
   private readonly myUid = process.getuid?.() ?? 0;
   private readonly myGid = process.getgid?.() ?? 0;
   private readonly forgetNoCapabilities: (() => void) | undefined;
+  private readonly kernelNames: KernelNames | undefined;
+  private readonly readdirStats: boolean;
 
   constructor(opts: VolumeOpsOptions) {
     this.paths = opts.paths;
@@ -104,6 +123,8 @@ export class VolumeOps {
     this.gate = opts.gate;
     this.flushOnClose = opts.flushOnClose ?? false;
     this.forgetNoCapabilities = opts.forgetNoCapabilities;
+    this.kernelNames = opts.kernelNames;
+    this.readdirStats = opts.readdirStats ?? false;
   }
 
   get openHandles(): number {
@@ -111,6 +132,13 @@ export class VolumeOps {
   }
 
   async getattr(path: string): Promise<VolumeStat> {
+    const out = this.statOf(path);
+    this.kernelNames?.observe(path, out.ino, out.nlink, (out.mode & S_IFMT) === S_IFDIR);
+    return out;
+  }
+
+  /** What getattr answers for a volume path: the primary's attributes, cached writes included. */
+  private statOf(path: string): VolumeStat {
     // bigint: the times in whole ns, so a stat through the mount shows exactly the primary's
     // (Node's Date fields round to the ms, which can even move a time into the next second).
     // Synchronous: see lstatNow.
@@ -157,10 +185,29 @@ export class VolumeOps {
     this.paths.at([path], lstatNow);
   }
 
-  async readdir(path: string): Promise<string[]> {
+  async readdir(path: string): Promise<string[] | DirListing> {
     // readdir(3) on a local filesystem lists '.' and '..' too (`ls -a`, some tools rely on it);
     // libfuse passes on exactly what we return.
-    return ['.', '..', ...(await this.paths.at([path], (b) => fsp.readdir(b)))];
+    const entries = await this.paths.at([path], (b) => fsp.readdir(b));
+    if (!this.readdirStats) return ['.', '..', ...entries];
+    // readdirplus: the kernel caches these as each entry's attributes, so they are exactly
+    // what getattr would answer, and the names of multi-link files are learnt here too.
+    const names = ['.', '..'];
+    const self = this.statOf(path);
+    const stats = [self, path === '/' ? self : this.statOf(parentOf(path))];
+    for (const name of entries) {
+      const child = path === '/' ? `/${name}` : `${path}/${name}`;
+      let st: VolumeStat;
+      try {
+        st = this.statOf(child);
+      } catch {
+        continue; // gone since the listing
+      }
+      this.kernelNames?.observe(child, st.ino, st.nlink, (st.mode & S_IFMT) === S_IFDIR);
+      names.push(name);
+      stats.push(st);
+    }
+    return { names, stats };
   }
 
   async readlink(path: string): Promise<string> {
@@ -249,12 +296,33 @@ export class VolumeOps {
    * Accepts a write. Synchronous (returns the byte count) on the hot path: no inhibition and
    * room in the cache; otherwise a promise.
    */
-  write(fh: number, buf: Buffer, len: number, pos: number): number | Promise<number> {
+  write(
+    fh: number,
+    buf: Buffer,
+    len: number,
+    pos: number,
+    path?: string,
+    writepage = false,
+  ): number | Promise<number> {
     const node = this.handle(fh);
     const data = buf.length === len ? buf : buf.subarray(0, len);
     const pass = this.gate.enter(node.path, node.ino);
-    if (pass instanceof Promise) return pass.then((p) => this.writeWithPass(node, p, data, pos));
-    return this.writeWithPass(node, pass, data, pos);
+    const r =
+      pass instanceof Promise
+        ? pass.then((p) => this.writeWithPass(node, p, data, pos))
+        : this.writeWithPass(node, pass, data, pos);
+    const names = this.kernelNames;
+    if (names === undefined || names.isEmpty) return r;
+    // The file's other names: answered once the kernel dropped their attributes and pages. Not
+    // the name written through (`path`): this WRITE holds its pages locked until answered.
+    // A page write-back is not waited for: it may be the laundering of a notify the helper
+    // is sending right now, which an invalidation queued behind it would never let finish.
+    const after = (n: number): number | Promise<number> => {
+      const w = names.changed([node.ino], path);
+      if (w === undefined || writepage) return n;
+      return w.then(() => n);
+    };
+    return typeof r === 'number' ? after(r) : r.then(after);
   }
 
   private writeWithPass(
@@ -376,18 +444,33 @@ export class VolumeOps {
 
   async truncate(path: string, size: number): Promise<void> {
     const pass = await this.gate.enter(path);
+    let ino: number | undefined;
     try {
       const node = await this.nodeOf(path);
-      if (node) return await this.cache.truncate(node, size);
-      await this.sink.beforeChange?.(path);
-      await this.paths.at([path], (b) => fsp.truncate(b, size));
-      await this.sink.apply({ op: 'truncate', path, size });
+      ino = node?.ino;
+      if (node) {
+        // A reference for the duration: a write-back finishing meanwhile would otherwise close
+        // the fd of a node no handle holds, under the truncate waiting for its lock (EBADF).
+        node.refs++;
+        try {
+          await this.cache.truncate(node, size);
+        } finally {
+          await this.cache.unref(node);
+        }
+      } else {
+        await this.sink.beforeChange?.(path);
+        await this.paths.at([path], (b) => fsp.truncate(b, size));
+        await this.sink.apply({ op: 'truncate', path, size });
+        if (this.kernelNames && !this.kernelNames.isEmpty) ino = this.paths.at([path], lstatOrUndefined)?.ino;
+      }
     } finally {
       pass.done();
     }
+    // After the pass (see guarded); the kernel keeps `path` itself exact from our reply.
+    if (ino !== undefined) await this.kernelNames?.changed([ino], path);
   }
 
-  async ftruncate(fh: number, size: number): Promise<void> {
+  async ftruncate(fh: number, size: number, path?: string): Promise<void> {
     const node = this.handle(fh);
     const pass = await this.gate.enter(node.path, node.ino);
     try {
@@ -395,6 +478,7 @@ export class VolumeOps {
     } finally {
       pass.done();
     }
+    await this.kernelNames?.changed([node.ino], path);
   }
 
   // ---- namespace ----------------------------------------------------------------------------
@@ -407,6 +491,7 @@ export class VolumeOps {
       // path that still exists, so write it back first.
       if (node?.isDirty && st.nlink > 1) await this.cache.flush(node);
       await this.paths.at([path], (b) => fsp.unlink(b));
+      this.kernelNames?.remove(path);
       await this.sink.apply({ op: 'unlink', path });
       if (node && st.nlink <= 1) await this.cache.discard(node);
       else if (node) await this.releaseIfIdle(node);
@@ -447,6 +532,12 @@ export class VolumeOps {
   async link(from: string, path: string): Promise<void> {
     await this.guarded([from, path], async () => {
       await this.paths.at([from, path], (a, b) => fsp.link(a, b));
+      if (this.kernelNames) {
+        // Both names now belong to a multi-link file: `from`'s kernel inode has the old nlink.
+        const ino = this.paths.at([path], (b) => fs.lstatSync(b)).ino;
+        this.kernelNames.add(from, ino);
+        this.kernelNames.add(path, ino);
+      }
       await this.sink.apply({ op: 'link', path, from });
     });
   }
@@ -461,6 +552,7 @@ export class VolumeOps {
       // its writes either before the rename under the old path or after it under the new one.
       this.cache.renamed(from, to);
       this.openNames.renamed(from, to);
+      this.kernelNames?.renamed(from, to);
       await this.sink.apply({ op: 'rename', path: to, from });
       if (replaced && dest!.nlink <= 1 && replaced.refs === 0) await this.cache.discard(replaced);
       else if (replaced) await this.releaseIfIdle(replaced);
@@ -620,13 +712,30 @@ export class VolumeOps {
     // change was on its way must not stay).
     this.forgetNoCapabilities?.();
     const passes = [];
+    // libfuse3: the files the change touches (before and after it: an unlinked name, a
+    // replaced rename target, a new link), whose names the kernel must forget.
+    const names = this.kernelNames;
+    const inos = new Set<number>();
     try {
       for (const p of paths) passes.push(await this.gate.enter(p));
       for (const p of paths) await this.sink.beforeChange?.(p);
+      if (names && !names.isEmpty) this.collectInos(paths, inos);
       await fn();
+      if (names && !names.isEmpty) this.collectInos(paths, inos);
     } finally {
       this.forgetNoCapabilities?.();
       for (const p of passes) p.done();
+    }
+    // Invalidated after the passes are done: a freeze that starts meanwhile waits for changes
+    // in flight, and its held WRITEs lock pages an invalidation waits for. The caller is
+    // answered once the kernel has dropped every name's attributes.
+    if (inos.size > 0) await names?.changed(inos);
+  }
+
+  private collectInos(paths: string[], into: Set<number>): void {
+    for (const p of paths) {
+      const st = this.paths.at([p], lstatOrUndefined);
+      if (st && (st.mode & S_IFMT) !== S_IFDIR) into.add(st.ino);
     }
   }
 

@@ -75,6 +75,14 @@ export class WriteInhibitor implements WriteGate {
   private readonly _onDidHold = new Emitter<{ path: string }>();
   /** Fires when a change starts waiting on an inhibition. */
   readonly onDidHold = this._onDidHold.event;
+  private readonly _onDidRelease = new Emitter<void>();
+  /** Fires when an inhibition is released. */
+  readonly onDidRelease = this._onDidRelease.event;
+
+  /** Would a change to this file be held now? */
+  isHeld(path: string, ino?: number): boolean {
+    return this.active.size > 0 && this.blockerOf(path, ino) !== undefined;
+  }
 
   enter(path: string, ino?: number): GatePass | Promise<GatePass> {
     if (this.active.size === 0) return this.pass(path, ino);
@@ -101,6 +109,7 @@ export class WriteInhibitor implements WriteGate {
   /** @internal */
   forget(inh: InhibitionImpl): void {
     this.active.delete(inh);
+    this._onDidRelease.fire();
   }
 
   /** @internal */

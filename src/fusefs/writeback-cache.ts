@@ -133,6 +133,9 @@ export class WritebackCache {
   private readonly stats = { flushedBytes: 0, flushes: 0, throttledWrites: 0, writeErrors: 0 };
   private readonly _onDidFailWriteback = new Emitter<{ path: string; error: NodeJS.ErrnoException }>();
   readonly onDidFailWriteback = this._onDidFailWriteback.event;
+  private readonly _onDidWriteBack = new Emitter<{ path: string; ino: number }>();
+  /** Cached data of a file reached the primary (its ctime and allocation moved). */
+  readonly onDidWriteBack = this._onDidWriteBack.event;
 
   constructor(opts: WritebackCacheOptions) {
     this.limitBytes = opts.limitBytes ?? DEFAULT_LIMIT_BYTES;
@@ -428,6 +431,7 @@ export class WritebackCache {
       this.settleSpace(node, taken, node.primarySize);
       this.stats.flushedBytes += bytes;
       this.stats.flushes++;
+      this._onDidWriteBack.fire({ path: node.path, ino: node.ino });
       node.flushing = null;
       this.release(bytes);
     } catch (err) {

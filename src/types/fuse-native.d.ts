@@ -1,6 +1,6 @@
 /**
  * Types for fuse-native 2.2.6 **as patched by patches/fuse-native+2.2.6.patch** (twinfs patch
- * level 1; see docs/fuse-native-patch.md). They describe what the patched index.js actually
+ * level 5; see docs/fuse-native-patch.md). They describe what the patched index.js actually
  * passes to handlers and accepts back, not upstream's README.
  *
  * Result convention: every callback's first argument is the op's result, a number: 0 for
@@ -30,6 +30,8 @@ declare module 'fuse-native' {
       readonly gid: number;
       /** Thread id of the caller as the kernel reports it (0 for kernel-originated requests). */
       readonly pid: number;
+      /** write only (patch level 5): the kernel writing back pages (mmap, laundering), not a write(2). */
+      readonly writepage?: boolean;
     }
 
     /**
@@ -127,6 +129,15 @@ declare module 'fuse-native' {
        * rejects unknown options at mount time ("fuse failed").
        */
       extraOptions?: readonly string[];
+      /**
+       * twinfs patch level 5: 3 uses build/Release/fuse3.node (the same C source against
+       * libfuse3 3.14; throws at construction if it was not built). Its options are libfuse3's:
+       * no big_writes/nonempty; use_ino, hard_remove, max_write (1 MiB gives 1 MiB requests),
+       * max_readahead and readdirplus=yes|no|auto are understood. Default 2.
+       */
+      libfuse?: 2 | 3;
+      /** `kernel_cache`: keep the kernel's page cache across opens. */
+      kernelCache?: boolean;
       /** Unmount a stale (ENOTCONN) mount at the mountpoint before mounting. */
       force?: boolean;
       /** Create the mountpoint if missing. */
@@ -309,6 +320,18 @@ declare module 'fuse-native' {
     unmount(cb: (err?: (Error & { unmountFailure?: boolean }) | null) => void): void;
     /** Fuse[code.toUpperCase()] or -1 (EPERM) for unknown codes, e.g. fuse.errno('ENOENT') === -2. */
     errno(code: string): number;
+    /** 2 or 3: which libfuse this instance uses. */
+    readonly libfuse: 2 | 3;
+    /**
+     * libfuse3 only: queues `fuse_invalidate_path(path)` (the kernel drops the cached attributes
+     * and pages of the inode it has under that name) for a native helper thread. Never blocks.
+     * False when nothing was queued (libfuse2, not mounted).
+     */
+    invalidate(path: string): boolean;
+    /** The same for several paths; resolves once the kernel has processed all of them. */
+    invalidatePaths(paths: readonly string[]): Promise<void>;
+    /** Invalidations queued, processed, and sent for a name the kernel had. */
+    invalidateStats(): { queued: number; done: number; sent: number };
 
     /** `fusermount -uz <mnt>` (lazy unmount) of any FUSE mount. */
     static unmount(mnt: string, cb: (err: Error | null) => void): void;
@@ -323,7 +346,9 @@ declare module 'fuse-native' {
     static beforeMount(cb?: (err: Error | null) => void): void;
     static beforeUnmount(cb?: (err: Error | null) => void): void;
 
-    /** twinfs patch level (4); undefined if an unpatched fuse-native is installed. */
+    /** Whether the libfuse3 build (build/Release/fuse3.node) is there. */
+    static hasLibfuse3(): boolean;
+    /** twinfs patch level (5); undefined if an unpatched fuse-native is installed. */
     static readonly patchLevel: number | undefined;
     /**
      * twinfs patch: utimensat(2) on a local path with whole ns (bigints since the epoch); null

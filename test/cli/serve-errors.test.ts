@@ -174,6 +174,7 @@ describe('twinfs serve: bad input fails clearly and mounts nothing', () => {
       ['type.json', '{"writebackMs": "fast"}', '"writebackMs" must be a number'],
       ['neg.json', '{"cacheMb": -1}', '"cacheMb" must be a positive number'],
       ['array.json', '[1, 2]', 'must hold a JSON object'],
+      ['fuse.json', '{"fuse": 4}', '"fuse" must be 2 or 3'],
     ];
     // Independent invocations: run them side by side (each is a Node start-up).
     await Promise.all(
@@ -211,6 +212,7 @@ describe('twinfs serve: bad input fails clearly and mounts nothing', () => {
       [['--primary', d.primary!], '--mount'],
       [[...ok, '--cache-mb', '0'], '--cache-mb must be a positive number'],
       [[...ok, '--writeback-ms', 'soon'], '--writeback-ms must be a positive number'],
+      [[...ok, '--fuse', '1'], '--fuse must be 2 or 3'],
       [[...ok, '--no-such-option'], null],
     ];
     await Promise.all(

@@ -1,0 +1,134 @@
+/**
+ * Exact kernel caching on the libfuse3 path: the names under which the kernel may hold cached
+ * attributes and pages of a file with several names, and the invalidation of those names after
+ * every change twinfs makes.
+ *
+ * High-level libfuse gives the kernel one inode per *name*, so after a change through one name
+ * of a hard-linked file the kernel's inodes of its other names still hold the old attributes
+ * (nlink, mode, owner, size, times) and pages. With attribute/entry timeouts and a page cache
+ * kept across opens, twinfs must drop them: `fuse_invalidate_path` per name, sent by a native
+ * helper thread (fuse-native's `invalidatePaths`). The op that made the change is answered
+ * only once the kernel has processed them, so no caller can see a stale attribute afterwards.
+ *
+ * Names are learnt where the kernel learns them: getattr (lookups) and readdirplus, plus link.
+ * Only names of files with nlink > 1 are kept (a file with one name has one kernel inode, kept
+ * exact by the kernel itself from our replies). Stale entries (a name since renamed away by
+ * someone else, an unlinked one) only cost an invalidation that finds nothing.
+ */
+export class KernelNames {
+  private readonly byIno = new Map<number, Set<string>>();
+  private readonly byPath = new Map<string, number>();
+  private readonly stats = { invalidations: 0, waits: 0 };
+
+  constructor(
+    /** Queues invalidations of these names; resolves once the kernel has processed them. */
+    private readonly invalidate: (paths: string[]) => Promise<void>,
+    /** True while a change to this file would be held (see deferWhile). */
+    private readonly held: (path: string, ino: number) => boolean = () => false,
+  ) {}
+
+  private readonly deferred = new Map<number, string>();
+
+  /** A name and what the kernel was told about it (getattr, readdirplus). */
+  observe(path: string, ino: number, nlink: number, isDir: boolean): void {
+    if (!isDir && nlink > 1) {
+      this.add(path, ino);
+      return;
+    }
+    if (this.byPath.size > 0 && this.byPath.has(path)) this.remove(path);
+  }
+
+  add(path: string, ino: number): void {
+    const was = this.byPath.get(path);
+    if (was === ino) return;
+    if (was !== undefined) this.remove(path);
+    this.byPath.set(path, ino);
+    let names = this.byIno.get(ino);
+    if (!names) {
+      names = new Set();
+      this.byIno.set(ino, names);
+    }
+    names.add(path);
+  }
+
+  remove(path: string): void {
+    const ino = this.byPath.get(path);
+    if (ino === undefined) return;
+    this.byPath.delete(path);
+    const names = this.byIno.get(ino);
+    names?.delete(path);
+    if (names && names.size === 0) this.byIno.delete(ino);
+  }
+
+  /** `from` may be a directory: names below it move with it. What `to` named is gone. */
+  renamed(from: string, to: string): void {
+    if (this.byPath.size === 0) return;
+    this.remove(to);
+    const moved: Array<[string, number]> = [];
+    for (const [p, ino] of this.byPath) {
+      if (p === from || p.startsWith(`${from}/`)) moved.push([p, ino]);
+      else if (p.startsWith(`${to}/`)) moved.push([p, -1]);
+    }
+    for (const [p, ino] of moved) {
+      this.remove(p);
+      if (ino >= 0) this.add(to + p.slice(from.length), ino);
+    }
+  }
+
+  /** Does any name of these inodes hold cached state? (Cheap check before stat calls.) */
+  get isEmpty(): boolean {
+    return this.byPath.size === 0;
+  }
+
+  namesOf(ino: number): readonly string[] {
+    const names = this.byIno.get(ino);
+    return names ? [...names] : [];
+  }
+
+  /**
+   * The files with these inodes changed: invalidate their names (but `except`, a name whose
+   * kernel inode the change went through and which the kernel keeps exact itself: a WRITE
+   * holds that inode's pages locked until it is answered, so it must not wait for them).
+   */
+  changed(inos: Iterable<number>, except?: string): Promise<void> | undefined {
+    if (this.byIno.size === 0) return undefined;
+    const paths: string[] = [];
+    for (const ino of inos) {
+      const names = this.byIno.get(ino);
+      if (!names) continue;
+      for (const p of names) if (p !== except) paths.push(p);
+    }
+    if (paths.length === 0) return undefined;
+    this.stats.invalidations += paths.length;
+    this.stats.waits++;
+    return this.invalidate(paths);
+  }
+
+  /**
+   * A file changed with no request of the kernel's behind it (its cached data was written back:
+   * the primary's ctime and blocks moved): invalidate every name, the one it is known by too,
+   * without waiting. While a change to it would be held, its kernel inodes may have a WRITE
+   * held with pages locked, which the invalidation would wait for: it is sent after release.
+   */
+  changedBehind(ino: number, path: string): void {
+    if (this.held(path, ino)) {
+      this.deferred.set(ino, path);
+      return;
+    }
+    const names = new Set(this.byIno.get(ino) ?? []);
+    names.add(path);
+    this.stats.invalidations += names.size;
+    void this.invalidate([...names]);
+  }
+
+  /** Sends what changedBehind deferred (after an inhibition was released). */
+  retryDeferred(): void {
+    const all = [...this.deferred];
+    this.deferred.clear();
+    for (const [ino, path] of all) this.changedBehind(ino, path);
+  }
+
+  getStats(): { names: number; invalidations: number; waits: number } {
+    return { names: this.byPath.size, ...this.stats };
+  }
+}
