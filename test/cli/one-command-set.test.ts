@@ -109,4 +109,14 @@ describe('one command set for the command line and the REPL', () => {
     ]);
     expect(await f.exited).toBe(0);
   }, 120_000);
+
+  it('a wrong token: one coded line, no stack trace (command line and REPL)', async () => {
+    const env = { TWINFS_TOKEN: 'not-the-token', TWINFS_CONFIG: undefined };
+    const cli = await twinfs(['status', '--server', fx.url], { env });
+    expect(cli.code).toBe(1);
+    expect(cli.stderr.trim().split('\n')).toEqual([expect.stringMatching(/^twinfs: error EPROTO_AUTH: /)]);
+    const repl = await twinfs(['repl', '--server', fx.url], { env, input: 'status\n' });
+    expect(repl.code).toBe(1);
+    expect(repl.stderr.trim().split('\n')).toEqual([expect.stringMatching(/^twinfs: error EPROTO_AUTH: /)]);
+  }, 60_000);
 });
