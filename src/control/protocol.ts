@@ -230,7 +230,7 @@ export const statusResultSchema = z.looseObject({
       lastStallMs: z.number().nullable(),
       recentMs: z.array(z.number()).optional(),
       inhibitor: z
-        .looseObject({ held: z.number().optional(), maxStallMs: z.number().optional() })
+        .looseObject({ held: z.number(), maxStallMs: z.number() })
         .nullable()
         .optional(),
     }),
@@ -241,12 +241,12 @@ export const statusResultSchema = z.looseObject({
   }),
   smb: z
     .looseObject({
-      state: z.string().optional(),
-      running: z.boolean().optional(),
-      url: z.string().optional(),
-      port: z.number().optional(),
-      clients: z.array(z.unknown()).optional(),
-      restarts: z.number().optional(),
+      state: z.string().nullish(),
+      running: z.boolean().nullish(),
+      url: z.string().nullish(),
+      port: z.number().nullish(),
+      clients: z.array(z.unknown()).nullish(),
+      restarts: z.number().nullish(),
       lastError: z.looseObject({ code: z.string(), message: z.string() }).nullable().optional(),
     })
     .nullable()
