@@ -192,13 +192,8 @@ async function main(argv: string[]): Promise<number> {
           });
           return;
         }
-        status = await runOnce(verifyCommand, serverArgs(a), args).catch((err) => {
-          if (err?.code !== 'ETWIN_VERIFY_FAILED') throw err;
-          // The differences were printed (or, with --json, are the result).
-          if (a.json) process.stdout.write(JSON.stringify(err.data.report) + '\n');
-          process.stderr.write(`twinfs: error ${formatError(err)}\n`);
-          return 1;
-        });
+        // Differences: printed (with --json the report, then the error line), exit 1.
+        status = await runOnce(verifyCommand, serverArgs(a), args);
       },
     )
     .command(

@@ -5,6 +5,7 @@ import {
   type OperatorCommand,
   operatorCommands,
   type ParsedArgs,
+  resultOfFailure,
 } from '../commands/index.js';
 import { TwinError } from '../common/errors.js';
 import { ControlClient } from '../control/client.js';
@@ -113,6 +114,8 @@ export async function runOnce(cmd: OperatorCommand, a: ServerArgs, args: ParsedA
   } catch (err) {
     // The coded line on stderr is main's; with --json the error is the last JSON line too.
     if (a.json) {
+      const partial = resultOfFailure(err);
+      if (partial !== undefined) out.line(JSON.stringify(partial));
       const code = (err as { code?: unknown })?.code;
       out.line(
         JSON.stringify({

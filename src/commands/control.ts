@@ -265,7 +265,7 @@ export const controlCommands: OperatorCommand[] = [
         throw new TwinError(
           'ETWIN_VERIFY_FAILED',
           `${r.differences.length} difference(s) between primary and mirror`,
-          { report: r },
+          { report: r, result: r },
         );
       return r;
     },
@@ -284,7 +284,7 @@ export const controlCommands: OperatorCommand[] = [
           `repair: ${formatBytes(r.bytes)} copied, but ${r.remaining.length} pair(s) are still BROKEN: ${r.remaining
             .map((p) => (r.reasons?.[p] ? `${p} (${r.reasons[p]})` : p))
             .join(', ')}`,
-          { report: r },
+          { report: r, result: r },
         );
       ctx.print(`repair: ${formatBytes(r.bytes)} copied; all pairs in sync`);
       return r;

@@ -237,7 +237,7 @@ export const peerCommands: OperatorCommand[] = [
         );
         if (r.failures.length)
           throw new TwinError('ETWIN_RESTORE_FAILED', `${r.failures.length} entries could not be restored`, {
-            result: r,
+            result: { event: 'done', ...r },
           });
         return { event: 'done', ...r };
       }, ctx.pluginDirs),
@@ -301,7 +301,7 @@ export const peerCommands: OperatorCommand[] = [
               s.unknownSince
                 ? `snapshot ${s.snapshotId} could not be compared with the mirror`
                 : `snapshot ${s.snapshotId} does not match the mirror`,
-              { result: s },
+              { result: { event: 'done', ...s } },
             );
           return { event: 'done', ...s };
         }
@@ -325,7 +325,7 @@ export const peerCommands: OperatorCommand[] = [
         );
         if (!r.ok)
           throw new TwinError('ETWIN_CHECK_FAILED', `snapshot ${r.snapshotId} does not match the catalog`, {
-            result: r,
+            result: { event: 'done', ...r },
           });
         return { event: 'done', ...r };
       }, ctx.pluginDirs),

@@ -105,6 +105,15 @@ export interface OperatorCommand {
   run(ctx: CommandContext, args: ParsedArgs): Promise<unknown>;
 }
 
+/**
+ * The result a failed command still reports (a check's problems, a restore's failures): a
+ * TwinError's data.result. With --json it is printed before the error line.
+ */
+export function resultOfFailure(err: unknown): unknown {
+  const data = (err as { data?: { result?: unknown } } | undefined)?.data;
+  return data && typeof data === 'object' ? data.result : undefined;
+}
+
 /** The closest of `known` to `word`, if it is close enough to be a likely typo. */
 export function didYouMean(word: string, known: Iterable<string>): string | undefined {
   const list = [...known];

@@ -229,10 +229,7 @@ export const statusResultSchema = z.looseObject({
       maxStallMs: z.number(),
       lastStallMs: z.number().nullable(),
       recentMs: z.array(z.number()).optional(),
-      inhibitor: z
-        .looseObject({ held: z.number(), maxStallMs: z.number() })
-        .nullable()
-        .optional(),
+      inhibitor: z.looseObject({ held: z.number(), maxStallMs: z.number() }).nullable().optional(),
     }),
     backups: z.array(
       z.looseObject({ backupId: z.string(), selector: selectionSchema, expiresAt: z.number() }),

@@ -10,6 +10,7 @@ import {
   type OperatorCommand,
   type OperatorDefaults,
   parseCommandWords,
+  resultOfFailure,
   unknownCommand,
 } from '../commands/index.js';
 import { TwinError } from '../common/errors.js';
@@ -74,8 +75,11 @@ export async function runRepl(opts: ReplOptions): Promise<number> {
   };
   const fail = (err: unknown) => {
     const code = errorCode(err);
-    if (opts.json && !interactive)
+    if (opts.json && !interactive) {
+      const partial = resultOfFailure(err);
+      if (partial !== undefined) write(JSON.stringify(partial));
       write(JSON.stringify({ event: 'error', code, message: errorMessage(err) }));
+    }
     // Piped, errors are the command line's: `twinfs: error CODE: message` on stderr.
     if (interactive) output.write(`error ${code}: ${errorMessage(err)}\n`);
     else errorOutput.write(`twinfs: error ${code}: ${errorMessage(err)}\n`);
