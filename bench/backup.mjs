@@ -64,6 +64,7 @@ const PHASE_COLUMNS = [
   'start (node, plugins)',
   'connect',
   'prepare',
+  'size (walk)',
   'copy',
   'commit (fsync, catalog)',
   'exit',
@@ -220,12 +221,15 @@ async function twinfsBackup({ subtree, target, catalog }) {
   const tConnect = firstAt('connect');
   const tPrepare = firstAt('prepare');
   const tCopy = firstAt('copy');
+  // A walked selection is sized (names and lstats of the split copy) before its copy.
+  const tSize = firstAt('size') ?? tCopy;
   const tCommit = firstAt('commit');
   const tDone = firstAt('done');
   const phases = {
     startMs: tConnect,
     connectMs: tPrepare - tConnect,
-    prepareMs: tCopy - tPrepare,
+    prepareMs: tSize - tPrepare,
+    sizeMs: tCopy - tSize,
     copyMs: tCommit - tCopy,
     commitMs: tDone - tCommit,
     exitMs: r.ms - tDone,
@@ -469,6 +473,7 @@ if (out.full && ['twinfs', 'cp', 'rsync', 'mount-cp'].every((c) => out.full[c]?.
         ph('startMs'),
         ph('connectMs'),
         ph('prepareMs'),
+        ph('sizeMs'),
         ph('copyMs'),
         ph('commitMs'),
         ph('exitMs'),
@@ -551,6 +556,7 @@ if (out.inc) {
       ph(t, 'startMs'),
       ph(t, 'connectMs'),
       ph(t, 'prepareMs'),
+      ph(t, 'sizeMs'),
       ph(t, 'copyMs'),
       ph(t, 'commitMs'),
       ph(t, 'exitMs'),

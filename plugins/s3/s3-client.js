@@ -1,6 +1,11 @@
 // @ts-check
 import { S3Client } from '@aws-sdk/client-s3';
 
+// The SDK warns on every process under Node < 22 that its releases after January 2027 will
+// need Node 22 (nine lines on stderr of each s3 command). twinfs pins its SDK and supports
+// Node 20; the SDK's own switch turns the notice off unless the environment says otherwise.
+process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
+
 /**
  * @typedef {object} S3Settings
  * @property {string} [endpoint]

@@ -82,8 +82,8 @@ export class S3Target {
     const slash = location.indexOf('/');
     const bucket = slash < 0 ? location : location.slice(0, slash);
     const prefix = slash < 0 ? '' : location.slice(slash + 1).replace(/^\/+|\/+$/g, '');
-    if (!/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(bucket))
-      throw api.errors.failed(`s3: "${bucket}" is not a bucket name (s3:BUCKET/PREFIX)`);
+    const why = bucketNameProblem(bucket);
+    if (why) throw api.errors.failed(`s3: "${bucket}" is not a bucket name: ${why} (s3:BUCKET/PREFIX)`);
     if (prefix.split('/').some((p) => p === '' || p === '.' || p === '..'))
       throw api.errors.failed(`s3: bad prefix "${prefix}"`);
     try {
@@ -416,4 +416,20 @@ class Slice extends Transform {
     if (c.length) this.push(c);
     cb();
   }
+}
+
+/**
+ * Why a name cannot be an S3 bucket's (the rules of AWS's "Bucket naming rules"), or undefined.
+ * @param {string} name
+ */
+export function bucketNameProblem(name) {
+  if (name.length < 3) return `it is ${name.length} character(s) long; a bucket name has 3 to 63`;
+  if (name.length > 63) return `it is ${name.length} characters long; a bucket name has 3 to 63`;
+  const bad = /[^a-z0-9.-]/.exec(name);
+  if (bad) return `"${bad[0]}" is not allowed (only lower-case letters, digits, "." and "-")`;
+  if (!/^[a-z0-9]/.test(name) || !/[a-z0-9]$/.test(name))
+    return 'it must begin and end with a letter or digit';
+  if (name.includes('..')) return 'it may not contain two dots in a row';
+  if (/^\d+\.\d+\.\d+\.\d+$/.test(name)) return 'it may not look like an IP address';
+  return undefined;
 }

@@ -71,16 +71,19 @@ export interface BackupOptions {
   onHookFailure?: HookFailurePolicy;
 }
 
-export type BackupPhase = 'connect' | 'freeze' | 'prepare' | 'copy' | 'commit' | 'done';
+export type BackupPhase = 'connect' | 'freeze' | 'prepare' | 'size' | 'copy' | 'commit' | 'done';
 
 export interface BackupProgress {
   phase: BackupPhase;
   snapshotId?: string;
   backupId?: string;
-  /** Entries done / known (filesTotal grows while the mirror is walked). */
+  /**
+   * Entries done, of filesTotal: known before the copy starts (the server's item list, or a
+   * walk of the split copy in the 'size' phase).
+   */
   files: number;
   filesTotal: number;
-  /** Bytes of files done (copied or shared), of bytesTotal when the server listed them all. */
+  /** Bytes of files done (copied or shared), of bytesTotal (known with filesTotal). */
   bytes: number;
   bytesTotal: number;
   copiedBytes: number;
@@ -230,6 +233,8 @@ export class BackupRun {
         selector: o.selector,
         parentId: parent?.id,
       };
+      // Totals first (a walk of the split copy, no target involved), so progress has them.
+      if (!sources) await this.size(reader, stop.signal);
       // From here the target may hang (a stalled network filesystem, a stopped server): while the
       // split is held, the watchdog releases it and fails the run; awaits at the target are raced
       // with it.
@@ -438,6 +443,29 @@ export class BackupRun {
     if (hooks) this.pendingEvents.push(hooks.emit(name, payload).catch(() => undefined));
   }
 
+  /**
+   * The files and bytes a walk of the split copy will copy, counted before the copy starts (a
+   * walk of names and lstats, no data read): progress then has fixed totals to go by.
+   */
+  private async size(reader: MirrorReader, signal: AbortSignal): Promise<void> {
+    let files = 0;
+    let bytes = 0;
+    let lastEvent = 0;
+    this.emit({ phase: 'size', files: 0, filesTotal: 0, bytes: 0, bytesTotal: 0 });
+    for await (const s of reader.walk(this.opts.selector)) {
+      throwIfAborted(signal);
+      files++;
+      if (s.stat?.isFile()) bytes += Number(s.stat.size);
+      const now = Date.now();
+      if (now - lastEvent >= 200) {
+        lastEvent = now;
+        this.emit({ filesTotal: files, bytesTotal: bytes });
+      }
+    }
+    this.progress.filesTotal = files;
+    this.progress.bytesTotal = bytes;
+  }
+
   /** Copies the items of the reply, or (cut short) what a walk of the selection finds. */
   private async copyAll(
     sources: SourceEntry[] | undefined,
@@ -460,10 +488,12 @@ export class BackupRun {
       await forEachLimit(sources, concurrency, copyOne);
     } else {
       // Copies start as the walk finds entries and the walk goes on while they run (no batch
-      // waits for its slowest file before the walk resumes).
+      // waits for its slowest file before the walk resumes). The totals came from size().
       await forEachLimitAsync(reader.walk(this.opts.selector), concurrency, async (s) => {
         throwIfAborted(signal);
-        this.progress.filesTotal++;
+        // The split copy does not change; a total short of what is copied would be a bug, but
+        // the progress must still not claim more than 100%.
+        if (this.progress.files >= this.progress.filesTotal) this.progress.filesTotal++;
         await copyOne(s);
       });
     }

@@ -1,5 +1,13 @@
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
+import { z } from 'zod';
+import {
+  configBoolean,
+  configPositive,
+  configString,
+  objectOf,
+  parseConfig,
+} from '../common/config-schema.js';
 import { TwinError } from '../common/errors.js';
 import { type SmbSettings, validateSmbSettings } from '../smb/settings.js';
 
@@ -43,34 +51,39 @@ export interface ServeConfig {
   fuse?: number;
 }
 
-const SCHEMA: Record<keyof ServeConfig, 'string' | 'number' | 'boolean' | 'object'> = {
-  primary: 'string',
-  mount: 'string',
-  mirror: 'string',
-  cacheMb: 'number',
-  writebackMs: 'number',
-  writeThrough: 'boolean',
-  flushOnClose: 'boolean',
-  force: 'boolean',
-  stateDir: 'string',
-  adoptMirror: 'boolean',
-  control: 'string',
-  tokenFile: 'string',
-  maxStallMs: 'number',
-  kernelSyncTimeoutMs: 'number',
-  tlsCert: 'string',
-  tlsKey: 'string',
-  readTokenFile: 'string',
-  insecureBind: 'boolean',
-  controlMaxConnections: 'number',
-  smb: 'object',
-  http: 'string',
-  logLevel: 'string',
-  fuse: 'number',
-};
-
-/** String settings that are not file names (not resolved against the config file's folder). */
-const NOT_PATHS = new Set(['control', 'http', 'logLevel']);
+const path_ = configString();
+/** The serve settings (flat file, or its "serve" section); `smb` is checked by validateSmbSettings. */
+const serveSchema = objectOf({
+  primary: path_.optional(),
+  mount: path_.optional(),
+  mirror: path_.optional(),
+  cacheMb: configPositive.optional(),
+  writebackMs: configPositive.optional(),
+  writeThrough: configBoolean.optional(),
+  flushOnClose: configBoolean.optional(),
+  force: configBoolean.optional(),
+  stateDir: path_.optional(),
+  adoptMirror: configBoolean.optional(),
+  control: configString().optional(),
+  tokenFile: path_.optional(),
+  maxStallMs: configPositive.optional(),
+  kernelSyncTimeoutMs: configPositive.optional(),
+  tlsCert: path_.optional(),
+  tlsKey: path_.optional(),
+  readTokenFile: path_.optional(),
+  insecureBind: configBoolean.optional(),
+  controlMaxConnections: configPositive.optional(),
+  smb: z.unknown().optional(),
+  http: configString().optional(),
+  logLevel: configString().optional(),
+  fuse: z
+    .custom<number>((v) => typeof v === 'number', { error: 'must be a number', abort: true })
+    .refine((v) => v === 2 || v === 3, { error: 'must be 2 or 3' })
+    .optional(),
+});
+const SCHEMA = serveSchema.shape;
+/** Settings that are not file paths (the others are taken relative to the config file). */
+const NOT_PATHS = new Set(['control', 'smb', 'http', 'logLevel']);
 
 /** The keys of a serve config (flat, or its "serve" section). */
 export const SERVE_KEYS: readonly (keyof ServeConfig)[] = Object.keys(SCHEMA) as (keyof ServeConfig)[];
@@ -131,28 +144,16 @@ export async function loadConfig(file: string): Promise<ServeConfig> {
 export function validateConfig(raw: unknown, file = '<config>'): ServeConfig {
   if (!raw || typeof raw !== 'object' || Array.isArray(raw))
     throw new TwinError('ETWIN_CONFIG', `config ${file} must hold a JSON object`, { file });
+  const parsed = parseConfig(serveSchema, raw, `config ${file}`, { file });
   const out: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(raw)) {
-    const type = SCHEMA[k as keyof ServeConfig];
-    if (!type)
-      throw new TwinError('ETWIN_CONFIG', `config ${file}: unknown setting "${k}"`, { file, key: k });
-    if (k === 'smb') {
-      out[k] = validateSmbSettings(v, file);
-      continue;
-    }
-    if (typeof v !== type)
-      throw new TwinError('ETWIN_CONFIG', `config ${file}: "${k}" must be a ${type}`, { file, key: k });
-    if (k === 'fuse' && v !== 2 && v !== 3)
-      throw new TwinError('ETWIN_CONFIG', `config ${file}: "fuse" must be 2 or 3`, { file, key: k });
-    if (type === 'number' && (!Number.isFinite(v) || (v as number) <= 0))
-      throw new TwinError('ETWIN_CONFIG', `config ${file}: "${k}" must be a positive number`, {
-        file,
-        key: k,
-      });
-    out[k] =
-      type === 'string' && file !== '<config>' && !NOT_PATHS.has(k)
-        ? path.resolve(path.dirname(file), v as string)
-        : v;
+  for (const [k, v] of Object.entries(parsed)) {
+    if (v === undefined) continue;
+    if (k === 'smb') out[k] = validateSmbSettings(v, file);
+    else
+      out[k] =
+        typeof v === 'string' && file !== '<config>' && !NOT_PATHS.has(k)
+          ? path.resolve(path.dirname(file), v)
+          : v;
   }
   return out as ServeConfig;
 }
@@ -169,7 +170,7 @@ export function validateCliSettings(cli: Record<string, unknown>): ServeConfig {
     if (typeof key !== 'string') throw err;
     const option = '--' + key.replace(/[A-Z]/g, (c: string) => '-' + c.toLowerCase());
     const message = (err as TwinError).message;
-    const reason = message.replace(/^config <config>: "[^"]+" /, '');
+    const reason = message.replace(/^config <config>: ("[^"]+" |)/, '');
     throw new TwinError('ETWIN_USAGE', `${option} ${reason}`, { option });
   }
 }

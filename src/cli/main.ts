@@ -2,20 +2,28 @@
 import './env.js';
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
+import { operatorCommands, unknownCommand, unknownOptions } from '../commands/index.js';
 import { ErrorCodes, TwinError } from '../common/errors.js';
 import { ProtocolErrors } from '../control/protocol.js';
 import { demo } from './demo.js';
-import { registerOperatorCommands, runOnce, withServer } from './operator-commands.js';
+import {
+  argsFromYargs,
+  commandBuilder,
+  registerOperatorCommands,
+  runOnce,
+  serverArgs,
+} from './operator-commands.js';
 import { registerPeerCommands } from './peer-commands.js';
 import { registerPluginCommands } from './plugin-commands.js';
 import { formatError, serve } from './serve.js';
+
+const verifyCommand = operatorCommands.find((c) => c.name === 'verify')!;
 
 async function main(argv: string[]): Promise<number> {
   let status = 0;
   const parser = yargs(argv)
     .scriptName('twinfs')
     .strict()
-    .recommendCommands()
     .demandCommand(1, 'name a command (twinfs --help lists them)')
     .command(
       'serve',
@@ -177,56 +185,36 @@ async function main(argv: string[]): Promise<number> {
     .command(
       'verify',
       'compare primary and mirror: of a running server (--server), or offline (--primary DIR --mirror DIR); exit 0 only if they match',
-      (y) =>
-        withServer(y)
+      commandBuilder(verifyCommand, (y) =>
+        y
           .option('primary', { type: 'string', describe: 'offline: the primary directory' })
           .option('mirror', {
             type: 'string',
             describe: 'offline: the mirror root (holding device.json and data/)',
           })
-          .option('content', {
-            type: 'boolean',
-            default: true,
-            describe: 'compare content hashes (--no-content to skip)',
-          })
+          .usage('twinfs verify [--no-content] [--primary DIR --mirror DIR]')
           .example('twinfs verify --primary /srv/primary --mirror /srv/mirror', 'offline, the server stopped')
-          .example('twinfs verify --server ws://127.0.0.1:7420 --token-file F', 'online')
           .example(
             'twinfs verify --config /etc/twinfs.json --no-content --json',
             'metadata only, JSON report',
           ),
+      ),
       async (a) => {
+        const args = argsFromYargs(verifyCommand, a, [], ['primary', 'mirror']);
         if (a.primary || a.mirror) {
           if (!a.primary || !a.mirror)
             throw new TwinError('ETWIN_USAGE', 'offline verify needs both --primary and --mirror');
           const { verifyOffline } = await import('./verify.js');
           status = await verifyOffline({
-            primary: a.primary,
-            mirror: a.mirror,
-            content: a.content,
-            json: a.json,
+            primary: String(a.primary),
+            mirror: String(a.mirror),
+            content: args.options.content !== false,
+            json: Boolean(a.json),
           });
           return;
         }
-        const { controlCommands } = await import('../repl/commands.js');
-        const cmd = controlCommands.find((c) => c.name === 'verify')!;
-        status = await runOnce(
-          cmd,
-          {
-            server: a.server,
-            tokenFile: a['token-file'],
-            caFile: a['ca-file'],
-            config: a.config,
-            json: a.json,
-          },
-          a.content ? [] : ['--no-content'],
-        ).catch((err) => {
-          if (err?.code !== 'ETWIN_VERIFY_FAILED') throw err;
-          // The differences were printed (or, with --json, are the result).
-          if (a.json) process.stdout.write(JSON.stringify(err.data.report) + '\n');
-          process.stderr.write(`twinfs: error ${formatError(err)}\n`);
-          return 1;
-        });
+        // Differences: printed (with --json the report, then the error line), exit 1.
+        status = await runOnce(verifyCommand, serverArgs(a), args);
       },
     )
     .command(
@@ -253,7 +241,8 @@ async function main(argv: string[]): Promise<number> {
     .fail((msg, err) => {
       // yargs' own validation errors (YError) are usage mistakes; anything else is a real failure.
       if (err && err.name !== 'YError') throw err;
-      throw new TwinError('ETWIN_USAGE', usageMessage(msg ?? err?.message ?? 'bad usage', argv, commands));
+      const m = usageMessage(msg ?? err?.message ?? 'bad usage', argv, commands);
+      throw typeof m === 'string' ? new TwinError('ETWIN_USAGE', m) : m;
     })
     .help()
     .version()
@@ -273,23 +262,21 @@ function knownCommands(parser: ReturnType<typeof yargs>): string[] {
   }
 }
 
-/** yargs' message as one line that names what was wrong and where help is. */
-function usageMessage(msg: string, argv: string[], commands: string[]): string {
+/**
+ * yargs' message as one line that names what was wrong and where help is; unknown commands and
+ * options in the same words (and with the same suggestions) as the REPL's.
+ */
+function usageMessage(msg: string, argv: string[], commands: string[]): string | TwinError {
   const first = argv.find((w) => !w.startsWith('-'));
   const help = first && commands.includes(first) ? `twinfs ${first} --help` : 'twinfs --help';
-  const guess = /^Did you mean (.+)\?$/.exec(msg.trim());
-  if (guess)
-    return `unknown command "${first}"; did you mean "${guess[1]}"? (twinfs --help lists the commands)`;
   const unknown = /^Unknown arguments?: (.+)$/.exec(msg.trim());
   if (unknown) {
     const names = unknown[1]!.split(', ');
-    if (first && names.includes(first) && !commands.includes(first))
-      return `unknown command "${first}" (twinfs --help lists the commands)`;
-    const shown = names.map((n) =>
-      argv.includes(`--${n}`) || argv.some((w) => w.startsWith(`--${n}=`)) ? `--${n}` : n,
-    );
-    return `unknown ${shown.every((n) => n.startsWith('--')) ? 'option' : 'argument'}${shown.length > 1 ? 's' : ''} ${shown.join(', ')} (${help} lists what it takes)`;
+    if (first && names.includes(first) && !commands.includes(first)) return unknownCommand(first, commands);
+    const options = names.filter((n) => argv.includes(`--${n}`) || argv.some((w) => w.startsWith(`--${n}=`)));
+    if (first && options.length) return unknownOptions(first, options, []);
   }
+  if (/^Unknown command/.test(msg.trim()) && first) return unknownCommand(first, commands);
   return `${msg
     .trim()
     .replace(/:\s*\n\s*/g, ': ')

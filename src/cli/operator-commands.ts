@@ -1,11 +1,30 @@
 import type { Argv } from 'yargs';
+import {
+  type CommandContext,
+  finishArgs,
+  type OperatorCommand,
+  operatorCommands,
+  type ParsedArgs,
+  resultOfFailure,
+} from '../commands/index.js';
 import { TwinError } from '../common/errors.js';
 import { ControlClient } from '../control/client.js';
-import { type CommandContext, controlCommands, type OperatorCommand } from '../repl/commands.js';
-import { parseArgs } from '../repl/words.js';
-import { type ConnectArgs, resolveConnection } from './connect.js';
+import { resolveConnection } from './connect.js';
+import { operatorConfigFrom } from './operator-config.js';
 import { catalogSources, startOperatorRepl } from './operator-repl.js';
 import { formatBytes, Output } from './output.js';
+
+/** Options every operator command takes on the command line (the REPL has them from its start). */
+export const FRONT_OPTIONS = [
+  'server',
+  'token-file',
+  'ca-file',
+  'config',
+  'json',
+  'plugin-dir',
+  'help',
+  'version',
+];
 
 /** Options every command that talks to a server takes. */
 export function withServer<T>(y: Argv<T>) {
@@ -33,59 +52,83 @@ export function withServer<T>(y: Argv<T>) {
     .option('json', { type: 'boolean', describe: 'print JSON lines; the last one is the result' });
 }
 
-interface ServerArgs {
+export interface ServerArgs {
   server?: string;
   tokenFile?: string;
   caFile?: string;
   config?: string;
   json?: boolean;
+  pluginDirs?: string[];
 }
 
-const serverArgs = (a: Record<string, unknown>): ServerArgs => ({
+export const serverArgs = (a: Record<string, unknown>): ServerArgs => ({
   server: a.server as string | undefined,
   tokenFile: a['token-file'] as string | undefined,
   caFile: a['ca-file'] as string | undefined,
   config: a.config as string | undefined,
   json: a.json as boolean | undefined,
+  pluginDirs: a['plugin-dir'] as string[] | undefined,
 });
 
 /**
- * Runs one operator command against a server, printing human lines or (with --json) JSON lines,
- * the last being the result. `freeze` and `split` hold what they made until it ends (see hold).
+ * Runs one operator command on the command line: human lines on stdout, or (with --json) JSON
+ * lines, the last being the result; warnings and the progress bar on stderr. The server is
+ * connected on first use (snapshots, restore need none). `freeze` and `split` hold what they made
+ * until it ends (see hold). Resolves with the exit status.
  */
-export async function runOnce(cmd: OperatorCommand, a: ServerArgs, words: string[]): Promise<number> {
-  const conn = await resolveConnection({ ...a, client: 'twinfs-cli' } satisfies ConnectArgs);
-  // Connected on first use, so a usage mistake is reported before the server is even tried.
+export async function runOnce(cmd: OperatorCommand, a: ServerArgs, args: ParsedArgs): Promise<number> {
+  const config = await operatorConfigFrom(a.config);
   let connecting: Promise<ControlClient> | undefined;
   const client = () =>
-    (connecting ??= ControlClient.connect(conn.url, {
-      token: conn.token,
-      ca: conn.ca,
-      client: 'twinfs-cli',
+    (connecting ??= resolveConnection({ ...a, config }).then((conn) => {
+      ctx.serverUrl = conn.url;
+      return ControlClient.connect(conn.url, { token: conn.token, ca: conn.ca, client: 'twinfs-cli' });
     }));
   const out = new Output(Boolean(a.json));
-  const snapshots = catalogSources(conn.config.catalog);
+  const ac = new AbortController();
+  const onSignal = (s: string) => ac.abort(new TwinError('ETWIN_ABORTED', `${cmd.name} cancelled (${s})`));
+  // A cancellable command cleans up (a backup releases its split) before the process ends.
+  if (cmd.cancellable) process.once('SIGINT', onSignal).once('SIGTERM', onSignal);
   const ctx: CommandContext = {
     client,
     print: (l) => {
       if (!a.json) out.line(l);
     },
+    warn: (w) => {
+      if (a.json) out.event({ event: 'warning', ...w }, w.message);
+      out.warn(w.message);
+    },
     progress: (p) => out.progress(p),
     json: Boolean(a.json),
-    // Ctrl-C ends the process (freeze and split trap it to let go of what they hold).
-    signal: new AbortController().signal,
-    defaults: { catalog: conn.config.catalog, target: conn.config.target },
-    recentSnapshots: snapshots.recentSnapshots,
+    signal: ac.signal,
+    defaults: { catalog: config.catalog, target: config.target },
+    pluginDirs: a.pluginDirs,
+    recentSnapshots: catalogSources(config.catalog).recentSnapshots,
   };
   try {
-    const result = (await cmd.run(ctx, parseArgs(words, cmd.flags))) as Record<string, unknown>;
+    const result = await cmd.run(ctx, args);
     out.stopBar();
-    if (cmd.name === 'freeze' || cmd.name === 'split')
-      return await hold(cmd.name, await client(), result, out);
+    if (cmd.holds) return await hold(cmd.holds, await client(), result as Record<string, unknown>, out);
     if (a.json) out.line(JSON.stringify(result ?? null));
-    return 0;
+    return cmd.exitCode?.(result) ?? 0;
+  } catch (err) {
+    // The coded line on stderr is main's; with --json the error is the last JSON line too.
+    if (a.json) {
+      const partial = resultOfFailure(err);
+      if (partial !== undefined) out.line(JSON.stringify(partial));
+      const code = (err as { code?: unknown })?.code;
+      out.line(
+        JSON.stringify({
+          event: 'error',
+          code: typeof code === 'string' ? code : 'ETWIN_INTERNAL',
+          message: (err as Error)?.message ?? String(err),
+        }),
+      );
+    }
+    throw err;
   } finally {
     out.stopBar();
+    if (cmd.cancellable) process.off('SIGINT', onSignal).off('SIGTERM', onSignal);
     await connecting?.then((c) => c.close()).catch(() => undefined);
   }
 }
@@ -133,7 +176,7 @@ async function hold(
   }
   // The event normally comes first; the reply settles it if the event never comes (a failed resync).
   const onSignal = () => {
-    const req = kind === 'freeze' ? client.request('thaw', { freezeId: id }) : client.release(id);
+    const req = kind === 'freeze' ? client.call('thaw', { freezeId: id }) : client.release(id);
     req.then(
       (r) => finish({ event: kind === 'freeze' ? 'thawed' : 'resynced', data: r as Record<string, unknown> }),
       (error) => finish({ event: 'error', data: {}, error }),
@@ -164,103 +207,108 @@ async function hold(
   }
 }
 
-/** Turns parsed yargs options back into the REPL words a command parses. */
-function wordsOf(cmd: OperatorCommand, a: Record<string, unknown>): string[] {
-  const words = [...((a[argName(cmd)] as string[] | undefined) ?? []).map(String)];
-  for (const o of cmd.options ?? []) {
-    const k = o.slice(2);
-    const v = a[k];
-    if (v === undefined || v === false) continue;
-    if ((cmd.flags ?? []).includes(k)) words.push(o);
-    else words.push(`${o}=${String(v)}`);
-  }
-  return words;
-}
-
-const CLI_EXAMPLES: Record<string, Array<[string, string]>> = {
-  status: [
-    ['twinfs status --server ws://127.0.0.1:7420 --token-file /var/lib/twinfs/control.token', ''],
-    ['twinfs status --config /etc/twinfs.json --json', 'the server status as one JSON object'],
-    ['TWINFS_SERVER=ws://127.0.0.1:7420 TWINFS_TOKEN=$(cat token) twinfs status', 'from the environment'],
-    ['twinfs status --watch', 'redrawn as the server reports events (one line per event when piped)'],
-  ],
-  freeze: [
-    ['twinfs freeze /db/data.sqlite --timeout 20', 'holds until thawed, 20 s pass, or Ctrl-C'],
-    ['twinfs freeze --subtree /db --json', 'first line: frozen; last line: thawed'],
-  ],
-  thaw: [
-    ['twinfs thaw', 'everything frozen'],
-    ['twinfs thaw /db/data.sqlite', 'the freezes covering a path'],
-  ],
-  pairs: [
-    ['twinfs pairs', 'the volume: PAIR, SPLIT, COPY or BROKEN'],
-    ['twinfs pairs /db/data.sqlite --json', ''],
-  ],
-  split: [['twinfs split /db --lease 300 --json', 'holds the split until `twinfs resync ID` or Ctrl-C']],
-  resync: [['twinfs resync bk-0c3e...', 'release a split held elsewhere']],
-  flush: [['twinfs flush', 'all cached data to the primary and the mirror, durably']],
-};
+/** The yargs form of a command's positional arguments: `freeze [paths..]`. */
+const positionalOf = (cmd: OperatorCommand) => (cmd.args ? ` [${cmd.args.name}..]` : '');
 
 /**
- * Registers the operator commands: every REPL command as a subcommand (twinfs freeze, twinfs
- * status, ...), plus `twinfs repl` and `twinfs mirror repair`.
+ * Adds one operator command to yargs: its options with the same types, defaults and help as in
+ * the REPL, the connection options, its examples. yargs' own strictness is off for it: unknown
+ * options are reported by finishArgs, as in the REPL.
+ */
+export function commandBuilder(cmd: OperatorCommand, extra?: (y: Argv) => Argv) {
+  return (b: Argv) => {
+    let y = withServer(b).strict(false) as Argv;
+    y = y.option('plugin-dir', {
+      type: 'string',
+      array: true,
+      describe: 'a folder of plugins, or one plugin folder (repeatable); targets and hooks come from plugins',
+    });
+    if (cmd.args)
+      y = y.positional(cmd.args.name, { type: 'string', array: true, describe: cmd.args.describe }) as Argv;
+    for (const [k, o] of Object.entries(cmd.options ?? {}))
+      y = y.option(k, {
+        type: o.type,
+        describe: o.describe,
+        requiresArg: o.type !== 'boolean',
+        // Only what is set: yargs fills an explicit `default: undefined` in (as [undefined] for arrays).
+        ...(o.default !== undefined && { default: o.default }),
+        ...(o.array && { array: true }),
+        ...(o.alias && { alias: o.alias }),
+        ...(o.choices && { choices: [...o.choices] }),
+      });
+    y = y.usage(`twinfs ${cmd.usage}\n\n${cmd.summary}`);
+    for (const [e, d] of cmd.examples ?? []) y = y.example(`twinfs ${e}`, d);
+    return extra ? extra(y) : y;
+  };
+}
+
+/** The command's parsed arguments from what yargs made of the command line. */
+export function argsFromYargs(
+  cmd: OperatorCommand,
+  a: Record<string, unknown>,
+  skip: string[] = [],
+  known: string[] = [],
+): ParsedArgs {
+  const positional = cmd.args ? ((a[cmd.args.name] as unknown[] | undefined) ?? []).map(String) : [];
+  const rest = (a._ as unknown[]).slice(1).map(String);
+  if (rest.length)
+    throw new TwinError(
+      'ETWIN_USAGE',
+      `${cmd.name} takes no argument ${rest.map((r) => `"${r}"`).join(', ')}`,
+    );
+  const parsed = { ...a };
+  if (cmd.args) delete parsed[cmd.args.name];
+  return finishArgs(cmd, parsed, positional, [], [...FRONT_OPTIONS, ...skip, ...known]);
+}
+
+/**
+ * Registers the operator commands (every entry of operatorCommands as a subcommand: twinfs
+ * freeze, twinfs backup, ...), plus `twinfs repl` and `twinfs mirror repair`. `verify` is in
+ * main.ts (it has an offline form too).
  */
 export function registerOperatorCommands(y: Argv, setStatus: (code: number) => void): Argv {
-  for (const cmd of controlCommands) {
-    if (cmd.name === 'verify' || cmd.name === 'repair') continue; // in main.ts / below, with offline forms
-    y.command(
-      `${cmd.name}${takesArgs(cmd) ? ` [${argName(cmd)}..]` : ''}`,
-      cmd.summary,
-      (b) => {
-        let bb = withServer(b);
-        if (takesArgs(cmd))
-          bb = bb.positional(argName(cmd), {
-            type: 'string',
-            array: true,
-            describe:
-              argName(cmd) === 'paths' ? 'volume paths (/ is the whole volume)' : 'see the usage above',
-          }) as typeof bb;
-        for (const o of cmd.options ?? []) {
-          const k = o.slice(2);
-          const flag = (cmd.flags ?? []).includes(k);
-          bb = bb.option(k, {
-            type: flag ? 'boolean' : 'string',
-            describe: OPTION_TEXT[k] ?? '',
-            requiresArg: !flag,
-          }) as typeof bb;
-        }
-        if (cmd.name === 'status')
-          bb = bb.option('watch', {
-            type: 'boolean',
-            describe:
-              "keep the status current from the server's events (redrawn on a terminal; one line per event otherwise)",
-          }) as typeof bb;
-        bb = bb.usage(`twinfs ${cmd.usage}\n\n${cmd.summary}`) as typeof bb;
-        for (const [e, d] of CLI_EXAMPLES[cmd.name] ?? []) bb = bb.example(e, d) as typeof bb;
-        return bb;
-      },
-      async (a: Record<string, unknown>) => {
-        if (cmd.name === 'status' && a.watch) {
-          const { watchStatus } = await import('./status-watch.js');
-          return setStatus(await watchStatus(serverArgs(a)));
-        }
-        setStatus(await runOnce(cmd, serverArgs(a), wordsOf(cmd, a)));
-      },
-    );
+  for (const cmd of operatorCommands) {
+    if (cmd.name === 'verify') continue;
+    // `status --watch` is the command line's alone: it keeps running on the server's events.
+    const watch =
+      cmd.name === 'status'
+        ? (y2: Argv) =>
+            y2
+              .option('watch', {
+                type: 'boolean',
+                describe:
+                  "keep the status current from the server's events (redrawn on a terminal; one line per event otherwise)",
+              })
+              .example(
+                'twinfs status --watch',
+                'redrawn as the server reports events (one line per event when piped)',
+              )
+        : undefined;
+    y.command(`${cmd.name}${positionalOf(cmd)}`, cmd.summary, commandBuilder(cmd, watch), async (a) => {
+      if (watch && a.watch) {
+        const { watchStatus } = await import('./status-watch.js');
+        return setStatus(await watchStatus(serverArgs(a)));
+      }
+      const args = argsFromYargs(cmd, a, watch ? ['watch'] : []);
+      setStatus(await runOnce(cmd, serverArgs(a), args));
+    });
   }
+  const repair = operatorCommands.find((c) => c.name === 'repair')!;
   y.command(
     'mirror <action>',
-    'mirror maintenance: repair (resync broken pairs fully)',
-    (b) =>
-      withServer(b)
+    'mirror maintenance: repair (the same as `twinfs repair`)',
+    commandBuilder(repair, (b) =>
+      b
         .positional('action', { choices: ['repair'] as const, demandOption: true })
+        .usage('twinfs mirror repair')
         .example(
           'twinfs mirror repair --server ws://127.0.0.1:7420 --token-file F',
           'after the mirror disk is back',
         ),
+    ),
     async (a: Record<string, unknown>) => {
-      const cmd = controlCommands.find((c) => c.name === 'repair')!;
-      setStatus(await runOnce(cmd, serverArgs(a), []));
+      const args = argsFromYargs(repair, a, ['action']);
+      setStatus(await runOnce(repair, serverArgs(a), args));
     },
   );
   y.command(
@@ -302,17 +350,3 @@ export function registerOperatorCommands(y: Argv, setStatus: (code: number) => v
   );
   return y;
 }
-
-/** Whether the usage names positional arguments (`resync BACKUP_ID`), options aside. */
-const takesArgs = (cmd: OperatorCommand) => /\s[A-Z[]/.test(cmd.usage.replace(/\[--[^\]]*\]/g, ''));
-
-/** What the positional arguments are called in --help. */
-const argName = (cmd: OperatorCommand) => (cmd.completes === 'paths' ? 'paths' : 'args');
-
-const OPTION_TEXT: Record<string, string> = {
-  timeout: 'thaw by itself after this many seconds (server default 30)',
-  subtree: 'a volume directory, with everything below it (instead of paths)',
-  lease: 'seconds the split is held without renewal (renewed while this command runs)',
-  catalog:
-    'catalog directory for "last backups" (default: the config\'s, else the default catalog if it exists)',
-};

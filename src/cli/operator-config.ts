@@ -1,5 +1,7 @@
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { z } from 'zod';
+import { parseConfig } from '../common/config-schema.js';
 import { TwinError } from '../common/errors.js';
 import {
   CONFIG_SECTIONS,
@@ -54,6 +56,24 @@ const SERVE_KEYS_SET = new Set<string>(SERVE_KEYS);
 /** Keys of a peer daemon config (`twinfs peer --config`) that operator commands leave alone. */
 const PEER_ONLY_KEYS = new Set<string>(PEER_KEY_NAMES);
 
+const nonEmpty = () =>
+  z.string({ error: 'must be a non-empty string' }).min(1, { error: 'must be a non-empty string' });
+/** The operator settings (zod): URLs, paths and target specs as strings of their form. */
+const operatorSchema = z.strictObject({
+  server: nonEmpty()
+    .refine((v) => /^wss?:\/\/[^/]/.test(v), {
+      error: (i) => `must be a ws:// or wss:// URL, not "${i.input}"`,
+    })
+    .optional(),
+  tokenFile: nonEmpty().optional(),
+  caFile: nonEmpty().optional(),
+  catalog: nonEmpty().optional(),
+  target: nonEmpty()
+    .refine((v) => /^[a-z][a-z0-9_-]*:/i.test(v), { error: (i) => `must be TYPE:LOCATION, not "${i.input}"` })
+    .optional(),
+  history: nonEmpty().optional(),
+});
+
 const bad = (file: string, key: string, why: string) =>
   new TwinError('ETWIN_CONFIG', `config ${file}: "${key}" ${why}`, { file, key });
 
@@ -103,13 +123,10 @@ export function parseOperatorConfig(raw: unknown, file: string): OperatorConfig 
   }
   const out: OperatorConfig = {};
   const dir = path.dirname(path.resolve(file));
-  for (const [k, v] of Object.entries(operator) as Array<[keyof OperatorConfig, unknown]>) {
-    if (typeof v !== 'string' || v === '') throw bad(file, k, 'must be a non-empty string');
+  const checked = parseConfig(operatorSchema, operator, `config ${file}`, { file });
+  for (const [k, v] of Object.entries(checked) as Array<[keyof OperatorConfig, string | undefined]>) {
+    if (v === undefined) continue;
     const kind = OPERATOR_KEYS[k];
-    if (kind === 'url' && !/^wss?:\/\/[^/]/.test(v))
-      throw bad(file, k, `must be a ws:// or wss:// URL, not "${v}"`);
-    if (kind === 'target' && !/^[a-z][a-z0-9_-]*:/i.test(v))
-      throw bad(file, k, `must be TYPE:LOCATION, not "${v}"`);
     out[k] =
       kind === 'path'
         ? path.resolve(dir, v.startsWith('~/') ? path.join(os.homedir(), v.slice(2)) : v)

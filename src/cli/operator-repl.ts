@@ -1,22 +1,21 @@
 import { existsSync } from 'node:fs';
 import * as path from 'node:path';
-import type { TwinError } from '../common/errors.js';
-import { ControlClient } from '../control/client.js';
 import {
   type CommandContext,
-  controlCommands,
   type OperatorCommand,
   type OperatorDefaults,
-} from '../repl/commands.js';
+  operatorCommands,
+} from '../commands/index.js';
+import type { TwinError } from '../common/errors.js';
+import { ControlClient } from '../control/client.js';
 import { directoryLister } from '../repl/completion.js';
 import { type PluginCommandHost, pluginOperatorCommands } from '../repl/plugin-commands.js';
 import { runRepl } from '../repl/repl-session.js';
 import type { SnapshotSummary } from '../repl/status-text.js';
-import { peerOperatorCommands } from './peer-commands.js';
 
 /** Every REPL command: the control channel's, the peer's, `plugins` and plugin-contributed ones. */
 export function operatorCommandList(host?: PluginCommandHost): OperatorCommand[] {
-  const base = [...controlCommands, ...peerOperatorCommands()];
+  const base = [...operatorCommands];
   if (!host) return base;
   const reserved = new Set([...base.map((c) => c.name), 'help', 'exit', 'quit', 'plugins']);
   return [...base, ...pluginOperatorCommands(host, reserved)];
@@ -120,6 +119,7 @@ export async function startOperatorRepl(o: OperatorReplOptions): Promise<number>
       commands: operatorCommandList(host),
       historyFile: o.historyFile,
       defaults: o.defaults,
+      pluginDirs: o.pluginDirs,
       json: o.json,
       recentSnapshots: catalog.recentSnapshots,
       completion: {

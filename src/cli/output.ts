@@ -1,35 +1,37 @@
-import cliProgress from 'cli-progress';
-import { EtaClock, formatBytes, formatSeconds, type ProgressReport } from '../common/progress.js';
+import { formatBytes, type ProgressReport } from '../common/progress.js';
+import { ProgressLine, ProgressMeter } from '../common/progress-line.js';
 
 export { formatBytes, type ProgressReport };
 
 /**
- * Where a command's output goes: text or JSON lines on stdout, a progress bar on a TTY's
+ * Where a command's output goes: text or JSON lines on stdout, the progress bar on a TTY's
  * stderr, and nothing of progress when stderr is piped (scripts get --json).
  *
  * Contract: with --json, one JSON object per line on stdout, the last being the result (or
  * {event:"error", code, message}); progress lines are {event:"progress", phase, files,
- * filesTotal, bytes, bytesTotal, etaSec}. Errors are one line on stderr with a stable code.
+ * filesTotal, bytes, bytesTotal, percent, rate, etaSec}. Errors are one line on stderr with a
+ * stable code.
  */
 export class Output {
-  private bar: cliProgress.SingleBar | undefined;
+  private bar: ProgressLine | undefined;
   private lastJson = 0;
   private lastPhase: string | undefined;
-  private readonly clock = new EtaClock();
+  private readonly meter = new ProgressMeter();
 
   constructor(
     readonly json: boolean,
     private readonly stdout: NodeJS.WritableStream & { isTTY?: boolean } = process.stdout,
-    private readonly stderr: NodeJS.WritableStream & { isTTY?: boolean } = process.stderr,
+    private readonly stderr: NodeJS.WritableStream & { isTTY?: boolean; columns?: number } = process.stderr,
   ) {}
 
   line(text: string): void {
-    this.stdout.write(text + '\n');
+    if (this.bar) this.bar.above(() => this.stdout.write(text + '\n'));
+    else this.stdout.write(text + '\n');
   }
 
   warn(text: string): void {
-    this.stopBar();
-    this.stderr.write(`twinfs: warning: ${text}\n`);
+    if (this.bar) this.bar.print(`twinfs: warning: ${text}`);
+    else this.stderr.write(`twinfs: warning: ${text}\n`);
   }
 
   event(obj: Record<string, unknown>, text: string): void {
@@ -44,46 +46,32 @@ export class Output {
 
   /** Progress: at most 4 JSON lines a second (and one per phase change), or the bar. */
   progress(p: ProgressReport): void {
-    const etaSec = this.clock.eta(p);
     if (this.json) {
+      const v = this.meter.view(p);
       const now = Date.now();
       if (p.phase === this.lastPhase && now - this.lastJson < 250) return;
       this.lastJson = now;
       this.lastPhase = p.phase;
       const { path: _path, ...rest } = p;
-      this.line(JSON.stringify({ event: 'progress', ...rest, bytesTotal: p.bytesTotal ?? 0, etaSec }));
+      this.line(
+        JSON.stringify({
+          event: 'progress',
+          ...rest,
+          bytesTotal: p.bytesTotal ?? 0,
+          percent: v.percent,
+          rate: v.rate === null ? null : Math.round(v.rate),
+          etaSec: v.etaSec,
+        }),
+      );
       return;
     }
     if (!this.stderr.isTTY) return;
-    const byBytes = (p.bytesTotal ?? 0) > 0;
-    const total = byBytes ? (p.bytesTotal ?? 0) : Math.max(p.filesTotal, 1);
-    const value = byBytes ? p.bytes : p.files;
-    const payload = {
-      phase: p.phase.padEnd(7),
-      files: p.files,
-      filesTotal: p.filesTotal,
-      size: formatBytes(p.bytes),
-      etaText: etaSec === null ? '-' : formatSeconds(etaSec),
-    };
-    if (!this.bar) {
-      this.bar = new cliProgress.SingleBar(
-        {
-          format: '{phase} [{bar}] {percentage}% | {files}/{filesTotal} entries | {size} | ETA {etaText}',
-          hideCursor: true,
-          fps: 8,
-          stream: this.stderr,
-        },
-        cliProgress.Presets.shades_classic,
-      );
-      this.bar.start(total, value, payload);
-    } else {
-      this.bar.setTotal(total);
-      this.bar.update(value, payload);
-    }
+    this.bar ??= new ProgressLine(this.stderr as NodeJS.WritableStream as never);
+    this.bar.progress(p);
   }
 
   stopBar(): void {
-    this.bar?.stop();
+    this.bar?.clear();
     this.bar = undefined;
   }
 

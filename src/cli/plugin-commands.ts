@@ -1,4 +1,5 @@
 import type { Argv } from 'yargs';
+import { TwinError } from '../common/errors.js';
 import { createPluginHost, type PluginInfo } from '../plugins/index.js';
 
 function printPlugin(p: PluginInfo): void {
@@ -10,27 +11,58 @@ function printPlugin(p: PluginInfo): void {
   );
 }
 
-/** `twinfs plugins list|info|enable|disable|run`. */
+/** `twinfs plugins list|info|enable|disable|run|install`. */
 export function registerPluginCommands(y: Argv, setStatus: (code: number) => void): Argv {
   return y.command(
     'plugins <action> [name] [args..]',
-    'list, inspect, enable, disable plugins, or run a plugin command',
+    'list, inspect, enable, disable or install plugins, or run a plugin command',
     (b) =>
       b
         .positional('action', {
-          choices: ['list', 'info', 'enable', 'disable', 'run'] as const,
+          choices: ['list', 'info', 'enable', 'disable', 'run', 'install'] as const,
           demandOption: true,
         })
         .positional('name', {
           type: 'string',
-          describe: 'plugin name (info/enable/disable) or command id (run)',
+          describe:
+            'plugin name (info/enable/disable), command id (run), or a plugin folder or tarball (install)',
         })
         .positional('args', { type: 'string', array: true })
         .option('plugin-dir', { type: 'string', array: true, describe: 'extra plugin folders' })
         .option('json', { type: 'boolean' })
+        .option('to', {
+          type: 'string',
+          describe:
+            'install: the plugin folder to install into (default $TWINFS_PLUGIN_PATH, else ~/.config/twinfs/plugins)',
+        })
+        .option('force', {
+          type: 'boolean',
+          describe: 'install: replace an installed plugin of the same name',
+        })
+        .example('twinfs plugins install ./twinfs-foo-1.0.0.tgz', 'a tarball made by npm pack')
         .example('twinfs plugins list --json', 'plugins and the target ids they contribute')
         .example('twinfs plugins run example.hello world', 'run a plugin-contributed command'),
     async (a: any) => {
+      if (a.action === 'install') {
+        if (!a.name) throw new TwinError('ETWIN_USAGE', 'plugins install needs a plugin folder or tarball');
+        const { installPlugin } = await import('../plugins/install.js');
+        const { defaultUserPluginDir } = await import('../plugins/index.js');
+        const r = await installPlugin(a.name, a.to ?? defaultUserPluginDir(), { force: a.force });
+        // Loaded by a plugin host as any run would: a plugin that cannot load is reported now.
+        const host = await createPluginHost({ pluginDirs: [r.dir], log: () => undefined });
+        try {
+          const info = host.info(r.name);
+          if (a.json) process.stdout.write(JSON.stringify({ ...r, state: info.state }) + '\n');
+          else
+            process.stdout.write(
+              `installed ${r.name}@${r.version} at ${r.dir}${r.replaced ? ' (replaced the old one)' : ''}\n`,
+            );
+        } finally {
+          await host.dispose().catch(() => undefined);
+        }
+        setStatus(0);
+        return;
+      }
       const host = await createPluginHost({
         pluginDirs: a['plugin-dir'],
         log: a.json ? () => undefined : undefined,

@@ -1,4 +1,5 @@
 import WebSocket from 'ws';
+import type { z } from 'zod';
 import { TwinError } from '../common/errors.js';
 import { Emitter } from '../common/event.js';
 import {
@@ -11,6 +12,8 @@ import {
   PROTOCOL_VERSION,
   type PrepareResult,
   prepareResultSchema,
+  type ReplyOf,
+  replySchemas,
   type SelectorMsg,
   serverMessageSchema,
 } from './protocol.js';
@@ -146,6 +149,22 @@ export class ControlClient {
     });
   }
 
+  /**
+   * Sends a request and resolves with its result checked against the reply schema of its type
+   * (protocol.ts replySchemas): a reply that does not match is ETWIN_PROTOCOL.
+   */
+  async call<T extends keyof typeof replySchemas>(
+    type: T,
+    payload: Record<string, unknown> = {},
+    timeoutMs?: number,
+  ): Promise<ReplyOf<T>> {
+    const r = await this.request(type, payload, timeoutMs);
+    const parsed = (replySchemas[type] as unknown as z.ZodType<ReplyOf<T>>).safeParse(r);
+    if (!parsed.success)
+      throw new TwinError('ETWIN_PROTOCOL', `bad ${type} reply: ${describeIssues(parsed.error)}`);
+    return parsed.data;
+  }
+
   async prepare(
     selector: SelectorMsg,
     opts: { leaseMs?: number; maxStallMs?: number; listItems?: boolean; since?: GenerationMsg } = {},
@@ -157,12 +176,12 @@ export class ControlClient {
     return parsed.data;
   }
 
-  release(backupId: string): Promise<unknown> {
-    return this.request('release', { backupId });
+  release(backupId: string): Promise<ReplyOf<'release'>> {
+    return this.call('release', { backupId });
   }
 
-  renew(backupId: string, leaseMs?: number): Promise<unknown> {
-    return this.request('renew', { backupId, leaseMs });
+  renew(backupId: string, leaseMs?: number): Promise<ReplyOf<'renew'>> {
+    return this.call('renew', { backupId, leaseMs });
   }
 
   /** Tells the server how the copy of a backup this connection prepared goes (request `report`). */

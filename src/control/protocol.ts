@@ -213,6 +213,129 @@ export const prepareResultSchema = z.object({
 });
 export type PrepareResult = z.infer<typeof prepareResultSchema>;
 
+/** A selection as the server reports it (status): its internal form, subtrees included. */
+export const selectionSchema = z.looseObject({
+  paths: z.array(z.string()).optional(),
+  subtree: z.string().optional(),
+  subtrees: z.array(z.string()).optional(),
+  volume: z.boolean().optional(),
+});
+
+/**
+ * The replies the operator commands read. Loose objects: a newer server may add fields; what
+ * the commands use is checked (a reply that lacks it is ETWIN_PROTOCOL, not a crash later).
+ */
+export const statusResultSchema = z.looseObject({
+  fs: z.looseObject({
+    primary: z.string(),
+    mount: z.string(),
+    writeThrough: z.boolean(),
+    cache: z.looseObject({
+      dirtyBytes: z.number(),
+      limitBytes: z.number(),
+      dirtyFiles: z.number(),
+      openFiles: z.number(),
+      writeErrors: z.number(),
+    }),
+    mountLost: z.string().optional(),
+  }),
+  mirror: z
+    .looseObject({
+      deviceId: z.string(),
+      mirrorRoot: z.string(),
+      state: z.string(),
+      splits: z.array(
+        z.looseObject({
+          splitId: z.string(),
+          selector: selectionSchema,
+          trackedBytes: z.number(),
+          trackedFiles: z.number(),
+        }),
+      ),
+      broken: z.array(z.string()),
+      brokenReasons: z.record(z.string(), z.string()).optional(),
+      queueLength: z.number(),
+    })
+    .nullable(),
+  backup: z.looseObject({
+    maxStallMs: z.number(),
+    stall: z.looseObject({
+      prepares: z.number(),
+      failedPrepares: z.number(),
+      maxStallMs: z.number(),
+      lastStallMs: z.number().nullable(),
+      recentMs: z.array(z.number()).optional(),
+      inhibitor: z.looseObject({ held: z.number(), maxStallMs: z.number() }).nullable().optional(),
+    }),
+    backups: z.array(
+      z.looseObject({ backupId: z.string(), selector: selectionSchema, expiresAt: z.number() }),
+    ),
+    freezes: z.array(z.looseObject({ freezeId: z.string(), selector: selectionSchema, since: z.number() })),
+  }),
+  smb: z
+    .looseObject({
+      state: z.string().nullish(),
+      running: z.boolean().nullish(),
+      url: z.string().nullish(),
+      port: z.number().nullish(),
+      clients: z.array(z.unknown()).nullish(),
+      restarts: z.number().nullish(),
+      lastError: z.looseObject({ code: z.string(), message: z.string() }).nullable().optional(),
+    })
+    .nullable()
+    .optional(),
+});
+export type StatusResult = z.infer<typeof statusResultSchema>;
+
+export const freezeResultSchema = z.looseObject({
+  freezeId: z.string(),
+  flushedMs: z.number(),
+  timeoutMs: z.number(),
+});
+export const thawResultSchema = z.looseObject({ freezeId: z.string(), heldMs: z.number() });
+export const releaseResultSchema = z.looseObject({
+  backupId: z.string(),
+  bytesCopied: z.number(),
+  entries: z.number(),
+  ms: z.number(),
+});
+export const renewResultSchema = z.looseObject({ backupId: z.string(), expiresAt: z.number() });
+export const verifyResultSchema = z.looseObject({
+  ok: z.boolean(),
+  checked: z.number(),
+  skipped: z.number(),
+  differences: z.array(
+    z.looseObject({
+      path: z.string(),
+      kind: z.string(),
+      primary: z.union([z.string(), z.number()]).optional(),
+      mirror: z.union([z.string(), z.number()]).optional(),
+    }),
+  ),
+});
+export const repairResultSchema = z.looseObject({
+  bytes: z.number(),
+  entries: z.number(),
+  remaining: z.array(z.string()),
+  reasons: z.record(z.string(), z.string()),
+});
+export const flushResultSchema = z.looseObject({ flushed: z.literal(true) });
+
+/** Each request type's reply schema: ControlClient.call() validates against it. */
+export const replySchemas = {
+  hello: z.lazy(() => helloResultSchema),
+  status: statusResultSchema,
+  prepare: z.lazy(() => prepareResultSchema),
+  renew: renewResultSchema,
+  release: releaseResultSchema,
+  freeze: freezeResultSchema,
+  thaw: thawResultSchema,
+  verify: verifyResultSchema,
+  repair: repairResultSchema,
+  flush: flushResultSchema,
+} as const;
+export type ReplyOf<T extends keyof typeof replySchemas> = z.infer<(typeof replySchemas)[T]>;
+
 export const errorSchema = z.object({
   code: z.string(),
   message: z.string(),

@@ -1,58 +1,50 @@
+import { Ajv, type ErrorObject } from 'ajv';
 import { TwinError } from '../common/errors.js';
 import type { PluginManifest } from './manifest.js';
 
-type Prop = {
-  type?: string | string[];
-  default?: unknown;
-  enum?: unknown[];
-  minimum?: number;
-  maximum?: number;
-  description?: string;
-};
+const ajv = new Ajv({ allErrors: false, useDefaults: true, strict: false });
 
 /**
- * Validates a plugin's configuration against contributes.configuration (the JSON-schema subset
- * plugins use: type, enum, minimum, maximum, default) and fills defaults. Unknown keys and
- * wrong types are named errors.
+ * Validates a plugin's configuration against its contributes.configuration, a JSON Schema
+ * (draft-07, checked by ajv: types, enum, ranges, patterns, nested objects and arrays, ...), and
+ * fills the defaults it names. Unknown keys are refused unless the schema allows them. Errors
+ * are ETWIN_PLUGIN_CONFIG naming the setting.
  */
 export function validateConfiguration(
   m: PluginManifest,
   values: Record<string, unknown>,
 ): Record<string, unknown> {
-  const props = (m.contributes.configuration?.properties ?? {}) as Record<string, Prop>;
-  const out: Record<string, unknown> = {};
-  for (const [k, p] of Object.entries(props)) if (p.default !== undefined) out[k] = p.default;
-  for (const [k, v] of Object.entries(values)) {
-    const p = props[k];
-    if (!p)
-      throw new TwinError('ETWIN_PLUGIN_CONFIG', `${m.name}: unknown setting "${k}"`, {
-        plugin: m.name,
-        key: k,
-      });
-    const types = p.type === undefined ? [] : Array.isArray(p.type) ? p.type : [p.type];
-    const actual =
-      v === null ? 'null' : Array.isArray(v) ? 'array' : Number.isInteger(v) ? 'integer' : typeof v;
-    if (types.length && !types.some((t) => t === actual || (t === 'number' && actual === 'integer')))
-      throw new TwinError(
-        'ETWIN_PLUGIN_CONFIG',
-        `${m.name}: setting "${k}" must be ${types.join(' or ')}, not ${actual}`,
-        { plugin: m.name, key: k },
-      );
-    if (p.enum && !p.enum.includes(v))
-      throw new TwinError(
-        'ETWIN_PLUGIN_CONFIG',
-        `${m.name}: setting "${k}" must be one of ${p.enum.join(', ')}`,
-        { plugin: m.name, key: k },
-      );
-    if (
-      typeof v === 'number' &&
-      ((p.minimum !== undefined && v < p.minimum) || (p.maximum !== undefined && v > p.maximum))
-    )
-      throw new TwinError('ETWIN_PLUGIN_CONFIG', `${m.name}: setting "${k}" is out of range`, {
-        plugin: m.name,
-        key: k,
-      });
-    out[k] = v;
+  const declared = m.contributes.configuration ?? { properties: {} };
+  const schema = { additionalProperties: false, ...declared, type: 'object' };
+  let validate: ReturnType<typeof ajv.compile>;
+  try {
+    validate = ajv.compile(schema);
+  } catch (err) {
+    throw new TwinError(
+      'ETWIN_PLUGIN_CONFIG',
+      `${m.name}: contributes.configuration is not a valid JSON Schema: ${(err as Error).message}`,
+      { plugin: m.name },
+    );
+  }
+  const out = structuredClone(values);
+  if (!validate(out)) {
+    const e = validate.errors![0]!;
+    const key = keyOf(e);
+    throw new TwinError('ETWIN_PLUGIN_CONFIG', `${m.name}: ${describe(e, key)}`, { plugin: m.name, key });
   }
   return out;
+}
+
+/** The setting an error is about (`retries`, `s3.bucket`). */
+function keyOf(e: ErrorObject): string | undefined {
+  const at = e.instancePath.split('/').slice(1).join('.');
+  const extra = e.keyword === 'additionalProperties' ? String(e.params.additionalProperty) : undefined;
+  return [at, extra].filter(Boolean).join('.') || undefined;
+}
+
+function describe(e: ErrorObject, key: string | undefined): string {
+  if (e.keyword === 'additionalProperties') return `unknown setting "${key}"`;
+  return `setting "${key ?? '(root)'}" ${e.message ?? 'is invalid'}${
+    e.keyword === 'enum' ? `: ${(e.params.allowedValues as unknown[]).join(', ')}` : ''
+  }`;
 }

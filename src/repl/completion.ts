@@ -1,6 +1,6 @@
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
-import type { CompletionKind, OperatorCommand } from './commands.js';
+import type { CompletionKind, OperatorCommand } from '../commands/index.js';
 import { splitWords } from './words.js';
 
 export interface DirEntry {
@@ -48,15 +48,27 @@ export async function complete(line: string, src: CompletionSources): Promise<[s
   if (name === 'help') return [before.length === 1 ? match(src.commands.keys()) : [], cur];
   const cmd = src.commands.get(name);
   if (!cmd) return [[], cur];
-  const flags = new Set((cmd.flags ?? []).map((f) => `--${f}`));
+  const specs = cmd.options ?? {};
+  const flags = new Set(
+    Object.entries(specs)
+      .filter(([, o]) => o.type === 'boolean')
+      .map(([k]) => `--${k}`),
+  );
   const prev = before[before.length - 1]!;
   if (before.length > 1 && prev.startsWith('--') && !prev.includes('=') && !flags.has(prev)) {
-    const kind = cmd.optionValues?.[prev];
+    const kind = specs[prev.slice(2)]?.completes;
     return [kind ? await completeKind(kind, cur, before, src) : [], cur];
   }
   if (cur.startsWith('-')) {
     const used = new Set(before.filter((w) => w.startsWith('--')));
-    return [match((cmd.options ?? []).filter((o) => !used.has(o))), cur];
+    return [
+      match(
+        Object.keys(specs)
+          .map((k) => `--${k}`)
+          .filter((o) => !used.has(o) || specs[o.slice(2)]?.array),
+      ),
+      cur,
+    ];
   }
   // The index of the positional argument being completed: words that are not options or their values.
   let index = 0;
@@ -66,8 +78,8 @@ export async function complete(line: string, src: CompletionSources): Promise<[s
       if (!w.includes('=') && !flags.has(w)) i++;
     } else index++;
   }
-  const kinds =
-    cmd.completes === undefined ? [] : Array.isArray(cmd.completes) ? cmd.completes : [cmd.completes];
+  const completes = cmd.args?.completes;
+  const kinds = completes === undefined ? [] : Array.isArray(completes) ? completes : [completes];
   const kind = kinds[Math.min(index, kinds.length - 1)];
   return [kind ? await completeKind(kind, cur, before, src) : [], cur];
 }

@@ -1,5 +1,5 @@
+import { selectorText } from '../commands/control.js';
 import { formatBytes } from '../common/progress.js';
-import { selectorText } from './commands.js';
 
 /** A server event (docs/protocol.md, "Events") in one line for people. */
 export function describeEvent(event: string, data: unknown): string {

@@ -1,5 +1,5 @@
+import type { OperatorCommand } from '../commands/index.js';
 import { TwinError } from '../common/errors.js';
-import type { OperatorCommand } from './commands.js';
 
 /** What the REPL needs of the plugin host (src/plugins PluginHost fits). */
 export interface PluginCommandHost {
@@ -31,7 +31,11 @@ export function pluginOperatorCommands(
     name: 'plugins',
     summary: 'installed plugins: state, backup targets and commands they contribute',
     usage: 'plugins [NAME]',
-    examples: ['plugins', 'plugins twinfs-s3'],
+    examples: [
+      ['plugins', ''],
+      ['plugins twinfs-s3', ''],
+    ],
+    args: { name: 'name', describe: 'a plugin name' },
     async run(ctx, a) {
       const want = a.positional[0];
       const list = host.list().filter((p) => !want || p.name === want);
@@ -57,7 +61,7 @@ export function pluginOperatorCommands(
         summary: `${c.title} (plugin ${c.plugin})`,
         usage: `${c.command} [ARG...]`,
         plugin: c.plugin,
-        completes: 'local',
+        args: { name: 'args', describe: 'arguments of the plugin command', completes: 'local' },
         async run(ctx, a) {
           const r = await host.executeCommand(c.command, ...a.raw);
           if (r !== undefined) ctx.print(typeof r === 'string' ? r : JSON.stringify(r, null, 2));

@@ -3,13 +3,22 @@ import * as path from 'node:path';
 import * as readline from 'node:readline';
 import * as nodeRepl from 'node:repl';
 import type { Readable, Writable } from 'node:stream';
+import { Output } from '../cli/output.js';
+import {
+  type CommandContext,
+  didYouMean,
+  type OperatorCommand,
+  type OperatorDefaults,
+  parseCommandWords,
+  resultOfFailure,
+  unknownCommand,
+} from '../commands/index.js';
 import { TwinError } from '../common/errors.js';
-import type { CommandContext, OperatorCommand, OperatorDefaults } from './commands.js';
+import { ProgressLine } from '../common/progress-line.js';
 import { type CompletionSources, complete } from './completion.js';
 import { describeEvent, isNoteworthy } from './events.js';
 import { ReconnectingClient } from './reconnecting-client.js';
-import { StatusLine } from './status-line.js';
-import { parseArgs, splitWords } from './words.js';
+import { splitWords } from './words.js';
 
 export interface ReplOptions {
   url: string;
@@ -26,6 +35,8 @@ export interface ReplOptions {
   /** Completion of volume paths, snapshot ids and target ids. */
   completion?: Omit<CompletionSources, 'commands' | 'builtins'>;
   defaults?: OperatorDefaults;
+  /** Plugin folders (--plugin-dir) for the commands that use plugins (backup targets, hooks). */
+  pluginDirs?: string[];
   recentSnapshots?: CommandContext['recentSnapshots'];
   /** Piped mode: print each command's result as one JSON line instead of text. */
   json?: boolean;
@@ -47,7 +58,7 @@ export async function runRepl(opts: ReplOptions): Promise<number> {
   const interactive = Boolean(input.isTTY);
   const client = new ReconnectingClient(opts.url, opts.token, { ca: opts.ca });
   const byName = new Map(opts.commands.map((c) => [c.name, c]));
-  const status = new StatusLine(output);
+  const status = new ProgressLine(output, ' (Ctrl-C cancels)');
   let lastFailure = 0;
   let current: AbortController | null = null;
   let server: nodeRepl.REPLServer | null = null;
@@ -64,9 +75,14 @@ export async function runRepl(opts: ReplOptions): Promise<number> {
   };
   const fail = (err: unknown) => {
     const code = errorCode(err);
-    if (opts.json && !interactive)
+    if (opts.json && !interactive) {
+      const partial = resultOfFailure(err);
+      if (partial !== undefined) write(JSON.stringify(partial));
       write(JSON.stringify({ event: 'error', code, message: errorMessage(err) }));
-    (interactive ? output : errorOutput).write(`error ${code}: ${errorMessage(err)}\n`);
+    }
+    // Piped, errors are the command line's: `twinfs: error CODE: message` on stderr.
+    if (interactive) output.write(`error ${code}: ${errorMessage(err)}\n`);
+    else errorOutput.write(`twinfs: error ${code}: ${errorMessage(err)}\n`);
     lastFailure = code === 'ETWIN_USAGE' ? 2 : 1;
   };
 
@@ -106,46 +122,46 @@ export async function runRepl(opts: ReplOptions): Promise<number> {
     if (words.length === 0 || words[0]!.startsWith('#')) return true;
     const [name, ...rest] = words as [string, ...string[]];
     if (name === 'exit' || name === 'quit') return false;
-    if (name === 'help') {
+    if (name === 'help' || name === '--help') {
       write(helpText(opts.commands, rest[0]));
       return true;
     }
     const cmd = byName.get(name);
     if (!cmd) {
-      const guess = suggest(name, [...byName.keys(), ...BUILTINS]);
-      fail(
-        new TwinError(
-          'ETWIN_USAGE',
-          `unknown command "${name}"${guess ? `; did you mean "${guess}"?` : ''} (help lists them)`,
-        ),
-      );
+      fail(unknownCommand(name, [...byName.keys(), ...BUILTINS]));
+      return true;
+    }
+    if (!cmd.plugin && rest.includes('--help')) {
+      write(helpText(opts.commands, name));
       return true;
     }
     const ac = new AbortController();
     current = ac;
+    const jsonOut = new Output(true, output, errorOutput);
     const ctx: CommandContext = {
       client: () => client.get(),
       print: (l) => {
         if (!(opts.json && !interactive)) printAbove(l);
       },
+      warn: (w) => {
+        if (opts.json && !interactive) write(JSON.stringify({ event: 'warning', ...w }));
+        if (interactive) printAbove(`warning: ${w.message}`);
+        else errorOutput.write(`twinfs: warning: ${w.message}\n`);
+      },
       progress: (p) => {
         if (interactive) status.progress(p);
+        // Piped with --json: the command line's progress lines.
+        else if (opts.json) jsonOut.progress(p);
       },
       json: Boolean(opts.json && !interactive),
       signal: ac.signal,
       defaults: opts.defaults ?? {},
+      pluginDirs: opts.pluginDirs,
+      serverUrl: opts.url,
       recentSnapshots: opts.recentSnapshots,
     };
     try {
-      const args = parseArgs(rest, cmd.flags);
-      const unknown = cmd.plugin
-        ? []
-        : Object.keys(args.options).filter((o) => !(cmd.options ?? []).includes(`--${o}`));
-      if (unknown.length)
-        throw new TwinError(
-          'ETWIN_USAGE',
-          `${name} has no option --${unknown[0]} (${cmd.options?.length ? `options: ${cmd.options.join(' ')}` : 'it takes none'})`,
-        );
+      const args = parseCommandWords(cmd, rest);
       const run = cmd.run(ctx, args);
       // A command that cannot be cancelled goes on at the server; the prompt comes back at once.
       const result = await (cmd.cancellable
@@ -160,6 +176,8 @@ export async function runRepl(opts: ReplOptions): Promise<number> {
           ]));
       status.clear();
       if (opts.json && !interactive) write(JSON.stringify(result ?? null));
+      const code = cmd.exitCode?.(result) ?? 0;
+      if (code) lastFailure = code;
     } catch (err) {
       status.clear();
       fail(err);
@@ -262,55 +280,32 @@ function errorMessage(err: unknown): string {
   return m.replace(/\s*\n\s*/g, ' ');
 }
 
-export function helpText(commands: OperatorCommand[], name?: string): string {
+export function helpText(commands: readonly OperatorCommand[], name?: string): string {
   if (name) {
     const c = commands.find((x) => x.name === name);
     if (!c) {
-      const guess = suggest(
+      const guess = didYouMean(
         name,
         commands.map((x) => x.name),
       );
       return `no command "${name}"${guess ? `; did you mean "${guess}"?` : ''}`;
     }
+    const opts = Object.entries(c.options ?? {}).map(
+      ([k, o]) =>
+        `  --${k}${o.type === 'boolean' ? '' : ` ${o.type === 'number' ? 'N' : 'VALUE'}`}  ${o.describe}${o.default !== undefined && o.default !== true ? ` (default ${o.default})` : ''}`,
+    );
     return [
       `${c.usage}`,
       `  ${c.summary}`,
-      ...(c.options?.length ? [`  options: ${c.options.join(' ')}`] : []),
-      ...(c.examples ?? []).map((e) => `  e.g. ${e}`),
+      ...(opts.length ? ['options:', ...opts] : []),
+      ...(c.examples ?? []).map(([e, d]) => `  e.g. ${e}${d ? `   # ${d}` : ''}`),
     ].join('\n');
   }
   const w = Math.max(...commands.map((c) => c.name.length), 6);
   return [
     ...commands.map((c) => `  ${c.name.padEnd(w)}  ${c.summary}`),
-    `  ${'help'.padEnd(w)}  help [COMMAND]`,
+    `  ${'help'.padEnd(w)}  help [COMMAND] (or COMMAND --help)`,
     `  ${'exit'.padEnd(w)}  leave (Ctrl-D too)`,
     'Paths are relative to the volume root. Tab completes commands, options, paths, snapshots, targets.',
   ].join('\n');
-}
-
-/** The closest known word within edit distance 2, for "did you mean". */
-export function suggest(word: string, known: string[]): string | undefined {
-  let best: string | undefined;
-  let bestD = 3;
-  for (const k of known) {
-    const d = editDistance(word, k);
-    if (d < bestD) {
-      bestD = d;
-      best = k;
-    }
-  }
-  return best;
-}
-
-function editDistance(a: string, b: string): number {
-  const dp = Array.from({ length: a.length + 1 }, (_, i) => [i, ...Array(b.length).fill(0)] as number[]);
-  for (let j = 1; j <= b.length; j++) dp[0]![j] = j;
-  for (let i = 1; i <= a.length; i++)
-    for (let j = 1; j <= b.length; j++)
-      dp[i]![j] = Math.min(
-        dp[i - 1]![j]! + 1,
-        dp[i]![j - 1]! + 1,
-        dp[i - 1]![j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1),
-      );
-  return dp[a.length]![b.length]!;
 }

@@ -1,4 +1,5 @@
 import { formatBytes } from '../common/progress.js';
+import type { StatusResult } from '../control/protocol.js';
 
 /** A snapshot as `status` shows it (from the local catalog). */
 export interface SnapshotSummary {
@@ -26,7 +27,7 @@ export function percentile(sorted: readonly number[], q: number): number {
 }
 
 const ms = (v: number) => `${v.toFixed(1)} ms`;
-const sel = (s: any) =>
+const sel = (s: { volume?: boolean; paths?: string[]; subtree?: string; subtrees?: string[] }) =>
   s.volume
     ? '/'
     : [...(s.paths ?? []), ...[s.subtree, ...(s.subtrees ?? [])].filter(Boolean).map((t) => `${t}/**`)].join(
@@ -40,7 +41,7 @@ const sel = (s: any) =>
  * Stall percentiles need the durations of recent prepares: the server reports them as
  * `backup.stall.recentMs` when it keeps them; otherwise the count, the longest and the last.
  */
-export function describeStatus(s: any, recent: RecentSnapshots | null, now = Date.now()): string[] {
+export function describeStatus(s: StatusResult, recent: RecentSnapshots | null, now = Date.now()): string[] {
   const out: string[] = [];
   const c = s.fs.cache;
   out.push(`volume   ${s.fs.primary} at ${s.fs.mount}${s.fs.writeThrough ? ' (write-through)' : ''}`);

@@ -31,27 +31,3 @@ export function splitWords(line: string): string[] {
   if (inWord) out.push(cur);
   return out;
 }
-
-export interface ParsedArgs {
-  positional: string[];
-  options: Record<string, string | boolean>;
-  /** The words as given (for commands that parse their own, such as plugin commands). */
-  raw: string[];
-}
-
-/** Parses words after the command name: --name value, --flag, --name=value. */
-export function parseArgs(words: string[], flags: readonly string[] = []): ParsedArgs {
-  const positional: string[] = [];
-  const options: Record<string, string | boolean> = {};
-  for (let i = 0; i < words.length; i++) {
-    const w = words[i]!;
-    if (w.startsWith('--') && w.length > 2) {
-      const eq = w.indexOf('=');
-      if (eq > 0) options[w.slice(2, eq)] = w.slice(eq + 1);
-      else if (flags.includes(w.slice(2)) || i + 1 >= words.length || words[i + 1]!.startsWith('--'))
-        options[w.slice(2)] = true;
-      else options[w.slice(2)] = words[++i]!;
-    } else positional.push(w);
-  }
-  return { positional, options, raw: [...words] };
-}

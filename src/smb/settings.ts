@@ -1,3 +1,5 @@
+import { z } from 'zod';
+import { parseConfig } from '../common/config-schema.js';
 import { TwinError } from '../common/errors.js';
 
 /** One SMB account: a name SMB clients log in with and its password (kept in Samba's passdb). */
@@ -39,7 +41,6 @@ export interface ResolvedSmbSettings {
 const USER_NAME = /^[a-z_][a-z0-9_-]{0,31}$/;
 /** Share names go into a section header of smb.conf: no brackets, no line breaks. */
 const SHARE_NAME = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}$/;
-const KEYS = new Set(['listen', 'share', 'users', 'readOnly', 'guest', 'forceUser']);
 
 function bad(where: string, message: string, data: Record<string, unknown> = {}): TwinError {
   return new TwinError('ETWIN_CONFIG', `${where}: ${message}`, data);
@@ -74,40 +75,57 @@ function checkUser(u: SmbUser, where: string): void {
     throw bad(where, `the password of SMB user "${u.name}" must be non-empty and on one line`);
 }
 
-/** Validates the `"smb"` value of a config file (shape and values); throws ETWIN_CONFIG. */
+const USER_SHAPE = 'must be {"name": string, "password": string}';
+const userSchema = z.strictObject(
+  { name: z.string({ error: USER_SHAPE }), password: z.string({ error: USER_SHAPE }) },
+  {
+    error: (i) => (i.code === 'unrecognized_keys' ? `unknown user setting "${i.keys[0]}"` : USER_SHAPE),
+  },
+);
+
+const smbSchema = z.strictObject(
+  {
+    listen: z.string({ error: 'must be a string "[HOST:]PORT"' }).superRefine((v, ctx) => {
+      try {
+        parseListen(v, '');
+      } catch (err) {
+        ctx.addIssue({ code: 'custom', message: (err as Error).message.trim() });
+      }
+    }),
+    share: z
+      .string({ error: 'must be a name of letters, digits, "_", "." or "-"' })
+      .regex(SHARE_NAME, { error: 'must be a name of letters, digits, "_", "." or "-"' })
+      .optional(),
+    users: z
+      .array(userSchema, { error: 'must be an array of {name, password}' })
+      .superRefine((users, ctx) => {
+        const seen = new Set<string>();
+        for (const u of users) {
+          try {
+            checkUser(u, '');
+          } catch (err) {
+            ctx.addIssue({ code: 'custom', message: (err as Error).message.replace(/^: /, '') });
+            return;
+          }
+          if (seen.has(u.name))
+            ctx.addIssue({ code: 'custom', message: `SMB user "${u.name}" is listed twice` });
+          seen.add(u.name);
+        }
+      })
+      .optional(),
+    readOnly: z.boolean({ error: 'must be a boolean' }).optional(),
+    guest: z.boolean({ error: 'must be a boolean' }).optional(),
+    forceUser: z
+      .string({ error: 'must be a Unix account name' })
+      .regex(USER_NAME, { error: 'must be a Unix account name' })
+      .optional(),
+  },
+  { error: (i) => (i.code === 'invalid_type' ? 'must be an object' : undefined) },
+);
+
+/** Validates the `"smb"` value of a config file (shape and values, a zod schema); throws ETWIN_CONFIG. */
 export function validateSmbSettings(raw: unknown, file = '<config>'): SmbSettings {
-  const where = `config ${file}: "smb"`;
-  if (!raw || typeof raw !== 'object' || Array.isArray(raw)) throw bad(where, 'must be an object', { file });
-  const o = raw as Record<string, unknown>;
-  for (const k of Object.keys(o))
-    if (!KEYS.has(k)) throw bad(where, `unknown setting "${k}"`, { file, key: `smb.${k}` });
-  if (typeof o.listen !== 'string') throw bad(where, '"listen" must be a string "[HOST:]PORT"', { file });
-  try {
-    parseListen(o.listen, `${where} "listen"`);
-  } catch (err) {
-    throw bad(where, (err as Error).message.replace(`${where} `, ''), { file });
-  }
-  if (o.share !== undefined && (typeof o.share !== 'string' || !SHARE_NAME.test(o.share)))
-    throw bad(where, '"share" must be a name of letters, digits, "_", "." or "-"', { file });
-  for (const k of ['readOnly', 'guest'] as const)
-    if (o[k] !== undefined && typeof o[k] !== 'boolean')
-      throw bad(where, `"${k}" must be a boolean`, { file });
-  if (o.forceUser !== undefined && (typeof o.forceUser !== 'string' || !USER_NAME.test(o.forceUser)))
-    throw bad(where, '"forceUser" must be a Unix account name', { file });
-  if (o.users !== undefined) {
-    if (!Array.isArray(o.users)) throw bad(where, '"users" must be an array of {name, password}', { file });
-    const seen = new Set<string>();
-    for (const u of o.users) {
-      if (!u || typeof u !== 'object' || typeof u.name !== 'string' || typeof u.password !== 'string')
-        throw bad(where, 'each of "users" must be {"name": string, "password": string}', { file });
-      for (const k of Object.keys(u))
-        if (k !== 'name' && k !== 'password') throw bad(where, `unknown user setting "${k}"`, { file });
-      checkUser(u, where);
-      if (seen.has(u.name)) throw bad(where, `SMB user "${u.name}" is listed twice`, { file });
-      seen.add(u.name);
-    }
-  }
-  return o as unknown as SmbSettings;
+  return parseConfig(smbSchema, raw, `config ${file}: "smb"`, { file }, 'smb.');
 }
 
 /**

@@ -180,9 +180,9 @@ describe('twinfs serve: the control channel is validated and bound before mounti
         'EPROTO_FORBIDDEN',
       );
       expectCoded(
-        await twinfs(['thaw', 'fz-nope', '--server', url, '--token-file', tokenFile], { env: clean }),
+        await twinfs(['resync', 'bk-nope', '--server', url, '--token-file', tokenFile], { env: clean }),
         1,
-        'ETWIN_UNKNOWN_FREEZE',
+        'ETWIN_UNKNOWN_BACKUP',
       );
       const c = await ControlClient.connect(url, { token: (await fsp.readFile(tokenFile, 'utf8')).trim() });
       expect(c.hello.role).toBe('operator');

@@ -96,6 +96,7 @@ describe('plugin host: activation', () => {
               level: { type: 'integer', minimum: 1, maximum: 9, default: 3 },
               mode: { type: 'string', enum: ['fast', 'safe'], default: 'safe' },
               label: { type: 'string' },
+              tags: { type: 'array', items: { type: 'string', pattern: '^[a-z]+$' } },
             },
           },
         },
@@ -121,10 +122,13 @@ describe('plugin host: activation', () => {
     expect(JSON.parse(trace().events[1]!)).toMatchObject({ level: 3, mode: 'fast', label: 'x', runs: 2 });
 
     for (const [bad, msg] of [
-      [{ level: 12 }, /out of range/],
-      [{ level: 'high' }, /must be integer/],
-      [{ mode: 'slow' }, /one of fast, safe/],
+      [{ level: 12 }, /setting "level" must be <= 9/],
+      [{ level: 'high' }, /setting "level" must be integer/],
+      [{ mode: 'slow' }, /setting "mode" must be equal to one of the allowed values: fast, safe/],
       [{ colour: 'red' }, /unknown setting "colour"/],
+      // A real JSON-Schema validator: items and patterns are checked too.
+      [{ tags: ['ok', 7] }, /setting "tags\.1" must be string/],
+      [{ tags: ['Upper'] }, /setting "tags\.0" must match pattern/],
     ] as const) {
       const h = await box.host({ configuration: { configured: bad } });
       await h.activateByEvent('onStartup');

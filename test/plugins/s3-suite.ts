@@ -130,7 +130,17 @@ export function describeS3Target(name: string, fixture: () => S3Fixture): void {
     });
 
     it('refuses malformed specs and unknown settings', async () => {
-      await expect(plugin.open('s3:Bad_Bucket/x')).rejects.toMatchObject({ code: 'ETWIN_TARGET_FAILED' });
+      await expect(plugin.open('s3:Bad_Bucket/x')).rejects.toMatchObject({
+        code: 'ETWIN_TARGET_FAILED',
+        message: expect.stringMatching(/"B" is not allowed/),
+      });
+      // Too short: the reason, not only a refusal.
+      await expect(plugin.open('s3:ab/x')).rejects.toMatchObject({
+        code: 'ETWIN_TARGET_FAILED',
+        message: expect.stringMatching(
+          /"ab" is not a bucket name: it is 2 character\(s\) long; a bucket name has 3 to 63/,
+        ),
+      });
       await expect(plugin.open(`s3:${s3.bucket}/a/../b`)).rejects.toMatchObject({
         code: 'ETWIN_TARGET_FAILED',
       });

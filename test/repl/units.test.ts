@@ -1,40 +1,26 @@
 import { describe, expect, it } from 'vitest';
 import { parseOperatorConfig } from '../../src/cli/operator-config.js';
-import { EtaClock } from '../../src/common/progress.js';
-import { controlCommands, type OperatorCommand, selectorOf, selectorText } from '../../src/repl/commands.js';
+import {
+  controlCommands,
+  didYouMean,
+  type OperatorCommand,
+  operatorCommands,
+  parseCommandWords,
+  selectorOf,
+  selectorText,
+  volumePath,
+} from '../../src/commands/index.js';
+import { formatProgressLine, ProgressMeter } from '../../src/common/progress-line.js';
 import { type CompletionSources, complete } from '../../src/repl/completion.js';
 import { describeEvent, isNoteworthy } from '../../src/repl/events.js';
 import { pluginOperatorCommands } from '../../src/repl/plugin-commands.js';
-import { helpText, suggest } from '../../src/repl/repl-session.js';
-import { formatProgress } from '../../src/repl/status-line.js';
+import { helpText } from '../../src/repl/repl-session.js';
 import { describeStatus, percentile } from '../../src/repl/status-text.js';
-import { parseArgs, splitWords } from '../../src/repl/words.js';
+import { splitWords } from '../../src/repl/words.js';
 
 /** The REPL's pure parts: words, completion, status and event text, the operator config. */
 
-const noop = async () => null;
-const commands: OperatorCommand[] = [
-  ...controlCommands,
-  {
-    name: 'backup',
-    summary: 'b',
-    usage: 'backup [PATH...] --target T',
-    options: ['--target', '--subtree', '--catalog', '--full'],
-    flags: ['full'],
-    completes: 'paths',
-    optionValues: { '--target': 'targets', '--catalog': 'local', '--subtree': 'paths' },
-    run: noop,
-  },
-  {
-    name: 'restore',
-    summary: 'r',
-    usage: 'restore SNAPSHOT [PATH...] --to DIR',
-    options: ['--to', '--catalog'],
-    completes: ['snapshots', 'paths'],
-    optionValues: { '--to': 'local' },
-    run: noop,
-  },
-];
+const commands: readonly OperatorCommand[] = operatorCommands;
 const volume: Record<string, Array<{ name: string; dir: boolean }>> = {
   '/': [
     { name: 'docs', dir: true },
@@ -70,7 +56,10 @@ describe('completion', () => {
     expect(await c('fr')).toEqual([['freeze '], 'fr']);
     expect(await c('help th')).toEqual([['thaw '], 'th']);
     expect(await c('freeze --t')).toEqual([['--timeout '], '--t']);
-    expect(await c('backup --full --')).toEqual([['--catalog ', '--subtree ', '--target '], '--']);
+    expect((await c('backup --full --'))[0]).toEqual(
+      expect.arrayContaining(['--catalog ', '--subtree ', '--target ', '--path ']),
+    );
+    expect((await c('backup --full --'))[0]).not.toContain('--full ');
     expect(await c('nosuch --')).toEqual([[], '--']);
   });
 
@@ -107,14 +96,35 @@ describe('completion', () => {
 });
 
 describe('words', () => {
-  it('splits with quotes and escapes; parses options, flags and --name=value', () => {
+  it('splits with quotes and escapes; parses options by their declared types, as yargs does', () => {
     expect(splitWords(`freeze "/a b" '/c d' /e\\ f`)).toEqual(['freeze', '/a b', '/c d', '/e f']);
     expect(() => splitWords('freeze "/a')).toThrow(/unterminated/);
-    expect(parseArgs(['/a', '--timeout', '5', '--full', '/b', '--to=/x'], ['full'])).toEqual({
+    const backup = operatorCommands.find((x) => x.name === 'backup')!;
+    expect(parseCommandWords(backup, ['a', '--lease', '5', '--full', 'b/', '--target=dir:/x'])).toEqual({
       positional: ['/a', '/b'],
-      options: { timeout: '5', full: true, to: '/x' },
-      raw: ['/a', '--timeout', '5', '--full', '/b', '--to=/x'],
+      options: { lease: 5, full: true, target: 'dir:/x' },
+      raw: ['a', '--lease', '5', '--full', 'b/', '--target=dir:/x'],
     });
+    // The option's old name is an alias; numbers are checked.
+    expect(parseCommandWords(backup, ['--lease-sec', '7']).options.lease).toBe(7);
+    expect(() => parseCommandWords(backup, ['--lease', 'soon'])).toThrow(/--lease wants a number/);
+  });
+
+  it('unknown options: one error with a suggestion', () => {
+    const freeze = operatorCommands.find((x) => x.name === 'freeze')!;
+    expect(() => parseCommandWords(freeze, ['/a', '--timout', '3'])).toThrow(
+      'unknown option --timout (did you mean --timeout?) for freeze (freeze --help lists what it takes)',
+    );
+    const verify = operatorCommands.find((x) => x.name === 'verify')!;
+    expect(parseCommandWords(verify, []).options.content).toBe(true);
+    expect(parseCommandWords(verify, ['--no-content']).options.content).toBe(false);
+  });
+
+  it('volume paths in one form', () => {
+    expect(volumePath('data/a')).toBe('/data/a');
+    expect(volumePath('./data//a/')).toBe('/data/a');
+    expect(volumePath('/')).toBe('/');
+    expect(() => volumePath('a/../../b')).toThrow(/\.\./);
   });
 
   it('selectors in and out', () => {
@@ -135,11 +145,11 @@ describe('help and suggestions', () => {
     for (const name of ['status', 'freeze', 'thaw', 'backup', 'help', 'exit'])
       expect(all).toMatch(new RegExp(`^  ${name}\\b`, 'm'));
     expect(helpText(commands, 'freeze')).toMatch(
-      /^freeze PATH\.\.\. \| --subtree DIR \[--timeout SECONDS\]\n.*\n {2}options: --timeout --subtree\n {2}e\.g\. freeze/,
+      /^freeze PATH\.\.\. \| --subtree DIR \[--timeout SECONDS\]\n.*\noptions:\n {2}--timeout N .*\n {2}--subtree VALUE .*\n {2}e\.g\. freeze/,
     );
     expect(helpText(commands, 'frezee')).toBe('no command "frezee"; did you mean "freeze"?');
-    expect(suggest('stauts', ['status', 'split'])).toBe('status');
-    expect(suggest('zzzzzz', ['status'])).toBeUndefined();
+    expect(didYouMean('stauts', ['status', 'split'])).toBe('status');
+    expect(didYouMean('zzzzzz', ['status'])).toBeUndefined();
     for (const cmd of controlCommands) expect(cmd.examples?.length, cmd.name).toBeGreaterThan(0);
   });
 });
@@ -280,35 +290,42 @@ describe('events', () => {
 });
 
 describe('progress', () => {
-  it('ETA from the rate since the phase began, by bytes when their total is known', () => {
+  it('percent, rate and ETA by bytes when their total is known; never backwards', () => {
     let now = 0;
-    const clock = new EtaClock(() => now);
-    const p = (bytes: number, files = 0) => ({
+    const meter = new ProgressMeter(() => now);
+    const p = (bytes: number, files = 0, filesTotal = 10) => ({
       phase: 'copy',
       files,
-      filesTotal: 10,
+      filesTotal,
       bytes,
       bytesTotal: 1000,
     });
-    expect(clock.eta(p(0))).toBeNull();
+    expect(meter.view(p(0))).toEqual({ percent: 0, rate: null, etaSec: null });
     now = 1000;
-    expect(clock.eta(p(250))).toBe(3);
+    expect(meter.view(p(250))).toEqual({ percent: 25, rate: 250, etaSec: 3 });
     now = 2000;
-    expect(clock.eta(p(500))).toBe(2);
-    expect(clock.eta({ ...p(0), phase: 'commit' })).toBeNull();
-    const byFiles = new EtaClock(() => now);
-    byFiles.eta({ phase: 'restore', files: 0, filesTotal: 8, bytes: 0 });
+    expect(meter.view(p(500))).toEqual({ percent: 50, rate: 250, etaSec: 2 });
+    const byFiles = new ProgressMeter(() => now);
+    byFiles.view({ phase: 'walk', files: 0, filesTotal: 4, bytes: 0 });
     now = 4000;
-    expect(byFiles.eta({ phase: 'restore', files: 4, filesTotal: 8, bytes: 99 })).toBe(2);
+    expect(byFiles.view({ phase: 'walk', files: 3, filesTotal: 4, bytes: 0 }).percent).toBe(75);
+    // The total grew (a walk found more): the bar stays where it was.
+    expect(byFiles.view({ phase: 'walk', files: 3, filesTotal: 6, bytes: 0 }).percent).toBe(75);
   });
 
-  it('the REPL status line', () => {
+  it('the progress line: percent, bytes, rate, files, ETA', () => {
     expect(
-      formatProgress({ phase: 'backup copy', files: 3, filesTotal: 10, bytes: 512, bytesTotal: 2048 }, 4),
-    ).toBe('backup copy  25% [#####---------------] 3/10 entries, 512 B of 2.0 KiB, ETA 4s (Ctrl-C cancels)');
-    expect(formatProgress({ phase: 'restore', files: 1, filesTotal: 2, bytes: 0 }, null)).toMatch(
-      /^restore {2}50% .* ETA -/,
-    );
+      formatProgressLine(
+        { phase: 'backup copy', files: 3, filesTotal: 10, bytes: 512, bytesTotal: 2048 },
+        { percent: 25, rate: 1024, etaSec: 4 },
+      ),
+    ).toBe('backup copy  25% [#####---------------] 512 B of 2.0 KiB, 1.0 KiB/s, 3/10 files, ETA 4s');
+    expect(
+      formatProgressLine(
+        { phase: 'restore', files: 1, filesTotal: 2, bytes: 0 },
+        { percent: 50, rate: null, etaSec: null },
+      ),
+    ).toMatch(/^restore {2}50% .* ETA -$/);
   });
 });
 
@@ -344,16 +361,17 @@ describe('plugin commands in the REPL', () => {
         throw new Error('no server needed');
       },
       print: (l: string) => printed.push(l),
+      warn: () => undefined,
       progress: () => undefined,
       json: false,
       signal: new AbortController().signal,
       defaults: {},
     };
-    expect(await cmds[1]!.run(ctx, parseArgs(['a', '--b', 'c']))).toEqual({ ran: 'p1.go' });
+    expect(await cmds[1]!.run(ctx, parseCommandWords(cmds[1]!, ['a', '--b', 'c']))).toEqual({ ran: 'p1.go' });
     expect(calls).toEqual([['p1.go', 'a', '--b', 'c']]);
-    await cmds[0]!.run(ctx, parseArgs([]));
+    await cmds[0]!.run(ctx, parseCommandWords(cmds[0]!, []));
     expect(printed.join('\n')).toMatch(/^p1@1\.0\.0 {2}active {2}\[user\]\n {4}targets: {2}x/m);
-    await expect(cmds[0]!.run(ctx, parseArgs(['nope']))).rejects.toMatchObject({
+    await expect(cmds[0]!.run(ctx, parseCommandWords(cmds[0]!, ['nope']))).rejects.toMatchObject({
       code: 'ETWIN_PLUGIN_NOT_FOUND',
     });
   });

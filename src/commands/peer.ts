@@ -1,0 +1,478 @@
+import * as path from 'node:path';
+import type { TargetRegistry } from '../backup-peer/targets/index.js';
+import { TwinError } from '../common/errors.js';
+import { formatBytes as bytes } from '../common/progress.js';
+import type { ControlClient } from '../control/client.js';
+import type { PluginHost } from '../plugins/index.js';
+import { list, num, type OperatorCommand, type OptionSpec, str } from './spec.js';
+
+/** How long `backup` waits for its target to close before exiting anyway, ms. */
+const TARGET_CLOSE_MS = 5000;
+
+/**
+ * The backup peer's operator commands: backup, snapshots, restore, check, forget. Each validates
+ * its arguments, calls src/backup-peer, prints its human lines and returns its result (the last
+ * JSON line, `{event:"done", ...}`). Targets and backup hooks come from the plugins of the
+ * built-in and user folders and of --plugin-dir (ctx.pluginDirs).
+ */
+
+const catalog: OptionSpec = {
+  type: 'string',
+  describe:
+    "catalog directory (default: the config's, else /var/lib/twinfs/catalog as root, else ~/.local/state/twinfs/catalog)",
+  completes: 'local',
+};
+const mirrorMap: OptionSpec = {
+  type: 'string',
+  array: true,
+  describe: 'DEVICE_ID=PATH: where this host sees a mirror (repeatable)',
+  completes: 'local',
+};
+
+export const peerCommands: OperatorCommand[] = [
+  {
+    name: 'backup',
+    summary:
+      'back up paths, a subtree or the whole volume from the split mirror to a target; records the snapshot',
+    usage:
+      'backup [PATH...] [--subtree DIR] [--target TYPE:LOCATION] [--catalog DIR] [--full] [--lease SECONDS]',
+    examples: [
+      ['backup --target dir:/backups', 'the whole volume'],
+      ['backup --subtree /db --config /etc/twinfs.json', 'server, token, target and catalog from the config'],
+      ['backup /a.txt /b.txt --target dir:/backups --json', 'JSON progress lines, then the result'],
+      [
+        'backup --subtree /app --plugin-dir ./sqlite-checkpoint --on-hook-failure fail',
+        'application-consistent: a plugin checkpoints the database first, or no backup',
+      ],
+    ],
+    args: {
+      name: 'paths',
+      describe: 'volume paths (default: the whole volume)',
+      completes: 'paths',
+      volumePathsFrom: 'all',
+    },
+    options: {
+      target: {
+        type: 'string',
+        describe: "TYPE:LOCATION (dir:/backups, tar:..., s3:...); default: the config's target",
+        completes: 'targets',
+      },
+      path: {
+        type: 'string',
+        array: true,
+        describe: 'a volume path to back up (repeatable; same as PATH...)',
+        completes: 'paths',
+      },
+      subtree: {
+        type: 'string',
+        describe: 'a volume directory, with everything below it',
+        completes: 'paths',
+      },
+      catalog,
+      lease: {
+        type: 'number',
+        alias: 'lease-sec',
+        describe: 'split lease in seconds, renewed while copying (default 60)',
+      },
+      'target-timeout': {
+        type: 'number',
+        alias: 'target-timeout-sec',
+        describe:
+          'the target took nothing (no file, no byte) for this many seconds while the split is held: release the split and fail with ETWIN_TARGET_HUNG (default 120)',
+      },
+      'mirror-map': mirrorMap,
+      full: { type: 'boolean', describe: 'copy every file, share nothing with the previous snapshot' },
+      'check-source': {
+        type: 'string',
+        choices: ['metadata', 'data'],
+        describe:
+          'before releasing the split, compare the committed snapshot with the split copy it was read from: metadata (cheap) or data (every file read back and hashed); a mismatch fails the run',
+      },
+      'freeze-hook-timeout': {
+        type: 'number',
+        alias: 'freeze-hook-timeout-sec',
+        describe:
+          'seconds plugins may take to quiesce applications (onWillFreeze) before writes are held; not part of the write stall (default 10)',
+      },
+      'on-hook-failure': {
+        type: 'string',
+        choices: ['crash-consistent', 'fail'],
+        describe:
+          'when an onWillFreeze hook fails or times out: warn and back up crash-consistent (default), or fail',
+      },
+    },
+    cancellable: true,
+    run: (ctx, a) =>
+      withTargets(async (targets, plugins) => {
+        const { BackupRun, selectorFor } = await import('../backup-peer/index.js');
+        const spec = str(a.options.target) ?? ctx.defaults.target;
+        if (!spec)
+          throw new TwinError(
+            'ETWIN_USAGE',
+            'no target: pass --target TYPE:LOCATION (dir:/backups) or name "target" in the config',
+          );
+        const lease = num(a.options.lease);
+        if (lease !== undefined && !(lease >= 1))
+          throw new TwinError('ETWIN_USAGE', '--lease must be at least 1 (seconds)');
+        const hookSec = num(a.options['freeze-hook-timeout']);
+        if (hookSec !== undefined && !(hookSec > 0))
+          throw new TwinError('ETWIN_USAGE', '--freeze-hook-timeout must be more than 0');
+        const targetSec = num(a.options['target-timeout']);
+        if (targetSec !== undefined && !(targetSec > 0))
+          throw new TwinError('ETWIN_USAGE', '--target-timeout must be more than 0');
+        const paths = [...a.positional, ...list(a.options.path)];
+        const selector = selectorFor({
+          paths: paths.includes('/') ? [] : paths,
+          subtree: str(a.options.subtree),
+        });
+        const target = await targets.open(absoluteSpec(spec));
+        try {
+          const client = await ctx.client();
+          const run = new BackupRun({
+            server: ctx.serverUrl ?? client.hello.server,
+            token: '',
+            target,
+            catalogDir: str(a.options.catalog) ?? ctx.defaults.catalog,
+            selector,
+            leaseMs: lease === undefined ? undefined : Math.round(lease * 1000),
+            targetTimeoutMs: targetSec === undefined ? undefined : Math.round(targetSec * 1000),
+            mirrorMap: parseMirrorMap(list(a.options['mirror-map'])),
+            full: a.options.full === true,
+            checkSource: str(a.options['check-source']) as 'metadata' | 'data' | undefined,
+            signal: ctx.signal,
+            connect: async () => sharedControl(client),
+            hooks: await plugins(),
+            freezeHookTimeoutMs: hookSec === undefined ? undefined : Math.round(hookSec * 1000),
+            onHookFailure: str(a.options['on-hook-failure']) as 'crash-consistent' | 'fail' | undefined,
+          });
+          run.onDidProgress((p) => ctx.progress({ ...p }));
+          run.onDidWarn((w) => ctx.warn({ ...w }));
+          const res = await run.run();
+          const s = res.snapshot;
+          ctx.print(
+            `snapshot ${s.id} complete: ${describeTotals(s.totals)}${
+              res.sourceCheck ? `; matches the split copy (${res.sourceCheck.checked} entries)` : ''
+            }`,
+          );
+          return {
+            event: 'done',
+            snapshotId: s.id,
+            backupId: res.backupId,
+            stallMs: res.stallMs,
+            freezeHookMs: res.freezeHookMs,
+            hookFailures: res.hookFailures,
+            target: s.target,
+            totals: s.totals,
+            generation: s.generation,
+            refused: res.refused,
+            unknownSince: res.unknownSince,
+            sourceCheck: res.sourceCheck && {
+              checked: res.sourceCheck.checked,
+              bytes: res.sourceCheck.bytes,
+              ok: res.sourceCheck.ok,
+            },
+          };
+        } finally {
+          // A hung target (ETWIN_TARGET_HUNG) may never finish closing: the result stands.
+          let t: NodeJS.Timeout | undefined;
+          await Promise.race([
+            target.close().catch(() => undefined),
+            new Promise<void>((r) => {
+              t = setTimeout(r, TARGET_CLOSE_MS);
+            }),
+          ]);
+          clearTimeout(t);
+        }
+      }, ctx.pluginDirs),
+  },
+  {
+    name: 'snapshots',
+    summary: 'list the snapshots in the catalog',
+    usage: 'snapshots [--catalog DIR]',
+    examples: [
+      ['snapshots --catalog /var/lib/twinfs/catalog', ''],
+      ['snapshots --json', 'one JSON array of snapshot records'],
+    ],
+    options: { catalog },
+    async run(ctx, a) {
+      const { Catalog } = await import('../backup-peer/index.js');
+      const found = await Catalog.with(str(a.options.catalog) ?? ctx.defaults.catalog, async (c) =>
+        (await c.list()).map((s) => ({ ...s, abandoned: c.isAbandoned(s) })),
+      );
+      for (const s of found) {
+        const state = (s.abandoned ? 'abandoned' : s.state).padEnd(9);
+        const size = `${String(s.totals.files).padStart(7)} files ${bytes(s.totals.bytes).padStart(10)}`;
+        ctx.print(
+          `${s.id.padEnd(24)}  ${formatTime(s.time)}  ${state}  ${size}  ${s.paths.join(',').padEnd(12)}  ${s.target}`,
+        );
+      }
+      ctx.print(
+        `${found.length} snapshot(s), ${found.filter((s) => s.state === 'complete').length} complete`,
+      );
+      return found;
+    },
+  },
+  {
+    name: 'restore',
+    summary: 'restore a snapshot (or volume paths of it) into a directory; nothing is written outside it',
+    usage: 'restore SNAPSHOT [PATH...] --to DIR [--catalog DIR]',
+    examples: [
+      ['restore latest --to /tmp/restored', 'everything of the newest snapshot'],
+      ['restore 20240101-0000-ab12 /db /etc/app.conf --to /srv/twinfs', 'two paths, back onto the mount'],
+    ],
+    args: {
+      name: 'args',
+      describe: "snapshot id, unique prefix or 'latest', then volume paths (default: everything)",
+      completes: ['snapshots', 'paths'],
+      volumePathsFrom: 1,
+    },
+    options: {
+      to: {
+        type: 'string',
+        describe: 'destination directory (a twinfs mount works too)',
+        completes: 'local',
+      },
+      catalog,
+    },
+    cancellable: true,
+    run: (ctx, a) =>
+      withTargets(async (targets) => {
+        const { restore } = await import('../backup-peer/index.js');
+        const [snapshotRef, ...paths] = a.positional;
+        const to = str(a.options.to);
+        if (!snapshotRef || !to)
+          throw new TwinError('ETWIN_USAGE', 'usage: restore SNAPSHOT [PATH...] --to DIR');
+        const r = await restore({
+          snapshot: snapshotRef,
+          paths: paths.length ? paths : undefined,
+          to,
+          catalogDir: str(a.options.catalog) ?? ctx.defaults.catalog,
+          registry: targets,
+          signal: ctx.signal,
+          onProgress: (p) => ctx.progress({ phase: 'restore', ...p }),
+        });
+        for (const f of r.failures) ctx.warn({ code: f.code, message: `${f.path}: ${f.code}: ${f.message}` });
+        const fails = r.failures.length ? `; ${r.failures.length} failed` : '';
+        ctx.print(
+          `restored ${r.entries} entries (${bytes(r.bytes)}) of ${r.snapshotId} to ${path.resolve(to)}${fails}`,
+        );
+        if (r.failures.length)
+          throw new TwinError('ETWIN_RESTORE_FAILED', `${r.failures.length} entries could not be restored`, {
+            result: { event: 'done', ...r },
+          });
+        return { event: 'done', ...r };
+      }, ctx.pluginDirs),
+  },
+  {
+    name: 'check',
+    summary:
+      're-read a snapshot at its target and compare it with the catalog (or the mirror); exit 1 on any difference',
+    usage: 'check SNAPSHOT [--metadata-only] [--source] [--catalog DIR]',
+    examples: [
+      ['check latest', 're-read the newest snapshot at its target'],
+      [
+        'check latest --source',
+        'compare the newest snapshot with the mirror, for every file unchanged since',
+      ],
+      ['check latest --metadata-only', 'sizes and stamps only: seconds, not hours'],
+    ],
+    args: { name: 'snapshot', describe: "snapshot id, unique prefix, or 'latest'", completes: 'snapshots' },
+    options: {
+      catalog,
+      'metadata-only': {
+        type: 'boolean',
+        describe:
+          "cheap: compare each entry's type, size and the target's stamp of the stored copy, read no data",
+      },
+      source: {
+        type: 'boolean',
+        describe:
+          "compare with the mirror instead of the catalog: the server splits the selection again and vouches which files did not change since the snapshot's split; those are compared",
+      },
+      'mirror-map': mirrorMap,
+    },
+    cancellable: true,
+    run: (ctx, a) =>
+      withTargets(async (targets) => {
+        const snapshotRef = a.positional[0];
+        if (!snapshotRef) throw new TwinError('ETWIN_USAGE', 'usage: check SNAPSHOT');
+        const catalogDir = str(a.options.catalog) ?? ctx.defaults.catalog;
+        if (a.options.source === true) {
+          const { checkSnapshotAgainstSource } = await import('../backup-peer/index.js');
+          const client = await ctx.client();
+          const s = await checkSnapshotAgainstSource({
+            snapshot: snapshotRef,
+            catalogDir,
+            registry: targets,
+            server: ctx.serverUrl ?? client.hello.server,
+            token: '',
+            connect: async () => sharedControl(client),
+            mirrorMap: parseMirrorMap(list(a.options['mirror-map'])),
+            readData: a.options['metadata-only'] !== true,
+          });
+          for (const p of s.problems) ctx.print(`${p.kind.padEnd(10)} ${p.path}  ${p.message}`);
+          ctx.print(
+            s.unknownSince
+              ? `snapshot ${s.snapshotId}: nothing compared, the server cannot vouch (unknown since generation ${s.unknownSince.since}: ${s.unknownSince.reason})`
+              : `snapshot ${s.snapshotId}: ${s.checked} entries compared with the mirror (${s.skipped} changed since or directories, skipped)${s.ok ? '' : `, ${s.problems.length} problem(s)`}`,
+          );
+          if (!s.ok)
+            throw new TwinError(
+              'ETWIN_CHECK_FAILED',
+              s.unknownSince
+                ? `snapshot ${s.snapshotId} could not be compared with the mirror`
+                : `snapshot ${s.snapshotId} does not match the mirror`,
+              { result: { event: 'done', ...s } },
+            );
+          return { event: 'done', ...s };
+        }
+        const { checkSnapshot } = await import('../backup-peer/index.js');
+        const r = await checkSnapshot({
+          snapshot: snapshotRef,
+          catalogDir,
+          registry: targets,
+          metadataOnly: a.options['metadata-only'] === true,
+          onProgress: (p) => ctx.progress({ phase: 'check', ...p }),
+        });
+        for (const p of r.problems) ctx.print(`${p.kind.padEnd(10)} ${p.path}  ${p.message}`);
+        ctx.print(
+          r.ok
+            ? `snapshot ${r.snapshotId}: ${r.checked} entries, ${bytes(r.bytes)} verified`
+            : `snapshot ${r.snapshotId}: ${r.problems.length} problem(s) in ${r.checked} entries${
+                r.flagged > 0
+                  ? `; ${r.flagged} stored file(s) flagged, the next backup stores them again`
+                  : ''
+              }`,
+        );
+        if (!r.ok)
+          throw new TwinError('ETWIN_CHECK_FAILED', `snapshot ${r.snapshotId} does not match the catalog`, {
+            result: { event: 'done', ...r },
+          });
+        return { event: 'done', ...r };
+      }, ctx.pluginDirs),
+  },
+  {
+    name: 'forget',
+    summary: 'remove the snapshots a keep policy does not keep: catalog entries and target data',
+    usage: 'forget [--keep-last N] [--keep-daily N] [--dry-run] [--catalog DIR]',
+    examples: [['forget --keep-last 7 --keep-daily 30 --dry-run', 'what would go']],
+    options: {
+      'keep-last': {
+        type: 'number',
+        describe: 'keep the newest N snapshots (per device, target and selection)',
+      },
+      'keep-daily': { type: 'number', describe: 'keep the newest snapshot of each of the last N days' },
+      'dry-run': { type: 'boolean', describe: 'show what would be removed' },
+      catalog,
+    },
+    // Removed from the catalog but data left at the target: printed, and not a clean success.
+    exitCode: (r) => ((r as { orphaned?: unknown[] }).orphaned?.length ? 1 : 0),
+    run: (ctx, a) =>
+      withTargets(async (targets) => {
+        const { forget } = await import('../backup-peer/index.js');
+        for (const k of ['keep-last', 'keep-daily'] as const) {
+          const v = num(a.options[k]);
+          if (v !== undefined && !(Number.isInteger(v) && v >= 1))
+            throw new TwinError('ETWIN_USAGE', `--${k} must be a whole number ≥ 1`);
+        }
+        const dry = a.options['dry-run'] === true;
+        const r = await forget({
+          catalogDir: str(a.options.catalog) ?? ctx.defaults.catalog,
+          policy: { keepLast: num(a.options['keep-last']), keepDaily: num(a.options['keep-daily']) },
+          registry: targets,
+          dryRun: dry,
+        });
+        for (const s of r.remove) ctx.print(`${dry ? 'would remove' : 'removed'} ${s.id} (${s.reason})`);
+        for (const o of r.orphaned)
+          ctx.warn({
+            message: `${o.id}: removed from the catalog, but its data at ${o.target} remains: ${o.message}`,
+          });
+        ctx.print(
+          `${dry ? 'would keep' : 'kept'} ${r.keep.length}, ${dry ? 'would remove' : 'removed'} ${r.remove.length} snapshot(s)`,
+        );
+        return {
+          event: 'done',
+          kept: r.keep.map((s) => s.id),
+          removed: r.remove.map((s) => s.id),
+          orphaned: r.orphaned,
+          dryRun: dry,
+        };
+      }, ctx.pluginDirs),
+  },
+];
+
+/** A time as both front ends show it: `2024-01-01 12:00:00` (UTC). */
+export function formatTime(ms: number): string {
+  return new Date(ms).toISOString().replace('T', ' ').slice(0, 19);
+}
+
+/**
+ * Runs fn with a target registry over a plugin host (the built-in, --plugin-dir and user plugin
+ * folders): every target type, `dir:` included, comes from a plugin. The host is created on
+ * first need (onStartup plugins activated then) and disposed at the end.
+ */
+export async function withTargets<T>(
+  fn: (targets: TargetRegistry, plugins: () => Promise<PluginHost>) => Promise<T>,
+  pluginDirs?: string[],
+): Promise<T> {
+  const { TargetRegistry } = await import('../backup-peer/index.js');
+  let host: Promise<PluginHost> | undefined;
+  const plugins = () =>
+    (host ??= (async () => {
+      const h = await (await import('../plugins/index.js')).createPluginHost({ pluginDirs });
+      await h.activateByEvent('onStartup');
+      return h;
+    })());
+  const targets = new TargetRegistry([], async (type) => (await plugins()).getTargetProvider(type));
+  try {
+    return await fn(targets, plugins);
+  } finally {
+    await (await host?.catch(() => undefined))?.dispose().catch(() => undefined);
+  }
+}
+
+/** The front end's connection as a backup's control channel: the run must not close it. */
+function sharedControl(client: ControlClient) {
+  return {
+    hello: client.hello,
+    prepare: client.prepare.bind(client),
+    renew: client.renew.bind(client),
+    release: client.release.bind(client),
+    onEvent: client.onEvent,
+    onClose: client.onClose,
+    close: async () => undefined,
+  };
+}
+
+export function describeTotals(t: {
+  files: number;
+  dirs: number;
+  symlinks: number;
+  bytes: number;
+  copiedBytes: number;
+  reusedFiles: number;
+  skipped: number;
+  nodes?: number;
+  hardLinks?: number;
+}): string {
+  const skipped = t.skipped ? `, ${t.skipped} special files skipped` : '';
+  const nodes = t.nodes ? `, ${t.nodes} fifos/devices/sockets` : '';
+  const links = t.hardLinks ? ` (${t.hardLinks} of them hard links)` : '';
+  return `${t.files} files${links}, ${t.dirs} dirs, ${t.symlinks} symlinks${nodes}, ${bytes(t.bytes)} (${bytes(t.copiedBytes)} copied, ${t.reusedFiles} files unchanged)${skipped}`;
+}
+
+/** `dir:./b` → `dir:/abs/b`: the catalog must be able to reopen the target from anywhere. */
+export function absoluteSpec(spec: string): string {
+  return spec.startsWith('dir:') && spec.length > 4 ? `dir:${path.resolve(spec.slice(4))}` : spec;
+}
+
+export function parseMirrorMap(entries: string[]): Record<string, string> | undefined {
+  if (!entries.length) return undefined;
+  const map: Record<string, string> = {};
+  for (const item of entries) {
+    const i = item.indexOf('=');
+    if (i <= 0) throw new TwinError('ETWIN_USAGE', `--mirror-map wants DEVICE_ID=PATH, got "${item}"`);
+    map[item.slice(0, i)] = path.resolve(item.slice(i + 1));
+  }
+  return map;
+}
