@@ -1,7 +1,9 @@
 import WebSocket from 'ws';
 import { TwinError } from '../common/errors.js';
 import { Emitter } from '../common/event.js';
+import { joinPages } from './change-pages.js';
 import {
+  changesSchema,
   describeIssues,
   type GenerationMsg,
   type HelloResult,
@@ -153,7 +155,22 @@ export class ControlClient {
     const parsed = prepareResultSchema.safeParse(r);
     if (!parsed.success)
       throw new TwinError('ETWIN_PROTOCOL', `bad prepare reply: ${describeIssues(parsed.error)}`);
-    return parsed.data;
+    const prep = parsed.data;
+    // A long change answer comes in pages: fetched while the split is held, joined into one.
+    if (prep.changes?.more !== undefined) {
+      const pages = [prep.changes];
+      for (let more: string | undefined = prep.changes.more; more !== undefined; ) {
+        const page = changesSchema.safeParse(
+          await this.request('changes', { backupId: prep.backupId, cursor: more }),
+        );
+        if (!page.success)
+          throw new TwinError('ETWIN_PROTOCOL', `bad changes page: ${describeIssues(page.error)}`);
+        pages.push(page.data);
+        more = page.data.more;
+      }
+      prep.changes = joinPages(pages);
+    }
+    return prep;
   }
 
   release(backupId: string): Promise<unknown> {
