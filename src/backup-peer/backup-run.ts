@@ -14,6 +14,7 @@ import {
   runFreezeHooks,
 } from './backup-hooks.js';
 import { Catalog, type EntryRecord, type SnapshotRecord } from './catalog.js';
+import { type ChangePlan, planFromChanges } from './change-plan.js';
 import { EntryCopier } from './entry-copier.js';
 import { locateMirror, MirrorReader, type SourceEntry, toVolumePath } from './mirror-source.js';
 import { vouchedBy } from './reuse-oracle.js';
@@ -96,6 +97,20 @@ export interface BackupResult {
   unknownSince?: { since: number; reason: string };
   /** The --check-source result, when asked for. */
   sourceCheck?: SourceCheckResult;
+  /**
+   * How the server's change answer drove the run, when it vouched (change-plan.ts): entries
+   * carried over from the parent unread, paths looked at in the mirror, subtrees walked, large
+   * files stored from their changed ranges and the bytes those read from the mirror.
+   */
+  changes?: {
+    carried: number;
+    looked: number;
+    walked: number;
+    rangedFiles: number;
+    rangedMirrorBytes: number;
+    /** How long the server took to answer what changed, ms (its status). */
+    serverMs?: number;
+  };
 }
 
 /** A warning of a run that goes on (a failed onWillFreeze hook). */
@@ -212,6 +227,11 @@ export class BackupRun {
       const parent = await this.beginInCatalog(id, prep);
       // Only an answer about this very parent's split vouches for anything.
       const vouched = parent && parent.id === base?.id ? vouchedBy(prep.changes) : () => false;
+      // With the same parent, and an answer that vouches: only what changed is looked at.
+      const plan =
+        parent && parent.id === base?.id && !sources
+          ? planFromChanges(o.selector, { selector: base.selector, entries: parent.entries }, prep.changes)
+          : undefined;
       const meta: SnapshotMeta = {
         snapshotId: id,
         time: Date.now(),
@@ -229,6 +249,11 @@ export class BackupRun {
         parent,
         vouched,
         damaged: parent?.damaged,
+        ranges: plan?.ranges,
+        stored: {
+          open: (snapshotId, p, range) => o.target.openFile(snapshotId, p, range),
+          stat: (snapshotId, p) => o.target.stat(snapshotId, p),
+        },
         signal: stop.signal,
         onBytes: (n, copied) => {
           this.progress.bytes += n;
@@ -241,7 +266,9 @@ export class BackupRun {
           }
         },
       });
-      const entries = await this.copyAll(sources, reader, copier, stop.signal);
+      const entries = plan
+        ? await this.copyPlanned(plan, reader, copier, stop.signal)
+        : await this.copyAll(sources, reader, copier, stop.signal);
 
       const totals = copier.totals;
       let sourceCheck: SourceCheckResult | undefined;
@@ -294,6 +321,13 @@ export class BackupRun {
         refused: { ...copier.refused },
         unknownSince: prep.changes?.unknown,
         sourceCheck,
+        changes: plan && {
+          carried: copier.carriedOver.entries,
+          looked: plan.dirty.length,
+          walked: plan.walk.length,
+          rangedFiles: copier.carriedOver.rangedFiles,
+          rangedMirrorBytes: copier.carriedOver.rangedMirrorBytes,
+        },
       };
     } catch (err) {
       // Once stopped, whatever in-flight work threw is a consequence: report the cause.
@@ -370,6 +404,58 @@ export class BackupRun {
         await copyOne(s);
       });
     }
+    throwIfAborted(signal);
+    return entries.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+  }
+
+  /**
+   * Copies what the change plan names: the parent's vouched entries carried over unread, the
+   * changed paths looked at (those gone from the mirror are gone from the snapshot), the
+   * subtrees the answer could not itemise walked. A carried entry whose stored copy cannot be
+   * shared is looked at like a changed one.
+   */
+  private async copyPlanned(
+    plan: ChangePlan,
+    reader: MirrorReader,
+    copier: EntryCopier,
+    signal: AbortSignal,
+  ): Promise<ManifestEntry[]> {
+    const entries: ManifestEntry[] = [];
+    const concurrency = this.opts.concurrency ?? Math.min(4, this.opts.target.capabilities.maxConcurrency);
+    const done = (p: string) => {
+      this.progress.files++;
+      this.progress.reusedFiles = copier.totals.reusedFiles;
+      this.emit({ path: p });
+    };
+    const look = async (p: string) => {
+      const stat = await reader.lstatNs(p).catch((err) => {
+        if ((err as NodeJS.ErrnoException)?.code === 'ENOENT') return undefined;
+        throw err;
+      });
+      if (!stat) return;
+      const e = await copier.copy({ path: p, mirrorPath: p, stat });
+      if (e) entries.push(e);
+    };
+    this.progress.filesTotal = plan.carried.length + plan.dirty.length;
+    this.progress.bytesTotal = plan.carried.reduce((n, e) => n + (e.type === 'file' ? e.size : 0), 0);
+    await forEachLimit(plan.carried, this.opts.target.capabilities.maxConcurrency, async (prev) => {
+      const e = await copier.carry(prev);
+      if (e === 'look') await look(prev.path);
+      else entries.push(e);
+      done(prev.path);
+    });
+    await forEachLimit(plan.dirty, concurrency, async (p) => {
+      await look(p);
+      done(p);
+    });
+    for (const w of plan.walk)
+      await forEachLimitAsync(reader.walk({ subtree: w }), concurrency, async (s) => {
+        throwIfAborted(signal);
+        this.progress.filesTotal++;
+        const e = await copier.copy(s);
+        if (e) entries.push(e);
+        done(s.path);
+      });
     throwIfAborted(signal);
     return entries.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
   }

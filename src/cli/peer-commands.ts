@@ -190,6 +190,7 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
                 generation: s.generation,
                 refused: res.refused,
                 unknownSince: res.unknownSince,
+                changes: res.changes,
                 sourceCheck: res.sourceCheck && {
                   checked: res.sourceCheck.checked,
                   bytes: res.sourceCheck.bytes,
