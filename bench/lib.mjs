@@ -31,6 +31,9 @@ export function snapshotDist(base) {
   fs.symlinkSync(path.join(ROOT, 'node_modules'), path.join(snap, 'node_modules'));
   if (fs.existsSync(path.join(ROOT, 'plugins')))
     fs.symlinkSync(path.join(ROOT, 'plugins'), path.join(snap, 'plugins'));
+  // The native addon (dist/posix/native.js loads ../../native/posix/build).
+  if (fs.existsSync(path.join(ROOT, 'native')))
+    fs.symlinkSync(path.join(ROOT, 'native'), path.join(snap, 'native'));
   DIST = path.join(snap, 'dist');
   return `dist/ built ${built}, copied to ${DIST}`;
 }
