@@ -309,7 +309,10 @@ export class BackupRun {
       }
       // Should recording fail now, the committed data stays at the target as an orphan: the
       // catalog never claims it, and a transient catalog failure must not destroy a good copy.
-      const snapshot = await Catalog.with(o.catalogDir, (c) => c.complete(id, entries, totals));
+      // Entries mostly carried over are recorded as a delta on the parent's.
+      const snapshot = await Catalog.with(o.catalogDir, (c) =>
+        c.complete(id, entries, totals, { base: parent && { id: parent.id, entries: parent.entries } }),
+      );
       this.emit({ phase: 'done', reusedFiles: totals.reusedFiles });
       await o.hooks?.emit('onDidCompleteBackup', { snapshotId: id, totals, target });
       return {

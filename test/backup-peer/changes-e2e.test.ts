@@ -102,6 +102,21 @@ describe('incrementals driven by the server change record (real server, real pee
     expect(second.changes).toMatchObject({ carried: FILES + 1 + 11, looked: 0, walked: 0 });
     expect(second.totals).toMatchObject({ files: FILES + 1, reusedFiles: FILES + 1, copiedBytes: 0 });
     await exact(second.snapshotId);
+    // The catalog records it as a reference to the first snapshot's entries (a delta of none),
+    // and a restore from it, which reads the entries through that reference, is whole.
+    const list = await runCli(['snapshots', '--catalog', catalog, '--json'], { timeoutMs: 60_000 });
+    const recs = JSON.parse(list.stdout);
+    expect(recs.find((x: any) => x.id === second.snapshotId)).toMatchObject({
+      entriesBase: first.snapshotId,
+    });
+    const to = path.join(t.base, 'restored');
+    const rr = await runCli(['restore', second.snapshotId, '--to', to, '--catalog', catalog, '--json'], {
+      timeoutMs: 120_000,
+    });
+    expect(rr.code, rr.stderr).toBe(0);
+    const d = await sh(`diff -r --no-dereference '${t.dirs.primary}' '${to}'`, { timeoutMs: 60_000 });
+    expect(d.code, d.stdout + d.stderr).toBe(0);
+    await fsp.rm(to, { recursive: true, force: true });
   }, 180_000);
 
   it('10 files changed among many: exactly those copied; deletions, a rename and a new file followed', async () => {
@@ -162,6 +177,22 @@ describe('incrementals driven by the server change record (real server, real pee
     expect(r.totals.copiedBytes).toBe(st.size);
     await exact(r.snapshotId);
   }, 180_000);
+
+  it('an answer larger than one control message comes in pages, and every changed path is copied', async () => {
+    // 2,500 names of ~120 bytes: ~300 KB of paths, more than one page of the answer.
+    const long = 'n'.repeat(100);
+    const made = await sh(
+      `mkdir '${m('many')}' && cd '${m('many')}' && i=0; while [ $i -lt 2500 ]; do echo $i > ${long}-$i; i=$((i+1)); done`,
+      { timeoutMs: 120_000 },
+    );
+    expect(made.code, made.stderr).toBe(0);
+    const r = await backup();
+    expect(r.changes).toBeDefined();
+    expect(r.changes.looked).toBeGreaterThan(2500);
+    const bytes = Array.from({ length: 2500 }, (_, i) => `${i}\n`.length).reduce((a, b) => a + b, 0);
+    expect(r.totals.copiedBytes).toBe(bytes);
+    await exact(r.snapshotId);
+  }, 240_000);
 
   it('after a kill -9 the server vouches for nothing: a full compare, still exact', async () => {
     await fsp.writeFile(m('d7/f0'), 'before the kill\n');
