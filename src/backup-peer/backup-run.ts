@@ -202,6 +202,14 @@ export class BackupRun {
       // asking the server for none keeps that work off it (offload).
       // The previous snapshot, chosen before prepare: the server says what changed since its split.
       const base = o.full ? undefined : await this.previous(control.hello?.deviceId ?? undefined);
+      // Its entries are read now, before the split is held: reading 100,000 of them blocks this
+      // thread for seconds, and a holder that does not answer the server's pings loses its split.
+      const baseEntries =
+        base &&
+        (await Catalog.with(
+          o.catalogDir,
+          async (c) => new Map((await c.entries(base.id)).map((e) => [e.path, e])),
+        ));
       const prep = await control.prepare(o.selector, {
         leaseMs,
         listItems: Boolean(o.selector.paths),
@@ -224,7 +232,11 @@ export class BackupRun {
       // Checked before anything is recorded: a bad path list is the server's fault, not a run.
       const sources = prep.itemsComplete ? itemsToSources(prep) : undefined;
       recorded = true;
-      const parent = await this.beginInCatalog(id, prep);
+      const parent = await this.beginInCatalog(
+        id,
+        prep,
+        base && baseEntries && { id: base.id, entries: baseEntries },
+      );
       // Only an answer about this very parent's split vouches for anything.
       const vouched = parent && parent.id === base?.id ? vouchedBy(prep.changes) : () => false;
       // With the same parent, and an answer that vouches: only what changed is looked at.
@@ -495,6 +507,7 @@ export class BackupRun {
   private async beginInCatalog(
     id: string,
     prep: PrepareResult,
+    read?: { id: string; entries: Map<string, EntryRecord> },
   ): Promise<{ id: string; entries: Map<string, EntryRecord>; damaged: Set<string> } | undefined> {
     const o = this.opts;
     return Catalog.with(o.catalogDir, async (c) => {
@@ -514,7 +527,10 @@ export class BackupRun {
       if (!parent) return undefined;
       return {
         id: parent.id,
-        entries: new Map((await c.entries(parent.id)).map((e) => [e.path, e])),
+        entries:
+          read?.id === parent.id
+            ? read.entries
+            : new Map((await c.entries(parent.id)).map((e) => [e.path, e])),
         damaged: await c.damaged(),
       };
     });

@@ -222,7 +222,7 @@ export class Catalog {
   ): Promise<{ base: string; depth: number; docs: EntryDoc[] } | undefined> {
     if (!base) return undefined;
     const b = await this.snapshots.findOne({ _id: base.id });
-    if (!b || b.state !== 'complete') return undefined;
+    if (b?.state !== 'complete') return undefined;
     const depth = (b.entriesDepth ?? 0) + 1;
     if (depth > MAX_DELTA_CHAIN) return undefined;
     const docs: EntryDoc[] = [];
