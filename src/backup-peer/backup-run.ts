@@ -108,8 +108,6 @@ export interface BackupResult {
     walked: number;
     rangedFiles: number;
     rangedMirrorBytes: number;
-    /** How long the server took to answer what changed, ms (its status). */
-    serverMs?: number;
   };
 }
 
