@@ -75,10 +75,15 @@ const opts = parseArgs(
     'tree-mib': { default: 1024, help: 'full/offload: size of the mixed tree, MiB' },
     files: { default: 10000, help: 'inc: small files in the incremental tree' },
     reps: { default: 3, help: 'repetitions of every configuration (medians and ranges)' },
-    sections: { default: 'full,inc', help: 'which sections to run (offload is computed from full)' },
+    sections: {
+      default: 'full,inc',
+      help: 'which sections to run: full, inc, changes (offload is computed from full)',
+    },
+    'change-files': { default: 100000, help: 'changes: small files in the change-driven volume tree' },
+    'big-mib': { default: 1024, help: 'changes: size of its large file, MiB' },
     'full-configs': {
-      default: 'twinfs,cp,rsync,mount-cp',
-      help: 'full: which copies to run (all four for the report)',
+      default: 'twinfs,cp,rsync,mount-cp,restic',
+      help: 'full: which copies to run (all five for the report)',
     },
     verify: { default: false, help: 'diff -r the first snapshot of each tree against the mirror' },
     'cpu-prof': { default: '', help: 'write a V8 CPU profile of every twinfs backup run into this dir' },
@@ -241,6 +246,7 @@ async function twinfsBackup({ subtree, target, catalog }) {
     phases,
     stallMs: result.stallMs,
     totals: result.totals,
+    changes: result.changes,
     id: result.snapshotId,
   };
 }
@@ -262,20 +268,34 @@ const stats = (xs) => ({ median: median(xs), min: Math.min(...xs), max: Math.max
 noteLoad('setup');
 const total = opts['tree-mib'] * MiB;
 const largeEach = Math.floor(total / 2 / 4 / MiB) * MiB;
-const mixed = makeTree(path.join(d.primary, 'mixed'), {
-  count: Math.max(1, Math.floor(total / 2 / (34 * 1024))),
-  size: (i) => 4096 + ((i * 7919) % 61) * 1024, // 4–64 KiB, average ~34 KiB
-  perDir: 256,
-  large: [largeEach, largeEach, largeEach, largeEach],
-});
-const inc = makeTree(path.join(d.primary, 'inc'), {
-  count: opts.files,
-  size: (i) => 1024 + ((i * 7919) % 8) * 1024, // 1–8 KiB
-  perDir: 100,
-});
+const none = { files: 0, bytes: 0 };
+const mixed = sections.has('full')
+  ? makeTree(path.join(d.primary, 'mixed'), {
+      count: Math.max(1, Math.floor(total / 2 / (34 * 1024))),
+      size: (i) => 4096 + ((i * 7919) % 61) * 1024, // 4–64 KiB, average ~34 KiB
+      perDir: 256,
+      large: [largeEach, largeEach, largeEach, largeEach],
+    })
+  : none;
+const inc = sections.has('inc')
+  ? makeTree(path.join(d.primary, 'inc'), {
+      count: opts.files,
+      size: (i) => 1024 + ((i * 7919) % 8) * 1024, // 1–8 KiB
+      perDir: 100,
+    })
+  : none;
+const vol = sections.has('changes')
+  ? makeTree(path.join(d.primary, 'vol'), {
+      count: opts['change-files'],
+      size: (i) => 1024 + ((i * 7919) % 4) * 1024, // 1–4 KiB
+      perDir: 1000,
+      large: [opts['big-mib'] * MiB],
+    })
+  : none;
 log(
-  `trees: /mixed ${mixed.files} files ${fmt(mixed.bytes / MiB)} MiB, /inc ${inc.files} files ${fmt(inc.bytes / MiB)} MiB`,
+  `trees: /mixed ${mixed.files} files ${fmt(mixed.bytes / MiB)} MiB, /inc ${inc.files} files ${fmt(inc.bytes / MiB)} MiB, /vol ${vol.files} files ${fmt(vol.bytes / MiB)} MiB`,
 );
+process.env.RESTIC_PASSWORD = 'bench';
 const t0 = performance.now();
 srv = await startTwinfs({
   cli: opts.cli || undefined,
@@ -331,7 +351,11 @@ if (sections.has('full')) {
       } else if (cfg === 'cp') r = await plainCopy('cp', ['-a', path.join(mirrorData, 'mixed'), dest]);
       else if (cfg === 'rsync')
         r = await plainCopy('rsync', ['-a', `${path.join(mirrorData, 'mixed')}/`, `${dest}/`]);
-      else r = await plainCopy('cp', ['-a', path.join(d.mount, 'mixed'), dest]);
+      else if (cfg === 'restic') {
+        await runMeasured('restic', ['init', '-q', '-r', dest]);
+        dropCaches();
+        r = await plainCopy('restic', ['backup', '-q', '-r', dest, path.join(mirrorData, 'mixed')]);
+      } else r = await plainCopy('cp', ['-a', path.join(d.mount, 'mixed'), dest]);
       res[cfg].push(r);
       log(
         `full rep ${rep} ${cfg}: ${fmt(r.ms / 1000, 2)} s${r.syncMs !== undefined ? ` (+ sync ${fmt(r.syncMs / 1000, 2)} s)` : ''}, CPU ${fmt(r.cpuS, 2)} s, server CPU ${fmt(r.server.cpuS, 2)} s read ${fmt(r.server.readBytes / MiB)} MiB`,
@@ -405,6 +429,135 @@ if (sections.has('inc')) {
   out.inc = { first, firstRsync, res };
 }
 
+// ---- change-driven incrementals (issue 13) ------------------------------------------------------
+if (sections.has('changes')) {
+  noteLoad('changes');
+  const target = path.join(d.work, 'vol-target');
+  const catalog = path.join(d.work, 'vol-catalog');
+  const copy = path.join(d.work, 'vol-rsync');
+  const repo = path.join(d.work, 'vol-restic');
+  const src = `${path.join(mirrorData, 'vol')}/`;
+  const c = await controlClient(srv.url, srv.token);
+  const serverAnswerMs = async () => (await c.request('status')).backup.stall.lastChangesMs;
+  const volBackup = async () => {
+    const r = await twinfsBackup({ subtree: '/vol', target, catalog });
+    return { ...r, answerMs: await serverAnswerMs() };
+  };
+  dropCaches();
+  const first = await volBackup();
+  dropCaches();
+  const firstRsync = await plainCopy('rsync', ['-a', src, `${copy}/`]);
+  await runMeasured('restic', ['init', '-q', '-r', repo]);
+  dropCaches();
+  const firstRestic = await plainCopy('restic', ['backup', '-q', '-r', repo, src]);
+  log(
+    `changes: first backup ${fmt(first.ms / 1000, 2)} s, rsync ${fmt(firstRsync.ms / 1000, 2)} s, restic ${fmt(firstRestic.ms / 1000, 2)} s`,
+  );
+  const configs = ['twinfs', 'rsync', 'restic'];
+  const none = Object.fromEntries(configs.map((k) => [k, { cold: [], warm: [] }]));
+  for (let rep = 0; rep < opts.reps; rep++)
+    for (const cfg of rotate(configs, rep))
+      for (const temp of ['cold', 'warm']) {
+        if (temp === 'cold') dropCaches();
+        let r;
+        if (cfg === 'twinfs') {
+          r = await volBackup();
+          if (r.totals.copiedBytes !== 0 || r.totals.reusedFiles !== vol.files)
+            throw new Error(`not a no-change incremental: ${JSON.stringify(r.totals)}`);
+        } else if (cfg === 'rsync') r = await plainCopy('rsync', ['-a', src, `${copy}/`]);
+        else r = await plainCopy('restic', ['backup', '-q', '-r', repo, src]);
+        none[cfg][temp].push(r);
+        log(
+          `changes no-change rep ${rep} ${cfg} ${temp}: ${fmt(r.ms, 0)} ms${r.answerMs !== undefined ? ` (server answer ${fmt(r.answerMs, 1)} ms)` : ''}`,
+        );
+      }
+  // The peer as a daemon (`twinfs peer`): a warm process, one run per interval.
+  const daemonCfg = path.join(d.work, 'peer.json');
+  fs.writeFileSync(
+    daemonCfg,
+    JSON.stringify({
+      server: srv.url,
+      tokenFile: path.join(d.state, 'control.token'),
+      target: `dir:${target}`,
+      catalog,
+      intervalSec: 1,
+      subtree: '/vol',
+    }),
+  );
+  const daemonRuns = await new Promise((resolve, reject) => {
+    const p = spawn(process.execPath, [cliPath, 'peer', '--config', daemonCfg, '--json'], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    trackProc(p);
+    const runs = [];
+    let buf = '';
+    let err = '';
+    p.stderr.on('data', (x) => (err += x));
+    p.stdout.on('data', (x) => {
+      buf += x;
+      let i;
+      while ((i = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, i);
+        buf = buf.slice(i + 1);
+        let e;
+        try {
+          e = JSON.parse(line);
+        } catch {
+          continue;
+        }
+        if (e.event === 'backup-failed') reject(new Error(`peer daemon: ${line}`));
+        if (e.event === 'backup-complete') {
+          runs.push(e);
+          log(`changes daemon run ${e.run}: ${e.ms} ms, copied ${e.copiedBytes} B`);
+          if (runs.length >= opts.reps + 1) p.kill('SIGTERM');
+        }
+      }
+    });
+    p.on('exit', () => (runs.length ? resolve(runs) : reject(new Error(`peer daemon: ${err.slice(-2000)}`))));
+  });
+  // 10 files changed among them (through the mount), per rep other ones.
+  const ten = [];
+  for (let rep = 0; rep < opts.reps; rep++) {
+    let bytes = 0;
+    for (let k = 0; k < 10; k++) {
+      const i = ((rep * 10 + k) * 997) % (vol.files - 1);
+      const f = path.join(d.mount, 'vol', `d${String(Math.floor(i / 1000)).padStart(4, '0')}`, `f${i}`);
+      const b = Buffer.alloc(2048, 65 + rep);
+      fs.writeFileSync(f, b);
+      bytes += b.length;
+    }
+    await sleep(200);
+    dropCaches();
+    const r = await volBackup();
+    if (r.totals.copiedBytes !== bytes)
+      throw new Error(
+        `10 changed: copied ${r.totals.copiedBytes} B, expected ${bytes}: ${JSON.stringify(r.totals)}`,
+      );
+    ten.push(r);
+    log(
+      `changes 10 changed rep ${rep}: ${fmt(r.ms, 0)} ms, copied ${r.totals.copiedBytes} B, looked at ${r.changes?.looked}`,
+    );
+  }
+  // 1 MiB rewritten inside the large file.
+  const ranged = [];
+  for (let rep = 0; rep < opts.reps; rep++) {
+    const fd = fs.openSync(path.join(d.mount, 'vol', 'large0'), 'r+');
+    const off = Math.floor((opts['big-mib'] * MiB * (rep + 1)) / (opts.reps + 2) / MiB) * MiB;
+    fs.writeSync(fd, Buffer.alloc(MiB, 90 + rep), 0, MiB, off);
+    fs.closeSync(fd);
+    await sleep(200);
+    dropCaches();
+    const r = await volBackup();
+    ranged.push(r);
+    log(
+      `changes 1 MiB in large0 rep ${rep}: ${fmt(r.ms, 0)} ms, peer read ${fmt(r.totals.copiedBytes / MiB, 2)} MiB from the mirror`,
+    );
+  }
+  if (opts.verify) await verifySnapshot(target, ranged.at(-1).id, '/vol');
+  out.changes = { first, firstRsync, firstRestic, none, daemonRuns, ten, ranged };
+  await c.close();
+}
+
 await srv.stop();
 const loadAtEnd = fs.readFileSync('/proc/loadavg', 'utf8').trim();
 
@@ -428,23 +581,26 @@ if (out.full && ['twinfs', 'cp', 'rsync', 'mount-cp'].every((c) => out.full[c]?.
     ['cp -a of the mirror', 'cp'],
     ['rsync -a of the mirror', 'rsync'],
     ['cp -a through the mount', 'mount-cp'],
-  ].map(([label, cfg]) => {
-    const s = F[cfg].map((r) => r.ms / 1000);
-    const sync = F[cfg][0].syncMs === undefined ? '(fsyncs)' : fmt(med(cfg, 'syncMs') / 1000, 2);
-    const withSync = F[cfg][0].syncMs === undefined ? med(cfg) : med(cfg) + med(cfg, 'syncMs');
-    return [
-      label,
-      range(s),
-      fmt(mib / (med(cfg) / 1000)),
-      ratio(med('cp'), med(cfg)),
-      ratio(med('rsync'), med(cfg)),
-      sync,
-      fmt(mib / (withSync / 1000)),
-      fmt(med(cfg, 'cpuS'), 2),
-      fmt(median(F[cfg].map((r) => r.server.cpuS)), 2),
-      fmt(median(F[cfg].map((r) => r.server.readBytes)) / MiB, 1),
-    ];
-  });
+    ['restic backup of the mirror (new repository)', 'restic'],
+  ]
+    .filter(([, cfg]) => F[cfg]?.length)
+    .map(([label, cfg]) => {
+      const s = F[cfg].map((r) => r.ms / 1000);
+      const sync = F[cfg][0].syncMs === undefined ? '(fsyncs)' : fmt(med(cfg, 'syncMs') / 1000, 2);
+      const withSync = F[cfg][0].syncMs === undefined ? med(cfg) : med(cfg) + med(cfg, 'syncMs');
+      return [
+        label,
+        range(s),
+        fmt(mib / (med(cfg) / 1000)),
+        ratio(med('cp'), med(cfg)),
+        ratio(med('rsync'), med(cfg)),
+        sync,
+        fmt(mib / (withSync / 1000)),
+        fmt(med(cfg, 'cpuS'), 2),
+        fmt(median(F[cfg].map((r) => r.server.cpuS)), 2),
+        fmt(median(F[cfg].map((r) => r.server.readBytes)) / MiB, 1),
+      ];
+    });
   w(
     `Full backup of /mixed: ${mixed.files} files, ${fmt(mib)} MiB (4 × ${fmt(largeEach / MiB, 0)} MiB + ${mixed.files - 4} files of 4–64 KiB); ${opts.reps} reps rotated, caches dropped before each; median [range]\n\n`,
   );
@@ -561,6 +717,91 @@ if (out.inc) {
       ph(t, 'commitMs'),
       ph(t, 'exitMs'),
     ]),
+  );
+  w('\n');
+}
+if (out.changes) {
+  const C = out.changes;
+  const N = C.none;
+  const ms = (xs) => median(xs.map((r) => r.ms));
+  w(
+    `Change-driven incrementals of /vol: ${vol.files} files, ${fmt(vol.bytes / MiB)} MiB (${vol.files - 1} files of 1–4 KiB + 1 × ${opts['big-mib']} MiB); first backup ${fmt(C.first.ms / 1000, 2)} s, first rsync ${fmt(C.firstRsync.ms / 1000, 2)} s, first restic ${fmt(C.firstRestic.ms / 1000, 2)} s; ${opts.reps} reps rotated; cold = caches dropped, warm = right after\n\n`,
+  );
+  const rs = ms(N.rsync.cold);
+  const rsw = ms(N.rsync.warm);
+  const daemon = C.daemonRuns.slice(1).map((e) => e.ms);
+  table(
+    ['no change', 'cold s', 'vs rsync -a', 'warm s', 'vs rsync -a'],
+    [
+      ['twinfs backup (cold CLI start)', 'twinfs'],
+      ['rsync -a into the up-to-date copy', 'rsync'],
+      ['restic backup', 'restic'],
+    ]
+      .map(([label, cfg]) => [
+        label,
+        range(N[cfg].cold.map((r) => r.ms / 1000)),
+        ratio(ms(N[cfg].cold), rs),
+        range(N[cfg].warm.map((r) => r.ms / 1000)),
+        ratio(ms(N[cfg].warm), rsw),
+      ])
+      .concat([
+        [
+          'twinfs peer daemon (warm process)',
+          '—',
+          '—',
+          range(daemon.map((x) => x / 1000)),
+          ratio(median(daemon), rsw),
+        ],
+      ]),
+  );
+  w(
+    `\n(ratios are time ratios: < 1.00× is faster)\nserver's answer to the baseline prepare: ${range(
+      N.twinfs.cold.concat(N.twinfs.warm).map((r) => r.answerMs),
+      1,
+    )} ms\n\n`,
+  );
+  const ph = (xs, k) => range(xs.map((r) => r.phases[k] / 1000));
+  table(
+    ['twinfs run phase (s)', ...PHASE_COLUMNS],
+    [
+      ['no change, cold', N.twinfs.cold],
+      ['10 changed, cold', C.ten],
+      ['1 MiB in the large file, cold', C.ranged],
+    ].map(([label, xs]) => [
+      label,
+      ph(xs, 'startMs'),
+      ph(xs, 'connectMs'),
+      ph(xs, 'prepareMs'),
+      ph(xs, 'copyMs'),
+      ph(xs, 'commitMs'),
+      ph(xs, 'exitMs'),
+    ]),
+  );
+  w('\n');
+  table(
+    ['changed', 'seconds (cold)', 'vs no change', 'copied (read from the mirror)', 'server answer ms'],
+    [
+      [
+        '10 files of 2 KiB',
+        range(C.ten.map((r) => r.ms / 1000)),
+        ratio(ms(C.ten), ms(N.twinfs.cold)),
+        `${fmt(median(C.ten.map((r) => r.totals.copiedBytes)) / 1024, 1)} KiB`,
+        range(
+          C.ten.map((r) => r.answerMs),
+          1,
+        ),
+      ],
+      [
+        `1 MiB inside the ${opts['big-mib']} MiB file`,
+        range(C.ranged.map((r) => r.ms / 1000)),
+        ratio(ms(C.ranged), ms(N.twinfs.cold)),
+        `${fmt(median(C.ranged.map((r) => r.totals.copiedBytes)) / MiB, 2)} MiB`,
+        range(
+          C.ranged.map((r) => r.answerMs),
+          1,
+        ),
+      ],
+    ],
   );
   w('\n');
 }

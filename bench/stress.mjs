@@ -20,6 +20,10 @@ const args = parseArgs(
     'lazy-mmap': { default: false, help: 'some mmap writes skip msync (dirty pages left to the kernel)' },
     selections: { default: 'volume,subtree,paths', help: 'what the prepare loop selects' },
     keep: { default: false, help: "keep each seed's files (primary, mirror, target, logs)" },
+    incremental: {
+      default: false,
+      help: 'incremental backups (the change record decides what is shared), not --full',
+    },
     json: { default: '', help: 'write the reports to this file' },
   },
   'node bench/stress.mjs [options]',
@@ -40,12 +44,13 @@ for (let seed = args.seed; ; seed++) {
     lazyMmap: args['lazy-mmap'],
     keep: args.keep,
     selections: args.selections.split(','),
+    incremental: args.incremental,
   });
   const p = problems(r);
   reports.push({ ...r, problems: p });
   if (p.length) failed++;
   process.stdout.write(
-    `seed ${seed}: ${r.ops} ops, ${r.prepares.ok} prepares (${fmtFailed(r.prepares.failed)}), ${r.backups.ok} backups (${fmtFailed(r.backups.failed)}), ` +
+    `seed ${seed}: ${r.ops} ops, ${r.prepares.ok} prepares (${fmtFailed(r.prepares.failed)}), ${r.backups.ok} backups (${r.backups.changeDriven ?? 0} change-driven; ${fmtFailed(r.backups.failed)}), ` +
       `${r.snapshots.count} snapshots: ${r.snapshots.checked} entries checked, ${r.snapshots.unverifiable} unverifiable, ` +
       `${r.snapshots.mismatches.length} mismatches; verify ${r.verify.checked} entries, ${r.verify.differences.length} differences; ` +
       `${r.broken.length} broken; ${(r.ms / 1000).toFixed(0)} s${p.length ? ` — ${p.length} problem(s) (files kept in ${r.dir})` : ''}\n`,

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything twinfs needs on a fresh Debian machine with Node 20, as root:
 # Debian packages (libfuse2 and fuse for FUSE, libfuse3-dev for the libfuse3 build; attr, rsync,
-# bindfs for tests and benchmarks; samba and smbclient for `twinfs serve --smb` and its tests;
+# bindfs, restic for tests and benchmarks; samba and smbclient for `twinfs serve --smb` and its tests;
 # ceph-mon, ceph-osd, radosgw and ceph-common for the one-node Ceph cluster whose RADOS Gateway
 # the s3 target is tested against, see scripts/ceph-rgw.sh; chromium for the status page's
 # browser test, driven by puppeteer-core, which never downloads a browser of its own) when
@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pkg in libfuse2 fuse attr rsync bindfs tar python3 make g++ samba smbclient sqlite3 openssl strace chromium; do
+for pkg in libfuse2 fuse attr rsync bindfs restic tar python3 make g++ samba smbclient sqlite3 openssl strace chromium; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then

@@ -14,6 +14,7 @@ import {
   runFreezeHooks,
 } from './backup-hooks.js';
 import { Catalog, type EntryRecord, type SnapshotRecord } from './catalog.js';
+import { type ChangePlan, planFromChanges } from './change-plan.js';
 import { EntryCopier } from './entry-copier.js';
 import { locateMirror, MirrorReader, type SourceEntry, toVolumePath } from './mirror-source.js';
 import { vouchedBy } from './reuse-oracle.js';
@@ -105,6 +106,18 @@ export interface BackupResult {
   unknownSince?: { since: number; reason: string };
   /** The --check-source result, when asked for. */
   sourceCheck?: SourceCheckResult;
+  /**
+   * How the server's change answer drove the run, when it vouched (change-plan.ts): entries
+   * carried over from the parent unread, paths looked at in the mirror, subtrees walked, large
+   * files stored from their changed ranges and the bytes those read from the mirror.
+   */
+  changes?: {
+    carried: number;
+    looked: number;
+    walked: number;
+    rangedFiles: number;
+    rangedMirrorBytes: number;
+  };
 }
 
 /** A warning of a run that goes on (a failed onWillFreeze hook). */
@@ -199,6 +212,14 @@ export class BackupRun {
       // asking the server for none keeps that work off it (offload).
       // The previous snapshot, chosen before prepare: the server says what changed since its split.
       const base = o.full ? undefined : await this.previous(control.hello?.deviceId ?? undefined);
+      // Its entries are read now, before the split is held: reading 100,000 of them blocks this
+      // thread for seconds, and a holder that does not answer the server's pings loses its split.
+      const baseEntries =
+        base &&
+        (await Catalog.with(
+          o.catalogDir,
+          async (c) => new Map((await c.entries(base.id)).map((e) => [e.path, e])),
+        ));
       const prep = await control.prepare(o.selector, {
         leaseMs,
         listItems: Boolean(o.selector.paths),
@@ -222,9 +243,18 @@ export class BackupRun {
       // Checked before anything is recorded: a bad path list is the server's fault, not a run.
       const sources = prep.itemsComplete ? itemsToSources(prep) : undefined;
       recorded = true;
-      const parent = await this.beginInCatalog(id, prep);
+      const parent = await this.beginInCatalog(
+        id,
+        prep,
+        base && baseEntries && { id: base.id, entries: baseEntries },
+      );
       // Only an answer about this very parent's split vouches for anything.
       const vouched = parent && parent.id === base?.id ? vouchedBy(prep.changes) : () => false;
+      // With the same parent, and an answer that vouches: only what changed is looked at.
+      const plan =
+        parent && parent.id === base?.id && !sources
+          ? planFromChanges(o.selector, { selector: base.selector, entries: parent.entries }, prep.changes)
+          : undefined;
       const meta: SnapshotMeta = {
         snapshotId: id,
         time: Date.now(),
@@ -234,7 +264,8 @@ export class BackupRun {
         parentId: parent?.id,
       };
       // Totals first (a walk of the split copy, no target involved), so progress has them.
-      if (!sources) await this.size(reader, stop.signal);
+      // An incremental the change answer drives looks only at what changed: no walk for totals.
+      if (!sources && !plan) await this.size(reader, stop.signal);
       // From here the target may hang (a stalled network filesystem, a stopped server): while the
       // split is held, the watchdog releases it and fails the run; awaits at the target are raced
       // with it.
@@ -248,6 +279,11 @@ export class BackupRun {
         parent,
         vouched,
         damaged: parent?.damaged,
+        ranges: plan?.ranges,
+        stored: {
+          open: (snapshotId, p, range) => o.target.openFile(snapshotId, p, range),
+          stat: (snapshotId, p) => o.target.stat(snapshotId, p),
+        },
         signal: stop.signal,
         onBytes: (n, copied) => {
           this.progress.bytes += n;
@@ -260,7 +296,12 @@ export class BackupRun {
           }
         },
       });
-      const entries = await unlessAborted(this.copyAll(sources, reader, copier, stop.signal), stop.signal);
+      const entries = await unlessAborted(
+        plan
+          ? this.copyPlanned(plan, reader, copier, stop.signal)
+          : this.copyAll(sources, reader, copier, stop.signal),
+        stop.signal,
+      );
 
       const totals = copier.totals;
       let sourceCheck: SourceCheckResult | undefined;
@@ -303,7 +344,10 @@ export class BackupRun {
       }
       // Should recording fail now, the committed data stays at the target as an orphan: the
       // catalog never claims it, and a transient catalog failure must not destroy a good copy.
-      const snapshot = await Catalog.with(o.catalogDir, (c) => c.complete(id, entries, totals));
+      // Entries mostly carried over are recorded as a delta on the parent's.
+      const snapshot = await Catalog.with(o.catalogDir, (c) =>
+        c.complete(id, entries, totals, { base: parent && { id: parent.id, entries: parent.entries } }),
+      );
       this.emit({ phase: 'done', reusedFiles: totals.reusedFiles });
       await tellServer({ outcome: 'ok' });
       await o.hooks?.emit('onDidCompleteBackup', { snapshotId: id, totals, target });
@@ -316,6 +360,13 @@ export class BackupRun {
         refused: { ...copier.refused },
         unknownSince: prep.changes?.unknown,
         sourceCheck,
+        changes: plan && {
+          carried: copier.carriedOver.entries,
+          looked: plan.dirty.length,
+          walked: plan.walk.length,
+          rangedFiles: copier.carriedOver.rangedFiles,
+          rangedMirrorBytes: copier.carriedOver.rangedMirrorBytes,
+        },
       };
     } catch (err) {
       // Once stopped, whatever in-flight work threw is a consequence: report the cause.
@@ -502,6 +553,58 @@ export class BackupRun {
   }
 
   /**
+   * Copies what the change plan names: the parent's vouched entries carried over unread, the
+   * changed paths looked at (those gone from the mirror are gone from the snapshot), the
+   * subtrees the answer could not itemise walked. A carried entry whose stored copy cannot be
+   * shared is looked at like a changed one.
+   */
+  private async copyPlanned(
+    plan: ChangePlan,
+    reader: MirrorReader,
+    copier: EntryCopier,
+    signal: AbortSignal,
+  ): Promise<ManifestEntry[]> {
+    const entries: ManifestEntry[] = [];
+    const concurrency = this.opts.concurrency ?? Math.min(4, this.opts.target.capabilities.maxConcurrency);
+    const done = (p: string) => {
+      this.progress.files++;
+      this.progress.reusedFiles = copier.totals.reusedFiles;
+      this.emit({ path: p });
+    };
+    const look = async (p: string) => {
+      const stat = await reader.lstatNs(p).catch((err) => {
+        if ((err as NodeJS.ErrnoException)?.code === 'ENOENT') return undefined;
+        throw err;
+      });
+      if (!stat) return;
+      const e = await copier.copy({ path: p, mirrorPath: p, stat });
+      if (e) entries.push(e);
+    };
+    this.progress.filesTotal = plan.carried.length + plan.dirty.length;
+    this.progress.bytesTotal = plan.carried.reduce((n, e) => n + (e.type === 'file' ? e.size : 0), 0);
+    await forEachLimit(plan.carried, this.opts.target.capabilities.maxConcurrency, async (prev) => {
+      const e = await copier.carry(prev);
+      if (e === 'look') await look(prev.path);
+      else entries.push(e);
+      done(prev.path);
+    });
+    await forEachLimit(plan.dirty, concurrency, async (p) => {
+      await look(p);
+      done(p);
+    });
+    for (const w of plan.walk)
+      await forEachLimitAsync(reader.walk({ subtree: w }), concurrency, async (s) => {
+        throwIfAborted(signal);
+        this.progress.filesTotal++;
+        const e = await copier.copy(s);
+        if (e) entries.push(e);
+        done(s.path);
+      });
+    throwIfAborted(signal);
+    return entries.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+  }
+
+  /**
    * Marks runs abandoned by dead peers failed, then deletes what they left at this target
    * (outside the catalog lock: removing a large partial tree takes a while).
    */
@@ -533,6 +636,7 @@ export class BackupRun {
   private async beginInCatalog(
     id: string,
     prep: PrepareResult,
+    read?: { id: string; entries: Map<string, EntryRecord> },
   ): Promise<{ id: string; entries: Map<string, EntryRecord>; damaged: Set<string> } | undefined> {
     const o = this.opts;
     return Catalog.with(o.catalogDir, async (c) => {
@@ -552,7 +656,10 @@ export class BackupRun {
       if (!parent) return undefined;
       return {
         id: parent.id,
-        entries: new Map((await c.entries(parent.id)).map((e) => [e.path, e])),
+        entries:
+          read?.id === parent.id
+            ? read.entries
+            : new Map((await c.entries(parent.id)).map((e) => [e.path, e])),
         damaged: await c.damaged(),
       };
     });

@@ -32,6 +32,13 @@ export interface SnapshotRecord {
    * incremental asks what changed since it.
    */
   generation?: { log: string; generation: number };
+  /**
+   * The entries are stored as a delta on this snapshot's (entries that differ, and the paths
+   * gone); entries() resolves it. Set when most entries were carried over from it.
+   */
+  entriesBase?: string;
+  /** How many deltas lead to a snapshot with all its entries (bounded: MAX_DELTA_CHAIN). */
+  entriesDepth?: number;
   /** The peer process that runs (ran) it, to tell abandoned 'running' snapshots. */
   pid: number;
   host: string;
@@ -60,7 +67,21 @@ type DamageDoc = Omit<DamageRecord, 'storedIn' | 'path'> & { _id: string };
 export function storedCopyKey(storedIn: string, p: string): string {
   return `${storedIn}\0${p}`;
 }
-type EntryDoc = EntryRecord & { _id?: string };
+type EntryDoc = EntryRecord & { _id?: string; gone?: boolean };
+
+/** Longest chain of deltas before a snapshot's entries are written whole again. */
+const MAX_DELTA_CHAIN = 16;
+
+/** Two records of one path say the same (the snapshot that recorded them aside). */
+function sameEntry(a: EntryRecord, b: ManifestEntry): boolean {
+  const { snapshotId: _, ...x } = a;
+  const y = b as ManifestEntry & { snapshotId?: string };
+  if (y.snapshotId !== undefined) {
+    const { snapshotId: __, ...z } = y;
+    return JSON.stringify(x) === JSON.stringify(z);
+  }
+  return JSON.stringify(x) === JSON.stringify(y);
+}
 
 /** Where the catalog lives unless --catalog says otherwise. */
 export function defaultCatalogDir(): string {
@@ -159,25 +180,64 @@ export class Catalog {
    * Entries reach the disk before the state does: a crash in between leaves a 'running'
    * snapshot (cleaned up as abandoned), never a complete one without entries.
    */
-  async complete(id: string, entries: ManifestEntry[], totals: SnapshotTotals): Promise<SnapshotRecord> {
+  async complete(
+    id: string,
+    entries: ManifestEntry[],
+    totals: SnapshotTotals,
+    opts: { base?: { id: string; entries: ReadonlyMap<string, EntryRecord> } } = {},
+  ): Promise<SnapshotRecord> {
     const cur = await this.snapshots.findOne({ _id: id });
     if (!cur)
       throw new TwinError('ETWIN_UNKNOWN_SNAPSHOT', `no snapshot ${id} in the catalog`, { snapshotId: id });
+    // Most entries as the parent recorded them: a reference to its entries plus the delta.
+    const delta = await this.deltaOn(opts.base, entries);
     const file = this.entriesFile(id);
     await fsp.rm(file, { force: true });
     const store = await this.entryStore(id);
-    for (let i = 0; i < entries.length; i += 5000)
-      await store.insert(entries.slice(i, i + 5000).map((e) => ({ ...e, snapshotId: id })));
+    const docs: EntryDoc[] = delta ? delta.docs : entries.map((e) => ({ ...e, snapshotId: id }));
+    for (let i = 0; i < docs.length; i += 5000)
+      await store.insert(docs.slice(i, i + 5000).map((e) => ({ ...e, snapshotId: id })));
     await this.sync(file);
     await this.sync(path.dirname(file));
     await this.snapshots.update(
       { _id: id },
-      { $set: { state: 'complete', totals, finishedAt: Date.now() }, $unset: { error: true } },
+      {
+        $set: {
+          state: 'complete',
+          totals,
+          finishedAt: Date.now(),
+          ...(delta ? { entriesBase: delta.base, entriesDepth: delta.depth } : {}),
+        },
+        $unset: { error: true },
+      },
     );
     await this.sync(path.join(this.dir, 'snapshots.db'));
     return (await this.get(id))!;
   }
 
+  /** The delta of entries on base's, when worth it (under half of them differ, chain bounded). */
+  private async deltaOn(
+    base: { id: string; entries: ReadonlyMap<string, EntryRecord> } | undefined,
+    entries: ManifestEntry[],
+  ): Promise<{ base: string; depth: number; docs: EntryDoc[] } | undefined> {
+    if (!base) return undefined;
+    const b = await this.snapshots.findOne({ _id: base.id });
+    if (b?.state !== 'complete') return undefined;
+    const depth = (b.entriesDepth ?? 0) + 1;
+    if (depth > MAX_DELTA_CHAIN) return undefined;
+    const docs: EntryDoc[] = [];
+    const seen = new Set<string>();
+    for (const e of entries) {
+      seen.add(e.path);
+      const prev = base.entries.get(e.path);
+      if (!prev || !sameEntry(prev, e)) docs.push(e as EntryDoc);
+      if (docs.length * 2 > entries.length + 16) return undefined;
+    }
+    for (const p of base.entries.keys())
+      if (!seen.has(p)) docs.push({ path: p, gone: true } as unknown as EntryDoc);
+    if (docs.length * 2 > entries.length + 16) return undefined;
+    return { base: base.id, depth, docs };
+  }
   async fail(id: string, error: { code: string; message: string }): Promise<void> {
     await this.snapshots.update({ _id: id }, { $set: { state: 'failed', error, finishedAt: Date.now() } });
     await this.sync(path.join(this.dir, 'snapshots.db'));
@@ -227,13 +287,24 @@ export class Catalog {
     return (await this.list({ deviceId, target, state: 'complete' })).pop();
   }
 
-  /** A snapshot's entries, sorted by path (parents before children). */
+  /** A snapshot's entries, sorted by path (parents before children); a delta resolved on its base. */
   async entries(snapshotId: string): Promise<EntryRecord[]> {
+    const doc = await this.snapshots.findOne({ _id: snapshotId });
+    const own = await this.ownEntries(snapshotId);
+    if (!doc?.entriesBase) return own.filter((e) => !e.gone).sort(byPath);
+    const byName = new Map<string, EntryRecord>();
+    for (const e of await this.entries(doc.entriesBase)) byName.set(e.path, { ...e, snapshotId });
+    for (const e of own) {
+      if (e.gone) byName.delete(e.path);
+      else byName.set(e.path, e);
+    }
+    return [...byName.values()].sort(byPath);
+  }
+
+  private async ownEntries(snapshotId: string): Promise<Array<EntryRecord & { gone?: boolean }>> {
     if (!(await fsp.stat(this.entriesFile(snapshotId)).catch(() => undefined))) return [];
     const docs = await (await this.entryStore(snapshotId)).find({});
-    return docs
-      .map(({ _id, ...e }) => e as EntryRecord)
-      .sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+    return docs.map(({ _id, ...e }) => e as EntryRecord & { gone?: boolean });
   }
 
   /**
@@ -262,6 +333,23 @@ export class Catalog {
 
   /** Removes a snapshot and its entries from the catalog (not its data: see forget). */
   async remove(id: string): Promise<void> {
+    // Snapshots whose entries are a delta on this one get all their entries first.
+    for (const child of await this.snapshots.find({ entriesBase: id })) {
+      const all = await this.entries(child._id);
+      const file = this.entriesFile(child._id);
+      const tmp = `${file}.whole`;
+      await fsp.rm(tmp, { force: true });
+      const store = Datastore.create({ filename: tmp }) as unknown as Datastore<EntryDoc>;
+      await store.load();
+      for (let i = 0; i < all.length; i += 5000) await store.insert(all.slice(i, i + 5000));
+      await this.sync(tmp);
+      await fsp.rename(tmp, file);
+      await this.sync(path.dirname(file));
+      await this.snapshots.update({ _id: child._id }, { $unset: { entriesBase: true, entriesDepth: true } });
+      await this.sync(path.join(this.dir, 'snapshots.db'));
+      // Deltas on this child are now deltas on a whole list.
+      await this.snapshots.update({ entriesBase: child._id }, { $set: { entriesDepth: 1 } }, { multi: true });
+    }
     await this.snapshots.remove({ _id: id }, { multi: false });
     await this.sync(path.join(this.dir, 'snapshots.db'));
     await fsp.rm(this.entriesFile(id), { force: true });
@@ -299,6 +387,10 @@ export class Catalog {
       });
     });
   }
+}
+
+function byPath(a: { path: string }, b: { path: string }): number {
+  return a.path < b.path ? -1 : a.path > b.path ? 1 : 0;
 }
 
 function toRecord(d: SnapshotDoc): SnapshotRecord {

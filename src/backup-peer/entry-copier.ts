@@ -5,6 +5,7 @@ import { delay } from '../common/async.js';
 import { errnoCode, TwinError } from '../common/errors.js';
 import { type EntryRecord, storedCopyKey } from './catalog.js';
 import type { MirrorReader, SourceEntry } from './mirror-source.js';
+import { piecesOf, piecesStream, RANGED_MIN_BYTES } from './ranged-copy.js';
 import {
   type EntryMeta,
   emptyTotals,
@@ -13,6 +14,7 @@ import {
   type ManifestEntry,
   type PutResult,
   type SnapshotWriter,
+  type TargetStat,
 } from './target.js';
 
 const RETRY_DELAYS_MS = [200, 1000, 3000];
@@ -35,6 +37,17 @@ export interface CopierOptions {
   signal: AbortSignal;
   /** Bytes done: `copied` when read from the mirror, else reused. Negative after a failed attempt. */
   onBytes?: (n: number, copied: boolean) => void;
+  /**
+   * Changed files whose data changed only in these ranges since the parent's split (the
+   * server's change answer): a large one is stored from the parent's copy plus those ranges,
+   * read from the mirror alone (ranged-copy.ts).
+   */
+  ranges?: ReadonlyMap<string, Array<[number, number]>>;
+  /** The target's ranged read and stat of committed snapshots (for the parent's copy). */
+  stored?: {
+    open(snapshotId: string, path: string, range: { start: number; end: number }): Promise<Readable>;
+    stat(snapshotId: string, path: string): Promise<TargetStat>;
+  };
 }
 
 /**
@@ -49,6 +62,10 @@ export class EntryCopier {
   private readonly inodes = new Map<string, Promise<ManifestEntry>>();
   /** Files that looked unchanged but were copied: not vouched for, flagged by a check, changed at the target. */
   readonly refused = { notVouched: 0, flagged: 0, atTarget: 0 };
+  /** Entries carried over from the parent unread, and large files stored from their changed ranges. */
+  readonly carriedOver = { entries: 0, rangedFiles: 0, rangedMirrorBytes: 0 };
+  /** Paths carry() could not share: copied from the mirror, not offered for sharing again. */
+  private readonly unshareable = new Set<string>();
 
   constructor(private readonly o: CopierOptions) {}
 
@@ -152,6 +169,8 @@ export class EntryCopier {
     this.totals.bytes += meta.size;
     const reused = await this.reuse(src, meta);
     if (reused) return reused;
+    const ranged = await this.copyRanged(src, meta);
+    if (ranged) return ranged;
     const r = await this.streamFile(src, meta);
     this.totals.copiedBytes += meta.size;
     const storedIn = this.o.writer.snapshotId;
@@ -166,7 +185,7 @@ export class EntryCopier {
   private async reuse(src: SourceEntry, meta: EntryMeta): Promise<ManifestEntry | undefined> {
     const parent = this.o.parent;
     const prev = parent?.entries.get(src.path);
-    if (!parent || !prev || !unchanged(prev, meta)) return undefined;
+    if (!parent || !prev || !unchanged(prev, meta) || this.unshareable.has(src.path)) return undefined;
     if (!this.o.vouched?.(src.path)) {
       this.refused.notVouched++;
       return undefined;
@@ -187,6 +206,121 @@ export class EntryCopier {
       if (!isTargetNotFound(err)) throw err;
       this.refused.atTarget++;
       return undefined;
+    }
+  }
+
+  /**
+   * A parent entry the server vouches for, carried over without reading its split copy: the
+   * manifest entry as recorded, the stored copy shared (reuseFile). 'look' when it cannot be
+   * (the stored copy was flagged, or is gone or changed at the target): then the caller copies
+   * it from the mirror like a changed file.
+   */
+  async carry(prev: EntryRecord): Promise<ManifestEntry | 'look'> {
+    const { writer, parent, signal } = this.o;
+    if (signal.aborted) throw signal.reason;
+    const { snapshotId: _, ...e } = prev;
+    const meta: EntryMeta = { size: e.size, mode: e.mode, uid: e.uid, gid: e.gid, mtime: e.mtime };
+    switch (e.type) {
+      case 'dir':
+        await writer.putDir(e.path, meta);
+        this.totals.dirs++;
+        break;
+      case 'symlink':
+        await writer.putSymlink(e.path, e.target ?? '', meta);
+        this.totals.symlinks++;
+        break;
+      case 'file': {
+        if (!parent || e.hash === undefined || e.linkTo) {
+          this.unshareable.add(e.path);
+          return 'look';
+        }
+        const storedIn = e.storedIn ?? parent.id;
+        if (this.o.damaged?.has(storedCopyKey(storedIn, e.path))) {
+          this.refused.flagged++;
+          this.unshareable.add(e.path);
+          return 'look';
+        }
+        try {
+          const r = (await writer.reuseFile(e.path, parent.id, prev)) as { stamp?: string } | undefined;
+          e.storedIn = storedIn;
+          e.stored = r?.stamp ?? e.stored;
+        } catch (err) {
+          if (!isTargetNotFound(err)) throw err;
+          this.refused.atTarget++;
+          this.unshareable.add(e.path);
+          return 'look';
+        }
+        this.totals.files++;
+        this.totals.bytes += e.size;
+        this.totals.reusedFiles++;
+        this.o.onBytes?.(e.size, false);
+        break;
+      }
+      default:
+        this.totals.nodes = (this.totals.nodes ?? 0) + 1;
+    }
+    this.carriedOver.entries++;
+    return e;
+  }
+
+  /**
+   * A large changed file whose changed ranges the server named: the parent's stored copy with
+   * those ranges (and any growth) read from the mirror, through putFile. Undefined when that
+   * does not apply (no ranges, small, no intact parent copy, mostly changed).
+   */
+  private async copyRanged(src: SourceEntry, meta: EntryMeta): Promise<ManifestEntry | undefined> {
+    const { reader, writer, parent, stored, signal, onBytes } = this.o;
+    const changed = this.o.ranges?.get(src.path);
+    const prev = parent?.entries.get(src.path);
+    if (!changed || !stored || !parent || meta.size < RANGED_MIN_BYTES) return undefined;
+    if (prev?.type !== 'file' || prev.hash === undefined || prev.stored === undefined || prev.linkTo)
+      return undefined;
+    if (this.o.damaged?.has(storedCopyKey(prev.storedIn ?? parent.id, src.path))) return undefined;
+    const pieces = piecesOf(meta.size, prev.size, changed);
+    if (!pieces) return undefined;
+    // The parent's copy as it was stored (its stamp), or nothing to build on.
+    const st = await stored.stat(parent.id, src.path).catch(() => undefined);
+    if (st?.type !== 'file' || st.size !== prev.size || st.stamp !== prev.stored) return undefined;
+    let opened: Awaited<ReturnType<MirrorReader['open']>>;
+    try {
+      opened = await reader.open(src.mirrorPath);
+    } catch (err) {
+      throw mirrorError(err, src);
+    }
+    const { fh, stat } = opened;
+    let fromMirror = 0;
+    let counted = 0;
+    try {
+      const source = piecesStream(
+        pieces,
+        fh,
+        (start, end) => stored.open(parent.id, src.path, { start, end }),
+        (n) => {
+          fromMirror += n;
+        },
+      );
+      const counting = async function* () {
+        for await (const chunk of source) {
+          counted += chunk.length;
+          onBytes?.(chunk.length, false);
+          yield chunk;
+        }
+      };
+      const r = await writer.putFile(src.path, Readable.from(counting(), { objectMode: false }), meta, {
+        signal,
+      });
+      checkUnchanged(src, meta, stat, await fh.stat());
+      checkStored(src, counted, r.bytes, stat.size);
+      this.totals.copiedBytes += fromMirror;
+      this.carriedOver.rangedFiles++;
+      this.carriedOver.rangedMirrorBytes += fromMirror;
+      const storedIn = writer.snapshotId;
+      return { path: src.path, type: 'file', ...meta, hash: r.hash, storedIn, stored: r.stamp };
+    } catch (err) {
+      onBytes?.(-counted, false);
+      throw err;
+    } finally {
+      await fh.close().catch(() => undefined);
     }
   }
 

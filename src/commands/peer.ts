@@ -166,6 +166,7 @@ export const peerCommands: OperatorCommand[] = [
             generation: s.generation,
             refused: res.refused,
             unknownSince: res.unknownSince,
+            changes: res.changes,
             sourceCheck: res.sourceCheck && {
               checked: res.sourceCheck.checked,
               bytes: res.sourceCheck.bytes,

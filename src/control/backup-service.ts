@@ -9,7 +9,15 @@ import { VolumePaths } from '../fusefs/volume-paths.js';
 import type { Inhibition } from '../fusefs/write-inhibitor.js';
 import { walk } from '../mirror-driver/entry-sync.js';
 import type { MirrorDriver, ResyncResult } from '../mirror-driver/mirror-driver.js';
-import type { BackupReport, GenerationMsg, Item, PrepareResult, SelectorMsg } from './protocol.js';
+import { toPages } from './change-pages.js';
+import type {
+  BackupReport,
+  ChangesMsg,
+  GenerationMsg,
+  Item,
+  PrepareResult,
+  SelectorMsg,
+} from './protocol.js';
 
 export interface BackupServiceOptions {
   fs: TwinFs;
@@ -40,6 +48,8 @@ interface ActiveBackup {
   timer: NodeJS.Timeout;
   stallMs: number;
   leaseMs: number;
+  /** The prepare's change answer, in pages (change-pages.ts); the reply carried the first. */
+  changePages?: ChangesMsg[];
 }
 
 interface ActiveFreeze {
@@ -62,6 +72,8 @@ export interface StallStats {
   recentMs: number[];
   /** The kernel write-back before the inhibition (not part of the stall: writes flow). */
   kernelSync: { lastMs: number | null; maxMs: number; failures: number };
+  /** How long the last prepare with `since` took to answer what changed, ms (after the split, not in the stall). */
+  lastChangesMs?: number;
 }
 
 /**
@@ -268,7 +280,12 @@ export class BackupService {
     const { items, complete } = listed;
     // Asked after the split: a change the record holds past its generation shows as changed,
     // which costs a copy, never a wrong "unchanged".
+    const asked = performance.now();
     const changes = o.since && mirror.changesSince(o.since, (p) => covers(selector, p));
+    if (changes) {
+      b.changePages = toPages(changes);
+      this.stall.lastChangesMs = performance.now() - asked;
+    }
     return {
       backupId,
       deviceId: mirror.deviceId,
@@ -280,10 +297,24 @@ export class BackupService {
       leaseMs,
       expiresAt: b.expiresAt,
       generation,
-      changes: changes
-        ? { since: changes.since, unknown: changes.unknown, changed: changes.changed, trees: changes.trees }
-        : undefined,
+      changes: b.changePages?.[0],
     };
+  }
+
+  /** The next page of a prepare's change answer (its `more` cursor). */
+  changesPage(backupId: string, owner: string, cursor: string): ChangesMsg {
+    const b = this.backup(backupId, owner);
+    const page = b.changePages?.[Number(cursor)];
+    if (!/^[1-9][0-9]*$/.test(cursor) || !page)
+      throw new TwinError(
+        'ETWIN_PROTOCOL',
+        `no page ${JSON.stringify(cursor)} of the changes of ${backupId}`,
+        {
+          backupId,
+          cursor,
+        },
+      );
+    return page;
   }
 
   renew(backupId: string, owner: string, leaseMs?: number): { backupId: string; expiresAt: number } {

@@ -2,8 +2,10 @@ import WebSocket from 'ws';
 import type { z } from 'zod';
 import { TwinError } from '../common/errors.js';
 import { Emitter } from '../common/event.js';
+import { joinPages } from './change-pages.js';
 import {
   type BackupReport,
+  changesSchema,
   describeIssues,
   type GenerationMsg,
   type HelloResult,
@@ -173,7 +175,22 @@ export class ControlClient {
     const parsed = prepareResultSchema.safeParse(r);
     if (!parsed.success)
       throw new TwinError('ETWIN_PROTOCOL', `bad prepare reply: ${describeIssues(parsed.error)}`);
-    return parsed.data;
+    const prep = parsed.data;
+    // A long change answer comes in pages: fetched while the split is held, joined into one.
+    if (prep.changes?.more !== undefined) {
+      const pages = [prep.changes];
+      for (let more: string | undefined = prep.changes.more; more !== undefined; ) {
+        const page = changesSchema.safeParse(
+          await this.request('changes', { backupId: prep.backupId, cursor: more }),
+        );
+        if (!page.success)
+          throw new TwinError('ETWIN_PROTOCOL', `bad changes page: ${describeIssues(page.error)}`);
+        pages.push(page.data);
+        more = page.data.more;
+      }
+      prep.changes = joinPages(pages);
+    }
+    return prep;
   }
 
   release(backupId: string): Promise<ReplyOf<'release'>> {

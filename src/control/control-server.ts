@@ -407,6 +407,8 @@ export class ControlServer {
         });
       case 'renew':
         return svc.renew(req.backupId, c.id, req.leaseMs);
+      case 'changes':
+        return svc.changesPage(req.backupId, c.id, req.cursor);
       case 'release':
         return svc.release(req.backupId, c.id);
       case 'freeze':

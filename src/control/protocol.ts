@@ -20,6 +20,7 @@ export const REQUEST_TYPES: ReadonlySet<string> = new Set([
   'repair',
   'flush',
   'report',
+  'changes',
 ]);
 
 export const MAX_MESSAGE_BYTES = 1024 * 1024;
@@ -99,6 +100,20 @@ export const changesSchema = z.object({
   unknown: z.object({ since: z.number(), reason: z.string() }).optional(),
   changed: z.array(z.string()),
   trees: z.array(z.string()),
+  /** Paths removed since (a path created again since is in `changed` too). */
+  deleted: z.array(z.string()).optional(),
+  /** Renames since, oldest first (both names are in `trees` as well). */
+  renamed: z.array(z.object({ from: z.string(), to: z.string() })).optional(),
+  /**
+   * Changed files whose data changed through writes and truncations alone: the byte ranges
+   * [start, end) that may differ (end 2^53-1: to the end of the file). A changed file not
+   * listed must be compared whole; an empty list: only its metadata changed.
+   */
+  ranges: z
+    .array(z.object({ path: z.string(), ranges: z.array(z.tuple([z.number(), z.number()])) }))
+    .optional(),
+  /** Set when the answer goes on: send `changes` with this cursor for the next page. */
+  more: z.string().optional(),
 });
 export type ChangesMsg = z.infer<typeof changesSchema>;
 
@@ -175,6 +190,10 @@ export const requestSchema = z.discriminatedUnion('type', [
   z.object({ type: z.literal('verify'), id, content: z.boolean().optional() }).strict(),
   z.object({ type: z.literal('repair'), id }).strict(),
   z.object({ type: z.literal('flush'), id }).strict(),
+  /** The next page of a prepare's `changes` (its `more` cursor), while the backup is held. */
+  z
+    .object({ type: z.literal('changes'), id, backupId: z.string().max(200), cursor: z.string().max(20) })
+    .strict(),
 ]);
 export type Request = z.infer<typeof requestSchema>;
 export type RequestType = Request['type'];

@@ -3,6 +3,7 @@ import type { Stats } from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import type { Change } from '../fusefs/change-sink.js';
+import { ChangeRanges, type SavedRanges } from './change-ranges.js';
 
 /**
  * The volume's change record: one generation counter that every change through the volume
@@ -38,7 +39,11 @@ import type { Change } from '../fusefs/change-sink.js';
  *   vouched for in this run. A clock that went back since the shutdown starts a new epoch;
  * - the record keeps at most maxEntries paths: past it the oldest half is dropped and floor
  *   rises to the newest dropped generation;
- * - an answer too large for one reply (maxAnswerBytes) is "unknown".
+ * - an answer larger than maxAnswerBytes is "unknown" (the control channel pages the rest).
+ *
+ * Beyond the changed paths (issue 13): deletions and renames since G, and per file the byte
+ * ranges written since G (change-ranges.ts), which vouch only while the file changed through
+ * writes and truncations alone; otherwise that file is answered "whole" and nothing else widens.
  */
 export interface ChangeRecordOptions {
   /** The record file (written at a clean shutdown only). */
@@ -66,6 +71,17 @@ export interface ChangeAnswer extends Generation {
   changed: string[];
   /** Paths under which everything changed (renamed directories, directories changed behind the server's back). */
   trees: string[];
+  /** Paths removed since (unlink, rmdir); a path created again since is in `changed` too. */
+  deleted: string[];
+  /** Renames since, oldest first (both names are also in `trees`). */
+  renamed: Array<{ from: string; to: string }>;
+  /**
+   * For changed files whose data changed through writes and truncations alone since `since`:
+   * the byte ranges that may differ, merged ([start, end); end TO_END for "to the end"). A
+   * changed file not listed here must be compared whole; an empty list means only its metadata
+   * changed.
+   */
+  ranges: Array<{ path: string; ranges: Array<[number, number]> }>;
 }
 
 /** Slack for the kernel's coarse ctime clock (a few ms behind Date.now()), and for a clock nudged by NTP. */
@@ -82,6 +98,9 @@ interface RecordFile {
   trees: Array<[string, number]>;
   linked: string[];
   epoch?: string;
+  deleted?: Array<[string, number]>;
+  renamed?: Array<[string, string, number]>;
+  ranges?: SavedRanges;
 }
 
 export class ChangeRecord {
@@ -92,6 +111,9 @@ export class ChangeRecord {
   private readonly self = new Map<string, number>();
   private readonly trees = new Map<string, number>();
   private readonly linked = new Set<string>();
+  private readonly deleted = new Map<string, number>();
+  private renamed: Array<[string, string, number]> = [];
+  private readonly ranges = new ChangeRanges();
   /** A walk of the primary has completed in this run: behind-the-back changes and links are known. */
   private trusted = false;
   /** While the start-up walk runs: entries with a ctime from this instant on are stamped. */
@@ -108,7 +130,7 @@ export class ChangeRecord {
   ) {
     this.log = log;
     this.maxEntries = o.maxEntries ?? 500_000;
-    this.maxAnswerBytes = o.maxAnswerBytes ?? 256_000;
+    this.maxAnswerBytes = o.maxAnswerBytes ?? 64 << 20;
     this.now = o.now ?? Date.now;
   }
 
@@ -146,6 +168,9 @@ export class ChangeRecord {
     for (const [p, g] of saved.self) r.self.set(p, g);
     for (const [p, g] of saved.trees) r.trees.set(p, g);
     for (const p of saved.linked) r.linked.add(p);
+    for (const [p, g] of saved.deleted ?? []) r.deleted.set(p, g);
+    r.renamed = saved.renamed ?? [];
+    r.ranges.load(saved.ranges);
     r.ctimeFrom = saved.savedAt - CTIME_MARGIN_MS;
     return r;
   }
@@ -164,20 +189,61 @@ export class ChangeRecord {
 
   /** After the primary applied c (the sink's apply): what a name-level stamp cannot say. */
   note(c: Change): void {
-    if (c.op === 'rename') {
-      const g = ++this.gen;
-      this.trees.set(c.from, g);
-      this.trees.set(c.path, g);
-      this.linkedGen = this.linked.has(c.path) || this.linked.has(c.from) ? g : this.linkedGen;
-      for (const m of [...this.linked])
-        if (m === c.from || m.startsWith(c.from + '/')) {
-          this.linked.delete(m);
-          this.linked.add(c.path + m.slice(c.from.length));
-        }
-    } else if (c.op === 'link') {
-      this.linked.add(c.from);
-      this.linked.add(c.path);
-      this.linkedGen = ++this.gen;
+    switch (c.op) {
+      case 'write': {
+        // A generation of its own: a write noted after a split is never "before" it.
+        const g = ++this.gen;
+        this.self.set(c.path, g);
+        this.ranges.write(c.path, g, c.offset, c.offset + c.data.length);
+        if (this.linked.has(c.path)) this.linkedGen = g;
+        return;
+      }
+      case 'truncate': {
+        const g = ++this.gen;
+        this.self.set(c.path, g);
+        this.ranges.truncate(c.path, g, c.size);
+        if (this.linked.has(c.path)) this.linkedGen = g;
+        return;
+      }
+      case 'rename': {
+        const g = ++this.gen;
+        this.trees.set(c.from, g);
+        this.trees.set(c.path, g);
+        this.renamed.push([c.from, c.path, g]);
+        this.ranges.resetTree(c.from, g);
+        this.ranges.resetTree(c.path, g);
+        this.linkedGen = this.linked.has(c.path) || this.linked.has(c.from) ? g : this.linkedGen;
+        for (const m of [...this.linked])
+          if (m === c.from || m.startsWith(c.from + '/')) {
+            this.linked.delete(m);
+            this.linked.add(c.path + m.slice(c.from.length));
+          }
+        this.bound();
+        return;
+      }
+      case 'link':
+        this.linked.add(c.from);
+        this.linked.add(c.path);
+        this.linkedGen = ++this.gen;
+        this.ranges.reset(c.path, this.gen);
+        return;
+      case 'unlink':
+      case 'rmdir': {
+        const g = ++this.gen;
+        this.deleted.set(c.path, g);
+        this.ranges.reset(c.path, g);
+        this.bound();
+        return;
+      }
+      case 'create':
+      case 'mkdir':
+      case 'mknod':
+      case 'symlink':
+        this.ranges.reset(c.path, ++this.gen);
+        return;
+      default:
+        // Metadata only (mode, owner, times, xattrs, fsync): the name's stamp says it.
+        return;
     }
   }
 
@@ -189,8 +255,13 @@ export class ChangeRecord {
     }
     if (this.ctimeFrom !== undefined && st.ctimeMs >= this.ctimeFrom) {
       const g = ++this.gen;
-      if (st.isDirectory()) this.trees.set(p, g);
-      else this.self.set(p, g);
+      if (st.isDirectory()) {
+        this.trees.set(p, g);
+        this.ranges.resetTree(p, g);
+      } else {
+        this.self.set(p, g);
+        this.ranges.reset(p, g);
+      }
     }
     this.bound();
   }
@@ -203,7 +274,16 @@ export class ChangeRecord {
 
   /** What changed since `since`, among the paths `within` accepts. */
   since(since: Generation, within: (p: string) => boolean = () => true): ChangeAnswer {
-    const base = { log: this.log, generation: this.gen, since: since.generation, changed: [], trees: [] };
+    const base = {
+      log: this.log,
+      generation: this.gen,
+      since: since.generation,
+      changed: [],
+      trees: [],
+      deleted: [],
+      renamed: [],
+      ranges: [],
+    };
     const unknown = (reason: string): ChangeAnswer => ({ ...base, unknown: { since: this.floor, reason } });
     if (since.log !== this.log)
       return unknown('generation of another change log (server state lost or replaced)');
@@ -211,20 +291,59 @@ export class ChangeRecord {
     if (since.generation < this.floor)
       return unknown(`the record starts at generation ${this.floor} (${this.epoch})`);
     if (since.generation > this.gen) return unknown(`generation ${since.generation} was never handed out`);
+    const G = since.generation;
     const changed = new Set<string>();
     const trees: string[] = [];
+    const deleted: string[] = [];
+    const renamed: Array<{ from: string; to: string }> = [];
+    const ranges: ChangeAnswer['ranges'] = [];
     let bytes = 0;
-    const add = (into: { add(p: string): void }, p: string) => {
-      into.add(p);
-      bytes += p.length + 4;
-    };
-    for (const [p, g] of this.self) if (g > since.generation && within(p)) add(changed, p);
-    if (this.linkedGen > since.generation) for (const p of this.linked) if (within(p)) add(changed, p);
+    for (const [p, g] of this.self)
+      if (g > G && within(p)) {
+        changed.add(p);
+        bytes += p.length + 4;
+      }
+    const linkedChanged = this.linkedGen > G;
+    if (linkedChanged)
+      for (const p of this.linked)
+        if (within(p)) {
+          changed.add(p);
+          bytes += p.length + 4;
+        }
     // Not filtered: a subtree stamp above the selection covers it too (and there are few).
-    for (const [p, g] of this.trees) if (g > since.generation) add({ add: (x) => trees.push(x) }, p);
+    for (const [p, g] of this.trees)
+      if (g > G) {
+        trees.push(p);
+        bytes += p.length + 4;
+      }
+    for (const [p, g] of this.deleted)
+      if (g > G && within(p)) {
+        deleted.push(p);
+        bytes += p.length + 4;
+      }
+    for (const [from, to, g] of this.renamed)
+      if (g > G && (within(from) || within(to))) {
+        renamed.push({ from, to });
+        bytes += from.length + to.length + 16;
+      }
+    for (const p of changed) {
+      // A file of several names changes through any of them: no ranges vouched for.
+      if (linkedChanged && this.linked.has(p)) continue;
+      const r = this.ranges.since(p, G);
+      if (r === undefined) continue;
+      ranges.push({ path: p, ranges: r });
+      bytes += p.length + 16 + r.length * 24;
+    }
     if (bytes > this.maxAnswerBytes)
       return unknown(`too many changes for one answer (${changed.size + trees.length} paths)`);
-    return { ...base, changed: [...changed].sort(), trees: trees.sort() };
+    return {
+      ...base,
+      changed: [...changed].sort(),
+      trees: trees.sort(),
+      deleted: deleted.sort(),
+      renamed,
+      ranges: ranges.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0)),
+    };
   }
 
   /** For status: the current generation, where the record starts, and whether it can vouch now. */
@@ -258,6 +377,9 @@ export class ChangeRecord {
       trees: [...this.trees],
       linked: [...this.linked],
       epoch: this.epoch,
+      deleted: [...this.deleted],
+      renamed: this.renamed,
+      ranges: this.ranges.save(),
     };
     await fsp.mkdir(path.dirname(this.o.file), { recursive: true });
     const tmp = `${this.o.file}.tmp`;
@@ -273,10 +395,17 @@ export class ChangeRecord {
 
   /** Keeps the record bounded: past maxEntries the oldest half goes and the floor rises. */
   private bound(): void {
-    if (this.self.size + this.trees.size <= this.maxEntries) return;
-    const gens = [...this.self.values(), ...this.trees.values()].sort((a, b) => a - b);
+    if (this.self.size + this.trees.size + this.deleted.size + this.renamed.length <= this.maxEntries) return;
+    const gens = [
+      ...this.self.values(),
+      ...this.trees.values(),
+      ...this.deleted.values(),
+      ...this.renamed.map((r) => r[2]),
+    ].sort((a, b) => a - b);
     const cut = gens[Math.floor(gens.length / 2)]!;
-    for (const m of [this.self, this.trees]) for (const [p, g] of m) if (g <= cut) m.delete(p);
+    for (const m of [this.self, this.trees, this.deleted]) for (const [p, g] of m) if (g <= cut) m.delete(p);
+    this.renamed = this.renamed.filter(([, , g]) => g > cut);
+    this.ranges.forget((p) => this.self.has(p));
     this.floor = Math.max(this.floor, cut);
     this.epoch = `older changes dropped to keep the record within ${this.maxEntries} paths`;
   }

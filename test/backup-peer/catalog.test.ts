@@ -191,3 +191,66 @@ describe('forget policy', () => {
     expect(() => planForget([], {}, () => false)).toThrow(expect.objectContaining({ code: 'ETWIN_USAGE' }));
   });
 });
+
+describe('catalog deltas', () => {
+  let dir: string;
+  let cleanup: () => Promise<void>;
+  beforeEach(async () => {
+    ({ dir, cleanup } = await tempDir('twinfs-catalog-delta-'));
+  });
+  afterEach(() => cleanup());
+  const rec = (id: string, time: number) => ({
+    id,
+    time,
+    server: 'ws://x',
+    deviceId: 'dev',
+    selector: { volume: true },
+    paths: ['/'],
+    totals: emptyTotals(),
+    target: 'dir:/b',
+  });
+
+  it('a snapshot mostly like its parent is recorded as a delta on it, resolved on read and made whole when the parent goes', async () => {
+    const many: ManifestEntry[] = Array.from({ length: 100 }, (_, i) => ({
+      path: `/f${String(i).padStart(3, '0')}`,
+      type: 'file',
+      size: i,
+      mode: 0o644,
+      uid: 0,
+      gid: 0,
+      mtime: 1,
+      hash: `h${i}`,
+    }));
+    const ids = ['20250101T000000Z-aaaaaa', '20250102T000000Z-bbbbbb', '20250103T000000Z-cccccc'];
+    const next = [
+      ...many.filter((e) => e.path !== '/f007').map((e) => (e.path === '/f003' ? { ...e, hash: 'new' } : e)),
+      { ...many[0]!, path: '/g', hash: 'g' },
+    ];
+    const expected = [...next].sort((a, b) => (a.path < b.path ? -1 : 1));
+    await Catalog.with(dir, async (c) => {
+      await c.begin(rec(ids[0]!, 1000));
+      await c.complete(ids[0]!, many, emptyTotals());
+      const parent = new Map((await c.entries(ids[0]!)).map((e) => [e.path, e]));
+      await c.begin(rec(ids[1]!, 2000));
+      const s = await c.complete(ids[1]!, next, emptyTotals(), { base: { id: ids[0]!, entries: parent } });
+      expect(s).toMatchObject({ entriesBase: ids[0], entriesDepth: 1 });
+      // Only the delta is stored: one changed, one new, one gone.
+      const own = (await fsp.readFile(path.join(dir, 'entries', `${ids[1]}.db`), 'utf8')).trim().split('\n');
+      expect(own).toHaveLength(3);
+      // A snapshot mostly unlike its parent stores all its entries.
+      await c.begin(rec(ids[2]!, 3000));
+      const other = many.map((e) => ({ ...e, hash: `x${e.hash}` }));
+      const s3 = await c.complete(ids[2]!, other, emptyTotals(), { base: { id: ids[0]!, entries: parent } });
+      expect(s3.entriesBase).toBeUndefined();
+    });
+    const strip = (xs: Array<Record<string, unknown>>) => xs.map(({ snapshotId: _, ...e }) => e);
+    await Catalog.with(dir, async (c) => {
+      const got = await c.entries(ids[1]!);
+      expect(strip(got as any)).toEqual(expected);
+      expect(new Set(got.map((e) => e.snapshotId))).toEqual(new Set([ids[1]]));
+      await c.remove(ids[0]!);
+      expect((await c.get(ids[1]!))?.entriesBase).toBeUndefined();
+      expect(strip((await c.entries(ids[1]!)) as any)).toEqual(expected);
+    });
+  });
+});

@@ -92,6 +92,13 @@ export class FakeControl implements BackupControl {
   lastListItems: boolean | undefined;
   /** Split instants by generation, per mirror, across FakeControls: the fake's change record (changesSince). */
   private static readonly splits = new Map<string, number[]>();
+  /** The mirror's paths at each split, per mirror: deletions since a split are the ones gone. */
+  private static readonly listings = new Map<string, Array<Set<string>>>();
+  private get splitListings(): Array<Set<string>> {
+    let s = FakeControl.listings.get(this.mirror.data);
+    if (!s) FakeControl.listings.set(this.mirror.data, (s = []));
+    return s;
+  }
   private get splitTimes(): number[] {
     let s = FakeControl.splits.get(this.mirror.data);
     if (!s) FakeControl.splits.set(this.mirror.data, (s = []));
@@ -112,16 +119,26 @@ export class FakeControl implements BackupControl {
         trees: [],
       };
     const changed: string[] = [];
+    const now = await this.paths();
+    for (const [p, st] of now) if (st.ctimeMs >= at - 5) changed.push(p);
+    const then = this.splitListings[since.generation] ?? new Set<string>();
+    const deleted = [...then].filter((p) => !now.has(p));
+    return { since: since.generation, changed, trees: [], deleted };
+  }
+
+  /** Every path of the mirror with its lstat. */
+  private async paths(): Promise<Map<string, Awaited<ReturnType<typeof fsp.lstat>>>> {
+    const out = new Map<string, Awaited<ReturnType<typeof fsp.lstat>>>();
     const walk = async (dir: string) => {
       for (const name of await fsp.readdir(path.join(this.mirror.data, dir))) {
         const p = dir === '/' ? `/${name}` : `${dir}/${name}`;
         const st = await fsp.lstat(path.join(this.mirror.data, p));
-        if (st.ctimeMs >= at - 5) changed.push(p);
+        out.set(p, st);
         if (st.isDirectory()) await walk(p);
       }
     };
     await walk('/');
-    return { since: since.generation, changed, trees: [] };
+    return out;
   }
 
   async prepare(
@@ -131,6 +148,7 @@ export class FakeControl implements BackupControl {
     this.lastListItems = o.listItems;
     const changes = o.since && (await this.changesSince(o.since));
     this.splitTimes.push(Date.now());
+    this.splitListings[this.splitTimes.length - 1] = new Set((await this.paths()).keys());
     const backupId = `bk-${++this.n}`;
     this.calls.push({ type: 'prepare', backupId });
     this.held.add(backupId);

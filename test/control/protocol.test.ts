@@ -243,7 +243,15 @@ describe('control protocol v1 on the wire', () => {
     await c.release(link.backupId);
     const file = await c.prepare({ subtree: '/top' });
     expect(file.items).toEqual([expect.objectContaining({ path: '/top', type: 'file', size: 4 })]);
+    // The next page of a change answer: a cursor that names no page, of a backup without one.
+    for (const cursor of ['1', '0', 'x'])
+      await expect(c.request('changes', { backupId: file.backupId, cursor })).rejects.toMatchObject({
+        code: 'ETWIN_PROTOCOL',
+      });
     await c.release(file.backupId);
+    await expect(c.request('changes', { backupId: 'bk-nope', cursor: '1' })).rejects.toMatchObject({
+      code: 'ETWIN_UNKNOWN_BACKUP',
+    });
     await expect(c.release('bk-nope')).rejects.toMatchObject({ code: 'ETWIN_UNKNOWN_BACKUP' });
     await expect(c.renew('bk-nope')).rejects.toMatchObject({ code: 'ETWIN_UNKNOWN_BACKUP' });
     await expect(c.request('thaw', { freezeId: 'fz-nope' })).rejects.toMatchObject({

@@ -2,6 +2,7 @@ import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { TO_END } from '../../src/mirror-driver/change-ranges.js';
 import { ChangeRecord, CTIME_MARGIN_MS } from '../../src/mirror-driver/change-record.js';
 
 /**
@@ -160,5 +161,101 @@ describe('change record', () => {
     const g = r.generation;
     for (let i = 0; i < 200; i++) r.stamp(`/some/longer/path/${i}`);
     expect(r.since(g).unknown?.reason).toMatch(/too many changes/);
+  });
+
+  const write = (r: ChangeRecord, p: string, offset: number, length: number) => {
+    r.stamp(p);
+    r.note({ op: 'write', path: p, offset, data: Buffer.alloc(length) });
+  };
+
+  it('records deletions and renames since a generation', async () => {
+    const r = await fresh();
+    r.stamp('/old');
+    r.stamp('/gone');
+    const g = r.generation;
+    r.stamp('/gone');
+    r.note({ op: 'unlink', path: '/gone' });
+    r.stamp('/dir');
+    r.note({ op: 'rename', from: '/dir', path: '/moved' });
+    const a = r.since(g);
+    expect(a.deleted).toEqual(['/gone']);
+    expect(a.renamed).toEqual([{ from: '/dir', to: '/moved' }]);
+    expect(a.trees).toEqual(['/dir', '/moved']);
+    // Nothing of it before g: an answer for the generation after is empty.
+    const b = r.since(r.generation);
+    expect([b.deleted, b.renamed, b.changed, b.trees]).toEqual([[], [], [], []]);
+  });
+
+  it('answers the byte ranges written since each baseline, and "whole file" where it cannot vouch', async () => {
+    const r = await fresh();
+    r.stamp('/big');
+    r.note({ op: 'create', path: '/big', mode: 0o644, uid: 0, gid: 0 });
+    write(r, '/big', 0, 1 << 20);
+    const g1 = r.generation;
+    write(r, '/big', 5 << 20, 4096);
+    const g2 = r.generation;
+    write(r, '/big', 9 << 20, 100);
+    r.stamp('/big');
+    r.note({ op: 'truncate', path: '/big', size: 20 << 20 });
+    const rangesOf = (g: typeof g1, p = '/big') => r.since(g).ranges.find((x) => x.path === p)?.ranges;
+    expect(rangesOf(g1)).toEqual([
+      [5 << 20, (5 << 20) + 4096],
+      [9 << 20, (9 << 20) + 100],
+      [20 << 20, TO_END],
+    ]);
+    expect(rangesOf(g2)).toEqual([
+      [9 << 20, (9 << 20) + 100],
+      [20 << 20, TO_END],
+    ]);
+    // A metadata change alone: changed, with no data range.
+    const g3 = r.generation;
+    r.stamp('/big');
+    r.note({ op: 'chmod', path: '/big', mode: 0o600 });
+    expect(r.since(g3).changed).toEqual(['/big']);
+    expect(rangesOf(g3)).toEqual([]);
+    // Replaced by a rename: the ranges before it cannot be vouched for (compare whole).
+    r.stamp('/other');
+    r.note({ op: 'rename', from: '/other', path: '/big' });
+    write(r, '/big', 0, 10);
+    expect(rangesOf(g3)).toBeUndefined();
+    expect(r.since(g3).changed).toContain('/big');
+    // A file created since the baseline: whole.
+    r.stamp('/new');
+    r.note({ op: 'create', path: '/new', mode: 0o644, uid: 0, gid: 0 });
+    write(r, '/new', 0, 10);
+    expect(rangesOf(g3, '/new')).toBeUndefined();
+  });
+
+  it('a file with more writes than its log keeps is "whole" for the baselines it dropped, exact for later ones', async () => {
+    const r = await fresh();
+    const g0 = r.generation;
+    for (let i = 0; i < 400; i++) write(r, '/log', i * 8192, 10);
+    const g1 = r.generation;
+    write(r, '/log', 0, 10);
+    const a = r.since(g0);
+    expect(a.changed).toEqual(['/log']);
+    expect(a.ranges).toEqual([]);
+    expect(r.since(g1).ranges).toEqual([{ path: '/log', ranges: [[0, 10]] }]);
+  });
+
+  it('deletions, renames and ranges survive a clean restart', async () => {
+    const f = file();
+    const r = await fresh(f);
+    write(r, '/big', 0, 100);
+    const g = r.generation;
+    write(r, '/big', 1000, 100);
+    r.stamp('/x');
+    r.note({ op: 'unlink', path: '/x' });
+    r.note({ op: 'rename', from: '/a', path: '/b' });
+    await r.save();
+    const saved = JSON.parse(await fsp.readFile(f, 'utf8'));
+    const j = { clean: true, otherBoot: false, missing: false, log: saved.log, gen: saved.gen };
+    const r2 = await ChangeRecord.open({ file: f, journal: j });
+    r2.startWalkDone();
+    const a = r2.since(g);
+    expect(a.unknown).toBeUndefined();
+    expect(a.deleted).toEqual(['/x']);
+    expect(a.renamed).toEqual([{ from: '/a', to: '/b' }]);
+    expect(a.ranges).toEqual([{ path: '/big', ranges: [[1000, 1100]] }]);
   });
 });

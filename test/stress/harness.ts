@@ -43,6 +43,11 @@ export interface StressOptions {
   /** Run the prepare/release loop and the backup loop (default both). */
   prepares?: boolean;
   backups?: boolean;
+  /**
+   * Backups are incremental (driven by the server's change record, shared with the previous
+   * snapshot) instead of --full: every snapshot is still checked against its split instant.
+   */
+  incremental?: boolean;
   /** Where to keep the run's files (default a new temp dir, removed unless keep). */
   dir?: string;
   keep?: boolean;
@@ -60,7 +65,8 @@ export interface StressReport {
   ops: number;
   writerFailures: string[];
   prepares: { ok: number; failed: Record<string, number> };
-  backups: { ok: number; failed: Record<string, number> };
+  /** changeDriven: backups the server's change answer drove (carried entries over unread). */
+  backups: { ok: number; failed: Record<string, number>; changeDriven?: number };
   snapshots: { count: number; checked: number; unverifiable: number; mismatches: Mismatch[] };
   /** Split copies that changed while held (invariant 4). */
   frozenChanged: string[];
@@ -229,6 +235,7 @@ export async function runStress(o: StressOptions): Promise<StressReport> {
           backupsTaken,
           log,
           children,
+          o.incremental === true,
         ),
       );
     // A hung mount must not hang the run: writers get the deadline plus a margin, then SIGKILL.
@@ -451,6 +458,7 @@ async function backupLoop(
   taken: Array<{ id: string; sent: number; replied: number }>,
   log: (m: string) => void,
   children: Set<ChildProcess>,
+  incremental: boolean,
 ): Promise<void> {
   while (writing()) {
     // The window opens when the backup process is started (its prepare is sent later) and
@@ -468,7 +476,7 @@ async function backupLoop(
       `dir:${target}`,
       '--catalog',
       catalog,
-      '--full',
+      ...(incremental ? [] : ['--full']),
       '--json',
     ];
     const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -497,6 +505,7 @@ async function backupLoop(
     const id: string | undefined = last?.snapshot?.id ?? last?.snapshotId ?? last?.result?.snapshot?.id;
     if (code === 0 && id && replied) {
       report.backups.ok++;
+      if (last?.changes) report.backups.changeDriven = (report.backups.changeDriven ?? 0) + 1;
       taken.push({ id, sent, replied });
     } else {
       const c = last?.code ?? last?.error?.code ?? `exit ${code}`;

@@ -37,6 +37,8 @@ const LINKS = process.env.TWINFS_STRESS_LINKS === '1';
  * run is clean.
  */
 const RUN = process.env.TWINFS_STRESS === '1';
+/** Incremental backups (driven by the server's change record) instead of --full ones. */
+const INCREMENTAL = process.env.TWINFS_STRESS_INCREMENTAL === '1';
 
 describe.runIf(RUN)('stress: writers, prepares and backups against a real twinfs serve', () => {
   for (const seed of SEEDS)
@@ -48,6 +50,7 @@ describe.runIf(RUN)('stress: writers, prepares and backups against a real twinfs
         mmap: true,
         lazyMmap: LAZY_MMAP,
         links: LINKS,
+        incremental: INCREMENTAL,
       });
       expect(problems(r)).toEqual([]);
       // The run did what it is there for (and the checks had something to check). Loose bounds:
