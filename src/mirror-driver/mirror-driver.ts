@@ -16,6 +16,7 @@ import { Journal, type JournalRecord } from './journal.js';
 import { mergeLinkedRanges } from './linked-ranges.js';
 import { MirrorWriter } from './mirror-writer.js';
 import { covers, coversUnder, type Selector, SplitTracker } from './split-tracker.js';
+import { MirrorTrace } from './trace.js';
 import { compareOne, type Difference, type VerifyReport, verifyTrees } from './verify.js';
 
 /** Changes that modify an inode's content or metadata (not its names). */
@@ -169,6 +170,7 @@ export class MirrorDriver implements ChangeSink {
    */
   private readonly unsynced = new Set<string>();
   private readonly abort = new AbortController();
+  private readonly trace = new MirrorTrace();
   private timesTimer: NodeJS.Timeout | null = null;
   private changeFile = '';
   private timers: NodeJS.Timeout[] = [];
@@ -389,6 +391,11 @@ export class MirrorDriver implements ChangeSink {
       s.record(c);
       if (c.op !== 'fsync') void this.journal.append(trackRecord(s.id, c)).catch(() => undefined);
     }
+    if (this.trace.on)
+      this.trace.change(
+        c,
+        holders.map((s) => s.id.slice(-8)),
+      );
     if (holders.length > 0) {
       if (c.op !== 'fsync') this.stats.changesTracked++;
       if (inodeOp) await this.noteInodeChange(holders, c.path);
@@ -454,7 +461,7 @@ export class MirrorDriver implements ChangeSink {
     const st = await fsp.lstat(this.primary + p).catch(() => undefined);
     // Gone already (its unlink or rename is queued behind): assume it had other names.
     const nlink = st ? (st.isDirectory() ? 1 : st.nlink) : 2;
-    for (const s of todo) s.noteInodeChange(p, nlink);
+    for (const s of todo) s.noteInodeChange(p, nlink, st?.ino);
   }
 
   private async onApplyError(c: Change, err: NodeJS.ErrnoException): Promise<void> {
@@ -492,6 +499,7 @@ export class MirrorDriver implements ChangeSink {
 
   private markBroken(p: string, err: NodeJS.ErrnoException): void {
     if (this.broken.has(p)) return;
+    this.trace.event('broken', { path: p, code: err.code, msg: err.message });
     this.broken.add(p);
     this.brokenReasons.set(p, `${err.code ?? 'EIO'}: ${err.message}`);
     this.log(`mirror pair broken for ${p}: ${err.code ?? err.message}`);
@@ -543,6 +551,7 @@ export class MirrorDriver implements ChangeSink {
       }
       return;
     }
+    this.trace.event('heal', { path: p });
     await this.ensureParents(p);
     this.writer.forget(p, true);
     const r = await syncEntry(this.primary + p, this.layout.data + p);
@@ -568,6 +577,7 @@ export class MirrorDriver implements ChangeSink {
     void this.queue
       .push(async () => {
         this.relinkQueued = false;
+        this.trace.event('relink', { cause });
         const r = await this.reconcileTree('/', 'repair', { locked: true });
         this.stats.bytesMirrored += r.bytes;
       })
@@ -582,6 +592,7 @@ export class MirrorDriver implements ChangeSink {
    */
   private async removeGone(paths: string[]): Promise<void> {
     const left = paths.filter((p) => this.unsynced.delete(p));
+    this.trace.event('removeGone', { left });
     const back: string[] = [];
     for (const p of left) {
       if (this.heldUnder(p)) {
@@ -715,6 +726,7 @@ export class MirrorDriver implements ChangeSink {
         if (st?.isFile() && st.nlink > 1) s.frozenInos.set(st.ino, p);
       }
       this.splits.set(s.id, s);
+      this.trace.event('split', { id: s.id.slice(-8), sel });
       s.generation = this.changes.generation;
       try {
         void this.journal.append(this.changes.journalLine()).catch(() => undefined);
@@ -759,6 +771,7 @@ export class MirrorDriver implements ChangeSink {
   private async resyncLocked(s: SplitTracker): Promise<ResyncResult> {
     const started = Date.now();
     this.splits.delete(s.id);
+    this.trace.event('resync', { id: s.id.slice(-8), lostLinks: s.lostLinks, files: s.files.size });
     // Other splits that still hold some of these paths keep them frozen: those paths are
     // resynced when the last holder lets go (their changes are tracked there too).
     const stillHeld = (p: string) => this.heldUnder(p);
@@ -786,6 +799,10 @@ export class MirrorDriver implements ChangeSink {
       }
     }
     const paths = [...new Set([...s.touched, ...s.files.keys()])].sort();
+    // Names whose inode lost another name with tracked ranges (lostLinks) are copied whole.
+    const primaryInos = new Map<string, number | undefined>();
+    if (s.lostLinks)
+      for (const p of s.files.keys()) primaryInos.set(p, (await lstatOrUndefined(this.primary + p))?.ino);
     const tracked = await mergeLinkedRanges(
       s.files,
       paths,
@@ -793,7 +810,7 @@ export class MirrorDriver implements ChangeSink {
         const st = stillHeld(p) ? undefined : await lstatOrUndefined(this.layout.data + p);
         return st?.isFile() && st.nlink > 1 ? st.ino : undefined;
       },
-      s.lostLinks ? (p) => (s.inodeChanged.get(p) ?? 1) > 1 : undefined,
+      s.lostLinks ? (p) => s.copiesWhole(p, primaryInos.get(p)) : undefined,
     );
     const gone: string[] = [];
     for (const p of paths) {
@@ -804,6 +821,8 @@ export class MirrorDriver implements ChangeSink {
         continue;
       }
       const f = tracked.get(p);
+      if (this.trace.on)
+        this.trace.event('resync-entry', { path: p, ranges: f ? f.ranges.toArray() : 'whole', cut: f?.cut });
       try {
         this.writer.forget(p, true);
         await this.ensureParents(p);
@@ -827,6 +846,7 @@ export class MirrorDriver implements ChangeSink {
       }
     }
     this.stats.resyncBytes += bytes;
+    this.trace.event('resynced', { id: s.id.slice(-8), gone, trees: outermost(trees) });
     if (gone.length > 0)
       void this.queue
         .push(() => this.removeGone(gone))
@@ -1367,6 +1387,7 @@ export class MirrorDriver implements ChangeSink {
       .catch((err) => this.log(`cannot save the change record: ${(err as Error).message}`));
     await this.journal.checkpoint(() => this.snapshot());
     await this.journal.close(true);
+    await this.trace.close();
   }
 
   private splitInfo(s: SplitTracker): SplitInfo {

@@ -74,6 +74,23 @@ describe('resync of files with several names', () => {
     expect((await d.verify()).differences).toEqual([]);
   });
 
+  it('a write through a name that then goes is not lost when the other name is written after (stress seed 306)', async () => {
+    const s = await d.split({ volume: true });
+    // Through /a while the file has two names; then /a goes, and /b (by now the only name) is
+    // written elsewhere: what was tracked under /a must still reach /b.
+    await write('/a', 20_000, 5000);
+    await fsp.unlink(`${P}/a`);
+    await d.apply({ op: 'unlink', path: '/a' });
+    const data = randomBytes(3000);
+    const fh = await fsp.open(`${P}/b`, 'r+');
+    await fh.write(data, 0, data.length, 60_000);
+    await fh.close();
+    await d.apply({ op: 'write', path: '/b', offset: 60_000, data });
+    await d.resync(s.splitId);
+    expect(await sha(`${M}/b`)).toBe(await sha(`${P}/b`));
+    expect((await d.verify()).differences).toEqual([]);
+  });
+
   it('a split of one name holds changes through the other names, and the names stay one file', async () => {
     const frozen = await sha(`${M}/a`);
     const s = await d.split({ paths: ['/a'] });

@@ -152,7 +152,7 @@ export async function runStress(o: StressOptions): Promise<StressReport> {
         String(rng.pick([8, 64])),
         ...(o.serveArgs ?? []),
       ],
-      env: { ...process.env, UV_THREADPOOL_SIZE: '16' },
+      env: { ...process.env, UV_THREADPOOL_SIZE: '16', TWINFS_MIRROR_TRACE: d('logs/mirror-trace.jsonl') },
       timeoutMs: 60_000,
     });
     phase('mounted');
