@@ -64,6 +64,8 @@ export interface StressReport {
   snapshots: { count: number; checked: number; unverifiable: number; mismatches: Mismatch[] };
   /** Split copies that changed while held (invariant 4). */
   frozenChanged: string[];
+  /** The first message of each failure code of prepares, releases and backups (what a count hides). */
+  failureMessages: Record<string, string>;
   /** Primary entries that differ from the writers' models. */
   primaryVsModel: string[];
   verify: { ok: boolean; checked: number; differences: unknown[] };
@@ -121,6 +123,7 @@ export async function runStress(o: StressOptions): Promise<StressReport> {
     backups: { ok: 0, failed: {} },
     snapshots: { count: 0, checked: 0, unverifiable: 0, mismatches: [] },
     frozenChanged: [],
+    failureMessages: {},
     primaryVsModel: [],
     verify: { ok: false, checked: 0, differences: [] },
     broken: [],
@@ -383,6 +386,7 @@ async function prepareLoop(
     } catch (err) {
       const code = err instanceof RemoteError ? err.code : ((err as Error).message ?? 'error');
       report.prepares.failed[code] = (report.prepares.failed[code] ?? 0) + 1;
+      report.failureMessages[`prepare ${code}`] ??= (err as Error).message;
       o.log(`prepare ${JSON.stringify(selector)} failed: ${code}`);
       await sleep(rng.int(200));
       continue;
@@ -501,6 +505,7 @@ async function backupLoop(
     } else {
       const c = last?.code ?? last?.error?.code ?? `exit ${code}`;
       report.backups.failed[c] = (report.backups.failed[c] ?? 0) + 1;
+      report.failureMessages[`backup ${c}`] ??= `${err.slice(-300)} ${out.slice(-300)}`;
       log(`backup failed (${c}): ${err.slice(-300)} ${out.slice(-300)}`);
       await sleep(200);
     }
