@@ -52,7 +52,8 @@ for (let seed = args.seed; ; seed++) {
   );
   for (const line of p.slice(0, 15)) process.stdout.write(`    ${line}\n`);
   for (const [k, m] of Object.entries(r.failureMessages ?? {}))
-    if (!/ETWIN_BUSY|ETWIN_NOT_FOUND/.test(k)) process.stdout.write(`    (${k}: ${m.replace(/\s+/g, ' ').slice(0, 300)})\n`);
+    if (!/ETWIN_BUSY|ETWIN_NOT_FOUND/.test(k))
+      process.stdout.write(`    (${k}: ${m.replace(/\s+/g, ' ').slice(0, 300)})\n`);
   if (Date.now() >= until) break;
 }
 const sum = (f) => reports.reduce((a, r) => a + f(r), 0);

@@ -161,8 +161,6 @@ export class MirrorDriver implements ChangeSink {
   private ready: Promise<void> = Promise.resolve();
   private repairing: Promise<RepairResult> | null = null;
   private checkpointQueued = false;
-  /** A volume comparison to link the names of hard-linked files is queued (see healPath). */
-  private relinkQueued = false;
   /**
    * Entries a resync found gone from the primary and left in the mirror for the changes queued
    * behind it (see removeGone), not synced yet: a rename moves them and syncs them where they
@@ -565,23 +563,27 @@ export class MirrorDriver implements ChangeSink {
     }
     // A file with other names came as a copy of its own: the mirror would keep two files where
     // the primary has one, and the next write through one name would leave the other behind.
-    // Its other names can be anywhere: the next queue task compares the volume and links them.
     if ((st?.isFile() && st.nlink > 1) || (st?.isDirectory() && (await hasMultiLink(this.primary + p))))
-      this.relinkVolume(p);
+      await this.relinkVolume(p);
   }
 
-  private relinkVolume(cause: string): void {
-    if (this.relinkQueued) return;
-    this.relinkQueued = true;
+  /**
+   * Links the names of files with several names again after one was copied alone: the other
+   * names can be anywhere, so the volume is compared. Now, inside the task that healed it: until
+   * then the copies are separate files, and a change applied to one of them in between (an
+   * xattr through the healed name, a write through another) would be on one copy only, and the
+   * comparison, which keeps the first name it finds equal by size, mtime and ctime, could keep
+   * the other.
+   */
+  private async relinkVolume(cause: string): Promise<void> {
     this.log(`${cause}: a file with several names was copied alone; comparing the volume to link its names`);
-    void this.queue
-      .push(async () => {
-        this.relinkQueued = false;
-        this.trace.event('relink', { cause });
-        const r = await this.reconcileTree('/', 'repair', { locked: true });
-        this.stats.bytesMirrored += r.bytes;
-      })
-      .catch((err) => this.markBroken('/', err as NodeJS.ErrnoException));
+    this.trace.event('relink', { cause });
+    try {
+      const r = await this.reconcileTree('/', 'repair', { locked: true });
+      this.stats.bytesMirrored += r.bytes;
+    } catch (err) {
+      this.markBroken('/', err as NodeJS.ErrnoException);
+    }
   }
 
   /**
