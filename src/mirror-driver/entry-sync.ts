@@ -51,6 +51,13 @@ export async function syncEntry(
     await fsp.rm(mirror, { recursive: true, force: true });
     mst = undefined;
   }
+  // A mirror file with other names where the primary's has none is another file than the one
+  // there now (a rename over it reached the primary, not yet the mirror): writing into it would
+  // change its other names too. The name gets a file of its own.
+  if (mst?.isFile() && mst.nlink > 1 && pst.isFile() && pst.nlink === 1) {
+    await fsp.unlink(mirror);
+    mst = undefined;
+  }
   let bytesCopied = 0;
   if (pst.isDirectory()) {
     if (!mst) await fsp.mkdir(mirror, pst.mode & 0o7777);

@@ -1140,7 +1140,8 @@ export class MirrorDriver implements ChangeSink {
       if (this.isHeld(p)) return undefined;
       const [pst, mst] = await Promise.all([lstatOrUndefined(this.primary + p), lstatOrUndefined(mp)]);
       if (!pst?.isFile() || pst.nlink > 1) return { fallback: true as const, pst };
-      if (mst?.isFile()) {
+      // A mirror file with other names is another file (see syncEntry): replaced, not written.
+      if (mst?.isFile() && mst.nlink === 1) {
         const sameData = mst.size === pst.size && Math.abs(mst.mtimeMs - pst.mtimeMs) < 1;
         if (sameData && sameMeta(pst, mst) && pst.ctimeMs <= mst.ctimeMs && !deep) return undefined;
         this.writer.forget(p, true);
