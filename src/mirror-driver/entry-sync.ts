@@ -12,6 +12,12 @@ const CHUNK = 1 << 20;
 
 export interface SyncResult {
   bytesCopied: number;
+  /**
+   * The mirror name was one of several names of a file and got a file of its own, while the
+   * primary's file has other names: those are separate files in the mirror until the names are
+   * linked again (the caller compares the volume).
+   */
+  separated?: boolean;
 }
 
 export interface SyncOptions {
@@ -51,12 +57,14 @@ export async function syncEntry(
     await fsp.rm(mirror, { recursive: true, force: true });
     mst = undefined;
   }
-  // A mirror file with other names where the primary's has none is another file than the one
-  // there now (a rename over it reached the primary, not yet the mirror): writing into it would
-  // change its other names too. The name gets a file of its own.
-  if (mst?.isFile() && mst.nlink > 1 && pst.isFile() && pst.nlink === 1) {
+  // A mirror file whose link count is not the primary's is another file than the primary's (a
+  // rename over it reached the primary, not yet the mirror), or its names are not the same:
+  // writing into it would change its other names too. The name gets a file of its own.
+  let separated = false;
+  if (mst?.isFile() && mst.nlink > 1 && pst.isFile() && pst.nlink !== mst.nlink) {
     await fsp.unlink(mirror);
     mst = undefined;
+    separated = pst.nlink > 1;
   }
   let bytesCopied = 0;
   if (pst.isDirectory()) {
@@ -79,7 +87,7 @@ export async function syncEntry(
     await mknod(mirror, pst.mode, pst.rdev);
   }
   await syncMeta(primary, mirror, pst, !mst);
-  return { bytesCopied };
+  return separated ? { bytesCopied, separated } : { bytesCopied };
 }
 
 async function copyRanges(

@@ -11,7 +11,7 @@ import { setTimesNs } from '../posix/set-times.js';
 import { type ChangeAnswer, ChangeRecord, type Generation } from './change-record.js';
 import { loadVolumeId, type MirrorLayout, mirrorLayout, openDevice } from './device.js';
 import { DeviceWatch } from './device-watch.js';
-import { copyChunk, syncEntry, syncMeta } from './entry-sync.js';
+import { copyChunk, type SyncOptions, type SyncResult, syncEntry, syncMeta } from './entry-sync.js';
 import { Journal, type JournalRecord } from './journal.js';
 import { mergeLinkedRanges } from './linked-ranges.js';
 import { MirrorWriter } from './mirror-writer.js';
@@ -167,6 +167,8 @@ export class MirrorDriver implements ChangeSink {
    * land, an unlink drops them.
    */
   private readonly unsynced = new Set<string>();
+  /** A copy separated a name from the other names of its file (see copyEntry). */
+  private relinkWanted = false;
   private readonly abort = new AbortController();
   private readonly trace = new MirrorTrace();
   private timesTimer: NodeJS.Timeout | null = null;
@@ -332,7 +334,9 @@ export class MirrorDriver implements ChangeSink {
           if (this.heldUnder(p)) return 0;
           this.writer.forget(p, true);
           await this.ensureParents(p);
-          return (await syncEntry(this.primary + p, this.layout.data + p, { compare: true })).bytesCopied;
+          const r = await this.copyEntry(this.primary + p, this.layout.data + p, { compare: true });
+          await this.relinkIfWanted(p);
+          return r.bytesCopied;
         });
         entries++;
       }
@@ -538,6 +542,16 @@ export class MirrorDriver implements ChangeSink {
     }
   }
 
+  /**
+   * syncEntry, noting when a name of a file with several names got a file of its own
+   * (SyncResult.separated): the names must be linked again (relinkVolume) before the task ends.
+   */
+  private async copyEntry(primary: string, mirror: string, opts?: SyncOptions): Promise<SyncResult> {
+    const r = await syncEntry(primary, mirror, opts);
+    if (r.separated) this.relinkWanted = true;
+    return r;
+  }
+
   /** Copies path (and any missing parents) from the primary. */
   private async healPath(p: string): Promise<void> {
     if (this.heldUnder(p)) {
@@ -552,7 +566,11 @@ export class MirrorDriver implements ChangeSink {
     this.trace.event('heal', { path: p });
     await this.ensureParents(p);
     this.writer.forget(p, true);
-    const r = await syncEntry(this.primary + p, this.layout.data + p);
+    // What the mirror has there is not the file the change was about (or the change would have
+    // applied): if it has other names, it is some other file and must not be written into.
+    const old = await lstatOrUndefined(this.layout.data + p);
+    if (old?.isFile() && old.nlink > 1) await fsp.unlink(this.layout.data + p);
+    const r = await this.copyEntry(this.primary + p, this.layout.data + p);
     this.stats.bytesMirrored += r.bytesCopied;
     // A directory the mirror lacked (say, renamed before the initial copy reached it) comes
     // with its contents.
@@ -563,8 +581,16 @@ export class MirrorDriver implements ChangeSink {
     }
     // A file with other names came as a copy of its own: the mirror would keep two files where
     // the primary has one, and the next write through one name would leave the other behind.
-    if ((st?.isFile() && st.nlink > 1) || (st?.isDirectory() && (await hasMultiLink(this.primary + p))))
+    if (
+      this.relinkWanted ||
+      (st?.isFile() && st.nlink > 1) ||
+      (st?.isDirectory() && (await hasMultiLink(this.primary + p)))
+    )
       await this.relinkVolume(p);
+  }
+
+  private async relinkIfWanted(cause: string): Promise<void> {
+    if (this.relinkWanted) await this.relinkVolume(cause);
   }
 
   /**
@@ -578,6 +604,7 @@ export class MirrorDriver implements ChangeSink {
   private async relinkVolume(cause: string): Promise<void> {
     this.log(`${cause}: a file with several names was copied alone; comparing the volume to link its names`);
     this.trace.event('relink', { cause });
+    this.relinkWanted = false;
     try {
       const r = await this.reconcileTree('/', 'repair', { locked: true });
       this.stats.bytesMirrored += r.bytes;
@@ -634,7 +661,7 @@ export class MirrorDriver implements ChangeSink {
       try {
         this.writer.forget(p, true);
         await this.ensureParents(p);
-        const r = await syncEntry(this.primary + p, this.layout.data + p, { compare: true });
+        const r = await this.copyEntry(this.primary + p, this.layout.data + p, { compare: true });
         this.stats.resyncBytes += r.bytesCopied;
       } catch (err) {
         // Moved on again: the change that did it is queued and carries on from there.
@@ -642,6 +669,7 @@ export class MirrorDriver implements ChangeSink {
           this.markBroken(p, err as NodeJS.ErrnoException);
       }
     }
+    await this.relinkIfWanted('entries moved during a resync');
   }
 
   private noteTimes(p: string): void {
@@ -828,7 +856,10 @@ export class MirrorDriver implements ChangeSink {
       try {
         this.writer.forget(p, true);
         await this.ensureParents(p);
-        const r = await syncEntry(this.primary + p, this.layout.data + p, { ranges: f?.ranges, cut: f?.cut });
+        const r = await this.copyEntry(this.primary + p, this.layout.data + p, {
+          ranges: f?.ranges,
+          cut: f?.cut,
+        });
         bytes += r.bytesCopied;
         entries++;
       } catch (err) {
@@ -836,8 +867,9 @@ export class MirrorDriver implements ChangeSink {
         else this.markBroken(p, err as NodeJS.ErrnoException);
       }
     }
-    // A changed file lost a name while it had others: they are found by comparing everything.
-    if (s.lostLinks) trees.add('/');
+    // A changed file lost a name while it had others: they are found by comparing everything;
+    // so are the other names of a name that got a file of its own (copyEntry).
+    if (s.lostLinks || this.relinkWanted) trees.add('/');
     for (const t of outermost(trees)) {
       try {
         const r = await this.reconcileTree(t, 'resync', { locked: true });
@@ -947,7 +979,9 @@ export class MirrorDriver implements ChangeSink {
             if (this.heldUnder(t)) return 0;
             this.writer.forget(t, true);
             await this.ensureParents(t);
-            return (await syncEntry(this.primary + t, this.layout.data + t)).bytesCopied;
+            const r = await this.copyEntry(this.primary + t, this.layout.data + t);
+            await this.relinkIfWanted(t);
+            return r.bytesCopied;
           });
           entries++;
         } else {
@@ -1009,7 +1043,8 @@ export class MirrorDriver implements ChangeSink {
           if (p !== '') {
             this.writer.forget(p, true);
             await this.ensureParents(p);
-            await syncEntry(this.primary + p, this.layout.data + p);
+            await this.copyEntry(this.primary + p, this.layout.data + p);
+            await this.relinkIfWanted(p);
           } else await syncMeta(this.primary, this.layout.data);
           return compareOne(this.primary, this.layout.data, p);
         })
@@ -1063,10 +1098,16 @@ export class MirrorDriver implements ChangeSink {
     phase: ProgressEvent['phase'],
     o: { locked?: boolean; deep?: boolean; signal?: AbortSignal },
   ): Promise<{ bytes: number; entries: number }> {
+    // A name separated from the other names of its file (copyEntry) is linked to them again in
+    // the same queue task: a live change in between would reach one of the copies only.
     const run = async <T>(f: () => Promise<T>): Promise<T> => {
       if (o.locked) return f();
       await this.yieldToLive();
-      return this.queue.push(f);
+      return this.queue.push(async () => {
+        const r = await f();
+        await this.relinkIfWanted(p);
+        return r;
+      });
     };
     let bytes = 0;
     let entries = 0;
@@ -1121,6 +1162,12 @@ export class MirrorDriver implements ChangeSink {
       for (const it of [...items].reverse()) if (it.st?.isDirectory()) dirs.push(it.path);
     }
     report(true);
+    // Inside one task (locked): a walk of the volume has linked the names it separated; a walk of
+    // a subtree cannot see names outside it.
+    if (o.locked) {
+      if (p === '/') this.relinkWanted = false;
+      else await this.relinkIfWanted(p);
+    }
     return { bytes, entries };
   }
 
@@ -1276,12 +1323,12 @@ export class MirrorDriver implements ChangeSink {
     // Same size and mtime: probably equal, so compare rather than copy.
     const opts = { compare: sameData, mirrorStat: mst ?? null };
     try {
-      return (await syncEntry(this.primary + p, mp, opts)).bytesCopied;
+      return (await this.copyEntry(this.primary + p, mp, opts)).bytesCopied;
     } catch (err) {
       // The parent is normally there (directories are synced before their entries).
       if (!HEAL_CODES.has((err as NodeJS.ErrnoException).code ?? '')) throw err;
       await this.ensureParents(p);
-      return (await syncEntry(this.primary + p, mp, { compare: sameData })).bytesCopied;
+      return (await this.copyEntry(this.primary + p, mp, { compare: sameData })).bytesCopied;
     }
   }
 

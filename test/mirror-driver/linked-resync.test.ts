@@ -145,6 +145,26 @@ describe('resync of files with several names', () => {
     expect(d.status().broken).toEqual([]);
   });
 
+  it('a rename healed over a name of another hard-linked file gives it a file of its own (stress seed 501)', async () => {
+    // Another file with two names, mirrored.
+    await fsp.writeFile(`${P}/g`, randomBytes(70_000));
+    await d.apply({ op: 'create', path: '/g', mode: 0o100644, uid: 0, gid: 0 });
+    await d.apply({ op: 'write', path: '/g', offset: 0, data: await fsp.readFile(`${P}/g`) });
+    await fsp.link(`${P}/g`, `${P}/h`);
+    await d.apply({ op: 'link', from: '/g', path: '/h' });
+    await d.barrier();
+    // The mirror lacks /g (as above), so the rename of /g over /a heals /a: the mirror's /a is
+    // still one file with /b, the primary's /a is now one file with /h.
+    await fsp.rm(`${M}/g`);
+    await fsp.rename(`${P}/g`, `${P}/a`);
+    await d.apply({ op: 'rename', from: '/g', path: '/a' });
+    await d.whenIdle();
+    for (const n of ['a', 'b', 'h']) expect(await sha(`${M}/${n}`)).toBe(await sha(`${P}/${n}`));
+    expect((await fsp.stat(`${M}/a`)).ino).toBe((await fsp.stat(`${M}/h`)).ino);
+    expect((await fsp.stat(`${M}/a`)).ino).not.toBe((await fsp.stat(`${M}/b`)).ino);
+    expect((await d.verify()).differences).toEqual([]);
+  });
+
   it('a split of one name holds changes through the other names, and the names stay one file', async () => {
     const frozen = await sha(`${M}/a`);
     const s = await d.split({ paths: ['/a'] });
