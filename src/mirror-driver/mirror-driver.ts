@@ -870,9 +870,18 @@ export class MirrorDriver implements ChangeSink {
     // A changed file lost a name while it had others: they are found by comparing everything;
     // so are the other names of a name that got a file of its own (copyEntry).
     if (s.lostLinks || this.relinkWanted) trees.add('/');
+    // The other names of an inode that lost a changed name are not known here, and what changed
+    // may not show in size, mtime or ctime (the replayed unlink just moved the mirror's ctime past
+    // the primary's): primary files of such inodes that changed since the split are compared in
+    // full, metadata included.
+    const deep = s.lostLinks
+      ? (st: Stats) =>
+          // (A second of margin: file times come from the kernel's coarse clock.)
+          st.isFile() && st.ctimeMs >= s.since - 1000 && (s.lostUnknown || s.lostInos.has(st.ino))
+      : undefined;
     for (const t of outermost(trees)) {
       try {
-        const r = await this.reconcileTree(t, 'resync', { locked: true });
+        const r = await this.reconcileTree(t, 'resync', { locked: true, deep });
         bytes += r.bytes;
         entries += r.entries;
       } catch (err) {
@@ -1071,7 +1080,7 @@ export class MirrorDriver implements ChangeSink {
   private async reconcileTree(
     p: string,
     phase: ProgressEvent['phase'],
-    o: { locked?: boolean; deep?: boolean; signal?: AbortSignal } = {},
+    o: { locked?: boolean; deep?: Deep; signal?: AbortSignal } = {},
   ): Promise<{ bytes: number; entries: number }> {
     if (o.locked) return this.walkTree(p, phase, o);
     const renamed = new Set<string>();
@@ -1096,7 +1105,7 @@ export class MirrorDriver implements ChangeSink {
   private async walkTree(
     p: string,
     phase: ProgressEvent['phase'],
-    o: { locked?: boolean; deep?: boolean; signal?: AbortSignal },
+    o: { locked?: boolean; deep?: Deep; signal?: AbortSignal },
   ): Promise<{ bytes: number; entries: number }> {
     // A name separated from the other names of its file (copyEntry) is linked to them again in
     // the same queue task: a live change in between would reach one of the copies only.
@@ -1180,7 +1189,7 @@ export class MirrorDriver implements ChangeSink {
     p: string,
     listed: Stats,
     run: <T>(f: () => Promise<T>) => Promise<T>,
-    deep?: boolean,
+    deep?: Deep,
   ): Promise<number> {
     const mp = this.layout.data + p;
     const plan = await run(async () => {
@@ -1190,7 +1199,8 @@ export class MirrorDriver implements ChangeSink {
       // A mirror file with other names is another file (see syncEntry): replaced, not written.
       if (mst?.isFile() && mst.nlink === 1) {
         const sameData = mst.size === pst.size && Math.abs(mst.mtimeMs - pst.mtimeMs) < 1;
-        if (sameData && sameMeta(pst, mst) && pst.ctimeMs <= mst.ctimeMs && !deep) return undefined;
+        if (sameData && sameMeta(pst, mst) && pst.ctimeMs <= mst.ctimeMs && !isDeep(deep, pst))
+          return undefined;
         this.writer.forget(p, true);
         return { compare: sameData, size: pst.size };
       }
@@ -1232,7 +1242,7 @@ export class MirrorDriver implements ChangeSink {
   private async syncBatch(
     items: Array<{ path: string; st: Stats | undefined }>,
     links: Map<number, string>,
-    deep?: boolean,
+    deep?: Deep,
   ): Promise<number> {
     const serial = items.filter(
       (it) => it.st && (it.st.isDirectory() || (it.st.isFile() && it.st.nlink > 1)),
@@ -1253,7 +1263,7 @@ export class MirrorDriver implements ChangeSink {
     p: string,
     pst: Stats | undefined,
     links: Map<number, string>,
-    deep?: boolean,
+    deep?: Deep,
   ): Promise<number> {
     try {
       return await this.syncQuick(p, pst, links, deep);
@@ -1283,7 +1293,7 @@ export class MirrorDriver implements ChangeSink {
     p: string,
     pst: Stats | undefined,
     links: Map<number, string>,
-    deep?: boolean,
+    deep?: Deep,
   ): Promise<number> {
     const mp = p === '/' ? this.layout.data : this.layout.data + p;
     if (p !== '/' && this.isHeld(p)) return 0;
@@ -1318,7 +1328,7 @@ export class MirrorDriver implements ChangeSink {
     const sameData =
       sameType && (pst.isDirectory() || (mst!.size === pst.size && Math.abs(mst!.mtimeMs - pst.mtimeMs) < 1));
     const newer = !!mst && pst.ctimeMs > mst.ctimeMs;
-    if (sameData && sameMeta(pst, mst!) && !newer && !(deep && pst.isFile())) return 0;
+    if (sameData && sameMeta(pst, mst!) && !newer && !(isDeep(deep, pst) && pst.isFile())) return 0;
     this.writer.forget(p, true);
     // Same size and mtime: probably equal, so compare rather than copy.
     const opts = { compare: sameData, mirrorStat: mst ?? null };
@@ -1472,6 +1482,16 @@ const BATCH_BYTES = 8 * 1024 * 1024;
 /** Files above this size are reconciled chunk by chunk, LARGE_CHUNK bytes per queue task. */
 const LARGE_FILE = 8 * 1024 * 1024;
 const LARGE_CHUNK = 8 * 1024 * 1024;
+
+/**
+ * A comparison that reads contents (and copies metadata) instead of trusting size, mtime and
+ * ctime: everywhere (true), or for the entries a predicate picks.
+ */
+type Deep = boolean | ((st: Stats) => boolean);
+
+function isDeep(deep: Deep | undefined, st: Stats): boolean {
+  return typeof deep === 'function' ? deep(st) : !!deep;
+}
 
 /** Is there a regular file with several names at or below dir (no symlinks followed)? */
 async function hasMultiLink(dir: string): Promise<boolean> {

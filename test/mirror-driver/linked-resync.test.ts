@@ -165,6 +165,17 @@ describe('resync of files with several names', () => {
     expect((await d.verify()).differences).toEqual([]);
   });
 
+  it('metadata changed through a name that then goes reaches the other names (stress seed 504)', async () => {
+    const s = await d.split({ volume: true });
+    await xattr.setAttribute(`${P}/a`, 'user.k', Buffer.from('v2'));
+    await d.apply({ op: 'setxattr', path: '/a', name: 'user.k', value: Buffer.from('v2') });
+    await fsp.unlink(`${P}/a`);
+    await d.apply({ op: 'unlink', path: '/a' });
+    await d.resync(s.splitId);
+    expect((await xattr.getAttribute(`${M}/b`, 'user.k')).toString()).toBe('v2');
+    expect((await d.verify()).differences).toEqual([]);
+  });
+
   it('a split of one name holds changes through the other names, and the names stay one file', async () => {
     const frozen = await sha(`${M}/a`);
     const s = await d.split({ paths: ['/a'] });
