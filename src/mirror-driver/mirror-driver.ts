@@ -848,6 +848,8 @@ export class MirrorDriver implements ChangeSink {
       if (!(await lstatOrUndefined(this.primary + p))) {
         gone.push(p);
         this.unsynced.add(p);
+        // Its changes go with it; if its file has other names, they are owed them (below).
+        s.nameGone(p);
         continue;
       }
       const f = tracked.get(p);

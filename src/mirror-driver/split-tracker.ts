@@ -231,6 +231,21 @@ export class SplitTracker {
     return primaryIno !== undefined && this.lostInos.has(primaryIno);
   }
 
+  /**
+   * A changed name was found gone from the primary at resync, its unlink or rename still queued
+   * behind: what was tracked under it may be owed to other names of its inode, as with dropName.
+   */
+  nameGone(p: string): void {
+    const f = this.files.get(p);
+    const data = f !== undefined && (!f.ranges.isEmpty || f.cut !== undefined);
+    const nlink = this.inodeChanged.get(p) ?? (data ? 2 : undefined);
+    if (nlink === undefined || nlink < 2) return;
+    this.lostLinks = true;
+    const ino = this.inodeNumbers.get(p);
+    if (ino === undefined) this.lostUnknown = true;
+    else this.lostInos.add(ino);
+  }
+
   /** A name goes away (unlink, or replaced by a rename). */
   private dropName(p: string): void {
     const f = this.files.get(p);

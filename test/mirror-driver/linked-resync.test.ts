@@ -176,6 +176,17 @@ describe('resync of files with several names', () => {
     expect((await d.verify()).differences).toEqual([]);
   });
 
+  it('a write tracked under a name whose unlink is queued behind the resync reaches the other names (stress seed 506)', async () => {
+    const s = await d.split({ volume: true });
+    await write('/a', 30_000, 8000);
+    // The unlink reaches the primary before the resync runs, and the driver after it.
+    await fsp.unlink(`${P}/a`);
+    await Promise.all([d.resync(s.splitId), d.apply({ op: 'unlink', path: '/a' })]);
+    await d.whenIdle();
+    expect(await sha(`${M}/b`)).toBe(await sha(`${P}/b`));
+    expect((await d.verify()).differences).toEqual([]);
+  });
+
   it('a split of one name holds changes through the other names, and the names stay one file', async () => {
     const frozen = await sha(`${M}/a`);
     const s = await d.split({ paths: ['/a'] });
