@@ -508,6 +508,21 @@ export class MirrorDriver implements ChangeSink {
     void this.journal.append({ t: 'broken', p }).catch(() => undefined);
     this._onDidBreak.fire({ path: p, error: `${err.code ?? 'EIO'}: ${err.message}` });
     this._onDidChangeState.fire({ paths: [p], state: 'BROKEN' });
+    void this.breakOtherNames(p).catch(() => undefined);
+  }
+
+  /**
+   * The other names of a broken file are the same file: a change through any of them reaches
+   * the mirror copy that failed, and the primary's content behind each of them moves on with
+   * the broken one's. They break too (found by a walk of the primary: only a file's link count
+   * is known, not its names).
+   */
+  private async breakOtherNames(p: string): Promise<void> {
+    if (p === '/' || this.disposed) return;
+    const st = await lstatOrUndefined(this.primary + p);
+    if (!st?.isFile() || st.nlink < 2) return;
+    const err = Object.assign(new Error(`another name of the broken file ${p}`), { code: 'EIO' });
+    for (const q of await namesOf(this.primary, st)) if (q !== p) this.markBroken(q, err);
   }
 
   private isBroken(p: string): boolean {
@@ -1493,6 +1508,22 @@ type Deep = boolean | ((st: Stats) => boolean);
 
 function isDeep(deep: Deep | undefined, st: Stats): boolean {
   return typeof deep === 'function' ? deep(st) : !!deep;
+}
+
+/** The volume paths of a file's names (a walk of the primary that stops once it has them all). */
+async function namesOf(root: string, file: Stats): Promise<string[]> {
+  const out: string[] = [];
+  const dirs = [''];
+  while (dirs.length > 0 && out.length < file.nlink) {
+    const dir = dirs.pop()!;
+    const names = await fsp.readdir(root + dir).catch(() => [] as string[]);
+    for (const n of names) {
+      const st = await lstatOrUndefined(`${root}${dir}/${n}`);
+      if (st?.isDirectory()) dirs.push(`${dir}/${n}`);
+      else if (st?.ino === file.ino && st.dev === file.dev) out.push(`${dir}/${n}`);
+    }
+  }
+  return out;
 }
 
 /** Is there a regular file with several names at or below dir (no symlinks followed)? */

@@ -4,7 +4,7 @@ import * as xattr from 'fs-xattr';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { MirrorDriver } from '../../src/mirror-driver/index.js';
 import { tempDirs } from '../helpers/server.js';
-import { sha } from './mirror-helpers.js';
+import { run, sha } from './mirror-helpers.js';
 
 /**
  * Resync of hard-linked files, found by the stress harness (issue 10: zeros at the end of a
@@ -185,6 +185,27 @@ describe('resync of files with several names', () => {
     await d.whenIdle();
     expect(await sha(`${M}/b`)).toBe(await sha(`${P}/b`));
     expect((await d.verify()).differences).toEqual([]);
+  });
+
+  it('when one name of a file breaks, its other names break too (the mirror refuses the write for real)', async () => {
+    await fsp.link(`${P}/a`, `${P}/c`);
+    await d.apply({ op: 'link', from: '/a', path: '/c' });
+    await d.barrier();
+    await run(`chattr +i '${M}/a'`);
+    try {
+      await write('/a', 0, 4096);
+      await d.barrier();
+      await expect.poll(() => d.status().broken.sort(), { timeout: 10_000 }).toEqual(['/a', '/b', '/c']);
+      expect(d.status().brokenReasons['/b']).toMatch(/another name of the broken file \/a/);
+      // Not a pair any more: verify leaves them out rather than calling them equal.
+      expect(d.stateOf('/b')).toBe('BROKEN');
+    } finally {
+      await run(`chattr -i '${M}/a'`);
+    }
+    const r = await d.repair();
+    expect(r.remaining).toEqual([]);
+    expect(await sha(`${M}/b`)).toBe(await sha(`${P}/b`));
+    expect((await fsp.stat(`${M}/c`)).ino).toBe((await fsp.stat(`${M}/b`)).ino);
   });
 
   it('a split of one name holds changes through the other names, and the names stay one file', async () => {
