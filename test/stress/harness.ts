@@ -201,6 +201,12 @@ export async function runStress(o: StressOptions): Promise<StressReport> {
     const snapshots: Snapshot[] = [];
     const backupsTaken: Array<{ id: string; sent: number; replied: number }> = [];
     const loops: Promise<void>[] = [];
+    /**
+     * Both loops want the volume; on a loaded machine the prepare loop, which asks every few ms,
+     * could win every race and no backup would ever be taken. A backup whose predecessor failed
+     * (or the first one) gets the volume: the prepare loop waits while it prepares.
+     */
+    const turn = { backupFirst: false };
     if (o.prepares !== false) {
       const client = await ControlClient.connect(url, { token, client: 'stress', requestTimeoutMs: 60_000 });
       loops.push(
@@ -213,6 +219,7 @@ export async function runStress(o: StressOptions): Promise<StressReport> {
           () => writing,
           report,
           snapshots,
+          turn,
           {
             log,
             kinds: o.selections ?? ['volume', 'subtree', 'paths'],
@@ -232,6 +239,7 @@ export async function runStress(o: StressOptions): Promise<StressReport> {
           backupsTaken,
           log,
           children,
+          turn,
         ),
       );
     // A hung mount must not hang the run: writers get the deadline plus a margin, then SIGKILL.
@@ -349,12 +357,17 @@ async function prepareLoop(
   writing: () => boolean,
   report: StressReport,
   snapshots: Snapshot[],
+  turn: { backupFirst: boolean },
   o: { log: (m: string) => void; kinds: Array<'volume' | 'subtree' | 'paths'> },
 ): Promise<void> {
   const weights = { volume: 2, subtree: 4, paths: 4 };
   for (const k of Object.keys(weights) as Array<keyof typeof weights>)
     if (!o.kinds.includes(k)) weights[k] = 0;
   while (writing()) {
+    if (turn.backupFirst) {
+      await sleep(20);
+      continue;
+    }
     const kind = rng.weighted(weights);
     let selector: SelectorMsg;
     let tops: string[];
@@ -455,8 +468,11 @@ async function backupLoop(
   taken: Array<{ id: string; sent: number; replied: number }>,
   log: (m: string) => void,
   children: Set<ChildProcess>,
+  turn: { backupFirst: boolean },
 ): Promise<void> {
+  let lastFailed = true;
   while (writing()) {
+    turn.backupFirst = lastFailed;
     // The window opens when the backup process is started (its prepare is sent later) and
     // closes when its first line after the prepare reply arrives (the reply came earlier).
     const sent = now();
@@ -481,7 +497,10 @@ async function backupLoop(
     let err = '';
     child.stdout!.on('data', (b: Buffer) => {
       out += b;
-      if (!replied && /"phase":"(copy|backup copy|commit|done)/.test(out)) replied = now();
+      if (!replied && /"phase":"(copy|backup copy|commit|done)/.test(out)) {
+        replied = now();
+        turn.backupFirst = false;
+      }
     });
     child.stderr!.on('data', (b) => (err += b));
     const code = await new Promise<number | null>((r) => child.on('exit', (c) => r(c)));
@@ -499,6 +518,8 @@ async function backupLoop(
       })
       .at(-1);
     const id: string | undefined = last?.snapshot?.id ?? last?.snapshotId ?? last?.result?.snapshot?.id;
+    turn.backupFirst = false;
+    lastFailed = !(code === 0 && id && replied);
     if (code === 0 && id && replied) {
       report.backups.ok++;
       taken.push({ id, sent, replied });
