@@ -29,6 +29,12 @@ export interface StressOptions {
   seed: number;
   /** How long the writers run, ms. */
   durationMs: number;
+  /**
+   * Keep the writers going past durationMs (up to maxMs in all) until the loops have done this
+   * much: on a loaded machine a fixed time can pass with no backup taken, and the run then
+   * checks little. Off by default (the writers stop at durationMs).
+   */
+  atLeast?: { prepares: number; backups: number; maxMs: number };
   writers?: number;
   /** Per writer. */
   maxOps?: number;
@@ -136,6 +142,7 @@ export async function runStress(o: StressOptions): Promise<StressReport> {
   };
   let srv: ServerHandle | undefined;
   const children = new Set<ChildProcess>();
+  const writerChildren = new Set<ChildProcess>();
   try {
     srv = await startServer({
       primary: d('primary'),
@@ -166,13 +173,14 @@ export async function runStress(o: StressOptions): Promise<StressReport> {
 
     const nWriters = o.writers ?? 3;
     const roots = Array.from({ length: nWriters }, (_, i) => `/w${i}`);
+    const writersStarted = now();
     const writerDone = roots.map((root, i) => {
       const cfg: WriterConfig = {
         mount: d('mnt'),
         root,
         seed: rng.u32(),
         maxOps: o.maxOps ?? 1_000_000,
-        durationMs: o.durationMs,
+        durationMs: o.atLeast ? Math.max(o.durationMs, o.atLeast.maxMs) : o.durationMs,
         log: d(`logs/writer-${i}.jsonl`),
         mmap: o.mmap ?? false,
         lazyMmap: o.lazyMmap ?? false,
@@ -183,11 +191,13 @@ export async function runStress(o: StressOptions): Promise<StressReport> {
         stdio: ['ignore', 'ignore', 'pipe'],
       });
       children.add(child);
+      writerChildren.add(child);
       let err = '';
       child.stderr!.on('data', (b) => (err += b));
       return new Promise<void>((resolve) =>
         child.on('exit', (code, signal) => {
           children.delete(child);
+          writerChildren.delete(child);
           if (code !== 0) report.writerFailures.push(`${root} exited ${code ?? signal}: ${err.slice(-500)}`);
           resolve();
         }),
@@ -197,6 +207,18 @@ export async function runStress(o: StressOptions): Promise<StressReport> {
     const allWritten = Promise.all(writerDone).then(() => {
       writing = false;
     });
+    if (o.atLeast) {
+      const want = o.atLeast;
+      const stopAt = writersStarted + o.durationMs;
+      const watch = setInterval(() => {
+        const enough = report.prepares.ok >= want.prepares && report.backups.ok >= want.backups;
+        if (!writing || (now() >= stopAt && enough)) {
+          clearInterval(watch);
+          for (const c of writerChildren) c.kill('SIGUSR1');
+        }
+      }, 100);
+      void allWritten.then(() => clearInterval(watch));
+    }
 
     const snapshots: Snapshot[] = [];
     const backupsTaken: Array<{ id: string; sent: number; replied: number }> = [];
@@ -243,9 +265,12 @@ export async function runStress(o: StressOptions): Promise<StressReport> {
         ),
       );
     // A hung mount must not hang the run: writers get the deadline plus a margin, then SIGKILL.
-    const killTimer = setTimeout(() => {
-      for (const c of children) c.kill('SIGKILL');
-    }, o.durationMs + 120_000);
+    const killTimer = setTimeout(
+      () => {
+        for (const c of children) c.kill('SIGKILL');
+      },
+      Math.max(o.durationMs, o.atLeast?.maxMs ?? 0) + 120_000,
+    );
     await allWritten;
     phase('writers');
     await Promise.all(loops);
@@ -470,7 +495,7 @@ async function backupLoop(
   children: Set<ChildProcess>,
   turn: { backupFirst: boolean },
 ): Promise<void> {
-  let lastFailed = true;
+  let lastFailed = false;
   while (writing()) {
     turn.backupFirst = lastFailed;
     // The window opens when the backup process is started (its prepare is sent later) and

@@ -65,7 +65,12 @@ async function main(): Promise<void> {
   let seq = 0;
   let failed: string | undefined;
   const deadline = now() + cfg.durationMs;
-  for (; seq < cfg.maxOps && now() < deadline; seq++) {
+  // The harness may end the run earlier (StressOptions.atLeast): finish the operation, then stop.
+  let stop = false;
+  process.on('SIGUSR1', () => {
+    stop = true;
+  });
+  for (; seq < cfg.maxOps && now() < deadline && !stop; seq++) {
     const o = model.next(rng, cfg);
     const t0 = now();
     let err: string | undefined;
