@@ -75,6 +75,11 @@ export interface StressReport {
   /** Primary entries that differ from the writers' models. */
   primaryVsModel: string[];
   verify: { ok: boolean; checked: number; differences: unknown[] };
+  /**
+   * A last full backup once the writers stopped, restored into an empty directory and compared
+   * with the primary (content, type, mode, owner, xattrs, symlink targets, hard-link structure).
+   */
+  restore: { snapshot?: string; checked: number; differences: string[] };
   broken: Array<Record<string, unknown>>;
   serverExit: number | null;
   /** ms since the start at which each phase ended. */
@@ -102,6 +107,7 @@ export function problems(r: StressReport): string[] {
       out.push(`mirror differs from primary: ${JSON.stringify(d)}`);
   for (const b of r.broken) out.push(`broken pair: ${JSON.stringify(b)}`);
   if (r.serverExit !== 0) out.push(`twinfs serve exited with ${r.serverExit}`);
+  for (const d of r.restore.differences.slice(0, 20)) out.push(`restore of the last snapshot: ${d}`);
   return out;
 }
 
@@ -132,6 +138,7 @@ export async function runStress(o: StressOptions): Promise<StressReport> {
     failureMessages: {},
     primaryVsModel: [],
     verify: { ok: false, checked: 0, differences: [] },
+    restore: { checked: 0, differences: [] },
     broken: [],
     serverExit: null,
     phases: {},
@@ -280,8 +287,25 @@ export async function runStress(o: StressOptions): Promise<StressReport> {
     // Kernel dirty pages (mmap without msync) and twinfs's cache go to the primary and the
     // mirror; the server drains everything on SIGTERM.
     await sh(`sync -f '${d('mnt')}'`, { timeoutMs: 60_000 });
+    if (o.backups !== false) {
+      const last = await runBackup(url, tokenFile, d('target'), d('catalog'));
+      if (last.id) report.restore.snapshot = last.id;
+      else report.restore.differences.push(`the last backup failed: ${last.error}`);
+      phase('last backup');
+    }
     report.serverExit = await srv.stop(120_000);
     phase('stopped');
+    if (report.restore.snapshot) {
+      await restoreAndCompare(
+        report.restore.snapshot,
+        d('catalog'),
+        d('restore'),
+        d('primary'),
+        roots,
+        report,
+      );
+      phase('restore');
+    }
     report.broken = srv.events.filter((e) => e.event === 'broken');
     await fsp.writeFile(
       d('logs/server-events.jsonl'),
@@ -555,6 +579,78 @@ async function backupLoop(
       log(`backup failed (${c}): ${err.slice(-300)} ${out.slice(-300)}`);
       await sleep(200);
     }
+  }
+}
+
+/** One `twinfs backup --full` into the run's target; the snapshot id, or why there is none. */
+async function runBackup(
+  url: string,
+  tokenFile: string,
+  target: string,
+  catalog: string,
+): Promise<{ id?: string; error?: string }> {
+  const r = await sh(
+    `'${process.execPath}' '${CLI}' backup --server '${url}' --token-file '${tokenFile}' --target 'dir:${target}' --catalog '${catalog}' --full --json`,
+    { timeoutMs: 300_000 },
+  );
+  const last = r.stdout
+    .trim()
+    .split('\n')
+    .filter((l) => l.startsWith('{'))
+    .map((l) => {
+      try {
+        return JSON.parse(l);
+      } catch {
+        return {};
+      }
+    })
+    .at(-1);
+  const id: string | undefined = last?.snapshot?.id ?? last?.snapshotId ?? last?.result?.snapshot?.id;
+  return r.code === 0 && id ? { id } : { error: `exit ${r.code}: ${(r.stderr + r.stdout).slice(-300)}` };
+}
+
+/** Restores a snapshot into dir and compares the writers' subtrees with the primary's. */
+async function restoreAndCompare(
+  id: string,
+  catalog: string,
+  dir: string,
+  primary: string,
+  roots: string[],
+  report: StressReport,
+): Promise<void> {
+  const r = await sh(`'${process.execPath}' '${CLI}' restore '${id}' --to '${dir}' --catalog '${catalog}'`, {
+    timeoutMs: 300_000,
+  });
+  if (r.code !== 0) {
+    report.restore.differences.push(`restore exited ${r.code}: ${(r.stderr + r.stdout).slice(-300)}`);
+    return;
+  }
+  const diffs = report.restore.differences;
+  for (const root of roots) {
+    const want = await readTree(primary, root);
+    const got = await readTree(dir, root);
+    for (const p of new Set([...want.keys(), ...got.keys()])) {
+      report.restore.checked++;
+      const a = want.get(p) ?? null;
+      const b = got.get(p) ?? null;
+      if (!sameState(a, b, 'all'))
+        diffs.push(`${p}: primary ${JSON.stringify(a)}, restored ${JSON.stringify(b)}`);
+    }
+    // Names that are one file on the primary are one file in the restore, and the other way round.
+    const groups = async (top: string) => {
+      const byIno = new Map<number, string[]>();
+      for (const [p, st] of want) {
+        if (st.t !== 'f') continue;
+        const s = await fsp.lstat(top + p).catch(() => undefined);
+        if (!s || s.nlink < 2) continue;
+        byIno.set(s.ino, [...(byIno.get(s.ino) ?? []), p]);
+      }
+      return new Set([...byIno.values()].map((g) => g.sort().join(' = ')));
+    };
+    const [gp, gr] = [await groups(primary), await groups(dir)];
+    for (const g of gp) if (!gr.has(g)) diffs.push(`hard links ${g} are not one file in the restore`);
+    for (const g of gr)
+      if (!gp.has(g)) diffs.push(`hard links ${g} in the restore are not one file on the primary`);
   }
 }
 
