@@ -104,11 +104,7 @@ export class BackupService {
     this.maxItems = opts.maxItems ?? 5000;
     this.kernelWriteback =
       opts.kernelWriteback ??
-      // Demonstration only (docs/reliability.md, "The harness catches what it exists for"):
-      // skipping the write-back of dirty mmap pages must make the stress harness fail.
-      (process.env.TWINFS_DEMO_SKIP_KERNEL_WRITEBACK === '1'
-        ? { sync: async () => ({ ms: 0, names: 0 }) }
-        : new KernelWriteback({ mountPoint: opts.fs.mountPoint, timeoutMs: opts.kernelSyncTimeoutMs }));
+      new KernelWriteback({ mountPoint: opts.fs.mountPoint, timeoutMs: opts.kernelSyncTimeoutMs });
   }
 
   async prepare(

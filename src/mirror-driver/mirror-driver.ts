@@ -810,6 +810,10 @@ export class MirrorDriver implements ChangeSink {
       state: 'RESYNC',
       splitId,
     });
+    // Demonstration only (docs/reliability.md, "The harness catches what it exists for"): a
+    // resync that does not wait its turn in the change queue must make the stress harness fail.
+    if (process.env.TWINFS_DEMO_UNORDERED_RESYNC === '1')
+      return this.resyncLocked(s).finally(() => this.resyncing.delete(splitId));
     return this.queue.push(() => this.resyncLocked(s)).finally(() => this.resyncing.delete(splitId));
   }
 
