@@ -403,6 +403,8 @@ export class VolumeOps {
       // path that still exists, so write it back first.
       if (node?.isDirty && st.nlink > 1) await this.cache.flush(node);
       await fsp.unlink(backing);
+      // No name left: nothing of it may be reported from here on (a flush in flight included).
+      if (node && st.nlink <= 1) node.nameless = true;
       await this.sink.apply({ op: 'unlink', path });
       if (node && st.nlink <= 1) await this.cache.discard(node);
       else if (node) {
@@ -469,12 +471,14 @@ export class VolumeOps {
       // its writes either before the rename under the old path or after it under the new one.
       this.cache.renamed(from, to);
       this.openNames.renamed(from, to);
+      // The replaced file has no name left: nothing of it may be reported from here on (a flush
+      // in flight included), or it would land in the mirror's copy of the file renamed over it.
+      if (replaced && dest!.nlink <= 1) replaced.nameless = true;
       await this.sink.apply({ op: 'rename', path: to, from });
       if (replaced && dest!.nlink <= 1 && replaced.refs === 0) await this.cache.discard(replaced);
       else if (replaced) {
-        // Still open (its release is on its way) or with other names: the name it was known by
-        // is another file's now.
-        if (replaced.path === to) await this.renameNode(replaced, dest!);
+        // With other names: the name it was known by is another file's now.
+        if (dest!.nlink > 1 && replaced.path === to) await this.renameNode(replaced, dest!);
         await this.releaseIfIdle(replaced);
       }
     });
