@@ -29,6 +29,14 @@ export interface SyncOptions {
   compare?: boolean;
   /** The mirror entry's lstat, just read by the caller (null: it does not exist). */
   mirrorStat?: fs.Stats | null;
+  /**
+   * A comparison's copy (the primary's entry may be another file than the mirror's, see below):
+   * a mirror file whose link count is not the primary's gets a file of its own. Not for a
+   * resync's tracked ranges: those belong in the mirror's file as it is, whatever names a queued
+   * link or unlink is about to give or take (written into a copy of its own, they were lost
+   * when the names were linked again).
+   */
+  separate?: boolean;
 }
 
 /**
@@ -61,7 +69,7 @@ export async function syncEntry(
   // rename over it reached the primary, not yet the mirror), or its names are not the same:
   // writing into it would change its other names too. The name gets a file of its own.
   let separated = false;
-  if (mst?.isFile() && mst.nlink > 1 && pst.isFile() && pst.nlink !== mst.nlink) {
+  if (opts.separate && mst?.isFile() && mst.nlink > 1 && pst.isFile() && pst.nlink !== mst.nlink) {
     await fsp.unlink(mirror);
     mst = undefined;
     separated = pst.nlink > 1;

@@ -1352,14 +1352,14 @@ export class MirrorDriver implements ChangeSink {
     if (sameData && sameMeta(pst, mst!) && !newer && !(isDeep(deep, pst) && pst.isFile())) return 0;
     this.writer.forget(p, true);
     // Same size and mtime: probably equal, so compare rather than copy.
-    const opts = { compare: sameData, mirrorStat: mst ?? null };
+    const opts = { compare: sameData, mirrorStat: mst ?? null, separate: true };
     try {
       return (await this.copyEntry(this.primary + p, mp, opts)).bytesCopied;
     } catch (err) {
       // The parent is normally there (directories are synced before their entries).
       if (!HEAL_CODES.has((err as NodeJS.ErrnoException).code ?? '')) throw err;
       await this.ensureParents(p);
-      return (await this.copyEntry(this.primary + p, mp, { compare: sameData })).bytesCopied;
+      return (await this.copyEntry(this.primary + p, mp, { compare: sameData, separate: true })).bytesCopied;
     }
   }
 

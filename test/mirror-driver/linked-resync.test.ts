@@ -208,6 +208,25 @@ describe('resync of files with several names', () => {
     expect((await fsp.stat(`${M}/c`)).ino).toBe((await fsp.stat(`${M}/b`)).ino);
   });
 
+  it('a resync writes the tracked ranges into the mirror file in place while an unlink is still queued behind it (stress seed 1008)', async () => {
+    for (const n of ['x', 'z']) {
+      await fsp.link(`${P}/a`, `${P}/${n}`);
+      await d.apply({ op: 'link', from: '/a', path: `/${n}` });
+    }
+    const s = await d.split({ volume: true });
+    // Through two names: the ranges are merged onto /b; /x gets its metadata synced, which gives
+    // the mirror's file the primary's mtime.
+    await write('/b', 20_000, 6000);
+    await write('/x', 40_000, 3000);
+    // The primary runs ahead: a name goes, reported behind the resync (the mirror's file has
+    // one name more than the primary's meanwhile).
+    await fsp.unlink(`${P}/z`);
+    await Promise.all([d.resync(s.splitId), d.apply({ op: 'unlink', path: '/z' })]);
+    await d.whenIdle();
+    for (const n of ['a', 'b', 'x']) expect(await sha(`${M}/${n}`)).toBe(await sha(`${P}/${n}`));
+    expect((await fsp.stat(`${M}/a`)).ino).toBe((await fsp.stat(`${M}/b`)).ino);
+  });
+
   it('a split of one name holds changes through the other names, and the names stay one file', async () => {
     const frozen = await sha(`${M}/a`);
     const s = await d.split({ paths: ['/a'] });
