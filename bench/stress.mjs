@@ -53,9 +53,12 @@ for (let seed = args.seed; ; seed++) {
     `seed ${seed}: ${r.ops} ops, ${r.prepares.ok} prepares (${fmtFailed(r.prepares.failed)}), ${r.backups.ok} backups (${r.backups.changeDriven ?? 0} change-driven; ${fmtFailed(r.backups.failed)}), ` +
       `${r.snapshots.count} snapshots: ${r.snapshots.checked} entries checked, ${r.snapshots.unverifiable} unverifiable, ` +
       `${r.snapshots.mismatches.length} mismatches; verify ${r.verify.checked} entries, ${r.verify.differences.length} differences; ` +
-      `${r.broken.length} broken; ${(r.ms / 1000).toFixed(0)} s${p.length ? ` — ${p.length} problem(s) (files kept in ${r.dir})` : ''}\n`,
+      `${r.broken.length} broken; restore of the last snapshot: ${r.restore.checked} entries, ${r.restore.differences.length} differences; ${(r.ms / 1000).toFixed(0)} s${p.length ? ` — ${p.length} problem(s) (files kept in ${r.dir})` : ''}\n`,
   );
   for (const line of p.slice(0, 15)) process.stdout.write(`    ${line}\n`);
+  for (const [k, m] of Object.entries(r.failureMessages ?? {}))
+    if (!/ETWIN_BUSY|ETWIN_NOT_FOUND/.test(k))
+      process.stdout.write(`    (${k}: ${m.replace(/\s+/g, ' ').slice(0, 300)})\n`);
   if (Date.now() >= until) break;
 }
 const sum = (f) => reports.reduce((a, r) => a + f(r), 0);
@@ -63,7 +66,8 @@ process.stdout.write(
   `\n${reports.length} seeds, ${failed} with problems: ${sum((r) => r.ops)} ops, ${sum((r) => r.prepares.ok)} prepares, ` +
     `${sum((r) => r.backups.ok)} backups, ${sum((r) => r.snapshots.checked)} snapshot entries checked ` +
     `(${sum((r) => r.snapshots.unverifiable)} unverifiable), ${sum((r) => r.snapshots.mismatches.length)} mismatches, ` +
-    `${sum((r) => r.verify.differences.length)} mirror differences, ${sum((r) => r.broken.length)} broken pairs\n`,
+    `${sum((r) => r.verify.differences.length)} mirror differences, ${sum((r) => r.broken.length)} broken pairs, ` +
+    `${sum((r) => r.restore.differences.length)} restore differences (${sum((r) => r.restore.checked)} restored entries compared)\n`,
 );
 if (args.json) (await import('node:fs')).writeFileSync(args.json, JSON.stringify(reports, null, 1));
 process.exit(failed ? 1 : 0);

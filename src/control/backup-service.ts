@@ -122,7 +122,11 @@ export class BackupService {
     this.maxItems = opts.maxItems ?? 5000;
     this.kernelWriteback =
       opts.kernelWriteback ??
-      new KernelWriteback({ mountPoint: opts.fs.mountPoint, timeoutMs: opts.kernelSyncTimeoutMs });
+      // Demonstration only (docs/reliability.md, "The harness catches what it exists for"):
+      // without the write-back of dirty mmap pages the stress harness must fail.
+      (process.env.TWINFS_DEMO_SKIP_KERNEL_WRITEBACK === '1'
+        ? { sync: async () => ({ ms: 0, names: 0 }) }
+        : new KernelWriteback({ mountPoint: opts.fs.mountPoint, timeoutMs: opts.kernelSyncTimeoutMs }));
   }
 
   async prepare(

@@ -259,6 +259,7 @@ export class VolumeOps {
       // A hard link may have been opened under another name, since unlinked: report changes
       // under a name that exists.
       existing.path = path;
+      existing.nameless = false;
       return this.newHandle(existing, wantsWrite(flags) ? path : undefined);
     }
     const { fd, writable } = await openCacheFd(backing, flags);
@@ -492,9 +493,14 @@ export class VolumeOps {
       if (node?.isDirty && st.nlink > 1) await this.cache.flush(node);
       await this.paths.at([path], (b) => fsp.unlink(b));
       this.kernelNames?.remove(path);
+      // No name left: nothing of it may be reported from here on (a flush in flight included).
+      if (node && st.nlink <= 1) node.nameless = true;
       await this.sink.apply({ op: 'unlink', path });
       if (node && st.nlink <= 1) await this.cache.discard(node);
-      else if (node) await this.releaseIfIdle(node);
+      else if (node) {
+        if (node.path === path) await this.renameNode(node, st);
+        await this.releaseIfIdle(node);
+      }
     });
   }
 
@@ -553,9 +559,16 @@ export class VolumeOps {
       this.cache.renamed(from, to);
       this.openNames.renamed(from, to);
       this.kernelNames?.renamed(from, to);
+      // The replaced file has no name left: nothing of it may be reported from here on (a flush
+      // in flight included), or it would land in the mirror's copy of the file renamed over it.
+      if (replaced && dest!.nlink <= 1) replaced.nameless = true;
       await this.sink.apply({ op: 'rename', path: to, from });
       if (replaced && dest!.nlink <= 1 && replaced.refs === 0) await this.cache.discard(replaced);
-      else if (replaced) await this.releaseIfIdle(replaced);
+      else if (replaced) {
+        // With other names: the name it was known by is another file's now.
+        if (dest!.nlink > 1 && replaced.path === to) await this.renameNode(replaced, dest!);
+        await this.releaseIfIdle(replaced);
+      }
     });
   }
 
@@ -667,6 +680,36 @@ export class VolumeOps {
     const node = this.handles.get(fh);
     if (!node) throw errnoError('EBADF');
     return node;
+  }
+
+  /**
+   * A cached file lost the name its changes are reported under (unlinked, or renamed over)
+   * while open or with other names: it is reported under one of its other names from now on
+   * (found by a walk of the primary), or not at all when it has none left (FileNode.nameless).
+   */
+  private async renameNode(
+    node: FileNode,
+    st: { ino: number | bigint; dev: number | bigint; nlink: number | bigint },
+  ): Promise<void> {
+    const other = Number(st.nlink) > 1 ? await this.nameOf(Number(st.ino), Number(st.dev)) : undefined;
+    if (other !== undefined) node.path = other;
+    else node.nameless = true;
+  }
+
+  /** A volume path of the primary's inode ino (a walk of the primary), or undefined. */
+  private async nameOf(ino: number, dev: number): Promise<string | undefined> {
+    const root = this.paths.backing('/');
+    const dirs = [''];
+    while (dirs.length > 0) {
+      const dir = dirs.pop()!;
+      const names = await fsp.readdir(root + dir).catch(() => [] as string[]);
+      for (const n of names) {
+        const st = await fsp.lstat(`${root}${dir}/${n}`).catch(() => undefined);
+        if (st?.isDirectory()) dirs.push(`${dir}/${n}`);
+        else if (st?.ino === ino && st.dev === dev) return `${dir}/${n}`;
+      }
+    }
+    return undefined;
   }
 
   /** writtenAs: the name a handle opened for writing was opened under (see open-names.ts). */

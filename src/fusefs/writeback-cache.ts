@@ -31,6 +31,12 @@ export class FileNode {
   retryAt = 0;
   /** Unlinked while dirty: its data has nowhere to go and is dropped. */
   dead = false;
+  /**
+   * Its last name went (unlinked or renamed over) while it was still open: what is written
+   * through the open handles goes to the primary's nameless inode and is not reported to the
+   * sink. path names another file now: a report under it would change that file in the mirror.
+   */
+  nameless = false;
   /** The primary file's size as far as the cache knows (space beyond it must be reserved). */
   primarySize = 0;
   /** Bytes of primary space reserved for this file's dirty data (SpaceAccount). */
@@ -186,6 +192,7 @@ export class WritebackCache {
       closeQuietly(fd);
       existing.refs++;
       existing.path = path;
+      existing.nameless = false;
       return existing;
     }
     const node = new FileNode(ino, path, fd, writable);
@@ -276,7 +283,8 @@ export class WritebackCache {
       if (opts.sync) {
         if (opts.sync === 'data') await fdatasync(node.fd);
         else await fsync(node.fd);
-        await this.sink.apply({ op: 'fsync', path: node.path, datasync: opts.sync === 'data' });
+        if (!node.nameless)
+          await this.sink.apply({ op: 'fsync', path: node.path, datasync: opts.sync === 'data' });
       }
     });
   }
@@ -291,13 +299,13 @@ export class WritebackCache {
   /** Truncates the cached data and the primary file to size, in that order, under the node lock. */
   truncate(node: FileNode, size: number): Promise<void> {
     return node.lock.run(async () => {
-      await this.sink.beforeChange?.(node.path);
+      if (!node.nameless) await this.sink.beforeChange?.(node.path);
       node.contentChanged();
       this.release(node.dirty.truncate(size));
       await ftruncate(node.fd, size);
       // Growing a file makes a hole, not allocated space: only shrinking lowers the mark.
       this.settleSpace(node, [], Math.min(node.primarySize, size));
-      await this.sink.apply({ op: 'truncate', path: node.path, size });
+      if (!node.nameless) await this.sink.apply({ op: 'truncate', path: node.path, size });
     });
   }
 
@@ -409,23 +417,30 @@ export class WritebackCache {
     node.contentChanged();
     node.firstDirtyAt = node.dirty.isEmpty ? 0 : node.firstDirtyAt;
     try {
-      await this.sink.beforeChange?.(node.path);
+      if (!node.nameless) await this.sink.beforeChange?.(node.path);
       // The sink's copies overlap with the next primary writes; all must finish before the
       // flush counts as done. Reports go out in primary order.
       const reported: Promise<void>[] = [];
       for (const run of runs(taken)) {
         await writeRun(node.fd, run);
-        for (const e of run)
-          reported.push(
-            this.sink.apply({ op: 'write', path: node.path, offset: e.off, data: e.buf.subarray(0, e.len) }),
-          );
+        if (!node.nameless)
+          for (const e of run)
+            reported.push(
+              this.sink.apply({
+                op: 'write',
+                path: node.path,
+                offset: e.off,
+                data: e.buf.subarray(0, e.len),
+              }),
+            );
       }
       // The primary's mtime is now the flush time; applications saw the time of their last
       // write (getattr reports it while data is cached), so put that back, and tell the sink.
       const mtime = node.lastWriteAt;
       if (mtime > 0) {
         setFdTimesNs(node.fd, null, msToNs(mtime));
-        reported.push(this.sink.apply({ op: 'utimens', path: node.path, atime: null, mtime }));
+        if (!node.nameless)
+          reported.push(this.sink.apply({ op: 'utimens', path: node.path, atime: null, mtime }));
       }
       await Promise.all(reported);
       this.settleSpace(node, taken, node.primarySize);

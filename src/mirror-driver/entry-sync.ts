@@ -12,6 +12,12 @@ const CHUNK = 1 << 20;
 
 export interface SyncResult {
   bytesCopied: number;
+  /**
+   * The mirror name was one of several names of a file and got a file of its own, while the
+   * primary's file has other names: those are separate files in the mirror until the names are
+   * linked again (the caller compares the volume).
+   */
+  separated?: boolean;
 }
 
 export interface SyncOptions {
@@ -23,6 +29,14 @@ export interface SyncOptions {
   compare?: boolean;
   /** The mirror entry's lstat, just read by the caller (null: it does not exist). */
   mirrorStat?: fs.Stats | null;
+  /**
+   * A comparison's copy (the primary's entry may be another file than the mirror's, see below):
+   * a mirror file whose link count is not the primary's gets a file of its own. Not for a
+   * resync's tracked ranges: those belong in the mirror's file as it is, whatever names a queued
+   * link or unlink is about to give or take (written into a copy of its own, they were lost
+   * when the names were linked again).
+   */
+  separate?: boolean;
 }
 
 /**
@@ -51,6 +65,15 @@ export async function syncEntry(
     await fsp.rm(mirror, { recursive: true, force: true });
     mst = undefined;
   }
+  // A mirror file whose link count is not the primary's is another file than the primary's (a
+  // rename over it reached the primary, not yet the mirror), or its names are not the same:
+  // writing into it would change its other names too. The name gets a file of its own.
+  let separated = false;
+  if (opts.separate && mst?.isFile() && mst.nlink > 1 && pst.isFile() && pst.nlink !== mst.nlink) {
+    await fsp.unlink(mirror);
+    mst = undefined;
+    separated = pst.nlink > 1;
+  }
   let bytesCopied = 0;
   if (pst.isDirectory()) {
     if (!mst) await fsp.mkdir(mirror, pst.mode & 0o7777);
@@ -72,7 +95,7 @@ export async function syncEntry(
     await mknod(mirror, pst.mode, pst.rdev);
   }
   await syncMeta(primary, mirror, pst, !mst);
-  return { bytesCopied };
+  return separated ? { bytesCopied, separated } : { bytesCopied };
 }
 
 async function copyRanges(

@@ -11,11 +11,12 @@ import { setTimesNs } from '../posix/set-times.js';
 import { type ChangeAnswer, ChangeRecord, type Generation } from './change-record.js';
 import { loadVolumeId, type MirrorLayout, mirrorLayout, openDevice } from './device.js';
 import { DeviceWatch } from './device-watch.js';
-import { copyChunk, syncEntry, syncMeta } from './entry-sync.js';
+import { copyChunk, type SyncOptions, type SyncResult, syncEntry, syncMeta } from './entry-sync.js';
 import { Journal, type JournalRecord } from './journal.js';
 import { mergeLinkedRanges } from './linked-ranges.js';
 import { MirrorWriter } from './mirror-writer.js';
 import { covers, coversUnder, type Selector, SplitTracker } from './split-tracker.js';
+import { MirrorTrace } from './trace.js';
 import { compareOne, type Difference, type VerifyReport, verifyTrees } from './verify.js';
 
 /** Changes that modify an inode's content or metadata (not its names). */
@@ -160,15 +161,16 @@ export class MirrorDriver implements ChangeSink {
   private ready: Promise<void> = Promise.resolve();
   private repairing: Promise<RepairResult> | null = null;
   private checkpointQueued = false;
-  /** A volume comparison to link the names of hard-linked files is queued (see healPath). */
-  private relinkQueued = false;
   /**
    * Entries a resync found gone from the primary and left in the mirror for the changes queued
    * behind it (see removeGone), not synced yet: a rename moves them and syncs them where they
    * land, an unlink drops them.
    */
   private readonly unsynced = new Set<string>();
+  /** A copy separated a name from the other names of its file (see copyEntry). */
+  private relinkWanted = false;
   private readonly abort = new AbortController();
+  private readonly trace = new MirrorTrace();
   private timesTimer: NodeJS.Timeout | null = null;
   private changeFile = '';
   private timers: NodeJS.Timeout[] = [];
@@ -332,7 +334,9 @@ export class MirrorDriver implements ChangeSink {
           if (this.heldUnder(p)) return 0;
           this.writer.forget(p, true);
           await this.ensureParents(p);
-          return (await syncEntry(this.primary + p, this.layout.data + p, { compare: true })).bytesCopied;
+          const r = await this.copyEntry(this.primary + p, this.layout.data + p, { compare: true });
+          await this.relinkIfWanted(p);
+          return r.bytesCopied;
         });
         entries++;
       }
@@ -389,6 +393,11 @@ export class MirrorDriver implements ChangeSink {
       s.record(c);
       if (c.op !== 'fsync') void this.journal.append(trackRecord(s.id, c)).catch(() => undefined);
     }
+    if (this.trace.on)
+      this.trace.change(
+        c,
+        holders.map((s) => s.id.slice(-8)),
+      );
     if (holders.length > 0) {
       if (c.op !== 'fsync') this.stats.changesTracked++;
       if (inodeOp) await this.noteInodeChange(holders, c.path);
@@ -464,7 +473,7 @@ export class MirrorDriver implements ChangeSink {
     const st = await fsp.lstat(this.primary + p).catch(() => undefined);
     // Gone already (its unlink or rename is queued behind): assume it had other names.
     const nlink = st ? (st.isDirectory() ? 1 : st.nlink) : 2;
-    for (const s of todo) s.noteInodeChange(p, nlink);
+    for (const s of todo) s.noteInodeChange(p, nlink, st?.ino);
   }
 
   private async onApplyError(c: Change, err: NodeJS.ErrnoException): Promise<void> {
@@ -502,12 +511,28 @@ export class MirrorDriver implements ChangeSink {
 
   private markBroken(p: string, err: NodeJS.ErrnoException): void {
     if (this.broken.has(p)) return;
+    this.trace.event('broken', { path: p, code: err.code, msg: err.message });
     this.broken.add(p);
     this.brokenReasons.set(p, `${err.code ?? 'EIO'}: ${err.message}`);
     this.log(`mirror pair broken for ${p}: ${err.code ?? err.message}`);
     void this.journal.append({ t: 'broken', p }).catch(() => undefined);
     this._onDidBreak.fire({ path: p, error: `${err.code ?? 'EIO'}: ${err.message}` });
     this._onDidChangeState.fire({ paths: [p], state: 'BROKEN' });
+    void this.breakOtherNames(p).catch(() => undefined);
+  }
+
+  /**
+   * The other names of a broken file are the same file: a change through any of them reaches
+   * the mirror copy that failed, and the primary's content behind each of them moves on with
+   * the broken one's. They break too (found by a walk of the primary: only a file's link count
+   * is known, not its names).
+   */
+  private async breakOtherNames(p: string): Promise<void> {
+    if (p === '/' || this.disposed) return;
+    const st = await lstatOrUndefined(this.primary + p);
+    if (!st?.isFile() || st.nlink < 2) return;
+    const err = Object.assign(new Error(`another name of the broken file ${p}`), { code: 'EIO' });
+    for (const q of await namesOf(this.primary, st)) if (q !== p) this.markBroken(q, err);
   }
 
   private isBroken(p: string): boolean {
@@ -542,6 +567,16 @@ export class MirrorDriver implements ChangeSink {
     }
   }
 
+  /**
+   * syncEntry, noting when a name of a file with several names got a file of its own
+   * (SyncResult.separated): the names must be linked again (relinkVolume) before the task ends.
+   */
+  private async copyEntry(primary: string, mirror: string, opts?: SyncOptions): Promise<SyncResult> {
+    const r = await syncEntry(primary, mirror, opts);
+    if (r.separated) this.relinkWanted = true;
+    return r;
+  }
+
   /** Copies path (and any missing parents) from the primary. */
   private async healPath(p: string): Promise<void> {
     if (this.heldUnder(p)) {
@@ -553,9 +588,14 @@ export class MirrorDriver implements ChangeSink {
       }
       return;
     }
+    this.trace.event('heal', { path: p });
     await this.ensureParents(p);
     this.writer.forget(p, true);
-    const r = await syncEntry(this.primary + p, this.layout.data + p);
+    // What the mirror has there is not the file the change was about (or the change would have
+    // applied): if it has other names, it is some other file and must not be written into.
+    const old = await lstatOrUndefined(this.layout.data + p);
+    if (old?.isFile() && old.nlink > 1) await fsp.unlink(this.layout.data + p);
+    const r = await this.copyEntry(this.primary + p, this.layout.data + p);
     this.stats.bytesMirrored += r.bytesCopied;
     // A directory the mirror lacked (say, renamed before the initial copy reached it) comes
     // with its contents.
@@ -566,22 +606,36 @@ export class MirrorDriver implements ChangeSink {
     }
     // A file with other names came as a copy of its own: the mirror would keep two files where
     // the primary has one, and the next write through one name would leave the other behind.
-    // Its other names can be anywhere: the next queue task compares the volume and links them.
-    if ((st?.isFile() && st.nlink > 1) || (st?.isDirectory() && (await hasMultiLink(this.primary + p))))
-      this.relinkVolume(p);
+    if (
+      this.relinkWanted ||
+      (st?.isFile() && st.nlink > 1) ||
+      (st?.isDirectory() && (await hasMultiLink(this.primary + p)))
+    )
+      await this.relinkVolume(p);
   }
 
-  private relinkVolume(cause: string): void {
-    if (this.relinkQueued) return;
-    this.relinkQueued = true;
+  private async relinkIfWanted(cause: string): Promise<void> {
+    if (this.relinkWanted) await this.relinkVolume(cause);
+  }
+
+  /**
+   * Links the names of files with several names again after one was copied alone: the other
+   * names can be anywhere, so the volume is compared. Now, inside the task that healed it: until
+   * then the copies are separate files, and a change applied to one of them in between (an
+   * xattr through the healed name, a write through another) would be on one copy only, and the
+   * comparison, which keeps the first name it finds equal by size, mtime and ctime, could keep
+   * the other.
+   */
+  private async relinkVolume(cause: string): Promise<void> {
     this.log(`${cause}: a file with several names was copied alone; comparing the volume to link its names`);
-    void this.queue
-      .push(async () => {
-        this.relinkQueued = false;
-        const r = await this.reconcileTree('/', 'repair', { locked: true });
-        this.stats.bytesMirrored += r.bytes;
-      })
-      .catch((err) => this.markBroken('/', err as NodeJS.ErrnoException));
+    this.trace.event('relink', { cause });
+    this.relinkWanted = false;
+    try {
+      const r = await this.reconcileTree('/', 'repair', { locked: true });
+      this.stats.bytesMirrored += r.bytes;
+    } catch (err) {
+      this.markBroken('/', err as NodeJS.ErrnoException);
+    }
   }
 
   /**
@@ -592,6 +646,7 @@ export class MirrorDriver implements ChangeSink {
    */
   private async removeGone(paths: string[]): Promise<void> {
     const left = paths.filter((p) => this.unsynced.delete(p));
+    this.trace.event('removeGone', { left });
     const back: string[] = [];
     for (const p of left) {
       if (this.heldUnder(p)) {
@@ -631,7 +686,7 @@ export class MirrorDriver implements ChangeSink {
       try {
         this.writer.forget(p, true);
         await this.ensureParents(p);
-        const r = await syncEntry(this.primary + p, this.layout.data + p, { compare: true });
+        const r = await this.copyEntry(this.primary + p, this.layout.data + p, { compare: true });
         this.stats.resyncBytes += r.bytesCopied;
       } catch (err) {
         // Moved on again: the change that did it is queued and carries on from there.
@@ -639,6 +694,7 @@ export class MirrorDriver implements ChangeSink {
           this.markBroken(p, err as NodeJS.ErrnoException);
       }
     }
+    await this.relinkIfWanted('entries moved during a resync');
   }
 
   private noteTimes(p: string): void {
@@ -725,6 +781,7 @@ export class MirrorDriver implements ChangeSink {
         if (st?.isFile() && st.nlink > 1) s.frozenInos.set(st.ino, p);
       }
       this.splits.set(s.id, s);
+      this.trace.event('split', { id: s.id.slice(-8), sel });
       s.generation = this.changes.generation;
       try {
         void this.journal.append(this.changes.journalLine()).catch(() => undefined);
@@ -763,12 +820,17 @@ export class MirrorDriver implements ChangeSink {
       state: 'RESYNC',
       splitId,
     });
+    // Demonstration only (docs/reliability.md, "The harness catches what it exists for"): a
+    // resync that does not wait its turn in the change queue must make the stress harness fail.
+    if (process.env.TWINFS_DEMO_UNORDERED_RESYNC === '1')
+      return this.resyncLocked(s).finally(() => this.resyncing.delete(splitId));
     return this.queue.push(() => this.resyncLocked(s)).finally(() => this.resyncing.delete(splitId));
   }
 
   private async resyncLocked(s: SplitTracker): Promise<ResyncResult> {
     const started = Date.now();
     this.splits.delete(s.id);
+    this.trace.event('resync', { id: s.id.slice(-8), lostLinks: s.lostLinks, files: s.files.size });
     // Other splits that still hold some of these paths keep them frozen: those paths are
     // resynced when the last holder lets go (their changes are tracked there too).
     const stillHeld = (p: string) => this.heldUnder(p);
@@ -796,6 +858,10 @@ export class MirrorDriver implements ChangeSink {
       }
     }
     const paths = [...new Set([...s.touched, ...s.files.keys()])].sort();
+    // Names whose inode lost another name with tracked ranges (lostLinks) are copied whole.
+    const primaryInos = new Map<string, number | undefined>();
+    if (s.lostLinks)
+      for (const p of s.files.keys()) primaryInos.set(p, (await lstatOrUndefined(this.primary + p))?.ino);
     const tracked = await mergeLinkedRanges(
       s.files,
       paths,
@@ -803,7 +869,7 @@ export class MirrorDriver implements ChangeSink {
         const st = stillHeld(p) ? undefined : await lstatOrUndefined(this.layout.data + p);
         return st?.isFile() && st.nlink > 1 ? st.ino : undefined;
       },
-      s.lostLinks ? (p) => (s.inodeChanged.get(p) ?? 1) > 1 : undefined,
+      s.lostLinks ? (p) => s.copiesWhole(p, primaryInos.get(p)) : undefined,
     );
     const gone: string[] = [];
     for (const p of paths) {
@@ -811,13 +877,20 @@ export class MirrorDriver implements ChangeSink {
       if (!(await lstatOrUndefined(this.primary + p))) {
         gone.push(p);
         this.unsynced.add(p);
+        // Its changes go with it; if its file has other names, they are owed them (below).
+        s.nameGone(p);
         continue;
       }
       const f = tracked.get(p);
+      if (this.trace.on)
+        this.trace.event('resync-entry', { path: p, ranges: f ? f.ranges.toArray() : 'whole', cut: f?.cut });
       try {
         this.writer.forget(p, true);
         await this.ensureParents(p);
-        const r = await syncEntry(this.primary + p, this.layout.data + p, { ranges: f?.ranges, cut: f?.cut });
+        const r = await this.copyEntry(this.primary + p, this.layout.data + p, {
+          ranges: f?.ranges,
+          cut: f?.cut,
+        });
         bytes += r.bytesCopied;
         entries++;
       } catch (err) {
@@ -825,11 +898,21 @@ export class MirrorDriver implements ChangeSink {
         else this.markBroken(p, err as NodeJS.ErrnoException);
       }
     }
-    // A changed file lost a name while it had others: they are found by comparing everything.
-    if (s.lostLinks) trees.add('/');
+    // A changed file lost a name while it had others: they are found by comparing everything;
+    // so are the other names of a name that got a file of its own (copyEntry).
+    if (s.lostLinks || this.relinkWanted) trees.add('/');
+    // The other names of an inode that lost a changed name are not known here, and what changed
+    // may not show in size, mtime or ctime (the replayed unlink just moved the mirror's ctime past
+    // the primary's): primary files of such inodes that changed since the split are compared in
+    // full, metadata included.
+    const deep = s.lostLinks
+      ? (st: Stats) =>
+          // (A second of margin: file times come from the kernel's coarse clock.)
+          st.isFile() && st.ctimeMs >= s.since - 1000 && (s.lostUnknown || s.lostInos.has(st.ino))
+      : undefined;
     for (const t of outermost(trees)) {
       try {
-        const r = await this.reconcileTree(t, 'resync', { locked: true });
+        const r = await this.reconcileTree(t, 'resync', { locked: true, deep });
         bytes += r.bytes;
         entries += r.entries;
       } catch (err) {
@@ -837,6 +920,7 @@ export class MirrorDriver implements ChangeSink {
       }
     }
     this.stats.resyncBytes += bytes;
+    this.trace.event('resynced', { id: s.id.slice(-8), gone, trees: outermost(trees) });
     if (gone.length > 0)
       void this.queue
         .push(() => this.removeGone(gone))
@@ -935,7 +1019,9 @@ export class MirrorDriver implements ChangeSink {
             if (this.heldUnder(t)) return 0;
             this.writer.forget(t, true);
             await this.ensureParents(t);
-            return (await syncEntry(this.primary + t, this.layout.data + t)).bytesCopied;
+            const r = await this.copyEntry(this.primary + t, this.layout.data + t);
+            await this.relinkIfWanted(t);
+            return r.bytesCopied;
           });
           entries++;
         } else {
@@ -997,7 +1083,8 @@ export class MirrorDriver implements ChangeSink {
           if (p !== '') {
             this.writer.forget(p, true);
             await this.ensureParents(p);
-            await syncEntry(this.primary + p, this.layout.data + p);
+            await this.copyEntry(this.primary + p, this.layout.data + p);
+            await this.relinkIfWanted(p);
           } else await syncMeta(this.primary, this.layout.data);
           return compareOne(this.primary, this.layout.data, p);
         })
@@ -1024,7 +1111,7 @@ export class MirrorDriver implements ChangeSink {
   private async reconcileTree(
     p: string,
     phase: ProgressEvent['phase'],
-    o: { locked?: boolean; deep?: boolean; signal?: AbortSignal } = {},
+    o: { locked?: boolean; deep?: Deep; signal?: AbortSignal } = {},
   ): Promise<{ bytes: number; entries: number }> {
     if (o.locked) return this.walkTree(p, phase, o);
     const renamed = new Set<string>();
@@ -1049,12 +1136,18 @@ export class MirrorDriver implements ChangeSink {
   private async walkTree(
     p: string,
     phase: ProgressEvent['phase'],
-    o: { locked?: boolean; deep?: boolean; signal?: AbortSignal },
+    o: { locked?: boolean; deep?: Deep; signal?: AbortSignal },
   ): Promise<{ bytes: number; entries: number }> {
+    // A name separated from the other names of its file (copyEntry) is linked to them again in
+    // the same queue task: a live change in between would reach one of the copies only.
     const run = async <T>(f: () => Promise<T>): Promise<T> => {
       if (o.locked) return f();
       await this.yieldToLive();
-      return this.queue.push(f);
+      return this.queue.push(async () => {
+        const r = await f();
+        await this.relinkIfWanted(p);
+        return r;
+      });
     };
     let bytes = 0;
     let entries = 0;
@@ -1109,6 +1202,12 @@ export class MirrorDriver implements ChangeSink {
       for (const it of [...items].reverse()) if (it.st?.isDirectory()) dirs.push(it.path);
     }
     report(true);
+    // Inside one task (locked): a walk of the volume has linked the names it separated; a walk of
+    // a subtree cannot see names outside it.
+    if (o.locked) {
+      if (p === '/') this.relinkWanted = false;
+      else await this.relinkIfWanted(p);
+    }
     return { bytes, entries };
   }
 
@@ -1121,16 +1220,18 @@ export class MirrorDriver implements ChangeSink {
     p: string,
     listed: Stats,
     run: <T>(f: () => Promise<T>) => Promise<T>,
-    deep?: boolean,
+    deep?: Deep,
   ): Promise<number> {
     const mp = this.layout.data + p;
     const plan = await run(async () => {
       if (this.isHeld(p)) return undefined;
       const [pst, mst] = await Promise.all([lstatOrUndefined(this.primary + p), lstatOrUndefined(mp)]);
       if (!pst?.isFile() || pst.nlink > 1) return { fallback: true as const, pst };
-      if (mst?.isFile()) {
+      // A mirror file with other names is another file (see syncEntry): replaced, not written.
+      if (mst?.isFile() && mst.nlink === 1) {
         const sameData = mst.size === pst.size && Math.abs(mst.mtimeMs - pst.mtimeMs) < 1;
-        if (sameData && sameMeta(pst, mst) && pst.ctimeMs <= mst.ctimeMs && !deep) return undefined;
+        if (sameData && sameMeta(pst, mst) && pst.ctimeMs <= mst.ctimeMs && !isDeep(deep, pst))
+          return undefined;
         this.writer.forget(p, true);
         return { compare: sameData, size: pst.size };
       }
@@ -1172,7 +1273,7 @@ export class MirrorDriver implements ChangeSink {
   private async syncBatch(
     items: Array<{ path: string; st: Stats | undefined }>,
     links: Map<number, string>,
-    deep?: boolean,
+    deep?: Deep,
   ): Promise<number> {
     const serial = items.filter(
       (it) => it.st && (it.st.isDirectory() || (it.st.isFile() && it.st.nlink > 1)),
@@ -1193,7 +1294,7 @@ export class MirrorDriver implements ChangeSink {
     p: string,
     pst: Stats | undefined,
     links: Map<number, string>,
-    deep?: boolean,
+    deep?: Deep,
   ): Promise<number> {
     try {
       return await this.syncQuick(p, pst, links, deep);
@@ -1223,7 +1324,7 @@ export class MirrorDriver implements ChangeSink {
     p: string,
     pst: Stats | undefined,
     links: Map<number, string>,
-    deep?: boolean,
+    deep?: Deep,
   ): Promise<number> {
     const mp = p === '/' ? this.layout.data : this.layout.data + p;
     if (p !== '/' && this.isHeld(p)) return 0;
@@ -1258,17 +1359,17 @@ export class MirrorDriver implements ChangeSink {
     const sameData =
       sameType && (pst.isDirectory() || (mst!.size === pst.size && Math.abs(mst!.mtimeMs - pst.mtimeMs) < 1));
     const newer = !!mst && pst.ctimeMs > mst.ctimeMs;
-    if (sameData && sameMeta(pst, mst!) && !newer && !(deep && pst.isFile())) return 0;
+    if (sameData && sameMeta(pst, mst!) && !newer && !(isDeep(deep, pst) && pst.isFile())) return 0;
     this.writer.forget(p, true);
     // Same size and mtime: probably equal, so compare rather than copy.
-    const opts = { compare: sameData, mirrorStat: mst ?? null };
+    const opts = { compare: sameData, mirrorStat: mst ?? null, separate: true };
     try {
-      return (await syncEntry(this.primary + p, mp, opts)).bytesCopied;
+      return (await this.copyEntry(this.primary + p, mp, opts)).bytesCopied;
     } catch (err) {
       // The parent is normally there (directories are synced before their entries).
       if (!HEAL_CODES.has((err as NodeJS.ErrnoException).code ?? '')) throw err;
       await this.ensureParents(p);
-      return (await syncEntry(this.primary + p, mp, { compare: sameData })).bytesCopied;
+      return (await this.copyEntry(this.primary + p, mp, { compare: sameData, separate: true })).bytesCopied;
     }
   }
 
@@ -1377,6 +1478,7 @@ export class MirrorDriver implements ChangeSink {
       .catch((err) => this.log(`cannot save the change record: ${(err as Error).message}`));
     await this.journal.checkpoint(() => this.snapshot());
     await this.journal.close(true);
+    await this.trace.close();
   }
 
   private splitInfo(s: SplitTracker): SplitInfo {
@@ -1411,6 +1513,32 @@ const BATCH_BYTES = 8 * 1024 * 1024;
 /** Files above this size are reconciled chunk by chunk, LARGE_CHUNK bytes per queue task. */
 const LARGE_FILE = 8 * 1024 * 1024;
 const LARGE_CHUNK = 8 * 1024 * 1024;
+
+/**
+ * A comparison that reads contents (and copies metadata) instead of trusting size, mtime and
+ * ctime: everywhere (true), or for the entries a predicate picks.
+ */
+type Deep = boolean | ((st: Stats) => boolean);
+
+function isDeep(deep: Deep | undefined, st: Stats): boolean {
+  return typeof deep === 'function' ? deep(st) : !!deep;
+}
+
+/** The volume paths of a file's names (a walk of the primary that stops once it has them all). */
+async function namesOf(root: string, file: Stats): Promise<string[]> {
+  const out: string[] = [];
+  const dirs = [''];
+  while (dirs.length > 0 && out.length < file.nlink) {
+    const dir = dirs.pop()!;
+    const names = await fsp.readdir(root + dir).catch(() => [] as string[]);
+    for (const n of names) {
+      const st = await lstatOrUndefined(`${root}${dir}/${n}`);
+      if (st?.isDirectory()) dirs.push(`${dir}/${n}`);
+      else if (st?.ino === file.ino && st.dev === file.dev) out.push(`${dir}/${n}`);
+    }
+  }
+  return out;
+}
 
 /** Is there a regular file with several names at or below dir (no symlinks followed)? */
 async function hasMultiLink(dir: string): Promise<boolean> {

@@ -65,6 +65,16 @@ export class SplitTracker {
    * the primary when that was first seen. Moved along with renames.
    */
   readonly inodeChanged = new Map<string, number>();
+  /** The primary's inode number behind each path of inodeChanged (when it could be read). */
+  readonly inodeNumbers = new Map<string, number>();
+  /**
+   * Primary inodes that lost a changed name while they had others (see lostLinks). Their other
+   * names are copied whole at resync even when they were noted with one link (their first change
+   * came after the name went) or tracked ranges of their own: those miss the lost name's ranges.
+   */
+  readonly lostInos = new Set<number>();
+  /** A changed name with other names went away and its inode number was not known. */
+  lostUnknown = false;
   /**
    * A name of a changed inode with other names went away (unlink, or replaced by a rename):
    * what was tracked under it is lost, and the other names, which may not be known here, still
@@ -151,6 +161,7 @@ export class SplitTracker {
         this.dropName(c.path);
         moveKeys(this.files, c.from, c.path);
         moveKeys(this.inodeChanged, c.from, c.path);
+        moveKeys(this.inodeNumbers, c.from, c.path);
         // Metadata changed under the old name must be synced under the new one.
         for (const t of [...this.touched])
           if (t.startsWith(c.from + '/')) this.touched.add(c.path + t.slice(c.from.length));
@@ -203,8 +214,36 @@ export class SplitTracker {
   }
 
   /** The inode behind p changed under this split; nlink: its link count on the primary. */
-  noteInodeChange(p: string, nlink: number): void {
-    if (!this.inodeChanged.has(p)) this.inodeChanged.set(p, nlink);
+  noteInodeChange(p: string, nlink: number, ino?: number): void {
+    if (this.inodeChanged.has(p)) return;
+    this.inodeChanged.set(p, nlink);
+    if (ino !== undefined) this.inodeNumbers.set(p, ino);
+  }
+
+  /**
+   * Must the resync copy p whole rather than its tracked ranges? Yes when its inode had other
+   * names and one of them went away with ranges of its own (lostLinks). primaryIno: p's inode
+   * number on the primary now.
+   */
+  copiesWhole(p: string, primaryIno: number | undefined): boolean {
+    if (!this.lostLinks) return false;
+    if ((this.inodeChanged.get(p) ?? 1) > 1 || this.lostUnknown) return true;
+    return primaryIno !== undefined && this.lostInos.has(primaryIno);
+  }
+
+  /**
+   * A changed name was found gone from the primary at resync, its unlink or rename still queued
+   * behind: what was tracked under it may be owed to other names of its inode, as with dropName.
+   */
+  nameGone(p: string): void {
+    const f = this.files.get(p);
+    const data = f !== undefined && (!f.ranges.isEmpty || f.cut !== undefined);
+    const nlink = this.inodeChanged.get(p) ?? (data ? 2 : undefined);
+    if (nlink === undefined || nlink < 2) return;
+    this.lostLinks = true;
+    const ino = this.inodeNumbers.get(p);
+    if (ino === undefined) this.lostUnknown = true;
+    else this.lostInos.add(ino);
   }
 
   /** A name goes away (unlink, or replaced by a rename). */
@@ -215,8 +254,14 @@ export class SplitTracker {
     // it has none: assume other names.
     const data = f !== undefined && (!f.ranges.isEmpty || f.cut !== undefined);
     const nlink = this.inodeChanged.get(p) ?? (data ? 2 : undefined);
+    const ino = this.inodeNumbers.get(p);
     this.inodeChanged.delete(p);
-    if (nlink !== undefined && nlink > 1) this.lostLinks = true;
+    this.inodeNumbers.delete(p);
+    if (nlink !== undefined && nlink > 1) {
+      this.lostLinks = true;
+      if (ino === undefined) this.lostUnknown = true;
+      else this.lostInos.add(ino);
+    }
   }
 
   /** Replays a recorded byte range (journal recovery). */

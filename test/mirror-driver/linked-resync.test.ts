@@ -1,9 +1,10 @@
 import { randomBytes } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
+import * as xattr from 'fs-xattr';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { MirrorDriver } from '../../src/mirror-driver/index.js';
 import { tempDirs } from '../helpers/server.js';
-import { sha } from './mirror-helpers.js';
+import { run, sha } from './mirror-helpers.js';
 
 /**
  * Resync of hard-linked files, found by the stress harness (issue 10: zeros at the end of a
@@ -72,6 +73,158 @@ describe('resync of files with several names', () => {
     await d.resync(s.splitId);
     expect(await sha(`${M}/b`)).toBe(await sha(`${P}/b`));
     expect((await d.verify()).differences).toEqual([]);
+  });
+
+  it('a write through a name that then goes is not lost when the other name is written after (stress seed 306)', async () => {
+    const s = await d.split({ volume: true });
+    // Through /a while the file has two names; then /a goes, and /b (by now the only name) is
+    // written elsewhere: what was tracked under /a must still reach /b.
+    await write('/a', 20_000, 5000);
+    await fsp.unlink(`${P}/a`);
+    await d.apply({ op: 'unlink', path: '/a' });
+    const data = randomBytes(3000);
+    const fh = await fsp.open(`${P}/b`, 'r+');
+    await fh.write(data, 0, data.length, 60_000);
+    await fh.close();
+    await d.apply({ op: 'write', path: '/b', offset: 60_000, data });
+    await d.resync(s.splitId);
+    expect(await sha(`${M}/b`)).toBe(await sha(`${P}/b`));
+    expect((await d.verify()).differences).toEqual([]);
+  });
+
+  it('a name healed as a lone copy is linked to its other names before the next change (stress CI seed 4)', async () => {
+    // A third name, mirrored as one file with the others.
+    await fsp.link(`${P}/a`, `${P}/x`);
+    await d.apply({ op: 'link', from: '/a', path: '/x' });
+    await d.barrier();
+    // The mirror lacks that name (a resync removed it ahead of its queued rename, say): the
+    // rename fails there and heals its target as a copy of its own.
+    await fsp.rm(`${M}/x`);
+    // The primary runs ahead of the queue: rename, an xattr through the new name, a write
+    // through another name; then the driver hears of them, in that order.
+    await fsp.rename(`${P}/x`, `${P}/c`);
+    await xattr.setAttribute(`${P}/c`, 'user.k', Buffer.from('v1'));
+    const data = randomBytes(2000);
+    const fh = await fsp.open(`${P}/b`, 'r+');
+    await fh.write(data, 0, data.length, 5000);
+    await fh.close();
+    await Promise.all([
+      d.apply({ op: 'rename', from: '/x', path: '/c' }),
+      d.apply({ op: 'setxattr', path: '/c', name: 'user.k', value: Buffer.from('v1') }),
+      d.apply({ op: 'write', path: '/b', offset: 5000, data }),
+    ]);
+    await d.whenIdle();
+    for (const n of ['a', 'b', 'c']) {
+      expect(await sha(`${M}/${n}`)).toBe(await sha(`${P}/${n}`));
+      expect((await xattr.getAttribute(`${M}/${n}`, 'user.k')).toString()).toBe('v1');
+    }
+    expect((await fsp.stat(`${M}/c`)).ino).toBe((await fsp.stat(`${M}/a`)).ino);
+    expect((await d.verify()).differences).toEqual([]);
+  });
+
+  it('a comparison that finds another file under a name of a hard-linked mirror file replaces that name, never writes into the shared copy (stress seed 502)', async () => {
+    await fsp.writeFile(`${P}/f`, randomBytes(3000));
+    await d.apply({ op: 'create', path: '/f', mode: 0o100644, uid: 0, gid: 0 });
+    await d.apply({ op: 'write', path: '/f', offset: 0, data: await fsp.readFile(`${P}/f`) });
+    const s = await d.split({ volume: true });
+    // A third name written and removed under the split: its resync compares the whole volume.
+    await fsp.link(`${P}/a`, `${P}/c`);
+    await d.apply({ op: 'link', from: '/a', path: '/c' });
+    await write('/c', 0, 100);
+    await fsp.unlink(`${P}/c`);
+    await d.apply({ op: 'unlink', path: '/c' });
+    // The primary runs ahead: another file renamed over /a, reported behind the resync. The
+    // comparison meets /a (mirror: one file with /b) as a different file on the primary.
+    await fsp.rename(`${P}/f`, `${P}/a`);
+    await Promise.all([d.resync(s.splitId), d.apply({ op: 'rename', from: '/f', path: '/a' })]);
+    await d.whenIdle();
+    expect(await sha(`${M}/a`)).toBe(await sha(`${P}/a`));
+    expect(await sha(`${M}/b`)).toBe(await sha(`${P}/b`));
+    expect((await fsp.stat(`${M}/a`)).ino).not.toBe((await fsp.stat(`${M}/b`)).ino);
+    expect((await d.verify()).differences).toEqual([]);
+    expect(d.status().broken).toEqual([]);
+  });
+
+  it('a rename healed over a name of another hard-linked file gives it a file of its own (stress seed 501)', async () => {
+    // Another file with two names, mirrored.
+    await fsp.writeFile(`${P}/g`, randomBytes(70_000));
+    await d.apply({ op: 'create', path: '/g', mode: 0o100644, uid: 0, gid: 0 });
+    await d.apply({ op: 'write', path: '/g', offset: 0, data: await fsp.readFile(`${P}/g`) });
+    await fsp.link(`${P}/g`, `${P}/h`);
+    await d.apply({ op: 'link', from: '/g', path: '/h' });
+    await d.barrier();
+    // The mirror lacks /g (as above), so the rename of /g over /a heals /a: the mirror's /a is
+    // still one file with /b, the primary's /a is now one file with /h.
+    await fsp.rm(`${M}/g`);
+    await fsp.rename(`${P}/g`, `${P}/a`);
+    await d.apply({ op: 'rename', from: '/g', path: '/a' });
+    await d.whenIdle();
+    for (const n of ['a', 'b', 'h']) expect(await sha(`${M}/${n}`)).toBe(await sha(`${P}/${n}`));
+    expect((await fsp.stat(`${M}/a`)).ino).toBe((await fsp.stat(`${M}/h`)).ino);
+    expect((await fsp.stat(`${M}/a`)).ino).not.toBe((await fsp.stat(`${M}/b`)).ino);
+    expect((await d.verify()).differences).toEqual([]);
+  });
+
+  it('metadata changed through a name that then goes reaches the other names (stress seed 504)', async () => {
+    const s = await d.split({ volume: true });
+    await xattr.setAttribute(`${P}/a`, 'user.k', Buffer.from('v2'));
+    await d.apply({ op: 'setxattr', path: '/a', name: 'user.k', value: Buffer.from('v2') });
+    await fsp.unlink(`${P}/a`);
+    await d.apply({ op: 'unlink', path: '/a' });
+    await d.resync(s.splitId);
+    expect((await xattr.getAttribute(`${M}/b`, 'user.k')).toString()).toBe('v2');
+    expect((await d.verify()).differences).toEqual([]);
+  });
+
+  it('a write tracked under a name whose unlink is queued behind the resync reaches the other names (stress seed 506)', async () => {
+    const s = await d.split({ volume: true });
+    await write('/a', 30_000, 8000);
+    // The unlink reaches the primary before the resync runs, and the driver after it.
+    await fsp.unlink(`${P}/a`);
+    await Promise.all([d.resync(s.splitId), d.apply({ op: 'unlink', path: '/a' })]);
+    await d.whenIdle();
+    expect(await sha(`${M}/b`)).toBe(await sha(`${P}/b`));
+    expect((await d.verify()).differences).toEqual([]);
+  });
+
+  it('when one name of a file breaks, its other names break too (the mirror refuses the write for real)', async () => {
+    await fsp.link(`${P}/a`, `${P}/c`);
+    await d.apply({ op: 'link', from: '/a', path: '/c' });
+    await d.barrier();
+    await run(`chattr +i '${M}/a'`);
+    try {
+      await write('/a', 0, 4096);
+      await d.barrier();
+      await expect.poll(() => d.status().broken.sort(), { timeout: 10_000 }).toEqual(['/a', '/b', '/c']);
+      expect(d.status().brokenReasons['/b']).toMatch(/another name of the broken file \/a/);
+      // Not a pair any more: verify leaves them out rather than calling them equal.
+      expect(d.stateOf('/b')).toBe('BROKEN');
+    } finally {
+      await run(`chattr -i '${M}/a'`);
+    }
+    const r = await d.repair();
+    expect(r.remaining).toEqual([]);
+    expect(await sha(`${M}/b`)).toBe(await sha(`${P}/b`));
+    expect((await fsp.stat(`${M}/c`)).ino).toBe((await fsp.stat(`${M}/b`)).ino);
+  });
+
+  it('a resync writes the tracked ranges into the mirror file in place while an unlink is still queued behind it (stress seed 1008)', async () => {
+    for (const n of ['x', 'z']) {
+      await fsp.link(`${P}/a`, `${P}/${n}`);
+      await d.apply({ op: 'link', from: '/a', path: `/${n}` });
+    }
+    const s = await d.split({ volume: true });
+    // Through two names: the ranges are merged onto /b; /x gets its metadata synced, which gives
+    // the mirror's file the primary's mtime.
+    await write('/b', 20_000, 6000);
+    await write('/x', 40_000, 3000);
+    // The primary runs ahead: a name goes, reported behind the resync (the mirror's file has
+    // one name more than the primary's meanwhile).
+    await fsp.unlink(`${P}/z`);
+    await Promise.all([d.resync(s.splitId), d.apply({ op: 'unlink', path: '/z' })]);
+    await d.whenIdle();
+    for (const n of ['a', 'b', 'x']) expect(await sha(`${M}/${n}`)).toBe(await sha(`${P}/${n}`));
+    expect((await fsp.stat(`${M}/a`)).ino).toBe((await fsp.stat(`${M}/b`)).ino);
   });
 
   it('a split of one name holds changes through the other names, and the names stay one file', async () => {

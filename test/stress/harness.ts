@@ -29,6 +29,12 @@ export interface StressOptions {
   seed: number;
   /** How long the writers run, ms. */
   durationMs: number;
+  /**
+   * Keep the writers going past durationMs (up to maxMs in all) until the loops have done this
+   * much: on a loaded machine a fixed time can pass with no backup taken, and the run then
+   * checks little. Off by default (the writers stop at durationMs).
+   */
+  atLeast?: { prepares: number; backups: number; maxMs: number };
   writers?: number;
   /** Per writer. */
   maxOps?: number;
@@ -70,9 +76,16 @@ export interface StressReport {
   snapshots: { count: number; checked: number; unverifiable: number; mismatches: Mismatch[] };
   /** Split copies that changed while held (invariant 4). */
   frozenChanged: string[];
+  /** The first message of each failure code of prepares, releases and backups (what a count hides). */
+  failureMessages: Record<string, string>;
   /** Primary entries that differ from the writers' models. */
   primaryVsModel: string[];
   verify: { ok: boolean; checked: number; differences: unknown[] };
+  /**
+   * A last full backup once the writers stopped, restored into an empty directory and compared
+   * with the primary (content, type, mode, owner, xattrs, symlink targets, hard-link structure).
+   */
+  restore: { snapshot?: string; checked: number; differences: string[] };
   broken: Array<Record<string, unknown>>;
   serverExit: number | null;
   /** ms since the start at which each phase ended. */
@@ -100,6 +113,7 @@ export function problems(r: StressReport): string[] {
       out.push(`mirror differs from primary: ${JSON.stringify(d)}`);
   for (const b of r.broken) out.push(`broken pair: ${JSON.stringify(b)}`);
   if (r.serverExit !== 0) out.push(`twinfs serve exited with ${r.serverExit}`);
+  for (const d of r.restore.differences.slice(0, 20)) out.push(`restore of the last snapshot: ${d}`);
   return out;
 }
 
@@ -127,8 +141,10 @@ export async function runStress(o: StressOptions): Promise<StressReport> {
     backups: { ok: 0, failed: {} },
     snapshots: { count: 0, checked: 0, unverifiable: 0, mismatches: [] },
     frozenChanged: [],
+    failureMessages: {},
     primaryVsModel: [],
     verify: { ok: false, checked: 0, differences: [] },
+    restore: { checked: 0, differences: [] },
     broken: [],
     serverExit: null,
     phases: {},
@@ -139,6 +155,7 @@ export async function runStress(o: StressOptions): Promise<StressReport> {
   };
   let srv: ServerHandle | undefined;
   const children = new Set<ChildProcess>();
+  const writerChildren = new Set<ChildProcess>();
   try {
     srv = await startServer({
       primary: d('primary'),
@@ -158,7 +175,7 @@ export async function runStress(o: StressOptions): Promise<StressReport> {
         String(rng.pick([8, 64])),
         ...(o.serveArgs ?? []),
       ],
-      env: { ...process.env, UV_THREADPOOL_SIZE: '16' },
+      env: { ...process.env, UV_THREADPOOL_SIZE: '16', TWINFS_MIRROR_TRACE: d('logs/mirror-trace.jsonl') },
       timeoutMs: 60_000,
     });
     phase('mounted');
@@ -169,13 +186,14 @@ export async function runStress(o: StressOptions): Promise<StressReport> {
 
     const nWriters = o.writers ?? 3;
     const roots = Array.from({ length: nWriters }, (_, i) => `/w${i}`);
+    const writersStarted = now();
     const writerDone = roots.map((root, i) => {
       const cfg: WriterConfig = {
         mount: d('mnt'),
         root,
         seed: rng.u32(),
         maxOps: o.maxOps ?? 1_000_000,
-        durationMs: o.durationMs,
+        durationMs: o.atLeast ? Math.max(o.durationMs, o.atLeast.maxMs) : o.durationMs,
         log: d(`logs/writer-${i}.jsonl`),
         mmap: o.mmap ?? false,
         lazyMmap: o.lazyMmap ?? false,
@@ -186,11 +204,13 @@ export async function runStress(o: StressOptions): Promise<StressReport> {
         stdio: ['ignore', 'ignore', 'pipe'],
       });
       children.add(child);
+      writerChildren.add(child);
       let err = '';
       child.stderr!.on('data', (b) => (err += b));
       return new Promise<void>((resolve) =>
         child.on('exit', (code, signal) => {
           children.delete(child);
+          writerChildren.delete(child);
           if (code !== 0) report.writerFailures.push(`${root} exited ${code ?? signal}: ${err.slice(-500)}`);
           resolve();
         }),
@@ -200,10 +220,28 @@ export async function runStress(o: StressOptions): Promise<StressReport> {
     const allWritten = Promise.all(writerDone).then(() => {
       writing = false;
     });
+    if (o.atLeast) {
+      const want = o.atLeast;
+      const stopAt = writersStarted + o.durationMs;
+      const watch = setInterval(() => {
+        const enough = report.prepares.ok >= want.prepares && report.backups.ok >= want.backups;
+        if (!writing || (now() >= stopAt && enough)) {
+          clearInterval(watch);
+          for (const c of writerChildren) c.kill('SIGUSR1');
+        }
+      }, 100);
+      void allWritten.then(() => clearInterval(watch));
+    }
 
     const snapshots: Snapshot[] = [];
     const backupsTaken: Array<{ id: string; sent: number; replied: number }> = [];
     const loops: Promise<void>[] = [];
+    /**
+     * Both loops want the volume; on a loaded machine the prepare loop, which asks every few ms,
+     * could win every race and no backup would ever be taken. A backup whose predecessor failed
+     * (or the first one) gets the volume: the prepare loop waits while it prepares.
+     */
+    const turn = { backupFirst: false };
     if (o.prepares !== false) {
       const client = await ControlClient.connect(url, { token, client: 'stress', requestTimeoutMs: 60_000 });
       loops.push(
@@ -216,6 +254,7 @@ export async function runStress(o: StressOptions): Promise<StressReport> {
           () => writing,
           report,
           snapshots,
+          turn,
           {
             log,
             kinds: o.selections ?? ['volume', 'subtree', 'paths'],
@@ -236,12 +275,16 @@ export async function runStress(o: StressOptions): Promise<StressReport> {
           log,
           children,
           o.incremental === true,
+          turn,
         ),
       );
     // A hung mount must not hang the run: writers get the deadline plus a margin, then SIGKILL.
-    const killTimer = setTimeout(() => {
-      for (const c of children) c.kill('SIGKILL');
-    }, o.durationMs + 120_000);
+    const killTimer = setTimeout(
+      () => {
+        for (const c of children) c.kill('SIGKILL');
+      },
+      Math.max(o.durationMs, o.atLeast?.maxMs ?? 0) + 120_000,
+    );
     await allWritten;
     phase('writers');
     await Promise.all(loops);
@@ -251,8 +294,25 @@ export async function runStress(o: StressOptions): Promise<StressReport> {
     // Kernel dirty pages (mmap without msync) and twinfs's cache go to the primary and the
     // mirror; the server drains everything on SIGTERM.
     await sh(`sync -f '${d('mnt')}'`, { timeoutMs: 60_000 });
+    if (o.backups !== false) {
+      const last = await runBackup(url, tokenFile, d('target'), d('catalog'));
+      if (last.id) report.restore.snapshot = last.id;
+      else report.restore.differences.push(`the last backup failed: ${last.error}`);
+      phase('last backup');
+    }
     report.serverExit = await srv.stop(120_000);
     phase('stopped');
+    if (report.restore.snapshot) {
+      await restoreAndCompare(
+        report.restore.snapshot,
+        d('catalog'),
+        d('restore'),
+        d('primary'),
+        roots,
+        report,
+      );
+      phase('restore');
+    }
     report.broken = srv.events.filter((e) => e.event === 'broken');
     await fsp.writeFile(
       d('logs/server-events.jsonl'),
@@ -353,12 +413,17 @@ async function prepareLoop(
   writing: () => boolean,
   report: StressReport,
   snapshots: Snapshot[],
+  turn: { backupFirst: boolean },
   o: { log: (m: string) => void; kinds: Array<'volume' | 'subtree' | 'paths'> },
 ): Promise<void> {
   const weights = { volume: 2, subtree: 4, paths: 4 };
   for (const k of Object.keys(weights) as Array<keyof typeof weights>)
     if (!o.kinds.includes(k)) weights[k] = 0;
   while (writing()) {
+    if (turn.backupFirst) {
+      await sleep(20);
+      continue;
+    }
     const kind = rng.weighted(weights);
     let selector: SelectorMsg;
     let tops: string[];
@@ -390,6 +455,7 @@ async function prepareLoop(
     } catch (err) {
       const code = err instanceof RemoteError ? err.code : ((err as Error).message ?? 'error');
       report.prepares.failed[code] = (report.prepares.failed[code] ?? 0) + 1;
+      report.failureMessages[`prepare ${code}`] ??= (err as Error).message;
       o.log(`prepare ${JSON.stringify(selector)} failed: ${code}`);
       await sleep(rng.int(200));
       continue;
@@ -459,8 +525,11 @@ async function backupLoop(
   log: (m: string) => void,
   children: Set<ChildProcess>,
   incremental: boolean,
+  turn: { backupFirst: boolean },
 ): Promise<void> {
+  let lastFailed = false;
   while (writing()) {
+    turn.backupFirst = lastFailed;
     // The window opens when the backup process is started (its prepare is sent later) and
     // closes when its first line after the prepare reply arrives (the reply came earlier).
     const sent = now();
@@ -485,7 +554,10 @@ async function backupLoop(
     let err = '';
     child.stdout!.on('data', (b: Buffer) => {
       out += b;
-      if (!replied && /"phase":"(copy|backup copy|commit|done)/.test(out)) replied = now();
+      if (!replied && /"phase":"(copy|backup copy|commit|done)/.test(out)) {
+        replied = now();
+        turn.backupFirst = false;
+      }
     });
     child.stderr!.on('data', (b) => (err += b));
     const code = await new Promise<number | null>((r) => child.on('exit', (c) => r(c)));
@@ -503,6 +575,8 @@ async function backupLoop(
       })
       .at(-1);
     const id: string | undefined = last?.snapshot?.id ?? last?.snapshotId ?? last?.result?.snapshot?.id;
+    turn.backupFirst = false;
+    lastFailed = !(code === 0 && id && replied);
     if (code === 0 && id && replied) {
       report.backups.ok++;
       if (last?.changes) report.backups.changeDriven = (report.backups.changeDriven ?? 0) + 1;
@@ -510,9 +584,82 @@ async function backupLoop(
     } else {
       const c = last?.code ?? last?.error?.code ?? `exit ${code}`;
       report.backups.failed[c] = (report.backups.failed[c] ?? 0) + 1;
+      report.failureMessages[`backup ${c}`] ??= `${err.slice(-300)} ${out.slice(-300)}`;
       log(`backup failed (${c}): ${err.slice(-300)} ${out.slice(-300)}`);
       await sleep(200);
     }
+  }
+}
+
+/** One `twinfs backup --full` into the run's target; the snapshot id, or why there is none. */
+async function runBackup(
+  url: string,
+  tokenFile: string,
+  target: string,
+  catalog: string,
+): Promise<{ id?: string; error?: string }> {
+  const r = await sh(
+    `'${process.execPath}' '${CLI}' backup --server '${url}' --token-file '${tokenFile}' --target 'dir:${target}' --catalog '${catalog}' --full --json`,
+    { timeoutMs: 300_000 },
+  );
+  const last = r.stdout
+    .trim()
+    .split('\n')
+    .filter((l) => l.startsWith('{'))
+    .map((l) => {
+      try {
+        return JSON.parse(l);
+      } catch {
+        return {};
+      }
+    })
+    .at(-1);
+  const id: string | undefined = last?.snapshot?.id ?? last?.snapshotId ?? last?.result?.snapshot?.id;
+  return r.code === 0 && id ? { id } : { error: `exit ${r.code}: ${(r.stderr + r.stdout).slice(-300)}` };
+}
+
+/** Restores a snapshot into dir and compares the writers' subtrees with the primary's. */
+async function restoreAndCompare(
+  id: string,
+  catalog: string,
+  dir: string,
+  primary: string,
+  roots: string[],
+  report: StressReport,
+): Promise<void> {
+  const r = await sh(`'${process.execPath}' '${CLI}' restore '${id}' --to '${dir}' --catalog '${catalog}'`, {
+    timeoutMs: 300_000,
+  });
+  if (r.code !== 0) {
+    report.restore.differences.push(`restore exited ${r.code}: ${(r.stderr + r.stdout).slice(-300)}`);
+    return;
+  }
+  const diffs = report.restore.differences;
+  for (const root of roots) {
+    const want = await readTree(primary, root);
+    const got = await readTree(dir, root);
+    for (const p of new Set([...want.keys(), ...got.keys()])) {
+      report.restore.checked++;
+      const a = want.get(p) ?? null;
+      const b = got.get(p) ?? null;
+      if (!sameState(a, b, 'all'))
+        diffs.push(`${p}: primary ${JSON.stringify(a)}, restored ${JSON.stringify(b)}`);
+    }
+    // Names that are one file on the primary are one file in the restore, and the other way round.
+    const groups = async (top: string) => {
+      const byIno = new Map<number, string[]>();
+      for (const [p, st] of want) {
+        if (st.t !== 'f') continue;
+        const s = await fsp.lstat(top + p).catch(() => undefined);
+        if (!s || s.nlink < 2) continue;
+        byIno.set(s.ino, [...(byIno.get(s.ino) ?? []), p]);
+      }
+      return new Set([...byIno.values()].map((g) => g.sort().join(' = ')));
+    };
+    const [gp, gr] = [await groups(primary), await groups(dir)];
+    for (const g of gp) if (!gr.has(g)) diffs.push(`hard links ${g} are not one file in the restore`);
+    for (const g of gr)
+      if (!gp.has(g)) diffs.push(`hard links ${g} in the restore are not one file on the primary`);
   }
 }
 

@@ -28,7 +28,19 @@ export type Op =
   | { op: 'create'; path: string; mode: number; len: number; seed: number }
   | { op: 'write'; path: string; offset: number; len: number; seed: number }
   | { op: 'truncate'; path: string; size: number }
-  | { op: 'mmap'; path: string; offset: number; len: number; byte: number; msync: boolean }
+  | {
+      op: 'mmap';
+      path: string;
+      offset: number;
+      len: number;
+      byte: number;
+      msync: boolean;
+      /**
+       * Without msync: the writing process keeps the mapping (and its dirty pages, which FUSE
+       * writes back when a mapping goes) this long after the write, while the writer goes on.
+       */
+      holdMs?: number;
+    }
   | { op: 'rename'; from: string; path: string }
   | { op: 'link'; from: string; path: string }
   | { op: 'unlink'; path: string }
@@ -242,6 +254,11 @@ export class SubtreeModel {
   }
 
   /** The next operation, valid against the current model. */
+  /** The inode behind a name (one object for all its names), undefined for none. */
+  inodeOf(p: string): object | undefined {
+    return this.names.get(p);
+  }
+
   next(rng: Rng, o: GeneratorOptions): Op {
     if (!this.dirs.has(this.root)) return { op: 'mkdir', path: this.root, mode: 0o755 };
     const files = [...this.names].filter(([, n]) => n.kind === 'f').map(([p]) => p);
@@ -253,7 +270,7 @@ export class SubtreeModel {
         create: full ? 0 : 10,
         write: files.length ? 22 : 0,
         truncate: files.length ? 5 : 0,
-        mmap: files.length && o.mmap ? 1 : 0,
+        mmap: files.length && o.mmap ? (o.lazyMmap ? 4 : 1) : 0,
         rename: nonDirs.length ? 8 : 0,
         renameDir: dirs.length > 1 ? 2 : 0,
         link: files.length && !full && o.links !== false ? 5 : 0,
@@ -315,13 +332,16 @@ export class SubtreeModel {
         if (size < 1) return undefined;
         const offset = rng.int(size);
         const len = 1 + rng.int(Math.min(size - offset, 200_000));
+        const byte = 0x41 + rng.int(26);
+        const msync = !o.lazyMmap || rng.chance(0.5);
         return {
           op: 'mmap',
           path: p,
           offset,
           len,
-          byte: 0x41 + rng.int(26),
-          msync: !o.lazyMmap || rng.chance(0.5),
+          byte,
+          msync,
+          ...(msync ? {} : { holdMs: 200 + rng.int(1300) }),
         };
       }
       case 'rename': {

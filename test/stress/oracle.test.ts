@@ -67,4 +67,20 @@ describe('stress oracle', () => {
     });
     expect(ok).toEqual({ checked: 2, unverifiable: 0, mismatches: [] });
   });
+
+  it("leaves out libfuse's .fuse_hidden names of files unlinked while open", () => {
+    const r = checkSnapshot(h, {
+      label: 's',
+      sent: 13,
+      replied: 19,
+      covers: () => true,
+      entries: new Map([
+        ['/w0/a', file('A2')],
+        ['/w0/b', file('B1')],
+        ['/w0/.fuse_hidden0000003b00000001', file('H')],
+      ]),
+      fields: 'all',
+    });
+    expect(r).toEqual({ checked: 2, unverifiable: 0, mismatches: [] });
+  });
 });

@@ -85,7 +85,7 @@ export function checkSnapshot(h: History, s: Snapshot): SnapshotCheck {
   const paths = new Set<string>(h.paths());
   for (const p of s.entries.keys()) if (h.underRoots(p)) paths.add(p);
   for (const p of paths) {
-    if (!s.covers(p)) continue;
+    if (!s.covers(p) || isFuseHidden(p)) continue;
     const want = h.stateIn(p, s.sent, s.replied);
     if (want === 'busy') {
       out.unverifiable++;
@@ -100,4 +100,14 @@ export function checkSnapshot(h: History, s: Snapshot): SnapshotCheck {
       out.mismatches.push({ snapshot: s.label, path: p, expected: want, actual: got });
   }
   return out;
+}
+
+/**
+ * libfuse renames a file unlinked while still open to `.fuse_hidden…` in its directory (until
+ * the last close): the volume really holds that name at the split instant, so a split copy may
+ * too, but no writer's model knows it. Not checked (the file's data is checked under its names
+ * while it had them).
+ */
+export function isFuseHidden(p: string): boolean {
+  return p.slice(p.lastIndexOf('/') + 1).startsWith('.fuse_hidden');
 }

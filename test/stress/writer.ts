@@ -7,7 +7,7 @@
  *
  *   node --import ./test/stress/register.mjs test/stress/writer.ts '<WriterConfig as JSON>'
  */
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
@@ -65,12 +65,24 @@ async function main(): Promise<void> {
   let seq = 0;
   let failed: string | undefined;
   const deadline = now() + cfg.durationMs;
-  for (; seq < cfg.maxOps && now() < deadline; seq++) {
+  // The harness may end the run earlier (StressOptions.atLeast): finish the operation, then stop.
+  let stop = false;
+  process.on('SIGUSR1', () => {
+    stop = true;
+  });
+  for (; seq < cfg.maxOps && now() < deadline && !stop; seq++) {
     const o = model.next(rng, cfg);
+    // A mapping held from an earlier mmap write: data reaches its inode through no other way
+    // until it is gone (libfuse gives each name its own kernel inode and page cache, so a write
+    // through another name would not be coherent with the mapping's dirty pages).
+    if (o.op === 'write' || o.op === 'truncate' || o.op === 'mmap') await held.get(model.inodeOf(o.path)!);
     const t0 = now();
     let err: string | undefined;
     try {
-      await withTimeout(exec(cfg.mount, o), OP_TIMEOUT_MS);
+      await withTimeout(
+        o.op === 'mmap' && o.holdMs ? mmapHeld(cfg.mount, o, model.inodeOf(o.path)!) : exec(cfg.mount, o),
+        OP_TIMEOUT_MS,
+      );
     } catch (e) {
       err = (e as NodeJS.ErrnoException).code ?? (e as Error).message;
     }
@@ -91,6 +103,7 @@ async function main(): Promise<void> {
     fs.writeSync(log, JSON.stringify({ s: seq, o, t0, t1, ch } satisfies OpRecord) + '\n');
     if (cfg.pauseMs > 0 && rng.chance(0.2)) await new Promise((r) => setTimeout(r, rng.int(cfg.pauseMs)));
   }
+  await Promise.all(held.values());
   const final: FinalRecord = { done: true, ops: seq, failed, state: Object.fromEntries(before) };
   fs.writeSync(log, JSON.stringify(final) + '\n');
   fs.closeSync(log);
@@ -160,6 +173,44 @@ async function exec(mount: string, o: Op): Promise<void> {
       return;
     }
   }
+}
+
+/** Mappings still held by mmap writes (StressOp holdMs), by model inode: resolve when gone. */
+const held = new Map<object, Promise<void>>();
+
+/** An mmap write whose process keeps the mapping: done once the bytes are in it. */
+function mmapHeld(mount: string, o: Extract<Op, { op: 'mmap' }>, inode: object): Promise<void> {
+  const args = [
+    MMAP_PY,
+    mount + o.path,
+    String(o.offset),
+    String(o.len),
+    String(o.byte),
+    '0',
+    String(o.holdMs),
+  ];
+  const child = spawn('python3', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let errText = '';
+  child.stderr!.on('data', (b) => (errText += b));
+  const gone = new Promise<void>((resolve) => child.on('exit', () => resolve()));
+  held.set(
+    inode,
+    gone.then(() => {
+      held.delete(inode);
+    }),
+  );
+  return new Promise<void>((resolve, reject) => {
+    child.stdout!.on('data', (b) => {
+      out += b;
+      if (out.includes('written')) resolve();
+    });
+    child.on('exit', (code) =>
+      code === 0 && out.includes('written')
+        ? resolve()
+        : reject(Object.assign(new Error(`python3: ${errText || `exit ${code}`}`), { code: 'ECHILD' })),
+    );
+  });
 }
 
 function run(cmd: string, args: string[]): Promise<void> {
