@@ -218,8 +218,6 @@ export interface ManifestEntry extends EntryMeta {
   storedIn?: string;
   /** Files: the target's stamp of the stored data when it was stored or last reused (PutResult.stamp). */
   stored?: string;
-  /** Files in a repository (docs/repository.md): the content's blob ids, in order. Set by the target. */
-  chunks?: string[];
 }
 
 export interface SnapshotMeta {
@@ -366,11 +364,6 @@ export interface ObjectInfo {
 export interface ObjectStore {
   /** `ID:LOCATION`, as the user gives it. */
   readonly spec: string;
-  /**
-   * True when the location held nothing before this open (a new or empty directory): the
-   * host may initialise a repository there on first use.
-   */
-  readonly empty: boolean;
   /** Whether the host may create a repository in an empty store without `twinfs init`. */
   readonly initOnFirstUse: boolean;
   /** Stores the whole object atomically and durably (all or nothing); replaces one of that name. */

@@ -1,5 +1,5 @@
 import { TwinError } from '../../common/errors.js';
-import type { BackupTarget, BackupTargetProvider } from '../target.js';
+import type { BackupTarget, BackupTargetProvider, TargetOpenOptions } from '../target.js';
 
 /**
  * Target providers by type id. Every target type comes from a plugin: the CLI passes the plugin
@@ -34,7 +34,7 @@ export class TargetRegistry {
    * Opens `TYPE:LOCATION` (`dir:/backups`). An unknown type fails with ETWIN_TARGET_SPEC naming
    * the known ones (the plugin host's message lists every target a plugin contributes).
    */
-  async open(spec: string): Promise<BackupTarget> {
+  async open(spec: string, opts?: TargetOpenOptions): Promise<BackupTarget> {
     const i = spec.indexOf(':');
     if (i <= 0 || i === spec.length - 1)
       throw new TwinError(
@@ -52,6 +52,6 @@ export class TargetRegistry {
         `unknown target type "${type}" in "${spec}" (known: ${[...this.providers.keys()].join(', ') || 'none'})`,
         { spec, type },
       );
-    return provider.open(spec.slice(i + 1));
+    return provider.open(spec.slice(i + 1), opts);
   }
 }

@@ -1,0 +1,37 @@
+import type { ObjectStore } from '../../api/twinfs.js';
+import { Repository } from './repository.js';
+import { RepositoryTarget } from './repository-target.js';
+
+export { Repository, type SnapshotObject, type StoredEntry } from './repository.js';
+export { RepositoryTarget, stampOf } from './repository-target.js';
+
+/** How a command opens a repository target. */
+export interface OpenRepositoryOptions {
+  /**
+   * A backup may create a repository in an empty `dir:` location (saying so); every other
+   * command needs an initialised one (ETWIN_REPO_NOT_INITIALISED).
+   */
+  create?: boolean;
+  passwordFile?: string;
+  /** Where "created a new repository" goes (default: stderr). */
+  onNotice?: (message: string) => void;
+}
+
+/** The target contract on the repository in a store (docs/repository.md). */
+export async function openRepositoryTarget(
+  type: string,
+  store: ObjectStore,
+  o: OpenRepositoryOptions = {},
+): Promise<RepositoryTarget> {
+  try {
+    const repo = await Repository.open(store, {
+      create: o.create ? 'if-empty' : 'never',
+      passwordFile: o.passwordFile,
+      onNotice: o.onNotice ?? ((m) => process.stderr.write(`twinfs: ${m}\n`)),
+    });
+    return new RepositoryTarget(repo, type);
+  } catch (err) {
+    await store.close().catch(() => undefined);
+    throw err;
+  }
+}
