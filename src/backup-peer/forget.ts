@@ -90,7 +90,7 @@ export async function forget(o: {
     for (const s of plan.remove) {
       let t = targets.get(s.target);
       if (!t) {
-        t = await o.registry.open(s.target).catch((err: Error) => err);
+        t = await o.registry.open(s.target, { create: false }).catch((err: Error) => err);
         targets.set(s.target, t);
       }
       try {

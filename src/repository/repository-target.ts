@@ -155,7 +155,12 @@ export class RepositoryTarget implements BackupTarget {
     const e = await this.entry(snapshotId, p);
     if (e.type === 'file') {
       if (!e.chunks) throw notFound(`${p} has no stored content in snapshot ${snapshotId}`);
-      return { type: 'file', size: e.size, stamp: stampOf(e.chunks) };
+      // The stamp of what is there now: a chunk whose every copy is gone, flagged or in a
+      // pack of another size than stored changes it (a cheap metadata check).
+      const lost: string[] = [];
+      for (const id of e.chunks) if (!(await this.repo.intactCopy(id))) lost.push(id);
+      const stamp = stampOf(e.chunks);
+      return { type: 'file', size: e.size, stamp: lost.length ? `${stamp}-damaged:${lost.length}` : stamp };
     }
     if (e.type === 'dir' || e.type === 'symlink') return { type: e.type, size: 0 };
     throw notFound(`${p} is a ${e.type} (no content) in snapshot ${snapshotId}`);
@@ -319,7 +324,8 @@ class RepositoryWriter implements SnapshotWriter {
         entry.stored !== stamp
       )
         throw notFound(`${p} in ${fromSnapshotId} is not the copy the entry describes`);
-      const missing = prev.chunks.find((id) => !this.blobs.has(id));
+      let missing: string | undefined;
+      for (const id of prev.chunks) if (!(await this.blobs.has(id)) && (missing = id)) break;
       if (missing)
         throw notFound(`${p} in ${fromSnapshotId}: chunk ${missing.slice(0, 12)} is missing or damaged`);
       this.claim(p, 'file');
@@ -370,8 +376,11 @@ class RepositoryWriter implements SnapshotWriter {
         lines.push(JSON.stringify(c ? { ...e, chunks: c.chunks } : e));
       }
       const text = Buffer.from(lines.length ? `${lines.join('\n')}\n` : '');
-      const tree = await this.blobs.addContent(text, 'tree');
-      const packs = await this.blobs.flush();
+      // Tree blobs in packs of their own (as restic keeps them): listing and reading manifests
+      // never fetches file data, and damage to a data pack leaves the manifests readable.
+      const trees = new BlobWriter(this.repo);
+      const tree = await trees.addContent(text, 'tree');
+      const packs = [...(await this.blobs.flush()), ...(await trees.flush())];
       await this.repo.writeIndex({ packs });
       await this.repo.writeSnapshot({
         version: 1,

@@ -232,13 +232,52 @@ export class Repository {
     this.loadedIndex.add(name);
   }
 
-  /** An intact (not flagged) copy of a blob, if any. */
-  locate(id: string): BlobLocation | undefined {
-    return this.index.get(id)?.find((l) => !this.damaged.has(`${id}@${l.pack}`));
+  /** Packs found missing or of another size than indexed, in this process. */
+  private readonly badPacks = new Map<string, 'missing' | 'size'>();
+  private readonly packChecks = new Map<string, Promise<boolean>>();
+
+  /** Intact (not flagged, pack not known bad) copies of a blob, the first one preferred. */
+  copies(id: string): BlobLocation[] {
+    return (this.index.get(id) ?? []).filter(
+      (l) => !this.damaged.has(`${id}@${l.pack}`) && !this.badPacks.has(l.pack),
+    );
   }
 
-  has(id: string): boolean {
-    return this.locate(id) !== undefined;
+  locate(id: string): BlobLocation | undefined {
+    return this.copies(id)[0];
+  }
+
+  /**
+   * Whether a pack is at the store with the size the index records (a metadata check, once
+   * per pack and process): what reuse and deduplication check before they name a stored copy.
+   */
+  packIntact(pack: string): Promise<boolean> {
+    let c = this.packChecks.get(pack);
+    if (!c) {
+      c = this.store.stat(packObjectName(pack)).then(
+        (st) => {
+          const ok = st.size === this.packs.get(pack);
+          if (!ok) this.badPacks.set(pack, 'size');
+          return ok;
+        },
+        (err) => {
+          if (!isTargetNotFound(err)) {
+            this.packChecks.delete(pack);
+            throw err;
+          }
+          this.badPacks.set(pack, 'missing');
+          return false;
+        },
+      );
+      this.packChecks.set(pack, c);
+    }
+    return c;
+  }
+
+  /** A copy of the blob whose pack passes the metadata check, if any. */
+  async intactCopy(id: string): Promise<BlobLocation | undefined> {
+    for (const l of this.copies(id)) if (await this.packIntact(l.pack)) return l;
+    return undefined;
   }
 
   /** Every indexed blob: id → copies. */
@@ -250,17 +289,30 @@ export class Repository {
     return this.damaged.has(`${id}@${pack}`);
   }
 
-  /** A blob's plaintext, verified (authentication, then its id). */
+  /** A blob's plaintext, verified (authentication, then its id); another copy if one fails. */
   async readBlob(id: string): Promise<Buffer> {
-    const loc = this.locate(id);
-    if (!loc)
+    const locs = this.copies(id);
+    const all = this.index.get(id) ?? [];
+    if (locs.length === 0 && all.length > 0 && all.every((l) => this.badPacks.get(l.pack) === 'missing'))
+      throw new TwinError('ETWIN_TARGET_NOT_FOUND', `blob ${id}: its pack is gone from ${this.spec}`, {
+        blob: id,
+      });
+    if (locs.length === 0)
       throw corrupt(
-        `blob ${id} is not in the repository index${this.index.has(id) ? ' (every copy is damaged)' : ''}`,
+        `blob ${id} is not in the repository index${all.length ? ' (every copy is damaged)' : ''}`,
         {
           blob: id,
         },
       );
-    return this.readBlobAt(id, loc);
+    let first: unknown;
+    for (const loc of locs) {
+      try {
+        return await this.readBlobAt(id, loc);
+      } catch (err) {
+        first ??= err;
+      }
+    }
+    throw first;
   }
 
   async readBlobAt(id: string, loc: BlobLocation): Promise<Buffer> {
@@ -314,8 +366,7 @@ export class Repository {
   /** undefined when there is no such snapshot. */
   async readSnapshot(snapshotId: string): Promise<SnapshotObject | undefined> {
     const name = this.snapshotObjectName(snapshotId);
-    const cached = this.snapshotCache.get(name);
-    if (cached) return cached;
+    // Read each time (small): another process may have deleted it (forget).
     const raw = await getOrUndefined(this.store, name);
     if (!raw) return undefined;
     const s = await openObject<SnapshotObject>(this.keys, raw, name);
@@ -450,18 +501,25 @@ export class BlobWriter {
     this.builder = new PackBuilder(repo.keys);
   }
 
-  has(id: string): boolean {
-    return this.mine.has(id) || this.repo.has(id);
+  /** Whether the blob is stored: by this writer, or intact in the repository. */
+  async has(id: string): Promise<boolean> {
+    return this.mine.has(id) || (await this.repo.intactCopy(id)) !== undefined;
   }
 
   /** Stores chunks (ids computed by the caller); resolves when all are in a pack. */
   async add(blobs: Array<{ id: string; data: Buffer }>, type: BlobType): Promise<void> {
     if (this.failed) throw this.failed;
-    const todo = blobs.filter((b) => {
-      if (this.has(b.id)) return false;
+    const todo: Array<{ id: string; data: Buffer }> = [];
+    for (const b of blobs) {
+      if (this.mine.has(b.id)) continue;
+      // Claimed before the await: a concurrent put of the same chunk does not store it twice.
       this.mine.add(b.id);
-      return true;
-    });
+      if ((await this.repo.intactCopy(b.id)) !== undefined) {
+        this.mine.delete(b.id);
+        continue;
+      }
+      todo.push(b);
+    }
     await Promise.all(
       todo.map(async (b) => {
         try {
