@@ -23,12 +23,13 @@ import { formatBytes as bytes, Output } from './output.js';
 export function registerPeerCommands(y: Argv, setStatus: (code: number) => void): Argv {
   const run =
     (
-      a: { json?: boolean; 'plugin-dir'?: string[] },
+      a: { json?: boolean; 'plugin-dir'?: string[]; 'password-file'?: string },
       fn: (out: Output, targets: TargetRegistry, plugins: () => Promise<PluginHost>) => Promise<number>,
     ) =>
     async () => {
       const out = new Output(!!a.json);
       try {
+        if (a['password-file']) (await import('../repository/index.js')).setPasswordFile(a['password-file']);
         setStatus(await withTargets((targets, plugins) => fn(out, targets, plugins), a['plugin-dir']));
       } catch (err) {
         out.error(err);
@@ -54,6 +55,16 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
     type: 'string',
     demandOption: true,
     describe: "snapshot id, unique prefix, or 'latest'",
+  } as const;
+  const targetOnly = {
+    type: 'string',
+    describe:
+      'read the snapshots from this target (TYPE:LOCATION) alone, the source of truth; the catalog is brought in line with it',
+  } as const;
+  const passwordFile = {
+    type: 'string',
+    describe:
+      'file holding the passphrase of an encrypted repository (or $TWINFS_PASSWORD, $TWINFS_PASSWORD_FILE)',
   } as const;
   const pluginDir = {
     type: 'string',
@@ -92,6 +103,12 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
             type: 'boolean',
             describe: 'copy every file, share nothing with the previous snapshot',
           })
+          .option('tag', {
+            type: 'string',
+            array: true,
+            describe: 'a label for the snapshot (repeatable; forget --keep-tag)',
+          })
+          .option('password-file', passwordFile)
           .option('check-source', {
             choices: ['metadata', 'data'] as const,
             describe:
@@ -149,7 +166,7 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
           const hookSec = a['freeze-hook-timeout-sec'];
           if (hookSec !== undefined && !(hookSec > 0))
             throw new TwinError('ETWIN_USAGE', '--freeze-hook-timeout-sec must be more than 0');
-          const target = await targets.open(absoluteSpec(spec));
+          const target = await targets.open(spec);
           const ac = new AbortController();
           const onSignal = (s: string) => ac.abort(new TwinError('ETWIN_ABORTED', `backup cancelled (${s})`));
           process.once('SIGINT', onSignal).once('SIGTERM', onSignal);
@@ -164,6 +181,7 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
               leaseMs: leaseSec ? Math.round(leaseSec * 1000) : undefined,
               mirrorMap: parseMirrorMap(a['mirror-map']),
               full: a.full,
+              tags: a.tag?.map(String),
               checkSource: a['check-source'],
               signal: ac.signal,
               hooks: await plugins(),
@@ -237,20 +255,33 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
     )
     .command(
       'snapshots',
-      'list the snapshots in the catalog',
+      'list the snapshots in the catalog, or (--target) at a target',
       (a) =>
         a
+          .option('target', targetOnly)
           .option('catalog', catalog)
           .option('config', config)
+          .option('plugin-dir', pluginDir)
+          .option('password-file', passwordFile)
           .option('json', json)
           .example('twinfs snapshots --catalog /var/lib/twinfs/catalog', '')
+          .example('twinfs snapshots --target dir:/backups', 'from the repository itself, no catalog needed')
           .example('twinfs snapshots --json', 'one JSON array of snapshot records'),
       (a) =>
-        run(a, async (out) => {
-          const { Catalog } = await import('../backup-peer/index.js');
-          const list = await Catalog.with(await catalogOf(a), async (c) =>
-            (await c.list()).map((s) => ({ ...s, abandoned: c.isAbandoned(s) })),
-          );
+        run(a, async (out, targets) => {
+          const { Catalog, syncCatalog } = await import('../backup-peer/index.js');
+          let list: Array<import('../backup-peer/index.js').SnapshotRecord & { abandoned?: boolean }>;
+          if (a.target) {
+            const t = await targets.open(a.target, { create: false });
+            try {
+              list = (await syncCatalog(await catalogOf(a), t)).snapshots;
+            } finally {
+              await t.close();
+            }
+          } else
+            list = await Catalog.with(await catalogOf(a), async (c) =>
+              (await c.list()).map((s) => ({ ...s, abandoned: c.isAbandoned(s) })),
+            );
           if (out.json) {
             out.line(JSON.stringify(list));
             return 0;
@@ -285,6 +316,8 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
             demandOption: true,
             describe: 'destination directory (a twinfs mount works too)',
           })
+          .option('target', targetOnly)
+          .option('password-file', passwordFile)
           .option('catalog', catalog)
           .option('config', config)
           .option('plugin-dir', pluginDir)
@@ -301,6 +334,7 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
             snapshot: a.snapshot,
             paths: a.paths,
             to: a.to,
+            target: a.target,
             catalogDir: await catalogOf(a),
             registry: targets,
             onProgress: (p) => out.progress({ phase: 'restore', ...p }),
@@ -318,11 +352,17 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
         })(),
     )
     .command(
-      'check <snapshot>',
-      're-read a snapshot at its target and compare it with the catalog; exit 1 on any difference',
+      'check [snapshot]',
+      're-read a snapshot at its target and compare it with the catalog, or (--target without a snapshot) check a whole repository; exit 1 on any difference',
       (a) =>
         a
-          .positional('snapshot', snapshot)
+          .positional('snapshot', { ...snapshot, demandOption: false })
+          .option('target', targetOnly)
+          .option('password-file', passwordFile)
+          .option('read-data-subset', {
+            type: 'string',
+            describe: 'repository check: read and verify this share of the packs, chosen at random (N%)',
+          })
           .option('catalog', catalog)
           .option('config', config)
           .option('plugin-dir', pluginDir)
@@ -361,6 +401,14 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
           .example('twinfs check latest --metadata-only', 'sizes and stamps only: seconds, not hours'),
       (a) =>
         run(a, async (out, targets) => {
+          if (a.snapshot === undefined) {
+            if (!a.target)
+              throw new TwinError(
+                'ETWIN_USAGE',
+                'check needs a snapshot, or --target TYPE:LOCATION for the whole repository',
+              );
+            return checkRepositoryCommand(out, targets, a.target, a['read-data'], a['read-data-subset']);
+          }
           if (a.source) {
             const { checkSnapshotAgainstSource } = await import('../backup-peer/index.js');
             const conn = await resolveConnection({
@@ -371,6 +419,7 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
             });
             const s = await checkSnapshotAgainstSource({
               snapshot: a.snapshot,
+              target: a.target,
               catalogDir: await catalogOf(a),
               registry: targets,
               server: conn.url,
@@ -399,6 +448,7 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
           const { checkSnapshot } = await import('../backup-peer/index.js');
           const r = await checkSnapshot({
             snapshot: a.snapshot,
+            target: a.target,
             catalogDir: await catalogOf(a),
             registry: targets,
             metadataOnly: a['metadata-only'],
@@ -423,27 +473,62 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
     )
     .command(
       'forget',
-      'remove the snapshots a keep policy does not keep: catalog entries and target data',
+      'remove the snapshots a keep policy does not keep (at the target; prune frees their data)',
       (a) =>
         a
           .option('keep-last', {
             type: 'number',
             describe: 'keep the newest N snapshots (per device, target and selection)',
           })
+          .option('keep-hourly', {
+            type: 'number',
+            describe: 'keep the newest snapshot of each of the last N hours',
+          })
           .option('keep-daily', {
             type: 'number',
             describe: 'keep the newest snapshot of each of the last N days',
           })
+          .option('keep-weekly', {
+            type: 'number',
+            describe: 'keep the newest snapshot of each of the last N weeks',
+          })
+          .option('keep-monthly', {
+            type: 'number',
+            describe: 'keep the newest snapshot of each of the last N months',
+          })
+          .option('keep-yearly', {
+            type: 'number',
+            describe: 'keep the newest snapshot of each of the last N years',
+          })
+          .option('keep-within', {
+            type: 'string',
+            describe: 'keep every snapshot within this duration of the newest (7d, 2w, 1m, 1y2m, 12h)',
+          })
+          .option('keep-tag', {
+            type: 'string',
+            array: true,
+            describe: 'keep every snapshot with this tag (repeatable)',
+          })
           .option('dry-run', { type: 'boolean', describe: 'show what would be removed' })
+          .option('target', targetOnly)
+          .option('password-file', passwordFile)
           .option('catalog', catalog)
           .option('config', config)
           .option('plugin-dir', pluginDir)
           .option('json', json)
-          .example('twinfs forget --keep-last 7 --keep-daily 30 --dry-run', ''),
+          .example('twinfs forget --keep-last 7 --keep-daily 30 --dry-run', '')
+          .example('twinfs forget --target dir:/backups --keep-within 30d --keep-monthly 12', ''),
       (a) =>
         run(a, async (out, targets) => {
-          const { forget } = await import('../backup-peer/index.js');
-          for (const k of ['keep-last', 'keep-daily'] as const) {
+          const { forget, parseDuration } = await import('../backup-peer/index.js');
+          for (const k of [
+            'keep-last',
+            'keep-hourly',
+            'keep-daily',
+            'keep-weekly',
+            'keep-monthly',
+            'keep-yearly',
+          ] as const) {
             const v = a[k];
             if (v !== undefined && !(Number.isInteger(v) && v >= 1))
               throw new TwinError('ETWIN_USAGE', `--${k} must be a whole number ≥ 1`);
@@ -451,9 +536,19 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
           const dry = !!a['dry-run'];
           const r = await forget({
             catalogDir: await catalogOf(a),
-            policy: { keepLast: a['keep-last'], keepDaily: a['keep-daily'] },
+            policy: {
+              keepLast: a['keep-last'],
+              keepHourly: a['keep-hourly'],
+              keepDaily: a['keep-daily'],
+              keepWeekly: a['keep-weekly'],
+              keepMonthly: a['keep-monthly'],
+              keepYearly: a['keep-yearly'],
+              keepWithinMs: a['keep-within'] === undefined ? undefined : parseDuration(a['keep-within']),
+              keepTags: a['keep-tag']?.map(String),
+            },
             registry: targets,
             dryRun: dry,
+            target: a.target,
           });
           if (!out.json)
             for (const s of r.remove) out.line(`${dry ? 'would remove' : 'removed'} ${s.id} (${s.reason})`);
@@ -470,6 +565,97 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
             `${dry ? 'would keep' : 'kept'} ${r.keep.length}, ${dry ? 'would remove' : 'removed'} ${r.remove.length} snapshot(s)`,
           );
           return r.orphaned.length > 0 ? 1 : 0;
+        })(),
+    )
+    .command(
+      'init',
+      'create a backup repository at a target (docs/repository.md)',
+      (a) =>
+        a
+          .option('target', { type: 'string', demandOption: true, describe: 'TYPE:LOCATION (dir:/backups)' })
+          .option('encrypt', {
+            type: 'boolean',
+            describe:
+              'encrypt everything stored (AES-256-GCM); the passphrase from --password-file or $TWINFS_PASSWORD(_FILE)',
+          })
+          .option('password-file', passwordFile)
+          .option('plugin-dir', pluginDir)
+          .option('json', json)
+          .example('twinfs init --target dir:/backups', 'an unencrypted repository')
+          .example('TWINFS_PASSWORD_FILE=/root/.twinfs-pass twinfs init --target dir:/backups --encrypt', ''),
+      (a) =>
+        run(a, async (out, targets) => {
+          const { Repository } = await import('../repository/index.js');
+          const store = await openStoreOf(targets, a.target, true);
+          try {
+            const repo = await Repository.init(store, { encrypt: a.encrypt });
+            out.result(
+              { event: 'done', target: store.spec, id: repo.config.id, encrypted: !!repo.config.encryption },
+              `created ${repo.config.encryption ? 'an encrypted' : 'an unencrypted'} repository ${repo.config.id} at ${store.spec}`,
+            );
+          } finally {
+            await store.close();
+          }
+          return 0;
+        })(),
+    )
+    .command(
+      'prune',
+      'remove data no snapshot uses any more from a repository; --dry-run tells what it would free',
+      (a) =>
+        a
+          .option('target', { type: 'string', demandOption: true, describe: 'TYPE:LOCATION (dir:/backups)' })
+          .option('dry-run', { type: 'boolean', describe: 'report what would be freed, change nothing' })
+          .option('password-file', passwordFile)
+          .option('plugin-dir', pluginDir)
+          .option('json', json)
+          .example(
+            'twinfs forget --target dir:/backups --keep-last 7 && twinfs prune --target dir:/backups',
+            '',
+          ),
+      (a) =>
+        run(a, async (out, targets) => {
+          const { pruneRepository } = await import('../repository/index.js');
+          const t = await repositoryOf(targets, a.target);
+          try {
+            const r = await pruneRepository(t.repo, { dryRun: a['dry-run'] });
+            out.result(
+              { event: 'done', ...r },
+              `${r.dryRun ? 'would free' : 'freed'} ${bytes(r.bytesFreed)} of ${bytes(r.bytesBefore)}: ${r.packsDeleted} pack(s) deleted, ${r.packsRewritten} rewritten, ${r.packsUnindexed} unindexed removed, ${r.blobsRemoved} blob(s) dropped`,
+            );
+          } finally {
+            await t.close();
+          }
+          return 0;
+        })(),
+    )
+    .command(
+      'catalog <action>',
+      'catalog rebuild --target T: re-create the local catalog (a cache) from the snapshots at a target',
+      (a) =>
+        a
+          .positional('action', { choices: ['rebuild'] as const, demandOption: true })
+          .option('target', { type: 'string', demandOption: true, describe: 'TYPE:LOCATION (dir:/backups)' })
+          .option('catalog', catalog)
+          .option('config', config)
+          .option('password-file', passwordFile)
+          .option('plugin-dir', pluginDir)
+          .option('json', json)
+          .example('twinfs catalog rebuild --target dir:/backups', ''),
+      (a) =>
+        run(a, async (out, targets) => {
+          const { syncCatalog } = await import('../backup-peer/index.js');
+          const t = await targets.open(a.target, { create: false });
+          try {
+            const r = await syncCatalog(await catalogOf(a), t);
+            out.result(
+              { event: 'done', snapshots: r.snapshots.length, added: r.added, removed: r.removed },
+              `catalog: ${r.snapshots.length} snapshot(s) at ${t.spec}; ${r.added} added, ${r.removed} removed`,
+            );
+          } finally {
+            await t.close();
+          }
+          return 0;
         })(),
     );
 }
@@ -510,7 +696,7 @@ export function peerOperatorCommands(o: { pluginDirs?: string[] } = {}): Operato
             paths: a.positional.filter((p) => p !== '/'),
             subtree: opt(a.options.subtree),
           });
-          const target = await targets.open(absoluteSpec(spec));
+          const target = await targets.open(spec);
           try {
             const client = await ctx.client();
             const run = new BackupRun({
@@ -704,9 +890,70 @@ function describePeerEvent(e: PeerEvent): string {
   }
 }
 
-/** `dir:./b` → `dir:/abs/b`: the catalog must be able to reopen the target from anywhere. */
-function absoluteSpec(spec: string): string {
-  return spec.startsWith('dir:') && spec.length > 4 ? `dir:${path.resolve(spec.slice(4))}` : spec;
+/** The object store of a repository target (init). */
+async function openStoreOf(targets: TargetRegistry, spec: string, create: boolean) {
+  const store = await targets.openStore(spec, { create });
+  if (!store)
+    throw new TwinError(
+      'ETWIN_TARGET_SPEC',
+      `${spec}: this target type keeps no repository (dir: does; tar: is an archive per snapshot)`,
+      {
+        spec,
+      },
+    );
+  return store;
+}
+
+/** An initialised repository target (prune, check of a whole repository). */
+async function repositoryOf(targets: TargetRegistry, spec: string) {
+  const { RepositoryTarget } = await import('../repository/index.js');
+  const t = await targets.open(spec, { create: false });
+  if (!(t instanceof RepositoryTarget)) {
+    await t.close();
+    throw new TwinError('ETWIN_TARGET_SPEC', `${spec}: this target type keeps no repository (dir: does)`, {
+      spec,
+    });
+  }
+  return t;
+}
+
+async function checkRepositoryCommand(
+  out: Output,
+  targets: TargetRegistry,
+  spec: string,
+  readData: boolean | undefined,
+  subset: string | undefined,
+): Promise<number> {
+  const { checkRepository } = await import('../repository/index.js');
+  let share = readData ? 1 : undefined;
+  if (subset !== undefined) {
+    const m = /^(\d+(?:\.\d+)?)%$/.exec(subset.trim());
+    if (!m || !(Number(m[1]) > 0 && Number(m[1]) <= 100))
+      throw new TwinError('ETWIN_USAGE', `--read-data-subset wants a share like 10%, got "${subset}"`);
+    share = Number(m[1]) / 100;
+  }
+  const t = await repositoryOf(targets, spec);
+  try {
+    const r = await checkRepository(t.repo, {
+      readData: share,
+      onProgress: (p) =>
+        out.progress({ phase: 'check', files: p.packs, filesTotal: p.packsTotal, bytes: p.bytes }),
+    });
+    out.stopBar();
+    if (!out.json) for (const p of r.problems) out.line(`${p.kind.padEnd(9)} ${p.what}  ${p.message}`);
+    out.result(
+      { event: 'done', ...r },
+      `${t.spec}: ${r.snapshots} snapshot(s), ${r.packs} pack(s), ${r.blobs} blob(s)${r.packsRead ? `, ${r.packsRead} pack(s) read (${bytes(r.bytesRead)})` : ''}: ${r.ok ? 'no problems' : `${r.problems.length} problem(s)${r.flagged ? `, ${r.flagged} copy(ies) flagged: the next backup stores them again` : ''}`}`,
+    );
+    if (!r.ok)
+      throw new TwinError(
+        'ETWIN_CHECK_FAILED',
+        `${t.spec}: the repository check found ${r.problems.length} problem(s)`,
+      );
+    return 0;
+  } finally {
+    await t.close();
+  }
 }
 
 function parseMirrorMap(list: string[] | undefined): Record<string, string> | undefined {

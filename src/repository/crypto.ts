@@ -132,12 +132,22 @@ export async function openKeyFile(file: KeyFile, passphrase: Buffer): Promise<Re
   }
 }
 
+let defaultPasswordFile: string | undefined;
+
+/** The command line's --password-file: wins over the environment for this process. */
+export function setPasswordFile(file: string | undefined): void {
+  defaultPasswordFile = file;
+}
+
 /**
  * The passphrase, as restic reads RESTIC_PASSWORD: an explicit file, else TWINFS_PASSWORD,
  * else TWINFS_PASSWORD_FILE. Undefined when none is set.
  */
 export async function readPassphrase(passwordFile?: string): Promise<Buffer | undefined> {
-  const file = passwordFile ?? (process.env.TWINFS_PASSWORD ? undefined : process.env.TWINFS_PASSWORD_FILE);
+  const file =
+    passwordFile ??
+    defaultPasswordFile ??
+    (process.env.TWINFS_PASSWORD ? undefined : process.env.TWINFS_PASSWORD_FILE);
   if (file) {
     let text: Buffer;
     try {

@@ -2,6 +2,8 @@ import type { ObjectStore } from '../../api/twinfs.js';
 import { Repository } from './repository.js';
 import { RepositoryTarget } from './repository-target.js';
 
+export { setPasswordFile } from './crypto.js';
+export { checkRepository, type PruneResult, pruneRepository, type RepoCheckResult } from './maintenance.js';
 export { Repository, type SnapshotObject, type StoredEntry } from './repository.js';
 export { RepositoryTarget, stampOf } from './repository-target.js';
 

@@ -222,6 +222,18 @@ export class Repository {
     for (const [id, pack] of obj.damaged ?? []) this.damaged.add(`${id}@${pack}`);
   }
 
+  /**
+   * Prune: one index object naming exactly these packs, written before the caller deletes
+   * the old ones; the in-memory index becomes just that.
+   */
+  async replaceIndex(packs: PackInfo[]): Promise<void> {
+    this.index.clear();
+    this.damaged.clear();
+    this.packs.clear();
+    this.loadedIndex.clear();
+    await this.writeIndex({ packs });
+  }
+
   /** Writes an index object (packs just stored, copies found damaged). */
   async writeIndex(obj: IndexObject): Promise<void> {
     if (!obj.packs?.length && !obj.damaged?.length) return;
@@ -533,6 +545,14 @@ export class BlobWriter {
         }
       }),
     );
+    if (this.builder.size >= PACK_SIZE) await this.cut();
+  }
+
+  /** Stores a blob even if the repository holds it (prune rewrites a pack it will delete). */
+  async addFresh(blob: { id: string; data: Buffer }, type: BlobType): Promise<void> {
+    const z = await compress(blob.data);
+    this.mine.add(blob.id);
+    this.builder.add(blob.id, type, z ?? blob.data, blob.data.length, z !== undefined);
     if (this.builder.size >= PACK_SIZE) await this.cut();
   }
 
