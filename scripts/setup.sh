@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Installs everything twinfs needs on a fresh Debian machine with Node 20, as root:
 # Debian packages (libfuse2 and fuse for FUSE; attr, rsync, bindfs for tests and benchmarks;
-# samba and smbclient for `twinfs serve --smb` and its tests)
+# samba and smbclient for `twinfs serve --smb` and its tests; restic for bench/repository.mjs)
 # when missing, npm dependencies (postinstall patches and builds fuse-native), the TypeScript
 # build, and the `twinfs` command on PATH.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pkg in libfuse2 fuse attr rsync bindfs tar python3 make g++ samba smbclient sqlite3 openssl strace; do
+for pkg in libfuse2 fuse attr rsync bindfs tar python3 make g++ samba smbclient sqlite3 openssl strace restic; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then

@@ -16,7 +16,7 @@ import type { TargetRegistry } from './targets/index.js';
 export async function targetSnapshots(
   target: BackupTarget,
 ): Promise<Array<{ meta: SnapshotMeta; totals: SnapshotTotals }>> {
-  if (target instanceof RepositoryTarget) return target.repo.listSnapshots();
+  if (target instanceof RepositoryTarget) return target.ready ? target.repo.listSnapshots() : [];
   // Any other target: the manifest's head (whole manifests for targets that store them whole).
   const out: Array<{ meta: SnapshotMeta; totals: SnapshotTotals }> = [];
   for (const s of await target.listSnapshots()) {

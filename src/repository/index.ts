@@ -25,13 +25,17 @@ export async function openRepositoryTarget(
   store: ObjectStore,
   o: OpenRepositoryOptions = {},
 ): Promise<RepositoryTarget> {
+  const opts = {
+    passwordFile: o.passwordFile,
+    onNotice: o.onNotice ?? ((m: string) => process.stderr.write(`twinfs: ${m}\n`)),
+  };
   try {
-    const repo = await Repository.open(store, {
-      create: o.create ? 'if-empty' : 'never',
-      passwordFile: o.passwordFile,
-      onNotice: o.onNotice ?? ((m) => process.stderr.write(`twinfs: ${m}\n`)),
-    });
-    return new RepositoryTarget(repo, type);
+    // An empty location a backup may create a repository in: created when the first snapshot
+    // begins (Repository.open says so), not by merely opening it.
+    if (o.create && store.initOnFirstUse && (await store.list('')).length === 0)
+      return new RepositoryTarget(() => Repository.open(store, { ...opts, create: 'if-empty' }), type, store);
+    const repo = await Repository.open(store, { ...opts, create: 'never' });
+    return new RepositoryTarget(repo, type, store);
   } catch (err) {
     await store.close().catch(() => undefined);
     throw err;

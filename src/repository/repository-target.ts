@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
+import type { ObjectStore } from '../../api/twinfs.js';
 import {
   type BackupTarget,
   type EntryMeta,
@@ -50,17 +51,47 @@ export class RepositoryTarget implements BackupTarget {
   readonly capabilities = { rangedReads: true, dedup: true, atomicRename: true, maxConcurrency: 8 };
   private readonly manifests = new Map<string, Promise<Map<string, StoredEntry>>>();
 
+  private _repo: Repository | undefined;
+  private creating: Promise<Repository> | undefined;
+
+  /**
+   * `repo` may be a function that creates the repository: a dir: location opened empty by a
+   * backup becomes a repository when the first snapshot begins, not before (a backup that
+   * cannot reach its server leaves the location as it was).
+   */
   constructor(
-    readonly repo: Repository,
+    repo: Repository | (() => Promise<Repository>),
     readonly id: string,
-  ) {}
+    private readonly store: ObjectStore,
+  ) {
+    if (typeof repo === 'function') this.create = repo;
+    else this._repo = repo;
+  }
+  private readonly create: (() => Promise<Repository>) | undefined;
+
+  /** The repository (throws before a pending one is created: callers check `ready` first). */
+  get repo(): Repository {
+    if (!this._repo) throw new TwinError('ETWIN_REPO_NOT_INITIALISED', `no repository at ${this.spec} yet`);
+    return this._repo;
+  }
+
+  get ready(): boolean {
+    return this._repo !== undefined;
+  }
+
+  private async ensure(): Promise<Repository> {
+    if (this._repo) return this._repo;
+    this.creating ??= this.create!().then((r) => (this._repo = r));
+    return this.creating;
+  }
 
   get spec(): string {
-    return this.repo.spec;
+    return this.store.spec;
   }
 
   async beginSnapshot(meta: SnapshotMeta): Promise<SnapshotWriter> {
     checkId(meta.snapshotId);
+    await this.ensure();
     if (await this.repo.readSnapshot(meta.snapshotId))
       throw failed(`snapshot ${meta.snapshotId} already exists at ${this.spec}`);
     const lock = await this.repo.lock(false, `backup ${meta.snapshotId}`);
@@ -75,6 +106,7 @@ export class RepositoryTarget implements BackupTarget {
   }
 
   async listSnapshots(): Promise<TargetSnapshotInfo[]> {
+    if (!this.ready) return [];
     return (await this.repo.listSnapshots()).map((s) => ({
       snapshotId: s.meta.snapshotId,
       time: s.meta.time,
@@ -83,6 +115,7 @@ export class RepositoryTarget implements BackupTarget {
 
   async snapshotObject(snapshotId: string): Promise<SnapshotObject> {
     checkId(snapshotId);
+    if (!this.ready) throw notFound(`no snapshot ${snapshotId} at ${this.spec}`);
     const s = await this.repo.readSnapshot(snapshotId);
     if (!s) throw notFound(`no snapshot ${snapshotId} at ${this.spec}`);
     return s;
@@ -169,12 +202,12 @@ export class RepositoryTarget implements BackupTarget {
   async deleteSnapshot(snapshotId: string): Promise<void> {
     checkId(snapshotId);
     this.manifests.delete(snapshotId);
-    await this.repo.deleteSnapshot(snapshotId);
+    if (this.ready) await this.repo.deleteSnapshot(snapshotId);
   }
 
   async close(): Promise<void> {
     this.manifests.clear();
-    await this.repo.store.close();
+    await this.store.close();
   }
 }
 

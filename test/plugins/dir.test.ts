@@ -184,9 +184,12 @@ describe('dir target: a repository (docs/repository.md)', () => {
     expect(await fsp.readdir(path.join(dir, 'foreign'))).toEqual(['notes.txt']);
     // A relative location would land wherever the command runs.
     await expect(open('dir:backups')).rejects.toMatchObject({ code: 'ETWIN_TARGET_SPEC' });
-    // An empty directory: created, and the config names the format.
+    // An empty directory: created when the first snapshot begins (not by opening it), and the
+    // config names the format.
     await fsp.mkdir(path.join(dir, 'empty'));
-    await open(`dir:${dir}/empty`);
+    const t = await open(`dir:${dir}/empty`);
+    expect(await fsp.readdir(path.join(dir, 'empty'))).toEqual([]);
+    await (await t.beginSnapshot(snapMeta('first'))).abort();
     const config = JSON.parse(await fsp.readFile(path.join(dir, 'empty/config'), 'utf8'));
     expect(config).toMatchObject({ format: 'twinfs-repository', version: 1, encryption: null });
     expect(config.id).toMatch(/^[0-9a-f]{32}$/);
