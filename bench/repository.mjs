@@ -48,7 +48,7 @@ installCleanup();
 
 const { createPluginHost } = await import(path.join(DIST, 'plugins/index.js'));
 const { TargetRegistry } = await import(path.join(DIST, 'backup-peer/targets/index.js'));
-const host = await createPluginHost({ pluginDirs: [path.join(ROOT, 'plugins')] });
+const host = await createPluginHost({});
 const registry = new TargetRegistry([], (t) => host.getTargetProvider(t));
 const base = tempBase(process.env.TWINFS_BENCH_DIR);
 const results = {};
