@@ -22,18 +22,7 @@ import { spawnSync } from 'node:child_process';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import {
-  DIST,
-  dropCaches,
-  fmt,
-  installCleanup,
-  log,
-  MiB,
-  makeTree,
-  parseArgs,
-  ROOT,
-  tempBase,
-} from './lib.mjs';
+import { DIST, dropCaches, fmt, installCleanup, log, MiB, makeTree, parseArgs, tempBase } from './lib.mjs';
 
 const args = parseArgs(
   {

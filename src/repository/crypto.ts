@@ -51,8 +51,14 @@ export class RepoKeys {
 
   /** A blob's id: SHA-256 of the plaintext, keyed (HMAC) in an encrypted repository. */
   blobId(plain: Buffer): string {
-    const h = createHash('sha256').update(plain).digest();
-    return this.macKey ? createHmac('sha256', this.macKey).update(h).digest('hex') : h.toString('hex');
+    return this.idOfDigest(createHash('sha256').update(plain).digest());
+  }
+
+  /** The id of content whose SHA-256 is already known (a file that is one chunk). */
+  idOfDigest(sha256: Buffer): string {
+    return this.macKey
+      ? createHmac('sha256', this.macKey).update(sha256).digest('hex')
+      : sha256.toString('hex');
   }
 
   /** A name that hides what it names (snapshot ids) in an encrypted repository. */

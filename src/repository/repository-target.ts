@@ -14,7 +14,7 @@ import {
   volumePathParts,
 } from '../backup-peer/target.js';
 import { TwinError } from '../common/errors.js';
-import { StreamChunker } from './chunker.js';
+import { cut, StreamChunker } from './chunker.js';
 import {
   BlobWriter,
   type RepoLock,
@@ -322,9 +322,19 @@ class RepositoryWriter implements SnapshotWriter {
       if (opts.signal?.aborted) throw failed(`put ${p} cancelled`);
       this.paths.set(p, 'file');
       try {
-        const chunks = await this.blobs.addContent(data, 'data');
-        const hash = createHash('sha256').update(data).digest('hex');
-        return this.record(p, { chunks, hash, size: data.length });
+        const digest = createHash('sha256').update(data).digest();
+        const parts = cut(data, this.repo.config.chunker);
+        // Most small files are one chunk: its id comes from the file's own hash (hashed once).
+        const blobs =
+          parts.length === 1
+            ? [{ id: this.repo.keys.idOfDigest(digest), data }]
+            : parts.map((c) => ({ id: this.repo.keys.blobId(c), data: c }));
+        await this.blobs.add(blobs, 'data');
+        return this.record(p, {
+          chunks: blobs.map((b) => b.id),
+          hash: digest.toString('hex'),
+          size: data.length,
+        });
       } catch (err) {
         this.paths.delete(p);
         throw err;
