@@ -568,6 +568,84 @@ export function registerPeerCommands(y: Argv, setStatus: (code: number) => void)
         })(),
     )
     .command(
+      'ls <snapshot> [path]',
+      "list a snapshot's entries (below a volume path), from the catalog or (--target) the target",
+      (a) =>
+        a
+          .positional('snapshot', snapshot)
+          .positional('path', { type: 'string', describe: 'a volume path (default: everything)' })
+          .option('target', targetOnly)
+          .option('password-file', passwordFile)
+          .option('catalog', catalog)
+          .option('config', config)
+          .option('plugin-dir', pluginDir)
+          .option('json', json)
+          .example('twinfs ls latest /etc --target dir:/backups', ''),
+      (a) =>
+        run(a, async (out, targets) => {
+          const { loadSnapshot } = await import('../backup-peer/index.js');
+          const { snapshot: s, entries } = await loadSnapshot({
+            ref: a.snapshot,
+            catalogDir: await catalogOf(a),
+            target: a.target,
+            registry: targets,
+          });
+          const top = a.path && a.path !== '/' ? a.path.replace(/\/+$/, '') : '/';
+          const shown = entries.filter((e) => top === '/' || e.path === top || e.path.startsWith(`${top}/`));
+          if (out.json) out.line(JSON.stringify(shown.map(({ snapshotId: _s, ...e }) => e)));
+          else
+            for (const e of shown)
+              out.line(
+                `${e.type.padEnd(7)} ${(e.mode & 0o7777).toString(8).padStart(4, '0')} ${String(e.uid).padStart(5)} ${String(e.gid).padStart(5)} ${bytes(e.size).padStart(10)}  ${new Date(e.mtime).toISOString().replace('T', ' ').slice(0, 19)}  ${e.path}${e.target ? ` -> ${e.target}` : ''}`,
+              );
+          if (!out.json) out.line(`twinfs: ${shown.length} entries of ${s.id}`);
+          return 0;
+        })(),
+    )
+    .command(
+      'diff <from> <to>',
+      'what changed between two snapshots: added, removed and changed entries (content, type, metadata)',
+      (a) =>
+        a
+          .positional('from', snapshot)
+          .positional('to', snapshot)
+          .option('target', targetOnly)
+          .option('password-file', passwordFile)
+          .option('catalog', catalog)
+          .option('config', config)
+          .option('plugin-dir', pluginDir)
+          .option('json', json)
+          .example('twinfs diff 20261201 latest --target dir:/backups', ''),
+      (a) =>
+        run(a, async (out, targets) => {
+          const { loadSnapshot } = await import('../backup-peer/index.js');
+          const load = async (ref: string) =>
+            loadSnapshot({ ref, catalogDir: await catalogOf(a), target: a.target, registry: targets });
+          const [x, y] = [await load(a.from), await load(a.to)];
+          const before = new Map(x.entries.map((e) => [e.path, e]));
+          const after = new Map(y.entries.map((e) => [e.path, e]));
+          const changes: Array<{ change: '+' | '-' | 'M' | 'T' | 'U'; path: string }> = [];
+          for (const [p, e] of after) {
+            const b = before.get(p);
+            if (!b) changes.push({ change: '+', path: p });
+            else if (b.type !== e.type) changes.push({ change: 'T', path: p });
+            else if (b.hash !== e.hash || b.size !== e.size || b.target !== e.target)
+              changes.push({ change: 'M', path: p });
+            else if (b.mode !== e.mode || b.uid !== e.uid || b.gid !== e.gid || b.mtime !== e.mtime)
+              changes.push({ change: 'U', path: p });
+          }
+          for (const p of before.keys()) if (!after.has(p)) changes.push({ change: '-', path: p });
+          changes.sort((m, n) => (m.path < n.path ? -1 : m.path > n.path ? 1 : 0));
+          if (!out.json) for (const c of changes) out.line(`${c.change}  ${c.path}`);
+          const count = (k: string) => changes.filter((c) => c.change === k).length;
+          out.result(
+            { event: 'done', from: x.snapshot.id, to: y.snapshot.id, changes },
+            `${x.snapshot.id} → ${y.snapshot.id}: ${count('+')} added, ${count('-')} removed, ${count('M')} modified, ${count('T')} of another type, ${count('U')} metadata only`,
+          );
+          return 0;
+        })(),
+    )
+    .command(
       'init',
       'create a backup repository at a target (docs/repository.md)',
       (a) =>

@@ -104,6 +104,23 @@ describe('a repository without its catalog (twinfs CLI)', () => {
     expect(r1.code, r1.stderr).toBe(0);
     expect(await fsp.readFile(path.join(old, 'docs/a.txt'), 'utf8')).toBe('alpha\n');
 
+    const ls = await cli('ls', 'latest', '/docs', '--target', `dir:${repo}`);
+    expect(ls.code, ls.stderr).toBe(0);
+    expect((ls.lines[0] as Array<{ path: string }>).map((e) => e.path)).toEqual([
+      '/docs',
+      '/docs/a.txt',
+      '/docs/b.bin',
+      '/docs/deep',
+      '/docs/deep/c.txt',
+    ]);
+    const diff = await cli('diff', ids[0]!, ids[1]!, '--target', `dir:${repo}`);
+    expect(diff.code, diff.stderr).toBe(0);
+    // The two changed files (and their directory's mtime).
+    expect(diff.last.changes.filter((c: { change: string }) => c.change === 'M')).toEqual([
+      { change: 'M', path: '/docs/a.txt' },
+      { change: 'M', path: '/docs/b.bin' },
+    ]);
+
     const c = await cli('check', 'latest', '--target', `dir:${repo}`);
     expect(c.code, c.stderr).toBe(0);
     expect(c.last).toMatchObject({ ok: true, problems: [] });
