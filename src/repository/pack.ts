@@ -69,7 +69,7 @@ export class PackBuilder {
   readonly rows: BlobRow[] = [];
   size: number;
 
-  constructor(private readonly keys: RepoKeys) {
+  constructor(keys: RepoKeys) {
     this.key = keys.encrypted ? keys.subkey(this.salt, 'twinfs pack') : null;
     const header = Buffer.concat([
       PACK_MAGIC,

@@ -357,7 +357,7 @@ class RepositoryWriter implements SnapshotWriter {
       volumePathParts(p);
       checkId(fromSnapshotId);
       const prev = (await this.target.entriesOf(fromSnapshotId)).get(p);
-      if (!prev || prev.type !== 'file' || !prev.chunks)
+      if (prev?.type !== 'file' || !prev.chunks)
         throw notFound(`${p} is not a stored file of snapshot ${fromSnapshotId}`);
       const stamp = stampOf(prev.chunks);
       if (

@@ -271,7 +271,7 @@ export async function dataPacks(
       } catch {
         continue; // a pack a test damaged on purpose
       }
-      if (rows.some((r: [string, string]) => r[1] === 'data')) out.push({ file, rows });
+      if (rows.some((r) => r[1] === 'data')) out.push({ file, rows });
     }
   return out;
 }
