@@ -137,7 +137,7 @@ describe('a repository without its catalog (twinfs CLI)', () => {
     const viaCatalog = await cli('restore', ids[1]!, '/docs/deep', '--to', path.join(base, 'via-catalog'));
     expect(viaCatalog.code, viaCatalog.stderr).toBe(0);
     expect(await fsp.readFile(path.join(base, 'via-catalog/docs/deep/c.txt'), 'utf8')).toBe('charlie\n');
-  });
+  }, 300_000);
 
   it('forget and prune work from the target alone; prune says what it frees and frees it', async () => {
     await fsp.rm(catalogDir, { recursive: true, force: true });
@@ -159,7 +159,7 @@ describe('a repository without its catalog (twinfs CLI)', () => {
     const r = await cli('restore', 'latest', '--target', `dir:${repo}`, '--to', to);
     expect(r.code, r.stderr).toBe(0);
     expect(await snapshotTree(to)).toEqual(await snapshotTree(mirror.data));
-  });
+  }, 300_000);
 
   it('refuses what is not a repository it can read, with codes, and creates nothing', async () => {
     const code = (r: { stderr: string }) => /ETWIN_[A-Z_]+/.exec(r.stderr)?.[0];
@@ -193,7 +193,7 @@ describe('a repository without its catalog (twinfs CLI)', () => {
     const fi = await cli('init', '--target', `dir:${foreign}`);
     expect([fi.code, code(fi)]).toEqual([1, 'ETWIN_REPO_FOREIGN']);
     expect(await fsp.readdir(foreign)).toEqual(['photo.jpg']);
-  });
+  }, 300_000);
 });
 
 async function dirBytes(dir: string): Promise<number> {
