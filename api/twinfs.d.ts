@@ -118,6 +118,8 @@ export interface TwinfsApi {
     failed(message: string): TargetError;
     /** ETWIN_PATH_ESCAPE: a path that is not a clean volume path. */
     pathEscape(message: string): TargetError;
+    /** ETWIN_TARGET_SPEC: a location the target refuses (a relative directory, a bad bucket name). */
+    badLocation(message: string): TargetError;
     /** Maps a Node fs error: ENOENT/ENOTDIR → notFound, EAGAIN/ECONNRESET/... → transient, else failed. */
     fromFs(err: unknown, what: string): TargetError;
   };
@@ -136,7 +138,8 @@ export type TargetErrorCode =
   | 'ETWIN_TARGET_NOT_FOUND'
   | 'ETWIN_TARGET_TRANSIENT'
   | 'ETWIN_TARGET_FAILED'
-  | 'ETWIN_PATH_ESCAPE';
+  | 'ETWIN_PATH_ESCAPE'
+  | 'ETWIN_TARGET_SPEC';
 
 /** An error from context.twinfs.errors: a literal code and a serialisable payload. */
 export interface TargetError extends Error {
@@ -226,6 +229,13 @@ export interface SnapshotMeta {
   selector: Record<string, unknown>;
   /** The snapshot reuseFile draws from, if any. */
   parentId?: string;
+  /**
+   * The server's change generation at this snapshot's split (what the next incremental asks
+   * "changed since" about). Kept at the target so that a lost catalog loses nothing.
+   */
+  generation?: { log: string; generation: number };
+  /** Labels given at backup time (`--tag`), used by forget's --keep-tag and by filters. */
+  tags?: string[];
 }
 
 export interface SnapshotTotals {
@@ -327,7 +337,44 @@ export interface BackupTarget {
   close(): Promise<void>;
 }
 
-/** What registerBackupTarget takes: opens targets from the location part of a spec (`mine:LOCATION`). */
+/**
+ * What registerBackupTarget takes: opens targets from the location part of a spec
+ * (`mine:LOCATION`). A provider gives either whole targets (`open`) or an object store
+ * (`openStore`), on which the host keeps a repository (docs/repository.md: chunked,
+ * deduplicated, compressed, optionally encrypted); a provider with both is opened as a store.
+ */
 export interface BackupTargetProviderLike {
-  open(location: string): Promise<BackupTarget>;
+  open?(location: string): Promise<BackupTarget>;
+  openStore?(location: string, opts: { create: boolean }): Promise<ObjectStore>;
+}
+
+// ---- object stores (the storage under a repository) -------------------------------------------
+
+export interface ObjectInfo {
+  /** '/'-separated, relative ('data/ab/ab12...', 'config'). */
+  name: string;
+  size: number;
+}
+
+/**
+ * A flat set of named objects: what a repository is stored in (a directory, a bucket). Names
+ * are made of [A-Za-z0-9_.-] components joined by '/'. Errors come from context.twinfs.errors
+ * (notFound for a missing object, transient where a retry may help).
+ */
+export interface ObjectStore {
+  /** `ID:LOCATION`, as the user gives it. */
+  readonly spec: string;
+  /** Whether the host may create a repository in an empty store without `twinfs init`. */
+  readonly initOnFirstUse: boolean;
+  /** Stores the whole object atomically and durably (all or nothing); replaces one of that name. */
+  put(name: string, data: Buffer): Promise<void>;
+  /** The object's bytes (a range: `end` inclusive). notFound when there is none. */
+  get(name: string, range?: { start: number; end: number }): Promise<Buffer>;
+  /** notFound when there is none. */
+  stat(name: string): Promise<ObjectInfo>;
+  /** Every object whose name starts with prefix, in no particular order. */
+  list(prefix: string): Promise<ObjectInfo[]>;
+  /** Deleting a missing object succeeds. */
+  delete(name: string): Promise<void>;
+  close(): Promise<void>;
 }

@@ -4,6 +4,7 @@ import { Emitter } from '../common/event.js';
 import { DisposableStore } from '../common/lifecycle.js';
 import { ControlClient } from '../control/client.js';
 import type { BackupReport, PrepareResult, SelectorMsg } from '../control/protocol.js';
+import { RepositoryTarget } from '../repository/index.js';
 import {
   type BackupEventName,
   type BackupHooks,
@@ -14,6 +15,7 @@ import {
   runFreezeHooks,
 } from './backup-hooks.js';
 import { Catalog, type EntryRecord, type SnapshotRecord } from './catalog.js';
+import { syncCatalog } from './catalog-sync.js';
 import { type ChangePlan, planFromChanges } from './change-plan.js';
 import { EntryCopier } from './entry-copier.js';
 import { locateMirror, MirrorReader, type SourceEntry, toVolumePath } from './mirror-source.js';
@@ -52,6 +54,8 @@ export interface BackupOptions {
   mirrorMap?: Record<string, string>;
   /** Copy every file, sharing nothing with the previous snapshot. */
   full?: boolean;
+  /** Labels recorded with the snapshot (at the target and in the catalog). */
+  tags?: string[];
   /**
    * Compare the committed snapshot with the split mirror copy before the split is released
    * (source-check.ts): 'metadata' (cheap) or 'data' (every file read back and hashed). A
@@ -262,6 +266,9 @@ export class BackupRun {
         deviceId: prep.deviceId,
         selector: o.selector,
         parentId: parent?.id,
+        // At the target, so that the next incremental finds it without this catalog.
+        ...(prep.generation ? { generation: prep.generation } : {}),
+        ...(o.tags?.length ? { tags: o.tags } : {}),
       };
       // Totals first (a walk of the split copy, no target involved), so progress has them.
       // An incremental the change answer drives looks only at what changed: no walk for totals.
@@ -619,9 +626,14 @@ export class BackupRun {
     for (const id of ids) await o.target.deleteSnapshot(id).catch(() => undefined);
   }
 
-  /** The snapshot an incremental run builds on, as far as it is known before prepare. */
+  /**
+   * The snapshot an incremental run builds on, as far as it is known before prepare. A
+   * repository target is read first: the catalog is a cache of it, and a lost or stale one
+   * must not turn the run into a full one, nor build on a snapshot the target lost.
+   */
   private async previous(deviceId: string | undefined): Promise<SnapshotRecord | undefined> {
     const o = this.opts;
+    if (o.target instanceof RepositoryTarget) await syncCatalog(o.catalogDir, o.target);
     return Catalog.with(o.catalogDir, async (c) =>
       deviceId
         ? c.latestComplete(deviceId, o.target.spec)
@@ -652,16 +664,23 @@ export class BackupRun {
         target: o.target.spec,
         parentId: parent?.id,
         generation: prep.generation,
+        ...(o.tags?.length ? { tags: o.tags } : {}),
       });
       if (!parent) return undefined;
       return {
         id: parent.id,
+        // Rows rebuilt from the target hold no entries: read below, from the parent's manifest.
         entries:
           read?.id === parent.id
             ? read.entries
             : new Map((await c.entries(parent.id)).map((e) => [e.path, e])),
         damaged: await c.damaged(),
       };
+    }).then(async (p) => {
+      if (!p || p.entries.size > 0) return p;
+      const m = await o.target.readManifest(p.id).catch(() => undefined);
+      if (!m) return undefined;
+      return { ...p, entries: new Map(m.entries.map((e) => [e.path, { ...e, snapshotId: p.id }])) };
     });
   }
 

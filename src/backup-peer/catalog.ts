@@ -43,6 +43,8 @@ export interface SnapshotRecord {
   pid: number;
   host: string;
   error?: { code: string; message: string };
+  /** Labels given at backup time (--tag). */
+  tags?: string[];
 }
 
 export interface EntryRecord extends ManifestEntry {
@@ -238,6 +240,28 @@ export class Catalog {
     if (docs.length * 2 > entries.length + 16) return undefined;
     return { base: base.id, depth, docs };
   }
+
+  /**
+   * Records complete snapshots found at a target (catalog rebuild): a row each, no entries
+   * (they stay in the manifests at the target). Rows already complete are left alone.
+   */
+  async adopt(recs: SnapshotRecord[]): Promise<number> {
+    const have = new Set((await this.snapshots.find({ state: 'complete' })).map((d) => d._id));
+    const docs = recs
+      .filter((r) => !have.has(r.id))
+      .map(({ id, ...rest }) => ({ ...rest, _id: id }) as SnapshotDoc);
+    if (docs.length === 0) return 0;
+    await this.snapshots.remove({ _id: { $in: docs.map((d) => d._id) } }, { multi: true });
+    await this.snapshots.insert(docs);
+    await this.sync(path.join(this.dir, 'snapshots.db'));
+    return docs.length;
+  }
+
+  /** Whether the entries of a snapshot are cached here (rebuilt rows have none). */
+  async hasEntries(id: string): Promise<boolean> {
+    return (await fsp.stat(this.entriesFile(id)).catch(() => undefined)) !== undefined;
+  }
+
   async fail(id: string, error: { code: string; message: string }): Promise<void> {
     await this.snapshots.update({ _id: id }, { $set: { state: 'failed', error, finishedAt: Date.now() } });
     await this.sync(path.join(this.dir, 'snapshots.db'));

@@ -1,3 +1,4 @@
+import { RepositoryTarget } from '../repository/index.js';
 import { Catalog, type DamageRecord } from './catalog.js';
 import { loadCompleteSnapshot } from './restore.js';
 import { Digest, isNodeEntry, isTargetNotFound } from './target.js';
@@ -34,13 +35,17 @@ const DATA_PROBLEMS = new Set<CheckProblem['kind']>(['missing', 'size', 'hash', 
 export async function checkSnapshot(o: {
   snapshot: string;
   catalogDir?: string;
+  /** Read the snapshot from this target (TYPE:LOCATION) instead of looking it up in the catalog. */
+  target?: string;
   registry: TargetRegistry;
   metadataOnly?: boolean;
   onProgress?: (p: { files: number; filesTotal: number; bytes: number; path: string }) => void;
 }): Promise<CheckResult> {
-  const { snapshot, entries } = await loadCompleteSnapshot(o.catalogDir, o.snapshot);
-  const target = await o.registry.open(snapshot.target);
+  const { snapshot, entries } = await loadCompleteSnapshot(o.catalogDir, o.snapshot, o.registry, o.target);
+  const target = await o.registry.open(snapshot.target, { create: false });
   const problems: CheckProblem[] = [];
+  /** Copies of blobs a verified read refused (repository targets). */
+  const badCopies: Array<[string, string]> = [];
   let bytes = 0;
   let done = 0;
   try {
@@ -116,14 +121,21 @@ export async function checkSnapshot(o: {
             });
         }
       } catch (err) {
+        // A repository's verified read failing is the content not being what was stored.
+        const code = (err as { code?: string })?.code;
+        const bad = (err as { data?: { blob?: string; pack?: string } })?.data;
+        if (code === 'ETWIN_REPO_CORRUPT' && bad?.blob && bad.pack) badCopies.push([bad.blob, bad.pack]);
         problems.push({
           path: e.path,
-          kind: isTargetNotFound(err) ? 'missing' : 'unreadable',
+          kind: isTargetNotFound(err) ? 'missing' : code === 'ETWIN_REPO_CORRUPT' ? 'hash' : 'unreadable',
           message: (err as Error).message,
         });
       }
       o.onProgress?.({ files: ++done, filesTotal: entries.length, bytes, path: e.path });
     }
+    // Flagged at the target too: no later backup names those copies (it stores the chunk again).
+    if (badCopies.length && target instanceof RepositoryTarget)
+      await target.repo.writeIndex({ damaged: badCopies });
   } finally {
     await target.close();
   }

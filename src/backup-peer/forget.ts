@@ -1,13 +1,32 @@
 import { TwinError } from '../common/errors.js';
 import { Catalog, type SnapshotRecord } from './catalog.js';
+import { syncCatalog } from './catalog-sync.js';
 import type { BackupTarget } from './target.js';
 import type { TargetRegistry } from './targets/index.js';
 
 export interface KeepPolicy {
   /** Keep the newest N complete snapshots of each group. */
   keepLast?: number;
-  /** Keep the newest complete snapshot of each of the last N days (local time) that have one. */
+  /** Keep the newest snapshot of each of the last N hours / days / ISO weeks / months / years (local time) that have one. */
+  keepHourly?: number;
   keepDaily?: number;
+  keepWeekly?: number;
+  keepMonthly?: number;
+  keepYearly?: number;
+  /** Keep every snapshot newer than this many ms before the newest of its group (restic's --keep-within). */
+  keepWithinMs?: number;
+  /** Keep every snapshot carrying one of these tags. */
+  keepTags?: string[];
+}
+
+/** A duration as restic writes it: 1y2m3d4h (years, months, days, hours), or 2w. */
+export function parseDuration(text: string): number {
+  const m = /^(?:(\d+)y)?(?:(\d+)m)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?$/.exec(text.trim());
+  if (!m || text.trim() === '')
+    throw new TwinError('ETWIN_USAGE', `"${text}" is not a duration like 7d, 2w, 1m, 1y2m or 12h`, { text });
+  const [y, mo, w, d, h] = m.slice(1).map((x) => Number(x ?? 0)) as [number, number, number, number, number];
+  const H = 3600_000;
+  return y * 365 * 24 * H + mo * 30 * 24 * H + w * 7 * 24 * H + d * 24 * H + h * H;
 }
 
 export interface ForgetPlan {
@@ -30,8 +49,20 @@ export function planForget(
   policy: KeepPolicy,
   isAbandoned: (s: SnapshotRecord) => boolean,
 ): ForgetPlan {
-  if (!policy.keepLast && !policy.keepDaily)
-    throw new TwinError('ETWIN_USAGE', 'name a keep policy: --keep-last N and/or --keep-daily N (N ≥ 1)');
+  const any =
+    policy.keepLast ||
+    policy.keepHourly ||
+    policy.keepDaily ||
+    policy.keepWeekly ||
+    policy.keepMonthly ||
+    policy.keepYearly ||
+    policy.keepWithinMs ||
+    policy.keepTags?.length;
+  if (!any)
+    throw new TwinError(
+      'ETWIN_USAGE',
+      'name a keep policy: --keep-last, --keep-hourly, --keep-daily, --keep-weekly, --keep-monthly, --keep-yearly N (N ≥ 1), --keep-within DURATION or --keep-tag TAG',
+    );
   const keep: SnapshotRecord[] = [];
   const remove: ForgetPlan['remove'] = [];
   const groups = new Map<string, SnapshotRecord[]>();
@@ -49,13 +80,29 @@ export function planForget(
     const newestFirst = [...g].sort((a, b) => b.time - a.time);
     const kept = new Set<string>();
     for (const s of newestFirst.slice(0, policy.keepLast ?? 0)) kept.add(s.id);
-    const days = new Set<string>();
+    // One per bucket (hour, day, week...), newest first, for the newest N buckets that have one.
+    const buckets: Array<[number | undefined, (ms: number) => string]> = [
+      [policy.keepHourly, (t) => `${localDay(t)} ${new Date(t).getHours()}`],
+      [policy.keepDaily, localDay],
+      [policy.keepWeekly, isoWeek],
+      [policy.keepMonthly, (t) => `${new Date(t).getFullYear()}-${new Date(t).getMonth() + 1}`],
+      [policy.keepYearly, (t) => `${new Date(t).getFullYear()}`],
+    ];
+    for (const [n, bucketOf] of buckets) {
+      if (!n) continue;
+      const seen = new Set<string>();
+      for (const s of newestFirst) {
+        if (seen.size >= n) break;
+        const b = bucketOf(s.time);
+        if (seen.has(b)) continue;
+        seen.add(b);
+        kept.add(s.id);
+      }
+    }
+    const newest = newestFirst[0]?.time ?? 0;
     for (const s of newestFirst) {
-      if (days.size >= (policy.keepDaily ?? 0)) break;
-      const day = localDay(s.time);
-      if (days.has(day)) continue;
-      days.add(day);
-      kept.add(s.id);
+      if (policy.keepWithinMs && newest - s.time <= policy.keepWithinMs) kept.add(s.id);
+      if (policy.keepTags?.some((t) => s.tags?.includes(t))) kept.add(s.id);
     }
     for (const s of newestFirst) {
       if (kept.has(s.id)) keep.push(s);
@@ -76,7 +123,10 @@ export async function forget(o: {
   policy: KeepPolicy;
   registry: TargetRegistry;
   dryRun?: boolean;
+  /** Plan from this target's snapshots (the source of truth) instead of the catalog's. */
+  target?: string;
 }): Promise<ForgetResult> {
+  if (o.target) return forgetAtTarget({ ...o, target: o.target });
   // The catalog part under its lock (short), the target deletions after it (they take a while).
   const plan = await Catalog.with(o.catalogDir, async (c) => {
     const p = planForget(await c.list(), o.policy, (s) => c.isAbandoned(s));
@@ -90,7 +140,7 @@ export async function forget(o: {
     for (const s of plan.remove) {
       let t = targets.get(s.target);
       if (!t) {
-        t = await o.registry.open(s.target).catch((err: Error) => err);
+        t = await o.registry.open(s.target, { create: false }).catch((err: Error) => err);
         targets.set(s.target, t);
       }
       try {
@@ -104,6 +154,49 @@ export async function forget(o: {
     for (const t of targets.values()) if (!(t instanceof Error)) await t.close().catch(() => undefined);
   }
   return result;
+}
+
+/**
+ * forget with --target: the plan is made from the snapshots the target holds; each removed
+ * snapshot is deleted at the target first (it is gone once its snapshot object is), then its
+ * catalog row. The data only it used stays until prune.
+ */
+async function forgetAtTarget(o: {
+  catalogDir?: string;
+  policy: KeepPolicy;
+  registry: TargetRegistry;
+  dryRun?: boolean;
+  target: string;
+}): Promise<ForgetResult> {
+  const t = await o.registry.open(o.target, { create: false });
+  try {
+    const { snapshots } = await syncCatalog(o.catalogDir, t);
+    const plan = planForget(snapshots, o.policy, () => false);
+    const result: ForgetResult = { ...plan, orphaned: [] };
+    if (o.dryRun) return result;
+    for (const s of plan.remove) await t.deleteSnapshot(s.id);
+    await Catalog.with(o.catalogDir, async (c) => {
+      for (const s of plan.remove) await c.remove(s.id);
+    });
+    return result;
+  } finally {
+    await t.close();
+  }
+}
+
+/** ISO 8601 week (year-Www), local time. */
+function isoWeek(ms: number): string {
+  const d = new Date(ms);
+  const day = (d.getDay() + 6) % 7; // Monday 0
+  const thursday = new Date(d.getFullYear(), d.getMonth(), d.getDate() - day + 3);
+  const firstThursday = new Date(thursday.getFullYear(), 0, 4);
+  const week =
+    1 +
+    Math.round(
+      (thursday.getTime() - firstThursday.getTime()) / (7 * 86_400_000) -
+        (((firstThursday.getDay() + 6) % 7) - 3) / 7,
+    );
+  return `${thursday.getFullYear()}-W${week}`;
 }
 
 function localDay(ms: number): string {

@@ -22,8 +22,9 @@ export {
   type SnapshotRecord,
   type SnapshotState,
 } from './catalog.js';
+export { loadSnapshot, pickSnapshot, syncCatalog, targetSnapshots } from './catalog-sync.js';
 export { type CheckResult, checkSnapshot } from './check.js';
-export { type ForgetResult, forget, type KeepPolicy, planForget } from './forget.js';
+export { type ForgetResult, forget, type KeepPolicy, parseDuration, planForget } from './forget.js';
 export { fuseMountOf, locateMirror, MirrorReader } from './mirror-source.js';
 export { loadPeerConfig, type PeerConfig, readToken, selectorFor } from './peer-config.js';
 export { PeerDaemon, type PeerEvent } from './peer-daemon.js';

@@ -7,7 +7,8 @@ import { servedMountHolding } from '../common/served-mounts.js';
 import { mknod, S_IFBLK, S_IFCHR, S_IFIFO, S_IFSOCK } from '../posix/mknod.js';
 import { msToNs, setTimesNs } from '../posix/set-times.js';
 import { setXattr } from '../posix/xattr.js';
-import { Catalog, type EntryRecord, type SnapshotRecord } from './catalog.js';
+import type { EntryRecord, SnapshotRecord } from './catalog.js';
+import { loadSnapshot } from './catalog-sync.js';
 import { toVolumePath } from './mirror-source.js';
 import { forEachLimit, SafeTree } from './safe-tree.js';
 import { type BackupTarget, Digest, isNodeEntry, volumePathParts } from './target.js';
@@ -21,6 +22,8 @@ export interface RestoreOptions {
   /** Destination directory; entries land at TO/<volume path>. */
   to: string;
   catalogDir?: string;
+  /** Read the snapshot from this target (TYPE:LOCATION) instead of looking it up in the catalog. */
+  target?: string;
   registry: TargetRegistry;
   signal?: AbortSignal;
   onProgress?: (p: { files: number; filesTotal: number; bytes: number; path: string }) => void;
@@ -39,24 +42,17 @@ export interface RestoreResult {
   failures: RestoreFailure[];
 }
 
-/** Loads a snapshot that may be read: complete, with its entries. */
+/**
+ * Loads a snapshot that may be read: complete, with its entries; from the target when one is
+ * given (the catalog is only a cache, see catalog-sync.ts).
+ */
 export async function loadCompleteSnapshot(
   catalogDir: string | undefined,
   ref: string,
+  registry?: TargetRegistry,
+  target?: string,
 ): Promise<{ snapshot: SnapshotRecord; entries: EntryRecord[] }> {
-  return Catalog.with(catalogDir, async (c) => {
-    const snapshot = await c.resolve(ref);
-    if (snapshot.state !== 'complete')
-      throw new TwinError(
-        'ETWIN_SNAPSHOT_INCOMPLETE',
-        `snapshot ${snapshot.id} is ${c.isAbandoned(snapshot) ? 'abandoned' : snapshot.state}, not complete`,
-        {
-          snapshotId: snapshot.id,
-          state: snapshot.state,
-        },
-      );
-    return { snapshot, entries: await c.entries(snapshot.id) };
-  });
+  return loadSnapshot({ ref, catalogDir, registry, target });
 }
 
 /**
@@ -87,7 +83,12 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
       );
     }
   });
-  const { snapshot, entries: all } = await loadCompleteSnapshot(o.catalogDir, o.snapshot);
+  const { snapshot, entries: all } = await loadCompleteSnapshot(
+    o.catalogDir,
+    o.snapshot,
+    o.registry,
+    o.target,
+  );
   for (const e of all) volumePathParts(e.path);
   const under = (p: string, top: string) => top === '/' || p === top || p.startsWith(top + '/');
   const selected = wanted.length === 0 ? all : all.filter((e) => wanted.some((w) => under(e.path, w)));
@@ -110,7 +111,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
   const to = path.resolve(o.to);
   await fsp.mkdir(to, { recursive: true });
   const tree = new SafeTree(await fsp.realpath(to));
-  const target = await o.registry.open(snapshot.target);
+  const target = await o.registry.open(snapshot.target, { create: false });
   const result: RestoreResult = { snapshotId: snapshot.id, entries: 0, bytes: 0, failures: [] };
   const fail = (p: string, err: unknown) =>
     result.failures.push({

@@ -28,6 +28,8 @@ export interface SnapshotSourceCheck extends SourceCheckResult {
 export async function checkSnapshotAgainstSource(o: {
   snapshot: string;
   catalogDir?: string;
+  /** Read the snapshot from this target (TYPE:LOCATION) instead of looking it up in the catalog. */
+  target?: string;
   registry: TargetRegistry;
   server: string;
   token: string;
@@ -37,7 +39,7 @@ export async function checkSnapshotAgainstSource(o: {
   leaseMs?: number;
   connect?: (url: string, token: string) => Promise<BackupControl>;
 }): Promise<SnapshotSourceCheck> {
-  const { snapshot, entries } = await loadCompleteSnapshot(o.catalogDir, o.snapshot);
+  const { snapshot, entries } = await loadCompleteSnapshot(o.catalogDir, o.snapshot, o.registry, o.target);
   if (!snapshot.generation)
     throw new TwinError(
       'ETWIN_USAGE',
@@ -47,7 +49,7 @@ export async function checkSnapshotAgainstSource(o: {
   const leaseMs = o.leaseMs ?? 60_000;
   const store = new DisposableStore();
   const stop = new AbortController();
-  const target = await o.registry.open(snapshot.target);
+  const target = await o.registry.open(snapshot.target, { create: false });
   store.add({ dispose: () => target.close() });
   try {
     const control = await (

@@ -21,6 +21,8 @@ export type {
   EntryType,
   ManifestEntry,
   NodeType,
+  ObjectInfo,
+  ObjectStore,
   PutResult,
   SnapshotManifest,
   SnapshotMeta,
@@ -31,12 +33,28 @@ export type {
   TargetStat,
 } from '../../api/twinfs.js';
 
-import type { BackupTarget, ManifestEntry, PutResult, SnapshotTotals } from '../../api/twinfs.js';
+import type {
+  BackupTarget,
+  ManifestEntry,
+  ObjectStore,
+  PutResult,
+  SnapshotTotals,
+} from '../../api/twinfs.js';
 
-/** A target type: opens targets from the location part of a spec (`dir:LOCATION`). */
+/** How a target is opened: `create` lets a backup make a repository in an empty dir: location. */
+export interface TargetOpenOptions {
+  create?: boolean;
+}
+
+/**
+ * A target type: opens targets from the location part of a spec (`dir:LOCATION`). Types that
+ * give an object store (openStore) open as a repository (src/repository).
+ */
 export interface BackupTargetProvider {
   readonly id: string;
-  open(location: string): Promise<BackupTarget>;
+  /** Without options: as a backup opens it (a dir: repository may be created on first use). */
+  open(location: string, opts?: TargetOpenOptions): Promise<BackupTarget>;
+  openStore?(location: string, opts: { create: boolean }): Promise<ObjectStore>;
 }
 
 // ---- errors ------------------------------------------------------------------------------------

@@ -88,6 +88,15 @@ export const ErrorCodes = {
   ETWIN_RESTORE_FAILED: 'some entries could not be restored',
   ETWIN_OWN_MOUNT: 'this process serves that mount and must not write into it itself',
   ETWIN_ABORTED: 'the operation was cancelled',
+  // backup repository (src/repository, docs/repository.md)
+  ETWIN_REPO_NOT_INITIALISED: 'no repository at the target (create one with twinfs init --target T)',
+  ETWIN_REPO_FOREIGN: 'the target location holds something that is not a twinfs repository',
+  ETWIN_REPO_EXISTS: 'a repository already exists at the target',
+  ETWIN_REPO_VERSION: 'the repository has a format version this twinfs does not know',
+  ETWIN_REPO_PASSWORD:
+    'the repository is encrypted and no passphrase was given, or the passphrase is wrong (TWINFS_PASSWORD, TWINFS_PASSWORD_FILE, --password-file)',
+  ETWIN_REPO_CORRUPT: 'repository data failed its hash or authentication check',
+  ETWIN_REPO_LOCKED: 'another process holds a conflicting lock on the repository',
   // SMB service (src/smb)
   ETWIN_SMB_NOT_INSTALLED: 'Samba is not installed (smbd, smbpasswd or pdbedit not on PATH)',
   ETWIN_SMB_PORT_BUSY: 'the SMB port is already in use',

@@ -1,6 +1,8 @@
 import { PassThrough, pipeline } from 'node:stream';
+import type { ObjectStore } from '../../api/twinfs.js';
 import type { BackupTarget, BackupTargetProvider, EntryMeta, SnapshotWriter } from '../backup-peer/target.js';
 import { TwinError } from '../common/errors.js';
+import { openRepositoryTarget } from '../repository/index.js';
 
 export interface GuardOptions {
   timeoutMs: number;
@@ -17,10 +19,54 @@ export function guardProvider(
   plugin: string,
   o: GuardOptions,
 ): BackupTargetProvider {
+  if (provider.openStore) {
+    const openStore = async (location: string, so: { create: boolean }) =>
+      guardStore(
+        await call(plugin, `${provider.id}.openStore`, o, () => provider.openStore!(location, so)),
+        plugin,
+        o,
+      );
+    return {
+      id: provider.id,
+      openStore,
+      // The repository is the host's (src/repository); only the store's calls are the plugin's.
+      open: async (location, opts) => {
+        const create = opts?.create ?? true;
+        return openRepositoryTarget(provider.id, await openStore(location, { create }), { create });
+      },
+    };
+  }
+  if (typeof provider.open !== 'function')
+    throw new TwinError(
+      'ETWIN_PLUGIN_MANIFEST',
+      `plugin ${plugin}: target "${provider.id}" has neither open nor openStore`,
+      {
+        plugin,
+      },
+    );
   return {
     id: provider.id,
     open: async (location) =>
       guardTarget(await call(plugin, `${provider.id}.open`, o, () => provider.open(location)), plugin, o),
+  };
+}
+
+function guardStore(s: ObjectStore, plugin: string, o: GuardOptions): ObjectStore {
+  const id = s.spec.slice(0, Math.max(0, s.spec.indexOf(':')));
+  const g = <T>(name: string, fn: () => Promise<T>) => call(plugin, `${id}.${name}`, o, fn);
+  return {
+    get spec() {
+      return s.spec;
+    },
+    get initOnFirstUse() {
+      return s.initOnFirstUse;
+    },
+    put: (name, data) => g('put', () => s.put(name, data)),
+    get: (name, range) => g('get', () => s.get(name, range)),
+    stat: (name) => g('stat', () => s.stat(name)),
+    list: (prefix) => g('list', () => s.list(prefix)),
+    delete: (name) => g('delete', () => s.delete(name)),
+    close: () => g('close', () => s.close()),
   };
 }
 

@@ -531,6 +531,7 @@ export class PluginHost {
         transient: (m: string) => new TwinError('ETWIN_TARGET_TRANSIENT', m, { plugin: name }),
         failed: (m: string) => new TwinError('ETWIN_TARGET_FAILED', m, { plugin: name }),
         pathEscape: (m: string) => new TwinError('ETWIN_PATH_ESCAPE', m, { plugin: name }),
+        badLocation: (m: string) => new TwinError('ETWIN_TARGET_SPEC', m, { plugin: name }),
         fromFs: (err: unknown, what: string) => targetError(err, what, { plugin: name }),
       },
       volumePathParts,

@@ -11,7 +11,16 @@ import type { BackupTarget, EntryMeta } from '../../src/backup-peer/target.js';
 import { TargetRegistry } from '../../src/backup-peer/targets/index.js';
 import { TwinError } from '../../src/common/errors.js';
 import { type LoadedPlugin, loadTargetPlugin } from '../conformance/index.js';
-import { FakeControl, type Mirror, makeMirror, snapshotTree, tempDir, writeTree } from './peer-fixture.js';
+import {
+  dataPacks,
+  FakeControl,
+  filesUnder,
+  type Mirror,
+  makeMirror,
+  snapshotTree,
+  tempDir,
+  writeTree,
+} from './peer-fixture.js';
 
 const DIR_PLUGIN = path.resolve(import.meta.dirname, '../../plugins/dir');
 
@@ -134,8 +143,9 @@ describe('backup run, restore, check, forget (hand-made mirror)', () => {
     expect(second.snapshot.parentId).toBe(first.snapshot.id);
     expect(second.snapshot.totals.copiedBytes).toBe(15 + 3 + 4);
     expect(second.snapshot.totals.reusedFiles).toBe(1);
-    const ino = async (id: string) => (await fsp.stat(path.join(targetRoot, id, 'docs/deep/er/c.bin'))).ino;
-    expect(await ino(second.snapshot.id)).toBe(await ino(first.snapshot.id));
+    // Shared: the same chunks (the stamp is a digest of them), no data stored again.
+    const stamp = async (id: string) => (await target.stat(id, '/docs/deep/er/c.bin')).stamp;
+    expect(await stamp(second.snapshot.id)).toBe(await stamp(first.snapshot.id));
 
     const to2 = path.join(base, 'r2');
     await restore({ snapshot: second.snapshot.id, to: to2, catalogDir, registry });
@@ -211,7 +221,9 @@ describe('backup run, restore, check, forget (hand-made mirror)', () => {
       expect((await c.list()).map((s) => s.state)).toEqual(['failed']);
     });
     expect(await target.listSnapshots()).toEqual([]);
-    expect((await fsp.readdir(targetRoot)).filter((n) => n !== '.manifests')).toEqual([]);
+    // No snapshot, and the aborted run's packs removed.
+    expect(await filesUnder(targetRoot, 'snapshots')).toEqual([]);
+    expect(await filesUnder(targetRoot, 'data')).toEqual([]);
   });
 
   it('stops at once when the split is lost mid-copy: no snapshot, catalog says failed', async () => {
@@ -249,7 +261,9 @@ describe('backup run, restore, check, forget (hand-made mirror)', () => {
       expect(await c.entries(s!.id)).toEqual([]);
     });
     expect(await target.listSnapshots()).toEqual([]);
-    expect((await fsp.readdir(targetRoot)).filter((n) => n !== '.manifests')).toEqual([]);
+    // No snapshot, and the aborted run's packs removed.
+    expect(await filesUnder(targetRoot, 'snapshots')).toEqual([]);
+    expect(await filesUnder(targetRoot, 'data')).toEqual([]);
   });
 
   it('confirms the split after the last read: a lease lost silently fails the run', async () => {
@@ -282,7 +296,6 @@ describe('backup run, restore, check, forget (hand-made mirror)', () => {
         target: target.spec,
       }),
     );
-    await fsp.mkdir(path.join(targetRoot, '20200101T000000Z-dead00.partial'));
     // Pretend that run's process is gone.
     const db = path.join(catalogDir, 'snapshots.db');
     await fsp.writeFile(
@@ -293,7 +306,7 @@ describe('backup run, restore, check, forget (hand-made mirror)', () => {
     await Catalog.with(catalogDir, async (c) => {
       expect((await c.get('20200101T000000Z-dead00'))!.state).toBe('failed');
     });
-    expect(await fsp.readdir(targetRoot)).not.toContain('20200101T000000Z-dead00.partial');
+    expect((await target.listSnapshots()).map((s) => s.snapshotId)).not.toContain('20200101T000000Z-dead00');
   });
 
   it('restore refuses paths escaping --to and never writes through a symlink there', async () => {
@@ -340,21 +353,19 @@ describe('backup run, restore, check, forget (hand-made mirror)', () => {
     });
   });
 
-  it('check finds corrupted, truncated and missing target data', async () => {
+  it('check finds corrupted and missing target data; restore reports it instead of writing it', async () => {
     const r = await backup(new FakeControl(mirror));
-    const snap = path.join(targetRoot, r.snapshot.id);
-    const fh = await fsp.open(path.join(snap, 'docs/deep/er/c.bin'), 'r+');
-    await fh.write(Buffer.from([0xff]), 0, 1, 12345);
+    // c.bin's chunks (2 MiB of a 256-byte pattern: one chunk, stored once) get a flipped byte.
+    const [pack] = await dataPacks(targetRoot);
+    const row = pack!.rows.find(([, type, , , raw]) => type === 'data' && raw > 1000)!;
+    const fh = await fsp.open(pack!.file, 'r+');
+    const b = Buffer.alloc(1);
+    await fh.read(b, 0, 1, row[2] + 5);
+    await fh.write(Buffer.from([b[0]! ^ 0xff]), 0, 1, row[2] + 5);
     await fh.close();
-    await fsp.truncate(path.join(snap, 'top.txt'), 1);
-    await fsp.rm(path.join(snap, 'docs/b.txt'));
     const c = await checkSnapshot({ snapshot: r.snapshot.id, catalogDir, registry });
     expect(c.ok).toBe(false);
-    expect(c.problems.map((p) => [p.path, p.kind]).sort()).toEqual([
-      ['/docs/b.txt', 'missing'],
-      ['/docs/deep/er/c.bin', 'hash'],
-      ['/top.txt', 'size'],
-    ]);
+    expect(c.problems.map((p) => [p.path, p.kind]).sort()).toEqual([['/docs/deep/er/c.bin', 'hash']]);
     // Restore verifies too: the corrupted file is reported, not silently restored.
     const rr = await restore({
       snapshot: r.snapshot.id,
@@ -363,7 +374,17 @@ describe('backup run, restore, check, forget (hand-made mirror)', () => {
       catalogDir,
       registry,
     });
-    expect(rr.failures.map((f) => f.code)).toEqual(['ETWIN_CHECK_FAILED']);
+    expect(rr.failures.map((f) => f.code)).toEqual(['ETWIN_REPO_CORRUPT']);
+    await expect(fsp.stat(path.join(base, 'x/docs/deep/er/c.bin'))).rejects.toMatchObject({ code: 'ENOENT' });
+    // The pack gone: every file of it is missing.
+    await fsp.rm(pack!.file);
+    const gone = await checkSnapshot({ snapshot: r.snapshot.id, catalogDir, registry });
+    expect(gone.problems.map((p) => [p.path, p.kind]).sort()).toEqual([
+      ['/docs/a.txt', 'missing'],
+      ['/docs/b.txt', 'missing'],
+      ['/docs/deep/er/c.bin', 'missing'],
+      ['/top.txt', 'missing'],
+    ]);
   });
 
   it('forget removes snapshots and their data; kept snapshots still restore', async () => {
@@ -374,7 +395,9 @@ describe('backup run, restore, check, forget (hand-made mirror)', () => {
     expect(f.remove.map((s) => s.id)).toEqual([s1.snapshot.id]);
     expect(f.orphaned).toEqual([]);
     expect((await target.listSnapshots()).map((s) => s.snapshotId)).toEqual([s2.snapshot.id]);
-    expect(await fsp.readdir(targetRoot)).not.toContain(s1.snapshot.id);
+    await expect(target.readManifest(s1.snapshot.id)).rejects.toMatchObject({
+      code: 'ETWIN_TARGET_NOT_FOUND',
+    });
     const to = path.join(base, 'r');
     await restore({ snapshot: s2.snapshot.id, to, catalogDir, registry });
     expect(await snapshotTree(to)).toEqual(await snapshotTree(mirror.data));

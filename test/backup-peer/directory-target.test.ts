@@ -41,30 +41,33 @@ describe('directory target (plugins/dir, through the plugin host)', () => {
   });
   const fm = { size: 3, mode: 0o640, uid: 1234, gid: 5678, mtime: 1_600_000_000_500 };
 
-  it('keeps a plain tree per snapshot, written under .partial and renamed on commit', async () => {
+  it('commits a snapshot last: packs and index first, the snapshot object at commit', async () => {
     const { root, t } = await open();
     expect(t.spec).toBe(`dir:${root}`);
     const w = await t.beginSnapshot(meta('snap1'));
     await w.putFile('/d/f', Readable.from([Buffer.from('abc')]), fm);
-    expect((await fsp.readdir(root)).sort()).toEqual(['.manifests', 'snap1.partial']);
+    // Before commit: no snapshot, no index (packs only once cut), a lock held.
+    expect((await fsp.readdir(root)).sort()).toEqual(['config', 'locks']);
+    expect(await fsp.readdir(path.join(root, 'locks'))).toHaveLength(1);
     await w.commit({ version: 1, meta: meta('snap1'), totals: emptyTotals(), entries: [] });
-    expect((await fsp.readdir(root)).sort()).toEqual(['.manifests', 'snap1']);
-    const st = await fsp.stat(path.join(root, 'snap1/d/f'));
-    expect(await fsp.readFile(path.join(root, 'snap1/d/f'), 'utf8')).toBe('abc');
-    // As root the tree carries the real owner, mode and mtime.
-    expect([st.uid, st.gid, st.mode & 0o7777, Math.round(st.mtimeMs)]).toEqual([
-      1234, 5678, 0o640, 1_600_000_000_500,
-    ]);
+    expect((await fsp.readdir(root)).sort()).toEqual(['config', 'data', 'index', 'locks', 'snapshots']);
+    expect(await fsp.readdir(path.join(root, 'snapshots'))).toEqual(['snap1']);
+    // The lock is released with the commit.
+    expect(await fsp.readdir(path.join(root, 'locks'))).toEqual([]);
   });
 
-  it('applies directory metadata at commit, after the children', async () => {
-    const { root, t } = await open();
+  it('keeps the manifest as committed, metadata included, whatever the files at the target', async () => {
+    const { t } = await open();
     const w = await t.beginSnapshot(meta('s1'));
     await w.putDir('/ro', { ...fm, size: 0, mode: 0o555 });
-    await w.putFile('/ro/f', Readable.from([Buffer.from('abc')]), fm);
-    await w.commit({ version: 1, meta: meta('s1'), totals: emptyTotals(), entries: [] });
-    const st = await fsp.stat(path.join(root, 's1/ro'));
-    expect([st.mode & 0o7777, Math.round(st.mtimeMs)]).toEqual([0o555, fm.mtime]);
+    const put = await w.putFile('/ro/f', Readable.from([Buffer.from('abc')]), fm);
+    const entries = [
+      { path: '/ro', type: 'dir' as const, ...fm, size: 0, mode: 0o555 },
+      { path: '/ro/f', type: 'file' as const, ...fm, hash: put.hash, stored: put.stamp },
+    ];
+    await w.commit({ version: 1, meta: meta('s1'), totals: emptyTotals(), entries });
+    expect((await t.readManifest('s1')).entries).toEqual(entries);
+    expect(await t.stat('s1', '/ro/f')).toEqual({ type: 'file', size: 3, stamp: put.stamp });
   });
 
   it('is opened from a spec through the registry like every target; unknown types and bad specs are named errors', async () => {

@@ -267,3 +267,41 @@ export async function snapshotTree(root: string): Promise<Record<string, TreeRec
   await walk('');
   return out;
 }
+
+/**
+ * The data packs of an unencrypted repository (docs/repository.md), with each one's table of
+ * contents: [id, type, offset, length, rawLength, compressed] rows. For tests that damage a
+ * stored copy on purpose.
+ */
+export async function dataPacks(
+  repoRoot: string,
+): Promise<Array<{ file: string; rows: Array<[string, string, number, number, number, number]> }>> {
+  const out: Array<{ file: string; rows: Array<[string, string, number, number, number, number]> }> = [];
+  const dataDir = path.join(repoRoot, 'data');
+  for (const sub of await fsp.readdir(dataDir).catch(() => [] as string[]))
+    for (const name of await fsp.readdir(path.join(dataDir, sub))) {
+      const file = path.join(dataDir, sub, name);
+      const bytes = await fsp.readFile(file);
+      const len = bytes.readUInt32BE(bytes.length - 4);
+      let rows: Array<[string, string, number, number, number, number]>;
+      try {
+        rows = JSON.parse(bytes.subarray(bytes.length - 4 - len, bytes.length - 4).toString('utf8'));
+      } catch {
+        continue; // a pack a test damaged on purpose
+      }
+      if (rows.some((r) => r[1] === 'data')) out.push({ file, rows });
+    }
+  return out;
+}
+
+/** Files below ROOT/sub (relative to ROOT), sorted; none when it does not exist. */
+export async function filesUnder(root: string, sub: string): Promise<string[]> {
+  const out: string[] = [];
+  const walk = async (rel: string) => {
+    for (const d of await fsp.readdir(path.join(root, rel), { withFileTypes: true }).catch(() => []))
+      if (d.isDirectory()) await walk(`${rel}/${d.name}`);
+      else out.push(`${rel}/${d.name}`);
+  };
+  await walk(sub);
+  return out.sort();
+}

@@ -173,18 +173,32 @@ describe('application-consistent backups through plugins (real server, real peer
     if (work) await fsp.rm(work, { recursive: true, force: true });
   });
 
-  const snapshotFile = (snapshotId: string) => path.join(work, 'backups', snapshotId, 'app/data.db');
+  /** The database file as the snapshot holds it, restored from the repository. */
+  const snapshotFile = async (snapshotId: string) => {
+    const to = path.join(work, `restored-${snapshotId}`);
+    const r = await runCli([
+      'restore',
+      snapshotId,
+      '/app/data.db',
+      '--to',
+      to,
+      '--catalog',
+      path.join(work, 'catalog'),
+    ]);
+    expect(r.code, r.stderr).toBe(0);
+    return path.join(to, 'app/data.db');
+  };
 
   it('without the plugin the database file alone is not a database yet; with it, it holds every committed row', async () => {
     const plain = await cli([...common, '--plugin-dir', recorderDir], peerEnv);
     expect(plain.code, plain.stderr).toBe(0);
-    expect(await rowsInFileAlone(snapshotFile(plain.last.snapshotId), work)).toMatch(/no such table/);
+    expect(await rowsInFileAlone(await snapshotFile(plain.last.snapshotId), work)).toMatch(/no such table/);
     const heard = (await readEvents(peerState())).length;
 
     const r = await cli([...common, '--plugin-dir', recorderDir, '--plugin-dir', SQLITE_PLUGIN], peerEnv);
     expect(r.code, r.stderr).toBe(0);
     expect(r.last).toMatchObject({ event: 'done', hookFailures: [] });
-    expect(await rowsInFileAlone(snapshotFile(r.last.snapshotId), work)).toBe(500);
+    expect(await rowsInFileAlone(await snapshotFile(r.last.snapshotId), work)).toBe(500);
     // The plugin let the application go: it writes again.
     await app.run('INSERT INTO t VALUES (501);');
     expect((await app.run('SELECT count(*) FROM t;')).trim()).toBe('501');

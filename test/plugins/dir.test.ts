@@ -1,7 +1,8 @@
 import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import type { BackupTarget } from '../../src/backup-peer/target.js';
 import {
   fileEntry,
   fileMeta,
@@ -29,38 +30,171 @@ describeTargetConformance('dir', async () => {
   };
 });
 
-describe('dir target specifics', () => {
+// The same contract on an encrypted repository (the passphrase from TWINFS_PASSWORD).
+describeTargetConformance(
+  'dir (encrypted)',
+  async () => {
+    process.env.TWINFS_PASSWORD = 'conformance passphrase';
+    const plugin = await loadTargetPlugin(PLUGIN);
+    const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'twinfs-dir-'));
+    const target = await plugin.open(`dir:${dir}/backups`);
+    return {
+      target,
+      reopen: () => plugin.open(`dir:${dir}/backups`),
+      async cleanup() {
+        delete process.env.TWINFS_PASSWORD;
+        await plugin.dispose();
+        await fsp.rm(dir, { recursive: true, force: true });
+      },
+    };
+  },
+  { largeFileBytes: 8 * 1024 * 1024 },
+);
+
+/** Every file below dir, relative, with its size. */
+async function files(dir: string): Promise<Map<string, number>> {
+  const out = new Map<string, number>();
+  const walk = async (rel: string) => {
+    for (const d of await fsp.readdir(path.join(dir, rel), { withFileTypes: true })) {
+      const r = rel ? `${rel}/${d.name}` : d.name;
+      if (d.isDirectory()) await walk(r);
+      else out.set(r, (await fsp.stat(path.join(dir, r))).size);
+    }
+  };
+  await walk('');
+  return out;
+}
+
+const sum = (m: Map<string, number>, prefix: string) =>
+  [...m].filter(([k]) => k.startsWith(prefix)).reduce((n, [, v]) => n + v, 0);
+
+describe('dir target: a repository (docs/repository.md)', () => {
   let plugin: LoadedPlugin;
   let dir: string;
+  const opened: BackupTarget[] = [];
   beforeAll(async () => {
     plugin = await loadTargetPlugin(PLUGIN);
-    dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'twinfs-dir-'));
   });
   afterAll(async () => {
     await plugin?.dispose();
-    await fsp.rm(dir, { recursive: true, force: true });
+  });
+  afterEach(async () => {
+    delete process.env.TWINFS_PASSWORD;
+    for (const t of opened.splice(0)) await t.close().catch(() => undefined);
+    if (dir) await fsp.rm(dir, { recursive: true, force: true });
+  });
+  const open = async (spec: string, create = true) => {
+    const provider = await plugin.host.getTargetProvider('dir');
+    const t = await provider.open(spec.slice(4), { create });
+    opened.push(t);
+    return t;
+  };
+
+  it('stores identical content once: across files, snapshots and a small change inside a large file', async () => {
+    dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'twinfs-dir-'));
+    const t = await open(`dir:${dir}/r`);
+    const big = pseudoRandom(8 * 1024 * 1024, 5);
+    const w1 = await t.beginSnapshot(snapMeta('one'));
+    await w1.putFile('/a.bin', streamOf(big), fileMeta(big.length));
+    await w1.putFile('/copy.bin', streamOf(big), fileMeta(big.length));
+    await w1.commit(manifest(snapMeta('one'), [fileEntry('/a.bin', big), fileEntry('/copy.bin', big)]));
+    const afterOne = sum(await files(path.join(dir, 'r')), 'data/');
+    // Random data does not compress: one copy stored, not two.
+    expect(afterOne).toBeGreaterThan(big.length);
+    expect(afterOne).toBeLessThan(big.length * 1.05);
+
+    const changed = Buffer.from(big);
+    pseudoRandom(256 * 1024, 77).copy(changed, 3 * 1024 * 1024 + 12345);
+    const w2 = await t.beginSnapshot(snapMeta('two', Date.now(), 'one'));
+    await w2.putFile('/a.bin', streamOf(changed), fileMeta(changed.length));
+    await w2.commit(manifest(snapMeta('two', Date.now(), 'one'), [fileEntry('/a.bin', changed)]));
+    const grown = sum(await files(path.join(dir, 'r')), 'data/') - afterOne;
+    // 256 KiB changed: the chunks it touches, not the 8 MiB file.
+    expect(grown).toBeGreaterThan(256 * 1024);
+    expect(grown).toBeLessThan(2 * 1024 * 1024);
+    // (Buffer.equals: a deep toEqual of 8 MiB takes minutes.)
+    expect((await readAll(await t.openFile('two', '/a.bin'))).equals(changed)).toBe(true);
+    expect((await readAll(await t.openFile('one', '/a.bin'))).equals(big)).toBe(true);
   });
 
-  it('keeps a plain tree per snapshot and hard-links unchanged files to the previous one', async () => {
-    const t = await plugin.open(`dir:${dir}`);
-    const a = pseudoRandom(50_000, 1);
-    const w1 = await t.beginSnapshot(snapMeta('one'));
-    const put = await w1.putFile('/d/a.bin', streamOf(a), fileMeta(a.length));
-    await w1.commit(manifest(snapMeta('one'), [fileEntry('/d/a.bin', a)]));
-    const w2 = await t.beginSnapshot(snapMeta('two', Date.now(), 'one'));
-    await w2.reuseFile('/d/a.bin', 'one', { ...fileEntry('/d/a.bin', a), stored: put.stamp });
-    await w2.commit(manifest(snapMeta('two', Date.now(), 'one'), [fileEntry('/d/a.bin', a)]));
-    const [s1, s2] = await Promise.all([
-      fsp.stat(path.join(dir, 'one/d/a.bin')),
-      fsp.stat(path.join(dir, 'two/d/a.bin')),
-    ]);
-    expect(s2.ino).toBe(s1.ino);
-    expect(s2.nlink).toBe(2);
-    expect(await fsp.readFile(path.join(dir, 'two/d/a.bin'))).toEqual(a);
-    expect((await fsp.readdir(path.join(dir, '.manifests'))).sort()).toEqual(['one.jsonl', 'two.jsonl']);
-    expect(t.capabilities.dedup).toBe(true);
-    expect(await readAll(await t.openFile('two', '/d/a.bin', { start: 10, end: 19 }))).toEqual(
-      a.subarray(10, 20),
-    );
+  it('writes objects only: config, index, packs and snapshots, no file names or contents in the clear when encrypted', async () => {
+    dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'twinfs-dir-'));
+    process.env.TWINFS_PASSWORD = 'secret words';
+    const t = await open(`dir:${dir}/r`);
+    const text = Buffer.from('the quick brown fox jumps over the lazy dog\n'.repeat(2000));
+    const w = await t.beginSnapshot(snapMeta('snap-visible-name'));
+    await w.putFile('/very-secret-name.txt', streamOf(text), fileMeta(text.length));
+    await w.commit(manifest(snapMeta('snap-visible-name'), [fileEntry('/very-secret-name.txt', text)]));
+    const all = await files(path.join(dir, 'r'));
+    const names = [...all.keys()];
+    expect(names).toContain('config');
+    expect(
+      names.every((n) =>
+        /^(config|keys\/[0-9a-f]{32}|index\/[0-9a-f]{64}|snapshots\/[0-9a-f]{64}|data\/[0-9a-f]{2}\/[0-9a-f]{64})$/.test(
+          n,
+        ),
+      ),
+    ).toBe(true);
+    for (const n of names) {
+      const bytes = await fsp.readFile(path.join(dir, 'r', n));
+      for (const needle of ['very-secret-name', 'quick brown fox', 'snap-visible-name'])
+        expect(bytes.includes(Buffer.from(needle)), `${needle} in ${n}`).toBe(false);
+    }
+    // Compressed: 88 KB of repeated text takes a few KB.
+    expect(sum(all, 'data/')).toBeLessThan(text.length / 10);
+    expect(await readAll(await t.openFile('snap-visible-name', '/very-secret-name.txt'))).toEqual(text);
+    // Another process without the passphrase, or with a wrong one, reads nothing.
+    delete process.env.TWINFS_PASSWORD;
+    await expect(open(`dir:${dir}/r`, false)).rejects.toMatchObject({ code: 'ETWIN_REPO_PASSWORD' });
+    process.env.TWINFS_PASSWORD = 'wrong';
+    await expect(open(`dir:${dir}/r`, false)).rejects.toMatchObject({ code: 'ETWIN_REPO_PASSWORD' });
+  });
+
+  it('verifies every read: a flipped byte in a pack is ETWIN_REPO_CORRUPT, never data', async () => {
+    dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'twinfs-dir-'));
+    const t = await open(`dir:${dir}/r`);
+    const a = pseudoRandom(300_000, 9);
+    const w = await t.beginSnapshot(snapMeta('s'));
+    await w.putFile('/a', streamOf(a), fileMeta(a.length));
+    await w.commit(manifest(snapMeta('s'), [fileEntry('/a', a)]));
+    // Two packs: the data, and the manifest's tree blobs. The data pack is the large one.
+    const packs = [...(await files(path.join(dir, 'r')))].filter(([n]) => n.startsWith('data/'));
+    expect(packs).toHaveLength(2);
+    const [largest] = packs.sort((x, y) => y[1] - x[1]);
+    const file = path.join(dir, 'r', largest![0]);
+    const bytes = await fsp.readFile(file);
+    bytes[100_000] = bytes[100_000]! ^ 0x01;
+    await fsp.chmod(file, 0o600);
+    await fsp.writeFile(file, bytes);
+    const t2 = await open(`dir:${dir}/r`, false);
+    await expect(readAll(await t2.openFile('s', '/a'))).rejects.toMatchObject({ code: 'ETWIN_REPO_CORRUPT' });
+  });
+
+  it('creates a repository on first use only in a new or empty directory; refuses foreign, uninitialised and relative locations', async () => {
+    dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'twinfs-dir-'));
+    // Reading commands never create anything.
+    await expect(open(`dir:${dir}/nothing`, false)).rejects.toMatchObject({
+      code: 'ETWIN_REPO_NOT_INITIALISED',
+    });
+    await expect(fsp.stat(path.join(dir, 'nothing'))).rejects.toMatchObject({ code: 'ENOENT' });
+    // Someone else's files.
+    await fsp.mkdir(path.join(dir, 'foreign'));
+    await fsp.writeFile(path.join(dir, 'foreign/notes.txt'), 'mine');
+    await expect(open(`dir:${dir}/foreign`)).rejects.toMatchObject({ code: 'ETWIN_REPO_FOREIGN' });
+    expect(await fsp.readdir(path.join(dir, 'foreign'))).toEqual(['notes.txt']);
+    // A relative location would land wherever the command runs.
+    await expect(open('dir:backups')).rejects.toMatchObject({ code: 'ETWIN_TARGET_SPEC' });
+    // An empty directory: created when the first snapshot begins (not by opening it), and the
+    // config names the format.
+    await fsp.mkdir(path.join(dir, 'empty'));
+    const t = await open(`dir:${dir}/empty`);
+    expect(await fsp.readdir(path.join(dir, 'empty'))).toEqual([]);
+    await (await t.beginSnapshot(snapMeta('first'))).abort();
+    const config = JSON.parse(await fsp.readFile(path.join(dir, 'empty/config'), 'utf8'));
+    expect(config).toMatchObject({ format: 'twinfs-repository', version: 1, encryption: null });
+    expect(config.id).toMatch(/^[0-9a-f]{32}$/);
+    // A repository of a later format is refused, not misread.
+    await fsp.writeFile(path.join(dir, 'empty/config'), JSON.stringify({ ...config, version: 99 }));
+    await expect(open(`dir:${dir}/empty`)).rejects.toMatchObject({ code: 'ETWIN_REPO_VERSION' });
   });
 });

@@ -1,5 +1,5 @@
 import { TwinError } from '../../common/errors.js';
-import type { BackupTarget, BackupTargetProvider } from '../target.js';
+import type { BackupTarget, BackupTargetProvider, ObjectStore, TargetOpenOptions } from '../target.js';
 
 /**
  * Target providers by type id. Every target type comes from a plugin: the CLI passes the plugin
@@ -30,11 +30,29 @@ export class TargetRegistry {
     this.providers.set(provider.id, provider);
   }
 
+  /** The object store of a repository target type, or undefined for a type that gives none. */
+  async openStore(spec: string, opts: { create: boolean }): Promise<ObjectStore | undefined> {
+    const i = spec.indexOf(':');
+    if (i <= 0 || i === spec.length - 1)
+      throw new TwinError(
+        'ETWIN_TARGET_SPEC',
+        `target "${spec}" is not TYPE:LOCATION (for example dir:/backups)`,
+        {
+          spec,
+        },
+      );
+    const type = spec.slice(0, i);
+    const provider = this.providers.get(type) ?? (await this.resolve?.(type));
+    if (!provider)
+      throw new TwinError('ETWIN_TARGET_SPEC', `unknown target type "${type}" in "${spec}"`, { spec, type });
+    return provider.openStore?.(spec.slice(i + 1), opts);
+  }
+
   /**
    * Opens `TYPE:LOCATION` (`dir:/backups`). An unknown type fails with ETWIN_TARGET_SPEC naming
    * the known ones (the plugin host's message lists every target a plugin contributes).
    */
-  async open(spec: string): Promise<BackupTarget> {
+  async open(spec: string, opts?: TargetOpenOptions): Promise<BackupTarget> {
     const i = spec.indexOf(':');
     if (i <= 0 || i === spec.length - 1)
       throw new TwinError(
@@ -52,6 +70,6 @@ export class TargetRegistry {
         `unknown target type "${type}" in "${spec}" (known: ${[...this.providers.keys()].join(', ') || 'none'})`,
         { spec, type },
       );
-    return provider.open(spec.slice(i + 1));
+    return provider.open(spec.slice(i + 1), opts);
   }
 }

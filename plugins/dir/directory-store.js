@@ -1,0 +1,199 @@
+// @ts-check
+import { randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
+import { promises as fsp } from 'node:fs';
+import * as path from 'node:path';
+
+/** @typedef {import('twinfs').TwinfsApi} TwinfsApi */
+/** @typedef {import('twinfs').ObjectInfo} ObjectInfo */
+/** @typedef {import('twinfs').ObjectStore} ObjectStore */
+
+const COMPONENT = /^[A-Za-z0-9_][A-Za-z0-9_.-]*$/;
+
+/**
+ * The object store of the directory target (`dir:/backups`): one file per object, the object's
+ * name as its path below the directory. The host keeps a repository in it (docs/repository.md).
+ *
+ * Every put is atomic and durable: the bytes go to a temporary file beside the final one
+ * (O_EXCL), which is synced, renamed into place, and its directory synced. A crash leaves
+ * either the old state or the new object, plus at most a `*.tmp-*` file that listings skip.
+ */
+export class DirectoryStore {
+  initOnFirstUse = true;
+
+  /**
+   * @param {string} root
+   * @param {TwinfsApi} api
+   */
+  constructor(root, api) {
+    this.root = root;
+    this.api = api;
+    this.spec = `dir:${root}`;
+    /** Directories known to exist. @type {Set<string>} */
+    this.dirs = new Set();
+  }
+
+  /**
+   * A relative location is refused: it would land wherever the command happens to run (an
+   * unmounted backup disk would fill the root filesystem). Nothing is created unless asked.
+   * @param {string} location
+   * @param {{ create: boolean }} opts
+   * @param {TwinfsApi} api
+   * @returns {Promise<ObjectStore>}
+   */
+  static async open(location, opts, api) {
+    if (!location) throw api.errors.badLocation('dir: target needs a directory (dir:/backups)');
+    if (!path.isAbsolute(location))
+      throw api.errors.badLocation(
+        `dir:${location} is a relative path; give an absolute one (dir:${path.resolve(location)})`,
+      );
+    const root = path.normalize(location).replace(/(.)\/+$/, '$1');
+    try {
+      if (opts.create) await fsp.mkdir(root, { recursive: true, mode: 0o700 });
+      const st = await fsp.stat(root).catch((err) => {
+        if (err?.code === 'ENOENT') return undefined;
+        throw err;
+      });
+      if (st && !st.isDirectory()) throw api.errors.failed(`target ${root} is not a directory`);
+    } catch (err) {
+      throw api.errors.fromFs(err, `cannot open target directory ${root}`);
+    }
+    return new DirectoryStore(root, api);
+  }
+
+  /** @param {string} name */
+  file(name) {
+    const parts = typeof name === 'string' ? name.split('/') : [];
+    if (parts.length === 0 || parts.some((p) => !COMPONENT.test(p) || p.includes('.tmp-')))
+      throw this.api.errors.failed(`bad object name ${JSON.stringify(name)}`);
+    return path.join(this.root, ...parts);
+  }
+
+  /**
+   * @param {string} name
+   * @param {Buffer} data
+   */
+  async put(name, data) {
+    const file = this.file(name);
+    const dir = path.dirname(file);
+    const tmp = `${file}.tmp-${randomBytes(6).toString('hex')}`;
+    try {
+      if (!this.dirs.has(dir)) {
+        await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
+        this.dirs.add(dir);
+      }
+      const fh = await fsp.open(
+        tmp,
+        fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL,
+        0o600,
+      );
+      try {
+        for (let off = 0; off < data.length; )
+          off += (await fh.write(data, off, data.length - off)).bytesWritten;
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+      await fsp.rename(tmp, file);
+      await syncDir(dir);
+    } catch (err) {
+      await fsp.rm(tmp, { force: true }).catch(() => undefined);
+      throw this.api.errors.fromFs(err, `cannot store ${name} in ${this.spec}`);
+    }
+  }
+
+  /**
+   * @param {string} name
+   * @param {{ start: number, end: number }} [range]
+   */
+  async get(name, range) {
+    const file = this.file(name);
+    try {
+      if (!range) return await fsp.readFile(file, { flag: fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW });
+      const fh = await fsp.open(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+      try {
+        const len = Math.max(0, range.end - range.start + 1);
+        const buf = Buffer.allocUnsafe(len);
+        let off = 0;
+        while (off < len) {
+          const { bytesRead } = await fh.read(buf, off, len - off, range.start + off);
+          if (bytesRead === 0) break;
+          off += bytesRead;
+        }
+        return off === len ? buf : buf.subarray(0, off);
+      } finally {
+        await fh.close();
+      }
+    } catch (err) {
+      throw this.api.errors.fromFs(err, `${name} in ${this.spec}`);
+    }
+  }
+
+  /** @param {string} name */
+  async stat(name) {
+    try {
+      const st = await fsp.lstat(this.file(name));
+      if (!st.isFile()) throw this.api.errors.notFound(`${name} in ${this.spec} is not an object`);
+      return { name, size: st.size };
+    } catch (err) {
+      throw this.api.errors.fromFs(err, `${name} in ${this.spec}`);
+    }
+  }
+
+  /**
+   * Every object below the prefix's directory whose name starts with the prefix. Hidden and
+   * foreign files count (so a non-empty directory is never taken for an empty store); unfinished
+   * temporary files do not.
+   * @param {string} prefix
+   * @returns {Promise<ObjectInfo[]>}
+   */
+  async list(prefix) {
+    const slash = prefix.lastIndexOf('/');
+    const base = slash >= 0 ? prefix.slice(0, slash) : '';
+    /** @type {ObjectInfo[]} */
+    const out = [];
+    /** @param {string} rel */
+    const walk = async (rel) => {
+      /** @type {fs.Dirent[]} */
+      let ents;
+      try {
+        ents = await fsp.readdir(rel ? path.join(this.root, rel) : this.root, { withFileTypes: true });
+      } catch (err) {
+        if (/** @type {NodeJS.ErrnoException} */ (err)?.code === 'ENOENT') return;
+        throw this.api.errors.fromFs(err, `cannot list ${this.spec}`);
+      }
+      for (const d of ents) {
+        const name = rel ? `${rel}/${d.name}` : d.name;
+        if (d.isDirectory()) {
+          if (name.startsWith(prefix) || prefix.startsWith(`${name}/`)) await walk(name);
+        } else if (name.startsWith(prefix) && !d.name.includes('.tmp-')) {
+          const st = await fsp.lstat(path.join(this.root, name)).catch(() => undefined);
+          if (st) out.push({ name, size: st.size });
+        }
+      }
+    };
+    await walk(base);
+    return out;
+  }
+
+  /** @param {string} name */
+  async delete(name) {
+    try {
+      await fsp.rm(this.file(name), { force: true });
+    } catch (err) {
+      throw this.api.errors.fromFs(err, `cannot delete ${name} in ${this.spec}`);
+    }
+  }
+
+  async close() {}
+}
+
+/** @param {string} dir */
+async function syncDir(dir) {
+  const fh = await fsp.open(dir, 'r');
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}

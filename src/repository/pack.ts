@@ -1,0 +1,171 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { createRequire } from 'node:module';
+import { corrupt, counterNonce, type RepoKeys, SALT, seal, unseal } from './crypto.js';
+
+const require = createRequire(import.meta.url);
+const zstd = require('@mongodb-js/zstd') as {
+  compress(data: Buffer, level?: number): Promise<Buffer>;
+  decompress(data: Buffer): Promise<Buffer>;
+};
+
+export type BlobType = 'data' | 'tree';
+
+/** Where a blob is: [id, type, offset, length, rawLength, compressed(0|1)] in index objects. */
+export interface BlobLocation {
+  pack: string;
+  type: BlobType;
+  offset: number;
+  length: number;
+  rawLength: number;
+  compressed: boolean;
+}
+
+export type BlobRow = [
+  id: string,
+  type: BlobType,
+  offset: number,
+  length: number,
+  rawLength: number,
+  z: 0 | 1,
+];
+
+export interface PackInfo {
+  name: string;
+  size: number;
+  blobs: BlobRow[];
+}
+
+const PACK_MAGIC = Buffer.from('TWPK');
+const OBJ_MAGIC = Buffer.from('TWOB');
+const VERSION = 1;
+export const PACK_HEADER = PACK_MAGIC.length + 1 + SALT;
+const TRAILER_NONCE = 0xffff_ffff_ffff_ffffn;
+/** A pack is cut once it holds this much. */
+export const PACK_SIZE = 16 * 1024 * 1024;
+
+export function packObjectName(name: string): string {
+  return `data/${name.slice(0, 2)}/${name}`;
+}
+
+/** zstd level 3; undefined when it does not make the chunk smaller. */
+export async function compress(plain: Buffer): Promise<Buffer | undefined> {
+  if (plain.length < 64) return undefined;
+  const z = await zstd.compress(plain, 3);
+  return z.length < plain.length ? z : undefined;
+}
+
+export function decompress(z: Buffer): Promise<Buffer> {
+  return zstd.decompress(z);
+}
+
+/**
+ * One pack being filled. Blobs are sealed as they are added (blob i: nonce i under the pack's
+ * subkey); finish() appends the sealed table of contents and names the pack by its hash.
+ */
+export class PackBuilder {
+  private readonly parts: Buffer[] = [];
+  private readonly salt = randomBytes(SALT);
+  private readonly key: Buffer | null;
+  readonly rows: BlobRow[] = [];
+  size: number;
+
+  constructor(keys: RepoKeys) {
+    this.key = keys.encrypted ? keys.subkey(this.salt, 'twinfs pack') : null;
+    const header = Buffer.concat([
+      PACK_MAGIC,
+      Buffer.from([VERSION]),
+      keys.encrypted ? this.salt : Buffer.alloc(SALT),
+    ]);
+    this.parts.push(header);
+    this.size = header.length;
+  }
+
+  /** Adds a blob (already compressed when `z`). */
+  add(id: string, type: BlobType, stored: Buffer, rawLength: number, z: boolean): void {
+    const body = this.key ? seal(this.key, counterNonce(this.size), stored) : stored;
+    this.rows.push([id, type, this.size, body.length, rawLength, z ? 1 : 0]);
+    this.parts.push(body);
+    this.size += body.length;
+  }
+
+  finish(): { name: string; bytes: Buffer; info: PackInfo } {
+    const toc = Buffer.from(JSON.stringify(this.rows));
+    const sealed = this.key ? seal(this.key, counterNonce(TRAILER_NONCE), toc) : toc;
+    const len = Buffer.alloc(4);
+    len.writeUInt32BE(sealed.length);
+    this.parts.push(sealed, len);
+    const bytes = Buffer.concat(this.parts);
+    const name = createHash('sha256').update(bytes).digest('hex');
+    return { name, bytes, info: { name, size: bytes.length, blobs: this.rows } };
+  }
+}
+
+/** The pack's subkey from its header (null: not encrypted). */
+export function packKey(keys: RepoKeys, header: Buffer, pack: string): Buffer | null {
+  if (header.length < PACK_HEADER || !header.subarray(0, 4).equals(PACK_MAGIC))
+    throw corrupt(`pack ${pack}: not a twinfs pack`, { pack });
+  if (header[4] !== VERSION) throw corrupt(`pack ${pack}: unknown pack version ${header[4]}`, { pack });
+  return keys.encrypted ? keys.subkey(header.subarray(5, PACK_HEADER), 'twinfs pack') : null;
+}
+
+/** A blob's plaintext from its stored bytes, checked against its id. */
+export async function openBlob(
+  keys: RepoKeys,
+  key: Buffer | null,
+  body: Buffer,
+  loc: BlobLocation,
+  id: string,
+): Promise<Buffer> {
+  const stored = key
+    ? unseal(key, counterNonce(loc.offset), body, `blob ${id.slice(0, 12)} in pack ${loc.pack.slice(0, 12)}`)
+    : body;
+  let plain: Buffer;
+  try {
+    plain = loc.compressed ? await decompress(stored) : stored;
+  } catch {
+    throw corrupt(`blob ${id} in pack ${loc.pack}: cannot be decompressed`, { blob: id, pack: loc.pack });
+  }
+  if (plain.length !== loc.rawLength || keys.blobId(plain) !== id)
+    throw corrupt(`blob ${id} in pack ${loc.pack}: content does not match its id`, {
+      blob: id,
+      pack: loc.pack,
+    });
+  return plain;
+}
+
+/** Reads a whole pack's table of contents (for check and index rebuilds). */
+export function readTrailer(keys: RepoKeys, bytes: Buffer, pack: string): BlobRow[] {
+  const key = packKey(keys, bytes.subarray(0, PACK_HEADER), pack);
+  const len = bytes.readUInt32BE(bytes.length - 4);
+  const sealed = bytes.subarray(bytes.length - 4 - len, bytes.length - 4);
+  const toc = key ? unseal(key, counterNonce(TRAILER_NONCE), sealed, `pack ${pack} trailer`) : sealed;
+  try {
+    return JSON.parse(toc.toString('utf8')) as BlobRow[];
+  } catch {
+    throw corrupt(`pack ${pack}: unreadable table of contents`, { pack });
+  }
+}
+
+/** Seals an index or snapshot object: zstd(JSON), encrypted under a per-object subkey. */
+export async function sealObject(keys: RepoKeys, value: unknown): Promise<Buffer> {
+  const plain = await zstd.compress(Buffer.from(JSON.stringify(value)), 3);
+  if (!keys.encrypted) return Buffer.concat([OBJ_MAGIC, Buffer.from([VERSION]), Buffer.alloc(SALT), plain]);
+  const salt = randomBytes(SALT);
+  const key = keys.subkey(salt, 'twinfs object');
+  return Buffer.concat([OBJ_MAGIC, Buffer.from([VERSION]), salt, seal(key, counterNonce(0), plain)]);
+}
+
+export async function openObject<T>(keys: RepoKeys, data: Buffer, what: string): Promise<T> {
+  if (data.length < PACK_HEADER || !data.subarray(0, 4).equals(OBJ_MAGIC))
+    throw corrupt(`${what}: not a twinfs object`);
+  if (data[4] !== VERSION) throw corrupt(`${what}: unknown object version ${data[4]}`);
+  const body = data.subarray(PACK_HEADER);
+  const plain = keys.encrypted
+    ? unseal(keys.subkey(data.subarray(5, PACK_HEADER), 'twinfs object'), counterNonce(0), body, what)
+    : body;
+  try {
+    return JSON.parse((await decompress(plain)).toString('utf8')) as T;
+  } catch {
+    throw corrupt(`${what}: unreadable`);
+  }
+}

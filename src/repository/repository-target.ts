@@ -1,0 +1,450 @@
+import { createHash } from 'node:crypto';
+import { Readable } from 'node:stream';
+import type { ObjectStore } from '../../api/twinfs.js';
+import {
+  type BackupTarget,
+  type EntryMeta,
+  type ManifestEntry,
+  type PutResult,
+  type SnapshotManifest,
+  type SnapshotMeta,
+  type SnapshotWriter,
+  type TargetSnapshotInfo,
+  type TargetStat,
+  volumePathParts,
+} from '../backup-peer/target.js';
+import { TwinError } from '../common/errors.js';
+import { cut, StreamChunker } from './chunker.js';
+import {
+  BlobWriter,
+  type RepoLock,
+  type Repository,
+  type SnapshotObject,
+  type StoredEntry,
+} from './repository.js';
+
+/** The stamp of stored content (PutResult.stamp): a digest of its chunk ids. */
+export function stampOf(chunks: string[]): string {
+  return createHash('sha256').update(chunks.join(',')).digest('hex').slice(0, 32);
+}
+
+function notFound(message: string): TwinError {
+  return new TwinError('ETWIN_TARGET_NOT_FOUND', message);
+}
+
+function failed(message: string): TwinError {
+  return new TwinError('ETWIN_TARGET_FAILED', message);
+}
+
+function checkId(id: string): void {
+  if (typeof id !== 'string' || !/^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/.test(id) || id.includes('..'))
+    throw failed(`bad snapshot id ${JSON.stringify(id)}`);
+}
+
+/**
+ * The backup target contract on a repository (docs/repository.md): what `dir:` (and every
+ * target whose plugin gives an object store) is to the peer. Files are chunked, deduplicated,
+ * compressed and (when the repository is) encrypted; a snapshot is its snapshot object,
+ * written last.
+ */
+export class RepositoryTarget implements BackupTarget {
+  readonly capabilities = { rangedReads: true, dedup: true, atomicRename: true, maxConcurrency: 8 };
+  private readonly manifests = new Map<string, Promise<Map<string, StoredEntry>>>();
+
+  private _repo: Repository | undefined;
+  private creating: Promise<Repository> | undefined;
+
+  /**
+   * `repo` may be a function that creates the repository: a dir: location opened empty by a
+   * backup becomes a repository when the first snapshot begins, not before (a backup that
+   * cannot reach its server leaves the location as it was).
+   */
+  constructor(
+    repo: Repository | (() => Promise<Repository>),
+    readonly id: string,
+    private readonly store: ObjectStore,
+  ) {
+    if (typeof repo === 'function') this.create = repo;
+    else this._repo = repo;
+  }
+  private readonly create: (() => Promise<Repository>) | undefined;
+
+  /** The repository (throws before a pending one is created: callers check `ready` first). */
+  get repo(): Repository {
+    if (!this._repo) throw new TwinError('ETWIN_REPO_NOT_INITIALISED', `no repository at ${this.spec} yet`);
+    return this._repo;
+  }
+
+  get ready(): boolean {
+    return this._repo !== undefined;
+  }
+
+  private async ensure(): Promise<Repository> {
+    if (this._repo) return this._repo;
+    this.creating ??= this.create!().then((r) => (this._repo = r));
+    return this.creating;
+  }
+
+  get spec(): string {
+    return this.store.spec;
+  }
+
+  async beginSnapshot(meta: SnapshotMeta): Promise<SnapshotWriter> {
+    checkId(meta.snapshotId);
+    await this.ensure();
+    if (await this.repo.readSnapshot(meta.snapshotId))
+      throw failed(`snapshot ${meta.snapshotId} already exists at ${this.spec}`);
+    const lock = await this.repo.lock(false, `backup ${meta.snapshotId}`);
+    try {
+      // Packs other processes indexed since the open are deduplicated against too.
+      await this.repo.refreshIndex();
+    } catch (err) {
+      await lock.release();
+      throw err;
+    }
+    return new RepositoryWriter(this, meta.snapshotId, lock);
+  }
+
+  async listSnapshots(): Promise<TargetSnapshotInfo[]> {
+    if (!this.ready) return [];
+    return (await this.repo.listSnapshots()).map((s) => ({
+      snapshotId: s.meta.snapshotId,
+      time: s.meta.time,
+    }));
+  }
+
+  async snapshotObject(snapshotId: string): Promise<SnapshotObject> {
+    checkId(snapshotId);
+    if (!this.ready) throw notFound(`no snapshot ${snapshotId} at ${this.spec}`);
+    const s = await this.repo.readSnapshot(snapshotId);
+    if (!s) throw notFound(`no snapshot ${snapshotId} at ${this.spec}`);
+    return s;
+  }
+
+  async readManifest(snapshotId: string): Promise<SnapshotManifest> {
+    const s = await this.snapshotObject(snapshotId);
+    const entries = (await this.repo.readManifest(s)).map(({ chunks: _c, ...e }) => e as ManifestEntry);
+    return { version: 1, meta: s.meta, totals: s.totals, entries };
+  }
+
+  /** A snapshot's entries by path, with their chunks (cached: snapshots never change). */
+  entriesOf(snapshotId: string): Promise<Map<string, StoredEntry>> {
+    let m = this.manifests.get(snapshotId);
+    if (!m) {
+      m = this.snapshotObject(snapshotId).then(
+        async (s) => new Map((await this.repo.readManifest(s)).map((e) => [e.path, e])),
+      );
+      m.catch(() => this.manifests.delete(snapshotId));
+      this.manifests.set(snapshotId, m);
+      if (this.manifests.size > 4) this.manifests.delete(this.manifests.keys().next().value!);
+    }
+    return m;
+  }
+
+  private async entry(snapshotId: string, p: string): Promise<StoredEntry> {
+    volumePathParts(p);
+    const e = (await this.entriesOf(snapshotId)).get(p);
+    if (!e) throw notFound(`${p} is not in snapshot ${snapshotId}`);
+    return e;
+  }
+
+  async openFile(
+    snapshotId: string,
+    p: string,
+    range: { start?: number; end?: number } = {},
+  ): Promise<Readable> {
+    const e = await this.entry(snapshotId, p);
+    if (e.type !== 'file' || !e.chunks) throw notFound(`${p} is not a stored file in snapshot ${snapshotId}`);
+    const start = range.start ?? 0;
+    const end = Math.min(range.end ?? e.size - 1, e.size - 1);
+    return Readable.from(this.readRange(e.chunks, start, end), { objectMode: false });
+  }
+
+  /** The bytes [start, end] of content made of these chunks, verified chunk by chunk. */
+  async *readRange(chunks: string[], start: number, end: number): AsyncGenerator<Buffer> {
+    let pos = 0;
+    for (const id of chunks) {
+      if (pos > end) return;
+      const loc = this.repo.locate(id);
+      const len = loc?.rawLength;
+      if (len !== undefined && pos + len <= start) {
+        pos += len;
+        continue;
+      }
+      const data = await this.repo.readBlob(id);
+      const from = Math.max(0, start - pos);
+      const to = Math.min(data.length, end - pos + 1);
+      if (to > from) yield data.subarray(from, to);
+      pos += data.length;
+    }
+  }
+
+  async stat(snapshotId: string, p: string): Promise<TargetStat> {
+    volumePathParts(p);
+    if (p === '/') {
+      await this.snapshotObject(snapshotId);
+      return { type: 'dir', size: 0 };
+    }
+    const e = await this.entry(snapshotId, p);
+    if (e.type === 'file') {
+      if (!e.chunks) throw notFound(`${p} has no stored content in snapshot ${snapshotId}`);
+      // The stamp of what is there now: a chunk whose every copy is gone, flagged or in a
+      // pack of another size than stored changes it (a cheap metadata check).
+      const lost: string[] = [];
+      for (const id of e.chunks) if (!(await this.repo.intactCopy(id))) lost.push(id);
+      const stamp = stampOf(e.chunks);
+      return { type: 'file', size: e.size, stamp: lost.length ? `${stamp}-damaged:${lost.length}` : stamp };
+    }
+    if (e.type === 'dir' || e.type === 'symlink') return { type: e.type, size: 0 };
+    throw notFound(`${p} is a ${e.type} (no content) in snapshot ${snapshotId}`);
+  }
+
+  async deleteSnapshot(snapshotId: string): Promise<void> {
+    checkId(snapshotId);
+    this.manifests.delete(snapshotId);
+    if (this.ready) await this.repo.deleteSnapshot(snapshotId);
+  }
+
+  async close(): Promise<void> {
+    this.manifests.clear();
+    await this.store.close();
+  }
+}
+
+interface Content {
+  chunks: string[];
+  hash: string;
+  size: number;
+}
+
+/** Fills one snapshot of a repository; the snapshot object is written last, by commit. */
+class RepositoryWriter implements SnapshotWriter {
+  private readonly blobs: BlobWriter;
+  /** Paths written, with what they are ('file' paths with their content). */
+  private readonly paths = new Map<string, 'dir' | 'symlink' | 'file'>();
+  private readonly content = new Map<string, Content>();
+  private state: 'open' | 'committing' | 'committed' | 'aborted' = 'open';
+  private inflight = 0;
+
+  constructor(
+    private readonly target: RepositoryTarget,
+    readonly snapshotId: string,
+    private readonly lock: RepoLock,
+  ) {
+    this.blobs = new BlobWriter(target.repo);
+  }
+
+  private get repo(): Repository {
+    return this.target.repo;
+  }
+
+  /** Checks a new path: clean, not written yet, not below a symlink or a file of this snapshot. */
+  private claim(p: string, kind: 'dir' | 'symlink' | 'file'): void {
+    const parts = volumePathParts(p);
+    if (parts.length === 0) {
+      if (kind === 'dir') return;
+      throw new TwinError('ETWIN_PATH_ESCAPE', 'the volume root is a directory');
+    }
+    for (let i = 1; i < parts.length; i++) {
+      const above = `/${parts.slice(0, i).join('/')}`;
+      const t = this.paths.get(above);
+      if (t === 'symlink' || t === 'file')
+        throw new TwinError('ETWIN_PATH_ESCAPE', `${p} lies below ${above}, a ${t} of this snapshot`, {
+          path: p,
+        });
+    }
+    if (this.paths.has(p) && !(kind === 'dir' && this.paths.get(p) === 'dir'))
+      throw failed(`${p} was already stored in snapshot ${this.snapshotId}`);
+  }
+
+  private async op<T>(what: string, fn: () => Promise<T>): Promise<T> {
+    if (this.state !== 'open') throw failed(`${what}: snapshot ${this.snapshotId} is ${this.state}`);
+    this.inflight++;
+    try {
+      return await fn();
+    } finally {
+      this.inflight--;
+    }
+  }
+
+  putFile(
+    p: string,
+    data: Readable,
+    _meta: EntryMeta,
+    opts: { signal?: AbortSignal } = {},
+  ): Promise<PutResult> {
+    return this.op(`put ${p}`, async () => {
+      try {
+        this.claim(p, 'file');
+      } catch (err) {
+        data.destroy();
+        throw err;
+      }
+      // Claimed while it streams: a second put of the path fails instead of racing.
+      this.paths.set(p, 'file');
+      try {
+        const chunker = new StreamChunker(this.repo.config.chunker);
+        const digest = createHash('sha256');
+        const chunks: string[] = [];
+        let size = 0;
+        const store = async (parts: Buffer[]) => {
+          const blobs = parts.map((c) => ({ id: this.repo.keys.blobId(c), data: c }));
+          await this.blobs.add(blobs, 'data');
+          for (const b of blobs) chunks.push(b.id);
+        };
+        for await (const chunk of data) {
+          if (opts.signal?.aborted) throw failed(`put ${p} cancelled`);
+          const b = chunk as Buffer;
+          digest.update(b);
+          size += b.length;
+          const ready = chunker.push(b);
+          if (ready.length) await store(ready);
+        }
+        if (opts.signal?.aborted) throw failed(`put ${p} cancelled`);
+        await store(chunker.end());
+        return this.record(p, { chunks, hash: digest.digest('hex'), size });
+      } catch (err) {
+        this.paths.delete(p);
+        data.destroy();
+        throw err instanceof TwinError ? err : failed(`put ${p}: ${(err as Error)?.message ?? err}`);
+      }
+    });
+  }
+
+  putSmallFile(
+    p: string,
+    data: Buffer,
+    _meta: EntryMeta,
+    opts: { signal?: AbortSignal } = {},
+  ): Promise<PutResult> {
+    return this.op(`put ${p}`, async () => {
+      this.claim(p, 'file');
+      if (opts.signal?.aborted) throw failed(`put ${p} cancelled`);
+      this.paths.set(p, 'file');
+      try {
+        const digest = createHash('sha256').update(data).digest();
+        const parts = cut(data, this.repo.config.chunker);
+        // Most small files are one chunk: its id comes from the file's own hash (hashed once).
+        const blobs =
+          parts.length === 1
+            ? [{ id: this.repo.keys.idOfDigest(digest), data }]
+            : parts.map((c) => ({ id: this.repo.keys.blobId(c), data: c }));
+        await this.blobs.add(blobs, 'data');
+        return this.record(p, {
+          chunks: blobs.map((b) => b.id),
+          hash: digest.toString('hex'),
+          size: data.length,
+        });
+      } catch (err) {
+        this.paths.delete(p);
+        throw err;
+      }
+    });
+  }
+
+  private record(p: string, c: Content): PutResult {
+    this.content.set(p, c);
+    return { hash: c.hash, bytes: c.size, stamp: stampOf(c.chunks) };
+  }
+
+  /**
+   * Carries an unchanged file over from an earlier snapshot: its chunks, when the entry the
+   * peer passes is the one stored there (same hash, same stamp) and every chunk is still
+   * present and unflagged. Nothing is read or written.
+   */
+  reuseFile(p: string, fromSnapshotId: string, entry: ManifestEntry): Promise<{ stamp: string }> {
+    return this.op(`reuse ${p}`, async () => {
+      volumePathParts(p);
+      checkId(fromSnapshotId);
+      const prev = (await this.target.entriesOf(fromSnapshotId)).get(p);
+      if (prev?.type !== 'file' || !prev.chunks)
+        throw notFound(`${p} is not a stored file of snapshot ${fromSnapshotId}`);
+      const stamp = stampOf(prev.chunks);
+      if (
+        prev.hash !== entry.hash ||
+        prev.size !== entry.size ||
+        entry.stored === undefined ||
+        entry.stored !== stamp
+      )
+        throw notFound(`${p} in ${fromSnapshotId} is not the copy the entry describes`);
+      let missing: string | undefined;
+      for (const id of prev.chunks) if (!(await this.blobs.has(id)) && (missing = id)) break;
+      if (missing)
+        throw notFound(`${p} in ${fromSnapshotId}: chunk ${missing.slice(0, 12)} is missing or damaged`);
+      this.claim(p, 'file');
+      this.paths.set(p, 'file');
+      this.record(p, { chunks: prev.chunks, hash: prev.hash ?? '', size: prev.size });
+      return { stamp };
+    });
+  }
+
+  putHardLink(p: string, existingPath: string, _meta: EntryMeta): Promise<void> {
+    return this.op(`link ${p}`, async () => {
+      const c = this.content.get(existingPath);
+      if (!c) throw failed(`link ${p}: ${existingPath} is not a file of this snapshot`);
+      this.claim(p, 'file');
+      this.paths.set(p, 'file');
+      this.content.set(p, c);
+    });
+  }
+
+  putDir(p: string, _meta: EntryMeta): Promise<void> {
+    return this.op(`mkdir ${p}`, async () => {
+      this.claim(p, 'dir');
+      this.paths.set(p, 'dir');
+    });
+  }
+
+  putSymlink(p: string, _target: string, _meta: EntryMeta): Promise<void> {
+    return this.op(`symlink ${p}`, async () => {
+      this.claim(p, 'symlink');
+      this.paths.set(p, 'symlink');
+    });
+  }
+
+  /**
+   * Durable, in order: the data packs, the manifest's tree blobs, the index naming all of
+   * them, then the snapshot object (docs/repository.md, commit order).
+   */
+  async commit(manifest: SnapshotManifest): Promise<void> {
+    if (this.state !== 'open') throw failed(`snapshot ${this.snapshotId} is ${this.state}`);
+    if (this.inflight > 0)
+      throw failed(`commit of ${this.snapshotId} while ${this.inflight} puts are in flight`);
+    if (manifest.meta.snapshotId !== this.snapshotId) throw failed('manifest names another snapshot');
+    this.state = 'committing';
+    try {
+      const lines: string[] = [];
+      for (const e of manifest.entries) {
+        const c = e.type === 'file' ? this.content.get(e.path) : undefined;
+        lines.push(JSON.stringify(c ? { ...e, chunks: c.chunks } : e));
+      }
+      const text = Buffer.from(lines.length ? `${lines.join('\n')}\n` : '');
+      // Tree blobs in packs of their own (as restic keeps them): listing and reading manifests
+      // never fetches file data, and damage to a data pack leaves the manifests readable.
+      const trees = new BlobWriter(this.repo);
+      const tree = await trees.addContent(text, 'tree');
+      const packs = [...(await this.blobs.flush()), ...(await trees.flush())];
+      await this.repo.writeIndex({ packs });
+      await this.repo.writeSnapshot({
+        version: 1,
+        meta: manifest.meta,
+        totals: manifest.totals,
+        manifest: { blobs: tree, entries: manifest.entries.length, bytes: text.length },
+      });
+      this.state = 'committed';
+    } catch (err) {
+      this.state = 'open';
+      throw err instanceof TwinError
+        ? err
+        : failed(`commit of snapshot ${this.snapshotId}: ${(err as Error)?.message}`);
+    }
+    await this.lock.release();
+  }
+
+  async abort(): Promise<void> {
+    if (this.state === 'committed' || this.state === 'aborted') return;
+    this.state = 'aborted';
+    await this.blobs.discard();
+    await this.lock.release();
+  }
+}

@@ -1,0 +1,622 @@
+import { createHash, randomBytes } from 'node:crypto';
+import * as os from 'node:os';
+import type { ObjectStore } from '../../api/twinfs.js';
+import { isAlive } from '../backup-peer/catalog-lock.js';
+import {
+  isTargetNotFound,
+  type ManifestEntry,
+  type SnapshotMeta,
+  type SnapshotTotals,
+} from '../backup-peer/target.js';
+import { TwinError } from '../common/errors.js';
+import { type ChunkerParams, cut, DEFAULT_CHUNKER } from './chunker.js';
+import { corrupt, type KeyFile, newKeyFile, openKeyFile, RepoKeys, readPassphrase } from './crypto.js';
+import {
+  type BlobLocation,
+  type BlobRow,
+  type BlobType,
+  compress,
+  openBlob,
+  openObject,
+  PACK_HEADER,
+  PACK_SIZE,
+  PackBuilder,
+  type PackInfo,
+  packKey,
+  packObjectName,
+  sealObject,
+} from './pack.js';
+
+export const FORMAT = 'twinfs-repository';
+export const FORMAT_VERSION = 1;
+
+export interface RepoConfig {
+  format: typeof FORMAT;
+  version: number;
+  id: string;
+  created: number;
+  chunker: ChunkerParams;
+  compression: 'zstd';
+  encryption: null | { cipher: 'aes-256-gcm'; key: string };
+}
+
+/** A snapshot object (docs/repository.md): small, no entries. */
+export interface SnapshotObject {
+  version: 1;
+  meta: SnapshotMeta;
+  totals: SnapshotTotals;
+  manifest: { blobs: string[]; entries: number; bytes: number };
+}
+
+/** A manifest line as stored: the committed entry plus, for stored content, its chunks. */
+export type StoredEntry = ManifestEntry & { chunks?: string[] };
+
+export interface RepoOpenOptions {
+  /** 'if-empty': a store that allows it (dir:) and holds nothing gets a new repository. */
+  create?: 'never' | 'if-empty';
+  passwordFile?: string;
+  /** Told when a repository is created on first use. */
+  onNotice?: (message: string) => void;
+}
+
+interface IndexObject {
+  packs?: PackInfo[];
+  damaged?: Array<[id: string, pack: string]>;
+}
+
+const LOCK_STALE_MS = 30 * 60_000;
+const LOCK_REFRESH_MS = 5 * 60_000;
+
+/**
+ * A repository (docs/repository.md) in an object store: config and keys, the index of which
+ * blob is in which pack, snapshots and their manifests, locks. Blobs are read verified
+ * (authenticated and checked against their id), never trusted.
+ */
+export class Repository {
+  /** id → where it is stored (every copy). */
+  private readonly index = new Map<string, BlobLocation[]>();
+  /** `${id}@${pack}` of copies a check found bad. */
+  private readonly damaged = new Set<string>();
+  private readonly loadedIndex = new Set<string>();
+  readonly packs = new Map<string, number>();
+  private readonly packKeys = new Map<string, Promise<Buffer | null>>();
+  private readonly snapshotCache = new Map<string, SnapshotObject>();
+
+  private constructor(
+    readonly store: ObjectStore,
+    readonly config: RepoConfig,
+    readonly keys: RepoKeys,
+  ) {}
+
+  get spec(): string {
+    return this.store.spec;
+  }
+
+  /** Creates a repository in an empty store. */
+  static async init(
+    store: ObjectStore,
+    opts: { encrypt?: boolean; passwordFile?: string } = {},
+  ): Promise<Repository> {
+    if (await getOrUndefined(store, 'config'))
+      throw new TwinError('ETWIN_REPO_EXISTS', `${store.spec} already holds a repository`, {
+        target: store.spec,
+      });
+    if ((await store.list('')).length > 0)
+      throw new TwinError(
+        'ETWIN_REPO_FOREIGN',
+        `${store.spec} is not empty and holds no twinfs repository: refusing to create one among other files`,
+        { target: store.spec },
+      );
+    let keys = RepoKeys.plain();
+    let encryption: RepoConfig['encryption'] = null;
+    if (opts.encrypt) {
+      const pass = await readPassphrase(opts.passwordFile);
+      if (!pass)
+        throw new TwinError(
+          'ETWIN_REPO_PASSWORD',
+          'an encrypted repository needs a passphrase: set TWINFS_PASSWORD or TWINFS_PASSWORD_FILE, or give --password-file',
+        );
+      const k = await newKeyFile(pass);
+      const keyName = `keys/${randomBytes(16).toString('hex')}`;
+      await store.put(keyName, Buffer.from(`${JSON.stringify(k.file, null, 2)}\n`));
+      keys = k.keys;
+      encryption = { cipher: 'aes-256-gcm', key: keyName };
+    }
+    const config: RepoConfig = {
+      format: FORMAT,
+      version: FORMAT_VERSION,
+      id: randomBytes(16).toString('hex'),
+      created: Date.now(),
+      chunker: DEFAULT_CHUNKER,
+      compression: 'zstd',
+      encryption,
+    };
+    // Last: a store with a config is a repository.
+    await store.put('config', Buffer.from(`${JSON.stringify(config, null, 2)}\n`));
+    return new Repository(store, config, keys);
+  }
+
+  static async open(store: ObjectStore, opts: RepoOpenOptions = {}): Promise<Repository> {
+    const raw = await getOrUndefined(store, 'config');
+    if (!raw) {
+      const empty = (await store.list('')).length === 0;
+      if (empty && opts.create === 'if-empty' && store.initOnFirstUse) {
+        const encrypt = (await readPassphrase(opts.passwordFile)) !== undefined;
+        const repo = await Repository.init(store, { encrypt, passwordFile: opts.passwordFile });
+        opts.onNotice?.(
+          `created a new ${encrypt ? 'encrypted' : 'unencrypted'} repository at ${store.spec} (id ${repo.config.id})`,
+        );
+        return repo;
+      }
+      if (empty)
+        throw new TwinError(
+          'ETWIN_REPO_NOT_INITIALISED',
+          `no repository at ${store.spec}: create one with twinfs init --target ${store.spec}`,
+          { target: store.spec },
+        );
+      throw new TwinError(
+        'ETWIN_REPO_FOREIGN',
+        `${store.spec} holds files but no twinfs repository (no config): not touching it`,
+        { target: store.spec },
+      );
+    }
+    let config: RepoConfig;
+    try {
+      config = JSON.parse(raw.toString('utf8')) as RepoConfig;
+    } catch {
+      throw new TwinError('ETWIN_REPO_FOREIGN', `${store.spec}: config is not a twinfs repository config`, {
+        target: store.spec,
+      });
+    }
+    if (config?.format !== FORMAT)
+      throw new TwinError('ETWIN_REPO_FOREIGN', `${store.spec}: config is not a twinfs repository config`, {
+        target: store.spec,
+      });
+    if (config.version !== FORMAT_VERSION)
+      throw new TwinError(
+        'ETWIN_REPO_VERSION',
+        `${store.spec}: repository format version ${config.version}, this twinfs reads ${FORMAT_VERSION}`,
+        { target: store.spec, version: config.version },
+      );
+    let keys = RepoKeys.plain();
+    if (config.encryption) {
+      const pass = await readPassphrase(opts.passwordFile);
+      if (!pass)
+        throw new TwinError(
+          'ETWIN_REPO_PASSWORD',
+          `${store.spec} is encrypted: set TWINFS_PASSWORD or TWINFS_PASSWORD_FILE, or give --password-file`,
+          { target: store.spec },
+        );
+      const file = JSON.parse((await store.get(config.encryption.key)).toString('utf8')) as KeyFile;
+      keys = await openKeyFile(file, pass);
+    }
+    const repo = new Repository(store, config, keys);
+    await repo.refreshIndex();
+    return repo;
+  }
+
+  // ---- index -----------------------------------------------------------------------------------
+
+  /** Loads index objects written since the last load (by this or another process). */
+  async refreshIndex(): Promise<void> {
+    const names = (await this.store.list('index/'))
+      .map((o) => o.name)
+      .filter((n) => !this.loadedIndex.has(n));
+    await forEach(names, 8, async (name) => {
+      const obj = await openObject<IndexObject>(this.keys, await this.store.get(name), name);
+      this.mergeIndex(obj);
+      this.loadedIndex.add(name);
+    });
+  }
+
+  private mergeIndex(obj: IndexObject): void {
+    for (const p of obj.packs ?? []) {
+      this.packs.set(p.name, p.size);
+      for (const [id, type, offset, length, rawLength, z] of p.blobs) {
+        const loc: BlobLocation = { pack: p.name, type, offset, length, rawLength, compressed: z === 1 };
+        const locs = this.index.get(id);
+        if (!locs) this.index.set(id, [loc]);
+        else if (!locs.some((l) => l.pack === p.name)) locs.push(loc);
+      }
+    }
+    for (const [id, pack] of obj.damaged ?? []) this.damaged.add(`${id}@${pack}`);
+  }
+
+  /**
+   * Prune: one index object naming exactly these packs, written before the caller deletes
+   * the old ones; the in-memory index becomes just that.
+   */
+  async replaceIndex(packs: PackInfo[]): Promise<void> {
+    this.index.clear();
+    this.damaged.clear();
+    this.packs.clear();
+    this.loadedIndex.clear();
+    await this.writeIndex({ packs });
+  }
+
+  /** Writes an index object (packs just stored, copies found damaged). */
+  async writeIndex(obj: IndexObject): Promise<void> {
+    if (!obj.packs?.length && !obj.damaged?.length) return;
+    const bytes = await sealObject(this.keys, obj);
+    const name = `index/${createHash('sha256').update(bytes).digest('hex')}`;
+    await this.store.put(name, bytes);
+    this.mergeIndex(obj);
+    this.loadedIndex.add(name);
+  }
+
+  /** Packs found missing or of another size than indexed, in this process. */
+  private readonly badPacks = new Map<string, 'missing' | 'size'>();
+  private readonly packChecks = new Map<string, Promise<boolean>>();
+
+  /** Intact (not flagged, pack not known bad) copies of a blob, the first one preferred. */
+  copies(id: string): BlobLocation[] {
+    return (this.index.get(id) ?? []).filter(
+      (l) => !this.damaged.has(`${id}@${l.pack}`) && !this.badPacks.has(l.pack),
+    );
+  }
+
+  locate(id: string): BlobLocation | undefined {
+    return this.copies(id)[0];
+  }
+
+  /**
+   * Whether a pack is at the store with the size the index records (a metadata check, once
+   * per pack and process): what reuse and deduplication check before they name a stored copy.
+   */
+  packIntact(pack: string): Promise<boolean> {
+    let c = this.packChecks.get(pack);
+    if (!c) {
+      c = this.store.stat(packObjectName(pack)).then(
+        (st) => {
+          const ok = st.size === this.packs.get(pack);
+          if (!ok) this.badPacks.set(pack, 'size');
+          return ok;
+        },
+        (err) => {
+          if (!isTargetNotFound(err)) {
+            this.packChecks.delete(pack);
+            throw err;
+          }
+          this.badPacks.set(pack, 'missing');
+          return false;
+        },
+      );
+      this.packChecks.set(pack, c);
+    }
+    return c;
+  }
+
+  /** A copy of the blob whose pack passes the metadata check, if any. */
+  async intactCopy(id: string): Promise<BlobLocation | undefined> {
+    for (const l of this.copies(id)) if (await this.packIntact(l.pack)) return l;
+    return undefined;
+  }
+
+  /** Every indexed blob: id → copies. */
+  blobs(): ReadonlyMap<string, BlobLocation[]> {
+    return this.index;
+  }
+
+  isDamaged(id: string, pack: string): boolean {
+    return this.damaged.has(`${id}@${pack}`);
+  }
+
+  /** A blob's plaintext, verified (authentication, then its id); another copy if one fails. */
+  async readBlob(id: string): Promise<Buffer> {
+    const locs = this.copies(id);
+    const all = this.index.get(id) ?? [];
+    if (locs.length === 0 && all.length > 0 && all.every((l) => this.badPacks.get(l.pack) === 'missing'))
+      throw new TwinError('ETWIN_TARGET_NOT_FOUND', `blob ${id}: its pack is gone from ${this.spec}`, {
+        blob: id,
+      });
+    if (locs.length === 0)
+      throw corrupt(
+        `blob ${id} is not in the repository index${all.length ? ' (every copy is damaged)' : ''}`,
+        {
+          blob: id,
+        },
+      );
+    let first: unknown;
+    for (const loc of locs) {
+      try {
+        return await this.readBlobAt(id, loc);
+      } catch (err) {
+        first ??= err;
+      }
+    }
+    throw first;
+  }
+
+  async readBlobAt(id: string, loc: BlobLocation): Promise<Buffer> {
+    const key = await this.packKeyOf(loc.pack);
+    const body = await this.store.get(packObjectName(loc.pack), {
+      start: loc.offset,
+      end: loc.offset + loc.length - 1,
+    });
+    if (body.length !== loc.length)
+      throw corrupt(`pack ${loc.pack}: short read of blob ${id}`, { pack: loc.pack });
+    return openBlob(this.keys, key, body, loc, id);
+  }
+
+  private packKeyOf(pack: string): Promise<Buffer | null> {
+    let k = this.packKeys.get(pack);
+    if (!k) {
+      k = this.store
+        .get(packObjectName(pack), { start: 0, end: PACK_HEADER - 1 })
+        .then((h) => packKey(this.keys, h, pack));
+      k.catch(() => this.packKeys.delete(pack));
+      this.packKeys.set(pack, k);
+    }
+    return k;
+  }
+
+  // ---- snapshots -------------------------------------------------------------------------------
+
+  snapshotObjectName(snapshotId: string): string {
+    return `snapshots/${this.keys.hideName('snapshot', snapshotId)}`;
+  }
+
+  /** Every snapshot, oldest first. */
+  async listSnapshots(): Promise<SnapshotObject[]> {
+    const names = (await this.store.list('snapshots/')).map((o) => o.name);
+    const out: SnapshotObject[] = [];
+    await forEach(names, 16, async (name) => {
+      let s = this.snapshotCache.get(name);
+      if (!s) {
+        const raw = await getOrUndefined(this.store, name);
+        if (!raw) return; // deleted meanwhile
+        s = await openObject<SnapshotObject>(this.keys, raw, name);
+        this.snapshotCache.set(name, s);
+      }
+      out.push(s);
+    });
+    return out.sort(
+      (a, b) => a.meta.time - b.meta.time || a.meta.snapshotId.localeCompare(b.meta.snapshotId),
+    );
+  }
+
+  /** undefined when there is no such snapshot. */
+  async readSnapshot(snapshotId: string): Promise<SnapshotObject | undefined> {
+    const name = this.snapshotObjectName(snapshotId);
+    // Read each time (small): another process may have deleted it (forget).
+    const raw = await getOrUndefined(this.store, name);
+    if (!raw) return undefined;
+    const s = await openObject<SnapshotObject>(this.keys, raw, name);
+    if (s.meta.snapshotId !== snapshotId)
+      throw corrupt(`${name} names snapshot ${s.meta.snapshotId}, not ${snapshotId}`);
+    this.snapshotCache.set(name, s);
+    return s;
+  }
+
+  async writeSnapshot(s: SnapshotObject): Promise<void> {
+    const name = this.snapshotObjectName(s.meta.snapshotId);
+    await this.store.put(name, await sealObject(this.keys, s));
+    this.snapshotCache.set(name, s);
+  }
+
+  async deleteSnapshot(snapshotId: string): Promise<void> {
+    const name = this.snapshotObjectName(snapshotId);
+    this.snapshotCache.delete(name);
+    await this.store.delete(name);
+  }
+
+  /** A snapshot's manifest lines (entries with their chunks). */
+  async readManifest(s: SnapshotObject): Promise<StoredEntry[]> {
+    const parts: Buffer[] = [];
+    for (const id of s.manifest.blobs) parts.push(await this.readBlob(id));
+    const text = Buffer.concat(parts).toString('utf8');
+    const out: StoredEntry[] = [];
+    for (const line of text.split('\n')) if (line) out.push(JSON.parse(line) as StoredEntry);
+    if (out.length !== s.manifest.entries)
+      throw corrupt(
+        `snapshot ${s.meta.snapshotId}: manifest holds ${out.length} entries, ${s.manifest.entries} recorded`,
+      );
+    return out;
+  }
+
+  // ---- locks -----------------------------------------------------------------------------------
+
+  /**
+   * Takes a lock: shared (backups) or exclusive (forget, prune, check). Stale locks (older than
+   * 30 minutes, or of a dead process on this host) are removed; a live conflicting one is
+   * ETWIN_REPO_LOCKED.
+   */
+  async lock(exclusive: boolean, what: string): Promise<RepoLock> {
+    const mine = { host: os.hostname(), pid: process.pid, time: Date.now(), exclusive, what };
+    const name = `locks/${randomBytes(16).toString('hex')}`;
+    const conflicts = async (): Promise<LockInfo | undefined> => {
+      for (const o of await this.store.list('locks/')) {
+        if (o.name === name) continue;
+        const raw = await getOrUndefined(this.store, o.name);
+        if (!raw) continue;
+        let l: LockInfo;
+        try {
+          l = await openObject<LockInfo>(this.keys, raw, o.name);
+        } catch {
+          continue; // not readable with this key: not ours to judge
+        }
+        const stale = Date.now() - l.time > LOCK_STALE_MS || (l.host === os.hostname() && !isAlive(l.pid));
+        if (stale) {
+          await this.store.delete(o.name).catch(() => undefined);
+          continue;
+        }
+        if (exclusive || l.exclusive) return l;
+      }
+      return undefined;
+    };
+    const before = await conflicts();
+    if (before) throw lockedError(this.spec, before);
+    await this.store.put(name, await sealObject(this.keys, mine));
+    // Two takers at once both see none before writing: the later check catches it (both may
+    // back off; neither goes on with a conflict).
+    const after = await conflicts();
+    if (after) {
+      await this.store.delete(name).catch(() => undefined);
+      throw lockedError(this.spec, after);
+    }
+    const timer = setInterval(() => {
+      void sealObject(this.keys, { ...mine, time: Date.now() })
+        .then((b) => this.store.put(name, b))
+        .catch(() => undefined);
+    }, LOCK_REFRESH_MS);
+    timer.unref();
+    let released = false;
+    return {
+      release: async () => {
+        if (released) return;
+        released = true;
+        clearInterval(timer);
+        await this.store.delete(name).catch(() => undefined);
+      },
+    };
+  }
+}
+
+export interface RepoLock {
+  release(): Promise<void>;
+}
+
+interface LockInfo {
+  host: string;
+  pid: number;
+  time: number;
+  exclusive: boolean;
+  what?: string;
+}
+
+function lockedError(spec: string, l: LockInfo): TwinError {
+  return new TwinError(
+    'ETWIN_REPO_LOCKED',
+    `${spec} is locked${l.exclusive ? ' exclusively' : ''} by ${l.what ?? 'a twinfs process'} (pid ${l.pid} on ${l.host}, since ${new Date(l.time).toISOString()})`,
+    { target: spec, host: l.host, pid: l.pid },
+  );
+}
+
+// ---- writing blobs -------------------------------------------------------------------------------
+
+/**
+ * Stores new blobs of one writer into packs of PACK_SIZE, uploaded as they fill (two at a
+ * time). Blobs the repository already holds, or that this writer stored already, are skipped:
+ * deduplication. The packs reach the index only when the writer's owner writes it (commit).
+ */
+export class BlobWriter {
+  private builder: PackBuilder;
+  private readonly mine = new Set<string>();
+  private readonly uploads: Array<Promise<void>> = [];
+  readonly packs: PackInfo[] = [];
+  /** Bytes of new blobs (before compression) and as stored. */
+  newBytes = 0;
+  storedBytes = 0;
+  private failed: unknown;
+
+  constructor(private readonly repo: Repository) {
+    this.builder = new PackBuilder(repo.keys);
+  }
+
+  /** Whether the blob is stored: by this writer, or intact in the repository. */
+  async has(id: string): Promise<boolean> {
+    return this.mine.has(id) || (await this.repo.intactCopy(id)) !== undefined;
+  }
+
+  /** Stores chunks (ids computed by the caller); resolves when all are in a pack. */
+  async add(blobs: Array<{ id: string; data: Buffer }>, type: BlobType): Promise<void> {
+    if (this.failed) throw this.failed;
+    const todo: Array<{ id: string; data: Buffer }> = [];
+    for (const b of blobs) {
+      if (this.mine.has(b.id)) continue;
+      // Claimed before the await: a concurrent put of the same chunk does not store it twice.
+      this.mine.add(b.id);
+      if ((await this.repo.intactCopy(b.id)) !== undefined) {
+        this.mine.delete(b.id);
+        continue;
+      }
+      todo.push(b);
+    }
+    await Promise.all(
+      todo.map(async (b) => {
+        try {
+          const z = await compress(b.data);
+          this.builder.add(b.id, type, z ?? b.data, b.data.length, z !== undefined);
+          this.newBytes += b.data.length;
+          this.storedBytes += (z ?? b.data).length;
+        } catch (err) {
+          this.mine.delete(b.id);
+          throw err;
+        }
+      }),
+    );
+    if (this.builder.size >= PACK_SIZE) await this.cut();
+  }
+
+  /** Stores a blob even if the repository holds it (prune rewrites a pack it will delete). */
+  async addFresh(blob: { id: string; data: Buffer }, type: BlobType): Promise<void> {
+    const z = await compress(blob.data);
+    this.mine.add(blob.id);
+    this.builder.add(blob.id, type, z ?? blob.data, blob.data.length, z !== undefined);
+    if (this.builder.size >= PACK_SIZE) await this.cut();
+  }
+
+  /** Chunks and stores a buffer; returns the chunk ids in order. */
+  async addContent(data: Buffer, type: BlobType): Promise<string[]> {
+    const chunks = cut(data, this.repo.config.chunker).map((c) => ({
+      id: this.repo.keys.blobId(c),
+      data: c,
+    }));
+    await this.add(chunks, type);
+    return chunks.map((c) => c.id);
+  }
+
+  private async cut(): Promise<void> {
+    if (this.builder.rows.length === 0) return;
+    const full = this.builder;
+    this.builder = new PackBuilder(this.repo.keys);
+    const { name, bytes, info } = full.finish();
+    while (this.uploads.length >= 2) await this.uploads.shift();
+    const up = this.repo.store.put(packObjectName(name), bytes).then(
+      () => {
+        this.packs.push(info);
+      },
+      (err) => {
+        this.failed ??= err;
+      },
+    );
+    this.uploads.push(up);
+  }
+
+  /** Every blob added so far is durable in a pack; returns the packs of this writer. */
+  async flush(): Promise<PackInfo[]> {
+    await this.cut();
+    await Promise.all(this.uploads.splice(0));
+    if (this.failed) throw this.failed;
+    return this.packs;
+  }
+
+  /** Removes the packs this writer uploaded (nobody names them). */
+  async discard(): Promise<void> {
+    await Promise.allSettled(this.uploads.splice(0));
+    for (const p of this.packs.splice(0))
+      await this.repo.store.delete(packObjectName(p.name)).catch(() => undefined);
+  }
+}
+
+// ---- helpers -------------------------------------------------------------------------------------
+
+export async function getOrUndefined(store: ObjectStore, name: string): Promise<Buffer | undefined> {
+  try {
+    return await store.get(name);
+  } catch (err) {
+    if (isTargetNotFound(err)) return undefined;
+    throw err;
+  }
+}
+
+export async function forEach<T>(items: T[], limit: number, fn: (t: T) => Promise<void>): Promise<void> {
+  let i = 0;
+  await Promise.all(
+    Array.from({ length: Math.min(limit, items.length) }, async () => {
+      while (i < items.length) await fn(items[i++]!);
+    }),
+  );
+}
+
+export type { BlobRow };
