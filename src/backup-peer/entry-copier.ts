@@ -281,13 +281,7 @@ export class EntryCopier {
     // The parent's copy as it was stored (its stamp), or nothing to build on.
     const st = await stored.stat(parent.id, src.path).catch(() => undefined);
     if (st?.type !== 'file' || st.size !== prev.size || st.stamp !== prev.stored) return undefined;
-    let opened: Awaited<ReturnType<MirrorReader['open']>>;
-    try {
-      opened = await reader.open(src.mirrorPath);
-    } catch (err) {
-      throw mirrorError(err, src);
-    }
-    const { fh, stat } = opened;
+    const { fh, stat } = await openSource(reader, src);
     let fromMirror = 0;
     let counted = 0;
     try {
@@ -343,13 +337,7 @@ export class EntryCopier {
   /** One attempt through putFile: the content as a stream. */
   private async putStreamed(src: SourceEntry, meta: EntryMeta): Promise<PutResult> {
     const { reader, writer, signal, onBytes } = this.o;
-    let opened: Awaited<ReturnType<MirrorReader['open']>>;
-    try {
-      opened = await reader.open(src.mirrorPath);
-    } catch (err) {
-      throw mirrorError(err, src);
-    }
-    const { fh, stat } = opened;
+    const { fh, stat } = await openSource(reader, src);
     let counted = 0;
     try {
       // A small file in one read into a buffer of its size; a large one as a stream of 1 MiB
@@ -516,4 +504,16 @@ function mirrorError(err: unknown, src: SourceEntry): unknown {
       errno: code,
     },
   );
+}
+
+/** Opens an entry's split copy; a failure names the entry (mirrorError). */
+async function openSource(
+  reader: MirrorReader,
+  src: SourceEntry,
+): Promise<Awaited<ReturnType<MirrorReader['open']>>> {
+  try {
+    return await reader.open(src.mirrorPath);
+  } catch (err) {
+    throw mirrorError(err, src);
+  }
 }

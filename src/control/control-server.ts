@@ -124,21 +124,7 @@ export class ControlServer {
    * ETWIN_CONTROL_LISTEN (the address is in use or cannot be bound).
    */
   static async listen(opts: ControlServerOptions): Promise<ControlServer> {
-    let server: http.Server | https.Server;
-    try {
-      server = opts.tls
-        ? https.createServer({ cert: opts.tls.cert, key: opts.tls.key })
-        : http.createServer();
-    } catch (err) {
-      const e = err as NodeJS.ErrnoException;
-      throw new TwinError(
-        'ETWIN_TLS',
-        `the TLS certificate or key cannot be used: ${e.code ?? ''} ${e.message}`.trim(),
-        {
-          errno: e.code,
-        },
-      );
-    }
+    const server = createHttpServer(opts.tls);
     server.on('request', (_req, res) => {
       res.writeHead(426, { 'content-type': 'text/plain', connection: 'close' });
       res.end('twinfs control channel: connect with a websocket\n');
@@ -476,5 +462,27 @@ function cheapId(text: string | null): string | number | null {
     return typeof id === 'string' || typeof id === 'number' ? id : null;
   } catch {
     return null;
+  }
+}
+
+/**
+ * An http server, or an https one with the given certificate and key (the control channel and
+ * the status page). ETWIN_TLS when the certificate or key cannot be used.
+ */
+export function createHttpServer(tls?: {
+  cert: string | Buffer;
+  key: string | Buffer;
+}): http.Server | https.Server {
+  try {
+    return tls ? https.createServer({ cert: tls.cert, key: tls.key }) : http.createServer();
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    throw new TwinError(
+      'ETWIN_TLS',
+      `the TLS certificate or key cannot be used: ${e.code ?? ''} ${e.message}`.trim(),
+      {
+        errno: e.code,
+      },
+    );
   }
 }

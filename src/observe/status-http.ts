@@ -1,10 +1,11 @@
 import { promises as fsp } from 'node:fs';
-import * as http from 'node:http';
-import * as https from 'node:https';
+import type * as http from 'node:http';
+import type * as https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { TwinError } from '../common/errors.js';
+import { createHttpServer } from '../control/control-server.js';
 import type { Role } from '../control/token-store.js';
 import type { ServerMetrics } from './metrics.js';
 import type { FeedMessage, StatusFeed } from './status-feed.js';
@@ -79,17 +80,7 @@ export class StatusHttpServer {
   }
 
   static async listen(opts: StatusHttpOptions): Promise<StatusHttpServer> {
-    let server: http.Server | https.Server;
-    try {
-      server = opts.tls
-        ? https.createServer({ cert: opts.tls.cert, key: opts.tls.key })
-        : http.createServer();
-    } catch (err) {
-      const e = err as NodeJS.ErrnoException;
-      throw new TwinError('ETWIN_TLS', `the TLS certificate or key cannot be used: ${e.message}`, {
-        errno: e.code,
-      });
-    }
+    const server = createHttpServer(opts.tls);
     await new Promise<void>((resolve, reject) => {
       server.once('error', (err: NodeJS.ErrnoException) =>
         reject(

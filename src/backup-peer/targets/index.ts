@@ -32,20 +32,11 @@ export class TargetRegistry {
 
   /** The object store of a repository target type, or undefined for a type that gives none. */
   async openStore(spec: string, opts: { create: boolean }): Promise<ObjectStore | undefined> {
-    const i = spec.indexOf(':');
-    if (i <= 0 || i === spec.length - 1)
-      throw new TwinError(
-        'ETWIN_TARGET_SPEC',
-        `target "${spec}" is not TYPE:LOCATION (for example dir:/backups)`,
-        {
-          spec,
-        },
-      );
-    const type = spec.slice(0, i);
+    const { type, location } = splitSpec(spec);
     const provider = this.providers.get(type) ?? (await this.resolve?.(type));
     if (!provider)
       throw new TwinError('ETWIN_TARGET_SPEC', `unknown target type "${type}" in "${spec}"`, { spec, type });
-    return provider.openStore?.(spec.slice(i + 1), opts);
+    return provider.openStore?.(location, opts);
   }
 
   /**
@@ -53,16 +44,7 @@ export class TargetRegistry {
    * the known ones (the plugin host's message lists every target a plugin contributes).
    */
   async open(spec: string, opts?: TargetOpenOptions): Promise<BackupTarget> {
-    const i = spec.indexOf(':');
-    if (i <= 0 || i === spec.length - 1)
-      throw new TwinError(
-        'ETWIN_TARGET_SPEC',
-        `target "${spec}" is not TYPE:LOCATION (for example dir:/backups)`,
-        {
-          spec,
-        },
-      );
-    const type = spec.slice(0, i);
+    const { type, location } = splitSpec(spec);
     const provider = this.providers.get(type) ?? (await this.resolve?.(type));
     if (!provider)
       throw new TwinError(
@@ -70,6 +52,20 @@ export class TargetRegistry {
         `unknown target type "${type}" in "${spec}" (known: ${[...this.providers.keys()].join(', ') || 'none'})`,
         { spec, type },
       );
-    return provider.open(spec.slice(i + 1), opts);
+    return provider.open(location, opts);
   }
+}
+
+/** `TYPE:LOCATION` split at its first colon; anything else is ETWIN_TARGET_SPEC. */
+function splitSpec(spec: string): { type: string; location: string } {
+  const i = spec.indexOf(':');
+  if (i <= 0 || i === spec.length - 1)
+    throw new TwinError(
+      'ETWIN_TARGET_SPEC',
+      `target "${spec}" is not TYPE:LOCATION (for example dir:/backups)`,
+      {
+        spec,
+      },
+    );
+  return { type: spec.slice(0, i), location: spec.slice(i + 1) };
 }
