@@ -439,6 +439,7 @@ function sharedControl(client: ControlClient) {
     prepare: client.prepare.bind(client),
     renew: client.renew.bind(client),
     release: client.release.bind(client),
+    report: client.report.bind(client),
     onEvent: client.onEvent,
     onClose: client.onClose,
     close: async () => undefined,
