@@ -12,4 +12,8 @@ export * from './spec.js';
  * Every operator command, in the order help lists them. Both front ends serve this list: the
  * command line (src/commands/yargs.ts) and the REPL (src/repl). A new command is one entry here.
  */
-export const operatorCommands: readonly OperatorCommand[] = [...controlCommands, ...peerCommands, ...repositoryCommands];
+export const operatorCommands: readonly OperatorCommand[] = [
+  ...controlCommands,
+  ...peerCommands,
+  ...repositoryCommands,
+];

@@ -31,7 +31,8 @@ export const targetOnly: OptionSpec = {
 };
 export const passwordFile: OptionSpec = {
   type: 'string',
-  describe: 'file holding the passphrase of an encrypted repository (or $TWINFS_PASSWORD, $TWINFS_PASSWORD_FILE)',
+  describe:
+    'file holding the passphrase of an encrypted repository (or $TWINFS_PASSWORD, $TWINFS_PASSWORD_FILE)',
   completes: 'local',
 };
 
@@ -325,7 +326,10 @@ export const peerCommands: OperatorCommand[] = [
         'compare the newest snapshot with the mirror, for every file unchanged since',
       ],
       ['check latest --metadata-only', 'sizes and stamps only: seconds, not hours'],
-      ['check --target dir:/backups --read-data-subset 10%', 'the whole repository, a tenth of its packs read'],
+      [
+        'check --target dir:/backups --read-data-subset 10%',
+        'the whole repository, a tenth of its packs read',
+      ],
     ],
     args: { name: 'snapshot', describe: "snapshot id, unique prefix, or 'latest'", completes: 'snapshots' },
     options: {

@@ -135,7 +135,12 @@ export const repositoryCommands: OperatorCommand[] = [
           ctx.print(
             `created ${repo.config.encryption ? 'an encrypted' : 'an unencrypted'} repository ${repo.config.id} at ${store.spec}`,
           );
-          return { event: 'done', target: store.spec, id: repo.config.id, encrypted: !!repo.config.encryption };
+          return {
+            event: 'done',
+            target: store.spec,
+            id: repo.config.id,
+            encrypted: !!repo.config.encryption,
+          };
         } finally {
           await store.close();
         }
@@ -173,7 +178,8 @@ export const repositoryCommands: OperatorCommand[] = [
   },
   {
     name: 'catalog',
-    summary: 'catalog rebuild --target T: re-create the local catalog (a cache) from the snapshots at a target',
+    summary:
+      'catalog rebuild --target T: re-create the local catalog (a cache) from the snapshots at a target',
     usage: 'catalog rebuild --target TYPE:LOCATION [--catalog DIR]',
     examples: [['catalog rebuild --target dir:/backups', '']],
     args: { name: 'action', describe: 'rebuild' },
