@@ -4,7 +4,7 @@ import { TwinError } from '../common/errors.js';
 import { formatBytes as bytes } from '../common/progress.js';
 import type { ControlClient } from '../control/client.js';
 import type { PluginHost } from '../plugins/index.js';
-import { list, num, type OperatorCommand, type OptionSpec, str } from './spec.js';
+import { list, num, type OperatorCommand, type OptionSpec, type ParsedArgs, str } from './spec.js';
 
 /** How long `backup` waits for its target to close before exiting anyway, ms. */
 const TARGET_CLOSE_MS = 5000;
@@ -16,12 +16,34 @@ const TARGET_CLOSE_MS = 5000;
  * built-in and user folders and of --plugin-dir (ctx.pluginDirs).
  */
 
-const catalog: OptionSpec = {
+export const catalog: OptionSpec = {
   type: 'string',
   describe:
     "catalog directory (default: the config's, else /var/lib/twinfs/catalog as root, else ~/.local/state/twinfs/catalog)",
   completes: 'local',
 };
+/** --target on the commands that read snapshots: the target alone is the source of truth. */
+export const targetOnly: OptionSpec = {
+  type: 'string',
+  describe:
+    'read the snapshots from this target (TYPE:LOCATION) alone, the source of truth; the catalog is brought in line with it',
+  completes: 'targets',
+};
+export const passwordFile: OptionSpec = {
+  type: 'string',
+  describe:
+    'file holding the passphrase of an encrypted repository (or $TWINFS_PASSWORD, $TWINFS_PASSWORD_FILE)',
+  completes: 'local',
+};
+
+/**
+ * The passphrase file of this command (--password-file), else none: set on every command that
+ * opens a repository, so one given to an earlier REPL command does not linger.
+ */
+export async function usePasswordFile(a: ParsedArgs): Promise<void> {
+  (await import('../repository/index.js')).setPasswordFile(str(a.options['password-file']));
+}
+
 const mirrorMap: OptionSpec = {
   type: 'string',
   array: true,
@@ -82,6 +104,12 @@ export const peerCommands: OperatorCommand[] = [
       },
       'mirror-map': mirrorMap,
       full: { type: 'boolean', describe: 'copy every file, share nothing with the previous snapshot' },
+      tag: {
+        type: 'string',
+        array: true,
+        describe: 'a label for the snapshot (repeatable; forget --keep-tag)',
+      },
+      'password-file': passwordFile,
       'check-source': {
         type: 'string',
         choices: ['metadata', 'data'],
@@ -105,6 +133,7 @@ export const peerCommands: OperatorCommand[] = [
     run: (ctx, a) =>
       withTargets(async (targets, plugins) => {
         const { BackupRun, selectorFor } = await import('../backup-peer/index.js');
+        await usePasswordFile(a);
         const spec = str(a.options.target) ?? ctx.defaults.target;
         if (!spec)
           throw new TwinError(
@@ -125,7 +154,7 @@ export const peerCommands: OperatorCommand[] = [
           paths: paths.includes('/') ? [] : paths,
           subtree: str(a.options.subtree),
         });
-        const target = await targets.open(absoluteSpec(spec));
+        const target = await targets.open(spec);
         try {
           const client = await ctx.client();
           const run = new BackupRun({
@@ -138,6 +167,7 @@ export const peerCommands: OperatorCommand[] = [
             targetTimeoutMs: targetSec === undefined ? undefined : Math.round(targetSec * 1000),
             mirrorMap: parseMirrorMap(list(a.options['mirror-map'])),
             full: a.options.full === true,
+            tags: a.options.tag === undefined ? undefined : list(a.options.tag),
             checkSource: str(a.options['check-source']) as 'metadata' | 'data' | undefined,
             signal: ctx.signal,
             connect: async () => sharedControl(client),
@@ -188,18 +218,33 @@ export const peerCommands: OperatorCommand[] = [
   },
   {
     name: 'snapshots',
-    summary: 'list the snapshots in the catalog',
-    usage: 'snapshots [--catalog DIR]',
+    summary: 'list the snapshots in the catalog, or (--target) at a target',
+    usage: 'snapshots [--target TYPE:LOCATION] [--catalog DIR]',
     examples: [
       ['snapshots --catalog /var/lib/twinfs/catalog', ''],
+      ['snapshots --target dir:/backups', 'from the repository itself, no catalog needed'],
       ['snapshots --json', 'one JSON array of snapshot records'],
     ],
-    options: { catalog },
+    options: { target: targetOnly, 'password-file': passwordFile, catalog },
     async run(ctx, a) {
-      const { Catalog } = await import('../backup-peer/index.js');
-      const found = await Catalog.with(str(a.options.catalog) ?? ctx.defaults.catalog, async (c) =>
-        (await c.list()).map((s) => ({ ...s, abandoned: c.isAbandoned(s) })),
-      );
+      const { Catalog, syncCatalog } = await import('../backup-peer/index.js');
+      const catalogDir = str(a.options.catalog) ?? ctx.defaults.catalog;
+      const spec = str(a.options.target);
+      let found: Array<import('../backup-peer/index.js').SnapshotRecord & { abandoned?: boolean }>;
+      if (spec) {
+        await usePasswordFile(a);
+        found = await withTargets(async (targets) => {
+          const t = await targets.open(spec, { create: false });
+          try {
+            return (await syncCatalog(catalogDir, t)).snapshots;
+          } finally {
+            await t.close();
+          }
+        }, ctx.pluginDirs);
+      } else
+        found = await Catalog.with(catalogDir, async (c) =>
+          (await c.list()).map((s) => ({ ...s, abandoned: c.isAbandoned(s) })),
+        );
       for (const s of found) {
         const state = (s.abandoned ? 'abandoned' : s.state).padEnd(9);
         const size = `${String(s.totals.files).padStart(7)} files ${bytes(s.totals.bytes).padStart(10)}`;
@@ -216,7 +261,7 @@ export const peerCommands: OperatorCommand[] = [
   {
     name: 'restore',
     summary: 'restore a snapshot (or volume paths of it) into a directory; nothing is written outside it',
-    usage: 'restore SNAPSHOT [PATH...] --to DIR [--catalog DIR]',
+    usage: 'restore SNAPSHOT [PATH...] --to DIR [--target TYPE:LOCATION] [--catalog DIR]',
     examples: [
       ['restore latest --to /tmp/restored', 'everything of the newest snapshot'],
       ['restore 20240101-0000-ab12 /db /etc/app.conf --to /srv/twinfs', 'two paths, back onto the mount'],
@@ -233,12 +278,15 @@ export const peerCommands: OperatorCommand[] = [
         describe: 'destination directory (a twinfs mount works too)',
         completes: 'local',
       },
+      target: targetOnly,
+      'password-file': passwordFile,
       catalog,
     },
     cancellable: true,
     run: (ctx, a) =>
       withTargets(async (targets) => {
         const { restore } = await import('../backup-peer/index.js');
+        await usePasswordFile(a);
         const [snapshotRef, ...paths] = a.positional;
         const to = str(a.options.to);
         if (!snapshotRef || !to)
@@ -247,6 +295,7 @@ export const peerCommands: OperatorCommand[] = [
           snapshot: snapshotRef,
           paths: paths.length ? paths : undefined,
           to,
+          target: str(a.options.target),
           catalogDir: str(a.options.catalog) ?? ctx.defaults.catalog,
           registry: targets,
           signal: ctx.signal,
@@ -267,8 +316,9 @@ export const peerCommands: OperatorCommand[] = [
   {
     name: 'check',
     summary:
-      're-read a snapshot at its target and compare it with the catalog (or the mirror); exit 1 on any difference',
-    usage: 'check SNAPSHOT [--metadata-only] [--source] [--catalog DIR]',
+      're-read a snapshot at its target and compare it with the catalog (or the mirror), or (--target without a snapshot) check a whole repository; exit 1 on any difference',
+    usage:
+      'check [SNAPSHOT] [--metadata-only] [--source] [--target TYPE:LOCATION [--read-data | --read-data-subset N%]] [--catalog DIR]',
     examples: [
       ['check latest', 're-read the newest snapshot at its target'],
       [
@@ -276,9 +326,24 @@ export const peerCommands: OperatorCommand[] = [
         'compare the newest snapshot with the mirror, for every file unchanged since',
       ],
       ['check latest --metadata-only', 'sizes and stamps only: seconds, not hours'],
+      [
+        'check --target dir:/backups --read-data-subset 10%',
+        'the whole repository, a tenth of its packs read',
+      ],
     ],
     args: { name: 'snapshot', describe: "snapshot id, unique prefix, or 'latest'", completes: 'snapshots' },
     options: {
+      target: targetOnly,
+      'password-file': passwordFile,
+      'read-data': {
+        type: 'boolean',
+        describe:
+          'read every file back and compare its sha256 (the default); for a whole repository (--target, no snapshot): read and verify every pack',
+      },
+      'read-data-subset': {
+        type: 'string',
+        describe: 'repository check: read and verify this share of the packs, chosen at random (N%)',
+      },
       catalog,
       'metadata-only': {
         type: 'boolean',
@@ -295,14 +360,26 @@ export const peerCommands: OperatorCommand[] = [
     cancellable: true,
     run: (ctx, a) =>
       withTargets(async (targets) => {
+        await usePasswordFile(a);
+        if (a.options['metadata-only'] === true && a.options['read-data'] === true)
+          throw new TwinError('ETWIN_USAGE', '--metadata-only and --read-data exclude each other');
         const snapshotRef = a.positional[0];
-        if (!snapshotRef) throw new TwinError('ETWIN_USAGE', 'usage: check SNAPSHOT');
+        const spec = str(a.options.target);
+        if (!snapshotRef) {
+          if (!spec)
+            throw new TwinError(
+              'ETWIN_USAGE',
+              'check needs a snapshot, or --target TYPE:LOCATION for the whole repository',
+            );
+          return (await import('./repository.js')).checkRepositoryCommand(ctx, targets, spec, a);
+        }
         const catalogDir = str(a.options.catalog) ?? ctx.defaults.catalog;
         if (a.options.source === true) {
           const { checkSnapshotAgainstSource } = await import('../backup-peer/index.js');
           const client = await ctx.client();
           const s = await checkSnapshotAgainstSource({
             snapshot: snapshotRef,
+            target: spec,
             catalogDir,
             registry: targets,
             server: ctx.serverUrl ?? client.hello.server,
@@ -330,6 +407,7 @@ export const peerCommands: OperatorCommand[] = [
         const { checkSnapshot } = await import('../backup-peer/index.js');
         const r = await checkSnapshot({
           snapshot: snapshotRef,
+          target: spec,
           catalogDir,
           registry: targets,
           metadataOnly: a.options['metadata-only'] === true,
@@ -354,34 +432,68 @@ export const peerCommands: OperatorCommand[] = [
   },
   {
     name: 'forget',
-    summary: 'remove the snapshots a keep policy does not keep: catalog entries and target data',
-    usage: 'forget [--keep-last N] [--keep-daily N] [--dry-run] [--catalog DIR]',
-    examples: [['forget --keep-last 7 --keep-daily 30 --dry-run', 'what would go']],
+    summary: 'remove the snapshots a keep policy does not keep (at the target; prune frees their data)',
+    usage:
+      'forget [--keep-last N] [--keep-hourly|daily|weekly|monthly|yearly N] [--keep-within DURATION] [--keep-tag TAG] [--dry-run] [--target TYPE:LOCATION] [--catalog DIR]',
+    examples: [
+      ['forget --keep-last 7 --keep-daily 30 --dry-run', 'what would go'],
+      ['forget --target dir:/backups --keep-within 30d --keep-monthly 12', ''],
+    ],
     options: {
       'keep-last': {
         type: 'number',
         describe: 'keep the newest N snapshots (per device, target and selection)',
       },
+      'keep-hourly': { type: 'number', describe: 'keep the newest snapshot of each of the last N hours' },
       'keep-daily': { type: 'number', describe: 'keep the newest snapshot of each of the last N days' },
+      'keep-weekly': { type: 'number', describe: 'keep the newest snapshot of each of the last N weeks' },
+      'keep-monthly': { type: 'number', describe: 'keep the newest snapshot of each of the last N months' },
+      'keep-yearly': { type: 'number', describe: 'keep the newest snapshot of each of the last N years' },
+      'keep-within': {
+        type: 'string',
+        describe: 'keep every snapshot within this duration of the newest (7d, 2w, 1m, 1y2m, 12h)',
+      },
+      'keep-tag': { type: 'string', array: true, describe: 'keep every snapshot with this tag (repeatable)' },
       'dry-run': { type: 'boolean', describe: 'show what would be removed' },
+      target: targetOnly,
+      'password-file': passwordFile,
       catalog,
     },
     // Removed from the catalog but data left at the target: printed, and not a clean success.
     exitCode: (r) => ((r as { orphaned?: unknown[] }).orphaned?.length ? 1 : 0),
     run: (ctx, a) =>
       withTargets(async (targets) => {
-        const { forget } = await import('../backup-peer/index.js');
-        for (const k of ['keep-last', 'keep-daily'] as const) {
+        const { forget, parseDuration } = await import('../backup-peer/index.js');
+        await usePasswordFile(a);
+        for (const k of [
+          'keep-last',
+          'keep-hourly',
+          'keep-daily',
+          'keep-weekly',
+          'keep-monthly',
+          'keep-yearly',
+        ] as const) {
           const v = num(a.options[k]);
           if (v !== undefined && !(Number.isInteger(v) && v >= 1))
             throw new TwinError('ETWIN_USAGE', `--${k} must be a whole number ≥ 1`);
         }
         const dry = a.options['dry-run'] === true;
+        const within = str(a.options['keep-within']);
         const r = await forget({
           catalogDir: str(a.options.catalog) ?? ctx.defaults.catalog,
-          policy: { keepLast: num(a.options['keep-last']), keepDaily: num(a.options['keep-daily']) },
+          policy: {
+            keepLast: num(a.options['keep-last']),
+            keepHourly: num(a.options['keep-hourly']),
+            keepDaily: num(a.options['keep-daily']),
+            keepWeekly: num(a.options['keep-weekly']),
+            keepMonthly: num(a.options['keep-monthly']),
+            keepYearly: num(a.options['keep-yearly']),
+            keepWithinMs: within === undefined ? undefined : parseDuration(within),
+            keepTags: a.options['keep-tag'] === undefined ? undefined : list(a.options['keep-tag']),
+          },
           registry: targets,
           dryRun: dry,
+          target: str(a.options.target),
         });
         for (const s of r.remove) ctx.print(`${dry ? 'would remove' : 'removed'} ${s.id} (${s.reason})`);
         for (const o of r.orphaned)
@@ -461,11 +573,6 @@ export function describeTotals(t: {
   const nodes = t.nodes ? `, ${t.nodes} fifos/devices/sockets` : '';
   const links = t.hardLinks ? ` (${t.hardLinks} of them hard links)` : '';
   return `${t.files} files${links}, ${t.dirs} dirs, ${t.symlinks} symlinks${nodes}, ${bytes(t.bytes)} (${bytes(t.copiedBytes)} copied, ${t.reusedFiles} files unchanged)${skipped}`;
-}
-
-/** `dir:./b` → `dir:/abs/b`: the catalog must be able to reopen the target from anywhere. */
-export function absoluteSpec(spec: string): string {
-  return spec.startsWith('dir:') && spec.length > 4 ? `dir:${path.resolve(spec.slice(4))}` : spec;
 }
 
 export function parseMirrorMap(entries: string[]): Record<string, string> | undefined {

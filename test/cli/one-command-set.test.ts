@@ -93,6 +93,51 @@ describe('one command set for the command line and the REPL', () => {
     expect(strip(jsonLines(repl.stdout))).toEqual(strip(cli.flatMap((r) => jsonLines(r.stdout))));
   }, 240_000);
 
+  it('the repository commands: the same lines, results and exit statuses through both', async () => {
+    const target = `dir:${path.join(fx.base, 'backups')}`;
+    const lines = [
+      `ls latest docs --catalog ${catalog}`,
+      `diff latest latest --catalog ${catalog}`,
+      `snapshots --target ${target} --catalog ${catalog}`,
+      `catalog rebuild --target ${target} --catalog ${catalog}`,
+      `check --target ${target} --read-data`,
+      `prune --target ${target} --dry-run`,
+      `catalog fix --target ${target}`,
+      'check --read-data',
+    ];
+    const text = (s: string) => s.split('\n').filter(Boolean);
+    const timing = new Set(['ms', 'rate', 'etaSec', 'percent', 'time']);
+    const results = (s: string) =>
+      JSON.parse(
+        JSON.stringify(
+          jsonLines(s).filter((l) => (l as { event?: string }).event !== 'progress'),
+          (k, x) => (timing.has(k) ? undefined : x),
+        ),
+      );
+    const cli = [];
+    const cliJson = [];
+    for (const line of lines) {
+      cli.push(await twinfs([...line.split(' '), ...conn]));
+      cliJson.push(await twinfs([...line.split(' '), ...conn, '--json']));
+    }
+    const repl = await twinfs(['repl', ...conn], { input: lines.join('\n') + '\n' });
+    const replJson = await twinfs(['repl', ...conn, '--json'], { input: lines.join('\n') + '\n' });
+    expect(cli.map((r) => r.code)).toEqual([0, 0, 0, 0, 0, 0, 2, 2]);
+    expect(text(repl.stdout)).toEqual(cli.flatMap((r) => text(r.stdout)));
+    expect(text(repl.stderr)).toEqual(cli.flatMap((r) => text(r.stderr)));
+    expect(results(replJson.stdout)).toEqual(results(cliJson.map((r) => r.stdout).join('')));
+    // What they say.
+    // (`backup docs` stored the directory itself, not what is below it.)
+    expect(cli[0]!.stdout).toMatch(/^dir +0\d{3} .* \/docs\ntwinfs: 1 entries of \d{8}T\S+\n$/);
+    expect(jsonLines(cliJson[1]!.stdout).at(-1)).toMatchObject({ changes: [] });
+    expect(jsonLines(cliJson[3]!.stdout).at(-1)).toMatchObject({ snapshots: 1, added: 0, removed: 0 });
+    const check = jsonLines(cliJson[4]!.stdout).at(-1) as { ok: boolean; packs: number; packsRead: number };
+    expect(check).toMatchObject({ ok: true, snapshots: 1 });
+    expect(check.packsRead).toBe(check.packs);
+    expect(cli[6]!.stderr).toMatch(/^twinfs: error ETWIN_USAGE: catalog takes one action: rebuild/);
+    expect(cli[7]!.stderr).toMatch(/^twinfs: error ETWIN_USAGE: check needs a snapshot, or --target/);
+  }, 240_000);
+
   it('freeze data/a then thaw data/a: one form of a volume path (REPL and command line)', async () => {
     const r = await twinfs(['repl', ...conn], { input: 'freeze docs/a.txt\nthaw docs/a.txt\n' });
     expect(r.code, r.stderr).toBe(0);

@@ -21,6 +21,8 @@ describe('twinfs repl in a terminal', () => {
   let tokenFile: string;
   let client: ControlClient;
   let env: Record<string, string>;
+  /** The snapshot made in beforeAll, as the backup reported it. */
+  let snapshotId: string;
   const terms: TmuxTerminal[] = [];
 
   const repl = async (extra = ''): Promise<TmuxTerminal> => {
@@ -70,8 +72,10 @@ describe('twinfs repl in a terminal', () => {
       `dir:${d.backups}`,
       '--catalog',
       d.cat!,
+      '--json',
     ]);
     expect(b.code, b.stderr).toBe(0);
+    snapshotId = (jsonLines(b.stdout).at(-1) as { snapshotId: string }).snapshotId;
   }, 60_000);
 
   afterEach(async () => {
@@ -117,8 +121,9 @@ describe('twinfs repl in a terminal', () => {
     await term.waitFor((s) => s.endsWith('twinfs> thaw docs/alpha.txt'));
     await term.press('C-u');
     // Snapshot ids from the catalog (and 'latest').
-    const snap = (await fsp.readdir(d.backups!)).find((n) => /^\d{8}T/.test(n));
-    expect(snap).toBeDefined();
+    // (The dir: target is a repository: its ids are not folder names, the backup's result has it.)
+    const snap = snapshotId;
+    expect(snap).toMatch(/^\d{8}T/);
     await term.type('check ');
     await term.press('Tab', 'Tab');
     await term.waitFor(new RegExp(`latest\\s+${snap}`));
