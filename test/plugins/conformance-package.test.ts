@@ -47,8 +47,10 @@ describe('the conformance package', () => {
     const manifest = JSON.parse(
       await fsp.readFile(path.join(nm, '@twinfs/conformance/package.json'), 'utf8'),
     );
-    for (const dep of [...Object.keys(manifest.dependencies), 'vitest'])
+    for (const dep of [...Object.keys(manifest.dependencies), 'vitest']) {
+      await fsp.mkdir(path.dirname(path.join(nm, dep)), { recursive: true }); // @scope/
       await fsp.symlink(path.join(ROOT, 'node_modules', dep), path.join(nm, dep));
+    }
     await fsp.writeFile(
       path.join(project, 'package.json'),
       JSON.stringify({ name: 'a-third-party-target', type: 'module', private: true }),
