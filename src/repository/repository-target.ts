@@ -96,8 +96,11 @@ export class RepositoryTarget implements BackupTarget {
       throw failed(`snapshot ${meta.snapshotId} already exists at ${this.spec}`);
     const lock = await this.repo.lock(false, `backup ${meta.snapshotId}`);
     try {
-      // Packs other processes indexed since the open are deduplicated against too.
+      // Packs other processes indexed since the open are deduplicated against too, and every
+      // pack is checked afresh: one damaged since the last snapshot of a long-lived peer must
+      // not be named again.
       await this.repo.refreshIndex();
+      this.repo.forgetPackChecks();
     } catch (err) {
       await lock.release();
       throw err;

@@ -212,6 +212,10 @@ export class Repository {
   private mergeIndex(obj: IndexObject): void {
     for (const p of obj.packs ?? []) {
       this.packs.set(p.name, p.size);
+      // Written again (a pack's name comes from its content: the same chunks stored again
+      // after the old copy was found damaged): checked afresh.
+      this.badPacks.delete(p.name);
+      this.packChecks.delete(p.name);
       for (const [id, type, offset, length, rawLength, z] of p.blobs) {
         const loc: BlobLocation = { pack: p.name, type, offset, length, rawLength, compressed: z === 1 };
         const locs = this.index.get(id);
@@ -259,9 +263,14 @@ export class Repository {
     return this.copies(id)[0];
   }
 
+  /** Forgets the packs' metadata checks that passed (each snapshot checks them afresh). */
+  forgetPackChecks(): void {
+    this.packChecks.clear();
+  }
+
   /**
    * Whether a pack is at the store with the size the index records (a metadata check, once
-   * per pack and process): what reuse and deduplication check before they name a stored copy.
+   * per pack and snapshot): what reuse and deduplication check before they name a stored copy.
    */
   packIntact(pack: string): Promise<boolean> {
     let c = this.packChecks.get(pack);
