@@ -362,11 +362,21 @@ export async function runStress(o: StressOptions): Promise<StressReport> {
     }
 
     phase('verified');
-    // Backups: what each snapshot holds under the writers' roots, read from the dir target.
+    // Backups: what each snapshot holds under the writers' roots, restored from the dir:
+    // repository (which keeps chunks, not trees) into a directory of its own.
     for (const b of backupsTaken) {
       const entries = new Map<string, EntryState>();
-      for (const root of roots)
-        for (const [p, s] of await readTree(path.join(d('target'), b.id), root)) entries.set(p, s);
+      const into = d(`snapshots/${b.id}`);
+      const r = await sh(
+        `'${process.execPath}' '${CLI}' restore '${b.id}' --to '${into}' --catalog '${d('catalog')}'`,
+        { timeoutMs: 300_000 },
+      );
+      if (r.code !== 0)
+        report.restore.differences.push(
+          `restore of backup ${b.id} exited ${r.code}: ${(r.stderr + r.stdout).slice(-300)}`,
+        );
+      for (const root of roots) for (const [p, s] of await readTree(into, root)) entries.set(p, s);
+      await fsp.rm(into, { recursive: true, force: true });
       snapshots.push({
         label: `backup ${b.id}`,
         sent: b.sent,
