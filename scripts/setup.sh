@@ -19,26 +19,18 @@ if [ "${#need[@]}" -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-# Ceph (Debian 12 ships 16.2): nothing starts on install; without recommends it is ~250 MB.
-ceph=()
-for pkg in ceph-mon ceph-osd radosgw ceph-common uuid-runtime curl; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || ceph+=("$pkg")
+# Without recommends: Ceph (Debian 12 ships 16.2; nothing starts on install; ~250 MB this way)
+# for scripts/ceph-rgw.sh, and libfuse3-dev (with pkg-config) for the second fuse-native build
+# (TWINFS_FUSE=3), whose recommends pull in Debian's `fuse3`, which removes `fuse` and its
+# fusermount.
+lean=()
+for pkg in ceph-mon ceph-osd radosgw ceph-common uuid-runtime curl libfuse3-dev pkg-config; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || lean+=("$pkg")
 done
-if [ "${#ceph[@]}" -gt 0 ]; then
-  echo "setup: installing Debian packages: ${ceph[*]}"
+if [ "${#lean[@]}" -gt 0 ]; then
+  echo "setup: installing Debian packages (no recommends): ${lean[*]}"
   [ "${#need[@]}" -gt 0 ] || apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${ceph[@]}" >/dev/null
-fi
-# libfuse3-dev (and pkg-config) for the second fuse-native build (TWINFS_FUSE=3). Without
-# recommends: those pull in Debian's `fuse3`, which removes `fuse` and its fusermount.
-need3=()
-for pkg in libfuse3-dev pkg-config; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need3+=("$pkg")
-done
-if [ "${#need3[@]}" -gt 0 ]; then
-  echo "setup: installing Debian packages (no recommends): ${need3[*]}"
-  [ "${#need[@]}" -gt 0 ] || apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need3[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${lean[@]}" >/dev/null
 fi
 [ -e /dev/fuse ] || { echo "setup: /dev/fuse is missing: this machine cannot mount FUSE filesystems" >&2; exit 1; }
 

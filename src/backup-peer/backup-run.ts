@@ -524,6 +524,18 @@ export class BackupRun {
     this.progress.bytesTotal = bytes;
   }
 
+  /** How many entries are copied at once: the option, else at most 4 and what the target takes. */
+  private copyConcurrency(): number {
+    return this.opts.concurrency ?? Math.min(4, this.opts.target.capabilities.maxConcurrency);
+  }
+
+  /** One entry done: counted, and the progress told. */
+  private entryDone(copier: EntryCopier, p: string): void {
+    this.progress.files++;
+    this.progress.reusedFiles = copier.totals.reusedFiles;
+    this.emit({ path: p });
+  }
+
   /** Copies the items of the reply, or (cut short) what a walk of the selection finds. */
   private async copyAll(
     sources: SourceEntry[] | undefined,
@@ -532,13 +544,11 @@ export class BackupRun {
     signal: AbortSignal,
   ): Promise<ManifestEntry[]> {
     const entries: ManifestEntry[] = [];
-    const concurrency = this.opts.concurrency ?? Math.min(4, this.opts.target.capabilities.maxConcurrency);
+    const concurrency = this.copyConcurrency();
     const copyOne = async (src: SourceEntry) => {
       const e = await copier.copy(src);
       if (e) entries.push(e);
-      this.progress.files++;
-      this.progress.reusedFiles = copier.totals.reusedFiles;
-      this.emit({ path: src.path });
+      this.entryDone(copier, src.path);
     };
     if (sources) {
       this.progress.filesTotal = sources.length;
@@ -572,12 +582,8 @@ export class BackupRun {
     signal: AbortSignal,
   ): Promise<ManifestEntry[]> {
     const entries: ManifestEntry[] = [];
-    const concurrency = this.opts.concurrency ?? Math.min(4, this.opts.target.capabilities.maxConcurrency);
-    const done = (p: string) => {
-      this.progress.files++;
-      this.progress.reusedFiles = copier.totals.reusedFiles;
-      this.emit({ path: p });
-    };
+    const concurrency = this.copyConcurrency();
+    const done = (p: string) => this.entryDone(copier, p);
     const look = async (p: string) => {
       const stat = await reader.lstatNs(p).catch((err) => {
         if ((err as NodeJS.ErrnoException)?.code === 'ENOENT') return undefined;
