@@ -367,10 +367,7 @@ export async function runStress(o: StressOptions): Promise<StressReport> {
     for (const b of backupsTaken) {
       const entries = new Map<string, EntryState>();
       const into = d(`snapshots/${b.id}`);
-      const r = await sh(
-        `'${process.execPath}' '${CLI}' restore '${b.id}' --to '${into}' --catalog '${d('catalog')}'`,
-        { timeoutMs: 300_000 },
-      );
+      const r = await restoreSnapshot(b.id, d('catalog'), into);
       if (r.code !== 0)
         report.restore.differences.push(
           `restore of backup ${b.id} exited ${r.code}: ${(r.stderr + r.stdout).slice(-300)}`,
@@ -572,19 +569,7 @@ async function backupLoop(
     child.stderr!.on('data', (b) => (err += b));
     const code = await new Promise<number | null>((r) => child.on('exit', (c) => r(c)));
     children.delete(child);
-    const last = out
-      .trim()
-      .split('\n')
-      .filter((l) => l.startsWith('{'))
-      .map((l) => {
-        try {
-          return JSON.parse(l);
-        } catch {
-          return {};
-        }
-      })
-      .at(-1);
-    const id: string | undefined = last?.snapshot?.id ?? last?.snapshotId ?? last?.result?.snapshot?.id;
+    const { last, id } = backupResult(out);
     turn.backupFirst = false;
     lastFailed = !(code === 0 && id && replied);
     if (code === 0 && id && replied) {
@@ -612,19 +597,7 @@ async function runBackup(
     `'${process.execPath}' '${CLI}' backup --server '${url}' --token-file '${tokenFile}' --target 'dir:${target}' --catalog '${catalog}' --full --json`,
     { timeoutMs: 300_000 },
   );
-  const last = r.stdout
-    .trim()
-    .split('\n')
-    .filter((l) => l.startsWith('{'))
-    .map((l) => {
-      try {
-        return JSON.parse(l);
-      } catch {
-        return {};
-      }
-    })
-    .at(-1);
-  const id: string | undefined = last?.snapshot?.id ?? last?.snapshotId ?? last?.result?.snapshot?.id;
+  const { id } = backupResult(r.stdout);
   return r.code === 0 && id ? { id } : { error: `exit ${r.code}: ${(r.stderr + r.stdout).slice(-300)}` };
 }
 
@@ -637,9 +610,7 @@ async function restoreAndCompare(
   roots: string[],
   report: StressReport,
 ): Promise<void> {
-  const r = await sh(`'${process.execPath}' '${CLI}' restore '${id}' --to '${dir}' --catalog '${catalog}'`, {
-    timeoutMs: 300_000,
-  });
+  const r = await restoreSnapshot(id, catalog, dir);
   if (r.code !== 0) {
     report.restore.differences.push(`restore exited ${r.code}: ${(r.stderr + r.stdout).slice(-300)}`);
     return;
@@ -675,4 +646,28 @@ async function restoreAndCompare(
 
 function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
+}
+
+/** The last JSON line of a `twinfs backup --json` run and the snapshot id it names, if any. */
+function backupResult(stdout: string): { last: any; id: string | undefined } {
+  const last = stdout
+    .trim()
+    .split('\n')
+    .filter((l) => l.startsWith('{'))
+    .map((l) => {
+      try {
+        return JSON.parse(l);
+      } catch {
+        return {};
+      }
+    })
+    .at(-1);
+  return { last, id: last?.snapshot?.id ?? last?.snapshotId ?? last?.result?.snapshot?.id };
+}
+
+/** `twinfs restore ID --to DIR` from the run's catalog. */
+function restoreSnapshot(id: string, catalog: string, dir: string) {
+  return sh(`'${process.execPath}' '${CLI}' restore '${id}' --to '${dir}' --catalog '${catalog}'`, {
+    timeoutMs: 300_000,
+  });
 }
