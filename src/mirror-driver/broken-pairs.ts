@@ -66,14 +66,15 @@ export class BrokenPairs {
   /**
    * The other names of a broken file are the same file: a change through any of them reaches
    * the mirror copy that failed, and the primary's content behind each of them moves on with
-   * the broken one's. They break too (found by a walk of the primary: only a file's link count
-   * is known, not its names).
+   * the broken one's. They break too (named by the link index, or found by a walk of the
+   * primary where it cannot vouch for having them all).
    */
   private async breakOtherNames(p: string): Promise<void> {
     if (p === '/' || this.c.disposed) return;
     const st = await lstatOrUndefined(this.c.primary + p);
     if (!st?.isFile() || st.nlink < 2) return;
     const err = Object.assign(new Error(`another name of the broken file ${p}`), { code: 'EIO' });
-    for (const q of await namesOf(this.c.primary, st)) if (q !== p) this.markBroken(q, err);
+    const names = (await this.c.links.namesOf(this.c.primary, st)) ?? (await namesOf(this.c.primary, st));
+    for (const q of names) if (q !== p) this.markBroken(q, err);
   }
 }

@@ -27,6 +27,7 @@ export class ChangeRouter {
 
   /** One change, in its turn in the queue: tracked by the splits that hold it, or applied. */
   private async route(c: Change): Promise<void> {
+    await this.c.links.note(c, this.c.primary);
     if (await this.c.splitter.track(c)) return;
     if ((c.op === 'rename' || c.op === 'link') && this.c.broken.paths.size > 0)
       this.c.broken.followBroken(c.from, c.path, c.op === 'rename');

@@ -7,6 +7,7 @@ import type { MirrorLayout } from './device.js';
 import type { PairState, ProgressEvent, ResyncResult, SplitInfo } from './driver-types.js';
 import { type SyncOptions, type SyncResult, syncEntry } from './entry-sync.js';
 import { Journal } from './journal.js';
+import { LinkIndex } from './link-index.js';
 import { MirrorWriter } from './mirror-writer.js';
 import type { Reconciler } from './reconcile.js';
 import type { Repairer } from './repair.js';
@@ -46,8 +47,13 @@ export class MirrorCore {
   /** The next reconciliation must compare contents (machine crash, lost journal). */
   deep = false;
   copying = true;
-  /** A copy separated a name from the other names of its file (see copyEntry). */
-  relinkWanted = false;
+  /**
+   * Names whose file's other names must be linked to them again before the queue task ends: a
+   * copy separated them from those names (see copyEntry), or a heal copied them alone.
+   */
+  readonly relinkNames = new Set<string>();
+  /** The names of the primary's files with several names (relinking without a volume walk). */
+  readonly links = new LinkIndex();
   disposed = false;
   readonly abort = new AbortController();
   readonly trace = new MirrorTrace();
@@ -128,8 +134,12 @@ export class MirrorCore {
    */
   async copyEntry(primary: string, mirror: string, opts?: SyncOptions): Promise<SyncResult> {
     const r = await syncEntry(primary, mirror, opts);
-    if (r.separated) this.relinkWanted = true;
+    if (r.separated) this.relinkNames.add(mirror.slice(this.layout.data.length));
     return r;
+  }
+
+  get relinkWanted(): boolean {
+    return this.relinkNames.size > 0;
   }
 
   /** Copies one entry whole from the primary (parents first), as a fresh copy of it. */

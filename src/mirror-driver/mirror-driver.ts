@@ -198,6 +198,7 @@ export class MirrorDriver implements ChangeSink {
         else {
           // Every entry of the primary seen: changes made while no server ran are stamped.
           this.c.changes.startWalkDone();
+          this.c.links.walkDone();
           if (this.c.deep) {
             this.c.deep = false;
             this.queueCheckpoint();

@@ -61,24 +61,61 @@ export class Reconciler {
 
   /**
    * Links the names of files with several names again after one was copied alone: the other
-   * names can be anywhere, so the volume is compared. Now, inside the task that healed it: until
+   * names can be anywhere; the link index (link-index.ts) names them, or, where it cannot vouch
+   * for having them all, the volume is compared. Now, inside the task that healed it: until
    * then the copies are separate files, and a change applied to one of them in between (an
    * xattr through the healed name, a write through another) would be on one copy only, and the
    * comparison, which keeps the first name it finds equal by size, mtime and ctime, could keep
    * the other.
    */
   async relinkVolume(cause: string): Promise<void> {
+    const names = [...this.c.relinkNames].sort();
+    this.c.relinkNames.clear();
+    if (names.length > 0 && (await this.relinkIndexed(names).catch(() => false))) {
+      this.c.trace.event('relink-indexed', { cause, names });
+      return;
+    }
     this.c.log(
       `${cause}: a file with several names was copied alone; comparing the volume to link its names`,
     );
     this.c.trace.event('relink', { cause });
-    this.c.relinkWanted = false;
     try {
       const r = await this.reconcileTree('/', 'repair', { locked: true });
       this.c.stats.bytesMirrored += r.bytes;
     } catch (err) {
       this.c.broken.markBroken('/', err as NodeJS.ErrnoException);
     }
+  }
+
+  /**
+   * Links the other names of each named file to its mirror copy (just made from the primary),
+   * as a comparison of the volume would (names a split holds are left alone). False, having
+   * done nothing or part of it, when the index cannot name them all or a name cannot be
+   * linked: the caller then compares the volume.
+   */
+  private async relinkIndexed(names: string[]): Promise<boolean> {
+    const done = new Set<string>();
+    for (const p of names) {
+      const pst = await lstatOrUndefined(this.c.primary + p);
+      if (!pst) return false; // moved on the primary: its name there is not known
+      if (!pst.isFile() || pst.nlink < 2 || this.c.heldUnder(p)) continue;
+      const key = `${pst.dev}:${pst.ino}`;
+      if (done.has(key)) continue;
+      const all = await this.c.links.namesOf(this.c.primary, pst);
+      const first = await lstatOrUndefined(this.c.layout.data + p);
+      if (!all?.includes(p) || !first?.isFile()) return false;
+      done.add(key);
+      for (const q of all) {
+        if (q === p || this.c.heldUnder(q)) continue;
+        const mst = await lstatOrUndefined(this.c.layout.data + q);
+        if (mst?.ino === first.ino) continue;
+        this.c.writer.forget(q, false);
+        await fsp.rm(this.c.layout.data + q, { recursive: true, force: true });
+        await this.c.ensureParents(q);
+        await fsp.link(this.c.layout.data + p, this.c.layout.data + q);
+      }
+    }
+    return true;
   }
 
   /**
@@ -157,7 +194,11 @@ export class Reconciler {
       const extras = have.filter((n) => !wanted.has(n));
       const stats = await mapLimit(names, PARALLEL, (n) => lstatOrUndefined(`${this.c.primary}${dir}/${n}`));
       const items = names.map((name, i) => ({ path: `${dir}/${name}`, st: stats[i] }));
-      for (const it of items) if (it.st) this.c.changes.notePrimary(it.path, it.st);
+      for (const it of items) {
+        if (!it.st) continue;
+        this.c.changes.notePrimary(it.path, it.st);
+        this.c.links.notePrimary(it.path, it.st);
+      }
       // Small tasks: a live change waits for at most one of them.
       const large = items.filter((it) => it.st?.isFile() && it.st.nlink === 1 && it.st.size > LARGE_FILE);
       const small = items.filter((it) => !large.includes(it));
@@ -189,7 +230,7 @@ export class Reconciler {
     // Inside one task (locked): a walk of the volume has linked the names it separated; a walk of
     // a subtree cannot see names outside it.
     if (o.locked) {
-      if (p === '/') this.c.relinkWanted = false;
+      if (p === '/') this.c.relinkNames.clear();
       else await this.relinkIfWanted(p);
     }
     return { bytes, entries };

@@ -3,7 +3,7 @@ import type { DeviceWatch } from './device-watch.js';
 import type { MirrorCore } from './driver-core.js';
 import type { RepairResult } from './driver-types.js';
 import { syncMeta } from './entry-sync.js';
-import { hasMultiLink, lstatOrUndefined, outermost } from './tree-helpers.js';
+import { lstatOrUndefined, multiLinkFiles, outermost } from './tree-helpers.js';
 import { compareOne, type Difference, verifyTrees } from './verify.js';
 
 /**
@@ -81,12 +81,10 @@ export class Repairer {
     }
     // A file with other names came as a copy of its own: the mirror would keep two files where
     // the primary has one, and the next write through one name would leave the other behind.
-    if (
-      this.c.relinkWanted ||
-      (st?.isFile() && st.nlink > 1) ||
-      (st?.isDirectory() && (await hasMultiLink(this.c.primary + p)))
-    )
-      await this.c.reconciler.relinkVolume(p);
+    if (st?.isFile() && st.nlink > 1) this.c.relinkNames.add(p);
+    else if (st?.isDirectory())
+      for (const q of await multiLinkFiles(this.c.primary, p)) this.c.relinkNames.add(q);
+    await this.c.reconciler.relinkIfWanted(p);
   }
 
   /** Full resync of broken pairs (or of everything with all=true). Concurrent calls share one run. */

@@ -118,9 +118,9 @@ export class Resyncer {
         else this.c.broken.markBroken(p, err as NodeJS.ErrnoException);
       }
     }
-    // A changed file lost a name while it had others: they are found by comparing everything;
-    // so are the other names of a name that got a file of its own (copyEntry).
-    if (s.lostLinks || this.c.relinkWanted) trees.add('/');
+    // A changed file lost a name while it had others: they are found by comparing everything.
+    // (The other names of a name that got a file of its own are linked after the trees.)
+    if (s.lostLinks) trees.add('/');
     // The other names of an inode that lost a changed name are not known here, and what changed
     // may not show in size, mtime or ctime (the replayed unlink just moved the mirror's ctime past
     // the primary's): primary files of such inodes that changed since the split are compared in
@@ -139,6 +139,7 @@ export class Resyncer {
         this.c.broken.markBroken(t, err as NodeJS.ErrnoException);
       }
     }
+    await this.c.reconciler.relinkIfWanted(`resync of ${s.id}`);
     this.c.stats.resyncBytes += bytes;
     this.c.trace.event('resynced', { id: s.id.slice(-8), gone, trees: outermost(trees) });
     if (gone.length > 0)

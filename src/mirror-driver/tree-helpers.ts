@@ -60,13 +60,14 @@ export async function namesOf(root: string, file: Stats): Promise<string[]> {
   return out;
 }
 
-/** Is there a regular file with several names at or below dir (no symlinks followed)? */
-export async function hasMultiLink(dir: string): Promise<boolean> {
-  const names = await fsp.readdir(dir).catch(() => [] as string[]);
+/** The volume paths of regular files with several names below dir (no symlinks followed). */
+export async function multiLinkFiles(root: string, dir: string): Promise<string[]> {
+  const out: string[] = [];
+  const names = await fsp.readdir(root + dir).catch(() => [] as string[]);
   for (const n of names) {
-    const st = await lstatOrUndefined(`${dir}/${n}`);
-    if (st?.isFile() && st.nlink > 1) return true;
-    if (st?.isDirectory() && (await hasMultiLink(`${dir}/${n}`))) return true;
+    const st = await lstatOrUndefined(`${root}${dir}/${n}`);
+    if (st?.isFile() && st.nlink > 1) out.push(`${dir}/${n}`);
+    if (st?.isDirectory()) out.push(...(await multiLinkFiles(root, `${dir}/${n}`)));
   }
-  return false;
+  return out;
 }
