@@ -27,15 +27,7 @@ import type { Selector } from './split-tracker.js';
 import { MirrorTimes } from './times.js';
 import { type VerifyReport, verifyTrees } from './verify.js';
 
-export type {
-  MirrorDriverOptions,
-  MirrorStatus,
-  PairState,
-  ProgressEvent,
-  RepairResult,
-  ResyncResult,
-  SplitInfo,
-} from './driver-types.js';
+export type * from './driver-types.js';
 
 /**
  * The mirror driver: a ChangeSink that keeps the mirror's data directory identical to the
