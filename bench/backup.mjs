@@ -185,14 +185,11 @@ let profN = 0;
 async function twinfsBackup({ subtree, target, catalog }) {
   const nodeArgs = [];
   if (opts['cpu-prof']) {
-    fs.mkdirSync(opts['cpu-prof'], { recursive: true });
-    nodeArgs.push(
-      '--cpu-prof',
-      '--cpu-prof-dir',
-      opts['cpu-prof'],
-      '--cpu-prof-name',
-      `backup-${++profN}.cpuprofile`,
-    );
+    // A directory per run: the peer's worker threads write profiles of their own beside the
+    // main thread's (CPU.<date>.<time>.<pid>.<thread>.<seq>.cpuprofile, thread 0 the main one).
+    const dir = path.join(opts['cpu-prof'], `backup-${++profN}`);
+    fs.mkdirSync(dir, { recursive: true });
+    nodeArgs.push('--cpu-prof', '--cpu-prof-dir', dir);
   }
   const args = [
     ...nodeArgs,
