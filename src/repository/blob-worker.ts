@@ -24,7 +24,7 @@ export interface CutRequest {
   stream?: number;
   /** The first window of the stream (a later one for a stream this worker does not hold fails). */
   first?: boolean;
-  /** The last window: the tail is cut too and the file's hash given. */
+  /** The last window: the tail is cut too (and, for a whole file, its hash given). */
   final: boolean;
 }
 
@@ -34,7 +34,7 @@ export interface CutAnswer {
   /** End offsets of the chunks in `data`, in order (the uncut tail of a stream is not among them). */
   ends: number[];
   ids: string[];
-  /** SHA-256 (hex) of the whole content, with the final window. */
+  /** SHA-256 (hex) of a whole file (streams: the `hash` request's answer). */
   hash?: string;
 }
 
@@ -56,17 +56,47 @@ export interface SealAnswer {
   storedBytes: number;
 }
 
+export interface HashRequest {
+  op: 'hash';
+  /** The next window of a streamed file (shared memory, read only). */
+  data: Uint8Array;
+  stream: number;
+  first: boolean;
+  /** The last window: answers the file's SHA-256 (hex). */
+  final: boolean;
+}
+
 export interface DropRequest {
   op: 'drop';
   stream: number;
 }
 
 /**
- * Streams in progress: their running hash and the uncut tail carried into the next window.
- * FastCDC restarts at every chunk start, so cutting a window and carrying its last (possibly
- * cut short) chunk into the next gives the same boundaries as cutting the whole content at once.
+ * Streams in progress: the uncut tail each carries into its next window (`cut`), and the
+ * running SHA-256 of each (`hash`, on another worker when there is one, so that a large
+ * file's two passes run side by side). FastCDC restarts at every chunk start, so cutting a
+ * window and carrying its last (possibly cut short) chunk into the next gives the same
+ * boundaries as cutting the whole content at once.
  */
-const streams = new Map<number, { hash: Hash; tail: Buffer }>();
+const tails = new Map<number, Buffer>();
+const hashes = new Map<number, Hash>();
+
+/** A stream's state here; a later window for a stream this worker does not hold is refused. */
+function held<T>(map: Map<number, T>, r: { stream: number; first?: boolean }, fresh: () => T): T {
+  let s = map.get(r.stream);
+  if (s === undefined) {
+    // The worker that held it died and was replaced: starting afresh would store wrong
+    // content under a wrong hash.
+    if (!r.first)
+      throw new TwinError(
+        'ETWIN_REPO_WORKER',
+        `stream ${r.stream}: its worker thread was replaced while the file was being cut`,
+      );
+    s = fresh();
+    map.set(r.stream, s);
+  }
+  return s;
+}
 
 function keysOf(master: Uint8Array | null): RepoKeys {
   return master
@@ -76,6 +106,14 @@ function keysOf(master: Uint8Array | null): RepoKeys {
 
 function asBuffer(u: Uint8Array): Buffer {
   return Buffer.from(u.buffer, u.byteOffset, u.byteLength);
+}
+
+function hashOp(r: HashRequest): { value: string | null; transfer: ArrayBuffer[] } {
+  const h = held(hashes, r, () => createHash('sha256'));
+  h.update(r.data);
+  if (!r.final) return { value: null, transfer: [] };
+  hashes.delete(r.stream);
+  return { value: h.digest('hex'), transfer: [] };
 }
 
 function cutOp(r: CutRequest): { value: CutAnswer; transfer: ArrayBuffer[] } {
@@ -89,32 +127,17 @@ function cutOp(r: CutRequest): { value: CutAnswer; transfer: ArrayBuffer[] } {
     digest = createHash('sha256').update(data).digest();
     hash = digest.toString('hex');
   } else {
-    let s = streams.get(r.stream);
-    if (!s) {
-      // The worker that held the stream's hash and tail died: starting afresh would store
-      // wrong content under a wrong hash.
-      if (!r.first)
-        throw new TwinError(
-          'ETWIN_REPO_WORKER',
-          `stream ${r.stream}: its worker thread was replaced while the file was being cut`,
-        );
-      s = { hash: createHash('sha256'), tail: Buffer.alloc(0) };
-      streams.set(r.stream, s);
-    }
-    s.hash.update(input);
-    data = Buffer.allocUnsafeSlow(s.tail.length + input.length);
-    s.tail.copy(data, 0);
-    input.copy(data, s.tail.length);
-    if (r.final) {
-      streams.delete(r.stream);
-      hash = s.hash.digest('hex');
-    }
+    const tail = held(tails, { stream: r.stream, first: r.first }, () => Buffer.alloc(0));
+    // The tail and the window in a buffer of its own, moved back (the window may be shared).
+    data = Buffer.allocUnsafeSlow(tail.length + input.length);
+    tail.copy(data, 0);
+    input.copy(data, tail.length);
+    tails.delete(r.stream);
   }
   const chunks = cut(data, r.params);
   if (r.stream !== undefined && !r.final) {
-    const s = streams.get(r.stream)!;
     const tail = chunks.pop();
-    s.tail = tail ? Buffer.from(tail) : Buffer.alloc(0);
+    tails.set(r.stream, tail ? Buffer.from(tail) : Buffer.alloc(0));
   }
   const ends: number[] = [];
   const ids: string[] = [];
@@ -157,14 +180,17 @@ async function sealOp(r: SealRequest): Promise<{ value: SealAnswer; transfer: Ar
   };
 }
 
-async function handle(req: CutRequest | SealRequest | DropRequest) {
+async function handle(req: CutRequest | HashRequest | SealRequest | DropRequest) {
   switch (req.op) {
     case 'cut':
       return cutOp(req);
+    case 'hash':
+      return hashOp(req);
     case 'seal':
       return sealOp(req);
     case 'drop':
-      streams.delete(req.stream);
+      tails.delete(req.stream);
+      hashes.delete(req.stream);
       return { value: null, transfer: [] };
     default:
       throw new TwinError(
@@ -174,7 +200,7 @@ async function handle(req: CutRequest | SealRequest | DropRequest) {
   }
 }
 
-parentPort?.on('message', (msg: { id: number } & (CutRequest | SealRequest | DropRequest)) => {
+parentPort?.on('message', (msg: { id: number } & (CutRequest | HashRequest | SealRequest | DropRequest)) => {
   handle(msg).then(
     ({ value, transfer }) => parentPort!.postMessage({ id: msg.id, ok: true, value }, transfer),
     (err) => parentPort!.postMessage({ id: msg.id, ok: false, error: toWire(err) }),

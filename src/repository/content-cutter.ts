@@ -54,9 +54,10 @@ export class ContentCutter {
   }
 
   /**
-   * A streamed file: its windows go, in order, to one worker (which keeps the running hash and
-   * the uncut tail) while the next window is read; at most AHEAD windows wait there. Each
-   * window's chunks are handed to `take` in content order, one window after the other.
+   * A streamed file, in windows of shared memory: one worker cuts them in order (it keeps the
+   * uncut tail), another hashes them in order (it keeps the running SHA-256), side by side,
+   * while the next window is read; at most AHEAD windows wait there. Each window's chunks are
+   * handed to `take` in content order, one window after the other.
    */
   async stream(
     source: AsyncIterable<Buffer>,
@@ -64,28 +65,35 @@ export class ContentCutter {
     signal?: AbortSignal,
     onCancel: () => Error = () => new Error('cancelled'),
   ): Promise<{ hash: string; size: number }> {
-    const worker = this.pool.pick();
+    const cutter = this.pool.pick();
+    const hasher = (cutter + 1) % this.pool.size;
     const stream = ++streamSeq;
-    const steps: Array<Promise<string | undefined>> = [];
+    const steps: Array<Promise<string | null>> = [];
     let last: Promise<unknown> = Promise.resolve();
-    let win = Buffer.allocUnsafeSlow(WINDOW);
+    const fresh = () => Buffer.from(new SharedArrayBuffer(WINDOW));
+    let win = fresh();
     let fill = 0;
     let size = 0;
     const send = (final: boolean) => {
+      // A window is never written again once sent (a new one is filled): no copy to send it.
       const view = new Uint8Array(win.buffer, 0, fill);
-      const req = this.request(view, final, { id: stream, first: steps.length === 0 });
-      const job = this.pool.run<CutAnswer>(req, [win.buffer as ArrayBuffer], { worker });
-      job.catch(() => undefined);
-      const step = last
-        .then(() => job)
-        .then(async (a) => {
-          await take(blobsOf(a));
-          return a.hash;
-        });
+      const first = steps.length === 0;
+      const cut = this.pool.run<CutAnswer>(this.request(view, final, { id: stream, first }), [], {
+        worker: cutter,
+      });
+      const hashed = this.pool.run<string | null>({ op: 'hash', data: view, stream, first, final }, [], {
+        worker: hasher,
+      });
+      cut.catch(() => undefined);
+      hashed.catch(() => undefined);
+      const step = last.then(async () => {
+        await take(blobsOf(await cut));
+        return hashed;
+      });
       step.catch(() => undefined);
       last = step;
       steps.push(step);
-      win = final ? Buffer.alloc(0) : Buffer.allocUnsafeSlow(WINDOW);
+      win = final ? Buffer.from(new SharedArrayBuffer(0)) : fresh();
       fill = 0;
     };
     try {
@@ -109,9 +117,11 @@ export class ContentCutter {
       const hash = await last;
       return { hash: hash as string, size };
     } catch (err) {
-      // The worker forgets the stream (its hash and tail); what is in flight settles first.
+      // The workers forget the stream (its tail and hash); what is in flight settles first.
       await Promise.allSettled(steps);
-      await this.pool.run({ op: 'drop', stream }, [], { worker }).catch(() => undefined);
+      await Promise.allSettled(
+        [cutter, hasher].map((worker) => this.pool.run({ op: 'drop', stream }, [], { worker })),
+      );
       throw err;
     }
   }
