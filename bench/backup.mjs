@@ -5,7 +5,8 @@
 // written directly before the server starts (the server's initial copy then fills the mirror,
 // and the bench waits for PAIR and an idle mirror over the control channel):
 //   /mixed  --tree-mib (1 GiB): half in 4 large files, half in 4–64 KiB files (the tree of
-//           bench/mirror.mjs section D, makeTree in lib.mjs)
+//           bench/mirror.mjs section D, makeTree in lib.mjs); with --shape issue13, one large
+//           file (860 MiB at 1 GiB) + 2,000 × 64 KiB + 10,000 × 4 KiB
 //   /inc    --files (10,000) small files of 1–8 KiB, 100 per directory
 //
 //   full     per repetition, in rotated order, page cache dropped (sync; drop_caches) before
@@ -73,6 +74,10 @@ const PHASE_COLUMNS = [
 const opts = parseArgs(
   {
     'tree-mib': { default: 1024, help: 'full/offload: size of the mixed tree, MiB' },
+    shape: {
+      default: 'halves',
+      help: 'full: the mixed tree: halves (4 large files + 4–64 KiB files) or issue13 (1 large file + 2,000 × 64 KiB + 10,000 × 4 KiB)',
+    },
     files: { default: 10000, help: 'inc: small files in the incremental tree' },
     reps: { default: 3, help: 'repetitions of every configuration (medians and ranges)' },
     sections: {
@@ -185,14 +190,11 @@ let profN = 0;
 async function twinfsBackup({ subtree, target, catalog }) {
   const nodeArgs = [];
   if (opts['cpu-prof']) {
-    fs.mkdirSync(opts['cpu-prof'], { recursive: true });
-    nodeArgs.push(
-      '--cpu-prof',
-      '--cpu-prof-dir',
-      opts['cpu-prof'],
-      '--cpu-prof-name',
-      `backup-${++profN}.cpuprofile`,
-    );
+    // A directory per run: the peer's worker threads write profiles of their own beside the
+    // main thread's (CPU.<date>.<time>.<pid>.<thread>.<seq>.cpuprofile, thread 0 the main one).
+    const dir = path.join(opts['cpu-prof'], `backup-${++profN}`);
+    fs.mkdirSync(dir, { recursive: true });
+    nodeArgs.push('--cpu-prof', '--cpu-prof-dir', dir);
   }
   const args = [
     ...nodeArgs,
@@ -269,14 +271,26 @@ noteLoad('setup');
 const total = opts['tree-mib'] * MiB;
 const largeEach = Math.floor(total / 2 / 4 / MiB) * MiB;
 const none = { files: 0, bytes: 0 };
-const mixed = sections.has('full')
-  ? makeTree(path.join(d.primary, 'mixed'), {
-      count: Math.max(1, Math.floor(total / 2 / (34 * 1024))),
-      size: (i) => 4096 + ((i * 7919) % 61) * 1024, // 4–64 KiB, average ~34 KiB
-      perDir: 256,
-      large: [largeEach, largeEach, largeEach, largeEach],
-    })
-  : none;
+/** The /mixed tree: the default shape, or issue 13's (one large file, 2,000 × 64 KiB, 10,000 × 4 KiB). */
+function mixedTree() {
+  const dir = path.join(d.primary, 'mixed');
+  if (opts.shape === 'issue13') {
+    const small = 2000 * 64 * 1024 + 10000 * 4096;
+    return makeTree(dir, {
+      count: 12000,
+      size: (i) => (i < 2000 ? 64 * 1024 : 4096),
+      perDir: 500,
+      large: [Math.max(MiB, Math.floor((total - small) / MiB) * MiB)],
+    });
+  }
+  return makeTree(dir, {
+    count: Math.max(1, Math.floor(total / 2 / (34 * 1024))),
+    size: (i) => 4096 + ((i * 7919) % 61) * 1024, // 4–64 KiB, average ~34 KiB
+    perDir: 256,
+    large: [largeEach, largeEach, largeEach, largeEach],
+  });
+}
+const mixed = sections.has('full') ? mixedTree() : none;
 const inc = sections.has('inc')
   ? makeTree(path.join(d.primary, 'inc'), {
       count: opts.files,
@@ -602,7 +616,7 @@ if (out.full && ['twinfs', 'cp', 'rsync', 'mount-cp'].every((c) => out.full[c]?.
       ];
     });
   w(
-    `Full backup of /mixed: ${mixed.files} files, ${fmt(mib)} MiB (4 × ${fmt(largeEach / MiB, 0)} MiB + ${mixed.files - 4} files of 4–64 KiB); ${opts.reps} reps rotated, caches dropped before each; median [range]\n\n`,
+    `Full backup of /mixed: ${mixed.files} files, ${fmt(mib)} MiB (${opts.shape === 'issue13' ? '1 large file + 2,000 × 64 KiB + 10,000 × 4 KiB' : `4 × ${fmt(largeEach / MiB, 0)} MiB + ${mixed.files - 4} files of 4–64 KiB`}); ${opts.reps} reps rotated, caches dropped before each; median [range]\n\n`,
   );
   table(
     [

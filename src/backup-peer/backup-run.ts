@@ -67,7 +67,7 @@ export interface BackupOptions {
   ca?: string | Buffer;
   /** Opens the control channel (default: ControlClient.connect). */
   connect?: (url: string, token: string) => Promise<BackupControl>;
-  /** Parallel copies (default: min(4, the target's maxConcurrency)). */
+  /** Parallel copies (default: min(16, the target's maxConcurrency)). */
   concurrency?: number;
   /** Plugin events and onWillFreeze hooks (the CLI passes its plugin host). */
   hooks?: BackupHooks;
@@ -524,9 +524,13 @@ export class BackupRun {
     this.progress.bytesTotal = bytes;
   }
 
-  /** How many entries are copied at once: the option, else at most 4 and what the target takes. */
+  /**
+   * How many entries are copied at once: the option, else at most 16 and what the target takes.
+   * Many at once so that small files' reads overlap (a target bounds its own memory: the
+   * repository streams only a few large files at a time).
+   */
   private copyConcurrency(): number {
-    return this.opts.concurrency ?? Math.min(4, this.opts.target.capabilities.maxConcurrency);
+    return this.opts.concurrency ?? Math.min(16, this.opts.target.capabilities.maxConcurrency);
   }
 
   /** One entry done: counted, and the progress told. */

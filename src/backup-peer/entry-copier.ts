@@ -377,8 +377,9 @@ export class EntryCopier {
   }
 
   /**
-   * One attempt through putSmallFile. Most files of a tree are small: read whole
-   * (synchronously) and handed to the target in one call (no stream, no pipeline per file).
+   * One attempt through putSmallFile. Most files of a tree are small: read whole (one read
+   * into a buffer of its size) and handed to the target in one call (no stream, no pipeline
+   * per file).
    */
   private async putSmall(src: SourceEntry, meta: EntryMeta): Promise<PutResult> {
     const { reader, writer, signal, onBytes } = this.o;

@@ -97,6 +97,8 @@ export const ErrorCodes = {
     'the repository is encrypted and no passphrase was given, or the passphrase is wrong (TWINFS_PASSWORD, TWINFS_PASSWORD_FILE, --password-file)',
   ETWIN_REPO_CORRUPT: 'repository data failed its hash or authentication check',
   ETWIN_REPO_LOCKED: 'another process holds a conflicting lock on the repository',
+  ETWIN_REPO_WORKER:
+    'a repository worker thread (chunking, hashing, compression, encryption) failed or died; the snapshot is not committed',
   // SMB service (src/smb)
   ETWIN_SMB_NOT_INSTALLED: 'Samba is not installed (smbd, smbpasswd or pdbedit not on PATH)',
   ETWIN_SMB_PORT_BUSY: 'the SMB port is already in use',

@@ -49,6 +49,11 @@ export class RepoKeys {
     return this.encKey !== null;
   }
 
+  /** The master key (encKey || macKey) for a worker thread (fromMaster there); null: plain. */
+  material(): Buffer | null {
+    return this.encKey && this.macKey ? Buffer.concat([this.encKey, this.macKey]) : null;
+  }
+
   /** A blob's id: SHA-256 of the plaintext, keyed (HMAC) in an encrypted repository. */
   blobId(plain: Buffer): string {
     return this.idOfDigest(createHash('sha256').update(plain).digest());

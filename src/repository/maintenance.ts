@@ -1,7 +1,8 @@
 import { randomInt } from 'node:crypto';
 import { isTargetNotFound } from '../backup-peer/target.js';
+import { BlobWriter } from './blob-writer.js';
 import { type BlobLocation, openBlob, type PackInfo, packKey, packObjectName, readTrailer } from './pack.js';
-import { BlobWriter, forEach, type Repository, type SnapshotObject } from './repository.js';
+import { forEach, type Repository, type SnapshotObject } from './repository.js';
 
 export interface RepoProblem {
   kind: 'snapshot' | 'manifest' | 'blob' | 'pack' | 'data';

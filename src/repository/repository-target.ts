@@ -13,15 +13,12 @@ import {
   type TargetStat,
   volumePathParts,
 } from '../backup-peer/target.js';
+import { Semaphore } from '../common/async.js';
 import { TwinError } from '../common/errors.js';
-import { cut, StreamChunker } from './chunker.js';
-import {
-  BlobWriter,
-  type RepoLock,
-  type Repository,
-  type SnapshotObject,
-  type StoredEntry,
-} from './repository.js';
+import { BlobWriter } from './blob-writer.js';
+import { ContentCutter } from './content-cutter.js';
+import type { RepoLock, Repository, SnapshotObject, StoredEntry } from './repository.js';
+import { repoWorkers } from './worker-pool.js';
 
 /** The stamp of stored content (PutResult.stamp): a digest of its chunk ids. */
 export function stampOf(chunks: string[]): string {
@@ -48,7 +45,7 @@ function checkId(id: string): void {
  * written last.
  */
 export class RepositoryTarget implements BackupTarget {
-  readonly capabilities = { rangedReads: true, dedup: true, atomicRename: true, maxConcurrency: 8 };
+  readonly capabilities = { rangedReads: true, dedup: true, atomicRename: true, maxConcurrency: 16 };
   private readonly manifests = new Map<string, Promise<Map<string, StoredEntry>>>();
 
   private _repo: Repository | undefined;
@@ -223,6 +220,8 @@ interface Content {
 /** Fills one snapshot of a repository; the snapshot object is written last, by commit. */
 class RepositoryWriter implements SnapshotWriter {
   private readonly blobs: BlobWriter;
+  private readonly cutter: ContentCutter;
+  private readonly streams: Semaphore;
   /** Paths written, with what they are ('file' paths with their content). */
   private readonly paths = new Map<string, 'dir' | 'symlink' | 'file'>();
   private readonly content = new Map<string, Content>();
@@ -235,6 +234,8 @@ class RepositoryWriter implements SnapshotWriter {
     private readonly lock: RepoLock,
   ) {
     this.blobs = new BlobWriter(target.repo);
+    this.cutter = new ContentCutter(target.repo);
+    this.streams = new Semaphore(repoWorkers().size);
   }
 
   private get repo(): Repository {
@@ -286,26 +287,20 @@ class RepositoryWriter implements SnapshotWriter {
       // Claimed while it streams: a second put of the path fails instead of racing.
       this.paths.set(p, 'file');
       try {
-        const chunker = new StreamChunker(this.repo.config.chunker);
-        const digest = createHash('sha256');
-        const chunks: string[] = [];
-        let size = 0;
-        const store = async (parts: Buffer[]) => {
-          const blobs = parts.map((c) => ({ id: this.repo.keys.blobId(c), data: c }));
-          await this.blobs.add(blobs, 'data');
-          for (const b of blobs) chunks.push(b.id);
-        };
-        for await (const chunk of data) {
-          if (opts.signal?.aborted) throw failed(`put ${p} cancelled`);
-          const b = chunk as Buffer;
-          digest.update(b);
-          size += b.length;
-          const ready = chunker.push(b);
-          if (ready.length) await store(ready);
-        }
-        if (opts.signal?.aborted) throw failed(`put ${p} cancelled`);
-        await store(chunker.end());
-        return this.record(p, { chunks, hash: digest.digest('hex'), size });
+        // A few large files at a time (each holds a few windows of memory); small ones go on.
+        return await this.streams.run(async () => {
+          const chunks: string[] = [];
+          const { hash, size } = await this.cutter.stream(
+            data,
+            async (blobs) => {
+              await this.blobs.add(blobs, 'data');
+              for (const b of blobs) chunks.push(b.id);
+            },
+            opts.signal,
+            () => failed(`put ${p} cancelled`),
+          );
+          return this.record(p, { chunks, hash, size });
+        });
       } catch (err) {
         this.paths.delete(p);
         data.destroy();
@@ -325,19 +320,9 @@ class RepositoryWriter implements SnapshotWriter {
       if (opts.signal?.aborted) throw failed(`put ${p} cancelled`);
       this.paths.set(p, 'file');
       try {
-        const digest = createHash('sha256').update(data).digest();
-        const parts = cut(data, this.repo.config.chunker);
-        // Most small files are one chunk: its id comes from the file's own hash (hashed once).
-        const blobs =
-          parts.length === 1
-            ? [{ id: this.repo.keys.idOfDigest(digest), data }]
-            : parts.map((c) => ({ id: this.repo.keys.blobId(c), data: c }));
+        const { hash, blobs } = await this.cutter.whole(data);
         await this.blobs.add(blobs, 'data');
-        return this.record(p, {
-          chunks: blobs.map((b) => b.id),
-          hash: digest.toString('hex'),
-          size: data.length,
-        });
+        return this.record(p, { chunks: blobs.map((b) => b.id), hash, size: data.length });
       } catch (err) {
         this.paths.delete(p);
         throw err;

@@ -9,18 +9,14 @@ import {
   type SnapshotTotals,
 } from '../backup-peer/target.js';
 import { TwinError } from '../common/errors.js';
-import { type ChunkerParams, cut, DEFAULT_CHUNKER } from './chunker.js';
+import { type ChunkerParams, DEFAULT_CHUNKER } from './chunker.js';
 import { corrupt, type KeyFile, newKeyFile, openKeyFile, RepoKeys, readPassphrase } from './crypto.js';
 import {
   type BlobLocation,
   type BlobRow,
-  type BlobType,
-  compress,
   openBlob,
   openObject,
   PACK_HEADER,
-  PACK_SIZE,
-  PackBuilder,
   type PackInfo,
   packKey,
   packObjectName,
@@ -499,113 +495,6 @@ function lockedError(spec: string, l: LockInfo): TwinError {
     `${spec} is locked${l.exclusive ? ' exclusively' : ''} by ${l.what ?? 'a twinfs process'} (pid ${l.pid} on ${l.host}, since ${new Date(l.time).toISOString()})`,
     { target: spec, host: l.host, pid: l.pid },
   );
-}
-
-// ---- writing blobs -------------------------------------------------------------------------------
-
-/**
- * Stores new blobs of one writer into packs of PACK_SIZE, uploaded as they fill (two at a
- * time). Blobs the repository already holds, or that this writer stored already, are skipped:
- * deduplication. The packs reach the index only when the writer's owner writes it (commit).
- */
-export class BlobWriter {
-  private builder: PackBuilder;
-  private readonly mine = new Set<string>();
-  private readonly uploads: Array<Promise<void>> = [];
-  readonly packs: PackInfo[] = [];
-  /** Bytes of new blobs (before compression) and as stored. */
-  newBytes = 0;
-  storedBytes = 0;
-  private failed: unknown;
-
-  constructor(private readonly repo: Repository) {
-    this.builder = new PackBuilder(repo.keys);
-  }
-
-  /** Whether the blob is stored: by this writer, or intact in the repository. */
-  async has(id: string): Promise<boolean> {
-    return this.mine.has(id) || (await this.repo.intactCopy(id)) !== undefined;
-  }
-
-  /** Stores chunks (ids computed by the caller); resolves when all are in a pack. */
-  async add(blobs: Array<{ id: string; data: Buffer }>, type: BlobType): Promise<void> {
-    if (this.failed) throw this.failed;
-    const todo: Array<{ id: string; data: Buffer }> = [];
-    for (const b of blobs) {
-      if (this.mine.has(b.id)) continue;
-      // Claimed before the await: a concurrent put of the same chunk does not store it twice.
-      this.mine.add(b.id);
-      if ((await this.repo.intactCopy(b.id)) !== undefined) {
-        this.mine.delete(b.id);
-        continue;
-      }
-      todo.push(b);
-    }
-    await Promise.all(
-      todo.map(async (b) => {
-        try {
-          const z = await compress(b.data);
-          this.builder.add(b.id, type, z ?? b.data, b.data.length, z !== undefined);
-          this.newBytes += b.data.length;
-          this.storedBytes += (z ?? b.data).length;
-        } catch (err) {
-          this.mine.delete(b.id);
-          throw err;
-        }
-      }),
-    );
-    if (this.builder.size >= PACK_SIZE) await this.cut();
-  }
-
-  /** Stores a blob even if the repository holds it (prune rewrites a pack it will delete). */
-  async addFresh(blob: { id: string; data: Buffer }, type: BlobType): Promise<void> {
-    const z = await compress(blob.data);
-    this.mine.add(blob.id);
-    this.builder.add(blob.id, type, z ?? blob.data, blob.data.length, z !== undefined);
-    if (this.builder.size >= PACK_SIZE) await this.cut();
-  }
-
-  /** Chunks and stores a buffer; returns the chunk ids in order. */
-  async addContent(data: Buffer, type: BlobType): Promise<string[]> {
-    const chunks = cut(data, this.repo.config.chunker).map((c) => ({
-      id: this.repo.keys.blobId(c),
-      data: c,
-    }));
-    await this.add(chunks, type);
-    return chunks.map((c) => c.id);
-  }
-
-  private async cut(): Promise<void> {
-    if (this.builder.rows.length === 0) return;
-    const full = this.builder;
-    this.builder = new PackBuilder(this.repo.keys);
-    const { name, bytes, info } = full.finish();
-    while (this.uploads.length >= 2) await this.uploads.shift();
-    const up = this.repo.store.put(packObjectName(name), bytes).then(
-      () => {
-        this.packs.push(info);
-      },
-      (err) => {
-        this.failed ??= err;
-      },
-    );
-    this.uploads.push(up);
-  }
-
-  /** Every blob added so far is durable in a pack; returns the packs of this writer. */
-  async flush(): Promise<PackInfo[]> {
-    await this.cut();
-    await Promise.all(this.uploads.splice(0));
-    if (this.failed) throw this.failed;
-    return this.packs;
-  }
-
-  /** Removes the packs this writer uploaded (nobody names them). */
-  async discard(): Promise<void> {
-    await Promise.allSettled(this.uploads.splice(0));
-    for (const p of this.packs.splice(0))
-      await this.repo.store.delete(packObjectName(p.name)).catch(() => undefined);
-  }
 }
 
 // ---- helpers -------------------------------------------------------------------------------------

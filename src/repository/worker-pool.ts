@@ -1,0 +1,149 @@
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Worker } from 'node:worker_threads';
+import { TwinError } from '../common/errors.js';
+
+/**
+ * A small pool of worker threads for the repository's CPU work (blob-worker.ts: chunking,
+ * hashing, compression, encryption), so that the peer's one JS thread only reads, dedups and
+ * writes.
+ *
+ * Written on node:worker_threads rather than a pool library because the large-file path needs
+ * affinity: the windows of one file go to the worker that holds that file's running SHA-256
+ * and its uncut tail (`run(..., { worker })`), which piscina and tinypool do not offer.
+ *
+ * A worker that dies (an uncaught error, a terminated thread, out of memory) fails exactly the
+ * tasks it held with ETWIN_REPO_WORKER, never leaves them pending; the next task starts a new
+ * worker. Workers keep the process alive only while they hold tasks.
+ */
+
+export interface WorkerRequest {
+  op: string;
+  [key: string]: unknown;
+}
+
+interface Pending {
+  resolve: (v: unknown) => void;
+  reject: (e: unknown) => void;
+}
+
+interface Slot {
+  worker: Worker;
+  pending: Map<number, Pending>;
+  dead: boolean;
+}
+
+/** The compiled worker: beside this file in dist/, or dist/ when this file runs as TypeScript. */
+function workerFile(): string {
+  const here = fileURLToPath(import.meta.url);
+  if (here.endsWith('.js')) return path.join(path.dirname(here), 'blob-worker.js');
+  const root = path.resolve(path.dirname(here), '../..');
+  const built = path.join(root, 'dist', 'repository', 'blob-worker.js');
+  if (!fs.existsSync(built))
+    throw new TwinError('ETWIN_REPO_WORKER', `${built} is missing: build twinfs first (npm run build)`);
+  return built;
+}
+
+export class WorkerPool {
+  private readonly slots: Array<Slot | undefined>;
+  private seq = 0;
+  private next = 0;
+
+  constructor(readonly size = defaultPoolSize()) {
+    this.slots = new Array(Math.max(1, size)).fill(undefined);
+  }
+
+  /**
+   * Runs a request on a worker (round robin, or the one `worker` names: 0..size-1) and resolves
+   * with its answer. `transfer` lists ArrayBuffers moved, not copied, to the worker.
+   */
+  run<T>(req: WorkerRequest, transfer: ArrayBuffer[] = [], opts: { worker?: number } = {}): Promise<T> {
+    const i = opts.worker ?? this.pick();
+    const slot = this.slot(i % this.slots.length);
+    const id = ++this.seq;
+    return new Promise<T>((resolve, reject) => {
+      slot.pending.set(id, { resolve: resolve as (v: unknown) => void, reject });
+      if (slot.pending.size === 1) slot.worker.ref();
+      slot.worker.postMessage({ id, ...req }, transfer);
+    });
+  }
+
+  /** A worker index for a sequence of requests that must meet the same worker. */
+  pick(): number {
+    this.next = (this.next + 1) % this.slots.length;
+    return this.next;
+  }
+
+  /** The live worker threads (for tests that provoke a crash). */
+  threads(): Worker[] {
+    return this.slots.filter((s): s is Slot => s !== undefined && !s.dead).map((s) => s.worker);
+  }
+
+  async close(): Promise<void> {
+    const live = this.slots.splice(0, this.slots.length, ...new Array(this.slots.length).fill(undefined));
+    await Promise.all(live.map((s) => s?.worker.terminate()));
+  }
+
+  private slot(i: number): Slot {
+    const cur = this.slots[i];
+    if (cur && !cur.dead) return cur;
+    const worker = new Worker(workerFile());
+    worker.unref();
+    const slot: Slot = { worker, pending: new Map(), dead: false };
+    this.slots[i] = slot;
+    worker.on('message', (m: { id: number; ok: boolean; value?: unknown; error?: WireError }) => {
+      const p = slot.pending.get(m.id);
+      if (!p) return;
+      slot.pending.delete(m.id);
+      if (slot.pending.size === 0) worker.unref();
+      if (m.ok) p.resolve(m.value);
+      else p.reject(fromWire(m.error));
+    });
+    const die = (why: string) => {
+      if (slot.dead) return;
+      slot.dead = true;
+      if (this.slots[i] === slot) this.slots[i] = undefined;
+      const held = [...slot.pending.values()];
+      slot.pending.clear();
+      for (const p of held)
+        p.reject(new TwinError('ETWIN_REPO_WORKER', `a repository worker thread ${why}`, { reason: why }));
+    };
+    worker.on('error', (err) => die(`failed: ${err?.message ?? err}`));
+    worker.on('exit', (code) => die(`exited (code ${code})`));
+    return slot;
+  }
+}
+
+/** One worker per core, at most 8 (TWINFS_REPO_WORKERS overrides). */
+function defaultPoolSize(): number {
+  const env = Number(process.env.TWINFS_REPO_WORKERS);
+  if (Number.isInteger(env) && env > 0) return Math.min(env, 64);
+  return Math.max(1, Math.min(8, os.availableParallelism()));
+}
+
+/** An error as it crosses from a worker: a TwinError keeps its code and data. */
+export interface WireError {
+  code?: string;
+  message: string;
+  data?: Record<string, unknown>;
+}
+
+export function toWire(err: unknown): WireError {
+  if (err instanceof TwinError) return { code: err.code, message: err.message, data: err.data };
+  return { message: (err as Error)?.message ?? String(err) };
+}
+
+function fromWire(e: WireError | undefined): Error {
+  if (e?.code) return new TwinError(e.code as TwinError['code'], e.message, e.data ?? {});
+  return new TwinError('ETWIN_REPO_WORKER', `a repository worker failed: ${e?.message ?? 'no reason given'}`);
+}
+
+let shared: WorkerPool | undefined;
+
+/** The process's pool (created on first use). */
+export function repoWorkers(): WorkerPool {
+  shared ??= new WorkerPool();
+  return shared;
+}

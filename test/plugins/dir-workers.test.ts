@@ -1,0 +1,174 @@
+import { execFileSync } from 'node:child_process';
+import { promises as fsp } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { Readable } from 'node:stream';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import type { BackupTarget } from '../../src/backup-peer/target.js';
+import { BlobWriter } from '../../src/repository/blob-writer.js';
+import { ContentCutter, WINDOW } from '../../src/repository/content-cutter.js';
+import { checkRepository } from '../../src/repository/index.js';
+import type { RepositoryTarget } from '../../src/repository/repository-target.js';
+import { WorkerPool } from '../../src/repository/worker-pool.js';
+import {
+  fileEntry,
+  fileMeta,
+  manifest,
+  pseudoRandom,
+  readAll,
+  sha256,
+  snapMeta,
+  streamOf,
+} from '../conformance/fixtures.js';
+import { type LoadedPlugin, loadTargetPlugin } from '../conformance/index.js';
+
+const PLUGIN = path.resolve(import.meta.dirname, '../../plugins/dir');
+const MiB = 1024 * 1024;
+
+/**
+ * The repository's write path on worker threads (worker-pool.ts, blob-worker.ts): real worker
+ * threads, a real dir: repository, faults provoked for real (a thread terminated while it holds
+ * work, a target filesystem that fills up).
+ */
+describe('dir repository: the worker path', () => {
+  let plugin: LoadedPlugin;
+  let dir: string | undefined;
+  let mounted: string | undefined;
+  const opened: BackupTarget[] = [];
+  const pools: WorkerPool[] = [];
+  beforeAll(async () => {
+    plugin = await loadTargetPlugin(PLUGIN);
+  });
+  afterAll(async () => {
+    await plugin?.dispose();
+  });
+  afterEach(async () => {
+    delete process.env.TWINFS_PASSWORD;
+    for (const t of opened.splice(0)) await t.close().catch(() => undefined);
+    for (const p of pools.splice(0)) await p.close();
+    if (mounted) execFileSync('umount', ['-l', mounted]);
+    mounted = undefined;
+    if (dir) await fsp.rm(dir, { recursive: true, force: true });
+    dir = undefined;
+  });
+  const open = async (spec: string) => {
+    const provider = await plugin.host.getTargetProvider('dir');
+    const t = (await provider.open(spec.slice(4), { create: true })) as RepositoryTarget;
+    opened.push(t);
+    return t;
+  };
+  const pool = (size: number) => {
+    const p = new WorkerPool(size);
+    pools.push(p);
+    return p;
+  };
+  const until = async (cond: () => boolean) => {
+    while (!cond()) await new Promise((r) => setTimeout(r, 5));
+  };
+
+  /** A first snapshot that later failures must leave as it was. */
+  async function firstSnapshot(t: RepositoryTarget, data: Buffer): Promise<void> {
+    const w = await t.beginSnapshot(snapMeta('keep'));
+    await w.putFile('/keep.bin', streamOf(data, MiB), fileMeta(data.length));
+    await w.commit(manifest(snapMeta('keep'), [fileEntry('/keep.bin', data)]));
+  }
+
+  async function expectIntact(t: RepositoryTarget, data: Buffer): Promise<void> {
+    expect((await t.listSnapshots()).map((s) => s.snapshotId)).toEqual(['keep']);
+    expect(sha256(await readAll(await t.openFile('keep', '/keep.bin')))).toBe(sha256(data));
+    const check = await checkRepository(t.repo, { readData: 1 });
+    expect(check.problems).toEqual([]);
+  }
+
+  it('cuts a streamed file exactly as the whole content is cut, whatever the window edges', async () => {
+    dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'twinfs-workers-'));
+    process.env.TWINFS_PASSWORD = 'worker test';
+    const t = await open(`dir:${dir}/r`);
+    await firstSnapshot(t, pseudoRandom(MiB, 6));
+    // Odd sizes and a source whose pieces straddle the window edges.
+    const data = pseudoRandom(2 * WINDOW + 777_777, 5);
+    const cutter = new ContentCutter(t.repo, pool(2));
+    const got: string[] = [];
+    const r = await cutter.stream(streamOf(data, 3 * MiB + 1), async (blobs) => {
+      for (const b of blobs) got.push(b.id);
+    });
+    const whole = await cutter.whole(data);
+    expect(r).toEqual({ hash: sha256(data), size: data.length });
+    expect(got).toEqual(whole.blobs.map((b) => b.id));
+    expect(got.length).toBeGreaterThan(20);
+  });
+
+  it('a worker thread that dies under a streamed file fails it with ETWIN_REPO_WORKER, not a hang, and loses nothing', async () => {
+    dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'twinfs-workers-'));
+    process.env.TWINFS_PASSWORD = 'worker test';
+    const t = await open(`dir:${dir}/r`);
+    const keep = pseudoRandom(3 * MiB, 1);
+    await firstSnapshot(t, keep);
+    const p = pool(1);
+    const cutter = new ContentCutter(t.repo, p);
+    const data = pseudoRandom(3 * WINDOW, 2);
+    const source = Readable.from(
+      (async function* () {
+        // A full window: sent to the worker, which now holds the file's running hash and tail.
+        yield data.subarray(0, WINDOW + 1);
+        await until(() => p.threads().length === 1);
+        await Promise.all(p.threads().map((th) => th.terminate()));
+        yield data.subarray(WINDOW + 1);
+      })(),
+      { objectMode: false },
+    );
+    await expect(cutter.stream(source, async () => undefined)).rejects.toMatchObject({
+      code: 'ETWIN_REPO_WORKER',
+    });
+    // The pool starts a new thread for the next file, which is cut right.
+    const again = await cutter.stream(streamOf(data, MiB), async () => undefined);
+    expect(again.hash).toBe(sha256(data));
+    await expectIntact(t, keep);
+  });
+
+  it('a worker thread that dies while it seals a pack fails the snapshot with ETWIN_REPO_WORKER; the repository keeps what it had', async () => {
+    dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'twinfs-workers-'));
+    process.env.TWINFS_PASSWORD = 'worker test';
+    const t = await open(`dir:${dir}/r`);
+    const keep = pseudoRandom(2 * MiB, 3);
+    await firstSnapshot(t, keep);
+    const p = pool(1);
+    const writer = new BlobWriter(t.repo, p);
+    const blobs = Array.from({ length: 20 }, (_, i) => {
+      const data = pseudoRandom(MiB, 100 + i);
+      return { id: t.repo.keys.blobId(data), data };
+    });
+    // 20 MiB: a full pack goes to the worker at once.
+    const adding = writer.add(blobs, 'data');
+    await until(() => p.threads().length === 1);
+    await Promise.all(p.threads().map((th) => th.terminate()));
+    await adding;
+    await expect(writer.flush()).rejects.toMatchObject({ code: 'ETWIN_REPO_WORKER' });
+    await writer.discard();
+    await expectIntact(t, keep);
+  });
+
+  it('a target filesystem that fills up fails the put with a coded error; the earlier snapshot stays whole', async () => {
+    dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'twinfs-workers-'));
+    const fsDir = path.join(dir, 'small');
+    await fsp.mkdir(fsDir);
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=24m', 'tmpfs', fsDir]);
+    mounted = fsDir;
+    process.env.TWINFS_PASSWORD = 'worker test';
+    const t = await open(`dir:${fsDir}/r`);
+    const keep = pseudoRandom(4 * MiB, 4);
+    await firstSnapshot(t, keep);
+    const big = pseudoRandom(48 * MiB, 5);
+    const w = await t.beginSnapshot(snapMeta('full'));
+    let failure: unknown;
+    try {
+      await w.putFile('/big.bin', streamOf(big, MiB), fileMeta(big.length));
+      await w.commit(manifest(snapMeta('full'), [fileEntry('/big.bin', big)]));
+    } catch (err) {
+      failure = err;
+    }
+    expect(failure).toMatchObject({ code: 'ETWIN_TARGET_FAILED', data: { errno: 'ENOSPC' } });
+    await w.abort();
+    await expectIntact(t, keep);
+  });
+});
