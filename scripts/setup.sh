@@ -24,7 +24,7 @@ if [ "${#need[@]}" -gt 0 ]; then
 fi
 # Without recommends: Ceph (Debian 12 ships 16.2; nothing starts on install; ~250 MB this way)
 # for scripts/ceph-rgw.sh, and libfuse3-dev (with pkg-config) for the second fuse-native build
-# (the default libfuse), whose recommends pull in Debian's `fuse3`, which would remove `fuse` and
+# (TWINFS_FUSE=3), whose recommends pull in Debian's `fuse3`, which would remove `fuse` and
 # its fusermount (twinfs, its tests and scripts work with either fusermount or fusermount3).
 lean=()
 for pkg in ceph-mon ceph-osd radosgw ceph-common uuid-runtime curl libfuse3-dev pkg-config; do
