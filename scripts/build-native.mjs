@@ -146,9 +146,10 @@ if (!libfuse) {
   );
 }
 log(`libfuse2: ${libfuse} -> ${fs.realpathSync(libfuse)}`);
-if (!which('fusermount')) {
+// Debian's fuse3 package replaces fuse: either fusermount will do (twinfs unmounts with it).
+if (!which('fusermount') && !which('fusermount3')) {
   console.warn(
-    'build-native: WARNING: fusermount not found; mounting will fail. Install it: apt-get install fuse',
+    'build-native: WARNING: neither fusermount nor fusermount3 found; unmounting will fail. Install one: apt-get install fuse',
   );
 }
 

@@ -11,8 +11,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pkg in libfuse2 fuse attr rsync bindfs restic tar python3 make g++ samba smbclient sqlite3 openssl strace chromium; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
+# fusermount: Debian's `fuse`, or `fuse3` where it replaced `fuse` (installing `fuse` would remove it).
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+installed fuse || installed fuse3 || need+=(fuse)
+for pkg in libfuse2 attr rsync bindfs restic tar python3 make g++ samba smbclient sqlite3 openssl strace chromium; do
+  installed "$pkg" || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then
   echo "setup: installing Debian packages: ${need[*]}"
@@ -21,11 +24,11 @@ if [ "${#need[@]}" -gt 0 ]; then
 fi
 # Without recommends: Ceph (Debian 12 ships 16.2; nothing starts on install; ~250 MB this way)
 # for scripts/ceph-rgw.sh, and libfuse3-dev (with pkg-config) for the second fuse-native build
-# (TWINFS_FUSE=3), whose recommends pull in Debian's `fuse3`, which removes `fuse` and its
-# fusermount.
+# (TWINFS_FUSE=3), whose recommends pull in Debian's `fuse3`, which would remove `fuse` and
+# its fusermount (twinfs, its tests and scripts work with either fusermount or fusermount3).
 lean=()
 for pkg in ceph-mon ceph-osd radosgw ceph-common uuid-runtime curl libfuse3-dev pkg-config; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || lean+=("$pkg")
+  installed "$pkg" || lean+=("$pkg")
 done
 if [ "${#lean[@]}" -gt 0 ]; then
   echo "setup: installing Debian packages (no recommends): ${lean[*]}"

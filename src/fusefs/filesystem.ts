@@ -9,6 +9,7 @@ import { KernelNames } from './kernel-names.js';
 import { isMountPoint, preflight } from './mount-checks.js';
 import { watchMount } from './mount-watch.js';
 import {
+  DEFAULT_LIBFUSE,
   DEFAULT_NATIVE_OPTIONS,
   fuseNativeOptions,
   libfuseFromEnv,
@@ -110,6 +111,10 @@ export class TwinFs {
     this.inhibitor = gate instanceof WriteInhibitor ? gate : undefined;
     this.paths = new VolumePaths(primary);
     this.libfuse = opts.native?.libfuse ?? libfuseFromEnv();
+    if (this.libfuse !== DEFAULT_LIBFUSE && opts.native?.libfuse === undefined && !process.env.TWINFS_FUSE)
+      this.log(
+        'serving with libfuse2: the libfuse3 build of fuse-native is missing (install libfuse3-dev, then node scripts/build-native.mjs)',
+      );
     if (this.libfuse === 3) {
       const inhibitor = this.inhibitor;
       this.kernelNames = new KernelNames(

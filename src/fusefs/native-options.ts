@@ -1,3 +1,8 @@
+import { createRequire } from 'node:module';
+import { TwinError } from '../common/errors.js';
+
+const require = createRequire(import.meta.url);
+
 /**
  * The one place that knows how mount options reach libfuse through fuse-native.
  *
@@ -9,8 +14,8 @@
  * - use_ino: our (the primary's) inode numbers, so hard links share one;
  * - default_permissions (a regular option): the kernel checks permission bits like a local fs.
  *
- * With `libfuse: 3` (TWINFS_FUSE=3, `serve --fuse 3`) the patch's libfuse3 build is used
- * instead: kernel attribute and entry caches with timeouts and the page cache kept across
+ * With `libfuse: 3` (`serve --fuse 3`, TWINFS_FUSE=3, or DEFAULT_LIBFUSE) the patch's libfuse3
+ * build is used instead: kernel attribute and entry caches with timeouts and the page cache kept across
  * opens (kernel_cache), kept exact by invalidating every name of a changed file
  * (kernel-names.ts); 1 MiB requests (max_write, which libfuse3 turns into max_pages);
  * readdirplus. big_writes and nonempty do not exist there (both are always on).
@@ -22,16 +27,41 @@ export interface NativeMountOptions {
   fsname: string;
   /** Mount over a non-empty directory (`serve --force`); libfuse2 refuses one otherwise. */
   nonempty?: boolean;
-  /** Which libfuse: 2 (default) or 3 (docs/architecture.md, "The FUSE layer"). */
+  /** Which libfuse: 2 or 3 (default: libfuseFromEnv; docs/architecture.md, "The FUSE layer"). */
   libfuse?: 2 | 3;
 }
 
 /** Kernel cache timeouts on the libfuse3 path, where every change invalidates exactly. */
 export const LIBFUSE3_CACHE_SEC = 60;
 
-/** The libfuse chosen by the environment: TWINFS_FUSE=3, otherwise 2. */
-export function libfuseFromEnv(env: NodeJS.ProcessEnv = process.env): 2 | 3 {
-  return env.TWINFS_FUSE === '3' ? 3 : 2;
+/**
+ * The libfuse a mount uses when neither `serve --fuse` nor TWINFS_FUSE names one: the one place
+ * the default lives. 2 until libfuse3 passes the whole suite (docs/architecture.md, "The FUSE
+ * layer"); with 3, libfuse2 is still used where the libfuse3 build is missing.
+ */
+export const DEFAULT_LIBFUSE: 2 | 3 = 2;
+
+/** Whether fuse-native's libfuse3 build is there (made at npm install when libfuse3-dev was). */
+export function libfuse3Built(): boolean {
+  try {
+    return require('fuse-native').hasLibfuse3?.() === true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * The libfuse chosen by the environment: TWINFS_FUSE=2 or 3; otherwise DEFAULT_LIBFUSE, or
+ * libfuse2 when that is 3 and the libfuse3 build is missing.
+ */
+export function libfuseFromEnv(env: NodeJS.ProcessEnv = process.env, haveLibfuse3 = libfuse3Built): 2 | 3 {
+  if (env.TWINFS_FUSE === '2') return 2;
+  if (env.TWINFS_FUSE === '3') return 3;
+  if (env.TWINFS_FUSE)
+    throw new TwinError('ETWIN_USAGE', `TWINFS_FUSE must be 2 or 3, not ${JSON.stringify(env.TWINFS_FUSE)}`, {
+      value: env.TWINFS_FUSE,
+    });
+  return DEFAULT_LIBFUSE === 3 && !haveLibfuse3() ? 2 : DEFAULT_LIBFUSE;
 }
 
 export const DEFAULT_NATIVE_OPTIONS: NativeMountOptions = {
@@ -42,7 +72,6 @@ export const DEFAULT_NATIVE_OPTIONS: NativeMountOptions = {
   entryTimeoutSec: 1,
   allowOther: (process.getuid?.() ?? 1) === 0,
   fsname: 'twinfs',
-  libfuse: libfuseFromEnv(),
 };
 
 /** Ops that may wait on a freeze or on the cache draining must not be failed by fuse-native's 15 s timer. */

@@ -1,4 +1,5 @@
 import { execFile } from 'node:child_process';
+import * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { TwinError } from '../common/errors.js';
@@ -12,8 +13,22 @@ function run(cmd: string, args: string[], timeoutMs = 10_000): Promise<{ ok: boo
   });
 }
 
+/** fusermount from Debian's `fuse`, or fusermount3 where the `fuse3` package replaced it. */
+export function fusermountProgram(pathEnv = process.env.PATH ?? ''): string {
+  for (const dir of pathEnv.split(':')) {
+    if (!dir) continue;
+    try {
+      fs.accessSync(path.join(dir, 'fusermount'), fs.constants.X_OK);
+      return 'fusermount';
+    } catch {
+      /* not in this directory */
+    }
+  }
+  return 'fusermount3';
+}
+
 /**
- * Clears a FUSE mount, stale ones included: fusermount -uz; if the connection is hung (its
+ * Clears a FUSE mount, stale ones included: fusermount -uz (or fusermount3); if the connection is hung (its
  * server died or hangs), abort it through /sys/fs/fuse/connections and detach lazily.
  */
 export async function forceUnmount(dir: string): Promise<{ method: string }> {
@@ -29,8 +44,9 @@ export async function forceUnmount(dir: string): Promise<{ method: string }> {
         fsType: mp.fsType,
       },
     );
-  const r = await run('fusermount', ['-uz', abs]);
-  if (r.ok && !(await isMountPoint(abs)).mounted) return { method: 'fusermount -uz' };
+  const fusermount = fusermountProgram();
+  const r = await run(fusermount, ['-uz', abs]);
+  if (r.ok && !(await isMountPoint(abs)).mounted) return { method: `${fusermount} -uz` };
   // Hung connection: abort it, then detach.
   const minor = await connectionMinor(abs);
   if (minor !== undefined)

@@ -4,7 +4,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ControlClient } from '../../src/control/client.js';
-import { sh } from '../helpers/proc.js';
+import { fusermountUz, sh } from '../helpers/proc.js';
 import { CLI, controlServeArgs, type ServerHandle, startServer } from '../helpers/server.js';
 import { Rng } from '../stress/prng.js';
 import { byteAt } from './bytes.mjs';
@@ -152,7 +152,7 @@ export async function serverKills(o: ChaosBase): Promise<ServerKillReport> {
       await writerExit;
       clearTimeout(killTimer);
       writer = undefined;
-      await sh(`fusermount -uz '${d('mnt')}' 2>/dev/null`, { timeoutMs: 10_000 });
+      await sh(`${fusermountUz(d('mnt'))} 2>/dev/null`, { timeoutMs: 10_000 });
       srv = undefined;
       r.rounds++;
 
@@ -182,7 +182,7 @@ export async function serverKills(o: ChaosBase): Promise<ServerKillReport> {
   } finally {
     writer?.kill('SIGKILL');
     if (srv) await srv.kill();
-    await sh(`fusermount -uz '${d('mnt')}' 2>/dev/null`);
+    await sh(`${fusermountUz(d('mnt'))} 2>/dev/null`);
     r.ms = Math.round(now() - started);
     const keep = o.keep || o.dir || serverKillProblems(r).length > 0;
     if (!keep) await fsp.rm(dir, { recursive: true, force: true }).catch(() => undefined);
@@ -459,7 +459,7 @@ export async function peerKills(o: PeerOptions): Promise<PeerReport> {
       c.kill('SIGKILL');
     }
     if (srv) await srv.kill();
-    await sh(`fusermount -uz '${d('mnt')}' 2>/dev/null`);
+    await sh(`${fusermountUz(d('mnt'))} 2>/dev/null`);
     r.ms = Math.round(now() - started);
     const keep = o.keep || o.dir || peerProblems(r).length > 0;
     if (!keep) await fsp.rm(dir, { recursive: true, force: true }).catch(() => undefined);

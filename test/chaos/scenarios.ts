@@ -4,7 +4,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ControlClient, RemoteError } from '../../src/control/client.js';
-import { sh } from '../helpers/proc.js';
+import { fusermountUz, sh } from '../helpers/proc.js';
 import { CLI, controlServeArgs, type ServerHandle, startServer } from '../helpers/server.js';
 import { Rng } from '../stress/prng.js';
 import { byteAt } from './bytes.mjs';
@@ -90,8 +90,7 @@ async function scenario(
       s.proc.kill('SIGCONT');
       await s.kill();
     }
-    for (const m of [d('mnt'), d('tmnt')])
-      await sh(`fusermount -uz '${m}' 2>/dev/null`, { timeoutMs: 10_000 });
+    for (const m of [d('mnt'), d('tmnt')]) await sh(`${fusermountUz(m)} 2>/dev/null`, { timeoutMs: 10_000 });
     for (const t of c.tmpfs) await sh(`umount -l '${t}' 2>/dev/null`, { timeoutMs: 10_000 });
     c.report.ms = Math.round(performance.now() - started);
     if (!o.keep && problems.length === 0)

@@ -4,7 +4,7 @@ import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type ControlFixture, startControlFixture } from '../control/control-fixture.js';
 import { watchCli } from '../helpers/cli.js';
-import { isMounted, waitFor } from '../helpers/mounts.js';
+import { isMounted, unmountAll, waitFor } from '../helpers/mounts.js';
 import { sh } from '../helpers/proc.js';
 import { CLI, startServer } from '../helpers/server.js';
 import { jsonLines, twinfs } from '../repl/fixtures.js';
@@ -320,5 +320,33 @@ describe('twinfs operator subcommands', () => {
     const r = await ok(['unmount', mnt]);
     expect(r.stdout).toMatch(new RegExp(`^twinfs: unmounted ${mnt} \\(`));
     expect(await isMounted(mnt)).toBe(false);
+  });
+
+  it("unmount takes fusermount3 where Debian's fuse3 replaced fuse (no fusermount on the PATH)", async () => {
+    const mnt = path.join(fx.base, 'fuse3-only');
+    const prim = path.join(fx.base, 'fuse3-only-primary');
+    const bin = path.join(fx.base, 'fuse3-bin');
+    await Promise.all([mnt, prim, bin].map((d) => fsp.mkdir(d)));
+    // The only programs on this PATH: node, fallocate (the server's space reserve) and
+    // fusermount3 (Debian's fuse3 installs it under that name; here it is the fuse package's
+    // fusermount, which does the same for -uz).
+    await fsp.symlink('/usr/bin/fusermount', path.join(bin, 'fusermount3'));
+    await fsp.symlink(process.execPath, path.join(bin, 'node'));
+    await fsp.symlink('/usr/bin/fallocate', path.join(bin, 'fallocate'));
+    try {
+      // A server stopping on such a machine unmounts (fuse-native's unmount) and exits 0.
+      const first = await startServer({ primary: prim, mount: mnt, env: { ...process.env, PATH: bin } });
+      expect(await first.stop()).toBe(0);
+      expect(await isMounted(mnt)).toBe(false);
+      // twinfs unmount clears a stale mount.
+      const srv = await startServer({ primary: prim, mount: mnt });
+      srv.proc.kill('SIGKILL');
+      await srv.exited;
+      const r = await ok(['unmount', mnt], { env: { PATH: bin } });
+      expect(r.stdout).toBe(`twinfs: unmounted ${mnt} (fusermount3 -uz)\n`);
+      expect(await isMounted(mnt)).toBe(false);
+    } finally {
+      await unmountAll(mnt);
+    }
   });
 });

@@ -4,7 +4,7 @@ import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FIXTURES, isMounted, unmountAll } from '../helpers/mounts.js';
-import { shOk } from '../helpers/proc.js';
+import { fusermountUz, shOk } from '../helpers/proc.js';
 import { type ServerHandle, startServer, tempDirs } from '../helpers/server.js';
 import { bytes } from './fixtures/bytes.mjs';
 
@@ -74,7 +74,7 @@ describe('fsync durability across kill -9 of the server', () => {
     await Promise.race([Promise.all(writers.map((w) => w.exited)), new Promise((r) => setTimeout(r, 5000))]);
     for (const w of writers) w.proc.kill('SIGKILL');
     await Promise.all(writers.map((w) => w.exited));
-    await shOk(`fusermount -uz '${t.dirs.mnt}'`);
+    await shOk(fusermountUz(t.dirs.mnt!));
     expect(await isMounted(t.dirs.mnt!)).toBe(false);
 
     let checked = 0;

@@ -1,6 +1,7 @@
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { DEFAULT_LIBFUSE, libfuseFromEnv } from '../../src/fusefs/native-options.js';
 import { mountFixture, type PosixFixture } from '../helpers/posix.js';
 
 describe('twinfs serve (smoke)', () => {
@@ -22,7 +23,28 @@ describe('twinfs serve (smoke)', () => {
     expect(await fsp.readFile(f, 'utf8')).toBe('abc');
   });
 
+  it('is served by the libfuse TWINFS_FUSE names, else the default (the server maps that libfuse)', async () => {
+    // fuse-native always loads its libfuse2 binding; the libfuse3 one only when a mount uses it.
+    const maps = await fsp.readFile(`/proc/${fx.srv.proc.pid}/maps`, 'utf8');
+    expect(maps.includes('libfuse3.so.3')).toBe(libfuseFromEnv() === 3);
+  });
+
   it('stops cleanly on SIGTERM with exit 0', async () => {
     expect(await fx.srv.stop()).toBe(0);
+  });
+});
+
+describe('choosing the libfuse (native-options.ts)', () => {
+  it('TWINFS_FUSE=2 or 3 wins; unset is the default, or libfuse2 when the libfuse3 build is missing', () => {
+    expect(libfuseFromEnv({ TWINFS_FUSE: '2' }, () => true)).toBe(2);
+    expect(libfuseFromEnv({ TWINFS_FUSE: '3' }, () => false)).toBe(3);
+    expect(libfuseFromEnv({}, () => true)).toBe(DEFAULT_LIBFUSE);
+    expect(libfuseFromEnv({}, () => false)).toBe(2);
+  });
+
+  it('another TWINFS_FUSE value is a usage error', () => {
+    expect(() => libfuseFromEnv({ TWINFS_FUSE: '1' })).toThrow(
+      expect.objectContaining({ code: 'ETWIN_USAGE' }),
+    );
   });
 });

@@ -1,6 +1,6 @@
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
-import { sh, shOk } from './proc.js';
+import { fusermountUz, sh, shOk } from './proc.js';
 import { ROOT } from './server.js';
 
 export const FIXTURES = path.join(ROOT, 'test/fusefs/fixtures');
@@ -24,7 +24,7 @@ export async function mountTmpfs(dir: string, options: string): Promise<void> {
 export async function unmountAll(...dirs: string[]): Promise<void> {
   for (const d of [...dirs].sort((a, b) => b.length - a.length)) {
     for (let i = 0; i < 4 && (await isMounted(d).catch(() => false)); i++) {
-      await sh(`fusermount -uz '${d}' 2>/dev/null || umount -l '${d}'`, { timeoutMs: 10_000 });
+      await sh(`${fusermountUz(d)} 2>/dev/null || umount -l '${d}'`, { timeoutMs: 10_000 });
     }
   }
 }

@@ -48,3 +48,11 @@ export function asNobody(cmd: string, opts: Parameters<typeof sh>[1] = {}): Prom
 }
 
 export { spawn };
+
+/**
+ * Shell command that detaches the FUSE mount on dir lazily: fusermount from Debian's `fuse`,
+ * or fusermount3 where the `fuse3` package replaced it.
+ */
+export function fusermountUz(dir: string): string {
+  return `"$(command -v fusermount || echo fusermount3)" -uz '${dir}'`;
+}

@@ -3,7 +3,7 @@ import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { sh } from './proc.js';
+import { fusermountUz, sh } from './proc.js';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 /** The installed command's entry (dist/cli/twinfs.cjs sizes libuv's pool, then loads main.js). */
@@ -24,8 +24,7 @@ export async function tempDirs(
     base,
     dirs,
     async cleanup() {
-      for (const d of Object.values(dirs))
-        await sh(`fusermount -uz '${d}' 2>/dev/null`, { timeoutMs: 10_000 });
+      for (const d of Object.values(dirs)) await sh(`${fusermountUz(d)} 2>/dev/null`, { timeoutMs: 10_000 });
       await fsp.rm(base, { recursive: true, force: true }).catch(() => undefined);
     },
   };
@@ -120,7 +119,7 @@ export async function startServer(opts: {
     ]);
   } catch (e) {
     proc.kill('SIGKILL');
-    await sh(`fusermount -uz '${opts.mount}' 2>/dev/null`);
+    await sh(`${fusermountUz(opts.mount)} 2>/dev/null`);
     throw e;
   } finally {
     clearTimeout(timer);
@@ -155,7 +154,7 @@ export async function startServer(opts: {
         proc.kill('SIGKILL');
         await exited;
       }
-      await sh(`fusermount -uz '${opts.mount}' 2>/dev/null`);
+      await sh(`${fusermountUz(opts.mount)} 2>/dev/null`);
     },
   };
   return handle;

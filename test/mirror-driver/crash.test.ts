@@ -49,8 +49,10 @@ describe('crash: kill -9 of a server with a mirror during writes', () => {
     const writer = spawn(
       process.execPath,
       [path.join(FIXTURES, 'crash-writer.mjs'), path.join(mnt, 'w'), '7'],
-      { stdio: 'ignore' },
+      { stdio: ['ignore', 'pipe', 'ignore'] },
     );
+    let safe = 0;
+    writer.stdout!.on('data', (d: Buffer) => (safe += d.toString().split('safe ').length - 1));
     const churn = spawn(
       '/bin/bash',
       [
@@ -70,7 +72,10 @@ describe('crash: kill -9 of a server with a mirror during writes', () => {
         stdio: 'ignore',
       }),
     );
+    // Killed once the writer made some records durable (on a loaded machine the streams can
+    // take most of the server's time for a while: a fixed delay would kill it before any).
     await new Promise((r) => setTimeout(r, 1500));
+    await waitFor(() => safe >= 4, 30_000);
     srv.proc.kill('SIGKILL');
     await srv.exited;
     await srv.kill(); // clears the dead mount

@@ -5,7 +5,7 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ControlClient, RemoteError } from '../../src/control/client.js';
 import type { SelectorMsg } from '../../src/control/protocol.js';
-import { sh } from '../helpers/proc.js';
+import { fusermountUz, sh } from '../helpers/proc.js';
 import { CLI, type ServerHandle, startServer } from '../helpers/server.js';
 import { type EntryState, sameState } from './model.js';
 import { checkSnapshot, History, type Mismatch, type Snapshot } from './oracle.js';
@@ -403,7 +403,7 @@ export async function runStress(o: StressOptions): Promise<StressReport> {
       report.broken = srv.events.filter((e) => e.event === 'broken');
       await srv.kill();
     }
-    await sh(`fusermount -uz '${d('mnt')}' 2>/dev/null`);
+    await sh(`${fusermountUz(d('mnt'))} 2>/dev/null`);
     report.ms = Math.round(now() - started);
     const keep = o.keep || o.dir || ((o.keepFailed ?? true) && problems(report).length > 0);
     if (!keep) await fsp.rm(dir, { recursive: true, force: true }).catch(() => undefined);
