@@ -161,14 +161,14 @@ export class VolumeOps {
     if ((out.mode & S_IFMT) === S_IFREG) {
       const node = this.cache.get(out.ino);
       if (node?.isDirty) {
-        // Cached writes count as if they were on the primary: size and mtime show them.
+        // Cached writes count as if they were on the primary: size and mtime show them. The
+        // libfuse3 build applies the same rules natively (native-attrs.h): change both or none.
         out.size = Math.max(out.size, node.cachedEnd);
         // Allocation as the primary will have it: what it holds plus the cached bytes, in whole
         // blocks, at most the whole file (sparse files stay sparse for du and cp --sparse).
         const block = out.blksize > 0 ? out.blksize : 4096;
         const units = (bytes: number) => Math.ceil(bytes / block) * (block / 512);
-        let cached = node.dirty.size;
-        for (const e of node.flushing ?? []) cached += e.len;
+        const cached = node.cachedBytes;
         out.blocks = Math.max(out.blocks, Math.min(units(out.size), out.blocks + units(cached)));
         const written = BigInt(Math.trunc(node.lastWriteAt)) * 1_000_000n;
         if (written > st.mtimeNs) {
