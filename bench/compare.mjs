@@ -113,13 +113,13 @@ for (let rep = 0; rep < opts.reps; rep++) {
   for (const t of names.map((_, j) => names[(j + rep) % names.length])) {
     const m = M[t];
     const pid = S[t].pid;
-    dropCaches();
+    dropCaches(base);
     let c = cpuSeconds(pid);
     let r = await run('dd', ['if=/dev/zero', `of=${m}/cmp-seq`, 'bs=1M', `count=${SEQ}`, 'conv=fsync']);
     add(t, 'seq', SEQ / (r.ms / 1000));
     add(t, 'seqcpu', ((cpuSeconds(pid) - c) * 1000) / SEQ);
     await run('rm', ['-f', `${m}/cmp-seq`]);
-    dropCaches();
+    dropCaches(base);
     c = cpuSeconds(pid);
     r = await run('dd', ['if=/dev/zero', `of=${m}/cmp-small`, 'bs=4k', `count=${SMALL * 256}`]);
     add(t, 'small', SMALL / (r.ms / 1000));

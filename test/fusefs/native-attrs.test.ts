@@ -78,6 +78,24 @@ describe('getattr and getxattr answered natively (libfuse3)', () => {
     expect(await statIn('w')).toEqual({ size: 3010, mtimeNs: String(p.mtimeNs), nlink: 1 });
   });
 
+  it('cached data follows its file through rename, link and unlink of other names', async () => {
+    await py("f = open('r1', 'wb'); f.write(b'r' * 7000); f.close(); os.rename('r1', 'r2')");
+    expect((await primary('r2')).size).toBe(0n);
+    expect(await statIn('r2')).toMatchObject({ size: 7000, nlink: 1 });
+    // Two names: every stat of them goes to JS (which learns the names), both exact.
+    await py("os.link('r2', 'r3')");
+    expect(await statIn('r2')).toMatchObject({ size: 7000, nlink: 2 });
+    expect(await statIn('r3')).toMatchObject({ size: 7000, nlink: 2 });
+    // Appended through r3, then r3 unlinked (which writes the cached data back first).
+    await py("f = open('r3', 'ab'); f.write(b's' * 1000); f.close(); os.unlink('r3')");
+    await py("f = open('r2', 'ab'); f.write(b't' * 500); f.close()");
+    // One name again, cached again: answered natively, the append through r2 included.
+    const before = await native();
+    expect(await statIn('r2')).toMatchObject({ size: 8500, nlink: 1 });
+    expect((await native()).answered).toBeGreaterThan(before.answered!);
+    expect((await primary('r2')).size).toBe(8000n);
+  });
+
   it('lookups of missing names and of every entry of a directory are answered without JS', async () => {
     await py("os.mkdir('d')\nfor i in range(20): open(f'd/f{i}', 'w').close()");
     const before = await native();
