@@ -79,7 +79,7 @@ export interface TwinFsStatus {
     done: number;
     sent: number;
     /** getattrs answered in libfuse's threads / passed on to JS, inodes with cached attributes, getxattrs answered there. */
-    native?: { answered: number; fallbacks: number; cached: number; xattrs: number };
+    native?: { answered: number; fallbacks: number; cached: number; xattrs: number; flushes: number };
   };
   /** Why the mount is gone while the server still runs (it was unmounted behind its back). */
   mountLost?: string;
@@ -138,6 +138,7 @@ export class TwinFs {
             set: (ino, end, bytes, lastWriteMs, onlyMore) =>
               this.fuse?.setCachedAttributes(ino, end, bytes, lastWriteMs, onlyMore),
             clear: (ino) => this.fuse?.setCachedAttributes(ino, -1, 0, 0, false),
+            errorsPending: (pending) => this.fuse?.setNativeFlush(this.flushIsNative(pending)),
           }
         : undefined,
       limitBytes: opts.cacheBytes,
@@ -248,7 +249,13 @@ export class TwinFs {
     for (const node of this.cache.allNodes())
       if (node.isDirty)
         this.fuse.setCachedAttributes(node.ino, node.cachedEnd, node.cachedBytes, node.lastWriteAt, false);
+    this.fuse.setNativeFlush(this.flushIsNative(this.cache.hasPendingErrors));
     this.fuse.nativeAttributes(this.paths.root);
+  }
+
+  /** A flush (close(2)) has nothing to do in JS: no write-back on close, no error to report. */
+  private flushIsNative(errorsPending: boolean): boolean {
+    return this.opts.flushOnClose !== true && !errorsPending;
   }
 
   status(): TwinFsStatus {

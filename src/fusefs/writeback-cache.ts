@@ -113,6 +113,8 @@ export interface WritebackCacheOptions {
 export interface CachedAttributes {
   set(ino: number, end: number, bytes: number, lastWriteMs: number, onlyMore: boolean): void;
   clear(ino: number): void;
+  /** Whether any file has a write-back error not yet reported (close(2) must then ask JS). */
+  errorsPending(pending: boolean): void;
 }
 
 export interface CacheStats {
@@ -151,6 +153,8 @@ export class WritebackCache {
   private readonly now: () => number;
   private readonly attributes: CachedAttributes | undefined;
   private readonly nodes = new Map<number, FileNode>();
+  /** Nodes with a write-back error not yet reported (see CachedAttributes.errorsPending). */
+  private readonly erred = new Set<FileNode>();
   private readonly readAhead = new ReadAheadPool();
   private dirtyBytes = 0;
   private activeFlushes = 0;
@@ -315,6 +319,7 @@ export class WritebackCache {
   takeError(node: FileNode): NodeJS.ErrnoException | null {
     const err = node.error;
     node.error = null;
+    this.noteError(node);
     return err;
   }
 
@@ -387,6 +392,7 @@ export class WritebackCache {
         const extents = taken.map((e) => ({ off: e.off, data: e.buf.subarray(0, e.len) }));
         out.push({ path: n.path, ino: n.ino, mtime: n.lastWriteAt, extents, error: n.error?.code });
         n.error = null;
+        this.noteError(n);
         n.firstDirtyAt = 0;
       });
     }
@@ -437,6 +443,18 @@ export class WritebackCache {
     if (!attrs) return;
     if (node.isDirty) attrs.set(node.ino, node.cachedEnd, node.cachedBytes, node.lastWriteAt, onlyMore);
     else attrs.clear(node.ino);
+  }
+
+  /** Is a write-back error waiting to be reported anywhere? */
+  get hasPendingErrors(): boolean {
+    return this.erred.size > 0;
+  }
+
+  private noteError(node: FileNode): void {
+    const had = this.erred.size > 0;
+    if (node.error) this.erred.add(node);
+    else this.erred.delete(node);
+    if (had !== this.erred.size > 0) this.attributes?.errorsPending(!had);
   }
 
   private overlaySources(node: FileNode): Extent[] {
@@ -500,6 +518,7 @@ export class WritebackCache {
       this.release(before - node.dirty.size);
       if (node.firstDirtyAt === 0) node.firstDirtyAt = this.now();
       node.error = err as NodeJS.ErrnoException;
+      this.noteError(node);
       node.retryAt = this.now() + Math.max(200, this.writebackMs);
       this.stats.writeErrors++;
       this._onDidFailWriteback.fire({ path: node.path, error: node.error });
@@ -630,6 +649,7 @@ export class WritebackCache {
   private async maybeClose(node: FileNode): Promise<void> {
     if (node.refs > 0 || node.isDirty || this.nodes.get(node.ino) !== node) return;
     this.nodes.delete(node.ino);
+    if (this.erred.delete(node) && this.erred.size === 0) this.attributes?.errorsPending(false);
     this.readAhead.drop(node.readAhead);
     await closeFd(node.fd);
   }

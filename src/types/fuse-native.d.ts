@@ -348,8 +348,16 @@ declare module 'fuse-native' {
       lastWriteMs: number,
       onlyMore: boolean,
     ): void;
-    /** getattrs answered natively / passed on to JS, inodes with cached attributes, getxattrs answered natively. */
-    nativeAttributeStats(): { answered: number; fallbacks: number; cached: number; xattrs: number };
+    /** Whether a flush (close(2)) may be answered natively: the flush handler would do nothing. */
+    setNativeFlush(native: boolean): void;
+    /** getattrs answered natively / passed on to JS, inodes with cached attributes, getxattrs and flushes answered natively. */
+    nativeAttributeStats(): {
+      answered: number;
+      fallbacks: number;
+      cached: number;
+      xattrs: number;
+      flushes: number;
+    };
 
     /** `fusermount -uz <mnt>` (lazy unmount) of any FUSE mount. */
     static unmount(mnt: string, cb: (err: Error | null) => void): void;

@@ -96,6 +96,12 @@ describe('getattr and getxattr answered natively (libfuse3)', () => {
     expect((await primary('r2')).size).toBe(8000n);
   });
 
+  it('close(2) is answered natively while no write-back error waits to be reported', async () => {
+    const before = await native();
+    await py("for i in range(3):\n  f = open(f'c{i}', 'wb'); f.write(b'c'); f.close()");
+    expect((await native()).flushes).toBeGreaterThanOrEqual(before.flushes! + 3);
+  });
+
   it('lookups of missing names and of every entry of a directory are answered without JS', async () => {
     await py("os.mkdir('d')\nfor i in range(20): open(f'd/f{i}', 'w').close()");
     const before = await native();
