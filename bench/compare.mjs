@@ -13,7 +13,10 @@
 // dist, snapshotted). Workloads: dd 1 MiB + conv=fsync of --seq-mb, dd bs=4k of --small-mb
 // (no fsync), a cached read (dd bs=1M of a --read-mb file read once before through the same
 // mount: served from the kernel's page cache where it is kept across opens), bench/worker.mjs
-// meta on --files files. --bare adds the primary directory itself as a target (no server).
+// meta on --files files, and bench/worker.mjs walk (readdir + lstat of a tree of --files files at
+// rest, twice, 1.1 s apart). --bare adds the primary directory itself as a target (no server).
+// @MIRROR@ in a variant's ARGS becomes a fresh directory of its own (`--mirror @MIRROR@`: the
+// mirror on the same filesystem; a tmpfs is bench/lib.mjs mountTmpfs's job).
 import * as path from 'node:path';
 import {
   cpuSeconds,
@@ -77,13 +80,18 @@ if (opts.bare) {
 for (const [i, spec] of variants.entries()) {
   const [name, cli, args, env] = spec.split('|');
   // A primary of its own (same filesystem): one twinfs server per volume (the volume lock).
-  const dd = mkdirs(base, `m${i}`, `s${i}`, `p${i}`);
+  const dd = mkdirs(base, `m${i}`, `s${i}`, `p${i}`, `r${i}`);
   S[name] = await startTwinfs({
     cli: cli || path.join(DIST, 'cli/main.js'),
     primary: dd[`p${i}`],
     mount: dd[`m${i}`],
     stateDir: dd[`s${i}`],
-    extra: args ? args.split(' ').filter(Boolean) : [],
+    extra: args
+      ? args
+          .split(' ')
+          .filter(Boolean)
+          .map((a) => (a === '@MIRROR@' ? dd[`r${i}`] : a))
+      : [],
     env: Object.fromEntries(
       (env ?? '')
         .split(' ')
@@ -105,13 +113,13 @@ for (let rep = 0; rep < opts.reps; rep++) {
   for (const t of names.map((_, j) => names[(j + rep) % names.length])) {
     const m = M[t];
     const pid = S[t].pid;
-    dropCaches();
+    dropCaches(base);
     let c = cpuSeconds(pid);
     let r = await run('dd', ['if=/dev/zero', `of=${m}/cmp-seq`, 'bs=1M', `count=${SEQ}`, 'conv=fsync']);
     add(t, 'seq', SEQ / (r.ms / 1000));
     add(t, 'seqcpu', ((cpuSeconds(pid) - c) * 1000) / SEQ);
     await run('rm', ['-f', `${m}/cmp-seq`]);
-    dropCaches();
+    dropCaches(base);
     c = cpuSeconds(pid);
     r = await run('dd', ['if=/dev/zero', `of=${m}/cmp-small`, 'bs=4k', `count=${SMALL * 256}`]);
     add(t, 'small', SMALL / (r.ms / 1000));
@@ -132,6 +140,24 @@ for (let rep = 0; rep < opts.reps; rep++) {
     add(t, 'unlink', FILES / (mm.unlinkMs / 1000));
     add(t, 'metacpu', ((cpuSeconds(pid) - c) * 1e6) / FILES);
     await run('rm', ['-rf', `${m}/cmp-meta`]);
+    await run('mkdir', ['-p', `${m}/cmp-tree`]);
+    // The tree first, at rest past the write-back; then the server's CPU of the walks alone.
+    await worker('walk', [
+      '--dir',
+      `${m}/cmp-tree`,
+      '--n',
+      String(FILES),
+      '--settle-ms',
+      '4000',
+      '--passes',
+      '0',
+    ]);
+    c = cpuSeconds(pid);
+    const w = await worker('walk', ['--dir', `${m}/cmp-tree`, '--n', '0', '--settle-ms', '0']);
+    add(t, 'walk1', w.entries / (w.passMs[0] / 1000));
+    add(t, 'walk2', w.entries / (w.passMs[1] / 1000));
+    add(t, 'walkcpu', ((cpuSeconds(pid) - c) * 1e6) / (2 * w.entries));
+    await run('rm', ['-rf', `${m}/cmp-tree`]);
     log(`rep ${rep} ${t} done`);
   }
 }
@@ -154,6 +180,9 @@ table(
     'stat/s',
     'unlink/s',
     'µs CPU/file',
+    'walk 1 entries/s',
+    'walk 2 entries/s',
+    'µs CPU/entry walked',
   ],
   names.map((t) => [
     t,
@@ -167,5 +196,8 @@ table(
     fmt(md(t, 'stat'), 0),
     fmt(md(t, 'unlink'), 0),
     fmt(md(t, 'metacpu'), 0),
+    fmt(md(t, 'walk1'), 0),
+    fmt(md(t, 'walk2'), 0),
+    fmt(md(t, 'walkcpu'), 0),
   ]),
 );

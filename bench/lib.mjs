@@ -314,8 +314,10 @@ export async function worker(mode, args, opts = {}) {
   }
 }
 
-export function dropCaches() {
-  spawnSync('sync');
+export function dropCaches(dir) {
+  // With dir: only its filesystem (a global sync waits on every FUSE mount of the machine,
+  // a frozen one included).
+  spawnSync('sync', dir ? ['-f', dir] : []);
   try {
     fs.writeFileSync('/proc/sys/vm/drop_caches', '3');
     return true;

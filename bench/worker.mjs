@@ -6,6 +6,12 @@
 //       stat each, then unlink each; each phase timed separately (ms). --pause-ms between
 //       phases (default 1100: longer than the FUSE attr/entry timeout of 1 s, so the stat and
 //       unlink phases are not answered from the kernel's cache on either FUSE mount).
+//   node bench/worker.mjs walk --dir D --n N [--size B] [--settle-ms 4000] [--passes 2]
+//       creates N files of B bytes (default 1024) in directories of 100 under D, waits
+//       --settle-ms (default 4000: past twinfs's 3 s write-back, so the tree is at rest, as a
+//       checkout is when `git status` or `ls -lR` runs), then walks it --passes times
+//       (readdir + lstat of every entry, what find -ls, ls -lR, du, git status do), --pause-ms
+//       (default 1100, past bindfs's 1 s attr/entry timeouts) apart; each pass timed (ms).
 //   node bench/worker.mjs writer --file F --rate R --duration-ms T --span S --out OUT
 //       paced writer: R writes/s of 4 KiB (--bs) at offsets cycling through [--base, --base+S)
 //       of F (opened O_WRONLY, must exist), for T ms or until the file --stop exists (checked
@@ -46,6 +52,36 @@ if (mode === 'meta') {
   for (const f of names) fs.unlinkSync(f);
   const unlinkMs = now() - t;
   process.stdout.write(`${JSON.stringify({ n, size, createMs, statMs, unlinkMs })}\n`);
+} else if (mode === 'walk') {
+  const n = Number(a.n ?? 10000);
+  const size = Number(a.size ?? 1024);
+  const data = Buffer.alloc(size, 0x61);
+  let t = now();
+  for (let i = 0; i < n; i++) {
+    const sub = `${a.dir}/d${Math.floor(i / 100)}`;
+    if (i % 100 === 0) fs.mkdirSync(sub);
+    fs.writeFileSync(`${sub}/f${i}`, data);
+  }
+  const createMs = now() - t;
+  sleep(Number(a['settle-ms'] ?? 4000));
+  const walk = (dir) => {
+    let entries = 0;
+    for (const name of fs.readdirSync(dir)) {
+      const st = fs.lstatSync(`${dir}/${name}`);
+      entries++;
+      if (st.isDirectory()) entries += walk(`${dir}/${name}`);
+    }
+    return entries;
+  };
+  const passMs = [];
+  let entries = 0;
+  for (let p = 0; p < Number(a.passes ?? 2); p++) {
+    if (p > 0) sleep(Number(a['pause-ms'] ?? 1100));
+    t = now();
+    entries = walk(a.dir);
+    passMs.push(now() - t);
+  }
+  process.stdout.write(`${JSON.stringify({ n, entries, createMs, passMs })}\n`);
 } else if (mode === 'writer') {
   const rate = Number(a.rate ?? 1000);
   const duration = Number(a['duration-ms'] ?? 5000);

@@ -14,6 +14,7 @@ import {
   fuseNativeOptions,
   libfuseFromEnv,
   type NativeMountOptions,
+  nativeAttributesFromEnv,
 } from './native-options.js';
 import { SpaceAccount } from './space-account.js';
 import { type CallerContext, VolumeOps } from './volume-ops.js';
@@ -72,7 +73,15 @@ export interface TwinFsStatus {
    * libfuse3: names of multi-link files the kernel may cache, invalidations asked for, and the
    * native queue (queued, processed, sent for a name the kernel had).
    */
-  kernelCache?: { names: number; invalidations: number; queued: number; done: number; sent: number };
+  kernelCache?: {
+    names: number;
+    invalidations: number;
+    queued: number;
+    done: number;
+    sent: number;
+    /** getattrs answered in libfuse's threads / passed on to JS, inodes with cached attributes, getxattrs answered there. */
+    native?: { answered: number; fallbacks: number; cached: number; xattrs: number; flushes: number };
+  };
   /** Why the mount is gone while the server still runs (it was unmounted behind its back). */
   mountLost?: string;
 }
@@ -90,6 +99,8 @@ export class TwinFs {
   /** libfuse3 path only: the names whose kernel caches are invalidated on change. */
   readonly kernelNames: KernelNames | undefined;
   private readonly libfuse: 2 | 3;
+  /** libfuse3: getattr and getxattr answered natively (nativeAttributesFromEnv). */
+  private readonly nativeAttributes: boolean;
   private readonly store = new DisposableStore();
   private fuse: any;
   private fuseClass: any;
@@ -123,8 +134,18 @@ export class TwinFs {
       );
       if (inhibitor) this.store.add(inhibitor.onDidRelease(() => this.kernelNames?.retryDeferred()));
     }
+    this.nativeAttributes = this.libfuse === 3 && nativeAttributesFromEnv();
     this.cache = new WritebackCache({
       sink,
+      // Bound late: the Fuse instance exists from doMount on (nothing is cached before).
+      attributes: this.nativeAttributes
+        ? {
+            set: (ino, end, bytes, lastWriteMs, onlyMore) =>
+              this.fuse?.setCachedAttributes(ino, end, bytes, lastWriteMs, onlyMore),
+            clear: (ino) => this.fuse?.setCachedAttributes(ino, -1, 0, 0, false),
+            errorsPending: (pending) => this.fuse?.setNativeFlush(this.flushIsNative(pending)),
+          }
+        : undefined,
       limitBytes: opts.cacheBytes,
       writebackMs: opts.writebackMs,
       writeThrough: opts.writeThrough,
@@ -207,6 +228,7 @@ export class TwinFs {
           : resolve(),
       ),
     );
+    if (this.nativeAttributes) this.enableNativeAttributes();
     addServedMount(this.mountPoint);
     this.store.add(toDisposable(() => removeServedMount(this.mountPoint)));
     this.store.add(
@@ -221,6 +243,24 @@ export class TwinFs {
       }),
     );
     this.store.add(toDisposable(() => this.cache.dispose()));
+  }
+
+  /**
+   * From now on libfuse's threads answer getattr and getxattr from the primary and the cache's
+   * attributes. Requests that reached JS since the mount may have cached data: those attributes
+   * are handed over first.
+   */
+  private enableNativeAttributes(): void {
+    for (const node of this.cache.allNodes())
+      if (node.isDirty)
+        this.fuse.setCachedAttributes(node.ino, node.cachedEnd, node.cachedBytes, node.lastWriteAt, false);
+    this.fuse.setNativeFlush(this.flushIsNative(this.cache.hasPendingErrors));
+    this.fuse.nativeAttributes(this.paths.root);
+  }
+
+  /** A flush (close(2)) has nothing to do in JS: no write-back on close, no error to report. */
+  private flushIsNative(errorsPending: boolean): boolean {
+    return this.opts.flushOnClose !== true && !errorsPending;
   }
 
   status(): TwinFsStatus {
@@ -238,6 +278,7 @@ export class TwinFs {
               names: this.kernelNames.getStats().names,
               invalidations: this.kernelNames.getStats().invalidations,
               ...(this.fuse?.invalidateStats?.() ?? { queued: 0, done: 0, sent: 0 }),
+              ...(this.nativeAttributes ? { native: this.fuse?.nativeAttributeStats?.() } : {}),
             },
           }
         : {}),

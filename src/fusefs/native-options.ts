@@ -64,6 +64,15 @@ export function libfuseFromEnv(env: NodeJS.ProcessEnv = process.env, haveLibfuse
   return DEFAULT_LIBFUSE === 3 && !haveLibfuse3() ? 2 : DEFAULT_LIBFUSE;
 }
 
+/**
+ * libfuse3 path: getattr (so lookups) and getxattr answered in libfuse's threads from the
+ * primary and the cache's attributes (native-attrs.h in the patch), unless
+ * TWINFS_NATIVE_ATTRS=0 (every request then crosses to the JS thread, as before).
+ */
+export function nativeAttributesFromEnv(env: NodeJS.ProcessEnv = process.env): boolean {
+  return env.TWINFS_NATIVE_ATTRS !== '0';
+}
+
 export const DEFAULT_NATIVE_OPTIONS: NativeMountOptions = {
   // 0: libfuse2 gives each name of a hard-linked file its own kernel inode, so cached
   // attributes (nlink, size) seen through one name go stale after changes through another.

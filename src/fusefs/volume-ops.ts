@@ -161,14 +161,14 @@ export class VolumeOps {
     if ((out.mode & S_IFMT) === S_IFREG) {
       const node = this.cache.get(out.ino);
       if (node?.isDirty) {
-        // Cached writes count as if they were on the primary: size and mtime show them.
+        // Cached writes count as if they were on the primary: size and mtime show them. The
+        // libfuse3 build applies the same rules natively (native-attrs.h): change both or none.
         out.size = Math.max(out.size, node.cachedEnd);
         // Allocation as the primary will have it: what it holds plus the cached bytes, in whole
         // blocks, at most the whole file (sparse files stay sparse for du and cp --sparse).
         const block = out.blksize > 0 ? out.blksize : 4096;
         const units = (bytes: number) => Math.ceil(bytes / block) * (block / 512);
-        let cached = node.dirty.size;
-        for (const e of node.flushing ?? []) cached += e.len;
+        const cached = node.cachedBytes;
         out.blocks = Math.max(out.blocks, Math.min(units(out.size), out.blocks + units(cached)));
         const written = BigInt(Math.trunc(node.lastWriteAt)) * 1_000_000n;
         if (written > st.mtimeNs) {
@@ -252,7 +252,7 @@ export class VolumeOps {
       if (wantsWrite(flags) && !existing.writable) {
         // The cache's fd cannot write this file back: refuse now, with the errno the primary
         // gives (ETXTBSY, EROFS, EACCES...), rather than fail the write-back later.
-        closeQuietly((await openCacheFd(backing, flags)).fd);
+        closeQuietly(openCacheFd(backing, flags).fd);
         throw errnoError('EBUSY', `${path} is cached read-only; close it everywhere and reopen`);
       }
       existing.refs++;
@@ -262,7 +262,7 @@ export class VolumeOps {
       existing.nameless = false;
       return this.newHandle(existing, wantsWrite(flags) ? path : undefined);
     }
-    const { fd, writable } = await openCacheFd(backing, flags);
+    const { fd, writable } = openCacheFd(backing, flags);
     const fst = fstatFd(fd);
     return this.newHandle(
       this.cache.adopt(fst.ino, path, fd, writable),
@@ -274,8 +274,8 @@ export class VolumeOps {
     const pass = await this.gate.enter(path);
     try {
       await this.sink.beforeChange?.(path);
-      const fd = await this.paths.at([path], (backing) =>
-        openFd(backing, fs.constants.O_CREAT | fs.constants.O_RDWR, mode & 0o7777),
+      const fd = this.paths.at([path], (backing) =>
+        fs.openSync(backing, fs.constants.O_CREAT | fs.constants.O_RDWR, mode & 0o7777),
       );
       const { uid, gid } = await this.ownFor(ctx, path);
       if (uid !== undefined) await fchownFd(fd, uid, gid!);
@@ -491,7 +491,7 @@ export class VolumeOps {
       // Another name keeps the inode alive: its cached data must reach the primary under a
       // path that still exists, so write it back first.
       if (node?.isDirty && st.nlink > 1) await this.cache.flush(node);
-      await this.paths.at([path], (b) => fsp.unlink(b));
+      this.paths.at([path], (b) => fs.unlinkSync(b));
       this.kernelNames?.remove(path);
       // No name left: nothing of it may be reported from here on (a flush in flight included).
       if (node && st.nlink <= 1) node.nameless = true;
@@ -553,7 +553,7 @@ export class VolumeOps {
       const dest = this.lstatIfAny(to);
       const replaced = dest && (dest.mode & S_IFMT) === S_IFREG ? this.cache.get(dest.ino) : undefined;
       if (replaced?.isDirty && dest!.nlink > 1) await this.cache.flush(replaced);
-      await this.paths.at([from, to], (a, b) => fsp.rename(a, b));
+      this.paths.at([from, to], (a, b) => fs.renameSync(a, b));
       // Update cached paths and report in one synchronous step, so a concurrent flush reports
       // its writes either before the rename under the old path or after it under the new one.
       this.cache.renamed(from, to);
@@ -817,17 +817,18 @@ function wantsWrite(flags: number): boolean {
  * shares it. When that is refused, fall back to what the application asked for, so an open
  * for writing fails here with the primary's errno instead of a later write-back.
  */
-async function openCacheFd(backing: string, flags: number): Promise<{ fd: number; writable: boolean }> {
+function openCacheFd(backing: string, flags: number): { fd: number; writable: boolean } {
+  // On the JS thread (see lstatNow): only regular files reach open, which opens at once.
   try {
-    return { fd: await openFd(backing, fs.constants.O_RDWR, 0), writable: true };
+    return { fd: fs.openSync(backing, fs.constants.O_RDWR, 0), writable: true };
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code !== 'EACCES' && code !== 'EPERM' && code !== 'EROFS' && code !== 'ETXTBSY') throw err;
     const acc = flags & O_ACCMODE;
     if (acc === fs.constants.O_RDONLY)
-      return { fd: await openFd(backing, fs.constants.O_RDONLY, 0), writable: false };
+      return { fd: fs.openSync(backing, fs.constants.O_RDONLY, 0), writable: false };
     if (acc === fs.constants.O_WRONLY)
-      return { fd: await openFd(backing, fs.constants.O_WRONLY, 0), writable: true };
+      return { fd: fs.openSync(backing, fs.constants.O_WRONLY, 0), writable: true };
     throw err;
   }
 }
@@ -851,8 +852,11 @@ function fchownFd(fd: number, uid: number, gid: number): Promise<void> {
  * request (with attr_timeout 0, one per path component walked), and a thread-pool round trip
  * costs far more than the call: done synchronously, create/stat/unlink went 1.6–2.4× faster
  * (docs/benchmarks.md). An lstat of a cached inode takes microseconds; a cold one waits for
- * the disk while no other request is served (reads and writes of the cache included). Changes
- * (which may wait on the filesystem's journal) stay on the thread pool.
+ * the disk while no other request is served (reads and writes of the cache included). The
+ * namespace changes of the small-file hot path (create's open, unlink, rename) are done on the
+ * JS thread too: each thread-pool round trip adds two thread hand-offs to the request, about what
+ * bindfs spends on the whole request, for a call of microseconds on a local filesystem (a journal
+ * commit does not hold them; fsync does). Other changes stay on the thread pool.
  */
 function lstatNow(p: string): fs.BigIntStats {
   return fs.lstatSync(p, { bigint: true });

@@ -63,6 +63,13 @@ export class FileNode {
     return !this.dirty.isEmpty || this.flushing !== null;
   }
 
+  /** Bytes held in the cache and not yet on the primary (dirty and being written back). */
+  get cachedBytes(): number {
+    let bytes = this.dirty.size;
+    for (const e of this.flushing ?? []) bytes += e.len;
+    return bytes;
+  }
+
   /** The file's content changed (or is about to): read-ahead windows of it are stale. */
   contentChanged(): void {
     this.readAhead.gen++;
@@ -91,8 +98,23 @@ export interface WritebackCacheOptions {
    * ENOSPC at once instead of being acknowledged (space-account.ts). Default: none.
    */
   space?: SpaceAccount;
+  /** Told of every change of what a getattr overlays from the cache (see CachedAttributes). */
+  attributes?: CachedAttributes;
   /** Injected for tests. */
   now?: () => number;
+}
+
+/**
+ * Where the cache keeps a copy of what getattr overlays on the primary's attributes while a
+ * file has data the primary does not (the libfuse3 build answers getattr natively from it:
+ * native-attrs.h). set is called before a write that adds cached data is acknowledged;
+ * onlyMore says that nothing reached the primary since the last call for this inode.
+ */
+export interface CachedAttributes {
+  set(ino: number, end: number, bytes: number, lastWriteMs: number, onlyMore: boolean): void;
+  clear(ino: number): void;
+  /** Whether any file has a write-back error not yet reported (close(2) must then ask JS). */
+  errorsPending(pending: boolean): void;
 }
 
 export interface CacheStats {
@@ -129,7 +151,10 @@ export class WritebackCache {
   private readonly sink: ChangeSink;
   private readonly space: SpaceAccount | undefined;
   private readonly now: () => number;
+  private readonly attributes: CachedAttributes | undefined;
   private readonly nodes = new Map<number, FileNode>();
+  /** Nodes with a write-back error not yet reported (see CachedAttributes.errorsPending). */
+  private readonly erred = new Set<FileNode>();
   private readonly readAhead = new ReadAheadPool();
   private dirtyBytes = 0;
   private activeFlushes = 0;
@@ -153,6 +178,7 @@ export class WritebackCache {
     this.sink = opts.sink;
     this.space = opts.space;
     this.now = opts.now ?? Date.now;
+    this.attributes = opts.attributes;
     if (!this.writeThrough) {
       const period = Math.max(50, Math.min(1000, Math.floor(this.writebackMs / 2)));
       this.timer = setInterval(() => this.tick(), period);
@@ -293,6 +319,7 @@ export class WritebackCache {
   takeError(node: FileNode): NodeJS.ErrnoException | null {
     const err = node.error;
     node.error = null;
+    this.noteError(node);
     return err;
   }
 
@@ -302,7 +329,11 @@ export class WritebackCache {
       if (!node.nameless) await this.sink.beforeChange?.(node.path);
       node.contentChanged();
       this.release(node.dirty.truncate(size));
-      await ftruncate(node.fd, size);
+      try {
+        await ftruncate(node.fd, size);
+      } finally {
+        this.noteAttributes(node, false);
+      }
       // Growing a file makes a hole, not allocated space: only shrinking lowers the mark.
       this.settleSpace(node, [], Math.min(node.primarySize, size));
       if (!node.nameless) await this.sink.apply({ op: 'truncate', path: node.path, size });
@@ -314,6 +345,7 @@ export class WritebackCache {
     await node.lock.run(async () => {
       node.dead = true;
       this.release(node.dirty.takeAll().reduce((s, e) => s + e.len, 0));
+      this.noteAttributes(node, false);
       this.space?.release(node.reserved);
       node.reserved = 0;
     });
@@ -353,12 +385,14 @@ export class WritebackCache {
       await n.lock.run(async () => {
         if (n.dead || n.dirty.isEmpty) return;
         const taken = n.dirty.takeAll();
+        this.noteAttributes(n, false);
         this.release(taken.reduce((s, e) => s + e.len, 0));
         this.space?.release(n.reserved);
         n.reserved = 0;
         const extents = taken.map((e) => ({ off: e.off, data: e.buf.subarray(0, e.len) }));
         out.push({ path: n.path, ino: n.ino, mtime: n.lastWriteAt, extents, error: n.error?.code });
         n.error = null;
+        this.noteError(n);
         n.firstDirtyAt = 0;
       });
     }
@@ -389,6 +423,7 @@ export class WritebackCache {
     const now = this.now();
     if (node.firstDirtyAt === 0) node.firstDirtyAt = now;
     node.lastWriteAt = now;
+    this.noteAttributes(node, true);
     if (this.dirtyBytes > this.highWaterBytes) this.kick();
     // Write-behind: a file that has piled up this much is being streamed; its data is best
     // written while still warm in the CPU cache, not copied out cold at the high-water mark.
@@ -400,6 +435,26 @@ export class WritebackCache {
       !this.disposed
     )
       this.background(node);
+  }
+
+  /** Keeps the copy of a node's cached attributes (options.attributes) in step. */
+  private noteAttributes(node: FileNode, onlyMore: boolean): void {
+    const attrs = this.attributes;
+    if (!attrs) return;
+    if (node.isDirty) attrs.set(node.ino, node.cachedEnd, node.cachedBytes, node.lastWriteAt, onlyMore);
+    else attrs.clear(node.ino);
+  }
+
+  /** Is a write-back error waiting to be reported anywhere? */
+  get hasPendingErrors(): boolean {
+    return this.erred.size > 0;
+  }
+
+  private noteError(node: FileNode): void {
+    const had = this.erred.size > 0;
+    if (node.error) this.erred.add(node);
+    else this.erred.delete(node);
+    if (had !== this.erred.size > 0) this.attributes?.errorsPending(!had);
   }
 
   private overlaySources(node: FileNode): Extent[] {
@@ -446,9 +501,11 @@ export class WritebackCache {
       this.settleSpace(node, taken, node.primarySize);
       this.stats.flushedBytes += bytes;
       this.stats.flushes++;
-      this._onDidWriteBack.fire({ path: node.path, ino: node.ino });
       node.flushing = null;
+      this.noteAttributes(node, false);
       this.release(bytes);
+      // After the attributes settled: what the kernel asks once told is the final answer.
+      this._onDidWriteBack.fire({ path: node.path, ino: node.ino });
     } catch (err) {
       // Keep the data: it goes back under anything written since, and stays until it can be
       // written or the file is gone. The error reaches the application on fsync or close.
@@ -457,9 +514,11 @@ export class WritebackCache {
       // overlap between the two is counted once.
       const before = bytes + node.dirty.size;
       node.dirty.restoreUnder(taken);
+      this.noteAttributes(node, false);
       this.release(before - node.dirty.size);
       if (node.firstDirtyAt === 0) node.firstDirtyAt = this.now();
       node.error = err as NodeJS.ErrnoException;
+      this.noteError(node);
       node.retryAt = this.now() + Math.max(200, this.writebackMs);
       this.stats.writeErrors++;
       this._onDidFailWriteback.fire({ path: node.path, error: node.error });
@@ -590,6 +649,7 @@ export class WritebackCache {
   private async maybeClose(node: FileNode): Promise<void> {
     if (node.refs > 0 || node.isDirty || this.nodes.get(node.ino) !== node) return;
     this.nodes.delete(node.ino);
+    if (this.erred.delete(node) && this.erred.size === 0) this.attributes?.errorsPending(false);
     this.readAhead.drop(node.readAhead);
     await closeFd(node.fd);
   }

@@ -1,6 +1,6 @@
 /**
  * Types for fuse-native 2.2.6 **as patched by patches/fuse-native+2.2.6.patch** (twinfs patch
- * level 5; see docs/fuse-native-patch.md). They describe what the patched index.js actually
+ * level 6; see docs/fuse-native-patch.md). They describe what the patched index.js actually
  * passes to handlers and accepts back, not upstream's README.
  *
  * Result convention: every callback's first argument is the op's result, a number: 0 for
@@ -332,6 +332,32 @@ declare module 'fuse-native' {
     invalidatePaths(paths: readonly string[]): Promise<void>;
     /** Invalidations queued, processed, and sent for a name the kernel had. */
     invalidateStats(): { queued: number; done: number; sent: number };
+    /**
+     * libfuse3 (patch level 6): answer getattr (so lookups) and getxattr in libfuse's worker
+     * threads from `root` + path, with setCachedAttributes applied. False: this build cannot.
+     */
+    nativeAttributes(root: string): boolean;
+    /**
+     * The inode's data held in JS and not yet under root (end < 0: none any more). onlyMore:
+     * nothing reached root since the last call for it.
+     */
+    setCachedAttributes(
+      ino: number,
+      end: number,
+      bytes: number,
+      lastWriteMs: number,
+      onlyMore: boolean,
+    ): void;
+    /** Whether a flush (close(2)) may be answered natively: the flush handler would do nothing. */
+    setNativeFlush(native: boolean): void;
+    /** getattrs answered natively / passed on to JS, inodes with cached attributes, getxattrs and flushes answered natively. */
+    nativeAttributeStats(): {
+      answered: number;
+      fallbacks: number;
+      cached: number;
+      xattrs: number;
+      flushes: number;
+    };
 
     /** `fusermount -uz <mnt>` (lazy unmount) of any FUSE mount. */
     static unmount(mnt: string, cb: (err: Error | null) => void): void;
