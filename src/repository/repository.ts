@@ -142,6 +142,12 @@ export class Repository {
       const empty = (await store.list('')).length === 0;
       if (empty && opts.create === 'if-empty' && store.initOnFirstUse) {
         const encrypt = (await readPassphrase(opts.passwordFile)) !== undefined;
+        if (!encrypt && store.defaultEncrypted)
+          throw new TwinError(
+            'ETWIN_REPO_PASSWORD',
+            `${store.spec}: a repository here is encrypted by default and needs a passphrase (TWINFS_PASSWORD, TWINFS_PASSWORD_FILE or --password-file); twinfs init --target ${store.spec} --no-encrypt creates an unencrypted one`,
+            { target: store.spec },
+          );
         const repo = await Repository.init(store, { encrypt, passwordFile: opts.passwordFile });
         opts.onNotice?.(
           `created a new ${encrypt ? 'encrypted' : 'unencrypted'} repository at ${store.spec} (id ${repo.config.id})`,
