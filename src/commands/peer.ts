@@ -609,7 +609,11 @@ export function sharedControl(client: ControlClient): ControlClient {
     get(target, key) {
       if (key === 'close') return close;
       const v = Reflect.get(target, key, target) as unknown;
-      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+      // Methods (on the prototype) run on the client; own fields (the onEvent/onClose events)
+      // are handed over as they are.
+      return typeof v === 'function' && !Object.hasOwn(target, key)
+        ? (v as (...a: unknown[]) => unknown).bind(target)
+        : v;
     },
   });
 }
