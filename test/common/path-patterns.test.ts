@@ -55,7 +55,9 @@ describe("path patterns (restic's --exclude semantics)", () => {
     const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'twinfs-patterns-'));
     try {
       const f = path.join(dir, 'excludes');
-      await fsp.writeFile(f, '# comment\n  *.tmp  \n\n$HOME_DIR/cache\n${HOME_DIR}/x\n[bad\n');
+      // $VAR and ${VAR} are the file's own syntax (not a template string here).
+      const braced = ['$', '{HOME_DIR}/x'].join('');
+      await fsp.writeFile(f, `# comment\n  *.tmp  \n\n$HOME_DIR/cache\n${braced}\n[bad\n`);
       expect(await readPatternFile(f, { HOME_DIR: '/home/u' })).toEqual([
         '*.tmp',
         '/home/u/cache',
