@@ -19,6 +19,7 @@ describeRepositoryWithoutCatalog('dir:', async () => {
   return {
     spec: `dir:${dir}/repo`,
     plugin,
+    initArgs: ['--encrypt'],
     dataBytes: () => dirBytes(path.join(dir, 'repo/data')),
   };
 });

@@ -43,6 +43,8 @@ describeRepositoryWithoutCatalog('s3: on the RADOS Gateway', async () => {
   return {
     spec: `s3:${s3.bucket}/${prefix}`,
     plugin,
+    // Encrypted by default: `twinfs init` without --encrypt.
+    initArgs: [],
     env: {
       AWS_ENDPOINT_URL: rgw.endpoint,
       AWS_ACCESS_KEY_ID: rgw.credentials.accessKeyId,
