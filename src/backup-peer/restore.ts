@@ -154,8 +154,10 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
   /** Where each restored file landed, for the other names of its inode. */
   const placed = new Map<string, string>();
   let done = 0;
-  const step = (e: EntryRecord, bytes = 0) => {
-    result.entries++;
+  /** One entry dealt with: restored (counted with its bytes) or kept as it was. */
+  const step = (e: EntryRecord, bytes = 0, kept = false) => {
+    if (kept) result.kept++;
+    else result.entries++;
     result.bytes += bytes;
     o.onProgress?.({
       files: ++done,
@@ -180,14 +182,7 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
       if (o.signal?.aborted) throw new TwinError('ETWIN_ABORTED', 'restore cancelled');
       try {
         if (overwrite !== 'always' && (await keepExisting(e, tree, overwrite))) {
-          result.kept++;
-          o.onProgress?.({
-            files: ++done,
-            filesTotal: selected.length,
-            bytes: result.bytes,
-            bytesTotal,
-            path: e.path,
-          });
+          step(e, 0, true);
           return;
         }
         if (e.type === 'file') {

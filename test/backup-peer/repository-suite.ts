@@ -193,48 +193,20 @@ export function describeRepositoryWithoutCatalog(
 
       // --overwrite: never keeps what is there, if-newer keeps what is newer, always replaces.
       const a = path.join(old, 'docs/a.txt');
+      const again = (...policy: string[]) =>
+        cli('restore', 'latest', '/docs/a.txt', ...t(), '--to', old, ...policy);
       await fsp.writeFile(a, 'edited locally\n');
-      const never = await cli(
-        'restore',
-        'latest',
-        '/docs/a.txt',
-        ...t(),
-        '--to',
-        old,
-        '--overwrite',
-        'never',
-      );
+      const never = await again('--overwrite', 'never');
       expect(never.code, never.stderr).toBe(0);
       expect(never.last).toMatchObject({ kept: 1, entries: 0 });
       expect(await fsp.readFile(a, 'utf8')).toBe('edited locally\n');
       await fsp.utimes(a, new Date('2000-01-01'), new Date('2000-01-01'));
-      const older = await cli(
-        'restore',
-        'latest',
-        '/docs/a.txt',
-        ...t(),
-        '--to',
-        old,
-        '--overwrite',
-        'if-newer',
-      );
-      expect(older.last).toMatchObject({ kept: 0, entries: 1 });
+      expect((await again('--overwrite', 'if-newer')).last).toMatchObject({ kept: 0, entries: 1 });
       expect(await fsp.readFile(a, 'utf8')).toBe('alpha, second version\n');
       await fsp.writeFile(a, 'edited again\n');
-      const newer = await cli(
-        'restore',
-        'latest',
-        '/docs/a.txt',
-        ...t(),
-        '--to',
-        old,
-        '--overwrite',
-        'if-newer',
-      );
-      expect(newer.last).toMatchObject({ kept: 1, entries: 0 });
+      expect((await again('--overwrite', 'if-newer')).last).toMatchObject({ kept: 1, entries: 0 });
       expect(await fsp.readFile(a, 'utf8')).toBe('edited again\n');
-      const always = await cli('restore', 'latest', '/docs/a.txt', ...t(), '--to', old);
-      expect(always.last).toMatchObject({ kept: 0, entries: 1 });
+      expect((await again()).last).toMatchObject({ kept: 0, entries: 1 });
       expect(await fsp.readFile(a, 'utf8')).toBe('alpha, second version\n');
     }, 600_000);
 
