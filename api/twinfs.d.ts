@@ -1,7 +1,11 @@
 /**
- * The twinfs plugin API, version 1.0.0 — the only surface a plugin may use. Hand-written and
+ * The twinfs plugin API, version 1.1.0 — the only surface a plugin may use. Hand-written and
  * documented in docs/plugins.md; the host (src/plugins) implements it, and the target contract
  * below mirrors src/backup-peer/target.ts field for field.
+ *
+ * Versions: 1.1.0 added only optional members (a provider's `openStore` and the `ObjectStore`
+ * contract under a repository). A plugin written for 1.0.0 (`^1.0.0`) loads unchanged; one that
+ * gives an object store declares `^1.1.0`, which an older host refuses with ETWIN_PLUGIN_ENGINE.
  *
  * A plugin is a folder with a package.json manifest and an ES module exporting
  * `activate(context)` (and optionally `deactivate()`):
@@ -81,7 +85,7 @@ export interface PluginModule {
 }
 
 export interface TwinfsApi {
-  /** The API version ("1.0.0"). */
+  /** The API version ("1.1.0"). */
   readonly version: string;
   /**
    * Registers a backup target type, declared in contributes.backupTargets. The host wraps the
@@ -345,6 +349,7 @@ export interface BackupTarget {
  */
 export interface BackupTargetProviderLike {
   open?(location: string): Promise<BackupTarget>;
+  /** Since API 1.1.0. */
   openStore?(location: string, opts: { create: boolean }): Promise<ObjectStore>;
 }
 
@@ -366,6 +371,12 @@ export interface ObjectStore {
   readonly spec: string;
   /** Whether the host may create a repository in an empty store without `twinfs init`. */
   readonly initOnFirstUse: boolean;
+  /**
+   * Since API 1.1.0. Whether a repository created in this store is encrypted unless the
+   * operator says otherwise (`twinfs init --no-encrypt`): stores others can read (a bucket).
+   * Such a repository is not created without a passphrase.
+   */
+  readonly defaultEncrypted?: boolean;
   /** Stores the whole object atomically and durably (all or nothing); replaces one of that name. */
   put(name: string, data: Buffer): Promise<void>;
   /** The object's bytes (a range: `end` inclusive). notFound when there is none. */

@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { TwinError } from '../common/errors.js';
 import { Emitter } from '../common/event.js';
 import { DisposableStore } from '../common/lifecycle.js';
+import type { PathPatterns } from '../common/path-patterns.js';
 import { ControlClient } from '../control/client.js';
 import type { BackupReport, PrepareResult, SelectorMsg } from '../control/protocol.js';
 import { RepositoryTarget } from '../repository/index.js';
@@ -56,6 +57,12 @@ export interface BackupOptions {
   full?: boolean;
   /** Labels recorded with the snapshot (at the target and in the catalog). */
   tags?: string[];
+  /**
+   * Volume paths left out, with everything below them (backup --exclude, --exclude-file). The
+   * patterns are recorded in the snapshot's selector: a parent taken with other patterns holds
+   * another set of entries, so no change-driven incremental builds on it.
+   */
+  exclude?: PathPatterns;
   /**
    * Compare the committed snapshot with the split mirror copy before the split is released
    * (source-check.ts): 'metadata' (cheap) or 'data' (every file read back and hashed). A
@@ -172,7 +179,19 @@ export class BackupRun {
     reusedFiles: 0,
   };
 
-  constructor(private readonly opts: BackupOptions) {}
+  /** Whether --exclude leaves a volume path out (undefined: nothing is excluded). */
+  private readonly excluded: ((volumePath: string) => boolean) | undefined;
+
+  constructor(private readonly opts: BackupOptions) {
+    const ex = opts.exclude;
+    this.excluded = ex?.patterns.length ? (p) => ex.matches(p) : undefined;
+  }
+
+  /** The selection as recorded with the snapshot: with its --exclude patterns. */
+  private recordedSelector(): SelectorMsg & { exclude?: string[] } {
+    const ex = this.opts.exclude?.patterns;
+    return ex?.length ? { ...this.opts.selector, exclude: ex } : this.opts.selector;
+  }
 
   async run(): Promise<BackupResult> {
     const o = this.opts;
@@ -243,7 +262,7 @@ export class BackupRun {
       thawOwed = false;
 
       const mirror = await locateMirror(prep, o.mirrorMap);
-      const reader = new MirrorReader(mirror.data);
+      const reader = new MirrorReader(mirror.data, this.excluded);
       // Checked before anything is recorded: a bad path list is the server's fault, not a run.
       const sources = prep.itemsComplete ? itemsToSources(prep) : undefined;
       recorded = true;
@@ -257,14 +276,18 @@ export class BackupRun {
       // With the same parent, and an answer that vouches: only what changed is looked at.
       const plan =
         parent && parent.id === base?.id && !sources
-          ? planFromChanges(o.selector, { selector: base.selector, entries: parent.entries }, prep.changes)
+          ? planFromChanges(
+              this.recordedSelector(),
+              { selector: base.selector, entries: parent.entries },
+              prep.changes,
+            )
           : undefined;
       const meta: SnapshotMeta = {
         snapshotId: id,
         time: Date.now(),
         server: o.server,
         deviceId: prep.deviceId,
-        selector: o.selector,
+        selector: this.recordedSelector(),
         parentId: parent?.id,
         // At the target, so that the next incremental finds it without this catalog.
         ...(prep.generation ? { generation: prep.generation } : {}),
@@ -555,6 +578,7 @@ export class BackupRun {
       this.entryDone(copier, src.path);
     };
     if (sources) {
+      sources = sources.filter((s) => !this.excluded?.(s.path));
       this.progress.filesTotal = sources.length;
       this.progress.bytesTotal = sources.reduce((n, s) => n + (s.item?.type === 'file' ? s.item.size : 0), 0);
       await forEachLimit(sources, concurrency, copyOne);
@@ -594,18 +618,22 @@ export class BackupRun {
         throw err;
       });
       if (!stat) return;
+      // Changed files were not counted up front (no sizing walk): their bytes join the total now.
+      if (stat.isFile()) this.progress.bytesTotal += Number(stat.size);
       const e = await copier.copy({ path: p, mirrorPath: p, stat });
       if (e) entries.push(e);
     };
-    this.progress.filesTotal = plan.carried.length + plan.dirty.length;
-    this.progress.bytesTotal = plan.carried.reduce((n, e) => n + (e.type === 'file' ? e.size : 0), 0);
-    await forEachLimit(plan.carried, this.opts.target.capabilities.maxConcurrency, async (prev) => {
+    const carried = plan.carried.filter((e) => !this.excluded?.(e.path));
+    const dirty = plan.dirty.filter((p) => !this.excluded?.(p));
+    this.progress.filesTotal = carried.length + dirty.length;
+    this.progress.bytesTotal = carried.reduce((n, e) => n + (e.type === 'file' ? e.size : 0), 0);
+    await forEachLimit(carried, this.opts.target.capabilities.maxConcurrency, async (prev) => {
       const e = await copier.carry(prev);
       if (e === 'look') await look(prev.path);
       else entries.push(e);
       done(prev.path);
     });
-    await forEachLimit(plan.dirty, concurrency, async (p) => {
+    await forEachLimit(dirty, concurrency, async (p) => {
       await look(p);
       done(p);
     });
@@ -613,6 +641,7 @@ export class BackupRun {
       await forEachLimitAsync(reader.walk({ subtree: w }), concurrency, async (s) => {
         throwIfAborted(signal);
         this.progress.filesTotal++;
+        if (s.stat?.isFile()) this.progress.bytesTotal += Number(s.stat.size);
         const e = await copier.copy(s);
         if (e) entries.push(e);
         done(s.path);
@@ -668,7 +697,7 @@ export class BackupRun {
         time: Date.now(),
         server: o.server,
         deviceId: prep.deviceId,
-        selector: o.selector,
+        selector: this.recordedSelector(),
         paths: describeSelector(o.selector),
         totals: emptyTotals(),
         target: o.target.spec,

@@ -75,8 +75,10 @@ export function planFromChanges(
 }
 
 function normal(s: unknown): unknown {
-  const o = (s ?? {}) as SelectorMsg;
-  if (o.volume) return { volume: true };
-  if (o.subtree !== undefined) return { subtree: o.subtree.replace(/\/+$/, '') || '/' };
-  return { paths: o.paths ?? [] };
+  const o = (s ?? {}) as SelectorMsg & { exclude?: string[] };
+  // Other --exclude patterns select other entries: the parent's set is not this run's.
+  const ex = o.exclude?.length ? { exclude: o.exclude } : {};
+  if (o.volume) return { volume: true, ...ex };
+  if (o.subtree !== undefined) return { subtree: o.subtree.replace(/\/+$/, '') || '/', ...ex };
+  return { paths: o.paths ?? [], ...ex };
 }

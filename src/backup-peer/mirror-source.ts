@@ -145,7 +145,13 @@ const WALK_LSTATS = 64;
 export class MirrorReader {
   private readonly tree: SafeTree;
 
-  constructor(readonly data: string) {
+  /**
+   * `skip`: volume paths a walk leaves out, with everything below them (backup --exclude).
+   */
+  constructor(
+    readonly data: string,
+    private readonly skip?: (volumePath: string) => boolean,
+  ) {
     this.tree = new SafeTree(data);
   }
 
@@ -236,7 +242,7 @@ export class MirrorReader {
         if (errnoCode(err) === 'ENOENT') return undefined;
         throw err;
       });
-      if (!st) continue;
+      if (!st || this.skip?.(top)) continue;
       yield { path: top, mirrorPath: top, stat: st };
       if (st.isDirectory() && !selector.paths) yield* this.walkDir(top);
     }
@@ -254,7 +260,7 @@ export class MirrorReader {
       const stats = await Promise.all(paths.map((p) => this.lstatNs(p).catch(() => undefined)));
       for (const [j, p] of paths.entries()) {
         const st = stats[j];
-        if (!st) continue;
+        if (!st || this.skip?.(p)) continue;
         yield { path: p, mirrorPath: p, stat: st };
         if (st.isDirectory()) yield* this.walkDir(p);
       }

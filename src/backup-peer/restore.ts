@@ -3,6 +3,7 @@ import * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { errnoCode, TwinError } from '../common/errors.js';
+import type { PathPatterns } from '../common/path-patterns.js';
 import { servedMountHolding } from '../common/served-mounts.js';
 import { mknod, S_IFBLK, S_IFCHR, S_IFIFO, S_IFSOCK } from '../posix/mknod.js';
 import { msToNs, setTimesNs } from '../posix/set-times.js';
@@ -25,9 +26,27 @@ export interface RestoreOptions {
   /** Read the snapshot from this target (TYPE:LOCATION) instead of looking it up in the catalog. */
   target?: string;
   registry: TargetRegistry;
+  /** Restore only entries these patterns match (with everything below them and the directories above). */
+  include?: PathPatterns;
+  /** Leave out entries these patterns match (with everything below them). */
+  exclude?: PathPatterns;
+  /**
+   * What to do with a file, symlink or node that exists at the destination: replace it
+   * (`always`, the default), leave it (`never`), or replace it only when the snapshot's is
+   * newer (`if-newer`, by mtime). Directories are always merged into.
+   */
+  overwrite?: OverwritePolicy;
   signal?: AbortSignal;
-  onProgress?: (p: { files: number; filesTotal: number; bytes: number; path: string }) => void;
+  onProgress?: (p: {
+    files: number;
+    filesTotal: number;
+    bytes: number;
+    bytesTotal: number;
+    path: string;
+  }) => void;
 }
+
+export type OverwritePolicy = 'always' | 'never' | 'if-newer';
 
 export interface RestoreFailure {
   path: string;
@@ -39,6 +58,8 @@ export interface RestoreResult {
   snapshotId: string;
   entries: number;
   bytes: number;
+  /** Entries left as they were at the destination (--overwrite never / if-newer). */
+  kept: number;
   failures: RestoreFailure[];
 }
 
@@ -91,7 +112,12 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
   );
   for (const e of all) volumePathParts(e.path);
   const under = (p: string, top: string) => top === '/' || p === top || p.startsWith(top + '/');
-  const selected = wanted.length === 0 ? all : all.filter((e) => wanted.some((w) => under(e.path, w)));
+  const selected = all.filter(
+    (e) =>
+      (wanted.length === 0 || wanted.some((w) => under(e.path, w))) &&
+      (!o.include || o.include.matches(e.path)) &&
+      !o.exclude?.matches(e.path),
+  );
   for (const w of wanted)
     if (!all.some((e) => under(e.path, w)))
       throw new TwinError('ETWIN_NOT_FOUND', `${w} is not in snapshot ${snapshot.id}`, {
@@ -112,7 +138,8 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
   await fsp.mkdir(to, { recursive: true });
   const tree = new SafeTree(await fsp.realpath(to));
   const target = await o.registry.open(snapshot.target, { create: false });
-  const result: RestoreResult = { snapshotId: snapshot.id, entries: 0, bytes: 0, failures: [] };
+  const result: RestoreResult = { snapshotId: snapshot.id, entries: 0, bytes: 0, kept: 0, failures: [] };
+  const bytesTotal = selected.reduce((n, e) => n + (e.type === 'file' && !e.linkTo ? e.size : 0), 0);
   const fail = (p: string, err: unknown) =>
     result.failures.push({
       path: p,
@@ -127,11 +154,20 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
   /** Where each restored file landed, for the other names of its inode. */
   const placed = new Map<string, string>();
   let done = 0;
-  const step = (e: EntryRecord, bytes = 0) => {
-    result.entries++;
+  /** One entry dealt with: restored (counted with its bytes) or kept as it was. */
+  const step = (e: EntryRecord, bytes = 0, kept = false) => {
+    if (kept) result.kept++;
+    else result.entries++;
     result.bytes += bytes;
-    o.onProgress?.({ files: ++done, filesTotal: selected.length, bytes: result.bytes, path: e.path });
+    o.onProgress?.({
+      files: ++done,
+      filesTotal: selected.length,
+      bytes: result.bytes,
+      bytesTotal,
+      path: e.path,
+    });
   };
+  const overwrite = o.overwrite ?? 'always';
   try {
     for (const d of dirs) {
       try {
@@ -145,6 +181,10 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     const restoreLeaf = async (e: EntryRecord) => {
       if (o.signal?.aborted) throw new TwinError('ETWIN_ABORTED', 'restore cancelled');
       try {
+        if (overwrite !== 'always' && (await keepExisting(e, tree, overwrite))) {
+          step(e, 0, true);
+          return;
+        }
         if (e.type === 'file') {
           const leader = links.get(e.path);
           const at = leader !== undefined ? placed.get(leader) : undefined;
@@ -192,6 +232,21 @@ export async function restore(o: RestoreOptions): Promise<RestoreResult> {
     await target.close();
   }
   return result;
+}
+
+/**
+ * Whether an entry's destination holds something the overwrite policy keeps: anything
+ * (`never`), or something at least as new as the snapshot's entry (`if-newer`, by mtime).
+ */
+async function keepExisting(e: EntryRecord, tree: SafeTree, policy: OverwritePolicy): Promise<boolean> {
+  let st: fs.Stats;
+  try {
+    st = await fsp.lstat(await tree.resolve(e.path));
+  } catch (err) {
+    if (errnoCode(err) === 'ENOENT') return false;
+    throw err;
+  }
+  return policy === 'never' || st.mtimeMs >= e.mtime;
 }
 
 async function restoreFile(

@@ -44,6 +44,31 @@ export async function usePasswordFile(a: ParsedArgs): Promise<void> {
   (await import('../repository/index.js')).setPasswordFile(str(a.options['password-file']));
 }
 
+/** --exclude PATTERN (repeatable), restic's pattern syntax (src/common/path-patterns.ts). */
+const excludeOption = (describe: string): OptionSpec => ({
+  type: 'string',
+  array: true,
+  describe: `${describe} (repeatable; restic's syntax: *, ?, [..], **, a leading / anchors at the volume root, !PATTERN re-includes)`,
+});
+const excludeFileOption: OptionSpec = {
+  type: 'string',
+  array: true,
+  describe: 'read --exclude patterns from FILE, one a line (# comments, $VAR expanded); repeatable',
+  completes: 'local',
+};
+
+/**
+ * The --KIND and --KIND-file patterns of a command (exclude, include), checked
+ * (ETWIN_BAD_PATTERN); undefined when none is given.
+ */
+export async function patternsOf(a: ParsedArgs, kind: 'exclude' | 'include' = 'exclude') {
+  const patterns = list(a.options[kind]);
+  const files = list(a.options[`${kind}-file`]);
+  if (!patterns.length && !files.length) return undefined;
+  const { PathPatterns } = await import('../common/path-patterns.js');
+  return PathPatterns.load({ patterns, files });
+}
+
 const mirrorMap: OptionSpec = {
   type: 'string',
   array: true,
@@ -57,11 +82,15 @@ export const peerCommands: OperatorCommand[] = [
     summary:
       'back up paths, a subtree or the whole volume from the split mirror to a target; records the snapshot',
     usage:
-      'backup [PATH...] [--subtree DIR] [--target TYPE:LOCATION] [--catalog DIR] [--full] [--lease SECONDS]',
+      'backup [PATH...] [--subtree DIR] [--target TYPE:LOCATION] [--catalog DIR] [--full] [--exclude PATTERN] [--exclude-file FILE] [--lease SECONDS]',
     examples: [
       ['backup --target dir:/backups', 'the whole volume'],
       ['backup --subtree /db --config /etc/twinfs.json', 'server, token, target and catalog from the config'],
       ['backup /a.txt /b.txt --target dir:/backups --json', 'JSON progress lines, then the result'],
+      [
+        "backup --target dir:/backups --exclude '*.tmp' --exclude /cache",
+        'everything but temporary files and /cache',
+      ],
       [
         'backup --subtree /app --plugin-dir ./sqlite-checkpoint --on-hook-failure fail',
         'application-consistent: a plugin checkpoints the database first, or no backup',
@@ -109,6 +138,8 @@ export const peerCommands: OperatorCommand[] = [
         array: true,
         describe: 'a label for the snapshot (repeatable; forget --keep-tag)',
       },
+      exclude: excludeOption('leave out volume paths matching PATTERN, with everything below them'),
+      'exclude-file': excludeFileOption,
       'password-file': passwordFile,
       'check-source': {
         type: 'string',
@@ -154,6 +185,7 @@ export const peerCommands: OperatorCommand[] = [
           paths: paths.includes('/') ? [] : paths,
           subtree: str(a.options.subtree),
         });
+        const exclude = await patternsOf(a);
         const target = await targets.open(spec);
         try {
           const client = await ctx.client();
@@ -168,6 +200,7 @@ export const peerCommands: OperatorCommand[] = [
             mirrorMap: parseMirrorMap(list(a.options['mirror-map'])),
             full: a.options.full === true,
             tags: a.options.tag === undefined ? undefined : list(a.options.tag),
+            exclude,
             checkSource: str(a.options['check-source']) as 'metadata' | 'data' | undefined,
             signal: ctx.signal,
             connect: async () => sharedControl(client),
@@ -261,9 +294,14 @@ export const peerCommands: OperatorCommand[] = [
   {
     name: 'restore',
     summary: 'restore a snapshot (or volume paths of it) into a directory; nothing is written outside it',
-    usage: 'restore SNAPSHOT [PATH...] --to DIR [--target TYPE:LOCATION] [--catalog DIR]',
+    usage:
+      'restore SNAPSHOT [PATH...] --to DIR [--include PATTERN] [--exclude PATTERN] [--overwrite always|never|if-newer] [--target TYPE:LOCATION] [--catalog DIR]',
     examples: [
       ['restore latest --to /tmp/restored', 'everything of the newest snapshot'],
+      [
+        "restore latest --to /srv/twinfs --include '*.conf' --overwrite if-newer",
+        'configuration files, where the snapshot has a newer one',
+      ],
       ['restore 20240101-0000-ab12 /db /etc/app.conf --to /srv/twinfs', 'two paths, back onto the mount'],
     ],
     args: {
@@ -277,6 +315,16 @@ export const peerCommands: OperatorCommand[] = [
         type: 'string',
         describe: 'destination directory (a twinfs mount works too)',
         completes: 'local',
+      },
+      include: excludeOption('restore only entries matching PATTERN, with everything below them'),
+      'include-file': { ...excludeFileOption, describe: 'read --include patterns from FILE, one a line' },
+      exclude: excludeOption('leave out entries matching PATTERN, with everything below them'),
+      'exclude-file': excludeFileOption,
+      overwrite: {
+        type: 'string',
+        choices: ['always', 'never', 'if-newer'],
+        describe:
+          'an entry that exists at the destination: replace it (always, the default), keep it (never), or replace it when the snapshot has a newer mtime (if-newer)',
       },
       target: targetOnly,
       'password-file': passwordFile,
@@ -292,6 +340,9 @@ export const peerCommands: OperatorCommand[] = [
         if (!snapshotRef || !to)
           throw new TwinError('ETWIN_USAGE', 'usage: restore SNAPSHOT [PATH...] --to DIR');
         const r = await restore({
+          include: await patternsOf(a, 'include'),
+          exclude: await patternsOf(a),
+          overwrite: str(a.options.overwrite) as 'always' | 'never' | 'if-newer' | undefined,
           snapshot: snapshotRef,
           paths: paths.length ? paths : undefined,
           to,
@@ -303,8 +354,11 @@ export const peerCommands: OperatorCommand[] = [
         });
         for (const f of r.failures) ctx.warn({ code: f.code, message: `${f.path}: ${f.code}: ${f.message}` });
         const fails = r.failures.length ? `; ${r.failures.length} failed` : '';
+        const kept = r.kept
+          ? `; ${r.kept} existing entries kept (--overwrite ${str(a.options.overwrite)})`
+          : '';
         ctx.print(
-          `restored ${r.entries} entries (${bytes(r.bytes)}) of ${r.snapshotId} to ${path.resolve(to)}${fails}`,
+          `restored ${r.entries} entries (${bytes(r.bytes)}) of ${r.snapshotId} to ${path.resolve(to)}${kept}${fails}`,
         );
         if (r.failures.length)
           throw new TwinError('ETWIN_RESTORE_FAILED', `${r.failures.length} entries could not be restored`, {
@@ -544,18 +598,24 @@ export async function withTargets<T>(
   }
 }
 
-/** The front end's connection as a backup's control channel: the run must not close it. */
-function sharedControl(client: ControlClient) {
-  return {
-    hello: client.hello,
-    prepare: client.prepare.bind(client),
-    renew: client.renew.bind(client),
-    release: client.release.bind(client),
-    report: client.report.bind(client),
-    onEvent: client.onEvent,
-    onClose: client.onClose,
-    close: async () => undefined,
-  };
+/**
+ * The front end's connection as a backup's control channel: the client itself, with only `close`
+ * made a no-op (the run must not close a connection the REPL or CLI goes on using). Every other
+ * member, present or added later, is the client's own, bound to it.
+ */
+export function sharedControl(client: ControlClient): ControlClient {
+  const close = async () => undefined;
+  return new Proxy(client, {
+    get(target, key) {
+      if (key === 'close') return close;
+      const v = Reflect.get(target, key, target) as unknown;
+      // Methods (on the prototype) run on the client; own fields (the onEvent/onClose events)
+      // are handed over as they are.
+      return typeof v === 'function' && !Object.hasOwn(target, key)
+        ? (v as (...a: unknown[]) => unknown).bind(target)
+        : v;
+    },
+  });
 }
 
 export function describeTotals(t: {

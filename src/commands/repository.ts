@@ -3,7 +3,7 @@ import { TwinError } from '../common/errors.js';
 import { formatBytes as bytes } from '../common/progress.js';
 import { catalog, formatTime, passwordFile, targetOnly, usePasswordFile, withTargets } from './peer.js';
 import type { CommandContext, OperatorCommand, OptionSpec, ParsedArgs } from './spec.js';
-import { str } from './spec.js';
+import { list, str } from './spec.js';
 
 /**
  * The repository's operator commands (docs/repository.md): ls and diff of snapshots (from the
@@ -108,11 +108,90 @@ export const repositoryCommands: OperatorCommand[] = [
       }, ctx.pluginDirs),
   },
   {
+    name: 'find',
+    summary:
+      'find entries matching patterns in every snapshot (or those named with --snapshot), like restic find',
+    usage: 'find PATTERN... [--snapshot ID]... [--target TYPE:LOCATION] [--catalog DIR]',
+    examples: [
+      ["find '*.conf' --target dir:/backups", 'every .conf file, in each snapshot that has one'],
+      ['find /etc/passwd --snapshot latest', 'one path, in the newest snapshot'],
+    ],
+    args: {
+      name: 'patterns',
+      describe:
+        "restic's syntax: *, ?, [..], **; a leading / anchors at the volume root, else a pattern matches at any depth",
+    },
+    options: {
+      snapshot: {
+        type: 'string',
+        array: true,
+        describe: "look only in this snapshot (id, unique prefix or 'latest'; repeatable)",
+        completes: 'snapshots',
+      },
+      target: targetOnly,
+      'password-file': passwordFile,
+      catalog,
+    },
+    run: (ctx, a) =>
+      withTargets(async (targets) => {
+        if (!a.positional.length) throw new TwinError('ETWIN_USAGE', 'usage: find PATTERN...');
+        const { PathPatterns } = await import('../common/path-patterns.js');
+        const patterns = PathPatterns.compile(a.positional);
+        await usePasswordFile(a);
+        const { Catalog, loadSnapshot, pickSnapshot, syncCatalog } = await import('../backup-peer/index.js');
+        const catalogDir = str(a.options.catalog) ?? ctx.defaults.catalog;
+        const spec = str(a.options.target);
+        const t = spec ? await targets.open(spec, { create: false }) : undefined;
+        try {
+          const all = t
+            ? (await syncCatalog(catalogDir, t)).snapshots
+            : await Catalog.with(catalogDir, async (c) => c.list({ state: 'complete' }));
+          const refs = list(a.options.snapshot);
+          const chosen = refs.length ? refs.map((r) => pickSnapshot(all, r, t?.spec ?? 'the catalog')) : all;
+          const found: Array<{ snapshotId: string; time: number; entries: unknown[] }> = [];
+          let n = 0;
+          for (const s of chosen) {
+            ctx.progress({ phase: 'find', files: ++n, filesTotal: chosen.length, bytes: 0 });
+            const entries = t
+              ? (await t.readManifest(s.id)).entries
+              : (await loadSnapshot({ ref: s.id, catalogDir, registry: targets })).entries;
+            const hits = entries
+              .filter((e) => patterns.matchesExactly(e.path))
+              .map(
+                ({
+                  snapshotId: _s,
+                  stored: _t,
+                  storedIn: _i,
+                  ...e
+                }: (typeof entries)[number] & { snapshotId?: string }) => e,
+              )
+              .sort((x, y) => (x.path < y.path ? -1 : x.path > y.path ? 1 : 0));
+            if (!hits.length) continue;
+            ctx.print(`found in snapshot ${s.id} of ${formatTime(s.time)}:`);
+            for (const e of hits)
+              ctx.print(
+                `  ${e.type.padEnd(7)} ${bytes(e.size).padStart(10)}  ${formatTime(e.mtime)}  ${e.path}`,
+              );
+            found.push({ snapshotId: s.id, time: s.time, entries: hits });
+          }
+          const total = found.reduce((k, f) => k + f.entries.length, 0);
+          ctx.print(`twinfs: ${total} match(es) in ${found.length} of ${chosen.length} snapshot(s)`);
+          return { event: 'done', snapshots: chosen.length, found };
+        } finally {
+          await t?.close();
+        }
+      }, ctx.pluginDirs),
+  },
+  {
     name: 'init',
     summary: 'create a backup repository at a target (docs/repository.md)',
-    usage: 'init --target TYPE:LOCATION [--encrypt] [--password-file FILE]',
+    usage: 'init --target TYPE:LOCATION [--encrypt | --no-encrypt] [--password-file FILE]',
     examples: [
       ['init --target dir:/backups', 'an unencrypted repository'],
+      [
+        'init --target s3:my-bucket/host1',
+        'encrypted (the default for s3:); the passphrase from $TWINFS_PASSWORD',
+      ],
       ['init --target dir:/backups --encrypt --password-file /root/.twinfs-pass', 'an encrypted one'],
     ],
     options: {
@@ -120,7 +199,7 @@ export const repositoryCommands: OperatorCommand[] = [
       encrypt: {
         type: 'boolean',
         describe:
-          'encrypt everything stored (AES-256-GCM); the passphrase from --password-file or $TWINFS_PASSWORD(_FILE)',
+          'encrypt everything stored (AES-256-GCM; the default for s3:, --no-encrypt to refuse); the passphrase from --password-file or $TWINFS_PASSWORD(_FILE)',
       },
       'password-file': passwordFile,
     },
@@ -131,7 +210,9 @@ export const repositoryCommands: OperatorCommand[] = [
         const { Repository } = await import('../repository/index.js');
         const store = await openStoreOf(targets, spec, true);
         try {
-          const repo = await Repository.init(store, { encrypt: a.options.encrypt === true });
+          const encrypt =
+            a.options.encrypt === undefined ? store.defaultEncrypted === true : a.options.encrypt === true;
+          const repo = await Repository.init(store, { encrypt });
           ctx.print(
             `created ${repo.config.encryption ? 'an encrypted' : 'an unencrypted'} repository ${repo.config.id} at ${store.spec}`,
           );

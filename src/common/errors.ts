@@ -86,6 +86,8 @@ export const ErrorCodes = {
   ETWIN_SOURCE_MISMATCH:
     'a snapshot differs from the split mirror copy it was read from (backup --check-source)',
   ETWIN_RESTORE_FAILED: 'some entries could not be restored',
+  ETWIN_BAD_PATTERN:
+    'a path pattern (--exclude, --exclude-file, --include, find) is malformed: an unclosed bracket, an empty negation',
   ETWIN_OWN_MOUNT: 'this process serves that mount and must not write into it itself',
   ETWIN_ABORTED: 'the operation was cancelled',
   // backup repository (src/repository, docs/repository.md)

@@ -61,6 +61,9 @@ function guardStore(s: ObjectStore, plugin: string, o: GuardOptions): ObjectStor
     get initOnFirstUse() {
       return s.initOnFirstUse;
     },
+    get defaultEncrypted() {
+      return s.defaultEncrypted;
+    },
     put: (name, data) => g('put', () => s.put(name, data)),
     get: (name, range) => g('get', () => s.get(name, range)),
     stat: (name) => g('stat', () => s.stat(name)),

@@ -1,5 +1,5 @@
 import type { ObjectStore } from '../../api/twinfs.js';
-import { Repository } from './repository.js';
+import { getOrUndefined, Repository } from './repository.js';
 import { RepositoryTarget } from './repository-target.js';
 
 export { setPasswordFile } from './crypto.js';
@@ -32,7 +32,14 @@ export async function openRepositoryTarget(
   try {
     // An empty location a backup may create a repository in: created when the first snapshot
     // begins (Repository.open says so), not by merely opening it.
-    if (o.create && store.initOnFirstUse && (await store.list('')).length === 0)
+    // (The config first: listing a whole bucket of packs to learn that it is not empty would
+    // cost a LIST page per 1,000 objects on every backup.)
+    if (
+      o.create &&
+      store.initOnFirstUse &&
+      !(await getOrUndefined(store, 'config')) &&
+      (await store.list('')).length === 0
+    )
       return new RepositoryTarget(() => Repository.open(store, { ...opts, create: 'if-empty' }), type, store);
     const repo = await Repository.open(store, { ...opts, create: 'never' });
     return new RepositoryTarget(repo, type, store);

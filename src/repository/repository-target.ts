@@ -162,6 +162,7 @@ export class RepositoryTarget implements BackupTarget {
 
   /** The bytes [start, end] of content made of these chunks, verified chunk by chunk. */
   async *readRange(chunks: string[], start: number, end: number): AsyncGenerator<Buffer> {
+    await this.repo.ensureIndex();
     let pos = 0;
     for (const id of chunks) {
       if (pos > end) return;

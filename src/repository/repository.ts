@@ -138,6 +138,12 @@ export class Repository {
       const empty = (await store.list('')).length === 0;
       if (empty && opts.create === 'if-empty' && store.initOnFirstUse) {
         const encrypt = (await readPassphrase(opts.passwordFile)) !== undefined;
+        if (!encrypt && store.defaultEncrypted)
+          throw new TwinError(
+            'ETWIN_REPO_PASSWORD',
+            `${store.spec}: a repository here is encrypted by default and needs a passphrase (TWINFS_PASSWORD, TWINFS_PASSWORD_FILE or --password-file); twinfs init --target ${store.spec} --no-encrypt creates an unencrypted one`,
+            { target: store.spec },
+          );
         const repo = await Repository.init(store, { encrypt, passwordFile: opts.passwordFile });
         opts.onNotice?.(
           `created a new ${encrypt ? 'encrypted' : 'unencrypted'} repository at ${store.spec} (id ${repo.config.id})`,
@@ -186,12 +192,24 @@ export class Repository {
       const file = JSON.parse((await store.get(config.encryption.key)).toString('utf8')) as KeyFile;
       keys = await openKeyFile(file, pass);
     }
-    const repo = new Repository(store, config, keys);
-    await repo.refreshIndex();
-    return repo;
+    // The index is loaded on first need (ensureIndex): listing snapshots, forget and a catalog
+    // rebuild read snapshot objects only, and a repository of 1,000 backups has 1,000 index
+    // objects.
+    return new Repository(store, config, keys);
   }
 
   // ---- index -----------------------------------------------------------------------------------
+
+  private indexLoad: Promise<void> | undefined;
+
+  /** Loads the index unless it is loaded (what reading a blob or checking one's presence needs). */
+  ensureIndex(): Promise<void> {
+    this.indexLoad ??= this.refreshIndex().catch((err) => {
+      this.indexLoad = undefined;
+      throw err;
+    });
+    return this.indexLoad;
+  }
 
   /** Loads index objects written since the last load (by this or another process). */
   async refreshIndex(): Promise<void> {
@@ -293,6 +311,7 @@ export class Repository {
 
   /** A copy of the blob whose pack passes the metadata check, if any. */
   async intactCopy(id: string): Promise<BlobLocation | undefined> {
+    await this.ensureIndex();
     for (const l of this.copies(id)) if (await this.packIntact(l.pack)) return l;
     return undefined;
   }
@@ -308,6 +327,7 @@ export class Repository {
 
   /** A blob's plaintext, verified (authentication, then its id); another copy if one fails. */
   async readBlob(id: string): Promise<Buffer> {
+    await this.ensureIndex();
     const locs = this.copies(id);
     const all = this.index.get(id) ?? [];
     if (locs.length === 0 && all.length > 0 && all.every((l) => this.badPacks.get(l.pack) === 'missing'))

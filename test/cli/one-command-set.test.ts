@@ -104,6 +104,8 @@ describe('one command set for the command line and the REPL', () => {
       `prune --target ${target} --dry-run`,
       `catalog fix --target ${target}`,
       'check --read-data',
+      `find /docs --target ${target} --catalog ${catalog}`,
+      `find docs/[x --catalog ${catalog}`,
     ];
     const text = (s: string) => s.split('\n').filter(Boolean);
     const timing = new Set(['ms', 'rate', 'etaSec', 'percent', 'time']);
@@ -122,7 +124,7 @@ describe('one command set for the command line and the REPL', () => {
     }
     const repl = await twinfs(['repl', ...conn], { input: lines.join('\n') + '\n' });
     const replJson = await twinfs(['repl', ...conn, '--json'], { input: lines.join('\n') + '\n' });
-    expect(cli.map((r) => r.code)).toEqual([0, 0, 0, 0, 0, 0, 2, 2]);
+    expect(cli.map((r) => r.code)).toEqual([0, 0, 0, 0, 0, 0, 2, 2, 0, 1]);
     expect(text(repl.stdout)).toEqual(cli.flatMap((r) => text(r.stdout)));
     expect(text(repl.stderr)).toEqual(cli.flatMap((r) => text(r.stderr)));
     expect(results(replJson.stdout)).toEqual(results(cliJson.map((r) => r.stdout).join('')));
@@ -136,6 +138,11 @@ describe('one command set for the command line and the REPL', () => {
     expect(check.packsRead).toBe(check.packs);
     expect(cli[6]!.stderr).toMatch(/^twinfs: error ETWIN_USAGE: catalog takes one action: rebuild/);
     expect(cli[7]!.stderr).toMatch(/^twinfs: error ETWIN_USAGE: check needs a snapshot, or --target/);
+    expect(jsonLines(cliJson[8]!.stdout).at(-1)).toMatchObject({
+      snapshots: 1,
+      found: [{ entries: [{ path: '/docs', type: 'dir' }] }],
+    });
+    expect(cli[9]!.stderr).toMatch(/^twinfs: error ETWIN_BAD_PATTERN: bad pattern "docs\/\[x"/);
   }, 240_000);
 
   it('freeze data/a then thaw data/a: one form of a volume path (REPL and command line)', async () => {

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, beforeEach, describe, expect, it, onTestFinished } from 'vitest';
 import { BackupRun } from '../../src/backup-peer/backup-run.js';
 import { Catalog } from '../../src/backup-peer/catalog.js';
 import { checkSnapshot } from '../../src/backup-peer/check.js';
@@ -103,6 +103,11 @@ describe('end to end: backup, incremental backup and restore through each target
 
   for (const name of ['dir', 'tar', 'tar?gzip', 's3', 'checksum (example)'] as const) {
     it(name, async () => {
+      // An s3 repository is encrypted by default: its passphrase, as an operator gives it.
+      if (name === 's3') process.env.TWINFS_PASSWORD = 'e2e passphrase';
+      onTestFinished(() => {
+        delete process.env.TWINFS_PASSWORD;
+      });
       const spec = specs()[name];
       const catalogDir = path.join(base, `catalog-${randomUUID()}`);
       const target = await registry.open(spec);

@@ -4,7 +4,7 @@ import * as http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { CreateBucketCommand, ListObjectsCommand, S3Client } from '@aws-sdk/client-s3';
+import { CreateBucketCommand, GetObjectCommand, ListObjectsCommand, S3Client } from '@aws-sdk/client-s3';
 import S3rver from 's3rver';
 
 /**
@@ -33,6 +33,8 @@ export interface S3Fixture {
   failNext(n: number): void;
   /** The keys stored under a prefix (a signed listing straight from the server). */
   listKeys(prefix: string): Promise<string[]>;
+  /** An object's bytes, straight from the server. */
+  getObject(key: string): Promise<Buffer>;
   close(): Promise<void>;
 }
 
@@ -160,6 +162,10 @@ export async function startS3(
         if (!r.IsTruncated || !r.Contents?.length) return keys;
         marker = r.Contents.at(-1)?.Key;
       }
+    },
+    async getObject(key) {
+      const r = await lister.send(new GetObjectCommand({ Bucket: bucket, Key: key }));
+      return Buffer.from(await r.Body!.transformToByteArray());
     },
     async close() {
       lister.destroy();

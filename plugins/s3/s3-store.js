@@ -1,0 +1,215 @@
+// @ts-check
+
+import {
+  DeleteObjectCommand,
+  GetObjectCommand,
+  HeadBucketCommand,
+  HeadObjectCommand,
+  ListObjectsCommand,
+  PutObjectCommand,
+} from '@aws-sdk/client-s3';
+import { Upload } from '@aws-sdk/lib-storage';
+import { s3Error } from './s3-client.js';
+
+/** @typedef {import('twinfs').TwinfsApi} TwinfsApi */
+/** @typedef {import('twinfs').ObjectInfo} ObjectInfo */
+
+const COMPONENT = /^[A-Za-z0-9_][A-Za-z0-9_.-]*$/;
+
+/**
+ * @typedef {object} S3StoreOptions
+ * @property {number} partSize objects larger than this are uploaded in parts of this size
+ * @property {number} queueSize parts in flight per object
+ */
+
+/**
+ * The object store of the s3 target (`s3:bucket/prefix`): one S3 object per repository object,
+ * under the prefix. The host keeps a repository in it (docs/repository.md): packs of chunks,
+ * indexes and snapshot objects, none of whose keys say anything of the files backed up.
+ *
+ * A PUT is atomic (the object appears whole or not at all); an object above the part size goes
+ * up as a multipart upload, which is invisible until completed. Listing uses ListObjects (v1)
+ * with markers: every S3-compatible store has it, and it pages without the continuation tokens
+ * some of them get wrong.
+ */
+export class S3Store {
+  /** A fresh prefix becomes a repository on the first backup, as an empty dir: does. */
+  initOnFirstUse = true;
+  /** Anything in a bucket may be read by whoever runs the store: encrypted unless told not to. */
+  defaultEncrypted = true;
+
+  /**
+   * @param {import('@aws-sdk/client-s3').S3Client} client
+   * @param {string} bucket
+   * @param {string} prefix '' or 'a/b' (no slashes at either end)
+   * @param {S3StoreOptions} options
+   * @param {TwinfsApi} api
+   */
+  constructor(client, bucket, prefix, options, api) {
+    this.client = client;
+    this.bucket = bucket;
+    this.prefix = prefix;
+    this.options = options;
+    this.api = api;
+    this.spec = `s3:${bucket}${prefix ? `/${prefix}` : ''}`;
+  }
+
+  /**
+   * Checks the spec and that the bucket answers; creates nothing (a bucket is the operator's).
+   * @param {string} location `bucket/prefix`
+   * @param {import('@aws-sdk/client-s3').S3Client} client
+   * @param {S3StoreOptions} options
+   * @param {TwinfsApi} api
+   */
+  static async open(location, client, options, api) {
+    const slash = location.indexOf('/');
+    const bucket = slash < 0 ? location : location.slice(0, slash);
+    const prefix = slash < 0 ? '' : location.slice(slash + 1).replace(/^\/+|\/+$/g, '');
+    const why = bucketNameProblem(bucket);
+    if (why) throw api.errors.failed(`s3: "${bucket}" is not a bucket name: ${why} (s3:BUCKET/PREFIX)`);
+    if (prefix !== '' && prefix.split('/').some((p) => p === '' || p === '.' || p === '..'))
+      throw api.errors.failed(`s3: bad prefix "${prefix}"`);
+    try {
+      await client.send(new HeadBucketCommand({ Bucket: bucket }));
+    } catch (err) {
+      const e = /** @type {any} */ (err);
+      if (e?.$metadata?.httpStatusCode === 404 || e?.name === 'NotFound')
+        throw api.errors.failed(`s3: bucket ${bucket} does not exist`);
+      throw s3Error(api.errors, err, `s3: cannot reach bucket ${bucket}`);
+    }
+    return new S3Store(client, bucket, prefix, options, api);
+  }
+
+  /** @param {string} name */
+  key(name) {
+    const parts = typeof name === 'string' ? name.split('/') : [];
+    if (parts.length === 0 || parts.some((p) => !COMPONENT.test(p)))
+      throw this.api.errors.failed(`bad object name ${JSON.stringify(name)}`);
+    return this.prefix ? `${this.prefix}/${name}` : name;
+  }
+
+  /**
+   * @param {string} name
+   * @param {Buffer} data
+   */
+  async put(name, data) {
+    const Key = this.key(name);
+    try {
+      if (data.length <= this.options.partSize) {
+        await this.client.send(
+          new PutObjectCommand({ Bucket: this.bucket, Key, Body: data, ContentLength: data.length }),
+        );
+        return;
+      }
+      const upload = new Upload({
+        client: this.client,
+        params: { Bucket: this.bucket, Key, Body: data },
+        partSize: this.options.partSize,
+        queueSize: this.options.queueSize,
+        leavePartsOnError: false,
+      });
+      await upload.done();
+    } catch (err) {
+      throw s3Error(this.api.errors, err, `cannot store ${name} in ${this.spec}`);
+    }
+  }
+
+  /**
+   * @param {string} name
+   * @param {{ start: number, end: number }} [range]
+   */
+  async get(name, range) {
+    const Key = this.key(name);
+    try {
+      const r = await this.client.send(
+        new GetObjectCommand({
+          Bucket: this.bucket,
+          Key,
+          Range: range ? `bytes=${range.start}-${range.end}` : undefined,
+        }),
+      );
+      const body = Buffer.from(await /** @type {any} */ (r.Body).transformToByteArray());
+      if (!range) return body;
+      // HTTP lets a server answer a Range with more than asked (all of it, with 200; s3rver
+      // sends everything for 'bytes=0-0'): cut the range out of what came.
+      const m = /bytes (\d+)-(\d+)/.exec(r.ContentRange ?? '');
+      const from = m ? Number(m[1]) : 0;
+      if (from > range.start)
+        throw this.api.errors.transient(
+          `${name}: asked for bytes ${range.start}-${range.end}, the server sent from ${from}`,
+        );
+      const off = range.start - from;
+      return body.subarray(off, off + Math.max(0, range.end - range.start + 1));
+    } catch (err) {
+      throw s3Error(this.api.errors, err, `${name} in ${this.spec}`);
+    }
+  }
+
+  /** @param {string} name */
+  async stat(name) {
+    try {
+      const r = await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: this.key(name) }));
+      return { name, size: Number(r.ContentLength ?? 0) };
+    } catch (err) {
+      throw s3Error(this.api.errors, err, `${name} in ${this.spec}`);
+    }
+  }
+
+  /**
+   * Every object whose name starts with prefix (ListObjects v1, paged by marker). Objects that
+   * are not repository names (another program's, under the same prefix) are listed too, so a
+   * prefix holding anything is never taken for an empty store.
+   * @param {string} prefix
+   * @returns {Promise<ObjectInfo[]>}
+   */
+  async list(prefix) {
+    const base = this.prefix ? `${this.prefix}/` : '';
+    /** @type {ObjectInfo[]} */
+    const out = [];
+    /** @type {string | undefined} */
+    let marker;
+    for (;;) {
+      let r;
+      try {
+        r = await this.client.send(
+          new ListObjectsCommand({ Bucket: this.bucket, Prefix: base + prefix, Marker: marker }),
+        );
+      } catch (err) {
+        throw s3Error(this.api.errors, err, `cannot list ${this.spec}`);
+      }
+      const page = r.Contents ?? [];
+      for (const o of page)
+        if (o.Key) out.push({ name: o.Key.slice(base.length), size: Number(o.Size ?? 0) });
+      if (!r.IsTruncated || !page.length) return out;
+      marker = r.NextMarker ?? page[page.length - 1]?.Key;
+    }
+  }
+
+  /** @param {string} name */
+  async delete(name) {
+    try {
+      await this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: this.key(name) }));
+    } catch (err) {
+      const e = s3Error(this.api.errors, err, `cannot delete ${name} in ${this.spec}`);
+      if (/** @type {any} */ (e).code !== 'ETWIN_TARGET_NOT_FOUND') throw e;
+    }
+  }
+
+  async close() {}
+}
+
+/**
+ * Why a name cannot be an S3 bucket's (the rules of AWS's "Bucket naming rules"), or undefined.
+ * @param {string} name
+ */
+export function bucketNameProblem(name) {
+  if (name.length < 3) return `it is ${name.length} character(s) long; a bucket name has 3 to 63`;
+  if (name.length > 63) return `it is ${name.length} characters long; a bucket name has 3 to 63`;
+  const bad = /[^a-z0-9.-]/.exec(name);
+  if (bad) return `"${bad[0]}" is not allowed (only lower-case letters, digits, "." and "-")`;
+  if (!/^[a-z0-9]/.test(name) || !/[a-z0-9]$/.test(name))
+    return 'it must begin and end with a letter or digit';
+  if (name.includes('..')) return 'it may not contain two dots in a row';
+  if (/^\d+\.\d+\.\d+\.\d+$/.test(name)) return 'it may not look like an IP address';
+  return undefined;
+}
