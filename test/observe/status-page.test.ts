@@ -2,10 +2,11 @@ import { existsSync, promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import puppeteer, { type Browser, type Page } from 'puppeteer-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ControlClient } from '../../src/control/client.js';
+import type { ControlClient } from '../../src/control/client.js';
 import { runCli } from '../helpers/cli.js';
-import { controlServeArgs, ROOT, type ServerHandle, startServer, tempDirs } from '../helpers/server.js';
-import { pairedVolume, run, waitForEvent } from '../mirror-driver/mirror-helpers.js';
+import { ROOT, type ServerHandle, tempDirs } from '../helpers/server.js';
+import { run } from '../mirror-driver/mirror-helpers.js';
+import { startObservedServer } from './observe-fixture.js';
 
 /** Debian's chromium (scripts/setup.sh installs it); puppeteer-core never downloads a browser. */
 const CHROMIUM = '/usr/bin/chromium';
@@ -40,28 +41,9 @@ describe('status page in headless Chromium', () => {
   beforeAll(async () => {
     expect(existsSync(CHROMIUM), `${CHROMIUM} is missing: run scripts/setup.sh`).toBe(true);
     t = await tempDirs('primary', 'mnt', 'mirror', 'state', 'backups', 'catalog', 'shots');
-    tokenFile = path.join(t.dirs.state!, 'control.token');
-    const readTokenFile = path.join(t.dirs.state!, 'read.token');
-    srv = await startServer({
-      primary: t.dirs.primary!,
-      mount: t.dirs.mnt!,
-      args: controlServeArgs(t.dirs, tokenFile, [
-        '--read-token-file',
-        readTokenFile,
-        '--http',
-        '127.0.0.1:0',
-      ]),
-    });
-    const mounted = srv.events.find((e) => e.event === 'mounted') as any;
-    controlUrl = mounted.control.url;
-    httpUrl = mounted.http.url;
-    readToken = (await fsp.readFile(readTokenFile, 'utf8')).trim();
-    await waitForEvent(srv, pairedVolume, 30_000);
-    c = await ControlClient.connect(controlUrl, {
-      token: (await fsp.readFile(tokenFile, 'utf8')).trim(),
-      client: 'page-test',
-      requestTimeoutMs: 60_000,
-    });
+    const o = await startObservedServer(t.dirs, { http: true });
+    ({ srv, controlUrl, httpUrl, tokenFile, readToken } = o);
+    c = await o.connect('page-test');
     browser = await puppeteer.launch({
       executablePath: CHROMIUM,
       headless: true,
