@@ -1,6 +1,7 @@
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { ControlClient } from '../../src/control/client.js';
+import { type CliRun, runCli } from '../helpers/cli.js';
 import { controlServeArgs, type ServerHandle, startServer } from '../helpers/server.js';
 import { pairedVolume, waitForEvent } from '../mirror-driver/mirror-helpers.js';
 
@@ -18,6 +19,8 @@ export interface ObservedServer {
   readToken: string;
   /** A control connection with the operator token. */
   connect(client: string): Promise<ControlClient>;
+  /** A `twinfs backup --json` process of /d to the dir target at target, cataloged in catalog. */
+  backupOfD(target: string, catalog: string): Promise<CliRun>;
 }
 
 /**
@@ -54,5 +57,23 @@ export async function startObservedServer(
     readToken,
     connect: (client) =>
       ControlClient.connect(controlUrl, { token: operatorToken, client, requestTimeoutMs: 60_000 }),
+    backupOfD: (target, catalog) =>
+      runCli(
+        [
+          'backup',
+          '--server',
+          controlUrl,
+          '--token-file',
+          tokenFile,
+          '--subtree',
+          '/d',
+          '--target',
+          target,
+          '--catalog',
+          catalog,
+          '--json',
+        ],
+        { timeoutMs: 60_000 },
+      ),
   };
 }

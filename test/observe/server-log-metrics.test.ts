@@ -1,7 +1,6 @@
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ControlClient } from '../../src/control/client.js';
-import { runCli } from '../helpers/cli.js';
 import { sh } from '../helpers/proc.js';
 import { type ServerHandle, tempDirs } from '../helpers/server.js';
 import { run, waitForEvent } from '../mirror-driver/mirror-helpers.js';
@@ -78,23 +77,7 @@ describe('server log and metrics through a backup sequence', () => {
     const f: any = await c.request('freeze', { selector: { paths: ['/a.txt'] } });
     await c.request('thaw', { freezeId: f.freezeId });
 
-    const r = await runCli(
-      [
-        'backup',
-        '--server',
-        controlUrl,
-        '--token-file',
-        tokenFile,
-        '--subtree',
-        '/d',
-        '--target',
-        `dir:${t.dirs.backups}`,
-        '--catalog',
-        t.dirs.catalog!,
-        '--json',
-      ],
-      { timeoutMs: 60_000 },
-    );
+    const r = await o.backupOfD(`dir:${t.dirs.backups}`, t.dirs.catalog!);
     expect(r.code, r.stderr).toBe(0);
     backupReply = r.last;
 

@@ -3,10 +3,9 @@ import * as path from 'node:path';
 import puppeteer, { type Browser, type Page } from 'puppeteer-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ControlClient } from '../../src/control/client.js';
-import { runCli } from '../helpers/cli.js';
 import { ROOT, type ServerHandle, tempDirs } from '../helpers/server.js';
 import { run } from '../mirror-driver/mirror-helpers.js';
-import { startObservedServer } from './observe-fixture.js';
+import { type ObservedServer, startObservedServer } from './observe-fixture.js';
 
 /** Debian's chromium (scripts/setup.sh installs it); puppeteer-core never downloads a browser. */
 const CHROMIUM = '/usr/bin/chromium';
@@ -22,11 +21,10 @@ describe('status page in headless Chromium', () => {
   let t: Awaited<ReturnType<typeof tempDirs>>;
   let srv: ServerHandle | undefined;
   let c: ControlClient | undefined;
+  let o: ObservedServer;
   let browser: Browser | undefined;
   let page: Page;
   let httpUrl = '';
-  let controlUrl = '';
-  let tokenFile = '';
   let readToken = '';
 
   const textOf = (sel: string) => page.$eval(sel, (el) => (el as HTMLElement).textContent ?? '');
@@ -41,8 +39,8 @@ describe('status page in headless Chromium', () => {
   beforeAll(async () => {
     expect(existsSync(CHROMIUM), `${CHROMIUM} is missing: run scripts/setup.sh`).toBe(true);
     t = await tempDirs('primary', 'mnt', 'mirror', 'state', 'backups', 'catalog', 'shots');
-    const o = await startObservedServer(t.dirs, { http: true });
-    ({ srv, controlUrl, httpUrl, tokenFile, readToken } = o);
+    o = await startObservedServer(t.dirs, { http: true });
+    ({ srv, httpUrl, readToken } = o);
     c = await o.connect('page-test');
     browser = await puppeteer.launch({
       executablePath: CHROMIUM,
@@ -98,23 +96,7 @@ describe('status page in headless Chromium', () => {
     await waitForText('#events tbody', `frozen /a.txt (${f.freezeId})`);
 
     const target = `dir:${t.dirs.backups}`;
-    const r = await runCli(
-      [
-        'backup',
-        '--server',
-        controlUrl,
-        '--token-file',
-        tokenFile,
-        '--subtree',
-        '/d',
-        '--target',
-        target,
-        '--catalog',
-        t.dirs.catalog!,
-        '--json',
-      ],
-      { timeoutMs: 60_000 },
-    );
+    const r = await o.backupOfD(target, t.dirs.catalog!);
     expect(r.code, r.stderr).toBe(0);
     const { backupId, snapshotId, stallMs } = r.last;
     await waitForText('#prepares tbody', backupId);
