@@ -215,6 +215,56 @@ async function writeThrough(c: Ctx, name: string, n: number): Promise<number | n
   ).code;
 }
 
+/**
+ * Records how the writer did (its fsyncs and how it stopped), checks that it stopped the way
+ * the scenario expects (a time limit, or an error code), and that what it got acknowledged is
+ * on the primary.
+ */
+async function checkWriter(
+  c: Ctx,
+  w: WriterResult,
+  expected: { stopped: 'time' } | { code: string },
+): Promise<void> {
+  c.report.fsyncs = w.fsyncs;
+  c.report.writerStop = w.stop;
+  const as = 'code' in expected ? w.stop?.code === expected.code : w.stop?.stopped === expected.stopped;
+  if (!as)
+    c.problems.push(`the writer stopped with ${JSON.stringify(w.stop)}, not ${JSON.stringify(expected)}`);
+  await checkAcked(c, w);
+}
+
+/** The server settles (idle) after what, and `twinfs verify` finds the mirror equal to the primary. */
+async function checkIdleAndVerified(c: Ctx, url: string, what: string): Promise<void> {
+  const idle = await waitIdle(url, c.tokenFile, 60_000);
+  if (!idle.ok) c.problems.push(`not idle ${what}: ${idle.why}`);
+  const v = await cli(`verify --server '${url}' --token-file '${c.tokenFile}'`);
+  c.report.verify = v.code;
+  if (v.code !== 0) c.problems.push(`verify: ${v.out}`);
+}
+
+/** `twinfs mirror repair` against the server: its exit code (recorded) and last lines. */
+async function repair(c: Ctx, url: string): Promise<{ code: number | null; out: string }> {
+  const rep = await cli(`mirror repair --server '${url}' --token-file '${c.tokenFile}'`);
+  c.report.repair = rep.code;
+  return rep;
+}
+
+/** Closes the client and stops the server, which must exit with 0. */
+async function checkStops(c: Ctx, srv: ServerHandle, client: ControlClient): Promise<void> {
+  client.close();
+  const exit = await srv.stop(120_000);
+  c.report.serverExit = exit;
+  if (exit !== 0) c.problems.push(`the server exited with ${exit}`);
+}
+
+/** The snapshots the catalog of the scenario lists. */
+async function snapshots(c: Ctx): Promise<Array<{ state: string; error?: { code: string } }>> {
+  return JSON.parse(
+    (await sh(`'${process.execPath}' '${CLI}' snapshots --catalog '${c.d('catalog')}' --json`)).stdout ||
+      '[]',
+  );
+}
+
 export const SCENARIOS: Record<string, Scenario> = {
   'full primary': (o) =>
     scenario('full-primary', o, async (c) => {
@@ -222,11 +272,7 @@ export const SCENARIOS: Record<string, Scenario> = {
       const { srv, url, client } = await serve(c);
       // The writer fills the primary: its first failing call must say ENOSPC.
       const w = await write(c, 'fill', 120_000);
-      c.report.fsyncs = w.fsyncs;
-      c.report.writerStop = w.stop;
-      if (w.stop?.code !== 'ENOSPC')
-        c.problems.push(`the writer stopped with ${JSON.stringify(w.stop)}, not ENOSPC`);
-      await checkAcked(c, w);
+      await checkWriter(c, w, { code: 'ENOSPC' });
       // Still serving; room made through the mount, writes work again.
       const rm = await sh(`rm -f '${c.d('mnt')}'/d1 '${c.d('mnt')}'/d2 && ls '${c.d('mnt')}'`, {
         timeoutMs: 30_000,
@@ -234,15 +280,8 @@ export const SCENARIOS: Record<string, Scenario> = {
       if (rm.code !== 0) c.problems.push(`the mount after ENOSPC: ${rm.stderr}`);
       const again = await writeThrough(c, 'after', 1 << 20);
       if (again !== 0) c.problems.push(`a 1 MiB write after freeing space failed (${again})`);
-      const idle = await waitIdle(url, c.tokenFile, 60_000);
-      if (!idle.ok) c.problems.push(`not idle after freeing space: ${idle.why}`);
-      const v = await cli(`verify --server '${url}' --token-file '${c.tokenFile}'`);
-      c.report.verify = v.code;
-      if (v.code !== 0) c.problems.push(`verify: ${v.out}`);
-      client.close();
-      const exit = await srv.stop(120_000);
-      c.report.serverExit = exit;
-      if (exit !== 0) c.problems.push(`the server exited with ${exit}`);
+      await checkIdleAndVerified(c, url, 'after freeing space');
+      await checkStops(c, srv, client);
     }),
 
   'full mirror': (o) =>
@@ -251,10 +290,7 @@ export const SCENARIOS: Record<string, Scenario> = {
       const { srv, url, client } = await serve(c);
       // 6 s of mixed writes, then a large file: the mirror fills, the primary never notices.
       const w = await write(c, 'fill', 6000);
-      c.report.fsyncs = w.fsyncs;
-      c.report.writerStop = w.stop;
-      if (w.stop?.stopped !== 'time') c.problems.push(`the writer stopped with ${JSON.stringify(w.stop)}`);
-      await checkAcked(c, w);
+      await checkWriter(c, w, { stopped: 'time' });
       // However little a loaded machine let the writer do: 12 MiB more, which cannot fit.
       const big = await writeThrough(c, 'big', 12 << 20);
       if (big !== 0) c.problems.push(`a 12 MiB write with the mirror full failed (${big})`);
@@ -270,18 +306,10 @@ export const SCENARIOS: Record<string, Scenario> = {
       if (code !== 'ETWIN_MIRROR_BROKEN') c.problems.push(`a prepare while broken: ${code}`);
       // Room on the mirror, then a repair brings the pairs back.
       await sh(`mount -o remount,size=512m '${c.d('mirror')}'`);
-      const rep = await cli(`mirror repair --server '${url}' --token-file '${c.tokenFile}'`);
-      c.report.repair = rep.code;
+      const rep = await repair(c, url);
       if (rep.code !== 0) c.problems.push(`repair: ${rep.out}`);
-      const idle = await waitIdle(url, c.tokenFile, 60_000);
-      if (!idle.ok) c.problems.push(`not idle after the repair: ${idle.why}`);
-      const v = await cli(`verify --server '${url}' --token-file '${c.tokenFile}'`);
-      c.report.verify = v.code;
-      if (v.code !== 0) c.problems.push(`verify: ${v.out}`);
-      client.close();
-      const exit = await srv.stop(120_000);
-      c.report.serverExit = exit;
-      if (exit !== 0) c.problems.push(`the server exited with ${exit}`);
+      await checkIdleAndVerified(c, url, 'after the repair');
+      await checkStops(c, srv, client);
     }),
 
   'vanished mirror': (o) =>
@@ -295,10 +323,7 @@ export const SCENARIOS: Record<string, Scenario> = {
         c.tmpfs.splice(c.tmpfs.indexOf(c.d('mirror')), 1);
       });
       c.report.vanishedAfterMs = at;
-      c.report.fsyncs = w.fsyncs;
-      c.report.writerStop = w.stop;
-      if (w.stop?.stopped !== 'time') c.problems.push(`the writer stopped with ${JSON.stringify(w.stop)}`);
-      await checkAcked(c, w);
+      await checkWriter(c, w, { stopped: 'time' });
       const shown = await until(
         async () => JSON.stringify((await statusOf(client)).mirror.brokenReasons).includes('ENODEV'),
         10_000,
@@ -309,8 +334,7 @@ export const SCENARIOS: Record<string, Scenario> = {
       const code = await prepareCode(client);
       c.report.prepareWhileVanished = code;
       if (code !== 'ETWIN_MIRROR_BROKEN') c.problems.push(`a prepare while vanished: ${code}`);
-      const rep = await cli(`mirror repair --server '${url}' --token-file '${c.tokenFile}'`);
-      c.report.repair = rep.code;
+      const rep = await repair(c, url);
       if (rep.code !== 1 || !rep.out.includes('ETWIN_'))
         c.problems.push(`repair of a vanished mirror: ${rep.code} ${rep.out}`);
       const left = await fsp.readdir(c.d('mirror'));
@@ -319,10 +343,7 @@ export const SCENARIOS: Record<string, Scenario> = {
       // The primary still takes writes.
       const again = await writeThrough(c, 'after', 1 << 20);
       if (again !== 0) c.problems.push(`a write after the mirror vanished failed (${again})`);
-      client.close();
-      const exit = await srv.stop(120_000);
-      c.report.serverExit = exit;
-      if (exit !== 0) c.problems.push(`the server exited with ${exit}`);
+      await checkStops(c, srv, client);
     }),
 
   'hung target': (o) =>
@@ -400,10 +421,7 @@ export const SCENARIOS: Record<string, Scenario> = {
       const said = await until(async () => out.includes('ETWIN_TARGET_HUNG'), 30_000);
       c.report.peerFailedAfterMs = Date.now() - stoppedAt;
       if (!said) c.problems.push(`the peer with its target hung says: ${out.slice(-300)}`);
-      const recorded = JSON.parse(
-        (await sh(`'${process.execPath}' '${CLI}' snapshots --catalog '${c.d('catalog')}' --json`)).stdout ||
-          '[]',
-      ) as Array<{ state: string; error?: { code: string } }>;
+      const recorded = await snapshots(c);
       c.report.catalogSays = recorded.map((x) => `${x.state} ${x.error?.code ?? ''}`.trim());
       if (!recorded.some((x) => x.state === 'failed' && x.error?.code === 'ETWIN_TARGET_HUNG'))
         c.problems.push(`the catalog says: ${JSON.stringify(c.report.catalogSays)}`);
@@ -417,11 +435,7 @@ export const SCENARIOS: Record<string, Scenario> = {
       }
       c.children.delete(peer);
       // No complete snapshot from the hung run; a new backup to a working target succeeds.
-      const snaps = JSON.parse(
-        (await sh(`'${process.execPath}' '${CLI}' snapshots --catalog '${c.d('catalog')}' --json`)).stdout ||
-          '[]',
-      ) as Array<{ state: string }>;
-      const complete = snaps.filter((x) => x.state === 'complete');
+      const complete = (await snapshots(c)).filter((x) => x.state === 'complete');
       c.report.snapshotsAfterHang = complete.length;
       if (complete.length !== 0) c.problems.push(`${complete.length} snapshot(s) complete from a hung run`);
       await fsp.mkdir(c.d('target2'));
@@ -430,9 +444,6 @@ export const SCENARIOS: Record<string, Scenario> = {
       );
       c.report.backupAfter = b.code;
       if (b.code !== 0) c.problems.push(`a backup after the hang: ${b.out}`);
-      client.close();
-      const exit = await srv.stop(120_000);
-      c.report.serverExit = exit;
-      if (exit !== 0) c.problems.push(`the server exited with ${exit}`);
+      await checkStops(c, srv, client);
     }),
 };

@@ -3,8 +3,9 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ControlClient } from '../../src/control/client.js';
-import { isMounted, unmountAll } from '../helpers/mounts.js';
-import { type RunResult, shOk } from '../helpers/proc.js';
+import { CLEAN_ENV, expectCoded, serveRefusals } from '../helpers/coded.js';
+import { unmountAll } from '../helpers/mounts.js';
+import { shOk } from '../helpers/proc.js';
 import { startServer, tempDirs } from '../helpers/server.js';
 import { twinfs } from '../repl/fixtures.js';
 
@@ -15,45 +16,12 @@ import { twinfs } from '../repl/fixtures.js';
  * or --insecure-bind; the shared flat config works for serve and the operator commands.
  */
 
-const clean = { TWINFS_SERVER: undefined, TWINFS_TOKEN: undefined, TWINFS_CONFIG: undefined };
-
-/** One line `twinfs: error CODE: ...`, no stack trace, the exit status. */
-function expectCoded(r: RunResult, exit: number, code: string, text?: RegExp): void {
-  expect(r.code, `stderr: ${r.stderr}`).toBe(exit);
-  expect(r.stderr).toMatch(new RegExp(`^twinfs: error ${code}: \\S`));
-  expect(r.stderr.trim().split('\n'), `one line: ${r.stderr}`).toHaveLength(1);
-  expect(r.stderr).not.toMatch(/\n\s+at /);
-  if (text) expect(r.stderr).toMatch(text);
-}
-
 describe('twinfs serve: the control channel is validated and bound before mounting', () => {
   let t: Awaited<ReturnType<typeof tempDirs>>;
   let d: Record<string, string>;
   let busy: net.Server;
   let busyPort: number;
-  /** serve with a mirror and a control channel; extra arguments last. */
-  const serveArgs = (...extra: string[]) => [
-    'serve',
-    '--primary',
-    d.primary!,
-    '--mount',
-    d.mnt!,
-    '--mirror',
-    d.mirror!,
-    '--state-dir',
-    d.state!,
-    '--token-file',
-    path.join(d.etc!, 'control.token'),
-    ...extra,
-  ];
-  /** A failed serve: the coded line, and the mount point an ordinary, empty, unmounted directory. */
-  const expectServeRefused = async (extra: string[], exit: number, code: string, text?: RegExp) => {
-    const r = await twinfs(serveArgs(...extra), { env: clean, timeoutMs: 30_000 });
-    expectCoded(r, exit, code, text);
-    expect(r.stdout).not.toContain('mounted');
-    expect(await isMounted(d.mnt!)).toBe(false);
-    expect(await fsp.readdir(d.mnt!)).toEqual([]);
-  };
+  const { serveArgs, expectServeRefused } = serveRefusals(() => d);
 
   beforeAll(async () => {
     t = await tempDirs('primary', 'mnt', 'mirror', 'state', 'etc', 'tls');
@@ -114,7 +82,7 @@ describe('twinfs serve: the control channel is validated and bound before mounti
     await fsp.chmod(tokenFile, 0o640);
     await expectServeRefused(['--control', '127.0.0.1:0'], 1, 'ETWIN_TOKEN_PERMISSIONS', /0640/);
     expectCoded(
-      await twinfs(['status', '--server', 'ws://127.0.0.1:1', '--token-file', tokenFile], { env: clean }),
+      await twinfs(['status', '--server', 'ws://127.0.0.1:1', '--token-file', tokenFile], { env: CLEAN_ENV }),
       1,
       'ETWIN_TOKEN_PERMISSIONS',
     );
@@ -127,7 +95,7 @@ describe('twinfs serve: the control channel is validated and bound before mounti
     try {
       const url = (srv.events.find((e) => e.event === 'mounted') as any).control.url;
       const r = await twinfs(['status', '--server', url, '--token-file', tokenFile, '--json'], {
-        env: clean,
+        env: CLEAN_ENV,
       });
       expect(r.code, r.stderr).toBe(0);
     } finally {
@@ -169,18 +137,18 @@ describe('twinfs serve: the control channel is validated and bound before mounti
     try {
       const url: string = (srv.events.find((e) => e.event === 'mounted') as any).control.url;
       expectCoded(
-        await twinfs(['status', '--server', url], { env: { ...clean, TWINFS_TOKEN: 'wrong' } }),
+        await twinfs(['status', '--server', url], { env: { ...CLEAN_ENV, TWINFS_TOKEN: 'wrong' } }),
         1,
         'EPROTO_AUTH',
         /wrong token/,
       );
       expectCoded(
-        await twinfs(['freeze', '/', '--server', url, '--token-file', readFile], { env: clean }),
+        await twinfs(['freeze', '/', '--server', url, '--token-file', readFile], { env: CLEAN_ENV }),
         1,
         'EPROTO_FORBIDDEN',
       );
       expectCoded(
-        await twinfs(['resync', 'bk-nope', '--server', url, '--token-file', tokenFile], { env: clean }),
+        await twinfs(['resync', 'bk-nope', '--server', url, '--token-file', tokenFile], { env: CLEAN_ENV }),
         1,
         'ETWIN_UNKNOWN_BACKUP',
       );
@@ -212,14 +180,14 @@ describe('twinfs serve: the control channel is validated and bound before mounti
     try {
       const url: string = (srv.events.find((e) => e.event === 'mounted') as any).control.url;
       // The operator side reads the same file (server given explicitly: the port was 0).
-      const r = await twinfs(['status', '--config', cfg, '--server', url, '--json'], { env: clean });
+      const r = await twinfs(['status', '--config', cfg, '--server', url, '--json'], { env: CLEAN_ENV });
       expect(r.code, r.stderr).toBe(0);
     } finally {
       expect(await srv.stop()).toBe(0);
     }
     await fsp.writeFile(cfg, JSON.stringify({ ...flat, catalogue: '/x' }));
     await expectServeRefused(['--config', cfg], 1, 'ETWIN_CONFIG', /unknown setting "catalogue"/);
-    const op = await twinfs(['status', '--config', cfg], { env: clean });
+    const op = await twinfs(['status', '--config', cfg], { env: CLEAN_ENV });
     expectCoded(op, 1, 'ETWIN_CONFIG', /"catalogue" is not a setting/);
   });
 });

@@ -15,8 +15,15 @@ import { type ControlFixture, FIXTURES, startControlFixture, status } from './co
  */
 
 const MiB = 1024 * 1024;
-/** Short enough to keep the failure test quick, far above what a healthy write-back takes. */
+/**
+ * The budget of the failure test only, whose write-back is held by a freeze and so always runs
+ * into it: short to keep that test quick. The tests of a write-back that succeeds run with the
+ * product's default budget (--kernel-sync-timeout-ms, 30 s), the one a user gets: a short budget
+ * there fails them whenever the machine is busy, which says nothing about prepare.
+ */
 const KERNEL_SYNC_TIMEOUT_MS = 1500;
+/** How long the failure test waits, after the thaw, for the stuck write-back to end. */
+const UNSTUCK_WAIT_MS = 40_000;
 
 /** A python3 child holding a dirty MAP_SHARED mapping of file (fixtures/mmap-writer.py). */
 class MmapWriter {
@@ -76,26 +83,35 @@ function countOther(buf: Buffer, byte: string): number {
   return n;
 }
 
-describe('prepare writes back the kernel dirty pages of shared writable mappings', () => {
-  let fx: ControlFixture;
-  let c: ControlClient;
+/**
+ * A served volume (our own write-back only on demand: whatever reaches the mirror came through
+ * prepare), a client, and mmap writers stopped at the end; args adds serve options.
+ */
+function mmapFixture(args: string[] = []) {
+  const s = {} as { fx: ControlFixture; c: ControlClient };
   const writers: MmapWriter[] = [];
+  beforeAll(async () => {
+    s.fx = await startControlFixture({ args: ['--writeback-ms', '60000', ...args] });
+    s.c = await s.fx.connect();
+  });
+  afterAll(async () => {
+    for (const w of writers) await w.stop();
+    await s.fx?.close();
+  });
   const writer = async (...a: Parameters<typeof MmapWriter.start>) => {
     const w = await MmapWriter.start(...a);
     writers.push(w);
     return w;
   };
+  return { s, writer };
+}
 
-  beforeAll(async () => {
-    // Our own write-back only on demand: whatever reaches the mirror came through prepare.
-    fx = await startControlFixture({
-      args: ['--writeback-ms', '60000', '--kernel-sync-timeout-ms', String(KERNEL_SYNC_TIMEOUT_MS)],
-    });
-    c = await fx.connect();
-  });
-  afterAll(async () => {
-    for (const w of writers) await w.stop();
-    await fx?.close();
+describe('prepare writes back the kernel dirty pages of shared writable mappings', () => {
+  const { s, writer } = mmapFixture();
+  let fx: ControlFixture;
+  let c: ControlClient;
+  beforeAll(() => {
+    ({ fx, c } = s);
   });
 
   it('a new 1 MiB file filled with Z through a mapping that stays mapped is 1 MiB of Z in the split copy', async () => {
@@ -179,6 +195,15 @@ describe('prepare writes back the kernel dirty pages of shared writable mappings
       await c.request('thaw', { freezeId: fz.freezeId });
     }
   });
+});
+
+describe('a kernel write-back that cannot finish within its budget', () => {
+  const { s, writer } = mmapFixture(['--kernel-sync-timeout-ms', String(KERNEL_SYNC_TIMEOUT_MS)]);
+  let fx: ControlFixture;
+  let c: ControlClient;
+  beforeAll(() => {
+    ({ fx, c } = s);
+  });
 
   it('a kernel write-back that cannot finish in time fails prepare with ETWIN_KERNEL_WRITEBACK and leaves nothing split or held', async () => {
     // Real cause: an operator freeze holds the WRITE requests of the selected file's dirty
@@ -189,26 +214,26 @@ describe('prepare writes back the kernel dirty pages of shared writable mappings
     let thawed = false;
     try {
       await held.fill('H');
-      const t0 = Date.now();
       const err: any = await c.prepare({ paths: ['/held.dat'] }).catch((e) => e);
       expect(err?.code).toBe('ETWIN_KERNEL_WRITEBACK');
-      expect(Date.now() - t0).toBeGreaterThanOrEqual(KERNEL_SYNC_TIMEOUT_MS - 100);
-      // The stuck write-back still waits: the next prepare refuses at once instead of piling up.
-      const t1 = Date.now();
+      // It ran out of its budget (not refused behind an earlier stuck one, nor a failed sync).
+      expect(err?.data?.timeoutMs).toBe(KERNEL_SYNC_TIMEOUT_MS);
+      expect(err?.data?.stuck).toBeUndefined();
+      // The stuck write-back still waits: the next prepare refuses at once (no new sync child
+      // that would wait out another budget) instead of piling up.
       const again: any = await c.prepare({ paths: ['/held.dat'] }).catch((e) => e);
       expect(again?.code).toBe('ETWIN_KERNEL_WRITEBACK');
       expect(again?.data?.stuck).toBe(true);
-      expect(Date.now() - t1).toBeLessThan(KERNEL_SYNC_TIMEOUT_MS);
       const st = await status(c);
       expect(st.backup.backups).toEqual([]);
       expect(st.mirror.splits).toEqual([]);
       expect(st.backup.stall.kernelSync.failures).toBe(2);
       // Files outside were never held by it.
-      await shOk(`echo x >> '${fx.mnt}/other.dat'`, { timeoutMs: 2_000 });
+      await shOk(`echo x >> '${fx.mnt}/other.dat'`, { timeoutMs: 15_000 });
       await c.request('thaw', { freezeId: fz.freezeId });
       thawed = true;
       // Once its WRITEs are answered the stuck write-back ends and prepare works again.
-      const end = Date.now() + 15_000;
+      const end = Date.now() + UNSTUCK_WAIT_MS;
       let p: PrepareResult | undefined;
       while (!p) {
         p = await c.prepare({ paths: ['/held.dat'] }).catch((e) => {

@@ -5,9 +5,7 @@ import { VolumeOps } from '../../src/fusefs/volume-ops.js';
 import { VolumePaths } from '../../src/fusefs/volume-paths.js';
 import { WriteInhibitor } from '../../src/fusefs/write-inhibitor.js';
 import { WritebackCache } from '../../src/fusefs/writeback-cache.js';
-import { MirrorDriver } from '../../src/mirror-driver/index.js';
-import { tempDirs } from '../helpers/server.js';
-import { sha } from '../mirror-driver/mirror-helpers.js';
+import { type DriverOnTempDirs, driverOnTempDirs, sha } from '../mirror-driver/mirror-helpers.js';
 
 /**
  * A cached file that loses the name its changes are reported under while still open (found by
@@ -18,8 +16,8 @@ import { sha } from '../mirror-driver/mirror-helpers.js';
  * mirror are real directories, the sink the real mirror driver.
  */
 describe('a cached file that loses its name while open', () => {
-  let t: Awaited<ReturnType<typeof tempDirs>>;
-  let d: MirrorDriver | undefined;
+  let t: DriverOnTempDirs['t'] | undefined;
+  let d: DriverOnTempDirs['d'] | undefined;
   let cache: WritebackCache | undefined;
   afterEach(async () => {
     await cache?.dispose();
@@ -28,19 +26,12 @@ describe('a cached file that loses its name while open', () => {
   });
 
   async function setup(): Promise<{ ops: VolumeOps; P: string; M: string }> {
-    t = await tempDirs('primary', 'mirror', 'state');
-    const P = t.dirs.primary!;
-    await fsp.writeFile(`${P}/x`, randomBytes(60_000));
-    d = await MirrorDriver.open({
-      primary: P,
-      mirror: t.dirs.mirror!,
-      stateDir: t.dirs.state!,
-      log: () => undefined,
-    });
-    await d.whenReady();
+    let P: string;
+    let M: string;
+    ({ t, P, d, M } = await driverOnTempDirs((p) => fsp.writeFile(`${p}/x`, randomBytes(60_000))));
     cache = new WritebackCache({ sink: d, writebackMs: 60_000 });
     const ops = new VolumeOps({ paths: new VolumePaths(P), cache, sink: d, gate: new WriteInhibitor() });
-    return { ops, P, M: d.dataRoot };
+    return { ops, P, M };
   }
 
   it('a rename over it: its cached data never reaches the mirror under the name the other file has now', async () => {

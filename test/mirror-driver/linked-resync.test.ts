@@ -2,9 +2,8 @@ import { randomBytes } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import * as xattr from 'fs-xattr';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { MirrorDriver } from '../../src/mirror-driver/index.js';
-import { tempDirs } from '../helpers/server.js';
-import { run, sha } from './mirror-helpers.js';
+import type { MirrorDriver } from '../../src/mirror-driver/index.js';
+import { type DriverOnTempDirs, driverOnTempDirs, openDriver, run, sha } from './mirror-helpers.js';
 
 /**
  * Resync of hard-linked files, found by the stress harness (issue 10: zeros at the end of a
@@ -14,24 +13,16 @@ import { run, sha } from './mirror-helpers.js';
  * holds; a mount cannot be made to pick one on purpose).
  */
 describe('resync of files with several names', () => {
-  let t: Awaited<ReturnType<typeof tempDirs>>;
+  let t: DriverOnTempDirs['t'];
   let d: MirrorDriver;
   let P: string;
   let M: string;
 
   beforeEach(async () => {
-    t = await tempDirs('primary', 'mirror', 'state');
-    P = t.dirs.primary!;
-    await fsp.writeFile(`${P}/a`, randomBytes(100_000));
-    await fsp.link(`${P}/a`, `${P}/b`);
-    d = await MirrorDriver.open({
-      primary: P,
-      mirror: t.dirs.mirror!,
-      stateDir: t.dirs.state!,
-      log: () => undefined,
-    });
-    await d.whenReady();
-    M = d.dataRoot;
+    ({ t, P, d, M } = await driverOnTempDirs(async (p) => {
+      await fsp.writeFile(`${p}/a`, randomBytes(100_000));
+      await fsp.link(`${p}/a`, `${p}/b`);
+    }));
     expect((await fsp.stat(`${M}/a`)).ino).toBe((await fsp.stat(`${M}/b`)).ino);
   });
   afterEach(async () => {
@@ -129,13 +120,12 @@ describe('resync of files with several names', () => {
     await fsp.mkdir(`${P}/d2/d3`, { recursive: true });
     await fsp.link(`${P}/a`, `${P}/d2/d3/y`);
     const logs: string[] = [];
-    d = await MirrorDriver.open({
+    d = await openDriver({
       primary: P,
       mirror: t.dirs.mirror!,
       stateDir: t.dirs.state!,
       log: (m) => logs.push(m),
     });
-    await d.whenReady();
     // (The start-up comparison itself found /a with a name the mirror lacks: not counted here.)
     logs.length = 0;
     // One more name, made through the driver, and its directory renamed: the index follows.

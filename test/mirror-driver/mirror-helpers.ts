@@ -5,7 +5,7 @@ import * as path from 'node:path';
 import { TwinFs } from '../../src/fusefs/index.js';
 import { MirrorDriver, type MirrorDriverOptions } from '../../src/mirror-driver/index.js';
 import { type RunResult, sh } from '../helpers/proc.js';
-import { CLI, ROOT, type ServerHandle } from '../helpers/server.js';
+import { CLI, ROOT, type ServerHandle, tempDirs } from '../helpers/server.js';
 
 export const MIXED = path.join(ROOT, 'test/mirror-driver/fixtures/mixed.sh');
 
@@ -71,6 +71,39 @@ export async function waitForEvent(
 export const pairedVolume = (e: Record<string, unknown>) =>
   e.event === 'state' && e.state === 'PAIR' && e.paths === 'volume';
 
+/** A MirrorDriver opened in this process (quiet unless o.log) once its start-up work is done. */
+export async function openDriver(
+  o: Pick<MirrorDriverOptions, 'primary' | 'mirror' | 'stateDir'> & Partial<MirrorDriverOptions>,
+): Promise<MirrorDriver> {
+  const driver = await MirrorDriver.open({ log: () => undefined, ...o });
+  await driver.whenReady();
+  return driver;
+}
+
+export interface DriverOnTempDirs {
+  /** The temporary primary, mirror and state directories (cleanup() removes them). */
+  t: Awaited<ReturnType<typeof tempDirs>>;
+  /** The primary. */
+  P: string;
+  d: MirrorDriver;
+  /** The mirror's data root. */
+  M: string;
+}
+
+/**
+ * A MirrorDriver without a mount over fresh temporary directories: populate makes the primary's
+ * first entries, which the driver's initial copy takes to the mirror before this resolves.
+ */
+export async function driverOnTempDirs(
+  populate: (primary: string) => Promise<void>,
+): Promise<DriverOnTempDirs> {
+  const t = await tempDirs('primary', 'mirror', 'state');
+  const P = t.dirs.primary!;
+  await populate(P);
+  const d = await openDriver({ primary: P, mirror: t.dirs.mirror!, stateDir: t.dirs.state! });
+  return { t, P, d, M: d.dataRoot };
+}
+
 export interface InProcess {
   fs: TwinFs;
   driver: MirrorDriver;
@@ -91,15 +124,13 @@ export async function mountInProcess(o: {
   stateDir: string;
   driver?: Partial<MirrorDriverOptions>;
 }): Promise<InProcess> {
-  const driver = await MirrorDriver.open({
+  const driver = await openDriver({
     primary: o.primary,
     mirror: o.mirror,
     stateDir: o.stateDir,
     retryBrokenMs: 0,
-    log: () => undefined,
     ...o.driver,
   });
-  await driver.whenReady();
   let twin: TwinFs;
   try {
     twin = await TwinFs.mount({

@@ -1,9 +1,9 @@
 import { randomBytes } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { MirrorDriver } from '../../src/mirror-driver/index.js';
+import type { MirrorDriver } from '../../src/mirror-driver/index.js';
 import { setTimesNs } from '../../src/posix/set-times.js';
-import { tempDirs } from '../helpers/server.js';
+import { type DriverOnTempDirs, driverOnTempDirs } from './mirror-helpers.js';
 
 /**
  * Times of mirror entries (src/mirror-driver/times.ts): a data write moves the mirror's mtime,
@@ -13,7 +13,7 @@ import { tempDirs } from '../helpers/server.js';
  * so the mirror can only have them by copying them.
  */
 describe('mirror times', () => {
-  let t: Awaited<ReturnType<typeof tempDirs>>;
+  let t: DriverOnTempDirs['t'];
   let d: MirrorDriver;
   let P: string;
   let M: string;
@@ -21,17 +21,7 @@ describe('mirror times', () => {
   const MTIME = 1_000_000_100_987_654_321n;
 
   beforeEach(async () => {
-    t = await tempDirs('primary', 'mirror', 'state');
-    P = t.dirs.primary!;
-    await fsp.writeFile(`${P}/a`, randomBytes(10_000));
-    d = await MirrorDriver.open({
-      primary: P,
-      mirror: t.dirs.mirror!,
-      stateDir: t.dirs.state!,
-      log: () => undefined,
-    });
-    await d.whenReady();
-    M = d.dataRoot;
+    ({ t, P, d, M } = await driverOnTempDirs((p) => fsp.writeFile(`${p}/a`, randomBytes(10_000))));
   });
   afterEach(async () => {
     await d?.dispose();

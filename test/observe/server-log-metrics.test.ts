@@ -1,11 +1,10 @@
-import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ControlClient } from '../../src/control/client.js';
-import { runCli } from '../helpers/cli.js';
 import { sh } from '../helpers/proc.js';
-import { controlServeArgs, type ServerHandle, startServer, tempDirs } from '../helpers/server.js';
-import { pairedVolume, run, waitForEvent } from '../mirror-driver/mirror-helpers.js';
+import { type ServerHandle, tempDirs } from '../helpers/server.js';
+import { run, waitForEvent } from '../mirror-driver/mirror-helpers.js';
+import { startObservedServer } from './observe-fixture.js';
 
 interface Family {
   name: string;
@@ -61,26 +60,10 @@ describe('server log and metrics through a backup sequence', () => {
 
   beforeAll(async () => {
     t = await tempDirs('primary', 'mnt', 'mirror', 'state', 'backups', 'catalog');
-    const tokenFile = path.join(t.dirs.state!, 'control.token');
-    const readTokenFile = path.join(t.dirs.state!, 'read.token');
-    srv = await startServer({
-      primary: t.dirs.primary!,
-      mount: t.dirs.mnt!,
-      args: controlServeArgs(t.dirs, tokenFile, [
-        '--read-token-file',
-        readTokenFile,
-        '--http',
-        '127.0.0.1:0',
-      ]),
-    });
-    const mounted = srv.events.find((e) => e.event === 'mounted') as any;
-    controlUrl = mounted.control.url;
-    httpUrl = mounted.http.url;
-    mirrorData = mounted.mirror.mirrorRoot;
-    expect(mounted.control.tokenFile).toBe(tokenFile);
-    operatorToken = (await fsp.readFile(tokenFile, 'utf8')).trim();
-    readToken = (await fsp.readFile(readTokenFile, 'utf8')).trim();
-    await waitForEvent(srv, pairedVolume, 30_000);
+    const o = await startObservedServer(t.dirs, { http: true });
+    let tokenFile: string;
+    ({ srv, controlUrl, httpUrl, mirrorData, operatorToken, readToken, tokenFile } = o);
+    expect((srv.events.find((e) => e.event === 'mounted') as any).control.tokenFile).toBe(tokenFile);
     await run(
       `set -e; cd '${t.dirs.mnt}'; mkdir d; head -c 300000 /dev/urandom > d/big; echo a > a.txt; sync`,
     );
@@ -90,31 +73,11 @@ describe('server log and metrics through a backup sequence', () => {
       ControlClient.connect(controlUrl, { token: 'not-the-token-0123456789', client: 'intruder' }),
     ).rejects.toMatchObject({ code: 'EPROTO_AUTH' });
 
-    c = await ControlClient.connect(controlUrl, {
-      token: operatorToken,
-      client: 'log-test',
-      requestTimeoutMs: 60_000,
-    });
+    c = await o.connect('log-test');
     const f: any = await c.request('freeze', { selector: { paths: ['/a.txt'] } });
     await c.request('thaw', { freezeId: f.freezeId });
 
-    const r = await runCli(
-      [
-        'backup',
-        '--server',
-        controlUrl,
-        '--token-file',
-        tokenFile,
-        '--subtree',
-        '/d',
-        '--target',
-        `dir:${t.dirs.backups}`,
-        '--catalog',
-        t.dirs.catalog!,
-        '--json',
-      ],
-      { timeoutMs: 60_000 },
-    );
+    const r = await o.backupOfD(`dir:${t.dirs.backups}`, t.dirs.catalog!);
     expect(r.code, r.stderr).toBe(0);
     backupReply = r.last;
 

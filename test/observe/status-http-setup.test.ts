@@ -4,21 +4,10 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ControlClient } from '../../src/control/client.js';
-import { isMounted, unmountAll } from '../helpers/mounts.js';
-import { type RunResult, shOk } from '../helpers/proc.js';
+import { serveRefusals } from '../helpers/coded.js';
+import { unmountAll } from '../helpers/mounts.js';
+import { shOk } from '../helpers/proc.js';
 import { type ServerHandle, startServer, tempDirs } from '../helpers/server.js';
-import { twinfs } from '../repl/fixtures.js';
-
-const clean = { TWINFS_SERVER: undefined, TWINFS_TOKEN: undefined, TWINFS_CONFIG: undefined };
-
-/** One line `twinfs: error CODE: ...`, no stack trace, the exit status. */
-function expectCoded(r: RunResult, exit: number, code: string, text?: RegExp): void {
-  expect(r.code, `stderr: ${r.stderr}`).toBe(exit);
-  expect(r.stderr).toMatch(new RegExp(`^twinfs: error ${code}: \\S`));
-  expect(r.stderr.trim().split('\n'), `one line: ${r.stderr}`).toHaveLength(1);
-  expect(r.stderr).not.toMatch(/\n\s+at /);
-  if (text) expect(r.stderr).toMatch(text);
-}
 
 /** An HTTPS request trusting the test's self-signed certificate. */
 function get(
@@ -49,27 +38,7 @@ describe('twinfs serve --http: checked and bound before mounting, TLS, sessions,
   let busy: net.Server;
   let busyPort: number;
   let srv: ServerHandle | undefined;
-  const serveArgs = (...extra: string[]) => [
-    'serve',
-    '--primary',
-    d.primary!,
-    '--mount',
-    d.mnt!,
-    '--mirror',
-    d.mirror!,
-    '--state-dir',
-    d.state!,
-    '--token-file',
-    path.join(d.etc!, 'control.token'),
-    ...extra,
-  ];
-  const expectServeRefused = async (extra: string[], exit: number, code: string, text?: RegExp) => {
-    const r = await twinfs(serveArgs(...extra), { env: clean, timeoutMs: 30_000 });
-    expectCoded(r, exit, code, text);
-    expect(r.stdout).not.toContain('mounted');
-    expect(await isMounted(d.mnt!)).toBe(false);
-    expect(await fsp.readdir(d.mnt!)).toEqual([]);
-  };
+  const { serveArgs, expectServeRefused } = serveRefusals(() => d);
 
   beforeAll(async () => {
     t = await tempDirs('primary', 'mnt', 'mirror', 'state', 'etc', 'tls');

@@ -2,10 +2,10 @@ import { existsSync, promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import puppeteer, { type Browser, type Page } from 'puppeteer-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ControlClient } from '../../src/control/client.js';
-import { runCli } from '../helpers/cli.js';
-import { controlServeArgs, ROOT, type ServerHandle, startServer, tempDirs } from '../helpers/server.js';
-import { pairedVolume, run, waitForEvent } from '../mirror-driver/mirror-helpers.js';
+import type { ControlClient } from '../../src/control/client.js';
+import { ROOT, type ServerHandle, tempDirs } from '../helpers/server.js';
+import { run } from '../mirror-driver/mirror-helpers.js';
+import { type ObservedServer, startObservedServer } from './observe-fixture.js';
 
 /** Debian's chromium (scripts/setup.sh installs it); puppeteer-core never downloads a browser. */
 const CHROMIUM = '/usr/bin/chromium';
@@ -21,11 +21,10 @@ describe('status page in headless Chromium', () => {
   let t: Awaited<ReturnType<typeof tempDirs>>;
   let srv: ServerHandle | undefined;
   let c: ControlClient | undefined;
+  let o: ObservedServer;
   let browser: Browser | undefined;
   let page: Page;
   let httpUrl = '';
-  let controlUrl = '';
-  let tokenFile = '';
   let readToken = '';
 
   const textOf = (sel: string) => page.$eval(sel, (el) => (el as HTMLElement).textContent ?? '');
@@ -40,28 +39,9 @@ describe('status page in headless Chromium', () => {
   beforeAll(async () => {
     expect(existsSync(CHROMIUM), `${CHROMIUM} is missing: run scripts/setup.sh`).toBe(true);
     t = await tempDirs('primary', 'mnt', 'mirror', 'state', 'backups', 'catalog', 'shots');
-    tokenFile = path.join(t.dirs.state!, 'control.token');
-    const readTokenFile = path.join(t.dirs.state!, 'read.token');
-    srv = await startServer({
-      primary: t.dirs.primary!,
-      mount: t.dirs.mnt!,
-      args: controlServeArgs(t.dirs, tokenFile, [
-        '--read-token-file',
-        readTokenFile,
-        '--http',
-        '127.0.0.1:0',
-      ]),
-    });
-    const mounted = srv.events.find((e) => e.event === 'mounted') as any;
-    controlUrl = mounted.control.url;
-    httpUrl = mounted.http.url;
-    readToken = (await fsp.readFile(readTokenFile, 'utf8')).trim();
-    await waitForEvent(srv, pairedVolume, 30_000);
-    c = await ControlClient.connect(controlUrl, {
-      token: (await fsp.readFile(tokenFile, 'utf8')).trim(),
-      client: 'page-test',
-      requestTimeoutMs: 60_000,
-    });
+    o = await startObservedServer(t.dirs, { http: true });
+    ({ srv, httpUrl, readToken } = o);
+    c = await o.connect('page-test');
     browser = await puppeteer.launch({
       executablePath: CHROMIUM,
       headless: true,
@@ -116,23 +96,7 @@ describe('status page in headless Chromium', () => {
     await waitForText('#events tbody', `frozen /a.txt (${f.freezeId})`);
 
     const target = `dir:${t.dirs.backups}`;
-    const r = await runCli(
-      [
-        'backup',
-        '--server',
-        controlUrl,
-        '--token-file',
-        tokenFile,
-        '--subtree',
-        '/d',
-        '--target',
-        target,
-        '--catalog',
-        t.dirs.catalog!,
-        '--json',
-      ],
-      { timeoutMs: 60_000 },
-    );
+    const r = await o.backupOfD(target, t.dirs.catalog!);
     expect(r.code, r.stderr).toBe(0);
     const { backupId, snapshotId, stallMs } = r.last;
     await waitForText('#prepares tbody', backupId);

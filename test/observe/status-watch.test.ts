@@ -2,9 +2,9 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ControlClient } from '../../src/control/client.js';
-import { CLI, controlServeArgs, type ServerHandle, startServer, tempDirs } from '../helpers/server.js';
-import { pairedVolume, waitForEvent } from '../mirror-driver/mirror-helpers.js';
+import type { ControlClient } from '../../src/control/client.js';
+import { CLI, type ServerHandle, tempDirs } from '../helpers/server.js';
+import { startObservedServer } from './observe-fixture.js';
 
 interface Watcher {
   proc: ChildProcess;
@@ -52,20 +52,11 @@ describe('twinfs status --watch', () => {
 
   beforeAll(async () => {
     t = await tempDirs('primary', 'mnt', 'mirror', 'state');
-    const tokenFile = path.join(t.dirs.state!, 'control.token');
-    srv = await startServer({
-      primary: t.dirs.primary!,
-      mount: t.dirs.mnt!,
-      args: controlServeArgs(t.dirs, tokenFile),
-    });
-    const url = (srv.events.find((e) => e.event === 'mounted') as any).control.url;
-    await waitForEvent(srv, pairedVolume, 30_000);
+    const o = await startObservedServer(t.dirs);
+    srv = o.srv;
     await fsp.writeFile(path.join(t.dirs.mnt!, 'a.txt'), 'a\n');
-    conn = ['--server', url, '--token-file', tokenFile];
-    c = await ControlClient.connect(url, {
-      token: (await fsp.readFile(tokenFile, 'utf8')).trim(),
-      client: 'watch-test',
-    });
+    conn = ['--server', o.controlUrl, '--token-file', o.tokenFile];
+    c = await o.connect('watch-test');
   }, 60_000);
 
   afterAll(async () => {
