@@ -4,6 +4,7 @@ import * as path from 'node:path';
 import Datastore from 'nedb-promises';
 import { TwinError } from '../common/errors.js';
 import { isAlive, LockFile } from './catalog-lock.js';
+import { applyDelta, type DeltaLine } from './manifest-delta.js';
 import { fsyncPath } from './safe-tree.js';
 import type { ManifestEntry, SnapshotTotals } from './target.js';
 
@@ -188,17 +189,51 @@ export class Catalog {
     totals: SnapshotTotals,
     opts: { base?: { id: string; entries: ReadonlyMap<string, EntryRecord> } } = {},
   ): Promise<SnapshotRecord> {
-    const cur = await this.snapshots.findOne({ _id: id });
-    if (!cur)
-      throw new TwinError('ETWIN_UNKNOWN_SNAPSHOT', `no snapshot ${id} in the catalog`, { snapshotId: id });
     // Most entries as the parent recorded them: a reference to its entries plus the delta.
     const delta = await this.deltaOn(opts.base, entries);
+    return this.record(id, delta ? delta.docs : entries, totals, delta);
+  }
+
+  /**
+   * Marks a snapshot complete that the run built on `base` by reference (its target kept the
+   * base's other entries): its entries are base's changed by `delta`, recorded as that delta
+   * without reading base's. A chain at its bound is written whole instead (read once).
+   */
+  async completeOnBase(
+    id: string,
+    base: string,
+    delta: { entries: ManifestEntry[]; gone: string[] },
+    totals: SnapshotTotals,
+  ): Promise<SnapshotRecord> {
+    const b = await this.snapshots.findOne({ _id: base });
+    const docs: EntryDoc[] = [
+      ...(delta.entries as EntryDoc[]),
+      ...delta.gone.map((p) => ({ path: p, gone: true }) as unknown as EntryDoc),
+    ];
+    const depth = (b?.entriesDepth ?? 0) + 1;
+    if (b?.state === 'complete' && depth <= MAX_DELTA_CHAIN)
+      return this.record(id, docs, totals, { base, depth });
+    return this.record(
+      id,
+      applyDelta(await this.entries(base), docs as Array<DeltaLine<EntryRecord>>),
+      totals,
+    );
+  }
+
+  /** Writes a snapshot's own entries (all, or a delta on base), then marks it complete. */
+  private async record(
+    id: string,
+    entries: ManifestEntry[],
+    totals: SnapshotTotals,
+    delta?: { base: string; depth: number },
+  ): Promise<SnapshotRecord> {
+    if (!(await this.snapshots.findOne({ _id: id })))
+      throw new TwinError('ETWIN_UNKNOWN_SNAPSHOT', `no snapshot ${id} in the catalog`, { snapshotId: id });
     const file = this.entriesFile(id);
     await fsp.rm(file, { force: true });
     const store = await this.entryStore(id);
-    const docs: EntryDoc[] = delta ? delta.docs : entries.map((e) => ({ ...e, snapshotId: id }));
-    for (let i = 0; i < docs.length; i += 5000)
-      await store.insert(docs.slice(i, i + 5000).map((e) => ({ ...e, snapshotId: id })));
+    for (let i = 0; i < entries.length; i += 5000)
+      await store.insert(entries.slice(i, i + 5000).map((e) => ({ ...e, snapshotId: id })));
     await this.sync(file);
     await this.sync(path.dirname(file));
     await this.snapshots.update(
@@ -315,14 +350,28 @@ export class Catalog {
   async entries(snapshotId: string): Promise<EntryRecord[]> {
     const doc = await this.snapshots.findOne({ _id: snapshotId });
     const own = await this.ownEntries(snapshotId);
-    if (!doc?.entriesBase) return own.filter((e) => !e.gone).sort(byPath);
-    const byName = new Map<string, EntryRecord>();
-    for (const e of await this.entries(doc.entriesBase)) byName.set(e.path, { ...e, snapshotId });
-    for (const e of own) {
-      if (e.gone) byName.delete(e.path);
-      else byName.set(e.path, e);
+    if (!doc?.entriesBase) return applyDelta([], own);
+    const base = (await this.entries(doc.entriesBase)).map((e) => ({ ...e, snapshotId }));
+    return applyDelta(base, own);
+  }
+
+  /**
+   * The entries at these paths of a snapshot (a delta resolved on its base), found in the
+   * entry files without loading them: what an incremental built by reference needs of its
+   * parent (the few paths the server's change answer names).
+   */
+  async entriesAt(snapshotId: string, paths: Iterable<string>): Promise<Map<string, EntryRecord>> {
+    const out = new Map<string, EntryRecord>();
+    const want = new Set(paths);
+    for (let id: string | undefined = snapshotId; id && want.size > 0; ) {
+      const found = await findEntries(this.entriesFile(id), want);
+      for (const [p, e] of found) {
+        want.delete(p);
+        if (!e.gone) out.set(p, { ...e, snapshotId });
+      }
+      id = (await this.snapshots.findOne({ _id: id }))?.entriesBase;
     }
-    return [...byName.values()].sort(byPath);
+    return out;
   }
 
   private async ownEntries(snapshotId: string): Promise<Array<EntryRecord & { gone?: boolean }>> {
@@ -413,8 +462,33 @@ export class Catalog {
   }
 }
 
-function byPath(a: { path: string }, b: { path: string }): number {
-  return a.path < b.path ? -1 : a.path > b.path ? 1 : 0;
+/**
+ * The records of these paths in an entry file (nedb's one JSON document a line), by a text
+ * search for each path rather than a parse of every line; the last record of a path wins.
+ */
+async function findEntries(
+  file: string,
+  paths: ReadonlySet<string>,
+): Promise<Map<string, EntryRecord & { gone?: boolean }>> {
+  const out = new Map<string, EntryRecord & { gone?: boolean }>();
+  const text = await fsp.readFile(file, 'utf8').catch((err) => {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return '';
+    throw err;
+  });
+  for (const p of paths) {
+    const needle = `"path":${JSON.stringify(p)}`;
+    for (let i = text.indexOf(needle); i >= 0; i = text.indexOf(needle, i + needle.length)) {
+      const next = text[i + needle.length];
+      if (next !== ',' && next !== '}') continue;
+      const from = text.lastIndexOf('\n', i) + 1;
+      const to = text.indexOf('\n', i);
+      const doc = JSON.parse(text.slice(from, to < 0 ? undefined : to)) as EntryDoc & { $$deleted?: boolean };
+      if (doc.path !== p || doc.$$deleted) continue;
+      const { _id, ...e } = doc;
+      out.set(p, e);
+    }
+  }
+  return out;
 }
 
 function toRecord(d: SnapshotDoc): SnapshotRecord {

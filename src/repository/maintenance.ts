@@ -1,7 +1,7 @@
 import { randomInt } from 'node:crypto';
 import { isTargetNotFound } from '../backup-peer/target.js';
 import { type BlobLocation, openBlob, type PackInfo, packKey, packObjectName, readTrailer } from './pack.js';
-import { BlobWriter, forEach, type Repository, type SnapshotObject } from './repository.js';
+import { BlobWriter, forEach, type ManifestRef, type Repository, type SnapshotObject } from './repository.js';
 
 export interface RepoProblem {
   kind: 'snapshot' | 'manifest' | 'blob' | 'pack' | 'data';
@@ -25,7 +25,7 @@ export interface RepoCheckResult {
 
 /** Every blob a snapshot names: its manifest's tree blobs and every file's chunks. */
 async function usedBy(repo: Repository, s: SnapshotObject, used: Set<string>): Promise<void> {
-  for (const id of s.manifest.blobs) used.add(id);
+  for (let m: ManifestRef | undefined = s.manifest; m; m = m.base) for (const id of m.blobs) used.add(id);
   for (const e of await repo.readManifest(s)) for (const id of e.chunks ?? []) used.add(id);
 }
 

@@ -2,6 +2,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import * as os from 'node:os';
 import type { ObjectStore } from '../../api/twinfs.js';
 import { isAlive } from '../backup-peer/catalog-lock.js';
+import { applyDelta, type DeltaLine, isGone } from '../backup-peer/manifest-delta.js';
 import {
   isTargetNotFound,
   type ManifestEntry,
@@ -45,7 +46,30 @@ export interface SnapshotObject {
   version: 1;
   meta: SnapshotMeta;
   totals: SnapshotTotals;
-  manifest: { blobs: string[]; entries: number; bytes: number };
+  manifest: ManifestRef;
+}
+
+/**
+ * Where a snapshot's manifest is: its tree blobs (`entries` lines in them), and, for a snapshot
+ * built on an earlier one, that one's manifest (`base`, at most MAX_MANIFEST_DEPTH deep), which
+ * the lines change (manifest-delta.ts). `packs`: the packs holding the content these lines name.
+ */
+export interface ManifestRef {
+  blobs: string[];
+  entries: number;
+  bytes: number;
+  base?: ManifestRef;
+  packs?: string[];
+}
+
+/** Longest chain of manifest bases before a manifest is written whole again. */
+export const MAX_MANIFEST_DEPTH = 16;
+
+/** How many bases lie under a manifest. */
+export function manifestDepth(m: ManifestRef): number {
+  let n = 0;
+  for (let b = m.base; b; b = b.base) n++;
+  return n;
 }
 
 /** A manifest line as stored: the committed entry plus, for stored content, its chunks. */
@@ -306,6 +330,11 @@ export class Repository {
     return this.index;
   }
 
+  /** Packs holding a copy a check flagged. */
+  damagedPacks(): Set<string> {
+    return new Set([...this.damaged].map((k) => k.slice(k.indexOf('@') + 1)));
+  }
+
   isDamaged(id: string, pack: string): boolean {
     return this.damaged.has(`${id}@${pack}`);
   }
@@ -409,18 +438,21 @@ export class Repository {
     await this.store.delete(name);
   }
 
-  /** A snapshot's manifest lines (entries with their chunks). */
+  /** A snapshot's manifest lines (entries with their chunks), a delta resolved on its base. */
   async readManifest(s: SnapshotObject): Promise<StoredEntry[]> {
+    return this.resolveManifest(s.manifest, s.meta.snapshotId);
+  }
+
+  async resolveManifest(m: ManifestRef, snapshotId: string): Promise<StoredEntry[]> {
     const parts: Buffer[] = [];
-    for (const id of s.manifest.blobs) parts.push(await this.readBlob(id));
+    for (const id of m.blobs) parts.push(await this.readBlob(id));
     const text = Buffer.concat(parts).toString('utf8');
-    const out: StoredEntry[] = [];
-    for (const line of text.split('\n')) if (line) out.push(JSON.parse(line) as StoredEntry);
-    if (out.length !== s.manifest.entries)
-      throw corrupt(
-        `snapshot ${s.meta.snapshotId}: manifest holds ${out.length} entries, ${s.manifest.entries} recorded`,
-      );
-    return out;
+    const out: Array<DeltaLine<StoredEntry>> = [];
+    for (const line of text.split('\n')) if (line) out.push(JSON.parse(line) as DeltaLine<StoredEntry>);
+    if (out.length !== m.entries)
+      throw corrupt(`snapshot ${snapshotId}: manifest holds ${out.length} entries, ${m.entries} recorded`);
+    if (!m.base) return out.filter((l): l is StoredEntry => !isGone(l));
+    return applyDelta(await this.resolveManifest(m.base, snapshotId), out);
   }
 
   // ---- locks -----------------------------------------------------------------------------------

@@ -103,7 +103,12 @@ describe('incrementals driven by the server change record (real server, real pee
     expect(first.totals).toMatchObject({ files: FILES + 1, reusedFiles: 0 });
     await exact(first.snapshotId);
     const second = await backup();
-    expect(second.changes).toMatchObject({ carried: FILES + 1 + 11, looked: 0, walked: 0 });
+    expect(second.changes).toMatchObject({
+      carried: FILES + 1 + 11,
+      looked: 0,
+      walked: 0,
+      byReference: true,
+    });
     expect(second.totals).toMatchObject({ files: FILES + 1, reusedFiles: FILES + 1, copiedBytes: 0 });
     await exact(second.snapshotId);
     // The catalog records it as a reference to the first snapshot's entries (a delta of none),

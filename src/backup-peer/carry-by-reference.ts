@@ -1,0 +1,152 @@
+import type { BigIntStats } from 'node:fs';
+import { errnoCode } from '../common/errors.js';
+import type { ChangesMsg, SelectorMsg } from '../control/protocol.js';
+import type { EntryRecord, SnapshotRecord } from './catalog.js';
+import { changedPaths, rangesOf } from './change-plan.js';
+import type { EntryCopier } from './entry-copier.js';
+import type { MirrorReader } from './mirror-source.js';
+import { forEachLimit } from './safe-tree.js';
+import { isNodeEntry, type ManifestEntry, type SnapshotTotals } from './target.js';
+
+/**
+ * An incremental built by reference (issue 13): the target keeps the parent's entries
+ * (SnapshotWriter.carryFrom) and the catalog records a delta on them, so the run costs what
+ * changed, not what the volume holds: only the paths the server's change answer names are
+ * looked at in the mirror, and of the parent's entries only those paths are read
+ * (Catalog.entriesAt). Where that cannot be vouched for exactly, the run goes the way of
+ * change-plan.ts (every parent entry passed to the target) instead.
+ */
+export interface ReferencePlan {
+  /** Paths to look at in the mirror (sorted), with their split copy's lstat (undefined: gone). */
+  dirty: string[];
+  stats: Map<string, BigIntStats | undefined>;
+  /** Changed files whose data changed only in these ranges (change-ranges.ts). */
+  ranges: Map<string, Array<[number, number]>>;
+}
+
+/**
+ * Whether an incremental on this parent may go by reference before the server's answer is
+ * known: its entries are in this catalog (rows rebuilt from a target hold none), it has no hard
+ * links (the names of one inode are looked at together, and which names the parent links is
+ * known only from all its entries), and no source check wants every entry.
+ */
+export function mayReference(
+  parent: SnapshotRecord | undefined,
+  hasEntries: boolean,
+  checkSource: boolean,
+): boolean {
+  return !!parent && hasEntries && !checkSource && !parent.totals.hardLinks;
+}
+
+/**
+ * The plan, from the change answer, the stored copies checks flagged (storedCopyKey: looked at
+ * again) and the split copy's lstat of every named path. Undefined when the answer cannot be
+ * itemised (a subtree to walk) or a named path now has several names.
+ */
+export async function referencePlan(
+  selector: SelectorMsg,
+  parentSelector: unknown,
+  changes: ChangesMsg | undefined,
+  damaged: ReadonlySet<string>,
+  reader: MirrorReader,
+  concurrency: number,
+): Promise<ReferencePlan | undefined> {
+  const c = changedPaths(selector, parentSelector, changes);
+  if (!c || c.walk.length > 0) return undefined;
+  for (const k of damaged) {
+    const p = k.slice(k.indexOf('\0') + 1);
+    if (c.inside(p)) c.dirty.add(p);
+  }
+  const dirty = [...c.dirty].sort();
+  const stats = new Map<string, BigIntStats | undefined>();
+  await forEachLimit(dirty, concurrency, async (p) => {
+    stats.set(
+      p,
+      await reader.lstatNs(p).catch((err) => {
+        if (errnoCode(err) === 'ENOENT') return undefined;
+        throw err;
+      }),
+    );
+  });
+  for (const st of stats.values()) if (st?.isFile() && st.nlink > 1n) return undefined;
+  return { dirty, stats, ranges: rangesOf(changes!, c.dirty) };
+}
+
+/** Entries and bytes the parent held at the named paths, and what the split copy holds there now. */
+export function referenceTotals(
+  parent: SnapshotTotals,
+  plan: ReferencePlan,
+  prev: ReadonlyMap<string, EntryRecord>,
+): { entries: number; bytes: number; carriedEntries: number; carriedBytes: number } {
+  const all = parent.files + parent.dirs + parent.symlinks + (parent.nodes ?? 0);
+  let prevBytes = 0;
+  for (const e of prev.values()) if (e.type === 'file') prevBytes += e.size;
+  let entries = 0;
+  let bytes = 0;
+  for (const st of plan.stats.values()) {
+    if (!st) continue;
+    entries++;
+    if (st.isFile()) bytes += Number(st.size);
+  }
+  const carriedEntries = all - prev.size;
+  const carriedBytes = parent.bytes - prevBytes;
+  return { entries: carriedEntries + entries, bytes: carriedBytes + bytes, carriedEntries, carriedBytes };
+}
+
+/**
+ * Copies the named paths from the split copy: their new entries, and the parent's paths that
+ * are gone from it (or are now of a kind not recorded).
+ */
+export async function copyNamed(
+  plan: ReferencePlan,
+  prev: ReadonlyMap<string, EntryRecord>,
+  copier: EntryCopier,
+  concurrency: number,
+  onDone: (p: string) => void,
+): Promise<{ entries: ManifestEntry[]; gone: string[] }> {
+  const entries: ManifestEntry[] = [];
+  const gone: string[] = [];
+  await forEachLimit(plan.dirty, concurrency, async (p) => {
+    const stat = plan.stats.get(p);
+    const e = stat && (await copier.copy({ path: p, mirrorPath: p, stat }));
+    if (e) entries.push(e);
+    else if (prev.has(p)) gone.push(p);
+    onDone(p);
+  });
+  entries.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+  return { entries, gone: gone.sort() };
+}
+
+/**
+ * The snapshot's totals: the parent's less what it held at the named paths, plus what the copy
+ * of those paths counted (copied and reused bytes are this run's; every carried file counts as
+ * reused).
+ */
+export function carriedTotals(
+  parent: SnapshotTotals,
+  prev: ReadonlyMap<string, EntryRecord>,
+  looked: SnapshotTotals,
+): SnapshotTotals {
+  const t: SnapshotTotals = {
+    ...looked,
+    files: parent.files + looked.files,
+    dirs: parent.dirs + looked.dirs,
+    symlinks: parent.symlinks + looked.symlinks,
+    bytes: parent.bytes + looked.bytes,
+  };
+  let carriedFiles = parent.files;
+  const nodes = (parent.nodes ?? 0) + (looked.nodes ?? 0);
+  let lostNodes = 0;
+  for (const e of prev.values()) {
+    if (e.type === 'file') {
+      t.files--;
+      t.bytes -= e.size;
+      carriedFiles--;
+    } else if (e.type === 'dir') t.dirs--;
+    else if (e.type === 'symlink') t.symlinks--;
+    else if (isNodeEntry(e)) lostNodes++;
+  }
+  if (nodes - lostNodes > 0) t.nodes = nodes - lostNodes;
+  t.reusedFiles = looked.reusedFiles + carriedFiles;
+  return t;
+}
