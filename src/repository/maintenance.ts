@@ -210,8 +210,9 @@ export async function pruneRepository(repo: Repository, o: { dryRun?: boolean } 
       }
     const written = await writer.flush();
     const oldIndex = (await repo.store.list('index/')).map((s) => s.name);
-    await repo.replaceIndex([...keep, ...written]);
-    for (const name of oldIndex) await repo.store.delete(name);
+    // Content-named: an old index holding exactly what is kept is the new one, and stays.
+    const kept = await repo.replaceIndex([...keep, ...written]);
+    for (const name of oldIndex) if (name !== kept) await repo.store.delete(name);
     for (const pack of [...drop, ...rewrite]) await repo.store.delete(packObjectName(pack));
     for (const s of unindexed)
       await repo.store.delete(s.name).catch((err) => {

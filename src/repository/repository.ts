@@ -254,22 +254,23 @@ export class Repository {
    * Prune: one index object naming exactly these packs, written before the caller deletes
    * the old ones; the in-memory index becomes just that.
    */
-  async replaceIndex(packs: PackInfo[]): Promise<void> {
+  async replaceIndex(packs: PackInfo[]): Promise<string | undefined> {
     this.index.clear();
     this.damaged.clear();
     this.packs.clear();
     this.loadedIndex.clear();
-    await this.writeIndex({ packs });
+    return this.writeIndex({ packs });
   }
 
-  /** Writes an index object (packs just stored, copies found damaged). */
-  async writeIndex(obj: IndexObject): Promise<void> {
-    if (!obj.packs?.length && !obj.damaged?.length) return;
+  /** Writes an index object (packs just stored, copies found damaged); returns its name. */
+  async writeIndex(obj: IndexObject): Promise<string | undefined> {
+    if (!obj.packs?.length && !obj.damaged?.length) return undefined;
     const bytes = await sealObject(this.keys, obj);
     const name = `index/${createHash('sha256').update(bytes).digest('hex')}`;
     await this.store.put(name, bytes);
     this.mergeIndex(obj);
     this.loadedIndex.add(name);
+    return name;
   }
 
   /** Packs found missing or of another size than indexed, in this process. */
