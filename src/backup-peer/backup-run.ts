@@ -285,7 +285,10 @@ export class BackupRun {
                 o.selector,
                 base!.selector,
                 prep.changes,
-                parent.damaged,
+                {
+                  damaged: parent.damaged,
+                  linked: () => Catalog.with(o.catalogDir, (c) => c.linkedPaths(parent.id)),
+                },
                 reader,
                 this.copyConcurrency(),
               )

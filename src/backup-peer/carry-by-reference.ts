@@ -26,37 +26,38 @@ export interface ReferencePlan {
 
 /**
  * Whether an incremental on this parent may go by reference before the server's answer is
- * known: its entries are in this catalog (rows rebuilt from a target hold none), it has no hard
- * links (the names of one inode are looked at together, and which names the parent links is
- * known only from all its entries), and no source check wants every entry.
+ * known: its entries are in this catalog (rows rebuilt from a target hold none), and no source
+ * check wants every entry.
  */
 export function mayReference(
   parent: SnapshotRecord | undefined,
   hasEntries: boolean,
   checkSource: boolean,
 ): boolean {
-  return !!parent && hasEntries && !checkSource && !parent.totals.hardLinks;
+  return !!parent && hasEntries && !checkSource;
 }
 
 /**
  * The plan, from the change answer, the stored copies checks flagged (storedCopyKey: looked at
- * again) and the split copy's lstat of every named path. Undefined when the answer cannot be
- * itemised (a subtree to walk) or a named path now has several names.
+ * again), the parent's hard-linked names (every name of such a file is looked at, as
+ * change-plan.ts does) and the split copy's lstat of every named path. Undefined when the
+ * answer cannot be itemised (a subtree to walk) or a file looked at has a name that is not.
  */
 export async function referencePlan(
   selector: SelectorMsg,
   parentSelector: unknown,
   changes: ChangesMsg | undefined,
-  damaged: ReadonlySet<string>,
+  also: { damaged: ReadonlySet<string>; linked: () => Promise<Set<string>> },
   reader: MirrorReader,
   concurrency: number,
 ): Promise<ReferencePlan | undefined> {
   const c = changedPaths(selector, parentSelector, changes);
   if (!c || c.walk.length > 0) return undefined;
-  for (const k of damaged) {
+  for (const k of also.damaged) {
     const p = k.slice(k.indexOf('\0') + 1);
     if (c.inside(p)) c.dirty.add(p);
   }
+  for (const p of await also.linked()) if (c.inside(p)) c.dirty.add(p);
   const dirty = [...c.dirty].sort();
   const stats = new Map<string, BigIntStats | undefined>();
   await forEachLimit(dirty, concurrency, async (p) => {
@@ -68,7 +69,13 @@ export async function referencePlan(
       }),
     );
   });
-  for (const st of stats.values()) if (st?.isFile() && st.nlink > 1n) return undefined;
+  // The copier links the names of one inode it meets: all of them must be among these.
+  const names = new Map<string, bigint>();
+  const key = (st: BigIntStats) => `${st.dev}:${st.ino}`;
+  for (const st of stats.values())
+    if (st?.isFile() && st.nlink > 1n) names.set(key(st), (names.get(key(st)) ?? 0n) + 1n);
+  for (const st of stats.values())
+    if (st?.isFile() && st.nlink > 1n && names.get(key(st))! < st.nlink) return undefined;
   return { dirty, stats, ranges: rangesOf(changes!, c.dirty) };
 }
 
@@ -137,16 +144,20 @@ export function carriedTotals(
   let carriedFiles = parent.files;
   const nodes = (parent.nodes ?? 0) + (looked.nodes ?? 0);
   let lostNodes = 0;
+  let links = (parent.hardLinks ?? 0) + (looked.hardLinks ?? 0);
   for (const e of prev.values()) {
     if (e.type === 'file') {
       t.files--;
       t.bytes -= e.size;
       carriedFiles--;
+      if (e.linkTo) links--;
     } else if (e.type === 'dir') t.dirs--;
     else if (e.type === 'symlink') t.symlinks--;
     else if (isNodeEntry(e)) lostNodes++;
   }
   if (nodes - lostNodes > 0) t.nodes = nodes - lostNodes;
+  if (links > 0) t.hardLinks = links;
+  else delete t.hardLinks;
   t.reusedFiles = looked.reusedFiles + carriedFiles;
   return t;
 }

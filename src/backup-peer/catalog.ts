@@ -374,6 +374,22 @@ export class Catalog {
     return out;
   }
 
+  /**
+   * Every name of a snapshot that is a hard link (linkTo) or the target of one, found by a text
+   * search of its entry files and resolved like entriesAt.
+   */
+  async linkedPaths(snapshotId: string): Promise<Set<string>> {
+    const named = new Set<string>();
+    for (let id: string | undefined = snapshotId; id; ) {
+      for (const e of await findLinks(this.entriesFile(id))) named.add(e.path).add(e.linkTo);
+      id = (await this.snapshots.findOne({ _id: id }))?.entriesBase;
+    }
+    const out = new Set<string>();
+    for (const e of (await this.entriesAt(snapshotId, named)).values())
+      if (e.linkTo) out.add(e.path).add(e.linkTo);
+    return out;
+  }
+
   private async ownEntries(snapshotId: string): Promise<Array<EntryRecord & { gone?: boolean }>> {
     if (!(await fsp.stat(this.entriesFile(snapshotId)).catch(() => undefined))) return [];
     const docs = await (await this.entryStore(snapshotId)).find({});
@@ -462,6 +478,32 @@ export class Catalog {
   }
 }
 
+/** The records in an entry file that name a linkTo (by a text search, as findEntries). */
+async function findLinks(file: string): Promise<Array<{ path: string; linkTo: string }>> {
+  const text = await readEntryFile(file);
+  const out: Array<{ path: string; linkTo: string }> = [];
+  let at = 0;
+  for (;;) {
+    const i = text.indexOf('"linkTo":', at);
+    if (i < 0) break;
+    const from = text.lastIndexOf('\n', i) + 1;
+    const to = text.indexOf('\n', i);
+    const doc = JSON.parse(text.slice(from, to < 0 ? undefined : to)) as EntryDoc & { $$deleted?: boolean };
+    if (typeof doc.linkTo === 'string' && typeof doc.path === 'string' && !doc.$$deleted)
+      out.push({ path: doc.path, linkTo: doc.linkTo });
+    if (to < 0) break;
+    at = to;
+  }
+  return out;
+}
+
+async function readEntryFile(file: string): Promise<string> {
+  return fsp.readFile(file, 'utf8').catch((err) => {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return '';
+    throw err;
+  });
+}
+
 /**
  * The records of these paths in an entry file (nedb's one JSON document a line), by a text
  * search for each path rather than a parse of every line; the last record of a path wins.
@@ -471,10 +513,7 @@ async function findEntries(
   paths: ReadonlySet<string>,
 ): Promise<Map<string, EntryRecord & { gone?: boolean }>> {
   const out = new Map<string, EntryRecord & { gone?: boolean }>();
-  const text = await fsp.readFile(file, 'utf8').catch((err) => {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return '';
-    throw err;
-  });
+  const text = await readEntryFile(file);
   for (const p of paths) {
     const needle = `"path":${JSON.stringify(p)}`;
     for (let i = text.indexOf(needle); i >= 0; i = text.indexOf(needle, i + needle.length)) {
