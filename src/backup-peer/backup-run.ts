@@ -287,7 +287,11 @@ export class BackupRun {
                 prep.changes,
                 {
                   damaged: parent.damaged,
-                  linked: () => Catalog.with(o.catalogDir, (c) => c.linkedPaths(parent.id)),
+                  // Searched for only when the parent has any (a read of its entry files).
+                  linked: async () =>
+                    base!.totals.hardLinks
+                      ? Catalog.with(o.catalogDir, (c) => c.linkedPaths(parent.id))
+                      : new Set<string>(),
                 },
                 reader,
                 this.copyConcurrency(),

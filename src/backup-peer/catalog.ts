@@ -1,6 +1,7 @@
 import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { setImmediate as turn } from 'node:timers/promises';
 import Datastore from 'nedb-promises';
 import { TwinError } from '../common/errors.js';
 import { isAlive, LockFile } from './catalog-lock.js';
@@ -493,6 +494,7 @@ async function findLinks(file: string): Promise<Array<{ path: string; linkTo: st
       out.push({ path: doc.path, linkTo: doc.linkTo });
     if (to < 0) break;
     at = to;
+    if (out.length % 256 === 0) await turn();
   }
   return out;
 }
@@ -515,6 +517,9 @@ async function findEntries(
   const out = new Map<string, EntryRecord & { gone?: boolean }>();
   const text = await readEntryFile(file);
   for (const p of paths) {
+    // A search of a large file is milliseconds of CPU, many on a loaded machine: the loop turns
+    // between them, and a split holder keeps answering the server's pings.
+    await turn();
     const needle = `"path":${JSON.stringify(p)}`;
     for (let i = text.indexOf(needle); i >= 0; i = text.indexOf(needle, i + needle.length)) {
       const next = text[i + needle.length];
