@@ -297,7 +297,13 @@ export class BackupRun {
                 this.copyConcurrency(),
               )
             : undefined;
-        if (ref) parent.entries = await Catalog.with(o.catalogDir, (c) => c.entriesAt(parent.id, ref!.dirty));
+        // The parent's entries at the named paths, and at and below the walked subtrees.
+        if (ref)
+          parent.entries = await Catalog.with(o.catalogDir, async (c) => {
+            const at = await c.entriesAt(parent.id, ref!.dirty);
+            for (const [p, e] of await c.entriesBelow(parent.id, ref!.walk)) at.set(p, e);
+            return at;
+          });
         else sharing = await this.loadParent(parent);
       }
       // With the same parent, and an answer that vouches: only what changed is looked at.
@@ -437,7 +443,7 @@ export class BackupRun {
           ? {
               carried: referenceTotals(base!.totals, ref!, parent!.entries).carriedEntries,
               looked: ref!.dirty.length,
-              walked: 0,
+              walked: ref!.walk.length,
               rangedFiles: copier.carriedOver.rangedFiles,
               rangedMirrorBytes: copier.carriedOver.rangedMirrorBytes,
               byReference: true,

@@ -4,7 +4,7 @@ import type { ChangesMsg, SelectorMsg } from '../control/protocol.js';
 import type { EntryRecord, SnapshotRecord } from './catalog.js';
 import { changedPaths, rangesOf } from './change-plan.js';
 import type { EntryCopier } from './entry-copier.js';
-import type { MirrorReader } from './mirror-source.js';
+import type { MirrorReader, SourceEntry } from './mirror-source.js';
 import { forEachLimit } from './safe-tree.js';
 import { isNodeEntry, type ManifestEntry, type SnapshotTotals } from './target.js';
 
@@ -20,6 +20,9 @@ export interface ReferencePlan {
   /** Paths to look at in the mirror (sorted), with their split copy's lstat (undefined: gone). */
   dirty: string[];
   stats: Map<string, BigIntStats | undefined>;
+  /** Subtrees the answer cannot itemise (renames), and what a walk of each found in the mirror. */
+  walk: string[];
+  walked: SourceEntry[];
   /** Changed files whose data changed only in these ranges (change-ranges.ts). */
   ranges: Map<string, Array<[number, number]>>;
 }
@@ -40,8 +43,9 @@ export function mayReference(
 /**
  * The plan, from the change answer, the stored copies checks flagged (storedCopyKey: looked at
  * again), the parent's hard-linked names (every name of such a file is looked at, as
- * change-plan.ts does) and the split copy's lstat of every named path. Undefined when the
- * answer cannot be itemised (a subtree to walk) or a file looked at has a name that is not.
+ * change-plan.ts does), the split copy's lstat of every named path and a walk of every
+ * subtree the answer cannot itemise. Undefined when it vouches for nothing, or a file looked at
+ * has a name that is not.
  */
 export async function referencePlan(
   selector: SelectorMsg,
@@ -52,13 +56,16 @@ export async function referencePlan(
   concurrency: number,
 ): Promise<ReferencePlan | undefined> {
   const c = changedPaths(selector, parentSelector, changes);
-  if (!c || c.walk.length > 0) return undefined;
+  if (!c) return undefined;
+  const underWalk = (p: string) => c.walk.some((w) => p === w || p.startsWith(`${w}/`));
   for (const k of also.damaged) {
     const p = k.slice(k.indexOf('\0') + 1);
     if (c.inside(p)) c.dirty.add(p);
   }
   for (const p of await also.linked()) if (c.inside(p)) c.dirty.add(p);
-  const dirty = [...c.dirty].sort();
+  const dirty = [...c.dirty].filter((p) => !underWalk(p)).sort();
+  const walked: SourceEntry[] = [];
+  for (const w of c.walk) for await (const s of reader.walk({ subtree: w })) walked.push(s);
   const stats = new Map<string, BigIntStats | undefined>();
   await forEachLimit(dirty, concurrency, async (p) => {
     stats.set(
@@ -72,11 +79,12 @@ export async function referencePlan(
   // The copier links the names of one inode it meets: all of them must be among these.
   const names = new Map<string, bigint>();
   const key = (st: BigIntStats) => `${st.dev}:${st.ino}`;
-  for (const st of stats.values())
+  const looked = [...stats.values(), ...walked.map((s) => s.stat)];
+  for (const st of looked)
     if (st?.isFile() && st.nlink > 1n) names.set(key(st), (names.get(key(st)) ?? 0n) + 1n);
-  for (const st of stats.values())
+  for (const st of looked)
     if (st?.isFile() && st.nlink > 1n && names.get(key(st))! < st.nlink) return undefined;
-  return { dirty, stats, ranges: rangesOf(changes!, c.dirty) };
+  return { dirty, stats, walk: c.walk, walked, ranges: rangesOf(changes!, c.dirty) };
 }
 
 /** Entries and bytes the parent held at the named paths, and what the split copy holds there now. */
@@ -90,7 +98,7 @@ export function referenceTotals(
   for (const e of prev.values()) if (e.type === 'file') prevBytes += e.size;
   let entries = 0;
   let bytes = 0;
-  for (const st of plan.stats.values()) {
+  for (const st of [...plan.stats.values(), ...plan.walked.map((s) => s.stat)]) {
     if (!st) continue;
     entries++;
     if (st.isFile()) bytes += Number(st.size);
@@ -101,8 +109,9 @@ export function referenceTotals(
 }
 
 /**
- * Copies the named paths from the split copy: their new entries, and the parent's paths that
- * are gone from it (or are now of a kind not recorded).
+ * Copies the named paths and the walked subtrees from the split copy: their new entries, and
+ * the parent's paths among them (`prev`: at the named paths and below the walked ones) that are
+ * gone from it (or are now of a kind not recorded).
  */
 export async function copyNamed(
   plan: ReferencePlan,
@@ -113,13 +122,18 @@ export async function copyNamed(
 ): Promise<{ entries: ManifestEntry[]; gone: string[] }> {
   const entries: ManifestEntry[] = [];
   const gone: string[] = [];
-  await forEachLimit(plan.dirty, concurrency, async (p) => {
+  const sources: SourceEntry[] = [...plan.walked];
+  for (const p of plan.dirty) {
     const stat = plan.stats.get(p);
-    const e = stat && (await copier.copy({ path: p, mirrorPath: p, stat }));
+    if (stat) sources.push({ path: p, mirrorPath: p, stat });
+  }
+  await forEachLimit(sources, concurrency, async (s) => {
+    const e = await copier.copy(s);
     if (e) entries.push(e);
-    else if (prev.has(p)) gone.push(p);
-    onDone(p);
+    onDone(s.path);
   });
+  const now = new Set(entries.map((e) => e.path));
+  for (const p of prev.keys()) if (!now.has(p)) gone.push(p);
   entries.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
   return { entries, gone: gone.sort() };
 }

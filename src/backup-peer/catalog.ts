@@ -376,6 +376,19 @@ export class Catalog {
   }
 
   /**
+   * The entries of a snapshot at and below these directories, found by a text search of its
+   * entry files (a renamed directory's old content) and resolved like entriesAt.
+   */
+  async entriesBelow(snapshotId: string, dirs: string[]): Promise<Map<string, EntryRecord>> {
+    const named = new Set<string>(dirs);
+    for (let id: string | undefined = snapshotId; id && dirs.length > 0; ) {
+      for (const p of await findBelow(this.entriesFile(id), dirs)) named.add(p);
+      id = (await this.snapshots.findOne({ _id: id }))?.entriesBase;
+    }
+    return this.entriesAt(snapshotId, named);
+  }
+
+  /**
    * Every name of a snapshot that is a hard link (linkTo) or the target of one, found by a text
    * search of its entry files and resolved like entriesAt.
    */
@@ -495,6 +508,24 @@ async function findLinks(file: string): Promise<Array<{ path: string; linkTo: st
     if (to < 0) break;
     at = to;
     if (out.length % 256 === 0) await turn();
+  }
+  return out;
+}
+
+/** The paths of the records in an entry file below these directories (by a text search). */
+async function findBelow(file: string, dirs: string[]): Promise<string[]> {
+  const text = await readEntryFile(file);
+  const out: string[] = [];
+  for (const d of dirs) {
+    await turn();
+    // The JSON string of "D/..." up to its open end.
+    const needle = `"path":${JSON.stringify(`${d}/`).slice(0, -1)}`;
+    for (let i = text.indexOf(needle); i >= 0; i = text.indexOf(needle, i + needle.length)) {
+      const from = text.lastIndexOf('\n', i) + 1;
+      const to = text.indexOf('\n', i);
+      const doc = JSON.parse(text.slice(from, to < 0 ? undefined : to)) as EntryDoc;
+      if (typeof doc.path === 'string' && doc.path.startsWith(`${d}/`)) out.push(doc.path);
+    }
   }
   return out;
 }
