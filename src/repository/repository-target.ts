@@ -150,7 +150,10 @@ export class RepositoryTarget implements BackupTarget {
 
   private async entry(snapshotId: string, p: string): Promise<StoredEntry> {
     volumePathParts(p);
-    const e = (await this.entriesOf(snapshotId)).get(p);
+    // Loaded already (reuse), or one line searched for (a ranged read of a large file).
+    const e = this.manifests.has(snapshotId)
+      ? (await this.entriesOf(snapshotId)).get(p)
+      : await this.repo.manifestLine((await this.snapshotObject(snapshotId)).manifest, p);
     if (!e) throw notFound(`${p} is not in snapshot ${snapshotId}`);
     return e;
   }

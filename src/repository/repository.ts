@@ -444,6 +444,30 @@ export class Repository {
     return this.resolveManifest(s.manifest, s.meta.snapshotId);
   }
 
+  /**
+   * One path's manifest line, found by a text search of each level of the chain, newest first
+   * (no parse of every line: a ranged copy asks this of a 100,000-entry manifest while it holds
+   * a split). Undefined when the path is not there or gone.
+   */
+  async manifestLine(m: ManifestRef, p: string): Promise<StoredEntry | undefined> {
+    const needle = `"path":${JSON.stringify(p)}`;
+    for (let level: ManifestRef | undefined = m; level; level = level.base) {
+      const parts: Buffer[] = [];
+      for (const id of level.blobs) parts.push(await this.readBlob(id));
+      const text = Buffer.concat(parts).toString('utf8');
+      let found: DeltaLine<StoredEntry> | undefined;
+      for (let i = text.indexOf(needle); i >= 0; i = text.indexOf(needle, i + needle.length)) {
+        const next = text[i + needle.length];
+        if (next !== ',' && next !== '}') continue;
+        const to = text.indexOf('\n', i);
+        const line = JSON.parse(text.slice(text.lastIndexOf('\n', i) + 1, to < 0 ? undefined : to));
+        if (line.path === p) found = line as DeltaLine<StoredEntry>;
+      }
+      if (found) return isGone(found) ? undefined : found;
+    }
+    return undefined;
+  }
+
   async resolveManifest(m: ManifestRef, snapshotId: string): Promise<StoredEntry[]> {
     const parts: Buffer[] = [];
     for (const id of m.blobs) parts.push(await this.readBlob(id));
