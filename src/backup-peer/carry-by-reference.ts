@@ -95,13 +95,17 @@ export function referenceTotals(
 ): { entries: number; bytes: number; carriedEntries: number; carriedBytes: number } {
   const all = parent.files + parent.dirs + parent.symlinks + (parent.nodes ?? 0);
   let prevBytes = 0;
-  for (const e of prev.values()) if (e.type === 'file') prevBytes += e.size;
+  // Bytes count once per file, not per name (a hard link's other names add none).
+  for (const e of prev.values()) if (e.type === 'file' && !e.linkTo) prevBytes += e.size;
   let entries = 0;
   let bytes = 0;
+  const inodes = new Set<string>();
   for (const st of [...plan.stats.values(), ...plan.walked.map((s) => s.stat)]) {
     if (!st) continue;
     entries++;
-    if (st.isFile()) bytes += Number(st.size);
+    if (!st.isFile() || inodes.has(`${st.dev}:${st.ino}`)) continue;
+    inodes.add(`${st.dev}:${st.ino}`);
+    bytes += Number(st.size);
   }
   const carriedEntries = all - prev.size;
   const carriedBytes = parent.bytes - prevBytes;
@@ -162,7 +166,7 @@ export function carriedTotals(
   for (const e of prev.values()) {
     if (e.type === 'file') {
       t.files--;
-      t.bytes -= e.size;
+      if (!e.linkTo) t.bytes -= e.size;
       carriedFiles--;
       if (e.linkTo) links--;
     } else if (e.type === 'dir') t.dirs--;
