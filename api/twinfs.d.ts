@@ -263,6 +263,12 @@ export interface SnapshotManifest {
   meta: SnapshotMeta;
   totals: SnapshotTotals;
   entries: ManifestEntry[];
+  /**
+   * Only in a commit after carryFrom resolved true: the base's paths that are not in this
+   * snapshot. `entries` are then only the new and changed ones (every other entry of the base
+   * stays as it is).
+   */
+  gone?: string[];
 }
 
 export interface PutResult {
@@ -303,6 +309,14 @@ export interface SnapshotWriter {
    * with putFile; either way openFile(path) reads it, and the manifest's `linkTo` tells restore.
    */
   putHardLink?(path: string, existingPath: string, meta: EntryMeta): Promise<void>;
+  /**
+   * Optional: builds this snapshot on an earlier committed one without the peer passing its
+   * unchanged entries (an incremental of an unchanged or little changed volume). True when the
+   * target will keep every entry of `fromSnapshotId` that the commit does not name again or
+   * list in `gone`, and has checked that snapshot's stored data is there; false, and the peer
+   * passes every entry (reuseFile) as without it.
+   */
+  carryFrom?(fromSnapshotId: string): Promise<boolean>;
   /** Durable (data and manifest synced) and visible only when this resolves. */
   commit(manifest: SnapshotManifest): Promise<void>;
   /** Drops everything written so far. Idempotent; safe after a failed commit. */

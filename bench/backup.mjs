@@ -786,6 +786,7 @@ if (out.changes) {
       ph(xs, 'startMs'),
       ph(xs, 'connectMs'),
       ph(xs, 'prepareMs'),
+      ph(xs, 'sizeMs'),
       ph(xs, 'copyMs'),
       ph(xs, 'commitMs'),
       ph(xs, 'exitMs'),

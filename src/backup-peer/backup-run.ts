@@ -15,6 +15,14 @@ import {
   pluginSelector,
   runFreezeHooks,
 } from './backup-hooks.js';
+import {
+  carriedTotals,
+  copyNamed,
+  mayReference,
+  type ReferencePlan,
+  referencePlan,
+  referenceTotals,
+} from './carry-by-reference.js';
 import { Catalog, type EntryRecord, type SnapshotRecord } from './catalog.js';
 import { syncCatalog } from './catalog-sync.js';
 import { type ChangePlan, planFromChanges } from './change-plan.js';
@@ -29,6 +37,7 @@ import {
   emptyTotals,
   type ManifestEntry,
   type SnapshotMeta,
+  type SnapshotTotals,
   type SnapshotWriter,
 } from './target.js';
 
@@ -128,6 +137,8 @@ export interface BackupResult {
     walked: number;
     rangedFiles: number;
     rangedMirrorBytes: number;
+    /** Built by reference: the target kept the parent's other entries (carry-by-reference.ts). */
+    byReference?: boolean;
   };
 }
 
@@ -235,14 +246,22 @@ export class BackupRun {
       // asking the server for none keeps that work off it (offload).
       // The previous snapshot, chosen before prepare: the server says what changed since its split.
       const base = o.full ? undefined : await this.previous(control.hello?.deviceId ?? undefined);
-      // Its entries are read now, before the split is held: reading 100,000 of them blocks this
-      // thread for seconds, and a holder that does not answer the server's pings loses its split.
+      // Built on by reference (carry-by-reference.ts), none of its entries are read but those
+      // the answer names.
+      const byReference = mayReference(
+        base,
+        !!base && (await Catalog.with(o.catalogDir, (c) => c.hasEntries(base.id))),
+        !!o.checkSource,
+      );
+      // Else its entries are read now, before the split is held: reading 100,000 of them blocks
+      // this thread for seconds, and a holder that does not answer the server's pings loses its split.
       const baseEntries =
-        base &&
-        (await Catalog.with(
-          o.catalogDir,
-          async (c) => new Map((await c.entries(base.id)).map((e) => [e.path, e])),
-        ));
+        base && !byReference
+          ? await Catalog.with(
+              o.catalogDir,
+              async (c) => new Map((await c.entries(base.id)).map((e) => [e.path, e])),
+            )
+          : undefined;
       const prep = await control.prepare(o.selector, {
         leaseMs,
         listItems: Boolean(o.selector.paths),
@@ -266,22 +285,58 @@ export class BackupRun {
       // Checked before anything is recorded: a bad path list is the server's fault, not a run.
       const sources = prep.itemsComplete ? itemsToSources(prep) : undefined;
       recorded = true;
+      let sharing = true;
       const parent = await this.beginInCatalog(
         id,
         prep,
         base && baseEntries && { id: base.id, entries: baseEntries },
+        !byReference,
       );
       // Only an answer about this very parent's split vouches for anything.
-      const vouched = parent && parent.id === base?.id ? vouchedBy(prep.changes) : () => false;
+      const sameParent = !!parent && parent.id === base?.id;
+      const vouched = sameParent ? vouchedBy(prep.changes) : () => false;
+      // By reference: the answer's paths looked at, only their parent entries read.
+      let ref: ReferencePlan | undefined;
+      if (parent && byReference) {
+        ref =
+          sameParent && !sources
+            ? await referencePlan(
+                this.recordedSelector(),
+                base!.selector,
+                prep.changes,
+                {
+                  damaged: parent.damaged,
+                  // Searched for only when the parent has any (a read of its entry files).
+                  linked: async () =>
+                    base!.totals.hardLinks
+                      ? Catalog.with(o.catalogDir, (c) => c.linkedPaths(parent.id))
+                      : new Set<string>(),
+                },
+                reader,
+                this.copyConcurrency(),
+              )
+            : undefined;
+        // --exclude: a named path it leaves out is not looked at (walks skip them already).
+        if (ref && this.excluded) ref.dirty = ref.dirty.filter((p) => !this.excluded!(p));
+        // The parent's entries at the named paths, and at and below the walked subtrees.
+        if (ref)
+          parent.entries = await Catalog.with(o.catalogDir, async (c) => {
+            const at = await c.entriesAt(parent.id, ref!.dirty);
+            for (const [p, e] of await c.entriesBelow(parent.id, ref!.walk)) at.set(p, e);
+            return at;
+          });
+        else sharing = await this.loadParent(parent);
+      }
       // With the same parent, and an answer that vouches: only what changed is looked at.
-      const plan =
-        parent && parent.id === base?.id && !sources
+      const planned = () =>
+        parent && sameParent && sharing && !sources
           ? planFromChanges(
               this.recordedSelector(),
-              { selector: base.selector, entries: parent.entries },
+              { selector: base!.selector, entries: parent.entries },
               prep.changes,
             )
           : undefined;
+      let plan = ref ? undefined : planned();
       const meta: SnapshotMeta = {
         snapshotId: id,
         time: Date.now(),
@@ -295,12 +350,21 @@ export class BackupRun {
       };
       // Totals first (a walk of the split copy, no target involved), so progress has them.
       // An incremental the change answer drives looks only at what changed: no walk for totals.
-      if (!sources && !plan) await this.size(reader, stop.signal);
+      if (!sources && !plan && !ref) await this.size(reader, stop.signal);
       // From here the target may hang (a stalled network filesystem, a stopped server): while the
       // split is held, the watchdog releases it and fails the run; awaits at the target are raced
       // with it.
       const watch = store.add(this.watchTarget(stop, lease, o.targetTimeoutMs ?? DEFAULT_TARGET_TIMEOUT_MS));
       writer = await unlessAborted(o.target.beginSnapshot(meta), stop.signal);
+      // A target that cannot keep the parent's entries itself is passed every one of them.
+      if (
+        ref &&
+        !(await unlessAborted(writer.carryFrom?.(parent!.id) ?? Promise.resolve(false), stop.signal))
+      ) {
+        ref = undefined;
+        sharing = await this.loadParent(parent!);
+        plan = planned();
+      }
       this.emit({ phase: 'copy' });
       let lastByteEvent = 0;
       const copier = new EntryCopier({
@@ -309,7 +373,7 @@ export class BackupRun {
         parent,
         vouched,
         damaged: parent?.damaged,
-        ranges: plan?.ranges,
+        ranges: ref?.ranges ?? plan?.ranges,
         stored: {
           open: (snapshotId, p, range) => o.target.openFile(snapshotId, p, range),
           stat: (snapshotId, p) => o.target.stat(snapshotId, p),
@@ -326,14 +390,19 @@ export class BackupRun {
           }
         },
       });
-      const entries = await unlessAborted(
-        plan
-          ? this.copyPlanned(plan, reader, copier, stop.signal)
-          : this.copyAll(sources, reader, copier, stop.signal),
-        stop.signal,
-      );
+      const named =
+        ref &&
+        (await unlessAborted(this.copyByReference(ref, base!.totals, parent!.entries, copier), stop.signal));
+      const entries = named
+        ? named.entries
+        : await unlessAborted(
+            plan
+              ? this.copyPlanned(plan, reader, copier, stop.signal)
+              : this.copyAll(sources, reader, copier, stop.signal),
+            stop.signal,
+          );
 
-      const totals = copier.totals;
+      const totals = named ? carriedTotals(base!.totals, parent!.entries, copier.totals) : copier.totals;
       let sourceCheck: SourceCheckResult | undefined;
       if (o.checkSource) {
         // Committed first, then compared with the split copy, which stays held until then.
@@ -370,13 +439,18 @@ export class BackupRun {
 
       if (!o.checkSource) {
         this.emit({ phase: 'commit' });
-        await unlessAborted(writer.commit({ version: 1, meta, totals, entries }), stop.signal);
+        await unlessAborted(
+          writer.commit({ version: 1, meta, totals, entries, ...(named ? { gone: named.gone } : {}) }),
+          stop.signal,
+        );
       }
       // Should recording fail now, the committed data stays at the target as an orphan: the
       // catalog never claims it, and a transient catalog failure must not destroy a good copy.
       // Entries mostly carried over are recorded as a delta on the parent's.
       const snapshot = await Catalog.with(o.catalogDir, (c) =>
-        c.complete(id, entries, totals, { base: parent && { id: parent.id, entries: parent.entries } }),
+        named
+          ? c.completeOnBase(id, parent!.id, named, totals)
+          : c.complete(id, entries, totals, { base: parent && { id: parent.id, entries: parent.entries } }),
       );
       this.emit({ phase: 'done', reusedFiles: totals.reusedFiles });
       await tellServer({ outcome: 'ok' });
@@ -390,13 +464,22 @@ export class BackupRun {
         refused: { ...copier.refused },
         unknownSince: prep.changes?.unknown,
         sourceCheck,
-        changes: plan && {
-          carried: copier.carriedOver.entries,
-          looked: plan.dirty.length,
-          walked: plan.walk.length,
-          rangedFiles: copier.carriedOver.rangedFiles,
-          rangedMirrorBytes: copier.carriedOver.rangedMirrorBytes,
-        },
+        changes: named
+          ? {
+              carried: referenceTotals(base!.totals, ref!, parent!.entries).carriedEntries,
+              looked: ref!.dirty.length,
+              walked: ref!.walk.length,
+              rangedFiles: copier.carriedOver.rangedFiles,
+              rangedMirrorBytes: copier.carriedOver.rangedMirrorBytes,
+              byReference: true,
+            }
+          : plan && {
+              carried: copier.carriedOver.entries,
+              looked: plan.dirty.length,
+              walked: plan.walk.length,
+              rangedFiles: copier.carriedOver.rangedFiles,
+              rangedMirrorBytes: copier.carriedOver.rangedMirrorBytes,
+            },
       };
     } catch (err) {
       // Once stopped, whatever in-flight work threw is a consequence: report the cause.
@@ -598,6 +681,23 @@ export class BackupRun {
   }
 
   /**
+   * An incremental built by reference: the carried entries counted at once (the totals come
+   * from the parent's and the answer's paths, no walk), the named paths copied.
+   */
+  private async copyByReference(
+    ref: ReferencePlan,
+    parentTotals: SnapshotTotals,
+    prev: Map<string, EntryRecord>,
+    copier: EntryCopier,
+  ): Promise<{ entries: ManifestEntry[]; gone: string[] }> {
+    const t = referenceTotals(parentTotals, ref, prev);
+    this.progress.filesTotal = t.entries;
+    this.progress.bytesTotal = t.bytes;
+    this.emit({ files: t.carriedEntries, bytes: t.carriedBytes, reusedFiles: 0 });
+    return copyNamed(ref, prev, copier, this.copyConcurrency(), (p) => this.entryDone(copier, p));
+  }
+
+  /**
    * Copies what the change plan names: the parent's vouched entries carried over unread, the
    * changed paths looked at (those gone from the mirror are gone from the snapshot), the
    * subtrees the answer could not itemise walked. A carried entry whose stored copy cannot be
@@ -688,9 +788,10 @@ export class BackupRun {
     id: string,
     prep: PrepareResult,
     read?: { id: string; entries: Map<string, EntryRecord> },
+    load = true,
   ): Promise<{ id: string; entries: Map<string, EntryRecord>; damaged: Set<string> } | undefined> {
     const o = this.opts;
-    return Catalog.with(o.catalogDir, async (c) => {
+    const p = await Catalog.with(o.catalogDir, async (c) => {
       const parent = o.full ? undefined : await c.latestComplete(prep.deviceId, o.target.spec);
       await c.begin({
         id,
@@ -706,21 +807,38 @@ export class BackupRun {
         ...(o.tags?.length ? { tags: o.tags } : {}),
       });
       if (!parent) return undefined;
-      return {
-        id: parent.id,
-        // Rows rebuilt from the target hold no entries: read below, from the parent's manifest.
-        entries:
-          read?.id === parent.id
-            ? read.entries
-            : new Map((await c.entries(parent.id)).map((e) => [e.path, e])),
-        damaged: await c.damaged(),
-      };
-    }).then(async (p) => {
-      if (!p || p.entries.size > 0) return p;
-      const m = await o.target.readManifest(p.id).catch(() => undefined);
-      if (!m) return undefined;
-      return { ...p, entries: new Map(m.entries.map((e) => [e.path, { ...e, snapshotId: p.id }])) };
+      return { id: parent.id, damaged: await c.damaged() };
     });
+    if (!p) return undefined;
+    // Not loaded: the caller reads what it needs (carry-by-reference.ts).
+    if (!load) return { ...p, entries: new Map() };
+    const entries = read?.id === p.id ? read.entries : await this.parentEntries(p.id);
+    return entries && { ...p, entries };
+  }
+
+  /**
+   * Reads every entry of the parent into it; false (and none) when they are not to be had: the
+   * run then shares nothing and copies every file.
+   */
+  private async loadParent(parent: { id: string; entries: Map<string, EntryRecord> }): Promise<boolean> {
+    const all = await this.parentEntries(parent.id);
+    parent.entries = all ?? new Map();
+    return all !== undefined;
+  }
+
+  /**
+   * Every entry of the parent by path: from the catalog, or (rows rebuilt from the target hold
+   * no entries) from its manifest at the target; undefined when neither has them.
+   */
+  private async parentEntries(parentId: string): Promise<Map<string, EntryRecord> | undefined> {
+    const o = this.opts;
+    const own = await Catalog.with(
+      o.catalogDir,
+      async (c) => new Map((await c.entries(parentId)).map((e) => [e.path, e])),
+    );
+    if (own.size > 0) return own;
+    const m = await o.target.readManifest(parentId).catch(() => undefined);
+    return m && new Map(m.entries.map((e) => [e.path, { ...e, snapshotId: parentId }]));
   }
 
   private emit(p: Partial<BackupProgress>): void {

@@ -1,9 +1,11 @@
 import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { setImmediate as turn } from 'node:timers/promises';
 import Datastore from 'nedb-promises';
 import { TwinError } from '../common/errors.js';
 import { isAlive, LockFile } from './catalog-lock.js';
+import { applyDelta, type DeltaLine } from './manifest-delta.js';
 import { fsyncPath } from './safe-tree.js';
 import type { ManifestEntry, SnapshotTotals } from './target.js';
 
@@ -188,17 +190,51 @@ export class Catalog {
     totals: SnapshotTotals,
     opts: { base?: { id: string; entries: ReadonlyMap<string, EntryRecord> } } = {},
   ): Promise<SnapshotRecord> {
-    const cur = await this.snapshots.findOne({ _id: id });
-    if (!cur)
-      throw new TwinError('ETWIN_UNKNOWN_SNAPSHOT', `no snapshot ${id} in the catalog`, { snapshotId: id });
     // Most entries as the parent recorded them: a reference to its entries plus the delta.
     const delta = await this.deltaOn(opts.base, entries);
+    return this.record(id, delta ? delta.docs : entries, totals, delta);
+  }
+
+  /**
+   * Marks a snapshot complete that the run built on `base` by reference (its target kept the
+   * base's other entries): its entries are base's changed by `delta`, recorded as that delta
+   * without reading base's. A chain at its bound is written whole instead (read once).
+   */
+  async completeOnBase(
+    id: string,
+    base: string,
+    delta: { entries: ManifestEntry[]; gone: string[] },
+    totals: SnapshotTotals,
+  ): Promise<SnapshotRecord> {
+    const b = await this.snapshots.findOne({ _id: base });
+    const docs: EntryDoc[] = [
+      ...(delta.entries as EntryDoc[]),
+      ...delta.gone.map((p) => ({ path: p, gone: true }) as unknown as EntryDoc),
+    ];
+    const depth = (b?.entriesDepth ?? 0) + 1;
+    if (b?.state === 'complete' && depth <= MAX_DELTA_CHAIN)
+      return this.record(id, docs, totals, { base, depth });
+    return this.record(
+      id,
+      applyDelta(await this.entries(base), docs as Array<DeltaLine<EntryRecord>>),
+      totals,
+    );
+  }
+
+  /** Writes a snapshot's own entries (all, or a delta on base), then marks it complete. */
+  private async record(
+    id: string,
+    entries: ManifestEntry[],
+    totals: SnapshotTotals,
+    delta?: { base: string; depth: number },
+  ): Promise<SnapshotRecord> {
+    if (!(await this.snapshots.findOne({ _id: id })))
+      throw new TwinError('ETWIN_UNKNOWN_SNAPSHOT', `no snapshot ${id} in the catalog`, { snapshotId: id });
     const file = this.entriesFile(id);
     await fsp.rm(file, { force: true });
     const store = await this.entryStore(id);
-    const docs: EntryDoc[] = delta ? delta.docs : entries.map((e) => ({ ...e, snapshotId: id }));
-    for (let i = 0; i < docs.length; i += 5000)
-      await store.insert(docs.slice(i, i + 5000).map((e) => ({ ...e, snapshotId: id })));
+    for (let i = 0; i < entries.length; i += 5000)
+      await store.insert(entries.slice(i, i + 5000).map((e) => ({ ...e, snapshotId: id })));
     await this.sync(file);
     await this.sync(path.dirname(file));
     await this.snapshots.update(
@@ -315,14 +351,57 @@ export class Catalog {
   async entries(snapshotId: string): Promise<EntryRecord[]> {
     const doc = await this.snapshots.findOne({ _id: snapshotId });
     const own = await this.ownEntries(snapshotId);
-    if (!doc?.entriesBase) return own.filter((e) => !e.gone).sort(byPath);
-    const byName = new Map<string, EntryRecord>();
-    for (const e of await this.entries(doc.entriesBase)) byName.set(e.path, { ...e, snapshotId });
-    for (const e of own) {
-      if (e.gone) byName.delete(e.path);
-      else byName.set(e.path, e);
+    if (!doc?.entriesBase) return applyDelta([], own);
+    const base = (await this.entries(doc.entriesBase)).map((e) => ({ ...e, snapshotId }));
+    return applyDelta(base, own);
+  }
+
+  /**
+   * The entries at these paths of a snapshot (a delta resolved on its base), found in the
+   * entry files without loading them: what an incremental built by reference needs of its
+   * parent (the few paths the server's change answer names).
+   */
+  async entriesAt(snapshotId: string, paths: Iterable<string>): Promise<Map<string, EntryRecord>> {
+    const out = new Map<string, EntryRecord>();
+    const want = new Set(paths);
+    for (let id: string | undefined = snapshotId; id && want.size > 0; ) {
+      const found = await findEntries(this.entriesFile(id), want);
+      for (const [p, e] of found) {
+        want.delete(p);
+        if (!e.gone) out.set(p, { ...e, snapshotId });
+      }
+      id = (await this.snapshots.findOne({ _id: id }))?.entriesBase;
     }
-    return [...byName.values()].sort(byPath);
+    return out;
+  }
+
+  /**
+   * The entries of a snapshot at and below these directories, found by a text search of its
+   * entry files (a renamed directory's old content) and resolved like entriesAt.
+   */
+  async entriesBelow(snapshotId: string, dirs: string[]): Promise<Map<string, EntryRecord>> {
+    const named = new Set<string>(dirs);
+    for (let id: string | undefined = snapshotId; id && dirs.length > 0; ) {
+      for (const p of await findBelow(this.entriesFile(id), dirs)) named.add(p);
+      id = (await this.snapshots.findOne({ _id: id }))?.entriesBase;
+    }
+    return this.entriesAt(snapshotId, named);
+  }
+
+  /**
+   * Every name of a snapshot that is a hard link (linkTo) or the target of one, found by a text
+   * search of its entry files and resolved like entriesAt.
+   */
+  async linkedPaths(snapshotId: string): Promise<Set<string>> {
+    const named = new Set<string>();
+    for (let id: string | undefined = snapshotId; id; ) {
+      for (const e of await findLinks(this.entriesFile(id))) named.add(e.path).add(e.linkTo);
+      id = (await this.snapshots.findOne({ _id: id }))?.entriesBase;
+    }
+    const out = new Set<string>();
+    for (const e of (await this.entriesAt(snapshotId, named)).values())
+      if (e.linkTo) out.add(e.path).add(e.linkTo);
+    return out;
   }
 
   private async ownEntries(snapshotId: string): Promise<Array<EntryRecord & { gone?: boolean }>> {
@@ -413,8 +492,78 @@ export class Catalog {
   }
 }
 
-function byPath(a: { path: string }, b: { path: string }): number {
-  return a.path < b.path ? -1 : a.path > b.path ? 1 : 0;
+/** The records in an entry file that name a linkTo (by a text search, as findEntries). */
+async function findLinks(file: string): Promise<Array<{ path: string; linkTo: string }>> {
+  const text = await readEntryFile(file);
+  const out: Array<{ path: string; linkTo: string }> = [];
+  let at = 0;
+  for (;;) {
+    const i = text.indexOf('"linkTo":', at);
+    if (i < 0) break;
+    const from = text.lastIndexOf('\n', i) + 1;
+    const to = text.indexOf('\n', i);
+    const doc = JSON.parse(text.slice(from, to < 0 ? undefined : to)) as EntryDoc & { $$deleted?: boolean };
+    if (typeof doc.linkTo === 'string' && typeof doc.path === 'string' && !doc.$$deleted)
+      out.push({ path: doc.path, linkTo: doc.linkTo });
+    if (to < 0) break;
+    at = to;
+    if (out.length % 256 === 0) await turn();
+  }
+  return out;
+}
+
+/** The paths of the records in an entry file below these directories (by a text search). */
+async function findBelow(file: string, dirs: string[]): Promise<string[]> {
+  const text = await readEntryFile(file);
+  const out: string[] = [];
+  for (const d of dirs) {
+    await turn();
+    // The JSON string of "D/..." up to its open end.
+    const needle = `"path":${JSON.stringify(`${d}/`).slice(0, -1)}`;
+    for (let i = text.indexOf(needle); i >= 0; i = text.indexOf(needle, i + needle.length)) {
+      const from = text.lastIndexOf('\n', i) + 1;
+      const to = text.indexOf('\n', i);
+      const doc = JSON.parse(text.slice(from, to < 0 ? undefined : to)) as EntryDoc;
+      if (typeof doc.path === 'string' && doc.path.startsWith(`${d}/`)) out.push(doc.path);
+    }
+  }
+  return out;
+}
+
+async function readEntryFile(file: string): Promise<string> {
+  return fsp.readFile(file, 'utf8').catch((err) => {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return '';
+    throw err;
+  });
+}
+
+/**
+ * The records of these paths in an entry file (nedb's one JSON document a line), by a text
+ * search for each path rather than a parse of every line; the last record of a path wins.
+ */
+async function findEntries(
+  file: string,
+  paths: ReadonlySet<string>,
+): Promise<Map<string, EntryRecord & { gone?: boolean }>> {
+  const out = new Map<string, EntryRecord & { gone?: boolean }>();
+  const text = await readEntryFile(file);
+  for (const p of paths) {
+    // A search of a large file is milliseconds of CPU, many on a loaded machine: the loop turns
+    // between them, and a split holder keeps answering the server's pings.
+    await turn();
+    const needle = `"path":${JSON.stringify(p)}`;
+    for (let i = text.indexOf(needle); i >= 0; i = text.indexOf(needle, i + needle.length)) {
+      const next = text[i + needle.length];
+      if (next !== ',' && next !== '}') continue;
+      const from = text.lastIndexOf('\n', i) + 1;
+      const to = text.indexOf('\n', i);
+      const doc = JSON.parse(text.slice(from, to < 0 ? undefined : to)) as EntryDoc & { $$deleted?: boolean };
+      if (doc.path !== p || doc.$$deleted) continue;
+      const { _id, ...e } = doc;
+      out.set(p, e);
+    }
+  }
+  return out;
 }
 
 function toRecord(d: SnapshotDoc): SnapshotRecord {

@@ -27,9 +27,41 @@ export function planFromChanges(
   parent: { selector?: unknown; entries: Map<string, EntryRecord> } | undefined,
   changes: ChangesMsg | undefined,
 ): ChangePlan | undefined {
-  if (!parent || !changes || changes.unknown) return undefined;
+  const c = parent && changedPaths(selector, parent.selector, changes);
+  if (!parent || !c) return undefined;
+  const { dirty, walk, inside } = c;
+  const underWalk = (p: string) => walk.some((w) => p === w || p.startsWith(`${w}/`));
+  // Names of one inode are copied together (the copier links them): looked at, shared as vouched.
+  const linked = new Set<string>();
+  for (const e of parent.entries.values()) if (e.linkTo) linked.add(e.path).add(e.linkTo);
+  const carried: EntryRecord[] = [];
+  for (const e of parent.entries.values()) {
+    if (!inside(e.path) || underWalk(e.path)) continue;
+    if (dirty.has(e.path) || linked.has(e.path)) dirty.add(e.path);
+    else carried.push(e);
+  }
+  return {
+    carried,
+    dirty: [...dirty].filter((p) => !underWalk(p)).sort(),
+    walk,
+    ranges: rangesOf(changes!, dirty),
+  };
+}
+
+/**
+ * What the change answer names inside the selection, without the parent's entries: the paths
+ * to look at (each changed, deleted or renamed name and the directory holding it) and the
+ * subtrees to walk. Undefined when it vouches for nothing (unknown, another selection, a path
+ * list, a tree at or above the selection's root).
+ */
+export function changedPaths(
+  selector: SelectorMsg,
+  parentSelector: unknown,
+  changes: ChangesMsg | undefined,
+): { dirty: Set<string>; walk: string[]; inside: (p: string) => boolean } | undefined {
+  if (!changes || changes.unknown) return undefined;
   // Only a parent of the very same selection holds every entry this run would find.
-  if (JSON.stringify(normal(parent.selector)) !== JSON.stringify(normal(selector))) return undefined;
+  if (JSON.stringify(normal(parentSelector)) !== JSON.stringify(normal(selector))) return undefined;
   if (selector.paths) return undefined;
   const root = selector.volume ? '/' : selector.subtree!.replace(/\/+$/, '') || '/';
   const inside = (p: string) => root === '/' || p === root || p.startsWith(`${root}/`);
@@ -39,7 +71,6 @@ export function planFromChanges(
     if (t === '/' || root === t || root.startsWith(`${t}/`)) return undefined;
     if (inside(t) && !walk.some((w) => t.startsWith(`${w}/`))) walk.push(t);
   }
-  const underWalk = (p: string) => walk.some((w) => p === w || p.startsWith(`${w}/`));
   const dirty = new Set<string>();
   const touch = (p: string) => {
     if (!inside(p)) return;
@@ -55,23 +86,17 @@ export function planFromChanges(
     touch(r.to);
   }
   for (const w of walk) touch(w);
-  // Names of one inode are copied together (the copier links them): looked at, shared as vouched.
-  const linked = new Set<string>();
-  for (const e of parent.entries.values()) if (e.linkTo) linked.add(e.path).add(e.linkTo);
-  const carried: EntryRecord[] = [];
-  for (const e of parent.entries.values()) {
-    if (!inside(e.path) || underWalk(e.path)) continue;
-    if (dirty.has(e.path) || linked.has(e.path)) dirty.add(e.path);
-    else carried.push(e);
-  }
+  return { dirty, walk, inside };
+}
+
+/** The changed ranges the answer gives for paths that will be looked at. */
+export function rangesOf(
+  changes: ChangesMsg,
+  dirty: ReadonlySet<string>,
+): Map<string, Array<[number, number]>> {
   const ranges = new Map<string, Array<[number, number]>>();
   for (const r of changes.ranges ?? []) if (dirty.has(r.path)) ranges.set(r.path, r.ranges);
-  return {
-    carried,
-    dirty: [...dirty].filter((p) => !underWalk(p)).sort(),
-    walk,
-    ranges,
-  };
+  return ranges;
 }
 
 function normal(s: unknown): unknown {

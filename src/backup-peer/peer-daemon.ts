@@ -4,6 +4,7 @@ import { Emitter } from '../common/event.js';
 import { type BackupHooks, BackupRun } from './backup-run.js';
 import { forget } from './forget.js';
 import { type PeerConfig, readToken, selectorFor } from './peer-config.js';
+import type { BackupTarget } from './target.js';
 import type { TargetRegistry } from './targets/index.js';
 
 export type PeerEvent =
@@ -34,6 +35,12 @@ export type PeerEvent =
 export class PeerDaemon {
   private readonly _onDidReport = new Emitter<PeerEvent>();
   readonly onDidReport = this._onDidReport.event;
+  /**
+   * The target, open from one run to the next: a repository's index is read once, then only
+   * what other processes added (each snapshot still checks its packs afresh). Reopened after
+   * a failed run.
+   */
+  private target: BackupTarget | undefined;
 
   constructor(
     private readonly config: PeerConfig,
@@ -56,6 +63,7 @@ export class PeerDaemon {
       if (signal.aborted) break;
       await delay(c.intervalSec * 1000, signal).catch(() => undefined);
     }
+    await this.closeTarget();
     this._onDidReport.fire({ event: 'stopped' });
     this._onDidReport.dispose();
   }
@@ -72,40 +80,37 @@ export class PeerDaemon {
       // Read every run: the token and the CA may be rotated while the daemon lives.
       const token = await readToken(c.tokenFile);
       const ca = c.caFile ? await fsp.readFile(c.caFile) : undefined;
-      const target = await this.registry.open(c.target);
-      try {
-        const backup = new BackupRun({
-          server: c.server,
-          token,
-          ca,
-          target,
-          catalogDir: c.catalog,
-          selector,
-          leaseMs: c.leaseSec ? c.leaseSec * 1000 : undefined,
-          mirrorMap: c.mirrorMap,
-          signal,
-          hooks: this.hooks,
-          freezeHookTimeoutMs: c.freezeHookTimeoutSec ? c.freezeHookTimeoutSec * 1000 : undefined,
-          onHookFailure: c.onHookFailure,
-        });
-        backup.onDidWarn((w) =>
-          this._onDidReport.fire({ event: 'backup-warning', run, code: w.code, message: w.message }),
-        );
-        const r = await backup.run();
-        const t = r.snapshot.totals;
-        this._onDidReport.fire({
-          event: 'backup-complete',
-          run,
-          snapshotId: r.snapshot.id,
-          files: t.files,
-          bytes: t.bytes,
-          copiedBytes: t.copiedBytes,
-          reusedFiles: t.reusedFiles,
-          ms: Date.now() - started,
-        });
-      } finally {
-        await target.close();
-      }
+      this.target ??= await this.registry.open(c.target);
+      const target = this.target;
+      const backup = new BackupRun({
+        server: c.server,
+        token,
+        ca,
+        target,
+        catalogDir: c.catalog,
+        selector,
+        leaseMs: c.leaseSec ? c.leaseSec * 1000 : undefined,
+        mirrorMap: c.mirrorMap,
+        signal,
+        hooks: this.hooks,
+        freezeHookTimeoutMs: c.freezeHookTimeoutSec ? c.freezeHookTimeoutSec * 1000 : undefined,
+        onHookFailure: c.onHookFailure,
+      });
+      backup.onDidWarn((w) =>
+        this._onDidReport.fire({ event: 'backup-warning', run, code: w.code, message: w.message }),
+      );
+      const r = await backup.run();
+      const t = r.snapshot.totals;
+      this._onDidReport.fire({
+        event: 'backup-complete',
+        run,
+        snapshotId: r.snapshot.id,
+        files: t.files,
+        bytes: t.bytes,
+        copiedBytes: t.copiedBytes,
+        reusedFiles: t.reusedFiles,
+        ms: Date.now() - started,
+      });
       if (c.keepLast || c.keepDaily) {
         const f = await forget({
           catalogDir: c.catalog,
@@ -120,6 +125,7 @@ export class PeerDaemon {
           });
       }
     } catch (err) {
+      await this.closeTarget();
       const e = err as { code?: string; message?: string };
       this._onDidReport.fire({
         event: 'backup-failed',
@@ -128,5 +134,11 @@ export class PeerDaemon {
         message: e?.message ?? String(err),
       });
     }
+  }
+
+  private async closeTarget(): Promise<void> {
+    const t = this.target;
+    this.target = undefined;
+    await t?.close().catch(() => undefined);
   }
 }

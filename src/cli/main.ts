@@ -3,9 +3,8 @@ import './env.js';
 import yargs from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { operatorCommands, unknownCommand, unknownOptions } from '../commands/index.js';
-import { ErrorCodes, TwinError } from '../common/errors.js';
+import { ErrorCodes, formatError, TwinError } from '../common/errors.js';
 import { ProtocolErrors } from '../control/protocol.js';
-import { demo } from './demo.js';
 import {
   argsFromYargs,
   commandBuilder,
@@ -15,7 +14,6 @@ import {
 } from './operator-commands.js';
 import { registerPeerCommands } from './peer-commands.js';
 import { registerPluginCommands } from './plugin-commands.js';
-import { formatError, serve } from './serve.js';
 
 const verifyCommand = operatorCommands.find((c) => c.name === 'verify')!;
 
@@ -134,6 +132,9 @@ async function main(argv: string[]): Promise<number> {
             'status page and Prometheus metrics, for the read-only token',
           ),
       async (a) => {
+        // Loaded when served: the FUSE layer, the mirror and the server's observers are no part
+        // of the other commands' start-up (a backup's start counts against its time).
+        const { serve } = await import('./serve.js');
         status = await serve({
           primary: a.primary,
           mount: a.mount,
@@ -225,6 +226,7 @@ async function main(argv: string[]): Promise<number> {
           .option('keep', { type: 'boolean', describe: 'keep the temporary directories' })
           .example('twinfs demo', 'about ten seconds; needs FUSE'),
       async (a) => {
+        const { demo } = await import('./demo.js');
         status = await demo({ keep: a.keep });
       },
     );

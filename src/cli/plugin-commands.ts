@@ -1,6 +1,6 @@
 import type { Argv } from 'yargs';
 import { TwinError } from '../common/errors.js';
-import { createPluginHost, type PluginInfo } from '../plugins/index.js';
+import type { PluginInfo } from '../plugins/index.js';
 
 function printPlugin(p: PluginInfo): void {
   process.stdout.write(
@@ -49,6 +49,7 @@ export function registerPluginCommands(y: Argv, setStatus: (code: number) => voi
         const { defaultUserPluginDir } = await import('../plugins/index.js');
         const r = await installPlugin(a.name, a.to ?? defaultUserPluginDir(), { force: a.force });
         // Loaded by a plugin host as any run would: a plugin that cannot load is reported now.
+        const { createPluginHost } = await import('../plugins/index.js');
         const host = await createPluginHost({ pluginDirs: [r.dir], log: () => undefined });
         try {
           const info = host.info(r.name);
@@ -63,6 +64,7 @@ export function registerPluginCommands(y: Argv, setStatus: (code: number) => voi
         setStatus(0);
         return;
       }
+      const { createPluginHost } = await import('../plugins/index.js');
       const host = await createPluginHost({
         pluginDirs: a['plugin-dir'],
         log: a.json ? () => undefined : undefined,

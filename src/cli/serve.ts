@@ -1,5 +1,5 @@
 import * as path from 'node:path';
-import { TwinError } from '../common/errors.js';
+import { formatError, TwinError } from '../common/errors.js';
 import { BackupService } from '../control/backup-service.js';
 import { TwinFs } from '../fusefs/index.js';
 import { preflight } from '../fusefs/mount-checks.js';
@@ -375,9 +375,4 @@ function messageOf(err: unknown): string {
   return err instanceof TwinError ? err.message : formatError(err);
 }
 
-export function formatError(err: unknown): string {
-  if (err instanceof TwinError) return `${err.code}: ${err.message}`;
-  if (err instanceof AggregateError) return err.errors.map(formatError).join('; ');
-  const e = err as NodeJS.ErrnoException;
-  return e?.code ? `${e.code}: ${e.message}` : String(e?.message ?? err);
-}
+export { formatError };

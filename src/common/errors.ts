@@ -139,3 +139,11 @@ export function errnoCode(err: unknown): string | undefined {
   const code = (err as NodeJS.ErrnoException | undefined)?.code;
   return typeof code === 'string' ? code : undefined;
 }
+
+/** An error in one line: `CODE: message` when it has a code. */
+export function formatError(err: unknown): string {
+  if (err instanceof TwinError) return `${err.code}: ${err.message}`;
+  if (err instanceof AggregateError) return err.errors.map(formatError).join('; ');
+  const e = err as NodeJS.ErrnoException;
+  return e?.code ? `${e.code}: ${e.message}` : String(e?.message ?? err);
+}

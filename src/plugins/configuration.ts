@@ -1,8 +1,15 @@
-import { Ajv, type ErrorObject } from 'ajv';
+import { createRequire } from 'node:module';
+import type { Ajv, ErrorObject } from 'ajv';
 import { TwinError } from '../common/errors.js';
 import type { PluginManifest } from './manifest.js';
 
-const ajv = new Ajv({ allErrors: false, useDefaults: true, strict: false });
+let compiler: Ajv | undefined;
+/** ajv, loaded on first use: most plugins declare no configuration (a backup's start counts). */
+function ajv(): Ajv {
+  const { Ajv: AjvClass } = createRequire(import.meta.url)('ajv') as typeof import('ajv');
+  compiler ??= new AjvClass({ allErrors: false, useDefaults: true, strict: false });
+  return compiler;
+}
 
 /**
  * Validates a plugin's configuration against its contributes.configuration, a JSON Schema
@@ -14,11 +21,13 @@ export function validateConfiguration(
   m: PluginManifest,
   values: Record<string, unknown>,
 ): Record<string, unknown> {
+  // Nothing declared and nothing given: nothing to check or fill.
+  if (!m.contributes.configuration && Object.keys(values).length === 0) return {};
   const declared = m.contributes.configuration ?? { properties: {} };
   const schema = { additionalProperties: false, ...declared, type: 'object' };
-  let validate: ReturnType<typeof ajv.compile>;
+  let validate: ReturnType<Ajv['compile']>;
   try {
-    validate = ajv.compile(schema);
+    validate = ajv().compile(schema);
   } catch (err) {
     throw new TwinError(
       'ETWIN_PLUGIN_CONFIG',

@@ -128,6 +128,7 @@ function guardWriter(w: SnapshotWriter, plugin: string, o: GuardOptions, tid: st
         }
       : {}),
     reuseFile: (p, from, e) => g('reuseFile', () => w.reuseFile(p, from, e)),
+    ...(w.carryFrom ? { carryFrom: (from: string) => g('carryFrom', () => w.carryFrom!(from)) } : {}),
     putDir: (p, meta) => g('putDir', () => w.putDir(p, meta)),
     putSymlink: (p, target, meta) => g('putSymlink', () => w.putSymlink(p, target, meta)),
     commit: (m) => g('commit', () => w.commit(m)),

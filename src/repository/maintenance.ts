@@ -2,7 +2,7 @@ import { randomInt } from 'node:crypto';
 import { isTargetNotFound } from '../backup-peer/target.js';
 import { BlobWriter } from './blob-writer.js';
 import { type BlobLocation, openBlob, type PackInfo, packKey, packObjectName, readTrailer } from './pack.js';
-import { forEach, type Repository, type SnapshotObject } from './repository.js';
+import { forEach, type ManifestRef, type Repository, type SnapshotObject } from './repository.js';
 
 export interface RepoProblem {
   kind: 'snapshot' | 'manifest' | 'blob' | 'pack' | 'data';
@@ -26,7 +26,7 @@ export interface RepoCheckResult {
 
 /** Every blob a snapshot names: its manifest's tree blobs and every file's chunks. */
 async function usedBy(repo: Repository, s: SnapshotObject, used: Set<string>): Promise<void> {
-  for (const id of s.manifest.blobs) used.add(id);
+  for (let m: ManifestRef | undefined = s.manifest; m; m = m.base) for (const id of m.blobs) used.add(id);
   for (const e of await repo.readManifest(s)) for (const id of e.chunks ?? []) used.add(id);
 }
 
@@ -211,8 +211,9 @@ export async function pruneRepository(repo: Repository, o: { dryRun?: boolean } 
       }
     const written = await writer.flush();
     const oldIndex = (await repo.store.list('index/')).map((s) => s.name);
-    await repo.replaceIndex([...keep, ...written]);
-    for (const name of oldIndex) await repo.store.delete(name);
+    // Content-named: an old index holding exactly what is kept is the new one, and stays.
+    const kept = await repo.replaceIndex([...keep, ...written]);
+    for (const name of oldIndex) if (name !== kept) await repo.store.delete(name);
     for (const pack of [...drop, ...rewrite]) await repo.store.delete(packObjectName(pack));
     for (const s of unindexed)
       await repo.store.delete(s.name).catch((err) => {

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import type { ObjectStore } from '../../api/twinfs.js';
+import { applyDelta, type DeltaLine } from '../backup-peer/manifest-delta.js';
 import {
   type BackupTarget,
   type EntryMeta,
@@ -17,7 +18,15 @@ import { Semaphore } from '../common/async.js';
 import { TwinError } from '../common/errors.js';
 import { BlobWriter } from './blob-writer.js';
 import { ContentCutter } from './content-cutter.js';
-import type { RepoLock, Repository, SnapshotObject, StoredEntry } from './repository.js';
+import {
+  MAX_MANIFEST_DEPTH,
+  type ManifestRef,
+  manifestDepth,
+  type RepoLock,
+  type Repository,
+  type SnapshotObject,
+  type StoredEntry,
+} from './repository.js';
 import { repoWorkers } from './worker-pool.js';
 
 /** The stamp of stored content (PutResult.stamp): a digest of its chunk ids. */
@@ -143,7 +152,10 @@ export class RepositoryTarget implements BackupTarget {
 
   private async entry(snapshotId: string, p: string): Promise<StoredEntry> {
     volumePathParts(p);
-    const e = (await this.entriesOf(snapshotId)).get(p);
+    // Loaded already (reuse), or one line searched for (a ranged read of a large file).
+    const e = this.manifests.has(snapshotId)
+      ? (await this.entriesOf(snapshotId)).get(p)
+      : await this.repo.manifestLine((await this.snapshotObject(snapshotId)).manifest, p);
     if (!e) throw notFound(`${p} is not in snapshot ${snapshotId}`);
     return e;
   }
@@ -228,6 +240,8 @@ class RepositoryWriter implements SnapshotWriter {
   private readonly content = new Map<string, Content>();
   private state: 'open' | 'committing' | 'committed' | 'aborted' = 'open';
   private inflight = 0;
+  /** The manifest this snapshot is built on (carryFrom). */
+  private base: ManifestRef | undefined;
 
   constructor(
     private readonly target: RepositoryTarget,
@@ -367,6 +381,32 @@ class RepositoryWriter implements SnapshotWriter {
     });
   }
 
+  /**
+   * Builds this snapshot on a committed one: its entries stay unless the committed manifest
+   * names them again or lists them as gone; nothing per entry is read. Only when the base is
+   * intact as far as metadata tells: every pack holding its manifest and the content it names
+   * is present with its indexed size, and none holds a copy a check flagged. Otherwise false,
+   * and the peer passes every entry.
+   */
+  carryFrom(fromSnapshotId: string): Promise<boolean> {
+    return this.op(`carry from ${fromSnapshotId}`, async () => {
+      checkId(fromSnapshotId);
+      const s = await this.repo.readSnapshot(fromSnapshotId);
+      if (!s) return false;
+      const flagged = this.repo.damagedPacks();
+      const packs = new Set<string>();
+      for (let m: ManifestRef | undefined = s.manifest; m; m = m.base) {
+        // Written before manifests named their packs: nothing to vouch with.
+        if (!m.packs) return false;
+        for (const id of m.blobs) if (!(await this.blobs.has(id))) return false;
+        for (const p of m.packs) packs.add(p);
+      }
+      for (const p of packs) if (flagged.has(p) || !(await this.repo.packIntact(p))) return false;
+      this.base = s.manifest;
+      return true;
+    });
+  }
+
   putHardLink(p: string, existingPath: string, _meta: EntryMeta): Promise<void> {
     return this.op(`link ${p}`, async () => {
       const c = this.content.get(existingPath);
@@ -402,12 +442,18 @@ class RepositoryWriter implements SnapshotWriter {
     if (manifest.meta.snapshotId !== this.snapshotId) throw failed('manifest names another snapshot');
     this.state = 'committing';
     try {
-      const lines: string[] = [];
-      for (const e of manifest.entries) {
+      let rows: Array<DeltaLine<StoredEntry>> = manifest.entries.map((e) => {
         const c = e.type === 'file' ? this.content.get(e.path) : undefined;
-        lines.push(JSON.stringify(c ? { ...e, chunks: c.chunks } : e));
+        return c ? { ...e, chunks: c.chunks } : e;
+      });
+      let base = this.base;
+      if (base) for (const p of manifest.gone ?? []) rows.push({ path: p, gone: true });
+      // A chain grown to its bound is written whole again (read once here, not per backup).
+      if (base && manifestDepth(base) + 1 > MAX_MANIFEST_DEPTH) {
+        rows = applyDelta(await this.repo.resolveManifest(base, this.snapshotId), rows);
+        base = undefined;
       }
-      const text = Buffer.from(lines.length ? `${lines.join('\n')}\n` : '');
+      const text = Buffer.from(rows.length ? `${rows.map((r) => JSON.stringify(r)).join('\n')}\n` : '');
       // Tree blobs in packs of their own (as restic keeps them): listing and reading manifests
       // never fetches file data, and damage to a data pack leaves the manifests readable.
       const trees = new BlobWriter(this.repo);
@@ -418,7 +464,13 @@ class RepositoryWriter implements SnapshotWriter {
         version: 1,
         meta: manifest.meta,
         totals: manifest.totals,
-        manifest: { blobs: tree, entries: manifest.entries.length, bytes: text.length },
+        manifest: {
+          blobs: tree,
+          entries: rows.length,
+          bytes: text.length,
+          packs: this.packsOf(rows),
+          ...(base ? { base } : {}),
+        },
       });
       this.state = 'committed';
     } catch (err) {
@@ -428,6 +480,17 @@ class RepositoryWriter implements SnapshotWriter {
         : failed(`commit of snapshot ${this.snapshotId}: ${(err as Error)?.message}`);
     }
     await this.lock.release();
+  }
+
+  /** The packs holding the content these lines name (after the index names this writer's). */
+  private packsOf(rows: Array<DeltaLine<StoredEntry>>): string[] {
+    const packs = new Set<string>();
+    for (const r of rows)
+      for (const id of (r as StoredEntry).chunks ?? []) {
+        const pack = this.repo.locate(id)?.pack;
+        if (pack) packs.add(pack);
+      }
+    return [...packs];
   }
 
   async abort(): Promise<void> {

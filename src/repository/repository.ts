@@ -2,6 +2,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import * as os from 'node:os';
 import type { ObjectStore } from '../../api/twinfs.js';
 import { isAlive } from '../backup-peer/catalog-lock.js';
+import { applyDelta, type DeltaLine, isGone } from '../backup-peer/manifest-delta.js';
 import {
   isTargetNotFound,
   type ManifestEntry,
@@ -41,7 +42,30 @@ export interface SnapshotObject {
   version: 1;
   meta: SnapshotMeta;
   totals: SnapshotTotals;
-  manifest: { blobs: string[]; entries: number; bytes: number };
+  manifest: ManifestRef;
+}
+
+/**
+ * Where a snapshot's manifest is: its tree blobs (`entries` lines in them), and, for a snapshot
+ * built on an earlier one, that one's manifest (`base`, at most MAX_MANIFEST_DEPTH deep), which
+ * the lines change (manifest-delta.ts). `packs`: the packs holding the content these lines name.
+ */
+export interface ManifestRef {
+  blobs: string[];
+  entries: number;
+  bytes: number;
+  base?: ManifestRef;
+  packs?: string[];
+}
+
+/** Longest chain of manifest bases before a manifest is written whole again. */
+export const MAX_MANIFEST_DEPTH = 16;
+
+/** How many bases lie under a manifest. */
+export function manifestDepth(m: ManifestRef): number {
+  let n = 0;
+  for (let b = m.base; b; b = b.base) n++;
+  return n;
 }
 
 /** A manifest line as stored: the committed entry plus, for stored content, its chunks. */
@@ -244,22 +268,23 @@ export class Repository {
    * Prune: one index object naming exactly these packs, written before the caller deletes
    * the old ones; the in-memory index becomes just that.
    */
-  async replaceIndex(packs: PackInfo[]): Promise<void> {
+  async replaceIndex(packs: PackInfo[]): Promise<string | undefined> {
     this.index.clear();
     this.damaged.clear();
     this.packs.clear();
     this.loadedIndex.clear();
-    await this.writeIndex({ packs });
+    return this.writeIndex({ packs });
   }
 
-  /** Writes an index object (packs just stored, copies found damaged). */
-  async writeIndex(obj: IndexObject): Promise<void> {
-    if (!obj.packs?.length && !obj.damaged?.length) return;
+  /** Writes an index object (packs just stored, copies found damaged); returns its name. */
+  async writeIndex(obj: IndexObject): Promise<string | undefined> {
+    if (!obj.packs?.length && !obj.damaged?.length) return undefined;
     const bytes = await sealObject(this.keys, obj);
     const name = `index/${createHash('sha256').update(bytes).digest('hex')}`;
     await this.store.put(name, bytes);
     this.mergeIndex(obj);
     this.loadedIndex.add(name);
+    return name;
   }
 
   /** Packs found missing or of another size than indexed, in this process. */
@@ -319,6 +344,11 @@ export class Repository {
   /** Every indexed blob: id → copies. */
   blobs(): ReadonlyMap<string, BlobLocation[]> {
     return this.index;
+  }
+
+  /** Packs holding a copy a check flagged. */
+  damagedPacks(): Set<string> {
+    return new Set([...this.damaged].map((k) => k.slice(k.indexOf('@') + 1)));
   }
 
   isDamaged(id: string, pack: string): boolean {
@@ -425,18 +455,45 @@ export class Repository {
     await this.store.delete(name);
   }
 
-  /** A snapshot's manifest lines (entries with their chunks). */
+  /** A snapshot's manifest lines (entries with their chunks), a delta resolved on its base. */
   async readManifest(s: SnapshotObject): Promise<StoredEntry[]> {
+    return this.resolveManifest(s.manifest, s.meta.snapshotId);
+  }
+
+  /**
+   * One path's manifest line, found by a text search of each level of the chain, newest first
+   * (no parse of every line: a ranged copy asks this of a 100,000-entry manifest while it holds
+   * a split). Undefined when the path is not there or gone.
+   */
+  async manifestLine(m: ManifestRef, p: string): Promise<StoredEntry | undefined> {
+    const needle = `"path":${JSON.stringify(p)}`;
+    for (let level: ManifestRef | undefined = m; level; level = level.base) {
+      const parts: Buffer[] = [];
+      for (const id of level.blobs) parts.push(await this.readBlob(id));
+      const text = Buffer.concat(parts).toString('utf8');
+      let found: DeltaLine<StoredEntry> | undefined;
+      for (let i = text.indexOf(needle); i >= 0; i = text.indexOf(needle, i + needle.length)) {
+        const next = text[i + needle.length];
+        if (next !== ',' && next !== '}') continue;
+        const to = text.indexOf('\n', i);
+        const line = JSON.parse(text.slice(text.lastIndexOf('\n', i) + 1, to < 0 ? undefined : to));
+        if (line.path === p) found = line as DeltaLine<StoredEntry>;
+      }
+      if (found) return isGone(found) ? undefined : found;
+    }
+    return undefined;
+  }
+
+  async resolveManifest(m: ManifestRef, snapshotId: string): Promise<StoredEntry[]> {
     const parts: Buffer[] = [];
-    for (const id of s.manifest.blobs) parts.push(await this.readBlob(id));
+    for (const id of m.blobs) parts.push(await this.readBlob(id));
     const text = Buffer.concat(parts).toString('utf8');
-    const out: StoredEntry[] = [];
-    for (const line of text.split('\n')) if (line) out.push(JSON.parse(line) as StoredEntry);
-    if (out.length !== s.manifest.entries)
-      throw corrupt(
-        `snapshot ${s.meta.snapshotId}: manifest holds ${out.length} entries, ${s.manifest.entries} recorded`,
-      );
-    return out;
+    const out: Array<DeltaLine<StoredEntry>> = [];
+    for (const line of text.split('\n')) if (line) out.push(JSON.parse(line) as DeltaLine<StoredEntry>);
+    if (out.length !== m.entries)
+      throw corrupt(`snapshot ${snapshotId}: manifest holds ${out.length} entries, ${m.entries} recorded`);
+    if (!m.base) return out.filter((l): l is StoredEntry => !isGone(l));
+    return applyDelta(await this.resolveManifest(m.base, snapshotId), out);
   }
 
   // ---- locks -----------------------------------------------------------------------------------

@@ -52,7 +52,12 @@ describe('incrementals driven by the server change record (real server, real pee
       { timeoutMs: 120_000 },
     );
     expect(r.code, r.stderr).toBe(0);
-    return r.last;
+    // The byte total progress went by (the largest any progress line gave).
+    const totals = r.stdout
+      .split('\n')
+      .filter((l) => l.startsWith('{"event":"progress"'))
+      .map((l) => JSON.parse(l).bytesTotal as number);
+    return { ...r.last, bytesTotal: Math.max(0, ...totals) };
   };
   /** The snapshot, restored, holds exactly the primary's names and bytes (the repository keeps chunks, not trees). */
   const exact = async (id: string) => {
@@ -103,8 +108,14 @@ describe('incrementals driven by the server change record (real server, real pee
     expect(first.totals).toMatchObject({ files: FILES + 1, reusedFiles: 0 });
     await exact(first.snapshotId);
     const second = await backup();
-    expect(second.changes).toMatchObject({ carried: FILES + 1 + 11, looked: 0, walked: 0 });
+    expect(second.changes).toMatchObject({
+      carried: FILES + 1 + 11,
+      looked: 0,
+      walked: 0,
+      byReference: true,
+    });
     expect(second.totals).toMatchObject({ files: FILES + 1, reusedFiles: FILES + 1, copiedBytes: 0 });
+    expect(second.bytesTotal).toBe(second.totals.bytes);
     await exact(second.snapshotId);
     // The catalog records it as a reference to the first snapshot's entries (a delta of none),
     // and a restore from it, which reads the entries through that reference, is whole.
@@ -132,7 +143,7 @@ describe('incrementals driven by the server change record (real server, real pee
     const r = await backup();
     // The old and the new name of d2 walked (the new one's files copied: stored under d2 before);
     // the 10 changed files, the new one and d4/f7 (its mode changed: stored again) copied.
-    expect(r.changes).toMatchObject({ walked: 2 });
+    expect(r.changes).toMatchObject({ walked: 2, byReference: true });
     expect(r.totals.files).toBe(FILES + 1);
     const sum = (xs: string[]) => xs.reduce((n, x) => n + x.length, 0);
     const changed = sum(Array.from({ length: 10 }, (_, i) => `changed ${i}\n`));
@@ -143,6 +154,9 @@ describe('incrementals driven by the server change record (real server, real pee
       changed + 'new\n'.length + d2Unchanged + 'file 4/7\n'.repeat(20).length,
     );
     expect(r.totals.reusedFiles).toBe(FILES + 1 - 10 - 1 - (FILES / 10 - 1) - 1);
+    // Progress had the run's byte total from the start (the parent's and the lstat of the
+    // named paths, no walk of the volume).
+    expect(r.bytesTotal).toBe(r.totals.bytes);
     await exact(r.snapshotId);
   }, 180_000);
 

@@ -72,7 +72,7 @@ export interface StressReport {
   writerFailures: string[];
   prepares: { ok: number; failed: Record<string, number> };
   /** changeDriven: backups the server's change answer drove (carried entries over unread). */
-  backups: { ok: number; failed: Record<string, number>; changeDriven?: number };
+  backups: { ok: number; failed: Record<string, number>; changeDriven?: number; byReference?: number };
   snapshots: { count: number; checked: number; unverifiable: number; mismatches: Mismatch[] };
   /** Split copies that changed while held (invariant 4). */
   frozenChanged: string[];
@@ -575,6 +575,7 @@ async function backupLoop(
     if (code === 0 && id && replied) {
       report.backups.ok++;
       if (last?.changes) report.backups.changeDriven = (report.backups.changeDriven ?? 0) + 1;
+      if (last?.changes?.byReference) report.backups.byReference = (report.backups.byReference ?? 0) + 1;
       taken.push({ id, sent, replied });
     } else {
       const c = last?.code ?? last?.error?.code ?? `exit ${code}`;

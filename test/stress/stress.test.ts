@@ -42,6 +42,8 @@ describe('stress: writers, prepares and backups against a real twinfs serve', ()
           atLeast: { prepares: 5, backups: 1, maxMs: 40_000 },
         });
         expect(problems(r)).toEqual([]);
+        // How the incrementals went (seen in the log when TWINFS_STRESS_INCREMENTAL=1).
+        if (INCREMENTAL) console.log(`seed ${seed}: backups ${JSON.stringify(r.backups)}`);
         // The run did what it is there for (and the checks had something to check). Loose bounds:
         // on a loaded machine 8 s of writing is a few dozen operations.
         expect(r.ops).toBeGreaterThan(20);

@@ -1,0 +1,124 @@
+import { promises as fsp } from 'node:fs';
+import * as path from 'node:path';
+import { Readable } from 'node:stream';
+import { text } from 'node:stream/consumers';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { applyDelta } from '../../src/backup-peer/manifest-delta.js';
+import { emptyTotals, type ManifestEntry } from '../../src/backup-peer/target.js';
+import { type LoadedPlugin, loadTargetPlugin } from '../conformance/index.js';
+import { runCli } from '../helpers/cli.js';
+import { tempDir } from './peer-fixture.js';
+
+const ROOT = path.resolve(import.meta.dirname, '../..');
+
+/**
+ * A snapshot built by reference on an earlier one (SnapshotWriter.carryFrom): the repository
+ * of the dir: target (plugins/dir in a real plugin host) records the earlier manifest plus a
+ * delta, and every reader (readManifest, openFile, prune) sees the whole snapshot.
+ */
+describe('snapshots built by reference (dir: repository)', () => {
+  let plugin: LoadedPlugin;
+  const cleanups: Array<() => Promise<void>> = [];
+  beforeAll(async () => {
+    plugin = await loadTargetPlugin(path.join(ROOT, 'plugins/dir'));
+  });
+  afterAll(() => plugin?.dispose());
+  afterEach(async () => {
+    for (const c of cleanups.splice(0)) await c();
+  });
+  const open = async () => {
+    const d = await tempDir();
+    cleanups.push(d.cleanup);
+    const root = path.join(d.dir, 'b');
+    return { root, t: await plugin.open(`dir:${root}`) };
+  };
+  const meta = (id: string) => ({
+    snapshotId: id,
+    time: Date.now(),
+    server: 's',
+    deviceId: 'd',
+    selector: {},
+  });
+  const m = { mode: 0o644, uid: 0, gid: 0, mtime: 1_600_000_000_000 };
+  const dir = (p: string): ManifestEntry => ({ path: p, type: 'dir', ...m, size: 0 });
+
+  /** s1: /a, /d, /d/x, /d/y, /e, /e/z. */
+  const first = async (t: Awaited<ReturnType<typeof open>>['t']) => {
+    const w = await t.beginSnapshot(meta('s1'));
+    const entries: ManifestEntry[] = [dir('/d'), dir('/e')];
+    for (const [p, body] of [
+      ['/a', 'alpha'],
+      ['/d/x', 'ex'],
+      ['/d/y', 'why'],
+      ['/e/z', 'zed'],
+    ] as const) {
+      const r = await w.putFile(p, Readable.from([Buffer.from(body)]), { ...m, size: body.length });
+      entries.push({ path: p, type: 'file', ...m, size: body.length, hash: r.hash, stored: r.stamp });
+    }
+    entries.sort((x, y) => (x.path < y.path ? -1 : 1));
+    await w.commit({ version: 1, meta: meta('s1'), totals: emptyTotals(), entries });
+    return entries;
+  };
+
+  it('keeps the base entries the commit does not name, changed by the delta; a gone directory takes what was below it', async () => {
+    const { t } = await open();
+    const s1 = await first(t);
+    const w = await t.beginSnapshot(meta('s2'));
+    expect(await w.carryFrom!('s1')).toBe(true);
+    const r = await w.putFile('/d/x', Readable.from([Buffer.from('changed')]), { ...m, size: 7 });
+    const x: ManifestEntry = { path: '/d/x', type: 'file', ...m, size: 7, hash: r.hash, stored: r.stamp };
+    // /d/y and the directory /e are gone; /e/z is not listed (below a gone directory).
+    await w.commit({
+      version: 1,
+      meta: meta('s2'),
+      totals: emptyTotals(),
+      entries: [x],
+      gone: ['/d/y', '/e'],
+    });
+    const want = s1
+      .filter((e) => !['/d/y', '/e', '/e/z'].includes(e.path))
+      .map((e) => (e.path === '/d/x' ? x : e));
+    expect((await t.readManifest('s2')).entries).toEqual(want);
+    expect(await text(await t.openFile('s2', '/a'))).toBe('alpha');
+    expect(await text(await t.openFile('s2', '/d/x'))).toBe('changed');
+    // The base is unchanged.
+    expect((await t.readManifest('s1')).entries).toEqual(s1);
+    // A snapshot on that one: a chain of two deltas.
+    const w3 = await t.beginSnapshot(meta('s3'));
+    expect(await w3.carryFrom!('s2')).toBe(true);
+    await w3.commit({ version: 1, meta: meta('s3'), totals: emptyTotals(), entries: [], gone: ['/a'] });
+    expect((await t.readManifest('s3')).entries).toEqual(want.filter((e) => e.path !== '/a'));
+  });
+
+  it('the base forgotten and pruned: the snapshot built on it is still whole', async () => {
+    const { root, t } = await open();
+    const s1 = await first(t);
+    const w = await t.beginSnapshot(meta('s2'));
+    expect(await w.carryFrom!('s1')).toBe(true);
+    await w.commit({ version: 1, meta: meta('s2'), totals: emptyTotals(), entries: [], gone: [] });
+    await t.deleteSnapshot('s1');
+    const pr = await runCli(['prune', '--target', `dir:${root}`, '--json'], { timeoutMs: 60_000 });
+    expect(pr.code, pr.stderr).toBe(0);
+    const t2 = await plugin.open(`dir:${root}`);
+    expect((await t2.readManifest('s2')).entries).toEqual(s1);
+    expect(await text(await t2.openFile('s2', '/e/z'))).toBe('zed');
+  });
+
+  it('refuses a base whose packs are gone (the peer then passes every entry)', async () => {
+    const { root, t } = await open();
+    await first(t);
+    for (const sub of await fsp.readdir(path.join(root, 'data')))
+      await fsp.rm(path.join(root, 'data', sub), { recursive: true });
+    const t2 = await plugin.open(`dir:${root}`);
+    const w = await t2.beginSnapshot(meta('s2'));
+    expect(await w.carryFrom!('s1')).toBe(false);
+    expect(await w.carryFrom!('nope')).toBe(false);
+    await w.abort();
+  });
+
+  it('applyDelta: a directory named again keeps what the delta lists below it', () => {
+    const base = [dir('/d'), dir('/d/e'), { ...dir('/d/e/f'), type: 'file' as const }];
+    const out = applyDelta(base, [{ path: '/d', gone: true }, dir('/d'), { path: '/d/e', gone: true }]);
+    expect(out.map((e) => e.path)).toEqual(['/d']);
+  });
+});
