@@ -132,6 +132,9 @@ const DEVICE_CODES = new Set(['ENOSPC', 'EDQUOT', 'EIO', 'EROFS', 'ENODEV', 'ENX
  * initial copy or reconciliation) runs in the background; status().state is COPY until it is
  * done (whenReady()), and split() refuses meanwhile.
  */
+/** Changes that add or remove a directory entry (and so move the directory's times). */
+const NAMESPACE_OPS = new Set(['create', 'mknod', 'mkdir', 'symlink', 'link', 'unlink', 'rmdir', 'rename']);
+
 export class MirrorDriver implements ChangeSink {
   readonly layout: MirrorLayout;
   readonly primary: string;
@@ -425,6 +428,7 @@ export class MirrorDriver implements ChangeSink {
       else if (c.op === 'unlink') this.pendingTimes.delete(c.path);
       await this.writer.apply(c);
       this.stats.changesApplied++;
+      if (NAMESPACE_OPS.has(c.op)) this.noteDirTimes(c.path, c.op === 'rename' ? c.from : undefined);
       // A directory renamed under a running walk may have moved where the walk has been to a
       // place it has already left: it gets walked again afterwards.
       if (c.op === 'rename') for (const w of this.walks) w.add(c.path);
@@ -441,7 +445,13 @@ export class MirrorDriver implements ChangeSink {
           this.pendingTimes.add(c.path);
           await this.syncTimes(c.path);
         } else this.noteTimes(c.path);
-      } else if (c.op === 'truncate' || c.op === 'create' || c.op === 'mknod' || c.op === 'symlink')
+      } else if (
+        c.op === 'truncate' ||
+        c.op === 'create' ||
+        c.op === 'mknod' ||
+        c.op === 'symlink' ||
+        c.op === 'mkdir'
+      )
         this.noteTimes(c.path);
     } catch (err) {
       await this.onApplyError(c, err as NodeJS.ErrnoException);
@@ -661,6 +671,7 @@ export class MirrorDriver implements ChangeSink {
       await fsp
         .rm(this.layout.data + p, { recursive: true, force: true })
         .catch((err) => this.markBroken(p, err as NodeJS.ErrnoException));
+      this.noteDirTimes(p);
     }
     await this.syncUnsynced(back);
   }
@@ -695,6 +706,20 @@ export class MirrorDriver implements ChangeSink {
       }
     }
     await this.relinkIfWanted('entries moved during a resync');
+  }
+
+  /**
+   * Adding or removing an entry moves the mirror directory's mtime (and the driver's own copies,
+   * removals and replays do too): the primary's times are copied back with the other pending
+   * times (200 ms later, and before any split). A directory a split holds keeps its frozen
+   * times; that split's resync notes it again.
+   */
+  private noteDirTimes(...paths: Array<string | undefined>): void {
+    for (const p of paths) {
+      if (p === undefined || p === '/') continue;
+      const dir = path.posix.dirname(p);
+      if (!this.isHeld(dir)) this.noteTimes(dir);
+    }
   }
 
   private noteTimes(p: string): void {
@@ -920,6 +945,9 @@ export class MirrorDriver implements ChangeSink {
       }
     }
     this.stats.resyncBytes += bytes;
+    // Replayed and copied entries moved their directories' times (the split's own directories included).
+    for (const c of s.namespace) this.noteDirTimes(c.path, c.op === 'rename' ? c.from : undefined);
+    this.noteDirTimes(...paths);
     this.trace.event('resynced', { id: s.id.slice(-8), gone, trees: outermost(trees) });
     if (gone.length > 0)
       void this.queue
