@@ -3,6 +3,7 @@ import { promises as fsp } from 'node:fs';
 import { readXattrs } from '../common/xattrs.js';
 import { underRoot } from '../posix/long-path.js';
 import { hashFile } from './entry-sync.js';
+import { mapLimit } from './tree-helpers.js';
 
 export type DifferenceKind =
   | 'missing-in-mirror'
@@ -163,18 +164,6 @@ async function compareEntry(
  */
 async function at<T>(root: string, p: string, fn: (backing: string) => Promise<T>): Promise<T> {
   return underRoot(root, [p === '' ? '/' : p], (b) => fn(b!));
-}
-
-async function mapLimit<T>(
-  items: readonly T[],
-  limit: number,
-  fn: (item: T) => Promise<void>,
-): Promise<void> {
-  let next = 0;
-  const worker = async () => {
-    while (next < items.length) await fn(items[next++]!);
-  };
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
 }
 
 /** Attributes as one comparable string; vanished ones are absent, unreadable ones show as such. */

@@ -25,8 +25,11 @@ import { checkPrefix, record } from './fixtures/records.mjs';
 const MAX_STALL_MS = 1000;
 /** Scheduling noise allowed on top of it (two cores, other suites running). */
 const SLACK_MS = 500;
-/** "Never held": a write to a file outside the prepare stays far below the stall. */
-const UNHELD_MS = 250;
+/**
+ * "Never held": a write to a file outside the prepare stays far below the stall and a third of
+ * the 1.5 s freeze below (250 ms was overrun by scheduling alone at a load of 30 on 2 cores).
+ */
+const UNHELD_MS = 500;
 const REC = 16 * 1024;
 
 async function mirrorCopy(p: PrepareResult, volumePath: string): Promise<Buffer> {

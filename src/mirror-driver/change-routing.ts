@@ -1,0 +1,104 @@
+import type { Change } from '../fusefs/change-sink.js';
+import { HEAL_CODES, type MirrorCore } from './driver-core.js';
+
+/** Changes that add or remove a directory entry (and so move the directory's times). */
+const NAMESPACE_OPS = new Set(['create', 'mknod', 'mkdir', 'symlink', 'link', 'unlink', 'rmdir', 'rename']);
+
+/**
+ * Change routing: every change the primary reports goes through one serial queue, in the order
+ * the primary saw it, and is either tracked by the splits that hold it (Splitter.track) or
+ * applied to the mirror (MirrorWriter). A write intent is journaled before the primary is
+ * touched. A change the mirror cannot apply heals its path from the primary, or breaks the
+ * pairs it hit; the application never sees a mirror error.
+ */
+export class ChangeRouter {
+  constructor(private readonly c: MirrorCore) {}
+
+  beforeChange(p: string): void | Promise<void> {
+    this.c.changes.stamp(p);
+    const known = this.c.intents.has(p);
+    this.c.intents.set(p, Date.now());
+    if (!known) return this.c.journal.append({ t: 'intent', p }).catch(() => undefined);
+  }
+
+  apply(c: Change): Promise<void> {
+    if (this.c.disposed) return Promise.resolve();
+    this.c.lastLiveAt = Date.now();
+    this.c.changes.note(c);
+    return this.c.queue.push(() => this.route(c));
+  }
+
+  /** One change, in its turn in the queue: tracked by the splits that hold it, or applied. */
+  private async route(c: Change): Promise<void> {
+    await this.c.links.note(c, this.c.primary);
+    if (await this.c.splitter.track(c)) return;
+    if ((c.op === 'rename' || c.op === 'link') && this.c.broken.paths.size > 0)
+      this.c.broken.followBroken(c.from, c.path, c.op === 'rename');
+    if (this.c.broken.isBroken(c.path)) {
+      // A rename onto a broken pair is not applied to the mirror, where the old name would then
+      // stay with nothing left to remove it (a repair of the new name does not touch it): it is
+      // broken too, and a repair makes both names as the primary has them.
+      if (c.op === 'rename' && !this.c.broken.isBroken(c.from))
+        this.c.broken.markBroken(
+          c.from,
+          Object.assign(new Error(`renamed onto the broken pair ${c.path}`), { code: 'EIO' }),
+        );
+      return;
+    }
+    try {
+      if (c.op === 'fsync') await this.c.times.sync(c.path);
+      else if (c.op === 'rename') this.c.times.move(c.from, c.path);
+      else if (c.op === 'unlink') this.c.times.drop(c.path);
+      await this.c.writer.apply(c);
+      this.c.stats.changesApplied++;
+      if (NAMESPACE_OPS.has(c.op)) this.c.times.noteParents(c.path, c.op === 'rename' ? c.from : undefined);
+      // A directory renamed under a running walk may have moved where the walk has been to a
+      // place it has already left: it gets walked again afterwards.
+      if (c.op === 'rename') this.c.reconciler.noteRename(c.path);
+      if (this.c.resyncer.unsynced.size > 0) {
+        if (c.op === 'rename')
+          await this.c.resyncer.syncUnsynced(this.c.resyncer.moveUnsynced(c.from, c.path));
+        else if (c.op === 'unlink' || c.op === 'rmdir') this.c.resyncer.moveUnsynced(c.path, null);
+      }
+      if (c.op === 'write') {
+        this.c.stats.bytesMirrored += c.data.length;
+        // An inode with other names may lose this one next (unlink, or libfuse's .fuse_hidden
+        // name going on release), and then its times can no longer be read by path: copy them
+        // now. The primary still has the name: an unlink waits for the flush, which waits for us.
+        if ((this.c.writer.linkCount(c.path) ?? 1) > 1) {
+          await this.c.times.noteAndSync(c.path);
+        } else this.c.times.note(c.path);
+      } else if (
+        c.op === 'truncate' ||
+        c.op === 'create' ||
+        c.op === 'mknod' ||
+        c.op === 'symlink' ||
+        c.op === 'mkdir'
+      )
+        this.c.times.note(c.path);
+    } catch (err) {
+      await this.onApplyError(c, err as NodeJS.ErrnoException);
+    }
+  }
+
+  private async onApplyError(c: Change, err: NodeJS.ErrnoException): Promise<void> {
+    const code = err.code ?? '';
+    if (
+      HEAL_CODES.has(code) ||
+      (code === 'EEXIST' && c.op !== 'write') ||
+      (code === 'EISDIR' && c.op === 'create')
+    ) {
+      // The mirror lacks what the change builds on (or already has it): make this path whole
+      // from the primary, parents first.
+      try {
+        await this.c.repairer.healPath(c.path);
+        if (c.op === 'rename') await this.c.repairer.healPath(c.from);
+        return;
+      } catch (e) {
+        err = e as NodeJS.ErrnoException;
+      }
+    }
+    this.c.broken.markBroken(c.path, err);
+    if (c.op === 'rename') this.c.broken.markBroken(c.from, err);
+  }
+}

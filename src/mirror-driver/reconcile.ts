@@ -1,0 +1,401 @@
+import type { Stats } from 'node:fs';
+import { promises as fsp } from 'node:fs';
+import { delay } from '../common/async.js';
+import { DEVICE_CODES, HEAL_CODES, type MirrorCore } from './driver-core.js';
+import type { ProgressEvent } from './driver-types.js';
+import { copyChunk, syncMeta } from './entry-sync.js';
+import { lstatOrUndefined, mapLimit, outermost, sameMeta } from './tree-helpers.js';
+
+/** Entries synced in parallel inside one queue task, and entries per task. */
+const PARALLEL = 16;
+/** Background tasks wait for this long a pause in live changes, but no longer than YIELD_MAX_MS. */
+const YIELD_QUIET_MS = 5;
+const YIELD_MAX_MS = 100;
+const BATCH = 64;
+const BATCH_BYTES = 8 * 1024 * 1024;
+/** Files above this size are reconciled chunk by chunk, LARGE_CHUNK bytes per queue task. */
+const LARGE_FILE = 8 * 1024 * 1024;
+const LARGE_CHUNK = 8 * 1024 * 1024;
+
+/**
+ * A comparison that reads contents (and copies metadata) instead of trusting size, mtime and
+ * ctime: everywhere (true), or for the entries a predicate picks.
+ */
+export type Deep = boolean | ((st: Stats) => boolean);
+
+function isDeep(deep: Deep | undefined, st: Stats): boolean {
+  return typeof deep === 'function' ? deep(st) : !!deep;
+}
+
+/**
+ * Reconciliation: makes a mirror subtree equal to the primary's (the initial copy, start-up
+ * comparison, heals, repairs, resync trees), directory by directory in small queue tasks that
+ * interleave with live changes in order, keeping hard links and never touching what a split
+ * holds; and relinking, which joins again the names of a file that a copy separated, inside
+ * the same queue task.
+ */
+export class Reconciler {
+  /** Rename targets seen by each running (unlocked) reconciliation walk. */
+  private readonly walks = new Set<Set<string>>();
+
+  constructor(private readonly c: MirrorCore) {}
+
+  /** A rename applied to the mirror: a walk running meanwhile walks its target again. */
+  noteRename(to: string): void {
+    for (const w of this.walks) w.add(to);
+  }
+
+  /**
+   * Background work (copy, repair, reconciliation) runs between live changes. An application
+   * doing one change after another (rm -r, untar) would wait for a whole background task each
+   * time: while changes keep coming, hold back (for up to YIELD_MAX_MS per task).
+   */
+  async yieldToLive(): Promise<void> {
+    const until = Date.now() + YIELD_MAX_MS;
+    while (Date.now() - this.c.lastLiveAt < YIELD_QUIET_MS && Date.now() < until) await delay(YIELD_QUIET_MS);
+  }
+
+  async relinkIfWanted(cause: string): Promise<void> {
+    if (this.c.relinkWanted) await this.relinkVolume(cause);
+  }
+
+  /**
+   * Links the names of files with several names again after one was copied alone: the other
+   * names can be anywhere; the link index (link-index.ts) names them, or, where it cannot vouch
+   * for having them all, the volume is compared. Now, inside the task that healed it: until
+   * then the copies are separate files, and a change applied to one of them in between (an
+   * xattr through the healed name, a write through another) would be on one copy only, and the
+   * comparison, which keeps the first name it finds equal by size, mtime and ctime, could keep
+   * the other.
+   */
+  async relinkVolume(cause: string): Promise<void> {
+    const names = [...this.c.relinkNames].sort();
+    this.c.relinkNames.clear();
+    if (names.length > 0 && (await this.relinkIndexed(names).catch(() => false))) {
+      this.c.trace.event('relink-indexed', { cause, names });
+      return;
+    }
+    this.c.log(
+      `${cause}: a file with several names was copied alone; comparing the volume to link its names`,
+    );
+    this.c.trace.event('relink', { cause });
+    try {
+      const r = await this.reconcileTree('/', 'repair', { locked: true });
+      this.c.stats.bytesMirrored += r.bytes;
+    } catch (err) {
+      this.c.broken.markBroken('/', err as NodeJS.ErrnoException);
+    }
+  }
+
+  /**
+   * Links the other names of each named file to its mirror copy (just made from the primary),
+   * as a comparison of the volume would (names a split holds are left alone). False, having
+   * done nothing or part of it, when the index cannot name them all or a name cannot be
+   * linked: the caller then compares the volume.
+   */
+  private async relinkIndexed(names: string[]): Promise<boolean> {
+    const done = new Set<string>();
+    for (const p of names) {
+      const pst = await lstatOrUndefined(this.c.primary + p);
+      if (!pst) return false; // moved on the primary: its name there is not known
+      if (!pst.isFile() || pst.nlink < 2 || this.c.heldUnder(p)) continue;
+      const key = `${pst.dev}:${pst.ino}`;
+      if (done.has(key)) continue;
+      const all = await this.c.links.namesOf(this.c.primary, pst);
+      const first = await lstatOrUndefined(this.c.layout.data + p);
+      if (!all?.includes(p) || !first?.isFile()) return false;
+      done.add(key);
+      for (const q of all) {
+        if (q === p || this.c.heldUnder(q)) continue;
+        const mst = await lstatOrUndefined(this.c.layout.data + q);
+        if (mst?.ino === first.ino) continue;
+        this.c.writer.forget(q, false);
+        await fsp.rm(this.c.layout.data + q, { recursive: true, force: true });
+        await this.c.ensureParents(q);
+        await fsp.link(this.c.layout.data + p, this.c.layout.data + q);
+      }
+    }
+    return true;
+  }
+
+  /**
+   * Makes the mirror's subtree at p equal to the primary's: entries whose type, size, mode,
+   * owner or mtime differ are copied, entries whose ctime is newer on the primary are compared
+   * (metadata, and contents chunk by chunk), extras are removed, hard links are kept, and
+   * nothing a split holds is touched.
+   *
+   * Directory by directory: both listings are read, then the entries are synced in batches,
+   * each batch one task in the change queue (so live changes interleave in the right order) and
+   * parallel inside it (no live change can run meanwhile). locked: the caller already runs in
+   * the queue.
+   */
+  async reconcileTree(
+    p: string,
+    phase: ProgressEvent['phase'],
+    o: { locked?: boolean; deep?: Deep; signal?: AbortSignal } = {},
+  ): Promise<{ bytes: number; entries: number }> {
+    if (o.locked) return this.walkTree(p, phase, o);
+    const renamed = new Set<string>();
+    this.walks.add(renamed);
+    try {
+      const total = await this.walkTree(p, phase, o);
+      for (let round = 0; renamed.size > 0 && round < 10 && !o.signal?.aborted; round++) {
+        const again = outermost(renamed).filter((t) => t === p || t.startsWith(p === '/' ? '/' : p + '/'));
+        renamed.clear();
+        for (const t of again) {
+          const r = await this.walkTree(t, phase, o);
+          total.bytes += r.bytes;
+          total.entries += r.entries;
+        }
+      }
+      return total;
+    } finally {
+      this.walks.delete(renamed);
+    }
+  }
+
+  private async walkTree(
+    p: string,
+    phase: ProgressEvent['phase'],
+    o: { locked?: boolean; deep?: Deep; signal?: AbortSignal },
+  ): Promise<{ bytes: number; entries: number }> {
+    // A name separated from the other names of its file (copyEntry) is linked to them again in
+    // the same queue task: a live change in between would reach one of the copies only.
+    const run = async <T>(f: () => Promise<T>): Promise<T> => {
+      if (o.locked) return f();
+      await this.yieldToLive();
+      return this.c.queue.push(async () => {
+        const r = await f();
+        await this.relinkIfWanted(p);
+        return r;
+      });
+    };
+    let bytes = 0;
+    let entries = 0;
+    const links = new Map<number, string>();
+    const report = (done: boolean) => this.c.onProgress.fire({ phase, entries, bytes, done });
+    const base = p === '/' ? '' : p;
+    bytes += await run(async () =>
+      this.syncQuick(p, await lstatOrUndefined(this.c.primary + base), links, o.deep),
+    );
+    const dirs = [base];
+    let reported = 0;
+    while (dirs.length > 0) {
+      if (o.signal?.aborted) return { bytes, entries };
+      const dir = dirs.pop()!;
+      let names: string[];
+      try {
+        names = (await fsp.readdir(this.c.primary + dir)).sort();
+      } catch {
+        continue; // gone or not a directory any more: its own change says what became of it
+      }
+      const have = await fsp.readdir(this.c.layout.data + dir).catch(() => [] as string[]);
+      const wanted = new Set(names);
+      const extras = have.filter((n) => !wanted.has(n));
+      const stats = await mapLimit(names, PARALLEL, (n) => lstatOrUndefined(`${this.c.primary}${dir}/${n}`));
+      const items = names.map((name, i) => ({ path: `${dir}/${name}`, st: stats[i] }));
+      for (const it of items) {
+        if (!it.st) continue;
+        this.c.changes.notePrimary(it.path, it.st);
+        this.c.links.notePrimary(it.path, it.st);
+      }
+      // Small tasks: a live change waits for at most one of them.
+      const large = items.filter((it) => it.st?.isFile() && it.st.nlink === 1 && it.st.size > LARGE_FILE);
+      const small = items.filter((it) => !large.includes(it));
+      for (let i = 0; i < small.length; ) {
+        if (o.signal?.aborted) return { bytes, entries };
+        let j = i;
+        for (let size = 0; j < small.length && j - i < BATCH && size <= BATCH_BYTES; j++)
+          size += small[j]!.st?.size ?? 0;
+        const batch = small.slice(i, j);
+        i = j;
+        bytes += await run(() => this.syncBatch(batch, links, o.deep));
+      }
+      for (const it of large) {
+        if (o.signal?.aborted) return { bytes, entries };
+        bytes += await this.syncLargeFile(it.path, it.st!, run, o.deep);
+      }
+      if (extras.length > 0) await run(() => this.removeExtras(dir, extras));
+      // Making and removing the names above moved the mirror directory's times (and reading
+      // the primary's may have moved its atime): copy them again, now that it is complete.
+      await run(() => this.c.times.copy(dir === '' ? '/' : dir));
+      entries += items.length;
+      if (entries - reported >= 1000) {
+        reported = entries;
+        report(false);
+      }
+      for (const it of [...items].reverse()) if (it.st?.isDirectory()) dirs.push(it.path);
+    }
+    report(true);
+    // Inside one task (locked): a walk of the volume has linked the names it separated; a walk of
+    // a subtree cannot see names outside it.
+    if (o.locked) {
+      if (p === '/') this.c.relinkNames.clear();
+      else await this.relinkIfWanted(p);
+    }
+    return { bytes, entries };
+  }
+
+  /**
+   * A big file, chunk by chunk, each chunk one queue task (a whole-file copy would hold live
+   * changes back for as long as it takes). Each chunk reads the primary as it is when the task
+   * runs, so live writes in between are never undone; the last task fixes size and metadata.
+   */
+  private async syncLargeFile(
+    p: string,
+    listed: Stats,
+    run: <T>(f: () => Promise<T>) => Promise<T>,
+    deep?: Deep,
+  ): Promise<number> {
+    const mp = this.c.layout.data + p;
+    const plan = await run(async () => {
+      if (this.c.isHeld(p)) return undefined;
+      const [pst, mst] = await Promise.all([lstatOrUndefined(this.c.primary + p), lstatOrUndefined(mp)]);
+      if (!pst?.isFile() || pst.nlink > 1) return { fallback: true as const, pst };
+      // A mirror file with other names is another file (see syncEntry): replaced, not written.
+      if (mst?.isFile() && mst.nlink === 1) {
+        const sameData = mst.size === pst.size && Math.abs(mst.mtimeMs - pst.mtimeMs) < 1;
+        if (sameData && sameMeta(pst, mst) && pst.ctimeMs <= mst.ctimeMs && !isDeep(deep, pst))
+          return undefined;
+        this.c.writer.forget(p, true);
+        return { compare: sameData, size: pst.size };
+      }
+      this.c.writer.forget(p, true);
+      if (mst) await fsp.rm(mp, { recursive: true, force: true });
+      await this.c.ensureParents(p);
+      await fsp.writeFile(mp, '', { mode: 0o600 });
+      return { compare: false, size: pst.size };
+    });
+    if (!plan) return 0;
+    if ('fallback' in plan)
+      return run(async () =>
+        this.syncQuick(p, (await lstatOrUndefined(this.c.primary + p)) ?? listed, new Map(), deep),
+      );
+    let bytes = 0;
+    for (let off = 0; ; off += LARGE_CHUNK) {
+      const r = await run(async () => {
+        if (this.c.isHeld(p)) return undefined;
+        return copyChunk(this.c.primary + p, mp, off, LARGE_CHUNK, plan.compare).catch((err) => {
+          if (HEAL_CODES.has((err as NodeJS.ErrnoException).code ?? '')) return undefined; // gone meanwhile
+          throw err;
+        });
+      });
+      if (!r) return bytes;
+      bytes += r.copied;
+      if (r.eof) break;
+    }
+    await run(async () => {
+      if (this.c.isHeld(p)) return;
+      const pst = await lstatOrUndefined(this.c.primary + p);
+      if (!pst?.isFile()) return;
+      await fsp.truncate(mp, pst.size);
+      await syncMeta(this.c.primary + p, mp, pst);
+    });
+    return bytes;
+  }
+
+  /** One batch of entries of a directory: plain ones in parallel, directories and hard links in order. */
+  private async syncBatch(
+    items: Array<{ path: string; st: Stats | undefined }>,
+    links: Map<number, string>,
+    deep?: Deep,
+  ): Promise<number> {
+    const serial = items.filter(
+      (it) => it.st && (it.st.isDirectory() || (it.st.isFile() && it.st.nlink > 1)),
+    );
+    const plain = items.filter((it) => it.st && !serial.includes(it));
+    let bytes = 0;
+    for (const it of serial) bytes += await this.syncOne(it.path, it.st, links, deep);
+    const r = await mapLimit(plain, PARALLEL, (it) => this.syncOne(it.path, it.st, links, deep));
+    for (const b of r) bytes += b;
+    return bytes;
+  }
+
+  /**
+   * syncQuick, with an entry that cannot be copied marked broken (the rest goes on); a failure
+   * of the mirror device itself ends the walk (its root is then marked broken by the caller).
+   */
+  private async syncOne(
+    p: string,
+    pst: Stats | undefined,
+    links: Map<number, string>,
+    deep?: Deep,
+  ): Promise<number> {
+    try {
+      return await this.syncQuick(p, pst, links, deep);
+    } catch (err) {
+      if (DEVICE_CODES.has((err as NodeJS.ErrnoException).code ?? '')) throw err;
+      this.c.broken.markBroken(p, err as NodeJS.ErrnoException);
+      return 0;
+    }
+  }
+
+  private async removeExtras(dir: string, names: string[]): Promise<void> {
+    await mapLimit(names, PARALLEL, async (name) => {
+      const vp = `${dir}/${name}`;
+      // Made since the listing (and already mirrored by its own change)?
+      if (this.c.heldUnder(vp) || (await lstatOrUndefined(this.c.primary + vp))) return;
+      this.c.writer.forget(vp, true);
+      await fsp.rm(this.c.layout.data + vp, { recursive: true, force: true });
+    });
+  }
+
+  /**
+   * Syncs one entry unless it provably matches. pst may be a little old (listed before this
+   * task ran): a change since is either on the mirror already (which then differs from pst, so
+   * the entry is synced from the primary as it is now) or queued behind this task.
+   */
+  private async syncQuick(
+    p: string,
+    pst: Stats | undefined,
+    links: Map<number, string>,
+    deep?: Deep,
+  ): Promise<number> {
+    const mp = p === '/' ? this.c.layout.data : this.c.layout.data + p;
+    if (p !== '/' && this.c.isHeld(p)) return 0;
+    const mst = await lstatOrUndefined(mp);
+    if (!pst) {
+      if (p === '/' || !mst || this.c.heldUnder(p)) return 0;
+      this.c.writer.forget(p, true);
+      await fsp.rm(mp, { recursive: true, force: true });
+      return 0;
+    }
+    const sameType = !!mst && (mst.mode & 0o170000) === (pst.mode & 0o170000);
+    if (mst && !sameType && this.c.heldUnder(p)) return 0;
+    if (p === '/') {
+      if (!mst) await fsp.mkdir(mp, { recursive: true });
+      if (!mst || !sameMeta(pst, mst) || pst.ctimeMs > mst.ctimeMs) await syncMeta(this.c.primary, mp, pst);
+      return 0;
+    }
+    if (pst.isFile() && pst.nlink > 1) {
+      const first = links.get(pst.ino);
+      if (first) {
+        const firstM = await lstatOrUndefined(this.c.layout.data + first);
+        if (firstM && (!mst || mst.ino !== firstM.ino)) {
+          this.c.writer.forget(p, false);
+          await fsp.rm(mp, { recursive: true, force: true });
+          await this.c.ensureParents(p);
+          await fsp.link(this.c.layout.data + first, mp);
+        }
+        return 0;
+      }
+      links.set(pst.ino, p);
+    }
+    const sameData =
+      sameType && (pst.isDirectory() || (mst!.size === pst.size && Math.abs(mst!.mtimeMs - pst.mtimeMs) < 1));
+    const newer = !!mst && pst.ctimeMs > mst.ctimeMs;
+    if (sameData && sameMeta(pst, mst!) && !newer && !(isDeep(deep, pst) && pst.isFile())) return 0;
+    this.c.writer.forget(p, true);
+    // Same size and mtime: probably equal, so compare rather than copy.
+    const opts = { compare: sameData, mirrorStat: mst ?? null, separate: true };
+    try {
+      return (await this.c.copyEntry(this.c.primary + p, mp, opts)).bytesCopied;
+    } catch (err) {
+      // The parent is normally there (directories are synced before their entries).
+      if (!HEAL_CODES.has((err as NodeJS.ErrnoException).code ?? '')) throw err;
+      await this.c.ensureParents(p);
+      return (await this.c.copyEntry(this.c.primary + p, mp, { compare: sameData, separate: true }))
+        .bytesCopied;
+    }
+  }
+}

@@ -1,0 +1,243 @@
+import type { Stats } from 'node:fs';
+import { promises as fsp } from 'node:fs';
+import * as path from 'node:path';
+import { TwinError } from '../common/errors.js';
+import { HEAL_CODES, type MirrorCore } from './driver-core.js';
+import type { ResyncResult } from './driver-types.js';
+import { mergeLinkedRanges } from './linked-ranges.js';
+import type { SplitTracker } from './split-tracker.js';
+import { lstatOrUndefined, outermost } from './tree-helpers.js';
+
+/**
+ * Resync: applies what a split tracked to the mirror and rejoins its pairs, in its turn in the
+ * change queue. The namespace changes are replayed in order, then the tracked ranges are copied
+ * from the primary (the names of one file merged first, linked-ranges.ts) and the metadata of
+ * touched paths synced; subtrees whose rename could not be replayed are reconciled. Entries the
+ * resync finds gone from the primary stay in the mirror (unsynced) until the changes queued
+ * behind it have run: a rename moves them and syncs them where they land, an unlink drops them.
+ */
+export class Resyncer {
+  readonly resyncing = new Set<string>();
+  /**
+   * Entries a resync found gone from the primary and left in the mirror for the changes queued
+   * behind it (see removeGone), not synced yet: a rename moves them and syncs them where they
+   * land, an unlink drops them.
+   */
+  readonly unsynced = new Set<string>();
+
+  constructor(private readonly c: MirrorCore) {}
+
+  /** Applies what changed under a split to the mirror and rejoins its pairs. */
+  resync(splitId: string): Promise<ResyncResult> {
+    const s = this.c.splits.get(splitId);
+    if (!s) return Promise.reject(new TwinError('ETWIN_UNKNOWN_SPLIT', `no split ${splitId}`, { splitId }));
+    if (this.resyncing.has(splitId))
+      return Promise.reject(
+        new TwinError('ETWIN_SPLIT_CONFLICT', `split ${splitId} is already resyncing`, { splitId }),
+      );
+    this.resyncing.add(splitId);
+    this.c.onDidChangeState.fire({
+      paths: s.selector.volume ? 'volume' : [...s.touched],
+      state: 'RESYNC',
+      splitId,
+    });
+    // Demonstration only (docs/reliability.md, "The harness catches what it exists for"): a
+    // resync that does not wait its turn in the change queue must make the stress harness fail.
+    if (process.env.TWINFS_DEMO_UNORDERED_RESYNC === '1')
+      return this.resyncLocked(s).finally(() => this.resyncing.delete(splitId));
+    return this.c.queue.push(() => this.resyncLocked(s)).finally(() => this.resyncing.delete(splitId));
+  }
+
+  private async resyncLocked(s: SplitTracker): Promise<ResyncResult> {
+    const started = Date.now();
+    this.c.splits.delete(s.id);
+    this.c.trace.event('resync', { id: s.id.slice(-8), lostLinks: s.lostLinks, files: s.files.size });
+    // Other splits that still hold some of these paths keep them frozen: those paths are
+    // resynced when the last holder lets go (their changes are tracked there too).
+    const stillHeld = (p: string) => this.c.heldUnder(p);
+    let bytes = 0;
+    let entries = 0;
+    const trees = new Set<string>();
+    for (const c of s.namespace) {
+      if (stillHeld(c.path) || ((c.op === 'rename' || c.op === 'link') && stillHeld(c.from))) continue;
+      try {
+        await this.c.writer.apply(c);
+      } catch (err) {
+        // The final state is reconciled below; a rename that could not be replayed needs its
+        // subtrees compared.
+        if (c.op !== 'rename') continue;
+        const code = (err as NodeJS.ErrnoException).code;
+        if (
+          (code === 'ENOTEMPTY' || code === 'EEXIST') &&
+          (await this.mergeInto(c.from, c.path).catch(() => false))
+        ) {
+          trees.add(c.path);
+          continue;
+        }
+        trees.add(c.path);
+        trees.add(c.from);
+      }
+    }
+    const paths = [...new Set([...s.touched, ...s.files.keys()])].sort();
+    // Names whose inode lost another name with tracked ranges (lostLinks) are copied whole.
+    const primaryInos = new Map<string, number | undefined>();
+    if (s.lostLinks)
+      for (const p of s.files.keys()) primaryInos.set(p, (await lstatOrUndefined(this.c.primary + p))?.ino);
+    const tracked = await mergeLinkedRanges(
+      s.files,
+      paths,
+      async (p) => {
+        const st = stillHeld(p) ? undefined : await lstatOrUndefined(this.c.layout.data + p);
+        return st?.isFile() && st.nlink > 1 ? st.ino : undefined;
+      },
+      s.lostLinks ? (p) => s.copiesWhole(p, primaryInos.get(p)) : undefined,
+    );
+    const gone: string[] = [];
+    for (const p of paths) {
+      if (stillHeld(p)) continue;
+      if (!(await lstatOrUndefined(this.c.primary + p))) {
+        gone.push(p);
+        this.unsynced.add(p);
+        // Its changes go with it; if its file has other names, they are owed them (below).
+        s.nameGone(p);
+        continue;
+      }
+      const f = tracked.get(p);
+      if (this.c.trace.on)
+        this.c.trace.event('resync-entry', {
+          path: p,
+          ranges: f ? f.ranges.toArray() : 'whole',
+          cut: f?.cut,
+        });
+      try {
+        const r = await this.c.copyWhole(p, { ranges: f?.ranges, cut: f?.cut });
+        bytes += r.bytesCopied;
+        entries++;
+      } catch (err) {
+        if (HEAL_CODES.has((err as NodeJS.ErrnoException).code ?? '')) trees.add(path.posix.dirname(p));
+        else this.c.broken.markBroken(p, err as NodeJS.ErrnoException);
+      }
+    }
+    // A changed file lost a name while it had others: they are found by comparing everything.
+    // (The other names of a name that got a file of its own are linked after the trees.)
+    if (s.lostLinks) trees.add('/');
+    // The other names of an inode that lost a changed name are not known here, and what changed
+    // may not show in size, mtime or ctime (the replayed unlink just moved the mirror's ctime past
+    // the primary's): primary files of such inodes that changed since the split are compared in
+    // full, metadata included.
+    const deep = s.lostLinks
+      ? (st: Stats) =>
+          // (A second of margin: file times come from the kernel's coarse clock.)
+          st.isFile() && st.ctimeMs >= s.since - 1000 && (s.lostUnknown || s.lostInos.has(st.ino))
+      : undefined;
+    for (const t of outermost(trees)) {
+      try {
+        const r = await this.c.reconciler.reconcileTree(t, 'resync', { locked: true, deep });
+        bytes += r.bytes;
+        entries += r.entries;
+      } catch (err) {
+        this.c.broken.markBroken(t, err as NodeJS.ErrnoException);
+      }
+    }
+    await this.c.reconciler.relinkIfWanted(`resync of ${s.id}`);
+    this.c.stats.resyncBytes += bytes;
+    // Replayed and copied entries moved their directories' times (the split's own included).
+    for (const c of s.namespace) this.c.times.noteParents(c.path, c.op === 'rename' ? c.from : undefined);
+    this.c.times.noteParents(...paths);
+    this.c.trace.event('resynced', { id: s.id.slice(-8), gone, trees: outermost(trees) });
+    if (gone.length > 0)
+      void this.c.queue
+        .push(() => this.removeGone(gone))
+        .catch((err) => this.c.broken.markBroken('/', err as NodeJS.ErrnoException));
+    await this.c.journal.append({ t: 'released', id: s.id }).catch(() => undefined);
+    const result = { splitId: s.id, bytesCopied: bytes, entries, ms: Date.now() - started };
+    this.c.onDidResync.fire(result);
+    this.c.onDidChangeState.fire({
+      paths: s.selector.volume ? 'volume' : paths,
+      state: 'PAIR',
+      splitId: s.id,
+    });
+    return result;
+  }
+
+  /**
+   * Replays a directory rename whose target the mirror already has (files under the new name
+   * were mirrored while the rename was held back): moves in whatever the target lacks, keeps
+   * what it has (made from the primary later), drops the rest of the source.
+   */
+  private async mergeInto(from: string, to: string): Promise<boolean> {
+    const src = this.c.layout.data + from;
+    const dst = this.c.layout.data + to;
+    const [a, b] = await Promise.all([
+      fsp.lstat(src).catch(() => undefined),
+      fsp.lstat(dst).catch(() => undefined),
+    ]);
+    if (!a?.isDirectory() || !b?.isDirectory()) return false;
+    this.c.writer.forget(from, true);
+    for (const name of await fsp.readdir(src)) {
+      const d = await fsp.lstat(`${dst}/${name}`).catch(() => undefined);
+      if (!d) await fsp.rename(`${src}/${name}`, `${dst}/${name}`);
+      else if (d.isDirectory()) await this.mergeInto(`${from}/${name}`, `${to}/${name}`);
+    }
+    await fsp.rm(src, { recursive: true, force: true });
+    return true;
+  }
+
+  /**
+   * Entries a resync found gone from the primary. Their removal may already be on its way in the
+   * queue (the primary runs ahead of it) as a rename: removing them now would make that rename
+   * fail and heal its target as a fresh copy (a hard link lost). Run after what was queued
+   * during the resync: whatever is still gone from the primary then is removed.
+   */
+  private async removeGone(paths: string[]): Promise<void> {
+    const left = paths.filter((p) => this.unsynced.delete(p));
+    this.c.trace.event('removeGone', { left });
+    const back: string[] = [];
+    for (const p of left) {
+      if (this.c.heldUnder(p)) {
+        this.c.touchHolders(p);
+        continue;
+      }
+      if (await lstatOrUndefined(this.c.primary + p)) {
+        back.push(p);
+        continue;
+      }
+      this.c.writer.forget(p, true);
+      await fsp
+        .rm(this.c.layout.data + p, { recursive: true, force: true })
+        .catch((err) => this.c.broken.markBroken(p, err as NodeJS.ErrnoException));
+      this.c.times.noteParents(p);
+    }
+    await this.syncUnsynced(back);
+  }
+
+  /** Moves unsynced entries at or below from to below to (null: drops them); returns their new paths. */
+  moveUnsynced(from: string, to: string | null): string[] {
+    const moved: string[] = [];
+    for (const p of [...this.unsynced]) {
+      if (p !== from && !p.startsWith(from + '/')) continue;
+      this.unsynced.delete(p);
+      if (to !== null) moved.push(to + p.slice(from.length));
+    }
+    return moved.sort();
+  }
+
+  /** Syncs entries a resync could not (they had moved on the primary) where they are now. */
+  async syncUnsynced(paths: string[]): Promise<void> {
+    for (const p of paths) {
+      if (this.c.heldUnder(p)) {
+        this.c.touchHolders(p);
+        continue;
+      }
+      try {
+        const r = await this.c.copyWhole(p, { compare: true });
+        this.c.stats.resyncBytes += r.bytesCopied;
+      } catch (err) {
+        // Moved on again: the change that did it is queued and carries on from there.
+        if (!HEAL_CODES.has((err as NodeJS.ErrnoException).code ?? ''))
+          this.c.broken.markBroken(p, err as NodeJS.ErrnoException);
+      }
+    }
+    await this.c.reconciler.relinkIfWanted('entries moved during a resync');
+  }
+}

@@ -1,0 +1,102 @@
+import { promises as fsp } from 'node:fs';
+import * as path from 'node:path';
+import { setTimesNs } from '../posix/set-times.js';
+import type { MirrorCore } from './driver-core.js';
+
+/**
+ * Times of mirror entries. Data writes move the mirror's mtime; the primary's times are copied
+ * (to the ns) after the queue goes idle, at fsync, before a split, and at once after a write to
+ * a file with several names (it may lose the name its times are read by next). Pending copies
+ * are keyed by path and follow renames.
+ */
+export class MirrorTimes {
+  private readonly pending = new Set<string>();
+  private timer: NodeJS.Timeout | null = null;
+
+  constructor(private readonly c: MirrorCore) {}
+
+  /** A change to p moved its mirror times: copy the primary's soon (after 200 ms, in the queue). */
+  note(p: string): void {
+    this.pending.add(p);
+    if (!this.timer) {
+      this.timer = setTimeout(() => {
+        this.timer = null;
+        void this.c.queue.push(() => this.syncAll());
+      }, 200);
+      this.timer.unref();
+    }
+  }
+
+  /**
+   * Entries came or went in the directories of these paths (applied changes, a resync's replay
+   * and copies, removals of gone entries), which moved the mirror directories' mtimes to when
+   * the mirror did it: the primary's are copied like the others (note). A directory a split
+   * holds keeps its frozen times; that split's resync notes it again.
+   */
+  noteParents(...paths: Array<string | undefined>): void {
+    for (const p of paths) {
+      if (p === undefined || p === '/') continue;
+      const dir = path.posix.dirname(p);
+      if (!this.c.isHeld(dir)) this.note(dir);
+    }
+  }
+
+  /** A write through a name of a file with other names: its times are copied now (see route). */
+  async noteAndSync(p: string): Promise<void> {
+    this.pending.add(p);
+    await this.sync(p);
+  }
+
+  /** The entry is gone (unlink): nothing to copy. */
+  drop(p: string): void {
+    this.pending.delete(p);
+  }
+
+  /** The primary entry's times onto its mirror copy, to the ns (gone from either: nothing to do). */
+  async copy(p: string): Promise<void> {
+    if (this.c.isHeld(p)) return;
+    const st = await fsp
+      .lstat(this.c.primary + (p === '/' ? '' : p), { bigint: true })
+      .catch(() => undefined);
+    if (!st) return;
+    try {
+      setTimesNs(this.c.layout.data + (p === '/' ? '' : p), st.atimeNs, st.mtimeNs);
+    } catch {
+      // Gone from the mirror meanwhile: the change that removed it is queued.
+    }
+  }
+
+  /** Data writes move the mirror's mtime; copy the primary's so the pair matches. */
+  async sync(p: string): Promise<void> {
+    if (!this.pending.delete(p)) return;
+    const st = await fsp.lstat(this.c.primary + p, { bigint: true }).catch(() => undefined);
+    if (st) {
+      try {
+        setTimesNs(this.c.layout.data + p, st.atimeNs, st.mtimeNs);
+      } catch {
+        // Gone from the mirror too (or not yet there): the change that made it is queued.
+      }
+    }
+    // Gone from the primary: it was renamed (or unlinked) and the change is still on its way
+    // to this queue. Keep it pending so the rename moves it (the unlink drops it).
+    else if (this.pending.size < 100_000) this.pending.add(p);
+  }
+
+  /** Pending mtime copies are keyed by path: they follow renames. */
+  move(from: string, to: string): void {
+    for (const q of [...this.pending]) {
+      if (q === to || q.startsWith(to + '/')) this.pending.delete(q);
+      if (q !== from && !q.startsWith(from + '/')) continue;
+      this.pending.delete(q);
+      this.pending.add(to + q.slice(from.length));
+    }
+  }
+
+  async syncAll(): Promise<void> {
+    for (const p of [...this.pending]) await this.sync(p);
+  }
+
+  dispose(): void {
+    if (this.timer) clearTimeout(this.timer);
+  }
+}

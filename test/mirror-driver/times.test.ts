@@ -1,0 +1,132 @@
+import { randomBytes } from 'node:crypto';
+import { promises as fsp } from 'node:fs';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { MirrorDriver } from '../../src/mirror-driver/index.js';
+import { setTimesNs } from '../../src/posix/set-times.js';
+import { tempDirs } from '../helpers/server.js';
+
+/**
+ * Times of mirror entries (src/mirror-driver/times.ts): a data write moves the mirror's mtime,
+ * and the driver copies the primary's times back, to the ns. The driver runs in this process
+ * without a mount; the test changes the primary itself and reports each change the way the
+ * filesystem does. The primary's times are set to a value no write can produce (2001, odd ns),
+ * so the mirror can only have them by copying them.
+ */
+describe('mirror times', () => {
+  let t: Awaited<ReturnType<typeof tempDirs>>;
+  let d: MirrorDriver;
+  let P: string;
+  let M: string;
+  const ATIME = 1_000_000_000_123_456_789n;
+  const MTIME = 1_000_000_100_987_654_321n;
+
+  beforeEach(async () => {
+    t = await tempDirs('primary', 'mirror', 'state');
+    P = t.dirs.primary!;
+    await fsp.writeFile(`${P}/a`, randomBytes(10_000));
+    d = await MirrorDriver.open({
+      primary: P,
+      mirror: t.dirs.mirror!,
+      stateDir: t.dirs.state!,
+      log: () => undefined,
+    });
+    await d.whenReady();
+    M = d.dataRoot;
+  });
+  afterEach(async () => {
+    await d?.dispose();
+    await t?.cleanup();
+  });
+
+  /** pwrite on the primary, then its times set as above; reported as a write. */
+  async function write(name: string, offset: number): Promise<void> {
+    const data = randomBytes(1000);
+    const fh = await fsp.open(`${P}${name}`, 'r+');
+    await fh.write(data, 0, data.length, offset);
+    await fh.close();
+    setTimesNs(`${P}${name}`, ATIME, MTIME);
+    await d.apply({ op: 'write', path: name, offset, data });
+  }
+
+  async function mtimeNs(file: string): Promise<bigint> {
+    return (await fsp.lstat(file, { bigint: true })).mtimeNs;
+  }
+
+  it('after a write, the mirror gets the primary times to the ns once the queue is idle', async () => {
+    await write('/a', 100);
+    await d.whenIdle();
+    expect(await mtimeNs(`${M}/a`)).toBe(MTIME);
+    expect((await fsp.lstat(`${M}/a`, { bigint: true })).atimeNs).toBe(ATIME);
+  });
+
+  it('an fsync copies the times at once', async () => {
+    await write('/a', 100);
+    await d.apply({ op: 'fsync', path: '/a', datasync: false });
+    expect(await mtimeNs(`${M}/a`)).toBe(MTIME);
+  });
+
+  it('a pending copy follows a rename: the new name gets the times', async () => {
+    await write('/a', 100);
+    await fsp.rename(`${P}/a`, `${P}/b`);
+    await d.apply({ op: 'rename', from: '/a', path: '/b' });
+    await d.whenIdle();
+    expect(await mtimeNs(`${M}/b`)).toBe(MTIME);
+  });
+
+  it('a write through a name of a file with several names copies the times before its next change', async () => {
+    await fsp.link(`${P}/a`, `${P}/c`);
+    await d.apply({ op: 'link', from: '/a', path: '/c' });
+    await write('/c', 0);
+    // The name goes at once (the primary unlinks it as libfuse drops a hidden name): the times
+    // were copied while it could still be read.
+    await fsp.unlink(`${P}/c`);
+    await d.apply({ op: 'unlink', path: '/c' });
+    await d.barrier();
+    expect(await mtimeNs(`${M}/a`)).toBe(MTIME);
+  });
+
+  describe('directories (found by the stress harness once its restore check compared mtimes)', () => {
+    // Entries coming and going move a directory's mtime on the primary when the change is
+    // made, and in the mirror when it is applied or replayed. Every primary directory gets the
+    // odd 2001 times after each change, which only a copy can give the mirror.
+    const DIRS = ['/', '/d', '/d/e'];
+    async function onPrimary(fn: () => Promise<unknown>): Promise<void> {
+      await fn();
+      for (const dir of DIRS) setTimesNs(`${P}${dir}`, ATIME, MTIME);
+    }
+    async function changes(): Promise<void> {
+      await onPrimary(() => fsp.mkdir(`${P}/d/e`, { recursive: true }));
+      await d.apply({ op: 'mkdir', path: '/d', mode: 0o755, uid: 0, gid: 0 });
+      await d.apply({ op: 'mkdir', path: '/d/e', mode: 0o755, uid: 0, gid: 0 });
+      await onPrimary(() => fsp.writeFile(`${P}/d/f`, ''));
+      await d.apply({ op: 'create', path: '/d/f', mode: 0o100644, uid: 0, gid: 0 });
+      await onPrimary(() => fsp.link(`${P}/d/f`, `${P}/d/h`));
+      await d.apply({ op: 'link', from: '/d/f', path: '/d/h' });
+      await onPrimary(() => fsp.symlink('f', `${P}/d/l`));
+      await d.apply({ op: 'symlink', path: '/d/l', target: 'f', uid: 0, gid: 0 });
+      await onPrimary(() => fsp.rename(`${P}/d/f`, `${P}/d/e/g`));
+      await d.apply({ op: 'rename', from: '/d/f', path: '/d/e/g' });
+      await onPrimary(() => fsp.unlink(`${P}/d/h`));
+      await d.apply({ op: 'unlink', path: '/d/h' });
+      await onPrimary(() => fsp.unlink(`${P}/a`));
+      await d.apply({ op: 'unlink', path: '/a' });
+    }
+    const mirrorTimes = () => Promise.all(DIRS.map((dir) => mtimeNs(`${M}${dir}`)));
+
+    it('changes applied as they come: every directory gets the primary times', async () => {
+      await changes();
+      await d.whenIdle();
+      expect(await mirrorTimes()).toEqual(DIRS.map(() => MTIME));
+      expect((await d.verify()).differences).toEqual([]);
+    });
+
+    it('changes replayed by a resync: the same', async () => {
+      const s = await d.split({ volume: true });
+      await changes();
+      await d.resync(s.splitId);
+      await d.whenIdle();
+      expect(await mirrorTimes()).toEqual(DIRS.map(() => MTIME));
+      expect((await d.verify()).differences).toEqual([]);
+    });
+  });
+});
