@@ -95,6 +95,7 @@ for (const libfuse of [2, 3] as const) {
         primary: t.dirs.primary!,
         mount: t.dirs.mnt!,
         args: ['--mirror', t.dirs.mirror!, '--state-dir', t.dirs.state!, '--fuse', String(libfuse)],
+        timeoutMs: 60_000,
       });
     });
     afterAll(async () => {
