@@ -138,8 +138,7 @@ async function compareEntry(
     if (a !== b) diffs.push({ path: p, kind: 'symlink', primary: a, mirror: b });
     return diffs;
   }
-  // Directories too: the mirror driver copies a directory's times after entries come and go.
-  if (Math.abs(ps.mtimeMs - ms.mtimeMs) >= 1)
+  if (!ps.isDirectory() && Math.abs(ps.mtimeMs - ms.mtimeMs) >= 1)
     diffs.push({ path: p, kind: 'mtime', primary: ps.mtime.toISOString(), mirror: ms.mtime.toISOString() });
   const [xa, xb] = await Promise.all([xattrsOf(primaryRoot, p), xattrsOf(mirrorRoot, p)]);
   if (xa !== xb) diffs.push({ path: p, kind: 'xattr', primary: xa, mirror: xb });
