@@ -274,12 +274,7 @@ export class BackupService {
     } catch (err) {
       // The caller never learns the backupId: nothing may stay split.
       await this.release(backupId).catch(() => undefined);
-      const e = err as NodeJS.ErrnoException;
-      throw new TwinError(
-        'ETWIN_MIRROR_BROKEN',
-        `the mirror's copy of the selection cannot be listed (${e.code ?? e.message}); run a repair`,
-        { errno: e.code, path: e.path },
-      );
+      throw await listingError(err as NodeJS.ErrnoException, mirror.dataRoot, selector);
     }
     const { items, complete } = listed;
     // Asked after the split: a change the record holds past its generation shows as changed,
@@ -715,4 +710,29 @@ function isMultiplyLinked(backing: string): boolean {
 /** @internal */
 function toInhibitSelector(sel: Selector) {
   return { paths: sel.paths, subtrees: sel.subtrees, volume: sel.volume };
+}
+
+/**
+ * Why a split copy could not be listed. A selected file or subtree the copy lacks (the mirror's
+ * root being there) was gone at the split instant: renamed or removed after the prepare looked
+ * it up and before the split; the selection names nothing, as it would a moment later. Anything
+ * else is the mirror's failure.
+ */
+async function listingError(e: NodeJS.ErrnoException, root: string, sel: Selector): Promise<TwinError> {
+  const p =
+    typeof e.path === 'string' && e.path.startsWith(`${root}/`) ? e.path.slice(root.length) : undefined;
+  const selected = p !== undefined && [...(sel.paths ?? []), ...(sel.subtrees ?? [])].includes(p);
+  const rootThere = await fsp.stat(root).then(
+    (st) => st.isDirectory(),
+    () => false,
+  );
+  if (selected && rootThere && (e.code === 'ENOENT' || e.code === 'ENOTDIR'))
+    return new TwinError('ETWIN_NOT_FOUND', `no such file on the volume at the split instant: ${p}`, {
+      path: p,
+    });
+  return new TwinError(
+    'ETWIN_MIRROR_BROKEN',
+    `the mirror's copy of the selection cannot be listed (${e.code ?? e.message}); run a repair`,
+    { errno: e.code, path: e.path },
+  );
 }

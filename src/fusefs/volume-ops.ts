@@ -5,6 +5,7 @@ import { mknod } from '../posix/mknod.js';
 import { nsToMs, setTimesNs } from '../posix/set-times.js';
 import { type ChangeSink, nullSink, type WriteGate } from './change-sink.js';
 import { errnoError } from './errno.js';
+import { HiddenRenames } from './hidden-renames.js';
 import type { KernelNames } from './kernel-names.js';
 import { OpenNames } from './open-names.js';
 import { parentOf, type VolumePaths } from './volume-paths.js';
@@ -109,6 +110,8 @@ export class VolumeOps {
   private readonly handles = new Map<number, FileNode>();
   /** Names with a handle open for writing: where the kernel may hold dirty mapped pages. */
   readonly openNames = new OpenNames();
+  /** libfuse's hides of open rename targets (see rename). */
+  private readonly hides = new HiddenRenames();
   private nextHandle = 1;
   private readonly myUid = process.getuid?.() ?? 0;
   private readonly myGid = process.getgid?.() ?? 0;
@@ -132,6 +135,7 @@ export class VolumeOps {
   }
 
   async getattr(path: string): Promise<VolumeStat> {
+    this.hides.touched(path);
     const out = this.statOf(path);
     this.kernelNames?.observe(path, out.ino, out.nlink, (out.mode & S_IFMT) === S_IFDIR);
     return out;
@@ -493,6 +497,7 @@ export class VolumeOps {
       if (node?.isDirty && st.nlink > 1) await this.cache.flush(node);
       this.paths.at([path], (b) => fs.unlinkSync(b));
       this.kernelNames?.remove(path);
+      this.hides.removed(path);
       // No name left: nothing of it may be reported from here on (a flush in flight included).
       if (node && st.nlink <= 1) node.nameless = true;
       await this.sink.apply({ op: 'unlink', path });
@@ -536,21 +541,40 @@ export class VolumeOps {
   }
 
   async link(from: string, path: string): Promise<void> {
-    await this.guarded([from, path], async () => {
-      await this.paths.at([from, path], (a, b) => fsp.link(a, b));
-      if (this.kernelNames) {
-        // Both names now belong to a multi-link file: `from`'s kernel inode has the old nlink.
-        const ino = this.paths.at([path], (b) => fs.lstatSync(b)).ino;
-        this.kernelNames.add(from, ino);
-        this.kernelNames.add(path, ino);
-      }
-      await this.sink.apply({ op: 'link', path, from });
-    });
+    await this.guarded([from, path], () => this.linkNow(from, path));
+  }
+
+  /** link(2) on the primary, reported; the caller holds the gate passes (see guarded). */
+  private async linkNow(from: string, path: string): Promise<void> {
+    await this.paths.at([from, path], (a, b) => fsp.link(a, b));
+    if (this.kernelNames) {
+      // Both names now belong to a multi-link file: `from`'s kernel inode has the old nlink.
+      const ino = this.paths.at([path], (b) => fs.lstatSync(b)).ino;
+      this.kernelNames.add(from, ino);
+      this.kernelNames.add(path, ino);
+    }
+    await this.sink.apply({ op: 'link', path, from });
   }
 
   async rename(from: string, to: string): Promise<void> {
+    // Taken before the passes: a hide of `to` counts only as the step just before this one.
+    const hiddenAs = this.hides.take(to);
     await this.guarded([from, to], async () => {
+      const src = this.lstatIfAny(from);
       const dest = this.lstatIfAny(to);
+      // Two names of one file: POSIX rename does nothing, and neither the mirror nor the change
+      // record may see a rename (f would be gone there).
+      if (src && dest && sameFile(src, dest)) return;
+      if (src && !dest && hiddenAs !== undefined) {
+        const hidden = this.lstatIfAny(hiddenAs);
+        if (hidden && sameFile(src, hidden)) {
+          // libfuse hid the open target `to` just now, and it is the source's file: give the
+          // name back instead of moving the source onto it. The hidden name stays a third
+          // name until libfuse removes it at the last release.
+          await this.linkNow(from, to);
+          return;
+        }
+      }
       const replaced = dest && (dest.mode & S_IFMT) === S_IFREG ? this.cache.get(dest.ino) : undefined;
       if (replaced?.isDirty && dest!.nlink > 1) await this.cache.flush(replaced);
       this.paths.at([from, to], (a, b) => fs.renameSync(a, b));
@@ -559,6 +583,7 @@ export class VolumeOps {
       this.cache.renamed(from, to);
       this.openNames.renamed(from, to);
       this.kernelNames?.renamed(from, to);
+      this.hides.renamed(from, to);
       // The replaced file has no name left: nothing of it may be reported from here on (a flush
       // in flight included), or it would land in the mirror's copy of the file renamed over it.
       if (replaced && dest!.nlink <= 1) replaced.nameless = true;
@@ -754,6 +779,7 @@ export class VolumeOps {
     // before (lookups from now on ask the primary) and after (an answer computed while the
     // change was on its way must not stay).
     this.forgetNoCapabilities?.();
+    for (const p of paths) this.hides.touched(p);
     const passes = [];
     // libfuse3: the files the change touches (before and after it: an unlinked name, a
     // replaced rename target, a new link), whose names the kernel must forget.
@@ -860,6 +886,10 @@ function fchownFd(fd: number, uid: number, gid: number): Promise<void> {
  */
 function lstatNow(p: string): fs.BigIntStats {
   return fs.lstatSync(p, { bigint: true });
+}
+
+function sameFile(a: fs.Stats, b: fs.Stats): boolean {
+  return a.ino === b.ino && a.dev === b.dev;
 }
 
 function lstatOrUndefined(p: string): fs.Stats | undefined {

@@ -1,6 +1,9 @@
 import type { Change } from '../fusefs/change-sink.js';
 import { HEAL_CODES, type MirrorCore } from './driver-core.js';
 
+/** Changes that add or remove a directory entry (and so move the directory's times). */
+const NAMESPACE_OPS = new Set(['create', 'mknod', 'mkdir', 'symlink', 'link', 'unlink', 'rmdir', 'rename']);
+
 /**
  * Change routing: every change the primary reports goes through one serial queue, in the order
  * the primary saw it, and is either tracked by the splits that hold it (Splitter.track) or
@@ -48,6 +51,7 @@ export class ChangeRouter {
       else if (c.op === 'unlink') this.c.times.drop(c.path);
       await this.c.writer.apply(c);
       this.c.stats.changesApplied++;
+      if (NAMESPACE_OPS.has(c.op)) this.c.times.noteParents(c.path, c.op === 'rename' ? c.from : undefined);
       // A directory renamed under a running walk may have moved where the walk has been to a
       // place it has already left: it gets walked again afterwards.
       if (c.op === 'rename') this.c.reconciler.noteRename(c.path);
@@ -64,7 +68,13 @@ export class ChangeRouter {
         if ((this.c.writer.linkCount(c.path) ?? 1) > 1) {
           await this.c.times.noteAndSync(c.path);
         } else this.c.times.note(c.path);
-      } else if (c.op === 'truncate' || c.op === 'create' || c.op === 'mknod' || c.op === 'symlink')
+      } else if (
+        c.op === 'truncate' ||
+        c.op === 'create' ||
+        c.op === 'mknod' ||
+        c.op === 'symlink' ||
+        c.op === 'mkdir'
+      )
         this.c.times.note(c.path);
     } catch (err) {
       await this.onApplyError(c, err as NodeJS.ErrnoException);

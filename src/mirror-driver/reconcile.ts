@@ -113,6 +113,7 @@ export class Reconciler {
         await fsp.rm(this.c.layout.data + q, { recursive: true, force: true });
         await this.c.ensureParents(q);
         await fsp.link(this.c.layout.data + p, this.c.layout.data + q);
+        this.c.times.noteParents(q);
       }
     }
     return true;
@@ -376,6 +377,7 @@ export class Reconciler {
           await fsp.rm(mp, { recursive: true, force: true });
           await this.c.ensureParents(p);
           await fsp.link(this.c.layout.data + first, mp);
+          this.c.times.noteParents(p);
         }
         return 0;
       }

@@ -72,6 +72,7 @@ export class Repairer {
     if (old?.isFile() && old.nlink > 1) await fsp.unlink(this.c.layout.data + p);
     const r = await this.c.copyEntry(this.c.primary + p, this.c.layout.data + p);
     this.c.stats.bytesMirrored += r.bytesCopied;
+    this.c.times.noteParents(p);
     // A directory the mirror lacked (say, renamed before the initial copy reached it) comes
     // with its contents.
     const st = await lstatOrUndefined(this.c.primary + p);

@@ -141,6 +141,9 @@ export class Resyncer {
     }
     await this.c.reconciler.relinkIfWanted(`resync of ${s.id}`);
     this.c.stats.resyncBytes += bytes;
+    // Replayed and copied entries moved their directories' times (the split's own included).
+    for (const c of s.namespace) this.c.times.noteParents(c.path, c.op === 'rename' ? c.from : undefined);
+    this.c.times.noteParents(...paths);
     this.c.trace.event('resynced', { id: s.id.slice(-8), gone, trees: outermost(trees) });
     if (gone.length > 0)
       void this.c.queue
@@ -203,6 +206,7 @@ export class Resyncer {
       await fsp
         .rm(this.c.layout.data + p, { recursive: true, force: true })
         .catch((err) => this.c.broken.markBroken(p, err as NodeJS.ErrnoException));
+      this.c.times.noteParents(p);
     }
     await this.syncUnsynced(back);
   }

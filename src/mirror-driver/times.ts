@@ -1,4 +1,5 @@
 import { promises as fsp } from 'node:fs';
+import * as path from 'node:path';
 import { setTimesNs } from '../posix/set-times.js';
 import type { MirrorCore } from './driver-core.js';
 
@@ -23,6 +24,20 @@ export class MirrorTimes {
         void this.c.queue.push(() => this.syncAll());
       }, 200);
       this.timer.unref();
+    }
+  }
+
+  /**
+   * Entries came or went in the directories of these paths (applied changes, a resync's replay
+   * and copies, removals of gone entries), which moved the mirror directories' mtimes to when
+   * the mirror did it: the primary's are copied like the others (note). A directory a split
+   * holds keeps its frozen times; that split's resync notes it again.
+   */
+  noteParents(...paths: Array<string | undefined>): void {
+    for (const p of paths) {
+      if (p === undefined || p === '/') continue;
+      const dir = path.posix.dirname(p);
+      if (!this.c.isHeld(dir)) this.note(dir);
     }
   }
 

@@ -380,7 +380,7 @@ export async function runStress(o: StressOptions): Promise<StressReport> {
         replied: b.replied,
         covers: () => true,
         entries,
-        fields: 'content',
+        fields: 'all',
       });
     }
     await fsp.writeFile(
@@ -618,13 +618,14 @@ async function restoreAndCompare(
   }
   const diffs = report.restore.differences;
   for (const root of roots) {
-    const want = await readTree(primary, root);
-    const got = await readTree(dir, root);
+    // With mtimes to the ns (atimes move as the checks read the primary).
+    const want = await readTree(primary, root, true);
+    const got = await readTree(dir, root, true);
     for (const p of new Set([...want.keys(), ...got.keys()])) {
       report.restore.checked++;
       const a = want.get(p) ?? null;
       const b = got.get(p) ?? null;
-      if (!sameState(a, b, 'all'))
+      if (!sameState(a, b, 'all') || a?.mt !== b?.mt)
         diffs.push(`${p}: primary ${JSON.stringify(a)}, restored ${JSON.stringify(b)}`);
     }
     // Names that are one file on the primary are one file in the restore, and the other way round.

@@ -12,10 +12,15 @@ import { Rng } from './prng.js';
 
 /** What a path holds, as compared: `t` type, `h` sha1 and `size` of a file, `target` of a symlink. */
 export interface EntryState {
-  t: 'f' | 'd' | 'l' | 'p';
+  /** f file, d directory, l symlink, p fifo, c character device, s socket. */
+  t: 'f' | 'd' | 'l' | 'p' | 'c' | 's';
   h?: string;
   size?: number;
   target?: string;
+  /** A device's number (st_rdev). */
+  rdev?: number;
+  /** mtime in ns since the epoch (read for the restore check; the model has no times). */
+  mt?: string;
   mode?: number;
   uid: number;
   gid: number;
@@ -52,12 +57,16 @@ export type Op =
   | { op: 'setxattr'; path: string; name: string; value: string }
   | { op: 'removexattr'; path: string; name: string }
   | { op: 'mkfifo'; path: string; mode: number }
+  /** A character device (rdev: /dev/null, /dev/zero or /dev/full's number) or a socket. */
+  | { op: 'mknod'; path: string; kind: 'c' | 's'; mode: number; rdev: number }
   | { op: 'fsync'; path: string };
 
 interface Inode {
-  kind: 'f' | 'l' | 'p';
+  /** f file, l symlink; nodes: p fifo, c character device, s socket. */
+  kind: 'f' | 'l' | 'p' | 'c' | 's';
   data: Buffer;
   target?: string;
+  rdev?: number;
   mode: number;
   uid: number;
   gid: number;
@@ -94,7 +103,8 @@ export function opData(seed: number, len: number): Buffer {
 
 export function sameState(a: EntryState | null, b: EntryState | null, fields: 'all' | 'content'): boolean {
   if (!a || !b) return a === b;
-  if (a.t !== b.t || a.h !== b.h || a.size !== b.size || a.target !== b.target) return false;
+  if (a.t !== b.t || a.h !== b.h || a.size !== b.size || a.target !== b.target || a.rdev !== b.rdev)
+    return false;
   if (fields === 'content') return true;
   return a.mode === b.mode && a.uid === b.uid && a.gid === b.gid && (a.x ?? '') === (b.x ?? '');
 }
@@ -124,7 +134,15 @@ export class SubtreeModel {
 
   private inodeState(n: Inode): EntryState {
     if (n.kind === 'l') return { t: 'l', target: n.target, uid: n.uid, gid: n.gid };
-    if (n.kind === 'p') return { t: 'p', mode: n.mode, uid: n.uid, gid: n.gid, x: xattrString(n.xattrs) };
+    if (n.kind !== 'f')
+      return {
+        t: n.kind,
+        ...(n.kind === 'c' ? { rdev: n.rdev } : {}),
+        mode: n.mode,
+        uid: n.uid,
+        gid: n.gid,
+        x: xattrString(n.xattrs),
+      };
     n.hash ??= createHash('sha1').update(n.data).digest('hex');
     return {
       t: 'f',
@@ -211,8 +229,10 @@ export class SubtreeModel {
         });
         return;
       case 'mkfifo':
+      case 'mknod':
         this.names.set(o.path, {
-          kind: 'p',
+          kind: o.op === 'mkfifo' ? 'p' : o.kind,
+          ...(o.op === 'mknod' && o.kind === 'c' ? { rdev: o.rdev } : {}),
           data: Buffer.alloc(0),
           mode: o.mode,
           uid: 0,
@@ -284,6 +304,7 @@ export class SubtreeModel {
         setxattr: 4,
         removexattr: 2,
         mkfifo: full ? 0 : 1,
+        mknod: full ? 0 : 1,
         fsync: files.length ? 1 : 0,
       });
       const op = this.make(kind, rng, o, files, nonDirs, dirs);
@@ -408,6 +429,18 @@ export class SubtreeModel {
       }
       case 'mkfifo':
         return { op: 'mkfifo', path: this.newName(rng, dirs, 'p'), mode: 0o644 };
+      case 'mknod': {
+        const kind = rng.chance(0.5) ? 'c' : 's';
+        // 1:3, 1:5, 1:7 (null, zero, full) as glibc's makedev encodes them.
+        const rdev = kind === 'c' ? 0x100 + rng.pick([3, 5, 7]) : 0;
+        return {
+          op: 'mknod',
+          path: this.newName(rng, dirs, kind === 'c' ? 'c' : 's'),
+          kind,
+          mode: 0o640,
+          rdev,
+        };
+      }
       case 'fsync':
         return { op: 'fsync', path: rng.pick(files) };
     }
@@ -424,7 +457,7 @@ export class SubtreeModel {
   ): string | undefined {
     const ok = nonDirs.filter((p) => {
       const k = this.names.get(p)!.kind;
-      return all || k === 'f' || (k === 'p' && !xattrOk);
+      return all || k === 'f' || (k !== 'l' && !xattrOk);
     });
     const pool = rng.chance(0.3) ? dirs : ok;
     return pool.length ? rng.pick(pool) : undefined;

@@ -25,7 +25,7 @@ export interface Snapshot {
   covers(p: string): boolean;
   /** What the snapshot holds under the writers' subtrees. */
   entries: Map<string, EntryState>;
-  /** 'all': type, content, mode, owner, xattrs; 'content': type, content, symlink target (no fifos). */
+  /** 'all': type, content, mode, owner, xattrs; 'content': type, content, symlink target, device number. */
   fields: 'all' | 'content';
 }
 
@@ -92,9 +92,6 @@ export function checkSnapshot(h: History, s: Snapshot): SnapshotCheck {
       continue;
     }
     const got = s.entries.get(p) ?? null;
-    // A backup's nodes (fifos) are restore fidelity's business (the dir target keeps them in
-    // its manifest): content checks compare files, symlinks and directories.
-    if (s.fields === 'content' && (want?.t === 'p' || got?.t === 'p')) continue;
     out.checked++;
     if (!sameState(want, got, s.fields))
       out.mismatches.push({ snapshot: s.label, path: p, expected: want, actual: got });

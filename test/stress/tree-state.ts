@@ -8,28 +8,30 @@ import { type EntryState, xattrString } from './model.js';
  * EntryStates, keyed by volume path. Never used on the mount itself from a serving process.
  */
 
-/** The state of one entry, or null when there is none. */
-export async function readEntry(file: string): Promise<EntryState | null> {
-  const st = await fsp.lstat(file).catch(() => undefined);
+/** The state of one entry, or null when there is none; `times`: with its mtime (`mt`). */
+export async function readEntry(file: string, times = false): Promise<EntryState | null> {
+  const st = await fsp.lstat(file, { bigint: true }).catch(() => undefined);
   if (!st) return null;
-  const own = { uid: st.uid, gid: st.gid };
+  const own = { uid: Number(st.uid), gid: Number(st.gid), ...(times ? { mt: String(st.mtimeNs) } : {}) };
   if (st.isSymbolicLink()) return { t: 'l', target: await fsp.readlink(file), ...own };
   const x = xattrString(await userXattrs(file));
-  const mode = st.mode & 0o7777;
+  const mode = Number(st.mode & 0o7777n);
   if (st.isDirectory()) return { t: 'd', mode, ...own, x };
   if (st.isFIFO()) return { t: 'p', mode, ...own, x };
+  if (st.isCharacterDevice()) return { t: 'c', rdev: Number(st.rdev), mode, ...own, x };
+  if (st.isSocket()) return { t: 's', mode, ...own, x };
   if (!st.isFile()) return { t: 'p', mode: -1, ...own };
   const h = createHash('sha1')
     .update(await fsp.readFile(file))
     .digest('hex');
-  return { t: 'f', h, size: st.size, mode, ...own, x };
+  return { t: 'f', h, size: Number(st.size), mode, ...own, x };
 }
 
-/** Every entry at and below the volume path `top` of the tree at `root`. */
-export async function readTree(root: string, top: string): Promise<Map<string, EntryState>> {
+/** Every entry at and below the volume path `top` of the tree at `root` (see readEntry). */
+export async function readTree(root: string, top: string, times = false): Promise<Map<string, EntryState>> {
   const out = new Map<string, EntryState>();
   const walk = async (p: string): Promise<void> => {
-    const s = await readEntry(root + p);
+    const s = await readEntry(root + p, times);
     if (!s) return;
     out.set(p, s);
     if (s.t !== 'd') return;

@@ -163,6 +163,15 @@ async function exec(mount: string, o: Op): Promise<void> {
       return xattr.removeAttribute(p, o.name);
     case 'mkfifo':
       return run('mkfifo', ['-m', o.mode.toString(8), p]);
+    case 'mknod':
+      // mknod(1) makes no sockets; python's os.mknod does (Linux allows S_IFSOCK).
+      return run('python3', [
+        '-c',
+        'import os, sys; os.mknod(sys.argv[1], int(sys.argv[2], 8), int(sys.argv[3]))',
+        p,
+        ((o.kind === 'c' ? 0o20000 : 0o140000) | o.mode).toString(8),
+        String(o.rdev),
+      ]);
     case 'fsync': {
       const fh = await fsp.open(p, 'r+');
       try {

@@ -1,0 +1,183 @@
+import { promises as fsp } from 'node:fs';
+import * as path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { VolumeOps } from '../../src/fusefs/volume-ops.js';
+import { VolumePaths } from '../../src/fusefs/volume-paths.js';
+import { WriteInhibitor } from '../../src/fusefs/write-inhibitor.js';
+import { WritebackCache } from '../../src/fusefs/writeback-cache.js';
+import { MirrorDriver } from '../../src/mirror-driver/index.js';
+import { unmountAll } from '../helpers/mounts.js';
+import { PYTHON, shIn } from '../helpers/posix.js';
+import { sh } from '../helpers/proc.js';
+import { CLI, type ServerHandle, startServer, tempDirs } from '../helpers/server.js';
+
+/**
+ * rename(2) of one name of a file onto another name of the same file does nothing: both names
+ * stay (POSIX: "If the old argument and the new argument resolve to ... the same existing
+ * file, rename() shall return successfully and perform no other action"). Found by the stress
+ * harness (seed 1011): through the mount the source went away when the target was open,
+ * because libfuse first hides an open rename target (renames it to .fuse_hidden…) and then
+ * renames the source onto the name that is free now. Each case runs in a child process, in a
+ * plain directory (the oracle) and through the mount; the mirror must end up the same.
+ */
+
+// The names, their inode numbers and link counts, and the directory listing.
+const STATE = `
+def state():
+    out = {'names': sorted(n for n in os.listdir('.') if not n.startswith('.fuse_hidden'))}
+    for n in ('f', 'g'):
+        try:
+            st = os.lstat(n)
+            out[n] = {'nlink': st.st_nlink, 'ino': st.st_ino}
+        except FileNotFoundError:
+            out[n] = None
+    out['oneFile'] = out['f'] is not None and out['g'] is not None and out['f']['ino'] == out['g']['ino']
+    for n in ('f', 'g'):
+        if out[n] is not None: del out[n]['ino']
+    return out
+`;
+
+// f and g are two names of one file; rename f onto g (with g held open by another process when
+// `open`), then the state at once and once the holder closed g (libfuse removes its hidden name
+// at the release that follows the close).
+const RENAME = `
+import json, os, subprocess, sys, time
+${STATE}
+os.mkdir(sys.argv[1]); os.chdir(sys.argv[1])
+with open('f', 'w') as fh: fh.write('data\\n')
+os.link('f', 'g')
+holder = None
+if sys.argv[2] == 'open':
+    holder = subprocess.Popen([sys.executable, '-c', 'import os, sys; fd = os.open("g", os.O_RDWR); print("open", flush=True); sys.stdin.read()'],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == 'open'
+os.rename('f', 'g')
+during = state()
+if holder:
+    holder.stdin.close(); holder.wait()
+    until = time.time() + 20
+    while any(n.startswith('.fuse_hidden') for n in os.listdir('.')) and time.time() < until: time.sleep(0.05)
+after = state()
+after['hidden'] = [n for n in os.listdir('.') if n.startswith('.fuse_hidden')]
+with open('g') as fh: after['content'] = fh.read()
+print(json.dumps({'during': during, 'after': after}))
+`;
+
+interface RenameRun {
+  during: Record<string, unknown>;
+  after: Record<string, unknown>;
+}
+
+async function renameOwnLink(dir: string, name: string, open: boolean): Promise<RenameRun> {
+  const r = await shIn(dir, `${PYTHON} - ${name} ${open ? 'open' : 'closed'}`, {
+    input: RENAME,
+    timeoutMs: 60_000,
+  });
+  if (r.code !== 0) throw new Error(`rename script in ${dir} exited ${r.code}:\n${r.stderr}${r.stdout}`);
+  return JSON.parse(r.stdout) as RenameRun;
+}
+
+/** The two names in a tree (primary or mirror data): present, one file, nlink. */
+async function onDisk(dir: string): Promise<unknown> {
+  const names = (await fsp.readdir(dir)).sort();
+  const f = await fsp.lstat(path.join(dir, 'f'));
+  const g = await fsp.lstat(path.join(dir, 'g'));
+  return { names, oneFile: f.ino === g.ino, nlink: [f.nlink, g.nlink] };
+}
+
+for (const libfuse of [2, 3] as const) {
+  describe(`rename onto another name of the same file (libfuse${libfuse})`, () => {
+    let t: Awaited<ReturnType<typeof tempDirs>>;
+    let srv: ServerHandle | undefined;
+    beforeAll(async () => {
+      t = await tempDirs('primary', 'mirror', 'mnt', 'state', 'plain');
+      srv = await startServer({
+        primary: t.dirs.primary!,
+        mount: t.dirs.mnt!,
+        args: ['--mirror', t.dirs.mirror!, '--state-dir', t.dirs.state!, '--fuse', String(libfuse)],
+        timeoutMs: 60_000,
+      });
+    });
+    afterAll(async () => {
+      await srv?.kill();
+      await unmountAll(t.dirs.mnt!);
+      await t?.cleanup();
+    });
+
+    for (const open of [false, true]) {
+      it(`does nothing, both names stay${open ? ', with the target held open' : ''}`, async () => {
+        const name = open ? 'held' : 'closed';
+        const plain = await renameOwnLink(t.dirs.plain!, name, open);
+        const mounted = await renameOwnLink(t.dirs.mnt!, name, open);
+        expect(plain.during).toEqual({ names: ['f', 'g'], f: { nlink: 2 }, g: { nlink: 2 }, oneFile: true });
+        expect(mounted.after).toEqual(plain.after);
+        expect(mounted.after).toMatchObject({
+          names: ['f', 'g'],
+          oneFile: true,
+          hidden: [],
+          content: 'data\n',
+        });
+        // While the target is open libfuse keeps its hidden name as a third link.
+        expect(mounted.during).toMatchObject({ names: ['f', 'g'], oneFile: true });
+        expect(await onDisk(path.join(t.dirs.primary!, name))).toEqual({
+          names: ['f', 'g'],
+          oneFile: true,
+          nlink: [2, 2],
+        });
+      });
+    }
+
+    it('the mirror holds the same: both names, one file', async () => {
+      expect(await srv!.stop()).toBe(0);
+      srv = undefined;
+      for (const name of ['closed', 'held'])
+        expect(await onDisk(path.join(t.dirs.mirror!, 'data', name))).toEqual({
+          names: ['f', 'g'],
+          oneFile: true,
+          nlink: [2, 2],
+        });
+      const v = await sh(
+        `node '${CLI}' verify --primary '${t.dirs.primary}' --mirror '${t.dirs.mirror}' --json`,
+        {
+          timeoutMs: 60_000,
+        },
+      );
+      expect(JSON.parse(v.stdout.trim().split('\n').at(-1)!)).toMatchObject({ ok: true });
+      expect(v.code).toBe(0);
+    });
+  });
+}
+
+describe('rename onto another name of the same file, as the change record sees it', () => {
+  it('records no rename: an incremental backup keeps both names', async () => {
+    // In this process, the way FUSE calls the filesystem (the record is the driver's, real
+    // directories); through the mount the same rename is covered above.
+    const t = await tempDirs('primary', 'mirror', 'state');
+    const P = t.dirs.primary!;
+    await fsp.writeFile(`${P}/f`, 'data');
+    await fsp.link(`${P}/f`, `${P}/g`);
+    const d = await MirrorDriver.open({
+      primary: P,
+      mirror: t.dirs.mirror!,
+      stateDir: t.dirs.state!,
+      log: () => undefined,
+    });
+    const cache = new WritebackCache({ sink: d, writebackMs: 60_000 });
+    try {
+      await d.whenReady();
+      const since = (await d.split({ volume: true })).generation;
+      const ops = new VolumeOps({ paths: new VolumePaths(P), cache, sink: d, gate: new WriteInhibitor() });
+      await ops.rename('/f', '/g');
+      const answer = d.changesSince(since);
+      expect({ renamed: answer.renamed, deleted: answer.deleted, trees: answer.trees }).toEqual({
+        renamed: [],
+        deleted: [],
+        trees: [],
+      });
+    } finally {
+      await cache.dispose();
+      await d.dispose();
+      await t.cleanup();
+    }
+  });
+});
