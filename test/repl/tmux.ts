@@ -32,13 +32,18 @@ export class TmuxTerminal {
       .map(([k, v]) => `${k}=${q(v)}`)
       .join(' ');
     const inner = `${env ? `env ${env} ` : ''}${command}; echo "[exit $?]"; sleep 600`;
-    await shOk(
-      `tmux -S ${q(socket)} -f /dev/null new-session -d -s ${session} -x ${opts.width ?? 160} -y ${opts.height ?? 50} ${
-        opts.cwd ? `-c ${q(opts.cwd)} ` : ''
-      }${q(`sh -c ${q(inner)}`)}`,
-      { timeoutMs: 10_000 },
-    );
-    return new TmuxTerminal(socket, session);
+    const cmd = `tmux -S ${q(socket)} -f /dev/null new-session -d -s ${session} -x ${opts.width ?? 160} -y ${
+      opts.height ?? 50
+    } ${opts.cwd ? `-c ${q(opts.cwd)} ` : ''}${q(`sh -c ${q(inner)}`)}`;
+    // When the previous test killed the server's last session, the server exits; a new session
+    // that reaches it while it is exiting gets "server exited unexpectedly": start it again.
+    for (let attempt = 1; ; attempt++) {
+      const r = await sh(cmd, { timeoutMs: 10_000 });
+      if (r.code === 0) return new TmuxTerminal(socket, session);
+      if (attempt >= 3 || !/server exited unexpectedly/.test(r.stderr + r.stdout))
+        throw new Error(`command failed (${r.code}): ${cmd}\n${r.stderr}`);
+      await new Promise((res) => setTimeout(res, 200));
+    }
   }
 
   /** Types text literally (no key names). */
