@@ -2,14 +2,13 @@ import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { Readable } from 'node:stream';
 import { text } from 'node:stream/consumers';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { applyDelta } from '../../src/backup-peer/manifest-delta.js';
 import { emptyTotals, type ManifestEntry } from '../../src/backup-peer/target.js';
-import { type LoadedPlugin, loadTargetPlugin } from '../conformance/index.js';
 import { runCli } from '../helpers/cli.js';
-import { tempDir } from './peer-fixture.js';
+import { dirPluginTargets, snapshotMeta } from './peer-fixture.js';
 
-const ROOT = path.resolve(import.meta.dirname, '../..');
+const _ROOT = path.resolve(import.meta.dirname, '../..');
 
 /**
  * A snapshot built by reference on an earlier one (SnapshotWriter.carryFrom): the repository
@@ -17,28 +16,9 @@ const ROOT = path.resolve(import.meta.dirname, '../..');
  * delta, and every reader (readManifest, openFile, prune) sees the whole snapshot.
  */
 describe('snapshots built by reference (dir: repository)', () => {
-  let plugin: LoadedPlugin;
-  const cleanups: Array<() => Promise<void>> = [];
-  beforeAll(async () => {
-    plugin = await loadTargetPlugin(path.join(ROOT, 'plugins/dir'));
-  });
-  afterAll(() => plugin?.dispose());
-  afterEach(async () => {
-    for (const c of cleanups.splice(0)) await c();
-  });
-  const open = async () => {
-    const d = await tempDir();
-    cleanups.push(d.cleanup);
-    const root = path.join(d.dir, 'b');
-    return { root, t: await plugin.open(`dir:${root}`) };
-  };
-  const meta = (id: string) => ({
-    snapshotId: id,
-    time: Date.now(),
-    server: 's',
-    deviceId: 'd',
-    selector: {},
-  });
+  const targets = dirPluginTargets();
+  const open = targets.open;
+  const meta = snapshotMeta;
   const m = { mode: 0o644, uid: 0, gid: 0, mtime: 1_600_000_000_000 };
   const dir = (p: string): ManifestEntry => ({ path: p, type: 'dir', ...m, size: 0 });
 
@@ -99,7 +79,7 @@ describe('snapshots built by reference (dir: repository)', () => {
     await t.deleteSnapshot('s1');
     const pr = await runCli(['prune', '--target', `dir:${root}`, '--json'], { timeoutMs: 60_000 });
     expect(pr.code, pr.stderr).toBe(0);
-    const t2 = await plugin.open(`dir:${root}`);
+    const t2 = await targets.plugin().open(`dir:${root}`);
     expect((await t2.readManifest('s2')).entries).toEqual(s1);
     expect(await text(await t2.openFile('s2', '/e/z'))).toBe('zed');
   });
@@ -109,7 +89,7 @@ describe('snapshots built by reference (dir: repository)', () => {
     await first(t);
     for (const sub of await fsp.readdir(path.join(root, 'data')))
       await fsp.rm(path.join(root, 'data', sub), { recursive: true });
-    const t2 = await plugin.open(`dir:${root}`);
+    const t2 = await targets.plugin().open(`dir:${root}`);
     const w = await t2.beginSnapshot(meta('s2'));
     expect(await w.carryFrom!('s1')).toBe(false);
     expect(await w.carryFrom!('nope')).toBe(false);

@@ -1,12 +1,11 @@
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { Readable } from 'node:stream';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { emptyTotals, isTransient, targetError } from '../../src/backup-peer/target.js';
 import { TargetRegistry } from '../../src/backup-peer/targets/index.js';
 import { PluginHost } from '../../src/plugins/plugin-host.js';
-import { type LoadedPlugin, loadTargetPlugin } from '../conformance/index.js';
-import { tempDir } from './peer-fixture.js';
+import { dirPluginTargets, snapshotMeta, tempDir } from './peer-fixture.js';
 
 const ROOT = path.resolve(import.meta.dirname, '../..');
 
@@ -17,28 +16,9 @@ const ROOT = path.resolve(import.meta.dirname, '../..');
  * beyond it — the on-disk layout and metadata, and how specs are opened through the registry.
  */
 describe('directory target (plugins/dir, through the plugin host)', () => {
-  let plugin: LoadedPlugin;
-  const cleanups: Array<() => Promise<void>> = [];
-  beforeAll(async () => {
-    plugin = await loadTargetPlugin(path.join(ROOT, 'plugins/dir'));
-  });
-  afterAll(() => plugin?.dispose());
-  afterEach(async () => {
-    for (const c of cleanups.splice(0)) await c();
-  });
-  const open = async () => {
-    const d = await tempDir();
-    cleanups.push(d.cleanup);
-    const root = path.join(d.dir, 'b');
-    return { root, t: await plugin.open(`dir:${root}`) };
-  };
-  const meta = (id: string) => ({
-    snapshotId: id,
-    time: Date.now(),
-    server: 's',
-    deviceId: 'd',
-    selector: {},
-  });
+  const targets = dirPluginTargets();
+  const open = targets.open;
+  const meta = snapshotMeta;
   const fm = { size: 3, mode: 0o640, uid: 1234, gid: 5678, mtime: 1_600_000_000_500 };
 
   it('commits a snapshot last: packs and index first, the snapshot object at commit', async () => {
@@ -72,7 +52,7 @@ describe('directory target (plugins/dir, through the plugin host)', () => {
 
   it('is opened from a spec through the registry like every target; unknown types and bad specs are named errors', async () => {
     const d = await tempDir();
-    cleanups.push(d.cleanup);
+    targets.onCleanup(d.cleanup);
     // What the CLI does: no built-in target, every type from the plugin host.
     const host = new PluginHost({
       dirs: [{ dir: path.join(ROOT, 'plugins'), source: 'builtin' }],
@@ -80,7 +60,7 @@ describe('directory target (plugins/dir, through the plugin host)', () => {
       log: () => undefined,
     });
     await host.discover();
-    cleanups.push(() => host.dispose());
+    targets.onCleanup(() => host.dispose());
     const reg = new TargetRegistry([], (type) => host.getTargetProvider(type));
     const t = await reg.open(`dir:${d.dir}/x`);
     expect(t.id).toBe('dir');

@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { afterAll, afterEach, beforeAll } from 'vitest';
 import type { BackupControl } from '../../src/backup-peer/backup-run.js';
 import { Emitter } from '../../src/common/event.js';
 import type {
@@ -11,6 +12,7 @@ import type {
   PrepareResult,
   SelectorMsg,
 } from '../../src/control/protocol.js';
+import { type LoadedPlugin, loadTargetPlugin } from '../conformance/index.js';
 
 /**
  * Helpers for the backup peer's unit tests: a hand-made mirror (device.json + data/), a fake
@@ -305,3 +307,44 @@ export async function filesUnder(root: string, sub: string): Promise<string[]> {
   await walk(sub);
   return out.sort();
 }
+
+/**
+ * The dir: plugin (plugins/dir) in a real plugin host, for one describe block: `open()` gives
+ * a target at a fresh temporary location (removed after each test), `plugin()` the plugin,
+ * `onCleanup(f)` more to undo after the test.
+ */
+export function dirPluginTargets(): {
+  plugin(): LoadedPlugin;
+  /** Runs f after the current test (with the temporary locations). */
+  onCleanup(f: () => Promise<void>): void;
+  open(): Promise<{ root: string; t: Awaited<ReturnType<LoadedPlugin['open']>> }>;
+} {
+  let plugin: LoadedPlugin | undefined;
+  const cleanups: Array<() => Promise<void>> = [];
+  beforeAll(async () => {
+    plugin = await loadTargetPlugin(path.resolve(import.meta.dirname, '../../plugins/dir'));
+  });
+  afterAll(() => plugin?.dispose());
+  afterEach(async () => {
+    for (const c of cleanups.splice(0)) await c();
+  });
+  return {
+    plugin: () => plugin!,
+    onCleanup: (f) => cleanups.push(f),
+    async open() {
+      const d = await tempDir();
+      cleanups.push(d.cleanup);
+      const root = path.join(d.dir, 'b');
+      return { root, t: await plugin!.open(`dir:${root}`) };
+    },
+  };
+}
+
+/** A snapshot's meta for target tests. */
+export const snapshotMeta = (id: string) => ({
+  snapshotId: id,
+  time: Date.now(),
+  server: 's',
+  deviceId: 'd',
+  selector: {},
+});
