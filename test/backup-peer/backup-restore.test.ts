@@ -19,6 +19,7 @@ import {
   makeMirror,
   snapshotTree,
   tempDir,
+  volumeBackupRun,
   writeTree,
 } from './peer-fixture.js';
 
@@ -67,15 +68,7 @@ describe('backup run, restore, check, forget (hand-made mirror)', () => {
   afterEach(() => cleanup());
 
   const backup = (control: FakeControl, o: Partial<BackupOptions> = {}) =>
-    new BackupRun({
-      server: 'ws://fake',
-      token: 't',
-      target,
-      catalogDir,
-      selector: { volume: true },
-      connect: async () => control,
-      ...o,
-    }).run();
+    volumeBackupRun(target, catalogDir, control, o).run();
 
   it('backs up the split selection and restores it byte for byte, metadata included', async () => {
     const control = new FakeControl(mirror);

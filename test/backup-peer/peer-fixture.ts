@@ -3,7 +3,7 @@ import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, afterEach, beforeAll } from 'vitest';
-import type { BackupControl } from '../../src/backup-peer/backup-run.js';
+import { type BackupControl, type BackupOptions, BackupRun } from '../../src/backup-peer/backup-run.js';
 import { Emitter } from '../../src/common/event.js';
 import type {
   ChangesMsg,
@@ -348,3 +348,21 @@ export const snapshotMeta = (id: string) => ({
   deviceId: 'd',
   selector: {},
 });
+
+/** A whole-volume backup run of the peer's own code, its control channel given (no server). */
+export function volumeBackupRun(
+  target: BackupOptions['target'],
+  catalogDir: string,
+  control: BackupControl,
+  o: Partial<BackupOptions> = {},
+): BackupRun {
+  return new BackupRun({
+    server: 'ws://fake',
+    token: 't',
+    target,
+    catalogDir,
+    selector: { volume: true },
+    connect: async () => control,
+    ...o,
+  });
+}

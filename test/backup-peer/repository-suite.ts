@@ -1,13 +1,19 @@
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BackupRun } from '../../src/backup-peer/backup-run.js';
 import { TargetRegistry } from '../../src/backup-peer/targets/index.js';
 import { PathPatterns } from '../../src/common/path-patterns.js';
 import { setPasswordFile } from '../../src/repository/index.js';
 import type { LoadedPlugin } from '../conformance/index.js';
 import { type CliRun, runCli } from '../helpers/cli.js';
-import { FakeControl, type Mirror, makeMirror, snapshotTree, tempDir } from './peer-fixture.js';
+import {
+  FakeControl,
+  type Mirror,
+  makeMirror,
+  snapshotTree,
+  tempDir,
+  volumeBackupRun,
+} from './peer-fixture.js';
 
 export interface RepositoryUnderTest {
   /** The target spec of a fresh, empty location (a directory, a bucket prefix). */
@@ -80,16 +86,7 @@ export function describeRepositoryWithoutCatalog(
       const excludeFile = path.join(base, 'excludes');
       await fsp.writeFile(excludeFile, '# scratch files\n*.tmp\n\n');
       const backup = (exclude?: PathPatterns) =>
-        new BackupRun({
-          server: 'ws://fake',
-          token: 't',
-          target,
-          catalogDir,
-          selector: { volume: true },
-          tags: ['nightly'],
-          exclude,
-          connect: async () => new FakeControl(mirror),
-        }).run();
+        volumeBackupRun(target, catalogDir, new FakeControl(mirror), { tags: ['nightly'], exclude }).run();
       ids.push((await backup()).snapshot.id);
       await fsp.writeFile(path.join(mirror.data, 'docs/a.txt'), 'alpha, second version\n');
       await fsp.writeFile(path.join(mirror.data, 'docs/b.bin'), Buffer.alloc(300_000, 4));

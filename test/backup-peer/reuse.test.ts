@@ -9,7 +9,7 @@ import { TargetRegistry } from '../../src/backup-peer/targets/index.js';
 import type { ChangesMsg, GenerationMsg, PrepareResult, SelectorMsg } from '../../src/control/protocol.js';
 import { readAll } from '../conformance/fixtures.js';
 import { type LoadedPlugin, loadTargetPlugin } from '../conformance/index.js';
-import { dataPacks, FakeControl, type Mirror, makeMirror, tempDir } from './peer-fixture.js';
+import { dataPacks, FakeControl, type Mirror, makeMirror, tempDir, volumeBackupRun } from './peer-fixture.js';
 
 const DIR_PLUGIN = path.resolve(import.meta.dirname, '../../plugins/dir');
 
@@ -50,15 +50,7 @@ describe('incremental reuse: vouched and undamaged copies only', () => {
   afterEach(() => cleanup());
 
   const backup = (control: FakeControl | Answering, o: Partial<BackupOptions> = {}) =>
-    new BackupRun({
-      server: 'ws://fake',
-      token: 't',
-      target,
-      catalogDir,
-      selector: { volume: true },
-      connect: async () => control,
-      ...o,
-    }).run();
+    volumeBackupRun(target, catalogDir, control, o).run();
   /** The stored copy of a file's content: its data pack at the target, and where in it. */
   const storedCopy = async (rawLength: number) => {
     for (const pack of await dataPacks(targetRoot)) {

@@ -2,13 +2,19 @@ import { randomUUID } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it, onTestFinished } from 'vitest';
-import { BackupRun } from '../../src/backup-peer/backup-run.js';
 import { Catalog } from '../../src/backup-peer/catalog.js';
 import { checkSnapshot } from '../../src/backup-peer/check.js';
 import { restore } from '../../src/backup-peer/restore.js';
 import { TargetRegistry } from '../../src/backup-peer/targets/index.js';
 import { PluginHost } from '../../src/plugins/plugin-host.js';
-import { FakeControl, type Mirror, makeMirror, snapshotTree, tempDir } from '../backup-peer/peer-fixture.js';
+import {
+  FakeControl,
+  type Mirror,
+  makeMirror,
+  snapshotTree,
+  tempDir,
+  volumeBackupRun,
+} from '../backup-peer/peer-fixture.js';
 import { memoryTargetPlugin } from './plugin-fixtures.js';
 import { type S3Fixture, startS3 } from './s3-fixture.js';
 
@@ -111,15 +117,7 @@ describe('end to end: backup, incremental backup and restore through each target
       const spec = specs()[name];
       const catalogDir = path.join(base, `catalog-${randomUUID()}`);
       const target = await registry.open(spec);
-      const run = () =>
-        new BackupRun({
-          server: 'ws://fake',
-          token: 't',
-          target,
-          catalogDir,
-          selector: { volume: true },
-          connect: async () => new FakeControl(mirror),
-        }).run();
+      const run = () => volumeBackupRun(target, catalogDir, new FakeControl(mirror)).run();
       const first = await run();
       expect(first.snapshot.state).toBe('complete');
       expect(first.snapshot.target).toBe(target.spec);
@@ -148,16 +146,10 @@ describe('end to end: backup, incremental backup and restore through each target
   it('a target that throws mid-backup fails the run cleanly, recorded against its plugin', async () => {
     const catalogDir = path.join(base, `catalog-${randomUUID()}`);
     const target = await registry.open('crashy:anywhere');
-    await expect(
-      new BackupRun({
-        server: 'ws://fake',
-        token: 't',
-        target,
-        catalogDir,
-        selector: { volume: true },
-        connect: async () => new FakeControl(mirror),
-      }).run(),
-    ).rejects.toMatchObject({ code: 'ETWIN_PLUGIN_FAILED', data: { plugin: 'crashy' } });
+    await expect(volumeBackupRun(target, catalogDir, new FakeControl(mirror)).run()).rejects.toMatchObject({
+      code: 'ETWIN_PLUGIN_FAILED',
+      data: { plugin: 'crashy' },
+    });
     expect(host.info('crashy').problems[0]).toMatch(
       /crashy\.putFile \(plugin crashy\) failed: bug in plugin/,
     );
