@@ -60,21 +60,16 @@ export class ChangeRouter {
           await this.c.resyncer.syncUnsynced(this.c.resyncer.moveUnsynced(c.from, c.path));
         else if (c.op === 'unlink' || c.op === 'rmdir') this.c.resyncer.moveUnsynced(c.path, null);
       }
-      if (c.op === 'write') {
-        this.c.stats.bytesMirrored += c.data.length;
+      if (c.op === 'write' || c.op === 'truncate') {
+        if (c.op === 'write') this.c.stats.bytesMirrored += c.data.length;
         // An inode with other names may lose this one next (unlink, or libfuse's .fuse_hidden
         // name going on release), and then its times can no longer be read by path: copy them
-        // now. The primary still has the name: an unlink waits for the flush, which waits for us.
+        // now. The primary still has the name: an unlink waits for the flush (or the truncate),
+        // which waits for us.
         if ((this.c.writer.linkCount(c.path) ?? 1) > 1) {
           await this.c.times.noteAndSync(c.path);
         } else this.c.times.note(c.path);
-      } else if (
-        c.op === 'truncate' ||
-        c.op === 'create' ||
-        c.op === 'mknod' ||
-        c.op === 'symlink' ||
-        c.op === 'mkdir'
-      )
+      } else if (c.op === 'create' || c.op === 'mknod' || c.op === 'symlink' || c.op === 'mkdir')
         this.c.times.note(c.path);
     } catch (err) {
       await this.onApplyError(c, err as NodeJS.ErrnoException);

@@ -60,6 +60,11 @@ export class Resyncer {
     const trees = new Set<string>();
     for (const c of s.namespace) {
       if (stillHeld(c.path) || ((c.op === 'rename' || c.op === 'link') && stillHeld(c.from))) continue;
+      // A directory rename whose target the mirror has already: a change under the new name that
+      // was not held healed its path there, making the directory. Replacing it (it is empty) or
+      // merging into it brings back the source's entries as the mirror had them, including those
+      // the primary removed under the new name since: the target tree is compared.
+      if (c.op === 'rename' && (await this.bothDirs(c.from, c.path))) trees.add(c.path);
       try {
         await this.c.writer.apply(c);
       } catch (err) {
@@ -166,13 +171,9 @@ export class Resyncer {
    * what it has (made from the primary later), drops the rest of the source.
    */
   private async mergeInto(from: string, to: string): Promise<boolean> {
+    if (!(await this.bothDirs(from, to))) return false;
     const src = this.c.layout.data + from;
     const dst = this.c.layout.data + to;
-    const [a, b] = await Promise.all([
-      fsp.lstat(src).catch(() => undefined),
-      fsp.lstat(dst).catch(() => undefined),
-    ]);
-    if (!a?.isDirectory() || !b?.isDirectory()) return false;
     this.c.writer.forget(from, true);
     for (const name of await fsp.readdir(src)) {
       const d = await fsp.lstat(`${dst}/${name}`).catch(() => undefined);
@@ -181,6 +182,15 @@ export class Resyncer {
     }
     await fsp.rm(src, { recursive: true, force: true });
     return true;
+  }
+
+  /** Are from and to both directories in the mirror? */
+  private async bothDirs(from: string, to: string): Promise<boolean> {
+    const [a, b] = await Promise.all([
+      lstatOrUndefined(this.c.layout.data + from),
+      lstatOrUndefined(this.c.layout.data + to),
+    ]);
+    return a?.isDirectory() === true && b?.isDirectory() === true;
   }
 
   /**
