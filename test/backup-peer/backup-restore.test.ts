@@ -73,14 +73,7 @@ describe('backup run, restore, check, forget (hand-made mirror)', () => {
   it('backs up the split selection and restores it byte for byte, metadata included', async () => {
     const control = new FakeControl(mirror);
     const progress: number[] = [];
-    const run = new BackupRun({
-      server: 'ws://fake',
-      token: 't',
-      target,
-      catalogDir,
-      selector: { volume: true },
-      connect: async () => control,
-    });
+    const run = volumeBackupRun(target, catalogDir, control);
     run.onDidProgress((p) => progress.push(p.bytes));
     const r = await run.run();
     expect(r.snapshot.state).toBe('complete');
