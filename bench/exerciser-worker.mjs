@@ -3,14 +3,17 @@
 // what every file, directory, link and attribute must be. The stream depends only on --seed,
 // --proc and the model, so every target that behaves correctly gets the same operations.
 //
-//   node bench/exerciser-worker.mjs --dir D --seed S --proc I --ops N [--skip a,b] [--tamper-at K]
+//   node bench/exerciser-worker.mjs --dir D --seed S --proc I --ops N [--skip a,b] [--strict]
+//                                   [--keep-going] [--tamper-at K]
 //
-// Prints one JSON line: { ok, failure, attrMismatches, perOp: {op: {n, ms}}, opsMs, verifyMs,
+// Prints one JSON line: { ok, failure, failures, attrMismatches, perOp: {op: {n, ms}}, opsMs, verifyMs,
 // digest, skipped }. Exit 1 on the first failure (content, size of what read(2) returns,
 // namespace, an errno the model did not expect, a final walk that disagrees): failure names the
 // seed, the process and the op index, which replay it exactly. Attributes stat(2) shows (mode,
 // nlink, size, mtime set by utimens) that disagree are counted in attrMismatches (the first ones
 // listed); with --strict they are failures too.
+// --keep-going: a failure is counted (failures; failure is the first) and the stream goes on, so
+// a target that fails some checks still runs every operation of it (what the timing needs).
 // --tamper-at K: at op K (or the first op after it with a non-empty file) flip a byte of a file
 // behind the model's back and read it: the check must report that op (the checker's own test).
 import { spawn, spawnSync } from 'node:child_process';
@@ -24,7 +27,7 @@ const a = {};
 const argv = process.argv.slice(2);
 for (let i = 0; i < argv.length; i++) {
   const k = argv[i].replace(/^--/, '');
-  if (k === 'strict') a.strict = true;
+  if (k === 'strict' || k === 'keep-going') a[k] = true;
   else a[k] = argv[++i];
 }
 const ROOT = path.resolve(a.dir);
@@ -33,6 +36,7 @@ const PROC = Number(a.proc ?? 0);
 const OPS = Number(a.ops ?? 1000);
 const STRICT = a.strict === true;
 const TAMPER = a['tamper-at'] === undefined ? -1 : Number(a['tamper-at']);
+const KEEP_GOING = a['keep-going'] === true;
 const SKIP = new Set((a.skip ?? '').split(',').filter(Boolean));
 
 /** Largest file the stream makes (fsx's default maxlen), largest single write/read. */
@@ -457,10 +461,10 @@ function tamper() {
 function finalCheck() {
   opName = 'final';
   for (const [p, e] of entries) {
-    if (e.kind === 'dir') ops.readdir(p);
+    if (e.kind === 'dir') guard(() => ops.readdir(p));
     else {
-      ops.stat(p);
-      if (e.kind === 'file') ops.read(p, true);
+      guard(() => ops.stat(p));
+      if (e.kind === 'file') guard(() => ops.read(p, true));
     }
   }
 }
@@ -477,7 +481,19 @@ function digest() {
 }
 
 let failure = null;
+let failures = 0;
 let verifyMs = 0;
+/** Runs fn; a Failure ends the run, or with --keep-going is counted and the stream goes on. */
+function guard(fn) {
+  try {
+    fn();
+  } catch (err) {
+    if (!(err instanceof Failure)) throw err;
+    failures++;
+    failure ??= JSON.parse(err.message);
+    if (!KEEP_GOING) throw err;
+  }
+}
 try {
   fs.mkdirSync(ROOT, { recursive: true });
   // The helper starts before the clock (its start-up is not an operation).
@@ -491,8 +507,8 @@ try {
     if (!tampered && opIndex >= TAMPER && files().some((q) => entries.get(q).ino.size > 0)) {
       tampered = true;
       opName = 'tamper';
-      tamper();
-    } else ops[opName]();
+      guard(tamper);
+    } else guard(ops[opName]);
     const ms = performance.now() - t;
     const c = (perOp[opName] ??= { n: 0, ms: 0 });
     c.n++;
@@ -504,10 +520,9 @@ try {
   verifyMs = performance.now() - v;
 } catch (err) {
   if (!(err instanceof Failure)) throw err;
-  failure = JSON.parse(err.message);
 }
 closeHelper();
 process.stdout.write(
-  `${JSON.stringify({ ok: !failure, failure, attrMismatches: attrCount, firstAttr: attrMismatches, perOp, opsMs, verifyMs, digest: failure ? null : digest(), skipped })}\n`,
+  `${JSON.stringify({ ok: !failure, failure, failures, attrMismatches: attrCount, firstAttr: attrMismatches, perOp, opsMs, verifyMs, digest: failure ? null : digest(), skipped })}\n`,
 );
 process.exitCode = failure ? 1 : 0;

@@ -13,8 +13,10 @@
 //
 // (mirrors on the primary's filesystem). Prints wall time per target (spawn of the processes to
 // the last exit: what `time fsstress` shows), the ratio to bindfs in the same run, the server's
-// CPU, and the mean time of each operation type. Exit 1 when a process saw a failure (content,
-// namespace or errno; its seed, process and op index replay it) or the final digests differ.
+// CPU, and the mean time of each operation type. The processes keep going past a failed check
+// (so every target runs the whole stream) and count them; exit 1 when a target other than bindfs
+// failed one (content, size, namespace or errno; seed, process and op index replay it: --run-in).
+// bindfs fails some through other names of hard links (stale size and nlink): reported only.
 //
 //   node bench/exerciser.mjs                                   6 targets, 4 × 1500 ops
 //   node bench/exerciser.mjs --targets bindfs,twinfs3 --ops 300 --max-load 99
@@ -54,13 +56,14 @@ const opts = parseArgs(
     'run-in': { default: '', help: 'only run the processes in this directory (no mounts) and report' },
     'tamper-at': { default: -1, help: 'process 0 corrupts a file behind its model at this op (checks the check)' },
     'bindfs-opts': { default: 'big_writes', help: 'bindfs -o options' },
+    'cpu-prof': { default: '', help: 'write V8 CPU profiles of the twinfs servers into DIR/TARGET/' },
     ...commonOptions(),
   },
   'node bench/exerciser.mjs [options]: random file operations checked against a model (issue 12)',
 );
 
 /** Runs the --procs processes in dir; resolves with { wallMs, results[] }. */
-async function exercise(dir) {
+async function exercise(dir, keepGoing = false) {
   const t0 = performance.now();
   const results = await Promise.all(
     Array.from({ length: opts.procs }, async (_, i) => {
@@ -68,6 +71,7 @@ async function exercise(dir) {
       args.push('--ops', String(opts.ops));
       if (opts.skip) args.push('--skip', opts.skip);
       if (opts.strict) args.push('--strict');
+      if (keepGoing) args.push('--keep-going');
       if (i === 0 && opts['tamper-at'] >= 0) args.push('--tamper-at', String(opts['tamper-at']));
       const r = await run(process.execPath, args, { check: false, timeoutMs: opts['time-limit'] * 1000 });
       try {
@@ -93,6 +97,7 @@ function perOp(results) {
 }
 
 const failures = (results) => results.filter((r) => !r.ok).map((r) => r.failure);
+const failureCount = (results) => results.reduce((s, r) => s + (r.failures ?? (r.ok ? 0 : 1)), 0);
 const digests = (results) => results.map((r) => r.digest).join(',');
 
 if (opts['run-in']) {
@@ -132,6 +137,7 @@ for (const t of targets) {
       mirror: t.endsWith('+mirror') ? d[`${id}-mirror`] : undefined,
       cli: opts.cli || undefined,
       env: { TWINFS_FUSE: t.startsWith('twinfs3') ? '3' : '2' },
+      nodeArgs: opts['cpu-prof'] ? ['--cpu-prof', '--cpu-prof-dir', path.resolve(opts['cpu-prof'], id)] : [],
       verbose: opts.verbose,
     });
     mounts[t] = d[`${id}-mnt`];
@@ -146,12 +152,15 @@ for (let rep = 0; rep < opts.reps; rep++) {
     const pid = servers[t]?.pid;
     const cpu0 = pid ? cpuSeconds(pid) : Number.NaN;
     const load = loadavg();
-    const r = await exercise(path.join(mounts[t], `rep${rep}`));
+    // --keep-going: a target failing some checks still runs the whole stream (the timing's base).
+    const r = await exercise(path.join(mounts[t], `rep${rep}`), true);
     const cpuS = pid ? cpuSeconds(pid) - cpu0 : Number.NaN;
     const f = failures(r.results);
-    bad += f.length;
-    res[t].push({ ...r, cpuS, load, failures: f, perOp: perOp(r.results) });
-    log(`rep ${rep} ${t}: ${(r.wallMs / 1000).toFixed(2)} s, server CPU ${fmt(cpuS, 2)} s${f.length ? `, FAILED ${JSON.stringify(f)}` : ''}`);
+    // bindfs is the speed reference; its own failures (stale attributes and sizes through
+    // another name of a hard link) are reported, not the run's verdict.
+    if (t !== 'bindfs') bad += f.length;
+    res[t].push({ ...r, cpuS, load, failures: f, failureCount: failureCount(r.results), perOp: perOp(r.results) });
+    log(`rep ${rep} ${t}: ${(r.wallMs / 1000).toFixed(2)} s, server CPU ${fmt(cpuS, 2)} s${f.length ? `, ${failureCount(r.results)} failures, first ${JSON.stringify(f)}` : ''}`);
   }
 }
 for (const s of Object.values(servers)) await s.stop();
@@ -166,7 +175,7 @@ process.stdout.write(
     `${opts.procs} processes × ${opts.ops} ops, ${opts.reps} rep(s) (median)${opts.skip ? `, without ${opts.skip}` : ''}\n\n`,
 );
 table(
-  ['target', 'wall s', '× bindfs', 'server CPU s', 'µs CPU/op', 'attr mismatches', 'failures', 'final digests'],
+  ['target', 'wall s', '× bindfs', 'server CPU s', 'µs CPU/op', 'attr mismatches', 'failures', 'slowest process ops s'],
   targets.map((t) => [
     t,
     fmt(wall(t) / 1000, 2),
@@ -174,8 +183,8 @@ table(
     fmt(med(res[t].map((x) => x.cpuS)), 2),
     fmt((med(res[t].map((x) => x.cpuS)) * 1e6) / ops, 0),
     String(res[t].reduce((s, x) => s + x.results.reduce((u, y) => u + (y.attrMismatches ?? 0), 0), 0)),
-    String(res[t].reduce((s, x) => s + x.failures.length, 0)),
-    res[t][0].results[0]?.digest ?? '—',
+    String(res[t].reduce((s, x) => s + x.failureCount, 0)),
+    fmt(med(res[t].map((x) => Math.max(...x.results.map((y) => y.opsMs ?? Number.NaN)))) / 1000, 2),
   ]),
 );
 // Mean ms per operation type (all processes, first rep), and each target's over bindfs's.
@@ -193,13 +202,10 @@ table(
     ...targets.map((t) => `${fmt(mean(t, k), 2)}${res.bindfs && t !== 'bindfs' ? ` (${(mean(t, k) / mean('bindfs', k)).toFixed(1)})` : ''}`),
   ]),
 );
-const dg = new Set(targets.map((t) => res[t].map((x) => digests(x.results)).join(';')));
-if (bad === 0 && dg.size > 1) {
-  process.stdout.write('\nfinal digests differ between targets: the same stream ended in different trees\n');
-  bad++;
-}
 for (const t of targets)
-  for (const x of res[t]) for (const f of x.failures) process.stdout.write(`\nFAILED on ${t}: ${JSON.stringify(f)}\n`);
+  for (const [i, x] of res[t].entries())
+    if (x.failures.length)
+      process.stdout.write(`\nfailures on ${t}, rep ${i}: ${x.failureCount}; first per process: ${JSON.stringify(x.failures)}\n`);
 for (const t of targets) {
   const a = res[t].flatMap((x) => x.results.flatMap((y) => y.firstAttr ?? [])).slice(0, 3);
   if (a.length) process.stdout.write(`\nattribute mismatches on ${t} (first ${a.length}): ${JSON.stringify(a)}\n`);
