@@ -74,7 +74,15 @@ const abs = (p) => (p ? path.join(ROOT, p) : ROOT);
 const depth = (p) => (p ? p.split('/').length : 0);
 
 function newInode() {
-  return { id: nextIno++, data: Buffer.alloc(MAXLEN), size: 0, mode: 0o644, nlink: 1, mtimeS: null, xattrs: new Map() };
+  return {
+    id: nextIno++,
+    data: Buffer.alloc(MAXLEN),
+    size: 0,
+    mode: 0o644,
+    nlink: 1,
+    mtimeS: null,
+    xattrs: new Map(),
+  };
 }
 function addEntry(p, e) {
   entries.set(p, e);
@@ -104,9 +112,7 @@ let opsMs = 0;
 
 class Failure extends Error {}
 function fail(what, detail = {}) {
-  throw new Failure(
-    JSON.stringify({ seed: SEED, proc: PROC, op: opIndex, name: opName, what, ...detail }),
-  );
+  throw new Failure(JSON.stringify({ seed: SEED, proc: PROC, op: opIndex, name: opName, what, ...detail }));
 }
 function attr(what, p, expected, actual) {
   attrCount++;
@@ -137,7 +143,13 @@ function expectErr(p, code, fn) {
 function compare(p, ino, off, got) {
   const want = ino.data.subarray(off, Math.min(ino.size, off + got.length));
   if (got.length !== want.length)
-    fail('short or long read', { path: p, offset: off, expectedLen: want.length, gotLen: got.length, size: ino.size });
+    fail('short or long read', {
+      path: p,
+      offset: off,
+      expectedLen: want.length,
+      gotLen: got.length,
+      size: ino.size,
+    });
   const i = want.findIndex((b, j) => b !== got[j]);
   if (i >= 0)
     fail('content mismatch', { path: p, offset: off + i, expected: want[i], actual: got[i], size: ino.size });
@@ -217,7 +229,8 @@ const ops = {
     const ino = entries.get(p).ino;
     if (whole) {
       const got = expectOk(p, () => fs.readFileSync(abs(p)));
-      if (got.length !== ino.size) fail('size of the whole file', { path: p, expected: ino.size, actual: got.length });
+      if (got.length !== ino.size)
+        fail('size of the whole file', { path: p, expected: ino.size, actual: got.length });
       return compare(p, ino, 0, got);
     }
     const off = rand(ino.size + 1);
@@ -258,7 +271,6 @@ const ops = {
     }
     ino.size = Math.max(ino.size, off + len);
     ino.mtimeS = null; // filesystems differ on whether fallocate touches mtime
-
   },
   mmap() {
     const p = pick(files());
@@ -351,7 +363,10 @@ const ops = {
     const p = pick(all((q, e) => q !== '' && e.kind !== 'symlink'));
     if (p === undefined) return ops.creat();
     const e = entries.get(p);
-    const mode = e.kind === 'dir' ? pick([0o755, 0o750, 0o700, 0o711]) : pick([0o644, 0o600, 0o640, 0o755, 0o444, 0o4755]);
+    const mode =
+      e.kind === 'dir'
+        ? pick([0o755, 0o750, 0o700, 0o711])
+        : pick([0o644, 0o600, 0o640, 0o755, 0o444, 0o4755]);
     expectOk(p, () => fs.chmodSync(abs(p), mode));
     if (e.kind === 'dir') e.mode = mode;
     else e.ino.mode = mode;

@@ -31,8 +31,8 @@ import {
   cpuSeconds,
   fmt,
   installCleanup,
-  log,
   loadavg,
+  log,
   mkdirs,
   parseArgs,
   run,
@@ -54,7 +54,10 @@ const opts = parseArgs(
     skip: { default: '', help: 'operation types left out of the stream (comma list, e.g. mmap,fallocate)' },
     strict: { default: false, help: 'stat(2) attributes that disagree with the model fail the run' },
     'run-in': { default: '', help: 'only run the processes in this directory (no mounts) and report' },
-    'tamper-at': { default: -1, help: 'process 0 corrupts a file behind its model at this op (checks the check)' },
+    'tamper-at': {
+      default: -1,
+      help: 'process 0 corrupts a file behind its model at this op (checks the check)',
+    },
     'bindfs-opts': { default: 'big_writes', help: 'bindfs -o options' },
     'cpu-prof': { default: '', help: 'write V8 CPU profiles of the twinfs servers into DIR/TARGET/' },
     ...commonOptions(),
@@ -67,7 +70,15 @@ async function exercise(dir, keepGoing = false) {
   const t0 = performance.now();
   const results = await Promise.all(
     Array.from({ length: opts.procs }, async (_, i) => {
-      const args = [WORKER, '--dir', path.join(dir, `p${i}`), '--seed', String(opts.seed), '--proc', String(i)];
+      const args = [
+        WORKER,
+        '--dir',
+        path.join(dir, `p${i}`),
+        '--seed',
+        String(opts.seed),
+        '--proc',
+        String(i),
+      ];
       args.push('--ops', String(opts.ops));
       if (opts.skip) args.push('--skip', opts.skip);
       if (opts.strict) args.push('--strict');
@@ -77,7 +88,10 @@ async function exercise(dir, keepGoing = false) {
       try {
         return JSON.parse(r.stdout.trim().split('\n').pop());
       } catch {
-        return { ok: false, failure: { proc: i, what: `worker exited ${r.code ?? r.signal}: ${r.stderr.slice(-1500)}` } };
+        return {
+          ok: false,
+          failure: { proc: i, what: `worker exited ${r.code ?? r.signal}: ${r.stderr.slice(-1500)}` },
+        };
       }
     }),
   );
@@ -159,8 +173,17 @@ for (let rep = 0; rep < opts.reps; rep++) {
     // bindfs is the speed reference; its own failures (stale attributes and sizes through
     // another name of a hard link) are reported, not the run's verdict.
     if (t !== 'bindfs') bad += f.length;
-    res[t].push({ ...r, cpuS, load, failures: f, failureCount: failureCount(r.results), perOp: perOp(r.results) });
-    log(`rep ${rep} ${t}: ${(r.wallMs / 1000).toFixed(2)} s, server CPU ${fmt(cpuS, 2)} s${f.length ? `, ${failureCount(r.results)} failures, first ${JSON.stringify(f)}` : ''}`);
+    res[t].push({
+      ...r,
+      cpuS,
+      load,
+      failures: f,
+      failureCount: failureCount(r.results),
+      perOp: perOp(r.results),
+    });
+    log(
+      `rep ${rep} ${t}: ${(r.wallMs / 1000).toFixed(2)} s, server CPU ${fmt(cpuS, 2)} s${f.length ? `, ${failureCount(r.results)} failures, first ${JSON.stringify(f)}` : ''}`,
+    );
   }
 }
 for (const s of Object.values(servers)) await s.stop();
@@ -175,7 +198,16 @@ process.stdout.write(
     `${opts.procs} processes × ${opts.ops} ops, ${opts.reps} rep(s) (median)${opts.skip ? `, without ${opts.skip}` : ''}\n\n`,
 );
 table(
-  ['target', 'wall s', '× bindfs', 'server CPU s', 'µs CPU/op', 'attr mismatches', 'failures', 'slowest process ops s'],
+  [
+    'target',
+    'wall s',
+    '× bindfs',
+    'server CPU s',
+    'µs CPU/op',
+    'attr mismatches',
+    'failures',
+    'slowest process ops s',
+  ],
   targets.map((t) => [
     t,
     fmt(wall(t) / 1000, 2),
@@ -199,20 +231,43 @@ table(
   types.map((k) => [
     k,
     String(res[targets[0]][0].perOp[k].n),
-    ...targets.map((t) => `${fmt(mean(t, k), 2)}${res.bindfs && t !== 'bindfs' ? ` (${(mean(t, k) / mean('bindfs', k)).toFixed(1)})` : ''}`),
+    ...targets.map(
+      (t) =>
+        `${fmt(mean(t, k), 2)}${res.bindfs && t !== 'bindfs' ? ` (${(mean(t, k) / mean('bindfs', k)).toFixed(1)})` : ''}`,
+    ),
   ]),
 );
 for (const t of targets)
   for (const [i, x] of res[t].entries())
     if (x.failures.length)
-      process.stdout.write(`\nfailures on ${t}, rep ${i}: ${x.failureCount}; first per process: ${JSON.stringify(x.failures)}\n`);
+      process.stdout.write(
+        `\nfailures on ${t}, rep ${i}: ${x.failureCount}; first per process: ${JSON.stringify(x.failures)}\n`,
+      );
 for (const t of targets) {
   const a = res[t].flatMap((x) => x.results.flatMap((y) => y.firstAttr ?? [])).slice(0, 3);
-  if (a.length) process.stdout.write(`\nattribute mismatches on ${t} (first ${a.length}): ${JSON.stringify(a)}\n`);
+  if (a.length)
+    process.stdout.write(`\nattribute mismatches on ${t} (first ${a.length}): ${JSON.stringify(a)}\n`);
 }
 if (opts.json)
   fs.writeFileSync(
     opts.json,
-    JSON.stringify({ notes, opts, results: Object.fromEntries(targets.map((t) => [t, res[t].map(({ results, ...x }) => ({ ...x, digests: digests(results), attr: results.map((y) => y.attrMismatches) }))])) }, null, 2),
+    JSON.stringify(
+      {
+        notes,
+        opts,
+        results: Object.fromEntries(
+          targets.map((t) => [
+            t,
+            res[t].map(({ results, ...x }) => ({
+              ...x,
+              digests: digests(results),
+              attr: results.map((y) => y.attrMismatches),
+            })),
+          ]),
+        ),
+      },
+      null,
+      2,
+    ),
   );
 process.exit(bad ? 1 : 0);

@@ -36,7 +36,9 @@ async function exercise(dir: string, seed: number, extra = ''): Promise<{ code: 
   try {
     s = JSON.parse(line) as Summary;
   } catch {
-    throw new Error(`exerciser printed no summary (exit ${r.code}): ${r.stdout.slice(-1000)}${r.stderr.slice(-2000)}`);
+    throw new Error(
+      `exerciser printed no summary (exit ${r.code}): ${r.stdout.slice(-1000)}${r.stderr.slice(-2000)}`,
+    );
   }
   return { code: r.code, s };
 }
@@ -80,7 +82,17 @@ for (const [libfuse, mirror] of [
         expect(mnt.s.digests).toBe(plain.s.digests);
         // The stream did what it is there for: every kind of operation ran.
         const kinds = Object.keys(mnt.s.perOp);
-        for (const k of ['write', 'read', 'truncate', 'fallocate', 'mmap', 'rename', 'link', 'setxattr', 'utimens'])
+        for (const k of [
+          'write',
+          'read',
+          'truncate',
+          'fallocate',
+          'mmap',
+          'rename',
+          'link',
+          'setxattr',
+          'utimens',
+        ])
           expect(kinds).toContain(k);
         expect(Object.values(mnt.s.perOp).reduce((n, o) => n + o.n, 0)).toBe(2 * OPS);
       }, 300_000);
