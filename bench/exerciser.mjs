@@ -40,6 +40,7 @@ import {
   startBindfs,
   startTwinfs,
   table,
+  threadCpuSeconds,
 } from './lib.mjs';
 
 const WORKER = path.join(path.dirname(fileURLToPath(import.meta.url)), 'exerciser-worker.mjs');
@@ -165,10 +166,14 @@ for (let rep = 0; rep < opts.reps; rep++) {
   for (const t of targets.map((_, i) => targets[(i + rep) % targets.length])) {
     const pid = servers[t]?.pid;
     const cpu0 = pid ? cpuSeconds(pid) : Number.NaN;
+    const th0 = pid ? threadCpuSeconds(pid) : {};
     const load = loadavg();
     // --keep-going: a target failing some checks still runs the whole stream (the timing's base).
     const r = await exercise(path.join(mounts[t], `rep${rep}`), true);
     const cpuS = pid ? cpuSeconds(pid) - cpu0 : Number.NaN;
+    const threads = Object.entries(pid ? threadCpuSeconds(pid) : {})
+      .map(([k, v]) => [k, v - (th0[k] ?? 0)])
+      .filter(([, v]) => v >= 0.01);
     const f = failures(r.results);
     // bindfs is the speed reference; its own failures (stale attributes and sizes through
     // another name of a hard link) are reported, not the run's verdict.
@@ -176,6 +181,7 @@ for (let rep = 0; rep < opts.reps; rep++) {
     res[t].push({
       ...r,
       cpuS,
+      threads,
       load,
       failures: f,
       failureCount: failureCount(r.results),
@@ -219,6 +225,9 @@ table(
     fmt(med(res[t].map((x) => Math.max(...x.results.map((y) => y.opsMs ?? Number.NaN)))) / 1000, 2),
   ]),
 );
+process.stdout.write('\nserver CPU s by thread (first rep)\n\n');
+for (const t of targets.filter((x) => servers[x]))
+  process.stdout.write(`- ${t}: ${res[t][0].threads.map(([k, v]) => `${k} ${v.toFixed(2)}`).join(', ')}\n`);
 // Mean ms per operation type (all processes, first rep), and each target's over bindfs's.
 const types = Object.keys(res[targets[0]][0].perOp).sort();
 const mean = (t, k) => {

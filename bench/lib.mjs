@@ -589,6 +589,32 @@ export function cpuSeconds(pid) {
   }
 }
 
+/**
+ * CPU seconds (user+system) of each thread of a process so far, summed by thread name
+ * (/proc/PID/task/TID/comm: node's main thread is "node", its pool "libuv-worker", V8's
+ * "V8 DefaultWorke"; threads a native addon starts inherit the name of the thread that made them).
+ */
+export function threadCpuSeconds(pid) {
+  const out = {};
+  let tids = [];
+  try {
+    tids = fs.readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return out;
+  }
+  for (const tid of tids) {
+    try {
+      const name = fs.readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim();
+      const f = fs.readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8').split(') ')[1].split(' ');
+      const key = tid === String(pid) ? `${name} (main)` : name;
+      out[key] = (out[key] ?? 0) + (Number(f[11]) + Number(f[12])) / 100;
+    } catch {
+      /* the thread ended */
+    }
+  }
+  return out;
+}
+
 export function median(xs) {
   const s = [...xs].filter((x) => Number.isFinite(x)).sort((a, b) => a - b);
   if (s.length === 0) return Number.NaN;
