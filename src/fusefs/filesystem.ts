@@ -277,6 +277,7 @@ export class TwinFs {
             kernelCache: {
               names: this.kernelNames.getStats().names,
               invalidations: this.kernelNames.getStats().invalidations,
+              waitsBounded: this.kernelNames.getStats().waitsBounded,
               ...(this.fuse?.invalidateStats?.() ?? { queued: 0, done: 0, sent: 0 }),
               ...(this.nativeAttributes ? { native: this.fuse?.nativeAttributeStats?.() } : {}),
             },

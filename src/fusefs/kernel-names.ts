@@ -10,15 +10,33 @@
  * helper thread (fuse-native's `invalidatePaths`). The op that made the change is answered
  * only once the kernel has processed them, so no caller can see a stale attribute afterwards.
  *
+ * A name with a WRITE in flight is never waited for (issue 12's libfuse3 hang): a write(2) that
+ * covers part of a page keeps that page locked until its WRITE is answered, and the kernel's
+ * invalidation of that name waits for the lock. Two writers through two names of one file, each
+ * WRITE answered only after the other name was invalidated, and the one helper thread sending
+ * them in order, were a cycle that hung the mount. So a name with WRITEs in flight (known here
+ * from `writeStarted`/`writeDone`) is left out of what a change waits for and invalidated, without
+ * waiting, once its last WRITE is answered; a reader through that name may see the old pages
+ * until then, which is the same moment its own writer's data lands. A WRITE that reaches the
+ * kernel's queue but not yet twinfs cannot be known: any wait is bounded (`WAIT_BOUND_MS`), after
+ * which the op is answered and the invalidation still goes out when the page is free
+ * (`waitsBounded` counts them; it stays 0 unless such a race happened).
+ *
  * Names are learnt where the kernel learns them: getattr (lookups) and readdirplus, plus link.
  * Only names of files with nlink > 1 are kept (a file with one name has one kernel inode, kept
  * exact by the kernel itself from our replies). Stale entries (a name since renamed away by
  * someone else, an unlinked one) only cost an invalidation that finds nothing.
  */
+/** The longest an op waits for its invalidations (see the class comment). */
+export const WAIT_BOUND_MS = 2000;
+
 export class KernelNames {
   private readonly byIno = new Map<number, Set<string>>();
   private readonly byPath = new Map<string, number>();
-  private readonly stats = { invalidations: 0, waits: 0 };
+  private readonly stats = { invalidations: 0, waits: 0, waitsBounded: 0 };
+  /** WRITEs in flight per name, and the names to invalidate once their last one is answered. */
+  private readonly writing = new Map<string, number>();
+  private readonly afterWrites = new Set<string>();
 
   constructor(
     /** Queues invalidations of these names; resolves once the kernel has processed them. */
@@ -96,12 +114,46 @@ export class KernelNames {
     for (const ino of inos) {
       const names = this.byIno.get(ino);
       if (!names) continue;
-      for (const p of names) if (p !== except) paths.push(p);
+      for (const p of names) {
+        if (p === except) continue;
+        if (this.writing.has(p)) this.afterWrites.add(p);
+        else paths.push(p);
+      }
     }
     if (paths.length === 0) return undefined;
     this.stats.invalidations += paths.length;
     this.stats.waits++;
-    return this.invalidate(paths);
+    return this.bounded(this.invalidate(paths));
+  }
+
+  /** A WRITE through this name reached twinfs; `writeDone` when it is answered. */
+  writeStarted(path: string): void {
+    this.writing.set(path, (this.writing.get(path) ?? 0) + 1);
+  }
+
+  writeDone(path: string): void {
+    const n = (this.writing.get(path) ?? 1) - 1;
+    if (n > 0) {
+      this.writing.set(path, n);
+      return;
+    }
+    this.writing.delete(path);
+    if (this.afterWrites.delete(path)) {
+      this.stats.invalidations++;
+      void this.invalidate([path]);
+    }
+  }
+
+  private bounded(w: Promise<void>): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    const bound = new Promise<void>((resolve) => {
+      timer = setTimeout(() => {
+        this.stats.waitsBounded++;
+        resolve();
+      }, WAIT_BOUND_MS);
+      timer.unref();
+    });
+    return Promise.race([w, bound]).finally(() => clearTimeout(timer));
   }
 
   /**
@@ -117,8 +169,13 @@ export class KernelNames {
     }
     const names = new Set(this.byIno.get(ino) ?? []);
     names.add(path);
-    this.stats.invalidations += names.size;
-    void this.invalidate([...names]);
+    const now: string[] = [];
+    for (const p of names) {
+      if (this.writing.has(p)) this.afterWrites.add(p);
+      else now.push(p);
+    }
+    this.stats.invalidations += now.length;
+    if (now.length > 0) void this.invalidate(now);
   }
 
   /** Sends what changedBehind deferred (after an inhibition was released). */
@@ -128,7 +185,7 @@ export class KernelNames {
     for (const [ino, path] of all) this.changedBehind(ino, path);
   }
 
-  getStats(): { names: number; invalidations: number; waits: number } {
+  getStats(): { names: number; invalidations: number; waits: number; waitsBounded: number } {
     return { names: this.byPath.size, ...this.stats };
   }
 }

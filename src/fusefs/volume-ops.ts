@@ -319,15 +319,37 @@ export class VolumeOps {
     const names = this.kernelNames;
     if (names === undefined || names.isEmpty) return r;
     // The file's other names: answered once the kernel dropped their attributes and pages. Not
-    // the name written through (`path`): this WRITE holds its pages locked until answered.
+    // the name written through (`path`): this WRITE holds its pages locked until answered, so
+    // until then no change waits for that name either (KernelNames, "never waited for").
     // A page write-back is not waited for: it may be the laundering of a notify the helper
     // is sending right now, which an invalidation queued behind it would never let finish.
+    if (path !== undefined) names.writeStarted(path);
+    const done = <T>(v: T): T => {
+      if (path !== undefined) names.writeDone(path);
+      return v;
+    };
     const after = (n: number): number | Promise<number> => {
       const w = names.changed([node.ino], path);
-      if (w === undefined || writepage) return n;
-      return w.then(() => n);
+      if (w === undefined || writepage) return done(n);
+      return w.then(
+        () => done(n),
+        (e: unknown) => {
+          done(0);
+          throw e;
+        },
+      );
     };
-    return typeof r === 'number' ? after(r) : r.then(after);
+    try {
+      return typeof r === 'number'
+        ? after(r)
+        : r.then(after, (e: unknown) => {
+            done(0);
+            throw e;
+          });
+    } catch (e) {
+      done(0);
+      throw e;
+    }
   }
 
   private writeWithPass(

@@ -59,7 +59,39 @@ async function oracle(name: string): Promise<Array<number | string>> {
   ];
 }
 
+// A writer of unaligned pwrites through one name (each write(2) covers part of a page, which the
+// kernel keeps locked until the WRITE is answered); the second one fsyncs every 8 writes.
+const WRITER = `
+import os, sys
+name, count, sync = sys.argv[1], int(sys.argv[2]), sys.argv[3] == '1'
+fd = os.open(name, os.O_WRONLY)
+buf = bytes([65 + len(name) % 26]) * 1000
+for i in range(count):
+    os.pwrite(fd, buf, (i % 200) * 1000 + 7)
+    if sync and i % 8 == 7:
+        os.fsync(fd)
+os.close(fd)
+print(count)
+`;
+
 describe('kernel caching on the libfuse3 path', () => {
+  it('two writers through two names of one file both finish (each WRITE waited for the other name: a hang)', async () => {
+    await py(fx.mnt, "os.mkdir('tw'); open('tw/a', 'wb').write(bytes(262144)); os.link('tw/a', 'tw/b')");
+    const dir = path.join(fx.mnt, 'tw');
+    await look(dir, ['a', 'b']);
+    // Before the fix this hung within seconds in every run: the write through a waited for b's
+    // invalidation, which waited for the page locked by the write through b, which waited for
+    // a's invalidation queued behind it. A hang fails here on the timeout.
+    const runs = await Promise.all([
+      pyIn(dir, WRITER, { args: ['a', '3000', '0'], timeoutMs: 120_000 }),
+      pyIn(dir, WRITER, { args: ['b', '3000', '1'], timeoutMs: 120_000 }),
+    ]);
+    expect(runs.map((r) => r.trim())).toEqual(['3000', '3000']);
+    // And both names still show one file's content afterwards.
+    const seen = await look(dir, ['a', 'b']);
+    expect(seen.a).toEqual(seen.b);
+  });
+
   it('serves stat from the kernel cache (a change behind the server is not seen)', async () => {
     await py(fx.mnt, "os.mkdir('kc'); open('kc/f', 'w').write('x'); os.chmod('kc/f', 0o644)");
     expect(await py(fx.mnt, "print(oct(os.lstat('kc/f').st_mode))")).toBe('0o100644\n');
