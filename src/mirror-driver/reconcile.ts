@@ -287,9 +287,10 @@ export class Reconciler {
     }
     await run(async () => {
       if (this.c.isHeld(p)) return;
-      const pst = await lstatOrUndefined(this.c.primary + p);
+      // bigint: its times to the ns if it leaves the primary before syncMeta reads them again.
+      const pst = await fsp.lstat(this.c.primary + p, { bigint: true }).catch(() => undefined);
       if (!pst?.isFile()) return;
-      await fsp.truncate(mp, pst.size);
+      await fsp.truncate(mp, Number(pst.size));
       await syncMeta(this.c.primary + p, mp, pst);
     });
     return bytes;

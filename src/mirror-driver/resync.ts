@@ -100,7 +100,15 @@ export class Resyncer {
     const gone: string[] = [];
     for (const p of paths) {
       if (stillHeld(p)) continue;
-      if (!(await lstatOrUndefined(this.c.primary + p))) {
+      const pst = await lstatOrUndefined(this.c.primary + p);
+      // Another file than the one whose changes were tracked here: a rename over it (or an
+      // unlink and a new file) reached the primary and is queued behind this resync. The
+      // mirror's entry is still the old file, maybe with other names: copying the new file into
+      // it would give those names another file's content, size and mode (stress seed 2211).
+      // As if gone: the queued changes put the new file there, and the old file's other names
+      // are owed its changes (nameGone).
+      const noted = s.inodeNumbers.get(p);
+      if (!pst || (noted !== undefined && pst.ino !== noted)) {
         gone.push(p);
         this.unsynced.add(p);
         // Its changes go with it; if its file has other names, they are owed them (below).

@@ -176,6 +176,9 @@ export class SplitTracker {
         return;
       case 'rmdir':
         this.namespace.push(c);
+        // A directory made there later is another inode (see the resync's replaced check).
+        this.inodeChanged.delete(c.path);
+        this.inodeNumbers.delete(c.path);
         this.touched.add(c.path);
         return;
       case 'create':

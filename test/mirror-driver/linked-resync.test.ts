@@ -276,6 +276,48 @@ describe('resync of files with several names', () => {
     expect((await d.verify()).differences).toEqual([]);
   });
 
+  it('a name replaced on the primary by a rename queued behind the resync: its other names keep their own file (stress seed 2211)', async () => {
+    const s = await d.split({ volume: true });
+    await write('/a', 10_000, 5000);
+    // Another file, other size and mode, is renamed over /a on the primary before the resync
+    // runs, and reaches the driver after it. The tracked ranges are the old file's: copying the
+    // primary's /a (the new file) into the mirror's /a wrote it into /b, the same mirror file.
+    await fsp.writeFile(`${P}/x`, randomBytes(3000), { mode: 0o600 });
+    await d.apply({ op: 'create', path: '/x', mode: 0o100600, uid: 0, gid: 0 });
+    await d.apply({ op: 'write', path: '/x', offset: 0, data: await fsp.readFile(`${P}/x`) });
+    await fsp.rename(`${P}/x`, `${P}/a`);
+    await Promise.all([d.resync(s.splitId), d.apply({ op: 'rename', from: '/x', path: '/a' })]);
+    await d.whenIdle();
+    const [pb, mb] = await Promise.all([fsp.stat(`${P}/b`), fsp.stat(`${M}/b`)]);
+    expect([mb.size, mb.mode & 0o777]).toEqual([pb.size, pb.mode & 0o777]);
+    expect(await sha(`${M}/b`)).toBe(await sha(`${P}/b`));
+    expect(await sha(`${M}/a`)).toBe(await sha(`${P}/a`));
+    expect((await d.verify()).differences).toEqual([]);
+  });
+
+  it('a directory removed and made again under the split is synced by the resync, not left for later', async () => {
+    await fsp.mkdir(`${P}/d`);
+    await d.apply({ op: 'mkdir', path: '/d', mode: 0o40755, uid: 0, gid: 0 });
+    const oldIno = (await fsp.stat(`${P}/d`)).ino;
+    const s = await d.split({ volume: true });
+    await fsp.chmod(`${P}/d`, 0o750);
+    await d.apply({ op: 'chmod', path: '/d', mode: 0o750 });
+    await fsp.rmdir(`${P}/d`);
+    await d.apply({ op: 'rmdir', path: '/d' });
+    // Takes the freed inode number, so the new directory has another one.
+    await fsp.writeFile(`${P}/y`, '');
+    await d.apply({ op: 'create', path: '/y', mode: 0o100644, uid: 0, gid: 0 });
+    await fsp.mkdir(`${P}/d`, 0o755);
+    await d.apply({ op: 'mkdir', path: '/d', mode: 0o40755, uid: 0, gid: 0 });
+    await fsp.chmod(`${P}/d`, 0o700);
+    await d.apply({ op: 'chmod', path: '/d', mode: 0o700 });
+    // A split queued while the resync runs: its copy must have the directory as the primary has it.
+    const [, next] = await Promise.all([d.resync(s.splitId), d.split({ volume: true })]);
+    expect((await fsp.stat(`${P}/d`)).ino).not.toBe(oldIno);
+    expect((await fsp.stat(`${M}/d`)).mode & 0o777).toBe(0o700);
+    await d.resync(next.splitId);
+  });
+
   it('a split of one name holds changes through the other names, and the names stay one file', async () => {
     const frozen = await sha(`${M}/a`);
     const s = await d.split({ paths: ['/a'] });

@@ -1,8 +1,12 @@
 import { randomBytes } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { syncEntry } from '../../src/mirror-driver/entry-sync.js';
 import type { MirrorDriver } from '../../src/mirror-driver/index.js';
 import { setTimesNs } from '../../src/posix/set-times.js';
+import { PYTHON } from '../helpers/posix.js';
+import { spawn } from '../helpers/proc.js';
+import { tempDirs } from '../helpers/server.js';
 import { type DriverOnTempDirs, driverOnTempDirs } from './mirror-helpers.js';
 
 /**
@@ -118,5 +122,53 @@ describe('mirror times', () => {
       expect(await mirrorTimes()).toEqual(DIRS.map(() => MTIME));
       expect((await d.verify()).differences).toEqual([]);
     });
+  });
+
+  // Stress seed 2211: the restore of the last snapshot gave a symlink an mtime 37 ns off the
+  // primary's (the mirror's, which `verify` compares to the ms). A copy whose entry is renamed
+  // away on the primary between its lstat and the times read (the rename queued behind the
+  // copy) set the times from fs.Stats' ms doubles; the queued rename then carried them to the
+  // new name, and nothing copies a symlink's times again. Real race: a child renames the
+  // primary's symlink back and forth as fast as it can while syncEntry copies it.
+  it('a copy of an entry renamed away meanwhile still gets its times to the ns (stress seed 2211)', async () => {
+    const dirs = await tempDirs('p', 'm');
+    const [p, m] = [dirs.dirs.p!, dirs.dirs.m!];
+    await fsp.symlink('target', `${p}/a`);
+    setTimesNs(`${p}/a`, ATIME, MTIME);
+    const flipper = spawn(
+      PYTHON,
+      [
+        '-c',
+        'import os,sys\nd=sys.argv[1]\nwhile True:\n os.rename(d+"/a",d+"/b"); os.rename(d+"/b",d+"/a")',
+        p,
+      ],
+      { stdio: 'ignore' },
+    );
+    let copies = 0;
+    const wrong: bigint[] = [];
+    try {
+      const end = Date.now() + 3000;
+      while (Date.now() < end) {
+        // Gone at the first lstat (the mirror entry is removed) or at readlink (ENOENT): no copy.
+        if (
+          !(await syncEntry(`${p}/a`, `${m}/a`).then(
+            () => true,
+            () => false,
+          ))
+        )
+          continue;
+        const st = await fsp.lstat(`${m}/a`, { bigint: true }).catch(() => undefined);
+        if (!st) continue;
+        copies++;
+        // A rename does not move a symlink's mtime: the primary's is MTIME all along.
+        if (st.mtimeNs !== MTIME) wrong.push(st.mtimeNs - MTIME);
+      }
+    } finally {
+      flipper.kill('SIGKILL');
+      await new Promise((r) => flipper.once('exit', r));
+      await dirs.cleanup();
+    }
+    expect(copies).toBeGreaterThan(50);
+    expect(wrong).toEqual([]);
   });
 });
