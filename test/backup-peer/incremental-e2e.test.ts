@@ -185,6 +185,37 @@ describe('incremental backups across restarts (real server, real peer processes)
     expect(healed.code, healed.stdout + healed.stderr).toBe(0);
   }, 120_000);
 
+  it('by reference too: a copy a check flagged is stored anew, not carried, and the new snapshot checks clean', async () => {
+    // Nothing changed: the run keeps the parent's entries at the target and reads none of them.
+    const before = await backup();
+    expect(before.changes).toMatchObject({ byReference: true });
+    // a.txt's stored copy damaged in place, its pack's size kept: only a check that reads the
+    // data finds it (and records it, in the catalog and the repository index).
+    const a = await packOf(12, 'ALPHA ALPHA');
+    a.bytes[a.offset + 2] = 'X'.charCodeAt(0);
+    await fsp.writeFile(a.file, a.bytes);
+    const found = await cli(['check', before.snapshotId, '--catalog', catalog, '--json']);
+    expect(found.code).not.toBe(0);
+    expect(found.lines.find((l) => l.event === 'done')).toMatchObject({
+      ok: false,
+      problems: [{ path: '/a.txt', kind: 'hash' }],
+    });
+    const r = await backup();
+    // Not carried: a.txt copied from the mirror again, the other two shared.
+    expect(r.changes?.byReference).toBeUndefined();
+    expect(r.refused.flagged).toBe(1);
+    expect(r.totals).toMatchObject({ files: 3, reusedFiles: 2, copiedBytes: 12 });
+    expect(await storedText(r.snapshotId, '/a.txt')).toBe('ALPHA ALPHA\n');
+    const clean = await cli(['check', r.snapshotId, '--catalog', catalog, '--json']);
+    expect(clean.code, clean.stdout + clean.stderr).toBe(0);
+    // Healed: the next quiet run goes by reference again, and checks clean.
+    const next = await backup();
+    expect(next.changes).toMatchObject({ byReference: true });
+    expect(next.totals).toMatchObject({ files: 3, reusedFiles: 3, copiedBytes: 0 });
+    const again = await cli(['check', next.snapshotId, '--catalog', catalog, '--json']);
+    expect(again.code, again.stdout + again.stderr).toBe(0);
+  }, 180_000);
+
   it('backup --check-source compares the snapshot with the split copy it came from', async () => {
     const r = await backup('--check-source', 'data');
     expect(r.sourceCheck).toEqual({ checked: 5, bytes: 2 * (12 + 300_000 + 8), ok: true });
