@@ -22,7 +22,6 @@ import * as path from 'node:path';
 import {
   commonOptions,
   cpuSeconds,
-  dropCaches,
   fmt,
   log,
   MiB,
@@ -36,6 +35,7 @@ import {
   startBindfs,
   startSpinners,
   startTwinfs,
+  syncAndDropCaches,
   table,
   worker,
 } from './lib.mjs';
@@ -88,6 +88,10 @@ if (targets.includes('twinfs')) {
 }
 log(`mounted: ${JSON.stringify(paths)} bindfs pid ${servers.bindfs?.pid} twinfs pid ${servers.twinfs?.pid}`);
 
+// Caches are dropped between phases: only the filesystems this bench uses are synced (the
+// primary's and the mounts), never the machine's every mount, and the sync is bounded.
+const dropCaches = () => syncAndDropCaches([...new Set([d.primary, ...Object.values(paths)])]);
+
 /** results[workload][target] = [{...metrics}] per repetition */
 const results = {};
 const add = (w, t, r) => ((results[w] ??= {})[t] ??= []).push(r);
@@ -118,7 +122,7 @@ for (let rep = 0; rep < opts.reps; rep++) {
     if (workloads.has('seqwrite') || workloads.has('seqread')) {
       const f = file(t, 'seq');
       await rmVia(file(t, 'seq'));
-      dropCaches();
+      await dropCaches();
       const w = await measured(t, () => ddWrite(f, '1M', SIZE / MiB, true));
       add('seqwrite', t, {
         mbps: SIZE / MiB / (w.ms / 1000),
@@ -128,7 +132,7 @@ for (let rep = 0; rep < opts.reps; rep++) {
       });
       log(`rep ${rep} ${t} seq write ${fmt(SIZE / MiB / (w.ms / 1000))} MiB/s`);
       if (workloads.has('seqread')) {
-        dropCaches();
+        await dropCaches();
         const rc = await measured(t, () => run('dd', [`if=${f}`, 'of=/dev/null', 'bs=1M']));
         add('seqread-cold', t, {
           mbps: SIZE / MiB / (rc.ms / 1000),
@@ -136,7 +140,7 @@ for (let rep = 0; rep < opts.reps; rep++) {
           cpu: rc.serverCpuS,
           rss: rc.serverRssMiB,
         });
-        dropCaches();
+        await dropCaches();
         await run('dd', [`if=${bare(t, 'seq')}`, 'of=/dev/null', 'bs=1M']);
         const rw = await measured(t, () => run('dd', [`if=${f}`, 'of=/dev/null', 'bs=1M']));
         add('seqread-warm', t, {
@@ -154,7 +158,7 @@ for (let rep = 0; rep < opts.reps; rep++) {
     if (workloads.has('small')) {
       const f = file(t, 'small');
       await rmVia(file(t, 'small'));
-      dropCaches();
+      await dropCaches();
       const w = await measured(t, () => ddWrite(f, '4k', SMALL / 4096, false));
       const s = await measured(t, () => worker('fsync', ['--file', f]));
       add('small', t, {
@@ -205,7 +209,7 @@ if (opts['rss-mb'] > 0 && servers.twinfs) {
     verbose: opts.verbose,
   });
   const f = file('twinfs', 'rss');
-  dropCaches();
+  await dropCaches();
   const s = sampleRss(servers.twinfs.pid, 50);
   const w = await ddWrite(f, '1M', opts['rss-mb'], true);
   const m = s.stop();

@@ -316,8 +316,49 @@ export async function worker(mode, args, opts = {}) {
 
 export function dropCaches(dir) {
   // With dir: only its filesystem (a global sync waits on every FUSE mount of the machine,
-  // a frozen one included).
-  spawnSync('sync', dir ? ['-f', dir] : []);
+  // a frozen one included). The timeout ends a sync that waits interruptibly; one stuck in
+  // the kernel (D state) still holds spawnSync: benches that can, use syncAndDropCaches.
+  spawnSync('sync', dir ? ['-f', dir] : [], { stdio: 'ignore', timeout: SYNC_TIMEOUT_MS });
+  try {
+    fs.writeFileSync('/proc/sys/vm/drop_caches', '3');
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+const SYNC_TIMEOUT_MS = 60_000;
+
+/**
+ * Writes back the filesystems holding `dirs` (`sync -f`: a syncfs of each, never every mount
+ * of the machine, where one hung FUSE mount would hold a global sync for good), then drops the
+ * page cache. The sync runs in a child that is not waited for past timeoutMs: if it is stuck
+ * (even uninterruptibly, which no signal ends), it is sent SIGKILL and left behind, the bench
+ * says so and goes on. Resolves true when the caches were dropped.
+ */
+export async function syncAndDropCaches(dirs, { timeoutMs = SYNC_TIMEOUT_MS } = {}) {
+  const what = `sync -f ${dirs.join(' ')}`;
+  const child = spawn('sync', ['-f', ...dirs], { stdio: 'ignore', detached: true });
+  const outcome = await new Promise((resolve) => {
+    const timer = setTimeout(() => resolve('timeout'), timeoutMs);
+    child.once('exit', (code, signal) => {
+      clearTimeout(timer);
+      resolve(code === 0 ? 'ok' : `exited ${code ?? signal}`);
+    });
+    child.once('error', (err) => {
+      clearTimeout(timer);
+      resolve(err.message);
+    });
+  });
+  if (outcome === 'timeout') {
+    try {
+      process.kill(child.pid, 'SIGKILL');
+    } catch {
+      /* gone meanwhile */
+    }
+    child.unref();
+    log(`warning: ${what} did not finish within ${timeoutMs} ms (a stuck mount?); going on without it`);
+  } else if (outcome !== 'ok') log(`warning: ${what}: ${outcome}`);
   try {
     fs.writeFileSync('/proc/sys/vm/drop_caches', '3');
     return true;

@@ -28,6 +28,7 @@ export function activate(context) {
         const options = {
           partSize: (c.get('partSizeMiB', 8) ?? 8) * 1024 * 1024,
           queueSize: c.get('queueSize', 4) ?? 4,
+          maxConcurrency: c.get('maxConcurrency', 8) ?? 8,
         };
         return S3Store.open(location, client, options, twinfs);
       },

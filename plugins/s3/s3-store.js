@@ -20,7 +20,45 @@ const COMPONENT = /^[A-Za-z0-9_][A-Za-z0-9_.-]*$/;
  * @typedef {object} S3StoreOptions
  * @property {number} partSize objects larger than this are uploaded in parts of this size
  * @property {number} queueSize parts in flight per object
+ * @property {number} [maxConcurrency] requests in flight at once, whatever the repository asks
  */
+
+/**
+ * At most `limit` requests in flight; the others wait in order. A multipart upload holds as many
+ * slots as parts it sends at once.
+ */
+export class RequestLimiter {
+  /** @param {number} limit */
+  constructor(limit) {
+    this.limit = Math.max(1, limit);
+    this.held = 0;
+    /** @type {Array<{ n: number, go: () => void }>} */
+    this.waiting = [];
+  }
+
+  /**
+   * @template T
+   * @param {number} n slots (at most the limit)
+   * @param {() => Promise<T>} fn
+   * @returns {Promise<T>}
+   */
+  async run(n, fn) {
+    const want = Math.min(n, this.limit);
+    if (this.waiting.length || this.held + want > this.limit)
+      await new Promise((go) => this.waiting.push({ n: want, go: () => go(undefined) }));
+    else this.held += want;
+    try {
+      return await fn();
+    } finally {
+      this.held -= want;
+      while (this.waiting.length && this.held + /** @type {any} */ (this.waiting[0]).n <= this.limit) {
+        const w = /** @type {{ n: number, go: () => void }} */ (this.waiting.shift());
+        this.held += w.n;
+        w.go();
+      }
+    }
+  }
+}
 
 /**
  * The object store of the s3 target (`s3:bucket/prefix`): one S3 object per repository object,
@@ -52,6 +90,16 @@ export class S3Store {
     this.options = options;
     this.api = api;
     this.spec = `s3:${bucket}${prefix ? `/${prefix}` : ''}`;
+    this.limiter = new RequestLimiter(options.maxConcurrency ?? 8);
+  }
+
+  /**
+   * One request, within the limit.
+   * @param {any} command
+   * @returns {Promise<any>}
+   */
+  send(command) {
+    return this.limiter.run(1, () => this.client.send(command));
   }
 
   /**
@@ -96,19 +144,22 @@ export class S3Store {
     const Key = this.key(name);
     try {
       if (data.length <= this.options.partSize) {
-        await this.client.send(
+        await this.send(
           new PutObjectCommand({ Bucket: this.bucket, Key, Body: data, ContentLength: data.length }),
         );
         return;
       }
-      const upload = new Upload({
-        client: this.client,
-        params: { Bucket: this.bucket, Key, Body: data },
-        partSize: this.options.partSize,
-        queueSize: this.options.queueSize,
-        leavePartsOnError: false,
+      const queueSize = Math.min(this.options.queueSize, this.limiter.limit);
+      await this.limiter.run(queueSize, async () => {
+        const upload = new Upload({
+          client: this.client,
+          params: { Bucket: this.bucket, Key, Body: data },
+          partSize: this.options.partSize,
+          queueSize,
+          leavePartsOnError: false,
+        });
+        await upload.done();
       });
-      await upload.done();
     } catch (err) {
       throw s3Error(this.api.errors, err, `cannot store ${name} in ${this.spec}`);
     }
@@ -121,14 +172,17 @@ export class S3Store {
   async get(name, range) {
     const Key = this.key(name);
     try {
-      const r = await this.client.send(
-        new GetObjectCommand({
-          Bucket: this.bucket,
-          Key,
-          Range: range ? `bytes=${range.start}-${range.end}` : undefined,
-        }),
-      );
-      const body = Buffer.from(await /** @type {any} */ (r.Body).transformToByteArray());
+      // The slot is held until the body is read: the response streams until then.
+      const { r, body } = await this.limiter.run(1, async () => {
+        const r = await this.client.send(
+          new GetObjectCommand({
+            Bucket: this.bucket,
+            Key,
+            Range: range ? `bytes=${range.start}-${range.end}` : undefined,
+          }),
+        );
+        return { r, body: Buffer.from(await /** @type {any} */ (r.Body).transformToByteArray()) };
+      });
       if (!range) return body;
       // HTTP lets a server answer a Range with more than asked (all of it, with 200; s3rver
       // sends everything for 'bytes=0-0'): cut the range out of what came.
@@ -148,7 +202,7 @@ export class S3Store {
   /** @param {string} name */
   async stat(name) {
     try {
-      const r = await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key: this.key(name) }));
+      const r = await this.send(new HeadObjectCommand({ Bucket: this.bucket, Key: this.key(name) }));
       return { name, size: Number(r.ContentLength ?? 0) };
     } catch (err) {
       throw s3Error(this.api.errors, err, `${name} in ${this.spec}`);
@@ -171,7 +225,7 @@ export class S3Store {
     for (;;) {
       let r;
       try {
-        r = await this.client.send(
+        r = await this.send(
           new ListObjectsCommand({ Bucket: this.bucket, Prefix: base + prefix, Marker: marker }),
         );
       } catch (err) {
@@ -188,7 +242,7 @@ export class S3Store {
   /** @param {string} name */
   async delete(name) {
     try {
-      await this.client.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: this.key(name) }));
+      await this.send(new DeleteObjectCommand({ Bucket: this.bucket, Key: this.key(name) }));
     } catch (err) {
       const e = s3Error(this.api.errors, err, `cannot delete ${name} in ${this.spec}`);
       if (/** @type {any} */ (e).code !== 'ETWIN_TARGET_NOT_FOUND') throw e;

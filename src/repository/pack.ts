@@ -71,11 +71,10 @@ export class PackBuilder {
 
   constructor(keys: RepoKeys) {
     this.key = keys.encrypted ? keys.subkey(this.salt, 'twinfs pack') : null;
-    const header = Buffer.concat([
-      PACK_MAGIC,
-      Buffer.from([VERSION]),
-      keys.encrypted ? this.salt : Buffer.alloc(SALT),
-    ]);
+    // The salt is random unencrypted too: the pack's name (its hash) is then never that of an
+    // earlier pack, so chunks stored again after a check flagged their copy land in a pack
+    // the damage record does not name (an identical pack would inherit the flag for good).
+    const header = Buffer.concat([PACK_MAGIC, Buffer.from([VERSION]), this.salt]);
     this.parts.push(header);
     this.size = header.length;
   }

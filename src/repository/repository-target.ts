@@ -385,8 +385,8 @@ class RepositoryWriter implements SnapshotWriter {
    * Builds this snapshot on a committed one: its entries stay unless the committed manifest
    * names them again or lists them as gone; nothing per entry is read. Only when the base is
    * intact as far as metadata tells: every pack holding its manifest and the content it names
-   * is present with its indexed size, and none holds a copy a check flagged. Otherwise false,
-   * and the peer passes every entry.
+   * is present with its indexed size, and every blob a check flagged in one of them has an
+   * intact copy elsewhere. Otherwise false, and the peer passes every entry.
    */
   carryFrom(fromSnapshotId: string): Promise<boolean> {
     return this.op(`carry from ${fromSnapshotId}`, async () => {
@@ -401,7 +401,12 @@ class RepositoryWriter implements SnapshotWriter {
         for (const id of m.blobs) if (!(await this.blobs.has(id))) return false;
         for (const p of m.packs) packs.add(p);
       }
-      for (const p of packs) if (flagged.has(p) || !(await this.repo.packIntact(p))) return false;
+      for (const p of packs) {
+        if (!(await this.repo.packIntact(p))) return false;
+        // A flagged copy is never read: the chain may name its blob only if another copy is
+        // intact (stored again since), which reads then take, as reuseFile asks of each chunk.
+        for (const id of flagged.get(p) ?? []) if (!(await this.repo.intactCopy(id))) return false;
+      }
       this.base = s.manifest;
       return true;
     });

@@ -346,9 +346,17 @@ export class Repository {
     return this.index;
   }
 
-  /** Packs holding a copy a check flagged. */
-  damagedPacks(): Set<string> {
-    return new Set([...this.damaged].map((k) => k.slice(k.indexOf('@') + 1)));
+  /** Packs holding a copy a check flagged, with the blobs flagged in each. */
+  damagedPacks(): Map<string, string[]> {
+    const out = new Map<string, string[]>();
+    for (const k of this.damaged) {
+      const at = k.indexOf('@');
+      const pack = k.slice(at + 1);
+      const ids = out.get(pack);
+      if (ids) ids.push(k.slice(0, at));
+      else out.set(pack, [k.slice(0, at)]);
+    }
+    return out;
   }
 
   isDamaged(id: string, pack: string): boolean {

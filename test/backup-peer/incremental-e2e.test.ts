@@ -185,6 +185,45 @@ describe('incremental backups across restarts (real server, real peer processes)
     expect(healed.code, healed.stdout + healed.stderr).toBe(0);
   }, 120_000);
 
+  it('by reference too: a copy a check flagged is stored anew, not carried, and the new snapshot checks clean', async () => {
+    // Two new files, stored in one pack.
+    const m = t.dirs.mnt!;
+    await fsp.writeFile(path.join(m, 'e1.txt'), 'echo one\n');
+    await fsp.writeFile(path.join(m, 'e2.txt'), 'echo two\n');
+    await backup();
+    // Nothing changed: the run keeps the parent's entries at the target and reads none of them.
+    const before = await backup();
+    expect(before.changes).toMatchObject({ byReference: true });
+    // e1.txt's stored copy damaged in place, its pack's size kept: only a check that reads the
+    // data finds it (and records it, in the catalog and the repository index).
+    const e1 = await packOf(9, 'echo one');
+    e1.bytes[e1.offset + 2] = 'X'.charCodeAt(0);
+    await fsp.writeFile(e1.file, e1.bytes);
+    const found = await cli(['check', before.snapshotId, '--catalog', catalog, '--json']);
+    expect(found.code).not.toBe(0);
+    expect(found.lines.find((l) => l.event === 'done')).toMatchObject({
+      ok: false,
+      problems: [{ path: '/e1.txt', kind: 'hash' }],
+    });
+    const r = await backup();
+    // Not carried: e1.txt copied from the mirror again, the other four shared.
+    expect(r.changes?.byReference).toBeUndefined();
+    expect(r.refused.flagged).toBe(1);
+    expect(r.totals).toMatchObject({ files: 5, reusedFiles: 4, copiedBytes: 9 });
+    expect(await storedText(r.snapshotId, '/e1.txt')).toBe('echo one\n');
+    const clean = await cli(['check', r.snapshotId, '--catalog', catalog, '--json']);
+    expect(clean.code, clean.stdout + clean.stderr).toBe(0);
+    // Healed: the next quiet run goes by reference again (e2.txt's chunk still lives in the
+    // pack that holds the flagged copy), and checks clean.
+    const next = await backup();
+    expect(next.changes).toMatchObject({ byReference: true });
+    expect(next.totals).toMatchObject({ files: 5, reusedFiles: 5, copiedBytes: 0 });
+    const again = await cli(['check', next.snapshotId, '--catalog', catalog, '--json']);
+    expect(again.code, again.stdout + again.stderr).toBe(0);
+    await fsp.rm(path.join(m, 'e1.txt'));
+    await fsp.rm(path.join(m, 'e2.txt'));
+  }, 240_000);
+
   it('backup --check-source compares the snapshot with the split copy it came from', async () => {
     const r = await backup('--check-source', 'data');
     expect(r.sourceCheck).toEqual({ checked: 5, bytes: 2 * (12 + 300_000 + 8), ok: true });

@@ -1,8 +1,7 @@
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { unmountAll } from '../helpers/mounts.js';
 import { sh } from '../helpers/proc.js';
-import { CLI, type ServerHandle, startServer, tempDirs } from '../helpers/server.js';
+import { type MirroredVolume, mirroredVolume } from '../helpers/server.js';
 
 const FIXTURE = path.join(path.dirname(new URL(import.meta.url).pathname), 'fixtures/long-path.mjs');
 
@@ -25,63 +24,45 @@ async function longPath(base: string, len: number, mode = ''): Promise<LongPathR
  * than PATH_MAX; PATH_MAX bytes fail with ENAMETOOLONG as on ext4 (the kernel's own limit).
  */
 describe('long paths through the mount, like a local filesystem', () => {
-  let t: Awaited<ReturnType<typeof tempDirs>>;
-  let srv: ServerHandle | undefined;
+  let v: MirroredVolume;
   beforeAll(async () => {
-    t = await tempDirs('primary', 'mirror', 'mnt', 'state', 'plain');
-    srv = await startServer({
-      primary: t.dirs.primary!,
-      mount: t.dirs.mnt!,
-      args: ['--mirror', t.dirs.mirror!, '--state-dir', t.dirs.state!],
-    });
+    v = await mirroredVolume({ extraDirs: ['plain'] });
+    await v.start();
   });
   afterAll(async () => {
-    await srv?.kill();
-    await unmountAll(t.dirs.mnt!);
-    await t?.cleanup();
+    await v?.close();
   });
 
   it('PATH_MAX - 1 bytes relative to a directory in the mount: every operation, mirrored', async () => {
-    await sh(`mkdir '${t.dirs.mnt}/top' '${t.dirs.plain}/top'`);
-    const plain = await longPath(`${t.dirs.plain}/top`, 4095);
-    const mounted = await longPath(`${t.dirs.mnt}/top`, 4095);
+    await sh(`mkdir '${v.dirs.mnt}/top' '${v.dirs.plain}/top'`);
+    const plain = await longPath(`${v.dirs.plain}/top`, 4095);
+    const mounted = await longPath(`${v.dirs.mnt}/top`, 4095);
     expect(mounted.len).toBe(4095);
     // What a local directory allows (all of it), the mount allows, with the same bytes.
     expect(plain.results.filter((r) => !r.ok)).toEqual([]);
     expect(mounted.results).toEqual(plain.results);
     expect(mounted.sha).toBe(plain.sha);
     // The backing paths are past PATH_MAX: the primary and the mirror hold the entries.
-    expect(Buffer.byteLength(t.dirs.primary!) + 5 + mounted.len).toBeGreaterThan(4096);
-    const onPrimary = await longPath(`${t.dirs.primary}/top`, 4095, 'read');
+    expect(Buffer.byteLength(v.dirs.primary!) + 5 + mounted.len).toBeGreaterThan(4096);
+    const onPrimary = await longPath(`${v.dirs.primary}/top`, 4095, 'read');
     expect(onPrimary.results.filter((r) => !r.ok)).toEqual([]);
     expect(onPrimary.sha).toBe(plain.sha);
-    expect(await srv!.stop()).toBe(0);
-    srv = undefined;
-    const onMirror = await longPath(`${t.dirs.mirror}/data/top`, 4095, 'read');
+    expect(await v.stopServer()).toBe(0);
+    const onMirror = await longPath(`${v.dirs.mirror}/data/top`, 4095, 'read');
     expect(onMirror.results.filter((r) => !r.ok)).toEqual([]);
     expect(onMirror.sha).toBe(plain.sha);
     // verify reaches the entries past PATH_MAX too: /top, its 15 directories, the renamed file
     // and the symlink (it used to skip the last two as unreadable and call the pair clean).
-    const v = await sh(
-      `node '${CLI}' verify --primary '${t.dirs.primary}' --mirror '${t.dirs.mirror}' --json`,
-      {
-        timeoutMs: 60_000,
-      },
-    );
-    const report = JSON.parse(v.stdout.trim().split('\n').at(-1)!);
+    const { code, report } = await v.verify();
     expect(report).toMatchObject({ ok: true, checked: 18 });
-    expect(v.code).toBe(0);
+    expect(code).toBe(0);
   });
 
   it('PATH_MAX bytes: ENAMETOOLONG through the mount, as on a local directory', async () => {
-    srv = await startServer({
-      primary: t.dirs.primary!,
-      mount: t.dirs.mnt!,
-      args: ['--mirror', t.dirs.mirror!, '--state-dir', t.dirs.state!],
-    });
-    await sh(`mkdir '${t.dirs.mnt}/top2' '${t.dirs.plain}/top2'`);
-    const plain = await longPath(`${t.dirs.plain}/top2`, 4096);
-    const mounted = await longPath(`${t.dirs.mnt}/top2`, 4096);
+    await v.start();
+    await sh(`mkdir '${v.dirs.mnt}/top2' '${v.dirs.plain}/top2'`);
+    const plain = await longPath(`${v.dirs.plain}/top2`, 4096);
+    const mounted = await longPath(`${v.dirs.mnt}/top2`, 4096);
     expect(plain.results[0]).toEqual({ op: 'create+write+fsync', ok: false, code: 'ENAMETOOLONG' });
     expect(mounted.results).toEqual(plain.results);
   });

@@ -6,10 +6,8 @@ import { VolumePaths } from '../../src/fusefs/volume-paths.js';
 import { WriteInhibitor } from '../../src/fusefs/write-inhibitor.js';
 import { WritebackCache } from '../../src/fusefs/writeback-cache.js';
 import { MirrorDriver } from '../../src/mirror-driver/index.js';
-import { unmountAll } from '../helpers/mounts.js';
 import { PYTHON, shIn } from '../helpers/posix.js';
-import { sh } from '../helpers/proc.js';
-import { CLI, type ServerHandle, startServer, tempDirs } from '../helpers/server.js';
+import { type MirroredVolume, mirroredVolume, tempDirs } from '../helpers/server.js';
 
 /**
  * rename(2) of one name of a file onto another name of the same file does nothing: both names
@@ -87,28 +85,24 @@ async function onDisk(dir: string): Promise<unknown> {
 
 for (const libfuse of [2, 3] as const) {
   describe(`rename onto another name of the same file (libfuse${libfuse})`, () => {
-    let t: Awaited<ReturnType<typeof tempDirs>>;
-    let srv: ServerHandle | undefined;
+    let v: MirroredVolume;
     beforeAll(async () => {
-      t = await tempDirs('primary', 'mirror', 'mnt', 'state', 'plain');
-      srv = await startServer({
-        primary: t.dirs.primary!,
-        mount: t.dirs.mnt!,
-        args: ['--mirror', t.dirs.mirror!, '--state-dir', t.dirs.state!, '--fuse', String(libfuse)],
+      v = await mirroredVolume({
+        extraDirs: ['plain'],
+        args: ['--fuse', String(libfuse)],
         timeoutMs: 60_000,
       });
+      await v.start();
     });
     afterAll(async () => {
-      await srv?.kill();
-      await unmountAll(t.dirs.mnt!);
-      await t?.cleanup();
+      await v?.close();
     });
 
     for (const open of [false, true]) {
       it(`does nothing, both names stay${open ? ', with the target held open' : ''}`, async () => {
         const name = open ? 'held' : 'closed';
-        const plain = await renameOwnLink(t.dirs.plain!, name, open);
-        const mounted = await renameOwnLink(t.dirs.mnt!, name, open);
+        const plain = await renameOwnLink(v.dirs.plain!, name, open);
+        const mounted = await renameOwnLink(v.dirs.mnt!, name, open);
         expect(plain.during).toEqual({ names: ['f', 'g'], f: { nlink: 2 }, g: { nlink: 2 }, oneFile: true });
         expect(mounted.after).toEqual(plain.after);
         expect(mounted.after).toMatchObject({
@@ -119,7 +113,7 @@ for (const libfuse of [2, 3] as const) {
         });
         // While the target is open libfuse keeps its hidden name as a third link.
         expect(mounted.during).toMatchObject({ names: ['f', 'g'], oneFile: true });
-        expect(await onDisk(path.join(t.dirs.primary!, name))).toEqual({
+        expect(await onDisk(path.join(v.dirs.primary!, name))).toEqual({
           names: ['f', 'g'],
           oneFile: true,
           nlink: [2, 2],
@@ -128,22 +122,16 @@ for (const libfuse of [2, 3] as const) {
     }
 
     it('the mirror holds the same: both names, one file', async () => {
-      expect(await srv!.stop()).toBe(0);
-      srv = undefined;
+      expect(await v.stopServer()).toBe(0);
       for (const name of ['closed', 'held'])
-        expect(await onDisk(path.join(t.dirs.mirror!, 'data', name))).toEqual({
+        expect(await onDisk(path.join(v.dirs.mirror!, 'data', name))).toEqual({
           names: ['f', 'g'],
           oneFile: true,
           nlink: [2, 2],
         });
-      const v = await sh(
-        `node '${CLI}' verify --primary '${t.dirs.primary}' --mirror '${t.dirs.mirror}' --json`,
-        {
-          timeoutMs: 60_000,
-        },
-      );
-      expect(JSON.parse(v.stdout.trim().split('\n').at(-1)!)).toMatchObject({ ok: true });
-      expect(v.code).toBe(0);
+      const { code, report } = await v.verify();
+      expect(report).toMatchObject({ ok: true });
+      expect(code).toBe(0);
     });
   });
 }

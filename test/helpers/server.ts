@@ -58,6 +58,8 @@ export async function startServer(opts: {
   timeoutMs?: number;
   /** A command the server runs under, e.g. ['prlimit', '--nofile=1024:1024']. */
   prefix?: string[];
+  /** Serve with a mirror: `--mirror DIR --state-dir STATEDIR` ahead of args. */
+  mirror?: { dir: string; stateDir: string };
 }): Promise<ServerHandle> {
   const argv = [
     CLI,
@@ -67,6 +69,7 @@ export async function startServer(opts: {
     '--mount',
     opts.mount,
     '--json',
+    ...(opts.mirror ? ['--mirror', opts.mirror.dir, '--state-dir', opts.mirror.stateDir] : []),
     ...(opts.args ?? []),
   ];
   const proc = spawn(
@@ -180,4 +183,70 @@ export function controlServeArgs(
     tokenFile,
     ...extra,
   ];
+}
+
+/** `twinfs verify --json` of a primary and its mirror (the server stopped): exit status and report. */
+export async function verifyPair(
+  primary: string,
+  mirror: string,
+): Promise<{ code: number | null; report: Record<string, unknown> }> {
+  const v = await sh(`node '${CLI}' verify --primary '${primary}' --mirror '${mirror}' --json`, {
+    timeoutMs: 60_000,
+  });
+  return { code: v.code, report: JSON.parse(v.stdout.trim().split('\n').at(-1) ?? '{}') };
+}
+
+export interface MirroredVolume {
+  /** primary, mirror, mnt, state and the extra directories asked for. */
+  dirs: Record<string, string>;
+  /** The running server, if any. */
+  readonly srv: ServerHandle | undefined;
+  /** Starts the server on the volume (again, after stopServer). */
+  start(): Promise<ServerHandle>;
+  /** SIGTERM; returns the exit status. */
+  stopServer(): Promise<number | null>;
+  /** verifyPair of the primary and the mirror. */
+  verify(): ReturnType<typeof verifyPair>;
+  /** Kills the server, clears the mount, removes the directories. For afterAll: never throws. */
+  close(): Promise<void>;
+}
+
+/**
+ * A volume served with a mirror, in a fresh temporary tree (primary, mirror, mnt, state, plus
+ * `extraDirs`): the start-up that tests of mirrored mounts share. Nothing runs until start().
+ */
+export async function mirroredVolume(
+  o: { extraDirs?: string[]; args?: string[]; timeoutMs?: number } = {},
+): Promise<MirroredVolume> {
+  const t = await tempDirs('primary', 'mirror', 'mnt', 'state', ...(o.extraDirs ?? []));
+  const d = t.dirs as Record<'primary' | 'mirror' | 'mnt' | 'state', string>;
+  let srv: ServerHandle | undefined;
+  return {
+    dirs: t.dirs,
+    get srv() {
+      return srv;
+    },
+    async start() {
+      if (srv) throw new Error('mirroredVolume: the server is already running');
+      srv = await startServer({
+        primary: d.primary,
+        mount: d.mnt,
+        mirror: { dir: d.mirror, stateDir: d.state },
+        args: o.args,
+        timeoutMs: o.timeoutMs,
+      });
+      return srv;
+    },
+    async stopServer() {
+      const code = srv ? await srv.stop() : null;
+      srv = undefined;
+      return code;
+    },
+    verify: () => verifyPair(d.primary, d.mirror),
+    async close() {
+      await srv?.kill().catch(() => undefined);
+      srv = undefined;
+      await t.cleanup();
+    },
+  };
 }

@@ -1,10 +1,8 @@
 import { execFileSync } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { Readable } from 'node:stream';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import type { BackupTarget } from '../../src/backup-peer/target.js';
+import { describe, expect, it } from 'vitest';
 import { BlobWriter } from '../../src/repository/blob-writer.js';
 import { ContentCutter, WINDOW } from '../../src/repository/content-cutter.js';
 import { checkRepository } from '../../src/repository/index.js';
@@ -20,9 +18,8 @@ import {
   snapMeta,
   streamOf,
 } from '../conformance/fixtures.js';
-import { type LoadedPlugin, loadTargetPlugin } from '../conformance/index.js';
+import { dirRepositoryFixture } from './plugin-fixtures.js';
 
-const PLUGIN = path.resolve(import.meta.dirname, '../../plugins/dir');
 const MiB = 1024 * 1024;
 
 /**
@@ -31,35 +28,11 @@ const MiB = 1024 * 1024;
  * work, a target filesystem that fills up).
  */
 describe('dir repository: the worker path', () => {
-  let plugin: LoadedPlugin;
-  let dir: string | undefined;
-  let mounted: string | undefined;
-  const opened: BackupTarget[] = [];
-  const pools: WorkerPool[] = [];
-  beforeAll(async () => {
-    plugin = await loadTargetPlugin(PLUGIN);
-  });
-  afterAll(async () => {
-    await plugin?.dispose();
-  });
-  afterEach(async () => {
-    delete process.env.TWINFS_PASSWORD;
-    for (const t of opened.splice(0)) await t.close().catch(() => undefined);
-    for (const p of pools.splice(0)) await p.close();
-    if (mounted) execFileSync('umount', ['-l', mounted]);
-    mounted = undefined;
-    if (dir) await fsp.rm(dir, { recursive: true, force: true });
-    dir = undefined;
-  });
-  const open = async (spec: string) => {
-    const provider = await plugin.host.getTargetProvider('dir');
-    const t = (await provider.open(spec.slice(4), { create: true })) as RepositoryTarget;
-    opened.push(t);
-    return t;
-  };
+  const fx = dirRepositoryFixture('twinfs-workers-');
+  const open = fx.open;
   const pool = (size: number) => {
     const p = new WorkerPool(size);
-    pools.push(p);
+    fx.defer(() => p.close());
     return p;
   };
   const until = async (cond: () => boolean) => {
@@ -81,7 +54,7 @@ describe('dir repository: the worker path', () => {
   }
 
   it('cuts a streamed file exactly as the whole content is cut, whatever the window edges', async () => {
-    dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'twinfs-workers-'));
+    const dir = await fx.tmp();
     process.env.TWINFS_PASSWORD = 'worker test';
     const t = await open(`dir:${dir}/r`);
     await firstSnapshot(t, pseudoRandom(MiB, 6));
@@ -99,7 +72,7 @@ describe('dir repository: the worker path', () => {
   });
 
   it('a worker thread that dies under a streamed file fails it with ETWIN_REPO_WORKER, not a hang, and loses nothing', async () => {
-    dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'twinfs-workers-'));
+    const dir = await fx.tmp();
     process.env.TWINFS_PASSWORD = 'worker test';
     const t = await open(`dir:${dir}/r`);
     const keep = pseudoRandom(3 * MiB, 1);
@@ -127,7 +100,7 @@ describe('dir repository: the worker path', () => {
   });
 
   it('a worker thread that dies while it seals a pack fails the snapshot with ETWIN_REPO_WORKER; the repository keeps what it had', async () => {
-    dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'twinfs-workers-'));
+    const dir = await fx.tmp();
     process.env.TWINFS_PASSWORD = 'worker test';
     const t = await open(`dir:${dir}/r`);
     const keep = pseudoRandom(2 * MiB, 3);
@@ -149,11 +122,11 @@ describe('dir repository: the worker path', () => {
   });
 
   it('a target filesystem that fills up fails the put with a coded error; the earlier snapshot stays whole', async () => {
-    dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'twinfs-workers-'));
+    const dir = await fx.tmp();
     const fsDir = path.join(dir, 'small');
     await fsp.mkdir(fsDir);
     execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=24m', 'tmpfs', fsDir]);
-    mounted = fsDir;
+    fx.defer(() => execFileSync('umount', ['-l', fsDir]));
     process.env.TWINFS_PASSWORD = 'worker test';
     const t = await open(`dir:${fsDir}/r`);
     const keep = pseudoRandom(4 * MiB, 4);

@@ -1,8 +1,7 @@
 import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import type { BackupTarget } from '../../src/backup-peer/target.js';
+import { describe, expect, it } from 'vitest';
 import {
   fileEntry,
   fileMeta,
@@ -12,7 +11,8 @@ import {
   snapMeta,
   streamOf,
 } from '../conformance/fixtures.js';
-import { describeTargetConformance, type LoadedPlugin, loadTargetPlugin } from '../conformance/index.js';
+import { describeTargetConformance, loadTargetPlugin } from '../conformance/index.js';
+import { dirRepositoryFixture } from './plugin-fixtures.js';
 
 const PLUGIN = path.resolve(import.meta.dirname, '../../plugins/dir');
 
@@ -69,29 +69,11 @@ const sum = (m: Map<string, number>, prefix: string) =>
   [...m].filter(([k]) => k.startsWith(prefix)).reduce((n, [, v]) => n + v, 0);
 
 describe('dir target: a repository (docs/repository.md)', () => {
-  let plugin: LoadedPlugin;
-  let dir: string;
-  const opened: BackupTarget[] = [];
-  beforeAll(async () => {
-    plugin = await loadTargetPlugin(PLUGIN);
-  });
-  afterAll(async () => {
-    await plugin?.dispose();
-  });
-  afterEach(async () => {
-    delete process.env.TWINFS_PASSWORD;
-    for (const t of opened.splice(0)) await t.close().catch(() => undefined);
-    if (dir) await fsp.rm(dir, { recursive: true, force: true });
-  });
-  const open = async (spec: string, create = true) => {
-    const provider = await plugin.host.getTargetProvider('dir');
-    const t = await provider.open(spec.slice(4), { create });
-    opened.push(t);
-    return t;
-  };
+  const fx = dirRepositoryFixture();
+  const open = fx.open;
 
   it('stores identical content once: across files, snapshots and a small change inside a large file', async () => {
-    dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'twinfs-dir-'));
+    const dir = await fx.tmp();
     const t = await open(`dir:${dir}/r`);
     const big = pseudoRandom(8 * 1024 * 1024, 5);
     const w1 = await t.beginSnapshot(snapMeta('one'));
@@ -118,7 +100,7 @@ describe('dir target: a repository (docs/repository.md)', () => {
   });
 
   it('writes objects only: config, index, packs and snapshots, no file names or contents in the clear when encrypted', async () => {
-    dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'twinfs-dir-'));
+    const dir = await fx.tmp();
     process.env.TWINFS_PASSWORD = 'secret words';
     const t = await open(`dir:${dir}/r`);
     const text = Buffer.from('the quick brown fox jumps over the lazy dog\n'.repeat(2000));
@@ -151,7 +133,7 @@ describe('dir target: a repository (docs/repository.md)', () => {
   });
 
   it('verifies every read: a flipped byte in a pack is ETWIN_REPO_CORRUPT, never data', async () => {
-    dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'twinfs-dir-'));
+    const dir = await fx.tmp();
     const t = await open(`dir:${dir}/r`);
     const a = pseudoRandom(300_000, 9);
     const w = await t.beginSnapshot(snapMeta('s'));
@@ -171,7 +153,7 @@ describe('dir target: a repository (docs/repository.md)', () => {
   });
 
   it('creates a repository on first use only in a new or empty directory; refuses foreign, uninitialised and relative locations', async () => {
-    dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'twinfs-dir-'));
+    const dir = await fx.tmp();
     // Reading commands never create anything.
     await expect(open(`dir:${dir}/nothing`, false)).rejects.toMatchObject({
       code: 'ETWIN_REPO_NOT_INITIALISED',

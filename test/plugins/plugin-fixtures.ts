@@ -1,7 +1,11 @@
 import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { afterAll, afterEach, beforeAll } from 'vitest';
+import type { BackupTarget } from '../../src/backup-peer/target.js';
 import { PluginHost, type PluginHostOptions } from '../../src/plugins/plugin-host.js';
+import type { RepositoryTarget } from '../../src/repository/repository-target.js';
+import { type LoadedPlugin, loadTargetPlugin } from '../conformance/index.js';
 
 /** What fixture plugins write to: they run in this process, so a global is the simplest channel. */
 export interface Trace {
@@ -127,4 +131,52 @@ export function activate(context) {
   }));
 }
 `;
+}
+
+const DIR_PLUGIN = path.resolve(import.meta.dirname, '../../plugins/dir');
+
+/**
+ * The shared setup of the dir plugin's repository tests: the plugin loaded once in a real host
+ * for the describe block, and per test a scratch folder (`tmp()`), targets opened through the
+ * plugin's provider (`open()`) and any extra clean-up (`defer()`), all undone after each test:
+ * targets closed, deferred steps run in order, the folder removed, TWINFS_PASSWORD cleared.
+ * Call it inside a describe block (it registers the hooks there).
+ */
+export function dirRepositoryFixture(prefix = 'twinfs-dir-') {
+  let plugin: LoadedPlugin | undefined;
+  let dir: string | undefined;
+  const opened: BackupTarget[] = [];
+  const deferred: (() => unknown)[] = [];
+  beforeAll(async () => {
+    plugin = await loadTargetPlugin(DIR_PLUGIN);
+  });
+  afterAll(async () => {
+    await plugin?.dispose();
+  });
+  afterEach(async () => {
+    delete process.env.TWINFS_PASSWORD;
+    for (const t of opened.splice(0)) await t.close().catch(() => undefined);
+    for (const step of deferred.splice(0)) await step();
+    if (dir) await fsp.rm(dir, { recursive: true, force: true });
+    dir = undefined;
+  });
+  return {
+    /** A new scratch folder for this test (removed after it). */
+    async tmp(): Promise<string> {
+      dir = await fsp.mkdtemp(path.join(os.tmpdir(), prefix));
+      return dir;
+    },
+    /** Opens `dir:LOCATION` through the plugin's provider; `create` as `twinfs backup` passes it. */
+    async open(spec: string, create = true): Promise<RepositoryTarget> {
+      if (!plugin) throw new Error('dirRepositoryFixture: the plugin is not loaded yet');
+      const provider = await plugin.host.getTargetProvider('dir');
+      const t = (await provider.open(spec.slice(4), { create })) as RepositoryTarget;
+      opened.push(t);
+      return t;
+    },
+    /** A clean-up step for this test, run after its targets are closed. */
+    defer(step: () => unknown): void {
+      deferred.push(step);
+    },
+  };
 }

@@ -29,6 +29,8 @@ export interface S3Fixture {
   server: 's3rver' | 'external';
   /** Requests seen by the proxy: METHOD path?query. */
   requests: string[];
+  /** Requests the proxy holds open now, and the most at once since the last reset. */
+  inFlight: { now: number; peak: number; reset(): void };
   /** Fails (503 SlowDown) the next n requests. */
   failNext(n: number): void;
   /** The keys stored under a prefix (a signed listing straight from the server). */
@@ -117,8 +119,19 @@ export async function startS3(
   const up = new URL(store.endpoint);
   const requests: string[] = [];
   let failures = 0;
+  const inFlight = {
+    now: 0,
+    peak: 0,
+    reset() {
+      inFlight.peak = inFlight.now;
+    },
+  };
   const proxy = http.createServer((req, res) => {
     requests.push(`${req.method} ${req.url}`);
+    // Open from the request's arrival until its response is sent (or the socket closes).
+    inFlight.now++;
+    inFlight.peak = Math.max(inFlight.peak, inFlight.now);
+    res.once('close', () => inFlight.now--);
     if (failures > 0) {
       failures--;
       req.resume();
@@ -148,6 +161,7 @@ export async function startS3(
     region: store.region ?? 'us-east-1',
     server: upstream ? 'external' : 's3rver',
     requests,
+    inFlight,
     failNext(n) {
       failures = n;
     },

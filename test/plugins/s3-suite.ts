@@ -201,6 +201,44 @@ export function describeS3Target(name: string, fixture: () => S3Fixture): void {
       }
     });
 
+    it('keeps at most maxConcurrency requests in flight, whatever the caller asks for', async () => {
+      const storeUnder = async (maxConcurrency: number) => {
+        const p = await loadTargetPlugin(PLUGIN, { configuration: settings({ maxConcurrency }) });
+        const provider = await p.host.getTargetProvider('s3');
+        const store = await provider.openStore!(`${s3.bucket}/${uniquePrefix('limit')}`, { create: true });
+        return { p, store };
+      };
+      // 24 puts (one above the part size: a multipart upload), then 24 gets, stats and
+      // deletes, every batch asked for at once.
+      const load = async (store: Awaited<ReturnType<typeof storeUnder>>['store']) => {
+        const names = Array.from({ length: 24 }, (_, i) => `data/${i}`);
+        const small = pseudoRandom(64 * 1024, 1);
+        const big = pseudoRandom(11 * 1024 * 1024, 2);
+        s3.inFlight.reset();
+        await Promise.all(names.map((n, i) => store.put(n, i === 0 ? big : small)));
+        const got = await Promise.all(names.map((n) => store.get(n, { start: 0, end: 99 })));
+        expect(got.every((g, i) => g.equals((i === 0 ? big : small).subarray(0, 100)))).toBe(true);
+        await Promise.all(names.map((n) => store.stat(n)));
+        await Promise.all(names.map((n) => store.delete(n)));
+        return s3.inFlight.peak;
+      };
+      const limited = await storeUnder(3);
+      try {
+        expect(await load(limited.store)).toBeLessThanOrEqual(3);
+      } finally {
+        await limited.store.close();
+        await limited.p.dispose();
+      }
+      // The proxy does see requests at once when the limit allows them.
+      const wide = await storeUnder(64);
+      try {
+        expect(await load(wide.store)).toBeGreaterThan(3);
+      } finally {
+        await wide.store.close();
+        await wide.p.dispose();
+      }
+    });
+
     it('refuses malformed specs and unknown settings', async () => {
       await expect(plugin.open('s3:Bad_Bucket/x')).rejects.toMatchObject({
         code: 'ETWIN_TARGET_FAILED',
