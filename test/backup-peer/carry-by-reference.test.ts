@@ -127,6 +127,28 @@ describe('snapshots built by reference (dir: repository)', () => {
     expect((await t2.readManifest(`s${CHAIN}`)).entries).toEqual(want);
     expect(await text(await t2.openFile(`s${CHAIN}`, '/d/x'))).toBe('changed');
     expect(await text(await t2.openFile(`s${CHAIN}`, '/a'))).toBe('alpha');
+    // A catalog rebuilt from the target alone, then check and restore through it.
+    const catalog = path.join(root, '..', 'catalog');
+    const rb = await runCli(
+      ['catalog', 'rebuild', '--target', `dir:${root}`, '--catalog', catalog, '--json'],
+      {
+        timeoutMs: 120_000,
+      },
+    );
+    expect(rb.code, rb.stderr).toBe(0);
+    expect(rb.last).toMatchObject({ snapshots: CHAIN, added: CHAIN });
+    const ck = await runCli(['check', `s${CHAIN}`, '--catalog', catalog, '--json'], { timeoutMs: 120_000 });
+    expect(ck.code, ck.stderr).toBe(0);
+    expect(ck.last).toMatchObject({ ok: true, problems: [] });
+    const to = path.join(root, '..', 'restored');
+    const rr = await runCli(['restore', `s${CHAIN}`, '--to', to, '--catalog', catalog, '--json'], {
+      timeoutMs: 120_000,
+    });
+    expect(rr.code, rr.stderr).toBe(0);
+    expect(await fsp.readFile(path.join(to, 'd/x'), 'utf8')).toBe('changed');
+    expect(await fsp.readFile(path.join(to, 'd/y'), 'utf8')).toBe('why');
+    expect(await fsp.readFile(path.join(to, 'a'), 'utf8')).toBe('alpha');
+    expect(await fsp.stat(path.join(to, 'e')).catch(() => undefined)).toBeUndefined();
     // The snapshots it was built on forgotten and pruned: still whole.
     for (let n = 1; n < CHAIN; n++) await t2.deleteSnapshot(`s${n}`);
     const pr = await runCli(['prune', '--target', `dir:${root}`, '--json'], { timeoutMs: 60_000 });
@@ -134,7 +156,7 @@ describe('snapshots built by reference (dir: repository)', () => {
     const t3 = await targets.plugin().open(`dir:${root}`);
     expect((await t3.readManifest(`s${CHAIN}`)).entries).toEqual(want);
     expect(await text(await t3.openFile(`s${CHAIN}`, '/d/y'))).toBe('why');
-  });
+  }, 300_000);
 
   it('a freshly opened repository of many blobs finds each one, the first few by a scan of the index rows, then by its map', async () => {
     const { root, t } = await open();
