@@ -211,6 +211,14 @@ export class Catalog {
       ...(delta.entries as EntryDoc[]),
       ...delta.gone.map((p) => ({ path: p, gone: true }) as unknown as EntryDoc),
     ];
+    // Nothing changed on a base that is itself a delta: this snapshot's entries are base's own
+    // delta on base's base, copied (small), so a run of unchanged snapshots never deepens the
+    // chain nor reaches its bound (where the whole list is written again).
+    if (b?.state === 'complete' && docs.length === 0 && b.entriesBase && b.entriesDepth)
+      return this.record(id, await this.ownEntries(base), totals, {
+        base: b.entriesBase,
+        depth: b.entriesDepth,
+      });
     const depth = (b?.entriesDepth ?? 0) + 1;
     if (b?.state === 'complete' && depth <= MAX_DELTA_CHAIN)
       return this.record(id, docs, totals, { base, depth });

@@ -249,10 +249,26 @@ async function main(argv: string[]): Promise<number> {
     .help()
     .version()
     .wrap(Math.min(110, parser.terminalWidth()));
+  skipHelpCache(parser);
   // Read before parsing: inside a command, yargs holds only that command's subcommands.
   const commands = knownCommands(parser);
   await parser.parseAsync();
   return status;
+}
+
+/**
+ * yargs renders a command's whole help text right after it starts the command's handler, in
+ * case the handler shows it later; twinfs never does (a usage error is one line, see fail).
+ * That rendering (cliui, string widths of every option) blocked a backup's start for 0.2–0.5 s
+ * on a loaded machine: skipped. `--help` still renders it when asked.
+ */
+function skipHelpCache(parser: ReturnType<typeof yargs>): void {
+  try {
+    const usage = (parser as any).getInternalMethods().getUsageInstance();
+    if (typeof usage?.cacheHelpMessage === 'function') usage.cacheHelpMessage = () => undefined;
+  } catch {
+    // Another yargs: its help is rendered as before.
+  }
 }
 
 /** The names of the registered commands (yargs keeps them internally). */

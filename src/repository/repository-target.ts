@@ -453,6 +453,21 @@ class RepositoryWriter implements SnapshotWriter {
       });
       let base = this.base;
       if (base) for (const p of manifest.gone ?? []) rows.push({ path: p, gone: true });
+      // Nothing changed on the base: this snapshot's manifest is the base's very manifest (its
+      // tree blobs, its chain), already vouched for by carryFrom. No tree blob, no index object
+      // and no deeper chain: a run of unchanged snapshots costs a snapshot object each.
+      if (base && rows.length === 0 && this.content.size === 0) {
+        await this.blobs.discard();
+        await this.repo.writeSnapshot({
+          version: 1,
+          meta: manifest.meta,
+          totals: manifest.totals,
+          manifest: base,
+        });
+        this.state = 'committed';
+        await this.lock.release();
+        return;
+      }
       // A chain grown to its bound is written whole again (read once here, not per backup).
       if (base && manifestDepth(base) + 1 > MAX_MANIFEST_DEPTH) {
         rows = applyDelta(await this.repo.resolveManifest(base, this.snapshotId), rows);

@@ -254,14 +254,49 @@ export class Repository {
       // after the old copy was found damaged): checked afresh.
       this.badPacks.delete(p.name);
       this.packChecks.delete(p.name);
+      this.pending.push(p);
+    }
+    this.pendingRows += (obj.packs ?? []).reduce((n, p) => n + p.blobs.length, 0);
+    this.lookups = 0;
+    for (const [id, pack] of obj.damaged ?? []) this.damaged.add(`${id}@${pack}`);
+  }
+
+  /**
+   * Packs whose blob rows are not in `index` yet. Building the map is O(blobs) (1 s and more
+   * for 100,000 blobs on a loaded machine), and a snapshot of an unchanged volume looks up a
+   * handful of blobs (its manifest's tree blobs): the first few lookups scan these rows, and the
+   * map is built when more are asked for.
+   */
+  private pending: PackInfo[] = [];
+  private pendingRows = 0;
+  private lookups = 0;
+
+  private materialize(): void {
+    for (const p of this.pending)
       for (const [id, type, offset, length, rawLength, z] of p.blobs) {
         const loc: BlobLocation = { pack: p.name, type, offset, length, rawLength, compressed: z === 1 };
         const locs = this.index.get(id);
         if (!locs) this.index.set(id, [loc]);
         else if (!locs.some((l) => l.pack === p.name)) locs.push(loc);
       }
+    this.pending = [];
+    this.pendingRows = 0;
+  }
+
+  /** Every indexed copy of a blob (damaged or not), in index order. */
+  private allCopies(id: string): BlobLocation[] {
+    if (this.pending.length === 0) return this.index.get(id) ?? [];
+    // A scan costs what building the map costs per row, minus the allocations: a few of them.
+    if (++this.lookups > 32 || this.pendingRows < 1024) {
+      this.materialize();
+      return this.index.get(id) ?? [];
     }
-    for (const [id, pack] of obj.damaged ?? []) this.damaged.add(`${id}@${pack}`);
+    const out = [...(this.index.get(id) ?? [])];
+    for (const p of this.pending)
+      for (const [bid, type, offset, length, rawLength, z] of p.blobs)
+        if (bid === id && !out.some((l) => l.pack === p.name))
+          out.push({ pack: p.name, type, offset, length, rawLength, compressed: z === 1 });
+    return out;
   }
 
   /**
@@ -270,6 +305,8 @@ export class Repository {
    */
   async replaceIndex(packs: PackInfo[]): Promise<string | undefined> {
     this.index.clear();
+    this.pending = [];
+    this.pendingRows = 0;
     this.damaged.clear();
     this.packs.clear();
     this.loadedIndex.clear();
@@ -293,7 +330,7 @@ export class Repository {
 
   /** Intact (not flagged, pack not known bad) copies of a blob, the first one preferred. */
   copies(id: string): BlobLocation[] {
-    return (this.index.get(id) ?? []).filter(
+    return this.allCopies(id).filter(
       (l) => !this.damaged.has(`${id}@${l.pack}`) && !this.badPacks.has(l.pack),
     );
   }
@@ -343,6 +380,7 @@ export class Repository {
 
   /** Every indexed blob: id → copies. */
   blobs(): ReadonlyMap<string, BlobLocation[]> {
+    this.materialize();
     return this.index;
   }
 
@@ -367,7 +405,7 @@ export class Repository {
   async readBlob(id: string): Promise<Buffer> {
     await this.ensureIndex();
     const locs = this.copies(id);
-    const all = this.index.get(id) ?? [];
+    const all = this.allCopies(id);
     if (locs.length === 0 && all.length > 0 && all.every((l) => this.badPacks.get(l.pack) === 'missing'))
       throw new TwinError('ETWIN_TARGET_NOT_FOUND', `blob ${id}: its pack is gone from ${this.spec}`, {
         blob: id,

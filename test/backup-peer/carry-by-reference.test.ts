@@ -96,6 +96,94 @@ describe('snapshots built by reference (dir: repository)', () => {
     await w.abort();
   });
 
+  /** Every object at the repository, by name. */
+  const objects = async (root: string) =>
+    (await fsp.readdir(root, { recursive: true, withFileTypes: true }))
+      .filter((e) => e.isFile())
+      .map((e) => path.relative(root, path.join(e.parentPath, e.name)))
+      .sort();
+
+  it("an unchanged snapshot is its base's manifest: a chain of them, past the depth bound, adds only snapshot objects and reads whole", async () => {
+    const { root, t } = await open();
+    await first(t);
+    // One change, then nothing changed, more times than a manifest chain may be deep.
+    const w2 = await t.beginSnapshot(meta('s2'));
+    expect(await w2.carryFrom!('s1')).toBe(true);
+    const r = await w2.putFile('/d/x', Readable.from([Buffer.from('changed')]), { ...m, size: 7 });
+    const x: ManifestEntry = { path: '/d/x', type: 'file', ...m, size: 7, hash: r.hash, stored: r.stamp };
+    await w2.commit({ version: 1, meta: meta('s2'), totals: emptyTotals(), entries: [x], gone: ['/e'] });
+    const want = (await t.readManifest('s2')).entries;
+    const before = await objects(root);
+    const CHAIN = 20;
+    for (let n = 3; n <= CHAIN; n++) {
+      const w = await t.beginSnapshot(meta(`s${n}`));
+      expect(await w.carryFrom!(`s${n - 1}`)).toBe(true);
+      await w.commit({ version: 1, meta: meta(`s${n}`), totals: emptyTotals(), entries: [], gone: [] });
+    }
+    const added = (await objects(root)).filter((o) => !before.includes(o));
+    // No pack, no index object: a snapshot object each (and no lock left behind).
+    expect(added.map((o) => o.split('/')[0])).toEqual(Array(CHAIN - 2).fill('snapshots'));
+    const t2 = await targets.plugin().open(`dir:${root}`);
+    expect((await t2.readManifest(`s${CHAIN}`)).entries).toEqual(want);
+    expect(await text(await t2.openFile(`s${CHAIN}`, '/d/x'))).toBe('changed');
+    expect(await text(await t2.openFile(`s${CHAIN}`, '/a'))).toBe('alpha');
+    // A catalog rebuilt from the target alone, then check and restore through it.
+    const catalog = path.join(root, '..', 'catalog');
+    const rb = await runCli(
+      ['catalog', 'rebuild', '--target', `dir:${root}`, '--catalog', catalog, '--json'],
+      {
+        timeoutMs: 120_000,
+      },
+    );
+    expect(rb.code, rb.stderr).toBe(0);
+    expect(rb.last).toMatchObject({ snapshots: CHAIN, added: CHAIN });
+    const ck = await runCli(['check', `s${CHAIN}`, '--catalog', catalog, '--json'], { timeoutMs: 120_000 });
+    expect(ck.code, ck.stderr).toBe(0);
+    expect(ck.last).toMatchObject({ ok: true, problems: [] });
+    const to = path.join(root, '..', 'restored');
+    const rr = await runCli(['restore', `s${CHAIN}`, '--to', to, '--catalog', catalog, '--json'], {
+      timeoutMs: 120_000,
+    });
+    expect(rr.code, rr.stderr).toBe(0);
+    expect(await fsp.readFile(path.join(to, 'd/x'), 'utf8')).toBe('changed');
+    expect(await fsp.readFile(path.join(to, 'd/y'), 'utf8')).toBe('why');
+    expect(await fsp.readFile(path.join(to, 'a'), 'utf8')).toBe('alpha');
+    expect(await fsp.stat(path.join(to, 'e')).catch(() => undefined)).toBeUndefined();
+    // The snapshots it was built on forgotten and pruned: still whole.
+    for (let n = 1; n < CHAIN; n++) await t2.deleteSnapshot(`s${n}`);
+    const pr = await runCli(['prune', '--target', `dir:${root}`, '--json'], { timeoutMs: 60_000 });
+    expect(pr.code, pr.stderr).toBe(0);
+    const t3 = await targets.plugin().open(`dir:${root}`);
+    expect((await t3.readManifest(`s${CHAIN}`)).entries).toEqual(want);
+    expect(await text(await t3.openFile(`s${CHAIN}`, '/d/y'))).toBe('why');
+  }, 300_000);
+
+  it('a freshly opened repository of many blobs finds each one, the first few by a scan of the index rows, then by its map', async () => {
+    const { root, t } = await open();
+    // More rows than the index scans (1,024) before it builds its map at once.
+    const N = 1100;
+    const w = await t.beginSnapshot(meta('s1'));
+    const entries: ManifestEntry[] = [];
+    const put = async (i: number) => {
+      const body = `file ${i}`;
+      const r = await w.putFile(`/f${i}`, Readable.from([Buffer.from(body)]), { ...m, size: body.length });
+      entries.push({ path: `/f${i}`, type: 'file', ...m, size: body.length, hash: r.hash, stored: r.stamp });
+    };
+    for (let i = 0; i < N; i += 16)
+      await Promise.all(Array.from({ length: Math.min(16, N - i) }, (_, k) => put(i + k)));
+    entries.sort((a, b) => (a.path < b.path ? -1 : 1));
+    await w.commit({ version: 1, meta: meta('s1'), totals: emptyTotals(), entries });
+    const t2 = await targets.plugin().open(`dir:${root}`);
+    const w2 = await t2.beginSnapshot(meta('s2'));
+    expect(await w2.carryFrom!('s1')).toBe(true);
+    await w2.commit({ version: 1, meta: meta('s2'), totals: emptyTotals(), entries: [], gone: [] });
+    for (let i = 0; i < 80; i++) {
+      const k = (i * 37) % N;
+      expect(await text(await t2.openFile('s2', `/f${k}`))).toBe(`file ${k}`);
+    }
+    expect((await t2.readManifest('s2')).entries).toEqual(entries);
+  }, 240_000);
+
   it('applyDelta: a directory named again keeps what the delta lists below it', () => {
     const base = [dir('/d'), dir('/d/e'), { ...dir('/d/e/f'), type: 'file' as const }];
     const out = applyDelta(base, [{ path: '/d', gone: true }, dir('/d'), { path: '/d/e', gone: true }]);

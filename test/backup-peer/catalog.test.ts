@@ -253,4 +253,50 @@ describe('catalog deltas', () => {
       expect(strip((await c.entries(ids[1]!)) as any)).toEqual(expected);
     });
   });
+
+  it('a chain of unchanged snapshots built by reference stays one delta deep, past the bound, and each survives its parent going', async () => {
+    const many: ManifestEntry[] = Array.from({ length: 50 }, (_, i) => ({
+      path: `/f${String(i).padStart(3, '0')}`,
+      type: 'file',
+      size: i,
+      mode: 0o644,
+      uid: 0,
+      gid: 0,
+      mtime: 1,
+      hash: `h${i}`,
+    }));
+    const id = (n: number) => `20250101T0000${String(n).padStart(2, '0')}Z-aaaaaa`;
+    const changed = { ...many[5]!, hash: 'changed' };
+    const expected = many.map((e) => (e.path === changed.path ? changed : e));
+    const strip = (xs: Array<Record<string, unknown>>) => xs.map(({ snapshotId: _, ...e }) => e);
+    const CHAIN = 20; // more than MAX_DELTA_CHAIN
+    await Catalog.with(dir, async (c) => {
+      await c.begin(rec(id(0), 1000));
+      await c.complete(id(0), many, emptyTotals());
+      // One change, then nothing changed, CHAIN times.
+      await c.begin(rec(id(1), 1001));
+      await c.completeOnBase(id(1), id(0), { entries: [changed], gone: ['/f009'] }, emptyTotals());
+      for (let n = 2; n <= CHAIN; n++) {
+        await c.begin(rec(id(n), 1000 + n));
+        const s = await c.completeOnBase(id(n), id(n - 1), { entries: [], gone: [] }, emptyTotals());
+        // On the snapshot with all the entries, with the one delta: never deeper, never rewritten whole.
+        expect(s).toMatchObject({ entriesBase: id(0), entriesDepth: 1 });
+        const own = (await fsp.readFile(path.join(dir, 'entries', `${id(n)}.db`), 'utf8')).trim().split('\n');
+        expect(own).toHaveLength(2);
+      }
+      const want = expected.filter((e) => e.path !== '/f009');
+      expect(strip((await c.entries(id(CHAIN))) as any)).toEqual(want);
+      expect((await c.entriesAt(id(CHAIN), ['/f005', '/f009'])).get('/f005')).toMatchObject({
+        hash: 'changed',
+      });
+      expect((await c.entriesAt(id(CHAIN), ['/f009'])).size).toBe(0);
+      // Forgetting the middle and the first: the last is still whole.
+      await c.remove(id(1));
+      await c.remove(id(10));
+      expect(strip((await c.entries(id(CHAIN))) as any)).toEqual(want);
+      await c.remove(id(0));
+      expect((await c.get(id(CHAIN)))?.entriesBase).toBeUndefined();
+      expect(strip((await c.entries(id(CHAIN))) as any)).toEqual(want);
+    });
+  });
 });
