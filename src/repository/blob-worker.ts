@@ -162,7 +162,9 @@ function cutWhole(data: Buffer, params: ChunkerParams, keys: RepoKeys): { hash: 
   return { hash: digest.toString('hex'), ends, ids };
 }
 
-const READ_FLAGS = fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW;
+// O_NONBLOCK: a fifo swapped in for a listed file must not hold the worker in open() (on a
+// regular file it changes nothing); fstat then finds it is not a regular file.
+const READ_FLAGS = fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK;
 
 /** Opens without following a symlink and, where the owner may, without moving the atime. */
 function openNoAtime(file: string): number {

@@ -57,7 +57,7 @@ function checkId(id: string): void {
  * written last.
  */
 export class RepositoryTarget implements BackupTarget {
-  readonly capabilities = { rangedReads: true, dedup: true, atomicRename: true, maxConcurrency: 16 };
+  readonly capabilities = { rangedReads: true, dedup: true, atomicRename: true, maxConcurrency: 64 };
   private readonly manifests = new Map<string, Promise<Map<string, StoredEntry>>>();
 
   private _repo: Repository | undefined;
