@@ -435,9 +435,13 @@ export class EntryCopier {
         throw changedError(src, meta, 'more than 1 MiB');
       case 'changed':
         if (r.why === NOT_REGULAR)
-          throw new TwinError('ETWIN_MIRROR_CHANGED', `${src.mirrorPath} in the mirror is not a regular file`, {
-            path: src.path,
-          });
+          throw new TwinError(
+            'ETWIN_MIRROR_CHANGED',
+            `${src.mirrorPath} in the mirror is not a regular file`,
+            {
+              path: src.path,
+            },
+          );
         throw changedError(src, meta, r.why);
     }
     checkStored(src, r.result.bytes, r.result.bytes, meta.size);

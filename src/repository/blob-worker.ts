@@ -149,7 +149,11 @@ function hashOp(r: HashRequest): { value: string | null; transfer: ArrayBuffer[]
 }
 
 /** Chunks and blob ids of a whole file, and its SHA-256 (hashed once when it is one chunk). */
-function cutWhole(data: Buffer, params: ChunkerParams, keys: RepoKeys): { hash: string; ends: number[]; ids: string[] } {
+function cutWhole(
+  data: Buffer,
+  params: ChunkerParams,
+  keys: RepoKeys,
+): { hash: string; ends: number[]; ids: string[] } {
   const digest = createHash('sha256').update(data).digest();
   // Up to the minimum chunk size a file is one chunk (an empty one too), as cut() gives it.
   const chunks = data.length <= params.min ? [data] : cut(data, params);
@@ -177,7 +181,13 @@ function openNoAtime(file: string): number {
 }
 
 /** One file of a batch read into out[at, at + expected size). */
-function readOne(f: { path: string; size: number; max: number }, out: Buffer, at: number, params: ChunkerParams, keys: RepoKeys): FileOutcome {
+function readOne(
+  f: { path: string; size: number; max: number },
+  out: Buffer,
+  at: number,
+  params: ChunkerParams,
+  keys: RepoKeys,
+): FileOutcome {
   let fd: number;
   try {
     fd = openNoAtime(f.path);

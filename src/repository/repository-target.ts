@@ -20,7 +20,6 @@ import { Semaphore } from '../common/async.js';
 import { TwinError } from '../common/errors.js';
 import { BlobWriter } from './blob-writer.js';
 import { ContentCutter } from './content-cutter.js';
-import { SmallFileReader } from './small-files.js';
 import {
   MAX_MANIFEST_DEPTH,
   type ManifestRef,
@@ -30,6 +29,7 @@ import {
   type SnapshotObject,
   type StoredEntry,
 } from './repository.js';
+import { SmallFileReader } from './small-files.js';
 import { repoWorkers } from './worker-pool.js';
 
 /** The stamp of stored content (PutResult.stamp): a digest of its chunk ids. */
@@ -371,7 +371,10 @@ class RepositoryWriter implements SnapshotWriter, MirrorFileWriter {
           return r;
         }
         await this.blobs.add(r.blobs, 'data');
-        return { kind: 'stored', result: this.record(p, { chunks: r.blobs.map((b) => b.id), hash: r.hash, size: r.size }) };
+        return {
+          kind: 'stored',
+          result: this.record(p, { chunks: r.blobs.map((b) => b.id), hash: r.hash, size: r.size }),
+        };
       } catch (err) {
         this.paths.delete(p);
         throw err;

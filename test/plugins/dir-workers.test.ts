@@ -114,7 +114,10 @@ describe('dir repository: the worker path', () => {
     const results = await Promise.allSettled(listed.map((s) => copier.copy(s)));
     const byPath = new Map(listed.map((s, i) => [s.path, results[i]!]));
     for (const p of bad)
-      expect(byPath.get(p), p).toMatchObject({ status: 'rejected', reason: { code: 'ETWIN_MIRROR_CHANGED' } });
+      expect(byPath.get(p), p).toMatchObject({
+        status: 'rejected',
+        reason: { code: 'ETWIN_MIRROR_CHANGED' },
+      });
     const entries: ManifestEntry[] = [];
     for (const [p, data] of good) {
       const r = byPath.get(p)!;
@@ -129,7 +132,8 @@ describe('dir repository: the worker path', () => {
     expect(again).toMatchObject({ size: 7000, hash: sha256(pseudoRandom(7000, 3)) });
     entries.push(again!);
     await w.commit(manifest(snapMeta('batch'), entries));
-    for (const [p, data] of good) expect(sha256(await readAll(await t.openFile('batch', p))), p).toBe(sha256(data));
+    for (const [p, data] of good)
+      expect(sha256(await readAll(await t.openFile('batch', p))), p).toBe(sha256(data));
     await expect(t.openFile('batch', '/vanished')).rejects.toMatchObject({ code: 'ETWIN_TARGET_NOT_FOUND' });
     // The chunk ids are the ones a whole-buffer put gives (the same content deduplicates).
     const w2 = await t.beginSnapshot(snapMeta('buffers'));
