@@ -4,8 +4,8 @@ import type { Repository } from './repository.js';
 import { repoWorkers, type WorkerPool } from './worker-pool.js';
 
 /** A batch goes to a worker at this many files, or this many bytes, or when the thread idles. */
-export const BATCH_FILES = 64;
-const BATCH_BYTES = 8 * 1024 * 1024;
+export const BATCH_FILES = 16;
+const BATCH_BYTES = 4 * 1024 * 1024;
 
 /** What reading one small file in a worker gave. */
 export type SmallFileRead =
