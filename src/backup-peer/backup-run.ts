@@ -83,7 +83,7 @@ export interface BackupOptions {
   ca?: string | Buffer;
   /** Opens the control channel (default: ControlClient.connect). */
   connect?: (url: string, token: string) => Promise<BackupControl>;
-  /** Parallel copies (default: min(16, the target's maxConcurrency)). */
+  /** Parallel copies (default: min(64, the target's maxConcurrency)). */
   concurrency?: number;
   /** Plugin events and onWillFreeze hooks (the CLI passes its plugin host). */
   hooks?: BackupHooks;
@@ -631,12 +631,13 @@ export class BackupRun {
   }
 
   /**
-   * How many entries are copied at once: the option, else at most 16 and what the target takes.
-   * Many at once so that small files' reads overlap (a target bounds its own memory: the
-   * repository streams only a few large files at a time).
+   * How many entries are copied at once: the option, else at most 64 and what the target takes.
+   * Many at once so that small files' reads overlap, and so that the repository target's
+   * batches of small files (read in its workers, small-files.ts) fill (a target bounds its own
+   * memory: the repository streams only a few large files at a time).
    */
   private copyConcurrency(): number {
-    return this.opts.concurrency ?? Math.min(16, this.opts.target.capabilities.maxConcurrency);
+    return this.opts.concurrency ?? Math.min(64, this.opts.target.capabilities.maxConcurrency);
   }
 
   /** One entry done: counted, and the progress told. */

@@ -12,7 +12,9 @@ import {
   isTargetNotFound,
   isTransient,
   type ManifestEntry,
+  type MirrorFileWriter,
   type PutResult,
+  readsMirrorFiles,
   type SnapshotWriter,
   type TargetStat,
 } from './target.js';
@@ -20,6 +22,8 @@ import {
 const RETRY_DELAYS_MS = [200, 1000, 3000];
 /** Files up to this size are read whole, in one read(2), instead of through a read stream. */
 const SMALL_FILE = 1 << 20;
+/** A mirror-file writer's `why` for a path that is not a regular file (blob-worker.ts). */
+const NOT_REGULAR = 'not a regular file';
 
 export interface CopierOptions {
   reader: MirrorReader;
@@ -383,6 +387,7 @@ export class EntryCopier {
    */
   private async putSmall(src: SourceEntry, meta: EntryMeta): Promise<PutResult> {
     const { reader, writer, signal, onBytes } = this.o;
+    if (readsMirrorFiles(writer)) return this.putMirrorFile(src, meta, writer);
     let read: Awaited<ReturnType<MirrorReader['readSmall']>>;
     try {
       read = await reader.readSmall(src.mirrorPath, SMALL_FILE);
@@ -402,6 +407,46 @@ export class EntryCopier {
       onBytes?.(-data.length, true);
       throw err;
     }
+  }
+
+  /**
+   * One attempt through a writer that reads the split copy itself (the repository target, in
+   * batches on its worker threads): the same checks as putSmall, made where the file is read.
+   */
+  private async putMirrorFile(
+    src: SourceEntry,
+    meta: EntryMeta,
+    writer: SnapshotWriter & MirrorFileWriter,
+  ): Promise<PutResult> {
+    const { reader, signal, onBytes } = this.o;
+    let file: string;
+    try {
+      file = await reader.resolve(src.mirrorPath);
+    } catch (err) {
+      throw mirrorError(err, src);
+    }
+    const r = await writer.putMirrorFile(src.path, { path: file, size: meta.size, max: SMALL_FILE }, meta, {
+      signal,
+    });
+    switch (r.kind) {
+      case 'failed':
+        throw mirrorError(Object.assign(new Error(r.message), { code: r.errno }), src);
+      case 'grown':
+        throw changedError(src, meta, 'more than 1 MiB');
+      case 'changed':
+        if (r.why === NOT_REGULAR)
+          throw new TwinError(
+            'ETWIN_MIRROR_CHANGED',
+            `${src.mirrorPath} in the mirror is not a regular file`,
+            {
+              path: src.path,
+            },
+          );
+        throw changedError(src, meta, r.why);
+    }
+    checkStored(src, r.result.bytes, r.result.bytes, meta.size);
+    onBytes?.(r.result.bytes, true);
+    return r.result;
   }
 }
 

@@ -176,6 +176,11 @@ export class MirrorReader {
     return [...all].map(([name, value]) => [name, value.toString('base64')]);
   }
 
+  /** The absolute path of an entry, every parent checked to be a real directory (SafeTree). */
+  resolve(mirrorPath: string): Promise<string> {
+    return this.tree.resolve(mirrorPath);
+  }
+
   async readlink(mirrorPath: string): Promise<string> {
     return fsp.readlink(await this.tree.resolve(mirrorPath));
   }

@@ -35,11 +35,42 @@ export type {
 
 import type {
   BackupTarget,
+  EntryMeta,
   ManifestEntry,
   ObjectStore,
   PutResult,
   SnapshotTotals,
+  SnapshotWriter,
 } from '../../api/twinfs.js';
+
+/**
+ * Not part of the plugin contract: a writer that reads a small file of the mirror itself (the
+ * repository target, in batches on its worker threads, so the peer's JS thread makes no fs
+ * call per file). `file.path` is absolute, its parents checked by the peer (SafeTree); the file
+ * is opened without following a symlink and must be `file.size` bytes, at most `file.max`, and
+ * unchanged while read, or nothing is stored and the outcome says why.
+ */
+export interface MirrorFileWriter {
+  putMirrorFile(
+    path: string,
+    file: { path: string; size: number; max: number },
+    meta: EntryMeta,
+    opts?: { signal?: AbortSignal },
+  ): Promise<MirrorFilePut>;
+}
+
+export type MirrorFilePut =
+  | { kind: 'stored'; result: PutResult }
+  /** Not the expected size, not a regular file, or changed while it was read. */
+  | { kind: 'changed'; why: string }
+  /** Larger than file.max. */
+  | { kind: 'grown'; size: number }
+  /** open or read failed with this errno. */
+  | { kind: 'failed'; errno: string; message: string };
+
+export function readsMirrorFiles(w: SnapshotWriter): w is SnapshotWriter & MirrorFileWriter {
+  return typeof (w as Partial<MirrorFileWriter>).putMirrorFile === 'function';
+}
 
 /** How a target is opened: `create` lets a backup make a repository in an empty dir: location. */
 export interface TargetOpenOptions {

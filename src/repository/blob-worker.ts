@@ -1,4 +1,5 @@
 import { createHash, type Hash } from 'node:crypto';
+import * as fs from 'node:fs';
 import { parentPort } from 'node:worker_threads';
 import { TwinError } from '../common/errors.js';
 import { type ChunkerParams, cut } from './chunker.js';
@@ -66,6 +67,37 @@ export interface HashRequest {
   final: boolean;
 }
 
+/**
+ * Small files read here, a batch at a time, with synchronous calls (no thread-pool round trip
+ * per open, fstat, read and close on the peer's JS thread), hashed and cut like `cut` does a
+ * whole file. Each file is opened without following a symlink (its parents were checked by the
+ * caller), fstat'ed before and after the read; one that is not the expected size, not a
+ * regular file, larger than `max` or changed during the read gives no content at all.
+ */
+export interface FilesRequest {
+  op: 'files';
+  /** Absolute paths and the size each is expected to have (the peer's lstat). */
+  files: Array<{ path: string; size: number; max: number }>;
+  params: ChunkerParams;
+  master: Uint8Array | null;
+}
+
+export type FileOutcome =
+  /** Read whole and unchanged: its bytes are data[at, at + size). */
+  | { kind: 'read'; at: number; size: number; mtimeMs: number; hash: string; ends: number[]; ids: string[] }
+  /** Not the expected size, not a regular file, or changed while it was read. */
+  | { kind: 'changed'; why: string }
+  /** Larger than its max. */
+  | { kind: 'grown'; size: number }
+  /** open/read failed: the errno code. */
+  | { kind: 'failed'; errno: string; message: string };
+
+export interface FilesAnswer {
+  /** The files' bytes one after another (moved back). */
+  data: Uint8Array;
+  files: FileOutcome[];
+}
+
 export interface DropRequest {
   op: 'drop';
   stream: number;
@@ -114,6 +146,97 @@ function hashOp(r: HashRequest): { value: string | null; transfer: ArrayBuffer[]
   if (!r.final) return { value: null, transfer: [] };
   hashes.delete(r.stream);
   return { value: h.digest('hex'), transfer: [] };
+}
+
+/** Chunks and blob ids of a whole file, and its SHA-256 (hashed once when it is one chunk). */
+function cutWhole(
+  data: Buffer,
+  params: ChunkerParams,
+  keys: RepoKeys,
+): { hash: string; ends: number[]; ids: string[] } {
+  const digest = createHash('sha256').update(data).digest();
+  // Up to the minimum chunk size a file is one chunk (an empty one too), as cut() gives it.
+  const chunks = data.length <= params.min ? [data] : cut(data, params);
+  const ends: number[] = [];
+  const ids: string[] = [];
+  for (const c of chunks) {
+    ends.push(c.byteOffset - data.byteOffset + c.length);
+    ids.push(chunks.length === 1 ? keys.idOfDigest(digest) : keys.blobId(c));
+  }
+  return { hash: digest.toString('hex'), ends, ids };
+}
+
+// O_NONBLOCK: a fifo swapped in for a listed file must not hold the worker in open() (on a
+// regular file it changes nothing); fstat then finds it is not a regular file.
+const READ_FLAGS = fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK;
+
+/** Opens without following a symlink and, where the owner may, without moving the atime. */
+function openNoAtime(file: string): number {
+  try {
+    return fs.openSync(file, READ_FLAGS | fs.constants.O_NOATIME);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EPERM') throw err;
+    return fs.openSync(file, READ_FLAGS);
+  }
+}
+
+/** One file of a batch read into out[at, at + expected size). */
+function readOne(
+  f: { path: string; size: number; max: number },
+  out: Buffer,
+  at: number,
+  params: ChunkerParams,
+  keys: RepoKeys,
+): FileOutcome {
+  let fd: number;
+  try {
+    fd = openNoAtime(f.path);
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    return { kind: 'failed', errno: e.code ?? 'EIO', message: e.message };
+  }
+  try {
+    const st = fs.fstatSync(fd);
+    if (!st.isFile()) return { kind: 'changed', why: 'not a regular file' };
+    if (st.size > f.max) return { kind: 'grown', size: st.size };
+    if (st.size !== f.size) return { kind: 'changed', why: `${st.size} bytes` };
+    let off = 0;
+    while (off < f.size) {
+      const n = fs.readSync(fd, out, at + off, f.size - off, off);
+      if (n === 0) break;
+      off += n;
+    }
+    const after = fs.fstatSync(fd);
+    if (off !== f.size || after.size !== st.size || after.mtimeMs !== st.mtimeMs)
+      return { kind: 'changed', why: `${after.size} bytes` };
+    const data = out.subarray(at, at + f.size);
+    return { kind: 'read', at, size: f.size, mtimeMs: st.mtimeMs, ...cutWhole(data, params, keys) };
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    return { kind: 'failed', errno: e.code ?? 'EIO', message: e.message };
+  } finally {
+    try {
+      fs.closeSync(fd);
+    } catch {
+      // A close of a file only read loses nothing.
+    }
+  }
+}
+
+function filesOp(r: FilesRequest): { value: FilesAnswer; transfer: ArrayBuffer[] } {
+  const keys = keysOf(r.master);
+  // Room for every file at its expected size: one that differs is refused, never read past.
+  let total = 0;
+  for (const f of r.files) total += f.size;
+  const out = Buffer.allocUnsafeSlow(total);
+  const files: FileOutcome[] = [];
+  let at = 0;
+  for (const f of r.files) {
+    files.push(readOne(f, out, at, r.params, keys));
+    at += f.size;
+  }
+  const data = new Uint8Array(out.buffer, 0, total);
+  return { value: { data, files }, transfer: [out.buffer as ArrayBuffer] };
 }
 
 function cutOp(r: CutRequest): { value: CutAnswer; transfer: ArrayBuffer[] } {
@@ -180,8 +303,12 @@ async function sealOp(r: SealRequest): Promise<{ value: SealAnswer; transfer: Ar
   };
 }
 
-async function handle(req: CutRequest | HashRequest | SealRequest | DropRequest) {
+type Request = CutRequest | HashRequest | SealRequest | FilesRequest | DropRequest;
+
+async function handle(req: Request) {
   switch (req.op) {
+    case 'files':
+      return filesOp(req);
     case 'cut':
       return cutOp(req);
     case 'hash':
@@ -200,7 +327,7 @@ async function handle(req: CutRequest | HashRequest | SealRequest | DropRequest)
   }
 }
 
-parentPort?.on('message', (msg: { id: number } & (CutRequest | HashRequest | SealRequest | DropRequest)) => {
+parentPort?.on('message', (msg: { id: number } & Request) => {
   handle(msg).then(
     ({ value, transfer }) => parentPort!.postMessage({ id: msg.id, ok: true, value }, transfer),
     (err) => parentPort!.postMessage({ id: msg.id, ok: false, error: toWire(err) }),

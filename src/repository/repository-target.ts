@@ -6,6 +6,8 @@ import {
   type BackupTarget,
   type EntryMeta,
   type ManifestEntry,
+  type MirrorFilePut,
+  type MirrorFileWriter,
   type PutResult,
   type SnapshotManifest,
   type SnapshotMeta,
@@ -27,6 +29,7 @@ import {
   type SnapshotObject,
   type StoredEntry,
 } from './repository.js';
+import { SmallFileReader } from './small-files.js';
 import { repoWorkers } from './worker-pool.js';
 
 /** The stamp of stored content (PutResult.stamp): a digest of its chunk ids. */
@@ -54,7 +57,7 @@ function checkId(id: string): void {
  * written last.
  */
 export class RepositoryTarget implements BackupTarget {
-  readonly capabilities = { rangedReads: true, dedup: true, atomicRename: true, maxConcurrency: 16 };
+  readonly capabilities = { rangedReads: true, dedup: true, atomicRename: true, maxConcurrency: 64 };
   private readonly manifests = new Map<string, Promise<Map<string, StoredEntry>>>();
 
   private _repo: Repository | undefined;
@@ -231,9 +234,10 @@ interface Content {
 }
 
 /** Fills one snapshot of a repository; the snapshot object is written last, by commit. */
-class RepositoryWriter implements SnapshotWriter {
+class RepositoryWriter implements SnapshotWriter, MirrorFileWriter {
   private readonly blobs: BlobWriter;
   private readonly cutter: ContentCutter;
+  private readonly smallFiles: SmallFileReader;
   private readonly streams: Semaphore;
   /** Paths written, with what they are ('file' paths with their content). */
   private readonly paths = new Map<string, 'dir' | 'symlink' | 'file'>();
@@ -250,6 +254,7 @@ class RepositoryWriter implements SnapshotWriter {
   ) {
     this.blobs = new BlobWriter(target.repo);
     this.cutter = new ContentCutter(target.repo);
+    this.smallFiles = new SmallFileReader(target.repo);
     this.streams = new Semaphore(repoWorkers().size);
   }
 
@@ -338,6 +343,38 @@ class RepositoryWriter implements SnapshotWriter {
         const { hash, blobs } = await this.cutter.whole(data);
         await this.blobs.add(blobs, 'data');
         return this.record(p, { chunks: blobs.map((b) => b.id), hash, size: data.length });
+      } catch (err) {
+        this.paths.delete(p);
+        throw err;
+      }
+    });
+  }
+
+  /**
+   * A small file of the mirror, read, hashed and cut in a worker with others of its batch
+   * (small-files.ts); its chunks are stored only when it was read whole and unchanged.
+   */
+  putMirrorFile(
+    p: string,
+    file: { path: string; size: number; max: number },
+    _meta: EntryMeta,
+    opts: { signal?: AbortSignal } = {},
+  ): Promise<MirrorFilePut> {
+    return this.op(`put ${p}`, async () => {
+      this.claim(p, 'file');
+      if (opts.signal?.aborted) throw failed(`put ${p} cancelled`);
+      this.paths.set(p, 'file');
+      try {
+        const r = await this.smallFiles.read(file.path, file.size, file.max);
+        if (r.kind !== 'read') {
+          this.paths.delete(p);
+          return r;
+        }
+        await this.blobs.add(r.blobs, 'data');
+        return {
+          kind: 'stored',
+          result: this.record(p, { chunks: r.blobs.map((b) => b.id), hash: r.hash, size: r.size }),
+        };
       } catch (err) {
         this.paths.delete(p);
         throw err;

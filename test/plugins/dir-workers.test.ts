@@ -3,6 +3,9 @@ import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { Readable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
+import { EntryCopier } from '../../src/backup-peer/entry-copier.js';
+import { MirrorReader } from '../../src/backup-peer/mirror-source.js';
+import type { ManifestEntry } from '../../src/backup-peer/target.js';
 import { BlobWriter } from '../../src/repository/blob-writer.js';
 import { ContentCutter, WINDOW } from '../../src/repository/content-cutter.js';
 import { checkRepository } from '../../src/repository/index.js';
@@ -52,6 +55,69 @@ describe('dir repository: the worker path', () => {
     const check = await checkRepository(t.repo, { readData: 1 });
     expect(check.problems).toEqual([]);
   }
+
+  it('small files are read by the workers in batches: each stored exactly, and one that vanished, grew, became a fifo or a symlink since it was listed stores nothing and fails alone', async () => {
+    const dir = await fx.tmp();
+    process.env.TWINFS_PASSWORD = 'worker test';
+    const t = await open(`dir:${dir}/r`);
+    const mirror = path.join(dir, 'mirror');
+    await fsp.mkdir(mirror);
+    // Sizes around the edges: empty, inline, one chunk, several chunks (FastCDC min 64 KiB), 1 MiB.
+    const sizes = [0, 1, 4096, 16 * 1024 + 1, 64 * 1024, 300_000, MiB];
+    const good = new Map<string, Buffer>();
+    for (let i = 0; i < 40; i++) good.set(`/g${i}`, pseudoRandom(sizes[i % sizes.length]!, i + 1));
+    const bad = ['/vanished', '/grown', '/past-limit', '/fifo', '/symlink'];
+    for (const [p, data] of good) await fsp.writeFile(path.join(mirror, p), data);
+    for (const p of bad) await fsp.writeFile(path.join(mirror, p), pseudoRandom(5000, 99));
+    const reader = new MirrorReader(mirror);
+    // Listed (lstat) first, as a walk does; then changed behind the listing.
+    const listed = await Promise.all(
+      [...good.keys(), ...bad].map(async (p) => ({ path: p, mirrorPath: p, stat: await reader.lstatNs(p) })),
+    );
+    await fsp.unlink(path.join(mirror, 'vanished'));
+    await fsp.appendFile(path.join(mirror, 'grown'), 'x');
+    await fsp.appendFile(path.join(mirror, 'past-limit'), Buffer.alloc(MiB));
+    await fsp.unlink(path.join(mirror, 'fifo'));
+    execFileSync('mkfifo', [path.join(mirror, 'fifo')]);
+    await fsp.unlink(path.join(mirror, 'symlink'));
+    await fsp.symlink(path.join(mirror, 'g1'), path.join(mirror, 'symlink'));
+
+    const w = await t.beginSnapshot(snapMeta('batch'));
+    const copier = new EntryCopier({ reader, writer: w, signal: new AbortController().signal });
+    // All at once, as the peer copies: they share batches.
+    const results = await Promise.allSettled(listed.map((s) => copier.copy(s)));
+    const byPath = new Map(listed.map((s, i) => [s.path, results[i]!]));
+    for (const p of bad)
+      expect(byPath.get(p), p).toMatchObject({
+        status: 'rejected',
+        reason: { code: 'ETWIN_MIRROR_CHANGED' },
+      });
+    const entries: ManifestEntry[] = [];
+    for (const [p, data] of good) {
+      const r = byPath.get(p)!;
+      expect(r.status, p).toBe('fulfilled');
+      const e = (r as PromiseFulfilledResult<ManifestEntry>).value;
+      expect(e).toMatchObject({ path: p, size: data.length, hash: sha256(data) });
+      entries.push(e);
+    }
+    // Nothing of a refused file was claimed: the path can be stored once it holds still.
+    await fsp.writeFile(path.join(mirror, 'grown'), pseudoRandom(7000, 3));
+    const again = await copier.copy({ path: '/grown', mirrorPath: '/grown' });
+    expect(again).toMatchObject({ size: 7000, hash: sha256(pseudoRandom(7000, 3)) });
+    entries.push(again!);
+    await w.commit(manifest(snapMeta('batch'), entries));
+    for (const [p, data] of good)
+      expect(sha256(await readAll(await t.openFile('batch', p))), p).toBe(sha256(data));
+    await expect(t.openFile('batch', '/vanished')).rejects.toMatchObject({ code: 'ETWIN_TARGET_NOT_FOUND' });
+    // The chunk ids are the ones a whole-buffer put gives (the same content deduplicates).
+    const w2 = await t.beginSnapshot(snapMeta('buffers'));
+    for (const [p, data] of good) {
+      const r = await w2.putSmallFile!(p, data, fileMeta(data.length));
+      expect(r.stamp, p).toBe(entries.find((e) => e.path === p)?.stored);
+    }
+    await w2.abort();
+    expect((await checkRepository(t.repo, { readData: 1 })).problems).toEqual([]);
+  });
 
   it('cuts a streamed file exactly as the whole content is cut, whatever the window edges', async () => {
     const dir = await fx.tmp();

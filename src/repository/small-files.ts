@@ -1,0 +1,90 @@
+import type { FileOutcome, FilesAnswer, FilesRequest } from './blob-worker.js';
+import type { Blob } from './content-cutter.js';
+import type { Repository } from './repository.js';
+import { repoWorkers, type WorkerPool } from './worker-pool.js';
+
+/** A batch goes to a worker at this many files, or this many bytes, or when the thread idles. */
+export const BATCH_FILES = 16;
+const BATCH_BYTES = 4 * 1024 * 1024;
+
+/** What reading one small file in a worker gave. */
+export type SmallFileRead =
+  | { kind: 'read'; size: number; mtimeMs: number; hash: string; blobs: Blob[] }
+  | Exclude<FileOutcome, { kind: 'read' }>;
+
+interface Waiting {
+  file: { path: string; size: number; max: number };
+  resolve: (r: SmallFileRead) => void;
+  reject: (err: unknown) => void;
+}
+
+/**
+ * Reads small files of the mirror in the repository's worker threads, a batch at a time
+ * (blob-worker.ts, `files`): one message per batch instead of an open, fstat, read, fstat and
+ * close through the thread pool per file on the JS thread, and the file's SHA-256, chunks and
+ * blob ids computed in the same worker as the read. Requests made while the thread is busy
+ * gather into one batch; it leaves when full or when the thread turns to I/O (setImmediate).
+ */
+export class SmallFileReader {
+  private queue: Waiting[] = [];
+  private bytes = 0;
+  private scheduled = false;
+
+  constructor(
+    private readonly repo: Repository,
+    private readonly pool: WorkerPool = repoWorkers(),
+  ) {}
+
+  /**
+   * The file at an absolute path (its parents checked by the caller; the file itself is opened
+   * without following a symlink), expected to be `size` bytes and at most `max`.
+   */
+  read(path: string, size: number, max: number): Promise<SmallFileRead> {
+    return new Promise<SmallFileRead>((resolve, reject) => {
+      this.queue.push({ file: { path, size, max }, resolve, reject });
+      this.bytes += size;
+      if (this.queue.length >= BATCH_FILES || this.bytes >= BATCH_BYTES) this.send();
+      else if (!this.scheduled) {
+        this.scheduled = true;
+        setImmediate(() => {
+          this.scheduled = false;
+          this.send();
+        });
+      }
+    });
+  }
+
+  private send(): void {
+    if (this.queue.length === 0) return;
+    const batch = this.queue;
+    this.queue = [];
+    this.bytes = 0;
+    const req = {
+      op: 'files',
+      files: batch.map((w) => w.file),
+      params: this.repo.config.chunker,
+      master: this.repo.keys.material(),
+    } satisfies FilesRequest;
+    this.pool.run<FilesAnswer>(req).then(
+      (a) => {
+        const data = Buffer.from(a.data.buffer, a.data.byteOffset, a.data.byteLength);
+        for (const [i, w] of batch.entries()) w.resolve(outcome(a.files[i]!, data));
+      },
+      (err) => {
+        for (const w of batch) w.reject(err);
+      },
+    );
+  }
+}
+
+/** A worker's outcome for one file, its chunks as views of the batch's bytes. */
+function outcome(o: FileOutcome, data: Buffer): SmallFileRead {
+  if (o.kind !== 'read') return o;
+  let start = o.at;
+  const blobs = o.ends.map((end, i) => {
+    const b = { id: o.ids[i]!, data: data.subarray(start, o.at + end) };
+    start = o.at + end;
+    return b;
+  });
+  return { kind: 'read', size: o.size, mtimeMs: o.mtimeMs, hash: o.hash, blobs };
+}
