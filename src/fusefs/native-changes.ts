@@ -62,7 +62,7 @@ export class NativeChanges implements Disposable {
   constructor(
     private readonly fuse: NativeChangeBinding,
     private readonly ops: VolumeOps,
-    private readonly inhibitor: WriteInhibitor,
+    inhibitor: WriteInhibitor,
     private readonly log: (msg: string) => void,
   ) {
     fuse.onNativeChanges = () => this.take(false);
