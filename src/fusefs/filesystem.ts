@@ -8,6 +8,7 @@ import { createFuseHandlers } from './fuse-adapter.js';
 import { KernelNames } from './kernel-names.js';
 import { isMountPoint, preflight } from './mount-checks.js';
 import { watchMount } from './mount-watch.js';
+import { NativeChanges, nativeUnlinkFromEnv } from './native-changes.js';
 import {
   DEFAULT_LIBFUSE,
   DEFAULT_NATIVE_OPTIONS,
@@ -81,6 +82,8 @@ export interface TwinFsStatus {
     sent: number;
     /** getattrs answered in libfuse's threads / passed on to JS, inodes with cached attributes, getxattrs answered there. */
     native?: { answered: number; fallbacks: number; cached: number; xattrs: number; flushes: number };
+    /** Unlinks answered in libfuse's threads (native-changes.ts), passed to JS, JS ops in flight. */
+    nativeUnlink?: { answered: number; fallbacks: number; busy: number; enabled: boolean };
   };
   /** Why the mount is gone while the server still runs (it was unmounted behind its back). */
   mountLost?: string;
@@ -105,6 +108,10 @@ export class TwinFs {
   private fuse: any;
   private fuseClass: any;
   private unmounting: Promise<void> | null = null;
+  private nativeChangeTarget: Record<string, (...args: any[]) => void> | undefined;
+  private nativeChanges:
+    | { changes: NativeChanges; handlers: Record<string, (...args: any[]) => void> }
+    | undefined;
   private spill: WritebackSpill | undefined;
   private mountLost: string | undefined;
   private readonly _onDidLoseMount = new Emitter<{ mount: string; reason: string }>();
@@ -193,7 +200,7 @@ export class TwinFs {
   private async doMount(Fuse: any): Promise<void> {
     // Modes from the kernel already carry the caller's umask; ours must not apply twice.
     process.umask(0);
-    const handlers = createFuseHandlers(this.ops, {
+    const plain = createFuseHandlers(this.ops, {
       context: () => this.fuse?.context as CallerContext | undefined,
       onUnexpectedError: (op, err) => this.log(`${op} failed unexpectedly: ${(err as Error)?.stack ?? err}`),
     });
@@ -203,6 +210,11 @@ export class TwinFs {
       ...this.opts.native,
       libfuse: this.libfuse,
     };
+    // libfuse3 with native getattr: unlinks may be answered natively, reported through these.
+    const handlers =
+      this.nativeAttributes && this.inhibitor && nativeUnlinkFromEnv()
+        ? this.nativeChangeHandlers(plain)
+        : plain;
     try {
       this.fuse = new Fuse(this.mountPoint, handlers, fuseNativeOptions(native));
     } catch (err) {
@@ -229,6 +241,7 @@ export class TwinFs {
       ),
     );
     if (this.nativeAttributes) this.enableNativeAttributes();
+    if (handlers !== plain) this.enableNativeChanges();
     addServedMount(this.mountPoint);
     this.store.add(toDisposable(() => removeServedMount(this.mountPoint)));
     this.store.add(
@@ -258,6 +271,27 @@ export class TwinFs {
     this.fuse.nativeAttributes(this.paths.root);
   }
 
+  /** The handlers that take the native unlinks' queue first (native-changes.ts). */
+  private nativeChangeHandlers(plain: Record<string, (...args: any[]) => void>) {
+    const wrapped: Record<string, (...args: any[]) => void> = {};
+    for (const name of Object.keys(plain))
+      wrapped[name] = (...args: any[]) => {
+        const h = this.nativeChanges?.handlers[name] ?? plain[name];
+        h(...args);
+      };
+    this.nativeChangeTarget = plain;
+    return wrapped;
+  }
+
+  /** Unlinks answered in libfuse's threads from now on (native-changes.ts). */
+  private enableNativeChanges(): void {
+    if (!this.inhibitor || !this.nativeChangeTarget || typeof this.fuse.nativeUnlink !== 'function') return;
+    const changes = new NativeChanges(this.fuse, this.ops, this.inhibitor, (m) => this.log(m));
+    this.nativeChanges = { changes, handlers: changes.wrap(this.nativeChangeTarget) };
+    // Disposed at unmount after the cache's last write-back: the queue is reported first.
+    this.store.add(changes);
+  }
+
   /** A flush (close(2)) has nothing to do in JS: no write-back on close, no error to report. */
   private flushIsNative(errorsPending: boolean): boolean {
     return this.opts.flushOnClose !== true && !errorsPending;
@@ -280,6 +314,7 @@ export class TwinFs {
               waitsBounded: this.kernelNames.getStats().waitsBounded,
               ...(this.fuse?.invalidateStats?.() ?? { queued: 0, done: 0, sent: 0 }),
               ...(this.nativeAttributes ? { native: this.fuse?.nativeAttributeStats?.() } : {}),
+              ...(this.nativeChanges ? { nativeUnlink: this.nativeChanges.changes.stats() } : {}),
             },
           }
         : {}),

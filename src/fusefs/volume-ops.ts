@@ -531,6 +531,28 @@ export class VolumeOps {
     });
   }
 
+  /**
+   * An unlink libfuse3's worker thread already did on the primary (native-changes.ts), reported
+   * in its turn: the bookkeeping of unlink() after its unlink(2). The native side did it only
+   * for a non-directory with one name, of which the cache holds no unwritten data, with no
+   * inhibition active and no other change in flight here.
+   */
+  nativeUnlinked(path: string, ino: number): Promise<void> {
+    this.forgetNoCapabilities?.();
+    this.hides.touched(path);
+    // The change record's stamp, now (the primary already changed); its intent line is written
+    // behind the change, which a crash in between leaves to the start-up reconciliation.
+    const before = this.sink.beforeChange?.(path);
+    if (before instanceof Promise) before.catch(() => undefined);
+    this.kernelNames?.remove(path);
+    this.hides.removed(path);
+    const node = this.cache.get(ino);
+    if (node) node.nameless = true;
+    // Queued now, synchronously: the sink sees it before any change JS makes after this call.
+    const applied = this.sink.apply({ op: 'unlink', path });
+    return node ? applied.then(() => this.cache.discard(node)) : applied;
+  }
+
   async rmdir(path: string): Promise<void> {
     await this.guarded([path], async () => {
       await this.paths.at([path], (b) => fsp.rmdir(b));

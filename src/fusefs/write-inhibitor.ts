@@ -78,6 +78,18 @@ export class WriteInhibitor implements WriteGate {
   private readonly _onDidRelease = new Emitter<void>();
   /** Fires when an inhibition is released. */
   readonly onDidRelease = this._onDidRelease.event;
+  private readonly _onWillInhibit = new Emitter<void>();
+  /**
+   * Fires synchronously in inhibit(), before the inhibition counts: changes made outside the
+   * gate (native-changes.ts) stop and are reported here, ahead of anything the inhibition's
+   * owner does next (a split).
+   */
+  readonly onWillInhibit = this._onWillInhibit.event;
+
+  /** Is any inhibition active? */
+  get isInhibiting(): boolean {
+    return this.active.size > 0;
+  }
 
   /** Would a change to this file be held now? */
   isHeld(path: string, ino?: number): boolean {
@@ -92,6 +104,7 @@ export class WriteInhibitor implements WriteGate {
   }
 
   inhibit(selector: InhibitSelector): Inhibition {
+    this._onWillInhibit.fire();
     const inh = new InhibitionImpl(selector, this);
     this.active.add(inh);
     return inh;

@@ -1,6 +1,6 @@
 /**
  * Types for fuse-native 2.2.6 **as patched by patches/fuse-native+2.2.6.patch** (twinfs patch
- * level 6; see docs/fuse-native-patch.md). They describe what the patched index.js actually
+ * level 7; see docs/fuse-native-patch.md). They describe what the patched index.js actually
  * passes to handlers and accepts back, not upstream's README.
  *
  * Result convention: every callback's first argument is the op's result, a number: 0 for
@@ -358,6 +358,18 @@ declare module 'fuse-native' {
       xattrs: number;
       flushes: number;
     };
+    /**
+     * libfuse3, patch level 7 (native-unlink.h): whether UNLINK may be done in libfuse's worker
+     * thread (needs nativeAttributes). false: once it returns, every native unlink is queued.
+     */
+    nativeUnlink(enabled: boolean): boolean;
+    /** The unlinks done natively, in order, as [path, ino, ...], or null; begin: a JS change starts. */
+    takeNativeChanges(begin: boolean): Array<string | number> | null;
+    /** The JS change begun by takeNativeChanges(true) ended. */
+    endNativeChange(): void;
+    nativeUnlinkStats(): { answered: number; fallbacks: number; busy: number };
+    /** Called on the JS thread when native unlinks are queued and no op took them. */
+    onNativeChanges: (() => void) | null;
 
     /** `fusermount -uz <mnt>` (lazy unmount) of any FUSE mount. */
     static unmount(mnt: string, cb: (err: Error | null) => void): void;

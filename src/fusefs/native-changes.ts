@@ -1,0 +1,137 @@
+import type { Disposable } from '../common/lifecycle.js';
+import type { VolumeOps } from './volume-ops.js';
+import type { WriteInhibitor } from './write-inhibitor.js';
+
+type Cb = (...args: any[]) => void;
+type Handler = (...args: any[]) => void;
+
+/** The patched fuse-native's calls for unlinks answered natively (native-unlink.h). */
+export interface NativeChangeBinding {
+  nativeUnlink(enabled: boolean): boolean;
+  takeNativeChanges(begin: boolean): Array<string | number> | null;
+  endNativeChange(): void;
+  nativeUnlinkStats(): { answered: number; fallbacks: number; busy: number };
+  onNativeChanges: (() => void) | null;
+}
+
+/**
+ * Ops that never change the primary under a path: they only take the queue. Every other op
+ * (namespace changes, open, truncate, metadata, fsync) runs with native unlinks paused: what
+ * it changes is then ordered by JS alone.
+ */
+const READ_ONLY_OPS = new Set([
+  'init',
+  'getattr',
+  'fgetattr',
+  'access',
+  'readdir',
+  'readlink',
+  'statfs',
+  'read',
+  'write',
+  'flush',
+  'release',
+  'opendir',
+  'releasedir',
+  'fsyncdir',
+  'getxattr',
+  'listxattr',
+]);
+
+/** TWINFS_NATIVE_UNLINK=0 keeps every unlink on the JS thread (for comparison). */
+export function nativeUnlinkFromEnv(env: NodeJS.ProcessEnv = process.env): boolean {
+  return env.TWINFS_NATIVE_UNLINK !== '0';
+}
+
+/**
+ * libfuse3: unlinks answered in libfuse's worker thread (native-unlink.h), each reported here
+ * in the primary's order as VolumeOps.unlink would have reported it. Order is kept by three
+ * rules:
+ * - every op handed to JS first takes the queue (what the native side did before the op
+ *   reached JS is reported before it);
+ * - an op that may change the primary takes the queue and pauses native unlinks in one locked
+ *   step until it is answered, so no native unlink lands between its start and its report;
+ * - an inhibition (freeze, prepare) turns native unlinks off and reports the queue
+ *   synchronously before it counts (WriteInhibitor.onWillInhibit), so a split that follows
+ *   sees every change the primary had before it; they come back when no inhibition is left.
+ */
+export class NativeChanges implements Disposable {
+  private enabled = false;
+  private readonly subs: Disposable[] = [];
+
+  constructor(
+    private readonly fuse: NativeChangeBinding,
+    private readonly ops: VolumeOps,
+    inhibitor: WriteInhibitor,
+    private readonly log: (msg: string) => void,
+  ) {
+    fuse.onNativeChanges = () => this.take(false);
+    this.subs.push(
+      inhibitor.onWillInhibit(() => this.set(false)),
+      inhibitor.onDidRelease(() => this.set(!inhibitor.isInhibiting)),
+    );
+    this.set(!inhibitor.isInhibiting);
+  }
+
+  /** Wraps fuse-native handlers so that each op takes the queue first (see the class). */
+  wrap(handlers: Record<string, Handler>): Record<string, Handler> {
+    const out: Record<string, Handler> = {};
+    for (const [name, h] of Object.entries(handlers)) {
+      if (READ_ONLY_OPS.has(name)) {
+        out[name] = (...args: any[]) => {
+          this.take(false);
+          h(...args);
+        };
+        continue;
+      }
+      // Paused even while native unlinks are off: they may come back before the op ends.
+      out[name] = (...args: any[]) => {
+        this.take(true);
+        const cb = args[args.length - 1] as Cb;
+        let ended = false;
+        args[args.length - 1] = (...res: unknown[]) => {
+          if (!ended) {
+            ended = true;
+            this.fuse.endNativeChange();
+          }
+          cb(...res);
+        };
+        h(...args);
+      };
+    }
+    return out;
+  }
+
+  /** Reports every unlink done natively so far (in order). */
+  drain(): void {
+    this.take(false);
+  }
+
+  stats(): { answered: number; fallbacks: number; busy: number; enabled: boolean } {
+    return { ...this.fuse.nativeUnlinkStats(), enabled: this.enabled };
+  }
+
+  dispose(): void {
+    this.set(false);
+    for (const s of this.subs) s.dispose();
+    this.fuse.onNativeChanges = null;
+  }
+
+  private set(on: boolean): void {
+    this.enabled = on;
+    // When turned off, the native side is quiet once this returns: report what it did.
+    this.fuse.nativeUnlink(on);
+    if (!on) this.take(false);
+  }
+
+  private take(begin: boolean): void {
+    const done = this.fuse.takeNativeChanges(begin);
+    if (done === null) return;
+    for (let i = 0; i < done.length; i += 2) {
+      const path = done[i] as string;
+      this.ops
+        .nativeUnlinked(path, done[i + 1] as number)
+        .catch((err) => this.log(`reporting the unlink of ${path} failed: ${(err as Error)?.stack ?? err}`));
+    }
+  }
+}
