@@ -18,7 +18,7 @@ export async function verifyOffline(a: {
     throw new TwinError('ETWIN_PRIMARY_MISSING', `primary directory ${a.primary} does not exist`, {
       primary: a.primary,
     });
-  const report = await verifyTrees(a.primary, layout.data, { content: a.content });
+  const report = await verifyTrees(a.primary, layout.data, { content: a.content, exactTimes: true });
   if (a.json) process.stdout.write(JSON.stringify(report) + '\n');
   else {
     for (const d of report.differences)
