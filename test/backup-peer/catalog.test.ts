@@ -210,8 +210,9 @@ describe('catalog deltas', () => {
     target: 'dir:/b',
   });
 
-  it('a snapshot mostly like its parent is recorded as a delta on it, resolved on read and made whole when the parent goes', async () => {
-    const many: ManifestEntry[] = Array.from({ length: 100 }, (_, i) => ({
+  /** n plain file entries, /f000 on, sizes and hashes by index. */
+  const fileEntries = (n: number): ManifestEntry[] =>
+    Array.from({ length: n }, (_, i) => ({
       path: `/f${String(i).padStart(3, '0')}`,
       type: 'file',
       size: i,
@@ -221,6 +222,9 @@ describe('catalog deltas', () => {
       mtime: 1,
       hash: `h${i}`,
     }));
+
+  it('a snapshot mostly like its parent is recorded as a delta on it, resolved on read and made whole when the parent goes', async () => {
+    const many = fileEntries(100);
     const ids = ['20250101T000000Z-aaaaaa', '20250102T000000Z-bbbbbb', '20250103T000000Z-cccccc'];
     const next = [
       ...many.filter((e) => e.path !== '/f007').map((e) => (e.path === '/f003' ? { ...e, hash: 'new' } : e)),
@@ -255,16 +259,7 @@ describe('catalog deltas', () => {
   });
 
   it('a chain of unchanged snapshots built by reference stays one delta deep, past the bound, and each survives its parent going', async () => {
-    const many: ManifestEntry[] = Array.from({ length: 50 }, (_, i) => ({
-      path: `/f${String(i).padStart(3, '0')}`,
-      type: 'file',
-      size: i,
-      mode: 0o644,
-      uid: 0,
-      gid: 0,
-      mtime: 1,
-      hash: `h${i}`,
-    }));
+    const many = fileEntries(50);
     const id = (n: number) => `20250101T0000${String(n).padStart(2, '0')}Z-aaaaaa`;
     const changed = { ...many[5]!, hash: 'changed' };
     const expected = many.map((e) => (e.path === changed.path ? changed : e));
