@@ -404,6 +404,10 @@ export class ControlServer {
       case 'verify': {
         if (!b.mirror)
           throw new TwinError('ETWIN_NO_MIRROR', 'this server has no mirror; start it with --mirror DIR');
+        // Cached writes first: a write-back landing during the walk reaches the primary before
+        // the mirror, and its file would show as different. A write-back that fails (a full
+        // primary) is reported on the next fsync/close as always; the comparison still runs.
+        await b.fs.flushAll().catch(() => undefined);
         return b.mirror.verify({ content: req.content });
       }
       case 'repair': {
