@@ -48,8 +48,12 @@ export class KernelWriteback {
   async sync(names: () => string[]): Promise<{ ms: number; names: number }> {
     const t0 = performance.now();
     let last: TwinError | undefined;
+    // Names the kernel said do not exist (unlinked meanwhile, e.g. answered in libfuse's threads
+    // before twinfs's name list heard of it): no split can hold them, so the next round skips
+    // them; a name renamed meanwhile comes back from names() under its new name.
+    const gone = new Set<string>();
     for (let round = 0; round < ROUNDS; round++) {
-      const list = names();
+      const list = names().filter((n) => !gone.has(n));
       if (list.length === 0) return { ms: performance.now() - t0, names: 0 };
       try {
         await this.run(list);
@@ -58,6 +62,7 @@ export class KernelWriteback {
         last = err as TwinError;
         // A timeout leaves a stuck child: another round would only wait behind it.
         if (this.stuck) break;
+        for (const n of (last.data?.missing as string[] | undefined) ?? []) gone.add(n);
       }
     }
     throw last!;
@@ -114,6 +119,10 @@ export class KernelWriteback {
             {
               exitCode: code,
               signal,
+              // The names it could not open because they do not exist (sync runs with LC_ALL=C).
+              missing: names.filter((n) =>
+                stderr.includes(`error opening '${path.join(mount, n)}': No such file or directory`),
+              ),
             },
           );
       });
