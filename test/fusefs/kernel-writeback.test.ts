@@ -49,4 +49,3 @@ describe('KernelWriteback', () => {
     expect(r.names).toBe(0);
   });
 });
-});
