@@ -126,12 +126,15 @@ async function compareTimesNs(
   p: string,
   ps: Stats,
 ): Promise<Difference[]> {
+  // Files only (see exactTimes): no second lstat of anything else.
+  if (!ps.isFile()) return [];
   const [a, b] = await Promise.all([
     at(primaryRoot, p, (x) => fsp.lstat(x, { bigint: true })).catch(() => undefined),
     at(mirrorRoot, p, (x) => fsp.lstat(x, { bigint: true })).catch(() => undefined),
   ]);
-  if (!a || !b || a.mtimeNs === b.mtimeNs || !ps.isFile()) return [];
-  if (!ps.isDirectory() && !ps.isSymbolicLink() && Math.abs(Number(a.mtimeNs - b.mtimeNs)) >= 1e6) return [];
+  if (!a || !b || a.mtimeNs === b.mtimeNs) return [];
+  // A millisecond or more: compareEntry reports it already. Another type: so does its type check.
+  if (Math.abs(Number(a.mtimeNs - b.mtimeNs)) >= 1e6) return [];
   if ((a.mode & 0o170000n) !== (b.mode & 0o170000n)) return [];
   return [{ path: p, kind: 'mtime', primary: a.mtimeNs.toString(), mirror: b.mtimeNs.toString() }];
 }
