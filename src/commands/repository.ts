@@ -313,6 +313,11 @@ export const repositoryCommands: OperatorCommand[] = [
           ctx.print(
             `${r.dryRun ? 'would free' : 'freed'} ${bytes(r.bytesFreed)} of ${bytes(r.bytesBefore)}: ${r.packsDeleted} pack(s) deleted, ${r.packsRewritten} rewritten, ${r.packsUnindexed} unindexed removed, ${r.blobsRemoved} blob(s) dropped`,
           );
+          const w = r.incompleteWrites;
+          if (w?.count)
+            ctx.print(
+              `${w.removed ? 'aborted' : 'would abort'} ${w.count} unfinished upload(s) of dead writers (${bytes(w.bytes)} stored in their parts)`,
+            );
           return { event: 'done', ...r };
         } finally {
           await t.close();
