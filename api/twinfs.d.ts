@@ -85,7 +85,7 @@ export interface PluginModule {
 }
 
 export interface TwinfsApi {
-  /** The API version ("1.1.0"). */
+  /** The API version ("1.2.0"). */
   readonly version: string;
   /**
    * Registers a backup target type, declared in contributes.backupTargets. The host wraps the
@@ -401,5 +401,13 @@ export interface ObjectStore {
   list(prefix: string): Promise<ObjectInfo[]>;
   /** Deleting a missing object succeeds. */
   delete(name: string): Promise<void>;
+  /**
+   * Since API 1.2.0, optional. Writes begun at the store but never finished, which it keeps
+   * (and bills) without listing them as objects: an S3 multipart upload whose writer died.
+   * Counts them and their stored bytes; with `abort`, removes them. `prune` calls it under the
+   * repository's exclusive lock, so no live writer of this repository has one in progress.
+   * Undefined when the store cannot list them (an emulator without the call).
+   */
+  incompleteWrites?(o: { abort: boolean }): Promise<{ count: number; bytes: number } | undefined>;
   close(): Promise<void>;
 }

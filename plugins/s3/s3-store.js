@@ -1,11 +1,14 @@
 // @ts-check
 
 import {
+  AbortMultipartUploadCommand,
   DeleteObjectCommand,
   GetObjectCommand,
   HeadBucketCommand,
   HeadObjectCommand,
+  ListMultipartUploadsCommand,
   ListObjectsCommand,
+  ListPartsCommand,
   PutObjectCommand,
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
@@ -130,8 +133,7 @@ export class S3Store {
 
   /** @param {string} name */
   key(name) {
-    const parts = typeof name === 'string' ? name.split('/') : [];
-    if (parts.length === 0 || parts.some((p) => !COMPONENT.test(p)))
+    if (typeof name !== 'string' || !isObjectName(name))
       throw this.api.errors.failed(`bad object name ${JSON.stringify(name)}`);
     return this.prefix ? `${this.prefix}/${name}` : name;
   }
@@ -249,7 +251,92 @@ export class S3Store {
     }
   }
 
+  /**
+   * Multipart uploads begun under the prefix and never completed or aborted: a writer killed in
+   * the middle of a large put leaves its parts at the store, billed and not listed as objects.
+   * Only keys that are repository object names (the same check as `key`) count: another
+   * program's uploads beside the repository are left alone. With `abort`, each is aborted.
+   * @param {{ abort: boolean }} o
+   * @returns {Promise<{ count: number, bytes: number } | undefined>} undefined where the store
+   *   does not implement listing uploads (s3rver answers NotImplemented)
+   */
+  async incompleteWrites(o) {
+    const base = this.prefix ? `${this.prefix}/` : '';
+    let count = 0;
+    let bytes = 0;
+    /** @type {string | undefined} */
+    let keyMarker;
+    /** @type {string | undefined} */
+    let uploadIdMarker;
+    try {
+      for (;;) {
+        const r = await this.send(
+          new ListMultipartUploadsCommand({
+            Bucket: this.bucket,
+            Prefix: base,
+            KeyMarker: keyMarker,
+            UploadIdMarker: uploadIdMarker,
+          }),
+        );
+        for (const u of r.Uploads ?? []) {
+          const name = u.Key?.slice(base.length) ?? '';
+          if (!u.Key || !u.UploadId || !isObjectName(name)) continue;
+          count++;
+          bytes += await this.partBytes(u.Key, u.UploadId);
+          if (o.abort)
+            await this.send(
+              new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: u.Key, UploadId: u.UploadId }),
+            ).catch((/** @type {any} */ err) => {
+              // Gone meanwhile (completed or aborted by someone else): nothing left to free.
+              if (err?.name !== 'NoSuchUpload' && err?.$metadata?.httpStatusCode !== 404) throw err;
+            });
+        }
+        if (!r.IsTruncated) return { count, bytes };
+        keyMarker = r.NextKeyMarker;
+        uploadIdMarker = r.NextUploadIdMarker;
+        if (!keyMarker && !uploadIdMarker) return { count, bytes };
+      }
+    } catch (err) {
+      const e = /** @type {any} */ (err);
+      if (e?.name === 'NotImplemented' || e?.$metadata?.httpStatusCode === 501) return undefined;
+      throw s3Error(this.api.errors, err, `cannot list or abort unfinished uploads in ${this.spec}`);
+    }
+  }
+
+  /**
+   * The bytes an unfinished upload's parts hold (ListParts, paged).
+   * @param {string} Key
+   * @param {string} UploadId
+   */
+  async partBytes(Key, UploadId) {
+    let n = 0;
+    /** @type {string | undefined} */
+    let marker;
+    for (;;) {
+      const r = await this.send(
+        new ListPartsCommand({ Bucket: this.bucket, Key, UploadId, PartNumberMarker: marker }),
+      ).catch((/** @type {any} */ err) => {
+        if (err?.name === 'NoSuchUpload' || err?.$metadata?.httpStatusCode === 404) return undefined;
+        throw err;
+      });
+      if (!r) return n;
+      for (const p of r.Parts ?? []) n += Number(p.Size ?? 0);
+      if (!r.IsTruncated || !r.NextPartNumberMarker) return n;
+      marker = r.NextPartNumberMarker;
+    }
+  }
+
   async close() {}
+}
+
+/**
+ * Whether a name (relative to the prefix) is a repository object's: components of
+ * [A-Za-z0-9_.-] joined by '/'.
+ * @param {string} name
+ */
+function isObjectName(name) {
+  const parts = name.split('/');
+  return parts.length > 0 && parts.every((p) => COMPONENT.test(p));
 }
 
 /**

@@ -64,9 +64,24 @@ const excludeFileOption: OptionSpec = {
 export async function patternsOf(a: ParsedArgs, kind: 'exclude' | 'include' = 'exclude') {
   const patterns = list(a.options[kind]);
   const files = list(a.options[`${kind}-file`]);
-  if (!patterns.length && !files.length) return undefined;
+  const ipatterns = list(a.options[`i${kind}`]);
+  const ifiles = list(a.options[`i${kind}-file`]);
+  if (!patterns.length && !files.length && !ipatterns.length && !ifiles.length) return undefined;
   const { PathPatterns } = await import('../common/path-patterns.js');
-  return PathPatterns.load({ patterns, files });
+  return PathPatterns.load({ patterns, files, ipatterns, ifiles });
+}
+
+/** --KIND, --KIND-file and their case-insensitive --iKIND, --iKIND-file forms (restic's set). */
+function patternOptions(kind: 'exclude' | 'include', describe: string): Record<string, OptionSpec> {
+  return {
+    [kind]: excludeOption(describe),
+    [`${kind}-file`]: {
+      ...excludeFileOption,
+      describe: `read --${kind} patterns from FILE, one a line (# comments, $VAR expanded); repeatable`,
+    },
+    [`i${kind}`]: excludeOption(`like --${kind}, ignoring case`),
+    [`i${kind}-file`]: { ...excludeFileOption, describe: `like --${kind}-file, ignoring case` },
+  };
 }
 
 const mirrorMap: OptionSpec = {
@@ -138,8 +153,7 @@ export const peerCommands: OperatorCommand[] = [
         array: true,
         describe: 'a label for the snapshot (repeatable; forget --keep-tag)',
       },
-      exclude: excludeOption('leave out volume paths matching PATTERN, with everything below them'),
-      'exclude-file': excludeFileOption,
+      ...patternOptions('exclude', 'leave out volume paths matching PATTERN, with everything below them'),
       'password-file': passwordFile,
       'check-source': {
         type: 'string',
@@ -316,10 +330,8 @@ export const peerCommands: OperatorCommand[] = [
         describe: 'destination directory (a twinfs mount works too)',
         completes: 'local',
       },
-      include: excludeOption('restore only entries matching PATTERN, with everything below them'),
-      'include-file': { ...excludeFileOption, describe: 'read --include patterns from FILE, one a line' },
-      exclude: excludeOption('leave out entries matching PATTERN, with everything below them'),
-      'exclude-file': excludeFileOption,
+      ...patternOptions('include', 'restore only entries matching PATTERN, with everything below them'),
+      ...patternOptions('exclude', 'leave out entries matching PATTERN, with everything below them'),
       overwrite: {
         type: 'string',
         choices: ['always', 'never', 'if-newer'],

@@ -2,7 +2,7 @@ import type { TargetRegistry } from '../backup-peer/targets/index.js';
 import { TwinError } from '../common/errors.js';
 import { formatBytes as bytes } from '../common/progress.js';
 import { catalog, formatTime, passwordFile, targetOnly, usePasswordFile, withTargets } from './peer.js';
-import type { CommandContext, OperatorCommand, OptionSpec, ParsedArgs } from './spec.js';
+import type { CommandContext, OperatorCommand, OptionSpec, OptionValue, ParsedArgs } from './spec.js';
 import { list, str } from './spec.js';
 
 /**
@@ -19,6 +19,34 @@ const repositoryTarget: OptionSpec = {
 };
 
 /** The --target a command cannot do without. */
+/**
+ * find's --oldest/--newest: '2026-01-31' (local midnight; for --newest the day's end),
+ * '2026-01-31 13:45' or '2026-01-31T13:45:07' (local; a time without seconds in --newest means
+ * that minute's end), or ISO 8601 with a zone ('2026-01-31T13:45:07Z'). Anything else is
+ * ETWIN_USAGE naming the option.
+ */
+export function timeArg(v: OptionValue, which: 'oldest' | 'newest'): number | undefined {
+  const text = str(v)?.trim();
+  if (text === undefined) return undefined;
+  const local = /^(\d{4})-(\d{2})-(\d{2})(?:[ T](\d{2}):(\d{2})(?::(\d{2}))?)?$/.exec(text);
+  let ms: number;
+  if (local) {
+    const [y, mo, d, h, mi, sec] = local.slice(1).map((x) => (x === undefined ? undefined : Number(x)));
+    const t = new Date(y!, mo! - 1, d!, h ?? 0, mi ?? 0, sec ?? 0);
+    const valid = t.getFullYear() === y && t.getMonth() === mo! - 1 && t.getDate() === d;
+    ms = valid && (h ?? 0) < 24 && (mi ?? 0) < 60 && (sec ?? 0) < 60 ? t.getTime() : Number.NaN;
+    if (which === 'newest' && Number.isFinite(ms))
+      ms += h === undefined ? 86_400_000 - 1 : sec === undefined ? 59_999 : 999;
+  } else ms = /^\d{4}-\d{2}-\d{2}T.*(?:Z|[+-]\d{2}:?\d{2})$/.test(text) ? Date.parse(text) : Number.NaN;
+  if (!Number.isFinite(ms))
+    throw new TwinError(
+      'ETWIN_USAGE',
+      `--${which} ${JSON.stringify(text)} is not a time like 2026-01-31, '2026-01-31 13:45[:07]' or 2026-01-31T13:45:07Z`,
+      { option: which, text },
+    );
+  return ms;
+}
+
 function requiredTarget(cmd: string, a: ParsedArgs): string {
   const spec = str(a.options.target);
   if (!spec) throw new TwinError('ETWIN_USAGE', `${cmd} needs --target TYPE:LOCATION (dir:/backups)`);
@@ -111,10 +139,15 @@ export const repositoryCommands: OperatorCommand[] = [
     name: 'find',
     summary:
       'find entries matching patterns in every snapshot (or those named with --snapshot), like restic find',
-    usage: 'find PATTERN... [--snapshot ID]... [--target TYPE:LOCATION] [--catalog DIR]',
+    usage:
+      'find PATTERN... [--snapshot ID]... [--ignore-case] [--oldest TIME] [--newest TIME] [--tag TAG]... [--target TYPE:LOCATION] [--catalog DIR]',
     examples: [
       ["find '*.conf' --target dir:/backups", 'every .conf file, in each snapshot that has one'],
       ['find /etc/passwd --snapshot latest', 'one path, in the newest snapshot'],
+      [
+        "find -i '*.JPG' --oldest 2026-01-01 --newest '2026-06-30 23:59'",
+        'photos modified in the first half of 2026',
+      ],
     ],
     args: {
       name: 'patterns',
@@ -128,6 +161,24 @@ export const repositoryCommands: OperatorCommand[] = [
         describe: "look only in this snapshot (id, unique prefix or 'latest'; repeatable)",
         completes: 'snapshots',
       },
+      'ignore-case': { type: 'boolean', alias: 'i', describe: 'match the patterns ignoring case' },
+      oldest: {
+        type: 'string',
+        alias: 'O',
+        describe:
+          "only entries modified at or after TIME (local time: '2026-01-31', '2026-01-31 13:45[:07]', or ISO 8601)",
+      },
+      newest: {
+        type: 'string',
+        alias: 'N',
+        describe:
+          'only entries modified at or before TIME (same forms as --oldest; a date alone means its whole day)',
+      },
+      tag: {
+        type: 'string',
+        array: true,
+        describe: 'look only in snapshots with this tag (repeatable: any of them)',
+      },
       target: targetOnly,
       'password-file': passwordFile,
       catalog,
@@ -136,7 +187,12 @@ export const repositoryCommands: OperatorCommand[] = [
       withTargets(async (targets) => {
         if (!a.positional.length) throw new TwinError('ETWIN_USAGE', 'usage: find PATTERN...');
         const { PathPatterns } = await import('../common/path-patterns.js');
-        const patterns = PathPatterns.compile(a.positional);
+        const patterns = PathPatterns.compile(a.positional, {
+          ignoreCase: a.options['ignore-case'] === true,
+        });
+        const oldest = timeArg(a.options.oldest, 'oldest');
+        const newest = timeArg(a.options.newest, 'newest');
+        const tags = list(a.options.tag);
         await usePasswordFile(a);
         const { Catalog, loadSnapshot, pickSnapshot, syncCatalog } = await import('../backup-peer/index.js');
         const catalogDir = str(a.options.catalog) ?? ctx.defaults.catalog;
@@ -147,7 +203,8 @@ export const repositoryCommands: OperatorCommand[] = [
             ? (await syncCatalog(catalogDir, t)).snapshots
             : await Catalog.with(catalogDir, async (c) => c.list({ state: 'complete' }));
           const refs = list(a.options.snapshot);
-          const chosen = refs.length ? refs.map((r) => pickSnapshot(all, r, t?.spec ?? 'the catalog')) : all;
+          const named = refs.length ? refs.map((r) => pickSnapshot(all, r, t?.spec ?? 'the catalog')) : all;
+          const chosen = tags.length ? named.filter((s) => s.tags?.some((g) => tags.includes(g))) : named;
           const found: Array<{ snapshotId: string; time: number; entries: unknown[] }> = [];
           let n = 0;
           for (const s of chosen) {
@@ -156,7 +213,12 @@ export const repositoryCommands: OperatorCommand[] = [
               ? (await t.readManifest(s.id)).entries
               : (await loadSnapshot({ ref: s.id, catalogDir, registry: targets })).entries;
             const hits = entries
-              .filter((e) => patterns.matchesExactly(e.path))
+              .filter(
+                (e) =>
+                  patterns.matchesExactly(e.path) &&
+                  (oldest === undefined || e.mtime >= oldest) &&
+                  (newest === undefined || e.mtime <= newest),
+              )
               .map(
                 ({
                   snapshotId: _s,
@@ -251,6 +313,11 @@ export const repositoryCommands: OperatorCommand[] = [
           ctx.print(
             `${r.dryRun ? 'would free' : 'freed'} ${bytes(r.bytesFreed)} of ${bytes(r.bytesBefore)}: ${r.packsDeleted} pack(s) deleted, ${r.packsRewritten} rewritten, ${r.packsUnindexed} unindexed removed, ${r.blobsRemoved} blob(s) dropped`,
           );
+          const w = r.incompleteWrites;
+          if (w?.count)
+            ctx.print(
+              `${w.removed ? 'aborted' : 'would abort'} ${w.count} unfinished upload(s) of dead writers (${bytes(w.bytes)} stored in their parts)`,
+            );
           return { event: 'done', ...r };
         } finally {
           await t.close();

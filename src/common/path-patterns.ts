@@ -4,7 +4,7 @@ import { TwinError } from './errors.js';
 
 /**
  * Path patterns as restic documents them for --exclude, --exclude-file, restore's --include and
- * --exclude, and find:
+ * --exclude, and find (the --iexclude/--iinclude forms and find --ignore-case match ignoring case):
  * - glob syntax (`*` and `?` within a name, `[...]` classes, `**` for any number of
  *   directories), matched against the volume path (`/a/b/c`);
  * - a pattern that starts with `/` is anchored at the volume root; any other matches at any
@@ -32,10 +32,20 @@ export class PathPatterns {
    * The patterns of the command line then those of pattern files (readPatternFile), in that
    * order; a malformed one is ETWIN_BAD_PATTERN naming it and its file.
    */
-  static async load(o: { patterns?: readonly string[]; files?: readonly string[] }): Promise<PathPatterns> {
+  static async load(o: {
+    patterns?: readonly string[];
+    files?: readonly string[];
+    /** Patterns matched ignoring case (restic's --iexclude, --iinclude), after the others. */
+    ipatterns?: readonly string[];
+    /** Pattern files whose patterns match ignoring case (--iexclude-file, --iinclude-file). */
+    ifiles?: readonly string[];
+  }): Promise<PathPatterns> {
     const rules = (o.patterns ?? []).map((p) => compileOne(p, {}));
     for (const f of o.files ?? [])
       for (const p of await readPatternFile(f)) rules.push(compileOne(p, { from: f }));
+    for (const p of o.ipatterns ?? []) rules.push(compileOne(p, { ignoreCase: true }));
+    for (const f of o.ifiles ?? [])
+      for (const p of await readPatternFile(f)) rules.push(compileOne(p, { from: f, ignoreCase: true }));
     return new PathPatterns(rules);
   }
 

@@ -69,6 +69,9 @@ function guardStore(s: ObjectStore, plugin: string, o: GuardOptions): ObjectStor
     stat: (name) => g('stat', () => s.stat(name)),
     list: (prefix) => g('list', () => s.list(prefix)),
     delete: (name) => g('delete', () => s.delete(name)),
+    incompleteWrites: s.incompleteWrites
+      ? (w) => g('incompleteWrites', () => (s.incompleteWrites as NonNullable<typeof s.incompleteWrites>)(w))
+      : undefined,
     close: () => g('close', () => s.close()),
   };
 }

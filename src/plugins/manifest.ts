@@ -5,7 +5,7 @@ import { z } from 'zod';
 import { TwinError } from '../common/errors.js';
 
 /** The twinfs plugin API version plugins declare compatibility with in engines.twinfs. */
-export const API_VERSION = '1.1.0';
+export const API_VERSION = '1.2.0';
 
 const activationEvent = z
   .string()

@@ -146,6 +146,12 @@ export interface PruneResult {
   /** Bytes the store holds less afterwards (packs deleted minus packs written). */
   bytesFreed: number;
   bytesBefore: number;
+  /**
+   * Writes a dead writer began at the store and never finished (S3 multipart uploads): found,
+   * and removed unless dry-run; their bytes are not in bytesBefore/bytesFreed (the store does not
+   * list them as objects). Absent where the store has no such writes.
+   */
+  incompleteWrites?: { count: number; bytes: number; removed: boolean };
 }
 
 /**
@@ -192,8 +198,13 @@ export async function pruneRepository(repo: Repository, o: { dryRun?: boolean } 
     }
     const freedGuess =
       drop.reduce((n, p) => n + (repo.packs.get(p) ?? 0), 0) + unindexed.reduce((n, s) => n + s.size, 0);
+    // Under the exclusive lock no live backup of this repository is writing: an unfinished
+    // multipart upload is a dead writer's, and only costs storage.
+    const incomplete = await repo.store.incompleteWrites?.({ abort: !o.dryRun });
+    const incompleteWrites = incomplete && { ...incomplete, removed: !o.dryRun };
     if (o.dryRun)
       return {
+        incompleteWrites,
         dryRun: true,
         packsDeleted: drop.length,
         packsRewritten: rewrite.length,
@@ -221,6 +232,7 @@ export async function pruneRepository(repo: Repository, o: { dryRun?: boolean } 
       });
     const after = (await repo.store.list('data/')).reduce((n, s) => n + s.size, 0);
     return {
+      incompleteWrites,
       dryRun: false,
       packsDeleted: drop.length,
       packsRewritten: rewrite.length,

@@ -35,6 +35,14 @@ export interface RepositoryUnderTest {
  * prune, catalog rebuild) run by the real CLI, a process of its own, from --target alone: the
  * local catalog is deleted before each one, so none of them can lean on it.
  */
+/** The files (not directories) below DIR, relative and sorted. */
+async function filesBelow(dir: string): Promise<string[]> {
+  return (await fsp.readdir(dir, { recursive: true, withFileTypes: true }))
+    .filter((d) => !d.isDirectory())
+    .map((d) => path.relative(dir, path.join(d.parentPath, d.name)))
+    .sort();
+}
+
 export function describeRepositoryWithoutCatalog(
   name: string,
   open: () => Promise<RepositoryUnderTest>,
@@ -134,6 +142,25 @@ export function describeRepositoryWithoutCatalog(
         [ids[0], ['/cache/x.tmp', '/docs/deep/c.txt', '/notes.tmp']],
         [ids[1], ['/docs/deep/c.txt']],
       ]);
+      // -i matches ignoring case; --oldest/--newest bound the entries' mtimes (all made now);
+      // --tag looks only in snapshots with one of the tags.
+      const paths = (r: CliRun) =>
+        r.last.found.map((f: { entries: Array<{ path: string }> }) => f.entries.map((e) => e.path));
+      const ci = await cli('find', '-i', '*.TMP', 'C.txt', '--snapshot', ids[0]!, ...t());
+      expect(ci.code, ci.stderr).toBe(0);
+      expect(paths(ci)).toEqual([['/cache/x.tmp', '/docs/deep/c.txt', '/notes.tmp']]);
+      const caseKept = await cli('find', '*.TMP', '--snapshot', ids[0]!, ...t());
+      expect(caseKept.last.found).toEqual([]);
+      const since = await cli('find', 'c.txt', '--oldest', '2000-01-01', '--newest', '2999-12-31', ...t());
+      expect(paths(since)).toEqual([['/docs/deep/c.txt'], ['/docs/deep/c.txt']]);
+      const before = await cli('find', 'c.txt', '--newest', '2000-01-01 00:00', ...t());
+      expect(before.last.found).toEqual([]);
+      const after = await cli('find', 'c.txt', '--oldest', '2999-01-01T00:00:00Z', ...t());
+      expect(after.last.found).toEqual([]);
+      const otherTag = await cli('find', 'c.txt', '--tag', 'weekly', ...t());
+      expect(otherTag.last).toMatchObject({ snapshots: 0, found: [] });
+      const badTime = await cli('find', 'c.txt', '--oldest', 'yesterday', ...t());
+      expect([badTime.code, /ETWIN_[A-Z_]+/.exec(badTime.stderr)?.[0]]).toEqual([2, 'ETWIN_USAGE']);
       const one = await cli('find', '/docs/a.txt', '--snapshot', ids[0]!.slice(0, 20), ...t());
       expect(one.last).toMatchObject({ snapshots: 1, found: [{ snapshotId: ids[0] }] });
       const code = (r: { stderr: string }) => /ETWIN_[A-Z_]+/.exec(r.stderr)?.[0];
@@ -182,11 +209,22 @@ export function describeRepositoryWithoutCatalog(
         '/docs/deep',
       );
       expect(r2.code, r2.stderr).toBe(0);
-      const files = (await fsp.readdir(some, { recursive: true, withFileTypes: true }))
-        .filter((d) => !d.isDirectory())
-        .map((d) => path.relative(some, path.join(d.parentPath, d.name)))
-        .sort();
-      expect(files).toEqual(['docs/a.txt', 'top.txt']);
+      expect(await filesBelow(some)).toEqual(['docs/a.txt', 'top.txt']);
+      // The same with the case-insensitive forms: --iinclude, --iexclude.
+      const someI = path.join(base, 'restored-some-i');
+      const r3 = await cli(
+        'restore',
+        ids[0]!,
+        ...t(),
+        '--to',
+        someI,
+        '--iinclude',
+        '*.TXT',
+        '--iexclude',
+        '/DOCS/DEEP',
+      );
+      expect(r3.code, r3.stderr).toBe(0);
+      expect(await filesBelow(someI)).toEqual(['docs/a.txt', 'top.txt']);
 
       // --overwrite: never keeps what is there, if-newer keeps what is newer, always replaces.
       const a = path.join(old, 'docs/a.txt');

@@ -75,4 +75,26 @@ describe("path patterns (restic's --exclude semantics)", () => {
       await fsp.rm(dir, { recursive: true, force: true });
     }
   });
+
+  it('--iexclude and --iexclude-file patterns match ignoring case; the others still do not', async () => {
+    const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'twinfs-patterns-'));
+    try {
+      const f = path.join(dir, 'iexcludes');
+      await fsp.writeFile(f, '*.JPG\n');
+      const p = await PathPatterns.load({ patterns: ['/Cache'], ipatterns: ['/TMP'], ifiles: [f] });
+      expect(p.matches('/tmp/x')).toBe(true);
+      expect(p.matches('/Tmp')).toBe(true);
+      expect(p.matches('/photos/a.jpg')).toBe(true);
+      expect(p.matches('/photos/a.Jpg')).toBe(true);
+      expect(p.matches('/Cache/x')).toBe(true);
+      expect(p.matches('/cache/x')).toBe(false);
+      expect(p.matches('/photos/a.png')).toBe(false);
+      expect(p.patterns).toEqual(['/Cache', '/TMP', '*.JPG']);
+      await expect(PathPatterns.load({ ipatterns: ['[x'] })).rejects.toMatchObject({
+        code: 'ETWIN_BAD_PATTERN',
+      });
+    } finally {
+      await fsp.rm(dir, { recursive: true, force: true });
+    }
+  });
 });
