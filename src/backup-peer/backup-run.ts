@@ -83,6 +83,11 @@ export interface BackupOptions {
   ca?: string | Buffer;
   /** Opens the control channel (default: ControlClient.connect). */
   connect?: (url: string, token: string) => Promise<BackupControl>;
+  /**
+   * Entries of the sizing walk kept, with their lstats, for the copy to take instead of walking
+   * again (default 150,000, about 1 KiB each); past it the copy walks the selection again.
+   */
+  walkKeep?: number;
   /** Parallel copies (default: min(64, the target's maxConcurrency)). */
   concurrency?: number;
   /** Plugin events and onWillFreeze hooks (the CLI passes its plugin host). */
@@ -633,7 +638,7 @@ export class BackupRun {
       throwIfAborted(signal);
       files++;
       if (s.stat?.isFile()) bytes += Number(s.stat.size);
-      if (kept && kept.push(s) > WALK_KEEP) kept = undefined;
+      if (kept && kept.push(s) > (this.opts.walkKeep ?? WALK_KEEP)) kept = undefined;
       const now = Date.now();
       if (now - lastEvent >= 200) {
         lastEvent = now;
