@@ -170,7 +170,13 @@ export class MirrorReader {
   /** The same with times to the ns (what a snapshot records). */
   lstatNs(mirrorPath: string): Promise<fs.BigIntStats> {
     // A walk's entries: their directory was just resolved, no promise more for the path.
-    const known = this.tree.resolveKnown(mirrorPath);
+    let known: string | undefined;
+    try {
+      known = this.tree.resolveKnown(mirrorPath);
+    } catch (err) {
+      // A bad path ('..') rejects, as from resolve: callers catch it on the promise.
+      return Promise.reject(err);
+    }
     if (known !== undefined) return fsp.lstat(known, { bigint: true });
     return this.tree.resolve(mirrorPath).then((abs) => fsp.lstat(abs, { bigint: true }));
   }
