@@ -83,6 +83,11 @@ export interface BackupOptions {
   ca?: string | Buffer;
   /** Opens the control channel (default: ControlClient.connect). */
   connect?: (url: string, token: string) => Promise<BackupControl>;
+  /**
+   * Entries of the sizing walk kept, with their lstats, for the copy to take instead of walking
+   * again (default 150,000, about 1 KiB each); past it the copy walks the selection again.
+   */
+  walkKeep?: number;
   /** Parallel copies (default: min(64, the target's maxConcurrency)). */
   concurrency?: number;
   /** Plugin events and onWillFreeze hooks (the CLI passes its plugin host). */
@@ -150,6 +155,10 @@ export interface BackupWarning {
 }
 
 const DEFAULT_LEASE_MS = 60_000;
+/** Progress events for entries done, at most one per this many ms. */
+const PROGRESS_MS = 100;
+/** Entries of the sizing walk kept for the copy, at most (each with its lstat: ~1 KiB). */
+const WALK_KEEP = 150_000;
 const DEFAULT_TARGET_TIMEOUT_MS = 120_000;
 
 /** A snapshot id: sortable by time, unique enough, safe as a file name. */
@@ -173,7 +182,7 @@ export function newSnapshotId(now = new Date()): string {
  */
 export class BackupRun {
   private readonly _onDidProgress = new Emitter<BackupProgress>();
-  /** Fired on every phase change and after every entry. */
+  /** Fired on every phase change, and as entries are done (at most every PROGRESS_MS). */
   readonly onDidProgress = this._onDidProgress.event;
   private readonly _onDidWarn = new Emitter<BackupWarning>();
   /** Fired when the run goes on past a problem (a failed onWillFreeze hook). */
@@ -189,6 +198,9 @@ export class BackupRun {
     copiedBytes: 0,
     reusedFiles: 0,
   };
+
+  /** When entryDone last fired a progress event (ms since the epoch). */
+  private lastEntryEvent = 0;
 
   /** Whether --exclude leaves a volume path out (undefined: nothing is excluded). */
   private readonly excluded: ((volumePath: string) => boolean) | undefined;
@@ -350,7 +362,8 @@ export class BackupRun {
       };
       // Totals first (a walk of the split copy, no target involved), so progress has them.
       // An incremental the change answer drives looks only at what changed: no walk for totals.
-      if (!sources && !plan && !ref) await this.size(reader, stop.signal);
+      // The walk's entries, lstats included, are kept for the copy (one lstat per entry).
+      const walked = !sources && !plan && !ref ? await this.size(reader, stop.signal) : undefined;
       // From here the target may hang (a stalled network filesystem, a stopped server): while the
       // split is held, the watchdog releases it and fails the run; awaits at the target are raced
       // with it.
@@ -398,7 +411,7 @@ export class BackupRun {
         : await unlessAborted(
             plan
               ? this.copyPlanned(plan, reader, copier, stop.signal)
-              : this.copyAll(sources, reader, copier, stop.signal),
+              : this.copyAll(sources, reader, copier, stop.signal, walked),
             stop.signal,
           );
 
@@ -609,17 +622,23 @@ export class BackupRun {
 
   /**
    * The files and bytes a walk of the split copy will copy, counted before the copy starts (a
-   * walk of names and lstats, no data read): progress then has fixed totals to go by.
+   * walk of names and lstats, no data read): progress then has fixed totals to go by. Returns
+   * the entries the walk found, each with its lstat, for the copy to take instead of walking
+   * (and lstat'ing) the tree a second time; undefined past WALK_KEEP entries (memory: ~1 KiB
+   * each), when the copy walks again. The split copy does not change meanwhile, and what is
+   * read is checked against the walk's lstat (size and mtime, EntryCopier).
    */
-  private async size(reader: MirrorReader, signal: AbortSignal): Promise<void> {
+  private async size(reader: MirrorReader, signal: AbortSignal): Promise<SourceEntry[] | undefined> {
     let files = 0;
     let bytes = 0;
     let lastEvent = 0;
+    let kept: SourceEntry[] | undefined = [];
     this.emit({ phase: 'size', files: 0, filesTotal: 0, bytes: 0, bytesTotal: 0 });
     for await (const s of reader.walk(this.opts.selector)) {
       throwIfAborted(signal);
       files++;
       if (s.stat?.isFile()) bytes += Number(s.stat.size);
+      if (kept && kept.push(s) > (this.opts.walkKeep ?? WALK_KEEP)) kept = undefined;
       const now = Date.now();
       if (now - lastEvent >= 200) {
         lastEvent = now;
@@ -628,6 +647,7 @@ export class BackupRun {
     }
     this.progress.filesTotal = files;
     this.progress.bytesTotal = bytes;
+    return kept;
   }
 
   /**
@@ -640,11 +660,20 @@ export class BackupRun {
     return this.opts.concurrency ?? Math.min(64, this.opts.target.capabilities.maxConcurrency);
   }
 
-  /** One entry done: counted, and the progress told. */
+  /**
+   * One entry done: counted, and the progress told at most every PROGRESS_MS (an event per
+   * entry was a copy of the progress object per file, and more in every listener: the CLI's
+   * JSON lines and the server's reports keep a few a second anyway). Every phase change tells
+   * the counters as they are.
+   */
   private entryDone(copier: EntryCopier, p: string): void {
     this.progress.files++;
     this.progress.reusedFiles = copier.totals.reusedFiles;
-    this.emit({ path: p });
+    this.progress.path = p;
+    const now = Date.now();
+    if (now - this.lastEntryEvent < PROGRESS_MS) return;
+    this.lastEntryEvent = now;
+    this.emit({});
   }
 
   /** Copies the items of the reply, or (cut short) what a walk of the selection finds. */
@@ -653,6 +682,7 @@ export class BackupRun {
     reader: MirrorReader,
     copier: EntryCopier,
     signal: AbortSignal,
+    walked?: SourceEntry[],
   ): Promise<ManifestEntry[]> {
     const entries: ManifestEntry[] = [];
     const concurrency = this.copyConcurrency();
@@ -666,6 +696,12 @@ export class BackupRun {
       this.progress.filesTotal = sources.length;
       this.progress.bytesTotal = sources.reduce((n, s) => n + (s.item?.type === 'file' ? s.item.size : 0), 0);
       await forEachLimit(sources, concurrency, copyOne);
+    } else if (walked) {
+      // The sizing walk's entries and lstats (the totals came from them too).
+      await forEachLimit(walked, concurrency, async (s) => {
+        throwIfAborted(signal);
+        await copyOne(s);
+      });
     } else {
       // Copies start as the walk finds entries and the walk goes on while they run (no batch
       // waits for its slowest file before the walk resumes). The totals came from size().

@@ -239,11 +239,13 @@ export class Catalog {
     if (!(await this.snapshots.findOne({ _id: id })))
       throw new TwinError('ETWIN_UNKNOWN_SNAPSHOT', `no snapshot ${id} in the catalog`, { snapshotId: id });
     const file = this.entriesFile(id);
-    await fsp.rm(file, { force: true });
-    const store = await this.entryStore(id);
-    for (let i = 0; i < entries.length; i += 5000)
-      await store.insert(entries.slice(i, i + 5000).map((e) => ({ ...e, snapshotId: id })));
-    await this.sync(file);
+    await writeEntryFile(file, entries, id).catch((err) => {
+      throw new TwinError(
+        'ETWIN_CATALOG',
+        `cannot write the catalog's entries (${file}): ${(err as Error).message}`,
+        { dir: this.dir },
+      );
+    });
     await this.sync(path.dirname(file));
     await this.snapshots.update(
       { _id: id },
@@ -497,6 +499,36 @@ export class Catalog {
         dir: this.dir,
       });
     });
+  }
+}
+
+/** Lines of an entry file written per write(2) (a batch of rows, not one call per row). */
+const ENTRY_LINES_PER_WRITE = 4096;
+
+/**
+ * Writes a snapshot's entry file whole, in nedb's datafile format (one JSON document a line,
+ * each with an _id), and syncs it: what nedb's insert writes, without its per-document work
+ * (a deep copy, the _id index, a check of every key; 3 % of a full backup's JS thread at
+ * 12,000 entries). The rows are ManifestEntry objects: plain JSON, no dates, no key that starts
+ * with '$' or holds a '.', which nedb would refuse. Replaces a file left by an earlier attempt.
+ */
+async function writeEntryFile(
+  file: string,
+  entries: readonly ManifestEntry[],
+  snapshotId: string,
+): Promise<void> {
+  const fh = await fsp.open(file, 'w');
+  try {
+    for (let i = 0; i < entries.length; i += ENTRY_LINES_PER_WRITE) {
+      let text = '';
+      const end = Math.min(entries.length, i + ENTRY_LINES_PER_WRITE);
+      for (let j = i; j < end; j++)
+        text += `${JSON.stringify({ ...entries[j], snapshotId, _id: j.toString(36) })}\n`;
+      await fh.writeFile(text);
+    }
+    await fh.sync();
+  } finally {
+    await fh.close();
   }
 }
 

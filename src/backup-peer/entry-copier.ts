@@ -80,7 +80,8 @@ export class EntryCopier {
     let extra: EntryExtras;
     try {
       st = src.stat ?? (await reader.lstatNs(src.mirrorPath));
-      extra = await extrasOf(reader, src, st);
+      const known = reader.xattrsKnown(src.mirrorPath);
+      extra = extrasOf(st, known === 'unknown' ? await reader.xattrs(src.mirrorPath) : known);
     } catch (err) {
       throw mirrorError(err, src);
     }
@@ -171,10 +172,15 @@ export class EntryCopier {
       );
     this.totals.files++;
     this.totals.bytes += meta.size;
-    const reused = await this.reuse(src, meta);
-    if (reused) return reused;
-    const ranged = await this.copyRanged(src, meta);
-    if (ranged) return ranged;
+    // Asked only where they may apply (a full backup has neither: no promise each).
+    if (this.o.parent?.entries.has(src.path)) {
+      const reused = await this.reuse(src, meta);
+      if (reused) return reused;
+    }
+    if (this.o.ranges?.has(src.path)) {
+      const ranged = await this.copyRanged(src, meta);
+      if (ranged) return ranged;
+    }
     const r = await this.streamFile(src, meta);
     this.totals.copiedBytes += meta.size;
     const storedIn = this.o.writer.snapshotId;
@@ -419,12 +425,13 @@ export class EntryCopier {
     writer: SnapshotWriter & MirrorFileWriter,
   ): Promise<PutResult> {
     const { reader, signal, onBytes } = this.o;
-    let file: string;
-    try {
-      file = await reader.resolve(src.mirrorPath);
-    } catch (err) {
-      throw mirrorError(err, src);
-    }
+    let file = reader.resolveKnown(src.mirrorPath);
+    if (file === undefined)
+      try {
+        file = await reader.resolve(src.mirrorPath);
+      } catch (err) {
+        throw mirrorError(err, src);
+      }
     const r = await writer.putMirrorFile(src.path, { path: file, size: meta.size, max: SMALL_FILE }, meta, {
       signal,
     });
@@ -445,21 +452,28 @@ export class EntryCopier {
         throw changedError(src, meta, r.why);
     }
     checkStored(src, r.result.bytes, r.result.bytes, meta.size);
+    // The walk's lstat is what the manifest records: the file read must still be that one.
+    if (r.mtimeMs !== undefined && r.mtimeMs !== meta.mtime)
+      throw changedError(src, meta, `mtime ${r.mtimeMs}, not ${meta.mtime}`);
     onBytes?.(r.result.bytes, true);
     return r.result;
   }
 }
 
-/** The split copy must not change while it is copied. */
+/**
+ * The split copy must not change while it is copied, nor since the lstat the manifest records
+ * (meta: the walk's, which may be a while before the read).
+ */
 function checkUnchanged(src: SourceEntry, meta: EntryMeta, stat: Stats, after: Stats): void {
   if (after.size !== stat.size || after.mtimeMs !== stat.mtimeMs || stat.size !== meta.size)
     throw changedError(src, meta, after.size);
+  if (stat.mtimeMs !== meta.mtime) throw changedError(src, meta, `mtime ${stat.mtimeMs}, not ${meta.mtime}`);
 }
 
 function changedError(src: SourceEntry, meta: EntryMeta, now: number | string): TwinError {
   return new TwinError(
     'ETWIN_MIRROR_CHANGED',
-    `${src.path}: the split mirror copy changed while it was copied (${meta.size} → ${now} bytes); the split is not holding`,
+    `${src.path}: the split mirror copy changed while it was copied (${meta.size} bytes → ${typeof now === 'number' ? `${now} bytes` : now}); the split is not holding`,
     { path: src.path },
   );
 }
@@ -501,8 +515,8 @@ function metaOf(st: BigIntStats): EntryMeta {
 /** What a manifest records beyond EntryMeta for a faithful restore. */
 type EntryExtras = Pick<ManifestEntry, 'mtimeNs' | 'atimeNs' | 'xattrs'>;
 
-async function extrasOf(reader: MirrorReader, src: SourceEntry, st: BigIntStats): Promise<EntryExtras> {
-  const xattrs = await reader.xattrs(src.mirrorPath);
+/** The extras of an entry with these xattrs (MirrorReader.xattrs). */
+function extrasOf(st: BigIntStats, xattrs: Array<[string, string]> | undefined): EntryExtras {
   return { mtimeNs: String(st.mtimeNs), atimeNs: String(st.atimeNs), ...(xattrs ? { xattrs } : {}) };
 }
 

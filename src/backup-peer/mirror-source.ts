@@ -138,6 +138,13 @@ export function toVolumePath(p: string): string {
   return '/' + volumePathParts(p.startsWith('/') ? p : '/' + p).join('/');
 }
 
+/** The xattrs of an absolute path as MirrorReader.xattrs gives them. */
+function xattrsAt(abs: string): Array<[string, string]> | undefined {
+  const all = readXattrs(abs);
+  if (all.size === 0) return undefined;
+  return [...all].map(([name, value]) => [name, value.toString('base64')]);
+}
+
 /** lstats in flight at once while a directory is walked. */
 const WALK_LSTATS = 64;
 
@@ -161,8 +168,17 @@ export class MirrorReader {
   }
 
   /** The same with times to the ns (what a snapshot records). */
-  async lstatNs(mirrorPath: string): Promise<fs.BigIntStats> {
-    return fsp.lstat(await this.tree.resolve(mirrorPath), { bigint: true });
+  lstatNs(mirrorPath: string): Promise<fs.BigIntStats> {
+    // A walk's entries: their directory was just resolved, no promise more for the path.
+    let known: string | undefined;
+    try {
+      known = this.tree.resolveKnown(mirrorPath);
+    } catch (err) {
+      // A bad path ('..') rejects, as from resolve: callers catch it on the promise.
+      return Promise.reject(err);
+    }
+    if (known !== undefined) return fsp.lstat(known, { bigint: true });
+    return this.tree.resolve(mirrorPath).then((abs) => fsp.lstat(abs, { bigint: true }));
   }
 
   /**
@@ -171,14 +187,26 @@ export class MirrorReader {
    * between list and get is simply not there.
    */
   async xattrs(mirrorPath: string): Promise<Array<[string, string]> | undefined> {
-    const all = readXattrs(await this.tree.resolve(mirrorPath));
-    if (all.size === 0) return undefined;
-    return [...all].map(([name, value]) => [name, value.toString('base64')]);
+    return xattrsAt(await this.tree.resolve(mirrorPath));
+  }
+
+  /**
+   * The same, without a promise, when the entry's parents are known to be real directories
+   * (resolveKnown); 'unknown' when they are not (the caller then takes xattrs()).
+   */
+  xattrsKnown(mirrorPath: string): Array<[string, string]> | undefined | 'unknown' {
+    const abs = this.tree.resolveKnown(mirrorPath);
+    return abs === undefined ? 'unknown' : xattrsAt(abs);
   }
 
   /** The absolute path of an entry, every parent checked to be a real directory (SafeTree). */
   resolve(mirrorPath: string): Promise<string> {
     return this.tree.resolve(mirrorPath);
+  }
+
+  /** The same when every parent is known already (SafeTree.resolveKnown), else undefined. */
+  resolveKnown(mirrorPath: string): string | undefined {
+    return this.tree.resolveKnown(mirrorPath);
   }
 
   async readlink(mirrorPath: string): Promise<string> {

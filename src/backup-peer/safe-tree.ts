@@ -47,6 +47,17 @@ export class SafeTree {
   }
 
   /**
+   * The absolute path of volumePath when every parent is already known to be a real directory
+   * (checked before by resolve or mkdir), else undefined: resolve without a promise for the
+   * common case of a walk's entries, whose directory was just read.
+   */
+  resolveKnown(volumePath: string): string | undefined {
+    const parts = volumePathParts(volumePath);
+    if (parts.length > 1 && !this.dirs.has(parts.slice(0, -1).join('/'))) return undefined;
+    return parts.length === 0 ? this.root : path.join(this.root, ...parts);
+  }
+
+  /**
    * Creates volumePath's parents (mode `mode`, before umask) as needed, refusing symlinks on the
    * way; returns the absolute path of volumePath itself (not created).
    */

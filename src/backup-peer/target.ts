@@ -60,7 +60,8 @@ export interface MirrorFileWriter {
 }
 
 export type MirrorFilePut =
-  | { kind: 'stored'; result: PutResult }
+  /** mtimeMs: the file's as its reader fstat'ed it (Stats.mtimeMs), for the caller to compare. */
+  | { kind: 'stored'; result: PutResult; mtimeMs?: number }
   /** Not the expected size, not a regular file, or changed while it was read. */
   | { kind: 'changed'; why: string }
   /** Larger than file.max. */

@@ -374,6 +374,7 @@ class RepositoryWriter implements SnapshotWriter, MirrorFileWriter {
         return {
           kind: 'stored',
           result: this.record(p, { chunks: r.blobs.map((b) => b.id), hash: r.hash, size: r.size }),
+          mtimeMs: r.mtimeMs,
         };
       } catch (err) {
         this.paths.delete(p);

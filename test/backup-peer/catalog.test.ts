@@ -56,6 +56,54 @@ describe('catalog', () => {
     });
   });
 
+  it('entries written whole in batches read back exactly, through nedb and the text searches', async () => {
+    // More rows than one write takes, with everything a manifest entry may carry.
+    const many: ManifestEntry[] = [
+      { path: '/d', type: 'dir', size: 0, mode: 0o755, uid: 0, gid: 0, mtime: 1 },
+    ];
+    for (let i = 0; i < 9000; i++)
+      many.push({
+        path: `/d/f${String(i).padStart(5, '0')}`,
+        type: 'file',
+        size: i,
+        mode: 0o640,
+        uid: 1001,
+        gid: 1002,
+        mtime: 1_650_000_000_000.123,
+        mtimeNs: '1650000000000123456',
+        atimeNs: '1650000000000000001',
+        hash: `h${i}`,
+        storedIn: 's-1',
+        stored: `st${i}`,
+        ...(i % 1000 === 0 ? { xattrs: [['user.k', Buffer.from(`v"\n${i}`).toString('base64')]] } : {}),
+        ...(i === 7 ? { linkTo: '/d/f00006' } : {}),
+      } as ManifestEntry);
+    many.push({
+      path: '/d/l "q"',
+      type: 'symlink',
+      size: 0,
+      mode: 0o777,
+      uid: 0,
+      gid: 0,
+      mtime: 1,
+      target: '../x\ny',
+    });
+    many.push({ path: '/d/n', type: 'char', size: 0, mode: 0o600, uid: 0, gid: 0, mtime: 1, rdev: 259 });
+    await Catalog.with(dir, async (c) => {
+      await c.begin(rec('s-1', 1000));
+      await c.complete('s-1', many, emptyTotals());
+    });
+    await Catalog.with(dir, async (c) => {
+      const back = await c.entries('s-1');
+      const want = many.map((e) => ({ ...e, snapshotId: 's-1' })).sort((a, b) => (a.path < b.path ? -1 : 1));
+      expect(back).toEqual(want);
+      const at = await c.entriesAt('s-1', ['/d/f08000', '/d/l "q"', '/d/none']);
+      expect([...at.keys()].sort()).toEqual(['/d/f08000', '/d/l "q"']);
+      expect(at.get('/d/f08000')?.xattrs).toEqual(many.find((e) => e.path === '/d/f08000')?.xattrs);
+      expect([...(await c.linkedPaths('s-1'))].sort()).toEqual(['/d/f00006', '/d/f00007']);
+    });
+  });
+
   it('a failed snapshot keeps no entries and is never "latest"', async () => {
     await Catalog.with(dir, async (c) => {
       await c.begin(rec('s-1', 1000));
