@@ -36,10 +36,10 @@ export const LIBFUSE3_CACHE_SEC = 60;
 
 /**
  * The libfuse a mount uses when neither `serve --fuse` nor TWINFS_FUSE names one: the one place
- * the default lives. 2 until libfuse3 passes the whole suite (docs/architecture.md, "The FUSE
- * layer"); with 3, libfuse2 is still used where the libfuse3 build is missing.
+ * the default lives: libfuse3 (docs/architecture.md, "The FUSE layer"); libfuse2 is still used
+ * where the libfuse3 build is missing (libfuse3-dev was not there at npm install).
  */
-export const DEFAULT_LIBFUSE: 2 | 3 = 2;
+export const DEFAULT_LIBFUSE: 2 | 3 = 3;
 
 /** Whether fuse-native's libfuse3 build is there (made at npm install when libfuse3-dev was). */
 export function libfuse3Built(): boolean {
