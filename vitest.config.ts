@@ -12,13 +12,23 @@ const shared = {
   teardownTimeout: 30_000,
 } as const;
 
-/** The other libfuse than the default: a few FUSE test files run on it too, so both builds stay tested. */
+/**
+ * The other libfuse than the default (libfuse2 while the default is 3): the FUSE files whose
+ * behaviour depends on the build run on it too, so both builds stay tested. What differs there:
+ * no kernel caching (every stat asks twinfs; hard links), 128 KiB requests, the mount options,
+ * hidden renames of open files (rename-own-link, differential's known limitations), permission
+ * checks and times through the kernel, and dirty mmap pages before a split.
+ */
 const OTHER_LIBFUSE = DEFAULT_LIBFUSE === 3 ? 2 : 3;
 const ON_OTHER_LIBFUSE = [
   'test/fusefs/smoke.test.ts',
   'test/fusefs/posix-files.test.ts',
   'test/fusefs/posix-links.test.ts',
   'test/fusefs/posix-xattr.test.ts',
+  'test/fusefs/posix-perms.test.ts',
+  'test/fusefs/posix-times.test.ts',
+  'test/fusefs/rename-own-link.test.ts',
+  'test/fusefs/differential.test.ts',
   'test/control/mmap-prepare.test.ts',
   'test/mirror-driver/crash.test.ts',
 ];

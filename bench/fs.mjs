@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // twinfs filesystem benchmark (issue 2): the same workloads, in one run, on the bare primary
-// directory, on a bindfs mount of it (C FUSE passthrough over the same libfuse2, -o big_writes)
-// and on twinfs; ratios against bindfs. Then the twinfs server's RSS while writing 4 GiB.
+// directory, on a bindfs mount of it (C FUSE passthrough over libfuse2, -o big_writes) and on
+// twinfs (its default libfuse, 3; TWINFS_FUSE=2 for libfuse2); ratios against bindfs. Then the twinfs server's RSS while writing 4 GiB.
 //
 //   node bench/fs.mjs                      full size (1 GiB files, 256 MiB of 4 KiB writes,
 //                                          10,000 files, 4 GiB RSS run, 3 repetitions)
@@ -11,7 +11,8 @@
 //   seq write   dd if=/dev/zero of=F bs=1M count=SIZE conv=fsync  (write + fsync + close)
 //   seq read    cold: drop_caches, then dd if=F of=/dev/null bs=1M;
 //               warm: F first read on the bare primary (so the backing pages are cached),
-//               then dd through the target (FUSE's own page cache is not kept across opens)
+//               then dd through the target (FUSE's own page cache is not kept across opens
+//               on bindfs and libfuse2; twinfs on libfuse3 keeps it)
 //   4k write    dd if=/dev/zero of=F bs=4k count=SMALL/4k (open, write(2) x N, close; no fsync)
 //               then, separately, open F + fsync(2) (bench/worker.mjs fsync)
 //   metadata    bench/worker.mjs meta: create (open O_CREAT|O_EXCL, write --meta-size bytes,

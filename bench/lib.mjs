@@ -115,10 +115,16 @@ export function mountInfo(dir) {
   return found;
 }
 
+/** fusermount from Debian's `fuse`, or fusermount3 where the `fuse3` package replaced it. */
+export function fusermountProgram() {
+  const dirs = (process.env.PATH ?? '').split(':').filter(Boolean);
+  return dirs.some((d) => fs.existsSync(path.join(d, 'fusermount'))) ? 'fusermount' : 'fusermount3';
+}
+
 /** Detaches a FUSE mount without ever blocking on it: lazy unmount, abort if still there. */
 export function forceUnmountSync(dir) {
   if (!mountInfo(dir)) return;
-  spawnSync('fusermount', ['-uz', dir], { stdio: 'ignore', timeout: 10_000 });
+  spawnSync(fusermountProgram(), ['-uz', dir], { stdio: 'ignore', timeout: 10_000 });
   const mi = mountInfo(dir);
   if (!mi) return;
   const minor = mi.majmin.split(':')[1];
@@ -528,7 +534,7 @@ export async function startBindfs(src, mnt, opts = 'big_writes') {
     mount: mnt,
     pid,
     async stop() {
-      await run('fusermount', ['-u', mnt], { check: false, timeoutMs: 20_000 });
+      await run(fusermountProgram(), ['-u', mnt], { check: false, timeoutMs: 20_000 });
       forceUnmountSync(mnt);
       untrackMount(mnt);
     },

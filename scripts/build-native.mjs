@@ -271,7 +271,8 @@ const withFuse3 =
 if (!withFuse3 && process.env.TWINFS_NO_FUSE3 !== '1') {
   console.warn(
     'build-native: WARNING: libfuse3-dev (pkg-config fuse3) not found: only the libfuse2 build is made, ' +
-      'TWINFS_FUSE=3 will not work. Install it: apt-get install --no-install-recommends libfuse3-dev pkg-config',
+      'twinfs serves with libfuse2 instead of its default libfuse3, and TWINFS_FUSE=3 will not work. ' +
+      'Install it: apt-get install --no-install-recommends libfuse3-dev pkg-config',
   );
 }
 

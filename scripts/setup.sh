@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs everything twinfs needs on a fresh Debian machine with Node 20, as root:
-# Debian packages (libfuse2 and fuse for FUSE, libfuse3-dev for the libfuse3 build; attr, rsync,
+# Debian packages (libfuse3-dev for the libfuse3 build, the default, libfuse2 and fuse; attr, rsync,
 # bindfs, restic for tests and benchmarks; samba and smbclient for `twinfs serve --smb` and its tests;
 # ceph-mon, ceph-osd, radosgw and ceph-common for the one-node Ceph cluster whose RADOS Gateway
 # the s3 target is tested against, see scripts/ceph-rgw.sh; chromium for the status page's
@@ -23,9 +23,10 @@ if [ "${#need[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 # Without recommends: Ceph (Debian 12 ships 16.2; nothing starts on install; ~250 MB this way)
-# for scripts/ceph-rgw.sh, and libfuse3-dev (with pkg-config) for the second fuse-native build
-# (TWINFS_FUSE=3), whose recommends pull in Debian's `fuse3`, which would remove `fuse` and
-# its fusermount (twinfs, its tests and scripts work with either fusermount or fusermount3).
+# for scripts/ceph-rgw.sh, and libfuse3-dev (with pkg-config) for fuse-native's libfuse3 build
+# (the default; libfuse2 with TWINFS_FUSE=2), whose recommends pull in Debian's `fuse3`, which would
+# remove `fuse` and its fusermount (twinfs, its tests and scripts work with either fusermount or
+# fusermount3; as root libfuse3 mounts with mount(2) and needs neither).
 lean=()
 for pkg in ceph-mon ceph-osd radosgw ceph-common uuid-runtime curl libfuse3-dev pkg-config; do
   installed "$pkg" || lean+=("$pkg")

@@ -47,7 +47,7 @@ export interface ServeConfig {
   http?: string;
   /** The server log's level: trace, debug, info (default), warn, error, fatal, silent. */
   logLevel?: string;
-  /** Which libfuse serves the mount: 2 (default) or 3 (kernel caching, exact invalidation). */
+  /** Which libfuse serves the mount: 3 (default: kernel caching, exact invalidation) or 2. */
   fuse?: number;
 }
 

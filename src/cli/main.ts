@@ -48,7 +48,8 @@ async function main(argv: string[]): Promise<number> {
           .option('force', { type: 'boolean', describe: 'mount over a non-empty directory' })
           .option('fuse', {
             type: 'number',
-            describe: 'libfuse to serve with: 2 (default) or 3 (kernel caching; also TWINFS_FUSE=2|3)',
+            describe:
+              'libfuse to serve with: 3 (default: kernel caching, kept exact) or 2 (no kernel caching; also TWINFS_FUSE=2|3)',
           })
           .option('state-dir', {
             type: 'string',

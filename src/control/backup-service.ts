@@ -519,7 +519,7 @@ export class BackupService {
       fs
         .openForWriting()
         .filter((e) => hit(e.path, e.ino))
-        .map((e) => e.path);
+        .map((e) => ({ path: e.path, ino: e.ino }));
     try {
       const { ms } = await this.kernelWriteback.sync(names);
       k.lastMs = ms;

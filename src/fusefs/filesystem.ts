@@ -13,6 +13,7 @@ import {
   DEFAULT_LIBFUSE,
   DEFAULT_NATIVE_OPTIONS,
   fuseNativeOptions,
+  libfuse3Built,
   libfuseFromEnv,
   type NativeMountOptions,
   nativeAttributesFromEnv,
@@ -131,7 +132,9 @@ export class TwinFs {
     this.libfuse = opts.native?.libfuse ?? libfuseFromEnv();
     if (this.libfuse !== DEFAULT_LIBFUSE && opts.native?.libfuse === undefined && !process.env.TWINFS_FUSE)
       this.log(
-        'serving with libfuse2: the libfuse3 build of fuse-native is missing (install libfuse3-dev, then node scripts/build-native.mjs)',
+        libfuse3Built()
+          ? 'serving with libfuse2: libfuse3 needs root or fusermount3 to mount (Debian: apt-get install fuse3)'
+          : 'serving with libfuse2: the libfuse3 build of fuse-native is missing (install libfuse3-dev, then node scripts/build-native.mjs)',
       );
     if (this.libfuse === 3) {
       const inhibitor = this.inhibitor;

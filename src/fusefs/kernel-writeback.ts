@@ -11,8 +11,13 @@ export interface KernelWritebackOptions {
   syncCommand?: string;
 }
 
-/** Rounds of a write-back whose names moved under it (a rename between listing and opening). */
+/** Failed rounds of a write-back before it gives up (a name moved between listing and opening). */
 const ROUNDS = 3;
+/** Rounds in all, those that failed only on names gone meanwhile included. */
+const MAX_ROUNDS = 8;
+
+/** A volume path to write back, or the path and the file's inode (to follow it through a rename). */
+export type SyncName = string | { path: string; ino: number };
 
 /**
  * Makes the kernel write back the dirty pages it holds for some names of the mount — pages of
@@ -41,28 +46,46 @@ export class KernelWriteback {
   }
 
   /**
-   * Writes back the pages of the names names() gives (volume paths, asked again when a round
-   * fails: a name may have been renamed meanwhile). Resolves with the time it took, ms, and the
-   * names of the last round; rejects with ETWIN_KERNEL_WRITEBACK.
+   * Writes back the pages of the names names() gives (volume paths, with the file's inode where
+   * the caller knows it). A name the kernel says does not exist when the child opens it was
+   * unlinked meanwhile (no longer open: nothing of it to write back; an unlink answered in
+   * libfuse's threads may not be in the caller's list yet) or renamed: the names are asked
+   * again, and a file of the first list found under a name not yet synced (a rename) is synced
+   * under it; a file opened after the first list is not waited for. Other failures are tried
+   * again up to ROUNDS times. Resolves with the time it took, ms, and the names synced; rejects
+   * with ETWIN_KERNEL_WRITEBACK.
    */
-  async sync(names: () => string[]): Promise<{ ms: number; names: number }> {
+  async sync(names: () => SyncName[]): Promise<{ ms: number; names: number }> {
     const t0 = performance.now();
     let last: TwinError | undefined;
-    // Names the kernel said do not exist (unlinked meanwhile, e.g. answered in libfuse's threads
-    // before twinfs's name list heard of it): no split can hold them, so the next round skips
-    // them; a name renamed meanwhile comes back from names() under its new name.
+    const synced = new Set<string>();
     const gone = new Set<string>();
-    for (let round = 0; round < ROUNDS; round++) {
-      const list = names().filter((n) => !gone.has(n));
-      if (list.length === 0) return { ms: performance.now() - t0, names: 0 };
+    /** Inodes of the first list: later rounds follow those files only (null: paths only, no inodes). */
+    let wanted: Set<number> | null = null;
+    let failures = 0;
+    for (let round = 0; round < MAX_ROUNDS && failures < ROUNDS; round++) {
+      const entries = names().map((n) => (typeof n === 'string' ? { path: n, ino: undefined } : n));
+      if (round === 0) wanted = new Set(entries.flatMap((e) => (e.ino === undefined ? [] : [e.ino])));
+      const list = entries
+        .filter((e) => !synced.has(e.path) && !gone.has(e.path))
+        .filter((e) => round === 0 || e.ino === undefined || wanted!.has(e.ino))
+        .map((e) => e.path);
+      if (list.length === 0) return { ms: performance.now() - t0, names: synced.size };
       try {
         await this.run(list);
-        return { ms: performance.now() - t0, names: list.length };
+        for (const n of list) synced.add(n);
+        return { ms: performance.now() - t0, names: synced.size };
       } catch (err) {
         last = err as TwinError;
         // A timeout leaves a stuck child: another round would only wait behind it.
         if (this.stuck) break;
-        for (const n of (last.data?.missing as string[] | undefined) ?? []) gone.add(n);
+        const missing = new Set((last.data?.missing as string[] | undefined) ?? []);
+        for (const n of missing) gone.add(n);
+        // coreutils sync goes on past a name it cannot open: when every failure was a missing
+        // name, the others are written back, and the next round only looks for renames.
+        if (last.data?.onlyMissing === true) {
+          for (const n of list) if (!missing.has(n)) synced.add(n);
+        } else failures++;
       }
     }
     throw last!;
@@ -112,19 +135,24 @@ export class KernelWriteback {
       child.on('error', (err) => fail(`cannot run ${cmd}: ${err.message}`, {}, err));
       child.on('close', (code, signal) => {
         if (this.stuck === child) this.stuck = null;
-        if (code === 0) settle();
-        else
-          fail(
-            `${cmd} -d of ${names.length} file(s) in ${mount} failed (${signal ?? `exit ${code}`}): ${stderr.trim()}`,
-            {
-              exitCode: code,
-              signal,
-              // The names it could not open because they do not exist (sync runs with LC_ALL=C).
-              missing: names.filter((n) =>
-                stderr.includes(`error opening '${path.join(mount, n)}': No such file or directory`),
-              ),
-            },
-          );
+        if (code === 0) return settle();
+        // The names it could not open because they do not exist (sync runs with LC_ALL=C), and
+        // whether those were all its errors (it syncs the other names all the same).
+        const lines = stderr.trim().split('\n');
+        const missingOf = (line: string) =>
+          /: error opening '(.*)': No such file or directory$/.exec(line.trim())?.[1];
+        const missing = names.filter((n) => lines.some((line) => missingOf(line) === path.join(mount, n)));
+        const onlyMissing =
+          code === 1 && missing.length > 0 && lines.every((line) => files.includes(missingOf(line) ?? '\0'));
+        fail(
+          `${cmd} -d of ${names.length} file(s) in ${mount} failed (${signal ?? `exit ${code}`}): ${stderr.trim()}`,
+          {
+            exitCode: code,
+            signal,
+            missing,
+            onlyMissing,
+          },
+        );
       });
     });
   }

@@ -1,4 +1,6 @@
+import * as fs from 'node:fs';
 import { createRequire } from 'node:module';
+import * as path from 'node:path';
 import { TwinError } from '../common/errors.js';
 
 const require = createRequire(import.meta.url);
@@ -36,10 +38,11 @@ export const LIBFUSE3_CACHE_SEC = 60;
 
 /**
  * The libfuse a mount uses when neither `serve --fuse` nor TWINFS_FUSE names one: the one place
- * the default lives. 2 until libfuse3 passes the whole suite (docs/architecture.md, "The FUSE
- * layer"); with 3, libfuse2 is still used where the libfuse3 build is missing.
+ * the default lives: libfuse3 (docs/architecture.md, "The FUSE layer"); libfuse2 is still used
+ * where libfuse3 cannot mount: its build is missing (libfuse3-dev was not there at npm install),
+ * or the server is not root and has no fusermount3.
  */
-export const DEFAULT_LIBFUSE: 2 | 3 = 2;
+export const DEFAULT_LIBFUSE: 2 | 3 = 3;
 
 /** Whether fuse-native's libfuse3 build is there (made at npm install when libfuse3-dev was). */
 export function libfuse3Built(): boolean {
@@ -51,10 +54,36 @@ export function libfuse3Built(): boolean {
 }
 
 /**
- * The libfuse chosen by the environment: TWINFS_FUSE=2 or 3; otherwise DEFAULT_LIBFUSE, or
- * libfuse2 when that is 3 and the libfuse3 build is missing.
+ * Whether libfuse3 can mount here: its build is there, and the process is root (libfuse3 mounts
+ * with mount(2)) or has `fusermount3` on its PATH (the setuid helper libfuse3 runs otherwise;
+ * Debian's `fuse3` package, where `fuse`'s fusermount, libfuse2's helper, does not do).
  */
-export function libfuseFromEnv(env: NodeJS.ProcessEnv = process.env, haveLibfuse3 = libfuse3Built): 2 | 3 {
+export function libfuse3Usable(
+  uid = process.getuid?.() ?? 0,
+  pathEnv = process.env.PATH ?? '',
+  built: () => boolean = libfuse3Built,
+): boolean {
+  if (!built()) return false;
+  if (uid === 0) return true;
+  return pathEnv.split(':').some((dir) => {
+    if (!dir) return false;
+    try {
+      fs.accessSync(path.join(dir, 'fusermount3'), fs.constants.X_OK);
+      return true;
+    } catch {
+      return false;
+    }
+  });
+}
+
+/**
+ * The libfuse chosen by the environment: TWINFS_FUSE=2 or 3; otherwise DEFAULT_LIBFUSE, or
+ * libfuse2 when that is 3 and libfuse3 cannot mount here (libfuse3Usable).
+ */
+export function libfuseFromEnv(
+  env: NodeJS.ProcessEnv = process.env,
+  haveLibfuse3 = () => libfuse3Usable(),
+): 2 | 3 {
   if (env.TWINFS_FUSE === '2') return 2;
   if (env.TWINFS_FUSE === '3') return 3;
   if (env.TWINFS_FUSE)

@@ -15,6 +15,8 @@ export class SpaceAccount {
   private free = Number.POSITIVE_INFINITY;
   private reserved = 0;
   private landedSinceRefresh = 0;
+  /** Bytes that landed while the last statfs ran (counted as used: they may be in its answer). */
+  private lastLandedDuring = 0;
   private refreshing: Promise<void> | null = null;
   private timer: NodeJS.Timeout | undefined;
 
@@ -85,6 +87,7 @@ export class SpaceAccount {
         const landedDuring = this.landedSinceRefresh - landedBefore;
         this.free = s.bavail * s.bsize - this.marginBytes - landedDuring;
         this.landedSinceRefresh = landedDuring;
+        this.lastLandedDuring = landedDuring;
       } catch {
         // Keep the last estimate: statfs failing is the primary's problem, reported elsewhere.
       }
@@ -92,6 +95,22 @@ export class SpaceAccount {
       this.refreshing = null;
     });
     return this.refreshing;
+  }
+
+  /**
+   * The statfs a write is refused on: one started now (after a running one, whose answer may be
+   * older than the refusal), read again while data landed during it (up to `tries` times).
+   * Bytes landing during a statfs are counted as used and may be in its answer as well: with a
+   * write-behind landing beside the writes, a refusal on that answer would be a false ENOSPC
+   * (seen: a 20 MiB primary refused a file's writes with 2–3.6 MiB still free). The refused
+   * writer waits meanwhile, so what lands is what was in flight: the reads settle.
+   */
+  async refreshSettled(tries = 10): Promise<void> {
+    for (let i = 0; i < tries; i++) {
+      await this.refreshing;
+      await this.refresh();
+      if (this.lastLandedDuring === 0) return;
+    }
   }
 
   dispose(): void {

@@ -249,8 +249,9 @@ export class WritebackCache {
    */
   write(node: FileNode, off: number, data: Uint8Array): void | Promise<void> {
     if (this.space && !this.reserveFor(node, off, data.length)) {
-      // The estimate may be stale (space freed since the last statfs): ask again, then refuse.
-      return this.space.refresh().then(() => {
+      // The estimate may be stale (space freed since the last statfs, or data that landed
+      // during it counted twice): ask again, then refuse.
+      return this.space.refreshSettled().then(() => {
         if (!this.reserveFor(node, off, data.length))
           throw errnoError('ENOSPC', `no space on the primary for ${node.path}`);
         return this.writeReserved(node, off, data);

@@ -48,4 +48,46 @@ describe('KernelWriteback', () => {
     expect(rounds).toBe(2);
     expect(r.names).toBe(0);
   });
+
+  it('names gone in every round (a create/unlink storm): the first list is written back, later opens are not waited for, a renamed file is followed', async () => {
+    // A sync that logs the names it is given, then runs the real one.
+    const log = path.join(t.base, 'sync.log');
+    const fake = path.join(t.base, 'logsync');
+    await fsp.writeFile(fake, `#!/bin/sh\necho "$@" >> '${log}'\nexec sync "$@"\n`, { mode: 0o755 });
+    const logged = new KernelWriteback({ mountPoint: t.dirs.vol!, timeoutMs: 10_000, syncCommand: fake });
+    let round = 0;
+    // Each round lists one file the worker has already closed and unlinked (the child finds
+    // it gone), and from the second on a file opened since; file 7 (listed first as /-b's old
+    // name /old-b) shows up under /-b.
+    const r = await logged.sync(() => {
+      round++;
+      return [
+        { path: '/a', ino: 1 },
+        { path: `/unlinked-${round}`, ino: 100 + round },
+        round === 1 ? { path: '/old-b', ino: 7 } : { path: '/-b', ino: 7 },
+      ];
+    });
+    // Round 1 synced /a (missing: /unlinked-1, /old-b); round 2 synced /-b only (the one file
+    // of the first list under a name not yet synced), not /unlinked-2 (opened later).
+    expect(round).toBe(2);
+    expect(r.names).toBe(2);
+    const calls = (await fsp.readFile(log, 'utf8')).trim().split('\n');
+    expect(calls).toEqual([
+      `-d -- ${path.join(t.dirs.vol!, 'a')} ${path.join(t.dirs.vol!, 'unlinked-1')} ${path.join(t.dirs.vol!, 'old-b')}`,
+      `-d -- ${path.join(t.dirs.vol!, '-b')}`,
+    ]);
+  });
+
+  it('a failure other than a missing name still fails the write-back', async () => {
+    // A name longer than NAME_MAX: sync cannot open it, and not because it does not exist.
+    const long = `/${'x'.repeat(300)}`;
+    await expect(
+      kw.sync(() => [
+        { path: '/a', ino: 1 },
+        { path: long, ino: 2 },
+      ]),
+    ).rejects.toMatchObject({
+      code: 'ETWIN_KERNEL_WRITEBACK',
+    });
+  });
 });

@@ -1,8 +1,9 @@
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { DEFAULT_LIBFUSE, libfuseFromEnv } from '../../src/fusefs/native-options.js';
+import { DEFAULT_LIBFUSE, libfuse3Usable, libfuseFromEnv } from '../../src/fusefs/native-options.js';
 import { mountFixture, type PosixFixture } from '../helpers/posix.js';
+import { tempDirs } from '../helpers/server.js';
 
 describe('twinfs serve (smoke)', () => {
   let fx: PosixFixture;
@@ -40,6 +41,20 @@ describe('choosing the libfuse (native-options.ts)', () => {
     expect(libfuseFromEnv({ TWINFS_FUSE: '3' }, () => false)).toBe(3);
     expect(libfuseFromEnv({}, () => true)).toBe(DEFAULT_LIBFUSE);
     expect(libfuseFromEnv({}, () => false)).toBe(2);
+  });
+
+  it("libfuse3 mounts as root, or with fusermount3 on the PATH (not with fuse's fusermount alone)", async () => {
+    const t = await tempDirs('fuse2bin', 'fuse3bin');
+    try {
+      await fsp.writeFile(path.join(t.dirs.fuse2bin!, 'fusermount'), '#!/bin/sh\n', { mode: 0o755 });
+      await fsp.writeFile(path.join(t.dirs.fuse3bin!, 'fusermount3'), '#!/bin/sh\n', { mode: 0o755 });
+      expect(libfuse3Usable(0, t.dirs.fuse2bin!, () => true)).toBe(true);
+      expect(libfuse3Usable(1000, t.dirs.fuse2bin!, () => true)).toBe(false);
+      expect(libfuse3Usable(1000, `${t.dirs.fuse2bin}:${t.dirs.fuse3bin}`, () => true)).toBe(true);
+      expect(libfuse3Usable(0, t.dirs.fuse3bin!, () => false)).toBe(false);
+    } finally {
+      await t.cleanup();
+    }
   });
 
   it('another TWINFS_FUSE value is a usage error', () => {
