@@ -632,7 +632,7 @@ export class VolumeOps {
       if (replaced && keeper !== undefined) replaced.path = keeper;
       // Update cached paths and report in one synchronous step, so a concurrent flush reports
       // its writes either before the rename under the old path or after it under the new one.
-      this.cache.renamed(from, to);
+      this.cache.renamed(from, to, src && (src.mode & S_IFMT) !== S_IFDIR ? src.ino : undefined);
       this.openNames.renamed(from, to);
       this.kernelNames?.renamed(from, to);
       this.hides.renamed(from, to);

@@ -236,8 +236,17 @@ export class WritebackCache {
     await this.maybeClose(node);
   }
 
-  /** Paths of cached nodes change with renames. `from` may be a directory. */
-  renamed(from: string, to: string): void {
+  /**
+   * Paths of cached nodes change with renames. `from` may be a directory; `fileIno` says it is
+   * not (it is that file's inode): then only that file's node can be known by `from`, and the
+   * other cached files are not walked (every rename did that, thousands after an untar).
+   */
+  renamed(from: string, to: string, fileIno?: number): void {
+    if (fileIno !== undefined) {
+      const n = this.nodes.get(fileIno);
+      if (n && n.path === from) n.path = to;
+      return;
+    }
     for (const n of this.nodes.values()) {
       if (n.path === from) n.path = to;
       else if (n.path.startsWith(from + '/')) n.path = to + n.path.slice(from.length);
