@@ -514,10 +514,13 @@ export class VolumeOps {
     await this.guarded([path], async () => {
       const st = this.paths.at([path], (b) => fs.lstatSync(b));
       const node = (st.mode & S_IFMT) === S_IFREG ? this.cache.get(st.ino) : undefined;
-      // Another name keeps the inode alive: its cached data must reach the primary under a
-      // path that still exists, so write it back first.
-      if (node?.isDirty && st.nlink > 1) await this.cache.flush(node);
+      // Another name keeps the inode alive: its cached data must be reported under a path that
+      // still exists. A name known to be the same file takes it over in the unlink's own
+      // synchronous step (the data stays cached); with none known, it is written back first.
+      const keeper = node?.isDirty && st.nlink > 1 ? this.otherNameNow(node, st, path) : undefined;
+      if (node?.isDirty && st.nlink > 1 && keeper === undefined) await this.cache.flush(node);
       this.paths.at([path], (b) => fs.unlinkSync(b));
+      if (node && keeper !== undefined) node.path = keeper;
       this.kernelNames?.remove(path);
       this.hides.removed(path);
       // No name left: nothing of it may be reported from here on (a flush in flight included).
@@ -620,11 +623,16 @@ export class VolumeOps {
         }
       }
       const replaced = dest && (dest.mode & S_IFMT) === S_IFREG ? this.cache.get(dest.ino) : undefined;
-      if (replaced?.isDirty && dest!.nlink > 1) await this.cache.flush(replaced);
+      // As in unlink: another name of the replaced file takes its cached data over, or it is
+      // written back first.
+      const keeper =
+        replaced?.isDirty && dest!.nlink > 1 ? this.otherNameNow(replaced, dest!, to) : undefined;
+      if (replaced?.isDirty && dest!.nlink > 1 && keeper === undefined) await this.cache.flush(replaced);
       this.paths.at([from, to], (a, b) => fs.renameSync(a, b));
+      if (replaced && keeper !== undefined) replaced.path = keeper;
       // Update cached paths and report in one synchronous step, so a concurrent flush reports
       // its writes either before the rename under the old path or after it under the new one.
-      this.cache.renamed(from, to);
+      this.cache.renamed(from, to, src && (src.mode & S_IFMT) !== S_IFDIR ? src.ino : undefined);
       this.openNames.renamed(from, to);
       this.kernelNames?.renamed(from, to);
       this.hides.renamed(from, to);
@@ -756,13 +764,30 @@ export class VolumeOps {
    * while open or with other names: it is reported under one of its other names from now on
    * (found by a walk of the primary), or not at all when it has none left (FileNode.nameless).
    */
-  private async renameNode(
-    node: FileNode,
-    st: { ino: number | bigint; dev: number | bigint; nlink: number | bigint },
-  ): Promise<void> {
-    const other = Number(st.nlink) > 1 ? await this.nameOf(Number(st.ino), Number(st.dev)) : undefined;
+  private async renameNode(node: FileNode, st: fs.Stats): Promise<void> {
+    const other =
+      Number(st.nlink) > 1
+        ? (this.otherNameNow(node, st, node.path) ?? (await this.nameOf(Number(st.ino), Number(st.dev))))
+        : undefined;
     if (other !== undefined) node.path = other;
     else node.nameless = true;
+  }
+
+  /**
+   * Another name of a cached file than `gone` (about to be unlinked or renamed over), known
+   * without a walk and checked on the primary now: the name its changes are reported under, or
+   * one the kernel was told of (kernel-names.ts: every name made by link, and the names of
+   * multi-link files lookups and listings returned). Synchronous, so the caller can hand the
+   * node over to it in the same step as the change (no flush can report in between).
+   */
+  private otherNameNow(node: FileNode, st: fs.Stats, gone: string): string | undefined {
+    const candidates = [node.path, ...(this.kernelNames?.namesOf(node.ino) ?? [])];
+    for (const name of candidates) {
+      if (name === gone) continue;
+      const other = this.lstatIfAny(name);
+      if (other && sameFile(other, st)) return name;
+    }
+    return undefined;
   }
 
   /** A volume path of the primary's inode ino (a walk of the primary), or undefined. */

@@ -153,6 +153,8 @@ export class WritebackCache {
   private readonly now: () => number;
   private readonly attributes: CachedAttributes | undefined;
   private readonly nodes = new Map<number, FileNode>();
+  /** Nodes with dirty data, in the order it became dirty (see dirtiedAt). */
+  private readonly dirtyOrder = new Set<FileNode>();
   /** Nodes with a write-back error not yet reported (see CachedAttributes.errorsPending). */
   private readonly erred = new Set<FileNode>();
   private readonly readAhead = new ReadAheadPool();
@@ -234,8 +236,17 @@ export class WritebackCache {
     await this.maybeClose(node);
   }
 
-  /** Paths of cached nodes change with renames. `from` may be a directory. */
-  renamed(from: string, to: string): void {
+  /**
+   * Paths of cached nodes change with renames. `from` may be a directory; `fileIno` says it is
+   * not (it is that file's inode): then only that file's node can be known by `from`, and the
+   * other cached files are not walked (every rename did that, thousands after an untar).
+   */
+  renamed(from: string, to: string, fileIno?: number): void {
+    if (fileIno !== undefined) {
+      const n = this.nodes.get(fileIno);
+      if (n && n.path === from) n.path = to;
+      return;
+    }
     for (const n of this.nodes.values()) {
       if (n.path === from) n.path = to;
       else if (n.path.startsWith(from + '/')) n.path = to + n.path.slice(from.length);
@@ -413,6 +424,7 @@ export class WritebackCache {
     }
     for (const n of this.nodes.values()) closeQuietly(n.fd);
     this.nodes.clear();
+    this.dirtyOrder.clear();
     for (const w of this.roomWaiters.splice(0)) w.resolve();
     if (failure) throw failure;
   }
@@ -422,7 +434,7 @@ export class WritebackCache {
     const delta = node.dirty.write(off, data);
     this.dirtyBytes += delta;
     const now = this.now();
-    if (node.firstDirtyAt === 0) node.firstDirtyAt = now;
+    if (node.firstDirtyAt === 0) this.dirtiedAt(node, now);
     node.lastWriteAt = now;
     this.noteAttributes(node, true);
     if (this.dirtyBytes > this.highWaterBytes) this.kick();
@@ -517,7 +529,7 @@ export class WritebackCache {
       node.dirty.restoreUnder(taken);
       this.noteAttributes(node, false);
       this.release(before - node.dirty.size);
-      if (node.firstDirtyAt === 0) node.firstDirtyAt = this.now();
+      if (node.firstDirtyAt === 0) this.dirtiedAt(node, this.now());
       node.error = err as NodeJS.ErrnoException;
       this.noteError(node);
       node.retryAt = this.now() + Math.max(200, this.writebackMs);
@@ -606,18 +618,32 @@ export class WritebackCache {
 
   private tick(): void {
     const now = this.now();
-    for (const n of this.nodes.values()) {
+    for (const n of this.dirtyOrder) {
       if (this.activeFlushes >= this.flushConcurrency) break;
-      if (
-        n.flushing === null &&
-        !n.dirty.isEmpty &&
-        now - n.firstDirtyAt >= this.writebackMs &&
-        n.retryAt <= now
-      ) {
-        this.background(n);
-      }
+      if (!this.stillDirty(n)) continue;
+      // In the order they became dirty: the rest are younger still.
+      if (now - n.firstDirtyAt < this.writebackMs) break;
+      if (n.flushing === null && n.retryAt <= now) this.background(n);
     }
     this.kick();
+  }
+
+  /**
+   * The node's data became dirty at `at` (it held none the primary lacked): it goes to the end
+   * of the flusher's queue, which so stays in firstDirtyAt order (tick and pickOldest walk
+   * only the dirty files, oldest first, instead of every cached file per flush).
+   */
+  private dirtiedAt(node: FileNode, at: number): void {
+    node.firstDirtyAt = at;
+    this.dirtyOrder.delete(node);
+    this.dirtyOrder.add(node);
+  }
+
+  /** Keeps a queued node that still has data to write back; drops it from the queue if not. */
+  private stillDirty(n: FileNode): boolean {
+    if (!n.dirty.isEmpty && !n.dead && n.firstDirtyAt !== 0 && this.nodes.get(n.ino) === n) return true;
+    this.dirtyOrder.delete(n);
+    return false;
   }
 
   private background(node: FileNode): void {
@@ -640,11 +666,10 @@ export class WritebackCache {
       });
   }
 
+  /** The oldest dirty node that pred accepts (pred only ever accepts nodes with dirty data). */
   private pickOldest(pred: (n: FileNode) => boolean): FileNode | undefined {
-    let best: FileNode | undefined;
-    for (const n of this.nodes.values())
-      if (pred(n) && (!best || n.firstDirtyAt < best.firstDirtyAt)) best = n;
-    return best;
+    for (const n of this.dirtyOrder) if (this.stillDirty(n) && pred(n)) return n;
+    return undefined;
   }
 
   private async maybeClose(node: FileNode): Promise<void> {

@@ -118,6 +118,50 @@ describe('WritebackCache (no FUSE)', () => {
       await cache.dispose();
     }
   });
+
+  it('writes back each file once it aged past writebackMs, a file dirtied again after its own new write', async () => {
+    let clock = 1_000;
+    // Real timer every 50 ms; the ages are the injected clock's.
+    const cache = new WritebackCache({
+      sink: nullSink,
+      writebackMs: 100,
+      flushConcurrency: 1,
+      now: () => clock,
+    });
+    try {
+      const files: Record<string, string> = {};
+      const nodes: Record<string, ReturnType<WritebackCache['adopt']>> = {};
+      for (const [i, name] of ['open', 'a', 'b', 'c'].entries()) {
+        files[name] = path.join(t.dirs.d!, `aged-${name}`);
+        await fsp.writeFile(files[name]!, '');
+        nodes[name] = cache.adopt(100 + i, `/aged-${name}`, fs.openSync(files[name]!, 'r+'), true);
+      }
+      nodes.open!.refs++; // open, clean: never written back, never in the way
+      const onPrimary = async () => {
+        await new Promise((r) => setTimeout(r, 300));
+        const out: Record<string, number> = {};
+        for (const n of ['a', 'b', 'c']) out[n] = (await fsp.stat(files[n]!)).size;
+        return out;
+      };
+      cache.write(nodes.a!, 0, Buffer.alloc(10, 1));
+      clock += 10;
+      cache.write(nodes.b!, 0, Buffer.alloc(20, 2));
+      clock += 10;
+      cache.write(nodes.c!, 0, Buffer.alloc(30, 3));
+      clock = 1_105; // a aged 105, b 95, c 85
+      expect(await onPrimary()).toEqual({ a: 10, b: 0, c: 0 });
+      cache.write(nodes.a!, 10, Buffer.alloc(5, 4)); // dirty again: ages from now
+      clock = 1_115; // b 105, c 95, a 10
+      expect(await onPrimary()).toEqual({ a: 10, b: 20, c: 0 });
+      clock = 1_125; // c 105, a 20
+      expect(await onPrimary()).toEqual({ a: 10, b: 20, c: 30 });
+      clock = 1_300;
+      expect(await onPrimary()).toEqual({ a: 15, b: 20, c: 30 });
+      expect(cache.getStats().dirtyBytes).toBe(0);
+    } finally {
+      await cache.dispose();
+    }
+  });
 });
 
 describe('read-your-writes through a long write-back delay', () => {

@@ -63,4 +63,21 @@ describe('a cached file that loses its name while open', () => {
     expect(await sha(`${M}/y`)).toBe(await sha(`${P}/y`));
     expect((await d!.verify({ content: true })).differences).toEqual([]);
   });
+
+  it('an unlink of a name it is not reported under: its data stays cached and reaches the other name', async () => {
+    const { ops, P, M } = await setup();
+    await ops.link('/x', '/y');
+    const fh = await ops.open('/y', 2 /* O_RDWR */);
+    const data = randomBytes(5000);
+    await ops.write(fh, data, data.length, 1000);
+    await ops.unlink('/x');
+    // Not written back for the unlink: the primary does not have it yet.
+    expect((await fsp.readFile(`${P}/y`)).subarray(1000, 6000).equals(data)).toBe(false);
+    await ops.release(fh);
+    await cache!.flushAll();
+    await d!.whenIdle();
+    expect((await fsp.readFile(`${P}/y`)).subarray(1000, 6000).equals(data)).toBe(true);
+    expect(await sha(`${M}/y`)).toBe(await sha(`${P}/y`));
+    expect((await d!.verify({ content: true })).differences).toEqual([]);
+  });
 });
