@@ -780,7 +780,7 @@ export class BackupRun {
         : (await c.list({ target: o.target.spec, state: 'complete' })).pop();
       return { base, hasEntries: !!base && (await c.hasEntries(base.id)) };
     };
-    if (o.target instanceof RepositoryTarget) return (await syncCatalog(o.catalogDir, o.target, pick)).then;
+    if (o.target instanceof RepositoryTarget) return (await syncCatalog(o.catalogDir, o.target, pick)).also;
     return Catalog.with(o.catalogDir, pick);
   }
 

@@ -62,17 +62,17 @@ export interface SyncResult {
  * --target does before it uses the catalog.
  */
 export async function syncCatalog(catalogDir: string | undefined, target: BackupTarget): Promise<SyncResult>;
-/** Then `then` on the synced catalog, in the same opening (one load and lock of the catalog fewer). */
+/** Then `also` on the synced catalog, in the same opening (one load and lock of the catalog fewer). */
 export async function syncCatalog<T>(
   catalogDir: string | undefined,
   target: BackupTarget,
-  then: (c: Catalog) => Promise<T>,
-): Promise<SyncResult & { then: T }>;
+  also: (c: Catalog) => Promise<T>,
+): Promise<SyncResult & { also: T }>;
 export async function syncCatalog<T>(
   catalogDir: string | undefined,
   target: BackupTarget,
-  then?: (c: Catalog) => Promise<T>,
-): Promise<SyncResult & { then?: T }> {
+  also?: (c: Catalog) => Promise<T>,
+): Promise<SyncResult & { also?: T }> {
   const found = (await targetSnapshots(target)).map((s) => recordOf(s.meta, s.totals, target.spec));
   const ids = new Set(found.map((s) => s.id));
   return Catalog.with(catalogDir, async (c) => {
@@ -83,7 +83,7 @@ export async function syncCatalog<T>(
         await c.remove(s.id);
         removed++;
       }
-    return { snapshots: found, added, removed, ...(then ? { then: await then(c) } : {}) };
+    return { snapshots: found, added, removed, ...(also ? { also: await also(c) } : {}) };
   });
 }
 
