@@ -257,14 +257,11 @@ export class BackupRun {
       // A subtree or the volume is walked here, in the mirror, anyway when the list is long:
       // asking the server for none keeps that work off it (offload).
       // The previous snapshot, chosen before prepare: the server says what changed since its split.
-      const base = o.full ? undefined : await this.previous(control.hello?.deviceId ?? undefined);
+      const prev = o.full ? undefined : await this.previous(control.hello?.deviceId ?? undefined);
+      const base = prev?.base;
       // Built on by reference (carry-by-reference.ts), none of its entries are read but those
       // the answer names.
-      const byReference = mayReference(
-        base,
-        !!base && (await Catalog.with(o.catalogDir, (c) => c.hasEntries(base.id))),
-        !!o.checkSource,
-      );
+      const byReference = mayReference(base, !!prev?.hasEntries, !!o.checkSource);
       // Else its entries are read now, before the split is held: reading 100,000 of them blocks
       // this thread for seconds, and a holder that does not answer the server's pings loses its split.
       const baseEntries =
@@ -807,14 +804,20 @@ export class BackupRun {
    * repository target is read first: the catalog is a cache of it, and a lost or stale one
    * must not turn the run into a full one, nor build on a snapshot the target lost.
    */
-  private async previous(deviceId: string | undefined): Promise<SnapshotRecord | undefined> {
+  private async previous(
+    deviceId: string | undefined,
+  ): Promise<{ base: SnapshotRecord | undefined; hasEntries: boolean }> {
     const o = this.opts;
-    if (o.target instanceof RepositoryTarget) await syncCatalog(o.catalogDir, o.target);
-    return Catalog.with(o.catalogDir, async (c) =>
-      deviceId
-        ? c.latestComplete(deviceId, o.target.spec)
-        : (await c.list({ target: o.target.spec, state: 'complete' })).pop(),
-    );
+    // With whether the catalog holds its entries (a by-reference run reads a few of them), in
+    // the same opening of the catalog as the sync: each opening loads and rewrites snapshots.db.
+    const pick = async (c: Catalog) => {
+      const base = deviceId
+        ? await c.latestComplete(deviceId, o.target.spec)
+        : (await c.list({ target: o.target.spec, state: 'complete' })).pop();
+      return { base, hasEntries: !!base && (await c.hasEntries(base.id)) };
+    };
+    if (o.target instanceof RepositoryTarget) return (await syncCatalog(o.catalogDir, o.target, pick)).also;
+    return Catalog.with(o.catalogDir, pick);
   }
 
   /**

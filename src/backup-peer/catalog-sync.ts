@@ -61,7 +61,18 @@ export interface SyncResult {
  * Brings the catalog in line with one target: `catalog rebuild`, and what every command given
  * --target does before it uses the catalog.
  */
-export async function syncCatalog(catalogDir: string | undefined, target: BackupTarget): Promise<SyncResult> {
+export async function syncCatalog(catalogDir: string | undefined, target: BackupTarget): Promise<SyncResult>;
+/** Then `also` on the synced catalog, in the same opening (one load and lock of the catalog fewer). */
+export async function syncCatalog<T>(
+  catalogDir: string | undefined,
+  target: BackupTarget,
+  also: (c: Catalog) => Promise<T>,
+): Promise<SyncResult & { also: T }>;
+export async function syncCatalog<T>(
+  catalogDir: string | undefined,
+  target: BackupTarget,
+  also?: (c: Catalog) => Promise<T>,
+): Promise<SyncResult & { also?: T }> {
   const found = (await targetSnapshots(target)).map((s) => recordOf(s.meta, s.totals, target.spec));
   const ids = new Set(found.map((s) => s.id));
   return Catalog.with(catalogDir, async (c) => {
@@ -72,7 +83,7 @@ export async function syncCatalog(catalogDir: string | undefined, target: Backup
         await c.remove(s.id);
         removed++;
       }
-    return { snapshots: found, added, removed };
+    return { snapshots: found, added, removed, ...(also ? { also: await also(c) } : {}) };
   });
 }
 

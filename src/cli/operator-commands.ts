@@ -11,7 +11,6 @@ import { TwinError } from '../common/errors.js';
 import { ControlClient } from '../control/client.js';
 import { resolveConnection } from './connect.js';
 import { operatorConfigFrom } from './operator-config.js';
-import { catalogSources, startOperatorRepl } from './operator-repl.js';
 import { formatBytes, Output } from './output.js';
 
 /** Options every operator command takes on the command line (the REPL has them from its start). */
@@ -103,7 +102,11 @@ export async function runOnce(cmd: OperatorCommand, a: ServerArgs, args: ParsedA
     signal: ac.signal,
     defaults: { catalog: config.catalog, target: config.target },
     pluginDirs: a.pluginDirs,
-    recentSnapshots: catalogSources(config.catalog).recentSnapshots,
+    // The REPL's modules (and the catalog's) load only when a command asks for recent snapshots.
+    recentSnapshots: async (deviceId, limit, dir) =>
+      (await import('./operator-repl.js'))
+        .catalogSources(config.catalog)
+        .recentSnapshots(deviceId, limit, dir),
   };
   try {
     const result = await cmd.run(ctx, args);
@@ -335,6 +338,7 @@ export function registerOperatorCommands(y: Argv, setStatus: (code: number) => v
     async (a: Record<string, unknown>) => {
       const conn = await resolveConnection({ ...serverArgs(a) });
       const catalog = (a.catalog as string | undefined) ?? conn.config.catalog;
+      const { startOperatorRepl } = await import('./operator-repl.js');
       setStatus(
         await startOperatorRepl({
           url: conn.url,

@@ -177,7 +177,12 @@ export const peerCommands: OperatorCommand[] = [
     cancellable: true,
     run: (ctx, a) =>
       withTargets(async (targets, plugins) => {
-        const { BackupRun, selectorFor } = await import('../backup-peer/index.js');
+        // The run's own modules, not the package's index (restore, check, forget, the daemon):
+        // a backup's start-up counts against its time.
+        const [{ BackupRun }, { selectorFor }] = await Promise.all([
+          import('../backup-peer/backup-run.js'),
+          import('../backup-peer/peer-config.js'),
+        ]);
         await usePasswordFile(a);
         const spec = str(a.options.target) ?? ctx.defaults.target;
         if (!spec)
@@ -594,7 +599,7 @@ export async function withTargets<T>(
   fn: (targets: TargetRegistry, plugins: () => Promise<PluginHost>) => Promise<T>,
   pluginDirs?: string[],
 ): Promise<T> {
-  const { TargetRegistry } = await import('../backup-peer/index.js');
+  const { TargetRegistry } = await import('../backup-peer/targets/index.js');
   let host: Promise<PluginHost> | undefined;
   const plugins = () =>
     (host ??= (async () => {

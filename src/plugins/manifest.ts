@@ -1,6 +1,9 @@
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
-import semver from 'semver';
+// The three functions, not the package's index (48 modules, loaded by every command's start).
+import satisfies from 'semver/functions/satisfies.js';
+import valid from 'semver/functions/valid.js';
+import validRange from 'semver/ranges/valid.js';
 import { z } from 'zod';
 import { TwinError } from '../common/errors.js';
 
@@ -16,7 +19,7 @@ const activationEvent = z
 
 export const manifestSchema = z.object({
   name: z.string().regex(/^(@[a-z0-9-]+\/)?[a-z0-9][a-z0-9._-]*$/, 'name must be a lowercase package name'),
-  version: z.string().refine((v) => semver.valid(v) !== null, 'version must be semver'),
+  version: z.string().refine((v) => valid(v) !== null, 'version must be semver'),
   displayName: z.string().optional(),
   description: z.string().optional(),
   main: z.string().min(1),
@@ -71,11 +74,11 @@ export async function readManifest(dir: string): Promise<PluginManifest> {
       `${m.name}: engines.twinfs must be a version range, not "${range}"`,
       { plugin: m.name },
     );
-  if (semver.validRange(range) === null)
+  if (validRange(range) === null)
     throw new TwinError('ETWIN_PLUGIN_ENGINE', `${m.name}: engines.twinfs "${range}" is not a semver range`, {
       plugin: m.name,
     });
-  if (!semver.satisfies(API_VERSION, range))
+  if (!satisfies(API_VERSION, range))
     throw new TwinError(
       'ETWIN_PLUGIN_ENGINE',
       `${m.name} needs twinfs API ${range}; this is ${API_VERSION}`,

@@ -21,6 +21,8 @@ import { TwinError } from '../common/errors.js';
 import { BlobWriter } from './blob-writer.js';
 import { ContentCutter } from './content-cutter.js';
 import {
+  forEach,
+  indexStamp,
   MAX_MANIFEST_DEPTH,
   type ManifestRef,
   manifestDepth,
@@ -107,8 +109,9 @@ export class RepositoryTarget implements BackupTarget {
     try {
       // Packs other processes indexed since the open are deduplicated against too, and every
       // pack is checked afresh: one damaged since the last snapshot of a long-lived peer must
-      // not be named again.
-      await this.repo.refreshIndex();
+      // not be named again. A process that has not read the index yet reads it whole on first
+      // need (ensureIndex), and an unchanged snapshot vouched for by stamp never does.
+      if (this.repo.indexLoaded) await this.repo.refreshIndex();
       this.repo.forgetPackChecks();
     } catch (err) {
       await lock.release();
@@ -246,6 +249,10 @@ class RepositoryWriter implements SnapshotWriter, MirrorFileWriter {
   private inflight = 0;
   /** The manifest this snapshot is built on (carryFrom). */
   private base: ManifestRef | undefined;
+  /** The index objects the base was vouched for by (carryFrom by stamp): none of them read. */
+  private stampedIndex: string[] | undefined;
+  /** Index objects this writer wrote. */
+  private readonly ownIndex: string[] = [];
 
   constructor(
     private readonly target: RepositoryTarget,
@@ -431,6 +438,11 @@ class RepositoryWriter implements SnapshotWriter, MirrorFileWriter {
       checkId(fromSnapshotId);
       const s = await this.repo.readSnapshot(fromSnapshotId);
       if (!s) return false;
+      if (await this.vouchedByStamp(s)) {
+        this.base = s.manifest;
+        return true;
+      }
+      await this.repo.ensureIndex();
       const flagged = this.repo.damagedPacks();
       const packs = new Set<string>();
       for (let m: ManifestRef | undefined = s.manifest; m; m = m.base) {
@@ -448,6 +460,38 @@ class RepositoryWriter implements SnapshotWriter, MirrorFileWriter {
       this.base = s.manifest;
       return true;
     });
+  }
+
+  /**
+   * The check of carryFrom without the index (docs/repository.md, "Unchanged without the
+   * index"): the base recorded the stamp of the index objects it was built against, and they are
+   * still exactly those (a listing: no pack indexed, no copy flagged, nothing repacked since),
+   * and every pack its chain names is at the store with the size the chain records (a stat
+   * each). False sends carryFrom to the index.
+   */
+  private async vouchedByStamp(s: SnapshotObject): Promise<boolean> {
+    if (!s.index) return false;
+    const sizes = new Map<string, number>();
+    for (let m: ManifestRef | undefined = s.manifest; m; m = m.base) {
+      if (!m.packs || !m.packSizes) return false;
+      for (const p of m.packs) if (m.packSizes[p] === undefined) return false;
+      for (const [p, n] of Object.entries(m.packSizes)) sizes.set(p, n);
+    }
+    const names = await this.repo.indexNames();
+    if (indexStamp(names) !== s.index) return false;
+    let intact = true;
+    await forEach([...sizes], 8, async ([p, n]) => {
+      if (intact && !(await this.repo.packHasSize(p, n))) intact = false;
+    });
+    if (!intact) return false;
+    this.stampedIndex = names;
+    return true;
+  }
+
+  /** The stamp of the index objects this snapshot was built against (SnapshotObject.index). */
+  private indexStampNow(): string | undefined {
+    if (this.stampedIndex) return indexStamp([...this.stampedIndex, ...this.ownIndex]);
+    return this.repo.indexLoaded ? indexStamp(this.repo.loadedIndexNames()) : undefined;
   }
 
   putHardLink(p: string, existingPath: string, _meta: EntryMeta): Promise<void> {
@@ -496,16 +540,20 @@ class RepositoryWriter implements SnapshotWriter, MirrorFileWriter {
       // and no deeper chain: a run of unchanged snapshots costs a snapshot object each.
       if (base && rows.length === 0 && this.content.size === 0) {
         await this.blobs.discard();
+        const index = this.indexStampNow();
         await this.repo.writeSnapshot({
           version: 1,
           meta: manifest.meta,
           totals: manifest.totals,
           manifest: base,
+          ...(index ? { index } : {}),
         });
         this.state = 'committed';
         await this.lock.release();
         return;
       }
+      // Whatever is written now is looked up in the index.
+      await this.repo.ensureIndex();
       // A chain grown to its bound is written whole again (read once here, not per backup).
       if (base && manifestDepth(base) + 1 > MAX_MANIFEST_DEPTH) {
         rows = applyDelta(await this.repo.resolveManifest(base, this.snapshotId), rows);
@@ -517,7 +565,11 @@ class RepositoryWriter implements SnapshotWriter, MirrorFileWriter {
       const trees = new BlobWriter(this.repo);
       const tree = await trees.addContent(text, 'tree');
       const packs = [...(await this.blobs.flush()), ...(await trees.flush())];
-      await this.repo.writeIndex({ packs });
+      const written = await this.repo.writeIndex({ packs });
+      if (written) this.ownIndex.push(written);
+      const named = this.packsOf(rows);
+      const packSizes = this.sizesOf([...named, ...this.packsOfBlobs(tree)]);
+      const index = this.indexStampNow();
       await this.repo.writeSnapshot({
         version: 1,
         meta: manifest.meta,
@@ -526,9 +578,11 @@ class RepositoryWriter implements SnapshotWriter, MirrorFileWriter {
           blobs: tree,
           entries: rows.length,
           bytes: text.length,
-          packs: this.packsOf(rows),
+          packs: named,
+          ...(packSizes ? { packSizes } : {}),
           ...(base ? { base } : {}),
         },
+        ...(index ? { index } : {}),
       });
       this.state = 'committed';
     } catch (err) {
@@ -549,6 +603,27 @@ class RepositoryWriter implements SnapshotWriter, MirrorFileWriter {
         if (pack) packs.add(pack);
       }
     return [...packs];
+  }
+
+  /** The packs holding these blobs. */
+  private packsOfBlobs(ids: string[]): string[] {
+    const packs = new Set<string>();
+    for (const id of ids) {
+      const pack = this.repo.locate(id)?.pack;
+      if (pack) packs.add(pack);
+    }
+    return [...packs];
+  }
+
+  /** The indexed size of each pack, or undefined when one is not indexed. */
+  private sizesOf(packs: string[]): Record<string, number> | undefined {
+    const out: Record<string, number> = {};
+    for (const p of packs) {
+      const n = this.repo.packs.get(p);
+      if (n === undefined) return undefined;
+      out[p] = n;
+    }
+    return out;
   }
 
   async abort(): Promise<void> {

@@ -43,6 +43,13 @@ export interface SnapshotObject {
   meta: SnapshotMeta;
   totals: SnapshotTotals;
   manifest: ManifestRef;
+  /**
+   * The stamp (indexStamp) of the index objects whose every pack and damage record this
+   * snapshot was built against: while the repository's index objects are still exactly those,
+   * no copy has been flagged and no pack indexed or repacked since, and the next snapshot may
+   * vouch for this one's manifest by the pack sizes its levels record, without the index.
+   */
+  index?: string;
 }
 
 /**
@@ -56,6 +63,19 @@ export interface ManifestRef {
   bytes: number;
   base?: ManifestRef;
   packs?: string[];
+  /**
+   * The size of every pack this level names: those in `packs` and those holding its tree blobs,
+   * as the index recorded them when the level was written (what a by-stamp check stats).
+   */
+  packSizes?: Record<string, number>;
+}
+
+/** A set of index object names as one short string (SnapshotObject.index). */
+export function indexStamp(names: Iterable<string>): string {
+  return createHash('sha256')
+    .update([...names].sort().join('\n'))
+    .digest('hex')
+    .slice(0, 32);
 }
 
 /** Longest chain of manifest bases before a manifest is written whole again. */
@@ -233,6 +253,31 @@ export class Repository {
       throw err;
     });
     return this.indexLoad;
+  }
+
+  /** Whether this process has read the index objects (ensureIndex or refreshIndex ran). */
+  get indexLoaded(): boolean {
+    return this.loadedIndex.size > 0 || this.indexLoad !== undefined;
+  }
+
+  /** The names of the index objects at the store now (a listing: none of them is read). */
+  async indexNames(): Promise<string[]> {
+    return (await this.store.list('index/')).map((o) => o.name);
+  }
+
+  /** The names of the index objects this process has read or written. */
+  loadedIndexNames(): string[] {
+    return [...this.loadedIndex];
+  }
+
+  /** Whether a pack is at the store with exactly this size (a stat; the index is not consulted). */
+  async packHasSize(pack: string, size: number): Promise<boolean> {
+    try {
+      return (await this.store.stat(packObjectName(pack))).size === size;
+    } catch (err) {
+      if (isTargetNotFound(err)) return false;
+      throw err;
+    }
   }
 
   /** Loads index objects written since the last load (by this or another process). */

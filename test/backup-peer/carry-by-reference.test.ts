@@ -158,6 +158,71 @@ describe('snapshots built by reference (dir: repository)', () => {
     expect(await text(await t3.openFile(`s${CHAIN}`, '/d/y'))).toBe('why');
   }, 300_000);
 
+  /** Every index object of the repository overwritten in place: same names, unreadable. */
+  const garbleIndex = async (root: string) => {
+    const names = await fsp.readdir(path.join(root, 'index'));
+    for (const n of names) await fsp.writeFile(path.join(root, 'index', n), 'not an index object');
+    return names;
+  };
+  const unchanged = (id: string) => ({
+    version: 1 as const,
+    meta: meta(id),
+    totals: emptyTotals(),
+    entries: [],
+    gone: [],
+  });
+
+  it('an unchanged snapshot is vouched for without reading the index; what needs the index still reads it', async () => {
+    const { root, t } = await open();
+    await first(t);
+    // s2 is vouched for by the index (it holds its stamp for s3 to vouch by).
+    const w2 = await t.beginSnapshot(meta('s2'));
+    expect(await w2.carryFrom!('s1')).toBe(true);
+    await w2.commit(unchanged('s2'));
+    expect(await garbleIndex(root)).toHaveLength(1);
+    // A new process: nothing of the index read yet. The unchanged snapshot never reads it.
+    const t2 = await targets.plugin().open(`dir:${root}`);
+    const w3 = await t2.beginSnapshot(meta('s3'));
+    expect(await w3.carryFrom!('s2')).toBe(true);
+    await w3.commit(unchanged('s3'));
+    expect((await t2.listSnapshots()).map((s) => s.snapshotId).sort()).toEqual(['s1', 's2', 's3']);
+    // A changed one stores content, which is looked up in the index: the coded error.
+    const t3 = await targets.plugin().open(`dir:${root}`);
+    const w4 = await t3.beginSnapshot(meta('s4'));
+    expect(await w4.carryFrom!('s3')).toBe(true);
+    await expect(
+      w4.putFile('/n', Readable.from([Buffer.from('new')]), { ...m, size: 3 }),
+    ).rejects.toMatchObject({
+      code: 'ETWIN_REPO_CORRUPT',
+    });
+    await w4.abort();
+  });
+
+  it('a new index object since the base (a damage record, a repack) or a pack of another size: carryFrom reads the index', async () => {
+    const { root, t } = await open();
+    await first(t);
+    const [name] = await garbleIndex(root);
+    // Another index object than the base was built against: the index is read (and fails here).
+    await fsp.copyFile(path.join(root, 'index', name!), path.join(root, 'index', `${'0'.repeat(63)}1`));
+    const t2 = await targets.plugin().open(`dir:${root}`);
+    const w2 = await t2.beginSnapshot(meta('s2'));
+    await expect(w2.carryFrom!('s1')).rejects.toMatchObject({ code: 'ETWIN_REPO_CORRUPT' });
+    await w2.abort();
+    // The same index objects but a pack one byte shorter: not vouched for by the stamp; the
+    // index (readable again) finds it of another size than indexed.
+    const { root: root2, t: u } = await open();
+    await first(u);
+    const packs = (
+      await fsp.readdir(path.join(root2, 'data'), { recursive: true, withFileTypes: true })
+    ).filter((e) => e.isFile());
+    const pack = path.join(packs[0]!.parentPath, packs[0]!.name);
+    await fsp.truncate(pack, (await fsp.stat(pack)).size - 1);
+    const u2 = await targets.plugin().open(`dir:${root2}`);
+    const wu = await u2.beginSnapshot(meta('s2'));
+    expect(await wu.carryFrom!('s1')).toBe(false);
+    await wu.abort();
+  });
+
   it('a freshly opened repository of many blobs finds each one, the first few by a scan of the index rows, then by its map', async () => {
     const { root, t } = await open();
     // More rows than the index scans (1,024) before it builds its map at once.

@@ -35,7 +35,7 @@ describe('incrementals driven by the server change record (real server, real pee
   let catalog: string;
   let tokenFile: string;
   const m = (p: string) => path.join(t.dirs.mnt!, p);
-  const backup = async () => {
+  const backup = async (ok = true) => {
     const r = await runCli(
       [
         'backup',
@@ -51,6 +51,7 @@ describe('incrementals driven by the server change record (real server, real pee
       ],
       { timeoutMs: 120_000 },
     );
+    if (!ok) return r;
     expect(r.code, r.stderr).toBe(0);
     // The byte total progress went by (the largest any progress line gave).
     const totals = r.stdout
@@ -223,5 +224,31 @@ describe('incrementals driven by the server change record (real server, real pee
     const next = await backup();
     expect(next.changes).toMatchObject({ looked: 0, walked: 0 });
     await exact(next.snapshotId);
+  }, 180_000);
+  it('an unchanged volume is backed up by a new process without reading the index: with every index object unreadable it still succeeds, a changed file fails with ETWIN_REPO_CORRUPT', async () => {
+    // A parent committed by this version (it records the stamp of the index objects).
+    await backup();
+    const dir = path.join(targetDir, 'index');
+    const names = await fsp.readdir(dir);
+    const kept = new Map<string, Buffer>();
+    for (const n of names) {
+      kept.set(n, await fsp.readFile(path.join(dir, n)));
+      await fsp.writeFile(path.join(dir, n), 'not an index object');
+    }
+    try {
+      const r = await backup();
+      expect(r.changes).toMatchObject({ looked: 0, walked: 0, byReference: true });
+      expect(r.totals.copiedBytes).toBe(0);
+      await fsp.writeFile(m('d8/f1'), 'changed with the index unreadable\n');
+      const bad = await backup(false);
+      expect(bad.code).not.toBe(0);
+      expect(bad.stdout + bad.stderr).toContain('ETWIN_REPO_CORRUPT');
+    } finally {
+      for (const [n, b] of kept) await fsp.writeFile(path.join(dir, n), b);
+    }
+    // The index readable again: the change is stored, and the snapshot is exact.
+    const after = await backup();
+    expect(after.totals.copiedBytes).toBe('changed with the index unreadable\n'.length);
+    await exact(after.snapshotId);
   }, 180_000);
 });
