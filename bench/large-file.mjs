@@ -68,7 +68,19 @@ if (args.child) {
   });
   const wall = (performance.now() - t0) / 1000;
   const c = process.cpuUsage(cpu0);
-  const out = { wall, cpu: (c.user + c.system) / 1e6, main: taskCpu(process.pid) - main0, hash: r.hash };
+  const threads = fs
+    .readdirSync('/proc/self/task')
+    .map(
+      (tid) => `${fs.readFileSync(`/proc/self/task/${tid}/comm`, 'utf8').trim()}:${taskCpu(tid).toFixed(2)}`,
+    )
+    .filter((t) => !t.endsWith(':0.00'));
+  const out = {
+    wall,
+    cpu: (c.user + c.system) / 1e6,
+    main: taskCpu(process.pid) - main0,
+    hash: r.hash,
+    threads,
+  };
   await target.close();
   await host.dispose();
   process.stdout.write(`${JSON.stringify(out)}\n`);
@@ -119,7 +131,7 @@ for (const content of contents) {
       r.load = load;
       runs.get(dist).push(r);
       log(
-        `${content} ${dist}: wall ${fmt(r.wall, 2)} s, CPU ${fmt(r.cpu, 2)} s (main ${fmt(r.main, 2)} s), stored ${fmt(r.stored / MiB)} MiB, load ${load}`,
+        `${content} ${dist}: wall ${fmt(r.wall, 2)} s, CPU ${fmt(r.cpu, 2)} s (main ${fmt(r.main, 2)} s; threads ${r.threads.join(' ')}), stored ${fmt(r.stored / MiB)} MiB, load ${load}`,
       );
     }
   }

@@ -56,10 +56,13 @@ export interface SealRequest {
   /** [id, type, end offset in data] in pack order. */
   blobs: Array<[string, BlobType, number]>;
   master: Uint8Array | null;
+  /** Where to build the pack (shared memory the caller reuses), when it fits. */
+  out?: Uint8Array;
 }
 
 export interface SealAnswer {
   name: string;
+  /** The pack: a view of the request's `out`, or a buffer of its own moved back. */
   bytes: Uint8Array;
   info: PackInfo;
   /** Bytes of the blobs before compression, and as stored. */
@@ -328,11 +331,13 @@ async function sealOp(r: SealRequest): Promise<{ value: SealAnswer; transfer: Ar
     storedBytes += (z ?? p.plain).length;
     return { id: p.id, type: p.type, stored: z ?? p.plain, rawLength: p.plain.length, z: z !== undefined };
   });
-  // A buffer of its own (allocUnsafeSlow), moved back.
-  const { name, bytes: own, info } = buildPack(keys, blobs);
+  const out = r.out ? asBuffer(r.out) : undefined;
+  const { name, bytes, info } = buildPack(keys, blobs, out);
+  // In the caller's shared buffer, or in one of its own (allocUnsafeSlow), moved back.
+  const shared = out !== undefined && bytes.buffer === out.buffer;
   return {
-    value: { name, bytes: own, info, rawBytes: all.length, storedBytes },
-    transfer: [own.buffer as ArrayBuffer],
+    value: { name, bytes, info, rawBytes: all.length, storedBytes },
+    transfer: shared ? [] : [bytes.buffer as ArrayBuffer],
   };
 }
 

@@ -6,6 +6,8 @@ import { repoWorkers, type WorkerPool } from './worker-pool.js';
 
 /** Room of a batch buffer: a full pack plus the largest chunk (a batch is cut past PACK_SIZE). */
 const BATCH_ROOM = PACK_SIZE + 2 * 1024 * 1024;
+/** Room of a pack buffer: a batch plus tags and table of contents (a larger pack gets its own). */
+const OUT_ROOM = BATCH_ROOM + 1024 * 1024;
 
 interface Batch {
   buf: Buffer;
@@ -31,6 +33,8 @@ export class BlobWriter {
   private readonly full: Batch[] = [];
   /** Batch buffers (shared memory) a worker has sealed, reused: no fresh pages per pack. */
   private readonly spare: Buffer[] = [];
+  /** Pack buffers (shared memory) the store has written, reused likewise. */
+  private readonly spareOut: Buffer[] = [];
   private readonly mine = new Set<string>();
   private readonly sealing: Array<Promise<void>> = [];
   private readonly ahead: number;
@@ -124,12 +128,15 @@ export class BlobWriter {
       // Shared memory: the worker reads the batch where it is; it is reused once sealed.
       const data = new Uint8Array(batch.buf.buffer, 0, batch.bytes);
       const master = this.repo.keys.material();
-      const sealed = this.pool.run<SealAnswer>({ op: 'seal', data, blobs: batch.rows, master });
+      const out = this.spareOut.pop() ?? Buffer.from(new SharedArrayBuffer(OUT_ROOM));
+      const sealed = this.pool.run<SealAnswer>({ op: 'seal', data, blobs: batch.rows, master, out });
       const job = sealed
         .then(async (a) => {
           if (batch.buf.length === BATCH_ROOM && this.spare.length < this.ahead) this.spare.push(batch.buf);
           const bytes = Buffer.from(a.bytes.buffer, a.bytes.byteOffset, a.bytes.byteLength);
           await this.repo.store.put(packObjectName(a.name), bytes);
+          // Written: reused (a put that failed may still hold it, then it is never reused).
+          if (this.spareOut.length < this.ahead) this.spareOut.push(out);
           this.storedBytes += a.storedBytes;
           this.packs.push(a.info);
         })

@@ -47,11 +47,39 @@ export function packObjectName(name: string): string {
   return `data/${name.slice(0, 2)}/${name}`;
 }
 
-/** zstd level 3; undefined when it does not make the chunk smaller. */
+/**
+ * zstd level 3; undefined when it does not make the chunk smaller, or when a sample of a chunk
+ * of 64 KiB or more says it will not (looksIncompressible: no zstd run at all).
+ */
 export async function compress(plain: Buffer): Promise<Buffer | undefined> {
   if (plain.length < 64) return undefined;
+  if (plain.length >= SAMPLED_MIN && looksIncompressible(plain)) return undefined;
   const z = await zstd.compress(plain, 3);
   return z.length < plain.length ? z : undefined;
+}
+
+/** Chunks from this size on are sampled before zstd is tried (a 64 KiB chunk: 2 KiB sampled). */
+const SAMPLED_MIN = 64 * 1024;
+/** Bits per byte of the sample above which a chunk is stored as it is (random data: ~7.9). */
+export const INCOMPRESSIBLE_BITS = 7.5;
+
+/**
+ * Whether a chunk looks like random bytes (encrypted, already compressed): the byte entropy of
+ * 32 bytes in every KiB. zstd level 3 costs about as much CPU as a SHA-256 pass on such data
+ * and gains nothing; the sample costs a few percent of that. A chunk made of one random block
+ * repeated (rare: content-defined chunking stores the repeats of a block larger than a chunk
+ * once) is stored uncompressed where zstd would have shrunk it: it costs space, never data.
+ */
+export function looksIncompressible(plain: Uint8Array): boolean {
+  const counts = new Uint32Array(256);
+  let n = 0;
+  for (let at = 0; at + 32 <= plain.length; at += 1024) {
+    for (let i = at; i < at + 32; i++) counts[plain[i]!]!++;
+    n += 32;
+  }
+  let bits = 0;
+  for (const c of counts) if (c > 0) bits -= (c / n) * Math.log2(c / n);
+  return bits > INCOMPRESSIBLE_BITS;
 }
 
 export function decompress(z: Buffer): Promise<Buffer> {
@@ -71,11 +99,13 @@ export interface PackBlob {
  * A pack (docs/repository.md, "Packs") built in one buffer: each blob sealed where it goes
  * (blob at offset o: nonce o under the pack's subkey), then the sealed table of contents and its
  * length; named by the hash of it all. The sizes are known before a byte is written, so the
- * blobs are not gathered in parts and joined (one copy of each, not two or three).
+ * blobs are not gathered in parts and joined (one copy of each, not two or three). Written
+ * into `into` when the pack fits there (a caller's reused buffer), else into a new buffer.
  */
 export function buildPack(
   keys: RepoKeys,
   blobs: PackBlob[],
+  into?: Buffer,
 ): { name: string; bytes: Buffer; info: PackInfo } {
   // The salt is random unencrypted too: the pack's name (its hash) is then never that of an
   // earlier pack, so chunks stored again after a check flagged their copy land in a pack
@@ -91,7 +121,7 @@ export function buildPack(
   }
   const toc = Buffer.from(JSON.stringify(rows));
   const size = at + toc.length + tag + 4;
-  const bytes = Buffer.allocUnsafeSlow(size);
+  const bytes = into && into.length >= size ? into.subarray(0, size) : Buffer.allocUnsafeSlow(size);
   PACK_MAGIC.copy(bytes, 0);
   bytes[PACK_MAGIC.length] = VERSION;
   salt.copy(bytes, PACK_MAGIC.length + 1);
