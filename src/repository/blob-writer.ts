@@ -121,10 +121,9 @@ export class BlobWriter {
 
   /** Hands the full batches to workers to become packs, and the packs to the store. */
   private async dispatch(): Promise<void> {
-    while (this.full.length > 0) {
+    for (let batch = this.full.shift(); batch; batch = this.full.shift()) {
+      // Claimed before the wait: the other adds go on filling the next batch meanwhile.
       while (this.sealing.length >= this.ahead) await this.sealing.shift();
-      const batch = this.full.shift();
-      if (!batch) return;
       // Shared memory: the worker reads the batch where it is; it is reused once sealed.
       const data = new Uint8Array(batch.buf.buffer, 0, batch.bytes);
       const master = this.repo.keys.material();
