@@ -17,12 +17,14 @@ interface Batch {
 
 /**
  * Stores new blobs of one writer into packs. Blobs the repository already holds, or that this
- * writer stored already, are skipped: deduplication. New blobs gather in a batch on the main
- * thread; a batch of PACK_SIZE bytes (before compression) is compressed, encrypted and named
- * by a worker thread (blob-worker.ts, `seal`), then uploaded. At most `ahead` packs are being
- * sealed or uploaded at once: an add waits for the oldest beyond that (backpressure: memory
- * stays bounded at about (ahead + 1) × 2 × PACK_SIZE). The packs reach the index only when
- * the writer's owner writes it (commit).
+ * writer stored already, are skipped: deduplication. New blobs are copied into a batch (shared
+ * memory) on the main thread; a batch of PACK_SIZE bytes (before compression) is compressed,
+ * encrypted and named by a worker thread (blob-worker.ts, `seal`) that reads it in place and
+ * builds the pack in a second shared buffer, then uploaded. At most `ahead` packs are being
+ * sealed or uploaded at once: the add that filled a batch waits for the oldest beyond that
+ * (backpressure: memory stays bounded at about (ahead + 1) × 2 × PACK_SIZE, and the writer
+ * keeps up to `ahead` spare buffers of each kind for its later packs until it is dropped). The
+ * packs reach the index only when the writer's owner writes it (commit).
  */
 export class BlobWriter {
   /** The batch being filled: its blobs' bytes one after another, copied in as they come. */
