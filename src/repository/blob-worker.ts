@@ -4,14 +4,13 @@ import { parentPort } from 'node:worker_threads';
 import { TwinError } from '../common/errors.js';
 import { type ChunkerParams, cut } from './chunker.js';
 import { RepoKeys } from './crypto.js';
-import { type BlobType, compress, PackBuilder, type PackInfo } from './pack.js';
+import { type BlobType, buildPack, compress, type PackInfo } from './pack.js';
 import { toWire } from './worker-pool.js';
 
 /**
  * The repository's CPU work, in a worker thread (worker-pool.ts): content-defined chunking and
  * blob ids of file content (`cut`), and compression, encryption and naming of a whole pack
- * (`seal`). The format is docs/repository.md's, built by the same chunker and PackBuilder the
- * main thread used before.
+ * (`seal`). The format is docs/repository.md's (chunker.ts, pack.ts).
  */
 
 export interface CutRequest {
@@ -39,6 +38,17 @@ export interface CutAnswer {
   hash?: string;
 }
 
+/** A streamed window's chunks, by offsets in the file (the bytes are the caller's windows). */
+export interface StreamCutAnswer {
+  /** Offset in the file of the first chunk (the carried tail's start). */
+  start: number;
+  /** End offsets in the file of the chunks, in order. */
+  ends: number[];
+  ids: string[];
+  /** Offset in the file where the uncut tail starts (the file's size after its last window). */
+  tail: number;
+}
+
 export interface SealRequest {
   op: 'seal';
   /** The blobs' plaintext, one after another. */
@@ -46,10 +56,13 @@ export interface SealRequest {
   /** [id, type, end offset in data] in pack order. */
   blobs: Array<[string, BlobType, number]>;
   master: Uint8Array | null;
+  /** Where to build the pack (shared memory the caller reuses), when it fits. */
+  out?: Uint8Array;
 }
 
 export interface SealAnswer {
   name: string;
+  /** The pack: a view of the request's `out`, or a buffer of its own moved back. */
   bytes: Uint8Array;
   info: PackInfo;
   /** Bytes of the blobs before compression, and as stored. */
@@ -110,7 +123,7 @@ export interface DropRequest {
  * window and carrying its last (possibly cut short) chunk into the next gives the same
  * boundaries as cutting the whole content at once.
  */
-const tails = new Map<number, Buffer>();
+const tails = new Map<number, { tail: Buffer; at: number }>();
 const hashes = new Map<number, Hash>();
 
 /** A stream's state here; a later window for a stream this worker does not hold is refused. */
@@ -239,38 +252,67 @@ function filesOp(r: FilesRequest): { value: FilesAnswer; transfer: ArrayBuffer[]
   return { value: { data, files }, transfer: [out.buffer as ArrayBuffer] };
 }
 
-function cutOp(r: CutRequest): { value: CutAnswer; transfer: ArrayBuffer[] } {
+function cutOp(r: CutRequest): { value: CutAnswer | StreamCutAnswer; transfer: ArrayBuffer[] } {
+  if (r.stream !== undefined) return { value: cutStream(r, r.stream), transfer: [] };
   const keys = keysOf(r.master);
-  const input = asBuffer(r.data);
-  let data: Buffer;
-  let hash: string | undefined;
-  let digest: Buffer | undefined;
-  if (r.stream === undefined) {
-    data = input;
-    digest = createHash('sha256').update(data).digest();
-    hash = digest.toString('hex');
-  } else {
-    const tail = held(tails, { stream: r.stream, first: r.first }, () => Buffer.alloc(0));
-    // The tail and the window in a buffer of its own, moved back (the window may be shared).
-    data = Buffer.allocUnsafeSlow(tail.length + input.length);
-    tail.copy(data, 0);
-    input.copy(data, tail.length);
-    tails.delete(r.stream);
-  }
+  const data = asBuffer(r.data);
+  const digest = createHash('sha256').update(data).digest();
   const chunks = cut(data, r.params);
-  if (r.stream !== undefined && !r.final) {
-    const tail = chunks.pop();
-    tails.set(r.stream, tail ? Buffer.from(tail) : Buffer.alloc(0));
-  }
   const ends: number[] = [];
   const ids: string[] = [];
   for (const c of chunks) {
     ends.push(c.byteOffset - data.byteOffset + c.length);
     // A whole file of one chunk: its id comes from the file's own hash (hashed once).
-    ids.push(digest && chunks.length === 1 ? keys.idOfDigest(digest) : keys.blobId(c));
+    ids.push(chunks.length === 1 ? keys.idOfDigest(digest) : keys.blobId(c));
   }
   const out = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
-  return { value: { data: out, ends, ids, hash }, transfer: [data.buffer as ArrayBuffer] };
+  return {
+    value: { data: out, ends, ids, hash: digest.toString('hex') },
+    transfer: [data.buffer as ArrayBuffer],
+  };
+}
+
+/**
+ * The tail and the window side by side, for the chunker (reused: a window's worth of fresh
+ * pages per window cost more than the copy itself).
+ */
+let scratch = Buffer.alloc(0);
+
+/**
+ * The next window of a streamed file: its chunks (the tail carried from the last window
+ * first), by their offsets in the file. The window (shared memory) is only read; the uncut
+ * last chunk is copied into the stream's tail for the next window.
+ */
+function cutStream(r: CutRequest, stream: number): StreamCutAnswer {
+  const keys = keysOf(r.master);
+  const s = held(tails, { stream, first: r.first }, () => ({ tail: Buffer.alloc(0), at: 0 }));
+  const input = asBuffer(r.data);
+  const n = s.tail.length + input.length;
+  if (scratch.length < n) scratch = Buffer.allocUnsafeSlow(n);
+  s.tail.copy(scratch, 0);
+  input.copy(scratch, s.tail.length);
+  const data = scratch.subarray(0, n);
+  const chunks = cut(data, r.params);
+  const start = s.at;
+  let rest = 0;
+  if (!r.final) {
+    const tail = chunks.pop();
+    rest = tail?.length ?? 0;
+    // A tail buffer of its own (the scratch is the next window's), reused while it fits.
+    const room = s.tail.buffer.byteLength >= rest && s.tail.byteOffset === 0 ? s.tail.buffer : undefined;
+    const next = room ? Buffer.from(room, 0, rest) : Buffer.allocUnsafeSlow(rest);
+    if (tail) tail.copy(next);
+    s.tail = next;
+    s.at = start + n - rest;
+  }
+  if (r.final) tails.delete(stream);
+  const ends: number[] = [];
+  const ids: string[] = [];
+  for (const c of chunks) {
+    ends.push(start + c.byteOffset - data.byteOffset + c.length);
+    ids.push(keys.blobId(c));
+  }
+  return { start, ends, ids, tail: start + n - rest };
 }
 
 async function sealOp(r: SealRequest): Promise<{ value: SealAnswer; transfer: ArrayBuffer[] }> {
@@ -283,23 +325,19 @@ async function sealOp(r: SealRequest): Promise<{ value: SealAnswer; transfer: Ar
     return { id, type, plain };
   });
   const stored = await Promise.all(parts.map((p) => compress(p.plain)));
-  const pack = new PackBuilder(keys);
   let storedBytes = 0;
-  for (const [i, p] of parts.entries()) {
+  const blobs = parts.map((p, i) => {
     const z = stored[i];
-    pack.add(p.id, p.type, z ?? p.plain, p.plain.length, z !== undefined);
     storedBytes += (z ?? p.plain).length;
-  }
-  const { name, bytes, info } = pack.finish();
-  // A buffer of its own to move back (a small pack may sit in Buffer's shared pool).
-  let own = bytes;
-  if (bytes.byteOffset !== 0 || bytes.byteLength !== bytes.buffer.byteLength) {
-    own = Buffer.allocUnsafeSlow(bytes.length);
-    bytes.copy(own);
-  }
+    return { id: p.id, type: p.type, stored: z ?? p.plain, rawLength: p.plain.length, z: z !== undefined };
+  });
+  const out = r.out ? asBuffer(r.out) : undefined;
+  const { name, bytes, info } = buildPack(keys, blobs, out);
+  // In the caller's shared buffer, or in one of its own (allocUnsafeSlow), moved back.
+  const shared = out !== undefined && bytes.buffer === out.buffer;
   return {
-    value: { name, bytes: own, info, rawBytes: all.length, storedBytes },
-    transfer: [own.buffer as ArrayBuffer],
+    value: { name, bytes, info, rawBytes: all.length, storedBytes },
+    transfer: shared ? [] : [bytes.buffer as ArrayBuffer],
   };
 }
 

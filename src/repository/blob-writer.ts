@@ -4,18 +4,39 @@ import { type BlobType, PACK_SIZE, type PackInfo, packObjectName } from './pack.
 import type { Repository } from './repository.js';
 import { repoWorkers, type WorkerPool } from './worker-pool.js';
 
+/** Room of a batch buffer: a full pack plus the largest chunk (a batch is cut past PACK_SIZE). */
+const BATCH_ROOM = PACK_SIZE + 2 * 1024 * 1024;
+/** Room of a pack buffer: a batch plus tags and table of contents (a larger pack gets its own). */
+const OUT_ROOM = BATCH_ROOM + 1024 * 1024;
+
+interface Batch {
+  buf: Buffer;
+  bytes: number;
+  rows: Array<[string, BlobType, number]>;
+}
+
 /**
  * Stores new blobs of one writer into packs. Blobs the repository already holds, or that this
- * writer stored already, are skipped: deduplication. New blobs gather in a batch on the main
- * thread; a batch of PACK_SIZE bytes (before compression) is compressed, encrypted and named
- * by a worker thread (blob-worker.ts, `seal`), then uploaded. At most `ahead` packs are being
- * sealed or uploaded at once: an add waits for the oldest beyond that (backpressure: memory
- * stays bounded at about (ahead + 1) × 2 × PACK_SIZE). The packs reach the index only when
- * the writer's owner writes it (commit).
+ * writer stored already, are skipped: deduplication. New blobs are copied into a batch (shared
+ * memory) on the main thread; a batch of PACK_SIZE bytes (before compression) is compressed,
+ * encrypted and named by a worker thread (blob-worker.ts, `seal`) that reads it in place and
+ * builds the pack in a second shared buffer, then uploaded. At most `ahead` packs are being
+ * sealed or uploaded at once: the add that filled a batch waits for the oldest beyond that
+ * (backpressure: memory stays bounded at about (ahead + 1) × 2 × PACK_SIZE, and the writer
+ * keeps up to `ahead` spare buffers of each kind for its later packs until it is dropped). The
+ * packs reach the index only when the writer's owner writes it (commit).
  */
 export class BlobWriter {
-  private batch: Array<{ id: string; type: BlobType; data: Buffer }> = [];
+  /** The batch being filled: its blobs' bytes one after another, copied in as they come. */
+  private buf: Buffer | undefined;
+  private rows: Array<[string, BlobType, number]> = [];
   private batchBytes = 0;
+  /** Batches full and waiting for a worker (backpressure). */
+  private readonly full: Batch[] = [];
+  /** Batch buffers (shared memory) a worker has sealed, reused: no fresh pages per pack. */
+  private readonly spare: Buffer[] = [];
+  /** Pack buffers (shared memory) the store has written, reused likewise. */
+  private readonly spareOut: Buffer[] = [];
   private readonly mine = new Set<string>();
   private readonly sealing: Array<Promise<void>> = [];
   private readonly ahead: number;
@@ -50,7 +71,7 @@ export class BlobWriter {
       }
       this.queue(b, type);
     }
-    if (this.batchBytes >= PACK_SIZE) await this.cut();
+    await this.dispatch();
   }
 
   /** Stores a blob even if the repository holds it (prune rewrites a pack it will delete). */
@@ -58,7 +79,7 @@ export class BlobWriter {
     if (this.failed) throw this.failed;
     this.mine.add(blob.id);
     this.queue(blob, type);
-    if (this.batchBytes >= PACK_SIZE) await this.cut();
+    await this.dispatch();
   }
 
   /** Chunks and stores a buffer; returns the chunk ids in order. */
@@ -71,47 +92,68 @@ export class BlobWriter {
     return chunks.map((c) => c.id);
   }
 
+  /**
+   * Copies a blob into the batch (the caller's buffer may be reused once add resolves: a
+   * streamed file's windows are); a batch that reaches PACK_SIZE is full.
+   */
   private queue(b: { id: string; data: Buffer }, type: BlobType): void {
-    this.batch.push({ id: b.id, type, data: b.data });
-    this.batchBytes += b.data.length;
-    this.newBytes += b.data.length;
+    const n = b.data.length;
+    if (this.buf && this.batchBytes + n > this.buf.length) this.close();
+    if (!this.buf) this.buf = this.batchBuffer(n);
+    b.data.copy(this.buf, this.batchBytes);
+    this.batchBytes += n;
+    this.rows.push([b.id, type, this.batchBytes]);
+    this.newBytes += n;
+    if (this.batchBytes >= PACK_SIZE) this.close();
   }
 
-  /** Hands the batch to a worker to become a pack, and the pack to the store. */
-  private async cut(): Promise<void> {
-    if (this.batch.length === 0) return;
-    const blobs = this.batch;
-    const total = this.batchBytes;
-    this.batch = [];
+  private batchBuffer(atLeast: number): Buffer {
+    if (atLeast > BATCH_ROOM) return Buffer.from(new SharedArrayBuffer(atLeast));
+    return this.spare.pop() ?? Buffer.from(new SharedArrayBuffer(BATCH_ROOM));
+  }
+
+  /** The batch being filled is full: it waits for a worker. */
+  private close(): void {
+    if (!this.buf || this.batchBytes === 0) return;
+    this.full.push({ buf: this.buf, bytes: this.batchBytes, rows: this.rows });
+    this.buf = undefined;
+    this.rows = [];
     this.batchBytes = 0;
-    while (this.sealing.length >= this.ahead) await this.sealing.shift();
-    // One buffer of its own, moved to the worker (posting views would clone what they view).
-    const data = Buffer.allocUnsafeSlow(total);
-    const rows: Array<[string, BlobType, number]> = [];
-    let at = 0;
-    for (const b of blobs) {
-      b.data.copy(data, at);
-      at += b.data.length;
-      rows.push([b.id, b.type, at]);
+  }
+
+  /** Hands the full batches to workers to become packs, and the packs to the store. */
+  private async dispatch(): Promise<void> {
+    for (let batch = this.full.shift(); batch; batch = this.full.shift()) {
+      // Claimed before the wait: the other adds go on filling the next batch meanwhile.
+      while (this.sealing.length >= this.ahead) await this.sealing.shift();
+      // Shared memory: the worker reads the batch where it is; it is reused once sealed.
+      const data = new Uint8Array(batch.buf.buffer, 0, batch.bytes);
+      const master = this.repo.keys.material();
+      const out = this.spareOut.pop() ?? Buffer.from(new SharedArrayBuffer(OUT_ROOM));
+      const sealed = this.pool.run<SealAnswer>({ op: 'seal', data, blobs: batch.rows, master, out });
+      const job = sealed
+        .then(async (a) => {
+          if (batch.buf.length === BATCH_ROOM && this.spare.length < this.ahead) this.spare.push(batch.buf);
+          const bytes = Buffer.from(a.bytes.buffer, a.bytes.byteOffset, a.bytes.byteLength);
+          await this.repo.store.put(packObjectName(a.name), bytes);
+          // Written: reused (a put that failed may still hold it, then it is never reused).
+          if (this.spareOut.length < this.ahead) this.spareOut.push(out);
+          this.storedBytes += a.storedBytes;
+          this.packs.push(a.info);
+        })
+        .catch((err) => {
+          this.failed ??= err;
+        });
+      this.sealing.push(job);
     }
-    const master = this.repo.keys.material();
-    const job = this.pool
-      .run<SealAnswer>({ op: 'seal', data, blobs: rows, master }, [data.buffer as ArrayBuffer])
-      .then(async (a) => {
-        const bytes = Buffer.from(a.bytes.buffer, a.bytes.byteOffset, a.bytes.byteLength);
-        await this.repo.store.put(packObjectName(a.name), bytes);
-        this.storedBytes += a.storedBytes;
-        this.packs.push(a.info);
-      })
-      .catch((err) => {
-        this.failed ??= err;
-      });
-    this.sealing.push(job);
   }
 
   /** Every blob added so far is durable in a pack; returns the packs of this writer. */
   async flush(): Promise<PackInfo[]> {
-    if (!this.failed) await this.cut();
+    if (!this.failed) {
+      this.close();
+      await this.dispatch();
+    }
     await Promise.all(this.sealing.splice(0));
     if (this.failed) throw this.failed;
     return this.packs;
@@ -119,8 +161,10 @@ export class BlobWriter {
 
   /** Removes the packs this writer uploaded (nobody names them). */
   async discard(): Promise<void> {
-    this.batch = [];
+    this.buf = undefined;
+    this.rows = [];
     this.batchBytes = 0;
+    this.full.length = 0;
     await Promise.allSettled(this.sealing.splice(0));
     for (const p of this.packs.splice(0))
       await this.repo.store.delete(packObjectName(p.name)).catch(() => undefined);

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import type { CutAnswer } from './blob-worker.js';
+import type { CutAnswer, StreamCutAnswer } from './blob-worker.js';
 import type { Repository } from './repository.js';
 import { repoWorkers, type WorkerPool } from './worker-pool.js';
 
@@ -53,11 +53,20 @@ export class ContentCutter {
     return { hash: a.hash!, blobs: blobsOf(a) };
   }
 
+  /** Spare windows (shared memory) of this writer's earlier streams, reused: no fresh pages. */
+  private readonly spare: Buffer[] = [];
+
+  private window(): Buffer {
+    return this.spare.pop() ?? Buffer.from(new SharedArrayBuffer(WINDOW));
+  }
+
   /**
    * A streamed file, in windows of shared memory: one worker cuts them in order (it keeps the
    * uncut tail), another hashes them in order (it keeps the running SHA-256), side by side,
    * while the next window is read; at most AHEAD windows wait there. Each window's chunks are
-   * handed to `take` in content order, one window after the other.
+   * handed to `take` in content order, one window after the other, as views of the windows
+   * themselves (nothing is copied back from the workers): they are valid until `take`
+   * resolves, then the windows are reused for the next ones.
    */
   async stream(
     source: AsyncIterable<Buffer>,
@@ -70,15 +79,17 @@ export class ContentCutter {
     const stream = ++streamSeq;
     const steps: Array<Promise<string | null>> = [];
     let last: Promise<unknown> = Promise.resolve();
-    const fresh = () => Buffer.from(new SharedArrayBuffer(WINDOW));
-    let win = fresh();
+    /** Windows sent and still needed (a chunk of theirs not handed to `take` yet), in order. */
+    const held: Window[] = [];
+    let win = this.window();
     let fill = 0;
     let size = 0;
     const send = (final: boolean) => {
-      // A window is never written again once sent (a new one is filled): no copy to send it.
+      // A window is never written again until every chunk in it was taken.
       const view = new Uint8Array(win.buffer, 0, fill);
       const first = steps.length === 0;
-      const cut = this.pool.run<CutAnswer>(this.request(view, final, { id: stream, first }), [], {
+      held.push({ buf: win, start: size - fill, end: size });
+      const cut = this.pool.run<StreamCutAnswer>(this.request(view, final, { id: stream, first }), [], {
         worker: cutter,
       });
       const hashed = this.pool.run<string | null>({ op: 'hash', data: view, stream, first, final }, [], {
@@ -87,25 +98,32 @@ export class ContentCutter {
       cut.catch(() => undefined);
       hashed.catch(() => undefined);
       const step = last.then(async () => {
-        await take(blobsOf(await cut));
-        return hashed;
+        const a = await cut;
+        await take(slices(held, a));
+        const hash = await hashed;
+        // Windows wholly before the uncut tail are read by no one any more.
+        while (held.length > 0 && (final || held[0]!.end <= a.tail)) {
+          const done = held.shift()!;
+          if (this.spare.length < SPARE) this.spare.push(done.buf);
+        }
+        return hash;
       });
       step.catch(() => undefined);
       last = step;
       steps.push(step);
-      win = final ? Buffer.from(new SharedArrayBuffer(0)) : fresh();
+      win = final ? Buffer.alloc(0) : this.window();
       fill = 0;
     };
     try {
       for await (const chunk of source) {
         if (signal?.aborted) throw onCancel();
         const b = chunk as Buffer;
-        size += b.length;
         for (let off = 0; off < b.length; ) {
           const n = Math.min(b.length - off, WINDOW - fill);
           b.copy(win, fill, off, off + n);
           fill += n;
           off += n;
+          size += n;
           if (fill === WINDOW) {
             send(false);
             if (steps.length > AHEAD) await steps[steps.length - 1 - AHEAD];
@@ -118,6 +136,7 @@ export class ContentCutter {
       return { hash: hash as string, size };
     } catch (err) {
       // The workers forget the stream (its tail and hash); what is in flight settles first.
+      // The windows of a failed stream are not reused (a worker may still be reading one).
       await Promise.allSettled(steps);
       await Promise.allSettled(
         [cutter, hasher].map((worker) => this.pool.run({ op: 'drop', stream }, [], { worker })),
@@ -125,6 +144,46 @@ export class ContentCutter {
       throw err;
     }
   }
+}
+
+/** A window of a stream: its bytes [start, end) of the file. */
+interface Window {
+  buf: Buffer;
+  start: number;
+  end: number;
+}
+
+/** Spare windows a cutter keeps: enough for the streams that run at once. */
+const SPARE = 8;
+
+/**
+ * The chunks of a streamed window's answer, as views of the windows that hold them (a chunk
+ * across two windows, at most one per window, is copied into a buffer of its own).
+ */
+function slices(held: Window[], a: StreamCutAnswer): Blob[] {
+  const out: Blob[] = [];
+  let start = a.start;
+  let w = 0;
+  for (const [i, end] of a.ends.entries()) {
+    while (held[w]!.end <= start) w++;
+    const first = held[w]!;
+    let data: Buffer;
+    if (end <= first.end) data = first.buf.subarray(start - first.start, end - first.start);
+    else {
+      data = Buffer.allocUnsafe(end - start);
+      let at = 0;
+      for (let k = w; at < data.length; k++) {
+        const h = held[k]!;
+        const from = Math.max(start, h.start) - h.start;
+        const to = Math.min(end, h.end) - h.start;
+        h.buf.copy(data, at, from, to);
+        at += to - from;
+      }
+    }
+    out.push({ id: a.ids[i]!, data });
+    start = end;
+  }
+  return out;
 }
 
 /** The chunks of a worker's answer, as views of the bytes it moved back. */

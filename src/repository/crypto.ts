@@ -17,7 +17,8 @@ import { TwinError } from '../common/errors.js';
  * no key ever meets a random nonce and nonce reuse cannot happen at any object count.
  */
 
-const TAG = 16;
+/** Bytes of an AES-GCM tag after each sealed blob or object. */
+export const TAG = 16;
 export const SALT = 32;
 
 export interface KeyFile {

@@ -1,6 +1,6 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { createCipheriv, createHash, randomBytes } from 'node:crypto';
 import { createRequire } from 'node:module';
-import { corrupt, counterNonce, type RepoKeys, SALT, seal, unseal } from './crypto.js';
+import { corrupt, counterNonce, type RepoKeys, SALT, seal, TAG, unseal } from './crypto.js';
 
 const require = createRequire(import.meta.url);
 const zstd = require('@mongodb-js/zstd') as {
@@ -47,56 +47,102 @@ export function packObjectName(name: string): string {
   return `data/${name.slice(0, 2)}/${name}`;
 }
 
-/** zstd level 3; undefined when it does not make the chunk smaller. */
+/**
+ * zstd level 3; undefined when it does not make the chunk smaller, or when a sample of a chunk
+ * of 64 KiB or more says it will not (looksIncompressible: no zstd run at all).
+ */
 export async function compress(plain: Buffer): Promise<Buffer | undefined> {
   if (plain.length < 64) return undefined;
+  if (plain.length >= SAMPLED_MIN && looksIncompressible(plain)) return undefined;
   const z = await zstd.compress(plain, 3);
   return z.length < plain.length ? z : undefined;
+}
+
+/** Chunks from this size on are sampled before zstd is tried (a 64 KiB chunk: 2 KiB sampled). */
+const SAMPLED_MIN = 64 * 1024;
+/** Bits per byte of the sample above which a chunk is stored as it is (random data: ~7.9). */
+export const INCOMPRESSIBLE_BITS = 7.5;
+
+/**
+ * Whether a chunk looks like random bytes (encrypted, already compressed): the byte entropy of
+ * 32 bytes in every KiB. zstd level 3 costs about as much CPU as a SHA-256 pass on such data
+ * and gains nothing; the sample costs a few percent of that. A chunk made of one random block
+ * repeated (rare: content-defined chunking stores the repeats of a block larger than a chunk
+ * once) is stored uncompressed where zstd would have shrunk it: it costs space, never data.
+ */
+export function looksIncompressible(plain: Uint8Array): boolean {
+  const counts = new Uint32Array(256);
+  let n = 0;
+  for (let at = 0; at + 32 <= plain.length; at += 1024) {
+    for (let i = at; i < at + 32; i++) counts[plain[i]!]!++;
+    n += 32;
+  }
+  let bits = 0;
+  for (const c of counts) if (c > 0) bits -= (c / n) * Math.log2(c / n);
+  return bits > INCOMPRESSIBLE_BITS;
 }
 
 export function decompress(z: Buffer): Promise<Buffer> {
   return zstd.decompress(z);
 }
 
+/** A blob for a pack: its bytes as stored (compressed when `z`) before sealing. */
+export interface PackBlob {
+  id: string;
+  type: BlobType;
+  stored: Buffer;
+  rawLength: number;
+  z: boolean;
+}
+
 /**
- * One pack being filled. Blobs are sealed as they are added (blob i: nonce i under the pack's
- * subkey); finish() appends the sealed table of contents and names the pack by its hash.
+ * A pack (docs/repository.md, "Packs") built in one buffer: each blob sealed where it goes
+ * (blob at offset o: nonce o under the pack's subkey), then the sealed table of contents and its
+ * length; named by the hash of it all. The sizes are known before a byte is written, so the
+ * blobs are not gathered in parts and joined (one copy of each, not two or three). Written
+ * into `into` when the pack fits there (a caller's reused buffer), else into a new buffer.
  */
-export class PackBuilder {
-  private readonly parts: Buffer[] = [];
-  private readonly salt = randomBytes(SALT);
-  private readonly key: Buffer | null;
-  readonly rows: BlobRow[] = [];
-  size: number;
-
-  constructor(keys: RepoKeys) {
-    this.key = keys.encrypted ? keys.subkey(this.salt, 'twinfs pack') : null;
-    // The salt is random unencrypted too: the pack's name (its hash) is then never that of an
-    // earlier pack, so chunks stored again after a check flagged their copy land in a pack
-    // the damage record does not name (an identical pack would inherit the flag for good).
-    const header = Buffer.concat([PACK_MAGIC, Buffer.from([VERSION]), this.salt]);
-    this.parts.push(header);
-    this.size = header.length;
+export function buildPack(
+  keys: RepoKeys,
+  blobs: PackBlob[],
+  into?: Buffer,
+): { name: string; bytes: Buffer; info: PackInfo } {
+  // The salt is random unencrypted too: the pack's name (its hash) is then never that of an
+  // earlier pack, so chunks stored again after a check flagged their copy land in a pack
+  // the damage record does not name (an identical pack would inherit the flag for good).
+  const salt = randomBytes(SALT);
+  const key = keys.encrypted ? keys.subkey(salt, 'twinfs pack') : null;
+  const tag = key ? TAG : 0;
+  const rows: BlobRow[] = [];
+  let at = PACK_HEADER;
+  for (const b of blobs) {
+    rows.push([b.id, b.type, at, b.stored.length + tag, b.rawLength, b.z ? 1 : 0]);
+    at += b.stored.length + tag;
   }
+  const toc = Buffer.from(JSON.stringify(rows));
+  const size = at + toc.length + tag + 4;
+  const bytes = into && into.length >= size ? into.subarray(0, size) : Buffer.allocUnsafeSlow(size);
+  PACK_MAGIC.copy(bytes, 0);
+  bytes[PACK_MAGIC.length] = VERSION;
+  salt.copy(bytes, PACK_MAGIC.length + 1);
+  for (const [i, b] of blobs.entries()) sealInto(key, rows[i]![2], b.stored, bytes, rows[i]![2]);
+  sealInto(key, TRAILER_NONCE, toc, bytes, at);
+  bytes.writeUInt32BE(toc.length + tag, size - 4);
+  const name = createHash('sha256').update(bytes).digest('hex');
+  return { name, bytes, info: { name, size, blobs: rows } };
+}
 
-  /** Adds a blob (already compressed when `z`). */
-  add(id: string, type: BlobType, stored: Buffer, rawLength: number, z: boolean): void {
-    const body = this.key ? seal(this.key, counterNonce(this.size), stored) : stored;
-    this.rows.push([id, type, this.size, body.length, rawLength, z ? 1 : 0]);
-    this.parts.push(body);
-    this.size += body.length;
+/** Writes plain (sealed under key with the counter nonce, when there is a key) to out at `at`. */
+function sealInto(key: Buffer | null, nonce: number | bigint, plain: Buffer, out: Buffer, at: number): void {
+  if (!key) {
+    plain.copy(out, at);
+    return;
   }
-
-  finish(): { name: string; bytes: Buffer; info: PackInfo } {
-    const toc = Buffer.from(JSON.stringify(this.rows));
-    const sealed = this.key ? seal(this.key, counterNonce(TRAILER_NONCE), toc) : toc;
-    const len = Buffer.alloc(4);
-    len.writeUInt32BE(sealed.length);
-    this.parts.push(sealed, len);
-    const bytes = Buffer.concat(this.parts);
-    const name = createHash('sha256').update(bytes).digest('hex');
-    return { name, bytes, info: { name, size: bytes.length, blobs: this.rows } };
-  }
+  const c = createCipheriv('aes-256-gcm', key, counterNonce(nonce));
+  let n = c.update(plain).copy(out, at);
+  n += c.final().copy(out, at + n);
+  if (n !== plain.length) throw new Error(`aes-256-gcm gave ${n} bytes for ${plain.length}`);
+  c.getAuthTag().copy(out, at + n);
 }
 
 /** The pack's subkey from its header (null: not encrypted). */

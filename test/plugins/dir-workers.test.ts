@@ -9,6 +9,7 @@ import type { ManifestEntry } from '../../src/backup-peer/target.js';
 import { BlobWriter } from '../../src/repository/blob-writer.js';
 import { ContentCutter, WINDOW } from '../../src/repository/content-cutter.js';
 import { checkRepository } from '../../src/repository/index.js';
+import { looksIncompressible } from '../../src/repository/pack.js';
 import type { RepositoryTarget } from '../../src/repository/repository-target.js';
 import { WorkerPool } from '../../src/repository/worker-pool.js';
 import {
@@ -135,6 +136,92 @@ describe('dir repository: the worker path', () => {
     expect(r).toEqual({ hash: sha256(data), size: data.length });
     expect(got).toEqual(whole.blobs.map((b) => b.id));
     expect(got.length).toBeGreaterThan(20);
+  });
+
+  it("a streamed file's chunks are views of windows that are reused: every chunk's bytes match its id and join to the file, for files cut one after another and side by side", async () => {
+    const dir = await fx.tmp();
+    const t = await open(`dir:${dir}/r`);
+    await firstSnapshot(t, pseudoRandom(MiB, 6));
+    const cutter = new ContentCutter(t.repo, pool(2));
+    // Copies what take() is handed (the windows are reused once it resolves) and checks each
+    // chunk against its id while it is handed over.
+    const cutFile = async (data: Buffer, piece: number) => {
+      const parts: Buffer[] = [];
+      const r = await cutter.stream(streamOf(data, piece), async (blobs) => {
+        await new Promise((res) => setImmediate(res));
+        for (const b of blobs) {
+          expect(t.repo.keys.blobId(b.data)).toBe(b.id);
+          parts.push(Buffer.from(b.data));
+        }
+      });
+      expect(r).toEqual({ hash: sha256(data), size: data.length });
+      expect(Buffer.concat(parts).equals(data)).toBe(true);
+      return parts.length;
+    };
+    // One after another (the second reuses the first's windows), then three at once (they
+    // share the spare windows), sizes on and off the window edges.
+    expect(await cutFile(pseudoRandom(3 * WINDOW + 12_345, 21), MiB + 7)).toBeGreaterThan(40);
+    await cutFile(pseudoRandom(2 * WINDOW, 22), 3 * MiB);
+    await Promise.all([
+      cutFile(pseudoRandom(WINDOW + 1, 23), 700_001),
+      cutFile(pseudoRandom(2 * WINDOW - 1, 24), MiB),
+      cutFile(pseudoRandom(5 * MiB, 25), 64 * 1024),
+    ]);
+  });
+
+  it('stores chunks that look random as they are (no zstd run), compresses the others, reads both back verified, and finds a flipped byte in a stored-as-is chunk', async () => {
+    const dir = await fx.tmp();
+    const t = await open(`dir:${dir}/r`);
+    const random = pseudoRandom(3 * MiB, 31);
+    const text = Buffer.from('twinfs keeps a mirror and backs it up off-host\n'.repeat(70_000));
+    expect(looksIncompressible(random.subarray(0, 256 * 1024))).toBe(true);
+    expect(looksIncompressible(text.subarray(0, 256 * 1024))).toBe(false);
+    const w = await t.beginSnapshot(snapMeta('s'));
+    await w.putFile('/random.bin', streamOf(random, MiB), fileMeta(random.length));
+    await w.putFile('/text.txt', streamOf(text, MiB), fileMeta(text.length));
+    await w.commit(manifest(snapMeta('s'), [fileEntry('/random.bin', random), fileEntry('/text.txt', text)]));
+    expect((await readAll(await t.openFile('s', '/random.bin'))).equals(random)).toBe(true);
+    expect((await readAll(await t.openFile('s', '/text.txt'))).equals(text)).toBe(true);
+    // The index says how each is stored: the random chunks as they are, the text compressed.
+    const randomChunks = (await t.repo.readManifest((await t.repo.readSnapshot('s'))!)).find(
+      (e) => e.path === '/random.bin',
+    )!.chunks!;
+    expect(randomChunks.length).toBeGreaterThan(3);
+    const locs = randomChunks.map((id) => t.repo.locate(id)!);
+    for (const l of locs) expect(l).toMatchObject({ compressed: false, length: l.rawLength });
+    const textLocs = [...t.repo.blobs()].filter(([id]) => !randomChunks.includes(id)).map(([, l]) => l[0]!);
+    expect(textLocs.filter((l) => l.type === 'data' && l.compressed).length).toBeGreaterThan(0);
+    // A flipped byte inside a chunk stored as it is: ETWIN_REPO_CORRUPT, not data.
+    const hit = locs[1]!;
+    const file = path.join(dir, 'r', 'data', hit.pack.slice(0, 2), hit.pack);
+    const bytes = await fsp.readFile(file);
+    bytes[hit.offset + 1000] = bytes[hit.offset + 1000]! ^ 0x40;
+    await fsp.chmod(file, 0o600);
+    await fsp.writeFile(file, bytes);
+    const t2 = await open(`dir:${dir}/r`, false);
+    await expect(readAll(await t2.openFile('s', '/random.bin'))).rejects.toMatchObject({
+      code: 'ETWIN_REPO_CORRUPT',
+    });
+    expect((await readAll(await t2.openFile('s', '/text.txt'))).equals(text)).toBe(true);
+  });
+
+  it('packs sealed one after another reuse their batch and pack buffers: every blob of every pack reads back verified', async () => {
+    const dir = await fx.tmp();
+    process.env.TWINFS_PASSWORD = 'worker test';
+    const t = await open(`dir:${dir}/r`);
+    await firstSnapshot(t, pseudoRandom(MiB, 6));
+    // One worker: at most two packs in flight, so the later ones are built in reused buffers.
+    const writer = new BlobWriter(t.repo, pool(1));
+    const blobs = Array.from({ length: 120 }, (_, i) => {
+      const data =
+        i % 3 === 0 ? Buffer.from(`blob ${i} `.repeat(50_000)) : pseudoRandom(700_000 + i, 200 + i);
+      return { id: t.repo.keys.blobId(data), data };
+    });
+    for (let i = 0; i < blobs.length; i += 7) await writer.add(blobs.slice(i, i + 7), 'data');
+    const packs = await writer.flush();
+    expect(packs.length).toBeGreaterThan(4);
+    await t.repo.writeIndex({ packs });
+    for (const b of blobs) expect((await t.repo.readBlob(b.id)).equals(b.data)).toBe(true);
   });
 
   it('a worker thread that dies under a streamed file fails it with ETWIN_REPO_WORKER, not a hang, and loses nothing', async () => {
