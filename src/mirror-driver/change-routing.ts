@@ -5,6 +5,30 @@ import { HEAL_CODES, type MirrorCore } from './driver-core.js';
 const NAMESPACE_OPS = new Set(['create', 'mknod', 'mkdir', 'symlink', 'link', 'unlink', 'rmdir', 'rename']);
 
 /**
+ * Changes answered before the mirror applied them (see apply): each is complete in itself (the
+ * mirror writer needs nothing of the primary for it), and a crash before it lands is covered by
+ * its write intent, journaled before the primary changed.
+ */
+const BEHIND_OPS = new Set<Change['op']>([
+  'create',
+  'mkdir',
+  'mknod',
+  'symlink',
+  'link',
+  'rename',
+  'unlink',
+  'rmdir',
+  'chmod',
+  'chown',
+  'utimens',
+  'setxattr',
+  'removexattr',
+]);
+
+/** Queue length past which a change waits for its turn again (back-pressure). */
+const MAX_BEHIND = 4096;
+
+/**
  * Change routing: every change the primary reports goes through one serial queue, in the order
  * the primary saw it, and is either tracked by the splits that hold it (Splitter.track) or
  * applied to the mirror (MirrorWriter). A write intent is journaled before the primary is
@@ -25,7 +49,18 @@ export class ChangeRouter {
     if (this.c.disposed) return Promise.resolve();
     this.c.lastLiveAt = Date.now();
     this.c.changes.note(c);
-    return this.c.queue.push(() => this.route(c));
+    const routed = this.c.queue.push(() => this.route(c));
+    // Write-behind for namespace and metadata changes: queued in the primary's order (the queue
+    // position is all that orders them against later changes, splits and verify), answered before
+    // the mirror has them. Waited for: data (the cache's flusher takes its pace from the mirror,
+    // and an unlink of a multiply-linked file waits for its write-back, whose times route copies
+    // while the name exists), truncate (the same), fsync (durable where the sink keeps it), and
+    // any change once the queue is long (back-pressure, so it cannot grow without bound).
+    if (BEHIND_OPS.has(c.op) && this.c.queue.length <= MAX_BEHIND) {
+      routed.catch((err) => this.c.log(`change ${c.op} ${c.path} failed: ${(err as Error).message}`));
+      return Promise.resolve();
+    }
+    return routed;
   }
 
   /** One change, in its turn in the queue: tracked by the splits that hold it, or applied. */
