@@ -1,3 +1,4 @@
+import * as fs from 'node:fs';
 import type { Change } from '../fusefs/change-sink.js';
 import { HEAL_CODES, type MirrorCore } from './driver-core.js';
 
@@ -54,13 +55,23 @@ export class ChangeRouter {
     // position is all that orders them against later changes, splits and verify), answered before
     // the mirror has them. Waited for: data (the cache's flusher takes its pace from the mirror,
     // and an unlink of a multiply-linked file waits for its write-back, whose times route copies
-    // while the name exists), truncate (the same), fsync (durable where the sink keeps it), and
-    // any change once the queue is long (back-pressure, so it cannot grow without bound).
-    if (BEHIND_OPS.has(c.op) && this.mayAnswerBehind()) {
+    // while the name exists), truncate of a file with other names (the same), fsync (durable
+    // where the sink keeps it), and any change once the queue is long (back-pressure, so it
+    // cannot grow without bound).
+    if ((BEHIND_OPS.has(c.op) || (c.op === 'truncate' && this.oneName(c.path))) && this.mayAnswerBehind()) {
       routed.catch((err) => this.c.log(`change ${c.op} ${c.path} failed: ${(err as Error).message}`));
       return Promise.resolve();
     }
     return routed;
+  }
+
+  /** The primary's file at p has one name (a truncate of it copies no times by path at once). */
+  private oneName(p: string): boolean {
+    try {
+      return fs.lstatSync(this.c.primary + p).nlink === 1;
+    } catch {
+      return false; // a long path, or gone already: wait, as before
+    }
   }
 
   /**
