@@ -76,19 +76,24 @@ export class ChangeRouter {
 
   /**
    * Only while the mirror follows the primary entry for entry. With a split live or queued, a
-   * recovery or copy running, or pairs broken, the mirror's tree may differ from the primary's
-   * on purpose (a held directory keeps its old name) and a change that cannot be applied is
-   * healed from the primary: that heal must see the primary as the change left it, so the
-   * application waits, as it always did (found by the stress harness, libfuse3 seed 12: a
-   * rename inside a directory whose own rename a split held was healed after the writer had
-   * already renamed the directory again, and a stale name stayed in the mirror).
+   * resync, repair, recovery or copy running, or pairs broken, the mirror's tree may differ from
+   * the primary's on purpose (a held directory keeps its old name), and what is healed, copied
+   * or relinked is read from the primary as it is when that work runs: the primary must not be
+   * far ahead of the queue then, so the application waits, as it always did. Found by the stress
+   * harness: libfuse3 seed 12, a rename inside a directory whose own rename a split held was
+   * healed after the writer had renamed the directory again, and a stale name stayed in the
+   * mirror; libfuse2 seed 14, a resync relinked the names of a file where the primary had them
+   * two renames later, and the queued rename of their directory then found its target full.
    */
   private mayAnswerBehind(): boolean {
     const c = this.c;
     return (
       c.splits.size === 0 &&
       c.splitsQueued === 0 &&
+      c.resyncer.resyncing.size === 0 &&
+      c.resyncer.unsynced.size === 0 &&
       !c.copying &&
+      !c.repairer.running &&
       c.broken.paths.size === 0 &&
       c.broken.healing.size === 0 &&
       c.queue.length <= MAX_BEHIND

@@ -196,6 +196,27 @@ describe('mirror write-behind of namespace changes', () => {
     expect(fs.existsSync(`${M}/w/d`)).toBe(false);
   });
 
+  it('while a resync is queued or running the application waits (its copies read the primary as it is then)', async () => {
+    env = await driverOnTempDirs(async (p) => {
+      await fsp.writeFile(`${p}/held`, 'held');
+      await fsp.writeFile(`${p}/other`, 'other');
+    });
+    const { d, P, M } = env;
+    const s = await d.split({ paths: ['/held'] });
+    const resynced = d.resync(s.splitId);
+    await d.beforeChange('/other');
+    fs.chmodSync(`${P}/other`, 0o604);
+    await d.apply({ op: 'chmod', path: '/other', mode: 0o604 });
+    expect(fs.statSync(`${M}/other`).mode & 0o7777).toBe(0o604);
+    await resynced;
+    // And behind again once it is done.
+    await d.beforeChange('/other');
+    fs.chmodSync(`${P}/other`, 0o606);
+    await d.apply({ op: 'chmod', path: '/other', mode: 0o606 });
+    expect(fs.statSync(`${M}/other`).mode & 0o7777).toBe(0o604);
+    expect((await d.verify()).differences).toEqual([]);
+  });
+
   it('a kill -9 with namespace changes queued: the next driver repairs them from the write intents', async () => {
     const t = await tempDirs('primary', 'mirror', 'state');
     try {
