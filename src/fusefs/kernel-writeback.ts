@@ -52,17 +52,26 @@ export class KernelWriteback {
     // before twinfs's name list heard of it): no split can hold them, so the next round skips
     // them; a name renamed meanwhile comes back from names() under its new name.
     const gone = new Set<string>();
-    for (let round = 0; round < ROUNDS; round++) {
-      const list = names().filter((n) => !gone.has(n));
-      if (list.length === 0) return { ms: performance.now() - t0, names: 0 };
+    // Names written back by a round that failed only on names gone meanwhile (sync goes on past
+    // a name it cannot open): not listed again. Such a round made progress and does not count
+    // as a failed one (a create/unlink storm can make every round meet a vanished name), but
+    // the rounds stay bounded.
+    const done = new Set<string>();
+    let failed = 0;
+    for (let round = 0; failed < ROUNDS && round < ROUNDS * 4; round++) {
+      const list = names().filter((n) => !gone.has(n) && !done.has(n));
+      if (list.length === 0) return { ms: performance.now() - t0, names: done.size };
       try {
         await this.run(list);
-        return { ms: performance.now() - t0, names: list.length };
+        return { ms: performance.now() - t0, names: done.size + list.length };
       } catch (err) {
         last = err as TwinError;
         // A timeout leaves a stuck child: another round would only wait behind it.
         if (this.stuck) break;
         for (const n of (last.data?.missing as string[] | undefined) ?? []) gone.add(n);
+        if (last.data?.onlyMissing === true) {
+          for (const n of list) if (!gone.has(n)) done.add(n);
+        } else failed++;
       }
     }
     throw last!;
@@ -112,19 +121,29 @@ export class KernelWriteback {
       child.on('error', (err) => fail(`cannot run ${cmd}: ${err.message}`, {}, err));
       child.on('close', (code, signal) => {
         if (this.stuck === child) this.stuck = null;
-        if (code === 0) settle();
-        else
-          fail(
-            `${cmd} -d of ${names.length} file(s) in ${mount} failed (${signal ?? `exit ${code}`}): ${stderr.trim()}`,
-            {
-              exitCode: code,
-              signal,
-              // The names it could not open because they do not exist (sync runs with LC_ALL=C).
-              missing: names.filter((n) =>
-                stderr.includes(`error opening '${path.join(mount, n)}': No such file or directory`),
-              ),
-            },
-          );
+        if (code === 0) {
+          settle();
+          return;
+        }
+        // The names it could not open because they do not exist (sync runs with LC_ALL=C).
+        const missing = names.filter((n) =>
+          stderr.includes(`error opening '${path.join(mount, n)}': No such file or directory`),
+        );
+        const lines = stderr.trim().split('\n').filter(Boolean);
+        fail(
+          `${cmd} -d of ${names.length} file(s) in ${mount} failed (${signal ?? `exit ${code}`}): ${stderr.trim()}`,
+          {
+            exitCode: code,
+            signal,
+            missing,
+            // Nothing failed but opening names that are gone: every other name was written back.
+            onlyMissing:
+              code === 1 &&
+              stderr.length < 4096 &&
+              lines.length === missing.length &&
+              lines.every((l) => l.endsWith(': No such file or directory')),
+          },
+        );
       });
     });
   }
