@@ -44,6 +44,8 @@ export class MirrorCore {
   /** Paths the journal named at start that are not repaired yet. */
   readonly pendingIntents = new Set<string>();
   lastLiveAt = 0;
+  /** split() calls whose marker is queued but has not run yet (see ChangeRouter.apply). */
+  splitsQueued = 0;
   /** The next reconciliation must compare contents (machine crash, lost journal). */
   deep = false;
   copying = true;

@@ -65,6 +65,12 @@ export class Resyncer {
       // merging into it brings back the source's entries as the mirror had them, including those
       // the primary removed under the new name since: the target tree is compared.
       if (c.op === 'rename' && (await this.bothDirs(c.from, c.path))) trees.add(c.path);
+      // A tree to compare that this rename moves is compared where it ends up as well (a heal
+      // under a held directory's new name, then that directory renamed again: the stale names
+      // the heal could not see are at the last name).
+      if (c.op === 'rename')
+        for (const t of [...trees])
+          if (t === c.from || t.startsWith(c.from + '/')) trees.add(c.path + t.slice(c.from.length));
       try {
         await this.c.writer.apply(c);
       } catch (err) {

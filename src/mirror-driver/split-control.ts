@@ -67,7 +67,8 @@ export class Splitter {
    */
   split(selector: Selector, owner?: string): Promise<SplitInfo> {
     const sel = normalizeSelector(selector);
-    return this.c.queue.push(async () => {
+    this.c.splitsQueued++;
+    const queued = this.c.queue.push(async () => {
       if (this.c.disposed) throw new TwinError('ETWIN_DISPOSED', 'the mirror driver is shut down');
       if (this.c.copying)
         throw new TwinError(
@@ -112,6 +113,7 @@ export class Splitter {
       });
       return info;
     });
+    return queued.finally(() => this.c.splitsQueued--);
   }
 
   /**

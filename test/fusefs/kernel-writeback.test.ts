@@ -90,4 +90,16 @@ describe('KernelWriteback', () => {
       code: 'ETWIN_KERNEL_WRITEBACK',
     });
   });
+
+  it('a storm that takes a name away in every round: names written back are not listed again, and it succeeds', async () => {
+    let rounds = 0;
+    const r = await kw.sync(() => {
+      rounds++;
+      // Five rounds, each meeting a name unlinked since the last (native unlinks of a storm).
+      const names = rounds <= 5 ? ['/a', `/gone${rounds}`] : ['/a'];
+      return names;
+    });
+    expect(rounds).toBe(6);
+    expect(r.names).toBe(1);
+  });
 });
