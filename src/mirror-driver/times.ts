@@ -82,11 +82,17 @@ export class MirrorTimes {
     else if (this.pending.size < 100_000) this.pending.add(p);
   }
 
-  /** Pending mtime copies are keyed by path: they follow renames. */
+  /**
+   * Pending mtime copies are keyed by path: they follow renames. What was pending at the target
+   * (replaced by the rename) goes first, then the source's move there: in one pass, a target
+   * noted after the source would have deleted the moved copy again (stress seed 2809: a file
+   * truncated, then renamed over a file written just before, kept the mirror's own mtime).
+   */
   move(from: string, to: string): void {
-    for (const q of [...this.pending]) {
-      if (q === to || q.startsWith(to + '/')) this.pending.delete(q);
-      if (q !== from && !q.startsWith(from + '/')) continue;
+    const all = [...this.pending];
+    for (const q of all) if (q === to || q.startsWith(`${to}/`)) this.pending.delete(q);
+    for (const q of all) {
+      if (q !== from && !q.startsWith(`${from}/`)) continue;
       this.pending.delete(q);
       this.pending.add(to + q.slice(from.length));
     }

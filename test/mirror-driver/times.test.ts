@@ -67,6 +67,21 @@ describe('mirror times', () => {
     expect(await mtimeNs(`${M}/b`)).toBe(MTIME);
   });
 
+  it('a pending copy follows a rename over a file whose own copy was pending too (noted after the source)', async () => {
+    await fsp.writeFile(`${P}/b`, randomBytes(5000));
+    await d.apply({ op: 'create', path: '/b', mode: 0o100644, uid: 0, gid: 0 });
+    await d.whenIdle();
+    // The source first, then the target: both copies pending, the target's noted last.
+    await write('/a', 100);
+    const data = randomBytes(1000);
+    await fsp.appendFile(`${P}/b`, data);
+    await d.apply({ op: 'write', path: '/b', offset: 5000, data });
+    await fsp.rename(`${P}/a`, `${P}/b`);
+    await d.apply({ op: 'rename', from: '/a', path: '/b' });
+    await d.whenIdle();
+    expect(await mtimeNs(`${M}/b`)).toBe(MTIME);
+  });
+
   it('a write through a name of a file with several names copies the times before its next change', async () => {
     await fsp.link(`${P}/a`, `${P}/c`);
     await d.apply({ op: 'link', from: '/a', path: '/c' });
