@@ -132,6 +132,15 @@ export class Resyncer {
         const r = await this.c.copyWhole(p, { ranges: f?.ranges, cut: f?.cut });
         bytes += r.bytesCopied;
         entries++;
+        // Gone from the primary (or another file there) while it was being copied: a rename or
+        // unlink reached the primary and is queued behind this resync, and what the copy read
+        // after it (xattrs, read as none) is missing. Owed where the queued rename puts it, as
+        // if gone before the copy (stress seed 2820: a split copy lacked an xattr).
+        const after = await lstatOrUndefined(this.c.primary + p);
+        if (!after || after.ino !== pst.ino) {
+          gone.push(p);
+          this.unsynced.add(p);
+        }
       } catch (err) {
         if (HEAL_CODES.has((err as NodeJS.ErrnoException).code ?? '')) trees.add(path.posix.dirname(p));
         else this.c.broken.markBroken(p, err as NodeJS.ErrnoException);
