@@ -195,36 +195,17 @@ export function describeRepositoryWithoutCatalog(
       expect(r1.code, r1.stderr).toBe(0);
       expect(await fsp.readFile(path.join(old, 'docs/a.txt'), 'utf8')).toBe('alpha\n');
 
-      // --include/--exclude: only .txt files, none below /docs/deep.
-      const some = path.join(base, 'restored-some');
-      const r2 = await cli(
-        'restore',
-        ids[0]!,
-        ...t(),
-        '--to',
-        some,
-        '--include',
-        '*.txt',
-        '--exclude',
-        '/docs/deep',
-      );
-      expect(r2.code, r2.stderr).toBe(0);
-      expect(await filesBelow(some)).toEqual(['docs/a.txt', 'top.txt']);
-      // The same with the case-insensitive forms: --iinclude, --iexclude.
-      const someI = path.join(base, 'restored-some-i');
-      const r3 = await cli(
-        'restore',
-        ids[0]!,
-        ...t(),
-        '--to',
-        someI,
-        '--iinclude',
-        '*.TXT',
-        '--iexclude',
-        '/DOCS/DEEP',
-      );
-      expect(r3.code, r3.stderr).toBe(0);
-      expect(await filesBelow(someI)).toEqual(['docs/a.txt', 'top.txt']);
+      // --include/--exclude: only .txt files, none below /docs/deep; then the same with the
+      // case-insensitive forms (--iinclude, --iexclude) and patterns in the other case.
+      for (const [dir, include, exclude, txt, deep] of [
+        ['restored-some', '--include', '--exclude', '*.txt', '/docs/deep'],
+        ['restored-some-i', '--iinclude', '--iexclude', '*.TXT', '/DOCS/DEEP'],
+      ] as const) {
+        const some = path.join(base, dir);
+        const r2 = await cli('restore', ids[0]!, ...t(), '--to', some, include, txt, exclude, deep);
+        expect(r2.code, r2.stderr).toBe(0);
+        expect(await filesBelow(some)).toEqual(['docs/a.txt', 'top.txt']);
+      }
 
       // --overwrite: never keeps what is there, if-newer keeps what is newer, always replaces.
       const a = path.join(old, 'docs/a.txt');
