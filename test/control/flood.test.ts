@@ -120,27 +120,28 @@ describe('a connection flood on the control port', () => {
     // Flood sockets were pushed out by newer ones long before their handshake timeout.
     expect(s.control.evicted).toBeGreaterThan(FLOOD - 200);
   });
+});
+
+/**
+ * On a server of its own, under the same descriptor limit: on the flood test's server, sockets
+ * of the flood still in the kernel's accept queue once the flood stopped were accepted later and
+ * could push this one out (seen in CI: closed after 140 ms, not at the handshake timeout).
+ */
+describe('the handshake timeout', () => {
+  let fx: ControlFixture;
+
+  beforeAll(async () => {
+    fx = await startControlFixture({ prefix: ['prlimit', `--nofile=${FD_LIMIT}:${FD_LIMIT}`] });
+  });
+  afterAll(async () => {
+    await fx?.close();
+  });
 
   it('a socket that never sends a byte is closed after the handshake timeout; a websocket that says hello stays', {
     timeout: 30_000,
   }, async () => {
     const u = new URL(fx.url);
     const net = await import('node:net');
-    // The flood of the test before may still be closing on the server's side: start from a
-    // guard that holds none of its sockets, or this one could be refused as over the cap.
-    // Nor may the server sit at its descriptor limit (the opens of the test before): an accept
-    // there is closed at once by libuv (its EMFILE reserve), which looks like a refusal.
-    const op = await fx.connect();
-    const pid = fx.srv.proc.pid!;
-    await waitUntil(
-      async () => {
-        const g = (await status(op)).control;
-        return g.unauthenticated === 0 && g.open <= 4 && (await openFds(pid)) < FD_LIMIT - 64;
-      },
-      20_000,
-      'the previous flood to be closed and descriptors free',
-    );
-    await op.close();
     const t0 = Date.now();
     const closedAt = await new Promise<number>((resolve, reject) => {
       const s = net.connect({ host: u.hostname, port: Number(u.port) });
