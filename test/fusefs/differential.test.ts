@@ -22,7 +22,7 @@ async function dump(root: string): Promise<string[]> {
 }
 
 /**
- * A known libfuse2 limitation (see the it.fails tests below): a file unlinked while open lives
+ * A known limitation of high-level libfuse, 2 and 3 (see the it.fails tests below): a file unlinked while open lives
  * on as `.fuse_hidden…` in its directory until closed, so removing or replacing that directory
  * fails with ENOTEMPTY (the runs cannot be compared past that point).
  */
@@ -92,7 +92,7 @@ describe.each(CONFIGS)('randomized differential test: $name', ({ args, seeds }) 
     if (!compareRuns(seed, 'operations and final tree through the mount', onMount, onPlain)) {
       cut.add(seed);
       console.warn(
-        `seed ${seed}: compared up to a rmdir/rename hitting a .fuse_hidden file (libfuse2 limitation)`,
+        `seed ${seed}: compared up to a rmdir/rename hitting a .fuse_hidden file (high-level libfuse limitation)`,
       );
     }
     expect(onMount.filter((l) => / = ERR /.test(l)).length).toBeLessThan(OPS * 0.6);
@@ -120,11 +120,11 @@ describe.each(CONFIGS)('randomized differential test: $name', ({ args, seeds }) 
 });
 
 /**
- * Divergences from a local filesystem that come from libfuse2's high-level API as twinfs uses
+ * Divergences from a local filesystem that come from libfuse's high-level API (2 and 3) as twinfs uses
  * it today, not from the cache. `it.fails`: these pass while the limitation exists; when it is
  * fixed they fail, and the marker should go (and `links` go back into the random workload).
  */
-describe('known libfuse2 limitations', () => {
+describe('known high-level libfuse limitations', () => {
   let fx: PosixFixture;
   beforeAll(async () => {
     fx = await mountFixture();
