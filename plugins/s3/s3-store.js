@@ -286,9 +286,9 @@ export class S3Store {
           if (o.abort)
             await this.send(
               new AbortMultipartUploadCommand({ Bucket: this.bucket, Key: u.Key, UploadId: u.UploadId }),
-            ).catch((/** @type {any} */ err) => {
+            ).catch((/** @type {unknown} */ err) => {
               // Gone meanwhile (completed or aborted by someone else): nothing left to free.
-              if (err?.name !== 'NoSuchUpload' && err?.$metadata?.httpStatusCode !== 404) throw err;
+              if (!isUploadGone(err)) throw err;
             });
         }
         if (!r.IsTruncated) return { count, bytes };
@@ -315,8 +315,8 @@ export class S3Store {
     for (;;) {
       const r = await this.send(
         new ListPartsCommand({ Bucket: this.bucket, Key, UploadId, PartNumberMarker: marker }),
-      ).catch((/** @type {any} */ err) => {
-        if (err?.name === 'NoSuchUpload' || err?.$metadata?.httpStatusCode === 404) return undefined;
+      ).catch((/** @type {unknown} */ err) => {
+        if (isUploadGone(err)) return undefined;
         throw err;
       });
       if (!r) return n;
@@ -327,6 +327,15 @@ export class S3Store {
   }
 
   async close() {}
+}
+
+/**
+ * Whether a multipart call failed because the upload is gone (completed or aborted meanwhile).
+ * @param {unknown} err
+ */
+function isUploadGone(err) {
+  const e = /** @type {any} */ (err);
+  return e?.name === 'NoSuchUpload' || e?.$metadata?.httpStatusCode === 404;
 }
 
 /**

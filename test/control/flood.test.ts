@@ -60,19 +60,25 @@ async function openFds(pid: number): Promise<number> {
   return (await fsp.readdir(`/proc/${pid}/fd`)).length;
 }
 
-describe('a connection flood on the control port', () => {
-  let fx: ControlFixture;
-
+/** A control server of the calling describe block's own, under the FD_LIMIT descriptor limit (read it in tests). */
+function limitedServer(): () => ControlFixture {
+  let fx: ControlFixture | undefined;
   beforeAll(async () => {
     fx = await startControlFixture({ prefix: ['prlimit', `--nofile=${FD_LIMIT}:${FD_LIMIT}`] });
   });
   afterAll(async () => {
     await fx?.close();
   });
+  return () => fx!;
+}
+
+describe('a connection flood on the control port', () => {
+  const server = limitedServer();
 
   it('takes at most the control share of the descriptors; opens through the mount all succeed meanwhile', {
     timeout: 90_000,
   }, async () => {
+    const fx = server();
     const dir = path.join(fx.mnt, 'many');
     await fsp.mkdir(dir);
     const flood = startFlood(fx.url);
@@ -128,18 +134,12 @@ describe('a connection flood on the control port', () => {
  * could push this one out (seen in CI: closed after 140 ms, not at the handshake timeout).
  */
 describe('the handshake timeout', () => {
-  let fx: ControlFixture;
-
-  beforeAll(async () => {
-    fx = await startControlFixture({ prefix: ['prlimit', `--nofile=${FD_LIMIT}:${FD_LIMIT}`] });
-  });
-  afterAll(async () => {
-    await fx?.close();
-  });
+  const server = limitedServer();
 
   it('a socket that never sends a byte is closed after the handshake timeout; a websocket that says hello stays', {
     timeout: 30_000,
   }, async () => {
+    const fx = server();
     const u = new URL(fx.url);
     const net = await import('node:net');
     const t0 = Date.now();
