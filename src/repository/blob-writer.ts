@@ -1,3 +1,4 @@
+import { TwinError } from '../common/errors.js';
 import type { SealAnswer } from './blob-worker.js';
 import { cut } from './chunker.js';
 import { type BlobType, PACK_SIZE, type PackInfo, packObjectName } from './pack.js';
@@ -39,6 +40,12 @@ export class BlobWriter {
   private readonly spareOut: Buffer[] = [];
   private readonly mine = new Set<string>();
   private readonly sealing: Array<Promise<void>> = [];
+  /**
+   * Every pack job not yet settled. `sealing` is the backpressure queue, and a dispatch waiting
+   * for room takes its oldest job out of it: discard waits for these instead.
+   */
+  private readonly jobs = new Set<Promise<void>>();
+  private discarded = false;
   private readonly ahead: number;
   readonly packs: PackInfo[] = [];
   /** Bytes of new blobs (before compression) and as stored. */
@@ -60,7 +67,7 @@ export class BlobWriter {
 
   /** Stores chunks (ids computed by the caller); resolves when all are batched for a pack. */
   async add(blobs: Array<{ id: string; data: Buffer }>, type: BlobType): Promise<void> {
-    if (this.failed) throw this.failed;
+    this.throwIfDone();
     for (const b of blobs) {
       if (this.mine.has(b.id)) continue;
       // Claimed before the await: a concurrent put of the same chunk does not store it twice.
@@ -74,9 +81,15 @@ export class BlobWriter {
     await this.dispatch();
   }
 
+  private throwIfDone(): void {
+    if (this.failed) throw this.failed;
+    if (this.discarded)
+      throw new TwinError('ETWIN_ABORTED', 'the writer was discarded (its run was aborted)');
+  }
+
   /** Stores a blob even if the repository holds it (prune rewrites a pack it will delete). */
   async addFresh(blob: { id: string; data: Buffer }, type: BlobType): Promise<void> {
-    if (this.failed) throw this.failed;
+    this.throwIfDone();
     this.mine.add(blob.id);
     this.queue(blob, type);
     await this.dispatch();
@@ -126,6 +139,8 @@ export class BlobWriter {
     for (let batch = this.full.shift(); batch; batch = this.full.shift()) {
       // Claimed before the wait: the other adds go on filling the next batch meanwhile.
       while (this.sealing.length >= this.ahead) await this.sealing.shift();
+      // Discarded while this dispatch waited for room: the batch is dropped, not stored.
+      if (this.discarded) return;
       // Shared memory: the worker reads the batch where it is; it is reused once sealed.
       const data = new Uint8Array(batch.buf.buffer, 0, batch.bytes);
       const master = this.repo.keys.material();
@@ -145,6 +160,8 @@ export class BlobWriter {
           this.failed ??= err;
         });
       this.sealing.push(job);
+      this.jobs.add(job);
+      void job.then(() => this.jobs.delete(job));
     }
   }
 
@@ -161,11 +178,15 @@ export class BlobWriter {
 
   /** Removes the packs this writer uploaded (nobody names them). */
   async discard(): Promise<void> {
+    this.discarded = true;
     this.buf = undefined;
     this.rows = [];
     this.batchBytes = 0;
     this.full.length = 0;
-    await Promise.allSettled(this.sealing.splice(0));
+    this.sealing.length = 0;
+    // Every job started, including one a dispatch took out of `sealing` while it waited for
+    // room (its pack was once left behind, written after this had deleted the others).
+    await Promise.allSettled([...this.jobs]);
     for (const p of this.packs.splice(0))
       await this.repo.store.delete(packObjectName(p.name)).catch(() => undefined);
   }
