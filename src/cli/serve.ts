@@ -252,12 +252,14 @@ export async function serve(args: ServeArgs): Promise<number> {
       out('stopping', { signal }, `${signal}: writing back cached data and unmounting`);
       for (const o of observers.splice(0)) o.dispose();
       Promise.resolve()
-        .then(() => controlSetup?.dispose())
-        .then(() => service?.dispose())
-        .then(() => plugins?.dispose())
-        .then(() => smb?.dispose())
-        .then(() => fs.unmount())
-        .finally(() => mirror?.dispose())
+        .then(() => shutdownStep('the control channel', () => controlSetup?.dispose(), STEP_BOUND_MS))
+        .then(() => shutdownStep('the backup service', () => service?.dispose(), STEP_BOUND_MS))
+        .then(() => shutdownStep('the plugins', () => plugins?.dispose(), STEP_BOUND_MS))
+        .then(() => shutdownStep('SMB', () => smb?.dispose(), STEP_BOUND_MS))
+        // Not bounded: cached data is written back however long that takes (a second signal
+        // exits at once).
+        .then(() => shutdownStep('the write-back and unmount', () => fs.unmount()))
+        .finally(() => shutdownStep('the mirror', () => mirror?.dispose()))
         // Held until everything is written back and the journal closed: only then may another
         // server take the volume.
         .finally(() => volumeLock.release())
@@ -312,6 +314,52 @@ export async function serve(args: ServeArgs): Promise<number> {
       });
     }
   });
+}
+
+/** How long a shutdown step that holds no data (control, service, plugins, SMB) may take. */
+const STEP_BOUND_MS = 10_000;
+/** After how long a shutdown step still running is told on stderr (and again every period). */
+const STEP_NOTICE_MS = 5_000;
+
+/**
+ * One step of the shutdown, told on stderr when it takes longer than STEP_NOTICE_MS (a stop
+ * that hung said only that it was stopping). With a bound, a step still running then is left
+ * behind, said so, and the shutdown goes on, as after a failure of such a step: the volume's
+ * write-back and unmount must not wait on a peer's socket or a plugin.
+ */
+async function shutdownStep(what: string, run: () => unknown, boundMs?: number): Promise<void> {
+  const started = Date.now();
+  const notice = setInterval(() => {
+    const s = Math.round((Date.now() - started) / 1000);
+    process.stderr.write(`twinfs: stopping: still waiting for ${what} after ${s} s\n`);
+  }, STEP_NOTICE_MS);
+  let bound: NodeJS.Timeout | undefined;
+  try {
+    const step = Promise.resolve().then(run);
+    if (boundMs === undefined) {
+      await step;
+      return;
+    }
+    const gaveUp = new Promise<'late'>((resolve) => {
+      bound = setTimeout(() => resolve('late'), boundMs);
+    });
+    // A failed step that holds no data is told and passed: it must not cost the unmount.
+    const settled = step.then(
+      () => 'done' as const,
+      (err) => {
+        process.stderr.write(`twinfs: stopping: ${what}: ${formatError(err)}\n`);
+        return 'done' as const;
+      },
+    );
+    if ((await Promise.race([settled, gaveUp])) === 'late') {
+      process.stderr.write(
+        `twinfs: stopping: ${what} did not stop within ${boundMs / 1000} s; going on without it\n`,
+      );
+    }
+  } finally {
+    clearInterval(notice);
+    clearTimeout(bound);
+  }
 }
 
 /** The mirror driver, when the server has a mirror, with its events reported. */

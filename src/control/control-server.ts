@@ -454,7 +454,11 @@ export class ControlServer {
     for (const c of this.conns) c.ws.terminate();
     this.guard.destroyAll();
     this.wss.close();
-    await new Promise<void>((r) => this.http.close(() => r()));
+    const closed = new Promise<void>((r) => this.http.close(() => r()));
+    // close() waits for every connection to end: one not yet upgraded (or a plain HTTP request
+    // in progress) would hold the shutdown.
+    this.http.closeAllConnections();
+    await closed;
   }
 }
 
