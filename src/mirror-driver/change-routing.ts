@@ -50,6 +50,13 @@ export class ChangeRouter {
     if (this.c.disposed) return Promise.resolve();
     this.c.lastLiveAt = Date.now();
     this.c.changes.note(c);
+    // A report renews its path's intent: one intent covers a whole write-back, whose runs reach
+    // the primary one after the other, each reported after it landed. Checkpoints drop intents
+    // idle for INTENT_IDLE_MS (they once aged from the first run: a write-back taking longer
+    // lost its intent while later runs were on the primary and not yet reported).
+    const now = Date.now();
+    if (this.c.intents.has(c.path)) this.c.intents.set(c.path, now);
+    if ('from' in c && this.c.intents.has(c.from)) this.c.intents.set(c.from, now);
     const routed = this.c.queue.push(() => this.route(c));
     // Write-behind for namespace and metadata changes: queued in the primary's order (the queue
     // position is all that orders them against later changes, splits and verify), answered before

@@ -39,7 +39,7 @@ export class MirrorCore {
   /** Per-path change generations (set in start()). */
   changes!: ChangeRecord;
   readonly splits = new Map<string, SplitTracker>();
-  /** Paths with a write intent in the journal, and when it was last renewed. */
+  /** Paths with a write intent in the journal, and when it was last renewed or reported on. */
   readonly intents = new Map<string, number>();
   /** Paths the journal named at start that are not repaired yet. */
   readonly pendingIntents = new Set<string>();

@@ -30,6 +30,12 @@ import { type VerifyReport, verifyTrees } from './verify.js';
 export type * from './driver-types.js';
 
 /**
+ * An intent not renewed (beforeChange) nor reported on (apply) for this long is dropped at the
+ * next checkpoint: every change to its path that reached the primary was reported and is in the
+ * queue's past. A single primary write stalled longer than this (a hung disk) loses its intent.
+ */
+const INTENT_IDLE_MS = 30_000;
+/**
  * The mirror driver: a ChangeSink that keeps the mirror's data directory identical to the
  * primary, pair by pair (a pair is one file). Changes are applied in the order the primary saw
  * them, through one serial queue; a split is a marker in that queue (O(1), whatever the number
@@ -306,7 +312,9 @@ export class MirrorDriver implements ChangeSink {
       .push(async () => {
         this.checkpointQueued = false;
         if (this.c.disposed) return;
-        const cutoff = Date.now() - 30_000;
+        // In the queue: every change reported so far is applied or tracked. An intent idle since
+        // its last report or renewal has nothing on its way (or its change failed).
+        const cutoff = Date.now() - INTENT_IDLE_MS;
         for (const [p, t] of this.c.intents) if (t < cutoff) this.c.intents.delete(p);
         await this.c.journal.checkpoint(() => this.snapshot());
       })
