@@ -1,0 +1,60 @@
+#!/usr/bin/env node
+// Bundles the CLI (dist/cli/main.js and every module it imports, dynamically too) into
+// dist/cli-bundle/: the entry main.js plus one chunk per dynamic import, so that a command loads
+// a few files instead of ~300. Node 20 resolves an ES module with a stat and a URL conversion
+// each, reads and compiles it separately: a cold `twinfs backup` spent most of its start there
+// (docs/benchmarks.md "The cold CLI: one bundle"). dist/cli/twinfs.cjs loads the bundle when it
+// is at least as new as dist/cli/main.js.
+//
+// Not bundled (left to Node's resolution, loaded where the code imports them):
+//   native addons and WebAssembly, found by path from their own package: fuse-native, fs-xattr,
+//     @mongodb-js/zstd, @dstanesc/wasm-chunking-fastcdc-node;
+//   packages that find files of their own by path: yargs (its locales, the package.json that
+//     --version prints), pino and pino-pretty (transports in worker threads);
+//   what only the server or a plugin loads: prom-client, ajv, tar-stream, uplot, @aws-sdk/*.
+// The bundle lives two levels below the package root like every dist/X/ module, so paths built
+// from import.meta.url ('../..' to the root, native/posix/build, plugins/) stay right; the
+// repository's worker is dist/repository/blob-worker.js, unbundled, found from either place.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { rolldown } from 'rolldown';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const OUT = path.join(ROOT, 'dist', 'cli-bundle');
+const EXTERNAL = [
+  'fuse-native',
+  'fs-xattr',
+  '@mongodb-js/zstd',
+  '@dstanesc/wasm-chunking-fastcdc-node',
+  'yargs',
+  'pino',
+  'pino-pretty',
+  'prom-client',
+  'ajv',
+  'tar-stream',
+  'uplot',
+  '@aws-sdk',
+];
+const external = (id) => id.startsWith('node:') || EXTERNAL.some((e) => id === e || id.startsWith(`${e}/`));
+
+fs.rmSync(OUT, { recursive: true, force: true });
+const bundle = await rolldown({
+  input: { main: path.join(ROOT, 'dist', 'cli', 'main.js') },
+  platform: 'node',
+  cwd: ROOT,
+  external,
+  onLog(level, log, handler) {
+    // A module both imported and dynamically imported stays in its static chunk: expected.
+    if (log.code === 'INEFFECTIVE_DYNAMIC_IMPORT') return;
+    handler(level, log);
+  },
+});
+await bundle.write({
+  dir: OUT,
+  format: 'esm',
+  entryFileNames: '[name].js',
+  chunkFileNames: '[name]-[hash].js',
+  sourcemap: true,
+});
+await bundle.close();
