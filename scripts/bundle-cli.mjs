@@ -9,9 +9,12 @@
 // Not bundled (left to Node's resolution, loaded where the code imports them):
 //   native addons and WebAssembly, found by path from their own package: fuse-native, fs-xattr,
 //     @mongodb-js/zstd, @dstanesc/wasm-chunking-fastcdc-node;
-//   packages that find files of their own by path: yargs (its locales, the package.json that
-//     --version prints), pino and pino-pretty (transports in worker threads);
+//   pino and pino-pretty (transports in worker threads, found by path);
 //   what only the server or a plugin loads: prom-client, ajv, tar-stream, uplot, @aws-sdk/*.
+// yargs and yargs-parser are bundled, but find files of their own from import.meta.url (yargs its
+// locales and, two levels above its node_modules, the package.json whose version --version
+// prints; yargs-parser a require for config files): in their modules import.meta.url is the URL
+// of the module's own file, relative to the bundle, as it was before bundling.
 // The bundle lives two levels below the package root like every dist/X/ module, so paths built
 // from import.meta.url ('../..' to the root, native/posix/build, plugins/) stay right; the
 // repository's worker is dist/repository/blob-worker.js, unbundled, found from either place.
@@ -27,7 +30,6 @@ const EXTERNAL = [
   'fs-xattr',
   '@mongodb-js/zstd',
   '@dstanesc/wasm-chunking-fastcdc-node',
-  'yargs',
   'pino',
   'pino-pretty',
   'prom-client',
@@ -36,6 +38,18 @@ const EXTERNAL = [
   'uplot',
   '@aws-sdk',
 ];
+const OWN_URL = /[\\/]node_modules[\\/](yargs|yargs-parser)[\\/]/;
+
+/** import.meta.url in OWN_URL's modules: their file's URL, relative to the bundle's file. */
+const ownUrl = {
+  name: 'own-import-meta-url',
+  transform(code, id) {
+    if (!OWN_URL.test(id) || !code.includes('import.meta.url')) return null;
+    const rel = path.relative(OUT, id).split(path.sep).join('/');
+    return code.replaceAll('import.meta.url', `new URL(${JSON.stringify(rel)}, import.meta.url).href`);
+  },
+};
+
 const external = (id) => id.startsWith('node:') || EXTERNAL.some((e) => id === e || id.startsWith(`${e}/`));
 
 fs.rmSync(OUT, { recursive: true, force: true });
@@ -44,9 +58,12 @@ const bundle = await rolldown({
   platform: 'node',
   cwd: ROOT,
   external,
+  plugins: [ownUrl],
   onLog(level, log, handler) {
     // A module both imported and dynamically imported stays in its static chunk: expected.
     if (log.code === 'INEFFECTIVE_DYNAMIC_IMPORT') return;
+    // ownUrl's change keeps every line and column up to the end of its line: the map holds.
+    if (log.code === 'SOURCEMAP_BROKEN' && log.plugin === ownUrl.name) return;
     handler(level, log);
   },
 });
