@@ -101,7 +101,8 @@ const opts = parseArgs(
 const sections = new Set(opts.sections.split(','));
 const loadAtStart = fs.readFileSync('/proc/loadavg', 'utf8').trim();
 const { notes, base } = await startBench(opts);
-const cliPath = opts.cli || path.join(DIST, 'cli/main.js');
+// The installed command (its bundle when built; --cli OLD/dist/cli/main.js runs a build's modules).
+const cliPath = opts.cli || path.join(DIST, 'cli/twinfs.cjs');
 const CMD_MS = opts['cmd-timeout'] * 1000;
 const d = mkdirs(base, 'primary', 'mount', 'state', 'work');
 const mirror = path.join(base, 'mirror');

@@ -26,7 +26,8 @@ export function snapshotDist(base) {
   const snap = path.join(base, 'build');
   fs.mkdirSync(snap, { recursive: true });
   const built = fs.statSync(path.join(ROOT, 'dist/cli/main.js')).mtime.toISOString();
-  fs.cpSync(path.join(ROOT, 'dist'), path.join(snap, 'dist'), { recursive: true });
+  // Times kept: dist/cli/twinfs.cjs loads the CLI's bundle only when it is not older than main.js.
+  fs.cpSync(path.join(ROOT, 'dist'), path.join(snap, 'dist'), { recursive: true, preserveTimestamps: true });
   fs.copyFileSync(path.join(ROOT, 'package.json'), path.join(snap, 'package.json'));
   fs.symlinkSync(path.join(ROOT, 'node_modules'), path.join(snap, 'node_modules'));
   if (fs.existsSync(path.join(ROOT, 'plugins')))

@@ -7,4 +7,25 @@
 // server's requests queue behind slow primary calls (FUSE-NOTES). src/cli/env.ts sets the same
 // for code that imports main.js directly.
 process.env.UV_THREADPOOL_SIZE ??= '32';
-void import('./main.js');
+void import(entry());
+
+/**
+ * The CLI as bundled by `npm run build` (scripts/bundle-cli.mjs: dist/cli-bundle/main.js, the
+ * same modules in a few files, so a start resolves, reads and compiles ~40 files instead of
+ * ~300), or dist/cli/main.js when there is no bundle, it is older than dist/cli/main.js (a `tsc`
+ * without the bundle step) or TWINFS_NO_BUNDLE=1.
+ */
+function entry(): string {
+  const fs = require('node:fs') as typeof import('node:fs');
+  const path = require('node:path') as typeof import('node:path');
+  const plain = './main.js';
+  if (process.env.TWINFS_NO_BUNDLE === '1') return plain;
+  const bundled = path.join(__dirname, '..', 'cli-bundle', 'main.js');
+  try {
+    const b = fs.statSync(bundled).mtimeMs;
+    const m = fs.statSync(path.join(__dirname, 'main.js')).mtimeMs;
+    return b >= m ? '../cli-bundle/main.js' : plain;
+  } catch {
+    return plain;
+  }
+}

@@ -35,10 +35,13 @@ interface Slot {
   dead: boolean;
 }
 
-/** The compiled worker: beside this file in dist/, or dist/ when this file runs as TypeScript. */
+/**
+ * The compiled worker: dist/repository/blob-worker.js, found from this file in dist/repository or
+ * from the CLI's bundle in dist/cli-bundle (the same depth), or dist/ when this runs as TypeScript.
+ */
 function workerFile(): string {
   const here = fileURLToPath(import.meta.url);
-  if (here.endsWith('.js')) return path.join(path.dirname(here), 'blob-worker.js');
+  if (here.endsWith('.js')) return path.resolve(path.dirname(here), '..', 'repository', 'blob-worker.js');
   const root = path.resolve(path.dirname(here), '../..');
   const built = path.join(root, 'dist', 'repository', 'blob-worker.js');
   if (!fs.existsSync(built))

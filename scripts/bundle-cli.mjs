@@ -1,0 +1,116 @@
+#!/usr/bin/env node
+// Bundles the CLI (dist/cli/main.js and every module it imports, dynamically too) into
+// dist/cli-bundle/: the entry main.js plus one chunk per dynamic import, so that a command loads
+// a few files instead of ~300. Node 20 resolves an ES module with a stat and a URL conversion
+// each, reads and compiles it separately: a cold `twinfs backup` spent most of its start there
+// (docs/benchmarks.md "The cold CLI: one bundle"). dist/cli/twinfs.cjs loads the bundle when it
+// is at least as new as dist/cli/main.js.
+//
+// Not bundled (left to Node's resolution, loaded where the code imports them):
+//   native addons and WebAssembly, found by path from their own package: fuse-native, fs-xattr,
+//     @mongodb-js/zstd, @dstanesc/wasm-chunking-fastcdc-node;
+//   pino and pino-pretty (transports in worker threads, found by path);
+//   what only the server or a plugin loads: prom-client, ajv, tar-stream, uplot, @aws-sdk/*.
+// yargs and yargs-parser are bundled, but find files of their own from import.meta.url (yargs its
+// locales and, two levels above its node_modules, the package.json whose version --version
+// prints; yargs-parser a require for config files): in their modules import.meta.url is the URL
+// of the module's own file, relative to the bundle, as it was before bundling.
+// The bundle lives two levels below the package root like every dist/X/ module, so paths built
+// from import.meta.url ('../..' to the root, native/posix/build, plugins/) stay right; the
+// repository's worker is dist/repository/blob-worker.js, unbundled, found from either place.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { rolldown } from 'rolldown';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const OUT = path.join(ROOT, 'dist', 'cli-bundle');
+const EXTERNAL = [
+  'fuse-native',
+  'fs-xattr',
+  '@mongodb-js/zstd',
+  '@dstanesc/wasm-chunking-fastcdc-node',
+  'pino',
+  'pino-pretty',
+  'prom-client',
+  'ajv',
+  'tar-stream',
+  'uplot',
+  '@aws-sdk',
+];
+const OWN_URL = /[\\/]node_modules[\\/](yargs|yargs-parser)[\\/]/;
+
+/** import.meta.url in OWN_URL's modules: their file's URL, relative to the bundle's file. */
+const ownUrl = {
+  name: 'own-import-meta-url',
+  transform(code, id) {
+    if (!OWN_URL.test(id) || !code.includes('import.meta.url')) return null;
+    const rel = path.relative(OUT, id).split(path.sep).join('/');
+    return code.replaceAll('import.meta.url', `new URL(${JSON.stringify(rel)}, import.meta.url).href`);
+  },
+};
+
+/**
+ * string-width (yargs's help layout) builds an Intl.Segmenter when it is loaded: the first one
+ * loads ICU's break data, 10–35 ms of every start, for help text that a command renders only
+ * when asked. In the bundle it is built on the first segment() call instead.
+ */
+const lazySegmenter = {
+  name: 'lazy-segmenter',
+  transform(code, id) {
+    if (!/[\\/]node_modules[\\/](.+[\\/])?string-width[\\/]/.test(id)) return null;
+    const eager = 'const segmenter = new Intl.Segmenter();';
+    if (!code.includes(eager)) return null;
+    return code.replace(
+      eager,
+      'let built; const segmenter = { segment: (s) => (built ??= new Intl.Segmenter()).segment(s) };',
+    );
+  },
+};
+
+/**
+ * ws's client loads node's https and tls modules when it is loaded (2–25 ms of a start), for
+ * wss:// only. In the bundle they are required on the first wss:// connection instead.
+ */
+const lazyTls = {
+  name: 'lazy-tls',
+  transform(code, id) {
+    if (!/[\\/]node_modules[\\/]ws[\\/]lib[\\/]websocket\.js$/.test(id)) return null;
+    const https = "const https = require('https');";
+    const tls = "const tls = require('tls');";
+    if (!code.includes(https) || !code.includes(tls)) return null;
+    return code
+      .replace(https, "const https = { get request() { return require('https').request; } };")
+      .replace(tls, "const tls = { connect: (options) => require('tls').connect(options) };");
+  },
+};
+
+const external = (id) => id.startsWith('node:') || EXTERNAL.some((e) => id === e || id.startsWith(`${e}/`));
+
+fs.rmSync(OUT, { recursive: true, force: true });
+const bundle = await rolldown({
+  input: { main: path.join(ROOT, 'dist', 'cli', 'main.js') },
+  platform: 'node',
+  cwd: ROOT,
+  external,
+  plugins: [ownUrl, lazySegmenter, lazyTls],
+  onLog(level, log, handler) {
+    // A module both imported and dynamically imported stays in its static chunk: expected.
+    if (log.code === 'INEFFECTIVE_DYNAMIC_IMPORT') return;
+    // The plugins' changes keep every line (and the columns before them): the map holds.
+    if (
+      log.code === 'SOURCEMAP_BROKEN' &&
+      [ownUrl.name, lazySegmenter.name, lazyTls.name].includes(log.plugin)
+    )
+      return;
+    handler(level, log);
+  },
+});
+await bundle.write({
+  dir: OUT,
+  format: 'esm',
+  entryFileNames: '[name].js',
+  chunkFileNames: '[name]-[hash].js',
+  sourcemap: true,
+});
+await bundle.close();

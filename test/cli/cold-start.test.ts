@@ -1,0 +1,109 @@
+import { promises as fsp } from 'node:fs';
+import * as path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { runCli } from '../helpers/cli.js';
+import { type MirroredVolume, mirroredVolume, ROOT } from '../helpers/server.js';
+import { pairedVolume, waitForEvent } from '../mirror-driver/mirror-helpers.js';
+
+/**
+ * What a command loads (docs/architecture.md "The command's start"): the installed entry
+ * (dist/cli/twinfs.cjs) runs the CLI's bundle, dist/cli-bundle/ (a few files, not the ~100 of
+ * dist/ and their ~200 dependencies resolved one by one), and a `dir:` backup loads the `dir`
+ * target's plugin only, never the S3 one or the AWS SDK. Observed from outside: the command runs
+ * with a loader hook (test/helpers/record-modules.mjs) that writes down every module resolved.
+ */
+const RECORDER = path.join(ROOT, 'test/helpers/record-modules.mjs');
+
+/** Runs the command with the recorder; resolves its run and the distinct module URLs it loaded. */
+async function recorded(args: string[], dir: string, name: string) {
+  const file = path.join(dir, `${name}.modules`);
+  const r = await runCli(args, {
+    env: {
+      ...process.env,
+      TWINFS_RECORD_MODULES: file,
+      NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} --import ${RECORDER}`.trim(),
+    },
+    timeoutMs: 60_000,
+  });
+  const pairs = (await fsp.readFile(file, 'utf8'))
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => l.split(' ') as [string, string]);
+  // What the repository's worker threads load: their entry (dist/repository/blob-worker.js, not
+  // bundled) and every module imported from there on.
+  const worker = new Set([`file://${ROOT}/dist/repository/blob-worker.js`]);
+  for (let grown = true; grown; ) {
+    grown = false;
+    for (const [u, parent] of pairs)
+      if (worker.has(parent) && !worker.has(u)) {
+        worker.add(u);
+        grown = true;
+      }
+  }
+  const urls = [...new Set(pairs.map(([u]) => u))];
+  return { r, urls, mainThread: urls.filter((u) => !worker.has(u)) };
+}
+
+/** The loaded modules of twinfs itself (dist/), as paths below dist/. */
+const ownModules = (urls: string[]) =>
+  urls.filter((u) => u.startsWith(`file://${ROOT}/dist/`)).map((u) => u.slice(`file://${ROOT}/dist/`.length));
+
+describe('the command loads its bundle, and only what the command needs', () => {
+  let v: MirroredVolume;
+  let tokenFile: string;
+  let url: string;
+  beforeAll(async () => {
+    v = await mirroredVolume({ extraDirs: ['work'], args: ['--control', '127.0.0.1:0'] });
+    const srv = await v.start();
+    url = (srv.events.find((e) => e.event === 'mounted') as any).control.url;
+    tokenFile = path.join(v.dirs.state!, 'control.token');
+    await waitForEvent(srv, pairedVolume, 30_000);
+    await fsp.mkdir(path.join(v.dirs.mnt!, 'd'));
+    await fsp.writeFile(path.join(v.dirs.mnt!, 'd/a.txt'), 'alpha\n');
+    await fsp.writeFile(path.join(v.dirs.mnt!, 'b.bin'), Buffer.alloc(100_000, 7));
+  }, 60_000);
+  afterAll(async () => {
+    await v?.close();
+  });
+
+  it('--version runs from dist/cli-bundle, none of the separate modules of dist/', async () => {
+    const { r, urls } = await recorded(['--version'], v.dirs.work!, 'version');
+    expect(r.code, r.stderr).toBe(0);
+    const own = ownModules(urls);
+    expect(own).toContain('cli-bundle/main.js');
+    expect(own.filter((m) => m !== 'cli/twinfs.cjs' && !m.startsWith('cli-bundle/'))).toEqual([]);
+  });
+
+  it('a dir: backup, first and unchanged, loads the dir plugin and never the S3 plugin or the AWS SDK', async () => {
+    const backup = (name: string) =>
+      recorded(
+        [
+          'backup',
+          '--server',
+          url,
+          '--token-file',
+          tokenFile,
+          '--target',
+          `dir:${path.join(v.dirs.work!, 'target')}`,
+          '--catalog',
+          path.join(v.dirs.work!, 'catalog'),
+          '--json',
+        ],
+        v.dirs.work!,
+        name,
+      );
+    for (const [name, copied] of [
+      ['first', 100_006],
+      ['unchanged', 0],
+    ] as const) {
+      const { r, urls, mainThread } = await backup(name);
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.last.totals).toMatchObject({ files: 2, copiedBytes: copied });
+      expect(urls.some((u) => u.startsWith(`file://${ROOT}/plugins/dir/`))).toBe(true);
+      expect(urls.filter((u) => u.includes('/plugins/s3/') || u.includes('@aws-sdk'))).toEqual([]);
+      expect(
+        ownModules(mainThread).filter((m) => m !== 'cli/twinfs.cjs' && !m.startsWith('cli-bundle/')),
+      ).toEqual([]);
+    }
+  }, 120_000);
+});
