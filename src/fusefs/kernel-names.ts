@@ -192,7 +192,13 @@ export class KernelNames {
     for (const [ino, path] of all) this.changedBehind(ino, path);
   }
 
-  getStats(): { names: number; invalidations: number; waits: number; waitsBounded: number; writeBacksUnseen: number } {
+  getStats(): {
+    names: number;
+    invalidations: number;
+    waits: number;
+    waitsBounded: number;
+    writeBacksUnseen: number;
+  } {
     return { names: this.byPath.size, ...this.stats };
   }
 }
