@@ -78,6 +78,8 @@ export interface TwinFsStatus {
   kernelCache?: {
     names: number;
     invalidations: number;
+    /** Write-backs of single-name files whose attributes the kernel had not taken since their last WRITE: nothing invalidated. */
+    writeBacksUnseen?: number;
     queued: number;
     done: number;
     sent: number;
@@ -174,7 +176,7 @@ export class TwinFs {
     });
     if (this.kernelNames) {
       const names = this.kernelNames;
-      this.store.add(this.cache.onDidWriteBack((e) => names.changedBehind(e.ino, e.path)));
+      this.store.add(this.cache.onDidWriteBack((e) => names.changedBehind(e.ino, e.path, e.kernelMayHold)));
     }
   }
 
@@ -315,6 +317,7 @@ export class TwinFs {
               names: this.kernelNames.getStats().names,
               invalidations: this.kernelNames.getStats().invalidations,
               waitsBounded: this.kernelNames.getStats().waitsBounded,
+              writeBacksUnseen: this.kernelNames.getStats().writeBacksUnseen,
               ...(this.fuse?.invalidateStats?.() ?? { queued: 0, done: 0, sent: 0 }),
               ...(this.nativeAttributes ? { native: this.fuse?.nativeAttributeStats?.() } : {}),
               ...(this.nativeChanges ? { nativeUnlink: this.nativeChanges.changes.stats() } : {}),

@@ -33,7 +33,7 @@ export const WAIT_BOUND_MS = 2000;
 export class KernelNames {
   private readonly byIno = new Map<number, Set<string>>();
   private readonly byPath = new Map<string, number>();
-  private readonly stats = { invalidations: 0, waits: 0, waitsBounded: 0 };
+  private readonly stats = { invalidations: 0, waits: 0, waitsBounded: 0, writeBacksUnseen: 0 };
   /** WRITEs in flight per name, and the names to invalidate once their last one is answered. */
   private readonly writing = new Map<string, number>();
   private readonly afterWrites = new Set<string>();
@@ -162,7 +162,14 @@ export class KernelNames {
    * without waiting. While a change to it would be held, its kernel inodes may have a WRITE
    * held with pages locked, which the invalidation would wait for: it is sent after release.
    */
-  changedBehind(ino: number, path: string): void {
+  changedBehind(ino: number, path: string, kernelMayHold = true): void {
+    // One kernel inode (no other name known), which has asked for no attributes since its last
+    // WRITE made the kernel drop size, times and blocks: it holds nothing the write-back moved
+    // (its pages hold the same data), and its next stat asks twinfs anyway.
+    if (!kernelMayHold && !this.byIno.has(ino)) {
+      this.stats.writeBacksUnseen++;
+      return;
+    }
     if (this.held(path, ino)) {
       this.deferred.set(ino, path);
       return;
@@ -185,7 +192,13 @@ export class KernelNames {
     for (const [ino, path] of all) this.changedBehind(ino, path);
   }
 
-  getStats(): { names: number; invalidations: number; waits: number; waitsBounded: number } {
+  getStats(): {
+    names: number;
+    invalidations: number;
+    waits: number;
+    waitsBounded: number;
+    writeBacksUnseen: number;
+  } {
     return { names: this.byPath.size, ...this.stats };
   }
 }

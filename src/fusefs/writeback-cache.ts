@@ -108,11 +108,14 @@ export interface WritebackCacheOptions {
  * Where the cache keeps a copy of what getattr overlays on the primary's attributes while a
  * file has data the primary does not (the libfuse3 build answers getattr natively from it:
  * native-attrs.h). set is called before a write that adds cached data is acknowledged;
- * onlyMore says that nothing reached the primary since the last call for this inode.
+ * onlyMore says that nothing reached the primary since the last call for this inode (it comes
+ * from a WRITE). set and clear return whether the kernel may hold attributes of the inode taken
+ * since its last WRITE (false: the write-back that follows changes nothing the kernel holds;
+ * undefined counts as true).
  */
 export interface CachedAttributes {
-  set(ino: number, end: number, bytes: number, lastWriteMs: number, onlyMore: boolean): void;
-  clear(ino: number): void;
+  set(ino: number, end: number, bytes: number, lastWriteMs: number, onlyMore: boolean): boolean | undefined;
+  clear(ino: number): boolean | undefined;
   /** Whether any file has a write-back error not yet reported (close(2) must then ask JS). */
   errorsPending(pending: boolean): void;
 }
@@ -166,8 +169,12 @@ export class WritebackCache {
   private readonly stats = { flushedBytes: 0, flushes: 0, throttledWrites: 0, writeErrors: 0 };
   private readonly _onDidFailWriteback = new Emitter<{ path: string; error: NodeJS.ErrnoException }>();
   readonly onDidFailWriteback = this._onDidFailWriteback.event;
-  private readonly _onDidWriteBack = new Emitter<{ path: string; ino: number }>();
-  /** Cached data of a file reached the primary (its ctime and allocation moved). */
+  private readonly _onDidWriteBack = new Emitter<{ path: string; ino: number; kernelMayHold: boolean }>();
+  /**
+   * Cached data of a file reached the primary (its ctime and allocation moved). kernelMayHold:
+   * the kernel may hold attributes of it taken since its last WRITE (CachedAttributes); when
+   * false, the kernel inode of its name already lacks size, times and blocks.
+   */
   readonly onDidWriteBack = this._onDidWriteBack.event;
 
   constructor(opts: WritebackCacheOptions) {
@@ -451,11 +458,13 @@ export class WritebackCache {
   }
 
   /** Keeps the copy of a node's cached attributes (options.attributes) in step. */
-  private noteAttributes(node: FileNode, onlyMore: boolean): void {
+  private noteAttributes(node: FileNode, onlyMore: boolean): boolean {
     const attrs = this.attributes;
-    if (!attrs) return;
-    if (node.isDirty) attrs.set(node.ino, node.cachedEnd, node.cachedBytes, node.lastWriteAt, onlyMore);
-    else attrs.clear(node.ino);
+    if (!attrs) return true;
+    const held = node.isDirty
+      ? attrs.set(node.ino, node.cachedEnd, node.cachedBytes, node.lastWriteAt, onlyMore)
+      : attrs.clear(node.ino);
+    return held !== false;
   }
 
   /** Is a write-back error waiting to be reported anywhere? */
@@ -515,10 +524,10 @@ export class WritebackCache {
       this.stats.flushedBytes += bytes;
       this.stats.flushes++;
       node.flushing = null;
-      this.noteAttributes(node, false);
+      const kernelMayHold = this.noteAttributes(node, false);
       this.release(bytes);
       // After the attributes settled: what the kernel asks once told is the final answer.
-      this._onDidWriteBack.fire({ path: node.path, ino: node.ino });
+      this._onDidWriteBack.fire({ path: node.path, ino: node.ino, kernelMayHold });
     } catch (err) {
       // Keep the data: it goes back under anything written since, and stays until it can be
       // written or the file is gone. The error reaches the application on fsync or close.

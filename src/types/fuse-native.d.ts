@@ -339,7 +339,8 @@ declare module 'fuse-native' {
     nativeAttributes(root: string): boolean;
     /**
      * The inode's data held in JS and not yet under root (end < 0: none any more). onlyMore:
-     * nothing reached root since the last call for it.
+     * nothing reached root since the last call for it (a WRITE). Returns whether the kernel may
+     * hold attributes of the inode taken since its last WRITE (true when unknown).
      */
     setCachedAttributes(
       ino: number,
@@ -347,7 +348,7 @@ declare module 'fuse-native' {
       bytes: number,
       lastWriteMs: number,
       onlyMore: boolean,
-    ): void;
+    ): boolean;
     /** Whether a flush (close(2)) may be answered natively: the flush handler would do nothing. */
     setNativeFlush(native: boolean): void;
     /** getattrs answered natively / passed on to JS, inodes with cached attributes, getxattrs and flushes answered natively. */

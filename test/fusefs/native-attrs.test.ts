@@ -111,6 +111,43 @@ describe('getattr and getxattr answered natively (libfuse3)', () => {
     await expect(fsp.lstat(path.join(fx.mirrorRoot, 'r3'))).rejects.toMatchObject({ code: 'ENOENT' });
   });
 
+  it('a write-back leaves a name alone only while the kernel took none of its attributes since the last write', async () => {
+    const names = ['wb-stat', 'wb/list', 'wb-none'];
+    const FULL = `
+import json, os, sys
+print(json.dumps([[st.st_ctime_ns, st.st_blocks, st.st_size, st.st_mtime_ns] for st in map(os.lstat, sys.argv[1:])]))
+`;
+    const shown = async () => JSON.parse(await pyIn(fx.mnt, FULL, { args: names })) as number[][];
+    const onPrimary = () =>
+      Promise.all(
+        names.map(async (n) => {
+          const st = await primary(n);
+          return [Number(st.ctimeNs), Number(st.blocks), Number(st.size), Number(st.mtimeNs)];
+        }),
+      );
+    const unseen = async () => Number((await status(c)).fs.kernelCache.writeBacksUnseen);
+    const before = await unseen();
+    // Each file cached, then its attributes taken after the write: by a stat (answered
+    // natively, with the cached size and times), by a readdirplus (answered by JS), or not at
+    // all (wb-none is written after both); then written back by fsync, which moves the
+    // primary's ctime behind the kernel's back.
+    await py(`
+os.mkdir('wb')
+def put(n, b):
+    fd = os.open(n, os.O_WRONLY | os.O_CREAT, 0o644); os.write(fd, b * 5000); os.close(fd)
+put('wb-stat', b's'); put('wb/list', b'l')
+os.lstat('wb-stat')
+os.listdir('wb')
+put('wb-none', b'n')
+for n in ${JSON.stringify(names)}:
+    fd = os.open(n, os.O_RDONLY); os.fsync(fd); os.close(fd)
+`);
+    // Every name shows exactly what the primary has now: the ctime of the write-back.
+    expect(await shown()).toEqual(await onPrimary());
+    // Only wb-none's write-back went without an invalidation.
+    expect(await unseen()).toBe(before + 1);
+  });
+
   it('close(2) is answered natively while no write-back error waits to be reported', async () => {
     const before = await native();
     await py("for i in range(3):\n  f = open(f'c{i}', 'wb'); f.write(b'c'); f.close()");
