@@ -587,23 +587,58 @@ async function findEntries(
 ): Promise<Map<string, EntryRecord & { gone?: boolean }>> {
   const out = new Map<string, EntryRecord & { gone?: boolean }>();
   const text = await readEntryFile(file);
+  const take = (i: number, p: string) => {
+    const from = text.lastIndexOf('\n', i) + 1;
+    const to = text.indexOf('\n', i);
+    const doc = JSON.parse(text.slice(from, to < 0 ? undefined : to)) as EntryDoc & { $$deleted?: boolean };
+    if (doc.path !== p || doc.$$deleted) return;
+    const { _id, ...e } = doc;
+    out.set(p, e);
+  };
+  if (paths.size > ONE_SEARCH_EACH) {
+    // Many paths: one pass over the records' path fields (a search per path costs a scan of the
+    // whole file each: 10 paths in 100,000 records were 0.3 s of CPU).
+    const want = new Map([...paths].map((p) => [JSON.stringify(p), p]));
+    let n = 0;
+    for (let i = text.indexOf(PATH_FIELD); i >= 0; i = text.indexOf(PATH_FIELD, i + PATH_FIELD.length)) {
+      if (++n % 20_000 === 0) await turn();
+      const start = i + PATH_FIELD.length;
+      if (text[start] !== '"') continue;
+      const end = jsonStringEnd(text, start);
+      if (end < 0) break;
+      const next = text[end];
+      if (next !== ',' && next !== '}') continue;
+      const p = want.get(text.slice(start, end));
+      if (p !== undefined) take(i, p);
+    }
+    return out;
+  }
   for (const p of paths) {
     // A search of a large file is milliseconds of CPU, many on a loaded machine: the loop turns
     // between them, and a split holder keeps answering the server's pings.
     await turn();
-    const needle = `"path":${JSON.stringify(p)}`;
+    const needle = `${PATH_FIELD}${JSON.stringify(p)}`;
     for (let i = text.indexOf(needle); i >= 0; i = text.indexOf(needle, i + needle.length)) {
       const next = text[i + needle.length];
       if (next !== ',' && next !== '}') continue;
-      const from = text.lastIndexOf('\n', i) + 1;
-      const to = text.indexOf('\n', i);
-      const doc = JSON.parse(text.slice(from, to < 0 ? undefined : to)) as EntryDoc & { $$deleted?: boolean };
-      if (doc.path !== p || doc.$$deleted) continue;
-      const { _id, ...e } = doc;
-      out.set(p, e);
+      take(i, p);
     }
   }
   return out;
+}
+
+const PATH_FIELD = '"path":';
+/** Up to this many paths are searched for one by one; more in one pass over every record. */
+const ONE_SEARCH_EACH = 3;
+
+/** The index just past the JSON string that opens at `start` (a quote), or -1. */
+function jsonStringEnd(text: string, start: number): number {
+  for (let q = text.indexOf('"', start + 1); q >= 0; q = text.indexOf('"', q + 1)) {
+    let slashes = 0;
+    while (text[q - 1 - slashes] === '\\') slashes++;
+    if (slashes % 2 === 0) return q + 1;
+  }
+  return -1;
 }
 
 function toRecord(d: SnapshotDoc): SnapshotRecord {

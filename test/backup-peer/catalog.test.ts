@@ -100,6 +100,11 @@ describe('catalog', () => {
       const at = await c.entriesAt('s-1', ['/d/f08000', '/d/l "q"', '/d/none']);
       expect([...at.keys()].sort()).toEqual(['/d/f08000', '/d/l "q"']);
       expect(at.get('/d/f08000')?.xattrs).toEqual(many.find((e) => e.path === '/d/f08000')?.xattrs);
+      // More paths than are searched for one by one: one pass over the records finds the same.
+      const more = ['/d/f08000', '/d/l "q"', '/d/none', '/d/n', '/d/f00006', '/d/f0800'];
+      const all = await c.entriesAt('s-1', more);
+      expect([...all.keys()].sort()).toEqual(['/d/f00006', '/d/f08000', '/d/l "q"', '/d/n']);
+      for (const p of all.keys()) expect(all.get(p)).toEqual(want.find((e) => e.path === p));
       expect([...(await c.linkedPaths('s-1'))].sort()).toEqual(['/d/f00006', '/d/f00007']);
     });
   });
