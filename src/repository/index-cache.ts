@@ -94,7 +94,11 @@ export class BlobTable {
       if (this.prefix[mid]! < kp) lo = mid + 1;
       else hi = mid;
     }
-    while (lo < this.size && this.prefix[lo] === kp && this.rows.compare(key, 0, 32, lo * ROW, lo * ROW + 32) < 0)
+    while (
+      lo < this.size &&
+      this.prefix[lo] === kp &&
+      this.rows.compare(key, 0, 32, lo * ROW, lo * ROW + 32) < 0
+    )
       lo++;
     return lo;
   }
@@ -136,12 +140,15 @@ export class BlobTable {
    */
   static merge(
     old: BlobTable | undefined,
-    extra: Array<[id: string, pack: string, type: BlobType, offset: number, length: number, raw: number, z: boolean]>,
+    extra: Array<
+      [id: string, pack: string, type: BlobType, offset: number, length: number, raw: number, z: boolean]
+    >,
     packNames: string[],
   ): Buffer | undefined {
     const ordinal = new Map(packNames.map((p, i) => [p, i]));
     for (const [id, pack, , offset, length, raw] of extra)
-      if (id.length !== 64 || !ordinal.has(pack) || offset > U32 || length > U32 || raw > U32) return undefined;
+      if (id.length !== 64 || !ordinal.has(pack) || offset > U32 || length > U32 || raw > U32)
+        return undefined;
     const order = sortById(extra.map((e) => e[0]));
     const n = old?.size ?? 0;
     const out = Buffer.allocUnsafe((n + extra.length) * ROW);
