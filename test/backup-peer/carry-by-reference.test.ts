@@ -5,6 +5,7 @@ import { text } from 'node:stream/consumers';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { applyDelta } from '../../src/backup-peer/manifest-delta.js';
 import { type BackupTarget, emptyTotals, type ManifestEntry } from '../../src/backup-peer/target.js';
+import { setPasswordFile } from '../../src/repository/crypto.js';
 import { RepositoryTarget } from '../../src/repository/repository-target.js';
 import { runCli } from '../helpers/cli.js';
 import { dirPluginTargets, snapshotMeta, tempDir } from './peer-fixture.js';
@@ -323,6 +324,40 @@ describe('snapshots built by reference (dir: repository)', () => {
     expect(await wu.carryFrom!('s1')).toBe(false);
     await wu.abort();
   });
+
+  it("an encrypted repository's cache is bound to its key: another key's cache under the same id is not used", async () => {
+    const d = await tempDir('twinfs-enc-cache-');
+    targets.onCleanup(d.cleanup);
+    const pass = path.join(d.dir, 'pass');
+    await fsp.writeFile(pass, 'correct horse battery staple\n', { mode: 0o600 });
+    const [a, b] = [path.join(d.dir, 'a'), path.join(d.dir, 'b')];
+    for (const root of [a, b]) {
+      const init = await runCli(
+        ['init', '--target', `dir:${root}`, '--encrypt', '--password-file', pass, '--json'],
+        {
+          timeoutMs: 60_000,
+        },
+      );
+      expect(init.code, init.stderr).toBe(0);
+    }
+    setPasswordFile(pass);
+    try {
+      await first(await targets.plugin().open(`dir:${a}`));
+      const ta = await targets.plugin().open(`dir:${a}`);
+      expect(await text(await ta.openFile('s1', '/a'))).toBe('alpha');
+      expect(report(ta)).toMatchObject({ cache: 'used', read: 0 });
+      // b takes a's id (its config is not encrypted): a's cache is found, and its digest fails.
+      const config = JSON.parse(await fsp.readFile(path.join(b, 'config'), 'utf8'));
+      config.id = JSON.parse(await fsp.readFile(path.join(a, 'config'), 'utf8')).id;
+      await fsp.writeFile(path.join(b, 'config'), JSON.stringify(config));
+      const tb = await targets.plugin().open(`dir:${b}`);
+      await first(tb);
+      expect(report(tb)).toMatchObject({ cache: 'unreadable', fromCache: 0 });
+      expect(await text(await tb.openFile('s1', '/e/z'))).toBe('zed');
+    } finally {
+      setPasswordFile(undefined);
+    }
+  }, 120_000);
 
   it('a freshly opened repository of many blobs finds each one, the first few by a scan of the index rows, then by its map', async () => {
     const { root, t } = await open();
