@@ -1,6 +1,12 @@
+import * as os from 'node:os';
+import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { defineConfig } from 'vitest/config';
 import { DEFAULT_LIBFUSE } from './src/fusefs/native-options.js';
+
+// The peer's caches (the repository index cache, docs/repository.md) go to a directory of the test
+// run, not the user's ~/.cache; inherited by every fork and the processes tests start.
+process.env.TWINFS_CACHE_DIR ??= path.join(os.tmpdir(), `twinfs-test-cache-${process.pid}`);
 
 // Tests mount real FUSE filesystems and start real processes: generous timeouts, files run in
 // separate forks (a hung mount must not take the runner down), limited parallelism for 2 cores.

@@ -72,6 +72,16 @@ export class RepoKeys {
     return this.macKey ? createHmac('sha256', this.macKey).update(`${kind}:${name}`).digest('hex') : name;
   }
 
+  /**
+   * A digest of local bytes this repository vouches for (the peer's index cache): HMAC-SHA-256
+   * with macKey in an encrypted repository (bytes of another key or forged without it fail),
+   * SHA-256 otherwise (damage only).
+   */
+  digest(kind: string, data: Uint8Array): Buffer {
+    const h = this.macKey ? createHmac('sha256', this.macKey) : createHash('sha256');
+    return h.update(`${kind}\n`).update(data).digest();
+  }
+
   subkey(salt: Buffer, info: string): Buffer {
     if (!this.encKey) throw new Error('not an encrypted repository');
     return Buffer.from(hkdfSync('sha256', this.encKey, salt, info, 32));

@@ -13,6 +13,15 @@ import { TwinError } from '../common/errors.js';
 import { type ChunkerParams, DEFAULT_CHUNKER } from './chunker.js';
 import { corrupt, type KeyFile, newKeyFile, openKeyFile, RepoKeys, readPassphrase } from './crypto.js';
 import {
+  BlobTable,
+  CACHE_ROW,
+  type CacheState,
+  indexCacheDir,
+  indexCachePath,
+  readIndexCache,
+  writeIndexCache,
+} from './index-cache.js';
+import {
   type BlobLocation,
   type BlobRow,
   openBlob,
@@ -246,9 +255,13 @@ export class Repository {
 
   private indexLoad: Promise<void> | undefined;
 
-  /** Loads the index unless it is loaded (what reading a blob or checking one's presence needs). */
+  /**
+   * Loads the index unless it is loaded (what reading a blob or checking one's presence needs).
+   * A process that has read nothing of it yet starts from the local index cache when that is
+   * still good (index-cache.ts): only the index objects it does not hold are read.
+   */
   ensureIndex(): Promise<void> {
-    this.indexLoad ??= this.refreshIndex().catch((err) => {
+    this.indexLoad ??= this.loadIndex(true).catch((err) => {
       this.indexLoad = undefined;
       throw err;
     });
@@ -280,16 +293,106 @@ export class Repository {
     }
   }
 
-  /** Loads index objects written since the last load (by this or another process). */
-  async refreshIndex(): Promise<void> {
-    const names = (await this.store.list('index/'))
-      .map((o) => o.name)
-      .filter((n) => !this.loadedIndex.has(n));
+  /**
+   * Loads index objects written since the last load (by this or another process), from the
+   * store: check and prune start here and never take the index from the cache.
+   */
+  refreshIndex(): Promise<void> {
+    return this.loadIndex(false);
+  }
+
+  /** How the index was loaded: from the cache (rows, objects) and objects read from the store. */
+  readonly indexReport: { cache: CacheState; fromCache: number; cachedRows: number; read: number } = {
+    cache: 'off',
+    fromCache: 0,
+    cachedRows: 0,
+    read: 0,
+  };
+  /** The cache file this process keeps (set when its first index load was allowed the cache). */
+  private cacheFile: string | undefined;
+  /** The blob rows taken from the cache, looked up in place (never copied into `index`). */
+  private table: BlobTable | undefined;
+  /** The index objects the cache file holds (as this process last read or wrote it). */
+  private cachedNames = new Set<string>();
+
+  private async loadIndex(useCache: boolean): Promise<void> {
+    const listed = (await this.store.list('index/')).map((o) => o.name);
+    if (useCache && this.loadedIndex.size === 0 && !this.cacheFile) await this.adoptCache(listed);
+    const names = listed.filter((n) => !this.loadedIndex.has(n));
     await forEach(names, 8, async (name) => {
       const obj = await openObject<IndexObject>(this.keys, await this.store.get(name), name);
       this.mergeIndex(obj);
       this.loadedIndex.add(name);
+      this.indexReport.read++;
     });
+    await this.saveCache();
+  }
+
+  /**
+   * Takes the cache's rows when the cache is this repository's, whole, and every index object it
+   * holds is still listed (a new one is read besides; one gone, after a prune: the index is read
+   * whole). Its packs are still stat'ed against their indexed sizes before a blob is named, as
+   * for an index read from the store.
+   */
+  private async adoptCache(listed: string[]): Promise<void> {
+    const dir = indexCacheDir();
+    this.cacheFile = dir ? indexCachePath(dir, this.config.id) : undefined;
+    if (!this.cacheFile) return;
+    const c = await readIndexCache(this.cacheFile, this.config.id, this.keys);
+    this.indexReport.cache = c.state;
+    if (!('header' in c)) return;
+    const present = new Set(listed);
+    if (!c.header.names.every((n) => present.has(n))) {
+      this.indexReport.cache = 'stale';
+      return;
+    }
+    this.table = c.table;
+    for (const [p, size] of c.header.packs) this.packs.set(p, size);
+    for (const [id, pack] of c.header.damaged) this.damaged.add(`${id}@${pack}`);
+    for (const n of c.header.names) this.loadedIndex.add(n);
+    this.cachedNames = new Set(c.header.names);
+    this.indexReport.fromCache = c.header.names.length;
+    this.indexReport.cachedRows = c.table.size;
+  }
+
+  /** Index objects loaded but not in the cache file before it is written again. */
+  private static readonly CACHE_SLACK = 8;
+
+  /**
+   * Writes the cache of what this process holds of the index, when it has none yet or when
+   * CACHE_SLACK index objects or more are not in it: a few small ones (a changed incremental
+   * writes one) are read from the store by the next process rather than the cache rewritten.
+   */
+  private async saveCache(): Promise<void> {
+    if (!this.cacheFile || this.loadedIndex.size === 0) return;
+    let fresh = 0;
+    for (const n of this.loadedIndex) if (!this.cachedNames.has(n)) fresh++;
+    if (fresh === 0 || (this.cachedNames.size > 0 && fresh < Repository.CACHE_SLACK)) return;
+    const packNames = [...(this.table?.packNames ?? [])];
+    const known = new Set(packNames);
+    for (const p of this.packs.keys()) if (!known.has(p)) packNames.push(p);
+    const extra: Parameters<typeof BlobTable.merge>[1] = [];
+    for (const [id, locs] of this.index)
+      for (const l of locs) extra.push([id, l.pack, l.type, l.offset, l.length, l.rawLength, l.compressed]);
+    for (const p of this.pending)
+      for (const [id, type, offset, length, raw, z] of p.blobs)
+        extra.push([id, p.name, type, offset, length, raw, z === 1]);
+    const rows = BlobTable.merge(this.table, extra, packNames);
+    if (!rows) return;
+    const names = [...this.loadedIndex].sort();
+    const ok = await writeIndexCache(
+      this.cacheFile,
+      this.keys,
+      {
+        repo: this.config.id,
+        names,
+        packs: packNames.map((p) => [p, this.packs.get(p) ?? 0]),
+        damaged: [...this.damaged].map((k) => [k.slice(0, k.indexOf('@')), k.slice(k.indexOf('@') + 1)]),
+        rows: rows.length / CACHE_ROW,
+      },
+      rows,
+    );
+    if (ok) this.cachedNames = new Set(names);
   }
 
   private mergeIndex(obj: IndexObject): void {
@@ -328,8 +431,16 @@ export class Repository {
     this.pendingRows = 0;
   }
 
-  /** Every indexed copy of a blob (damaged or not), in index order. */
+  /** Every indexed copy of a blob (damaged or not), in index order (the cache's rows first). */
   private allCopies(id: string): BlobLocation[] {
+    const cached = this.table?.find(id);
+    if (!cached?.length) return this.loadedCopies(id);
+    const rest = this.loadedCopies(id).filter((l) => !cached.some((c) => c.pack === l.pack));
+    return rest.length ? [...cached, ...rest] : cached;
+  }
+
+  /** The copies of a blob in the index objects read from the store. */
+  private loadedCopies(id: string): BlobLocation[] {
     if (this.pending.length === 0) return this.index.get(id) ?? [];
     // A scan costs what building the map costs per row, minus the allocations: a few of them.
     if (++this.lookups > 32 || this.pendingRows < 1024) {
@@ -349,6 +460,8 @@ export class Repository {
    * the old ones; the in-memory index becomes just that.
    */
   async replaceIndex(packs: PackInfo[]): Promise<string | undefined> {
+    this.table = undefined;
+    this.cachedNames = new Set();
     this.index.clear();
     this.pending = [];
     this.pendingRows = 0;
@@ -366,6 +479,7 @@ export class Repository {
     await this.store.put(name, bytes);
     this.mergeIndex(obj);
     this.loadedIndex.add(name);
+    await this.saveCache();
     return name;
   }
 
@@ -426,6 +540,24 @@ export class Repository {
   /** Every indexed blob: id → copies. */
   blobs(): ReadonlyMap<string, BlobLocation[]> {
     this.materialize();
+    if (this.table) {
+      // Into the map, the cache's rows first (as allCopies orders them).
+      const loaded = new Map(this.index);
+      this.index.clear();
+      for (let i = 0; i < this.table.size; i++) {
+        const id = this.table.idAt(i);
+        const loc = this.table.at(i);
+        const locs = this.index.get(id);
+        if (!locs) this.index.set(id, [loc]);
+        else if (!locs.some((l) => l.pack === loc.pack)) locs.push(loc);
+      }
+      for (const [id, locs] of loaded) {
+        const have = this.index.get(id);
+        if (!have) this.index.set(id, locs);
+        else for (const l of locs) if (!have.some((h) => h.pack === l.pack)) have.push(l);
+      }
+      this.table = undefined;
+    }
     return this.index;
   }
 

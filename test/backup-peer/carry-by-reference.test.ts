@@ -2,11 +2,13 @@ import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { Readable } from 'node:stream';
 import { text } from 'node:stream/consumers';
-import { describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { applyDelta } from '../../src/backup-peer/manifest-delta.js';
-import { emptyTotals, type ManifestEntry } from '../../src/backup-peer/target.js';
+import { type BackupTarget, emptyTotals, type ManifestEntry } from '../../src/backup-peer/target.js';
+import { setPasswordFile } from '../../src/repository/crypto.js';
+import { RepositoryTarget } from '../../src/repository/repository-target.js';
 import { runCli } from '../helpers/cli.js';
-import { dirPluginTargets, snapshotMeta } from './peer-fixture.js';
+import { dirPluginTargets, snapshotMeta, tempDir } from './peer-fixture.js';
 
 const _ROOT = path.resolve(import.meta.dirname, '../..');
 
@@ -18,6 +20,30 @@ const _ROOT = path.resolve(import.meta.dirname, '../..');
 describe('snapshots built by reference (dir: repository)', () => {
   const targets = dirPluginTargets();
   const open = targets.open;
+  // The peer's index caches (src/repository/index-cache.ts) of this file's repositories.
+  let cacheDir: Awaited<ReturnType<typeof tempDir>>;
+  const envBefore = process.env.TWINFS_CACHE_DIR;
+  beforeAll(async () => {
+    cacheDir = await tempDir('twinfs-index-cache-');
+    process.env.TWINFS_CACHE_DIR = cacheDir.dir;
+  });
+  afterAll(async () => {
+    if (envBefore === undefined) delete process.env.TWINFS_CACHE_DIR;
+    else process.env.TWINFS_CACHE_DIR = envBefore;
+    await cacheDir.cleanup();
+  });
+  /** The repository's cache file at this peer. */
+  const cacheFile = async (root: string) =>
+    path.join(
+      cacheDir.dir,
+      'index',
+      JSON.parse(await fsp.readFile(path.join(root, 'config'), 'utf8')).id as string,
+    );
+  /** How the target's repository loaded its index (from the cache, objects read). */
+  const report = (t: BackupTarget) => {
+    expect(t).toBeInstanceOf(RepositoryTarget);
+    return (t as RepositoryTarget).repo.indexReport;
+  };
   const meta = snapshotMeta;
   const m = { mode: 0o644, uid: 0, gid: 0, mtime: 1_600_000_000_000 };
   const dir = (p: string): ManifestEntry => ({ path: p, type: 'dir', ...m, size: 0 });
@@ -172,7 +198,7 @@ describe('snapshots built by reference (dir: repository)', () => {
     gone: [],
   });
 
-  it('an unchanged snapshot is vouched for without reading the index; what needs the index still reads it', async () => {
+  it("an unchanged snapshot is vouched for without reading the index; a changed one looks its chunks up in the peer's index cache, and reads the index without it", async () => {
     const { root, t } = await open();
     await first(t);
     // s2 is vouched for by the index (it holds its stamp for s3 to vouch by).
@@ -186,17 +212,93 @@ describe('snapshots built by reference (dir: repository)', () => {
     expect(await w3.carryFrom!('s2')).toBe(true);
     await w3.commit(unchanged('s3'));
     expect((await t2.listSnapshots()).map((s) => s.snapshotId).sort()).toEqual(['s1', 's2', 's3']);
-    // A changed one stores content, which is looked up in the index: the coded error.
+    // A changed one stores content, which is looked up in the index: in the cache this peer
+    // wrote when s1 was committed, which holds exactly the index objects listed. None is read.
     const t3 = await targets.plugin().open(`dir:${root}`);
     const w4 = await t3.beginSnapshot(meta('s4'));
     expect(await w4.carryFrom!('s3')).toBe(true);
+    const put = async (w: typeof w4, p: string, body: string) => {
+      const r = await w.putFile(p, Readable.from([Buffer.from(body)]), { ...m, size: body.length });
+      return { path: p, type: 'file' as const, ...m, size: body.length, hash: r.hash, stored: r.stamp };
+    };
+    // 'zed' is stored already (deduplicated by the cache's row); 'new' is not.
+    const n = await put(w4, '/n', 'new');
+    const z = await put(w4, '/z2', 'zed');
+    await w4.commit({ ...unchanged('s4'), entries: [n, z] });
+    expect(report(t3)).toMatchObject({ cache: 'used', fromCache: 1, read: 0 });
+    expect(await text(await t3.openFile('s4', '/n'))).toBe('new');
+    expect(await text(await t3.openFile('s4', '/z2'))).toBe('zed');
+    expect(await text(await t3.openFile('s4', '/a'))).toBe('alpha');
+    // Without the cache the index objects are read: the coded error.
+    await fsp.rm(await cacheFile(root));
+    const t4 = await targets.plugin().open(`dir:${root}`);
+    const w5 = await t4.beginSnapshot(meta('s5'));
+    expect(await w5.carryFrom!('s4')).toBe(true);
     await expect(
-      w4.putFile('/n', Readable.from([Buffer.from('new')]), { ...m, size: 3 }),
+      w5.putFile('/n2', Readable.from([Buffer.from('new 2')]), { ...m, size: 5 }),
     ).rejects.toMatchObject({
       code: 'ETWIN_REPO_CORRUPT',
     });
-    await w4.abort();
+    expect(report(t4).cache).toBe('missing');
+    await w5.abort();
   });
+
+  it("a cache that is stale (an index object it holds is gone), damaged or another repository's is not used: the index is read from the target", async () => {
+    const { root, t } = await open();
+    await first(t);
+    const file = await cacheFile(root);
+    const good = await fsp.readFile(file);
+    const storeOne = async (id: string, base: string, body: string) => {
+      const u = await targets.plugin().open(`dir:${root}`);
+      const w = await u.beginSnapshot(meta(id));
+      expect(await w.carryFrom!(base)).toBe(true);
+      const r = await w.putFile('/d/x', Readable.from([Buffer.from(body)]), { ...m, size: body.length });
+      const x: ManifestEntry = {
+        path: '/d/x',
+        type: 'file',
+        ...m,
+        size: body.length,
+        hash: r.hash,
+        stored: r.stamp,
+      };
+      await w.commit({ ...unchanged(id), entries: [x] });
+      return u;
+    };
+    // One index object more than the cache holds: the cache is used, that one is read.
+    const u2 = await storeOne('s2', 's1', 'second');
+    expect(report(u2)).toMatchObject({ cache: 'used', fromCache: 1, read: 0 });
+    const u3 = await storeOne('s3', 's2', 'third');
+    expect(report(u3)).toMatchObject({ cache: 'used', fromCache: 1, read: 1 });
+    // A byte of a row changed (a blob's offset): the digest fails, nothing of it is trusted.
+    const damaged = Buffer.from(good);
+    damaged[damaged.length - 40]! ^= 1;
+    await fsp.writeFile(file, damaged);
+    const u4 = await targets.plugin().open(`dir:${root}`);
+    expect(await text(await u4.openFile('s3', '/a'))).toBe('alpha');
+    expect(report(u4)).toMatchObject({ cache: 'unreadable', fromCache: 0, read: 3 });
+    // Another repository's cache in this one's place (whole, but of another id).
+    const { root: other, t: o } = await open();
+    await first(o);
+    await fsp.copyFile(await cacheFile(other), file);
+    const u5 = await targets.plugin().open(`dir:${root}`);
+    expect(await text(await u5.openFile('s3', '/d/x'))).toBe('third');
+    expect(report(u5)).toMatchObject({ cache: 'foreign', fromCache: 0, read: 3 });
+    // After a prune (index objects replaced): the cache of before is stale, even renamed to
+    // this repository (the other's rows under this id) or this repository's own.
+    await t.deleteSnapshot('s1');
+    await t.deleteSnapshot('s2');
+    const pr = await runCli(['prune', '--target', `dir:${root}`, '--json'], { timeoutMs: 60_000 });
+    expect(pr.code, pr.stderr).toBe(0);
+    await fsp.writeFile(file, good);
+    const u6 = await targets.plugin().open(`dir:${root}`);
+    expect(await text(await u6.openFile('s3', '/d/x'))).toBe('third');
+    expect(await text(await u6.openFile('s3', '/e/z'))).toBe('zed');
+    expect(report(u6)).toMatchObject({ cache: 'stale', fromCache: 0, read: 1 });
+    // That read wrote the cache afresh: the next process uses it.
+    const u7 = await targets.plugin().open(`dir:${root}`);
+    expect(await text(await u7.openFile('s3', '/d/y'))).toBe('why');
+    expect(report(u7)).toMatchObject({ cache: 'used', fromCache: 1, read: 0 });
+  }, 120_000);
 
   it('a new index object since the base (a damage record, a repack) or a pack of another size: carryFrom reads the index', async () => {
     const { root, t } = await open();
@@ -223,6 +325,40 @@ describe('snapshots built by reference (dir: repository)', () => {
     await wu.abort();
   });
 
+  it("an encrypted repository's cache is bound to its key: another key's cache under the same id is not used", async () => {
+    const d = await tempDir('twinfs-enc-cache-');
+    targets.onCleanup(d.cleanup);
+    const pass = path.join(d.dir, 'pass');
+    await fsp.writeFile(pass, 'correct horse battery staple\n', { mode: 0o600 });
+    const [a, b] = [path.join(d.dir, 'a'), path.join(d.dir, 'b')];
+    for (const root of [a, b]) {
+      const init = await runCli(
+        ['init', '--target', `dir:${root}`, '--encrypt', '--password-file', pass, '--json'],
+        {
+          timeoutMs: 60_000,
+        },
+      );
+      expect(init.code, init.stderr).toBe(0);
+    }
+    setPasswordFile(pass);
+    try {
+      await first(await targets.plugin().open(`dir:${a}`));
+      const ta = await targets.plugin().open(`dir:${a}`);
+      expect(await text(await ta.openFile('s1', '/a'))).toBe('alpha');
+      expect(report(ta)).toMatchObject({ cache: 'used', read: 0 });
+      // b takes a's id (its config is not encrypted): a's cache is found, and its digest fails.
+      const config = JSON.parse(await fsp.readFile(path.join(b, 'config'), 'utf8'));
+      config.id = JSON.parse(await fsp.readFile(path.join(a, 'config'), 'utf8')).id;
+      await fsp.writeFile(path.join(b, 'config'), JSON.stringify(config));
+      const tb = await targets.plugin().open(`dir:${b}`);
+      await first(tb);
+      expect(report(tb)).toMatchObject({ cache: 'unreadable', fromCache: 0 });
+      expect(await text(await tb.openFile('s1', '/e/z'))).toBe('zed');
+    } finally {
+      setPasswordFile(undefined);
+    }
+  }, 120_000);
+
   it('a freshly opened repository of many blobs finds each one, the first few by a scan of the index rows, then by its map', async () => {
     const { root, t } = await open();
     // More rows than the index scans (1,024) before it builds its map at once.
@@ -238,6 +374,8 @@ describe('snapshots built by reference (dir: repository)', () => {
       await Promise.all(Array.from({ length: Math.min(16, N - i) }, (_, k) => put(i + k)));
     entries.sort((a, b) => (a.path < b.path ? -1 : 1));
     await w.commit({ version: 1, meta: meta('s1'), totals: emptyTotals(), entries });
+    // Without the peer's cache (which would answer every lookup by its sorted rows).
+    await fsp.rm(await cacheFile(root));
     const t2 = await targets.plugin().open(`dir:${root}`);
     const w2 = await t2.beginSnapshot(meta('s2'));
     expect(await w2.carryFrom!('s1')).toBe(true);
@@ -247,6 +385,16 @@ describe('snapshots built by reference (dir: repository)', () => {
       expect(await text(await t2.openFile('s2', `/f${k}`))).toBe(`file ${k}`);
     }
     expect((await t2.readManifest('s2')).entries).toEqual(entries);
+    expect(report(t2)).toMatchObject({ cache: 'missing', read: 1 });
+    // The cache it wrote then answers a new process the same.
+    const t3 = await targets.plugin().open(`dir:${root}`);
+    for (let i = 0; i < 40; i++) {
+      const k = (i * 53) % N;
+      expect(await text(await t3.openFile('s2', `/f${k}`))).toBe(`file ${k}`);
+    }
+    // Every file's chunk and the manifest's tree blobs.
+    expect(report(t3)).toMatchObject({ cache: 'used', read: 0 });
+    expect(report(t3).cachedRows).toBeGreaterThan(N);
   }, 240_000);
 
   it('applyDelta: a directory named again keeps what the delta lists below it', () => {

@@ -100,6 +100,25 @@ describe('catalog', () => {
       const at = await c.entriesAt('s-1', ['/d/f08000', '/d/l "q"', '/d/none']);
       expect([...at.keys()].sort()).toEqual(['/d/f08000', '/d/l "q"']);
       expect(at.get('/d/f08000')?.xattrs).toEqual(many.find((e) => e.path === '/d/f08000')?.xattrs);
+      // More paths than are searched for one by one: one pass over the records finds the same.
+      const more = ['/d/f08000', '/d/l "q"', '/d/none', '/d/n', '/d/f00006', '/d/f0800'];
+      const all = await c.entriesAt('s-1', more);
+      expect([...all.keys()].sort()).toEqual(['/d/f00006', '/d/f08000', '/d/l "q"', '/d/n']);
+      for (const p of all.keys()) expect(all.get(p)).toEqual(want.find((e) => e.path === p));
+      // Those were found through the entry file's path index; without it (none, a damaged one,
+      // one of another file) the text search finds the same.
+      const file = path.join(dir, 'entries', 's-1.db');
+      const idx = await fsp.readFile(`${file}.idx`);
+      expect(idx.length).toBe(68 + 16 * many.length);
+      const damaged = Buffer.from(idx);
+      damaged[100]! ^= 1;
+      const other = Buffer.from(idx);
+      other.writeDoubleBE(other.readDoubleBE(48) + 1, 48);
+      for (const variant of [damaged, other, undefined]) {
+        if (variant) await fsp.writeFile(`${file}.idx`, variant);
+        else await fsp.rm(`${file}.idx`);
+        expect(await c.entriesAt('s-1', more)).toEqual(all);
+      }
       expect([...(await c.linkedPaths('s-1'))].sort()).toEqual(['/d/f00006', '/d/f00007']);
     });
   });
