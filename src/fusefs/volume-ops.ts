@@ -3,7 +3,7 @@ import { promises as fsp } from 'node:fs';
 import * as xattr from 'fs-xattr';
 import { mknod } from '../posix/mknod.js';
 import { nsToMs, setTimesNs } from '../posix/set-times.js';
-import { type ChangeSink, nullSink, type WriteGate } from './change-sink.js';
+import type { ChangeSink, WriteGate } from './change-sink.js';
 import { errnoError } from './errno.js';
 import { HiddenRenames } from './hidden-renames.js';
 import type { KernelNames } from './kernel-names.js';
@@ -361,9 +361,8 @@ export class VolumeOps {
     // Large writes to a file with nothing cached go straight to the primary: the cache would
     // copy them twice (into its buffers, then out of them cold) for nothing to absorb.
     if (this.cache.writeThrough) return this.writeDirect(node, pass, data, pos);
-    // Not with a mirror: there the cache's write-back hands it 1 MiB extents in the background,
-    // where passing 128 KiB requests through cost 15-20% (bench/mirror.mjs section A, SMB).
-    if (data.length >= PASS_THROUGH_BYTES && !node.isDirty && this.sink === nullSink)
+    // With a mirror too: the mirror's copy is written beside the primary's (applyAlongside).
+    if (data.length >= PASS_THROUGH_BYTES && !node.isDirty)
       // Under the node's lock: a flush of data cached meanwhile (newer) lands after this one.
       return node.lock.run(() => this.writeDirect(node, pass, data, pos));
     let r: void | Promise<void>;
@@ -400,8 +399,18 @@ export class VolumeOps {
     try {
       await this.sink.beforeChange?.(node.path);
       node.contentChanged();
-      await writeFdAll(node.fd, data, pos);
-      await this.sink.apply({ op: 'write', path: node.path, offset: pos, data });
+      const change = { op: 'write' as const, path: node.path, offset: pos, data };
+      if (this.sink.applyAlongside === undefined) {
+        await writeFdAll(node.fd, data, pos);
+        await this.sink.apply(change);
+        return data.length;
+      }
+      // Primary and mirror written at once. Both are waited for, also when the primary failed:
+      // the sink reads libfuse's buffer until it settles.
+      const primary = writeFdAll(node.fd, data, pos);
+      const [p, m] = await Promise.allSettled([primary, this.sink.applyAlongside(change, primary)]);
+      if (p.status === 'rejected') throw p.reason;
+      if (m.status === 'rejected') throw m.reason;
       return data.length;
     } finally {
       pass.done();
