@@ -3,7 +3,7 @@ import { promises as fsp } from 'node:fs';
 import * as xattr from 'fs-xattr';
 import { mknod } from '../posix/mknod.js';
 import { nsToMs, setTimesNs } from '../posix/set-times.js';
-import type { ChangeSink, WriteGate } from './change-sink.js';
+import { type ChangeSink, nullSink, type WriteGate } from './change-sink.js';
 import { errnoError } from './errno.js';
 import { HiddenRenames } from './hidden-renames.js';
 import type { KernelNames } from './kernel-names.js';
@@ -361,8 +361,15 @@ export class VolumeOps {
     // Large writes to a file with nothing cached go straight to the primary: the cache would
     // copy them twice (into its buffers, then out of them cold) for nothing to absorb.
     if (this.cache.writeThrough) return this.writeDirect(node, pass, data, pos);
-    // With a mirror too: the mirror's copy is written beside the primary's (applyAlongside).
-    if (data.length >= PASS_THROUGH_BYTES && !node.isDirty)
+    // With a mirror too, when its copy can be written beside the primary's (applyAlongside):
+    // one after the other, a change per 128 KiB request cost 15-20% more than the cache's 1 MiB
+    // write-backs in the background (bench/mirror.mjs section A, SMB); at once, it costs what a
+    // write without a mirror does plus the mirror's pwrite (docs/benchmarks.md).
+    if (
+      data.length >= PASS_THROUGH_BYTES &&
+      !node.isDirty &&
+      (this.sink === nullSink || this.sink.applyAlongside !== undefined)
+    )
       // Under the node's lock: a flush of data cached meanwhile (newer) lands after this one.
       return node.lock.run(() => this.writeDirect(node, pass, data, pos));
     let r: void | Promise<void>;
