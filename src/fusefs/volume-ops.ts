@@ -360,7 +360,9 @@ export class VolumeOps {
   ): number | Promise<number> {
     // Large writes to a file with nothing cached go straight to the primary: the cache would
     // copy them twice (into its buffers, then out of them cold) for nothing to absorb.
-    if (this.cache.writeThrough) return this.writeDirect(node, pass, data, pos);
+    if (this.cache.writeThrough)
+      // Not under the file's lock: the sink's copy follows the primary's, one after the other.
+      return this.writeDirect(node, pass, data, pos, false);
     // With a mirror too, when its copy can be written beside the primary's (applyAlongside):
     // one after the other, a change per 128 KiB request cost 15-20% more than the cache's 1 MiB
     // write-backs in the background (bench/mirror.mjs section A, SMB); at once, it costs what a
@@ -371,7 +373,8 @@ export class VolumeOps {
       (this.sink === nullSink || this.sink.applyAlongside !== undefined)
     )
       // Under the node's lock: a flush of data cached meanwhile (newer) lands after this one.
-      return node.lock.run(() => this.writeDirect(node, pass, data, pos));
+      // The lock also orders the mirror's copies of overlapping writes as the primary's.
+      return node.lock.run(() => this.writeDirect(node, pass, data, pos, true));
     let r: void | Promise<void>;
     try {
       r = this.cache.write(node, pos, data);
@@ -402,12 +405,13 @@ export class VolumeOps {
     pass: { done(): void },
     data: Buffer,
     pos: number,
+    locked: boolean,
   ): Promise<number> {
     try {
       await this.sink.beforeChange?.(node.path);
       node.contentChanged();
       const change = { op: 'write' as const, path: node.path, offset: pos, data };
-      if (this.sink.applyAlongside === undefined) {
+      if (!locked || this.sink.applyAlongside === undefined) {
         await writeFdAll(node.fd, data, pos);
         await this.sink.apply(change);
         return data.length;
