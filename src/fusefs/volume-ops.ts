@@ -408,12 +408,14 @@ export class VolumeOps {
     locked: boolean,
   ): Promise<number> {
     try {
-      await this.sink.beforeChange?.(node.path);
+      // A file with no name left (FileNode.nameless) is not reported: its path names another
+      // file now, or none (as the cache's write-back does).
+      if (!node.nameless) await this.sink.beforeChange?.(node.path);
       node.contentChanged();
       const change = { op: 'write' as const, path: node.path, offset: pos, data };
-      if (!locked || this.sink.applyAlongside === undefined) {
+      if (!locked || node.nameless || this.sink.applyAlongside === undefined) {
         await writeFdAll(node.fd, data, pos);
-        await this.sink.apply(change);
+        if (!node.nameless) await this.sink.apply({ ...change, path: node.path });
         return data.length;
       }
       // Primary and mirror written at once. Both are waited for, also when the primary failed:

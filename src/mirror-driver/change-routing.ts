@@ -76,7 +76,14 @@ export class ChangeRouter {
     if (this.c.disposed) return primary.catch(() => undefined);
     this.c.lastLiveAt = Date.now();
     this.c.changes.note(c);
-    return this.c.queue.push(() => this.route(c, primary));
+    return this.c.queue.push(async () => {
+      try {
+        await this.route(c, primary);
+      } finally {
+        // Also when route failed early: the next turn never runs before the primary has it.
+        await primary.catch(() => undefined);
+      }
+    });
   }
 
   /** The primary's file at p has one name (a truncate of it copies no times by path at once). */
