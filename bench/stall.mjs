@@ -188,12 +188,13 @@ async function scenarioRun(name, withBackup) {
   for (let c = 0; c < opts.cycles; c++) {
     let dirtyBytes = 0;
     if (sc.dirty) {
+      // 64 KiB writes: requests of 128 KiB and more to a file with nothing cached pass the cache.
       await run('dd', [
         'if=/dev/zero',
         `of=${M(sc.dirty.file)}`,
-        'bs=1M',
-        `count=${opts['dirty-mib']}`,
-        `seek=${sc.dirty.seekMiB}`,
+        'bs=64K',
+        `count=${opts['dirty-mib'] * 16}`,
+        `seek=${sc.dirty.seekMiB * 16}`,
         'conv=notrunc',
       ]);
       await sleep(opts['gap-ms']);

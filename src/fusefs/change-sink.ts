@@ -45,6 +45,17 @@ export interface ChangeSink {
    * fails the application's operation, which only an fsync should ever see.
    */
   apply(change: Change): Promise<void>;
+  /**
+   * Optional: a write handed over while it is being written to the primary, so the sink's copy
+   * and the primary's are written at the same time (both in the libuv pool). It is queued in
+   * the same synchronous step as the primary's write starts, so it keeps its place in the order
+   * of changes as apply would; `primary` settles when the primary's write has (rejects if it
+   * failed, possibly after a part of the data landed). The sink must not take its turn's
+   * follow-ups (times, the next change) before `primary` settled, and must make its copy what
+   * the primary holds when the primary's write failed. The data buffer stays valid until the
+   * returned promise settles.
+   */
+  applyAlongside?(change: Change & { op: 'write' }, primary: Promise<void>): Promise<void>;
 }
 
 export const nullSink: ChangeSink = { apply: async () => undefined };

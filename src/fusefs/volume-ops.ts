@@ -360,12 +360,21 @@ export class VolumeOps {
   ): number | Promise<number> {
     // Large writes to a file with nothing cached go straight to the primary: the cache would
     // copy them twice (into its buffers, then out of them cold) for nothing to absorb.
-    if (this.cache.writeThrough) return this.writeDirect(node, pass, data, pos);
-    // Not with a mirror: there the cache's write-back hands it 1 MiB extents in the background,
-    // where passing 128 KiB requests through cost 15-20% (bench/mirror.mjs section A, SMB).
-    if (data.length >= PASS_THROUGH_BYTES && !node.isDirty && this.sink === nullSink)
+    if (this.cache.writeThrough)
+      // Not under the file's lock: the sink's copy follows the primary's, one after the other.
+      return this.writeDirect(node, pass, data, pos, false);
+    // With a mirror too, when its copy can be written beside the primary's (applyAlongside):
+    // one after the other, a change per 128 KiB request cost 15-20% more than the cache's 1 MiB
+    // write-backs in the background (bench/mirror.mjs section A, SMB); at once, it costs what a
+    // write without a mirror does plus the mirror's pwrite (docs/benchmarks.md).
+    if (
+      data.length >= PASS_THROUGH_BYTES &&
+      !node.isDirty &&
+      (this.sink === nullSink || this.sink.applyAlongside !== undefined)
+    )
       // Under the node's lock: a flush of data cached meanwhile (newer) lands after this one.
-      return node.lock.run(() => this.writeDirect(node, pass, data, pos));
+      // The lock also orders the mirror's copies of overlapping writes as the primary's.
+      return node.lock.run(() => this.writeDirect(node, pass, data, pos, true));
     let r: void | Promise<void>;
     try {
       r = this.cache.write(node, pos, data);
@@ -396,12 +405,25 @@ export class VolumeOps {
     pass: { done(): void },
     data: Buffer,
     pos: number,
+    locked: boolean,
   ): Promise<number> {
     try {
-      await this.sink.beforeChange?.(node.path);
+      // A file with no name left (FileNode.nameless) is not reported: its path names another
+      // file now, or none (as the cache's write-back does).
+      if (!node.nameless) await this.sink.beforeChange?.(node.path);
       node.contentChanged();
-      await writeFdAll(node.fd, data, pos);
-      await this.sink.apply({ op: 'write', path: node.path, offset: pos, data });
+      const change = { op: 'write' as const, path: node.path, offset: pos, data };
+      if (!locked || node.nameless || this.sink.applyAlongside === undefined) {
+        await writeFdAll(node.fd, data, pos);
+        if (!node.nameless) await this.sink.apply({ ...change, path: node.path });
+        return data.length;
+      }
+      // Primary and mirror written at once. Both are waited for, also when the primary failed:
+      // the sink reads libfuse's buffer until it settles.
+      const primary = writeFdAll(node.fd, data, pos);
+      const [p, m] = await Promise.allSettled([primary, this.sink.applyAlongside(change, primary)]);
+      if (p.status === 'rejected') throw p.reason;
+      if (m.status === 'rejected') throw m.reason;
       return data.length;
     } finally {
       pass.done();

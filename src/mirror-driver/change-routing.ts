@@ -72,6 +72,27 @@ export class ChangeRouter {
     return routed;
   }
 
+  /**
+   * A large write queued while the primary's copy is being written: in its turn the mirror's
+   * copy is written at the same time (both in the libuv pool), and the turn ends only once the
+   * primary's write settled, so nothing after it (times, later changes, a split marker) runs
+   * before the primary has it. Always waited for, like apply's writes. The intent journaled by
+   * beforeChange covers a crash between the two, as before.
+   */
+  applyAlongside(c: Change & { op: 'write' }, primary: Promise<void>): Promise<void> {
+    if (this.c.disposed) return primary.catch(() => undefined);
+    this.c.lastLiveAt = Date.now();
+    this.c.changes.note(c);
+    return this.c.queue.push(async () => {
+      try {
+        await this.route(c, primary);
+      } finally {
+        // Also when route failed early: the next turn never runs before the primary has it.
+        await primary.catch(() => undefined);
+      }
+    });
+  }
+
   /** The primary's file at p has one name (a truncate of it copies no times by path at once). */
   private oneName(p: string): boolean {
     try {
@@ -108,9 +129,21 @@ export class ChangeRouter {
   }
 
   /** One change, in its turn in the queue: tracked by the splits that hold it, or applied. */
-  private async route(c: Change): Promise<void> {
+  private async route(c: Change, primary?: Promise<void>): Promise<void> {
+    // Whether the primary's write (applyAlongside) succeeded; waited for on every way out.
+    let primaryOk = true;
+    const primaryDone = primary?.then(
+      () => undefined,
+      () => {
+        primaryOk = false;
+      },
+    );
     await this.c.links.note(c, this.c.primary);
-    if (await this.c.splitter.track(c)) return;
+    if (await this.c.splitter.track(c)) {
+      // Tracked: the resync copies the range from the primary, whatever the write left there.
+      await primaryDone;
+      return;
+    }
     if ((c.op === 'rename' || c.op === 'link') && this.c.broken.paths.size > 0)
       this.c.broken.followBroken(c.from, c.path, c.op === 'rename');
     if (this.c.broken.isBroken(c.path)) {
@@ -122,13 +155,29 @@ export class ChangeRouter {
           c.from,
           Object.assign(new Error(`renamed onto the broken pair ${c.path}`), { code: 'EIO' }),
         );
+      await primaryDone;
       return;
     }
     try {
       if (c.op === 'fsync') await this.c.times.sync(c.path);
       else if (c.op === 'rename') this.c.times.move(c.from, c.path);
       else if (c.op === 'unlink') this.c.times.drop(c.path);
-      await this.c.writer.apply(c);
+      if (primaryDone === undefined) await this.c.writer.apply(c);
+      else {
+        const mine = this.c.writer.apply(c).then(
+          () => undefined,
+          (e: unknown) => e,
+        );
+        await primaryDone;
+        const err = await mine;
+        if (!primaryOk) {
+          // The primary refused (a part of) a write the mirror may have taken: the mirror's
+          // copy is made what the primary holds, or the pair is broken.
+          await this.healFailedWrite(c.path);
+          return;
+        }
+        if (err !== undefined) throw err;
+      }
       this.c.stats.changesApplied++;
       if (NAMESPACE_OPS.has(c.op)) this.c.times.noteParents(c.path, c.op === 'rename' ? c.from : undefined);
       // A directory renamed under a running walk may have moved where the walk has been to a
@@ -152,6 +201,14 @@ export class ChangeRouter {
         this.c.times.note(c.path);
     } catch (err) {
       await this.onApplyError(c, err as NodeJS.ErrnoException);
+    }
+  }
+
+  private async healFailedWrite(p: string): Promise<void> {
+    try {
+      await this.c.repairer.healPath(p);
+    } catch (err) {
+      this.c.broken.markBroken(p, err as NodeJS.ErrnoException);
     }
   }
 

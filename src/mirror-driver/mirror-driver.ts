@@ -230,6 +230,10 @@ export class MirrorDriver implements ChangeSink {
     return this.router.apply(c);
   }
 
+  applyAlongside(c: Change & { op: 'write' }, primary: Promise<void>): Promise<void> {
+    return this.router.applyAlongside(c, primary);
+  }
+
   // ---- split / resync (split-control.ts, resync.ts) -------------------------------------------
 
   /**

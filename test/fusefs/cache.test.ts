@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type ChangeSink, nullSink, TwinFs } from '../../src/fusefs/index.js';
+import { type Change, type ChangeSink, nullSink, TwinFs } from '../../src/fusefs/index.js';
 import { WritebackCache } from '../../src/fusefs/writeback-cache.js';
 import { FIXTURES, isMounted, mountTmpfs, runSteps, unmountAll, waitFor } from '../helpers/mounts.js';
 import { mountFixture, type PosixFixture } from '../helpers/posix.js';
@@ -412,53 +412,73 @@ describe('in-process mount: dirty limit and write-back errors', () => {
     expect(await isMounted(t.dirs.mnt!)).toBe(false);
   });
 
-  it('with a mirror (a sink), large writes still go through the cache and reach it in order', async () => {
-    const src = path.join(t.dirs.src!, 'big2');
-    await fsp.writeFile(src, bytes(32 * MiB, 42));
-    const want = sha(await fsp.readFile(src));
-    // A sink slower than the disk that rebuilds the file from what it is given, one change
-    // after another in the order given, as the mirror driver's queue does.
-    const copy = Buffer.alloc(32 * MiB);
-    let applied = 0;
-    let fsyncAfter = -1;
-    let queue: Promise<void> = Promise.resolve();
-    tfs = await TwinFs.mount({
-      primary: t.dirs.primary!,
-      mount: t.dirs.mnt!,
-      writebackMs: 600_000,
-      sink: {
-        apply: (c) => {
-          queue = queue.then(async () => {
-            if (c.op === 'write' && c.path === '/big2') {
-              await new Promise((r) => setTimeout(r, 1));
-              c.data.copy(copy, c.offset);
-              applied += c.data.length;
-            }
-            if (c.op === 'fsync' && c.path === '/big2') fsyncAfter = applied;
-          });
-          return queue;
-        },
-      },
-    });
-    let maxDirty = 0;
-    const sampler = setInterval(() => {
-      maxDirty = Math.max(maxDirty, tfs!.status().cache.dirtyBytes);
-    }, 1);
-    try {
-      const r = await sh(`dd if='${src}' of='${t.dirs.mnt}/big2' bs=1M conv=fsync 2>&1`, {
-        timeoutMs: 120_000,
-      });
-      expect(r.code, r.stdout).toBe(0);
-    } finally {
-      clearInterval(sampler);
-    }
-    expect(maxDirty).toBeGreaterThan(0); // cached, not passed through
-    expect(fsyncAfter).toBe(32 * MiB); // fsync reached the sink after every write of the file
-    expect(sha(copy)).toBe(want);
-    expect(sha(await fsp.readFile(path.join(t.dirs.primary!, 'big2')))).toBe(want);
-    await tfs.unmount();
-    tfs = undefined;
-  });
+  it.each([
+    { alongside: false, name: 'a sink without applyAlongside: large writes go through the cache' },
+    { alongside: true, name: 'a sink with applyAlongside (the mirror): large writes pass the cache' },
+  ])(
+    'with a sink, large writes reach it in order, the fsync after all of them: $name',
+    async ({ alongside }) => {
+      const file = alongside ? 'big3' : 'big2';
+      const src = path.join(t.dirs.src!, file);
+      await fsp.writeFile(src, bytes(32 * MiB, alongside ? 43 : 42));
+      const want = sha(await fsp.readFile(src));
+      // A sink slower than the disk that rebuilds the file from what it is given, one change
+      // after another in the order given, as the mirror driver's queue does.
+      const copy = Buffer.alloc(32 * MiB);
+      let applied = 0;
+      let fsyncAfter = -1;
+      let alongsideWrites = 0;
+      let queue: Promise<void> = Promise.resolve();
+      const apply = (c: Change) => {
+        queue = queue.then(async () => {
+          if (c.op === 'write' && c.path === `/${file}`) {
+            await new Promise((r) => setTimeout(r, 1));
+            c.data.copy(copy, c.offset);
+            applied += c.data.length;
+          }
+          if (c.op === 'fsync' && c.path === `/${file}`) fsyncAfter = applied;
+        });
+        return queue;
+      };
+      const sink: ChangeSink = alongside
+        ? {
+            apply,
+            // Queued at once, like the mirror driver; its turn also waits for the primary's write.
+            applyAlongside: (c, primary) => {
+              alongsideWrites++;
+              const mine = apply(c);
+              queue = queue.then(() => primary.catch(() => undefined));
+              return mine;
+            },
+          }
+        : { apply };
+      tfs = await TwinFs.mount({ primary: t.dirs.primary!, mount: t.dirs.mnt!, writebackMs: 600_000, sink });
+      let maxDirty = 0;
+      const sampler = setInterval(() => {
+        maxDirty = Math.max(maxDirty, tfs!.status().cache.dirtyBytes);
+      }, 1);
+      try {
+        const r = await sh(`dd if='${src}' of='${t.dirs.mnt}/${file}' bs=1M conv=fsync 2>&1`, {
+          timeoutMs: 120_000,
+        });
+        expect(r.code, r.stdout).toBe(0);
+      } finally {
+        clearInterval(sampler);
+      }
+      if (alongside) {
+        expect(maxDirty).toBe(0); // passed through, not cached
+        expect(alongsideWrites).toBeGreaterThanOrEqual((32 * MiB) / (1024 * 1024));
+      } else {
+        expect(maxDirty).toBeGreaterThan(0); // cached, not passed through
+        expect(alongsideWrites).toBe(0);
+      }
+      expect(fsyncAfter).toBe(32 * MiB); // fsync reached the sink after every write of the file
+      expect(sha(copy)).toBe(want);
+      expect(sha(await fsp.readFile(path.join(t.dirs.primary!, file)))).toBe(want);
+      await tfs.unmount();
+      tfs = undefined;
+    },
+  );
 
   it('a full primary: fsync and close report ENOSPC, the data stays cached and lands once space is freed', async () => {
     const small = t.dirs.small!;
