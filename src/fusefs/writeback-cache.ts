@@ -333,10 +333,13 @@ export class WritebackCache {
     return node.lock.run(async () => {
       await this.flushLocked(node);
       if (opts.sync) {
-        if (opts.sync === 'data') await fdatasync(node.fd);
-        else await fsync(node.fd);
-        if (!node.nameless)
-          await this.sink.apply({ op: 'fsync', path: node.path, datasync: opts.sync === 'data' });
+        // The primary's and the sink's sync together: the sink has every write of the flush
+        // already (flushLocked waited for them), so its fsync change covers them.
+        const primary = opts.sync === 'data' ? fdatasync(node.fd) : fsync(node.fd);
+        const sink = node.nameless
+          ? undefined
+          : this.sink.apply({ op: 'fsync', path: node.path, datasync: opts.sync === 'data' });
+        await Promise.all([primary, sink]);
       }
     });
   }
