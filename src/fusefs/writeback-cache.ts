@@ -11,11 +11,6 @@ import type { SpaceAccount } from './space-account.js';
 import type { UnwrittenFile } from './writeback-spill.js';
 
 /**
- * One open (or still dirty) regular file, keyed by inode so every handle and every hard link
- * of it shares the same dirty data. The fd is the cache's own, opened read-write when
- * possible; it follows the inode across renames.
- */
-/**
  * lastWriteAt once utimens set the mtime after the last write (FileNode.setMtimeNs): earlier
  * than any time a file can have (as int64 ns, about the year 1678), so getattr's rule "the
  * later of the last write and the primary's mtime" (statOf, native-attrs.h) shows the
@@ -23,6 +18,11 @@ import type { UnwrittenFile } from './writeback-spill.js';
  */
 export const TIMES_SET_MS = -9_200_000_000_000;
 
+/**
+ * One open (or still dirty) regular file, keyed by inode so every handle and every hard link
+ * of it shares the same dirty data. The fd is the cache's own, opened read-write when
+ * possible; it follows the inode across renames.
+ */
 export class FileNode {
   /** Current volume path (updated on rename); used for change reports and the write gate. */
   path: string;
