@@ -436,12 +436,14 @@ export class VolumeOps {
     const handled = this.handles.get(fh);
     const node = handled ?? (await this.nodeOf(path));
     if (!node) {
-      // No cached state: make the primary file durable anyway, and the sink's copy beside it.
+      // No cached state: make the primary file durable anyway.
       const fd = await this.paths.at([path], (b) => openFd(b, fs.constants.O_RDONLY, 0));
-      const primary = new Promise<void>((res, rej) => fs.fsync(fd, (e) => (e ? rej(e) : res()))).finally(() =>
-        fs.close(fd, () => undefined),
-      );
-      await Promise.all([primary, this.sink.apply({ op: 'fsync', path, datasync })]);
+      try {
+        await new Promise<void>((res, rej) => fs.fsync(fd, (e) => (e ? rej(e) : res())));
+      } finally {
+        fs.close(fd, () => undefined);
+      }
+      await this.sink.apply({ op: 'fsync', path, datasync });
       return;
     }
     try {

@@ -331,16 +331,13 @@ export class WritebackCache {
    */
   flush(node: FileNode, opts: { sync?: 'data' | 'full' } = {}): Promise<void> {
     return node.lock.run(async () => {
-      const syncing: FlushSync | undefined = opts.sync ? { sync: opts.sync } : undefined;
-      await this.flushLocked(node, syncing);
-      if (!syncing) return;
-      // Started by the flush's own writes (see flushLocked), or, with nothing to write back,
-      // here: the primary's and the sink's sync together.
-      if (syncing.primary) return syncing.primary;
-      const sink = node.nameless
-        ? undefined
-        : this.sink.apply({ op: 'fsync', path: node.path, datasync: syncing.sync === 'data' });
-      await Promise.all([syncFd(node.fd, syncing.sync), sink]);
+      await this.flushLocked(node);
+      if (opts.sync) {
+        if (opts.sync === 'data') await fdatasync(node.fd);
+        else await fsync(node.fd);
+        if (!node.nameless)
+          await this.sink.apply({ op: 'fsync', path: node.path, datasync: opts.sync === 'data' });
+      }
     });
   }
 
@@ -519,7 +516,7 @@ export class WritebackCache {
     return d.length ? [...f, ...d] : f;
   }
 
-  private async flushLocked(node: FileNode, syncing?: FlushSync): Promise<void> {
+  private async flushLocked(node: FileNode): Promise<void> {
     if (node.dead || node.dirty.isEmpty) return;
     const taken = node.dirty.takeAll();
     const bytes = taken.reduce((s, e) => s + e.len, 0);
@@ -565,15 +562,6 @@ export class WritebackCache {
         setFdTimesNs(node.fd, null, msToNs(mtime));
         if (!node.nameless)
           reported.push(this.sink.apply({ op: 'utimens', path: node.path, atime: null, mtime }));
-      }
-      if (syncing) {
-        // An fsync: the primary's sync starts now, while the sink's copies are awaited, and the
-        // sink's fsync change goes right behind the writes it must cover, not behind whatever
-        // else was reported while they were applied. flush awaits the primary's.
-        syncing.primary = syncFd(node.fd, syncing.sync);
-        syncing.primary.catch(() => undefined);
-        if (!node.nameless)
-          reported.push(this.sink.apply({ op: 'fsync', path: node.path, datasync: syncing.sync === 'data' }));
       }
       await Promise.all(reported);
       this.settleSpace(node, taken, node.primarySize);
@@ -792,15 +780,6 @@ function readFd(fd: number, buf: Buffer, len: number, pos: number): Promise<{ by
     fs.read(fd, buf, 0, len, pos, (err, bytesRead) => (err ? rej(err) : res({ bytesRead }))),
   );
 }
-
-/** An fsync's syncs, started by the flush that writes its data (WritebackCache.flush). */
-interface FlushSync {
-  sync: 'data' | 'full';
-  /** The primary's sync, once started. */
-  primary?: Promise<void>;
-}
-
-const syncFd = (fd: number, sync: 'data' | 'full') => (sync === 'data' ? fdatasync(fd) : fsync(fd));
 
 const fdatasync = (fd: number) =>
   new Promise<void>((res, rej) => fs.fdatasync(fd, (e) => (e ? rej(e) : res())));

@@ -26,11 +26,6 @@ const BEHIND_OPS = new Set<Change['op']>([
   'removexattr',
 ]);
 
-/** An fsync's sync to the mirror's disk, once its turn in the queue has opened the file. */
-interface PendingSync {
-  run?: () => Promise<void>;
-}
-
 /** Queue length past which a change waits for its turn again (back-pressure). */
 const MAX_BEHIND = 4096;
 
@@ -55,13 +50,6 @@ export class ChangeRouter {
     if (this.c.disposed) return Promise.resolve();
     this.c.lastLiveAt = Date.now();
     this.c.changes.note(c);
-    if (c.op === 'fsync') {
-      // The mirror's sync runs outside the queue, after the change's turn (MirrorWriter.openForSync).
-      const sync: PendingSync = {};
-      return this.c.queue
-        .push(() => this.route(c, sync))
-        .then(() => sync.run?.().catch((err) => this.c.queue.push(() => this.onApplyError(c, err))));
-    }
     const routed = this.c.queue.push(() => this.route(c));
     // Write-behind for namespace and metadata changes: queued in the primary's order (the queue
     // position is all that orders them against later changes, splits and verify), answered before
@@ -113,7 +101,7 @@ export class ChangeRouter {
   }
 
   /** One change, in its turn in the queue: tracked by the splits that hold it, or applied. */
-  private async route(c: Change, sync?: PendingSync): Promise<void> {
+  private async route(c: Change): Promise<void> {
     await this.c.links.note(c, this.c.primary);
     if (await this.c.splitter.track(c)) return;
     if ((c.op === 'rename' || c.op === 'link') && this.c.broken.paths.size > 0)
@@ -130,15 +118,8 @@ export class ChangeRouter {
       return;
     }
     try {
-      if (c.op === 'fsync') {
-        await this.c.times.sync(c.path);
-        const run = await this.c.writer.openForSync(c);
-        if (sync) sync.run = run;
-        else await run();
-        this.c.stats.changesApplied++;
-        return;
-      }
-      if (c.op === 'rename') this.c.times.move(c.from, c.path);
+      if (c.op === 'fsync') await this.c.times.sync(c.path);
+      else if (c.op === 'rename') this.c.times.move(c.from, c.path);
       else if (c.op === 'unlink') this.c.times.drop(c.path);
       await this.c.writer.apply(c);
       this.c.stats.changesApplied++;

@@ -148,23 +148,6 @@ export class MirrorWriter {
     }
   }
 
-  /**
-   * An fsync in two steps: the file is opened now, in the change's turn, and the returned sync
-   * makes durable at least everything applied before it. The caller runs it beside the changes
-   * queued after this one: one file's trip to the disk then holds no other file's changes back.
-   * A descriptor of its own (the cache's may be closed by a rename or unlink meanwhile).
-   */
-  async openForSync(c: Extract<Change, { op: 'fsync' }>): Promise<() => Promise<void>> {
-    const fh = await underRoot(this.dataRoot, [c.path], (p) => fsp.open(p!, 'r'));
-    return async () => {
-      try {
-        await (c.datasync ? fh.datasync() : fh.sync());
-      } finally {
-        await fh.close();
-      }
-    };
-  }
-
   /** Closes cached descriptors of path (and of everything under it when it may be a directory). */
   forget(path: string, subtree: boolean): void {
     for (const [p, fd] of this.fds) {
