@@ -694,13 +694,13 @@ export class VolumeOps {
   async utimens(path: string, atime: bigint | null, mtime: bigint | null): Promise<void> {
     if (atime === null && mtime === null) return;
     await this.guarded([path], async () => {
-      // Cached data would move mtime when it is written back later: write it back first.
-      const node = await this.nodeOf(path);
-      if (node?.isDirty) {
-        await this.cache.flush(node);
-        await this.releaseIfIdle(node);
-      }
+      // Cached data will move mtime when it is written back: the cache puts this one back
+      // then, so nothing is written back here (a write-back never moves atime). One
+      // synchronous step with setting the times: a write-back finishing around it puts back
+      // either its own time before them or this one after its writes.
+      const node = mtime !== null ? this.nodeNow(path) : undefined;
       this.paths.at([path], (b) => setTimesNs(b, atime, mtime));
+      if (node) this.cache.timesSet(node, mtime!);
       const ms = (t: bigint | null) => (t === null ? null : nsToMs(t));
       const ns = (t: bigint | null) => (t === null ? null : String(t));
       await this.sink.apply({
@@ -850,6 +850,11 @@ export class VolumeOps {
   }
 
   private async nodeOf(path: string): Promise<FileNode | undefined> {
+    return this.nodeNow(path);
+  }
+
+  /** The cache's node of a regular file's path, if it has one. */
+  private nodeNow(path: string): FileNode | undefined {
     const st = this.lstatIfAny(path);
     if (!st || (st.mode & S_IFMT) !== S_IFREG) return undefined;
     return this.cache.get(st.ino);

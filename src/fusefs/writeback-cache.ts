@@ -2,13 +2,21 @@ import * as fs from 'node:fs';
 
 import { Mutex } from '../common/async.js';
 import { Emitter } from '../common/event.js';
-import { msToNs, setFdTimesNs } from '../posix/set-times.js';
+import { msToNs, nsToMs, setFdTimesNs } from '../posix/set-times.js';
 import type { ChangeSink } from './change-sink.js';
 import { errnoError } from './errno.js';
 import { type Extent, ExtentMap, overlay } from './extent-map.js';
 import { ReadAheadPool, ReadAheadState } from './read-ahead.js';
 import type { SpaceAccount } from './space-account.js';
 import type { UnwrittenFile } from './writeback-spill.js';
+
+/**
+ * lastWriteAt once utimens set the mtime after the last write (FileNode.setMtimeNs): earlier
+ * than any time a file can have (as int64 ns, about the year 1678), so getattr's rule "the
+ * later of the last write and the primary's mtime" (statOf, native-attrs.h) shows the
+ * primary's, times before 1970 included.
+ */
+export const TIMES_SET_MS = -9_200_000_000_000;
 
 /**
  * One open (or still dirty) regular file, keyed by inode so every handle and every hard link
@@ -26,6 +34,12 @@ export class FileNode {
   firstDirtyAt = 0;
   /** Time of the last write into the cache (ms), reported as mtime until flushed. */
   lastWriteAt = 0;
+  /**
+   * An mtime set by utimens while data was cached, with no write since (lastWriteAt is then
+   * TIMES_SET_MS): already on the primary, and put back there to the ns after the write-back
+   * moved it.
+   */
+  setMtimeNs: bigint | null = null;
   /** A write-back failure not yet reported to the application. */
   error: NodeJS.ErrnoException | null = null;
   retryAt = 0;
@@ -342,6 +356,19 @@ export class WritebackCache {
     return err;
   }
 
+  /**
+   * utimens has just set node's mtime on the primary to mtimeNs. Cached data keeps it: getattr
+   * shows the primary's time from now on, and the write-back puts it back to the ns after its
+   * writes moved it, so nothing needs writing back first. A write after this moves mtime as
+   * usual. Synchronous: no write-back can interleave.
+   */
+  timesSet(node: FileNode, mtimeNs: bigint): void {
+    if (!node.isDirty) return;
+    node.lastWriteAt = TIMES_SET_MS;
+    node.setMtimeNs = mtimeNs;
+    this.noteAttributes(node, false);
+  }
+
   /** Truncates the cached data and the primary file to size, in that order, under the node lock. */
   truncate(node: FileNode, size: number): Promise<void> {
     return node.lock.run(async () => {
@@ -350,6 +377,11 @@ export class WritebackCache {
       this.release(node.dirty.truncate(size));
       try {
         await ftruncate(node.fd, size);
+        // The truncate's time replaces one utimens set with data still cached (timesSet).
+        if (node.setMtimeNs !== null && node.isDirty) {
+          node.setMtimeNs = null;
+          node.lastWriteAt = this.now();
+        }
       } finally {
         this.noteAttributes(node, false);
       }
@@ -409,7 +441,13 @@ export class WritebackCache {
         this.space?.release(n.reserved);
         n.reserved = 0;
         const extents = taken.map((e) => ({ off: e.off, data: e.buf.subarray(0, e.len) }));
-        out.push({ path: n.path, ino: n.ino, mtime: n.lastWriteAt, extents, error: n.error?.code });
+        out.push({
+          path: n.path,
+          ino: n.ino,
+          ...(n.setMtimeNs !== null ? { mtime: 0, mtimeNs: String(n.setMtimeNs) } : { mtime: n.lastWriteAt }),
+          extents,
+          error: n.error?.code,
+        });
         n.error = null;
         this.noteError(n);
         n.firstDirtyAt = 0;
@@ -443,6 +481,7 @@ export class WritebackCache {
     const now = this.now();
     if (node.firstDirtyAt === 0) this.dirtiedAt(node, now);
     node.lastWriteAt = now;
+    node.setMtimeNs = null;
     this.noteAttributes(node, true);
     if (this.dirtyBytes > this.highWaterBytes) this.kick();
     // Write-behind: a file that has piled up this much is being streamed; its data is best
@@ -512,9 +551,23 @@ export class WritebackCache {
             );
       }
       // The primary's mtime is now the flush time; applications saw the time of their last
-      // write (getattr reports it while data is cached), so put that back, and tell the sink.
+      // write (getattr reports it while data is cached), or the one utimens set since, so put
+      // that back, and tell the sink.
       const mtime = node.lastWriteAt;
-      if (mtime > 0) {
+      const setNs = node.setMtimeNs;
+      if (setNs !== null) {
+        setFdTimesNs(node.fd, null, setNs);
+        if (!node.nameless)
+          reported.push(
+            this.sink.apply({
+              op: 'utimens',
+              path: node.path,
+              atime: null,
+              mtime: nsToMs(setNs),
+              mtimeNs: String(setNs),
+            }),
+          );
+      } else if (mtime > 0) {
         setFdTimesNs(node.fd, null, msToNs(mtime));
         if (!node.nameless)
           reported.push(this.sink.apply({ op: 'utimens', path: node.path, atime: null, mtime }));

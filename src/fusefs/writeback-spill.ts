@@ -3,6 +3,7 @@ import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { TwinError } from '../common/errors.js';
+import { nsToMs, setFdTimesNs } from '../posix/set-times.js';
 import type { ChangeSink } from './change-sink.js';
 
 /** Cached data of one file that could not be written to the primary. */
@@ -11,6 +12,8 @@ export interface UnwrittenFile {
   ino: number;
   /** The application's last write (ms), the mtime the file gets when the data lands. */
   mtime: number;
+  /** Instead of mtime (0 then): the mtime utimens set after the last write, to the ns. */
+  mtimeNs?: string;
   extents: Array<{ off: number; data: Buffer }>;
   /** Why the write-back failed (errno code), for the message. */
   error?: string;
@@ -20,6 +23,7 @@ interface SpillMeta {
   path: string;
   ino: number;
   mtime: number;
+  mtimeNs?: string;
   extents: Array<[number, number]>;
 }
 
@@ -109,6 +113,7 @@ export class WritebackSpill {
           path: f.path,
           ino: f.ino,
           mtime: f.mtime,
+          ...(f.mtimeNs !== undefined ? { mtimeNs: f.mtimeNs } : {}),
           extents: f.extents.map((e) => [e.off, e.data.length]),
         };
         const json = Buffer.from(JSON.stringify(meta));
@@ -225,13 +230,23 @@ export class WritebackSpill {
       if (meta.mtime > 0) {
         const st = await fh.stat();
         await fh.utimes(st.atime, new Date(meta.mtime));
-      }
+      } else if (meta.mtimeNs !== undefined) setFdTimesNs(fh.fd, null, BigInt(meta.mtimeNs));
       await fh.datasync();
     } finally {
       await fh.close();
     }
     for (const e of extents) await sink.apply({ op: 'write', path: meta.path, offset: e.off, data: e.data });
     if (meta.mtime > 0) await sink.apply({ op: 'utimens', path: meta.path, atime: null, mtime: meta.mtime });
+    else if (meta.mtimeNs !== undefined) {
+      const ns = BigInt(meta.mtimeNs);
+      await sink.apply({
+        op: 'utimens',
+        path: meta.path,
+        atime: null,
+        mtime: nsToMs(ns),
+        mtimeNs: meta.mtimeNs,
+      });
+    }
     await sink.apply({ op: 'fsync', path: meta.path, datasync: true });
   }
 

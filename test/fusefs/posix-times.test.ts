@@ -1,7 +1,9 @@
+import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { waitFor } from '../helpers/mounts.js';
 import { inBoth, mountFixture, type PosixFixture, pyIn, shInOk } from '../helpers/posix.js';
+import { tempDirs } from '../helpers/server.js';
 
 // Times: utimens with one or both times (fuse-native 2.2.6 lost these; twinfs's patched build
 // delivers them), the tools that preserve times, and mtime staying put across write-back.
@@ -190,6 +192,87 @@ describe('tools that preserve times', () => {
       }
     });
   }
+});
+
+describe('utimens of a file with cached data (mirror on, write-back held back)', () => {
+  // A write-back delay no case reaches: the data stays cached until the case's fsync.
+  let mx: PosixFixture;
+  let t: Awaited<ReturnType<typeof tempDirs>>;
+  const A = 1_000_000_000_123_456_789n;
+  const M = 1_100_000_000_987_654_321n;
+  beforeAll(async () => {
+    t = await tempDirs('mirror', 'state');
+    mx = await mountFixture([
+      '--writeback-ms',
+      '600000',
+      '--mirror',
+      t.dirs.mirror!,
+      '--state-dir',
+      t.dirs.state!,
+    ]);
+  });
+  afterAll(async () => {
+    await mx?.close();
+    await t?.cleanup();
+  });
+
+  /** size, atime and mtime (ns) of a file, as `size atime mtime`. */
+  const statNs = (file: string) =>
+    pyIn(
+      path.dirname(file),
+      `import os\nst = os.stat('${path.basename(file)}')\nprint(st.st_size, st.st_atime_ns, st.st_mtime_ns)`,
+    ).then((s) => s.trim());
+  const fsyncIn = (dir: string, name: string) =>
+    pyIn(dir, `import os\nfd = os.open('${name}', os.O_WRONLY)\nos.fsync(fd)\nos.close(fd)`);
+
+  it('sets the times without writing the data back; after the write-back they are exact in primary and mirror', async () => {
+    const out = await pyIn(
+      mx.mnt,
+      `import os
+fd = os.open('cached', os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
+os.write(fd, b'y' * 100000)
+os.close(fd)
+os.utime('cached', ns=(${A}, ${M}))
+st = os.stat('cached'); print(st.st_size, st.st_atime_ns, st.st_mtime_ns)`,
+    );
+    expect(out.trim()).toBe(`100000 ${A} ${M}`);
+    // The data is still only in the cache; the primary already has the times.
+    expect(await statNs(path.join(mx.primary, 'cached'))).toBe(`0 ${A} ${M}`);
+    await fsyncIn(mx.mnt, 'cached');
+    expect(await statNs(path.join(mx.primary, 'cached'))).toBe(`100000 ${A} ${M}`);
+    expect(await statNs(path.join(mx.mnt, 'cached'))).toBe(`100000 ${A} ${M}`);
+    const mirrored = path.join(t.dirs.mirror!, 'data', 'cached');
+    expect(await waitFor(async () => (await statNs(mirrored)) === `100000 ${A} ${M}`, 10_000)).toBe(true);
+    expect(await fsp.readFile(mirrored)).toEqual(Buffer.alloc(100000, 'y'));
+  });
+
+  it('a write or a truncate after the utimens moves mtime again, and the write-back keeps what stat showed', async () => {
+    for (const [name, after] of [
+      ['then-write', "os.pwrite(fd, b'z' * 10, 5)"],
+      ['then-truncate', 'os.ftruncate(fd, 50000)'],
+    ]) {
+      const shown = await pyIn(
+        mx.mnt,
+        `import os, time
+fd = os.open('${name}', os.O_CREAT | os.O_RDWR | os.O_TRUNC, 0o644)
+os.write(fd, b'y' * 100000)
+os.utime('${name}', ns=(${A}, ${M}))
+time.sleep(0.01)
+${after}
+os.close(fd)
+st = os.stat('${name}'); print(st.st_size, st.st_atime_ns, st.st_mtime_ns)`,
+      );
+      const [, , mtime] = shown.trim().split(' ');
+      expect(mtime).not.toBe(String(M));
+      expect(Math.abs(Number(BigInt(mtime!) / 1_000_000n) - Date.now())).toBeLessThan(5000);
+      await fsyncIn(mx.mnt, name!);
+      // After the write-back: the mount and the primary agree, to the ms with what stat showed
+      // while the data was cached (a write's time is kept in ms).
+      const [, , onPrimary] = (await statNs(path.join(mx.primary, name!))).split(' ');
+      expect(await statNs(path.join(mx.mnt, name!))).toBe(await statNs(path.join(mx.primary, name!)));
+      expect(BigInt(onPrimary!) / 1_000_000n).toBe(BigInt(mtime!) / 1_000_000n);
+    }
+  });
 });
 
 describe('write-back', () => {

@@ -64,6 +64,9 @@ describe('write-back at shutdown onto a full primary: the spill journal', () => 
     expect(a.every((r) => r.ok)).toBe(true);
     const c = await runSteps(writeSteps(path.join(mnt, 'C'), 3 * MiB, 3, false));
     expect(c.every((r) => r.ok)).toBe(true);
+    // Its mtime set to the ns while the data is cached (cp -p, tar): kept through the journal.
+    const setMtime = `TZ=UTC touch -m -d '2009-09-09 09:09:09.123456789' '${path.join(mnt, 'C')}'`;
+    expect((await sh(setMtime)).code).toBe(0);
     // Now the primary's disk fills up behind the server's back.
     await fill(path.join(t.dirs.primary!, 'filler'));
 
@@ -121,6 +124,9 @@ describe('write-back at shutdown onto a full primary: the spill journal', () => 
     expect(await sha(path.join(t.dirs.primary!, 'A'))).toBe(shaOf(bytes(12 * MiB, 1)));
     // The mirror heard the replayed data too.
     expect(await sha(path.join(t.dirs.mirror!, 'data', 'C'))).toBe(want);
+    const mtimeNs = BigInt(Date.parse('2009-09-09T09:09:09Z')) * 1_000_000n + 123_456_789n;
+    for (const root of [t.dirs.primary!, path.join(t.dirs.mirror!, 'data')])
+      expect((await fsp.stat(path.join(root, 'C'), { bigint: true })).mtimeNs).toBe(mtimeNs);
     // A clean shutdown gives the reservation back.
     await expect(fsp.stat(journal)).rejects.toMatchObject({ code: 'ENOENT' });
   });

@@ -132,6 +132,39 @@ describe('mirror write-behind of namespace changes', () => {
     expect((await d.verify()).differences).toEqual([]);
   });
 
+  it('an fsync resolves with the data in the mirror; the name renamed and unlinked right behind it breaks nothing', async () => {
+    // What an fsync must keep whatever queue it goes through (its sync inside the serial queue
+    // or beside it).
+    env = await driverOnTempDirs(async (p) => fsp.writeFile(`${p}/f`, Buffer.alloc(0)));
+    const { d, P, M } = env;
+    const data = Buffer.alloc(200_000, 7);
+    await d.beforeChange('/f');
+    fs.writeFileSync(`${P}/f`, data);
+    const written = d.apply({ op: 'write', path: '/f', offset: 0, data });
+    // Not awaited: the changes behind it are queued meanwhile.
+    const synced = d.apply({ op: 'fsync', path: '/f', datasync: true });
+    await change(d, ['/f', '/g'], () => fs.renameSync(`${P}/f`, `${P}/g`), {
+      op: 'rename',
+      from: '/f',
+      path: '/g',
+    });
+    const syncedAgain = d.apply({ op: 'fsync', path: '/g', datasync: false });
+    await change(d, ['/g'], () => fs.unlinkSync(`${P}/g`), { op: 'unlink', path: '/g' });
+    await Promise.all([written, synced, syncedAgain]);
+    await d.whenIdle();
+    expect(d.status().broken).toEqual([]);
+    expect(fs.existsSync(`${M}/g`)).toBe(false);
+    // And one that stays: its bytes are in the mirror when the fsync resolves.
+    await d.beforeChange('/h');
+    fs.writeFileSync(`${P}/h`, data);
+    await d.apply({ op: 'create', path: '/h', mode: 0o100644, ...own });
+    await d.apply({ op: 'write', path: '/h', offset: 0, data });
+    await d.apply({ op: 'fsync', path: '/h', datasync: true });
+    expect(fs.readFileSync(`${M}/h`)).toEqual(data);
+    expect((await d.verify()).differences).toEqual([]);
+    expect(d.status().broken).toEqual([]);
+  });
+
   it('keeps the order of queued changes to one name (rename, unlink, a directory in its place); verify drains first', async () => {
     env = await driverOnTempDirs(async (p) => fsp.mkdir(`${p}/q`));
     const { d, P, M } = env;
