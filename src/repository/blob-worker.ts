@@ -38,13 +38,15 @@ export interface CutAnswer {
   hash?: string;
 }
 
-/** A streamed window's chunks, by offsets in the file (the bytes are the caller's windows). */
+/**
+ * A streamed window's chunks, by offsets in the file (the bytes are the caller's windows; their
+ * ids are asked for apart, `ids`, on any worker).
+ */
 export interface StreamCutAnswer {
   /** Offset in the file of the first chunk (the carried tail's start). */
   start: number;
   /** End offsets in the file of the chunks, in order. */
   ends: number[];
-  ids: string[];
   /** Offset in the file where the uncut tail starts (the file's size after its last window). */
   tail: number;
 }
@@ -109,6 +111,13 @@ export interface FilesAnswer {
   /** The files' bytes one after another (moved back). */
   data: Uint8Array;
   files: FileOutcome[];
+}
+
+/** The blob ids of chunks (views of shared memory, read only), in order. */
+export interface IdsRequest {
+  op: 'ids';
+  parts: Uint8Array[];
+  master: Uint8Array | null;
 }
 
 export interface DropRequest {
@@ -281,10 +290,10 @@ let scratch = Buffer.alloc(0);
 /**
  * The next window of a streamed file: its chunks (the tail carried from the last window
  * first), by their offsets in the file. The window (shared memory) is only read; the uncut
- * last chunk is copied into the stream's tail for the next window.
+ * last chunk is copied into the stream's tail for the next window. No ids: `ids` computes
+ * them on whichever worker is free, so that this serial pass stays short.
  */
 function cutStream(r: CutRequest, stream: number): StreamCutAnswer {
-  const keys = keysOf(r.master);
   const s = held(tails, { stream, first: r.first }, () => ({ tail: Buffer.alloc(0), at: 0 }));
   const input = asBuffer(r.data);
   const n = s.tail.length + input.length;
@@ -307,12 +316,13 @@ function cutStream(r: CutRequest, stream: number): StreamCutAnswer {
   }
   if (r.final) tails.delete(stream);
   const ends: number[] = [];
-  const ids: string[] = [];
-  for (const c of chunks) {
-    ends.push(start + c.byteOffset - data.byteOffset + c.length);
-    ids.push(keys.blobId(c));
-  }
-  return { start, ends, ids, tail: start + n - rest };
+  for (const c of chunks) ends.push(start + c.byteOffset - data.byteOffset + c.length);
+  return { start, ends, tail: start + n - rest };
+}
+
+function idsOp(r: IdsRequest): { value: string[]; transfer: ArrayBuffer[] } {
+  const keys = keysOf(r.master);
+  return { value: r.parts.map((p) => keys.blobId(asBuffer(p))), transfer: [] };
 }
 
 async function sealOp(r: SealRequest): Promise<{ value: SealAnswer; transfer: ArrayBuffer[] }> {
@@ -341,7 +351,7 @@ async function sealOp(r: SealRequest): Promise<{ value: SealAnswer; transfer: Ar
   };
 }
 
-type Request = CutRequest | HashRequest | SealRequest | FilesRequest | DropRequest;
+type Request = CutRequest | HashRequest | IdsRequest | SealRequest | FilesRequest | DropRequest;
 
 async function handle(req: Request) {
   switch (req.op) {
@@ -351,6 +361,8 @@ async function handle(req: Request) {
       return cutOp(req);
     case 'hash':
       return hashOp(req);
+    case 'ids':
+      return idsOp(req);
     case 'seal':
       return sealOp(req);
     case 'drop':
