@@ -2,7 +2,7 @@ import { createHash, type Hash } from 'node:crypto';
 import * as fs from 'node:fs';
 import { parentPort } from 'node:worker_threads';
 import { TwinError } from '../common/errors.js';
-import { type ChunkerParams, cut } from './chunker.js';
+import { type ChunkerParams, cut, cutOffsets } from './chunker.js';
 import { RepoKeys } from './crypto.js';
 import { type BlobType, buildPack, compress, type PackInfo } from './pack.js';
 import { toWire } from './worker-pool.js';
@@ -282,42 +282,41 @@ function cutOp(r: CutRequest): { value: CutAnswer | StreamCutAnswer; transfer: A
 }
 
 /**
- * The tail and the window side by side, for the chunker (reused: a window's worth of fresh
- * pages per window cost more than the copy itself).
- */
-let scratch = Buffer.alloc(0);
-
-/**
  * The next window of a streamed file: its chunks (the tail carried from the last window
- * first), by their offsets in the file. The window (shared memory) is only read; the uncut
- * last chunk is copied into the stream's tail for the next window. No ids: `ids` computes
- * them on whichever worker is free, so that this serial pass stays short.
+ * first), by their offsets in the file. The window (shared memory) is only read: the tail and
+ * the window go straight into the chunker's memory (cutOffsets), and the uncut last chunk is
+ * copied into the stream's tail for the next window. No ids: `ids` computes them on whichever
+ * worker is free, so that this serial pass stays short.
  */
 function cutStream(r: CutRequest, stream: number): StreamCutAnswer {
   const s = held(tails, { stream, first: r.first }, () => ({ tail: Buffer.alloc(0), at: 0 }));
   const input = asBuffer(r.data);
   const n = s.tail.length + input.length;
-  if (scratch.length < n) scratch = Buffer.allocUnsafeSlow(n);
-  s.tail.copy(scratch, 0);
-  input.copy(scratch, s.tail.length);
-  const data = scratch.subarray(0, n);
-  const chunks = cut(data, r.params);
+  // As cut() gives them: nothing for no bytes, one chunk up to the minimum size.
+  const offs = n === 0 ? [] : n <= r.params.min ? [n] : cutOffsets([s.tail, input], r.params);
+  const rel: number[] = [];
+  for (const o of offs) if (o > (rel.at(-1) ?? 0)) rel.push(o);
+  if (n > 0 && (rel.at(-1) ?? 0) < n) rel.push(n);
   const start = s.at;
   let rest = 0;
   if (!r.final) {
-    const tail = chunks.pop();
-    rest = tail?.length ?? 0;
-    // A tail buffer of its own (the scratch is the next window's), reused while it fits.
-    const room = s.tail.buffer.byteLength >= rest && s.tail.byteOffset === 0 ? s.tail.buffer : undefined;
-    const next = room ? Buffer.from(room, 0, rest) : Buffer.allocUnsafeSlow(rest);
-    if (tail) tail.copy(next);
+    rel.pop();
+    const from = rel.at(-1) ?? 0;
+    rest = n - from;
+    // A tail buffer of its own, reused while it fits (not when the new tail starts inside
+    // the old one: it is read from there).
+    const inOld = from < s.tail.length;
+    const room = !inOld && s.tail.buffer.byteLength >= rest && s.tail.byteOffset === 0;
+    const next = room ? Buffer.from(s.tail.buffer, 0, rest) : Buffer.allocUnsafeSlow(rest);
+    if (inOld) {
+      s.tail.copy(next, 0, from);
+      input.copy(next, s.tail.length - from);
+    } else input.copy(next, 0, from - s.tail.length);
     s.tail = next;
-    s.at = start + n - rest;
+    s.at = start + from;
   }
   if (r.final) tails.delete(stream);
-  const ends: number[] = [];
-  for (const c of chunks) ends.push(start + c.byteOffset - data.byteOffset + c.length);
-  return { start, ends, tail: start + n - rest };
+  return { start, ends: rel.map((e) => start + e), tail: start + n - rest };
 }
 
 function idsOp(r: IdsRequest): { value: string[]; transfer: ArrayBuffer[] } {
