@@ -190,7 +190,8 @@ export function repoWorkers(): WorkerPool {
  * read with blocking calls, and on a cold page cache a batch waits on the disk for most of its
  * time. In threads of their own, that wait holds neither the cut of a large file nor the seal
  * of a pack, and several batches read at once (the disk gets more than one request at a time).
- * Twice the cores, 4 to 8 (TWINFS_REPO_READERS overrides): idle threads cost no CPU.
+ * One per core, 2 to 8 (TWINFS_REPO_READERS overrides): each thread costs about 0.1 s of CPU
+ * to start and warm up, so no more of them than the cores that can run them.
  */
 export function repoReaders(): WorkerPool {
   readers ??= new WorkerPool(readerPoolSize());
@@ -200,5 +201,5 @@ export function repoReaders(): WorkerPool {
 function readerPoolSize(): number {
   const env = Number(process.env.TWINFS_REPO_READERS);
   if (Number.isInteger(env) && env > 0) return Math.min(env, 64);
-  return Math.max(4, Math.min(8, 2 * os.availableParallelism()));
+  return Math.max(2, Math.min(8, os.availableParallelism()));
 }
