@@ -30,7 +30,10 @@ const args = parseArgs(
     'tree-mib': { default: 1024, help: 'size of the tree of the volumes and speed cases' },
     only: { default: '', help: 'run one case: change, volumes or speed' },
     json: { default: false, help: 'print the results as one JSON line' },
-    warm: { default: false, help: 'speed: keep the page cache (the tree read from memory: the CPU-bound pipeline)' },
+    warm: {
+      default: false,
+      help: 'speed: keep the page cache (the tree read from memory: the CPU-bound pipeline)',
+    },
   },
   'node bench/repository.mjs [options]',
 );

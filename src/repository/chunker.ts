@@ -5,7 +5,7 @@ interface FastCdc {
   compute_chunks(source: Uint8Array, min: number, avg: number, max: number): Uint32Array;
   /** The module's WebAssembly exports (wasm-bindgen 0.2; cutParts writes into its memory). */
   __wasm: {
-    memory: WebAssembly.Memory;
+    memory: { buffer: ArrayBuffer };
     __wbindgen_malloc(n: number): number;
     __wbindgen_free(ptr: number, n: number): void;
     __wbindgen_add_to_stack_pointer(n: number): number;

@@ -1,6 +1,6 @@
 import { execFileSync } from 'node:child_process';
-import { createRequire } from 'node:module';
 import { promises as fsp } from 'node:fs';
+import { createRequire } from 'node:module';
 import * as path from 'node:path';
 import { Readable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
@@ -152,11 +152,15 @@ describe('dir repository: the worker path', () => {
     const whole = [...(fastcdc.compute_chunks(data, min, avg, max) as Uint32Array)];
     const offsets = (parts: Uint8Array[]) => [...cutOffsets(parts, DEFAULT_CHUNKER)];
     expect(offsets([data])).toEqual(whole);
-    expect(offsets([data.subarray(0, 1000), data.subarray(1000, 2 * MiB), data.subarray(2 * MiB)])).toEqual(whole);
+    expect(offsets([data.subarray(0, 1000), data.subarray(1000, 2 * MiB), data.subarray(2 * MiB)])).toEqual(
+      whole,
+    );
     // The chunks cut() makes of it end there.
-    expect(cut(data, DEFAULT_CHUNKER).map((c) => c.byteOffset + c.length)).toEqual(whole.filter((o) => o > 0));
+    expect(cut(data, DEFAULT_CHUNKER).map((c) => c.byteOffset + c.length)).toEqual(
+      whole.filter((o) => o > 0),
+    );
     // Memory handed to the chunker is freed by it: many cuts do not grow its memory.
-    const mem = () => (fastcdc.__wasm.memory as WebAssembly.Memory).buffer;
+    const mem = () => (fastcdc.__wasm.memory as { buffer: ArrayBuffer }).buffer;
     const before = mem().byteLength;
     for (let i = 0; i < 200; i++) offsets([data.subarray(0, MiB), data.subarray(MiB)]);
     expect(mem().byteLength).toBeLessThan(before + 16 * MiB);
