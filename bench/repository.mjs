@@ -30,6 +30,10 @@ const args = parseArgs(
     'tree-mib': { default: 1024, help: 'size of the tree of the volumes and speed cases' },
     only: { default: '', help: 'run one case: change, volumes or speed' },
     json: { default: false, help: 'print the results as one JSON line' },
+    warm: {
+      default: false,
+      help: 'speed: keep the page cache (the tree read from memory: the CPU-bound pipeline)',
+    },
   },
   'node bench/repository.mjs [options]',
 );
@@ -68,6 +72,20 @@ function walk(root) {
   };
   go('');
   return out;
+}
+
+/** CPU seconds of each thread of this process, by thread id. */
+function threadCpu() {
+  const out = new Map();
+  for (const tid of fs.readdirSync('/proc/self/task')) {
+    try {
+      const f = fs.readFileSync(`/proc/self/task/${tid}/stat`, 'utf8').split(') ')[1].split(' ');
+      out.set(Number(tid), (Number(f[11]) + Number(f[12])) / 100);
+    } catch {
+      // A thread that ended meanwhile.
+    }
+  }
+  return new Map([...out].sort((a, b) => a[0] - b[0]));
 }
 
 let seq = 0;
@@ -197,12 +215,20 @@ if (!args.only || args.only === 'volumes') {
 
 if (!args.only || args.only === 'speed') {
   const treeBytes = dirBytes(tree);
-  dropCaches();
+  const drop = () => (args.warm ? false : dropCaches());
+  drop();
   const { root, target } = await newRepo('repo-speed', true);
+  const threads0 = threadCpu();
   let t0 = process.hrtime.bigint();
   const cpu0 = process.cpuUsage();
   await backup(target, tree, 'vol-a');
   const twinfsS = Number(process.hrtime.bigint() - t0) / 1e9;
+  // CPU seconds of each thread during the backup (main first, then in order of creation: the
+  // runtime's, libuv's, then the repository's workers and readers), those that did any work.
+  const threads1 = threadCpu();
+  const threads = [...threads1]
+    .map(([tid, s]) => ({ tid, seconds: s - (threads0.get(tid) ?? 0) }))
+    .filter((t) => t.seconds >= 0.01);
   // CPU seconds of every thread of this process (the repository's workers included).
   const twinfsCpu = (({ user, system }) => (user + system) / 1e6)(process.cpuUsage(cpu0));
   const twinfsStored = dirBytes(root);
@@ -215,7 +241,7 @@ if (!args.only || args.only === 'speed') {
   };
   const init = spawnSync('restic', ['init', '--repo', resticRepo], { env, encoding: 'utf8' });
   if (init.status !== 0) throw new Error(`restic init: ${init.stderr}`);
-  dropCaches();
+  drop();
   t0 = process.hrtime.bigint();
   // Through bash, whose `times` gives the CPU seconds of the restic process it ran.
   const rb = spawnSync(
@@ -244,6 +270,7 @@ if (!args.only || args.only === 'speed') {
       cpuSeconds: twinfsCpu,
       MiBps: treeBytes / MiB / twinfsS,
       storedBytes: twinfsStored,
+      threads: threads.map((t) => Number(t.seconds.toFixed(2))),
     },
     restic: {
       version,
@@ -253,11 +280,12 @@ if (!args.only || args.only === 'speed') {
       storedBytes: resticStored,
     },
     ratio: resticS / twinfsS,
-    cachesDropped: dropCaches(),
+    cachesDropped: drop(),
   };
   log(
     `speed: ${fmt(treeBytes / MiB)} MiB: twinfs ${fmt(twinfsS)} s (${fmt(treeBytes / MiB / twinfsS)} MiB/s, CPU ${fmt(twinfsCpu, 2)} s), ${version.split(' ').slice(0, 2).join(' ')} ${fmt(resticS)} s (${fmt(treeBytes / MiB / resticS)} MiB/s, CPU ${fmt(resticCpu, 2)} s): ${fmt(resticS / twinfsS)}× restic's throughput`,
   );
+  log(`speed: twinfs CPU by thread (main first): ${threads.map((t) => fmt(t.seconds, 2)).join(' ')} s`);
   fs.rmSync(root, { recursive: true, force: true });
 }
 

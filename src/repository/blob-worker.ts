@@ -2,7 +2,7 @@ import { createHash, type Hash } from 'node:crypto';
 import * as fs from 'node:fs';
 import { parentPort } from 'node:worker_threads';
 import { TwinError } from '../common/errors.js';
-import { type ChunkerParams, cut } from './chunker.js';
+import { type ChunkerParams, cut, cutOffsets } from './chunker.js';
 import { RepoKeys } from './crypto.js';
 import { type BlobType, buildPack, compress, type PackInfo } from './pack.js';
 import { toWire } from './worker-pool.js';
@@ -38,13 +38,15 @@ export interface CutAnswer {
   hash?: string;
 }
 
-/** A streamed window's chunks, by offsets in the file (the bytes are the caller's windows). */
+/**
+ * A streamed window's chunks, by offsets in the file (the bytes are the caller's windows; their
+ * ids are asked for apart, `ids`, on any worker).
+ */
 export interface StreamCutAnswer {
   /** Offset in the file of the first chunk (the carried tail's start). */
   start: number;
   /** End offsets in the file of the chunks, in order. */
   ends: number[];
-  ids: string[];
   /** Offset in the file where the uncut tail starts (the file's size after its last window). */
   tail: number;
 }
@@ -109,6 +111,13 @@ export interface FilesAnswer {
   /** The files' bytes one after another (moved back). */
   data: Uint8Array;
   files: FileOutcome[];
+}
+
+/** The blob ids of chunks (views of shared memory, read only), in order. */
+export interface IdsRequest {
+  op: 'ids';
+  parts: Uint8Array[];
+  master: Uint8Array | null;
 }
 
 export interface DropRequest {
@@ -273,46 +282,46 @@ function cutOp(r: CutRequest): { value: CutAnswer | StreamCutAnswer; transfer: A
 }
 
 /**
- * The tail and the window side by side, for the chunker (reused: a window's worth of fresh
- * pages per window cost more than the copy itself).
- */
-let scratch = Buffer.alloc(0);
-
-/**
  * The next window of a streamed file: its chunks (the tail carried from the last window
- * first), by their offsets in the file. The window (shared memory) is only read; the uncut
- * last chunk is copied into the stream's tail for the next window.
+ * first), by their offsets in the file. The window (shared memory) is only read: the tail and
+ * the window go straight into the chunker's memory (cutOffsets), and the uncut last chunk is
+ * copied into the stream's tail for the next window. No ids: `ids` computes them on whichever
+ * worker is free, so that this serial pass stays short.
  */
 function cutStream(r: CutRequest, stream: number): StreamCutAnswer {
-  const keys = keysOf(r.master);
   const s = held(tails, { stream, first: r.first }, () => ({ tail: Buffer.alloc(0), at: 0 }));
   const input = asBuffer(r.data);
   const n = s.tail.length + input.length;
-  if (scratch.length < n) scratch = Buffer.allocUnsafeSlow(n);
-  s.tail.copy(scratch, 0);
-  input.copy(scratch, s.tail.length);
-  const data = scratch.subarray(0, n);
-  const chunks = cut(data, r.params);
+  // As cut() gives them: nothing for no bytes, one chunk up to the minimum size.
+  const offs = n === 0 ? [] : n <= r.params.min ? [n] : cutOffsets([s.tail, input], r.params);
+  const rel: number[] = [];
+  for (const o of offs) if (o > (rel.at(-1) ?? 0)) rel.push(o);
+  if (n > 0 && (rel.at(-1) ?? 0) < n) rel.push(n);
   const start = s.at;
   let rest = 0;
   if (!r.final) {
-    const tail = chunks.pop();
-    rest = tail?.length ?? 0;
-    // A tail buffer of its own (the scratch is the next window's), reused while it fits.
-    const room = s.tail.buffer.byteLength >= rest && s.tail.byteOffset === 0 ? s.tail.buffer : undefined;
-    const next = room ? Buffer.from(room, 0, rest) : Buffer.allocUnsafeSlow(rest);
-    if (tail) tail.copy(next);
+    rel.pop();
+    const from = rel.at(-1) ?? 0;
+    rest = n - from;
+    // A tail buffer of its own, reused while it fits (not when the new tail starts inside
+    // the old one: it is read from there).
+    const inOld = from < s.tail.length;
+    const room = !inOld && s.tail.buffer.byteLength >= rest && s.tail.byteOffset === 0;
+    const next = room ? Buffer.from(s.tail.buffer, 0, rest) : Buffer.allocUnsafeSlow(rest);
+    if (inOld) {
+      s.tail.copy(next, 0, from);
+      input.copy(next, s.tail.length - from);
+    } else input.copy(next, 0, from - s.tail.length);
     s.tail = next;
-    s.at = start + n - rest;
+    s.at = start + from;
   }
   if (r.final) tails.delete(stream);
-  const ends: number[] = [];
-  const ids: string[] = [];
-  for (const c of chunks) {
-    ends.push(start + c.byteOffset - data.byteOffset + c.length);
-    ids.push(keys.blobId(c));
-  }
-  return { start, ends, ids, tail: start + n - rest };
+  return { start, ends: rel.map((e) => start + e), tail: start + n - rest };
+}
+
+function idsOp(r: IdsRequest): { value: string[]; transfer: ArrayBuffer[] } {
+  const keys = keysOf(r.master);
+  return { value: r.parts.map((p) => keys.blobId(asBuffer(p))), transfer: [] };
 }
 
 async function sealOp(r: SealRequest): Promise<{ value: SealAnswer; transfer: ArrayBuffer[] }> {
@@ -341,7 +350,7 @@ async function sealOp(r: SealRequest): Promise<{ value: SealAnswer; transfer: Ar
   };
 }
 
-type Request = CutRequest | HashRequest | SealRequest | FilesRequest | DropRequest;
+type Request = CutRequest | HashRequest | IdsRequest | SealRequest | FilesRequest | DropRequest;
 
 async function handle(req: Request) {
   switch (req.op) {
@@ -351,6 +360,8 @@ async function handle(req: Request) {
       return cutOp(req);
     case 'hash':
       return hashOp(req);
+    case 'ids':
+      return idsOp(req);
     case 'seal':
       return sealOp(req);
     case 'drop':

@@ -145,7 +145,9 @@ export class BlobWriter {
       const data = new Uint8Array(batch.buf.buffer, 0, batch.bytes);
       const master = this.repo.keys.material();
       const out = this.spareOut.pop() ?? Buffer.from(new SharedArrayBuffer(OUT_ROOM));
-      const sealed = this.pool.run<SealAnswer>({ op: 'seal', data, blobs: batch.rows, master, out });
+      const sealed = this.pool.run<SealAnswer>({ op: 'seal', data, blobs: batch.rows, master, out }, [], {
+        cost: batch.bytes,
+      });
       const job = sealed
         .then(async (a) => {
           if (batch.buf.length === BATCH_ROOM && this.spare.length < this.ahead) this.spare.push(batch.buf);

@@ -3,6 +3,14 @@ import { createRequire } from 'node:module';
 const require = createRequire(import.meta.url);
 interface FastCdc {
   compute_chunks(source: Uint8Array, min: number, avg: number, max: number): Uint32Array;
+  /** The module's WebAssembly exports (wasm-bindgen 0.2; cutParts writes into its memory). */
+  __wasm: {
+    memory: { buffer: ArrayBuffer };
+    __wbindgen_malloc(n: number): number;
+    __wbindgen_free(ptr: number, n: number): void;
+    __wbindgen_add_to_stack_pointer(n: number): number;
+    compute_chunks(ret: number, ptr: number, len: number, min: number, avg: number, max: number): void;
+  };
 }
 let fastcdcLib: FastCdc | undefined;
 /** Loaded on the first cut (compiling its WebAssembly is no part of a run that stores nothing). */
@@ -34,4 +42,38 @@ export function cut(data: Buffer, p: ChunkerParams): Buffer[] {
   }
   if (prev < data.length) out.push(data.subarray(prev));
   return out;
+}
+
+/**
+ * The chunk end offsets of parts laid end to end (a stream's carried tail, then its next
+ * window), as compute_chunks gives them for the joined bytes: the parts are copied straight
+ * into the chunker's WebAssembly memory, never joined in a buffer of their own first (a copy
+ * per window less on the one serial pass of a large file). Mirrors the module's own
+ * compute_chunks glue (wasm-bindgen: the input is handed over and freed by the callee, the
+ * answer copied out and freed here); test/plugins/dir-workers.test.ts checks both agree.
+ */
+export function cutOffsets(parts: Uint8Array[], p: ChunkerParams): Uint32Array {
+  const w = fastcdc().__wasm;
+  let len = 0;
+  for (const part of parts) len += part.length;
+  const ret = w.__wbindgen_add_to_stack_pointer(-16);
+  try {
+    const ptr = w.__wbindgen_malloc(len);
+    // The memory may have grown in malloc: its buffer is taken after.
+    const mem = new Uint8Array(w.memory.buffer);
+    let at = ptr;
+    for (const part of parts) {
+      mem.set(part, at);
+      at += part.length;
+    }
+    w.compute_chunks(ret, ptr, len, p.min, p.avg, p.max);
+    const words = new Int32Array(w.memory.buffer, ret, 4);
+    const [r0, r1, , r3] = [words[0]!, words[1]!, words[2]!, words[3]!];
+    if (r3) throw new Error(`FastCDC refused the chunk sizes ${p.min}/${p.avg}/${p.max}`);
+    const out = new Uint32Array(w.memory.buffer, r0, r1).slice();
+    w.__wbindgen_free(r0, r1 * 4);
+    return out;
+  } finally {
+    w.__wbindgen_add_to_stack_pointer(16);
+  }
 }

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import type { CutAnswer, StreamCutAnswer } from './blob-worker.js';
+import type { CutAnswer, IdsRequest, StreamCutAnswer } from './blob-worker.js';
 import type { Repository } from './repository.js';
 import { repoWorkers, type WorkerPool } from './worker-pool.js';
 
@@ -49,7 +49,9 @@ export class ContentCutter {
     // A copy of its own, moved to the worker: the caller keeps its buffer.
     const copy = Buffer.allocUnsafeSlow(data.length);
     data.copy(copy);
-    const a = await this.pool.run<CutAnswer>(this.request(copy, true), [copy.buffer as ArrayBuffer]);
+    const a = await this.pool.run<CutAnswer>(this.request(copy, true), [copy.buffer as ArrayBuffer], {
+      cost: copy.length,
+    });
     return { hash: a.hash!, blobs: blobsOf(a) };
   }
 
@@ -61,12 +63,16 @@ export class ContentCutter {
   }
 
   /**
-   * A streamed file, in windows of shared memory: one worker cuts them in order (it keeps the
-   * uncut tail), another hashes them in order (it keeps the running SHA-256), side by side,
-   * while the next window is read; at most AHEAD windows wait there. Each window's chunks are
-   * handed to `take` in content order, one window after the other, as views of the windows
-   * themselves (nothing is copied back from the workers): they are valid until `take`
-   * resolves, then the windows are reused for the next ones.
+   * A streamed file, in windows of shared memory, in three passes that run side by side on the
+   * workers while the next window is read (at most AHEAD windows wait there):
+   * - one worker cuts the windows in order (FastCDC only; it keeps the uncut tail),
+   * - another hashes them in order (it keeps the running SHA-256 of the file),
+   * - the blob ids of each window's chunks (a SHA-256 each, keyed in an encrypted repository)
+   *   are computed by whichever worker has the least work queued (`ids`, no state): the cut
+   *   alone is the one serial pass left per file, a fraction of the per-byte CPU.
+   * Each window's chunks are handed to `take` in content order, one window after the other, as
+   * views of the windows themselves (nothing is copied back from the workers): they are valid
+   * until `take` resolves, then the windows are reused for the next ones.
    */
   async stream(
     source: AsyncIterable<Buffer>,
@@ -77,6 +83,7 @@ export class ContentCutter {
     const cutter = this.pool.pick();
     const hasher = (cutter + 1) % this.pool.size;
     const stream = ++streamSeq;
+    const master = this.repo.keys.material();
     const steps: Array<Promise<string | null>> = [];
     let last: Promise<unknown> = Promise.resolve();
     /** Windows sent and still needed (a chunk of theirs not handed to `take` yet), in order. */
@@ -91,15 +98,33 @@ export class ContentCutter {
       held.push({ buf: win, start: size - fill, end: size });
       const cut = this.pool.run<StreamCutAnswer>(this.request(view, final, { id: stream, first }), [], {
         worker: cutter,
+        cost: fill,
       });
       const hashed = this.pool.run<string | null>({ op: 'hash', data: view, stream, first, final }, [], {
         worker: hasher,
+        cost: fill,
       });
-      cut.catch(() => undefined);
+      // Answers of one worker come in order: the chunks of this window are sliced before the
+      // next window's are, and before a step releases the windows they lie in (those end
+      // before the window's tail, which starts after every chunk of this answer).
+      const chunked = cut.then(async (a) => {
+        const blobs = slices(held, a);
+        if (blobs.length === 0) return { a, blobs };
+        let bytes = 0;
+        for (const b of blobs) bytes += b.data.length;
+        const ids = await this.pool.run<string[]>(
+          { op: 'ids', parts: blobs.map((b) => b.data), master } satisfies IdsRequest,
+          [],
+          { cost: bytes },
+        );
+        for (const [i, b] of blobs.entries()) b.id = ids[i]!;
+        return { a, blobs };
+      });
+      chunked.catch(() => undefined);
       hashed.catch(() => undefined);
       const step = last.then(async () => {
-        const a = await cut;
-        await take(slices(held, a));
+        const { a, blobs } = await chunked;
+        await take(blobs);
         const hash = await hashed;
         // Windows wholly before the uncut tail are read by no one any more.
         while (held.length > 0 && (final || held[0]!.end <= a.tail)) {
@@ -158,19 +183,20 @@ const SPARE = 8;
 
 /**
  * The chunks of a streamed window's answer, as views of the windows that hold them (a chunk
- * across two windows, at most one per window, is copied into a buffer of its own).
+ * across two windows, at most one per window, is copied into shared memory of its own, so that
+ * the worker computing its id reads it in place too). Their ids are filled in by the caller.
  */
 function slices(held: Window[], a: StreamCutAnswer): Blob[] {
   const out: Blob[] = [];
   let start = a.start;
   let w = 0;
-  for (const [i, end] of a.ends.entries()) {
+  for (const end of a.ends) {
     while (held[w]!.end <= start) w++;
     const first = held[w]!;
     let data: Buffer;
     if (end <= first.end) data = first.buf.subarray(start - first.start, end - first.start);
     else {
-      data = Buffer.allocUnsafe(end - start);
+      data = Buffer.from(new SharedArrayBuffer(end - start));
       let at = 0;
       for (let k = w; at < data.length; k++) {
         const h = held[k]!;
@@ -180,7 +206,7 @@ function slices(held: Window[], a: StreamCutAnswer): Blob[] {
         at += to - from;
       }
     }
-    out.push({ id: a.ids[i]!, data });
+    out.push({ id: '', data });
     start = end;
   }
   return out;

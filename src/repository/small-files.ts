@@ -1,7 +1,7 @@
 import type { FileOutcome, FilesAnswer, FilesRequest } from './blob-worker.js';
 import type { Blob } from './content-cutter.js';
 import type { Repository } from './repository.js';
-import { repoWorkers, type WorkerPool } from './worker-pool.js';
+import { repoReaders, type WorkerPool } from './worker-pool.js';
 
 /** A batch goes to a worker at this many files, or this many bytes, or when the thread idles. */
 export const BATCH_FILES = 16;
@@ -19,7 +19,8 @@ interface Waiting {
 }
 
 /**
- * Reads small files of the mirror in the repository's worker threads, a batch at a time
+ * Reads small files of the mirror in the repository's reader threads (repoReaders: apart from
+ * the threads that cut large files and seal packs), a batch at a time
  * (blob-worker.ts, `files`): one message per batch instead of an open, fstat, read, fstat and
  * close through the thread pool per file on the JS thread, and the file's SHA-256, chunks and
  * blob ids computed in the same worker as the read. Requests made while the thread is busy
@@ -32,7 +33,7 @@ export class SmallFileReader {
 
   constructor(
     private readonly repo: Repository,
-    private readonly pool: WorkerPool = repoWorkers(),
+    private readonly pool: WorkerPool = repoReaders(),
   ) {}
 
   /**
@@ -59,13 +60,15 @@ export class SmallFileReader {
     const batch = this.queue;
     this.queue = [];
     this.bytes = 0;
+    let cost = 0;
+    for (const w of batch) cost += w.file.size;
     const req = {
       op: 'files',
       files: batch.map((w) => w.file),
       params: this.repo.config.chunker,
       master: this.repo.keys.material(),
     } satisfies FilesRequest;
-    this.pool.run<FilesAnswer>(req).then(
+    this.pool.run<FilesAnswer>(req, [], { cost }).then(
       (a) => {
         const data = Buffer.from(a.data.buffer, a.data.byteOffset, a.data.byteLength);
         for (const [i, w] of batch.entries()) w.resolve(outcome(a.files[i]!, data));

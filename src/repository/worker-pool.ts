@@ -31,8 +31,10 @@ interface Pending {
 
 interface Slot {
   worker: Worker;
-  pending: Map<number, Pending>;
+  pending: Map<number, Pending & { cost: number }>;
   dead: boolean;
+  /** Bytes of the work it holds (the `cost` of its pending requests). */
+  load: number;
 }
 
 /**
@@ -59,15 +61,22 @@ export class WorkerPool {
   }
 
   /**
-   * Runs a request on a worker (round robin, or the one `worker` names: 0..size-1) and resolves
-   * with its answer. `transfer` lists ArrayBuffers moved, not copied, to the worker.
+   * Runs a request on a worker (the one `worker` names: 0..size-1, else the least loaded) and
+   * resolves with its answer. `transfer` lists ArrayBuffers moved, not copied, to the worker;
+   * `cost` (bytes the request works on) counts in the worker's load until it answers.
    */
-  run<T>(req: WorkerRequest, transfer: ArrayBuffer[] = [], opts: { worker?: number } = {}): Promise<T> {
-    const i = opts.worker ?? this.pick();
+  run<T>(
+    req: WorkerRequest,
+    transfer: ArrayBuffer[] = [],
+    opts: { worker?: number; cost?: number } = {},
+  ): Promise<T> {
+    const i = opts.worker ?? this.idlest();
     const slot = this.slot(i % this.slots.length);
     const id = ++this.seq;
+    const cost = opts.cost ?? 0;
     return new Promise<T>((resolve, reject) => {
-      slot.pending.set(id, { resolve: resolve as (v: unknown) => void, reject });
+      slot.pending.set(id, { resolve: resolve as (v: unknown) => void, reject, cost });
+      slot.load += cost;
       if (slot.pending.size === 1) slot.worker.ref();
       slot.worker.postMessage({ id, ...req }, transfer);
     });
@@ -77,6 +86,31 @@ export class WorkerPool {
   pick(): number {
     this.next = (this.next + 1) % this.slots.length;
     return this.next;
+  }
+
+  /**
+   * The worker with the least work queued (bytes of its pending requests, then their number;
+   * round robin among equals): work any worker can do goes where it starts soonest, so that a
+   * worker busy cutting a large file does not also get the next pack to seal.
+   */
+  idlest(): number {
+    const n = this.slots.length;
+    let best = -1;
+    let bestLoad = Number.POSITIVE_INFINITY;
+    let bestCount = Number.POSITIVE_INFINITY;
+    for (let k = 1; k <= n; k++) {
+      const i = (this.next + k) % n;
+      const s = this.slots[i];
+      const load = s && !s.dead ? s.load : 0;
+      const count = s && !s.dead ? s.pending.size : 0;
+      if (load < bestLoad || (load === bestLoad && count < bestCount)) {
+        best = i;
+        bestLoad = load;
+        bestCount = count;
+      }
+    }
+    this.next = best;
+    return best;
   }
 
   /** The live worker threads (for tests that provoke a crash). */
@@ -94,12 +128,13 @@ export class WorkerPool {
     if (cur && !cur.dead) return cur;
     const worker = new Worker(workerFile());
     worker.unref();
-    const slot: Slot = { worker, pending: new Map(), dead: false };
+    const slot: Slot = { worker, pending: new Map(), dead: false, load: 0 };
     this.slots[i] = slot;
     worker.on('message', (m: { id: number; ok: boolean; value?: unknown; error?: WireError }) => {
       const p = slot.pending.get(m.id);
       if (!p) return;
       slot.pending.delete(m.id);
+      slot.load -= p.cost;
       if (slot.pending.size === 0) worker.unref();
       if (m.ok) p.resolve(m.value);
       else p.reject(fromWire(m.error));
@@ -110,6 +145,7 @@ export class WorkerPool {
       if (this.slots[i] === slot) this.slots[i] = undefined;
       const held = [...slot.pending.values()];
       slot.pending.clear();
+      slot.load = 0;
       for (const p of held)
         p.reject(new TwinError('ETWIN_REPO_WORKER', `a repository worker thread ${why}`, { reason: why }));
     };
@@ -144,9 +180,29 @@ function fromWire(e: WireError | undefined): Error {
 }
 
 let shared: WorkerPool | undefined;
+let readers: WorkerPool | undefined;
 
 /** The process's pool (created on first use). */
 export function repoWorkers(): WorkerPool {
   shared ??= new WorkerPool();
   return shared;
+}
+
+/**
+ * The process's pool for small files (blob-worker.ts, `files`), apart from repoWorkers(): those
+ * read with blocking calls, and on a cold page cache a batch waits on the disk for most of its
+ * time. In threads of their own, that wait holds neither the cut of a large file nor the seal
+ * of a pack, and several batches read at once (the disk gets more than one request at a time).
+ * One per core, 2 to 8 (TWINFS_REPO_READERS overrides): each thread costs about 0.1 s of CPU
+ * to start and warm up, so no more of them than the cores that can run them.
+ */
+export function repoReaders(): WorkerPool {
+  readers ??= new WorkerPool(readerPoolSize());
+  return readers;
+}
+
+function readerPoolSize(): number {
+  const env = Number(process.env.TWINFS_REPO_READERS);
+  if (Number.isInteger(env) && env > 0) return Math.min(env, 64);
+  return Math.max(2, Math.min(8, os.availableParallelism()));
 }

@@ -1,5 +1,6 @@
 import { execFileSync } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
+import { createRequire } from 'node:module';
 import * as path from 'node:path';
 import { Readable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
@@ -7,6 +8,7 @@ import { EntryCopier } from '../../src/backup-peer/entry-copier.js';
 import { MirrorReader } from '../../src/backup-peer/mirror-source.js';
 import type { ManifestEntry } from '../../src/backup-peer/target.js';
 import { BlobWriter } from '../../src/repository/blob-writer.js';
+import { cut, cutOffsets, DEFAULT_CHUNKER } from '../../src/repository/chunker.js';
 import { ContentCutter, WINDOW } from '../../src/repository/content-cutter.js';
 import { checkRepository } from '../../src/repository/index.js';
 import { looksIncompressible } from '../../src/repository/pack.js';
@@ -25,6 +27,7 @@ import {
 import { dirRepositoryFixture } from './plugin-fixtures.js';
 
 const MiB = 1024 * 1024;
+const require = createRequire(import.meta.url);
 
 /**
  * The repository's write path on worker threads (worker-pool.ts, blob-worker.ts): real worker
@@ -118,6 +121,49 @@ describe('dir repository: the worker path', () => {
     }
     await w2.abort();
     expect((await checkRepository(t.repo, { readData: 1 })).problems).toEqual([]);
+  });
+
+  it('work any worker can do goes to the one with the least queued: not to a worker still holding a large window', async () => {
+    const dir = await fx.tmp();
+    process.env.TWINFS_PASSWORD = 'worker test';
+    const t = await open(`dir:${dir}/r`);
+    await firstSnapshot(t, pseudoRandom(MiB, 6));
+    const data = pseudoRandom(300_000, 9);
+    const p = pool(2);
+    // Worker 0 holds a cut of 64 MiB (its cost counts until it answers).
+    const held = p.run({ op: 'drop', stream: 1 }, [], { worker: 0, cost: 64 * MiB });
+    expect([p.idlest(), p.idlest(), p.idlest()]).toEqual([1, 1, 1]);
+    // Chunk ids asked of any worker: worker 1 (the least loaded) computes them, keyed.
+    const ids = p.run<string[]>({ op: 'ids', parts: [data], master: t.repo.keys.material() }, [], {
+      cost: data.length,
+    });
+    expect(p.idlest()).toBe(1);
+    expect(p.threads().length).toBe(2);
+    expect(await ids).toEqual([t.repo.keys.blobId(data)]);
+    await held;
+    // Both idle: round robin between them.
+    expect(new Set([p.idlest(), p.idlest()])).toEqual(new Set([0, 1]));
+  });
+
+  it("the chunker's cut of parts laid end to end gives compute_chunks' offsets of the joined bytes, and frees the memory it takes", () => {
+    const fastcdc = require('@dstanesc/wasm-chunking-fastcdc-node');
+    const data = pseudoRandom(3 * MiB + 4321, 41);
+    const { min, avg, max } = DEFAULT_CHUNKER;
+    const whole = [...(fastcdc.compute_chunks(data, min, avg, max) as Uint32Array)];
+    const offsets = (parts: Uint8Array[]) => [...cutOffsets(parts, DEFAULT_CHUNKER)];
+    expect(offsets([data])).toEqual(whole);
+    expect(offsets([data.subarray(0, 1000), data.subarray(1000, 2 * MiB), data.subarray(2 * MiB)])).toEqual(
+      whole,
+    );
+    // The chunks cut() makes of it end there.
+    expect(cut(data, DEFAULT_CHUNKER).map((c) => c.byteOffset + c.length)).toEqual(
+      whole.filter((o) => o > 0),
+    );
+    // Memory handed to the chunker is freed by it: many cuts do not grow its memory.
+    const mem = () => (fastcdc.__wasm.memory as { buffer: ArrayBuffer }).buffer;
+    const before = mem().byteLength;
+    for (let i = 0; i < 200; i++) offsets([data.subarray(0, MiB), data.subarray(MiB)]);
+    expect(mem().byteLength).toBeLessThan(before + 16 * MiB);
   });
 
   it('cuts a streamed file exactly as the whole content is cut, whatever the window edges', async () => {
