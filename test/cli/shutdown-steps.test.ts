@@ -4,6 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isMounted, unmountAll } from '../helpers/mounts.js';
 import { shOk } from '../helpers/proc.js';
 import { type ServerHandle, startServer, tempDirs } from '../helpers/server.js';
+import { PluginSandbox } from '../plugins/plugin-fixtures.js';
 
 /**
  * The shutdown's steps that hold no data (control channel, backup service, plugins, SMB) are
@@ -12,31 +13,21 @@ import { type ServerHandle, startServer, tempDirs } from '../helpers/server.js';
  */
 describe('twinfs serve: a shutdown step that never ends is left behind, the volume still written back', () => {
   let t: Awaited<ReturnType<typeof tempDirs>>;
+  let plugins: PluginSandbox;
   let srv: ServerHandle | undefined;
   beforeAll(async () => {
-    t = await tempDirs('primary', 'mnt', 'plugins', 'user-plugins', 'plugin-state', 'state');
-    const dir = path.join(t.dirs.plugins!, 'never-stops');
-    await fsp.mkdir(dir, { recursive: true });
-    await fsp.writeFile(
-      path.join(dir, 'package.json'),
-      JSON.stringify({
-        name: 'never-stops',
-        version: '1.0.0',
-        type: 'module',
-        main: 'index.js',
-        engines: { twinfs: '^1.0.0' },
-        activationEvents: ['onStartup'],
-      }),
-    );
-    await fsp.writeFile(
-      path.join(dir, 'index.js'),
-      'export function activate() {}\nexport function deactivate() { return new Promise(() => {}); }\n',
-    );
+    t = await tempDirs('primary', 'mnt', 'state');
+    plugins = await PluginSandbox.create();
+    await plugins.write({
+      name: 'never-stops',
+      code: 'export function activate() {}\nexport function deactivate() { return new Promise(() => {}); }\n',
+    });
   });
   afterAll(async () => {
     await srv?.kill().catch(() => undefined);
     await unmountAll(t.dirs.mnt!);
     await t?.cleanup();
+    await plugins?.cleanup();
   });
 
   it('SIGTERM: the plugins step is left after its bound, the data written back, the volume unmounted, exit 0', async () => {
@@ -47,7 +38,7 @@ describe('twinfs serve: a shutdown step that never ends is left behind, the volu
       // Plugins run with the control channel (they hear its backups' events).
       args: [
         '--plugin-dir',
-        t.dirs.plugins!,
+        path.join(plugins.root, 'plugins'),
         '--control',
         '127.0.0.1:0',
         '--state-dir',
@@ -57,8 +48,8 @@ describe('twinfs serve: a shutdown step that never ends is left behind, the volu
       ],
       env: {
         ...process.env,
-        TWINFS_PLUGIN_PATH: t.dirs['user-plugins'],
-        TWINFS_PLUGIN_STATE: t.dirs['plugin-state'],
+        TWINFS_PLUGIN_PATH: path.join(plugins.root, 'none'),
+        TWINFS_PLUGIN_STATE: plugins.storageRoot,
       },
     });
     await shOk(`printf 'kept through a stuck plugin' > '${t.dirs.mnt}/f'`, { timeoutMs: 10_000 });
