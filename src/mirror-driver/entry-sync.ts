@@ -90,15 +90,42 @@ export async function syncEntry(
     if (mst && opts.ranges) bytesCopied = await copyRanges(primary, mirror, opts.ranges, size, opts.cut);
     else if (mst && opts.compare) bytesCopied = await copyDiff(primary, mirror, size);
     else {
-      // Whole file: copy_file_range (or a reflink) in the kernel.
-      await fsp.copyFile(primary, mirror);
-      bytesCopied = size;
+      bytesCopied = await copyWholeFile(primary, mirror, Number(pst.mode) & 0o7777);
     }
   } else if (!mst) {
     await mknod(mirror, Number(pst.mode), Number(pst.rdev));
   }
   await syncMeta(primary, mirror, pst, !mst);
   return separated ? { bytesCopied, separated } : { bytesCopied };
+}
+
+/**
+ * The whole file, read until its end, with the source's permission bits (not fs.copyFile: libuv's copy loop spins for ever when the
+ * source shrinks under it, its copy_file_range returning 0 with bytes still "to send" — the
+ * primary runs ahead of the mirror's queue, so a truncate can land mid-copy; a stress run hung
+ * on it with one thread at 100%). The mirror file is truncated first and gets what was read;
+ * a change that shrank or grew the primary meanwhile is queued and applied after this.
+ */
+export async function copyWholeFile(primary: string, mirror: string, mode: number): Promise<number> {
+  const src = await fsp.open(primary, 'r');
+  let dst: fsp.FileHandle | undefined;
+  let copied = 0;
+  try {
+    dst = await fsp.open(mirror, 'w', mode);
+    // The source's permission bits, as fs.copyFile gave them (the umask applies to a new file).
+    await dst.chmod(mode);
+    const buf = Buffer.allocUnsafe(CHUNK);
+    for (;;) {
+      const { bytesRead } = await src.read(buf, 0, CHUNK, copied);
+      if (bytesRead === 0) break;
+      await writeFull(dst, buf.subarray(0, bytesRead), copied);
+      copied += bytesRead;
+    }
+  } finally {
+    await src.close();
+    await dst?.close();
+  }
+  return copied;
 }
 
 async function copyRanges(
