@@ -415,7 +415,7 @@ export class VolumeOps {
       const change = { op: 'write' as const, path: node.path, offset: pos, data };
       if (!locked || node.nameless || this.sink.applyAlongside === undefined) {
         await writeFdAll(node.fd, data, pos);
-        if (!node.nameless) await this.sink.apply({ ...change, path: node.path });
+        if (!node.nameless) await this.sink.apply(change);
         return data.length;
       }
       // Primary and mirror written at once. Both are waited for, also when the primary failed:
@@ -456,7 +456,7 @@ export class VolumeOps {
 
   async fsync(path: string, datasync: boolean, fh: number): Promise<void> {
     const handled = this.handles.get(fh);
-    const node = handled ?? (await this.nodeOf(path));
+    const node = handled ?? this.nodeNow(path);
     if (!node) {
       // No cached state: make the primary file durable anyway.
       const fd = await this.paths.at([path], (b) => openFd(b, fs.constants.O_RDONLY, 0));
@@ -495,7 +495,7 @@ export class VolumeOps {
     const pass = await this.gate.enter(path);
     let ino: number | undefined;
     try {
-      const node = await this.nodeOf(path);
+      const node = this.nodeNow(path);
       ino = node?.ino;
       if (node) {
         // A reference for the duration: a write-back finishing meanwhile would otherwise close
@@ -847,10 +847,6 @@ export class VolumeOps {
     if (node.refs > 0 || node.isDirty) return;
     node.refs++;
     await this.cache.unref(node);
-  }
-
-  private async nodeOf(path: string): Promise<FileNode | undefined> {
-    return this.nodeNow(path);
   }
 
   /** The cache's node of a regular file's path, if it has one. */

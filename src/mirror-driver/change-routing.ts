@@ -48,15 +48,7 @@ export class ChangeRouter {
 
   apply(c: Change): Promise<void> {
     if (this.c.disposed) return Promise.resolve();
-    this.c.lastLiveAt = Date.now();
-    this.c.changes.note(c);
-    // A report renews its path's intent: one intent covers a whole write-back, whose runs reach
-    // the primary one after the other, each reported after it landed. Checkpoints drop intents
-    // idle for INTENT_IDLE_MS (they once aged from the first run: a write-back taking longer
-    // lost its intent while later runs were on the primary and not yet reported).
-    const now = Date.now();
-    if (this.c.intents.has(c.path)) this.c.intents.set(c.path, now);
-    if ('from' in c && this.c.intents.has(c.from)) this.c.intents.set(c.from, now);
+    this.noteReport(c);
     const routed = this.c.queue.push(() => this.route(c));
     // Write-behind for namespace and metadata changes: queued in the primary's order (the queue
     // position is all that orders them against later changes, splits and verify), answered before
@@ -81,8 +73,7 @@ export class ChangeRouter {
    */
   applyAlongside(c: Change & { op: 'write' }, primary: Promise<void>): Promise<void> {
     if (this.c.disposed) return primary.catch(() => undefined);
-    this.c.lastLiveAt = Date.now();
-    this.c.changes.note(c);
+    this.noteReport(c);
     return this.c.queue.push(async () => {
       try {
         await this.route(c, primary);
@@ -91,6 +82,21 @@ export class ChangeRouter {
         await primary.catch(() => undefined);
       }
     });
+  }
+
+  /**
+   * What every report does before it is queued: the change record, liveness, and the renewal of
+   * its paths' intents. One intent covers a whole write-back, whose runs reach the primary one
+   * after the other, each reported after it landed; checkpoints drop intents idle for
+   * INTENT_IDLE_MS (they once aged from the first run: a write-back taking longer lost its
+   * intent while later runs were on the primary and not yet reported).
+   */
+  private noteReport(c: Change): void {
+    const now = Date.now();
+    this.c.lastLiveAt = now;
+    this.c.changes.note(c);
+    if (this.c.intents.has(c.path)) this.c.intents.set(c.path, now);
+    if ('from' in c && this.c.intents.has(c.from)) this.c.intents.set(c.from, now);
   }
 
   /** The primary's file at p has one name (a truncate of it copies no times by path at once). */
@@ -130,7 +136,7 @@ export class ChangeRouter {
 
   /** One change, in its turn in the queue: tracked by the splits that hold it, or applied. */
   private async route(c: Change, primary?: Promise<void>): Promise<void> {
-    // Whether the primary's write (applyAlongside) succeeded; waited for on every way out.
+    // Whether the primary's write (applyAlongside) succeeded.
     let primaryOk = true;
     const primaryDone = primary?.then(
       () => undefined,
@@ -139,11 +145,9 @@ export class ChangeRouter {
       },
     );
     await this.c.links.note(c, this.c.primary);
-    if (await this.c.splitter.track(c)) {
-      // Tracked: the resync copies the range from the primary, whatever the write left there.
-      await primaryDone;
-      return;
-    }
+    // Tracked: the resync copies the range from the primary, whatever the write left there.
+    // (applyAlongside waits for the primary's write on every way out of here.)
+    if (await this.c.splitter.track(c)) return;
     if ((c.op === 'rename' || c.op === 'link') && this.c.broken.paths.size > 0)
       this.c.broken.followBroken(c.from, c.path, c.op === 'rename');
     if (this.c.broken.isBroken(c.path)) {
@@ -155,7 +159,6 @@ export class ChangeRouter {
           c.from,
           Object.assign(new Error(`renamed onto the broken pair ${c.path}`), { code: 'EIO' }),
         );
-      await primaryDone;
       return;
     }
     try {
