@@ -37,6 +37,11 @@ export interface SyncOptions {
    * when the names were linked again).
    */
   separate?: boolean;
+  /**
+   * A mirror file with other names gets a file of its own whatever the link counts (see
+   * Resyncer.syncUnsynced): the caller cannot tell which file it is.
+   */
+  alone?: boolean;
 }
 
 /**
@@ -71,7 +76,13 @@ export async function syncEntry(
   // rename over it reached the primary, not yet the mirror), or its names are not the same:
   // writing into it would change its other names too. The name gets a file of its own.
   let separated = false;
-  if (opts.separate && mst?.isFile() && mst.nlink > 1 && pst.isFile() && Number(pst.nlink) !== mst.nlink) {
+  if (
+    (opts.separate || opts.alone) &&
+    mst?.isFile() &&
+    mst.nlink > 1 &&
+    pst.isFile() &&
+    (opts.alone || Number(pst.nlink) !== mst.nlink)
+  ) {
     await fsp.unlink(mirror);
     mst = undefined;
     separated = pst.nlink > 1n;

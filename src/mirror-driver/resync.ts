@@ -255,7 +255,14 @@ export class Resyncer {
     return moved.sort();
   }
 
-  /** Syncs entries a resync could not (they had moved on the primary) where they are now. */
+  /**
+   * Syncs entries a resync could not (they had moved on the primary) where they are now. The
+   * mirror's entry is the file the resync left there; the primary's may be another one, renamed
+   * over the name while the resync ran and reported only after it (queued behind removeGone):
+   * a mirror file with other names is never written in place (that gave them the other file's
+   * content, the late-report form of stress seed 3110) but gets a file of its own, whose names
+   * on the primary are linked to it again (relinkIfWanted).
+   */
   async syncUnsynced(paths: string[]): Promise<void> {
     for (const p of paths) {
       if (this.c.heldUnder(p)) {
@@ -263,7 +270,7 @@ export class Resyncer {
         continue;
       }
       try {
-        const r = await this.c.copyWhole(p, { compare: true });
+        const r = await this.c.copyWhole(p, { compare: true, alone: true });
         this.c.stats.resyncBytes += r.bytesCopied;
       } catch (err) {
         // Moved on again: the change that did it is queued and carries on from there.

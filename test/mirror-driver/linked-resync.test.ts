@@ -180,40 +180,62 @@ describe('resync of files with several names', () => {
     expect((await d.verify()).differences).toEqual([]);
   });
 
-  it('a name a held rename gave a hard-linked file, replaced on the primary during the resync, is not copied into the shared copy (stress seed 3110)', async () => {
+  /**
+   * Under a volume split, data through /a and the other name renamed (/b -> /r): held, and /r has
+   * no tracked data of its own, so the resync copies it whole. The race, injected (its timing
+   * cannot be provoked for real here): the writer renames /f (with `fNames` names) over /r on
+   * the primary while the resync runs, after its first copy and before it reaches /r. Its report
+   * reaches the queue `report`: during the resync (queued behind it), or after the resync
+   * ended (queued behind the removal of the names it found gone). The mirror's /r is one file
+   * with /a: copying the primary's /r (now /f's file) into it gave /a another file's content.
+   */
+  async function replaceHeldRename(report: 'during' | 'after', fNames: 1 | 2): Promise<void> {
     await fsp.writeFile(`${P}/f`, randomBytes(50_000));
     await d.apply({ op: 'create', path: '/f', mode: 0o100644, uid: 0, gid: 0 });
     await d.apply({ op: 'write', path: '/f', offset: 0, data: await fsp.readFile(`${P}/f`) });
+    if (fNames === 2) {
+      await fsp.link(`${P}/f`, `${P}/g`);
+      await d.apply({ op: 'link', from: '/f', path: '/g' });
+    }
     const s = await d.split({ volume: true });
-    // Under the split: data through /a, and the other name renamed (/b -> /r): held, and /r has
-    // no tracked data of its own, so the resync copies it whole.
     await write('/a', 0, 1000);
     await fsp.rename(`${P}/b`, `${P}/r`);
     await d.apply({ op: 'rename', from: '/b', path: '/r' });
-    // The race, injected (its timing cannot be provoked for real here): the writer renames /f
-    // over /r on the primary while the resync runs, before it reaches /r, and reports it (queued
-    // behind the resync). The mirror's /r is one file with /a: copying the primary's /r (now
-    // /f's file) into it gave /a another file's content.
     const core = (d as unknown as { c: { copyWhole: (p: string, o?: unknown) => Promise<unknown> } }).c;
     const copyWhole = core.copyWhole.bind(core);
+    let renamed = false;
     let reported: Promise<void> | undefined;
     core.copyWhole = async (p, o) => {
       const r = await copyWhole(p, o);
-      if (!reported) {
+      if (!renamed) {
+        renamed = true;
         await fsp.rename(`${P}/f`, `${P}/r`);
-        reported = d.apply({ op: 'rename', from: '/f', path: '/r' });
+        if (report === 'during') reported = d.apply({ op: 'rename', from: '/f', path: '/r' });
       }
       return r;
     };
     await d.resync(s.splitId);
     core.copyWhole = copyWhole;
-    expect(reported).toBeDefined();
+    expect(renamed).toBe(true);
+    if (report === 'after') reported = d.apply({ op: 'rename', from: '/f', path: '/r' });
     await reported;
     await d.whenIdle();
-    expect(await sha(`${M}/a`)).toBe(await sha(`${P}/a`));
-    expect(await sha(`${M}/r`)).toBe(await sha(`${P}/r`));
+    for (const n of ['a', 'r']) expect(await sha(`${M}/${n}`)).toBe(await sha(`${P}/${n}`));
+    expect((await fsp.stat(`${M}/a`)).ino).not.toBe((await fsp.stat(`${M}/r`)).ino);
+    if (fNames === 2) expect((await fsp.stat(`${M}/g`)).ino).toBe((await fsp.stat(`${M}/r`)).ino);
     expect((await d.verify()).differences).toEqual([]);
+  }
+
+  it('a name a held rename gave a hard-linked file, replaced on the primary during the resync, is not copied into the shared copy (stress seed 3110)', async () => {
+    await replaceHeldRename('during', 1);
   });
+
+  it.each([1, 2] as const)(
+    'the same, with the replacing rename (of a file with %i name(s)) reported only after the resync ended: the removal of gone names does not copy into the shared copy',
+    async (fNames) => {
+      await replaceHeldRename('after', fNames);
+    },
+  );
 
   it('a comparison that finds another file under a name of a hard-linked mirror file replaces that name, never writes into the shared copy (stress seed 502)', async () => {
     await fsp.writeFile(`${P}/f`, randomBytes(3000));
