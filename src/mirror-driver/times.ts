@@ -68,7 +68,13 @@ export class MirrorTimes {
 
   /** Data writes move the mirror's mtime; copy the primary's so the pair matches. */
   async sync(p: string): Promise<void> {
-    if (!this.pending.delete(p)) return;
+    if (!this.pending.has(p)) return;
+    // A split holds it: its copy keeps its frozen times. Kept pending (its resync copies them
+    // anyway). A copy noted before the split whose name was gone from the primary then (its
+    // rename on the way, and held: route moves no times for it) met a new file under that name
+    // here and gave the split copy that file's times.
+    if (this.c.isHeld(p)) return;
+    this.pending.delete(p);
     const st = await fsp.lstat(this.c.primary + p, { bigint: true }).catch(() => undefined);
     if (st) {
       try {

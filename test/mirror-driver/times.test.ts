@@ -82,6 +82,32 @@ describe('mirror times', () => {
     expect(await mtimeNs(`${M}/b`)).toBe(MTIME);
   });
 
+  it('a pending copy of a name whose rename a split holds does not change the split copy (held renames route no time move)', async () => {
+    await write('/a', 100);
+    // The primary runs ahead: /a renamed before the split, reported after it (held). The split's
+    // copy of the pending times finds /a gone and keeps it pending.
+    await fsp.rename(`${P}/a`, `${P}/x`);
+    const s = await d.split({ paths: ['/a', '/x'] });
+    await d.apply({ op: 'rename', from: '/a', path: '/x' });
+    const frozen = await mtimeNs(`${M}/a`);
+    // A new /a under the split, with other times; then a change the split does not hold, after
+    // which the pending copies run.
+    const data = randomBytes(100);
+    await fsp.writeFile(`${P}/a`, data);
+    setTimesNs(`${P}/a`, ATIME + 7n, MTIME + 7n);
+    await d.apply({ op: 'create', path: '/a', mode: 0o100644, uid: 0, gid: 0 });
+    await d.apply({ op: 'write', path: '/a', offset: 0, data });
+    await fsp.writeFile(`${P}/z`, '');
+    await d.apply({ op: 'create', path: '/z', mode: 0o100644, uid: 0, gid: 0 });
+    await d.whenIdle();
+    expect(await mtimeNs(`${M}/a`)).toBe(frozen);
+    await d.resync(s.splitId);
+    await d.whenIdle();
+    expect(await mtimeNs(`${M}/a`)).toBe(MTIME + 7n);
+    expect(await mtimeNs(`${M}/x`)).toBe(MTIME);
+    expect((await d.verify()).differences).toEqual([]);
+  });
+
   it('a write through a name of a file with several names copies the times before its next change', async () => {
     await fsp.link(`${P}/a`, `${P}/c`);
     await d.apply({ op: 'link', from: '/a', path: '/c' });
