@@ -106,7 +106,12 @@ export class Reconciler {
       if (!all?.includes(p) || !first?.isFile()) return false;
       done.add(key);
       for (const q of all) {
-        if (q === p || this.c.heldUnder(q)) continue;
+        if (q === p) continue;
+        if (this.c.heldUnder(q)) {
+          // Linked when the split lets go (its resync), or the names stayed two files.
+          for (const s of this.c.splits.values()) if (s.coversUnder(q)) s.relinkAfter.add(p);
+          continue;
+        }
         const mst = await lstatOrUndefined(this.c.layout.data + q);
         if (mst?.ino === first.ino) continue;
         this.c.writer.forget(q, false);

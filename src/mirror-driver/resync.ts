@@ -167,6 +167,19 @@ export class Resyncer {
         this.c.broken.markBroken(t, err as NodeJS.ErrnoException);
       }
     }
+    // Names healed alone while this split held another name of their file: copied again (each
+    // copy missed the changes that went to the other) and their names linked to that copy.
+    for (const p of s.relinkAfter) {
+      if (stillHeld(p)) continue;
+      try {
+        const r = await this.c.copyWhole(p, { compare: true });
+        bytes += r.bytesCopied;
+        this.c.relinkNames.add(p);
+      } catch (err) {
+        if (!HEAL_CODES.has((err as NodeJS.ErrnoException).code ?? ''))
+          this.c.broken.markBroken(p, err as NodeJS.ErrnoException);
+      }
+    }
     await this.c.reconciler.relinkIfWanted(`resync of ${s.id}`);
     this.c.stats.resyncBytes += bytes;
     // Replayed and copied entries moved their directories' times (the split's own included).

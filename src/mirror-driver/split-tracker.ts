@@ -81,6 +81,12 @@ export class SplitTracker {
    * need the changes. The resync then compares the whole volume (the only way to find them).
    */
   lostLinks = false;
+  /**
+   * Names healed as a copy of their own while this split held another name of their file
+   * (Reconciler.relinkIndexed leaves held names alone): the resync copies them again and links
+   * their names to that copy, or they stayed separate files in the mirror for good.
+   */
+  readonly relinkAfter = new Set<string>();
   /** The change record's generation at the split (unset for splits recovered from the journal). */
   generation?: { log: string; generation: number };
   private readonly paths: Set<string>;
