@@ -67,6 +67,8 @@ export function createFuseHandlers(ops: VolumeOps, opts: AdapterOptions): Record
   return {
     init: (cb: Cb) => cb(0),
     getattr: (path: string, cb: Cb) => tryCall('getattr', cb, () => ops.getattr(path), value('getattr', cb)),
+    fgetattr: (path: string | null, fh: number, cb: Cb) =>
+      tryCall('fgetattr', cb, () => ops.fgetattr(fh, path), value('fgetattr', cb)),
     access: (path: string, mode: number, cb: Cb) =>
       tryCall('access', cb, () => ops.access(path, mode), status('access', cb)),
     // A listing with attributes (readdirplus) answers cb(0, names, stats).
@@ -92,22 +94,25 @@ export function createFuseHandlers(ops: VolumeOps, opts: AdapterOptions): Record
     },
     read: (_path: string, fh: number, buf: Buffer, len: number, pos: number, cb: Cb) =>
       byteCount('read', cb, () => ops.read(fh, buf, len, pos)),
-    write: (path: string, fh: number, buf: Buffer, len: number, pos: number, cb: Cb) => {
+    // The operations on an open file get a null path when the file has none any more (its
+    // directory was removed while a hidden name of it was the last entry: VolumeOps.rmdir); they
+    // work by the handle.
+    write: (path: string | null, fh: number, buf: Buffer, len: number, pos: number, cb: Cb) => {
       const writepage = opts.context()?.writepage === true;
-      byteCount('write', cb, () => ops.write(fh, buf, len, pos, path, writepage));
+      byteCount('write', cb, () => ops.write(fh, buf, len, pos, path ?? undefined, writepage));
     },
     flush: (_path: string, fh: number, cb: Cb) =>
       tryCall('flush', cb, () => ops.flush(fh), status('flush', cb)),
     release: (_path: string, fh: number, cb: Cb) =>
       tryCall('release', cb, () => ops.release(fh), status('release', cb)),
-    fsync: (path: string, datasync: number | boolean, fh: number, cb: Cb) =>
+    fsync: (path: string | null, datasync: number | boolean, fh: number, cb: Cb) =>
       tryCall('fsync', cb, () => ops.fsync(path, Boolean(datasync), fh), status('fsync', cb)),
     fsyncdir: (path: string, _datasync: number | boolean, _fh: number, cb: Cb) =>
       tryCall('fsyncdir', cb, () => ops.fsyncdir(path), status('fsyncdir', cb)),
     truncate: (path: string, size: number, cb: Cb) =>
       tryCall('truncate', cb, () => ops.truncate(path, size), status('truncate', cb)),
-    ftruncate: (path: string, fh: number, size: number, cb: Cb) =>
-      tryCall('ftruncate', cb, () => ops.ftruncate(fh, size, path), status('ftruncate', cb)),
+    ftruncate: (path: string | null, fh: number, size: number, cb: Cb) =>
+      tryCall('ftruncate', cb, () => ops.ftruncate(fh, size, path ?? undefined), status('ftruncate', cb)),
     unlink: (path: string, cb: Cb) => tryCall('unlink', cb, () => ops.unlink(path), status('unlink', cb)),
     rmdir: (path: string, cb: Cb) => tryCall('rmdir', cb, () => ops.rmdir(path), status('rmdir', cb)),
     mkdir: (path: string, mode: number, cb: Cb) => {

@@ -47,6 +47,11 @@ export class HiddenRenames {
   }
 }
 
+/** Is this directory entry's name one of libfuse's hidden names? */
+export function isHiddenEntry(name: string): boolean {
+  return HIDDEN_NAME.test(name);
+}
+
 function isHiddenName(from: string, to: string): boolean {
   const parent = parentOf(to);
   return parentOf(from) === parent && HIDDEN_NAME.test(to.slice(parent === '/' ? 1 : parent.length + 1));

@@ -5,7 +5,7 @@ import { mknod } from '../posix/mknod.js';
 import { nsToMs, setTimesNs } from '../posix/set-times.js';
 import { type ChangeSink, nullSink, type WriteGate } from './change-sink.js';
 import { errnoError } from './errno.js';
-import { HiddenRenames } from './hidden-renames.js';
+import { HiddenRenames, isHiddenEntry } from './hidden-renames.js';
 import type { KernelNames } from './kernel-names.js';
 import { OpenNames } from './open-names.js';
 import { parentOf, type VolumePaths } from './volume-paths.js';
@@ -141,12 +141,22 @@ export class VolumeOps {
     return out;
   }
 
+  /**
+   * getattr through a handle: by the path while there is one, else (a file whose path is gone,
+   * see dropHiddenNames) by the cache's descriptor of the open file.
+   */
+  async fgetattr(fh: number, path: string | null): Promise<VolumeStat> {
+    if (path !== null) return this.getattr(path);
+    const node = this.handle(fh);
+    return this.statOf(fs.fstatSync(node.fd, { bigint: true }));
+  }
+
   /** What getattr answers for a volume path: the primary's attributes, cached writes included. */
-  private statOf(path: string): VolumeStat {
+  private statOf(path: string | fs.BigIntStats): VolumeStat {
     // bigint: the times in whole ns, so a stat through the mount shows exactly the primary's
     // (Node's Date fields round to the ms, which can even move a time into the next second).
     // Synchronous: see lstatNow.
-    const st = this.paths.at([path], lstatNow);
+    const st = typeof path === 'string' ? this.paths.at([path], lstatNow) : path;
     const out: VolumeStat = {
       mode: Number(st.mode),
       uid: Number(st.uid),
@@ -454,10 +464,13 @@ export class VolumeOps {
     await this.cache.unref(node);
   }
 
-  async fsync(path: string, datasync: boolean, fh: number): Promise<void> {
+  async fsync(path: string | null, datasync: boolean, fh: number): Promise<void> {
     const handled = this.handles.get(fh);
-    const node = handled ?? this.nodeNow(path);
+    // (No path: a handle whose file has none left, see dropHiddenNames.)
+    if (path === null && !handled) throw errnoError('EBADF');
+    const node = handled ?? this.nodeNow(path!);
     if (!node) {
+      if (path === null) throw errnoError('EBADF');
       // No cached state: make the primary file durable anyway.
       const fd = await this.paths.at([path], (b) => openFd(b, fs.constants.O_RDONLY, 0));
       try {
@@ -533,27 +546,31 @@ export class VolumeOps {
   // ---- namespace ----------------------------------------------------------------------------
 
   async unlink(path: string): Promise<void> {
-    await this.guarded([path], async () => {
-      const st = this.paths.at([path], (b) => fs.lstatSync(b));
-      const node = (st.mode & S_IFMT) === S_IFREG ? this.cache.get(st.ino) : undefined;
-      // Another name keeps the inode alive: its cached data must be reported under a path that
-      // still exists. A name known to be the same file takes it over in the unlink's own
-      // synchronous step (the data stays cached); with none known, it is written back first.
-      const keeper = node?.isDirty && st.nlink > 1 ? this.otherNameNow(node, st, path) : undefined;
-      if (node?.isDirty && st.nlink > 1 && keeper === undefined) await this.cache.flush(node);
-      this.paths.at([path], (b) => fs.unlinkSync(b));
-      if (node && keeper !== undefined) node.path = keeper;
-      this.kernelNames?.remove(path);
-      this.hides.removed(path);
-      // No name left: nothing of it may be reported from here on (a flush in flight included).
-      if (node && st.nlink <= 1) node.nameless = true;
-      await this.sink.apply({ op: 'unlink', path });
-      if (node && st.nlink <= 1) await this.cache.discard(node);
-      else if (node) {
-        if (node.path === path) await this.renameNode(node, st);
-        await this.releaseIfIdle(node);
-      }
-    });
+    await this.guarded([path], () => this.unlinkNow(path));
+  }
+
+  /** unlink(2) on the primary, reported; the caller holds the gate passes (see guarded). */
+  private async unlinkNow(path: string): Promise<void> {
+    const st = this.paths.at([path], (b) => fs.lstatSync(b));
+    const node = (st.mode & S_IFMT) === S_IFREG ? this.cache.get(st.ino) : undefined;
+    // Another name keeps the inode alive: its cached data must be reported under a path that
+    // still exists. A name known to be the same file takes it over in the unlink's own
+    // synchronous step (the data stays cached); with none known, it is written back first.
+    const keeper = node?.isDirty && st.nlink > 1 ? this.otherNameNow(node, st, path) : undefined;
+    if (node?.isDirty && st.nlink > 1 && keeper === undefined) await this.cache.flush(node);
+    this.paths.at([path], (b) => fs.unlinkSync(b));
+    if (node && keeper !== undefined) node.path = keeper;
+    this.kernelNames?.remove(path);
+    this.hides.removed(path);
+    // No name left: nothing of it may be reported from here on (a flush in flight included).
+    if (node && st.nlink <= 1) node.nameless = true;
+    await this.sink.apply({ op: 'unlink', path });
+    // Still open (a hidden name dropped by rmdir): its handles keep reading and writing it.
+    if (node && st.nlink <= 1 && node.refs === 0) await this.cache.discard(node);
+    else if (node) {
+      if (node.path === path) await this.renameNode(node, st);
+      await this.releaseIfIdle(node);
+    }
   }
 
   /**
@@ -580,9 +597,39 @@ export class VolumeOps {
 
   async rmdir(path: string): Promise<void> {
     await this.guarded([path], async () => {
-      await this.paths.at([path], (b) => fsp.rmdir(b));
+      try {
+        await this.paths.at([path], (b) => fsp.rmdir(b));
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ENOTEMPTY' || !(await this.dropHiddenNames(path)))
+          throw err;
+        await this.paths.at([path], (b) => fsp.rmdir(b));
+      }
       await this.sink.apply({ op: 'rmdir', path });
     });
+  }
+
+  /**
+   * rmdir met a directory whose entries are all libfuse's hidden names: files unlinked while
+   * open, which high-level libfuse renames to `.fuse_hidden…` and removes at the last release
+   * (waiting for that here deadlocks: libfuse holds the directory's path lock for the RMDIR, and
+   * the release's unlink waits for it). For the application they are gone, so rmdir succeeds
+   * (as on ext4): the names are unlinked now, and the open handles keep reading and writing the
+   * file through the cache's descriptor (libfuse passes them a null path once the directory is
+   * gone: the native patch sets nullpath_ok). False (nothing done) when anything else is there.
+   */
+  private async dropHiddenNames(dir: string): Promise<boolean> {
+    const names = await this.paths.at([dir], (b) => fsp.readdir(b));
+    const paths = names.map((n) => (dir === '/' ? `/${n}` : `${dir}/${n}`));
+    if (
+      !names.every(isHiddenEntry) ||
+      paths.some((p) => ((this.lstatIfAny(p)?.mode ?? 0) & S_IFMT) !== S_IFREG)
+    )
+      return false;
+    for (const p of paths) {
+      await this.sink.beforeChange?.(p);
+      await this.unlinkNow(p);
+    }
+    return true;
   }
 
   async mkdir(path: string, mode: number, ctx: CallerContext | undefined): Promise<void> {

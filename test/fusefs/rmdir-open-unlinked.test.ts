@@ -1,0 +1,107 @@
+import { promises as fsp } from 'node:fs';
+import * as path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { PYTHON, shIn } from '../helpers/posix.js';
+import { type MirroredVolume, mirroredVolume } from '../helpers/server.js';
+
+/**
+ * rmdir(2) of a directory whose last file is unlinked while another process still has it open
+ * succeeds, and that process keeps reading and writing the file through its descriptor until it
+ * closes it (as on ext4). High-level libfuse renames such a file to `.fuse_hidden…` instead of
+ * unlinking it (removed at the last release), so the directory was not empty for the filesystem
+ * and the rmdir failed with ENOTEMPTY (stress seeds 2809, 2910, 3200). Each case runs in a child
+ * process, in a plain directory (the oracle) and through the mount; the mirror never holds a
+ * `.fuse_hidden` name.
+ */
+
+// mkdir d; d/f written; a holder process opens d/f; d/f unlinked; rmdir d; the holder then
+// writes, reads back and fstats through its descriptor, and closes it.
+const SCRIPT = `
+import json, os, subprocess, sys
+os.mkdir(sys.argv[1]); os.chdir(sys.argv[1])
+os.mkdir('d')
+with open('d/f', 'w') as fh: fh.write('data\\n')
+holder = subprocess.Popen([sys.executable, '-c', '''
+import os, sys
+fd = os.open("d/f", os.O_RDWR)
+print("open", flush=True)
+sys.stdin.readline()
+out = {}
+def op(name, f):
+    try:
+        r = f()
+        if r is not None: out[name] = r
+    except OSError as e:
+        out[name] = e.strerror
+op("write", lambda: os.pwrite(fd, b"more\\\\n", 5) and None)
+op("read", lambda: os.pread(fd, 100, 0).decode())
+op("size", lambda: os.fstat(fd).st_size)
+op("fsync", lambda: os.fsync(fd))
+op("close", lambda: os.close(fd))
+print(__import__("json").dumps(out), flush=True)
+'''], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+assert holder.stdout.readline().strip() == 'open'
+os.unlink('d/f')
+out = {}
+try:
+    os.rmdir('d')
+    out['rmdir'] = 'ok'
+except OSError as e:
+    out['rmdir'] = e.strerror
+out['listing'] = sorted(os.listdir('.'))
+holder.stdin.write('go\\n'); holder.stdin.flush()
+out['holder'] = json.loads(holder.stdout.readline())
+holder.wait()
+print(json.dumps(out))
+`;
+
+async function rmdirOpenUnlinked(dir: string, name: string): Promise<Record<string, unknown>> {
+  const r = await shIn(dir, `${PYTHON} - ${name}`, { input: SCRIPT, timeoutMs: 60_000 });
+  if (r.code !== 0) throw new Error(`script in ${dir} exited ${r.code}:\n${r.stderr}${r.stdout}`);
+  return JSON.parse(r.stdout) as Record<string, unknown>;
+}
+
+/** Every name under dir (recursively) that libfuse's hiding made. */
+async function hiddenNames(dir: string): Promise<string[]> {
+  const all = (await fsp.readdir(dir, { recursive: true })) as string[];
+  return all.filter((n) => path.basename(n).startsWith('.fuse_hidden'));
+}
+
+for (const libfuse of [2, 3] as const) {
+  describe(`rmdir of a directory whose file is unlinked while open (libfuse${libfuse})`, () => {
+    let v: MirroredVolume;
+    beforeAll(async () => {
+      v = await mirroredVolume({
+        extraDirs: ['plain'],
+        args: ['--fuse', String(libfuse)],
+        timeoutMs: 60_000,
+      });
+      await v.start();
+    });
+    afterAll(async () => {
+      await v?.close();
+    });
+
+    it('succeeds, and the open file stays readable and writable until closed', async () => {
+      const plain = await rmdirOpenUnlinked(v.dirs.plain!, 'x');
+      expect(plain).toEqual({ rmdir: 'ok', listing: [], holder: { read: 'data\nmore\n', size: 10 } });
+      const mounted = await rmdirOpenUnlinked(v.dirs.mnt!, 'x');
+      // Not fstat: the kernel asks for the attributes of the inode without the handle, and
+      // high-level libfuse has no path for it once its directory is gone (ENOENT, or ESTALE on
+      // libfuse3). docs/reliability.md, "rmdir of a directory holding .fuse_hidden names".
+      delete (mounted.holder as Record<string, unknown>).size;
+      delete (plain.holder as Record<string, unknown>).size;
+      expect(mounted).toEqual(plain);
+      expect(await fsp.readdir(path.join(v.dirs.primary!, 'x'))).toEqual([]);
+    });
+
+    it('the mirror holds the same, and no hidden name', async () => {
+      expect(await v.stopServer()).toBe(0);
+      expect(await fsp.readdir(path.join(v.dirs.mirror!, 'data', 'x'))).toEqual([]);
+      expect(await hiddenNames(path.join(v.dirs.mirror!, 'data'))).toEqual([]);
+      const { code, report } = await v.verify();
+      expect(report).toMatchObject({ ok: true });
+      expect(code).toBe(0);
+    });
+  });
+}
