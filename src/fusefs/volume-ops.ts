@@ -609,13 +609,14 @@ export class VolumeOps {
   }
 
   /**
-   * rmdir met a directory whose entries are all libfuse's hidden names: files unlinked while
-   * open, which high-level libfuse renames to `.fuse_hidden…` and removes at the last release
-   * (waiting for that here deadlocks: libfuse holds the directory's path lock for the RMDIR, and
-   * the release's unlink waits for it). For the application they are gone, so rmdir succeeds
-   * (as on ext4): the names are unlinked now, and the open handles keep reading and writing the
-   * file through the cache's descriptor (libfuse passes them a null path once the directory is
-   * gone: the native patch sets nullpath_ok). False (nothing done) when anything else is there.
+   * rmdir met a directory (or a directory rename is about to replace one) whose entries are all
+   * libfuse's hidden names: files unlinked while open, which high-level libfuse renames to
+   * `.fuse_hidden…` and removes at the last release (waiting for that here deadlocks: libfuse
+   * holds the directory's path lock for the RMDIR, and the release's unlink waits for it). For
+   * the application they are gone, so rmdir succeeds (as on ext4): the names are unlinked now,
+   * and the open handles keep reading and writing the file through the cache's descriptor
+   * (libfuse passes them a null path once the directory is gone: the native patch sets
+   * nullpath_ok). False (nothing done) when anything else is there.
    */
   private async dropHiddenNames(dir: string): Promise<boolean> {
     const names = await this.paths.at([dir], (b) => fsp.readdir(b));
@@ -681,6 +682,9 @@ export class VolumeOps {
       // Two names of one file: POSIX rename does nothing, and neither the mirror nor the change
       // record may see a rename (f would be gone there).
       if (src && dest && sameFile(src, dest)) return;
+      // A directory renamed over one whose entries are all hidden names: they go first, as for
+      // rmdir (dropHiddenNames).
+      if (isDir(src) && isDir(dest)) await this.dropHiddenNames(to);
       if (src && !dest && hiddenAs !== undefined) {
         const hidden = this.lstatIfAny(hiddenAs);
         if (hidden && sameFile(src, hidden)) {
@@ -1025,6 +1029,10 @@ function fchownFd(fd: number, uid: number, gid: number): Promise<void> {
  */
 function lstatNow(p: string): fs.BigIntStats {
   return fs.lstatSync(p, { bigint: true });
+}
+
+function isDir(st: fs.Stats | undefined): boolean {
+  return st !== undefined && (st.mode & S_IFMT) === S_IFDIR;
 }
 
 function sameFile(a: fs.Stats, b: fs.Stats): boolean {

@@ -14,8 +14,9 @@ import { type MirroredVolume, mirroredVolume } from '../helpers/server.js';
  * `.fuse_hidden` name.
  */
 
-// mkdir d; d/f written; a holder process opens d/f; d/f unlinked; rmdir d; the holder then
-// writes, reads back and fstats through its descriptor, and closes it.
+// mkdir d; d/f written; a holder process opens d/f; d/f unlinked; rmdir d (or a directory e
+// renamed over d); the holder then writes, reads back and fstats through its descriptor, and
+// closes it.
 const SCRIPT = `
 import json, os, subprocess, sys
 os.mkdir(sys.argv[1]); os.chdir(sys.argv[1])
@@ -42,24 +43,32 @@ print(__import__("json").dumps(out), flush=True)
 '''], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 assert holder.stdout.readline().strip() == 'open'
 os.unlink('d/f')
+if sys.argv[2] == 'rename':
+    os.mkdir('e')
+    with open('e/kept', 'w') as fh: fh.write('kept\\n')
 out = {}
 try:
-    os.rmdir('d')
-    out['rmdir'] = 'ok'
+    if sys.argv[2] == 'rename': os.rename('e', 'd')
+    else: os.rmdir('d')
+    out['done'] = 'ok'
 except OSError as e:
-    out['rmdir'] = e.strerror
-out['listing'] = sorted(os.listdir('.'))
+    out['done'] = e.strerror
+out['listing'] = sorted(os.path.join(r, n) for r, ds, fs in os.walk('.') for n in ds + fs)
 holder.stdin.write('go\\n'); holder.stdin.flush()
 out['holder'] = json.loads(holder.stdout.readline())
 holder.wait()
 print(json.dumps(out))
 `;
 
-async function rmdirOpenUnlinked(dir: string, name: string): Promise<Record<string, unknown>> {
-  const r = await shIn(dir, `${PYTHON} - ${name}`, { input: SCRIPT, timeoutMs: 60_000 });
+async function rmdirOpenUnlinked(dir: string, name: string, op: Op): Promise<Record<string, unknown>> {
+  const r = await shIn(dir, `${PYTHON} - ${name} ${op}`, { input: SCRIPT, timeoutMs: 60_000 });
   if (r.code !== 0) throw new Error(`script in ${dir} exited ${r.code}:\n${r.stderr}${r.stdout}`);
   return JSON.parse(r.stdout) as Record<string, unknown>;
 }
+
+/** rmdir of the directory, or rename of another directory over it. */
+type Op = 'rmdir' | 'rename';
+const OPS: Op[] = ['rmdir', 'rename'];
 
 /** Every name under dir (recursively) that libfuse's hiding made. */
 async function hiddenNames(dir: string): Promise<string[]> {
@@ -82,22 +91,27 @@ for (const libfuse of [2, 3] as const) {
       await v?.close();
     });
 
-    it('succeeds, and the open file stays readable and writable until closed', async () => {
-      const plain = await rmdirOpenUnlinked(v.dirs.plain!, 'x');
-      expect(plain).toEqual({ rmdir: 'ok', listing: [], holder: { read: 'data\nmore\n', size: 10 } });
-      const mounted = await rmdirOpenUnlinked(v.dirs.mnt!, 'x');
+    it.each(OPS)('%s succeeds, and the open file stays readable and writable until closed', async (op) => {
+      const plain = await rmdirOpenUnlinked(v.dirs.plain!, op, op);
+      expect(plain).toEqual({
+        done: 'ok',
+        listing: op === 'rename' ? ['./d', './d/kept'] : [],
+        holder: { read: 'data\nmore\n', size: 10 },
+      });
+      const mounted = await rmdirOpenUnlinked(v.dirs.mnt!, op, op);
       // Not fstat: the kernel asks for the attributes of the inode without the handle, and
       // high-level libfuse has no path for it once its directory is gone (ENOENT, or ESTALE on
       // libfuse3). docs/reliability.md, "rmdir of a directory holding .fuse_hidden names".
       delete (mounted.holder as Record<string, unknown>).size;
       delete (plain.holder as Record<string, unknown>).size;
       expect(mounted).toEqual(plain);
-      expect(await fsp.readdir(path.join(v.dirs.primary!, 'x'))).toEqual([]);
+      expect(await fsp.readdir(path.join(v.dirs.primary!, op))).toEqual(op === 'rename' ? ['d'] : []);
     });
 
     it('the mirror holds the same, and no hidden name', async () => {
       expect(await v.stopServer()).toBe(0);
-      expect(await fsp.readdir(path.join(v.dirs.mirror!, 'data', 'x'))).toEqual([]);
+      expect(await fsp.readdir(path.join(v.dirs.mirror!, 'data', 'rmdir'))).toEqual([]);
+      expect(await fsp.readdir(path.join(v.dirs.mirror!, 'data', 'rename', 'd'))).toEqual(['kept']);
       expect(await hiddenNames(path.join(v.dirs.mirror!, 'data'))).toEqual([]);
       const { code, report } = await v.verify();
       expect(report).toMatchObject({ ok: true });
