@@ -1,6 +1,7 @@
 import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import Datastore from 'nedb-promises';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { Catalog } from '../../src/backup-peer/catalog.js';
 import { planForget } from '../../src/backup-peer/forget.js';
@@ -360,5 +361,34 @@ describe('catalog deltas', () => {
       expect((await c.get(id(CHAIN)))?.entriesBase).toBeUndefined();
       expect(strip((await c.entries(id(CHAIN))) as any)).toEqual(want);
     });
+  });
+  it('a session takes the snapshots this process loaded while the file is as it left it, and loads again after another writer', async () => {
+    const file = path.join(dir, 'snapshots.db');
+    const ino = async () => (await fsp.stat(file)).ino;
+    const ids = () => Catalog.with(dir, async (c) => (await c.list()).map((s) => s.id).sort());
+    await Catalog.with(dir, (c) => c.begin(rec('s-1', 1000)));
+    const first = await ino();
+    // Not loaded again: nedb's load writes the file anew (a new inode) every time.
+    expect(await ids()).toEqual(['s-1']);
+    expect(await ino()).toBe(first);
+    // Another writer's load (compaction) and insert, and an append of a row as nedb writes it.
+    const other = Datastore.create({ filename: file });
+    await other.load();
+    await other.insert({ ...rec('s-2', 2000), _id: 's-2', state: 'complete' });
+    expect(await ids()).toEqual(['s-1', 's-2']);
+    await fsp.appendFile(file, `${JSON.stringify({ ...rec('s-3', 3000), _id: 's-3', state: 'complete' })}\n`);
+    expect(await ids()).toEqual(['s-1', 's-2', 's-3']);
+    const loaded = await ino();
+    expect(await ids()).toEqual(['s-1', 's-2', 's-3']);
+    expect(await ino()).toBe(loaded);
+    // After a failed session the next loads the file again.
+    await expect(
+      Catalog.with(dir, async (c) => {
+        await c.begin(rec('s-4', 4000));
+        throw new Error('failed on purpose');
+      }),
+    ).rejects.toThrow('failed on purpose');
+    expect(await ids()).toEqual(['s-1', 's-2', 's-3', 's-4']);
+    expect(await ino()).not.toBe(loaded);
   });
 });
