@@ -391,4 +391,41 @@ describe('catalog deltas', () => {
     expect(await ids()).toEqual(['s-1', 's-2', 's-3', 's-4']);
     expect(await ino()).not.toBe(loaded);
   });
+  it('entries are read as nedb loads the file (last line of an _id wins, $$deleted removes), and the read writes nothing', async () => {
+    const id = '20250101T000000Z-bbbbbb';
+    await Catalog.with(dir, async (c) => {
+      await c.begin(rec(id, 1000));
+      await c.complete(
+        id,
+        [
+          { path: '/b', type: 'file', size: 1, mode: 0o644, uid: 0, gid: 0, mtime: 1, hash: 'h1' },
+          { path: '/a', type: 'dir', size: 0, mode: 0o755, uid: 0, gid: 0, mtime: 1 },
+        ],
+        emptyTotals(),
+      );
+    });
+    const file = (await fsp.readdir(path.join(dir, 'entries'))).find((f) => f.endsWith('.db'))!;
+    const abs = path.join(dir, 'entries', file);
+    const rows = (await fsp.readFile(abs, 'utf8'))
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l));
+    const a = rows.find((r) => r.path === '/a');
+    const b = rows.find((r) => r.path === '/b');
+    await fsp.appendFile(
+      abs,
+      `${JSON.stringify({ $$deleted: true, _id: a._id })}\n${JSON.stringify({ ...b, size: 7 })}\n{"$$indexCreated":{"fieldName":"path"}}\n`,
+    );
+    const before = await fsp.stat(abs);
+    const read = await Catalog.with(dir, (c) => c.entries(id));
+    const after = await fsp.stat(abs);
+    expect([after.ino, after.mtimeMs, after.size]).toEqual([before.ino, before.mtimeMs, before.size]);
+    expect(read.map((e) => [e.path, e.size])).toEqual([['/b', 7]]);
+    // What nedb itself loads from the same lines (a copy: its load rewrites the file).
+    await fsp.copyFile(abs, `${abs}.copy`);
+    const nedb = Datastore.create({ filename: `${abs}.copy` });
+    await nedb.load();
+    const docs = (await nedb.find({})) as Array<{ path: string; size: number }>;
+    expect(docs.map((d) => [d.path, d.size])).toEqual([['/b', 7]]);
+  });
 });
