@@ -94,10 +94,7 @@ function compileWithCache(cacheDir: string): void {
       return original.call(this, content, filename);
     }
     const key = `${process.version} ${process.arch} ${filename} ${st.size} ${st.mtimeMs}`;
-    const file = path.join(
-      cacheDir,
-      `${path.basename(filename)}.${crypto.createHash('sha1').update(filename).digest('hex').slice(0, 16)}`,
-    );
+    const file = path.join(cacheDir, cacheName(filename, crypto));
     const cachedData = readCache(file, key, crypto, (state) => say(filename, state));
     // The shebang line of the entry is a comment inside the function wrapper (columns kept).
     const source = content.startsWith('#!') ? `//${content.slice(2)}` : content;
@@ -122,7 +119,33 @@ function compileWithCache(cacheDir: string): void {
         say(source, `not written (${(err as Error).message})`);
       }
     }
+    if (toWrite.length > 0) prune(cacheDir, crypto, (f) => say(f, 'removed (its bundle file is gone)'));
   });
+}
+
+/** A bundle file's cache file: its name and a hash of its path (installed bundles differ). */
+function cacheName(filename: string, crypto: typeof import('node:crypto')): string {
+  return `${path.basename(filename)}.${crypto.createHash('sha1').update(filename).digest('hex').slice(0, 16)}`;
+}
+
+/**
+ * Removes the cache files of this bundle's files that a build removed (chunk names carry a
+ * hash of their content: each build that changes one leaves its old cache behind otherwise);
+ * those of other installed bundles stay. Run when the cache was written.
+ */
+function prune(cacheDir: string, crypto: typeof import('node:crypto'), say: (file: string) => void): void {
+  try {
+    for (const name of fs.readdirSync(cacheDir)) {
+      const m = /^(.+\.cjs)\.[0-9a-f]{16}$/.exec(name);
+      if (!m) continue;
+      const source = path.join(BUNDLE_DIR, m[1]!);
+      if (cacheName(source, crypto) !== name || fs.existsSync(source)) continue;
+      fs.rmSync(path.join(cacheDir, name), { force: true });
+      say(source);
+    }
+  } catch {
+    // The cache is an optimisation: nothing of it fails a command.
+  }
 }
 
 /** The V8 data of a cache file of this key; undefined (state said) when there is none. */

@@ -45,7 +45,7 @@ function parts(buf: Buffer) {
 describe('the code cache of the CLI bundle', () => {
   let t: Awaited<ReturnType<typeof tempDirs>>;
   beforeAll(async () => {
-    t = await tempDirs('fresh', 'broken', 'rejected');
+    t = await tempDirs('fresh', 'broken', 'rejected', 'pruned');
   });
   afterAll(async () => {
     await t?.cleanup();
@@ -102,6 +102,24 @@ describe('the code cache of the CLI bundle', () => {
     expect((await version(dir)).states).toEqual(['rejected', 'written']);
     expect(parts(await fsp.readFile(main)).data.equals(foreignData)).toBe(false);
     expect((await version(dir)).states).toEqual(['used']);
+  });
+
+  it('a start that writes the cache removes the caches of files its bundle no longer has, not those of another bundle', async () => {
+    const dir = t.dirs.pruned!;
+    await version(dir);
+    const main = await cacheFile(dir, 'main.cjs.');
+    // What an earlier build left: a chunk this bundle has no more, cached under its own path's
+    // hash; and a chunk of the same name of a bundle installed elsewhere (another hash).
+    const bundleDir = path.join(ROOT, 'dist', 'cli-bundle');
+    const gone = `old-chunk-AAAAAAAA.cjs.${createHash('sha1').update(path.join(bundleDir, 'old-chunk-AAAAAAAA.cjs')).digest('hex').slice(0, 16)}`;
+    const elsewhere = `old-chunk-AAAAAAAA.cjs.${'0'.repeat(16)}`;
+    for (const f of [gone, elsewhere]) await fsp.writeFile(path.join(dir, 'code', f), 'x');
+    await fsp.rm(main);
+    const { r } = await version(dir);
+    expect(r.stderr).toMatch(/code cache old-chunk-AAAAAAAA\.cjs: removed/);
+    const left = await fsp.readdir(path.join(dir, 'code'));
+    expect(left).not.toContain(gone);
+    expect(left).toContain(elsewhere);
   });
 
   it('a cache directory that cannot be written fails nothing', async () => {
