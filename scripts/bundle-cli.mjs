@@ -1,20 +1,26 @@
 #!/usr/bin/env node
 // Bundles the CLI (dist/cli/main.js and every module it imports, dynamically too) into
-// dist/cli-bundle/: the entry main.js plus one chunk per dynamic import, so that a command loads
-// a few files instead of ~300. Node 20 resolves an ES module with a stat and a URL conversion
+// dist/cli-bundle/: the entry main.cjs plus one chunk per dynamic import, so that a command loads
+// a few files instead of ~300. CommonJS (.cjs: the package is "type": "module"), so that
+// dist/cli/twinfs.cjs can compile it through vm.Script with a V8 code cache (Node 20 caches no ES
+// module; docs/architecture.md "The command's start"). Node 20 resolves an ES module with a stat and a URL conversion
 // each, reads and compiles it separately: a cold `twinfs backup` spent most of its start there
 // (docs/benchmarks.md "The cold CLI: one bundle"). dist/cli/twinfs.cjs loads the bundle when it
 // is at least as new as dist/cli/main.js.
 //
 // Not bundled (left to Node's resolution, loaded where the code imports them):
-//   native addons and WebAssembly, found by path from their own package: fuse-native, fs-xattr,
-//     @mongodb-js/zstd, @dstanesc/wasm-chunking-fastcdc-node;
+//   native addons and WebAssembly, found by path from their own package: fuse-native,
+//     @mongodb-js/zstd, @dstanesc/wasm-chunking-fastcdc-node (all CommonJS: the bundle requires
+//     them);
 //   pino and pino-pretty (transports in worker threads, found by path);
 //   what only the server or a plugin loads: prom-client, ajv, tar-stream, uplot, @aws-sdk/*.
-// yargs and yargs-parser are bundled, but find files of their own from import.meta.url (yargs its
-// locales and, two levels above its node_modules, the package.json whose version --version
-// prints; yargs-parser a require for config files): in their modules import.meta.url is the URL
-// of the module's own file, relative to the bundle, as it was before bundling.
+// yargs, yargs-parser and fs-xattr are bundled, but find files of their own from import.meta.url
+// (yargs its locales and, two levels above its node_modules, the package.json whose version
+// --version prints; yargs-parser a require for config files; fs-xattr, an ES module a CommonJS
+// bundle cannot require, its addon): in their modules import.meta.url is the URL of the
+// module's own file, relative to the bundle, as it was before bundling, and yargs's one
+// import.meta.resolve (a config's `extends`) a require.resolve from that file. In the rest of
+// the bundle rolldown writes import.meta.url as the URL of __filename.
 // The bundle lives two levels below the package root like every dist/X/ module, so paths built
 // from import.meta.url ('../..' to the root, native/posix/build, plugins/) stay right; the
 // repository's worker is dist/repository/blob-worker.js, unbundled, found from either place.
@@ -27,7 +33,6 @@ const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const OUT = path.join(ROOT, 'dist', 'cli-bundle');
 const EXTERNAL = [
   'fuse-native',
-  'fs-xattr',
   '@mongodb-js/zstd',
   '@dstanesc/wasm-chunking-fastcdc-node',
   'pino',
@@ -38,15 +43,21 @@ const EXTERNAL = [
   'uplot',
   '@aws-sdk',
 ];
-const OWN_URL = /[\\/]node_modules[\\/](yargs|yargs-parser)[\\/]/;
+const OWN_URL = /[\\/]node_modules[\\/](yargs|yargs-parser|fs-xattr)[\\/]/;
 
 /** import.meta.url in OWN_URL's modules: their file's URL, relative to the bundle's file. */
 const ownUrl = {
   name: 'own-import-meta-url',
   transform(code, id) {
-    if (!OWN_URL.test(id) || !code.includes('import.meta.url')) return null;
+    if (!OWN_URL.test(id) || !code.includes('import.meta.')) return null;
     const rel = path.relative(OUT, id).split(path.sep).join('/');
-    return code.replaceAll('import.meta.url', `new URL(${JSON.stringify(rel)}, import.meta.url).href`);
+    const own = `new URL(${JSON.stringify(rel)}, import.meta.url).href`;
+    return code
+      .replaceAll('import.meta.url', own)
+      .replaceAll(
+        'import.meta.resolve(',
+        `((s) => require('node:url').pathToFileURL(require('node:module').createRequire(${own}).resolve(s)).href)(`,
+      );
   },
 };
 
@@ -85,6 +96,23 @@ const lazyTls = {
   },
 };
 
+/**
+ * The import() of a specifier known only when it runs (a plugin's main file) stays an import()
+ * in the bundle. Node 20's V8 drops a script's dynamic-import callback when it deserializes the
+ * script from a code cache ("A dynamic import callback was not specified"), so in the bundle it
+ * calls the import function dist/cli/twinfs.cjs (compiled by Node, never from the cache) puts
+ * on globalThis, and a plain import() where nothing did.
+ */
+const hostImport = {
+  name: 'host-import',
+  transform(code, id) {
+    if (/[\\/]node_modules[\\/]/.test(id)) return null;
+    const dynamic = /\bimport\((?!\s*['"`])/g;
+    if (!dynamic.test(code)) return null;
+    return code.replace(dynamic, "(globalThis[Symbol.for('twinfs.import')] ?? ((u) => import(u)))(");
+  },
+};
+
 const external = (id) => id.startsWith('node:') || EXTERNAL.some((e) => id === e || id.startsWith(`${e}/`));
 
 fs.rmSync(OUT, { recursive: true, force: true });
@@ -93,14 +121,14 @@ const bundle = await rolldown({
   platform: 'node',
   cwd: ROOT,
   external,
-  plugins: [ownUrl, lazySegmenter, lazyTls],
+  plugins: [ownUrl, lazySegmenter, lazyTls, hostImport],
   onLog(level, log, handler) {
     // A module both imported and dynamically imported stays in its static chunk: expected.
     if (log.code === 'INEFFECTIVE_DYNAMIC_IMPORT') return;
     // The plugins' changes keep every line (and the columns before them): the map holds.
     if (
       log.code === 'SOURCEMAP_BROKEN' &&
-      [ownUrl.name, lazySegmenter.name, lazyTls.name].includes(log.plugin)
+      [ownUrl.name, lazySegmenter.name, lazyTls.name, hostImport.name].includes(log.plugin)
     )
       return;
     handler(level, log);
@@ -108,9 +136,9 @@ const bundle = await rolldown({
 });
 await bundle.write({
   dir: OUT,
-  format: 'esm',
-  entryFileNames: '[name].js',
-  chunkFileNames: '[name]-[hash].js',
+  format: 'cjs',
+  entryFileNames: '[name].cjs',
+  chunkFileNames: '[name]-[hash].cjs',
   sourcemap: true,
 });
 await bundle.close();

@@ -115,11 +115,52 @@ export function defaultCatalogDir(): string {
  * state change, and the state change durable before it resolves. nedb appends without fsync,
  * so the catalog syncs its datafiles itself at those two points.
  */
+/** snapshots.db's identity: a write (an append, nedb's compaction by rename) changes it. */
+interface FileStamp {
+  ino: bigint;
+  size: bigint;
+  mtimeNs: bigint;
+}
+
+async function stampOf(file: string): Promise<FileStamp | undefined> {
+  try {
+    const st = await fsp.stat(file, { bigint: true });
+    return { ino: st.ino, size: st.size, mtimeNs: st.mtimeNs };
+  } catch {
+    return undefined;
+  }
+}
+
+const sameStamp = (a: FileStamp | undefined, b: FileStamp | undefined) =>
+  !!a && !!b && a.ino === b.ino && a.size === b.size && a.mtimeNs === b.mtimeNs;
+
+/** A loaded snapshots.db, kept between a process's sessions (Catalog.open). */
+interface Loaded {
+  store: Datastore<SnapshotDoc>;
+  /** The file as this process left it at the end of its last session. */
+  stamp: FileStamp | undefined;
+  /** Its size when it was last loaded (nedb writes it compacted then). */
+  compactSize: bigint;
+}
+
+/**
+ * The snapshots.db a process loaded, by path. nedb loads a datastore by reading and parsing the
+ * whole file and writing it back compacted (a temporary file, three fsyncs and a rename), and a
+ * backup opens the catalog five times: in a peer daemon, or a command's run, most of the work
+ * of a no-change backup's catalog was that. A session (under the catalog's lock) takes the
+ * loaded datastore when the file is still exactly as this process left it (inode, size and
+ * mtime in ns: another process's append or compaction changes them), and loads it again when it
+ * is not, when a session failed, or when appends have grown it past twice its compacted size
+ * (so a daemon's file is compacted as before, only not on every open).
+ */
+const loadedStores = new Map<string, Loaded>();
+
 export class Catalog {
   private constructor(
     readonly dir: string,
     private readonly snapshots: Datastore<SnapshotDoc>,
     private readonly lock: LockFile,
+    private readonly loaded: Loaded,
   ) {}
 
   static async open(dir = defaultCatalogDir(), opts: { lockTimeoutMs?: number } = {}): Promise<Catalog> {
@@ -134,14 +175,22 @@ export class Catalog {
       );
     }
     const lock = await LockFile.acquire(path.join(abs, 'lock'), { timeoutMs: opts.lockTimeoutMs });
+    const file = path.join(abs, 'snapshots.db');
     try {
-      const snapshots = Datastore.create({
-        filename: path.join(abs, 'snapshots.db'),
-      }) as unknown as Datastore<SnapshotDoc>;
-      await snapshots.load();
+      let loaded = loadedStores.get(file);
+      const now = await stampOf(file);
+      if (!loaded || !sameStamp(loaded.stamp, now) || now!.size > 2n * loaded.compactSize + 65_536n) {
+        loadedStores.delete(file);
+        const store = Datastore.create({ filename: file }) as unknown as Datastore<SnapshotDoc>;
+        await store.load();
+        const stamp = await stampOf(file);
+        loaded = { store, stamp, compactSize: stamp?.size ?? 0n };
+        loadedStores.set(file, loaded);
+      }
       await fsp.mkdir(path.join(abs, 'entries'), { recursive: true, mode: 0o700 });
-      return new Catalog(abs, snapshots, lock);
+      return new Catalog(abs, loaded.store, lock, loaded);
     } catch (err) {
+      loadedStores.delete(file);
       await lock.release();
       throw new TwinError(
         'ETWIN_CATALOG',
@@ -159,15 +208,35 @@ export class Catalog {
     opts?: { lockTimeoutMs?: number },
   ): Promise<T> {
     const c = await Catalog.open(dir, opts);
+    let ok = false;
     try {
-      return await fn(c);
+      const r = await fn(c);
+      ok = true;
+      return r;
     } finally {
-      await c.close();
+      await c.close(ok);
     }
   }
 
-  async close(): Promise<void> {
-    await this.lock.release();
+  /**
+   * Ends the session: what it wrote to snapshots.db is synced (before, the next session's load
+   * synced it, rewriting the file), then the lock released. After a failed session (ok false)
+   * the next one loads the file again: nedb may hold changes its file did not take.
+   */
+  async close(ok = true): Promise<void> {
+    try {
+      const file = path.join(this.dir, 'snapshots.db');
+      const now = await stampOf(file);
+      if (ok && loadedStores.get(file) === this.loaded) {
+        if (!sameStamp(this.loaded.stamp, now)) await this.sync(file);
+        this.loaded.stamp = now;
+      } else {
+        if (!sameStamp(this.loaded.stamp, now)) await this.sync(file).catch(() => undefined);
+        loadedStores.delete(file);
+      }
+    } finally {
+      await this.lock.release();
+    }
   }
 
   /** Records a snapshot that starts now, as 'running', owned by this process. */
@@ -415,10 +484,48 @@ export class Catalog {
     return out;
   }
 
+  /**
+   * A snapshot's own entry file, read as nedb loads a datafile (one document a line, the last
+   * line of an _id wins, a $$deleted line removes it, index lines are skipped, up to a tenth of
+   * the lines may be unreadable) but without nedb's load, which writes the whole file anew and
+   * syncs it: a read of the catalog (the parent's delta an unchanged incremental copies, a
+   * restore's listing) wrote nothing before nedb was used here either.
+   */
   private async ownEntries(snapshotId: string): Promise<Array<EntryRecord & { gone?: boolean }>> {
-    if (!(await fsp.stat(this.entriesFile(snapshotId)).catch(() => undefined))) return [];
-    const docs = await (await this.entryStore(snapshotId)).find({});
-    return docs.map(({ _id, ...e }) => e as EntryRecord & { gone?: boolean });
+    const file = this.entriesFile(snapshotId);
+    const text = await readEntryFile(file);
+    const byId = new Map<unknown, EntryRecord & { gone?: boolean }>();
+    let lines = 0;
+    let bad = 0;
+    for (let from = 0; from < text.length; ) {
+      let to = text.indexOf('\n', from);
+      if (to < 0) to = text.length;
+      if (to > from) {
+        lines++;
+        let doc: (EntryDoc & { $$deleted?: boolean }) | undefined;
+        try {
+          doc = JSON.parse(text.slice(from, to));
+        } catch {
+          bad++;
+        }
+        if (doc?.$$deleted) byId.delete(doc._id);
+        else if (doc && doc._id !== undefined) {
+          const { _id, ...e } = doc;
+          byId.set(_id, e as EntryRecord & { gone?: boolean });
+        }
+        if (lines % 20_000 === 0) await turn();
+      }
+      from = to + 1;
+    }
+    if (bad > lines / 10)
+      throw new TwinError(
+        'ETWIN_CATALOG',
+        `the catalog's entries (${file}): ${bad} of ${lines} lines unreadable`,
+        {
+          dir: this.dir,
+        },
+      );
+    return [...byId.values()];
   }
 
   /**
@@ -486,12 +593,6 @@ export class Catalog {
     const store = Datastore.create({
       filename: path.join(this.dir, 'damage.db'),
     }) as unknown as Datastore<DamageDoc>;
-    await store.load();
-    return store;
-  }
-
-  private async entryStore(id: string): Promise<Datastore<EntryDoc>> {
-    const store = Datastore.create({ filename: this.entriesFile(id) }) as unknown as Datastore<EntryDoc>;
     await store.load();
     return store;
   }

@@ -6,26 +6,188 @@
 // stopped target (4 copies stuck in it) left the peer unable to record its own failure, and the
 // server's requests queue behind slow primary calls (FUSE-NOTES). src/cli/env.ts sets the same
 // for code that imports main.js directly.
+import type * as FsT from 'node:fs';
+import type * as PathT from 'node:path';
+
 process.env.UV_THREADPOOL_SIZE ??= '32';
-void import(entry());
+
+const fs = require('node:fs') as typeof FsT;
+const path = require('node:path') as typeof PathT;
+
+const BUNDLE_DIR = path.join(__dirname, '..', 'cli-bundle');
+/** Magic of a cache file: then the SHA-1 of the rest, the key's length (u32 LE), key, V8's data. */
+const MAGIC = Buffer.from('twinfs-code-cache-1\n');
+
+const bundled = bundle();
+if (bundled) {
+  const cacheDir = codeCacheDir();
+  if (cacheDir) compileWithCache(cacheDir);
+  // The bundle's import() of a plugin's file (scripts/bundle-cli.mjs, hostImport).
+  (globalThis as Record<symbol, unknown>)[Symbol.for('twinfs.import')] = (url: string) => import(url);
+  require(bundled);
+} else void import('./main.js');
 
 /**
- * The CLI as bundled by `npm run build` (scripts/bundle-cli.mjs: dist/cli-bundle/main.js, the
- * same modules in a few files, so a start resolves, reads and compiles ~40 files instead of
- * ~300), or dist/cli/main.js when there is no bundle, it is older than dist/cli/main.js (a `tsc`
- * without the bundle step) or TWINFS_NO_BUNDLE=1.
+ * The CLI as bundled by `npm run build` (scripts/bundle-cli.mjs: dist/cli-bundle/main.cjs, the
+ * same modules in a few CommonJS files, so a start resolves, reads and compiles ~40 files
+ * instead of ~300), or undefined for dist/cli/main.js: there is no bundle, it is older than
+ * dist/cli/main.js (a `tsc` without the bundle step) or TWINFS_NO_BUNDLE=1.
  */
-function entry(): string {
-  const fs = require('node:fs') as typeof import('node:fs');
-  const path = require('node:path') as typeof import('node:path');
-  const plain = './main.js';
-  if (process.env.TWINFS_NO_BUNDLE === '1') return plain;
-  const bundled = path.join(__dirname, '..', 'cli-bundle', 'main.js');
+function bundle(): string | undefined {
+  if (process.env.TWINFS_NO_BUNDLE === '1') return undefined;
+  const file = path.join(BUNDLE_DIR, 'main.cjs');
   try {
-    const b = fs.statSync(bundled).mtimeMs;
+    const b = fs.statSync(file).mtimeMs;
     const m = fs.statSync(path.join(__dirname, 'main.js')).mtimeMs;
-    return b >= m ? '../cli-bundle/main.js' : plain;
+    return b >= m ? file : undefined;
   } catch {
-    return plain;
+    return undefined;
   }
+}
+
+/**
+ * Where the code cache goes: `TWINFS_CACHE_DIR` (`off`: none), else `$XDG_CACHE_HOME/twinfs` or
+ * `~/.cache/twinfs`, as the repository's index cache (src/repository/index-cache.ts); the cache
+ * is its `code/` directory.
+ */
+function codeCacheDir(): string | undefined {
+  const env = process.env.TWINFS_CACHE_DIR;
+  if (env === 'off') return undefined;
+  const os = require('node:os') as typeof import('node:os');
+  const base = env || path.join(process.env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache'), 'twinfs');
+  return path.join(base, 'code');
+}
+
+/**
+ * Compiles the bundle's files through vm.Script with a V8 code cache (docs/architecture.md "The
+ * command's start"): Node 20 has no compile cache (module.enableCompileCache is Node 22), and
+ * compiling the bundle (the functions a command runs included, compiled lazily on their first
+ * call) was a fifth of a cold command's time. Every bundle file Node's CommonJS loader compiles
+ * (Module.prototype._compile; the rest is left to Node) is compiled with the cached data of its
+ * cache file when there is one; when there was none or V8 rejected it (another Node or V8, other
+ * flags, another source), the data V8 has at the process's exit (its lazily compiled functions
+ * included) is written to the cache file for the next start (a temporary file renamed into
+ * place). A file that is not a cache file of this very source (its own magic, checksum and key:
+ * Node's version, the architecture, the file's path, size and mtime) is not given to V8 and is
+ * replaced. Nothing of the cache can fail a command: unreadable or unwritable, it is ignored.
+ * TWINFS_DEBUG_CODE_CACHE=1 prints what became of every file's cache on stderr.
+ */
+function compileWithCache(cacheDir: string): void {
+  const vm = require('node:vm') as typeof import('node:vm');
+  const crypto = require('node:crypto') as typeof import('node:crypto');
+  const Module = require('node:module') as typeof import('node:module') & {
+    prototype: { _compile(content: string, filename: string): unknown };
+    wrap(code: string): string;
+  };
+  const debug = process.env.TWINFS_DEBUG_CODE_CACHE === '1';
+  const say = (file: string, state: string) => {
+    if (debug) process.stderr.write(`twinfs: code cache ${path.basename(file)}: ${state}\n`);
+  };
+  const toWrite: Array<{ script: import('node:vm').Script; file: string; key: string; source: string }> = [];
+  const original = Module.prototype._compile;
+  Module.prototype._compile = function (this: NodeJS.Module, content: string, filename: string) {
+    if (path.dirname(filename) !== BUNDLE_DIR) return original.call(this, content, filename);
+    let st: FsT.Stats;
+    try {
+      st = fs.statSync(filename);
+    } catch {
+      return original.call(this, content, filename);
+    }
+    const key = `${process.version} ${process.arch} ${filename} ${st.size} ${st.mtimeMs}`;
+    const file = path.join(cacheDir, cacheName(filename, crypto));
+    const cachedData = readCache(file, key, crypto, (state) => say(filename, state));
+    // The shebang line of the entry is a comment inside the function wrapper (columns kept).
+    const source = content.startsWith('#!') ? `//${content.slice(2)}` : content;
+    const script = new vm.Script(Module.wrap(source), {
+      filename,
+      cachedData,
+    });
+    if (cachedData && !script.cachedDataRejected) say(filename, 'used');
+    else {
+      if (cachedData) say(filename, 'rejected');
+      toWrite.push({ script, file, key, source: filename });
+    }
+    const fn = script.runInThisContext({ displayErrors: true });
+    return fn.call(this.exports, this.exports, Module.createRequire(filename), this, filename, BUNDLE_DIR);
+  };
+  process.once('exit', () => {
+    for (const { script, file, key, source } of toWrite) {
+      try {
+        writeCache(file, key, script.createCachedData(), crypto);
+        say(source, 'written');
+      } catch (err) {
+        say(source, `not written (${(err as Error).message})`);
+      }
+    }
+    if (toWrite.length > 0) prune(cacheDir, crypto, (f) => say(f, 'removed (its bundle file is gone)'));
+  });
+}
+
+/** A bundle file's cache file: its name and a hash of its path (installed bundles differ). */
+function cacheName(filename: string, crypto: typeof import('node:crypto')): string {
+  return `${path.basename(filename)}.${crypto.createHash('sha1').update(filename).digest('hex').slice(0, 16)}`;
+}
+
+/**
+ * Removes the cache files of this bundle's files that a build removed (chunk names carry a
+ * hash of their content: each build that changes one leaves its old cache behind otherwise);
+ * those of other installed bundles stay. Run when the cache was written.
+ */
+function prune(cacheDir: string, crypto: typeof import('node:crypto'), say: (file: string) => void): void {
+  try {
+    for (const name of fs.readdirSync(cacheDir)) {
+      const m = /^(.+\.cjs)\.[0-9a-f]{16}$/.exec(name);
+      if (!m) continue;
+      const source = path.join(BUNDLE_DIR, m[1]!);
+      if (cacheName(source, crypto) !== name || fs.existsSync(source)) continue;
+      fs.rmSync(path.join(cacheDir, name), { force: true });
+      say(source);
+    }
+  } catch {
+    // The cache is an optimisation: nothing of it fails a command.
+  }
+}
+
+/** The V8 data of a cache file of this key; undefined (state said) when there is none. */
+function readCache(
+  file: string,
+  key: string,
+  crypto: typeof import('node:crypto'),
+  say: (state: string) => void,
+): Buffer | undefined {
+  let buf: Buffer;
+  try {
+    buf = fs.readFileSync(file);
+  } catch {
+    say('missing');
+    return undefined;
+  }
+  const sum = MAGIC.length;
+  const body = sum + 20;
+  if (
+    buf.length < body + 4 ||
+    !buf.subarray(0, sum).equals(MAGIC) ||
+    !crypto.createHash('sha1').update(buf.subarray(body)).digest().equals(buf.subarray(sum, body))
+  ) {
+    say('foreign');
+    return undefined;
+  }
+  const keyLen = buf.readUInt32LE(body);
+  if (buf.toString('utf8', body + 4, body + 4 + keyLen) !== key) {
+    say('stale');
+    return undefined;
+  }
+  return buf.subarray(body + 4 + keyLen);
+}
+
+function writeCache(file: string, key: string, data: Buffer, crypto: typeof import('node:crypto')): void {
+  const k = Buffer.from(key);
+  const len = Buffer.alloc(4);
+  len.writeUInt32LE(k.length);
+  const rest = Buffer.concat([len, k, data]);
+  const sum = crypto.createHash('sha1').update(rest).digest();
+  fs.mkdirSync(path.dirname(file), { recursive: true });
+  const tmp = `${file}.${process.pid}.tmp`;
+  fs.writeFileSync(tmp, Buffer.concat([MAGIC, sum, rest]));
+  fs.renameSync(tmp, file);
 }

@@ -1,6 +1,7 @@
 import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import Datastore from 'nedb-promises';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { Catalog } from '../../src/backup-peer/catalog.js';
 import { planForget } from '../../src/backup-peer/forget.js';
@@ -360,5 +361,71 @@ describe('catalog deltas', () => {
       expect((await c.get(id(CHAIN)))?.entriesBase).toBeUndefined();
       expect(strip((await c.entries(id(CHAIN))) as any)).toEqual(want);
     });
+  });
+  it('a session takes the snapshots this process loaded while the file is as it left it, and loads again after another writer', async () => {
+    const file = path.join(dir, 'snapshots.db');
+    const ino = async () => (await fsp.stat(file)).ino;
+    const ids = () => Catalog.with(dir, async (c) => (await c.list()).map((s) => s.id).sort());
+    await Catalog.with(dir, (c) => c.begin(rec('s-1', 1000)));
+    const first = await ino();
+    // Not loaded again: nedb's load writes the file anew (a new inode) every time.
+    expect(await ids()).toEqual(['s-1']);
+    expect(await ino()).toBe(first);
+    // Another writer's load (compaction) and insert, and an append of a row as nedb writes it.
+    const other = Datastore.create({ filename: file });
+    await other.load();
+    await other.insert({ ...rec('s-2', 2000), _id: 's-2', state: 'complete' });
+    expect(await ids()).toEqual(['s-1', 's-2']);
+    await fsp.appendFile(file, `${JSON.stringify({ ...rec('s-3', 3000), _id: 's-3', state: 'complete' })}\n`);
+    expect(await ids()).toEqual(['s-1', 's-2', 's-3']);
+    const loaded = await ino();
+    expect(await ids()).toEqual(['s-1', 's-2', 's-3']);
+    expect(await ino()).toBe(loaded);
+    // After a failed session the next loads the file again.
+    await expect(
+      Catalog.with(dir, async (c) => {
+        await c.begin(rec('s-4', 4000));
+        throw new Error('failed on purpose');
+      }),
+    ).rejects.toThrow('failed on purpose');
+    expect(await ids()).toEqual(['s-1', 's-2', 's-3', 's-4']);
+    expect(await ino()).not.toBe(loaded);
+  });
+  it('entries are read as nedb loads the file (last line of an _id wins, $$deleted removes), and the read writes nothing', async () => {
+    const id = '20250101T000000Z-bbbbbb';
+    await Catalog.with(dir, async (c) => {
+      await c.begin(rec(id, 1000));
+      await c.complete(
+        id,
+        [
+          { path: '/b', type: 'file', size: 1, mode: 0o644, uid: 0, gid: 0, mtime: 1, hash: 'h1' },
+          { path: '/a', type: 'dir', size: 0, mode: 0o755, uid: 0, gid: 0, mtime: 1 },
+        ],
+        emptyTotals(),
+      );
+    });
+    const file = (await fsp.readdir(path.join(dir, 'entries'))).find((f) => f.endsWith('.db'))!;
+    const abs = path.join(dir, 'entries', file);
+    const rows = (await fsp.readFile(abs, 'utf8'))
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l));
+    const a = rows.find((r) => r.path === '/a');
+    const b = rows.find((r) => r.path === '/b');
+    await fsp.appendFile(
+      abs,
+      `${JSON.stringify({ $$deleted: true, _id: a._id })}\n${JSON.stringify({ ...b, size: 7 })}\n{"$$indexCreated":{"fieldName":"path"}}\n`,
+    );
+    const before = await fsp.stat(abs);
+    const read = await Catalog.with(dir, (c) => c.entries(id));
+    const after = await fsp.stat(abs);
+    expect([after.ino, after.mtimeMs, after.size]).toEqual([before.ino, before.mtimeMs, before.size]);
+    expect(read.map((e) => [e.path, e.size])).toEqual([['/b', 7]]);
+    // What nedb itself loads from the same lines (a copy: its load rewrites the file).
+    await fsp.copyFile(abs, `${abs}.copy`);
+    const nedb = Datastore.create({ filename: `${abs}.copy` });
+    await nedb.load();
+    const docs = (await nedb.find({})) as Array<{ path: string; size: number }>;
+    expect(docs.map((d) => [d.path, d.size])).toEqual([['/b', 7]]);
   });
 });

@@ -9,8 +9,9 @@ import { pairedVolume, waitForEvent } from '../mirror-driver/mirror-helpers.js';
  * What a command loads (docs/architecture.md "The command's start"): the installed entry
  * (dist/cli/twinfs.cjs) runs the CLI's bundle, dist/cli-bundle/ (a few files, not the ~100 of
  * dist/ and their ~200 dependencies resolved one by one), and a `dir:` backup loads the `dir`
- * target's plugin only, never the S3 one or the AWS SDK. Observed from outside: the command runs
- * with a loader hook (test/helpers/record-modules.mjs) that writes down every module resolved.
+ * target's plugin only, never the S3 one or the AWS SDK, its second run from the code cache the
+ * first wrote as well. Observed from outside: the command runs with a preloaded recorder
+ * (test/helpers/record-modules.mjs) that writes down every module resolved.
  */
 const RECORDER = path.join(ROOT, 'test/helpers/record-modules.mjs');
 
@@ -21,6 +22,9 @@ async function recorded(args: string[], dir: string, name: string) {
     env: {
       ...process.env,
       TWINFS_RECORD_MODULES: file,
+      // The bundle's code cache (src/cli/twinfs.cts) of this test alone: the first run of a
+      // command writes it, the next compiles from it (and must still load its plugin).
+      TWINFS_CACHE_DIR: path.join(dir, 'cache'),
       NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} --import ${RECORDER}`.trim(),
     },
     timeoutMs: 60_000,
@@ -70,7 +74,7 @@ describe('the command loads its bundle, and only what the command needs', () => 
     const { r, urls } = await recorded(['--version'], v.dirs.work!, 'version');
     expect(r.code, r.stderr).toBe(0);
     const own = ownModules(urls);
-    expect(own).toContain('cli-bundle/main.js');
+    expect(own).toContain('cli-bundle/main.cjs');
     expect(own.filter((m) => m !== 'cli/twinfs.cjs' && !m.startsWith('cli-bundle/'))).toEqual([]);
   });
 

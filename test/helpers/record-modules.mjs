@@ -1,8 +1,24 @@
-// Preloaded with `node --import` (NODE_OPTIONS) to record every ES module a process resolves:
-// each resolved URL and its importer's are appended to the file TWINFS_RECORD_MODULES names (one a line), from the
-// loader's hooks thread, synchronously, so nothing is lost when the process exits at once.
-// Worker threads the process starts record theirs too. Used by test/cli/cold-start.test.ts.
-import { register } from 'node:module';
+// Preloaded with `node --import` (NODE_OPTIONS) to record every module a process resolves: each
+// resolved URL and its importer's are appended to the file TWINFS_RECORD_MODULES names (one a
+// line), synchronously, so nothing is lost when the process exits at once. ES modules from the
+// loader's hooks thread (worker threads the process starts record theirs too); CommonJS files
+// (the CLI's bundle, dist/cli-bundle/*.cjs, and what they require) from Node's CommonJS resolver
+// in the thread that preloads this file. Used by test/cli/cold-start.test.ts.
+import { appendFileSync } from 'node:fs';
+import Module, { register } from 'node:module';
+import * as path from 'node:path';
+import { pathToFileURL } from 'node:url';
 
 const file = process.env.TWINFS_RECORD_MODULES;
-if (file) register('./record-modules-hooks.mjs', import.meta.url, { data: { file } });
+if (file) {
+  register('./record-modules-hooks.mjs', import.meta.url, { data: { file } });
+  const resolveFilename = Module._resolveFilename;
+  Module._resolveFilename = function (request, parent, ...rest) {
+    const r = resolveFilename.call(this, request, parent, ...rest);
+    if (path.isAbsolute(r)) {
+      const from = parent?.filename ? pathToFileURL(parent.filename).href : '';
+      appendFileSync(file, `${pathToFileURL(r).href} ${from}\n`);
+    }
+    return r;
+  };
+}

@@ -1,0 +1,132 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { promises as fsp } from 'node:fs';
+import * as path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { runCli } from '../helpers/cli.js';
+import { ROOT, tempDirs } from '../helpers/server.js';
+
+/**
+ * The V8 code cache of the CLI's bundle (src/cli/twinfs.cts, docs/architecture.md "The command's
+ * start"): what became of every bundle file's cache is printed with TWINFS_DEBUG_CODE_CACHE=1,
+ * and the cache files are looked at in TWINFS_CACHE_DIR/code.
+ */
+const VERSION = JSON.parse(await fsp.readFile(path.join(ROOT, 'package.json'), 'utf8')).version as string;
+
+/** `twinfs --version` with the cache in dir; its run and the cache states it reported for main.cjs. */
+async function version(dir: string) {
+  const r = await runCli(['--version'], {
+    env: { ...process.env, TWINFS_CACHE_DIR: dir, TWINFS_DEBUG_CODE_CACHE: '1' },
+  });
+  expect(r.code, r.stderr).toBe(0);
+  expect(r.stdout.trim()).toBe(VERSION);
+  const states = [...r.stderr.matchAll(/^twinfs: code cache main\.cjs: (.*)$/gm)].map((m) => m[1]);
+  return { r, states };
+}
+
+/** The one cache file in dir whose name starts with prefix (a bundle file's name). */
+async function cacheFile(dir: string, prefix: string): Promise<string> {
+  const files = (await fsp.readdir(path.join(dir, 'code'))).filter((f) => f.startsWith(prefix));
+  expect(files, `cache files ${prefix}*`).toHaveLength(1);
+  return path.join(dir, 'code', files[0]!);
+}
+
+/** A cache file's parts: header (magic, SHA-1), key, V8's data. */
+const MAGIC_LEN = 'twinfs-code-cache-1\n'.length;
+function parts(buf: Buffer) {
+  const body = MAGIC_LEN + 20;
+  const keyLen = buf.readUInt32LE(body);
+  return {
+    magic: buf.subarray(0, MAGIC_LEN),
+    key: buf.subarray(body + 4, body + 4 + keyLen),
+    data: buf.subarray(body + 4 + keyLen),
+  };
+}
+
+describe('the code cache of the CLI bundle', () => {
+  let t: Awaited<ReturnType<typeof tempDirs>>;
+  beforeAll(async () => {
+    t = await tempDirs('fresh', 'broken', 'rejected', 'pruned');
+  });
+  afterAll(async () => {
+    await t?.cleanup();
+  });
+
+  it('the first start writes the cache, the next compiles from it', async () => {
+    const dir = t.dirs.fresh!;
+    expect((await version(dir)).states).toEqual(['missing', 'written']);
+    const file = await cacheFile(dir, 'main.cjs.');
+    const written = await fsp.readFile(file);
+    expect(parts(written).data.length).toBeGreaterThan(1000);
+    expect((await version(dir)).states).toEqual(['used']);
+    // Used, not written again.
+    expect((await fsp.readFile(file)).equals(written)).toBe(true);
+  });
+
+  it('TWINFS_CACHE_DIR=off: no cache, read or written', async () => {
+    const r = await runCli(['--version'], {
+      env: { ...process.env, TWINFS_CACHE_DIR: 'off', TWINFS_DEBUG_CODE_CACHE: '1' },
+    });
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout.trim()).toBe(VERSION);
+    expect(r.stderr).not.toMatch(/code cache/);
+  });
+
+  it('a corrupted, truncated or foreign cache file is not given to V8 and is replaced', async () => {
+    const dir = t.dirs.broken!;
+    await version(dir);
+    const file = await cacheFile(dir, 'main.cjs.');
+    const good = await fsp.readFile(file);
+    // Random bytes, a truncated file, and a good file with one bit of V8's data flipped.
+    const flipped = Buffer.from(good);
+    flipped[flipped.length - 100]! ^= 1;
+    for (const bad of [randomBytes(good.length), good.subarray(0, 10), flipped]) {
+      await fsp.writeFile(file, bad);
+      expect((await version(dir)).states).toEqual(['foreign', 'written']);
+      expect(parts(await fsp.readFile(file)).magic.equals(parts(good).magic)).toBe(true);
+      expect((await version(dir)).states).toEqual(['used']);
+    }
+  });
+
+  it('data V8 rejects (another script’s, under this file’s key) is replaced, and the command runs', async () => {
+    const dir = t.dirs.rejected!;
+    await version(dir);
+    const main = await cacheFile(dir, 'main.cjs.');
+    const other = await cacheFile(dir, 'spec-');
+    const own = parts(await fsp.readFile(main));
+    const foreignData = parts(await fsp.readFile(other)).data;
+    // A well-formed file of main.cjs's key (magic, checksum) whose data is spec's.
+    const len = Buffer.alloc(4);
+    len.writeUInt32LE(own.key.length);
+    const rest = Buffer.concat([len, own.key, foreignData]);
+    await fsp.writeFile(main, Buffer.concat([own.magic, createHash('sha1').update(rest).digest(), rest]));
+    expect((await version(dir)).states).toEqual(['rejected', 'written']);
+    expect(parts(await fsp.readFile(main)).data.equals(foreignData)).toBe(false);
+    expect((await version(dir)).states).toEqual(['used']);
+  });
+
+  it('a start that writes the cache removes the caches of files its bundle no longer has, not those of another bundle', async () => {
+    const dir = t.dirs.pruned!;
+    await version(dir);
+    const main = await cacheFile(dir, 'main.cjs.');
+    // What an earlier build left: a chunk this bundle has no more, cached under its own path's
+    // hash; and a chunk of the same name of a bundle installed elsewhere (another hash).
+    const bundleDir = path.join(ROOT, 'dist', 'cli-bundle');
+    const gone = `old-chunk-AAAAAAAA.cjs.${createHash('sha1').update(path.join(bundleDir, 'old-chunk-AAAAAAAA.cjs')).digest('hex').slice(0, 16)}`;
+    const elsewhere = `old-chunk-AAAAAAAA.cjs.${'0'.repeat(16)}`;
+    for (const f of [gone, elsewhere]) await fsp.writeFile(path.join(dir, 'code', f), 'x');
+    await fsp.rm(main);
+    const { r } = await version(dir);
+    expect(r.stderr).toMatch(/code cache old-chunk-AAAAAAAA\.cjs: removed/);
+    const left = await fsp.readdir(path.join(dir, 'code'));
+    expect(left).not.toContain(gone);
+    expect(left).toContain(elsewhere);
+  });
+
+  it('a cache directory that cannot be written fails nothing', async () => {
+    const notADir = path.join(t.base, 'a-file');
+    await fsp.writeFile(notADir, 'x');
+    const { states } = await version(notADir);
+    expect(states[0]).toBe('missing');
+    expect(states[1]).toMatch(/^not written \(/);
+  });
+});
