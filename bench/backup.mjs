@@ -373,7 +373,7 @@ if (sections.has('full')) {
       } else r = await plainCopy('cp', ['-a', path.join(d.mount, 'mixed'), dest]);
       res[cfg].push(r);
       log(
-        `full rep ${rep} ${cfg}: ${fmt(r.ms / 1000, 2)} s${r.syncMs !== undefined ? ` (+ sync ${fmt(r.syncMs / 1000, 2)} s)` : ''}, CPU ${fmt(r.cpuS, 2)} s, server CPU ${fmt(r.server.cpuS, 2)} s read ${fmt(r.server.readBytes / MiB)} MiB`,
+        `full rep ${rep} ${cfg}: ${fmt(r.ms / 1000, 2)} s${r.syncMs !== undefined ? ` (+ sync ${fmt(r.syncMs / 1000, 2)} s)` : ''}, CPU ${fmt(r.cpuS, 2)} s, server CPU ${fmt(r.server.cpuS, 2)} s read ${fmt(r.server.readBytes / MiB)} MiB${r.phases ? ` phases ${JSON.stringify(Object.fromEntries(Object.entries(r.phases).map(([k, v]) => [k, Math.round(v)])))}` : ''}`,
       );
       rm(dest);
       rm(`${dest}.catalog`);
