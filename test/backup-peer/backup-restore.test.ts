@@ -185,6 +185,49 @@ describe('backup run, restore, check, forget (hand-made mirror)', () => {
       expect(await target.listSnapshots()).toEqual([]);
     });
 
+  it('copies while the sizing walk goes on; the copy phase starts when it is over, with totals fixed from then on', async () => {
+    const walk = MirrorReader.prototype.walk;
+    let copiedDuringWalk = false;
+    let copying: (() => void) | undefined;
+    const copied = new Promise<void>((r) => {
+      copying = r;
+    });
+    const events: Array<{ phase: string; files: number; filesTotal: number; bytesTotal: number }> = [];
+    // After its first file the walk waits for a copy to finish (at most 2 s: a walk that
+    // the copy waits for gives nothing to wait for).
+    const spy = vi.spyOn(MirrorReader.prototype, 'walk').mockImplementation(async function* (
+      this: MirrorReader,
+      sel,
+    ) {
+      let waited = false;
+      for await (const s of walk.call(this, sel)) {
+        yield s;
+        if (!waited && s.stat?.isFile()) {
+          waited = true;
+          await Promise.race([copied, new Promise((r) => setTimeout(r, 2000))]);
+        }
+      }
+    });
+    const run = volumeBackupRun(target, catalogDir, new FakeControl(mirror));
+    run.onDidProgress((p) => {
+      events.push({ phase: p.phase, files: p.files, filesTotal: p.filesTotal, bytesTotal: p.bytesTotal });
+      if (p.files > 0 && p.phase === 'size') copiedDuringWalk = true;
+      if (p.files > 0) copying?.();
+    });
+    const r = await run.run().finally(() => spy.mockRestore());
+    expect(copiedDuringWalk).toBe(true);
+    const copy = events.filter((e) => e.phase === 'copy');
+    expect(copy.length).toBeGreaterThan(0);
+    const files =
+      r.snapshot.totals.files +
+      r.snapshot.totals.dirs +
+      r.snapshot.totals.symlinks +
+      (r.snapshot.totals.nodes ?? 0);
+    for (const e of copy) expect(e).toMatchObject({ filesTotal: files, bytesTotal: r.snapshot.totals.bytes });
+    // Never more done than found.
+    for (const e of events) expect(e.files).toBeLessThanOrEqual(e.filesTotal);
+  });
+
   it('past the entries the sizing walk keeps, the copy walks again and the snapshot is the same', async () => {
     const kept = await backup(new FakeControl(mirror), { full: true });
     const rewalked = await backup(new FakeControl(mirror), { full: true, walkKeep: 2 });
