@@ -335,6 +335,30 @@ describe('dir repository: the worker path', () => {
     expect((await readAll(await t2.openFile('s', '/text.txt'))).equals(text)).toBe(true);
   });
 
+  it("small random chunks (a small file's one chunk, 1 KiB to 64 KiB) are stored as they are without a zstd run; small text is compressed", async () => {
+    // Every byte counted below 64 KiB: the 32-bytes-per-KiB sample of a 4 KiB chunk (128
+    // bytes) cannot measure more than 7 bits/byte, so every small chunk went through zstd.
+    for (const n of [1024, 4096, 64 * 1024 - 1])
+      for (let seed = 1; seed <= 20; seed++)
+        expect(looksIncompressible(pseudoRandom(n, seed)), `${n}`).toBe(true);
+    const text = Buffer.from('twinfs keeps a mirror and backs it up off-host\n'.repeat(100));
+    for (const n of [1024, 4096]) expect(looksIncompressible(text.subarray(0, n))).toBe(false);
+    const dir = await fx.tmp();
+    const t = await open(`dir:${dir}/r`);
+    const w = await t.beginSnapshot(snapMeta('small'));
+    const random = pseudoRandom(4096, 41);
+    const small = text.subarray(0, 4096);
+    await w.putSmallFile!('/random', random, fileMeta(random.length));
+    await w.putSmallFile!('/text', small, fileMeta(small.length));
+    await w.commit(manifest(snapMeta('small'), [fileEntry('/random', random), fileEntry('/text', small)]));
+    const entries = await t.repo.readManifest((await t.repo.readSnapshot('small'))!);
+    const loc = (p: string) => t.repo.locate(entries.find((e) => e.path === p)!.chunks![0]!)!;
+    expect(loc('/random')).toMatchObject({ compressed: false, length: 4096 });
+    expect(loc('/text')).toMatchObject({ compressed: true });
+    expect((await readAll(await t.openFile('small', '/random'))).equals(random)).toBe(true);
+    expect((await readAll(await t.openFile('small', '/text'))).equals(small)).toBe(true);
+  });
+
   it('packs sealed one after another reuse their batch and pack buffers: every blob of every pack reads back verified', async () => {
     const dir = await fx.tmp();
     process.env.TWINFS_PASSWORD = 'worker test';
