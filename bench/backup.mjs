@@ -229,7 +229,8 @@ async function twinfsBackup({ subtree, target, catalog }) {
   const tConnect = firstAt('connect');
   const tPrepare = firstAt('prepare');
   const tCopy = firstAt('copy');
-  // A walked selection is sized (names and lstats of the split copy) before its copy.
+  // A walked selection is sized (names and lstats of the split copy) while its copy already
+  // runs: 'size' lasts until the walk is over, the copy's first reads included.
   const tSize = firstAt('size') ?? tCopy;
   const tCommit = firstAt('commit');
   const tDone = firstAt('done');
