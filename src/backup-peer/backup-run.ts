@@ -705,7 +705,7 @@ export class BackupRun {
       }
     } else {
       // Copies start as the walk finds entries and the walk goes on while they run (no batch
-      // waits for its slowest file before the walk resumes). The totals came from size().
+      // waits for its slowest file before the walk resumes). No sizing walk: the totals grow.
       await forEachLimitAsync(reader.walk(this.opts.selector), concurrency, async (s) => {
         throwIfAborted(signal);
         // The split copy does not change; a total short of what is copied would be a bug, but
