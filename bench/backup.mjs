@@ -229,7 +229,8 @@ async function twinfsBackup({ subtree, target, catalog }) {
   const tConnect = firstAt('connect');
   const tPrepare = firstAt('prepare');
   const tCopy = firstAt('copy');
-  // A walked selection is sized (names and lstats of the split copy) before its copy.
+  // A walked selection is sized (names and lstats of the split copy) while its copy already
+  // runs: 'size' lasts until the walk is over, the copy's first reads included.
   const tSize = firstAt('size') ?? tCopy;
   const tCommit = firstAt('commit');
   const tDone = firstAt('done');
@@ -373,7 +374,7 @@ if (sections.has('full')) {
       } else r = await plainCopy('cp', ['-a', path.join(d.mount, 'mixed'), dest]);
       res[cfg].push(r);
       log(
-        `full rep ${rep} ${cfg}: ${fmt(r.ms / 1000, 2)} s${r.syncMs !== undefined ? ` (+ sync ${fmt(r.syncMs / 1000, 2)} s)` : ''}, CPU ${fmt(r.cpuS, 2)} s, server CPU ${fmt(r.server.cpuS, 2)} s read ${fmt(r.server.readBytes / MiB)} MiB`,
+        `full rep ${rep} ${cfg}: ${fmt(r.ms / 1000, 2)} s${r.syncMs !== undefined ? ` (+ sync ${fmt(r.syncMs / 1000, 2)} s)` : ''}, CPU ${fmt(r.cpuS, 2)} s, server CPU ${fmt(r.server.cpuS, 2)} s read ${fmt(r.server.readBytes / MiB)} MiB${r.phases ? ` phases ${JSON.stringify(Object.fromEntries(Object.entries(r.phases).map(([k, v]) => [k, Math.round(v)])))}` : ''}`,
       );
       rm(dest);
       rm(`${dest}.catalog`);

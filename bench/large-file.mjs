@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // Large-file path of the repository (issues 13 and 14, docs/repository.md "Where the work runs"):
-// one file stored through putFile into a new dir: repository, the way the peer streams a large
-// file (a read stream of 1 MiB chunks), then committed. Each run is a child process of its own
+// one file stored into a new dir: repository the way the peer gives a large file (putFileFrom:
+// read straight into the cutter's windows; a read stream of 1 MiB pieces through putFile with a
+// build that lacks it), then committed. Each run is a child process of its own
 // (fresh worker threads), and reports its wall time and its CPU seconds: all threads together
 // and the main JS thread alone (/proc/self/task), so that builds can be compared by the CPU
 // they need rather than by a wall time that swings with the machine's load.
@@ -17,7 +18,19 @@ import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { DIST, fmt, installCleanup, loadavg, log, MiB, median, parseArgs, table, tempBase } from './lib.mjs';
+import {
+  DIST,
+  fmt,
+  installCleanup,
+  loadavg,
+  log,
+  MiB,
+  median,
+  parseArgs,
+  putLarge,
+  table,
+  tempBase,
+} from './lib.mjs';
 
 const args = parseArgs(
   {
@@ -59,7 +72,7 @@ if (args.child) {
   const main0 = taskCpu(process.pid);
   const t0 = performance.now();
   const w = await target.beginSnapshot(meta);
-  const r = await w.putFile('/large', fs.createReadStream(file, { highWaterMark: MiB }), fm);
+  const r = await putLarge(w, '/large', file, fm);
   await w.commit({
     version: 1,
     meta,

@@ -405,6 +405,32 @@ export function makeTree(dir, { count, size, perDir = 1000, large = [] }) {
   return { files, bytes };
 }
 
+/**
+ * A large file as the peer gives it: read straight into the writer's buffers where it offers
+ * that (putFileFrom), else as a read stream of 1 MiB pieces.
+ */
+export async function putLarge(w, p, file, meta) {
+  if (typeof w.putFileFrom !== 'function')
+    return w.putFile(p, fs.createReadStream(file, { highWaterMark: MiB }), meta);
+  const fh = await fs.promises.open(file, 'r');
+  let at = 0;
+  try {
+    return await w.putFileFrom(
+      p,
+      async (buf, offset, length) => {
+        const want = Math.min(length, meta.size - at);
+        if (want <= 0) return 0;
+        const { bytesRead } = await fh.read(buf, offset, want, at);
+        at += bytesRead;
+        return bytesRead;
+      },
+      meta,
+    );
+  } finally {
+    await fh.close();
+  }
+}
+
 // ---- servers -----------------------------------------------------------------------------------
 
 /**

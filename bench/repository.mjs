@@ -22,7 +22,18 @@ import { spawnSync } from 'node:child_process';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { DIST, dropCaches, fmt, installCleanup, log, MiB, makeTree, parseArgs, tempBase } from './lib.mjs';
+import {
+  DIST,
+  dropCaches,
+  fmt,
+  installCleanup,
+  log,
+  MiB,
+  makeTree,
+  parseArgs,
+  putLarge,
+  tempBase,
+} from './lib.mjs';
 
 const args = parseArgs(
   {
@@ -113,7 +124,7 @@ async function backup(target, root, deviceId) {
         const file = path.join(root, e.path);
         const r =
           e.size > MiB
-            ? await w.putFile(e.path, fs.createReadStream(file, { highWaterMark: MiB }), fm(e.size))
+            ? await putLarge(w, e.path, file, fm(e.size))
             : batched
               ? storedOf(
                   e.path,

@@ -357,10 +357,11 @@ export class BackupRun {
         ...(prep.generation ? { generation: prep.generation } : {}),
         ...(o.tags?.length ? { tags: o.tags } : {}),
       };
-      // Totals first (a walk of the split copy, no target involved), so progress has them.
-      // An incremental the change answer drives looks only at what changed: no walk for totals.
-      // The walk's entries, lstats included, are kept for the copy (one lstat per entry).
-      const walked = !sources && !plan && !ref ? await this.size(reader, stop.signal) : undefined;
+      // A walked selection is sized by a walk of the split copy whose entries (lstats
+      // included) the copy takes as they are found (one lstat per entry): the copy does not
+      // wait for the walk, and its phase begins, with totals that no longer change, when the
+      // walk is over. An incremental the change answer drives looks only at what changed.
+      const sizing = !sources && !plan && !ref;
       // From here the target may hang (a stalled network filesystem, a stopped server): while the
       // split is held, the watchdog releases it and fails the run; awaits at the target are raced
       // with it.
@@ -375,7 +376,8 @@ export class BackupRun {
         sharing = await this.loadParent(parent!);
         plan = planned();
       }
-      this.emit({ phase: 'copy' });
+      const walk = sizing ? this.sizingWalk(reader, stop.signal) : undefined;
+      if (!walk) this.emit({ phase: 'copy' });
       let lastByteEvent = 0;
       const copier = new EntryCopier({
         reader,
@@ -408,7 +410,7 @@ export class BackupRun {
         : await unlessAborted(
             plan
               ? this.copyPlanned(plan, reader, copier, stop.signal)
-              : this.copyAll(sources, reader, copier, stop.signal, walked),
+              : this.copyAll(sources, reader, copier, stop.signal, walk),
             stop.signal,
           );
 
@@ -618,33 +620,31 @@ export class BackupRun {
   }
 
   /**
-   * The files and bytes a walk of the split copy will copy, counted before the copy starts (a
-   * walk of names and lstats, no data read): progress then has fixed totals to go by. Returns
-   * the entries the walk found, each with its lstat, for the copy to take instead of walking
-   * (and lstat'ing) the tree a second time; undefined past WALK_KEEP entries (memory: ~1 KiB
-   * each), when the copy walks again. The split copy does not change meanwhile, and what is
-   * read is checked against the walk's lstat (size and mtime, EntryCopier).
+   * The walk of the split copy that sizes a walked selection (a walk of names and lstats, no
+   * data read), started beside the copy: the copy takes its entries as they are found (each
+   * with its lstat: the tree is not walked and lstat'ed a second time) and the 'copy' phase
+   * begins when the walk is over, with totals that stay fixed from then on (until then the
+   * 'size' phase's totals grow). Past WALK_KEEP entries found and not yet taken (memory: ~1 KiB
+   * each) the walk only counts, and the copy walks on from there itself. The split copy does
+   * not change meanwhile, and what is read is checked against the walk's lstat (size and
+   * mtime, EntryCopier).
    */
-  private async size(reader: MirrorReader, signal: AbortSignal): Promise<SourceEntry[] | undefined> {
-    let files = 0;
-    let bytes = 0;
+  private sizingWalk(reader: MirrorReader, signal: AbortSignal): SizingWalk {
     let lastEvent = 0;
-    let kept: SourceEntry[] | undefined = [];
     this.emit({ phase: 'size', files: 0, filesTotal: 0, bytes: 0, bytesTotal: 0 });
-    for await (const s of reader.walk(this.opts.selector)) {
-      throwIfAborted(signal);
-      files++;
-      if (s.stat?.isFile()) bytes += Number(s.stat.size);
-      if (kept && kept.push(s) > (this.opts.walkKeep ?? WALK_KEEP)) kept = undefined;
-      const now = Date.now();
-      if (now - lastEvent >= 200) {
-        lastEvent = now;
-        this.emit({ filesTotal: files, bytesTotal: bytes });
-      }
-    }
-    this.progress.filesTotal = files;
-    this.progress.bytesTotal = bytes;
-    return kept;
+    return new SizingWalk(
+      () => reader.walk(this.opts.selector),
+      this.opts.walkKeep ?? WALK_KEEP,
+      signal,
+      (files, bytes, done) => {
+        const now = Date.now();
+        if (done) this.emit({ phase: 'copy', filesTotal: files, bytesTotal: bytes });
+        else if (now - lastEvent >= 200) {
+          lastEvent = now;
+          this.emit({ filesTotal: files, bytesTotal: bytes });
+        }
+      },
+    );
   }
 
   /**
@@ -679,7 +679,7 @@ export class BackupRun {
     reader: MirrorReader,
     copier: EntryCopier,
     signal: AbortSignal,
-    walked?: SourceEntry[],
+    walk?: SizingWalk,
   ): Promise<ManifestEntry[]> {
     const entries: ManifestEntry[] = [];
     const concurrency = this.copyConcurrency();
@@ -693,15 +693,19 @@ export class BackupRun {
       this.progress.filesTotal = sources.length;
       this.progress.bytesTotal = sources.reduce((n, s) => n + (s.item?.type === 'file' ? s.item.size : 0), 0);
       await forEachLimit(sources, concurrency, copyOne);
-    } else if (walked) {
-      // The sizing walk's entries and lstats (the totals came from them too).
-      await forEachLimit(walked, concurrency, async (s) => {
-        throwIfAborted(signal);
-        await copyOne(s);
-      });
+    } else if (walk) {
+      // The sizing walk's entries and lstats, as it finds them (the totals come from it too).
+      try {
+        await forEachLimitAsync(walk.entries(), concurrency, async (s) => {
+          throwIfAborted(signal);
+          await copyOne(s);
+        });
+      } finally {
+        walk.stop();
+      }
     } else {
       // Copies start as the walk finds entries and the walk goes on while they run (no batch
-      // waits for its slowest file before the walk resumes). The totals came from size().
+      // waits for its slowest file before the walk resumes). No sizing walk: the totals grow.
       await forEachLimitAsync(reader.walk(this.opts.selector), concurrency, async (s) => {
         throwIfAborted(signal);
         // The split copy does not change; a total short of what is copied would be a bug, but
@@ -952,4 +956,113 @@ function numberOr(o: unknown, key: string): number | undefined {
 function codeOf(err: unknown): string {
   const c = (err as { code?: unknown })?.code;
   return typeof c === 'string' ? c : 'ETWIN_INTERNAL';
+}
+
+/**
+ * A walk of the split copy run beside the copy that takes its entries (BackupRun.sizingWalk):
+ * it counts the files and bytes of everything it finds and queues the entries for the copy,
+ * at most `keep` of them not yet taken; past that it only counts, and entries() walks on
+ * itself from the last entry queued (the walk's order is fixed: names sorted, depth first,
+ * and the split copy does not change; the entry it resumes after is checked by its path).
+ */
+export class SizingWalk {
+  private readonly queue: SourceEntry[] = [];
+  private head = 0;
+  /** Entries queued in all, and the path of the last one. */
+  private queued = 0;
+  private lastQueued: string | undefined;
+  private full = false;
+  private done = false;
+  private stopped = false;
+  private error: unknown;
+  private wake: (() => void) | undefined;
+  readonly finished: Promise<void>;
+
+  constructor(
+    private readonly walk: () => AsyncIterable<SourceEntry>,
+    private readonly keep: number,
+    private readonly signal: AbortSignal,
+    private readonly onCount: (files: number, bytes: number, done: boolean) => void,
+  ) {
+    this.finished = this.run();
+    this.finished.catch(() => undefined);
+  }
+
+  private async run(): Promise<void> {
+    let files = 0;
+    let bytes = 0;
+    try {
+      for await (const s of this.walk()) {
+        throwIfAborted(this.signal);
+        if (this.stopped) return;
+        files++;
+        if (s.stat?.isFile()) bytes += Number(s.stat.size);
+        if (!this.full && this.queue.length - this.head >= this.keep) this.full = true;
+        if (!this.full) {
+          this.queue.push(s);
+          this.queued++;
+          this.lastQueued = s.path;
+          this.signalMore();
+        }
+        this.onCount(files, bytes, false);
+      }
+      this.onCount(files, bytes, true);
+    } catch (err) {
+      this.error = err;
+      throw err;
+    } finally {
+      this.done = true;
+      this.signalMore();
+    }
+  }
+
+  private signalMore(): void {
+    const w = this.wake;
+    this.wake = undefined;
+    w?.();
+  }
+
+  /** Ends the walk early (the copy failed): it stops at its next entry. */
+  stop(): void {
+    this.stopped = true;
+  }
+
+  /** Every entry of the walk, in its order: the queued ones, then (past `keep`) a walk of the rest. */
+  async *entries(): AsyncGenerator<SourceEntry> {
+    for (;;) {
+      if (this.head < this.queue.length) {
+        const s = this.queue[this.head]!;
+        this.queue[this.head++] = undefined as unknown as SourceEntry;
+        // The taken part of the queue is let go now and then.
+        if (this.head >= 4096 && this.head * 2 >= this.queue.length) {
+          this.queue.splice(0, this.head);
+          this.head = 0;
+        }
+        yield s;
+        continue;
+      }
+      if (this.error !== undefined) throw this.error;
+      if (this.full) break;
+      if (this.done) return;
+      await new Promise<void>((r) => {
+        this.wake = r;
+      });
+    }
+    // Past `keep`: the rest of the walk, after the last entry queued.
+    let n = 0;
+    for await (const s of this.walk()) {
+      if (++n < this.queued) continue;
+      if (n === this.queued) {
+        if (s.path !== this.lastQueued)
+          throw new TwinError(
+            'ETWIN_MIRROR_CHANGED',
+            `the split copy changed during the backup: its walk found ${s.path} where it had found ${this.lastQueued}`,
+            { path: s.path },
+          );
+        continue;
+      }
+      yield s;
+    }
+    await this.finished;
+  }
 }

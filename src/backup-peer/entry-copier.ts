@@ -14,6 +14,7 @@ import {
   type ManifestEntry,
   type MirrorFileWriter,
   type PutResult,
+  readsInto,
   readsMirrorFiles,
   type SnapshotWriter,
   type TargetStat,
@@ -350,6 +351,22 @@ export class EntryCopier {
     const { fh, stat } = await openSource(reader, src);
     let counted = 0;
     try {
+      if (stat.size > SMALL_FILE && readsInto(writer)) {
+        // Read straight into the target's buffers, up to the size fstat gave.
+        const size = stat.size;
+        const read = async (buf: Buffer, offset: number, length: number) => {
+          const want = Math.min(length, size - counted);
+          if (want <= 0) return 0;
+          const { bytesRead } = await fh.read(buf, offset, want, counted);
+          counted += bytesRead;
+          onBytes?.(bytesRead, true);
+          return bytesRead;
+        };
+        const r = await writer.putFileFrom(src.path, read, meta, { signal });
+        checkUnchanged(src, meta, stat, await fh.stat());
+        checkStored(src, counted, r.bytes, stat.size);
+        return r;
+      }
       // A small file in one read into a buffer of its size; a large one as a stream of 1 MiB
       // chunks that stops at the size fstat gave (a file that grew or shrank meanwhile is
       // caught below). Without the bound every file cost a 1 MiB buffer and an extra read.

@@ -73,6 +73,25 @@ export function readsMirrorFiles(w: SnapshotWriter): w is SnapshotWriter & Mirro
   return typeof (w as Partial<MirrorFileWriter>).putMirrorFile === 'function';
 }
 
+/**
+ * Not part of the plugin contract: a writer that reads a large file's bytes straight into
+ * buffers of its own (the repository target: into the windows its workers cut, no stream of
+ * 1 MiB buffers each copied once more). `read` fills buf[offset, offset + n) with the file's
+ * next bytes and answers n, 0 at the end; the caller bounds it at the size it expects.
+ */
+export interface ReadIntoWriter {
+  putFileFrom(
+    path: string,
+    read: (buf: Buffer, offset: number, length: number) => Promise<number>,
+    meta: EntryMeta,
+    opts?: { signal?: AbortSignal },
+  ): Promise<PutResult>;
+}
+
+export function readsInto(w: SnapshotWriter): w is SnapshotWriter & ReadIntoWriter {
+  return typeof (w as Partial<ReadIntoWriter>).putFileFrom === 'function';
+}
+
 /** How a target is opened: `create` lets a backup make a repository in an empty dir: location. */
 export interface TargetOpenOptions {
   create?: boolean;

@@ -10,6 +10,12 @@ const AHEAD = 2;
 /** Files up to this size are hashed on the calling thread: cheaper than a message to a worker. */
 const INLINE_MAX = 16 * 1024;
 
+/**
+ * A file read into the caller's buffer: fills buf[offset, offset + n) with the next bytes and
+ * answers n (at most length), 0 at the end.
+ */
+export type ReadInto = (buf: Buffer, offset: number, length: number) => Promise<number>;
+
 export interface Blob {
   id: string;
   data: Buffer;
@@ -75,7 +81,7 @@ export class ContentCutter {
    * until `take` resolves, then the windows are reused for the next ones.
    */
   async stream(
-    source: AsyncIterable<Buffer>,
+    source: AsyncIterable<Buffer> | ReadInto,
     take: (blobs: Blob[]) => Promise<void>,
     signal?: AbortSignal,
     onCancel: () => Error = () => new Error('cancelled'),
@@ -139,22 +145,34 @@ export class ContentCutter {
       win = final ? Buffer.alloc(0) : this.window();
       fill = 0;
     };
+    const added = async (n: number) => {
+      fill += n;
+      size += n;
+      if (fill === WINDOW) {
+        send(false);
+        if (steps.length > AHEAD) await steps[steps.length - 1 - AHEAD];
+      }
+    };
     try {
-      for await (const chunk of source) {
-        if (signal?.aborted) throw onCancel();
-        const b = chunk as Buffer;
-        for (let off = 0; off < b.length; ) {
-          const n = Math.min(b.length - off, WINDOW - fill);
-          b.copy(win, fill, off, off + n);
-          fill += n;
-          off += n;
-          size += n;
-          if (fill === WINDOW) {
-            send(false);
-            if (steps.length > AHEAD) await steps[steps.length - 1 - AHEAD];
+      if (typeof source === 'function') {
+        // Read straight into the windows: no buffer per read, no copy into the window.
+        for (;;) {
+          if (signal?.aborted) throw onCancel();
+          const n = await source(win, fill, WINDOW - fill);
+          if (n === 0) break;
+          await added(n);
+        }
+      } else
+        for await (const chunk of source) {
+          if (signal?.aborted) throw onCancel();
+          const b = chunk as Buffer;
+          for (let off = 0; off < b.length; ) {
+            const n = Math.min(b.length - off, WINDOW - fill);
+            b.copy(win, fill, off, off + n);
+            off += n;
+            await added(n);
           }
         }
-      }
       if (signal?.aborted) throw onCancel();
       send(true);
       const hash = await last;

@@ -48,24 +48,34 @@ export function packObjectName(name: string): string {
 }
 
 /**
- * zstd level 3; undefined when it does not make the chunk smaller, or when a sample of a chunk
- * of 64 KiB or more says it will not (looksIncompressible: no zstd run at all).
+ * zstd level 3; undefined when it does not make the chunk smaller, or when the byte entropy of
+ * a chunk of 1 KiB or more says it will not (looksIncompressible: no zstd run at all).
  */
 export async function compress(plain: Buffer): Promise<Buffer | undefined> {
-  if (plain.length < 64) return undefined;
-  if (plain.length >= SAMPLED_MIN && looksIncompressible(plain)) return undefined;
+  if (plain.length < COUNTED_MIN) return plain.length < 64 ? undefined : zstdSmaller(plain);
+  if (looksIncompressible(plain)) return undefined;
+  return zstdSmaller(plain);
+}
+
+async function zstdSmaller(plain: Buffer): Promise<Buffer | undefined> {
   const z = await zstd.compress(plain, 3);
   return z.length < plain.length ? z : undefined;
 }
 
-/** Chunks from this size on are sampled before zstd is tried (a 64 KiB chunk: 2 KiB sampled). */
+/**
+ * Chunks from COUNTED_MIN on have their byte entropy measured before zstd is tried: every byte
+ * below SAMPLED_MIN (a small file's one chunk: an async zstd call costs tens of µs, the count
+ * a few), 32 bytes in every KiB from there (a 64 KiB chunk: 2 KiB sampled). Below 1 KiB the
+ * count says too little (1 KiB of random bytes measures ~7.8 bits/byte, 512 bytes ~7.6).
+ */
+const COUNTED_MIN = 1024;
 const SAMPLED_MIN = 64 * 1024;
 /** Bits per byte of the sample above which a chunk is stored as it is (random data: ~7.9). */
 export const INCOMPRESSIBLE_BITS = 7.5;
 
 /**
  * Whether a chunk looks like random bytes (encrypted, already compressed): the byte entropy of
- * 32 bytes in every KiB. zstd level 3 costs about as much CPU as a SHA-256 pass on such data
+ * its bytes (below 64 KiB) or of 32 bytes in every KiB. zstd level 3 costs about as much CPU as a SHA-256 pass on such data
  * and gains nothing; the sample costs a few percent of that. A chunk made of one random block
  * repeated (rare: content-defined chunking stores the repeats of a block larger than a chunk
  * once) is stored uncompressed where zstd would have shrunk it: it costs space, never data.
@@ -73,10 +83,15 @@ export const INCOMPRESSIBLE_BITS = 7.5;
 export function looksIncompressible(plain: Uint8Array): boolean {
   const counts = new Uint32Array(256);
   let n = 0;
-  for (let at = 0; at + 32 <= plain.length; at += 1024) {
-    for (let i = at; i < at + 32; i++) counts[plain[i]!]!++;
-    n += 32;
-  }
+  if (plain.length < SAMPLED_MIN) {
+    for (let i = 0; i < plain.length; i++) counts[plain[i]!]!++;
+    n = plain.length;
+  } else
+    for (let at = 0; at + 32 <= plain.length; at += 1024) {
+      for (let i = at; i < at + 32; i++) counts[plain[i]!]!++;
+      n += 32;
+    }
+  if (n === 0) return false;
   let bits = 0;
   for (const c of counts) if (c > 0) bits -= (c / n) * Math.log2(c / n);
   return bits > INCOMPRESSIBLE_BITS;

@@ -9,6 +9,7 @@ import {
   type MirrorFilePut,
   type MirrorFileWriter,
   type PutResult,
+  type ReadIntoWriter,
   type SnapshotManifest,
   type SnapshotMeta,
   type SnapshotWriter,
@@ -19,7 +20,7 @@ import {
 import { Semaphore } from '../common/async.js';
 import { TwinError } from '../common/errors.js';
 import { BlobWriter } from './blob-writer.js';
-import { ContentCutter } from './content-cutter.js';
+import { ContentCutter, type ReadInto } from './content-cutter.js';
 import {
   forEach,
   indexStamp,
@@ -237,7 +238,7 @@ interface Content {
 }
 
 /** Fills one snapshot of a repository; the snapshot object is written last, by commit. */
-class RepositoryWriter implements SnapshotWriter, MirrorFileWriter {
+class RepositoryWriter implements SnapshotWriter, MirrorFileWriter, ReadIntoWriter {
   private readonly blobs: BlobWriter;
   private readonly cutter: ContentCutter;
   private readonly smallFiles: SmallFileReader;
@@ -304,11 +305,22 @@ class RepositoryWriter implements SnapshotWriter, MirrorFileWriter {
     _meta: EntryMeta,
     opts: { signal?: AbortSignal } = {},
   ): Promise<PutResult> {
+    return this.putContent(p, data, opts);
+  }
+
+  private putContent(
+    p: string,
+    data: Readable | ReadInto,
+    opts: { signal?: AbortSignal },
+  ): Promise<PutResult> {
+    const destroy = () => {
+      if (typeof data !== 'function') data.destroy();
+    };
     return this.op(`put ${p}`, async () => {
       try {
         this.claim(p, 'file');
       } catch (err) {
-        data.destroy();
+        destroy();
         throw err;
       }
       // Claimed while it streams: a second put of the path fails instead of racing.
@@ -330,10 +342,20 @@ class RepositoryWriter implements SnapshotWriter, MirrorFileWriter {
         });
       } catch (err) {
         this.paths.delete(p);
-        data.destroy();
+        destroy();
         throw err instanceof TwinError ? err : failed(`put ${p}: ${(err as Error)?.message ?? err}`);
       }
     });
+  }
+
+  /** A large file read straight into the cutter's windows (ReadIntoWriter, target.ts). */
+  putFileFrom(
+    p: string,
+    read: ReadInto,
+    _meta: EntryMeta,
+    opts: { signal?: AbortSignal } = {},
+  ): Promise<PutResult> {
+    return this.putContent(p, read, opts);
   }
 
   putSmallFile(

@@ -2,15 +2,17 @@ import * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { Readable } from 'node:stream';
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
 import { type BackupHooks, type BackupOptions, BackupRun } from '../../src/backup-peer/backup-run.js';
 import { Catalog } from '../../src/backup-peer/catalog.js';
 import { checkSnapshot } from '../../src/backup-peer/check.js';
 import { forget } from '../../src/backup-peer/forget.js';
+import { MirrorReader } from '../../src/backup-peer/mirror-source.js';
 import { restore } from '../../src/backup-peer/restore.js';
-import type { BackupTarget, EntryMeta } from '../../src/backup-peer/target.js';
+import type { BackupTarget, EntryMeta, ReadIntoWriter } from '../../src/backup-peer/target.js';
 import { TargetRegistry } from '../../src/backup-peer/targets/index.js';
 import { TwinError } from '../../src/common/errors.js';
+import type { ReadInto } from '../../src/repository/content-cutter.js';
 import { type LoadedPlugin, loadTargetPlugin } from '../conformance/index.js';
 import {
   dataPacks,
@@ -150,22 +152,31 @@ describe('backup run, restore, check, forget (hand-made mirror)', () => {
     expect(await fsp.readFile(path.join(to1, 'docs/b.txt'), 'utf8')).toBe('bravo\n');
   });
 
-  // The copy takes the entries (and lstats) the sizing walk found: a split copy rewritten after
-  // that walk, the same size, must fail the run, not land as new content under the old mtime.
+  // The copy takes the entries (and lstats) the sizing walk found, as it finds them: a split
+  // copy rewritten after that walk, the same size, must fail the run, not land as new content
+  // under the old mtime.
   for (const [label, rel, size] of [
     ['small file (read in the workers)', 'docs/b.txt', 6],
     ['large file (streamed)', 'docs/deep/er/c.bin', big.length],
   ] as const)
     it(`fails when a ${label} changes between the walk and its copy`, async () => {
       const file = path.join(mirror.data, rel);
-      const run = volumeBackupRun(target, catalogDir, new FakeControl(mirror));
-      run.onDidProgress((p) => {
-        // Synchronously, as the copy starts: the walk is over, nothing is read yet.
-        if (p.phase !== 'copy' || fs.statSync(file).mtimeMs === 1_000_000) return;
-        fs.writeFileSync(file, Buffer.alloc(size, 0x5a));
-        fs.utimesSync(file, 1000, 1000);
+      const walk = MirrorReader.prototype.walk;
+      // Synchronously, as the walk hands the entry on: lstat'ed, not read yet.
+      const spy = vi.spyOn(MirrorReader.prototype, 'walk').mockImplementation(async function* (
+        this: MirrorReader,
+        sel,
+      ) {
+        for await (const s of walk.call(this, sel)) {
+          if (s.path === `/${rel}`) {
+            fs.writeFileSync(file, Buffer.alloc(size, 0x5a));
+            fs.utimesSync(file, 1000, 1000);
+          }
+          yield s;
+        }
       });
-      await expect(run.run()).rejects.toMatchObject({
+      const run = volumeBackupRun(target, catalogDir, new FakeControl(mirror));
+      await expect(run.run().finally(() => spy.mockRestore())).rejects.toMatchObject({
         code: 'ETWIN_MIRROR_CHANGED',
         data: { path: `/${rel}` },
       });
@@ -173,6 +184,49 @@ describe('backup run, restore, check, forget (hand-made mirror)', () => {
       expect(all.map((s) => s.state)).toEqual(['failed']);
       expect(await target.listSnapshots()).toEqual([]);
     });
+
+  it('copies while the sizing walk goes on; the copy phase starts when it is over, with totals fixed from then on', async () => {
+    const walk = MirrorReader.prototype.walk;
+    let copiedDuringWalk = false;
+    let copying: (() => void) | undefined;
+    const copied = new Promise<void>((r) => {
+      copying = r;
+    });
+    const events: Array<{ phase: string; files: number; filesTotal: number; bytesTotal: number }> = [];
+    // After its first file the walk waits for a copy to finish (at most 2 s: a walk that
+    // the copy waits for gives nothing to wait for).
+    const spy = vi.spyOn(MirrorReader.prototype, 'walk').mockImplementation(async function* (
+      this: MirrorReader,
+      sel,
+    ) {
+      let waited = false;
+      for await (const s of walk.call(this, sel)) {
+        yield s;
+        if (!waited && s.stat?.isFile()) {
+          waited = true;
+          await Promise.race([copied, new Promise((r) => setTimeout(r, 2000))]);
+        }
+      }
+    });
+    const run = volumeBackupRun(target, catalogDir, new FakeControl(mirror));
+    run.onDidProgress((p) => {
+      events.push({ phase: p.phase, files: p.files, filesTotal: p.filesTotal, bytesTotal: p.bytesTotal });
+      if (p.files > 0 && p.phase === 'size') copiedDuringWalk = true;
+      if (p.files > 0) copying?.();
+    });
+    const r = await run.run().finally(() => spy.mockRestore());
+    expect(copiedDuringWalk).toBe(true);
+    const copy = events.filter((e) => e.phase === 'copy');
+    expect(copy.length).toBeGreaterThan(0);
+    const files =
+      r.snapshot.totals.files +
+      r.snapshot.totals.dirs +
+      r.snapshot.totals.symlinks +
+      (r.snapshot.totals.nodes ?? 0);
+    for (const e of copy) expect(e).toMatchObject({ filesTotal: files, bytesTotal: r.snapshot.totals.bytes });
+    // Never more done than found.
+    for (const e of events) expect(e.files).toBeLessThanOrEqual(e.filesTotal);
+  });
 
   it('past the entries the sizing walk keeps, the copy walks again and the snapshot is the same', async () => {
     const kept = await backup(new FakeControl(mirror), { full: true });
@@ -276,6 +330,19 @@ describe('backup run, restore, check, forget (hand-made mirror)', () => {
                     })(),
                     { objectMode: false },
                   ),
+                  ...rest,
+                ),
+            },
+            // A large file read straight into the target's buffers (ReadIntoWriter).
+            putFileFrom: {
+              value: (p: string, read: ReadInto, ...rest: [EntryMeta, { signal?: AbortSignal }?]) =>
+                (w as typeof w & ReadIntoWriter).putFileFrom(
+                  p,
+                  async (buf, offset, length) => {
+                    const n = await read(buf, offset, length);
+                    control.disconnect(); // after the first piece went to the target
+                    return n;
+                  },
                   ...rest,
                 ),
             },

@@ -1,6 +1,7 @@
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
+import { SizingWalk } from '../../src/backup-peer/backup-run.js';
 import { MirrorReader } from '../../src/backup-peer/mirror-source.js';
 import { forEachLimitAsync } from '../../src/backup-peer/safe-tree.js';
 import { tempDir } from './peer-fixture.js';
@@ -91,5 +92,70 @@ describe('walking the mirror (the run walks it when the item list was cut short)
       throw new Error('walk failed');
     }
     await expect(forEachLimitAsync(items(), 2, async () => undefined)).rejects.toThrow('walk failed');
+  });
+  /** A tree of `n` files in two directories, and the paths a walk of it gives. */
+  async function smallTree(n: number): Promise<{ dir: string; paths: string[] }> {
+    const d = await tempDir();
+    cleanups.push(d.cleanup);
+    const paths = ['/t'];
+    await fsp.mkdir(path.join(d.dir, 't'));
+    for (const sub of ['a', 'b']) {
+      await fsp.mkdir(path.join(d.dir, 't', sub));
+      paths.push(`/t/${sub}`);
+      for (let i = 0; i < n / 2; i++) {
+        const name = `f${String(i).padStart(3, '0')}`;
+        await fsp.writeFile(path.join(d.dir, 't', sub, name), 'x'.repeat(i));
+        paths.push(`/t/${sub}/${name}`);
+      }
+    }
+    return { dir: d.dir, paths };
+  }
+
+  it('the sizing walk hands its entries to a slow copy in order; past the entries it queues, the copy walks on from the last one', async () => {
+    const { dir, paths } = await smallTree(40);
+    const reader = new MirrorReader(dir);
+    let walks = 0;
+    const counts: Array<[number, number, boolean]> = [];
+    const walk = new SizingWalk(
+      () => {
+        walks++;
+        return reader.walk({ subtree: '/t' });
+      },
+      3,
+      new AbortController().signal,
+      (files, bytes, done) => counts.push([files, bytes, done]),
+    );
+    const got: string[] = [];
+    // Slower than the walk: at most 3 entries wait, so it queues only the first few.
+    await forEachLimitAsync(walk.entries(), 2, async (s) => {
+      got.push(s.path);
+      await new Promise((r) => setTimeout(r, 2));
+    });
+    expect(got).toEqual(paths);
+    expect(walks).toBe(2);
+    // The totals of the whole walk, told once at its end.
+    const bytes = 2 * Array.from({ length: 20 }, (_, i) => i).reduce((a, b) => a + b, 0);
+    expect(counts.filter((c) => c[2])).toEqual([[paths.length, bytes, true]]);
+  });
+
+  it('a split copy whose walk differs where the copy walks on fails with ETWIN_MIRROR_CHANGED', async () => {
+    const { dir } = await smallTree(40);
+    const reader = new MirrorReader(dir);
+    let walks = 0;
+    const walk = new SizingWalk(
+      async function* () {
+        // The copy's own walk finds a new entry sorted before everything it had queued.
+        if (++walks === 2) await fsp.writeFile(path.join(dir, 't', 'a', 'e'), 'new');
+        yield* reader.walk({ subtree: '/t' });
+      },
+      3,
+      new AbortController().signal,
+      () => undefined,
+    );
+    await expect(
+      forEachLimitAsync(walk.entries(), 1, async () => {
+        await new Promise((r) => setTimeout(r, 2));
+      }),
+    ).rejects.toMatchObject({ code: 'ETWIN_MIRROR_CHANGED' });
   });
 });

@@ -123,6 +123,90 @@ describe('dir repository: the worker path', () => {
     expect((await checkRepository(t.repo, { readData: 1 })).problems).toEqual([]);
   });
 
+  it('large files are read straight into the windows (no read stream): stored as putFile stores them, and one that grew or shrank since it was listed stores nothing', async () => {
+    const dir = await fx.tmp();
+    process.env.TWINFS_PASSWORD = 'worker test';
+    const t = await open(`dir:${dir}/r`);
+    const mirror = path.join(dir, 'mirror');
+    await fsp.mkdir(mirror);
+    // Just past the small-file size, on and off the window edges.
+    const good = new Map<string, Buffer>([
+      ['/a', pseudoRandom(MiB + 1, 31)],
+      ['/b', pseudoRandom(WINDOW, 32)],
+      ['/c', pseudoRandom(2 * WINDOW + 12_345, 33)],
+    ]);
+    for (const [p, data] of good) await fsp.writeFile(path.join(mirror, p), data);
+    for (const p of ['/grown', '/shrunk'])
+      await fsp.writeFile(path.join(mirror, p), pseudoRandom(3 * MiB, 34));
+    const reader = new MirrorReader(mirror);
+    const listed = await Promise.all(
+      [...good.keys(), '/grown', '/shrunk'].map(async (p) => ({
+        path: p,
+        mirrorPath: p,
+        stat: await reader.lstatNs(p),
+      })),
+    );
+    await fsp.appendFile(path.join(mirror, 'grown'), 'x');
+    await fsp.truncate(path.join(mirror, 'shrunk'), 2 * MiB);
+
+    const w = await t.beginSnapshot(snapMeta('into'));
+    // Every large file goes the direct way: a put through a stream fails the test.
+    const writer = Object.assign(Object.create(w) as typeof w, {
+      putFile: () => Promise.reject(new Error('read through a stream')),
+    });
+    const copier = new EntryCopier({ reader, writer, signal: new AbortController().signal });
+    const results = await Promise.allSettled(listed.map((s) => copier.copy(s)));
+    const byPath = new Map(listed.map((s, i) => [s.path, results[i]!]));
+    for (const p of ['/grown', '/shrunk'])
+      expect(byPath.get(p), p).toMatchObject({
+        status: 'rejected',
+        reason: { code: 'ETWIN_MIRROR_CHANGED' },
+      });
+    const entries: ManifestEntry[] = [];
+    for (const [p, data] of good) {
+      const r = byPath.get(p)!;
+      expect(r.status, p).toBe('fulfilled');
+      const e = (r as PromiseFulfilledResult<ManifestEntry>).value;
+      expect(e).toMatchObject({ path: p, size: data.length, hash: sha256(data) });
+      entries.push(e);
+    }
+    await w.commit(manifest(snapMeta('into'), entries));
+    for (const [p, data] of good)
+      expect(sha256(await readAll(await t.openFile('into', p))), p).toBe(sha256(data));
+    // The chunk ids are the ones a streamed put gives (the same content deduplicates).
+    const w2 = await t.beginSnapshot(snapMeta('streamed'));
+    for (const [p, data] of good) {
+      const r = await w2.putFile(p, streamOf(data, MiB), fileMeta(data.length));
+      expect(r.stamp, p).toBe(entries.find((e) => e.path === p)?.stored);
+    }
+    await w2.abort();
+    expect((await checkRepository(t.repo, { readData: 1 })).problems).toEqual([]);
+  });
+
+  it('a file read into the windows in short, odd reads is cut as its stream is', async () => {
+    const dir = await fx.tmp();
+    const t = await open(`dir:${dir}/r`);
+    await firstSnapshot(t, pseudoRandom(MiB, 6));
+    const data = pseudoRandom(2 * WINDOW + 777_777, 7);
+    const cutter = new ContentCutter(t.repo, pool(2));
+    let at = 0;
+    let reads = 0;
+    const read = async (buf: Buffer, offset: number, length: number) => {
+      // Never more than asked, often less: 1,000,003 bytes at most per read.
+      const n = Math.min(length, data.length - at, 1_000_003 - (reads++ % 3) * 17);
+      data.copy(buf, offset, at, at + n);
+      at += n;
+      return n;
+    };
+    const got: string[] = [];
+    const r = await cutter.stream(read, async (blobs) => {
+      for (const b of blobs) got.push(b.id);
+    });
+    const whole = await cutter.whole(data);
+    expect(r).toEqual({ hash: sha256(data), size: data.length });
+    expect(got).toEqual(whole.blobs.map((b) => b.id));
+  });
+
   it('work any worker can do goes to the one with the least queued: not to a worker still holding a large window', async () => {
     const dir = await fx.tmp();
     process.env.TWINFS_PASSWORD = 'worker test';
@@ -249,6 +333,30 @@ describe('dir repository: the worker path', () => {
       code: 'ETWIN_REPO_CORRUPT',
     });
     expect((await readAll(await t2.openFile('s', '/text.txt'))).equals(text)).toBe(true);
+  });
+
+  it("small random chunks (a small file's one chunk, 1 KiB to 64 KiB) are stored as they are without a zstd run; small text is compressed", async () => {
+    // Every byte counted below 64 KiB: the 32-bytes-per-KiB sample of a 4 KiB chunk (128
+    // bytes) cannot measure more than 7 bits/byte, so every small chunk went through zstd.
+    for (const n of [1024, 4096, 64 * 1024 - 1])
+      for (let seed = 1; seed <= 20; seed++)
+        expect(looksIncompressible(pseudoRandom(n, seed)), `${n}`).toBe(true);
+    const text = Buffer.from('twinfs keeps a mirror and backs it up off-host\n'.repeat(100));
+    for (const n of [1024, 4096]) expect(looksIncompressible(text.subarray(0, n))).toBe(false);
+    const dir = await fx.tmp();
+    const t = await open(`dir:${dir}/r`);
+    const w = await t.beginSnapshot(snapMeta('small'));
+    const random = pseudoRandom(4096, 41);
+    const small = text.subarray(0, 4096);
+    await w.putSmallFile!('/random', random, fileMeta(random.length));
+    await w.putSmallFile!('/text', small, fileMeta(small.length));
+    await w.commit(manifest(snapMeta('small'), [fileEntry('/random', random), fileEntry('/text', small)]));
+    const entries = await t.repo.readManifest((await t.repo.readSnapshot('small'))!);
+    const loc = (p: string) => t.repo.locate(entries.find((e) => e.path === p)!.chunks![0]!)!;
+    expect(loc('/random')).toMatchObject({ compressed: false, length: 4096 });
+    expect(loc('/text')).toMatchObject({ compressed: true });
+    expect((await readAll(await t.openFile('small', '/random'))).equals(random)).toBe(true);
+    expect((await readAll(await t.openFile('small', '/text'))).equals(small)).toBe(true);
   });
 
   it('packs sealed one after another reuse their batch and pack buffers: every blob of every pack reads back verified', async () => {
