@@ -89,21 +89,7 @@ describe('dir repository: the worker path', () => {
     const w = await t.beginSnapshot(snapMeta('batch'));
     const copier = new EntryCopier({ reader, writer: w, signal: new AbortController().signal });
     // All at once, as the peer copies: they share batches.
-    const results = await Promise.allSettled(listed.map((s) => copier.copy(s)));
-    const byPath = new Map(listed.map((s, i) => [s.path, results[i]!]));
-    for (const p of bad)
-      expect(byPath.get(p), p).toMatchObject({
-        status: 'rejected',
-        reason: { code: 'ETWIN_MIRROR_CHANGED' },
-      });
-    const entries: ManifestEntry[] = [];
-    for (const [p, data] of good) {
-      const r = byPath.get(p)!;
-      expect(r.status, p).toBe('fulfilled');
-      const e = (r as PromiseFulfilledResult<ManifestEntry>).value;
-      expect(e).toMatchObject({ path: p, size: data.length, hash: sha256(data) });
-      entries.push(e);
-    }
+    const entries = await copyAll(copier, listed, bad, good);
     // Nothing of a refused file was claimed: the path can be stored once it holds still.
     await fsp.writeFile(path.join(mirror, 'grown'), pseudoRandom(7000, 3));
     const again = await copier.copy({ path: '/grown', mirrorPath: '/grown' });
@@ -155,21 +141,7 @@ describe('dir repository: the worker path', () => {
       putFile: () => Promise.reject(new Error('read through a stream')),
     });
     const copier = new EntryCopier({ reader, writer, signal: new AbortController().signal });
-    const results = await Promise.allSettled(listed.map((s) => copier.copy(s)));
-    const byPath = new Map(listed.map((s, i) => [s.path, results[i]!]));
-    for (const p of ['/grown', '/shrunk'])
-      expect(byPath.get(p), p).toMatchObject({
-        status: 'rejected',
-        reason: { code: 'ETWIN_MIRROR_CHANGED' },
-      });
-    const entries: ManifestEntry[] = [];
-    for (const [p, data] of good) {
-      const r = byPath.get(p)!;
-      expect(r.status, p).toBe('fulfilled');
-      const e = (r as PromiseFulfilledResult<ManifestEntry>).value;
-      expect(e).toMatchObject({ path: p, size: data.length, hash: sha256(data) });
-      entries.push(e);
-    }
+    const entries = await copyAll(copier, listed, ['/grown', '/shrunk'], good);
     await w.commit(manifest(snapMeta('into'), entries));
     for (const [p, data] of good)
       expect(sha256(await readAll(await t.openFile('into', p))), p).toBe(sha256(data));
@@ -452,3 +424,29 @@ describe('dir repository: the worker path', () => {
     await expectIntact(t, keep);
   });
 });
+
+/** Copies every listed entry at once, as the peer does: the `changed` ones must fail with
+ * ETWIN_MIRROR_CHANGED, the `good` ones store exactly their data; returns their entries. */
+async function copyAll(
+  copier: EntryCopier,
+  listed: { path: string; mirrorPath: string }[],
+  changed: string[],
+  good: Map<string, Buffer>,
+): Promise<ManifestEntry[]> {
+  const results = await Promise.allSettled(listed.map((s) => copier.copy(s)));
+  const byPath = new Map(listed.map((s, i) => [s.path, results[i]!]));
+  for (const p of changed)
+    expect(byPath.get(p), p).toMatchObject({
+      status: 'rejected',
+      reason: { code: 'ETWIN_MIRROR_CHANGED' },
+    });
+  const entries: ManifestEntry[] = [];
+  for (const [p, data] of good) {
+    const r = byPath.get(p)!;
+    expect(r.status, p).toBe('fulfilled');
+    const e = (r as PromiseFulfilledResult<ManifestEntry>).value;
+    expect(e).toMatchObject({ path: p, size: data.length, hash: sha256(data) });
+    entries.push(e);
+  }
+  return entries;
+}
