@@ -157,7 +157,8 @@ describe('backup peer end to end (real server, real peer processes)', () => {
 
   it('kill -9 of the peer mid-copy: no complete snapshot, the server releases the split', async () => {
     await fsp.mkdir(path.join(fx.mnt, 'big'));
-    await sh(`dd if=/dev/zero of='${fx.mnt}/big/file' bs=1M count=256 status=none`, { timeoutMs: 60_000 });
+    // Random data: zeros deduplicate to one chunk and are stored before the test can kill.
+    await sh(`head -c 256M /dev/urandom > '${fx.mnt}/big/file'`, { timeoutMs: 60_000 });
     const events = recordEvents(client);
     const peer = watchCli(['backup', ...common, '--subtree', '/big', '--lease-sec', '2', '--json']);
     await waitUntil(
