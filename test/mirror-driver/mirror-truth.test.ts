@@ -81,6 +81,15 @@ describe('mirror status: failed repairs and vanished mirrors', () => {
     const before = await twinfs(`pairs ${conn}`);
     expect(before.stdout).toMatch(/^volume: PAIR$/m);
 
+    // Both files written back to the mirror first: a write-back that runs after the unmount
+    // breaks its own pair (ENOENT under the gone directory) before the check of the root.
+    const onMirror = (rel: string) =>
+      fsp.readFile(path.join(t.dirs.mirror2!, 'data', rel), 'utf8').catch(() => '');
+    for (const deadline = Date.now() + 20_000; ; ) {
+      if ((await onMirror('d/one')) === 'one\n' && (await onMirror('two')) === 'two\n') break;
+      if (Date.now() > deadline) throw new Error('the files never reached the mirror');
+      await new Promise((r) => setTimeout(r, 50));
+    }
     // The mirror's filesystem goes away (a lazy unmount: the directory stays, empty).
     await sh(`umount -l '${t.dirs.mirror2}'`);
     const broken = await waitForEvent(s, (e) => e.event === 'broken', 10_000);
