@@ -9,10 +9,8 @@
 //
 // A variant is NAME|CLI|SERVE ARGS|ENV as in bench/compare.mjs (CLI defaults to this checkout's
 // dist, snapshotted; @MIRROR@ becomes a fresh directory).
-import * as path from 'node:path';
 import {
   cpuSeconds,
-  DIST,
   fmt,
   installCleanup,
   loadavg,
@@ -23,7 +21,7 @@ import {
   run,
   snapshotDist,
   startBindfs,
-  startTwinfs,
+  startVariant,
   table,
   tempBase,
   threadCpuSeconds,
@@ -52,25 +50,8 @@ const build = snapshotDist(base);
 const d = mkdirs(base, 'primary', 'bindfs');
 const T = [{ name: 'bindfs', mnt: d.bindfs, s: await startBindfs(d.primary, d.bindfs) }];
 for (const [i, spec] of variants.entries()) {
-  const [name, cli, args, env] = spec.split('|');
-  const dd = mkdirs(base, `m${i}`, `s${i}`, `p${i}`, `r${i}`);
-  const s = await startTwinfs({
-    cli: cli || path.join(DIST, 'cli/main.js'),
-    primary: dd[`p${i}`],
-    mount: dd[`m${i}`],
-    stateDir: dd[`s${i}`],
-    extra: (args ?? '')
-      .split(' ')
-      .filter(Boolean)
-      .map((a) => (a === '@MIRROR@' ? dd[`r${i}`] : a)),
-    env: Object.fromEntries(
-      (env ?? '')
-        .split(' ')
-        .filter(Boolean)
-        .map((kv) => kv.split('=')),
-    ),
-  });
-  T.push({ name, mnt: dd[`m${i}`], s });
+  const v = await startVariant(base, i, spec);
+  T.push({ name: v.name, mnt: v.mount, s: v.server });
 }
 const load0 = loadavg();
 const res = {};
