@@ -17,10 +17,8 @@
 // rest, twice, 1.1 s apart). --bare adds the primary directory itself as a target (no server).
 // @MIRROR@ in a variant's ARGS becomes a fresh directory of its own (`--mirror @MIRROR@`: the
 // mirror on the same filesystem; a tmpfs is bench/lib.mjs mountTmpfs's job).
-import * as path from 'node:path';
 import {
   cpuSeconds,
-  DIST,
   dropCaches,
   fmt,
   installCleanup,
@@ -32,7 +30,7 @@ import {
   run,
   snapshotDist,
   startBindfs,
-  startTwinfs,
+  startVariant,
   table,
   tempBase,
   waitForQuiet,
@@ -78,28 +76,9 @@ if (opts.bare) {
   M.bare = d.primary;
 }
 for (const [i, spec] of variants.entries()) {
-  const [name, cli, args, env] = spec.split('|');
-  // A primary of its own (same filesystem): one twinfs server per volume (the volume lock).
-  const dd = mkdirs(base, `m${i}`, `s${i}`, `p${i}`, `r${i}`);
-  S[name] = await startTwinfs({
-    cli: cli || path.join(DIST, 'cli/main.js'),
-    primary: dd[`p${i}`],
-    mount: dd[`m${i}`],
-    stateDir: dd[`s${i}`],
-    extra: args
-      ? args
-          .split(' ')
-          .filter(Boolean)
-          .map((a) => (a === '@MIRROR@' ? dd[`r${i}`] : a))
-      : [],
-    env: Object.fromEntries(
-      (env ?? '')
-        .split(' ')
-        .filter(Boolean)
-        .map((kv) => kv.split('=')),
-    ),
-  });
-  M[name] = dd[`m${i}`];
+  const v = await startVariant(base, i, spec);
+  S[v.name] = v.server;
+  M[v.name] = v.mount;
 }
 const SEQ = opts['seq-mb'];
 const SMALL = opts['small-mb'];

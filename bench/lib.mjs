@@ -552,6 +552,34 @@ export async function startTwinfs(o) {
   };
 }
 
+/**
+ * Starts the twinfs server of a benchmark variant NAME|CLI|SERVE ARGS|ENV (all but NAME
+ * optional; CLI defaults to DIST's, @MIRROR@ in ARGS becomes a fresh directory), with a primary
+ * of its own under base (one twinfs server per volume: the volume lock). Returns its name, mount
+ * point and server.
+ */
+export async function startVariant(base, i, spec) {
+  const [name, cli, args, env] = spec.split('|');
+  const dd = mkdirs(base, `m${i}`, `s${i}`, `p${i}`, `r${i}`);
+  const server = await startTwinfs({
+    cli: cli || path.join(DIST, 'cli/main.js'),
+    primary: dd[`p${i}`],
+    mount: dd[`m${i}`],
+    stateDir: dd[`s${i}`],
+    extra: (args ?? '')
+      .split(' ')
+      .filter(Boolean)
+      .map((a) => (a === '@MIRROR@' ? dd[`r${i}`] : a)),
+    env: Object.fromEntries(
+      (env ?? '')
+        .split(' ')
+        .filter(Boolean)
+        .map((kv) => kv.split('=')),
+    ),
+  });
+  return { name, mount: dd[`m${i}`], server };
+}
+
 /** Mounts bindfs (libfuse2 build on Debian 12) over src at mnt. */
 export async function startBindfs(src, mnt, opts = 'big_writes') {
   await run('bindfs', opts ? ['-o', opts, src, mnt] : [src, mnt], { timeoutMs: 20_000 });

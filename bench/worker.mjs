@@ -52,6 +52,23 @@ if (mode === 'meta') {
   for (const f of names) fs.unlinkSync(f);
   const unlinkMs = now() - t;
   process.stdout.write(`${JSON.stringify({ n, size, createMs, statMs, unlinkMs })}\n`);
+} else if (mode === 'files') {
+  // One phase of meta on its own (bench/create-unlink.mjs): --op create (O_CREAT|O_EXCL, --size
+  // bytes, close) or unlink, of --n files f0.. in --dir.
+  const n = Number(a.n ?? 3000);
+  const data = Buffer.alloc(Number(a.size ?? 4096), 0x61);
+  const flags = fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_WRONLY;
+  const t = now();
+  for (let i = 0; i < n; i++) {
+    const f = `${a.dir}/f${i}`;
+    if (a.op === 'unlink') fs.unlinkSync(f);
+    else {
+      const fd = fs.openSync(f, flags, 0o644);
+      if (data.length) fs.writeSync(fd, data, 0, data.length, 0);
+      fs.closeSync(fd);
+    }
+  }
+  process.stdout.write(`${JSON.stringify({ n, ms: now() - t })}\n`);
 } else if (mode === 'walk') {
   const n = Number(a.n ?? 10000);
   const size = Number(a.size ?? 1024);

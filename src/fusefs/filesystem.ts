@@ -8,7 +8,7 @@ import { createFuseHandlers } from './fuse-adapter.js';
 import { KernelNames } from './kernel-names.js';
 import { isMountPoint, preflight } from './mount-checks.js';
 import { watchMount } from './mount-watch.js';
-import { NativeChanges, nativeUnlinkFromEnv } from './native-changes.js';
+import { NativeChanges, nativeUnlinkCachedFromEnv, nativeUnlinkFromEnv } from './native-changes.js';
 import {
   DEFAULT_LIBFUSE,
   DEFAULT_NATIVE_OPTIONS,
@@ -291,7 +291,13 @@ export class TwinFs {
   /** Unlinks answered in libfuse's threads from now on (native-changes.ts). */
   private enableNativeChanges(): void {
     if (!this.inhibitor || !this.nativeChangeTarget || typeof this.fuse.nativeUnlink !== 'function') return;
-    const changes = new NativeChanges(this.fuse, this.ops, this.inhibitor, (m) => this.log(m));
+    const changes = new NativeChanges(
+      this.fuse,
+      this.ops,
+      this.inhibitor,
+      (m) => this.log(m),
+      nativeUnlinkCachedFromEnv(),
+    );
     this.nativeChanges = { changes, handlers: changes.wrap(this.nativeChangeTarget) };
     // Disposed at unmount after the cache's last write-back: the queue is reported first.
     this.store.add(changes);
@@ -359,6 +365,9 @@ export class TwinFs {
 
   private async doUnmount(): Promise<void> {
     const errors: unknown[] = [];
+    // Unlinks done natively first: the data of a file they removed is dropped, not written back
+    // (nor spilled under a path that no longer names it).
+    this.nativeChanges?.changes.drain();
     // A failure here is retried after detaching (and then spilled): not reported twice.
     await this.cache.flushAll().catch(() => undefined);
     try {
@@ -376,6 +385,7 @@ export class TwinFs {
         );
     }
     let spilled = false;
+    this.nativeChanges?.changes.drain();
     try {
       await this.cache.flushAll();
     } catch (err) {

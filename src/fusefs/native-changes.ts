@@ -7,10 +7,10 @@ type Handler = (...args: any[]) => void;
 
 /** The patched fuse-native's calls for unlinks answered natively (native-unlink.h). */
 export interface NativeChangeBinding {
-  nativeUnlink(enabled: boolean): boolean;
+  nativeUnlink(enabled: boolean, cached?: boolean): boolean;
   takeNativeChanges(begin: boolean): Array<string | number> | null;
   endNativeChange(): void;
-  nativeUnlinkStats(): { answered: number; fallbacks: number; busy: number };
+  nativeUnlinkStats(): { answered: number; fallbacks: number; busy: number; cached?: number };
   onNativeChanges: (() => void) | null;
 }
 
@@ -44,6 +44,14 @@ export function nativeUnlinkFromEnv(env: NodeJS.ProcessEnv = process.env): boole
 }
 
 /**
+ * Whether files with data in the write-back cache are unlinked natively too (the default);
+ * TWINFS_NATIVE_UNLINK=uncached keeps those on the JS thread (the rule before, for comparison).
+ */
+export function nativeUnlinkCachedFromEnv(env: NodeJS.ProcessEnv = process.env): boolean {
+  return env.TWINFS_NATIVE_UNLINK !== 'uncached';
+}
+
+/**
  * libfuse3: unlinks answered in libfuse's worker thread (native-unlink.h), each reported here
  * in the primary's order as VolumeOps.unlink would have reported it. Order is kept by three
  * rules:
@@ -59,11 +67,19 @@ export class NativeChanges implements Disposable {
   private enabled = false;
   private readonly subs: Disposable[] = [];
 
+  /**
+   * cached: files the write-back cache holds data of are unlinked natively too. Their data is
+   * dropped when the unlink is reported (VolumeOps.nativeUnlinked marks the node nameless in
+   * the same synchronous step as the sink sees the unlink, so no write-back reports the path
+   * after it); until then the cache's descriptor keeps the inode, so its number cannot name a
+   * new file while the native attribute table still has an entry for it.
+   */
   constructor(
     private readonly fuse: NativeChangeBinding,
     private readonly ops: VolumeOps,
     inhibitor: WriteInhibitor,
     private readonly log: (msg: string) => void,
+    private readonly cached = true,
   ) {
     fuse.onNativeChanges = () => this.take(false);
     this.subs.push(
@@ -107,8 +123,8 @@ export class NativeChanges implements Disposable {
     this.take(false);
   }
 
-  stats(): { answered: number; fallbacks: number; busy: number; enabled: boolean } {
-    return { ...this.fuse.nativeUnlinkStats(), enabled: this.enabled };
+  stats(): { answered: number; fallbacks: number; busy: number; cached: number; enabled: boolean } {
+    return { cached: 0, ...this.fuse.nativeUnlinkStats(), enabled: this.enabled };
   }
 
   dispose(): void {
@@ -120,7 +136,7 @@ export class NativeChanges implements Disposable {
   private set(on: boolean): void {
     this.enabled = on;
     // When turned off, the native side is quiet once this returns: report what it did.
-    this.fuse.nativeUnlink(on);
+    this.fuse.nativeUnlink(on, this.cached);
     if (!on) this.take(false);
   }
 

@@ -432,7 +432,9 @@ export class WritebackCache {
   async takeUnwritten(): Promise<UnwrittenFile[]> {
     const out: UnwrittenFile[] = [];
     for (const n of [...this.nodes.values()]) {
-      if (n.dead || !n.isDirty) continue;
+      // A file with no name left (an unlink reported, its discard still queued) has no path to
+      // write its data to at the next start.
+      if (n.dead || n.nameless || !n.isDirty) continue;
       await n.lock.run(async () => {
         if (n.dead || n.dirty.isEmpty) return;
         const taken = n.dirty.takeAll();

@@ -49,21 +49,31 @@ export class MirrorWriter {
         // The primary made a new, empty file. A stale one in the mirror (left by a rename that a
         // split held back, or a crash) must not lend it old bytes, nor lose its own: it may be
         // another name of a file that lives on, so it is unlinked, not truncated.
+        // Synchronous, as the primary's create is: one JS step of a few syscalls costs the server
+        // far less than five trips through the libuv pool, and the descriptor is kept for the
+        // file's first write-back, which comes next (it needed an open and an fstat of its own).
         this.forget(c.path, false);
-        await fsp.unlink(p).catch((e) => {
-          if (e.code !== 'ENOENT') throw e;
-        });
-        const fh = await fsp.open(
-          p,
-          fs.constants.O_CREAT | fs.constants.O_TRUNC | fs.constants.O_WRONLY,
-          c.mode & 0o7777,
-        );
+        const flags = fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_WRONLY;
+        let fd: number;
         try {
-          await fh.chown(c.uid, c.gid);
-          await fh.chmod(c.mode & 0o7777);
-        } finally {
-          await fh.close();
+          fd = fs.openSync(p, flags, c.mode & 0o7777);
+        } catch (e) {
+          if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+          fs.unlinkSync(p);
+          fd = fs.openSync(p, flags, c.mode & 0o7777);
         }
+        try {
+          // What open did not give already: an owner other than the server's (or the parent's
+          // group), bits the umask took. chown before chmod: chown clears set-id bits.
+          const st = fs.fstatSync(fd);
+          if (st.uid !== c.uid || st.gid !== c.gid) fs.fchownSync(fd, c.uid, c.gid);
+          if (st.uid !== c.uid || st.gid !== c.gid || (st.mode & 0o7777) !== (c.mode & 0o7777))
+            fs.fchmodSync(fd, c.mode & 0o7777);
+        } catch (e) {
+          fs.closeSync(fd);
+          throw e;
+        }
+        this.keep(c.path, fd, 1);
         return;
       }
       case 'mkdir':
@@ -101,8 +111,9 @@ export class MirrorWriter {
         await fsp.rename(from, p);
         return;
       case 'unlink':
+        // Synchronous as the create above: one syscall, not a trip through the libuv pool.
         this.forget(c.path, false);
-        await fsp.unlink(p);
+        fs.unlinkSync(p);
         return;
       case 'rmdir':
         this.forget(c.path, true);
@@ -189,14 +200,20 @@ export class MirrorWriter {
     const st = await new Promise<fs.Stats | undefined>((res) =>
       fs.fstat(fd, (e, s) => res(e ? undefined : s)),
     );
-    this.nlinks.set(path, st?.nlink ?? 1);
+    this.keep(path, fd, st?.nlink ?? 1);
+    return fd;
+  }
+
+  /** Caches fd as path's descriptor (nlink: its inode's link count now), the oldest out. */
+  private keep(path: string, fd: number, nlink: number): void {
+    this.fds.set(path, fd);
+    this.nlinks.set(path, nlink);
     if (this.fds.size > FD_CACHE) {
       const [oldPath, oldFd] = this.fds.entries().next().value as [string, number];
       this.fds.delete(oldPath);
       this.nlinks.delete(oldPath);
       fs.close(oldFd, () => undefined);
     }
-    return fd;
   }
 }
 

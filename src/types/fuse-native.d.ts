@@ -362,13 +362,15 @@ declare module 'fuse-native' {
     /**
      * libfuse3, patch level 7 (native-unlink.h): whether UNLINK may be done in libfuse's worker
      * thread (needs nativeAttributes). false: once it returns, every native unlink is queued.
+     * cached: also of files JS holds cached data of (dropped when their change reaches JS).
      */
-    nativeUnlink(enabled: boolean): boolean;
+    nativeUnlink(enabled: boolean, cached?: boolean): boolean;
     /** The unlinks done natively, in order, as [path, ino, ...], or null; begin: a JS change starts. */
     takeNativeChanges(begin: boolean): Array<string | number> | null;
     /** The JS change begun by takeNativeChanges(true) ended. */
     endNativeChange(): void;
-    nativeUnlinkStats(): { answered: number; fallbacks: number; busy: number };
+    /** cached: of the answered, unlinks of files JS held cached data of (0 on older builds). */
+    nativeUnlinkStats(): { answered: number; fallbacks: number; busy: number; cached?: number };
     /** Called on the JS thread when native unlinks are queued and no op took them. */
     onNativeChanges: (() => void) | null;
 
