@@ -5,7 +5,7 @@ import { mknod } from '../posix/mknod.js';
 import { nsToMs, setTimesNs } from '../posix/set-times.js';
 import { type ChangeSink, nullSink, type WriteGate } from './change-sink.js';
 import { errnoError } from './errno.js';
-import { HiddenRenames, isHiddenEntry } from './hidden-renames.js';
+import { HiddenRenames, isHiddenEntry, isHiddenPath } from './hidden-renames.js';
 import type { KernelNames } from './kernel-names.js';
 import { OpenNames } from './open-names.js';
 import { parentOf, type VolumePaths } from './volume-paths.js';
@@ -199,7 +199,11 @@ export class VolumeOps {
     this.paths.at([path], lstatNow);
   }
 
+  /** Listings read (each READDIR/READDIRPLUS at offset 0 of an open directory). */
+  readdirs = 0;
+
   async readdir(path: string): Promise<string[] | DirListing> {
+    this.readdirs++;
     // readdir(3) on a local filesystem lists '.' and '..' too (`ls -a`, some tools rely on it);
     // libfuse passes on exactly what we return.
     const entries = await this.paths.at([path], (b) => fsp.readdir(b));
@@ -562,6 +566,7 @@ export class VolumeOps {
     if (node && keeper !== undefined) node.path = keeper;
     this.kernelNames?.remove(path);
     this.hides.removed(path);
+    this.hiddenGone(path);
     // No name left: nothing of it may be reported from here on (a flush in flight included).
     if (node && st.nlink <= 1) node.nameless = true;
     await this.sink.apply({ op: 'unlink', path });
@@ -571,6 +576,14 @@ export class VolumeOps {
       if (node.path === path) await this.renameNode(node, st);
       await this.releaseIfIdle(node);
     }
+  }
+
+  /**
+   * libfuse removes a hidden file (an open file's unlinked or replaced name) at its last close
+   * with no request of the kernel's: a listing of its directory the kernel cached still has it.
+   */
+  private hiddenGone(path: string): void {
+    if (this.kernelNames && isHiddenPath(path)) this.kernelNames.listingChangedBehind(parentOf(path));
   }
 
   /**
@@ -588,6 +601,7 @@ export class VolumeOps {
     if (before instanceof Promise) before.catch(() => undefined);
     this.kernelNames?.remove(path);
     this.hides.removed(path);
+    this.hiddenGone(path);
     const node = this.cache.get(ino);
     if (node) node.nameless = true;
     // Queued now, synchronously: the sink sees it before any change JS makes after this call.
