@@ -623,7 +623,7 @@ export class VolumeOps {
   }
 
   /**
-   * rmdir met a directory (or a directory rename is about to replace one) whose entries are all
+   * rmdir met a directory (or a directory rename over one failed) whose entries are all
    * libfuse's hidden names: files unlinked while open, which high-level libfuse renames to
    * `.fuse_hidden…` and removes at the last release (waiting for that here deadlocks: libfuse
    * holds the directory's path lock for the RMDIR, and the release's unlink waits for it). For
@@ -696,9 +696,6 @@ export class VolumeOps {
       // Two names of one file: POSIX rename does nothing, and neither the mirror nor the change
       // record may see a rename (f would be gone there).
       if (src && dest && sameFile(src, dest)) return;
-      // A directory renamed over one whose entries are all hidden names: they go first, as for
-      // rmdir (dropHiddenNames).
-      if (isDir(src) && isDir(dest)) await this.dropHiddenNames(to);
       if (src && !dest && hiddenAs !== undefined) {
         const hidden = this.lstatIfAny(hiddenAs);
         if (hidden && sameFile(src, hidden)) {
@@ -715,7 +712,22 @@ export class VolumeOps {
       const keeper =
         replaced?.isDirty && dest!.nlink > 1 ? this.otherNameNow(replaced, dest!, to) : undefined;
       if (replaced?.isDirty && dest!.nlink > 1 && keeper === undefined) await this.cache.flush(replaced);
-      this.paths.at([from, to], (a, b) => fs.renameSync(a, b));
+      try {
+        this.paths.at([from, to], (a, b) => fs.renameSync(a, b));
+      } catch (err) {
+        // A directory renamed over one whose entries are all hidden names: they go, and the
+        // rename is tried again, as for rmdir (dropHiddenNames). Only then: listing the target
+        // on every directory-over-directory rename cost a readdir each.
+        const code = (err as NodeJS.ErrnoException).code;
+        if (
+          (code !== 'ENOTEMPTY' && code !== 'EEXIST') ||
+          !isDir(src) ||
+          !isDir(dest) ||
+          !(await this.dropHiddenNames(to))
+        )
+          throw err;
+        this.paths.at([from, to], (a, b) => fs.renameSync(a, b));
+      }
       if (replaced && keeper !== undefined) replaced.path = keeper;
       // Update cached paths and report in one synchronous step, so a concurrent flush reports
       // its writes either before the rename under the old path or after it under the new one.
