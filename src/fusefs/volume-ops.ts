@@ -95,6 +95,11 @@ const O_PATH = 0o10000000;
 const O_ACCMODE = 0o3;
 const POSIX_ACL_NAMES = new Set(['system.posix_acl_access', 'system.posix_acl_default']);
 
+/** POSIX ACLs are not supported through the mount (see VolumeOps.setxattr). */
+function refuseAcl(name: string): void {
+  if (POSIX_ACL_NAMES.has(name)) throw errnoError('EOPNOTSUPP', 'POSIX ACLs are not supported through the mount');
+}
+
 /**
  * The filesystem's operations over volume paths, as promises that reject with errno errors.
  * Regular-file data goes through the write-back cache; everything else passes through to the
@@ -794,12 +799,12 @@ export class VolumeOps {
   // ---- extended attributes ------------------------------------------------------------------
 
   async setxattr(path: string, name: string, value: Buffer, flags: number): Promise<void> {
-    // libfuse2 cannot tell the kernel to enforce POSIX ACLs (no FUSE_POSIX_ACL): it checks mode
-    // bits only, where an ACL's mask shows up as group bits. An ACL stored on the primary would
-    // grant through the mount what it does not grant on a local disk, and deny what it grants:
-    // refuse them as a filesystem without ACL support does (cp -p and tar then fall back to chmod).
-    if (POSIX_ACL_NAMES.has(name))
-      throw errnoError('EOPNOTSUPP', 'POSIX ACLs are not supported through FUSE 2');
+    // The kernel does not enforce POSIX ACLs here (no FUSE_POSIX_ACL; libfuse2 cannot ask for
+    // it): it checks mode bits only, where an ACL's mask shows up as group bits. An ACL stored
+    // on the primary would grant through the mount what it does not grant on a local disk, and
+    // deny what it grants: refuse them as a filesystem without ACL support does (cp -p and tar
+    // then fall back to chmod).
+    refuseAcl(name);
     await this.guarded([path], async () => {
       const copy = Buffer.from(value);
       await this.onEntry(path, async (entry) => {
@@ -818,6 +823,10 @@ export class VolumeOps {
   }
 
   async getxattr(path: string, name: string): Promise<Buffer> {
+    // Not shown either (as without ACL support: EOPNOTSUPP, also for an ACL already on the
+    // primary); GNU ls -l then stops asking every entry for one. The native getxattr
+    // (native-attrs.h) answers the same.
+    refuseAcl(name);
     // The kernel's security.capability lookup before every write(2) reaches here once per
     // path: the patched fuse-native remembers an ENODATA answer and repeats it itself, until
     // forgetNoCapabilities (see guarded).
@@ -825,10 +834,12 @@ export class VolumeOps {
   }
 
   async listxattr(path: string): Promise<string[]> {
-    return this.onEntry(path, (entry) => xattr.listAttributes(entry));
+    const names = await this.onEntry(path, (entry) => xattr.listAttributes(entry));
+    return names.some((n) => POSIX_ACL_NAMES.has(n)) ? names.filter((n) => !POSIX_ACL_NAMES.has(n)) : names;
   }
 
   async removexattr(path: string, name: string): Promise<void> {
+    refuseAcl(name);
     await this.guarded([path], async () => {
       await this.onEntry(path, (entry) => xattr.removeAttribute(entry, name));
       await this.sink.apply({ op: 'removexattr', path, name });
