@@ -97,7 +97,8 @@ const POSIX_ACL_NAMES = new Set(['system.posix_acl_access', 'system.posix_acl_de
 
 /** POSIX ACLs are not supported through the mount (see VolumeOps.setxattr). */
 function refuseAcl(name: string): void {
-  if (POSIX_ACL_NAMES.has(name)) throw errnoError('EOPNOTSUPP', 'POSIX ACLs are not supported through the mount');
+  if (POSIX_ACL_NAMES.has(name))
+    throw errnoError('EOPNOTSUPP', 'POSIX ACLs are not supported through the mount');
 }
 
 /**

@@ -101,29 +101,35 @@ for (const libfuse of [2, 3] as const) {
       await v?.close();
     });
 
-    it.each(OPS)('%s ends as on ext4, and the open file stays readable and writable until closed', async (op) => {
-      const plain = await rmdirOpenUnlinked(v.dirs.plain!, op, op);
-      expect(plain).toMatchObject({ listing: PLAIN_LISTING[op], holder: { read: 'data\nmore\n', size: 10 } });
-      // Busy: d keeps d/g, the hidden name is not dropped, and the call fails as on ext4.
-      if (op.endsWith('-busy')) expect(['Directory not empty', 'File exists']).toContain(plain.done);
-      else expect(plain.done).toBe('ok');
-      const mounted = await rmdirOpenUnlinked(v.dirs.mnt!, op, op);
-      // Not fstat: the kernel asks for the attributes of the inode without the handle, and
-      // high-level libfuse has no path for it once its directory is gone (ENOENT, or ESTALE on
-      // libfuse3). docs/reliability.md, "rmdir of a directory holding .fuse_hidden names".
-      delete (mounted.holder as Record<string, unknown>).size;
-      delete (plain.holder as Record<string, unknown>).size;
-      expect(mounted).toEqual(plain);
-      const top = { rmdir: [], rename: ['d'], 'rmdir-busy': ['d'], 'rename-busy': ['d', 'e'] }[op];
-      expect((await fsp.readdir(path.join(v.dirs.primary!, op))).sort()).toEqual(top);
-      // The holder closed the file: libfuse removes its hidden name at the last release.
-      if (op.endsWith('-busy'))
-        await waitUntil(
-          async () => (await fsp.readdir(path.join(v.dirs.primary!, op, 'd'))).join() === 'g',
-          10_000,
-          'the hidden name gone',
-        );
-    });
+    it.each(OPS)(
+      '%s ends as on ext4, and the open file stays readable and writable until closed',
+      async (op) => {
+        const plain = await rmdirOpenUnlinked(v.dirs.plain!, op, op);
+        expect(plain).toMatchObject({
+          listing: PLAIN_LISTING[op],
+          holder: { read: 'data\nmore\n', size: 10 },
+        });
+        // Busy: d keeps d/g, the hidden name is not dropped, and the call fails as on ext4.
+        if (op.endsWith('-busy')) expect(['Directory not empty', 'File exists']).toContain(plain.done);
+        else expect(plain.done).toBe('ok');
+        const mounted = await rmdirOpenUnlinked(v.dirs.mnt!, op, op);
+        // Not fstat: the kernel asks for the attributes of the inode without the handle, and
+        // high-level libfuse has no path for it once its directory is gone (ENOENT, or ESTALE on
+        // libfuse3). docs/reliability.md, "rmdir of a directory holding .fuse_hidden names".
+        delete (mounted.holder as Record<string, unknown>).size;
+        delete (plain.holder as Record<string, unknown>).size;
+        expect(mounted).toEqual(plain);
+        const top = { rmdir: [], rename: ['d'], 'rmdir-busy': ['d'], 'rename-busy': ['d', 'e'] }[op];
+        expect((await fsp.readdir(path.join(v.dirs.primary!, op))).sort()).toEqual(top);
+        // The holder closed the file: libfuse removes its hidden name at the last release.
+        if (op.endsWith('-busy'))
+          await waitUntil(
+            async () => (await fsp.readdir(path.join(v.dirs.primary!, op, 'd'))).join() === 'g',
+            10_000,
+            'the hidden name gone',
+          );
+      },
+    );
 
     it('the mirror holds the same, and no hidden name', async () => {
       expect(await v.stopServer()).toBe(0);
