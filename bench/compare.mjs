@@ -15,6 +15,10 @@
 // mount: served from the kernel's page cache where it is kept across opens), bench/worker.mjs
 // meta on --files files, and bench/worker.mjs walk (readdir + lstat of a tree of --files files at
 // rest, twice, 1.1 s apart). --bare adds the primary directory itself as a target (no server).
+// --workloads picks some of seq,small,read,meta,walk,tools; tools (not in the default) runs
+// `find . -ls`, `ls -lR` and `git status` on a git checkout of --tools-files files (100 per
+// directory, committed, at rest): each after a drop of the kernel's caches (pass 1) and again
+// 1.1 s later (pass 2, past bindfs's 1 s timeouts).
 // @MIRROR@ in a variant's ARGS becomes a fresh directory of its own (`--mirror @MIRROR@`: the
 // mirror on the same filesystem; a tmpfs is bench/lib.mjs mountTmpfs's job).
 import {
@@ -58,6 +62,8 @@ const opts = parseArgs(
     'max-load': { default: 1.5, help: 'wait (up to --wait-quiet s) for the 1-min load to drop below this' },
     'wait-quiet': { default: 120, help: 'longest wait for a quiet machine, s' },
     'time-limit': { default: 1200, help: 'abort (and clean up) after this many seconds' },
+    workloads: { default: 'seq,small,read,meta,walk', help: 'comma list of seq,small,read,meta,walk,tools' },
+    'tools-files': { default: 10000, help: 'files in the tools workload (find, ls -lR, git status)' },
   },
   'node bench/compare.mjs --variant NAME[|CLI[|ARGS[|ENV=V ...]]] ... [options]',
   argv,
@@ -83,6 +89,15 @@ for (const [i, spec] of variants.entries()) {
 const SEQ = opts['seq-mb'];
 const SMALL = opts['small-mb'];
 const FILES = opts.files;
+const WANT = new Set(String(opts.workloads).split(','));
+for (const w of WANT)
+  if (!['seq', 'small', 'read', 'meta', 'walk', 'tools'].includes(w))
+    throw new Error(`unknown workload ${w}`);
+const TOOLS = [
+  ['find', 'find', ['.', '-ls']],
+  ['lsR', 'ls', ['-lR', '.']],
+  ['git', 'git', ['status', '--porcelain']],
+];
 const res = {};
 const add = (t, k, v) => {
   ((res[t] ??= {})[k] ??= []).push(v);
@@ -92,51 +107,111 @@ for (let rep = 0; rep < opts.reps; rep++) {
   for (const t of names.map((_, j) => names[(j + rep) % names.length])) {
     const m = M[t];
     const pid = S[t].pid;
-    dropCaches(base);
-    let c = cpuSeconds(pid);
-    let r = await run('dd', ['if=/dev/zero', `of=${m}/cmp-seq`, 'bs=1M', `count=${SEQ}`, 'conv=fsync']);
-    add(t, 'seq', SEQ / (r.ms / 1000));
-    add(t, 'seqcpu', ((cpuSeconds(pid) - c) * 1000) / SEQ);
-    await run('rm', ['-f', `${m}/cmp-seq`]);
-    dropCaches(base);
-    c = cpuSeconds(pid);
-    r = await run('dd', ['if=/dev/zero', `of=${m}/cmp-small`, 'bs=4k', `count=${SMALL * 256}`]);
-    add(t, 'small', SMALL / (r.ms / 1000));
-    add(t, 'smallcpu', ((cpuSeconds(pid) - c) * 1e6) / (SMALL * 256));
-    await run('rm', ['-f', `${m}/cmp-small`]);
-    await run('dd', ['if=/dev/zero', `of=${m}/cmp-read`, 'bs=1M', `count=${opts['read-mb']}`, 'conv=fsync']);
-    await run('dd', [`if=${m}/cmp-read`, 'of=/dev/null', 'bs=1M']);
-    c = cpuSeconds(pid);
-    r = await run('dd', [`if=${m}/cmp-read`, 'of=/dev/null', 'bs=1M']);
-    add(t, 'read', opts['read-mb'] / (r.ms / 1000));
-    add(t, 'readcpu', ((cpuSeconds(pid) - c) * 1000) / opts['read-mb']);
-    await run('rm', ['-f', `${m}/cmp-read`]);
-    await run('mkdir', ['-p', `${m}/cmp-meta`]);
-    c = cpuSeconds(pid);
-    const mm = await worker('meta', ['--dir', `${m}/cmp-meta`, '--n', String(FILES), '--size', '1024']);
-    add(t, 'create', FILES / (mm.createMs / 1000));
-    add(t, 'stat', FILES / (mm.statMs / 1000));
-    add(t, 'unlink', FILES / (mm.unlinkMs / 1000));
-    add(t, 'metacpu', ((cpuSeconds(pid) - c) * 1e6) / FILES);
-    await run('rm', ['-rf', `${m}/cmp-meta`]);
-    await run('mkdir', ['-p', `${m}/cmp-tree`]);
-    // The tree first, at rest past the write-back; then the server's CPU of the walks alone.
-    await worker('walk', [
-      '--dir',
-      `${m}/cmp-tree`,
-      '--n',
-      String(FILES),
-      '--settle-ms',
-      '4000',
-      '--passes',
-      '0',
-    ]);
-    c = cpuSeconds(pid);
-    const w = await worker('walk', ['--dir', `${m}/cmp-tree`, '--n', '0', '--settle-ms', '0']);
-    add(t, 'walk1', w.entries / (w.passMs[0] / 1000));
-    add(t, 'walk2', w.entries / (w.passMs[1] / 1000));
-    add(t, 'walkcpu', ((cpuSeconds(pid) - c) * 1e6) / (2 * w.entries));
-    await run('rm', ['-rf', `${m}/cmp-tree`]);
+    let c;
+    let r;
+    if (WANT.has('seq')) {
+      dropCaches(base);
+      c = cpuSeconds(pid);
+      r = await run('dd', ['if=/dev/zero', `of=${m}/cmp-seq`, 'bs=1M', `count=${SEQ}`, 'conv=fsync']);
+      add(t, 'seq', SEQ / (r.ms / 1000));
+      add(t, 'seqcpu', ((cpuSeconds(pid) - c) * 1000) / SEQ);
+      await run('rm', ['-f', `${m}/cmp-seq`]);
+    }
+    if (WANT.has('small')) {
+      dropCaches(base);
+      c = cpuSeconds(pid);
+      r = await run('dd', ['if=/dev/zero', `of=${m}/cmp-small`, 'bs=4k', `count=${SMALL * 256}`]);
+      add(t, 'small', SMALL / (r.ms / 1000));
+      add(t, 'smallcpu', ((cpuSeconds(pid) - c) * 1e6) / (SMALL * 256));
+      await run('rm', ['-f', `${m}/cmp-small`]);
+    }
+    if (WANT.has('read')) {
+      await run('dd', [
+        'if=/dev/zero',
+        `of=${m}/cmp-read`,
+        'bs=1M',
+        `count=${opts['read-mb']}`,
+        'conv=fsync',
+      ]);
+      await run('dd', [`if=${m}/cmp-read`, 'of=/dev/null', 'bs=1M']);
+      c = cpuSeconds(pid);
+      r = await run('dd', [`if=${m}/cmp-read`, 'of=/dev/null', 'bs=1M']);
+      add(t, 'read', opts['read-mb'] / (r.ms / 1000));
+      add(t, 'readcpu', ((cpuSeconds(pid) - c) * 1000) / opts['read-mb']);
+      await run('rm', ['-f', `${m}/cmp-read`]);
+    }
+    if (WANT.has('meta')) {
+      await run('mkdir', ['-p', `${m}/cmp-meta`]);
+      c = cpuSeconds(pid);
+      const mm = await worker('meta', ['--dir', `${m}/cmp-meta`, '--n', String(FILES), '--size', '1024']);
+      add(t, 'create', FILES / (mm.createMs / 1000));
+      add(t, 'stat', FILES / (mm.statMs / 1000));
+      add(t, 'unlink', FILES / (mm.unlinkMs / 1000));
+      add(t, 'metacpu', ((cpuSeconds(pid) - c) * 1e6) / FILES);
+      await run('rm', ['-rf', `${m}/cmp-meta`]);
+    }
+    if (WANT.has('walk')) {
+      await run('mkdir', ['-p', `${m}/cmp-tree`]);
+      // The tree first, at rest past the write-back; then the server's CPU of the walks alone.
+      await worker('walk', [
+        '--dir',
+        `${m}/cmp-tree`,
+        '--n',
+        String(FILES),
+        '--settle-ms',
+        '4000',
+        '--passes',
+        '0',
+      ]);
+      // Each walk in a process of its own, 1.1 s apart: the server's CPU of each.
+      for (const pass of [1, 2]) {
+        if (pass === 2) await run('sleep', ['1.1']);
+        c = cpuSeconds(pid);
+        const w = await worker('walk', [
+          '--dir',
+          `${m}/cmp-tree`,
+          '--n',
+          '0',
+          '--settle-ms',
+          '0',
+          '--passes',
+          '1',
+        ]);
+        add(t, `walk${pass}`, w.entries / (w.passMs[0] / 1000));
+        add(t, `walk${pass}cpu`, ((cpuSeconds(pid) - c) * 1e6) / w.entries);
+      }
+      await run('rm', ['-rf', `${m}/cmp-tree`]);
+    }
+    if (WANT.has('tools')) {
+      const cwd = `${m}/cmp-tools`;
+      await run('mkdir', ['-p', cwd]);
+      await worker('walk', [
+        '--dir',
+        cwd,
+        '--n',
+        String(opts['tools-files']),
+        '--settle-ms',
+        '0',
+        '--passes',
+        '0',
+      ]);
+      const git = (...a) => run('git', ['-c', 'user.name=b', '-c', 'user.email=b@b', ...a], { cwd });
+      await git('init', '-q');
+      await git('add', '-A');
+      await git('commit', '-q', '-m', 'tree');
+      await run('sleep', ['4']); // at rest: past the write-back
+      for (const [k, cmd, args] of TOOLS) {
+        dropCaches(base);
+        for (const pass of [1, 2]) {
+          if (pass === 2) await run('sleep', ['1.1']);
+          c = cpuSeconds(pid);
+          r = await run(cmd, args, { cwd });
+          add(t, `${k}${pass}`, r.ms);
+          add(t, `${k}${pass}cpu`, (cpuSeconds(pid) - c) * 1000);
+        }
+      }
+      await run('rm', ['-rf', cwd]);
+    }
     log(`rep ${rep} ${t} done`);
   }
 }
@@ -146,37 +221,29 @@ process.stdout.write(
   `\n## bench/compare.mjs — ${notes.date}\n\nmachine: ${notes.cpus}, git ${notes.git}, ${notes.build}\n` +
     `load at start ${notes.load}; ${opts.reps} reps (median); seq ${SEQ} MiB, 4k ${SMALL} MiB, ${FILES} files\n\n`,
 );
+const COLS = [
+  ['seq', 'seq write MiB/s', 'seq', 1],
+  ['seq', 'ms CPU/MiB', 'seqcpu', 2],
+  ['small', '4k write MiB/s', 'small', 1],
+  ['small', 'µs CPU/write', 'smallcpu', 0],
+  ['read', 'cached read MiB/s', 'read', 1],
+  ['read', 'ms CPU/MiB read', 'readcpu', 2],
+  ['meta', 'create/s', 'create', 0],
+  ['meta', 'stat/s', 'stat', 0],
+  ['meta', 'unlink/s', 'unlink', 0],
+  ['meta', 'µs CPU/file', 'metacpu', 0],
+  ['walk', 'walk 1 entries/s', 'walk1', 0],
+  ['walk', 'walk 2 entries/s', 'walk2', 0],
+  ['walk', 'µs CPU/entry walk 1', 'walk1cpu', 1],
+  ['walk', 'µs CPU/entry walk 2', 'walk2cpu', 1],
+  ...TOOLS.flatMap(([k, cmd]) =>
+    [1, 2].flatMap((pass) => [
+      ['tools', `${cmd} ${pass} ms`, `${k}${pass}`, 0],
+      ['tools', `${cmd} ${pass} ms CPU`, `${k}${pass}cpu`, 0],
+    ]),
+  ),
+].filter(([w]) => WANT.has(w));
 table(
-  [
-    'variant',
-    'seq write MiB/s',
-    'ms CPU/MiB',
-    '4k write MiB/s',
-    'µs CPU/write',
-    'cached read MiB/s',
-    'ms CPU/MiB read',
-    'create/s',
-    'stat/s',
-    'unlink/s',
-    'µs CPU/file',
-    'walk 1 entries/s',
-    'walk 2 entries/s',
-    'µs CPU/entry walked',
-  ],
-  names.map((t) => [
-    t,
-    fmt(md(t, 'seq')),
-    fmt(md(t, 'seqcpu'), 2),
-    fmt(md(t, 'small')),
-    fmt(md(t, 'smallcpu'), 0),
-    fmt(md(t, 'read')),
-    fmt(md(t, 'readcpu'), 2),
-    fmt(md(t, 'create'), 0),
-    fmt(md(t, 'stat'), 0),
-    fmt(md(t, 'unlink'), 0),
-    fmt(md(t, 'metacpu'), 0),
-    fmt(md(t, 'walk1'), 0),
-    fmt(md(t, 'walk2'), 0),
-    fmt(md(t, 'walkcpu'), 0),
-  ]),
+  ['variant', ...COLS.map((c) => c[1])],
+  names.map((t) => [t, ...COLS.map(([, , k, digits]) => fmt(md(t, k), digits))]),
 );

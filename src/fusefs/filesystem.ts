@@ -80,6 +80,10 @@ export interface TwinFsStatus {
     invalidations: number;
     /** Write-backs of single-name files whose attributes the kernel had not taken since their last WRITE: nothing invalidated. */
     writeBacksUnseen?: number;
+    /** Directories invalidated because libfuse removed a hidden file in them (cached listings). */
+    listings?: number;
+    /** Listings the kernel read from twinfs (READDIR/READDIRPLUS; an unchanged directory is listed from the kernel's cache). */
+    readdirs?: number;
     queued: number;
     done: number;
     sent: number;
@@ -324,6 +328,8 @@ export class TwinFs {
               invalidations: this.kernelNames.getStats().invalidations,
               waitsBounded: this.kernelNames.getStats().waitsBounded,
               writeBacksUnseen: this.kernelNames.getStats().writeBacksUnseen,
+              listings: this.kernelNames.getStats().listings,
+              readdirs: this.ops.readdirs,
               ...(this.fuse?.invalidateStats?.() ?? { queued: 0, done: 0, sent: 0 }),
               ...(this.nativeAttributes ? { native: this.fuse?.nativeAttributeStats?.() } : {}),
               ...(this.nativeChanges ? { nativeUnlink: this.nativeChanges.changes.stats() } : {}),

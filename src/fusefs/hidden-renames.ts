@@ -52,6 +52,11 @@ export function isHiddenEntry(name: string): boolean {
   return HIDDEN_NAME.test(name);
 }
 
+/** Is this path one of libfuse's hidden names (`dir/.fuse_hidden…`)? */
+export function isHiddenPath(path: string): boolean {
+  return isHiddenEntry(path.slice(path.lastIndexOf('/') + 1));
+}
+
 function isHiddenName(from: string, to: string): boolean {
   const parent = parentOf(to);
   return parentOf(from) === parent && HIDDEN_NAME.test(to.slice(parent === '/' ? 1 : parent.length + 1));

@@ -33,7 +33,7 @@ export const WAIT_BOUND_MS = 2000;
 export class KernelNames {
   private readonly byIno = new Map<number, Set<string>>();
   private readonly byPath = new Map<string, number>();
-  private readonly stats = { invalidations: 0, waits: 0, waitsBounded: 0, writeBacksUnseen: 0 };
+  private readonly stats = { invalidations: 0, waits: 0, waitsBounded: 0, writeBacksUnseen: 0, listings: 0 };
   /** WRITEs in flight per name, and the names to invalidate once their last one is answered. */
   private readonly writing = new Map<string, number>();
   private readonly afterWrites = new Set<string>();
@@ -185,6 +185,17 @@ export class KernelNames {
     if (now.length > 0) void this.invalidate(now);
   }
 
+  /**
+   * A directory's entries changed with no request of the kernel's behind it (libfuse removed a
+   * hidden file at its last close): the kernel may list it from its cache (cache_readdir), so its
+   * inode is invalidated, without waiting (the kernel drops the cached listing and attributes).
+   */
+  listingChangedBehind(dir: string): void {
+    this.stats.invalidations++;
+    this.stats.listings++;
+    void this.invalidate([dir]);
+  }
+
   /** Sends what changedBehind deferred (after an inhibition was released). */
   retryDeferred(): void {
     const all = [...this.deferred];
@@ -198,6 +209,8 @@ export class KernelNames {
     waits: number;
     waitsBounded: number;
     writeBacksUnseen: number;
+    /** Directories invalidated because their entries changed behind the kernel (listingChangedBehind). */
+    listings: number;
   } {
     return { names: this.byPath.size, ...this.stats };
   }

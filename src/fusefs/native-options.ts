@@ -31,6 +31,12 @@ export interface NativeMountOptions {
   nonempty?: boolean;
   /** Which libfuse: 2 or 3 (default: libfuseFromEnv; docs/architecture.md, "The FUSE layer"). */
   libfuse?: 2 | 3;
+  /**
+   * libfuse3: the kernel caches directory listings across opens (cache_readdir; default
+   * cacheReaddirFromEnv). twinfs invalidates a directory whose entries change without a request
+   * of the kernel's (libfuse's removal of a hidden file at its last close).
+   */
+  cacheReaddir?: boolean;
 }
 
 /** Kernel cache timeouts on the libfuse3 path, where every change invalidates exactly. */
@@ -102,6 +108,11 @@ export function nativeAttributesFromEnv(env: NodeJS.ProcessEnv = process.env): b
   return env.TWINFS_NATIVE_ATTRS !== '0';
 }
 
+/** TWINFS_CACHE_READDIR=0 makes every opendir read the listing again (for comparison). */
+export function cacheReaddirFromEnv(env: NodeJS.ProcessEnv = process.env): boolean {
+  return env.TWINFS_CACHE_READDIR !== '0';
+}
+
 export const DEFAULT_NATIVE_OPTIONS: NativeMountOptions = {
   // 0: libfuse2 gives each name of a hard-linked file its own kernel inode, so cached
   // attributes (nlink, size) seen through one name go stale after changes through another.
@@ -150,7 +161,14 @@ export function fuseNativeOptions(o: NativeMountOptions): Record<string, unknown
       attrTimeout: String(LIBFUSE3_CACHE_SEC),
       entryTimeout: String(LIBFUSE3_CACHE_SEC),
       kernelCache: true,
-      extraOptions: ['use_ino', 'max_write=1048576', 'max_readahead=1048576'],
+      // cache_readdir: an option of the patch (not libfuse's): opendir sets cache_readdir and
+      // keep_cache, so an unchanged directory is listed from the kernel's cache.
+      extraOptions: [
+        'use_ino',
+        'max_write=1048576',
+        'max_readahead=1048576',
+        ...((o.cacheReaddir ?? cacheReaddirFromEnv()) ? ['cache_readdir'] : []),
+      ],
       timeout,
     };
   }

@@ -5,7 +5,7 @@ import { mknod } from '../posix/mknod.js';
 import { nsToMs, setTimesNs } from '../posix/set-times.js';
 import { type ChangeSink, nullSink, type WriteGate } from './change-sink.js';
 import { errnoError } from './errno.js';
-import { HiddenRenames, isHiddenEntry } from './hidden-renames.js';
+import { HiddenRenames, isHiddenEntry, isHiddenPath } from './hidden-renames.js';
 import type { KernelNames } from './kernel-names.js';
 import { OpenNames } from './open-names.js';
 import { parentOf, type VolumePaths } from './volume-paths.js';
@@ -94,6 +94,12 @@ const PASS_THROUGH_BYTES = 128 * 1024;
 const O_PATH = 0o10000000;
 const O_ACCMODE = 0o3;
 const POSIX_ACL_NAMES = new Set(['system.posix_acl_access', 'system.posix_acl_default']);
+
+/** POSIX ACLs are not supported through the mount (see VolumeOps.setxattr). */
+function refuseAcl(name: string): void {
+  if (POSIX_ACL_NAMES.has(name))
+    throw errnoError('EOPNOTSUPP', 'POSIX ACLs are not supported through the mount');
+}
 
 /**
  * The filesystem's operations over volume paths, as promises that reject with errno errors.
@@ -199,7 +205,11 @@ export class VolumeOps {
     this.paths.at([path], lstatNow);
   }
 
+  /** Listings read (each READDIR/READDIRPLUS at offset 0 of an open directory). */
+  readdirs = 0;
+
   async readdir(path: string): Promise<string[] | DirListing> {
+    this.readdirs++;
     // readdir(3) on a local filesystem lists '.' and '..' too (`ls -a`, some tools rely on it);
     // libfuse passes on exactly what we return.
     const entries = await this.paths.at([path], (b) => fsp.readdir(b));
@@ -562,6 +572,7 @@ export class VolumeOps {
     if (node && keeper !== undefined) node.path = keeper;
     this.kernelNames?.remove(path);
     this.hides.removed(path);
+    this.hiddenGone(path);
     // No name left: nothing of it may be reported from here on (a flush in flight included).
     if (node && st.nlink <= 1) node.nameless = true;
     await this.sink.apply({ op: 'unlink', path });
@@ -571,6 +582,14 @@ export class VolumeOps {
       if (node.path === path) await this.renameNode(node, st);
       await this.releaseIfIdle(node);
     }
+  }
+
+  /**
+   * libfuse removes a hidden file (an open file's unlinked or replaced name) at its last close
+   * with no request of the kernel's: a listing of its directory the kernel cached still has it.
+   */
+  private hiddenGone(path: string): void {
+    if (this.kernelNames && isHiddenPath(path)) this.kernelNames.listingChangedBehind(parentOf(path));
   }
 
   /**
@@ -588,6 +607,7 @@ export class VolumeOps {
     if (before instanceof Promise) before.catch(() => undefined);
     this.kernelNames?.remove(path);
     this.hides.removed(path);
+    this.hiddenGone(path);
     const node = this.cache.get(ino);
     if (node) node.nameless = true;
     // Queued now, synchronously: the sink sees it before any change JS makes after this call.
@@ -609,7 +629,7 @@ export class VolumeOps {
   }
 
   /**
-   * rmdir met a directory (or a directory rename is about to replace one) whose entries are all
+   * rmdir met a directory (or a directory rename over one failed) whose entries are all
    * libfuse's hidden names: files unlinked while open, which high-level libfuse renames to
    * `.fuse_hidden…` and removes at the last release (waiting for that here deadlocks: libfuse
    * holds the directory's path lock for the RMDIR, and the release's unlink waits for it). For
@@ -682,9 +702,6 @@ export class VolumeOps {
       // Two names of one file: POSIX rename does nothing, and neither the mirror nor the change
       // record may see a rename (f would be gone there).
       if (src && dest && sameFile(src, dest)) return;
-      // A directory renamed over one whose entries are all hidden names: they go first, as for
-      // rmdir (dropHiddenNames).
-      if (isDir(src) && isDir(dest)) await this.dropHiddenNames(to);
       if (src && !dest && hiddenAs !== undefined) {
         const hidden = this.lstatIfAny(hiddenAs);
         if (hidden && sameFile(src, hidden)) {
@@ -701,7 +718,22 @@ export class VolumeOps {
       const keeper =
         replaced?.isDirty && dest!.nlink > 1 ? this.otherNameNow(replaced, dest!, to) : undefined;
       if (replaced?.isDirty && dest!.nlink > 1 && keeper === undefined) await this.cache.flush(replaced);
-      this.paths.at([from, to], (a, b) => fs.renameSync(a, b));
+      try {
+        this.paths.at([from, to], (a, b) => fs.renameSync(a, b));
+      } catch (err) {
+        // A directory renamed over one whose entries are all hidden names: they go, and the
+        // rename is tried again, as for rmdir (dropHiddenNames). Only then: listing the target
+        // on every directory-over-directory rename cost a readdir each.
+        const code = (err as NodeJS.ErrnoException).code;
+        if (
+          (code !== 'ENOTEMPTY' && code !== 'EEXIST') ||
+          !isDir(src) ||
+          !isDir(dest) ||
+          !(await this.dropHiddenNames(to))
+        )
+          throw err;
+        this.paths.at([from, to], (a, b) => fs.renameSync(a, b));
+      }
       if (replaced && keeper !== undefined) replaced.path = keeper;
       // Update cached paths and report in one synchronous step, so a concurrent flush reports
       // its writes either before the rename under the old path or after it under the new one.
@@ -768,12 +800,12 @@ export class VolumeOps {
   // ---- extended attributes ------------------------------------------------------------------
 
   async setxattr(path: string, name: string, value: Buffer, flags: number): Promise<void> {
-    // libfuse2 cannot tell the kernel to enforce POSIX ACLs (no FUSE_POSIX_ACL): it checks mode
-    // bits only, where an ACL's mask shows up as group bits. An ACL stored on the primary would
-    // grant through the mount what it does not grant on a local disk, and deny what it grants:
-    // refuse them as a filesystem without ACL support does (cp -p and tar then fall back to chmod).
-    if (POSIX_ACL_NAMES.has(name))
-      throw errnoError('EOPNOTSUPP', 'POSIX ACLs are not supported through FUSE 2');
+    // The kernel does not enforce POSIX ACLs here (no FUSE_POSIX_ACL; libfuse2 cannot ask for
+    // it): it checks mode bits only, where an ACL's mask shows up as group bits. An ACL stored
+    // on the primary would grant through the mount what it does not grant on a local disk, and
+    // deny what it grants: refuse them as a filesystem without ACL support does (cp -p and tar
+    // then fall back to chmod).
+    refuseAcl(name);
     await this.guarded([path], async () => {
       const copy = Buffer.from(value);
       await this.onEntry(path, async (entry) => {
@@ -792,6 +824,10 @@ export class VolumeOps {
   }
 
   async getxattr(path: string, name: string): Promise<Buffer> {
+    // Not shown either (as without ACL support: EOPNOTSUPP, also for an ACL already on the
+    // primary); GNU ls -l then stops asking every entry for one. The native getxattr
+    // (native-attrs.h) answers the same.
+    refuseAcl(name);
     // The kernel's security.capability lookup before every write(2) reaches here once per
     // path: the patched fuse-native remembers an ENODATA answer and repeats it itself, until
     // forgetNoCapabilities (see guarded).
@@ -799,10 +835,12 @@ export class VolumeOps {
   }
 
   async listxattr(path: string): Promise<string[]> {
-    return this.onEntry(path, (entry) => xattr.listAttributes(entry));
+    const names = await this.onEntry(path, (entry) => xattr.listAttributes(entry));
+    return names.some((n) => POSIX_ACL_NAMES.has(n)) ? names.filter((n) => !POSIX_ACL_NAMES.has(n)) : names;
   }
 
   async removexattr(path: string, name: string): Promise<void> {
+    refuseAcl(name);
     await this.guarded([path], async () => {
       await this.onEntry(path, (entry) => xattr.removeAttribute(entry, name));
       await this.sink.apply({ op: 'removexattr', path, name });

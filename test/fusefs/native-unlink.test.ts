@@ -90,8 +90,19 @@ describe("unlink answered in libfuse's threads (libfuse3)", () => {
     await py(
       "fd = os.open('fz', os.O_CREAT | os.O_WRONLY, 0o644); os.write(fd, b'z' * 100); os.fsync(fd); os.close(fd)",
     );
-    // In another directory: an unlink holds its directory's lock in the kernel while it waits.
+    // In another directory: an unlink holds its directory's lock in the kernel while it waits,
+    // and so would a lookup of `o` in it once the kernel dropped that entry (a cache drop by
+    // anything on the machine): the other unlink runs in a shell whose working directory holds
+    // `o` from before the freeze, and starts on a marker outside the mount.
     await py("os.mkdir('o')\nopen('o/other', 'wb').close()");
+    const ready = path.join(fx.base, 'o-ready');
+    const go = path.join(fx.base, 'o-go');
+    const other = shIn(
+      path.join(fx.mnt, 'o'),
+      `touch '${ready}'; while [ ! -e '${go}' ]; do sleep 0.05; done; rm other`,
+      { timeoutMs: 60_000 },
+    );
+    await waitUntil(async () => existsSync(ready), 10_000, 'the shell in o started');
     const f: any = await c.request('freeze', { selector: { paths: ['/fz'] }, timeoutMs: 60_000 });
     const rm = shIn(fx.mnt, 'rm fz', { timeoutMs: 30_000 });
     try {
@@ -99,7 +110,8 @@ describe("unlink answered in libfuse's threads (libfuse3)", () => {
       expect(existsSync(path.join(fx.primary, 'fz'))).toBe(true);
       expect((await unlinks()).enabled).toBe(false);
       // Other unlinks go on meanwhile (through JS).
-      expect((await shIn(fx.mnt, 'rm o/other', { timeoutMs: 10_000 })).code).toBe(0);
+      await fsp.writeFile(go, '');
+      expect((await other).code).toBe(0);
       expect(existsSync(path.join(fx.primary, 'o/other'))).toBe(false);
       expect(existsSync(path.join(fx.primary, 'fz'))).toBe(true);
     } finally {

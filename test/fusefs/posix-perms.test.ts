@@ -173,6 +173,32 @@ print(oct(os.stat('aclf').st_mode & 0o777))
     );
   });
 
+  it('an ACL already on the primary is not shown: EOPNOTSUPP, as without ACL support', async () => {
+    await pyIn(fx.primary, `${ACL}\nos.mkdir('acld')\nfor i in range(5): open('acld/f%d' % i, 'w').close()`);
+    expect(await shInOk(fx.primary, 'getfattr -m - -d aclf | grep -c posix_acl')).toBe('1\n');
+    const program = `
+import os
+def get(name):
+    try: return os.getxattr('aclf', name)
+    except OSError as e: return os.strerror(e.errno)
+print(get('system.posix_acl_access'), get('system.posix_acl_default'))
+print([n for n in os.listxattr('aclf') if 'acl' in n])
+try: os.removexattr('aclf', 'system.posix_acl_access')
+except OSError as e: print(os.strerror(e.errno))
+`;
+    expect(await pyIn(fx.mnt, program)).toBe(
+      'Operation not supported Operation not supported\n[]\nOperation not supported\n',
+    );
+    // ls -l shows no '+', and asks the filesystem for an ACL once, not for each entry (GNU ls
+    // stops asking on a device that answers EOPNOTSUPP).
+    expect(await shInOk(fx.mnt, 'ls -l aclf | cut -c11')).toBe(' \n');
+    expect(
+      await shInOk(fx.mnt, 'strace -qq -e trace=getxattr ls -lR acld 2>&1 >/dev/null | grep -c posix_acl'),
+    ).toBe('1\n');
+    // Still on the primary, untouched.
+    expect(await shInOk(fx.primary, 'getfattr -m - -d aclf | grep -c posix_acl')).toBe('1\n');
+  });
+
   it('cp -p and cp -a still copy permissions (they fall back to chmod)', async () => {
     const script = `echo x > aclsrc && chmod 640 aclsrc && cp -p aclsrc aclcp && cp -a aclsrc aclca && stat -c '%n %a' aclcp aclca`;
     const a = await inBoth(fx, script);
