@@ -461,6 +461,42 @@ describe('resync of files with several names', () => {
     expect((await fsp.stat(`${M}/e/h`)).ino).toBe((await fsp.stat(`${M}/a`)).ino);
     expect((await d.verify()).differences).toEqual([]);
   });
+
+  it('a rename that a comparison ahead of the queue already made a link of its source drops the source name (stress seed 4103)', async () => {
+    // /s holds another name of the file (/s/h) and a file the split selects (/s/x).
+    await fsp.mkdir(`${P}/s`);
+    await d.apply({ op: 'mkdir', path: '/s', mode: 0o40755, uid: 0, gid: 0 });
+    await fsp.link(`${P}/a`, `${P}/s/h`);
+    await d.apply({ op: 'link', from: '/a', path: '/s/h' });
+    for (const n of ['x', 'f']) {
+      await fsp.writeFile(`${P}/s/${n}`, randomBytes(500));
+      await d.apply({ op: 'create', path: `/s/${n}`, mode: 0o100644, uid: 0, gid: 0 });
+      await d.apply({ op: 'write', path: `/s/${n}`, offset: 0, data: await fsp.readFile(`${P}/s/${n}`) });
+    }
+    await d.whenIdle();
+    const s = await d.split({ paths: ['/s/x'] });
+    // The split holds the rename of /s; a change under the new name is not held, fails in the
+    // mirror (no /t there) and heals its path, making /t: the replayed rename lands on it, so
+    // the resync compares /t with the primary.
+    await fsp.rename(`${P}/s`, `${P}/t`);
+    await d.apply({ op: 'rename', from: '/s', path: '/t' });
+    await fsp.chmod(`${P}/t/f`, 0o600);
+    await d.apply({ op: 'chmod', path: '/t/f', mode: 0o600 });
+    await d.barrier();
+    // The writer renames /a into /t: on the primary before the comparison reads /t, reported
+    // behind the resync. The comparison links /t/r to /t/h, the mirror's file of /a as well.
+    await fsp.rename(`${P}/a`, `${P}/t/r`);
+    const resynced = d.resync(s.splitId);
+    const applied = d.apply({ op: 'rename', from: '/a', path: '/t/r' });
+    await Promise.all([resynced, applied]);
+    await d.whenIdle();
+    // rename(2) of one name of a file onto another does nothing: /a stayed in the mirror, and
+    // every split copy of the volume held it, until a comparison removed it.
+    await expect(fsp.lstat(`${M}/a`)).rejects.toMatchObject({ code: 'ENOENT' });
+    expect((await fsp.stat(`${M}/t/r`)).ino).toBe((await fsp.stat(`${M}/b`)).ino);
+    expect((await fsp.stat(`${M}/t/h`)).ino).toBe((await fsp.stat(`${M}/b`)).ino);
+    expect((await d.verify()).differences).toEqual([]);
+  });
 });
 
 /**
