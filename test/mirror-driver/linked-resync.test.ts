@@ -462,6 +462,41 @@ describe('resync of files with several names', () => {
     expect((await d.verify()).differences).toEqual([]);
   });
 
+  it('a directory healed into a held directory rename: the resync keeps every name of the file one file (stress seed 4102)', async () => {
+    // Two more names of the file: /s/r (the split selects it) and /c/h.
+    for (const [dir, name] of [
+      ['/s', '/s/r'],
+      ['/c', '/c/h'],
+    ] as const) {
+      await fsp.mkdir(P + dir);
+      await d.apply({ op: 'mkdir', path: dir, mode: 0o40755, uid: 0, gid: 0 });
+      await fsp.link(`${P}/a`, P + name);
+      await d.apply({ op: 'link', from: '/a', path: name });
+    }
+    await d.whenIdle();
+    const s = await d.split({ paths: ['/s/r'] });
+    // The split holds the rename of /s; the rename of /c into its new name is not held, fails
+    // in the mirror (no /n there) and heals /n/c as a copy of its own, linked to the names the
+    // split does not hold (/a, /b). At the resync, the replayed rename lands on /n (made by the
+    // heal), and the comparison of /n links /n/c/h to /n/r, the frozen copy: /a and /b were
+    // left a file of their own, and every change through one side missed the other.
+    await fsp.rename(`${P}/s`, `${P}/n`);
+    await d.apply({ op: 'rename', from: '/s', path: '/n' });
+    await fsp.rename(`${P}/c`, `${P}/n/c`);
+    await d.apply({ op: 'rename', from: '/c', path: '/n/c' });
+    await d.barrier();
+    await d.resync(s.splitId);
+    await d.whenIdle();
+    await write('/n/c/h', 10_000, 5000);
+    await fsp.chown(`${P}/a`, 4, 0);
+    await d.apply({ op: 'chown', path: '/n/r', uid: 4, gid: 0 });
+    await d.whenIdle();
+    const ino = (await fsp.stat(`${M}/a`)).ino;
+    for (const n of ['b', 'n/r', 'n/c/h']) expect((await fsp.stat(`${M}/${n}`)).ino, n).toBe(ino);
+    expect(await sha(`${M}/b`)).toBe(await sha(`${P}/b`));
+    expect((await d.verify()).differences).toEqual([]);
+  });
+
   it('a rename that a comparison ahead of the queue already made a link of its source drops the source name (stress seed 4103)', async () => {
     // /s holds another name of the file (/s/h) and a file the split selects (/s/x).
     await fsp.mkdir(`${P}/s`);
