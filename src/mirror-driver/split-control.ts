@@ -55,8 +55,11 @@ export class Splitter {
     if (c.op === 'rename' || c.op === 'link' || c.op === 'create')
       await this.noteRenamedInode(holders, c.path);
     // Unsynced entries moved under the split: its resync syncs them where they land.
-    if (c.op === 'rename' && this.c.resyncer.unsynced.size > 0)
+    // (What the rename replaced is not the entry the resync left there any more.)
+    if (c.op === 'rename' && this.c.resyncer.unsynced.size > 0) {
+      this.c.resyncer.moveUnsynced(c.path, null);
       for (const q of this.c.resyncer.moveUnsynced(c.from, c.path)) for (const s of holders) s.touched.add(q);
+    }
     return true;
   }
 

@@ -516,6 +516,33 @@ describe('resync of files with several names', () => {
     expect((await d.verify()).differences).toEqual([]);
   });
 
+  it('an entry the resync left for the queued changes, replaced by a queued rename, is not removed when its directory moves on', async () => {
+    await fsp.mkdir(`${P}/d`);
+    await d.apply({ op: 'mkdir', path: '/d', mode: 0o40755, uid: 0, gid: 0 });
+    for (const n of ['x', 'y']) {
+      await fsp.writeFile(`${P}/d/${n}`, randomBytes(2000));
+      await d.apply({ op: 'create', path: `/d/${n}`, mode: 0o100644, uid: 0, gid: 0 });
+      await d.apply({ op: 'write', path: `/d/${n}`, offset: 0, data: await fsp.readFile(`${P}/d/${n}`) });
+    }
+    const s = await d.split({ volume: true });
+    await fsp.chown(`${P}/d/x`, 30, 4);
+    await d.apply({ op: 'chown', path: '/d/x', uid: 30, gid: 4 });
+    // The writer renames /d/y over /d/x, then /d to /e: both on the primary before the resync
+    // reads /d/x (gone: left for the queued changes), reported behind it. The rename over /d/x
+    // lands before the removal of gone entries, which then found /d/x gone from the primary
+    // (its directory moved on) and removed the file the rename had put there.
+    await fsp.rename(`${P}/d/y`, `${P}/d/x`);
+    await fsp.rename(`${P}/d`, `${P}/e`);
+    const resynced = d.resync(s.splitId);
+    const over = d.apply({ op: 'rename', from: '/d/y', path: '/d/x' });
+    await resynced;
+    // The directory's rename reached the queue after the resync had queued that removal.
+    await Promise.all([over, d.apply({ op: 'rename', from: '/d', path: '/e' })]);
+    await d.whenIdle();
+    expect(await sha(`${M}/e/x`)).toBe(await sha(`${P}/e/x`));
+    expect((await d.verify()).differences).toEqual([]);
+  });
+
   it("a name unlinked on the primary between the resync's check and its copy: its tracked writes reach the other names", async () => {
     const s = await d.split({ volume: true });
     await write('/a', 20_000, 5000);
