@@ -8,9 +8,9 @@ import { ROOT, tempDirs } from '../helpers/server.js';
 import { fingerprint, type InProcess, mountInProcess } from './mirror-helpers.js';
 
 const WRITER = path.join(ROOT, 'test/mirror-driver/fixtures/hardlink-writer.mjs');
-const WRITERS = 3;
+const WRITERS = 4;
 /** How long the rounds go on (the test's bound; a failure usually comes much sooner). */
-const ROUNDS_MS = 25_000;
+const ROUNDS_MS = 40_000;
 
 /**
  * Names of hard-linked files under splits (stress seeds 4102, 4103, 22): a targeted, seeded
@@ -115,7 +115,7 @@ describe('names of hard-linked files under splits and resyncs', () => {
       // The split copy (the mirror, frozen from here on) against the primary at the split.
       expect(await tree(M), `split copy of round ${rounds} (${JSON.stringify(sel)})`).toEqual(await tree(P));
       for (const w of writers) w.send('resume');
-      await pause(rand() * 80);
+      await pause(20 + rand() * 130);
       await m.driver.resync(s.splitId);
       await pause(rand() * 30);
       rounds++;
