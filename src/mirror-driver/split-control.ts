@@ -52,8 +52,7 @@ export class Splitter {
     if (holders.length === 0) return false;
     if (c.op !== 'fsync') this.c.stats.changesTracked++;
     if (inodeOp) await this.noteInodeChange(holders, c.path);
-    if (c.op === 'rename' || c.op === 'link' || c.op === 'create')
-      await this.noteRenamedInode(holders, c.path);
+    if (c.op === 'rename' || c.op === 'link' || c.op === 'create') await this.noteNamedInode(holders, c.path);
     // Unsynced entries moved under the split: its resync syncs them where they land.
     // (What the rename replaced is not the entry the resync left there any more.)
     if (c.op === 'rename' && this.c.resyncer.unsynced.size > 0) {
@@ -148,7 +147,7 @@ export class Splitter {
    * through a rename; through a link, the hard-link attack of hardlink-splits.test.ts). Taken
    * at the change's turn in the queue, moments after the primary's.
    */
-  private async noteRenamedInode(holders: SplitTracker[], p: string): Promise<void> {
+  private async noteNamedInode(holders: SplitTracker[], p: string): Promise<void> {
     const todo = holders.filter((s) => !s.inodeNumbers.has(p));
     if (todo.length === 0) return;
     const st = await fsp.lstat(this.c.primary + p).catch(() => undefined);
