@@ -145,6 +145,7 @@ export class Resyncer {
           gone.push(p);
           this.unsynced.add(p);
           s.nameGone(p);
+          if (!r.moved && pst.isFile() && pst.nlink > 1) s.copiedAfterMove(pst.ino);
         }
       } catch (err) {
         if (HEAL_CODES.has((err as NodeJS.ErrnoException).code ?? '')) trees.add(path.posix.dirname(p));

@@ -543,6 +543,37 @@ describe('resync of files with several names', () => {
     expect((await d.verify()).differences).toEqual([]);
   });
 
+  it("a file renamed over a held link's name while the resync copies it: the link's other names keep their own content", async () => {
+    await fsp.writeFile(`${P}/f`, randomBytes(3000));
+    await d.apply({ op: 'create', path: '/f', mode: 0o100644, uid: 0, gid: 0 });
+    await d.apply({ op: 'write', path: '/f', offset: 0, data: await fsp.readFile(`${P}/f`) });
+    const s = await d.split({ volume: true });
+    await fsp.link(`${P}/a`, `${P}/c`);
+    await d.apply({ op: 'link', from: '/a', path: '/c' });
+    // The race, injected (its timing cannot be provoked for real here): the writer renames /f
+    // over /c after the resync's copy of /c looked at it and before it opened it, reported
+    // behind the resync. The copy read /f's file into the mirror's /c, one file with /a and /b.
+    const open = fsp.open;
+    let raced = false;
+    fsp.open = (async (file: Parameters<typeof open>[0], ...rest: unknown[]) => {
+      if (!raced && file === `${P}/c`) {
+        raced = true;
+        await fsp.rename(`${P}/f`, `${P}/c`);
+      }
+      return (open as (...a: unknown[]) => ReturnType<typeof open>)(file, ...rest);
+    }) as typeof open;
+    try {
+      await d.resync(s.splitId);
+    } finally {
+      fsp.open = open;
+    }
+    expect(raced).toBe(true);
+    await d.apply({ op: 'rename', from: '/f', path: '/c' });
+    await d.whenIdle();
+    for (const n of ['a', 'b', 'c']) expect(await sha(`${M}/${n}`), n).toBe(await sha(`${P}/${n}`));
+    expect((await d.verify()).differences).toEqual([]);
+  });
+
   it("a name unlinked on the primary between the resync's check and its copy: its tracked writes reach the other names", async () => {
     const s = await d.split({ volume: true });
     await write('/a', 20_000, 5000);
