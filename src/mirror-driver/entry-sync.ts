@@ -52,7 +52,7 @@ export interface SyncOptions {
    * primary's entry is gone or another file by the time the copy begins (its unlink or rename is
    * queued behind the caller), the mirror is left alone and the result says moved. Without it a
    * gone entry is removed from the mirror, and that name's tracked changes, which its file's
-   * other names still needed, with it (the hard-link attack of hardlink-splits.test.ts).
+   * other names still needed, with it (the hard-link attack of hardlink-splits.attack.ts).
    */
   ino?: number;
 }

@@ -144,7 +144,7 @@ export class Splitter {
    * can tell it from another file renamed over that name on the primary before the resync
    * reaches it (queued behind). Without it, the resync copied the other file into the mirror's
    * entry, whose other names (a hard link) then had that file's content (stress seed 3110
-   * through a rename; through a link, the hard-link attack of hardlink-splits.test.ts). Taken
+   * through a rename; through a link, the hard-link attack of hardlink-splits.attack.ts). Taken
    * at the change's turn in the queue, moments after the primary's.
    */
   private async noteNamedInode(holders: SplitTracker[], p: string): Promise<void> {
