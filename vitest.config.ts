@@ -62,6 +62,11 @@ export default defineConfig({
           env: { TWINFS_FUSE: String(OTHER_LIBFUSE) },
         },
       },
+      // Race finders that are run on demand, like the long stress runs (docs/reliability.md):
+      // TWINFS_ATTACK=1 npx vitest run --project attack
+      ...(process.env.TWINFS_ATTACK === '1'
+        ? [{ extends: true, test: { name: 'attack', include: ['test/**/*.attack.ts'] } }]
+        : []),
     ],
   },
 });

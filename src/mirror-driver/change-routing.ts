@@ -187,9 +187,11 @@ export class ChangeRouter {
       // place it has already left: it gets walked again afterwards.
       if (c.op === 'rename') this.c.reconciler.noteRename(c.path);
       if (this.c.resyncer.unsynced.size > 0) {
-        if (c.op === 'rename')
+        if (c.op === 'rename') {
+          // What the rename replaced is not the entry the resync left there any more.
+          this.c.resyncer.moveUnsynced(c.path, null);
           await this.c.resyncer.syncUnsynced(this.c.resyncer.moveUnsynced(c.from, c.path));
-        else if (c.op === 'unlink' || c.op === 'rmdir') this.c.resyncer.moveUnsynced(c.path, null);
+        } else if (c.op === 'unlink' || c.op === 'rmdir') this.c.resyncer.moveUnsynced(c.path, null);
       }
       if (c.op === 'write' || c.op === 'truncate') {
         if (c.op === 'write') this.c.stats.bytesMirrored += c.data.length;
@@ -227,6 +229,13 @@ export class ChangeRouter {
       try {
         await this.c.repairer.healPath(c.path);
         if (c.op === 'rename') await this.c.repairer.healPath(c.from);
+        // Healed from the primary as it is now: entries a resync left unsynced there are synced.
+        // Left unsynced, the removal of gone entries took the healed entry away once the
+        // primary had moved it on (a rename of its directory queued behind).
+        if (this.c.resyncer.unsynced.size > 0 && c.op === 'rename') {
+          this.c.resyncer.moveUnsynced(c.path, null);
+          this.c.resyncer.moveUnsynced(c.from, null);
+        }
         return;
       } catch (e) {
         err = e as NodeJS.ErrnoException;

@@ -18,6 +18,11 @@ export interface SyncResult {
    * linked again (the caller compares the volume).
    */
   separated?: boolean;
+  /**
+   * The primary's entry was gone, or another file than opts.ino, when the copy began: nothing
+   * was done to the mirror.
+   */
+  moved?: boolean;
 }
 
 export interface SyncOptions {
@@ -42,6 +47,14 @@ export interface SyncOptions {
    * Resyncer.syncUnsynced): the caller cannot tell which file it is.
    */
   alone?: boolean;
+  /**
+   * The primary inode the caller means (a resync's tracked changes are for that file): if the
+   * primary's entry is gone or another file by the time the copy begins (its unlink or rename is
+   * queued behind the caller), the mirror is left alone and the result says moved. Without it a
+   * gone entry is removed from the mirror, and that name's tracked changes, which its file's
+   * other names still needed, with it (the hard-link attack of hardlink-splits.attack.ts).
+   */
+  ino?: number;
 }
 
 /**
@@ -60,6 +73,8 @@ export async function syncEntry(
     if (e.code === 'ENOENT' || e.code === 'ENOTDIR') return undefined;
     throw e;
   });
+  if (opts.ino !== undefined && (!pst || Number(pst.ino) !== opts.ino))
+    return { bytesCopied: 0, moved: true };
   if (!pst) {
     await fsp.rm(mirror, { recursive: true, force: true });
     return { bytesCopied: 0 };

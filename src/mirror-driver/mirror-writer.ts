@@ -109,6 +109,20 @@ export class MirrorWriter {
         this.forget(c.from, true);
         this.forget(c.path, true);
         await fsp.rename(from, p);
+        // rename(2) of one name of a file onto another does nothing, and both names stay. The
+        // primary never reports such a rename (volume-ops.ts), so its source name is gone there;
+        // in the mirror the target can already be a link of the source's file: a comparison ran
+        // ahead of the queue (it reads the primary, where this rename had happened) and linked
+        // the new name to the file's other names. The source name would stay in the mirror, and
+        // in every split copy, until a comparison removed it (stress seed 4103). One lstat, of a
+        // name that is normally gone.
+        if (c.from !== c.path) {
+          const left = fs.lstatSync(from, { throwIfNoEntry: false });
+          if (left && !left.isDirectory()) {
+            const now = fs.lstatSync(p, { throwIfNoEntry: false });
+            if (now && now.ino === left.ino && now.dev === left.dev) fs.unlinkSync(from);
+          }
+        }
         return;
       case 'unlink':
         // Synchronous as the create above: one syscall, not a trip through the libuv pool.

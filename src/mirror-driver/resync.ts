@@ -129,17 +129,23 @@ export class Resyncer {
           cut: f?.cut,
         });
       try {
-        const r = await this.c.copyWhole(p, { ranges: f?.ranges, cut: f?.cut });
+        // Only into the file whose changes were tracked: a name gone (or another file) by the
+        // time the copy begins is handled as gone above, never removed here with what was
+        // tracked under it.
+        const r = await this.c.copyWhole(p, { ranges: f?.ranges, cut: f?.cut, ino: pst.ino });
         bytes += r.bytesCopied;
         entries++;
         // Gone from the primary (or another file there) while it was being copied: a rename or
         // unlink reached the primary and is queued behind this resync, and what the copy read
         // after it (xattrs, read as none) is missing. Owed where the queued rename puts it, as
-        // if gone before the copy (stress seed 2820: a split copy lacked an xattr).
-        const after = await lstatOrUndefined(this.c.primary + p);
+        // if gone before the copy (stress seed 2820: a split copy lacked an xattr), and, as
+        // above, to its file's other names (nameGone): the copy may not have reached them.
+        const after = r.moved ? undefined : await lstatOrUndefined(this.c.primary + p);
         if (!after || after.ino !== pst.ino) {
           gone.push(p);
           this.unsynced.add(p);
+          s.nameGone(p);
+          if (!r.moved && pst.isFile() && pst.nlink > 1) s.copiedAfterMove(pst.ino);
         }
       } catch (err) {
         if (HEAL_CODES.has((err as NodeJS.ErrnoException).code ?? '')) trees.add(path.posix.dirname(p));

@@ -52,10 +52,13 @@ export class Splitter {
     if (holders.length === 0) return false;
     if (c.op !== 'fsync') this.c.stats.changesTracked++;
     if (inodeOp) await this.noteInodeChange(holders, c.path);
-    if (c.op === 'rename') await this.noteRenamedInode(holders, c.path);
+    if (c.op === 'rename' || c.op === 'link' || c.op === 'create') await this.noteNamedInode(holders, c.path);
     // Unsynced entries moved under the split: its resync syncs them where they land.
-    if (c.op === 'rename' && this.c.resyncer.unsynced.size > 0)
+    // (What the rename replaced is not the entry the resync left there any more.)
+    if (c.op === 'rename' && this.c.resyncer.unsynced.size > 0) {
+      this.c.resyncer.moveUnsynced(c.path, null);
       for (const q of this.c.resyncer.moveUnsynced(c.from, c.path)) for (const s of holders) s.touched.add(q);
+    }
     return true;
   }
 
@@ -137,13 +140,14 @@ export class Splitter {
    * name could leave other names, unknown to it, with changes to resync (see lostLinks).
    */
   /**
-   * A held rename gave a file a new name: which inode it is, so that the resync can tell it from
-   * another file renamed over that name on the primary before the resync reaches it (queued
-   * behind). Without it, the resync copied the other file into the mirror's entry, whose other
-   * names (a hard link) then had that file's content (stress seed 3110). Taken at the rename's
-   * turn in the queue, moments after the primary's rename.
+   * A held rename, link or create gave a file a new name: which inode it is, so that the resync
+   * can tell it from another file renamed over that name on the primary before the resync
+   * reaches it (queued behind). Without it, the resync copied the other file into the mirror's
+   * entry, whose other names (a hard link) then had that file's content (stress seed 3110
+   * through a rename; through a link, the hard-link attack of hardlink-splits.attack.ts). Taken
+   * at the change's turn in the queue, moments after the primary's.
    */
-  private async noteRenamedInode(holders: SplitTracker[], p: string): Promise<void> {
+  private async noteNamedInode(holders: SplitTracker[], p: string): Promise<void> {
     const todo = holders.filter((s) => !s.inodeNumbers.has(p));
     if (todo.length === 0) return;
     const st = await fsp.lstat(this.c.primary + p).catch(() => undefined);

@@ -255,6 +255,17 @@ export class SplitTracker {
     else this.lostInos.add(ino);
   }
 
+  /**
+   * The resync's copy of a name of a file with other names read the primary after that name had
+   * moved on (renamed away, or another file renamed over it, queued behind): what it wrote
+   * into the mirror's file, which those names share, may be another file's. They are compared in
+   * full, as for a lost name.
+   */
+  copiedAfterMove(ino: number): void {
+    this.lostLinks = true;
+    this.lostInos.add(ino);
+  }
+
   /** A name goes away (unlink, or replaced by a rename). */
   private dropName(p: string): void {
     const f = this.files.get(p);
