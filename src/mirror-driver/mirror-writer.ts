@@ -6,8 +6,18 @@ import type { Change } from '../fusefs/change-sink.js';
 import { underRoot } from '../posix/long-path.js';
 import { mknod } from '../posix/mknod.js';
 import { msToNs, setTimesNs } from '../posix/set-times.js';
+import { startWriteBack } from '../posix/write-back.js';
 
 const FD_CACHE = 128;
+
+/**
+ * Writes this large (the FUSE layer's large-write threshold, and the cache's write-back runs)
+ * start their write-back to the mirror's disk at once (sync_file_range WRITE): the mirror holds
+ * a second copy of every byte, and left to the kernel's write-back the fsync that follows a
+ * large sequential write had to write both copies then (docs/architecture.md, "The mirror's
+ * write-back starts with the write").
+ */
+export const EARLY_WRITEBACK_BYTES = 128 * 1024;
 
 /**
  * Applies changes to the mirror's data directory, the way the primary saw them. Keeps a small
@@ -17,6 +27,15 @@ export class MirrorWriter {
   private readonly fds = new Map<string, number>();
   /** Link counts of the cached descriptors' inodes, read when they were opened. */
   private readonly nlinks = new Map<string, number>();
+  /** Early write-backs the mirror's file system refused (see EARLY_WRITEBACK_BYTES): a hint lost. */
+  writeBackErrors = 0;
+  /**
+   * Per descriptor, the early write-back running and the range written since it started (the
+   * next one). One at a time per file, outside the change's turn: the turn does not wait for
+   * it, and it takes one thread of libuv's pool at most per file. A descriptor is closed only
+   * once its write-back settled, so its number cannot name another file meanwhile.
+   */
+  private readonly writeBacks = new Map<number, { running: Promise<void>; next?: [number, number] }>();
 
   constructor(private readonly dataRoot: string) {}
 
@@ -38,6 +57,7 @@ export class MirrorWriter {
       case 'write': {
         const fd = await this.fd(c.path);
         await writeAll(fd, c.data, c.offset);
+        if (c.data.length >= EARLY_WRITEBACK_BYTES) this.writeBack(fd, c.offset, c.data.length);
         return;
       }
       case 'truncate': {
@@ -148,13 +168,46 @@ export class MirrorWriter {
     }
   }
 
+  /** Starts the write-back of [offset, offset + len) of fd, or adds it to the next one. */
+  private writeBack(fd: number, offset: number, len: number): void {
+    const wb = this.writeBacks.get(fd);
+    if (wb) {
+      const [a, b] = wb.next ?? [offset, offset + len];
+      wb.next = [Math.min(a, offset), Math.max(b, offset + len)];
+      return;
+    }
+    const run = async (from: number, to: number): Promise<void> => {
+      for (;;) {
+        if ((await startWriteBack(fd, from, to - from)) !== undefined) this.writeBackErrors++;
+        const me = this.writeBacks.get(fd)!;
+        if (!me.next) {
+          this.writeBacks.delete(fd);
+          return;
+        }
+        [from, to] = me.next;
+        me.next = undefined;
+      }
+    };
+    this.writeBacks.set(fd, { running: run(offset, offset + len) });
+  }
+
+  /** Closes fd, once its early write-back (if any) settled. */
+  private close(fd: number): void {
+    const wb = this.writeBacks.get(fd);
+    if (!wb) fs.close(fd, () => undefined);
+    else {
+      wb.next = undefined;
+      void wb.running.finally(() => fs.close(fd, () => undefined));
+    }
+  }
+
   /** Closes cached descriptors of path (and of everything under it when it may be a directory). */
   forget(path: string, subtree: boolean): void {
     for (const [p, fd] of this.fds) {
       if (p === path || (subtree && p.startsWith(path + '/'))) {
         this.fds.delete(p);
         this.nlinks.delete(p);
-        fs.close(fd, () => undefined);
+        this.close(fd);
       }
     }
   }
@@ -165,7 +218,7 @@ export class MirrorWriter {
   }
 
   closeAll(): void {
-    for (const fd of this.fds.values()) fs.close(fd, () => undefined);
+    for (const fd of this.fds.values()) this.close(fd);
     this.fds.clear();
     this.nlinks.clear();
   }
@@ -194,7 +247,7 @@ export class MirrorWriter {
       const [oldPath, oldFd] = this.fds.entries().next().value as [string, number];
       this.fds.delete(oldPath);
       this.nlinks.delete(oldPath);
-      fs.close(oldFd, () => undefined);
+      this.close(oldFd);
     }
     return fd;
   }
