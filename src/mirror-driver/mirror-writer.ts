@@ -30,12 +30,15 @@ export class MirrorWriter {
   /** Early write-backs the mirror's file system refused (see EARLY_WRITEBACK_BYTES): a hint lost. */
   writeBackErrors = 0;
   /**
-   * Per descriptor, the early write-back running and the range written since it started (the
-   * next one). One at a time per file, outside the change's turn: the turn does not wait for
-   * it, and it takes one thread of libuv's pool at most per file. A descriptor is closed only
-   * once its write-back settled, so its number cannot name another file meanwhile.
+   * Early write-backs: the ranges written and not yet handed to the kernel, per descriptor
+   * (merged), and the one running. One at a time for the whole mirror, outside the change's
+   * turn: the turn does not wait for it, and it takes one thread of libuv's pool at most (the
+   * primary's and the mirror's writes keep the others, however many files are written). A
+   * descriptor is closed only once its running write-back settled, so its number cannot name
+   * another file meanwhile; its pending range is dropped.
    */
-  private readonly writeBacks = new Map<number, { running: Promise<void>; next?: [number, number] }>();
+  private readonly pendingWriteBacks = new Map<number, [number, number]>();
+  private runningWriteBack: { fd: number; done: Promise<void> } | undefined;
 
   constructor(private readonly dataRoot: string) {}
 
@@ -168,37 +171,35 @@ export class MirrorWriter {
     }
   }
 
-  /** Starts the write-back of [offset, offset + len) of fd, or adds it to the next one. */
+  /** Queues the write-back of [offset, offset + len) of fd (merged with what fd has queued). */
   private writeBack(fd: number, offset: number, len: number): void {
-    const wb = this.writeBacks.get(fd);
-    if (wb) {
-      const [a, b] = wb.next ?? [offset, offset + len];
-      wb.next = [Math.min(a, offset), Math.max(b, offset + len)];
-      return;
-    }
-    const run = async (from: number, to: number): Promise<void> => {
-      for (;;) {
-        if ((await startWriteBack(fd, from, to - from)) !== undefined) this.writeBackErrors++;
-        const me = this.writeBacks.get(fd)!;
-        if (!me.next) {
-          this.writeBacks.delete(fd);
-          return;
-        }
-        [from, to] = me.next;
-        me.next = undefined;
-      }
-    };
-    this.writeBacks.set(fd, { running: run(offset, offset + len) });
+    const queued = this.pendingWriteBacks.get(fd);
+    this.pendingWriteBacks.set(
+      fd,
+      queued ? [Math.min(queued[0], offset), Math.max(queued[1], offset + len)] : [offset, offset + len],
+    );
+    if (!this.runningWriteBack) this.nextWriteBack();
   }
 
-  /** Closes fd, once its early write-back (if any) settled. */
+  private nextWriteBack(): void {
+    const next = this.pendingWriteBacks.entries().next();
+    if (next.done) return;
+    const [fd, [from, to]] = next.value;
+    this.pendingWriteBacks.delete(fd);
+    const done = startWriteBack(fd, from, to - from).then((err) => {
+      if (err !== undefined) this.writeBackErrors++;
+      this.runningWriteBack = undefined;
+      this.nextWriteBack();
+    });
+    this.runningWriteBack = { fd, done };
+  }
+
+  /** Closes fd, once its early write-back (if one runs) settled. */
   private close(fd: number): void {
-    const wb = this.writeBacks.get(fd);
-    if (!wb) fs.close(fd, () => undefined);
-    else {
-      wb.next = undefined;
-      void wb.running.finally(() => fs.close(fd, () => undefined));
-    }
+    this.pendingWriteBacks.delete(fd);
+    const running = this.runningWriteBack;
+    if (running?.fd === fd) void running.done.finally(() => fs.close(fd, () => undefined));
+    else fs.close(fd, () => undefined);
   }
 
   /** Closes cached descriptors of path (and of everything under it when it may be a directory). */
