@@ -20,6 +20,14 @@ const FD_CACHE = 128;
 export const EARLY_WRITEBACK_BYTES = 128 * 1024;
 
 /**
+ * A file's early write-back starts once this much of it (the span of its writes since the last
+ * one) is waiting: one call per MiB written made the next writes of the file wait (the file
+ * system's locks), and a `dd` slower than with no early write-back at all (docs/benchmarks.md).
+ * Less than this left when the file's descriptor closes is left to the kernel's write-back.
+ */
+export const WRITEBACK_BATCH_BYTES = 8 * 1024 * 1024;
+
+/**
  * Applies changes to the mirror's data directory, the way the primary saw them. Keeps a small
  * cache of open descriptors for files being written, closed on rename/unlink of their path.
  */
@@ -31,8 +39,8 @@ export class MirrorWriter {
   writeBackErrors = 0;
   /**
    * Early write-backs: the ranges written and not yet handed to the kernel, per descriptor
-   * (merged), and the one running. One at a time for the whole mirror, outside the change's
-   * turn: the turn does not wait for it, and it takes one thread of libuv's pool at most (the
+   * (merged; started once WRITEBACK_BATCH_BYTES wide), and the one running. One at a time for
+   * the whole mirror, outside the change's turn: the turn does not wait for it, and it takes one thread of libuv's pool at most (the
    * primary's and the mirror's writes keep the others, however many files are written). A
    * descriptor is closed only once its running write-back settled, so its number cannot name
    * another file meanwhile; its pending range is dropped.
@@ -182,9 +190,14 @@ export class MirrorWriter {
   }
 
   private nextWriteBack(): void {
-    const next = this.pendingWriteBacks.entries().next();
-    if (next.done) return;
-    const [fd, [from, to]] = next.value;
+    let next: [number, [number, number]] | undefined;
+    for (const e of this.pendingWriteBacks)
+      if (e[1][1] - e[1][0] >= WRITEBACK_BATCH_BYTES) {
+        next = e;
+        break;
+      }
+    if (!next) return;
+    const [fd, [from, to]] = next;
     this.pendingWriteBacks.delete(fd);
     const done = startWriteBack(fd, from, to - from).then((err) => {
       if (err !== undefined) this.writeBackErrors++;

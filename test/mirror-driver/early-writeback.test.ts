@@ -54,9 +54,9 @@ for i in range(300):
         fd = os.open(f, os.O_WRONLY | os.O_CREAT, 0o644)
         try:
             for k in range(r.randrange(1, 4)):
-                os.pwrite(fd, bufs[r.randrange(4)], r.randrange(6) << 20)
+                os.pwrite(fd, bufs[r.randrange(4)], r.randrange(16) << 20)
             op = r.randrange(6)
-            if op == 0: os.ftruncate(fd, r.randrange(1 << 23))
+            if op == 0: os.ftruncate(fd, r.randrange(1 << 24))
             elif op == 1: os.fsync(fd)
         finally:
             os.close(fd)
