@@ -9,8 +9,9 @@ const openFds = () => fs.readdirSync('/proc/self/fd').length;
 
 /**
  * The mirror starts the write-back of every large write as it writes it (MirrorWriter,
- * EARLY_WRITEBACK_BYTES), outside the change's turn, one at a time (the others wait, merged
- * per file), and closes a descriptor only once its running write-back settled. Attacked here: several processes write large
+ * EARLY_WRITEBACK_BYTES; started per 8 MiB of a file, WRITEBACK_BATCH_BYTES), outside the
+ * change's turn, one at a time (the others wait, merged per file), and closes a descriptor only
+ * once its running write-back settled. Attacked here: several processes write large
  * requests into, truncate, rename away and back, unlink and re-create the same few files (so
  * descriptors are closed while their write-back runs, and their numbers reused), with fsyncs
  * among them, while volume splits come and go and are resynced. Afterwards the mirror must
@@ -39,8 +40,8 @@ describe('early write-back of the mirror under concurrent large writes, truncate
       stateDir: t.dirs.state!,
     });
     const M = m.driver.dataRoot;
-    // Four writers over the same four files: 1 MiB requests (large: written beside the primary,
-    // and written back early on the mirror), each followed at once by another change of the
+    // Four writers over the same four files of up to 16 MiB: 1 MiB requests (large: written
+    // beside the primary, and written back early on the mirror once 8 MiB of a file wait), each followed at once by another change of the
     // file: a rename away and back or an unlink (the mirror closes the descriptor of both names
     // while its write-back may still run, and the number is reused by the next open), a
     // truncate to an odd size, an fsync, a re-creation.
