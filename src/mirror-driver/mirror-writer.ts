@@ -42,9 +42,8 @@ export class MirrorWriter {
    * (merged; started once WRITEBACK_BATCH_BYTES wide), and the one running. One at a time for
    * the whole mirror, outside the change's turn: the turn does not wait for it, and it takes one
    * thread of libuv's pool at most (the primary's and the mirror's writes keep the others,
-   * however many files are written). A
-   * descriptor is closed only once its running write-back settled, so its number cannot name
-   * another file meanwhile; its pending range is dropped.
+   * however many files are written). A descriptor is closed only once its running write-back
+   * settled, so its number cannot name another file meanwhile; its waiting range is dropped.
    */
   private readonly pendingWriteBacks = new Map<number, [number, number]>();
   private runningWriteBack: { fd: number; done: Promise<void> } | undefined;
