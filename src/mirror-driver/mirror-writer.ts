@@ -6,8 +6,26 @@ import type { Change } from '../fusefs/change-sink.js';
 import { underRoot } from '../posix/long-path.js';
 import { mknod } from '../posix/mknod.js';
 import { msToNs, setTimesNs } from '../posix/set-times.js';
+import { startWriteBack } from '../posix/write-back.js';
 
 const FD_CACHE = 128;
+
+/**
+ * Writes this large (the FUSE layer's large-write threshold, and the cache's write-back runs)
+ * start their write-back to the mirror's disk at once (sync_file_range WRITE): the mirror holds
+ * a second copy of every byte, and left to the kernel's write-back the fsync that follows a
+ * large sequential write had to write both copies then (docs/architecture.md, "The mirror's
+ * write-back starts with the write").
+ */
+export const EARLY_WRITEBACK_BYTES = 128 * 1024;
+
+/**
+ * A file's early write-back starts once this much of it (the span of its writes since the last
+ * one) is waiting: one call per MiB written made the next writes of the file wait (the file
+ * system's locks), and a `dd` slower than with no early write-back at all (docs/benchmarks.md).
+ * Less than this left when the file's descriptor closes is left to the kernel's write-back.
+ */
+export const WRITEBACK_BATCH_BYTES = 8 * 1024 * 1024;
 
 /**
  * Applies changes to the mirror's data directory, the way the primary saw them. Keeps a small
@@ -17,6 +35,18 @@ export class MirrorWriter {
   private readonly fds = new Map<string, number>();
   /** Link counts of the cached descriptors' inodes, read when they were opened. */
   private readonly nlinks = new Map<string, number>();
+  /** Early write-backs the mirror's file system refused (see EARLY_WRITEBACK_BYTES): a hint lost. */
+  writeBackErrors = 0;
+  /**
+   * Early write-backs: the ranges written and not yet handed to the kernel, per descriptor
+   * (merged; started once WRITEBACK_BATCH_BYTES wide), and the one running. One at a time for
+   * the whole mirror, outside the change's turn: the turn does not wait for it, and it takes one
+   * thread of libuv's pool at most (the primary's and the mirror's writes keep the others,
+   * however many files are written). A descriptor is closed only once its running write-back
+   * settled, so its number cannot name another file meanwhile; its waiting range is dropped.
+   */
+  private readonly pendingWriteBacks = new Map<number, [number, number]>();
+  private runningWriteBack: { fd: number; done: Promise<void> } | undefined;
 
   constructor(private readonly dataRoot: string) {}
 
@@ -38,6 +68,7 @@ export class MirrorWriter {
       case 'write': {
         const fd = await this.fd(c.path);
         await writeAll(fd, c.data, c.offset);
+        if (c.data.length >= EARLY_WRITEBACK_BYTES) this.writeBack(fd, c.offset, c.data.length);
         return;
       }
       case 'truncate': {
@@ -159,13 +190,49 @@ export class MirrorWriter {
     }
   }
 
+  /** Queues the write-back of [offset, offset + len) of fd (merged with what fd has queued). */
+  private writeBack(fd: number, offset: number, len: number): void {
+    const queued = this.pendingWriteBacks.get(fd);
+    this.pendingWriteBacks.set(
+      fd,
+      queued ? [Math.min(queued[0], offset), Math.max(queued[1], offset + len)] : [offset, offset + len],
+    );
+    if (!this.runningWriteBack) this.nextWriteBack();
+  }
+
+  private nextWriteBack(): void {
+    let next: [number, [number, number]] | undefined;
+    for (const e of this.pendingWriteBacks)
+      if (e[1][1] - e[1][0] >= WRITEBACK_BATCH_BYTES) {
+        next = e;
+        break;
+      }
+    if (!next) return;
+    const [fd, [from, to]] = next;
+    this.pendingWriteBacks.delete(fd);
+    const done = startWriteBack(fd, from, to - from).then((err) => {
+      if (err !== undefined) this.writeBackErrors++;
+      this.runningWriteBack = undefined;
+      this.nextWriteBack();
+    });
+    this.runningWriteBack = { fd, done };
+  }
+
+  /** Closes fd, once its early write-back (if one runs) settled. */
+  private close(fd: number): void {
+    this.pendingWriteBacks.delete(fd);
+    const running = this.runningWriteBack;
+    if (running?.fd === fd) void running.done.finally(() => fs.close(fd, () => undefined));
+    else fs.close(fd, () => undefined);
+  }
+
   /** Closes cached descriptors of path (and of everything under it when it may be a directory). */
   forget(path: string, subtree: boolean): void {
     for (const [p, fd] of this.fds) {
       if (p === path || (subtree && p.startsWith(path + '/'))) {
         this.fds.delete(p);
         this.nlinks.delete(p);
-        fs.close(fd, () => undefined);
+        this.close(fd);
       }
     }
   }
@@ -176,7 +243,7 @@ export class MirrorWriter {
   }
 
   closeAll(): void {
-    for (const fd of this.fds.values()) fs.close(fd, () => undefined);
+    for (const fd of this.fds.values()) this.close(fd);
     this.fds.clear();
     this.nlinks.clear();
   }
@@ -212,7 +279,7 @@ export class MirrorWriter {
       const [oldPath, oldFd] = this.fds.entries().next().value as [string, number];
       this.fds.delete(oldPath);
       this.nlinks.delete(oldPath);
-      fs.close(oldFd, () => undefined);
+      this.close(oldFd);
     }
   }
 }
