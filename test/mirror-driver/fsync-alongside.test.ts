@@ -1,3 +1,5 @@
+import { promises as fsp } from 'node:fs';
+import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ControlClient } from '../../src/control/client.js';
 import { type ControlFixture, startControlFixture, status, waitUntil } from '../control/control-fixture.js';
@@ -12,8 +14,10 @@ import { fingerprint, run } from './mirror-helpers.js';
  * write small requests and fsync or fdatasync them, truncate and fsync, write through a shared
  * mapping (of a file of their own) and msync it, link and unlink second names, rename away and back, chmod, set
  * attributes, and make and remove directories and symlinks, while backups prepare (whose
- * barrier fsyncs the names open for writing through the mount) and release over and over. The
- * mirror must then equal the primary (content, sizes, modes, times: verify), with no pair broken.
+ * barrier fsyncs the names open for writing through the mount) and release over and over. Every
+ * other backup is taken with the writers stopped (SIGSTOP): its split must equal the primary.
+ * At the end the mirror must equal the primary (content, sizes, modes, times: verify), with no
+ * pair broken.
  */
 describe('mirrored fsync and namespace changes under concurrent writers and backup splits', () => {
   let fx: ControlFixture;
@@ -32,7 +36,7 @@ import errno, mmap, os, random
 r = random.Random(${seed})
 data = os.urandom(1 << 16)
 os.makedirs('d', exist_ok=True)
-for i in range(500):
+for i in range(800):
     f = 'f%d' % r.randrange(4)
     op = r.randrange(10)
     try:
@@ -62,9 +66,15 @@ for i in range(500):
         elif op == 4:
             os.link(f, 'd/l${seed}'); os.unlink('d/l${seed}')
         elif op == 5:
-            os.rename(f, 'd/r${seed}'); os.rename('d/r${seed}', f)
+            # Away and back, over a new file made meanwhile under the name (written first: the
+            # mirror keeps a descriptor of it, which the rename back must not leave in use).
+            os.rename(f, 'd/r${seed}')
+            if r.randrange(2):
+                fd = os.open(f, os.O_WRONLY | os.O_CREAT, 0o644)
+                os.pwrite(fd, data[:100], 0); os.fsync(fd); os.close(fd)
+            os.rename('d/r${seed}', f)
         elif op == 6:
-            os.chmod(f, 0o600 | r.randrange(0o100))
+            os.chmod(f, 0o640); os.chmod(f, 0o600 | r.randrange(0o100))
         elif op == 7:
             os.setxattr(f, 'user.k', b'%d' % i)
         elif op == 8:
@@ -75,8 +85,10 @@ for i in range(500):
         if e.errno not in (errno.ENOENT, errno.EEXIST):
             raise
 `;
+    const pidFile = path.join(fx.base, 'pids');
     const work = run(
       `cd '${fx.mnt}'; pids=; ${[1, 2, 3, 4].map((s) => `${PYTHON} -c "${worker(s)}" & pids="$pids $!"`).join('\n')}
+      echo $pids > '${pidFile}'
       for p in $pids; do wait $p || exit 1; done`,
       240_000,
     );
@@ -84,15 +96,55 @@ for i in range(500):
     void work.finally(() => {
       done = true;
     });
+    const pids = async () =>
+      (await fsp.readFile(pidFile, 'utf8').catch(() => '')).split(/\s+/).filter(Boolean).map(Number);
+    const signal = (list: number[], sig: NodeJS.Signals) => {
+      for (const pid of list)
+        try {
+          process.kill(pid, sig);
+        } catch {
+          // exited already
+        }
+    };
+    const isStopped = async (pid: number) => {
+      const stat = await fsp.readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
+      // The state follows the command's closing parenthesis; gone or a zombie: stopped too.
+      const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+      return stat === '' || state === 'T' || state === 't' || state === 'Z';
+    };
     let cycles = 0;
+    let compared = 0;
     while (!done) {
-      const p = await c.prepare({ volume: true }, { listItems: false });
-      await new Promise((r) => setTimeout(r, 50));
-      await c.release(p.backupId);
+      // Every other backup is taken with the writers stopped: then the split must hold exactly
+      // what the primary holds (the mirror equals the primary at every split), whatever was in
+      // flight, cached or queued when they stopped. The others split them mid-stream.
+      const stopped = cycles % 2 === 0 ? await pids() : [];
+      signal(stopped, 'SIGSTOP');
+      try {
+        // Stopped once back in user space: a request in flight (its process waits in the kernel
+        // until it is answered) is on the primary by then.
+        await waitUntil(
+          async () => (await Promise.all(stopped.map(isStopped))).every(Boolean),
+          30_000,
+          'stopped',
+        );
+        const p = await c.prepare({ volume: true }, { listItems: false });
+        if (stopped.length > 0 && !done) {
+          expect(await fingerprint(p.mirrorRoot)).toEqual(await fingerprint(fx.primary));
+          compared++;
+        }
+        signal(stopped, 'SIGCONT');
+        await new Promise((r) => setTimeout(r, 50));
+        await c.release(p.backupId);
+      } finally {
+        signal(stopped, 'SIGCONT');
+      }
       cycles++;
+      // Between backups the changes go through the mirror's queue, not a split's resync.
+      await new Promise((r) => setTimeout(r, 300));
     }
     await work;
-    expect(cycles).toBeGreaterThan(0);
+    expect(compared).toBeGreaterThan(0);
 
     await c.request('flush');
     await waitUntil(
