@@ -19,6 +19,9 @@
 //       start, latency ms). Prints "ready" once the file is open.
 //   node bench/worker.mjs fsync  --file F
 //       open F read-only and fsync it; prints the fsync time.
+//   node bench/worker.mjs write-fsync --file F --n N
+//       N times: a 4 KiB write at one of 64 offsets of F (created), then fsync; prints the
+//       mean fsync time (ms): what an fsync of a little cached data costs.
 import * as fs from 'node:fs';
 
 const [mode, ...rest] = process.argv.slice(2);
@@ -146,6 +149,19 @@ if (mode === 'meta') {
   const fsyncMs = now() - t;
   fs.closeSync(fd);
   process.stdout.write(`${JSON.stringify({ fsyncMs })}\n`);
+} else if (mode === 'write-fsync') {
+  const n = Number(a.n ?? 200);
+  const buf = Buffer.alloc(4096, 0x61);
+  const fd = fs.openSync(a.file, 'w+');
+  let ms = 0;
+  for (let i = 0; i < n; i++) {
+    fs.writeSync(fd, buf, 0, buf.length, (i % 64) * buf.length);
+    const t = now();
+    fs.fsyncSync(fd);
+    ms += now() - t;
+  }
+  fs.closeSync(fd);
+  process.stdout.write(`${JSON.stringify({ n, fsyncMs: ms / n })}\n`);
 } else {
   process.stderr.write(`unknown mode ${mode}\n`);
   process.exit(2);

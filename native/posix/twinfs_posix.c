@@ -1,14 +1,16 @@
 // twinfs's own POSIX calls that Node lacks (docs/architecture.md, "POSIX helpers").
 //
-// Every function is one synchronous system call on a local path or descriptor and returns 0
-// (or its result) on success, and a negative errno on failure: the JS side (src/posix) turns
-// that into an errno error. Nothing here blocks for long: flock is called non-blocking by
-// twinfs, and the rest are metadata calls. Used by the FUSE layer, the mirror driver and the
+// Every function but syncFileRange is one synchronous system call on a local path or descriptor
+// and returns 0 (or its result) on success, and a negative errno on failure: the JS side
+// (src/posix) turns that into an errno error. Nothing here blocks for long: flock is called
+// non-blocking by twinfs, and the rest are metadata calls. syncFileRange, which can wait for the
+// disk's request queue, runs in libuv's thread pool and resolves a promise. Used by the FUSE layer, the mirror driver and the
 // backup peer alike, so a peer host needs no FUSE build.
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <node_api.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
@@ -313,6 +315,58 @@ static napi_value js_open_dir_beneath(napi_env env, napi_callback_info info) {
   return num(env, fd >= 0 ? fd : -err);
 }
 
+// syncFileRange(fd, offset, len): sync_file_range(2) with SYNC_FILE_RANGE_WRITE, in libuv's
+// thread pool: starts the write-back of that range's dirty pages and does not wait for it (it can
+// wait for a full request queue). A hint, not a durability point: it makes nothing durable (no
+// metadata, no disk cache flush), and a later fsync still does. Resolves 0 or -errno.
+typedef struct {
+  int fd;
+  int64_t offset;
+  int64_t len;
+  int rc;
+  napi_deferred deferred;
+  napi_async_work work;
+} sfr_job;
+
+static void sfr_execute(napi_env env, void *data) {
+  sfr_job *j = data;
+  j->rc = sync_file_range(j->fd, j->offset, j->len, SYNC_FILE_RANGE_WRITE) == 0 ? 0 : -errno;
+}
+
+static void sfr_complete(napi_env env, napi_status status, void *data) {
+  sfr_job *j = data;
+  napi_resolve_deferred(env, j->deferred, num(env, status == napi_ok ? j->rc : -ECANCELED));
+  napi_delete_async_work(env, j->work);
+  free(j);
+}
+
+static napi_value js_sync_file_range(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  sfr_job *j = calloc(1, sizeof(*j));
+  if (!j) {
+    napi_throw_error(env, NULL, "twinfs_posix: out of memory");
+    return NULL;
+  }
+  napi_value promise, name;
+  if (napi_get_value_int32(env, argv[0], &j->fd) != napi_ok ||
+      napi_get_value_int64(env, argv[1], &j->offset) != napi_ok ||
+      napi_get_value_int64(env, argv[2], &j->len) != napi_ok ||
+      napi_create_promise(env, &j->deferred, &promise) != napi_ok) {
+    free(j);
+    napi_throw_error(env, NULL, "twinfs_posix: bad arguments (syncFileRange)");
+    return NULL;
+  }
+  napi_create_string_utf8(env, "twinfs_sync_file_range", NAPI_AUTO_LENGTH, &name);
+  if (napi_create_async_work(env, NULL, name, sfr_execute, sfr_complete, j, &j->work) != napi_ok ||
+      napi_queue_async_work(env, j->work) != napi_ok) {
+    napi_resolve_deferred(env, j->deferred, num(env, -EAGAIN));
+    free(j);
+  }
+  return promise;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"mknod", NULL, js_mknod, NULL, NULL, NULL, napi_enumerable, NULL},
@@ -324,10 +378,11 @@ static napi_value init(napi_env env, napi_value exports) {
       {"lremovexattr", NULL, js_lremovexattr, NULL, NULL, NULL, napi_enumerable, NULL},
       {"readdirNoAtime", NULL, js_readdir_noatime, NULL, NULL, NULL, napi_enumerable, NULL},
       {"openDirBeneath", NULL, js_open_dir_beneath, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"syncFileRange", NULL, js_sync_file_range, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
   napi_value v;
-  napi_create_uint32(env, 3, &v);
+  napi_create_uint32(env, 4, &v);
   napi_set_named_property(env, exports, "abiLevel", v);
   return exports;
 }

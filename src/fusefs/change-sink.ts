@@ -60,6 +60,22 @@ export interface ChangeSink {
 
 export const nullSink: ChangeSink = { apply: async () => undefined };
 
+/**
+ * An fsync of a file whose changes the sink already has (every write of it reported and
+ * applied): the primary's sync, already started, and the sink's fsync change run at the same
+ * time, and both settle before this does (the primary's error first). The fsync change is
+ * queued only after the sink applied the file's writes, so it still follows them there; what
+ * it adds to the sink's queue (durability there) does not depend on the primary's sync having
+ * finished, and the application hears of the fsync only once both are durable. One after the
+ * other, the mirror's sync waited for the primary's trip to the disk before starting its own
+ * (docs/architecture.md, "fsync with a mirror: both syncs at once").
+ */
+export async function syncAlongside(primarySync: Promise<void>, report: Promise<void> | null): Promise<void> {
+  const [primary, sink] = await Promise.allSettled([primarySync, report]);
+  if (primary.status === 'rejected') throw primary.reason;
+  if (sink.status === 'rejected') throw sink.reason;
+}
+
 /** A pass through the gate: call done() when the guarded operation has finished. */
 export interface GatePass {
   done(): void;

@@ -3,7 +3,7 @@ import { promises as fsp } from 'node:fs';
 import * as xattr from 'fs-xattr';
 import { mknod } from '../posix/mknod.js';
 import { nsToMs, setTimesNs } from '../posix/set-times.js';
-import { type ChangeSink, nullSink, type WriteGate } from './change-sink.js';
+import { type ChangeSink, nullSink, syncAlongside, type WriteGate } from './change-sink.js';
 import { errnoError } from './errno.js';
 import { HiddenRenames, isHiddenEntry, isHiddenPath } from './hidden-renames.js';
 import type { KernelNames } from './kernel-names.js';
@@ -481,14 +481,17 @@ export class VolumeOps {
     const node = handled ?? this.nodeNow(path!);
     if (!node) {
       if (path === null) throw errnoError('EBADF');
-      // No cached state: make the primary file durable anyway.
+      // No cached state: make the primary file durable anyway (and the sink's copy, at once:
+      // it has every change of the file already, see syncAlongside).
       const fd = await this.paths.at([path], (b) => openFd(b, fs.constants.O_RDONLY, 0));
       try {
-        await new Promise<void>((res, rej) => fs.fsync(fd, (e) => (e ? rej(e) : res())));
+        await syncAlongside(
+          new Promise<void>((res, rej) => fs.fsync(fd, (e) => (e ? rej(e) : res()))),
+          this.sink.apply({ op: 'fsync', path, datasync }),
+        );
       } finally {
         fs.close(fd, () => undefined);
       }
-      await this.sink.apply({ op: 'fsync', path, datasync });
       return;
     }
     try {

@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import { Mutex } from '../common/async.js';
 import { Emitter } from '../common/event.js';
 import { msToNs, nsToMs, setFdTimesNs } from '../posix/set-times.js';
-import type { ChangeSink } from './change-sink.js';
+import { type ChangeSink, syncAlongside } from './change-sink.js';
 import { errnoError } from './errno.js';
 import { type Extent, ExtentMap, overlay } from './extent-map.js';
 import { ReadAheadPool, ReadAheadState } from './read-ahead.js';
@@ -340,10 +340,14 @@ export class WritebackCache {
     return node.lock.run(async () => {
       await this.flushLocked(node);
       if (opts.sync) {
-        if (opts.sync === 'data') await fdatasync(node.fd);
-        else await fsync(node.fd);
-        if (!node.nameless)
-          await this.sink.apply({ op: 'fsync', path: node.path, datasync: opts.sync === 'data' });
+        // The sink has every write of the file (flushLocked waited for it): its fsync change
+        // runs beside the primary's sync, not after it (syncAlongside).
+        await syncAlongside(
+          opts.sync === 'data' ? fdatasync(node.fd) : fsync(node.fd),
+          node.nameless
+            ? null
+            : this.sink.apply({ op: 'fsync', path: node.path, datasync: opts.sync === 'data' }),
+        );
       }
     });
   }

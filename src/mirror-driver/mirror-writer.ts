@@ -6,8 +6,26 @@ import type { Change } from '../fusefs/change-sink.js';
 import { underRoot } from '../posix/long-path.js';
 import { mknod } from '../posix/mknod.js';
 import { msToNs, setTimesNs } from '../posix/set-times.js';
+import { startWriteBack } from '../posix/write-back.js';
 
 const FD_CACHE = 128;
+
+/**
+ * Writes this large (the FUSE layer's large-write threshold, and the cache's write-back runs)
+ * start their write-back to the mirror's disk at once (sync_file_range WRITE): the mirror holds
+ * a second copy of every byte, and left to the kernel's write-back the fsync that follows a
+ * large sequential write had to write both copies then (docs/architecture.md, "The mirror's
+ * write-back starts with the write").
+ */
+export const EARLY_WRITEBACK_BYTES = 128 * 1024;
+
+/**
+ * A file's early write-back starts once this much of it (the span of its writes since the last
+ * one) is waiting: one call per MiB written made the next writes of the file wait (the file
+ * system's locks), and a `dd` slower than with no early write-back at all (docs/benchmarks.md).
+ * Less than this left when the file's descriptor closes is left to the kernel's write-back.
+ */
+export const WRITEBACK_BATCH_BYTES = 8 * 1024 * 1024;
 
 /**
  * Applies changes to the mirror's data directory, the way the primary saw them. Keeps a small
@@ -17,6 +35,18 @@ export class MirrorWriter {
   private readonly fds = new Map<string, number>();
   /** Link counts of the cached descriptors' inodes, read when they were opened. */
   private readonly nlinks = new Map<string, number>();
+  /** Early write-backs the mirror's file system refused (see EARLY_WRITEBACK_BYTES): a hint lost. */
+  writeBackErrors = 0;
+  /**
+   * Early write-backs: the ranges written and not yet handed to the kernel, per descriptor
+   * (merged; started once WRITEBACK_BATCH_BYTES wide), and the one running. One at a time for
+   * the whole mirror, outside the change's turn: the turn does not wait for it, and it takes one
+   * thread of libuv's pool at most (the primary's and the mirror's writes keep the others,
+   * however many files are written). A descriptor is closed only once its running write-back
+   * settled, so its number cannot name another file meanwhile; its waiting range is dropped.
+   */
+  private readonly pendingWriteBacks = new Map<number, [number, number]>();
+  private runningWriteBack: { fd: number; done: Promise<void> } | undefined;
 
   constructor(private readonly dataRoot: string) {}
 
@@ -36,12 +66,13 @@ export class MirrorWriter {
   private async applyAt(c: Change, p: string, from: string): Promise<void> {
     switch (c.op) {
       case 'write': {
-        const fd = await this.fd(c.path);
+        const fd = this.fd(c.path);
         await writeAll(fd, c.data, c.offset);
+        if (c.data.length >= EARLY_WRITEBACK_BYTES) this.writeBack(fd, c.offset, c.data.length);
         return;
       }
       case 'truncate': {
-        const fd = await this.fd(c.path);
+        const fd = this.fd(c.path);
         await new Promise<void>((res, rej) => fs.ftruncate(fd, c.size, (e) => (e ? rej(e) : res())));
         return;
       }
@@ -76,12 +107,19 @@ export class MirrorWriter {
         this.keep(c.path, fd, 1);
         return;
       }
+      // The namespace and metadata changes below are synchronous too (see create): each is one to
+      // three syscalls that touch no data, and every change of every file waits in the one queue
+      // for the turns before it, so a trip through the libuv pool per syscall (0.1–0.5 ms each on
+      // a loaded machine, docs/benchmarks.md) made the queue, not the disk, what a mirrored fsync
+      // or write-back waited for. The order of the changes is the queue's, as before.
       case 'mkdir':
-        await fsp.mkdir(p, c.mode & 0o7777).catch((e) => {
-          if (e.code !== 'EEXIST') throw e;
-        });
-        await fsp.lchown(p, c.uid, c.gid);
-        await fsp.chmod(p, c.mode & 0o7777);
+        try {
+          fs.mkdirSync(p, c.mode & 0o7777);
+        } catch (e) {
+          if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+        }
+        fs.lchownSync(p, c.uid, c.gid);
+        fs.chmodSync(p, c.mode & 0o7777);
         return;
       case 'mknod':
         await mknod(p, c.mode, c.dev);
@@ -89,14 +127,14 @@ export class MirrorWriter {
         await fsp.chmod(p, c.mode & 0o7777);
         return;
       case 'symlink':
-        await fsp.symlink(c.target, p);
-        await fsp.lchown(p, c.uid, c.gid);
+        fs.symlinkSync(c.target, p);
+        fs.lchownSync(p, c.uid, c.gid);
         return;
       case 'link':
         // The source's cached link count is stale from now on.
         this.forget(c.from, false);
         try {
-          await fsp.link(from, p);
+          fs.linkSync(from, p);
         } catch (err) {
           if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
           // A stale entry (the primary's name was free): the new name must share the inode.
@@ -108,7 +146,7 @@ export class MirrorWriter {
       case 'rename':
         this.forget(c.from, true);
         this.forget(c.path, true);
-        await fsp.rename(from, p);
+        fs.renameSync(from, p);
         // rename(2) of one name of a file onto another does nothing, and both names stay. The
         // primary never reports such a rename (volume-ops.ts), so its source name is gone there;
         // in the mirror the target can already be a link of the source's file: a comparison ran
@@ -131,13 +169,13 @@ export class MirrorWriter {
         return;
       case 'rmdir':
         this.forget(c.path, true);
-        await fsp.rmdir(p);
+        fs.rmdirSync(p);
         return;
       case 'chmod':
-        await fsp.chmod(p, c.mode);
+        fs.chmodSync(p, c.mode);
         return;
       case 'chown':
-        await fsp.lchown(p, c.uid, c.gid);
+        fs.lchownSync(p, c.uid, c.gid);
         return;
       case 'utimens': {
         // To the ns when the change has them (what the primary got), else from the ms.
@@ -147,7 +185,7 @@ export class MirrorWriter {
         return;
       }
       case 'setxattr':
-        await xattr.setAttribute(p, c.name, c.value);
+        xattr.setAttributeSync(p, c.name, c.value);
         return;
       case 'removexattr':
         // Already gone is the state wanted: a resync or heal may have copied the primary after
@@ -173,13 +211,49 @@ export class MirrorWriter {
     }
   }
 
+  /** Queues the write-back of [offset, offset + len) of fd (merged with what fd has queued). */
+  private writeBack(fd: number, offset: number, len: number): void {
+    const queued = this.pendingWriteBacks.get(fd);
+    this.pendingWriteBacks.set(
+      fd,
+      queued ? [Math.min(queued[0], offset), Math.max(queued[1], offset + len)] : [offset, offset + len],
+    );
+    if (!this.runningWriteBack) this.nextWriteBack();
+  }
+
+  private nextWriteBack(): void {
+    let next: [number, [number, number]] | undefined;
+    for (const e of this.pendingWriteBacks)
+      if (e[1][1] - e[1][0] >= WRITEBACK_BATCH_BYTES) {
+        next = e;
+        break;
+      }
+    if (!next) return;
+    const [fd, [from, to]] = next;
+    this.pendingWriteBacks.delete(fd);
+    const done = startWriteBack(fd, from, to - from).then((err) => {
+      if (err !== undefined) this.writeBackErrors++;
+      this.runningWriteBack = undefined;
+      this.nextWriteBack();
+    });
+    this.runningWriteBack = { fd, done };
+  }
+
+  /** Closes fd, once its early write-back (if one runs) settled. */
+  private close(fd: number): void {
+    this.pendingWriteBacks.delete(fd);
+    const running = this.runningWriteBack;
+    if (running?.fd === fd) void running.done.finally(() => fs.close(fd, () => undefined));
+    else fs.close(fd, () => undefined);
+  }
+
   /** Closes cached descriptors of path (and of everything under it when it may be a directory). */
   forget(path: string, subtree: boolean): void {
     for (const [p, fd] of this.fds) {
       if (p === path || (subtree && p.startsWith(path + '/'))) {
         this.fds.delete(p);
         this.nlinks.delete(p);
-        fs.close(fd, () => undefined);
+        this.close(fd);
       }
     }
   }
@@ -190,12 +264,16 @@ export class MirrorWriter {
   }
 
   closeAll(): void {
-    for (const fd of this.fds.values()) fs.close(fd, () => undefined);
+    for (const fd of this.fds.values()) this.close(fd);
     this.fds.clear();
     this.nlinks.clear();
   }
 
-  private async fd(path: string): Promise<number> {
+  /**
+   * path's cached descriptor, else opened now: synchronously (an open and an fstat, no data
+   * touched), as the changes in applyAt are, instead of two trips through the libuv pool.
+   */
+  private fd(path: string): number {
     const cached = this.fds.get(path);
     if (cached !== undefined) {
       // Refresh LRU position.
@@ -203,18 +281,15 @@ export class MirrorWriter {
       this.fds.set(path, cached);
       return cached;
     }
-    // The promise inside underRoot: a long path's parent descriptor stays open until the open is done.
-    const fd = await underRoot(
-      this.dataRoot,
-      [path],
-      (b) =>
-        new Promise<number>((res, rej) => fs.open(b, fs.constants.O_WRONLY, (e, f) => (e ? rej(e) : res(f)))),
-    );
-    this.fds.set(path, fd);
-    const st = await new Promise<fs.Stats | undefined>((res) =>
-      fs.fstat(fd, (e, s) => res(e ? undefined : s)),
-    );
-    this.keep(path, fd, st?.nlink ?? 1);
+    // Inside underRoot: a long path's parent descriptor stays open until the open is done.
+    const fd = underRoot(this.dataRoot, [path], (b) => fs.openSync(b, fs.constants.O_WRONLY));
+    let nlink = 1;
+    try {
+      nlink = fs.fstatSync(fd).nlink;
+    } catch {
+      // As before: unknown, taken as one name.
+    }
+    this.keep(path, fd, nlink);
     return fd;
   }
 
@@ -226,7 +301,7 @@ export class MirrorWriter {
       const [oldPath, oldFd] = this.fds.entries().next().value as [string, number];
       this.fds.delete(oldPath);
       this.nlinks.delete(oldPath);
-      fs.close(oldFd, () => undefined);
+      this.close(oldFd);
     }
   }
 }

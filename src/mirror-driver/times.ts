@@ -1,3 +1,4 @@
+import * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { setTimesNs } from '../posix/set-times.js';
@@ -75,7 +76,9 @@ export class MirrorTimes {
     // here and gave the split copy that file's times.
     if (this.c.isHeld(p)) return;
     this.pending.delete(p);
-    const st = await fsp.lstat(this.c.primary + p, { bigint: true }).catch(() => undefined);
+    // One lstat, synchronously (as the mirror's own changes are, see MirrorWriter.applyAt): it
+    // runs in a queue turn every later change waits for.
+    const st = lstatNs(this.c.primary + p);
     if (st) {
       try {
         setTimesNs(this.c.layout.data + p, st.atimeNs, st.mtimeNs);
@@ -110,5 +113,13 @@ export class MirrorTimes {
 
   dispose(): void {
     if (this.timer) clearTimeout(this.timer);
+  }
+}
+
+function lstatNs(p: string): fs.BigIntStats | undefined {
+  try {
+    return fs.lstatSync(p, { bigint: true });
+  } catch {
+    return undefined;
   }
 }

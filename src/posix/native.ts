@@ -5,7 +5,7 @@ import { fileURLToPath } from 'node:url';
 /**
  * twinfs's own N-API addon (native/posix/twinfs_posix.c): the POSIX calls Node lacks, shared by
  * the FUSE layer, the mirror driver and the backup peer, so that a peer host needs no FUSE
- * build. Every call is synchronous and returns a negative errno on failure (the wrappers in
+ * build. Every call but syncFileRange (a promise) is synchronous and returns a negative errno on failure (the wrappers in
  * this folder turn it into an errno error). Built by scripts/build-native.mjs at postinstall.
  */
 export interface PosixAddon {
@@ -19,6 +19,8 @@ export interface PosixAddon {
   lremovexattr(path: string, name: string): number;
   readdirNoAtime(path: string): string[] | number;
   openDirBeneath(root: string, rel: string): number;
+  /** sync_file_range(SYNC_FILE_RANGE_WRITE) in the thread pool: resolves 0 or -errno. */
+  syncFileRange(fd: number, offset: number, len: number): Promise<number>;
 }
 
 /** Same depth from src/posix (tests) and dist/posix (the CLI): two levels up is the package root. */
@@ -32,7 +34,7 @@ const ADDON = path.resolve(
   'Release',
   'twinfs_posix.node',
 );
-const ABI_LEVEL = 3;
+const ABI_LEVEL = 4;
 
 let addon: PosixAddon | undefined;
 

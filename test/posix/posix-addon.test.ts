@@ -8,6 +8,7 @@ import { mknod, S_IFBLK, S_IFCHR, S_IFIFO, S_IFSOCK } from '../../src/posix/mkno
 import { posix } from '../../src/posix/native.js';
 import { readdirNoAtime } from '../../src/posix/readdir.js';
 import { setTimesNs } from '../../src/posix/set-times.js';
+import { startWriteBack } from '../../src/posix/write-back.js';
 import { getXattr, listXattrs, readXattrs, removeXattr, setXattr } from '../../src/posix/xattr.js';
 
 /**
@@ -118,6 +119,22 @@ describe('src/posix (native/posix addon)', () => {
     expect(() => setXattr(l, 'user.no', Buffer.from('x'))).toThrow(
       expect.objectContaining({ code: 'EPERM' }),
     );
+  });
+
+  it('starts the write-back of a file range in the thread pool, and reports what refused it without throwing', async () => {
+    const f = path.join(dir, 'wb');
+    const fd = fs.openSync(f, 'w');
+    try {
+      fs.writeSync(fd, Buffer.alloc(1 << 20, 7), 0, 1 << 20, 0);
+      expect(await startWriteBack(fd, 0, 1 << 20)).toBeUndefined();
+      expect(fs.readFileSync(f).equals(Buffer.alloc(1 << 20, 7))).toBe(true);
+    } finally {
+      fs.closeSync(fd);
+    }
+    // A descriptor that is not open: the hint is lost (EBADF reported), nothing thrown.
+    expect(await startWriteBack(999_999, 0, 1 << 20)).toBe(`errno ${os.constants.errno.EBADF}`);
+    // A negative range: EINVAL, the same way.
+    expect(await startWriteBack(0, -5, 1)).toBe(`errno ${os.constants.errno.EINVAL}`);
   });
 });
 
