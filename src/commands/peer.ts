@@ -205,9 +205,14 @@ export const peerCommands: OperatorCommand[] = [
           subtree: str(a.options.subtree),
         });
         const exclude = await patternsOf(a);
+        // The server's connection is made while the target opens (its plugin found, loaded and
+        // activated, the repository's config read): a cold command waited for one, then the
+        // other. A failed connection is reported after the target opened, as before.
+        const connecting = ctx.client();
+        connecting.catch(() => undefined);
         const target = await targets.open(spec);
         try {
-          const client = await ctx.client();
+          const client = await connecting;
           const run = new BackupRun({
             server: ctx.serverUrl ?? client.hello.server,
             token: '',

@@ -1,14 +1,61 @@
 import { promises as fsp } from 'node:fs';
+import { createRequire } from 'node:module';
 import * as path from 'node:path';
-// The three functions, not the package's index (48 modules, loaded by every command's start).
-import satisfies from 'semver/functions/satisfies.js';
-import valid from 'semver/functions/valid.js';
-import validRange from 'semver/ranges/valid.js';
 import { z } from 'zod';
 import { TwinError } from '../common/errors.js';
 
 /** The twinfs plugin API version plugins declare compatibility with in engines.twinfs. */
 export const API_VERSION = '1.2.0';
+
+/** A version without prerelease or build (semver's numbers: no leading zeros). */
+const PLAIN = /^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$/;
+
+interface Semver {
+  valid(v: string): string | null;
+  validRange(r: string): string | null;
+  satisfies(v: string, r: string): boolean;
+}
+let semverFns: Semver | undefined;
+/**
+ * semver's three functions, required on first need: semver builds its ~40 regular expressions
+ * when it loads and a Range's on each parse, ~5 ms of every command's start for the manifests
+ * of the built-in plugins, whose versions and ranges (`1.0.0`, `^1.1.0`) the checks below
+ * answer without it. Not bundled (scripts/bundle-cli.mjs): loaded from node_modules.
+ */
+function semver(): Semver {
+  if (!semverFns) {
+    const req = createRequire(import.meta.url);
+    semverFns = {
+      valid: req('semver/functions/valid.js'),
+      validRange: req('semver/ranges/valid.js'),
+      satisfies: req('semver/functions/satisfies.js'),
+    };
+  }
+  return semverFns;
+}
+
+/** semver's valid(): a plain X.Y.Z without it. */
+function validVersion(v: string): boolean {
+  return PLAIN.test(v) || semver().valid(v) !== null;
+}
+
+/**
+ * Whether the API version satisfies the range, undefined for a malformed range. A caret range
+ * on a plain version of major 1 or more (`^1.1.0`: >=1.1.0 <2.0.0) is answered here, every
+ * other range by semver.
+ */
+function apiSatisfies(range: string): boolean | undefined {
+  const caret = range.startsWith('^') ? PLAIN.exec(range.slice(1)) : null;
+  const api = PLAIN.exec(API_VERSION)!;
+  if (caret && Number(caret[1]) >= 1) {
+    const [want, have] = [caret, api].map((m) => [Number(m[1]), Number(m[2]), Number(m[3])] as const);
+    if (want[0] !== have[0]) return false;
+    return have[1] > want[1] || (have[1] === want[1] && have[2] >= want[2]);
+  }
+  const s = semver();
+  if (s.validRange(range) === null) return undefined;
+  return s.satisfies(API_VERSION, range);
+}
 
 const activationEvent = z
   .string()
@@ -19,7 +66,7 @@ const activationEvent = z
 
 export const manifestSchema = z.object({
   name: z.string().regex(/^(@[a-z0-9-]+\/)?[a-z0-9][a-z0-9._-]*$/, 'name must be a lowercase package name'),
-  version: z.string().refine((v) => valid(v) !== null, 'version must be semver'),
+  version: z.string().refine(validVersion, 'version must be semver'),
   displayName: z.string().optional(),
   description: z.string().optional(),
   main: z.string().min(1),
@@ -74,11 +121,12 @@ export async function readManifest(dir: string): Promise<PluginManifest> {
       `${m.name}: engines.twinfs must be a version range, not "${range}"`,
       { plugin: m.name },
     );
-  if (validRange(range) === null)
+  const ok = apiSatisfies(range);
+  if (ok === undefined)
     throw new TwinError('ETWIN_PLUGIN_ENGINE', `${m.name}: engines.twinfs "${range}" is not a semver range`, {
       plugin: m.name,
     });
-  if (!satisfies(API_VERSION, range))
+  if (!ok)
     throw new TwinError(
       'ETWIN_PLUGIN_ENGINE',
       `${m.name} needs twinfs API ${range}; this is ${API_VERSION}`,

@@ -1,12 +1,8 @@
 import { createCipheriv, createHash, randomBytes } from 'node:crypto';
-import { createRequire } from 'node:module';
 import { corrupt, counterNonce, type RepoKeys, SALT, seal, TAG, unseal } from './crypto.js';
+import { loadZstd } from './zstd-binding.js';
 
-const require = createRequire(import.meta.url);
-const zstd = require('@mongodb-js/zstd') as {
-  compress(data: Buffer, level?: number): Promise<Buffer>;
-  decompress(data: Buffer): Promise<Buffer>;
-};
+const { zstd } = loadZstd();
 
 export type BlobType = 'data' | 'tree';
 

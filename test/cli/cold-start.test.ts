@@ -78,7 +78,7 @@ describe('the command loads its bundle, and only what the command needs', () => 
     expect(own.filter((m) => m !== 'cli/twinfs.cjs' && !m.startsWith('cli-bundle/'))).toEqual([]);
   });
 
-  it('a dir: backup, first and unchanged, loads the dir plugin and never the S3 plugin or the AWS SDK', async () => {
+  it("a dir: backup, first and unchanged, loads the dir plugin and never the S3 plugin, the AWS SDK, semver or zstd's loader", async () => {
     const backup = (name: string) =>
       recorded(
         [
@@ -105,6 +105,13 @@ describe('the command loads its bundle, and only what the command needs', () => 
       expect(r.last.totals).toMatchObject({ files: 2, copiedBytes: copied });
       expect(urls.some((u) => u.startsWith(`file://${ROOT}/plugins/dir/`))).toBe(true);
       expect(urls.filter((u) => u.includes('/plugins/s3/') || u.includes('@aws-sdk'))).toEqual([]);
+      // zstd's addon straight from its platform package (src/repository/zstd-binding.ts), not
+      // through @mongodb-js/zstd's loader and its diagnostic report; the built-in plugins'
+      // manifests checked without semver (src/plugins/manifest.ts).
+      expect(urls.some((u) => /\/@mongodb-js\/zstd-[^/]+\/[^/]+\.node$/.test(u))).toBe(true);
+      expect(
+        urls.filter((u) => u.includes('/@mongodb-js/zstd/') || u.includes('/node_modules/semver/')),
+      ).toEqual([]);
       expect(
         ownModules(mainThread).filter((m) => m !== 'cli/twinfs.cjs' && !m.startsWith('cli-bundle/')),
       ).toEqual([]);
