@@ -23,7 +23,7 @@ import {
   referencePlan,
   referenceTotals,
 } from './carry-by-reference.js';
-import { Catalog, type EntryRecord, type SnapshotRecord } from './catalog.js';
+import { Catalog, type EntryRecord, type SnapshotRecord, type StagedEntries } from './catalog.js';
 import { syncCatalog } from './catalog-sync.js';
 import { type ChangePlan, planFromChanges } from './change-plan.js';
 import { EntryCopier } from './entry-copier.js';
@@ -449,20 +449,36 @@ export class BackupRun {
       if (resynced !== undefined)
         this.deliver('onDidResync', { backupId, bytesCopied: numberOr(resynced.reply, 'bytesCopied') });
 
+      // The catalog's entries are written while the target commits (a full backup's are
+      // thousands of lines, synced): the snapshot is marked complete only once the commit
+      // resolved, and a run failed before that removes them (Catalog.fail).
+      let staged: Promise<StagedEntries> | undefined;
       if (!o.checkSource) {
         this.emit({ phase: 'commit' });
-        await unlessAborted(
+        const committing = unlessAborted(
           writer.commit({ version: 1, meta, totals, entries, ...(named ? { gone: named.gone } : {}) }),
           stop.signal,
         );
+        staged = named
+          ? undefined
+          : Catalog.with(o.catalogDir, (c) =>
+              c.stageEntries(id, entries, { base: parent && { id: parent.id, entries: parent.entries } }),
+            );
+        // Both settled before going on: the failure path's Catalog.fail must come after the
+        // entries are written, or it would leave them behind.
+        const [commit, stage] = await Promise.allSettled([committing, staged]);
+        if (commit.status === 'rejected') throw commit.reason;
+        if (stage.status === 'rejected') throw stage.reason;
       }
       // Should recording fail now, the committed data stays at the target as an orphan: the
       // catalog never claims it, and a transient catalog failure must not destroy a good copy.
       // Entries mostly carried over are recorded as a delta on the parent's.
-      const snapshot = await Catalog.with(o.catalogDir, (c) =>
+      const snapshot = await Catalog.with(o.catalogDir, async (c) =>
         named
           ? c.completeOnBase(id, parent!.id, named, totals)
-          : c.complete(id, entries, totals, { base: parent && { id: parent.id, entries: parent.entries } }),
+          : staged
+            ? c.markComplete(id, totals, await staged)
+            : c.complete(id, entries, totals, { base: parent && { id: parent.id, entries: parent.entries } }),
       );
       this.emit({ phase: 'done', reusedFiles: totals.reusedFiles });
       await tellServer({ outcome: 'ok' });
