@@ -649,7 +649,8 @@ export class BackupRun {
     let lastEvent = 0;
     this.emit({ phase: 'size', files: 0, filesTotal: 0, bytes: 0, bytesTotal: 0 });
     return new SizingWalk(
-      () => reader.walk(this.opts.selector),
+      // Every entry of a directory before its subdirectories' (a large file is found early).
+      () => reader.walk(this.opts.selector, { dirsLast: true }),
       this.opts.walkKeep ?? WALK_KEEP,
       signal,
       (files, bytes, done) => {
@@ -975,15 +976,32 @@ function codeOf(err: unknown): string {
 }
 
 /**
+ * Regular files of at least this many bytes found by the sizing walk are copied before the
+ * entries queued ahead of them (SizingWalk): a large file's read, cut and hashes are one file's
+ * work in order on the repository's workers, started late it runs alone at the end of the copy.
+ */
+export const LARGE_FIRST_BYTES = 8 * 1024 * 1024;
+
+/**
  * A walk of the split copy run beside the copy that takes its entries (BackupRun.sizingWalk):
  * it counts the files and bytes of everything it finds and queues the entries for the copy,
  * at most `keep` of them not yet taken; past that it only counts, and entries() walks on
- * itself from the last entry queued (the walk's order is fixed: names sorted, depth first,
- * and the split copy does not change; the entry it resumes after is checked by its path).
+ * itself from the last entry queued (the walk's order is fixed: names sorted, a directory's
+ * entries before its subdirectories', and the split copy does not change; the entry it
+ * resumes after is checked by its path).
+ *
+ * A large file (LARGE_FIRST_BYTES, a single name) whose directory the copy has taken already
+ * is handed out before the entries queued ahead of it: its work overlaps the small files'
+ * instead of following it. Every other entry comes in the walk's order, so a directory is
+ * still always handed out before what it holds.
  */
 export class SizingWalk {
   private readonly queue: SourceEntry[] = [];
   private head = 0;
+  /** Large files handed out before the queue, in the order found. */
+  private readonly first: SourceEntry[] = [];
+  /** Directories handed out (a large file below one may go first). */
+  private readonly takenDirs = new Set<string>();
   /** Entries queued in all, and the path of the last one. */
   private queued = 0;
   private lastQueued: string | undefined;
@@ -1013,9 +1031,10 @@ export class SizingWalk {
         if (this.stopped) return;
         files++;
         if (s.stat?.isFile()) bytes += Number(s.stat.size);
-        if (!this.full && this.queue.length - this.head >= this.keep) this.full = true;
+        if (!this.full && this.queue.length - this.head + this.first.length >= this.keep) this.full = true;
         if (!this.full) {
-          this.queue.push(s);
+          if (this.goesFirst(s)) this.first.push(s);
+          else this.queue.push(s);
           this.queued++;
           this.lastQueued = s.path;
           this.signalMore();
@@ -1043,11 +1062,25 @@ export class SizingWalk {
     this.stopped = true;
   }
 
-  /** Every entry of the walk, in its order: the queued ones, then (past `keep`) a walk of the rest. */
+  private goesFirst(s: SourceEntry): boolean {
+    const st = s.stat;
+    if (!st?.isFile() || st.size < BigInt(LARGE_FIRST_BYTES) || st.nlink > 1n) return false;
+    return this.takenDirs.has(s.path.slice(0, Math.max(1, s.path.lastIndexOf('/'))));
+  }
+
+  /**
+   * Every entry of the walk: the queued ones in its order (large files whose directory was
+   * handed out already first), then (past `keep`) a walk of the rest.
+   */
   async *entries(): AsyncGenerator<SourceEntry> {
     for (;;) {
+      if (this.first.length > 0) {
+        yield this.first.shift()!;
+        continue;
+      }
       if (this.head < this.queue.length) {
         const s = this.queue[this.head]!;
+        if (s.stat?.isDirectory()) this.takenDirs.add(s.path);
         this.queue[this.head++] = undefined as unknown as SourceEntry;
         // The taken part of the queue is let go now and then.
         if (this.head >= 4096 && this.head * 2 >= this.queue.length) {
