@@ -259,9 +259,6 @@ export class BackupRun {
       // The previous snapshot, chosen before prepare: the server says what changed since its split.
       const prev = o.full ? undefined : await this.previous(control.hello?.deviceId ?? undefined);
       const base = prev?.base;
-      // Nothing to build on: every file is stored, and the repository's workers start while
-      // the server prepares (an incremental may need none of them).
-      if (!base && o.target instanceof RepositoryTarget) o.target.warmWorkers();
       // Built on by reference (carry-by-reference.ts), none of its entries are read but those
       // the answer names.
       const byReference = mayReference(base, !!prev?.hasEntries, !!o.checkSource);

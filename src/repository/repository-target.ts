@@ -33,7 +33,7 @@ import {
   type StoredEntry,
 } from './repository.js';
 import { SmallFileReader } from './small-files.js';
-import { repoReaders, repoWorkers } from './worker-pool.js';
+import { repoWorkers } from './worker-pool.js';
 
 /** The stamp of stored content (PutResult.stamp): a digest of its chunk ids. */
 export function stampOf(chunks: string[]): string {
@@ -61,12 +61,6 @@ function checkId(id: string): void {
  */
 export class RepositoryTarget implements BackupTarget {
   readonly capabilities = { rangedReads: true, dedup: true, atomicRename: true, maxConcurrency: 64 };
-
-  /** Starts the repository's worker threads ahead of a run that will store data (WorkerPool.warm). */
-  warmWorkers(): void {
-    repoWorkers().warm();
-    repoReaders().warm();
-  }
   private readonly manifests = new Map<string, Promise<Map<string, StoredEntry>>>();
 
   private _repo: Repository | undefined;

@@ -113,15 +113,6 @@ export class WorkerPool {
     return best;
   }
 
-  /**
-   * Starts every worker thread now (unreferenced, idle until asked): a run that knows it will
-   * copy has their start-up (~0.1 s of CPU each) overlap its preparation instead of its first
-   * file's work.
-   */
-  warm(): void {
-    for (let i = 0; i < this.slots.length; i++) this.slot(i);
-  }
-
   /** The live worker threads (for tests that provoke a crash). */
   threads(): Worker[] {
     return this.slots.filter((s): s is Slot => s !== undefined && !s.dead).map((s) => s.worker);

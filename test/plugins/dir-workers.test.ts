@@ -201,30 +201,6 @@ describe('dir repository: the worker path', () => {
     expect(new Set([p.idlest(), p.idlest()])).toEqual(new Set([0, 1]));
   });
 
-  it('a warmed pool has every worker started before any work, and each answers', async () => {
-    const t = await open(`dir:${await fx.tmp()}/r`);
-    await firstSnapshot(t, pseudoRandom(MiB, 6));
-    const keys = t.repo.keys;
-    const p = pool(3);
-    expect(p.threads()).toHaveLength(0);
-    p.warm();
-    expect(p.threads()).toHaveLength(3);
-    const data = pseudoRandom(4096, 3);
-    const ids = await Promise.all(
-      [0, 1, 2].map((worker) =>
-        p.run<string[]>({ op: 'ids', parts: [data], master: keys.material() }, [], {
-          worker,
-          cost: data.length,
-        }),
-      ),
-    );
-    expect(ids).toEqual([0, 1, 2].map(() => [keys.blobId(data)]));
-    // Warming again starts nothing more.
-    const before = p.threads();
-    p.warm();
-    expect(p.threads()).toEqual(before);
-  });
-
   it("the chunker's cut of parts laid end to end gives compute_chunks' offsets of the joined bytes, and frees the memory it takes", () => {
     const fastcdc = require('@dstanesc/wasm-chunking-fastcdc-node');
     const data = pseudoRandom(3 * MiB + 4321, 41);
