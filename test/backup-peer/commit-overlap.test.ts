@@ -1,14 +1,10 @@
 import * as path from 'node:path';
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { beforeEach, describe, expect, it } from 'vitest';
 import { Catalog } from '../../src/backup-peer/catalog.js';
 import type { BackupTarget, SnapshotManifest, SnapshotWriter } from '../../src/backup-peer/target.js';
-import { TargetRegistry } from '../../src/backup-peer/targets/index.js';
 import { TwinError } from '../../src/common/errors.js';
-import { type LoadedPlugin, loadTargetPlugin } from '../conformance/index.js';
 import { waitFor } from '../helpers/mounts.js';
-import { FakeControl, type Mirror, makeMirror, tempDir, volumeBackupRun } from './peer-fixture.js';
-
-const DIR_PLUGIN = path.resolve(import.meta.dirname, '../../plugins/dir');
+import { dirPluginTargets, FakeControl, type Mirror, makeMirror, volumeBackupRun } from './peer-fixture.js';
 
 /**
  * The commit phase of a run: the catalog's entries are written while the target commits, and
@@ -16,29 +12,21 @@ const DIR_PLUGIN = path.resolve(import.meta.dirname, '../../plugins/dir');
  * no entries behind). The real directory target, its writer's commit held by the test.
  */
 describe('backup commit: the catalog beside the target', () => {
-  let base: string;
-  let cleanup: () => Promise<void>;
+  const targets = dirPluginTargets();
   let mirror: Mirror;
-  let plugin: LoadedPlugin;
   let target: BackupTarget;
   let catalogDir: string;
-  const registry = new TargetRegistry([], (type) => plugin.host.getTargetProvider(type));
 
-  beforeAll(async () => {
-    plugin = await loadTargetPlugin(DIR_PLUGIN);
-  });
-  afterAll(() => plugin?.dispose());
   beforeEach(async () => {
-    ({ dir: base, cleanup } = await tempDir());
-    mirror = await makeMirror(base, {
+    const { root, t } = await targets.open();
+    target = t;
+    mirror = await makeMirror(path.dirname(root), {
       'a.txt': 'alpha\n',
       'b.bin': Buffer.alloc(300_000, 3),
       d: { 'c.txt': 'charlie\n' },
     });
-    target = await registry.open(`dir:${path.join(base, 'backups')}`);
-    catalogDir = path.join(base, 'catalog');
+    catalogDir = path.join(path.dirname(root), 'catalog');
   });
-  afterEach(() => cleanup());
 
   /**
    * The target, its writers' commit held until `release` (then done, or failed with `fail`).
