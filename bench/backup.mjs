@@ -65,8 +65,8 @@ const PHASE_COLUMNS = [
   'start (node, plugins)',
   'connect',
   'prepare',
-  'size (walk)',
-  'copy',
+  'walk (the copy beside it)',
+  'copy (walk included)',
   'commit (fsync, catalog)',
   'exit',
 ];
@@ -92,6 +92,10 @@ const opts = parseArgs(
     },
     verify: { default: false, help: 'diff -r the first snapshot of each tree against the mirror' },
     'cpu-prof': { default: '', help: 'write a V8 CPU profile of every twinfs backup run into this dir' },
+    events: {
+      default: '',
+      help: "write every twinfs run's --json lines, timestamped (ms since spawn), into this dir",
+    },
     'cmd-timeout': { default: 900, help: 'time limit of one copy command, s' },
     ...commonOptions('parent of the temporary directories (same disk as /)'),
     'time-limit': { default: 2700, help: 'abort (and clean up) after this many seconds' },
@@ -187,6 +191,7 @@ function runMeasured(cmd, args, { timeoutMs = CMD_MS } = {}) {
 
 let srv;
 let profN = 0;
+let eventsN = 0;
 /** One `twinfs backup` run; returns its times, phases and result. */
 async function twinfsBackup({ subtree, target, catalog }) {
   const nodeArgs = [];
@@ -223,6 +228,13 @@ async function twinfsBackup({ subtree, target, catalog }) {
       return [];
     }
   });
+  if (opts.events) {
+    fs.mkdirSync(opts.events, { recursive: true });
+    fs.writeFileSync(
+      path.join(opts.events, `backup-${++eventsN}.jsonl`),
+      events.map((e) => JSON.stringify(e)).join('\n'),
+    );
+  }
   const result = events.findLast((e) => e.event === 'done');
   if (!result) throw new Error(`twinfs backup printed no result: ${r.stderr.slice(-1000)}`);
   const firstAt = (ph) => events.find((e) => e.event === 'progress' && e.phase === ph)?.at;
@@ -238,8 +250,10 @@ async function twinfsBackup({ subtree, target, catalog }) {
     startMs: tConnect,
     connectMs: tPrepare - tConnect,
     prepareMs: tSize - tPrepare,
+    // The walk's time is part of the copy's, not before it: the copy takes the walk's entries
+    // as they are found (the first progress line of the 'size' phase already counts files done).
     sizeMs: tCopy - tSize,
-    copyMs: tCommit - tCopy,
+    copyMs: tCommit - tSize,
     commitMs: tDone - tCommit,
     exitMs: r.ms - tDone,
   };

@@ -23,7 +23,7 @@ import {
   referencePlan,
   referenceTotals,
 } from './carry-by-reference.js';
-import { Catalog, type EntryRecord, type SnapshotRecord } from './catalog.js';
+import { Catalog, type EntryRecord, type SnapshotRecord, type StagedEntries } from './catalog.js';
 import { syncCatalog } from './catalog-sync.js';
 import { type ChangePlan, planFromChanges } from './change-plan.js';
 import { EntryCopier } from './entry-copier.js';
@@ -449,20 +449,36 @@ export class BackupRun {
       if (resynced !== undefined)
         this.deliver('onDidResync', { backupId, bytesCopied: numberOr(resynced.reply, 'bytesCopied') });
 
+      // The catalog's entries are written while the target commits (a full backup's are
+      // thousands of lines, synced): the snapshot is marked complete only once the commit
+      // resolved, and a run failed before that removes them (Catalog.fail).
+      let staged: Promise<StagedEntries> | undefined;
       if (!o.checkSource) {
         this.emit({ phase: 'commit' });
-        await unlessAborted(
+        const committing = unlessAborted(
           writer.commit({ version: 1, meta, totals, entries, ...(named ? { gone: named.gone } : {}) }),
           stop.signal,
         );
+        staged = named
+          ? undefined
+          : Catalog.with(o.catalogDir, (c) =>
+              c.stageEntries(id, entries, { base: parent && { id: parent.id, entries: parent.entries } }),
+            );
+        // Both settled before going on: the failure path's Catalog.fail must come after the
+        // entries are written, or it would leave them behind.
+        const [commit, stage] = await Promise.allSettled([committing, staged]);
+        if (commit.status === 'rejected') throw commit.reason;
+        if (stage.status === 'rejected') throw stage.reason;
       }
       // Should recording fail now, the committed data stays at the target as an orphan: the
       // catalog never claims it, and a transient catalog failure must not destroy a good copy.
       // Entries mostly carried over are recorded as a delta on the parent's.
-      const snapshot = await Catalog.with(o.catalogDir, (c) =>
+      const snapshot = await Catalog.with(o.catalogDir, async (c) =>
         named
           ? c.completeOnBase(id, parent!.id, named, totals)
-          : c.complete(id, entries, totals, { base: parent && { id: parent.id, entries: parent.entries } }),
+          : staged
+            ? c.markComplete(id, totals, await staged)
+            : c.complete(id, entries, totals, { base: parent && { id: parent.id, entries: parent.entries } }),
       );
       this.emit({ phase: 'done', reusedFiles: totals.reusedFiles });
       await tellServer({ outcome: 'ok' });
@@ -633,7 +649,8 @@ export class BackupRun {
     let lastEvent = 0;
     this.emit({ phase: 'size', files: 0, filesTotal: 0, bytes: 0, bytesTotal: 0 });
     return new SizingWalk(
-      () => reader.walk(this.opts.selector),
+      // Every entry of a directory before its subdirectories' (a large file is found early).
+      () => reader.walk(this.opts.selector, { dirsLast: true }),
       this.opts.walkKeep ?? WALK_KEEP,
       signal,
       (files, bytes, done) => {
@@ -959,15 +976,32 @@ function codeOf(err: unknown): string {
 }
 
 /**
+ * Regular files of at least this many bytes found by the sizing walk are copied before the
+ * entries queued ahead of them (SizingWalk): a large file's read, cut and hashes are one file's
+ * work in order on the repository's workers, started late it runs alone at the end of the copy.
+ */
+export const LARGE_FIRST_BYTES = 8 * 1024 * 1024;
+
+/**
  * A walk of the split copy run beside the copy that takes its entries (BackupRun.sizingWalk):
  * it counts the files and bytes of everything it finds and queues the entries for the copy,
  * at most `keep` of them not yet taken; past that it only counts, and entries() walks on
- * itself from the last entry queued (the walk's order is fixed: names sorted, depth first,
- * and the split copy does not change; the entry it resumes after is checked by its path).
+ * itself from the last entry queued (the walk's order is fixed: names sorted, a directory's
+ * entries before its subdirectories', and the split copy does not change; the entry it
+ * resumes after is checked by its path).
+ *
+ * A large file (LARGE_FIRST_BYTES, a single name) whose directory the copy has taken already
+ * is handed out before the entries queued ahead of it: its work overlaps the small files'
+ * instead of following it. Every other entry comes in the walk's order, so a directory is
+ * still always handed out before what it holds.
  */
 export class SizingWalk {
   private readonly queue: SourceEntry[] = [];
   private head = 0;
+  /** Large files handed out before the queue, in the order found. */
+  private readonly first: SourceEntry[] = [];
+  /** Directories handed out (a large file below one may go first). */
+  private readonly takenDirs = new Set<string>();
   /** Entries queued in all, and the path of the last one. */
   private queued = 0;
   private lastQueued: string | undefined;
@@ -997,9 +1031,10 @@ export class SizingWalk {
         if (this.stopped) return;
         files++;
         if (s.stat?.isFile()) bytes += Number(s.stat.size);
-        if (!this.full && this.queue.length - this.head >= this.keep) this.full = true;
+        if (!this.full && this.queue.length - this.head + this.first.length >= this.keep) this.full = true;
         if (!this.full) {
-          this.queue.push(s);
+          if (this.goesFirst(s)) this.first.push(s);
+          else this.queue.push(s);
           this.queued++;
           this.lastQueued = s.path;
           this.signalMore();
@@ -1027,11 +1062,25 @@ export class SizingWalk {
     this.stopped = true;
   }
 
-  /** Every entry of the walk, in its order: the queued ones, then (past `keep`) a walk of the rest. */
+  private goesFirst(s: SourceEntry): boolean {
+    const st = s.stat;
+    if (!st?.isFile() || st.size < BigInt(LARGE_FIRST_BYTES) || st.nlink > 1n) return false;
+    return this.takenDirs.has(s.path.slice(0, Math.max(1, s.path.lastIndexOf('/'))));
+  }
+
+  /**
+   * Every entry of the walk: the queued ones in its order (large files whose directory was
+   * handed out already first), then (past `keep`) a walk of the rest.
+   */
   async *entries(): AsyncGenerator<SourceEntry> {
     for (;;) {
+      if (this.first.length > 0) {
+        yield this.first.shift()!;
+        continue;
+      }
       if (this.head < this.queue.length) {
         const s = this.queue[this.head]!;
+        if (s.stat?.isDirectory()) this.takenDirs.add(s.path);
         this.queue[this.head++] = undefined as unknown as SourceEntry;
         // The taken part of the queue is let go now and then.
         if (this.head >= 4096 && this.head * 2 >= this.queue.length) {

@@ -57,6 +57,13 @@ export interface EntryRecord extends ManifestEntry {
 type SnapshotDoc = Omit<SnapshotRecord, 'id'> & { _id: string };
 
 /** A stored copy a check found damaged: the data `path` stored by snapshot `storedIn`. */
+/** Entries of a running snapshot written by Catalog.stageEntries, for markComplete. */
+export interface StagedEntries {
+  id: string;
+  /** Written as a delta on this snapshot's entries. */
+  delta?: { base: string; depth: number };
+}
+
 export interface DamageRecord {
   storedIn: string;
   path: string;
@@ -260,9 +267,56 @@ export class Catalog {
     totals: SnapshotTotals,
     opts: { base?: { id: string; entries: ReadonlyMap<string, EntryRecord> } } = {},
   ): Promise<SnapshotRecord> {
+    if (!(await this.snapshots.findOne({ _id: id })))
+      throw new TwinError('ETWIN_UNKNOWN_SNAPSHOT', `no snapshot ${id} in the catalog`, { snapshotId: id });
+    const staged = await this.stage(id, entries, opts.base);
+    return this.markRecorded(id, totals, staged.delta);
+  }
+
+  /**
+   * The first half of complete(): writes a running snapshot's entries (durable), leaving it
+   * running. A backup does this while its target commits, and marks the snapshot complete
+   * (markComplete) only once the commit resolved; a run that fails after it is failed as any
+   * other, which removes the entries written here (fail).
+   */
+  async stageEntries(
+    id: string,
+    entries: ManifestEntry[],
+    opts: { base?: { id: string; entries: ReadonlyMap<string, EntryRecord> } } = {},
+  ): Promise<StagedEntries> {
+    const d = await this.snapshots.findOne({ _id: id });
+    if (!d)
+      throw new TwinError('ETWIN_UNKNOWN_SNAPSHOT', `no snapshot ${id} in the catalog`, { snapshotId: id });
+    if (d.state !== 'running')
+      throw new TwinError(
+        'ETWIN_CATALOG',
+        `snapshot ${id} is ${d.state}, not running: its entries are not written`,
+        {
+          snapshotId: id,
+        },
+      );
+    return this.stage(id, entries, opts.base);
+  }
+
+  private async stage(
+    id: string,
+    entries: ManifestEntry[],
+    base: { id: string; entries: ReadonlyMap<string, EntryRecord> } | undefined,
+  ): Promise<StagedEntries> {
     // Most entries as the parent recorded them: a reference to its entries plus the delta.
-    const delta = await this.deltaOn(opts.base, entries);
-    return this.record(id, delta ? delta.docs : entries, totals, delta);
+    const delta = await this.deltaOn(base, entries);
+    await this.writeEntries(id, delta ? delta.docs : entries);
+    return { id, ...(delta ? { delta: { base: delta.base, depth: delta.depth } } : {}) };
+  }
+
+  /** The second half of complete(): the snapshot whose entries stageEntries wrote is complete. */
+  async markComplete(id: string, totals: SnapshotTotals, staged: StagedEntries): Promise<SnapshotRecord> {
+    const d = await this.snapshots.findOne({ _id: id });
+    if (staged.id !== id || d?.state !== 'running')
+      throw new TwinError('ETWIN_CATALOG', `snapshot ${id} is not running with the entries staged for it`, {
+        snapshotId: id,
+      });
+    return this.markRecorded(id, totals, staged.delta);
   }
 
   /**
@@ -308,6 +362,12 @@ export class Catalog {
   ): Promise<SnapshotRecord> {
     if (!(await this.snapshots.findOne({ _id: id })))
       throw new TwinError('ETWIN_UNKNOWN_SNAPSHOT', `no snapshot ${id} in the catalog`, { snapshotId: id });
+    await this.writeEntries(id, entries);
+    return this.markRecorded(id, totals, delta);
+  }
+
+  /** A snapshot's own entry file, written and synced with its directory. */
+  private async writeEntries(id: string, entries: ManifestEntry[]): Promise<void> {
     const file = this.entriesFile(id);
     await writeEntryFile(file, entries, id).catch((err) => {
       throw new TwinError(
@@ -317,6 +377,14 @@ export class Catalog {
       );
     });
     await this.sync(path.dirname(file));
+  }
+
+  /** Marks a snapshot whose entries are written complete (its entries a delta on base, or its own). */
+  private async markRecorded(
+    id: string,
+    totals: SnapshotTotals,
+    delta?: { base: string; depth: number },
+  ): Promise<SnapshotRecord> {
     await this.snapshots.update(
       { _id: id },
       {

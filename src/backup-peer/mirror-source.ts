@@ -261,13 +261,18 @@ export class MirrorReader {
 
   /**
    * The entries of a selection, by walking the mirror (when the server's item list was cut
-   * short): parents before children, sorted, symlinks not followed.
+   * short): parents before children, sorted, symlinks not followed. Depth first; with
+   * `dirsLast` every entry of a directory comes before what its subdirectories hold (the
+   * sizing walk: a large file beside many subdirectories is found at once, not after them).
    */
-  async *walk(selector: {
-    paths?: string[];
-    subtree?: string;
-    volume?: boolean;
-  }): AsyncGenerator<SourceEntry> {
+  async *walk(
+    selector: {
+      paths?: string[];
+      subtree?: string;
+      volume?: boolean;
+    },
+    opts: { dirsLast?: boolean } = {},
+  ): AsyncGenerator<SourceEntry> {
     const roots = selector.volume ? ['/'] : selector.subtree ? [selector.subtree] : (selector.paths ?? []);
     for (const r of roots) {
       const top = toVolumePath(r);
@@ -277,13 +282,14 @@ export class MirrorReader {
       });
       if (!st || this.skip?.(top)) continue;
       yield { path: top, mirrorPath: top, stat: st };
-      if (st.isDirectory() && !selector.paths) yield* this.walkDir(top);
+      if (st.isDirectory() && !selector.paths) yield* this.walkDir(top, !!opts.dirsLast);
     }
   }
 
-  private async *walkDir(dir: string): AsyncGenerator<SourceEntry> {
+  private async *walkDir(dir: string, dirsLast: boolean): AsyncGenerator<SourceEntry> {
     // Without moving the copy's atime: the next snapshot records it (readdirNoAtime).
     const names = readdirNoAtime(await this.tree.resolve(dir)).sort();
+    const subdirs: string[] = [];
     // The lstats of a directory's entries go out WALK_LSTATS at a time, not one after the
     // other: one at a time, a walk of 10,000 files is 10,000 thread-pool round trips in a row.
     for (let i = 0; i < names.length; i += WALK_LSTATS) {
@@ -295,8 +301,11 @@ export class MirrorReader {
         const st = stats[j];
         if (!st || this.skip?.(p)) continue;
         yield { path: p, mirrorPath: p, stat: st };
-        if (st.isDirectory()) yield* this.walkDir(p);
+        if (!st.isDirectory()) continue;
+        if (dirsLast) subdirs.push(p);
+        else yield* this.walkDir(p, false);
       }
     }
+    for (const p of subdirs) yield* this.walkDir(p, true);
   }
 }

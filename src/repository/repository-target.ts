@@ -574,6 +574,10 @@ class RepositoryWriter implements SnapshotWriter, MirrorFileWriter, ReadIntoWrit
         await this.lock.release();
         return;
       }
+      // The data batch still being filled is sealed and written (its fsync included) while the
+      // manifest is built beside it: the two wait for each other only before the index.
+      const dataPacks = this.blobs.flush();
+      dataPacks.catch(() => undefined);
       // Whatever is written now is looked up in the index.
       await this.repo.ensureIndex();
       // A chain grown to its bound is written whole again (read once here, not per backup).
@@ -586,26 +590,33 @@ class RepositoryWriter implements SnapshotWriter, MirrorFileWriter, ReadIntoWrit
       // never fetches file data, and damage to a data pack leaves the manifests readable.
       const trees = new BlobWriter(this.repo);
       const tree = await trees.addContent(text, 'tree');
-      const packs = [...(await this.blobs.flush()), ...(await trees.flush())];
-      const written = await this.repo.writeIndex({ packs });
+      // Both settled before going on: a failure leaves no write of either running behind it.
+      const [data, treePacks] = await bothSettled(dataPacks, trees.flush());
+      const packs = [...data, ...treePacks];
+      // The index object is durable before the snapshot names what it indexes (commit order);
+      // the local index cache is not part of it and is written beside the snapshot object.
+      const written = await this.repo.writeIndex({ packs }, { cacheLater: true });
       if (written) this.ownIndex.push(written);
       const named = this.packsOf(rows);
       const packSizes = this.sizesOf([...named, ...this.packsOfBlobs(tree)]);
       const index = this.indexStampNow();
-      await this.repo.writeSnapshot({
-        version: 1,
-        meta: manifest.meta,
-        totals: manifest.totals,
-        manifest: {
-          blobs: tree,
-          entries: rows.length,
-          bytes: text.length,
-          packs: named,
-          ...(packSizes ? { packSizes } : {}),
-          ...(base ? { base } : {}),
-        },
-        ...(index ? { index } : {}),
-      });
+      await Promise.all([
+        this.repo.writeSnapshot({
+          version: 1,
+          meta: manifest.meta,
+          totals: manifest.totals,
+          manifest: {
+            blobs: tree,
+            entries: rows.length,
+            bytes: text.length,
+            packs: named,
+            ...(packSizes ? { packSizes } : {}),
+            ...(base ? { base } : {}),
+          },
+          ...(index ? { index } : {}),
+        }),
+        written ? this.repo.saveIndexCache() : undefined,
+      ]);
       this.state = 'committed';
     } catch (err) {
       this.state = 'open';
@@ -654,4 +665,12 @@ class RepositoryWriter implements SnapshotWriter, MirrorFileWriter, ReadIntoWrit
     await this.blobs.discard();
     await this.lock.release();
   }
+}
+
+/** Both values, once both promises settled; the first failure (in argument order) otherwise. */
+async function bothSettled<A, B>(a: Promise<A>, b: Promise<B>): Promise<[A, B]> {
+  const [x, y] = await Promise.allSettled([a, b]);
+  if (x.status === 'rejected') throw x.reason;
+  if (y.status === 'rejected') throw y.reason;
+  return [x.value, y.value];
 }

@@ -472,15 +472,25 @@ export class Repository {
   }
 
   /** Writes an index object (packs just stored, copies found damaged); returns its name. */
-  async writeIndex(obj: IndexObject): Promise<string | undefined> {
+  async writeIndex(obj: IndexObject, opts: { cacheLater?: boolean } = {}): Promise<string | undefined> {
     if (!obj.packs?.length && !obj.damaged?.length) return undefined;
     const bytes = await sealObject(this.keys, obj);
     const name = `index/${createHash('sha256').update(bytes).digest('hex')}`;
     await this.store.put(name, bytes);
     this.mergeIndex(obj);
     this.loadedIndex.add(name);
-    await this.saveCache();
+    if (!opts.cacheLater) await this.saveCache();
     return name;
+  }
+
+  /**
+   * Writes the local index cache now (after writeIndex with cacheLater: a commit writes it
+   * beside its snapshot object, not before it). Best effort: a cache that cannot be written is
+   * read from the store next time.
+   */
+  async saveIndexCache(): Promise<void> {
+    // Never fails the caller: a commit writes it beside its snapshot object, whose outcome alone counts.
+    await this.saveCache().catch(() => undefined);
   }
 
   /** Packs found missing or of another size than indexed, in this process. */

@@ -57,6 +57,37 @@ describe('catalog', () => {
     });
   });
 
+  it('entries staged while the target commits: the snapshot stays running until markComplete, fail removes them', async () => {
+    await Catalog.with(dir, async (c) => {
+      await c.begin(rec('20250101T000000Z-aaaaaa', 1000));
+      await c.begin(rec('20250101T000001Z-bbbbbb', 2000));
+      const staged = await c.stageEntries('20250101T000000Z-aaaaaa', entries);
+      const s = await c.get('20250101T000000Z-aaaaaa');
+      expect(s?.state).toBe('running');
+      expect(await c.hasEntries(s!.id)).toBe(true);
+      // Staged for another snapshot: refused.
+      await expect(c.markComplete('20250101T000001Z-bbbbbb', emptyTotals(), staged)).rejects.toMatchObject({
+        code: 'ETWIN_CATALOG',
+      });
+      const done = await c.markComplete(s!.id, { ...emptyTotals(), files: 1, bytes: 1 }, staged);
+      expect(done).toMatchObject({ state: 'complete', totals: { files: 1, bytes: 1 } });
+      // A complete snapshot's entries are never written again.
+      await expect(c.stageEntries(s!.id, [])).rejects.toMatchObject({ code: 'ETWIN_CATALOG' });
+      // The other run stages, then its commit fails: no entries are left behind.
+      await c.stageEntries('20250101T000001Z-bbbbbb', entries);
+      await c.fail('20250101T000001Z-bbbbbb', { code: 'ETWIN_TARGET_FAILED', message: 'commit failed' });
+      expect(await c.hasEntries('20250101T000001Z-bbbbbb')).toBe(false);
+      await expect(
+        c.markComplete('20250101T000001Z-bbbbbb', emptyTotals(), { id: '20250101T000001Z-bbbbbb' }),
+      ).rejects.toMatchObject({
+        code: 'ETWIN_CATALOG',
+      });
+    });
+    await Catalog.with(dir, async (c) => {
+      expect((await c.entries('20250101T000000Z-aaaaaa')).map((e) => e.path)).toEqual(['/a', '/b']);
+    });
+  });
+
   it('entries written whole in batches read back exactly, through nedb and the text searches', async () => {
     // More rows than one write takes, with everything a manifest entry may carry.
     const many: ManifestEntry[] = [

@@ -1,8 +1,8 @@
-import { promises as fsp } from 'node:fs';
+import { type BigIntStats, promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { SizingWalk } from '../../src/backup-peer/backup-run.js';
-import { MirrorReader } from '../../src/backup-peer/mirror-source.js';
+import { LARGE_FIRST_BYTES, SizingWalk } from '../../src/backup-peer/backup-run.js';
+import { MirrorReader, type SourceEntry } from '../../src/backup-peer/mirror-source.js';
 import { forEachLimitAsync } from '../../src/backup-peer/safe-tree.js';
 import { tempDir } from './peer-fixture.js';
 
@@ -38,6 +38,72 @@ describe('walking the mirror (the run walks it when the item list was cut short)
       got.push(s.path);
     }
     expect(got).toEqual(expected);
+  });
+
+  it('with dirsLast, every entry of a directory comes before what its subdirectories hold; parents still first, sorted', async () => {
+    const d = await tempDir();
+    cleanups.push(d.cleanup);
+    const t = path.join(d.dir, 't');
+    await fsp.mkdir(path.join(t, 'a', 'aa'), { recursive: true });
+    await fsp.mkdir(path.join(t, 'b'));
+    for (const f of ['a/x', 'a/aa/y', 'b/z', 'big', 'c']) await fsp.writeFile(path.join(t, f), f);
+    const got: string[] = [];
+    for await (const s of new MirrorReader(d.dir).walk({ subtree: '/t' }, { dirsLast: true }))
+      got.push(s.path);
+    expect(got).toEqual(['/t', '/t/a', '/t/b', '/t/big', '/t/c', '/t/a/aa', '/t/a/x', '/t/a/aa/y', '/t/b/z']);
+    // Depth first without it (every other walk).
+    const depthFirst: string[] = [];
+    for await (const s of new MirrorReader(d.dir).walk({ subtree: '/t' })) depthFirst.push(s.path);
+    expect(depthFirst).toEqual([
+      '/t',
+      '/t/a',
+      '/t/a/aa',
+      '/t/a/aa/y',
+      '/t/a/x',
+      '/t/b',
+      '/t/b/z',
+      '/t/big',
+      '/t/c',
+    ]);
+  });
+
+  it('the sizing walk hands a large file out before the entries queued ahead of it, once its directory was taken', async () => {
+    const stat = (kind: 'dir' | 'file', size = 0, nlink = 1) =>
+      ({
+        isDirectory: () => kind === 'dir',
+        isFile: () => kind === 'file',
+        size: BigInt(size),
+        nlink: BigInt(nlink),
+      }) as unknown as BigIntStats;
+    const e = (p: string, st: BigIntStats): SourceEntry => ({ path: p, mirrorPath: p, stat: st });
+    const large = LARGE_FIRST_BYTES;
+    let open!: () => void;
+    const gate = new Promise<void>((r) => (open = r));
+    const walk = new SizingWalk(
+      async function* () {
+        yield e('/t', stat('dir'));
+        await gate;
+        yield e('/t/a', stat('dir'));
+        yield e('/t/a/x', stat('file', 10));
+        // Its directory /t was taken: it goes first.
+        yield e('/t/big', stat('file', large));
+        // /t/a is queued, not taken: in order. So are a smaller file and one of two names.
+        yield e('/t/a/big2', stat('file', large));
+        yield e('/t/mid', stat('file', large - 1));
+        yield e('/t/linked', stat('file', large, 2));
+        yield e('/t/z', stat('file', 1));
+      },
+      100,
+      new AbortController().signal,
+      () => undefined,
+    );
+    const it = walk.entries()[Symbol.asyncIterator]();
+    expect((await it.next()).value?.path).toBe('/t');
+    open();
+    await walk.finished;
+    const rest: string[] = [];
+    for (let r = await it.next(); !r.done; r = await it.next()) rest.push(r.value.path);
+    expect(rest).toEqual(['/t/big', '/t/a', '/t/a/x', '/t/a/big2', '/t/mid', '/t/linked', '/t/z']);
   });
 
   it('forEachLimitAsync runs at most `limit` at once and overlaps pulling with processing', async () => {

@@ -1,0 +1,105 @@
+import * as path from 'node:path';
+import { beforeEach, describe, expect, it } from 'vitest';
+import { Catalog } from '../../src/backup-peer/catalog.js';
+import type { BackupTarget, SnapshotManifest, SnapshotWriter } from '../../src/backup-peer/target.js';
+import { TwinError } from '../../src/common/errors.js';
+import { waitFor } from '../helpers/mounts.js';
+import { dirPluginTargets, FakeControl, type Mirror, makeMirror, volumeBackupRun } from './peer-fixture.js';
+
+/**
+ * The commit phase of a run: the catalog's entries are written while the target commits, and
+ * the snapshot is complete in the catalog only once the commit resolved (a failed commit leaves
+ * no entries behind). The real directory target, its writer's commit held by the test.
+ */
+describe('backup commit: the catalog beside the target', () => {
+  const targets = dirPluginTargets();
+  let mirror: Mirror;
+  let target: BackupTarget;
+  let catalogDir: string;
+
+  beforeEach(async () => {
+    const { root, t } = await targets.open();
+    target = t;
+    mirror = await makeMirror(path.dirname(root), {
+      'a.txt': 'alpha\n',
+      'b.bin': Buffer.alloc(300_000, 3),
+      d: { 'c.txt': 'charlie\n' },
+    });
+    catalogDir = path.join(path.dirname(root), 'catalog');
+  });
+
+  /**
+   * The target, its writers' commit held until `release` (then done, or failed with `fail`).
+   * Every other call goes to the real writer.
+   */
+  function heldCommit(fail?: Error) {
+    let release!: () => void;
+    const released = new Promise<void>((r) => (release = r));
+    let committing = false;
+    const wrapWriter = (w: SnapshotWriter): SnapshotWriter =>
+      new Proxy(w, {
+        get(t, k) {
+          if (k === 'commit')
+            return async (m: SnapshotManifest) => {
+              committing = true;
+              await released;
+              if (fail) throw fail;
+              return t.commit(m);
+            };
+          const v = Reflect.get(t, k, t);
+          return typeof v === 'function' ? v.bind(t) : v;
+        },
+      });
+    const held = new Proxy(target, {
+      get(t, k) {
+        if (k === 'beginSnapshot')
+          return async (...args: Parameters<BackupTarget['beginSnapshot']>) =>
+            wrapWriter(await t.beginSnapshot(...args));
+        const v = Reflect.get(t, k, t);
+        return typeof v === 'function' ? v.bind(t) : v;
+      },
+    });
+    return { target: held, release, committing: () => committing };
+  }
+
+  const runState = (id: string) =>
+    Catalog.with(catalogDir, async (c) => ({
+      state: (await c.get(id))?.state,
+      hasEntries: await c.hasEntries(id),
+    }));
+
+  it("writes the catalog's entries while the target commits; complete only after the commit", async () => {
+    const held = heldCommit();
+    const run = volumeBackupRun(held.target, catalogDir, new FakeControl(mirror));
+    let id = '';
+    run.onDidProgress((p) => (id ||= p.snapshotId ?? ''));
+    const done = run.run();
+    done.catch(() => undefined);
+    expect(await waitFor(held.committing, 30_000)).toBe(true);
+    // The commit is held: the entries are written meanwhile, the snapshot still running.
+    expect(await waitFor(async () => (await runState(id)).hasEntries, 30_000)).toBe(true);
+    expect(await runState(id)).toEqual({ state: 'running', hasEntries: true });
+    held.release();
+    const r = await done;
+    expect(r.snapshot).toMatchObject({ id, state: 'complete' });
+    await Catalog.with(catalogDir, async (c) => {
+      expect((await c.entries(id)).map((e) => e.path)).toEqual(['/', '/a.txt', '/b.bin', '/d', '/d/c.txt']);
+    });
+    expect((await target.listSnapshots()).map((s) => s.snapshotId)).toEqual([id]);
+  });
+
+  it('a commit that fails after the entries were written leaves a failed snapshot without entries', async () => {
+    const held = heldCommit(new TwinError('ETWIN_TARGET_FAILED', 'the store went away at commit'));
+    const run = volumeBackupRun(held.target, catalogDir, new FakeControl(mirror));
+    let id = '';
+    run.onDidProgress((p) => (id ||= p.snapshotId ?? ''));
+    const done = run.run();
+    done.catch(() => undefined);
+    expect(await waitFor(held.committing, 30_000)).toBe(true);
+    expect(await waitFor(async () => (await runState(id)).hasEntries, 30_000)).toBe(true);
+    held.release();
+    await expect(done).rejects.toMatchObject({ code: 'ETWIN_TARGET_FAILED' });
+    expect(await runState(id)).toEqual({ state: 'failed', hasEntries: false });
+    expect(await target.listSnapshots()).toEqual([]);
+  });
+});
