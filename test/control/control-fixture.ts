@@ -1,8 +1,10 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
+import { expect } from 'vitest';
 import WebSocket from 'ws';
 import { ControlClient, type ControlClientOptions } from '../../src/control/client.js';
+import { pyIn } from '../helpers/posix.js';
 import { controlServeArgs, ROOT, type ServerHandle, startServer, tempDirs } from '../helpers/server.js';
 
 /**
@@ -338,4 +340,60 @@ export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms))
 /** The server's status reply (typed loosely: tests read what they check). */
 export async function status(c: ControlClient): Promise<any> {
   return c.request('status');
+}
+
+/**
+ * Flushes the cache, waits until the mirror's queue is empty and no split is held, and checks the
+ * mirror: nothing broken (in the status and in the server's events) and a content `verify` with no
+ * differences. Returns the verify reply for further checks.
+ */
+export async function expectMirrorSettledExact(
+  fx: ControlFixture,
+  c: ControlClient,
+  timeoutMs: number,
+): Promise<any> {
+  await c.request('flush');
+  await waitUntil(
+    async () => {
+      const s = await status(c);
+      return s.mirror.queueLength === 0 && s.mirror.splits.length === 0;
+    },
+    timeoutMs,
+    'mirror idle',
+  );
+  const s = await status(c);
+  expect(s.mirror.broken).toEqual([]);
+  expect(fx.srv.events.filter((e) => e.event === 'broken')).toEqual([]);
+  const v: any = await c.request('verify', { content: true });
+  expect(v.differences).toEqual([]);
+  return v;
+}
+
+/**
+ * Runs `workers` copies of a Python script in the mount (its arguments: the worker's index, then
+ * `args`) while volume prepares (incremental since `since`) and their releases loop, `pauseMs`
+ * apart. Resolves with the number of prepares once every copy has ended.
+ */
+export async function pyStormDuringPrepares(
+  fx: ControlFixture,
+  c: ControlClient,
+  o: { script: string; workers: number; args: string[]; since: number; pauseMs: number },
+): Promise<number> {
+  let running = true;
+  const storm = Promise.all(
+    Array.from({ length: o.workers }, (_, w) =>
+      pyIn(fx.mnt, o.script, { args: [String(w), ...o.args], timeoutMs: 240_000 }),
+    ),
+  ).finally(() => {
+    running = false;
+  });
+  let prepares = 0;
+  while (running) {
+    const p = await c.prepare({ volume: true }, { since: o.since });
+    prepares++;
+    await c.release(p.backupId);
+    await sleep(o.pauseMs);
+  }
+  await storm;
+  return prepares;
 }

@@ -2,7 +2,13 @@ import { existsSync, promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ControlClient } from '../../src/control/client.js';
-import { type ControlFixture, sleep, startControlFixture, status } from '../control/control-fixture.js';
+import {
+  type ControlFixture,
+  pyStormDuringPrepares,
+  sleep,
+  startControlFixture,
+  status,
+} from '../control/control-fixture.js';
 import { pyIn } from '../helpers/posix.js';
 
 /**
@@ -98,22 +104,13 @@ describe("unlink of a cached file answered in libfuse's threads (libfuse3)", () 
     const before = await unlinks();
     const WORKERS = 4;
     const ROUNDS = 3000;
-    let running = true;
-    const storm = Promise.all(
-      Array.from({ length: WORKERS }, (_, w) =>
-        pyIn(fx.mnt, STORM, { args: [String(w), String(ROUNDS), '1'], timeoutMs: 240_000 }),
-      ),
-    ).finally(() => {
-      running = false;
+    const prepares = await pyStormDuringPrepares(fx, c, {
+      script: STORM,
+      workers: WORKERS,
+      args: [String(ROUNDS), '1'],
+      since: g0.generation,
+      pauseMs: 30,
     });
-    let prepares = 0;
-    while (running) {
-      const p = await c.prepare({ volume: true }, { since: g0.generation });
-      prepares++;
-      await c.release(p.backupId);
-      await sleep(30);
-    }
-    await storm;
     expect(prepares).toBeGreaterThan(0);
     const after = await unlinks();
     expect(after.cached - before.cached).toBeGreaterThan(0);

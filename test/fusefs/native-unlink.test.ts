@@ -4,6 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ControlClient } from '../../src/control/client.js';
 import {
   type ControlFixture,
+  pyStormDuringPrepares,
   sleep,
   startControlFixture,
   status,
@@ -128,22 +129,13 @@ describe("unlink answered in libfuse's threads (libfuse3)", () => {
     const before = await unlinks();
     const WORKERS = 3;
     const ROUNDS = 25;
-    let running = true;
-    const storm = Promise.all(
-      Array.from({ length: WORKERS }, (_, w) =>
-        pyIn(fx.mnt, STORM, { args: [String(w), String(ROUNDS)], timeoutMs: 240_000 }),
-      ),
-    ).finally(() => {
-      running = false;
+    const prepares = await pyStormDuringPrepares(fx, c, {
+      script: STORM,
+      workers: WORKERS,
+      args: [String(ROUNDS)],
+      since: g0.generation,
+      pauseMs: 20,
     });
-    let prepares = 0;
-    while (running) {
-      const p = await c.prepare({ volume: true }, { since: g0.generation });
-      prepares++;
-      await c.release(p.backupId);
-      await sleep(20);
-    }
-    await storm;
     expect(prepares).toBeGreaterThan(0);
     const after = await unlinks();
     // Many of the storm's ~1,490 unlinks were answered natively, between prepares. How many

@@ -2,7 +2,12 @@ import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ControlClient } from '../../src/control/client.js';
-import { type ControlFixture, startControlFixture, status, waitUntil } from '../control/control-fixture.js';
+import {
+  type ControlFixture,
+  expectMirrorSettledExact,
+  startControlFixture,
+  waitUntil,
+} from '../control/control-fixture.js';
 import { PYTHON } from '../helpers/posix.js';
 import { fingerprint, run } from './mirror-helpers.js';
 
@@ -146,20 +151,7 @@ for i in range(800):
     await work;
     expect(compared).toBeGreaterThan(0);
 
-    await c.request('flush');
-    await waitUntil(
-      async () => {
-        const s = await status(c);
-        return s.mirror.queueLength === 0 && s.mirror.splits.length === 0;
-      },
-      30_000,
-      'mirror idle',
-    );
-    const s = await status(c);
-    expect(s.mirror.broken).toEqual([]);
-    expect(fx.srv.events.filter((e) => e.event === 'broken')).toEqual([]);
-    const v: any = await c.request('verify', { content: true });
-    expect(v.differences).toEqual([]);
+    await expectMirrorSettledExact(fx, c, 30_000);
     expect(await fingerprint(fx.mirrorRoot)).toEqual(await fingerprint(fx.primary));
   }, 300_000);
 });

@@ -4,7 +4,11 @@ import * as xattr from 'fs-xattr';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ControlClient } from '../../src/control/client.js';
 import { syncMeta } from '../../src/mirror-driver/entry-sync.js';
-import { type ControlFixture, startControlFixture, status, waitUntil } from '../control/control-fixture.js';
+import {
+  type ControlFixture,
+  expectMirrorSettledExact,
+  startControlFixture,
+} from '../control/control-fixture.js';
 import { sh, spawn } from '../helpers/proc.js';
 import { tempDirs } from '../helpers/server.js';
 
@@ -99,20 +103,7 @@ describe('xattrs that vanish between list and get', () => {
         await tog.stop();
       }
       expect(cycles).toBeGreaterThan(3);
-      await c.request('flush');
-      await waitUntil(
-        async () => {
-          const s = await status(c);
-          return s.mirror.queueLength === 0 && s.mirror.splits.length === 0;
-        },
-        20_000,
-        'mirror idle',
-      );
-      const s = await status(c);
-      expect(s.mirror.broken).toEqual([]);
-      expect(fx.srv.events.filter((e) => e.event === 'broken')).toEqual([]);
-      const v: any = await c.request('verify', { content: true });
-      expect(v.differences).toEqual([]);
+      const v = await expectMirrorSettledExact(fx, c, 20_000);
       expect(v.skipped).toBe(0);
     }, 60_000);
   });
