@@ -39,6 +39,13 @@ describe('resync of files with several names', () => {
     await d.apply({ op: 'write', path: name, offset, data });
   }
 
+  /** A file /f of its own (3,000 random bytes), made on the primary and reported. */
+  async function createF(): Promise<void> {
+    await fsp.writeFile(`${P}/f`, randomBytes(3000));
+    await d.apply({ op: 'create', path: '/f', mode: 0o100644, uid: 0, gid: 0 });
+    await d.apply({ op: 'write', path: '/f', offset: 0, data: await fsp.readFile(`${P}/f`) });
+  }
+
   async function expectEqual(): Promise<void> {
     expect(await sha(`${M}/b`)).toBe(await sha(`${P}/b`));
     expect((await fsp.stat(`${M}/a`)).ino).toBe((await fsp.stat(`${M}/b`)).ino);
@@ -258,9 +265,7 @@ describe('resync of files with several names', () => {
   });
 
   it('a comparison that finds another file under a name of a hard-linked mirror file replaces that name, never writes into the shared copy (stress seed 502)', async () => {
-    await fsp.writeFile(`${P}/f`, randomBytes(3000));
-    await d.apply({ op: 'create', path: '/f', mode: 0o100644, uid: 0, gid: 0 });
-    await d.apply({ op: 'write', path: '/f', offset: 0, data: await fsp.readFile(`${P}/f`) });
+    await createF();
     const s = await d.split({ volume: true });
     // A third name written and removed under the split: its resync compares the whole volume.
     await fsp.link(`${P}/a`, `${P}/c`);
@@ -498,9 +503,7 @@ describe('resync of files with several names', () => {
   });
 
   it('a name a held link gave a file, replaced on the primary by a rename queued behind the resync, is not copied into the shared copy', async () => {
-    await fsp.writeFile(`${P}/f`, randomBytes(3000));
-    await d.apply({ op: 'create', path: '/f', mode: 0o100644, uid: 0, gid: 0 });
-    await d.apply({ op: 'write', path: '/f', offset: 0, data: await fsp.readFile(`${P}/f`) });
+    await createF();
     const s = await d.split({ volume: true });
     await fsp.link(`${P}/a`, `${P}/c`);
     await d.apply({ op: 'link', from: '/a', path: '/c' });
@@ -544,9 +547,7 @@ describe('resync of files with several names', () => {
   });
 
   it("a file renamed over a held link's name while the resync copies it: the link's other names keep their own content", async () => {
-    await fsp.writeFile(`${P}/f`, randomBytes(3000));
-    await d.apply({ op: 'create', path: '/f', mode: 0o100644, uid: 0, gid: 0 });
-    await d.apply({ op: 'write', path: '/f', offset: 0, data: await fsp.readFile(`${P}/f`) });
+    await createF();
     const s = await d.split({ volume: true });
     await fsp.link(`${P}/a`, `${P}/c`);
     await d.apply({ op: 'link', from: '/a', path: '/c' });
