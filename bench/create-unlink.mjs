@@ -7,9 +7,15 @@
 //   node bench/create-unlink.mjs --variant 'twinfs' --variant 'twinfs + mirror||--mirror @MIRROR@' \
 //     --variant 'old|/tmp/old/dist/cli/main.js' --files 3000 --reps 5
 //
+// --phases create,stat,unlink --pause-ms 1100 is compare.mjs's meta workload phase by phase;
+// --bindfs-mt adds bindfs --multithreaded. A variant served with `--control 127.0.0.1:0` in its
+// ARGS also reports, per phase, the requests libfuse's threads answered and passed to JS
+// (status().fs.kernelCache.native and .nativeUnlink).
+//
 // A variant is NAME|CLI|SERVE ARGS|ENV as in bench/compare.mjs (CLI defaults to this checkout's
 // dist, snapshotted; @MIRROR@ becomes a fresh directory).
 import {
+  controlClient,
   cpuSeconds,
   fmt,
   installCleanup,
@@ -19,6 +25,7 @@ import {
   mkdirs,
   parseArgs,
   run,
+  sleep,
   snapshotDist,
   startBindfs,
   startVariant,
@@ -39,6 +46,9 @@ const opts = parseArgs(
     reps: { default: 5, help: 'repetitions (median)' },
     dir: { default: '/tmp', help: 'parent of the temporary directories' },
     'time-limit': { default: 1200, help: 'abort (and clean up) after this many seconds' },
+    phases: { default: 'create,unlink', help: 'comma list of create,stat,unlink, run in that order' },
+    'pause-ms': { default: 0, help: 'pause before each phase after the first, ms' },
+    'bindfs-mt': { default: false, help: 'also bindfs --multithreaded' },
   },
   'node bench/create-unlink.mjs --variant NAME[|CLI[|ARGS[|ENV=V ...]]] ... [options]',
   argv,
@@ -49,10 +59,30 @@ const base = tempBase(opts.dir);
 const build = snapshotDist(base);
 const d = mkdirs(base, 'primary', 'bindfs');
 const T = [{ name: 'bindfs', mnt: d.bindfs, s: await startBindfs(d.primary, d.bindfs) }];
+if (opts['bindfs-mt']) {
+  const mt = mkdirs(base, 'primary-mt', 'bindfs-mt');
+  const s = await startBindfs(mt['primary-mt'], mt['bindfs-mt'], 'big_writes', ['--multithreaded']);
+  T.push({ name: 'bindfs --multithreaded', mnt: mt['bindfs-mt'], s });
+}
 for (const [i, spec] of variants.entries()) {
   const v = await startVariant(base, i, spec);
-  T.push({ name: v.name, mnt: v.mount, s: v.server });
+  const c = v.server.url ? await controlClient(v.server.url, v.server.token) : null;
+  T.push({ name: v.name, mnt: v.mount, s: v.server, c });
 }
+const PHASES = String(opts.phases).split(',');
+for (const p of PHASES) if (!['create', 'stat', 'unlink'].includes(p)) throw new Error(`unknown phase ${p}`);
+/** Requests answered in libfuse's threads and passed to JS so far (null without control). */
+const nativeCounts = async (t) => {
+  if (!t.c) return null;
+  const kc = (await t.c.request('status')).fs.kernelCache ?? {};
+  return {
+    attrs: kc.native?.answered ?? 0,
+    attrsToJs: kc.native?.fallbacks ?? 0,
+    unlinks: kc.nativeUnlink?.answered ?? 0,
+    unlinksToJs: kc.nativeUnlink?.fallbacks ?? 0,
+  };
+};
+const counted = {};
 const load0 = loadavg();
 const res = {};
 const jsCpu = (pid) => Object.entries(threadCpuSeconds(pid)).find(([k]) => k.endsWith('(main)'))?.[1] ?? 0;
@@ -61,7 +91,9 @@ for (let rep = 0; rep < opts.reps; rep++) {
     const t = T[(j + rep) % T.length];
     const dir = `${t.mnt}/r${rep}`;
     await run('mkdir', ['-p', dir]);
-    for (const op of ['create', 'unlink']) {
+    for (const [k, op] of PHASES.entries()) {
+      if (k > 0 && opts['pause-ms'] > 0) await sleep(opts['pause-ms']);
+      const n0 = await nativeCounts(t);
       const c = cpuSeconds(t.s.pid);
       const js = jsCpu(t.s.pid);
       const r = await worker('files', [
@@ -78,25 +110,41 @@ for (let rep = 0; rep < opts.reps; rep++) {
       (r0[`${op}`] ??= []).push(opts.files / (r.ms / 1000));
       (r0[`${op}cpu`] ??= []).push(((cpuSeconds(t.s.pid) - c) * 1e6) / opts.files);
       (r0[`${op}js`] ??= []).push(((jsCpu(t.s.pid) - js) * 1e6) / opts.files);
+      const n1 = await nativeCounts(t);
+      if (n0 && n1) {
+        const c0 = ((counted[t.name] ??= {})[op] ??= { attrs: 0, attrsToJs: 0, unlinks: 0, unlinksToJs: 0 });
+        for (const key of Object.keys(c0)) c0[key] += n1[key] - n0[key];
+      }
     }
     log(`rep ${rep} ${t.name} done`);
   }
 }
-for (const t of T) await t.s.stop();
+for (const t of T) {
+  await t.c?.close();
+  await t.s.stop();
+}
 process.stdout.write(`\n## bench/create-unlink.mjs — ${new Date().toISOString()}\n\n${build}\n`);
 process.stdout.write(
   `load ${load0} → ${loadavg()}; ${opts.reps} reps (median); ${opts.files} files of ${opts.size} B\n\n`,
 );
 const m = (n, k) => median(res[n][k]);
 table(
-  ['target', 'create/s', 'µs CPU/create', 'of it JS thread', 'unlink/s', 'µs CPU/unlink', 'of it JS thread'],
+  ['target', ...PHASES.flatMap((p) => [`${p}/s`, `µs CPU/${p}`, 'of it JS thread'])],
   T.map(({ name: n }) => [
     n,
-    fmt(m(n, 'create'), 0),
-    fmt(m(n, 'createcpu'), 0),
-    n === 'bindfs' ? '—' : fmt(m(n, 'createjs'), 0),
-    fmt(m(n, 'unlink'), 0),
-    fmt(m(n, 'unlinkcpu'), 0),
-    n === 'bindfs' ? '—' : fmt(m(n, 'unlinkjs'), 0),
+    ...PHASES.flatMap((p) => [
+      fmt(m(n, p), 0),
+      fmt(m(n, `${p}cpu`), 0),
+      n.startsWith('bindfs') ? '—' : fmt(m(n, `${p}js`), 0),
+    ]),
   ]),
 );
+for (const [n, byOp] of Object.entries(counted)) {
+  process.stdout.write(
+    `\n${n}, over all ${opts.reps} reps (getattr / unlink answered natively, passed to JS):\n`,
+  );
+  for (const [op, c] of Object.entries(byOp))
+    process.stdout.write(
+      `  ${op}: getattr ${c.attrs} / ${c.attrsToJs}, unlink ${c.unlinks} / ${c.unlinksToJs}\n`,
+    );
+}

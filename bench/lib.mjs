@@ -580,9 +580,12 @@ export async function startVariant(base, i, spec) {
   return { name, mount: dd[`m${i}`], server };
 }
 
-/** Mounts bindfs (libfuse2 build on Debian 12) over src at mnt. */
-export async function startBindfs(src, mnt, opts = 'big_writes') {
-  await run('bindfs', opts ? ['-o', opts, src, mnt] : [src, mnt], { timeoutMs: 20_000 });
+/**
+ * Mounts bindfs (libfuse2 build on Debian 12) over src at mnt; flags go before the options
+ * (e.g. ['--multithreaded']: bindfs is single-threaded unless told).
+ */
+export async function startBindfs(src, mnt, opts = 'big_writes', flags = []) {
+  await run('bindfs', [...flags, ...(opts ? ['-o', opts] : []), src, mnt], { timeoutMs: 20_000 });
   trackMount(mnt);
   const pid = findBindfsPid(mnt);
   return {

@@ -57,7 +57,7 @@ if (mode === 'meta') {
   process.stdout.write(`${JSON.stringify({ n, size, createMs, statMs, unlinkMs })}\n`);
 } else if (mode === 'files') {
   // One phase of meta on its own (bench/create-unlink.mjs): --op create (O_CREAT|O_EXCL, --size
-  // bytes, close) or unlink, of --n files f0.. in --dir.
+  // bytes, close), stat or unlink, of --n files f0.. in --dir.
   const n = Number(a.n ?? 3000);
   const data = Buffer.alloc(Number(a.size ?? 4096), 0x61);
   const flags = fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_WRONLY;
@@ -65,6 +65,7 @@ if (mode === 'meta') {
   for (let i = 0; i < n; i++) {
     const f = `${a.dir}/f${i}`;
     if (a.op === 'unlink') fs.unlinkSync(f);
+    else if (a.op === 'stat') fs.statSync(f);
     else {
       const fd = fs.openSync(f, flags, 0o644);
       if (data.length) fs.writeSync(fd, data, 0, data.length, 0);
