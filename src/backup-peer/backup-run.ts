@@ -654,11 +654,16 @@ export class BackupRun {
       this.opts.walkKeep ?? WALK_KEEP,
       signal,
       (files, bytes, done) => {
+        if (done) return this.emit({ phase: 'copy', filesTotal: files, bytesTotal: bytes });
+        // The totals found so far are kept on every entry, told at most every 200 ms: an event
+        // of the copy (entryDone) in between carries them too, so no event shows more done
+        // than found.
+        this.progress.filesTotal = files;
+        this.progress.bytesTotal = bytes;
         const now = Date.now();
-        if (done) this.emit({ phase: 'copy', filesTotal: files, bytesTotal: bytes });
-        else if (now - lastEvent >= 200) {
+        if (now - lastEvent >= 200) {
           lastEvent = now;
-          this.emit({ filesTotal: files, bytesTotal: bytes });
+          this.emit({});
         }
       },
     );
