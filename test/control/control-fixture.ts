@@ -4,6 +4,7 @@ import * as path from 'node:path';
 import { expect } from 'vitest';
 import WebSocket from 'ws';
 import { ControlClient, type ControlClientOptions } from '../../src/control/client.js';
+import type { GenerationMsg } from '../../src/control/protocol.js';
 import { pyIn } from '../helpers/posix.js';
 import { controlServeArgs, ROOT, type ServerHandle, startServer, tempDirs } from '../helpers/server.js';
 
@@ -377,7 +378,7 @@ export async function expectMirrorSettledExact(
 export async function pyStormDuringPrepares(
   fx: ControlFixture,
   c: ControlClient,
-  o: { script: string; workers: number; args: string[]; since: number; pauseMs: number },
+  o: { script: string; workers: number; args: string[]; since: GenerationMsg; pauseMs: number },
 ): Promise<number> {
   let running = true;
   const storm = Promise.all(
