@@ -87,7 +87,10 @@ for i in range(800):
         else:
             os.truncate(f, r.randrange(1 << 17))
     except OSError as e:
-        if e.errno not in (errno.ENOENT, errno.EEXIST):
+        # ESTALE: a path call whose name another process renamed a file over in between, twice
+        # (the kernel retries once); high-level libfuse has no path for the replaced node
+        # (docs/architecture.md, 'ESTALE under renames over a name'). Not what this test checks.
+        if e.errno not in (errno.ENOENT, errno.EEXIST, errno.ESTALE):
             raise
 `;
     const pidFile = path.join(fx.base, 'pids');
