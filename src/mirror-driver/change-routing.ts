@@ -162,6 +162,9 @@ export class ChangeRouter {
       return;
     }
     try {
+      // A rename over a name a comparison ahead of the queue made (see relinkRenamed): noted
+      // before the rename replaces it.
+      const overCopy = c.op === 'rename' && this.overLinkedName(c.from, c.path);
       if (c.op === 'fsync') await this.c.times.sync(c.path);
       else if (c.op === 'rename') this.c.times.move(c.from, c.path);
       else if (c.op === 'unlink') this.c.times.drop(c.path);
@@ -193,6 +196,7 @@ export class ChangeRouter {
           await this.c.resyncer.syncUnsynced(this.c.resyncer.moveUnsynced(c.from, c.path));
         } else if (c.op === 'unlink' || c.op === 'rmdir') this.c.resyncer.moveUnsynced(c.path, null);
       }
+      if (overCopy) await this.relinkRenamed(c.path);
       if (c.op === 'write' || c.op === 'truncate') {
         if (c.op === 'write') this.c.stats.bytesMirrored += c.data.length;
         // An inode with other names may lose this one next (unlink, or libfuse's .fuse_hidden
@@ -207,6 +211,42 @@ export class ChangeRouter {
     } catch (err) {
       await this.onApplyError(c, err as NodeJS.ErrnoException);
     }
+  }
+
+  /**
+   * Is the mirror's entry at `to` a name of a file with other names, about to be replaced by a
+   * rename of `from`, a name the link index holds as one of a primary file with several names?
+   * Before the rename; one lstat, and only for such names (the index is a map look-up).
+   */
+  private overLinkedName(from: string, to: string): boolean {
+    if (from === to || !this.c.links.has(to)) return false;
+    const st = lstatSyncOrUndefined(this.c.layout.data + to);
+    return st?.isFile() === true && st.nlink > 1;
+  }
+
+  /**
+   * A rename of a name of a file with several names over a mirror file with other names, after
+   * which the moved file has fewer names in the mirror than on the primary (finding 32 of
+   * docs/reliability.md): a comparison ahead of the queue read the primary, where this rename
+   * had happened, gave the new name a copy of its own and linked the file's other names there to
+   * that copy; the rename then moved the mirror's old file over the copy, and the mirror held
+   * the file twice, each name's later changes on one of them only. The moved file is compared
+   * with the primary (changes applied to the comparison's copy meanwhile reach it) and the
+   * file's other names are linked to it again (relinkIfWanted), inside this turn. Only while the
+   * primary's entry is still that file (the link index's, in queue order): another file renamed
+   * there since is queued behind and is not copied into this one.
+   */
+  private async relinkRenamed(p: string): Promise<void> {
+    const m = lstatSyncOrUndefined(this.c.layout.data + p);
+    if (!m?.isFile()) return;
+    const pst = lstatSyncOrUndefined(this.c.primary + p);
+    if (!pst?.isFile() || pst.nlink <= m.nlink || !this.c.links.isNameOf(p, pst)) return;
+    this.c.trace.event('relink-renamed', { path: p, names: m.nlink, primaryNames: pst.nlink });
+    const r = await this.c.copyWhole(p, { compare: true, ino: pst.ino });
+    if (r.moved) return; // moved on again: its own change carries on
+    this.c.stats.bytesMirrored += r.bytesCopied;
+    this.c.relinkNames.add(p);
+    await this.c.reconciler.relinkIfWanted(`rename onto ${p}`);
   }
 
   private async healFailedWrite(p: string): Promise<void> {
@@ -243,5 +283,14 @@ export class ChangeRouter {
     }
     this.c.broken.markBroken(c.path, err);
     if (c.op === 'rename') this.c.broken.markBroken(c.from, err);
+  }
+}
+
+/** lstat without the libuv pool; undefined when gone (or unreachable by path: a long one). */
+function lstatSyncOrUndefined(p: string): fs.Stats | undefined {
+  try {
+    return fs.lstatSync(p, { throwIfNoEntry: false });
+  } catch {
+    return undefined;
   }
 }

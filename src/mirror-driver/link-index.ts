@@ -77,6 +77,16 @@ export class LinkIndex {
     return out.length >= st.nlink ? out.sort() : undefined;
   }
 
+  /** Does the index hold p as a name of a file with several names? */
+  has(p: string): boolean {
+    return this.byPath.has(p);
+  }
+
+  /** Does the index hold p as a name of st's file? */
+  isNameOf(p: string, st: Stats): boolean {
+    return this.byPath.get(p) === keyOf(st);
+  }
+
   /** Number of files indexed (for status and tests). */
   get size(): number {
     return this.byFile.size;

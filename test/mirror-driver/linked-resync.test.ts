@@ -595,8 +595,14 @@ describe('resync of files with several names', () => {
     expect((await d.verify()).differences).toEqual([]);
   });
 
-  it('a rename that a comparison ahead of the queue already made a link of its source drops the source name (stress seed 4103)', async () => {
-    // /s holds another name of the file (/s/h) and a file the split selects (/s/x).
+  /**
+   * A resync whose tree comparison of /t runs ahead of the queue: /s holds another name of the
+   * file (/s/h) and a file the split selects (/s/x); the split holds the rename of /s to /t; a
+   * change under the new name is not held, fails in the mirror (no /t there) and heals its path,
+   * making /t: the replayed rename lands on it, so the resync compares /t with the primary.
+   * Returns the split.
+   */
+  async function splitComparingT(): Promise<{ splitId: string }> {
     await fsp.mkdir(`${P}/s`);
     await d.apply({ op: 'mkdir', path: '/s', mode: 0o40755, uid: 0, gid: 0 });
     await fsp.link(`${P}/a`, `${P}/s/h`);
@@ -608,14 +614,16 @@ describe('resync of files with several names', () => {
     }
     await d.whenIdle();
     const s = await d.split({ paths: ['/s/x'] });
-    // The split holds the rename of /s; a change under the new name is not held, fails in the
-    // mirror (no /t there) and heals its path, making /t: the replayed rename lands on it, so
-    // the resync compares /t with the primary.
     await fsp.rename(`${P}/s`, `${P}/t`);
     await d.apply({ op: 'rename', from: '/s', path: '/t' });
     await fsp.chmod(`${P}/t/f`, 0o600);
     await d.apply({ op: 'chmod', path: '/t/f', mode: 0o600 });
     await d.barrier();
+    return s;
+  }
+
+  it('a rename that a comparison ahead of the queue already made a link of its source drops the source name (stress seed 4103)', async () => {
+    const s = await splitComparingT();
     // The writer renames /a into /t: on the primary before the comparison reads /t, reported
     // behind the resync. The comparison links /t/r to /t/h, the mirror's file of /a as well.
     await fsp.rename(`${P}/a`, `${P}/t/r`);
@@ -628,6 +636,31 @@ describe('resync of files with several names', () => {
     await expect(fsp.lstat(`${M}/a`)).rejects.toMatchObject({ code: 'ENOENT' });
     expect((await fsp.stat(`${M}/t/r`)).ino).toBe((await fsp.stat(`${M}/b`)).ino);
     expect((await fsp.stat(`${M}/t/h`)).ino).toBe((await fsp.stat(`${M}/b`)).ino);
+    expect((await d.verify()).differences).toEqual([]);
+  });
+
+  it('a rename over a name that a comparison ahead of the queue already made a copy of its source keeps the names one file (the hard-link attack, finding 32)', async () => {
+    const s = await splitComparingT();
+    // The writer writes through /t/h, then renames /a into /t as /t/c, which the comparison
+    // reaches before /t/h: it gives /t/c a copy of the file (with the write) and links /t/h to
+    // that copy, while /a and /b keep the mirror's old inode. Both are reported behind the resync.
+    const data = randomBytes(3000);
+    const fh = await fsp.open(`${P}/t/h`, 'r+');
+    await fh.write(data, 0, data.length, 40_000);
+    await fh.close();
+    await fsp.rename(`${P}/a`, `${P}/t/c`);
+    const resynced = d.resync(s.splitId);
+    const wrote = d.apply({ op: 'write', path: '/t/h', offset: 40_000, data });
+    const applied = d.apply({ op: 'rename', from: '/a', path: '/t/c' });
+    await Promise.all([resynced, wrote, applied]);
+    await d.whenIdle();
+    // The queued rename moved the old inode over the copy: /t/h kept the copy, a file of its own
+    // (and the write went into it alone), where the primary has one file.
+    await expect(fsp.lstat(`${M}/a`)).rejects.toMatchObject({ code: 'ENOENT' });
+    const ino = (await fsp.stat(`${M}/b`)).ino;
+    expect((await fsp.stat(`${M}/t/c`)).ino).toBe(ino);
+    expect((await fsp.stat(`${M}/t/h`)).ino).toBe(ino);
+    expect(await sha(`${M}/b`)).toBe(await sha(`${P}/b`));
     expect((await d.verify()).differences).toEqual([]);
   });
 });
