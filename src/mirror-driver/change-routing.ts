@@ -1,6 +1,7 @@
 import * as fs from 'node:fs';
 import type { Change } from '../fusefs/change-sink.js';
 import { HEAL_CODES, type MirrorCore } from './driver-core.js';
+import { lstatNowOrUndefined } from './tree-helpers.js';
 
 /** Changes that add or remove a directory entry (and so move the directory's times). */
 const NAMESPACE_OPS = new Set(['create', 'mknod', 'mkdir', 'symlink', 'link', 'unlink', 'rmdir', 'rename']);
@@ -220,7 +221,7 @@ export class ChangeRouter {
    */
   private overLinkedName(from: string, to: string): boolean {
     if (from === to || !this.c.links.has(to)) return false;
-    const st = lstatSyncOrUndefined(this.c.layout.data + to);
+    const st = lstatNowOrUndefined(this.c.layout.data + to);
     return st?.isFile() === true && st.nlink > 1;
   }
 
@@ -237,9 +238,9 @@ export class ChangeRouter {
    * there since is queued behind and is not copied into this one.
    */
   private async relinkRenamed(p: string): Promise<void> {
-    const m = lstatSyncOrUndefined(this.c.layout.data + p);
+    const m = lstatNowOrUndefined(this.c.layout.data + p);
     if (!m?.isFile()) return;
-    const pst = lstatSyncOrUndefined(this.c.primary + p);
+    const pst = lstatNowOrUndefined(this.c.primary + p);
     if (!pst?.isFile() || pst.nlink <= m.nlink || !this.c.links.isNameOf(p, pst)) return;
     this.c.trace.event('relink-renamed', { path: p, names: m.nlink, primaryNames: pst.nlink });
     const r = await this.c.copyWhole(p, { compare: true, ino: pst.ino });
@@ -283,14 +284,5 @@ export class ChangeRouter {
     }
     this.c.broken.markBroken(c.path, err);
     if (c.op === 'rename') this.c.broken.markBroken(c.from, err);
-  }
-}
-
-/** lstat without the libuv pool; undefined when gone (or unreachable by path: a long one). */
-function lstatSyncOrUndefined(p: string): fs.Stats | undefined {
-  try {
-    return fs.lstatSync(p, { throwIfNoEntry: false });
-  } catch {
-    return undefined;
   }
 }

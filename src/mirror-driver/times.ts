@@ -1,8 +1,8 @@
-import * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { setTimesNs } from '../posix/set-times.js';
 import type { MirrorCore } from './driver-core.js';
+import { lstatNowOrUndefined } from './tree-helpers.js';
 
 /**
  * Times of mirror entries. Data writes move the mirror's mtime; the primary's times are copied
@@ -78,7 +78,7 @@ export class MirrorTimes {
     this.pending.delete(p);
     // One lstat, synchronously (as the mirror's own changes are, see MirrorWriter.applyAt): it
     // runs in a queue turn every later change waits for.
-    const st = lstatNs(this.c.primary + p);
+    const st = lstatNowOrUndefined(this.c.primary + p, { bigint: true });
     if (st) {
       try {
         setTimesNs(this.c.layout.data + p, st.atimeNs, st.mtimeNs);
@@ -113,13 +113,5 @@ export class MirrorTimes {
 
   dispose(): void {
     if (this.timer) clearTimeout(this.timer);
-  }
-}
-
-function lstatNs(p: string): fs.BigIntStats | undefined {
-  try {
-    return fs.lstatSync(p, { bigint: true });
-  } catch {
-    return undefined;
   }
 }

@@ -1,5 +1,5 @@
-import type { Stats } from 'node:fs';
-import { promises as fsp } from 'node:fs';
+import type { BigIntStats, Stats } from 'node:fs';
+import { promises as fsp, lstatSync } from 'node:fs';
 
 /**
  * Small helpers the mirror driver's parts share for walking the primary and the mirror: one
@@ -8,6 +8,20 @@ import { promises as fsp } from 'node:fs';
 
 export function lstatOrUndefined(p: string): Promise<Stats | undefined> {
   return fsp.lstat(p).catch(() => undefined);
+}
+
+/**
+ * lstat now, without the libuv pool (for a queue turn every later change waits for);
+ * undefined when it fails (gone, or unreachable by path: a long one).
+ */
+export function lstatNowOrUndefined(p: string): Stats | undefined;
+export function lstatNowOrUndefined(p: string, o: { bigint: true }): BigIntStats | undefined;
+export function lstatNowOrUndefined(p: string, o?: { bigint: true }): Stats | BigIntStats | undefined {
+  try {
+    return lstatSync(p, { bigint: o?.bigint ?? false, throwIfNoEntry: false });
+  } catch {
+    return undefined;
+  }
 }
 
 /** Maps with at most `limit` calls in flight; results in input order. */
