@@ -140,23 +140,19 @@ const hostImport = {
 const external = (id) => id.startsWith('node:') || EXTERNAL.some((e) => id === e || id.startsWith(`${e}/`));
 
 fs.rmSync(OUT, { recursive: true, force: true });
+const PLUGINS = [ownUrl, lazySegmenter, lazyEmojiRegex, lazyTls, hostImport];
+
 const bundle = await rolldown({
   input: { main: path.join(ROOT, 'dist', 'cli', 'main.js') },
   platform: 'node',
   cwd: ROOT,
   external,
-  plugins: [ownUrl, lazySegmenter, lazyEmojiRegex, lazyTls, hostImport],
+  plugins: PLUGINS,
   onLog(level, log, handler) {
     // A module both imported and dynamically imported stays in its static chunk: expected.
     if (log.code === 'INEFFECTIVE_DYNAMIC_IMPORT') return;
     // The plugins' changes keep every line (and the columns before them): the map holds.
-    if (
-      log.code === 'SOURCEMAP_BROKEN' &&
-      [ownUrl.name, lazySegmenter.name, lazyEmojiRegex.name, lazyTls.name, hostImport.name].includes(
-        log.plugin,
-      )
-    )
-      return;
+    if (log.code === 'SOURCEMAP_BROKEN' && PLUGINS.some((p) => p.name === log.plugin)) return;
     handler(level, log);
   },
 });

@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import * as path from 'node:path';
 import { TwinError } from '../common/errors.js';
 import { Emitter } from '../common/event.js';
 import { DisposableStore } from '../common/lifecycle.js';
@@ -1070,7 +1071,7 @@ export class SizingWalk {
   private goesFirst(s: SourceEntry): boolean {
     const st = s.stat;
     if (!st?.isFile() || st.size < BigInt(LARGE_FIRST_BYTES) || st.nlink > 1n) return false;
-    return this.takenDirs.has(s.path.slice(0, Math.max(1, s.path.lastIndexOf('/'))));
+    return this.takenDirs.has(path.posix.dirname(s.path));
   }
 
   /**

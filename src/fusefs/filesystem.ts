@@ -321,22 +321,23 @@ export class TwinFs {
       openHandles: this.ops.openHandles,
       noCapabilityPaths: this.fuseClass?.noCapabilityCount?.() ?? 0,
       libfuse: this.libfuse,
-      ...(this.kernelNames
-        ? {
-            kernelCache: {
-              names: this.kernelNames.getStats().names,
-              invalidations: this.kernelNames.getStats().invalidations,
-              waitsBounded: this.kernelNames.getStats().waitsBounded,
-              writeBacksUnseen: this.kernelNames.getStats().writeBacksUnseen,
-              listings: this.kernelNames.getStats().listings,
-              readdirs: this.ops.readdirs,
-              ...(this.fuse?.invalidateStats?.() ?? { queued: 0, done: 0, sent: 0 }),
-              ...(this.nativeAttributes ? { native: this.fuse?.nativeAttributeStats?.() } : {}),
-              ...(this.nativeChanges ? { nativeUnlink: this.nativeChanges.changes.stats() } : {}),
-            },
-          }
-        : {}),
+      ...(this.kernelNames ? { kernelCache: this.kernelCacheStatus(this.kernelNames) } : {}),
       ...(this.mountLost ? { mountLost: this.mountLost } : {}),
+    };
+  }
+
+  private kernelCacheStatus(k: KernelNames): NonNullable<TwinFsStatus['kernelCache']> {
+    const { names, invalidations, waitsBounded, writeBacksUnseen, listings } = k.getStats();
+    return {
+      names,
+      invalidations,
+      waitsBounded,
+      writeBacksUnseen,
+      listings,
+      readdirs: this.ops.readdirs,
+      ...(this.fuse?.invalidateStats?.() ?? { queued: 0, done: 0, sent: 0 }),
+      ...(this.nativeAttributes ? { native: this.fuse?.nativeAttributeStats?.() } : {}),
+      ...(this.nativeChanges ? { nativeUnlink: this.nativeChanges.changes.stats() } : {}),
     };
   }
 
