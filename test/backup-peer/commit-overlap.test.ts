@@ -37,29 +37,35 @@ describe('backup commit: the catalog beside the target', () => {
     const released = new Promise<void>((r) => (release = r));
     let committing = false;
     const wrapWriter = (w: SnapshotWriter): SnapshotWriter =>
-      new Proxy(w, {
-        get(t, k) {
-          if (k === 'commit')
-            return async (m: SnapshotManifest) => {
-              committing = true;
-              await released;
-              if (fail) throw fail;
-              return t.commit(m);
-            };
-          const v = Reflect.get(t, k, t);
-          return typeof v === 'function' ? v.bind(t) : v;
-        },
+      withMethod(w, 'commit', async (m: SnapshotManifest) => {
+        committing = true;
+        await released;
+        if (fail) throw fail;
+        return w.commit(m);
       });
-    const held = new Proxy(target, {
-      get(t, k) {
-        if (k === 'beginSnapshot')
-          return async (...args: Parameters<BackupTarget['beginSnapshot']>) =>
-            wrapWriter(await t.beginSnapshot(...args));
-        const v = Reflect.get(t, k, t);
-        return typeof v === 'function' ? v.bind(t) : v;
-      },
-    });
+    const held = withMethod(
+      target,
+      'beginSnapshot',
+      async (...args: Parameters<BackupTarget['beginSnapshot']>) =>
+        wrapWriter(await target.beginSnapshot(...args)),
+    );
     return { target: held, release, committing: () => committing };
+  }
+
+  /**
+   * A backup whose commit is held (failing with `fail` once released), started and waited for
+   * until the commit began and the catalog has the snapshot's entries.
+   */
+  async function startHeld(fail?: Error) {
+    const held = heldCommit(fail);
+    const run = volumeBackupRun(held.target, catalogDir, new FakeControl(mirror));
+    let id = '';
+    run.onDidProgress((p) => (id ||= p.snapshotId ?? ''));
+    const done = run.run();
+    done.catch(() => undefined);
+    expect(await waitFor(held.committing, 30_000)).toBe(true);
+    expect(await waitFor(async () => (await runState(id)).hasEntries, 30_000)).toBe(true);
+    return { id, done, release: held.release };
   }
 
   const runState = (id: string) =>
@@ -69,17 +75,10 @@ describe('backup commit: the catalog beside the target', () => {
     }));
 
   it("writes the catalog's entries while the target commits; complete only after the commit", async () => {
-    const held = heldCommit();
-    const run = volumeBackupRun(held.target, catalogDir, new FakeControl(mirror));
-    let id = '';
-    run.onDidProgress((p) => (id ||= p.snapshotId ?? ''));
-    const done = run.run();
-    done.catch(() => undefined);
-    expect(await waitFor(held.committing, 30_000)).toBe(true);
     // The commit is held: the entries are written meanwhile, the snapshot still running.
-    expect(await waitFor(async () => (await runState(id)).hasEntries, 30_000)).toBe(true);
+    const { id, done, release } = await startHeld();
     expect(await runState(id)).toEqual({ state: 'running', hasEntries: true });
-    held.release();
+    release();
     const r = await done;
     expect(r.snapshot).toMatchObject({ id, state: 'complete' });
     await Catalog.with(catalogDir, async (c) => {
@@ -89,17 +88,23 @@ describe('backup commit: the catalog beside the target', () => {
   });
 
   it('a commit that fails after the entries were written leaves a failed snapshot without entries', async () => {
-    const held = heldCommit(new TwinError('ETWIN_TARGET_FAILED', 'the store went away at commit'));
-    const run = volumeBackupRun(held.target, catalogDir, new FakeControl(mirror));
-    let id = '';
-    run.onDidProgress((p) => (id ||= p.snapshotId ?? ''));
-    const done = run.run();
-    done.catch(() => undefined);
-    expect(await waitFor(held.committing, 30_000)).toBe(true);
-    expect(await waitFor(async () => (await runState(id)).hasEntries, 30_000)).toBe(true);
-    held.release();
+    const { id, done, release } = await startHeld(
+      new TwinError('ETWIN_TARGET_FAILED', 'the store went away at commit'),
+    );
+    release();
     await expect(done).rejects.toMatchObject({ code: 'ETWIN_TARGET_FAILED' });
     expect(await runState(id)).toEqual({ state: 'failed', hasEntries: false });
     expect(await target.listSnapshots()).toEqual([]);
   });
 });
+
+/** obj with its method `key` replaced by fn; every other member as obj has it (methods bound to obj). */
+function withMethod<T extends object>(obj: T, key: keyof T, fn: unknown): T {
+  return new Proxy(obj, {
+    get(t, k) {
+      if (k === key) return fn;
+      const v = Reflect.get(t, k, t);
+      return typeof v === 'function' ? v.bind(t) : v;
+    },
+  });
+}
