@@ -128,13 +128,22 @@ export async function startS3(
   };
   const proxy = http.createServer((req, res) => {
     requests.push(`${req.method} ${req.url}`);
-    // Open from the request's arrival until its response is sent (or the socket closes).
+    // Open from the request's arrival until the proxy hands over the byte that completes its
+    // response. Not until res's 'close': the client and this proxy share one process, so the
+    // client can read the whole response, release its slot and send the next request before
+    // the proxy's 'close' runs (the proxy would then see one request too many at once).
     inFlight.now++;
     inFlight.peak = Math.max(inFlight.peak, inFlight.now);
-    res.once('close', () => inFlight.now--);
+    let open = true;
+    const done = () => {
+      if (open) inFlight.now--;
+      open = false;
+    };
+    res.once('close', done);
     if (failures > 0) {
       failures--;
       req.resume();
+      done();
       res.writeHead(503, { 'content-type': 'application/xml' });
       res.end('<?xml version="1.0"?><Error><Code>SlowDown</Code><Message>injected</Message></Error>');
       return;
@@ -143,8 +152,25 @@ export async function startS3(
     const upReq = http.request(
       { host: up.hostname, port: up.port, method: req.method, path: req.url, headers: req.headers },
       (r) => {
+        const length = r.headers['content-length'];
+        const bodyless = req.method === 'HEAD' || r.statusCode === 204 || r.statusCode === 304;
+        const expected = bodyless ? 0 : length === undefined ? undefined : Number(length);
+        let seen = 0;
+        if (expected === 0) done();
         res.writeHead(r.statusCode ?? 502, r.headers);
-        r.pipe(res);
+        r.on('data', (chunk: Buffer) => {
+          seen += chunk.length;
+          if (expected !== undefined && seen >= expected) done();
+          if (!res.write(chunk)) {
+            r.pause();
+            res.once('drain', () => r.resume());
+          }
+        });
+        r.on('end', () => {
+          done();
+          res.end();
+        });
+        r.on('error', () => res.destroy());
       },
     );
     upReq.on('error', () => res.destroy());
