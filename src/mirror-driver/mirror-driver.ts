@@ -215,6 +215,11 @@ export class MirrorDriver implements ChangeSink {
     return this.layout.data;
   }
 
+  /** The in-memory trace's last events (TWINFS_MIRROR_TRACE_RING, trace.ts), as JSON lines. */
+  traceRing(): string {
+    return this.c.trace.ring();
+  }
+
   /** Resolves when the start-up work (recovery, initial copy or reconciliation) is done. */
   whenReady(): Promise<void> {
     return this.ready;
