@@ -186,6 +186,8 @@ export class ChangeRouter {
         if (err !== undefined) throw err;
       }
       this.c.stats.changesApplied++;
+      // Entries that live splits hold the changes of may have moved with it in the mirror.
+      if (c.op === 'rename') for (const s of this.c.splits.values()) s.mirrorRenamed(c.from, c.path);
       if (NAMESPACE_OPS.has(c.op)) this.c.times.noteParents(c.path, c.op === 'rename' ? c.from : undefined);
       // A directory renamed under a running walk may have moved where the walk has been to a
       // place it has already left: it gets walked again afterwards.

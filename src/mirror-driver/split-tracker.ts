@@ -49,6 +49,7 @@ export interface TrackerRecord {
  */
 export class SplitTracker {
   readonly files = new Map<string, TrackedFile>();
+  /** In order; their paths are the mirror's (see mirrorRenamed). */
   readonly namespace: NamespaceChange[] = [];
   readonly touched = new Set<string>();
   /** New names of covered entries (each covers its subtree). */
@@ -281,6 +282,30 @@ export class SplitTracker {
       this.lostLinks = true;
       if (ino === undefined) this.lostUnknown = true;
       else this.lostInos.add(ino);
+    }
+  }
+
+  /**
+   * A rename from → to that this split does not hold was applied to the mirror: the mirror
+   * entries its held namespace changes name at or below `from` are at `to` now, and they are
+   * replayed from there. The source of a held rename is not covered once the primary moved it,
+   * so a later rename of its directory is not held (finding 34 of docs/reliability.md: the
+   * attack renamed /w3/d1/r70 over a selected name, held, then /w3/d1 to /w3/d111, applied,
+   * which took the mirror's r70 along; the replayed rename found no /w3/d1/r70 and /w3/d111/r70
+   * stayed in the mirror, a name the primary no longer had). Only for changes recorded before
+   * the rename (all of them, in its turn in the queue): their paths are the mirror's as it was
+   * before it.
+   */
+  mirrorRenamed(from: string, to: string): void {
+    if (from === to) return;
+    const map = (p: string) => (p === from || p.startsWith(from + '/') ? to + p.slice(from.length) : p);
+    for (let i = 0; i < this.namespace.length; i++) {
+      const c = this.namespace[i]!;
+      const path = map(c.path);
+      if (c.op === 'rename' || c.op === 'link') {
+        const src = map(c.from);
+        if (path !== c.path || src !== c.from) this.namespace[i] = { ...c, path, from: src };
+      } else if (path !== c.path) this.namespace[i] = { ...c, path };
     }
   }
 

@@ -666,6 +666,38 @@ describe('resync of files with several names', () => {
     expect(await sha(`${M}/b`)).toBe(await sha(`${P}/b`));
     expect((await d.verify()).differences).toEqual([]);
   });
+
+  it("a held rename's source, moved in the mirror by a later rename of its directory that was not held, is replayed from where it went (the hard-link attack, finding 34)", async () => {
+    // /s/t: a file of its own, which the split selects; /d/r: a third name of /a's file.
+    for (const dir of ['/s', '/d']) {
+      await fsp.mkdir(P + dir);
+      await d.apply({ op: 'mkdir', path: dir, mode: 0o40755, uid: 0, gid: 0 });
+    }
+    await fsp.writeFile(`${P}/s/t`, randomBytes(3000));
+    await d.apply({ op: 'create', path: '/s/t', mode: 0o100644, uid: 0, gid: 0 });
+    await d.apply({ op: 'write', path: '/s/t', offset: 0, data: await fsp.readFile(`${P}/s/t`) });
+    await fsp.link(`${P}/a`, `${P}/d/r`);
+    await d.apply({ op: 'link', from: '/a', path: '/d/r' });
+    await d.whenIdle();
+    const s = await d.split({ paths: ['/s/t'] });
+    // /d/r renamed over the selected name: held, so /d/r stays in the mirror. /d, which no
+    // longer holds anything of the split on the primary, is renamed: not held, applied, and
+    // the mirror's /d/r goes with it to /e/r. The replayed rename then found no /d/r: /e/r
+    // stayed in the mirror as a fourth name of the file (the attack's split copy of the volume
+    // had /w3/d111/r70 that the primary had renamed away).
+    await fsp.rename(`${P}/d/r`, `${P}/s/t`);
+    await d.apply({ op: 'rename', from: '/d/r', path: '/s/t' });
+    await fsp.rename(`${P}/d`, `${P}/e`);
+    await d.apply({ op: 'rename', from: '/d', path: '/e' });
+    await d.whenIdle();
+    await d.resync(s.splitId);
+    await d.whenIdle();
+    await expect(fsp.lstat(`${M}/e/r`)).rejects.toMatchObject({ code: 'ENOENT' });
+    const ino = (await fsp.stat(`${M}/a`)).ino;
+    expect((await fsp.stat(`${M}/s/t`)).ino).toBe(ino);
+    expect((await fsp.stat(`${M}/a`)).nlink).toBe(3);
+    expect((await d.verify()).differences).toEqual([]);
+  });
 });
 
 /**
