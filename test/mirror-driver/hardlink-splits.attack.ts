@@ -85,6 +85,20 @@ describe('names of hard-linked files under splits and resyncs', () => {
     return fp;
   }
 
+  /** Waits (up to 5 s) until the primary has no name libfuse hid for a file still open, then settles. */
+  async function noHiddenNames(): Promise<void> {
+    const hidden = async (dir: string): Promise<boolean> => {
+      for (const e of await fsp.readdir(dir, { withFileTypes: true })) {
+        if (e.name.startsWith('.fuse_hidden')) return true;
+        if (e.isDirectory() && (await hidden(path.join(dir, e.name)).catch(() => false))) return true;
+      }
+      return false;
+    };
+    for (const until = Date.now() + 5000; Date.now() < until && (await hidden(P)); )
+      await new Promise((r) => setTimeout(r, 5));
+    await m.settle();
+  }
+
   /**
    * What differs between the split copy and the primary, for a failure to be diagnosable from
    * its output: per file, the byte ranges that differ with the primary's and the copy's value
@@ -144,6 +158,11 @@ describe('names of hard-linked files under splits and resyncs', () => {
     while (Date.now() < until) {
       await all('pause', 'paused');
       await m.settle();
+      // A writer's close returns before the kernel's release: a file unlinked just after it was
+      // closed is hidden by libfuse (.fuse_hidden…) and its hidden name removed at that release,
+      // which can come after the split. The split copy then rightly has the hidden name and the
+      // primary, read after it, not (finding 35, docs/reliability.md): wait for those releases.
+      await noHiddenNames();
       // Volume, a writer's subtree, or names of hard-linked files.
       const kind = rounds % 3;
       let sel: Selector = { volume: true };
