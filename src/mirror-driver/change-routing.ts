@@ -27,6 +27,12 @@ const BEHIND_OPS = new Set<Change['op']>([
   'removexattr',
 ]);
 
+/** Changes that put an entry at their path (replacing what the mirror has there). */
+const REPLACING_OPS = new Set<Change['op']>(['create', 'mknod', 'mkdir', 'symlink', 'link', 'rename']);
+
+/** Names the mirror's held sources are moved aside to (see moveHeldSourceAside). */
+let asideCount = 0;
+
 /** Queue length past which a change waits for its turn again (back-pressure). */
 const MAX_BEHIND = 4096;
 
@@ -166,6 +172,7 @@ export class ChangeRouter {
       // A rename over a name a comparison ahead of the queue made (see relinkRenamed): noted
       // before the rename replaces it.
       const overCopy = c.op === 'rename' && this.overLinkedName(c.from, c.path);
+      if (REPLACING_OPS.has(c.op) && this.c.splits.size > 0) this.moveHeldSourceAside(c.path);
       if (c.op === 'fsync') await this.c.times.sync(c.path);
       else if (c.op === 'rename') this.c.times.move(c.from, c.path);
       else if (c.op === 'unlink') this.c.times.drop(c.path);
@@ -214,6 +221,31 @@ export class ChangeRouter {
     } catch (err) {
       await this.onApplyError(c, err as NodeJS.ErrnoException);
     }
+  }
+
+  /**
+   * A change that puts an entry at p, not held, while a split holds a rename (or link) from p:
+   * the mirror still has p's old entry there for that replay (the primary moved it, so the
+   * split no longer covers p). Replacing it would make the replay move (or link) the new entry
+   * to the held rename's target: another file's content in the renamed name and, through the
+   * names the mirror's file shares, in other files (finding 36 of docs/reliability.md). The old
+   * entry is moved aside, in its directory, and the held changes replay it from there (a replay
+   * that fails leaves it for the resync's comparison of that path, which removes it: the
+   * primary has no such name). One look at each live split's held changes; nothing without a
+   * split.
+   */
+  private moveHeldSourceAside(p: string): void {
+    const holders = [...this.c.splits.values()].filter((s) => s.holdsSource(p));
+    if (holders.length === 0) return;
+    const aside = `${p.slice(0, p.lastIndexOf('/'))}/.twinfs-held-${process.pid}-${++asideCount}`;
+    this.c.writer.forget(p, true);
+    try {
+      fs.renameSync(this.c.layout.data + p, this.c.layout.data + aside);
+    } catch {
+      return; // nothing there (or a long path): as before
+    }
+    this.c.trace.event('held-source-aside', { path: p, aside });
+    for (const s of holders) s.mirrorRenamed(p, aside);
   }
 
   /**

@@ -309,6 +309,16 @@ export class SplitTracker {
     }
   }
 
+  /**
+   * Is p (or something below it) the source of a held rename or link, which the mirror still has
+   * under that name for the replay?
+   */
+  holdsSource(p: string): boolean {
+    return this.namespace.some(
+      (c) => (c.op === 'rename' || c.op === 'link') && (c.from === p || c.from.startsWith(p + '/')),
+    );
+  }
+
   /** Replays a recorded byte range (journal recovery). */
   recordRange(p: string, start: number, end: number): void {
     this.file(p).ranges.add(start, end);

@@ -701,6 +701,52 @@ describe('resync of files with several names', () => {
 });
 
 /**
+ * A rename the split does not hold, onto the source of a rename it holds (finding 36 of
+ * docs/reliability.md, found by reading the code for finding 34's kin): the mirror keeps the
+ * held rename's source under its old name for the replay, but the split no longer covers that
+ * name (the primary moved it), so a later rename onto it is applied.
+ */
+describe('a held rename whose source name is taken by a change not held', () => {
+  let t: DriverOnTempDirs['t'];
+  let d: MirrorDriver;
+  let P: string;
+  let M: string;
+  beforeEach(async () => {
+    ({ t, P, d, M } = await driverOnTempDirs(async (p) => {
+      await fsp.writeFile(`${p}/a`, randomBytes(100_000));
+      await fsp.link(`${p}/a`, `${p}/b`);
+      await fsp.writeFile(`${p}/t`, randomBytes(3000));
+      await fsp.writeFile(`${p}/z`, randomBytes(5000));
+      await fsp.link(`${p}/z`, `${p}/z2`);
+    }));
+  });
+  afterEach(async () => {
+    await d?.dispose();
+    await t?.cleanup();
+  });
+  it('the replay moves the held source, not the file renamed onto its old name', async () => {
+    // /a (one file with /b) renamed over the selected /t: held. /z (one file with /z2) renamed
+    // to /a: not held, applied. The replayed rename then moved the mirror's /a, by then /z's
+    // file, to /t: /z2 got /a's content (and /t the names of /z's file), and /b kept the old
+    // inode alone.
+    const s = await d.split({ paths: ['/t'] });
+    await fsp.rename(`${P}/a`, `${P}/t`);
+    await d.apply({ op: 'rename', from: '/a', path: '/t' });
+    await fsp.rename(`${P}/z`, `${P}/a`);
+    await d.apply({ op: 'rename', from: '/z', path: '/a' });
+    await d.whenIdle();
+    await d.resync(s.splitId);
+    await d.whenIdle();
+    for (const n of ['a', 'b', 't', 'z2']) expect(await sha(`${M}/${n}`), n).toBe(await sha(`${P}/${n}`));
+    expect((await fsp.stat(`${M}/a`)).ino).toBe((await fsp.stat(`${M}/z2`)).ino);
+    expect((await fsp.stat(`${M}/t`)).ino).toBe((await fsp.stat(`${M}/b`)).ino);
+    // Nothing is left where the source waited.
+    expect((await fsp.readdir(M)).sort()).toEqual((await fsp.readdir(P)).sort());
+    expect((await d.verify()).differences).toEqual([]);
+  });
+});
+
+/**
  * A held directory rename whose target the mirror made meanwhile (stress seed 2214, issue 10):
  * the split holds a file under the rename's source, a change under the new name is not held, fails in the
  * mirror (which lacks that name) and heals its path, whose parents are made on the way. The
