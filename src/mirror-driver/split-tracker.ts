@@ -51,6 +51,10 @@ export class SplitTracker {
   readonly files = new Map<string, TrackedFile>();
   /** In order; their paths are the mirror's (see mirrorRenamed). */
   readonly namespace: NamespaceChange[] = [];
+  /** How many held namespace changes name each path, or something below it (mirrorRenamed). */
+  private readonly named = new Map<string, number>();
+  /** The same for the sources of held renames and links (holdsSource). */
+  private readonly sources = new Map<string, number>();
   readonly touched = new Set<string>();
   /** New names of covered entries (each covers its subtree). */
   readonly followed = new Set<string>();
@@ -163,7 +167,7 @@ export class SplitTracker {
       }
       case 'rename': {
         this.follow(c.from, c.path);
-        this.namespace.push(c);
+        this.pushNamespace(c);
         // The name replaced loses what was tracked under it (its inode may live on elsewhere).
         this.dropName(c.path);
         moveKeys(this.files, c.from, c.path);
@@ -177,19 +181,19 @@ export class SplitTracker {
         return;
       }
       case 'unlink':
-        this.namespace.push(c);
+        this.pushNamespace(c);
         this.dropName(c.path);
         this.touched.add(c.path);
         return;
       case 'rmdir':
-        this.namespace.push(c);
+        this.pushNamespace(c);
         // A directory made there later is another inode (see the resync's replaced check).
         this.inodeChanged.delete(c.path);
         this.inodeNumbers.delete(c.path);
         this.touched.add(c.path);
         return;
       case 'create':
-        this.namespace.push(c);
+        this.pushNamespace(c);
         this.files.set(c.path, { ranges: new RangeSet() });
         this.touched.add(c.path);
         return;
@@ -198,14 +202,14 @@ export class SplitTracker {
         // Both names are of a file with several names now (see lostLinks).
         const n = this.inodeChanged.get(c.from);
         if (n !== undefined) this.inodeChanged.set(c.from, Math.max(n, 2));
-        this.namespace.push(c);
+        this.pushNamespace(c);
         this.touched.add(c.path);
         return;
       }
       case 'mkdir':
       case 'mknod':
       case 'symlink':
-        this.namespace.push(c);
+        this.pushNamespace(c);
         this.touched.add(c.path);
         return;
       default:
@@ -297,26 +301,51 @@ export class SplitTracker {
    * before it.
    */
   mirrorRenamed(from: string, to: string): void {
-    if (from === to) return;
+    // Most renames name nothing held: a map look-up, not a walk of the held changes.
+    if (from === to || !this.named.has(from)) return;
     const map = (p: string) => (p === from || p.startsWith(from + '/') ? to + p.slice(from.length) : p);
     for (let i = 0; i < this.namespace.length; i++) {
       const c = this.namespace[i]!;
       const path = map(c.path);
+      let moved: NamespaceChange | undefined;
       if (c.op === 'rename' || c.op === 'link') {
         const src = map(c.from);
-        if (path !== c.path || src !== c.from) this.namespace[i] = { ...c, path, from: src };
-      } else if (path !== c.path) this.namespace[i] = { ...c, path };
+        if (path !== c.path || src !== c.from) moved = { ...c, path, from: src };
+      } else if (path !== c.path) moved = { ...c, path };
+      if (!moved) continue;
+      this.index(c, -1);
+      this.namespace[i] = moved;
+      this.index(moved, 1);
     }
   }
 
   /**
    * Is p (or something below it) the source of a held rename or link, which the mirror still has
-   * under that name for the replay?
+   * under that name for the replay? A map look-up (see sources).
    */
   holdsSource(p: string): boolean {
-    return this.namespace.some(
-      (c) => (c.op === 'rename' || c.op === 'link') && (c.from === p || c.from.startsWith(p + '/')),
-    );
+    return this.sources.has(p);
+  }
+
+  private pushNamespace(c: NamespaceChange): void {
+    this.namespace.push(c);
+    this.index(c, 1);
+  }
+
+  /** Counts c's paths (and their ancestors) in or out of named and sources. */
+  private index(c: NamespaceChange, d: 1 | -1): void {
+    const count = (m: Map<string, number>, p: string) => {
+      for (let q = p; q.length > 1; q = q.slice(0, q.lastIndexOf('/')) || '/') {
+        const n = (m.get(q) ?? 0) + d;
+        if (n > 0) m.set(q, n);
+        else m.delete(q);
+      }
+    };
+    count(this.named, c.path);
+    if (c.op === 'rename' || c.op === 'link') {
+      count(this.named, c.from);
+      count(this.sources, c.from);
+    }
   }
 
   /** Replays a recorded byte range (journal recovery). */
