@@ -35,6 +35,8 @@ const ON_OTHER_LIBFUSE = [
   'test/fusefs/posix-times.test.ts',
   'test/fusefs/rename-own-link.test.ts',
   'test/fusefs/differential.test.ts',
+  'test/fusefs/fsx.test.ts',
+  'test/fusefs/posix-meta.test.ts',
   'test/control/mmap-prepare.test.ts',
   'test/mirror-driver/crash.test.ts',
 ];

@@ -1,5 +1,6 @@
-import { promises as fsp } from 'node:fs';
+import { type BigIntStats, promises as fsp } from 'node:fs';
 import * as path from 'node:path';
+import { underRoot } from '../posix/long-path.js';
 import { setTimesNs } from '../posix/set-times.js';
 import type { MirrorCore } from './driver-core.js';
 import { lstatNowOrUndefined } from './tree-helpers.js';
@@ -56,14 +57,23 @@ export class MirrorTimes {
   /** The primary entry's times onto its mirror copy, to the ns (gone from either: nothing to do). */
   async copy(p: string): Promise<void> {
     if (this.c.isHeld(p)) return;
-    const st = await fsp
-      .lstat(this.c.primary + (p === '/' ? '' : p), { bigint: true })
-      .catch(() => undefined);
+    const st = await underRoot(this.c.primary, [p], (bp) => fsp.lstat(bp, { bigint: true })).catch(
+      () => undefined,
+    );
     if (!st) return;
+    this.setMirrorTimes(p, st.atimeNs, st.mtimeNs);
+  }
+
+  /**
+   * Sets the mirror entry's times. Through underRoot: past PATH_MAX (a path the mount allows,
+   * under the mirror's longer prefix) the plain path failed with ENAMETOOLONG, and a new symlink
+   * or a directory at that depth kept the time the mirror made it (docs/reliability.md).
+   */
+  private setMirrorTimes(p: string, atimeNs: bigint, mtimeNs: bigint): void {
     try {
-      setTimesNs(this.c.layout.data + (p === '/' ? '' : p), st.atimeNs, st.mtimeNs);
+      underRoot(this.c.layout.data, [p], (bp) => setTimesNs(bp, atimeNs, mtimeNs));
     } catch {
-      // Gone from the mirror meanwhile: the change that removed it is queued.
+      // Gone from the mirror (or not yet there): the change that removed (or makes) it is queued.
     }
   }
 
@@ -78,14 +88,13 @@ export class MirrorTimes {
     this.pending.delete(p);
     // One lstat, synchronously (as the mirror's own changes are, see MirrorWriter.applyAt): it
     // runs in a queue turn every later change waits for.
-    const st = lstatNowOrUndefined(this.c.primary + p, { bigint: true });
-    if (st) {
-      try {
-        setTimesNs(this.c.layout.data + p, st.atimeNs, st.mtimeNs);
-      } catch {
-        // Gone from the mirror too (or not yet there): the change that made it is queued.
-      }
+    let st: BigIntStats | undefined;
+    try {
+      st = underRoot(this.c.primary, [p], (bp) => lstatNowOrUndefined(bp, { bigint: true }));
+    } catch {
+      st = undefined; // a directory on the way is gone
     }
+    if (st) this.setMirrorTimes(p, st.atimeNs, st.mtimeNs);
     // Gone from the primary: it was renamed (or unlinked) and the change is still on its way
     // to this queue. Keep it pending so the rename moves it (the unlink drops it).
     else if (this.pending.size < 100_000) this.pending.add(p);

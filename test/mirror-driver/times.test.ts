@@ -1,8 +1,10 @@
 import { randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { syncEntry } from '../../src/mirror-driver/entry-sync.js';
 import type { MirrorDriver } from '../../src/mirror-driver/index.js';
+import { underRoot } from '../../src/posix/long-path.js';
 import { setTimesNs } from '../../src/posix/set-times.js';
 import { PYTHON } from '../helpers/posix.js';
 import { spawn } from '../helpers/proc.js';
@@ -211,5 +213,26 @@ describe('mirror times', () => {
     }
     expect(copies).toBeGreaterThan(50);
     expect(wrong).toEqual([]);
+  });
+
+  it('a new symlink and the directory it went into past PATH_MAX get the primary times to the ns', async () => {
+    // 16 directories of 255 bytes: the volume path alone is over 4 KiB, as under a mount
+    // (fusefs/long-path.test.ts); every change is reported the way the filesystem does.
+    let deep = '';
+    for (let i = 0; i < 16; i++) {
+      deep += `/${String.fromCharCode(97 + i).repeat(255)}`;
+      underRoot(P, [deep], (bp) => fs.mkdirSync(bp!));
+      await d.apply({ op: 'mkdir', path: deep, mode: 0o40755, uid: 0, gid: 0 });
+    }
+    const link = `${deep}/l`;
+    underRoot(P, [link], (bp) => fs.symlinkSync('target', bp!));
+    await d.apply({ op: 'symlink', path: link, target: 'target', uid: 0, gid: 0 });
+    // Times no symlink or mkdir made now can have: only a copy gives them to the mirror.
+    underRoot(P, [link], (bp) => setTimesNs(bp!, ATIME, MTIME));
+    underRoot(P, [deep], (bp) => setTimesNs(bp!, ATIME, MTIME + 1n));
+    await d.whenIdle();
+    const mtime = (p: string) => underRoot(M, [p], (bp) => fs.lstatSync(bp!, { bigint: true }).mtimeNs);
+    expect(mtime(link)).toBe(MTIME);
+    expect(mtime(deep)).toBe(MTIME + 1n);
   });
 });
