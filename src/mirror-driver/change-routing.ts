@@ -50,7 +50,7 @@ export class ChangeRouter {
     this.c.changes.stamp(p);
     const known = this.c.intents.has(p);
     this.c.intents.set(p, Date.now());
-    if (!known) return this.c.journal.append({ t: 'intent', p }).catch(() => undefined);
+    if (!known) return this.c.journal.appendNow({ t: 'intent', p })?.catch(() => undefined);
   }
 
   apply(c: Change): Promise<void> {

@@ -1,3 +1,4 @@
+import * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { Mutex } from '../common/async.js';
@@ -188,6 +189,26 @@ export class Journal {
       this.waiters.push({ resolve, reject });
       this.kick();
     });
+  }
+
+  /**
+   * append, but written at once when it can be: one write(2) on the JS thread instead of a trip
+   * through libuv's pool, which the caller (a write intent, before the primary is touched) would
+   * wait for, behind whatever data writes and syncs hold the pool's threads. Only while no line is
+   * pending or being written and no checkpoint holds lines back, so the file's order is the
+   * appends' order and a checkpoint's snapshot sees the line landed or not yet appended, as with
+   * append. Returns undefined when written (a failed write is dropped, as append's callers drop
+   * its rejection), else append's promise.
+   */
+  appendNow(r: JournalRecord): Promise<void> | undefined {
+    if (this.fh === null || this.writing !== null || this.paused || this.pending.length > 0)
+      return this.append(r);
+    try {
+      fs.writeSync(this.fh.fd, JSON.stringify(r) + '\n');
+    } catch {
+      // As a rejected append: the line is lost, the caller goes on (see beforeChange).
+    }
+    return undefined;
   }
 
   /** Resolves when every line appended so far is written (not synced). */

@@ -11,6 +11,16 @@ import { startWriteBack } from '../posix/write-back.js';
 const FD_CACHE = 128;
 
 /**
+ * Mirror writes this small (the write-back cache's runs of small application writes) are written
+ * synchronously in their turn: a pwrite of a few KiB into the page cache costs the JS thread less
+ * than handing it to libuv's pool (the wake of a pool thread, then the completion's wake of this
+ * one: each a futex and an eventfd on this machine's vCPUs), and the turn, which every later
+ * change waits for, ends at once. Larger writes (and the large writes beside the primary, 128 KiB
+ * and up) stay in the pool, where they overlap with the primary's.
+ */
+export const SYNC_WRITE_BYTES = 64 * 1024;
+
+/**
  * Writes this large (the FUSE layer's large-write threshold, and the cache's write-back runs)
  * start their write-back to the mirror's disk at once (sync_file_range WRITE): the mirror holds
  * a second copy of every byte, and left to the kernel's write-back the fsync that follows a
@@ -67,7 +77,8 @@ export class MirrorWriter {
     switch (c.op) {
       case 'write': {
         const fd = this.fd(c.path);
-        await writeAll(fd, c.data, c.offset);
+        if (c.data.length <= SYNC_WRITE_BYTES) writeAllSync(fd, c.data, c.offset);
+        else await writeAll(fd, c.data, c.offset);
         if (c.data.length >= EARLY_WRITEBACK_BYTES) this.writeBack(fd, c.offset, c.data.length);
         return;
       }
@@ -244,11 +255,28 @@ export class MirrorWriter {
     this.pendingWriteBacks.delete(fd);
     const running = this.runningWriteBack;
     if (running?.fd === fd) void running.done.finally(() => fs.close(fd, () => undefined));
-    else fs.close(fd, () => undefined);
+    else {
+      // At once, as the opens are (fd): a close is no trip to the disk, and through the pool it
+      // cost two thread wakes for every create, unlink and rename of a file the writer held open.
+      try {
+        fs.closeSync(fd);
+      } catch {
+        // As before: nothing to do about a failed close.
+      }
+    }
   }
 
   /** Closes cached descriptors of path (and of everything under it when it may be a directory). */
   forget(path: string, subtree: boolean): void {
+    if (!subtree) {
+      // One name: a map look-up (this runs for every create, link and unlink).
+      const fd = this.fds.get(path);
+      if (fd === undefined) return;
+      this.fds.delete(path);
+      this.nlinks.delete(path);
+      this.close(fd);
+      return;
+    }
     for (const [p, fd] of this.fds) {
       if (p === path || (subtree && p.startsWith(path + '/'))) {
         this.fds.delete(p);
@@ -303,6 +331,15 @@ export class MirrorWriter {
       this.nlinks.delete(oldPath);
       this.close(oldFd);
     }
+  }
+}
+
+function writeAllSync(fd: number, data: Buffer, pos: number): void {
+  let off = 0;
+  while (off < data.length) {
+    const n = fs.writeSync(fd, data, off, data.length - off, pos + off);
+    if (n === 0) throw Object.assign(new Error('short write'), { code: 'EIO' });
+    off += n;
   }
 }
 
