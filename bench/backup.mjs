@@ -92,6 +92,10 @@ const opts = parseArgs(
     },
     verify: { default: false, help: 'diff -r the first snapshot of each tree against the mirror' },
     'cpu-prof': { default: '', help: 'write a V8 CPU profile of every twinfs backup run into this dir' },
+    perf: {
+      default: '',
+      help: 'run every twinfs backup under `perf record` (on-CPU samples, every thread; --perf-basic-prof names JS frames) into this dir',
+    },
     events: {
       default: '',
       help: "write every twinfs run's --json lines, timestamped (ms since spawn), into this dir",
@@ -202,6 +206,15 @@ async function twinfsBackup({ subtree, target, catalog }) {
     fs.mkdirSync(dir, { recursive: true });
     nodeArgs.push('--cpu-prof', '--cpu-prof-dir', dir);
   }
+  let exe = process.execPath;
+  if (opts.perf) {
+    // On-CPU samples: unlike --cpu-prof (wall-clock samples of the JS threads), a loaded
+    // machine does not inflate them, and the kernel's and libuv's work is counted too.
+    fs.mkdirSync(opts.perf, { recursive: true });
+    const file = path.join(opts.perf, `backup-${++profN}.data`);
+    nodeArgs.unshift('record', '-F', '499', '-o', file, '--', process.execPath, '--perf-basic-prof');
+    exe = 'perf';
+  }
   const args = [
     ...nodeArgs,
     cliPath,
@@ -219,7 +232,7 @@ async function twinfsBackup({ subtree, target, catalog }) {
     '--json',
   ];
   const before = serverCounters(srv.pid);
-  const r = await runMeasured(process.execPath, args);
+  const r = await runMeasured(exe, args);
   const server = delta(before, serverCounters(srv.pid));
   const events = r.lines.flatMap((l) => {
     try {
