@@ -92,6 +92,10 @@ const opts = parseArgs(
     },
     verify: { default: false, help: 'diff -r the first snapshot of each tree against the mirror' },
     'cpu-prof': { default: '', help: 'write a V8 CPU profile of every twinfs backup run into this dir' },
+    'alt-cli': {
+      default: '',
+      help: "full: a second build's CLI for the config twinfs-alt (A/B in one run: the same tree, server and disk)",
+    },
     perf: {
       default: '',
       help: 'run every twinfs backup under `perf record` (on-CPU samples, every thread; --perf-basic-prof names JS frames) into this dir',
@@ -197,7 +201,7 @@ let srv;
 let profN = 0;
 let eventsN = 0;
 /** One `twinfs backup` run; returns its times, phases and result. */
-async function twinfsBackup({ subtree, target, catalog }) {
+async function twinfsBackup({ subtree, target, catalog, cli = cliPath }) {
   const nodeArgs = [];
   if (opts['cpu-prof']) {
     // A directory per run: the peer's worker threads write profiles of their own beside the
@@ -217,7 +221,7 @@ async function twinfsBackup({ subtree, target, catalog }) {
   }
   const args = [
     ...nodeArgs,
-    cliPath,
+    cli,
     'backup',
     '--server',
     srv.url,
@@ -384,8 +388,9 @@ if (sections.has('full')) {
       const dest = path.join(d.work, `full-${cfg}-${rep}`);
       dropCaches();
       let r;
-      if (cfg === 'twinfs') {
-        r = await twinfsBackup({ subtree: '/mixed', target: dest, catalog: `${dest}.catalog` });
+      if (cfg === 'twinfs' || cfg === 'twinfs-alt') {
+        const cli = cfg === 'twinfs-alt' ? opts['alt-cli'] : cliPath;
+        r = await twinfsBackup({ subtree: '/mixed', target: dest, catalog: `${dest}.catalog`, cli });
         if (r.totals.copiedBytes !== mixed.bytes || r.totals.files !== mixed.files)
           throw new Error(
             `full backup copied ${JSON.stringify(r.totals)}, expected ${JSON.stringify(mixed)}`,
