@@ -92,6 +92,14 @@ const opts = parseArgs(
     },
     verify: { default: false, help: 'diff -r the first snapshot of each tree against the mirror' },
     'cpu-prof': { default: '', help: 'write a V8 CPU profile of every twinfs backup run into this dir' },
+    'alt-cli': {
+      default: '',
+      help: "full: a second build's CLI for the config twinfs-alt (A/B in one run: the same tree, server and disk)",
+    },
+    perf: {
+      default: '',
+      help: 'run every twinfs backup under `perf record` (on-CPU samples, every thread; --perf-basic-prof names JS frames) into this dir',
+    },
     events: {
       default: '',
       help: "write every twinfs run's --json lines, timestamped (ms since spawn), into this dir",
@@ -193,7 +201,7 @@ let srv;
 let profN = 0;
 let eventsN = 0;
 /** One `twinfs backup` run; returns its times, phases and result. */
-async function twinfsBackup({ subtree, target, catalog }) {
+async function twinfsBackup({ subtree, target, catalog, cli = cliPath }) {
   const nodeArgs = [];
   if (opts['cpu-prof']) {
     // A directory per run: the peer's worker threads write profiles of their own beside the
@@ -202,9 +210,18 @@ async function twinfsBackup({ subtree, target, catalog }) {
     fs.mkdirSync(dir, { recursive: true });
     nodeArgs.push('--cpu-prof', '--cpu-prof-dir', dir);
   }
+  let exe = process.execPath;
+  if (opts.perf) {
+    // On-CPU samples: unlike --cpu-prof (wall-clock samples of the JS threads), a loaded
+    // machine does not inflate them, and the kernel's and libuv's work is counted too.
+    fs.mkdirSync(opts.perf, { recursive: true });
+    const file = path.join(opts.perf, `backup-${++profN}.data`);
+    nodeArgs.unshift('record', '-F', '499', '-o', file, '--', process.execPath, '--perf-basic-prof');
+    exe = 'perf';
+  }
   const args = [
     ...nodeArgs,
-    cliPath,
+    cli,
     'backup',
     '--server',
     srv.url,
@@ -219,7 +236,7 @@ async function twinfsBackup({ subtree, target, catalog }) {
     '--json',
   ];
   const before = serverCounters(srv.pid);
-  const r = await runMeasured(process.execPath, args);
+  const r = await runMeasured(exe, args);
   const server = delta(before, serverCounters(srv.pid));
   const events = r.lines.flatMap((l) => {
     try {
@@ -371,8 +388,9 @@ if (sections.has('full')) {
       const dest = path.join(d.work, `full-${cfg}-${rep}`);
       dropCaches();
       let r;
-      if (cfg === 'twinfs') {
-        r = await twinfsBackup({ subtree: '/mixed', target: dest, catalog: `${dest}.catalog` });
+      if (cfg === 'twinfs' || cfg === 'twinfs-alt') {
+        const cli = cfg === 'twinfs-alt' ? opts['alt-cli'] : cliPath;
+        r = await twinfsBackup({ subtree: '/mixed', target: dest, catalog: `${dest}.catalog`, cli });
         if (r.totals.copiedBytes !== mixed.bytes || r.totals.files !== mixed.files)
           throw new Error(
             `full backup copied ${JSON.stringify(r.totals)}, expected ${JSON.stringify(mixed)}`,

@@ -63,7 +63,7 @@ export function cutOffsets(parts: Uint8Array[], p: ChunkerParams): Uint32Array {
     const mem = new Uint8Array(w.memory.buffer);
     let at = ptr;
     for (const part of parts) {
-      mem.set(part, at);
+      copyInto(mem, part, at);
       at += part.length;
     }
     w.compute_chunks(ret, ptr, len, p.min, p.avg, p.max);
@@ -76,4 +76,32 @@ export function cutOffsets(parts: Uint8Array[], p: ChunkerParams): Uint32Array {
   } finally {
     w.__wbindgen_add_to_stack_pointer(16);
   }
+}
+
+/** Reused plain memory a window of shared memory passes through (copyInto). */
+let bounce: Uint8Array | undefined;
+
+/**
+ * `dst.set(src, at)`, without V8's slow path: a copy from or to a SharedArrayBuffer is done
+ * with relaxed atomic accesses, a word at a time only where source and destination are aligned
+ * alike (mod 8), else a byte at a time, about 0.35 ms of CPU per MiB here against 0.03–0.05
+ * for a plain memmove. A stream's window (shared memory, 8-aligned) lands in the chunker's
+ * memory after the carried tail, at any offset: it is first copied into plain memory at the
+ * window's own alignment (the fast shared path), then from there (a plain memmove). Two fast
+ * copies cost about a quarter of the slow one; on a large file's serial pass that was about a
+ * fifth of the thread's CPU.
+ */
+export function copyInto(dst: Uint8Array, src: Uint8Array, at: number): void {
+  const shared = src.buffer instanceof SharedArrayBuffer || dst.buffer instanceof SharedArrayBuffer;
+  const skew = (src.byteOffset - (dst.byteOffset + at)) & 7;
+  if (!shared || skew === 0 || src.length < 4096 || dst.buffer instanceof SharedArrayBuffer) {
+    dst.set(src, at);
+    return;
+  }
+  const lead = src.byteOffset & 7;
+  if (bounce === undefined || bounce.length < src.length + lead)
+    bounce = new Uint8Array(Math.max(src.length + lead, 8 * 1024 * 1024 + 8));
+  const mid = bounce.subarray(lead, lead + src.length);
+  mid.set(src);
+  dst.set(mid, at);
 }

@@ -8,7 +8,7 @@ import { EntryCopier } from '../../src/backup-peer/entry-copier.js';
 import { MirrorReader } from '../../src/backup-peer/mirror-source.js';
 import type { ManifestEntry } from '../../src/backup-peer/target.js';
 import { BlobWriter } from '../../src/repository/blob-writer.js';
-import { cut, cutOffsets, DEFAULT_CHUNKER } from '../../src/repository/chunker.js';
+import { copyInto, cut, cutOffsets, DEFAULT_CHUNKER } from '../../src/repository/chunker.js';
 import { ContentCutter, WINDOW } from '../../src/repository/content-cutter.js';
 import { checkRepository } from '../../src/repository/index.js';
 import { looksIncompressible } from '../../src/repository/pack.js';
@@ -28,6 +28,7 @@ import { dirRepositoryFixture } from './plugin-fixtures.js';
 
 const MiB = 1024 * 1024;
 const require = createRequire(import.meta.url);
+const fastcdc = require('@dstanesc/wasm-chunking-fastcdc-node');
 
 /**
  * The repository's write path on worker threads (worker-pool.ts, blob-worker.ts): real worker
@@ -202,7 +203,6 @@ describe('dir repository: the worker path', () => {
   });
 
   it("the chunker's cut of parts laid end to end gives compute_chunks' offsets of the joined bytes, and frees the memory it takes", () => {
-    const fastcdc = require('@dstanesc/wasm-chunking-fastcdc-node');
     const data = pseudoRandom(3 * MiB + 4321, 41);
     const { min, avg, max } = DEFAULT_CHUNKER;
     const whole = [...(fastcdc.compute_chunks(data, min, avg, max) as Uint32Array)];
@@ -220,6 +220,49 @@ describe('dir repository: the worker path', () => {
     const before = mem().byteLength;
     for (let i = 0; i < 200; i++) offsets([data.subarray(0, MiB), data.subarray(MiB)]);
     expect(mem().byteLength).toBeLessThan(before + 16 * MiB);
+  });
+
+  it('cuts windows of shared memory at any offset after a tail of any length as the joined bytes', () => {
+    const data = pseudoRandom(3 * MiB + 4321, 43);
+    const { min, avg, max } = DEFAULT_CHUNKER;
+    // A stream's window is shared memory; the tail before it shifts where it lands in the
+    // chunker's memory (copyInto passes such a copy through plain memory of its alignment).
+    for (const [tailLen, winAt] of [
+      [0, 0],
+      [1, 0],
+      [12_345, 8],
+      [70_001, 3],
+      [65_536, 5],
+    ] as const) {
+      const win = new Uint8Array(new SharedArrayBuffer(data.length + 16), winAt, data.length - tailLen);
+      win.set(data.subarray(tailLen));
+      const whole = [...(fastcdc.compute_chunks(data, min, avg, max) as Uint32Array)];
+      expect(
+        [...cutOffsets([data.subarray(0, tailLen), win], DEFAULT_CHUNKER)],
+        `${tailLen}/${winAt}`,
+      ).toEqual(whole);
+    }
+  });
+
+  it('copies between shared and plain memory byte for byte at every relative alignment', () => {
+    const src = pseudoRandom(64 * 1024 + 77, 44);
+    for (const sharedSrc of [false, true])
+      for (const sharedDst of [false, true])
+        for (let from = 0; from < 8; from++)
+          for (let at = 0; at < 8; at++) {
+            const s = sharedSrc
+              ? new Uint8Array(new SharedArrayBuffer(src.length + 8), from, src.length)
+              : src;
+            if (sharedSrc) s.set(src);
+            const dst = sharedDst
+              ? new Uint8Array(new SharedArrayBuffer(src.length + 32))
+              : new Uint8Array(src.length + 32);
+            dst.fill(0xee);
+            copyInto(dst, s, at + 8);
+            expect(Buffer.compare(dst.subarray(at + 8, at + 8 + src.length), src)).toBe(0);
+            expect(dst.subarray(0, at + 8).every((b) => b === 0xee)).toBe(true);
+            expect(dst.subarray(at + 8 + src.length).every((b) => b === 0xee)).toBe(true);
+          }
   });
 
   it('cuts a streamed file exactly as the whole content is cut, whatever the window edges', async () => {
