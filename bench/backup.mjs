@@ -96,6 +96,10 @@ const opts = parseArgs(
       default: '',
       help: "write every twinfs run's --json lines, timestamped (ms since spawn), into this dir",
     },
+    'cli-b': {
+      default: '',
+      help: "changes: a second build's dist/cli/twinfs.cjs, its no-change backups interleaved with --cli's (A/B)",
+    },
     'cmd-timeout': { default: 900, help: 'time limit of one copy command, s' },
     ...commonOptions('parent of the temporary directories (same disk as /)'),
     'time-limit': { default: 2700, help: 'abort (and clean up) after this many seconds' },
@@ -193,7 +197,7 @@ let srv;
 let profN = 0;
 let eventsN = 0;
 /** One `twinfs backup` run; returns its times, phases and result. */
-async function twinfsBackup({ subtree, target, catalog }) {
+async function twinfsBackup({ subtree, target, catalog, cli = cliPath }) {
   const nodeArgs = [];
   if (opts['cpu-prof']) {
     // A directory per run: the peer's worker threads write profiles of their own beside the
@@ -203,8 +207,6 @@ async function twinfsBackup({ subtree, target, catalog }) {
     nodeArgs.push('--cpu-prof', '--cpu-prof-dir', dir);
   }
   const args = [
-    ...nodeArgs,
-    cliPath,
     'backup',
     '--server',
     srv.url,
@@ -219,7 +221,11 @@ async function twinfsBackup({ subtree, target, catalog }) {
     '--json',
   ];
   const before = serverCounters(srv.pid);
-  const r = await runMeasured(process.execPath, args);
+  // As installed: the file itself is the program (its launcher, or its `#!/usr/bin/env node`);
+  // node's own flags need node run on it.
+  const r = nodeArgs.length
+    ? await runMeasured(process.execPath, [...nodeArgs, cli, ...args])
+    : await runMeasured(cli, args);
   const server = delta(before, serverCounters(srv.pid));
   const events = r.lines.flatMap((l) => {
     try {
@@ -469,8 +475,8 @@ if (sections.has('changes')) {
   const src = `${path.join(mirrorData, 'vol')}/`;
   const c = await controlClient(srv.url, srv.token);
   const serverAnswerMs = async () => (await c.request('status')).backup.stall.lastChangesMs;
-  const volBackup = async () => {
-    const r = await twinfsBackup({ subtree: '/vol', target, catalog });
+  const volBackup = async (cli = cliPath) => {
+    const r = await twinfsBackup({ subtree: '/vol', target, catalog, cli });
     return { ...r, answerMs: await serverAnswerMs() };
   };
   dropCaches();
@@ -483,22 +489,22 @@ if (sections.has('changes')) {
   log(
     `changes: first backup ${fmt(first.ms / 1000, 2)} s, rsync ${fmt(firstRsync.ms / 1000, 2)} s, restic ${fmt(firstRestic.ms / 1000, 2)} s`,
   );
-  const configs = ['twinfs', 'rsync', 'restic'];
+  const configs = opts['cli-b'] ? ['twinfs', 'twinfsB', 'rsync', 'restic'] : ['twinfs', 'rsync', 'restic'];
   const none = Object.fromEntries(configs.map((k) => [k, { cold: [], warm: [] }]));
   for (let rep = 0; rep < opts.reps; rep++)
     for (const cfg of rotate(configs, rep))
       for (const temp of ['cold', 'warm']) {
         if (temp === 'cold') dropCaches();
         let r;
-        if (cfg === 'twinfs') {
-          r = await volBackup();
+        if (cfg === 'twinfs' || cfg === 'twinfsB') {
+          r = await volBackup(cfg === 'twinfs' ? cliPath : path.resolve(opts['cli-b']));
           if (r.totals.copiedBytes !== 0 || r.totals.reusedFiles !== vol.files)
             throw new Error(`not a no-change incremental: ${JSON.stringify(r.totals)}`);
         } else if (cfg === 'rsync') r = await plainCopy('rsync', ['-a', src, `${copy}/`]);
         else r = await plainCopy('restic', ['backup', '-q', '-r', repo, src]);
         none[cfg][temp].push(r);
         log(
-          `changes no-change rep ${rep} ${cfg} ${temp}: ${fmt(r.ms, 0)} ms${r.answerMs !== undefined ? ` (server answer ${fmt(r.answerMs, 1)} ms)` : ''}`,
+          `changes no-change rep ${rep} ${cfg} ${temp}: ${fmt(r.ms, 0)} ms, CPU ${fmt(r.cpuS, 2)} s${r.phases ? `, start ${fmt(r.phases.startMs, 0)} ms` : ''}${r.answerMs !== undefined ? ` (server answer ${fmt(r.answerMs, 1)} ms)` : ''}`,
         );
       }
   // The peer as a daemon (`twinfs peer`): a warm process, one run per interval.
@@ -764,6 +770,7 @@ if (out.changes) {
     ['no change', 'cold s', 'vs rsync -a', 'warm s', 'vs rsync -a'],
     [
       ['twinfs backup (cold CLI start)', 'twinfs'],
+      ...(N.twinfsB ? [[`the same, --cli-b ${opts['cli-b']}`, 'twinfsB']] : []),
       ['rsync -a into the up-to-date copy', 'rsync'],
       ['restic backup', 'restic'],
     ]
