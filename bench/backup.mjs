@@ -104,6 +104,10 @@ const opts = parseArgs(
       default: '',
       help: "write every twinfs run's --json lines, timestamped (ms since spawn), into this dir",
     },
+    'cli-b': {
+      default: '',
+      help: "changes: a second build's dist/cli/twinfs.cjs, its no-change backups interleaved with --cli's (A/B)",
+    },
     'cmd-timeout': { default: 900, help: 'time limit of one copy command, s' },
     ...commonOptions('parent of the temporary directories (same disk as /)'),
     'time-limit': { default: 2700, help: 'abort (and clean up) after this many seconds' },
@@ -220,8 +224,6 @@ async function twinfsBackup({ subtree, target, catalog, cli = cliPath }) {
     exe = 'perf';
   }
   const args = [
-    ...nodeArgs,
-    cli,
     'backup',
     '--server',
     srv.url,
@@ -236,7 +238,11 @@ async function twinfsBackup({ subtree, target, catalog, cli = cliPath }) {
     '--json',
   ];
   const before = serverCounters(srv.pid);
-  const r = await runMeasured(exe, args);
+  // As installed: the file itself is the program (its launcher, or its `#!/usr/bin/env node`);
+  // node's own flags (or perf) need node run on it.
+  const r = nodeArgs.length
+    ? await runMeasured(exe, [...nodeArgs, cli, ...args])
+    : await runMeasured(cli, args);
   const server = delta(before, serverCounters(srv.pid));
   const events = r.lines.flatMap((l) => {
     try {
@@ -487,8 +493,8 @@ if (sections.has('changes')) {
   const src = `${path.join(mirrorData, 'vol')}/`;
   const c = await controlClient(srv.url, srv.token);
   const serverAnswerMs = async () => (await c.request('status')).backup.stall.lastChangesMs;
-  const volBackup = async () => {
-    const r = await twinfsBackup({ subtree: '/vol', target, catalog });
+  const volBackup = async (cli = cliPath) => {
+    const r = await twinfsBackup({ subtree: '/vol', target, catalog, cli });
     return { ...r, answerMs: await serverAnswerMs() };
   };
   dropCaches();
@@ -501,22 +507,22 @@ if (sections.has('changes')) {
   log(
     `changes: first backup ${fmt(first.ms / 1000, 2)} s, rsync ${fmt(firstRsync.ms / 1000, 2)} s, restic ${fmt(firstRestic.ms / 1000, 2)} s`,
   );
-  const configs = ['twinfs', 'rsync', 'restic'];
+  const configs = opts['cli-b'] ? ['twinfs', 'twinfsB', 'rsync', 'restic'] : ['twinfs', 'rsync', 'restic'];
   const none = Object.fromEntries(configs.map((k) => [k, { cold: [], warm: [] }]));
   for (let rep = 0; rep < opts.reps; rep++)
     for (const cfg of rotate(configs, rep))
       for (const temp of ['cold', 'warm']) {
         if (temp === 'cold') dropCaches();
         let r;
-        if (cfg === 'twinfs') {
-          r = await volBackup();
+        if (cfg === 'twinfs' || cfg === 'twinfsB') {
+          r = await volBackup(cfg === 'twinfs' ? cliPath : path.resolve(opts['cli-b']));
           if (r.totals.copiedBytes !== 0 || r.totals.reusedFiles !== vol.files)
             throw new Error(`not a no-change incremental: ${JSON.stringify(r.totals)}`);
         } else if (cfg === 'rsync') r = await plainCopy('rsync', ['-a', src, `${copy}/`]);
         else r = await plainCopy('restic', ['backup', '-q', '-r', repo, src]);
         none[cfg][temp].push(r);
         log(
-          `changes no-change rep ${rep} ${cfg} ${temp}: ${fmt(r.ms, 0)} ms${r.answerMs !== undefined ? ` (server answer ${fmt(r.answerMs, 1)} ms)` : ''}`,
+          `changes no-change rep ${rep} ${cfg} ${temp}: ${fmt(r.ms, 0)} ms, CPU ${fmt(r.cpuS, 2)} s${r.phases ? `, start ${fmt(r.phases.startMs, 0)} ms` : ''}${r.answerMs !== undefined ? ` (server answer ${fmt(r.answerMs, 1)} ms)` : ''}`,
         );
       }
   // The peer as a daemon (`twinfs peer`): a warm process, one run per interval.
@@ -782,6 +788,7 @@ if (out.changes) {
     ['no change', 'cold s', 'vs rsync -a', 'warm s', 'vs rsync -a'],
     [
       ['twinfs backup (cold CLI start)', 'twinfs'],
+      ...(N.twinfsB ? [[`the same, --cli-b ${opts['cli-b']}`, 'twinfsB']] : []),
       ['rsync -a into the up-to-date copy', 'rsync'],
       ['restic backup', 'restic'],
     ]

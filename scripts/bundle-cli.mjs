@@ -182,3 +182,32 @@ for (const name of fs.readdirSync(OUT)) {
   const ascii = code.replace(/[^\x00-\x7f]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
   if (ascii !== code) fs.writeFileSync(file, ascii);
 }
+
+/**
+ * The installed command's launcher: the head of dist/cli/twinfs.cjs (the package's bin) becomes
+ * a shell script whose second line, a comment to JavaScript, moves NODE_EXTRA_CA_CERTS aside
+ * into TWINFS_NODE_EXTRA_CA_CERTS and runs the file with node, found on the PATH as
+ * `#!/usr/bin/env node` found it. Node 20 builds its whole root certificate store and parses
+ * the file NODE_EXTRA_CA_CERTS names before any script runs (~30 ms of every start on a machine
+ * that names its system bundle there); only TLS needs them, and src/cli/extra-ca-certs.cts
+ * gives them back to this process's TLS and the variable to its children (docs/architecture.md
+ * "What a command's start no longer pays"). Not moved under a NODE_OPTIONS with
+ * --use-openssl-ca (OpenSSL's store, not Node's bundled one, is then the default). Node reads
+ * a first line starting with `#!` as a comment: `node dist/cli/twinfs.cjs` runs as before,
+ * paying the start. The source map gains the line.
+ * The launcher is scripts/cli-launcher.sh; its second line must stay one line (the comment).
+ */
+const ENTRY = path.join(ROOT, 'dist', 'cli', 'twinfs.cjs');
+const SHEBANG = '#!/usr/bin/env node\n';
+// Two lines: the shebang and the shell line (scripts/cli-launcher.sh).
+const LAUNCHER = fs.readFileSync(path.join(ROOT, 'scripts', 'cli-launcher.sh'), 'utf8');
+const entry = fs.readFileSync(ENTRY, 'utf8');
+if (entry.startsWith(SHEBANG)) {
+  fs.writeFileSync(ENTRY, LAUNCHER + entry.slice(SHEBANG.length));
+  const mapFile = `${ENTRY}.map`;
+  if (fs.existsSync(mapFile)) {
+    const map = JSON.parse(fs.readFileSync(mapFile, 'utf8'));
+    map.mappings = `;${map.mappings}`;
+    fs.writeFileSync(mapFile, JSON.stringify(map));
+  }
+}

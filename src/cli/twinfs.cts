@@ -11,6 +11,10 @@ import type * as PathT from 'node:path';
 
 process.env.UV_THREADPOOL_SIZE ??= '32';
 
+// The certificates the installed command's launcher (the two lines the build writes at the head
+// of dist/cli/twinfs.cjs, scripts/bundle-cli.mjs) moved aside: for TLS and child processes.
+if (process.env.TWINFS_NODE_EXTRA_CA_CERTS !== undefined) require('./extra-ca-certs.cjs');
+
 const fs = require('node:fs') as typeof FsT;
 const path = require('node:path') as typeof PathT;
 
