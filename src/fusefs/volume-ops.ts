@@ -434,13 +434,15 @@ export class VolumeOps {
       node.contentChanged();
       const change = { op: 'write' as const, path: node.path, offset: pos, data };
       if (!locked || node.nameless || this.sink.applyAlongside === undefined) {
-        await writeFdAll(node.fd, data, pos);
+        await writeFdAll(node.fd, data, pos).finally(() => node.contentChanged());
         if (!node.nameless) await this.sink.apply(change);
         return data.length;
       }
       // Primary and mirror written at once. Both are waited for, also when the primary failed:
-      // the sink reads libfuse's buffer until it settles.
-      const primary = writeFdAll(node.fd, data, pos);
+      // the sink reads libfuse's buffer until it settles. The generation moves again once the
+      // primary has the bytes: the file stays clean, so a read meanwhile may fill a read-ahead
+      // window with the old bytes under the generation bumped above (as in cache.truncate).
+      const primary = writeFdAll(node.fd, data, pos).finally(() => node.contentChanged());
       const [p, m] = await Promise.allSettled([primary, this.sink.applyAlongside(change, primary)]);
       if (p.status === 'rejected') throw p.reason;
       if (m.status === 'rejected') throw m.reason;
