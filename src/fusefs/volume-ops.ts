@@ -89,6 +89,8 @@ const XATTR_REPLACE = 2;
 const UINT32_MAX = 0xffffffff;
 /** Writes this large (libfuse's max_write: what large write(2)s arrive as) bypass the cache. */
 const PASS_THROUGH_BYTES = 128 * 1024;
+/** See write(): page write-backs wait for the other names' invalidation (experimental, off). */
+const WAIT_PAGE_WRITEBACK = process.env.TWINFS_WAIT_PAGE_WRITEBACK === '1';
 
 /** Linux's O_PATH (not in fs.constants): a descriptor that names an entry without opening it. */
 const O_PATH = 0o10000000;
@@ -350,7 +352,13 @@ export class VolumeOps {
     };
     const after = (n: number): number | Promise<number> => {
       const w = names.changed([node.ino], path);
-      if (w === undefined || writepage) return done(n);
+      // Experimental (TWINFS_WAIT_PAGE_WRITEBACK=1, off by default): a page write-back (an
+      // mmap's pages written at munmap/msync) through a name that is not being invalidated is
+      // not such a laundering, so it waits (bounded) like any WRITE: otherwise a read through
+      // another name right after munmap may hit that name's old pages (fsx two-name finding,
+      // docs/reliability.md).
+      const waitPage = writepage && WAIT_PAGE_WRITEBACK && path !== undefined && !names.invalidating(path);
+      if (w === undefined || (writepage && !waitPage)) return done(n);
       return w.then(
         () => done(n),
         (e: unknown) => {
