@@ -37,6 +37,8 @@ export class KernelNames {
   /** WRITEs in flight per name, and the names to invalidate once their last one is answered. */
   private readonly writing = new Map<string, number>();
   private readonly afterWrites = new Set<string>();
+  /** Invalidations queued or being sent, per name (see invalidating). */
+  private readonly sending = new Map<string, number>();
 
   constructor(
     /** Queues invalidations of these names; resolves once the kernel has processed them. */
@@ -123,7 +125,7 @@ export class KernelNames {
     if (paths.length === 0) return undefined;
     this.stats.invalidations += paths.length;
     this.stats.waits++;
-    return this.bounded(this.invalidate(paths));
+    return this.bounded(this.send(paths));
   }
 
   /** A WRITE through this name reached twinfs; `writeDone` when it is answered. */
@@ -140,8 +142,32 @@ export class KernelNames {
     this.writing.delete(path);
     if (this.afterWrites.delete(path)) {
       this.stats.invalidations++;
-      void this.invalidate([path]);
+      void this.send([path]);
     }
+  }
+
+  /** Queues invalidations of paths, counted in `sending` until the kernel has processed them. */
+  private send(paths: string[]): Promise<void> {
+    for (const p of paths) this.sending.set(p, (this.sending.get(p) ?? 0) + 1);
+    const sent = () => {
+      for (const p of paths) {
+        const n = (this.sending.get(p) ?? 1) - 1;
+        if (n > 0) this.sending.set(p, n);
+        else this.sending.delete(p);
+      }
+    };
+    const w = this.invalidate(paths);
+    w.then(sent, sent);
+    return w;
+  }
+
+  /**
+   * Is an invalidation of this name queued or being sent? A page write-back (WRITE with the
+   * write-page flag) through such a name may be the kernel laundering a dirty page for it, which
+   * the helper thread waits for: that WRITE must not wait for invalidations queued behind it.
+   */
+  invalidating(path: string): boolean {
+    return this.sending.has(path);
   }
 
   private bounded(w: Promise<void>): Promise<void> {
@@ -182,7 +208,7 @@ export class KernelNames {
       else now.push(p);
     }
     this.stats.invalidations += now.length;
-    if (now.length > 0) void this.invalidate(now);
+    if (now.length > 0) void this.send(now);
   }
 
   /**
@@ -193,7 +219,7 @@ export class KernelNames {
   listingChangedBehind(dir: string): void {
     this.stats.invalidations++;
     this.stats.listings++;
-    void this.invalidate([dir]);
+    void this.send([dir]);
   }
 
   /** Sends what changedBehind deferred (after an inhibition was released). */

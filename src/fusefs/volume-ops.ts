@@ -89,6 +89,8 @@ const XATTR_REPLACE = 2;
 const UINT32_MAX = 0xffffffff;
 /** Writes this large (libfuse's max_write: what large write(2)s arrive as) bypass the cache. */
 const PASS_THROUGH_BYTES = 128 * 1024;
+/** See write(): page write-backs wait for the other names' invalidation (experimental, off). */
+const WAIT_PAGE_WRITEBACK = process.env.TWINFS_WAIT_PAGE_WRITEBACK === '1';
 
 /** Linux's O_PATH (not in fs.constants): a descriptor that names an entry without opening it. */
 const O_PATH = 0o10000000;
@@ -350,7 +352,13 @@ export class VolumeOps {
     };
     const after = (n: number): number | Promise<number> => {
       const w = names.changed([node.ino], path);
-      if (w === undefined || writepage) return done(n);
+      // Experimental (TWINFS_WAIT_PAGE_WRITEBACK=1, off by default): a page write-back (an
+      // mmap's pages written at munmap/msync) through a name that is not being invalidated is
+      // not such a laundering, so it waits (bounded) like any WRITE: otherwise a read through
+      // another name right after munmap may hit that name's old pages (fsx two-name finding,
+      // docs/reliability.md).
+      const waitPage = writepage && WAIT_PAGE_WRITEBACK && path !== undefined && !names.invalidating(path);
+      if (w === undefined || (writepage && !waitPage)) return done(n);
       return w.then(
         () => done(n),
         (e: unknown) => {
@@ -434,13 +442,15 @@ export class VolumeOps {
       node.contentChanged();
       const change = { op: 'write' as const, path: node.path, offset: pos, data };
       if (!locked || node.nameless || this.sink.applyAlongside === undefined) {
-        await writeFdAll(node.fd, data, pos);
+        await writeFdAll(node.fd, data, pos).finally(() => node.contentChanged());
         if (!node.nameless) await this.sink.apply(change);
         return data.length;
       }
       // Primary and mirror written at once. Both are waited for, also when the primary failed:
-      // the sink reads libfuse's buffer until it settles.
-      const primary = writeFdAll(node.fd, data, pos);
+      // the sink reads libfuse's buffer until it settles. The generation moves again once the
+      // primary has the bytes: the file stays clean, so a read meanwhile may fill a read-ahead
+      // window with the old bytes under the generation bumped above (as in cache.truncate).
+      const primary = writeFdAll(node.fd, data, pos).finally(() => node.contentChanged());
       const [p, m] = await Promise.allSettled([primary, this.sink.applyAlongside(change, primary)]);
       if (p.status === 'rejected') throw p.reason;
       if (m.status === 'rejected') throw m.reason;

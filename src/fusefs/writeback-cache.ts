@@ -116,6 +116,11 @@ export interface WritebackCacheOptions {
   attributes?: CachedAttributes;
   /** Injected for tests. */
   now?: () => number;
+  /**
+   * Injected for tests: awaited inside truncate after the cache dropped what the truncate cuts
+   * and before the primary's ftruncate (orders a read into that window, see truncate).
+   */
+  beforePrimaryTruncate?: (node: FileNode) => Promise<void>;
 }
 
 /**
@@ -168,6 +173,7 @@ export class WritebackCache {
   private readonly sink: ChangeSink;
   private readonly space: SpaceAccount | undefined;
   private readonly now: () => number;
+  private readonly beforePrimaryTruncate: ((node: FileNode) => Promise<void>) | undefined;
   private readonly attributes: CachedAttributes | undefined;
   private readonly nodes = new Map<number, FileNode>();
   /** Nodes with dirty data, in the order it became dirty (see dirtiedAt). */
@@ -201,6 +207,7 @@ export class WritebackCache {
     this.sink = opts.sink;
     this.space = opts.space;
     this.now = opts.now ?? Date.now;
+    this.beforePrimaryTruncate = opts.beforePrimaryTruncate;
     this.attributes = opts.attributes;
     if (!this.writeThrough) {
       const period = Math.max(50, Math.min(1000, Math.floor(this.writebackMs / 2)));
@@ -380,7 +387,15 @@ export class WritebackCache {
       node.contentChanged();
       this.release(node.dirty.truncate(size));
       try {
-        await ftruncate(node.fd, size);
+        if (this.beforePrimaryTruncate) await this.beforePrimaryTruncate(node);
+        try {
+          await ftruncate(node.fd, size);
+        } finally {
+          // Again once the primary has the new size: a read-ahead window filled while the
+          // ftruncate ran (the file clean, so reads fill windows) holds the bytes it cut, under
+          // the generation bumped above, and would answer later reads with them.
+          node.contentChanged();
+        }
         // The truncate's time replaces one utimens set with data still cached (timesSet).
         if (node.setMtimeNs !== null && node.isDirty) {
           node.setMtimeNs = null;

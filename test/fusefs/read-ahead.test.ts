@@ -110,6 +110,37 @@ describe('read-ahead windows (WritebackCache, real files, no FUSE)', () => {
     expect((await readAt(cache, node, 300 * KiB)).length).toBe(0);
   });
 
+  it('a window filled while a truncate is on its way to the primary does not answer after it', async () => {
+    // The fsx two-name finding's suspect (docs/reliability.md): the truncate moved the file's
+    // generation, then a read of the (clean) file filled a window before the primary's ftruncate
+    // ran; that window held the cut bytes under the current generation. The hook holds the
+    // truncate at that point so the read lands there every time (the ftruncate and the fill's
+    // pread otherwise race in libuv's thread pool).
+    const f = path.join(t.dirs.d!, 'held');
+    const data = randomBytes(2 * MiB);
+    await fsp.writeFile(f, data);
+    let inWindow: Promise<Buffer> | undefined;
+    const c = new WritebackCache({
+      sink: nullSink,
+      writebackMs: 60_000,
+      beforePrimaryTruncate: async (n) => {
+        inWindow = readAt(c, n, 0); // sequential from 0: fills [0, 1 MiB) from the primary now
+        await inWindow;
+      },
+    });
+    try {
+      const n = c.adopt(7, '/held', fs.openSync(f, 'r+'), true);
+      await c.truncate(n, 300 * KiB);
+      expect((await inWindow!).equals(data.subarray(0, REQ))).toBe(true);
+      const tail = await readAt(c, n, 256 * KiB);
+      expect(tail.length).toBe(44 * KiB);
+      expect(tail.equals(data.subarray(256 * KiB, 300 * KiB))).toBe(true);
+      expect((await readAt(c, n, 300 * KiB)).length).toBe(0);
+    } finally {
+      await c.dispose();
+    }
+  });
+
   it('windows are taken over when the pool runs out; every reader still reads its own file', async () => {
     const files: { node: FileNode; data: Buffer }[] = [];
     for (let i = 0; i < 20; i++) {
