@@ -27,6 +27,12 @@
  * exact by the kernel itself from our replies). Stale entries (a name since renamed away by
  * someone else, an unlinked one) only cost an invalidation that finds nothing.
  */
+/**
+ * Experimental, off (TWINFS_WAIT_PAGE_WRITEBACK=1): a page write-back through a name with no
+ * invalidation in flight waits for the other names' invalidation (volume-ops write()).
+ */
+export const WAIT_PAGE_WRITEBACK = process.env.TWINFS_WAIT_PAGE_WRITEBACK === '1';
+
 /** The longest an op waits for its invalidations (see the class comment). */
 export const WAIT_BOUND_MS = 2000;
 
@@ -45,6 +51,11 @@ export class KernelNames {
     private readonly invalidate: (paths: string[]) => Promise<void>,
     /** True while a change to this file would be held (see deferWhile). */
     private readonly held: (path: string, ino: number) => boolean = () => false,
+    /**
+     * Count the invalidations in flight per name (`invalidating`): only the experimental wait
+     * of page write-backs asks, so by default nothing is counted on the change path.
+     */
+    private readonly trackSending = WAIT_PAGE_WRITEBACK,
   ) {}
 
   private readonly deferred = new Map<number, string>();
@@ -148,6 +159,7 @@ export class KernelNames {
 
   /** Queues invalidations of paths, counted in `sending` until the kernel has processed them. */
   private send(paths: string[]): Promise<void> {
+    if (!this.trackSending) return this.invalidate(paths);
     for (const p of paths) this.sending.set(p, (this.sending.get(p) ?? 0) + 1);
     const sent = () => {
       for (const p of paths) {

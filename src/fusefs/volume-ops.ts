@@ -6,7 +6,7 @@ import { nsToMs, setTimesNs } from '../posix/set-times.js';
 import { type ChangeSink, nullSink, syncAlongside, type WriteGate } from './change-sink.js';
 import { errnoError } from './errno.js';
 import { HiddenRenames, isHiddenEntry, isHiddenPath } from './hidden-renames.js';
-import type { KernelNames } from './kernel-names.js';
+import { type KernelNames, WAIT_PAGE_WRITEBACK } from './kernel-names.js';
 import { OpenNames } from './open-names.js';
 import { parentOf, type VolumePaths } from './volume-paths.js';
 import type { FileNode, WritebackCache } from './writeback-cache.js';
@@ -89,8 +89,6 @@ const XATTR_REPLACE = 2;
 const UINT32_MAX = 0xffffffff;
 /** Writes this large (libfuse's max_write: what large write(2)s arrive as) bypass the cache. */
 const PASS_THROUGH_BYTES = 128 * 1024;
-/** See write(): page write-backs wait for the other names' invalidation (experimental, off). */
-const WAIT_PAGE_WRITEBACK = process.env.TWINFS_WAIT_PAGE_WRITEBACK === '1';
 
 /** Linux's O_PATH (not in fs.constants): a descriptor that names an entry without opening it. */
 const O_PATH = 0o10000000;

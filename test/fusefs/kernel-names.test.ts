@@ -12,6 +12,8 @@ describe('KernelNames.invalidating', () => {
         new Promise<void>((resolve) => {
           pending.push(resolve);
         }),
+      undefined,
+      true,
     );
     names.add('/a', 7);
     names.add('/a.lnk', 7);
