@@ -3,6 +3,7 @@ import { promises as fsp } from 'node:fs';
 import * as xattr from 'fs-xattr';
 import { mknod } from '../posix/mknod.js';
 import { nsToMs, setTimesNs } from '../posix/set-times.js';
+import { writeAll } from '../posix/write-all.js';
 import { type ChangeSink, nullSink, syncAlongside, type WriteGate } from './change-sink.js';
 import { errnoError } from './errno.js';
 import { HiddenRenames, isHiddenEntry, isHiddenPath } from './hidden-renames.js';
@@ -440,7 +441,7 @@ export class VolumeOps {
       node.contentChanged();
       const change = { op: 'write' as const, path: node.path, offset: pos, data };
       if (!locked || node.nameless || this.sink.applyAlongside === undefined) {
-        await writeFdAll(node.fd, data, pos).finally(() => node.contentChanged());
+        await writeAll(node.fd, data, pos).finally(() => node.contentChanged());
         if (!node.nameless) await this.sink.apply(change);
         return data.length;
       }
@@ -448,7 +449,7 @@ export class VolumeOps {
       // the sink reads libfuse's buffer until it settles. The generation moves again once the
       // primary has the bytes: the file stays clean, so a read meanwhile may fill a read-ahead
       // window with the old bytes under the generation bumped above (as in cache.truncate).
-      const primary = writeFdAll(node.fd, data, pos).finally(() => node.contentChanged());
+      const primary = writeAll(node.fd, data, pos).finally(() => node.contentChanged());
       const [p, m] = await Promise.allSettled([primary, this.sink.applyAlongside(change, primary)]);
       if (p.status === 'rejected') throw p.reason;
       if (m.status === 'rejected') throw m.reason;
@@ -1093,15 +1094,5 @@ function lstatOrUndefined(p: string): fs.Stats | undefined {
     return fs.lstatSync(p);
   } catch {
     return undefined;
-  }
-}
-
-async function writeFdAll(fd: number, data: Buffer, pos: number): Promise<void> {
-  let off = 0;
-  while (off < data.length) {
-    const n = await new Promise<number>((res, rej) =>
-      fs.write(fd, data, off, data.length - off, pos + off, (e, w) => (e ? rej(e) : res(w))),
-    );
-    off += n;
   }
 }

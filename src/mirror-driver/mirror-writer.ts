@@ -6,6 +6,7 @@ import type { Change } from '../fusefs/change-sink.js';
 import { underRoot } from '../posix/long-path.js';
 import { mknod } from '../posix/mknod.js';
 import { msToNs, setTimesNs } from '../posix/set-times.js';
+import { writeAll, writeAllSync } from '../posix/write-all.js';
 import { startWriteBack } from '../posix/write-back.js';
 
 const FD_CACHE = 128;
@@ -278,7 +279,7 @@ export class MirrorWriter {
       return;
     }
     for (const [p, fd] of this.fds) {
-      if (p === path || (subtree && p.startsWith(path + '/'))) {
+      if (p === path || p.startsWith(path + '/')) {
         this.fds.delete(p);
         this.nlinks.delete(p);
         this.close(fd);
@@ -331,25 +332,5 @@ export class MirrorWriter {
       this.nlinks.delete(oldPath);
       this.close(oldFd);
     }
-  }
-}
-
-function writeAllSync(fd: number, data: Buffer, pos: number): void {
-  let off = 0;
-  while (off < data.length) {
-    const n = fs.writeSync(fd, data, off, data.length - off, pos + off);
-    if (n === 0) throw Object.assign(new Error('short write'), { code: 'EIO' });
-    off += n;
-  }
-}
-
-async function writeAll(fd: number, data: Buffer, pos: number): Promise<void> {
-  let off = 0;
-  while (off < data.length) {
-    const n = await new Promise<number>((res, rej) =>
-      fs.write(fd, data, off, data.length - off, pos + off, (e, w) => (e ? rej(e) : res(w))),
-    );
-    if (n === 0) throw Object.assign(new Error('short write'), { code: 'EIO' });
-    off += n;
   }
 }
