@@ -201,7 +201,7 @@ export class ControlServer {
     }, this.opts.helloTimeoutMs ?? 10_000);
     this.liveness.track(
       ws,
-      () => c.holding > 0 || c.freezes.size > 0 || c.backups.size > 0,
+      () => (c.holding > 0 || c.freezes.size > 0 ? 'writes' : c.backups.size > 0 ? 'splits' : null),
       (silentMs) =>
         this.opts.log?.(
           `control: ${c.client ?? c.id} did not answer pings for ${Math.round(silentMs)} ms: dropped, what it held is released`,
