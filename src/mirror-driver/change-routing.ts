@@ -1,6 +1,7 @@
 import * as fs from 'node:fs';
 import type { Change } from '../fusefs/change-sink.js';
 import { HEAL_CODES, type MirrorCore } from './driver-core.js';
+import type { SplitTracker } from './split-tracker.js';
 import { lstatNowOrUndefined } from './tree-helpers.js';
 
 /** Changes that add or remove a directory entry (and so move the directory's times). */
@@ -194,7 +195,7 @@ export class ChangeRouter {
       }
       this.c.stats.changesApplied++;
       // Entries that live splits hold the changes of may have moved with it in the mirror.
-      if (c.op === 'rename') for (const s of this.c.splits.values()) s.mirrorRenamed(c.from, c.path);
+      if (c.op === 'rename') this.mirrorRenamed(this.c.splits.values(), c.from, c.path);
       if (NAMESPACE_OPS.has(c.op)) this.c.times.noteParents(c.path, c.op === 'rename' ? c.from : undefined);
       // A directory renamed under a running walk may have moved where the walk has been to a
       // place it has already left: it gets walked again afterwards.
@@ -245,7 +246,18 @@ export class ChangeRouter {
       return; // nothing there (or a long path): as before
     }
     this.c.trace.event('held-source-aside', { path: p, aside });
-    for (const s of holders) s.mirrorRenamed(p, aside);
+    this.mirrorRenamed(holders, p, aside);
+  }
+
+  /**
+   * The mirror moved from → to: each split's held changes that name entries there follow them,
+   * in memory and in the journal (in the same synchronous step, as the journal's checkpoints
+   * require), so a split recovered after a crash replays them from where the mirror has them.
+   */
+  private mirrorRenamed(splits: Iterable<SplitTracker>, from: string, to: string): void {
+    for (const s of splits)
+      if (s.mirrorRenamed(from, to))
+        void this.c.journal.append({ t: 'mr', id: s.id, from, to }).catch(() => undefined);
   }
 
   /**

@@ -10,6 +10,8 @@ import { SplitTracker, type TrackerRecord } from './split-tracker.js';
  *   intent  a change to this path may have reached the primary but not the mirror (written
  *           before the primary is touched — md's write-intent bitmap, at path granularity)
  *   split / w / tr / ns / m / released   a split and what changed under it
+ *   mr      a rename applied to the mirror moved entries a split's held changes name
+ *           (SplitTracker.mirrorRenamed): replayed after those changes, as it happened
  *   broken / repaired                    pairs the mirror could not follow
  *   deep    the mirror must be compared by content (the page cache may have lost its writes)
  *   clean   the server shut down cleanly
@@ -34,6 +36,7 @@ export type JournalRecord =
   | { t: 'ns'; id: string; c: Exclude<Change, { op: 'write' } | { op: 'fsync' }> }
   | { t: 'tr'; id: string; p: string; size: number }
   | { t: 'm'; id: string; p: string }
+  | { t: 'mr'; id: string; from: string; to: string }
   | { t: 'released'; id: string }
   | { t: 'broken'; p: string }
   | { t: 'repaired'; p: string }
@@ -122,6 +125,9 @@ export class Journal {
           break;
         case 'm':
           st.splits.get(r.id)?.touched.add(r.p);
+          break;
+        case 'mr':
+          st.splits.get(r.id)?.mirrorRenamed(r.from, r.to);
           break;
         case 'released':
           st.splits.delete(r.id);

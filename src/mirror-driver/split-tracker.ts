@@ -298,11 +298,12 @@ export class SplitTracker {
    * which took the mirror's r70 along; the replayed rename found no /w3/d1/r70 and /w3/d111/r70
    * stayed in the mirror, a name the primary no longer had). Only for changes recorded before
    * the rename (all of them, in its turn in the queue): their paths are the mirror's as it was
-   * before it.
+   * before it. Returns whether a held change moved: the caller journals it (an `mr` line), so
+   * a split recovered after a crash replays from where the mirror has the entries too.
    */
-  mirrorRenamed(from: string, to: string): void {
+  mirrorRenamed(from: string, to: string): boolean {
     // Most renames name nothing held: a map look-up, not a walk of the held changes.
-    if (from === to || !this.named.has(from)) return;
+    if (from === to || !this.named.has(from)) return false;
     const map = (p: string) => (p === from || p.startsWith(from + '/') ? to + p.slice(from.length) : p);
     for (let i = 0; i < this.namespace.length; i++) {
       const c = this.namespace[i]!;
@@ -317,6 +318,7 @@ export class SplitTracker {
       this.namespace[i] = moved;
       this.index(moved, 1);
     }
+    return true;
   }
 
   /**

@@ -3,6 +3,7 @@ import { promises as fsp } from 'node:fs';
 import * as xattr from 'fs-xattr';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { MirrorDriver } from '../../src/mirror-driver/index.js';
+import { tempDirs } from '../helpers/server.js';
 import { type DriverOnTempDirs, driverOnTempDirs, openDriver, run, sha } from './mirror-helpers.js';
 
 /**
@@ -697,6 +698,73 @@ describe('resync of files with several names', () => {
     expect((await fsp.stat(`${M}/s/t`)).ino).toBe(ino);
     expect((await fsp.stat(`${M}/a`)).nlink).toBe(3);
     expect((await d.verify()).differences).toEqual([]);
+  });
+});
+
+/**
+ * Finding 34 across a crash: SplitTracker.mirrorRenamed moved the held change's paths in memory
+ * only, so a split recovered from the journal replayed the old paths, found nothing there, and
+ * the stale name stayed in the mirror; only the whole-tree comparison at start (which a server
+ * can run without: reconcileOnStart false) removed it. The move is journalled (an `mr` line) and
+ * replayed in order with the held changes.
+ */
+describe("a held rename's source moved in the mirror, then the driver dies", () => {
+  let t: Awaited<ReturnType<typeof tempDirs>>;
+  const drivers: MirrorDriver[] = [];
+  afterEach(async () => {
+    for (const d of drivers.splice(0)) await d.dispose().catch(() => undefined);
+    await t?.cleanup();
+  });
+
+  it("the next driver leaves no stale name of the held rename's source in the mirror", async () => {
+    t = await tempDirs('primary', 'mirror', 'state');
+    const P = t.dirs.primary!;
+    await fsp.writeFile(`${P}/a`, randomBytes(100_000));
+    await fsp.link(`${P}/a`, `${P}/b`);
+    await fsp.mkdir(`${P}/s`);
+    await fsp.mkdir(`${P}/d`);
+    await fsp.writeFile(`${P}/s/t`, randomBytes(3000));
+    await fsp.link(`${P}/a`, `${P}/d/r`);
+    // No checkpoint: the recovery reads the appended lines, as after a crash between two; no
+    // comparison of the whole tree at start: the split's own replay must put the mirror right.
+    const o = {
+      primary: P,
+      mirror: t.dirs.mirror!,
+      stateDir: t.dirs.state!,
+      checkpointMs: 1e9,
+      reconcileOnStart: false,
+    };
+    const d = await openDriver(o);
+    drivers.push(d);
+    const M = d.dataRoot;
+    const s = await d.split({ paths: ['/s/t'] });
+    await fsp.rename(`${P}/d/r`, `${P}/s/t`);
+    await d.apply({ op: 'rename', from: '/d/r', path: '/s/t' });
+    await fsp.rename(`${P}/d`, `${P}/e`);
+    await d.apply({ op: 'rename', from: '/d', path: '/e' });
+    await d.whenIdle();
+    // The held rename's source went along with its directory in the mirror.
+    expect((await fsp.stat(`${M}/e/r`)).ino).toBe((await fsp.stat(`${M}/a`)).ino);
+    // The held rename's journal line has landed (lines are appended behind the change).
+    const dev = JSON.parse(await fsp.readFile(`${t.dirs.mirror!}/device.json`, 'utf8')).deviceId;
+    const journal = `${t.dirs.state!}/journals/${dev}.jsonl`;
+    const held = async () => (await fsp.readFile(journal, 'utf8')).includes('"from":"/d/r"');
+    const moved = async () => (await fsp.readFile(journal, 'utf8')).includes('"t":"mr"');
+    for (let i = 0; i < 40 && !((await held()) && (await moved())); i++)
+      await new Promise((r) => setTimeout(r, 50));
+    expect(await held()).toBe(true);
+    // The crash: never disposed, no release, no clean line, no checkpoint behind the next one.
+    (d as unknown as { disposed: boolean }).disposed = true;
+    const d2 = await openDriver(o);
+    drivers.push(d2);
+    // Recovered and resynced: the split is gone, the mirror is the primary's.
+    expect(d2.status().splits.map((x) => x.splitId)).not.toContain(s.splitId);
+    await expect(fsp.lstat(`${M}/e/r`)).rejects.toMatchObject({ code: 'ENOENT' });
+    await expect(fsp.lstat(`${M}/d`)).rejects.toMatchObject({ code: 'ENOENT' });
+    const ino = (await fsp.stat(`${M}/a`)).ino;
+    expect((await fsp.stat(`${M}/s/t`)).ino).toBe(ino);
+    expect((await fsp.stat(`${M}/a`)).nlink).toBe(3);
+    expect((await d2.verify()).differences).toEqual([]);
   });
 });
 
