@@ -142,7 +142,9 @@ export class SplitTracker {
       case 'rename':
         return this.coversUnder(c.from) || this.coversUnder(c.path);
       case 'rmdir':
-        return this.coversUnder(c.path);
+        // Also the directory where a held rename's (or link's) source waits in the mirror for the
+        // replay: there it is not empty, and the replay empties it first.
+        return this.coversUnder(c.path) || this.sources.has(c.path);
       case 'link':
         return this.covers(c.from) || this.covers(c.path);
       default:
