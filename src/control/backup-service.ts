@@ -208,7 +208,9 @@ export class BackupService {
         throw writebackError(err);
       });
       if (expired()) throw stallExceeded(budget);
-      const s = await mirror.split(selector, o.owner);
+      // Exclusive: a live split that keeps entries of this selection frozen (a held rename's
+      // source, a name it followed) would hand this backup its old state.
+      const s = await mirror.split(selector, o.owner, { exclusive: true });
       splitId = s.splitId;
       generation = s.generation;
     })();

@@ -248,8 +248,8 @@ export class MirrorDriver implements ChangeSink {
    * (ETWIN_MIRROR_BROKEN) while the mirror is being copied or recovered, and when a selected
    * pair is broken: the frozen copy would not be what the primary held.
    */
-  split(selector: Selector, owner?: string): Promise<SplitInfo> {
-    return this.c.splitter.split(selector, owner);
+  split(selector: Selector, owner?: string, opts?: { exclusive?: boolean }): Promise<SplitInfo> {
+    return this.c.splitter.split(selector, owner, opts);
   }
 
   /** Applies what changed under a split to the mirror and rejoins its pairs. */

@@ -67,9 +67,12 @@ export class Splitter {
    * is on the mirror when it resolves, and every change after it is tracked. Costs O(1) in the
    * number of files. Overlapping splits are allowed (each tracks its own changes). Refused
    * (ETWIN_MIRROR_BROKEN) while the mirror is being copied or recovered, and when a selected
-   * pair is broken: the frozen copy would not be what the primary held.
+   * pair is broken: the frozen copy would not be what the primary held. With `exclusive`
+   * (what the backup service asks), refused (ETWIN_BUSY) when a live split reaches the
+   * selection (SplitTracker.reaches), checked in the split's own turn in the queue, so no change
+   * between a caller's check and the split can slip in.
    */
-  split(selector: Selector, owner?: string): Promise<SplitInfo> {
+  split(selector: Selector, owner?: string, opts: { exclusive?: boolean } = {}): Promise<SplitInfo> {
     const sel = normalizeSelector(selector);
     this.c.splitsQueued++;
     const queued = this.c.queue.push(async () => {
@@ -86,6 +89,14 @@ export class Splitter {
         throw new TwinError('ETWIN_MIRROR_BROKEN', `the mirror pair for ${hit} is BROKEN; repair it first`, {
           path: hit,
         });
+      if (opts.exclusive)
+        for (const other of this.c.splits.values())
+          if (other.reaches(sel))
+            throw new TwinError(
+              'ETWIN_BUSY',
+              `the mirror keeps entries of this selection as split ${other.id} froze them; try again after it is released`,
+              { splitId: other.id },
+            );
       await this.c.times.syncAll();
       const s = new SplitTracker(`split-${randomUUID()}`, sel, Date.now(), owner);
       // Explicitly selected files with other names (O(selected paths), not O(volume)).

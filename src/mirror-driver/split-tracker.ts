@@ -1,4 +1,4 @@
-import { covers, coversUnder, type Selector } from '../common/selector.js';
+import { covers, coversUnder, type Selector, selectorsOverlap } from '../common/selector.js';
 import type { Change } from '../fusefs/change-sink.js';
 import { RangeSet } from './range-set.js';
 
@@ -134,6 +134,24 @@ export class SplitTracker {
     for (const p of this.paths) if (under(p)) return true;
     for (const p of this.followed) if (under(p)) return true;
     return this.selector.subtrees?.some(under) ?? false;
+  }
+
+  /**
+   * Does a selection reach anything whose mirror entry this split keeps as it was: its own
+   * selection, the new names it followed, and every entry its held namespace changes name (a
+   * held rename's source, still in the mirror at its old place, say)? A split of such a selection
+   * would copy those entries as this split froze them, not as the primary has them. O(held
+   * changes): once per split taken while this one lives.
+   */
+  reaches(sel: Selector): boolean {
+    if (selectorsOverlap(this.selector, sel)) return true;
+    const hit = (p: string) => selectorsOverlap(sel, { subtrees: [p] });
+    for (const f of this.followed) if (hit(f)) return true;
+    for (const c of this.namespace) {
+      if (hit(c.path)) return true;
+      if ((c.op === 'rename' || c.op === 'link') && hit(c.from)) return true;
+    }
+    return false;
   }
 
   /** Does the change affect files this split holds? */

@@ -213,6 +213,28 @@ describe('leases, disconnects, freeze/thaw and busy selections', () => {
     await idle();
   });
 
+  it("a prepare of a selection where a live split keeps an entry frozen (a held rename's source) is busy until that split is released", async () => {
+    for (const d of ['held/s', 'held/d']) await fsp.mkdir(path.join(fx.mnt, d), { recursive: true });
+    await fsp.writeFile(path.join(fx.mnt, 'held/s/t'), 'selected');
+    await fsp.writeFile(path.join(fx.mnt, 'held/d/r'), 'renamed over the selected name');
+    const a = await c.prepare({ paths: ['/held/s/t'] });
+    // Held by a's split: the mirror keeps /held/d/r where it was until a is released, so a
+    // split of /held/d would copy a file the primary no longer has there.
+    await fsp.rename(path.join(fx.mnt, 'held/d/r'), path.join(fx.mnt, 'held/s/t'));
+    await expect(c.prepare({ subtree: '/held/d' })).rejects.toMatchObject({
+      code: 'ETWIN_BUSY',
+      data: { splitId: expect.any(String) },
+    });
+    // A selection the split does not reach is not busy.
+    const other = await c.prepare({ paths: ['/f4'] });
+    await c.release(other.backupId);
+    await c.release(a.backupId);
+    const b = await c.prepare({ subtree: '/held/d' });
+    expect(b.items.map((x: { path: string }) => x.path)).toEqual(['/held/d']);
+    await c.release(b.backupId);
+    await idle();
+  });
+
   it('freeze holds writes to the frozen file (not failed by a FUSE timeout) until thaw; freeze without thaw ends at its timeout', async () => {
     const events = recordEvents(c);
     const f: any = await c.request('freeze', { selector: { paths: ['/f1'] }, timeoutMs: 60_000 });
