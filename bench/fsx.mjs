@@ -151,6 +151,8 @@ for (const cfg of opts.configs.split(',')) {
   await client.request('flush');
   await waitMirrorIdle(client);
   const st = await client.request('status');
+  // libfuse3: invalidations sent, and waits for them answered at the bound (waitsBounded).
+  if (st.fs?.kernelCache) log(`${cfg}: kernelCache ${JSON.stringify(st.fs.kernelCache)}`);
   if (st.mirror.broken.length)
     failures.push({ cfg, what: 'mirror broken', d: JSON.stringify(st.mirror.broken) });
   for (const [i, name] of names.entries())

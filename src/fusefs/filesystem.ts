@@ -5,7 +5,7 @@ import { DisposableStore, toDisposable } from '../common/lifecycle.js';
 import { addServedMount, removeServedMount } from '../common/served-mounts.js';
 import { type ChangeSink, nullSink, type WriteGate } from './change-sink.js';
 import { createFuseHandlers } from './fuse-adapter.js';
-import { KernelNames } from './kernel-names.js';
+import { invalidationDelayFromEnv, KernelNames } from './kernel-names.js';
 import { isMountPoint, preflight } from './mount-checks.js';
 import { watchMount } from './mount-watch.js';
 import { NativeChanges, nativeUnlinkCachedFromEnv, nativeUnlinkFromEnv } from './native-changes.js';
@@ -144,9 +144,18 @@ export class TwinFs {
       );
     if (this.libfuse === 3) {
       const inhibitor = this.inhibitor;
+      const send = (paths: string[]): Promise<void> => this.fuse?.invalidatePaths(paths) ?? Promise.resolve();
+      const delayMs = invalidationDelayFromEnv();
       this.kernelNames = new KernelNames(
-        (paths) => this.fuse?.invalidatePaths(paths) ?? Promise.resolve(),
+        delayMs > 0
+          ? (paths) => new Promise<void>((resolve) => setTimeout(resolve, delayMs)).then(() => send(paths))
+          : send,
         (path, ino) => inhibitor?.isHeld(path, ino) ?? false,
+        // A close must reach the flush handler while page write-backs' invalidations are out.
+        () => {
+          if (this.nativeAttributes)
+            this.fuse?.setNativeFlush(this.flushIsNative(this.cache.hasPendingErrors));
+        },
       );
       if (inhibitor) this.store.add(inhibitor.onDidRelease(() => this.kernelNames?.retryDeferred()));
     }
@@ -309,7 +318,9 @@ export class TwinFs {
 
   /** A flush (close(2)) has nothing to do in JS: no write-back on close, no error to report. */
   private flushIsNative(errorsPending: boolean): boolean {
-    return this.opts.flushOnClose !== true && !errorsPending;
+    return (
+      this.opts.flushOnClose !== true && !errorsPending && this.kernelNames?.pageWriteBacksPending !== true
+    );
   }
 
   status(): TwinFsStatus {

@@ -22,16 +22,27 @@
  * which the op is answered and the invalidation still goes out when the page is free
  * (`waitsBounded` counts them; it stays 0 unless such a race happened).
  *
+ * A page write-back (mmap pages) is answered without waiting, as it may be a laundering for an
+ * invalidation being sent; the close(2) or fsync that wrote the pages back waits for the other
+ * names instead (`pageWrittenBack`). Dirty mmap pages the kernel writes back on its own (a
+ * mapping kept open past ~30 s, no close, no msync) have no such point: another name shows
+ * them once their invalidation is through, as it shows nothing of them before the write-back.
+ *
  * Names are learnt where the kernel learns them: getattr (lookups) and readdirplus, plus link.
  * Only names of files with nlink > 1 are kept (a file with one name has one kernel inode, kept
  * exact by the kernel itself from our replies). Stale entries (a name since renamed away by
  * someone else, an unlinked one) only cost an invalidation that finds nothing.
  */
 /**
- * Experimental, off (TWINFS_WAIT_PAGE_WRITEBACK=1): a page write-back through a name with no
- * invalidation in flight waits for the other names' invalidation (volume-ops write()).
+ * Test only: TWINFS_TEST_INVALIDATION_DELAY_MS=N queues every batch of invalidations N ms late,
+ * as a helper thread that is slow to run under load does. Tests use it to hold open, for long
+ * enough to act in, the window in which another name of a file still has its old pages (the
+ * page write-back test in test/fusefs/kernel-cache.test.ts). 0 (the default): no delay.
  */
-export const WAIT_PAGE_WRITEBACK = process.env.TWINFS_WAIT_PAGE_WRITEBACK === '1';
+export function invalidationDelayFromEnv(env: NodeJS.ProcessEnv = process.env): number {
+  const ms = Number(env.TWINFS_TEST_INVALIDATION_DELAY_MS ?? 0);
+  return Number.isFinite(ms) && ms > 0 ? Math.min(ms, 60_000) : 0;
+}
 
 /** The longest an op waits for its invalidations (see the class comment). */
 export const WAIT_BOUND_MS = 2000;
@@ -43,8 +54,8 @@ export class KernelNames {
   /** WRITEs in flight per name, and the names to invalidate once their last one is answered. */
   private readonly writing = new Map<string, number>();
   private readonly afterWrites = new Set<string>();
-  /** Invalidations queued or being sent, per name (see invalidating). */
-  private readonly sending = new Map<string, number>();
+  /** Per inode: the invalidations after its page write-backs not yet processed (pageWrittenBack). */
+  private readonly afterPages = new Map<number, Set<Promise<void>>>();
 
   constructor(
     /** Queues invalidations of these names; resolves once the kernel has processed them. */
@@ -52,10 +63,11 @@ export class KernelNames {
     /** True while a change to this file would be held (see deferWhile). */
     private readonly held: (path: string, ino: number) => boolean = () => false,
     /**
-     * Count the invalidations in flight per name (`invalidating`): only the experimental wait
-     * of page write-backs asks, so by default nothing is counted on the change path.
+     * Called when the first invalidation after a page write-back is queued (true) and when the
+     * last one is processed (false): while any is, a close(2) must reach the flush handler
+     * (which waits for them) rather than be answered in libfuse's thread.
      */
-    private readonly trackSending = WAIT_PAGE_WRITEBACK,
+    private readonly onPageWriteBacks: (pending: boolean) => void = () => undefined,
   ) {}
 
   private readonly deferred = new Map<number, string>();
@@ -136,7 +148,7 @@ export class KernelNames {
     if (paths.length === 0) return undefined;
     this.stats.invalidations += paths.length;
     this.stats.waits++;
-    return this.bounded(this.send(paths));
+    return this.bounded(this.invalidate(paths));
   }
 
   /** A WRITE through this name reached twinfs; `writeDone` when it is answered. */
@@ -153,33 +165,60 @@ export class KernelNames {
     this.writing.delete(path);
     if (this.afterWrites.delete(path)) {
       this.stats.invalidations++;
-      void this.send([path]);
+      void this.invalidate([path]);
     }
   }
 
-  /** Queues invalidations of paths, counted in `sending` until the kernel has processed them. */
-  private send(paths: string[]): Promise<void> {
-    if (!this.trackSending) return this.invalidate(paths);
-    for (const p of paths) this.sending.set(p, (this.sending.get(p) ?? 0) + 1);
-    const sent = () => {
-      for (const p of paths) {
-        const n = (this.sending.get(p) ?? 1) - 1;
-        if (n > 0) this.sending.set(p, n);
-        else this.sending.delete(p);
-      }
-    };
-    const w = this.invalidate(paths);
-    w.then(sent, sent);
-    return w;
+  /**
+   * A page write-back (a WRITE with the write-page flag: pages of a shared mmap, or of a name
+   * the kernel launders) through `path` changed the file. Its other names are invalidated as
+   * after any WRITE, but the WRITE is answered without waiting: it may be the kernel laundering
+   * a dirty page for an invalidation the helper thread is sending right now, which an
+   * invalidation queued behind it would never let finish. What makes a program's mmap writes
+   * reach twinfs is a close(2) (the kernel writes the file's dirty pages back, then sends FLUSH)
+   * or an fsync/msync(MS_SYNC) (then FSYNC), never a laundering: those wait instead
+   * (pageWriteBacksSettled), so once close or msync returned no other name shows the old pages
+   * (the two-name fsx finding, docs/reliability.md).
+   */
+  pageWrittenBack(ino: number, path: string | undefined): void {
+    const w = this.changed([ino], path);
+    if (w === undefined) return;
+    let pending = this.afterPages.get(ino);
+    const first = this.afterPages.size === 0;
+    if (!pending) {
+      pending = new Set();
+      this.afterPages.set(ino, pending);
+    }
+    const set = pending;
+    const p: Promise<void> = w.then(
+      () => this.pageSettled(ino, set, p),
+      () => this.pageSettled(ino, set, p),
+    );
+    set.add(p);
+    // After the entry is in: the callback asks pageWriteBacksPending.
+    if (first) this.onPageWriteBacks(true);
+  }
+
+  private pageSettled(ino: number, set: Set<Promise<void>>, p: Promise<void>): void {
+    set.delete(p);
+    if (set.size > 0 || this.afterPages.get(ino) !== set) return;
+    this.afterPages.delete(ino);
+    if (this.afterPages.size === 0) this.onPageWriteBacks(false);
+  }
+
+  /** Is an invalidation after a page write-back of any file queued or being sent? */
+  get pageWriteBacksPending(): boolean {
+    return this.afterPages.size > 0;
   }
 
   /**
-   * Is an invalidation of this name queued or being sent? A page write-back (WRITE with the
-   * write-page flag) through such a name may be the kernel laundering a dirty page for it, which
-   * the helper thread waits for: that WRITE must not wait for invalidations queued behind it.
+   * Resolves once the invalidations after the page write-backs of this file so far have been
+   * processed (each bounded like any wait); undefined when none is pending.
    */
-  invalidating(path: string): boolean {
-    return this.sending.has(path);
+  pageWriteBacksSettled(ino: number): Promise<void> | undefined {
+    const pending = this.afterPages.get(ino);
+    if (!pending) return undefined;
+    return Promise.all(pending).then(() => undefined);
   }
 
   private bounded(w: Promise<void>): Promise<void> {
@@ -220,7 +259,7 @@ export class KernelNames {
       else now.push(p);
     }
     this.stats.invalidations += now.length;
-    if (now.length > 0) void this.send(now);
+    if (now.length > 0) void this.invalidate(now);
   }
 
   /**
@@ -231,7 +270,7 @@ export class KernelNames {
   listingChangedBehind(dir: string): void {
     this.stats.invalidations++;
     this.stats.listings++;
-    void this.send([dir]);
+    void this.invalidate([dir]);
   }
 
   /** Sends what changedBehind deferred (after an inhibition was released). */

@@ -7,7 +7,7 @@ import { writeAll } from '../posix/write-all.js';
 import { type ChangeSink, nullSink, syncAlongside, type WriteGate } from './change-sink.js';
 import { errnoError } from './errno.js';
 import { HiddenRenames, isHiddenEntry, isHiddenPath } from './hidden-renames.js';
-import { type KernelNames, WAIT_PAGE_WRITEBACK } from './kernel-names.js';
+import type { KernelNames } from './kernel-names.js';
 import { OpenNames } from './open-names.js';
 import { parentOf, type VolumePaths } from './volume-paths.js';
 import type { FileNode, WritebackCache } from './writeback-cache.js';
@@ -343,21 +343,20 @@ export class VolumeOps {
     // the name written through (`path`): this WRITE holds its pages locked until answered, so
     // until then no change waits for that name either (KernelNames, "never waited for").
     // A page write-back is not waited for: it may be the laundering of a notify the helper
-    // is sending right now, which an invalidation queued behind it would never let finish.
+    // is sending right now, which an invalidation queued behind it would never let finish. The
+    // close(2) or fsync that wrote the pages back waits instead (flush, fsync).
     if (path !== undefined) names.writeStarted(path);
     const done = <T>(v: T): T => {
       if (path !== undefined) names.writeDone(path);
       return v;
     };
     const after = (n: number): number | Promise<number> => {
+      if (writepage) {
+        names.pageWrittenBack(node.ino, path);
+        return done(n);
+      }
       const w = names.changed([node.ino], path);
-      // Experimental (TWINFS_WAIT_PAGE_WRITEBACK=1, off by default): a page write-back (an
-      // mmap's pages written at munmap/msync) through a name that is not being invalidated is
-      // not such a laundering, so it waits (bounded) like any WRITE: otherwise a read through
-      // another name right after munmap may hit that name's old pages (fsx two-name finding,
-      // docs/reliability.md).
-      const waitPage = writepage && WAIT_PAGE_WRITEBACK && path !== undefined && !names.invalidating(path);
-      if (w === undefined || (writepage && !waitPage)) return done(n);
+      if (w === undefined) return done(n);
       return w.then(
         () => done(n),
         (e: unknown) => {
@@ -463,6 +462,9 @@ export class VolumeOps {
   async flush(fh: number): Promise<void> {
     const node = this.handles.get(fh);
     if (!node) return;
+    // The kernel wrote the file's dirty mmap pages back before this FLUSH: the close returns
+    // once the other names dropped their old pages (KernelNames.pageWrittenBack).
+    await this.kernelNames?.pageWriteBacksSettled(node.ino);
     if (this.flushOnClose && node.isDirty) {
       try {
         await this.cache.flush(node);
@@ -513,6 +515,8 @@ export class VolumeOps {
     }
     const err = this.cache.takeError(node);
     if (err) throw err;
+    // fsync and msync(MS_SYNC) wrote the dirty mmap pages back before this FSYNC (see flush).
+    await this.kernelNames?.pageWriteBacksSettled(node.ino);
   }
 
   async fsyncdir(path: string): Promise<void> {

@@ -1,35 +1,61 @@
 import { describe, expect, it } from 'vitest';
 import { KernelNames } from '../../src/fusefs/kernel-names.js';
 
-// KernelNames.invalidating: which names have an invalidation queued or being sent. A page
-// write-back through such a name may be the kernel laundering a page for that invalidation
-// (volume-ops write(), TWINFS_WAIT_PAGE_WRITEBACK), so it must not wait behind it.
-describe('KernelNames.invalidating', () => {
-  it('holds a name from the queueing of its invalidation until the kernel processed it, overlaps counted', async () => {
-    const pending: Array<() => void> = [];
-    const names = new KernelNames(
-      () =>
-        new Promise<void>((resolve) => {
-          pending.push(resolve);
-        }),
+// KernelNames.pageWrittenBack: a page write-back is answered at once (it may be a laundering for
+// an invalidation being sent), and the close or fsync after it waits (pageWriteBacksSettled)
+// for the other names' invalidation; while any is out, flushes must reach JavaScript.
+describe('KernelNames.pageWrittenBack', () => {
+  it('holds the file from the queueing of the other names until the kernel processed them', async () => {
+    const pending: Array<{ paths: string[]; resolve: () => void }> = [];
+    // Each flip with what the flush decision reads at that moment (pageWriteBacksPending).
+    const flips: boolean[] = [];
+    const names: KernelNames = new KernelNames(
+      (paths) => new Promise<void>((resolve) => pending.push({ paths, resolve })),
       undefined,
-      true,
+      (p) => {
+        expect(names.pageWriteBacksPending).toBe(p);
+        flips.push(p);
+      },
     );
     names.add('/a', 7);
     names.add('/a.lnk', 7);
-    const first = names.changed([7], '/a');
-    expect(first).toBeDefined();
-    expect(names.invalidating('/a.lnk')).toBe(true);
-    expect(names.invalidating('/a')).toBe(false); // the name the change went through is not sent
-    names.changedBehind(7, '/a'); // both names, not waited for
-    expect(names.invalidating('/a')).toBe(true);
-    pending.shift()!(); // the first batch (/a.lnk) processed; the second still queued
-    await first;
-    expect(names.invalidating('/a.lnk')).toBe(true);
-    expect(names.invalidating('/a')).toBe(true);
-    pending.shift()!();
+    names.add('/b', 8);
+    names.add('/b.lnk', 8);
+    expect(names.pageWriteBacksSettled(7)).toBeUndefined();
+    names.pageWrittenBack(7, '/a');
+    names.pageWrittenBack(7, '/a');
+    names.pageWrittenBack(8, '/b.lnk');
+    // Only the other names, each write-back its own batch; one flip for all of them.
+    expect(pending.map((x) => x.paths)).toEqual([['/a.lnk'], ['/a.lnk'], ['/b']]);
+    expect(flips).toEqual([true]);
+    expect(names.pageWriteBacksPending).toBe(true);
+    let settled = false;
+    void names.pageWriteBacksSettled(7)!.then(() => (settled = true));
+    pending[0]!.resolve();
     await new Promise((r) => setImmediate(r));
-    expect(names.invalidating('/a.lnk')).toBe(false);
-    expect(names.invalidating('/a')).toBe(false);
+    expect(settled).toBe(false); // the second write-back's invalidation is still out
+    pending[1]!.resolve();
+    await new Promise((r) => setImmediate(r));
+    expect(settled).toBe(true);
+    expect(names.pageWriteBacksSettled(7)).toBeUndefined();
+    expect(flips).toEqual([true]); // file 8's is still out
+    pending[2]!.resolve();
+    await new Promise((r) => setImmediate(r));
+    expect(flips).toEqual([true, false]);
+    expect(names.pageWriteBacksPending).toBe(false);
+  });
+
+  it('a file with no other name known queues nothing and holds nothing', () => {
+    const flips: boolean[] = [];
+    const names = new KernelNames(
+      () => Promise.resolve(),
+      undefined,
+      (p) => flips.push(p),
+    );
+    names.add('/x', 9);
+    names.add('/y', 10);
+    names.pageWrittenBack(9, '/x');
+    expect(names.pageWriteBacksSettled(9)).toBeUndefined();
+    expect(flips).toEqual([]);
   });
 });

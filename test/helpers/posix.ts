@@ -23,11 +23,11 @@ export interface PosixFixture {
 }
 
 /** Serves a fresh primary directory (for beforeAll; pair with close() in afterAll). */
-export async function mountFixture(args: string[] = []): Promise<PosixFixture> {
+export async function mountFixture(args: string[] = [], env?: NodeJS.ProcessEnv): Promise<PosixFixture> {
   const t = await tempDirs('primary', 'mnt', 'plain');
   let srv: ServerHandle;
   try {
-    srv = await startServer({ primary: t.dirs.primary!, mount: t.dirs.mnt!, args });
+    srv = await startServer({ primary: t.dirs.primary!, mount: t.dirs.mnt!, args, env });
   } catch (err) {
     await t.cleanup();
     throw err;
