@@ -67,6 +67,8 @@ export interface TwinFsStatus {
   writeThrough: boolean;
   cache: CacheStats;
   openHandles: number;
+  /** The primary's early write-backs of large writes: started, refused (docs/architecture.md). */
+  primaryWriteBacks: { started: number; refused: number };
   /** Paths whose security.capability lookups the patched fuse-native answers itself. */
   noCapabilityPaths: number;
   /** Which libfuse serves the mount. */
@@ -330,6 +332,7 @@ export class TwinFs {
       writeThrough: this.cache.writeThrough,
       cache: this.cache.getStats(),
       openHandles: this.ops.openHandles,
+      primaryWriteBacks: { ...this.ops.primaryWriteBacks },
       noCapabilityPaths: this.fuseClass?.noCapabilityCount?.() ?? 0,
       libfuse: this.libfuse,
       ...(this.kernelNames ? { kernelCache: this.kernelCacheStatus(this.kernelNames) } : {}),

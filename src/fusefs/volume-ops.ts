@@ -4,6 +4,7 @@ import * as xattr from 'fs-xattr';
 import { mknod } from '../posix/mknod.js';
 import { nsToMs, setTimesNs } from '../posix/set-times.js';
 import { writeAll } from '../posix/write-all.js';
+import { startWriteBack } from '../posix/write-back.js';
 import { type ChangeSink, nullSink, syncAlongside, type WriteGate } from './change-sink.js';
 import { errnoError } from './errno.js';
 import { HiddenRenames, isHiddenEntry, isHiddenPath } from './hidden-renames.js';
@@ -90,6 +91,22 @@ const XATTR_REPLACE = 2;
 const UINT32_MAX = 0xffffffff;
 /** Writes this large (libfuse's max_write: what large write(2)s arrive as) bypass the cache. */
 const PASS_THROUGH_BYTES = 128 * 1024;
+/**
+ * The primary's early write-back (VolumeOps.writeBack): once this much of a file has been written
+ * by large direct writes since its last one, sync_file_range(WRITE) starts putting it on the disk,
+ * so the fsync that ends a large sequential write finds little left to write (as the mirror's
+ * copy does, MirrorWriter's WRITEBACK_BATCH_BYTES; docs/architecture.md, "The primary's
+ * write-back starts with the write").
+ */
+const PRIMARY_WRITEBACK_BATCH = 8 * 1024 * 1024;
+/**
+ * Whether the primary's early write-back runs: without a mirror by default (where it was measured
+ * to win); TWINFS_PRIMARY_WRITEBACK=1 turns it on also with one, =0 off (A/B runs).
+ */
+function primaryWriteBackOn(sink: ChangeSink): boolean {
+  const env = process.env.TWINFS_PRIMARY_WRITEBACK;
+  return env === '1' || (env !== '0' && sink === nullSink);
+}
 
 /** Linux's O_PATH (not in fs.constants): a descriptor that names an entry without opening it. */
 const O_PATH = 0o10000000;
@@ -135,6 +152,7 @@ export class VolumeOps {
     this.forgetNoCapabilities = opts.forgetNoCapabilities;
     this.kernelNames = opts.kernelNames;
     this.readdirStats = opts.readdirStats ?? false;
+    this.primaryWriteBack = primaryWriteBackOn(opts.sink);
   }
 
   get openHandles(): number {
@@ -441,6 +459,7 @@ export class VolumeOps {
       const change = { op: 'write' as const, path: node.path, offset: pos, data };
       if (!locked || node.nameless || this.sink.applyAlongside === undefined) {
         await writeAll(node.fd, data, pos).finally(() => node.contentChanged());
+        this.writeBack(node, pos, data.length);
         if (!node.nameless) await this.sink.apply(change);
         return data.length;
       }
@@ -451,12 +470,44 @@ export class VolumeOps {
       const primary = writeAll(node.fd, data, pos).finally(() => node.contentChanged());
       const [p, m] = await Promise.allSettled([primary, this.sink.applyAlongside(change, primary)]);
       if (p.status === 'rejected') throw p.reason;
+      this.writeBack(node, pos, data.length);
       if (m.status === 'rejected') throw m.reason;
       return data.length;
     } finally {
       pass.done();
     }
   }
+
+  /**
+   * Notes a large direct write that reached the primary, and starts the write-back of the file's
+   * range written since its last one once PRIMARY_WRITEBACK_BATCH of it waits: one at a time per
+   * file (what is written meanwhile waits, merged, for the next), beside the request, never
+   * waited for. A hint: durability stays the fsync's. The descriptor is closed only once it
+   * settled (WritebackCache.maybeClose).
+   */
+  private writeBack(node: FileNode, pos: number, len: number): void {
+    if (!this.primaryWriteBack || len < PASS_THROUGH_BYTES) return;
+    if (node.wbTo > node.wbFrom) {
+      node.wbFrom = Math.min(node.wbFrom, pos);
+      node.wbTo = Math.max(node.wbTo, pos + len);
+    } else {
+      node.wbFrom = pos;
+      node.wbTo = pos + len;
+    }
+    if (node.writeBackRunning || node.wbTo - node.wbFrom < PRIMARY_WRITEBACK_BATCH) return;
+    const from = node.wbFrom;
+    const to = node.wbTo;
+    node.wbFrom = node.wbTo = 0;
+    this.primaryWriteBacks.started++;
+    node.writeBackRunning = startWriteBack(node.fd, from, to - from).then((err) => {
+      if (err !== undefined) this.primaryWriteBacks.refused++;
+      node.writeBackRunning = undefined;
+    });
+  }
+
+  /** Early write-backs of the primary started, and refused by its file system (a hint lost). */
+  readonly primaryWriteBacks = { started: 0, refused: 0 };
+  private readonly primaryWriteBack: boolean;
 
   /** close(2) of one descriptor: report write-back errors (and flush first if configured). */
   async flush(fh: number): Promise<void> {

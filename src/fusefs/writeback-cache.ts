@@ -56,6 +56,14 @@ export class FileNode {
   /** Bytes of primary space reserved for this file's dirty data (SpaceAccount). */
   reserved = 0;
   readonly readAhead = new ReadAheadState();
+  /**
+   * The primary's early write-back of large direct writes (VolumeOps.writeBack): the range
+   * written since the last one ([wbFrom, wbTo), empty when equal), and the one running, which
+   * the descriptor outlives (maybeClose, dispose).
+   */
+  wbFrom = 0;
+  wbTo = 0;
+  writeBackRunning: Promise<void> | undefined;
 
   constructor(
     readonly ino: number,
@@ -488,6 +496,8 @@ export class WritebackCache {
     } catch (err) {
       failure = err;
     }
+    for (const n of this.nodes.values())
+      if (n.writeBackRunning) await n.writeBackRunning.catch(() => undefined);
     for (const n of this.nodes.values()) closeQuietly(n.fd);
     this.nodes.clear();
     this.dirtyOrder.clear();
@@ -760,6 +770,9 @@ export class WritebackCache {
     this.nodes.delete(node.ino);
     if (this.erred.delete(node) && this.erred.size === 0) this.attributes?.errorsPending(false);
     this.readAhead.drop(node.readAhead);
+    // Its early write-back settled first: the descriptor's number must not name another file
+    // while sync_file_range runs.
+    if (node.writeBackRunning) await node.writeBackRunning;
     await closeFd(node.fd);
   }
 }
