@@ -71,6 +71,11 @@ export interface MirrorStatus {
     /** Bytes rewritten for paths the journal named as possibly different after a crash. */
     recoveryBytes: number;
     repairs: number;
+    /**
+     * Files a comparison by content found different in the mirror although size, mtime and ctime
+     * said equal (rewritten from the primary, logged as ETWIN_MIRROR_DRIFT).
+     */
+    driftRepaired: number;
   };
 }
 

@@ -164,9 +164,16 @@ export class Resyncer {
           // (A second of margin: file times come from the kernel's coarse clock.)
           st.isFile() && st.ctimeMs >= s.since - 1000 && (s.lostUnknown || s.lostInos.has(st.ino))
       : undefined;
+    // What the comparisons may take as equal by size, mtime and ctime: only files the change
+    // record vouches did not change since the split (the split copy, which was the primary's
+    // then). The rest is read: a mirror copy that went wrong keeps the primary's size and times
+    // (they are copied by path), and was taken as equal by every comparison short of a verify
+    // (finding 33 of docs/reliability.md). Without a generation (a split recovered from the
+    // journal) or a record that can vouch for it, every file in these trees is read.
+    const vouch = (s.generation && this.c.changes.unchangedSince(s.generation)) || (() => false);
     for (const t of outermost(trees)) {
       try {
-        const r = await this.c.reconciler.reconcileTree(t, 'resync', { locked: true, deep });
+        const r = await this.c.reconciler.reconcileTree(t, 'resync', { locked: true, deep, vouch });
         bytes += r.bytes;
         entries += r.entries;
       } catch (err) {
