@@ -30,8 +30,6 @@ export const ErrorCodes = {
     'the kernel did not write back dirty mmap pages of the mount in time; prepare refused',
   ETWIN_MIRROR_FOREIGN: 'the mirror belongs to another primary or is not a twinfs mirror',
   ETWIN_MIRROR_BROKEN: 'the mirror cannot be written; pairs are BROKEN until repaired',
-  ETWIN_MIRROR_DRIFT:
-    "a comparison found the mirror's copy of a file different from the primary's although size and times matched; it was rewritten from the primary",
   ETWIN_SPLIT_CONFLICT: 'the files are already split by another holder',
   ETWIN_UNKNOWN_SPLIT: 'no such split',
   ETWIN_VERIFY_FAILED: 'primary and mirror differ',

@@ -72,10 +72,11 @@ export interface MirrorStatus {
     recoveryBytes: number;
     repairs: number;
     /**
-     * Files a comparison by content found different in the mirror although size, mtime and ctime
-     * said equal (rewritten from the primary, logged as ETWIN_MIRROR_DRIFT).
+     * Mirror files a comparison read (see Reconciler's WalkCheck) and rewrote from the primary
+     * although size, mtime and ctime said equal: a wrong copy, or a primary that ran ahead of the
+     * change queue (its change queued behind the comparison): not every one is a wrong copy.
      */
-    driftRepaired: number;
+    rereadRewrites: number;
   };
 }
 
