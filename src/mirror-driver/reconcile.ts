@@ -419,8 +419,12 @@ export class Reconciler {
     const quick = sameData && sameMeta(pst, mst!) && !newer;
     const deep = isDeep(chk.deep, pst) && pst.isFile();
     // Equal by size, mtime and ctime, but the change record cannot vouch that nothing changed
-    // since the mirror was known equal: read (see WalkCheck).
-    const unvouched = quick && pst.isFile() && !!chk.vouch && !chk.vouch(p);
+    // since the mirror was known equal: read (see WalkCheck). Not a file whose names are
+    // changing (another link count in the mirror: a link, unlink or rename over it is queued
+    // behind), which would get a file of its own here (copyEntry's separate) where it got none
+    // before: its queued changes and the comparison of its names settle it, as before.
+    const unvouched =
+      quick && pst.isFile() && mst!.nlink === pst.nlink && !!chk.vouch && !chk.vouch(p);
     if (quick && !deep && !unvouched) return 0;
     this.c.writer.forget(p, true);
     // Same size and mtime: probably equal, so compare rather than copy.
@@ -437,9 +441,7 @@ export class Reconciler {
       copied = (await this.c.copyEntry(this.c.primary + p, mp, { compare: sameData, separate: true }))
         .bytesCopied;
     }
-    // (Compared in place: a mirror file whose names differ from the primary's was copied anew.)
-    const inPlace = !!mst && (mst.nlink === 1 || mst.nlink === pst.nlink);
-    if (unvouched && !deep && inPlace && copied > 0) await this.noteReread(p, copied, pst);
+    if (unvouched && !deep && copied > 0) await this.noteReread(p, copied, pst);
     return bytes + copied;
   }
 
