@@ -423,8 +423,7 @@ export class Reconciler {
     // changing (another link count in the mirror: a link, unlink or rename over it is queued
     // behind), which would get a file of its own here (copyEntry's separate) where it got none
     // before: its queued changes and the comparison of its names settle it, as before.
-    const unvouched =
-      quick && pst.isFile() && mst!.nlink === pst.nlink && !!chk.vouch && !chk.vouch(p);
+    const unvouched = quick && pst.isFile() && mst!.nlink === pst.nlink && !!chk.vouch && !chk.vouch(p);
     if (quick && !deep && !unvouched) return 0;
     this.c.writer.forget(p, true);
     // Same size and mtime: probably equal, so compare rather than copy.
