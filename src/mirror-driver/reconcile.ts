@@ -316,7 +316,7 @@ export class Reconciler {
       await fsp.truncate(mp, Number(pst.size));
       await syncMeta(this.c.primary + p, mp, pst);
     });
-    if (plan.drift && bytes > 0) await this.noteReread(p, bytes, listed);
+    if (plan.drift && bytes > 0) await this.noteReread(p, bytes, listed, 'changed');
     return bytes;
   }
 
@@ -440,7 +440,7 @@ export class Reconciler {
       copied = (await this.c.copyEntry(this.c.primary + p, mp, { compare: sameData, separate: true }))
         .bytesCopied;
     }
-    if (unvouched && !deep && copied > 0) await this.noteReread(p, copied, pst);
+    if (unvouched && !deep && copied > 0) await this.noteReread(p, copied, pst, 'changed');
     return bytes + copied;
   }
 
@@ -456,7 +456,7 @@ export class Reconciler {
       ino: pst.ino,
     });
     if (r.moved) return 0; // moved on the primary: the change that did it is queued behind
-    if (r.bytesCopied > 0) await this.noteReread(first.path, r.bytesCopied, pst);
+    if (r.bytesCopied > 0) await this.noteReread(first.path, r.bytesCopied, pst, 'two-files');
     return r.bytesCopied;
   }
 
@@ -469,10 +469,15 @@ export class Reconciler {
    * seconds), and the two cannot be told apart here. A primary changed since the listing is
    * not counted.
    */
-  private async noteReread(p: string, bytes: number, listed: Stats): Promise<void> {
+  private async noteReread(
+    p: string,
+    bytes: number,
+    listed: Stats,
+    why: 'changed' | 'two-files',
+  ): Promise<void> {
     const now = await lstatOrUndefined(this.c.primary + p);
     if (!now || now.ino !== listed.ino || now.ctimeMs !== listed.ctimeMs) return;
     this.c.stats.rereadRewrites++;
-    this.c.trace.event('reread-rewrite', { path: p, bytes });
+    this.c.trace.event('reread-rewrite', { path: p, bytes, why });
   }
 }
