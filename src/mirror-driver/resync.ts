@@ -148,8 +148,22 @@ export class Resyncer {
           if (!r.moved && pst.isFile() && pst.nlink > 1) s.copiedAfterMove(pst.ino);
         }
       } catch (err) {
-        if (HEAL_CODES.has((err as NodeJS.ErrnoException).code ?? '')) trees.add(path.posix.dirname(p));
-        else this.c.broken.markBroken(p, err as NodeJS.ErrnoException);
+        if (!HEAL_CODES.has((err as NodeJS.ErrnoException).code ?? '')) {
+          this.c.broken.markBroken(p, err as NodeJS.ErrnoException);
+          continue;
+        }
+        // Gone from the primary (or another file there) after the copy looked at it and before
+        // it opened it: as gone while copied, above. Comparing its directory instead removed
+        // the mirror's name and left its file's other names elsewhere without what was tracked
+        // under it (the hard-link attack, 2026-12-04: a write through a name unlinked right
+        // after it was missing from the file's two other names in the next split copy).
+        const after = await lstatOrUndefined(this.c.primary + p);
+        if (!after || after.ino !== pst.ino) {
+          gone.push(p);
+          this.unsynced.add(p);
+          s.nameGone(p);
+          if (pst.isFile() && pst.nlink > 1) s.copiedAfterMove(pst.ino);
+        } else trees.add(path.posix.dirname(p));
       }
     }
     // A changed file lost a name while it had others: they are found by comparing everything.
