@@ -426,10 +426,23 @@ export class Reconciler {
     const unvouched = quick && pst.isFile() && mst!.nlink === pst.nlink && !!chk.vouch && !chk.vouch(p);
     if (quick && !deep && !unvouched) return 0;
     this.c.writer.forget(p, true);
-    // Same size and mtime: probably equal, so compare rather than copy.
-    const opts = { compare: sameData, mirrorStat: mst ?? null, separate: true };
     const first = pst.isFile() && pst.nlink > 1 ? links.get(pst.ino) : undefined;
     if (first) first.read = true;
+    if (quick && !deep) {
+      // Read only because the record cannot vouch: the mirror's file is kept whatever its names
+      // (never a file of its own here: what the primary's names do next is queued behind), and
+      // only while the primary's entry is still the file listed (another file renamed there
+      // since is queued behind too, and is not read into this one).
+      const r = await this.c.copyEntry(this.c.primary + p, mp, {
+        compare: true,
+        mirrorStat: mst,
+        ino: pst.ino,
+      });
+      if (r.bytesCopied > 0) await this.noteReread(p, r.bytesCopied, pst, 'changed');
+      return bytes + r.bytesCopied;
+    }
+    // Same size and mtime: probably equal, so compare rather than copy.
+    const opts = { compare: sameData, mirrorStat: mst ?? null, separate: true };
     let copied: number;
     try {
       copied = (await this.c.copyEntry(this.c.primary + p, mp, opts)).bytesCopied;
@@ -440,7 +453,6 @@ export class Reconciler {
       copied = (await this.c.copyEntry(this.c.primary + p, mp, { compare: sameData, separate: true }))
         .bytesCopied;
     }
-    if (unvouched && !deep && copied > 0) await this.noteReread(p, copied, pst, 'changed');
     return bytes + copied;
   }
 
