@@ -346,6 +346,28 @@ export class ChangeRecord {
     };
   }
 
+  /**
+   * A per-path question for comparisons of the mirror (Reconciler): "did p's data, metadata or
+   * name change since G?" answered "no" (true) only when the record can prove it, read live at
+   * each call (later changes only add stamps). Undefined when the record cannot vouch for
+   * anything since G (another log, below the floor, not trusted yet): then nothing is.
+   */
+  unchangedSince(since: Generation): ((p: string) => boolean) | undefined {
+    if (since.log !== this.log || !this.trusted || since.generation < this.floor) return undefined;
+    if (since.generation > this.gen) return undefined;
+    const G = since.generation;
+    return (p) => {
+      // The floor rose past G since (the record dropped its oldest paths): nothing is vouched.
+      if (G < this.floor) return false;
+      if ((this.self.get(p) ?? 0) > G) return false;
+      if (this.linkedGen > G && this.linked.has(p)) return false;
+      // p or a directory above it renamed (or changed behind the server's back) since G.
+      for (let q = p; q.length > 0; q = q.slice(0, q.lastIndexOf('/')))
+        if ((this.trees.get(q) ?? 0) > G) return false;
+      return true;
+    };
+  }
+
   /** For status: the current generation, where the record starts, and whether it can vouch now. */
   describe(): Generation & { floor: number; vouching: boolean; paths: number } {
     const paths = this.self.size + this.trees.size;

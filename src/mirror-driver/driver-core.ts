@@ -67,6 +67,7 @@ export class MirrorCore {
     copyBytes: 0,
     recoveryBytes: 0,
     repairs: 0,
+    rereadRewrites: 0,
   };
 
   readonly onDidChangeState = new Emitter<StateChange>();

@@ -71,6 +71,12 @@ export interface MirrorStatus {
     /** Bytes rewritten for paths the journal named as possibly different after a crash. */
     recoveryBytes: number;
     repairs: number;
+    /**
+     * Mirror files a comparison read (see Reconciler's WalkCheck) and rewrote from the primary
+     * although size, mtime and ctime said equal: a wrong copy, or a primary that ran ahead of the
+     * change queue (its change queued behind the comparison): not every one is a wrong copy.
+     */
+    rereadRewrites: number;
   };
 }
 

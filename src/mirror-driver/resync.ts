@@ -148,8 +148,22 @@ export class Resyncer {
           if (!r.moved && pst.isFile() && pst.nlink > 1) s.copiedAfterMove(pst.ino);
         }
       } catch (err) {
-        if (HEAL_CODES.has((err as NodeJS.ErrnoException).code ?? '')) trees.add(path.posix.dirname(p));
-        else this.c.broken.markBroken(p, err as NodeJS.ErrnoException);
+        if (!HEAL_CODES.has((err as NodeJS.ErrnoException).code ?? '')) {
+          this.c.broken.markBroken(p, err as NodeJS.ErrnoException);
+          continue;
+        }
+        // Gone from the primary (or another file there) after the copy looked at it and before
+        // it opened it: as gone while copied, above. Comparing its directory instead removed
+        // the mirror's name and left its file's other names elsewhere without what was tracked
+        // under it (the hard-link attack, 2026-12-04: a write through a name unlinked right
+        // after it was missing from the file's two other names in the next split copy).
+        const after = await lstatOrUndefined(this.c.primary + p);
+        if (!after || after.ino !== pst.ino) {
+          gone.push(p);
+          this.unsynced.add(p);
+          s.nameGone(p);
+          if (pst.isFile() && pst.nlink > 1) s.copiedAfterMove(pst.ino);
+        } else trees.add(path.posix.dirname(p));
       }
     }
     // A changed file lost a name while it had others: they are found by comparing everything.
@@ -164,9 +178,16 @@ export class Resyncer {
           // (A second of margin: file times come from the kernel's coarse clock.)
           st.isFile() && st.ctimeMs >= s.since - 1000 && (s.lostUnknown || s.lostInos.has(st.ino))
       : undefined;
+    // What the comparisons may take as equal by size, mtime and ctime: only files the change
+    // record vouches did not change since the split (the split copy, which was the primary's
+    // then). The rest is read: a mirror copy that went wrong keeps the primary's size and times
+    // (they are copied by path), and was taken as equal by every comparison short of a verify
+    // (finding 33 of docs/reliability.md). Without a generation (a split recovered from the
+    // journal) or a record that can vouch for it, every file in these trees is read.
+    const vouch = (s.generation && this.c.changes.unchangedSince(s.generation)) || (() => false);
     for (const t of outermost(trees)) {
       try {
-        const r = await this.c.reconciler.reconcileTree(t, 'resync', { locked: true, deep });
+        const r = await this.c.reconciler.reconcileTree(t, 'resync', { locked: true, deep, vouch });
         bytes += r.bytes;
         entries += r.entries;
       } catch (err) {

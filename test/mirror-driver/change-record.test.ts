@@ -77,6 +77,33 @@ describe('change record', () => {
     expect(r.since({ ...g, generation: g.generation + 10 }).unknown).toBeDefined();
   });
 
+  it('vouches per path (unchangedSince) exactly where since() lists nothing, and for nothing it cannot answer', async () => {
+    const untrusted = await ChangeRecord.open({
+      file: file(),
+      journal: { clean: false, otherBoot: false, missing: true },
+    });
+    expect(untrusted.unchangedSince(untrusted.generation)).toBeUndefined();
+    const r = await fresh();
+    r.stamp('/d/old');
+    r.note({ op: 'link', path: '/h2', from: '/h1' });
+    const g = r.generation;
+    const unchanged = r.unchangedSince(g)!;
+    expect(['/d/old', '/d/x', '/h1', '/h2', '/e/y'].filter(unchanged)).toEqual([
+      '/d/old',
+      '/d/x',
+      '/h1',
+      '/h2',
+      '/e/y',
+    ]);
+    r.stamp('/d/x');
+    r.stamp('/h2'); // a change through one name of a file with several changes them all
+    r.note({ op: 'rename', from: '/e', path: '/e2' });
+    // Read live: the changes since the predicate was made count.
+    expect(['/d/old', '/d/x', '/h1', '/h2', '/e/y', '/e2/y'].filter(unchanged)).toEqual(['/d/old']);
+    expect(r.unchangedSince({ ...g, log: 'another' })).toBeUndefined();
+    expect(r.unchangedSince({ ...g, generation: r.generation.generation + 1 })).toBeUndefined();
+  });
+
   it('after a clean shutdown vouches again, stamping what changed at the primary meanwhile (ctime)', async () => {
     const f = file();
     const r = await fresh(f);

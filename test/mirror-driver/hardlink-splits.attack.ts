@@ -187,6 +187,14 @@ describe('names of hard-linked files under splits and resyncs', () => {
     }
     await all('stop', 'done');
     await m.settle();
+    // With HARDLINK_WRITER_LOG, the driver's last events are kept for a clean run too (what its
+    // comparisons re-read and rewrote: stats.rereadRewrites, trace event reread-rewrite).
+    const ring = process.env.HARDLINK_WRITER_LOG && m.driver.traceRing();
+    if (ring)
+      await fsp.writeFile(
+        path.join(process.env.HARDLINK_WRITER_LOG!, `hardlink-trace-${process.pid}.jsonl`),
+        ring,
+      );
     expect(errors).toEqual([]);
     expect(await tree(M)).toEqual(await tree(P));
     expect((await m.driver.verify()).differences).toEqual([]);
