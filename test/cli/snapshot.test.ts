@@ -138,8 +138,7 @@ describe('the start-up snapshot', () => {
     const main = path.join(pkg, 'dist/cli-bundle/main.cjs');
     await fsp.appendFile(main, '\n// changed\n');
     await help('not used (main.cjs changed)');
-    // Eleven commands and a snapshot build: 55 s at a load of 20 on 2 cores.
-  }, 240_000);
+  }, 120_000);
 });
 
 describe('a no-change backup from the start-up snapshot', () => {
