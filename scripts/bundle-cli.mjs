@@ -195,9 +195,6 @@ for (const name of fs.readdirSync(OUT)) {
  * --use-openssl-ca (OpenSSL's store, not Node's bundled one, is then the default). Node reads
  * a first line starting with `#!` as a comment: `node dist/cli/twinfs.cjs` runs as before,
  * paying the start. The source map gains the line.
- * The same line passes node the start-up snapshot (dist/cli-bundle/twinfs.blob, written after
- * this script by scripts/build-snapshot.mjs) when it was built by that very node
- * (docs/architecture.md "The start-up snapshot").
  * The launcher is scripts/cli-launcher.sh; its second line must stay one line (the comment).
  */
 const ENTRY = path.join(ROOT, 'dist', 'cli', 'twinfs.cjs');

@@ -311,26 +311,14 @@ function knownCode(err: unknown): string | undefined {
   return typeof code === 'string' && (code in ErrorCodes || code in ProtocolErrors) ? code : undefined;
 }
 
-function start(): void {
-  main(hideBin(process.argv)).then(
-    (code) => process.exit(code),
-    (err) => {
-      const code = knownCode(err);
-      process.stderr.write(
-        `twinfs: error ${code ? `${code}: ${(err as Error).message}` : formatError(err)}\n`,
-      );
-      // A stack helps only for a failure of this process; a server's ETWIN_INTERNAL is in its log.
-      if (!code || (code === 'ETWIN_INTERNAL' && err instanceof TwinError))
-        process.stderr.write(`${(err as Error)?.stack ?? ''}\n`);
-      process.exit(code === 'ETWIN_USAGE' ? 2 : 1);
-    },
-  );
-}
-
-// Loaded while the build makes the start-up snapshot (src/cli/snapshot.cts): the modules are
-// evaluated then, the command runs when a process starts from the snapshot.
-const building = (globalThis as Record<symbol, { start?: () => void } | undefined>)[
-  Symbol.for('twinfs.snapshot')
-];
-if (building) building.start = start;
-else start();
+main(hideBin(process.argv)).then(
+  (code) => process.exit(code),
+  (err) => {
+    const code = knownCode(err);
+    process.stderr.write(`twinfs: error ${code ? `${code}: ${(err as Error).message}` : formatError(err)}\n`);
+    // A stack helps only for a failure of this process; a server's ETWIN_INTERNAL is in its log.
+    if (!code || (code === 'ETWIN_INTERNAL' && err instanceof TwinError))
+      process.stderr.write(`${(err as Error)?.stack ?? ''}\n`);
+    process.exit(code === 'ETWIN_USAGE' ? 2 : 1);
+  },
+);

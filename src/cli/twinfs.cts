@@ -22,36 +22,14 @@ const BUNDLE_DIR = path.join(__dirname, '..', 'cli-bundle');
 /** Magic of a cache file: then the SHA-1 of the rest, the key's length (u32 LE), key, V8's data. */
 const MAGIC = Buffer.from('twinfs-code-cache-1\n');
 
-/**
- * The modules of the start-up snapshot node started from (src/cli/snapshot.cts: the launcher
- * passes the blob when it matches this node), or undefined. Taken off the global: main.cjs
- * evaluated from its file must start the command, not hand it to a snapshot.
- */
-type Snapshot = { stale(bundleDir: string): string | undefined; run(): void };
-const SNAPSHOT = Symbol.for('twinfs.snapshot');
-const snapshot = (globalThis as Record<symbol, Snapshot | undefined>)[SNAPSHOT];
-delete (globalThis as Record<symbol, unknown>)[SNAPSHOT];
-const debugSnapshot = process.env.TWINFS_DEBUG_SNAPSHOT === '1';
-
 const bundled = bundle();
 if (bundled) {
   const cacheDir = codeCacheDir();
   if (cacheDir) compileWithCache(cacheDir);
   // The bundle's import() of a plugin's file (scripts/bundle-cli.mjs, hostImport).
   (globalThis as Record<symbol, unknown>)[Symbol.for('twinfs.import')] = (url: string) => import(url);
-  // The snapshot's modules are those of the bundle's files only while the files are those it
-  // was built from (the same place, sizes and mtimes); else the files are loaded, as without.
-  const stale = snapshot?.stale(BUNDLE_DIR);
-  if (debugSnapshot)
-    process.stderr.write(
-      `twinfs: snapshot ${!snapshot ? 'none' : stale === undefined ? 'used' : `not used (${stale})`}\n`,
-    );
-  if (snapshot && stale === undefined) snapshot.run();
-  else require(bundled);
-} else {
-  if (debugSnapshot) process.stderr.write(`twinfs: snapshot ${snapshot ? 'not used (no bundle)' : 'none'}\n`);
-  void import('./main.js');
-}
+  require(bundled);
+} else void import('./main.js');
 
 /**
  * The CLI as bundled by `npm run build` (scripts/bundle-cli.mjs: dist/cli-bundle/main.cjs, the

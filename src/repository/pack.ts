@@ -2,13 +2,7 @@ import { createCipheriv, createHash, randomBytes } from 'node:crypto';
 import { corrupt, counterNonce, type RepoKeys, SALT, seal, TAG, unseal } from './crypto.js';
 import { loadZstd } from './zstd-binding.js';
 
-/**
- * The zstd addon, loaded on the first compression or decompression, not when this module is
- * evaluated: the CLI's start-up snapshot evaluates it at build time, where no native addon may
- * be loaded (src/cli/snapshot.cts).
- */
-let loaded: ReturnType<typeof loadZstd>['zstd'] | undefined;
-const zstd = () => (loaded ??= loadZstd().zstd);
+const { zstd } = loadZstd();
 
 export type BlobType = 'data' | 'tree';
 
@@ -60,7 +54,7 @@ export async function compress(plain: Buffer): Promise<Buffer | undefined> {
 }
 
 async function zstdSmaller(plain: Buffer): Promise<Buffer | undefined> {
-  const z = await zstd().compress(plain, 3);
+  const z = await zstd.compress(plain, 3);
   return z.length < plain.length ? z : undefined;
 }
 
@@ -100,7 +94,7 @@ export function looksIncompressible(plain: Uint8Array): boolean {
 }
 
 export function decompress(z: Buffer): Promise<Buffer> {
-  return zstd().decompress(z);
+  return zstd.decompress(z);
 }
 
 /** A blob for a pack: its bytes as stored (compressed when `z`) before sealing. */
@@ -210,7 +204,7 @@ export function readTrailer(keys: RepoKeys, bytes: Buffer, pack: string): BlobRo
 
 /** Seals an index or snapshot object: zstd(JSON), encrypted under a per-object subkey. */
 export async function sealObject(keys: RepoKeys, value: unknown): Promise<Buffer> {
-  const plain = await zstd().compress(Buffer.from(JSON.stringify(value)), 3);
+  const plain = await zstd.compress(Buffer.from(JSON.stringify(value)), 3);
   if (!keys.encrypted) return Buffer.concat([OBJ_MAGIC, Buffer.from([VERSION]), Buffer.alloc(SALT), plain]);
   const salt = randomBytes(SALT);
   const key = keys.subkey(salt, 'twinfs object');
