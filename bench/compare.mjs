@@ -36,20 +36,14 @@ import {
   startBindfs,
   startVariant,
   table,
+  takeRepeated,
   tempBase,
   waitForQuiet,
   worker,
 } from './lib.mjs';
 
 const argv = process.argv.slice(2);
-const variants = [];
-for (let i = 0; i < argv.length; i++) {
-  if (argv[i] === '--variant') {
-    variants.push(argv[i + 1]);
-    argv.splice(i, 2);
-    i--;
-  }
-}
+const variants = takeRepeated(argv, '--variant');
 const opts = parseArgs(
   {
     'seq-mb': { default: 512, help: 'sequential write size, MiB' },

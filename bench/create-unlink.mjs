@@ -30,15 +30,14 @@ import {
   startBindfs,
   startVariant,
   table,
+  takeRepeated,
   tempBase,
   threadCpuSeconds,
   worker,
 } from './lib.mjs';
 
 const argv = process.argv.slice(2);
-const variants = [];
-for (let i = argv.indexOf('--variant'); i >= 0; i = argv.indexOf('--variant'))
-  variants.push(...argv.splice(i, 2).slice(1));
+const variants = takeRepeated(argv, '--variant');
 const opts = parseArgs(
   {
     files: { default: 3000, help: 'files per phase' },

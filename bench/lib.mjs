@@ -44,6 +44,16 @@ export const GiB = 1024 * MiB;
 // ---- arguments -------------------------------------------------------------------------------
 
 /**
+ * Takes every `--name VALUE` out of argv (in place) and returns the values in order: for
+ * options given several times (compare.mjs's --variant), which parseArgs does not take.
+ */
+export function takeRepeated(argv, name) {
+  const values = [];
+  for (let i = argv.indexOf(name); i >= 0; i = argv.indexOf(name)) values.push(...argv.splice(i, 2).slice(1));
+  return values;
+}
+
+/**
  * Parses --key value / --key=value / --flag. spec maps names to defaults (the default's type
  * decides the parsing: number, boolean, string). Unknown options are an error. --help prints.
  */

@@ -25,19 +25,13 @@ import {
   startBindfs,
   startVariant,
   table,
+  takeRepeated,
   tempBase,
   waitForQuiet,
 } from './lib.mjs';
 
 const argv = process.argv.slice(2);
-const variants = [];
-for (let i = 0; i < argv.length; i++) {
-  if (argv[i] === '--variant') {
-    variants.push(argv[i + 1]);
-    argv.splice(i, 2);
-    i--;
-  }
-}
+const variants = takeRepeated(argv, '--variant');
 const opts = parseArgs(
   {
     mib: { default: 64, help: 'file size, MiB (1 MiB writes)' },

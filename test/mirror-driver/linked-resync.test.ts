@@ -13,6 +13,28 @@ import { type DriverOnTempDirs, driverOnTempDirs, openDriver, run, sha } from '.
  * which name a change comes through (the write-back cache reports data under whichever name it
  * holds; a mount cannot be made to pick one on purpose).
  */
+/**
+ * Resyncs while `race` runs on the primary right before the resync's first open of `file`
+ * (injected: that timing cannot be provoked for real here), and checks that it did run.
+ */
+async function resyncRacingOpen(d: MirrorDriver, splitId: string, file: string, race: () => Promise<void>) {
+  const open = fsp.open;
+  let raced = false;
+  fsp.open = (async (f: Parameters<typeof open>[0], ...rest: unknown[]) => {
+    if (!raced && f === file) {
+      raced = true;
+      await race();
+    }
+    return (open as (...a: unknown[]) => ReturnType<typeof open>)(f, ...rest);
+  }) as typeof open;
+  try {
+    await d.resync(splitId);
+  } finally {
+    fsp.open = open;
+  }
+  expect(raced).toBe(true);
+}
+
 describe('resync of files with several names', () => {
   let t: DriverOnTempDirs['t'];
   let d: MirrorDriver;
@@ -558,21 +580,7 @@ describe('resync of files with several names', () => {
     // The race, injected (its timing cannot be provoked for real here): the writer renames /f
     // over /c after the resync's copy of /c looked at it and before it opened it, reported
     // behind the resync. The copy read /f's file into the mirror's /c, one file with /a and /b.
-    const open = fsp.open;
-    let raced = false;
-    fsp.open = (async (file: Parameters<typeof open>[0], ...rest: unknown[]) => {
-      if (!raced && file === `${P}/c`) {
-        raced = true;
-        await fsp.rename(`${P}/f`, `${P}/c`);
-      }
-      return (open as (...a: unknown[]) => ReturnType<typeof open>)(file, ...rest);
-    }) as typeof open;
-    try {
-      await d.resync(s.splitId);
-    } finally {
-      fsp.open = open;
-    }
-    expect(raced).toBe(true);
+    await resyncRacingOpen(d, s.splitId, `${P}/c`, () => fsp.rename(`${P}/f`, `${P}/c`));
     await d.apply({ op: 'rename', from: '/f', path: '/c' });
     await d.whenIdle();
     for (const n of ['a', 'b', 'c']) expect(await sha(`${M}/${n}`), n).toBe(await sha(`${P}/${n}`));
@@ -621,21 +629,7 @@ describe('resync of files with several names', () => {
     // /x/n lands on the primary after the resync's copy of /x/n looked at it and before it
     // opened it (the open fails), and reaches the queue behind the resync (seen in the attack:
     // hardlink-splits.attack.ts, a write missing from a split copy's r268 and h263).
-    const open = fsp.open;
-    let raced = false;
-    fsp.open = (async (file: Parameters<typeof open>[0], ...rest: unknown[]) => {
-      if (!raced && file === `${P}/x/n`) {
-        raced = true;
-        await fsp.unlink(`${P}/x/n`);
-      }
-      return (open as (...a: unknown[]) => ReturnType<typeof open>)(file, ...rest);
-    }) as typeof open;
-    try {
-      await d.resync(s.splitId);
-    } finally {
-      fsp.open = open;
-    }
-    expect(raced).toBe(true);
+    await resyncRacingOpen(d, s.splitId, `${P}/x/n`, () => fsp.unlink(`${P}/x/n`));
     await d.apply({ op: 'unlink', path: '/x/n' });
     await d.whenIdle();
     // On the old code the resync compared /x only: /y/m never got the write.
