@@ -740,6 +740,23 @@ describe('resync of files with several names', () => {
 });
 
 /**
+ * A primary for a held rename out of /d: /a and /b one file, /s/t (which the tests' splits
+ * select), and /d/r, a third name of /a's file (linked) or a file of its own.
+ */
+async function heldRenameTree(linked: boolean): Promise<Awaited<ReturnType<typeof tempDirs>>> {
+  const t = await tempDirs('primary', 'mirror', 'state');
+  const P = t.dirs.primary!;
+  await fsp.writeFile(`${P}/a`, randomBytes(100_000));
+  await fsp.link(`${P}/a`, `${P}/b`);
+  await fsp.mkdir(`${P}/s`);
+  await fsp.mkdir(`${P}/d`);
+  await fsp.writeFile(`${P}/s/t`, randomBytes(3000));
+  if (linked) await fsp.link(`${P}/a`, `${P}/d/r`);
+  else await fsp.writeFile(`${P}/d/r`, randomBytes(4000));
+  return t;
+}
+
+/**
  * Finding 34 across a crash: SplitTracker.mirrorRenamed moved the held change's paths in memory
  * only, so a split recovered from the journal replayed the old paths, found nothing there, and
  * the stale name stayed in the mirror; only the whole-tree comparison at start (which a server
@@ -755,14 +772,8 @@ describe("a held rename's source moved in the mirror, then the driver dies", () 
   });
 
   it("the next driver leaves no stale name of the held rename's source in the mirror", async () => {
-    t = await tempDirs('primary', 'mirror', 'state');
+    t = await heldRenameTree(true);
     const P = t.dirs.primary!;
-    await fsp.writeFile(`${P}/a`, randomBytes(100_000));
-    await fsp.link(`${P}/a`, `${P}/b`);
-    await fsp.mkdir(`${P}/s`);
-    await fsp.mkdir(`${P}/d`);
-    await fsp.writeFile(`${P}/s/t`, randomBytes(3000));
-    await fsp.link(`${P}/a`, `${P}/d/r`);
     // No checkpoint: the recovery reads the appended lines, as after a crash between two; no
     // comparison of the whole tree at start: the split's own replay must put the mirror right.
     const o = {
@@ -914,15 +925,8 @@ describe("an rmdir of the directory a held rename's source waits in", () => {
   for (const again of [false, true])
     for (const linked of [true, false])
       it(`is replayed after the held rename${linked ? ' (the source has other names)' : ''}${again ? ', and the directory made again keeps its new content' : ''}`, async () => {
-        t = await tempDirs('primary', 'mirror', 'state');
+        t = await heldRenameTree(linked);
         const P = t.dirs.primary!;
-        await fsp.writeFile(`${P}/a`, randomBytes(100_000));
-        await fsp.link(`${P}/a`, `${P}/b`);
-        await fsp.mkdir(`${P}/s`);
-        await fsp.mkdir(`${P}/d`);
-        await fsp.writeFile(`${P}/s/t`, randomBytes(3000));
-        if (linked) await fsp.link(`${P}/a`, `${P}/d/r`);
-        else await fsp.writeFile(`${P}/d/r`, randomBytes(4000));
         d = await openDriver({ primary: P, mirror: t.dirs.mirror!, stateDir: t.dirs.state! });
         const M = d.dataRoot;
         const s = await d.split({ paths: ['/s/t'] });
