@@ -19,10 +19,14 @@
 // `find . -ls`, `ls -lR` and `git status` on a git checkout of --tools-files files (100 per
 // directory, committed, at rest): each after a drop of the kernel's caches (pass 1) and again
 // 1.1 s later (pass 2, past bindfs's 1 s timeouts).
+// The dd rates are dd's own clock (its "copied, T s" line: first read to last write, the fsync
+// included), not the wall time of the dd process: spawning dd costs 7–15 ms here, more than a
+// 32 MiB cached read itself, and that fixed cost pulled every ratio toward 1.
 // @MIRROR@ in a variant's ARGS becomes a fresh directory of its own (`--mirror @MIRROR@`: the
 // mirror on the same filesystem; a tmpfs is bench/lib.mjs mountTmpfs's job).
 import {
   cpuSeconds,
+  ddSeconds,
   dropCaches,
   fmt,
   installCleanup,
@@ -97,6 +101,8 @@ const add = (t, k, v) => {
   ((res[t] ??= {})[k] ??= []).push(v);
 };
 const names = Object.keys(M);
+// dd's report in the C locale, for ddSeconds.
+const DD = { env: { ...process.env, LC_ALL: 'C' } };
 for (let rep = 0; rep < opts.reps; rep++) {
   for (const t of names.map((_, j) => names[(j + rep) % names.length])) {
     const m = M[t];
@@ -106,16 +112,16 @@ for (let rep = 0; rep < opts.reps; rep++) {
     if (WANT.has('seq')) {
       dropCaches(base);
       c = cpuSeconds(pid);
-      r = await run('dd', ['if=/dev/zero', `of=${m}/cmp-seq`, 'bs=1M', `count=${SEQ}`, 'conv=fsync']);
-      add(t, 'seq', SEQ / (r.ms / 1000));
+      r = await run('dd', ['if=/dev/zero', `of=${m}/cmp-seq`, 'bs=1M', `count=${SEQ}`, 'conv=fsync'], DD);
+      add(t, 'seq', SEQ / ddSeconds(r));
       add(t, 'seqcpu', ((cpuSeconds(pid) - c) * 1000) / SEQ);
       await run('rm', ['-f', `${m}/cmp-seq`]);
     }
     if (WANT.has('small')) {
       dropCaches(base);
       c = cpuSeconds(pid);
-      r = await run('dd', ['if=/dev/zero', `of=${m}/cmp-small`, 'bs=4k', `count=${SMALL * 256}`]);
-      add(t, 'small', SMALL / (r.ms / 1000));
+      r = await run('dd', ['if=/dev/zero', `of=${m}/cmp-small`, 'bs=4k', `count=${SMALL * 256}`], DD);
+      add(t, 'small', SMALL / ddSeconds(r));
       add(t, 'smallcpu', ((cpuSeconds(pid) - c) * 1e6) / (SMALL * 256));
       await run('rm', ['-f', `${m}/cmp-small`]);
     }
@@ -129,8 +135,8 @@ for (let rep = 0; rep < opts.reps; rep++) {
       ]);
       await run('dd', [`if=${m}/cmp-read`, 'of=/dev/null', 'bs=1M']);
       c = cpuSeconds(pid);
-      r = await run('dd', [`if=${m}/cmp-read`, 'of=/dev/null', 'bs=1M']);
-      add(t, 'read', opts['read-mb'] / (r.ms / 1000));
+      r = await run('dd', [`if=${m}/cmp-read`, 'of=/dev/null', 'bs=1M'], DD);
+      add(t, 'read', opts['read-mb'] / ddSeconds(r));
       add(t, 'readcpu', ((cpuSeconds(pid) - c) * 1000) / opts['read-mb']);
       await run('rm', ['-f', `${m}/cmp-read`]);
     }

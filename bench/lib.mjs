@@ -286,6 +286,18 @@ export function umountPlain(dir) {
  * { code, stdout, stderr, ms } where ms is wall time from spawn to exit; rejects on timeout
  * (after killing it) and, with check (default), on a non-zero exit.
  */
+/**
+ * The seconds dd itself reports for its copy ("N bytes ... copied, T s, ..." on stderr), from its
+ * first read to its last write (conv=fsync included): the process's spawn and exit are not part of
+ * it. Throws when the line is missing, rather than falling back to a wall time that measures
+ * something else.
+ */
+export function ddSeconds(r) {
+  const m = /copied, ([0-9.e+-]+) s,/.exec(r.stderr);
+  if (!m) throw new Error(`dd printed no "copied, T s" line: ${r.stderr.trim().slice(-300)}`);
+  return Number(m[1]);
+}
+
 export function run(cmd, args = [], { timeoutMs = 600_000, env, cwd, check = true, input } = {}) {
   return new Promise((resolve, reject) => {
     const t0 = performance.now();
