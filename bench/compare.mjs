@@ -33,6 +33,7 @@ import {
   log,
   machineNotes,
   median,
+  minorFaults,
   mkdirs,
   parseArgs,
   run,
@@ -108,13 +109,16 @@ for (let rep = 0; rep < opts.reps; rep++) {
     const m = M[t];
     const pid = S[t].pid;
     let c;
+    let f;
     let r;
     if (WANT.has('seq')) {
       dropCaches(base);
       c = cpuSeconds(pid);
+      f = minorFaults(pid);
       r = await run('dd', ['if=/dev/zero', `of=${m}/cmp-seq`, 'bs=1M', `count=${SEQ}`, 'conv=fsync'], DD);
       add(t, 'seq', SEQ / ddSeconds(r));
       add(t, 'seqcpu', ((cpuSeconds(pid) - c) * 1000) / SEQ);
+      add(t, 'seqflt', (minorFaults(pid) - f) / SEQ);
       await run('rm', ['-f', `${m}/cmp-seq`]);
     }
     if (WANT.has('small')) {
@@ -143,11 +147,13 @@ for (let rep = 0; rep < opts.reps; rep++) {
     if (WANT.has('meta')) {
       await run('mkdir', ['-p', `${m}/cmp-meta`]);
       c = cpuSeconds(pid);
+      f = minorFaults(pid);
       const mm = await worker('meta', ['--dir', `${m}/cmp-meta`, '--n', String(FILES), '--size', '1024']);
       add(t, 'create', FILES / (mm.createMs / 1000));
       add(t, 'stat', FILES / (mm.statMs / 1000));
       add(t, 'unlink', FILES / (mm.unlinkMs / 1000));
       add(t, 'metacpu', ((cpuSeconds(pid) - c) * 1e6) / FILES);
+      add(t, 'metaflt', (minorFaults(pid) - f) / FILES);
       await run('rm', ['-rf', `${m}/cmp-meta`]);
     }
     if (WANT.has('walk')) {
@@ -224,6 +230,7 @@ process.stdout.write(
 const COLS = [
   ['seq', 'seq write MiB/s', 'seq', 1],
   ['seq', 'ms CPU/MiB', 'seqcpu', 2],
+  ['seq', 'faults/MiB', 'seqflt', 1],
   ['small', '4k write MiB/s', 'small', 1],
   ['small', 'µs CPU/write', 'smallcpu', 0],
   ['read', 'cached read MiB/s', 'read', 1],
@@ -232,6 +239,7 @@ const COLS = [
   ['meta', 'stat/s', 'stat', 0],
   ['meta', 'unlink/s', 'unlink', 0],
   ['meta', 'µs CPU/file', 'metacpu', 0],
+  ['meta', 'faults/file', 'metaflt', 2],
   ['walk', 'walk 1 entries/s', 'walk1', 0],
   ['walk', 'walk 2 entries/s', 'walk2', 0],
   ['walk', 'µs CPU/entry walk 1', 'walk1cpu', 1],

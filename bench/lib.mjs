@@ -717,6 +717,19 @@ export function cpuSeconds(pid) {
 }
 
 /**
+ * Minor page faults of a process so far (/proc/PID/stat minflt). Counted beside CPU because a
+ * fault's cost depends on the machine (11-12 µs per 4 KiB page on this VM, measured) while the count
+ * does not depend on load.
+ */
+export function minorFaults(pid) {
+  try {
+    return Number(fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ')[7]);
+  } catch {
+    return Number.NaN;
+  }
+}
+
+/**
  * CPU seconds (user+system) of each thread of a process so far, summed by thread name
  * (/proc/PID/task/TID/comm: node's main thread is "node", its pool "libuv-worker", V8's
  * "V8 DefaultWorke"; threads a native addon starts inherit the name of the thread that made them).
