@@ -23,7 +23,8 @@
 // included), not the wall time of the dd process: spawning dd costs 7–15 ms here, more than a
 // 32 MiB cached read itself, and that fixed cost pulled every ratio toward 1.
 // @MIRROR@ in a variant's ARGS becomes a fresh directory of its own (`--mirror @MIRROR@`: the
-// mirror on the same filesystem; a tmpfs is bench/lib.mjs mountTmpfs's job).
+// mirror on the same filesystem); @MIRROR_TMPFS@ a fresh tmpfs (`--mirror @MIRROR_TMPFS@`: the mirror
+// on a separate filesystem, which issue 12's sequential-write goal names; this machine has one disk).
 import {
   cpuSeconds,
   ddSeconds,
