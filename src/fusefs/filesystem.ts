@@ -86,6 +86,8 @@ export interface TwinFsStatus {
     listings?: number;
     /** Listings the kernel read from twinfs (READDIR/READDIRPLUS; an unchanged directory is listed from the kernel's cache). */
     readdirs?: number;
+    /** O_APPEND WRITEs of a file with several names that did not start at its end (VolumeOps). */
+    appendsOffEnd?: number;
     /** Waits answered at the bound (KernelNames.WAIT_BOUND_MS) before their invalidations were through. */
     waitsBounded?: number;
     queued: number;
@@ -373,6 +375,7 @@ export class TwinFs {
       writeBacksUnseen,
       listings,
       readdirs: this.ops.readdirs,
+      appendsOffEnd: this.ops.appendsOffEnd,
       ...(this.fuse?.invalidateStats?.() ?? { queued: 0, done: 0, sent: 0 }),
       ...(this.nativeAttributes ? { native: this.fuse?.nativeAttributeStats?.() } : {}),
       ...(this.nativeChanges ? { nativeUnlink: this.nativeChanges.changes.stats() } : {}),
