@@ -5,7 +5,7 @@ import { DisposableStore, toDisposable } from '../common/lifecycle.js';
 import { addServedMount, removeServedMount } from '../common/served-mounts.js';
 import { type ChangeSink, nullSink, type WriteGate } from './change-sink.js';
 import { createFuseHandlers } from './fuse-adapter.js';
-import { invalidationDelayFromEnv, KernelNames } from './kernel-names.js';
+import { invalidationDelayFromEnv, invalidationTraceFromEnv, KernelNames } from './kernel-names.js';
 import { isMountPoint, preflight } from './mount-checks.js';
 import { watchMount } from './mount-watch.js';
 import { NativeChanges, nativeUnlinkCachedFromEnv, nativeUnlinkFromEnv } from './native-changes.js';
@@ -86,9 +86,21 @@ export interface TwinFsStatus {
     listings?: number;
     /** Listings the kernel read from twinfs (READDIR/READDIRPLUS; an unchanged directory is listed from the kernel's cache). */
     readdirs?: number;
+    /** O_APPEND WRITEs of a file with several names that did not start at its end (VolumeOps). */
+    appendsOffEnd?: number;
+    /** Waits answered at the bound (KernelNames.WAIT_BOUND_MS) before their invalidations were through. */
+    waitsBounded?: number;
     queued: number;
     done: number;
     sent: number;
+    /**
+     * Per native lane (waited: invalidations an op waits for; background: the rest): queued,
+     * processed, sent for a name the kernel had, slow (the kernel took over 100 ms), the longest.
+     */
+    lanes?: Record<
+      'waited' | 'background',
+      { queued: number; done: number; sent: number; slow: number; maxMs: number }
+    >;
     /** getattrs answered in libfuse's threads / passed on to JS, inodes with cached attributes, getxattrs answered there. */
     native?: { answered: number; fallbacks: number; cached: number; xattrs: number; flushes: number };
     /** Unlinks answered in libfuse's threads (native-changes.ts), passed to JS, JS ops in flight. */
@@ -146,11 +158,24 @@ export class TwinFs {
       );
     if (this.libfuse === 3) {
       const inhibitor = this.inhibitor;
-      const send = (paths: string[]): Promise<void> => this.fuse?.invalidatePaths(paths) ?? Promise.resolve();
+      const trace = invalidationTraceFromEnv();
+      const sendNow = (paths: string[]): Promise<void> =>
+        this.fuse?.invalidatePaths(paths) ?? Promise.resolve();
+      const send = trace ? (paths: string[]) => trace(paths, sendNow(paths)) : sendNow;
+      // The lane nobody waits for (fuse-native's invalidate): see KernelNames. Test only:
+      // TWINFS_TEST_INVALIDATION_ONE_LANE=1 queues them on the waited lane, as before there were
+      // two (to trace the old order against the new one in one build).
+      const sendBehind =
+        process.env.TWINFS_TEST_INVALIDATION_ONE_LANE === '1'
+          ? (paths: string[]): void => void sendNow(paths)
+          : (paths: string[]): void => {
+              for (const p of paths) this.fuse?.invalidate(p);
+            };
       const delayMs = invalidationDelayFromEnv();
+      const later = (f: () => void) => setTimeout(f, delayMs);
       this.kernelNames = new KernelNames(
         delayMs > 0
-          ? (paths) => new Promise<void>((resolve) => setTimeout(resolve, delayMs)).then(() => send(paths))
+          ? (paths) => new Promise<void>((resolve) => later(resolve)).then(() => send(paths))
           : send,
         (path, ino) => inhibitor?.isHeld(path, ino) ?? false,
         // A close must reach the flush handler while page write-backs' invalidations are out.
@@ -158,6 +183,7 @@ export class TwinFs {
           if (this.nativeAttributes)
             this.fuse?.setNativeFlush(this.flushIsNative(this.cache.hasPendingErrors));
         },
+        delayMs > 0 ? (paths) => later(() => sendBehind(paths)) : sendBehind,
       );
       if (inhibitor) this.store.add(inhibitor.onDidRelease(() => this.kernelNames?.retryDeferred()));
     }
@@ -349,6 +375,7 @@ export class TwinFs {
       writeBacksUnseen,
       listings,
       readdirs: this.ops.readdirs,
+      appendsOffEnd: this.ops.appendsOffEnd,
       ...(this.fuse?.invalidateStats?.() ?? { queued: 0, done: 0, sent: 0 }),
       ...(this.nativeAttributes ? { native: this.fuse?.nativeAttributeStats?.() } : {}),
       ...(this.nativeChanges ? { nativeUnlink: this.nativeChanges.changes.stats() } : {}),

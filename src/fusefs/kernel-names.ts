@@ -1,3 +1,5 @@
+import * as fs from 'node:fs';
+
 /**
  * Exact kernel caching on the libfuse3 path: the names under which the kernel may hold cached
  * attributes and pages of a file with several names, and the invalidation of those names after
@@ -22,6 +24,14 @@
  * which the op is answered and the invalidation still goes out when the page is free
  * (`waitsBounded` counts them; it stays 0 unless such a race happened).
  *
+ * Invalidations nobody waits for (a write-back behind the kernel, a name whose WRITEs are
+ * answered, a listing) go to a lane of their own (`invalidateBehind`: fuse-native's
+ * `invalidate`, a second helper thread). They are the ones most likely to find a page locked:
+ * a write-back's invalidation of the name a write(2) is coming through waits in the kernel until
+ * that WRITE is answered, and that WRITE waits for the other names' invalidation. On one thread
+ * that was a cycle that only the bound broke, the WRITE then answered while the other names
+ * still had the old size and pages (cause 2 of the two-name fsx finding, docs/reliability.md).
+ *
  * A page write-back (mmap pages) is answered without waiting, as it may be a laundering for an
  * invalidation being sent; the close(2) or fsync that wrote the pages back waits for the other
  * names instead (`pageWrittenBack`). Dirty mmap pages the kernel writes back on its own (a
@@ -42,6 +52,24 @@
 export function invalidationDelayFromEnv(env: NodeJS.ProcessEnv = process.env): number {
   const ms = Number(env.TWINFS_TEST_INVALIDATION_DELAY_MS ?? 0);
   return Number.isFinite(ms) && ms > 0 ? Math.min(ms, 60_000) : 0;
+}
+
+/**
+ * Test only: TWINFS_TEST_INVALIDATION_TRACE=FILE appends a line per invalidation to FILE. The
+ * native lanes write `queued taken returned lane seq waited result path` (µs since the epoch);
+ * this wrapper of the waited batches adds `js queued resolved paths` (resolved: when the op
+ * waiting for them could go on, the bound aside). Undefined when not set.
+ */
+export function invalidationTraceFromEnv(
+  env: NodeJS.ProcessEnv = process.env,
+): ((paths: string[], w: Promise<void>) => Promise<void>) | undefined {
+  const file = env.TWINFS_TEST_INVALIDATION_TRACE;
+  if (!file) return undefined;
+  const us = () => Math.round((performance.timeOrigin + performance.now()) * 1000);
+  return (paths, w) => {
+    const queued = us();
+    return w.finally(() => fs.appendFileSync(file, `js ${queued} ${us()} ${paths.join(',')}\n`));
+  };
 }
 
 /** The longest an op waits for its invalidations (see the class comment). */
@@ -68,6 +96,11 @@ export class KernelNames {
      * (which waits for them) rather than be answered in libfuse's thread.
      */
     private readonly onPageWriteBacks: (pending: boolean) => void = () => undefined,
+    /**
+     * Queues invalidations nobody waits for, on a lane of their own: never ahead of or behind
+     * those `invalidate` queues (see the class comment).
+     */
+    private readonly invalidateBehind: (paths: string[]) => void = (paths) => void invalidate(paths),
   ) {}
 
   private readonly deferred = new Map<number, string>();
@@ -165,7 +198,7 @@ export class KernelNames {
     this.writing.delete(path);
     if (this.afterWrites.delete(path)) {
       this.stats.invalidations++;
-      void this.invalidate([path]);
+      this.invalidateBehind([path]);
     }
   }
 
@@ -259,7 +292,7 @@ export class KernelNames {
       else now.push(p);
     }
     this.stats.invalidations += now.length;
-    if (now.length > 0) void this.invalidate(now);
+    if (now.length > 0) this.invalidateBehind(now);
   }
 
   /**
@@ -270,7 +303,7 @@ export class KernelNames {
   listingChangedBehind(dir: string): void {
     this.stats.invalidations++;
     this.stats.listings++;
-    void this.invalidate([dir]);
+    this.invalidateBehind([dir]);
   }
 
   /** Sends what changedBehind deferred (after an inhibition was released). */

@@ -303,14 +303,29 @@ export class VolumeOps {
       // under a name that exists.
       existing.path = path;
       existing.nameless = false;
-      return this.newHandle(existing, wantsWrite(flags) ? path : undefined);
+      return this.appending(this.newHandle(existing, wantsWrite(flags) ? path : undefined), flags);
     }
     const { fd, writable } = openCacheFd(backing, flags);
     const fst = fstatFd(fd);
-    return this.newHandle(
-      this.cache.adopt(fst.ino, path, fd, writable),
-      wantsWrite(flags) ? path : undefined,
+    return this.appending(
+      this.newHandle(this.cache.adopt(fst.ino, path, fd, writable), wantsWrite(flags) ? path : undefined),
+      flags,
     );
+  }
+
+  /**
+   * Handles opened with O_APPEND. The kernel sends their WRITEs at the end of file as its inode
+   * of that name knows it. On the libfuse3 path a file with several names has a kernel inode
+   * per name, so an end another name moved can be stale there (the two-name fsx finding,
+   * cause 3 in docs/reliability.md). Such a WRITE is counted (`appendsOffEnd`), not moved.
+   */
+  private readonly appendHandles = new Set<number>();
+  /** O_APPEND WRITEs of a file with several known names that did not start at its end. */
+  appendsOffEnd = 0;
+
+  private appending(fh: number, flags: number): number {
+    if (flags & fs.constants.O_APPEND) this.appendHandles.add(fh);
+    return fh;
   }
 
   async create(path: string, mode: number, ctx: CallerContext | undefined): Promise<number> {
@@ -350,6 +365,12 @@ export class VolumeOps {
   ): number | Promise<number> {
     const node = this.handle(fh);
     const data = buf.length === len ? buf : buf.subarray(0, len);
+    if (
+      this.appendHandles.size > 0 &&
+      this.appendHandles.has(fh) &&
+      this.kernelNames?.namesOf(node.ino).length
+    )
+      this.noteAppend(node, pos);
     const pass = this.gate.enter(node.path, node.ino);
     const r =
       pass instanceof Promise
@@ -533,6 +554,7 @@ export class VolumeOps {
     if (!node) return;
     this.handles.delete(fh);
     this.openNames.delete(fh);
+    this.appendHandles.delete(fh);
     await this.cache.unref(node);
   }
 
@@ -982,6 +1004,14 @@ export class VolumeOps {
       }
     }
     return undefined;
+  }
+
+  private noteAppend(node: FileNode, pos: number): void {
+    try {
+      if (pos !== Math.max(fstatFd(node.fd).size, node.cachedEnd)) this.appendsOffEnd++;
+    } catch {
+      // A count only: a descriptor that fails fstat fails the write itself.
+    }
   }
 
   /** writtenAs: the name a handle opened for writing was opened under (see open-names.ts). */

@@ -24,6 +24,16 @@ declare module 'fuse-native' {
      */
     type HandleCallback = (err: Result, fh?: number) => void;
 
+    /** One native invalidation lane (patch level 8): counts, and the kernel's slowest notify. */
+    interface InvalidationLaneStats {
+      queued: number;
+      done: number;
+      sent: number;
+      /** Notifies the kernel took over 100 ms to process (a locked page, a laundering). */
+      slow: number;
+      maxMs: number;
+    }
+
     /** Identity of the process that caused the current op (fuse_get_context()). */
     interface Context {
       readonly uid: number;
@@ -324,14 +334,24 @@ declare module 'fuse-native' {
     readonly libfuse: 2 | 3;
     /**
      * libfuse3 only: queues `fuse_invalidate_path(path)` (the kernel drops the cached attributes
-     * and pages of the inode it has under that name) for a native helper thread. Never blocks.
+     * and pages of the inode it has under that name) for a native helper thread. Never blocks,
+     * and nobody waits for it: it goes to the background lane, whose thread may be held up by a
+     * locked page without delaying what invalidatePaths queues (patch level 8).
      * False when nothing was queued (libfuse2, not mounted).
      */
     invalidate(path: string): boolean;
-    /** The same for several paths; resolves once the kernel has processed all of them. */
+    /**
+     * The same for several paths on the waited lane (its own helper thread); resolves once the
+     * kernel has processed all of them.
+     */
     invalidatePaths(paths: readonly string[]): Promise<void>;
-    /** Invalidations queued, processed, and sent for a name the kernel had. */
-    invalidateStats(): { queued: number; done: number; sent: number };
+    /** Invalidations queued, processed, and sent for a name the kernel had; per lane too. */
+    invalidateStats(): {
+      queued: number;
+      done: number;
+      sent: number;
+      lanes?: Record<'waited' | 'background', Fuse.InvalidationLaneStats>;
+    };
     /**
      * libfuse3 (patch level 6): answer getattr (so lookups) and getxattr in libfuse's worker
      * threads from `root` + path, with setCachedAttributes applied. False: this build cannot.

@@ -40,7 +40,7 @@ export interface ControlFixture {
 }
 
 export async function startControlFixture(
-  opts: { args?: string[]; prefix?: string[] } = {},
+  opts: { args?: string[]; prefix?: string[]; env?: NodeJS.ProcessEnv } = {},
 ): Promise<ControlFixture> {
   const t = await tempDirs('primary', 'mnt', 'mirror', 'state', 'etc');
   const tokenFile = path.join(t.dirs.etc!, 'control.token');
@@ -52,6 +52,7 @@ export async function startControlFixture(
       mount: t.dirs.mnt!,
       args: controlServeArgs(t.dirs, tokenFile, opts.args),
       prefix: opts.prefix,
+      env: opts.env,
     });
   } catch (err) {
     await t.cleanup();
