@@ -11,6 +11,9 @@
 // --bindfs-mt adds bindfs --multithreaded. A variant served with `--control 127.0.0.1:0` in its
 // ARGS also reports, per phase, the requests libfuse's threads answered and passed to JS
 // (status().fs.kernelCache.native and .nativeUnlink).
+// Minor page faults per operation are counted for every server (/proc/PID/stat; ~11 µs each on
+// this VM, and unlike CPU time the count does not move with the load); --perf-stat adds the
+// syscalls and context switches per operation (perf stat -p around each phase).
 //
 // A variant is NAME|CLI|SERVE ARGS|ENV as in bench/compare.mjs (CLI defaults to this checkout's
 // dist, snapshotted; @MIRROR@ becomes a fresh directory).
@@ -22,8 +25,10 @@ import {
   loadavg,
   log,
   median,
+  minorFaults,
   mkdirs,
   parseArgs,
+  perfStat,
   run,
   sleep,
   snapshotDist,
@@ -48,6 +53,10 @@ const opts = parseArgs(
     phases: { default: 'create,unlink', help: 'comma list of create,stat,unlink, run in that order' },
     'pause-ms': { default: 0, help: 'pause before each phase after the first, ms' },
     'bindfs-mt': { default: false, help: 'also bindfs --multithreaded' },
+    'perf-stat': {
+      default: false,
+      help: 'also count syscalls and context switches per operation (perf stat -p on each server)',
+    },
   },
   'node bench/create-unlink.mjs --variant NAME[|CLI[|ARGS[|ENV=V ...]]] ... [options]',
   argv,
@@ -81,6 +90,7 @@ const nativeCounts = async (t) => {
     unlinksToJs: kc.nativeUnlink?.fallbacks ?? 0,
   };
 };
+const PERF_EVENTS = ['raw_syscalls:sys_enter', 'context-switches'];
 const counted = {};
 const load0 = loadavg();
 const res = {};
@@ -95,6 +105,9 @@ for (let rep = 0; rep < opts.reps; rep++) {
       const n0 = await nativeCounts(t);
       const c = cpuSeconds(t.s.pid);
       const js = jsCpu(t.s.pid);
+      const f = minorFaults(t.s.pid);
+      const ps = opts['perf-stat'] ? perfStat(t.s.pid, PERF_EVENTS) : null;
+      if (ps) await sleep(200);
       const r = await worker('files', [
         '--op',
         op,
@@ -109,6 +122,12 @@ for (let rep = 0; rep < opts.reps; rep++) {
       (r0[`${op}`] ??= []).push(opts.files / (r.ms / 1000));
       (r0[`${op}cpu`] ??= []).push(((cpuSeconds(t.s.pid) - c) * 1e6) / opts.files);
       (r0[`${op}js`] ??= []).push(((jsCpu(t.s.pid) - js) * 1e6) / opts.files);
+      (r0[`${op}flt`] ??= []).push((minorFaults(t.s.pid) - f) / opts.files);
+      if (ps) {
+        const cnt = await ps.stop();
+        (r0[`${op}sys`] ??= []).push(cnt['raw_syscalls:sys_enter'] / opts.files);
+        (r0[`${op}cs`] ??= []).push(cnt['context-switches'] / opts.files);
+      }
       const n1 = await nativeCounts(t);
       if (n0 && n1) {
         const c0 = ((counted[t.name] ??= {})[op] ??= { attrs: 0, attrsToJs: 0, unlinks: 0, unlinksToJs: 0 });
@@ -127,14 +146,26 @@ process.stdout.write(
   `load ${load0} → ${loadavg()}; ${opts.reps} reps (median); ${opts.files} files of ${opts.size} B\n\n`,
 );
 const m = (n, k) => median(res[n][k]);
+const perf = opts['perf-stat'];
 table(
-  ['target', ...PHASES.flatMap((p) => [`${p}/s`, `µs CPU/${p}`, 'of it JS thread'])],
+  [
+    'target',
+    ...PHASES.flatMap((p) => [
+      `${p}/s`,
+      `µs CPU/${p}`,
+      'of it JS thread',
+      `faults/${p}`,
+      ...(perf ? [`syscalls/${p}`, `cs/${p}`] : []),
+    ]),
+  ],
   T.map(({ name: n }) => [
     n,
     ...PHASES.flatMap((p) => [
       fmt(m(n, p), 0),
       fmt(m(n, `${p}cpu`), 0),
       n.startsWith('bindfs') ? '—' : fmt(m(n, `${p}js`), 0),
+      fmt(m(n, `${p}flt`), 2),
+      ...(perf ? [fmt(m(n, `${p}sys`), 1), fmt(m(n, `${p}cs`), 1)] : []),
     ]),
   ]),
 );

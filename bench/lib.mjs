@@ -734,6 +734,34 @@ export function minorFaults(pid) {
 }
 
 /**
+ * Starts `perf stat -x, -e EVENTS -p PID` (counting until stopped); `stop()` ends it with SIGINT
+ * and resolves to { event: count }. Needs perf and the tracepoints (root).
+ */
+export function perfStat(pid, events) {
+  const p = spawn('perf', ['stat', '-x', ',', '-e', events.join(','), '-p', String(pid)], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  trackProc(p);
+  let err = '';
+  p.stderr.on('data', (d) => {
+    err += d;
+  });
+  const exited = new Promise((r) => p.on('exit', r));
+  return {
+    async stop() {
+      p.kill('SIGINT');
+      await exited;
+      const out = {};
+      for (const line of err.split('\n')) {
+        const f = line.split(',');
+        if (f.length >= 3 && f[2]) out[f[2]] = Number(f[0]);
+      }
+      return out;
+    },
+  };
+}
+
+/**
  * CPU seconds (user+system) of each thread of a process so far, summed by thread name
  * (/proc/PID/task/TID/comm: node's main thread is "node", its pool "libuv-worker", V8's
  * "V8 DefaultWorke"; threads a native addon starts inherit the name of the thread that made them).
