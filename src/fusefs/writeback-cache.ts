@@ -250,7 +250,8 @@ export class WritebackCache {
   }
 
   /** Registers a node for an inode the caller has just opened (fd ownership passes to the cache). */
-  adopt(ino: number, path: string, fd: number, writable: boolean): FileNode {
+  /** `size`: the file's size from an fstat of fd the caller just made (else fd is fstat'ed). */
+  adopt(ino: number, path: string, fd: number, writable: boolean, size?: number): FileNode {
     const existing = this.nodes.get(ino);
     if (existing) {
       closeQuietly(fd);
@@ -260,7 +261,7 @@ export class WritebackCache {
       return existing;
     }
     const node = new FileNode(ino, path, fd, writable);
-    if (this.space) node.primarySize = fs.fstatSync(fd).size;
+    if (this.space) node.primarySize = size ?? fs.fstatSync(fd).size;
     node.refs = 1;
     this.nodes.set(ino, node);
     return node;
