@@ -13,7 +13,10 @@
 // (status().fs.kernelCache.native and .nativeUnlink).
 // Minor page faults per operation are counted for every server (/proc/PID/stat; ~11 µs each on
 // this VM, and unlike CPU time the count does not move with the load); --perf-stat adds the
-// syscalls and context switches per operation (perf stat -p around each phase).
+// syscalls and context switches per operation (perf stat -p around each phase). A create's
+// write-back runs --writeback-ms (3 s) after it: how many fall inside the create phase depends on
+// the phase's length, so its CPU and counts per create move with the rate; --settle-ms 3500
+// counts every write-back with its create (the unlinks then find the files written back).
 //
 // A variant is NAME|CLI|SERVE ARGS|ENV as in bench/compare.mjs (CLI defaults to this checkout's
 // dist, snapshotted; @MIRROR@ becomes a fresh directory).
@@ -53,6 +56,10 @@ const opts = parseArgs(
     phases: { default: 'create,unlink', help: 'comma list of create,stat,unlink, run in that order' },
     'pause-ms': { default: 0, help: 'pause before each phase after the first, ms' },
     'bindfs-mt': { default: false, help: 'also bindfs --multithreaded' },
+    'settle-ms': {
+      default: 0,
+      help: "after each phase, wait this long before reading the server's counters (3500: every create's write-back counted with it)",
+    },
     'perf-stat': {
       default: false,
       help: 'also count syscalls and context switches per operation (perf stat -p on each server)',
@@ -118,6 +125,7 @@ for (let rep = 0; rep < opts.reps; rep++) {
         '--size',
         String(opts.size),
       ]);
+      if (opts['settle-ms'] > 0) await sleep(opts['settle-ms']);
       const r0 = (res[t.name] ??= {});
       (r0[`${op}`] ??= []).push(opts.files / (r.ms / 1000));
       (r0[`${op}cpu`] ??= []).push(((cpuSeconds(t.s.pid) - c) * 1e6) / opts.files);
