@@ -3,7 +3,11 @@ import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { WRITEBACK_BATCH_BYTES as BATCH, WriteBackScheduler } from '../../src/posix/write-back.js';
+import {
+  WRITEBACK_BATCH_BYTES as BATCH,
+  type WriteBackConcurrency,
+  WriteBackScheduler,
+} from '../../src/posix/write-back.js';
 import { waitFor } from '../helpers/mounts.js';
 
 /**
@@ -19,6 +23,15 @@ describe('WriteBackScheduler', () => {
     const fd = fs.openSync(path.join(dir, name), 'w');
     fds.push(fd);
     return fd;
+  };
+  /** A scheduler of the given concurrency, and a batch written to each of two new files. */
+  const twoWritten = (concurrency: WriteBackConcurrency, name: string) => {
+    const s = new WriteBackScheduler(concurrency);
+    const a = open(`${name}-a`);
+    const b = open(`${name}-b`);
+    s.written(a, 0, BATCH);
+    s.written(b, 0, BATCH);
+    return { s, a, b };
   };
   beforeAll(async () => {
     dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'twinfs-write-back-'));
@@ -47,11 +60,7 @@ describe('WriteBackScheduler', () => {
   });
 
   it("'global' runs one at a time for all descriptors, the next once the running one settled", async () => {
-    const s = new WriteBackScheduler('global');
-    const a = open('ga');
-    const b = open('gb');
-    s.written(a, 0, BATCH);
-    s.written(b, 0, BATCH);
+    const { s, a, b } = twoWritten('global', 'g');
     expect(s.counts.started).toBe(1);
     expect(s.forget(b)).toBeUndefined(); // b waits: nothing of it runs yet...
     s.written(b, 0, BATCH); // (forget dropped its range: written again)
@@ -62,11 +71,7 @@ describe('WriteBackScheduler', () => {
   });
 
   it("'per-file' runs one per descriptor; a file's next range starts once its running one settled", async () => {
-    const s = new WriteBackScheduler('per-file');
-    const a = open('pa');
-    const b = open('pb');
-    s.written(a, 0, BATCH);
-    s.written(b, 0, BATCH);
+    const { s, a } = twoWritten('per-file', 'p');
     expect(s.counts.started).toBe(2);
     // Written while a's runs: waits, and starts with no further write once a's settled.
     s.written(a, BATCH, BATCH);
