@@ -4,7 +4,6 @@ import * as xattr from 'fs-xattr';
 import { mknod } from '../posix/mknod.js';
 import { nsToMs, setTimesNs } from '../posix/set-times.js';
 import { writeAll } from '../posix/write-all.js';
-import { startWriteBack } from '../posix/write-back.js';
 import { type ChangeSink, nullSink, syncAlongside, type WriteGate } from './change-sink.js';
 import { errnoError } from './errno.js';
 import { HiddenRenames, isHiddenEntry, isHiddenPath } from './hidden-renames.js';
@@ -91,14 +90,6 @@ const XATTR_REPLACE = 2;
 const UINT32_MAX = 0xffffffff;
 /** Writes this large (libfuse's max_write: what large write(2)s arrive as) bypass the cache. */
 const PASS_THROUGH_BYTES = 128 * 1024;
-/**
- * The primary's early write-back (VolumeOps.writeBack): once this much of a file has been written
- * by large direct writes since its last one, sync_file_range(WRITE) starts putting it on the disk,
- * so the fsync that ends a large sequential write finds little left to write (as the mirror's
- * copy does, MirrorWriter's WRITEBACK_BATCH_BYTES; docs/architecture.md, "The primary's
- * write-back starts with the write").
- */
-const PRIMARY_WRITEBACK_BATCH = 8 * 1024 * 1024;
 /**
  * Whether the primary's early write-back runs: without a mirror by default (where it was measured
  * to win); TWINFS_PRIMARY_WRITEBACK=1 turns it on also with one, =0 off (A/B runs).
@@ -504,34 +495,21 @@ export class VolumeOps {
   }
 
   /**
-   * Notes a large direct write that reached the primary, and starts the write-back of the file's
-   * range written since its last one once PRIMARY_WRITEBACK_BATCH of it waits: one at a time per
-   * file (what is written meanwhile waits, merged, for the next), beside the request, never
-   * waited for. A hint: durability stays the fsync's. The descriptor is closed only once it
-   * settled (WritebackCache.maybeClose).
+   * Notes a large direct write that reached the primary: its early write-back
+   * (WritebackCache.earlyWriteBacks, one at a time per file) starts sync_file_range(WRITE) once
+   * WRITEBACK_BATCH_BYTES of the file wait, so the fsync that ends a large sequential write finds
+   * little left to write (docs/architecture.md, "The primary's write-back starts with the
+   * write"). Beside the request, never waited for; a hint: durability stays the fsync's.
    */
   private writeBack(node: FileNode, pos: number, len: number): void {
-    if (!this.primaryWriteBack || len < PASS_THROUGH_BYTES) return;
-    if (node.wbTo > node.wbFrom) {
-      node.wbFrom = Math.min(node.wbFrom, pos);
-      node.wbTo = Math.max(node.wbTo, pos + len);
-    } else {
-      node.wbFrom = pos;
-      node.wbTo = pos + len;
-    }
-    if (node.writeBackRunning || node.wbTo - node.wbFrom < PRIMARY_WRITEBACK_BATCH) return;
-    const from = node.wbFrom;
-    const to = node.wbTo;
-    node.wbFrom = node.wbTo = 0;
-    this.primaryWriteBacks.started++;
-    node.writeBackRunning = startWriteBack(node.fd, from, to - from).then((err) => {
-      if (err !== undefined) this.primaryWriteBacks.refused++;
-      node.writeBackRunning = undefined;
-    });
+    if (this.primaryWriteBack && len >= PASS_THROUGH_BYTES)
+      this.cache.earlyWriteBacks.written(node.fd, pos, len);
   }
 
   /** Early write-backs of the primary started, and refused by its file system (a hint lost). */
-  readonly primaryWriteBacks = { started: 0, refused: 0 };
+  get primaryWriteBacks(): { started: number; refused: number } {
+    return this.cache.earlyWriteBacks.counts;
+  }
   private readonly primaryWriteBack: boolean;
 
   /** close(2) of one descriptor: report write-back errors (and flush first if configured). */

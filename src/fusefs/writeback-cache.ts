@@ -3,6 +3,7 @@ import * as fs from 'node:fs';
 import { Mutex } from '../common/async.js';
 import { Emitter } from '../common/event.js';
 import { msToNs, nsToMs, setFdTimesNs } from '../posix/set-times.js';
+import { WriteBackScheduler } from '../posix/write-back.js';
 import { type ChangeSink, syncAlongside } from './change-sink.js';
 import { errnoError } from './errno.js';
 import { type Extent, ExtentMap, overlay } from './extent-map.js';
@@ -56,14 +57,6 @@ export class FileNode {
   /** Bytes of primary space reserved for this file's dirty data (SpaceAccount). */
   reserved = 0;
   readonly readAhead = new ReadAheadState();
-  /**
-   * The primary's early write-back of large direct writes (VolumeOps.writeBack): the range
-   * written since the last one ([wbFrom, wbTo), empty when equal), and the one running, which
-   * the descriptor outlives (maybeClose, dispose).
-   */
-  wbFrom = 0;
-  wbTo = 0;
-  writeBackRunning: Promise<void> | undefined;
 
   constructor(
     readonly ino: number,
@@ -189,6 +182,12 @@ export class WritebackCache {
   /** Nodes with a write-back error not yet reported (see CachedAttributes.errorsPending). */
   private readonly erred = new Set<FileNode>();
   private readonly readAhead = new ReadAheadPool();
+  /**
+   * The primary's early write-back of large direct writes (VolumeOps.writeBack), one at a time
+   * per file. Here because the cache owns the descriptors: each is closed only once its running
+   * write-back settled (maybeClose, dispose).
+   */
+  readonly earlyWriteBacks = new WriteBackScheduler('per-file');
   private dirtyBytes = 0;
   private activeFlushes = 0;
   private roomWaiters: Array<{ need: number; resolve: () => void }> = [];
@@ -497,8 +496,7 @@ export class WritebackCache {
     } catch (err) {
       failure = err;
     }
-    for (const n of this.nodes.values())
-      if (n.writeBackRunning) await n.writeBackRunning.catch(() => undefined);
+    await this.earlyWriteBacks.forgetAll();
     for (const n of this.nodes.values()) closeQuietly(n.fd);
     this.nodes.clear();
     this.dirtyOrder.clear();
@@ -773,7 +771,8 @@ export class WritebackCache {
     this.readAhead.drop(node.readAhead);
     // Its early write-back settled first: the descriptor's number must not name another file
     // while sync_file_range runs.
-    if (node.writeBackRunning) await node.writeBackRunning;
+    const running = this.earlyWriteBacks.forget(node.fd);
+    if (running) await running;
     await closeFd(node.fd);
   }
 }

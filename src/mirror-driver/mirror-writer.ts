@@ -7,7 +7,7 @@ import { underRoot } from '../posix/long-path.js';
 import { mknod } from '../posix/mknod.js';
 import { msToNs, setTimesNs } from '../posix/set-times.js';
 import { writeAll, writeAllSync } from '../posix/write-all.js';
-import { startWriteBack } from '../posix/write-back.js';
+import { WriteBackScheduler } from '../posix/write-back.js';
 
 const FD_CACHE = 128;
 
@@ -31,14 +31,6 @@ export const SYNC_WRITE_BYTES = 64 * 1024;
 export const EARLY_WRITEBACK_BYTES = 128 * 1024;
 
 /**
- * A file's early write-back starts once this much of it (the span of its writes since the last
- * one) is waiting: one call per MiB written made the next writes of the file wait (the file
- * system's locks), and a `dd` slower than with no early write-back at all (docs/benchmarks.md).
- * Less than this left when the file's descriptor closes is left to the kernel's write-back.
- */
-export const WRITEBACK_BATCH_BYTES = 8 * 1024 * 1024;
-
-/**
  * Applies changes to the mirror's data directory, the way the primary saw them. Keeps a small
  * cache of open descriptors for files being written, closed on rename/unlink of their path.
  */
@@ -46,18 +38,13 @@ export class MirrorWriter {
   private readonly fds = new Map<string, number>();
   /** Link counts of the cached descriptors' inodes, read when they were opened. */
   private readonly nlinks = new Map<string, number>();
-  /** Early write-backs the mirror's file system refused (see EARLY_WRITEBACK_BYTES): a hint lost. */
-  writeBackErrors = 0;
   /**
-   * Early write-backs: the ranges written and not yet handed to the kernel, per descriptor
-   * (merged; started once WRITEBACK_BATCH_BYTES wide), and the one running. One at a time for
-   * the whole mirror, outside the change's turn: the turn does not wait for it, and it takes one
-   * thread of libuv's pool at most (the primary's and the mirror's writes keep the others,
-   * however many files are written). A descriptor is closed only once its running write-back
-   * settled, so its number cannot name another file meanwhile; its waiting range is dropped.
+   * Early write-backs (EARLY_WRITEBACK_BYTES): one at a time for the whole mirror, outside the
+   * change's turn: the turn does not wait for it, and it takes one thread of libuv's pool at
+   * most (the primary's and the mirror's writes keep the others, however many files are
+   * written). A descriptor is closed only once its running write-back settled (close).
    */
-  private readonly pendingWriteBacks = new Map<number, [number, number]>();
-  private runningWriteBack: { fd: number; done: Promise<void> } | undefined;
+  private readonly writeBacks = new WriteBackScheduler('global');
 
   constructor(private readonly dataRoot: string) {}
 
@@ -80,7 +67,7 @@ export class MirrorWriter {
         const fd = this.fd(c.path);
         if (c.data.length <= SYNC_WRITE_BYTES) writeAllSync(fd, c.data, c.offset);
         else await writeAll(fd, c.data, c.offset);
-        if (c.data.length >= EARLY_WRITEBACK_BYTES) this.writeBack(fd, c.offset, c.data.length);
+        if (c.data.length >= EARLY_WRITEBACK_BYTES) this.writeBacks.written(fd, c.offset, c.data.length);
         return;
       }
       case 'truncate': {
@@ -223,39 +210,15 @@ export class MirrorWriter {
     }
   }
 
-  /** Queues the write-back of [offset, offset + len) of fd (merged with what fd has queued). */
-  private writeBack(fd: number, offset: number, len: number): void {
-    const queued = this.pendingWriteBacks.get(fd);
-    this.pendingWriteBacks.set(
-      fd,
-      queued ? [Math.min(queued[0], offset), Math.max(queued[1], offset + len)] : [offset, offset + len],
-    );
-    if (!this.runningWriteBack) this.nextWriteBack();
-  }
-
-  private nextWriteBack(): void {
-    let next: [number, [number, number]] | undefined;
-    for (const e of this.pendingWriteBacks)
-      if (e[1][1] - e[1][0] >= WRITEBACK_BATCH_BYTES) {
-        next = e;
-        break;
-      }
-    if (!next) return;
-    const [fd, [from, to]] = next;
-    this.pendingWriteBacks.delete(fd);
-    const done = startWriteBack(fd, from, to - from).then((err) => {
-      if (err !== undefined) this.writeBackErrors++;
-      this.runningWriteBack = undefined;
-      this.nextWriteBack();
-    });
-    this.runningWriteBack = { fd, done };
+  /** Early write-backs the mirror's file system refused (see EARLY_WRITEBACK_BYTES): a hint lost. */
+  get writeBackErrors(): number {
+    return this.writeBacks.counts.refused;
   }
 
   /** Closes fd, once its early write-back (if one runs) settled. */
   private close(fd: number): void {
-    this.pendingWriteBacks.delete(fd);
-    const running = this.runningWriteBack;
-    if (running?.fd === fd) void running.done.finally(() => fs.close(fd, () => undefined));
+    const running = this.writeBacks.forget(fd);
+    if (running) void running.finally(() => fs.close(fd, () => undefined));
     else {
       // At once, as the opens are (fd): a close is no trip to the disk, and through the pool it
       // cost two thread wakes for every create, unlink and rename of a file the writer held open.

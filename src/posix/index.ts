@@ -10,5 +10,10 @@ export { posix } from './native.js';
 export { readdirNoAtime } from './readdir.js';
 export { msToNs, nsToMs, setFdTimesNs, setTimesNs } from './set-times.js';
 export { type LockedPart, VolumeLock, type VolumeLockOptions } from './volume-lock.js';
-export { startWriteBack } from './write-back.js';
+export {
+  startWriteBack,
+  WRITEBACK_BATCH_BYTES,
+  type WriteBackConcurrency,
+  WriteBackScheduler,
+} from './write-back.js';
 export { getXattr, listXattrs, readXattrs, removeXattr, setXattr } from './xattr.js';

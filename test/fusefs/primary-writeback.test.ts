@@ -15,7 +15,7 @@ const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 const openFds = () => fs.readdirSync('/proc/self/fd').length;
 
 /**
- * The primary's early write-back (VolumeOps.writeBack, PRIMARY_WRITEBACK_BATCH): large direct
+ * The primary's early write-back (VolumeOps.writeBack, a 'per-file' WriteBackScheduler): large direct
  * writes (128 KiB and up, past the cache) start sync_file_range(WRITE) on the primary once 8 MiB
  * of a file wait, one at a time per file, so the fsync that ends a large sequential write finds
  * less to write. Writes through the cache do not; with a mirror (a sink) it is off by default.
