@@ -1,4 +1,4 @@
-import { z } from 'zod';
+import { z } from '../common/zod.js';
 
 /**
  * The twinfs control protocol, version 1: JSON text messages over a websocket. This module is
