@@ -121,6 +121,43 @@ const lazyTls = {
 };
 
 /**
+ * ws tries `require('bufferutil')` (an optional addon for masking large frames) when it is
+ * loaded, on a Node without http.websocketMask (Node 20): twinfs does not depend on it, so the
+ * require fails after a search of every node_modules folder up to the root and the global ones,
+ * 2–6 ms of every start that connects (a failed resolution and its error). In the bundle ws
+ * masks in JavaScript, as it does whenever bufferutil is missing; the control channel's
+ * messages are small.
+ */
+const noBufferUtil = {
+  name: 'no-bufferutil',
+  transform(code, id) {
+    if (!/[\\/]node_modules[\\/]ws[\\/]lib[\\/]buffer-util\.js$/.test(id)) return null;
+    const probe = '} /* istanbul ignore else  */ else if (!process.env.WS_NO_BUFFER_UTIL) {';
+    if (!code.includes(probe)) return null;
+    return code.replace(probe, '} /* istanbul ignore else  */ else if (false) {');
+  },
+};
+
+/**
+ * yargs's platform shim imports node's assert for two checks it makes on every parse
+ * (strictEqual, notStrictEqual): loading assert (and its error classes and colours) cost ~3 ms
+ * of every start. In the bundle the checks compare with Object.is, as assert does, and call
+ * assert, loaded then, only to throw its AssertionError when one fails.
+ */
+const lazyAssert = {
+  name: 'lazy-assert',
+  transform(code, id) {
+    if (!/[\\/]node_modules[\\/]yargs[\\/]lib[\\/]platform-shims[\\/]esm\.mjs$/.test(id)) return null;
+    const eager = "import { notStrictEqual, strictEqual } from 'assert'";
+    if (!code.includes(eager)) return null;
+    return code.replace(
+      eager,
+      "const notStrictEqual = (a, b, m) => { if (Object.is(a, b)) require('assert').notStrictEqual(a, b, m); }; const strictEqual = (a, b, m) => { if (!Object.is(a, b)) require('assert').strictEqual(a, b, m); }",
+    );
+  },
+};
+
+/**
  * The import() of a specifier known only when it runs (a plugin's main file) stays an import()
  * in the bundle. Node 20's V8 drops a script's dynamic-import callback when it deserializes the
  * script from a code cache ("A dynamic import callback was not specified"), so in the bundle it
@@ -140,7 +177,7 @@ const hostImport = {
 const external = (id) => id.startsWith('node:') || EXTERNAL.some((e) => id === e || id.startsWith(`${e}/`));
 
 fs.rmSync(OUT, { recursive: true, force: true });
-const PLUGINS = [ownUrl, lazySegmenter, lazyEmojiRegex, lazyTls, hostImport];
+const PLUGINS = [ownUrl, lazySegmenter, lazyEmojiRegex, lazyTls, noBufferUtil, lazyAssert, hostImport];
 
 const bundle = await rolldown({
   input: { main: path.join(ROOT, 'dist', 'cli', 'main.js') },

@@ -1,7 +1,7 @@
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
-import { z } from 'zod';
 import { TwinError } from '../common/errors.js';
+import { z } from '../common/zod.js';
 import { describeIssues, type SelectorMsg } from '../control/protocol.js';
 
 /**

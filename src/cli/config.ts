@@ -1,6 +1,5 @@
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
-import { z } from 'zod';
 import {
   configBoolean,
   configPositive,
@@ -9,6 +8,7 @@ import {
   parseConfig,
 } from '../common/config-schema.js';
 import { TwinError } from '../common/errors.js';
+import { z } from '../common/zod.js';
 import { type SmbSettings, validateSmbSettings } from '../smb/settings.js';
 
 /** Settings of `twinfs serve`, from the config file and then the command line. */

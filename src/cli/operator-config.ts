@@ -1,8 +1,8 @@
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { z } from 'zod';
 import { parseConfig } from '../common/config-schema.js';
 import { TwinError } from '../common/errors.js';
+import { z } from '../common/zod.js';
 import {
   CONFIG_SECTIONS,
   type OPERATOR_KEY_NAMES,

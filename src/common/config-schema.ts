@@ -1,5 +1,5 @@
-import { z } from 'zod';
 import { TwinError } from './errors.js';
+import { z } from './zod.js';
 
 /**
  * zod schemas for the config files (serve, operator, smb) and one way to report what is wrong

@@ -1,4 +1,3 @@
-import * as readline from 'node:readline';
 import type { Writable } from 'node:stream';
 import { formatBytes, formatSeconds, type ProgressReport } from './progress.js';
 
@@ -69,6 +68,15 @@ export function formatProgressLine(p: ProgressReport, v: ProgressView): string {
 }
 
 /**
+ * Clears the terminal line and puts the cursor at its start: what readline's clearLine(out, 0)
+ * and cursorTo(out, 0) write (CSI 2K, CSI 1G), without loading node:readline (~1 ms and a few
+ * of node's modules of every command's start, for a bar drawn only on a terminal).
+ */
+function clearLine(out: Writable): void {
+  out.write('\x1b[2K\x1b[1G');
+}
+
+/**
  * The progress bar of the command line (on stderr) and of the REPL (below its output): one
  * line, redrawn at most 10 times a second; lines printed meanwhile go above it; cleared when
  * the command ends so the prompt or the result comes on a clean line.
@@ -98,8 +106,7 @@ export class ProgressLine {
   show(text: string): void {
     const width = Math.max(40, (this.out.columns || 80) - 1);
     this.text = text.length > width ? text.slice(0, width) : text;
-    readline.clearLine(this.out, 0);
-    readline.cursorTo(this.out, 0);
+    clearLine(this.out);
     this.out.write(this.text);
   }
 
@@ -111,8 +118,7 @@ export class ProgressLine {
   /** Runs write (which prints whole lines, here or on another stream of the same terminal) above the bar. */
   above(write: () => void): void {
     if (this.text) {
-      readline.clearLine(this.out, 0);
-      readline.cursorTo(this.out, 0);
+      clearLine(this.out);
     }
     write();
     if (this.text) this.out.write(this.text);
@@ -123,8 +129,7 @@ export class ProgressLine {
     this.meter = new ProgressMeter();
     this.lastPhase = undefined;
     if (!this.text) return;
-    readline.clearLine(this.out, 0);
-    readline.cursorTo(this.out, 0);
+    clearLine(this.out);
     this.text = '';
   }
 }

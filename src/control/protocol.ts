@@ -1,4 +1,4 @@
-import { z } from 'zod';
+import { z } from '../common/zod.js';
 
 /**
  * The twinfs control protocol, version 1: JSON text messages over a websocket. This module is
@@ -44,25 +44,27 @@ const count = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER);
  * A peer's report on the copy of a backup it prepared (request `report`): what it copies to,
  * how far it is, and at the end its outcome. Only told on to whoever watches the server.
  */
-export const backupReportSchema = z
-  .object({
-    /** The target spec (dir:/backups, s3://bucket/prefix). */
-    target: z.string().max(1024),
-    snapshotId: z.string().max(200).optional(),
-    phase: z.enum(['copy', 'commit', 'done']),
-    files: count,
-    filesTotal: count,
-    bytes: count,
-    bytesTotal: count,
-    copiedBytes: count,
-    outcome: z.enum(['ok', 'failed']).optional(),
-    /** The coded error of a failed run. */
-    error: z
-      .object({ code: z.string().max(100), message: z.string().max(2000) })
-      .strict()
-      .optional(),
-  })
-  .strict();
+export const backupReportSchema = z.lazy(() =>
+  z
+    .object({
+      /** The target spec (dir:/backups, s3://bucket/prefix). */
+      target: z.string().max(1024),
+      snapshotId: z.string().max(200).optional(),
+      phase: z.enum(['copy', 'commit', 'done']),
+      files: count,
+      filesTotal: count,
+      bytes: count,
+      bytesTotal: count,
+      copiedBytes: count,
+      outcome: z.enum(['ok', 'failed']).optional(),
+      /** The coded error of a failed run. */
+      error: z
+        .object({ code: z.string().max(100), message: z.string().max(2000) })
+        .strict()
+        .optional(),
+    })
+    .strict(),
+);
 export type BackupReport = z.infer<typeof backupReportSchema>;
 
 export const selectorSchema = z
@@ -119,82 +121,84 @@ export type ChangesMsg = z.infer<typeof changesSchema>;
 
 const id = z.union([z.string().min(1).max(100), z.number().int()]);
 
-export const requestSchema = z.discriminatedUnion('type', [
-  z
-    .object({
-      type: z.literal('hello'),
-      id,
-      version: z.number().int(),
-      token: z.string().max(1024),
-      client: z.string().max(200).optional(),
-    })
-    .strict(),
-  z.object({ type: z.literal('status'), id }).strict(),
-  z
-    .object({
-      type: z.literal('prepare'),
-      id,
-      selector: selectorSchema,
-      /** How long the split may be held without renew, ms. */
-      leaseMs: z
-        .number()
-        .int()
-        .min(1000)
-        .max(24 * 3600_000)
-        .optional(),
-      /** Override the server's maximum write stall for this prepare (may only be lower). */
-      maxStallMs: z.number().int().min(1).max(60_000).optional(),
-      /**
-       * false: no item list for a subtree or volume (items [], itemsComplete false): the peer
-       * walks the mirror itself. Default true. A paths selection is always listed.
-       */
-      listItems: z.boolean().optional(),
-      /**
-       * The generation of the previous snapshot's split (its prepare reply's `generation`): the
-       * reply then says which files of the selection changed since (`changes`).
-       */
-      since: generationSchema.optional(),
-    })
-    .strict(),
-  z
-    .object({
-      type: z.literal('renew'),
-      id,
-      backupId: z.string().max(200),
-      leaseMs: z
-        .number()
-        .int()
-        .min(1000)
-        .max(24 * 3600_000)
-        .optional(),
-    })
-    .strict(),
-  z.object({ type: z.literal('release'), id, backupId: z.string().max(200) }).strict(),
-  z
-    .object({
-      type: z.literal('report'),
-      id,
-      backupId: z.string().max(200),
-      report: backupReportSchema,
-    })
-    .strict(),
-  z
-    .object({
-      type: z.literal('freeze'),
-      id,
-      selector: selectorSchema,
-      timeoutMs: z.number().int().min(100).max(3600_000).optional(),
-    })
-    .strict(),
-  z.object({ type: z.literal('thaw'), id, freezeId: z.string().max(200) }).strict(),
-  z.object({ type: z.literal('verify'), id, content: z.boolean().optional() }).strict(),
-  z.object({ type: z.literal('repair'), id }).strict(),
-  z.object({ type: z.literal('flush'), id }).strict(),
-  /** The next page of a prepare's `changes` (its `more` cursor), while the backup is held. */
-  z
-    .object({ type: z.literal('changes'), id, backupId: z.string().max(200), cursor: z.string().max(20) })
-    .strict(),
-]);
+export const requestSchema = z.lazy(() =>
+  z.discriminatedUnion('type', [
+    z
+      .object({
+        type: z.literal('hello'),
+        id,
+        version: z.number().int(),
+        token: z.string().max(1024),
+        client: z.string().max(200).optional(),
+      })
+      .strict(),
+    z.object({ type: z.literal('status'), id }).strict(),
+    z
+      .object({
+        type: z.literal('prepare'),
+        id,
+        selector: selectorSchema,
+        /** How long the split may be held without renew, ms. */
+        leaseMs: z
+          .number()
+          .int()
+          .min(1000)
+          .max(24 * 3600_000)
+          .optional(),
+        /** Override the server's maximum write stall for this prepare (may only be lower). */
+        maxStallMs: z.number().int().min(1).max(60_000).optional(),
+        /**
+         * false: no item list for a subtree or volume (items [], itemsComplete false): the peer
+         * walks the mirror itself. Default true. A paths selection is always listed.
+         */
+        listItems: z.boolean().optional(),
+        /**
+         * The generation of the previous snapshot's split (its prepare reply's `generation`): the
+         * reply then says which files of the selection changed since (`changes`).
+         */
+        since: generationSchema.optional(),
+      })
+      .strict(),
+    z
+      .object({
+        type: z.literal('renew'),
+        id,
+        backupId: z.string().max(200),
+        leaseMs: z
+          .number()
+          .int()
+          .min(1000)
+          .max(24 * 3600_000)
+          .optional(),
+      })
+      .strict(),
+    z.object({ type: z.literal('release'), id, backupId: z.string().max(200) }).strict(),
+    z
+      .object({
+        type: z.literal('report'),
+        id,
+        backupId: z.string().max(200),
+        report: backupReportSchema,
+      })
+      .strict(),
+    z
+      .object({
+        type: z.literal('freeze'),
+        id,
+        selector: selectorSchema,
+        timeoutMs: z.number().int().min(100).max(3600_000).optional(),
+      })
+      .strict(),
+    z.object({ type: z.literal('thaw'), id, freezeId: z.string().max(200) }).strict(),
+    z.object({ type: z.literal('verify'), id, content: z.boolean().optional() }).strict(),
+    z.object({ type: z.literal('repair'), id }).strict(),
+    z.object({ type: z.literal('flush'), id }).strict(),
+    /** The next page of a prepare's `changes` (its `more` cursor), while the backup is held. */
+    z
+      .object({ type: z.literal('changes'), id, backupId: z.string().max(200), cursor: z.string().max(20) })
+      .strict(),
+  ]),
+);
 export type Request = z.infer<typeof requestSchema>;
 export type RequestType = Request['type'];
 
@@ -233,85 +237,91 @@ export const prepareResultSchema = z.object({
 export type PrepareResult = z.infer<typeof prepareResultSchema>;
 
 /** A selection as the server reports it (status): its internal form, subtrees included. */
-export const selectionSchema = z.looseObject({
-  paths: z.array(z.string()).optional(),
-  subtree: z.string().optional(),
-  subtrees: z.array(z.string()).optional(),
-  volume: z.boolean().optional(),
-});
+export const selectionSchema = z.lazy(() =>
+  z.looseObject({
+    paths: z.array(z.string()).optional(),
+    subtree: z.string().optional(),
+    subtrees: z.array(z.string()).optional(),
+    volume: z.boolean().optional(),
+  }),
+);
 
 /**
  * The replies the operator commands read. Loose objects: a newer server may add fields; what
  * the commands use is checked (a reply that lacks it is ETWIN_PROTOCOL, not a crash later).
  */
-export const statusResultSchema = z.looseObject({
-  fs: z.looseObject({
-    primary: z.string(),
-    mount: z.string(),
-    writeThrough: z.boolean(),
-    cache: z.looseObject({
-      dirtyBytes: z.number(),
-      limitBytes: z.number(),
-      dirtyFiles: z.number(),
-      openFiles: z.number(),
-      writeErrors: z.number(),
+export const statusResultSchema = z.lazy(() =>
+  z.looseObject({
+    fs: z.looseObject({
+      primary: z.string(),
+      mount: z.string(),
+      writeThrough: z.boolean(),
+      cache: z.looseObject({
+        dirtyBytes: z.number(),
+        limitBytes: z.number(),
+        dirtyFiles: z.number(),
+        openFiles: z.number(),
+        writeErrors: z.number(),
+      }),
+      mountLost: z.string().optional(),
     }),
-    mountLost: z.string().optional(),
-  }),
-  mirror: z
-    .looseObject({
-      deviceId: z.string(),
-      mirrorRoot: z.string(),
-      state: z.string(),
-      splits: z.array(
-        z.looseObject({
-          splitId: z.string(),
-          selector: selectionSchema,
-          trackedBytes: z.number(),
-          trackedFiles: z.number(),
-        }),
-      ),
-      broken: z.array(z.string()),
-      brokenReasons: z.record(z.string(), z.string()).optional(),
-      queueLength: z.number(),
-    })
-    .nullable(),
-  backup: z.looseObject({
-    maxStallMs: z.number(),
-    stall: z.looseObject({
-      prepares: z.number(),
-      failedPrepares: z.number(),
+    mirror: z
+      .looseObject({
+        deviceId: z.string(),
+        mirrorRoot: z.string(),
+        state: z.string(),
+        splits: z.array(
+          z.looseObject({
+            splitId: z.string(),
+            selector: selectionSchema,
+            trackedBytes: z.number(),
+            trackedFiles: z.number(),
+          }),
+        ),
+        broken: z.array(z.string()),
+        brokenReasons: z.record(z.string(), z.string()).optional(),
+        queueLength: z.number(),
+      })
+      .nullable(),
+    backup: z.looseObject({
       maxStallMs: z.number(),
-      lastStallMs: z.number().nullable(),
-      recentMs: z.array(z.number()).optional(),
-      inhibitor: z.looseObject({ held: z.number(), maxStallMs: z.number() }).nullable().optional(),
+      stall: z.looseObject({
+        prepares: z.number(),
+        failedPrepares: z.number(),
+        maxStallMs: z.number(),
+        lastStallMs: z.number().nullable(),
+        recentMs: z.array(z.number()).optional(),
+        inhibitor: z.looseObject({ held: z.number(), maxStallMs: z.number() }).nullable().optional(),
+      }),
+      backups: z.array(
+        z.looseObject({ backupId: z.string(), selector: selectionSchema, expiresAt: z.number() }),
+      ),
+      freezes: z.array(z.looseObject({ freezeId: z.string(), selector: selectionSchema, since: z.number() })),
     }),
-    backups: z.array(
-      z.looseObject({ backupId: z.string(), selector: selectionSchema, expiresAt: z.number() }),
-    ),
-    freezes: z.array(z.looseObject({ freezeId: z.string(), selector: selectionSchema, since: z.number() })),
+    smb: z
+      .looseObject({
+        state: z.string().nullish(),
+        running: z.boolean().nullish(),
+        url: z.string().nullish(),
+        port: z.number().nullish(),
+        clients: z.array(z.unknown()).nullish(),
+        restarts: z.number().nullish(),
+        lastError: z.looseObject({ code: z.string(), message: z.string() }).nullable().optional(),
+      })
+      .nullable()
+      .optional(),
   }),
-  smb: z
-    .looseObject({
-      state: z.string().nullish(),
-      running: z.boolean().nullish(),
-      url: z.string().nullish(),
-      port: z.number().nullish(),
-      clients: z.array(z.unknown()).nullish(),
-      restarts: z.number().nullish(),
-      lastError: z.looseObject({ code: z.string(), message: z.string() }).nullable().optional(),
-    })
-    .nullable()
-    .optional(),
-});
+);
 export type StatusResult = z.infer<typeof statusResultSchema>;
 
-export const freezeResultSchema = z.looseObject({
-  freezeId: z.string(),
-  flushedMs: z.number(),
-  timeoutMs: z.number(),
-});
-export const thawResultSchema = z.looseObject({ freezeId: z.string(), heldMs: z.number() });
+export const freezeResultSchema = z.lazy(() =>
+  z.looseObject({
+    freezeId: z.string(),
+    flushedMs: z.number(),
+    timeoutMs: z.number(),
+  }),
+);
+export const thawResultSchema = z.lazy(() => z.looseObject({ freezeId: z.string(), heldMs: z.number() }));
 export const releaseResultSchema = z.looseObject({
   backupId: z.string(),
   bytesCopied: z.number(),
@@ -319,26 +329,30 @@ export const releaseResultSchema = z.looseObject({
   ms: z.number(),
 });
 export const renewResultSchema = z.looseObject({ backupId: z.string(), expiresAt: z.number() });
-export const verifyResultSchema = z.looseObject({
-  ok: z.boolean(),
-  checked: z.number(),
-  skipped: z.number(),
-  differences: z.array(
-    z.looseObject({
-      path: z.string(),
-      kind: z.string(),
-      primary: z.union([z.string(), z.number()]).optional(),
-      mirror: z.union([z.string(), z.number()]).optional(),
-    }),
-  ),
-});
-export const repairResultSchema = z.looseObject({
-  bytes: z.number(),
-  entries: z.number(),
-  remaining: z.array(z.string()),
-  reasons: z.record(z.string(), z.string()),
-});
-export const flushResultSchema = z.looseObject({ flushed: z.literal(true) });
+export const verifyResultSchema = z.lazy(() =>
+  z.looseObject({
+    ok: z.boolean(),
+    checked: z.number(),
+    skipped: z.number(),
+    differences: z.array(
+      z.looseObject({
+        path: z.string(),
+        kind: z.string(),
+        primary: z.union([z.string(), z.number()]).optional(),
+        mirror: z.union([z.string(), z.number()]).optional(),
+      }),
+    ),
+  }),
+);
+export const repairResultSchema = z.lazy(() =>
+  z.looseObject({
+    bytes: z.number(),
+    entries: z.number(),
+    remaining: z.array(z.string()),
+    reasons: z.record(z.string(), z.string()),
+  }),
+);
+export const flushResultSchema = z.lazy(() => z.looseObject({ flushed: z.literal(true) }));
 
 /** Each request type's reply schema: ControlClient.call() validates against it. */
 export const replySchemas = {

@@ -1,8 +1,8 @@
 import { promises as fsp } from 'node:fs';
 import { createRequire } from 'node:module';
 import * as path from 'node:path';
-import { z } from 'zod';
 import { TwinError } from '../common/errors.js';
+import { z } from '../common/zod.js';
 
 /** The twinfs plugin API version plugins declare compatibility with in engines.twinfs. */
 export const API_VERSION = '1.2.0';

@@ -1,6 +1,6 @@
-import { z } from 'zod';
 import { parseConfig } from '../common/config-schema.js';
 import { TwinError } from '../common/errors.js';
+import { z } from '../common/zod.js';
 
 /** One SMB account: a name SMB clients log in with and its password (kept in Samba's passdb). */
 export interface SmbUser {

@@ -1,6 +1,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
+import { crc32 } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli } from '../helpers/cli.js';
 import { ROOT, tempDirs } from '../helpers/server.js';
@@ -30,10 +31,10 @@ async function cacheFile(dir: string, prefix: string): Promise<string> {
   return path.join(dir, 'code', files[0]!);
 }
 
-/** A cache file's parts: header (magic, SHA-1), key, V8's data. */
-const MAGIC_LEN = 'twinfs-code-cache-1\n'.length;
+/** A cache file's parts: header (magic, CRC-32), key, V8's data. */
+const MAGIC_LEN = 'twinfs-code-cache-2\n'.length;
 function parts(buf: Buffer) {
-  const body = MAGIC_LEN + 20;
+  const body = MAGIC_LEN + 4;
   const keyLen = buf.readUInt32LE(body);
   return {
     magic: buf.subarray(0, MAGIC_LEN),
@@ -98,7 +99,9 @@ describe('the code cache of the CLI bundle', () => {
     const len = Buffer.alloc(4);
     len.writeUInt32LE(own.key.length);
     const rest = Buffer.concat([len, own.key, foreignData]);
-    await fsp.writeFile(main, Buffer.concat([own.magic, createHash('sha1').update(rest).digest(), rest]));
+    const sum = Buffer.alloc(4);
+    sum.writeUInt32LE(crc32(rest));
+    await fsp.writeFile(main, Buffer.concat([own.magic, sum, rest]));
     expect((await version(dir)).states).toEqual(['rejected', 'written']);
     expect(parts(await fsp.readFile(main)).data.equals(foreignData)).toBe(false);
     expect((await version(dir)).states).toEqual(['used']);
