@@ -53,18 +53,20 @@ export interface StreamCutAnswer {
 
 export interface SealRequest {
   op: 'seal';
-  /** The blobs' plaintext, one after another. */
+  /**
+   * The batch (shared memory the caller reuses): the blobs' plaintext where each would lie in
+   * the pack uncompressed (PACK_HEADER bytes first, then each blob and room for its tag). The
+   * pack is built in it, over the plaintext, when it fits.
+   */
   data: Uint8Array;
-  /** [id, type, end offset in data] in pack order. */
-  blobs: Array<[string, BlobType, number]>;
+  /** [id, type, start, end offset in data] in pack order. */
+  blobs: Array<[string, BlobType, number, number]>;
   master: Uint8Array | null;
-  /** Where to build the pack (shared memory the caller reuses), when it fits. */
-  out?: Uint8Array;
 }
 
 export interface SealAnswer {
   name: string;
-  /** The pack: a view of the request's `out`, or a buffer of its own moved back. */
+  /** The pack: a view of the request's `data`, or a buffer of its own moved back. */
   bytes: Uint8Array;
   info: PackInfo;
   /** Bytes of the blobs before compression, and as stored. */
@@ -95,6 +97,11 @@ export interface FilesRequest {
   files: Array<{ path: string; size: number; max: number }>;
   params: ChunkerParams;
   master: Uint8Array | null;
+  /**
+   * Where to read the files (shared memory the caller reuses for its later batches), when they
+   * fit: no fresh pages per batch.
+   */
+  out?: Uint8Array;
 }
 
 export type FileOutcome =
@@ -108,7 +115,7 @@ export type FileOutcome =
   | { kind: 'failed'; errno: string; message: string };
 
 export interface FilesAnswer {
-  /** The files' bytes one after another (moved back). */
+  /** The files' bytes one after another: a view of the request's `out`, or moved back. */
   data: Uint8Array;
   files: FileOutcome[];
 }
@@ -250,15 +257,16 @@ function filesOp(r: FilesRequest): { value: FilesAnswer; transfer: ArrayBuffer[]
   // Room for every file at its expected size: one that differs is refused, never read past.
   let total = 0;
   for (const f of r.files) total += f.size;
-  const out = Buffer.allocUnsafeSlow(total);
+  const shared = r.out !== undefined && r.out.length >= total;
+  const out = shared ? asBuffer(r.out!) : Buffer.allocUnsafeSlow(total);
   const files: FileOutcome[] = [];
   let at = 0;
   for (const f of r.files) {
     files.push(readOne(f, out, at, r.params, keys));
     at += f.size;
   }
-  const data = new Uint8Array(out.buffer, 0, total);
-  return { value: { data, files }, transfer: [out.buffer as ArrayBuffer] };
+  const data = new Uint8Array(out.buffer, out.byteOffset, total);
+  return { value: { data, files }, transfer: shared ? [] : [out.buffer as ArrayBuffer] };
 }
 
 function cutOp(r: CutRequest): { value: CutAnswer | StreamCutAnswer; transfer: ArrayBuffer[] } {
@@ -327,12 +335,12 @@ function idsOp(r: IdsRequest): { value: string[]; transfer: ArrayBuffer[] } {
 async function sealOp(r: SealRequest): Promise<{ value: SealAnswer; transfer: ArrayBuffer[] }> {
   const keys = keysOf(r.master);
   const all = asBuffer(r.data);
-  let start = 0;
-  const parts = r.blobs.map(([id, type, end]) => {
-    const plain = all.subarray(start, end);
-    start = end;
-    return { id, type, plain };
+  let rawBytes = 0;
+  const parts = r.blobs.map(([id, type, start, end]) => {
+    rawBytes += end - start;
+    return { id, type, plain: all.subarray(start, end) };
   });
+  // Every blob is read (compressed) before the pack is written over them.
   const stored = await Promise.all(parts.map((p) => compress(p.plain)));
   let storedBytes = 0;
   const blobs = parts.map((p, i) => {
@@ -340,12 +348,12 @@ async function sealOp(r: SealRequest): Promise<{ value: SealAnswer; transfer: Ar
     storedBytes += (z ?? p.plain).length;
     return { id: p.id, type: p.type, stored: z ?? p.plain, rawLength: p.plain.length, z: z !== undefined };
   });
-  const out = r.out ? asBuffer(r.out) : undefined;
-  const { name, bytes, info } = buildPack(keys, blobs, out);
-  // In the caller's shared buffer, or in one of its own (allocUnsafeSlow), moved back.
-  const shared = out !== undefined && bytes.buffer === out.buffer;
+  // Built over the batch in place (no second buffer of fresh pages per pack), or in a buffer
+  // of its own (allocUnsafeSlow) moved back when the table of contents does not fit.
+  const { name, bytes, info } = buildPack(keys, blobs, all);
+  const shared = bytes.buffer === all.buffer;
   return {
-    value: { name, bytes, info, rawBytes: all.length, storedBytes },
+    value: { name, bytes, info, rawBytes, storedBytes },
     transfer: shared ? [] : [bytes.buffer as ArrayBuffer],
   };
 }

@@ -1,43 +1,52 @@
 import { TwinError } from '../common/errors.js';
 import type { SealAnswer } from './blob-worker.js';
 import { cut } from './chunker.js';
-import { type BlobType, PACK_SIZE, type PackInfo, packObjectName } from './pack.js';
+import { TAG } from './crypto.js';
+import { type BlobType, PACK_HEADER, PACK_SIZE, type PackInfo, packObjectName } from './pack.js';
 import type { Repository } from './repository.js';
 import { repoWorkers, type WorkerPool } from './worker-pool.js';
 
-/** Room of a batch buffer: a full pack plus the largest chunk (a batch is cut past PACK_SIZE). */
-const BATCH_ROOM = PACK_SIZE + 2 * 1024 * 1024;
-/** Room of a pack buffer: a batch plus tags and table of contents (a larger pack gets its own). */
-const OUT_ROOM = BATCH_ROOM + 1024 * 1024;
+/**
+ * Room of a batch buffer: a full pack plus the largest chunk (a batch is cut past PACK_SIZE),
+ * the header and tags, and the table of contents (the pack is built in it; a larger pack gets
+ * a buffer of its own).
+ */
+const BATCH_ROOM = PACK_SIZE + 3 * 1024 * 1024;
 
 interface Batch {
   buf: Buffer;
-  bytes: number;
-  rows: Array<[string, BlobType, number]>;
+  /** Bytes of the batch used (header room, blobs, tag room). */
+  fill: number;
+  rows: Array<[string, BlobType, number, number]>;
 }
 
 /**
  * Stores new blobs of one writer into packs. Blobs the repository already holds, or that this
  * writer stored already, are skipped: deduplication. New blobs are copied into a batch (shared
- * memory) on the main thread; a batch of PACK_SIZE bytes (before compression) is compressed,
- * encrypted and named by a worker thread (blob-worker.ts, `seal`) that reads it in place and
- * builds the pack in a second shared buffer, then uploaded. At most `ahead` packs are being
- * sealed or uploaded at once: the add that filled a batch waits for the oldest beyond that
- * (backpressure: memory stays bounded at about (ahead + 1) × 2 × PACK_SIZE, and the writer
- * keeps up to `ahead` spare buffers of each kind for its later packs until it is dropped). The
- * packs reach the index only when the writer's owner writes it (commit).
+ * memory) on the main thread, each where it would lie in the pack uncompressed (after the
+ * header, room for its tag after it); a batch of PACK_SIZE bytes (before compression) is
+ * compressed, encrypted and named by a worker thread (blob-worker.ts, `seal`) that builds the
+ * pack in the batch itself, over the plaintext, then uploaded from there. At most `ahead`
+ * packs are being sealed or uploaded at once: the add that filled a batch waits for the oldest
+ * beyond that (backpressure: memory stays bounded at about (ahead + 2) × PACK_SIZE, and the
+ * writer keeps up to `ahead` spare batches for its later packs until it is dropped: fresh
+ * memory costs a page fault per 4 KiB, ~11 µs each on some VMs, more than sealing the bytes).
+ * The packs reach the index only when the writer's owner writes it (commit).
  */
 export class BlobWriter {
-  /** The batch being filled: its blobs' bytes one after another, copied in as they come. */
+  /** The batch being filled: its blobs' bytes copied in as they come (see `queue`). */
   private buf: Buffer | undefined;
-  private rows: Array<[string, BlobType, number]> = [];
+  private rows: Array<[string, BlobType, number, number]> = [];
+  /** Plaintext bytes in the batch (a pack is cut at PACK_SIZE of them). */
   private batchBytes = 0;
+  /** Bytes of the batch used: header room, blobs, tag room. */
+  private fill = PACK_HEADER;
+  /** Room left after each blob for its tag. */
+  private readonly gap: number;
   /** Batches full and waiting for a worker (backpressure). */
   private readonly full: Batch[] = [];
-  /** Batch buffers (shared memory) a worker has sealed, reused: no fresh pages per pack. */
+  /** Batch buffers (shared memory) whose pack the store has written, reused: no fresh pages. */
   private readonly spare: Buffer[] = [];
-  /** Pack buffers (shared memory) the store has written, reused likewise. */
-  private readonly spareOut: Buffer[] = [];
   private readonly mine = new Set<string>();
   private readonly sealing: Array<Promise<void>> = [];
   /**
@@ -58,6 +67,7 @@ export class BlobWriter {
     private readonly pool: WorkerPool = repoWorkers(),
   ) {
     this.ahead = pool.size + 1;
+    this.gap = repo.keys.encrypted ? TAG : 0;
   }
 
   /** Whether the blob is stored: by this writer, or intact in the repository. */
@@ -106,16 +116,18 @@ export class BlobWriter {
   }
 
   /**
-   * Copies a blob into the batch (the caller's buffer may be reused once add resolves: a
-   * streamed file's windows are); a batch that reaches PACK_SIZE is full.
+   * Copies a blob into the batch where it would lie in the pack uncompressed (the caller's
+   * buffer may be reused once add resolves: a streamed file's windows are); a batch that
+   * reaches PACK_SIZE is full.
    */
   private queue(b: { id: string; data: Buffer }, type: BlobType): void {
     const n = b.data.length;
-    if (this.buf && this.batchBytes + n > this.buf.length) this.close();
-    if (!this.buf) this.buf = this.batchBuffer(n);
-    b.data.copy(this.buf, this.batchBytes);
+    if (this.buf && this.fill + n + this.gap > this.buf.length) this.close();
+    if (!this.buf) this.buf = this.batchBuffer(PACK_HEADER + n + this.gap);
+    b.data.copy(this.buf, this.fill);
+    this.rows.push([b.id, type, this.fill, this.fill + n]);
+    this.fill += n + this.gap;
     this.batchBytes += n;
-    this.rows.push([b.id, type, this.batchBytes]);
     this.newBytes += n;
     if (this.batchBytes >= PACK_SIZE) this.close();
   }
@@ -127,11 +139,12 @@ export class BlobWriter {
 
   /** The batch being filled is full: it waits for a worker. */
   private close(): void {
-    if (!this.buf || this.batchBytes === 0) return;
-    this.full.push({ buf: this.buf, bytes: this.batchBytes, rows: this.rows });
+    if (!this.buf || this.rows.length === 0) return;
+    this.full.push({ buf: this.buf, fill: this.fill, rows: this.rows });
     this.buf = undefined;
     this.rows = [];
     this.batchBytes = 0;
+    this.fill = PACK_HEADER;
   }
 
   /** Hands the full batches to workers to become packs, and the packs to the store. */
@@ -141,20 +154,20 @@ export class BlobWriter {
       while (this.sealing.length >= this.ahead) await this.sealing.shift();
       // Discarded while this dispatch waited for room: the batch is dropped, not stored.
       if (this.discarded) return;
-      // Shared memory: the worker reads the batch where it is; it is reused once sealed.
-      const data = new Uint8Array(batch.buf.buffer, 0, batch.bytes);
+      // Shared memory: the worker reads the batch and builds the pack where it is (all of the
+      // buffer: the pack needs room for its table of contents after the blobs).
+      const data = new Uint8Array(batch.buf.buffer, 0, batch.buf.length);
       const master = this.repo.keys.material();
-      const out = this.spareOut.pop() ?? Buffer.from(new SharedArrayBuffer(OUT_ROOM));
-      const sealed = this.pool.run<SealAnswer>({ op: 'seal', data, blobs: batch.rows, master, out }, [], {
-        cost: batch.bytes,
+      const sealed = this.pool.run<SealAnswer>({ op: 'seal', data, blobs: batch.rows, master }, [], {
+        cost: batch.fill,
       });
       const job = sealed
         .then(async (a) => {
-          if (batch.buf.length === BATCH_ROOM && this.spare.length < this.ahead) this.spare.push(batch.buf);
           const bytes = Buffer.from(a.bytes.buffer, a.bytes.byteOffset, a.bytes.byteLength);
           await this.repo.store.put(packObjectName(a.name), bytes);
-          // Written: reused (a put that failed may still hold it, then it is never reused).
-          if (this.spareOut.length < this.ahead) this.spareOut.push(out);
+          // Written: reused (a put that failed may still hold it, then it is never reused; a
+          // worker that failed may still write in it, then it is not reused either).
+          if (batch.buf.length === BATCH_ROOM && this.spare.length < this.ahead) this.spare.push(batch.buf);
           this.storedBytes += a.storedBytes;
           this.packs.push(a.info);
         })
@@ -184,6 +197,7 @@ export class BlobWriter {
     this.buf = undefined;
     this.rows = [];
     this.batchBytes = 0;
+    this.fill = PACK_HEADER;
     this.full.length = 0;
     this.sealing.length = 0;
     // Every job started, including one a dispatch took out of `sealing` while it waited for

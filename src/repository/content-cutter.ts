@@ -3,10 +3,16 @@ import type { CutAnswer, IdsRequest, StreamCutAnswer } from './blob-worker.js';
 import type { Repository } from './repository.js';
 import { repoWorkers, type WorkerPool } from './worker-pool.js';
 
-/** A streamed file is cut in windows of this size (many chunks per message to a worker). */
-export const WINDOW = 8 * 1024 * 1024;
+/**
+ * A streamed file is cut in windows of this size (many chunks per message to a worker). Every
+ * window a stream holds at once is memory that was fresh pages once (a minor fault per 4 KiB,
+ * ~11 µs each on some VMs): with several large files at once, 8 MiB windows were most of a
+ * backup's bytes read into fresh memory; at 2 MiB the windows in flight are a quarter of that,
+ * for a few more messages per file (a window is still ~8 average chunks).
+ */
+export const WINDOW = 2 * 1024 * 1024;
 /** Windows of one file in the worker's hands while the next one fills (read-ahead). */
-const AHEAD = 2;
+const AHEAD = 3;
 /** Files up to this size are hashed on the calling thread: cheaper than a message to a worker. */
 const INLINE_MAX = 16 * 1024;
 
@@ -63,9 +69,18 @@ export class ContentCutter {
 
   /** Spare windows (shared memory) of this writer's earlier streams, reused: no fresh pages. */
   private readonly spare: Buffer[] = [];
+  /** Spare buffers (shared memory, the largest chunk each) for chunks across two windows. */
+  private readonly spareSpans: Buffer[] = [];
 
   private window(): Buffer {
     return this.spare.pop() ?? Buffer.from(new SharedArrayBuffer(WINDOW));
+  }
+
+  /** Room for a chunk across windows: a spare span buffer when it fits, else one of its own. */
+  private span(n: number): Buffer {
+    const room = this.repo.config.chunker.max;
+    if (n > room) return Buffer.from(new SharedArrayBuffer(n));
+    return (this.spareSpans.pop() ?? Buffer.from(new SharedArrayBuffer(room))).subarray(0, n);
   }
 
   /**
@@ -114,7 +129,7 @@ export class ContentCutter {
       // next window's are, and before a step releases the windows they lie in (those end
       // before the window's tail, which starts after every chunk of this answer).
       const chunked = cut.then(async (a) => {
-        const blobs = slices(held, a);
+        const blobs = slices(held, a, (n) => this.span(n));
         if (blobs.length === 0) return { a, blobs };
         let bytes = 0;
         for (const b of blobs) bytes += b.data.length;
@@ -131,6 +146,15 @@ export class ContentCutter {
       const step = last.then(async () => {
         const { a, blobs } = await chunked;
         await take(blobs);
+        // Taken: the span buffers of this window's chunks are read by no one any more (the
+        // ids were computed before). A failed step keeps them, as it keeps its windows.
+        for (const b of blobs)
+          if (
+            b.span &&
+            b.data.buffer.byteLength === this.repo.config.chunker.max &&
+            this.spareSpans.length < SPARE
+          )
+            this.spareSpans.push(Buffer.from(b.data.buffer));
         const hash = await hashed;
         // Windows wholly before the uncut tail are read by no one any more.
         while (held.length > 0 && (final || held[0]!.end <= a.tail)) {
@@ -201,20 +225,27 @@ const SPARE = 8;
 
 /**
  * The chunks of a streamed window's answer, as views of the windows that hold them (a chunk
- * across two windows, at most one per window, is copied into shared memory of its own, so that
- * the worker computing its id reads it in place too). Their ids are filled in by the caller.
+ * across two windows, at most one per window, is copied into shared memory from `span`, so
+ * that the worker computing its id reads it in place too; marked `span`). Their ids are filled
+ * in by the caller.
  */
-function slices(held: Window[], a: StreamCutAnswer): Blob[] {
-  const out: Blob[] = [];
+function slices(
+  held: Window[],
+  a: StreamCutAnswer,
+  span: (n: number) => Buffer,
+): Array<Blob & { span?: true }> {
+  const out: Array<Blob & { span?: true }> = [];
   let start = a.start;
   let w = 0;
   for (const end of a.ends) {
     while (held[w]!.end <= start) w++;
     const first = held[w]!;
     let data: Buffer;
+    let spans = false;
     if (end <= first.end) data = first.buf.subarray(start - first.start, end - first.start);
     else {
-      data = Buffer.from(new SharedArrayBuffer(end - start));
+      spans = true;
+      data = span(end - start);
       let at = 0;
       for (let k = w; at < data.length; k++) {
         const h = held[k]!;
@@ -224,7 +255,7 @@ function slices(held: Window[], a: StreamCutAnswer): Blob[] {
         at += to - from;
       }
     }
-    out.push({ id: '', data });
+    out.push(spans ? { id: '', data, span: true } : { id: '', data });
     start = end;
   }
   return out;

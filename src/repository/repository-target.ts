@@ -399,7 +399,13 @@ class RepositoryWriter implements SnapshotWriter, MirrorFileWriter, ReadIntoWrit
           this.paths.delete(p);
           return r;
         }
-        await this.blobs.add(r.blobs, 'data');
+        try {
+          await this.blobs.add(r.blobs, 'data');
+        } finally {
+          // Copied into a pack batch (or dropped with a failed writer): the batch's buffer
+          // may be read into again.
+          r.release();
+        }
         return {
           kind: 'stored',
           result: this.record(p, { chunks: r.blobs.map((b) => b.id), hash: r.hash, size: r.size }),

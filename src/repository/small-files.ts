@@ -1,4 +1,5 @@
 import type { FileOutcome, FilesAnswer, FilesRequest } from './blob-worker.js';
+import { SharedBufferPool } from './buffer-pool.js';
 import type { Blob } from './content-cutter.js';
 import type { Repository } from './repository.js';
 import { repoReaders, type WorkerPool } from './worker-pool.js';
@@ -7,9 +8,19 @@ import { repoReaders, type WorkerPool } from './worker-pool.js';
 export const BATCH_FILES = 16;
 const BATCH_BYTES = 4 * 1024 * 1024;
 
-/** What reading one small file in a worker gave. */
+/** Bytes of batch buffers a reader keeps for reuse: about the batches in flight at once. */
+const KEPT_BYTES = 6 * BATCH_BYTES;
+/** Batches larger than this (a last file past BATCH_BYTES) get a buffer of their own. */
+const POOLED_MAX = 2 * BATCH_BYTES;
+
+/**
+ * What reading one small file in a worker gave. The blobs of a file read are views of its
+ * batch's buffer, reused for a later batch once every file of this one called `release` (after
+ * its blobs were copied into a pack batch); a file never released only keeps that buffer
+ * from being reused.
+ */
 export type SmallFileRead =
-  | { kind: 'read'; size: number; mtimeMs: number; hash: string; blobs: Blob[] }
+  | { kind: 'read'; size: number; mtimeMs: number; hash: string; blobs: Blob[]; release: () => void }
   | Exclude<FileOutcome, { kind: 'read' }>;
 
 interface Waiting {
@@ -30,6 +41,8 @@ export class SmallFileReader {
   private queue: Waiting[] = [];
   private bytes = 0;
   private scheduled = false;
+  /** Batch buffers (shared memory) whose files were all released: no fresh pages per batch. */
+  private readonly buffers = new SharedBufferPool(KEPT_BYTES);
 
   constructor(
     private readonly repo: Repository,
@@ -62,16 +75,31 @@ export class SmallFileReader {
     this.bytes = 0;
     let cost = 0;
     for (const w of batch) cost += w.file.size;
+    // A buffer of this reader's, read into in place by the worker (a larger batch gets one of
+    // its own there, moved back, not reused).
+    const out = cost > 0 && cost <= POOLED_MAX ? this.buffers.take(cost) : undefined;
     const req = {
       op: 'files',
       files: batch.map((w) => w.file),
       params: this.repo.config.chunker,
       master: this.repo.keys.material(),
+      ...(out ? { out } : {}),
     } satisfies FilesRequest;
     this.pool.run<FilesAnswer>(req, [], { cost }).then(
       (a) => {
         const data = Buffer.from(a.data.buffer, a.data.byteOffset, a.data.byteLength);
-        for (const [i, w] of batch.entries()) w.resolve(outcome(a.files[i]!, data));
+        // Reused once no file read into it is held any more (a failed run keeps it).
+        let held = a.files.filter((f) => f.kind === 'read').length;
+        const reuse = () => {
+          // Read into `out` (shared memory comes back as a new SharedArrayBuffer object over
+          // the same memory), not into a buffer of the worker's own (moved back).
+          if (out && a.data.buffer instanceof SharedArrayBuffer) this.buffers.give(out);
+        };
+        const release = () => {
+          if (--held === 0) reuse();
+        };
+        if (held === 0) reuse();
+        for (const [i, w] of batch.entries()) w.resolve(outcome(a.files[i]!, data, once(release)));
       },
       (err) => {
         for (const w of batch) w.reject(err);
@@ -80,8 +108,18 @@ export class SmallFileReader {
   }
 }
 
+/** A function that does its work on its first call only. */
+function once(f: () => void): () => void {
+  let done = false;
+  return () => {
+    if (done) return;
+    done = true;
+    f();
+  };
+}
+
 /** A worker's outcome for one file, its chunks as views of the batch's bytes. */
-function outcome(o: FileOutcome, data: Buffer): SmallFileRead {
+function outcome(o: FileOutcome, data: Buffer, release: () => void): SmallFileRead {
   if (o.kind !== 'read') return o;
   let start = o.at;
   const blobs = o.ends.map((end, i) => {
@@ -89,5 +127,5 @@ function outcome(o: FileOutcome, data: Buffer): SmallFileRead {
     start = o.at + end;
     return b;
   });
-  return { kind: 'read', size: o.size, mtimeMs: o.mtimeMs, hash: o.hash, blobs };
+  return { kind: 'read', size: o.size, mtimeMs: o.mtimeMs, hash: o.hash, blobs, release };
 }

@@ -1,0 +1,48 @@
+/**
+ * Buffers of shared memory kept for reuse, of sizes rounded up to a power of two: a buffer
+ * taken is the smallest kept one that is large enough, else a new one.
+ *
+ * Fresh memory is what costs here, not the work done in it: a new SharedArrayBuffer is zeroed
+ * on the thread that creates it (a minor page fault per 4 KiB, ~11 µs each on some VMs, more
+ * than reading or hashing those bytes), and a buffer sized for the largest batch touches all of
+ * its pages even for a small one. Kept buffers were touched once and cost nothing more.
+ */
+export class SharedBufferPool {
+  private readonly kept: Buffer[] = [];
+  private keptBytes = 0;
+
+  /**
+   * @param maxBytes bytes of buffers kept at most (the largest ones win: they serve any size)
+   * @param minSize the smallest buffer made
+   */
+  constructor(
+    private readonly maxBytes: number,
+    private readonly minSize = 64 * 1024,
+  ) {}
+
+  /** A buffer of at least n bytes (its whole length: the caller uses what it needs). */
+  take(n: number): Buffer {
+    let best = -1;
+    for (let i = 0; i < this.kept.length; i++)
+      if (this.kept[i]!.length >= n && (best < 0 || this.kept[i]!.length < this.kept[best]!.length)) best = i;
+    if (best >= 0) {
+      const b = this.kept.splice(best, 1)[0]!;
+      this.keptBytes -= b.length;
+      return b;
+    }
+    let size = this.minSize;
+    while (size < n) size *= 2;
+    return Buffer.from(new SharedArrayBuffer(size));
+  }
+
+  /**
+   * A buffer nobody reads or writes any more (a pending read or transfer of it must have
+   * settled: it is handed out again as it is).
+   */
+  give(b: Buffer): void {
+    this.kept.push(b);
+    this.keptBytes += b.length;
+    this.kept.sort((x, y) => y.length - x.length);
+    while (this.keptBytes > this.maxBytes) this.keptBytes -= this.kept.pop()!.length;
+  }
+}
