@@ -120,6 +120,13 @@ export const changesSchema = z.object({
 export type ChangesMsg = z.infer<typeof changesSchema>;
 
 const id = z.union([z.string().min(1).max(100), z.number().int()]);
+/** A split's lease, ms (prepare and renew). */
+const leaseMs = z
+  .number()
+  .int()
+  .min(1000)
+  .max(24 * 3600_000)
+  .optional();
 
 export const requestSchema = z.lazy(() =>
   z.discriminatedUnion('type', [
@@ -139,12 +146,7 @@ export const requestSchema = z.lazy(() =>
         id,
         selector: selectorSchema,
         /** How long the split may be held without renew, ms. */
-        leaseMs: z
-          .number()
-          .int()
-          .min(1000)
-          .max(24 * 3600_000)
-          .optional(),
+        leaseMs,
         /** Override the server's maximum write stall for this prepare (may only be lower). */
         maxStallMs: z.number().int().min(1).max(60_000).optional(),
         /**
@@ -164,12 +166,7 @@ export const requestSchema = z.lazy(() =>
         type: z.literal('renew'),
         id,
         backupId: z.string().max(200),
-        leaseMs: z
-          .number()
-          .int()
-          .min(1000)
-          .max(24 * 3600_000)
-          .optional(),
+        leaseMs,
       })
       .strict(),
     z.object({ type: z.literal('release'), id, backupId: z.string().max(200) }).strict(),
