@@ -124,8 +124,15 @@ export class Reconciler {
       for (const q of all) {
         if (q === p) continue;
         if (this.c.heldUnder(q)) {
-          // Linked when the split lets go (its resync), or the names stayed two files.
-          for (const s of this.c.splits.values()) if (s.coversUnder(q)) s.relinkAfter.add(p);
+          // Linked when the split lets go (its resync), or the names stayed two files. The held
+          // name too, not only p: p may name another file by then (renamed over on the primary
+          // while the split held q), and relinking p's file then left q's family two files, the
+          // held name on the frozen copy and the others on p's (finding 40, docs/reliability.md).
+          for (const s of this.c.splits.values())
+            if (s.coversUnder(q)) {
+              s.relinkAfter.add(p);
+              s.relinkAfter.add(q);
+            }
           continue;
         }
         const mst = await lstatOrUndefined(this.c.layout.data + q);
