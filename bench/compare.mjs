@@ -23,7 +23,7 @@
 // included), not the wall time of the dd process: spawning dd costs 7–15 ms here, more than a
 // 32 MiB cached read itself, and that fixed cost pulled every ratio toward 1.
 // @MIRROR@ in a variant's ARGS becomes a fresh directory of its own (`--mirror @MIRROR@`: the
-// mirror on the same filesystem); @MIRROR_TMPFS@ a fresh tmpfs (`--mirror @MIRROR_TMPFS@`: the mirror
+// mirror on the same filesystem); @SHM@ a fresh tmpfs (`--mirror @SHM@`: the mirror
 // on a separate filesystem, which issue 12's sequential-write goal names; this machine has one disk).
 import {
   cpuSeconds,

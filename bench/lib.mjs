@@ -577,7 +577,7 @@ export async function startTwinfs(o) {
 /**
  * Starts the twinfs server of a benchmark variant NAME|CLI|SERVE ARGS|ENV (all but NAME
  * optional; CLI defaults to DIST's, @MIRROR@ in ARGS becomes a fresh directory on the primary's
- * filesystem, @MIRROR_TMPFS@ a fresh tmpfs of its own: a mirror on a separate filesystem, the
+ * filesystem, @SHM@ a fresh tmpfs of its own: a mirror on a separate filesystem, the
  * second storage device this one-disk machine lacks), with a primary
  * of its own under base (one twinfs server per volume: the volume lock). Returns its name, mount
  * point and server.
@@ -586,7 +586,7 @@ export async function startVariant(base, i, spec) {
   const [name, cli, args, env] = spec.split('|');
   const dd = mkdirs(base, `m${i}`, `s${i}`, `p${i}`, `r${i}`);
   // A size limit, not a reservation: pages are taken as the mirror fills.
-  if ((args ?? '').split(' ').includes('@MIRROR_TMPFS@')) mountTmpfs(dd[`r${i}`], 8 * 1024 * MiB);
+  if ((args ?? '').split(' ').includes('@SHM@')) mountTmpfs(dd[`r${i}`], 8 * 1024 * MiB);
   const server = await startTwinfs({
     cli: cli || path.join(DIST, 'cli/main.js'),
     primary: dd[`p${i}`],
@@ -595,7 +595,7 @@ export async function startVariant(base, i, spec) {
     extra: (args ?? '')
       .split(' ')
       .filter(Boolean)
-      .map((a) => (a === '@MIRROR@' || a === '@MIRROR_TMPFS@' ? dd[`r${i}`] : a)),
+      .map((a) => (a === '@MIRROR@' || a === '@SHM@' ? dd[`r${i}`] : a)),
     env: Object.fromEntries(
       (env ?? '')
         .split(' ')

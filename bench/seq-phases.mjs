@@ -7,27 +7,23 @@
 //     --variant 'mirror on tmpfs||--mirror @SHM@|' --mib 64 --reps 9
 //
 // A variant is NAME|CLI|SERVE ARGS|ENV as in bench/compare.mjs; @MIRROR@ becomes a fresh
-// directory beside the primary (same filesystem), @SHM@ a fresh directory under /dev/shm (tmpfs).
-import * as fs from 'node:fs';
+// directory beside the primary (same filesystem), @SHM@ a fresh tmpfs of its own (bench/lib.mjs startVariant).
 import {
+  commonOptions,
   cpuSeconds,
   dropCaches,
   fmt,
-  installCleanup,
   loadavg,
   log,
-  machineNotes,
   median,
   mkdirs,
   parseArgs,
   run,
-  snapshotDist,
+  startBench,
   startBindfs,
   startVariant,
   table,
   takeRepeated,
-  tempBase,
-  waitForQuiet,
 } from './lib.mjs';
 
 const argv = process.argv.slice(2);
@@ -36,32 +32,19 @@ const opts = parseArgs(
   {
     mib: { default: 64, help: 'file size, MiB (1 MiB writes)' },
     reps: { default: 9, help: 'repetitions (median)' },
-    dir: { default: '/tmp', help: 'parent of the temporary directories' },
-    'max-load': { default: 1.5, help: 'wait (up to --wait-quiet s) for the 1-min load to drop below this' },
-    'wait-quiet': { default: 120, help: 'longest wait for a quiet machine, s' },
+    ...commonOptions(),
     'time-limit': { default: 1200, help: 'abort (and clean up) after this many seconds' },
   },
   'node bench/seq-phases.mjs --variant NAME[|CLI[|ARGS[|ENV=V ...]]] ... [options]',
   argv,
 );
 if (variants.length === 0) variants.push('twinfs|||', 'twinfs + mirror||--mirror @MIRROR@|');
-installCleanup({ timeLimitSec: opts['time-limit'] });
-const notes = machineNotes();
-await waitForQuiet(opts['max-load'], opts['wait-quiet'], log);
-const base = tempBase(opts.dir);
-notes.build = snapshotDist(base);
+const { notes, base } = await startBench(opts);
 const d = mkdirs(base, 'primary', 'bindfs');
 const S = { bindfs: await startBindfs(d.primary, d.bindfs) };
 const M = { bindfs: d.bindfs };
-const shms = [];
 for (const [i, spec] of variants.entries()) {
-  let s = spec;
-  if (s.includes('@SHM@')) {
-    const shm = fs.mkdtempSync('/dev/shm/twinfs-bench-mirror-');
-    shms.push(shm);
-    s = s.replace('@SHM@', shm);
-  }
-  const v = await startVariant(base, i, s);
+  const v = await startVariant(base, i, spec);
   S[v.name] = v.server;
   M[v.name] = v.mount;
 }
@@ -91,7 +74,6 @@ try {
   }
 } finally {
   for (const s of Object.values(S)) await s.stop();
-  for (const shm of shms) fs.rmSync(shm, { recursive: true, force: true });
 }
 console.log(`\n## bench/seq-phases.mjs — ${new Date().toISOString()}\n`);
 console.log(`machine: ${notes.cpus}, git ${notes.git}, ${notes.build}`);
