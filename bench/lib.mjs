@@ -258,6 +258,29 @@ export function mkdirs(base, ...names) {
   return out;
 }
 
+/**
+ * Mounts a fresh ext4 of the given size at dir, on a loop device over a sparse image file in
+ * imageDir, with the loop device's direct I/O (its writes go to the disk, not into a second
+ * page cache of the image file): a separate filesystem (its own journal, its own write-back)
+ * on this one-disk machine's disk. The device is detached lazily at once (autoclear): the
+ * unmount in cleanup frees it.
+ */
+export function mountLoopExt4(dir, imageDir, sizeBytes) {
+  fs.mkdirSync(dir, { recursive: true });
+  const img = path.join(imageDir, `${path.basename(dir)}.ext4`);
+  fs.closeSync(fs.openSync(img, 'w'));
+  fs.truncateSync(img, sizeBytes);
+  const mk = spawnSync('mkfs.ext4', ['-q', '-F', img], { timeout: 60_000 });
+  if (mk.status !== 0) throw new Error(`mkfs.ext4 ${img} failed: ${mk.stderr}`);
+  const lo = spawnSync('losetup', ['-f', '--show', '--direct-io=on', img], { encoding: 'utf8' });
+  if (lo.status !== 0) throw new Error(`losetup ${img} failed: ${lo.stderr}`);
+  const dev = lo.stdout.trim();
+  const r = spawnSync('mount', ['-t', 'ext4', dev, dir]);
+  spawnSync('losetup', ['-d', dev]);
+  if (r.status !== 0) throw new Error(`mount ${dev} on ${dir} failed: ${r.stderr}`);
+  trackMount(dir, 'plain');
+}
+
 /** Mounts a private tmpfs of the given size at dir (for "mirror on a separate filesystem"). */
 export function mountTmpfs(dir, sizeBytes) {
   fs.mkdirSync(dir, { recursive: true });
@@ -577,8 +600,9 @@ export async function startTwinfs(o) {
 /**
  * Starts the twinfs server of a benchmark variant NAME|CLI|SERVE ARGS|ENV (all but NAME
  * optional; CLI defaults to DIST's, @MIRROR@ in ARGS becomes a fresh directory on the primary's
- * filesystem, @SHM@ a fresh tmpfs of its own: a mirror on a separate filesystem, the
- * second storage device this one-disk machine lacks), with a primary
+ * filesystem, @SHM@ a fresh tmpfs of its own, @LOOP@ a fresh ext4 on a loop device (direct I/O)
+ * over an image file beside the primary: a mirror on a separate filesystem, the second
+ * storage device this one-disk machine lacks), with a primary
  * of its own under base (one twinfs server per volume: the volume lock). Returns its name, mount
  * point and server.
  */
@@ -586,7 +610,9 @@ export async function startVariant(base, i, spec) {
   const [name, cli, args, env] = spec.split('|');
   const dd = mkdirs(base, `m${i}`, `s${i}`, `p${i}`, `r${i}`);
   // A size limit, not a reservation: pages are taken as the mirror fills.
-  if ((args ?? '').split(' ').includes('@SHM@')) mountTmpfs(dd[`r${i}`], 8 * 1024 * MiB);
+  const words = (args ?? '').split(' ');
+  if (words.includes('@SHM@')) mountTmpfs(dd[`r${i}`], 8 * 1024 * MiB);
+  if (words.includes('@LOOP@')) mountLoopExt4(dd[`r${i}`], base, 8 * 1024 * MiB);
   const server = await startTwinfs({
     cli: cli || path.join(DIST, 'cli/main.js'),
     primary: dd[`p${i}`],
@@ -595,7 +621,7 @@ export async function startVariant(base, i, spec) {
     extra: (args ?? '')
       .split(' ')
       .filter(Boolean)
-      .map((a) => (a === '@MIRROR@' || a === '@SHM@' ? dd[`r${i}`] : a)),
+      .map((a) => (a === '@MIRROR@' || a === '@SHM@' || a === '@LOOP@' ? dd[`r${i}`] : a)),
     env: Object.fromEntries(
       (env ?? '')
         .split(' ')
