@@ -23,8 +23,9 @@
 // included), not the wall time of the dd process: spawning dd costs 7–15 ms here, more than a
 // 32 MiB cached read itself, and that fixed cost pulled every ratio toward 1.
 // @MIRROR@ in a variant's ARGS becomes a fresh directory of its own (`--mirror @MIRROR@`: the
-// mirror on the same filesystem); @SHM@ a fresh tmpfs (`--mirror @SHM@`: the mirror
-// on a separate filesystem, which issue 12's sequential-write goal names; this machine has one disk).
+// mirror on the same filesystem); @SHM@ a fresh tmpfs (`--mirror @SHM@`) and @LOOP@ a fresh ext4 on
+// a loop device over an image beside the primary (`--mirror @LOOP@`): the mirror on a separate
+// filesystem, which issue 12's sequential-write goal names; this machine has one disk.
 import {
   cpuSeconds,
   ddSeconds,

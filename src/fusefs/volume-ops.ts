@@ -91,12 +91,12 @@ const UINT32_MAX = 0xffffffff;
 /** Writes this large (libfuse's max_write: what large write(2)s arrive as) bypass the cache. */
 const PASS_THROUGH_BYTES = 128 * 1024;
 /**
- * Whether the primary's early write-back runs: without a mirror by default (where it was measured
- * to win); TWINFS_PRIMARY_WRITEBACK=1 turns it on also with one, =0 off (A/B runs).
+ * Whether the primary's early write-back runs: by default, with a mirror or without (it was
+ * measured to win in both, docs/benchmarks.md "Sequential write with a mirror: the floor, and the
+ * primary's write-back beside the mirror's"); TWINFS_PRIMARY_WRITEBACK=0 turns it off (A/B runs).
  */
-function primaryWriteBackOn(sink: ChangeSink): boolean {
-  const env = process.env.TWINFS_PRIMARY_WRITEBACK;
-  return env === '1' || (env !== '0' && sink === nullSink);
+function primaryWriteBackOn(): boolean {
+  return process.env.TWINFS_PRIMARY_WRITEBACK !== '0';
 }
 
 /** Linux's O_PATH (not in fs.constants): a descriptor that names an entry without opening it. */
@@ -143,7 +143,7 @@ export class VolumeOps {
     this.forgetNoCapabilities = opts.forgetNoCapabilities;
     this.kernelNames = opts.kernelNames;
     this.readdirStats = opts.readdirStats ?? false;
-    this.primaryWriteBack = primaryWriteBackOn(opts.sink);
+    this.primaryWriteBack = primaryWriteBackOn();
   }
 
   get openHandles(): number {

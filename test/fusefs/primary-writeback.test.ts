@@ -18,7 +18,7 @@ const openFds = () => fs.readdirSync('/proc/self/fd').length;
  * The primary's early write-back (VolumeOps.writeBack, a 'per-file' WriteBackScheduler): large direct
  * writes (128 KiB and up, past the cache) start sync_file_range(WRITE) on the primary once 8 MiB
  * of a file wait, one at a time per file, so the fsync that ends a large sequential write finds
- * less to write. Writes through the cache do not; with a mirror (a sink) it is off by default.
+ * less to write, with a mirror (a sink) or without. Writes through the cache do not.
  * A descriptor is closed only once its running write-back settled: files are closed and
  * unlinked right after their large writes here, and none may stay open.
  */
@@ -80,8 +80,12 @@ for i in range(12):
     expect(await waitFor(async () => openFds() <= before, 10_000)).toBe(true);
   }, 120_000);
 
-  it('is off by default with a sink (a mirror)', async () => {
+  it('starts with a sink (a mirror) too, and the sink gets every byte', async () => {
     const src = path.join(t.dirs.src!, 'big');
+    const want = sha(await fsp.readFile(src));
+    // What the sink was handed beside the primary's writes, reassembled (a mirror's copy).
+    const copy = Buffer.alloc(40 * MiB);
+    let copied = 0;
     tfs = await TwinFs.mount({
       primary: t.dirs.primary!,
       mount: t.dirs.mnt!,
@@ -89,11 +93,40 @@ for i in range(12):
       // Large writes pass the cache beside it, as with the mirror driver (applyAlongside).
       sink: {
         apply: () => Promise.resolve(),
-        applyAlongside: (_c, primary) => primary.catch(() => undefined),
+        applyAlongside: (c, primary) => {
+          c.data.copy(copy, c.offset);
+          copied += c.data.length;
+          return primary.catch(() => undefined);
+        },
       },
     });
     await dd(src, `${t.dirs.mnt}/big2`, '1M');
     expect(tfs.status().cache.dirtyBytes).toBe(0); // past the cache, as without a sink
+    // 40 MiB in 1 MiB requests, as without a sink: the first at 8 MiB, each next once the one
+    // before settled (it was off with a sink before).
+    const started = tfs.status().primaryWriteBacks.started;
+    expect(started).toBeGreaterThanOrEqual(2);
+    expect(started).toBeLessThanOrEqual(5);
+    expect(tfs.status().primaryWriteBacks.refused).toBe(0);
+    expect(copied).toBe(40 * MiB);
+    expect(sha(copy)).toBe(want);
+    expect(sha(await fsp.readFile(path.join(t.dirs.primary!, 'big2')))).toBe(want);
+    await tfs.unmount();
+    tfs = undefined;
+  }, 120_000);
+
+  it('is off with TWINFS_PRIMARY_WRITEBACK=0 (the A/B switch of bench/seq-phases.mjs)', async () => {
+    const src = path.join(t.dirs.src!, 'big');
+    const prev = process.env.TWINFS_PRIMARY_WRITEBACK;
+    process.env.TWINFS_PRIMARY_WRITEBACK = '0';
+    try {
+      tfs = await TwinFs.mount({ primary: t.dirs.primary!, mount: t.dirs.mnt!, writebackMs: 600_000 });
+    } finally {
+      if (prev === undefined) delete process.env.TWINFS_PRIMARY_WRITEBACK;
+      else process.env.TWINFS_PRIMARY_WRITEBACK = prev;
+    }
+    await dd(src, `${t.dirs.mnt}/big3`, '1M');
+    expect(tfs.status().cache.dirtyBytes).toBe(0);
     expect(tfs.status().primaryWriteBacks.started).toBe(0);
     await tfs.unmount();
     tfs = undefined;
