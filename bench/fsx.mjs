@@ -133,7 +133,9 @@ for (const cfg of opts.configs.split(',')) {
       held = null;
     }
     if (r + 1 < opts.rounds && live().length) {
-      const p = await client.prepare({ paths: live().map((n) => `/${n}`) });
+      // Held through the next round, which under load outlasts the default lease (60 s): an
+      // expired split lets the mirror move on, and its copies were then compared as if held.
+      const p = await client.prepare({ paths: live().map((n) => `/${n}`) }, { leaseMs: 3_600_000 });
       const copies = Object.fromEntries(
         live().map((n) => [n, path.join(p.mirrorRoot, p.items.find((it) => it.path === `/${n}`).mirrorPath)]),
       );
