@@ -116,8 +116,11 @@ for (const cfg of opts.configs.split(',')) {
       if (x.skipped) continue;
       if (x.code !== 0) {
         dead.add(names[i]);
-        failures.push({ cfg, what: `round ${r} file ${names[i]}`, d: x.stderr.trim() });
-        log(`${cfg}: round ${r} ${names[i]} failed:\n${x.stderr}`);
+        // A child killed by a signal (SIGBUS: an mmap access past the size its name's kernel
+        // inode has) prints nothing: say so rather than an empty failure.
+        const d = x.stderr.trim() || `fsx.py exited ${x.code ?? x.signal} without a report`;
+        failures.push({ cfg, what: `round ${r} file ${names[i]}`, d });
+        log(`${cfg}: round ${r} ${names[i]} failed:\n${d}`);
         continue;
       }
       const s = JSON.parse(x.stdout.trim().split('\n').at(-1));
@@ -133,7 +136,9 @@ for (const cfg of opts.configs.split(',')) {
       held = null;
     }
     if (r + 1 < opts.rounds && live().length) {
-      const p = await client.prepare({ paths: live().map((n) => `/${n}`) });
+      // Held through the next round, which under load outlasts the default lease (60 s): an
+      // expired split lets the mirror move on, and its copies were then compared as if held.
+      const p = await client.prepare({ paths: live().map((n) => `/${n}`) }, { leaseMs: 3_600_000 });
       const copies = Object.fromEntries(
         live().map((n) => [n, path.join(p.mirrorRoot, p.items.find((it) => it.path === `/${n}`).mirrorPath)]),
       );

@@ -86,7 +86,7 @@ export interface TwinFsStatus {
     listings?: number;
     /** Listings the kernel read from twinfs (READDIR/READDIRPLUS; an unchanged directory is listed from the kernel's cache). */
     readdirs?: number;
-    /** O_APPEND WRITEs of a file with several names that did not start at its end (VolumeOps). */
+    /** O_APPEND WRITEs of a file with several names that did not start at its end, moved to it (VolumeOps.appendAt). */
     appendsOffEnd?: number;
     /** Waits answered at the bound (KernelNames.WAIT_BOUND_MS) before their invalidations were through. */
     waitsBounded?: number;

@@ -309,13 +309,44 @@ export class VolumeOps {
 
   /**
    * Handles opened with O_APPEND. The kernel sends their WRITEs at the end of file as its inode
-   * of that name knows it. On the libfuse3 path a file with several names has a kernel inode
-   * per name, so an end another name moved can be stale there (the two-name fsx finding,
-   * cause 3 in docs/reliability.md). Such a WRITE is counted (`appendsOffEnd`), not moved.
+   * of that name knows it (its i_size, not asked of twinfs: there is no kernel write-back
+   * cache). On the libfuse3 path a file with several names has a kernel inode per name, so an
+   * end another name moved can be stale there, and the append overwrote bytes or left a hole
+   * (the two-name fsx finding, cause 3 in docs/reliability.md). POSIX puts every write of an
+   * O_APPEND descriptor at the end of the file: such a WRITE of a file with several known
+   * names is written at twinfs's own end of the file instead (`appendAt`), and the name it came
+   * through, whose pages hold the bytes at the kernel's offset, is invalidated once its WRITEs
+   * are answered (`appendsOffEnd` counts them). Page write-backs are never moved (their
+   * offset is the page's). The flags are the open's: an O_APPEND set or cleared later with
+   * fcntl(F_SETFL) is not seen here (libfuse has the WRITE's own flags; fuse-native does not
+   * pass them).
    */
   private readonly appendHandles = new Set<number>();
-  /** O_APPEND WRITEs of a file with several known names that did not start at its end. */
+  /** O_APPEND WRITEs of a file with several known names that did not start at its end (moved to it). */
   appendsOffEnd = 0;
+  /**
+   * The end of the file past the appends in flight (moved or not) of a file with several names:
+   * two appends through two names (two kernel inodes, not serialized by the kernel) must not
+   * both take the end before either has reached the cache or the primary.
+   */
+  private readonly appendEnds = new Map<FileNode, { end: number; inFlight: number }>();
+
+  /** Where an append of len bytes to node goes: the file's end (cached data and appends in flight included). */
+  private appendAt(node: FileNode, pos: number, len: number): number {
+    const r = this.appendEnds.get(node);
+    const end = Math.max(fstatFd(node.fd).size, node.cachedEnd, r?.end ?? 0);
+    if (pos !== end) this.appendsOffEnd++;
+    if (r) {
+      r.end = end + len;
+      r.inFlight++;
+    } else this.appendEnds.set(node, { end: end + len, inFlight: 1 });
+    return end;
+  }
+
+  private appendDone(node: FileNode): void {
+    const r = this.appendEnds.get(node);
+    if (r && --r.inFlight === 0) this.appendEnds.delete(node);
+  }
 
   private appending(fh: number, flags: number): number {
     if (flags & fs.constants.O_APPEND) this.appendHandles.add(fh);
@@ -360,26 +391,37 @@ export class VolumeOps {
   ): number | Promise<number> {
     const node = this.handle(fh);
     const data = buf.length === len ? buf : buf.subarray(0, len);
-    if (
+    const names = this.kernelNames;
+    // An append to a file with several names: at the end when the pass is taken (see appendAt).
+    const append =
+      !writepage &&
       this.appendHandles.size > 0 &&
       this.appendHandles.has(fh) &&
-      this.kernelNames?.namesOf(node.ino).length
-    )
-      this.noteAppend(node, pos);
-    const pass = this.gate.enter(node.path, node.ino);
-    const r =
-      pass instanceof Promise
-        ? pass.then((p) => this.writeWithPass(node, p, data, pos))
-        : this.writeWithPass(node, pass, data, pos);
-    const names = this.kernelNames;
+      names !== undefined &&
+      names.namesOf(node.ino).length > 0;
+    // The name written through: this WRITE holds its pages locked until answered, so until
+    // then no change waits for that name (KernelNames, "never waited for"); noted before the
+    // write, which may ask for it to be invalidated after (a moved append).
+    const tracked = names !== undefined && !names.isEmpty && path !== undefined;
+    if (tracked) names.writeStarted(path);
+    let r: number | Promise<number>;
+    try {
+      const pass = this.gate.enter(node.path, node.ino);
+      r = append
+        ? this.appendWithPass(node, pass, data, pos, path)
+        : pass instanceof Promise
+          ? pass.then((p) => this.writeWithPass(node, p, data, pos))
+          : this.writeWithPass(node, pass, data, pos);
+    } catch (e) {
+      if (tracked) names.writeDone(path);
+      throw e;
+    }
     if (names === undefined || names.isEmpty) return r;
     // The file's other names: answered once the kernel dropped their attributes and pages. Not
-    // the name written through (`path`): this WRITE holds its pages locked until answered, so
-    // until then no change waits for that name either (KernelNames, "never waited for").
+    // the name written through (`path`), see above.
     // A page write-back is not waited for: it may be the laundering of a notify the helper
     // is sending right now, which an invalidation queued behind it would never let finish. The
     // close(2) or fsync that wrote the pages back waits instead (flush, fsync).
-    if (path !== undefined) names.writeStarted(path);
     const done = <T>(v: T): T => {
       if (path !== undefined) names.writeDone(path);
       return v;
@@ -410,6 +452,41 @@ export class VolumeOps {
       done(0);
       throw e;
     }
+  }
+
+  /** An append (see appendAt) written once the pass is taken; its name noted if it moved. */
+  private appendWithPass(
+    node: FileNode,
+    pass: { done(): void } | Promise<{ done(): void }>,
+    data: Buffer,
+    pos: number,
+    path: string | undefined,
+  ): number | Promise<number> {
+    const write = (p: { done(): void }): number | Promise<number> => {
+      let at: number;
+      try {
+        at = this.appendAt(node, pos, data.length);
+      } catch (err) {
+        p.done();
+        throw err;
+      }
+      // The kernel put the bytes in this name's pages at its offset: dropped after the answer
+      // (until then this WRITE holds them locked), without waiting.
+      if (at !== pos && path !== undefined) this.kernelNames?.invalidateAfterWrite(path);
+      let r: number | Promise<number>;
+      try {
+        r = this.writeWithPass(node, p, data, at);
+      } catch (err) {
+        this.appendDone(node);
+        throw err;
+      }
+      if (typeof r === 'number') {
+        this.appendDone(node);
+        return r;
+      }
+      return r.finally(() => this.appendDone(node));
+    };
+    return pass instanceof Promise ? pass.then(write) : write(pass);
   }
 
   private writeWithPass(
@@ -986,14 +1063,6 @@ export class VolumeOps {
       }
     }
     return undefined;
-  }
-
-  private noteAppend(node: FileNode, pos: number): void {
-    try {
-      if (pos !== Math.max(fstatFd(node.fd).size, node.cachedEnd)) this.appendsOffEnd++;
-    } catch {
-      // A count only: a descriptor that fails fstat fails the write itself.
-    }
   }
 
   /** writtenAs: the name a handle opened for writing was opened under (see open-names.ts). */

@@ -955,3 +955,93 @@ describe("an rmdir of the directory a held rename's source waits in", () => {
         expect((await d.verify()).differences).toEqual([]);
       });
 });
+
+/**
+ * Finding 40 of docs/reliability.md (the hard-link attack, round 51 twice in 11 runs): a paths
+ * split holds one name of a file (/h/x); a new name of that file is renamed into a directory
+ * whose rename the split holds, so the mirror lacks it and heals it as a copy of its own, and
+ * relinkIndexed links the file's other names to that copy, all but the held one. The healed name
+ * is renamed over on the primary before the resync: the resync's relink of the healed name then
+ * linked the other file's names, and the held name stayed alone on the frozen copy (old bytes,
+ * owner and mtime) in the mirror and in the next split copy of the volume.
+ */
+describe('a held name of a file whose other names a heal relinked elsewhere', () => {
+  let t: DriverOnTempDirs['t'];
+  let d: MirrorDriver;
+  let P: string;
+  let M: string;
+  beforeEach(async () => {
+    ({ t, P, d, M } = await driverOnTempDirs(async (p) => {
+      // F: /a and /h/x. /s/t: a file of its own, so that the split holds the rename of /s.
+      await fsp.mkdir(`${p}/h`);
+      await fsp.mkdir(`${p}/s`);
+      await fsp.writeFile(`${p}/a`, randomBytes(100_000));
+      await fsp.link(`${p}/a`, `${p}/h/x`);
+      await fsp.writeFile(`${p}/s/t`, randomBytes(3000));
+    }));
+  });
+  afterEach(async () => {
+    await d?.dispose();
+    await t?.cleanup();
+  });
+
+  for (const renameHeld of [false, true])
+    it(`is linked to them again at the resync, though the healed name was renamed over${renameHeld ? ' (and the held name renamed)' : ''}`, async () => {
+      const s = await d.split({ paths: ['/h/x', '/s/t'] });
+      // Held: the rename of /s (the mirror has no /n).
+      await fsp.rename(`${P}/s`, `${P}/n`);
+      await d.apply({ op: 'rename', from: '/s', path: '/n' });
+      // A third name of F, renamed into /n: the rename fails in the mirror and heals /n/c as a
+      // copy of its own; relinkIndexed links /a to it and leaves the held /h/x on the frozen copy.
+      await fsp.link(`${P}/a`, `${P}/c`);
+      await d.apply({ op: 'link', from: '/a', path: '/c' });
+      await fsp.rename(`${P}/c`, `${P}/n/c`);
+      await d.apply({ op: 'rename', from: '/c', path: '/n/c' });
+      await d.barrier();
+      expect((await fsp.stat(`${M}/a`)).ino).toBe((await fsp.stat(`${M}/n/c`)).ino);
+      expect((await fsp.stat(`${M}/a`)).ino).not.toBe((await fsp.stat(`${M}/h/x`)).ino);
+      // Changes through /a reach the healed copy only (the split does not follow that inode).
+      await write(P, d, '/a', 20_000, 5000);
+      await fsp.chown(`${P}/a`, 4, 3);
+      await d.apply({ op: 'chown', path: '/a', uid: 4, gid: 3 });
+      // The healed name is renamed over by another file on the primary.
+      await fsp.writeFile(`${P}/g`, randomBytes(2000));
+      await d.apply({ op: 'create', path: '/g', mode: 0o100644, uid: 0, gid: 0 });
+      await d.apply({ op: 'write', path: '/g', offset: 0, data: await fsp.readFile(`${P}/g`) });
+      await fsp.rename(`${P}/g`, `${P}/n/c`);
+      await d.apply({ op: 'rename', from: '/g', path: '/n/c' });
+      let held = '/h/x';
+      if (renameHeld) {
+        held = '/h/y';
+        await fsp.rename(`${P}/h/x`, `${P}${held}`);
+        await d.apply({ op: 'rename', from: '/h/x', path: held });
+      }
+      await d.whenIdle();
+      await d.resync(s.splitId);
+      await d.whenIdle();
+      // The next split copy of the volume: every name of F one file, with F's bytes, owner, mtime.
+      const next = await d.split({ volume: true });
+      const pst = await fsp.stat(`${P}/a`);
+      expect(pst.nlink).toBe(2);
+      for (const n of ['/a', held]) {
+        const mst = await fsp.stat(M + n);
+        expect(mst.ino, n).toBe((await fsp.stat(`${M}/a`)).ino);
+        expect(`${mst.uid}:${mst.gid}`, n).toBe('4:3');
+        expect(mst.mtimeMs, n).toBe(pst.mtimeMs);
+        expect(await sha(M + n), n).toBe(await sha(`${P}/a`));
+      }
+      expect((await fsp.stat(`${M}/a`)).nlink).toBe(2);
+      expect(await sha(`${M}/n/c`)).toBe(await sha(`${P}/n/c`));
+      await d.resync(next.splitId);
+      expect((await d.verify()).differences).toEqual([]);
+    });
+});
+
+/** pwrite of len random bytes at offset through name on the primary, reported as a write through name. */
+async function write(P: string, d: MirrorDriver, name: string, offset: number, len: number): Promise<void> {
+  const data = randomBytes(len);
+  const fh = await fsp.open(P + name, 'r+');
+  await fh.write(data, 0, len, offset);
+  await fh.close();
+  await d.apply({ op: 'write', path: name, offset, data });
+}
