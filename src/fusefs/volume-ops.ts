@@ -416,7 +416,8 @@ export class VolumeOps {
       if (tracked) names.writeDone(path);
       throw e;
     }
-    if (names === undefined || names.isEmpty) return r;
+    // `tracked` once noted, writeDone must follow even if the table emptied meanwhile.
+    if (names === undefined || (names.isEmpty && !tracked)) return r;
     // The file's other names: answered once the kernel dropped their attributes and pages. Not
     // the name written through (`path`), see above.
     // A page write-back is not waited for: it may be the laundering of a notify the helper
