@@ -439,6 +439,31 @@ describe('dir repository: the worker path', () => {
     // ~95 MiB sealed and read back twice: on a shared, loaded machine that outlasts 60 s.
   }, 180_000);
 
+  it("a writer that adopts a finished writer's spare batches makes no batch buffer of its own, and its packs built over the old bytes read back verified", async () => {
+    const dir = await fx.tmp();
+    process.env.TWINFS_PASSWORD = 'worker test';
+    const t = await open(`dir:${dir}/r`);
+    await firstSnapshot(t, pseudoRandom(MiB, 8));
+    const first = new BlobWriter(t.repo, pool(1));
+    const old = Array.from({ length: 40 }, (_, i) => pseudoRandom(1_000_000 + i, 1300 + i));
+    await first.add(
+      old.map((data) => ({ id: t.repo.keys.blobId(data), data })),
+      'data',
+    );
+    const firstPacks = await first.flush();
+    // Tree-like content: small, compressible, one batch, built over the first writer's bytes.
+    const second = new BlobWriter(t.repo, pool(1));
+    second.adoptSpares(first);
+    const blobs = Array.from({ length: 30 }, (_, i) => Buffer.from(`{"path":"/d/${i}"}\n`.repeat(2000 + i)));
+    const items = blobs.map((data) => ({ id: t.repo.keys.blobId(data), data }));
+    await second.add(items, 'tree');
+    const packs = await second.flush();
+    expect(second.batchBuffers).toBe(0);
+    await t.repo.writeIndex({ packs: [...firstPacks, ...packs] });
+    for (const b of items) expect((await t.repo.readBlob(b.id)).equals(b.data)).toBe(true);
+    expect((await checkRepository(t.repo, { readData: 1 })).problems).toEqual([]);
+  }, 180_000);
+
   it("small files read in batches into a reader's reused buffers: many batches side by side, every file stored exactly", async () => {
     const dir = await fx.tmp();
     process.env.TWINFS_PASSWORD = 'worker test';
