@@ -21,6 +21,12 @@ export interface PosixAddon {
   openDirBeneath(root: string, rel: string): number;
   /** sync_file_range(SYNC_FILE_RANGE_WRITE) in the thread pool: resolves 0 or -errno. */
   syncFileRange(fd: number, offset: number, len: number): Promise<number>;
+  /**
+   * AES-256-GCM of data[0, n) in place (key 32 bytes, nonce 12), the 16-byte tag written at
+   * data[n, n + 16): 0, or -EINVAL (sizes), -EIO (OpenSSL failed). Not a POSIX call: the
+   * repository's pack seal without Node's buffer per cipher update (pack.ts).
+   */
+  aesGcmSealInPlace(key: Uint8Array, nonce: Uint8Array, data: Uint8Array, n: number): number;
 }
 
 /** Same depth from src/posix (tests) and dist/posix (the CLI): two levels up is the package root. */
@@ -34,7 +40,7 @@ const ADDON = path.resolve(
   'Release',
   'twinfs_posix.node',
 );
-const ABI_LEVEL = 4;
+const ABI_LEVEL = 5;
 
 let addon: PosixAddon | undefined;
 

@@ -56,9 +56,15 @@ export class BlobWriter {
   private readonly jobs = new Set<Promise<void>>();
   private discarded = false;
   private readonly ahead: number;
+  /** Batches closed and not yet written (or dropped): waiting for a worker, sealing, put. */
+  private inFlight = 0;
+  /** Adds waiting for a batch to be written before they start a new one (`room`). */
+  private waiters: Array<() => void> = [];
   readonly packs: PackInfo[] = [];
   /** Bytes of new blobs (before compression) and as stored. */
   newBytes = 0;
+  /** Batch buffers this writer made (each a pack's worth of fresh pages). */
+  batchBuffers = 0;
   storedBytes = 0;
   private failed: unknown;
 
@@ -66,8 +72,21 @@ export class BlobWriter {
     private readonly repo: Repository,
     private readonly pool: WorkerPool = repoWorkers(),
   ) {
-    this.ahead = pool.size + 1;
+    // One pack per worker: a third one in flight was one more batch of fresh pages (~4,300
+    // faults on the main thread's copy into it) for no gain in a run whose puts are short
+    // beside the seals (bench/repository.mjs --only speed, docs/benchmarks.md).
+    this.ahead = Math.max(2, pool.size);
     this.gap = repo.keys.encrypted ? TAG : 0;
+  }
+
+  /**
+   * Takes over the spare batch buffers of a writer that will add nothing more (its flush
+   * started): a snapshot's tree writer reuses the data writer's instead of a new 19 MiB buffer,
+   * which V8 zero-fills whole when malloc serves it from its heap (~4,900 faults at a peer
+   * CLI's commit, docs/benchmarks.md).
+   */
+  adoptSpares(from: BlobWriter): void {
+    for (const b of from.spare.splice(0)) if (this.spare.length < this.ahead) this.spare.push(b);
   }
 
   /** Whether the blob is stored: by this writer, or intact in the repository. */
@@ -86,9 +105,42 @@ export class BlobWriter {
         this.mine.delete(b.id);
         continue;
       }
+      if (this.mustWait(b.data.length)) await this.room(b.data.length);
       this.queue(b, type);
     }
     await this.dispatch();
+  }
+
+  /**
+   * Waits, before a blob that needs a new batch, until at most ahead + 1 closed batches would
+   * be unwritten with it (so ahead + 2 batch buffers at most: sealing, waiting, filling). The dispatch of a full batch waits for a worker, but the other adds in
+   * flight (64 small files, the windows of two large ones) went on filling new batches
+   * meanwhile: up to five or six batches of fresh pages (~4,300 faults each) where three or
+   * four are ever sealed or written at once. A blob that fits in the batch being filled goes
+   * in without waiting (the batch stays bounded by BATCH_ROOM).
+   */
+  private async room(n: number): Promise<void> {
+    for (;;) {
+      this.throwIfDone();
+      if (!this.mustWait(n)) return;
+      // The closed batches must be on their way: an add waiting here may hold the one a worker
+      // is waiting for (dispatch is safe to run from several adds at once).
+      void this.dispatch();
+      await new Promise<void>((resolve) => this.waiters.push(resolve));
+    }
+  }
+
+  /** Whether a blob of n bytes needs a new batch while ahead + 1 closed ones are unwritten. */
+  private mustWait(n: number): boolean {
+    if (this.buf && this.fill + n + this.gap <= this.buf.length) return false;
+    // The batch being filled is closed by queue() when the blob does not fit: it counts.
+    return this.inFlight + (this.buf ? 1 : 0) > this.ahead + 1;
+  }
+
+  /** A closed batch was written or dropped: the adds waiting for room look again. */
+  private settled(): void {
+    this.inFlight--;
+    for (const w of this.waiters.splice(0)) w();
   }
 
   private throwIfDone(): void {
@@ -101,6 +153,7 @@ export class BlobWriter {
   async addFresh(blob: { id: string; data: Buffer }, type: BlobType): Promise<void> {
     this.throwIfDone();
     this.mine.add(blob.id);
+    if (this.mustWait(blob.data.length)) await this.room(blob.data.length);
     this.queue(blob, type);
     await this.dispatch();
   }
@@ -133,14 +186,17 @@ export class BlobWriter {
   }
 
   private batchBuffer(atLeast: number): Buffer {
-    if (atLeast > BATCH_ROOM) return Buffer.from(new SharedArrayBuffer(atLeast));
-    return this.spare.pop() ?? Buffer.from(new SharedArrayBuffer(BATCH_ROOM));
+    const spare = atLeast > BATCH_ROOM ? undefined : this.spare.pop();
+    if (spare) return spare;
+    this.batchBuffers++;
+    return Buffer.from(new SharedArrayBuffer(Math.max(atLeast, BATCH_ROOM)));
   }
 
   /** The batch being filled is full: it waits for a worker. */
   private close(): void {
     if (!this.buf || this.rows.length === 0) return;
     this.full.push({ buf: this.buf, fill: this.fill, rows: this.rows });
+    this.inFlight++;
     this.buf = undefined;
     this.rows = [];
     this.batchBytes = 0;
@@ -153,7 +209,7 @@ export class BlobWriter {
       // Claimed before the wait: the other adds go on filling the next batch meanwhile.
       while (this.sealing.length >= this.ahead) await this.sealing.shift();
       // Discarded while this dispatch waited for room: the batch is dropped, not stored.
-      if (this.discarded) return;
+      if (this.discarded) return this.settled();
       // Shared memory: the worker reads the batch and builds the pack where it is (all of the
       // buffer: the pack needs room for its table of contents after the blobs).
       const data = new Uint8Array(batch.buf.buffer, 0, batch.buf.length);
@@ -173,7 +229,8 @@ export class BlobWriter {
         })
         .catch((err) => {
           this.failed ??= err;
-        });
+        })
+        .finally(() => this.settled());
       this.sealing.push(job);
       this.jobs.add(job);
       void job.then(() => this.jobs.delete(job));
@@ -198,7 +255,9 @@ export class BlobWriter {
     this.rows = [];
     this.batchBytes = 0;
     this.fill = PACK_HEADER;
+    this.inFlight -= this.full.length;
     this.full.length = 0;
+    for (const w of this.waiters.splice(0)) w();
     this.sealing.length = 0;
     // Every job started, including one a dispatch took out of `sealing` while it waited for
     // room (its pack was once left behind, written after this had deleted the others).

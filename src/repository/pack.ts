@@ -1,4 +1,6 @@
-import { createCipheriv, createHash, randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
+import { TwinError } from '../common/errors.js';
+import { posix } from '../posix/native.js';
 import { corrupt, counterNonce, type RepoKeys, SALT, seal, TAG, unseal } from './crypto.js';
 import { loadZstd } from './zstd-binding.js';
 
@@ -149,36 +151,28 @@ export function buildPack(
 }
 
 /**
- * Bytes given to the cipher at a time when sealing into a pack. `update` answers a buffer of
- * its own for every call: one the size of a whole blob (up to 1 MiB) is above malloc's mmap
- * threshold, fresh pages every time (a minor fault per 4 KiB, ~11 µs each on some VMs, more than
- * the encryption of those bytes); pieces this small come from memory malloc reuses. GCM is a
- * stream: the ciphertext and the tag are the same whatever the pieces.
- */
-const SEAL_PIECE = 64 * 1024;
-
-/**
  * Writes plain (sealed under key with the counter nonce, when there is a key) to out at `at`.
- * plain may lie in out at or after `at`: each piece is read before anything is written over it.
+ * plain may lie in out at or after `at` (moved first, as memmove does), and is then encrypted
+ * where it lies by the project's addon: Node's cipher answers every update with buffers of its
+ * own (two per update for GCM), memory that cost a page fault per 4 KiB (~11 µs each on some
+ * VMs, more than the encryption of those bytes) whenever malloc had given it back.
  */
 function sealInto(key: Buffer | null, nonce: number | bigint, plain: Buffer, out: Buffer, at: number): void {
-  if (!key) {
-    if (plain.buffer === out.buffer) {
-      // Over the whole memory: plain may lie past the end of out (a pack shorter than its
-      // batch), where out's own copyWithin would cut the copy short.
-      const mem = new Uint8Array(out.buffer, 0, out.buffer.byteLength);
-      if (plain.byteOffset !== out.byteOffset + at)
-        mem.copyWithin(out.byteOffset + at, plain.byteOffset, plain.byteOffset + plain.length);
-    } else plain.copy(out, at);
-    return;
-  }
-  const c = createCipheriv('aes-256-gcm', key, counterNonce(nonce));
-  let n = 0;
-  for (let from = 0; from < plain.length; from += SEAL_PIECE)
-    n += c.update(plain.subarray(from, from + SEAL_PIECE)).copy(out, at + n);
-  n += c.final().copy(out, at + n);
-  if (n !== plain.length) throw new Error(`aes-256-gcm gave ${n} bytes for ${plain.length}`);
-  c.getAuthTag().copy(out, at + n);
+  if (plain.buffer === out.buffer) {
+    // Over the whole memory: plain may lie past the end of out (a pack shorter than its
+    // batch), where out's own copyWithin would cut the copy short.
+    const mem = new Uint8Array(out.buffer, 0, out.buffer.byteLength);
+    if (plain.byteOffset !== out.byteOffset + at)
+      mem.copyWithin(out.byteOffset + at, plain.byteOffset, plain.byteOffset + plain.length);
+  } else plain.copy(out, at);
+  if (!key) return;
+  const n = plain.length;
+  const rc = posix().aesGcmSealInPlace(key, counterNonce(nonce), out.subarray(at, at + n + TAG), n);
+  if (rc !== 0)
+    throw new TwinError('ETWIN_INTERNAL', `aes-256-gcm in place failed (${rc}) for ${n} bytes`, {
+      rc,
+      bytes: n,
+    });
 }
 
 /** The pack's subkey from its header (null: not encrypted). */

@@ -595,6 +595,8 @@ class RepositoryWriter implements SnapshotWriter, MirrorFileWriter, ReadIntoWrit
       // Tree blobs in packs of their own (as restic keeps them): listing and reading manifests
       // never fetches file data, and damage to a data pack leaves the manifests readable.
       const trees = new BlobWriter(this.repo);
+      // The data writer adds nothing more (its flush started): its spare batches are reused.
+      trees.adoptSpares(this.blobs);
       const tree = await trees.addContent(text, 'tree');
       // Both settled before going on: a failure leaves no write of either running behind it.
       const [data, treePacks] = await bothSettled(dataPacks, trees.flush());

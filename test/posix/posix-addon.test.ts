@@ -1,4 +1,5 @@
 import { spawnSync } from 'node:child_process';
+import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
@@ -135,6 +136,41 @@ describe('src/posix (native/posix addon)', () => {
     expect(await startWriteBack(999_999, 0, 1 << 20)).toBe(`errno ${os.constants.errno.EBADF}`);
     // A negative range: EINVAL, the same way.
     expect(await startWriteBack(0, -5, 1)).toBe(`errno ${os.constants.errno.EINVAL}`);
+  });
+
+  it("aesGcmSealInPlace encrypts where the bytes lie, as Node's cipher does (same ciphertext and tag), and refuses sizes that do not fit", () => {
+    for (const n of [0, 1, 15, 16, 17, 4095, 65_536, 65_537, 1_000_003]) {
+      const key = randomBytes(32);
+      const nonce = randomBytes(12);
+      const plain = randomBytes(n);
+      // Inside a larger buffer: the bytes around the sealed range stay as they were.
+      const mem = Buffer.alloc(n + 16 + 64, 0xa5);
+      plain.copy(mem, 32);
+      const view = mem.subarray(32, 32 + n + 16);
+      expect(posix().aesGcmSealInPlace(key, nonce, view, n), `${n}`).toBe(0);
+      const c = createCipheriv('aes-256-gcm', key, nonce);
+      const want = Buffer.concat([c.update(plain), c.final(), c.getAuthTag()]);
+      expect(view.equals(want), `${n} bytes`).toBe(true);
+      expect(
+        mem.subarray(0, 32).every((b) => b === 0xa5) && mem.subarray(32 + n + 16).every((b) => b === 0xa5),
+      ).toBe(true);
+      const d = createDecipheriv('aes-256-gcm', key, nonce);
+      d.setAuthTag(view.subarray(n));
+      expect(Buffer.concat([d.update(view.subarray(0, n)), d.final()]).equals(plain)).toBe(true);
+    }
+    const buf = Buffer.alloc(100);
+    const key = randomBytes(32);
+    const nonce = randomBytes(12);
+    // No room for the tag, a short key or nonce, a size that is not a count: nothing written.
+    for (const [k, iv, n] of [
+      [key, nonce, 85],
+      [key.subarray(1), nonce, 10],
+      [key, nonce.subarray(1), 10],
+      [key, nonce, -1],
+      [key, nonce, 1.5],
+    ] as const)
+      expect(posix().aesGcmSealInPlace(k, iv, buf, n), `${k.length} ${iv.length} ${n}`).toBe(-22);
+    expect(buf.every((b) => b === 0)).toBe(true);
   });
 });
 
