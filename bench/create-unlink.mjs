@@ -11,6 +11,8 @@
 // --bindfs-mt adds bindfs --multithreaded. A variant served with `--control 127.0.0.1:0` in its
 // ARGS also reports, per phase, the requests libfuse's threads answered and passed to JS
 // (status().fs.kernelCache.native and .nativeUnlink).
+// The client times a create's open, write and close apart (median µs per target: each is one or
+// more FUSE round trips it waits for; docs/benchmarks.md, "Create: where the server's time goes").
 // Minor page faults per operation are counted for every server (/proc/PID/stat; ~11 µs each on
 // this VM, and unlike CPU time the count does not move with the load); --perf-stat adds the
 // syscalls and context switches per operation (perf stat -p around each phase). A create's
@@ -149,6 +151,7 @@ for (let rep = 0; rep < opts.reps; rep++) {
       (r0[`${op}js`] ??= []).push(((jsCpu(t.s.pid) - js) * 1e6) / opts.files);
       (r0[`${op}jsu`] ??= []).push(((jsUser(t.s.pid) - ju) * 1e6) / opts.files);
       (r0[`${op}flt`] ??= []).push((minorFaults(t.s.pid) - f) / opts.files);
+      if (r.calls) for (const [k, v] of Object.entries(r.calls)) (r0[`call:${k}`] ??= []).push(v);
       if (ps) {
         const cnt = await ps.stop();
         (r0[`${op}sys`] ??= []).push(cnt['raw_syscalls:sys_enter'] / opts.files);
@@ -197,6 +200,18 @@ table(
     ]),
   ]),
 );
+if (PHASES.includes('create')) {
+  process.stdout.write("\nA create's calls as the client saw them (median µs, median of the reps):\n\n");
+  table(
+    ['target', 'open(O_CREAT)', `write ${opts.size} B`, 'close'],
+    T.map(({ name: n }) => [
+      n,
+      fmt(m(n, 'call:open'), 0),
+      fmt(m(n, 'call:write'), 0),
+      fmt(m(n, 'call:close'), 0),
+    ]),
+  );
+}
 for (const [n, byOp] of Object.entries(counted)) {
   process.stdout.write(
     `\n${n}, over all ${opts.reps} reps (getattr / unlink answered natively, passed to JS):\n`,
