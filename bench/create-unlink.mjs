@@ -11,6 +11,8 @@
 // --bindfs-mt adds bindfs --multithreaded. A variant served with `--control 127.0.0.1:0` in its
 // ARGS also reports, per phase, the requests libfuse's threads answered and passed to JS
 // (status().fs.kernelCache.native and .nativeUnlink).
+// The client times a create's open, write and close apart (median µs per target: each is one or
+// more FUSE round trips it waits for; docs/benchmarks.md, "Create: where the server's time goes").
 // Minor page faults per operation are counted for every server (/proc/PID/stat; ~11 µs each on
 // this VM, and unlike CPU time the count does not move with the load); --perf-stat adds the
 // syscalls and context switches per operation (perf stat -p around each phase). A create's
@@ -20,6 +22,7 @@
 //
 // A variant is NAME|CLI|SERVE ARGS|ENV as in bench/compare.mjs (CLI defaults to this checkout's
 // dist, snapshotted; @MIRROR@ becomes a fresh directory).
+import * as fs from 'node:fs';
 import {
   controlClient,
   cpuSeconds,
@@ -102,6 +105,21 @@ const counted = {};
 const load0 = loadavg();
 const res = {};
 const jsCpu = (pid) => Object.entries(threadCpuSeconds(pid)).find(([k]) => k.endsWith('(main)'))?.[1] ?? 0;
+/**
+ * The JS thread's user-mode CPU alone (s): without the kernel's share, which for a create is
+ * mostly ext4's inode allocation (its scan past recently freed inodes, which moves with what
+ * else was deleted on that disk lately; docs/benchmarks.md), so the JS layer's own work is read
+ * apart from it.
+ */
+const jsUser = (pid) => {
+  try {
+    return (
+      Number(fs.readFileSync(`/proc/${pid}/task/${pid}/stat`, 'utf8').split(') ')[1].split(' ')[11]) / 100
+    );
+  } catch {
+    return 0;
+  }
+};
 for (let rep = 0; rep < opts.reps; rep++) {
   for (let j = 0; j < T.length; j++) {
     const t = T[(j + rep) % T.length];
@@ -112,6 +130,7 @@ for (let rep = 0; rep < opts.reps; rep++) {
       const n0 = await nativeCounts(t);
       const c = cpuSeconds(t.s.pid);
       const js = jsCpu(t.s.pid);
+      const ju = jsUser(t.s.pid);
       const f = minorFaults(t.s.pid);
       const ps = opts['perf-stat'] ? perfStat(t.s.pid, PERF_EVENTS) : null;
       if (ps) await sleep(200);
@@ -130,7 +149,9 @@ for (let rep = 0; rep < opts.reps; rep++) {
       (r0[`${op}`] ??= []).push(opts.files / (r.ms / 1000));
       (r0[`${op}cpu`] ??= []).push(((cpuSeconds(t.s.pid) - c) * 1e6) / opts.files);
       (r0[`${op}js`] ??= []).push(((jsCpu(t.s.pid) - js) * 1e6) / opts.files);
+      (r0[`${op}jsu`] ??= []).push(((jsUser(t.s.pid) - ju) * 1e6) / opts.files);
       (r0[`${op}flt`] ??= []).push((minorFaults(t.s.pid) - f) / opts.files);
+      if (r.calls) for (const [k, v] of Object.entries(r.calls)) (r0[`call:${k}`] ??= []).push(v);
       if (ps) {
         const cnt = await ps.stop();
         (r0[`${op}sys`] ??= []).push(cnt['raw_syscalls:sys_enter'] / opts.files);
@@ -162,6 +183,7 @@ table(
       `${p}/s`,
       `µs CPU/${p}`,
       'of it JS thread',
+      'JS thread user',
       `faults/${p}`,
       ...(perf ? [`syscalls/${p}`, `cs/${p}`] : []),
     ]),
@@ -172,11 +194,24 @@ table(
       fmt(m(n, p), 0),
       fmt(m(n, `${p}cpu`), 0),
       n.startsWith('bindfs') ? '—' : fmt(m(n, `${p}js`), 0),
+      n.startsWith('bindfs') ? '—' : fmt(m(n, `${p}jsu`), 0),
       fmt(m(n, `${p}flt`), 2),
       ...(perf ? [fmt(m(n, `${p}sys`), 1), fmt(m(n, `${p}cs`), 1)] : []),
     ]),
   ]),
 );
+if (PHASES.includes('create')) {
+  process.stdout.write("\nA create's calls as the client saw them (median µs, median of the reps):\n\n");
+  table(
+    ['target', 'open(O_CREAT)', `write ${opts.size} B`, 'close'],
+    T.map(({ name: n }) => [
+      n,
+      fmt(m(n, 'call:open'), 0),
+      fmt(m(n, 'call:write'), 0),
+      fmt(m(n, 'call:close'), 0),
+    ]),
+  );
+}
 for (const [n, byOp] of Object.entries(counted)) {
   process.stdout.write(
     `\n${n}, over all ${opts.reps} reps (getattr / unlink answered natively, passed to JS):\n`,
