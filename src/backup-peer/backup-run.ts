@@ -25,7 +25,7 @@ import {
   referenceTotals,
 } from './carry-by-reference.js';
 import { Catalog, type EntryRecord, type SnapshotRecord, type StagedEntries } from './catalog.js';
-import { syncCatalog } from './catalog-sync.js';
+import { syncCatalogByName } from './catalog-sync.js';
 import { type ChangePlan, planFromChanges } from './change-plan.js';
 import { EntryCopier } from './entry-copier.js';
 import { locateMirror, MirrorReader, type SourceEntry, toVolumePath } from './mirror-source.js';
@@ -843,7 +843,7 @@ export class BackupRun {
         : (await c.list({ target: o.target.spec, state: 'complete' })).pop();
       return { base, hasEntries: !!base && (await c.hasEntries(base.id)) };
     };
-    if (o.target instanceof RepositoryTarget) return (await syncCatalog(o.catalogDir, o.target, pick)).also;
+    if (o.target instanceof RepositoryTarget) return syncCatalogByName(o.catalogDir, o.target, pick);
     return Catalog.with(o.catalogDir, pick);
   }
 
