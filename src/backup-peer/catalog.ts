@@ -162,6 +162,42 @@ interface Loaded {
  */
 const loadedStores = new Map<string, Loaded>();
 
+/** The part of nedb's datastore (behind nedb-promises) loadUnlessCompact reaches. */
+interface NedbPersistence {
+  persistCachedDatabaseAsync(): Promise<void>;
+  db: { getAllData(): unknown[] };
+}
+
+/**
+ * nedb's load, without the rewrite it ends with when the file holds nothing to drop. nedb's
+ * load always writes the datafile anew, compacted (a temporary file, three fsyncs and a
+ * rename): in a command, whose process loads snapshots.db once, that was every cold backup's
+ * first catalog session. The rewrite drops superseded lines (an update appends the document
+ * again), deletions and unreadable lines: a file with one readable line per document it holds
+ * has none, and the rewrite is skipped exactly then (the count is of the file as read under the
+ * catalog's lock, before nedb reads it; a file that does not exist yet is created as before).
+ */
+async function loadUnlessCompact(store: Datastore<SnapshotDoc>, file: string): Promise<void> {
+  const text = await fsp.readFile(file, 'utf8').catch((err: NodeJS.ErrnoException) => {
+    if (err.code === 'ENOENT') return '';
+    throw err;
+  });
+  let lines = 0;
+  for (const line of text.split('\n')) if (line !== '') lines++;
+  const persistence = (store as unknown as { __original: { persistence: NedbPersistence } }).__original
+    .persistence;
+  const compact = persistence.persistCachedDatabaseAsync;
+  persistence.persistCachedDatabaseAsync = function (this: NedbPersistence) {
+    return lines > 0 && this.db.getAllData().length === lines ? Promise.resolve() : compact.call(this);
+  };
+  try {
+    await store.load();
+  } finally {
+    // The prototype's again (a later compaction, none in this code, would be nedb's own).
+    delete (persistence as Partial<NedbPersistence>).persistCachedDatabaseAsync;
+  }
+}
+
 export class Catalog {
   private constructor(
     readonly dir: string,
@@ -189,7 +225,7 @@ export class Catalog {
       if (!loaded || !sameStamp(loaded.stamp, now) || now!.size > 2n * loaded.compactSize + 65_536n) {
         loadedStores.delete(file);
         const store = Datastore.create({ filename: file }) as unknown as Datastore<SnapshotDoc>;
-        await store.load();
+        await loadUnlessCompact(store, file);
         const stamp = await stampOf(file);
         loaded = { store, stamp, compactSize: stamp?.size ?? 0n };
         loadedStores.set(file, loaded);

@@ -158,7 +158,7 @@ describe('catalog', () => {
   it('a failed snapshot keeps no entries and is never "latest"', async () => {
     await Catalog.with(dir, async (c) => {
       await c.begin(rec('s-1', 1000));
-      await c.complete('s-1', entries, emptyTotals());
+      await c.complete('s-1', [], emptyTotals());
       await c.begin(rec('s-2', 2000));
       await c.fail('s-2', { code: 'ETWIN_SPLIT_LOST', message: 'gone' });
       expect(await c.entries('s-2')).toEqual([]);
@@ -187,7 +187,7 @@ describe('catalog', () => {
   it('removes a snapshot with its entries', async () => {
     await Catalog.with(dir, async (c) => {
       await c.begin(rec('s-1', 1));
-      await c.complete('s-1', entries, emptyTotals());
+      await c.complete('s-1', [], emptyTotals());
       await c.remove('s-1');
       expect(await c.list()).toEqual([]);
       expect(await c.entries('s-1')).toEqual([]);
@@ -412,15 +412,48 @@ describe('catalog deltas', () => {
     const loaded = await ino();
     expect(await ids()).toEqual(['s-1', 's-2', 's-3']);
     expect(await ino()).toBe(loaded);
-    // After a failed session the next loads the file again.
+    // After a failed session the next loads the file again (seen by its compaction: the session
+    // appended s-4 twice, a load with a line to drop writes the file anew).
     await expect(
       Catalog.with(dir, async (c) => {
         await c.begin(rec('s-4', 4000));
+        await c.fail('s-4', { code: 'ETWIN_ABORTED', message: 'on purpose' });
         throw new Error('failed on purpose');
       }),
     ).rejects.toThrow('failed on purpose');
     expect(await ids()).toEqual(['s-1', 's-2', 's-3', 's-4']);
     expect(await ino()).not.toBe(loaded);
+  });
+  it('a load writes snapshots.db anew only when it holds lines to drop (superseded, deleted), not when it is compact', async () => {
+    const file = path.join(dir, 'snapshots.db');
+    const ino = async () => (await fsp.stat(file)).ino;
+    const lines = async () => (await fsp.readFile(file, 'utf8')).split('\n').filter(Boolean).length;
+    // Another process's view: the file's stamp changed, so the next session loads it.
+    const touch = (t: number) => fsp.utimes(file, t, t);
+    const ids = () => Catalog.with(dir, async (c) => (await c.list()).map((s) => `${s.id} ${s.state}`));
+    await Catalog.with(dir, async (c) => {
+      await c.begin(rec('s-1', 1000));
+      await c.begin(rec('s-2', 2000));
+      await c.complete('s-1', [], emptyTotals());
+    });
+    // s-1 twice (running, then complete): the load compacts.
+    expect(await lines()).toBe(3);
+    const before = await ino();
+    await touch(1_700_000_000);
+    expect(await ids()).toEqual(['s-1 complete', 's-2 running']);
+    expect(await lines()).toBe(2);
+    const compacted = await ino();
+    expect(compacted).not.toBe(before);
+    // Compact: loaded again, not rewritten.
+    await touch(1_700_000_100);
+    expect(await ids()).toEqual(['s-1 complete', 's-2 running']);
+    expect(await ino()).toBe(compacted);
+    // A removal appends a deletion: compacted again by the next load.
+    await Catalog.with(dir, (c) => c.remove('s-2'));
+    await touch(1_700_000_200);
+    expect(await ids()).toEqual(['s-1 complete']);
+    expect(await lines()).toBe(1);
+    expect(await ino()).not.toBe(compacted);
   });
   it('entries are read as nedb loads the file (last line of an _id wins, $$deleted removes), and the read writes nothing', async () => {
     const id = '20250101T000000Z-bbbbbb';
