@@ -169,13 +169,15 @@ interface NedbPersistence {
 }
 
 /**
- * nedb's load, without the rewrite it ends with when the file holds nothing to drop. nedb's
- * load always writes the datafile anew, compacted (a temporary file, three fsyncs and a
- * rename): in a command, whose process loads snapshots.db once, that was every cold backup's
- * first catalog session. The rewrite drops superseded lines (an update appends the document
- * again), deletions and unreadable lines: a file with one readable line per document it holds
- * has none, and the rewrite is skipped exactly then (the count is of the file as read under the
- * catalog's lock, before nedb reads it; a file that does not exist yet is created as before).
+ * nedb's load, without the rewrite it ends with while the file holds fewer lines to drop than
+ * documents. nedb's load always writes the datafile anew, compacted (a temporary file, three
+ * fsyncs and a rename): in a command, whose process loads snapshots.db once, that was every
+ * cold backup's first catalog session. The rewrite only drops superseded lines (an update
+ * appends the document again: a backup leaves its row twice, running and complete), deletions
+ * and unreadable lines, which every load drops again; the file is rewritten once it holds more
+ * of them than documents (plus 16), so it stays within about twice its compacted size, as a
+ * process's own sessions keep it (Catalog.open). Lines are counted in the file as read under the
+ * catalog's lock, before nedb reads it; a file that does not exist yet is created as before.
  */
 async function loadUnlessCompact(store: Datastore<SnapshotDoc>, file: string): Promise<void> {
   const text = await fsp.readFile(file, 'utf8').catch((err: NodeJS.ErrnoException) => {
@@ -188,7 +190,9 @@ async function loadUnlessCompact(store: Datastore<SnapshotDoc>, file: string): P
     .persistence;
   const compact = persistence.persistCachedDatabaseAsync;
   persistence.persistCachedDatabaseAsync = function (this: NedbPersistence) {
-    return lines > 0 && this.db.getAllData().length === lines ? Promise.resolve() : compact.call(this);
+    return lines > 0 && lines <= 2 * this.db.getAllData().length + 16
+      ? Promise.resolve()
+      : compact.call(this);
   };
   try {
     await store.load();
