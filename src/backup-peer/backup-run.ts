@@ -265,13 +265,10 @@ export class BackupRun {
       const byReference = mayReference(base, !!prev?.hasEntries, !!o.checkSource);
       // Else its entries are read now, before the split is held: reading 100,000 of them blocks
       // this thread for seconds, and a holder that does not answer the server's pings loses its split.
-      const baseEntries =
-        base && !byReference
-          ? await Catalog.with(
-              o.catalogDir,
-              async (c) => new Map((await c.entries(base.id)).map((e) => [e.path, e])),
-            )
-          : undefined;
+      // From the catalog or, for a row without them (a lost catalog's, another peer's snapshot),
+      // from its manifest at the target: the catalog's none taken for its entries made the run an
+      // empty snapshot (nothing carried, nothing changed).
+      const baseEntries = base && !byReference ? await this.parentEntries(base.id) : undefined;
       const prep = await control.prepare(o.selector, {
         leaseMs,
         listItems: Boolean(o.selector.paths),

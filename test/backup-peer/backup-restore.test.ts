@@ -431,6 +431,13 @@ describe('backup run, restore, check, forget (hand-made mirror)', () => {
     const fresh = await registry.open(`dir:${targetRoot}`);
     const s3 = await volumeBackupRun(fresh, catalogDir, new FakeControl(mirror)).run();
     expect(s3.snapshot.parentId).toBe(s2.snapshot.id);
+    // Built on a parent whose entries are only at the target (this catalog's row of s2 has none):
+    // the whole volume, not an empty snapshot.
+    const { files, dirs, symlinks, bytes } = s1.snapshot.totals;
+    expect(s3.snapshot.totals).toMatchObject({ files, dirs, symlinks, bytes });
+    expect((await fresh.readManifest(s3.snapshot.id)).entries.map((e) => e.path)).toEqual(
+      (await fresh.readManifest(s1.snapshot.id)).entries.map((e) => e.path),
+    );
     await Catalog.with(catalogDir, async (c) => {
       expect((await c.get(s2.snapshot.id))?.state).toBe('complete');
     });
