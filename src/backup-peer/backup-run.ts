@@ -25,7 +25,7 @@ import {
   referenceTotals,
 } from './carry-by-reference.js';
 import { Catalog, type EntryRecord, type SnapshotRecord, type StagedEntries } from './catalog.js';
-import { syncCatalog } from './catalog-sync.js';
+import { syncCatalogByName } from './catalog-sync.js';
 import { type ChangePlan, planFromChanges } from './change-plan.js';
 import { EntryCopier } from './entry-copier.js';
 import { locateMirror, MirrorReader, type SourceEntry, toVolumePath } from './mirror-source.js';
@@ -265,13 +265,10 @@ export class BackupRun {
       const byReference = mayReference(base, !!prev?.hasEntries, !!o.checkSource);
       // Else its entries are read now, before the split is held: reading 100,000 of them blocks
       // this thread for seconds, and a holder that does not answer the server's pings loses its split.
-      const baseEntries =
-        base && !byReference
-          ? await Catalog.with(
-              o.catalogDir,
-              async (c) => new Map((await c.entries(base.id)).map((e) => [e.path, e])),
-            )
-          : undefined;
+      // From the catalog or, for a row without them (a lost catalog's, another peer's snapshot),
+      // from its manifest at the target: the catalog's none taken for its entries made the run an
+      // empty snapshot (nothing carried, nothing changed).
+      const baseEntries = base && !byReference ? await this.parentEntries(base.id) : undefined;
       const prep = await control.prepare(o.selector, {
         leaseMs,
         listItems: Boolean(o.selector.paths),
@@ -843,7 +840,7 @@ export class BackupRun {
         : (await c.list({ target: o.target.spec, state: 'complete' })).pop();
       return { base, hasEntries: !!base && (await c.hasEntries(base.id)) };
     };
-    if (o.target instanceof RepositoryTarget) return (await syncCatalog(o.catalogDir, o.target, pick)).also;
+    if (o.target instanceof RepositoryTarget) return syncCatalogByName(o.catalogDir, o.target, pick);
     return Catalog.with(o.catalogDir, pick);
   }
 

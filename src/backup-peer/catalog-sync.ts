@@ -87,6 +87,56 @@ export async function syncCatalog<T>(
   });
 }
 
+/**
+ * What syncCatalog does before `also` (a backup's choice of its parent, backup-run.ts), without
+ * reading every snapshot object at a repository target: the target's listing says which
+ * snapshots exist, and an object is read only when no complete row of this target in the catalog
+ * is named by it (a snapshot another catalog's peer wrote, or a lost catalog's). The rows are
+ * brought in line as syncCatalog brings them: rows whose object is gone are removed, snapshots
+ * the catalog lacks adopted. A row is taken for its object by name: a snapshot object is written
+ * once under its id's name (Repository.writeSnapshot) and never rewritten, and its row was made
+ * from the same meta and totals (by the run that wrote it, or by a sync that read it). The
+ * listing is O(snapshots) in names; reading and parsing every object was O(snapshots) in
+ * objects, each a read, a zstd decompression and a JSON parse (docs/benchmarks.md, "Snapshot
+ * objects read by name").
+ */
+export async function syncCatalogByName<T>(
+  catalogDir: string | undefined,
+  target: RepositoryTarget,
+  also: (c: Catalog) => Promise<T>,
+): Promise<T> {
+  const repo = target.ready ? target.repo : undefined;
+  const names = new Set(repo ? await repo.snapshotObjectNames() : []);
+  const adopted: SnapshotRecord[] = [];
+  const adoptedNames = new Set<string>();
+  for (;;) {
+    // One session when every name is known (the usual case); else the unknown objects are read
+    // outside the catalog's lock (a fresh catalog of a large repository reads them all) and the
+    // session runs again.
+    const r = await Catalog.with(catalogDir, async (c): Promise<{ unknown: string[] } | { also: T }> => {
+      const rows = await c.list({ target: target.spec, state: 'complete' });
+      const nameOf = (id: string) => repo!.snapshotObjectName(id);
+      const known = new Set(repo ? rows.map((s) => nameOf(s.id)) : []);
+      const unknown = [...names].filter((n) => !known.has(n) && !adoptedNames.has(n));
+      if (unknown.length > 0) return { unknown };
+      await c.adopt(adopted);
+      for (const s of rows) if (!repo || !names.has(nameOf(s.id))) await c.remove(s.id);
+      return { also: await also(c) };
+    });
+    if ('also' in r) return r.also;
+    const asked = new Set(r.unknown);
+    for (const s of await repo!.readSnapshotObjects(r.unknown)) {
+      const name = repo!.snapshotObjectName(s.meta.snapshotId);
+      // Stored under a name that is not its id's: not taken for a snapshot of the target.
+      if (!asked.has(name)) continue;
+      adopted.push(recordOf(s.meta, s.totals, target.spec));
+      adoptedNames.add(name);
+    }
+    // Gone since the listing, or not a snapshot of its name: no row.
+    for (const n of r.unknown) if (!adoptedNames.has(n)) names.delete(n);
+  }
+}
+
 /** What a user typed (full id, unique prefix, 'latest') among a list, oldest first. */
 export function pickSnapshot(list: SnapshotRecord[], ref: string, where: string): SnapshotRecord {
   if (ref === 'latest') {

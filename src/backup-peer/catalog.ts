@@ -162,6 +162,46 @@ interface Loaded {
  */
 const loadedStores = new Map<string, Loaded>();
 
+/** The part of nedb's datastore (behind nedb-promises) loadUnlessCompact reaches. */
+interface NedbPersistence {
+  persistCachedDatabaseAsync(): Promise<void>;
+  db: { getAllData(): unknown[] };
+}
+
+/**
+ * nedb's load, without the rewrite it ends with while the file holds fewer lines to drop than
+ * documents. nedb's load always writes the datafile anew, compacted (a temporary file, three
+ * fsyncs and a rename): in a command, whose process loads snapshots.db once, that was every
+ * cold backup's first catalog session. The rewrite only drops superseded lines (an update
+ * appends the document again: a backup leaves its row twice, running and complete), deletions
+ * and unreadable lines, which every load drops again; the file is rewritten once it holds more
+ * of them than documents (plus 16), so it stays within about twice its compacted size, as a
+ * process's own sessions keep it (Catalog.open). Lines are counted in the file as read under the
+ * catalog's lock, before nedb reads it; a file that does not exist yet is created as before.
+ */
+async function loadUnlessCompact(store: Datastore<SnapshotDoc>, file: string): Promise<void> {
+  const text = await fsp.readFile(file, 'utf8').catch((err: NodeJS.ErrnoException) => {
+    if (err.code === 'ENOENT') return '';
+    throw err;
+  });
+  let lines = 0;
+  for (const line of text.split('\n')) if (line !== '') lines++;
+  const persistence = (store as unknown as { __original: { persistence: NedbPersistence } }).__original
+    .persistence;
+  const compact = persistence.persistCachedDatabaseAsync;
+  persistence.persistCachedDatabaseAsync = function (this: NedbPersistence) {
+    return lines > 0 && lines <= 2 * this.db.getAllData().length + 16
+      ? Promise.resolve()
+      : compact.call(this);
+  };
+  try {
+    await store.load();
+  } finally {
+    // The prototype's again (a later compaction, none in this code, would be nedb's own).
+    delete (persistence as Partial<NedbPersistence>).persistCachedDatabaseAsync;
+  }
+}
+
 export class Catalog {
   private constructor(
     readonly dir: string,
@@ -189,7 +229,7 @@ export class Catalog {
       if (!loaded || !sameStamp(loaded.stamp, now) || now!.size > 2n * loaded.compactSize + 65_536n) {
         loadedStores.delete(file);
         const store = Datastore.create({ filename: file }) as unknown as Datastore<SnapshotDoc>;
-        await store.load();
+        await loadUnlessCompact(store, file);
         const stamp = await stampOf(file);
         loaded = { store, stamp, compactSize: stamp?.size ?? 0n };
         loadedStores.set(file, loaded);

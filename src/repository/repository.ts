@@ -646,7 +646,19 @@ export class Repository {
 
   /** Every snapshot, oldest first. */
   async listSnapshots(): Promise<SnapshotObject[]> {
-    const names = (await this.store.list('snapshots/')).map((o) => o.name);
+    return this.readSnapshotObjects(await this.snapshotObjectNames());
+  }
+
+  /**
+   * The names of the snapshot objects at the target: a listing, no object read (a peer that
+   * knows most of them by name reads only the others, catalog-sync.ts).
+   */
+  async snapshotObjectNames(): Promise<string[]> {
+    return (await this.store.list('snapshots/')).map((o) => o.name);
+  }
+
+  /** These snapshot objects (names from snapshotObjectNames), oldest first; deleted ones left out. */
+  async readSnapshotObjects(names: string[]): Promise<SnapshotObject[]> {
     const out: SnapshotObject[] = [];
     await forEach(names, 16, async (name) => {
       let s = this.snapshotCache.get(name);

@@ -13,6 +13,7 @@ import type { BackupTarget, EntryMeta, ReadIntoWriter } from '../../src/backup-p
 import { TargetRegistry } from '../../src/backup-peer/targets/index.js';
 import { TwinError } from '../../src/common/errors.js';
 import type { ReadInto } from '../../src/repository/content-cutter.js';
+import { RepositoryTarget } from '../../src/repository/repository-target.js';
 import { type LoadedPlugin, loadTargetPlugin } from '../conformance/index.js';
 import {
   dataPacks,
@@ -403,6 +404,54 @@ describe('backup run, restore, check, forget (hand-made mirror)', () => {
       expect((await c.get('20200101T000000Z-dead00'))!.state).toBe('failed');
     });
     expect((await target.listSnapshots()).map((s) => s.snapshotId)).not.toContain('20200101T000000Z-dead00');
+  });
+
+  it("a cold run reads no snapshot object but its parent's when the catalog knows them all (O(1), not O(snapshots))", async () => {
+    for (let i = 0; i < 4; i++) await backup(new FakeControl(mirror));
+    // A cold command: a target opened afresh (no objects read yet) with a catalog that knows all.
+    const fresh = await registry.open(`dir:${targetRoot}`);
+    expect(fresh).toBeInstanceOf(RepositoryTarget);
+    const store = (fresh as RepositoryTarget).repo.store;
+    const get = vi.spyOn(store, 'get');
+    const r = await volumeBackupRun(fresh, catalogDir, new FakeControl(mirror)).run();
+    const snapshotGets = get.mock.calls.map(([name]) => name).filter((n) => n.startsWith('snapshots/'));
+    const parent = r.snapshot.parentId!;
+    // The new id's name (must not exist yet) and the parent it is built on; before, all five.
+    expect(new Set(snapshotGets)).toEqual(new Set([`snapshots/${r.snapshot.id}`, `snapshots/${parent}`]));
+    expect((await target.listSnapshots()).map((s) => s.snapshotId).at(-2)).toBe(parent);
+  });
+
+  it('a run still builds on what the target holds: a snapshot of another catalog is read and built on, a forgotten one is not', async () => {
+    const other = path.join(base, 'catalog-2');
+    const s1 = await backup(new FakeControl(mirror));
+    // Another peer (a catalog of its own) backs up the same volume to the same target.
+    const s2 = await volumeBackupRun(target, other, new FakeControl(mirror)).run();
+    expect(s2.snapshot.parentId).toBe(s1.snapshot.id);
+    // This catalog never saw s2: the target says it is the newest, so it is the parent.
+    const fresh = await registry.open(`dir:${targetRoot}`);
+    const s3 = await volumeBackupRun(fresh, catalogDir, new FakeControl(mirror)).run();
+    expect(s3.snapshot.parentId).toBe(s2.snapshot.id);
+    // Built on a parent whose entries are only at the target (this catalog's row of s2 has none):
+    // the whole volume, not an empty snapshot.
+    const { files, dirs, symlinks, bytes } = s1.snapshot.totals;
+    expect(s3.snapshot.totals).toMatchObject({ files, dirs, symlinks, bytes });
+    expect((await fresh.readManifest(s3.snapshot.id)).entries.map((e) => e.path)).toEqual(
+      (await fresh.readManifest(s1.snapshot.id)).entries.map((e) => e.path),
+    );
+    await Catalog.with(catalogDir, async (c) => {
+      expect((await c.get(s2.snapshot.id))?.state).toBe('complete');
+    });
+    // s3 forgotten at the target by the other peer: its row goes, s2 is the parent again.
+    await (await registry.open(`dir:${targetRoot}`)).deleteSnapshot(s3.snapshot.id);
+    const s4 = await volumeBackupRun(
+      await registry.open(`dir:${targetRoot}`),
+      catalogDir,
+      new FakeControl(mirror),
+    ).run();
+    expect(s4.snapshot.parentId).toBe(s2.snapshot.id);
+    await Catalog.with(catalogDir, async (c) => {
+      expect(await c.get(s3.snapshot.id)).toBeUndefined();
+    });
   });
 
   it('restore refuses paths escaping --to and never writes through a symlink there', async () => {

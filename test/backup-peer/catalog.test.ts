@@ -2,7 +2,7 @@ import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import Datastore from 'nedb-promises';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { Catalog } from '../../src/backup-peer/catalog.js';
 import { planForget } from '../../src/backup-peer/forget.js';
 import { emptyTotals, type ManifestEntry } from '../../src/backup-peer/target.js';
@@ -158,7 +158,7 @@ describe('catalog', () => {
   it('a failed snapshot keeps no entries and is never "latest"', async () => {
     await Catalog.with(dir, async (c) => {
       await c.begin(rec('s-1', 1000));
-      await c.complete('s-1', entries, emptyTotals());
+      await c.complete('s-1', [], emptyTotals());
       await c.begin(rec('s-2', 2000));
       await c.fail('s-2', { code: 'ETWIN_SPLIT_LOST', message: 'gone' });
       expect(await c.entries('s-2')).toEqual([]);
@@ -187,7 +187,7 @@ describe('catalog', () => {
   it('removes a snapshot with its entries', async () => {
     await Catalog.with(dir, async (c) => {
       await c.begin(rec('s-1', 1));
-      await c.complete('s-1', entries, emptyTotals());
+      await c.complete('s-1', [], emptyTotals());
       await c.remove('s-1');
       expect(await c.list()).toEqual([]);
       expect(await c.entries('s-1')).toEqual([]);
@@ -412,16 +412,55 @@ describe('catalog deltas', () => {
     const loaded = await ino();
     expect(await ids()).toEqual(['s-1', 's-2', 's-3']);
     expect(await ino()).toBe(loaded);
-    // After a failed session the next loads the file again.
+    // After a failed session the next loads the file again (a datastore of its own).
     await expect(
       Catalog.with(dir, async (c) => {
         await c.begin(rec('s-4', 4000));
         throw new Error('failed on purpose');
       }),
     ).rejects.toThrow('failed on purpose');
-    expect(await ids()).toEqual(['s-1', 's-2', 's-3', 's-4']);
-    expect(await ino()).not.toBe(loaded);
+    const create = vi.spyOn(Datastore, 'create');
+    try {
+      expect(await ids()).toEqual(['s-1', 's-2', 's-3', 's-4']);
+      expect(create.mock.calls.map(([o]) => (o as { filename?: string }).filename)).toEqual([file]);
+    } finally {
+      create.mockRestore();
+    }
   });
+  it('a load writes snapshots.db anew only when it holds more lines to drop (superseded, deleted) than documents', async () => {
+    const file = path.join(dir, 'snapshots.db');
+    const ino = async () => (await fsp.stat(file)).ino;
+    const lines = async () => (await fsp.readFile(file, 'utf8')).split('\n').filter(Boolean).length;
+    // Another process's view: the file's stamp changed, so the next session loads it.
+    let t = 1_700_000_000;
+    const touch = () => fsp.utimes(file, ++t, t);
+    const ids = () => Catalog.with(dir, async (c) => (await c.list()).map((s) => `${s.id} ${s.state}`));
+    await Catalog.with(dir, async (c) => {
+      await c.begin(rec('s-1', 1000));
+      await c.begin(rec('s-2', 2000));
+      await c.complete('s-1', [], emptyTotals());
+    });
+    // s-1 twice (running, then complete), as every backup leaves its row: loaded, not rewritten.
+    expect(await lines()).toBe(3);
+    const before = await ino();
+    await touch();
+    expect(await ids()).toEqual(['s-1 complete', 's-2 running']);
+    expect(await ino()).toBe(before);
+    expect(await lines()).toBe(3);
+    // s-3 removed and recorded again, 10 times: 20 lines to drop for 3 documents, compacted.
+    for (let i = 0; i < 10; i++)
+      await Catalog.with(dir, async (c) => {
+        await c.begin(rec('s-3', 3000));
+        await c.remove('s-3');
+      });
+    await Catalog.with(dir, (c) => c.begin(rec('s-3', 3000)));
+    expect(await lines()).toBe(24);
+    await touch();
+    expect(await ids()).toEqual(['s-1 complete', 's-2 running', 's-3 running']);
+    expect(await lines()).toBe(3);
+    expect(await ino()).not.toBe(before);
+  });
+
   it('entries are read as nedb loads the file (last line of an _id wins, $$deleted removes), and the read writes nothing', async () => {
     const id = '20250101T000000Z-bbbbbb';
     await Catalog.with(dir, async (c) => {
