@@ -1,5 +1,5 @@
 import { TwinError } from '../common/errors.js';
-import type { SealAnswer } from './blob-worker.js';
+import { type SealAnswer, type SealRequest, sealOp } from './blob-ops.js';
 import { cut } from './chunker.js';
 import { TAG } from './crypto.js';
 import { type BlobType, PACK_HEADER, PACK_SIZE, type PackInfo, packObjectName } from './pack.js';
@@ -12,6 +12,14 @@ import { repoWorkers, type WorkerPool } from './worker-pool.js';
  * a buffer of its own).
  */
 const BATCH_ROOM = PACK_SIZE + 3 * 1024 * 1024;
+
+/**
+ * A batch of at most this many bytes is sealed on the main thread (a flush's last batch of a
+ * few small files, a small manifest's tree blobs): starting a worker thread for it costs
+ * thousands of page faults (~11 µs each on this project's VM), far more than its zstd and
+ * encryption.
+ */
+export const SEAL_HERE_MAX = 256 * 1024;
 
 interface Batch {
   buf: Buffer;
@@ -214,9 +222,11 @@ export class BlobWriter {
       // buffer: the pack needs room for its table of contents after the blobs).
       const data = new Uint8Array(batch.buf.buffer, 0, batch.buf.length);
       const master = this.repo.keys.material();
-      const sealed = this.pool.run<SealAnswer>({ op: 'seal', data, blobs: batch.rows, master }, [], {
-        cost: batch.fill,
-      });
+      const req = { op: 'seal', data, blobs: batch.rows, master } satisfies SealRequest;
+      const sealed =
+        batch.fill <= SEAL_HERE_MAX
+          ? sealOp(req).then((r) => r.value)
+          : this.pool.run<SealAnswer>(req, [], { cost: batch.fill });
       const job = sealed
         .then(async (a) => {
           const bytes = Buffer.from(a.bytes.buffer, a.bytes.byteOffset, a.bytes.byteLength);

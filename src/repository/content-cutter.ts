@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import type { CutAnswer, IdsRequest, StreamCutAnswer } from './blob-worker.js';
+import type { CutAnswer, IdsRequest, StreamCutAnswer } from './blob-ops.js';
 import type { Repository } from './repository.js';
 import { repoWorkers, type WorkerPool } from './worker-pool.js';
 

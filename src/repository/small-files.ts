@@ -1,4 +1,4 @@
-import type { FileOutcome, FilesAnswer, FilesRequest } from './blob-worker.js';
+import { type FileOutcome, type FilesAnswer, type FilesRequest, filesOp } from './blob-ops.js';
 import { SharedBufferPool } from './buffer-pool.js';
 import type { Blob } from './content-cutter.js';
 import type { Repository } from './repository.js';
@@ -12,6 +12,15 @@ const BATCH_BYTES = 4 * 1024 * 1024;
 const KEPT_BYTES = 6 * BATCH_BYTES;
 /** Batches larger than this (a last file past BATCH_BYTES) get a buffer of their own. */
 const POOLED_MAX = 2 * BATCH_BYTES;
+
+/**
+ * Files, and bytes, a reader reads on the main thread while its pool has no thread running:
+ * a backup of a handful of changed files starts no reader thread (a thread's start costs
+ * thousands of page faults, ~0.1 s of CPU on this project's VM, for work of a millisecond).
+ * Bounded so that a large backup blocks the event loop on at most these few reads.
+ */
+export const INLINE_FILES = 32;
+const INLINE_BYTES = 256 * 1024;
 
 /**
  * What reading one small file in a worker gave. The blobs of a file read are views of its
@@ -43,6 +52,9 @@ export class SmallFileReader {
   private scheduled = false;
   /** Batch buffers (shared memory) whose files were all released: no fresh pages per batch. */
   private readonly buffers = new SharedBufferPool(KEPT_BYTES);
+  /** Files and bytes left to read on the main thread (INLINE_FILES). */
+  private inlineFiles = INLINE_FILES;
+  private inlineBytes = INLINE_BYTES;
 
   constructor(
     private readonly repo: Repository,
@@ -75,6 +87,24 @@ export class SmallFileReader {
     this.bytes = 0;
     let cost = 0;
     for (const w of batch) cost += w.file.size;
+    if (this.readHere(batch.length, cost)) {
+      let a: FilesAnswer;
+      try {
+        a = filesOp({
+          op: 'files',
+          files: batch.map((w) => w.file),
+          params: this.repo.config.chunker,
+          master: this.repo.keys.material(),
+        }).value;
+      } catch (err) {
+        for (const w of batch) w.reject(err);
+        return;
+      }
+      // A buffer of its own (not shared, not reused): nothing to release.
+      const data = Buffer.from(a.data.buffer, a.data.byteOffset, a.data.byteLength);
+      for (const [i, w] of batch.entries()) w.resolve(outcome(a.files[i]!, data, () => undefined));
+      return;
+    }
     // A buffer of this reader's, read into in place by the worker (a larger batch gets one of
     // its own there, moved back, not reused).
     const out = cost > 0 && cost <= POOLED_MAX ? this.buffers.take(cost) : undefined;
@@ -105,6 +135,22 @@ export class SmallFileReader {
         for (const w of batch) w.reject(err);
       },
     );
+  }
+
+  /**
+   * Whether a batch is read here, on the main thread: within what is left of INLINE_FILES /
+   * INLINE_BYTES, and only while no reader thread runs (one that does reads it sooner than
+   * the main thread, busy with the rest of the backup).
+   */
+  private readHere(files: number, bytes: number): boolean {
+    if (files > this.inlineFiles || bytes > this.inlineBytes) {
+      this.inlineFiles = 0;
+      return false;
+    }
+    if (this.pool.threads().length > 0) return false;
+    this.inlineFiles -= files;
+    this.inlineBytes -= bytes;
+    return true;
   }
 }
 
