@@ -575,29 +575,34 @@ if (sections.has('changes')) {
     });
     p.on('exit', () => (runs.length ? resolve(runs) : reject(new Error(`peer daemon: ${err.slice(-2000)}`))));
   });
-  // 10 files changed among them (through the mount), per rep other ones.
+  // 10 files changed among them (through the mount), per run other ones; with --cli-b each rep
+  // runs both builds, their order alternating (A/B interleaved on the same tree and load).
   const ten = [];
-  for (let rep = 0; rep < opts.reps; rep++) {
-    let bytes = 0;
-    for (let k = 0; k < 10; k++) {
-      const i = ((rep * 10 + k) * 997) % (vol.files - 1);
-      const f = path.join(d.mount, 'vol', `d${String(Math.floor(i / 1000)).padStart(4, '0')}`, `f${i}`);
-      const b = Buffer.alloc(2048, 65 + rep);
-      fs.writeFileSync(f, b);
-      bytes += b.length;
-    }
-    await sleep(200);
-    dropCaches();
-    const r = await volBackup();
-    if (r.totals.copiedBytes !== bytes)
-      throw new Error(
-        `10 changed: copied ${r.totals.copiedBytes} B, expected ${bytes}: ${JSON.stringify(r.totals)}`,
+  const tenB = [];
+  let tenRun = 0;
+  for (let rep = 0; rep < opts.reps; rep++)
+    for (const cfg of opts['cli-b'] ? rotate(['twinfs', 'twinfsB'], rep) : ['twinfs']) {
+      const run = tenRun++;
+      let bytes = 0;
+      for (let k = 0; k < 10; k++) {
+        const i = ((run * 10 + k) * 997) % (vol.files - 1);
+        const f = path.join(d.mount, 'vol', `d${String(Math.floor(i / 1000)).padStart(4, '0')}`, `f${i}`);
+        const b = Buffer.alloc(2048, 65 + (run % 50));
+        fs.writeFileSync(f, b);
+        bytes += b.length;
+      }
+      await sleep(200);
+      dropCaches();
+      const r = await volBackup(cfg === 'twinfs' ? cliPath : path.resolve(opts['cli-b']));
+      if (r.totals.copiedBytes !== bytes)
+        throw new Error(
+          `10 changed: copied ${r.totals.copiedBytes} B, expected ${bytes}: ${JSON.stringify(r.totals)}`,
+        );
+      (cfg === 'twinfs' ? ten : tenB).push(r);
+      log(
+        `changes 10 changed rep ${rep} ${cfg}: ${fmt(r.ms, 0)} ms, CPU ${fmt(r.cpuS, 2)} s, ${r.faults} minor faults, copied ${r.totals.copiedBytes} B, looked at ${r.changes?.looked}${r.phases ? ` phases ${JSON.stringify(Object.fromEntries(Object.entries(r.phases).map(([k, v]) => [k, Math.round(v)])))}` : ''}`,
       );
-    ten.push(r);
-    log(
-      `changes 10 changed rep ${rep}: ${fmt(r.ms, 0)} ms, copied ${r.totals.copiedBytes} B, looked at ${r.changes?.looked}`,
-    );
-  }
+    }
   // 1 MiB rewritten inside the large file.
   const ranged = [];
   for (let rep = 0; rep < opts.reps; rep++) {
@@ -614,7 +619,7 @@ if (sections.has('changes')) {
     );
   }
   if (opts.verify) await verifySnapshot(target, ranged.at(-1).id, '/vol');
-  out.changes = { first, firstRsync, firstRestic, none, daemonRuns, ten, ranged };
+  out.changes = { first, firstRsync, firstRestic, none, daemonRuns, ten, tenB, ranged };
   await c.close();
 }
 
@@ -866,6 +871,34 @@ if (out.changes) {
     ],
   );
   w('\n');
+  if (C.tenB.length) {
+    // A/B: each build against its own no-change cold runs of the same reps.
+    const row = (label, xs, none) => [
+      label,
+      range(xs.map((r) => r.ms / 1000)),
+      ratio(ms(xs), ms(none)),
+      range(xs.map((r) => r.cpuS)),
+      range(
+        xs.map((r) => r.faults),
+        0,
+      ),
+      ph(xs, 'copyMs'),
+      ph(xs, 'commitMs'),
+    ];
+    table(
+      [
+        '10 files of 2 KiB, A/B',
+        'seconds (cold)',
+        'vs its no change',
+        'CPU s',
+        'minor faults',
+        'copy s',
+        'commit s',
+      ],
+      [row('--cli', C.ten, N.twinfs.cold), row(`--cli-b ${opts['cli-b']}`, C.tenB, N.twinfsB.cold)],
+    );
+    w('\n');
+  }
 }
 if (opts.json)
   fs.writeFileSync(
