@@ -165,6 +165,8 @@ const loadedStores = new Map<string, Loaded>();
 /** The part of nedb's datastore (behind nedb-promises) loadUnlessCompact reaches. */
 interface NedbPersistence {
   persistCachedDatabaseAsync(): Promise<void>;
+  /** Called by nedb's load with every line of the file, in order (its deserialization hook). */
+  beforeDeserialization(line: string): Promise<string>;
   db: { getAllData(): unknown[] };
 }
 
@@ -176,19 +178,20 @@ interface NedbPersistence {
  * appends the document again: a backup leaves its row twice, running and complete), deletions
  * and unreadable lines, which every load drops again; the file is rewritten once it holds more
  * of them than documents (plus 16), so it stays within about twice its compacted size, as a
- * process's own sessions keep it (Catalog.open). Lines are counted in the file as read under the
- * catalog's lock, before nedb reads it; a file that does not exist yet is created as before.
+ * process's own sessions keep it (Catalog.open). The lines are counted as nedb's load reads
+ * them (its deserialization hook sees each one), not by a read of the file of its own; a file
+ * that does not exist yet (no lines) is created as before.
  */
-async function loadUnlessCompact(store: Datastore<SnapshotDoc>, file: string): Promise<void> {
-  const text = await fsp.readFile(file, 'utf8').catch((err: NodeJS.ErrnoException) => {
-    if (err.code === 'ENOENT') return '';
-    throw err;
-  });
+async function loadUnlessCompact(store: Datastore<SnapshotDoc>): Promise<void> {
   let lines = 0;
-  for (const line of text.split('\n')) if (line !== '') lines++;
   const persistence = (store as unknown as { __original: { persistence: NedbPersistence } }).__original
     .persistence;
   const compact = persistence.persistCachedDatabaseAsync;
+  const deserialize = persistence.beforeDeserialization;
+  persistence.beforeDeserialization = (line: string) => {
+    if (line !== '') lines++;
+    return deserialize.call(persistence, line);
+  };
   persistence.persistCachedDatabaseAsync = function (this: NedbPersistence) {
     return lines > 0 && lines <= 2 * this.db.getAllData().length + 16
       ? Promise.resolve()
@@ -197,7 +200,9 @@ async function loadUnlessCompact(store: Datastore<SnapshotDoc>, file: string): P
   try {
     await store.load();
   } finally {
-    // The prototype's again (a later compaction, none in this code, would be nedb's own).
+    // nedb's own again: the instance's hook, the prototype's compaction (a later compaction,
+    // none in this code, would be nedb's own).
+    persistence.beforeDeserialization = deserialize;
     delete (persistence as Partial<NedbPersistence>).persistCachedDatabaseAsync;
   }
 }
@@ -229,7 +234,7 @@ export class Catalog {
       if (!loaded || !sameStamp(loaded.stamp, now) || now!.size > 2n * loaded.compactSize + 65_536n) {
         loadedStores.delete(file);
         const store = Datastore.create({ filename: file }) as unknown as Datastore<SnapshotDoc>;
-        await loadUnlessCompact(store, file);
+        await loadUnlessCompact(store);
         const stamp = await stampOf(file);
         loaded = { store, stamp, compactSize: stamp?.size ?? 0n };
         loadedStores.set(file, loaded);
