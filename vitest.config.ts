@@ -3,6 +3,7 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { defineConfig } from 'vitest/config';
 import { DEFAULT_LIBFUSE } from './src/fusefs/native-options.js';
+import { HangWatchdog } from './test/helpers/watchdog-reporter.js';
 
 // The peer's caches (the repository index cache, docs/repository.md) go to a directory of the test
 // run, not the user's ~/.cache; inherited by every fork and the processes tests start.
@@ -49,6 +50,8 @@ export default defineConfig({
   },
   test: {
     ...shared,
+    // A file whose worker is blocked (its timeouts cannot fire) is diagnosed and stopped.
+    reporters: ['default', new HangWatchdog()],
     // `vitest run` runs both projects; one file on the default path only: `--project default`.
     projects: [
       {

@@ -1,0 +1,358 @@
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { Reporter, TestCase, TestModule } from 'vitest/node';
+
+/**
+ * A test file that never ends turns into a failure with a diagnosis, not a run that waits for
+ * the CI's own limit. testTimeout and hookTimeout are timers of the worker's event loop: a worker
+ * blocked in a system call (a thread waiting on a FUSE request that nobody answers) never fires
+ * them, and vitest then waits for that file forever.
+ *
+ * This reporter runs in vitest's main process. Every file runs in a fork of its own (pool
+ * 'forks', isolated), so the fork whose age matches how long the file has been running is the
+ * file's. Once a file has run TWINFS_TEST_FILE_LIMIT_S (600 s; the longest file takes ~215 s
+ * here), it prints what it sees (the file's last test or hook, its process tree with states and
+ * wait channels, the kernel stacks of blocked threads, the FUSE mounts and their waiting
+ * requests), kills the fork's tree, and aborts the FUSE connections still holding a killed
+ * process in an uninterruptible wait. vitest then reports the file as failed and the run goes
+ * on. The same account is printed again after vitest's summary, where a CI log's tail shows it.
+ *
+ * It only reads /proc and /sys: the main process never touches a mount.
+ */
+export class HangWatchdog implements Reporter {
+  private readonly limitMs = Number(process.env.TWINFS_TEST_FILE_LIMIT_S ?? 600) * 1000;
+  private readonly running = new Map<string, { since: number; last: string; module: TestModule }>();
+  private readonly accounts: string[] = [];
+  private timer: NodeJS.Timeout | undefined;
+
+  onTestRunStart(): void {
+    this.timer ??= setInterval(() => this.check(), Math.min(15_000, Math.max(1000, this.limitMs / 2)));
+    this.timer.unref();
+  }
+
+  onTestModuleQueued(m: TestModule): void {
+    this.running.set(key(m), { since: Date.now(), last: 'loading the file', module: m });
+  }
+
+  onTestModuleCollected(m: TestModule): void {
+    const r = this.running.get(key(m));
+    if (r) r.module = m;
+  }
+
+  onTestModuleStart(m: TestModule): void {
+    const r = this.running.get(key(m));
+    if (r) {
+      r.module = m;
+      r.last = 'collected; running its hooks and tests';
+    }
+  }
+
+  onTestCaseReady(t: TestCase): void {
+    const r = this.running.get(key(t.module));
+    if (r) {
+      r.module = t.module;
+      r.last = `test "${t.fullName}"`;
+    }
+  }
+
+  onTestModuleEnd(m: TestModule): void {
+    this.running.delete(key(m));
+  }
+
+  onTestRunEnd(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+    if (this.accounts.length === 0) return;
+    process.stderr.write(`\n[watchdog] ${this.accounts.length} file(s) never ended and were stopped:\n`);
+    for (const a of this.accounts) process.stderr.write(`${a}\n`);
+  }
+
+  private check(): void {
+    const now = Date.now();
+    for (const [k, r] of this.running) {
+      const ranMs = now - r.since;
+      if (ranMs < this.limitMs) continue;
+      this.running.delete(k);
+      const pending = unfinished(r.module);
+      const last =
+        pending.length > 0 ? `${r.last}; unfinished tests: "${pending.slice(0, 3).join('", "')}"` : r.last;
+      const account = this.stop(k, last, ranMs);
+      this.accounts.push(account);
+      process.stderr.write(`\n${account}\n`);
+    }
+  }
+
+  /** Diagnoses the file's fork, kills its tree, aborts the FUSE connections it is stuck on. */
+  private stop(file: string, last: string, ranMs: number): string {
+    const lines = [`[watchdog] ${file} ran ${Math.round(ranMs / 1000)} s; last seen: ${last}`];
+    const procs = processTable();
+    const fork = forkOf(procs, ranMs);
+    if (fork === undefined) {
+      lines.push('[watchdog] no fork of vitest matches its age; nothing stopped');
+      return lines.join('\n');
+    }
+    const tree = treeOf(procs, fork);
+    for (const p of tree) {
+      const info = procs.get(p);
+      lines.push(`  pid ${p} ${info?.state ?? '?'} ${wchan(p)} ${info?.args.slice(0, 160) ?? ''}`);
+      for (const t of blockedThreads(p))
+        lines.push(
+          `    task ${t.tid} ${t.state} ${t.wchan} ${t.call}${t.stack ? `\n${indent(t.stack, 6)}` : ''}`,
+        );
+    }
+    lines.push(...fuseConnections().map((c) => `  fuse ${c.dev} waiting ${c.waiting} ${c.mountpoint ?? ''}`));
+    for (const p of tree) kill(p);
+    // Threads in an uninterruptible FUSE wait outlive SIGKILL until their connection is aborted.
+    const deadline = Date.now() + 5000;
+    while (Date.now() < deadline && tree.some(alive)) spawnSync('sleep', ['0.2']);
+    const stuck = tree.filter(alive);
+    if (stuck.length > 0) {
+      // The connections of the mounts the stuck threads wait on; when no call can be resolved
+      // to a path, every connection with a request waiting.
+      const paths = stuck.flatMap((p) => blockedThreads(p).map((t) => t.path)).filter((p) => p !== undefined);
+      const all = fuseConnections();
+      const onPaths = all.filter((c) => c.mountpoint && paths.some((p) => within(p, c.mountpoint!)));
+      if (onPaths.length === 0)
+        lines.push('  no blocked call resolved to a mount: aborting every waiting connection');
+      for (const c of onPaths.length > 0 ? onPaths : all) {
+        if (c.waiting === 0 && onPaths.length === 0) continue;
+        abort(c.dev);
+        lines.push(`  aborted fuse connection ${c.dev} (${c.waiting} waiting) ${c.mountpoint ?? ''}`);
+        if (c.mountpoint) spawnSync('fusermount', ['-uz', c.mountpoint], { timeout: 10_000 });
+      }
+    }
+    lines.push(`[watchdog] killed ${tree.length} process(es); ${stuck.length} needed an abort`);
+    return lines.join('\n');
+  }
+}
+
+function key(m: TestModule): string {
+  const file = path.relative(process.cwd(), m.moduleId);
+  return m.project.name ? `${m.project.name} ${file}` : file;
+}
+
+/** The file's tests without a result yet, in order: the first is the one that was running. */
+function unfinished(m: TestModule): string[] {
+  const out: string[] = [];
+  for (const t of m.children.allTests()) if (t.result().state === 'pending') out.push(t.fullName);
+  return out;
+}
+
+interface Proc {
+  ppid: number;
+  state: string;
+  ageMs: number;
+  args: string;
+}
+
+function processTable(): Map<number, Proc> {
+  const out = new Map<number, Proc>();
+  const hz = 100;
+  const uptimeMs = Number(fs.readFileSync('/proc/uptime', 'utf8').split(' ')[0]) * 1000;
+  for (const d of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const stat = fs.readFileSync(`/proc/${d}/stat`, 'utf8');
+      // Fields after the command name, which may hold spaces and parentheses.
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      const args = fs.readFileSync(`/proc/${d}/cmdline`, 'utf8').replaceAll('\0', ' ').trim();
+      out.set(Number(d), {
+        state: f[0],
+        ppid: Number(f[1]),
+        ageMs: uptimeMs - (Number(f[19]) / hz) * 1000,
+        args,
+      });
+    } catch {
+      // It ended while listed.
+    }
+  }
+  return out;
+}
+
+/** The direct child of this process (a vitest fork) whose age is closest above ranMs. */
+function forkOf(procs: Map<number, Proc>, ranMs: number): number | undefined {
+  let best: number | undefined;
+  let bestGap = Number.POSITIVE_INFINITY;
+  for (const [pid, p] of procs) {
+    if (p.ppid !== process.pid || !p.args.includes('node')) continue;
+    // A fork is started just before its file is queued: allow a little on either side.
+    const gap = Math.abs(p.ageMs - ranMs);
+    if (gap < bestGap && p.ageMs >= ranMs - 30_000) {
+      best = pid;
+      bestGap = gap;
+    }
+  }
+  return best;
+}
+
+function treeOf(procs: Map<number, Proc>, root: number): number[] {
+  const out = [root];
+  for (let i = 0; i < out.length; i++)
+    for (const [pid, p] of procs) if (p.ppid === out[i] && !out.includes(pid)) out.push(pid);
+  return out;
+}
+
+function read(file: string): string {
+  try {
+    return fs.readFileSync(file, 'utf8').trim();
+  } catch {
+    return '';
+  }
+}
+
+function wchan(pid: number): string {
+  return read(`/proc/${pid}/wchan`) || '-';
+}
+
+/**
+ * Threads in an uninterruptible wait, or waiting for a FUSE answer (the first part of that wait
+ * is interruptible: state S), with their kernel stacks.
+ */
+function blockedThreads(pid: number): Blocked[] {
+  let tids: string[];
+  try {
+    tids = fs.readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return [];
+  }
+  const out: Blocked[] = [];
+  for (const tid of tids) {
+    const stat = read(`/proc/${pid}/task/${tid}/stat`);
+    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+    const wchan = read(`/proc/${pid}/task/${tid}/wchan`);
+    if (state !== 'D' && !/fuse|request_wait_answer/.test(wchan)) continue;
+    const { call, path } = blockedCall(pid, tid);
+    out.push({
+      tid,
+      state,
+      wchan,
+      call,
+      path,
+      stack: read(`/proc/${pid}/task/${tid}/stack`) || '(no stack)',
+    });
+  }
+  return out;
+}
+
+interface Blocked {
+  tid: string;
+  state: string;
+  wchan: string;
+  /** The system call and the file it names, as far as it resolves ("nr 257 /tmp/.../mnt/x"). */
+  call: string;
+  path?: string;
+  /** The kernel stack, where the kernel lets root read it ('' otherwise). */
+  stack: string;
+}
+
+// x86_64 system call numbers: calls on a descriptor (its first argument), calls on a path (the
+// first), calls on a path relative to a directory descriptor (the first and the second).
+const FD_CALLS = new Set([0, 1, 5, 17, 18, 19, 20, 74, 75, 77, 78, 217]);
+const PATH_CALLS = new Set([2, 4, 6, 21, 76, 82, 83, 84, 87, 89, 90, 92, 188, 191, 194, 197]);
+const AT_CALLS = new Set([257, 258, 259, 260, 262, 263, 264, 265, 266, 267, 268, 269, 280, 316, 332, 439]);
+
+/** What a blocked thread waits in (/proc/PID/task/TID/syscall), and the file it names. */
+function blockedCall(pid: number, tid: string): { call: string; path?: string } {
+  const f = read(`/proc/${pid}/task/${tid}/syscall`).split(' ');
+  const nr = Number(f[0]);
+  if (!Number.isInteger(nr) || nr < 0) return { call: f[0] ?? '?' };
+  const arg = (i: number) => BigInt.asIntN(64, BigInt(f[1 + i] ?? '0'));
+  const link = (p: string) => {
+    try {
+      return fs.readlinkSync(p);
+    } catch {
+      return undefined;
+    }
+  };
+  let file: string | undefined;
+  if (FD_CALLS.has(nr)) file = link(`/proc/${pid}/fd/${arg(0)}`);
+  else if (PATH_CALLS.has(nr)) file = absolute(stringAt(pid, arg(0)), link(`/proc/${pid}/cwd`));
+  else if (AT_CALLS.has(nr)) {
+    const dirfd = arg(0);
+    const base = dirfd === -100n ? link(`/proc/${pid}/cwd`) : link(`/proc/${pid}/fd/${dirfd}`);
+    file = absolute(stringAt(pid, arg(1)), base);
+  }
+  return { call: `syscall ${nr}${file ? ` ${file}` : ''}`, path: file };
+}
+
+/** A NUL-terminated string of another process's memory (root reads /proc/PID/mem). */
+function stringAt(pid: number, address: bigint): string | undefined {
+  let fd: number | undefined;
+  try {
+    fd = fs.openSync(`/proc/${pid}/mem`, 'r');
+    const buf = Buffer.alloc(4096);
+    const n = fs.readSync(fd, buf, 0, buf.length, Number(address));
+    const end = buf.subarray(0, n).indexOf(0);
+    return buf.toString('utf8', 0, end < 0 ? n : end);
+  } catch {
+    return undefined;
+  } finally {
+    if (fd !== undefined) fs.closeSync(fd);
+  }
+}
+
+function absolute(p: string | undefined, base: string | undefined): string | undefined {
+  if (p === undefined) return undefined;
+  if (p.startsWith('/')) return p;
+  return base === undefined ? undefined : path.join(base, p);
+}
+
+function within(p: string, dir: string): boolean {
+  return p === dir || p.startsWith(dir.endsWith('/') ? dir : `${dir}/`);
+}
+
+function indent(text: string, n: number): string {
+  return text
+    .split('\n')
+    .slice(0, 12)
+    .map((l) => ' '.repeat(n) + l)
+    .join('\n');
+}
+
+const CONNECTIONS = '/sys/fs/fuse/connections';
+
+function fuseConnections(): { dev: string; waiting: number; mountpoint?: string }[] {
+  if (!fs.existsSync(`${CONNECTIONS}/`) || fs.readdirSync(CONNECTIONS).length === 0)
+    spawnSync('mount', ['-t', 'fusectl', 'none', CONNECTIONS], { timeout: 5000 });
+  const mounts = new Map<string, string>();
+  for (const l of read('/proc/self/mountinfo').split('\n')) {
+    const f = l.split(' ');
+    const fstype = f[f.indexOf('-') + 1] ?? '';
+    if (!fstype.startsWith('fuse') || fstype === 'fusectl') continue;
+    const [major, minor] = f[2].split(':');
+    if (major === '0') mounts.set(minor, f[4]);
+  }
+  let devs: string[] = [];
+  try {
+    devs = fs.readdirSync(CONNECTIONS);
+  } catch {
+    return [];
+  }
+  return devs.map((dev) => ({
+    dev,
+    waiting: Number(read(`${CONNECTIONS}/${dev}/waiting`) || 0),
+    mountpoint: mounts.get(dev),
+  }));
+}
+
+function abort(dev: string): void {
+  try {
+    fs.writeFileSync(`${CONNECTIONS}/${dev}/abort`, '1');
+  } catch {
+    // Gone already.
+  }
+}
+
+function kill(pid: number): void {
+  try {
+    process.kill(pid, 'SIGKILL');
+  } catch {
+    // Gone already.
+  }
+}
+
+function alive(pid: number): boolean {
+  const stat = read(`/proc/${pid}/stat`);
+  return stat !== '' && !stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z');
+}
