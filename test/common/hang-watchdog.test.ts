@@ -41,7 +41,7 @@ describe('a test file whose worker is blocked', () => {
     );
     expect(r.out).toMatch(/\[watchdog\] killed \d+ process\(es\); 0 needed an abort/);
     // The account comes again after vitest's summary (a CI log's tail).
-    expect(r.out).toMatch(/\[watchdog\] 1 file\(s\) never ended and were stopped:/);
+    expect(r.out).toMatch(/\[watchdog\] 1 file\(s\) were stopped:/);
   }, 150_000);
 
   it('on a request to its own FUSE mount is stopped by aborting the connection', async () => {
@@ -62,6 +62,24 @@ describe('a test file whose worker is blocked', () => {
     expect(r.out).toMatch(new RegExp(`task \\d+ [SD] request_wait_answer syscall 257 ${dirs.dirs.mnt}/x\n`));
     expect(r.out).toMatch(/needed an abort/);
     expect(r.out).not.toMatch(/; 0 needed an abort/);
+    expect(fuseMountedAt(dirs.dirs.mnt!)).toBe(false);
+  }, 150_000);
+
+  it('after its tests passed, on exit, fails the run and is stopped the same way', async () => {
+    await dirs?.cleanup();
+    dirs = await tempDirs('primary', 'mnt');
+    const r = await runFixture('test/helpers/watchdog-fixtures/exit-blocked.hang.ts', {
+      HANG_DIR: dirs.base,
+      TWINFS_TEST_EXIT_LIMIT_S: '5',
+    });
+    // The test passed, and still the run fails.
+    expect(r.out).toMatch(/Tests .*1 passed/);
+    expect(r.code, r.out).toBe(1);
+    expect(r.out).toMatch(
+      /\[watchdog\] test\/helpers\/watchdog-fixtures\/exit-blocked\.hang\.ts ended \d+ s ago; its fork \(pid \d+\) never exited/,
+    );
+    expect(r.out).toMatch(new RegExp(`request_wait_answer syscall \\d+ ${dirs.dirs.mnt}/x\n`));
+    expect(r.out).toMatch(new RegExp(`aborted fuse connection \\d+ \\(\\d+ waiting\\) ${dirs.dirs.mnt}\n`));
     expect(fuseMountedAt(dirs.dirs.mnt!)).toBe(false);
   }, 150_000);
 });

@@ -4,30 +4,39 @@ import * as path from 'node:path';
 import type { Reporter, TestCase, TestModule } from 'vitest/node';
 
 /**
- * A test file that never ends turns into a failure with a diagnosis, not a run that waits for
- * the CI's own limit. testTimeout and hookTimeout are timers of the worker's event loop: a worker
- * blocked in a system call (a thread waiting on a FUSE request that nobody answers) never fires
- * them, and vitest then waits for that file forever.
+ * A test file whose fork never ends turns into a failure with a diagnosis, not a run that waits
+ * for the CI's own limit. Two ways a fork hangs for good:
+ * - its worker is blocked in a system call, so its testTimeout and hookTimeout (timers of its
+ *   own event loop) never fire, and vitest waits for the file forever;
+ * - its tests ended, but it cannot exit: a thread waits in the kernel for the answer to a FUSE
+ *   request the process itself was to give (a mount it served). SIGKILL does not end that wait;
+ *   vitest prints "Timeout terminating forks worker" and waits for the exit at the end of the run.
  *
  * This reporter runs in vitest's main process. Every file runs in a fork of its own (pool
  * 'forks', isolated), so the fork whose age matches how long the file has been running is the
- * file's. Once a file has run TWINFS_TEST_FILE_LIMIT_S (600 s; the longest file takes ~215 s
- * here), it prints what it sees (the file's last test or hook, its process tree with states and
- * wait channels, the kernel stacks of blocked threads, the FUSE mounts and their waiting
- * requests), kills the fork's tree, and aborts the FUSE connections still holding a killed
- * process in an uninterruptible wait. vitest then reports the file as failed and the run goes
- * on. The same account is printed again after vitest's summary, where a CI log's tail shows it.
+ * file's. A file that runs TWINFS_TEST_FILE_LIMIT_S (600 s; the longest takes ~215 s here), or a
+ * fork alive TWINFS_TEST_EXIT_LIMIT_S (90 s) after its file ended, is stopped: the account
+ * names the file's unfinished tests, its processes with their states and wait channels, each
+ * blocked thread's system call and the file it names (read from /proc), the FUSE connections
+ * and their waiting requests. The fork's tree is killed, and the connection of the mount a
+ * remaining thread waits on is aborted. The run then fails, and the accounts are printed again
+ * after vitest's summary, where a CI log's tail shows them.
  *
  * It only reads /proc and /sys: the main process never touches a mount.
  */
 export class HangWatchdog implements Reporter {
   private readonly limitMs = Number(process.env.TWINFS_TEST_FILE_LIMIT_S ?? 600) * 1000;
+  private readonly exitLimitMs = Number(process.env.TWINFS_TEST_EXIT_LIMIT_S ?? 90) * 1000;
   private readonly running = new Map<string, { since: number; last: string; module: TestModule }>();
+  /** Forks whose file ended, until they exit. */
+  private readonly ended = new Map<number, { file: string; at: number }>();
   private readonly accounts: string[] = [];
   private timer: NodeJS.Timeout | undefined;
 
   onTestRunStart(): void {
-    this.timer ??= setInterval(() => this.check(), Math.min(15_000, Math.max(1000, this.limitMs / 2)));
+    const every = Math.min(15_000, Math.max(1000, Math.min(this.limitMs, this.exitLimitMs) / 2));
+    this.timer ??= setInterval(() => this.check(), every);
+    // Never what keeps vitest alive; it still fires while vitest waits for a fork to exit.
     this.timer.unref();
   }
 
@@ -57,19 +66,23 @@ export class HangWatchdog implements Reporter {
   }
 
   onTestModuleEnd(m: TestModule): void {
+    const r = this.running.get(key(m));
     this.running.delete(key(m));
+    if (!r) return;
+    const fork = forkOf(processTable(), Date.now() - r.since);
+    if (fork !== undefined) this.ended.set(fork, { file: key(m), at: Date.now() });
   }
 
   onTestRunEnd(): void {
-    if (this.timer) clearInterval(this.timer);
-    this.timer = undefined;
+    // The timer goes on: vitest waits for the forks to exit after this.
     if (this.accounts.length === 0) return;
-    process.stderr.write(`\n[watchdog] ${this.accounts.length} file(s) never ended and were stopped:\n`);
+    process.stderr.write(`\n[watchdog] ${this.accounts.length} file(s) were stopped:\n`);
     for (const a of this.accounts) process.stderr.write(`${a}\n`);
   }
 
   private check(): void {
     const now = Date.now();
+    const procs = processTable();
     for (const [k, r] of this.running) {
       const ranMs = now - r.since;
       if (ranMs < this.limitMs) continue;
@@ -77,21 +90,36 @@ export class HangWatchdog implements Reporter {
       const pending = unfinished(r.module);
       const last =
         pending.length > 0 ? `${r.last}; unfinished tests: "${pending.slice(0, 3).join('", "')}"` : r.last;
-      const account = this.stop(k, last, ranMs);
-      this.accounts.push(account);
-      process.stderr.write(`\n${account}\n`);
+      this.report(
+        `[watchdog] ${k} ran ${Math.round(ranMs / 1000)} s; last seen: ${last}`,
+        forkOf(procs, ranMs),
+      );
+    }
+    for (const [pid, e] of this.ended) {
+      if (!alive(pid)) this.ended.delete(pid);
+      else if (now - e.at >= this.exitLimitMs) {
+        this.ended.delete(pid);
+        const secs = Math.round((now - e.at) / 1000);
+        this.report(`[watchdog] ${e.file} ended ${secs} s ago; its fork (pid ${pid}) never exited`, pid);
+        // Its tests passed, but a process that cannot exit is a fault: the run must not pass.
+        process.exitCode = 1;
+      }
     }
   }
 
-  /** Diagnoses the file's fork, kills its tree, aborts the FUSE connections it is stuck on. */
-  private stop(file: string, last: string, ranMs: number): string {
-    const lines = [`[watchdog] ${file} ran ${Math.round(ranMs / 1000)} s; last seen: ${last}`];
+  private report(header: string, fork: number | undefined): void {
+    const account =
+      fork === undefined
+        ? `${header}\n[watchdog] no fork of vitest matches; nothing stopped`
+        : this.stop(header, fork);
+    this.accounts.push(account);
+    process.stderr.write(`\n${account}\n`);
+  }
+
+  /** Diagnoses a fork, kills its tree, aborts the FUSE connections it is stuck on. */
+  private stop(header: string, fork: number): string {
+    const lines = [header];
     const procs = processTable();
-    const fork = forkOf(procs, ranMs);
-    if (fork === undefined) {
-      lines.push('[watchdog] no fork of vitest matches its age; nothing stopped');
-      return lines.join('\n');
-    }
     const tree = treeOf(procs, fork);
     for (const p of tree) {
       const info = procs.get(p);
@@ -266,21 +294,23 @@ function blockedCall(pid: number, tid: string): { call: string; path?: string } 
     }
   };
   let file: string | undefined;
-  if (FD_CALLS.has(nr)) file = link(`/proc/${pid}/fd/${arg(0)}`);
-  else if (PATH_CALLS.has(nr)) file = absolute(stringAt(pid, arg(0)), link(`/proc/${pid}/cwd`));
+  // The thread's own view: once the leader exited (a zombie), /proc/PID/mem and cwd are gone.
+  const task = `/proc/${pid}/task/${tid}`;
+  if (FD_CALLS.has(nr)) file = link(`${task}/fd/${arg(0)}`);
+  else if (PATH_CALLS.has(nr)) file = absolute(stringAt(task, arg(0)), link(`${task}/cwd`));
   else if (AT_CALLS.has(nr)) {
     const dirfd = arg(0);
-    const base = dirfd === -100n ? link(`/proc/${pid}/cwd`) : link(`/proc/${pid}/fd/${dirfd}`);
-    file = absolute(stringAt(pid, arg(1)), base);
+    const base = dirfd === -100n ? link(`${task}/cwd`) : link(`${task}/fd/${dirfd}`);
+    file = absolute(stringAt(task, arg(1)), base);
   }
   return { call: `syscall ${nr}${file ? ` ${file}` : ''}`, path: file };
 }
 
-/** A NUL-terminated string of another process's memory (root reads /proc/PID/mem). */
-function stringAt(pid: number, address: bigint): string | undefined {
+/** A NUL-terminated string of another thread's memory (root reads /proc/PID/task/TID/mem). */
+function stringAt(task: string, address: bigint): string | undefined {
   let fd: number | undefined;
   try {
-    fd = fs.openSync(`/proc/${pid}/mem`, 'r');
+    fd = fs.openSync(`${task}/mem`, 'r');
     const buf = Buffer.alloc(4096);
     const n = fs.readSync(fd, buf, 0, buf.length, Number(address));
     const end = buf.subarray(0, n).indexOf(0);
@@ -352,7 +382,19 @@ function kill(pid: number): void {
   }
 }
 
+/**
+ * Whether any thread of the process is left: a leader that exited is a zombie while another
+ * thread still waits (in a FUSE request, say), and the process has not exited.
+ */
 function alive(pid: number): boolean {
-  const stat = read(`/proc/${pid}/stat`);
-  return stat !== '' && !stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z');
+  let tids: string[];
+  try {
+    tids = fs.readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return false;
+  }
+  return tids.some((tid) => {
+    const stat = read(`/proc/${pid}/task/${tid}/stat`);
+    return stat !== '' && !/^[ZX]/.test(stat.slice(stat.lastIndexOf(')') + 2));
+  });
 }
