@@ -1,3 +1,4 @@
+import { spawn } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -222,6 +223,56 @@ describe('catalog', () => {
       { lockTimeoutMs: 300 },
     );
   });
+
+  it('a lock file that names no holder is held while fresh, taken over once stale', async () => {
+    // What a process killed between creating the lock and writing it left (older code).
+    const lock = path.join(dir, 'lock');
+    await fsp.writeFile(lock, '');
+    await expect(Catalog.open(dir, { lockTimeoutMs: 300 })).rejects.toMatchObject({
+      code: 'ETWIN_CATALOG_LOCKED',
+    });
+    const old = new Date(Date.now() - 60_000);
+    await fsp.utimes(lock, old, old);
+    const c = await Catalog.open(dir, { lockTimeoutMs: 300 });
+    try {
+      // The lock names its holder from the moment it exists; no file of the taking is left.
+      expect(JSON.parse(await fsp.readFile(lock, 'utf8'))).toMatchObject({
+        pid: process.pid,
+        host: os.hostname(),
+      });
+      expect((await fsp.readdir(dir)).filter((f) => f.startsWith('lock'))).toEqual(['lock']);
+    } finally {
+      await c.close();
+    }
+    expect((await fsp.readdir(dir)).filter((f) => f.startsWith('lock'))).toEqual([]);
+  });
+
+  it('a process killed -9 at any moment while taking or holding the lock never blocks the next', async () => {
+    // A real process takes and releases the catalog lock in a loop and is killed at seeded random
+    // moments; each time the next opener must get the catalog at once (dead holder taken over).
+    const script = `
+      const { LockFile } = await import(${JSON.stringify(path.resolve('dist/backup-peer/catalog-lock.js'))});
+      process.stdout.write('ready\\n');
+      for (;;) await (await LockFile.acquire(${JSON.stringify(path.join(dir, 'lock'))})).release();
+    `;
+    let seed = 7;
+    const rnd = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
+    for (let i = 0; i < 12; i++) {
+      const child = spawn(process.execPath, ['--input-type=module', '-e', script], {
+        stdio: ['ignore', 'pipe', 'inherit'],
+      });
+      await new Promise<void>((res) => child.stdout!.once('data', () => res()));
+      await new Promise((r) => setTimeout(r, rnd() * 40));
+      const exited = new Promise((r) => child.once('exit', r));
+      child.kill('SIGKILL');
+      await exited;
+      const t0 = Date.now();
+      await (await Catalog.open(dir, { lockTimeoutMs: 5_000 })).close();
+      expect(Date.now() - t0).toBeLessThan(4_000);
+    }
+    // The killed takers' own files (lock.PID.*) are all that may be left beside the catalog.
+    expect((await fsp.readdir(dir)).filter((f) => f === 'lock')).toEqual([]);
+  }, 60_000);
 
   it('a damaged datafile is a clear ETWIN_CATALOG error', async () => {
     await fsp.writeFile(path.join(dir, 'snapshots.db'), 'garbage\n'.repeat(20));

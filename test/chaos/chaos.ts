@@ -413,6 +413,8 @@ export async function peerKills(o: PeerOptions): Promise<PeerReport> {
     const list = await sh(`'${process.execPath}' '${CLI}' snapshots --catalog '${d('catalog')}' --json`, {
       timeoutMs: 60_000,
     });
+    if (list.code !== 0)
+      throw new Error(`snapshots --json failed (${list.code}): ${list.stdout}${list.stderr}`);
     const snaps = (JSON.parse(list.stdout.trim() || '[]') as Array<{ id: string; state: string }>).filter(
       (s) => s.state === 'complete',
     );
