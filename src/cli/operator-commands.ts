@@ -151,13 +151,6 @@ async function hold(
   out: Output,
 ): Promise<number> {
   const id = String(kind === 'freeze' ? made.freezeId : made.backupId);
-  if (out.json) out.line(JSON.stringify({ event: kind === 'freeze' ? 'frozen' : 'split', ...made }));
-  else
-    out.line(
-      kind === 'freeze'
-        ? `holding the freeze: \`twinfs thaw ${id}\` or Ctrl-C ends it`
-        : `holding the split (lease renewed): \`twinfs resync ${id}\` or Ctrl-C releases it`,
-    );
   let renew: NodeJS.Timeout | undefined;
   type End = { event: string; data: Record<string, unknown>; error?: unknown };
   let finish!: (end: End) => void;
@@ -186,6 +179,14 @@ async function hold(
     );
   };
   process.on('SIGINT', onSignal).on('SIGTERM', onSignal);
+  // Said only once Ctrl-C is handled: a signal sent on seeing this line must thaw, not kill.
+  if (out.json) out.line(JSON.stringify({ event: kind === 'freeze' ? 'frozen' : 'split', ...made }));
+  else
+    out.line(
+      kind === 'freeze'
+        ? `holding the freeze: \`twinfs thaw ${id}\` or Ctrl-C ends it`
+        : `holding the split (lease renewed): \`twinfs resync ${id}\` or Ctrl-C releases it`,
+    );
   try {
     const end = await ended;
     if (end.event === 'error') throw end.error;
