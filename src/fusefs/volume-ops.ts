@@ -638,13 +638,16 @@ export class VolumeOps {
       }
       return;
     }
+    // A node no handle of this request holds is held for the flush: another handle's release,
+    // or its write-back ending with none left, would close the descriptor it syncs (EBADF).
+    if (!handled) node.refs++;
     try {
       await this.cache.flush(node, { sync: datasync ? 'data' : 'full' });
     } catch (err) {
       this.cache.takeError(node);
       throw err;
     } finally {
-      if (!handled) await this.releaseIfIdle(node);
+      if (!handled) await this.cache.unref(node);
     }
     const err = this.cache.takeError(node);
     if (err) throw err;

@@ -434,6 +434,10 @@ export class WritebackCache {
   async flushAll(opts: { sync?: boolean } = {}): Promise<void> {
     const errors: unknown[] = [];
     const nodes = [...this.nodes.values()].filter((n) => n.isDirty || opts.sync);
+    // Each held until its turn is over: a node whose last handle is released meanwhile (or
+    // whose write-back ends with no handle left) would otherwise be closed before the sync of
+    // its descriptor, which then failed with EBADF, or synced whatever file got that number.
+    for (const n of nodes) n.refs++;
     let i = 0;
     const worker = async () => {
       while (i < nodes.length) {
@@ -442,6 +446,8 @@ export class WritebackCache {
           await this.flush(n, opts.sync ? { sync: 'data' } : {});
         } catch (err) {
           errors.push(err);
+        } finally {
+          await this.unref(n);
         }
       }
     };

@@ -93,6 +93,47 @@ describe('WritebackCache (no FUSE)', () => {
     await cache.dispose();
   });
 
+  it('a sync of everything keeps each file open until its sync, while handles close meanwhile', async () => {
+    // The server's `flush` (flushAll with sync) against releases: the files' last handles are
+    // released while the first file's write-back runs. The old code closed a clean file at its
+    // release and then synced its closed descriptor (EBADF), or a file that got its number.
+    const files = ['dirty', 'clean1', 'clean2'].map((n) => path.join(t.dirs.d!, `all-${n}`));
+    for (const f of files) await fsp.writeFile(f, 'x');
+    let inWrite!: () => void;
+    const writing = new Promise<void>((r) => (inWrite = r));
+    let go!: () => void;
+    const gate = new Promise<void>((r) => (go = r));
+    const sink: ChangeSink = {
+      apply: async (c: Change) => {
+        if (c.op === 'write') {
+          inWrite();
+          await gate;
+        }
+      },
+    };
+    const cache = new WritebackCache({ sink, writebackMs: 60_000, flushConcurrency: 1 });
+    try {
+      const [dirty, ...clean] = files.map((f, i) =>
+        cache.adopt(100 + i, `/${path.basename(f)}`, fs.openSync(f, 'r+'), true),
+      );
+      cache.write(dirty!, 0, Buffer.from('new'));
+      const synced = cache.flushAll({ sync: true });
+      await writing;
+      // Their handles close while the dirty file's write-back waits for the sink.
+      for (const n of clean) await cache.unref(n);
+      // A file opened now may get a closed file's descriptor number.
+      const other = fs.openSync(path.join(t.dirs.d!, 'all-dirty'), 'r');
+      go();
+      await expect(synced).resolves.toBeUndefined();
+      fs.closeSync(other);
+      // Held only for their turn: closed once synced, nothing left open.
+      expect(clean.map((n) => cache.get(n.ino))).toEqual([undefined, undefined]);
+      expect(await fsp.readFile(files[0]!, 'utf8')).toBe('new');
+    } finally {
+      await cache.dispose();
+    }
+  });
+
   it('throttles a writer at the limit and lets it go once the flusher made room', async () => {
     const file = path.join(t.dirs.d!, 'throttle');
     await fsp.writeFile(file, '');
