@@ -82,6 +82,8 @@ export interface TwinFsStatus {
     invalidations: number;
     /** Write-backs of single-name files whose attributes the kernel had not taken since their last WRITE: nothing invalidated. */
     writeBacksUnseen?: number;
+    /** Write-backs of files with several names that invalidated none (TWINFS_WRITEBACK_KEEPS_LINK_ATTRS=1). */
+    writeBacksOfLinksKept?: number;
     /** Directories invalidated because libfuse removed a hidden file in them (cached listings). */
     listings?: number;
     /** Listings the kernel read from twinfs (READDIR/READDIRPLUS; an unchanged directory is listed from the kernel's cache). */
@@ -367,12 +369,14 @@ export class TwinFs {
   }
 
   private kernelCacheStatus(k: KernelNames): NonNullable<TwinFsStatus['kernelCache']> {
-    const { names, invalidations, waitsBounded, writeBacksUnseen, listings } = k.getStats();
+    const { names, invalidations, waitsBounded, writeBacksUnseen, writeBacksOfLinksKept, listings } =
+      k.getStats();
     return {
       names,
       invalidations,
       waitsBounded,
       writeBacksUnseen,
+      ...(k.keepLinkAttrs ? { writeBacksOfLinksKept } : {}),
       listings,
       readdirs: this.ops.readdirs,
       appendsOffEnd: this.ops.appendsOffEnd,
