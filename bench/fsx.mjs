@@ -116,8 +116,8 @@ for (const cfg of opts.configs.split(',')) {
       if (x.skipped) continue;
       if (x.code !== 0) {
         dead.add(names[i]);
-        // A child killed by a signal (SIGBUS: an mmap access past the size its name's kernel
-        // inode has) prints nothing: say so rather than an empty failure.
+        // fsx.py reports a death by a signal of its own (SIGBUS: an mmap access past the size its
+        // name's kernel inode has) from a forked child; anything else unreported is said so.
         const d = x.stderr.trim() || `fsx.py exited ${x.code ?? x.signal} without a report`;
         failures.push({ cfg, what: `round ${r} file ${names[i]}`, d });
         log(`${cfg}: round ${r} ${names[i]} failed:\n${d}`);

@@ -6,8 +6,10 @@ import type { TargetRegistry } from './targets/index.js';
 
 export interface CheckProblem {
   path: string;
-  kind: 'missing' | 'type' | 'size' | 'hash' | 'stamp' | 'manifest' | 'unreadable';
+  kind: 'missing' | 'type' | 'size' | 'hash' | 'stamp' | 'manifest' | 'unreadable' | 'emptied';
   message: string;
+  /** A coded problem (ETWIN_…), where the kind alone does not say what to do. */
+  code?: string;
 }
 
 export interface CheckResult {
@@ -22,6 +24,59 @@ export interface CheckResult {
 
 /** Problems that say a stored file's data is not what was stored. */
 const DATA_PROBLEMS = new Set<CheckProblem['kind']>(['missing', 'size', 'hash', 'stamp', 'type']);
+
+/** How far up its parents a snapshot without entries looks for one that had some. */
+const EMPTIED_MAX_ANCESTORS = 64;
+
+/** Entries that are not directories: what a volume's content is made of. */
+function contentEntries(entries: readonly { type: string }[]): number {
+  let n = 0;
+  for (const e of entries) if (e.type !== 'dir') n++;
+  return n;
+}
+
+/**
+ * A snapshot with no files, symlinks or nodes whose parent (or the nearest parent up a chain of
+ * such snapshots) had some: the shape a backup before 8227586 left when the catalog row of its
+ * parent held no entries (a lost catalog's rows adopted from the target, another peer's
+ * snapshot): it planned from the server's change answer over an empty parent and committed a
+ * consistent, empty manifest, and every snapshot carried by reference after it was empty too
+ * (finding 41, docs/reliability.md). A volume really emptied between two backups looks the same
+ * to a check that cannot ask the server, so the problem says both; undefined when the snapshot
+ * has content or no ancestor had any.
+ */
+async function emptiedProblem(
+  o: { catalogDir?: string; target?: string; registry: TargetRegistry },
+  snapshot: { id: string; parentId?: string },
+  entries: readonly { type: string }[],
+): Promise<CheckProblem | undefined> {
+  if (contentEntries(entries) > 0) return undefined;
+  const seen = new Set([snapshot.id]);
+  let parentId = snapshot.parentId;
+  for (let depth = 0; parentId && !seen.has(parentId) && depth < EMPTIED_MAX_ANCESTORS; depth++) {
+    seen.add(parentId);
+    let parent: Awaited<ReturnType<typeof loadCompleteSnapshot>>;
+    try {
+      parent = await loadCompleteSnapshot(o.catalogDir, parentId, o.registry, o.target);
+    } catch {
+      return undefined; // forgotten, or not complete: nothing to compare with
+    }
+    const n = contentEntries(parent.entries);
+    if (n > 0)
+      return {
+        path: '/',
+        kind: 'emptied',
+        code: 'ETWIN_SNAPSHOT_EMPTIED',
+        message:
+          `no files, while ${parentId === snapshot.parentId ? 'its parent' : 'its ancestor'} ${parentId} has ${n} ` +
+          `entries other than directories${parentId === snapshot.parentId ? '' : ` (every snapshot between them is empty too)`}: ` +
+          'a backup before 8227586 recorded such an empty snapshot on a parent whose catalog row had no entries; ' +
+          'unless the volume was emptied, run backup --full (a run built on this snapshot carries nothing)',
+      };
+    parentId = parent.snapshot.parentId;
+  }
+  return undefined;
+}
 
 /**
  * Re-reads a snapshot's data at its target and compares it with the catalog: every file's
@@ -74,6 +129,8 @@ export async function checkSnapshot(o: {
         message: `manifest: ${(err as Error).message}`,
       });
     }
+    const emptied = await emptiedProblem(o, snapshot, entries);
+    if (emptied) problems.push(emptied);
     for (const e of entries) {
       try {
         // Fifos, devices and sockets live in the manifest alone (compared above).

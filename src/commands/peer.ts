@@ -489,7 +489,8 @@ export const peerCommands: OperatorCommand[] = [
           metadataOnly: a.options['metadata-only'] === true,
           onProgress: (p) => ctx.progress({ phase: 'check', ...p }),
         });
-        for (const p of r.problems) ctx.print(`${p.kind.padEnd(10)} ${p.path}  ${p.message}`);
+        for (const p of r.problems)
+          ctx.print(`${p.kind.padEnd(10)} ${p.path}  ${p.code ? `${p.code}: ` : ''}${p.message}`);
         ctx.print(
           r.ok
             ? `snapshot ${r.snapshotId}: ${r.checked} entries, ${bytes(r.bytes)} verified`

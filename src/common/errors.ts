@@ -83,6 +83,8 @@ export const ErrorCodes = {
   ETWIN_TARGET_HUNG:
     'the backup target took nothing for --target-timeout-sec; the split was released and the run abandoned',
   ETWIN_CHECK_FAILED: 'backup data at the target differs from the catalog',
+  ETWIN_SNAPSHOT_EMPTIED:
+    'a snapshot holds no files while its parent has some (an empty snapshot an old backup recorded after a lost catalog, or an emptied volume)',
   ETWIN_SOURCE_MISMATCH:
     'a snapshot differs from the split mirror copy it was read from (backup --check-source)',
   ETWIN_RESTORE_FAILED: 'some entries could not be restored',

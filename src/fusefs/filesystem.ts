@@ -82,6 +82,8 @@ export interface TwinFsStatus {
     invalidations: number;
     /** Write-backs of single-name files whose attributes the kernel had not taken since their last WRITE: nothing invalidated. */
     writeBacksUnseen?: number;
+    /** Write-backs of files with several names that invalidated none (TWINFS_WRITEBACK_KEEPS_LINK_ATTRS=1). */
+    writeBacksOfLinksKept?: number;
     /** Directories invalidated because libfuse removed a hidden file in them (cached listings). */
     listings?: number;
     /** Listings the kernel read from twinfs (READDIR/READDIRPLUS; an unchanged directory is listed from the kernel's cache). */
@@ -218,7 +220,33 @@ export class TwinFs {
     if (this.kernelNames) {
       const names = this.kernelNames;
       this.store.add(this.cache.onDidWriteBack((e) => names.changedBehind(e.ino, e.path, e.kernelMayHold)));
+      const path = process.env.TWINFS_TEST_WRITEBACK_IN_GETATTR;
+      if (path) this.writeBackInGetattr(path);
     }
+  }
+
+  /**
+   * Test only: TWINFS_TEST_WRITEBACK_IN_GETATTR=PATH. A getattr of PATH (a lookup, or a GETATTR
+   * through a handle) that reaches JS first writes every dirty file back and waits (at most 5 s) until the lane nobody waits for has processed what that queued,
+   * then answers: the write-back's invalidation of PATH is processed while the kernel's GETATTR
+   * of it is in flight, as it can happen under load but cannot be provoked on purpose
+   * (test/fusefs/writeback-getattr.test.ts).
+   */
+  private writeBackInGetattr(path: string): void {
+    const ops = this.ops;
+    const inner = ops.getattr.bind(ops);
+    ops.getattr = async (p: string) => {
+      if (p === path) {
+        await this.cache.flushAll();
+        const until = Date.now() + 5000;
+        for (;;) {
+          const lane = this.fuse?.invalidateStats?.().lanes?.background;
+          if (!lane || lane.done >= lane.queued || Date.now() > until) break;
+          await new Promise((r) => setTimeout(r, 5));
+        }
+      }
+      return inner(p);
+    };
   }
 
   static async mount(opts: TwinFsOptions): Promise<TwinFs> {
@@ -367,12 +395,14 @@ export class TwinFs {
   }
 
   private kernelCacheStatus(k: KernelNames): NonNullable<TwinFsStatus['kernelCache']> {
-    const { names, invalidations, waitsBounded, writeBacksUnseen, listings } = k.getStats();
+    const { names, invalidations, waitsBounded, writeBacksUnseen, writeBacksOfLinksKept, listings } =
+      k.getStats();
     return {
       names,
       invalidations,
       waitsBounded,
       writeBacksUnseen,
+      ...(k.keepLinkAttrs ? { writeBacksOfLinksKept } : {}),
       listings,
       readdirs: this.ops.readdirs,
       appendsOffEnd: this.ops.appendsOffEnd,

@@ -72,13 +72,37 @@ export function invalidationTraceFromEnv(
   };
 }
 
+/**
+ * Off by default (TWINFS_WRITEBACK_KEEPS_LINK_ATTRS=1 turns it on; not yet the default, see
+ * docs/reliability.md, the two-name finding's read side): twinfs's cache write-back of a file
+ * with several names known invalidates none of them. Such an invalidation only refreshes ctime and
+ * st_blocks (a write-back moves neither size nor data), but the kernel drops the reply of any
+ * GETATTR of that name it crosses (attr_version), and a read or mmap through a name whose size
+ * another name moved then goes on with the old size: a short read, or SIGBUS. With it on, stat
+ * through those names shows ctime and st_blocks as last answered until the next change or the
+ * attribute timeout.
+ */
+export function writeBackKeepsLinkAttrsFromEnv(env: NodeJS.ProcessEnv = process.env): boolean {
+  return env.TWINFS_WRITEBACK_KEEPS_LINK_ATTRS === '1';
+}
+
 /** The longest an op waits for its invalidations (see the class comment). */
 export const WAIT_BOUND_MS = 2000;
 
 export class KernelNames {
   private readonly byIno = new Map<number, Set<string>>();
   private readonly byPath = new Map<string, number>();
-  private readonly stats = { invalidations: 0, waits: 0, waitsBounded: 0, writeBacksUnseen: 0, listings: 0 };
+  private readonly stats = {
+    invalidations: 0,
+    waits: 0,
+    waitsBounded: 0,
+    writeBacksUnseen: 0,
+    listings: 0,
+    /** Write-backs of files with several names that invalidated none (keepLinkAttrs). */
+    writeBacksOfLinksKept: 0,
+  };
+  /** See writeBackKeepsLinkAttrsFromEnv. */
+  keepLinkAttrs = writeBackKeepsLinkAttrsFromEnv();
   /** WRITEs in flight per name, and the names to invalidate once their last one is answered. */
   private readonly writing = new Map<string, number>();
   private readonly afterWrites = new Set<string>();
@@ -293,6 +317,10 @@ export class KernelNames {
       this.stats.writeBacksUnseen++;
       return;
     }
+    if (this.keepLinkAttrs && this.byIno.has(ino)) {
+      this.stats.writeBacksOfLinksKept++;
+      return;
+    }
     if (this.held(path, ino)) {
       this.deferred.set(ino, path);
       return;
@@ -334,6 +362,7 @@ export class KernelNames {
     writeBacksUnseen: number;
     /** Directories invalidated because their entries changed behind the kernel (listingChangedBehind). */
     listings: number;
+    writeBacksOfLinksKept: number;
   } {
     return { names: this.byPath.size, ...this.stats };
   }

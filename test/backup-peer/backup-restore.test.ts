@@ -3,7 +3,12 @@ import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { Readable } from 'node:stream';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
-import { type BackupHooks, type BackupOptions, BackupRun } from '../../src/backup-peer/backup-run.js';
+import {
+  type BackupHooks,
+  type BackupOptions,
+  BackupRun,
+  newSnapshotId,
+} from '../../src/backup-peer/backup-run.js';
 import { Catalog } from '../../src/backup-peer/catalog.js';
 import { checkSnapshot } from '../../src/backup-peer/check.js';
 import { forget } from '../../src/backup-peer/forget.js';
@@ -530,6 +535,50 @@ describe('backup run, restore, check, forget (hand-made mirror)', () => {
       ['/docs/deep/er/c.bin', 'missing'],
       ['/top.txt', 'missing'],
     ]);
+  });
+
+  it('check reports a snapshot emptied by the old code after a lost catalog (finding 41), and the ones carried on it', async () => {
+    const s1 = await backup(new FakeControl(mirror));
+    // What a backup before 8227586 committed when the catalog row of its parent held no entries:
+    // a complete snapshot on s1 with nothing in it, then one carried by reference on that (the
+    // manifests written as that code wrote them: no entries, zero totals, the parent named).
+    const old = async (parentId: string, at: number) => {
+      const meta = {
+        snapshotId: newSnapshotId(new Date(at)),
+        time: at,
+        server: s1.snapshot.server,
+        deviceId: s1.snapshot.deviceId,
+        selector: s1.snapshot.selector,
+        parentId,
+        ...(s1.snapshot.generation ? { generation: s1.snapshot.generation } : {}),
+      };
+      const w = await target.beginSnapshot(meta);
+      const totals = { files: 0, dirs: 0, symlinks: 0, bytes: 0, copiedBytes: 0, reusedFiles: 0, skipped: 0 };
+      await w.commit({ version: 1, meta, totals, entries: [] });
+      return meta.snapshotId;
+    };
+    const s2 = await old(s1.snapshot.id, s1.snapshot.time + 60_000);
+    const content = `${s1.snapshot.totals.files + s1.snapshot.totals.symlinks} entries other than directories`;
+    const s3 = await old(s2, s1.snapshot.time + 120_000);
+    // Read with a catalog that lost everything: its rows come from the target, without entries.
+    const lost = path.join(base, 'catalog-lost');
+    const spec = `dir:${targetRoot}`;
+    const c2 = await checkSnapshot({ snapshot: s2, catalogDir: lost, registry, target: spec });
+    expect(c2.ok).toBe(false);
+    expect(c2.problems).toEqual([
+      expect.objectContaining({ path: '/', kind: 'emptied', code: 'ETWIN_SNAPSHOT_EMPTIED' }),
+    ]);
+    expect(c2.problems[0]!.message).toContain(`its parent ${s1.snapshot.id} has ${content}`);
+    const c3 = await checkSnapshot({ snapshot: s3, catalogDir: lost, registry, target: spec });
+    expect(c3.problems.map((p) => [p.kind, p.code])).toEqual([['emptied', 'ETWIN_SNAPSHOT_EMPTIED']]);
+    expect(c3.problems[0]!.message).toContain(`its ancestor ${s1.snapshot.id} has ${content}`);
+    // The same through this peer's own catalog, and the snapshot with content stays clean.
+    expect((await checkSnapshot({ snapshot: s3, catalogDir, registry, target: spec })).problems).toHaveLength(
+      1,
+    );
+    expect(
+      (await checkSnapshot({ snapshot: s1.snapshot.id, catalogDir: lost, registry, target: spec })).ok,
+    ).toBe(true);
   });
 
   it('forget removes snapshots and their data; kept snapshots still restore', async () => {

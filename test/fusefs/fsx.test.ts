@@ -106,6 +106,22 @@ describe('fsx on a plain directory (the oracle of the model)', () => {
     expect(r.stderr).toMatch(/^FSX FAILURE seed 7 op \d+ /);
     expect(r.stderr).toContain('40 tamper: byte 0 changed behind the model');
   });
+
+  it('a mapped access that kills fsx.py (SIGBUS) is reported with the seed, op index and op log', async () => {
+    // A SIGBUS cannot be caught in Python: without the forked child and the parent's report, the
+    // process died with nothing on stderr (two of the two-name fsx runs, docs/reliability.md).
+    const r = await sh(
+      `${PYTHON} '${FSX}' run '${t.dirs.plain}' 7 400 --name sigbus --tamper-at 40 --tamper-kind sigbus`,
+      { timeoutMs: 60_000 },
+    );
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(
+      /^FSX FAILURE seed 7 op 40 \(\w+\) on .*sigbus: killed by SIGBUS during the tamper/,
+    );
+    expect(r.stderr).toContain(
+      '40 tamper: mapped read after the file was cut to 0 behind the model  <- died here',
+    );
+  });
 });
 
 describe('fsx through a mount with the mirror on', () => {
