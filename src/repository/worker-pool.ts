@@ -155,11 +155,32 @@ export class WorkerPool {
   }
 }
 
-/** One worker per core, at most 8 (TWINFS_REPO_WORKERS overrides). */
+/**
+ * The default sizes of the two pools: the workers (repoWorkers: cuts, ids, seals) get half the
+ * cores rounded up, the readers (repoReaders: small files) the other half, each 1 to 8;
+ * TWINFS_REPO_WORKERS / TWINFS_REPO_READERS override either. One thread per core in each pool
+ * was twice as many busy threads as cores (the main thread besides), and a thread costs far
+ * more than its start (~2,000 page faults and ~0.08 s of CPU): its isolate's heap, its malloc
+ * arena, its zstd and chunker memory, all fresh pages (~11 µs a fault on this project's VM).
+ * On two cores, one worker and one reader instead of two and two: ~48,000 → ~35,000 faults and
+ * less CPU for a 256 MiB backup (bench/repository.mjs --only speed, docs/benchmarks.md).
+ */
+export function defaultPoolSizes(
+  cores: number = os.availableParallelism(),
+  env: NodeJS.ProcessEnv = process.env,
+): { workers: number; readers: number } {
+  const given = (v: string | undefined) => {
+    const n = Number(v);
+    return Number.isInteger(n) && n > 0 ? Math.min(n, 64) : undefined;
+  };
+  return {
+    workers: given(env.TWINFS_REPO_WORKERS) ?? Math.max(1, Math.min(8, Math.ceil(cores / 2))),
+    readers: given(env.TWINFS_REPO_READERS) ?? Math.max(1, Math.min(8, Math.floor(cores / 2))),
+  };
+}
+
 function defaultPoolSize(): number {
-  const env = Number(process.env.TWINFS_REPO_WORKERS);
-  if (Number.isInteger(env) && env > 0) return Math.min(env, 64);
-  return Math.max(1, Math.min(8, os.availableParallelism()));
+  return defaultPoolSizes().workers;
 }
 
 /** An error as it crosses from a worker: a TwinError keeps its code and data. */
@@ -192,9 +213,10 @@ export function repoWorkers(): WorkerPool {
  * The process's pool for small files (blob-worker.ts, `files`), apart from repoWorkers(): those
  * read with blocking calls, and on a cold page cache a batch waits on the disk for most of its
  * time. In threads of their own, that wait holds neither the cut of a large file nor the seal
- * of a pack, and several batches read at once (the disk gets more than one request at a time).
- * One per core, 2 to 8 (TWINFS_REPO_READERS overrides): each thread costs about 0.1 s of CPU
- * to start and warm up, so no more of them than the cores that can run them.
+ * of a pack, and with more than one reader several batches read at once (the disk gets more
+ * than one request at a time). Half the cores (the workers have the other half), 1 to 8 (TWINFS_REPO_READERS overrides):
+ * each thread costs about 0.1 s of CPU and thousands of page faults to start and warm up, so
+ * no more of them than the cores that can run them beside the workers.
  */
 export function repoReaders(): WorkerPool {
   readers ??= new WorkerPool(readerPoolSize());
@@ -202,7 +224,5 @@ export function repoReaders(): WorkerPool {
 }
 
 function readerPoolSize(): number {
-  const env = Number(process.env.TWINFS_REPO_READERS);
-  if (Number.isInteger(env) && env > 0) return Math.min(env, 64);
-  return Math.max(2, Math.min(8, os.availableParallelism()));
+  return defaultPoolSizes().readers;
 }

@@ -13,7 +13,7 @@ import { ContentCutter, WINDOW } from '../../src/repository/content-cutter.js';
 import { checkRepository } from '../../src/repository/index.js';
 import { looksIncompressible } from '../../src/repository/pack.js';
 import type { RepositoryTarget } from '../../src/repository/repository-target.js';
-import { WorkerPool } from '../../src/repository/worker-pool.js';
+import { defaultPoolSizes, WorkerPool } from '../../src/repository/worker-pool.js';
 import {
   fileEntry,
   fileMeta,
@@ -272,15 +272,39 @@ describe('dir repository: the worker path', () => {
     await firstSnapshot(t, pseudoRandom(MiB, 6));
     // Odd sizes and a source whose pieces straddle the window edges.
     const data = pseudoRandom(4 * WINDOW + 777_777, 5);
-    const cutter = new ContentCutter(t.repo, pool(2));
-    const got: string[] = [];
-    const r = await cutter.stream(streamOf(data, 3 * MiB + 1), async (blobs) => {
-      for (const b of blobs) got.push(b.id);
+    // One worker (the default on two cores: the cut, the hash and the ids of a stream all on
+    // it) and two (the cut on one, the hash on the other).
+    for (const size of [1, 2]) {
+      const cutter = new ContentCutter(t.repo, pool(size));
+      const got: string[] = [];
+      const r = await cutter.stream(streamOf(data, 3 * MiB + 1), async (blobs) => {
+        for (const b of blobs) got.push(b.id);
+      });
+      const whole = await cutter.whole(data);
+      expect(r).toEqual({ hash: sha256(data), size: data.length });
+      expect(got).toEqual(whole.blobs.map((b) => b.id));
+      expect(got.length).toBeGreaterThan(20);
+    }
+  });
+
+  it('the default pools, readers and workers together, start no more threads than the cores (at least one each); the environment overrides either', () => {
+    for (let cores = 1; cores <= 32; cores++) {
+      const { workers, readers } = defaultPoolSizes(cores, {});
+      expect(workers).toBeGreaterThanOrEqual(1);
+      expect(readers).toBeGreaterThanOrEqual(1);
+      expect(workers + readers).toBeLessThanOrEqual(Math.max(2, cores));
+      expect(workers).toBeLessThanOrEqual(8);
+      expect(readers).toBeLessThanOrEqual(8);
+    }
+    expect(defaultPoolSizes(2, {})).toEqual({ workers: 1, readers: 1 });
+    expect(defaultPoolSizes(2, { TWINFS_REPO_WORKERS: '3', TWINFS_REPO_READERS: '5' })).toEqual({
+      workers: 3,
+      readers: 5,
     });
-    const whole = await cutter.whole(data);
-    expect(r).toEqual({ hash: sha256(data), size: data.length });
-    expect(got).toEqual(whole.blobs.map((b) => b.id));
-    expect(got.length).toBeGreaterThan(20);
+    expect(defaultPoolSizes(4, { TWINFS_REPO_WORKERS: 'x', TWINFS_REPO_READERS: '0' })).toEqual({
+      workers: 2,
+      readers: 2,
+    });
   });
 
   it("a streamed file's chunks are views of windows that are reused: every chunk's bytes match its id and join to the file, for files cut one after another and side by side", async () => {
