@@ -1,5 +1,5 @@
 import { type ChildProcess, spawn } from 'node:child_process';
-import { promises as fsp, readFileSync, writeFileSync } from 'node:fs';
+import { promises as fsp, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { ROOT, tempDirs } from '../helpers/server.js';
@@ -73,6 +73,20 @@ function childrenOf(pid: number): number[] {
   }
 }
 
+function threadWaits(pid: number, wchan: RegExp): boolean {
+  try {
+    return readdirSync(`/proc/${pid}/task`).some((t) => {
+      try {
+        return wchan.test(readFileSync(`/proc/${pid}/task/${t}/wchan`, 'utf8'));
+      } catch {
+        return false;
+      }
+    });
+  } catch {
+    return false;
+  }
+}
+
 /** Running (not gone, not a zombie left unreaped). */
 const alive = (pid: number) => {
   try {
@@ -123,6 +137,13 @@ describe('a server whose own thread is stuck on its mount', () => {
       await out.next('held');
       server.stdin!.write('invalidate\n');
       expect(await out.next('blocked')).toBe('blocked');
+      // The precondition itself: a thread of the server waits in the kernel for the page lock.
+      let waits = false;
+      for (let i = 0; i < 100 && !waits; i++) {
+        waits = threadWaits(server.pid!, /folio_lock/);
+        if (!waits) await new Promise((r) => setTimeout(r, 100));
+      }
+      expect(waits, 'a server thread waits for the page lock').toBe(true);
 
       if (how === 'SIGKILL') server.kill('SIGKILL');
       else server.stdin!.write('exit\n');
