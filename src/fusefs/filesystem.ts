@@ -4,9 +4,10 @@ import { Emitter } from '../common/event.js';
 import { DisposableStore, toDisposable } from '../common/lifecycle.js';
 import { addServedMount, removeServedMount } from '../common/served-mounts.js';
 import { type ChangeSink, nullSink, type WriteGate } from './change-sink.js';
+import { type ExitGuard, startExitGuard } from './exit-guard.js';
 import { createFuseHandlers } from './fuse-adapter.js';
 import { invalidationDelayFromEnv, invalidationTraceFromEnv, KernelNames } from './kernel-names.js';
-import { isMountPoint, preflight } from './mount-checks.js';
+import { isMountPoint, listMountPoints, preflight } from './mount-checks.js';
 import { watchMount } from './mount-watch.js';
 import { NativeChanges, nativeUnlinkCachedFromEnv, nativeUnlinkFromEnv } from './native-changes.js';
 import {
@@ -136,6 +137,7 @@ export class TwinFs {
     | { changes: NativeChanges; handlers: Record<string, (...args: any[]) => void> }
     | undefined;
   private spill: WritebackSpill | undefined;
+  private exitGuard: ExitGuard | undefined;
   private mountLost: string | undefined;
   private readonly _onDidLoseMount = new Emitter<{ mount: string; reason: string }>();
   /** The mount was detached by someone else (twinfs unmount, fusermount -u): the server should stop. */
@@ -314,6 +316,10 @@ export class TwinFs {
           : resolve(),
       ),
     );
+    // However this process ends, its connection ends with it (see exit-guard.ts).
+    // TWINFS_EXIT_GUARD=0: none (the watchdog's fixture of a fork that cannot exit).
+    const minor = (await listMountPoints()).filter((m) => m.mountPoint === this.mountPoint).pop()?.minor;
+    if (minor !== undefined && process.env.TWINFS_EXIT_GUARD !== '0') this.exitGuard = startExitGuard(minor);
     if (this.nativeAttributes) this.enableNativeAttributes();
     if (handlers !== plain) this.enableNativeChanges();
     addServedMount(this.mountPoint);
@@ -480,8 +486,27 @@ export class TwinFs {
     if (!spilled) await this.spill?.removeIfEmpty().catch(() => undefined);
     if ((await isMountPoint(this.mountPoint)).mounted)
       errors.push(new TwinError('ETWIN_UNMOUNT_FAILED', `${this.mountPoint} is still mounted`));
+    else this.retireExitGuard();
     if (errors.length === 1) throw errors[0];
     if (errors.length > 1) throw new AggregateError(errors, 'unmount finished with errors');
+  }
+
+  /**
+   * The guard stays while the connection lives: a lazily detached mount with open files is still
+   * served (and can still leave a thread waiting on it at exit). Checked once a second.
+   */
+  private retireExitGuard(): void {
+    const guard = this.exitGuard;
+    if (!guard) return;
+    const check = () => {
+      if (!guard.connectionEnded()) return false;
+      guard.dispose();
+      clearInterval(timer);
+      return true;
+    };
+    const timer = setInterval(check, 1000);
+    timer.unref();
+    check();
   }
 
   /** Moves what the cache could not write back into the spill journal; returns the error to report. */

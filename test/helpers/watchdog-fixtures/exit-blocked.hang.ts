@@ -7,6 +7,9 @@ import { TwinFs } from '../../../src/fusefs/filesystem.js';
 it('passes and leaves a write to its own mount unanswered', async () => {
   const dir = process.env.HANG_DIR as string;
   const never = new Promise<never>(() => undefined);
+  // Without the exit guard: with it, the connection is aborted when this fork's main thread
+  // ends, and the fork exits (test/fusefs/exit-guard.test.ts); this fixture is the hang shape.
+  process.env.TWINFS_EXIT_GUARD = '0';
   await TwinFs.mount({ primary: `${dir}/primary`, mount: `${dir}/mnt`, gate: { enter: () => never } });
   let settled = false;
   fsp.writeFile(`${dir}/mnt/x`, 'y').then(
