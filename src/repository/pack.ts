@@ -2,9 +2,18 @@ import { createHash, randomBytes } from 'node:crypto';
 import { TwinError } from '../common/errors.js';
 import { posix } from '../posix/native.js';
 import { corrupt, counterNonce, type RepoKeys, SALT, seal, TAG, unseal } from './crypto.js';
-import { loadZstd } from './zstd-binding.js';
+import { loadZstd, type Zstd } from './zstd-binding.js';
 
-const { zstd } = loadZstd();
+let loaded: Zstd | undefined;
+/**
+ * zstd's addon, loaded on first use: a no-change backup writes and reads only small objects
+ * (its lock, the parent's and its own snapshot object), stored as raw zstd frames (sealObject),
+ * and never loads it (its dlopen, its runtime's threads, a fresh context per call).
+ */
+function zstd(): Zstd {
+  loaded ??= loadZstd().zstd;
+  return loaded;
+}
 
 export type BlobType = 'data' | 'tree';
 
@@ -56,7 +65,7 @@ export async function compress(plain: Buffer): Promise<Buffer | undefined> {
 }
 
 async function zstdSmaller(plain: Buffer): Promise<Buffer | undefined> {
-  const z = await zstd.compress(plain, 3);
+  const z = await zstd().compress(plain, 3);
   return z.length < plain.length ? z : undefined;
 }
 
@@ -96,7 +105,7 @@ export function looksIncompressible(plain: Uint8Array): boolean {
 }
 
 export function decompress(z: Buffer): Promise<Buffer> {
-  return zstd.decompress(z);
+  return zstd().decompress(z);
 }
 
 /** A blob for a pack: its bytes as stored (compressed when `z`) before sealing. */
@@ -221,9 +230,14 @@ export function readTrailer(keys: RepoKeys, bytes: Buffer, pack: string): BlobRo
   }
 }
 
-/** Seals an index or snapshot object: zstd(JSON), encrypted under a per-object subkey. */
+/**
+ * Seals an index, snapshot or lock object: zstd(JSON), encrypted under a per-object subkey. JSON
+ * of at most RAW_OBJECT_MAX bytes is stored as a zstd frame of raw blocks (rawZstdFrame): any
+ * zstd decoder reads it, and it is written and read without the addon.
+ */
 export async function sealObject(keys: RepoKeys, value: unknown): Promise<Buffer> {
-  const plain = await zstd.compress(Buffer.from(JSON.stringify(value)), 3);
+  const json = Buffer.from(JSON.stringify(value));
+  const plain = json.length <= RAW_OBJECT_MAX ? rawZstdFrame(json) : await zstd().compress(json, 3);
   if (!keys.encrypted) return Buffer.concat([OBJ_MAGIC, Buffer.from([VERSION]), Buffer.alloc(SALT), plain]);
   const salt = randomBytes(SALT);
   const key = keys.subkey(salt, 'twinfs object');
@@ -239,8 +253,86 @@ export async function openObject<T>(keys: RepoKeys, data: Buffer, what: string):
     ? unseal(keys.subkey(data.subarray(5, PACK_HEADER), 'twinfs object'), counterNonce(0), body, what)
     : body;
   try {
-    return JSON.parse((await decompress(plain)).toString('utf8')) as T;
+    return JSON.parse((readRawZstdFrame(plain) ?? (await decompress(plain))).toString('utf8')) as T;
   } catch {
     throw corrupt(`${what}: unreadable`);
   }
+}
+
+/**
+ * Objects whose JSON is at most this long are stored uncompressed inside a zstd frame: a lock
+ * (~100 bytes), a snapshot object of a volume of some 100,000 files (~9 KiB: its manifest's
+ * blob ids, which zstd halved). What that costs in space, ~5 KiB a snapshot, buys a no-change
+ * backup that never loads zstd's addon (docs/repository.md "Objects").
+ */
+export const RAW_OBJECT_MAX = 16 * 1024;
+const ZSTD_MAGIC = 0xfd2fb528;
+/** A block's largest size (RFC 8878 3.1.1.2.3, Block_Maximum_Size). */
+const ZSTD_BLOCK_MAX = 128 * 1024;
+
+/**
+ * A zstd frame (RFC 8878 3.1.1) holding data in raw blocks (Block_Type 0): a single segment, its
+ * content size in 4 bytes, no checksum, no dictionary. What zstd itself writes for data it
+ * cannot shrink; every zstd decoder reads it.
+ */
+export function rawZstdFrame(data: Uint8Array): Buffer {
+  const blocks = Math.max(1, Math.ceil(data.length / ZSTD_BLOCK_MAX));
+  const out = Buffer.allocUnsafe(9 + blocks * 3 + data.length);
+  out.writeUInt32LE(ZSTD_MAGIC, 0);
+  out[4] = 0xa0; // Frame_Content_Size_flag 2 (4 bytes), Single_Segment_flag
+  out.writeUInt32LE(data.length, 5);
+  let at = 9;
+  for (let i = 0; i < blocks; i++) {
+    const part = data.subarray(i * ZSTD_BLOCK_MAX, (i + 1) * ZSTD_BLOCK_MAX);
+    // Block_Header: Last_Block (bit 0), Block_Type 0 (bits 1-2), Block_Size (bits 3-23).
+    out.writeUIntLE((part.length << 3) | (i === blocks - 1 ? 1 : 0), at, 3);
+    out.set(part, at + 3);
+    at += 3 + part.length;
+  }
+  return out;
+}
+
+/**
+ * The content of one zstd frame made of raw and RLE blocks only, without a checksum or a
+ * dictionary (what rawZstdFrame writes), or undefined for anything else: compressed blocks,
+ * a checksum, more frames, a malformed frame are the addon's to read (or to reject).
+ */
+export function readRawZstdFrame(z: Buffer): Buffer | undefined {
+  if (z.length < 5 || z.readUInt32LE(0) !== ZSTD_MAGIC) return undefined;
+  const fhd = z[4]!;
+  // Reserved bit, Content_Checksum_flag, Dictionary_ID_flag: the addon's.
+  if (fhd & 0x0f) return undefined;
+  const single = (fhd & 0x20) !== 0;
+  const fcsBytes = [single ? 1 : 0, 2, 4, 8][fhd >> 6]!;
+  let at = 5 + (single ? 0 : 1);
+  if (at + fcsBytes > z.length) return undefined;
+  let size: number | undefined;
+  if (fcsBytes === 1) size = z[at]!;
+  else if (fcsBytes === 2) size = z.readUInt16LE(at) + 256;
+  else if (fcsBytes === 4) size = z.readUInt32LE(at);
+  else if (fcsBytes === 8) size = Number(z.readBigUInt64LE(at));
+  at += fcsBytes;
+  const parts: Buffer[] = [];
+  let total = 0;
+  for (let last = false; !last; ) {
+    if (at + 3 > z.length) return undefined;
+    const header = z.readUIntLE(at, 3);
+    at += 3;
+    last = (header & 1) === 1;
+    const type = (header >> 1) & 3;
+    const n = header >>> 3;
+    if (n > ZSTD_BLOCK_MAX) return undefined;
+    if (type === 0) {
+      if (at + n > z.length) return undefined;
+      parts.push(z.subarray(at, at + n));
+      at += n;
+    } else if (type === 1) {
+      if (at + 1 > z.length) return undefined;
+      parts.push(Buffer.alloc(n, z[at]!));
+      at += 1;
+    } else return undefined;
+    total += n;
+  }
+  if (at !== z.length || (size !== undefined && size !== total)) return undefined;
+  return parts.length === 1 ? parts[0]! : Buffer.concat(parts, total);
 }

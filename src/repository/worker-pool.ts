@@ -1,9 +1,23 @@
 import * as fs from 'node:fs';
+import { createRequire } from 'node:module';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
 import { TwinError } from '../common/errors.js';
+
+/**
+ * node:worker_threads, required when the first thread starts: loading it (with its messaging
+ * and error-serialization modules) is ~120 fresh pages of every command that loads the
+ * repository, and a no-change backup or a handful of small files starts no thread.
+ */
+let workerThreads: typeof import('node:worker_threads') | undefined;
+function threadsModule(): typeof import('node:worker_threads') {
+  workerThreads ??= createRequire(import.meta.url)(
+    'node:worker_threads',
+  ) as typeof import('node:worker_threads');
+  return workerThreads;
+}
 
 /**
  * A small pool of worker threads for the repository's CPU work (blob-worker.ts: chunking,
@@ -126,7 +140,7 @@ export class WorkerPool {
   private slot(i: number): Slot {
     const cur = this.slots[i];
     if (cur && !cur.dead) return cur;
-    const worker = new Worker(workerFile());
+    const worker = new (threadsModule().Worker)(workerFile());
     worker.unref();
     const slot: Slot = { worker, pending: new Map(), dead: false, load: 0 };
     this.slots[i] = slot;

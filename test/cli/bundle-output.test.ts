@@ -55,4 +55,18 @@ describe('the CLI bundle', () => {
     expect(bundled.stderr).toBe(separate.stderr);
     expect(bundled.code).toBe(separate.code);
   });
+
+  it('holds no doc comments, only legal ones (scripts/bundle-cli.mjs)', async () => {
+    for (const f of await fsp.readdir(BUNDLE)) {
+      if (!f.endsWith('.cjs')) continue;
+      const code = await fsp.readFile(path.join(BUNDLE, f), 'utf8');
+      // A doc comment opens a line (a string holding "/**", picomatch's, does not).
+      const doc = [...code.matchAll(/^[ \t]*\/\*\*[\s\S]*?\*\//gm)]
+        .map((m) => m[0])
+        .filter((c) => !c.includes('@license'));
+      expect(doc.slice(0, 3), f).toEqual([]);
+    }
+    // Stack traces still name the sources through the maps.
+    expect(await fsp.readdir(BUNDLE)).toContain('main.cjs.map');
+  });
 });

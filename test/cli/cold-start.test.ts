@@ -1,4 +1,5 @@
-import { promises as fsp } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { promises as fsp, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli } from '../helpers/cli.js';
@@ -87,7 +88,7 @@ describe('the command loads its bundle, and only what the command needs', () => 
     expect(startExtras(urls)).toEqual([]);
   });
 
-  it("a dir: backup, first and unchanged, loads the dir plugin and never the S3 plugin, the AWS SDK, semver or zstd's loader", async () => {
+  it("a dir: backup, first and unchanged, loads the dir plugin and never the S3 plugin, the AWS SDK, semver or zstd's loader (the unchanged one no zstd at all)", async () => {
     const backup = (name: string) =>
       recorded(
         [
@@ -115,9 +116,11 @@ describe('the command loads its bundle, and only what the command needs', () => 
       expect(urls.some((u) => u.startsWith(`file://${ROOT}/plugins/dir/`))).toBe(true);
       expect(urls.filter((u) => u.includes('/plugins/s3/') || u.includes('@aws-sdk'))).toEqual([]);
       // zstd's addon straight from its platform package (src/repository/zstd-binding.ts), not
-      // through @mongodb-js/zstd's loader and its diagnostic report; the built-in plugins'
-      // manifests checked without semver (src/plugins/manifest.ts).
-      expect(urls.some((u) => /\/@mongodb-js\/zstd-[^/]+\/[^/]+\.node$/.test(u))).toBe(true);
+      // through @mongodb-js/zstd's loader and its diagnostic report, and only by the first
+      // backup (it compresses b.bin): the unchanged one writes and reads small objects only,
+      // raw zstd frames (src/repository/pack.ts sealObject); the built-in plugins' manifests
+      // checked without semver (src/plugins/manifest.ts).
+      expect(urls.some((u) => /\/@mongodb-js\/zstd-[^/]+\/[^/]+\.node$/.test(u))).toBe(name === 'first');
       expect(
         urls.filter((u) => u.includes('/@mongodb-js/zstd/') || u.includes('/node_modules/semver/')),
       ).toEqual([]);
@@ -127,4 +130,31 @@ describe('the command loads its bundle, and only what the command needs', () => 
       expect(startExtras(mainThread)).toEqual([]);
     }
   }, 120_000);
+
+  it('the repository requires node:worker_threads only when its first thread starts', () => {
+    // Built-in modules required by the bundle never reach the recorder: node's own list of
+    // the built-in modules it loaded, from a process that loads the repository and then
+    // starts one thread of its pool.
+    const script = `
+      const { repoWorkers } = await import(${JSON.stringify(`${ROOT}/dist/repository/worker-pool.js`)});
+      await import(${JSON.stringify(`${ROOT}/dist/repository/index.js`)});
+      const loaded = () => process.moduleLoadList.includes('NativeModule worker_threads');
+      const before = loaded();
+      const pool = repoWorkers();
+      const answer = await pool.run({ op: 'none' }).then(String, (e) => e.message);
+      const after = loaded();
+      await pool.close();
+      console.log(JSON.stringify({ before, answer, after }));`;
+    const file = path.join(v.dirs.work!, 'threads.mjs');
+    writeFileSync(file, script);
+    const out = execFileSync(process.execPath, [file], {
+      encoding: 'utf8',
+      timeout: 30_000,
+    });
+    expect(JSON.parse(out)).toEqual({
+      before: false,
+      answer: 'unknown repository worker request none',
+      after: true,
+    });
+  });
 });
