@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import * as os from 'node:os';
+import * as path from 'node:path';
 import { delay } from '../common/async.js';
 import { errnoCode, TwinError } from '../common/errors.js';
 
@@ -32,6 +33,7 @@ export class LockFile {
       for (let wait = 20; ; wait = Math.min(wait * 2, 500)) {
         try {
           await fsp.link(mine, file);
+          await removeLeftTakers(file);
           return new LockFile(file);
         } catch (err) {
           if (errnoCode(err) !== 'EEXIST') throw err;
@@ -59,6 +61,18 @@ export class LockFile {
 
   async release(): Promise<void> {
     await fsp.rm(this.file, { force: true });
+  }
+}
+
+/** Removes the files of takers killed before they removed their own (`lock.PID.RANDOM`). */
+async function removeLeftTakers(file: string): Promise<void> {
+  const dir = path.dirname(file);
+  const base = path.basename(file);
+  const names = await fsp.readdir(dir).catch(() => [] as string[]);
+  for (const n of names) {
+    const m = /^(.+)\.(\d+)\.[0-9a-f]{8}$/.exec(n);
+    if (m && m[1] === base && Number(m[2]) !== process.pid && !isAlive(Number(m[2])))
+      await fsp.rm(path.join(dir, n), { force: true });
   }
 }
 
