@@ -6,8 +6,9 @@ import { ROOT, tempDirs } from '../helpers/server.js';
 
 /**
  * The suite's watchdog (test/helpers/watchdog-reporter.ts) against real blocked workers: a vitest
- * run of one fixture file whose worker can never run its timers again, with a limit of 5 s. Without
- * the watchdog both runs wait forever (the sh timeout below then fails the test).
+ * run of one fixture file whose worker can never run its timers again, with a limit of 15 s
+ * (5 s stopped a file still loading at load 25). Without the watchdog each run waits forever
+ * (the sh timeout below then fails the test).
  */
 const CONFIG = 'test/helpers/watchdog-fixtures/vitest.hang.config.ts';
 
@@ -16,7 +17,7 @@ async function runFixture(fixture: string, env: NodeJS.ProcessEnv = {}) {
   const r = await sh(`exec ./node_modules/.bin/vitest run --config ${CONFIG}`, {
     cwd: ROOT,
     timeoutMs: 120_000,
-    env: { ...process.env, ...env, HANG_FIXTURE: fixture, TWINFS_TEST_FILE_LIMIT_S: '5' },
+    env: { ...process.env, TWINFS_TEST_FILE_LIMIT_S: '15', ...env, HANG_FIXTURE: fixture },
   });
   return { ...r, seconds: (Date.now() - started) / 1000, out: r.stdout + r.stderr };
 }
@@ -71,6 +72,8 @@ describe('a test file whose worker is blocked', () => {
     const r = await runFixture('test/helpers/watchdog-fixtures/exit-blocked.hang.ts', {
       HANG_DIR: dirs.base,
       TWINFS_TEST_EXIT_LIMIT_S: '5',
+      // The file must end (its test passes) before the fork's exit is watched.
+      TWINFS_TEST_FILE_LIMIT_S: '120',
     });
     // The test passed, and still the run fails.
     expect(r.out).toMatch(/Tests .*1 passed/);
