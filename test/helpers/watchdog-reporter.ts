@@ -191,8 +191,7 @@ function processTable(): Map<number, Proc> {
     if (!/^\d+$/.test(d)) continue;
     try {
       const stat = fs.readFileSync(`/proc/${d}/stat`, 'utf8');
-      // Fields after the command name, which may hold spaces and parentheses.
-      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      const f = statFields(stat);
       const args = fs.readFileSync(`/proc/${d}/cmdline`, 'utf8').replaceAll('\0', ' ').trim();
       out.set(Number(d), {
         state: f[0],
@@ -230,6 +229,11 @@ function treeOf(procs: Map<number, Proc>, root: number): number[] {
   return out;
 }
 
+/** The fields of a /proc stat line after the command name (which may hold spaces and parentheses). */
+function statFields(stat: string): string[] {
+  return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+}
+
 function read(file: string): string {
   try {
     return fs.readFileSync(file, 'utf8').trim();
@@ -256,7 +260,7 @@ function blockedThreads(pid: number): Blocked[] {
   const out: Blocked[] = [];
   for (const tid of tids) {
     const stat = read(`/proc/${pid}/task/${tid}/stat`);
-    const state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+    const state = statFields(stat)[0] ?? '';
     const wchan = read(`/proc/${pid}/task/${tid}/wchan`);
     if (state !== 'D' && !/fuse|request_wait_answer/.test(wchan)) continue;
     const { call, path } = blockedCall(pid, tid);
@@ -404,6 +408,6 @@ function alive(pid: number): boolean {
   }
   return tids.some((tid) => {
     const stat = read(`/proc/${pid}/task/${tid}/stat`);
-    return stat !== '' && !/^[ZX]/.test(stat.slice(stat.lastIndexOf(')') + 2));
+    return stat !== '' && !/^[ZX]/.test(statFields(stat)[0] ?? '');
   });
 }
