@@ -70,7 +70,7 @@ export class WorkerPool {
   private seq = 0;
   private next = 0;
 
-  constructor(readonly size = defaultPoolSize()) {
+  constructor(readonly size = defaultPoolSizes().workers) {
     this.slots = new Array(Math.max(1, size)).fill(undefined);
   }
 
@@ -191,10 +191,6 @@ export function defaultPoolSizes(
     workers: given(env.TWINFS_REPO_WORKERS) ?? Math.max(1, Math.min(8, Math.ceil(cores / 2))),
     readers: given(env.TWINFS_REPO_READERS) ?? Math.max(1, Math.min(8, Math.floor(cores / 2))),
   };
-}
-
-function defaultPoolSize(): number {
-  return defaultPoolSizes().workers;
 }
 
 /** An error as it crosses from a worker: a TwinError keeps its code and data. */
