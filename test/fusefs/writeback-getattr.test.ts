@@ -7,9 +7,11 @@ import { mountFixture, type PosixFixture, pyIn } from '../helpers/posix.js';
 // of `b` is taken. The kernel drops a GETATTR reply when an invalidation of the same inode is
 // processed while that GETATTR is in flight (attr_version); a read through `b` past its old size
 // then goes on with the old size: 0 bytes, or SIGBUS for a mapping. twinfs's cache write-back
-// invalidates every name of the file without waiting (KernelNames.changedBehind) although it
-// moves neither size nor data; with TWINFS_WRITEBACK_KEEPS_LINK_ATTRS=1 it leaves the names of a
-// file with several names alone.
+// used to invalidate every name of the file without waiting (KernelNames.changedBehind, now only
+// with TWINFS_WRITEBACK_LINK_ATTRS=invalidate) although it moves neither size nor data. By
+// default it invalidates no name of a file with several names and getattr answers the ctime,
+// mtime and st_blocks shown before it (KernelNames.recordedAttrs; link-attrs.test.ts checks
+// that every name stays current).
 //
 // The crossing is made on purpose with the test-only TWINFS_TEST_WRITEBACK_IN_GETATTR=/wg/b: a
 // getattr of /wg/b first writes the cache back and waits until that write-back's invalidation has
@@ -38,7 +40,6 @@ describe('a write-back while a GETATTR of another name is in flight (libfuse3)',
     fx = await mountFixture(['--fuse', '3', '--writeback-ms', '600000'], {
       ...process.env,
       TWINFS_TEST_WRITEBACK_IN_GETATTR: '/wg/b',
-      TWINFS_WRITEBACK_KEEPS_LINK_ATTRS: '1',
     });
   });
   afterAll(async () => {
@@ -48,8 +49,9 @@ describe('a write-back while a GETATTR of another name is in flight (libfuse3)',
   it('a read through the other name after an append sees the appended bytes', async () => {
     await pyIn(fx.mnt, "import os; os.mkdir('wg')");
     const seen = JSON.parse(await pyIn(`${fx.mnt}/wg`, PROGRAM, { timeoutMs: 60_000 }));
-    // The old code (every name invalidated by the write-back): got 0, while fstat (which returns
-    // the dropped reply's attributes) said 8192 and a second pread read the 4096 bytes.
+    // The old code (every name invalidated by the write-back, TWINFS_WRITEBACK_LINK_ATTRS=invalidate):
+    // got 0, while fstat (which returns the dropped reply's attributes) said 8192 and a second
+    // pread read the 4096 bytes.
     expect(seen).toEqual({ first: 4096, got: 4096, same: true, fstat: 8192, again: 4096 });
   }, 90_000);
 });
