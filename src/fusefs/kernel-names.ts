@@ -343,8 +343,10 @@ export class KernelNames {
 
   /**
    * A file changed with no request of the kernel's behind it (its cached data was written back:
-   * the primary's ctime and blocks moved): invalidate every name, the one it is known by too,
-   * without waiting. While a change to it would be held, its kernel inodes may have a WRITE
+   * the primary's ctime and blocks moved). A file with several names whose write-back recorded
+   * what getattr showed (`record`, writeBackStarting): nothing moved for the kernel, nothing is
+   * invalidated; primaryCtime gives the primary's ctime the write-back left, which the record
+   * holds for. Otherwise: invalidate every name, the one it is known by too, without waiting. While a change to it would be held, its kernel inodes may have a WRITE
    * held with pages locked, which the invalidation would wait for: it is sent after release.
    */
   changedBehind(
