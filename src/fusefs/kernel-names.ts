@@ -229,9 +229,12 @@ export class KernelNames {
     if (this.byIno.size === 0) return undefined;
     const paths: string[] = [];
     for (const ino of inos) {
-      // A cached write overlays the recorded attributes (VolumeOps.statOf); anything else moved
-      // what they stood for.
-      if (!cachedWrite && this.recorded.size > 0) this.recorded.delete(ino);
+      // A cached write while the write-back runs overlays the recorded attributes
+      // (VolumeOps.statOf). Any other change, or a write after the write-back, drops them: the
+      // change invalidates every name, so from then on getattr answers the primary's (plus the
+      // cached writes), and what the record held (st_blocks as estimated while cached) is gone.
+      if (this.recorded.size > 0 && (!cachedWrite || this.recorded.get(ino)?.primaryCtime !== null))
+        this.recorded.delete(ino);
       const names = this.byIno.get(ino);
       if (!names) continue;
       for (const p of names) {

@@ -131,15 +131,22 @@ describe('KernelNames write-backs of files with several names (TWINFS_WRITEBACK_
     expect(names.recordedAttrs(9, 9_000n)).toBeUndefined();
     expect(names.getStats()).toMatchObject({ writeBacksRecorded: 1, recordedAttrs: 1 });
   });
-  it('record: a cached write keeps the record, any other change drops it', async () => {
+  it('record: a write cached while the write-back runs keeps the record; a write after it, or any other change, drops it', async () => {
     const { names, waited } = make('record');
     names.writeBackStarting(7, () => shown);
-    names.changedBehind(7, '/a', true, () => 9_000n);
     await names.changed([7], '/a', true);
+    names.changedBehind(7, '/a', true, () => 9_000n);
     expect(names.recordedAttrs(7, 9_000n)).toEqual(shown);
+    await names.changed([7], '/a', true);
+    expect(names.recordedAttrs(7, 9_000n)).toBeUndefined();
+    names.writeBackStarting(7, () => shown);
+    names.changedBehind(7, '/a', true, () => 9_000n);
     await names.changed([7]);
     expect(names.recordedAttrs(7, 9_000n)).toBeUndefined();
-    expect(waited).toEqual([['/b'], ['/a', '/b']]);
+    names.writeBackStarting(7, () => shown);
+    await names.changed([7]);
+    expect(names.recordedAttrs(7, 6_000n)).toBeUndefined();
+    expect(waited).toEqual([['/b'], ['/b'], ['/a', '/b'], ['/a', '/b']]);
   });
   it('record: a ctime on the primary other than the write-back left drops it; so does a direct write', () => {
     const { names } = make('record');
