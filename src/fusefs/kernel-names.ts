@@ -24,8 +24,9 @@ import * as fs from 'node:fs';
  * which the op is answered and the invalidation still goes out when the page is free
  * (`waitsBounded` counts them; it stays 0 unless such a race happened).
  *
- * Invalidations nobody waits for (a write-back behind the kernel, a name whose WRITEs are
- * answered, a listing) go to a lane of their own (`invalidateBehind`: fuse-native's
+ * Invalidations nobody waits for (a write-back behind the kernel: a single-name file's, or a
+ * several-name file's that could record nothing, see linkAttrsModeFromEnv; a name whose WRITEs
+ * are answered, a listing) go to a lane of their own (`invalidateBehind`: fuse-native's
  * `invalidate`, a second helper thread). They are the ones most likely to find a page locked:
  * a write-back's invalidation of the name a write(2) is coming through waits in the kernel until
  * that WRITE is answered, and that WRITE waits for the other names' invalidation. On one thread
