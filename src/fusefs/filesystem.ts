@@ -258,17 +258,18 @@ export class TwinFs {
   }
 
   /**
-   * Test only: TWINFS_TEST_WRITEBACK_IN_GETATTR=PATH. A getattr of PATH (a lookup, or a GETATTR
+   * Test only: TWINFS_TEST_WRITEBACK_IN_GETATTR=PATH[,PATH...]. A getattr of PATH (a lookup, or a GETATTR
    * through a handle) that reaches JS first writes every dirty file back and waits (at most 5 s) until the lane nobody waits for has processed what that queued,
    * then answers: the write-back's invalidation of PATH is processed while the kernel's GETATTR
    * of it is in flight, as it can happen under load but cannot be provoked on purpose
    * (test/fusefs/writeback-getattr.test.ts).
    */
-  private writeBackInGetattr(path: string): void {
+  private writeBackInGetattr(list: string): void {
     const ops = this.ops;
     const inner = ops.getattr.bind(ops);
+    const paths = new Set(list.split(','));
     ops.getattr = async (p: string) => {
-      if (p === path) {
+      if (paths.has(p)) {
         await this.cache.flushAll();
         const until = Date.now() + 5000;
         for (;;) {
