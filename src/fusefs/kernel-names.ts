@@ -80,10 +80,12 @@ export function invalidationTraceFromEnv(
  * - `record` (the default): nothing is invalidated, and nothing the kernel caches moves. When
  *   the write-back starts, what getattr answers for ctime, mtime and st_blocks is recorded
  *   (`writeBackStarting`), and getattr keeps answering exactly that (`recordedAttrs`, overlaid by
- *   cached writes since) until the next change of the file through twinfs (`changed`, a direct
- *   write) or a ctime on the primary other than the one the write-back left. ctime stays the
- *   time of the last write (as POSIX has it: a write marks ctime), st_blocks the allocation
- *   reported while the data was cached. Size, data, mode, owner and nlink do not move at a
+ *   writes cached while it runs) until the next change of the file through twinfs (`changed`,
+ *   which invalidates every name anyway, a write after the write-back included; a direct write)
+ *   or a ctime on the primary other than the one the write-back left. ctime stays the time of
+ *   the last write (as POSIX has it: a write marks ctime), st_blocks the allocation estimated
+ *   while the data was cached (an overwrite of a sparse file's allocated blocks counts them
+ *   again; docs/architecture.md, "Write-backs of files with several names"). Size, data, mode, owner and nlink do not move at a
  *   write-back. So every name's kernel attributes stay current without an invalidation, which
  *   the kernel would otherwise process while a GETATTR of that name may be in flight: it drops
  *   such a reply (attr_version), and a read or mmap through a name whose size another name moved
@@ -350,8 +352,9 @@ export class KernelNames {
    * the primary's ctime and blocks moved). A file with several names whose write-back recorded
    * what getattr showed (`record`, writeBackStarting): nothing moved for the kernel, nothing is
    * invalidated; primaryCtime gives the primary's ctime the write-back left, which the record
-   * holds for. Otherwise: invalidate every name, the one it is known by too, without waiting. While a change to it would be held, its kernel inodes may have a WRITE
-   * held with pages locked, which the invalidation would wait for: it is sent after release.
+   * holds for. Otherwise: invalidate every name, the one it is known by too, without waiting.
+   * While a change to it would be held, its kernel inodes may have a WRITE held with pages
+   * locked, which the invalidation would wait for: it is sent after release.
    */
   changedBehind(
     ino: number,
