@@ -1,3 +1,4 @@
+import * as fs from 'node:fs';
 import { createRequire } from 'node:module';
 import { TwinError } from '../common/errors.js';
 import { Emitter } from '../common/event.js';
@@ -83,8 +84,16 @@ export interface TwinFsStatus {
     invalidations: number;
     /** Write-backs of single-name files whose attributes the kernel had not taken since their last WRITE: nothing invalidated. */
     writeBacksUnseen?: number;
-    /** Write-backs of files with several names that invalidated none (TWINFS_WRITEBACK_KEEPS_LINK_ATTRS=1). */
+    /** Write-backs of files with several names that invalidated none and recorded nothing (TWINFS_WRITEBACK_LINK_ATTRS=keep, diagnostic). */
     writeBacksOfLinksKept?: number;
+    /** What a write-back of a file with several names does (KernelNames, linkAttrsModeFromEnv). */
+    linkAttrs?: 'record' | 'invalidate' | 'keep';
+    /** Write-backs of files with several names after which getattr answers the recorded ctime, mtime and st_blocks (no invalidation). */
+    writeBacksRecorded?: number;
+    /** Write-backs of files with several names whose attributes no one had taken since the last WRITE (nothing recorded, nothing invalidated). */
+    writeBacksRecordedUnseen?: number;
+    /** Files whose ctime, mtime and st_blocks getattr answers from a record now. */
+    recordedAttrs?: number;
     /** Directories invalidated because libfuse removed a hidden file in them (cached listings). */
     listings?: number;
     /** Listings the kernel read from twinfs (READDIR/READDIRPLUS; an unchanged directory is listed from the kernel's cache). */
@@ -221,24 +230,46 @@ export class TwinFs {
     });
     if (this.kernelNames) {
       const names = this.kernelNames;
-      this.store.add(this.cache.onDidWriteBack((e) => names.changedBehind(e.ino, e.path, e.kernelMayHold)));
+      const ops = this.ops;
+      // Undefined when the descriptor cannot be stat'ed: then nothing is recorded (invalidated as before).
+      const quiet = <T>(f: () => T): T | undefined => {
+        try {
+          return f();
+        } catch {
+          return undefined;
+        }
+      };
+      this.store.add(
+        this.cache.onWillWriteBack((e) =>
+          names.writeBackStarting(e.ino, () => quiet(() => ops.shownAttrs(e.fd))),
+        ),
+      );
+      this.store.add(
+        this.cache.onDidWriteBack((e) =>
+          names.changedBehind(e.ino, e.path, e.kernelMayHold, () =>
+            quiet(() => fs.fstatSync(e.fd, { bigint: true }).ctimeNs),
+          ),
+        ),
+      );
+      this.store.add(this.cache.onDidFailWriteback((e) => names.writeBackFailed(e.ino, e.path)));
       const path = process.env.TWINFS_TEST_WRITEBACK_IN_GETATTR;
       if (path) this.writeBackInGetattr(path);
     }
   }
 
   /**
-   * Test only: TWINFS_TEST_WRITEBACK_IN_GETATTR=PATH. A getattr of PATH (a lookup, or a GETATTR
+   * Test only: TWINFS_TEST_WRITEBACK_IN_GETATTR=PATH[,PATH...]. A getattr of PATH (a lookup, or a GETATTR
    * through a handle) that reaches JS first writes every dirty file back and waits (at most 5 s) until the lane nobody waits for has processed what that queued,
    * then answers: the write-back's invalidation of PATH is processed while the kernel's GETATTR
    * of it is in flight, as it can happen under load but cannot be provoked on purpose
    * (test/fusefs/writeback-getattr.test.ts).
    */
-  private writeBackInGetattr(path: string): void {
+  private writeBackInGetattr(list: string): void {
     const ops = this.ops;
     const inner = ops.getattr.bind(ops);
+    const paths = new Set(list.split(','));
     ops.getattr = async (p: string) => {
-      if (p === path) {
+      if (paths.has(p)) {
         await this.cache.flushAll();
         const until = Date.now() + 5000;
         for (;;) {
@@ -401,14 +432,27 @@ export class TwinFs {
   }
 
   private kernelCacheStatus(k: KernelNames): NonNullable<TwinFsStatus['kernelCache']> {
-    const { names, invalidations, waitsBounded, writeBacksUnseen, writeBacksOfLinksKept, listings } =
-      k.getStats();
+    const {
+      names,
+      invalidations,
+      waitsBounded,
+      writeBacksUnseen,
+      writeBacksOfLinksKept,
+      writeBacksRecorded,
+      writeBacksRecordedUnseen,
+      recordedAttrs,
+      listings,
+    } = k.getStats();
     return {
       names,
       invalidations,
       waitsBounded,
       writeBacksUnseen,
-      ...(k.keepLinkAttrs ? { writeBacksOfLinksKept } : {}),
+      ...(k.linkAttrs === 'keep' ? { writeBacksOfLinksKept } : {}),
+      linkAttrs: k.linkAttrs,
+      writeBacksRecorded,
+      writeBacksRecordedUnseen,
+      recordedAttrs,
       listings,
       readdirs: this.ops.readdirs,
       appendsOffEnd: this.ops.appendsOffEnd,

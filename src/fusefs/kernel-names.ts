@@ -24,8 +24,9 @@ import * as fs from 'node:fs';
  * which the op is answered and the invalidation still goes out when the page is free
  * (`waitsBounded` counts them; it stays 0 unless such a race happened).
  *
- * Invalidations nobody waits for (a write-back behind the kernel, a name whose WRITEs are
- * answered, a listing) go to a lane of their own (`invalidateBehind`: fuse-native's
+ * Invalidations nobody waits for (a write-back behind the kernel: a single-name file's, or a
+ * several-name file's that could record nothing, see linkAttrsModeFromEnv; a name whose WRITEs
+ * are answered, a listing) go to a lane of their own (`invalidateBehind`: fuse-native's
  * `invalidate`, a second helper thread). They are the ones most likely to find a page locked:
  * a write-back's invalidation of the name a write(2) is coming through waits in the kernel until
  * that WRITE is answered, and that WRITE waits for the other names' invalidation. On one thread
@@ -73,17 +74,45 @@ export function invalidationTraceFromEnv(
 }
 
 /**
- * Off by default (TWINFS_WRITEBACK_KEEPS_LINK_ATTRS=1 turns it on; not yet the default, see
- * docs/reliability.md, the two-name finding's read side): twinfs's cache write-back of a file
- * with several names known invalidates none of them. Such an invalidation only refreshes ctime and
- * st_blocks (a write-back moves neither size nor data), but the kernel drops the reply of any
- * GETATTR of that name it crosses (attr_version), and a read or mmap through a name whose size
- * another name moved then goes on with the old size: a short read, or SIGBUS. With it on, stat
- * through those names shows ctime and st_blocks as last answered until the next change or the
- * attribute timeout.
+ * What a cache write-back of a file with several names known does about those names' kernel
+ * inodes (TWINFS_WRITEBACK_LINK_ATTRS; docs/reliability.md, the two-name finding's read side):
+ *
+ * - `record` (the default): nothing is invalidated, and nothing the kernel caches moves. When
+ *   the write-back starts, what getattr answers for ctime, mtime and st_blocks is recorded
+ *   (`writeBackStarting`), and getattr keeps answering exactly that (`recordedAttrs`, overlaid by
+ *   writes cached while it runs) until the next change of the file through twinfs (`changed`,
+ *   which invalidates every name anyway, a write after the write-back included; a direct write)
+ *   or a ctime on the primary other than the one the write-back left. ctime stays the time of
+ *   the last write (as POSIX has it: a write marks ctime), st_blocks the allocation estimated
+ *   while the data was cached (an overwrite of a sparse file's allocated blocks counts them
+ *   again; docs/architecture.md, "Write-backs of files with several names"). Size, data, mode, owner and nlink do not move at a
+ *   write-back. So every name's kernel attributes stay current without an invalidation, which
+ *   the kernel would otherwise process while a GETATTR of that name may be in flight: it drops
+ *   such a reply (attr_version), and a read or mmap through a name whose size another name moved
+ *   then goes on with the old size (a short read, or SIGBUS).
+ * - `invalidate` (the old behaviour, for comparison): every name is invalidated without
+ *   waiting; the race above stays.
+ * - `keep` (diagnostic only): nothing invalidated, nothing recorded: stat through the other
+ *   names shows the old ctime and st_blocks until the next change or the attribute timeout.
  */
-export function writeBackKeepsLinkAttrsFromEnv(env: NodeJS.ProcessEnv = process.env): boolean {
-  return env.TWINFS_WRITEBACK_KEEPS_LINK_ATTRS === '1';
+export type LinkAttrsMode = 'record' | 'invalidate' | 'keep';
+
+export function linkAttrsModeFromEnv(env: NodeJS.ProcessEnv = process.env): LinkAttrsMode {
+  const v = env.TWINFS_WRITEBACK_LINK_ATTRS;
+  return v === 'invalidate' || v === 'keep' ? v : 'record';
+}
+
+/** The attributes a write-back would move, as getattr answered them (VolumeOps.statOf). */
+export interface ShownAttrs {
+  ctime: bigint;
+  mtime: bigint;
+  blocks: number;
+}
+
+interface RecordedAttrs {
+  shown: ShownAttrs;
+  /** The primary's ctime the write-back left; null while the write-back runs. */
+  primaryCtime: bigint | null;
 }
 
 /** The longest an op waits for its invalidations (see the class comment). */
@@ -98,11 +127,17 @@ export class KernelNames {
     waitsBounded: 0,
     writeBacksUnseen: 0,
     listings: 0,
-    /** Write-backs of files with several names that invalidated none (keepLinkAttrs). */
+    /** Write-backs of files with several names that invalidated none and recorded nothing (`keep`). */
     writeBacksOfLinksKept: 0,
+    /** Write-backs of files with several names whose shown attributes were recorded (`record`). */
+    writeBacksRecorded: 0,
+    /** Of those, write-backs of files whose recorded attributes no one had taken: record dropped. */
+    writeBacksRecordedUnseen: 0,
   };
-  /** See writeBackKeepsLinkAttrsFromEnv. */
-  keepLinkAttrs = writeBackKeepsLinkAttrsFromEnv();
+  /** See linkAttrsModeFromEnv. */
+  linkAttrs: LinkAttrsMode = linkAttrsModeFromEnv();
+  /** Per inode: the attributes getattr keeps answering after a write-back (`record`). */
+  private readonly recorded = new Map<number, RecordedAttrs>();
   /** WRITEs in flight per name, and the names to invalidate once their last one is answered. */
   private readonly writing = new Map<string, number>();
   private readonly afterWrites = new Set<string>();
@@ -157,7 +192,10 @@ export class KernelNames {
     this.byPath.delete(path);
     const names = this.byIno.get(ino);
     names?.delete(path);
-    if (names && names.size === 0) this.byIno.delete(ino);
+    if (names && names.size === 0) {
+      this.byIno.delete(ino);
+      this.recorded.delete(ino);
+    }
   }
 
   /** `from` may be a directory: names below it move with it. What `to` named is gone. */
@@ -190,10 +228,16 @@ export class KernelNames {
    * kernel inode the change went through and which the kernel keeps exact itself: a WRITE
    * holds that inode's pages locked until it is answered, so it must not wait for them).
    */
-  changed(inos: Iterable<number>, except?: string): Promise<void> | undefined {
+  changed(inos: Iterable<number>, except?: string, cachedWrite = false): Promise<void> | undefined {
     if (this.byIno.size === 0) return undefined;
     const paths: string[] = [];
     for (const ino of inos) {
+      // A cached write while the write-back runs overlays the recorded attributes
+      // (VolumeOps.statOf). Any other change, or a write after the write-back, drops them: the
+      // change invalidates every name, so from then on getattr answers the primary's (plus the
+      // cached writes), and what the record held (st_blocks as estimated while cached) is gone.
+      if (this.recorded.size > 0 && (!cachedWrite || this.recorded.get(ino)?.primaryCtime !== null))
+        this.recorded.delete(ino);
       const names = this.byIno.get(ino);
       if (!names) continue;
       for (const p of names) {
@@ -251,7 +295,7 @@ export class KernelNames {
    * (the two-name fsx finding, docs/reliability.md).
    */
   pageWrittenBack(ino: number, path: string | undefined): void {
-    const w = this.changed([ino], path);
+    const w = this.changed([ino], path, true);
     if (w === undefined) return;
     let pending = this.afterPages.get(ino);
     const first = this.afterPages.size === 0;
@@ -305,11 +349,36 @@ export class KernelNames {
 
   /**
    * A file changed with no request of the kernel's behind it (its cached data was written back:
-   * the primary's ctime and blocks moved): invalidate every name, the one it is known by too,
-   * without waiting. While a change to it would be held, its kernel inodes may have a WRITE
-   * held with pages locked, which the invalidation would wait for: it is sent after release.
+   * the primary's ctime and blocks moved). A file with several names whose write-back recorded
+   * what getattr showed (`record`, writeBackStarting): nothing moved for the kernel, nothing is
+   * invalidated; primaryCtime gives the primary's ctime the write-back left, which the record
+   * holds for. Otherwise: invalidate every name, the one it is known by too, without waiting.
+   * While a change to it would be held, its kernel inodes may have a WRITE held with pages
+   * locked, which the invalidation would wait for: it is sent after release.
    */
-  changedBehind(ino: number, path: string, kernelMayHold = true): void {
+  changedBehind(
+    ino: number,
+    path: string,
+    kernelMayHold = true,
+    primaryCtime: () => bigint | undefined = () => undefined,
+  ): void {
+    const rec = this.recorded.get(ino);
+    if (rec !== undefined && rec.primaryCtime === null) {
+      if (!kernelMayHold) {
+        // No attributes of it were answered since its last WRITE: no name holds the recorded
+        // ones, and its next getattr may answer the primary's.
+        this.recorded.delete(ino);
+        this.stats.writeBacksRecordedUnseen++;
+        return;
+      }
+      const c = primaryCtime();
+      if (c !== undefined) {
+        rec.primaryCtime = c;
+        this.stats.writeBacksRecorded++;
+        return;
+      }
+      this.recorded.delete(ino);
+    }
     // One kernel inode (no other name known), which has asked for no attributes since its last
     // WRITE made the kernel drop size, times and blocks: it holds nothing the write-back moved
     // (its pages hold the same data), and its next stat asks twinfs anyway.
@@ -317,7 +386,7 @@ export class KernelNames {
       this.stats.writeBacksUnseen++;
       return;
     }
-    if (this.keepLinkAttrs && this.byIno.has(ino)) {
+    if (this.linkAttrs === 'keep' && this.byIno.has(ino)) {
       this.stats.writeBacksOfLinksKept++;
       return;
     }
@@ -347,6 +416,46 @@ export class KernelNames {
     this.invalidateBehind([dir]);
   }
 
+  /**
+   * A write-back of this file is about to move the primary's ctime, mtime and st_blocks
+   * (`record`, a file with several names known): from now on getattr answers what `shown`
+   * gives now (what it answered so far), see linkAttrsModeFromEnv.
+   */
+  writeBackStarting(ino: number, shown: () => ShownAttrs | undefined): void {
+    if (this.linkAttrs !== 'record' || !this.byIno.has(ino)) return;
+    const s = shown();
+    if (s === undefined) this.recorded.delete(ino);
+    else this.recorded.set(ino, { shown: s, primaryCtime: null });
+  }
+
+  /**
+   * The write-back of this file failed (part of it may be on the primary): the recorded
+   * attributes are dropped and its names invalidated, as a write-back without a record.
+   */
+  writeBackFailed(ino: number, path: string): void {
+    if (!this.recorded.delete(ino)) return;
+    this.changedBehind(ino, path);
+  }
+
+  /** A change of the file that getattr shows from the primary (a direct write): no record. */
+  forgetRecorded(ino: number): void {
+    if (this.recorded.size > 0) this.recorded.delete(ino);
+  }
+
+  /**
+   * What getattr answers for ctime, mtime and st_blocks of this file instead of the primary's
+   * (whose ctime is `primaryCtime`), before cached writes are overlaid; undefined: the primary's.
+   */
+  recordedAttrs(ino: number, primaryCtime: bigint): ShownAttrs | undefined {
+    if (this.recorded.size === 0) return undefined;
+    const r = this.recorded.get(ino);
+    if (r === undefined) return undefined;
+    if (r.primaryCtime === null || r.primaryCtime === primaryCtime) return r.shown;
+    // Changed on the primary behind twinfs: its attributes are the primary's again.
+    this.recorded.delete(ino);
+    return undefined;
+  }
+
   /** Sends what changedBehind deferred (after an inhibition was released). */
   retryDeferred(): void {
     const all = [...this.deferred];
@@ -363,7 +472,11 @@ export class KernelNames {
     /** Directories invalidated because their entries changed behind the kernel (listingChangedBehind). */
     listings: number;
     writeBacksOfLinksKept: number;
+    writeBacksRecorded: number;
+    writeBacksRecordedUnseen: number;
+    /** Files whose attributes getattr answers from a record (`record`). */
+    recordedAttrs: number;
   } {
-    return { names: this.byPath.size, ...this.stats };
+    return { names: this.byPath.size, ...this.stats, recordedAttrs: this.recorded.size };
   }
 }

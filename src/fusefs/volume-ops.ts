@@ -7,7 +7,7 @@ import { writeAll } from '../posix/write-all.js';
 import { type ChangeSink, nullSink, syncAlongside, type WriteGate } from './change-sink.js';
 import { errnoError } from './errno.js';
 import { HiddenRenames, isHiddenEntry, isHiddenPath } from './hidden-renames.js';
-import type { KernelNames } from './kernel-names.js';
+import type { KernelNames, ShownAttrs } from './kernel-names.js';
 import { OpenNames } from './open-names.js';
 import { parentOf, type VolumePaths } from './volume-paths.js';
 import type { FileNode, WritebackCache } from './writeback-cache.js';
@@ -189,6 +189,14 @@ export class VolumeOps {
       ctime: st.ctimeNs,
     };
     if ((out.mode & S_IFMT) === S_IFREG) {
+      // A file with several names written back: ctime, mtime and st_blocks as answered before
+      // its write-back (KernelNames.recordedAttrs), so that no name's kernel attributes moved.
+      const rec = this.kernelNames?.recordedAttrs(out.ino, st.ctimeNs);
+      if (rec !== undefined) {
+        out.ctime = rec.ctime;
+        out.mtime = rec.mtime;
+        out.blocks = rec.blocks;
+      }
       const node = this.cache.get(out.ino);
       if (node?.isDirty) {
         // Cached writes count as if they were on the primary: size and mtime show them. The
@@ -196,18 +204,25 @@ export class VolumeOps {
         out.size = Math.max(out.size, node.cachedEnd);
         // Allocation as the primary will have it: what it holds plus the cached bytes, in whole
         // blocks, at most the whole file (sparse files stay sparse for du and cp --sparse).
+        // Recorded attributes already count the bytes being written back.
         const block = out.blksize > 0 ? out.blksize : 4096;
         const units = (bytes: number) => Math.ceil(bytes / block) * (block / 512);
-        const cached = node.cachedBytes;
+        const cached = rec !== undefined ? node.dirty.size : node.cachedBytes;
         out.blocks = Math.max(out.blocks, Math.min(units(out.size), out.blocks + units(cached)));
         const written = BigInt(Math.trunc(node.lastWriteAt)) * 1_000_000n;
-        if (written > st.mtimeNs) {
+        if (written > out.mtime) {
           out.mtime = written;
-          out.ctime = written > st.ctimeNs ? written : st.ctimeNs;
+          if (written > out.ctime) out.ctime = written;
         }
       }
     }
     return out;
+  }
+
+  /** What getattr answers now for the attributes a write-back moves (KernelNames.writeBackStarting). */
+  shownAttrs(fd: number): ShownAttrs {
+    const out = this.statOf(fs.fstatSync(fd, { bigint: true }));
+    return { ctime: out.ctime, mtime: out.mtime, blocks: out.blocks };
   }
 
   async access(path: string, _mode: number): Promise<void> {
@@ -432,7 +447,8 @@ export class VolumeOps {
         names.pageWrittenBack(node.ino, path);
         return done(n);
       }
-      const w = names.changed([node.ino], path);
+      // A cached write (a direct one forgot the file's recorded attributes before it started).
+      const w = names.changed([node.ino], path, true);
       if (w === undefined) return done(n);
       return w.then(
         () => done(n),
@@ -550,6 +566,8 @@ export class VolumeOps {
       // file now, or none (as the cache's write-back does).
       if (!node.nameless) await this.sink.beforeChange?.(node.path);
       node.contentChanged();
+      // The primary's ctime, mtime and blocks move: getattr answers them from now on.
+      this.kernelNames?.forgetRecorded(node.ino);
       const change = { op: 'write' as const, path: node.path, offset: pos, data };
       if (!locked || node.nameless || this.sink.applyAlongside === undefined) {
         await writeAll(node.fd, data, pos).finally(() => node.contentChanged());

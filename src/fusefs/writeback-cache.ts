@@ -194,13 +194,30 @@ export class WritebackCache {
   private timer: NodeJS.Timeout | null = null;
   private disposed = false;
   private readonly stats = { flushedBytes: 0, flushes: 0, throttledWrites: 0, writeErrors: 0 };
-  private readonly _onDidFailWriteback = new Emitter<{ path: string; error: NodeJS.ErrnoException }>();
+  private readonly _onDidFailWriteback = new Emitter<{
+    path: string;
+    ino: number;
+    error: NodeJS.ErrnoException;
+  }>();
   readonly onDidFailWriteback = this._onDidFailWriteback.event;
-  private readonly _onDidWriteBack = new Emitter<{ path: string; ino: number; kernelMayHold: boolean }>();
+  private readonly _onWillWriteBack = new Emitter<{ ino: number; fd: number }>();
+  /**
+   * Cached data of a file is about to be written back (fired synchronously, before anything of
+   * it reaches the primary, while getattr still answers with all of it cached). fd: the cache's
+   * descriptor of the file, valid during the call.
+   */
+  readonly onWillWriteBack = this._onWillWriteBack.event;
+  private readonly _onDidWriteBack = new Emitter<{
+    path: string;
+    ino: number;
+    fd: number;
+    kernelMayHold: boolean;
+  }>();
   /**
    * Cached data of a file reached the primary (its ctime and allocation moved). kernelMayHold:
    * the kernel may hold attributes of it taken since its last WRITE (CachedAttributes); when
-   * false, the kernel inode of its name already lacks size, times and blocks.
+   * false, the kernel inode of its name already lacks size, times and blocks. fd: the cache's
+   * descriptor of the file, valid during the call.
    */
   readonly onDidWriteBack = this._onDidWriteBack.event;
 
@@ -563,6 +580,7 @@ export class WritebackCache {
 
   private async flushLocked(node: FileNode): Promise<void> {
     if (node.dead || node.dirty.isEmpty) return;
+    this._onWillWriteBack.fire({ ino: node.ino, fd: node.fd });
     const taken = node.dirty.takeAll();
     const bytes = taken.reduce((s, e) => s + e.len, 0);
     node.flushing = taken;
@@ -616,7 +634,7 @@ export class WritebackCache {
       const kernelMayHold = this.noteAttributes(node, false);
       this.release(bytes);
       // After the attributes settled: what the kernel asks once told is the final answer.
-      this._onDidWriteBack.fire({ path: node.path, ino: node.ino, kernelMayHold });
+      this._onDidWriteBack.fire({ path: node.path, ino: node.ino, fd: node.fd, kernelMayHold });
     } catch (err) {
       // Keep the data: it goes back under anything written since, and stays until it can be
       // written or the file is gone. The error reaches the application on fsync or close.
@@ -632,7 +650,7 @@ export class WritebackCache {
       this.noteError(node);
       node.retryAt = this.now() + Math.max(200, this.writebackMs);
       this.stats.writeErrors++;
-      this._onDidFailWriteback.fire({ path: node.path, error: node.error });
+      this._onDidFailWriteback.fire({ path: node.path, ino: node.ino, error: node.error });
       throw err;
     }
   }

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { KernelNames, writeBackKeepsLinkAttrsFromEnv } from '../../src/fusefs/kernel-names.js';
+import { KernelNames, type LinkAttrsMode, linkAttrsModeFromEnv } from '../../src/fusefs/kernel-names.js';
 
 // KernelNames.pageWrittenBack: a page write-back is answered at once (it may be a laundering for
 // an invalidation being sent), and the close or fsync after it waits (pageWriteBacksSettled)
@@ -94,35 +94,112 @@ describe('KernelNames lanes', () => {
 
 // The read side of the two-name fsx finding: a write-back's invalidation of a name crossing that
 // name's GETATTR makes the kernel drop the reply (attr_version), and a read through a name whose
-// size another name moved goes on with the old size (bench/two-name-read.mjs). Off by default:
-// TWINFS_WRITEBACK_KEEPS_LINK_ATTRS=1 leaves the names of a file with several names alone at
-// its write-back; a file with one name is invalidated as before.
-describe('KernelNames write-backs of files with several names (TWINFS_WRITEBACK_KEEPS_LINK_ATTRS)', () => {
-  const make = (keep: boolean) => {
+// size another name moved goes on with the old size (bench/two-name-read.mjs). By default
+// (`record`) a write-back of a file with several names invalidates none of them: getattr keeps
+// answering the ctime, mtime and st_blocks recorded when it started, until the next change.
+describe('KernelNames write-backs of files with several names (TWINFS_WRITEBACK_LINK_ATTRS)', () => {
+  const shown = { ctime: 5_000n, mtime: 5_000n, blocks: 16 };
+  const make = (mode: LinkAttrsMode) => {
     const behind: string[][] = [];
+    const waited: string[][] = [];
     const names = new KernelNames(
-      () => Promise.resolve(),
+      (paths) => {
+        waited.push(paths);
+        return Promise.resolve();
+      },
       undefined,
       undefined,
       (paths) => behind.push(paths),
     );
-    names.keepLinkAttrs = keep;
+    names.linkAttrs = mode;
     names.add('/a', 7);
     names.add('/b', 7);
-    return { names, behind };
+    return { names, behind, waited };
   };
-  it('on: a write-back of a file with several names invalidates none of them; one name still is', () => {
-    const { names, behind } = make(true);
+  it('record (the default): the attributes shown before the write-back are answered after it, nothing is invalidated', () => {
+    expect(linkAttrsModeFromEnv({})).toBe('record');
+    const { names, behind } = make('record');
+    names.writeBackStarting(7, () => shown);
+    // While it runs the primary's ctime moves: the record holds.
+    expect(names.recordedAttrs(7, 6_000n)).toEqual(shown);
+    names.changedBehind(7, '/a', true, () => 9_000n);
+    expect(names.recordedAttrs(7, 9_000n)).toEqual(shown);
+    // A single-name file is invalidated as before.
+    names.writeBackStarting(9, () => shown);
+    names.changedBehind(9, '/single', true, () => 9_000n);
+    expect(behind).toEqual([['/single']]);
+    expect(names.recordedAttrs(9, 9_000n)).toBeUndefined();
+    expect(names.getStats()).toMatchObject({ writeBacksRecorded: 1, recordedAttrs: 1 });
+  });
+  it('record: a write cached while the write-back runs keeps the record; a write after it, or any other change, drops it', async () => {
+    const { names, waited } = make('record');
+    names.writeBackStarting(7, () => shown);
+    await names.changed([7], '/a', true);
+    names.changedBehind(7, '/a', true, () => 9_000n);
+    expect(names.recordedAttrs(7, 9_000n)).toEqual(shown);
+    await names.changed([7], '/a', true);
+    expect(names.recordedAttrs(7, 9_000n)).toBeUndefined();
+    names.writeBackStarting(7, () => shown);
+    names.changedBehind(7, '/a', true, () => 9_000n);
+    await names.changed([7]);
+    expect(names.recordedAttrs(7, 9_000n)).toBeUndefined();
+    names.writeBackStarting(7, () => shown);
+    await names.changed([7]);
+    expect(names.recordedAttrs(7, 6_000n)).toBeUndefined();
+    expect(waited).toEqual([['/b'], ['/b'], ['/a', '/b'], ['/a', '/b']]);
+  });
+  it('record: a ctime on the primary other than the write-back left drops it; so does a direct write', () => {
+    const { names } = make('record');
+    names.writeBackStarting(7, () => shown);
+    names.changedBehind(7, '/a', true, () => 9_000n);
+    expect(names.recordedAttrs(7, 9_001n)).toBeUndefined();
+    expect(names.recordedAttrs(7, 9_000n)).toBeUndefined();
+    names.writeBackStarting(7, () => shown);
+    names.changedBehind(7, '/a', true, () => 9_000n);
+    names.forgetRecorded(7);
+    expect(names.recordedAttrs(7, 9_000n)).toBeUndefined();
+  });
+  it("record: nothing recorded when no one took attributes since the last WRITE, or when the primary cannot be stat'ed", () => {
+    const { names, behind } = make('record');
+    names.writeBackStarting(7, () => shown);
+    names.changedBehind(7, '/a', false, () => 9_000n);
+    expect(names.recordedAttrs(7, 9_000n)).toBeUndefined();
+    expect(behind).toEqual([]);
+    names.writeBackStarting(7, () => shown);
+    names.changedBehind(7, '/a', true, () => undefined);
+    expect(names.recordedAttrs(7, 9_000n)).toBeUndefined();
+    expect(behind.map((p) => [...p].sort())).toEqual([['/a', '/b']]);
+  });
+  it('record: a failed write-back drops the record and invalidates every name', () => {
+    const { names, behind } = make('record');
+    names.writeBackStarting(7, () => shown);
+    names.writeBackFailed(7, '/a');
+    expect(names.recordedAttrs(7, 6_000n)).toBeUndefined();
+    expect(behind.map((p) => [...p].sort())).toEqual([['/a', '/b']]);
+  });
+  it('record: the last name gone drops the record', () => {
+    const { names } = make('record');
+    names.writeBackStarting(7, () => shown);
+    names.changedBehind(7, '/a', true, () => 9_000n);
+    names.remove('/a');
+    expect(names.recordedAttrs(7, 9_000n)).toEqual(shown);
+    names.remove('/b');
+    expect(names.recordedAttrs(7, 9_000n)).toBeUndefined();
+  });
+  it('keep (diagnostic): nothing invalidated, nothing recorded; one name still is', () => {
+    expect(linkAttrsModeFromEnv({ TWINFS_WRITEBACK_LINK_ATTRS: 'keep' })).toBe('keep');
+    const { names, behind } = make('keep');
+    names.writeBackStarting(7, () => shown);
     names.changedBehind(7, '/a');
     names.changedBehind(9, '/single');
     expect(behind).toEqual([['/single']]);
     expect(names.getStats().writeBacksOfLinksKept).toBe(1);
   });
-  it('off (the default): every name is invalidated', () => {
-    expect(writeBackKeepsLinkAttrsFromEnv({})).toBe(false);
-    expect(writeBackKeepsLinkAttrsFromEnv({ TWINFS_WRITEBACK_KEEPS_LINK_ATTRS: '1' })).toBe(true);
-    const { names, behind } = make(false);
-    names.changedBehind(7, '/a');
+  it('invalidate (the old behaviour): every name is invalidated', () => {
+    expect(linkAttrsModeFromEnv({ TWINFS_WRITEBACK_LINK_ATTRS: 'invalidate' })).toBe('invalidate');
+    const { names, behind } = make('invalidate');
+    names.writeBackStarting(7, () => shown);
+    names.changedBehind(7, '/a', true, () => 9_000n);
     expect(behind.map((p) => [...p].sort())).toEqual([['/a', '/b']]);
     expect(names.getStats().writeBacksOfLinksKept).toBe(0);
   });
