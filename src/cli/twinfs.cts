@@ -34,8 +34,18 @@ const bundled = bundle();
 if (bundled) {
   const cacheDir = codeCacheDir();
   if (cacheDir) compileWithCache(cacheDir);
-  // The bundle's import() of a plugin's file (scripts/bundle-cli.mjs, hostImport).
-  (globalThis as Record<symbol, unknown>)[Symbol.for('twinfs.import')] = (url: string) => import(url);
+  // The bundle's import() of a plugin's file (scripts/bundle-cli.mjs, hostImport): a built-in
+  // plugin the bundle carries unchanged is required from its chunk (src/cli/bundled-import.cts,
+  // loaded by the first import).
+  let importer: ((url: string) => Promise<unknown>) | undefined;
+  (globalThis as Record<symbol, unknown>)[Symbol.for('twinfs.import')] = (url: string) => {
+    importer ??= (require('./bundled-import.cjs') as typeof import('./bundled-import.cjs')).bundledImporter(
+      path.join(__dirname, '..', '..'),
+      BUNDLE_DIR,
+      (u: string) => import(u),
+    );
+    return importer(url);
+  };
   require(bundled);
 } else void import('./main.js');
 
