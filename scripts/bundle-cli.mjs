@@ -272,6 +272,39 @@ for (const name of fs.readdirSync(OUT)) {
 }
 
 /**
+ * Every bundle file written as CommonJS's function wrapper called at once:
+ *   (function (exports, require, module, __filename, __dirname) {
+ *   ...the chunk...
+ *   }).call(this, exports, require, module, __filename, __dirname);
+ * Loaded by Node's own CommonJS loader (no code cache, a test's require), that runs the chunk
+ * with the arguments Node's wrapper has, `this` the module's exports, as before. dist/cli/twinfs.cjs
+ * compiles the file's text up to the call, the function itself, as a slice of the text Node read:
+ * the wrapper Module.wrap put around the text (a concatenation V8 copied into a flat string
+ * before compiling, the size of the bundle's files a start again: ~225 page faults) is not
+ * needed. The wrapper's line replaces the shebang of main.cjs (never run as a program:
+ * dist/cli/twinfs.cjs requires it) or comes before the first line, the map moved a line down.
+ * src/cli/twinfs.cts (WRAP_OPEN, WRAP_CLOSE, WRAP_CALL) recognises exactly this text.
+ */
+const WRAP_OPEN = '(function (exports, require, module, __filename, __dirname) {';
+const WRAP_END = '\n})\n.call(this, exports, require, module, __filename, __dirname);\n';
+for (const name of fs.readdirSync(OUT)) {
+  if (!name.endsWith('.cjs')) continue;
+  const file = path.join(OUT, name);
+  const code = fs.readFileSync(file, 'utf8');
+  if (code.startsWith('#!')) {
+    fs.writeFileSync(file, `${WRAP_OPEN}${code.slice(code.indexOf('\n'))}${WRAP_END}`);
+    continue;
+  }
+  fs.writeFileSync(file, `${WRAP_OPEN}\n${code}${WRAP_END}`);
+  const mapFile = `${file}.map`;
+  if (fs.existsSync(mapFile)) {
+    const map = JSON.parse(fs.readFileSync(mapFile, 'utf8'));
+    map.mappings = `;${map.mappings}`;
+    fs.writeFileSync(mapFile, JSON.stringify(map));
+  }
+}
+
+/**
  * The installed command's launcher: the head of dist/cli/twinfs.cjs (the package's bin) becomes
  * a shell script whose second line, a comment to JavaScript, moves NODE_EXTRA_CA_CERTS aside
  * into TWINFS_NODE_EXTRA_CA_CERTS and runs the file with node, found on the PATH as
