@@ -26,6 +26,7 @@
 // The bundle lives two levels below the package root like every dist/X/ module, so paths built
 // from import.meta.url ('../..' to the root, native/posix/build, plugins/) stay right; the
 // repository's worker is dist/repository/blob-worker.js, unbundled, found from either place.
+import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -179,8 +180,24 @@ const external = (id) => id.startsWith('node:') || EXTERNAL.some((e) => id === e
 fs.rmSync(OUT, { recursive: true, force: true });
 const PLUGINS = [ownUrl, lazySegmenter, lazyEmojiRegex, lazyTls, noBufferUtil, lazyAssert, hostImport];
 
+/**
+ * The built-in plugins the bundle carries (src/cli/bundled-import.cts): each one's main file
+ * becomes an entry chunk, plugin-NAME.cjs, and an import() of that file by the plugin host
+ * requires the chunk while the plugin's files are the ones bundled, instead of loading them
+ * through Node's ES module loader (~10 ms of a `dir:` backup's start). Only plugins that import
+ * nothing but node's built-in modules and their own files, and do not use import.meta.
+ */
+const BUNDLED_PLUGINS = ['dir'];
+const pluginMain = (name) => {
+  const dir = path.join(ROOT, 'plugins', name);
+  return path.join(dir, JSON.parse(fs.readFileSync(path.join(dir, 'package.json'), 'utf8')).main);
+};
+
 const bundle = await rolldown({
-  input: { main: path.join(ROOT, 'dist', 'cli', 'main.js') },
+  input: {
+    main: path.join(ROOT, 'dist', 'cli', 'main.js'),
+    ...Object.fromEntries(BUNDLED_PLUGINS.map((name) => [`plugin-${name}`, pluginMain(name)])),
+  },
   platform: 'node',
   cwd: ROOT,
   external,
@@ -193,7 +210,7 @@ const bundle = await rolldown({
     handler(level, log);
   },
 });
-await bundle.write({
+const { output } = await bundle.write({
   dir: OUT,
   format: 'cjs',
   entryFileNames: '[name].cjs',
@@ -206,6 +223,35 @@ await bundle.write({
   comments: { legal: true, annotation: false, jsdoc: false },
 });
 await bundle.close();
+
+/**
+ * dist/cli-bundle/bundled-imports.json: for each bundled plugin's main file (its path below the
+ * package root) the chunk to require and the SHA-256 of every source file in it, which
+ * src/cli/bundled-import.cts compares with the files on disk before it uses the chunk.
+ */
+const rel = (file) => path.relative(ROOT, file).split(path.sep).join('/');
+const imports = {};
+for (const name of BUNDLED_PLUGINS) {
+  const chunk = output.find((c) => c.type === 'chunk' && c.isEntry && c.name === `plugin-${name}`);
+  if (!chunk) throw new Error(`bundle-cli: no entry chunk for the plugin ${name}`);
+  const own = path.join(ROOT, 'plugins', name) + path.sep;
+  const sources = {};
+  for (const id of chunk.moduleIds) {
+    // A plugin's chunk holds its own files only: anything else (shared with the CLI, from
+    // node_modules) would be code the check of its files does not cover.
+    if (!id.startsWith(own)) throw new Error(`bundle-cli: plugin ${name}'s chunk holds ${id}`);
+    sources[rel(id)] = createHash('sha256').update(fs.readFileSync(id)).digest('hex');
+  }
+  imports[rel(pluginMain(name))] = { chunk: chunk.fileName, sources };
+  // The plugin's modules ran in strict mode as ES modules: so does their chunk (the bundle's
+  // CommonJS has no "use strict"). On the first line, before generated code: the map's lines hold.
+  const file = path.join(OUT, chunk.fileName);
+  fs.writeFileSync(file, `"use strict";${fs.readFileSync(file, 'utf8')}`);
+}
+fs.writeFileSync(
+  path.join(OUT, 'bundled-imports.json'),
+  `${JSON.stringify({ version: 1, imports }, null, 2)}\n`,
+);
 
 /**
  * Every character outside ASCII written as a \uXXXX escape (one per UTF-16 unit: a surrogate
@@ -223,6 +269,39 @@ for (const name of fs.readdirSync(OUT)) {
   // biome-ignore lint/suspicious/noControlCharactersInRegex: the range is what is matched.
   const ascii = code.replace(/[^\x00-\x7f]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
   if (ascii !== code) fs.writeFileSync(file, ascii);
+}
+
+/**
+ * Every bundle file written as CommonJS's function wrapper called at once:
+ *   (function (exports, require, module, __filename, __dirname) {
+ *   ...the chunk...
+ *   }).call(this, exports, require, module, __filename, __dirname);
+ * Loaded by Node's own CommonJS loader (no code cache, a test's require), that runs the chunk
+ * with the arguments Node's wrapper has, `this` the module's exports, as before. dist/cli/twinfs.cjs
+ * compiles the file's text up to the call, the function itself, as a slice of the text Node read:
+ * the wrapper Module.wrap put around the text (a concatenation V8 copied into a flat string
+ * before compiling, the size of the bundle's files a start again: ~225 page faults) is not
+ * needed. The wrapper's line replaces the shebang of main.cjs (never run as a program:
+ * dist/cli/twinfs.cjs requires it) or comes before the first line, the map moved a line down.
+ * src/cli/twinfs.cts (WRAP_OPEN, WRAP_CLOSE, WRAP_CALL) recognises exactly this text.
+ */
+const WRAP_OPEN = '(function (exports, require, module, __filename, __dirname) {';
+const WRAP_END = '\n})\n.call(this, exports, require, module, __filename, __dirname);\n';
+for (const name of fs.readdirSync(OUT)) {
+  if (!name.endsWith('.cjs')) continue;
+  const file = path.join(OUT, name);
+  const code = fs.readFileSync(file, 'utf8');
+  if (code.startsWith('#!')) {
+    fs.writeFileSync(file, `${WRAP_OPEN}${code.slice(code.indexOf('\n'))}${WRAP_END}`);
+    continue;
+  }
+  fs.writeFileSync(file, `${WRAP_OPEN}\n${code}${WRAP_END}`);
+  const mapFile = `${file}.map`;
+  if (fs.existsSync(mapFile)) {
+    const map = JSON.parse(fs.readFileSync(mapFile, 'utf8'));
+    map.mappings = `;${map.mappings}`;
+    fs.writeFileSync(mapFile, JSON.stringify(map));
+  }
 }
 
 /**

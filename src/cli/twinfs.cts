@@ -29,13 +29,26 @@ const BUNDLE_DIR = path.join(__dirname, '..', 'cli-bundle');
 const MAGIC = Buffer.from('twinfs-code-cache-2\n');
 /** The checksum's bytes after the magic. */
 const SUM_LEN = 4;
+/** A bundle file written as CommonJS's wrapper called at once (scripts/bundle-cli.mjs): its ends. */
+const WRAP_OPEN = '(function (exports, require, module, __filename, __dirname) {';
+const WRAP_CALL = '\n.call(this, exports, require, module, __filename, __dirname);\n';
 
 const bundled = bundle();
 if (bundled) {
   const cacheDir = codeCacheDir();
   if (cacheDir) compileWithCache(cacheDir);
-  // The bundle's import() of a plugin's file (scripts/bundle-cli.mjs, hostImport).
-  (globalThis as Record<symbol, unknown>)[Symbol.for('twinfs.import')] = (url: string) => import(url);
+  // The bundle's import() of a plugin's file (scripts/bundle-cli.mjs, hostImport): a built-in
+  // plugin the bundle carries unchanged is required from its chunk (src/cli/bundled-import.cts,
+  // loaded by the first import).
+  let importer: ((url: string) => Promise<unknown>) | undefined;
+  (globalThis as Record<symbol, unknown>)[Symbol.for('twinfs.import')] = (url: string) => {
+    importer ??= (require('./bundled-import.cjs') as typeof import('./bundled-import.cjs')).bundledImporter(
+      path.join(__dirname, '..', '..'),
+      BUNDLE_DIR,
+      (u: string) => import(u),
+    );
+    return importer(url);
+  };
   require(bundled);
 } else void import('./main.js');
 
@@ -111,9 +124,7 @@ function compileWithCache(cacheDir: string): void {
     const key = `${process.version} ${process.arch} ${filename} ${st.size} ${st.mtimeMs}`;
     const file = path.join(cacheDir, cacheName(filename, crypto));
     const cachedData = readCache(file, key, crc32, (state) => say(filename, state));
-    // The shebang line of the entry is a comment inside the function wrapper (columns kept).
-    const source = content.startsWith('#!') ? `//${content.slice(2)}` : content;
-    const script = new vm.Script(Module.wrap(source), {
+    const script = new vm.Script(wrapped(content, Module.wrap), {
       filename,
       cachedData,
     });
@@ -136,6 +147,18 @@ function compileWithCache(cacheDir: string): void {
     }
     if (toWrite.length > 0) prune(cacheDir, crypto, (f) => say(f, 'removed (its bundle file is gone)'));
   });
+}
+
+/**
+ * The bundle file's text as the function CommonJS runs it with. A file the build wrote as that
+ * function, called at once (scripts/bundle-cli.mjs): its text up to the call, a slice of the
+ * string Node read, which V8 compiles without copying it. Any other: Module.wrap's wrapper
+ * around it (a concatenation V8 flattens into a copy), its shebang line a comment (columns kept).
+ */
+function wrapped(content: string, wrap: (code: string) => string): string {
+  if (content.startsWith(WRAP_OPEN) && content.endsWith(`\n})${WRAP_CALL}`))
+    return content.slice(0, content.length - WRAP_CALL.length);
+  return wrap(content.startsWith('#!') ? `//${content.slice(2)}` : content);
 }
 
 /** A bundle file's cache file: its name and a hash of its path (installed bundles differ). */

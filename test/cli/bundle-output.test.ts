@@ -56,6 +56,23 @@ describe('the CLI bundle', () => {
     expect(bundled.code).toBe(separate.code);
   });
 
+  it("is CommonJS's function wrapper called at once, file by file, and runs so under Node's own loader", async () => {
+    // dist/cli/twinfs.cjs compiles the text up to `.call` as the module's function, a slice of
+    // the string Node read, instead of Module.wrap's concatenation, which V8 copies to compile.
+    const open = '(function (exports, require, module, __filename, __dirname) {\n';
+    const end = '\n})\n.call(this, exports, require, module, __filename, __dirname);\n';
+    const files = (await fsp.readdir(BUNDLE)).filter((f) => f.endsWith('.cjs'));
+    expect(files).toContain('main.cjs');
+    for (const f of files) {
+      const code = await fsp.readFile(path.join(BUNDLE, f), 'utf8');
+      expect(code.startsWith(open) && code.endsWith(end), f).toBe(true);
+    }
+    // Without the code cache the bundle is Node's to compile (its own wrapper around the file's).
+    const r = await runCli(['--version'], { env: { ...process.env, TWINFS_CACHE_DIR: 'off' } });
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout.trim()).toMatch(/^\d+\.\d+\.\d+/);
+  });
+
   it('holds no doc comments, only legal ones (scripts/bundle-cli.mjs)', async () => {
     for (const f of await fsp.readdir(BUNDLE)) {
       if (!f.endsWith('.cjs')) continue;

@@ -113,7 +113,10 @@ describe('the command loads its bundle, and only what the command needs', () => 
       const { r, urls, mainThread } = await backup(name);
       expect(r.code, r.stderr).toBe(0);
       expect(r.last.totals).toMatchObject({ files: 2, copiedBytes: copied });
-      expect(urls.some((u) => u.startsWith(`file://${ROOT}/plugins/dir/`))).toBe(true);
+      // The dir plugin from the bundle's chunk of it (src/cli/bundled-import.cts), its files on
+      // disk being the ones bundled: not resolved as ES modules.
+      expect(ownModules(mainThread)).toContain('cli-bundle/plugin-dir.cjs');
+      expect(urls.filter((u) => u.startsWith(`file://${ROOT}/plugins/dir/`))).toEqual([]);
       expect(urls.filter((u) => u.includes('/plugins/s3/') || u.includes('@aws-sdk'))).toEqual([]);
       // zstd's addon straight from its platform package (src/repository/zstd-binding.ts), not
       // through @mongodb-js/zstd's loader and its diagnostic report, and only by the first
@@ -124,11 +127,62 @@ describe('the command loads its bundle, and only what the command needs', () => 
       expect(
         urls.filter((u) => u.includes('/@mongodb-js/zstd/') || u.includes('/node_modules/semver/')),
       ).toEqual([]);
+      // Besides the bundle: its import() of the plugin (src/cli/bundled-import.cts).
       expect(
-        ownModules(mainThread).filter((m) => m !== 'cli/twinfs.cjs' && !m.startsWith('cli-bundle/')),
+        ownModules(mainThread).filter(
+          (m) => m !== 'cli/twinfs.cjs' && m !== 'cli/bundled-import.cjs' && !m.startsWith('cli-bundle/'),
+        ),
       ).toEqual([]);
       expect(startExtras(mainThread)).toEqual([]);
     }
+  }, 120_000);
+
+  it("an unchanged dir: backup never loads node's ES module loader, nor perf_hooks", async () => {
+    // Node's own list of the built-in modules it loaded, written at exit by a CommonJS preload
+    // (the recorder above is an ES module, which would load the ES module loader itself).
+    const list = path.join(v.dirs.work!, 'loaded.txt');
+    const preload = path.join(v.dirs.work!, 'loaded.cjs');
+    writeFileSync(
+      preload,
+      `process.on('exit', () => require('node:fs').writeFileSync(${JSON.stringify(list)}, process.moduleLoadList.join('\\n')));`,
+    );
+    const r = await runCli(
+      [
+        'backup',
+        '--server',
+        url,
+        '--token-file',
+        tokenFile,
+        '--target',
+        `dir:${path.join(v.dirs.work!, 'target')}`,
+        '--catalog',
+        path.join(v.dirs.work!, 'catalog'),
+        '--json',
+      ],
+      {
+        env: {
+          ...process.env,
+          TWINFS_CACHE_DIR: path.join(v.dirs.work!, 'cache'),
+          NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} --require ${preload}`.trim(),
+        },
+        timeoutMs: 60_000,
+      },
+    );
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.last.totals).toMatchObject({ files: 2, copiedBytes: 0 });
+    const loaded = (await fsp.readFile(list, 'utf8')).split('\n');
+    // The dir plugin imported from disk loads these (its import(), the ES module namespaces of
+    // node:fs and node:crypto); the freeze hooks' timing with the performance global, perf_hooks.
+    expect(
+      loaded.filter((m) =>
+        [
+          'NativeModule internal/modules/esm/translators',
+          'NativeModule internal/modules/esm/module_job',
+          'NativeModule internal/crypto/webcrypto',
+          'NativeModule perf_hooks',
+        ].includes(m),
+      ),
+    ).toEqual([]);
   }, 120_000);
 
   it('the repository requires node:worker_threads only when its first thread starts', () => {
