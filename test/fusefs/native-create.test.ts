@@ -97,6 +97,33 @@ describe("create answered in libfuse's threads (libfuse3, TWINFS_NATIVE_CREATE=1
     }
   });
 
+  it('a file created natively and held open with no other request is in a prepare that follows', async () => {
+    // JS is not woken for a native create: the prepare's inhibition takes the queue.
+    const ready = path.join(fx.base, 'held-ready');
+    const go = path.join(fx.base, 'held-go');
+    const before = await stats();
+    const holder = pyIn(
+      fx.mnt,
+      `import os, time\nfd = os.open('held', os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o604)\nopen('${ready}', 'w').close()\nwhile not os.path.exists('${go}'): time.sleep(0.05)\nos.close(fd)\n`,
+      { timeoutMs: 60_000 },
+    );
+    try {
+      await waitUntil(async () => existsSync(ready), 20_000, 'the file created');
+      expect((await stats()).creates - before.creates).toBe(1);
+      const p = await c.prepare({ subtree: '/held' });
+      try {
+        expect(p.items.map((i) => i.path)).toEqual(['/held']);
+        const st = await fsp.lstat(path.join(p.mirrorRoot, 'held'));
+        expect([st.size, st.mode & 0o777]).toEqual([0, 0o604]);
+      } finally {
+        await c.release(p.backupId);
+      }
+    } finally {
+      await fsp.writeFile(go, '');
+      await holder;
+    }
+  });
+
   it('a create by another user, or while a freeze inhibits writes, goes to JS', async () => {
     await py("os.mkdir('pub')\nos.chmod('pub', 0o777)");
     const before = await stats();
