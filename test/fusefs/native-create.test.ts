@@ -57,7 +57,10 @@ describe("create answered in libfuse's threads (libfuse3, TWINFS_NATIVE_CREATE=1
   const py = (code: string) => pyIn(fx.mnt, `import os\n${code}\n`);
 
   beforeAll(async () => {
-    fx = await startControlFixture({ args: ['--fuse', '3'], env: { ...process.env, TWINFS_NATIVE_CREATE: '1' } });
+    fx = await startControlFixture({
+      args: ['--fuse', '3'],
+      env: { ...process.env, TWINFS_NATIVE_CREATE: '1' },
+    });
     c = await fx.connect();
   });
   afterAll(async () => {
