@@ -98,6 +98,8 @@ const nativeCounts = async (t) => {
     attrsToJs: kc.native?.fallbacks ?? 0,
     unlinks: kc.nativeUnlink?.answered ?? 0,
     unlinksToJs: kc.nativeUnlink?.fallbacks ?? 0,
+    creates: kc.nativeUnlink?.creates ?? 0,
+    createsToJs: kc.nativeUnlink?.createFallbacks ?? 0,
   };
 };
 const PERF_EVENTS = ['raw_syscalls:sys_enter', 'context-switches'];
@@ -159,7 +161,14 @@ for (let rep = 0; rep < opts.reps; rep++) {
       }
       const n1 = await nativeCounts(t);
       if (n0 && n1) {
-        const c0 = ((counted[t.name] ??= {})[op] ??= { attrs: 0, attrsToJs: 0, unlinks: 0, unlinksToJs: 0 });
+        const c0 = ((counted[t.name] ??= {})[op] ??= {
+          attrs: 0,
+          attrsToJs: 0,
+          unlinks: 0,
+          unlinksToJs: 0,
+          creates: 0,
+          createsToJs: 0,
+        });
         for (const key of Object.keys(c0)) c0[key] += n1[key] - n0[key];
       }
     }
@@ -214,10 +223,10 @@ if (PHASES.includes('create')) {
 }
 for (const [n, byOp] of Object.entries(counted)) {
   process.stdout.write(
-    `\n${n}, over all ${opts.reps} reps (getattr / unlink answered natively, passed to JS):\n`,
+    `\n${n}, over all ${opts.reps} reps (getattr / unlink / create answered natively, passed to JS):\n`,
   );
   for (const [op, c] of Object.entries(byOp))
     process.stdout.write(
-      `  ${op}: getattr ${c.attrs} / ${c.attrsToJs}, unlink ${c.unlinks} / ${c.unlinksToJs}\n`,
+      `  ${op}: getattr ${c.attrs} / ${c.attrsToJs}, unlink ${c.unlinks} / ${c.unlinksToJs}, create ${c.creates} / ${c.createsToJs}\n`,
     );
 }

@@ -10,7 +10,12 @@ import { createFuseHandlers } from './fuse-adapter.js';
 import { invalidationDelayFromEnv, invalidationTraceFromEnv, KernelNames } from './kernel-names.js';
 import { isMountPoint, listMountPoints, preflight } from './mount-checks.js';
 import { watchMount } from './mount-watch.js';
-import { NativeChanges, nativeUnlinkCachedFromEnv, nativeUnlinkFromEnv } from './native-changes.js';
+import {
+  NativeChanges,
+  nativeCreateFromEnv,
+  nativeUnlinkCachedFromEnv,
+  nativeUnlinkFromEnv,
+} from './native-changes.js';
 import {
   DEFAULT_LIBFUSE,
   DEFAULT_NATIVE_OPTIONS,
@@ -116,7 +121,14 @@ export interface TwinFsStatus {
     /** getattrs answered in libfuse's threads / passed on to JS, inodes with cached attributes, getxattrs answered there. */
     native?: { answered: number; fallbacks: number; cached: number; xattrs: number; flushes: number };
     /** Unlinks answered in libfuse's threads (native-changes.ts), passed to JS, JS ops in flight. */
-    nativeUnlink?: { answered: number; fallbacks: number; busy: number; enabled: boolean };
+    nativeUnlink?: {
+      answered: number;
+      fallbacks: number;
+      busy: number;
+      enabled: boolean;
+      creates?: number;
+      createFallbacks?: number;
+    };
   };
   /** Why the mount is gone while the server still runs (it was unmounted behind its back). */
   mountLost?: string;
@@ -403,6 +415,7 @@ export class TwinFs {
       this.inhibitor,
       (m) => this.log(m),
       nativeUnlinkCachedFromEnv(),
+      nativeCreateFromEnv(),
     );
     this.nativeChanges = { changes, handlers: changes.wrap(this.nativeChangeTarget) };
     // Disposed at unmount after the cache's last write-back: the queue is reported first.

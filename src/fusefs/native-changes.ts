@@ -5,12 +5,36 @@ import type { WriteInhibitor } from './write-inhibitor.js';
 type Cb = (...args: any[]) => void;
 type Handler = (...args: any[]) => void;
 
-/** The patched fuse-native's calls for unlinks answered natively (native-unlink.h). */
+/**
+ * A create done natively (native-create.h): the new file's inode, the descriptor opened O_RDWR
+ * (the write-back cache's from now on), the handle libfuse answered with, and its fstat's mode,
+ * uid and gid.
+ */
+export interface NativeCreated {
+  ino: number;
+  fd: number;
+  fh: number;
+  mode: number;
+  uid: number;
+  gid: number;
+}
+
+/** The patched fuse-native's calls for unlinks and creates answered natively (native-unlink.h, native-create.h). */
 export interface NativeChangeBinding {
   nativeUnlink(enabled: boolean, cached?: boolean): boolean;
-  takeNativeChanges(begin: boolean): Array<string | number> | null;
+  /** Absent from builds before native-create.h. */
+  nativeCreate?(enabled: boolean): boolean;
+  /** An unlink is (path, ino); a create (path, [ino, fd, fh, mode, uid, gid]). */
+  takeNativeChanges(begin: boolean): Array<string | number | number[]> | null;
   endNativeChange(): void;
-  nativeUnlinkStats(): { answered: number; fallbacks: number; busy: number; cached?: number };
+  nativeUnlinkStats(): {
+    answered: number;
+    fallbacks: number;
+    busy: number;
+    cached?: number;
+    creates?: number;
+    createFallbacks?: number;
+  };
   onNativeChanges: (() => void) | null;
 }
 
@@ -52,6 +76,14 @@ export function nativeUnlinkCachedFromEnv(env: NodeJS.ProcessEnv = process.env):
 }
 
 /**
+ * TWINFS_NATIVE_CREATE=1 answers creates in libfuse's threads too (native-create.h); off by
+ * default (docs/architecture.md, "Creates in libfuse's threads").
+ */
+export function nativeCreateFromEnv(env: NodeJS.ProcessEnv = process.env): boolean {
+  return env.TWINFS_NATIVE_CREATE === '1';
+}
+
+/**
  * libfuse3: unlinks answered in libfuse's worker thread (native-unlink.h), each reported here
  * in the primary's order as VolumeOps.unlink would have reported it. Order is kept by three
  * rules:
@@ -80,6 +112,7 @@ export class NativeChanges implements Disposable {
     inhibitor: WriteInhibitor,
     private readonly log: (msg: string) => void,
     private readonly cached = true,
+    private readonly creates = false,
   ) {
     fuse.onNativeChanges = () => this.take(false);
     this.subs.push(
@@ -123,12 +156,27 @@ export class NativeChanges implements Disposable {
     this.take(false);
   }
 
-  stats(): { answered: number; fallbacks: number; busy: number; cached: number; enabled: boolean } {
-    return { cached: 0, ...this.fuse.nativeUnlinkStats(), enabled: this.enabled };
+  stats(): {
+    answered: number;
+    fallbacks: number;
+    busy: number;
+    cached: number;
+    creates: number;
+    createFallbacks: number;
+    enabled: boolean;
+  } {
+    return {
+      cached: 0,
+      creates: 0,
+      createFallbacks: 0,
+      ...this.fuse.nativeUnlinkStats(),
+      enabled: this.enabled,
+    };
   }
 
   dispose(): void {
     this.set(false);
+    this.fuse.nativeCreate?.(false);
     for (const s of this.subs) s.dispose();
     this.fuse.onNativeChanges = null;
   }
@@ -137,6 +185,7 @@ export class NativeChanges implements Disposable {
     this.enabled = on;
     // When turned off, the native side is quiet once this returns: report what it did.
     this.fuse.nativeUnlink(on, this.cached);
+    if (this.creates) this.fuse.nativeCreate?.(on);
     if (!on) this.take(false);
   }
 
@@ -145,9 +194,19 @@ export class NativeChanges implements Disposable {
     if (done === null) return;
     for (let i = 0; i < done.length; i += 2) {
       const path = done[i] as string;
+      const what = done[i + 1];
+      if (typeof what === 'number') {
+        this.ops
+          .nativeUnlinked(path, what)
+          .catch((err) =>
+            this.log(`reporting the unlink of ${path} failed: ${(err as Error)?.stack ?? err}`),
+          );
+        continue;
+      }
+      const [ino, fd, fh, mode, uid, gid] = what as number[];
       this.ops
-        .nativeUnlinked(path, done[i + 1] as number)
-        .catch((err) => this.log(`reporting the unlink of ${path} failed: ${(err as Error)?.stack ?? err}`));
+        .nativeCreated(path, { ino, fd, fh, mode, uid, gid })
+        .catch((err) => this.log(`reporting the create of ${path} failed: ${(err as Error)?.stack ?? err}`));
     }
   }
 }

@@ -8,6 +8,7 @@ import { type ChangeSink, nullSink, syncAlongside, type WriteGate } from './chan
 import { errnoError } from './errno.js';
 import { HiddenRenames, isHiddenEntry, isHiddenPath } from './hidden-renames.js';
 import type { KernelNames, ShownAttrs } from './kernel-names.js';
+import type { NativeCreated } from './native-changes.js';
 import { OpenNames } from './open-names.js';
 import { parentOf, type VolumePaths } from './volume-paths.js';
 import type { FileNode, WritebackCache } from './writeback-cache.js';
@@ -98,6 +99,9 @@ const PASS_THROUGH_BYTES = 128 * 1024;
 function primaryWriteBackOn(): boolean {
   return process.env.TWINFS_PRIMARY_WRITEBACK !== '0';
 }
+
+/** The first handle number of creates answered natively (native-create.h); JS's are below. */
+const NATIVE_HANDLES = 0x40000000;
 
 /** Linux's O_PATH (not in fs.constants): a descriptor that names an entry without opening it. */
 const O_PATH = 0o10000000;
@@ -768,6 +772,23 @@ export class VolumeOps {
    * for a non-directory with one name, of which the cache holds no unwritten data, with no
    * inhibition active and no other change in flight here.
    */
+  /**
+   * A create done in libfuse's thread (native-create.h), taken from the queue before any op
+   * that may name its handle (native-changes.ts): what create does after its open, synchronously
+   * up to the sink's report. As for nativeUnlinked, the change record's stamp and the mirror's
+   * intent follow the primary's change instead of preceding it (a crash in between: an unclean
+   * start vouches for nothing, and the start-up reconciliation finds the file).
+   */
+  nativeCreated(path: string, c: NativeCreated): Promise<void> {
+    const before = this.sink.beforeChange?.(path);
+    if (before instanceof Promise) before.catch(() => undefined);
+    // A new file: size 0 (the space account's size, as create's fstat).
+    const node = this.cache.adopt(c.ino, path, c.fd, true, 0);
+    this.handles.set(c.fh, node);
+    this.openNames.add(c.fh, path, node.ino);
+    return this.sink.apply({ op: 'create', path, mode: c.mode, uid: c.uid, gid: c.gid });
+  }
+
   nativeUnlinked(path: string, ino: number): Promise<void> {
     this.forgetNoCapabilities?.();
     this.hides.touched(path);
@@ -1090,7 +1111,8 @@ export class VolumeOps {
   /** writtenAs: the name a handle opened for writing was opened under (see open-names.ts). */
   private newHandle(node: FileNode, writtenAs?: string): number {
     let fh = this.nextHandle++;
-    if (this.nextHandle > 0x7ffffff0) this.nextHandle = 1;
+    // Handles from NATIVE_HANDLES up are the native creates' (native-create.h).
+    if (this.nextHandle >= NATIVE_HANDLES) this.nextHandle = 1;
     while (this.handles.has(fh)) fh = this.nextHandle++;
     this.handles.set(fh, node);
     if (writtenAs !== undefined) this.openNames.add(fh, writtenAs, node.ino);

@@ -385,12 +385,29 @@ declare module 'fuse-native' {
      * cached: also of files JS holds cached data of (dropped when their change reaches JS).
      */
     nativeUnlink(enabled: boolean, cached?: boolean): boolean;
-    /** The unlinks done natively, in order, as [path, ino, ...], or null; begin: a JS change starts. */
-    takeNativeChanges(begin: boolean): Array<string | number> | null;
+    /**
+     * libfuse3, native-create.h (patch level 8, added): whether CREATE may be done in libfuse's
+     * worker thread (also needs nativeUnlink enabled), its handle from 0x40000000 up. false: once
+     * it returns, every native create is queued. Absent on older builds.
+     */
+    nativeCreate?(enabled: boolean): boolean;
+    /**
+     * The unlinks and creates done natively, in order, as [path, ino, ...] (a create has
+     * [ino, fd, fh, mode, uid, gid] in place of ino), or null; begin: a JS change starts.
+     */
+    takeNativeChanges(begin: boolean): Array<string | number | number[]> | null;
     /** The JS change begun by takeNativeChanges(true) ended. */
     endNativeChange(): void;
     /** cached: of the answered, unlinks of files JS held cached data of (0 on older builds). */
-    nativeUnlinkStats(): { answered: number; fallbacks: number; busy: number; cached?: number };
+    nativeUnlinkStats(): {
+      answered: number;
+      fallbacks: number;
+      busy: number;
+      cached?: number;
+      /** Creates done natively, and tried and passed to JS (0 on older builds). */
+      creates?: number;
+      createFallbacks?: number;
+    };
     /** Called on the JS thread when native unlinks are queued and no op took them. */
     onNativeChanges: (() => void) | null;
 

@@ -1,0 +1,206 @@
+import { existsSync, promises as fsp } from 'node:fs';
+import * as path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { ControlClient } from '../../src/control/client.js';
+import {
+  type ControlFixture,
+  pyStormDuringPrepares,
+  startControlFixture,
+  status,
+  waitUntil,
+} from '../control/control-fixture.js';
+import { pyIn, shIn } from '../helpers/posix.js';
+
+/**
+ * With TWINFS_NATIVE_CREATE=1 the libfuse3 path answers CREATE in libfuse's threads
+ * (native-create.h in the fuse-native patch) and hands the new file to JS through the native
+ * unlinks' queue. The file's WRITE, FLUSH and RELEASE then name a handle JS never gave out: the
+ * data must still reach the cache, the primary and the mirror; the mirror and the change record
+ * must see every create in the primary's order (with the unlinks and JS's own changes); a
+ * create needing an owner change, or made while a freeze or prepare inhibits writes, goes to JS.
+ */
+
+type Stats = {
+  answered: number;
+  fallbacks: number;
+  busy: number;
+  enabled: boolean;
+  creates: number;
+  createFallbacks: number;
+};
+
+/** Create/write/rename/unlink storm of one worker in directory c<N> (argv: N, rounds). */
+const STORM = `
+import os, sys
+w, rounds = sys.argv[1], int(sys.argv[2])
+d = 'c' + w
+os.makedirs(d, exist_ok=True)
+for r in range(rounds):
+    for i in range(8):
+        p = '%s/n%d' % (d, i)
+        if os.path.exists(p):
+            os.unlink(p)
+        fd = os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o640)
+        os.write(fd, (b'%d %d %s\\n' % (r, i, w.encode())) * (i + 1))
+        os.close(fd)
+        if i % 3 == 0:
+            os.rename(p, p + '.r')
+            os.rename(p + '.r', p)
+        if i % 4 == 1:
+            os.unlink(p)
+`;
+
+describe("create answered in libfuse's threads (libfuse3, TWINFS_NATIVE_CREATE=1)", () => {
+  let fx: ControlFixture;
+  let c: ControlClient;
+  const stats = async () => (await status(c)).fs.kernelCache.nativeUnlink as Stats;
+  const py = (code: string) => pyIn(fx.mnt, `import os\n${code}\n`);
+
+  beforeAll(async () => {
+    fx = await startControlFixture({
+      args: ['--fuse', '3'],
+      env: { ...process.env, TWINFS_NATIVE_CREATE: '1' },
+    });
+    c = await fx.connect();
+  });
+  afterAll(async () => {
+    await fx?.close();
+  });
+
+  it('files created natively reach the primary, the mirror and a prepare with their data, modes and change entries', async () => {
+    const g0 = await c.prepare({ volume: true });
+    await c.release(g0.backupId);
+    const before = await stats();
+    expect(before.enabled).toBe(true);
+    await py(
+      "os.mkdir('a')\nfor i in range(20):\n  fd = os.open('a/f%d' % i, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600 + i % 2 * 0o40); os.write(fd, b'%d' % i * (100 * i + 1)); os.close(fd)",
+    );
+    const after = await stats();
+    expect(after.creates - before.creates).toBe(20);
+    expect(after.busy).toBe(0);
+    for (let i = 0; i < 20; i++) {
+      const want = Buffer.from(String(i).repeat(100 * i + 1));
+      // Read through the mount from a child: the cache answers before any write-back.
+      const r = await shIn(fx.mnt, `cat a/f${i}`, { timeoutMs: 30_000 });
+      expect(r.stdout).toBe(want.toString());
+    }
+    const p = await c.prepare({ subtree: '/a' }, { since: g0.generation });
+    try {
+      expect(p.changes?.unknown).toBeUndefined();
+      for (let i = 0; i < 20; i++) {
+        const want = Buffer.from(String(i).repeat(100 * i + 1));
+        expect(p.changes?.changed).toContain(`/a/f${i}`);
+        expect(await fsp.readFile(path.join(fx.primary, `a/f${i}`))).toEqual(want);
+        expect(await fsp.readFile(path.join(p.mirrorRoot, `a/f${i}`))).toEqual(want);
+        const st = await fsp.lstat(path.join(p.mirrorRoot, `a/f${i}`));
+        expect(st.mode & 0o777).toBe(0o600 + (i % 2) * 0o40);
+      }
+    } finally {
+      await c.release(p.backupId);
+    }
+  });
+
+  it('a file created natively and held open with no other request is in a prepare that follows', async () => {
+    // JS is not woken for a native create: the prepare's inhibition takes the queue.
+    const ready = path.join(fx.base, 'held-ready');
+    const go = path.join(fx.base, 'held-go');
+    const before = await stats();
+    const holder = pyIn(
+      fx.mnt,
+      `import os, time\nfd = os.open('held', os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o604)\nopen('${ready}', 'w').close()\nwhile not os.path.exists('${go}'): time.sleep(0.05)\nos.close(fd)\n`,
+      { timeoutMs: 60_000 },
+    );
+    try {
+      await waitUntil(async () => existsSync(ready), 20_000, 'the file created');
+      expect((await stats()).creates - before.creates).toBe(1);
+      const p = await c.prepare({ subtree: '/held' });
+      try {
+        expect(p.items.map((i) => i.path)).toEqual(['/held']);
+        const st = await fsp.lstat(path.join(p.mirrorRoot, 'held'));
+        expect([st.size, st.mode & 0o777]).toEqual([0, 0o604]);
+      } finally {
+        await c.release(p.backupId);
+      }
+    } finally {
+      await fsp.writeFile(go, '');
+      await holder;
+    }
+  });
+
+  it('a create by another user, or while a freeze inhibits writes, goes to JS', async () => {
+    await py("os.mkdir('pub')\nos.chmod('pub', 0o777)");
+    const before = await stats();
+    const r = await shIn(
+      path.join(fx.mnt, 'pub'),
+      "setpriv --reuid=65534 --regid=65534 --clear-groups sh -c 'echo x > mine'",
+      { timeoutMs: 30_000 },
+    );
+    expect(r.code).toBe(0);
+    const st = await fsp.lstat(path.join(fx.primary, 'pub/mine'));
+    expect([st.uid, st.gid]).toEqual([65534, 65534]);
+    const mid = await stats();
+    expect(mid.creates).toBe(before.creates);
+    expect(mid.createFallbacks).toBeGreaterThan(before.createFallbacks);
+
+    await py("open('fz', 'wb').close()");
+    const f: any = await c.request('freeze', { selector: { paths: ['/fz'] }, timeoutMs: 60_000 });
+    try {
+      expect((await stats()).enabled).toBe(false);
+      const s0 = await stats();
+      // A file outside the freeze is created at once, through JS.
+      const r2 = await shIn(fx.mnt, 'printf y > during && cat during', { timeoutMs: 30_000 });
+      expect(r2.stdout).toBe('y');
+      // Not tried natively at all while native changes are off.
+      expect((await stats()).creates).toBe(s0.creates);
+      expect(existsSync(path.join(fx.primary, 'during'))).toBe(true);
+    } finally {
+      await c.request('thaw', { freezeId: f.freezeId });
+    }
+    await waitUntil(async () => (await stats()).enabled, 5000, 'native changes back on');
+  });
+
+  it('create/write/rename/unlink storms from child processes during prepare loops: mirror and change record follow the primary', async () => {
+    const g0 = await c.prepare({ volume: true });
+    await c.release(g0.backupId);
+    const before = await stats();
+    const WORKERS = 3;
+    const ROUNDS = 20;
+    const prepares = await pyStormDuringPrepares(fx, c, {
+      script: STORM,
+      workers: WORKERS,
+      args: [String(ROUNDS)],
+      since: g0.generation,
+      pauseMs: 20,
+    });
+    expect(prepares).toBeGreaterThan(0);
+    const after = await stats();
+    // Creates between prepares were answered natively (none while a prepare inhibits).
+    expect(after.creates - before.creates).toBeGreaterThan(WORKERS * 4);
+    expect(after.busy).toBe(0);
+
+    const last = await c.prepare({ volume: true }, { since: g0.generation });
+    try {
+      const ch = last.changes!;
+      expect(ch.unknown).toBeUndefined();
+      for (let w = 0; w < WORKERS; w++)
+        for (let i = 0; i < 8; i++) {
+          const p = `/c${w}/n${i}`;
+          if (i % 4 === 1) {
+            expect(ch.deleted).toContain(p);
+            expect(existsSync(path.join(last.mirrorRoot, p))).toBe(false);
+          } else {
+            expect(ch.changed).toContain(p);
+            const want = Buffer.from(`${ROUNDS - 1} ${i} ${w}\n`.repeat(i + 1));
+            expect(await fsp.readFile(path.join(last.mirrorRoot, p))).toEqual(want);
+            expect((await fsp.lstat(path.join(last.mirrorRoot, p))).mode & 0o777).toBe(0o640);
+          }
+        }
+    } finally {
+      await c.release(last.backupId);
+    }
+    await c.request('flush');
+    const v: any = await c.request('verify', { content: true });
+    expect(v.differences).toEqual([]);
+    expect(v.ok).toBe(true);
+  });
+});
