@@ -9,6 +9,10 @@ import * as path from 'node:path';
 /** @typedef {import('twinfs').ObjectStore} ObjectStore */
 
 const COMPONENT = /^[A-Za-z0-9_][A-Za-z0-9_.-]*$/;
+/** Objects from this size on are written with O_DIRECT where the memory allows (writeDirect). */
+const DIRECT_MIN = 1024 * 1024;
+/** O_DIRECT's unit: the address, file offset and length of a direct write are multiples of it. */
+const DIRECT_ALIGN = 4096;
 
 /**
  * The object store of the directory target (`dir:/backups`): one file per object, the object's
@@ -31,6 +35,8 @@ export class DirectoryStore {
     this.spec = `dir:${root}`;
     /** Directories known to exist. @type {Set<string>} */
     this.dirs = new Set();
+    /** false once the directory's filesystem refused O_DIRECT (writeDirect). @type {boolean | undefined} */
+    this.direct = undefined;
   }
 
   /**
@@ -88,8 +94,8 @@ export class DirectoryStore {
         0o600,
       );
       try {
-        for (let off = 0; off < data.length; )
-          off += (await fh.write(data, off, data.length - off)).bytesWritten;
+        let off = await this.writeDirect(tmp, data);
+        while (off < data.length) off += (await fh.write(data, off, data.length - off, off)).bytesWritten;
         await fh.sync();
       } finally {
         await fh.close();
@@ -100,6 +106,47 @@ export class DirectoryStore {
       await fsp.rm(tmp, { force: true }).catch(() => undefined);
       throw this.api.errors.fromFs(err, `cannot store ${name} in ${this.spec}`);
     }
+  }
+
+  /**
+   * Writes the object's whole 4 KiB blocks to the new file with O_DIRECT when the memory allows
+   * it, and answers how many bytes it wrote (0: none, the caller writes everything). A pack is
+   * written once and synced at once: through the page cache every byte was copied into page
+   * cache pages first, fresh memory on a VM that hands freed pages back to its host (~11 µs a
+   * 4 KiB page on this project's, more than writing the page), and a backup's packs are all of
+   * its new bytes. The repository builds its packs in page-aligned shared memory (blob-writer);
+   * a buffer the device refuses (EINVAL: not aligned, or a filesystem without O_DIRECT) is
+   * written through the page cache instead. The last partial block goes through the page cache
+   * either way; the sync that follows covers both.
+   * @param {string} tmp
+   * @param {Buffer} data
+   */
+  async writeDirect(tmp, data) {
+    if (this.direct === false || data.length < DIRECT_MIN || data.byteOffset % DIRECT_ALIGN !== 0) return 0;
+    /** @type {import('node:fs/promises').FileHandle} */
+    let fh;
+    try {
+      fh = await fsp.open(tmp, fs.constants.O_WRONLY | fs.constants.O_DIRECT);
+    } catch (err) {
+      // A filesystem without O_DIRECT (EINVAL) will not have it for the next object either.
+      if (/** @type {NodeJS.ErrnoException} */ (err)?.code === 'EINVAL') this.direct = false;
+      return 0;
+    }
+    const body = data.length - (data.length % DIRECT_ALIGN);
+    let off = 0;
+    try {
+      while (off < body) {
+        const n = (await fh.write(data, off, body - off, off)).bytesWritten;
+        off += n;
+        if (n === 0 || n % DIRECT_ALIGN !== 0) break;
+      }
+    } catch (err) {
+      // Memory the device cannot take directly: what is left goes through the page cache.
+      if (/** @type {NodeJS.ErrnoException} */ (err)?.code !== 'EINVAL') throw err;
+    } finally {
+      await fh.close();
+    }
+    return off;
   }
 
   /**

@@ -27,6 +27,11 @@ export interface PosixAddon {
    * repository's pack seal without Node's buffer per cipher update (pack.ts).
    */
   aesGcmSealInPlace(key: Uint8Array, nonce: Uint8Array, data: Uint8Array, n: number): number;
+  /**
+   * posix_fadvise(POSIX_FADV_WILLNEED): the kernel starts reading the range (len 0: to the end)
+   * into the page cache and returns without waiting; 0 or -errno.
+   */
+  fadviseWillNeed(fd: number, offset: number, len: number): number;
 }
 
 /** Same depth from src/posix (tests) and dist/posix (the CLI): two levels up is the package root. */
@@ -40,7 +45,7 @@ const ADDON = path.resolve(
   'Release',
   'twinfs_posix.node',
 );
-const ABI_LEVEL = 5;
+const ABI_LEVEL = 6;
 
 let addon: PosixAddon | undefined;
 

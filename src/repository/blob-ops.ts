@@ -1,6 +1,7 @@
 import { createHash, type Hash } from 'node:crypto';
 import * as fs from 'node:fs';
 import { TwinError } from '../common/errors.js';
+import { posix } from '../posix/native.js';
 import { type ChunkerParams, cut, cutOffsets } from './chunker.js';
 import { RepoKeys } from './crypto.js';
 import { type BlobType, buildPack, compress, type PackInfo } from './pack.js';
@@ -210,14 +211,17 @@ function openNoAtime(file: string): number {
   }
 }
 
-/** One file of a batch read into out[at, at + expected size). */
-function readOne(
-  f: { path: string; size: number; max: number },
-  out: Buffer,
-  at: number,
-  params: ChunkerParams,
-  keys: RepoKeys,
-): FileOutcome {
+/** A file of a batch opened and checked, waiting for its read (readOpened). */
+interface Opened {
+  fd: number;
+  st: fs.Stats;
+}
+
+/**
+ * Opens one file of a batch and checks it (a regular file of the listed size, at most its max):
+ * the descriptor to read, or the outcome when there is nothing to read (its descriptor closed).
+ */
+function openOne(f: { path: string; size: number; max: number }): Opened | FileOutcome {
   let fd: number;
   try {
     fd = openNoAtime(f.path);
@@ -225,11 +229,39 @@ function readOne(
     const e = err as NodeJS.ErrnoException;
     return { kind: 'failed', errno: e.code ?? 'EIO', message: e.message };
   }
+  let outcome: FileOutcome | undefined;
   try {
     const st = fs.fstatSync(fd);
-    if (!st.isFile()) return { kind: 'changed', why: 'not a regular file' };
-    if (st.size > f.max) return { kind: 'grown', size: st.size };
-    if (st.size !== f.size) return { kind: 'changed', why: `${st.size} bytes` };
+    if (!st.isFile()) outcome = { kind: 'changed', why: 'not a regular file' };
+    else if (st.size > f.max) outcome = { kind: 'grown', size: st.size };
+    else if (st.size !== f.size) outcome = { kind: 'changed', why: `${st.size} bytes` };
+    else return { fd, st };
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    outcome = { kind: 'failed', errno: e.code ?? 'EIO', message: e.message };
+  }
+  closeQuietly(fd);
+  return outcome;
+}
+
+function closeQuietly(fd: number): void {
+  try {
+    fs.closeSync(fd);
+  } catch {
+    // A close of a file only read loses nothing.
+  }
+}
+
+/** One opened file of a batch read into out[at, at + expected size), checked again, closed. */
+function readOpened(
+  f: { path: string; size: number; max: number },
+  { fd, st }: Opened,
+  out: Buffer,
+  at: number,
+  params: ChunkerParams,
+  keys: RepoKeys,
+): FileOutcome {
+  try {
     let off = 0;
     while (off < f.size) {
       const n = fs.readSync(fd, out, at + off, f.size - off, off);
@@ -245,11 +277,7 @@ function readOne(
     const e = err as NodeJS.ErrnoException;
     return { kind: 'failed', errno: e.code ?? 'EIO', message: e.message };
   } finally {
-    try {
-      fs.closeSync(fd);
-    } catch {
-      // A close of a file only read loses nothing.
-    }
+    closeQuietly(fd);
   }
 }
 
@@ -260,10 +288,18 @@ export function filesOp(r: FilesRequest): { value: FilesAnswer; transfer: ArrayB
   for (const f of r.files) total += f.size;
   const shared = r.out !== undefined && r.out.length >= total;
   const out = shared ? asBuffer(r.out!) : Buffer.allocUnsafeSlow(total);
+  // Every file of the batch opened and checked first, and its read asked of the kernel ahead
+  // (fadvise WILLNEED: it starts the disk reads and returns): on a cold page cache the disk gets
+  // the whole batch at once, not one file at a time behind this thread's blocking reads (a
+  // thread per concurrent read would cost thousands of page faults to start). Then each file
+  // is read, checked again and closed, in order.
+  const opened = r.files.map((f) => openOne(f));
+  for (const o of opened) if ('fd' in o && o.st.size > 0) posix().fadviseWillNeed(o.fd, 0, o.st.size);
   const files: FileOutcome[] = [];
   let at = 0;
-  for (const f of r.files) {
-    files.push(readOne(f, out, at, r.params, keys));
+  for (const [i, f] of r.files.entries()) {
+    const o = opened[i]!;
+    files.push('fd' in o ? readOpened(f, o, out, at, r.params, keys) : o);
     at += f.size;
   }
   const data = new Uint8Array(out.buffer, out.byteOffset, total);

@@ -1,5 +1,6 @@
 import { TwinError } from '../common/errors.js';
 import { type SealAnswer, type SealRequest, sealOp } from './blob-ops.js';
+import { pageAlignedShared } from './buffer-pool.js';
 import { cut } from './chunker.js';
 import { TAG } from './crypto.js';
 import { type BlobType, PACK_HEADER, PACK_SIZE, type PackInfo, packObjectName } from './pack.js';
@@ -197,7 +198,9 @@ export class BlobWriter {
     const spare = atLeast > BATCH_ROOM ? undefined : this.spare.pop();
     if (spare) return spare;
     this.batchBuffers++;
-    return Buffer.from(new SharedArrayBuffer(Math.max(atLeast, BATCH_ROOM)));
+    // Page-aligned: the pack built in it goes to a dir: target with O_DIRECT (no copy into the
+    // page cache's fresh pages).
+    return pageAlignedShared(Math.max(atLeast, BATCH_ROOM));
   }
 
   /** The batch being filled is full: it waits for a worker. */

@@ -46,3 +46,37 @@ export class SharedBufferPool {
     while (this.keptBytes > this.maxBytes) this.keptBytes -= this.kept.pop()!.length;
   }
 }
+
+/** WebAssembly.Memory (the project's TypeScript libraries leave WebAssembly's types out). */
+function wasmMemory(): new (d: {
+  initial: number;
+  maximum: number;
+  shared: boolean;
+}) => {
+  buffer: SharedArrayBuffer;
+} {
+  return (globalThis as unknown as { WebAssembly: { Memory: ReturnType<typeof wasmMemory> } }).WebAssembly
+    .Memory;
+}
+
+/** WebAssembly's page: a shared WebAssembly.Memory is a whole number of them. */
+const WASM_PAGE = 64 * 1024;
+
+/**
+ * n bytes of shared memory that start on a page boundary: a shared WebAssembly.Memory's buffer
+ * (a SharedArrayBuffer that V8 maps whole with mmap, so it is page-aligned and its pages are
+ * fresh until written, never cleared by calloc from malloc's heap), else a plain
+ * SharedArrayBuffer (aligned to 16 bytes). A pack built in page-aligned memory is written to
+ * a `dir:` target with O_DIRECT, without a copy through the page cache (plugins/dir,
+ * `writeDirect`); the store checks nothing of this and falls back to the page cache when the
+ * device refuses the memory.
+ */
+export function pageAlignedShared(n: number): Buffer {
+  try {
+    const pages = Math.max(1, Math.ceil(n / WASM_PAGE));
+    const mem = new (wasmMemory())({ initial: pages, maximum: pages, shared: true });
+    return Buffer.from(mem.buffer, 0, n);
+  } catch {
+    return Buffer.from(new SharedArrayBuffer(n));
+  }
+}

@@ -70,34 +70,39 @@ async function zstdSmaller(plain: Buffer): Promise<Buffer | undefined> {
 }
 
 /**
- * Chunks from COUNTED_MIN on have their byte entropy measured before zstd is tried: every byte
- * below SAMPLED_MIN (a small file's one chunk: an async zstd call costs tens of µs, the count
- * a few), 32 bytes in every KiB from there (a 64 KiB chunk: 2 KiB sampled). Below 1 KiB the
- * count says too little (1 KiB of random bytes measures ~7.8 bits/byte, 512 bytes ~7.6).
+ * Chunks from COUNTED_MIN on have their byte entropy measured before zstd is tried, on a sample
+ * of runs of RUN bytes spread over the chunk: every byte up to 4 KiB, from there a run every
+ * `step` bytes, the step chosen so that the sample stays at about SAMPLE bytes (32 bytes in every
+ * KiB from 64 KiB on: 2 KiB of a 64 KiB chunk). Below 1 KiB the count says too little (1 KiB of
+ * random bytes measures ~7.8 bits/byte, 512 bytes ~7.6); 2 KiB measures ~7.9. Every byte of a
+ * small file's one chunk was counted once (4–64 KiB): in a backup of many small files that
+ * count cost more CPU than the SHA-256 of those bytes (a JavaScript loop over each byte: 22 % of
+ * the seal worker's time, bench/repository.mjs --only speed, docs/benchmarks.md).
  */
 const COUNTED_MIN = 1024;
-const SAMPLED_MIN = 64 * 1024;
+const RUN = 32;
+const SAMPLE = 2048;
 /** Bits per byte of the sample above which a chunk is stored as it is (random data: ~7.9). */
 export const INCOMPRESSIBLE_BITS = 7.5;
 
 /**
  * Whether a chunk looks like random bytes (encrypted, already compressed): the byte entropy of
- * its bytes (below 64 KiB) or of 32 bytes in every KiB. zstd level 3 costs about as much CPU as a SHA-256 pass on such data
- * and gains nothing; the sample costs a few percent of that. A chunk made of one random block
- * repeated (rare: content-defined chunking stores the repeats of a block larger than a chunk
- * once) is stored uncompressed where zstd would have shrunk it: it costs space, never data.
+ * a sample of about 2 KiB of it (every byte up to 4 KiB). zstd level 3 costs about as much CPU
+ * as a SHA-256 pass on such data and gains nothing; the sample costs a few percent of that. A
+ * chunk made of one random block repeated (rare: content-defined chunking stores the repeats of
+ * a block larger than a chunk once) is stored uncompressed where zstd would have shrunk it: it
+ * costs space, never data.
  */
 export function looksIncompressible(plain: Uint8Array): boolean {
   const counts = new Uint32Array(256);
+  // A run every `step` bytes (a multiple of RUN: runs never overlap), at most one per KiB.
+  const step = Math.min(1024, Math.max(RUN, RUN * Math.floor(plain.length / SAMPLE)));
   let n = 0;
-  if (plain.length < SAMPLED_MIN) {
-    for (let i = 0; i < plain.length; i++) counts[plain[i]!]!++;
-    n = plain.length;
-  } else
-    for (let at = 0; at + 32 <= plain.length; at += 1024) {
-      for (let i = at; i < at + 32; i++) counts[plain[i]!]!++;
-      n += 32;
-    }
+  for (let at = 0; at < plain.length; at += step) {
+    const end = Math.min(plain.length, at + RUN);
+    for (let i = at; i < end; i++) counts[plain[i]!]!++;
+    n += end - at;
+  }
   if (n === 0) return false;
   let bits = 0;
   for (const c of counts) if (c > 0) bits -= (c / n) * Math.log2(c / n);

@@ -375,13 +375,16 @@ describe('dir repository: the worker path', () => {
   });
 
   it("small random chunks (a small file's one chunk, 1 KiB to 64 KiB) are stored as they are without a zstd run; small text is compressed", async () => {
-    // Every byte counted below 64 KiB: the 32-bytes-per-KiB sample of a 4 KiB chunk (128
-    // bytes) cannot measure more than 7 bits/byte, so every small chunk went through zstd.
-    for (const n of [1024, 4096, 64 * 1024 - 1])
+    // The 32-bytes-per-KiB sample of a 4 KiB chunk (128 bytes) cannot measure more than 7
+    // bits/byte, so every small chunk went through zstd: every byte is counted up to 4 KiB,
+    // above that a sample of about 2 KiB (32-byte runs spread over the chunk). Sizes on and
+    // off the steps' edges.
+    for (const n of [1024, 4095, 4096, 6143, 40_000, 64 * 1024 - 1])
       for (let seed = 1; seed <= 20; seed++)
         expect(looksIncompressible(pseudoRandom(n, seed)), `${n}`).toBe(true);
-    const text = Buffer.from('twinfs keeps a mirror and backs it up off-host\n'.repeat(100));
-    for (const n of [1024, 4096]) expect(looksIncompressible(text.subarray(0, n))).toBe(false);
+    const text = Buffer.from('twinfs keeps a mirror and backs it up off-host\n'.repeat(2000));
+    for (const n of [1024, 4096, 6143, 40_000, 64 * 1024 - 1])
+      expect(looksIncompressible(text.subarray(0, n)), `${n}`).toBe(false);
     const dir = await fx.tmp();
     const t = await open(`dir:${dir}/r`);
     const w = await t.beginSnapshot(snapMeta('small'));

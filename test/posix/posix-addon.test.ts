@@ -172,7 +172,34 @@ describe('src/posix (native/posix addon)', () => {
       expect(posix().aesGcmSealInPlace(k, iv, buf, n), `${k.length} ${iv.length} ${n}`).toBe(-22);
     expect(buf.every((b) => b === 0)).toBe(true);
   });
+
+  it('fadviseWillNeed starts reading a file into the page cache and returns; a bad descriptor is -EBADF', async () => {
+    const file = path.join(dir, 'willneed');
+    await fsp.writeFile(file, randomBytes(2 * 1024 * 1024), { flush: true });
+    // Its clean pages dropped (dd's nocache: POSIX_FADV_DONTNEED), as on a cold page cache.
+    expect(spawnSync('dd', [`if=${file}`, 'iflag=nocache', 'count=0'], { stdio: 'ignore' }).status).toBe(0);
+    expect(cached(file)).toBe(0);
+    const fd = fs.openSync(file, 'r');
+    try {
+      expect(posix().fadviseWillNeed(fd, 0, 2 * 1024 * 1024)).toBe(0);
+      // The reads it started land without a read(2) of ours (bounded wait: the disk's time).
+      const until = Date.now() + 20_000;
+      while (cached(file) < 2 * 1024 * 1024 && Date.now() < until)
+        await new Promise((r) => setTimeout(r, 20));
+      expect(cached(file)).toBe(2 * 1024 * 1024);
+    } finally {
+      fs.closeSync(fd);
+    }
+    expect(posix().fadviseWillNeed(123_456, 0, 0)).toBe(-9);
+  });
 });
+
+/** Bytes of a file resident in the page cache (util-linux fincore). */
+function cached(file: string): number {
+  const r = spawnSync('fincore', ['--bytes', '--noheadings', '--output', 'RES', file], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`fincore ${file}: ${r.error?.message ?? r.stderr}`);
+  return Number(r.stdout.trim());
+}
 
 function makedev(major: number, minor: number): number {
   return (minor & 0xff) | ((major & 0xfff) << 8) | ((minor & ~0xff) << 12);
