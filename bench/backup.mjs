@@ -100,6 +100,10 @@ const opts = parseArgs(
       default: '',
       help: 'run every twinfs backup under `perf record` (on-CPU samples, every thread; --perf-basic-prof names JS frames) into this dir',
     },
+    threads: {
+      default: false,
+      help: "sample every twinfs backup's threads (/proc/PID/task/*/stat every 20 ms): CPU and minor faults of the main thread, the two busiest others (the repository's worker and reader on 2 cores) and the rest",
+    },
     events: {
       default: '',
       help: "write every twinfs run's --json lines, timestamped (ms since spawn), into this dir",
@@ -158,7 +162,7 @@ function delta(a, b) {
  * it) and faults their minor page faults (cminflt: ~11 µs each on some VMs, and unlike CPU time
  * a count that does not depend on the machine's load).
  */
-function runMeasured(cmd, args, { timeoutMs = CMD_MS } = {}) {
+function runMeasured(cmd, args, { timeoutMs = CMD_MS, onSpawn } = {}) {
   return new Promise((resolve, reject) => {
     const script = '"$@"; rc=$?; read -r s < /proc/$$/stat; echo "@@stat $s" >&2; exit $rc';
     const t0 = performance.now();
@@ -167,6 +171,7 @@ function runMeasured(cmd, args, { timeoutMs = CMD_MS } = {}) {
       detached: true,
     });
     trackProc(p);
+    onSpawn?.(p);
     const lines = [];
     let buf = '';
     let stderr = '';
@@ -205,6 +210,75 @@ function runMeasured(cmd, args, { timeoutMs = CMD_MS } = {}) {
     });
   });
 }
+
+/**
+ * Samples the threads of the process a `runMeasured` shell started (the shell's child; perf's
+ * child under --perf) every 20 ms, keeping each thread's last CPU (user+sys) and minor faults
+ * (/proc/PID/task/TID/stat). stop() gives main (the process's own thread), the two busiest
+ * other threads (on 2 cores the repository's chunk/seal worker and its small-file reader) and
+ * the rest (V8's platform threads, libuv's pool) summed.
+ */
+function threadSampler(sh) {
+  const threads = new Map();
+  let pid;
+  const child = (of) => {
+    try {
+      return (
+        Number(fs.readFileSync(`/proc/${of}/task/${of}/children`, 'utf8').trim().split(' ')[0]) || undefined
+      );
+    } catch {
+      return undefined;
+    }
+  };
+  const timer = setInterval(() => {
+    if (pid === undefined) {
+      const c = child(sh.pid);
+      if (c === undefined) return;
+      const comm = fs.readFileSync(`/proc/${c}/comm`, 'utf8').trim();
+      pid = comm === 'perf' ? child(c) : c;
+      if (pid === undefined) return;
+    }
+    let tids = [];
+    try {
+      tids = fs.readdirSync(`/proc/${pid}/task`);
+    } catch {
+      return;
+    }
+    for (const tid of tids) {
+      try {
+        const f = fs.readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8').split(') ')[1].split(' ');
+        threads.set(tid, {
+          cpuS: (Number(f[11]) + Number(f[12])) / 100,
+          sysS: Number(f[12]) / 100,
+          faults: Number(f[7]),
+        });
+      } catch {
+        /* the thread ended */
+      }
+    }
+  }, 20);
+  return () => {
+    clearInterval(timer);
+    const main = threads.get(String(pid)) ?? { cpuS: 0, sysS: 0, faults: 0 };
+    const others = [...threads].filter(([tid]) => tid !== String(pid)).map(([, t]) => t);
+    others.sort((a, b) => b.cpuS - a.cpuS);
+    const sum = (xs) => ({
+      n: xs.length,
+      cpuS: xs.reduce((a, t) => a + t.cpuS, 0),
+      sysS: xs.reduce((a, t) => a + t.sysS, 0),
+      faults: xs.reduce((a, t) => a + t.faults, 0),
+    });
+    return { main, busiest: others[0], second: others[1], rest: sum(others.slice(2)) };
+  };
+}
+const fmtThreads = (t) =>
+  Object.entries(t)
+    .filter(([, v]) => v)
+    .map(
+      ([k, v]) =>
+        `${k}${v.n !== undefined ? `(${v.n})` : ''} ${fmt(v.cpuS, 2)} s (sys ${fmt(v.sysS, 2)}) ${v.faults} faults`,
+    )
+    .join(', ');
 
 let srv;
 let profN = 0;
@@ -245,9 +319,12 @@ async function twinfsBackup({ subtree, target, catalog, cli = cliPath }) {
   const before = serverCounters(srv.pid);
   // As installed: the file itself is the program (its launcher, or its `#!/usr/bin/env node`);
   // node's own flags (or perf) need node run on it.
+  let stopSampler;
+  const measure = { onSpawn: opts.threads ? (p) => (stopSampler = threadSampler(p)) : undefined };
   const r = nodeArgs.length
-    ? await runMeasured(exe, [...nodeArgs, cli, ...args])
-    : await runMeasured(cli, args);
+    ? await runMeasured(exe, [...nodeArgs, cli, ...args], measure)
+    : await runMeasured(cli, args, measure);
+  const threads = stopSampler?.();
   const server = delta(before, serverCounters(srv.pid));
   const events = r.lines.flatMap((l) => {
     try {
@@ -291,6 +368,7 @@ async function twinfsBackup({ subtree, target, catalog, cli = cliPath }) {
     faults: r.faults,
     server,
     phases,
+    threads,
     stallMs: result.stallMs,
     totals: result.totals,
     changes: result.changes,
@@ -418,7 +496,7 @@ if (sections.has('full')) {
       } else r = await plainCopy('cp', ['-a', path.join(d.mount, 'mixed'), dest]);
       res[cfg].push(r);
       log(
-        `full rep ${rep} ${cfg}: ${fmt(r.ms / 1000, 2)} s${r.syncMs !== undefined ? ` (+ sync ${fmt(r.syncMs / 1000, 2)} s)` : ''}, CPU ${fmt(r.cpuS, 2)} s, ${r.faults} minor faults, server CPU ${fmt(r.server.cpuS, 2)} s ${r.server.faults} faults read ${fmt(r.server.readBytes / MiB)} MiB${r.phases ? ` phases ${JSON.stringify(Object.fromEntries(Object.entries(r.phases).map(([k, v]) => [k, Math.round(v)])))}` : ''}`,
+        `full rep ${rep} ${cfg}: ${fmt(r.ms / 1000, 2)} s${r.syncMs !== undefined ? ` (+ sync ${fmt(r.syncMs / 1000, 2)} s)` : ''}, CPU ${fmt(r.cpuS, 2)} s, ${r.faults} minor faults, server CPU ${fmt(r.server.cpuS, 2)} s ${r.server.faults} faults read ${fmt(r.server.readBytes / MiB)} MiB${r.phases ? ` phases ${JSON.stringify(Object.fromEntries(Object.entries(r.phases).map(([k, v]) => [k, Math.round(v)])))}` : ''}${r.threads ? `; threads: ${fmtThreads(r.threads)}` : ''}`,
       );
       rm(dest);
       rm(`${dest}.catalog`);

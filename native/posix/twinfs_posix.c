@@ -6,7 +6,8 @@
 // non-blocking by twinfs, and the rest are metadata calls. syncFileRange, which can wait for the
 // disk's request queue, runs in libuv's thread pool and resolves a promise. Used by the FUSE layer, the mirror driver and the
 // backup peer alike, so a peer host needs no FUSE build. One exception to "POSIX":
-// aesGcmSealInPlace, the repository's pack encryption without Node's per-update buffers.
+// aesGcmSealInPlace, the repository's pack encryption without Node's per-update buffers, and
+// copyBytes, a plain memcpy between views of shared memory.
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -426,6 +427,28 @@ static napi_value js_aes_gcm_seal_in_place(napi_env env, napi_callback_info info
   return num(env, ok ? 0 : -EIO);
 }
 
+// copyBytes(dst, at, src): src copied into dst at byte offset `at` with memcpy; src.length, or
+// -EINVAL when it does not fit. V8 copies from or to a SharedArrayBuffer with relaxed atomic
+// accesses, a byte at a time unless both sides are aligned alike mod 8 (about 0.35 ms of CPU per
+// MiB here against 0.05 for memcpy); the repository copies every new blob (a chunk of a window,
+// at any offset) into its batch that way. Callers make sure no other thread writes either range
+// meanwhile (the window is held until its chunks are handed on; the batch is not yet a worker's).
+static napi_value js_copy_bytes(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  void *dst, *src;
+  size_t dlen, slen;
+  double at;
+  CHECK(napi_get_buffer_info(env, argv[0], &dst, &dlen));
+  CHECK(napi_get_value_double(env, argv[1], &at));
+  CHECK(napi_get_buffer_info(env, argv[2], &src, &slen));
+  if (!(at >= 0) || at != (double)(size_t)at || (size_t)at > dlen || slen > dlen - (size_t)at)
+    return num(env, -EINVAL);
+  if (slen > 0) memcpy((unsigned char *)dst + (size_t)at, src, slen);
+  return num(env, (double)slen);
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"mknod", NULL, js_mknod, NULL, NULL, NULL, napi_enumerable, NULL},
@@ -440,10 +463,11 @@ static napi_value init(napi_env env, napi_value exports) {
       {"syncFileRange", NULL, js_sync_file_range, NULL, NULL, NULL, napi_enumerable, NULL},
       {"aesGcmSealInPlace", NULL, js_aes_gcm_seal_in_place, NULL, NULL, NULL, napi_enumerable, NULL},
       {"fadviseWillNeed", NULL, js_fadvise_willneed, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"copyBytes", NULL, js_copy_bytes, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
   napi_value v;
-  napi_create_uint32(env, 6, &v);
+  napi_create_uint32(env, 7, &v);
   napi_set_named_property(env, exports, "abiLevel", v);
   return exports;
 }

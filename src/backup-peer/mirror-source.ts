@@ -1,6 +1,7 @@
 import * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
+import { setImmediate as turn } from 'node:timers/promises';
 import { errnoCode, TwinError } from '../common/errors.js';
 import type { Item, PrepareResult } from '../control/protocol.js';
 import { readdirNoAtime } from '../posix/readdir.js';
@@ -117,6 +118,15 @@ export async function fuseMountOf(
   return best && (best.fsType === 'fuse' || best.fsType.startsWith('fuse.')) ? best : undefined;
 }
 
+/** lstat with ns times; undefined when the entry is gone or cannot be lstat'ed. */
+function lstatQuiet(abs: string): fs.BigIntStats | undefined {
+  try {
+    return fs.lstatSync(abs, { bigint: true, throwIfNoEntry: false });
+  } catch {
+    return undefined;
+  }
+}
+
 function unescapeMount(s: string): string {
   return s.replace(/\\([0-7]{3})/g, (_, o) => String.fromCharCode(Number.parseInt(o, 8)));
 }
@@ -147,6 +157,19 @@ function xattrsAt(abs: string): Array<[string, string]> | undefined {
 
 /** lstats in flight at once while a directory is walked. */
 const WALK_LSTATS = 64;
+/**
+ * An lstat answered within this was answered from the kernel's inode cache: the rest of its
+ * batch is taken on the JS thread, one after the other, rather than as thread-pool round trips.
+ */
+const CACHED_LSTAT_MS = 0.1;
+
+export interface MirrorReaderOptions {
+  /**
+   * A walk's batch of lstats is taken on the JS thread when its first lstat took less than this
+   * (ms), else in the thread pool (default CACHED_LSTAT_MS; 0: always the pool).
+   */
+  cachedLstatMs?: number;
+}
 
 /** Reads split copies under the mirror's data directory by volume path. */
 export class MirrorReader {
@@ -155,11 +178,15 @@ export class MirrorReader {
   /**
    * `skip`: volume paths a walk leaves out, with everything below them (backup --exclude).
    */
+  private readonly cachedLstatMs: number;
+
   constructor(
     readonly data: string,
     private readonly skip?: (volumePath: string) => boolean,
+    opts: MirrorReaderOptions = {},
   ) {
     this.tree = new SafeTree(data);
+    this.cachedLstatMs = opts.cachedLstatMs ?? CACHED_LSTAT_MS;
   }
 
   /** lstat of an entry (parents checked: no symlink on the way is followed). */
@@ -179,6 +206,35 @@ export class MirrorReader {
     }
     if (known !== undefined) return fsp.lstat(known, { bigint: true });
     return this.tree.resolve(mirrorPath).then((abs) => fsp.lstat(abs, { bigint: true }));
+  }
+
+  /**
+   * The lstats (ns times) of a batch of a walk's entries, undefined for one that is gone or
+   * unreadable. Taken on the JS thread when the first answers from the inode cache (a walked
+   * directory's inodes mostly are, once the first is read: ext4 reads the inode table ahead);
+   * else in parallel in the thread pool, so that storage that must be asked (a cold disk, a
+   * network filesystem) answers them side by side. A thread-pool round trip costs more CPU than
+   * a cached lstat itself (a wake of a pool thread, of the loop, a promise): 12,000 of them
+   * were ~0.4 s of a full backup's CPU here (docs/benchmarks.md).
+   */
+  async lstatBatch(paths: string[]): Promise<Array<fs.BigIntStats | undefined>> {
+    const first = paths.length > 0 ? this.tree.resolveKnown(paths[0]!) : undefined;
+    if (first === undefined || this.cachedLstatMs <= 0)
+      return Promise.all(paths.map((p) => this.lstatNs(p).catch(() => undefined)));
+    const t0 = performance.now();
+    const out = [lstatQuiet(first)];
+    if (performance.now() - t0 >= this.cachedLstatMs) {
+      const rest = await Promise.all(paths.slice(1).map((p) => this.lstatNs(p).catch(() => undefined)));
+      return out.concat(rest);
+    }
+    for (let i = 1; i < paths.length; i++) {
+      const abs = this.tree.resolveKnown(paths[i]!);
+      out.push(abs === undefined ? await this.lstatNs(paths[i]!).catch(() => undefined) : lstatQuiet(abs));
+    }
+    // A turn of the event loop between batches: the copy's completions and the split lease's
+    // pings are not held for a whole directory.
+    await turn();
+    return out;
   }
 
   /**
@@ -289,6 +345,8 @@ export class MirrorReader {
   private async *walkDir(dir: string, dirsLast: boolean): AsyncGenerator<SourceEntry> {
     // Without moving the copy's atime: the next snapshot records it (readdirNoAtime).
     const names = readdirNoAtime(await this.tree.resolve(dir)).sort();
+    // Read without following a final symlink: a real directory, whose entries resolve at once.
+    this.tree.knownDirectory(dir);
     const subdirs: string[] = [];
     // The lstats of a directory's entries go out WALK_LSTATS at a time, not one after the
     // other: one at a time, a walk of 10,000 files is 10,000 thread-pool round trips in a row.
@@ -296,7 +354,7 @@ export class MirrorReader {
       const paths = names
         .slice(i, i + WALK_LSTATS)
         .map((name) => (dir === '/' ? `/${name}` : `${dir}/${name}`));
-      const stats = await Promise.all(paths.map((p) => this.lstatNs(p).catch(() => undefined)));
+      const stats = await this.lstatBatch(paths);
       for (const [j, p] of paths.entries()) {
         const st = stats[j];
         if (!st || this.skip?.(p)) continue;

@@ -58,6 +58,15 @@ export class SafeTree {
   }
 
   /**
+   * Records volumePath as a real directory inside the tree: the caller just read it without
+   * following a final symlink (readdirNoAtime), and its parents were resolved.
+   */
+  knownDirectory(volumePath: string): void {
+    const rel = volumePathParts(volumePath).join('/');
+    if (rel) this.dirs.add(rel);
+  }
+
+  /**
    * Creates volumePath's parents (mode `mode`, before umask) as needed, refusing symlinks on the
    * way; returns the absolute path of volumePath itself (not created).
    */

@@ -32,6 +32,12 @@ export interface PosixAddon {
    * into the page cache and returns without waiting; 0 or -errno.
    */
   fadviseWillNeed(fd: number, offset: number, len: number): number;
+  /**
+   * `dst.set(src, at)` as a plain memcpy: src.length, or -EINVAL when it does not fit. For views
+   * of shared memory, which V8 copies with relaxed atomic accesses (byte by byte unless both
+   * sides are aligned alike mod 8); the caller makes sure no other thread writes either range.
+   */
+  copyBytes(dst: Uint8Array, at: number, src: Uint8Array): number;
 }
 
 /** Same depth from src/posix (tests) and dist/posix (the CLI): two levels up is the package root. */
@@ -45,7 +51,7 @@ const ADDON = path.resolve(
   'Release',
   'twinfs_posix.node',
 );
-const ABI_LEVEL = 6;
+const ABI_LEVEL = 7;
 
 let addon: PosixAddon | undefined;
 

@@ -1,7 +1,7 @@
 import { TwinError } from '../common/errors.js';
 import { type SealAnswer, type SealRequest, sealOp } from './blob-ops.js';
 import { pageAlignedShared } from './buffer-pool.js';
-import { cut } from './chunker.js';
+import { copyShared, cut } from './chunker.js';
 import { TAG } from './crypto.js';
 import { type BlobType, PACK_HEADER, PACK_SIZE, type PackInfo, packObjectName } from './pack.js';
 import type { Repository } from './repository.js';
@@ -186,7 +186,8 @@ export class BlobWriter {
     const n = b.data.length;
     if (this.buf && this.fill + n + this.gap > this.buf.length) this.close();
     if (!this.buf) this.buf = this.batchBuffer(PACK_HEADER + n + this.gap);
-    b.data.copy(this.buf, this.fill);
+    // Its window and the batch are shared memory: a memcpy, not V8's relaxed copy (copyShared).
+    copyShared(this.buf, this.fill, b.data);
     this.rows.push([b.id, type, this.fill, this.fill + n]);
     this.fill += n + this.gap;
     this.batchBytes += n;

@@ -1,4 +1,5 @@
 import { createRequire } from 'node:module';
+import { posix } from '../posix/native.js';
 
 const require = createRequire(import.meta.url);
 interface FastCdc {
@@ -104,4 +105,25 @@ export function copyInto(dst: Uint8Array, src: Uint8Array, at: number): void {
   const mid = bounce.subarray(lead, lead + src.length);
   mid.set(src);
   dst.set(mid, at);
+}
+
+/** The addon's memcpy, once it loaded; null when it did not (copyShared falls back to set). */
+let memcpy: ((dst: Uint8Array, at: number, src: Uint8Array) => number) | null | undefined;
+
+/**
+ * `dst.set(src, at)` for a copy between views of shared memory at any alignment: a plain memcpy
+ * (posix addon's copyBytes) instead of V8's relaxed copy, byte by byte when source and
+ * destination are not aligned alike mod 8 (copyInto), as a chunk cut anywhere in a window and
+ * copied into a batch mostly is: 0.35-0.5 s of the JS thread's CPU per GiB of new data against
+ * 0.09-0.12 aligned (docs/benchmarks.md). Only where no other thread writes either range.
+ */
+export function copyShared(dst: Uint8Array, at: number, src: Uint8Array): void {
+  if (memcpy === undefined)
+    try {
+      const addon = posix();
+      memcpy = (d, a, s) => addon.copyBytes(d, a, s);
+    } catch {
+      memcpy = null;
+    }
+  if (memcpy === null || src.length < 4096 || memcpy(dst, at, src) < 0) dst.set(src, at);
 }

@@ -1,6 +1,6 @@
 import { type BigIntStats, promises as fsp } from 'node:fs';
 import * as path from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { LARGE_FIRST_BYTES, SizingWalk } from '../../src/backup-peer/backup-run.js';
 import { MirrorReader, type SourceEntry } from '../../src/backup-peer/mirror-source.js';
 import { forEachLimitAsync } from '../../src/backup-peer/safe-tree.js';
@@ -38,6 +38,44 @@ describe('walking the mirror (the run walks it when the item list was cut short)
       got.push(s.path);
     }
     expect(got).toEqual(expected);
+  });
+
+  it("takes a cached directory's lstats on the JS thread, the same entries and stats as the thread pool gives", async () => {
+    const d = await tempDir();
+    cleanups.push(d.cleanup);
+    const t = path.join(d.dir, 't');
+    await fsp.mkdir(path.join(t, 'sub'), { recursive: true });
+    // 150 entries in one directory: three batches; a symlink to a directory is an entry, not walked.
+    for (let i = 0; i < 150; i++)
+      await fsp.writeFile(path.join(t, `f${String(i).padStart(3, '0')}`), 'x'.repeat(i));
+    await fsp.writeFile(path.join(t, 'sub', 'y'), 'y');
+    await fsp.symlink(path.join(t, 'sub'), path.join(t, 'zlink'));
+    const walkWith = async (cachedLstatMs: number) => {
+      // The walk's lstats through the thread pool (fs.promises.lstat), counted.
+      const pool = vi.spyOn(fsp, 'lstat');
+      const got: Array<[string, string, string]> = [];
+      try {
+        for await (const s of new MirrorReader(d.dir, undefined, { cachedLstatMs }).walk({ subtree: '/t' }))
+          got.push([s.path, String(s.stat?.size), String(s.stat?.mtimeNs)]);
+        return { got, poolLstats: pool.mock.calls.length };
+      } finally {
+        pool.mockRestore();
+      }
+    };
+    // Every first lstat of a batch counts as cached: no entry of a directory already read goes
+    // through the pool (the root's own lstat and the check of its parent do).
+    const js = await walkWith(Number.POSITIVE_INFINITY);
+    const pool = await walkWith(0);
+    expect(pool.poolLstats).toBeGreaterThan(150);
+    expect(js.poolLstats).toBeLessThanOrEqual(2);
+    expect(js.got).toEqual(pool.got);
+    expect(js.got.map((g) => g[0])).toEqual([
+      '/t',
+      ...Array.from({ length: 150 }, (_, i) => `/t/f${String(i).padStart(3, '0')}`),
+      '/t/sub',
+      '/t/sub/y',
+      '/t/zlink',
+    ]);
   });
 
   it('with dirsLast, every entry of a directory comes before what its subdirectories hold; parents still first, sorted', async () => {

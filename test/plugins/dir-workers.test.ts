@@ -7,8 +7,9 @@ import { describe, expect, it } from 'vitest';
 import { EntryCopier } from '../../src/backup-peer/entry-copier.js';
 import { MirrorReader } from '../../src/backup-peer/mirror-source.js';
 import { type ManifestEntry, readsMirrorFiles } from '../../src/backup-peer/target.js';
+import { posix } from '../../src/posix/native.js';
 import { BlobWriter } from '../../src/repository/blob-writer.js';
-import { copyInto, cut, cutOffsets, DEFAULT_CHUNKER } from '../../src/repository/chunker.js';
+import { copyInto, copyShared, cut, cutOffsets, DEFAULT_CHUNKER } from '../../src/repository/chunker.js';
 import { ContentCutter, WINDOW } from '../../src/repository/content-cutter.js';
 import { checkRepository } from '../../src/repository/index.js';
 import { looksIncompressible } from '../../src/repository/pack.js';
@@ -263,6 +264,36 @@ describe('dir repository: the worker path', () => {
             expect(dst.subarray(0, at + 8).every((b) => b === 0xee)).toBe(true);
             expect(dst.subarray(at + 8 + src.length).every((b) => b === 0xee)).toBe(true);
           }
+  });
+
+  it("copies a blob into a batch (both shared memory) with the addon's memcpy, byte for byte at every alignment", () => {
+    const src = pseudoRandom(64 * 1024 + 77, 45);
+    for (const sharedSrc of [false, true])
+      for (const sharedDst of [false, true])
+        for (let from = 0; from < 8; from++)
+          for (let at = 0; at < 8; at++) {
+            const s = sharedSrc
+              ? new Uint8Array(new SharedArrayBuffer(src.length + 8), from, src.length)
+              : src;
+            if (sharedSrc) s.set(src);
+            const dst = sharedDst
+              ? Buffer.from(new SharedArrayBuffer(src.length + 32))
+              : Buffer.alloc(src.length + 32);
+            dst.fill(0xee);
+            copyShared(dst, at + 8, s);
+            expect(Buffer.compare(dst.subarray(at + 8, at + 8 + src.length), src)).toBe(0);
+            expect(dst.subarray(0, at + 8).every((b) => b === 0xee)).toBe(true);
+            expect(dst.subarray(at + 8 + src.length).every((b) => b === 0xee)).toBe(true);
+          }
+    // The addon's copy itself: a view's own offset counts, and what does not fit is refused
+    // with nothing written.
+    const sab = new SharedArrayBuffer(64);
+    const dst = new Uint8Array(sab, 8, 32);
+    expect(posix().copyBytes(dst, 30, new Uint8Array(2).fill(7))).toBe(2);
+    expect([...new Uint8Array(sab, 38, 2)]).toEqual([7, 7]);
+    expect(posix().copyBytes(dst, 31, new Uint8Array(2).fill(9))).toBe(-22);
+    expect(posix().copyBytes(dst, -1, new Uint8Array(1))).toBe(-22);
+    expect(new Uint8Array(sab).filter((b) => b === 9).length).toBe(0);
   });
 
   it('cuts a streamed file exactly as the whole content is cut, whatever the window edges', async () => {
