@@ -1,3 +1,4 @@
+import type Fuse from 'fuse-native';
 import type { Disposable } from '../common/lifecycle.js';
 import type { VolumeOps } from './volume-ops.js';
 import type { WriteInhibitor } from './write-inhibitor.js';
@@ -19,24 +20,19 @@ export interface NativeCreated {
   gid: number;
 }
 
-/** The patched fuse-native's calls for unlinks and creates answered natively (native-unlink.h, native-create.h). */
-export interface NativeChangeBinding {
-  nativeUnlink(enabled: boolean, cached?: boolean): boolean;
-  /** Absent from builds before native-create.h. */
-  nativeCreate?(enabled: boolean): boolean;
-  /** An unlink is (path, ino); a create (path, [ino, fd, fh, mode, uid, gid]). */
-  takeNativeChanges(begin: boolean): Array<string | number | number[]> | null;
-  endNativeChange(): void;
-  nativeUnlinkStats(): {
-    answered: number;
-    fallbacks: number;
-    busy: number;
-    cached?: number;
-    creates?: number;
-    createFallbacks?: number;
-  };
-  onNativeChanges: (() => void) | null;
-}
+/**
+ * The patched fuse-native's calls for unlinks and creates answered natively (native-unlink.h,
+ * native-create.h), as src/types/fuse-native.d.ts declares them.
+ */
+export type NativeChangeBinding = Pick<
+  Fuse,
+  | 'nativeUnlink'
+  | 'nativeCreate'
+  | 'takeNativeChanges'
+  | 'endNativeChange'
+  | 'nativeUnlinkStats'
+  | 'onNativeChanges'
+>;
 
 /**
  * Ops that never change the primary under a path: they only take the queue. Every other op
