@@ -10,8 +10,27 @@ export type Change =
   | { op: 'truncate'; path: string; size: number }
   | { op: 'create'; path: string; mode: number; uid: number; gid: number }
   | { op: 'mkdir'; path: string; mode: number; uid: number; gid: number }
-  | { op: 'mknod'; path: string; mode: number; dev: number; uid: number; gid: number }
-  | { op: 'symlink'; path: string; target: string; uid: number; gid: number }
+  | {
+      op: 'mknod';
+      path: string;
+      mode: number;
+      dev: number;
+      uid: number;
+      gid: number;
+      /** The new node's times to the ns, as decimal strings (set on the mirror's copy as made). */
+      atimeNs?: string;
+      mtimeNs?: string;
+    }
+  | {
+      op: 'symlink';
+      path: string;
+      target: string;
+      uid: number;
+      gid: number;
+      /** The new symlink's times to the ns, as decimal strings (see mknod). */
+      atimeNs?: string;
+      mtimeNs?: string;
+    }
   | { op: 'link'; path: string; from: string }
   | { op: 'rename'; path: string; from: string }
   | { op: 'unlink'; path: string }

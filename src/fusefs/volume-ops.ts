@@ -856,7 +856,16 @@ export class VolumeOps {
     await this.guarded([path], async () => {
       await this.paths.at([path], (b) => mknod(b, mode, dev));
       const st = await this.ownNew(ctx, path);
-      await this.sink.apply({ op: 'mknod', path, mode: st.mode, dev, uid: st.uid, gid: st.gid });
+      await this.sink.apply({
+        op: 'mknod',
+        path,
+        mode: st.mode,
+        dev,
+        uid: st.uid,
+        gid: st.gid,
+        atimeNs: st.atimeNs,
+        mtimeNs: st.mtimeNs,
+      });
     });
   }
 
@@ -864,7 +873,15 @@ export class VolumeOps {
     await this.guarded([path], async () => {
       await this.paths.at([path], (b) => fsp.symlink(target, b));
       const st = await this.ownNew(ctx, path);
-      await this.sink.apply({ op: 'symlink', path, target, uid: st.uid, gid: st.gid });
+      await this.sink.apply({
+        op: 'symlink',
+        path,
+        target,
+        uid: st.uid,
+        gid: st.gid,
+        atimeNs: st.atimeNs,
+        mtimeNs: st.mtimeNs,
+      });
     });
   }
 
@@ -1186,12 +1203,24 @@ export class VolumeOps {
    * directory is setgid (then the backing filesystem already gave it the parent's gid).
    * Undefined when the server already created it as the caller (root creating as root).
    */
-  /** Gives a new entry its owner (see ownFor) and returns its lstat. */
-  private async ownNew(ctx: CallerContext | undefined, path: string): Promise<fs.Stats> {
+  /**
+   * Gives a new entry its owner (see ownFor) and returns what its change reports: mode, owner
+   * and its times to the ns (a symlink's or device node's times never change again but by
+   * utimens, so the mirror sets them from the change, not from a later read of the path, which
+   * may name another entry by then).
+   */
+  private async ownNew(ctx: CallerContext | undefined, path: string): Promise<NewEntry> {
     const { uid, gid } = await this.ownFor(ctx, path);
     return this.paths.at([path], async (b) => {
       if (uid !== undefined) await fsp.lchown(b, uid, gid!);
-      return fs.lstatSync(b);
+      const st = fs.lstatSync(b, { bigint: true });
+      return {
+        mode: Number(st.mode),
+        uid: Number(st.uid),
+        gid: Number(st.gid),
+        atimeNs: String(st.atimeNs),
+        mtimeNs: String(st.mtimeNs),
+      };
     });
   }
 
@@ -1205,6 +1234,15 @@ export class VolumeOps {
     const gid = parent.mode & S_ISGID ? parent.gid : ctx.gid;
     return { uid: ctx.uid, gid };
   }
+}
+
+/** A new entry as its change reports it (ownNew). */
+interface NewEntry {
+  mode: number;
+  uid: number;
+  gid: number;
+  atimeNs: string;
+  mtimeNs: string;
 }
 
 function wantsWrite(flags: number): boolean {

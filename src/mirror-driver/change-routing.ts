@@ -57,7 +57,7 @@ export class ChangeRouter {
   apply(c: Change): Promise<void> {
     if (this.c.disposed) return Promise.resolve();
     this.noteReport(c);
-    const routed = this.c.queue.push(() => this.route(c));
+    const routed = NAMESPACE_OPS.has(c.op) ? this.routeNamed(c) : this.c.queue.push(() => this.route(c));
     // Write-behind for namespace and metadata changes: queued in the primary's order (the queue
     // position is all that orders them against later changes, splits and verify), answered before
     // the mirror has them. Waited for: data (the cache's flusher takes its pace from the mirror,
@@ -70,6 +70,27 @@ export class ChangeRouter {
       return Promise.resolve();
     }
     return routed;
+  }
+
+  /**
+   * A namespace change, queued with its names counted in namesQueued until its turn is over:
+   * a copy of times by path (MirrorTimes.sync) in a turn before it would read another entry.
+   */
+  private routeNamed(c: Change): Promise<void> {
+    const names = 'from' in c ? [c.path, c.from] : [c.path];
+    const q = this.c.namesQueued;
+    for (const n of names) q.set(n, (q.get(n) ?? 0) + 1);
+    return this.c.queue.push(async () => {
+      try {
+        await this.route(c);
+      } finally {
+        for (const n of names) {
+          const k = (q.get(n) ?? 1) - 1;
+          if (k > 0) q.set(n, k);
+          else q.delete(n);
+        }
+      }
+    });
   }
 
   /**
@@ -217,8 +238,9 @@ export class ChangeRouter {
         if ((this.c.writer.linkCount(c.path) ?? 1) > 1) {
           await this.c.times.noteAndSync(c.path);
         } else this.c.times.note(c.path);
-      } else if (c.op === 'create' || c.op === 'mknod' || c.op === 'symlink' || c.op === 'mkdir')
-        this.c.times.note(c.path);
+      } else if (c.op === 'create' || c.op === 'mkdir') this.c.times.note(c.path);
+      // A symlink or node made with the primary's times (mirror-writer's setNewTimes) is exact.
+      else if ((c.op === 'mknod' || c.op === 'symlink') && c.mtimeNs === undefined) this.c.times.note(c.path);
     } catch (err) {
       await this.onApplyError(c, err as NodeJS.ErrnoException);
     }

@@ -54,6 +54,21 @@ export class MirrorCore {
    * copy separated them from those names (see copyEntry), or a heal copied them alone.
    */
   readonly relinkNames = new Set<string>();
+  /**
+   * Names that namespace changes still in the queue name (their path, and a rename's or link's
+   * source), with how many: the primary has already made those changes, so what it has under
+   * such a name (or below it) may be another entry than the mirror's at this point of the queue.
+   */
+  readonly namesQueued = new Map<string, number>();
+
+  /** Does a namespace change still in the queue name p or a directory above it? */
+  nameQueued(p: string): boolean {
+    if (this.namesQueued.size === 0) return false;
+    for (let q = p; q !== '' && q !== '/'; q = q.slice(0, q.lastIndexOf('/')))
+      if (this.namesQueued.has(q)) return true;
+    return false;
+  }
+
   /** The names of the primary's files with several names (relinking without a volume walk). */
   readonly links = new LinkIndex();
   disposed = false;

@@ -124,10 +124,12 @@ export class MirrorWriter {
         await mknod(p, c.mode, c.dev);
         await fsp.lchown(p, c.uid, c.gid);
         await fsp.chmod(p, c.mode & 0o7777);
+        setNewTimes(p, c);
         return;
       case 'symlink':
         fs.symlinkSync(c.target, p);
         fs.lchownSync(p, c.uid, c.gid);
+        setNewTimes(p, c);
         return;
       case 'link':
         // The source's cached link count is stale from now on.
@@ -296,4 +298,15 @@ export class MirrorWriter {
       this.close(oldFd);
     }
   }
+}
+
+/**
+ * A new symlink's or device node's times as the primary made them, when its change has them:
+ * nothing but a utimens (which carries its own) moves them later, so the copy is exact at once
+ * and no later read of the primary by path is needed (by then the name may be another entry's:
+ * stress seed 4 in CI, 2026-12-05, a symlink renamed away and another made under its name
+ * before the path read gave the first one the second one's mtime, 8 ms off).
+ */
+function setNewTimes(p: string, c: { atimeNs?: string; mtimeNs?: string }): void {
+  if (c.atimeNs !== undefined && c.mtimeNs !== undefined) setTimesNs(p, BigInt(c.atimeNs), BigInt(c.mtimeNs));
 }

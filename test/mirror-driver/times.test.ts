@@ -122,6 +122,66 @@ describe('mirror times', () => {
     expect(await mtimeNs(`${M}/a`)).toBe(MTIME);
   });
 
+  // Stress seed 4 in CI (2026-12-05): a restored symlink had an mtime 8 ms after the primary's.
+  // The primary runs ahead of the mirror's queue (namespace changes are answered before the
+  // mirror has them): a copy of times by path in a turn before a queued rename read the entry
+  // made under the old name since, and the rename carried those times to the new name.
+  it('a copy of times due before a queued rename and a new file under the old name keeps each its own', async () => {
+    const MTIME2 = MTIME + 7_000_001n;
+    await write('/a', 100);
+    // The primary renames /a away and makes a new /a; both are reported behind a change whose
+    // turn copies /a's times (an fsync: the turn the 200 ms timer's copy can take as well).
+    await fsp.rename(`${P}/a`, `${P}/b`);
+    await fsp.writeFile(`${P}/a`, '');
+    setTimesNs(`${P}/a`, ATIME, MTIME2);
+    const turns = [
+      d.apply({ op: 'fsync', path: '/a', datasync: false }),
+      d.apply({ op: 'rename', from: '/a', path: '/b' }),
+      d.apply({ op: 'create', path: '/a', mode: 0o100644, uid: 0, gid: 0 }),
+    ];
+    await Promise.all(turns);
+    await d.whenIdle();
+    expect(await mtimeNs(`${M}/b`)).toBe(MTIME);
+    expect(await mtimeNs(`${M}/a`)).toBe(MTIME2);
+    expect((await d.verify()).differences).toEqual([]);
+  });
+
+  it('a new symlink gets the times its change carries, not those of whatever has its name later', async () => {
+    const MTIME2 = MTIME + 8_000_000n;
+    await fsp.symlink('x', `${P}/l`);
+    setTimesNs(`${P}/l`, ATIME, MTIME);
+    const st = await fsp.lstat(`${P}/l`, { bigint: true });
+    await d.apply({
+      op: 'symlink',
+      path: '/l',
+      target: 'x',
+      uid: 0,
+      gid: 0,
+      atimeNs: String(st.atimeNs),
+      mtimeNs: String(st.mtimeNs),
+    });
+    // Renamed away and replaced on the primary; the changes reach the driver only after a
+    // copy of times by path has had its turn.
+    await fsp.rename(`${P}/l`, `${P}/m`);
+    await fsp.symlink('y', `${P}/l`);
+    setTimesNs(`${P}/l`, ATIME, MTIME2);
+    await d.whenIdle();
+    await d.apply({ op: 'rename', from: '/l', path: '/m' });
+    const st2 = await fsp.lstat(`${P}/l`, { bigint: true });
+    await d.apply({
+      op: 'symlink',
+      path: '/l',
+      target: 'y',
+      uid: 0,
+      gid: 0,
+      atimeNs: String(st2.atimeNs),
+      mtimeNs: String(st2.mtimeNs),
+    });
+    await d.whenIdle();
+    expect(await mtimeNs(`${M}/m`)).toBe(MTIME);
+    expect(await mtimeNs(`${M}/l`)).toBe(MTIME2);
+  });
+
   describe('directories (found by the stress harness once its restore check compared mtimes)', () => {
     // Entries coming and going move a directory's mtime on the primary when the change is
     // made, and in the mirror when it is applied or replayed. Every primary directory gets the
