@@ -257,6 +257,20 @@ export class BackupRun {
         o.token,
       );
       store.add({ dispose: () => control.close() });
+      // The mirror as the hello names it, located (its path resolved, its device.json read, the
+      // FUSE mounts looked at) while the catalog is read and the server prepares, not after:
+      // prepare's answer names the same mirror unless the server changed in between (then it
+      // is located again from the answer).
+      const hello = control.hello;
+      const located =
+        hello?.deviceId && hello.mirrorRoot
+          ? {
+              deviceId: hello.deviceId,
+              mirrorRoot: hello.mirrorRoot,
+              mirror: locateMirror({ deviceId: hello.deviceId, mirrorRoot: hello.mirrorRoot }, o.mirrorMap),
+            }
+          : undefined;
+      located?.mirror.catch(() => undefined);
       // Before the split is taken: nothing here should count against the lease.
       await this.clearAbandoned();
       throwIfAborted(stop.signal);
@@ -296,7 +310,10 @@ export class BackupRun {
       this.deliver('onDidThaw', { selector, backupId, stallMs: prep.stallMs });
       thawOwed = false;
 
-      const mirror = await locateMirror(prep, o.mirrorMap);
+      const mirror =
+        located && located.deviceId === prep.deviceId && located.mirrorRoot === prep.mirrorRoot
+          ? await located.mirror
+          : await locateMirror(prep, o.mirrorMap);
       const reader = new MirrorReader(mirror.data, this.excluded);
       // Checked before anything is recorded: a bad path list is the server's fault, not a run.
       const sources = prep.itemsComplete ? itemsToSources(prep) : undefined;
