@@ -13,6 +13,8 @@ const COMPONENT = /^[A-Za-z0-9_][A-Za-z0-9_.-]*$/;
 const DIRECT_MIN = 1024 * 1024;
 /** O_DIRECT's unit: the address, file offset and length of a direct write are multiples of it. */
 const DIRECT_ALIGN = 4096;
+/** lstats of a listing in flight at once (fewer than the command's 32 pool threads). */
+const LIST_STATS = 16;
 
 /**
  * The object store of the directory target (`dir:/backups`): one file per object, the object's
@@ -209,14 +211,26 @@ export class DirectoryStore {
         if (/** @type {NodeJS.ErrnoException} */ (err)?.code === 'ENOENT') return;
         throw this.api.errors.fromFs(err, `cannot list ${this.spec}`);
       }
+      /** @type {string[]} */
+      const files = [];
       for (const d of ents) {
         const name = rel ? `${rel}/${d.name}` : d.name;
         if (d.isDirectory()) {
           if (name.startsWith(prefix) || prefix.startsWith(`${name}/`)) await walk(name);
-        } else if (name.startsWith(prefix) && !d.name.includes('.tmp-')) {
-          const st = await fsp.lstat(path.join(this.root, name)).catch(() => undefined);
+        } else if (name.startsWith(prefix) && !d.name.includes('.tmp-')) files.push(name);
+      }
+      // A directory's sizes are asked for LIST_STATS at a time: one at a time, a listing of the
+      // snapshots/ of a repository a peer backs up to every hour was one lstat after another in
+      // every backup's start (a pool round trip each, ~15 ms at a few hundred snapshots).
+      for (let i = 0; i < files.length; i += LIST_STATS) {
+        const batch = files.slice(i, i + LIST_STATS);
+        const stats = await Promise.all(
+          batch.map((name) => fsp.lstat(path.join(this.root, name)).catch(() => undefined)),
+        );
+        batch.forEach((name, j) => {
+          const st = stats[j];
           if (st) out.push({ name, size: st.size });
-        }
+        });
       }
     };
     await walk(base);

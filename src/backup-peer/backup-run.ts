@@ -231,9 +231,18 @@ export class BackupRun {
     let recorded = false;
     /** Committed before the split was released (checkSource): a failure after it must delete it. */
     let committedEarly = false;
+    /** The catalog's entries being written beside the commit: settled before a failure is recorded. */
+    let staging: Promise<StagedEntries> | undefined;
     // Known from the start: plugins hear of the run (onWillBackup) before anything happens.
     const id = newSnapshotId();
     this.progress.snapshotId = id;
+    // The target's lock is taken from now on, beside the catalog's reads and the prepare, for
+    // beginSnapshot to take over (RepositoryTarget.reserveLock); released at the end if not.
+    if (o.target instanceof RepositoryTarget) {
+      const t = o.target;
+      t.reserveLock(id);
+      store.add({ dispose: () => t.dropReservation(id) });
+    }
     const selector = pluginSelector(o.selector);
     const target = o.target.spec;
     // Set while plugins may hold applications quiesced for this run: onDidThaw lets them go.
@@ -248,6 +257,20 @@ export class BackupRun {
         o.token,
       );
       store.add({ dispose: () => control.close() });
+      // The mirror as the hello names it, located (its path resolved, its device.json read, the
+      // FUSE mounts looked at) while the catalog is read and the server prepares, not after:
+      // prepare's answer names the same mirror unless the server changed in between (then it
+      // is located again from the answer).
+      const hello = control.hello;
+      const located =
+        hello?.deviceId && hello.mirrorRoot
+          ? {
+              deviceId: hello.deviceId,
+              mirrorRoot: hello.mirrorRoot,
+              mirror: locateMirror({ deviceId: hello.deviceId, mirrorRoot: hello.mirrorRoot }, o.mirrorMap),
+            }
+          : undefined;
+      located?.mirror.catch(() => undefined);
       // Before the split is taken: nothing here should count against the lease.
       await this.clearAbandoned();
       throwIfAborted(stop.signal);
@@ -287,7 +310,10 @@ export class BackupRun {
       this.deliver('onDidThaw', { selector, backupId, stallMs: prep.stallMs });
       thawOwed = false;
 
-      const mirror = await locateMirror(prep, o.mirrorMap);
+      const mirror =
+        located && located.deviceId === prep.deviceId && located.mirrorRoot === prep.mirrorRoot
+          ? await located.mirror
+          : await locateMirror(prep, o.mirrorMap);
       const reader = new MirrorReader(mirror.data, this.excluded);
       // Checked before anything is recorded: a bad path list is the server's fault, not a run.
       const sources = prep.itemsComplete ? itemsToSources(prep) : undefined;
@@ -325,8 +351,10 @@ export class BackupRun {
             : undefined;
         // --exclude: a named path it leaves out is not looked at (walks skip them already).
         if (ref && this.excluded) ref.dirty = ref.dirty.filter((p) => !this.excluded!(p));
-        // The parent's entries at the named paths, and at and below the walked subtrees.
-        if (ref)
+        // The parent's entries at the named paths, and at and below the walked subtrees; with
+        // none (nothing changed), no catalog session: it would only lock, look and unlock.
+        if (ref && ref.dirty.length + ref.walk.length === 0) parent.entries = new Map();
+        else if (ref)
           parent.entries = await Catalog.with(o.catalogDir, async (c) => {
             const at = await c.entriesAt(parent.id, ref!.dirty);
             for (const [p, e] of await c.entriesBelow(parent.id, ref!.walk)) at.set(p, e);
@@ -438,46 +466,53 @@ export class BackupRun {
         }
       }
 
+      // The catalog's entries are written from here on (a full backup's are thousands of lines,
+      // synced; an unchanged one's a few, behind two fsyncs), while the split is confirmed and
+      // released and the target commits: the snapshot is marked complete only once the commit
+      // resolved, and a run failed before that removes them (Catalog.fail, after they settled).
+      if (!o.checkSource) {
+        staging = Catalog.with(o.catalogDir, (c) =>
+          named
+            ? c.stageOnBase(id, parent!.id, named)
+            : c.stageEntries(id, entries, { base: parent && { id: parent.id, entries: parent.entries } }),
+        );
+        staging.catch(() => undefined);
+      }
       // Every read is done: prove the split held all along, then let the server resync.
       await lease.confirm();
       throwIfAborted(stop.signal);
-      const resynced = await lease.release();
-      // The split is back with the server: a slow commit from here holds nothing.
+      // The split goes back to the server now, and its resync runs while the target commits:
+      // the commit needs the confirmation only (before, it waited for the resync's answer too).
+      const releasing = lease.release();
+      // A slow commit from here holds nothing.
       watch.dispose();
-      if (resynced !== undefined)
-        this.deliver('onDidResync', { backupId, bytesCopied: numberOr(resynced.reply, 'bytesCopied') });
 
-      // The catalog's entries are written while the target commits (a full backup's are
-      // thousands of lines, synced): the snapshot is marked complete only once the commit
-      // resolved, and a run failed before that removes them (Catalog.fail).
-      let staged: Promise<StagedEntries> | undefined;
       if (!o.checkSource) {
         this.emit({ phase: 'commit' });
         const committing = unlessAborted(
           writer.commit({ version: 1, meta, totals, entries, ...(named ? { gone: named.gone } : {}) }),
           stop.signal,
         );
-        staged = named
-          ? undefined
-          : Catalog.with(o.catalogDir, (c) =>
-              c.stageEntries(id, entries, { base: parent && { id: parent.id, entries: parent.entries } }),
-            );
         // Both settled before going on: the failure path's Catalog.fail must come after the
         // entries are written, or it would leave them behind.
-        const [commit, stage] = await Promise.allSettled([committing, staged]);
+        const [commit, stage] = await Promise.allSettled([committing, staging]);
         if (commit.status === 'rejected') throw commit.reason;
         if (stage.status === 'rejected') throw stage.reason;
       }
       // Should recording fail now, the committed data stays at the target as an orphan: the
       // catalog never claims it, and a transient catalog failure must not destroy a good copy.
       // Entries mostly carried over are recorded as a delta on the parent's.
+      const staged = await staging;
       const snapshot = await Catalog.with(o.catalogDir, async (c) =>
-        named
-          ? c.completeOnBase(id, parent!.id, named, totals)
-          : staged
-            ? c.markComplete(id, totals, await staged)
+        staged
+          ? c.markComplete(id, totals, staged)
+          : named
+            ? c.completeOnBase(id, parent!.id, named, totals)
             : c.complete(id, entries, totals, { base: parent && { id: parent.id, entries: parent.entries } }),
       );
+      const resynced = await releasing;
+      if (resynced !== undefined)
+        this.deliver('onDidResync', { backupId, bytesCopied: numberOr(resynced.reply, 'bytesCopied') });
       this.emit({ phase: 'done', reusedFiles: totals.reusedFiles });
       await tellServer({ outcome: 'ok' });
       await o.hooks?.emit('onDidCompleteBackup', { snapshotId: id, totals, target });
@@ -515,6 +550,7 @@ export class BackupRun {
       // A hung target may never answer these: bounded, the catalog still records the failure.
       await unlessSlow(writer?.abort(), CLEANUP_MS);
       if (committedEarly) await unlessSlow(o.target.deleteSnapshot(id), CLEANUP_MS);
+      await staging?.catch(() => undefined);
       if (recorded)
         await Catalog.with(o.catalogDir, (c) =>
           c.fail(id, { code: codeOf(reason), message: describe(reason) }),

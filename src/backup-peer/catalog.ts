@@ -329,6 +329,12 @@ export class Catalog {
     entries: ManifestEntry[],
     opts: { base?: { id: string; entries: ReadonlyMap<string, EntryRecord> } } = {},
   ): Promise<StagedEntries> {
+    await this.running(id);
+    return this.stage(id, entries, opts.base);
+  }
+
+  /** Throws unless the snapshot is in the catalog and running (its entries may be staged). */
+  private async running(id: string): Promise<void> {
     const d = await this.snapshots.findOne({ _id: id });
     if (!d)
       throw new TwinError('ETWIN_UNKNOWN_SNAPSHOT', `no snapshot ${id} in the catalog`, { snapshotId: id });
@@ -340,7 +346,6 @@ export class Catalog {
           snapshotId: id,
         },
       );
-    return this.stage(id, entries, opts.base);
   }
 
   private async stage(
@@ -375,6 +380,21 @@ export class Catalog {
     delta: { entries: ManifestEntry[]; gone: string[] },
     totals: SnapshotTotals,
   ): Promise<SnapshotRecord> {
+    return this.markComplete(id, totals, await this.stageOnBase(id, base, delta));
+  }
+
+  /**
+   * The first half of completeOnBase, as stageEntries is complete()'s: writes the entries of a
+   * running snapshot built on `base` by reference (durable), leaving it running. A backup does
+   * this while its target commits (before, an unchanged incremental wrote them after the commit:
+   * two more fsyncs in a row on its way out).
+   */
+  async stageOnBase(
+    id: string,
+    base: string,
+    delta: { entries: ManifestEntry[]; gone: string[] },
+  ): Promise<StagedEntries> {
+    await this.running(id);
     const b = await this.snapshots.findOne({ _id: base });
     const docs: EntryDoc[] = [
       ...(delta.entries as EntryDoc[]),
@@ -383,32 +403,17 @@ export class Catalog {
     // Nothing changed on a base that is itself a delta: this snapshot's entries are base's own
     // delta on base's base, copied (small), so a run of unchanged snapshots never deepens the
     // chain nor reaches its bound (where the whole list is written again).
-    if (b?.state === 'complete' && docs.length === 0 && b.entriesBase && b.entriesDepth)
-      return this.record(id, await this.ownEntries(base), totals, {
-        base: b.entriesBase,
-        depth: b.entriesDepth,
-      });
+    if (b?.state === 'complete' && docs.length === 0 && b.entriesBase && b.entriesDepth) {
+      await this.writeEntries(id, await this.ownEntries(base));
+      return { id, delta: { base: b.entriesBase, depth: b.entriesDepth } };
+    }
     const depth = (b?.entriesDepth ?? 0) + 1;
-    if (b?.state === 'complete' && depth <= MAX_DELTA_CHAIN)
-      return this.record(id, docs, totals, { base, depth });
-    return this.record(
-      id,
-      applyDelta(await this.entries(base), docs as Array<DeltaLine<EntryRecord>>),
-      totals,
-    );
-  }
-
-  /** Writes a snapshot's own entries (all, or a delta on base), then marks it complete. */
-  private async record(
-    id: string,
-    entries: ManifestEntry[],
-    totals: SnapshotTotals,
-    delta?: { base: string; depth: number },
-  ): Promise<SnapshotRecord> {
-    if (!(await this.snapshots.findOne({ _id: id })))
-      throw new TwinError('ETWIN_UNKNOWN_SNAPSHOT', `no snapshot ${id} in the catalog`, { snapshotId: id });
-    await this.writeEntries(id, entries);
-    return this.markRecorded(id, totals, delta);
+    if (b?.state === 'complete' && depth <= MAX_DELTA_CHAIN) {
+      await this.writeEntries(id, docs);
+      return { id, delta: { base, depth } };
+    }
+    await this.writeEntries(id, applyDelta(await this.entries(base), docs as Array<DeltaLine<EntryRecord>>));
+    return { id };
   }
 
   /** A snapshot's own entry file, written and synced with its directory. */
@@ -442,7 +447,11 @@ export class Catalog {
         $unset: { error: true },
       },
     );
-    await this.sync(path.join(this.dir, 'snapshots.db'));
+    const file = path.join(this.dir, 'snapshots.db');
+    await this.sync(file);
+    // Synced as it is now: close() syncs it again only if something changes it after this
+    // (a second fsync of an unchanged file was the last thing every backup waited for).
+    this.loaded.stamp = await stampOf(file);
     return (await this.get(id))!;
   }
 

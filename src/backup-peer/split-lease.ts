@@ -16,8 +16,11 @@ export interface BackupControl {
   readonly onEvent: Event<{ event: string; data: unknown }>;
   readonly onClose: Event<{ code: number; reason: string }>;
   close(): Promise<void>;
-  /** The server's hello (ControlClient): its device id picks the previous snapshot before prepare. */
-  readonly hello?: { deviceId: string | null };
+  /**
+   * The server's hello (ControlClient): its device id picks the previous snapshot before
+   * prepare, and the mirror is located from its mirror root while prepare runs.
+   */
+  readonly hello?: { deviceId: string | null; mirrorRoot?: string | null };
 }
 
 /**

@@ -101,12 +101,55 @@ export class RepositoryTarget implements BackupTarget {
     return this.store.spec;
   }
 
+  /**
+   * Starts taking the shared lock the writer of snapshotId will hold, for beginSnapshot to take
+   * over: a backup asks for it when it starts, so that the lock's listings and its durable put
+   * (two fsyncs in a row at a `dir:` target: 12 and 49 ms under load in one trace, ~2 ms quiet)
+   * run while the catalog is read and the server prepares, not after prepare answered with the
+   * split held. Held a few tens of ms longer than before, never shorter. Nothing when no
+   * repository is there yet (the first backup creates it in beginSnapshot). A reservation not
+   * taken over is released by dropReservation (the run's end) or close.
+   */
+  reserveLock(snapshotId: string): void {
+    if (!this.ready || this.reserved) return;
+    const lock = this.repo.lock(false, `backup ${snapshotId}`);
+    lock.catch(() => undefined);
+    this.reserved = { snapshotId, lock };
+  }
+
+  /** Releases the lock reserved for snapshotId unless its writer took it over. */
+  async dropReservation(snapshotId: string): Promise<void> {
+    const r = this.reserved;
+    if (r?.snapshotId !== snapshotId) return;
+    this.reserved = undefined;
+    await (await r.lock.catch(() => undefined))?.release();
+  }
+
+  private reserved: { snapshotId: string; lock: Promise<RepoLock> } | undefined;
+
+  /**
+   * The lock reserved for this snapshot, or one taken now. A reservation that failed (another
+   * process's exclusive lock: a prune) is tried again here, where the lock was always taken: a
+   * conflict is judged as late as before.
+   */
+  private async takeLock(snapshotId: string): Promise<RepoLock> {
+    const r = this.reserved;
+    if (r?.snapshotId === snapshotId) {
+      this.reserved = undefined;
+      const lock = await r.lock.catch(() => undefined);
+      if (lock) return lock;
+    }
+    return this.repo.lock(false, `backup ${snapshotId}`);
+  }
+
   async beginSnapshot(meta: SnapshotMeta): Promise<SnapshotWriter> {
     checkId(meta.snapshotId);
     await this.ensure();
-    if (await this.repo.readSnapshot(meta.snapshotId))
+    if (await this.repo.readSnapshot(meta.snapshotId)) {
+      await this.dropReservation(meta.snapshotId);
       throw failed(`snapshot ${meta.snapshotId} already exists at ${this.spec}`);
-    const lock = await this.repo.lock(false, `backup ${meta.snapshotId}`);
+    }
+    const lock = await this.takeLock(meta.snapshotId);
     try {
       // Packs other processes indexed since the open are deduplicated against too, and every
       // pack is checked afresh: one damaged since the last snapshot of a long-lived peer must
@@ -227,6 +270,7 @@ export class RepositoryTarget implements BackupTarget {
 
   async close(): Promise<void> {
     this.manifests.clear();
+    if (this.reserved) await this.dropReservation(this.reserved.snapshotId);
     await this.store.close();
   }
 }
