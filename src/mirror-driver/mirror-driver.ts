@@ -306,6 +306,8 @@ export class MirrorDriver implements ChangeSink {
 
   /** Compares primary and mirror for every pair in PAIR state. */
   async verify(opts: { content?: boolean; signal?: AbortSignal } = {}): Promise<VerifyReport> {
+    // Changes made in libfuse's threads not reported yet: the primary has them, the mirror must.
+    this.c.changes.reportAhead?.();
     await this.whenIdle();
     const skip = (p: string) =>
       this.c.broken.isBroken(p) ||
