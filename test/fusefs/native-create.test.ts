@@ -3,6 +3,7 @@ import { existsSync, promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ControlClient } from '../../src/control/client.js';
+import { TwinFs } from '../../src/fusefs/index.js';
 import {
   type ControlFixture,
   pyStormDuringPrepares,
@@ -314,5 +315,49 @@ describe('the change record asked while a native create is unreported', () => {
         holder.exitCode !== null || holder.signalCode !== null ? r(null) : holder.on('exit', r),
       );
     }
+  });
+});
+
+/**
+ * A sink with a write-intent hook (beforeChange) that cannot take changes made ahead of it (no
+ * changesAhead) must see every create before the primary has the file: creates stay on the JS
+ * thread for it. Natively created, the file would exist when beforeChange is called.
+ */
+describe('a sink with beforeChange and no changesAhead', () => {
+  let t: Awaited<ReturnType<typeof tempDirs>> | undefined;
+  let twin: TwinFs | undefined;
+  afterAll(async () => {
+    await twin?.unmount().catch(() => undefined);
+    if (t) await unmountAll(t.dirs.mnt!);
+    await t?.cleanup();
+  });
+
+  it('sees each create before the file exists on the primary (creates go to JS)', async () => {
+    t = await tempDirs('primary', 'mnt');
+    const primary = t.dirs.primary!;
+    const seen: Array<{ path: string; existed: boolean }> = [];
+    const created = new Set<string>();
+    twin = await TwinFs.mount({
+      primary,
+      mount: t.dirs.mnt!,
+      log: () => undefined,
+      native: { libfuse: 3 },
+      sink: {
+        beforeChange(p: string) {
+          seen.push({ path: p, existed: existsSync(primary + p) });
+        },
+        async apply(c) {
+          if (c.op === 'create') created.add(c.path);
+        },
+      },
+    });
+    await shIn(t.dirs.mnt!, 'for i in 1 2 3 4 5; do echo $i > f$i; done', { timeoutMs: 30_000 });
+    await twin.flushAll();
+    expect([...created].sort()).toEqual(['/f1', '/f2', '/f3', '/f4', '/f5']);
+    // The first beforeChange of each file is its create's.
+    for (const p of created) expect(seen.find((x) => x.path === p)).toEqual({ path: p, existed: false });
+    const n = (twin.status().kernelCache as any).nativeUnlink as { creates: number; enabled: boolean };
+    expect(n.enabled).toBe(true);
+    expect(n.creates).toBe(0);
   });
 });
