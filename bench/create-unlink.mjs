@@ -221,6 +221,12 @@ if (PHASES.includes('create')) {
     ]),
   );
 }
+// The medians hide how far the reps spread on a shared machine: each rep's rate, in run order.
+process.stdout.write('\nEach rep, in run order (per s):\n');
+for (const { name: n } of T)
+  process.stdout.write(
+    `  ${n}: ${PHASES.map((p) => `${p} ${res[n][p].map((v) => fmt(v, 0)).join(' ')}`).join('; ')}\n`,
+  );
 for (const [n, byOp] of Object.entries(counted)) {
   process.stdout.write(
     `\n${n}, over all ${opts.reps} reps (getattr / unlink / create answered natively, passed to JS):\n`,

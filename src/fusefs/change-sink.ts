@@ -1,3 +1,5 @@
+import type { Disposable } from '../common/lifecycle.js';
+
 /**
  * The flush hook: the single place where every change that reaches the primary directory is
  * reported, in the order the primary saw it. The mirror driver implements ChangeSink; the
@@ -75,6 +77,16 @@ export interface ChangeSink {
    * returned promise settles.
    */
   applyAlongside?(change: Change & { op: 'write' }, primary: Promise<void>): Promise<void>;
+  /**
+   * Optional: from when this resolves until the returned handle is disposed, changes may reach
+   * the primary before the sink hears of them and before its beforeChange (unlinks and creates
+   * answered in libfuse's threads, native-changes.ts). `report` reports every such change made
+   * so far, synchronously, in the primary's order. A sink that keeps a write-intent log records,
+   * before this resolves, an intent that covers any path; a sink that answers what changed calls
+   * `report` before it answers. Without this method (and with a beforeChange), those changes
+   * stay with the JS path.
+   */
+  changesAhead?(report: () => void): Promise<Disposable>;
 }
 
 export const nullSink: ChangeSink = { apply: async () => undefined };

@@ -364,7 +364,7 @@ export class TwinFs {
     const minor = (await listMountPoints()).filter((m) => m.mountPoint === this.mountPoint).pop()?.minor;
     if (minor !== undefined && process.env.TWINFS_EXIT_GUARD !== '0') this.exitGuard = startExitGuard(minor);
     if (this.nativeAttributes) this.enableNativeAttributes();
-    if (handlers !== plain) this.enableNativeChanges();
+    if (handlers !== plain) await this.enableNativeChanges();
     addServedMount(this.mountPoint);
     this.store.add(toDisposable(() => removeServedMount(this.mountPoint)));
     this.store.add(
@@ -406,16 +406,26 @@ export class TwinFs {
     return wrapped;
   }
 
-  /** Unlinks answered in libfuse's threads from now on (native-changes.ts). */
-  private enableNativeChanges(): void {
+  /**
+   * Unlinks and creates answered in libfuse's threads from now on (native-changes.ts). They reach
+   * the primary before the sink's beforeChange: a sink that has one must first take them on
+   * (ChangeSink.changesAhead: its write intent for the whole volume is on disk before the first),
+   * or creates stay with JS. Until this returns every op reaches JS.
+   */
+  private async enableNativeChanges(): Promise<void> {
     if (!this.inhibitor || !this.nativeChangeTarget || typeof this.fuse.nativeUnlink !== 'function') return;
+    const sink = this.opts.sink ?? nullSink;
+    // Added before the NativeChanges below: the store disposes in reverse, so the sink's hold
+    // ends only after the last native change was reported.
+    const ahead = await sink.changesAhead?.(() => this.nativeChanges?.changes.drain());
+    if (ahead) this.store.add(ahead);
     const changes = new NativeChanges(
       this.fuse,
       this.ops,
       this.inhibitor,
       (m) => this.log(m),
       nativeUnlinkCachedFromEnv(),
-      nativeCreateFromEnv(),
+      nativeCreateFromEnv() && (sink.beforeChange === undefined || ahead !== undefined),
     );
     this.nativeChanges = { changes, handlers: changes.wrap(this.nativeChangeTarget) };
     // Disposed at unmount after the cache's last write-back: the queue is reported first.

@@ -72,11 +72,11 @@ export function nativeUnlinkCachedFromEnv(env: NodeJS.ProcessEnv = process.env):
 }
 
 /**
- * TWINFS_NATIVE_CREATE=1 answers creates in libfuse's threads too (native-create.h); off by
- * default (docs/architecture.md, "Creates in libfuse's threads").
+ * Creates answered in libfuse's threads too (native-create.h), the default; TWINFS_NATIVE_CREATE=0
+ * keeps them on the JS thread (docs/architecture.md, "Creates in libfuse's threads").
  */
 export function nativeCreateFromEnv(env: NodeJS.ProcessEnv = process.env): boolean {
-  return env.TWINFS_NATIVE_CREATE === '1';
+  return env.TWINFS_NATIVE_CREATE !== '0';
 }
 
 /**
@@ -93,6 +93,7 @@ export function nativeCreateFromEnv(env: NodeJS.ProcessEnv = process.env): boole
  */
 export class NativeChanges implements Disposable {
   private enabled = false;
+  private disposed = false;
   private readonly subs: Disposable[] = [];
 
   /**
@@ -147,9 +148,11 @@ export class NativeChanges implements Disposable {
     return out;
   }
 
-  /** Reports every unlink done natively so far (in order). */
+  /** Reports every unlink and create done natively so far (in order). */
   drain(): void {
-    this.take(false);
+    // The sink may ask after the unmount (the change record's reportAhead): the queue was
+    // reported at dispose, and the mount's native state may be gone.
+    if (!this.disposed) this.take(false);
   }
 
   stats(): {
@@ -175,6 +178,7 @@ export class NativeChanges implements Disposable {
     this.fuse.nativeCreate?.(false);
     for (const s of this.subs) s.dispose();
     this.fuse.onNativeChanges = null;
+    this.disposed = true;
   }
 
   private set(on: boolean): void {

@@ -775,9 +775,10 @@ export class VolumeOps {
   /**
    * A create done in libfuse's thread (native-create.h), taken from the queue before any op
    * that may name its handle (native-changes.ts): what create does after its open, synchronously
-   * up to the sink's report. As for nativeUnlinked, the change record's stamp and the mirror's
-   * intent follow the primary's change instead of preceding it (a crash in between: an unclean
-   * start vouches for nothing, and the start-up reconciliation finds the file).
+   * up to the sink's report. As for nativeUnlinked, the path's own stamp and intent follow the
+   * primary's change; what precedes it is the sink's hold (ChangeSink.changesAhead): the mirror's
+   * intent for the whole volume, on disk before native changes were turned on, and a change
+   * record that reports the queue before it answers.
    */
   nativeCreated(path: string, c: NativeCreated): Promise<void> {
     const before = this.sink.beforeChange?.(path);
@@ -792,8 +793,9 @@ export class VolumeOps {
   nativeUnlinked(path: string, ino: number): Promise<void> {
     this.forgetNoCapabilities?.();
     this.hides.touched(path);
-    // The change record's stamp, now (the primary already changed); its intent line is written
-    // behind the change, which a crash in between leaves to the start-up reconciliation.
+    // The change record's stamp, now (the primary already changed; the record took the queue
+    // before any answer); its intent line is written behind the change, which the sink's intent
+    // for the whole volume covers (ChangeSink.changesAhead).
     const before = this.sink.beforeChange?.(path);
     if (before instanceof Promise) before.catch(() => undefined);
     this.kernelNames?.remove(path);

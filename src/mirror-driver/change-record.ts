@@ -16,7 +16,9 @@ import { ChangeRanges, type SavedRanges } from './change-ranges.js';
  * What makes "unchanged" true:
  * - stamp() runs in the sink's beforeChange, before the primary is touched: a change that has
  *   reached the primary is always in the record. (A change that then fails leaves a stamp: a
- *   file reported changed that is not costs a copy, never a lie.)
+ *   file reported changed that is not costs a copy, never a lie.) Unlinks and creates answered
+ *   in libfuse's threads reach the primary first and are stamped when reported: every answer
+ *   (since, unchangedSince, describe) calls reportAhead first, so none misses one of them.
  * - A rename stamps both names as subtrees (everything below them moved).
  * - A data or metadata change reaches an inode, not a name: names known to share an inode (made
  *   by link, or seen with nlink > 1 by a walk of the primary) form the linked set, and a change
@@ -118,6 +120,11 @@ export class ChangeRecord {
   private trusted = false;
   /** While the start-up walk runs: entries with a ctime from this instant on are stamped. */
   private ctimeFrom: number | undefined;
+  /**
+   * Reports, synchronously, the changes the primary has that were not reported yet (stamping
+   * them); set while such changes can exist (ChangeRouter.changesAhead).
+   */
+  reportAhead: (() => void) | undefined;
   /** Why the record starts where it does (floor): told with every "unknown" below it. */
   private epoch = 'the record is new';
   private readonly maxEntries: number;
@@ -274,6 +281,7 @@ export class ChangeRecord {
 
   /** What changed since `since`, among the paths `within` accepts. */
   since(since: Generation, within: (p: string) => boolean = () => true): ChangeAnswer {
+    this.reportAhead?.();
     const base = {
       log: this.log,
       generation: this.gen,
@@ -353,10 +361,12 @@ export class ChangeRecord {
    * anything since G (another log, below the floor, not trusted yet): then nothing is.
    */
   unchangedSince(since: Generation): ((p: string) => boolean) | undefined {
+    this.reportAhead?.();
     if (since.log !== this.log || !this.trusted || since.generation < this.floor) return undefined;
     if (since.generation > this.gen) return undefined;
     const G = since.generation;
     return (p) => {
+      this.reportAhead?.();
       // The floor rose past G since (the record dropped its oldest paths): nothing is vouched.
       if (G < this.floor) return false;
       if ((this.self.get(p) ?? 0) > G) return false;
@@ -370,6 +380,7 @@ export class ChangeRecord {
 
   /** For status: the current generation, where the record starts, and whether it can vouch now. */
   describe(): Generation & { floor: number; vouching: boolean; paths: number } {
+    this.reportAhead?.();
     const paths = this.self.size + this.trees.size;
     return { log: this.log, generation: this.gen, floor: this.floor, vouching: this.trusted, paths };
   }

@@ -1,4 +1,5 @@
 import * as fs from 'node:fs';
+import type { Disposable } from '../common/lifecycle.js';
 import type { Change } from '../fusefs/change-sink.js';
 import { HEAL_CODES, type MirrorCore } from './driver-core.js';
 import type { SplitTracker } from './split-tracker.js';
@@ -52,6 +53,31 @@ export class ChangeRouter {
     const known = this.c.intents.has(p);
     this.c.intents.set(p, Date.now());
     if (!known) return this.c.journal.appendNow({ t: 'intent', p })?.catch(() => undefined);
+  }
+
+  /**
+   * Changes that reach the primary before beforeChange (unlinks and creates answered in
+   * libfuse's threads, fusefs/native-changes.ts) keep the rule "intent and stamp before the
+   * change" at a coarser grain. The intent: one for the whole volume, written before this
+   * resolves and kept by every checkpoint while held, so a crash with such a change unreported
+   * is repaired by the start-up reconciliation of the tree (Repairer.recoverIntents; a create or
+   * an unlink is a name the walk sees missing or extra). The stamp: the change record takes
+   * `report` before it answers (ChangeRecord.reportAhead), so no answer misses a change the
+   * primary has. Each change still gets its own stamp and intent when reported (beforeChange).
+   */
+  async changesAhead(report: () => void): Promise<Disposable> {
+    this.c.aheadHolds++;
+    this.c.changes.reportAhead = report;
+    await this.c.journal.appendNow({ t: 'intent', p: '/' })?.catch(() => undefined);
+    let held = true;
+    return {
+      dispose: () => {
+        if (!held) return;
+        held = false;
+        this.c.aheadHolds--;
+        if (this.c.changes.reportAhead === report) this.c.changes.reportAhead = undefined;
+      },
+    };
   }
 
   apply(c: Change): Promise<void> {

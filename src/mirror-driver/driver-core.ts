@@ -43,6 +43,11 @@ export class MirrorCore {
   readonly intents = new Map<string, number>();
   /** Paths the journal named at start that are not repaired yet. */
   readonly pendingIntents = new Set<string>();
+  /**
+   * Holders of ChangeRouter.changesAhead: while any holds, changes may reach the primary before
+   * beforeChange, and the journal keeps an intent for the whole volume ('/').
+   */
+  aheadHolds = 0;
   lastLiveAt = 0;
   /** split() calls whose marker is queued but has not run yet (see ChangeRouter.apply). */
   splitsQueued = 0;

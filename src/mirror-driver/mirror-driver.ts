@@ -2,6 +2,7 @@ import { execFile } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import type { Event } from '../common/event.js';
+import type { Disposable } from '../common/lifecycle.js';
 import type { Change, ChangeSink } from '../fusefs/change-sink.js';
 import { BrokenPairs } from './broken-pairs.js';
 import { type ChangeAnswer, ChangeRecord, type Generation } from './change-record.js';
@@ -185,7 +186,7 @@ export class MirrorDriver implements ChangeSink {
           .resync(s.id)
           .catch((err) => this.c.log(`resync of recorded split ${s.id} failed: ${(err as Error).message}`));
       }
-      await this.c.repairer.recoverIntents(signal);
+      await this.c.repairer.recoverIntents(signal, reconcile);
       if (this.c.broken.paths.size > 0 && !signal.aborted) await this.c.repairer.repair();
       if (reconcile && !signal.aborted) {
         if (created) this.c.log('new mirror: initial copy');
@@ -194,6 +195,8 @@ export class MirrorDriver implements ChangeSink {
         this.c.stats.copyBytes += r.bytes;
         if (signal.aborted) this.c.pendingIntents.add('/');
         else {
+          // The walk repaired what a whole-volume intent stood for (recoverIntents left it).
+          this.c.pendingIntents.delete('/');
           // Every entry of the primary seen: changes made while no server ran are stamped.
           this.c.changes.startWalkDone();
           this.c.links.walkDone();
@@ -237,6 +240,10 @@ export class MirrorDriver implements ChangeSink {
 
   applyAlongside(c: Change & { op: 'write' }, primary: Promise<void>): Promise<void> {
     return this.router.applyAlongside(c, primary);
+  }
+
+  changesAhead(report: () => void): Promise<Disposable> {
+    return this.router.changesAhead(report);
   }
 
   // ---- split / resync (split-control.ts, resync.ts) -------------------------------------------
@@ -299,6 +306,8 @@ export class MirrorDriver implements ChangeSink {
 
   /** Compares primary and mirror for every pair in PAIR state. */
   async verify(opts: { content?: boolean; signal?: AbortSignal } = {}): Promise<VerifyReport> {
+    // Changes made in libfuse's threads not reported yet: the primary has them, the mirror must.
+    this.c.changes.reportAhead?.();
     await this.whenIdle();
     const skip = (p: string) =>
       this.c.broken.isBroken(p) ||
@@ -344,7 +353,8 @@ export class MirrorDriver implements ChangeSink {
     }
     // Pairs being repaired are still broken: a crash mid-repair must not forget them.
     for (const p of this.c.broken.all()) lines.push({ t: 'broken', p });
-    for (const p of new Set([...this.c.intents.keys(), ...this.c.pendingIntents]))
+    const volume = this.c.aheadHolds > 0 ? ['/'] : [];
+    for (const p of new Set([...this.c.intents.keys(), ...this.c.pendingIntents, ...volume]))
       lines.push({ t: 'intent', p });
     if (this.c.deep) lines.push({ t: 'deep', on: true });
     lines.push(this.c.changes.journalLine());

@@ -26,12 +26,18 @@ export class Repairer {
     return this.repairing;
   }
 
-  /** Repairs the paths the journal named (exactly: compared chunk by chunk, differences rewritten). */
-  async recoverIntents(signal: AbortSignal): Promise<void> {
+  /**
+   * Repairs the paths the journal named (exactly: compared chunk by chunk, differences rewritten).
+   * With treeWalkFollows, the whole volume's intent ('/', held while changes could reach the
+   * primary first: ChangeRouter.changesAhead) is left to the start-up reconciliation that follows,
+   * the same walk of the tree; it would otherwise walk it twice.
+   */
+  async recoverIntents(signal: AbortSignal, treeWalkFollows = false): Promise<void> {
     let bytes = 0;
     let entries = 0;
     for (const p of [...this.c.pendingIntents]) {
       if (signal.aborted) return;
+      if (p === '/' && treeWalkFollows) continue;
       const st = await fsp.lstat(this.c.primary + (p === '/' ? '' : p)).catch(() => undefined);
       if (st?.isDirectory()) {
         const r = await this.c.reconciler.reconcileTree(p, 'recover', { signal });

@@ -1,7 +1,9 @@
+import { spawn } from 'node:child_process';
 import { existsSync, promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ControlClient } from '../../src/control/client.js';
+import { TwinFs } from '../../src/fusefs/index.js';
 import {
   type ControlFixture,
   pyStormDuringPrepares,
@@ -9,12 +11,21 @@ import {
   status,
   waitUntil,
 } from '../control/control-fixture.js';
-import { pyIn, shIn } from '../helpers/posix.js';
+import { unmountAll } from '../helpers/mounts.js';
+import { PYTHON, pyIn, shIn } from '../helpers/posix.js';
+import { type ServerHandle, startServer, tempDirs } from '../helpers/server.js';
+import {
+  type InProcess,
+  mountInProcess,
+  openDriver,
+  pairedVolume,
+  waitForEvent,
+} from '../mirror-driver/mirror-helpers.js';
 
 /**
- * With TWINFS_NATIVE_CREATE=1 the libfuse3 path answers CREATE in libfuse's threads
- * (native-create.h in the fuse-native patch) and hands the new file to JS through the native
- * unlinks' queue. The file's WRITE, FLUSH and RELEASE then name a handle JS never gave out: the
+ * The libfuse3 path answers CREATE in libfuse's threads (native-create.h in the fuse-native
+ * patch; the default, TWINFS_NATIVE_CREATE=0 turns it off) and hands the new file to JS through
+ * the native unlinks' queue. The file's WRITE, FLUSH and RELEASE then name a handle JS never gave out: the
  * data must still reach the cache, the primary and the mirror; the mirror and the change record
  * must see every create in the primary's order (with the unlinks and JS's own changes); a
  * create needing an owner change, or made while a freeze or prepare inhibits writes, goes to JS.
@@ -50,17 +61,14 @@ for r in range(rounds):
             os.unlink(p)
 `;
 
-describe("create answered in libfuse's threads (libfuse3, TWINFS_NATIVE_CREATE=1)", () => {
+describe("create answered in libfuse's threads (libfuse3)", () => {
   let fx: ControlFixture;
   let c: ControlClient;
   const stats = async () => (await status(c)).fs.kernelCache.nativeUnlink as Stats;
   const py = (code: string) => pyIn(fx.mnt, `import os\n${code}\n`);
 
   beforeAll(async () => {
-    fx = await startControlFixture({
-      args: ['--fuse', '3'],
-      env: { ...process.env, TWINFS_NATIVE_CREATE: '1' },
-    });
+    fx = await startControlFixture({ args: ['--fuse', '3'] });
     c = await fx.connect();
   });
   afterAll(async () => {
@@ -202,5 +210,154 @@ describe("create answered in libfuse's threads (libfuse3, TWINFS_NATIVE_CREATE=1
     const v: any = await c.request('verify', { content: true });
     expect(v.differences).toEqual([]);
     expect(v.ok).toBe(true);
+  });
+});
+
+/**
+ * A native create reaches the primary before JS hears of it (and so before its path's write
+ * intent). The mirror's intent for the whole volume, written before native changes are turned on
+ * (ChangeSink.changesAhead), must cover a kill -9 in between: the next start repairs the mirror
+ * from it even without the start-up reconciliation walk (reconcileOnStart: false), which would
+ * find the file anyway. Without that intent, nothing names the file and the mirror never gets it.
+ */
+describe('a kill -9 of the server between a native create and its report', () => {
+  let t: Awaited<ReturnType<typeof tempDirs>>;
+  let srv: ServerHandle | undefined;
+  afterAll(async () => {
+    await srv?.kill();
+    if (t) await unmountAll(t.dirs.mnt!);
+    await t?.cleanup();
+  });
+
+  it('the next start copies the file to the mirror from the whole-volume intent', async () => {
+    t = await tempDirs('primary', 'mnt', 'mirror', 'state', 'flags');
+    const mirror = { dir: t.dirs.mirror!, stateDir: t.dirs.state! };
+    srv = await startServer({ primary: t.dirs.primary!, mount: t.dirs.mnt!, mirror, args: ['--fuse', '3'] });
+    await waitForEvent(srv, pairedVolume, 30_000);
+    const ready = path.join(t.dirs.flags!, 'ready');
+    // Created and held open: no WRITE, FLUSH or RELEASE takes the native queue before the kill.
+    const holder = holdCreated(t.dirs.mnt!, 'held', ready);
+    try {
+      await waitUntil(async () => existsSync(ready), 20_000, 'the file created');
+      expect(existsSync(path.join(t.dirs.primary!, 'held'))).toBe(true);
+      srv.proc.kill('SIGKILL');
+      await srv.exited;
+      await srv.kill(); // aborts the dead connection and unmounts
+      srv = undefined;
+    } finally {
+      holder.kill('SIGKILL');
+    }
+
+    const d = await openDriver({
+      primary: t.dirs.primary!,
+      mirror: mirror.dir,
+      stateDir: mirror.stateDir,
+      reconcileOnStart: false,
+    });
+    try {
+      const st = await fsp.lstat(path.join(d.dataRoot, 'held'));
+      expect([st.isFile(), st.size, st.mode & 0o777]).toEqual([true, 0, 0o604]);
+    } finally {
+      await d.dispose();
+    }
+  });
+});
+
+/** A process that creates `name` in `dir` (O_EXCL, mode 0604), touches `ready` and sleeps holding it open. */
+function holdCreated(dir: string, name: string, ready: string) {
+  return spawn(
+    PYTHON,
+    [
+      '-c',
+      `import os, time\nfd = os.open('${name}', os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o604)\nopen('${ready}', 'w').close()\ntime.sleep(120)\n`,
+    ],
+    { cwd: dir, stdio: 'ignore' },
+  );
+}
+
+/**
+ * The change record's rule is that a change on the primary is in the record. A native create
+ * reaches the record when JS takes the native queue, which a file created and held open never
+ * makes it do: the record must take the queue itself before it answers (ChangeRecord.reportAhead).
+ */
+describe('the change record asked while a native create is unreported', () => {
+  let t: Awaited<ReturnType<typeof tempDirs>> | undefined;
+  let m: InProcess | undefined;
+  afterAll(async () => {
+    await m?.close();
+    if (t) await unmountAll(t.dirs.mnt!);
+    await t?.cleanup();
+  });
+
+  it('changesSince lists a file created natively and held open, with no request in between', async () => {
+    t = await tempDirs('primary', 'mnt', 'mirror', 'state', 'flags');
+    m = await mountInProcess({
+      primary: t.dirs.primary!,
+      mount: t.dirs.mnt!,
+      mirror: t.dirs.mirror!,
+      stateDir: t.dirs.state!,
+    });
+    const g0 = m.driver.status().changes;
+    expect(g0.vouching).toBe(true);
+    const creates = () => (m!.fs.status().kernelCache as any).nativeUnlink.creates as number;
+    const before = creates();
+    const ready = path.join(t.dirs.flags!, 'ready');
+    const holder = holdCreated(t.dirs.mnt!, 'held', ready);
+    try {
+      await waitUntil(async () => existsSync(ready), 20_000, 'the file created');
+      const answer = m.driver.changesSince({ log: g0.log, generation: g0.generation });
+      expect(answer.unknown).toBeUndefined();
+      expect(answer.changed).toEqual(['/held']);
+      expect(creates() - before).toBe(1);
+    } finally {
+      holder.kill('SIGKILL');
+      await new Promise((r) =>
+        holder.exitCode !== null || holder.signalCode !== null ? r(null) : holder.on('exit', r),
+      );
+    }
+  });
+});
+
+/**
+ * A sink with a write-intent hook (beforeChange) that cannot take changes made ahead of it (no
+ * changesAhead) must see every create before the primary has the file: creates stay on the JS
+ * thread for it. Natively created, the file would exist when beforeChange is called.
+ */
+describe('a sink with beforeChange and no changesAhead', () => {
+  let t: Awaited<ReturnType<typeof tempDirs>> | undefined;
+  let twin: TwinFs | undefined;
+  afterAll(async () => {
+    await twin?.unmount().catch(() => undefined);
+    if (t) await unmountAll(t.dirs.mnt!);
+    await t?.cleanup();
+  });
+
+  it('sees each create before the file exists on the primary (creates go to JS)', async () => {
+    t = await tempDirs('primary', 'mnt');
+    const primary = t.dirs.primary!;
+    const seen: Array<{ path: string; existed: boolean }> = [];
+    const created = new Set<string>();
+    twin = await TwinFs.mount({
+      primary,
+      mount: t.dirs.mnt!,
+      log: () => undefined,
+      native: { libfuse: 3 },
+      sink: {
+        beforeChange(p: string) {
+          seen.push({ path: p, existed: existsSync(primary + p) });
+        },
+        async apply(c) {
+          if (c.op === 'create') created.add(c.path);
+        },
+      },
+    });
+    await shIn(t.dirs.mnt!, 'for i in 1 2 3 4 5; do echo $i > f$i; done', { timeoutMs: 30_000 });
+    await twin.flushAll();
+    expect([...created].sort()).toEqual(['/f1', '/f2', '/f3', '/f4', '/f5']);
+    // The first beforeChange of each file is its create's.
+    for (const p of created) expect(seen.find((x) => x.path === p)).toEqual({ path: p, existed: false });
+    const n = (twin.status().kernelCache as any).nativeUnlink as { creates: number; enabled: boolean };
+    expect(n.enabled).toBe(true);
+    expect(n.creates).toBe(0);
   });
 });
