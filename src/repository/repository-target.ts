@@ -33,7 +33,7 @@ import {
   type StoredEntry,
 } from './repository.js';
 import { SmallFileReader } from './small-files.js';
-import { repoWorkers } from './worker-pool.js';
+import { repoReaders, repoWorkers } from './worker-pool.js';
 
 /** The stamp of stored content (PutResult.stamp): a digest of its chunk ids. */
 export function stampOf(chunks: string[]): string {
@@ -274,7 +274,7 @@ class RepositoryWriter implements SnapshotWriter, MirrorFileWriter, ReadIntoWrit
     private readonly lock: Promise<RepoLock>,
   ) {
     this.blobs = new BlobWriter(target.repo, repoWorkers(), lock);
-    this.cutter = new ContentCutter(target.repo);
+    this.cutter = new ContentCutter(target.repo, repoWorkers(), repoReaders());
     this.smallFiles = new SmallFileReader(target.repo);
     this.streams = new Semaphore(repoWorkers().size);
   }
