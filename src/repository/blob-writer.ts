@@ -77,9 +77,14 @@ export class BlobWriter {
   storedBytes = 0;
   private failed: unknown;
 
+  /**
+   * @param before what every pack's put waits for (the snapshot's lock in a repository being
+   *   created: the blobs are cut and sealed meanwhile); a failure of it fails the writer
+   */
   constructor(
     private readonly repo: Repository,
     private readonly pool: WorkerPool = repoWorkers(),
+    private readonly before?: Promise<unknown>,
   ) {
     // One pack per worker: a third one in flight was one more batch of fresh pages (~4,300
     // faults on the main thread's copy into it) for no gain in a run whose puts are short
@@ -234,6 +239,7 @@ export class BlobWriter {
       const job = sealed
         .then(async (a) => {
           const bytes = Buffer.from(a.bytes.buffer, a.bytes.byteOffset, a.bytes.byteLength);
+          if (this.before) await this.before;
           await this.repo.store.put(packObjectName(a.name), bytes);
           // Written: reused (a put that failed may still hold it, then it is never reused; a
           // worker that failed may still write in it, then it is not reused either).

@@ -35,9 +35,14 @@ let streamSeq = 0;
  * not hold the peer's JS thread.
  */
 export class ContentCutter {
+  /**
+   * @param helpers threads of another pool (the small-file readers) that take a window's blob
+   *   ids when one of them is idle and running
+   */
   constructor(
     private readonly repo: Repository,
     private readonly pool: WorkerPool = repoWorkers(),
+    private readonly helpers?: WorkerPool,
   ) {}
 
   private request(data: Uint8Array, final: boolean, stream?: { id: number; first: boolean }) {
@@ -133,11 +138,16 @@ export class ContentCutter {
         if (blobs.length === 0) return { a, blobs };
         let bytes = 0;
         for (const b of blobs) bytes += b.data.length;
-        const ids = await this.pool.run<string[]>(
-          { op: 'ids', parts: blobs.map((b) => b.data), master } satisfies IdsRequest,
-          [],
-          { cost: bytes },
-        );
+        // On two cores one worker cuts, hashes and names a large file's windows in turn, while
+        // the reader thread idles once the small files are read (a backup's tail of large
+        // files): the ids go to that thread then. An idle, running one only: never behind a
+        // batch of small files waiting on the disk, and no thread started for it.
+        const idle = this.helpers?.idleThread();
+        const req = { op: 'ids', parts: blobs.map((b) => b.data), master } satisfies IdsRequest;
+        const ids =
+          idle !== undefined
+            ? await this.helpers!.run<string[]>(req, [], { worker: idle, cost: bytes })
+            : await this.pool.run<string[]>(req, [], { cost: bytes });
         for (const [i, b] of blobs.entries()) b.id = ids[i]!;
         return { a, blobs };
       });

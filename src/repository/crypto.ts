@@ -123,24 +123,28 @@ function scrypt(pass: Buffer, salt: Buffer, N: number, r: number, p: number): Pr
   );
 }
 
-/** A new master key, wrapped with a key derived from the passphrase. */
-export async function newKeyFile(passphrase: Buffer): Promise<{ file: KeyFile; keys: RepoKeys }> {
-  const master = randomBytes(64);
+/**
+ * A new master key (encKey || macKey): random, so usable before its key file exists
+ * (RepoKeys.fromMaster); wrapMasterKey makes that file.
+ */
+export function newMasterKey(): Buffer {
+  return randomBytes(64);
+}
+
+/** The key file of a master key: wrapped with a key derived (scrypt) from the passphrase. */
+export async function wrapMasterKey(master: Buffer, passphrase: Buffer): Promise<KeyFile> {
   const salt = randomBytes(32);
   const N = 32768;
   const kek = await scrypt(passphrase, salt, N, 8, 1);
   const nonce = randomBytes(12);
   const wrapped = Buffer.concat([nonce, seal(kek, nonce, master)]);
   return {
-    file: {
-      kdf: 'scrypt',
-      N,
-      r: 8,
-      p: 1,
-      salt: salt.toString('base64'),
-      wrapped: wrapped.toString('base64'),
-    },
-    keys: RepoKeys.fromMaster(master),
+    kdf: 'scrypt',
+    N,
+    r: 8,
+    p: 1,
+    salt: salt.toString('base64'),
+    wrapped: wrapped.toString('base64'),
   };
 }
 

@@ -33,7 +33,7 @@ import {
   type StoredEntry,
 } from './repository.js';
 import { SmallFileReader } from './small-files.js';
-import { repoWorkers } from './worker-pool.js';
+import { repoReaders, repoWorkers } from './worker-pool.js';
 
 /** The stamp of stored content (PutResult.stamp): a digest of its chunk ids. */
 export function stampOf(chunks: string[]): string {
@@ -149,6 +149,16 @@ export class RepositoryTarget implements BackupTarget {
       await this.dropReservation(meta.snapshotId);
       throw failed(`snapshot ${meta.snapshotId} already exists at ${this.spec}`);
     }
+    if (this.repo.beingWritten) {
+      // A repository this process is creating (its key's scrypt, ~0.2 s of CPU): nobody else
+      // can use it before its config is written, so its lock is taken right after that, and
+      // the writer's packs wait for the lock (the store sees key, config, lock, packs, as
+      // before), while the files are read, cut and sealed from now on. (No reservation was
+      // made for it: reserveLock does nothing before a repository is there.)
+      const lock = this.repo.written.then(() => this.repo.lock(false, `backup ${meta.snapshotId}`));
+      lock.catch(() => undefined);
+      return new RepositoryWriter(this, meta.snapshotId, lock);
+    }
     const lock = await this.takeLock(meta.snapshotId);
     try {
       // Packs other processes indexed since the open are deduplicated against too, and every
@@ -161,7 +171,7 @@ export class RepositoryTarget implements BackupTarget {
       await lock.release();
       throw err;
     }
-    return new RepositoryWriter(this, meta.snapshotId, lock);
+    return new RepositoryWriter(this, meta.snapshotId, Promise.resolve(lock));
   }
 
   async listSnapshots(): Promise<TargetSnapshotInfo[]> {
@@ -299,13 +309,17 @@ class RepositoryWriter implements SnapshotWriter, MirrorFileWriter, ReadIntoWrit
   /** Index objects this writer wrote. */
   private readonly ownIndex: string[] = [];
 
+  /**
+   * @param lock the snapshot's lock, taken (or, in a repository being created, taken once its
+   *   config is written: no pack is written before it)
+   */
   constructor(
     private readonly target: RepositoryTarget,
     readonly snapshotId: string,
-    private readonly lock: RepoLock,
+    private readonly lock: Promise<RepoLock>,
   ) {
-    this.blobs = new BlobWriter(target.repo);
-    this.cutter = new ContentCutter(target.repo);
+    this.blobs = new BlobWriter(target.repo, repoWorkers(), lock);
+    this.cutter = new ContentCutter(target.repo, repoWorkers(), repoReaders());
     this.smallFiles = new SmallFileReader(target.repo);
     this.streams = new Semaphore(repoWorkers().size);
   }
@@ -611,6 +625,7 @@ class RepositoryWriter implements SnapshotWriter, MirrorFileWriter, ReadIntoWrit
       // tree blobs, its chain), already vouched for by carryFrom. No tree blob, no index object
       // and no deeper chain: a run of unchanged snapshots costs a snapshot object each.
       if (base && rows.length === 0 && this.content.size === 0) {
+        const lock = await this.lock;
         await this.blobs.discard();
         const index = this.indexStampNow();
         await this.repo.writeSnapshot({
@@ -621,7 +636,7 @@ class RepositoryWriter implements SnapshotWriter, MirrorFileWriter, ReadIntoWrit
           ...(index ? { index } : {}),
         });
         this.state = 'committed';
-        await this.lock.release();
+        await lock.release();
         return;
       }
       // The data batch still being filled is sealed and written (its fsync included) while the
@@ -638,13 +653,16 @@ class RepositoryWriter implements SnapshotWriter, MirrorFileWriter, ReadIntoWrit
       const text = Buffer.from(rows.length ? `${rows.map((r) => JSON.stringify(r)).join('\n')}\n` : '');
       // Tree blobs in packs of their own (as restic keeps them): listing and reading manifests
       // never fetches file data, and damage to a data pack leaves the manifests readable.
-      const trees = new BlobWriter(this.repo);
+      const trees = new BlobWriter(this.repo, repoWorkers(), this.lock);
       // The data writer adds nothing more (its flush started): its spare batches are reused.
       trees.adoptSpares(this.blobs);
       const tree = await trees.addContent(text, 'tree');
       // Both settled before going on: a failure leaves no write of either running behind it.
       const [data, treePacks] = await bothSettled(dataPacks, trees.flush());
       const packs = [...data, ...treePacks];
+      // Taken long ago, except in a repository still being created (a backup of a few files
+      // can get here before its key file is written): nothing is indexed without it.
+      await this.lock;
       // The index object is durable before the snapshot names what it indexes (commit order);
       // the local index cache is not part of it and is written beside the snapshot object.
       const written = await this.repo.writeIndex({ packs }, { cacheLater: true });
@@ -676,7 +694,7 @@ class RepositoryWriter implements SnapshotWriter, MirrorFileWriter, ReadIntoWrit
         ? err
         : failed(`commit of snapshot ${this.snapshotId}: ${(err as Error)?.message}`);
     }
-    await this.lock.release();
+    await (await this.lock).release();
   }
 
   /** The packs holding the content these lines name (after the index names this writer's). */
@@ -715,7 +733,8 @@ class RepositoryWriter implements SnapshotWriter, MirrorFileWriter, ReadIntoWrit
     if (this.state === 'committed' || this.state === 'aborted') return;
     this.state = 'aborted';
     await this.blobs.discard();
-    await this.lock.release();
+    // A lock that could not be taken (a repository whose creation failed) holds nothing.
+    await (await this.lock.catch(() => undefined))?.release();
   }
 }
 

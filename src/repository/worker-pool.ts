@@ -127,6 +127,15 @@ export class WorkerPool {
     return best;
   }
 
+  /**
+   * A live thread with nothing queued (its index), else undefined: where work that any thread
+   * can do goes without waiting, and without starting a thread.
+   */
+  idleThread(): number | undefined {
+    const i = this.slots.findIndex((s) => s !== undefined && !s.dead && s.pending.size === 0);
+    return i < 0 ? undefined : i;
+  }
+
   /** The live worker threads (for tests that provoke a crash). */
   threads(): Worker[] {
     return this.slots.filter((s): s is Slot => s !== undefined && !s.dead).map((s) => s.worker);

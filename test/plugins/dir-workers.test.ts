@@ -318,6 +318,46 @@ describe('dir repository: the worker path', () => {
     }
   });
 
+  it("a streamed file's blob ids go to an idle running reader thread (the one worker cuts and hashes), never start one; the chunks and ids are those of the whole content", async () => {
+    const dir = await fx.tmp();
+    process.env.TWINFS_PASSWORD = 'worker test';
+    const t = await open(`dir:${dir}/r`);
+    await firstSnapshot(t, pseudoRandom(MiB, 6));
+    const data = pseudoRandom(6 * WINDOW + 4321, 7);
+    const readers = pool(1);
+    // Which ops each pool's threads were asked for (the requests still go to the threads).
+    const asked = (p: WorkerPool) => {
+      const ops: string[] = [];
+      const run = p.run.bind(p);
+      p.run = ((req, transfer, opts) => {
+        ops.push(req.op);
+        return run(req, transfer, opts);
+      }) as typeof p.run;
+      return ops;
+    };
+    const readerOps = asked(readers);
+    const cutter = new ContentCutter(t.repo, pool(1), readers);
+    const whole = await cutter.whole(data);
+    const streamed = async () => {
+      const got: string[] = [];
+      const r = await cutter.stream(streamOf(data, MiB), async (blobs) => {
+        for (const b of blobs) got.push(b.id);
+      });
+      expect(r).toEqual({ hash: sha256(data), size: data.length });
+      expect(got).toEqual(whole.blobs.map((b) => b.id));
+    };
+    // No reader thread running: none is started for the ids.
+    await streamed();
+    expect(readerOps).toEqual([]);
+    expect(readers.threads()).toHaveLength(0);
+    // A reader thread running and idle (as after the small files of a backup): it names chunks.
+    await readers.run({ op: 'drop', stream: 0 });
+    readerOps.length = 0;
+    await streamed();
+    expect(readerOps.filter((op) => op === 'ids').length).toBeGreaterThan(0);
+    expect(readerOps.every((op) => op === 'ids')).toBe(true);
+  });
+
   it('the default pools, readers and workers together, start no more threads than the cores (at least one each); the environment overrides either', () => {
     for (let cores = 1; cores <= 32; cores++) {
       const { workers, readers } = defaultPoolSizes(cores, {});
