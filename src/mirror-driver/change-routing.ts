@@ -77,7 +77,9 @@ export class ChangeRouter {
    * a copy of times by path (MirrorTimes.sync) in a turn before it would read another entry.
    */
   private routeNamed(c: Change): Promise<void> {
-    const names = 'from' in c ? [c.path, c.from] : [c.path];
+    // A link's source keeps its entry: deferring for it only delayed a copy of times that a
+    // write through a name of a file with several names makes at once (the name may go next).
+    const names = c.op === 'rename' ? [c.path, c.from] : [c.path];
     const q = this.c.namesQueued;
     for (const n of names) q.set(n, (q.get(n) ?? 0) + 1);
     return this.c.queue.push(async () => {
