@@ -99,23 +99,24 @@ export class ChangeRouter {
   }
 
   /**
-   * A namespace change, queued with its names counted in namesQueued until its turn is over:
-   * a copy of times by path (MirrorTimes.sync) in a turn before it would read another entry.
+   * A namespace change, queued with its names counted in namesQueued until its turn comes: a
+   * read of the primary by path in a turn before it (a copy of times, MirrorTimes.sync; the
+   * inode a split notes for a name, Splitter.track) would find another entry. In its own turn
+   * the primary's entry is the one the change is about.
    */
   private routeNamed(c: Change): Promise<void> {
-    const names = 'from' in c ? [c.path, c.from] : [c.path];
+    // A link's source keeps its entry: deferring for it only delayed a copy of times that a
+    // write through a name of a file with several names makes at once (the name may go next).
+    const names = c.op === 'rename' ? [c.path, c.from] : [c.path];
     const q = this.c.namesQueued;
     for (const n of names) q.set(n, (q.get(n) ?? 0) + 1);
-    return this.c.queue.push(async () => {
-      try {
-        await this.route(c);
-      } finally {
-        for (const n of names) {
-          const k = (q.get(n) ?? 1) - 1;
-          if (k > 0) q.set(n, k);
-          else q.delete(n);
-        }
+    return this.c.queue.push(() => {
+      for (const n of names) {
+        const k = (q.get(n) ?? 1) - 1;
+        if (k > 0) q.set(n, k);
+        else q.delete(n);
       }
+      return this.route(c);
     });
   }
 

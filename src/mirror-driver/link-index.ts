@@ -82,6 +82,16 @@ export class LinkIndex {
     return this.byPath.has(p);
   }
 
+  /**
+   * The other names the index holds for p's file (none when it holds p as no such name). Names,
+   * not a vouching: each may be stale, so a caller reads each by path as it reads p.
+   */
+  otherNames(p: string): string[] {
+    const key = this.byPath.get(p);
+    if (key === undefined) return [];
+    return [...(this.byFile.get(key) ?? [])].filter((q) => q !== p);
+  }
+
   /** Does the index hold p as a name of st's file? */
   isNameOf(p: string, st: Stats): boolean {
     return this.byPath.get(p) === keyOf(st);

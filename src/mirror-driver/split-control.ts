@@ -5,7 +5,7 @@ import type { Change } from '../fusefs/change-sink.js';
 import type { MirrorCore } from './driver-core.js';
 import type { SplitInfo } from './driver-types.js';
 import type { JournalRecord } from './journal.js';
-import { covers, coversUnder, type Selector, SplitTracker } from './split-tracker.js';
+import { covers, coversUnder, type Selector, SplitTracker, UNKNOWN_INO } from './split-tracker.js';
 
 /** Changes that modify an inode's content or metadata (not its names). */
 const INODE_OPS = new Set<Change['op']>([
@@ -163,16 +163,30 @@ export class Splitter {
     if (todo.length === 0) return;
     const st = await fsp.lstat(this.c.primary + p).catch(() => undefined);
     if (!st?.isFile()) return;
-    for (const s of todo) s.inodeNumbers.set(p, st.ino);
+    for (const s of todo) s.inodeNumbers.set(p, this.inodeAt(p, st));
   }
 
   private async noteInodeChange(holders: SplitTracker[], p: string): Promise<void> {
     const todo = holders.filter((s) => !s.inodeChanged.has(p));
     if (todo.length === 0) return;
     const st = await fsp.lstat(this.c.primary + p).catch(() => undefined);
-    // Gone already (its unlink or rename is queued behind): assume it had other names.
-    const nlink = st ? (st.isDirectory() ? 1 : st.nlink) : 2;
-    for (const s of todo) s.noteInodeChange(p, nlink, st?.ino);
+    const ino = st && this.inodeAt(p, st);
+    // Gone already (its unlink or rename is queued behind), or maybe another file there (see
+    // inodeAt): assume it had other names.
+    const nlink = st && ino !== UNKNOWN_INO ? (st.isDirectory() ? 1 : st.nlink) : 2;
+    for (const s of todo) s.noteInodeChange(p, nlink, ino);
+  }
+
+  /**
+   * The inode of the primary's file at p, read in the turn of a change to it: UNKNOWN_INO when a
+   * namespace change queued behind names p or a directory above it. The primary has made that
+   * change already, so its p may be another file (renamed there), and the resync, taking it for
+   * the one this split's changes were about, copied it into the mirror's file, which other names
+   * share (a held link to /c, then /f renamed over /c before the link's turn: /a and /b, one
+   * file with the mirror's /c, got /f's content). With UNKNOWN_INO the resync takes p as gone.
+   */
+  private inodeAt(p: string, st: { ino: number; isFile(): boolean }): number {
+    return st.isFile() && this.c.nameQueued(p) ? UNKNOWN_INO : st.ino;
   }
 }
 

@@ -2,6 +2,13 @@ import { covers, coversUnder, type Selector, selectorsOverlap } from '../common/
 import type { Change } from '../fusefs/change-sink.js';
 import { RangeSet } from './range-set.js';
 
+/**
+ * The inode number noted for a name whose file the split could not tell (Splitter.inodeAt): no
+ * file has it, so the resync takes no file for the one noted, and a lost name with it counts as
+ * an unknown inode (lostUnknown).
+ */
+export const UNKNOWN_INO = -1;
+
 export { covers, coversUnder, type Selector } from '../common/selector.js';
 
 /** Whether a change touches files a selector covers. */
@@ -276,7 +283,7 @@ export class SplitTracker {
     if (nlink === undefined || nlink < 2) return;
     this.lostLinks = true;
     const ino = this.inodeNumbers.get(p);
-    if (ino === undefined) this.lostUnknown = true;
+    if (ino === undefined || ino === UNKNOWN_INO) this.lostUnknown = true;
     else this.lostInos.add(ino);
   }
 
@@ -304,7 +311,7 @@ export class SplitTracker {
     this.inodeNumbers.delete(p);
     if (nlink !== undefined && nlink > 1) {
       this.lostLinks = true;
-      if (ino === undefined) this.lostUnknown = true;
+      if (ino === undefined || ino === UNKNOWN_INO) this.lostUnknown = true;
       else this.lostInos.add(ino);
     }
   }

@@ -96,6 +96,11 @@ export class MirrorTimes {
     // seed 4 in CI, 2026-12-05, a symlink 8 ms off). Kept pending: the rename moves it (the
     // unlink drops it), and it is copied once nothing queued names it.
     if (this.c.nameQueued(p)) {
+      // The queued change may take the name away (an unlink drops the pending copy, a rename over
+      // it replaces it), and with it the copy a file with other names owed them: its other names
+      // the link index knows are noted too (a copy by a name nothing queued names is exact, and
+      // the file's times are the same under each of them).
+      for (const q of this.c.links.otherNames(p)) this.pending.add(q);
       this.retry();
       return;
     }

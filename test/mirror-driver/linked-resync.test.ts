@@ -545,6 +545,46 @@ describe('resync of files with several names', () => {
     expect((await d.verify()).differences).toEqual([]);
   });
 
+  // The same, with the rename over /c made on the primary before the held link had its turn in
+  // the queue: the link's turn notes which file its new name is by reading the primary (so the
+  // resync can tell another file renamed there since), and read /f's file there. The resync then
+  // took /f's file for the one the link named and copied it into the mirror's /c, which is one
+  // file with /a and /b.
+  it('a name a held link gave a file, replaced on the primary before the link had its turn, is not copied into the shared copy', async () => {
+    await createF();
+    const s = await d.split({ volume: true });
+    await fsp.link(`${P}/a`, `${P}/c`);
+    await fsp.rename(`${P}/f`, `${P}/c`);
+    const linked = d.apply({ op: 'link', from: '/a', path: '/c' });
+    const resynced = d.resync(s.splitId);
+    const applied = d.apply({ op: 'rename', from: '/f', path: '/c' });
+    await Promise.all([linked, resynced, applied]);
+    await d.whenIdle();
+    for (const n of ['a', 'b', 'c']) expect(await sha(`${M}/${n}`), n).toBe(await sha(`${P}/${n}`));
+    expect((await fsp.stat(`${M}/a`)).ino).toBe((await fsp.stat(`${M}/b`)).ino);
+    expect((await d.verify()).differences).toEqual([]);
+  });
+
+  // The same through a held write: its turn notes the inode and link count of the written name
+  // by reading the primary, where /f had been renamed over /a already (queued behind). The resync
+  // then copied /f's bytes over the tracked range of the mirror's /a, which is one file with /b.
+  it('a name written under a split and replaced on the primary before the write had its turn: its other names keep their own content', async () => {
+    await createF();
+    const s = await d.split({ volume: true });
+    const data = randomBytes(3000);
+    const fh = await fsp.open(`${P}/a`, 'r+');
+    await fh.write(data, 0, data.length, 0);
+    await fh.close();
+    await fsp.rename(`${P}/f`, `${P}/a`);
+    const written = d.apply({ op: 'write', path: '/a', offset: 0, data });
+    const resynced = d.resync(s.splitId);
+    const applied = d.apply({ op: 'rename', from: '/f', path: '/a' });
+    await Promise.all([written, resynced, applied]);
+    await d.whenIdle();
+    for (const n of ['a', 'b']) expect(await sha(`${M}/${n}`), n).toBe(await sha(`${P}/${n}`));
+    expect((await d.verify()).differences).toEqual([]);
+  });
+
   it('an entry the resync left for the queued changes, replaced by a queued rename, is not removed when its directory moves on', async () => {
     await fsp.mkdir(`${P}/d`);
     await d.apply({ op: 'mkdir', path: '/d', mode: 0o40755, uid: 0, gid: 0 });

@@ -182,6 +182,61 @@ describe('mirror times', () => {
     expect(await mtimeNs(`${M}/l`)).toBe(MTIME2);
   });
 
+  // The deferral above must not wait on a change that leaves the name's entry as it is: a link
+  // from /a (queued while the write-back through /a was) keeps /a the same file. A write through
+  // a name of a file with several names copies its times at once because that name may go next
+  // (the unlink drops the pending copy): deferred for the link, the file's other names kept the
+  // mirror's own write time.
+  it("a link from a name queued behind a write through it does not defer that file's times", async () => {
+    await fsp.link(`${P}/a`, `${P}/b`);
+    await d.apply({ op: 'link', from: '/a', path: '/b' });
+    await d.whenIdle();
+    const data = randomBytes(1000);
+    const fh = await fsp.open(`${P}/a`, 'r+');
+    await fh.write(data, 0, data.length, 100);
+    await fh.close();
+    setTimesNs(`${P}/a`, ATIME, MTIME);
+    await fsp.link(`${P}/a`, `${P}/e`);
+    // The write-back is reported, and the link (answered behind) is queued before the write's
+    // turn has copied the times.
+    const written = d.apply({ op: 'write', path: '/a', offset: 100, data });
+    const linked = d.apply({ op: 'link', from: '/a', path: '/e' });
+    await Promise.all([written, linked]);
+    // Then the name goes, before the 200 ms timer's copy.
+    await fsp.unlink(`${P}/a`);
+    await d.apply({ op: 'unlink', path: '/a' });
+    await d.whenIdle();
+    expect(await mtimeNs(`${M}/b`)).toBe(MTIME);
+    expect((await d.verify()).differences).toEqual([]);
+  });
+
+  // Where the deferral has to wait, the file's times are still owed to its other names: a
+  // rename over the written name (queued behind the write-back through it) drops the pending
+  // copy with the name. Before the deferral the copy read the renamed file's times instead.
+  it('a rename over a name queued behind a write through it: the written file keeps the primary times under its other names', async () => {
+    await fsp.link(`${P}/a`, `${P}/b`);
+    await d.apply({ op: 'link', from: '/a', path: '/b' });
+    await fsp.writeFile(`${P}/x`, 'x');
+    await d.apply({ op: 'create', path: '/x', mode: 0o100644, uid: 0, gid: 0 });
+    await d.apply({ op: 'write', path: '/x', offset: 0, data: Buffer.from('x') });
+    setTimesNs(`${P}/x`, ATIME, MTIME + 5_000_003n);
+    await d.apply({ op: 'fsync', path: '/x', datasync: false });
+    await d.whenIdle();
+    const data = randomBytes(1000);
+    const fh = await fsp.open(`${P}/a`, 'r+');
+    await fh.write(data, 0, data.length, 100);
+    await fh.close();
+    setTimesNs(`${P}/a`, ATIME, MTIME);
+    await fsp.rename(`${P}/x`, `${P}/a`);
+    const written = d.apply({ op: 'write', path: '/a', offset: 100, data });
+    const renamed = d.apply({ op: 'rename', from: '/x', path: '/a' });
+    await Promise.all([written, renamed]);
+    await d.whenIdle();
+    expect(await mtimeNs(`${M}/b`)).toBe(MTIME);
+    expect(await mtimeNs(`${M}/a`)).toBe(MTIME + 5_000_003n);
+    expect((await d.verify()).differences).toEqual([]);
+  });
+
   describe('directories (found by the stress harness once its restore check compared mtimes)', () => {
     // Entries coming and going move a directory's mtime on the primary when the change is
     // made, and in the mirror when it is applied or replayed. Every primary directory gets the
