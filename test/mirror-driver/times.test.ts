@@ -34,14 +34,15 @@ describe('mirror times', () => {
     await t?.cleanup();
   });
 
-  /** pwrite on the primary, then its times set as above; reported as a write. */
-  async function write(name: string, offset: number): Promise<void> {
+  /** pwrite on the primary, then its times set as above; reported as a write unless report is false. */
+  async function write(name: string, offset: number, report = true): Promise<Buffer> {
     const data = randomBytes(1000);
     const fh = await fsp.open(`${P}${name}`, 'r+');
     await fh.write(data, 0, data.length, offset);
     await fh.close();
     setTimesNs(`${P}${name}`, ATIME, MTIME);
-    await d.apply({ op: 'write', path: name, offset, data });
+    if (report) await d.apply({ op: 'write', path: name, offset, data });
+    return data;
   }
 
   async function mtimeNs(file: string): Promise<bigint> {
@@ -191,11 +192,7 @@ describe('mirror times', () => {
     await fsp.link(`${P}/a`, `${P}/b`);
     await d.apply({ op: 'link', from: '/a', path: '/b' });
     await d.whenIdle();
-    const data = randomBytes(1000);
-    const fh = await fsp.open(`${P}/a`, 'r+');
-    await fh.write(data, 0, data.length, 100);
-    await fh.close();
-    setTimesNs(`${P}/a`, ATIME, MTIME);
+    const data = await write('/a', 100, false);
     await fsp.link(`${P}/a`, `${P}/e`);
     // The write-back is reported, and the link (answered behind) is queued before the write's
     // turn has copied the times.
@@ -222,11 +219,7 @@ describe('mirror times', () => {
     setTimesNs(`${P}/x`, ATIME, MTIME + 5_000_003n);
     await d.apply({ op: 'fsync', path: '/x', datasync: false });
     await d.whenIdle();
-    const data = randomBytes(1000);
-    const fh = await fsp.open(`${P}/a`, 'r+');
-    await fh.write(data, 0, data.length, 100);
-    await fh.close();
-    setTimesNs(`${P}/a`, ATIME, MTIME);
+    const data = await write('/a', 100, false);
     await fsp.rename(`${P}/x`, `${P}/a`);
     const written = d.apply({ op: 'write', path: '/a', offset: 100, data });
     const renamed = d.apply({ op: 'rename', from: '/x', path: '/a' });
