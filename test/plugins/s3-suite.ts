@@ -166,15 +166,21 @@ export function describeS3Target(name: string, fixture: () => S3Fixture): void {
       // The peer dies here: no commit, no abort. Another process opens the target.
       const t2 = await plugin.open(spec);
       expect(await t2.listSnapshots()).toEqual([]);
-      await expect(t2.stat('crashed', '/a')).rejects.toMatchObject({ code: 'ETWIN_TARGET_NOT_FOUND' });
       // Packs are sealed on worker threads and written behind putFile: the first 16 MiB pack
-      // lands at the store shortly after, and still makes no snapshot.
+      // lands at the store shortly after, and still makes no snapshot. (A first backup writes
+      // the repository's key file, config and lock beside its first reads, before any pack: until
+      // then the location holds no repository at all, which a stat there reports as such, CI
+      // 2026-12-05 under load. Once a pack is there, the repository is.)
       const hasData = async () =>
         (await s3.listKeys(`${prefix}/`)).some((k) => k.startsWith(`${prefix}/data/`));
       await waitUntil(hasData, 30_000, 'the first pack at the store');
       const keys = await s3.listKeys(`${prefix}/`);
       expect(keys.some((k) => k.startsWith(`${prefix}/snapshots/`))).toBe(false);
       expect(await t2.listSnapshots()).toEqual([]);
+      const t3 = await plugin.open(spec);
+      expect(await t3.listSnapshots()).toEqual([]);
+      await expect(t3.stat('crashed', '/a')).rejects.toMatchObject({ code: 'ETWIN_TARGET_NOT_FOUND' });
+      await t3.close();
       await t2.close();
       await t.close();
     });
