@@ -245,8 +245,16 @@ describe('dir repository: the worker path', () => {
     }
   });
 
-  it('copies between shared and plain memory byte for byte at every relative alignment', () => {
-    const src = pseudoRandom(64 * 1024 + 77, 44);
+  /**
+   * Copies pseudo-random bytes with `copy` from plain and shared memory, at 8 source offsets, into
+   * plain and shared memory at 8 target offsets: exactly those bytes land, and nothing around them.
+   */
+  function copiesAtEveryAlignment(
+    seed: number,
+    makeDst: (shared: boolean, length: number) => Uint8Array,
+    copy: (dst: Uint8Array, at: number, src: Uint8Array) => void,
+  ): void {
+    const src = pseudoRandom(64 * 1024 + 77, seed);
     for (const sharedSrc of [false, true])
       for (const sharedDst of [false, true])
         for (let from = 0; from < 8; from++)
@@ -255,36 +263,29 @@ describe('dir repository: the worker path', () => {
               ? new Uint8Array(new SharedArrayBuffer(src.length + 8), from, src.length)
               : src;
             if (sharedSrc) s.set(src);
-            const dst = sharedDst
-              ? new Uint8Array(new SharedArrayBuffer(src.length + 32))
-              : new Uint8Array(src.length + 32);
+            const dst = makeDst(sharedDst, src.length + 32);
             dst.fill(0xee);
-            copyInto(dst, s, at + 8);
+            copy(dst, at + 8, s);
             expect(Buffer.compare(dst.subarray(at + 8, at + 8 + src.length), src)).toBe(0);
             expect(dst.subarray(0, at + 8).every((b) => b === 0xee)).toBe(true);
             expect(dst.subarray(at + 8 + src.length).every((b) => b === 0xee)).toBe(true);
           }
+  }
+
+  it('copies between shared and plain memory byte for byte at every relative alignment', () => {
+    copiesAtEveryAlignment(
+      44,
+      (shared, n) => (shared ? new Uint8Array(new SharedArrayBuffer(n)) : new Uint8Array(n)),
+      (dst, at, src) => copyInto(dst, src, at),
+    );
   });
 
   it("copies a blob into a batch (both shared memory) with the addon's memcpy, byte for byte at every alignment", () => {
-    const src = pseudoRandom(64 * 1024 + 77, 45);
-    for (const sharedSrc of [false, true])
-      for (const sharedDst of [false, true])
-        for (let from = 0; from < 8; from++)
-          for (let at = 0; at < 8; at++) {
-            const s = sharedSrc
-              ? new Uint8Array(new SharedArrayBuffer(src.length + 8), from, src.length)
-              : src;
-            if (sharedSrc) s.set(src);
-            const dst = sharedDst
-              ? Buffer.from(new SharedArrayBuffer(src.length + 32))
-              : Buffer.alloc(src.length + 32);
-            dst.fill(0xee);
-            copyShared(dst, at + 8, s);
-            expect(Buffer.compare(dst.subarray(at + 8, at + 8 + src.length), src)).toBe(0);
-            expect(dst.subarray(0, at + 8).every((b) => b === 0xee)).toBe(true);
-            expect(dst.subarray(at + 8 + src.length).every((b) => b === 0xee)).toBe(true);
-          }
+    copiesAtEveryAlignment(
+      45,
+      (shared, n) => (shared ? Buffer.from(new SharedArrayBuffer(n)) : Buffer.alloc(n)),
+      copyShared,
+    );
     // The addon's copy itself: a view's own offset counts, and what does not fit is refused
     // with nothing written.
     const sab = new SharedArrayBuffer(64);
