@@ -5,6 +5,7 @@ import * as path from 'node:path';
 import { setImmediate as turn } from 'node:timers/promises';
 import Datastore from 'nedb-promises';
 import { TwinError } from '../common/errors.js';
+import { CatalogHead } from './catalog-head.js';
 import { isAlive, LockFile } from './catalog-lock.js';
 import { applyDelta, type DeltaLine } from './manifest-delta.js';
 import { fsyncPath } from './safe-tree.js';
@@ -207,13 +208,58 @@ async function loadUnlessCompact(store: Datastore<SnapshotDoc>): Promise<void> {
   }
 }
 
+/**
+ * snapshots.db loaded by nedb, or this process's copy of it while the file is as it left it
+ * (loadedStores).
+ */
+async function loadStore(file: string): Promise<Loaded> {
+  let loaded = loadedStores.get(file);
+  const now = await stampOf(file);
+  if (!loaded || !sameStamp(loaded.stamp, now) || now!.size > 2n * loaded.compactSize + 65_536n) {
+    loadedStores.delete(file);
+    const store = Datastore.create({ filename: file }) as unknown as Datastore<SnapshotDoc>;
+    await loadUnlessCompact(store);
+    const stamp = await stampOf(file);
+    loaded = { store, stamp, compactSize: stamp?.size ?? 0n };
+    loadedStores.set(file, loaded);
+  }
+  return loaded;
+}
+
 export class Catalog {
+  /** snapshots.db loaded (nedb): every row at hand. Undefined while the head answers. */
+  private loaded: Loaded | undefined;
+  /**
+   * The head (catalog-head.ts) while this session answers from it: rows are appended to
+   * snapshots.db as nedb appends them, and snapshots.db is loaded (rows()) only for what the
+   * head cannot answer.
+   */
+  private head: CatalogHead<SnapshotDoc> | undefined;
+  /** snapshots.db as last synced, or as found at the open (head sessions: close() syncs the rest). */
+  private synced: FileStamp | undefined;
+  /** snapshots.head described snapshots.db at the open (a full session that wrote nothing keeps it). */
+  private readonly headAtOpen: FileStamp | undefined;
+
   private constructor(
     readonly dir: string,
-    private readonly snapshots: Datastore<SnapshotDoc>,
     private readonly lock: LockFile,
-    private readonly loaded: Loaded,
-  ) {}
+    at: { loaded: Loaded } | { head: CatalogHead<SnapshotDoc>; stamp: FileStamp },
+  ) {
+    if ('loaded' in at) this.loaded = at.loaded;
+    else {
+      this.head = at.head;
+      this.synced = at.stamp;
+      this.headAtOpen = at.stamp;
+    }
+  }
+
+  private get file(): string {
+    return path.join(this.dir, 'snapshots.db');
+  }
+
+  private get headFile(): string {
+    return path.join(this.dir, 'snapshots.head');
+  }
 
   static async open(dir = defaultCatalogDir(), opts: { lockTimeoutMs?: number } = {}): Promise<Catalog> {
     const abs = path.resolve(dir);
@@ -229,18 +275,13 @@ export class Catalog {
     const lock = await LockFile.acquire(path.join(abs, 'lock'), { timeoutMs: opts.lockTimeoutMs });
     const file = path.join(abs, 'snapshots.db');
     try {
-      let loaded = loadedStores.get(file);
+      // The head when it describes the file as it is: snapshots.db is not loaded.
       const now = await stampOf(file);
-      if (!loaded || !sameStamp(loaded.stamp, now) || now!.size > 2n * loaded.compactSize + 65_536n) {
-        loadedStores.delete(file);
-        const store = Datastore.create({ filename: file }) as unknown as Datastore<SnapshotDoc>;
-        await loadUnlessCompact(store);
-        const stamp = await stampOf(file);
-        loaded = { store, stamp, compactSize: stamp?.size ?? 0n };
-        loadedStores.set(file, loaded);
-      }
+      const head = now && (await CatalogHead.read<SnapshotDoc>(path.join(abs, 'snapshots.head'), now));
+      if (head) return new Catalog(abs, lock, { head, stamp: now });
+      const loaded = await loadStore(file);
       await fsp.mkdir(path.join(abs, 'entries'), { recursive: true, mode: 0o700 });
-      return new Catalog(abs, loaded.store, lock, loaded);
+      return new Catalog(abs, lock, { loaded });
     } catch (err) {
       loadedStores.delete(file);
       await lock.release();
@@ -272,23 +313,91 @@ export class Catalog {
 
   /**
    * Ends the session: what it wrote to snapshots.db is synced (before, the next session's load
-   * synced it, rewriting the file), then the lock released. After a failed session (ok false)
-   * the next one loads the file again: nedb may hold changes its file did not take.
+   * synced it, rewriting the file), the head written for the file as it is now, then the lock
+   * released. After a failed session (ok false) the next one loads the file again: nedb may hold
+   * changes its file did not take.
    */
   async close(ok = true): Promise<void> {
     try {
-      const file = path.join(this.dir, 'snapshots.db');
+      const file = this.file;
       const now = await stampOf(file);
-      if (ok && loadedStores.get(file) === this.loaded) {
-        if (!sameStamp(this.loaded.stamp, now)) await this.sync(file);
-        this.loaded.stamp = now;
+      const loaded = this.loaded;
+      if (!loaded) {
+        if (!sameStamp(this.synced, now)) {
+          if (ok) await this.sync(file);
+          else await this.sync(file).catch(() => undefined);
+        }
+        // A head not written leaves the one of the file as it was: the next session loads it.
+        if (ok && now && !sameStamp(this.headAtOpen, now))
+          await this.head!.write(this.headFile, now).catch(() => undefined);
+      } else if (ok && loadedStores.get(file) === loaded) {
+        if (!sameStamp(loaded.stamp, now)) await this.sync(file);
+        loaded.stamp = now;
+        if (now && !sameStamp(this.headAtOpen, now))
+          await CatalogHead.of(await loaded.store.find({}))
+            .write(this.headFile, now)
+            .catch(() => undefined);
       } else {
-        if (!sameStamp(this.loaded.stamp, now)) await this.sync(file).catch(() => undefined);
+        if (!sameStamp(loaded.stamp, now)) await this.sync(file).catch(() => undefined);
         loadedStores.delete(file);
       }
     } finally {
       await this.lock.release();
     }
+  }
+
+  /**
+   * Every row at hand: snapshots.db loaded (this process's copy when the file is as it left it),
+   * for what the head cannot answer. What this session appended is synced first, as the close
+   * would have (a load may rewrite the file).
+   */
+  private async rows(): Promise<Datastore<SnapshotDoc>> {
+    if (this.loaded) return this.loaded.store;
+    const now = await stampOf(this.file);
+    if (!sameStamp(this.synced, now)) await this.sync(this.file);
+    this.loaded = await loadStore(this.file);
+    await fsp.mkdir(path.join(this.dir, 'entries'), { recursive: true, mode: 0o700 });
+    this.head = undefined;
+    return this.loaded.store;
+  }
+
+  /** A row by id: from the head when it holds it (a copy), else from snapshots.db. */
+  private async doc(id: string): Promise<SnapshotDoc | undefined> {
+    const d = this.head?.row(id);
+    if (d) return structuredClone(d);
+    return (await (await this.rows()).findOne({ _id: id })) ?? undefined;
+  }
+
+  /**
+   * Writes a row, whole, as nedb writes an insert or an update (a JSON line appended to
+   * snapshots.db), while the head answers; the head takes it, or the file is loaded when the head
+   * can no longer answer.
+   */
+  private async putRow(doc: SnapshotDoc): Promise<void> {
+    await fsp.appendFile(this.file, `${JSON.stringify(doc)}\n`).catch((err) => {
+      throw new TwinError(
+        'ETWIN_CATALOG',
+        `cannot write the catalog (${this.file}): ${(err as Error).message}`,
+        {
+          dir: this.dir,
+        },
+      );
+    });
+    if (!this.head!.put(doc)) await this.rows();
+  }
+
+  /** Sets (and unsets) fields of a row. */
+  private async setFields(id: string, set: Partial<SnapshotDoc>, unset: string[] = []): Promise<void> {
+    const d = this.head?.row(id);
+    if (d) {
+      const next = { ...structuredClone(d), ...set } as Record<string, unknown>;
+      for (const k of unset) delete next[k];
+      return this.putRow(next as SnapshotDoc);
+    }
+    await (await this.rows()).update(
+      { _id: id },
+      { $set: set, ...(unset.length ? { $unset: Object.fromEntries(unset.map((k) => [k, true])) } : {}) },
+    );
   }
 
   /** Records a snapshot that starts now, as 'running', owned by this process. */
@@ -297,7 +406,9 @@ export class Catalog {
   ): Promise<SnapshotRecord> {
     const { id, ...rest } = rec;
     const doc: SnapshotDoc = { ...rest, _id: id, state: 'running', pid: process.pid, host: os.hostname() };
-    await this.snapshots.insert(doc);
+    // An id the head knows is inserted by nedb, which refuses a second row of an id.
+    if (this.head && !this.head.row(id)) await this.putRow(doc);
+    else await (await this.rows()).insert(doc);
     return toRecord(doc);
   }
 
@@ -312,7 +423,7 @@ export class Catalog {
     totals: SnapshotTotals,
     opts: { base?: { id: string; entries: ReadonlyMap<string, EntryRecord> } } = {},
   ): Promise<SnapshotRecord> {
-    if (!(await this.snapshots.findOne({ _id: id })))
+    if (!(await this.doc(id)))
       throw new TwinError('ETWIN_UNKNOWN_SNAPSHOT', `no snapshot ${id} in the catalog`, { snapshotId: id });
     const staged = await this.stage(id, entries, opts.base);
     return this.markRecorded(id, totals, staged.delta);
@@ -335,7 +446,7 @@ export class Catalog {
 
   /** Throws unless the snapshot is in the catalog and running (its entries may be staged). */
   private async running(id: string): Promise<void> {
-    const d = await this.snapshots.findOne({ _id: id });
+    const d = await this.doc(id);
     if (!d)
       throw new TwinError('ETWIN_UNKNOWN_SNAPSHOT', `no snapshot ${id} in the catalog`, { snapshotId: id });
     if (d.state !== 'running')
@@ -361,7 +472,7 @@ export class Catalog {
 
   /** The second half of complete(): the snapshot whose entries stageEntries wrote is complete. */
   async markComplete(id: string, totals: SnapshotTotals, staged: StagedEntries): Promise<SnapshotRecord> {
-    const d = await this.snapshots.findOne({ _id: id });
+    const d = await this.doc(id);
     if (staged.id !== id || d?.state !== 'running')
       throw new TwinError('ETWIN_CATALOG', `snapshot ${id} is not running with the entries staged for it`, {
         snapshotId: id,
@@ -395,7 +506,7 @@ export class Catalog {
     delta: { entries: ManifestEntry[]; gone: string[] },
   ): Promise<StagedEntries> {
     await this.running(id);
-    const b = await this.snapshots.findOne({ _id: base });
+    const b = await this.doc(base);
     const docs: EntryDoc[] = [
       ...(delta.entries as EntryDoc[]),
       ...delta.gone.map((p) => ({ path: p, gone: true }) as unknown as EntryDoc),
@@ -435,23 +546,23 @@ export class Catalog {
     totals: SnapshotTotals,
     delta?: { base: string; depth: number },
   ): Promise<SnapshotRecord> {
-    await this.snapshots.update(
-      { _id: id },
+    await this.setFields(
+      id,
       {
-        $set: {
-          state: 'complete',
-          totals,
-          finishedAt: Date.now(),
-          ...(delta ? { entriesBase: delta.base, entriesDepth: delta.depth } : {}),
-        },
-        $unset: { error: true },
+        state: 'complete',
+        totals,
+        finishedAt: Date.now(),
+        ...(delta ? { entriesBase: delta.base, entriesDepth: delta.depth } : {}),
       },
+      ['error'],
     );
-    const file = path.join(this.dir, 'snapshots.db');
+    const file = this.file;
     await this.sync(file);
     // Synced as it is now: close() syncs it again only if something changes it after this
     // (a second fsync of an unchanged file was the last thing every backup waited for).
-    this.loaded.stamp = await stampOf(file);
+    const now = await stampOf(file);
+    if (this.loaded) this.loaded.stamp = now;
+    else this.synced = now;
     return (await this.get(id))!;
   }
 
@@ -461,7 +572,7 @@ export class Catalog {
     entries: ManifestEntry[],
   ): Promise<{ base: string; depth: number; docs: EntryDoc[] } | undefined> {
     if (!base) return undefined;
-    const b = await this.snapshots.findOne({ _id: base.id });
+    const b = await this.doc(base.id);
     if (b?.state !== 'complete') return undefined;
     const depth = (b.entriesDepth ?? 0) + 1;
     if (depth > MAX_DELTA_CHAIN) return undefined;
@@ -484,13 +595,15 @@ export class Catalog {
    * (they stay in the manifests at the target). Rows already complete are left alone.
    */
   async adopt(recs: SnapshotRecord[]): Promise<number> {
-    const have = new Set((await this.snapshots.find({ state: 'complete' })).map((d) => d._id));
+    if (recs.length === 0) return 0;
+    const store = await this.rows();
+    const have = new Set((await store.find({ state: 'complete' })).map((d) => d._id));
     const docs = recs
       .filter((r) => !have.has(r.id))
       .map(({ id, ...rest }) => ({ ...rest, _id: id }) as SnapshotDoc);
     if (docs.length === 0) return 0;
-    await this.snapshots.remove({ _id: { $in: docs.map((d) => d._id) } }, { multi: true });
-    await this.snapshots.insert(docs);
+    await store.remove({ _id: { $in: docs.map((d) => d._id) } }, { multi: true });
+    await store.insert(docs);
     await this.sync(path.join(this.dir, 'snapshots.db'));
     return docs.length;
   }
@@ -501,13 +614,13 @@ export class Catalog {
   }
 
   async fail(id: string, error: { code: string; message: string }): Promise<void> {
-    await this.snapshots.update({ _id: id }, { $set: { state: 'failed', error, finishedAt: Date.now() } });
+    await this.setFields(id, { state: 'failed', error, finishedAt: Date.now() });
     await this.sync(path.join(this.dir, 'snapshots.db'));
     await rmEntries(this.entriesFile(id));
   }
 
   async get(id: string): Promise<SnapshotRecord | undefined> {
-    const d = await this.snapshots.findOne({ _id: id });
+    const d = await this.doc(id);
     return d ? toRecord(d) : undefined;
   }
 
@@ -540,18 +653,32 @@ export class Catalog {
   async list(
     filter: Partial<Pick<SnapshotRecord, 'state' | 'deviceId' | 'target'>> = {},
   ): Promise<SnapshotRecord[]> {
-    const docs = await this.snapshots.find({ ...filter }).sort({ time: 1 });
+    // Running rows: the head holds them all.
+    const keys = Object.keys(filter);
+    if (this.head && keys.length === 1 && filter.state === 'running')
+      return this.head.running().map((d) => toRecord(structuredClone(d)));
+    const docs = await (await this.rows()).find({ ...filter }).sort({ time: 1 });
     return docs.map(toRecord).sort((a, b) => a.time - b.time || a.id.localeCompare(b.id));
   }
 
   /** The newest complete snapshot of a device at a target: what an incremental run builds on. */
   async latestComplete(deviceId: string, target: string): Promise<SnapshotRecord | undefined> {
+    if (this.head) {
+      const d = this.head.latest(deviceId, target);
+      return d && toRecord(structuredClone(d));
+    }
     return (await this.list({ deviceId, target, state: 'complete' })).pop();
+  }
+
+  /** The ids of the complete snapshots at a target (what a backup checks its listing against). */
+  async completeIds(target: string): Promise<string[]> {
+    if (this.head) return this.head.completeIds(target);
+    return (await this.list({ target, state: 'complete' })).map((s) => s.id);
   }
 
   /** A snapshot's entries, sorted by path (parents before children); a delta resolved on its base. */
   async entries(snapshotId: string): Promise<EntryRecord[]> {
-    const doc = await this.snapshots.findOne({ _id: snapshotId });
+    const doc = await this.doc(snapshotId);
     const own = await this.ownEntries(snapshotId);
     if (!doc?.entriesBase) return applyDelta([], own);
     const base = (await this.entries(doc.entriesBase)).map((e) => ({ ...e, snapshotId }));
@@ -572,7 +699,7 @@ export class Catalog {
         want.delete(p);
         if (!e.gone) out.set(p, { ...e, snapshotId });
       }
-      id = (await this.snapshots.findOne({ _id: id }))?.entriesBase;
+      id = (await this.doc(id))?.entriesBase;
     }
     return out;
   }
@@ -585,7 +712,7 @@ export class Catalog {
     const named = new Set<string>(dirs);
     for (let id: string | undefined = snapshotId; id && dirs.length > 0; ) {
       for (const p of await findBelow(this.entriesFile(id), dirs)) named.add(p);
-      id = (await this.snapshots.findOne({ _id: id }))?.entriesBase;
+      id = (await this.doc(id))?.entriesBase;
     }
     return this.entriesAt(snapshotId, named);
   }
@@ -598,7 +725,7 @@ export class Catalog {
     const named = new Set<string>();
     for (let id: string | undefined = snapshotId; id; ) {
       for (const e of await findLinks(this.entriesFile(id))) named.add(e.path).add(e.linkTo);
-      id = (await this.snapshots.findOne({ _id: id }))?.entriesBase;
+      id = (await this.doc(id))?.entriesBase;
     }
     const out = new Set<string>();
     for (const e of (await this.entriesAt(snapshotId, named)).values())
@@ -677,7 +804,8 @@ export class Catalog {
   /** Removes a snapshot and its entries from the catalog (not its data: see forget). */
   async remove(id: string): Promise<void> {
     // Snapshots whose entries are a delta on this one get all their entries first.
-    for (const child of await this.snapshots.find({ entriesBase: id })) {
+    const rows = await this.rows();
+    for (const child of await rows.find({ entriesBase: id })) {
       const all = await this.entries(child._id);
       const file = this.entriesFile(child._id);
       const tmp = `${file}.whole`;
@@ -690,12 +818,12 @@ export class Catalog {
       await fsp.rm(`${file}.idx`, { force: true });
       await fsp.rename(tmp, file);
       await this.sync(path.dirname(file));
-      await this.snapshots.update({ _id: child._id }, { $unset: { entriesBase: true, entriesDepth: true } });
+      await rows.update({ _id: child._id }, { $unset: { entriesBase: true, entriesDepth: true } });
       await this.sync(path.join(this.dir, 'snapshots.db'));
       // Deltas on this child are now deltas on a whole list.
-      await this.snapshots.update({ entriesBase: child._id }, { $set: { entriesDepth: 1 } }, { multi: true });
+      await rows.update({ entriesBase: child._id }, { $set: { entriesDepth: 1 } }, { multi: true });
     }
-    await this.snapshots.remove({ _id: id }, { multi: false });
+    await rows.remove({ _id: id }, { multi: false });
     await this.sync(path.join(this.dir, 'snapshots.db'));
     await rmEntries(this.entriesFile(id));
   }

@@ -551,3 +551,157 @@ describe('catalog deltas', () => {
     expect(docs.map((d) => [d.path, d.size])).toEqual([['/b', 7]]);
   });
 });
+
+describe('catalog head (snapshots.head)', () => {
+  let dir: string;
+  let cleanup: () => Promise<void>;
+  beforeEach(async () => {
+    ({ dir, cleanup } = await tempDir('twinfs-catalog-head-'));
+  });
+  afterEach(() => cleanup());
+  const rec = (id: string, time: number, deviceId: string, target: string) => ({
+    id,
+    time,
+    server: 'ws://x',
+    deviceId,
+    selector: { volume: true },
+    paths: ['/'],
+    totals: emptyTotals(),
+    target,
+  });
+  const one: ManifestEntry[] = [{ path: '/', type: 'dir', size: 0, mode: 0o755, uid: 0, gid: 0, mtime: 1 }];
+  const pairs = [
+    ['dev-a', 'dir:/t1'],
+    ['dev-a', 'dir:/t2'],
+    ['dev-b', 'dir:/t1'],
+  ] as const;
+
+  /**
+   * 40 snapshots a pair (120 in all): the first of each with its entries whole, the others each
+   * built on the one before by reference (a delta on the first), every fifth failed, and one
+   * running run a pair; times interleaved across the pairs.
+   */
+  async function fill(): Promise<void> {
+    await Catalog.with(dir, async (c) => {
+      const last = new Map<string, string>();
+      for (let n = 0; n < 40; n++)
+        for (const [k, [dev, target]] of pairs.entries()) {
+          const id = `2025${String(n).padStart(4, '0')}T00000${k}Z-abcdef`;
+          await c.begin(rec(id, 1_000 + n * 10 + k, dev, target));
+          const prev = last.get(`${dev} ${target}`);
+          if (n % 5 === 4) await c.fail(id, { code: 'ETWIN_ABORTED', message: 'x' });
+          else if (!prev) await c.complete(id, one, emptyTotals());
+          else await c.completeOnBase(id, prev, { entries: [], gone: [] }, emptyTotals());
+          if (n % 5 !== 4) last.set(`${dev} ${target}`, id);
+        }
+      for (const [k, [dev, target]] of pairs.entries())
+        await c.begin(rec(`20260000T00000${k}Z-running`, 9_000 + k, dev, target));
+    });
+  }
+
+  /** What a session answers for every pair and target: the newest, the ids, the running. */
+  const answers = (c: Catalog) =>
+    Promise.all([
+      Promise.all(pairs.map(([dev, t]) => c.latestComplete(dev, t))),
+      Promise.all(['dir:/t1', 'dir:/t2', 'dir:/none'].map(async (t) => (await c.completeIds(t)).sort())),
+      c.list({ state: 'running' }),
+    ]);
+  /** The same from every row (a session that loaded snapshots.db). */
+  const fromAll = async (c: Catalog) => {
+    const all = await c.list();
+    const done = all.filter((s) => s.state === 'complete');
+    return [
+      pairs.map(([dev, t]) => done.filter((s) => s.deviceId === dev && s.target === t).pop()),
+      ['dir:/t1', 'dir:/t2', 'dir:/none'].map((t) =>
+        done
+          .filter((s) => s.target === t)
+          .map((s) => s.id)
+          .sort(),
+      ),
+      all.filter((s) => s.state === 'running'),
+    ];
+  };
+
+  it("a session answers a backup's questions from the head, without loading snapshots.db, as a load of every row answers them", async () => {
+    await fill();
+    const create = vi.spyOn(Datastore, 'create');
+    try {
+      const [fromHead, loads] = await Catalog.with(dir, async (c) => {
+        const a = await answers(c);
+        return [a, create.mock.calls.length] as const;
+      });
+      expect(loads).toBe(0);
+      const whole = await Catalog.with(dir, fromAll);
+      expect(fromHead).toEqual(whole);
+      expect(fromHead[0].map((s) => s?.id)).toEqual([
+        '20250038T000000Z-abcdef',
+        '20250038T000001Z-abcdef',
+        '20250038T000002Z-abcdef',
+      ]);
+      // The parent's entries resolve through its chain as with every row loaded.
+      create.mockClear();
+      const entries = await Catalog.with(dir, (c) => c.entries('20250038T000001Z-abcdef'));
+      expect(create).not.toHaveBeenCalled();
+      expect(entries.map((e) => e.path)).toEqual(['/']);
+    } finally {
+      create.mockRestore();
+    }
+  });
+
+  it('a run recorded through the head is what nedb loads, and the next session builds on it', async () => {
+    await fill();
+    const id = '20260001T000000Z-newrun';
+    await Catalog.with(dir, async (c) => {
+      const parent = (await c.latestComplete('dev-a', 'dir:/t1'))!;
+      await c.begin({ ...rec(id, 10_000, 'dev-a', 'dir:/t1'), parentId: parent.id });
+      const staged = await c.stageOnBase(id, parent.id, { entries: [], gone: [] });
+      await c.markComplete(id, { ...emptyTotals(), files: 7 }, staged);
+      // An abandoned run's failure, written the same way.
+      await c.fail('20260000T000002Z-running', { code: 'ETWIN_ABORTED', message: 'died' });
+    });
+    const fromHead = await Catalog.with(dir, answers);
+    expect(fromHead[0][0]).toMatchObject({ id, state: 'complete', totals: { files: 7 }, entriesDepth: 1 });
+    expect(fromHead[1][0]).toContain(id);
+    expect(fromHead[2].map((s) => s.id)).toEqual(['20260000T000000Z-running', '20260000T000001Z-running']);
+    // nedb itself, from a copy of the file (its load rewrites it), sees the same rows.
+    await fsp.copyFile(path.join(dir, 'snapshots.db'), path.join(dir, 'copy.db'));
+    const nedb = Datastore.create({ filename: path.join(dir, 'copy.db') });
+    await nedb.load();
+    const row = (await nedb.findOne({ _id: id })) as Record<string, unknown>;
+    expect(row).toMatchObject({
+      state: 'complete',
+      totals: { files: 7 },
+      entriesBase: '20250000T000000Z-abcdef',
+    });
+    expect(await nedb.findOne({ _id: '20260000T000002Z-running' })).toMatchObject({ state: 'failed' });
+    await fsp.rm(path.join(dir, 'snapshots.head'));
+    expect(await Catalog.with(dir, fromAll)).toEqual(fromHead);
+  });
+
+  it('a head of another state of snapshots.db, or a damaged one, is not used', async () => {
+    await fill();
+    const file = path.join(dir, 'snapshots.db');
+    const head = path.join(dir, 'snapshots.head');
+    const kept = await fsp.readFile(head);
+    // Another writer (an older twinfs, which writes no head) appends a newer snapshot.
+    const newer = { ...rec('20270000T000000Z-other', 50_000, 'dev-b', 'dir:/t1'), state: 'complete' };
+    const { id: _, ...doc } = newer;
+    await fsp.appendFile(file, `${JSON.stringify({ ...doc, _id: newer.id, pid: 1, host: 'elsewhere' })}\n`);
+    const create = vi.spyOn(Datastore, 'create');
+    try {
+      const latest = await Catalog.with(dir, (c) => c.latestComplete('dev-b', 'dir:/t1'));
+      expect(latest?.id).toBe(newer.id);
+      expect(create).toHaveBeenCalledTimes(1);
+    } finally {
+      create.mockRestore();
+    }
+    // The session wrote the head for the file as it is: the next one answers from it.
+    expect((await fsp.readFile(head)).equals(kept)).toBe(false);
+    expect((await Catalog.with(dir, answers))[0][2]?.id).toBe(newer.id);
+    // A torn head, or one that is not JSON at all.
+    for (const bad of [(await fsp.readFile(head, 'utf8')).slice(0, 200), 'garbage']) {
+      await fsp.writeFile(head, bad);
+      expect((await Catalog.with(dir, answers))[0][2]?.id).toBe(newer.id);
+    }
+  });
+});
