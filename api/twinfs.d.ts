@@ -85,7 +85,7 @@ export interface PluginModule {
 }
 
 export interface TwinfsApi {
-  /** The API version ("1.2.0"). */
+  /** The API version ("1.3.0"). */
   readonly version: string;
   /**
    * Registers a backup target type, declared in contributes.backupTargets. The host wraps the
@@ -399,6 +399,13 @@ export interface ObjectStore {
   stat(name: string): Promise<ObjectInfo>;
   /** Every object whose name starts with prefix, in no particular order. */
   list(prefix: string): Promise<ObjectInfo[]>;
+  /**
+   * Since API 1.3.0, optional. The names `list` gives, without their sizes: for a store that
+   * learns an object's size by a call per object (a directory: an lstat each), so that listings
+   * that want names only (the snapshots, the index objects and the locks of a repository: every
+   * backup lists them) cost no call per object. Undefined: the host takes list's names.
+   */
+  listNames?(prefix: string): Promise<string[]>;
   /** Deleting a missing object succeeds. */
   delete(name: string): Promise<void>;
   /**

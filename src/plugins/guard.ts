@@ -68,6 +68,9 @@ function guardStore(s: ObjectStore, plugin: string, o: GuardOptions): ObjectStor
     get: (name, range) => g('get', () => s.get(name, range)),
     stat: (name) => g('stat', () => s.stat(name)),
     list: (prefix) => g('list', () => s.list(prefix)),
+    listNames: s.listNames
+      ? (prefix) => g('listNames', () => (s.listNames as NonNullable<typeof s.listNames>)(prefix))
+      : undefined,
     delete: (name) => g('delete', () => s.delete(name)),
     incompleteWrites: s.incompleteWrites
       ? (w) => g('incompleteWrites', () => (s.incompleteWrites as NonNullable<typeof s.incompleteWrites>)(w))

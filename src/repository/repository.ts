@@ -327,7 +327,18 @@ export class Repository {
 
   /** The names of the index objects at the store now (a listing: none of them is read). */
   async indexNames(): Promise<string[]> {
-    return (await this.store.list('index/')).map((o) => o.name);
+    return this.names('index/');
+  }
+
+  /**
+   * The names of the objects below a prefix: the store's names-only listing where it has one
+   * (ObjectStore.listNames: a directory's needs no lstat per object; with 1,000 snapshots kept
+   * the lstats of snapshots/ were ~25 ms of CPU and ~700 page faults of every backup), else
+   * list's names.
+   */
+  async names(prefix: string): Promise<string[]> {
+    if (this.store.listNames) return this.store.listNames(prefix);
+    return (await this.store.list(prefix)).map((o) => o.name);
   }
 
   /** The names of the index objects this process has read or written. */
@@ -368,7 +379,7 @@ export class Repository {
   private cachedNames = new Set<string>();
 
   private async loadIndex(useCache: boolean): Promise<void> {
-    const listed = (await this.store.list('index/')).map((o) => o.name);
+    const listed = await this.names('index/');
     if (useCache && this.loadedIndex.size === 0 && !this.cacheFile) await this.adoptCache(listed);
     const names = listed.filter((n) => !this.loadedIndex.has(n));
     await forEach(names, 8, async (name) => {
@@ -706,7 +717,7 @@ export class Repository {
    * knows most of them by name reads only the others, catalog-sync.ts).
    */
   async snapshotObjectNames(): Promise<string[]> {
-    return (await this.store.list('snapshots/')).map((o) => o.name);
+    return this.names('snapshots/');
   }
 
   /** These snapshot objects (names from snapshotObjectNames), oldest first; deleted ones left out. */
@@ -804,19 +815,19 @@ export class Repository {
     const mine = { host: os.hostname(), pid: process.pid, time: Date.now(), exclusive, what };
     const name = `locks/${randomBytes(16).toString('hex')}`;
     const conflicts = async (): Promise<LockInfo | undefined> => {
-      for (const o of await this.store.list('locks/')) {
-        if (o.name === name) continue;
-        const raw = await getOrUndefined(this.store, o.name);
+      for (const n of await this.names('locks/')) {
+        if (n === name) continue;
+        const raw = await getOrUndefined(this.store, n);
         if (!raw) continue;
         let l: LockInfo;
         try {
-          l = await openObject<LockInfo>(this.keys, raw, o.name);
+          l = await openObject<LockInfo>(this.keys, raw, n);
         } catch {
           continue; // not readable with this key: not ours to judge
         }
         const stale = Date.now() - l.time > LOCK_STALE_MS || (l.host === os.hostname() && !isAlive(l.pid));
         if (stale) {
-          await this.store.delete(o.name).catch(() => undefined);
+          await this.store.delete(n).catch(() => undefined);
           continue;
         }
         if (exclusive || l.exclusive) return l;
