@@ -271,27 +271,28 @@ export class BackupRun {
             }
           : undefined;
       located?.mirror.catch(() => undefined);
-      // Before the split is taken: nothing here should count against the lease.
-      await this.clearAbandoned();
+      // Before the split is taken: nothing here should count against the lease. The previous
+      // snapshot is chosen before prepare (the server says what changed since its split) and
+      // before the freeze hooks (applications they quiesce do not wait for it), in the session
+      // that clears the runs of dead peers.
+      const prev = await this.previous(control.hello?.deviceId ?? undefined);
       throwIfAborted(stop.signal);
       thawOwed = !!o.hooks;
       const hooks = await this.freezeHooks(selector);
       throwIfAborted(stop.signal);
       this.emit({ phase: 'prepare' });
-      // A subtree or the volume is walked here, in the mirror, anyway when the list is long:
-      // asking the server for none keeps that work off it (offload).
-      // The previous snapshot, chosen before prepare: the server says what changed since its split.
-      const prev = o.full ? undefined : await this.previous(control.hello?.deviceId ?? undefined);
-      const base = prev?.base;
+      const base = prev.base;
       // Built on by reference (carry-by-reference.ts), none of its entries are read but those
       // the answer names.
-      const byReference = mayReference(base, !!prev?.hasEntries, !!o.checkSource);
+      const byReference = mayReference(base, prev.hasEntries, !!o.checkSource);
       // Else its entries are read now, before the split is held: reading 100,000 of them blocks
       // this thread for seconds, and a holder that does not answer the server's pings loses its split.
       // From the catalog or, for a row without them (a lost catalog's, another peer's snapshot),
       // from its manifest at the target: the catalog's none taken for its entries made the run an
       // empty snapshot (nothing carried, nothing changed).
       const baseEntries = base && !byReference ? await this.parentEntries(base.id) : undefined;
+      // The parent's snapshot object, which carryFrom reads, is read while the server prepares.
+      if (byReference && o.target instanceof RepositoryTarget) o.target.prefetchParent(id, base!.id);
       const prep = await control.prepare(o.selector, {
         leaseMs,
         listItems: Boolean(o.selector.paths),
@@ -514,7 +515,10 @@ export class BackupRun {
       if (resynced !== undefined)
         this.deliver('onDidResync', { backupId, bytesCopied: numberOr(resynced.reply, 'bytesCopied') });
       this.emit({ phase: 'done', reusedFiles: totals.reusedFiles });
-      await tellServer({ outcome: 'ok' });
+      // Not waited for: nothing here needs the server's answer. The report is on the wire before
+      // any later message of this connection (its close included): the server has recorded the
+      // outcome before it sees the peer go.
+      void tellServer({ outcome: 'ok' });
       await o.hooks?.emit('onDidCompleteBackup', { snapshotId: id, totals, target });
       return {
         snapshot,
@@ -845,39 +849,44 @@ export class BackupRun {
   }
 
   /**
-   * Marks runs abandoned by dead peers failed, then deletes what they left at this target
-   * (outside the catalog lock: removing a large partial tree takes a while).
-   */
-  private async clearAbandoned(): Promise<void> {
-    const o = this.opts;
-    const ids = await Catalog.with(o.catalogDir, async (c) => {
-      const dead = (await c.list({ state: 'running' })).filter((s) => c.isAbandoned(s));
-      for (const s of dead)
-        await c.fail(s.id, { code: 'ETWIN_ABORTED', message: `peer process ${s.pid} died during the run` });
-      return dead.filter((s) => s.target === o.target.spec).map((s) => s.id);
-    });
-    for (const id of ids) await o.target.deleteSnapshot(id).catch(() => undefined);
-  }
-
-  /**
-   * The snapshot an incremental run builds on, as far as it is known before prepare. A
-   * repository target is read first: the catalog is a cache of it, and a lost or stale one
-   * must not turn the run into a full one, nor build on a snapshot the target lost.
+   * The snapshot an incremental run builds on, as far as it is known before prepare (none for a
+   * --full run), in the catalog session that marks runs abandoned by dead peers failed; what
+   * those left at this target is deleted after it (outside the catalog lock: removing a large
+   * partial tree takes a while). A repository target is read first: the catalog is a cache of
+   * it, and a lost or stale one must not turn the run into a full one, nor build on a snapshot
+   * the target lost; an abandoned run's object the listing still names is not adopted.
    */
   private async previous(
     deviceId: string | undefined,
   ): Promise<{ base: SnapshotRecord | undefined; hasEntries: boolean }> {
     const o = this.opts;
+    const abandoned: string[] = [];
+    const clear = async (c: Catalog) => {
+      const dead = (await c.list({ state: 'running' })).filter((s) => c.isAbandoned(s));
+      for (const s of dead)
+        await c.fail(s.id, { code: 'ETWIN_ABORTED', message: `peer process ${s.pid} died during the run` });
+      const ids = dead.filter((s) => s.target === o.target.spec).map((s) => s.id);
+      abandoned.push(...ids);
+      return ids;
+    };
     // With whether the catalog holds its entries (a by-reference run reads a few of them), in
-    // the same opening of the catalog as the sync: each opening loads and rewrites snapshots.db.
+    // the same opening of the catalog as the sync.
     const pick = async (c: Catalog) => {
+      if (o.full) return { base: undefined, hasEntries: false };
       const base = deviceId
         ? await c.latestComplete(deviceId, o.target.spec)
         : (await c.list({ target: o.target.spec, state: 'complete' })).pop();
       return { base, hasEntries: !!base && (await c.hasEntries(base.id)) };
     };
-    if (o.target instanceof RepositoryTarget) return syncCatalogByName(o.catalogDir, o.target, pick);
-    return Catalog.with(o.catalogDir, pick);
+    const prev =
+      o.target instanceof RepositoryTarget && !o.full
+        ? await syncCatalogByName(o.catalogDir, o.target, pick, { skip: clear })
+        : await Catalog.with(o.catalogDir, async (c) => {
+            await clear(c);
+            return pick(c);
+          });
+    for (const id of abandoned) await o.target.deleteSnapshot(id).catch(() => undefined);
+    return prev;
   }
 
   /**

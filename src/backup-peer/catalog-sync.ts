@@ -99,28 +99,37 @@ export async function syncCatalog<T>(
  * listing is O(snapshots) in names; reading and parsing every object was O(snapshots) in
  * objects, each a read, a zstd decompression and a JSON parse (docs/benchmarks.md, "Snapshot
  * objects read by name").
+ *
+ * `skip` runs first in each session and names snapshots whose objects are not to be adopted
+ * whatever the listing says: a backup's abandoned runs, failed in that session and deleted at the
+ * target after it (the listing, taken before, may still name their objects).
  */
 export async function syncCatalogByName<T>(
   catalogDir: string | undefined,
   target: RepositoryTarget,
   also: (c: Catalog) => Promise<T>,
+  opts: { skip?: (c: Catalog) => Promise<string[]> } = {},
 ): Promise<T> {
   const repo = target.ready ? target.repo : undefined;
   const names = new Set(repo ? await repo.snapshotObjectNames() : []);
   const adopted: SnapshotRecord[] = [];
   const adoptedNames = new Set<string>();
+  /** Names never adopted: objects of the snapshots `skip` named (being deleted since the listing). */
+  const skipped = new Set<string>();
   for (;;) {
     // One session when every name is known (the usual case); else the unknown objects are read
     // outside the catalog's lock (a fresh catalog of a large repository reads them all) and the
     // session runs again.
     const r = await Catalog.with(catalogDir, async (c): Promise<{ unknown: string[] } | { also: T }> => {
-      const rows = await c.list({ target: target.spec, state: 'complete' });
+      for (const id of (await opts.skip?.(c)) ?? []) if (repo) skipped.add(repo.snapshotObjectName(id));
+      // Ids only: the catalog's head answers without loading snapshots.db (catalog-head.ts).
+      const rows = await c.completeIds(target.spec);
       const nameOf = (id: string) => repo!.snapshotObjectName(id);
-      const known = new Set(repo ? rows.map((s) => nameOf(s.id)) : []);
-      const unknown = [...names].filter((n) => !known.has(n) && !adoptedNames.has(n));
+      const known = new Set(repo ? rows.map(nameOf) : []);
+      const unknown = [...names].filter((n) => !known.has(n) && !adoptedNames.has(n) && !skipped.has(n));
       if (unknown.length > 0) return { unknown };
       await c.adopt(adopted);
-      for (const s of rows) if (!repo || !names.has(nameOf(s.id))) await c.remove(s.id);
+      for (const id of rows) if (!repo || !names.has(nameOf(id))) await c.remove(id);
       return { also: await also(c) };
     });
     if ('also' in r) return r.also;

@@ -128,6 +128,36 @@ export class RepositoryTarget implements BackupTarget {
   private reserved: { snapshotId: string; lock: Promise<RepoLock> } | undefined;
 
   /**
+   * Reads the snapshot object the writer of snapshotId will build on (carryFrom) while the server
+   * prepares, not after its answer: once the lock reserved for snapshotId is held, so that no
+   * forget or prune (exclusive locks) can delete it between this read and the writer's use,
+   * which takes over that same lock. Nothing without a reservation; a reservation that failed
+   * leaves carryFrom to read it, as before.
+   */
+  prefetchParent(snapshotId: string, parentId: string): void {
+    const r = this.reserved;
+    if (!this.ready || r?.snapshotId !== snapshotId) return;
+    const object = r.lock.then(async () => ({ s: await this.repo.readSnapshot(parentId) }));
+    object.catch(() => undefined);
+    this.prefetched = { snapshotId, parentId, object };
+  }
+
+  /** The parent's object read by prefetchParent for this writer, once (undefined: read it now). */
+  async takePrefetched(
+    snapshotId: string,
+    parentId: string,
+  ): Promise<{ s: SnapshotObject | undefined } | undefined> {
+    const p = this.prefetched;
+    if (p?.snapshotId !== snapshotId || p.parentId !== parentId) return undefined;
+    this.prefetched = undefined;
+    return p.object.catch(() => undefined);
+  }
+
+  private prefetched:
+    | { snapshotId: string; parentId: string; object: Promise<{ s: SnapshotObject | undefined }> }
+    | undefined;
+
+  /**
    * The lock reserved for this snapshot, or one taken now. A reservation that failed (another
    * process's exclusive lock: a prune) is tried again here, where the lock was always taken: a
    * conflict is judged as late as before.
@@ -522,7 +552,9 @@ class RepositoryWriter implements SnapshotWriter, MirrorFileWriter, ReadIntoWrit
   carryFrom(fromSnapshotId: string): Promise<boolean> {
     return this.op(`carry from ${fromSnapshotId}`, async () => {
       checkId(fromSnapshotId);
-      const s = await this.repo.readSnapshot(fromSnapshotId);
+      // Read during the prepare under the lock this writer took over (prefetchParent), or now.
+      const pre = await this.target.takePrefetched(this.snapshotId, fromSnapshotId);
+      const s = pre ? pre.s : await this.repo.readSnapshot(fromSnapshotId);
       if (!s) return false;
       if (await this.vouchedByStamp(s)) {
         this.base = s.manifest;

@@ -411,6 +411,46 @@ describe('backup run, restore, check, forget (hand-made mirror)', () => {
     expect((await target.listSnapshots()).map((s) => s.snapshotId)).not.toContain('20200101T000000Z-dead00');
   });
 
+  it('a peer that died after its commit: its snapshot object, still in the listing, is not adopted nor built on, and is deleted', async () => {
+    const s1 = await backup(new FakeControl(mirror));
+    // A run that committed at the target (its object written, newer than s1) and died before the
+    // catalog marked it complete: its row says running, by a process that is gone.
+    const dead = '20991231T000000Z-dead01';
+    const repo = (target as RepositoryTarget).repo;
+    const obj = await (target as RepositoryTarget).snapshotObject(s1.snapshot.id);
+    await repo.writeSnapshot({
+      ...obj,
+      meta: { ...obj.meta, snapshotId: dead, time: s1.snapshot.time + 60_000 },
+    });
+    await Catalog.with(catalogDir, (c) =>
+      c.begin({
+        id: dead,
+        time: s1.snapshot.time + 60_000,
+        server: 's',
+        deviceId: mirror.deviceId,
+        selector: {},
+        paths: ['/'],
+        totals: s1.snapshot.totals,
+        target: target.spec,
+      }),
+    );
+    const db = path.join(catalogDir, 'snapshots.db');
+    await fsp.writeFile(
+      db,
+      (await fsp.readFile(db, 'utf8')).replace(
+        new RegExp(`("_id":"${dead}".*)"pid":${process.pid}`),
+        '$1"pid":999999999',
+      ),
+    );
+    const s2 = await backup(new FakeControl(mirror));
+    expect(s2.snapshot.parentId).toBe(s1.snapshot.id);
+    await Catalog.with(catalogDir, async (c) => {
+      expect((await c.get(dead))?.state).toBe('failed');
+      expect(await c.completeIds(target.spec)).not.toContain(dead);
+    });
+    expect((await target.listSnapshots()).map((s) => s.snapshotId)).toEqual([s1.snapshot.id, s2.snapshot.id]);
+  });
+
   it("a cold run reads no snapshot object but its parent's when the catalog knows them all (O(1), not O(snapshots))", async () => {
     for (let i = 0; i < 4; i++) await backup(new FakeControl(mirror));
     // A cold command: a target opened afresh (no objects read yet) with a catalog that knows all.
