@@ -458,7 +458,10 @@ describe('backup run, restore, check, forget (hand-made mirror)', () => {
     expect(fresh).toBeInstanceOf(RepositoryTarget);
     const store = (fresh as RepositoryTarget).repo.store;
     const get = vi.spyOn(store, 'get');
+    const list = vi.spyOn(store, 'list');
     const r = await volumeBackupRun(fresh, catalogDir, new FakeControl(mirror)).run();
+    // Listed by name (the dir store's listNames: no lstat per object), never with sizes.
+    expect(list).not.toHaveBeenCalled();
     const snapshotGets = get.mock.calls.map(([name]) => name).filter((n) => n.startsWith('snapshots/'));
     const parent = r.snapshot.parentId!;
     // The new id's name (must not exist yet) and the parent it is built on; before, all five.

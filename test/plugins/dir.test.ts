@@ -211,6 +211,46 @@ describe('dir target: a repository (docs/repository.md)', () => {
     ]);
   });
 
+  it('lists names alone (listNames) as list names them: below the prefix, nested, without unfinished temporary files', async () => {
+    const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'twinfs-dir-names-'));
+    try {
+      const api = {
+        errors: {
+          fromFs: (err: unknown) => err,
+          failed: (m: string) => new Error(m),
+          badLocation: (m: string) => new Error(m),
+          notFound: (m: string) => new Error(m),
+        },
+      };
+      const store = await DirectoryStore.open(dir, { create: true }, api as never);
+      for (const name of [
+        'config',
+        'snapshots/s1',
+        'snapshots/s2',
+        'snapshots-x',
+        'index/i1',
+        'data/aa/p1',
+        'data/ab/p2',
+      ])
+        await store.put(name, Buffer.from(name));
+      // What a killed put leaves: skipped by both.
+      await fsp.writeFile(path.join(dir, 'snapshots', 's3.tmp-1234-abcd'), 'torn');
+      for (const prefix of ['', 'snapshots/', 'snapshots', 'index/', 'data/', 'data/a', 'none/']) {
+        const names = (await store.listNames(prefix)).sort();
+        expect(names, prefix).toEqual((await store.list(prefix)).map((o) => o.name).sort());
+        expect(
+          names.every((n) => n.startsWith(prefix) && !n.includes('.tmp-')),
+          prefix,
+        ).toBe(true);
+      }
+      expect((await store.listNames('snapshots/')).sort()).toEqual(['snapshots/s1', 'snapshots/s2']);
+      expect((await store.listNames('data/')).sort()).toEqual(['data/aa/p1', 'data/ab/p2']);
+      expect((await store.list('data/')).map((o) => o.size).sort()).toEqual([10, 10]);
+    } finally {
+      await fsp.rm(dir, { recursive: true, force: true });
+    }
+  });
+
   it('creates a repository on first use only in a new or empty directory; refuses foreign, uninitialised and relative locations', async () => {
     const dir = await fx.tmp();
     // Reading commands never create anything.
