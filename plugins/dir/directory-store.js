@@ -111,6 +111,54 @@ export class DirectoryStore {
   }
 
   /**
+   * Stores the object only if there is none of that name (ObjectStore.putNew): the bytes go to a
+   * synced temporary file, which link(2) gives the final name, and link fails with EEXIST when
+   * the name is taken: of two creators at once (two processes, or two hosts on one NFS export)
+   * exactly one wins. rename(2), put's step, would replace the other's object instead. The
+   * temporary name is then unlinked and the directory synced: link and unlink are durable
+   * together. A crash between them leaves a `*.tmp-*` file, which listings skip.
+   * @param {string} name
+   * @param {Buffer} data
+   * @returns {Promise<boolean>} false when an object of that name exists (nothing written)
+   */
+  async putNew(name, data) {
+    const file = this.file(name);
+    const dir = path.dirname(file);
+    const tmp = `${file}.tmp-${randomBytes(6).toString('hex')}`;
+    try {
+      if (!this.dirs.has(dir)) {
+        await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
+        this.dirs.add(dir);
+      }
+      const fh = await fsp.open(
+        tmp,
+        fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL,
+        0o600,
+      );
+      try {
+        let off = 0;
+        while (off < data.length) off += (await fh.write(data, off, data.length - off, off)).bytesWritten;
+        await fh.sync();
+      } finally {
+        await fh.close();
+      }
+      let stored = true;
+      try {
+        await fsp.link(tmp, file);
+      } catch (err) {
+        if (/** @type {NodeJS.ErrnoException} */ (err)?.code !== 'EEXIST') throw err;
+        stored = false;
+      }
+      await fsp.rm(tmp, { force: true });
+      await syncDir(dir);
+      return stored;
+    } catch (err) {
+      await fsp.rm(tmp, { force: true }).catch(() => undefined);
+      throw this.api.errors.fromFs(err, `cannot store ${name} in ${this.spec}`);
+    }
+  }
+
+  /**
    * Writes the object's whole 4 KiB blocks to the new file with O_DIRECT when the memory allows
    * it, and answers how many bytes it wrote (0: none, the caller writes everything). A pack is
    * written once and synced at once: through the page cache every byte was copied into page

@@ -5,7 +5,7 @@ import { TwinError } from '../common/errors.js';
 import { z } from '../common/zod.js';
 
 /** The twinfs plugin API version plugins declare compatibility with in engines.twinfs. */
-export const API_VERSION = '1.2.0';
+export const API_VERSION = '1.3.0';
 
 /** A version without prerelease or build (semver's numbers: no leading zeros). */
 const PLAIN = /^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)$/;

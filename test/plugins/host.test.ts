@@ -175,7 +175,7 @@ describe('plugin host: manifests, engines, duplicates, dependencies', () => {
     });
     await expect(readManifest(future)).rejects.toMatchObject({
       code: 'ETWIN_PLUGIN_ENGINE',
-      message: 'future needs twinfs API ^2.0.0; this is 1.2.0',
+      message: 'future needs twinfs API ^2.0.0; this is 1.3.0',
     });
     await expect(readManifest(junk)).rejects.toMatchObject({ code: 'ETWIN_PLUGIN_ENGINE' });
     const host = await box.host();
@@ -190,22 +190,23 @@ describe('plugin host: manifests, engines, duplicates, dependencies', () => {
     expect(trace().events).toEqual(['activate:F']);
   });
 
-  it('API 1.2.0 loads plugins written for 1.0.0, 1.1.0 and 1.2.0, and refuses one that needs a later 1.x', async () => {
-    // 1.1.0 and 1.2.0 only added optional members (openStore, ObjectStore, incompleteWrites):
-    // a 1.0.0 plugin keeps working.
+  it('API 1.3.0 loads plugins written for 1.0.0 to 1.3.0, and refuses one that needs a later 1.x', async () => {
+    // 1.1.0 to 1.3.0 only added optional members (openStore, ObjectStore, incompleteWrites,
+    // putNew): a 1.0.0 plugin keeps working.
     for (const [name, range] of [
       ['caret-one', '^1.0.0'],
       ['one-x', '1.x'],
       ['caret-one-one', '^1.1.0'],
       ['caret-one-two', '^1.2.0'],
+      ['caret-one-three', '^1.3.0'],
     ] as const)
       expect(
         await readManifest(await box.write({ name, manifest: { engines: { twinfs: range } }, code: '' })),
       ).toMatchObject({ name, engines: { twinfs: range } });
-    const later = await box.write({ name: 'later', manifest: { engines: { twinfs: '^1.3.0' } }, code: '' });
+    const later = await box.write({ name: 'later', manifest: { engines: { twinfs: '^1.4.0' } }, code: '' });
     await expect(readManifest(later)).rejects.toMatchObject({
       code: 'ETWIN_PLUGIN_ENGINE',
-      message: 'later needs twinfs API ^1.3.0; this is 1.2.0',
+      message: 'later needs twinfs API ^1.4.0; this is 1.3.0',
     });
   });
 
