@@ -2,6 +2,7 @@ import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { ObjectStore } from '../../api/twinfs.js';
+import { Repository } from '../../src/repository/repository.js';
 import type { RepositoryTarget } from '../../src/repository/repository-target.js';
 import {
   fileEntry,
@@ -69,5 +70,27 @@ describe('dir: creates an object once (putNew)', () => {
     expect((await again.listSnapshots()).map((s) => s.snapshotId).sort()).toEqual(['one', 'two']);
     expect((await readAll(await again.openFile('one', '/f'))).equals(d1)).toBe(true);
     expect((await readAll(await again.openFile('two', '/f'))).equals(d2)).toBe(true);
+  });
+
+  it('a location holding only a key file is a creation in progress: a first backup waits for its config and opens that repository', async () => {
+    const dir = await fx.tmp();
+    process.env.TWINFS_PASSWORD = 'in progress';
+    // The other creator's objects, made by twinfs init elsewhere and put here in its order: the
+    // key file, then (after the first backup has looked) the config.
+    const made = await fx.open(`dir:${dir}/made`, true);
+    await Repository.init(storeOf(made), { encrypt: true });
+    const keyName = (await fsp.readdir(path.join(dir, 'made/keys')))[0]!;
+    const t = await fx.open(`dir:${dir}/r`);
+    const store = storeOf(t);
+    await store.put(`keys/${keyName}`, await fsp.readFile(path.join(dir, 'made/keys', keyName)));
+    const opening = Repository.open(store, { create: 'if-empty' });
+    await new Promise((r) => setTimeout(r, 400));
+    await store.put('config', await fsp.readFile(path.join(dir, 'made/config')));
+    // Before: ETWIN_REPO_FOREIGN (a location with files and no config).
+    const repo = await opening;
+    expect(repo.adopted).toBe(false);
+    expect(repo.beingWritten).toBe(false);
+    expect(repo.config.id).toBe(JSON.parse(await fsp.readFile(path.join(dir, 'made/config'), 'utf8')).id);
+    expect((await fsp.readdir(path.join(dir, 'r/keys'))).length).toBe(1);
   });
 });
