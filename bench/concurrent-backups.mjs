@@ -172,7 +172,7 @@ if (opt.scenario === 'shared')
 const tally = Object.fromEntries(
   builds.map(([n]) => [
     n,
-    { rounds: 0, bothDone: 0, lostRace: 0, otherFailure: 0, lost: 0, checkFailed: 0, notes: [] },
+    { rounds: 0, bothDone: 0, lostRace: 0, ranAgain: 0, otherFailure: 0, lost: 0, checkFailed: 0, notes: [] },
   ]),
 );
 const next = rng(opt.seed);
@@ -226,7 +226,10 @@ for (let round = 0; round < opt.rounds; round++) {
       // A forget beside may have removed a snapshot made complete: that is forget's to do, not a loss.
       const got = await restored(bin, spec, sub, r.last.snapshotId);
       const forgotten = opt.scenario === 'shared' && got === 'restore failed: ETWIN_TARGET_NOT_FOUND';
-      words.push(`${sub}:${got === 'ok' ? 'done' : forgotten ? 'forgotten' : got}`);
+      // The loser of the race to create the repository runs again into it (src/commands/peer.ts).
+      const again = r.stderr.includes('ETWIN_REPO_CREATE_RACE');
+      if (again) t.ranAgain++;
+      words.push(`${sub}:${got === 'ok' ? (again ? 'done-again' : 'done') : forgotten ? 'forgotten' : got}`);
       if (got !== 'ok' && !forgotten) {
         t.lost++;
         t.notes.push(`round ${round} ${sub}: reported complete, ${got}`);
@@ -253,7 +256,7 @@ process.stdout.write(
 );
 for (const [name, t] of Object.entries(tally)) {
   process.stdout.write(
-    `${name}: rounds ${t.rounds}, both complete ${t.bothDone}, lost the create race (coded) ${t.lostRace}, other failures ${t.otherFailure}, reported complete but not restorable ${t.lost}, check failed ${t.checkFailed}\n`,
+    `${name}: rounds ${t.rounds}, both complete ${t.bothDone}, lost the create race (coded) ${t.lostRace}, lost it and ran again ${t.ranAgain}, other failures ${t.otherFailure}, reported complete but not restorable ${t.lost}, check failed ${t.checkFailed}\n`,
   );
   for (const n of t.notes.slice(0, 10)) process.stdout.write(`  ${n}\n`);
 }
