@@ -227,7 +227,7 @@ for (let round = 0; round < opt.rounds; round++) {
       const got = await restored(bin, spec, sub, r.last.snapshotId);
       const forgotten = opt.scenario === 'shared' && got === 'restore failed: ETWIN_TARGET_NOT_FOUND';
       // The loser of the race to create the repository runs again into it (src/commands/peer.ts).
-      const again = r.stderr.includes('ETWIN_REPO_CREATE_RACE');
+      const again = r.stderr.includes('backing up again, into it');
       if (again) t.ranAgain++;
       words.push(`${sub}:${got === 'ok' ? (again ? 'done-again' : 'done') : forgotten ? 'forgotten' : got}`);
       if (got !== 'ok' && !forgotten) {

@@ -92,7 +92,7 @@ export async function verifyRound(o: {
     }
     expect(run.last, run.stdout).toMatchObject({ event: 'done', snapshotId: expect.any(String) });
     // A backup whose first run lost the race to create the repository runs again into it.
-    out.push(`${sub}:${run.stderr.includes('ETWIN_REPO_CREATE_RACE') ? 'done-again' : 'done'}`);
+    out.push(`${sub}:${run.stderr.includes('backing up again, into it') ? 'done-again' : 'done'}`);
     const to = path.join(o.scratch, `restore-${sub}-${Math.random().toString(16).slice(2)}`);
     const r = await runCli(
       [
