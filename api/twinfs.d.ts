@@ -393,6 +393,15 @@ export interface ObjectStore {
   readonly defaultEncrypted?: boolean;
   /** Stores the whole object atomically and durably (all or nothing); replaces one of that name. */
   put(name: string, data: Buffer): Promise<void>;
+  /**
+   * Since API 1.3.0, optional. Stores the whole object as put does, but only if there is no object
+   * of that name: of two calls at once (two processes, two hosts) exactly one stores its object and
+   * answers true; the other writes nothing and answers false. A repository's config is created
+   * with it, so that two first backups into one empty location cannot both create a repository
+   * (the later config would orphan every pack sealed with the earlier one's keys). A store
+   * without it gets a put and a read-back, which catches an overwrite only when it lands first.
+   */
+  putNew?(name: string, data: Buffer): Promise<boolean>;
   /** The object's bytes (a range: `end` inclusive). notFound when there is none. */
   get(name: string, range?: { start: number; end: number }): Promise<Buffer>;
   /** notFound when there is none. */

@@ -168,6 +168,40 @@ export class S3Store {
   }
 
   /**
+   * Stores a small object only if there is none of that key (ObjectStore.putNew): a PUT with
+   * `If-None-Match: *`, which S3 (since 2024-08), MinIO and Ceph's RADOS Gateway answer with 412
+   * Precondition Failed when the key exists. A server that ignores the header (s3rver does)
+   * stores it anyway: the repository reads the object back and compares (docs/repository.md,
+   * "Creating a repository"). A retried PUT whose first attempt landed also gets 412: the caller's
+   * read-back tells that apart too (the bytes are its own).
+   * @param {string} name
+   * @param {Buffer} data
+   * @returns {Promise<boolean>}
+   */
+  async putNew(name, data) {
+    const Key = this.key(name);
+    try {
+      await this.send(
+        new PutObjectCommand({
+          Bucket: this.bucket,
+          Key,
+          Body: data,
+          ContentLength: data.length,
+          IfNoneMatch: '*',
+        }),
+      );
+      return true;
+    } catch (err) {
+      const e = /** @type {any} */ (err);
+      // 412: the key exists. 409 (S3's ConditionalRequestConflict): another conditional write of
+      // the key is in flight; this one stored nothing, and the caller looks for the other's.
+      const status = e?.$metadata?.httpStatusCode;
+      if (status === 412 || status === 409 || e?.name === 'PreconditionFailed') return false;
+      throw s3Error(this.api.errors, err, `cannot store ${name} in ${this.spec}`);
+    }
+  }
+
+  /**
    * @param {string} name
    * @param {{ start: number, end: number }} [range]
    */

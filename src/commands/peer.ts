@@ -213,28 +213,46 @@ export const peerCommands: OperatorCommand[] = [
         const target = await targets.open(spec);
         try {
           const client = await connecting;
-          const run = new BackupRun({
-            server: ctx.serverUrl ?? client.hello.server,
-            token: '',
-            target,
-            catalogDir: str(a.options.catalog) ?? ctx.defaults.catalog,
-            selector,
-            leaseMs: lease === undefined ? undefined : Math.round(lease * 1000),
-            targetTimeoutMs: targetSec === undefined ? undefined : Math.round(targetSec * 1000),
-            mirrorMap: parseMirrorMap(list(a.options['mirror-map'])),
-            full: a.options.full === true,
-            tags: a.options.tag === undefined ? undefined : list(a.options.tag),
-            exclude,
-            checkSource: str(a.options['check-source']) as 'metadata' | 'data' | undefined,
-            signal: ctx.signal,
-            connect: async () => sharedControl(client),
-            hooks: await plugins(),
-            freezeHookTimeoutMs: hookSec === undefined ? undefined : Math.round(hookSec * 1000),
-            onHookFailure: str(a.options['on-hook-failure']) as 'crash-consistent' | 'fail' | undefined,
-          });
-          run.onDidProgress((p) => ctx.progress({ ...p }));
-          run.onDidWarn((w) => ctx.warn({ ...w }));
-          const res = await run.run();
+          const hooks = await plugins();
+          const runOnce = () => {
+            const run = new BackupRun({
+              server: ctx.serverUrl ?? client.hello.server,
+              token: '',
+              target,
+              catalogDir: str(a.options.catalog) ?? ctx.defaults.catalog,
+              selector,
+              leaseMs: lease === undefined ? undefined : Math.round(lease * 1000),
+              targetTimeoutMs: targetSec === undefined ? undefined : Math.round(targetSec * 1000),
+              mirrorMap: parseMirrorMap(list(a.options['mirror-map'])),
+              full: a.options.full === true,
+              tags: a.options.tag === undefined ? undefined : list(a.options.tag),
+              exclude,
+              checkSource: str(a.options['check-source']) as 'metadata' | 'data' | undefined,
+              signal: ctx.signal,
+              connect: async () => sharedControl(client),
+              hooks,
+              freezeHookTimeoutMs: hookSec === undefined ? undefined : Math.round(hookSec * 1000),
+              onHookFailure: str(a.options['on-hook-failure']) as 'crash-consistent' | 'fail' | undefined,
+            });
+            run.onDidProgress((p) => ctx.progress({ ...p }));
+            run.onDidWarn((w) => ctx.warn({ ...w }));
+            return run.run();
+          };
+          let res: Awaited<ReturnType<typeof runOnce>>;
+          try {
+            res = await runOnce();
+          } catch (err) {
+            // Two first backups at once into one empty location, and the other's config landed
+            // first: this run's snapshot was sealed with keys of its own and nothing of it was
+            // stored (docs/repository.md, "Creating a repository"). The repository is there now,
+            // and the target opens it afresh: the run is made again, into it, once.
+            if ((err as TwinError)?.code !== 'ETWIN_REPO_CREATE_RACE' || ctx.signal.aborted) throw err;
+            ctx.warn({
+              code: 'ETWIN_REPO_CREATE_RACE',
+              message: `${(err as Error).message}: backing up again, into it`,
+            });
+            res = await runOnce();
+          }
           const s = res.snapshot;
           ctx.print(
             `snapshot ${s.id} complete: ${describeTotals(s.totals)}${

@@ -316,7 +316,7 @@ export const repositoryCommands: OperatorCommand[] = [
           const w = r.incompleteWrites;
           if (w?.count)
             ctx.print(
-              `${w.removed ? 'aborted' : 'would abort'} ${w.count} unfinished upload(s) of dead writers (${bytes(w.bytes)} stored in their parts)`,
+              `${w.removed ? 'removed' : 'would remove'} ${w.count} unfinished write(s) of dead writers (${bytes(w.bytes)}: S3 multipart uploads, dir: temporary files)`,
             );
           return { event: 'done', ...r };
         } finally {

@@ -96,6 +96,8 @@ export const ErrorCodes = {
   ETWIN_REPO_NOT_INITIALISED: 'no repository at the target (create one with twinfs init --target T)',
   ETWIN_REPO_FOREIGN: 'the target location holds something that is not a twinfs repository',
   ETWIN_REPO_EXISTS: 'a repository already exists at the target',
+  ETWIN_REPO_CREATE_RACE:
+    'another process created the repository at the same moment (its config landed first) with other keys: nothing of this backup was stored; run it again',
   ETWIN_REPO_VERSION: 'the repository has a format version this twinfs does not know',
   ETWIN_REPO_PASSWORD:
     'the repository is encrypted and no passphrase was given, or the passphrase is wrong (TWINFS_PASSWORD, TWINFS_PASSWORD_FILE, --password-file)',

@@ -65,6 +65,9 @@ function guardStore(s: ObjectStore, plugin: string, o: GuardOptions): ObjectStor
       return s.defaultEncrypted;
     },
     put: (name, data) => g('put', () => s.put(name, data)),
+    putNew: s.putNew
+      ? (name, data) => g('putNew', () => (s.putNew as NonNullable<typeof s.putNew>)(name, data))
+      : undefined,
     get: (name, range) => g('get', () => s.get(name, range)),
     stat: (name) => g('stat', () => s.stat(name)),
     list: (prefix) => g('list', () => s.list(prefix)),

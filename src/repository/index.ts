@@ -1,5 +1,5 @@
 import type { ObjectStore } from '../../api/twinfs.js';
-import { getOrUndefined, Repository } from './repository.js';
+import { configOrEmpty, Repository } from './repository.js';
 import { RepositoryTarget } from './repository-target.js';
 
 export { setPasswordFile } from './crypto.js';
@@ -34,13 +34,16 @@ export async function openRepositoryTarget(
     // begins (Repository.open says so), not by merely opening it.
     // (The config first: listing a whole bucket of packs to learn that it is not empty would
     // cost a LIST page per 1,000 objects on every backup.)
-    if (
-      o.create &&
-      store.initOnFirstUse &&
-      !(await getOrUndefined(store, 'config')) &&
-      (await store.list('')).length === 0
-    )
-      return new RepositoryTarget(() => Repository.open(store, { ...opts, create: 'if-empty' }), type, store);
+    // Key files alone are a creation in progress (configOrEmpty waits for its config).
+    if (o.create && store.initOnFirstUse) {
+      const at = await configOrEmpty(store);
+      if ('empty' in at && at.empty)
+        return new RepositoryTarget(
+          () => Repository.open(store, { ...opts, create: 'if-empty' }),
+          type,
+          store,
+        );
+    }
     const repo = await Repository.open(store, { ...opts, create: 'never' });
     return new RepositoryTarget(repo, type, store);
   } catch (err) {

@@ -93,7 +93,19 @@ export class RepositoryTarget implements BackupTarget {
 
   private async ensure(): Promise<Repository> {
     if (this._repo) return this._repo;
-    this.creating ??= this.create!().then((r) => (this._repo = r));
+    this.creating ??= this.create!().then((r) => {
+      this._repo = r;
+      // A creation that failed (its key file or config could not be written, or another
+      // process's config landed first with other keys) is not kept: the next snapshot of a
+      // long-lived peer opens the location afresh.
+      r.written.catch(() => {
+        if (this._repo !== r) return;
+        this._repo = undefined;
+        this.creating = undefined;
+      });
+      return r;
+    });
+    this.creating.catch(() => (this.creating = undefined));
     return this.creating;
   }
 
@@ -348,15 +360,18 @@ class RepositoryWriter implements SnapshotWriter, MirrorFileWriter, ReadIntoWrit
     readonly snapshotId: string,
     private readonly lock: Promise<RepoLock>,
   ) {
+    this.repo = target.repo;
     this.blobs = new BlobWriter(target.repo, repoWorkers(), lock);
     this.cutter = new ContentCutter(target.repo, repoWorkers(), repoReaders());
     this.smallFiles = new SmallFileReader(target.repo);
     this.streams = new Semaphore(repoWorkers().size);
   }
 
-  private get repo(): Repository {
-    return this.target.repo;
-  }
+  /**
+   * The repository this snapshot is written to, held here: the target forgets one whose creation
+   * failed, and this writer's commit and abort must still meet that failure, not "no repository".
+   */
+  private readonly repo: Repository;
 
   /** Checks a new path: clean, not written yet, not below a symlink or a file of this snapshot. */
   private claim(p: string, kind: 'dir' | 'symlink' | 'file'): void {

@@ -142,24 +142,34 @@ export class Repository {
   /**
    * Settles when the repository's key file and config are in the store: at once for one
    * opened, later for one this process begun (Repository.begin). Nothing else may be written
-   * before it: a store with objects and no config is refused as foreign.
+   * before it: a store with objects and no config is refused as foreign. Rejects with
+   * ETWIN_REPO_CREATE_RACE when another process's config landed first with other keys.
    */
   readonly written: Promise<void>;
   /** Whether `written` is still pending (a repository this process begun). */
   beingWritten: boolean;
+  /**
+   * Set when this process began a repository and another's config landed first with the same
+   * format and no encryption: this process uses that one (its config is this one's now).
+   */
+  adopted = false;
 
   private constructor(
     readonly store: ObjectStore,
-    readonly config: RepoConfig,
+    private _config: RepoConfig,
     readonly keys: RepoKeys,
-    written?: Promise<void>,
+    written?: (repo: Repository) => Promise<void>,
   ) {
-    this.written = written ?? Promise.resolve();
+    this.written = written ? written(this) : Promise.resolve();
     this.beingWritten = written !== undefined;
     this.written.then(
       () => (this.beingWritten = false),
       () => undefined,
     );
+  }
+
+  get config(): RepoConfig {
+    return this._config;
   }
 
   get spec(): string {
@@ -183,6 +193,14 @@ export class Repository {
    * first backup's to pay where `restic init` is apart from restic's) and then the config are
    * written behind; `written` settles when both are durable, and the caller writes nothing
    * to the store before it.
+   *
+   * The config is created exclusively (createOnce): two first backups at once into one empty
+   * location each drew a master key, and the later config replaced the earlier one, so that
+   * every pack, index and snapshot the earlier one sealed was unreadable (reproduced by
+   * test/plugins/dir-concurrent-backups.test.ts in its first round). Now the second config is
+   * not written: its process adopts the first one when nothing it sealed depends on its own
+   * keys (both unencrypted, same chunker), and otherwise fails the snapshot with
+   * ETWIN_REPO_CREATE_RACE before any of its objects but its key file (removed again) is stored.
    */
   static async begin(
     store: ObjectStore,
@@ -192,7 +210,9 @@ export class Repository {
       throw new TwinError('ETWIN_REPO_EXISTS', `${store.spec} already holds a repository`, {
         target: store.spec,
       });
-    if ((await store.list('')).length > 0)
+    // Key files alone are another creator's, before its config, or a dead creator's: nothing
+    // names them but a config, and the config is created exclusively.
+    if ((await store.list('')).some((o) => !o.name.startsWith('keys/')))
       throw new TwinError(
         'ETWIN_REPO_FOREIGN',
         `${store.spec} is not empty and holds no twinfs repository: refusing to create one among other files`,
@@ -201,6 +221,7 @@ export class Repository {
     let keys = RepoKeys.plain();
     let encryption: RepoConfig['encryption'] = null;
     let keyFile: (() => Promise<void>) | undefined;
+    let keyName: string | undefined;
     if (opts.encrypt) {
       const pass = await readPassphrase(opts.passwordFile);
       if (!pass)
@@ -209,11 +230,12 @@ export class Repository {
           'an encrypted repository needs a passphrase: set TWINFS_PASSWORD or TWINFS_PASSWORD_FILE, or give --password-file',
         );
       const master = newMasterKey();
-      const keyName = `keys/${randomBytes(16).toString('hex')}`;
+      const name = `keys/${randomBytes(16).toString('hex')}`;
+      keyName = name;
       keyFile = async () =>
-        store.put(keyName, Buffer.from(`${JSON.stringify(await wrapMasterKey(master, pass), null, 2)}\n`));
+        store.put(name, Buffer.from(`${JSON.stringify(await wrapMasterKey(master, pass), null, 2)}\n`));
       keys = RepoKeys.fromMaster(master);
-      encryption = { cipher: 'aes-256-gcm', key: keyName };
+      encryption = { cipher: 'aes-256-gcm', key: name };
     }
     const config: RepoConfig = {
       format: FORMAT,
@@ -224,19 +246,34 @@ export class Repository {
       compression: 'zstd',
       encryption,
     };
-    const written = (async () => {
+    return new Repository(store, config, keys, async (repo) => {
       await keyFile?.();
       // Last: a store with a config is a repository.
-      await store.put('config', Buffer.from(`${JSON.stringify(config, null, 2)}\n`));
-    })();
-    return new Repository(store, config, keys, written);
+      const theirs = await createOnce(store, 'config', Buffer.from(`${JSON.stringify(config, null, 2)}\n`));
+      if (!theirs) return;
+      // Nothing but the key file was written (every other object waits for `written`).
+      if (keyName) await store.delete(keyName).catch(() => undefined);
+      const winner = parseConfig(store, theirs);
+      if (sameUnencryptedFormat(winner, config)) {
+        // What this process cut and sealed is valid there: unencrypted blob ids are plain
+        // SHA-256 of the chunks, cut with the same sizes.
+        repo._config = winner;
+        repo.adopted = true;
+        return;
+      }
+      throw new TwinError(
+        'ETWIN_REPO_CREATE_RACE',
+        `another process created the repository at ${store.spec} at the same moment (repository ${winner.id}${winner.encryption ? ', encrypted' : ''}): this backup was sealed with keys of its own, and nothing of it was stored; run it again`,
+        { target: store.spec, id: winner.id },
+      );
+    });
   }
 
   static async open(store: ObjectStore, opts: RepoOpenOptions = {}): Promise<Repository> {
-    const raw = await getOrUndefined(store, 'config');
-    if (!raw) {
-      const empty = (await store.list('')).length === 0;
-      if (empty && opts.create === 'if-empty' && store.initOnFirstUse) {
+    for (let attempt = 0; ; attempt++) {
+      const at = await configOrEmpty(store);
+      if ('config' in at) return Repository.fromConfig(store, at.config, opts);
+      if (at.empty && opts.create === 'if-empty' && store.initOnFirstUse) {
         const encrypt = (await readPassphrase(opts.passwordFile)) !== undefined;
         if (!encrypt && store.defaultEncrypted)
           throw new TwinError(
@@ -244,18 +281,29 @@ export class Repository {
             `${store.spec}: a repository here is encrypted by default and needs a passphrase (TWINFS_PASSWORD, TWINFS_PASSWORD_FILE or --password-file); twinfs init --target ${store.spec} --no-encrypt creates an unencrypted one`,
             { target: store.spec },
           );
-        // Written behind (Repository.begin): the caller's first snapshot starts meanwhile.
-        const repo = await Repository.begin(store, { encrypt, passwordFile: opts.passwordFile });
+        let repo: Repository;
+        try {
+          // Written behind (Repository.begin): the caller's first snapshot starts meanwhile.
+          repo = await Repository.begin(store, { encrypt, passwordFile: opts.passwordFile });
+        } catch (err) {
+          // Another process's config (or key file, then config) landed since the look above:
+          // open that one.
+          const code = (err as TwinError)?.code;
+          if ((code === 'ETWIN_REPO_EXISTS' || code === 'ETWIN_REPO_FOREIGN') && attempt < 3) continue;
+          throw err;
+        }
         repo.written.then(
           () =>
             opts.onNotice?.(
-              `created a new ${encrypt ? 'encrypted' : 'unencrypted'} repository at ${store.spec} (id ${repo.config.id})`,
+              repo.adopted
+                ? `another process created the repository at ${store.spec} at the same moment (id ${repo.config.id}): this backup went into it`
+                : `created a new ${encrypt ? 'encrypted' : 'unencrypted'} repository at ${store.spec} (id ${repo.config.id})`,
             ),
           () => undefined,
         );
         return repo;
       }
-      if (empty)
+      if (at.empty)
         throw new TwinError(
           'ETWIN_REPO_NOT_INITIALISED',
           `no repository at ${store.spec}: create one with twinfs init --target ${store.spec}`,
@@ -267,18 +315,14 @@ export class Repository {
         { target: store.spec },
       );
     }
-    let config: RepoConfig;
-    try {
-      config = JSON.parse(raw.toString('utf8')) as RepoConfig;
-    } catch {
-      throw new TwinError('ETWIN_REPO_FOREIGN', `${store.spec}: config is not a twinfs repository config`, {
-        target: store.spec,
-      });
-    }
-    if (config?.format !== FORMAT)
-      throw new TwinError('ETWIN_REPO_FOREIGN', `${store.spec}: config is not a twinfs repository config`, {
-        target: store.spec,
-      });
+  }
+
+  private static async fromConfig(
+    store: ObjectStore,
+    raw: Buffer,
+    opts: RepoOpenOptions,
+  ): Promise<Repository> {
+    const config = parseConfig(store, raw);
     if (config.version !== FORMAT_VERSION)
       throw new TwinError(
         'ETWIN_REPO_VERSION',
@@ -883,6 +927,90 @@ function lockedError(spec: string, l: LockInfo): TwinError {
 }
 
 // ---- helpers -------------------------------------------------------------------------------------
+
+function parseConfig(store: ObjectStore, raw: Buffer): RepoConfig {
+  let config: RepoConfig;
+  try {
+    config = JSON.parse(raw.toString('utf8')) as RepoConfig;
+  } catch {
+    throw new TwinError('ETWIN_REPO_FOREIGN', `${store.spec}: config is not a twinfs repository config`, {
+      target: store.spec,
+    });
+  }
+  if (config?.format !== FORMAT)
+    throw new TwinError('ETWIN_REPO_FOREIGN', `${store.spec}: config is not a twinfs repository config`, {
+      target: store.spec,
+    });
+  return config;
+}
+
+/** Whether what was cut and stored for `mine` is valid in `theirs`: no keys, same format and sizes. */
+function sameUnencryptedFormat(theirs: RepoConfig, mine: RepoConfig): boolean {
+  return (
+    theirs.encryption === null &&
+    mine.encryption === null &&
+    theirs.version === mine.version &&
+    theirs.compression === mine.compression &&
+    theirs.chunker.min === mine.chunker.min &&
+    theirs.chunker.avg === mine.chunker.avg &&
+    theirs.chunker.max === mine.chunker.max
+  );
+}
+
+/**
+ * Stores an object unless one of that name is there; undefined when this one is the object there
+ * now, else the bytes of the one that is. Through the store's putNew where it has one (dir:
+ * link(2), s3: If-None-Match), then read back in every case: a store that ignored the condition
+ * (or has no putNew) may have let another creator replace it, and a retried conditional PUT whose
+ * first attempt landed answers "exists" for this very object (equal bytes: a config holds a
+ * random id). A condition that stored nothing and left nothing (S3's 409 for two conditional
+ * writes at once) is tried again.
+ */
+export async function createOnce(
+  store: ObjectStore,
+  name: string,
+  bytes: Buffer,
+): Promise<Buffer | undefined> {
+  for (let attempt = 0; ; attempt++) {
+    if (store.putNew) await store.putNew(name, bytes);
+    else await store.put(name, bytes);
+    const now = await getOrUndefined(store, name);
+    if (now?.equals(bytes)) return undefined;
+    if (now) return now;
+    if (attempt >= 4)
+      throw new TwinError('ETWIN_TARGET_FAILED', `${store.spec}: ${name} was stored, but is not there`, {
+        target: store.spec,
+      });
+    await new Promise((r) => setTimeout(r, 50 * (attempt + 1)));
+  }
+}
+
+/** How long a look at a store holding only key files waits for the config their creator writes next. */
+export const CREATING_WAIT_MS = 15_000;
+
+/**
+ * The config, or whether the store is empty enough for a new repository. Key files and nothing
+ * else are another process's first backup between its key file and its config (the scrypt and
+ * two fsyncs apart: 0.2-1 s here) or one that died there: the config is waited for, then the
+ * store counts as empty (a dead creator's key file is named by no config). Seeing the config
+ * appear in the listing sends the look round again (it landed between the two reads).
+ */
+export async function configOrEmpty(
+  store: ObjectStore,
+  waitMs = CREATING_WAIT_MS,
+): Promise<{ config: Buffer } | { empty: boolean }> {
+  const deadline = Date.now() + waitMs;
+  for (;;) {
+    const raw = await getOrUndefined(store, 'config');
+    if (raw) return { config: raw };
+    const listed = await store.list('');
+    if (listed.some((o) => o.name === 'config') && Date.now() < deadline) continue;
+    if (listed.length === 0) return { empty: true };
+    if (!listed.every((o) => o.name.startsWith('keys/'))) return { empty: false };
+    if (Date.now() >= deadline) return { empty: true };
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
 
 export async function getOrUndefined(store: ObjectStore, name: string): Promise<Buffer | undefined> {
   try {

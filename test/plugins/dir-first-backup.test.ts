@@ -66,6 +66,15 @@ describe('dir repository: the first backup makes its key file while it reads', (
         await put(name, data);
         events.push(`done ${kind}`);
       };
+      // The config is created exclusively (putNew: two first backups at once must not both
+      // create one, dir-concurrent-backups.test.ts).
+      const putNew = store.putNew!.bind(store);
+      store.putNew = async (name, data) => {
+        events.push(`start ${name}`);
+        const stored = await putNew(name, data);
+        events.push(`done ${name}`);
+        return stored;
+      };
       // A pack's worth and more (a 16 MiB pack is sealed and waits), and a small file.
       const big = pseudoRandom(20 * MiB + 777, 21);
       const small = pseudoRandom(5000, 22);

@@ -191,8 +191,8 @@ describe('plugin host: manifests, engines, duplicates, dependencies', () => {
   });
 
   it('API 1.3.0 loads plugins written for 1.0.0 to 1.3.0, and refuses one that needs a later 1.x', async () => {
-    // 1.1.0 to 1.3.0 only added optional members (openStore, ObjectStore, incompleteWrites, listNames):
-    // a 1.0.0 plugin keeps working.
+    // 1.1.0 to 1.3.0 only added optional members (openStore, ObjectStore, incompleteWrites,
+    // listNames, putNew): a 1.0.0 plugin keeps working.
     for (const [name, range] of [
       ['caret-one', '^1.0.0'],
       ['one-x', '1.x'],
