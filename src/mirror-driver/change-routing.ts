@@ -201,7 +201,7 @@ export class ChangeRouter {
         primaryOk = false;
       },
     );
-    await this.c.links.note(c, this.c.primary);
+    await this.c.links.note(c, this.c.primary, (p) => this.c.nameQueued(p));
     // Tracked: the resync copies the range from the primary, whatever the write left there.
     // (applyAlongside waits for the primary's write on every way out of here.)
     if (await this.c.splitter.track(c)) return;
