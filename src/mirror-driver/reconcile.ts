@@ -167,29 +167,27 @@ export class Reconciler {
     phase: ProgressEvent['phase'],
     o: { locked?: boolean; deep?: Deep; vouch?: WalkCheck['vouch']; signal?: AbortSignal } = {},
   ): Promise<{ bytes: number; entries: number }> {
-    const chk: WalkCheck = { deep: o.deep, vouch: o.vouch };
-    // Names a change still queued names are left to it (see walkTree): a locked walk's are
-    // compared in a turn after those changes; an unlocked walk's are walked again, as the targets
-    // of renames are, in tasks queued behind those changes.
-    if (o.locked) return this.walkTree(p, phase, o, (q) => this.c.leftBehind.add(q, chk));
+    // A locked walk leaves names a change still queued names to it (see walkTree); they are
+    // compared in a turn after those changes. An unlocked walk reads them as before: it walks
+    // the target of every rename applied while it runs again, which copies what a rename moved
+    // (the reproduced case of walkTree's is a locked walk's; an unlocked one's is not).
+    if (o.locked) {
+      const chk: WalkCheck = { deep: o.deep, vouch: o.vouch };
+      return this.walkTree(p, phase, o, (q) => this.c.leftBehind.add(q, chk));
+    }
     const renamed = new Set<string>();
     this.walks.add(renamed);
     try {
-      const total = await this.walkTree(p, phase, o, (q) => renamed.add(q));
+      const total = await this.walkTree(p, phase, o);
       for (let round = 0; renamed.size > 0 && round < 10 && !o.signal?.aborted; round++) {
         const again = outermost(renamed).filter((t) => t === p || t.startsWith(p === '/' ? '/' : p + '/'));
         renamed.clear();
         for (const t of again) {
-          const r = await this.walkTree(t, phase, o, (q) => renamed.add(q));
+          const r = await this.walkTree(t, phase, o);
           total.bytes += r.bytes;
           total.entries += r.entries;
         }
       }
-      // Still named by queued changes after every round (a writer renaming back and forth):
-      // compared once those have run.
-      for (const q of renamed)
-        if (!o.signal?.aborted && (q === p || q.startsWith(p === '/' ? '/' : p + '/')))
-          this.c.leftBehind.add(q, chk);
       return total;
     } finally {
       this.walks.delete(renamed);
@@ -197,25 +195,26 @@ export class Reconciler {
   }
 
   /**
-   * One walk of p. A name that a namespace change still queued names (MirrorCore.nameQueued) is
-   * not read from the primary, where that change is made already and the entry under the name
-   * may be another one than the mirror's at this point of the queue: it is neither synced nor
-   * removed nor walked into, and goes to `left` (the caller compares it once the queued changes
-   * have run). Synced, a directory renamed away and made again, both queued, gave the mirror's
-   * old directory the new one's mode, xattrs and times, and emptied it of what the new one
-   * lacked, before the queued rename moved it (queued-names.test.ts).
+   * One walk of p. With `left`, a name that a namespace change still queued names
+   * (MirrorCore.nameQueued) is not read from the primary, where that change is made already and
+   * the entry under the name may be another one than the mirror's at this point of the queue:
+   * it is neither synced nor removed nor walked into, and goes to `left` (the caller compares
+   * it once the queued changes have run). Synced, a directory renamed away and made again, both
+   * queued behind a heal's locked walk of the volume, gave the mirror's old directory the new
+   * one's mode, xattrs and times (which the queued rename carried), or emptied it of what the
+   * new one lacked, and the queued rename failed (queued-names.test.ts).
    */
   private async walkTree(
     p: string,
     phase: ProgressEvent['phase'],
     o: { locked?: boolean; deep?: Deep; vouch?: WalkCheck['vouch']; signal?: AbortSignal },
-    left: (p: string) => void,
+    left?: (p: string) => void,
   ): Promise<{ bytes: number; entries: number }> {
     const chk: WalkCheck = { deep: o.deep, vouch: o.vouch };
     // Left by this walk: not walked into.
     const leftHere = new Set<string>();
     const leave = (q: string): boolean => {
-      if (q === '/' || !this.c.nameQueued(q)) return false;
+      if (!left || q === '/' || !this.c.nameQueued(q)) return false;
       leftHere.add(q);
       left(q);
       return true;

@@ -62,14 +62,6 @@ export class MirrorTimes {
   /** The primary entry's times onto its mirror copy, to the ns (gone from either: nothing to do). */
   async copy(p: string): Promise<void> {
     if (this.c.isHeld(p)) return;
-    // Another entry than the mirror's may have the name on the primary (a queued rename, and a
-    // new one made under the old name): pending instead, copied once nothing queued names it
-    // (sync). A walk's copy of a directory's times gave the mirror's old directory the new
-    // one's, which the queued rename then carried (queued-names.test.ts).
-    if (this.c.nameQueued(p)) {
-      this.note(p);
-      return;
-    }
     const st = await underRoot(this.c.primary, [p], (bp) => fsp.lstat(bp, { bigint: true })).catch(
       () => undefined,
     );
