@@ -74,10 +74,12 @@ export class Repairer {
     // of the queue. Copied, that entry went where the queued rename moved p (a chmod healed /c
     // with the file renamed over it, which the queued rename of /c to /z then moved: /z had the
     // other file's content; queued-names.test.ts). Left to the queued changes (one that meets
-    // the same lack heals where the entry went) and compared after them (left-behind.ts).
+    // the same lack heals where the entry went) and compared after them (left-behind.ts), by
+    // content: a heal follows a change the mirror could not apply, or one the primary refused
+    // after the mirror took it (healFailedWrite), which size and times need not show.
     if (this.c.nameQueued(p)) {
       this.c.trace.event('heal-left', { path: p });
-      this.c.leftBehind.add(p);
+      this.c.leftBehind.add(p, { deep: true });
       return;
     }
     this.c.trace.event('heal', { path: p });
