@@ -48,12 +48,14 @@ export class LeftBehind {
     this.scheduled = false;
     const all = [...this.names];
     this.names.clear();
-    const checks = new Map(all);
-    for (const t of outermost(checks.keys())) {
+    for (const t of outermost(all.map(([q]) => q))) {
       if (this.c.disposed) return;
+      // The strictest comparison any name at or below t was left with.
+      let chk: WalkCheck = {};
+      for (const [q, c] of all)
+        if ((q === t || q.startsWith(t + '/')) && (c.deep || (c.vouch && !chk.deep))) chk = c;
       // The walk leaves t behind again if a change queued since names it (this turn's walk of it
       // is then the next one's).
-      const chk = checks.get(t)!;
       const r = await this.c.reconciler.reconcileTree(t, 'repair', { locked: true, ...chk });
       this.c.stats.bytesMirrored += r.bytes;
       if (this.c.nameQueued(t) || this.c.heldUnder(t)) continue;
