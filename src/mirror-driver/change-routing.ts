@@ -186,6 +186,7 @@ export class ChangeRouter {
       !c.repairer.running &&
       c.broken.paths.size === 0 &&
       c.broken.healing.size === 0 &&
+      c.leftBehind.size === 0 &&
       c.queue.length <= MAX_BEHIND
     );
   }
@@ -200,7 +201,7 @@ export class ChangeRouter {
         primaryOk = false;
       },
     );
-    await this.c.links.note(c, this.c.primary);
+    await this.c.links.note(c, this.c.primary, (p) => this.c.nameQueued(p));
     // Tracked: the resync copies the range from the primary, whatever the write left there.
     // (applyAlongside waits for the primary's write on every way out of here.)
     if (await this.c.splitter.track(c)) return;
@@ -247,7 +248,7 @@ export class ChangeRouter {
       if (NAMESPACE_OPS.has(c.op)) this.c.times.noteParents(c.path, c.op === 'rename' ? c.from : undefined);
       // A directory renamed under a running walk may have moved where the walk has been to a
       // place it has already left: it gets walked again afterwards.
-      if (c.op === 'rename') this.c.reconciler.noteRename(c.path);
+      if (c.op === 'rename') this.c.reconciler.noteRename(c.from, c.path);
       if (this.c.resyncer.unsynced.size > 0) {
         if (c.op === 'rename') {
           // What the rename replaced is not the entry the resync left there any more.

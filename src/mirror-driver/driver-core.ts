@@ -7,6 +7,7 @@ import type { MirrorLayout } from './device.js';
 import type { PairState, ProgressEvent, ResyncResult, SplitInfo } from './driver-types.js';
 import { type SyncOptions, type SyncResult, syncEntry } from './entry-sync.js';
 import { Journal } from './journal.js';
+import type { LeftBehind } from './left-behind.js';
 import { LinkIndex } from './link-index.js';
 import { MirrorWriter } from './mirror-writer.js';
 import type { Reconciler } from './reconcile.js';
@@ -103,6 +104,7 @@ export class MirrorCore {
   resyncer!: Resyncer;
   repairer!: Repairer;
   splitter!: Splitter;
+  leftBehind!: LeftBehind;
 
   constructor(
     readonly primary: string,

@@ -20,6 +20,7 @@ import type {
   SplitInfo,
 } from './driver-types.js';
 import type { JournalRecord } from './journal.js';
+import { LeftBehind } from './left-behind.js';
 import { Reconciler } from './reconcile.js';
 import { Repairer } from './repair.js';
 import { Resyncer } from './resync.js';
@@ -88,6 +89,7 @@ export class MirrorDriver implements ChangeSink {
     c.broken = new BrokenPairs(c);
     c.times = new MirrorTimes(c);
     c.reconciler = new Reconciler(c);
+    c.leftBehind = new LeftBehind(c);
     c.resyncer = new Resyncer(c);
     c.repairer = new Repairer(c, this.deviceWatch);
     c.splitter = new Splitter(c);

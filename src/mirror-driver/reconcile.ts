@@ -56,9 +56,13 @@ export class Reconciler {
 
   constructor(private readonly c: MirrorCore) {}
 
-  /** A rename applied to the mirror: a walk running meanwhile walks its target again. */
-  noteRename(to: string): void {
+  /**
+   * A rename applied to the mirror: a walk running meanwhile walks its target again, and names
+   * left behind (left-behind.ts) follow it.
+   */
+  noteRename(from: string, to: string): void {
     for (const w of this.walks) w.add(to);
+    this.c.leftBehind.noteRename(from, to);
   }
 
   /**
@@ -163,7 +167,14 @@ export class Reconciler {
     phase: ProgressEvent['phase'],
     o: { locked?: boolean; deep?: Deep; vouch?: WalkCheck['vouch']; signal?: AbortSignal } = {},
   ): Promise<{ bytes: number; entries: number }> {
-    if (o.locked) return this.walkTree(p, phase, o);
+    // A locked walk leaves names a change still queued names to it (see walkTree); they are
+    // compared in a turn after those changes. An unlocked walk reads them as before: it walks
+    // the target of every rename applied while it runs again, which copies what a rename moved
+    // (the reproduced case of walkTree's is a locked walk's; an unlocked one's is not).
+    if (o.locked) {
+      const chk: WalkCheck = { deep: o.deep, vouch: o.vouch };
+      return this.walkTree(p, phase, o, (q) => this.c.leftBehind.add(q, chk));
+    }
     const renamed = new Set<string>();
     this.walks.add(renamed);
     try {
@@ -183,12 +194,35 @@ export class Reconciler {
     }
   }
 
+  /**
+   * One walk of p. With `left`, a name that a namespace change still queued names
+   * (MirrorCore.nameQueued) is not read from the primary, where that change is made already and
+   * the entry under the name may be another one than the mirror's at this point of the queue:
+   * it is neither synced nor removed nor walked into, and goes to `left` (the caller compares
+   * it once the queued changes have run). Synced, a directory renamed away and made again, both
+   * queued behind a heal's locked walk of the volume, gave the mirror's old directory the new
+   * one's mode, xattrs and times (which the queued rename carried), or emptied it of what the
+   * new one lacked, and the queued rename failed (queued-names.test.ts).
+   */
   private async walkTree(
     p: string,
     phase: ProgressEvent['phase'],
     o: { locked?: boolean; deep?: Deep; vouch?: WalkCheck['vouch']; signal?: AbortSignal },
+    left?: (p: string) => void,
   ): Promise<{ bytes: number; entries: number }> {
     const chk: WalkCheck = { deep: o.deep, vouch: o.vouch };
+    // Left by this walk: not walked into.
+    const leftHere = new Set<string>();
+    const leave = (q: string): boolean => {
+      if (!left || q === '/' || !this.c.nameQueued(q)) return false;
+      leftHere.add(q);
+      left(q);
+      return true;
+    };
+    const isLeft = (q: string) => {
+      for (let a = q; a !== ''; a = a.slice(0, a.lastIndexOf('/'))) if (leftHere.has(a)) return true;
+      return false;
+    };
     // A name separated from the other names of its file (copyEntry) is linked to them again in
     // the same queue task: a live change in between would reach one of the copies only.
     const run = async <T>(f: () => Promise<T>): Promise<T> => {
@@ -206,13 +240,15 @@ export class Reconciler {
     const report = (done: boolean) => this.c.onProgress.fire({ phase, entries, bytes, done });
     const base = p === '/' ? '' : p;
     bytes += await run(async () =>
-      this.syncQuick(p, await lstatOrUndefined(this.c.primary + base), links, chk),
+      leave(p) ? 0 : this.syncQuick(p, await lstatOrUndefined(this.c.primary + base), links, chk),
     );
+    if (leftHere.size > 0) return { bytes, entries };
     const dirs = [base];
     let reported = 0;
     while (dirs.length > 0) {
       if (o.signal?.aborted) return { bytes, entries };
       const dir = dirs.pop()!;
+      if (isLeft(dir)) continue;
       let names: string[];
       try {
         names = (await fsp.readdir(this.c.primary + dir)).sort();
@@ -239,13 +275,19 @@ export class Reconciler {
           size += small[j]!.st?.size ?? 0;
         const batch = small.slice(i, j);
         i = j;
-        bytes += await run(() => this.syncBatch(batch, links, chk));
+        bytes += await run(() =>
+          this.syncBatch(
+            batch.filter((it) => !leave(it.path)),
+            links,
+            chk,
+          ),
+        );
       }
       for (const it of large) {
         if (o.signal?.aborted) return { bytes, entries };
-        bytes += await this.syncLargeFile(it.path, it.st!, run, chk);
+        bytes += await this.syncLargeFile(it.path, it.st!, run, chk, leave);
       }
-      if (extras.length > 0) await run(() => this.removeExtras(dir, extras));
+      if (extras.length > 0) await run(() => this.removeExtras(dir, extras, leave));
       // Making and removing the names above moved the mirror directory's times (and reading
       // the primary's may have moved its atime): copy them again, now that it is complete.
       await run(() => this.c.times.copy(dir === '' ? '/' : dir));
@@ -254,7 +296,7 @@ export class Reconciler {
         reported = entries;
         report(false);
       }
-      for (const it of [...items].reverse()) if (it.st?.isDirectory()) dirs.push(it.path);
+      for (const it of [...items].reverse()) if (it.st?.isDirectory() && !isLeft(it.path)) dirs.push(it.path);
     }
     report(true);
     // Inside one task (locked): a walk of the volume has linked the names it separated; a walk of
@@ -276,10 +318,11 @@ export class Reconciler {
     listed: Stats,
     run: <T>(f: () => Promise<T>) => Promise<T>,
     chk: WalkCheck,
+    leave: (p: string) => boolean,
   ): Promise<number> {
     const mp = this.c.layout.data + p;
     const plan = await run(async () => {
-      if (this.c.isHeld(p)) return undefined;
+      if (this.c.isHeld(p) || leave(p)) return undefined;
       const [pst, mst] = await Promise.all([lstatOrUndefined(this.c.primary + p), lstatOrUndefined(mp)]);
       if (!pst?.isFile() || pst.nlink > 1) return { fallback: true as const, pst };
       // A mirror file with other names is another file (see syncEntry): replaced, not written.
@@ -300,12 +343,14 @@ export class Reconciler {
     if (!plan) return 0;
     if ('fallback' in plan)
       return run(async () =>
-        this.syncQuick(p, (await lstatOrUndefined(this.c.primary + p)) ?? listed, new Map(), chk),
+        leave(p)
+          ? 0
+          : this.syncQuick(p, (await lstatOrUndefined(this.c.primary + p)) ?? listed, new Map(), chk),
       );
     let bytes = 0;
     for (let off = 0; ; off += LARGE_CHUNK) {
       const r = await run(async () => {
-        if (this.c.isHeld(p)) return undefined;
+        if (this.c.isHeld(p) || leave(p)) return undefined;
         return copyChunk(this.c.primary + p, mp, off, LARGE_CHUNK, plan.compare).catch((err) => {
           if (HEAL_CODES.has((err as NodeJS.ErrnoException).code ?? '')) return undefined; // gone meanwhile
           throw err;
@@ -316,7 +361,7 @@ export class Reconciler {
       if (r.eof) break;
     }
     await run(async () => {
-      if (this.c.isHeld(p)) return;
+      if (this.c.isHeld(p) || leave(p)) return;
       // bigint: its times to the ns if it leaves the primary before syncMeta reads them again.
       const pst = await fsp.lstat(this.c.primary + p, { bigint: true }).catch(() => undefined);
       if (!pst?.isFile()) return;
@@ -363,11 +408,12 @@ export class Reconciler {
     }
   }
 
-  private async removeExtras(dir: string, names: string[]): Promise<void> {
+  private async removeExtras(dir: string, names: string[], leave: (p: string) => boolean): Promise<void> {
     await mapLimit(names, PARALLEL, async (name) => {
       const vp = `${dir}/${name}`;
-      // Made since the listing (and already mirrored by its own change)?
-      if (this.c.heldUnder(vp) || (await lstatOrUndefined(this.c.primary + vp))) return;
+      // Made since the listing (and already mirrored by its own change)? Or gone from the
+      // primary by a change still queued (a rename, which moves it)?
+      if (this.c.heldUnder(vp) || leave(vp) || (await lstatOrUndefined(this.c.primary + vp))) return;
       this.c.writer.forget(vp, true);
       await fsp.rm(this.c.layout.data + vp, { recursive: true, force: true });
     });
