@@ -14,7 +14,9 @@
 // The client times a create's open, write and close apart (median µs per target: each is one or
 // more FUSE round trips it waits for; docs/benchmarks.md, "Create: where the server's time goes").
 // Minor page faults per operation are counted for every server (/proc/PID/stat; ~11 µs each on
-// this VM, and unlike CPU time the count does not move with the load); --perf-stat adds the
+// this VM, and unlike CPU time the count does not move with the load), and so are the voluntary
+// context switches of all its threads (/proc/PID/task/*/status: one per hand-off between threads,
+// no perf needed); --perf-stat adds the
 // syscalls and context switches per operation (perf stat -p around each phase). A create's
 // write-back runs --writeback-ms (3 s) after it: how many fall inside the create phase depends on
 // the phase's length, so its CPU and counts per create move with the rate; --settle-ms 3500
@@ -44,6 +46,7 @@ import {
   takeRepeated,
   tempBase,
   threadCpuSeconds,
+  voluntarySwitches,
   worker,
 } from './lib.mjs';
 
@@ -134,6 +137,7 @@ for (let rep = 0; rep < opts.reps; rep++) {
       const js = jsCpu(t.s.pid);
       const ju = jsUser(t.s.pid);
       const f = minorFaults(t.s.pid);
+      const vcs = voluntarySwitches(t.s.pid);
       const ps = opts['perf-stat'] ? perfStat(t.s.pid, PERF_EVENTS) : null;
       if (ps) await sleep(200);
       const r = await worker('files', [
@@ -153,6 +157,7 @@ for (let rep = 0; rep < opts.reps; rep++) {
       (r0[`${op}js`] ??= []).push(((jsCpu(t.s.pid) - js) * 1e6) / opts.files);
       (r0[`${op}jsu`] ??= []).push(((jsUser(t.s.pid) - ju) * 1e6) / opts.files);
       (r0[`${op}flt`] ??= []).push((minorFaults(t.s.pid) - f) / opts.files);
+      (r0[`${op}vcs`] ??= []).push((voluntarySwitches(t.s.pid) - vcs) / opts.files);
       if (r.calls) for (const [k, v] of Object.entries(r.calls)) (r0[`call:${k}`] ??= []).push(v);
       if (ps) {
         const cnt = await ps.stop();
@@ -194,6 +199,7 @@ table(
       'of it JS thread',
       'JS thread user',
       `faults/${p}`,
+      `vol. cs/${p}`,
       ...(perf ? [`syscalls/${p}`, `cs/${p}`] : []),
     ]),
   ],
@@ -205,6 +211,7 @@ table(
       n.startsWith('bindfs') ? '—' : fmt(m(n, `${p}js`), 0),
       n.startsWith('bindfs') ? '—' : fmt(m(n, `${p}jsu`), 0),
       fmt(m(n, `${p}flt`), 2),
+      fmt(m(n, `${p}vcs`), 1),
       ...(perf ? [fmt(m(n, `${p}sys`), 1), fmt(m(n, `${p}cs`), 1)] : []),
     ]),
   ]),

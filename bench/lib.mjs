@@ -760,6 +760,34 @@ export function minorFaults(pid) {
 }
 
 /**
+ * Voluntary context switches of all of a process's threads so far (/proc/PID/task/TID/status).
+ * Like the fault count, the count does not move with the load the way CPU time and rates do, and
+ * it needs no perf (not installed on this VM): each hand-off between threads is one (the thread
+ * that waits sleeps), so it counts the server's hand-offs per operation. Threads that ended are
+ * not counted (libfuse's workers live as long as the mount).
+ */
+export function voluntarySwitches(pid) {
+  let n = 0;
+  let tids = [];
+  try {
+    tids = fs.readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return Number.NaN;
+  }
+  for (const tid of tids) {
+    try {
+      const m = /\nvoluntary_ctxt_switches:\s+(\d+)/.exec(
+        fs.readFileSync(`/proc/${pid}/task/${tid}/status`, 'utf8'),
+      );
+      if (m) n += Number(m[1]);
+    } catch {
+      /* the thread ended */
+    }
+  }
+  return n;
+}
+
+/**
  * Starts `perf stat -x, -e EVENTS -p PID` (counting until stopped); `stop()` ends it with SIGINT
  * and resolves to { event: count }. Needs perf and the tracepoints (root).
  */
