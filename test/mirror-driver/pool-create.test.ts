@@ -1,6 +1,6 @@
 import * as fs from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { MirrorWriter } from '../../src/mirror-driver/mirror-writer.js';
+import { MirrorWriter } from '../../src/mirror-driver/mirror-writer.js';
 import { unmountAll } from '../helpers/mounts.js';
 import { PYTHON } from '../helpers/posix.js';
 import { tempDirs } from '../helpers/server.js';
@@ -19,7 +19,7 @@ describe("the mirror's create in the pool", () => {
   let m: InProcess | undefined;
   const before = process.env.TWINFS_MIRROR_POOL_CREATE_US;
   beforeAll(async () => {
-    t = await tempDirs('primary', 'mnt', 'mirror', 'state');
+    t = await tempDirs('primary', 'mnt', 'mirror', 'state', 'direct');
     process.env.TWINFS_MIRROR_POOL_CREATE_US = '0';
   });
   afterAll(async () => {
@@ -69,4 +69,28 @@ for i in range(300):
     expect(m.driver.status().broken).toEqual([]);
     expect((await m.driver.verify()).differences).toEqual([]);
   }, 90_000);
+
+  it("a create's turn ends only once its file exists and its descriptor is kept", async () => {
+    // The queue runs the next change when apply's promise settles: nothing of the create may
+    // still be in the pool then. (Directly on the writer: the mount's write-back comes 200 ms
+    // after a create, long after any pool trip.)
+    const root = t.dirs.direct!;
+    const w = new MirrorWriter(root);
+    try {
+      for (let i = 0; i < 40; i++) {
+        await w.apply({
+          op: 'create',
+          path: `/t${i}`,
+          mode: 0o640,
+          uid: process.getuid!(),
+          gid: process.getgid!(),
+        });
+        expect(fs.statSync(`${root}/t${i}`).mode & 0o7777).toBe(0o640);
+        expect(w.linkCount(`/t${i}`)).toBe(1);
+      }
+      expect(w.poolCreates).toBeGreaterThan(30);
+    } finally {
+      w.closeAll();
+    }
+  });
 });
