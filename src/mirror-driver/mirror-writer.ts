@@ -116,6 +116,10 @@ export class MirrorWriter {
         this.forget(c.path, false);
         const flags = fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_WRONLY;
         let fd: number;
+        // Forgotten while the pool's open ran (a resync or reconcile closing the path's
+        // descriptors): the file is made whole (owner, mode) as after a synchronous create, and
+        // its descriptor closed as that forget would have closed it.
+        let forgotten = false;
         if (this.createInPool()) {
           const pending = { forgotten: false };
           this.creating.set(c.path, pending);
@@ -124,12 +128,7 @@ export class MirrorWriter {
           } finally {
             this.creating.delete(c.path);
           }
-          // Forgotten while the open ran (a resync or reconcile closing the path's descriptors):
-          // as if the forget had come after a synchronous create.
-          if (pending.forgotten) {
-            this.close(fd);
-            fd = -1;
-          }
+          forgotten = pending.forgotten;
         } else {
           const t0 = process.hrtime.bigint();
           try {
@@ -141,7 +140,6 @@ export class MirrorWriter {
           }
           this.noteCreateCost(Number(process.hrtime.bigint() - t0));
         }
-        if (fd < 0) return;
         try {
           // What open did not give already: an owner other than the server's (or the parent's
           // group), bits the umask took. chown before chmod: chown clears set-id bits.
@@ -153,7 +151,8 @@ export class MirrorWriter {
           fs.closeSync(fd);
           throw e;
         }
-        this.keep(c.path, fd, 1);
+        if (forgotten) this.close(fd);
+        else this.keep(c.path, fd, 1);
         return;
       }
       // The namespace and metadata changes below are synchronous too (see create): each is one to
