@@ -31,6 +31,17 @@ export const SYNC_WRITE_BYTES = 64 * 1024;
 export const EARLY_WRITEBACK_BYTES = 128 * 1024;
 
 /**
+ * A mirror whose synchronous create (open O_CREAT|O_EXCL) took longer than this, in the running
+ * mean, creates in libuv's pool: there the open's wait for the disk is no longer the JS thread's.
+ * Below it, a pool trip's two thread wakes cost more than the open. Every CREATE_SAMPLE_EVERY-th
+ * create stays synchronous to keep the measure current (a disk that got fast again).
+ * TWINFS_MIRROR_POOL_CREATE_US sets it (0: every create in the pool; for the tests of that path
+ * on a fast disk, and the benchmark's A/B).
+ */
+export const ASYNC_CREATE_NS = 100_000;
+const CREATE_SAMPLE_EVERY = 32;
+
+/**
  * Applies changes to the mirror's data directory, the way the primary saw them. Keeps a small
  * cache of open descriptors for files being written, closed on rename/unlink of their path.
  */
@@ -45,8 +56,23 @@ export class MirrorWriter {
    * written). A descriptor is closed only once its running write-back settled (close).
    */
   private readonly writeBacks = new WriteBackScheduler('global');
+  /** Creates whose open runs in the pool now, by path: marked when forget closes the path. */
+  private readonly creating = new Map<string, { forgotten: boolean }>();
+  /** Running mean of the synchronous create's open, ns (see ASYNC_CREATE_NS). */
+  private createCostNs = 0;
+  /** Creates since the last synchronous one while the open ran in the pool. */
+  private createsInPool = 0;
 
-  constructor(private readonly dataRoot: string) {}
+  /** See ASYNC_CREATE_NS. */
+  private readonly poolCreateNs: number;
+  /** Creates whose open ran in the pool, since the start. */
+  poolCreates = 0;
+
+  constructor(private readonly dataRoot: string) {
+    const us = process.env.TWINFS_MIRROR_POOL_CREATE_US;
+    this.poolCreateNs =
+      us !== undefined && us !== '' && Number.isFinite(Number(us)) ? Number(us) * 1000 : ASYNC_CREATE_NS;
+  }
 
   backing(volumePath: string): string {
     return volumePath === '/' ? this.dataRoot : this.dataRoot + volumePath;
@@ -79,18 +105,40 @@ export class MirrorWriter {
         // The primary made a new, empty file. A stale one in the mirror (left by a rename that a
         // split held back, or a crash) must not lend it old bytes, nor lose its own: it may be
         // another name of a file that lives on, so it is unlinked, not truncated.
-        // Synchronous, as the primary's create is: one JS step of a few syscalls costs the server
-        // far less than five trips through the libuv pool, and the descriptor is kept for the
-        // file's first write-back, which comes next (it needed an open and an fstat of its own).
+        // Synchronous, as the primary's create is, while that is cheap: one JS step of a few
+        // syscalls costs the server far less than a trip through the libuv pool, and the
+        // descriptor is kept for the file's first write-back, which comes next (it needed an
+        // open and an fstat of its own). But the open's inode allocation is the disk's: ~20 µs
+        // on tmpfs, ~300 µs on an ext4 /tmp (11.5% of a mirrored create run's JS thread in a
+        // --cpu-prof, issue 12), and the JS thread answers the next file's WRITE only after it.
+        // Where the measured open is slow (ASYNC_CREATE_NS) it goes to the pool; the turn
+        // awaits it, so no later change runs before it, as for a large write.
         this.forget(c.path, false);
         const flags = fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_WRONLY;
         let fd: number;
-        try {
-          fd = fs.openSync(p, flags, c.mode & 0o7777);
-        } catch (e) {
-          if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
-          fs.unlinkSync(p);
-          fd = fs.openSync(p, flags, c.mode & 0o7777);
+        // Forgotten while the pool's open ran (a resync or reconcile closing the path's
+        // descriptors): the file is made whole (owner, mode) as after a synchronous create, and
+        // its descriptor closed as that forget would have closed it.
+        let forgotten = false;
+        if (this.createInPool()) {
+          const pending = { forgotten: false };
+          this.creating.set(c.path, pending);
+          try {
+            fd = await openNew(p, flags, c.mode & 0o7777);
+          } finally {
+            this.creating.delete(c.path);
+          }
+          forgotten = pending.forgotten;
+        } else {
+          const t0 = process.hrtime.bigint();
+          try {
+            fd = fs.openSync(p, flags, c.mode & 0o7777);
+          } catch (e) {
+            if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+            fs.unlinkSync(p);
+            fd = fs.openSync(p, flags, c.mode & 0o7777);
+          }
+          this.noteCreateCost(Number(process.hrtime.bigint() - t0));
         }
         try {
           // What open did not give already: an owner other than the server's (or the parent's
@@ -103,7 +151,8 @@ export class MirrorWriter {
           fs.closeSync(fd);
           throw e;
         }
-        this.keep(c.path, fd, 1);
+        if (forgotten) this.close(fd);
+        else this.keep(c.path, fd, 1);
         return;
       }
       // The namespace and metadata changes below are synchronous too (see create): each is one to
@@ -217,6 +266,22 @@ export class MirrorWriter {
     return this.writeBacks.counts.refused;
   }
 
+  /** Whether this create's open goes to the pool (see ASYNC_CREATE_NS). */
+  private createInPool(): boolean {
+    if (this.createCostNs < this.poolCreateNs) return false;
+    if (++this.createsInPool < CREATE_SAMPLE_EVERY) {
+      this.poolCreates++;
+      return true;
+    }
+    this.createsInPool = 0;
+    return false;
+  }
+
+  private noteCreateCost(ns: number): void {
+    // A mean over about the last eight synchronous creates: one preempted open does not switch.
+    this.createCostNs += (ns - this.createCostNs) / 8;
+  }
+
   /** Closes fd, once its early write-back (if one runs) settled. */
   private close(fd: number): void {
     const running = this.writeBacks.forget(fd);
@@ -234,6 +299,9 @@ export class MirrorWriter {
 
   /** Closes cached descriptors of path (and of everything under it when it may be a directory). */
   forget(path: string, subtree: boolean): void {
+    if (this.creating.size > 0)
+      for (const [p, pending] of this.creating)
+        if (p === path || (subtree && p.startsWith(path + '/'))) pending.forgotten = true;
     if (!subtree) {
       // One name: a map look-up (this runs for every create, link and unlink).
       const fd = this.fds.get(path);
@@ -297,6 +365,22 @@ export class MirrorWriter {
       this.nlinks.delete(oldPath);
       this.close(oldFd);
     }
+  }
+}
+
+/**
+ * A new file, in one trip through the pool: a stale entry in its place (EEXIST) is unlinked and
+ * the open tried again, as in the synchronous create.
+ */
+async function openNew(p: string, flags: number, mode: number): Promise<number> {
+  const open = () =>
+    new Promise<number>((res, rej) => fs.open(p, flags, mode, (e, fd) => (e ? rej(e) : res(fd))));
+  try {
+    return await open();
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+    fs.unlinkSync(p);
+    return open();
   }
 }
 
