@@ -85,31 +85,10 @@ export class DirectoryStore {
    */
   async put(name, data) {
     const file = this.file(name);
-    const dir = path.dirname(file);
-    const tmp = `${file}.tmp-${randomBytes(6).toString('hex')}`;
-    try {
-      if (!this.dirs.has(dir)) {
-        await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
-        this.dirs.add(dir);
-      }
-      const fh = await fsp.open(
-        tmp,
-        fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL,
-        0o600,
-      );
-      try {
-        let off = await this.writeDirect(tmp, data);
-        while (off < data.length) off += (await fh.write(data, off, data.length - off, off)).bytesWritten;
-        await fh.sync();
-      } finally {
-        await fh.close();
-      }
+    await this.storeVia(name, data, true, async (tmp) => {
       await fsp.rename(tmp, file);
-      await syncDir(dir);
-    } catch (err) {
-      await fsp.rm(tmp, { force: true }).catch(() => undefined);
-      throw this.api.errors.fromFs(err, `cannot store ${name} in ${this.spec}`);
-    }
+      await syncDir(path.dirname(file));
+    });
   }
 
   /**
@@ -125,6 +104,31 @@ export class DirectoryStore {
    */
   async putNew(name, data) {
     const file = this.file(name);
+    let stored = true;
+    await this.storeVia(name, data, false, async (tmp) => {
+      try {
+        await fsp.link(tmp, file);
+      } catch (err) {
+        if (/** @type {NodeJS.ErrnoException} */ (err)?.code !== 'EEXIST') throw err;
+        stored = false;
+      }
+      await fsp.rm(tmp, { force: true });
+      await syncDir(path.dirname(file));
+    });
+    return stored;
+  }
+
+  /**
+   * The object's bytes in a synced temporary file beside its name (`*.tmp-*`, which listings
+   * skip), then `place` gives it the name (put: rename; putNew: link, which refuses a taken
+   * name). On any failure the temporary file is removed and the error coded.
+   * @param {string} name
+   * @param {Buffer} data
+   * @param {boolean} direct whole blocks with O_DIRECT where the memory allows (writeDirect)
+   * @param {(tmp: string) => Promise<void>} place
+   */
+  async storeVia(name, data, direct, place) {
+    const file = this.file(name);
     const dir = path.dirname(file);
     const tmp = `${file}.tmp-${randomBytes(6).toString('hex')}`;
     try {
@@ -138,22 +142,13 @@ export class DirectoryStore {
         0o600,
       );
       try {
-        let off = 0;
+        let off = direct ? await this.writeDirect(tmp, data) : 0;
         while (off < data.length) off += (await fh.write(data, off, data.length - off, off)).bytesWritten;
         await fh.sync();
       } finally {
         await fh.close();
       }
-      let stored = true;
-      try {
-        await fsp.link(tmp, file);
-      } catch (err) {
-        if (/** @type {NodeJS.ErrnoException} */ (err)?.code !== 'EEXIST') throw err;
-        stored = false;
-      }
-      await fsp.rm(tmp, { force: true });
-      await syncDir(dir);
-      return stored;
+      await place(tmp);
     } catch (err) {
       await fsp.rm(tmp, { force: true }).catch(() => undefined);
       throw this.api.errors.fromFs(err, `cannot store ${name} in ${this.spec}`);

@@ -121,3 +121,51 @@ export async function verifyRound(o: {
   expect(check.last, o.what).toMatchObject({ ok: true, problems: [] });
   return out;
 }
+
+/**
+ * Rounds of two first backups at once (subtrees a and b, the second started a seeded random
+ * 0-300 ms after the first) into the location spec(round) names, each round verified
+ * (verifyRound: every snapshot reported complete restores exactly, check is clean); the loser
+ * of the race to create the repository runs again into the winner's (src/commands/peer.ts), so
+ * no failure is allowed. Answers each round's outcome, for the log.
+ */
+export async function firstBackupRounds(o: {
+  fx: ControlFixture;
+  rounds: number;
+  seed: number;
+  spec: (round: number) => string;
+  files: Map<string, Buffer>;
+  scratch: string;
+  env: NodeJS.ProcessEnv;
+}): Promise<string[]> {
+  const next = rng(o.seed);
+  const outcomes: string[] = [];
+  for (let round = 0; round < o.rounds; round++) {
+    const spec = o.spec(round);
+    // 0-300 ms apart: the first one's key file (scrypt, then two fsyncs) takes 0.2-1 s here.
+    const delay = Math.floor(next() * 300);
+    const a = backupProcess(o.fx, 'a', spec, path.join(o.scratch, `cat-a${round}`), o.env);
+    await sleep(delay);
+    const b = backupProcess(o.fx, 'b', spec, path.join(o.scratch, `cat-b${round}`), o.env);
+    const [ra, rb] = await Promise.all([a, b]);
+    const words = await verifyRound({
+      runs: [
+        { sub: 'a', run: ra },
+        { sub: 'b', run: rb },
+      ],
+      files: o.files,
+      spec,
+      scratch: o.scratch,
+      env: o.env,
+      allowed: [],
+      what: `round ${round} (${delay} ms apart)`,
+    });
+    // At least one of the two stored its snapshot.
+    expect(
+      words.some((w) => w.endsWith(':done')),
+      words.join(' '),
+    ).toBe(true);
+    outcomes.push(`${round}/${delay}ms ${words.join(' ')}`);
+  }
+  return outcomes;
+}

@@ -5,8 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type ControlFixture, startControlFixture } from '../control/control-fixture.js';
 import { runCli, watchCli } from '../helpers/cli.js';
 import {
-  backupProcess,
-  rng,
+  firstBackupRounds,
   sleep,
   subtreeFiles,
   verifyRound,
@@ -39,36 +38,15 @@ describe('two first backups at once into one new dir: location (twinfs backup pr
   });
 
   it('both backups complete (the one that lost the race to create the repository runs again into it), restore exactly, and the repository checks clean', async () => {
-    const next = rng(Number(process.env.TWINFS_RACE_SEED ?? 7));
-    const outcomes: string[] = [];
-    for (let round = 0; round < 2; round++) {
-      const spec = `dir:${scratch}/repo${round}`;
-      // 0-300 ms apart: the first one's key file (scrypt, then two fsyncs) takes 0.2-1 s here.
-      const delay = Math.floor(next() * 300);
-      const a = backupProcess(fx, 'a', spec, path.join(scratch, `cat-a${round}`), env);
-      await sleep(delay);
-      const b = backupProcess(fx, 'b', spec, path.join(scratch, `cat-b${round}`), env);
-      const [ra, rb] = await Promise.all([a, b]);
-      const words = await verifyRound({
-        runs: [
-          { sub: 'a', run: ra },
-          { sub: 'b', run: rb },
-        ],
-        files,
-        spec,
-        scratch,
-        env,
-        // The loser of the race runs again into the winner's repository (src/commands/peer.ts).
-        allowed: [],
-        what: `round ${round} (${delay} ms apart)`,
-      });
-      // At least one of the two stored its snapshot.
-      expect(
-        words.some((w) => w.endsWith(':done')),
-        words.join(' '),
-      ).toBe(true);
-      outcomes.push(`${round}/${delay}ms ${words.join(' ')}`);
-    }
+    const outcomes = await firstBackupRounds({
+      fx,
+      rounds: 2,
+      seed: Number(process.env.TWINFS_RACE_SEED ?? 7),
+      spec: (round) => `dir:${scratch}/repo${round}`,
+      files,
+      scratch,
+      env,
+    });
     console.log(`concurrent first backups (dir:): ${outcomes.join(', ')}`);
   }, 90_000);
 

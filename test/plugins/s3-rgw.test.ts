@@ -19,14 +19,7 @@ import { loadTargetPlugin } from '../conformance/index.js';
 import { type ControlFixture, startControlFixture } from '../control/control-fixture.js';
 import { type RgwCluster, startRgw } from '../helpers/ceph.js';
 import { runCli } from '../helpers/cli.js';
-import {
-  backupProcess,
-  rng,
-  sleep,
-  subtreeFiles,
-  verifyRound,
-  writeThroughMount,
-} from './concurrent-backups.js';
+import { firstBackupRounds, subtreeFiles, writeThroughMount } from './concurrent-backups.js';
 import { type S3Fixture, startS3, uniquePrefix } from './s3-fixture.js';
 import { describeS3Target, PLUGIN } from './s3-suite.js';
 
@@ -310,36 +303,17 @@ describe('two first backups at once into one empty prefix on RGW (twinfs backup 
   });
 
   it('every snapshot reported complete restores exactly and the repository checks clean', async () => {
-    const next = rng(Number(process.env.TWINFS_RACE_SEED ?? 9));
-    const outcomes: string[] = [];
     // One round (a restore and a check are CLI processes too: ~15 s at load 13); the bench's
     // loop (bench/concurrent-backups.mjs --target s3) runs many.
-    for (let round = 0; round < 1; round++) {
-      const spec = `s3:${s3.bucket}/${uniquePrefix('race')}`;
-      const delay = Math.floor(next() * 300);
-      const a = backupProcess(fx, 'a', spec, path.join(scratch, `cat-a${round}`), env);
-      await sleep(delay);
-      const b = backupProcess(fx, 'b', spec, path.join(scratch, `cat-b${round}`), env);
-      const [ra, rb] = await Promise.all([a, b]);
-      const words = await verifyRound({
-        runs: [
-          { sub: 'a', run: ra },
-          { sub: 'b', run: rb },
-        ],
-        files,
-        spec,
-        scratch,
-        env,
-        // The loser of the race runs again into the winner's repository (src/commands/peer.ts).
-        allowed: [],
-        what: `round ${round} (${delay} ms apart)`,
-      });
-      expect(
-        words.some((w) => w.endsWith(':done')),
-        words.join(' '),
-      ).toBe(true);
-      outcomes.push(`${round}/${delay}ms ${words.join(' ')}`);
-    }
+    const outcomes = await firstBackupRounds({
+      fx,
+      rounds: 1,
+      seed: Number(process.env.TWINFS_RACE_SEED ?? 9),
+      spec: () => `s3:${s3.bucket}/${uniquePrefix('race')}`,
+      files,
+      scratch,
+      env,
+    });
     console.log(`concurrent first backups (s3: on RGW): ${outcomes.join(', ')}`);
   }, 90_000);
 });
