@@ -13,12 +13,25 @@ import { type DriverOnTempDirs, driverOnTempDirs, openDriver } from './mirror-he
  * queue. The driver runs in this process without a mount; the test changes the primary itself
  * and reports each change the way the filesystem does, so the queue's order is the test's.
  */
+let t: DriverOnTempDirs['t'];
+let d: MirrorDriver;
+let P: string;
+let M: string;
+let logs: string[];
+
+/** Reopens the driver with its log kept: the tests check that the walk they are about did run. */
+async function reopenLogged(): Promise<void> {
+  await d.dispose();
+  logs = [];
+  d = await openDriver({
+    primary: P,
+    mirror: t.dirs.mirror!,
+    stateDir: t.dirs.state!,
+    log: (m) => logs.push(m),
+  });
+}
+
 describe('reads by path while the primary is ahead of the queue', () => {
-  let t: DriverOnTempDirs['t'];
-  let d: MirrorDriver;
-  let P: string;
-  let M: string;
-  let logs: string[];
   const MTIME = 1_000_000_100_987_654_321n;
 
   beforeEach(async () => {
@@ -33,15 +46,7 @@ describe('reads by path while the primary is ahead of the queue', () => {
         setTimesNs(`${p}/${dir}`, MTIME, MTIME);
       }
     }));
-    // Reopened with its log kept: the tests check that the walk they are about did run.
-    await d.dispose();
-    logs = [];
-    d = await openDriver({
-      primary: P,
-      mirror: t.dirs.mirror!,
-      stateDir: t.dirs.state!,
-      log: (m) => logs.push(m),
-    });
+    await reopenLogged();
   });
   afterEach(async () => {
     await d?.dispose();
@@ -166,25 +171,12 @@ describe('heals while the primary is ahead of the queue', () => {
 });
 
 describe('the link index while the primary is ahead of the queue', () => {
-  let t: DriverOnTempDirs['t'];
-  let d: MirrorDriver;
-  let P: string;
-  let M: string;
-  let logs: string[];
-
   beforeEach(async () => {
     ({ t, P, d, M } = await driverOnTempDirs(async (p) => {
       await fsp.writeFile(`${p}/a`, randomBytes(5000));
       await fsp.writeFile(`${p}/f`, randomBytes(6000));
     }));
-    await d.dispose();
-    logs = [];
-    d = await openDriver({
-      primary: P,
-      mirror: t.dirs.mirror!,
-      stateDir: t.dirs.state!,
-      log: (m) => logs.push(m),
-    });
+    await reopenLogged();
   });
   afterEach(async () => {
     await d?.dispose();
