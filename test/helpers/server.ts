@@ -148,7 +148,8 @@ export async function startServer(opts: {
       clearTimeout(t);
       if (code === 'timeout') {
         await handle.kill();
-        throw new Error(`twinfs serve did not stop within ${timeoutMs} ms`);
+        // What the server said is what tells a hang in its shutdown steps from a slow machine.
+        throw new Error(`twinfs serve did not stop within ${timeoutMs} ms; its stderr: ${err.slice(-4000)}`);
       }
       return code;
     },
