@@ -100,6 +100,11 @@ const opts = parseArgs(
       default: '',
       help: 'run every twinfs backup under `perf record` (on-CPU samples, every thread; --perf-basic-prof names JS frames) into this dir',
     },
+    timeline: {
+      type: 'boolean',
+      default: false,
+      help: "with --threads: print each twinfs run's per-thread CPU (cores) in 250 ms steps",
+    },
     threads: {
       default: false,
       help: "sample every twinfs backup's threads (/proc/PID/task/*/stat every 20 ms): CPU and minor faults of the main thread, the two busiest others (the repository's worker and reader on 2 cores) and the rest",
@@ -220,6 +225,9 @@ function runMeasured(cmd, args, { timeoutMs = CMD_MS, onSpawn } = {}) {
  */
 function threadSampler(sh) {
   const threads = new Map();
+  const timeline = []; // every 250 ms: [ms since start, Map tid -> cpuS]
+  const t0 = Date.now();
+  let lastMark = -250;
   let pid;
   const child = (of) => {
     try {
@@ -256,6 +264,11 @@ function threadSampler(sh) {
         /* the thread ended */
       }
     }
+    const now = Date.now() - t0;
+    if (opts.timeline && now - lastMark >= 250) {
+      lastMark = now;
+      timeline.push([now, new Map([...threads].map(([tid, t]) => [tid, t.cpuS]))]);
+    }
   }, 20);
   return () => {
     clearInterval(timer);
@@ -268,6 +281,33 @@ function threadSampler(sh) {
       sysS: xs.reduce((a, t) => a + t.sysS, 0),
       faults: xs.reduce((a, t) => a + t.faults, 0),
     });
+    if (opts.timeline && timeline.length) {
+      // Per step: the CPU each of main, the two busiest others and the rest used in it (cores).
+      const ids = [...threads].filter(([tid]) => tid !== String(pid));
+      ids.sort((a, b) => b[1].cpuS - a[1].cpuS);
+      const cols = [String(pid), ids[0]?.[0], ids[1]?.[0]];
+      const lines = ['ms      main  busy  2nd   rest  sum'];
+      let prev = new Map();
+      let prevMs = 0;
+      for (const [ms, m] of timeline) {
+        const dt = (ms - prevMs) / 1000 || 1;
+        const d = (tid) => ((m.get(tid) ?? 0) - (prev.get(tid) ?? 0)) / dt;
+        const main = d(cols[0]);
+        const b = cols[1] ? d(cols[1]) : 0;
+        const s2 = cols[2] ? d(cols[2]) : 0;
+        let rest = 0;
+        for (const tid of m.keys()) if (!cols.includes(tid)) rest += d(tid);
+        lines.push(
+          [
+            String(ms).padEnd(7),
+            ...[main, b, s2, rest, main + b + s2 + rest].map((x) => x.toFixed(2).padEnd(5)),
+          ].join(' '),
+        );
+        prev = m;
+        prevMs = ms;
+      }
+      console.log(lines.join('\n'));
+    }
     return { main, busiest: others[0], second: others[1], rest: sum(others.slice(2)) };
   };
 }
