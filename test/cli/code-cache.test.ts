@@ -46,7 +46,7 @@ function parts(buf: Buffer) {
 describe('the code cache of the CLI bundle', () => {
   let t: Awaited<ReturnType<typeof tempDirs>>;
   beforeAll(async () => {
-    t = await tempDirs('fresh', 'broken', 'rejected', 'pruned');
+    t = await tempDirs('fresh', 'broken', 'rejected', 'pruned', 'elsewhere');
   });
   afterAll(async () => {
     await t?.cleanup();
@@ -123,6 +123,53 @@ describe('the code cache of the CLI bundle', () => {
     const left = await fsp.readdir(path.join(dir, 'code'));
     expect(left).not.toContain(gone);
     expect(left).toContain(elsewhere);
+  });
+
+  it("a start that writes the cache removes the caches of another bundle's files that are gone, keeps those whose file is there, and removes a dead write's temporary file", async () => {
+    const dir = t.dirs.elsewhere!;
+    await version(dir);
+    const main = await cacheFile(dir, 'main.cjs.');
+    const own = parts(await fsp.readFile(main));
+    // A cache file as a bundle elsewhere writes it: our format, its key naming its own file.
+    const cacheOf = async (source: string) => {
+      const key = Buffer.from(`${process.version} ${process.arch} ${source} 123 456.5`);
+      const len = Buffer.alloc(4);
+      len.writeUInt32LE(key.length);
+      const rest = Buffer.concat([len, key, own.data]);
+      const sum = Buffer.alloc(4);
+      sum.writeUInt32LE(crc32(rest));
+      const name = `${path.basename(source)}.${createHash('sha1').update(source).digest('hex').slice(0, 16)}`;
+      await fsp.writeFile(path.join(dir, 'code', name), Buffer.concat([own.magic, sum, rest]));
+      return name;
+    };
+    // A copy that was removed (a benchmark's, an npx run's), one that is still there (its path
+    // with a space), and a file of another format under a matching name (another version's).
+    const removedCopy = await cacheOf(path.join(t.base, 'removed copy', 'dist', 'cli-bundle', 'main.cjs'));
+    const liveFile = path.join(t.base, 'live copy', 'dist', 'cli-bundle', 'main.cjs');
+    await fsp.mkdir(path.dirname(liveFile), { recursive: true });
+    await fsp.writeFile(liveFile, '');
+    const liveCopy = await cacheOf(liveFile);
+    const otherFormat = `main.cjs.${'1'.repeat(16)}`;
+    await fsp.writeFile(path.join(dir, 'code', otherFormat), 'twinfs-code-cache-9\nanything');
+    // Temporary files of writes: one a dead process left an hour ago, one being written now.
+    const deadTmp = `main.cjs.${'2'.repeat(16)}.999999.tmp`;
+    const freshTmp = `main.cjs.${'3'.repeat(16)}.999998.tmp`;
+    for (const f of [deadTmp, freshTmp]) await fsp.writeFile(path.join(dir, 'code', f), 'x');
+    const hourAgo = new Date(Date.now() - 3600_000);
+    await fsp.utimes(path.join(dir, 'code', deadTmp), hourAgo, hourAgo);
+    // A start that finds its cache writes nothing and removes nothing.
+    expect((await version(dir)).states).toEqual(['used']);
+    expect(await fsp.readdir(path.join(dir, 'code'))).toContain(removedCopy);
+    // A start that writes (its main.cjs cache gone) prunes.
+    await fsp.rm(main);
+    const { r } = await version(dir);
+    expect(r.stderr).toContain(
+      `its bundle file ${path.join(t.base, 'removed copy', 'dist', 'cli-bundle', 'main.cjs')} is gone`,
+    );
+    const left = await fsp.readdir(path.join(dir, 'code'));
+    expect(left).not.toContain(removedCopy);
+    expect(left).not.toContain(deadTmp);
+    expect(left).toEqual(expect.arrayContaining([liveCopy, otherFormat, freshTmp, path.basename(main)]));
   });
 
   it('a cache directory that cannot be written fails nothing', async () => {
