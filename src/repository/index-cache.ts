@@ -229,6 +229,9 @@ export async function readIndexCache(file: string, repoId: string, keys: RepoKey
     rows.length !== header.rows * ROW
   )
     return { state: 'unreadable' };
+  // Used: its time says so, and a writer's prune keeps it (pruneIndexCaches).
+  const now = new Date();
+  await fsp.utimes(file, now, now).catch(() => undefined);
   return {
     state: 'used',
     header,
@@ -257,9 +260,41 @@ export async function writeIndexCache(
     await fsp.mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
     await fsp.writeFile(tmp, bytes, { mode: 0o600 });
     await fsp.rename(tmp, file);
-    return true;
   } catch {
     await fsp.rm(tmp, { force: true }).catch(() => undefined);
     return false;
   }
+  await pruneIndexCaches(path.dirname(file));
+  return true;
+}
+
+/** Another repository's cache not used (read or written) for this long is removed, as restic does. */
+export const UNUSED_CACHE_MS = 30 * 24 * 3600 * 1000;
+/** A write's temporary file this old was left by a process that died while writing it. */
+const STALE_TMP_MS = 3600 * 1000;
+
+/**
+ * Removes the caches of repositories this machine has not used for UNUSED_CACHE_MS (a cache is
+ * touched whenever it is taken, rewritten when the index grew) and temporary files of writes that
+ * never finished: without it every repository ever backed up into (a test's, a benchmark's, a
+ * location since deleted) kept its cache for good, one file of ~50 bytes per blob. Run when a
+ * cache is written, not on every read; failures are ignored (it is a cache).
+ */
+export async function pruneIndexCaches(dir: string, now = Date.now()): Promise<string[]> {
+  const removed: string[] = [];
+  const names = await fsp.readdir(dir).catch(() => [] as string[]);
+  for (const name of names) {
+    const cache = /^[0-9a-f]{32}$/.test(name);
+    if (!cache && !/^[0-9a-f]{32}\.\d+\.[0-9a-f]{8}\.tmp$/.test(name)) continue;
+    const file = path.join(dir, name);
+    const st = await fsp.stat(file).catch(() => undefined);
+    if (!st || now - st.mtimeMs <= (cache ? UNUSED_CACHE_MS : STALE_TMP_MS)) continue;
+    try {
+      await fsp.rm(file, { force: true });
+      removed.push(name);
+    } catch {
+      // Not removable here (a read-only directory): left as it is.
+    }
+  }
+  return removed;
 }
