@@ -280,8 +280,7 @@ const STALE_TMP_MS = 3600 * 1000;
  * location since deleted) kept its cache for good, one file of ~50 bytes per blob. Run when a
  * cache is written, not on every read; failures are ignored (it is a cache).
  */
-export async function pruneIndexCaches(dir: string, now = Date.now()): Promise<string[]> {
-  const removed: string[] = [];
+export async function pruneIndexCaches(dir: string, now = Date.now()): Promise<void> {
   const names = await fsp.readdir(dir).catch(() => [] as string[]);
   for (const name of names) {
     const cache = /^[0-9a-f]{32}$/.test(name);
@@ -289,12 +288,6 @@ export async function pruneIndexCaches(dir: string, now = Date.now()): Promise<s
     const file = path.join(dir, name);
     const st = await fsp.stat(file).catch(() => undefined);
     if (!st || now - st.mtimeMs <= (cache ? UNUSED_CACHE_MS : STALE_TMP_MS)) continue;
-    try {
-      await fsp.rm(file, { force: true });
-      removed.push(name);
-    } catch {
-      // Not removable here (a read-only directory): left as it is.
-    }
+    await fsp.rm(file, { force: true }).catch(() => undefined);
   }
-  return removed;
 }
