@@ -52,6 +52,8 @@ export default defineConfig({
     ...shared,
     // A file whose worker is blocked (its timeouts cannot fire) is diagnosed and stopped.
     reporters: ['default', new HangWatchdog()],
+    // Each test records its fork's pid for the watchdog (test/helpers/fork-pid.ts).
+    setupFiles: ['test/helpers/fork-pid.ts'],
     // `vitest run` runs both projects; one file on the default path only: `--project default`.
     projects: [
       {

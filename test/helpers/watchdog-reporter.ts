@@ -13,8 +13,10 @@ import type { Reporter, TestCase, TestModule } from 'vitest/node';
  *   vitest prints "Timeout terminating forks worker" and waits for the exit at the end of the run.
  *
  * This reporter runs in vitest's main process. Every file runs in a fork of its own (pool
- * 'forks', isolated), so the fork whose age matches how long the file has been running is the
- * file's. A file that runs TWINFS_TEST_FILE_LIMIT_S (600 s; the longest takes ~215 s here), or a
+ * 'forks', isolated); each test reports its fork's pid (fork-pid.ts, a setup file), and until a
+ * file's first test has, the fork whose age matches how long the file has been running is taken
+ * for the file's (two files started together once had it take a long file's running fork for a
+ * short file's exited one, and stop it). A file that runs TWINFS_TEST_FILE_LIMIT_S (600 s; the longest takes ~215 s here), or a
  * fork alive TWINFS_TEST_EXIT_LIMIT_S (90 s) after its file ended, is stopped: the account
  * names the file's unfinished tests, its processes with their states and wait channels, each
  * blocked thread's system call and the file it names (read from /proc), the FUSE connections
@@ -30,6 +32,12 @@ export class HangWatchdog implements Reporter {
   private readonly limitMs = Number(process.env.TWINFS_TEST_FILE_LIMIT_S ?? 600) * 1000;
   private readonly exitLimitMs = Number(process.env.TWINFS_TEST_EXIT_LIMIT_S ?? 90) * 1000;
   private readonly running = new Map<string, { since: number; last: string; module: TestModule }>();
+  /**
+   * The fork each running file's tests reported (fork-pid.ts). Without one (a file with no test
+   * run yet), a file's fork is the one whose age matches how long the file has run: a guess that
+   * two files started together can mislead.
+   */
+  private readonly forks = new Map<string, number>();
   /** Forks whose file ended, until they exit. */
   private readonly ended = new Map<number, { file: string; at: number }>();
   private readonly accounts: string[] = [];
@@ -59,6 +67,12 @@ export class HangWatchdog implements Reporter {
     }
   }
 
+  /** The fork a test of the file reported running in (fork-pid.ts), when one has. */
+  onTestCaseResult(t: TestCase): void {
+    const pid = (t.meta() as { forkPid?: unknown }).forkPid;
+    if (typeof pid === 'number') this.forks.set(key(t.module), pid);
+  }
+
   onTestCaseReady(t: TestCase): void {
     const r = this.running.get(key(t.module));
     if (r) {
@@ -70,8 +84,10 @@ export class HangWatchdog implements Reporter {
   onTestModuleEnd(m: TestModule): void {
     const r = this.running.get(key(m));
     this.running.delete(key(m));
+    const known = this.forks.get(key(m));
+    this.forks.delete(key(m));
     if (!r) return;
-    const fork = forkOf(processTable(), Date.now() - r.since);
+    const fork = known ?? forkOf(processTable(), Date.now() - r.since);
     if (fork !== undefined) this.ended.set(fork, { file: key(m), at: Date.now() });
   }
 
@@ -89,12 +105,14 @@ export class HangWatchdog implements Reporter {
       const ranMs = now - r.since;
       if (ranMs < this.limitMs) continue;
       this.running.delete(k);
+      const fork = this.forks.get(k) ?? forkOf(procs, ranMs);
+      this.forks.delete(k);
       const pending = unfinished(r.module);
       const last =
         pending.length > 0 ? `${r.last}; unfinished tests: "${pending.slice(0, 3).join('", "')}"` : r.last;
       this.report(
         `[watchdog] ${k} ran ${Math.round(ranMs / 1000)} s; last seen: ${last}`,
-        forkOf(procs, ranMs),
+        fork,
       );
     }
     for (const [pid, e] of this.ended) {
