@@ -38,9 +38,28 @@ const GUARD_SCRIPT = [
   'echo 1 >&3',
 ].join('\n');
 
+/**
+ * Where fusectl shows the FUSE connections. TWINFS_FUSE_CONNECTIONS_DIR names another directory:
+ * a test's stand-in for a machine where fusectl is not mounted (test/fusefs/exit-guard-missing).
+ */
+function connectionsDir(): string {
+  return process.env.TWINFS_FUSE_CONNECTIONS_DIR || '/sys/fs/fuse/connections';
+}
+
+/**
+ * Why a connection can have no guard for want of fusectl (its directory is not there: fusectl
+ * is not mounted, or not in this mount namespace), else undefined. The server says so when it
+ * mounts: without the guard, a server stuck on its own mount cannot end.
+ */
+export function exitGuardMissing(minor: number): string | undefined {
+  const dir = `${connectionsDir()}/${minor}`;
+  if (fs.existsSync(dir)) return undefined;
+  return `${dir} does not exist (fusectl is not mounted on ${connectionsDir()})`;
+}
+
 export function startExitGuard(minor: number): ExitGuard | undefined {
   if (!Number.isInteger(minor) || minor <= 0) return undefined;
-  const dir = `/sys/fs/fuse/connections/${minor}`;
+  const dir = `${connectionsDir()}/${minor}`;
   let abortFd: number;
   let dirFd: number;
   try {
