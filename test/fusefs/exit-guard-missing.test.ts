@@ -32,6 +32,9 @@ describe('a server without fusectl', () => {
           `no exit guard for ${t.dirs.mnt}: ${t.dirs.conns}/\\d+ does not exist \\(fusectl is not mounted`,
         ),
       );
+      // It serves as any other (the mount touched from a child process, never from here).
+      await fsp.writeFile(path.join(t.dirs.primary!, 'f'), 'served');
+      expect(await shOk(`cat '${t.dirs.mnt}/f'`)).toBe('served');
     } finally {
       expect(await srv.stop()).toBe(0);
     }

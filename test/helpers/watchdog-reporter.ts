@@ -110,10 +110,7 @@ export class HangWatchdog implements Reporter {
       const pending = unfinished(r.module);
       const last =
         pending.length > 0 ? `${r.last}; unfinished tests: "${pending.slice(0, 3).join('", "')}"` : r.last;
-      this.report(
-        `[watchdog] ${k} ran ${Math.round(ranMs / 1000)} s; last seen: ${last}`,
-        fork,
-      );
+      this.report(`[watchdog] ${k} ran ${Math.round(ranMs / 1000)} s; last seen: ${last}`, fork);
     }
     for (const [pid, e] of this.ended) {
       if (!alive(pid)) this.ended.delete(pid);
