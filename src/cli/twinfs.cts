@@ -228,12 +228,9 @@ function sourceOf(file: string): string | undefined {
   const fd = fs.openSync(file, 'r');
   try {
     const head = Buffer.alloc(MAGIC.length + SUM_LEN + 4 + 8192);
-    const n = fs.readSync(fd, head, 0, head.length, 0);
-    const at = MAGIC.length + SUM_LEN;
-    if (n < at + 4 || !head.subarray(0, MAGIC.length).equals(MAGIC)) return undefined;
-    const keyLen = head.readUInt32LE(at);
-    if (at + 4 + keyLen > n) return undefined;
-    const words = head.toString('utf8', at + 4, at + 4 + keyLen).split(' ');
+    const key = keyOf(head.subarray(0, fs.readSync(fd, head, 0, head.length, 0)))?.key;
+    if (key === undefined) return undefined;
+    const words = key.split(' ');
     if (words.length < 5) return undefined;
     const source = words.slice(2, -2).join(' ');
     return path.isAbsolute(source) ? source : undefined;
@@ -256,22 +253,27 @@ function readCache(
     say('missing');
     return undefined;
   }
-  const sum = MAGIC.length;
-  const body = sum + SUM_LEN;
-  if (
-    buf.length < body + 4 ||
-    !buf.subarray(0, sum).equals(MAGIC) ||
-    crc32(buf.subarray(body)) !== buf.readUInt32LE(sum)
-  ) {
+  const head = keyOf(buf);
+  if (!head || crc32(buf.subarray(MAGIC.length + SUM_LEN)) !== buf.readUInt32LE(MAGIC.length)) {
     say('foreign');
     return undefined;
   }
-  const keyLen = buf.readUInt32LE(body);
-  if (buf.toString('utf8', body + 4, body + 4 + keyLen) !== key) {
+  if (head.key !== key) {
     say('stale');
     return undefined;
   }
-  return buf.subarray(body + 4 + keyLen);
+  return buf.subarray(head.dataAt);
+}
+
+/**
+ * The key of a cache file's bytes (all, or its head) and where V8's data starts; undefined when
+ * it is not of this format (magic) or too short for its key.
+ */
+function keyOf(buf: Buffer): { key: string; dataAt: number } | undefined {
+  const at = MAGIC.length + SUM_LEN;
+  if (buf.length < at + 4 || !buf.subarray(0, MAGIC.length).equals(MAGIC)) return undefined;
+  const dataAt = at + 4 + buf.readUInt32LE(at);
+  return dataAt > buf.length ? undefined : { key: buf.toString('utf8', at + 4, dataAt), dataAt };
 }
 
 function writeCache(file: string, key: string, data: Buffer, crc32: (data: Uint8Array) => number): void {

@@ -47,17 +47,10 @@ function connectionsDir(): string {
 }
 
 /**
- * Why a connection can have no guard for want of fusectl (its directory is not there: fusectl
- * is not mounted, or not in this mount namespace), else undefined. The server says so when it
- * mounts: without the guard, a server stuck on its own mount cannot end.
+ * @param noFusectl told why, when the connection's directory is not there (fusectl not mounted,
+ *   or not in this mount namespace): without the guard a server stuck on its own mount cannot end
  */
-export function exitGuardMissing(minor: number): string | undefined {
-  const dir = `${connectionsDir()}/${minor}`;
-  if (fs.existsSync(dir)) return undefined;
-  return `${dir} does not exist (fusectl is not mounted on ${connectionsDir()})`;
-}
-
-export function startExitGuard(minor: number): ExitGuard | undefined {
+export function startExitGuard(minor: number, noFusectl?: (why: string) => void): ExitGuard | undefined {
   if (!Number.isInteger(minor) || minor <= 0) return undefined;
   const dir = `${connectionsDir()}/${minor}`;
   let abortFd: number;
@@ -65,8 +58,10 @@ export function startExitGuard(minor: number): ExitGuard | undefined {
   try {
     // The directory first: the abort file then certainly belongs to the same connection.
     dirFd = fs.openSync(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
-  } catch {
-    return undefined; // no fusectl
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT')
+      noFusectl?.(`${dir} does not exist (fusectl is not mounted on ${connectionsDir()})`);
+    return undefined;
   }
   try {
     abortFd = fs.openSync(`${dir}/abort`, fs.constants.O_WRONLY);

@@ -5,7 +5,7 @@ import { Emitter } from '../common/event.js';
 import { DisposableStore, toDisposable } from '../common/lifecycle.js';
 import { addServedMount, removeServedMount } from '../common/served-mounts.js';
 import { type ChangeSink, nullSink, type WriteGate } from './change-sink.js';
-import { type ExitGuard, exitGuardMissing, startExitGuard } from './exit-guard.js';
+import { type ExitGuard, startExitGuard } from './exit-guard.js';
 import { createFuseHandlers } from './fuse-adapter.js';
 import { invalidationDelayFromEnv, invalidationTraceFromEnv, KernelNames } from './kernel-names.js';
 import { isMountPoint, listMountPoints, preflight } from './mount-checks.js';
@@ -363,12 +363,11 @@ export class TwinFs {
     // TWINFS_EXIT_GUARD=0: none (the watchdog's fixture of a fork that cannot exit).
     const minor = (await listMountPoints()).filter((m) => m.mountPoint === this.mountPoint).pop()?.minor;
     if (minor !== undefined && process.env.TWINFS_EXIT_GUARD !== '0') {
-      this.exitGuard = startExitGuard(minor);
-      const missing = this.exitGuard ? undefined : exitGuardMissing(minor);
-      if (missing)
+      this.exitGuard = startExitGuard(minor, (why) =>
         this.log(
-          `no exit guard for ${this.mountPoint}: ${missing}; a server stuck on its own mount could not end (mount -t fusectl none /sys/fs/fuse/connections)`,
-        );
+          `no exit guard for ${this.mountPoint}: ${why}; a server stuck on its own mount could not end (mount -t fusectl none /sys/fs/fuse/connections)`,
+        ),
+      );
     }
     if (this.nativeAttributes) this.enableNativeAttributes();
     if (handlers !== plain) await this.enableNativeChanges();

@@ -131,13 +131,7 @@ export class MirrorWriter {
           forgotten = pending.forgotten;
         } else {
           const t0 = process.hrtime.bigint();
-          try {
-            fd = fs.openSync(p, flags, c.mode & 0o7777);
-          } catch (e) {
-            if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
-            fs.unlinkSync(p);
-            fd = fs.openSync(p, flags, c.mode & 0o7777);
-          }
+          fd = openNewSync(p, flags, c.mode & 0o7777);
           this.noteCreateCost(Number(process.hrtime.bigint() - t0));
         }
         try {
@@ -369,9 +363,19 @@ export class MirrorWriter {
 }
 
 /**
- * A new file, in one trip through the pool: a stale entry in its place (EEXIST) is unlinked and
- * the open tried again, as in the synchronous create.
+ * A new file: a stale entry in its place (EEXIST: left by a rename a split held back, or a crash)
+ * is unlinked and the open tried again. openNew is the same in one trip through the pool.
  */
+function openNewSync(p: string, flags: number, mode: number): number {
+  try {
+    return fs.openSync(p, flags, mode);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+    fs.unlinkSync(p);
+    return fs.openSync(p, flags, mode);
+  }
+}
+
 async function openNew(p: string, flags: number, mode: number): Promise<number> {
   const open = () =>
     new Promise<number>((res, rej) => fs.open(p, flags, mode, (e, fd) => (e ? rej(e) : res(fd))));

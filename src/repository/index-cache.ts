@@ -280,7 +280,8 @@ const STALE_TMP_MS = 3600 * 1000;
  * location since deleted) kept its cache for good, one file of ~50 bytes per blob. Run when a
  * cache is written, not on every read; failures are ignored (it is a cache).
  */
-export async function pruneIndexCaches(dir: string, now = Date.now()): Promise<void> {
+async function pruneIndexCaches(dir: string): Promise<void> {
+  const now = Date.now();
   const names = await fsp.readdir(dir).catch(() => [] as string[]);
   for (const name of names) {
     const cache = /^[0-9a-f]{32}$/.test(name);
