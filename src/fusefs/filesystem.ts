@@ -13,6 +13,7 @@ import { watchMount } from './mount-watch.js';
 import {
   NativeChanges,
   nativeCreateFromEnv,
+  nativeWriteFromEnv,
   nativeUnlinkCachedFromEnv,
   nativeUnlinkFromEnv,
 } from './native-changes.js';
@@ -432,6 +433,8 @@ export class TwinFs {
       (m) => this.log(m),
       nativeUnlinkCachedFromEnv(),
       nativeCreateFromEnv() && (sink.beforeChange === undefined || ahead !== undefined),
+      // The sink makes its copy of a native write from the bytes queued with it.
+      nativeWriteFromEnv() && { carry: sink !== nullSink },
     );
     this.nativeChanges = { changes, handlers: changes.wrap(this.nativeChangeTarget) };
     // Disposed at unmount after the cache's last write-back: the queue is reported first.

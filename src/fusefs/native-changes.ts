@@ -80,6 +80,15 @@ export function nativeCreateFromEnv(env: NodeJS.ProcessEnv = process.env): boole
 }
 
 /**
+ * The writes of a file created natively answered natively too while JS has not taken its create
+ * (native-create.h), the default with native creates; TWINFS_NATIVE_WRITE=0 sends them to JS
+ * (docs/architecture.md, "Writes of new files in libfuse's threads").
+ */
+export function nativeWriteFromEnv(env: NodeJS.ProcessEnv = process.env): boolean {
+  return env.TWINFS_NATIVE_WRITE !== '0';
+}
+
+/**
  * libfuse3: unlinks answered in libfuse's worker thread (native-unlink.h), each reported here
  * in the primary's order as VolumeOps.unlink would have reported it. Order is kept by three
  * rules:
@@ -102,6 +111,8 @@ export class NativeChanges implements Disposable {
    * the same synchronous step as the sink sees the unlink, so no write-back reports the path
    * after it); until then the cache's descriptor keeps the inode, so its number cannot name a
    * new file while the native attribute table still has an entry for it.
+   * writes: with creates, a new file's writes until JS takes its create (nativeWritten); carry:
+   * each with a copy of its bytes (the sink makes its copy from them).
    */
   constructor(
     private readonly fuse: NativeChangeBinding,
@@ -110,6 +121,7 @@ export class NativeChanges implements Disposable {
     private readonly log: (msg: string) => void,
     private readonly cached = true,
     private readonly creates = false,
+    private readonly writes: { carry: boolean } | false = false,
   ) {
     fuse.onNativeChanges = () => this.take(false);
     this.subs.push(
@@ -162,12 +174,16 @@ export class NativeChanges implements Disposable {
     cached: number;
     creates: number;
     createFallbacks: number;
+    writes: number;
+    writeFallbacks: number;
     enabled: boolean;
   } {
     return {
       cached: 0,
       creates: 0,
       createFallbacks: 0,
+      writes: 0,
+      writeFallbacks: 0,
       ...this.fuse.nativeUnlinkStats(),
       enabled: this.enabled,
     };
@@ -185,7 +201,7 @@ export class NativeChanges implements Disposable {
     this.enabled = on;
     // When turned off, the native side is quiet once this returns: report what it did.
     this.fuse.nativeUnlink(on, this.cached);
-    if (this.creates) this.fuse.nativeCreate?.(on);
+    if (this.creates) this.fuse.nativeCreate?.(on, this.writes !== false, this.writes !== false && this.writes.carry);
     if (!on) this.take(false);
   }
 
@@ -201,6 +217,13 @@ export class NativeChanges implements Disposable {
           .catch((err) =>
             this.log(`reporting the unlink of ${path} failed: ${(err as Error)?.stack ?? err}`),
           );
+        continue;
+      }
+      if ((what as unknown[]).length === 3) {
+        const [fh, offset, data] = what as [number, number, Buffer | number];
+        this.ops
+          .nativeWritten(fh, offset, data)
+          .catch((err) => this.log(`reporting a write of handle ${fh} failed: ${(err as Error)?.stack ?? err}`));
         continue;
       }
       const [ino, fd, fh, mode, uid, gid] = what as number[];

@@ -790,6 +790,28 @@ export class VolumeOps {
     return this.sink.apply({ op: 'create', path, mode: c.mode, uid: c.uid, gid: c.gid });
   }
 
+  /**
+   * A write libfuse3's thread did to a file it created (native-create.h), before JS took the
+   * create: the bookkeeping of writeDirect after the primary's write, in its turn. The file is
+   * the create's (registered by nativeCreated in the same take, just before), which no JS op
+   * touched meanwhile: nothing of it is cached, it has one name, no read-ahead. `data` is a copy
+   * of the bytes when the sink wants them (the mirror's copy), else their count.
+   */
+  nativeWritten(fh: number, offset: number, data: Buffer | number): Promise<void> {
+    const node = this.handles.get(fh);
+    if (!node) return Promise.reject(new Error(`no file for native handle ${fh}`));
+    const len = typeof data === 'number' ? data : data.length;
+    if (!node.nameless) {
+      const before = this.sink.beforeChange?.(node.path);
+      if (before instanceof Promise) before.catch(() => undefined);
+    }
+    node.contentChanged();
+    this.kernelNames?.forgetRecorded(node.ino);
+    this.cache.primaryWritten(node, offset, len);
+    if (node.nameless || typeof data === 'number') return Promise.resolve();
+    return this.sink.apply({ op: 'write', path: node.path, offset, data });
+  }
+
   nativeUnlinked(path: string, ino: number): Promise<void> {
     this.forgetNoCapabilities?.();
     this.hides.touched(path);

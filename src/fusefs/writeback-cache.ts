@@ -283,6 +283,18 @@ export class WritebackCache {
     return node;
   }
 
+  /**
+   * Bytes a native write put on the primary outside the cache (VolumeOps.nativeWritten): the
+   * file's end there, and the free space they took (as landed write-backs count).
+   */
+  primaryWritten(node: FileNode, off: number, len: number): void {
+    if (!this.space) return;
+    const end = off + len;
+    if (end <= node.primarySize) return;
+    this.space.release(0, end - Math.max(off, node.primarySize));
+    node.primarySize = end;
+  }
+
   /** Drops one reference; a clean, unreferenced node is closed. */
   async unref(node: FileNode): Promise<void> {
     node.refs--;

@@ -388,14 +388,17 @@ declare module 'fuse-native' {
     /**
      * libfuse3, native-create.h (patch level 8, added): whether CREATE may be done in libfuse's
      * worker thread (also needs nativeUnlink enabled), its handle from 0x40000000 up. false: once
-     * it returns, every native create is queued. Absent on older builds.
+     * it returns, every native create is queued. Absent on older builds. writes (patch level 9):
+     * the WRITEs of such a file too, until JS takes its create (pwrite(2) on the create's
+     * descriptor); carry: each queued with a copy of its bytes.
      */
-    nativeCreate?(enabled: boolean): boolean;
+    nativeCreate?(enabled: boolean, writes?: boolean, carry?: boolean): boolean;
     /**
-     * The unlinks and creates done natively, in order, as [path, ino, ...] (a create has
-     * [ino, fd, fh, mode, uid, gid] in place of ino), or null; begin: a JS change starts.
+     * The unlinks, creates and writes done natively, in order, as [path, ino, ...] (a create has
+     * [ino, fd, fh, mode, uid, gid] in place of ino; a write '' as its path and [fh, offset,
+     * data (a copy) or its length]), or null; begin: a JS change starts.
      */
-    takeNativeChanges(begin: boolean): Array<string | number | number[]> | null;
+    takeNativeChanges(begin: boolean): Array<string | number | number[] | [number, number, Buffer | number]> | null;
     /** The JS change begun by takeNativeChanges(true) ended. */
     endNativeChange(): void;
     /** cached: of the answered, unlinks of files JS held cached data of (0 on older builds). */
@@ -407,6 +410,9 @@ declare module 'fuse-native' {
       /** Creates done natively, and tried and passed to JS (0 on older builds). */
       creates?: number;
       createFallbacks?: number;
+      /** Writes to natively created files done natively, and passed to JS (patch level 9). */
+      writes?: number;
+      writeFallbacks?: number;
     };
     /** Called on the JS thread when native unlinks are queued and no op took them. */
     onNativeChanges: (() => void) | null;

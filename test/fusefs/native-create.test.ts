@@ -38,6 +38,8 @@ type Stats = {
   enabled: boolean;
   creates: number;
   createFallbacks: number;
+  writes: number;
+  writeFallbacks: number;
 };
 
 /** Create/write/rename/unlink storm of one worker in directory c<N> (argv: N, rounds). */
@@ -85,6 +87,10 @@ describe("create answered in libfuse's threads (libfuse3)", () => {
     );
     const after = await stats();
     expect(after.creates - before.creates).toBe(20);
+    // Each file's one write(2) went natively or, when JS took the create first (the previous
+    // file's RELEASE, which close(2) does not wait for, may come between), to JS.
+    expect(after.writes + after.writeFallbacks - before.writes - before.writeFallbacks).toBe(20);
+    expect(after.writes).toBeGreaterThan(before.writes);
     expect(after.busy).toBe(0);
     for (let i = 0; i < 20; i++) {
       const want = Buffer.from(String(i).repeat(100 * i + 1));
@@ -129,6 +135,48 @@ describe("create answered in libfuse's threads (libfuse3)", () => {
       } finally {
         await c.release(p.backupId);
       }
+    } finally {
+      await fsp.writeFile(go, '');
+      await holder;
+    }
+  });
+
+  it('writes to a file created natively and held open are answered natively and reach a prepare that follows', async () => {
+    // No other request reaches JS meanwhile: the writes stay in the queue with the create until
+    // the prepare's inhibition takes it; the mirror's copy is made from the queued bytes.
+    const ready = path.join(fx.base, 'wheld-ready');
+    const go = path.join(fx.base, 'wheld-go');
+    const before = await stats();
+    const holder = pyIn(
+      fx.mnt,
+      `import os, time\nfd = os.open('wheld', os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)\nfor i in range(5): os.write(fd, bytes([65 + i]) * 3000)\nos.pwrite(fd, b'xyz', 100)\nopen('${ready}', 'w').close()\nwhile not os.path.exists('${go}'): time.sleep(0.05)\nos.close(fd)\n`,
+      { timeoutMs: 60_000 },
+    );
+    const want = Buffer.concat([0, 1, 2, 3, 4].map((i) => Buffer.alloc(3000, 65 + i)));
+    want.write('xyz', 100);
+    try {
+      await waitUntil(async () => existsSync(ready), 20_000, 'the file written');
+      const mid = await stats();
+      expect(mid.creates - before.creates).toBe(1);
+      // Six write(2)s; the kernel splits an unaligned one at the first page it does not hold whole.
+      expect(mid.writes - before.writes).toBeGreaterThanOrEqual(6);
+      expect(mid.writeFallbacks).toBe(before.writeFallbacks);
+      expect(await fsp.readFile(path.join(fx.primary, 'wheld'))).toEqual(want);
+      const p = await c.prepare({ subtree: '/wheld' });
+      try {
+        expect(p.items.map((i) => [i.path, i.size])).toEqual([['/wheld', want.length]]);
+        expect(await fsp.readFile(path.join(p.mirrorRoot, 'wheld'))).toEqual(want);
+        const [sp, sm] = await Promise.all([
+          fsp.lstat(path.join(fx.primary, 'wheld'), { bigint: true }),
+          fsp.lstat(path.join(p.mirrorRoot, 'wheld'), { bigint: true }),
+        ]);
+        expect(sm.mtimeNs).toBe(sp.mtimeNs);
+      } finally {
+        await c.release(p.backupId);
+      }
+      // The prepare took the create: a write now goes to JS (and still lands).
+      const r = await shIn(fx.mnt, 'cat wheld | wc -c', { timeoutMs: 30_000 });
+      expect(r.stdout.trim()).toBe(String(want.length));
     } finally {
       await fsp.writeFile(go, '');
       await holder;
