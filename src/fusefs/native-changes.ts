@@ -8,8 +8,8 @@ type Handler = (...args: any[]) => void;
 
 /**
  * A create done natively (native-create.h): the new file's inode, the descriptor opened O_RDWR
- * (the write-back cache's from now on), the handle libfuse answered with, and its fstat's mode,
- * uid and gid.
+ * (the write-back cache's from now on; -1 when the file was closed natively too), the handle
+ * libfuse answered with, and its fstat's mode, uid and gid.
  */
 export interface NativeCreated {
   ino: number;
@@ -18,6 +18,16 @@ export interface NativeCreated {
   mode: number;
   uid: number;
   gid: number;
+}
+
+/**
+ * A file created, written and closed natively before JS took its create (native-create.h): its
+ * writes are reported by its path; `end`, the furthest byte reported so far.
+ */
+export interface ClosedFile {
+  path: string;
+  ino: number;
+  end: number;
 }
 
 /**
@@ -176,6 +186,7 @@ export class NativeChanges implements Disposable {
     createFallbacks: number;
     writes: number;
     writeFallbacks: number;
+    releases: number;
     enabled: boolean;
   } {
     return {
@@ -184,6 +195,7 @@ export class NativeChanges implements Disposable {
       createFallbacks: 0,
       writes: 0,
       writeFallbacks: 0,
+      releases: 0,
       ...this.fuse.nativeUnlinkStats(),
       enabled: this.enabled,
     };
@@ -208,6 +220,8 @@ export class NativeChanges implements Disposable {
   private take(begin: boolean): void {
     const done = this.fuse.takeNativeChanges(begin);
     if (done === null) return;
+    // Files created and closed natively in this batch (fd -1): their writes are reported by path.
+    let closed: Map<number, ClosedFile> | undefined;
     for (let i = 0; i < done.length; i += 2) {
       const path = done[i] as string;
       const what = done[i + 1];
@@ -222,11 +236,12 @@ export class NativeChanges implements Disposable {
       if ((what as unknown[]).length === 3) {
         const [fh, offset, data] = what as [number, number, Buffer | number];
         this.ops
-          .nativeWritten(fh, offset, data)
+          .nativeWritten(fh, offset, data, closed?.get(fh))
           .catch((err) => this.log(`reporting a write of handle ${fh} failed: ${(err as Error)?.stack ?? err}`));
         continue;
       }
       const [ino, fd, fh, mode, uid, gid] = what as number[];
+      if (fd < 0) (closed ??= new Map()).set(fh, { path, ino, end: 0 });
       this.ops
         .nativeCreated(path, { ino, fd, fh, mode, uid, gid })
         .catch((err) => this.log(`reporting the create of ${path} failed: ${(err as Error)?.stack ?? err}`));

@@ -8,7 +8,7 @@ import { type ChangeSink, nullSink, syncAlongside, type WriteGate } from './chan
 import { errnoError } from './errno.js';
 import { HiddenRenames, isHiddenEntry, isHiddenPath } from './hidden-renames.js';
 import type { KernelNames, ShownAttrs } from './kernel-names.js';
-import type { NativeCreated } from './native-changes.js';
+import type { ClosedFile, NativeCreated } from './native-changes.js';
 import { OpenNames } from './open-names.js';
 import { parentOf, type VolumePaths } from './volume-paths.js';
 import type { FileNode, WritebackCache } from './writeback-cache.js';
@@ -783,6 +783,8 @@ export class VolumeOps {
   nativeCreated(path: string, c: NativeCreated): Promise<void> {
     const before = this.sink.beforeChange?.(path);
     if (before instanceof Promise) before.catch(() => undefined);
+    // Closed natively too (its RELEASE came first): nothing to hold, its writes come by path.
+    if (c.fd < 0) return this.sink.apply({ op: 'create', path, mode: c.mode, uid: c.uid, gid: c.gid });
     // A new file: size 0 (the space account's size, as create's fstat).
     const node = this.cache.adopt(c.ino, path, c.fd, true, 0);
     this.handles.set(c.fh, node);
@@ -793,23 +795,32 @@ export class VolumeOps {
   /**
    * A write libfuse3's thread did to a file it created (native-create.h), before JS took the
    * create: the bookkeeping of writeDirect after the primary's write, in its turn. The file is
-   * the create's (registered by nativeCreated in the same take, just before), which no JS op
-   * touched meanwhile: nothing of it is cached, it has one name, no read-ahead. `data` is a copy
-   * of the bytes when the sink wants them (the mirror's copy), else their count.
+   * the create's (registered by nativeCreated in the same take, just before, or `closed`: closed
+   * natively too), which no JS op touched meanwhile: nothing of it is cached, it has one name, no
+   * read-ahead. `data` is a copy of the bytes when the sink wants them (the mirror's copy), else
+   * their count.
    */
-  nativeWritten(fh: number, offset: number, data: Buffer | number): Promise<void> {
-    const node = this.handles.get(fh);
-    if (!node) return Promise.reject(new Error(`no file for native handle ${fh}`));
+  nativeWritten(fh: number, offset: number, data: Buffer | number, closed?: ClosedFile): Promise<void> {
+    const node = closed ? undefined : this.handles.get(fh);
+    const path = closed?.path ?? node?.path;
+    if (path === undefined) return Promise.reject(new Error(`no file for native handle ${fh}`));
     const len = typeof data === 'number' ? data : data.length;
-    if (!node.nameless) {
-      const before = this.sink.beforeChange?.(node.path);
+    const named = !node?.nameless;
+    if (named) {
+      const before = this.sink.beforeChange?.(path);
       if (before instanceof Promise) before.catch(() => undefined);
     }
-    node.contentChanged();
-    this.kernelNames?.forgetRecorded(node.ino);
-    this.cache.primaryWritten(node, offset, len);
-    if (node.nameless || typeof data === 'number') return Promise.resolve();
-    return this.sink.apply({ op: 'write', path: node.path, offset, data });
+    if (node) {
+      node.contentChanged();
+      this.kernelNames?.forgetRecorded(node.ino);
+      this.cache.primaryWritten(node, offset, len);
+    } else if (closed) {
+      this.kernelNames?.forgetRecorded(closed.ino);
+      this.cache.landedOutside(Math.max(0, offset + len - Math.max(offset, closed.end)));
+      closed.end = Math.max(closed.end, offset + len);
+    }
+    if (!named || typeof data === 'number') return Promise.resolve();
+    return this.sink.apply({ op: 'write', path, offset, data });
   }
 
   nativeUnlinked(path: string, ino: number): Promise<void> {

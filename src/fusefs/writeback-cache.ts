@@ -295,6 +295,11 @@ export class WritebackCache {
     node.primarySize = end;
   }
 
+  /** Bytes a native write added to the primary beyond a file's end, of a file with no node. */
+  landedOutside(bytes: number): void {
+    if (bytes > 0) this.space?.release(0, bytes);
+  }
+
   /** Drops one reference; a clean, unreferenced node is closed. */
   async unref(node: FileNode): Promise<void> {
     node.refs--;

@@ -413,6 +413,8 @@ declare module 'fuse-native' {
       /** Writes to natively created files done natively, and passed to JS (patch level 9). */
       writes?: number;
       writeFallbacks?: number;
+      /** Releases of natively created files done natively, before JS took their create. */
+      releases?: number;
     };
     /** Called on the JS thread when native unlinks are queued and no op took them. */
     onNativeChanges: (() => void) | null;
