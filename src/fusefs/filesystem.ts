@@ -13,9 +13,9 @@ import { watchMount } from './mount-watch.js';
 import {
   NativeChanges,
   nativeCreateFromEnv,
-  nativeWriteFromEnv,
   nativeUnlinkCachedFromEnv,
   nativeUnlinkFromEnv,
+  nativeWriteFromEnv,
 } from './native-changes.js';
 import {
   DEFAULT_LIBFUSE,
@@ -433,8 +433,15 @@ export class TwinFs {
       (m) => this.log(m),
       nativeUnlinkCachedFromEnv(),
       nativeCreateFromEnv() && (sink.beforeChange === undefined || ahead !== undefined),
-      // The sink makes its copy of a native write from the bytes queued with it.
-      nativeWriteFromEnv() && { carry: sink !== nullSink },
+      // The sink makes its copy of a native write from the bytes queued with it; their room on
+      // the primary is reserved as the cache's is.
+      nativeWriteFromEnv() && {
+        carry: sink !== nullSink,
+        space: {
+          reserve: (n, floor) => this.cache.reserveOutside(n, floor),
+          settle: (landed, unused) => this.cache.settleOutside(landed, unused),
+        },
+      },
     );
     this.nativeChanges = { changes, handlers: changes.wrap(this.nativeChangeTarget) };
     // Disposed at unmount after the cache's last write-back: the queue is reported first.
@@ -508,8 +515,13 @@ export class TwinFs {
     return this.ops.openNames.list();
   }
 
-  /** Writes back all cached data (and makes it durable with sync). */
+  /**
+   * Writes back all cached data (and makes it durable with sync). Creates, writes and unlinks
+   * done natively are reported first: their bytes are on the primary, and once this resolves
+   * the sink has them too.
+   */
   flushAll(opts: { sync?: boolean } = {}): Promise<void> {
+    this.nativeChanges?.changes.drain();
     return this.cache.flushAll(opts);
   }
 

@@ -22,13 +22,31 @@ export interface NativeCreated {
 
 /**
  * A file created, written and closed natively before JS took its create (native-create.h): its
- * writes are reported by its path; `end`, the furthest byte reported so far.
+ * writes are reported by its path.
  */
 export interface ClosedFile {
   path: string;
   ino: number;
-  end: number;
 }
+
+/**
+ * The primary's free space for native writes (WritebackCache.reserveOutside / settleOutside):
+ * they go to the primary at once, and must not take space the cache promised to cached data.
+ */
+export interface NativeWriteSpace {
+  /** Reserves n bytes if floor more are free; how many it got (undefined: no bound is kept). */
+  reserve(n: number, floor: number): number | undefined;
+  /** Of the reserved bytes: written to the primary, and given back. */
+  settle(landed: number, unused: number): void;
+}
+
+/** What native writes may put on the primary before JS takes their queue (reserved ahead). */
+const NATIVE_WRITE_GRANT = 1024 * 1024;
+/**
+ * Native writes stop while the primary has less than this free beyond what the cache promised:
+ * near a full disk every write takes the cache's path, whose reservation answers ENOSPC exactly.
+ */
+const NATIVE_WRITE_FREE_FLOOR = 64 * 1024 * 1024;
 
 /**
  * The patched fuse-native's calls for unlinks and creates answered natively (native-unlink.h,
@@ -38,6 +56,7 @@ export type NativeChangeBinding = Pick<
   Fuse,
   | 'nativeUnlink'
   | 'nativeCreate'
+  | 'nativeWriteBudget'
   | 'takeNativeChanges'
   | 'endNativeChange'
   | 'nativeUnlinkStats'
@@ -122,7 +141,9 @@ export class NativeChanges implements Disposable {
    * after it); until then the cache's descriptor keeps the inode, so its number cannot name a
    * new file while the native attribute table still has an entry for it.
    * writes: with creates, a new file's writes until JS takes its create (nativeWritten); carry:
-   * each with a copy of its bytes (the sink makes its copy from them).
+   * each with a copy of its bytes (the sink makes its copy from them); space: where the room
+   * they may take on the primary is reserved (granted NATIVE_WRITE_GRANT at a time, topped up
+   * as their reports come in).
    */
   constructor(
     private readonly fuse: NativeChangeBinding,
@@ -131,14 +152,32 @@ export class NativeChanges implements Disposable {
     private readonly log: (msg: string) => void,
     private readonly cached = true,
     private readonly creates = false,
-    private readonly writes: { carry: boolean } | false = false,
+    private readonly writes: { carry: boolean; space: NativeWriteSpace } | false = false,
   ) {
     fuse.onNativeChanges = () => this.take(false);
     this.subs.push(
       inhibitor.onWillInhibit(() => this.set(false)),
       inhibitor.onDidRelease(() => this.set(!inhibitor.isInhibiting)),
     );
+    if (writes && creates) this.grant();
     this.set(!inhibitor.isInhibiting);
+  }
+
+  /** Space reserved for native writes: the native budget plus what they used unreported. */
+  private granted = 0;
+
+  /** Tops the native writes' budget up to NATIVE_WRITE_GRANT (see the constructor). */
+  private grant(): void {
+    if (!this.writes || this.fuse.nativeWriteBudget === undefined) return;
+    const got = this.writes.space.reserve(NATIVE_WRITE_GRANT - this.granted, NATIVE_WRITE_FREE_FLOOR);
+    if (got === undefined) {
+      if (this.granted >= 0) this.fuse.nativeWriteBudget(-1);
+      this.granted = -1;
+      return;
+    }
+    if (got <= 0) return;
+    this.granted += got;
+    this.fuse.nativeWriteBudget(got);
   }
 
   /** Wraps fuse-native handlers so that each op takes the queue first (see the class). */
@@ -204,6 +243,9 @@ export class NativeChanges implements Disposable {
   dispose(): void {
     this.set(false);
     this.fuse.nativeCreate?.(false);
+    // Every native write was reported (set took the queue): the rest of the grant goes back.
+    if (this.writes && this.granted > 0) this.writes.space.settle(0, this.granted);
+    this.granted = 0;
     for (const s of this.subs) s.dispose();
     this.fuse.onNativeChanges = null;
     this.disposed = true;
@@ -213,7 +255,8 @@ export class NativeChanges implements Disposable {
     this.enabled = on;
     // When turned off, the native side is quiet once this returns: report what it did.
     this.fuse.nativeUnlink(on, this.cached);
-    if (this.creates) this.fuse.nativeCreate?.(on, this.writes !== false, this.writes !== false && this.writes.carry);
+    if (this.creates)
+      this.fuse.nativeCreate?.(on, this.writes !== false, this.writes !== false && this.writes.carry);
     if (!on) this.take(false);
   }
 
@@ -222,6 +265,7 @@ export class NativeChanges implements Disposable {
     if (done === null) return;
     // Files created and closed natively in this batch (fd -1): their writes are reported by path.
     let closed: Map<number, ClosedFile> | undefined;
+    let written = 0;
     for (let i = 0; i < done.length; i += 2) {
       const path = done[i] as string;
       const what = done[i + 1];
@@ -235,16 +279,28 @@ export class NativeChanges implements Disposable {
       }
       if ((what as unknown[]).length === 3) {
         const [fh, offset, data] = what as [number, number, Buffer | number];
+        written += typeof data === 'number' ? data : data.length;
         this.ops
           .nativeWritten(fh, offset, data, closed?.get(fh))
-          .catch((err) => this.log(`reporting a write of handle ${fh} failed: ${(err as Error)?.stack ?? err}`));
+          .catch((err) =>
+            this.log(`reporting a write of handle ${fh} failed: ${(err as Error)?.stack ?? err}`),
+          );
         continue;
       }
       const [ino, fd, fh, mode, uid, gid] = what as number[];
-      if (fd < 0) (closed ??= new Map()).set(fh, { path, ino, end: 0 });
+      if (fd < 0) (closed ??= new Map()).set(fh, { path, ino });
       this.ops
         .nativeCreated(path, { ino, fd, fh, mode, uid, gid })
         .catch((err) => this.log(`reporting the create of ${path} failed: ${(err as Error)?.stack ?? err}`));
+    }
+    // The bytes written landed on the primary: their reservation is used, and topped up again.
+    if (this.writes && this.granted > 0 && !this.disposed) {
+      const used = Math.min(written, this.granted);
+      if (used > 0) {
+        this.writes.space.settle(used, 0);
+        this.granted -= used;
+      }
+      this.grant();
     }
   }
 }

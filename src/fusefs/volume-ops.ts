@@ -816,8 +816,6 @@ export class VolumeOps {
       this.cache.primaryWritten(node, offset, len);
     } else if (closed) {
       this.kernelNames?.forgetRecorded(closed.ino);
-      this.cache.landedOutside(Math.max(0, offset + len - Math.max(offset, closed.end)));
-      closed.end = Math.max(closed.end, offset + len);
     }
     if (!named || typeof data === 'number') return Promise.resolve();
     return this.sink.apply({ op: 'write', path, offset, data });

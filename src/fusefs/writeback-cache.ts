@@ -285,19 +285,27 @@ export class WritebackCache {
 
   /**
    * Bytes a native write put on the primary outside the cache (VolumeOps.nativeWritten): the
-   * file's end there, and the free space they took (as landed write-backs count).
+   * file's end there. Their space was reserved beforehand (reserveOutside).
    */
   primaryWritten(node: FileNode, off: number, len: number): void {
-    if (!this.space) return;
-    const end = off + len;
-    if (end <= node.primarySize) return;
-    this.space.release(0, end - Math.max(off, node.primarySize));
-    node.primarySize = end;
+    node.primarySize = Math.max(node.primarySize, off + len);
   }
 
-  /** Bytes a native write added to the primary beyond a file's end, of a file with no node. */
-  landedOutside(bytes: number): void {
-    if (bytes > 0) this.space?.release(0, bytes);
+  /**
+   * Reserves n bytes of the primary's free space for writes made outside the cache (native
+   * writes), so they cannot take what cached data was promised, when at least `floor` bytes more
+   * are free; the count it got (n or 0). undefined: no space account (such writes need no bound).
+   */
+  reserveOutside(n: number, floor = 0): number | undefined {
+    if (!this.space) return undefined;
+    // Not once the primary gets near full: there the cache's exact reservations decide.
+    if (n <= 0 || this.space.freeBytes < n + floor) return 0;
+    return this.space.tryReserve(n) ? n : 0;
+  }
+
+  /** Of what reserveOutside gave: bytes written to the primary (landed), and bytes given back. */
+  settleOutside(landed: number, unused: number): void {
+    this.space?.release(landed + unused, landed);
   }
 
   /** Drops one reference; a clean, unreferenced node is closed. */

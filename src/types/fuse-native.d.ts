@@ -394,11 +394,18 @@ declare module 'fuse-native' {
      */
     nativeCreate?(enabled: boolean, writes?: boolean, carry?: boolean): boolean;
     /**
+     * Adds bytes to the space native writes may take on the primary (reserved for them by the
+     * caller); negative: no bound. None until the first call (patch level 9).
+     */
+    nativeWriteBudget?(bytes: number): boolean;
+    /**
      * The unlinks, creates and writes done natively, in order, as [path, ino, ...] (a create has
      * [ino, fd, fh, mode, uid, gid] in place of ino; a write '' as its path and [fh, offset,
      * data (a copy) or its length]), or null; begin: a JS change starts.
      */
-    takeNativeChanges(begin: boolean): Array<string | number | number[] | [number, number, Buffer | number]> | null;
+    takeNativeChanges(
+      begin: boolean,
+    ): Array<string | number | number[] | [number, number, Buffer | number]> | null;
     /** The JS change begun by takeNativeChanges(true) ended. */
     endNativeChange(): void;
     /** cached: of the answered, unlinks of files JS held cached data of (0 on older builds). */

@@ -230,6 +230,8 @@ describe('twinfs serve: bad input fails clearly and mounts nothing', () => {
         mount: d.mnt!,
         args: ['--writeback-ms', '600000'],
       });
+      // Made first: the cache takes writes to a file JS knows (a new file's go to the primary).
+      await shOk(`: > ${q(path.join(d.mnt!, signal))}`);
       await shOk(`printf ${signal} > ${q(path.join(d.mnt!, signal))}`);
       expect(await fsp.readFile(path.join(d.primary!, signal), 'utf8')).toBe('');
       srv.proc.kill(signal);

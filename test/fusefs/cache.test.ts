@@ -14,6 +14,15 @@ import { bytes } from './fixtures/bytes.mjs';
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 const MiB = 1024 * 1024;
 
+/**
+ * Makes f exist (empty) through the mount: writes to a file created natively go to the primary
+ * until JS takes its create (docs/architecture.md, "Writes and closes of new files in libfuse's
+ * threads"); the open(2) that follows is JS's, and the cache takes that file's writes.
+ */
+async function existing(f: string): Promise<void> {
+  await shOk(`: > '${f}'`);
+}
+
 async function primaryBytes(file: string): Promise<Buffer> {
   return fsp.readFile(file).catch(() => Buffer.alloc(0));
 }
@@ -217,6 +226,7 @@ describe('read-your-writes through a long write-back delay', () => {
   it('shows unsynced writes to other processes at once, but not on the primary yet', async () => {
     const f = path.join(fx.mnt, 'ryw.bin');
     const data = bytes(300_000, 11);
+    await existing(f);
     // 64 KiB write(2)s: the cache takes them (128 KiB requests go straight to the primary).
     const r = await runSteps([
       { op: 'open', path: f, flags: 'w' },
@@ -269,6 +279,8 @@ describe('read-your-writes through a long write-back delay', () => {
   it('write-behind: a file with 4 MiB dirty is written back at once; a smaller one waits', async () => {
     const big = path.join(fx.mnt, 'behind.bin');
     const small = path.join(fx.mnt, 'stays.bin');
+    await existing(big);
+    await existing(small);
     const r = await runSteps([
       { op: 'open', path: big, flags: 'w' },
       { op: 'write', off: 0, len: 6 * MiB, seed: 24, chunk: 64 * 1024 }, // cached (64 KiB writes)
@@ -288,6 +300,7 @@ describe('read-your-writes through a long write-back delay', () => {
 
   it('reports size and mtime of cached writes', async () => {
     const f = path.join(fx.mnt, 'times.txt');
+    await existing(f);
     await shOk(`printf abc > '${f}' && touch -d '2001-02-03 04:05:06' '${f}'`);
     const before = await runSteps([{ op: 'stat', path: f }]);
     expect(before[0]!.mtimeMs).toBe(new Date('2001-02-03T04:05:06').getTime());
@@ -338,6 +351,7 @@ describe('read-your-writes through a long write-back delay', () => {
 
   it('`sync FILE` from another process writes back data written by someone else', async () => {
     const f = path.join(fx.mnt, 'other.txt');
+    await existing(f);
     await shOk(`printf 'from a writer' > '${f}'`);
     expect((await primaryBytes(path.join(fx.primary, 'other.txt'))).length).toBe(0);
     await shOk(`sync '${f}'`);
@@ -531,9 +545,12 @@ describe('in-process mount: dirty limit and write-back errors', () => {
     // (another process took the space meanwhile), which the reservation cannot prevent. With it
     // the writes below would fail at once (test/fusefs/spill.test.ts, the reported case).
     tfs = await TwinFs.mount({ primary: small, mount: t.dirs.smnt!, writebackMs: 300, reserveSpace: false });
+    const m = t.dirs.smnt!;
+    // Files the cache takes writes of (a new file's go to the primary at once: the next test).
+    await existing(`${m}/a.bin`);
+    await existing(`${m}/b.bin`);
     // Fill the primary behind the server's back.
     await sh(`dd if=/dev/zero of='${small}/filler' bs=4k 2>/dev/null`);
-    const m = t.dirs.smnt!;
     const a = bytes(256 * 1024, 51);
     const b = bytes(200 * 1024, 52);
     const [fsyncRun, closeRun] = await Promise.all([
@@ -551,6 +568,17 @@ describe('in-process mount: dirty limit and write-back errors', () => {
         { op: 'close' },
       ]),
     ]);
+    // A new file's writes go to the primary in libfuse's thread (no space account here bounds
+    // them): the full primary answers the first one at once, and nothing is cached.
+    const dirty = tfs.status().cache.dirtyBytes;
+    const fresh = await runSteps([
+      { op: 'open', path: `${m}/fresh.bin`, flags: 'w' },
+      { op: 'write', off: 0, len: 16 * 1024, seed: 53, chunk: 4096 },
+      { op: 'close' },
+    ]);
+    expect(fresh.map((s) => s.code ?? 'ok')).toEqual(['ok', 'ENOSPC', 'ok']);
+    expect(fresh[1]!.bytes ?? 0).toBe(0);
+    expect(tfs.status().cache.dirtyBytes).toBe(dirty);
     expect(fsyncRun.slice(0, 3).map((s) => s.code ?? 'ok')).toEqual(['ok', 'ok', 'ENOSPC']);
     // fsync took the error; close reports it again only if a background retry failed meanwhile.
     expect(['ok', 'ENOSPC']).toContain(fsyncRun[3]!.code ?? 'ok');
