@@ -111,7 +111,7 @@ export function nativeCreateFromEnv(env: NodeJS.ProcessEnv = process.env): boole
 /**
  * The writes of a file created natively answered natively too while JS has not taken its create
  * (native-create.h), the default with native creates; TWINFS_NATIVE_WRITE=0 sends them to JS
- * (docs/architecture.md, "Writes of new files in libfuse's threads").
+ * (docs/architecture.md, "Writes and closes of new files in libfuse's threads").
  */
 export function nativeWriteFromEnv(env: NodeJS.ProcessEnv = process.env): boolean {
   return env.TWINFS_NATIVE_WRITE !== '0';
@@ -293,8 +293,9 @@ export class NativeChanges implements Disposable {
         .nativeCreated(path, { ino, fd, fh, mode, uid, gid })
         .catch((err) => this.log(`reporting the create of ${path} failed: ${(err as Error)?.stack ?? err}`));
     }
-    // The bytes written landed on the primary: their reservation is used, and topped up again.
-    if (this.writes && this.granted > 0 && !this.disposed) {
+    // The bytes written landed on the primary: their reservation is used, and topped up again
+    // (also after a grant was refused: the primary may have room again).
+    if (this.writes && this.granted >= 0 && !this.disposed) {
       const used = Math.min(written, this.granted);
       if (used > 0) {
         this.writes.space.settle(used, 0);

@@ -283,11 +283,12 @@ describe('a kill -9 of the server between a native create and its report', () =>
     srv = await startServer({ primary: t.dirs.primary!, mount: t.dirs.mnt!, mirror, args: ['--fuse', '3'] });
     await waitForEvent(srv, pairedVolume, 30_000);
     const ready = path.join(t.dirs.flags!, 'ready');
-    // Created and held open: no WRITE, FLUSH or RELEASE takes the native queue before the kill.
-    const holder = holdCreated(t.dirs.mnt!, 'held', ready);
+    // Created, written and held open: the writes are answered natively too (the create is still
+    // queued), and no FLUSH or RELEASE takes the native queue before the kill.
+    const holder = holdCreated(t.dirs.mnt!, 'held', ready, 10_000);
     try {
       await waitUntil(async () => existsSync(ready), 20_000, 'the file created');
-      expect(existsSync(path.join(t.dirs.primary!, 'held'))).toBe(true);
+      expect((await fsp.readFile(path.join(t.dirs.primary!, 'held'))).equals(HELD_DATA)).toBe(true);
       srv.proc.kill('SIGKILL');
       await srv.exited;
       await srv.kill(); // aborts the dead connection and unmounts
@@ -304,20 +305,27 @@ describe('a kill -9 of the server between a native create and its report', () =>
     });
     try {
       const st = await fsp.lstat(path.join(d.dataRoot, 'held'));
-      expect([st.isFile(), st.size, st.mode & 0o777]).toEqual([true, 0, 0o604]);
+      expect([st.isFile(), st.size, st.mode & 0o777]).toEqual([true, HELD_DATA.length, 0o604]);
+      expect((await fsp.readFile(path.join(d.dataRoot, 'held'))).equals(HELD_DATA)).toBe(true);
     } finally {
       await d.dispose();
     }
   });
 });
 
-/** A process that creates `name` in `dir` (O_EXCL, mode 0604), touches `ready` and sleeps holding it open. */
-function holdCreated(dir: string, name: string, ready: string) {
+/** What holdCreated writes (`bytes` of it): 'h' then 'i', alternating every 1000 bytes. */
+const HELD_DATA = Buffer.from(Array.from({ length: 10 }, (_, i) => (i % 2 ? 'i' : 'h').repeat(1000)).join(''));
+
+/**
+ * A process that creates `name` in `dir` (O_EXCL, mode 0604), writes the first `bytes` of
+ * HELD_DATA in 1000-byte write(2)s, touches `ready` and sleeps holding it open.
+ */
+function holdCreated(dir: string, name: string, ready: string, bytes = 0) {
   return spawn(
     PYTHON,
     [
       '-c',
-      `import os, time\nfd = os.open('${name}', os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o604)\nopen('${ready}', 'w').close()\ntime.sleep(120)\n`,
+      `import os, time\nfd = os.open('${name}', os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o604)\nfor i in range(${bytes} // 1000): os.write(fd, (b'i' if i % 2 else b'h') * 1000)\nopen('${ready}', 'w').close()\ntime.sleep(120)\n`,
     ],
     { cwd: dir, stdio: 'ignore' },
   );
