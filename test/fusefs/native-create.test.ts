@@ -314,7 +314,9 @@ describe('a kill -9 of the server between a native create and its report', () =>
 });
 
 /** What holdCreated writes (`bytes` of it): 'h' then 'i', alternating every 1000 bytes. */
-const HELD_DATA = Buffer.from(Array.from({ length: 10 }, (_, i) => (i % 2 ? 'i' : 'h').repeat(1000)).join(''));
+const HELD_DATA = Buffer.from(
+  Array.from({ length: 10 }, (_, i) => (i % 2 ? 'i' : 'h').repeat(1000)).join(''),
+);
 
 /**
  * A process that creates `name` in `dir` (O_EXCL, mode 0604), writes the first `bytes` of
