@@ -114,18 +114,39 @@ describe("create answered in libfuse's threads (libfuse3)", () => {
     }
   });
 
-  it('a file created natively and held open with no other request is in a prepare that follows', async () => {
-    // JS is not woken for a native create: the prepare's inhibition takes the queue.
-    const ready = path.join(fx.base, 'held-ready');
-    const go = path.join(fx.base, 'held-go');
-    const before = await stats();
+  /**
+   * A child process runs `code` (Python, `os` imported; it opens `fd`) in the mount, then holds
+   * fd open, with no other request, until the returned promise's `close()`.
+   */
+  const holdOpen = async (tag: string, code: string) => {
+    const ready = path.join(fx.base, `${tag}-ready`);
+    const go = path.join(fx.base, `${tag}-go`);
     const holder = pyIn(
       fx.mnt,
-      `import os, time\nfd = os.open('held', os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o604)\nopen('${ready}', 'w').close()\nwhile not os.path.exists('${go}'): time.sleep(0.05)\nos.close(fd)\n`,
+      `import os, time\n${code}\nopen('${ready}', 'w').close()\nwhile not os.path.exists('${go}'): time.sleep(0.05)\nos.close(fd)\n`,
       { timeoutMs: 60_000 },
     );
+    const close = async () => {
+      await fsp.writeFile(go, '');
+      await holder;
+    };
     try {
-      await waitUntil(async () => existsSync(ready), 20_000, 'the file created');
+      await waitUntil(async () => existsSync(ready), 20_000, `${tag}: the file open`);
+    } catch (err) {
+      await close();
+      throw err;
+    }
+    return { close };
+  };
+
+  it('a file created natively and held open with no other request is in a prepare that follows', async () => {
+    // JS is not woken for a native create: the prepare's inhibition takes the queue.
+    const before = await stats();
+    const holder = await holdOpen(
+      'held',
+      "fd = os.open('held', os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o604)",
+    );
+    try {
       expect((await stats()).creates - before.creates).toBe(1);
       const p = await c.prepare({ subtree: '/held' });
       try {
@@ -136,26 +157,21 @@ describe("create answered in libfuse's threads (libfuse3)", () => {
         await c.release(p.backupId);
       }
     } finally {
-      await fsp.writeFile(go, '');
-      await holder;
+      await holder.close();
     }
   });
 
   it('writes to a file created natively and held open are answered natively and reach a prepare that follows', async () => {
     // No other request reaches JS meanwhile: the writes stay in the queue with the create until
     // the prepare's inhibition takes it; the mirror's copy is made from the queued bytes.
-    const ready = path.join(fx.base, 'wheld-ready');
-    const go = path.join(fx.base, 'wheld-go');
     const before = await stats();
-    const holder = pyIn(
-      fx.mnt,
-      `import os, time\nfd = os.open('wheld', os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)\nfor i in range(5): os.write(fd, bytes([65 + i]) * 3000)\nos.pwrite(fd, b'xyz', 100)\nopen('${ready}', 'w').close()\nwhile not os.path.exists('${go}'): time.sleep(0.05)\nos.close(fd)\n`,
-      { timeoutMs: 60_000 },
+    const holder = await holdOpen(
+      'wheld',
+      "fd = os.open('wheld', os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)\nfor i in range(5): os.write(fd, bytes([65 + i]) * 3000)\nos.pwrite(fd, b'xyz', 100)",
     );
     const want = Buffer.concat([0, 1, 2, 3, 4].map((i) => Buffer.alloc(3000, 65 + i)));
     want.write('xyz', 100);
     try {
-      await waitUntil(async () => existsSync(ready), 20_000, 'the file written');
       const mid = await stats();
       expect(mid.creates - before.creates).toBe(1);
       // Six write(2)s; the kernel splits an unaligned one at the first page it does not hold whole.
@@ -178,8 +194,7 @@ describe("create answered in libfuse's threads (libfuse3)", () => {
       const r = await shIn(fx.mnt, 'cat wheld | wc -c', { timeoutMs: 30_000 });
       expect(r.stdout.trim()).toBe(String(want.length));
     } finally {
-      await fsp.writeFile(go, '');
-      await holder;
+      await holder.close();
     }
   });
 
