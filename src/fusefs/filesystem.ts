@@ -426,22 +426,24 @@ export class TwinFs {
     // ends only after the last native change was reported.
     const ahead = await sink.changesAhead?.(() => this.nativeChanges?.changes.drain());
     if (ahead) this.store.add(ahead);
+    const creates = nativeCreateFromEnv() && (sink.beforeChange === undefined || ahead !== undefined);
     const changes = new NativeChanges(
       this.fuse,
       this.ops,
       this.inhibitor,
       (m) => this.log(m),
       nativeUnlinkCachedFromEnv(),
-      nativeCreateFromEnv() && (sink.beforeChange === undefined || ahead !== undefined),
-      // The sink makes its copy of a native write from the bytes queued with it; their room on
-      // the primary is reserved as the cache's is.
-      nativeWriteFromEnv() && {
-        carry: sink !== nullSink,
-        space: {
-          reserve: (n, floor) => this.cache.reserveOutside(n, floor),
-          settle: (landed, unused) => this.cache.settleOutside(landed, unused),
+      creates,
+      // Only of files created natively. The sink makes its copy of a native write from the bytes
+      // queued with it; their room on the primary is reserved as the cache's is.
+      creates &&
+        nativeWriteFromEnv() && {
+          carry: sink !== nullSink,
+          space: {
+            reserve: (n, floor) => this.cache.reserveOutside(n, floor),
+            settle: (landed, unused) => this.cache.settleOutside(landed, unused),
+          },
         },
-      },
     );
     this.nativeChanges = { changes, handlers: changes.wrap(this.nativeChangeTarget) };
     // Disposed at unmount after the cache's last write-back: the queue is reported first.

@@ -140,7 +140,7 @@ export class NativeChanges implements Disposable {
    * the same synchronous step as the sink sees the unlink, so no write-back reports the path
    * after it); until then the cache's descriptor keeps the inode, so its number cannot name a
    * new file while the native attribute table still has an entry for it.
-   * writes: with creates, a new file's writes until JS takes its create (nativeWritten); carry:
+   * writes: (with creates only) a new file's writes until JS takes its create (nativeWritten); carry:
    * each with a copy of its bytes (the sink makes its copy from them); space: where the room
    * they may take on the primary is reserved (granted NATIVE_WRITE_GRANT at a time, topped up
    * as their reports come in).
@@ -159,7 +159,7 @@ export class NativeChanges implements Disposable {
       inhibitor.onWillInhibit(() => this.set(false)),
       inhibitor.onDidRelease(() => this.set(!inhibitor.isInhibiting)),
     );
-    if (writes && creates) this.grant();
+    if (writes) this.grant();
     this.set(!inhibitor.isInhibiting);
   }
 
@@ -255,8 +255,7 @@ export class NativeChanges implements Disposable {
     this.enabled = on;
     // When turned off, the native side is quiet once this returns: report what it did.
     this.fuse.nativeUnlink(on, this.cached);
-    if (this.creates)
-      this.fuse.nativeCreate?.(on, this.writes !== false, this.writes !== false && this.writes.carry);
+    if (this.creates) this.fuse.nativeCreate?.(on, this.writes !== false, this.writes && this.writes.carry);
     if (!on) this.take(false);
   }
 

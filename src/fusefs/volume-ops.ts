@@ -781,8 +781,7 @@ export class VolumeOps {
    * record that reports the queue before it answers.
    */
   nativeCreated(path: string, c: NativeCreated): Promise<void> {
-    const before = this.sink.beforeChange?.(path);
-    if (before instanceof Promise) before.catch(() => undefined);
+    this.stampBehind(path);
     // Closed natively too (its RELEASE came first): nothing to hold, its writes come by path.
     if (c.fd < 0) return this.sink.apply({ op: 'create', path, mode: c.mode, uid: c.uid, gid: c.gid });
     // A new file: size 0 (the space account's size, as create's fstat).
@@ -806,10 +805,7 @@ export class VolumeOps {
     if (path === undefined) return Promise.reject(new Error(`no file for native handle ${fh}`));
     const len = typeof data === 'number' ? data : data.length;
     const named = !node?.nameless;
-    if (named) {
-      const before = this.sink.beforeChange?.(path);
-      if (before instanceof Promise) before.catch(() => undefined);
-    }
+    if (named) this.stampBehind(path);
     if (node) {
       node.contentChanged();
       this.kernelNames?.forgetRecorded(node.ino);
@@ -821,14 +817,23 @@ export class VolumeOps {
     return this.sink.apply({ op: 'write', path, offset, data });
   }
 
+  /**
+   * The change record's stamp and intent of a change libfuse's thread already made on the
+   * primary (native creates, writes, unlinks): taken now, not waited for; what precedes the
+   * change is the sink's hold (ChangeSink.changesAhead).
+   */
+  private stampBehind(path: string): void {
+    const before = this.sink.beforeChange?.(path);
+    if (before instanceof Promise) before.catch(() => undefined);
+  }
+
   nativeUnlinked(path: string, ino: number): Promise<void> {
     this.forgetNoCapabilities?.();
     this.hides.touched(path);
     // The change record's stamp, now (the primary already changed; the record took the queue
     // before any answer); its intent line is written behind the change, which the sink's intent
     // for the whole volume covers (ChangeSink.changesAhead).
-    const before = this.sink.beforeChange?.(path);
-    if (before instanceof Promise) before.catch(() => undefined);
+    this.stampBehind(path);
     this.kernelNames?.remove(path);
     this.hides.removed(path);
     this.hiddenGone(path);

@@ -486,50 +486,47 @@ export class Reconciler {
       // (never a file of its own here: what the primary's names do next is queued behind), and
       // only while the primary's entry is still the file listed (another file renamed there
       // since is queued behind too, and is not read into this one).
-      let r: { bytesCopied: number };
-      try {
-        r = await this.c.copyEntry(this.c.primary + p, mp, {
-          compare: true,
-          mirrorStat: mst,
-          ino: pst.ino,
-        });
-      } catch (err) {
-        if (await this.goneMeanwhile(err, p)) return bytes;
-        throw err;
-      }
+      const r = await this.copyUnlessGone(p, mp, { compare: true, mirrorStat: mst, ino: pst.ino });
+      if (!r) return bytes;
       if (r.bytesCopied > 0) await this.noteReread(p, r.bytesCopied, pst, 'changed');
       return bytes + r.bytesCopied;
     }
     // Same size and mtime: probably equal, so compare rather than copy.
     const opts = { compare: sameData, mirrorStat: mst ?? null, separate: true };
-    let copied: number;
+    let r: { bytesCopied: number } | undefined;
     try {
-      copied = (await this.c.copyEntry(this.c.primary + p, mp, opts)).bytesCopied;
+      r = await this.copyUnlessGone(p, mp, opts);
     } catch (err) {
       if (!HEAL_CODES.has((err as NodeJS.ErrnoException).code ?? '')) throw err;
-      if (await this.goneMeanwhile(err, p)) return bytes;
       // The parent is normally there (directories are synced before their entries).
       await this.c.ensureParents(p);
-      try {
-        copied = (await this.c.copyEntry(this.c.primary + p, mp, { compare: sameData, separate: true }))
-          .bytesCopied;
-      } catch (err2) {
-        if (await this.goneMeanwhile(err2, p)) return bytes;
-        throw err2;
-      }
+      r = await this.copyUnlessGone(p, mp, { compare: sameData, separate: true });
     }
-    return bytes + copied;
+    return bytes + (r?.bytesCopied ?? 0);
   }
 
   /**
-   * A copy failed because p left the primary after the walk listed it: the change that removed
-   * it is reported behind (an unlink answered in libfuse's thread, or libfuse's own removal of a
-   * hidden name at the last close, is on the primary before JS hears of it), and says what
-   * becomes of the mirror's entry. Not a mirror failure.
+   * copyEntry of p from the primary, or undefined when it failed because p left the primary
+   * after the walk listed it: the change that removed it is reported behind (an unlink answered
+   * in libfuse's thread, or libfuse's own removal of a hidden name at the last close, is on the
+   * primary before JS hears of it), and says what becomes of the mirror's entry. Not a mirror
+   * failure.
    */
-  private async goneMeanwhile(err: unknown, p: string): Promise<boolean> {
-    if (!HEAL_CODES.has((err as NodeJS.ErrnoException).code ?? '')) return false;
-    return (await lstatOrUndefined(this.c.primary + p)) === undefined;
+  private async copyUnlessGone(
+    p: string,
+    mp: string,
+    opts: Parameters<MirrorCore['copyEntry']>[2],
+  ): Promise<Awaited<ReturnType<MirrorCore['copyEntry']>> | undefined> {
+    try {
+      return await this.c.copyEntry(this.c.primary + p, mp, opts);
+    } catch (err) {
+      if (
+        HEAL_CODES.has((err as NodeJS.ErrnoException).code ?? '') &&
+        !(await lstatOrUndefined(this.c.primary + p))
+      )
+        return undefined;
+      throw err;
+    }
   }
 
   /**
