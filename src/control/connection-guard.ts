@@ -12,7 +12,9 @@ import type { Socket } from 'node:net';
  * request) is closed. When the unauthenticated cap is reached, a new socket pushes out the
  * oldest unauthenticated one (as sshd's MaxStartups drops early): a flood then churns through
  * its own sockets, and an operator, who completes the handshake and hello in milliseconds,
- * still gets in. Only when authenticated connections fill the total cap is a new socket
+ * still gets in. A socket that completed the websocket upgrade is pushed out only when no
+ * socket short of it is left: between its upgrade and its hello (a turn of a busy server's
+ * event loop) a flood of bare sockets cannot push it out. Only when authenticated connections fill the total cap is a new socket
  * refused at accept.
  */
 export interface ConnectionLimits {
@@ -74,7 +76,10 @@ export interface GuardStats {
 }
 
 export class ConnectionGuard {
-  private readonly sockets = new Map<Socket, { timer: NodeJS.Timeout | null; authed: boolean }>();
+  private readonly sockets = new Map<
+    Socket,
+    { timer: NodeJS.Timeout | null; upgraded: boolean; authed: boolean }
+  >();
   private unauthed = 0;
   private refused = 0;
   private evicted = 0;
@@ -90,7 +95,9 @@ export class ConnectionGuard {
   /** The socket became a websocket: the hello timeout takes over from the handshake timeout. */
   upgraded(socket: Socket): void {
     const s = this.sockets.get(rawSocket(socket));
-    if (s?.timer) {
+    if (!s) return;
+    s.upgraded = true;
+    if (s.timer) {
       clearTimeout(s.timer);
       s.timer = null;
     }
@@ -123,14 +130,12 @@ export class ConnectionGuard {
 
   private admit(socket: Socket): void {
     if (this.unauthed >= this.limits.maxUnauthenticated) {
-      // The Map keeps insertion order: the first unauthenticated entry is the oldest.
-      for (const [old, s] of this.sockets)
-        if (!s.authed) {
-          this.evicted++;
-          this.forget(old);
-          old.destroy();
-          break;
-        }
+      const old = this.oldestUnauthenticated();
+      if (old) {
+        this.evicted++;
+        this.forget(old);
+        old.destroy();
+      }
     }
     if (this.sockets.size >= this.limits.maxConnections) {
       this.refused++;
@@ -142,9 +147,23 @@ export class ConnectionGuard {
       socket.destroy();
     }, this.limits.handshakeMs);
     timer.unref();
-    this.sockets.set(socket, { timer, authed: false });
+    this.sockets.set(socket, { timer, upgraded: false, authed: false });
     this.unauthed++;
     socket.once('close', () => this.forget(socket));
+  }
+
+  /**
+   * The socket a new one pushes out: the oldest that has not upgraded, else the oldest that
+   * has upgraded but not said hello (the Map keeps insertion order: first is oldest).
+   */
+  private oldestUnauthenticated(): Socket | undefined {
+    let upgraded: Socket | undefined;
+    for (const [socket, s] of this.sockets) {
+      if (s.authed) continue;
+      if (!s.upgraded) return socket;
+      upgraded ??= socket;
+    }
+    return upgraded;
   }
 
   private forget(socket: Socket): void {

@@ -46,10 +46,14 @@ function startFlood(url: string) {
   const exited = new Promise<void>((r) => proc.on('exit', () => r()));
   return {
     lines,
+    /** Ends the flood; returns once its process is gone (no socket of it can arrive later). */
     async stop(): Promise<any> {
       proc.stdin!.end();
       await Promise.race([exited, sleep(10_000)]);
-      if (proc.exitCode === null) proc.kill('SIGKILL');
+      if (proc.exitCode === null && proc.signalCode === null) {
+        proc.kill('SIGKILL');
+        await exited;
+      }
       return lines.find((l) => l.event === 'stopped');
     },
   };

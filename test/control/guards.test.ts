@@ -1,8 +1,11 @@
 import { promises as fsp } from 'node:fs';
+import { createServer } from 'node:http';
+import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { openFileLimit, resolveLimits } from '../../src/control/connection-guard.js';
+import { WebSocket, WebSocketServer } from 'ws';
+import { ConnectionGuard, openFileLimit, resolveLimits } from '../../src/control/connection-guard.js';
 import { RateLimiter } from '../../src/control/rate-limit.js';
 import { checkTokenMode, readToken, tokensEqual } from '../../src/control/token.js';
 import { TokenStore } from '../../src/control/token-store.js';
@@ -38,6 +41,73 @@ describe('connection limits', () => {
       maxUnauthenticated: 4,
     });
     expect(resolveLimits({}, null).maxConnections).toBe(256);
+  });
+});
+
+describe('the connection guard on real sockets', () => {
+  it('a flood of bare sockets pushes out bare sockets, not an upgraded one still short of its hello', {
+    timeout: 20_000,
+  }, async () => {
+    // A real HTTP server and websocket upgrade on loopback, the guard as the control server
+    // wires it (upgraded at the websocket's connection); nobody says hello here.
+    const server = createServer();
+    const guard = new ConnectionGuard(server, {
+      maxConnections: 16,
+      maxUnauthenticated: 3,
+      handshakeMs: 10_000,
+    });
+    const wss = new WebSocketServer({ server });
+    wss.on('connection', (_ws, req) => guard.upgraded(req.socket));
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    const port = (server.address() as net.AddressInfo).port;
+    const bare: net.Socket[] = [];
+    const until = async (cond: () => boolean, what: string) => {
+      for (const t0 = Date.now(); !cond(); await new Promise((r) => setTimeout(r, 10)))
+        if (Date.now() - t0 > 10_000) throw new Error(`timed out waiting for ${what}`);
+    };
+    try {
+      const early = net.connect(port, '127.0.0.1');
+      bare.push(early);
+      let earlyClosed = false;
+      early.on('close', () => (earlyClosed = true));
+      await until(() => guard.stats().open === 1, 'the first bare socket');
+      const ws = new WebSocket(`ws://127.0.0.1:${port}`);
+      let wsClosed = false;
+      ws.on('close', () => (wsClosed = true));
+      await new Promise<void>((resolve, reject) => {
+        ws.once('open', () => resolve());
+        ws.once('error', reject);
+      });
+      await until(() => guard.stats().open === 2, 'the websocket');
+      // Six more bare sockets against a cap of three unauthenticated: five are pushed out.
+      for (let i = 0; i < 6; i++) {
+        const s = net.connect(port, '127.0.0.1');
+        s.on('error', () => undefined);
+        bare.push(s);
+      }
+      await until(() => guard.stats().evicted === 5, 'five evictions');
+      await new Promise((r) => setTimeout(r, 100));
+      expect(earlyClosed).toBe(true); // older than the websocket, and bare: pushed out first
+      expect(wsClosed).toBe(false);
+      expect(ws.readyState).toBe(WebSocket.OPEN);
+      expect(guard.stats()).toMatchObject({ open: 3, unauthenticated: 3, evicted: 5 });
+      // With only upgraded sockets short of their hello left, the oldest of them is next.
+      for (const s of bare) s.destroy();
+      await until(() => guard.stats().open === 1, 'the bare sockets to close');
+      const later = [new WebSocket(`ws://127.0.0.1:${port}`), new WebSocket(`ws://127.0.0.1:${port}`)];
+      await Promise.all(later.map((w) => new Promise((r) => w.once('open', r))));
+      await until(() => guard.stats().open === 3, 'two more websockets');
+      bare.push(net.connect(port, '127.0.0.1').on('error', () => undefined));
+      await until(() => wsClosed, 'the oldest websocket to be pushed out');
+      expect(later.map((w) => w.readyState)).toEqual([WebSocket.OPEN, WebSocket.OPEN]);
+      expect(guard.stats().evicted).toBe(6);
+      for (const w of later) w.terminate();
+    } finally {
+      for (const s of bare) s.destroy();
+      guard.destroyAll();
+      wss.close();
+      await new Promise<void>((r) => server.close(() => r()));
+    }
   });
 });
 
