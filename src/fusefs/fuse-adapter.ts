@@ -88,9 +88,10 @@ export function createFuseHandlers(ops: VolumeOps, opts: AdapterOptions): Record
     statfs: (path: string, cb: Cb) => tryCall('statfs', cb, () => ops.statfs(path), value('statfs', cb)),
     open: (path: string, flags: number, cb: Cb) =>
       tryCall('open', cb, () => ops.open(path, flags), value('open', cb)),
-    create: (path: string, mode: number, cb: Cb) => {
+    // The open flags after the callback: the fuse-native patch's extension (docs/fuse-native-patch.md).
+    create: (path: string, mode: number, cb: Cb, flags?: number) => {
       const ctx = opts.context();
-      tryCall('create', cb, () => ops.create(path, mode, ctx), value('create', cb));
+      tryCall('create', cb, () => ops.create(path, mode, ctx, flags ?? 0), value('create', cb));
     },
     read: (_path: string, fh: number, buf: Buffer, len: number, pos: number, cb: Cb) =>
       byteCount('read', cb, () => ops.read(fh, buf, len, pos)),

@@ -47,6 +47,42 @@ export class HiddenRenames {
   }
 }
 
+/**
+ * How many of libfuse's hidden names each file has now. For the application those names are
+ * gone (an unlinked open file, a replaced one), so getattr does not count them in nlink.
+ * High-level libfuse takes one off itself for the hidden name a request came by (fuse.c,
+ * `node->is_hidden`): enough for a file unlinked once while open, not for a file with a hidden
+ * name and another name (`ls -l` of that name said one link too many) or with two hidden names
+ * (fstat of the unlinked file said 1, not 0) (bench/handle-diff.py). Every hide and every
+ * removal of a hidden name goes through VolumeOps (rename, unlink, the native unlinks' queue).
+ */
+export class HiddenLinks {
+  private readonly byIno = new Map<number, number>();
+
+  added(ino: number): void {
+    this.byIno.set(ino, (this.byIno.get(ino) ?? 0) + 1);
+  }
+
+  removed(ino: number): void {
+    const n = this.byIno.get(ino);
+    if (n === undefined) return;
+    if (n <= 1) this.byIno.delete(ino);
+    else this.byIno.set(ino, n - 1);
+  }
+
+  /**
+   * The nlink to answer for a file with `nlink` names on the primary, asked for through
+   * `path` (null: a handle whose file has no path left, answered as before). Through a hidden
+   * name libfuse takes that name off after this, so it is left in (and the answer stays ≥ 1,
+   * libfuse's ≥ 0); through another name the answer stays ≥ 1 whatever was counted.
+   */
+  shown(ino: number, nlink: number, path: string | null): number {
+    const n = this.byIno.size === 0 || path === null ? undefined : this.byIno.get(ino);
+    if (n === undefined) return nlink;
+    return Math.max(1, nlink - (isHiddenPath(path!) ? n - 1 : n));
+  }
+}
+
 /** Is this directory entry's name one of libfuse's hidden names? */
 export function isHiddenEntry(name: string): boolean {
   return HIDDEN_NAME.test(name);

@@ -194,9 +194,12 @@ export class NativeChanges implements Disposable {
       // Paused even while native unlinks are off: they may come back before the op ends.
       out[name] = (...args: any[]) => {
         this.take(true);
-        const cb = args[args.length - 1] as Cb;
+        // The callback is the last function: create's open flags come after it (patch level 10).
+        let at = args.length - 1;
+        while (at > 0 && typeof args[at] !== 'function') at--;
+        const cb = args[at] as Cb;
         let ended = false;
-        args[args.length - 1] = (...res: unknown[]) => {
+        args[at] = (...res: unknown[]) => {
           if (!ended) {
             ended = true;
             this.fuse.endNativeChange();

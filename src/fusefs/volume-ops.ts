@@ -6,7 +6,7 @@ import { nsToMs, setTimesNs } from '../posix/set-times.js';
 import { writeAll } from '../posix/write-all.js';
 import { type ChangeSink, nullSink, syncAlongside, type WriteGate } from './change-sink.js';
 import { errnoError } from './errno.js';
-import { HiddenRenames, isHiddenEntry, isHiddenPath } from './hidden-renames.js';
+import { HiddenLinks, HiddenRenames, isHiddenEntry, isHiddenPath } from './hidden-renames.js';
 import type { KernelNames, ShownAttrs } from './kernel-names.js';
 import type { ClosedFile, NativeCreated } from './native-changes.js';
 import { OpenNames } from './open-names.js';
@@ -131,6 +131,8 @@ export class VolumeOps {
   readonly openNames = new OpenNames();
   /** libfuse's hides of open rename targets (see rename). */
   private readonly hides = new HiddenRenames();
+  /** libfuse's hidden names per file, not counted in the nlink getattr answers. */
+  private readonly hiddenLinks = new HiddenLinks();
   private nextHandle = 1;
   private readonly myUid = process.getuid?.() ?? 0;
   private readonly myGid = process.getgid?.() ?? 0;
@@ -158,7 +160,14 @@ export class VolumeOps {
     this.hides.touched(path);
     const out = this.statOf(path);
     this.kernelNames?.observe(path, out.ino, out.nlink, (out.mode & S_IFMT) === S_IFDIR);
-    return out;
+    return this.shownLinks(out, path);
+  }
+
+  /** The attributes as answered: nlink without libfuse's hidden names (HiddenLinks). */
+  private shownLinks(st: VolumeStat, path: string | null): VolumeStat {
+    if ((st.mode & S_IFMT) === S_IFDIR) return st;
+    const nlink = this.hiddenLinks.shown(st.ino, st.nlink, path);
+    return nlink === st.nlink ? st : { ...st, nlink };
   }
 
   /**
@@ -168,7 +177,7 @@ export class VolumeOps {
   async fgetattr(fh: number, path: string | null): Promise<VolumeStat> {
     if (path !== null) return this.getattr(path);
     const node = this.handle(fh);
-    return this.statOf(fs.fstatSync(node.fd, { bigint: true }));
+    return this.shownLinks(this.statOf(fs.fstatSync(node.fd, { bigint: true })), null);
   }
 
   /** What getattr answers for a volume path: the primary's attributes, cached writes included. */
@@ -258,7 +267,7 @@ export class VolumeOps {
       }
       this.kernelNames?.observe(child, st.ino, st.nlink, (st.mode & S_IFMT) === S_IFDIR);
       names.push(name);
-      stats.push(st);
+      stats.push(this.shownLinks(st, child));
     }
     return { names, stats };
   }
@@ -332,16 +341,18 @@ export class VolumeOps {
    * cache). On the libfuse3 path a file with several names has a kernel inode per name, so an
    * end another name moved can be stale there, and the append overwrote bytes or left a hole
    * (the two-name fsx finding, cause 3 in docs/reliability.md). POSIX puts every write of an
-   * O_APPEND descriptor at the end of the file: such a WRITE of a file with several known
-   * names is written at twinfs's own end of the file instead (`appendAt`), and the name it came
-   * through, whose pages hold the bytes at the kernel's offset, is invalidated once its WRITEs
-   * are answered (`appendsOffEnd` counts them). Page write-backs are never moved (their
-   * offset is the page's). The flags are the open's: an O_APPEND set or cleared later with
-   * fcntl(F_SETFL) is not seen here (libfuse has the WRITE's own flags; fuse-native does not
-   * pass them).
+   * O_APPEND descriptor at the end of the file: every such WRITE is written at twinfs's own
+   * end of the file instead (`appendAt`; it was only for files with several names the kernel
+   * knew, and a name made while the file was open, or the libfuse2 path, which records none,
+   * still overwrote: bench/handle-diff.py), and the name it came through, whose pages hold the
+   * bytes at the kernel's offset, is invalidated once its WRITEs are answered (`appendsOffEnd`
+   * counts them). Page write-backs are never moved (their offset is the page's). The flags are
+   * the open's or the create's (fuse-native patch level 10 passes the create's): an O_APPEND set
+   * or cleared later with fcntl(F_SETFL) is not seen here (libfuse has the WRITE's own flags;
+   * fuse-native does not pass them).
    */
   private readonly appendHandles = new Set<number>();
-  /** O_APPEND WRITEs of a file with several known names that did not start at its end (moved to it). */
+  /** O_APPEND WRITEs that did not start at the file's end (moved to it). */
   appendsOffEnd = 0;
   /**
    * The end of the file past the appends in flight (moved or not) of a file with several names:
@@ -372,7 +383,7 @@ export class VolumeOps {
     return fh;
   }
 
-  async create(path: string, mode: number, ctx: CallerContext | undefined): Promise<number> {
+  async create(path: string, mode: number, ctx: CallerContext | undefined, flags = 0): Promise<number> {
     const pass = await this.gate.enter(path);
     try {
       await this.sink.beforeChange?.(path);
@@ -385,7 +396,7 @@ export class VolumeOps {
       // The fstat above is the file's size too: one syscall less per create.
       const node = this.cache.adopt(fst.ino, path, fd, true, fst.size);
       await this.sink.apply({ op: 'create', path, mode: fst.mode, uid: fst.uid, gid: fst.gid });
-      return this.newHandle(node, path);
+      return this.appending(this.newHandle(node, path), flags);
     } finally {
       pass.done();
     }
@@ -411,13 +422,12 @@ export class VolumeOps {
     const node = this.handle(fh);
     const data = buf.length === len ? buf : buf.subarray(0, len);
     const names = this.kernelNames;
-    // An append to a file with several names: at the end when the pass is taken (see appendAt).
-    const append =
-      !writepage &&
-      this.appendHandles.size > 0 &&
-      this.appendHandles.has(fh) &&
-      names !== undefined &&
-      names.namesOf(node.ino).length > 0;
+    // An append: at the file's end when the pass is taken (see appendAt). The kernel's offset
+    // is its inode's size for the name the file was opened by; high-level libfuse gives each
+    // name its own inode, so after a change through another name (or one the kernel did not
+    // see: a hard link made while the file was open) that offset is short, whether or not the
+    // kernel has the other names cached (bench/handle-diff.py found it with libfuse2 too).
+    const append = !writepage && this.appendHandles.size > 0 && this.appendHandles.has(fh);
     // The name written through: this WRITE holds its pages locked until answered, so until
     // then no change waits for that name (KernelNames, "never waited for"); noted before the
     // write, which may ask for it to be invalidated after (a moved append).
@@ -746,6 +756,7 @@ export class VolumeOps {
     if (node && keeper !== undefined) node.path = keeper;
     this.kernelNames?.remove(path);
     this.hides.removed(path);
+    if (isHiddenPath(path)) this.hiddenLinks.removed(st.ino);
     this.hiddenGone(path);
     // No name left: nothing of it may be reported from here on (a flush in flight included).
     if (node && st.nlink <= 1) node.nameless = true;
@@ -836,6 +847,7 @@ export class VolumeOps {
     this.stampBehind(path);
     this.kernelNames?.remove(path);
     this.hides.removed(path);
+    if (isHiddenPath(path)) this.hiddenLinks.removed(ino);
     this.hiddenGone(path);
     const node = this.cache.get(ino);
     if (node) node.nameless = true;
@@ -987,6 +999,11 @@ export class VolumeOps {
       this.openNames.renamed(from, to);
       this.kernelNames?.renamed(from, to);
       this.hides.renamed(from, to);
+      if (src && !isDir(src)) {
+        if (isHiddenPath(to)) this.hiddenLinks.added(src.ino);
+        if (isHiddenPath(from)) this.hiddenLinks.removed(src.ino);
+      }
+      if (dest && !isDir(dest) && isHiddenPath(to)) this.hiddenLinks.removed(dest.ino);
       // The replaced file has no name left: nothing of it may be reported from here on (a flush
       // in flight included), or it would land in the mirror's copy of the file renamed over it.
       if (replaced && dest!.nlink <= 1) replaced.nameless = true;

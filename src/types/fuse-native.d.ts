@@ -281,8 +281,11 @@ declare module 'fuse-native' {
        */
       release?(path: string, fh: number, cb: StatusCallback): void;
       releasedir?(path: string, fh: number, cb: StatusCallback): void;
-      /** Create and open. mode includes S_IFREG; the open flags are NOT passed. */
-      create?(path: string, mode: number, cb: HandleCallback): void;
+      /**
+       * Create and open. mode includes S_IFREG. flags (patch level 10): the open flags
+       * (fi->flags), after the callback so that (path, mode, cb) handlers keep working.
+       */
+      create?(path: string, mode: number, cb: HandleCallback, flags?: number): void;
       unlink?(path: string, cb: StatusCallback): void;
       /** No rename flags (RENAME_NOREPLACE / RENAME_EXCHANGE are rejected by the kernel for FUSE2). */
       rename?(src: string, dest: string, cb: StatusCallback): void;

@@ -1,0 +1,106 @@
+#!/usr/bin/env node
+// Handles held open across operations, differential (bench/handle-diff.py says what one stream
+// does): per seed a fresh twinfs server (with its mirror unless --no-mirror), --procs python
+// processes at once, each running its seeded stream of --ops syscalls in lockstep in a plain
+// directory on the primary's filesystem (the oracle) and in the mount; then the server's
+// write-back is flushed and `verify --content` compares the mirror with the primary. Seeds
+// follow one another (--seed, --seed+1, ...) until --minutes have passed. Exit 1 on any
+// mismatch or mirror difference; the failing seed replays alone with --minutes 0.
+//
+//   node bench/handle-diff.mjs --minutes 10
+//   node bench/handle-diff.mjs --seed 12 --minutes 0 --procs 1      replay one seed
+//   node bench/handle-diff.mjs --extra '--write-through'             another configuration
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import {
+  commonOptions,
+  controlClient,
+  installCleanup,
+  log,
+  mkdirs,
+  parseArgs,
+  run,
+  startTwinfs,
+  tempBase,
+} from './lib.mjs';
+
+const SCRIPT = path.join(path.dirname(fileURLToPath(import.meta.url)), 'handle-diff.py');
+const opts = parseArgs(
+  {
+    seed: { default: 1, help: 'first seed (process i of seed s runs stream s * 100 + i)' },
+    minutes: { default: 5, help: 'keep starting seeds until this much time has passed (0: one seed)' },
+    procs: { default: 3, help: 'processes at once per seed' },
+    ops: { default: 1500, help: 'operations per process' },
+    mirror: { default: true, help: 'serve with a mirror (verified after every seed)' },
+    extra: { default: '', help: 'more `twinfs serve` arguments, space-separated' },
+    ...commonOptions('parent of the temporary directories'),
+    'max-load': { default: 100, help: 'wait for the 1-min load to drop below this' },
+    'time-limit': { default: 7200, help: 'abort (and clean up) after this many seconds' },
+  },
+  'node bench/handle-diff.mjs [options]: held handles, differential against a plain directory',
+);
+installCleanup({ timeLimitSec: opts['time-limit'] });
+const until = Date.now() + opts.minutes * 60_000;
+let failed = 0;
+let seeds = 0;
+let opsTotal = 0;
+for (let seed = opts.seed; ; seed++) {
+  seeds++;
+  const base = tempBase(opts.dir);
+  const d = mkdirs(base, 'primary', 'mount', 'state', 'ref');
+  const srv = await startTwinfs({
+    cli: opts.cli || undefined,
+    primary: d.primary,
+    mount: d.mount,
+    mirror: opts.mirror ? path.join(base, 'mirror') : undefined,
+    stateDir: d.state,
+    control: '127.0.0.1:0',
+    extra: opts.extra ? opts.extra.split(/\s+/) : [],
+    verbose: opts.verbose,
+  });
+  const problems = [];
+  try {
+    const procs = Array.from({ length: opts.procs }, async (_, i) => {
+      const ref = path.join(d.ref, `p${i}`);
+      const dir = path.join(d.mount, `p${i}`);
+      fs.mkdirSync(ref);
+      await run('mkdir', [dir], { timeoutMs: 30_000 });
+      const r = await run('python3', [SCRIPT, ref, dir, String(seed * 100 + i), String(opts.ops)], {
+        timeoutMs: 1_800_000,
+        check: false,
+      });
+      if (r.stderr) problems.push(`p${i}: stderr ${r.stderr.slice(0, 2000)}`);
+      try {
+        const rep = JSON.parse(r.stdout);
+        opsTotal += rep.ops;
+        for (const m of rep.mismatches) problems.push(`p${i}: ${JSON.stringify(m)}`);
+      } catch {
+        problems.push(`p${i}: exit ${r.code}, no report: ${r.stdout.slice(0, 500)}`);
+      }
+    });
+    await Promise.all(procs);
+    if (opts.mirror && srv.url) {
+      const c = await controlClient(srv.url, srv.token);
+      try {
+        await c.request('flush');
+        const v = await c.request('verify', { content: true });
+        for (const x of v.differences) problems.push(`mirror: ${JSON.stringify(x)}`);
+        if (!v.ok && !v.differences.length) problems.push(`mirror: verify not ok ${JSON.stringify(v)}`);
+      } finally {
+        await c.close();
+      }
+    }
+  } finally {
+    await srv.stop();
+  }
+  if (problems.length) failed++;
+  log(
+    `seed ${seed}: ${opts.procs} × ${opts.ops} ops, ${problems.length} problem(s)${problems.length ? ` (files in ${base})` : ''}`,
+  );
+  for (const p of problems.slice(0, 20)) log(`    ${p}`);
+  if (!problems.length) fs.rmSync(base, { recursive: true, force: true });
+  if (Date.now() >= until) break;
+}
+log(`${seeds} seeds, ${failed} with problems, ${opsTotal} operations`);
+process.exit(failed ? 1 : 0);

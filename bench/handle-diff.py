@@ -1,0 +1,324 @@
+#!/usr/bin/env python3
+# Differential test of file handles held open across operations (bench/handle-diff.mjs runs it;
+# test/fusefs/handle-diff.test.ts runs a short one). One seeded stream of syscalls runs in
+# lockstep in two directories: REF (a plain directory, the oracle) and TEST (in a twinfs mount).
+# Every result is compared: return values, errno, bytes read, sizes, link counts and modes.
+#
+# What it aims at: files created and written while held open (twinfs answers CREATE, WRITE and
+# RELEASE of such files in libfuse's threads until JavaScript takes the create), several
+# handles of one file (dup, a second open, O_APPEND), writes on both sides of the native
+# write's 128 KiB bound, truncation, renames, hard links and unlinks under open handles, shared
+# mmap writes with and without msync, fsync and fdatasync. The exerciser (bench/exerciser.mjs)
+# opens and closes a file per operation; fsx (test/fusefs/fixtures/fsx.py) holds one file.
+#
+#   python3 bench/handle-diff.py REF TEST SEED OPS
+# Prints one JSON line: {"ops": N, "mismatches": [...]} (at most 20 kept); exit 1 on a mismatch.
+import errno
+import json
+import mmap
+import os
+import random
+import stat
+import sys
+
+ref_dir, test_dir, seed, n_ops = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+rng = random.Random(seed)
+NAMES = ['f%d' % i for i in range(6)]
+MAXLEN = 3 * 1024 * 1024
+mismatches = []
+op_index = 0
+TRACE = os.environ.get('HANDLE_DIFF_TRACE') == '1'  # every step and its results on stderr
+
+
+class Handle:
+    def __init__(self, name, flags, fds):
+        self.name, self.flags, self.fds = name, flags, fds
+
+
+handles = []
+
+
+def call(fn, *args):
+    """(ok, value) or ('err', errno name)."""
+    try:
+        return ('ok', fn(*args))
+    except OSError as e:
+        return ('err', errno.errorcode.get(e.errno, str(e.errno)))
+
+
+def both(what, fn_ref, fn_test, norm=lambda v: v):
+    """Runs the step in REF, then in TEST; compares the results. Returns (ref, test) raw."""
+    r = call(fn_ref)
+    t = call(fn_test)
+    rn = (r[0], norm(r[1])) if r[0] == 'ok' else r
+    tn = (t[0], norm(t[1])) if t[0] == 'ok' else t
+    if rn != tn:
+        mismatch(what, rn, tn)
+    if TRACE:
+        sys.stderr.write('%d %s: %s%s\n' % (op_index, what, short(rn)[:120], '' if rn == tn else ' GOT ' + short(tn)[:120]))
+    return r, t
+
+
+def mismatch(what, want, got):
+    if len(mismatches) < 20:
+        mismatches.append({'op': op_index, 'seed': seed, 'what': what, 'want': short(want), 'got': short(got)})
+
+
+def short(v):
+    s = repr(v)
+    return s if len(s) < 300 else s[:300] + '...'
+
+
+def st_norm(st):
+    return (st.st_size, st.st_nlink, stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode))
+
+
+def paths(name):
+    return os.path.join(ref_dir, name), os.path.join(test_dir, name)
+
+
+def data(n):
+    return rng.randbytes(n)
+
+
+def io_size():
+    k = rng.random()
+    if k < 0.55:
+        return rng.randint(1, 4096)
+    if k < 0.85:
+        return rng.randint(4097, 120 * 1024)
+    if k < 0.97:
+        return rng.randint(120 * 1024, 300 * 1024)  # around the native write's 128 KiB bound
+    return rng.randint(300 * 1024, 1100 * 1024)
+
+
+def existing():
+    return [n for n in NAMES if os.path.lexists(os.path.join(ref_dir, n))]
+
+
+def pick_handle(writable=None):
+    hs = [h for h in handles if writable is None or ((h.flags & os.O_ACCMODE) != os.O_RDONLY) == writable]
+    return rng.choice(hs) if hs else None
+
+
+def ref_size(h):
+    return os.fstat(h.fds[0]).st_size
+
+
+def op_create():
+    name = rng.choice(NAMES)
+    acc = rng.choice([os.O_WRONLY, os.O_RDWR, os.O_RDWR])
+    flags = acc | os.O_CREAT
+    if rng.random() < 0.5:
+        flags |= os.O_EXCL
+    if rng.random() < 0.2:
+        flags |= os.O_APPEND
+    if rng.random() < 0.2:
+        flags |= os.O_TRUNC
+    mode = rng.choice([0o644, 0o600, 0o640, 0o664])
+    pr, pt = paths(name)
+    r, t = both('create %s %o' % (name, flags), lambda: os.open(pr, flags, mode), lambda: os.open(pt, flags, mode), lambda v: 'fd')
+    keep(name, flags, r, t)
+
+
+def op_open():
+    names = existing()
+    if not names:
+        return op_create()
+    name = rng.choice(names)
+    flags = rng.choice([os.O_RDONLY, os.O_WRONLY, os.O_RDWR])
+    if flags != os.O_RDONLY and rng.random() < 0.2:
+        flags |= os.O_APPEND
+    if flags != os.O_RDONLY and rng.random() < 0.1:
+        flags |= os.O_TRUNC
+    pr, pt = paths(name)
+    r, t = both('open %s %o' % (name, flags), lambda: os.open(pr, flags), lambda: os.open(pt, flags), lambda v: 'fd')
+    keep(name, flags, r, t)
+
+
+def keep(name, flags, r, t):
+    if r[0] == 'ok' and t[0] == 'ok':
+        handles.append(Handle(name, flags, (r[1], t[1])))
+    else:
+        for x in (r, t):
+            if x[0] == 'ok':
+                os.close(x[1])
+
+
+def op_write():
+    h = pick_handle(True)
+    if not h:
+        return op_create()
+    b = data(io_size())
+    both('write %s (%o, fd %d) len %d' % (h.name, h.flags, h.fds[1], len(b)), lambda: os.write(h.fds[0], b), lambda: os.write(h.fds[1], b))
+
+
+def op_pwrite():
+    h = pick_handle(True)
+    if not h:
+        return op_create()
+    size = ref_size(h)
+    off = rng.randint(0, min(size + 65536, MAXLEN))
+    b = data(min(io_size(), MAXLEN - off + 1))
+    both('pwrite %s (%o, fd %d) %d+%d' % (h.name, h.flags, h.fds[1], off, len(b)), lambda: os.pwrite(h.fds[0], b, off), lambda: os.pwrite(h.fds[1], b, off))
+
+
+def op_pread():
+    h = pick_handle()
+    if not h:
+        return op_open()
+    size = ref_size(h)
+    off = rng.randint(0, size + 100)
+    n = rng.randint(1, 300 * 1024)
+    both('pread %s %d+%d' % (h.name, off, n), lambda: os.pread(h.fds[0], n, off), lambda: os.pread(h.fds[1], n, off))
+
+
+def op_read():
+    h = pick_handle()
+    if not h:
+        return op_open()
+    n = rng.randint(1, 200 * 1024)
+    both('read %s %d' % (h.name, n), lambda: os.read(h.fds[0], n), lambda: os.read(h.fds[1], n))
+
+
+def op_seek():
+    h = pick_handle()
+    if not h:
+        return op_open()
+    whence = rng.choice([os.SEEK_SET, os.SEEK_END, os.SEEK_CUR])
+    off = rng.randint(0, 8192) if whence != os.SEEK_END else -rng.randint(0, 100)
+    both('lseek %s %d %d' % (h.name, off, whence), lambda: os.lseek(h.fds[0], off, whence), lambda: os.lseek(h.fds[1], off, whence))
+
+
+def op_fstat():
+    h = pick_handle()
+    if not h:
+        return op_open()
+    both('fstat %s' % h.name, lambda: os.fstat(h.fds[0]), lambda: os.fstat(h.fds[1]), st_norm)
+
+
+def op_stat():
+    name = rng.choice(NAMES)
+    pr, pt = paths(name)
+    both('lstat %s' % name, lambda: os.lstat(pr), lambda: os.lstat(pt), st_norm)
+
+
+def op_ftruncate():
+    h = pick_handle(True)
+    if not h:
+        return op_create()
+    size = ref_size(h)
+    n = rng.choice([0, rng.randint(0, size + 1), rng.randint(0, size + 200000)])
+    both('ftruncate %s %d' % (h.name, n), lambda: os.ftruncate(h.fds[0], n), lambda: os.ftruncate(h.fds[1], n))
+
+
+def op_sync():
+    h = pick_handle()
+    if not h:
+        return op_open()
+    fn = rng.choice([os.fsync, os.fdatasync])
+    both('%s %s' % (fn.__name__, h.name), lambda: fn(h.fds[0]), lambda: fn(h.fds[1]))
+
+
+def op_close():
+    if not handles:
+        return op_create()
+    h = handles.pop(rng.randrange(len(handles)))
+    both('close %s' % h.name, lambda: os.close(h.fds[0]), lambda: os.close(h.fds[1]))
+
+
+def op_dup():
+    h = pick_handle()
+    if not h:
+        return op_open()
+    r, t = both('dup %s' % h.name, lambda: os.dup(h.fds[0]), lambda: os.dup(h.fds[1]), lambda v: 'fd')
+    keep(h.name, h.flags, r, t)
+
+
+def op_rename():
+    a, b = rng.choice(NAMES), rng.choice(NAMES)
+    (ar, at), (br, bt) = paths(a), paths(b)
+    both('rename %s %s' % (a, b), lambda: os.rename(ar, br), lambda: os.rename(at, bt))
+
+
+def op_link():
+    a, b = rng.choice(NAMES), rng.choice(NAMES)
+    (ar, at), (br, bt) = paths(a), paths(b)
+    both('link %s %s' % (a, b), lambda: os.link(ar, br), lambda: os.link(at, bt))
+
+
+def op_unlink():
+    a = rng.choice(NAMES)
+    ar, at = paths(a)
+    both('unlink %s' % a, lambda: os.unlink(ar), lambda: os.unlink(at))
+
+
+def op_chmod():
+    h = pick_handle()
+    if not h:
+        return op_open()
+    mode = rng.choice([0o644, 0o600, 0o640, 0o444, 0o755])
+    both('fchmod %s %o' % (h.name, mode), lambda: os.fchmod(h.fds[0], mode), lambda: os.fchmod(h.fds[1], mode))
+
+
+def op_mmap():
+    hs = [h for h in handles if (h.flags & os.O_ACCMODE) == os.O_RDWR and not h.flags & os.O_APPEND]
+    if not hs:
+        return op_create()
+    h = rng.choice(hs)
+    size = ref_size(h)
+    if size == 0 or os.fstat(h.fds[1]).st_size != size:
+        return op_fstat()
+    off = rng.randint(0, size - 1)
+    b = data(min(rng.randint(1, 64 * 1024), size - off))
+    sync = rng.random() < 0.5
+
+    def w(fd):
+        m = mmap.mmap(fd, size)
+        try:
+            m[off:off + len(b)] = b
+            if sync:
+                m.flush()
+        finally:
+            m.close()
+        return len(b)
+
+    both('mmap %s %d+%d%s' % (h.name, off, len(b), ' msync' if sync else ''), lambda: w(h.fds[0]), lambda: w(h.fds[1]))
+
+
+def op_read_name():
+    """A fresh open by name, read whole, closed: what another program sees."""
+    name = rng.choice(NAMES)
+    pr, pt = paths(name)
+
+    def whole(p):
+        with open(p, 'rb') as f:
+            return f.read()
+
+    both('read whole %s' % name, lambda: whole(pr), lambda: whole(pt))
+
+
+OPS = [
+    (op_create, 10), (op_open, 6), (op_write, 18), (op_pwrite, 12), (op_pread, 8), (op_read, 4),
+    (op_seek, 3), (op_fstat, 8), (op_stat, 6), (op_ftruncate, 4), (op_sync, 3), (op_close, 10),
+    (op_dup, 2), (op_rename, 3), (op_link, 3), (op_unlink, 4), (op_chmod, 2), (op_mmap, 3),
+    (op_read_name, 6),
+]
+FNS = [f for f, w in OPS for _ in range(w)]
+
+for op_index in range(n_ops):
+    rng.choice(FNS)()
+    if len(handles) > 12:
+        op_close()
+
+while handles:
+    op_close()
+for name in NAMES:
+    op_index += 1
+    pr, pt = paths(name)
+    both('final lstat %s' % name, lambda: os.lstat(pr), lambda: os.lstat(pt), st_norm)
+    if os.path.lexists(pr):
+        both('final content %s' % name, lambda: open(pr, 'rb').read(), lambda: open(pt, 'rb').read())
+
+print(json.dumps({'ops': n_ops, 'seed': seed, 'mismatches': mismatches}))
+sys.exit(1 if mismatches else 0)
