@@ -130,8 +130,14 @@ export function createFuseHandlers(ops: VolumeOps, opts: AdapterOptions): Record
     },
     link: (from: string, path: string, cb: Cb) =>
       tryCall('link', cb, () => ops.link(from, path), status('link', cb)),
-    rename: (from: string, to: string, cb: Cb) =>
-      tryCall('rename', cb, () => ops.rename(from, to), status('rename', cb)),
+    // followsHide (patch level 10): 1 when libfuse hid `to` in this same request, 0 when not.
+    rename: (from: string, to: string, cb: Cb, followsHide?: number) =>
+      tryCall(
+        'rename',
+        cb,
+        () => ops.rename(from, to, followsHide === 0 || followsHide === 1 ? followsHide === 1 : undefined),
+        status('rename', cb),
+      ),
     chmod: (path: string, mode: number, cb: Cb) =>
       tryCall('chmod', cb, () => ops.chmod(path, mode), status('chmod', cb)),
     chown: (path: string, uid: number, gid: number, cb: Cb) =>

@@ -951,9 +951,15 @@ export class VolumeOps {
     await this.sink.apply({ op: 'link', path, from });
   }
 
-  async rename(from: string, to: string): Promise<void> {
+  /**
+   * followsHide: whether libfuse hid `to` in this same request (fuse-native patch level 10 can
+   * tell); undefined when not known, and then a hide of `to` not followed by any lookup or
+   * change of it counts as this request's.
+   */
+  async rename(from: string, to: string, followsHide?: boolean): Promise<void> {
     // Taken before the passes: a hide of `to` counts only as the step just before this one.
-    const hiddenAs = this.hides.take(to);
+    const hidden = this.hides.take(to);
+    const hiddenAs = followsHide === false ? undefined : hidden;
     await this.guarded([from, to], async () => {
       const src = this.lstatIfAny(from);
       const dest = this.lstatIfAny(to);

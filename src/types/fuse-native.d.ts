@@ -288,7 +288,11 @@ declare module 'fuse-native' {
       create?(path: string, mode: number, cb: HandleCallback, flags?: number): void;
       unlink?(path: string, cb: StatusCallback): void;
       /** No rename flags (RENAME_NOREPLACE / RENAME_EXCHANGE are rejected by the kernel for FUSE2). */
-      rename?(src: string, dest: string, cb: StatusCallback): void;
+      /**
+       * followsHide (patch level 10), after the callback: 1 when libfuse hid dest (an open
+       * file) just before, in this same request; 0 when not; 2 when the build cannot tell.
+       */
+      rename?(src: string, dest: string, cb: StatusCallback, followsHide?: number): void;
       /** Hard link: src is the existing path, dest the new one. */
       link?(src: string, dest: string, cb: StatusCallback): void;
       /** target: the link's content (any string); path: the new symlink inside the FS. */
