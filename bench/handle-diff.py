@@ -8,7 +8,9 @@
 # RELEASE of such files in libfuse's threads until JavaScript takes the create), several
 # handles of one file (dup, a second open, O_APPEND), writes on both sides of the native
 # write's 128 KiB bound, truncation, renames, hard links and unlinks under open handles, shared
-# mmap writes with and without msync, fsync and fdatasync. The exerciser (bench/exerciser.mjs)
+# mmap writes with and without msync, mmap reads, fsync and fdatasync, truncate by name,
+# copy_file_range. (Not fallocate: twinfs answers EOPNOTSUPP, and glibc's posix_fallocate
+# emulation then says EBADF for a descriptor not open for reading and writing.) The exerciser (bench/exerciser.mjs)
 # opens and closes a file per operation; fsx (test/fusefs/fixtures/fsx.py) holds one file.
 #
 #   python3 bench/handle-diff.py REF TEST SEED OPS
@@ -313,6 +315,66 @@ def op_mmap():
     both('mmap %s %d+%d%s' % (h.name, off, len(b), ' msync' if sync else ''), lambda: w(h.fds[0]), lambda: w(h.fds[1]))
 
 
+def op_truncate_name():
+    """truncate(2) by name while handles of the file may be open (and hold cached writes)."""
+    name = rng.choice(NAMES)
+    pr, pt = paths(name)
+    n = rng.choice([0, rng.randint(0, 400000)])
+    both('truncate %s %d' % (name, n), lambda: os.truncate(pr, n), lambda: os.truncate(pt, n))
+
+
+def op_copy_range():
+    """copy_file_range(2) between two handles (the same file or two)."""
+    src = pick_handle()
+    dst = pick_handle(True)
+    if not src or not dst or dst.flags & os.O_APPEND or (src.flags & os.O_ACCMODE) == os.O_WRONLY:
+        return op_pwrite()
+    # Not between files with other names or descriptions: the kernel copies through the page
+    # cache of the source's inode of that name, up to its size there, which another name can
+    # have left stale, and checks overlap per kernel inode (docs/reliability.md, item 5).
+    if src.desc.shared or dst.desc.shared:
+        return op_pwrite()
+    size = ref_size(src)
+    off_in = rng.randint(0, size + 10)
+    off_out = rng.randint(0, ref_size(dst) + 1000)
+    n = rng.randint(1, 150000)
+
+    def copy(fd_in, fd_out):
+        # As callers do: a copy may be short (the kernel's fallback copies in pieces), so
+        # call again until all is copied or the source ends.
+        done = 0
+        while done < n:
+            k = os.copy_file_range(fd_in, fd_out, n - done, off_in + done, off_out + done)
+            if k == 0:
+                break
+            done += k
+        return done
+
+    both('copy_file_range %s -> %s %d+%d @%d' % (src.name, dst.name, off_in, n, off_out),
+         lambda: copy(src.fds[0], dst.fds[0]), lambda: copy(src.fds[1], dst.fds[1]))
+
+
+def op_mmap_read():
+    """Reads through a shared read mapping: what the page cache holds for the file."""
+    h = pick_handle()
+    if not h or (h.flags & os.O_ACCMODE) == os.O_WRONLY:
+        return op_open()
+    size = ref_size(h)
+    if size == 0 or os.fstat(h.fds[1]).st_size != size:
+        return op_fstat()
+    off = rng.randint(0, size - 1)
+    n = min(rng.randint(1, 64 * 1024), size - off)
+
+    def r(fd):
+        m = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+        try:
+            return m[off:off + n]
+        finally:
+            m.close()
+
+    both('mmap read %s %d+%d' % (h.name, off, n), lambda: r(h.fds[0]), lambda: r(h.fds[1]))
+
+
 def op_read_name():
     """A fresh open by name, read whole, closed: what another program sees."""
     name = rng.choice(NAMES)
@@ -329,7 +391,7 @@ OPS = [
     (op_create, 10), (op_open, 6), (op_write, 18), (op_pwrite, 12), (op_pread, 8), (op_read, 4),
     (op_seek, 3), (op_fstat, 8), (op_stat, 6), (op_ftruncate, 4), (op_sync, 3), (op_close, 10),
     (op_dup, 2), (op_rename, 3), (op_link, 3), (op_unlink, 4), (op_chmod, 2), (op_mmap, 3),
-    (op_read_name, 6),
+    (op_read_name, 6), (op_truncate_name, 2), (op_copy_range, 2), (op_mmap_read, 2),
 ]
 FNS = [f for f, w in OPS for _ in range(w)]
 
