@@ -42,8 +42,10 @@ for (const fuse of ['3', '2'])
         const dir = path.join(fx.mnt, `p${i}`);
         await fsp.mkdir(ref);
         await sh(`mkdir '${dir}'`, { timeoutMs: 30_000 });
+        // libfuse2: no hard links (its names go stale through one another, a known limit).
+        const links = fuse === '3' ? '' : 'HANDLE_DIFF_LINKS=0 ';
         const r = await sh(
-          `${PYTHON} '${SCRIPT}' '${ref}' '${dir}' ${(fuse === '3' ? 1000 : 2000) + i} ${OPS}`,
+          `${links}${PYTHON} '${SCRIPT}' '${ref}' '${dir}' ${(fuse === '3' ? 1000 : 2000) + i} ${OPS}`,
           {
             timeoutMs: 200_000,
           },
