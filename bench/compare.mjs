@@ -16,7 +16,8 @@
 // passes per rep, each a sample of the median), bench/worker.mjs
 // meta on --files files, and bench/worker.mjs walk (readdir + lstat of a tree of --files files at
 // rest, twice, 1.1 s apart). --bare adds the primary directory itself as a target (no server).
-// --workloads picks some of seq,small,read,meta,walk,tools; tools (not in the default) runs
+// --workloads picks some of seq,small,read,meta,walk,tools,append; append (not in the default)
+// times 10 × --files 100-byte O_APPEND writes to one new file (a log); tools (not in the default) runs
 // `find . -ls`, `ls -lR` and `git status` on a git checkout of --tools-files files (100 per
 // directory, committed, at rest): each after a drop of the kernel's caches (pass 1) and again
 // 1.1 s later (pass 2, past bindfs's 1 s timeouts).
@@ -65,7 +66,10 @@ const opts = parseArgs(
     'max-load': { default: 1.5, help: 'wait (up to --wait-quiet s) for the 1-min load to drop below this' },
     'wait-quiet': { default: 120, help: 'longest wait for a quiet machine, s' },
     'time-limit': { default: 1200, help: 'abort (and clean up) after this many seconds' },
-    workloads: { default: 'seq,small,read,meta,walk', help: 'comma list of seq,small,read,meta,walk,tools' },
+    workloads: {
+      default: 'seq,small,read,meta,walk',
+      help: 'comma list of seq,small,read,meta,walk,tools,append',
+    },
     'tools-files': { default: 10000, help: 'files in the tools workload (find, ls -lR, git status)' },
   },
   'node bench/compare.mjs --variant NAME[|CLI[|ARGS[|ENV=V ...]]] ... [options]',
@@ -94,7 +98,7 @@ const SMALL = opts['small-mb'];
 const FILES = opts.files;
 const WANT = new Set(String(opts.workloads).split(','));
 for (const w of WANT)
-  if (!['seq', 'small', 'read', 'meta', 'walk', 'tools'].includes(w))
+  if (!['seq', 'small', 'read', 'meta', 'walk', 'tools', 'append'].includes(w))
     throw new Error(`unknown workload ${w}`);
 const TOOLS = [
   ['find', 'find', ['.', '-ls']],
@@ -163,6 +167,13 @@ for (let rep = 0; rep < opts.reps; rep++) {
       add(t, 'metacpu', ((cpuSeconds(pid) - c) * 1e6) / FILES);
       add(t, 'metaflt', (minorFaults(pid) - f) / FILES);
       await run('rm', ['-rf', `${m}/cmp-meta`]);
+    }
+    if (WANT.has('append')) {
+      c = cpuSeconds(pid);
+      const ap = await worker('append', ['--file', `${m}/cmp-append`, '--n', String(FILES * 10)]);
+      add(t, 'append', (FILES * 10) / (ap.ms / 1000));
+      add(t, 'appendcpu', ((cpuSeconds(pid) - c) * 1e6) / (FILES * 10));
+      await run('rm', ['-f', `${m}/cmp-append`]);
     }
     if (WANT.has('walk')) {
       await run('mkdir', ['-p', `${m}/cmp-tree`]);
@@ -248,6 +259,8 @@ const COLS = [
   ['meta', 'unlink/s', 'unlink', 0],
   ['meta', 'µs CPU/file', 'metacpu', 0],
   ['meta', 'faults/file', 'metaflt', 2],
+  ['append', 'appends/s (100 B, O_APPEND)', 'append', 0],
+  ['append', 'µs CPU/append', 'appendcpu', 0],
   ['walk', 'walk 1 entries/s', 'walk1', 0],
   ['walk', 'walk 2 entries/s', 'walk2', 0],
   ['walk', 'µs CPU/entry walk 1', 'walk1cpu', 1],

@@ -22,6 +22,9 @@
 //   node bench/worker.mjs write-fsync --file F --n N
 //       N times: a 4 KiB write at one of 64 offsets of F (created), then fsync; prints the
 //       mean fsync time (ms): what an fsync of a little cached data costs.
+//   node bench/worker.mjs append --file F --n N [--size B]
+//       a log's writes: F opened O_WRONLY|O_APPEND|O_CREAT, N writes of B bytes (default 100),
+//       closed; prints the time of the writes (ms).
 import * as fs from 'node:fs';
 
 const [mode, ...rest] = process.argv.slice(2);
@@ -55,6 +58,15 @@ if (mode === 'meta') {
   for (const f of names) fs.unlinkSync(f);
   const unlinkMs = now() - t;
   process.stdout.write(`${JSON.stringify({ n, size, createMs, statMs, unlinkMs })}\n`);
+} else if (mode === 'append') {
+  const n = Number(a.n ?? 10000);
+  const data = Buffer.alloc(Number(a.size ?? 100), 0x6c);
+  const fd = fs.openSync(a.file, fs.constants.O_WRONLY | fs.constants.O_APPEND | fs.constants.O_CREAT, 0o644);
+  const t = now();
+  for (let i = 0; i < n; i++) fs.writeSync(fd, data);
+  const ms = now() - t;
+  fs.closeSync(fd);
+  process.stdout.write(`${JSON.stringify({ n, size: data.length, ms })}\n`);
 } else if (mode === 'files') {
   // One phase of meta on its own (bench/create-unlink.mjs): --op create (O_CREAT|O_EXCL, --size
   // bytes, close), stat or unlink, of --n files f0.. in --dir.
