@@ -10,7 +10,7 @@
 //   node bench/handle-diff.mjs --minutes 10
 //   node bench/handle-diff.mjs --seed 12 --minutes 0 --procs 1      replay one seed
 //   node bench/handle-diff.mjs --extra '--write-through'             another configuration
-//   node bench/handle-diff.mjs --extra '--fuse 2' --links false      libfuse2 (no hard links)
+//   node bench/handle-diff.mjs --extra '--fuse 2' --links=false      libfuse2 (no hard links)
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -36,7 +36,7 @@ const opts = parseArgs(
     mirror: { default: true, help: 'serve with a mirror (verified after every seed)' },
     links: {
       default: true,
-      help: 'streams make hard links (--links false for --extra "--fuse 2": its names go stale, a known limit)',
+      help: 'streams make hard links (--links=false for --extra "--fuse 2": its names go stale, a known limit)',
     },
     extra: { default: '', help: 'more `twinfs serve` arguments, space-separated' },
     ...commonOptions('parent of the temporary directories'),

@@ -436,6 +436,8 @@ export class WritebackCache {
       if (!node.nameless) await this.sink.beforeChange?.(node.path);
       node.contentChanged();
       this.release(node.dirty.truncate(size));
+      // Nothing cached left: off the flusher's queue, as after a write-back (flushLocked).
+      if (node.dirty.isEmpty) node.firstDirtyAt = 0;
       try {
         if (this.beforePrimaryTruncate) await this.beforePrimaryTruncate(node);
         try {
@@ -780,10 +782,17 @@ export class WritebackCache {
     this.dirtyOrder.add(node);
   }
 
-  /** Keeps a queued node that still has data to write back; drops it from the queue if not. */
+  /**
+   * Keeps a queued node that still has data to write back; drops it from the queue if not. A
+   * dropped node is marked clean for the queue (firstDirtyAt 0), so that its next cached write
+   * queues it again: left non-zero (a truncate that cut all its cached data, before the fix),
+   * the file's later writes were never written back in the background, and once they filled the
+   * cache every writer waited for room for good (bench/handle-diff.py with --cache-mb 1).
+   */
   private stillDirty(n: FileNode): boolean {
     if (!n.dirty.isEmpty && !n.dead && n.firstDirtyAt !== 0 && this.nodes.get(n.ino) === n) return true;
     this.dirtyOrder.delete(n);
+    n.firstDirtyAt = 0;
     return false;
   }
 
