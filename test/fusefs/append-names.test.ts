@@ -15,6 +15,17 @@ import { mountFixture, type PosixFixture, pyIn } from '../helpers/posix.js';
 // cannot be provoked on purpose).
 const DELAY_MS = 6000;
 
+/** Python: a file's content as runs of equal bytes ([byte, count] pairs). */
+const RUNS = `def runs(data):
+    r = []
+    for c in data:
+        if r and r[-1][0] == chr(c):
+            r[-1][1] += 1
+        else:
+            r.append([chr(c), 1])
+    return r
+`;
+
 // a: 1000 bytes of 'a', b another name, its size cached by the kernel; an O_APPEND descriptor
 // of b opened before a grows by 500 bytes of 'x'; then 100 bytes of 'B' appended through b.
 // Printed: the file's content as runs of equal bytes through a and through b (whose pages were
@@ -39,15 +50,7 @@ appended = time.monotonic() - t
 os.close(fa)
 os.close(fb)
 time.sleep(${DELAY_MS} / 1000 + 1)
-def runs(data):
-    r = []
-    for c in data:
-        if r and r[-1][0] == chr(c):
-            r[-1][1] += 1
-        else:
-            r.append([chr(c), 1])
-    return r
-with open('a', 'rb') as f:
+${RUNS}with open('a', 'rb') as f:
     a = runs(f.read())
 b = runs(os.pread(rb, 4096, 0))
 os.close(rb)
@@ -93,15 +96,7 @@ describe('O_APPEND through one name of a file with several names (libfuse3)', ()
 // directory (the oracle).
 const CREATED = `
 import json, os
-def runs(data):
-    r = []
-    for c in data:
-        if r and r[-1][0] == chr(c):
-            r[-1][1] += 1
-        else:
-            r.append([chr(c), 1])
-    return r
-fa = os.open('c', os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_APPEND, 0o644)
+${RUNS}fa = os.open('c', os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_APPEND, 0o644)
 os.write(fa, b'1' * 100)
 os.link('c', 'd')
 fb = os.open('d', os.O_WRONLY)
