@@ -403,14 +403,12 @@ FNS = [f for f, w in OPS for _ in range(w)]
 
 def note_shared():
     """Marks descriptions whose file has another name or another description now (see Desc)."""
+    stats = [(h, os.fstat(h.fds[0])) for h in handles]
     by_ino = {}
-    for h in handles:
-        st = os.fstat(h.fds[0])
+    for h, st in stats:
         by_ino.setdefault(st.st_ino, set()).add(id(h.desc))
-        if st.st_nlink != 1:
-            h.desc.shared = True
-    for h in handles:
-        if len(by_ino[os.fstat(h.fds[0]).st_ino]) > 1:
+    for h, st in stats:
+        if st.st_nlink != 1 or len(by_ino[st.st_ino]) > 1:
             h.desc.shared = True
 
 

@@ -436,8 +436,6 @@ export class WritebackCache {
       if (!node.nameless) await this.sink.beforeChange?.(node.path);
       node.contentChanged();
       this.release(node.dirty.truncate(size));
-      // Nothing cached left: off the flusher's queue, as after a write-back (flushLocked).
-      if (node.dirty.isEmpty) node.firstDirtyAt = 0;
       try {
         if (this.beforePrimaryTruncate) await this.beforePrimaryTruncate(node);
         try {
@@ -785,7 +783,7 @@ export class WritebackCache {
   /**
    * Keeps a queued node that still has data to write back; drops it from the queue if not. A
    * dropped node is marked clean for the queue (firstDirtyAt 0), so that its next cached write
-   * queues it again: left non-zero (a truncate that cut all its cached data, before the fix),
+   * queues it again, whatever emptied it: left non-zero (a truncate that cut all its cached data),
    * the file's later writes were never written back in the background, and once they filled the
    * cache every writer waited for room for good (bench/handle-diff.py with --cache-mb 1).
    */
