@@ -1,5 +1,6 @@
 import * as fs from 'node:fs';
 import { createRequire } from 'node:module';
+import * as nodePath from 'node:path';
 import { TwinError } from '../common/errors.js';
 import { Emitter } from '../common/event.js';
 import { DisposableStore, toDisposable } from '../common/lifecycle.js';
@@ -102,6 +103,8 @@ export interface TwinFsStatus {
     recordedAttrs?: number;
     /** Directories invalidated because libfuse removed a hidden file in them (cached listings). */
     listings?: number;
+    /** Hidden names removed from files with other names, none of which was invalidated for it. */
+    hiddenNamesRemoved?: number;
     /** Listings the kernel read from twinfs (READDIR/READDIRPLUS; an unchanged directory is listed from the kernel's cache). */
     readdirs?: number;
     /** O_APPEND WRITEs of a file with several names that did not start at its end, moved to it (VolumeOps.appendAt). */
@@ -267,6 +270,8 @@ export class TwinFs {
       this.store.add(this.cache.onDidFailWriteback((e) => names.writeBackFailed(e.ino, e.path)));
       const path = process.env.TWINFS_TEST_WRITEBACK_IN_GETATTR;
       if (path) this.writeBackInGetattr(path);
+      const hiddenGone = process.env.TWINFS_TEST_HIDDEN_GONE_IN_GETATTR;
+      if (hiddenGone) this.hiddenGoneInGetattr(hiddenGone);
     }
   }
 
@@ -288,6 +293,36 @@ export class TwinFs {
         for (;;) {
           const lane = this.fuse?.invalidateStats?.().lanes?.background;
           if (!lane || lane.done >= lane.queued || Date.now() > until) break;
+          await new Promise((r) => setTimeout(r, 5));
+        }
+      }
+      return inner(p);
+    };
+  }
+
+  /**
+   * Test only: TWINFS_TEST_HIDDEN_GONE_IN_GETATTR=PATH[,PATH...]. A getattr of PATH that reaches
+   * JS first waits (at most 5 s) until libfuse has removed every hidden name (`.fuse_hidden…`)
+   * in PATH's directory and both invalidation lanes have processed what they were given, then
+   * answers: whatever that removal sends the kernel is processed while the kernel's GETATTR of
+   * PATH is in flight, as it can happen when a close(2) of another name's last descriptor is
+   * followed by a read (test/fusefs/hidden-gone-getattr.test.ts).
+   */
+  private hiddenGoneInGetattr(list: string): void {
+    const ops = this.ops;
+    const inner = ops.getattr.bind(ops);
+    const paths = new Set(list.split(','));
+    const dirOf = (p: string) => nodePath.join(this.primary, nodePath.dirname(p));
+    ops.getattr = async (p: string) => {
+      if (paths.has(p)) {
+        const until = Date.now() + 5000;
+        for (;;) {
+          const hidden = fs.readdirSync(dirOf(p)).some((n) => n.startsWith('.fuse_hidden'));
+          const lanes = this.fuse?.invalidateStats?.().lanes;
+          const drained =
+            !lanes ||
+            (lanes.waited.done >= lanes.waited.queued && lanes.background.done >= lanes.background.queued);
+          if ((!hidden && drained) || Date.now() > until) break;
           await new Promise((r) => setTimeout(r, 5));
         }
       }
@@ -483,6 +518,7 @@ export class TwinFs {
       writeBacksRecordedUnseen,
       recordedAttrs,
       listings,
+      hiddenNamesRemoved,
     } = k.getStats();
     return {
       names,
@@ -495,6 +531,7 @@ export class TwinFs {
       writeBacksRecordedUnseen,
       recordedAttrs,
       listings,
+      hiddenNamesRemoved,
       readdirs: this.ops.readdirs,
       appendsOffEnd: this.ops.appendsOffEnd,
       ...(this.fuse?.invalidateStats?.() ?? { queued: 0, done: 0, sent: 0 }),

@@ -133,6 +133,8 @@ export class KernelNames {
     writeBacksRecorded: 0,
     /** Of those, write-backs of files whose recorded attributes no one had taken: record dropped. */
     writeBacksRecordedUnseen: 0,
+    /** Hidden names removed from files with other names: none of those names invalidated (hiddenNameRemoving). */
+    hiddenNamesRemoved: 0,
   };
   /** See linkAttrsModeFromEnv. */
   linkAttrs: LinkAttrsMode = linkAttrsModeFromEnv();
@@ -406,6 +408,45 @@ export class KernelNames {
   }
 
   /**
+   * A hidden name of this file is about to go (libfuse's unlink of `.fuse_hidden…` at its last
+   * close, or one asked for by name): no name of it is invalidated. Nothing any name shows moves:
+   * nlink is answered without hidden names (HiddenLinks), size, data, mode and times stay; only
+   * the primary's ctime does, which is recorded as after a write-back (`record`): getattr keeps
+   * answering the ctime shown before (recordedAttrs) until the next change through twinfs.
+   *
+   * No invalidation, because nothing orders this one against the program's next request: the
+   * removal runs after close(2) returned (RELEASE is sent behind it), and an invalidation the
+   * kernel processes while a GETATTR of the same inode is in flight makes it drop that reply
+   * (attr_version). A read past the size the inode had cached then goes on with that old size:
+   * a short read through a descriptor of another name of the file (docs/reliability.md, "Handles
+   * held open across operations", item 6).
+   *
+   * `primary`: the primary's own ctime, mtime and st_blocks just before (getattr overlays cached
+   * writes on a record as on those). Returns what to call once the name is gone, with the
+   * primary's ctime then; undefined when
+   * the file is left with one name (JavaScript no longer answers its getattr alone: the libfuse3
+   * build answers a file with one name natively, from the primary, so the record would not hold
+   * everywhere; that one name's kernel inode shows the new ctime once it asks again).
+   */
+  hiddenNameRemoving(ino: number, primary: ShownAttrs): (ctimeAfter: bigint | undefined) => void {
+    this.stats.hiddenNamesRemoved++;
+    const none = () => undefined;
+    if (this.linkAttrs !== 'record' || !this.byIno.has(ino)) return none;
+    const rec = this.recorded.get(ino);
+    // A write-back runs: its end records the primary's ctime then (changedBehind).
+    if (rec !== undefined && rec.primaryCtime === null) return none;
+    // Changed on the primary behind twinfs since: the primary's attributes are shown again.
+    if (rec !== undefined && rec.primaryCtime !== primary.ctime) this.recorded.delete(ino);
+    if (!this.recorded.has(ino)) this.recorded.set(ino, { shown: primary, primaryCtime: null });
+    return (ctimeAfter) => {
+      const r = this.recorded.get(ino);
+      if (r === undefined || r.primaryCtime !== null) return;
+      if (ctimeAfter === undefined) this.recorded.delete(ino);
+      else r.primaryCtime = ctimeAfter;
+    };
+  }
+
+  /**
    * A directory's entries changed with no request of the kernel's behind it (libfuse removed a
    * hidden file at its last close): the kernel may list it from its cache (cache_readdir), so its
    * inode is invalidated, without waiting (the kernel drops the cached listing and attributes).
@@ -474,6 +515,8 @@ export class KernelNames {
     writeBacksOfLinksKept: number;
     writeBacksRecorded: number;
     writeBacksRecordedUnseen: number;
+    /** Hidden names removed without invalidating the file's other names (hiddenNameRemoving). */
+    hiddenNamesRemoved: number;
     /** Files whose attributes getattr answers from a record (`record`). */
     recordedAttrs: number;
   } {

@@ -740,11 +740,14 @@ export class VolumeOps {
   // ---- namespace ----------------------------------------------------------------------------
 
   async unlink(path: string): Promise<void> {
-    await this.guarded([path], () => this.unlinkNow(path));
+    // A hidden name (libfuse's removal at the last close): nothing the kernel shows moves, and no
+    // name is invalidated (KernelNames.hiddenNameRemoving says why).
+    const hidden = this.kernelNames !== undefined && isHiddenPath(path);
+    await this.guarded([path], () => this.unlinkNow(path, hidden), !hidden);
   }
 
   /** unlink(2) on the primary, reported; the caller holds the gate passes (see guarded). */
-  private async unlinkNow(path: string): Promise<void> {
+  private async unlinkNow(path: string, hidden = false): Promise<void> {
     const st = this.paths.at([path], (b) => fs.lstatSync(b));
     const node = (st.mode & S_IFMT) === S_IFREG ? this.cache.get(st.ino) : undefined;
     // Another name keeps the inode alive: its cached data must be reported under a path that
@@ -752,7 +755,19 @@ export class VolumeOps {
     // synchronous step (the data stays cached); with none known, it is written back first.
     const keeper = node?.isDirty && st.nlink > 1 ? this.otherNameNow(node, st, path) : undefined;
     if (node?.isDirty && st.nlink > 1 && keeper === undefined) await this.cache.flush(node);
+    // Taken after any flush above (a write-back moves the primary's ctime).
+    const now =
+      hidden && st.nlink > 1 && (st.mode & S_IFMT) === S_IFREG ? this.paths.at([path], lstatNow) : undefined;
+    // The primary's own attributes: getattr overlays cached writes on a record as on them.
+    const recorded = now
+      ? this.kernelNames?.hiddenNameRemoving(st.ino, {
+          ctime: now.ctimeNs,
+          mtime: now.mtimeNs,
+          blocks: Number(now.blocks),
+        })
+      : undefined;
     this.paths.at([path], (b) => fs.unlinkSync(b));
+    if (recorded) recorded(st.nlink > 2 ? this.ctimeOfOtherName(st.ino, path) : undefined);
     if (node && keeper !== undefined) node.path = keeper;
     this.kernelNames?.remove(path);
     this.hides.removed(path);
@@ -1170,6 +1185,20 @@ export class VolumeOps {
     return undefined;
   }
 
+  /** The primary's ctime of inode ino through a name of it the kernel knows other than `gone`. */
+  private ctimeOfOtherName(ino: number, gone: string): bigint | undefined {
+    for (const name of this.kernelNames?.namesOf(ino) ?? []) {
+      if (name === gone) continue;
+      try {
+        const st = this.paths.at([name], lstatNow);
+        if (Number(st.ino) === ino) return st.ctimeNs;
+      } catch {
+        // Gone meanwhile: try the next.
+      }
+    }
+    return undefined;
+  }
+
   /** A volume path of the primary's inode ino (a walk of the primary), or undefined. */
   private async nameOf(ino: number, dev: number): Promise<string | undefined> {
     const root = this.paths.backing('/');
@@ -1225,7 +1254,8 @@ export class VolumeOps {
   }
 
   /** Runs a namespace change with gate passes for each path it touches. */
-  private async guarded(paths: string[], fn: () => Promise<void>): Promise<void> {
+  /** invalidate: false for a change no name of the file shows (a hidden name's removal). */
+  private async guarded(paths: string[], fn: () => Promise<void>, invalidate = true): Promise<void> {
     // Any change through the volume may give a name a different file or new xattrs: forget
     // before (lookups from now on ask the primary) and after (an answer computed while the
     // change was on its way must not stay).
@@ -1249,7 +1279,7 @@ export class VolumeOps {
     // Invalidated after the passes are done: a freeze that starts meanwhile waits for changes
     // in flight, and its held WRITEs lock pages an invalidation waits for. The caller is
     // answered once the kernel has dropped every name's attributes.
-    if (inos.size > 0) await names?.changed(inos);
+    if (invalidate && inos.size > 0) await names?.changed(inos);
   }
 
   private collectInos(paths: string[], into: Set<number>): void {
