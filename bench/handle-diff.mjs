@@ -39,7 +39,10 @@ const opts = parseArgs(
       default: true,
       help: 'streams make hard links (--links=false for --extra "--fuse 2": its names go stale, a known limit)',
     },
-    dirs: { default: false, help: 'names in subdirectories, directories made, removed and renamed (HANDLE_DIFF_DIRS)' },
+    dirs: {
+      default: false,
+      help: 'names in subdirectories, directories made, removed and renamed (HANDLE_DIFF_DIRS)',
+    },
     extra: { default: '', help: 'more `twinfs serve` arguments, space-separated' },
     ...commonOptions('parent of the temporary directories'),
     'max-load': { default: 100, help: 'wait for the 1-min load to drop below this' },
@@ -77,7 +80,11 @@ for (let seed = opts.seed; ; seed++) {
       const r = await run('python3', [SCRIPT, ref, dir, String(seed * 100 + i), String(opts.ops)], {
         timeoutMs: 1_800_000,
         check: false,
-        env: { ...process.env, HANDLE_DIFF_LINKS: opts.links ? '1' : '0', HANDLE_DIFF_DIRS: opts.dirs ? '1' : '0' },
+        env: {
+          ...process.env,
+          HANDLE_DIFF_LINKS: opts.links ? '1' : '0',
+          HANDLE_DIFF_DIRS: opts.dirs ? '1' : '0',
+        },
       });
       if (r.stderr) problems.push(`p${i}: stderr ${r.stderr.slice(0, 2000)}`);
       try {
@@ -114,6 +121,8 @@ for (let seed = opts.seed; ; seed++) {
 }
 log(
   `${seeds} seeds, ${failed} with problems, ${opsTotal} operations` +
-    (knownTotal ? `; ${knownTotal} ESTALE through descriptors of files whose directory went (a known limit)` : ''),
+    (knownTotal
+      ? `; ${knownTotal} ESTALE through descriptors of files whose directory went (a known limit)`
+      : ''),
 );
 process.exit(failed ? 1 : 0);
