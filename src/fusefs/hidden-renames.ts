@@ -72,14 +72,18 @@ export class HiddenLinks {
 
   /**
    * The nlink to answer for a file with `nlink` names on the primary, asked for through
-   * `path` (null: a handle whose file has no path left, answered as before). Through a hidden
+   * `path` (null: a handle whose file has no path left, see below). Through a hidden
    * name libfuse takes that name off after this, so it is left in (and the answer stays ≥ 1,
    * libfuse's ≥ 0); through another name the answer stays ≥ 1 whatever was counted.
    */
   shown(ino: number, nlink: number, path: string | null): number {
-    const n = this.byIno.size === 0 || path === null ? undefined : this.byIno.get(ino);
+    const n = this.byIno.size === 0 ? undefined : this.byIno.get(ino);
+    // No path: a handle of a hidden node whose directory went (libfuse passes NULL only for a
+    // node without a path). libfuse takes one off for the hidden node, as through its hidden
+    // name: the names the file has left, plus that one.
+    if (path === null) return Math.max(0, nlink - (n ?? 0)) + 1;
     if (n === undefined) return nlink;
-    return Math.max(1, nlink - (isHiddenPath(path!) ? n - 1 : n));
+    return Math.max(1, nlink - (isHiddenPath(path) ? n - 1 : n));
   }
 }
 

@@ -1,0 +1,83 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { mountFixture, type PosixFixture, pyIn } from '../helpers/posix.js';
+
+// docs/reliability.md, "Handles held open across operations", item 9. A file unlinked while open
+// keeps a hidden name in its directory; when that directory is removed (twinfs drops the hidden
+// names so the rmdir succeeds, as on a local filesystem) or renamed over, libfuse's node of the
+// file has no path. The kernel sends GETATTR for fstat(2) and lseek(SEEK_END) without a file
+// handle, and high-level libfuse failed it with ESTALE. The patch (level 11) passes a handle of
+// the node it learnt from READ/WRITE/FLUSH/FSYNC, and twinfs answers by that handle. SETATTR
+// without a handle (fchmod, fchown, futimens) still fails with ESTALE: the contract as it stands.
+const PROGRAM = `
+import errno, json, os
+out = {}
+# A directory removed under an open, unlinked file.
+os.mkdir('d')
+fd = os.open('d/a', os.O_CREAT | os.O_RDWR, 0o644)
+os.write(fd, b'x' * 100)
+os.unlink('d/a')
+os.rmdir('d')
+os.write(fd, b'y' * 50)
+st = os.fstat(fd)
+out['removed'] = {'size': st.st_size, 'nlink': st.st_nlink, 'end': os.lseek(fd, 0, os.SEEK_END),
+                  'data': os.pread(fd, 200, 0) == b'x' * 100 + b'y' * 50}
+try:
+    os.fchmod(fd, 0o600)
+    out['fchmod'] = 'ok'
+except OSError as e:
+    out['fchmod'] = errno.errorcode[e.errno]
+os.ftruncate(fd, 7)
+# The ftruncate's reply is what the kernel caches: nlink 0 there too (patch level 11 said 1).
+st = os.fstat(fd)
+out['truncated'] = [st.st_size, st.st_nlink]
+os.close(fd)
+# A directory renamed over one whose only entry is an open, unlinked file (read-only handle).
+os.mkdir('e')
+with open('e/b', 'wb') as f:
+    f.write(b'z' * 4096)
+rd = os.open('e/b', os.O_RDONLY)
+first = len(os.read(rd, 10))
+os.unlink('e/b')
+os.mkdir('f')
+os.rename('f', 'e')
+st = os.fstat(rd)
+out['renamedOver'] = {'first': first, 'size': st.st_size, 'nlink': st.st_nlink,
+                      'rest': len(os.read(rd, 8192)), 'entries': os.listdir('e')}
+os.close(rd)
+# The same with another name of the file left elsewhere: fstat counts that one.
+os.mkdir('g')
+with open('g/c', 'wb') as f:
+    f.write(b'c' * 10)
+os.link('g/c', 'keep')
+wd = os.open('g/c', os.O_RDWR)
+os.write(wd, b'w')
+os.unlink('g/c')
+os.rmdir('g')
+os.write(wd, b'w')
+out['otherName'] = {'nlink': os.fstat(wd).st_nlink, 'keep': os.stat('keep').st_nlink, 'size': os.fstat(wd).st_size}
+os.close(wd)
+print(json.dumps(out))
+`;
+
+describe('descriptors of files whose directory went (libfuse3)', () => {
+  let fx: PosixFixture;
+  beforeAll(async () => {
+    fx = await mountFixture(['--fuse', '3']);
+  });
+  afterAll(async () => {
+    await fx?.close();
+  });
+
+  it('fstat and lseek(SEEK_END) answer by the handle; fchmod fails with ESTALE', async () => {
+    await pyIn(fx.mnt, "import os; os.mkdir('pl')");
+    const seen = JSON.parse(await pyIn(`${fx.mnt}/pl`, PROGRAM, { timeoutMs: 60_000 }));
+    // Patch level 10: fstat and lseek(SEEK_END) failed with ESTALE here.
+    expect(seen).toEqual({
+      removed: { size: 150, nlink: 0, end: 150, data: true },
+      fchmod: 'ESTALE',
+      truncated: [7, 0],
+      renamedOver: { first: 10, size: 4096, nlink: 0, rest: 4086, entries: [] },
+      otherName: { nlink: 1, keep: 1, size: 10 },
+    });
+  }, 90_000);
+});
