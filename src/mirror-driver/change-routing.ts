@@ -201,6 +201,10 @@ export class ChangeRouter {
         primaryOk = false;
       },
     );
+    // A name an unlink removes, or a rename replaces, may owe its file a copy of the primary's
+    // times (a write through it, noted while it was the file's only name): the file's other
+    // names, as the link index holds them before this change takes the name out, inherit it.
+    const heirs = c.op === 'unlink' || c.op === 'rename' ? this.c.links.otherNames(c.path) : undefined;
     await this.c.links.note(c, this.c.primary, (p) => this.c.nameQueued(p));
     // Tracked: the resync copies the range from the primary, whatever the write left there.
     // (applyAlongside waits for the primary's write on every way out of here.)
@@ -224,8 +228,8 @@ export class ChangeRouter {
       const overCopy = c.op === 'rename' && this.overLinkedName(c.from, c.path);
       if (REPLACING_OPS.has(c.op) && this.c.splits.size > 0) this.moveHeldSourceAside(c.path);
       if (c.op === 'fsync') await this.c.times.sync(c.path);
-      else if (c.op === 'rename') this.c.times.move(c.from, c.path);
-      else if (c.op === 'unlink') this.c.times.drop(c.path);
+      else if (c.op === 'rename') this.c.times.move(c.from, c.path, heirs);
+      else if (c.op === 'unlink') this.c.times.drop(c.path, heirs);
       if (primaryDone === undefined) await this.c.writer.apply(c);
       else {
         const mine = this.c.writer.apply(c).then(

@@ -54,9 +54,21 @@ export class MirrorTimes {
     await this.sync(p);
   }
 
-  /** The entry is gone (unlink): nothing to copy. */
-  drop(p: string): void {
-    this.pending.delete(p);
+  /**
+   * The entry is gone (unlink): nothing to copy under that name. A copy it owed goes to the
+   * file's other names (`heirs`, the link index's): a write through a name, then a link to it,
+   * then its unlink within the 200 ms left the other name with the mirror's own mtime
+   * (bench/handle-diff.mjs seed 9726, a few ms off).
+   */
+  drop(p: string, heirs: readonly string[] = []): void {
+    if (!this.pending.delete(p)) return;
+    this.inherit(heirs);
+  }
+
+  private inherit(heirs: readonly string[]): void {
+    if (heirs.length === 0) return;
+    for (const q of heirs) this.pending.add(q);
+    this.retry();
   }
 
   /** The primary entry's times onto its mirror copy, to the ns (gone from either: nothing to do). */
@@ -125,8 +137,10 @@ export class MirrorTimes {
    * noted after the source would have deleted the moved copy again (stress seed 2809: a file
    * truncated, then renamed over a file written just before, kept the mirror's own mtime).
    */
-  move(from: string, to: string): void {
+  move(from: string, to: string, heirsOfTo: readonly string[] = []): void {
     const all = [...this.pending];
+    // The replaced file's copy, if it owed one, goes to its other names (see drop).
+    if (this.pending.has(to)) this.inherit(heirsOfTo);
     for (const q of all) if (q === to || q.startsWith(`${to}/`)) this.pending.delete(q);
     for (const q of all) {
       if (q !== from && !q.startsWith(`${from}/`)) continue;

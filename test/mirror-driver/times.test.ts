@@ -343,4 +343,29 @@ describe('mirror times', () => {
     expect(mtime(link)).toBe(MTIME);
     expect(mtime(deep)).toBe(MTIME + 1n);
   });
+  // bench/handle-diff.mjs seed 9726: a write through a file's only name notes a copy of its times
+  // by that name; a link gives it a second name; the first name goes (unlink, or a rename over it)
+  // before the copy is made. The other name kept the mirror's own mtime (a few ms off).
+  it('a write, a link, then an unlink of the written name: the other name gets the times', async () => {
+    await write('/a', 100);
+    await fsp.link(`${P}/a`, `${P}/b`);
+    await d.apply({ op: 'link', from: '/a', path: '/b' });
+    await fsp.unlink(`${P}/a`);
+    await d.apply({ op: 'unlink', path: '/a' });
+    await d.whenIdle();
+    expect(await mtimeNs(`${M}/b`)).toBe(MTIME);
+  });
+
+  it('a write, a link, then a rename over the written name: the other name gets the times', async () => {
+    await write('/a', 100);
+    await fsp.link(`${P}/a`, `${P}/b`);
+    await d.apply({ op: 'link', from: '/a', path: '/b' });
+    await fsp.writeFile(`${P}/c`, randomBytes(10));
+    await d.apply({ op: 'create', path: '/c', mode: 0o100644, uid: 0, gid: 0 });
+    await d.apply({ op: 'write', path: '/c', offset: 0, data: await fsp.readFile(`${P}/c`) });
+    await fsp.rename(`${P}/c`, `${P}/a`);
+    await d.apply({ op: 'rename', from: '/c', path: '/a' });
+    await d.whenIdle();
+    expect(await mtimeNs(`${M}/b`)).toBe(MTIME);
+  });
 });
