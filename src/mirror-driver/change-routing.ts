@@ -230,6 +230,9 @@ export class ChangeRouter {
       if (c.op === 'fsync') await this.c.times.sync(c.path);
       else if (c.op === 'rename') this.c.times.move(c.from, c.path, heirs);
       else if (c.op === 'unlink') this.c.times.drop(c.path, heirs);
+      // An mtime set exactly: the mirror takes it from the change; a copy still pending for the
+      // name (a write before it, or one a gone name handed on) has nothing left to correct.
+      else if (c.op === 'utimens' && (c.mtimeNs != null || c.mtime != null)) this.c.times.drop(c.path);
       if (primaryDone === undefined) await this.c.writer.apply(c);
       else {
         const mine = this.c.writer.apply(c).then(
