@@ -8,6 +8,7 @@ import { addServedMount, removeServedMount } from '../common/served-mounts.js';
 import { type ChangeSink, nullSink, type WriteGate } from './change-sink.js';
 import { type ExitGuard, startExitGuard } from './exit-guard.js';
 import { createFuseHandlers } from './fuse-adapter.js';
+import { isHiddenEntry } from './hidden-renames.js';
 import { invalidationDelayFromEnv, invalidationTraceFromEnv, KernelNames } from './kernel-names.js';
 import { isMountPoint, listMountPoints, preflight } from './mount-checks.js';
 import { watchMount } from './mount-watch.js';
@@ -283,21 +284,14 @@ export class TwinFs {
    * (test/fusefs/writeback-getattr.test.ts).
    */
   private writeBackInGetattr(list: string): void {
-    const ops = this.ops;
-    const inner = ops.getattr.bind(ops);
-    const paths = new Set(list.split(','));
-    ops.getattr = async (p: string) => {
-      if (paths.has(p)) {
-        await this.cache.flushAll();
-        const until = Date.now() + 5000;
-        for (;;) {
-          const lane = this.fuse?.invalidateStats?.().lanes?.background;
-          if (!lane || lane.done >= lane.queued || Date.now() > until) break;
-          await new Promise((r) => setTimeout(r, 5));
-        }
-      }
-      return inner(p);
-    };
+    this.getattrWaits(
+      list,
+      () => this.cache.flushAll(),
+      () => {
+        const lane = this.fuse?.invalidateStats?.().lanes?.background;
+        return !lane || lane.done >= lane.queued;
+      },
+    );
   }
 
   /**
@@ -309,22 +303,34 @@ export class TwinFs {
    * followed by a read (test/fusefs/hidden-gone-getattr.test.ts).
    */
   private hiddenGoneInGetattr(list: string): void {
+    this.getattrWaits(
+      list,
+      async () => undefined,
+      (p) => {
+        const dir = nodePath.join(this.primary, nodePath.dirname(p));
+        if (fs.readdirSync(dir).some(isHiddenEntry)) return false;
+        const lanes = this.fuse?.invalidateStats?.().lanes;
+        return (
+          !lanes ||
+          (lanes.waited.done >= lanes.waited.queued && lanes.background.done >= lanes.background.queued)
+        );
+      },
+    );
+  }
+
+  /**
+   * Test only (the two above): a getattr of one of these paths that reaches JS first runs
+   * `first`, then waits (at most 5 s, polling every 5 ms) until `ready`, then answers.
+   */
+  private getattrWaits(list: string, first: () => Promise<void>, ready: (path: string) => boolean): void {
     const ops = this.ops;
     const inner = ops.getattr.bind(ops);
     const paths = new Set(list.split(','));
-    const dirOf = (p: string) => nodePath.join(this.primary, nodePath.dirname(p));
     ops.getattr = async (p: string) => {
       if (paths.has(p)) {
+        await first();
         const until = Date.now() + 5000;
-        for (;;) {
-          const hidden = fs.readdirSync(dirOf(p)).some((n) => n.startsWith('.fuse_hidden'));
-          const lanes = this.fuse?.invalidateStats?.().lanes;
-          const drained =
-            !lanes ||
-            (lanes.waited.done >= lanes.waited.queued && lanes.background.done >= lanes.background.queued);
-          if ((!hidden && drained) || Date.now() > until) break;
-          await new Promise((r) => setTimeout(r, 5));
-        }
+        while (!ready(p) && Date.now() <= until) await new Promise((r) => setTimeout(r, 5));
       }
       return inner(p);
     };
