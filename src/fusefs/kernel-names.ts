@@ -1,4 +1,5 @@
 import * as fs from 'node:fs';
+import { HandleNodes } from './handle-nodes.js';
 
 /**
  * Exact kernel caching on the libfuse3 path: the names under which the kernel may hold cached
@@ -120,6 +121,11 @@ export const WAIT_BOUND_MS = 2000;
 
 export class KernelNames {
   private readonly byIno = new Map<number, Set<string>>();
+  /**
+   * Open handles' nodes, and those whose name is gone (HandleNodes): their keys are names of
+   * the file like the others here (invalidated by handle, see `send`).
+   */
+  readonly handles = new HandleNodes();
   private readonly byPath = new Map<string, number>();
   private readonly stats = {
     invalidations: 0,
@@ -217,7 +223,31 @@ export class KernelNames {
 
   /** Does any name of these inodes hold cached state? (Cheap check before stat calls.) */
   get isEmpty(): boolean {
-    return this.byPath.size === 0;
+    return this.byPath.size === 0 && !this.handles.anyGone;
+  }
+
+  /**
+   * The name a request came through as tracked here: its path, or the key of its handle's node
+   * when that has none (libfuse passes no path then).
+   */
+  nameOf(path: string | undefined, fh: number): string | undefined {
+    return path ?? this.handles.keyOf(fh);
+  }
+
+  /** What a lane is given for these names: keys of nodes without a path become their handles. */
+  private wire(names: string[]): string[] {
+    if (!this.handles.anyGone) return names;
+    const out: string[] = [];
+    for (const n of names) {
+      const w = HandleNodes.isKey(n) ? this.handles.wire(n) : n;
+      if (w !== undefined) out.push(w);
+    }
+    return out;
+  }
+
+  private sendBehind(names: string[]): void {
+    const w = this.wire(names);
+    if (w.length > 0) this.invalidateBehind(w);
   }
 
   namesOf(ino: number): readonly string[] {
@@ -231,7 +261,7 @@ export class KernelNames {
    * holds that inode's pages locked until it is answered, so it must not wait for them).
    */
   changed(inos: Iterable<number>, except?: string, cachedWrite = false): Promise<void> | undefined {
-    if (this.byIno.size === 0) return undefined;
+    if (this.byIno.size === 0 && !this.handles.anyGone) return undefined;
     const paths: string[] = [];
     for (const ino of inos) {
       // A cached write while the write-back runs overlays the recorded attributes
@@ -241,17 +271,19 @@ export class KernelNames {
       if (this.recorded.size > 0 && (!cachedWrite || this.recorded.get(ino)?.primaryCtime !== null))
         this.recorded.delete(ino);
       const names = this.byIno.get(ino);
-      if (!names) continue;
-      for (const p of names) {
+      const gone = this.handles.anyGone ? this.handles.keysOf(ino) : [];
+      if (!names && gone.length === 0) continue;
+      for (const p of names ? [...names, ...gone] : gone) {
         if (p === except) continue;
         if (this.writing.has(p)) this.afterWrites.add(p);
         else paths.push(p);
       }
     }
-    if (paths.length === 0) return undefined;
-    this.stats.invalidations += paths.length;
+    const wired = this.wire(paths);
+    if (wired.length === 0) return undefined;
+    this.stats.invalidations += wired.length;
     this.stats.waits++;
-    return this.bounded(this.invalidate(paths));
+    return this.bounded(this.invalidate(wired));
   }
 
   /** A WRITE through this name reached twinfs; `writeDone` when it is answered. */
@@ -268,7 +300,7 @@ export class KernelNames {
     if (this.writing.has(path)) this.afterWrites.add(path);
     else {
       this.stats.invalidations++;
-      this.invalidateBehind([path]);
+      this.sendBehind([path]);
     }
   }
 
@@ -281,7 +313,7 @@ export class KernelNames {
     this.writing.delete(path);
     if (this.afterWrites.delete(path)) {
       this.stats.invalidations++;
-      this.invalidateBehind([path]);
+      this.sendBehind([path]);
     }
   }
 
@@ -384,7 +416,8 @@ export class KernelNames {
     // One kernel inode (no other name known), which has asked for no attributes since its last
     // WRITE made the kernel drop size, times and blocks: it holds nothing the write-back moved
     // (its pages hold the same data), and its next stat asks twinfs anyway.
-    if (!kernelMayHold && !this.byIno.has(ino)) {
+    const gone = this.handles.anyGone ? this.handles.keysOf(ino) : [];
+    if (!kernelMayHold && !this.byIno.has(ino) && gone.length === 0) {
       this.stats.writeBacksUnseen++;
       return;
     }
@@ -398,13 +431,14 @@ export class KernelNames {
     }
     const names = new Set(this.byIno.get(ino) ?? []);
     names.add(path);
+    for (const k of gone) names.add(k);
     const now: string[] = [];
     for (const p of names) {
       if (this.writing.has(p)) this.afterWrites.add(p);
       else now.push(p);
     }
     this.stats.invalidations += now.length;
-    if (now.length > 0) this.invalidateBehind(now);
+    if (now.length > 0) this.sendBehind(now);
   }
 
   /**

@@ -322,15 +322,12 @@ export class VolumeOps {
       // under a name that exists.
       existing.path = path;
       existing.nameless = false;
-      return this.appending(this.newHandle(existing, wantsWrite(flags) ? path : undefined), flags);
+      return this.appending(this.newHandle(existing, path, wantsWrite(flags)), flags);
     }
     const { fd, writable } = openCacheFd(backing, flags);
     const fst = fstatFd(fd);
     return this.appending(
-      this.newHandle(
-        this.cache.adopt(fst.ino, path, fd, writable, fst.size),
-        wantsWrite(flags) ? path : undefined,
-      ),
+      this.newHandle(this.cache.adopt(fst.ino, path, fd, writable, fst.size), path, wantsWrite(flags)),
       flags,
     );
   }
@@ -396,7 +393,7 @@ export class VolumeOps {
       // The fstat above is the file's size too: one syscall less per create.
       const node = this.cache.adopt(fst.ino, path, fd, true, fst.size);
       await this.sink.apply({ op: 'create', path, mode: fst.mode, uid: fst.uid, gid: fst.gid });
-      return this.appending(this.newHandle(node, path), flags);
+      return this.appending(this.newHandle(node, path, true), flags);
     } finally {
       pass.done();
     }
@@ -431,18 +428,20 @@ export class VolumeOps {
     // The name written through: this WRITE holds its pages locked until answered, so until
     // then no change waits for that name (KernelNames, "never waited for"); noted before the
     // write, which may ask for it to be invalidated after (a moved append).
-    const tracked = names !== undefined && !names.isEmpty && path !== undefined;
-    if (tracked) names.writeStarted(path);
+    // Without a path (its node has none, see handle-nodes.ts): that node's key.
+    const name = names !== undefined && !names.isEmpty ? names.nameOf(path, fh) : path;
+    const tracked = names !== undefined && !names.isEmpty && name !== undefined;
+    if (tracked) names.writeStarted(name);
     let r: number | Promise<number>;
     try {
       const pass = this.gate.enter(node.path, node.ino);
       r = append
-        ? this.appendWithPass(node, pass, data, pos, path)
+        ? this.appendWithPass(node, pass, data, pos, name)
         : pass instanceof Promise
           ? pass.then((p) => this.writeWithPass(node, p, data, pos))
           : this.writeWithPass(node, pass, data, pos);
     } catch (e) {
-      if (tracked) names.writeDone(path);
+      if (tracked) names.writeDone(name);
       throw e;
     }
     // `tracked` once noted, writeDone must follow even if the table emptied meanwhile.
@@ -453,16 +452,16 @@ export class VolumeOps {
     // is sending right now, which an invalidation queued behind it would never let finish. The
     // close(2) or fsync that wrote the pages back waits instead (flush, fsync).
     const done = <T>(v: T): T => {
-      if (path !== undefined) names.writeDone(path);
+      if (tracked) names.writeDone(name);
       return v;
     };
     const after = (n: number): number | Promise<number> => {
       if (writepage) {
-        names.pageWrittenBack(node.ino, path);
+        names.pageWrittenBack(node.ino, name);
         return done(n);
       }
       // A cached write (a direct one forgot the file's recorded attributes before it started).
-      const w = names.changed([node.ino], path, true);
+      const w = names.changed([node.ino], name, true);
       if (w === undefined) return done(n);
       return w.then(
         () => done(n),
@@ -646,6 +645,7 @@ export class VolumeOps {
     if (!node) return;
     this.handles.delete(fh);
     this.openNames.delete(fh);
+    this.kernelNames?.handles.closed(fh);
     this.appendHandles.delete(fh);
     await this.cache.unref(node);
   }
@@ -734,7 +734,7 @@ export class VolumeOps {
     } finally {
       pass.done();
     }
-    await this.kernelNames?.changed([node.ino], path);
+    await this.kernelNames?.changed([node.ino], this.kernelNames.nameOf(path, fh));
   }
 
   // ---- namespace ----------------------------------------------------------------------------
@@ -770,6 +770,8 @@ export class VolumeOps {
     if (recorded) recorded(st.nlink > 2 ? this.ctimeOfOtherName(st.ino, path) : undefined);
     if (node && keeper !== undefined) node.path = keeper;
     this.kernelNames?.remove(path);
+    // Handles still open under this name (a hidden name dropped by rmdir): their node has no path.
+    this.kernelNames?.handles.removed(path);
     this.hides.removed(path);
     if (isHiddenPath(path)) this.hiddenLinks.removed(st.ino);
     this.hiddenGone(path);
@@ -814,6 +816,7 @@ export class VolumeOps {
     const node = this.cache.adopt(c.ino, path, c.fd, true, 0);
     this.handles.set(c.fh, node);
     this.openNames.add(c.fh, path, node.ino);
+    this.kernelNames?.handles.opened(c.fh, path, node.ino);
     return this.sink.apply({ op: 'create', path, mode: c.mode, uid: c.uid, gid: c.gid });
   }
 
@@ -861,6 +864,7 @@ export class VolumeOps {
     // for the whole volume covers (ChangeSink.changesAhead).
     this.stampBehind(path);
     this.kernelNames?.remove(path);
+    this.kernelNames?.handles.removed(path);
     this.hides.removed(path);
     if (isHiddenPath(path)) this.hiddenLinks.removed(ino);
     this.hiddenGone(path);
@@ -868,7 +872,12 @@ export class VolumeOps {
     if (node) node.nameless = true;
     // Queued now, synchronously: the sink sees it before any change JS makes after this call.
     const applied = this.sink.apply({ op: 'unlink', path });
-    return node ? applied.then(() => this.cache.discard(node)) : applied;
+    if (!node) return applied;
+    // Its cached data goes with it, unless a handle still holds the file: libfuse's removal of
+    // a hidden name at its node's last release, while another node of the file stays open (its
+    // name dropped by rmdir, handle-nodes.ts) keeps reading and writing it, as in unlinkNow.
+    // Dropping the data there lost the writes a read through that handle then missed.
+    return applied.then(() => (node.refs === 0 ? this.cache.discard(node) : undefined));
   }
 
   async rmdir(path: string): Promise<void> {
@@ -986,8 +995,10 @@ export class VolumeOps {
         if (hidden && sameFile(src, hidden)) {
           // libfuse hid the open target `to` just now, and it is the source's file: give the
           // name back instead of moving the source onto it. The hidden name stays a third
-          // name until libfuse removes it at the last release.
+          // name until libfuse removes it at the last release. libfuse moves its node of `from`
+          // to `to` all the same.
           await this.linkNow(from, to);
+          this.kernelNames?.handles.renamed(from, to);
           return;
         }
       }
@@ -1019,6 +1030,7 @@ export class VolumeOps {
       this.cache.renamed(from, to, src && (src.mode & S_IFMT) !== S_IFDIR ? src.ino : undefined);
       this.openNames.renamed(from, to);
       this.kernelNames?.renamed(from, to);
+      this.kernelNames?.handles.renamed(from, to);
       this.hides.renamed(from, to);
       if (src && !isDir(src)) {
         if (isHiddenPath(to)) this.hiddenLinks.added(src.ino);
@@ -1215,14 +1227,15 @@ export class VolumeOps {
     return undefined;
   }
 
-  /** writtenAs: the name a handle opened for writing was opened under (see open-names.ts). */
-  private newHandle(node: FileNode, writtenAs?: string): number {
+  /** path: the name the handle was opened under (see open-names.ts and handle-nodes.ts). */
+  private newHandle(node: FileNode, path: string, writable: boolean): number {
     let fh = this.nextHandle++;
     // Handles from NATIVE_HANDLES up are the native creates' (native-create.h).
     if (this.nextHandle >= NATIVE_HANDLES) this.nextHandle = 1;
     while (this.handles.has(fh)) fh = this.nextHandle++;
     this.handles.set(fh, node);
-    if (writtenAs !== undefined) this.openNames.add(fh, writtenAs, node.ino);
+    if (writable) this.openNames.add(fh, path, node.ino);
+    this.kernelNames?.handles.opened(fh, path, node.ino);
     return fh;
   }
 

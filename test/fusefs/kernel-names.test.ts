@@ -204,3 +204,53 @@ describe('KernelNames write-backs of files with several names (TWINFS_WRITEBACK_
     expect(names.getStats().writeBacksOfLinksKept).toBe(0);
   });
 });
+
+// Handles whose node lost its name (handle-nodes.ts): their node is one more name of the file,
+// sent to the lane by its handles, left out of a change made through it, and tracked while a
+// WRITE through it is in flight.
+describe('KernelNames: nodes without a path', () => {
+  it('invalidates them by their handles after a change through another name, never the one written through', async () => {
+    const sent: string[][] = [];
+    const behind: string[][] = [];
+    const names = new KernelNames(
+      async (paths) => {
+        sent.push(paths);
+      },
+      undefined,
+      undefined,
+      (paths) => behind.push(paths),
+    );
+    names.handles.opened(3, '/d0/.fuse_hidden1', 9);
+    names.handles.opened(4, '/d0/.fuse_hidden1', 9);
+    names.handles.opened(5, '/d1/.fuse_hidden2', 9);
+    names.handles.opened(6, '/other', 10);
+    expect(names.isEmpty).toBe(true);
+    // The directory went: the first two handles' node has no path; the others keep theirs.
+    names.handles.renamed('/d0', '/e0');
+    names.handles.removed('/e0/.fuse_hidden1');
+    expect(names.isEmpty).toBe(false);
+    const key = names.nameOf(undefined, 3)!;
+    expect(key).toMatch(/^#/);
+    expect(names.nameOf(undefined, 4)).toBe(key);
+    expect(names.nameOf(undefined, 5)).toBeUndefined();
+    expect(names.nameOf('/d1/.fuse_hidden2', 5)).toBe('/d1/.fuse_hidden2');
+    await names.changed([9], '/d1/.fuse_hidden2');
+    expect(sent).toEqual([['#3,4']]);
+    // Through the node itself: nothing else is known of the file, nothing is sent.
+    expect(names.changed([9], key)).toBeUndefined();
+    // Another file: untouched.
+    expect(names.changed([10], '/x')).toBeUndefined();
+    // A WRITE through the node in flight: its invalidation waits for the answer, behind.
+    names.writeStarted(key);
+    expect(names.changed([9], '/d1/.fuse_hidden2')).toBeUndefined();
+    names.writeDone(key);
+    expect(behind).toEqual([['#3,4']]);
+    // One handle closed, then the other: nothing left to invalidate.
+    names.handles.closed(3);
+    await names.changed([9], '/d1/.fuse_hidden2');
+    expect(sent.at(-1)).toEqual(['#4']);
+    names.handles.closed(4);
+    expect(names.changed([9], '/d1/.fuse_hidden2')).toBeUndefined();
+    expect(names.isEmpty).toBe(true);
+  });
+});
