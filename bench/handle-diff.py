@@ -54,9 +54,6 @@ class Desc:
         # (lseek SEEK_CUR, read) until an absolute lseek sets it again.
         self.shared = False
         self.offset_known = True
-        # A read, write or fsync through it succeeded on the mount side: fuse-native (level 11)
-        # knows a handle of its node from then on (see known_orphan).
-        self.io = False
 
 
 class Handle:
@@ -76,14 +73,11 @@ def call(fn, *args):
         return ('err', errno.errorcode.get(e.errno, str(e.errno)))
 
 
-def both(what, fn_ref, fn_test, norm=lambda v: v, orphan=None, setattr=False, io=None):
+def both(what, fn_ref, fn_test, norm=lambda v: v, orphan=None, setattr=False):
     """Runs the step in REF, then in TEST; compares the results. Returns (ref, test) raw.
-    orphan: the handle an fstat, lseek or (setattr) fchmod goes through (see known_orphan);
-    io: the handle a read, write or fsync goes through (Desc.io)."""
+    orphan: the handle an fstat, lseek or (setattr) fchmod goes through (see known_orphan)."""
     r = call(fn_ref)
     t = call(fn_test)
-    if io is not None and t[0] == 'ok':
-        io.desc.io = True
     rn = (r[0], norm(r[1])) if r[0] == 'ok' else r
     tn = (t[0], norm(t[1])) if t[0] == 'ok' else t
     if rn != tn and orphan is not None and known_orphan(orphan, tn, setattr):
@@ -103,12 +97,10 @@ def known_orphan(h, got, setattr):
     """The known limit of docs/reliability.md ("Handles held open across operations", item 9):
     a descriptor opened through a name that was unlinked while open (a hidden name) in a
     directory later removed or renamed over has a node without a path. fchmod (fchown, futimens)
-    through it fails with ESTALE; fstat and lseek(SEEK_END) too, but only until a read, write or
-    fsync through it told fuse-native a handle of that node (patch level 11): after one, their
-    ESTALE is a mismatch. Counted apart, not as mismatches. (Another description of the same
-    node may have been the one learnt and closed since: then the node's handle is forgotten, and
-    such an ESTALE shows as a mismatch; a limit of the patch, item 9.)"""
-    return got == ('err', 'ESTALE') and (setattr or not h.desc.io)
+    through it fails with ESTALE: counted apart, not as a mismatch. fstat and lseek(SEEK_END)
+    through it are answered by its handle (fuse-native patch level 11, learnt from the handle's
+    OPEN since level 12): an ESTALE there is a mismatch."""
+    return got == ('err', 'ESTALE') and setattr
 
 
 def mismatch(what, want, got):
@@ -216,7 +208,7 @@ def op_write():
     if h.flags & os.O_APPEND and h.desc.shared:
         h.desc.offset_known = False
     b = data(io_size())
-    both('write %s (%o, fd %d) len %d' % (h.name, h.flags, h.fds[1], len(b)), lambda: os.write(h.fds[0], b), lambda: os.write(h.fds[1], b), io=h)
+    both('write %s (%o, fd %d) len %d' % (h.name, h.flags, h.fds[1], len(b)), lambda: os.write(h.fds[0], b), lambda: os.write(h.fds[1], b))
 
 
 def op_pwrite():
@@ -226,7 +218,7 @@ def op_pwrite():
     size = ref_size(h)
     off = rng.randint(0, min(size + 65536, MAXLEN))
     b = data(min(io_size(), MAXLEN - off + 1))
-    both('pwrite %s (%o, fd %d) %d+%d' % (h.name, h.flags, h.fds[1], off, len(b)), lambda: os.pwrite(h.fds[0], b, off), lambda: os.pwrite(h.fds[1], b, off), io=h)
+    both('pwrite %s (%o, fd %d) %d+%d' % (h.name, h.flags, h.fds[1], off, len(b)), lambda: os.pwrite(h.fds[0], b, off), lambda: os.pwrite(h.fds[1], b, off))
 
 
 def op_pread():
@@ -236,7 +228,7 @@ def op_pread():
     size = ref_size(h)
     off = rng.randint(0, size + 100)
     n = rng.randint(1, 300 * 1024)
-    both('pread %s (%o, fd %d) %d+%d' % (h.name, h.flags, h.fds[1], off, n), lambda: os.pread(h.fds[0], n, off), lambda: os.pread(h.fds[1], n, off), io=h)
+    both('pread %s (%o, fd %d) %d+%d' % (h.name, h.flags, h.fds[1], off, n), lambda: os.pread(h.fds[0], n, off), lambda: os.pread(h.fds[1], n, off))
 
 
 def op_read():
@@ -249,7 +241,7 @@ def op_read():
         call(lambda: os.read(h.fds[0], n))
         call(lambda: os.read(h.fds[1], n))
         return
-    both('read %s (%o, fd %d) %d' % (h.name, h.flags, h.fds[1], n), lambda: os.read(h.fds[0], n), lambda: os.read(h.fds[1], n), io=h)
+    both('read %s (%o, fd %d) %d' % (h.name, h.flags, h.fds[1], n), lambda: os.read(h.fds[0], n), lambda: os.read(h.fds[1], n))
 
 
 def op_seek():
@@ -296,7 +288,7 @@ def op_sync():
     if not h:
         return op_open()
     fn = rng.choice([os.fsync, os.fdatasync])
-    both('%s %s' % (fn.__name__, h.name), lambda: fn(h.fds[0]), lambda: fn(h.fds[1]), io=h)
+    both('%s %s' % (fn.__name__, h.name), lambda: fn(h.fds[0]), lambda: fn(h.fds[1]))
 
 
 def op_close():

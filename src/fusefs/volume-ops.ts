@@ -429,7 +429,7 @@ export class VolumeOps {
     // then no change waits for that name (KernelNames, "never waited for"); noted before the
     // write, which may ask for it to be invalidated after (a moved append).
     // Without a path (its node has none, see handle-nodes.ts): that node's key.
-    const name = names !== undefined && !names.isEmpty ? names.nameOf(path, fh) : path;
+    const name = names !== undefined && !names.isEmpty ? this.changedThrough(node, path, fh) : path;
     const tracked = names !== undefined && !names.isEmpty && name !== undefined;
     if (tracked) names.writeStarted(name);
     let r: number | Promise<number>;
@@ -734,7 +734,7 @@ export class VolumeOps {
     } finally {
       pass.done();
     }
-    await this.kernelNames?.changed([node.ino], this.kernelNames.nameOf(path, fh));
+    await this.kernelNames?.changed([node.ino], this.changedThrough(node, path, fh));
   }
 
   // ---- namespace ----------------------------------------------------------------------------
@@ -1225,6 +1225,21 @@ export class VolumeOps {
       }
     }
     return undefined;
+  }
+
+  /**
+   * The name a change through handle fh comes by, as KernelNames tracks it: its path, or the key
+   * of its node when that has none (handle-nodes.ts). Then the file's name the cache knows is
+   * made one of its tracked names: a file with one name has a kernel inode per node here (the
+   * named one and the pathless one), and the named one must drop what a change through the
+   * other made stale (KernelNames tracks the names of files with several names only).
+   */
+  private changedThrough(node: FileNode, path: string | undefined, fh: number): string | undefined {
+    const names = this.kernelNames;
+    if (path !== undefined || names === undefined) return path;
+    const key = names.handles.keyOf(fh);
+    if (key !== undefined && !node.nameless && !node.dead) names.add(node.path, node.ino);
+    return key;
   }
 
   /** path: the name the handle was opened under (see open-names.ts and handle-nodes.ts). */

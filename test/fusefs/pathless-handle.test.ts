@@ -74,6 +74,19 @@ os.rmdir('g')
 os.write(wd, b'w')
 out['otherName'] = {'nlink': os.fstat(wd).st_nlink, 'keep': os.stat('keep').st_nlink, 'size': os.fstat(wd).st_size}
 os.close(wd)
+# A descriptor that sent no request with its handle (nothing read: the file is empty) is known
+# from its OPEN (patch level 12; before, fstat failed with ESTALE once the node had no path).
+os.mkdir('n')
+with open('n/e', 'wb') as f:
+    pass
+ne = os.open('n/e', os.O_RDONLY)
+os.unlink('n/e')
+os.rmdir('n')
+try:
+    out['noIo'] = [os.fstat(ne).st_size, os.fstat(ne).st_nlink, len(os.read(ne, 10))]
+except OSError as e:
+    out['noIo'] = errno.errorcode[e.errno]
+os.close(ne)
 print(json.dumps(out))
 `;
 
@@ -88,7 +101,7 @@ print(json.dumps(out))
 // handle (patch level 12).
 const OTHER_NAME = `
 import json, os
-out = {'tail': [], 'pages': [], 'size': [], 'mode': []}
+out = {'tail': [], 'pages': [], 'size': [], 'mode': [], 'named': []}
 for i in range(5):
     a, b = 'a%d' % i, 'b%d' % i
     os.mkdir(a); os.mkdir(b)
@@ -111,6 +124,19 @@ for i in range(5):
     out['size'].append(os.fstat(p).st_size)
     os.close(p)
     os.rmdir(b)
+    # The other way: through the pathless node, seen by the file's one name left (cached first).
+    with open('keep%d' % i, 'wb') as f:
+        f.write(b'k' * 1000)
+    os.mkdir(a)
+    os.link('keep%d' % i, a + '/f')
+    q = os.open(a + '/f', os.O_RDWR)
+    os.unlink(a + '/f')
+    os.rmdir(a)
+    before = os.stat('keep%d' % i).st_size
+    os.pwrite(q, b'q' * 500, 1000)
+    with open('keep%d' % i, 'rb') as f:
+        out['named'].append([before, os.stat('keep%d' % i).st_size, f.read()[-500:] == b'q' * 500])
+    os.close(q)
 print(json.dumps(out))
 `;
 
@@ -134,6 +160,7 @@ describe('descriptors of files whose directory went (libfuse3)', () => {
       renamedOver: { first: 10, size: 4096, nlink: 0, rest: 4086, entries: [] },
       afterOtherClosed: 30,
       otherName: { nlink: 1, keep: 1, size: 10 },
+      noIo: [0, 0, 0],
     });
   }, 90_000);
 
@@ -145,6 +172,7 @@ describe('descriptors of files whose directory went (libfuse3)', () => {
       mode: Array(5).fill('0o600'),
       tail: Array(5).fill(true),
       size: Array(5).fill(112009),
+      named: Array(5).fill([1000, 1500, true]),
     });
   }, 90_000);
 });
