@@ -273,7 +273,31 @@ export class TwinFs {
       if (path) this.writeBackInGetattr(path);
       const hiddenGone = process.env.TWINFS_TEST_HIDDEN_GONE_IN_GETATTR;
       if (hiddenGone) this.hiddenGoneInGetattr(hiddenGone);
+      const lanes = process.env.TWINFS_TEST_LANES_IN_GETATTR;
+      if (lanes) this.lanesInGetattr(lanes);
     }
+  }
+
+  /**
+   * Test only: TWINFS_TEST_LANES_IN_GETATTR=PATH[,PATH...]. A getattr of PATH that reaches JS
+   * first waits twice TWINFS_TEST_INVALIDATION_DELAY_MS (what queues every invalidation that
+   * late), then (at most 5 s) until both lanes have processed what they were given, then answers:
+   * whatever the op before queued is processed while the kernel's GETATTR of PATH is in flight
+   * (test/fusefs/append-stale-end.test.ts).
+   */
+  private lanesInGetattr(list: string): void {
+    const ms = 2 * invalidationDelayFromEnv();
+    this.getattrWaits(
+      list,
+      () => new Promise<void>((r) => setTimeout(r, ms)),
+      () => {
+        const lanes = this.fuse?.invalidateStats?.().lanes;
+        return (
+          !lanes ||
+          (lanes.waited.done >= lanes.waited.queued && lanes.background.done >= lanes.background.queued)
+        );
+      },
+    );
   }
 
   /**
@@ -319,7 +343,7 @@ export class TwinFs {
   }
 
   /**
-   * Test only (the two above): a getattr of one of these paths that reaches JS first runs
+   * Test only (the three above): a getattr of one of these paths that reaches JS first runs
    * `first`, then waits (at most 5 s, polling every 5 ms) until `ready`, then answers.
    */
   private getattrWaits(list: string, first: () => Promise<void>, ready: (path: string) => boolean): void {

@@ -291,19 +291,6 @@ export class KernelNames {
     this.writing.set(path, (this.writing.get(path) ?? 0) + 1);
   }
 
-  /**
-   * The kernel's pages of this name hold what a WRITE through it brought at an offset twinfs
-   * did not write it at (an O_APPEND at the name's stale end, VolumeOps.appendAt): invalidated,
-   * without waiting, once its WRITEs are answered (they hold those pages locked until then).
-   */
-  invalidateAfterWrite(path: string): void {
-    if (this.writing.has(path)) this.afterWrites.add(path);
-    else {
-      this.stats.invalidations++;
-      this.sendBehind([path]);
-    }
-  }
-
   writeDone(path: string): void {
     const n = (this.writing.get(path) ?? 1) - 1;
     if (n > 0) {

@@ -341,9 +341,8 @@ export class VolumeOps {
    * O_APPEND descriptor at the end of the file: every such WRITE is written at twinfs's own
    * end of the file instead (`appendAt`; it was only for files with several names the kernel
    * knew, and a name made while the file was open, or the libfuse2 path, which records none,
-   * still overwrote: bench/handle-diff.py), and the name it came through, whose pages hold the
-   * bytes at the kernel's offset, is invalidated once its WRITEs are answered (`appendsOffEnd`
-   * counts them). Page write-backs are never moved (their offset is the page's). The flags are
+   * still overwrote: bench/handle-diff.py; `appendsOffEnd` counts the moved ones; what the
+   * kernel's inode of that name holds then, see appendWithPass). Page write-backs are never moved (their offset is the page's). The flags are
    * the open's or the create's (fuse-native patch level 10 passes the create's): an O_APPEND set
    * or cleared later with fcntl(F_SETFL) is not seen here (libfuse has the WRITE's own flags;
    * fuse-native does not pass them).
@@ -436,7 +435,7 @@ export class VolumeOps {
     try {
       const pass = this.gate.enter(node.path, node.ino);
       r = append
-        ? this.appendWithPass(node, pass, data, pos, name)
+        ? this.appendWithPass(node, pass, data, pos)
         : pass instanceof Promise
           ? pass.then((p) => this.writeWithPass(node, p, data, pos))
           : this.writeWithPass(node, pass, data, pos);
@@ -484,13 +483,12 @@ export class VolumeOps {
     }
   }
 
-  /** An append (see appendAt) written once the pass is taken; its name noted if it moved. */
+  /** An append (see appendAt) written once the pass is taken. */
   private appendWithPass(
     node: FileNode,
     pass: { done(): void } | Promise<{ done(): void }>,
     data: Buffer,
     pos: number,
-    path: string | undefined,
   ): number | Promise<number> {
     const write = (p: { done(): void }): number | Promise<number> => {
       let at: number;
@@ -500,9 +498,13 @@ export class VolumeOps {
         p.done();
         throw err;
       }
-      // The kernel put the bytes in this name's pages at its offset: dropped after the answer
-      // (until then this WRITE holds them locked), without waiting.
-      if (at !== pos && path !== undefined) this.kernelNames?.invalidateAfterWrite(path);
+      // Moved: the kernel put the bytes in this name's pages at its offset and grows its size
+      // from there. Nothing is invalidated: the WRITE itself marks that inode's size stale in
+      // the kernel, so its next stat, lseek or read asks twinfs, and the answer's size differs
+      // from the one the kernel computed, which makes it drop the inode's pages (libfuse3's
+      // default auto_inval_data, no explicit_inval_data). An invalidation sent after the answer
+      // made the kernel drop that very GETATTR's reply when it crossed it: the name then kept
+      // the wrong size (docs/reliability.md, "Handles held open across operations", item 8).
       let r: number | Promise<number>;
       try {
         r = this.writeWithPass(node, p, data, at);

@@ -59,7 +59,7 @@ describe('appends through two names of one file', () => {
 
   for (const writeThrough of [false, true])
     it(`two appends at one stale end, in flight at once, land one after the other at the end${writeThrough ? ' (write-through)' : ''}`, async () => {
-      const { ops, P, M, sent } = await setup(writeThrough);
+      const { ops, P, M } = await setup(writeThrough);
       const fa = await ops.open('/a', constants.O_WRONLY | constants.O_APPEND);
       const fb = await ops.open('/b', constants.O_WRONLY | constants.O_APPEND);
       const x = Buffer.alloc(500, 'x');
@@ -80,10 +80,7 @@ describe('appends through two names of one file', () => {
       expect(await sha(`${M}/b`)).toBe(await sha(`${P}/b`));
       // Both moved: z's offset (a's end before y) was stale too by the time it was written.
       expect(ops.appendsOffEnd).toBe(2);
-      // The names whose pages hold y (at 1000) and z (at 1500) are dropped once their WRITEs
-      // were answered.
-      expect(sent).toContain('behind /b');
-      expect(sent).toContain('behind /a');
+      // What the kernel's inodes of the names hold after a moved append: append-stale-end.test.ts.
     });
 
   it('a WRITE through a handle opened without O_APPEND, or a page write-back, stays where the kernel put it', async () => {
