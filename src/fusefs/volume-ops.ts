@@ -748,8 +748,14 @@ export class VolumeOps {
     await this.guarded([path], () => this.unlinkNow(path, hidden), !hidden);
   }
 
-  /** unlink(2) on the primary, reported; the caller holds the gate passes (see guarded). */
-  private async unlinkNow(path: string, hidden = false): Promise<void> {
+  /**
+   * unlink(2) on the primary, reported; the caller holds the gate passes (see guarded).
+   * dropped: a hidden name twinfs drops itself (dropHiddenNames) while libfuse's node of it may
+   * still be open: that node has no path from now on (handle-nodes.ts). An UNLINK libfuse sends
+   * (a program's, or its own removal of a hidden name at the node's last release) never leaves
+   * an open node without a path: libfuse hides an open node's name instead.
+   */
+  private async unlinkNow(path: string, hidden = false, dropped = false): Promise<void> {
     const st = this.paths.at([path], (b) => fs.lstatSync(b));
     const node = (st.mode & S_IFMT) === S_IFREG ? this.cache.get(st.ino) : undefined;
     // Another name keeps the inode alive: its cached data must be reported under a path that
@@ -773,7 +779,8 @@ export class VolumeOps {
     if (node && keeper !== undefined) node.path = keeper;
     this.kernelNames?.remove(path);
     // Handles still open under this name (a hidden name dropped by rmdir): their node has no path.
-    this.kernelNames?.handles.removed(path);
+    if (dropped) this.kernelNames?.handles.removed(path);
+    else this.kernelNames?.handles.forget(path);
     this.hides.removed(path);
     if (isHiddenPath(path)) this.hiddenLinks.removed(st.ino);
     this.hiddenGone(path);
@@ -866,7 +873,7 @@ export class VolumeOps {
     // for the whole volume covers (ChangeSink.changesAhead).
     this.stampBehind(path);
     this.kernelNames?.remove(path);
-    this.kernelNames?.handles.removed(path);
+    this.kernelNames?.handles.forget(path);
     this.hides.removed(path);
     if (isHiddenPath(path)) this.hiddenLinks.removed(ino);
     this.hiddenGone(path);
@@ -915,7 +922,7 @@ export class VolumeOps {
       return false;
     for (const p of paths) {
       await this.sink.beforeChange?.(p);
-      await this.unlinkNow(p);
+      await this.unlinkNow(p, false, true);
     }
     return true;
   }

@@ -106,7 +106,10 @@ describe('handles held open across operations through a 1 MiB cache', () => {
  * name: item 13), 9600800 (an append through such a descriptor, after which the file's one
  * name kept the old size: the named node was not invalidated, 3 of 3 runs), 9603300 (fstat
  * through a descriptor that had sent no request with its handle: ESTALE once the pathless
- * node's attributes were dropped, 4 of 4). One after the other on one server.
+ * node's attributes were dropped, 4 of 4), and 1044202 of the default mode (a first build marked
+ * the handles still known under a name libfuse removed as without a path: their key's
+ * invalidation waited in the kernel for WRITEs through them until the 2 s bound, again and again,
+ * 2 minutes for the stream; no op may wait for the bound). One after the other on one server.
  */
 describe('handles held open across operations, directories removed under them (libfuse3)', () => {
   let fx: ControlFixture;
@@ -117,25 +120,27 @@ describe('handles held open across operations, directories removed under them (l
     await fx?.close();
   });
 
-  it('streams 954402, 9600800 and 9603300: every result as in the plain directory; the mirror equals the primary', {
+  it('streams 954402, 9600800, 9603300 and 1044202: every result as in the plain directory, no wait cut by the bound; the mirror equals the primary', {
     timeout: 180_000,
   }, async () => {
     const c = await fx.connect();
-    for (const [seed, ops] of [
-      [954402, 955],
-      [9600800, 816],
-      [9603300, 337],
+    for (const [seed, ops, dirs] of [
+      [954402, 955, 1],
+      [9600800, 816, 1],
+      [9603300, 337, 1],
+      [1044202, 1500, 0],
     ]) {
       const ref = path.join(fx.base, `ref${seed}`);
       const dir = path.join(fx.mnt, `d${seed}`);
       await fsp.mkdir(ref);
       await sh(`mkdir '${dir}'`, { timeoutMs: 30_000 });
-      const r = await sh(`HANDLE_DIFF_DIRS=1 ${PYTHON} '${SCRIPT}' '${ref}' '${dir}' ${seed} ${ops}`, {
+      const r = await sh(`HANDLE_DIFF_DIRS=${dirs} ${PYTHON} '${SCRIPT}' '${ref}' '${dir}' ${seed} ${ops}`, {
         timeoutMs: 120_000,
       });
       expect(r.stderr).toBe('');
       expect((JSON.parse(r.stdout) as Report).mismatches, `stream ${seed}`).toEqual([]);
     }
+    expect((await status(c)).fs.kernelCache?.waitsBounded).toBe(0);
     await c.request('flush');
     const v: any = await c.request('verify', { content: true });
     expect(v.differences).toEqual([]);
