@@ -290,13 +290,15 @@ export class TwinFs {
     this.getattrWaits(
       list,
       () => new Promise<void>((r) => setTimeout(r, ms)),
-      () => {
-        const lanes = this.fuse?.invalidateStats?.().lanes;
-        return (
-          !lanes ||
-          (lanes.waited.done >= lanes.waited.queued && lanes.background.done >= lanes.background.queued)
-        );
-      },
+      () => this.lanesIdle(),
+    );
+  }
+
+  /** Test hooks: have both invalidation lanes processed everything they were given? */
+  private lanesIdle(): boolean {
+    const lanes = this.fuse?.invalidateStats?.().lanes;
+    return (
+      !lanes || (lanes.waited.done >= lanes.waited.queued && lanes.background.done >= lanes.background.queued)
     );
   }
 
@@ -330,15 +332,9 @@ export class TwinFs {
     this.getattrWaits(
       list,
       async () => undefined,
-      (p) => {
-        const dir = nodePath.join(this.primary, nodePath.dirname(p));
-        if (fs.readdirSync(dir).some(isHiddenEntry)) return false;
-        const lanes = this.fuse?.invalidateStats?.().lanes;
-        return (
-          !lanes ||
-          (lanes.waited.done >= lanes.waited.queued && lanes.background.done >= lanes.background.queued)
-        );
-      },
+      (p) =>
+        !fs.readdirSync(nodePath.join(this.primary, nodePath.dirname(p))).some(isHiddenEntry) &&
+        this.lanesIdle(),
     );
   }
 
