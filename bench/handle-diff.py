@@ -104,13 +104,14 @@ known = []
 def known_orphan(h, got, setattr):
     """The known limit of docs/reliability.md ("Handles held open across operations", item 9):
     a descriptor opened through a name that was unlinked while open (a hidden name) in a
-    directory later removed or renamed over has a node without a path. fchmod (fchown, futimens)
-    through it fails with ESTALE; fstat and lseek(SEEK_END) too when fuse-native knows no handle
-    of that node: it learns one at an OPEN (patch level 12) or from a request that carries it
-    (level 11), never at a CREATE, so only a descriptor made by a create that has done no read,
-    write or fsync since. Counted apart, not as mismatches. (Another description of the same node
-    may have been the one learnt and closed since: then such an ESTALE shows as a mismatch.)"""
-    return got == ('err', 'ESTALE') and (setattr or (h.desc.created and not h.desc.io))
+    directory later removed or renamed over has a node without a path. fstat, lseek(SEEK_END),
+    fchmod (fchown, futimens) through it are answered by a handle fuse-native knows of that node:
+    it learns one at an OPEN (patch level 12) or from a request that carries it (level 11),
+    never at a CREATE. So only through a descriptor made by a create that has done no read,
+    write or fsync since do they fail with ESTALE: counted apart, not as mismatches. (Another
+    description of the same node may have been the one learnt and closed since: then such an
+    ESTALE shows as a mismatch.)"""
+    return got == ('err', 'ESTALE') and h.desc.created and not h.desc.io
 
 
 def mismatch(what, want, got):

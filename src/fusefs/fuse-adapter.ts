@@ -138,12 +138,29 @@ export function createFuseHandlers(ops: VolumeOps, opts: AdapterOptions): Record
         () => ops.rename(from, to, followsHide === 0 || followsHide === 1 ? followsHide === 1 : undefined),
         status('rename', cb),
       ),
+    // "#FH": a node without a path, changed through its handle (fuse-native level 12).
     chmod: (path: string, mode: number, cb: Cb) =>
-      tryCall('chmod', cb, () => ops.chmod(path, mode), status('chmod', cb)),
+      tryCall(
+        'chmod',
+        cb,
+        () => (isHandlePath(path) ? ops.fchmod(handleOf(path), mode) : ops.chmod(path, mode)),
+        status('chmod', cb),
+      ),
     chown: (path: string, uid: number, gid: number, cb: Cb) =>
-      tryCall('chown', cb, () => ops.chown(path, uid, gid), status('chown', cb)),
+      tryCall(
+        'chown',
+        cb,
+        () => (isHandlePath(path) ? ops.fchown(handleOf(path), uid, gid) : ops.chown(path, uid, gid)),
+        status('chown', cb),
+      ),
     utimens: (path: string, atime: bigint | null, mtime: bigint | null, cb: Cb) =>
-      tryCall('utimens', cb, () => ops.utimens(path, atime, mtime), status('utimens', cb)),
+      tryCall(
+        'utimens',
+        cb,
+        () =>
+          isHandlePath(path) ? ops.futimens(handleOf(path), atime, mtime) : ops.utimens(path, atime, mtime),
+        status('utimens', cb),
+      ),
     setxattr: (path: string, name: string, value: Buffer, _position: number, flags: number, cb: Cb) =>
       tryCall('setxattr', cb, () => ops.setxattr(path, name, value, flags), status('setxattr', cb)),
     getxattr: (path: string, name: string, _position: number, cb: Cb) =>
@@ -153,4 +170,13 @@ export function createFuseHandlers(ops: VolumeOps, opts: AdapterOptions): Record
     removexattr: (path: string, name: string, cb: Cb) =>
       tryCall('removexattr', cb, () => ops.removexattr(path, name), status('removexattr', cb)),
   };
+}
+
+/** fuse-native (level 12) names a node without a path by its handle: "#FH". */
+function isHandlePath(path: string): boolean {
+  return typeof path === 'string' && path.startsWith('#');
+}
+
+function handleOf(path: string): number {
+  return Number(path.slice(1));
 }

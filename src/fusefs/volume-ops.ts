@@ -2,7 +2,7 @@ import * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import * as xattr from 'fs-xattr';
 import { mknod } from '../posix/mknod.js';
-import { nsToMs, setTimesNs } from '../posix/set-times.js';
+import { nsToMs, setFdTimesNs, setTimesNs } from '../posix/set-times.js';
 import { writeAll } from '../posix/write-all.js';
 import { type ChangeSink, nullSink, syncAlongside, type WriteGate } from './change-sink.js';
 import { errnoError } from './errno.js';
@@ -1099,6 +1099,62 @@ export class VolumeOps {
         atimeNs: ns(atime),
         mtimeNs: ns(mtime),
       });
+    });
+  }
+
+  /**
+   * chmod, chown and utimens through a handle whose node has no path (fuse-native level 12 names
+   * it "#FH", handle-nodes.ts): made on the cache's descriptor of the file and reported under
+   * the name the cache knows it by (nothing when it has none left); the file's other names are
+   * invalidated as after any change.
+   */
+  private async setattrByHandle(
+    fh: number,
+    change: (node: FileNode) => Parameters<ChangeSink['apply']>[0] | undefined,
+  ): Promise<void> {
+    const node = this.handle(fh);
+    const pass = await this.gate.enter(node.path, node.ino);
+    try {
+      if (!node.nameless) await this.sink.beforeChange?.(node.path);
+      const c = change(node);
+      if (c !== undefined && !node.nameless) await this.sink.apply(c);
+    } finally {
+      pass.done();
+    }
+    await this.kernelNames?.changed([node.ino], this.changedThrough(node, undefined, fh));
+  }
+
+  async fchmod(fh: number, mode: number): Promise<void> {
+    await this.setattrByHandle(fh, (node) => {
+      fs.fchmodSync(node.fd, mode & 0o7777);
+      return { op: 'chmod', path: node.path, mode: mode & 0o7777 };
+    });
+  }
+
+  async fchown(fh: number, uid: number, gid: number): Promise<void> {
+    await this.setattrByHandle(fh, (node) => {
+      fs.fchownSync(node.fd, uid === NO_ID ? -1 : uid, gid === NO_ID ? -1 : gid);
+      const st = fs.fstatSync(node.fd);
+      return { op: 'chown', path: node.path, uid: st.uid, gid: st.gid };
+    });
+  }
+
+  async futimens(fh: number, atime: bigint | null, mtime: bigint | null): Promise<void> {
+    if (atime === null && mtime === null) return;
+    await this.setattrByHandle(fh, (node) => {
+      // As utimens: the cache puts this mtime back after a write-back of cached data.
+      setFdTimesNs(node.fd, atime, mtime);
+      if (mtime !== null) this.cache.timesSet(node, mtime);
+      const ms = (t: bigint | null) => (t === null ? null : nsToMs(t));
+      const ns = (t: bigint | null) => (t === null ? null : String(t));
+      return {
+        op: 'utimens',
+        path: node.path,
+        atime: ms(atime),
+        mtime: ms(mtime),
+        atimeNs: ns(atime),
+        mtimeNs: ns(mtime),
+      };
     });
   }
 

@@ -4,10 +4,10 @@ import { mountFixture, type PosixFixture, pyIn } from '../helpers/posix.js';
 // docs/reliability.md, "Handles held open across operations", item 9. A file unlinked while open
 // keeps a hidden name in its directory; when that directory is removed (twinfs drops the hidden
 // names so the rmdir succeeds, as on a local filesystem) or renamed over, libfuse's node of the
-// file has no path. The kernel sends GETATTR for fstat(2) and lseek(SEEK_END) without a file
-// handle, and high-level libfuse failed it with ESTALE. The patch (level 11) passes a handle of
-// the node it learnt from READ/WRITE/FLUSH/FSYNC, and twinfs answers by that handle. SETATTR
-// without a handle (fchmod, fchown, futimens) still fails with ESTALE: the contract as it stands.
+// file has no path. The kernel sends GETATTR for fstat(2) and lseek(SEEK_END), and SETATTR for
+// fchmod, fchown and futimens, without a file handle, and high-level libfuse failed them with
+// ESTALE. The patch passes a handle of the node it learnt from OPEN/READ/WRITE/FLUSH/FSYNC
+// (GETATTR since level 11, SETATTR since level 12), and twinfs answers by that handle.
 const PROGRAM = `
 import errno, json, os
 out = {}
@@ -23,9 +23,12 @@ out['removed'] = {'size': st.st_size, 'nlink': st.st_nlink, 'end': os.lseek(fd, 
                   'data': os.pread(fd, 200, 0) == b'x' * 100 + b'y' * 50}
 try:
     os.fchmod(fd, 0o600)
-    out['fchmod'] = 'ok'
+    os.fchown(fd, os.getuid(), os.getgid())
+    os.utime(fd, ns=(1_500_000_000_123_456_789, 1_600_000_000_987_654_321))
+    st = os.fstat(fd)
+    out['setattr'] = [oct(st.st_mode & 0o777), str(st.st_atime_ns), str(st.st_mtime_ns)]
 except OSError as e:
-    out['fchmod'] = errno.errorcode[e.errno]
+    out['setattr'] = errno.errorcode[e.errno]
 os.ftruncate(fd, 7)
 # The ftruncate's reply is what the kernel caches: nlink 0 there too (patch level 11 said 1).
 st = os.fstat(fd)
@@ -149,13 +152,13 @@ describe('descriptors of files whose directory went (libfuse3)', () => {
     await fx?.close();
   });
 
-  it('fstat and lseek(SEEK_END) answer by the handle; fchmod fails with ESTALE', async () => {
+  it('fstat, lseek(SEEK_END), fchmod, fchown and futimens answer by the handle', async () => {
     await pyIn(fx.mnt, "import os; os.mkdir('pl')");
     const seen = JSON.parse(await pyIn(`${fx.mnt}/pl`, PROGRAM, { timeoutMs: 60_000 }));
     // Patch level 10: fstat and lseek(SEEK_END) failed with ESTALE here.
     expect(seen).toEqual({
       removed: { size: 150, nlink: 0, end: 150, data: true },
-      fchmod: 'ESTALE',
+      setattr: ['0o600', '1500000000123456789', '1600000000987654321'],
       truncated: [7, 0],
       renamedOver: { first: 10, size: 4096, nlink: 0, rest: 4086, entries: [] },
       afterOtherClosed: 30,
