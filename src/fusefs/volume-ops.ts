@@ -428,8 +428,9 @@ export class VolumeOps {
     // then no change waits for that name (KernelNames, "never waited for"); noted before the
     // write, which may ask for it to be invalidated after (a moved append).
     // Without a path (its node has none, see handle-nodes.ts): that node's key.
-    const name = names !== undefined && !names.isEmpty ? this.changedThrough(node, path, fh) : path;
-    const tracked = names !== undefined && !names.isEmpty && name !== undefined;
+    const watched = names !== undefined && !names.isEmpty;
+    const name = watched ? this.changedThrough(node, path, fh) : path;
+    const tracked = watched && name !== undefined;
     if (tracked) names.writeStarted(name);
     let r: number | Promise<number>;
     try {
@@ -1089,16 +1090,7 @@ export class VolumeOps {
       const node = mtime !== null ? this.nodeNow(path) : undefined;
       this.paths.at([path], (b) => setTimesNs(b, atime, mtime));
       if (node) this.cache.timesSet(node, mtime!);
-      const ms = (t: bigint | null) => (t === null ? null : nsToMs(t));
-      const ns = (t: bigint | null) => (t === null ? null : String(t));
-      await this.sink.apply({
-        op: 'utimens',
-        path,
-        atime: ms(atime),
-        mtime: ms(mtime),
-        atimeNs: ns(atime),
-        mtimeNs: ns(mtime),
-      });
+      await this.sink.apply(utimensChange(path, atime, mtime));
     });
   }
 
@@ -1145,16 +1137,7 @@ export class VolumeOps {
       // As utimens: the cache puts this mtime back after a write-back of cached data.
       setFdTimesNs(node.fd, atime, mtime);
       if (mtime !== null) this.cache.timesSet(node, mtime);
-      const ms = (t: bigint | null) => (t === null ? null : nsToMs(t));
-      const ns = (t: bigint | null) => (t === null ? null : String(t));
-      return {
-        op: 'utimens',
-        path: node.path,
-        atime: ms(atime),
-        mtime: ms(mtime),
-        atimeNs: ns(atime),
-        mtimeNs: ns(mtime),
-      };
+      return utimensChange(node.path, atime, mtime);
     });
   }
 
@@ -1497,4 +1480,18 @@ function lstatOrUndefined(p: string): fs.Stats | undefined {
   } catch {
     return undefined;
   }
+}
+
+/** The utimens change the sink gets: times to the ms and, exactly, to the ns (null: unchanged). */
+function utimensChange(path: string, atime: bigint | null, mtime: bigint | null) {
+  const ms = (t: bigint | null) => (t === null ? null : nsToMs(t));
+  const ns = (t: bigint | null) => (t === null ? null : String(t));
+  return {
+    op: 'utimens' as const,
+    path,
+    atime: ms(atime),
+    mtime: ms(mtime),
+    atimeNs: ns(atime),
+    mtimeNs: ns(mtime),
+  };
 }
