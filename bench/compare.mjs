@@ -16,7 +16,11 @@
 // passes per rep, each a sample of the median), bench/worker.mjs
 // meta on --files files, and bench/worker.mjs walk (readdir + lstat of a tree of --files files at
 // rest, twice, 1.1 s apart). --bare adds the primary directory itself as a target (no server).
-// --workloads picks some of seq,small,read,meta,walk,tools,append; append (not in the default)
+// --workloads picks some of seq,small,read,meta,walk,tools,append,ops; ops (not in the default) times
+// --ops-n of each single-file metadata operation in a row (bench/worker.mjs ops: rename, chmod,
+// chown, utime, truncate, setxattr, link/unlink of a second name, open+close, readlink,
+// mkdir/rmdir): µs per operation as the caller sees it, and the server's CPU per operation;
+// append (not in the default)
 // times 10 × --files 100-byte O_APPEND writes to one new file (a log); tools (not in the default) runs
 // `find . -ls`, `ls -lR` and `git status` on a git checkout of --tools-files files (100 per
 // directory, committed, at rest): each after a drop of the kernel's caches (pass 1) and again
@@ -68,8 +72,9 @@ const opts = parseArgs(
     'time-limit': { default: 1200, help: 'abort (and clean up) after this many seconds' },
     workloads: {
       default: 'seq,small,read,meta,walk',
-      help: 'comma list of seq,small,read,meta,walk,tools,append',
+      help: 'comma list of seq,small,read,meta,walk,tools,append,ops',
     },
+    'ops-n': { default: 2000, help: 'operations of each kind in the ops workload' },
     'tools-files': { default: 10000, help: 'files in the tools workload (find, ls -lR, git status)' },
   },
   'node bench/compare.mjs --variant NAME[|CLI[|ARGS[|ENV=V ...]]] ... [options]',
@@ -98,8 +103,20 @@ const SMALL = opts['small-mb'];
 const FILES = opts.files;
 const WANT = new Set(String(opts.workloads).split(','));
 for (const w of WANT)
-  if (!['seq', 'small', 'read', 'meta', 'walk', 'tools', 'append'].includes(w))
+  if (!['seq', 'small', 'read', 'meta', 'walk', 'tools', 'append', 'ops'].includes(w))
     throw new Error(`unknown workload ${w}`);
+const OPS = [
+  'rename',
+  'chmod',
+  'chown',
+  'utime',
+  'truncate',
+  'setxattr',
+  'link',
+  'openclose',
+  'readlink',
+  'mkdir',
+];
 const TOOLS = [
   ['find', 'find', ['.', '-ls']],
   ['lsR', 'ls', ['-lR', '.']],
@@ -167,6 +184,17 @@ for (let rep = 0; rep < opts.reps; rep++) {
       add(t, 'metacpu', ((cpuSeconds(pid) - c) * 1e6) / FILES);
       add(t, 'metaflt', (minorFaults(pid) - f) / FILES);
       await run('rm', ['-rf', `${m}/cmp-meta`]);
+    }
+    if (WANT.has('ops')) {
+      await run('mkdir', ['-p', `${m}/cmp-ops`]);
+      for (const op of OPS) {
+        c = cpuSeconds(pid);
+        const o = await worker('ops', ['--dir', `${m}/cmp-ops`, '--op', op, '--n', String(opts['ops-n'])]);
+        add(t, `op-${op}`, (o.ms * 1000) / o.n);
+        // The process's own start and the file's setup are in the CPU (a few ms over --ops-n).
+        add(t, `op-${op}cpu`, ((cpuSeconds(pid) - c) * 1e6) / o.n);
+      }
+      await run('rm', ['-rf', `${m}/cmp-ops`]);
     }
     if (WANT.has('append')) {
       c = cpuSeconds(pid);
@@ -272,7 +300,29 @@ const COLS = [
     ]),
   ),
 ].filter(([w]) => WANT.has(w));
-table(
-  ['variant', ...COLS.map((c) => c[1])],
-  names.map((t) => [t, ...COLS.map(([, , k, digits]) => fmt(md(t, k), digits))]),
-);
+if (COLS.length > 0)
+  table(
+    ['variant', ...COLS.map((c) => c[1])],
+    names.map((t) => [t, ...COLS.map(([, , k, digits]) => fmt(md(t, k), digits))]),
+  );
+if (WANT.has('ops')) {
+  // One row per operation: µs as the caller sees it (× the first variant, bindfs), and the
+  // server's µs of CPU per operation.
+  process.stdout.write(`\n${opts['ops-n']} of each operation in a row (median of the reps)\n\n`);
+  table(
+    [
+      'operation',
+      ...names.flatMap((t) => [`${t} µs`, t === names[0] ? 'µs CPU' : `× ${names[0]}`, 'µs CPU']),
+    ].filter((_, i) => i !== 2),
+    OPS.map((op) => [
+      op,
+      ...names.flatMap((t, j) => {
+        const us = md(t, `op-${op}`);
+        const cells = [fmt(us, 0)];
+        if (j > 0) cells.push(fmt(us / md(names[0], `op-${op}`), 2));
+        cells.push(fmt(md(t, `op-${op}cpu`), 0));
+        return cells;
+      }),
+    ]),
+  );
+}

@@ -25,6 +25,12 @@
 //   node bench/worker.mjs append --file F --n N [--size B]
 //       a log's writes: F opened O_WRONLY|O_APPEND|O_CREAT, N writes of B bytes (default 100),
 //       closed; prints the time of the writes (ms).
+//   node bench/worker.mjs ops --dir D --op OP --n N
+//       one kind of single-file metadata operation, N times in a row on a file of 100 bytes in
+//       D (made before, removed after, neither timed); prints the time of the N (ms). OP is one
+//       of rename (a → b, b → a), chmod, chown, utime, truncate (to 0..6 bytes), setxattr,
+//       link (a second name made and removed: two operations per round, each counted),
+//       openclose (open O_RDONLY, close), readlink, mkdir (mkdir then rmdir, each counted).
 import * as fs from 'node:fs';
 
 const [mode, ...rest] = process.argv.slice(2);
@@ -67,6 +73,44 @@ if (mode === 'meta') {
   const ms = now() - t;
   fs.closeSync(fd);
   process.stdout.write(`${JSON.stringify({ n, size: data.length, ms })}\n`);
+} else if (mode === 'ops') {
+  const n = Number(a.n ?? 1000);
+  const f = `${a.dir}/ops-a`;
+  const g = `${a.dir}/ops-b`;
+  fs.writeFileSync(f, Buffer.alloc(100, 0x6f));
+  fs.symlinkSync('ops-a', `${a.dir}/ops-l`);
+  const steps = {
+    rename: (i) => (i % 2 === 0 ? fs.renameSync(f, g) : fs.renameSync(g, f)),
+    chmod: (i) => fs.chmodSync(f, 0o600 | (i & 0o77)),
+    chown: (i) => fs.chownSync(f, 0, i % 3),
+    utime: (i) => fs.utimesSync(f, i, i),
+    truncate: (i) => fs.truncateSync(f, i % 7),
+    setxattr: null,
+    link: (i) => (i % 2 === 0 ? fs.linkSync(f, g) : fs.unlinkSync(g)),
+    openclose: () => fs.closeSync(fs.openSync(f, 'r')),
+    readlink: () => fs.readlinkSync(`${a.dir}/ops-l`),
+    mkdir: (i) => (i % 2 === 0 ? fs.mkdirSync(g) : fs.rmdirSync(g)),
+  };
+  if (!(a.op in steps)) throw new Error(`ops: unknown --op ${a.op}`);
+  let step = steps[a.op];
+  if (a.op === 'setxattr') {
+    // Node has no xattr call: setfattr(1) per call would time a process start, so python does
+    // the loop and prints its time.
+    const { execFileSync } = await import('node:child_process');
+    const code = `import os,time\nt=time.perf_counter()\nfor i in range(${n}): os.setxattr('${f}','user.bench',b'v%d'%i)\nprint((time.perf_counter()-t)*1000)`;
+    const ms = Number(execFileSync('/usr/bin/python3', ['-c', code]).toString());
+    step = undefined;
+    fs.rmSync(`${a.dir}/ops-l`);
+    fs.rmSync(f);
+    process.stdout.write(`${JSON.stringify({ op: a.op, n, ms })}\n`);
+  }
+  if (step) {
+    const t = now();
+    for (let i = 0; i < n; i++) step(i);
+    const ms = now() - t;
+    for (const p of [f, g, `${a.dir}/ops-l`]) fs.rmSync(p, { recursive: true, force: true });
+    process.stdout.write(`${JSON.stringify({ op: a.op, n, ms })}\n`);
+  }
 } else if (mode === 'files') {
   // One phase of meta on its own (bench/create-unlink.mjs): --op create (O_CREAT|O_EXCL, --size
   // bytes, close), stat or unlink, of --n files f0.. in --dir.

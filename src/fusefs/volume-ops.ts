@@ -1,7 +1,8 @@
 import * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
-import * as xattr from 'fs-xattr';
+import { check } from '../posix/errno.js';
 import { mknod } from '../posix/mknod.js';
+import { posix } from '../posix/native.js';
 import { nsToMs, setFdTimesNs, setTimesNs } from '../posix/set-times.js';
 import { writeAll } from '../posix/write-all.js';
 import { type ChangeSink, nullSink, syncAlongside, type WriteGate } from './change-sink.js';
@@ -103,8 +104,6 @@ function primaryWriteBackOn(): boolean {
 /** The first handle number of creates answered natively (native-create.h); JS's are below. */
 const NATIVE_HANDLES = 0x40000000;
 
-/** Linux's O_PATH (not in fs.constants): a descriptor that names an entry without opening it. */
-const O_PATH = 0o10000000;
 const O_ACCMODE = 0o3;
 const POSIX_ACL_NAMES = new Set(['system.posix_acl_access', 'system.posix_acl_default']);
 
@@ -273,7 +272,7 @@ export class VolumeOps {
   }
 
   async readlink(path: string): Promise<string> {
-    return this.paths.at([path], (b) => fsp.readlink(b));
+    return this.paths.at([path], (b) => fs.readlinkSync(b));
   }
 
   async statfs(path: string): Promise<VolumeStatfs> {
@@ -718,7 +717,7 @@ export class VolumeOps {
         }
       } else {
         await this.sink.beforeChange?.(path);
-        await this.paths.at([path], (b) => fsp.truncate(b, size));
+        await this.paths.at([path], (b) => truncateAt(b, size));
         await this.sink.apply({ op: 'truncate', path, size });
         if (this.kernelNames && !this.kernelNames.isEmpty) ino = this.paths.at([path], lstatOrUndefined)?.ino;
       }
@@ -893,11 +892,11 @@ export class VolumeOps {
   async rmdir(path: string): Promise<void> {
     await this.guarded([path], async () => {
       try {
-        await this.paths.at([path], (b) => fsp.rmdir(b));
+        this.paths.at([path], (b) => fs.rmdirSync(b));
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code !== 'ENOTEMPTY' || !(await this.dropHiddenNames(path)))
           throw err;
-        await this.paths.at([path], (b) => fsp.rmdir(b));
+        this.paths.at([path], (b) => fs.rmdirSync(b));
       }
       await this.sink.apply({ op: 'rmdir', path });
     });
@@ -930,7 +929,7 @@ export class VolumeOps {
 
   async mkdir(path: string, mode: number, ctx: CallerContext | undefined): Promise<void> {
     await this.guarded([path], async () => {
-      await this.paths.at([path], (b) => fsp.mkdir(b, mode & 0o7777));
+      this.paths.at([path], (b) => fs.mkdirSync(b, mode & 0o7777));
       const st = await this.ownNew(ctx, path);
       await this.sink.apply({ op: 'mkdir', path, mode: st.mode, uid: st.uid, gid: st.gid });
     });
@@ -955,7 +954,7 @@ export class VolumeOps {
 
   async symlink(target: string, path: string, ctx: CallerContext | undefined): Promise<void> {
     await this.guarded([path], async () => {
-      await this.paths.at([path], (b) => fsp.symlink(target, b));
+      this.paths.at([path], (b) => fs.symlinkSync(target, b));
       const st = await this.ownNew(ctx, path);
       await this.sink.apply({
         op: 'symlink',
@@ -975,7 +974,7 @@ export class VolumeOps {
 
   /** link(2) on the primary, reported; the caller holds the gate passes (see guarded). */
   private async linkNow(from: string, path: string): Promise<void> {
-    await this.paths.at([from, path], (a, b) => fsp.link(a, b));
+    this.paths.at([from, path], (a, b) => fs.linkSync(a, b));
     if (this.kernelNames) {
       // Both names now belong to a multi-link file: `from`'s kernel inode has the old nlink.
       const ino = this.paths.at([path], (b) => fs.lstatSync(b)).ino;
@@ -1062,7 +1061,7 @@ export class VolumeOps {
 
   async chmod(path: string, mode: number): Promise<void> {
     await this.guarded([path], async () => {
-      await this.paths.at([path], (b) => fsp.chmod(b, mode & 0o7777));
+      this.paths.at([path], (b) => fs.chmodSync(b, mode & 0o7777));
       await this.sink.apply({ op: 'chmod', path, mode: mode & 0o7777 });
     });
   }
@@ -1071,8 +1070,8 @@ export class VolumeOps {
     await this.guarded([path], async () => {
       const u = uid === NO_ID ? -1 : uid;
       const g = gid === NO_ID ? -1 : gid;
-      const st = await this.paths.at([path], async (b) => {
-        await fsp.lchown(b, u, g);
+      const st = this.paths.at([path], (b) => {
+        fs.lchownSync(b, u, g);
         return fs.lstatSync(b);
       });
       await this.sink.apply({ op: 'chown', path, uid: st.uid, gid: st.gid });
@@ -1152,17 +1151,10 @@ export class VolumeOps {
     refuseAcl(name);
     await this.guarded([path], async () => {
       const copy = Buffer.from(value);
-      await this.onEntry(path, async (entry) => {
-        if (flags & (XATTR_CREATE | XATTR_REPLACE)) {
-          const exists = await xattr.getAttribute(entry, name).then(
-            () => true,
-            () => false,
-          );
-          if (flags & XATTR_CREATE && exists) throw errnoError('EEXIST');
-          if (flags & XATTR_REPLACE && !exists) throw errnoError('ENODATA');
-        }
-        await xattr.setAttribute(entry, name, copy);
-      });
+      // XATTR_CREATE and XATTR_REPLACE passed on: the primary answers EEXIST and ENODATA.
+      this.onEntry(path, (entry) =>
+        check(posix().lsetxattr(entry, name, copy, flags & (XATTR_CREATE | XATTR_REPLACE)), 'lsetxattr'),
+      );
       await this.sink.apply({ op: 'setxattr', path, name, value: copy });
     });
   }
@@ -1175,35 +1167,37 @@ export class VolumeOps {
     // The kernel's security.capability lookup before every write(2) reaches here once per
     // path: the patched fuse-native remembers an ENODATA answer and repeats it itself, until
     // forgetNoCapabilities (see guarded).
-    return this.onEntry(path, (entry) => xattr.getAttribute(entry, name));
+    return this.onEntry(path, (entry) => {
+      const r = posix().lgetxattr(entry, name);
+      if (typeof r === 'number') throw errnoOf(r, 'lgetxattr');
+      return r;
+    });
   }
 
   async listxattr(path: string): Promise<string[]> {
-    const names = await this.onEntry(path, (entry) => xattr.listAttributes(entry));
+    const names = this.onEntry(path, (entry) => {
+      const r = posix().llistxattr(entry);
+      if (typeof r === 'number') throw errnoOf(r, 'llistxattr');
+      return r;
+    });
     return names.some((n) => POSIX_ACL_NAMES.has(n)) ? names.filter((n) => !POSIX_ACL_NAMES.has(n)) : names;
   }
 
   async removexattr(path: string, name: string): Promise<void> {
     refuseAcl(name);
     await this.guarded([path], async () => {
-      await this.onEntry(path, (entry) => xattr.removeAttribute(entry, name));
+      this.onEntry(path, (entry) => check(posix().lremovexattr(entry, name), 'lremovexattr'));
       await this.sink.apply({ op: 'removexattr', path, name });
     });
   }
 
   /**
-   * Runs an xattr call on the entry itself. The kernel has already followed any symlinks, so a
-   * FUSE path that names a symlink means the link (getfattr -h, ls -l on a dangling link).
-   * fs-xattr only has the following calls; /proc/self/fd/N of an O_PATH|O_NOFOLLOW descriptor
-   * reaches the entry without following it.
+   * Runs an xattr call on the entry itself, on the JS thread (see lstatNow). The kernel has
+   * already followed any symlinks, so a FUSE path that names a symlink means the link (getfattr
+   * -h, ls -l on a dangling link): the l*xattr calls of the project's addon.
    */
-  private async onEntry<T>(path: string, fn: (entry: string) => Promise<T>): Promise<T> {
-    const fd = await this.paths.at([path], (b) => openFd(b, O_PATH | fs.constants.O_NOFOLLOW, 0));
-    try {
-      return await fn(`/proc/self/fd/${fd}`);
-    } finally {
-      closeQuietly(fd);
-    }
+  private onEntry<T>(path: string, fn: (entry: string) => T): T {
+    return this.paths.at([path], fn);
   }
 
   // ---- helpers ------------------------------------------------------------------------------
@@ -1460,7 +1454,11 @@ function fchownFd(fd: number, uid: number, gid: number): Promise<void> {
  * namespace changes of the small-file hot path (create's open, unlink, rename) are done on the
  * JS thread too: each thread-pool round trip adds two thread hand-offs to the request, about what
  * bindfs spends on the whole request, for a call of microseconds on a local filesystem (a journal
- * commit does not hold them; fsync does). Other changes stay on the thread pool.
+ * commit does not hold them; fsync does). So are the other metadata calls of a request (link,
+ * symlink, mkdir, rmdir, readlink, chmod, lchown, the xattr calls, truncate of a file up to
+ * SYNC_TRUNCATE_BYTES): docs/benchmarks.md, "Metadata operations on the JS thread". What stays
+ * on the thread pool is what can take long (fsync, reads and writes of data, readdir, statfs,
+ * truncate of a large file) and mknod.
  */
 function lstatNow(p: string): fs.BigIntStats {
   return fs.lstatSync(p, { bigint: true });
@@ -1476,10 +1474,34 @@ function sameFile(a: fs.Stats, b: fs.Stats): boolean {
 
 function lstatOrUndefined(p: string): fs.Stats | undefined {
   try {
-    return fs.lstatSync(p);
+    // ENOENT without an exception (the common miss: a rename's new name); ENOTDIR still throws.
+    return fs.lstatSync(p, { throwIfNoEntry: false });
   } catch {
     return undefined;
   }
+}
+
+/**
+ * A file at most this large on the primary is truncated on the JS thread; a larger one on the
+ * thread pool: freeing its blocks is work that grows with the size, and no other request would
+ * be served meanwhile.
+ */
+const SYNC_TRUNCATE_BYTES = 64 * 1024 * 1024;
+
+/** The errno error of an addon call's negative result. */
+function errnoOf(r: number, what: string): Error {
+  try {
+    check(r, what);
+  } catch (err) {
+    return err as Error;
+  }
+  return errnoError('EIO', what);
+}
+
+/** truncate(2) of a primary path (see lstatNow, and SYNC_TRUNCATE_BYTES). */
+function truncateAt(p: string, size: number): void | Promise<void> {
+  if (fs.statSync(p).size <= SYNC_TRUNCATE_BYTES) return fs.truncateSync(p, size);
+  return fsp.truncate(p, size);
 }
 
 /** The utimens change the sink gets: times to the ms and, exactly, to the ns (null: unchanged). */

@@ -224,6 +224,40 @@ os.close(t); os.close(fd)
     );
   });
 
+  it('truncate by path of closed files, small and past 64 MiB, keeps what it should', async () => {
+    // The server truncates a closed file up to 64 MiB on its JS thread and a larger one on the
+    // thread pool (volume-ops.ts, SYNC_TRUNCATE_BYTES): both sides of that line, growing and
+    // shrinking, against the plain directory.
+    const program = `
+import hashlib, os
+def put(name, data, at=None):                       # written, synced and closed: nothing cached
+    with open(name, 'r+b' if at is not None else 'wb') as f:
+        if at is not None: f.seek(at)
+        f.write(data); f.flush(); os.fsync(f.fileno())
+def show(name):
+    with open(name, 'rb') as f: d = f.read()
+    print(name, os.stat(name).st_size, len(d), hashlib.sha1(d).hexdigest()[:12])
+put('small', bytes(range(256)) * 40)
+os.truncate('small', 1000); show('small')           # shrink, file closed
+os.truncate('small', 5000); show('small')           # grow: a hole after byte 1000
+put('big', b'head' * 1000)
+os.truncate('big', 100 << 20); show('big')          # grow past 64 MiB (a 4 KB file: JS thread)
+put('big', b'tail', (100 << 20) - 4)
+os.truncate('big', 70 << 20); show('big')           # shrink a 100 MiB file (thread pool)
+os.truncate('big', 2000); show('big')               # 70 MiB to 2000 bytes (thread pool)
+os.truncate('big', 0); show('big')
+`;
+    const [plain, mnt] = [await pyIn(fx.plain, program), await pyIn(fx.mnt, program)];
+    expect(mnt).toBe(plain);
+    expect(mnt.split('\n')).toContain(`big ${70 << 20} ${70 << 20} ${plain.split('\n')[3]!.split(' ')[3]}`);
+    // After a sync the primary holds exactly what the plain directory holds.
+    await pyIn(fx.mnt, "import os\nfor n in ('small', 'big'): os.fsync(os.open(n, os.O_RDONLY))");
+    expect(await fsp.readFile(path.join(fx.primary, 'small'))).toEqual(
+      await fsp.readFile(path.join(fx.plain, 'small')),
+    );
+    expect((await fsp.stat(path.join(fx.primary, 'big'))).size).toBe(0);
+  });
+
   it('O_APPEND writes go to the end, also past another descriptor’s writes', async () => {
     const program = `
 import os
