@@ -1,4 +1,4 @@
-import { type ChildProcess, spawn } from 'node:child_process';
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 
 /**
@@ -21,7 +21,8 @@ import * as fs from 'node:fs';
  * and then writes 1 to fd 3. The open file stays bound to this connection: once the connection
  * is gone, the kernel detaches it, and a write to it aborts nothing (the number N, taken by a
  * later mount, is never written by name). Without permission on /sys/fs/fuse/connections (not
- * root) there is no guard.
+ * root) there is no guard; a root server mounts fusectl there first when it is not mounted
+ * (mountFusectl).
  */
 export interface ExitGuard {
   /** Whether the connection has ended (its control files are detached from it). */
@@ -46,6 +47,24 @@ function connectionsDir(): string {
   return process.env.TWINFS_FUSE_CONNECTIONS_DIR || '/sys/fs/fuse/connections';
 }
 
+const FUSECTL_DIR = '/sys/fs/fuse/connections';
+
+/**
+ * Mounts fusectl on /sys/fs/fuse/connections when this process is root and it is not mounted
+ * (a machine booted without Debian's `fuse` service, which mounts it, or a container), as that
+ * service does: without it the guard has no abort file. True when it is mounted afterwards.
+ */
+function mountFusectl(): boolean {
+  if (process.env.TWINFS_FUSE_CONNECTIONS_DIR || process.getuid?.() !== 0) return false;
+  try {
+    if (fs.readdirSync(FUSECTL_DIR).length > 0) return true;
+  } catch {
+    return false; // no /sys/fs/fuse (no fuse module): nothing to mount on
+  }
+  spawnSync('mount', ['-t', 'fusectl', 'none', FUSECTL_DIR], { stdio: 'ignore', timeout: 5000 });
+  return fs.readdirSync(FUSECTL_DIR).length > 0;
+}
+
 /**
  * @param noFusectl told why, when the connection's directory is not there (fusectl not mounted,
  *   or not in this mount namespace): without the guard a server stuck on its own mount cannot end
@@ -57,11 +76,16 @@ export function startExitGuard(minor: number, noFusectl?: (why: string) => void)
   let dirFd: number;
   try {
     // The directory first: the abort file then certainly belongs to the same connection.
-    dirFd = fs.openSync(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
+    dirFd = openDir(dir);
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT')
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') return undefined;
+    try {
+      if (!mountFusectl()) throw err;
+      dirFd = openDir(dir);
+    } catch {
       noFusectl?.(`${dir} does not exist (fusectl is not mounted on ${connectionsDir()})`);
-    return undefined;
+      return undefined;
+    }
   }
   try {
     abortFd = fs.openSync(`${dir}/abort`, fs.constants.O_WRONLY);
@@ -110,4 +134,8 @@ export function startExitGuard(minor: number, noFusectl?: (why: string) => void)
       fs.closeSync(dirFd);
     },
   };
+}
+
+function openDir(dir: string): number {
+  return fs.openSync(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
 }

@@ -159,6 +159,18 @@ for n in ${JSON.stringify(names)}:
     expect((await native()).flushes).toBeGreaterThanOrEqual(before.flushes! + 3);
   });
 
+  it('close(2) of a read-only descriptor sends no FLUSH at all (no_rofd_flush)', async () => {
+    await py("for i in range(10):\n  f = open(f'ro{i}', 'wb'); f.write(b'r' * 100); f.close()");
+    const before = await native();
+    // Ten read-only opens, each read and closed: no FLUSH reaches the server.
+    const out = await py("print(sum(len(open(f'ro{i}', 'rb').read()) for i in range(10)))");
+    expect(out).toBe('1000\n');
+    expect((await native()).flushes).toBe(before.flushes);
+    // A descriptor open for writing still sends one at its close (nothing cached: native).
+    await py("for i in range(3): os.close(os.open(f'ro{i}', os.O_RDWR))");
+    expect((await native()).flushes).toBe(before.flushes! + 3);
+  });
+
   it('lookups of missing names and of every entry of a directory are answered without JS', async () => {
     await py("os.mkdir('d')\nfor i in range(20): open(f'd/f{i}', 'w').close()");
     const before = await native();

@@ -237,25 +237,27 @@ def put(name, data, at=None):                       # written, synced and closed
 def show(name):
     with open(name, 'rb') as f: d = f.read()
     print(name, os.stat(name).st_size, len(d), hashlib.sha1(d).hexdigest()[:12])
-put('small', bytes(range(256)) * 40)
-os.truncate('small', 1000); show('small')           # shrink, file closed
-os.truncate('small', 5000); show('small')           # grow: a hole after byte 1000
-put('big', b'head' * 1000)
-os.truncate('big', 100 << 20); show('big')          # grow past 64 MiB (a 4 KB file: JS thread)
-put('big', b'tail', (100 << 20) - 4)
-os.truncate('big', 70 << 20); show('big')           # shrink a 100 MiB file (thread pool)
-os.truncate('big', 2000); show('big')               # 70 MiB to 2000 bytes (thread pool)
-os.truncate('big', 0); show('big')
+put('trp-small', bytes(range(256)) * 40)
+os.truncate('trp-small', 1000); show('trp-small')           # shrink, file closed
+os.truncate('trp-small', 5000); show('trp-small')           # grow: a hole after byte 1000
+put('trp-big', b'head' * 1000)
+os.truncate('trp-big', 100 << 20); show('trp-big')          # grow past 64 MiB (a 4 KB file: JS thread)
+put('trp-big', b'tail', (100 << 20) - 4)
+os.truncate('trp-big', 70 << 20); show('trp-big')           # shrink a 100 MiB file (thread pool)
+os.truncate('trp-big', 2000); show('trp-big')               # 70 MiB to 2000 bytes (thread pool)
+os.truncate('trp-big', 0); show('trp-big')
 `;
     const [plain, mnt] = [await pyIn(fx.plain, program), await pyIn(fx.mnt, program)];
     expect(mnt).toBe(plain);
-    expect(mnt.split('\n')).toContain(`big ${70 << 20} ${70 << 20} ${plain.split('\n')[3]!.split(' ')[3]}`);
-    // After a sync the primary holds exactly what the plain directory holds.
-    await pyIn(fx.mnt, "import os\nfor n in ('small', 'big'): os.fsync(os.open(n, os.O_RDONLY))");
-    expect(await fsp.readFile(path.join(fx.primary, 'small'))).toEqual(
-      await fsp.readFile(path.join(fx.plain, 'small')),
+    expect(mnt.split('\n')).toContain(
+      `trp-big ${70 << 20} ${70 << 20} ${plain.split('\n')[3]!.split(' ')[3]}`,
     );
-    expect((await fsp.stat(path.join(fx.primary, 'big'))).size).toBe(0);
+    // After a sync the primary holds exactly what the plain directory holds.
+    await pyIn(fx.mnt, "import os\nfor n in ('trp-small', 'trp-big'): os.fsync(os.open(n, os.O_RDONLY))");
+    expect(await fsp.readFile(path.join(fx.primary, 'trp-small'))).toEqual(
+      await fsp.readFile(path.join(fx.plain, 'trp-small')),
+    );
+    expect((await fsp.stat(path.join(fx.primary, 'trp-big'))).size).toBe(0);
   });
 
   it('O_APPEND writes go to the end, also past another descriptor’s writes', async () => {
