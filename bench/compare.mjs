@@ -19,7 +19,7 @@
 // --workloads picks some of seq,small,read,meta,walk,tools,append,ops; ops (not in the default) times
 // --ops-n of each single-file metadata operation in a row (bench/worker.mjs ops: rename, chmod,
 // chown, utime, truncate, setxattr, link/unlink of a second name, open+close, readlink,
-// mkdir/rmdir): µs per operation as the caller sees it, and the server's CPU per operation;
+// mkdir/rmdir, stat of a missing name): µs per operation as the caller sees it, and the server's CPU per operation;
 // append (not in the default)
 // times 10 × --files 100-byte O_APPEND writes to one new file (a log); tools (not in the default) runs
 // `find . -ls`, `ls -lR` and `git status` on a git checkout of --tools-files files (100 per
@@ -116,6 +116,7 @@ const OPS = [
   'openclose',
   'readlink',
   'mkdir',
+  'statmissing',
 ];
 const TOOLS = [
   ['find', 'find', ['.', '-ls']],

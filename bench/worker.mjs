@@ -28,9 +28,11 @@
 //   node bench/worker.mjs ops --dir D --op OP --n N
 //       one kind of single-file metadata operation, N times in a row on a file of 100 bytes in
 //       D (made before, removed after, neither timed); prints the time of the N (ms). OP is one
-//       of rename (a → b, b → a), chmod, chown, utime, truncate (to 0..6 bytes), setxattr,
+//       of rename (a → b, b → a), chmod, chown, utime, truncate (to 0..6 bytes; Node opens the
+//       file, ftruncates and closes it), setxattr,
 //       link (a second name made and removed: two operations per round, each counted),
-//       openclose (open O_RDONLY, close), readlink, mkdir (mkdir then rmdir, each counted).
+//       openclose (open O_RDONLY, close), readlink, mkdir (mkdir then rmdir, each counted),
+//       statmissing (stat of a name that does not exist).
 import * as fs from 'node:fs';
 
 const [mode, ...rest] = process.argv.slice(2);
@@ -90,6 +92,8 @@ if (mode === 'meta') {
     openclose: () => fs.closeSync(fs.openSync(f, 'r')),
     readlink: () => fs.readlinkSync(`${a.dir}/ops-l`),
     mkdir: (i) => (i % 2 === 0 ? fs.mkdirSync(g) : fs.rmdirSync(g)),
+    // A name that is not there, as a compiler's include search or Python's imports ask.
+    statmissing: () => fs.statSync(`${a.dir}/ops-missing`, { throwIfNoEntry: false }),
   };
   if (!(a.op in steps)) throw new Error(`ops: unknown --op ${a.op}`);
   let step = steps[a.op];

@@ -170,6 +170,9 @@ export function fuseNativeOptions(o: NativeMountOptions): Record<string, unknown
         'max_write=1048576',
         'max_readahead=1048576',
         'no_rofd_flush',
+        // Missing names are cached too: every name on the primary appears through this mount
+        // while it is mounted (docs/architecture.md, "Missing names cached").
+        `negative_timeout=${LIBFUSE3_CACHE_SEC}`,
         ...((o.cacheReaddir ?? cacheReaddirFromEnv()) ? ['cache_readdir'] : []),
       ],
       timeout,

@@ -2,6 +2,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { promises as fsp, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
+import { fuseMinor } from '../helpers/fuse-trace.js';
 import { ROOT, tempDirs } from '../helpers/server.js';
 
 /**
@@ -53,13 +54,6 @@ function lines(p: ChildProcess): { next(what: string, ms?: number): Promise<stri
       }
     },
   };
-}
-
-function fuseMinor(mnt: string): number | undefined {
-  const l = readFileSync('/proc/self/mountinfo', 'utf8')
-    .split('\n')
-    .find((x) => x.split(' ')[4] === mnt && x.includes(' - fuse'));
-  return l ? Number(l.split(' ')[2]!.split(':')[1]) : undefined;
 }
 
 function childrenOf(pid: number): number[] {

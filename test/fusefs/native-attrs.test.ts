@@ -11,6 +11,7 @@ import {
   type Writer,
   waitUntil,
 } from '../control/control-fixture.js';
+import { traceFuseRequests } from '../helpers/fuse-trace.js';
 import { pyIn } from '../helpers/posix.js';
 
 /**
@@ -179,6 +180,31 @@ for n in ${JSON.stringify(names)}:
     );
     expect(out).toBe('ENOENT\n0\n');
     expect((await native()).answered).toBeGreaterThan(before.answered!);
+  });
+
+  it('a missing name is asked for once, and a create through the mount shows it at once', async () => {
+    await py("os.mkdir('neg')");
+    // Fifty lookups of one missing name from one process: the kernel asks once and then
+    // answers from its negative entry (negative_timeout).
+    const trace = traceFuseRequests(fx.mnt);
+    let out: string;
+    let lookups: number;
+    try {
+      out = await py(
+        "n = 0\nfor i in range(50):\n  try: os.lstat('neg/x')\n  except FileNotFoundError: n += 1\nprint(n)",
+      );
+    } finally {
+      lookups = trace.counts().get('FUSE_LOOKUP') ?? 0;
+      trace.stop();
+    }
+    expect(out).toBe('50\n');
+    expect(lookups).toBeGreaterThanOrEqual(1);
+    expect(lookups).toBeLessThan(5);
+    // Made through the mount by another process: visible at once, and so is its removal.
+    await py("open('neg/x', 'w').write('here')");
+    expect(await py("print(open('neg/x').read())")).toBe('here\n');
+    await py("os.rename('neg/x', 'neg/y')");
+    expect(await py("print(os.path.exists('neg/x'), open('neg/y').read())")).toBe('False here\n');
   });
 
   it('getxattr is answered natively, ENODATA and ERANGE included', async () => {
