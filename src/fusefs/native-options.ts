@@ -19,8 +19,10 @@ const require = createRequire(import.meta.url);
  * With `libfuse: 3` (`serve --fuse 3`, TWINFS_FUSE=3, or DEFAULT_LIBFUSE) the patch's libfuse3
  * build is used instead: kernel attribute and entry caches with timeouts and the page cache kept across
  * opens (kernel_cache), kept exact by invalidating every name of a changed file
- * (kernel-names.ts); 1 MiB requests (max_write, which libfuse3 turns into max_pages);
- * readdirplus. big_writes and nonempty do not exist there (both are always on).
+ * (kernel-names.ts); missing names cached as long (negative_timeout); no FLUSH at the close
+ * of a read-only descriptor (no_rofd_flush); 1 MiB requests (max_write, which libfuse3 turns
+ * into max_pages); readdirplus. big_writes and nonempty do not exist there (both are always
+ * on).
  */
 export interface NativeMountOptions {
   attrTimeoutSec: number;
