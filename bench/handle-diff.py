@@ -268,7 +268,9 @@ def op_seek():
         call(lambda: os.lseek(h.fds[1], off, whence))
         return
     r, t = both('lseek %s (fd %d) %d %d' % (h.name, h.fds[1], off, whence), lambda: os.lseek(h.fds[0], off, whence), lambda: os.lseek(h.fds[1], off, whence), orphan=h)
-    if r == t:
+    if r == t and r[0] == 'ok':
+        # Both descriptors are at the same absolute offset now. A failed lseek (EINVAL before
+        # the start) moves neither: an offset not known stays so (stream 2102000, op 913).
         h.desc.offset_known = True
     elif r[0] == 'known':
         h.desc.offset_known = False  # the oracle's moved, the mount's did not
