@@ -56,6 +56,7 @@ let failed = 0;
 let seeds = 0;
 let opsTotal = 0;
 let knownTotal = 0;
+let boundedTotal = 0;
 for (let seed = opts.seed; ; seed++) {
   seeds++;
   const base = tempBase(opts.dir);
@@ -71,6 +72,10 @@ for (let seed = opts.seed; ; seed++) {
     verbose: opts.verbose,
   });
   const problems = [];
+  const t0 = Date.now();
+  // The server's invalidation waits cut by their bound (kernel-names.ts): a seed that took far
+  // longer than its siblings says here whether that is why.
+  let bounded;
   try {
     const procs = Array.from({ length: opts.procs }, async (_, i) => {
       const ref = path.join(d.ref, `p${i}`);
@@ -97,6 +102,14 @@ for (let seed = opts.seed; ; seed++) {
       }
     });
     await Promise.all(procs);
+    if (srv.url) {
+      const c = await controlClient(srv.url, srv.token);
+      try {
+        bounded = (await c.request('status')).fs?.kernelCache?.waitsBounded;
+      } finally {
+        await c.close();
+      }
+    }
     if (opts.mirror && srv.url) {
       const c = await controlClient(srv.url, srv.token);
       try {
@@ -112,15 +125,20 @@ for (let seed = opts.seed; ; seed++) {
     await srv.stop();
   }
   if (problems.length) failed++;
+  const secs = (Date.now() - t0) / 1000;
+  boundedTotal += bounded ?? 0;
   log(
-    `seed ${seed}: ${opts.procs} × ${opts.ops} ops, ${problems.length} problem(s)${problems.length ? ` (files in ${base})` : ''}`,
+    `seed ${seed}: ${opts.procs} × ${opts.ops} ops, ${problems.length} problem(s)${problems.length ? ` (files in ${base})` : ''}` +
+      (bounded || secs > 30
+        ? `; ${secs.toFixed(1)} s, ${bounded ?? '?'} invalidation wait(s) cut by the bound`
+        : ''),
   );
   for (const p of problems.slice(0, 20)) log(`    ${p}`);
   if (!problems.length) fs.rmSync(base, { recursive: true, force: true });
   if (Date.now() >= until) break;
 }
 log(
-  `${seeds} seeds, ${failed} with problems, ${opsTotal} operations` +
+  `${seeds} seeds, ${failed} with problems, ${opsTotal} operations, ${boundedTotal} invalidation wait(s) cut by the bound` +
     (knownTotal
       ? `; ${knownTotal} ESTALE through descriptors of files whose directory went (a known limit)`
       : ''),
