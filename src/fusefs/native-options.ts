@@ -19,10 +19,10 @@ const require = createRequire(import.meta.url);
  * With `libfuse: 3` (`serve --fuse 3`, TWINFS_FUSE=3, or DEFAULT_LIBFUSE) the patch's libfuse3
  * build is used instead: kernel attribute and entry caches with timeouts and the page cache kept across
  * opens (kernel_cache), kept exact by invalidating every name of a changed file
- * (kernel-names.ts); missing names cached as long (negative_timeout); no FLUSH at the close
- * of a read-only descriptor (no_rofd_flush); 1 MiB requests (max_write, which libfuse3 turns
- * into max_pages); readdirplus. big_writes and nonempty do not exist there (both are always
- * on).
+ * (kernel-names.ts); no FLUSH at the close of a read-only descriptor (no_rofd_flush); 1 MiB
+ * requests (max_write, which libfuse3 turns into max_pages); readdirplus. big_writes and
+ * nonempty do not exist there (both are always on). Missing names are not cached
+ * (negative_timeout stays 0: docs/architecture.md, "Tried: missing names cached").
  */
 export interface NativeMountOptions {
   attrTimeoutSec: number;
@@ -172,9 +172,6 @@ export function fuseNativeOptions(o: NativeMountOptions): Record<string, unknown
         'max_write=1048576',
         'max_readahead=1048576',
         'no_rofd_flush',
-        // Missing names are cached too: every name on the primary appears through this mount
-        // while it is mounted (docs/architecture.md, "Missing names cached").
-        `negative_timeout=${LIBFUSE3_CACHE_SEC}`,
         ...((o.cacheReaddir ?? cacheReaddirFromEnv()) ? ['cache_readdir'] : []),
       ],
       timeout,
