@@ -87,6 +87,8 @@ if (mode === 'meta') {
     chown: (i) => fs.chownSync(f, 0, i % 3),
     utime: (i) => fs.utimesSync(f, i, i),
     truncate: (i) => fs.truncateSync(f, i % 7),
+    // Node has no xattr call (setfattr(1) per call would time a process start): python runs
+    // the whole loop and prints its time.
     setxattr: null,
     link: (i) => (i % 2 === 0 ? fs.linkSync(f, g) : fs.unlinkSync(g)),
     openclose: () => fs.closeSync(fs.openSync(f, 'r')),
@@ -96,25 +98,19 @@ if (mode === 'meta') {
     statmissing: () => fs.statSync(`${a.dir}/ops-missing`, { throwIfNoEntry: false }),
   };
   if (!(a.op in steps)) throw new Error(`ops: unknown --op ${a.op}`);
-  let step = steps[a.op];
+  let ms;
   if (a.op === 'setxattr') {
-    // Node has no xattr call: setfattr(1) per call would time a process start, so python does
-    // the loop and prints its time.
     const { execFileSync } = await import('node:child_process');
     const code = `import os,time\nt=time.perf_counter()\nfor i in range(${n}): os.setxattr('${f}','user.bench',b'v%d'%i)\nprint((time.perf_counter()-t)*1000)`;
-    const ms = Number(execFileSync('/usr/bin/python3', ['-c', code]).toString());
-    step = undefined;
-    fs.rmSync(`${a.dir}/ops-l`);
-    fs.rmSync(f);
-    process.stdout.write(`${JSON.stringify({ op: a.op, n, ms })}\n`);
-  }
-  if (step) {
+    ms = Number(execFileSync('/usr/bin/python3', ['-c', code]).toString());
+  } else {
+    const step = steps[a.op];
     const t = now();
     for (let i = 0; i < n; i++) step(i);
-    const ms = now() - t;
-    for (const p of [f, g, `${a.dir}/ops-l`]) fs.rmSync(p, { recursive: true, force: true });
-    process.stdout.write(`${JSON.stringify({ op: a.op, n, ms })}\n`);
+    ms = now() - t;
   }
+  for (const p of [f, g, `${a.dir}/ops-l`]) fs.rmSync(p, { recursive: true, force: true });
+  process.stdout.write(`${JSON.stringify({ op: a.op, n, ms })}\n`);
 } else if (mode === 'files') {
   // One phase of meta on its own (bench/create-unlink.mjs): --op create (O_CREAT|O_EXCL, --size
   // bytes, close), stat or unlink, of --n files f0.. in --dir.

@@ -43,11 +43,11 @@ const GUARD_SCRIPT = [
  * Where fusectl shows the FUSE connections. TWINFS_FUSE_CONNECTIONS_DIR names another directory:
  * a test's stand-in for a machine where fusectl is not mounted (test/fusefs/exit-guard-missing).
  */
-function connectionsDir(): string {
-  return process.env.TWINFS_FUSE_CONNECTIONS_DIR || '/sys/fs/fuse/connections';
-}
-
 const FUSECTL_DIR = '/sys/fs/fuse/connections';
+
+function connectionsDir(): string {
+  return process.env.TWINFS_FUSE_CONNECTIONS_DIR || FUSECTL_DIR;
+}
 
 /**
  * Mounts fusectl on /sys/fs/fuse/connections when this process is root and it is not mounted

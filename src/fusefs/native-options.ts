@@ -166,7 +166,8 @@ export function fuseNativeOptions(o: NativeMountOptions): Record<string, unknown
       // cache_readdir: an option of the patch (not libfuse's): opendir sets cache_readdir and
       // keep_cache, so an unchanged directory is listed from the kernel's cache.
       // no_rofd_flush (libfuse's): a read-only open is answered with FOPEN_NOFLUSH, so its
-      // close(2) sends no FLUSH (docs/architecture.md, "No FLUSH for read-only descriptors").
+      // close(2) sends no FLUSH (docs/architecture.md, "Metadata requests on the JS thread; no FLUSH for read-only
+      // descriptors").
       extraOptions: [
         'use_ino',
         'max_write=1048576',

@@ -1,10 +1,9 @@
 import * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
-import { check } from '../posix/errno.js';
 import { mknod } from '../posix/mknod.js';
-import { posix } from '../posix/native.js';
 import { nsToMs, setFdTimesNs, setTimesNs } from '../posix/set-times.js';
 import { writeAll } from '../posix/write-all.js';
+import { getXattr, listXattrs, removeXattr, setXattr } from '../posix/xattr.js';
 import { type ChangeSink, nullSink, syncAlongside, type WriteGate } from './change-sink.js';
 import { errnoError } from './errno.js';
 import { HiddenLinks, HiddenRenames, isHiddenEntry, isHiddenPath } from './hidden-renames.js';
@@ -1152,9 +1151,7 @@ export class VolumeOps {
     await this.guarded([path], async () => {
       const copy = Buffer.from(value);
       // XATTR_CREATE and XATTR_REPLACE passed on: the primary answers EEXIST and ENODATA.
-      this.onEntry(path, (entry) =>
-        check(posix().lsetxattr(entry, name, copy, flags & (XATTR_CREATE | XATTR_REPLACE)), 'lsetxattr'),
-      );
+      this.onEntry(path, (entry) => setXattr(entry, name, copy, flags & (XATTR_CREATE | XATTR_REPLACE)));
       await this.sink.apply({ op: 'setxattr', path, name, value: copy });
     });
   }
@@ -1167,26 +1164,20 @@ export class VolumeOps {
     // The kernel's security.capability lookup before every write(2) reaches here once per
     // path: the patched fuse-native remembers an ENODATA answer and repeats it itself, until
     // forgetNoCapabilities (see guarded).
-    return this.onEntry(path, (entry) => {
-      const r = posix().lgetxattr(entry, name);
-      if (typeof r === 'number') throw errnoOf(r, 'lgetxattr');
-      return r;
-    });
+    const value = this.onEntry(path, (entry) => getXattr(entry, name));
+    if (value === undefined) throw errnoError('ENODATA', `${path}: no ${name}`);
+    return value;
   }
 
   async listxattr(path: string): Promise<string[]> {
-    const names = this.onEntry(path, (entry) => {
-      const r = posix().llistxattr(entry);
-      if (typeof r === 'number') throw errnoOf(r, 'llistxattr');
-      return r;
-    });
+    const names = this.onEntry(path, listXattrs);
     return names.some((n) => POSIX_ACL_NAMES.has(n)) ? names.filter((n) => !POSIX_ACL_NAMES.has(n)) : names;
   }
 
   async removexattr(path: string, name: string): Promise<void> {
     refuseAcl(name);
     await this.guarded([path], async () => {
-      this.onEntry(path, (entry) => check(posix().lremovexattr(entry, name), 'lremovexattr'));
+      this.onEntry(path, (entry) => removeXattr(entry, name));
       await this.sink.apply({ op: 'removexattr', path, name });
     });
   }
@@ -1194,7 +1185,7 @@ export class VolumeOps {
   /**
    * Runs an xattr call on the entry itself, on the JS thread (see lstatNow). The kernel has
    * already followed any symlinks, so a FUSE path that names a symlink means the link (getfattr
-   * -h, ls -l on a dangling link): the l*xattr calls of the project's addon.
+   * -h, ls -l on a dangling link): the l*xattr calls of src/posix/xattr.ts.
    */
   private onEntry<T>(path: string, fn: (entry: string) => T): T {
     return this.paths.at([path], fn);
@@ -1487,16 +1478,6 @@ function lstatOrUndefined(p: string): fs.Stats | undefined {
  * be served meanwhile.
  */
 const SYNC_TRUNCATE_BYTES = 64 * 1024 * 1024;
-
-/** The errno error of an addon call's negative result. */
-function errnoOf(r: number, what: string): Error {
-  try {
-    check(r, what);
-  } catch (err) {
-    return err as Error;
-  }
-  return errnoError('EIO', what);
-}
 
 /** truncate(2) of a primary path (see lstatNow, and SYNC_TRUNCATE_BYTES). */
 function truncateAt(p: string, size: number): void | Promise<void> {

@@ -36,8 +36,9 @@ export function readXattrs(path: string): Map<string, Buffer> {
   return out;
 }
 
-export function setXattr(path: string, name: string, value: Buffer): void {
-  check(posix().lsetxattr(path, name, value, 0), `lsetxattr ${path} ${name}`);
+/** flags: 0, or XATTR_CREATE (1) / XATTR_REPLACE (2), answered EEXIST / ENODATA by the filesystem. */
+export function setXattr(path: string, name: string, value: Buffer, flags = 0): void {
+  check(posix().lsetxattr(path, name, value, flags), `lsetxattr ${path} ${name}`);
 }
 
 export function removeXattr(path: string, name: string): void {
