@@ -37,6 +37,7 @@ const ON_OTHER_LIBFUSE = [
   'test/fusefs/rename-own-link.test.ts',
   'test/fusefs/differential.test.ts',
   'test/fusefs/fsx.test.ts',
+  'test/fusefs/fallocate.test.ts',
   'test/fusefs/posix-meta.test.ts',
   'test/control/mmap-prepare.test.ts',
   'test/mirror-driver/crash.test.ts',

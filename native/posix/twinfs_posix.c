@@ -1,10 +1,10 @@
 // twinfs's own POSIX calls that Node lacks (docs/architecture.md, "POSIX helpers").
 //
-// Every function but syncFileRange is one synchronous system call on a local path or descriptor
+// Every function but syncFileRange and fallocate is one synchronous system call on a local path or descriptor
 // and returns 0 (or its result) on success, and a negative errno on failure: the JS side
 // (src/posix) turns that into an errno error. Nothing here blocks for long: flock is called
 // non-blocking by twinfs, and the rest are metadata calls. syncFileRange, which can wait for the
-// disk's request queue, runs in libuv's thread pool and resolves a promise. Used by the FUSE layer, the mirror driver and the
+// disk's request queue, and fallocate run in libuv's thread pool and resolves a promise. Used by the FUSE layer, the mirror driver and the
 // backup peer alike, so a peer host needs no FUSE build. One exception to "POSIX":
 // aesGcmSealInPlace, the repository's pack encryption without Node's per-update buffers, and
 // copyBytes, a plain memcpy between views of shared memory.
@@ -370,6 +370,60 @@ static napi_value js_sync_file_range(napi_env env, napi_callback_info info) {
   return promise;
 }
 
+// fallocate(fd, mode, offset, len): fallocate(2) in libuv's thread pool (allocating a large
+// range on tmpfs or zeroing one on a filesystem without unwritten extents takes as long as
+// writing it). The FUSE layer's fallocate on the primary and the mirror's copy of a range made
+// zero (PUNCH_HOLE | KEEP_SIZE). Resolves 0 or -errno.
+typedef struct {
+  int fd;
+  int mode;
+  int64_t offset;
+  int64_t len;
+  int rc;
+  napi_deferred deferred;
+  napi_async_work work;
+} falloc_job;
+
+static void falloc_execute(napi_env env, void *data) {
+  falloc_job *j = data;
+  j->rc = fallocate(j->fd, j->mode, j->offset, j->len) == 0 ? 0 : -errno;
+}
+
+static void falloc_complete(napi_env env, napi_status status, void *data) {
+  falloc_job *j = data;
+  napi_resolve_deferred(env, j->deferred, num(env, status == napi_ok ? j->rc : -ECANCELED));
+  napi_delete_async_work(env, j->work);
+  free(j);
+}
+
+static napi_value js_fallocate(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  falloc_job *j = calloc(1, sizeof(*j));
+  if (!j) {
+    napi_throw_error(env, NULL, "twinfs_posix: out of memory");
+    return NULL;
+  }
+  napi_value promise, name;
+  if (argc < 4 || napi_get_value_int32(env, argv[0], &j->fd) != napi_ok ||
+      napi_get_value_int32(env, argv[1], &j->mode) != napi_ok ||
+      napi_get_value_int64(env, argv[2], &j->offset) != napi_ok ||
+      napi_get_value_int64(env, argv[3], &j->len) != napi_ok ||
+      napi_create_promise(env, &j->deferred, &promise) != napi_ok) {
+    free(j);
+    napi_throw_error(env, NULL, "twinfs_posix: bad arguments (fallocate)");
+    return NULL;
+  }
+  napi_create_string_utf8(env, "twinfs_fallocate", NAPI_AUTO_LENGTH, &name);
+  if (napi_create_async_work(env, NULL, name, falloc_execute, falloc_complete, j, &j->work) != napi_ok ||
+      napi_queue_async_work(env, j->work) != napi_ok) {
+    napi_resolve_deferred(env, j->deferred, num(env, -EAGAIN));
+    free(j);
+  }
+  return promise;
+}
+
 // fadviseWillNeed(fd, offset, len): posix_fadvise(POSIX_FADV_WILLNEED): the kernel starts
 // reading the range into the page cache and returns without waiting for it. The repository's
 // reader thread opens a batch of small files, asks for all of them, then reads them one after
@@ -464,10 +518,11 @@ static napi_value init(napi_env env, napi_value exports) {
       {"aesGcmSealInPlace", NULL, js_aes_gcm_seal_in_place, NULL, NULL, NULL, napi_enumerable, NULL},
       {"fadviseWillNeed", NULL, js_fadvise_willneed, NULL, NULL, NULL, napi_enumerable, NULL},
       {"copyBytes", NULL, js_copy_bytes, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"fallocate", NULL, js_fallocate, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
   napi_value v;
-  napi_create_uint32(env, 7, &v);
+  napi_create_uint32(env, 8, &v);
   napi_set_named_property(env, exports, "abiLevel", v);
   return exports;
 }

@@ -10,6 +10,11 @@ import type { Disposable } from '../common/lifecycle.js';
 export type Change =
   | { op: 'write'; path: string; offset: number; data: Buffer }
   | { op: 'truncate'; path: string; size: number }
+  /**
+   * The range reads as zeros now (fallocate(2) PUNCH_HOLE or ZERO_RANGE on the primary); always
+   * inside the file, the size unchanged (a size fallocate changed comes as a truncate after it).
+   */
+  | { op: 'zero'; path: string; offset: number; length: number }
   | { op: 'create'; path: string; mode: number; uid: number; gid: number }
   | { op: 'mkdir'; path: string; mode: number; uid: number; gid: number }
   | {

@@ -114,6 +114,13 @@ export function createFuseHandlers(ops: VolumeOps, opts: AdapterOptions): Record
       tryCall('truncate', cb, () => ops.truncate(path, size), status('truncate', cb)),
     ftruncate: (path: string | null, fh: number, size: number, cb: Cb) =>
       tryCall('ftruncate', cb, () => ops.ftruncate(fh, size, path ?? undefined), status('ftruncate', cb)),
+    fallocate: (path: string | null, fh: number, mode: number, offset: number, len: number, cb: Cb) =>
+      tryCall(
+        'fallocate',
+        cb,
+        () => ops.fallocate(fh, mode, offset, len, path ?? undefined),
+        status('fallocate', cb),
+      ),
     unlink: (path: string, cb: Cb) => tryCall('unlink', cb, () => ops.unlink(path), status('unlink', cb)),
     rmdir: (path: string, cb: Cb) => tryCall('rmdir', cb, () => ops.rmdir(path), status('rmdir', cb)),
     mkdir: (path: string, mode: number, cb: Cb) => {

@@ -135,6 +135,7 @@ const UNTIMED_OPS = [
   'create',
   'truncate',
   'ftruncate',
+  'fallocate',
   'unlink',
   'rmdir',
   'mkdir',

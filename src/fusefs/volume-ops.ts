@@ -1,5 +1,6 @@
 import * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
+import { FALLOC_SUPPORTED } from '../posix/fallocate.js';
 import { mknod } from '../posix/mknod.js';
 import { nsToMs, setFdTimesNs, setTimesNs } from '../posix/set-times.js';
 import { writeAll } from '../posix/write-all.js';
@@ -732,6 +733,23 @@ export class VolumeOps {
     const pass = await this.gate.enter(node.path, node.ino);
     try {
       await this.cache.truncate(node, size);
+    } finally {
+      pass.done();
+    }
+    await this.kernelNames?.changed([node.ino], this.changedThrough(node, path, fh));
+  }
+
+  /**
+   * fallocate(2) through a handle: modes 0, KEEP_SIZE, PUNCH_HOLE | KEEP_SIZE, ZERO_RANGE (with or
+   * without KEEP_SIZE), as the primary's filesystem answers them (WritebackCache.fallocate); any
+   * other mode is EOPNOTSUPP. A data change: it waits for a freeze of the file, like a write.
+   */
+  async fallocate(fh: number, mode: number, offset: number, len: number, path?: string): Promise<void> {
+    if ((mode & ~FALLOC_SUPPORTED) !== 0) throw errnoError('EOPNOTSUPP', `fallocate mode ${mode}`);
+    const node = this.handle(fh);
+    const pass = await this.gate.enter(node.path, node.ino);
+    try {
+      await this.cache.fallocate(node, mode, offset, len);
     } finally {
       pass.done();
     }

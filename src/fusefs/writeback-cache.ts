@@ -2,6 +2,7 @@ import * as fs from 'node:fs';
 
 import { Mutex } from '../common/async.js';
 import { Emitter } from '../common/event.js';
+import { FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, fallocate } from '../posix/fallocate.js';
 import { msToNs, nsToMs, setFdTimesNs } from '../posix/set-times.js';
 import { WriteBackScheduler } from '../posix/write-back.js';
 import { type ChangeSink, syncAlongside } from './change-sink.js';
@@ -458,6 +459,73 @@ export class WritebackCache {
       this.settleSpace(node, [], Math.min(node.primarySize, size));
       if (!node.nameless) await this.sink.apply({ op: 'truncate', path: node.path, size });
     });
+  }
+
+  /**
+   * fallocate(2) of node's primary file, under the node lock (mode: FALLOC_SUPPORTED bits, checked
+   * by the caller). The file's cached data is written back first: the primary's call alone then
+   * decides the bytes and the size, and its mtime is not put back by a later write-back of data
+   * written before it (flushLocked sets the last write's time). A range made zero (PUNCH_HOLE,
+   * ZERO_RANGE) goes to the sink as a zero change; a size the call changed, as a truncate after
+   * it; an mtime the call moved (ext4 moves it in every mode), as a utimens to the ns. Allocation
+   * alone (KEEP_SIZE, or inside the file) changes no byte: the mirror keeps the content and times,
+   * not the allocation. Read-ahead windows are dropped whatever the
+   * mode: one filled at the old end would answer a read past it short, and the kernel takes a
+   * short read as the file's end (its size cut there: a mapped page past it is SIGBUS). When the
+   * call fails after zeroing a part, the range's bytes on the primary are reported as writes, so
+   * the sink never misses what did happen. Throws the call's errno (or the write-back's).
+   */
+  fallocate(node: FileNode, mode: number, offset: number, len: number): Promise<void> {
+    return node.lock.run(async () => {
+      const zeroing = (mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)) !== 0;
+      await this.flushLocked(node);
+      const st = fs.fstatSync(node.fd, { bigint: true });
+      const before = Number(st.size);
+      const report = !node.nameless;
+      if (report) await this.sink.beforeChange?.(node.path);
+      node.contentChanged();
+      let failure: unknown = null;
+      try {
+        await fallocate(node.fd, mode, offset, len);
+      } catch (err) {
+        failure = err;
+      } finally {
+        // Again once the primary has it: a read-ahead window filled meanwhile holds old bytes.
+        node.contentChanged();
+        this.noteAttributes(node, false);
+      }
+      const now = fs.fstatSync(node.fd, { bigint: true });
+      const after = Number(now.size);
+      const end = Math.min(offset + len, before);
+      if (report && zeroing && end > offset) {
+        if (failure === null)
+          await this.sink.apply({ op: 'zero', path: node.path, offset, length: end - offset });
+        else await this.reportPrimaryRange(node, offset, end);
+      }
+      if (report && after !== before) await this.sink.apply({ op: 'truncate', path: node.path, size: after });
+      // ext4 moves mtime in every mode, allocation alone included: the sink gets it to the ns.
+      if (report && now.mtimeNs !== st.mtimeNs)
+        await this.sink.apply({
+          op: 'utimens',
+          path: node.path,
+          atime: null,
+          mtime: nsToMs(now.mtimeNs),
+          mtimeNs: String(now.mtimeNs),
+        });
+      this.settleSpace(node, [], Math.max(node.primarySize, after));
+      if (failure !== null) throw failure;
+    });
+  }
+
+  /** The primary's bytes of [from, to) reported as writes (see fallocate). */
+  private async reportPrimaryRange(node: FileNode, from: number, to: number): Promise<void> {
+    const piece = 1024 * 1024;
+    for (let at = from; at < to; at += piece) {
+      const buf = Buffer.allocUnsafe(Math.min(piece, to - at));
+      const n = fs.readSync(node.fd, buf, 0, buf.length, at);
+      if (n === 0) return;
+      await this.sink.apply({ op: 'write', path: node.path, offset: at, data: buf.subarray(0, n) });
+    }
   }
 
   /** The file was unlinked and has no other name: drop its cached data. */

@@ -205,6 +205,13 @@ export class ChangeRecord {
         if (this.linked.has(c.path)) this.linkedGen = g;
         return;
       }
+      case 'zero': {
+        const g = ++this.gen;
+        this.self.set(c.path, g);
+        this.ranges.write(c.path, g, c.offset, c.offset + c.length);
+        if (this.linked.has(c.path)) this.linkedGen = g;
+        return;
+      }
       case 'truncate': {
         const g = ++this.gen;
         this.self.set(c.path, g);

@@ -264,7 +264,7 @@ export class ChangeRouter {
         } else if (c.op === 'unlink' || c.op === 'rmdir') this.c.resyncer.moveUnsynced(c.path, null);
       }
       if (overCopy) await this.relinkRenamed(c.path);
-      if (c.op === 'write' || c.op === 'truncate') {
+      if (c.op === 'write' || c.op === 'zero' || c.op === 'truncate') {
         if (c.op === 'write') this.c.stats.bytesMirrored += c.data.length;
         // An inode with other names may lose this one next (unlink, or libfuse's .fuse_hidden
         // name going on release), and then its times can no longer be read by path: copy them

@@ -3,6 +3,7 @@ import { promises as fsp } from 'node:fs';
 import * as xattr from 'fs-xattr';
 import { removeXattr } from '../common/xattrs.js';
 import type { Change } from '../fusefs/change-sink.js';
+import { zeroRange } from '../posix/fallocate.js';
 import { underRoot } from '../posix/long-path.js';
 import { mknod } from '../posix/mknod.js';
 import { msToNs, setTimesNs } from '../posix/set-times.js';
@@ -96,6 +97,10 @@ export class MirrorWriter {
         if (c.data.length >= EARLY_WRITEBACK_BYTES) this.writeBacks.written(fd, c.offset, c.data.length);
         return;
       }
+      case 'zero':
+        // A hole where the mirror's filesystem has them, zeros written where not.
+        await zeroRange(this.fd(c.path), c.offset, c.length);
+        return;
       case 'truncate': {
         const fd = this.fd(c.path);
         await new Promise<void>((res, rej) => fs.ftruncate(fd, c.size, (e) => (e ? rej(e) : res())));

@@ -10,6 +10,7 @@ import { covers, coversUnder, type Selector, SplitTracker, UNKNOWN_INO } from '.
 /** Changes that modify an inode's content or metadata (not its names). */
 const INODE_OPS = new Set<Change['op']>([
   'write',
+  'zero',
   'truncate',
   'chmod',
   'chown',
@@ -194,6 +195,8 @@ function trackRecord(id: string, c: Change): JournalRecord {
   switch (c.op) {
     case 'write':
       return { t: 'w', id, p: c.path, a: c.offset, b: c.offset + c.data.length };
+    case 'zero':
+      return { t: 'w', id, p: c.path, a: c.offset, b: c.offset + c.length };
     case 'truncate':
       return { t: 'tr', id, p: c.path, size: c.size };
     case 'chmod':

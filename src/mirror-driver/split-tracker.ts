@@ -183,6 +183,10 @@ export class SplitTracker {
         this.file(c.path).ranges.add(c.offset, c.offset + c.data.length);
         this.touched.add(c.path);
         return;
+      case 'zero':
+        this.file(c.path).ranges.add(c.offset, c.offset + c.length);
+        this.touched.add(c.path);
+        return;
       case 'fsync':
         return;
       case 'truncate': {

@@ -63,6 +63,10 @@ export class MirrorTrace {
       f.b0 = c.data[0];
     }
     if (c.op === 'truncate') f.size = c.size;
+    if (c.op === 'zero') {
+      f.off = c.offset;
+      f.len = c.length;
+    }
     if (c.op === 'setxattr' || c.op === 'removexattr') f.name = c.name;
     if (held.length) f.held = held;
     this.event('change', f);

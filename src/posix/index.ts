@@ -4,6 +4,14 @@
  * Nothing here imports the FUSE layer: a peer host needs no FUSE build.
  */
 export { check, errnoError } from './errno.js';
+export {
+  FALLOC_FL_KEEP_SIZE,
+  FALLOC_FL_PUNCH_HOLE,
+  FALLOC_FL_ZERO_RANGE,
+  FALLOC_SUPPORTED,
+  fallocate,
+  zeroRange,
+} from './fallocate.js';
 export { isTooLong, PATH_MAX, underRoot } from './long-path.js';
 export { mknod, S_IFBLK, S_IFCHR, S_IFIFO, S_IFMT, S_IFREG, S_IFSOCK } from './mknod.js';
 export { posix } from './native.js';

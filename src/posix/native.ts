@@ -5,7 +5,7 @@ import { fileURLToPath } from 'node:url';
 /**
  * twinfs's own N-API addon (native/posix/twinfs_posix.c): the POSIX calls Node lacks, shared by
  * the FUSE layer, the mirror driver and the backup peer, so that a peer host needs no FUSE
- * build. Every call but syncFileRange (a promise) is synchronous and returns a negative errno on failure (the wrappers in
+ * build. Every call but syncFileRange and fallocate (promises) is synchronous and returns a negative errno on failure (the wrappers in
  * this folder turn it into an errno error). Built by scripts/build-native.mjs at postinstall.
  */
 export interface PosixAddon {
@@ -21,6 +21,8 @@ export interface PosixAddon {
   openDirBeneath(root: string, rel: string): number;
   /** sync_file_range(SYNC_FILE_RANGE_WRITE) in the thread pool: resolves 0 or -errno. */
   syncFileRange(fd: number, offset: number, len: number): Promise<number>;
+  /** fallocate(2) in the thread pool: resolves 0 or -errno. */
+  fallocate(fd: number, mode: number, offset: number, len: number): Promise<number>;
   /**
    * AES-256-GCM of data[0, n) in place (key 32 bytes, nonce 12), the 16-byte tag written at
    * data[n, n + 16): 0, or -EINVAL (sizes), -EIO (OpenSSL failed). Not a POSIX call: the
@@ -51,7 +53,7 @@ const ADDON = path.resolve(
   'Release',
   'twinfs_posix.node',
 );
-const ABI_LEVEL = 7;
+const ABI_LEVEL = 8;
 
 let addon: PosixAddon | undefined;
 

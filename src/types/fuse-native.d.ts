@@ -96,6 +96,7 @@ declare module 'fuse-native' {
       | 'readdir'
       | 'truncate'
       | 'ftruncate'
+      | 'fallocate'
       | 'utimens'
       | 'readlink'
       | 'chown'
@@ -220,6 +221,19 @@ declare module 'fuse-native' {
       readdir?(path: string, cb: (err: Result, names?: string[], stats?: Stat[]) => void): void;
       truncate?(path: string, size: number, cb: StatusCallback): void;
       ftruncate?(path: string, fh: number, size: number, cb: StatusCallback): void;
+      /**
+       * fallocate(2) through a handle (twinfs patch, level 13): mode as the kernel sent it
+       * (FALLOC_FL_KEEP_SIZE 0x01, PUNCH_HOLE 0x02, ZERO_RANGE 0x10), offset and length in bytes.
+       * ENOSYS makes the kernel answer every later fallocate with EOPNOTSUPP itself.
+       */
+      fallocate?(
+        path: string | null,
+        fh: number,
+        mode: number,
+        offset: number,
+        len: number,
+        cb: StatusCallback,
+      ): void;
       /**
        * atime / mtime: ns since the epoch (bigint, exact), or null = leave that time unchanged
        * (UTIME_OMIT). UTIME_NOW arrives already resolved to the current realtime clock (both

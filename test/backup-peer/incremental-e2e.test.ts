@@ -249,6 +249,43 @@ describe('incremental backups across restarts (real server, real peer processes)
     lastId = r.snapshotId;
   }, 120_000);
 
+  it('a hole punched and a range zeroed inside a large file, its mtime put back: the next snapshot has them', async () => {
+    const MiB = 1024 * 1024;
+    const big = path.join(t.dirs.mnt!, 'big.bin');
+    const r0 = await sh(`head -c ${9 * MiB} /dev/urandom > '${big}'`, { timeoutMs: 30_000 });
+    expect(r0.code, r0.stderr).toBe(0);
+    await backup();
+    const mtimeNs = (await fsp.stat(big, { bigint: true })).mtimeNs;
+    // fallocate(1) in a child process: a 64 KiB hole at 4 MiB, 5,000 bytes zeroed at 6 MiB + 100
+    // (size kept). Then the old mtime back: size and mtime are what the last snapshot saw, and
+    // the file is past the ranged copy's 8 MiB, so only the ranges the server recorded are read.
+    const r1 = await sh(
+      `fallocate -p -o ${4 * MiB} -l 65536 '${big}' && fallocate -z -n -o ${6 * MiB + 100} -l 5000 '${big}' && ` +
+        `touch -m -d @${mtimeNs / 1_000_000_000n}.${(mtimeNs % 1_000_000_000n).toString().padStart(9, '0')} '${big}'`,
+      { timeoutMs: 30_000 },
+    );
+    expect(r1.code, r1.stderr).toBe(0);
+    const want = await fsp.readFile(big);
+    expect(want.subarray(4 * MiB, 4 * MiB + 65536).equals(Buffer.alloc(65536))).toBe(true);
+    const r = await backup();
+    const to = path.join(t.base, `restored-${restores++}`);
+    const rr = await cli([
+      'restore',
+      r.snapshotId,
+      '/big.bin',
+      '--to',
+      to,
+      '--target',
+      `dir:${targetDir}`,
+      '--catalog',
+      catalog,
+    ]);
+    expect(rr.code, rr.stderr).toBe(0);
+    const got = await fsp.readFile(path.join(to, 'big.bin'));
+    expect(got.length).toBe(want.length);
+    expect(got.equals(want)).toBe(true);
+  }, 120_000);
+
   it('check --source compares an earlier snapshot with the mirror, for the files unchanged since', async () => {
     const check = () =>
       cli([

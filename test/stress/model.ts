@@ -28,11 +28,19 @@ export interface EntryState {
   x?: string;
 }
 
+export type FallocateMode = 'punch' | 'zero' | 'zerokeep' | 'grow' | 'keep';
+
 export type Op =
   | { op: 'mkdir'; path: string; mode: number }
   | { op: 'create'; path: string; mode: number; len: number; seed: number }
   | { op: 'write'; path: string; offset: number; len: number; seed: number }
   | { op: 'truncate'; path: string; size: number }
+  /**
+   * fallocate(1) of an existing file: punch (PUNCH_HOLE | KEEP_SIZE), zero (ZERO_RANGE, may grow
+   * the file), zerokeep (ZERO_RANGE | KEEP_SIZE), grow (mode 0, may grow it), keep (KEEP_SIZE:
+   * allocation only, no byte changes).
+   */
+  | { op: 'fallocate'; path: string; mode: FallocateMode; offset: number; len: number }
   | {
       op: 'mmap';
       path: string;
@@ -187,6 +195,17 @@ export class SubtreeModel {
         this.setData(n, data);
         return;
       }
+      case 'fallocate': {
+        const n = this.names.get(o.path)!;
+        const end = o.offset + o.len;
+        const grows = (o.mode === 'zero' || o.mode === 'grow') && end > n.data.length;
+        const data = Buffer.alloc(grows ? end : n.data.length);
+        n.data.copy(data);
+        if (o.mode === 'punch' || o.mode === 'zero' || o.mode === 'zerokeep')
+          data.fill(0, o.offset, Math.min(end, n.data.length));
+        this.setData(n, data);
+        return;
+      }
       case 'truncate': {
         const n = this.names.get(o.path)!;
         const data = Buffer.alloc(o.size);
@@ -290,6 +309,7 @@ export class SubtreeModel {
         create: full ? 0 : 10,
         write: files.length ? 22 : 0,
         truncate: files.length ? 5 : 0,
+        fallocate: files.length ? 3 : 0,
         mmap: files.length && o.mmap ? (o.lazyMmap ? 4 : 1) : 0,
         rename: nonDirs.length ? 8 : 0,
         renameDir: dirs.length > 1 ? 2 : 0,
@@ -346,6 +366,15 @@ export class SubtreeModel {
           path: p,
           size: rng.chance(0.5) ? rng.int(size + 1) : size + rng.int(100_000),
         };
+      }
+      case 'fallocate': {
+        const p = rng.pick(files);
+        const size = this.names.get(p)!.data.length;
+        const mode = rng.pick<FallocateMode>(['punch', 'punch', 'zero', 'zerokeep', 'grow', 'keep']);
+        // Mostly inside the file (page-aligned or not), sometimes across or past its end.
+        const offset = rng.chance(0.8) ? rng.int(size + 1) : size + rng.int(100_000);
+        const len = 1 + (rng.chance(0.2) ? rng.int(1 << 20) : rng.int(65_536));
+        return { op: 'fallocate', path: p, mode, offset, len };
       }
       case 'mmap': {
         const p = rng.pick(files);

@@ -13,7 +13,7 @@ import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as xattr from 'fs-xattr';
-import { type EntryState, type Op, opData, SubtreeModel } from './model.js';
+import { type EntryState, type FallocateMode, type Op, opData, SubtreeModel } from './model.js';
 import { Rng } from './prng.js';
 
 export interface WriterConfig {
@@ -75,7 +75,8 @@ async function main(): Promise<void> {
     // A mapping held from an earlier mmap write: data reaches its inode through no other way
     // until it is gone (libfuse gives each name its own kernel inode and page cache, so a write
     // through another name would not be coherent with the mapping's dirty pages).
-    if (o.op === 'write' || o.op === 'truncate' || o.op === 'mmap') await held.get(model.inodeOf(o.path)!);
+    if (o.op === 'write' || o.op === 'truncate' || o.op === 'fallocate' || o.op === 'mmap')
+      await held.get(model.inodeOf(o.path)!);
     const t0 = now();
     let err: string | undefined;
     try {
@@ -132,6 +133,9 @@ async function exec(mount: string, o: Op): Promise<void> {
     }
     case 'truncate':
       return fsp.truncate(p, o.size);
+    case 'fallocate':
+      // util-linux's fallocate(1): the system call itself, not glibc's posix_fallocate emulation.
+      return run('fallocate', [...FALLOCATE_FLAGS[o.mode], '-o', String(o.offset), '-l', String(o.len), p]);
     case 'mmap':
       return run('python3', [
         MMAP_PY,
@@ -183,6 +187,15 @@ async function exec(mount: string, o: Op): Promise<void> {
     }
   }
 }
+
+/** fallocate(1)'s flags per mode (model.ts FallocateMode). */
+const FALLOCATE_FLAGS: Record<FallocateMode, string[]> = {
+  punch: ['--punch-hole'],
+  zero: ['--zero-range'],
+  zerokeep: ['--zero-range', '--keep-size'],
+  grow: [],
+  keep: ['--keep-size'],
+};
 
 /** Mappings still held by mmap writes (StressOp holdMs), by model inode: resolve when gone. */
 const held = new Map<object, Promise<void>>();
