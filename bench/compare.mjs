@@ -20,6 +20,10 @@
 // --ops-n of each single-file metadata operation in a row (bench/worker.mjs ops: rename, chmod,
 // chown, utime, truncate, setxattr, link/unlink of a second name, open+close, readlink,
 // mkdir/rmdir, stat of a missing name): µs per operation as the caller sees it, and the server's CPU per operation;
+// falloc (not in the default): posix_fallocate of --falloc-mb into a new file (now fallocate(2)
+// through the mount; glibc's one-byte-per-block fallback where a filesystem refuses it), --ops-n
+// fallocate(2) PUNCH_HOLE|KEEP_SIZE calls of 4 KiB at random pages of a written 16 MiB file, and
+// stress-ng's fallocate stressor for 5 s (its bogo ops/s; skipped without stress-ng);
 // append (not in the default)
 // times 10 × --files 100-byte O_APPEND writes to one new file (a log); tools (not in the default) runs
 // `find . -ls`, `ls -lR` and `git status` on a git checkout of --tools-files files (100 per
@@ -32,6 +36,7 @@
 // mirror on the same filesystem); @SHM@ a fresh tmpfs (`--mirror @SHM@`) and @LOOP@ a fresh ext4 on
 // a loop device over an image beside the primary (`--mirror @LOOP@`): the mirror on a separate
 // filesystem, which issue 12's sequential-write goal names; this machine has one disk.
+import * as fs from 'node:fs';
 import {
   cpuSeconds,
   ddSeconds,
@@ -72,8 +77,9 @@ const opts = parseArgs(
     'time-limit': { default: 1200, help: 'abort (and clean up) after this many seconds' },
     workloads: {
       default: 'seq,small,read,meta,walk',
-      help: 'comma list of seq,small,read,meta,walk,tools,append,ops',
+      help: 'comma list of seq,small,read,meta,walk,tools,append,ops,falloc',
     },
+    'falloc-mb': { default: 256, help: 'posix_fallocate size in the falloc workload, MiB' },
     'ops-n': { default: 2000, help: 'operations of each kind in the ops workload' },
     'tools-files': { default: 10000, help: 'files in the tools workload (find, ls -lR, git status)' },
   },
@@ -103,7 +109,7 @@ const SMALL = opts['small-mb'];
 const FILES = opts.files;
 const WANT = new Set(String(opts.workloads).split(','));
 for (const w of WANT)
-  if (!['seq', 'small', 'read', 'meta', 'walk', 'tools', 'append', 'ops'].includes(w))
+  if (!['seq', 'small', 'read', 'meta', 'walk', 'tools', 'append', 'ops', 'falloc'].includes(w))
     throw new Error(`unknown workload ${w}`);
 const OPS = [
   'rename',
@@ -118,6 +124,28 @@ const OPS = [
   'mkdir',
   'statmissing',
 ];
+// The falloc workload's timed calls, in a child (never in this process: it serves nothing, but
+// the mounts are touched from children throughout). argv: FILE MIB N; prints JSON.
+const FALLOC_PY = `
+import ctypes, json, os, random, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+f, mib, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+fd = os.open(f, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+t = time.perf_counter(); os.posix_fallocate(fd, 0, mib << 20); pre = time.perf_counter() - t
+os.ftruncate(fd, 0)
+block = os.urandom(1 << 20)
+for i in range(16): os.pwrite(fd, block, i << 20)
+os.fsync(fd)
+rng = random.Random(1)
+t = time.perf_counter()
+for i in range(n):
+    if libc.fallocate(fd, 3, rng.randrange(4096) * 4096, 4096) != 0: raise OSError(ctypes.get_errno(), 'fallocate')
+punch = time.perf_counter() - t
+os.close(fd); os.unlink(f)
+print(json.dumps({'preS': pre, 'punchS': punch}))
+`;
+const STRESS_NG = ['/usr/bin/stress-ng', '/usr/local/bin/stress-ng'].find((p) => fs.existsSync(p));
 const TOOLS = [
   ['find', 'find', ['.', '-ls']],
   ['lsR', 'ls', ['-lR', '.']],
@@ -196,6 +224,26 @@ for (let rep = 0; rep < opts.reps; rep++) {
         add(t, `op-${op}cpu`, ((cpuSeconds(pid) - c) * 1e6) / o.n);
       }
       await run('rm', ['-rf', `${m}/cmp-ops`]);
+    }
+    if (WANT.has('falloc')) {
+      const mib = opts['falloc-mb'];
+      c = cpuSeconds(pid);
+      r = await run('python3', ['-c', FALLOC_PY, `${m}/cmp-falloc`, String(mib), String(opts['ops-n'])]);
+      const fa = JSON.parse(r.stdout.trim().split('\n').at(-1));
+      add(t, 'prealloc', mib / fa.preS);
+      add(t, 'punch', (fa.punchS * 1e6) / opts['ops-n']);
+      add(t, 'falloccpu', (cpuSeconds(pid) - c) * 1000);
+      if (STRESS_NG) {
+        await run('mkdir', ['-p', `${m}/cmp-stressng`]);
+        r = await run(
+          STRESS_NG,
+          ['--fallocate', '1', '--timeout', '5s', '--temp-path', `${m}/cmp-stressng`, '--metrics-brief'],
+          { timeoutMs: 60_000 },
+        );
+        const mm = /fallocate\s+(\d+)\s+([\d.]+)/.exec(`${r.stdout}\n${r.stderr}`);
+        add(t, 'stressng', mm ? Number(mm[1]) / Number(mm[2]) : Number.NaN);
+        await run('rm', ['-rf', `${m}/cmp-stressng`]);
+      }
     }
     if (WANT.has('append')) {
       c = cpuSeconds(pid);
@@ -288,6 +336,10 @@ const COLS = [
   ['meta', 'unlink/s', 'unlink', 0],
   ['meta', 'µs CPU/file', 'metacpu', 0],
   ['meta', 'faults/file', 'metaflt', 2],
+  ['falloc', 'posix_fallocate MiB/s', 'prealloc', 0],
+  ['falloc', 'µs per 4 KiB punch', 'punch', 0],
+  ['falloc', 'ms CPU (both)', 'falloccpu', 0],
+  ...(STRESS_NG ? [['falloc', 'stress-ng fallocate ops/s', 'stressng', 1]] : []),
   ['append', 'appends/s (100 B, O_APPEND)', 'append', 0],
   ['append', 'µs CPU/append', 'appendcpu', 0],
   ['walk', 'walk 1 entries/s', 'walk1', 0],
