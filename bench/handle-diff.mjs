@@ -12,6 +12,7 @@
 //   node bench/handle-diff.mjs --extra '--write-through'             another configuration
 //   node bench/handle-diff.mjs --extra '--fuse 2' --links=false      libfuse2 (no hard links)
 //   node bench/handle-diff.mjs --dirs                                 subdirectories, directory renames
+//   node bench/handle-diff.mjs --fallocate                            fallocate(2) in the streams too
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -42,6 +43,10 @@ const opts = parseArgs(
     dirs: {
       default: false,
       help: 'names in subdirectories, directories made, removed and renamed (HANDLE_DIFF_DIRS)',
+    },
+    fallocate: {
+      default: false,
+      help: 'fallocate(2) in every mode the kernel passes on, in the streams (HANDLE_DIFF_FALLOCATE)',
     },
     extra: { default: '', help: 'more `twinfs serve` arguments, space-separated' },
     ...commonOptions('parent of the temporary directories'),
@@ -89,6 +94,7 @@ for (let seed = opts.seed; ; seed++) {
           ...process.env,
           HANDLE_DIFF_LINKS: opts.links ? '1' : '0',
           HANDLE_DIFF_DIRS: opts.dirs ? '1' : '0',
+          HANDLE_DIFF_FALLOCATE: opts.fallocate ? '1' : '0',
         },
       });
       if (r.stderr) problems.push(`p${i}: stderr ${r.stderr.slice(0, 2000)}`);
