@@ -506,6 +506,19 @@ export class TwinFs {
           },
         },
     );
+    // Off while an open handle's node has no path (HandleNodes.onAnyGone).
+    const handles = this.kernelNames?.handles;
+    if (handles) {
+      let release: (() => void) | undefined = handles.anyGone ? changes.hold() : undefined;
+      handles.onAnyGone = (any) => {
+        if (any) release ??= changes.hold();
+        else {
+          release?.();
+          release = undefined;
+        }
+      };
+      this.store.add({ dispose: () => (handles.onAnyGone = undefined) });
+    }
     this.nativeChanges = { changes, handlers: changes.wrap(this.nativeChangeTarget) };
     // Disposed at unmount after the cache's last write-back: the queue is reported first.
     this.store.add(changes);

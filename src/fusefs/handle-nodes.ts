@@ -25,6 +25,14 @@ export class HandleNodes {
   private readonly groups = new Map<string, { ino: number; fhs: Set<number> }>();
   private readonly keysByIno = new Map<number, Set<string>>();
   private next = 0;
+  /**
+   * Told when the first node without a path appears (true) and when the last one's handles are
+   * all closed (false). Native unlinks (native-changes.ts) are off meanwhile: libfuse's thread
+   * cannot invalidate such a node's kernel inode, whose cached nlink then stayed 1 for a file
+   * an unlink answered there had just taken the last name of (bench/handle-diff.py --dirs,
+   * stream 2203102); JS's unlink invalidates it by handle.
+   */
+  onAnyGone: ((any: boolean) => void) | undefined;
 
   /** A handle opened under path (the name libfuse's node has). */
   opened(fh: number, path: string, ino: number): void {
@@ -45,6 +53,7 @@ export class HandleNodes {
     const keys = this.keysByIno.get(g.ino);
     keys?.delete(key);
     if (keys?.size === 0) this.keysByIno.delete(g.ino);
+    if (this.groups.size === 0) this.onAnyGone?.(false);
   }
 
   /**
@@ -86,6 +95,7 @@ export class HandleNodes {
     for (const [fh, e] of this.named) {
       if (e.path !== path) continue;
       if (key === undefined) {
+        if (this.groups.size === 0) this.onAnyGone?.(true);
         key = `#${++this.next}`;
         this.groups.set(key, { ino: e.ino, fhs: new Set() });
         let keys = this.keysByIno.get(e.ino);

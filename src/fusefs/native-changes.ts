@@ -155,12 +155,37 @@ export class NativeChanges implements Disposable {
     private readonly writes: { carry: boolean; space: NativeWriteSpace } | false = false,
   ) {
     fuse.onNativeChanges = () => this.take(false);
+    this.inhibitor = inhibitor;
     this.subs.push(
       inhibitor.onWillInhibit(() => this.set(false)),
-      inhibitor.onDidRelease(() => this.set(!inhibitor.isInhibiting)),
+      inhibitor.onDidRelease(() => this.set(this.mayRun())),
     );
     if (writes) this.grant();
-    this.set(!inhibitor.isInhibiting);
+    this.set(this.mayRun());
+  }
+
+  private readonly inhibitor: WriteInhibitor;
+  /** Reasons other than an inhibition to keep native changes off (see hold). */
+  private holds = 0;
+
+  /**
+   * Native changes off until the returned function is called (synchronously reported first, as
+   * for an inhibition): while an open handle's node has no path (handle-nodes.ts, onAnyGone).
+   */
+  hold(): () => void {
+    this.holds++;
+    if (this.enabled) this.set(false);
+    let done = false;
+    return () => {
+      if (done) return;
+      done = true;
+      this.holds--;
+      if (!this.enabled && this.mayRun()) this.set(true);
+    };
+  }
+
+  private mayRun(): boolean {
+    return !this.disposed && this.holds === 0 && !this.inhibitor.isInhibiting;
   }
 
   /** Space reserved for native writes: the native budget plus what they used unreported. */
