@@ -77,11 +77,12 @@ export class Repairer {
     // the same lack heals where the entry went) and compared after them (left-behind.ts), by
     // content: a heal follows a change the mirror could not apply, or one the primary refused
     // after the mirror took it (healFailedWrite), which size and times need not show.
-    if (this.c.nameQueued(p)) {
-      this.c.trace.event('heal-left', { path: p });
-      this.c.leftBehind.add(p, { deep: true });
-      return;
-    }
+    // Changes the primary has that were made in libfuse's threads (native unlinks and creates)
+    // are reported first: their names count as queued too. Unreported, a native unlink of p made
+    // the copy below fail with ENOENT and the pair BROKEN (native-unlink-cached.test.ts's storm,
+    // about 1 run in 8 beside a CPU load).
+    this.c.changes.reportAhead?.();
+    if (this.leaveToQueue(p)) return;
     this.c.trace.event('heal', { path: p });
     await this.c.ensureParents(p);
     this.c.writer.forget(p, true);
@@ -89,7 +90,17 @@ export class Repairer {
     // applied): if it has other names, it is some other file and must not be written into.
     const old = await lstatOrUndefined(this.c.layout.data + p);
     if (old?.isFile() && old.nlink > 1) await fsp.unlink(this.c.layout.data + p);
-    const r = await this.c.copyEntry(this.c.primary + p, this.c.layout.data + p);
+    let r: Awaited<ReturnType<MirrorCore['copyEntry']>>;
+    try {
+      r = await this.c.copyEntry(this.c.primary + p, this.c.layout.data + p);
+    } catch (err) {
+      // p left the primary while it was being copied, by a change made in libfuse's threads
+      // after the report above: once reported, it is queued, and the queue makes the mirror's p.
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      this.c.changes.reportAhead?.();
+      if (this.leaveToQueue(p)) return;
+      throw err;
+    }
     this.c.stats.bytesMirrored += r.bytesCopied;
     this.c.times.noteParents(p);
     // A directory the mirror lacked (say, renamed before the initial copy reached it) comes
@@ -105,6 +116,14 @@ export class Repairer {
     else if (st?.isDirectory())
       for (const q of await multiLinkFiles(this.c.primary, p)) this.c.relinkNames.add(q);
     await this.c.reconciler.relinkIfWanted(p);
+  }
+
+  /** A queued namespace change names p: leave p to it, compared after it (see healPath). */
+  private leaveToQueue(p: string): boolean {
+    if (!this.c.nameQueued(p)) return false;
+    this.c.trace.event('heal-left', { path: p });
+    this.c.leftBehind.add(p, { deep: true });
+    return true;
   }
 
   /** Full resync of broken pairs (or of everything with all=true). Concurrent calls share one run. */
