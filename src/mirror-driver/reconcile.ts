@@ -509,8 +509,8 @@ export class Reconciler {
    * copyEntry of p from the primary, or undefined when it failed because p left the primary
    * after the walk listed it: the change that removed it is reported behind (an unlink answered
    * in libfuse's thread, or libfuse's own removal of a hidden name at the last close, is on the
-   * primary before JS hears of it), and says what becomes of the mirror's entry. Not a mirror
-   * failure.
+   * primary before JS hears of it), and says what becomes of the mirror's entry; or left to the
+   * changes of p queued once those made in libfuse's threads are reported. Not a mirror failure.
    */
   private async copyUnlessGone(
     p: string,
@@ -520,11 +520,19 @@ export class Reconciler {
     try {
       return await this.c.copyEntry(this.c.primary + p, mp, opts);
     } catch (err) {
-      if (
-        HEAL_CODES.has((err as NodeJS.ErrnoException).code ?? '') &&
-        !(await lstatOrUndefined(this.c.primary + p))
-      )
+      if (!HEAL_CODES.has((err as NodeJS.ErrnoException).code ?? '')) throw err;
+      // The changes made in libfuse's threads first: p may have gone and come back as another
+      // file there (a native unlink, then a native create of the name) since the copy's lstat,
+      // none of it queued yet. Once reported, they are, and p is left to them and compared after
+      // them (left-behind.ts). Before, only a p gone for good was left: one made again broke
+      // the pair (native-unlink-cached's storm, `/` BROKEN with ENOENT of /s/n4, 1 run in 8
+      // beside a CPU load).
+      this.c.changes.reportAhead?.();
+      if (this.c.nameQueued(p)) {
+        this.c.leftBehind.add(p, { deep: true });
         return undefined;
+      }
+      if (!(await lstatOrUndefined(this.c.primary + p))) return undefined;
       throw err;
     }
   }
