@@ -318,110 +318,84 @@ static napi_value js_open_dir_beneath(napi_env env, napi_callback_info info) {
   return num(env, fd >= 0 ? fd : -err);
 }
 
-// syncFileRange(fd, offset, len): sync_file_range(2) with SYNC_FILE_RANGE_WRITE, in libuv's
-// thread pool: starts the write-back of that range's dirty pages and does not wait for it (it can
-// wait for a full request queue). A hint, not a durability point: it makes nothing durable (no
-// metadata, no disk cache flush), and a later fsync still does. Resolves 0 or -errno.
+// Calls on a descriptor that can wait for the disk, in libuv's thread pool: each resolves a
+// promise with 0 or -errno.
+//
+// syncFileRange(fd, offset, len): sync_file_range(2) with SYNC_FILE_RANGE_WRITE: starts the
+// write-back of that range's dirty pages and does not wait for it (it can wait for a full
+// request queue). A hint, not a durability point: it makes nothing durable (no metadata, no disk
+// cache flush), and a later fsync still does.
+//
+// fallocate(fd, mode, offset, len): fallocate(2) (allocating a large range on tmpfs or zeroing
+// one on a filesystem without unwritten extents takes as long as writing it). The FUSE layer's
+// fallocate on the primary and the mirror's copy of a range made zero (PUNCH_HOLE | KEEP_SIZE).
 typedef struct {
-  int fd;
-  int64_t offset;
-  int64_t len;
-  int rc;
-  napi_deferred deferred;
-  napi_async_work work;
-} sfr_job;
-
-static void sfr_execute(napi_env env, void *data) {
-  sfr_job *j = data;
-  j->rc = sync_file_range(j->fd, j->offset, j->len, SYNC_FILE_RANGE_WRITE) == 0 ? 0 : -errno;
-}
-
-static void sfr_complete(napi_env env, napi_status status, void *data) {
-  sfr_job *j = data;
-  napi_resolve_deferred(env, j->deferred, num(env, status == napi_ok ? j->rc : -ECANCELED));
-  napi_delete_async_work(env, j->work);
-  free(j);
-}
-
-static napi_value js_sync_file_range(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
-  napi_value argv[3];
-  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  sfr_job *j = calloc(1, sizeof(*j));
-  if (!j) {
-    napi_throw_error(env, NULL, "twinfs_posix: out of memory");
-    return NULL;
-  }
-  napi_value promise, name;
-  if (napi_get_value_int32(env, argv[0], &j->fd) != napi_ok ||
-      napi_get_value_int64(env, argv[1], &j->offset) != napi_ok ||
-      napi_get_value_int64(env, argv[2], &j->len) != napi_ok ||
-      napi_create_promise(env, &j->deferred, &promise) != napi_ok) {
-    free(j);
-    napi_throw_error(env, NULL, "twinfs_posix: bad arguments (syncFileRange)");
-    return NULL;
-  }
-  napi_create_string_utf8(env, "twinfs_sync_file_range", NAPI_AUTO_LENGTH, &name);
-  if (napi_create_async_work(env, NULL, name, sfr_execute, sfr_complete, j, &j->work) != napi_ok ||
-      napi_queue_async_work(env, j->work) != napi_ok) {
-    napi_resolve_deferred(env, j->deferred, num(env, -EAGAIN));
-    free(j);
-  }
-  return promise;
-}
-
-// fallocate(fd, mode, offset, len): fallocate(2) in libuv's thread pool (allocating a large
-// range on tmpfs or zeroing one on a filesystem without unwritten extents takes as long as
-// writing it). The FUSE layer's fallocate on the primary and the mirror's copy of a range made
-// zero (PUNCH_HOLE | KEEP_SIZE). Resolves 0 or -errno.
-typedef struct {
+  int (*call)(int fd, int mode, int64_t a, int64_t b);
   int fd;
   int mode;
-  int64_t offset;
-  int64_t len;
+  int64_t a;
+  int64_t b;
   int rc;
   napi_deferred deferred;
   napi_async_work work;
-} falloc_job;
+} pool_job;
 
-static void falloc_execute(napi_env env, void *data) {
-  falloc_job *j = data;
-  j->rc = fallocate(j->fd, j->mode, j->offset, j->len) == 0 ? 0 : -errno;
+static int sfr_call(int fd, int mode, int64_t a, int64_t b) {
+  return sync_file_range(fd, a, b, SYNC_FILE_RANGE_WRITE);
 }
 
-static void falloc_complete(napi_env env, napi_status status, void *data) {
-  falloc_job *j = data;
+static int falloc_call(int fd, int mode, int64_t a, int64_t b) { return fallocate(fd, mode, a, b); }
+
+static void pool_execute(napi_env env, void *data) {
+  pool_job *j = data;
+  j->rc = j->call(j->fd, j->mode, j->a, j->b) == 0 ? 0 : -errno;
+}
+
+static void pool_complete(napi_env env, napi_status status, void *data) {
+  pool_job *j = data;
   napi_resolve_deferred(env, j->deferred, num(env, status == napi_ok ? j->rc : -ECANCELED));
   napi_delete_async_work(env, j->work);
   free(j);
 }
 
-static napi_value js_fallocate(napi_env env, napi_callback_info info) {
+// Arguments: fd, then mode when with_mode, then the two 64-bit values.
+static napi_value queue_pool_job(napi_env env, napi_callback_info info, const char *name,
+                                 int (*call)(int, int, int64_t, int64_t), int with_mode) {
   size_t argc = 4;
   napi_value argv[4];
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  falloc_job *j = calloc(1, sizeof(*j));
+  pool_job *j = calloc(1, sizeof(*j));
   if (!j) {
     napi_throw_error(env, NULL, "twinfs_posix: out of memory");
     return NULL;
   }
-  napi_value promise, name;
-  if (argc < 4 || napi_get_value_int32(env, argv[0], &j->fd) != napi_ok ||
-      napi_get_value_int32(env, argv[1], &j->mode) != napi_ok ||
-      napi_get_value_int64(env, argv[2], &j->offset) != napi_ok ||
-      napi_get_value_int64(env, argv[3], &j->len) != napi_ok ||
+  j->call = call;
+  size_t at = with_mode ? 2 : 1;
+  napi_value promise, work_name;
+  if (argc < at + 2 || napi_get_value_int32(env, argv[0], &j->fd) != napi_ok ||
+      (with_mode && napi_get_value_int32(env, argv[1], &j->mode) != napi_ok) ||
+      napi_get_value_int64(env, argv[at], &j->a) != napi_ok ||
+      napi_get_value_int64(env, argv[at + 1], &j->b) != napi_ok ||
       napi_create_promise(env, &j->deferred, &promise) != napi_ok) {
     free(j);
-    napi_throw_error(env, NULL, "twinfs_posix: bad arguments (fallocate)");
+    napi_throw_error(env, NULL, "twinfs_posix: bad arguments (pool call)");
     return NULL;
   }
-  napi_create_string_utf8(env, "twinfs_fallocate", NAPI_AUTO_LENGTH, &name);
-  if (napi_create_async_work(env, NULL, name, falloc_execute, falloc_complete, j, &j->work) != napi_ok ||
+  napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &work_name);
+  if (napi_create_async_work(env, NULL, work_name, pool_execute, pool_complete, j, &j->work) != napi_ok ||
       napi_queue_async_work(env, j->work) != napi_ok) {
     napi_resolve_deferred(env, j->deferred, num(env, -EAGAIN));
     free(j);
   }
   return promise;
+}
+
+static napi_value js_sync_file_range(napi_env env, napi_callback_info info) {
+  return queue_pool_job(env, info, "twinfs_sync_file_range", sfr_call, 0);
+}
+
+static napi_value js_fallocate(napi_env env, napi_callback_info info) {
+  return queue_pool_job(env, info, "twinfs_fallocate", falloc_call, 1);
 }
 
 // fadviseWillNeed(fd, offset, len): posix_fadvise(POSIX_FADV_WILLNEED): the kernel starts
