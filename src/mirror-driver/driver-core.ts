@@ -75,6 +75,22 @@ export class MirrorCore {
     return false;
   }
 
+  /**
+   * nameQueued once the changes made in libfuse's threads (native unlinks and creates, which are
+   * on the primary before JS reports them) are reported, so they are queued too: a copy from the
+   * primary that a heal or a walk is about to make, or that failed with ENOENT, is left to the
+   * queue when p is another entry (or none) there because of one of them (docs/reliability.md,
+   * "a heal's and a walk's copy of a name unlinked in libfuse's thread"). Left: p is handed to
+   * left-behind.ts, compared after the changes that name it.
+   */
+  leftToQueue(p: string, traceAs?: string): boolean {
+    this.changes.reportAhead?.();
+    if (!this.nameQueued(p)) return false;
+    if (traceAs) this.trace.event(traceAs, { path: p });
+    this.leftBehind.add(p, { deep: true });
+    return true;
+  }
+
   /** The names of the primary's files with several names (relinking without a volume walk). */
   readonly links = new LinkIndex();
   disposed = false;

@@ -521,17 +521,10 @@ export class Reconciler {
       return await this.c.copyEntry(this.c.primary + p, mp, opts);
     } catch (err) {
       if (!HEAL_CODES.has((err as NodeJS.ErrnoException).code ?? '')) throw err;
-      // The changes made in libfuse's threads first: p may have gone and come back as another
-      // file there (a native unlink, then a native create of the name) since the copy's lstat,
-      // none of it queued yet. Once reported, they are, and p is left to them and compared after
-      // them (left-behind.ts). Before, only a p gone for good was left: one made again broke
-      // the pair (native-unlink-cached's storm, `/` BROKEN with ENOENT of /s/n4, 1 run in 8
-      // beside a CPU load).
-      this.c.changes.reportAhead?.();
-      if (this.c.nameQueued(p)) {
-        this.c.leftBehind.add(p, { deep: true });
-        return undefined;
-      }
+      // p may have gone and come back as another file (a native unlink, then a native create of
+      // the name) since the copy's lstat (MirrorCore.leftToQueue); only a p gone for good was
+      // left before, and one made again broke `/` (native-unlink-cached's storm).
+      if (this.c.leftToQueue(p)) return undefined;
       if (!(await lstatOrUndefined(this.c.primary + p))) return undefined;
       throw err;
     }

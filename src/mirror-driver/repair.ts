@@ -77,12 +77,9 @@ export class Repairer {
     // the same lack heals where the entry went) and compared after them (left-behind.ts), by
     // content: a heal follows a change the mirror could not apply, or one the primary refused
     // after the mirror took it (healFailedWrite), which size and times need not show.
-    // Changes the primary has that were made in libfuse's threads (native unlinks and creates)
-    // are reported first: their names count as queued too. Unreported, a native unlink of p made
-    // the copy below fail with ENOENT and the pair BROKEN (native-unlink-cached.test.ts's storm,
-    // about 1 run in 8 beside a CPU load).
-    this.c.changes.reportAhead?.();
-    if (this.leaveToQueue(p)) return;
+    // Native changes count (MirrorCore.leftToQueue): unreported, a native unlink of p made the
+    // copy below fail with ENOENT and the pair BROKEN (native-unlink-cached.test.ts's storm).
+    if (this.c.leftToQueue(p, 'heal-left')) return;
     this.c.trace.event('heal', { path: p });
     await this.c.ensureParents(p);
     this.c.writer.forget(p, true);
@@ -96,10 +93,8 @@ export class Repairer {
     } catch (err) {
       // p left the primary while it was being copied, by a change made in libfuse's threads
       // after the report above: once reported, it is queued, and the queue makes the mirror's p.
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-      this.c.changes.reportAhead?.();
-      if (this.leaveToQueue(p)) return;
-      throw err;
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT' || !this.c.leftToQueue(p, 'heal-left')) throw err;
+      return;
     }
     this.c.stats.bytesMirrored += r.bytesCopied;
     this.c.times.noteParents(p);
@@ -116,14 +111,6 @@ export class Repairer {
     else if (st?.isDirectory())
       for (const q of await multiLinkFiles(this.c.primary, p)) this.c.relinkNames.add(q);
     await this.c.reconciler.relinkIfWanted(p);
-  }
-
-  /** A queued namespace change names p: leave p to it, compared after it (see healPath). */
-  private leaveToQueue(p: string): boolean {
-    if (!this.c.nameQueued(p)) return false;
-    this.c.trace.event('heal-left', { path: p });
-    this.c.leftBehind.add(p, { deep: true });
-    return true;
   }
 
   /** Full resync of broken pairs (or of everything with all=true). Concurrent calls share one run. */
