@@ -54,7 +54,7 @@ export default defineConfig({
     // A file whose worker is blocked (its timeouts cannot fire) is diagnosed and stopped.
     reporters: ['default', new HangWatchdog()],
     // Each test records its fork's pid for the watchdog (test/helpers/fork-pid.ts).
-    setupFiles: ['test/helpers/fork-pid.ts'],
+    setupFiles: ['test/helpers/fork-pid.ts', 'test/helpers/byte-paths.ts'],
     // `vitest run` runs both projects; one file on the default path only: `--project default`.
     projects: [
       {

@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <node_api.h>
+#include "byte-names.h"
 #include <openssl/evp.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -41,14 +42,9 @@ static napi_value num(napi_env env, double v) {
 static napi_value result(napi_env env, int rc) { return num(env, rc == 0 ? 0 : -errno); }
 
 // A path argument, copied into a malloc'd NUL-terminated string (NULL when not a string).
-static char *path_arg(napi_env env, napi_value v) {
-  size_t len = 0;
-  if (napi_get_value_string_utf8(env, v, NULL, 0, &len) != napi_ok) return NULL;
-  char *s = malloc(len + 1);
-  if (!s) return NULL;
-  napi_get_value_string_utf8(env, v, s, len + 1, &len);
-  return s;
-}
+// Names are bytes: a lone U+DC80..U+DCFF in the string is the byte it stands for (native/common/
+// byte-names.h, shared with the FUSE layer; docs/architecture.md, "Names are bytes").
+static char *path_arg(napi_env env, napi_value v) { return byte_names_from_js(env, v, NULL); }
 
 // mknod(path, mode, dev): any node type, sockets included (bind(2) makes them, and so does
 // mknod with S_IFSOCK). dev is a dev_t as stat(2) gives it (glibc's encoding).
@@ -158,7 +154,7 @@ static napi_value js_llistxattr(napi_env env, napi_callback_info info) {
   for (ssize_t off = 0; off < n;) {
     size_t len = strlen(buf + off);
     napi_value s;
-    napi_create_string_utf8(env, buf + off, len, &s);
+    byte_names_to_js(env, buf + off, len, &s);
     napi_set_element(env, arr, i++, s);
     off += (ssize_t)len + 1;
   }
@@ -271,7 +267,7 @@ static napi_value js_readdir_noatime(napi_env env, napi_callback_info info) {
     if (!e) break;
     if (e->d_name[0] == '.' && (e->d_name[1] == 0 || (e->d_name[1] == '.' && e->d_name[2] == 0))) continue;
     napi_value s;
-    napi_create_string_utf8(env, e->d_name, NAPI_AUTO_LENGTH, &s);
+    byte_names_to_js(env, e->d_name, NAPI_AUTO_LENGTH, &s);
     napi_set_element(env, arr, i++, s);
   }
   int err = errno;
@@ -496,7 +492,7 @@ static napi_value init(napi_env env, napi_value exports) {
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
   napi_value v;
-  napi_create_uint32(env, 8, &v);
+  napi_create_uint32(env, 9, &v);
   napi_set_named_property(env, exports, "abiLevel", v);
   return exports;
 }

@@ -6,6 +6,7 @@ import { DisposableStore } from '../common/lifecycle.js';
 import type { PathPatterns } from '../common/path-patterns.js';
 import { ControlClient } from '../control/client.js';
 import type { BackupReport, PrepareResult, SelectorMsg } from '../control/protocol.js';
+import { installBytePaths } from '../posix/byte-paths.js';
 import { RepositoryTarget } from '../repository/index.js';
 import {
   type BackupEventName,
@@ -207,6 +208,7 @@ export class BackupRun {
   private readonly excluded: ((volumePath: string) => boolean) | undefined;
 
   constructor(private readonly opts: BackupOptions) {
+    installBytePaths();
     const ex = opts.exclude;
     this.excluded = ex?.patterns.length ? (p) => ex.matches(p) : undefined;
   }

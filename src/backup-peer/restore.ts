@@ -5,6 +5,7 @@ import * as path from 'node:path';
 import { errnoCode, TwinError } from '../common/errors.js';
 import type { PathPatterns } from '../common/path-patterns.js';
 import { servedMountHolding } from '../common/served-mounts.js';
+import { installBytePaths } from '../posix/byte-paths.js';
 import { mknod, S_IFBLK, S_IFCHR, S_IFIFO, S_IFSOCK } from '../posix/mknod.js';
 import { msToNs, setTimesNs } from '../posix/set-times.js';
 import { setXattr } from '../posix/xattr.js';
@@ -92,6 +93,7 @@ export async function loadCompleteSnapshot(
  * what they mean. Bad arguments and an incomplete snapshot throw before anything is written.
  */
 export async function restore(o: RestoreOptions): Promise<RestoreResult> {
+  installBytePaths();
   await refuseOwnMount(path.resolve(o.to));
   const wanted = (o.paths ?? []).map((p) => {
     try {

@@ -1,4 +1,4 @@
-import * as xattr from 'fs-xattr';
+import * as posixXattrs from '../posix/xattr.js';
 
 /**
  * Reading extended attributes of a live tree, shared by the mirror driver, verify and the peer.
@@ -21,48 +21,29 @@ export function isNoXattrSupport(err: unknown): boolean {
 /**
  * Every attribute of file with its value (empty values included). Attributes that vanish
  * between list and get are left out; a file system without xattrs has none. Other errors
- * (ENOENT, EACCES, EIO...) are thrown: the caller decides. fs-xattr follows symlinks: callers
- * skip them (a symlink's own user.* attributes cannot exist on Linux).
+ * (ENOENT, EACCES, EIO...) are thrown: the caller decides. The path's own attributes (l*xattr:
+ * callers skip symlinks, whose user.* attributes cannot exist on Linux), by the project's addon,
+ * which takes names as bytes (docs/architecture.md, "Names are bytes"): fs-xattr, used here
+ * before, encoded a name that is not UTF-8 as another name and lost its attributes.
  */
 export async function readXattrs(file: string): Promise<Map<string, Buffer>> {
-  let names: string[] = [];
-  // The list is sized and then read as well: one that grew in between answers ERANGE.
-  for (let attempt = 0; ; attempt++) {
-    try {
-      names = await xattr.listAttributes(file);
-      break;
-    } catch (err) {
-      if (isNoXattrSupport(err)) return new Map();
-      if ((err as NodeJS.ErrnoException).code !== 'ERANGE' || attempt >= 8) throw err;
-    }
-  }
-  const out = new Map<string, Buffer>();
-  for (const name of names) {
-    const v = await getXattr(file, name);
-    if (v) out.set(name, v);
-  }
-  return out;
+  return posixXattrs.readXattrs(file);
 }
 
-/**
- * One attribute's value, or undefined when it vanished. getxattr sizes the value first and then
- * reads it: a value that grew in between answers ERANGE, and is read again.
- */
-async function getXattr(file: string, name: string): Promise<Buffer | undefined> {
-  for (let attempt = 0; ; attempt++) {
-    try {
-      return await xattr.getAttribute(file, name);
-    } catch (err) {
-      if (isNoAttr(err)) return undefined;
-      if ((err as NodeJS.ErrnoException).code !== 'ERANGE' || attempt >= 8) throw err;
-    }
-  }
+/** The names of file's attributes; none on a file system without xattrs. */
+export async function readXattrNames(file: string): Promise<string[]> {
+  return posixXattrs.listXattrs(file);
+}
+
+/** Sets an attribute (created or replaced). */
+export async function writeXattr(file: string, name: string, value: Buffer): Promise<void> {
+  posixXattrs.setXattr(file, name, value);
 }
 
 /** Removes an attribute; one already gone is fine (removal is idempotent). */
 export async function removeXattr(file: string, name: string): Promise<void> {
   try {
-    await xattr.removeAttribute(file, name);
+    posixXattrs.removeXattr(file, name);
   } catch (err) {
     if (!isNoAttr(err)) throw err;
   }

@@ -5,6 +5,7 @@ import { TwinError } from '../common/errors.js';
 import { Emitter } from '../common/event.js';
 import { DisposableStore, toDisposable } from '../common/lifecycle.js';
 import { addServedMount, removeServedMount } from '../common/served-mounts.js';
+import { installBytePaths } from '../posix/byte-paths.js';
 import { type ChangeSink, nullSink, type WriteGate } from './change-sink.js';
 import { type ExitGuard, startExitGuard } from './exit-guard.js';
 import { createFuseHandlers } from './fuse-adapter.js';
@@ -175,6 +176,7 @@ export class TwinFs {
     private readonly opts: TwinFsOptions,
     space: SpaceAccount | undefined,
   ) {
+    installBytePaths();
     const sink = opts.sink ?? nullSink;
     const gate = opts.gate ?? new WriteInhibitor();
     this.inhibitor = gate instanceof WriteInhibitor ? gate : undefined;

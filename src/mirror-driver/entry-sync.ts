@@ -2,8 +2,7 @@ import { createHash } from 'node:crypto';
 import type * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
-import * as xattr from 'fs-xattr';
-import { isNoXattrSupport, readXattrs, removeXattr } from '../common/xattrs.js';
+import { isNoXattrSupport, readXattrNames, readXattrs, removeXattr, writeXattr } from '../common/xattrs.js';
 import { mknod } from '../posix/mknod.js';
 import { msToNs, setTimesNs } from '../posix/set-times.js';
 import type { RangeSet } from './range-set.js';
@@ -298,7 +297,7 @@ export async function syncMeta(
       throw err;
     });
     const have = fresh ? [] : [...(await readXattrNames(mirror))];
-    for (const [name, v] of want) await tolerateNoSupport(xattr.setAttribute(mirror, name, v));
+    for (const [name, v] of want) await tolerateNoSupport(writeXattr(mirror, name, v));
     for (const name of have) if (!want.has(name)) await tolerateNoSupport(removeXattr(mirror, name));
   }
   // Times to the ns, and as they are now: copying the data just read the primary, which may
@@ -317,13 +316,6 @@ export async function syncMeta(
 /** atime and mtime in ns: exact from bigint stats, else (callers' listings) from the ms. */
 function timesNs(st: fs.Stats | fs.BigIntStats): [bigint, bigint] {
   return 'mtimeNs' in st ? [st.atimeNs, st.mtimeNs] : [msToNs(st.atimeMs), msToNs(st.mtimeMs)];
-}
-
-async function readXattrNames(file: string): Promise<string[]> {
-  return xattr.listAttributes(file).catch((err) => {
-    if (isNoXattrSupport(err)) return [];
-    throw err;
-  });
 }
 
 /** A mirror file system without xattrs (of a namespace) keeps none: not a broken pair. */

@@ -4,6 +4,7 @@ import * as path from 'node:path';
 import type { Event } from '../common/event.js';
 import type { Disposable } from '../common/lifecycle.js';
 import type { Change, ChangeSink } from '../fusefs/change-sink.js';
+import { installBytePaths } from '../posix/byte-paths.js';
 import { BrokenPairs } from './broken-pairs.js';
 import { type ChangeAnswer, ChangeRecord, type Generation } from './change-record.js';
 import { ChangeRouter } from './change-routing.js';
@@ -81,6 +82,7 @@ export class MirrorDriver implements ChangeSink {
     journalFile: string,
     bootId: string,
   ) {
+    installBytePaths();
     this.primary = primary;
     this.layout = layout;
     const c = new MirrorCore(primary, layout, journalFile, bootId, opts.log);

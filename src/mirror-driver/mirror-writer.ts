@@ -1,6 +1,5 @@
 import * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
-import * as xattr from 'fs-xattr';
 import { removeXattr } from '../common/xattrs.js';
 import type { Change } from '../fusefs/change-sink.js';
 import { zeroRange } from '../posix/fallocate.js';
@@ -9,6 +8,7 @@ import { mknod } from '../posix/mknod.js';
 import { msToNs, setTimesNs } from '../posix/set-times.js';
 import { writeAll, writeAllSync } from '../posix/write-all.js';
 import { WriteBackScheduler } from '../posix/write-back.js';
+import { setXattr } from '../posix/xattr.js';
 
 const FD_CACHE = 128;
 
@@ -234,7 +234,7 @@ export class MirrorWriter {
         return;
       }
       case 'setxattr':
-        xattr.setAttributeSync(p, c.name, c.value);
+        setXattr(p, c.name, c.value);
         return;
       case 'removexattr':
         // Already gone is the state wanted: a resync or heal may have copied the primary after

@@ -53,7 +53,7 @@ const ADDON = path.resolve(
   'Release',
   'twinfs_posix.node',
 );
-const ABI_LEVEL = 8;
+const ABI_LEVEL = 9;
 
 let addon: PosixAddon | undefined;
 

@@ -1,5 +1,6 @@
 import { parentPort } from 'node:worker_threads';
 import { TwinError } from '../common/errors.js';
+import { installBytePaths } from '../posix/byte-paths.js';
 import {
   type CutRequest,
   cutOp,
@@ -15,6 +16,9 @@ import {
   sealOp,
 } from './blob-ops.js';
 import { toWire } from './worker-pool.js';
+
+// This thread's node:fs reads the mirror by name: names are bytes (src/posix/byte-paths.ts).
+installBytePaths();
 
 /**
  * A repository worker thread (worker-pool.ts): answers the requests of blob-ops.ts, one
