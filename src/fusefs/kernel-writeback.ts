@@ -1,6 +1,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import * as path from 'node:path';
 import { TwinError } from '../common/errors.js';
+import { bytesOf, hasRawBytes } from '../posix/byte-names.js';
 
 export interface KernelWritebackOptions {
   /** The mount whose dirty pages are written back. */
@@ -103,13 +104,24 @@ export class KernelWriteback {
       );
     const cmd = this.opts.syncCommand ?? 'sync';
     const files = names.map((n) => path.join(mount, n));
+    // A name that is not UTF-8 (src/posix/byte-names.ts) cannot be an argument of spawn, which
+    // encodes strings as UTF-8: such names go to the command through xargs -0, as their bytes.
+    const raw = files.some(hasRawBytes);
     return new Promise((resolve, reject) => {
-      const child = spawn(cmd, ['-d', '--', ...files], {
-        // Never inside the mount: the child's cwd would be one more reference to it.
-        cwd: '/',
-        env: { ...process.env, LC_ALL: 'C' },
-        stdio: ['ignore', 'ignore', 'pipe'],
-      });
+      const child = spawn(
+        raw ? 'xargs' : cmd,
+        raw ? ['-0', '-r', '--', cmd, '-d', '--'] : ['-d', '--', ...files],
+        {
+          // Never inside the mount: the child's cwd would be one more reference to it.
+          cwd: '/',
+          env: { ...process.env, LC_ALL: 'C' },
+          stdio: [raw ? 'pipe' : 'ignore', 'ignore', 'pipe'],
+        },
+      );
+      if (raw) {
+        child.stdin!.on('error', () => {}); // a child that died: its exit says why
+        child.stdin!.end(Buffer.concat(files.flatMap((f) => [bytesOf(f), Buffer.from([0])])));
+      }
       let stderr = '';
       let settled = false;
       const settle = (err?: TwinError) => {
@@ -142,8 +154,13 @@ export class KernelWriteback {
         const missingOf = (line: string) =>
           /: error opening '(.*)': No such file or directory$/.exec(line.trim())?.[1];
         const missing = names.filter((n) => lines.some((line) => missingOf(line) === path.join(mount, n)));
+        // xargs exits 123 when the command exited 1 to 125. (sync quotes a name that is not
+        // UTF-8 in shell style, so such a name gone meanwhile is not recognised as missing: the
+        // round fails and is tried again, and the write-back fails loudly after ROUNDS.)
         const onlyMissing =
-          code === 1 && missing.length > 0 && lines.every((line) => files.includes(missingOf(line) ?? '\0'));
+          (code === 1 || (raw && code === 123)) &&
+          missing.length > 0 &&
+          lines.every((line) => files.includes(missingOf(line) ?? '\0'));
         fail(
           `${cmd} -d of ${names.length} file(s) in ${mount} failed (${signal ?? `exit ${code}`}): ${stderr.trim()}`,
           {

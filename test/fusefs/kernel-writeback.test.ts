@@ -2,6 +2,7 @@ import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { KernelWriteback } from '../../src/fusefs/kernel-writeback.js';
+import { bytesOf } from '../../src/posix/byte-names.js';
 import { tempDirs } from '../helpers/server.js';
 
 /**
@@ -29,6 +30,14 @@ describe('KernelWriteback', () => {
   it('syncs every name, also one that looks like an option', async () => {
     const r = await kw.sync(() => ['/a', '/-b']);
     expect(r.names).toBe(2);
+  });
+
+  it('syncs a name that is not UTF-8 by its bytes (through xargs -0), and fails on one that is not there', async () => {
+    // node:fs takes it as a Buffer (bytesOf); sync -d of the UTF-8 form (ef bf bd) would fail ENOENT.
+    await fsp.writeFile(bytesOf(path.join(t.dirs.vol!, 'l\udce9')), 'latin-1');
+    const r = await kw.sync(() => ['/a', '/l\udce9']);
+    expect(r.names).toBe(2);
+    await expect(kw.sync(() => ['/never\udce9'])).rejects.toMatchObject({ code: 'ETWIN_KERNEL_WRITEBACK' });
   });
 
   it('asks for the names again when one moved between listing and syncing', async () => {
