@@ -13,6 +13,7 @@
 //   node bench/handle-diff.mjs --extra '--fuse 2' --links=false      libfuse2 (no hard links)
 //   node bench/handle-diff.mjs --dirs                                 subdirectories, directory renames
 //   node bench/handle-diff.mjs --fallocate                            fallocate(2) in the streams too
+//   node bench/handle-diff.mjs --bytes --dirs                         names that are not UTF-8 too
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -47,6 +48,10 @@ const opts = parseArgs(
     fallocate: {
       default: false,
       help: 'fallocate(2) in every mode the kernel passes on, in the streams (HANDLE_DIFF_FALLOCATE)',
+    },
+    bytes: {
+      default: false,
+      help: 'some names hold bytes that are not UTF-8 (HANDLE_DIFF_BYTES)',
     },
     extra: { default: '', help: 'more `twinfs serve` arguments, space-separated' },
     ...commonOptions('parent of the temporary directories'),
@@ -95,6 +100,7 @@ for (let seed = opts.seed; ; seed++) {
           HANDLE_DIFF_LINKS: opts.links ? '1' : '0',
           HANDLE_DIFF_DIRS: opts.dirs ? '1' : '0',
           HANDLE_DIFF_FALLOCATE: opts.fallocate ? '1' : '0',
+          HANDLE_DIFF_BYTES: opts.bytes ? '1' : '0',
         },
       });
       if (r.stderr) problems.push(`p${i}: stderr ${r.stderr.slice(0, 2000)}`);

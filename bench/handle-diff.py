@@ -41,6 +41,13 @@ LINKS = os.environ.get('HANDLE_DIFF_LINKS') != '0'
 DIRS = ['d0', 'd1', 'd2'] if os.environ.get('HANDLE_DIFF_DIRS') == '1' else []
 if DIRS:
     NAMES = ['f0', 'f1', 'f2', 'f3', 'd0/f0', 'd0/f1', 'd1/f0', 'd1/f1', 'd2/f0']
+# HANDLE_DIFF_BYTES=1: some names hold bytes that are not UTF-8 (Python's str carries such a
+# byte as U+DC00 + byte, and os.* passes it as that byte): f1, f3 and d1 become f1\xe9, \xff3 and
+# d1\xfe (docs/architecture.md, "Names are bytes").
+if os.environ.get('HANDLE_DIFF_BYTES') == '1':
+    RAW = {'f1': 'f1\udce9', 'f3': '\udcff3', 'd1': 'd1\udcfe'}
+    NAMES = ['/'.join(RAW.get(c, c) for c in n.split('/')) for n in NAMES]
+    DIRS = [RAW.get(d, d) for d in DIRS]
 
 
 class Desc:
