@@ -38,6 +38,7 @@ const ON_OTHER_LIBFUSE = [
   'test/fusefs/differential.test.ts',
   'test/fusefs/fsx.test.ts',
   'test/fusefs/fallocate.test.ts',
+  'test/fusefs/byte-names.test.ts',
   'test/fusefs/posix-meta.test.ts',
   'test/control/mmap-prepare.test.ts',
   'test/mirror-driver/crash.test.ts',

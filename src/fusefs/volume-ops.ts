@@ -1,5 +1,6 @@
 import * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
+import { fsPath } from '../posix/byte-names.js';
 import { FALLOC_SUPPORTED } from '../posix/fallocate.js';
 import { mknod } from '../posix/mknod.js';
 import { nsToMs, setFdTimesNs, setTimesNs } from '../posix/set-times.js';
@@ -1187,9 +1188,11 @@ export class VolumeOps {
     return value;
   }
 
-  async listxattr(path: string): Promise<string[]> {
-    const names = this.onEntry(path, listXattrs);
-    return names.some((n) => POSIX_ACL_NAMES.has(n)) ? names.filter((n) => !POSIX_ACL_NAMES.has(n)) : names;
+  async listxattr(path: string): Promise<Array<string | Buffer>> {
+    let names = this.onEntry(path, listXattrs);
+    if (names.some((n) => POSIX_ACL_NAMES.has(n))) names = names.filter((n) => !POSIX_ACL_NAMES.has(n));
+    // A name that is not UTF-8 goes back to the kernel as its bytes (src/posix/byte-names.ts).
+    return names.map(fsPath);
   }
 
   async removexattr(path: string, name: string): Promise<void> {

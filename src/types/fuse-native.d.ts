@@ -273,7 +273,8 @@ declare module 'fuse-native' {
         cb: (err: Result, value?: Buffer | string | null) => void,
       ): void;
       /** Answer all names; fuse-native handles size probes and ERANGE. */
-      listxattr?(path: string, cb: (err: Result, names?: string[]) => void): void;
+      /** A name that is not UTF-8 may be given as its bytes (src/posix/byte-names.ts). */
+      listxattr?(path: string, cb: (err: Result, names?: Array<string | Buffer>) => void): void;
       removexattr?(path: string, name: string, cb: StatusCallback): void;
       /** flags: the open(2) flags (O_ACCMODE, O_APPEND, O_TRUNC, ...; O_CREAT/O_EXCL are handled by the kernel). */
       open?(path: string, flags: number, cb: HandleCallback): void;

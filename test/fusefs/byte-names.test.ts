@@ -67,6 +67,7 @@ describe('names that are not UTF-8, through a mount with the mirror on', () => {
       Buffer.from('content of caf\xe9 and more', 'latin1').toString('hex'),
     );
     expect(mount[hex('b/caf\xe9')]![4]).toBe(hex('\xe9value'));
+    expect(mount[hex('b/caf\xe9')]![5]).toEqual([hex('user.k'), hex('user.n\xff')]);
     // After the flush (the append above may still be in the server's cache).
     await expectMirrorSettledExact(fx, c, 30_000);
     expect(await listing(fx.primary)).toEqual(mount);
