@@ -666,6 +666,30 @@ function findBindfsPid(mnt) {
 
 // ---- control channel ---------------------------------------------------------------------------
 
+/**
+ * A twinfs server of this build with a mirror and a control channel, on mkdirs()'s primary, mnt,
+ * mirror and state (more: startTwinfs's other options).
+ */
+export function startMirroredTwinfs(d, more = {}) {
+  return startTwinfs({
+    cli: path.join(DIST, 'cli/twinfs.cjs'),
+    primary: d.primary,
+    mount: d.mnt,
+    mirror: d.mirror,
+    stateDir: d.state,
+    control: '127.0.0.1:0',
+    ...more,
+  });
+}
+
+/** What every harness checks at its end: flush, then the differences and the broken pairs. */
+export async function checkMirror(c) {
+  await c.request('flush');
+  const v = await c.request('verify', { content: true });
+  const st = await c.request('status');
+  return { differences: v.differences, broken: st.mirror.broken };
+}
+
 export async function controlClient(url, token) {
   const { ControlClient } = await import(path.join(DIST, 'control/client.js'));
   return ControlClient.connect(url, { token, client: 'bench', requestTimeoutMs: 600_000 });

@@ -10,15 +10,15 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import {
+  checkMirror,
   controlClient,
-  DIST,
   installCleanup,
   log,
   mkdirs,
   parseArgs,
   run,
   startBindfs,
-  startTwinfs,
+  startMirroredTwinfs,
 } from './lib.mjs';
 
 const opts = parseArgs(
@@ -65,14 +65,7 @@ async function fsmark(dir) {
 const base = fs.mkdtempSync(path.join(opts.dir, 'twinfs-outside-'));
 const d = mkdirs(base, 'bare', 'bsrc', 'bmnt', 'primary', 'mnt', 'mirror', 'state');
 const bindfs = await startBindfs(d.bsrc, d.bmnt);
-const srv = await startTwinfs({
-  cli: path.join(DIST, 'cli/twinfs.cjs'),
-  primary: d.primary,
-  mount: d.mnt,
-  mirror: d.mirror,
-  stateDir: d.state,
-  control: '127.0.0.1:0',
-});
+const srv = await startMirroredTwinfs(d);
 const targets = { bare: d.bare, bindfs: d.bmnt, 'twinfs + mirror': d.mnt };
 const results = {};
 for (let rep = 0; rep < opts.reps; rep++) {
@@ -89,14 +82,12 @@ for (let rep = 0; rep < opts.reps; rep++) {
   }
 }
 const c = await controlClient(srv.url, srv.token);
-await c.request('flush');
-const v = await c.request('verify', { content: true });
-const st = await c.request('status');
+const { differences, broken } = await checkMirror(c);
 c.close();
 await srv.stop();
 await bindfs.stop();
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
-let bad = v.differences.length + st.mirror.broken.length;
+let bad = differences.length + broken.length;
 console.log('| workload | bare | bindfs | twinfs + mirror | twinfs / bindfs |');
 console.log('|---|---|---|---|---|');
 for (const [w, per] of Object.entries(results)) {
@@ -106,6 +97,6 @@ for (const [w, per] of Object.entries(results)) {
     `| ${w} | ${m.bare} | ${m.bindfs} | ${m['twinfs + mirror']} | ${(m['twinfs + mirror'] / m.bindfs).toFixed(2)} |`,
   );
 }
-log(`mirror: ${v.differences.length} difference(s), ${st.mirror.broken.length} broken pair(s)`);
+log(`mirror: ${differences.length} difference(s), ${broken.length} broken pair(s)`);
 fs.rmSync(base, { recursive: true, force: true });
 process.exit(bad ? 1 : 0);

@@ -10,7 +10,16 @@
 //   node bench/stress-ng.mjs --stressors filename,rename,link --seconds 10 --instances 2
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { controlClient, DIST, installCleanup, log, mkdirs, parseArgs, run, startTwinfs } from './lib.mjs';
+import {
+  checkMirror,
+  controlClient,
+  installCleanup,
+  log,
+  mkdirs,
+  parseArgs,
+  run,
+  startMirroredTwinfs,
+} from './lib.mjs';
 
 const ALL = [
   'access',
@@ -109,14 +118,7 @@ const base = fs.mkdtempSync(path.join(opts.dir, 'twinfs-stress-ng-'));
 const d = mkdirs(base, 'bare', 'primary', 'mnt', 'mirror', 'state');
 const bare = {};
 if (!opts['no-bare']) for (const s of stressors) bare[s] = await stress(d.bare, s);
-const srv = await startTwinfs({
-  cli: path.join(DIST, 'cli/twinfs.cjs'),
-  primary: d.primary,
-  mount: d.mnt,
-  mirror: d.mirror,
-  stateDir: d.state,
-  control: '127.0.0.1:0',
-});
+const srv = await startMirroredTwinfs(d);
 const c = await controlClient(srv.url, srv.token);
 let bad = 0;
 console.log('| stressor | bare ops | twinfs ops | ratio | twinfs exit | failure lines | rm -rf |');
@@ -134,16 +136,14 @@ for (const s of stressors) {
     `| ${s} | ${b ? b.ops : '—'} | ${t.ops} | ${ratio} | ${t.code} | ${t.fails.length}${t.fails.length ? `: ${t.fails[0].slice(0, 120)}` : ''} | ${t.rm} |${worse ? ' **worse than bare**' : ''}`,
   );
 }
-await c.request('flush');
-const v = await c.request('verify', { content: true });
-const st = await c.request('status');
+const { differences, broken: pairs } = await checkMirror(c);
 c.close();
 await srv.stop();
 const broken = srv.events.filter((e) => e.event === 'broken');
 log(
-  `mirror: ${v.differences.length} difference(s), ${st.mirror.broken.length} broken pair(s), ${broken.length} broken event(s)`,
+  `mirror: ${differences.length} difference(s), ${pairs.length} broken pair(s), ${broken.length} broken event(s)`,
 );
-if (v.differences.length || st.mirror.broken.length || broken.length) bad++;
+if (differences.length || pairs.length || broken.length) bad++;
 if (!opts.keep) fs.rmSync(base, { recursive: true, force: true });
 else log(`kept ${base}`);
 log(`${stressors.length} stressors, ${bad} problem(s)`);

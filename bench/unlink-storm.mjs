@@ -14,8 +14,8 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import {
+  checkMirror,
   controlClient,
-  DIST,
   installCleanup,
   log,
   mkdirs,
@@ -23,7 +23,7 @@ import {
   ROOT,
   run,
   sleep,
-  startTwinfs,
+  startMirroredTwinfs,
   trackProc,
 } from './lib.mjs';
 
@@ -61,16 +61,7 @@ let bad = 0;
 for (let i = 0; i < opts.runs; i++) {
   const base = fs.mkdtempSync(path.join(opts.dir, 'twinfs-storm-'));
   const d = mkdirs(base, 'primary', 'mnt', 'mirror', 'state');
-  const srv = await startTwinfs({
-    cli: path.join(DIST, 'cli/twinfs.cjs'),
-    primary: d.primary,
-    mount: d.mnt,
-    mirror: d.mirror,
-    stateDir: d.state,
-    control: '127.0.0.1:0',
-    writebackMs: 50,
-    extra: ['--fuse', '3'],
-  });
+  const srv = await startMirroredTwinfs(d, { writebackMs: 50, extra: ['--fuse', '3'] });
   const c = await controlClient(srv.url, srv.token);
   await run('python3', ['-c', FIRST], { cwd: d.mnt });
   await c.request('flush');
@@ -102,12 +93,9 @@ for (let i = 0; i < opts.runs; i++) {
   await storm.catch((err) => {
     failed ??= `storm: ${String(err).slice(0, 300)}`;
   });
-  await c.request('flush');
-  const v = await c.request('verify', { content: true });
-  const st = await c.request('status');
-  const broken = st.mirror.broken;
-  if (!failed && (v.differences.length > 0 || broken.length > 0))
-    failed = `verify: ${v.differences.length} difference(s), broken ${JSON.stringify(broken)}`;
+  const { differences, broken } = await checkMirror(c);
+  if (!failed && (differences.length > 0 || broken.length > 0))
+    failed = `verify: ${differences.length} difference(s), broken ${JSON.stringify(broken)}`;
   c.close();
   const brokenLines = srv.events.filter((e) => e.event === 'broken').map((e) => `${e.path}: ${e.error}`);
   await srv.stop();
