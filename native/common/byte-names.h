@@ -18,7 +18,7 @@
 
 // Length of the well-formed UTF-8 sequence at s (n bytes left), 0 if none starts there
 // (overlong forms, surrogates and code points past U+10FFFF are not well-formed).
-static size_t byte_names_seq (const unsigned char *s, size_t n) {
+static inline size_t byte_names_seq (const unsigned char *s, size_t n) {
   unsigned char c = s[0];
   if (c < 0x80) return 1;
   if (c < 0xC2) return 0;
@@ -39,7 +39,7 @@ static size_t byte_names_seq (const unsigned char *s, size_t n) {
 }
 
 // The JavaScript string of the bytes s[0..n) (n NAPI_AUTO_LENGTH: up to the NUL).
-static napi_status byte_names_to_js (napi_env env, const char *s, size_t n, napi_value *out) {
+static inline napi_status byte_names_to_js (napi_env env, const char *s, size_t n, napi_value *out) {
   if (n == NAPI_AUTO_LENGTH) n = strlen(s);
   const unsigned char *u = (const unsigned char *) s;
   size_t i = 0;
@@ -80,7 +80,7 @@ static napi_status byte_names_to_js (napi_env env, const char *s, size_t n, napi
 }
 
 // Encodes the UTF-16 units w[0..n) into out (room for 3 bytes a unit and a NUL); the byte count.
-static size_t byte_names_encode (const char16_t *w, size_t n, char *out) {
+static inline size_t byte_names_encode (const char16_t *w, size_t n, char *out) {
   unsigned char *o = (unsigned char *) out;
   size_t m = 0;
   for (size_t i = 0; i < n; i++) {
@@ -117,13 +117,16 @@ static size_t byte_names_encode (const char16_t *w, size_t n, char *out) {
 // The bytes of the JavaScript string v, malloc'd and NUL-terminated (*len: their count, may be
 // NULL); NULL when v is not a string or memory ran out. V8 writes a lone surrogate as EF BF BD,
 // so only a string whose UTF-8 has that sequence is read again as UTF-16 and encoded here.
-static char *byte_names_from_js (napi_env env, napi_value v, size_t *len) {
+static inline char *byte_names_from_js (napi_env env, napi_value v, size_t *len) {
   size_t n = 0;
   if (napi_get_value_string_utf8(env, v, NULL, 0, &n) != napi_ok) return NULL;
   char *s = malloc(n + 1);
   if (s == NULL) return NULL;
   napi_get_value_string_utf8(env, v, s, n + 1, &n);
-  if (memmem(s, n, "\xEF\xBF\xBD", 3) == NULL) {
+  int replaced = 0;
+  for (size_t i = 0; i + 2 < n && !replaced; i++)
+    replaced = (unsigned char) s[i] == 0xEF && (unsigned char) s[i + 1] == 0xBF && (unsigned char) s[i + 2] == 0xBD;
+  if (!replaced) {
     if (len) *len = n;
     return s;
   }
@@ -146,7 +149,7 @@ static char *byte_names_from_js (napi_env env, napi_value v, size_t *len) {
 
 // byte_names_from_js into buf (cap bytes with the NUL); napi_invalid_arg when v is not a string
 // or does not fit (*len then is the full count).
-static napi_status byte_names_copy_from_js (napi_env env, napi_value v, char *buf, size_t cap, size_t *len) {
+static inline napi_status byte_names_copy_from_js (napi_env env, napi_value v, char *buf, size_t cap, size_t *len) {
   size_t n = 0;
   char *s = byte_names_from_js(env, v, &n);
   if (s == NULL) return napi_invalid_arg;
