@@ -185,6 +185,27 @@ describe('incrementals driven by the server change record (real server, real pee
     await exact(r.snapshotId);
   }, 180_000);
 
+  it('names that are not UTF-8: new, changed, renamed and removed ones are followed by the change-driven incrementals, byte for byte', async () => {
+    // The test process takes such names as their bytes (test/helpers/byte-paths.ts): \udcXX is
+    // the byte XX (docs/architecture.md, "Names are bytes"); diff -r compares the bytes.
+    await fsp.mkdir(m('raw\udcff'));
+    await fsp.writeFile(m('raw\udcff/caf\udce9'), 'latin-1\n');
+    await fsp.writeFile(m('raw\udcff/n\udcfe'), 'to be renamed\n');
+    await fsp.writeFile(m('raw\udcff/gone\udcfb'), 'to be removed\n');
+    const first = await backup();
+    expect(first.changes).toMatchObject({ byReference: true });
+    // Exactly the three new files were copied: the change record named them by their bytes.
+    expect(first.totals.copiedBytes).toBe('latin-1\nto be renamed\nto be removed\n'.length);
+    await exact(first.snapshotId);
+    await fsp.writeFile(m('raw\udcff/caf\udce9'), 'latin-1, changed\n');
+    await fsp.rename(m('raw\udcff/n\udcfe'), m('raw\udcff/m\udcfd'));
+    await fsp.rm(m('raw\udcff/gone\udcfb'));
+    await fsp.writeFile(m('raw\udcff/new\udcfc'), 'new\n');
+    const second = await backup();
+    expect(second.changes).toMatchObject({ byReference: true });
+    await exact(second.snapshotId);
+  }, 180_000);
+
   it('a file changed at the primary while the server was stopped is caught', async () => {
     await quiet();
     expect(await srv!.stop()).toBe(0);
