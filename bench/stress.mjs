@@ -18,6 +18,7 @@ const args = parseArgs(
     writers: { default: 4, help: 'writer processes' },
     mmap: { default: true, help: 'writers do mmap writes (msync before the op returns)' },
     'lazy-mmap': { default: false, help: 'some mmap writes skip msync (dirty pages left to the kernel)' },
+    bytes: { default: false, help: 'one new name in four holds a byte that is not UTF-8' },
     selections: { default: 'volume,subtree,paths', help: 'what the prepare loop selects' },
     keep: { default: false, help: "keep each seed's files (primary, mirror, target, logs)" },
     incremental: {
@@ -42,6 +43,7 @@ for (let seed = args.seed; ; seed++) {
     writers: args.writers,
     mmap: args.mmap,
     lazyMmap: args['lazy-mmap'],
+    bytes: args.bytes,
     keep: args.keep,
     selections: args.selections.split(','),
     incremental: args.incremental,

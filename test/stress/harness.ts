@@ -5,6 +5,7 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ControlClient, RemoteError } from '../../src/control/client.js';
 import type { SelectorMsg } from '../../src/control/protocol.js';
+import { installBytePaths } from '../../src/posix/byte-paths.js';
 import { fusermountUz, sh } from '../helpers/proc.js';
 import { CLI, type ServerHandle, startServer } from '../helpers/server.js';
 import { type EntryState, sameState } from './model.js';
@@ -44,6 +45,8 @@ export interface StressOptions {
   lazyMmap?: boolean;
   /** Writers make hard links (default true). */
   links?: boolean;
+  /** One new name in four holds a byte that is not UTF-8 (model.ts GeneratorOptions.bytes). */
+  bytes?: boolean;
   /** Selections the prepare loop makes (default all three kinds). */
   selections?: Array<'volume' | 'subtree' | 'paths'>;
   /** Run the prepare/release loop and the backup loop (default both). */
@@ -124,6 +127,8 @@ function brief(s: EntryState | null): string {
 
 export async function runStress(o: StressOptions): Promise<StressReport> {
   const log = o.log ?? (() => undefined);
+  // The trees are read by name: names are bytes (src/posix/byte-paths.ts).
+  installBytePaths();
   const started = now();
   const rng = new Rng(o.seed);
   const dir = o.dir ?? (await fsp.mkdtemp(path.join(os.tmpdir(), `twinfs-stress-${o.seed}-`)));
@@ -198,6 +203,7 @@ export async function runStress(o: StressOptions): Promise<StressReport> {
         mmap: o.mmap ?? false,
         lazyMmap: o.lazyMmap ?? false,
         links: o.links ?? true,
+        bytes: o.bytes ?? false,
         pauseMs: rng.pick([0, 20, 100]),
       };
       const child = spawn(process.execPath, ['--import', REGISTER, WRITER, JSON.stringify(cfg)], {

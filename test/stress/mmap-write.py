@@ -8,6 +8,9 @@
 import mmap, os, sys, time
 
 path, offset, length, byte, msync = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == '1'
+# A name that is not UTF-8 comes as hex: its bytes (the writer cannot pass them as an argument).
+if path.startswith('hex:'):
+    path = bytes.fromhex(path[4:])
 hold_ms = int(sys.argv[6]) if len(sys.argv) > 6 else 0
 fd = os.open(path, os.O_RDWR)
 try:

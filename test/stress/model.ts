@@ -96,6 +96,11 @@ export interface GeneratorOptions {
   mmap: boolean;
   /** Generate hard links (default true). */
   links?: boolean;
+  /**
+   * One new name in four holds a byte that is not UTF-8 (U+DC00 + the byte: docs/architecture.md,
+   * "Names are bytes"). Off by default, so the streams of earlier seeds stay the same.
+   */
+  bytes?: boolean;
 }
 
 const FILE_MODES = [0o644, 0o600, 0o640, 0o664, 0o755, 0o444];
@@ -349,7 +354,7 @@ export class SubtreeModel {
           : rng.chance(0.5)
             ? rng.int(4096)
             : rng.int(200_000);
-        return { op: 'create', path: this.newName(rng, dirs, 'f'), mode: rng.pick(FILE_MODES), len, seed };
+        return { op: 'create', path: this.newName(rng, dirs, 'f', o), mode: rng.pick(FILE_MODES), len, seed };
       }
       case 'write': {
         const p = rng.pick(files);
@@ -397,7 +402,7 @@ export class SubtreeModel {
       case 'rename': {
         const from = rng.pick(nonDirs);
         // Sometimes over an existing non-directory (atomic replace).
-        const to = rng.chance(0.3) ? rng.pick(nonDirs) : this.newName(rng, dirs, 'r');
+        const to = rng.chance(0.3) ? rng.pick(nonDirs) : this.newName(rng, dirs, 'r', o);
         if (to === from) return undefined;
         return { op: 'rename', from, path: to };
       }
@@ -407,22 +412,26 @@ export class SubtreeModel {
           (d) => d !== from && !d.startsWith(from + '/') && depth(d, this.root) < MAX_DEPTH,
         );
         if (!parents.length) return undefined;
-        const to = `${rng.pick(parents)}/d${this.counter++}`;
+        const to = `${rng.pick(parents)}/${this.newLeaf(rng, 'd', o)}`;
         if (depth(to, this.root) + this.height(from) > MAX_DEPTH + 1) return undefined;
         return { op: 'rename', from, path: to };
       }
       case 'link':
-        return { op: 'link', from: rng.pick(files), path: this.newName(rng, dirs, 'h') };
+        return { op: 'link', from: rng.pick(files), path: this.newName(rng, dirs, 'h', o) };
       case 'unlink':
         return { op: 'unlink', path: rng.pick(nonDirs) };
       case 'symlink': {
         const target =
           rng.chance(0.5) && nonDirs.length ? rng.pick(nonDirs).split('/').pop()! : `t${rng.int(1000)}`;
-        return { op: 'symlink', path: this.newName(rng, dirs, 'l'), target };
+        return { op: 'symlink', path: this.newName(rng, dirs, 'l', o), target };
       }
       case 'mkdir': {
         const parents = dirs.filter((d) => depth(d, this.root) < MAX_DEPTH);
-        return { op: 'mkdir', path: `${rng.pick(parents)}/d${this.counter++}`, mode: rng.pick(DIR_MODES) };
+        return {
+          op: 'mkdir',
+          path: `${rng.pick(parents)}/${this.newLeaf(rng, 'd', o)}`,
+          mode: rng.pick(DIR_MODES),
+        };
       }
       case 'rmdir': {
         const empty = dirs.filter((d) => d !== this.root && !this.hasChildren(d));
@@ -457,14 +466,14 @@ export class SubtreeModel {
         return { op: 'removexattr', path: p, name: rng.pick([...m.xattrs.keys()]) };
       }
       case 'mkfifo':
-        return { op: 'mkfifo', path: this.newName(rng, dirs, 'p'), mode: 0o644 };
+        return { op: 'mkfifo', path: this.newName(rng, dirs, 'p', o), mode: 0o644 };
       case 'mknod': {
         const kind = rng.chance(0.5) ? 'c' : 's';
         // 1:3, 1:5, 1:7 (null, zero, full) as glibc's makedev encodes them.
         const rdev = kind === 'c' ? 0x100 + rng.pick([3, 5, 7]) : 0;
         return {
           op: 'mknod',
-          path: this.newName(rng, dirs, kind === 'c' ? 'c' : 's'),
+          path: this.newName(rng, dirs, kind === 'c' ? 'c' : 's', o),
           kind,
           mode: 0o640,
           rdev,
@@ -497,8 +506,14 @@ export class SubtreeModel {
     return ps.length ? rng.pick(ps) : undefined;
   }
 
-  private newName(rng: Rng, dirs: string[], prefix: string): string {
-    return `${rng.pick(dirs)}/${prefix}${this.counter++}`;
+  private newName(rng: Rng, dirs: string[], prefix: string, o: GeneratorOptions): string {
+    return `${rng.pick(dirs)}/${this.newLeaf(rng, prefix, o)}`;
+  }
+
+  /** prefix and a counter; with o.bytes, one in four with a byte that is not UTF-8 between them. */
+  private newLeaf(rng: Rng, prefix: string, o: GeneratorOptions): string {
+    const raw = o.bytes && rng.chance(0.25) ? String.fromCharCode(0xdc80 + rng.int(128)) : '';
+    return `${prefix}${raw}${this.counter++}`;
   }
 
   private hasChildren(d: string): boolean {

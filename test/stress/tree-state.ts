@@ -1,6 +1,8 @@
 import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import * as xattr from 'fs-xattr';
+import { hasRawBytes } from '../../src/posix/byte-names.js';
+import * as posixXattr from '../../src/posix/xattr.js';
 import { type EntryState, xattrString } from './model.js';
 
 /**
@@ -43,6 +45,17 @@ export async function readTree(root: string, top: string, times = false): Promis
 }
 
 async function userXattrs(file: string): Promise<Array<[string, string]>> {
+  // fs-xattr takes paths as UTF-8: a name that is not (docs/architecture.md, "Names are bytes")
+  // is read through the project's addon.
+  if (hasRawBytes(file)) {
+    let all: Map<string, Buffer>;
+    try {
+      all = posixXattr.readXattrs(file);
+    } catch {
+      return [];
+    }
+    return [...all].filter(([n]) => n.startsWith('user.')).map(([n, v]) => [n, v.toString('utf8')]);
+  }
   const names = await xattr.listAttributes(file).catch(() => [] as string[]);
   const out: Array<[string, string]> = [];
   for (const n of names) {

@@ -13,6 +13,16 @@ import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import * as xattr from 'fs-xattr';
+import { bytesOf, hasRawBytes } from '../../src/posix/byte-names.js';
+import { installBytePaths } from '../../src/posix/byte-paths.js';
+import {
+  FALLOC_FL_KEEP_SIZE,
+  FALLOC_FL_PUNCH_HOLE,
+  FALLOC_FL_ZERO_RANGE,
+  fallocate as fallocateFd,
+} from '../../src/posix/fallocate.js';
+import { mknod as mknodPath, S_IFIFO } from '../../src/posix/mknod.js';
+import * as posixXattr from '../../src/posix/xattr.js';
 import { type EntryState, type FallocateMode, type Op, opData, SubtreeModel } from './model.js';
 import { Rng } from './prng.js';
 
@@ -29,6 +39,8 @@ export interface WriterConfig {
   lazyMmap: boolean;
   /** Make hard links (default true). */
   links?: boolean;
+  /** Some new names hold a byte that is not UTF-8 (model.ts GeneratorOptions.bytes). */
+  bytes?: boolean;
   /** Longest pause between operations, ms (some operations are followed by one). */
   pauseMs: number;
 }
@@ -57,6 +69,8 @@ export const now = (): number => performance.timeOrigin + performance.now();
 
 async function main(): Promise<void> {
   const cfg = JSON.parse(process.argv[2]!) as WriterConfig;
+  // A name that is not UTF-8 goes to node:fs as its bytes (src/posix/byte-paths.ts).
+  installBytePaths();
   process.umask(0);
   const rng = new Rng(cfg.seed);
   const model = new SubtreeModel(cfg.root);
@@ -135,11 +149,13 @@ async function exec(mount: string, o: Op): Promise<void> {
       return fsp.truncate(p, o.size);
     case 'fallocate':
       // util-linux's fallocate(1): the system call itself, not glibc's posix_fallocate emulation.
+      // A name that is not UTF-8 cannot be an argument (spawn encodes UTF-8): the same call here.
+      if (hasRawBytes(p)) return fallocateHere(p, o.mode, o.offset, o.len);
       return run('fallocate', [...FALLOCATE_FLAGS[o.mode], '-o', String(o.offset), '-l', String(o.len), p]);
     case 'mmap':
       return run('python3', [
         MMAP_PY,
-        p,
+        pathArg(p),
         String(o.offset),
         String(o.len),
         String(o.byte),
@@ -162,12 +178,17 @@ async function exec(mount: string, o: Op): Promise<void> {
     case 'utimens':
       return fsp.utimes(p, o.atime / 1000, o.mtime / 1000);
     case 'setxattr':
+      // fs-xattr takes paths as UTF-8: such a name's through the project's addon.
+      if (hasRawBytes(p)) return posixXattr.setXattr(p, o.name, Buffer.from(o.value));
       return xattr.setAttribute(p, o.name, Buffer.from(o.value));
     case 'removexattr':
+      if (hasRawBytes(p)) return posixXattr.removeXattr(p, o.name);
       return xattr.removeAttribute(p, o.name);
     case 'mkfifo':
+      if (hasRawBytes(p)) return mknodPath(p, S_IFIFO | o.mode, 0);
       return run('mkfifo', ['-m', o.mode.toString(8), p]);
     case 'mknod':
+      if (hasRawBytes(p)) return mknodPath(p, (o.kind === 'c' ? 0o20000 : 0o140000) | o.mode, o.rdev);
       // mknod(1) makes no sockets; python's os.mknod does (Linux allows S_IFSOCK).
       return run('python3', [
         '-c',
@@ -188,6 +209,28 @@ async function exec(mount: string, o: Op): Promise<void> {
   }
 }
 
+/** A path for mmap-write.py: as it is, or `hex:` and its bytes when it holds one that is not UTF-8. */
+function pathArg(p: string): string {
+  return hasRawBytes(p) ? `hex:${bytesOf(p).toString('hex')}` : p;
+}
+
+/** fallocate(2) as fallocate(1) would call it, for a name that cannot be its argument. */
+async function fallocateHere(p: string, mode: FallocateMode, offset: number, len: number): Promise<void> {
+  const flags: Record<FallocateMode, number> = {
+    punch: FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+    zero: FALLOC_FL_ZERO_RANGE,
+    zerokeep: FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE,
+    grow: 0,
+    keep: FALLOC_FL_KEEP_SIZE,
+  };
+  const fh = await fsp.open(p, 'r+');
+  try {
+    await fallocateFd(fh.fd, flags[mode], offset, len);
+  } finally {
+    await fh.close();
+  }
+}
+
 /** fallocate(1)'s flags per mode (model.ts FallocateMode). */
 const FALLOCATE_FLAGS: Record<FallocateMode, string[]> = {
   punch: ['--punch-hole'],
@@ -204,7 +247,7 @@ const held = new Map<object, Promise<void>>();
 function mmapHeld(mount: string, o: Extract<Op, { op: 'mmap' }>, inode: object): Promise<void> {
   const args = [
     MMAP_PY,
-    mount + o.path,
+    pathArg(mount + o.path),
     String(o.offset),
     String(o.len),
     String(o.byte),
