@@ -50,7 +50,23 @@ async function fsmark(dir) {
   const d = path.join(dir, 'fsm');
   const r = await run(
     'fs_mark',
-    ['-d', d, '-s', '4096', '-n', String(opts.files), '-t', '2', '-S', '0', '-L', '1'],
+    // -l: its log (fs_log.txt in the working directory otherwise) beside the targets, not in them.
+    [
+      '-d',
+      d,
+      '-s',
+      '4096',
+      '-n',
+      String(opts.files),
+      '-t',
+      '2',
+      '-S',
+      '0',
+      '-L',
+      '1',
+      '-l',
+      path.join(base, 'fs_log.txt'),
+    ],
     {
       check: false,
       timeoutMs: 600_000,

@@ -114,6 +114,13 @@ static inline size_t byte_names_encode (const char16_t *w, size_t n, char *out) 
   return m;
 }
 
+// Whether V8's UTF-8 of a string holds EF BF BD (U+FFFD: what it writes for a lone surrogate).
+static inline int byte_names_replaced (const char *s, size_t n) {
+  for (size_t i = 0; i + 2 < n; i++)
+    if ((unsigned char) s[i] == 0xEF && (unsigned char) s[i + 1] == 0xBF && (unsigned char) s[i + 2] == 0xBD) return 1;
+  return 0;
+}
+
 // The bytes of the JavaScript string v, malloc'd and NUL-terminated (*len: their count, may be
 // NULL); NULL when v is not a string or memory ran out. V8 writes a lone surrogate as EF BF BD,
 // so only a string whose UTF-8 has that sequence is read again as UTF-16 and encoded here.
@@ -123,10 +130,7 @@ static inline char *byte_names_from_js (napi_env env, napi_value v, size_t *len)
   char *s = malloc(n + 1);
   if (s == NULL) return NULL;
   napi_get_value_string_utf8(env, v, s, n + 1, &n);
-  int replaced = 0;
-  for (size_t i = 0; i + 2 < n && !replaced; i++)
-    replaced = (unsigned char) s[i] == 0xEF && (unsigned char) s[i + 1] == 0xBF && (unsigned char) s[i + 2] == 0xBD;
-  if (!replaced) {
+  if (!byte_names_replaced(s, n)) {
     if (len) *len = n;
     return s;
   }
@@ -148,9 +152,15 @@ static inline char *byte_names_from_js (napi_env env, napi_value v, size_t *len)
 }
 
 // byte_names_from_js into buf (cap bytes with the NUL); napi_invalid_arg when v is not a string
-// or does not fit (*len then is the full count).
+// or does not fit (*len then is the full count). A name with nothing to decode (the common case:
+// readdir's names) is written into buf directly, without an allocation.
 static inline napi_status byte_names_copy_from_js (napi_env env, napi_value v, char *buf, size_t cap, size_t *len) {
   size_t n = 0;
+  if (cap > 1 && napi_get_value_string_utf8(env, v, buf, cap, &n) == napi_ok && n < cap - 1 &&
+      !byte_names_replaced(buf, n)) {
+    if (len) *len = n;
+    return napi_ok;
+  }
   char *s = byte_names_from_js(env, v, &n);
   if (s == NULL) return napi_invalid_arg;
   if (len) *len = n;

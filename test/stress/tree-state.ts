@@ -1,8 +1,6 @@
 import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
-import * as xattr from 'fs-xattr';
-import { hasRawBytes } from '../../src/posix/byte-names.js';
-import * as posixXattr from '../../src/posix/xattr.js';
+import { readXattrs } from '../../src/posix/xattr.js';
 import { type EntryState, xattrString } from './model.js';
 
 /**
@@ -44,24 +42,16 @@ export async function readTree(root: string, top: string, times = false): Promis
   return out;
 }
 
+/**
+ * user.* xattrs, by the project's addon (the path's own, l*xattr: readEntry never asks for a
+ * symlink's; names as bytes, which fs-xattr would encode as UTF-8). None when unreadable.
+ */
 async function userXattrs(file: string): Promise<Array<[string, string]>> {
-  // fs-xattr takes paths as UTF-8: a name that is not (docs/architecture.md, "Names are bytes")
-  // is read through the project's addon.
-  if (hasRawBytes(file)) {
-    let all: Map<string, Buffer>;
-    try {
-      all = posixXattr.readXattrs(file);
-    } catch {
-      return [];
-    }
-    return [...all].filter(([n]) => n.startsWith('user.')).map(([n, v]) => [n, v.toString('utf8')]);
+  let all: Map<string, Buffer>;
+  try {
+    all = readXattrs(file);
+  } catch {
+    return [];
   }
-  const names = await xattr.listAttributes(file).catch(() => [] as string[]);
-  const out: Array<[string, string]> = [];
-  for (const n of names) {
-    if (!n.startsWith('user.')) continue;
-    const v = await xattr.getAttribute(file, n).catch(() => undefined);
-    if (v) out.push([n, v.toString('utf8')]);
-  }
-  return out;
+  return [...all].filter(([n]) => n.startsWith('user.')).map(([n, v]) => [n, v.toString('utf8')]);
 }

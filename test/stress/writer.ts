@@ -12,17 +12,16 @@ import * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import * as xattr from 'fs-xattr';
 import { bytesOf, hasRawBytes } from '../../src/posix/byte-names.js';
 import { installBytePaths } from '../../src/posix/byte-paths.js';
 import {
   FALLOC_FL_KEEP_SIZE,
   FALLOC_FL_PUNCH_HOLE,
   FALLOC_FL_ZERO_RANGE,
-  fallocate as fallocateFd,
+  fallocate,
 } from '../../src/posix/fallocate.js';
-import { mknod as mknodPath, S_IFIFO } from '../../src/posix/mknod.js';
-import * as posixXattr from '../../src/posix/xattr.js';
+import { mknod, S_IFCHR, S_IFIFO, S_IFSOCK } from '../../src/posix/mknod.js';
+import { removeXattr, setXattr } from '../../src/posix/xattr.js';
 import { type EntryState, type FallocateMode, type Op, opData, SubtreeModel } from './model.js';
 import { Rng } from './prng.js';
 
@@ -147,11 +146,18 @@ async function exec(mount: string, o: Op): Promise<void> {
     }
     case 'truncate':
       return fsp.truncate(p, o.size);
-    case 'fallocate':
-      // util-linux's fallocate(1): the system call itself, not glibc's posix_fallocate emulation.
-      // A name that is not UTF-8 cannot be an argument (spawn encodes UTF-8): the same call here.
-      if (hasRawBytes(p)) return fallocateHere(p, o.mode, o.offset, o.len);
-      return run('fallocate', [...FALLOCATE_FLAGS[o.mode], '-o', String(o.offset), '-l', String(o.len), p]);
+    case 'fallocate': {
+      // The system call itself (as util-linux's fallocate(1) makes it), not glibc's
+      // posix_fallocate emulation; in this process, since spawn cannot pass a name that is not
+      // UTF-8 (it encodes arguments as UTF-8).
+      const fh = await fsp.open(p, 'r+');
+      try {
+        await fallocate(fh.fd, FALLOCATE_FLAGS[o.mode], o.offset, o.len);
+      } finally {
+        await fh.close();
+      }
+      return;
+    }
     case 'mmap':
       return run('python3', [
         MMAP_PY,
@@ -177,26 +183,16 @@ async function exec(mount: string, o: Op): Promise<void> {
       return fsp.lchown(p, o.uid, o.gid);
     case 'utimens':
       return fsp.utimes(p, o.atime / 1000, o.mtime / 1000);
+    // The project's addon (l*xattr, mknod): names as bytes, sockets too (the model sets xattrs of
+    // files and directories only, never of a symlink).
     case 'setxattr':
-      // fs-xattr takes paths as UTF-8: such a name's through the project's addon.
-      if (hasRawBytes(p)) return posixXattr.setXattr(p, o.name, Buffer.from(o.value));
-      return xattr.setAttribute(p, o.name, Buffer.from(o.value));
+      return setXattr(p, o.name, Buffer.from(o.value));
     case 'removexattr':
-      if (hasRawBytes(p)) return posixXattr.removeXattr(p, o.name);
-      return xattr.removeAttribute(p, o.name);
+      return removeXattr(p, o.name);
     case 'mkfifo':
-      if (hasRawBytes(p)) return mknodPath(p, S_IFIFO | o.mode, 0);
-      return run('mkfifo', ['-m', o.mode.toString(8), p]);
+      return mknod(p, S_IFIFO | o.mode, 0);
     case 'mknod':
-      if (hasRawBytes(p)) return mknodPath(p, (o.kind === 'c' ? 0o20000 : 0o140000) | o.mode, o.rdev);
-      // mknod(1) makes no sockets; python's os.mknod does (Linux allows S_IFSOCK).
-      return run('python3', [
-        '-c',
-        'import os, sys; os.mknod(sys.argv[1], int(sys.argv[2], 8), int(sys.argv[3]))',
-        p,
-        ((o.kind === 'c' ? 0o20000 : 0o140000) | o.mode).toString(8),
-        String(o.rdev),
-      ]);
+      return mknod(p, (o.kind === 'c' ? S_IFCHR : S_IFSOCK) | o.mode, o.rdev);
     case 'fsync': {
       const fh = await fsp.open(p, 'r+');
       try {
@@ -214,30 +210,13 @@ function pathArg(p: string): string {
   return hasRawBytes(p) ? `hex:${bytesOf(p).toString('hex')}` : p;
 }
 
-/** fallocate(2) as fallocate(1) would call it, for a name that cannot be its argument. */
-async function fallocateHere(p: string, mode: FallocateMode, offset: number, len: number): Promise<void> {
-  const flags: Record<FallocateMode, number> = {
-    punch: FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-    zero: FALLOC_FL_ZERO_RANGE,
-    zerokeep: FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE,
-    grow: 0,
-    keep: FALLOC_FL_KEEP_SIZE,
-  };
-  const fh = await fsp.open(p, 'r+');
-  try {
-    await fallocateFd(fh.fd, flags[mode], offset, len);
-  } finally {
-    await fh.close();
-  }
-}
-
-/** fallocate(1)'s flags per mode (model.ts FallocateMode). */
-const FALLOCATE_FLAGS: Record<FallocateMode, string[]> = {
-  punch: ['--punch-hole'],
-  zero: ['--zero-range'],
-  zerokeep: ['--zero-range', '--keep-size'],
-  grow: [],
-  keep: ['--keep-size'],
+/** fallocate(2)'s flags per mode (model.ts FallocateMode), as fallocate(1)'s options give them. */
+const FALLOCATE_FLAGS: Record<FallocateMode, number> = {
+  punch: FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+  zero: FALLOC_FL_ZERO_RANGE,
+  zerokeep: FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE,
+  grow: 0,
+  keep: FALLOC_FL_KEEP_SIZE,
 };
 
 /** Mappings still held by mmap writes (StressOp holdMs), by model inode: resolve when gone. */
