@@ -1,9 +1,10 @@
 import * as posixXattrs from '../posix/xattr.js';
 
 /**
- * Reading extended attributes of a live tree, shared by the mirror driver, verify and the peer.
- * listxattr and getxattr are two calls: an attribute removed between them (an application doing
- * removexattr while we copy) answers ENODATA, and that means "not there", never a failure.
+ * Extended attributes of a live tree, shared by the mirror driver, verify and the peer: which
+ * errors mean "not there" or "not kept here". listxattr and getxattr are two calls: an attribute
+ * removed between them (an application doing removexattr while we copy) answers ENODATA, and
+ * that means "not there", never a failure (src/posix/xattr.ts readXattrs leaves it out).
  */
 
 /** The attribute does not exist (ENODATA; ENOATTR on other systems). */
@@ -19,29 +20,11 @@ export function isNoXattrSupport(err: unknown): boolean {
 }
 
 /**
- * Every attribute of file with its value (empty values included). Attributes that vanish
- * between list and get are left out; a file system without xattrs has none. Other errors
- * (ENOENT, EACCES, EIO...) are thrown: the caller decides. The path's own attributes (l*xattr:
- * callers skip symlinks, whose user.* attributes cannot exist on Linux), by the project's addon,
- * which takes names as bytes (docs/architecture.md, "Names are bytes"): fs-xattr, used here
- * before, encoded a name that is not UTF-8 as another name and lost its attributes.
+ * Removes an attribute of the path itself; one already gone is fine (removal is idempotent).
+ * Reading and setting are src/posix/xattr.ts's (l*xattr, names as bytes: docs/architecture.md,
+ * "Names are bytes"; fs-xattr, used here before, encoded a name that is not UTF-8 as another).
  */
-export async function readXattrs(file: string): Promise<Map<string, Buffer>> {
-  return posixXattrs.readXattrs(file);
-}
-
-/** The names of file's attributes; none on a file system without xattrs. */
-export async function readXattrNames(file: string): Promise<string[]> {
-  return posixXattrs.listXattrs(file);
-}
-
-/** Sets an attribute (created or replaced). */
-export async function writeXattr(file: string, name: string, value: Buffer): Promise<void> {
-  posixXattrs.setXattr(file, name, value);
-}
-
-/** Removes an attribute; one already gone is fine (removal is idempotent). */
-export async function removeXattr(file: string, name: string): Promise<void> {
+export function removeXattr(file: string, name: string): void {
   try {
     posixXattrs.removeXattr(file, name);
   } catch (err) {

@@ -2,9 +2,10 @@ import { createHash } from 'node:crypto';
 import type * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
-import { isNoXattrSupport, readXattrNames, readXattrs, removeXattr, writeXattr } from '../common/xattrs.js';
+import { isNoXattrSupport, removeXattr } from '../common/xattrs.js';
 import { mknod } from '../posix/mknod.js';
 import { msToNs, setTimesNs } from '../posix/set-times.js';
+import { listXattrs, readXattrs, setXattr } from '../posix/xattr.js';
 import type { RangeSet } from './range-set.js';
 
 const CHUNK = 1 << 20;
@@ -289,16 +290,19 @@ export async function syncMeta(
   if (chown) await fsp.lchown(mirror, uid, gid);
   if (!link && (chown || !pst.isFile() || mode & 0o7000)) await fsp.chmod(mirror, mode & 0o7777);
   if (!link) {
-    // An attribute removed between list and get is not there (common/xattrs.ts), so the mirror
+    // An attribute removed between list and get is not there (posix/xattr.ts readXattrs), so the mirror
     // loses it too; an entry gone from the primary has none (its unlink is on its way). A
     // mirror that refuses an attribute breaks the pair (the caller's catch), never silently.
-    const want = await readXattrs(primary).catch((err: NodeJS.ErrnoException) => {
-      if (err.code === 'ENOENT') return new Map<string, Buffer>();
-      throw err;
-    });
-    const have = fresh ? [] : [...(await readXattrNames(mirror))];
-    for (const [name, v] of want) await tolerateNoSupport(writeXattr(mirror, name, v));
-    for (const name of have) if (!want.has(name)) await tolerateNoSupport(removeXattr(mirror, name));
+    let want: Map<string, Buffer>;
+    try {
+      want = readXattrs(primary);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+      want = new Map();
+    }
+    const have = fresh ? [] : listXattrs(mirror);
+    for (const [name, v] of want) tolerateNoSupport(() => setXattr(mirror, name, v));
+    for (const name of have) if (!want.has(name)) tolerateNoSupport(() => removeXattr(mirror, name));
   }
   // Times to the ns, and as they are now: copying the data just read the primary, which may
   // have moved its atime (relatime), and pst is older than that read. An entry gone from the
@@ -319,10 +323,12 @@ function timesNs(st: fs.Stats | fs.BigIntStats): [bigint, bigint] {
 }
 
 /** A mirror file system without xattrs (of a namespace) keeps none: not a broken pair. */
-async function tolerateNoSupport(p: Promise<void>): Promise<void> {
-  await p.catch((err) => {
+function tolerateNoSupport(change: () => void): void {
+  try {
+    change();
+  } catch (err) {
     if (!isNoXattrSupport(err)) throw err;
-  });
+  }
 }
 
 export interface TreeEntry {

@@ -239,7 +239,7 @@ export class MirrorWriter {
       case 'removexattr':
         // Already gone is the state wanted: a resync or heal may have copied the primary after
         // this removal, before the change reached the queue.
-        await removeXattr(p, c.name);
+        removeXattr(p, c.name);
         return;
       case 'fsync': {
         const fd = this.fds.get(c.path);

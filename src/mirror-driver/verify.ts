@@ -1,7 +1,7 @@
 import type { Stats } from 'node:fs';
 import { promises as fsp } from 'node:fs';
-import { readXattrs } from '../common/xattrs.js';
 import { underRoot } from '../posix/long-path.js';
+import { readXattrs } from '../posix/xattr.js';
 import { hashFile } from './entry-sync.js';
 import { mapLimit } from './tree-helpers.js';
 
@@ -200,7 +200,7 @@ async function at<T>(root: string, p: string, fn: (backing: string) => Promise<T
 async function xattrsOf(root: string, p: string): Promise<string> {
   let attrs: Map<string, Buffer>;
   try {
-    attrs = await at(root, p, (file) => readXattrs(file));
+    attrs = await at(root, p, async (file) => readXattrs(file));
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     // Gone meanwhile: the entry's own comparison reports that.
