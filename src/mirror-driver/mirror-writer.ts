@@ -17,8 +17,10 @@ const FD_CACHE = 128;
  * synchronously in their turn: a pwrite of a few KiB into the page cache costs the JS thread less
  * than handing it to libuv's pool (the wake of a pool thread, then the completion's wake of this
  * one: each a futex and an eventfd on this machine's vCPUs), and the turn, which every later
- * change waits for, ends at once. Larger writes (and the large writes beside the primary, 128 KiB
- * and up) stay in the pool, where they overlap with the primary's.
+ * change waits for, ends at once. Larger writes (the large writes beside the primary, 128 KiB and
+ * up, and the cache's write-back runs) are synchronous too while the mirror takes them at
+ * page-cache speed (ASYNC_WRITE_NS_PER_MIB); the primary's `pwrite` of a large write beside the
+ * primary already runs in the pool when its turn comes, so the two copies still overlap.
  */
 export const SYNC_WRITE_BYTES = 64 * 1024;
 
@@ -30,6 +32,26 @@ export const SYNC_WRITE_BYTES = 64 * 1024;
  * write-back starts with the write").
  */
 export const EARLY_WRITEBACK_BYTES = 128 * 1024;
+
+/**
+ * A mirror whose synchronous writes larger than SYNC_WRITE_BYTES took longer than this per MiB,
+ * in the running mean (about the last eight), writes them in libuv's pool: a mirror disk whose
+ * dirty pages throttle their writer, or a slow filesystem, then waits there and not on the JS
+ * thread, which serves every request of the mount. Below it (a copy into the page cache: 0.2–0.4
+ * ms per MiB here) the synchronous write costs less than the pool trip: the server's CPU per MiB
+ * of `dd bs=1M conv=fsync` with the mirror on the primary's disk fell from 1.76 to 1.00 ms and
+ * the rate rose 22% (docs/benchmarks.md, "Large mirror writes on the JS thread"). Every
+ * WRITE_SAMPLE_EVERY-th large write stays synchronous to keep the measure current.
+ * TWINFS_MIRROR_POOL_WRITE_US (µs per MiB) sets it; 0: every large write in the pool, as before.
+ */
+export const ASYNC_WRITE_NS_PER_MIB = 4_000_000;
+const WRITE_SAMPLE_EVERY = 32;
+
+/** A bound in µs from the environment, in ns; fallbackNs where it is unset or not a number. */
+function envMicrosAsNs(name: string, fallbackNs: number): number {
+  const us = process.env[name];
+  return us !== undefined && us !== '' && Number.isFinite(Number(us)) ? Number(us) * 1000 : fallbackNs;
+}
 
 /**
  * A mirror whose synchronous create (open O_CREAT|O_EXCL) took longer than this, in the running
@@ -69,10 +91,19 @@ export class MirrorWriter {
   /** Creates whose open ran in the pool, since the start. */
   poolCreates = 0;
 
+  /** Running mean of a synchronous large write's time, ns per MiB (see ASYNC_WRITE_NS_PER_MIB). */
+  private writeCostNsPerMiB = 0;
+  /** Large writes in the pool since the last synchronous one. */
+  private writesInPool = 0;
+  /** See ASYNC_WRITE_NS_PER_MIB. */
+  private readonly poolWriteNsPerMiB: number;
+  /** Writes larger than SYNC_WRITE_BYTES made synchronously / in the pool, since the start. */
+  syncLargeWrites = 0;
+  poolWrites = 0;
+
   constructor(private readonly dataRoot: string) {
-    const us = process.env.TWINFS_MIRROR_POOL_CREATE_US;
-    this.poolCreateNs =
-      us !== undefined && us !== '' && Number.isFinite(Number(us)) ? Number(us) * 1000 : ASYNC_CREATE_NS;
+    this.poolCreateNs = envMicrosAsNs('TWINFS_MIRROR_POOL_CREATE_US', ASYNC_CREATE_NS);
+    this.poolWriteNsPerMiB = envMicrosAsNs('TWINFS_MIRROR_POOL_WRITE_US', ASYNC_WRITE_NS_PER_MIB);
   }
 
   backing(volumePath: string): string {
@@ -93,7 +124,12 @@ export class MirrorWriter {
       case 'write': {
         const fd = this.fd(c.path);
         if (c.data.length <= SYNC_WRITE_BYTES) writeAllSync(fd, c.data, c.offset);
-        else await writeAll(fd, c.data, c.offset);
+        else if (this.writeInPool()) await writeAll(fd, c.data, c.offset);
+        else {
+          const t0 = process.hrtime.bigint();
+          writeAllSync(fd, c.data, c.offset);
+          this.noteWriteCost(Number(process.hrtime.bigint() - t0), c.data.length);
+        }
         if (c.data.length >= EARLY_WRITEBACK_BYTES) this.writeBacks.written(fd, c.offset, c.data.length);
         return;
       }
@@ -274,6 +310,29 @@ export class MirrorWriter {
     }
     this.createsInPool = 0;
     return false;
+  }
+
+  private writeInPool(): boolean {
+    if (this.poolWriteNsPerMiB === 0) {
+      this.poolWrites++;
+      return true;
+    }
+    if (this.writeCostNsPerMiB < this.poolWriteNsPerMiB) {
+      this.syncLargeWrites++;
+      return false;
+    }
+    if (++this.writesInPool < WRITE_SAMPLE_EVERY) {
+      this.poolWrites++;
+      return true;
+    }
+    this.writesInPool = 0;
+    this.syncLargeWrites++;
+    return false;
+  }
+
+  private noteWriteCost(ns: number, bytes: number): void {
+    // As the creates' mean: one write that waited for the CPU does not switch.
+    this.writeCostNsPerMiB += ((ns * 1048576) / bytes - this.writeCostNsPerMiB) / 8;
   }
 
   private noteCreateCost(ns: number): void {
