@@ -7,13 +7,15 @@
 // disk's request queue, and fallocate run in libuv's thread pool and resolves a promise. Used by the FUSE layer, the mirror driver and the
 // backup peer alike, so a peer host needs no FUSE build. One exception to "POSIX":
 // aesGcmSealInPlace, the repository's pack encryption without Node's per-update buffers, and
-// copyBytes, a plain memcpy between views of shared memory.
+// copyBytes, a plain memcpy between views of shared memory. seekData (lseek SEEK_DATA/SEEK_HOLE)
+// is a metadata call like the rest.
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <node_api.h>
 #include "byte-names.h"
 #include <openssl/evp.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -473,6 +475,26 @@ static napi_value js_copy_bytes(napi_env env, napi_callback_info info) {
   return num(env, (double)slen);
 }
 
+// seekData(fd, offset, hole): lseek(fd, offset, SEEK_DATA), or SEEK_HOLE when hole is true: the
+// offset of the next data (or hole; the end of the file counts as one) at or after offset, or
+// -errno: -ENXIO when there is no data at or after offset (or offset is at or past the end),
+// -EINVAL where the filesystem has no such seek. The descriptor's file position moves; twinfs
+// reads and writes at explicit positions only. Copies of sparse files skip their holes with it.
+static napi_value js_seek_data(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int32_t fd;
+  double off;
+  bool hole;
+  CHECK(napi_get_value_int32(env, argv[0], &fd));
+  CHECK(napi_get_value_double(env, argv[1], &off));
+  CHECK(napi_get_value_bool(env, argv[2], &hole));
+  if (!(off >= 0) || off > 9007199254740991.0 || off != (double)(int64_t)off) return num(env, -EINVAL);
+  off_t r = lseek(fd, (off_t)off, hole ? SEEK_HOLE : SEEK_DATA);
+  return num(env, r < 0 ? -errno : (double)r);
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"mknod", NULL, js_mknod, NULL, NULL, NULL, napi_enumerable, NULL},
@@ -489,10 +511,11 @@ static napi_value init(napi_env env, napi_value exports) {
       {"fadviseWillNeed", NULL, js_fadvise_willneed, NULL, NULL, NULL, napi_enumerable, NULL},
       {"copyBytes", NULL, js_copy_bytes, NULL, NULL, NULL, napi_enumerable, NULL},
       {"fallocate", NULL, js_fallocate, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"seekData", NULL, js_seek_data, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
   napi_value v;
-  napi_create_uint32(env, 9, &v);
+  napi_create_uint32(env, 10, &v);
   napi_set_named_property(env, exports, "abiLevel", v);
   return exports;
 }

@@ -3,8 +3,10 @@ import type * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { isNoXattrSupport, removeXattr } from '../common/xattrs.js';
+import { zeroRange } from '../posix/fallocate.js';
 import { mknod } from '../posix/mknod.js';
 import { msToNs, setTimesNs } from '../posix/set-times.js';
+import { dataSpans, holesBetween } from '../posix/sparse.js';
 import { listXattrs, readXattrs, setXattr } from '../posix/xattr.js';
 import type { RangeSet } from './range-set.js';
 
@@ -131,6 +133,9 @@ export async function syncEntry(
  * primary runs ahead of the mirror's queue, so a truncate can land mid-copy; a stress run hung
  * on it with one thread at 100%). The mirror file is truncated first and gets what was read;
  * a change that shrank or grew the primary meanwhile is queued and applied after this.
+ * Only the primary's data is read and written (SEEK_DATA, src/posix/sparse.ts): its holes stay
+ * holes, the last one made by extending the file to the primary's size, so a sparse file (a
+ * disk image, a core dump) takes no more room in the mirror than in the primary.
  */
 export async function copyWholeFile(primary: string, mirror: string, mode: number): Promise<number> {
   const src = await fsp.open(primary, 'r');
@@ -141,17 +146,51 @@ export async function copyWholeFile(primary: string, mirror: string, mode: numbe
     // The source's permission bits, as fs.copyFile gave them (the umask applies to a new file).
     await dst.chmod(mode);
     const buf = Buffer.allocUnsafe(CHUNK);
-    for (;;) {
-      const { bytesRead } = await src.read(buf, 0, CHUNK, copied);
-      if (bytesRead === 0) break;
-      await writeFull(dst, buf.subarray(0, bytesRead), copied);
-      copied += bytesRead;
+    spans: for (const [a, b] of dataSpans(src.fd, 0, Number.MAX_SAFE_INTEGER)) {
+      for (let pos = a; pos < b; ) {
+        const { bytesRead } = await src.read(buf, 0, Math.min(CHUNK, b - pos), pos);
+        if (bytesRead === 0) break spans; // the end, which moved meanwhile
+        await writeFull(dst, buf.subarray(0, bytesRead), pos);
+        pos += bytesRead;
+        copied += bytesRead;
+      }
     }
+    // Extended over a trailing hole; never cut below what was read (a truncate of the primary
+    // meanwhile is queued behind this copy, as before).
+    const size = (await src.stat()).size;
+    if ((await dst.stat()).size < size) await dst.truncate(size);
   } finally {
     await src.close();
     await dst?.close();
   }
   return copied;
+}
+
+/**
+ * [from, to) of src into dst at the same offsets, the data only: a hole of src becomes a hole of
+ * dst (punched where dst held bytes there; zeros written where its filesystem has no holes).
+ * Returns the bytes written and whether a read met the end of src (it shrank meanwhile).
+ */
+async function copySpan(
+  src: fsp.FileHandle,
+  dst: fsp.FileHandle,
+  from: number,
+  to: number,
+  buf: Buffer,
+): Promise<{ copied: number; short: boolean }> {
+  const spans = dataSpans(src.fd, from, to);
+  let copied = 0;
+  for (const [a, b] of spans) {
+    for (let pos = a; pos < b; ) {
+      const { bytesRead } = await src.read(buf, 0, Math.min(buf.length, b - pos), pos);
+      if (bytesRead === 0) return { copied, short: true };
+      await writeFull(dst, buf.subarray(0, bytesRead), pos);
+      pos += bytesRead;
+      copied += bytesRead;
+    }
+  }
+  for (const [a, b] of holesBetween(spans, from, to)) await zeroRange(dst.fd, a, b - a);
+  return { copied, short: false };
 }
 
 async function copyRanges(
@@ -170,13 +209,7 @@ async function copyRanges(
     const buf = Buffer.allocUnsafe(CHUNK);
     for (const [a, b] of ranges.toArray()) {
       const end = Math.min(b, size);
-      for (let pos = a; pos < end; ) {
-        const { bytesRead } = await src.read(buf, 0, Math.min(CHUNK, end - pos), pos);
-        if (bytesRead === 0) break;
-        await writeFull(dst, buf.subarray(0, bytesRead), pos);
-        pos += bytesRead;
-        copied += bytesRead;
-      }
+      if (a < end) copied += (await copySpan(src, dst, a, end, buf)).copied;
     }
     await dst.truncate(size);
   } finally {
@@ -231,11 +264,18 @@ export async function copyChunk(
   try {
     dst = await fsp.open(mirror, 'r+');
     const a = Buffer.allocUnsafe(Math.min(CHUNK, len));
-    const b = compare ? Buffer.allocUnsafe(a.length) : undefined;
+    if (!compare) {
+      // Data only, holes kept (copySpan); the end is where the primary's size is now.
+      const size = (await src.stat()).size;
+      if (offset >= size) return { copied, eof: true };
+      const r = await copySpan(src, dst, offset, Math.min(offset + len, size), a);
+      return { copied: r.copied, eof: r.short || offset + len >= size };
+    }
+    const b = Buffer.allocUnsafe(a.length);
     for (let pos = offset; pos < offset + len; ) {
       const n = await readFull(src, a, Math.min(a.length, offset + len - pos), pos);
       if (n === 0) return { copied, eof: true };
-      const same = b && (await readFull(dst, b, n, pos)) === n && a.subarray(0, n).equals(b.subarray(0, n));
+      const same = (await readFull(dst, b, n, pos)) === n && a.subarray(0, n).equals(b.subarray(0, n));
       if (!same) {
         await writeFull(dst, a.subarray(0, n), pos);
         copied += n;

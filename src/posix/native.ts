@@ -40,6 +40,12 @@ export interface PosixAddon {
    * sides are aligned alike mod 8); the caller makes sure no other thread writes either range.
    */
   copyBytes(dst: Uint8Array, at: number, src: Uint8Array): number;
+  /**
+   * lseek(fd, offset, SEEK_DATA), or SEEK_HOLE with hole: the next data's (hole's; the end counts
+   * as one) offset at or after offset, or -errno (-ENXIO: no data there, or past the end; -EINVAL:
+   * no such seek on this filesystem). Moves the descriptor's position.
+   */
+  seekData(fd: number, offset: number, hole: boolean): number;
 }
 
 /** Same depth from src/posix (tests) and dist/posix (the CLI): two levels up is the package root. */
@@ -53,7 +59,7 @@ const ADDON = path.resolve(
   'Release',
   'twinfs_posix.node',
 );
-const ABI_LEVEL = 9;
+const ABI_LEVEL = 10;
 
 let addon: PosixAddon | undefined;
 
