@@ -1,7 +1,11 @@
 #!/usr/bin/env node
 // Outside file-server workloads, as packaged by Debian (installed by scripts/setup.sh): dbench
 // (a CIFS file server's load: NTCreateX, Find, Rename, Unlink, LockX, ReadX/WriteX, Flush; its
-// throughput) and fs_mark (small files created and written; files per second), in the bare
+// throughput), fs_mark (small files created and written; files per second), postmark (a mail
+// server's small files: creates, deletes, reads and appends in 512-byte writes; transactions per
+// second) and sysbench fileio with its checksums on (every block it writes carries its offset and
+// a checksum that every read checks: sequential writes, then random reads, random writes, random
+// reads, sequential reads and random reads and writes; the last step's MiB/s), in the bare
 // directory, through bindfs and through twinfs with a mirror, interleaved per rep. Ratios are
 // to bindfs. After the twinfs runs: flush, `verify --content` and the broken pairs. Exit 1 when a
 // workload reports an error on twinfs or the mirror differs.
@@ -27,6 +31,8 @@ const opts = parseArgs(
     seconds: { default: 20, help: 'dbench run time per rep' },
     clients: { default: 4, help: 'dbench clients' },
     files: { default: 2000, help: 'fs_mark files per thread per rep' },
+    'pm-transactions': { default: 20000, help: 'postmark transactions per rep (1,000 files of 0.5–64 KiB)' },
+    'sb-seconds': { default: 5, help: 'sysbench fileio: seconds of each of its six steps' },
     dir: { default: '/tmp', help: 'parent of the temporary directories' },
     'time-limit': { default: 3600, help: 'abort (and clean up) after this many seconds' },
   },
@@ -78,6 +84,73 @@ async function fsmark(dir) {
   return { value, errors: r.code === 0 && line ? 0 : 1 };
 }
 
+async function postmark(dir) {
+  const d = path.join(dir, 'pm');
+  fs.mkdirSync(d, { recursive: true });
+  const cfg = path.join(base, 'postmark.cfg');
+  fs.writeFileSync(
+    cfg,
+    [
+      `set location ${d}`,
+      'set number 1000',
+      `set transactions ${opts['pm-transactions']}`,
+      'set size 500 65536',
+      'set subdirectories 10',
+      'run',
+      'quit',
+      '',
+    ].join('\n'),
+  );
+  const r = await run('postmark', [cfg], { check: false, timeoutMs: 900_000 });
+  const value = Number(/transactions \((\d+) per second\)/.exec(r.stdout)?.[1] ?? Number.NaN);
+  await run('rm', ['-rf', d], { check: false, timeoutMs: 120_000 });
+  return { value, errors: r.code === 0 && Number.isFinite(value) ? 0 : 1 };
+}
+
+/** sysbench's steps: mode and threads (writes from one thread: two writing one block tear it). */
+const SB_STEPS = [
+  ['seqwr', 1],
+  ['rndrd', 4],
+  ['rndwr', 1],
+  ['rndrd', 4],
+  ['seqrd', 2],
+  ['rndrw', 1],
+];
+
+async function sysbench(dir) {
+  const d = path.join(dir, 'sb');
+  fs.mkdirSync(d, { recursive: true });
+  const common = ['fileio', '--file-total-size=128M', '--file-num=16', '--validate=on'];
+  let errors = 0;
+  let value = Number.NaN;
+  const prep = await run('sysbench', [...common, 'prepare'], { cwd: d, check: false, timeoutMs: 300_000 });
+  if (prep.code !== 0) errors++;
+  for (const [mode, threads] of SB_STEPS) {
+    const r = await run(
+      'sysbench',
+      [
+        ...common,
+        `--file-test-mode=${mode}`,
+        `--threads=${threads}`,
+        `--time=${opts['sb-seconds']}`,
+        '--file-fsync-freq=50',
+        'run',
+      ],
+      { cwd: d, check: false, timeoutMs: (Number(opts['sb-seconds']) + 300) * 1000 },
+    );
+    const fatal = `${r.stdout}\n${r.stderr}`.split('\n').filter((l) => /FATAL/.test(l));
+    if (r.code !== 0 || fatal.length) {
+      errors++;
+      log(`sysbench ${mode} in ${dir}: exit ${r.code} ${fatal[0] ?? ''}`);
+    }
+    const rd = Number(/read, MiB\/s:\s+([\d.]+)/.exec(r.stdout)?.[1] ?? 0);
+    const wr = Number(/written, MiB\/s:\s+([\d.]+)/.exec(r.stdout)?.[1] ?? 0);
+    value = Math.round((rd + wr) * 100) / 100;
+  }
+  await run('rm', ['-rf', d], { check: false, timeoutMs: 120_000 });
+  return { value, errors };
+}
+
 const base = fs.mkdtempSync(path.join(opts.dir, 'twinfs-outside-'));
 const d = mkdirs(base, 'bare', 'bsrc', 'bmnt', 'primary', 'mnt', 'mirror', 'state');
 const bindfs = await startBindfs(d.bsrc, d.bmnt);
@@ -89,6 +162,8 @@ for (let rep = 0; rep < opts.reps; rep++) {
     for (const [w, fn] of [
       ['dbench MB/s', dbench],
       ['fs_mark files/s', fsmark],
+      ['postmark transactions/s', postmark],
+      ['sysbench fileio rndrw MiB/s (checksums on)', sysbench],
     ]) {
       const r = await fn(dir);
       (results[w] ??= {})[name] ??= [];
