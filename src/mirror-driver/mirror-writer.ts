@@ -39,7 +39,7 @@ export const EARLY_WRITEBACK_BYTES = 128 * 1024;
  * dirty pages throttle their writer, or a slow filesystem, then waits there and not on the JS
  * thread, which serves every request of the mount. Below it (a copy into the page cache: 0.2–0.4
  * ms per MiB here) the synchronous write costs less than the pool trip: the server's CPU per MiB
- * of `dd bs=1M conv=fsync` with the mirror on the primary's disk fell from 1.76 to 1.00 ms and
+ * of `dd bs=1M conv=fsync` with the mirror on the primary's disk fell from 1.93 to 1.00 ms and
  * the rate rose 22% (docs/benchmarks.md, "Large mirror writes on the JS thread"). Every
  * WRITE_SAMPLE_EVERY-th large write stays synchronous to keep the measure current.
  * TWINFS_MIRROR_POOL_WRITE_US (µs per MiB) sets it; 0: every large write in the pool, as before.

@@ -64,38 +64,26 @@ describe("the mirror's large writes: on the JS thread or in the pool", () => {
 
   const shaOf = (p: string) => createHash('sha256').update(fs.readFileSync(p)).digest('hex');
 
-  it('a bound no write meets: the first is synchronous, then the pool, every 32nd synchronous again', async () => {
-    process.env.TWINFS_MIRROR_POOL_WRITE_US = '0.001';
-    const { w, expected } = await writeSeries(t.dirs.direct!, 'slow');
+  // [what, TWINFS_MIRROR_POOL_WRITE_US, synchronous large writes, large writes in the pool] of
+  // writeSeries' 100: with a bound no write meets, write 1 is measured (the mean starts at 0),
+  // 2–32 go to the pool, 33 is measured, and so on.
+  it.each([
+    [
+      'a bound no write meets: the first is synchronous, then the pool, every 32nd synchronous again',
+      '0.001',
+      4,
+      96,
+    ],
+    ['a bound of 0: every large write in the pool', '0', 0, 100],
+    ['a bound every write meets: all of them synchronous', String(3600e6), 100, 0],
+  ] as const)('%s', async (_what, bound, sync, pool) => {
+    process.env.TWINFS_MIRROR_POOL_WRITE_US = bound;
+    const name = `series-${bound}`;
+    const { w, expected } = await writeSeries(t.dirs.direct!, name);
     try {
-      // Write 1 is measured (the mean starts at 0), 2–32 go to the pool, 33 is measured, ...
-      expect(w.syncLargeWrites).toBe(4);
-      expect(w.poolWrites).toBe(96);
-      expect(shaOf(`${t.dirs.direct}/slow`)).toBe(expected);
-    } finally {
-      w.closeAll();
-    }
-  });
-
-  it('a bound of 0: every large write in the pool', async () => {
-    process.env.TWINFS_MIRROR_POOL_WRITE_US = '0';
-    const { w, expected } = await writeSeries(t.dirs.direct!, 'pool');
-    try {
-      expect(w.syncLargeWrites).toBe(0);
-      expect(w.poolWrites).toBe(100);
-      expect(shaOf(`${t.dirs.direct}/pool`)).toBe(expected);
-    } finally {
-      w.closeAll();
-    }
-  });
-
-  it('a bound every write meets: all of them synchronous', async () => {
-    process.env.TWINFS_MIRROR_POOL_WRITE_US = String(3600e6);
-    const { w, expected } = await writeSeries(t.dirs.direct!, 'sync');
-    try {
-      expect(w.syncLargeWrites).toBe(100);
-      expect(w.poolWrites).toBe(0);
-      expect(shaOf(`${t.dirs.direct}/sync`)).toBe(expected);
+      expect(w.syncLargeWrites).toBe(sync);
+      expect(w.poolWrites).toBe(pool);
+      expect(shaOf(`${t.dirs.direct}/${name}`)).toBe(expected);
     } finally {
       w.closeAll();
     }

@@ -78,6 +78,9 @@ describe('sparse files in the mirror', () => {
     }
   });
 
+  const mountOn = (primary: string) =>
+    mountInProcess({ primary, mount: t.dirs.mnt!, mirror: t.dirs.mirror!, stateDir: t.dirs.state! });
+
   it('the initial copy, a restart after changes behind the server, and a resync keep the holes', async () => {
     const P = t.dirs.primary!;
     // Before the start: a 512 MiB image (large-file path, chunk by chunk), a 3 MiB one
@@ -89,12 +92,7 @@ describe('sparse files in the mirror', () => {
     ]);
     sparseFile(`${P}/small.img`, 3 * MiB, [[1_000_000, 10]]);
     sparseFile(`${P}/empty.img`, 256 * MiB, []);
-    m = await mountInProcess({
-      primary: P,
-      mount: t.dirs.mnt!,
-      mirror: t.dirs.mirror!,
-      stateDir: t.dirs.state!,
-    });
+    m = await mountOn(P);
     await m.settle();
     const M = m.driver.dataRoot;
     for (const f of ['disk.img', 'small.img', 'empty.img']) {
@@ -116,12 +114,7 @@ describe('sparse files in the mirror', () => {
     fs.truncateSync(`${P}/small.img`, 4 * MiB);
     writeAt(`${P}/empty.img`, 128 * MiB, Buffer.from('now some data'));
     fs.truncateSync(`${P}/empty.img`, 300 * MiB);
-    m = await mountInProcess({
-      primary: P,
-      mount: t.dirs.mnt!,
-      mirror: t.dirs.mirror!,
-      stateDir: t.dirs.state!,
-    });
+    m = await mountOn(P);
     await m.settle();
     for (const f of ['disk.img', 'small.img', 'empty.img']) {
       expect(await sha(`${M}/${f}`)).toBe(await sha(`${P}/${f}`));
