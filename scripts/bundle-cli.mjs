@@ -16,13 +16,13 @@
 //   what only the server or a plugin loads: prom-client, ajv, tar-stream, uplot, @aws-sdk/*;
 //   semver, which the plugin manifest check requires only for a version or range it does not
 //   answer itself (src/plugins/manifest.ts).
-// yargs, yargs-parser and fs-xattr are bundled, but find files of their own from import.meta.url
+// yargs and yargs-parser are bundled, but find files of their own from import.meta.url
 // (yargs its locales and, two levels above its node_modules, the package.json whose version
-// --version prints; yargs-parser a require for config files; fs-xattr, an ES module a CommonJS
-// bundle cannot require, its addon): in their modules import.meta.url is the URL of the
-// module's own file, relative to the bundle, as it was before bundling, and yargs's one
-// import.meta.resolve (a config's `extends`) a require.resolve from that file. In the rest of
-// the bundle rolldown writes import.meta.url as the URL of __filename.
+// --version prints; yargs-parser a require for config files): in their modules
+// import.meta.url is the URL of the module's own file, relative to the bundle, as it was
+// before bundling, and yargs's one import.meta.resolve (a config's `extends`) a
+// require.resolve from that file. In the rest of the bundle rolldown writes import.meta.url
+// as the URL of __filename.
 // The bundle lives two levels below the package root like every dist/X/ module, so paths built
 // from import.meta.url ('../..' to the root, native/posix/build, plugins/) stay right; the
 // repository's worker is dist/repository/blob-worker.js, unbundled, found from either place.
@@ -47,7 +47,7 @@ const EXTERNAL = [
   '@aws-sdk',
   'semver',
 ];
-const OWN_URL = /[\\/]node_modules[\\/](yargs|yargs-parser|fs-xattr)[\\/]/;
+const OWN_URL = /[\\/]node_modules[\\/](yargs|yargs-parser)[\\/]/;
 
 /** import.meta.url in OWN_URL's modules: their file's URL, relative to the bundle's file. */
 const ownUrl = {

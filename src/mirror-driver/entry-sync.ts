@@ -145,16 +145,8 @@ export async function copyWholeFile(primary: string, mirror: string, mode: numbe
     dst = await fsp.open(mirror, 'w', mode);
     // The source's permission bits, as fs.copyFile gave them (the umask applies to a new file).
     await dst.chmod(mode);
-    const buf = Buffer.allocUnsafe(CHUNK);
-    spans: for (const [a, b] of dataSpans(src.fd, 0, Number.MAX_SAFE_INTEGER)) {
-      for (let pos = a; pos < b; ) {
-        const { bytesRead } = await src.read(buf, 0, Math.min(CHUNK, b - pos), pos);
-        if (bytesRead === 0) break spans; // the end, which moved meanwhile
-        await writeFull(dst, buf.subarray(0, bytesRead), pos);
-        pos += bytesRead;
-        copied += bytesRead;
-      }
-    }
+    // To the end, wherever it is now: the new file has nothing to punch.
+    copied = (await copySpan(src, dst, 0, Number.MAX_SAFE_INTEGER, Buffer.allocUnsafe(CHUNK), false)).copied;
     // Extended over a trailing hole; never cut below what was read (a truncate of the primary
     // meanwhile is queued behind this copy, as before).
     const size = (await src.stat()).size;
@@ -168,8 +160,8 @@ export async function copyWholeFile(primary: string, mirror: string, mode: numbe
 
 /**
  * [from, to) of src into dst at the same offsets, the data only: a hole of src becomes a hole of
- * dst (punched where dst held bytes there; zeros written where its filesystem has no holes).
- * Returns the bytes written and whether a read met the end of src (it shrank meanwhile).
+ * dst, punched when `punch` (dst may hold bytes there; zeros written where its filesystem has no
+ * holes). Returns the bytes written and whether a read met the end of src (it shrank meanwhile).
  */
 async function copySpan(
   src: fsp.FileHandle,
@@ -177,6 +169,7 @@ async function copySpan(
   from: number,
   to: number,
   buf: Buffer,
+  punch = true,
 ): Promise<{ copied: number; short: boolean }> {
   const spans = dataSpans(src.fd, from, to);
   let copied = 0;
@@ -189,7 +182,7 @@ async function copySpan(
       copied += bytesRead;
     }
   }
-  for (const [a, b] of holesBetween(spans, from, to)) await zeroRange(dst.fd, a, b - a);
+  if (punch) for (const [a, b] of holesBetween(spans, from, to)) await zeroRange(dst.fd, a, b - a);
   return { copied, short: false };
 }
 

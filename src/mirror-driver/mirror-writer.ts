@@ -41,28 +41,67 @@ export const EARLY_WRITEBACK_BYTES = 128 * 1024;
  * ms per MiB here) the synchronous write costs less than the pool trip: the server's CPU per MiB
  * of `dd bs=1M conv=fsync` with the mirror on the primary's disk fell from 1.93 to 1.00 ms and
  * the rate rose 22% (docs/benchmarks.md, "Large mirror writes on the JS thread"). Every
- * WRITE_SAMPLE_EVERY-th large write stays synchronous to keep the measure current.
+ * SAMPLE_EVERY-th large write stays synchronous to keep the measure current (PoolSwitch).
  * TWINFS_MIRROR_POOL_WRITE_US (µs per MiB) sets it; 0: every large write in the pool, as before.
  */
 export const ASYNC_WRITE_NS_PER_MIB = 4_000_000;
-const WRITE_SAMPLE_EVERY = 32;
-
-/** A bound in µs from the environment, in ns; fallbackNs where it is unset or not a number. */
-function envMicrosAsNs(name: string, fallbackNs: number): number {
-  const us = process.env[name];
-  return us !== undefined && us !== '' && Number.isFinite(Number(us)) ? Number(us) * 1000 : fallbackNs;
-}
 
 /**
  * A mirror whose synchronous create (open O_CREAT|O_EXCL) took longer than this, in the running
  * mean, creates in libuv's pool: there the open's wait for the disk is no longer the JS thread's.
- * Below it, a pool trip's two thread wakes cost more than the open. Every CREATE_SAMPLE_EVERY-th
+ * Below it, a pool trip's two thread wakes cost more than the open. Every SAMPLE_EVERY-th
  * create stays synchronous to keep the measure current (a disk that got fast again).
  * TWINFS_MIRROR_POOL_CREATE_US sets it (0: every create in the pool; for the tests of that path
  * on a fast disk, and the benchmark's A/B).
  */
 export const ASYNC_CREATE_NS = 100_000;
-const CREATE_SAMPLE_EVERY = 32;
+
+/** While a PoolSwitch sends calls to the pool, every this-many-th one is measured on the JS thread. */
+const SAMPLE_EVERY = 32;
+
+/**
+ * Whether one kind of mirror call runs on the JS thread or in libuv's pool: on the JS thread
+ * while the running mean of its measured cost (about the last eight) is below the bound; in the
+ * pool above it, every SAMPLE_EVERY-th call on the JS thread again to keep the mean current (a
+ * disk that got fast again). A bound of 0: always the pool. Counts the calls each way.
+ */
+class PoolSwitch {
+  private readonly boundNs: number;
+  private meanNs = 0;
+  private sinceSample = 0;
+  sync = 0;
+  pool = 0;
+
+  /** boundNs: from the environment variable `env` (µs) where set, else the default. */
+  constructor(env: string, defaultNs: number) {
+    const us = process.env[env];
+    this.boundNs =
+      us !== undefined && us !== '' && Number.isFinite(Number(us)) ? Number(us) * 1000 : defaultNs;
+  }
+
+  inPool(): boolean {
+    if (this.boundNs === 0) return this.toPool();
+    if (this.meanNs < this.boundNs) return this.toSync();
+    if (++this.sinceSample < SAMPLE_EVERY) return this.toPool();
+    this.sinceSample = 0;
+    return this.toSync();
+  }
+
+  /** The cost of a call made on the JS thread: one that waited for the CPU does not switch. */
+  note(ns: number): void {
+    this.meanNs += (ns - this.meanNs) / 8;
+  }
+
+  private toPool(): boolean {
+    this.pool++;
+    return true;
+  }
+
+  private toSync(): boolean {
+    this.sync++;
+    return false;
+  }
+}
 
 /**
  * Applies changes to the mirror's data directory, the way the primary saw them. Keeps a small
@@ -81,29 +120,25 @@ export class MirrorWriter {
   private readonly writeBacks = new WriteBackScheduler('global');
   /** Creates whose open runs in the pool now, by path: marked when forget closes the path. */
   private readonly creating = new Map<string, { forgotten: boolean }>();
-  /** Running mean of the synchronous create's open, ns (see ASYNC_CREATE_NS). */
-  private createCostNs = 0;
-  /** Creates since the last synchronous one while the open ran in the pool. */
-  private createsInPool = 0;
+  /** The create's open (ns, see ASYNC_CREATE_NS). */
+  private readonly creates = new PoolSwitch('TWINFS_MIRROR_POOL_CREATE_US', ASYNC_CREATE_NS);
+  /** Writes larger than SYNC_WRITE_BYTES (ns per MiB, see ASYNC_WRITE_NS_PER_MIB). */
+  private readonly largeWrites = new PoolSwitch('TWINFS_MIRROR_POOL_WRITE_US', ASYNC_WRITE_NS_PER_MIB);
 
-  /** See ASYNC_CREATE_NS. */
-  private readonly poolCreateNs: number;
+  constructor(private readonly dataRoot: string) {}
+
   /** Creates whose open ran in the pool, since the start. */
-  poolCreates = 0;
+  get poolCreates(): number {
+    return this.creates.pool;
+  }
 
-  /** Running mean of a synchronous large write's time, ns per MiB (see ASYNC_WRITE_NS_PER_MIB). */
-  private writeCostNsPerMiB = 0;
-  /** Large writes in the pool since the last synchronous one. */
-  private writesInPool = 0;
-  /** See ASYNC_WRITE_NS_PER_MIB. */
-  private readonly poolWriteNsPerMiB: number;
-  /** Writes larger than SYNC_WRITE_BYTES made synchronously / in the pool, since the start. */
-  syncLargeWrites = 0;
-  poolWrites = 0;
+  /** Writes larger than SYNC_WRITE_BYTES made on the JS thread / in the pool, since the start. */
+  get syncLargeWrites(): number {
+    return this.largeWrites.sync;
+  }
 
-  constructor(private readonly dataRoot: string) {
-    this.poolCreateNs = envMicrosAsNs('TWINFS_MIRROR_POOL_CREATE_US', ASYNC_CREATE_NS);
-    this.poolWriteNsPerMiB = envMicrosAsNs('TWINFS_MIRROR_POOL_WRITE_US', ASYNC_WRITE_NS_PER_MIB);
+  get poolWrites(): number {
+    return this.largeWrites.pool;
   }
 
   backing(volumePath: string): string {
@@ -124,11 +159,11 @@ export class MirrorWriter {
       case 'write': {
         const fd = this.fd(c.path);
         if (c.data.length <= SYNC_WRITE_BYTES) writeAllSync(fd, c.data, c.offset);
-        else if (this.writeInPool()) await writeAll(fd, c.data, c.offset);
+        else if (this.largeWrites.inPool()) await writeAll(fd, c.data, c.offset);
         else {
           const t0 = process.hrtime.bigint();
           writeAllSync(fd, c.data, c.offset);
-          this.noteWriteCost(Number(process.hrtime.bigint() - t0), c.data.length);
+          this.largeWrites.note((Number(process.hrtime.bigint() - t0) * 1048576) / c.data.length);
         }
         if (c.data.length >= EARLY_WRITEBACK_BYTES) this.writeBacks.written(fd, c.offset, c.data.length);
         return;
@@ -161,7 +196,7 @@ export class MirrorWriter {
         // descriptors): the file is made whole (owner, mode) as after a synchronous create, and
         // its descriptor closed as that forget would have closed it.
         let forgotten = false;
-        if (this.createInPool()) {
+        if (this.creates.inPool()) {
           const pending = { forgotten: false };
           this.creating.set(c.path, pending);
           try {
@@ -173,7 +208,7 @@ export class MirrorWriter {
         } else {
           const t0 = process.hrtime.bigint();
           fd = openNewSync(p, flags, c.mode & 0o7777);
-          this.noteCreateCost(Number(process.hrtime.bigint() - t0));
+          this.creates.note(Number(process.hrtime.bigint() - t0));
         }
         try {
           // What open did not give already: an owner other than the server's (or the parent's
@@ -299,45 +334,6 @@ export class MirrorWriter {
   /** Early write-backs the mirror's file system refused (see EARLY_WRITEBACK_BYTES): a hint lost. */
   get writeBackErrors(): number {
     return this.writeBacks.counts.refused;
-  }
-
-  /** Whether this create's open goes to the pool (see ASYNC_CREATE_NS). */
-  private createInPool(): boolean {
-    if (this.createCostNs < this.poolCreateNs) return false;
-    if (++this.createsInPool < CREATE_SAMPLE_EVERY) {
-      this.poolCreates++;
-      return true;
-    }
-    this.createsInPool = 0;
-    return false;
-  }
-
-  private writeInPool(): boolean {
-    if (this.poolWriteNsPerMiB === 0) {
-      this.poolWrites++;
-      return true;
-    }
-    if (this.writeCostNsPerMiB < this.poolWriteNsPerMiB) {
-      this.syncLargeWrites++;
-      return false;
-    }
-    if (++this.writesInPool < WRITE_SAMPLE_EVERY) {
-      this.poolWrites++;
-      return true;
-    }
-    this.writesInPool = 0;
-    this.syncLargeWrites++;
-    return false;
-  }
-
-  private noteWriteCost(ns: number, bytes: number): void {
-    // As the creates' mean: one write that waited for the CPU does not switch.
-    this.writeCostNsPerMiB += ((ns * 1048576) / bytes - this.writeCostNsPerMiB) / 8;
-  }
-
-  private noteCreateCost(ns: number): void {
-    // A mean over about the last eight synchronous creates: one preempted open does not switch.
-    this.createCostNs += (ns - this.createCostNs) / 8;
   }
 
   /** Closes fd, once its early write-back (if one runs) settled. */

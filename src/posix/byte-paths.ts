@@ -1,7 +1,7 @@
 // The module's own object (a namespace import is frozen): patching it reaches every importer.
 import fs from 'node:fs';
 import { syncBuiltinESMExports } from 'node:module';
-import { fsPath, hasRawBytes, nameOf } from './byte-names.js';
+import { bytesOf, hasRawBytes, nameOf } from './byte-names.js';
 
 /**
  * Names are bytes at node:fs (docs/architecture.md, "Names are bytes"). twinfs's strings carry a
@@ -88,7 +88,7 @@ function convert(args: unknown[], count: number): unknown[] {
     const a = args[i];
     if (typeof a === 'string' && hasRawBytes(a)) {
       if (out === args) out = args.slice();
-      out[i] = fsPath(a);
+      out[i] = bytesOf(a);
     }
   }
   return out;

@@ -1,8 +1,8 @@
 import { randomBytes } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
-import * as xattr from 'fs-xattr';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { MirrorDriver } from '../../src/mirror-driver/index.js';
+import { getXattr, removeXattr, setXattr } from '../../src/posix/xattr.js';
 import { tempDirs } from '../helpers/server.js';
 import { type DriverOnTempDirs, driverOnTempDirs, openDriver, run, sha } from './mirror-helpers.js';
 
@@ -124,7 +124,7 @@ describe('resync of files with several names', () => {
     // The primary runs ahead of the queue: rename, an xattr through the new name, a write
     // through another name; then the driver hears of them, in that order.
     await fsp.rename(`${P}/x`, `${P}/c`);
-    await xattr.setAttribute(`${P}/c`, 'user.k', Buffer.from('v1'));
+    setXattr(`${P}/c`, 'user.k', Buffer.from('v1'));
     const data = randomBytes(2000);
     const fh = await fsp.open(`${P}/b`, 'r+');
     await fh.write(data, 0, data.length, 5000);
@@ -137,7 +137,7 @@ describe('resync of files with several names', () => {
     await d.whenIdle();
     for (const n of ['a', 'b', 'c']) {
       expect(await sha(`${M}/${n}`)).toBe(await sha(`${P}/${n}`));
-      expect((await xattr.getAttribute(`${M}/${n}`, 'user.k')).toString()).toBe('v1');
+      expect(getXattr(`${M}/${n}`, 'user.k')?.toString()).toBe('v1');
     }
     expect((await fsp.stat(`${M}/c`)).ino).toBe((await fsp.stat(`${M}/a`)).ino);
     expect((await d.verify()).differences).toEqual([]);
@@ -187,7 +187,7 @@ describe('resync of files with several names', () => {
     const s = await d.split({ volume: true });
     await fsp.writeFile(`${P}/f`, randomBytes(2000));
     await d.apply({ op: 'create', path: '/f', mode: 0o100644, uid: 0, gid: 0 });
-    await xattr.setAttribute(`${P}/f`, 'user.k3', 'v73013');
+    setXattr(`${P}/f`, 'user.k3', Buffer.from('v73013'));
     await d.apply({ op: 'setxattr', path: '/f', name: 'user.k3', value: Buffer.from('v73013') });
     // The race, injected (its timing cannot be provoked for real here): the writer's rename of
     // /f lands on the primary while the resync copies /f, after the data and before the xattrs
@@ -197,7 +197,7 @@ describe('resync of files with several names', () => {
     core.copyWhole = async (p, o) => {
       const r = await copyWhole(p, o);
       if (p === '/f') {
-        await xattr.removeAttribute(`${M}/f`, 'user.k3');
+        removeXattr(`${M}/f`, 'user.k3');
         await fsp.rename(`${P}/f`, `${P}/g`);
       }
       return r;
@@ -206,7 +206,7 @@ describe('resync of files with several names', () => {
     core.copyWhole = copyWhole;
     await d.apply({ op: 'rename', from: '/f', path: '/g' });
     await d.whenIdle();
-    expect((await xattr.getAttribute(`${M}/g`, 'user.k3')).toString()).toBe('v73013');
+    expect(getXattr(`${M}/g`, 'user.k3')?.toString()).toBe('v73013');
     expect((await d.verify()).differences).toEqual([]);
   });
 
@@ -330,12 +330,12 @@ describe('resync of files with several names', () => {
 
   it('metadata changed through a name that then goes reaches the other names (stress seed 504)', async () => {
     const s = await d.split({ volume: true });
-    await xattr.setAttribute(`${P}/a`, 'user.k', Buffer.from('v2'));
+    setXattr(`${P}/a`, 'user.k', Buffer.from('v2'));
     await d.apply({ op: 'setxattr', path: '/a', name: 'user.k', value: Buffer.from('v2') });
     await fsp.unlink(`${P}/a`);
     await d.apply({ op: 'unlink', path: '/a' });
     await d.resync(s.splitId);
-    expect((await xattr.getAttribute(`${M}/b`, 'user.k')).toString()).toBe('v2');
+    expect(getXattr(`${M}/b`, 'user.k')?.toString()).toBe('v2');
     expect((await d.verify()).differences).toEqual([]);
   });
 

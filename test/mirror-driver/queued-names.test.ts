@@ -1,9 +1,9 @@
 import { randomBytes } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
-import * as xattr from 'fs-xattr';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { MirrorDriver } from '../../src/mirror-driver/index.js';
 import { setTimesNs } from '../../src/posix/set-times.js';
+import { getXattr, setXattr } from '../../src/posix/xattr.js';
 import { type DriverOnTempDirs, driverOnTempDirs, openDriver } from './mirror-helpers.js';
 
 /**
@@ -42,7 +42,7 @@ describe('reads by path while the primary is ahead of the queue', () => {
       await fsp.mkdir(`${p}/f`, { mode: 0o755 });
       await fsp.writeFile(`${p}/f/k`, randomBytes(3000));
       for (const dir of ['d', 'f']) {
-        await xattr.setAttribute(`${p}/${dir}`, 'user.k', Buffer.from('old'));
+        setXattr(`${p}/${dir}`, 'user.k', Buffer.from('old'));
         setTimesNs(`${p}/${dir}`, MTIME, MTIME);
       }
     }));
@@ -86,7 +86,7 @@ describe('reads by path while the primary is ahead of the queue', () => {
       await fsp.rename(`${P}/${dir}`, `${P}/e`);
       await fsp.mkdir(`${P}/${dir}`, { mode: 0o700 });
       await fsp.chmod(`${P}/${dir}`, 0o700);
-      await xattr.setAttribute(`${P}/${dir}`, 'user.k', Buffer.from('new'));
+      setXattr(`${P}/${dir}`, 'user.k', Buffer.from('new'));
       setTimesNs(`${P}/${dir}`, MTIME + 5_000_000n, MTIME + 5_000_000n);
       turns.push(
         d.apply({ op: 'rename', from: `/${dir}`, path: '/e' }),
@@ -99,7 +99,7 @@ describe('reads by path while the primary is ahead of the queue', () => {
       expect(d.status().brokenReasons).toEqual({});
       const e = await fsp.lstat(`${M}/e`, { bigint: true });
       expect((Number(e.mode) & 0o7777).toString(8)).toBe('755');
-      expect((await xattr.getAttribute(`${M}/e`, 'user.k')).toString()).toBe('old');
+      expect(getXattr(`${M}/e`, 'user.k')?.toString()).toBe('old');
       expect(e.mtimeNs).toBe(MTIME);
       expect(await fsp.readdir(`${M}/e`)).toEqual(entries);
       expect((await d.verify()).differences).toEqual([]);
