@@ -134,6 +134,11 @@ export interface BackupResult {
   /** The --check-source result, when asked for. */
   sourceCheck?: SourceCheckResult;
   /**
+   * Large files whose holes were not read from the mirror (only zeros there, sparse-read.ts),
+   * and the bytes of those holes; absent when there were none.
+   */
+  sparse?: { files: number; holeBytes: number };
+  /**
    * How the server's change answer drove the run, when it vouched (change-plan.ts): entries
    * carried over from the parent unread, paths looked at in the mirror, subtrees walked, large
    * files stored from their changed ranges and the bytes those read from the mirror.
@@ -531,6 +536,7 @@ export class BackupRun {
         refused: { ...copier.refused },
         unknownSince: prep.changes?.unknown,
         sourceCheck,
+        ...(copier.sparse.files > 0 ? { sparse: { ...copier.sparse } } : {}),
         changes: named
           ? {
               carried: referenceTotals(base!.totals, ref!, parent!.entries).carriedEntries,

@@ -6,6 +6,7 @@ import { errnoCode, TwinError } from '../common/errors.js';
 import { type EntryRecord, storedCopyKey } from './catalog.js';
 import type { MirrorReader, SourceEntry } from './mirror-source.js';
 import { piecesOf, piecesStream, RANGED_MIN_BYTES } from './ranged-copy.js';
+import { sparseReader } from './sparse-read.js';
 import {
   type EntryMeta,
   emptyTotals,
@@ -69,6 +70,8 @@ export class EntryCopier {
   readonly refused = { notVouched: 0, flagged: 0, atTarget: 0 };
   /** Entries carried over from the parent unread, and large files stored from their changed ranges. */
   readonly carriedOver = { entries: 0, rangedFiles: 0, rangedMirrorBytes: 0 };
+  /** Large files read around their holes (sparse-read.ts), and the bytes of holes not read. */
+  readonly sparse = { files: 0, holeBytes: 0 };
   /** Paths carry() could not share: copied from the mirror, not offered for sharing again. */
   private readonly unshareable = new Set<string>();
 
@@ -352,19 +355,31 @@ export class EntryCopier {
     let counted = 0;
     try {
       if (stat.size > SMALL_FILE && readsInto(writer)) {
-        // Read straight into the target's buffers, up to the size fstat gave.
+        // Read straight into the target's buffers, up to the size fstat gave; a sparse file's
+        // holes are not read (sparse-read.ts).
         const size = stat.size;
+        const reader = sparseReader(
+          fh.fd,
+          size,
+          stat.blocks * 512 < size,
+          async (buf, offset, length, position) => (await fh.read(buf, offset, length, position)).bytesRead,
+        );
+        let holeBytes = 0;
         const read = async (buf: Buffer, offset: number, length: number) => {
-          const want = Math.min(length, size - counted);
-          if (want <= 0) return 0;
-          const { bytesRead } = await fh.read(buf, offset, want, counted);
-          counted += bytesRead;
-          onBytes?.(bytesRead, true);
-          return bytesRead;
+          const r = await reader.next(buf, offset, length);
+          const n = typeof r === 'number' ? r : r.hole;
+          if (typeof r !== 'number') holeBytes += n;
+          counted += n;
+          onBytes?.(n, true);
+          return r;
         };
         const r = await writer.putFileFrom(src.path, read, meta, { signal });
         checkUnchanged(src, meta, stat, await fh.stat());
         checkStored(src, counted, r.bytes, stat.size);
+        if (holeBytes > 0) {
+          this.sparse.files++;
+          this.sparse.holeBytes += holeBytes;
+        }
         return r;
       }
       // A small file in one read into a buffer of its size; a large one as a stream of 1 MiB

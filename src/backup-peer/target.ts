@@ -77,12 +77,13 @@ export function readsMirrorFiles(w: SnapshotWriter): w is SnapshotWriter & Mirro
  * Not part of the plugin contract: a writer that reads a large file's bytes straight into
  * buffers of its own (the repository target: into the windows its workers cut, no stream of
  * 1 MiB buffers each copied once more). `read` fills buf[offset, offset + n) with the file's
- * next bytes and answers n, 0 at the end; the caller bounds it at the size it expects.
+ * next bytes and answers n, 0 at the end; the caller bounds it at the size it expects. An answer
+ * `{ hole: n }` says those n bytes are zeros of a hole of the file, filled in without a read.
  */
 export interface ReadIntoWriter {
   putFileFrom(
     path: string,
-    read: (buf: Buffer, offset: number, length: number) => Promise<number>,
+    read: (buf: Buffer, offset: number, length: number) => Promise<number | { hole: number }>,
     meta: EntryMeta,
     opts?: { signal?: AbortSignal },
   ): Promise<PutResult>;

@@ -256,8 +256,10 @@ export const peerCommands: OperatorCommand[] = [
           const s = res.snapshot;
           ctx.print(
             `snapshot ${s.id} complete: ${describeTotals(s.totals)}${
-              res.sourceCheck ? `; matches the split copy (${res.sourceCheck.checked} entries)` : ''
-            }`,
+              res.sparse
+                ? `; ${bytes(res.sparse.holeBytes)} of holes in ${res.sparse.files} sparse file${res.sparse.files === 1 ? '' : 's'} not read`
+                : ''
+            }${res.sourceCheck ? `; matches the split copy (${res.sourceCheck.checked} entries)` : ''}`,
           );
           return {
             event: 'done',
@@ -272,6 +274,7 @@ export const peerCommands: OperatorCommand[] = [
             refused: res.refused,
             unknownSince: res.unknownSince,
             changes: res.changes,
+            sparse: res.sparse,
             sourceCheck: res.sourceCheck && {
               checked: res.sourceCheck.checked,
               bytes: res.sourceCheck.bytes,

@@ -28,6 +28,8 @@ export interface CutRequest {
   first?: boolean;
   /** The last window: the tail is cut too (and, for a whole file, its hash given). */
   final: boolean;
+  /** A streamed window that is all zeros, a hole of the file (cut without a scan: zeroRunEnds). */
+  zero?: boolean;
 }
 
 export interface CutAnswer {
@@ -141,7 +143,7 @@ export interface DropRequest {
  * window and carrying its last (possibly cut short) chunk into the next gives the same
  * boundaries as cutting the whole content at once.
  */
-const tails = new Map<number, { tail: Buffer; at: number }>();
+const tails = new Map<number, { tail: Buffer; at: number; tailIsZeros: boolean }>();
 const hashes = new Map<number, Hash>();
 
 /** A stream's state here; a later window for a stream this worker does not hold is refused. */
@@ -334,11 +336,21 @@ export function cutOp(r: CutRequest): { value: CutAnswer | StreamCutAnswer; tran
  * worker is free, so that this serial pass stays short.
  */
 function cutStream(r: CutRequest, stream: number): StreamCutAnswer {
-  const s = held(tails, { stream, first: r.first }, () => ({ tail: Buffer.alloc(0), at: 0 }));
+  const s = held(tails, { stream, first: r.first }, () => ({
+    tail: Buffer.alloc(0),
+    at: 0,
+    tailIsZeros: false,
+  }));
   const input = asBuffer(r.data);
   const n = s.tail.length + input.length;
   // As cut() gives them: nothing for no bytes, one chunk up to the minimum size.
-  const offs = n === 0 ? [] : n <= r.params.min ? [n] : cutOffsets([s.tail, input], r.params);
+  const offs =
+    n === 0
+      ? []
+      : n <= r.params.min
+        ? [n]
+        : ((r.zero ? zeroRunEnds(s.tail, input.length, r.params, s.tailIsZeros) : null) ??
+          cutOffsets([s.tail, input], r.params));
   const rel: number[] = [];
   for (const o of offs) if (o > (rel.at(-1) ?? 0)) rel.push(o);
   if (n > 0 && (rel.at(-1) ?? 0) < n) rel.push(n);
@@ -357,11 +369,75 @@ function cutStream(r: CutRequest, stream: number): StreamCutAnswer {
       s.tail.copy(next, 0, from);
       input.copy(next, s.tail.length - from);
     } else input.copy(next, 0, from - s.tail.length);
+    // Zeros when this window is a hole's and so was any of the old tail it keeps.
+    s.tailIsZeros = r.zero === true && (!inOld || s.tailIsZeros);
     s.tail = next;
     s.at = start + from;
   }
   if (r.final) tails.delete(stream);
   return { start, ends: rel.map((e) => start + e), tail: start + n - rest };
+}
+
+/**
+ * Gear-hash bytes: a FastCDC hash at a byte depends on no byte further back than this (each
+ * byte's gear value is shifted out of the 64-bit hash after 64 more).
+ */
+const GEAR_BYTES = 64;
+
+/** Zeros zeroRunEnds appends to a tail (grown to the largest `max` + GEAR_BYTES asked for). */
+let zeros = new Uint8Array(0);
+
+/** Whether this chunker cuts a run of zeros at every `max` bytes, by params (checked once each). */
+const zeroRunsCutAtMax = new Map<string, boolean>();
+
+/**
+ * The chunk ends cutOffsets gives for a stream's tail followed by `w` zeros (a window that is a
+ * hole of the file), without scanning all of them: FastCDC restarts its hash at each chunk's
+ * start and finds no cut in a run of zeros before `max` (checked once per parameters against
+ * the chunker itself), so once a chunk starts far enough past the tail's data that every byte
+ * it hashes is a zero, every chunk up to the end of the zeros is `max` long. Only the tail and
+ * the first few `max` of zeros are cut for real. A sparse image's holes cost no cut then (0.8
+ * s of CPU per GiB on this machine's pass). Null when the shortcut does not apply.
+ */
+export function zeroRunEnds(
+  tail: Uint8Array,
+  w: number,
+  p: ChunkerParams,
+  tailIsZeros = false,
+): number[] | null {
+  const key = `${p.min}/${p.avg}/${p.max}`;
+  let ok = zeroRunsCutAtMax.get(key);
+  if (ok === undefined) {
+    const got = Array.from(cutOffsets([new Uint8Array(3 * p.max + 1)], p)).filter((o) => o > 0);
+    ok = got.join() === [p.max, 2 * p.max, 3 * p.max, 3 * p.max + 1].join() && p.min >= GEAR_BYTES;
+    zeroRunsCutAtMax.set(key, ok);
+  }
+  // Enough zeros after the tail for every chunk cut for real to have seen all it would have:
+  // such a chunk starts before the tail's end + GEAR_BYTES - min, and looks at most `max` on.
+  const lead = p.max + GEAR_BYTES;
+  if (!ok || w <= lead) return null;
+  const t = tail.length;
+  // Cut for real: the tail and `lead` zeros. A chunk starting at b whose hashed bytes (from
+  // b + min on) are GEAR_BYTES past the tail's data sees only zeros.
+  const out: number[] = [];
+  let b = 0;
+  // A tail of zeros (cut from an earlier window of zeros): every chunk from its start sees zeros.
+  if (!tailIsZeros && b + p.min < t + GEAR_BYTES) {
+    if (zeros.length < lead) zeros = new Uint8Array(lead);
+    for (const o of cutOffsets([tail, zeros.subarray(0, lead)], p)) {
+      if (o <= b) continue;
+      // Cut with less than `max` after the chunk's start: the full window might cut otherwise.
+      if (b + p.max > t + lead) return null;
+      out.push(o);
+      b = o;
+      if (b + p.min >= t + GEAR_BYTES) break;
+    }
+    if (b + p.min < t + GEAR_BYTES) return null;
+  }
+  const end = t + w;
+  for (let q = b + p.max; q <= end; q += p.max) out.push(q);
+  if ((out.at(-1) ?? 0) < end) out.push(end);
+  return out;
 }
 
 export function idsOp(r: IdsRequest): { value: string[]; transfer: ArrayBuffer[] } {

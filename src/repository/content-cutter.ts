@@ -18,9 +18,10 @@ const INLINE_MAX = 16 * 1024;
 
 /**
  * A file read into the caller's buffer: fills buf[offset, offset + n) with the next bytes and
- * answers n (at most length), 0 at the end.
+ * answers n (at most length), 0 at the end; `{ hole: n }` when those n bytes are zeros of a
+ * hole of the file (filled in without a read: their chunks need no hashing, see zeroIds).
  */
-export type ReadInto = (buf: Buffer, offset: number, length: number) => Promise<number>;
+export type ReadInto = (buf: Buffer, offset: number, length: number) => Promise<number | { hole: number }>;
 
 export interface Blob {
   id: string;
@@ -45,14 +46,14 @@ export class ContentCutter {
     private readonly helpers?: WorkerPool,
   ) {}
 
-  private request(data: Uint8Array, final: boolean, stream?: { id: number; first: boolean }) {
+  private request(data: Uint8Array, final: boolean, stream?: { id: number; first: boolean; zero: boolean }) {
     return {
       op: 'cut',
       data,
       params: this.repo.config.chunker,
       master: this.repo.keys.material(),
       final,
-      ...(stream ? { stream: stream.id, first: stream.first } : {}),
+      ...(stream ? { stream: stream.id, first: stream.first, ...(stream.zero ? { zero: true } : {}) } : {}),
     };
   }
 
@@ -70,6 +71,22 @@ export class ContentCutter {
       cost: copy.length,
     });
     return { hash: a.hash!, blobs: blobsOf(a) };
+  }
+
+  /**
+   * Blob ids of chunks of zeros by length: a chunk that lies in a hole the reader reported is
+   * all zeros, and its id is the one of zeros of its length (computed once here, not per chunk:
+   * a sparse image's holes cut into chunks of the maximum size, nearly all of one length).
+   */
+  private readonly zeroIds = new Map<number, string>();
+
+  private zeroId(n: number): string {
+    let id = this.zeroIds.get(n);
+    if (id === undefined) {
+      id = this.repo.keys.blobId(Buffer.alloc(n));
+      if (this.zeroIds.size < 64) this.zeroIds.set(n, id);
+    }
+    return id;
   }
 
   /** Spare windows (shared memory) of this writer's earlier streams, reused: no fresh pages. */
@@ -117,12 +134,16 @@ export class ContentCutter {
     let win = this.window();
     let fill = 0;
     let size = 0;
+    /** The holes the reader reported, [start, end) in the file, in order, adjacent ones joined. */
+    const holes: Array<[number, number]> = [];
     const send = (final: boolean) => {
       // A window is never written again until every chunk in it was taken.
       const view = new Uint8Array(win.buffer, 0, fill);
       const first = steps.length === 0;
       held.push({ buf: win, start: size - fill, end: size });
-      const cut = this.pool.run<StreamCutAnswer>(this.request(view, final, { id: stream, first }), [], {
+      // A window wholly in a hole the reader reported is zeros: cut without a scan.
+      const zero = holes.length > 0 && fill > 0 && inHole(holes, size - fill, size);
+      const cut = this.pool.run<StreamCutAnswer>(this.request(view, final, { id: stream, first, zero }), [], {
         worker: cutter,
         cost: fill,
       });
@@ -136,19 +157,32 @@ export class ContentCutter {
       const chunked = cut.then(async (a) => {
         const blobs = slices(held, a, (n) => this.span(n));
         if (blobs.length === 0) return { a, blobs };
+        // Chunks wholly in a hole are zeros: their ids come from zeroId, not from hashing.
+        let need = blobs;
+        if (holes.length > 0) {
+          need = [];
+          let start = a.start;
+          for (const [i, b] of blobs.entries()) {
+            const end = a.ends[i]!;
+            if (inHole(holes, start, end)) b.id = this.zeroId(end - start);
+            else need.push(b);
+            start = end;
+          }
+          if (need.length === 0) return { a, blobs };
+        }
         let bytes = 0;
-        for (const b of blobs) bytes += b.data.length;
+        for (const b of need) bytes += b.data.length;
         // On two cores one worker cuts, hashes and names a large file's windows in turn, while
         // the reader thread idles once the small files are read (a backup's tail of large
         // files): the ids go to that thread then. An idle, running one only: never behind a
         // batch of small files waiting on the disk, and no thread started for it.
         const idle = this.helpers?.idleThread();
-        const req = { op: 'ids', parts: blobs.map((b) => b.data), master } satisfies IdsRequest;
+        const req = { op: 'ids', parts: need.map((b) => b.data), master } satisfies IdsRequest;
         const ids =
           idle !== undefined
             ? await this.helpers!.run<string[]>(req, [], { worker: idle, cost: bytes })
             : await this.pool.run<string[]>(req, [], { cost: bytes });
-        for (const [i, b] of blobs.entries()) b.id = ids[i]!;
+        for (const [i, b] of need.entries()) b.id = ids[i]!;
         return { a, blobs };
       });
       chunked.catch(() => undefined);
@@ -192,7 +226,14 @@ export class ContentCutter {
         // Read straight into the windows: no buffer per read, no copy into the window.
         for (;;) {
           if (signal?.aborted) throw onCancel();
-          const n = await source(win, fill, WINDOW - fill);
+          const r = await source(win, fill, WINDOW - fill);
+          let n = r as number;
+          if (typeof r !== 'number') {
+            n = r.hole;
+            const last = holes[holes.length - 1];
+            if (last && last[1] === size) last[1] += n;
+            else if (n > 0) holes.push([size, size + n]);
+          }
           if (n === 0) break;
           await added(n);
         }
@@ -221,6 +262,20 @@ export class ContentCutter {
       throw err;
     }
   }
+}
+
+/** Whether [start, end) lies wholly in one of the holes (sorted, disjoint, not adjacent). */
+export function inHole(holes: ReadonlyArray<readonly [number, number]>, start: number, end: number): boolean {
+  let lo = 0;
+  let hi = holes.length - 1;
+  // The last hole that starts at or before `start`.
+  while (lo < hi) {
+    const mid = (lo + hi + 1) >> 1;
+    if (holes[mid]![0] <= start) lo = mid;
+    else hi = mid - 1;
+  }
+  const h = holes[lo];
+  return h !== undefined && h[0] <= start && end <= h[1];
 }
 
 /** A window of a stream: its bytes [start, end) of the file. */

@@ -274,10 +274,16 @@ export class RepositoryTarget implements BackupTarget {
     return Readable.from(this.readRange(e.chunks, start, end), { objectMode: false });
   }
 
-  /** The bytes [start, end] of content made of these chunks, verified chunk by chunk. */
+  /**
+   * The bytes [start, end] of content made of these chunks, verified chunk by chunk. A chunk
+   * that repeats the one before (a sparse image's holes: one chunk of zeros, thousands of times)
+   * is read, decompressed and verified once; the same bytes are yielded again (never written to).
+   */
   async *readRange(chunks: string[], start: number, end: number): AsyncGenerator<Buffer> {
     await this.repo.ensureIndex();
     let pos = 0;
+    let lastId: string | undefined;
+    let last: Buffer | undefined;
     for (const id of chunks) {
       if (pos > end) return;
       const loc = this.repo.locate(id);
@@ -286,7 +292,9 @@ export class RepositoryTarget implements BackupTarget {
         pos += len;
         continue;
       }
-      const data = await this.repo.readBlob(id);
+      const data = id === lastId && last ? last : await this.repo.readBlob(id);
+      lastId = id;
+      last = data;
       const from = Math.max(0, start - pos);
       const to = Math.min(data.length, end - pos + 1);
       if (to > from) yield data.subarray(from, to);
