@@ -110,7 +110,18 @@ for (let rep = 0; rep < opts.reps; rep++)
       const cli = cfg === 'alt' ? opts['alt-cli'] : path.join(DIST, 'cli/twinfs.cjs');
       const common = ['--target', `dir:${w}/repo`, '--catalog', `${w}/catalog`];
       await syncAndDropCaches([d.mirror, d.work]);
-      note(`${cfg} backup`, await measured(cli, ['backup', '--full', '--server', srv.url, '--token-file', path.join(d.state, 'control.token'), ...common]));
+      note(
+        `${cfg} backup`,
+        await measured(cli, [
+          'backup',
+          '--full',
+          '--server',
+          srv.url,
+          '--token-file',
+          path.join(d.state, 'control.token'),
+          ...common,
+        ]),
+      );
       await syncAndDropCaches([d.mirror, d.work]);
       note(`${cfg} restore`, await measured(cli, ['restore', 'latest', '--to', `${w}/out`, ...common]));
     } else if (cfg === 'restic') {
@@ -119,7 +130,10 @@ for (let rep = 0; rep < opts.reps; rep++)
       await syncAndDropCaches([d.mirror, d.work]);
       note('restic backup', await measured('restic', ['backup', '-q', '-r', `${w}/repo`, mirrorFile], env));
       await syncAndDropCaches([d.mirror, d.work]);
-      note('restic restore', await measured('restic', ['restore', '-q', '-r', `${w}/repo`, 'latest', '--target', `${w}/out`], env));
+      note(
+        'restic restore',
+        await measured('restic', ['restore', '-q', '-r', `${w}/repo`, 'latest', '--target', `${w}/out`], env),
+      );
     } else if (cfg === 'cp') {
       await syncAndDropCaches([d.mirror, d.work]);
       note('cp --sparse=always', await measured('cp', ['--sparse=always', mirrorFile, `${w}/disk.img`]));
@@ -133,8 +147,10 @@ const rows = Object.entries(results).map(([k, rs]) => {
   const ratio = base && !k.startsWith('restic') ? median(base.map((r) => r.ms)) / ms : undefined;
   return [k, fmt(ms / 1000, 2), fmt(median(rs.map((r) => r.cpuS)), 2), ratio ? `${fmt(ratio, 2)}×` : '—'];
 });
-console.log(`\nsparse image ${opts.gib} GiB, ${opts.spans} × ${opts['span-kib']} KiB of data, ${opts.reps} reps, load ${loadavg()}`);
-console.log(table(['run', 'wall s (median)', 'CPU s', 'vs restic (speed)'], rows));
+console.log(
+  `\nsparse image ${opts.gib} GiB, ${opts.spans} × ${opts['span-kib']} KiB of data, ${opts.reps} reps, load ${loadavg()}`,
+);
+table(['run', 'wall s (median)', 'CPU s', 'vs restic (speed)'], rows);
 await client.close?.();
 await srv.stop();
 if (!opts.keep) rm(base);

@@ -6,7 +6,7 @@ import { isNoXattrSupport, removeXattr } from '../common/xattrs.js';
 import { zeroRange } from '../posix/fallocate.js';
 import { mknod } from '../posix/mknod.js';
 import { msToNs, setTimesNs } from '../posix/set-times.js';
-import { dataSpans, holesBetween } from '../posix/sparse.js';
+import { dataSpans, holesBetween, holeThrough } from '../posix/sparse.js';
 import { listXattrs, readXattrs, setXattr } from '../posix/xattr.js';
 import type { RangeSet } from './range-set.js';
 
@@ -212,6 +212,37 @@ async function copyRanges(
   return copied;
 }
 
+/**
+ * Whether [pos, end) is a hole in both files (the mirror's reaching that far): equal without a
+ * read. A sparse image compared at a start would otherwise read all its holes, twice.
+ */
+function holesInBoth(src: fsp.FileHandle, dst: fsp.FileHandle, dstSize: number, pos: number, end: number) {
+  return end <= dstSize && holeThrough(src.fd, pos, end) && holeThrough(dst.fd, pos, end);
+}
+
+/**
+ * The primary's bytes at pos put into the mirror where the two differ: a run of zeros is punched
+ * (a hole of the primary stays one), else written. Returns the mirror's size after.
+ */
+async function putDiffering(
+  dst: fsp.FileHandle,
+  data: Buffer,
+  pos: number,
+  dstSize: number,
+): Promise<number> {
+  if (data.equals(zerosOf(data.length))) {
+    if (pos < dstSize) await zeroRange(dst.fd, pos, Math.min(data.length, dstSize - pos));
+    if (dstSize < pos + data.length) await dst.truncate(pos + data.length);
+  } else await writeFull(dst, data, pos);
+  return Math.max(dstSize, pos + data.length);
+}
+
+let zeros = Buffer.alloc(0);
+function zerosOf(n: number): Buffer {
+  if (zeros.length < n) zeros = Buffer.alloc(Math.max(n, CHUNK));
+  return zeros.subarray(0, n);
+}
+
 /** Writes only the chunks that differ (for copies that are probably, not provably, equal). */
 async function copyDiff(primary: string, mirror: string, size: number): Promise<number> {
   const src = await fsp.open(primary, 'r');
@@ -219,14 +250,20 @@ async function copyDiff(primary: string, mirror: string, size: number): Promise<
   let copied = 0;
   try {
     dst = await fsp.open(mirror, 'r+');
+    let dstSize = (await dst.stat()).size;
     const a = Buffer.allocUnsafe(CHUNK);
     const b = Buffer.allocUnsafe(CHUNK);
     for (let pos = 0; pos < size; ) {
-      const { bytesRead } = await src.read(a, 0, Math.min(CHUNK, size - pos), pos);
+      const end = Math.min(size, pos + CHUNK);
+      if (holesInBoth(src, dst, dstSize, pos, end)) {
+        pos = end;
+        continue;
+      }
+      const { bytesRead } = await src.read(a, 0, end - pos, pos);
       if (bytesRead === 0) break;
       const got = await readFull(dst, b, bytesRead, pos);
       if (got !== bytesRead || !a.subarray(0, bytesRead).equals(b.subarray(0, bytesRead))) {
-        await writeFull(dst, a.subarray(0, bytesRead), pos);
+        dstSize = await putDiffering(dst, a.subarray(0, bytesRead), pos, dstSize);
         copied += bytesRead;
       }
       pos += bytesRead;
@@ -265,12 +302,19 @@ export async function copyChunk(
       return { copied: r.copied, eof: r.short || offset + len >= size };
     }
     const b = Buffer.allocUnsafe(a.length);
+    const srcSize = (await src.stat()).size;
+    let dstSize = (await dst.stat()).size;
     for (let pos = offset; pos < offset + len; ) {
-      const n = await readFull(src, a, Math.min(a.length, offset + len - pos), pos);
+      const want = Math.min(a.length, offset + len - pos);
+      if (pos + want <= srcSize && holesInBoth(src, dst, dstSize, pos, pos + want)) {
+        pos += want;
+        continue;
+      }
+      const n = await readFull(src, a, want, pos);
       if (n === 0) return { copied, eof: true };
       const same = (await readFull(dst, b, n, pos)) === n && a.subarray(0, n).equals(b.subarray(0, n));
       if (!same) {
-        await writeFull(dst, a.subarray(0, n), pos);
+        dstSize = await putDiffering(dst, a.subarray(0, n), pos, dstSize);
         copied += n;
       }
       pos += n;

@@ -42,3 +42,12 @@ export function holesBetween(
   if (at < to) holes.push([at, to]);
   return holes;
 }
+
+/**
+ * Whether [from, to) of fd holds no data: a hole (or past the end) by SEEK_DATA. False where the
+ * filesystem has no such seek, or any error: then the range is to be read.
+ */
+export function holeThrough(fd: number, from: number, to: number): boolean {
+  const d = posix().seekData(fd, from, false);
+  return d === ENXIO || d >= to;
+}

@@ -166,3 +166,51 @@ describe('sparse files in a new mirror without a mount', () => {
     }
   }, 120_000);
 });
+
+// The start's comparison of files that look unchanged (same size and mtime, a newer ctime:
+// changed behind the server): where the primary now has a hole, the mirror gets one too, not
+// written zeros; holes in both are equal without a read.
+describe('sparse files compared at a start', () => {
+  it('a hole punched behind the server becomes a hole in the mirror, large file and small', async () => {
+    const t = await tempDirs('primary', 'mirror', 'state');
+    try {
+      const P = t.dirs.primary!;
+      sparseFile(`${P}/disk.img`, DISK, [
+        [16 * MiB, 8 * MiB],
+        [300 * MiB + 5, 3 * MiB],
+      ]);
+      sparseFile(`${P}/small.img`, 6 * MiB, [[1 * MiB, 4 * MiB]]);
+      const opts = { primary: P, mirror: t.dirs.mirror!, stateDir: t.dirs.state! };
+      let d = await openDriver(opts);
+      const M = d.dataRoot;
+      for (const f of ['disk.img', 'small.img'])
+        expect(allocated(`${M}/${f}`)).toBeGreaterThanOrEqual(allocated(`${P}/${f}`) - 64 * KiB);
+      await d.dispose();
+
+      // Behind the server: most of the data punched out, the same size, the mtime put back.
+      for (const [f, off, len] of [
+        ['disk.img', 16 * MiB, 8 * MiB],
+        ['disk.img', 300 * MiB, 2 * MiB],
+        ['small.img', 1 * MiB, 3 * MiB],
+      ] as const) {
+        const st = fs.statSync(`${P}/${f}`);
+        execFileSync('fallocate', ['-p', '-o', String(off), '-l', String(len), `${P}/${f}`]);
+        fs.utimesSync(`${P}/${f}`, st.atime, st.mtime);
+      }
+      d = await openDriver(opts);
+      try {
+        for (const f of ['disk.img', 'small.img']) {
+          expect(fs.statSync(`${M}/${f}`).size).toBe(fs.statSync(`${P}/${f}`).size);
+          expect(await sha(`${M}/${f}`)).toBe(await sha(`${P}/${f}`));
+          // Without the punch the mirror kept the old data's blocks, written over with zeros.
+          expect(allocated(`${M}/${f}`)).toBeLessThanOrEqual(allocated(`${P}/${f}`) + 256 * KiB);
+        }
+        expect((await d.verify({ content: true })).differences).toEqual([]);
+      } finally {
+        await d.dispose();
+      }
+    } finally {
+      await t.cleanup();
+    }
+  }, 120_000);
+});
