@@ -243,6 +243,38 @@ function zerosOf(n: number): Buffer {
   return zeros.subarray(0, n);
 }
 
+/**
+ * Whether two files read as the same `size` bytes: both read a chunk at a time and compared
+ * (memcmp, several times the speed of hashing them), chunks that are holes in both skipped.
+ * False at the first difference, or when either is shorter.
+ */
+export async function sameContent(a: string, b: string, size: number): Promise<boolean> {
+  const fa = await fsp.open(a, 'r');
+  let fb: fsp.FileHandle | undefined;
+  try {
+    fb = await fsp.open(b, 'r');
+    const [sa, sb] = await Promise.all([fa.stat(), fb.stat()]);
+    if (sa.size < size || sb.size < size) return false;
+    const ba = Buffer.allocUnsafe(Math.min(CHUNK, Math.max(size, 1)));
+    const bb = Buffer.allocUnsafe(ba.length);
+    for (let pos = 0; pos < size; ) {
+      const end = Math.min(size, pos + ba.length);
+      if (holesInBoth(fa, fb, sb.size, pos, end)) {
+        pos = end;
+        continue;
+      }
+      const n = end - pos;
+      const [ga, gb] = await Promise.all([readFull(fa, ba, n, pos), readFull(fb, bb, n, pos)]);
+      if (ga !== n || gb !== n || !ba.subarray(0, n).equals(bb.subarray(0, n))) return false;
+      pos = end;
+    }
+    return true;
+  } finally {
+    await fa.close();
+    await fb?.close();
+  }
+}
+
 /** Writes only the chunks that differ (for copies that are probably, not provably, equal). */
 async function copyDiff(primary: string, mirror: string, size: number): Promise<number> {
   const src = await fsp.open(primary, 'r');
@@ -439,10 +471,33 @@ export async function hashFile(file: string, size?: number): Promise<string> {
   const fh = await fsp.open(file, 'r');
   try {
     const buf = Buffer.allocUnsafe(Math.max(4096, Math.min(size ?? CHUNK, CHUNK)));
+    // A sparse file's holes are hashed as the zeros they read as, without reading them (a read
+    // of a hole costs a page-cache page per 4 KiB); the data is read to its end as before.
+    const st = await fh.stat();
+    let pos = 0;
+    if (st.blocks * 512 < st.size) {
+      const hashZeros = (to: number) => {
+        for (; pos < to; pos += Math.min(CHUNK, to - pos)) h.update(zerosOf(Math.min(CHUNK, to - pos)));
+      };
+      let short = false;
+      for (const [a, b] of dataSpans(fh.fd, 0, st.size)) {
+        hashZeros(a);
+        while (pos < b) {
+          const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, b - pos), pos);
+          if (bytesRead === 0) break;
+          h.update(buf.subarray(0, bytesRead));
+          pos += bytesRead;
+        }
+        if ((short = pos < b)) break;
+      }
+      // The trailing hole; what is past it (the file grew meanwhile) is read below.
+      if (!short) hashZeros(st.size);
+    }
     for (;;) {
-      const { bytesRead } = await fh.read(buf, 0, buf.length, null);
+      const { bytesRead } = await fh.read(buf, 0, buf.length, pos);
       if (bytesRead === 0) break;
       h.update(buf.subarray(0, bytesRead));
+      pos += bytesRead;
     }
   } finally {
     await fh.close();

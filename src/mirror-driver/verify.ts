@@ -2,7 +2,7 @@ import type { Stats } from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import { underRoot } from '../posix/long-path.js';
 import { readXattrs } from '../posix/xattr.js';
-import { hashFile } from './entry-sync.js';
+import { hashFile, sameContent } from './entry-sync.js';
 import { mapLimit } from './tree-helpers.js';
 
 export type DifferenceKind =
@@ -176,12 +176,16 @@ async function compareEntry(
   if (ps.isFile()) {
     if (ps.size !== ms.size) diffs.push({ path: p, kind: 'size', primary: ps.size, mirror: ms.size });
     else if (content) {
-      const [ha, hb] = await Promise.all([
-        at(primaryRoot, p, (x) => hashFile(x, ps.size)),
-        at(mirrorRoot, p, (x) => hashFile(x, ms.size)),
-      ]);
-      if (ha !== hb)
-        diffs.push({ path: p, kind: 'content', primary: ha.slice(0, 16), mirror: hb.slice(0, 16) });
+      // Compared byte for byte (holes in both skipped); hashed only to name a difference.
+      const same = await at(primaryRoot, p, (x) => at(mirrorRoot, p, (y) => sameContent(x, y, ps.size)));
+      if (!same) {
+        const [ha, hb] = await Promise.all([
+          at(primaryRoot, p, (x) => hashFile(x, ps.size)),
+          at(mirrorRoot, p, (x) => hashFile(x, ms.size)),
+        ]);
+        if (ha !== hb)
+          diffs.push({ path: p, kind: 'content', primary: ha.slice(0, 16), mirror: hb.slice(0, 16) });
+      }
     }
   }
   return diffs;

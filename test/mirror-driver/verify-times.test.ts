@@ -63,3 +63,30 @@ describe('verify: times to the nanosecond', () => {
     expect(r.differences.map((d) => `${d.path} ${d.kind}`)).toEqual(['/d/f mtime']);
   });
 });
+
+describe('verify: content', () => {
+  it('a byte changed at the same size and times is a content difference; the same bytes with other holes are not', async () => {
+    const { a, b } = await twoTrees();
+    const MiB = 1024 * 1024;
+    // A sparse image in a, the same bytes written out densely in b.
+    const data = Buffer.alloc(2 * MiB, 9);
+    const img = Buffer.alloc(24 * MiB);
+    data.copy(img, 7 * MiB);
+    await fsp.writeFile(path.join(b, 'd/img'), img);
+    await fsp.writeFile(path.join(a, 'd/img'), '');
+    await fsp.truncate(path.join(a, 'd/img'), 24 * MiB);
+    const fh = await fsp.open(path.join(a, 'd/img'), 'r+');
+    await fh.write(data, 0, data.length, 7 * MiB);
+    await fh.close();
+    for (const root of [a, b]) for (const p of ['d/img', 'd']) setTimesNs(path.join(root, p), T, T);
+    expect(await verifyTrees(a, b, { exactTimes: true })).toMatchObject({ ok: true, differences: [] });
+    // One byte of b's zeros, where a has a hole; then one byte of f.
+    const g = await fsp.open(path.join(b, 'd/img'), 'r+');
+    await g.write(Buffer.from([1]), 0, 1, 20 * MiB);
+    await g.close();
+    await fsp.writeFile(path.join(b, 'd/f'), 'same contenT');
+    for (const p of ['d/img', 'd/f', 'd']) setTimesNs(path.join(b, p), T, T);
+    const r = await verifyTrees(a, b, { exactTimes: true });
+    expect(r.differences.map((d) => `${d.path} ${d.kind}`)).toEqual(['/d/f content', '/d/img content']);
+  });
+});
