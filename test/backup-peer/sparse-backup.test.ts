@@ -142,4 +142,37 @@ describe('sparse files in backups (real server, real peer processes)', () => {
     expect(rd.code, rd.stderr).toBe(0);
     expect(sha(await fsp.readFile(path.join(fx.base, 'dense', 'dense.img')))).toBe(sha(content));
   }, 300_000);
+
+  it('an incremental after the image grew reads only the data of the new range, not its hole', async () => {
+    // The baseline: a backup of the volume as it is.
+    const base = await cli(['backup', ...common, '--json'], 120_000);
+    expect(base.code, base.stderr).toBe(0);
+    // Grown by 32 MiB (a resized VM disk) with 4 KiB written near the new end.
+    const GROWN = SIZE + 32 * MiB;
+    const tail = Buffer.alloc(4096, 0x5a);
+    const img = await fsp.open(path.join(fx.mnt, 'disk.img'), 'r+');
+    try {
+      await img.truncate(GROWN);
+      await img.write(tail, 0, tail.length, GROWN - 10_000);
+    } finally {
+      await img.close();
+    }
+    const grown = Buffer.alloc(GROWN);
+    content.copy(grown);
+    tail.copy(grown, GROWN - 10_000);
+    const r = await cli(['backup', ...common, '--json'], 120_000);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.last.changes, JSON.stringify(r.last)).toMatchObject({ rangedFiles: 1 });
+    // The new range's data, not its 32 MiB.
+    expect(r.last.changes.rangedMirrorBytes).toBeGreaterThanOrEqual(tail.length);
+    // (The pieces read whole: the old end's last chunk and the MiB holding the new bytes.)
+    expect(r.last.changes.rangedMirrorBytes).toBeLessThan(4 * MiB);
+    const to = path.join(fx.base, 'grown');
+    const rr = await cli(
+      ['restore', r.last.snapshotId, '/disk.img', '--to', to, '--catalog', path.join(fx.base, 'catalog')],
+      120_000,
+    );
+    expect(rr.code, rr.stderr).toBe(0);
+    expect(sha(await fsp.readFile(path.join(to, 'disk.img')))).toBe(sha(grown));
+  }, 300_000);
 });
