@@ -134,7 +134,7 @@ export interface BackupResult {
   /** The --check-source result, when asked for. */
   sourceCheck?: SourceCheckResult;
   /**
-   * Large files whose holes were not read from the mirror (only zeros there, sparse-read.ts),
+   * Large files whose holes were not read from the mirror (only zeros there, src/posix/sparse.ts sparseReader),
    * and the bytes of those holes; absent when there were none.
    */
   sparse?: { files: number; holeBytes: number };

@@ -3,10 +3,10 @@ import type { FileHandle } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { delay } from '../common/async.js';
 import { errnoCode, TwinError } from '../common/errors.js';
+import { sparseReader } from '../posix/sparse.js';
 import { type EntryRecord, storedCopyKey } from './catalog.js';
 import type { MirrorReader, SourceEntry } from './mirror-source.js';
 import { piecesOf, piecesStream, RANGED_MIN_BYTES } from './ranged-copy.js';
-import { sparseReader } from './sparse-read.js';
 import {
   type EntryMeta,
   emptyTotals,
@@ -70,7 +70,7 @@ export class EntryCopier {
   readonly refused = { notVouched: 0, flagged: 0, atTarget: 0 };
   /** Entries carried over from the parent unread, and large files stored from their changed ranges. */
   readonly carriedOver = { entries: 0, rangedFiles: 0, rangedMirrorBytes: 0 };
-  /** Large files read around their holes (sparse-read.ts), and the bytes of holes not read. */
+  /** Large files read around their holes (sparseReader), and the bytes of holes not read. */
   readonly sparse = { files: 0, holeBytes: 0 };
   /** Paths carry() could not share: copied from the mirror, not offered for sharing again. */
   private readonly unshareable = new Set<string>();
@@ -356,7 +356,7 @@ export class EntryCopier {
     try {
       if (stat.size > SMALL_FILE && readsInto(writer)) {
         // Read straight into the target's buffers, up to the size fstat gave; a sparse file's
-        // holes are not read (sparse-read.ts).
+        // holes are not read (src/posix/sparse.ts, sparseReader).
         const size = stat.size;
         const reader = sparseReader(
           fh.fd,

@@ -1,6 +1,6 @@
 import type { FileHandle } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
-import { holeThrough } from '../posix/sparse.js';
+import { holeThrough, zeros } from '../posix/sparse.js';
 
 /** Files from this size on are stored from the previous copy plus their changed ranges. */
 export const RANGED_MIN_BYTES = 8 << 20;
@@ -64,10 +64,10 @@ export async function* piecesStream(
       for (let off = p.start; off < p.end; ) {
         const len = Math.min(1 << 20, p.end - off);
         // A hole of the split copy (a file grown by truncate, a punched range) is zeros: not
-        // read from the mirror (sparse-read.ts); the bytes handed on are read-only.
-        if (off + len <= size && isHole(fh.fd, off, off + len)) {
+        // read from the mirror; the bytes handed on are read-only.
+        if (off + len <= size && holeThrough(fh.fd, off, off + len)) {
           off += len;
-          yield ZEROS.subarray(0, len);
+          yield zeros(len);
           continue;
         }
         const buf = Buffer.allocUnsafe(len);
@@ -88,16 +88,5 @@ export async function* piecesStream(
           code: 'ESHORT',
         });
     }
-  }
-}
-
-const ZEROS = Buffer.alloc(1 << 20);
-
-/** Whether [from, to) of fd is a hole (SEEK_DATA); false where that cannot be told. */
-function isHole(fd: number, from: number, to: number): boolean {
-  try {
-    return holeThrough(fd, from, to);
-  } catch {
-    return false;
   }
 }

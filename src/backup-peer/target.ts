@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import { errnoCode, TwinError, type TwinErrorCode } from '../common/errors.js';
+import type { ReadResult } from '../posix/sparse.js';
 
 /**
  * The backup target contract: where a backup peer puts snapshots. Deliberately small and
@@ -83,7 +84,7 @@ export function readsMirrorFiles(w: SnapshotWriter): w is SnapshotWriter & Mirro
 export interface ReadIntoWriter {
   putFileFrom(
     path: string,
-    read: (buf: Buffer, offset: number, length: number) => Promise<number | { hole: number }>,
+    read: (buf: Buffer, offset: number, length: number) => Promise<ReadResult>,
     meta: EntryMeta,
     opts?: { signal?: AbortSignal },
   ): Promise<PutResult>;

@@ -6,7 +6,7 @@ import { isNoXattrSupport, removeXattr } from '../common/xattrs.js';
 import { zeroRange } from '../posix/fallocate.js';
 import { mknod } from '../posix/mknod.js';
 import { msToNs, setTimesNs } from '../posix/set-times.js';
-import { dataSpans, holesBetween, holeThrough } from '../posix/sparse.js';
+import { dataSpans, holesBetween, holeThrough, sparseReader, zeros } from '../posix/sparse.js';
 import { listXattrs, readXattrs, setXattr } from '../posix/xattr.js';
 import type { RangeSet } from './range-set.js';
 
@@ -230,17 +230,11 @@ async function putDiffering(
   pos: number,
   dstSize: number,
 ): Promise<number> {
-  if (data.equals(zerosOf(data.length))) {
+  if (data.equals(zeros(data.length))) {
     if (pos < dstSize) await zeroRange(dst.fd, pos, Math.min(data.length, dstSize - pos));
     if (dstSize < pos + data.length) await dst.truncate(pos + data.length);
   } else await writeFull(dst, data, pos);
   return Math.max(dstSize, pos + data.length);
-}
-
-let zeros = Buffer.alloc(0);
-function zerosOf(n: number): Buffer {
-  if (zeros.length < n) zeros = Buffer.alloc(Math.max(n, CHUNK));
-  return zeros.subarray(0, n);
 }
 
 /**
@@ -472,26 +466,22 @@ export async function hashFile(file: string, size?: number): Promise<string> {
   try {
     const buf = Buffer.allocUnsafe(Math.max(4096, Math.min(size ?? CHUNK, CHUNK)));
     // A sparse file's holes are hashed as the zeros they read as, without reading them (a read
-    // of a hole costs a page-cache page per 4 KiB); the data is read to its end as before.
+    // of a hole costs a page-cache page per 4 KiB); then whatever is past the size fstat gave
+    // (the file grew meanwhile) is read as before.
     const st = await fh.stat();
+    const reader = sparseReader(
+      fh.fd,
+      st.size,
+      st.blocks * 512 < st.size,
+      async (b, offset, length, position) => (await fh.read(b, offset, length, position)).bytesRead,
+    );
     let pos = 0;
-    if (st.blocks * 512 < st.size) {
-      const hashZeros = (to: number) => {
-        for (; pos < to; pos += Math.min(CHUNK, to - pos)) h.update(zerosOf(Math.min(CHUNK, to - pos)));
-      };
-      let short = false;
-      for (const [a, b] of dataSpans(fh.fd, 0, st.size)) {
-        hashZeros(a);
-        while (pos < b) {
-          const { bytesRead } = await fh.read(buf, 0, Math.min(buf.length, b - pos), pos);
-          if (bytesRead === 0) break;
-          h.update(buf.subarray(0, bytesRead));
-          pos += bytesRead;
-        }
-        if ((short = pos < b)) break;
-      }
-      // The trailing hole; what is past it (the file grew meanwhile) is read below.
-      if (!short) hashZeros(st.size);
+    for (;;) {
+      const r = await reader.next(buf, 0, buf.length);
+      const n = typeof r === 'number' ? r : r.hole;
+      if (n === 0) break;
+      h.update(buf.subarray(0, n));
+      pos += n;
     }
     for (;;) {
       const { bytesRead } = await fh.read(buf, 0, buf.length, pos);

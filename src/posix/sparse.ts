@@ -51,3 +51,54 @@ export function holeThrough(fd: number, from: number, to: number): boolean {
   const d = posix().seekData(fd, from, false);
   return d === ENXIO || d >= to;
 }
+
+/** What a read into a caller's buffer gave: bytes read, or a hole of the file filled with zeros. */
+export type ReadResult = number | { hole: number };
+
+/**
+ * Reads a file of `size` bytes from its start into callers' buffers, one call after the other,
+ * without reading its holes: where the file has no data (dataSpans) the buffer is filled with
+ * zeros and the answer is `{ hole: n }` instead of a count, so a caller may also skip what zeros
+ * need not cost (the backup's chunk ids, docs/architecture.md "Sparse files in backups"). A read
+ * of a hole on ext4 or XFS costs what a read of cached data does (a page of zeros allocated,
+ * cleared and copied per 4 KiB). With `sparse` false (the file's allocated blocks cover its
+ * size), or on a filesystem without the seeks, everything is read. A read that comes up short
+ * (the file shrank) answers 0, the end, as a plain read would.
+ *
+ * @param read reads up to `length` bytes at `position` into buf at offset (a FileHandle's read)
+ */
+export function sparseReader(
+  fd: number,
+  size: number,
+  sparse: boolean,
+  read: (buf: Buffer, offset: number, length: number, position: number) => Promise<number>,
+): { next(buf: Buffer, offset: number, length: number): Promise<ReadResult> } {
+  const spans = sparse ? dataSpans(fd, 0, size) : [[0, size] as [number, number]];
+  let at = 0;
+  let i = 0;
+  return {
+    async next(buf, offset, length) {
+      const want = Math.min(length, size - at);
+      if (want <= 0) return 0;
+      while (i < spans.length && spans[i]![1] <= at) i++;
+      const span = spans[i];
+      if (span === undefined || span[0] > at) {
+        const n = Math.min(want, (span?.[0] ?? size) - at);
+        buf.fill(0, offset, offset + n);
+        at += n;
+        return { hole: n };
+      }
+      const n = await read(buf, offset, Math.min(want, span[1] - at), at);
+      at += n;
+      return n;
+    },
+  };
+}
+
+let zeroBuf = Buffer.alloc(0);
+
+/** n zero bytes, read only (one buffer shared by every caller, grown to the largest n asked for). */
+export function zeros(n: number): Buffer {
+  if (zeroBuf.length < n) zeroBuf = Buffer.alloc(Math.max(n, 1 << 20));
+  return zeroBuf.subarray(0, n);
+}

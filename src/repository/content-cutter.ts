@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { type ReadResult, zeros } from '../posix/sparse.js';
 import type { CutAnswer, IdsRequest, StreamCutAnswer } from './blob-ops.js';
 import type { Repository } from './repository.js';
 import { repoWorkers, type WorkerPool } from './worker-pool.js';
@@ -21,7 +22,7 @@ const INLINE_MAX = 16 * 1024;
  * answers n (at most length), 0 at the end; `{ hole: n }` when those n bytes are zeros of a
  * hole of the file (filled in without a read: their chunks need no hashing, see zeroIds).
  */
-export type ReadInto = (buf: Buffer, offset: number, length: number) => Promise<number | { hole: number }>;
+export type ReadInto = (buf: Buffer, offset: number, length: number) => Promise<ReadResult>;
 
 export interface Blob {
   id: string;
@@ -83,7 +84,7 @@ export class ContentCutter {
   private zeroId(n: number): string {
     let id = this.zeroIds.get(n);
     if (id === undefined) {
-      id = this.repo.keys.blobId(Buffer.alloc(n));
+      id = this.repo.keys.blobId(zeros(n));
       if (this.zeroIds.size < 64) this.zeroIds.set(n, id);
     }
     return id;

@@ -1,8 +1,7 @@
 import { promises as fsp } from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { runCli } from '../helpers/cli.js';
+import { privatePluginState, runCli } from '../helpers/cli.js';
 import { sh } from '../helpers/proc.js';
 import { controlServeArgs, type ServerHandle, startServer, tempDirs } from '../helpers/server.js';
 import { pairedVolume, waitForEvent } from '../mirror-driver/mirror-helpers.js';
@@ -14,17 +13,7 @@ import { pairedVolume, waitForEvent } from '../mirror-driver/mirror-helpers.js';
  * snapshot is compared with the primary byte for byte (diff -r), so a carried-over entry that
  * should not have been is caught.
  */
-let pluginState: string;
-beforeAll(async () => {
-  pluginState = await fsp.mkdtemp(path.join(os.tmpdir(), 'twinfs-changes-e2e-plugins-'));
-  process.env.TWINFS_PLUGIN_STATE = path.join(pluginState, 'state');
-  process.env.TWINFS_PLUGIN_PATH = path.join(pluginState, 'user');
-  // The peer processes' index caches (src/repository/index-cache.ts).
-  process.env.TWINFS_CACHE_DIR = path.join(pluginState, 'cache');
-});
-afterAll(async () => {
-  if (pluginState) await fsp.rm(pluginState, { recursive: true, force: true });
-});
+privatePluginState('changes-e2e', { cache: true });
 
 const FILES = 200;
 const BIG = 24 << 20;

@@ -1,8 +1,7 @@
 import { promises as fsp } from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { runCli } from '../helpers/cli.js';
+import { privatePluginState, runCli } from '../helpers/cli.js';
 import { sh } from '../helpers/proc.js';
 import { controlServeArgs, type ServerHandle, startServer, tempDirs } from '../helpers/server.js';
 import { pairedVolume, waitForEvent } from '../mirror-driver/mirror-helpers.js';
@@ -15,15 +14,7 @@ import { dataPacks } from './peer-fixture.js';
  * server's change record vouches it did not change since that snapshot's split, and never when
  * its stored copy was damaged.
  */
-let pluginState: string;
-beforeAll(async () => {
-  pluginState = await fsp.mkdtemp(path.join(os.tmpdir(), 'twinfs-incr-e2e-plugins-'));
-  process.env.TWINFS_PLUGIN_STATE = path.join(pluginState, 'state');
-  process.env.TWINFS_PLUGIN_PATH = path.join(pluginState, 'user');
-});
-afterAll(async () => {
-  if (pluginState) await fsp.rm(pluginState, { recursive: true, force: true });
-});
+privatePluginState('incr-e2e');
 
 describe('incremental backups across restarts (real server, real peer processes)', () => {
   let t: Awaited<ReturnType<typeof tempDirs>>;

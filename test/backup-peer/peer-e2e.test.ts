@@ -1,5 +1,4 @@
 import { promises as fsp } from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ControlClient } from '../../src/control/client.js';
@@ -10,7 +9,7 @@ import {
   status,
   waitUntil,
 } from '../control/control-fixture.js';
-import { runCli, watchCli } from '../helpers/cli.js';
+import { privatePluginState, runCli, watchCli } from '../helpers/cli.js';
 import { sh } from '../helpers/proc.js';
 import { dataPacks, filesUnder, snapshotTree } from './peer-fixture.js';
 
@@ -24,15 +23,7 @@ const cli = (args: string[], timeoutMs?: number) => runCli(args, { timeoutMs });
 
 // Targets come from plugins: the plugin hosts of the servers and the peers (children of this
 // forked test process) keep their state in a temporary folder and see no user plugins.
-let pluginState: string;
-beforeAll(async () => {
-  pluginState = await fsp.mkdtemp(path.join(os.tmpdir(), 'twinfs-peer-e2e-plugins-'));
-  process.env.TWINFS_PLUGIN_STATE = path.join(pluginState, 'state');
-  process.env.TWINFS_PLUGIN_PATH = path.join(pluginState, 'user');
-});
-afterAll(async () => {
-  if (pluginState) await fsp.rm(pluginState, { recursive: true, force: true });
-});
+privatePluginState('peer-e2e');
 
 describe('backup peer end to end (real server, real peer processes)', () => {
   let fx: ControlFixture;

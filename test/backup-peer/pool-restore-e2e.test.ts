@@ -1,10 +1,9 @@
 import { promises as fsp } from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { pseudoRandom } from '../conformance/fixtures.js';
 import { type ControlFixture, startControlFixture } from '../control/control-fixture.js';
-import { runCli } from '../helpers/cli.js';
+import { privatePluginState, runCli } from '../helpers/cli.js';
 import { snapshotTree } from './peer-fixture.js';
 
 const MiB = 1024 * 1024;
@@ -17,15 +16,7 @@ const MiB = 1024 * 1024;
  * worker, tiny files hashed inline, duplicate content, and more packs than the pool seals at
  * once.
  */
-let pluginState: string;
-beforeAll(async () => {
-  pluginState = await fsp.mkdtemp(path.join(os.tmpdir(), 'twinfs-pool-e2e-plugins-'));
-  process.env.TWINFS_PLUGIN_STATE = path.join(pluginState, 'state');
-  process.env.TWINFS_PLUGIN_PATH = path.join(pluginState, 'user');
-});
-afterAll(async () => {
-  if (pluginState) await fsp.rm(pluginState, { recursive: true, force: true });
-});
+privatePluginState('pool-e2e');
 
 describe('full backup through the worker pool, restored byte for byte', () => {
   let fx: ControlFixture;

@@ -1,10 +1,9 @@
 import { createHash } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type ControlFixture, startControlFixture } from '../control/control-fixture.js';
-import { runCli } from '../helpers/cli.js';
+import { privatePluginState, runCli } from '../helpers/cli.js';
 import { Rng } from '../stress/prng.js';
 import { dataPacks } from './peer-fixture.js';
 
@@ -18,15 +17,7 @@ import { dataPacks } from './peer-fixture.js';
 const MiB = 1024 * 1024;
 const cli = (args: string[], timeoutMs?: number) => runCli(args, { timeoutMs });
 
-let pluginState: string;
-beforeAll(async () => {
-  pluginState = await fsp.mkdtemp(path.join(os.tmpdir(), 'twinfs-sparse-plugins-'));
-  process.env.TWINFS_PLUGIN_STATE = path.join(pluginState, 'state');
-  process.env.TWINFS_PLUGIN_PATH = path.join(pluginState, 'user');
-});
-afterAll(async () => {
-  if (pluginState) await fsp.rm(pluginState, { recursive: true, force: true });
-});
+privatePluginState('sparse');
 
 /** Data spans (offset, length) of the image: seeded, across window and chunk boundaries. */
 function spans(seed: number, size: number): Array<[number, number]> {

@@ -1,5 +1,27 @@
 import { type ChildProcess, spawn } from 'node:child_process';
+import { promises as fsp } from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { afterAll, beforeAll } from 'vitest';
 import { CLI } from './server.js';
+
+/**
+ * For a test file whose servers and peers are children of its (forked) process: their plugin
+ * hosts keep their state in a temporary folder of this file's and see no user plugins (and,
+ * with cache, the peers' index caches live there too). Registers its own beforeAll/afterAll.
+ */
+export function privatePluginState(prefix: string, opts: { cache?: boolean } = {}): void {
+  let dir: string | undefined;
+  beforeAll(async () => {
+    dir = await fsp.mkdtemp(path.join(os.tmpdir(), `twinfs-${prefix}-plugins-`));
+    process.env.TWINFS_PLUGIN_STATE = path.join(dir, 'state');
+    process.env.TWINFS_PLUGIN_PATH = path.join(dir, 'user');
+    if (opts.cache) process.env.TWINFS_CACHE_DIR = path.join(dir, 'cache');
+  });
+  afterAll(async () => {
+    if (dir) await fsp.rm(dir, { recursive: true, force: true });
+  });
+}
 
 export interface WatchedCli {
   proc: ChildProcess;

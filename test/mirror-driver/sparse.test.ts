@@ -1,10 +1,18 @@
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { dataSpans, holesBetween } from '../../src/posix/sparse.js';
 import { unmountAll } from '../helpers/mounts.js';
 import { tempDirs } from '../helpers/server.js';
-import { type InProcess, mountInProcess, openDriver, run, sha } from './mirror-helpers.js';
+import {
+  type DriverOnTempDirs,
+  driverOnTempDirs,
+  type InProcess,
+  mountInProcess,
+  openDriver,
+  run,
+  sha,
+} from './mirror-helpers.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -139,78 +147,60 @@ describe('sparse files in the mirror', () => {
   }, 180_000);
 });
 
-// The driver alone (no mount), a new mirror of a primary whose files are all holes: nothing to
-// write but sizes.
-describe('sparse files in a new mirror without a mount', () => {
-  it('a volume of images that are holes end to end takes no room in the mirror', async () => {
-    const t = await tempDirs('primary', 'mirror', 'state');
-    try {
-      for (let i = 0; i < 8; i++) sparseFile(`${t.dirs.primary}/hole${i}.img`, (i + 1) * 64 * MiB, []);
-      const d = await openDriver({
-        primary: t.dirs.primary!,
-        mirror: t.dirs.mirror!,
-        stateDir: t.dirs.state!,
-      });
-      try {
-        for (let i = 0; i < 8; i++) {
-          const f = `${d.dataRoot}/hole${i}.img`;
-          expect(fs.statSync(f).size).toBe((i + 1) * 64 * MiB);
-          expect(allocated(f)).toBe(0);
-        }
-        expect((await d.verify({ content: true })).differences).toEqual([]);
-      } finally {
-        await d.dispose();
-      }
-    } finally {
-      await t.cleanup();
-    }
-  }, 120_000);
-});
+// The driver alone (no mount): a new mirror of a primary whose files are all holes (nothing to
+// write but sizes), and the start's comparison of files that look unchanged (same size and
+// mtime, a newer ctime: changed behind the server), where a hole of the primary must become a
+// hole of the mirror, not written zeros, and holes in both are equal without a read.
+describe('sparse files, the driver without a mount', () => {
+  let on: DriverOnTempDirs | undefined;
+  afterEach(async () => {
+    await on?.d.dispose().catch(() => undefined);
+    await on?.t.cleanup();
+    on = undefined;
+  });
 
-// The start's comparison of files that look unchanged (same size and mtime, a newer ctime:
-// changed behind the server): where the primary now has a hole, the mirror gets one too, not
-// written zeros; holes in both are equal without a read.
-describe('sparse files compared at a start', () => {
+  it('a volume of images that are holes end to end takes no room in the mirror', async () => {
+    on = await driverOnTempDirs(async (P) => {
+      for (let i = 0; i < 8; i++) sparseFile(`${P}/hole${i}.img`, (i + 1) * 64 * MiB, []);
+    });
+    for (let i = 0; i < 8; i++) {
+      const f = `${on.M}/hole${i}.img`;
+      expect(fs.statSync(f).size).toBe((i + 1) * 64 * MiB);
+      expect(allocated(f)).toBe(0);
+    }
+    expect((await on.d.verify({ content: true })).differences).toEqual([]);
+  }, 120_000);
+
   it('a hole punched behind the server becomes a hole in the mirror, large file and small', async () => {
-    const t = await tempDirs('primary', 'mirror', 'state');
-    try {
-      const P = t.dirs.primary!;
+    on = await driverOnTempDirs(async (P) => {
       sparseFile(`${P}/disk.img`, DISK, [
         [16 * MiB, 8 * MiB],
         [300 * MiB + 5, 3 * MiB],
       ]);
       sparseFile(`${P}/small.img`, 6 * MiB, [[1 * MiB, 4 * MiB]]);
-      const opts = { primary: P, mirror: t.dirs.mirror!, stateDir: t.dirs.state! };
-      let d = await openDriver(opts);
-      const M = d.dataRoot;
-      for (const f of ['disk.img', 'small.img'])
-        expect(allocated(`${M}/${f}`)).toBeGreaterThanOrEqual(allocated(`${P}/${f}`) - 64 * KiB);
-      await d.dispose();
+    });
+    const { t, P, M } = on;
+    for (const f of ['disk.img', 'small.img'])
+      expect(allocated(`${M}/${f}`)).toBeGreaterThanOrEqual(allocated(`${P}/${f}`) - 64 * KiB);
+    await on.d.dispose();
 
-      // Behind the server: most of the data punched out, the same size, the mtime put back.
-      for (const [f, off, len] of [
-        ['disk.img', 16 * MiB, 8 * MiB],
-        ['disk.img', 300 * MiB, 2 * MiB],
-        ['small.img', 1 * MiB, 3 * MiB],
-      ] as const) {
-        const st = fs.statSync(`${P}/${f}`);
-        execFileSync('fallocate', ['-p', '-o', String(off), '-l', String(len), `${P}/${f}`]);
-        fs.utimesSync(`${P}/${f}`, st.atime, st.mtime);
-      }
-      d = await openDriver(opts);
-      try {
-        for (const f of ['disk.img', 'small.img']) {
-          expect(fs.statSync(`${M}/${f}`).size).toBe(fs.statSync(`${P}/${f}`).size);
-          expect(await sha(`${M}/${f}`)).toBe(await sha(`${P}/${f}`));
-          // Without the punch the mirror kept the old data's blocks, written over with zeros.
-          expect(allocated(`${M}/${f}`)).toBeLessThanOrEqual(allocated(`${P}/${f}`) + 256 * KiB);
-        }
-        expect((await d.verify({ content: true })).differences).toEqual([]);
-      } finally {
-        await d.dispose();
-      }
-    } finally {
-      await t.cleanup();
+    // Behind the server: most of the data punched out, the same size, the mtime put back.
+    for (const [f, off, len] of [
+      ['disk.img', 16 * MiB, 8 * MiB],
+      ['disk.img', 300 * MiB, 2 * MiB],
+      ['small.img', 1 * MiB, 3 * MiB],
+    ] as const) {
+      const st = fs.statSync(`${P}/${f}`);
+      execFileSync('fallocate', ['-p', '-o', String(off), '-l', String(len), `${P}/${f}`]);
+      fs.utimesSync(`${P}/${f}`, st.atime, st.mtime);
     }
+    on.d = await openDriver({ primary: P, mirror: t.dirs.mirror!, stateDir: t.dirs.state! });
+    for (const f of ['disk.img', 'small.img']) {
+      expect(fs.statSync(`${M}/${f}`).size).toBe(fs.statSync(`${P}/${f}`).size);
+      expect(await sha(`${M}/${f}`)).toBe(await sha(`${P}/${f}`));
+      // Without the punch the mirror kept the old data's blocks, written over with zeros.
+      expect(allocated(`${M}/${f}`)).toBeLessThanOrEqual(allocated(`${P}/${f}`) + 256 * KiB);
+    }
+    expect((await on.d.verify({ content: true })).differences).toEqual([]);
   }, 120_000);
 });
