@@ -218,6 +218,10 @@ export class TwinFs {
         delayMs > 0 ? (paths) => later(() => sendBehind(paths)) : sendBehind,
       );
       if (inhibitor) this.store.add(inhibitor.onDidRelease(() => this.kernelNames?.retryDeferred()));
+      // Before a hidden name twinfs drops goes: the handles open on its node (HandleNodes.onNodeGone).
+      this.kernelNames.handles.onNodeGone = (nodeId, fhs) => {
+        for (const fh of fhs) this.fuse?.learnPathlessHandle(nodeId, fh);
+      };
     }
     this.nativeAttributes = this.libfuse === 3 && nativeAttributesFromEnv();
     this.cache = new WritebackCache({

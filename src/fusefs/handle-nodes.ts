@@ -33,6 +33,13 @@ export class HandleNodes {
    * stream 2203102); JS's unlink invalidates it by handle.
    */
   onAnyGone: ((any: boolean) => void) | undefined;
+  /**
+   * Told, before a hidden name goes, the node libfuse has under it (from the name) and the
+   * handles open on that node: the native layer learns them (fuse-native's learnPathlessHandle),
+   * as it learns a handle from the requests that carry one. A handle from CREATE is carried by
+   * none until the program uses it, and its fstat(2) failed with ESTALE once the node had no path.
+   */
+  onNodeGone: ((nodeId: number, fhs: number[]) => void) | undefined;
 
   /** A handle opened under path (the name libfuse's node has). */
   opened(fh: number, path: string, ino: number): void {
@@ -91,6 +98,11 @@ export class HandleNodes {
    */
   removed(path: string): void {
     if (this.named.size === 0) return;
+    const nodeId = hiddenNodeId(path);
+    if (nodeId !== undefined && this.onNodeGone) {
+      const fhs = [...this.named].filter(([, e]) => e.path === path).map(([fh]) => fh);
+      if (fhs.length > 0) this.onNodeGone(nodeId, fhs);
+    }
     let key: string | undefined;
     for (const [fh, e] of this.named) {
       if (e.path !== path) continue;
@@ -136,4 +148,13 @@ export class HandleNodes {
   static isKey(name: string): boolean {
     return name.startsWith('#');
   }
+}
+
+/**
+ * The node id in one of libfuse's hidden names: high-level libfuse (2 and 3) names a hidden node
+ * `.fuse_hidden%08x%08x`, its node id then a counter; undefined for any other name.
+ */
+export function hiddenNodeId(path: string): number | undefined {
+  const m = /\/\.fuse_hidden([0-9a-f]{8})[0-9a-f]{8}$/.exec(path);
+  return m ? Number.parseInt(m[1]!, 16) : undefined;
 }

@@ -1,6 +1,6 @@
 /**
  * Types for fuse-native 2.2.6 **as patched by patches/fuse-native+2.2.6.patch** (twinfs patch
- * level 9; see docs/fuse-native-patch.md). They describe what the patched index.js actually
+ * level 15; see docs/fuse-native-patch.md). They describe what the patched index.js actually
  * passes to handlers and accepts back, not upstream's README.
  *
  * Result convention: every callback's first argument is the op's result, a number: 0 for
@@ -362,6 +362,14 @@ declare module 'fuse-native' {
      * False when nothing was queued (libfuse2, not mounted).
      */
     invalidate(path: string): boolean;
+    /**
+     * libfuse3 only (patch level 15): the handle fh is open on libfuse's node nodeId, which is
+     * about to lose its path (a hidden name twinfs drops itself). GETATTR without a handle of
+     * that node (fstat) is then answered by the handle, and `#FH` invalidations reach it. A
+     * handle from CREATE is otherwise learnt only from a later request that carries it. False
+     * when not learnt (libfuse2, not mounted, the handle's release for that node came already).
+     */
+    learnPathlessHandle(nodeId: number, fh: number): boolean;
     /**
      * The same for several paths on the waited lane (its own helper thread); resolves once the
      * kernel has processed all of them.
