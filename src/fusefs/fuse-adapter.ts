@@ -137,12 +137,19 @@ export function createFuseHandlers(ops: VolumeOps, opts: AdapterOptions): Record
     },
     link: (from: string, path: string, cb: Cb) =>
       tryCall('link', cb, () => ops.link(from, path), status('link', cb)),
-    // followsHide (patch level 10): 1 when libfuse hid `to` in this same request, 0 when not.
-    rename: (from: string, to: string, cb: Cb, followsHide?: number) =>
+    // followsHide (patch level 10): 1 when libfuse hid `to` in this same request, 0 when not;
+    // flags (level 15): RENAME_NOREPLACE or 0.
+    rename: (from: string, to: string, cb: Cb, followsHide?: number, flags?: number) =>
       tryCall(
         'rename',
         cb,
-        () => ops.rename(from, to, followsHide === 0 || followsHide === 1 ? followsHide === 1 : undefined),
+        () =>
+          ops.rename(
+            from,
+            to,
+            followsHide === 0 || followsHide === 1 ? followsHide === 1 : undefined,
+            flags ?? 0,
+          ),
         status('rename', cb),
       ),
     // "#FH": a node without a path, changed through its handle (fuse-native level 12).

@@ -85,6 +85,8 @@ export interface DirListing {
 
 const S_IFMT = 0o170000;
 const S_IFREG = 0o100000;
+/** renameat2(2)'s flag: fail with EEXIST rather than replace the target. */
+const RENAME_NOREPLACE = 1;
 const S_IFDIR = 0o040000;
 const S_ISGID = 0o2000;
 const NO_ID = 0xffffffff;
@@ -1007,13 +1009,22 @@ export class VolumeOps {
    * tell); undefined when not known, and then a hide of `to` not followed by any lookup or
    * change of it counts as this request's.
    */
-  async rename(from: string, to: string, followsHide?: boolean): Promise<void> {
+  /**
+   * rename(2); flags: 0 or RENAME_NOREPLACE (EEXIST when `to` exists, checked and done in one
+   * synchronous step: the kernel holds both directories for the request, and nothing else changes
+   * the primary while it is mounted).
+   */
+  async rename(from: string, to: string, followsHide?: boolean, flags = 0): Promise<void> {
+    if ((flags & ~RENAME_NOREPLACE) !== 0) throw errnoError('EINVAL');
     // Taken before the passes: a hide of `to` counts only as the step just before this one.
     const hidden = this.hides.take(to);
     const hiddenAs = followsHide === false ? undefined : hidden;
     await this.guarded([from, to], async () => {
       const src = this.lstatIfAny(from);
       const dest = this.lstatIfAny(to);
+      // (libfuse hides an open target before any rename, NOREPLACE too; the kernel never sends
+      // that one: its lookup of `to` finds the open file, and it fails with EEXIST itself.)
+      if (flags & RENAME_NOREPLACE && src && dest) throw errnoError('EEXIST');
       // Two names of one file: POSIX rename does nothing, and neither the mirror nor the change
       // record may see a rename (f would be gone there).
       if (src && dest && sameFile(src, dest)) return;

@@ -302,12 +302,13 @@ declare module 'fuse-native' {
        */
       create?(path: string, mode: number, cb: HandleCallback, flags?: number): void;
       unlink?(path: string, cb: StatusCallback): void;
-      /** No rename flags (RENAME_NOREPLACE / RENAME_EXCHANGE are rejected by the kernel for FUSE2). */
       /**
        * followsHide (patch level 10), after the callback: 1 when libfuse hid dest (an open
        * file) just before, in this same request; 0 when not; 2 when the build cannot tell.
+       * flags (patch level 15): 0, or RENAME_NOREPLACE (1) on libfuse3 (RENAME_EXCHANGE and
+       * RENAME_WHITEOUT are refused with EINVAL before this; libfuse2 passes no flags).
        */
-      rename?(src: string, dest: string, cb: StatusCallback, followsHide?: number): void;
+      rename?(src: string, dest: string, cb: StatusCallback, followsHide?: number, flags?: number): void;
       /** Hard link: src is the existing path, dest the new one. */
       link?(src: string, dest: string, cb: StatusCallback): void;
       /** target: the link's content (any string); path: the new symlink inside the FS. */

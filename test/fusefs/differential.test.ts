@@ -5,6 +5,7 @@ import { FIXTURES, unmountAll, waitFor } from '../helpers/mounts.js';
 import { mountFixture, type PosixFixture } from '../helpers/posix.js';
 import { sh, shOk } from '../helpers/proc.js';
 import { type ServerHandle, startServer, tempDirs } from '../helpers/server.js';
+import { firstDivergence } from './fixtures/diff-compare.mjs';
 
 const OPS = 400;
 
@@ -22,39 +23,20 @@ async function dump(root: string): Promise<string[]> {
 }
 
 /**
- * A known limitation of high-level libfuse, 2 and 3 (see the it.fails tests below): a file unlinked while open lives
- * on as `.fuse_hidden…` in its directory until closed, so removing or replacing that directory
- * fails with ENOTEMPTY (the runs cannot be compared past that point).
- */
-function isHiddenFileLimit(got: string | undefined, want: string | undefined): boolean {
-  const m = /^(\d+ (?:rmdir|rename)\(.*\)) = ERR ENOTEMPTY$/.exec(got ?? '');
-  return m !== null && want === `${m[1]} = ok`;
-}
-
-/**
- * Compares the outputs line by line. Fails with the seed and the first differing line in
- * context; returns false (compared up to there) when the runs part at the known limitation.
+ * Compares the outputs line by line (fixtures/diff-compare.mjs). Fails with the seed and the
+ * first differing line in context; returns false (compared up to there) when the runs part at
+ * the known limitation.
  */
 function compareRuns(seed: number, what: string, got: string[], want: string[]): boolean {
-  const n = Math.max(got.length, want.length);
-  for (let i = 0; i < n; i++) {
-    if (got[i] === want[i]) continue;
-    if (isHiddenFileLimit(got[i], want[i])) return false;
-    // The same limitation: libfuse reports a hidden file with nlink - 1, but in some sequences
-    // (several handles, renames) an unlinked open file shows nlink 1 instead of 0.
-    if (
-      / fstat\(\d\) = file \d+ nlink=0$/.test(want[i] ?? '') &&
-      got[i] === want[i]!.replace(/nlink=0$/, 'nlink=1')
-    )
-      continue;
-    const ctx = want.slice(Math.max(0, i - 8), i).join('\n  ');
-    throw new Error(
-      `differential run diverged (seed ${seed}, ${what}); replay: node test/fusefs/fixtures/diff-ops.mjs run DIR ${seed} ${OPS}\n` +
-        `  ...\n  ${ctx}\n` +
-        `twinfs: ${got[i] ?? '<missing>'}\nplain:  ${want[i] ?? '<missing>'}`,
-    );
-  }
-  return true;
+  const { index: i, cut } = firstDivergence(got, want);
+  if (i < 0) return true;
+  if (cut) return false;
+  const ctx = want.slice(Math.max(0, i - 8), i).join('\n  ');
+  throw new Error(
+    `differential run diverged (seed ${seed}, ${what}); replay: node test/fusefs/fixtures/diff-ops.mjs run DIR ${seed} ${OPS}\n` +
+      `  ...\n  ${ctx}\n` +
+      `twinfs: ${got[i] ?? '<missing>'}\nplain:  ${want[i] ?? '<missing>'}`,
+  );
 }
 
 /** Each configuration exercises a different path of the cache: timed write-back, the dirty limit, none. */
