@@ -108,7 +108,9 @@ export function createFuseHandlers(ops: VolumeOps, opts: AdapterOptions): Record
       tryCall('release', cb, () => ops.release(fh), status('release', cb)),
     fsync: (path: string | null, datasync: number | boolean, fh: number, cb: Cb) =>
       tryCall('fsync', cb, () => ops.fsync(path, Boolean(datasync), fh), status('fsync', cb)),
-    fsyncdir: (path: string, _datasync: number | boolean, _fh: number, cb: Cb) =>
+    // path is null for a directory removed or renamed over while open (libfuse's node of it has
+    // no path): see VolumeOps.fsyncdir.
+    fsyncdir: (path: string | null, _datasync: number | boolean, _fh: number, cb: Cb) =>
       tryCall('fsyncdir', cb, () => ops.fsyncdir(path), status('fsyncdir', cb)),
     truncate: (path: string, size: number, cb: Cb) =>
       tryCall('truncate', cb, () => ops.truncate(path, size), status('truncate', cb)),

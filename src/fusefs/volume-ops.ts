@@ -692,7 +692,13 @@ export class VolumeOps {
     await this.kernelNames?.pageWriteBacksSettled(node.ino);
   }
 
-  async fsyncdir(path: string): Promise<void> {
+  /**
+   * fsync(2) of a directory. null: a directory removed or renamed over while this descriptor was
+   * open (libfuse passes no path for a node that has none). Nothing of it is left to make
+   * durable, and ext4 answers such an fsync with success; so does twinfs (it failed with EINVAL).
+   */
+  async fsyncdir(path: string | null): Promise<void> {
+    if (path === null) return;
     const fd = await this.paths.at([path], (b) =>
       openFd(b, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY, 0),
     );

@@ -212,7 +212,8 @@ declare module 'fuse-native' {
       flush?(path: string, fh: number, cb: StatusCallback): void;
       /** datasync: 1 for fdatasync(2), 0 for fsync(2). Note the order: (path, datasync, fh). */
       fsync?(path: string, datasync: number, fh: number, cb: StatusCallback): void;
-      fsyncdir?(path: string, datasync: number, fh: number, cb: StatusCallback): void;
+      /** path: null for a directory removed or renamed over while open (it has no path). */
+      fsyncdir?(path: string | null, datasync: number, fh: number, cb: StatusCallback): void;
       /**
        * The whole listing at once (no offsets). names must not include '.' and '..' unless you
        * want them listed. stats are used (for d_type / d_ino) only if stats.length === names.length.
