@@ -25,6 +25,11 @@
 // fallocate(2) PUNCH_HOLE|KEEP_SIZE calls of 4 KiB at random pages of a written 16 MiB file (no
 // number where the first is EOPNOTSUPP: bindfs), and
 // stress-ng's fallocate stressor for 5 s (its bogo ops/s; skipped without stress-ng);
+// sqlite (not in the default): --sqlite-writers python processes at once, each committing
+// --sqlite-commits small transactions (an insert of 10–3,000 random bytes, now and then a delete)
+// to one SQLite database in WAL mode (synchronous FULL: an fsync of the WAL per commit; the
+// -shm index shared through mmap, the write lock taken with fcntl): commits per second, and the
+// server's CPU per commit (a database's pattern: small writes, then fsync, writers taking turns);
 // append (not in the default)
 // times 10 × --files 100-byte O_APPEND writes to one new file (a log); tools (not in the default) runs
 // `find . -ls`, `ls -lR` and `git status` on a git checkout of --tools-files files (100 per
@@ -83,6 +88,8 @@ const opts = parseArgs(
     'falloc-mb': { default: 256, help: 'posix_fallocate size in the falloc workload, MiB' },
     'ops-n': { default: 2000, help: 'operations of each kind in the ops workload' },
     'tools-files': { default: 10000, help: 'files in the tools workload (find, ls -lR, git status)' },
+    'sqlite-writers': { default: 4, help: 'writer processes in the sqlite workload' },
+    'sqlite-commits': { default: 500, help: 'commits per writer in the sqlite workload' },
   },
   'node bench/compare.mjs --variant NAME[|CLI[|ARGS[|ENV=V ...]]] ... [options]',
   argv,
@@ -110,7 +117,7 @@ const SMALL = opts['small-mb'];
 const FILES = opts.files;
 const WANT = new Set(String(opts.workloads).split(','));
 for (const w of WANT)
-  if (!['seq', 'small', 'read', 'meta', 'walk', 'tools', 'append', 'ops', 'falloc'].includes(w))
+  if (!['seq', 'small', 'read', 'meta', 'walk', 'tools', 'append', 'ops', 'falloc', 'sqlite'].includes(w))
     throw new Error(`unknown workload ${w}`);
 const OPS = [
   'rename',
@@ -149,6 +156,23 @@ else:
     punch = time.perf_counter() - t
 os.close(fd); os.unlink(f)
 print(json.dumps({'preS': pre, 'punchS': punch}))
+`;
+// The sqlite workload's writer, in a child. argv: DB WRITER COMMITS; prints its seconds.
+const SQLITE_PY = `
+import os, random, sqlite3, sys, time
+db, wid, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+c = sqlite3.connect(db, timeout=120)
+c.execute('pragma journal_mode=wal')
+c.execute('create table if not exists t (id integer primary key, w int, v blob)')
+c.commit()
+r = random.Random(wid)
+t = time.perf_counter()
+for i in range(n):
+    c.execute('insert into t (w, v) values (?, ?)', (wid, r.randbytes(r.randint(10, 3000))))
+    if r.random() < 0.1:
+        c.execute('delete from t where id in (select id from t where w = ? order by id limit 2)', (wid,))
+    c.commit()
+print(time.perf_counter() - t)
 `;
 const STRESS_NG = ['/usr/bin/stress-ng', '/usr/local/bin/stress-ng'].find((p) => fs.existsSync(p));
 const TOOLS = [
@@ -250,6 +274,34 @@ for (let rep = 0; rep < opts.reps; rep++) {
         await run('rm', ['-rf', `${m}/cmp-stressng`]);
       }
     }
+    if (WANT.has('sqlite')) {
+      const dir = `${m}/cmp-sqlite`;
+      await run('mkdir', ['-p', dir]);
+      await run('python3', [
+        '-c',
+        "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute('pragma journal_mode=wal'); c.execute('create table t (id integer primary key, w int, v blob)'); c.commit()",
+        `${dir}/db`,
+      ]);
+      const n = opts['sqlite-commits'];
+      const w = opts['sqlite-writers'];
+      c = cpuSeconds(pid);
+      const t0 = performance.now();
+      await Promise.all(
+        Array.from({ length: w }, (_, i) =>
+          run('python3', ['-c', SQLITE_PY, `${dir}/db`, String(i + 1), String(n)], { timeoutMs: 900_000 }),
+        ),
+      );
+      const secs = (performance.now() - t0) / 1000;
+      add(t, 'sqlite', (n * w) / secs);
+      add(t, 'sqlitecpu', ((cpuSeconds(pid) - c) * 1e6) / (n * w));
+      const chk = await run('python3', [
+        '-c',
+        "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); print(c.execute('pragma integrity_check').fetchone()[0])",
+        `${dir}/db`,
+      ]);
+      if (chk.stdout.trim() !== 'ok') throw new Error(`${t}: sqlite integrity_check: ${chk.stdout}`);
+      await run('rm', ['-rf', dir]);
+    }
     if (WANT.has('append')) {
       c = cpuSeconds(pid);
       const ap = await worker('append', ['--file', `${m}/cmp-append`, '--n', String(FILES * 10)]);
@@ -345,6 +397,8 @@ const COLS = [
   ['falloc', 'µs per 4 KiB punch', 'punch', 0],
   ['falloc', 'ms CPU (both)', 'falloccpu', 0],
   ...(STRESS_NG ? [['falloc', 'stress-ng fallocate ops/s', 'stressng', 1]] : []),
+  ['sqlite', 'SQLite WAL commits/s', 'sqlite', 0],
+  ['sqlite', 'µs CPU/commit', 'sqlitecpu', 0],
   ['append', 'appends/s (100 B, O_APPEND)', 'append', 0],
   ['append', 'µs CPU/append', 'appendcpu', 0],
   ['walk', 'walk 1 entries/s', 'walk1', 0],
