@@ -17,6 +17,7 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { firstDivergence } from '../test/fusefs/fixtures/diff-compare.mjs';
 import {
+  checkMirror,
   commonOptions,
   controlClient,
   installCleanup,
@@ -111,10 +112,9 @@ for (let first = opts.seed; ; first += opts.procs) {
     if (opts.mirror && srv.url) {
       const c = await controlClient(srv.url, srv.token);
       try {
-        await c.request('flush');
-        const v = await c.request('verify', { content: true });
-        for (const x of v.differences) problems.push(`mirror: ${JSON.stringify(x)}`);
-        if (!v.ok && !v.differences.length) problems.push(`mirror: verify not ok ${JSON.stringify(v)}`);
+        const { differences, broken } = await checkMirror(c);
+        for (const x of differences) problems.push(`mirror: ${JSON.stringify(x)}`);
+        for (const b of broken) problems.push(`mirror: broken pair ${JSON.stringify(b)}`);
       } finally {
         await c.close();
       }
@@ -133,6 +133,8 @@ for (let first = opts.seed; ; first += opts.procs) {
 }
 log(
   `${seeds} seeds, ${failed} round(s) with problems, ${opsTotal} operations compared` +
-    (cut ? `; ${cut} seed(s) compared up to a known limit of high-level libfuse (fixtures/diff-compare.mjs)` : ''),
+    (cut
+      ? `; ${cut} seed(s) compared up to a known limit of high-level libfuse (fixtures/diff-compare.mjs)`
+      : ''),
 );
 process.exit(failed ? 1 : 0);

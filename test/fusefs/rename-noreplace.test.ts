@@ -1,13 +1,9 @@
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { VolumeOps } from '../../src/fusefs/volume-ops.js';
-import { VolumePaths } from '../../src/fusefs/volume-paths.js';
-import { WriteInhibitor } from '../../src/fusefs/write-inhibitor.js';
-import { WritebackCache } from '../../src/fusefs/writeback-cache.js';
-import { MirrorDriver } from '../../src/mirror-driver/index.js';
 import { pyIn } from '../helpers/posix.js';
-import { type MirroredVolume, mirroredVolume, tempDirs } from '../helpers/server.js';
+import { type MirroredVolume, mirroredVolume } from '../helpers/server.js';
+import { withVolumeOps } from '../mirror-driver/mirror-helpers.js';
 
 // renameat2(2) through the mount (fuse-native patch level 15): RENAME_NOREPLACE is a rename that
 // fails with EEXIST when the target exists, as on ext4 (coreutils' mv tries it first on every
@@ -93,33 +89,19 @@ describe('RENAME_NOREPLACE onto a name the kernel did not know', () => {
   it('fails with EEXIST, changes nothing, and reports nothing to the mirror', async () => {
     // In this process, the way FUSE calls the filesystem: the kernel refuses a NOREPLACE onto a
     // name its own lookup finds, so only a name made behind the server reaches this check.
-    const t = await tempDirs('primary', 'mirror', 'state');
-    const P = t.dirs.primary!;
-    await fsp.writeFile(`${P}/f`, 'F');
-    const d = await MirrorDriver.open({
-      primary: P,
-      mirror: t.dirs.mirror!,
-      stateDir: t.dirs.state!,
-      log: () => undefined,
-    });
-    const cache = new WritebackCache({ sink: d, writebackMs: 60_000 });
-    try {
-      await d.whenReady();
-      await fsp.writeFile(`${P}/g`, 'G');
-      const since = (await d.split({ volume: true })).generation;
-      const ops = new VolumeOps({ paths: new VolumePaths(P), cache, sink: d, gate: new WriteInhibitor() });
-      await expect(ops.rename('/f', '/g', undefined, 1)).rejects.toMatchObject({ code: 'EEXIST' });
-      await expect(ops.rename('/f', '/h', undefined, 2)).rejects.toMatchObject({ code: 'EINVAL' });
-      expect(await fsp.readFile(`${P}/f`, 'utf8')).toBe('F');
-      expect(await fsp.readFile(`${P}/g`, 'utf8')).toBe('G');
-      expect(d.changesSince(since).renamed).toEqual([]);
-      await ops.rename('/f', '/h', undefined, 1);
-      expect((await fsp.readdir(P)).sort()).toEqual(['g', 'h']);
-      expect(d.changesSince(since).renamed).toEqual([{ from: '/f', to: '/h' }]);
-    } finally {
-      await cache.dispose();
-      await d.dispose();
-      await t.cleanup();
-    }
+    await withVolumeOps(
+      (P) => fsp.writeFile(`${P}/f`, 'F'),
+      async ({ ops, d, P, since }) => {
+        await fsp.writeFile(`${P}/g`, 'G');
+        await expect(ops.rename('/f', '/g', undefined, 1)).rejects.toMatchObject({ code: 'EEXIST' });
+        await expect(ops.rename('/f', '/h', undefined, 2)).rejects.toMatchObject({ code: 'EINVAL' });
+        expect(await fsp.readFile(`${P}/f`, 'utf8')).toBe('F');
+        expect(await fsp.readFile(`${P}/g`, 'utf8')).toBe('G');
+        expect(d.changesSince(since).renamed).toEqual([]);
+        await ops.rename('/f', '/h', undefined, 1);
+        expect((await fsp.readdir(P)).sort()).toEqual(['g', 'h']);
+        expect(d.changesSince(since).renamed).toEqual([{ from: '/f', to: '/h' }]);
+      },
+    );
   });
 });

@@ -1,13 +1,9 @@
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { VolumeOps } from '../../src/fusefs/volume-ops.js';
-import { VolumePaths } from '../../src/fusefs/volume-paths.js';
-import { WriteInhibitor } from '../../src/fusefs/write-inhibitor.js';
-import { WritebackCache } from '../../src/fusefs/writeback-cache.js';
-import { MirrorDriver } from '../../src/mirror-driver/index.js';
 import { PYTHON, shIn } from '../helpers/posix.js';
-import { type MirroredVolume, mirroredVolume, tempDirs } from '../helpers/server.js';
+import { type MirroredVolume, mirroredVolume } from '../helpers/server.js';
+import { withVolumeOps } from '../mirror-driver/mirror-helpers.js';
 
 /**
  * rename(2) of one name of a file onto another name of the same file does nothing: both names
@@ -173,32 +169,20 @@ describe('rename onto another name of the same file, as the change record sees i
   it('records no rename: an incremental backup keeps both names', async () => {
     // In this process, the way FUSE calls the filesystem (the record is the driver's, real
     // directories); through the mount the same rename is covered above.
-    const t = await tempDirs('primary', 'mirror', 'state');
-    const P = t.dirs.primary!;
-    await fsp.writeFile(`${P}/f`, 'data');
-    await fsp.link(`${P}/f`, `${P}/g`);
-    const d = await MirrorDriver.open({
-      primary: P,
-      mirror: t.dirs.mirror!,
-      stateDir: t.dirs.state!,
-      log: () => undefined,
-    });
-    const cache = new WritebackCache({ sink: d, writebackMs: 60_000 });
-    try {
-      await d.whenReady();
-      const since = (await d.split({ volume: true })).generation;
-      const ops = new VolumeOps({ paths: new VolumePaths(P), cache, sink: d, gate: new WriteInhibitor() });
-      await ops.rename('/f', '/g');
-      const answer = d.changesSince(since);
-      expect({ renamed: answer.renamed, deleted: answer.deleted, trees: answer.trees }).toEqual({
-        renamed: [],
-        deleted: [],
-        trees: [],
-      });
-    } finally {
-      await cache.dispose();
-      await d.dispose();
-      await t.cleanup();
-    }
+    await withVolumeOps(
+      async (P) => {
+        await fsp.writeFile(`${P}/f`, 'data');
+        await fsp.link(`${P}/f`, `${P}/g`);
+      },
+      async ({ ops, d, since }) => {
+        await ops.rename('/f', '/g');
+        const answer = d.changesSince(since);
+        expect({ renamed: answer.renamed, deleted: answer.deleted, trees: answer.trees }).toEqual({
+          renamed: [],
+          deleted: [],
+          trees: [],
+        });
+      },
+    );
   });
 });

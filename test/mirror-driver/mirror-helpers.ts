@@ -3,6 +3,10 @@ import * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { TwinFs } from '../../src/fusefs/index.js';
+import { VolumeOps } from '../../src/fusefs/volume-ops.js';
+import { VolumePaths } from '../../src/fusefs/volume-paths.js';
+import { WriteInhibitor } from '../../src/fusefs/write-inhibitor.js';
+import { WritebackCache } from '../../src/fusefs/writeback-cache.js';
 import { MirrorDriver, type MirrorDriverOptions } from '../../src/mirror-driver/index.js';
 import { type RunResult, sh } from '../helpers/proc.js';
 import { CLI, ROOT, type ServerHandle, tempDirs } from '../helpers/server.js';
@@ -102,6 +106,28 @@ export async function driverOnTempDirs(
   await populate(P);
   const d = await openDriver({ primary: P, mirror: t.dirs.mirror!, stateDir: t.dirs.state! });
   return { t, P, d, M: d.dataRoot };
+}
+
+/**
+ * VolumeOps over a real MirrorDriver on temporary directories, in this process: the calls FUSE
+ * would make, without a mount (for what the kernel never sends, or to read the change record
+ * right after one call). `since` is the generation of a volume split taken after populate.
+ */
+export async function withVolumeOps(
+  populate: (primary: string) => Promise<void>,
+  fn: (v: { ops: VolumeOps; d: MirrorDriver; P: string; since: number }) => Promise<void>,
+): Promise<void> {
+  const { t, P, d } = await driverOnTempDirs(populate);
+  const cache = new WritebackCache({ sink: d, writebackMs: 60_000 });
+  try {
+    const since = (await d.split({ volume: true })).generation;
+    const ops = new VolumeOps({ paths: new VolumePaths(P), cache, sink: d, gate: new WriteInhibitor() });
+    await fn({ ops, d, P, since });
+  } finally {
+    await cache.dispose();
+    await d.dispose();
+    await t.cleanup();
+  }
 }
 
 export interface InProcess {
