@@ -7,7 +7,7 @@
 // (fixtures/diff-compare.mjs). After the round the server's write-back is flushed and
 // `verify --content` compares the mirror with the primary. Rounds follow one another until
 // --minutes have passed. Exit 1 on any divergence; a failing seed replays alone with
-// `--seed N --procs 1 --minutes 0`, or by hand with `node test/fusefs/fixtures/diff-ops.mjs run DIR N OPS links`.
+// `--seed N --procs 1 --minutes 0`, or by hand with `node test/fusefs/fixtures/diff-ops.mjs run DIR N OPS more`.
 //
 //   node bench/differential.mjs --minutes 10
 //   node bench/differential.mjs --extra '--write-through'
@@ -46,6 +46,10 @@ const opts = parseArgs(
       default: false,
       help: 'hard links in the workload (shows a known limit: an O_APPEND descriptor\'s offset after another name changed the size, docs/reliability.md "Handles held open across operations" item 5)',
     },
+    more: {
+      default: true,
+      help: 'chmod, fchmod, symlinks and copyFile in the workload, modes compared (diff-ops.mjs "more")',
+    },
     mirror: { default: true, help: 'serve with a mirror (verified after every round)' },
     extra: { default: '', help: 'more `twinfs serve` arguments, space-separated' },
     ...commonOptions('parent of the temporary directories'),
@@ -59,6 +63,7 @@ installCleanup({ timeLimitSec: opts['time-limit'] });
 async function workload(root, seed) {
   const args = [OPS_SCRIPT, 'run', root, String(seed), String(opts.ops)];
   if (opts.links) args.push('links');
+  if (opts.more) args.push('more');
   const r = await run('node', args, { timeoutMs: 600_000, check: false });
   if (r.code !== 0) return { lines: [], error: `exit ${r.code}: ${r.stderr.slice(0, 1000)}` };
   return { lines: r.stdout.trimEnd().split('\n') };

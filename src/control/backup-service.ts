@@ -734,7 +734,7 @@ async function listingError(e: NodeJS.ErrnoException, root: string, sel: Selecto
     });
   return new TwinError(
     'ETWIN_MIRROR_BROKEN',
-    `the mirror's copy of the selection cannot be listed (${e.code ?? e.message}); run a repair`,
+    `the mirror's copy of the selection cannot be listed (${e.code ?? e.message}${p !== undefined ? ` at ${p}` : ''}); run a repair`,
     { errno: e.code, path: e.path },
   );
 }
