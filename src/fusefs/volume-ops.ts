@@ -1011,14 +1011,11 @@ export class VolumeOps {
   }
 
   /**
-   * followsHide: whether libfuse hid `to` in this same request (fuse-native patch level 10 can
-   * tell); undefined when not known, and then a hide of `to` not followed by any lookup or
-   * change of it counts as this request's.
-   */
-  /**
-   * rename(2); flags: 0 or RENAME_NOREPLACE (EEXIST when `to` exists, checked and done in one
-   * synchronous step: the kernel holds both directories for the request, and nothing else changes
-   * the primary while it is mounted).
+   * rename(2). followsHide: whether libfuse hid `to` in this same request (fuse-native patch
+   * level 10 can tell); undefined when not known, and then a hide of `to` not followed by any
+   * lookup or change of it counts as this request's. flags: 0 or RENAME_NOREPLACE (EEXIST when
+   * `to` exists, checked and done in one synchronous step: the kernel holds both directories for
+   * the request, and nothing else changes the primary while it is mounted).
    */
   async rename(from: string, to: string, followsHide?: boolean, flags = 0): Promise<void> {
     if ((flags & ~RENAME_NOREPLACE) !== 0) throw errnoError('EINVAL');
