@@ -157,14 +157,12 @@ else:
 os.close(fd); os.unlink(f)
 print(json.dumps({'preS': pre, 'punchS': punch}))
 `;
-// The sqlite workload's writer, in a child. argv: DB WRITER COMMITS; prints its seconds.
+// The sqlite workload's writer, in a child. argv: DB WRITER COMMITS; prints its seconds. The
+// database, its table and WAL mode (which persists in the file) are made before the writers start.
 const SQLITE_PY = `
-import os, random, sqlite3, sys, time
+import random, sqlite3, sys, time
 db, wid, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 c = sqlite3.connect(db, timeout=120)
-c.execute('pragma journal_mode=wal')
-c.execute('create table if not exists t (id integer primary key, w int, v blob)')
-c.commit()
 r = random.Random(wid)
 t = time.perf_counter()
 for i in range(n):

@@ -98,11 +98,6 @@ export class HandleNodes {
    */
   removed(path: string): void {
     if (this.named.size === 0) return;
-    const nodeId = hiddenNodeId(path);
-    if (nodeId !== undefined && this.onNodeGone) {
-      const fhs = [...this.named].filter(([, e]) => e.path === path).map(([fh]) => fh);
-      if (fhs.length > 0) this.onNodeGone(nodeId, fhs);
-    }
     let key: string | undefined;
     for (const [fh, e] of this.named) {
       if (e.path !== path) continue;
@@ -121,6 +116,8 @@ export class HandleNodes {
       this.keyOfFh.set(fh, key);
       this.groups.get(key)!.fhs.add(fh);
     }
+    const nodeId = key === undefined ? undefined : hiddenNodeId(path);
+    if (nodeId !== undefined) this.onNodeGone?.(nodeId, [...this.groups.get(key!)!.fhs]);
   }
 
   /** Is any open handle's node without a path? */
@@ -154,7 +151,7 @@ export class HandleNodes {
  * The node id in one of libfuse's hidden names: high-level libfuse (2 and 3) names a hidden node
  * `.fuse_hidden%08x%08x`, its node id then a counter; undefined for any other name.
  */
-export function hiddenNodeId(path: string): number | undefined {
+function hiddenNodeId(path: string): number | undefined {
   const m = /\/\.fuse_hidden([0-9a-f]{8})[0-9a-f]{8}$/.exec(path);
   return m ? Number.parseInt(m[1]!, 16) : undefined;
 }
