@@ -14,6 +14,7 @@
 //   node bench/handle-diff.mjs --dirs                                 subdirectories, directory renames
 //   node bench/handle-diff.mjs --fallocate                            fallocate(2) in the streams too
 //   node bench/handle-diff.mjs --bytes --dirs                         names that are not UTF-8 too
+//   node bench/handle-diff.mjs --meta                                 xattrs, exact times, chown, symlinks
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -52,6 +53,10 @@ const opts = parseArgs(
     bytes: {
       default: false,
       help: 'some names hold bytes that are not UTF-8 (HANDLE_DIFF_BYTES)',
+    },
+    meta: {
+      default: false,
+      help: 'xattrs, exact times, chown, setuid/setgid modes, symlinks in the streams (HANDLE_DIFF_META)',
     },
     extra: { default: '', help: 'more `twinfs serve` arguments, space-separated' },
     ...commonOptions('parent of the temporary directories'),
@@ -100,6 +105,7 @@ for (let seed = opts.seed; ; seed++) {
           HANDLE_DIFF_DIRS: opts.dirs ? '1' : '0',
           HANDLE_DIFF_FALLOCATE: opts.fallocate ? '1' : '0',
           HANDLE_DIFF_BYTES: opts.bytes ? '1' : '0',
+          HANDLE_DIFF_META: opts.meta ? '1' : '0',
         },
       });
       if (r.stderr) problems.push(`p${i}: stderr ${r.stderr.slice(0, 2000)}`);

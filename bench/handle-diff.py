@@ -354,6 +354,8 @@ def op_mmap():
         return len(b)
 
     both('mmap %s %d+%d%s' % (h.name, off, len(b), ' msync' if sync else ''), lambda: w(h.fds[0]), lambda: w(h.fds[1]))
+    for side in (0, 1):
+        mapped[side].add(ino_of(h.fds[side]))
 
 
 def op_truncate_name():
@@ -494,6 +496,170 @@ def op_fallocate():
          lambda: fallocate(h.fds[0], mode, off, n), lambda: fallocate(h.fds[1], mode, off, n))
 
 
+
+# HANDLE_DIFF_META=1: extended attributes (set with XATTR_CREATE / XATTR_REPLACE, get, list,
+# remove, by name and through a descriptor), explicit times to the nanosecond (utimensat by name
+# and futimens, then whether a later lstat still shows the time set: a write-back that stamps the
+# file after the call would show up), chown, chmod with setuid/setgid bits, symlinks. Off by
+# default, so the streams of the seeds documented before it stay the same.
+META = os.environ.get('HANDLE_DIFF_META') == '1'
+XATTR_NAMES = ['user.a', 'user.b', 'user.twinfs', 'trusted.t']
+# Per side, the mtime the stream last set explicitly on each inode. A later write, truncate,
+# copy or fallocate changes the file's mtime on both sides, so "other" is then the answer on both.
+times_set = ({}, {})
+# Inodes written through a shared mapping: ext4 stamps the time at the page fault (and not at all
+# for a page still dirty from an earlier mapping), a FUSE server when the kernel writes the page
+# back, whenever that is; their times are not compared.
+mapped = (set(), set())
+
+
+def nf(x):
+    """Not following a final symlink: by name only (a descriptor has nothing to follow)."""
+    return {} if isinstance(x, int) else {'follow_symlinks': False}
+
+
+def ino_of(x):
+    try:
+        return os.fstat(x).st_ino if isinstance(x, int) else os.lstat(x).st_ino
+    except OSError:
+        return None
+
+
+def xattr_target():
+    """(what, ref target, test target): a name (files, symlinks not followed: EPERM for user.*
+    on a symlink on both sides) or a descriptor."""
+    h = pick_handle()
+    if h and rng.random() < 0.4:
+        return ('fd %s' % h.name, h.fds[0], h.fds[1])
+    name = rng.choice(NAMES)
+    pr, pt = paths(name)
+    return (name, pr, pt)
+
+
+def op_setxattr():
+    what, r, t = xattr_target()
+    key = rng.choice(XATTR_NAMES)
+    k = rng.random()
+    n = 0 if k < 0.1 else rng.randint(1, 200) if k < 0.8 else rng.randint(200, 3000)
+    value = data(n)
+    flags = rng.choice([0, 0, os.XATTR_CREATE, os.XATTR_REPLACE])
+    both('setxattr %s %s len %d flags %d' % (what, key, n, flags),
+         lambda: os.setxattr(r, key, value, flags, **nf(r)),
+         lambda: os.setxattr(t, key, value, flags, **nf(t)))
+
+
+def op_getxattr():
+    what, r, t = xattr_target()
+    key = rng.choice(XATTR_NAMES)
+    both('getxattr %s %s' % (what, key), lambda: os.getxattr(r, key, **nf(r)),
+         lambda: os.getxattr(t, key, **nf(t)))
+
+
+def op_listxattr():
+    what, r, t = xattr_target()
+    # Only the namespaces the stream writes: the backing filesystems may add their own
+    # (security.*, system.*) the same on both sides or not.
+    norm = lambda v: sorted(x for x in v if x.startswith(('user.', 'trusted.')))
+    both('listxattr %s' % what, lambda: os.listxattr(r, **nf(r)),
+         lambda: os.listxattr(t, **nf(t)), norm)
+
+
+def op_removexattr():
+    what, r, t = xattr_target()
+    key = rng.choice(XATTR_NAMES)
+    both('removexattr %s %s' % (what, key), lambda: os.removexattr(r, key, **nf(r)),
+         lambda: os.removexattr(t, key, **nf(t)))
+
+
+def rand_ns():
+    k = rng.random()
+    if k < 0.1:
+        return -rng.randint(1, 10**18)  # before 1970
+    if k < 0.2:
+        return rng.randint(0, 10**9) * 10**9  # whole seconds
+    return rng.randint(0, 4 * 10**18)
+
+
+def op_utime():
+    h = pick_handle()
+    by_fd = h is not None and rng.random() < 0.4
+    if by_fd:
+        what, r, t = 'fd %s' % h.name, h.fds[0], h.fds[1]
+    else:
+        name = rng.choice(NAMES)
+        what, (r, t) = name, paths(name)
+    ns = (rand_ns(), rand_ns())
+    res = both('utime %s %d %d' % (what, ns[0], ns[1]), lambda: os.utime(r, ns=ns, **nf(r)),
+               lambda: os.utime(t, ns=ns, **nf(t)))
+    for side, (x, target) in enumerate(zip(res, (r, t))):
+        k = ino_of(target)
+        if x[0] == 'ok' and k is not None:
+            times_set[side][k] = ns[1]
+
+
+def op_times():
+    """Whether each side's file still shows the mtime the stream set (and the exact value)."""
+    h = pick_handle()
+    if h and rng.random() < 0.5:
+        what, r, t = 'fd %s' % h.name, h.fds[0], h.fds[1]
+        st = lambda x: os.fstat(x)
+    else:
+        name = rng.choice(NAMES)
+        what, (r, t) = name, paths(name)
+        st = lambda x: os.lstat(x)
+
+    def look(side, x):
+        s = st(x)
+        if s.st_ino in mapped[side]:
+            return 'mapped'
+        # Not set, or set and changed since, are one answer: an inode number the stream saw set
+        # can come back on one side only for a new file.
+        want = times_set[side].get(s.st_ino)
+        return ('set', want) if want is not None and s.st_mtime_ns == want else 'other'
+
+    r0, t0 = call(lambda: look(0, r)), call(lambda: look(1, t))
+    if r0 != t0 and ('ok', 'mapped') not in (r0, t0):
+        mismatch('times %s' % what, r0, t0)
+    if TRACE:
+        sys.stderr.write('%d times %s: %s%s\n' % (op_index, what, short(r0), '' if r0 == t0 else ' GOT ' + short(t0)))
+
+
+def op_chown():
+    name = rng.choice(NAMES)
+    pr, pt = paths(name)
+    uid, gid = rng.choice([0, 1000, 65534]), rng.choice([0, 1000, 65534, -1])
+    both('lchown %s %d %d' % (name, uid, gid), lambda: os.chown(pr, uid, gid, follow_symlinks=False),
+         lambda: os.chown(pt, uid, gid, follow_symlinks=False))
+    both('lstat owner %s' % name, lambda: os.lstat(pr), lambda: os.lstat(pt),
+         lambda s: (s.st_uid, s.st_gid, stat.S_IMODE(s.st_mode)))
+
+
+def op_chmod_name():
+    name = rng.choice(NAMES)
+    pr, pt = paths(name)
+    mode = rng.choice([0o4755, 0o2755, 0o6755, 0o2745, 0o1777, 0o644, 0o600])
+    both('chmod %s %o' % (name, mode), lambda: os.chmod(pr, mode), lambda: os.chmod(pt, mode))
+
+
+def op_symlink():
+    target = rng.choice(NAMES + ['nowhere', 'a' * 200])
+    name = rng.choice(NAMES)
+    pr, pt = paths(name)
+    both('symlink %s -> %s' % (name, target[:20]), lambda: os.symlink(target, pr), lambda: os.symlink(target, pt))
+
+
+def op_readlink():
+    name = rng.choice(NAMES)
+    pr, pt = paths(name)
+    both('readlink %s' % name, lambda: os.readlink(pr), lambda: os.readlink(pt))
+
+
+def op_stat_follow():
+    name = rng.choice(NAMES)
+    pr, pt = paths(name)
+    both('stat %s' % name, lambda: os.stat(pr), lambda: os.stat(pt), st_norm)
+
+
 OPS = [
     (op_create, 10), (op_open, 6), (op_write, 18), (op_pwrite, 12), (op_pread, 8), (op_read, 4),
     (op_seek, 3), (op_fstat, 8), (op_stat, 6), (op_ftruncate, 4), (op_sync, 3), (op_close, 10),
@@ -502,6 +668,10 @@ OPS = [
 ]
 if FALLOCATE:
     OPS += [(op_fallocate, 4)]
+if META:
+    OPS += [(op_setxattr, 4), (op_getxattr, 3), (op_listxattr, 2), (op_removexattr, 2), (op_utime, 4),
+            (op_times, 5), (op_chown, 2), (op_chmod_name, 2), (op_symlink, 2), (op_readlink, 1),
+            (op_stat_follow, 2)]
 if DIRS:
     OPS += [(op_mkdir, 3), (op_rmdir, 3), (op_rename_dir, 4), (op_listdir, 2), (op_stat_dir, 2)]
 FNS = [f for f, w in OPS for _ in range(w)]

@@ -224,8 +224,11 @@ export class VolumeOps {
         const units = (bytes: number) => Math.ceil(bytes / block) * (block / 512);
         const cached = rec !== undefined ? node.dirty.size : node.cachedBytes;
         out.blocks = Math.max(out.blocks, Math.min(units(out.size), out.blocks + units(cached)));
+        // The last cached write's time, even where the primary's mtime is later (set ahead by
+        // utimens: a write moves mtime back to now, as on ext4); the primary's where utimens set
+        // it after the last write (lastWriteAt is then TIMES_SET_MS).
         const written = BigInt(Math.trunc(node.lastWriteAt)) * 1_000_000n;
-        if (written > out.mtime) {
+        if (node.lastWriteAt > 0 || written > out.mtime) {
           out.mtime = written;
           if (written > out.ctime) out.ctime = written;
         }

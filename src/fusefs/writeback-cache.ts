@@ -14,9 +14,9 @@ import type { UnwrittenFile } from './writeback-spill.js';
 
 /**
  * lastWriteAt once utimens set the mtime after the last write (FileNode.setMtimeNs): earlier
- * than any time a file can have (as int64 ns, about the year 1678), so getattr's rule "the
- * later of the last write and the primary's mtime" (statOf, native-attrs.h) shows the
- * primary's, times before 1970 included.
+ * than any time a file can have (as int64 ns, about the year 1678). getattr (statOf,
+ * native-attrs.h) shows a positive lastWriteAt as the mtime, whatever the primary's, and
+ * otherwise the later of the two: here the primary's, times before 1970 included.
  */
 export const TIMES_SET_MS = -9_200_000_000_000;
 
@@ -447,8 +447,9 @@ export class WritebackCache {
           // the generation bumped above, and would answer later reads with them.
           node.contentChanged();
         }
-        // The truncate's time replaces one utimens set with data still cached (timesSet).
-        if (node.setMtimeNs !== null && node.isDirty) {
+        // The truncate's time replaces the last write's (getattr shows it, and the write-back
+        // puts it back) and one utimens set with data still cached (timesSet).
+        if (node.isDirty) {
           node.setMtimeNs = null;
           node.lastWriteAt = this.now();
         }
