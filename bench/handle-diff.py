@@ -70,6 +70,13 @@ class Handle:
 
 
 handles = []
+# Results that differ at a known limit of high-level libfuse (each is named where it is
+# counted), reported apart in the JSON line and not as mismatches.
+known = {}
+
+
+def note_known(what):
+    known[what] = known.get(what, 0) + 1
 
 
 def call(fn, *args):
@@ -80,14 +87,19 @@ def call(fn, *args):
         return ('err', errno.errorcode.get(e.errno, str(e.errno)))
 
 
-def both(what, fn_ref, fn_test, norm=lambda v: v):
-    """Runs the step in REF, then in TEST; compares the results. Returns (ref, test) raw."""
+def both(what, fn_ref, fn_test, norm=lambda v: v, limit=None):
+    """Runs the step in REF, then in TEST; compares the results. Returns (ref, test) raw.
+    limit(ref, test): the name of a known limit the difference is, or None."""
     r = call(fn_ref)
     t = call(fn_test)
     rn = (r[0], norm(r[1])) if r[0] == 'ok' else r
     tn = (t[0], norm(t[1])) if t[0] == 'ok' else t
     if rn != tn:
-        mismatch(what, rn, tn)
+        k = limit(rn, tn) if limit else None
+        if k:
+            note_known(k)
+        else:
+            mismatch(what, rn, tn)
     if TRACE:
         sys.stderr.write('%d %s: %s%s\n' % (op_index, what, short(rn)[:120], '' if rn == tn else ' GOT ' + short(tn)[:120]))
     return r, t
@@ -292,6 +304,11 @@ def op_close():
     if not handles:
         return op_create()
     h = handles.pop(rng.randrange(len(handles)))
+    try:
+        if os.fstat(h.fds[0]).st_nlink == 0:
+            last_hidden_close[0] = op_index
+    except OSError:
+        pass
     both('close %s' % h.name, lambda: os.close(h.fds[0]), lambda: os.close(h.fds[1]))
 
 
@@ -306,7 +323,23 @@ def op_dup():
 def op_rename():
     a, b = rng.choice(NAMES), rng.choice(NAMES)
     (ar, at), (br, bt) = paths(a), paths(b)
-    both('rename %s %s' % (a, b), lambda: os.rename(ar, br), lambda: os.rename(at, bt))
+    both('rename %s %s' % (a, b), lambda: os.rename(ar, br), lambda: os.rename(at, bt), limit=own_link(ar, br))
+
+
+def own_link(ar, br):
+    """A known limit: rename(2) of one name of a file onto another of its names succeeds with
+    nothing done on a local filesystem before any permission check; through high-level libfuse
+    the two names are two kernel inodes, so the kernel checks the sticky directory's rule first
+    and refuses an ordinary user with EPERM (docs/reliability.md, "Handles held open across
+    operations", item 5)."""
+    try:
+        a, b = os.lstat(ar), os.lstat(br)
+        same = a.st_ino == b.st_ino and a.st_dev == b.st_dev and ar != br
+    except OSError:
+        same = False
+    def limit(r, t):
+        return 'rename onto another name of the same file as a user: EPERM' if same and os.geteuid() != 0 and r == ('ok', None) and t == ('err', 'EPERM') else None
+    return limit
 
 
 def op_link():
@@ -507,6 +540,10 @@ XATTR_NAMES = ['user.a', 'user.b', 'user.twinfs', 'trusted.t']
 # Per side, the mtime the stream last set explicitly on each inode. A later write, truncate,
 # copy or fallocate changes the file's mtime on both sides, so "other" is then the answer on both.
 times_set = ({}, {})
+# The op at which each side's times were set (by inode), and the last close of a descriptor of a
+# file unlinked while open (see op_times).
+times_set_at = ({}, {})
+last_hidden_close = [-1]
 # Inodes written through a shared mapping: ext4 stamps the time at the page fault (and not at all
 # for a page still dirty from an earlier mapping), a FUSE server when the kernel writes the page
 # back, whenever that is; their times are not compared.
@@ -526,18 +563,53 @@ def ino_of(x):
 
 
 def xattr_target():
-    """(what, ref target, test target): a name (files, symlinks not followed: EPERM for user.*
-    on a symlink on both sides) or a descriptor."""
+    """(what, ref target, test target, limit): a name (files, symlinks not followed: EPERM for
+    user.* on a symlink on both sides) or a descriptor."""
     h = pick_handle()
     if h and rng.random() < 0.4:
-        return ('fd %s' % h.name, h.fds[0], h.fds[1])
+        return ('fd %s' % h.name, h.fds[0], h.fds[1], nameless_xattr(h.fds[0]))
     name = rng.choice(NAMES)
     pr, pt = paths(name)
-    return (name, pr, pt)
+    return (name, pr, pt, None)
+
+
+def nameless_xattr(ref_fd):
+    """A known limit: xattr calls through a descriptor whose kernel node has no path left (its
+    name unlinked while open, then its directory removed or renamed over; the file may have
+    other names by then) fail with ESTALE (docs/reliability.md, "Handles held open across
+    operations", item 9): high-level libfuse builds a path for them and has no handle to use.
+    A local filesystem never answers ESTALE."""
+    def limit(r, t):
+        return 'xattr through a descriptor of a node without a path: ESTALE' if t == ('err', 'ESTALE') else None
+    return limit
+
+
+def undo_on_ref(r, key, limit):
+    """A limit that wraps a changing xattr call: when the test side hit it (ESTALE, nothing
+    changed there), the ref side's change is undone, so the two files stay comparable."""
+    if limit is None:
+        return None
+    try:
+        before = os.getxattr(r, key, **nf(r))
+    except OSError:
+        before = None
+
+    def wrapped(rn, tn):
+        k = limit(rn, tn)
+        if k and rn[0] == 'ok':
+            try:
+                if before is None:
+                    os.removexattr(r, key, **nf(r))
+                else:
+                    os.setxattr(r, key, before, 0, **nf(r))
+            except OSError:
+                pass
+        return k
+    return wrapped
 
 
 def op_setxattr():
-    what, r, t = xattr_target()
+    what, r, t, limit = xattr_target()
     key = rng.choice(XATTR_NAMES)
     k = rng.random()
     n = 0 if k < 0.1 else rng.randint(1, 200) if k < 0.8 else rng.randint(200, 3000)
@@ -545,30 +617,30 @@ def op_setxattr():
     flags = rng.choice([0, 0, os.XATTR_CREATE, os.XATTR_REPLACE])
     both('setxattr %s %s len %d flags %d' % (what, key, n, flags),
          lambda: os.setxattr(r, key, value, flags, **nf(r)),
-         lambda: os.setxattr(t, key, value, flags, **nf(t)))
+         lambda: os.setxattr(t, key, value, flags, **nf(t)), limit=undo_on_ref(r, key, limit))
 
 
 def op_getxattr():
-    what, r, t = xattr_target()
+    what, r, t, limit = xattr_target()
     key = rng.choice(XATTR_NAMES)
     both('getxattr %s %s' % (what, key), lambda: os.getxattr(r, key, **nf(r)),
-         lambda: os.getxattr(t, key, **nf(t)))
+         lambda: os.getxattr(t, key, **nf(t)), limit=limit)
 
 
 def op_listxattr():
-    what, r, t = xattr_target()
+    what, r, t, limit = xattr_target()
     # Only the namespaces the stream writes: the backing filesystems may add their own
     # (security.*, system.*) the same on both sides or not.
     norm = lambda v: sorted(x for x in v if x.startswith(('user.', 'trusted.')))
     both('listxattr %s' % what, lambda: os.listxattr(r, **nf(r)),
-         lambda: os.listxattr(t, **nf(t)), norm)
+         lambda: os.listxattr(t, **nf(t)), norm, limit)
 
 
 def op_removexattr():
-    what, r, t = xattr_target()
+    what, r, t, limit = xattr_target()
     key = rng.choice(XATTR_NAMES)
     both('removexattr %s %s' % (what, key), lambda: os.removexattr(r, key, **nf(r)),
-         lambda: os.removexattr(t, key, **nf(t)))
+         lambda: os.removexattr(t, key, **nf(t)), limit=undo_on_ref(r, key, limit))
 
 
 def rand_ns():
@@ -595,6 +667,7 @@ def op_utime():
         k = ino_of(target)
         if x[0] == 'ok' and k is not None:
             times_set[side][k] = ns[1]
+            times_set_at[side][k] = op_index
 
 
 def op_times():
@@ -608,6 +681,8 @@ def op_times():
         what, (r, t) = name, paths(name)
         st = lambda x: os.lstat(x)
 
+    dir_set_at = []
+
     def look(side, x):
         s = st(x)
         if s.st_ino in mapped[side]:
@@ -615,11 +690,20 @@ def op_times():
         # Not set, or set and changed since, are one answer: an inode number the stream saw set
         # can come back on one side only for a new file.
         want = times_set[side].get(s.st_ino)
+        if side == 0 and stat.S_ISDIR(s.st_mode) and want is not None:
+            dir_set_at.append(times_set_at[0].get(s.st_ino, -1))
         return ('set', want) if want is not None and s.st_mtime_ns == want else 'other'
 
     r0, t0 = call(lambda: look(0, r)), call(lambda: look(1, t))
     if r0 != t0 and ('ok', 'mapped') not in (r0, t0):
-        mismatch('times %s' % what, r0, t0)
+        # A known limit: a file unlinked while open keeps a hidden name in its directory until
+        # its last close, and high-level libfuse removes that name then, which moves the
+        # directory's mtime where a local filesystem's close moves nothing (docs/reliability.md,
+        # "Handles held open across operations", item 9).
+        if t0 == ('ok', 'other') and dir_set_at and dir_set_at[0] < last_hidden_close[0]:
+            note_known('directory mtime moved by the last close of a file unlinked while open')
+        else:
+            mismatch('times %s' % what, r0, t0)
     if TRACE:
         sys.stderr.write('%d times %s: %s%s\n' % (op_index, what, short(r0), '' if r0 == t0 else ' GOT ' + short(t0)))
 
@@ -660,6 +744,52 @@ def op_stat_follow():
     both('stat %s' % name, lambda: os.stat(pr), lambda: os.stat(pt), st_norm)
 
 
+
+# HANDLE_DIFF_USER=1: about half the operations run as an ordinary user (effective uid 1000,
+# gid 1000, groups 1000 and 2000; seteuid and back, so descriptors opened as either stay open):
+# permission checks, ownership of what it creates, setuid/setgid cleared by its writes and
+# chowns, sticky directories, chgrp to a group it is in. The top directories are 1777; with
+# HANDLE_DIFF_META the stream's chown and chmod give files to and take them from the user.
+USER = os.environ.get('HANDLE_DIFF_USER') == '1'
+USER_ID, USER_GROUPS = 1000, [1000, 2000]
+
+
+def as_user(fn):
+    os.setgroups(USER_GROUPS)
+    os.setegid(USER_ID)
+    os.seteuid(USER_ID)
+    try:
+        fn()
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+        os.setgroups([])
+
+
+def op_chmod_dir():
+    d = rng.choice(DIRS or ['.'])
+    dr, dt = paths(d)
+    mode = rng.choice([0o1777, 0o777, 0o755, 0o2777, 0o3777])
+    both('chmod dir %s %o' % (d, mode), lambda: os.chmod(dr, mode), lambda: os.chmod(dt, mode))
+
+
+def op_chgrp():
+    name = rng.choice(NAMES)
+    pr, pt = paths(name)
+    gid = rng.choice([0, 1000, 2000, 3000])
+    both('lchgrp %s %d' % (name, gid), lambda: os.chown(pr, -1, gid, follow_symlinks=False),
+         lambda: os.chown(pt, -1, gid, follow_symlinks=False))
+    both('lstat owner %s' % name, lambda: os.lstat(pr), lambda: os.lstat(pt),
+         lambda s: (s.st_uid, s.st_gid, stat.S_IMODE(s.st_mode)))
+
+
+def op_owner():
+    name = rng.choice(NAMES + DIRS)
+    pr, pt = paths(name)
+    both('owner %s' % name, lambda: os.lstat(pr), lambda: os.lstat(pt),
+         lambda s: (s.st_uid, s.st_gid, stat.S_IMODE(s.st_mode)))
+
+
 OPS = [
     (op_create, 10), (op_open, 6), (op_write, 18), (op_pwrite, 12), (op_pread, 8), (op_read, 4),
     (op_seek, 3), (op_fstat, 8), (op_stat, 6), (op_ftruncate, 4), (op_sync, 3), (op_close, 10),
@@ -672,6 +802,8 @@ if META:
     OPS += [(op_setxattr, 4), (op_getxattr, 3), (op_listxattr, 2), (op_removexattr, 2), (op_utime, 4),
             (op_times, 5), (op_chown, 2), (op_chmod_name, 2), (op_symlink, 2), (op_readlink, 1),
             (op_stat_follow, 2)]
+if USER:
+    OPS += [(op_chmod_dir, 2), (op_chgrp, 2), (op_owner, 3)]
 if DIRS:
     OPS += [(op_mkdir, 3), (op_rmdir, 3), (op_rename_dir, 4), (op_listdir, 2), (op_stat_dir, 2)]
 FNS = [f for f, w in OPS for _ in range(w)]
@@ -690,8 +822,22 @@ def note_shared():
 for d in DIRS[:2]:
     for r in (ref_dir, test_dir):
         os.mkdir(os.path.join(r, d))
+if USER:
+    os.umask(0o022)
+    for r in (ref_dir, test_dir):
+        os.chmod(r, 0o1777)
+        # The user must reach both: search permission on every directory above them.
+        up = os.path.dirname(os.path.abspath(r))
+        while up != '/':
+            m = stat.S_IMODE(os.stat(up).st_mode)
+            if m & 0o011 != 0o011:
+                os.chmod(up, m | 0o011)
+            up = os.path.dirname(up)
 for op_index in range(n_ops):
-    rng.choice(FNS)()
+    if USER and rng.random() < 0.5:
+        as_user(rng.choice(FNS))
+    else:
+        rng.choice(FNS)()
     if len(handles) > 12:
         op_close()
     note_shared()
@@ -709,5 +855,5 @@ for name in NAMES:
     if os.path.lexists(pr):
         both('final content %s' % name, lambda: open(pr, 'rb').read(), lambda: open(pt, 'rb').read())
 
-print(json.dumps({'ops': n_ops, 'seed': seed, 'mismatches': mismatches}))
+print(json.dumps({'ops': n_ops, 'seed': seed, 'mismatches': mismatches, 'known': known}))
 sys.exit(1 if mismatches else 0)

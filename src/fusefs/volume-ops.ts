@@ -1032,8 +1032,21 @@ export class VolumeOps {
       // that one: its lookup of `to` finds the open file, and it fails with EEXIST itself.)
       if (flags & RENAME_NOREPLACE && src && dest) throw errnoError('EEXIST');
       // Two names of one file: POSIX rename does nothing, and neither the mirror nor the change
-      // record may see a rename (f would be gone there).
-      if (src && dest && sameFile(src, dest)) return;
+      // record may see a rename (f would be gone there). libfuse moves its node of `from` to
+      // `to` all the same (and drops the node `to` had, which no handle holds: it would have
+      // hidden an open one first), so what follows libfuse's nodes follows it here too: the
+      // handles open on that node, the names whose kernel inodes may hold its dirty pages, the
+      // kernel names of the file. Without this, a handle opened by `from` was thought to be still
+      // there, and once its node lost its path (its new name unlinked while open, then its
+      // directory removed) no change through it invalidated the file's other names, nor one
+      // through them its node: fstat through it kept an old size (bench/handle-diff.py --meta
+      // --dirs, stream 26700).
+      if (src && dest && sameFile(src, dest)) {
+        this.openNames.renamed(from, to);
+        this.kernelNames?.renamed(from, to);
+        this.kernelNames?.handles.renamed(from, to);
+        return;
+      }
       if (src && !dest && hiddenAs !== undefined) {
         const hidden = this.lstatIfAny(hiddenAs);
         if (hidden && sameFile(src, hidden)) {
@@ -1042,6 +1055,8 @@ export class VolumeOps {
           // name until libfuse removes it at the last release. libfuse moves its node of `from`
           // to `to` all the same.
           await this.linkNow(from, to);
+          this.openNames.renamed(from, to);
+          this.kernelNames?.renamed(from, to);
           this.kernelNames?.handles.renamed(from, to);
           return;
         }

@@ -114,7 +114,9 @@ describe('handles held open across operations through a 1 MiB cache', () => {
  * answered in libfuse's thread, which cannot invalidate such a node; native unlinks are off now
  * while one exists, 4 of 4 and 5 of 5 runs before), and 2300500 with fallocate(2) in the stream
  * (HANDLE_DIFF_FALLOCATE=1), and 2400100 whose names f1, f3 and d1 hold bytes that are not UTF-8
- * (HANDLE_DIFF_BYTES=1: docs/architecture.md, "Names are bytes"). One after the other on one server.
+ * (HANDLE_DIFF_BYTES=1: docs/architecture.md, "Names are bytes"), and 100 with xattrs, explicit
+ * times and chown (HANDLE_DIFF_META=1; its op 858 saw the mtime a utimens had set ahead of now
+ * after a later write, until patch level 16). One after the other on one server.
  */
 describe('handles held open across operations, directories removed under them (libfuse3)', () => {
   let fx: ControlFixture;
@@ -125,24 +127,25 @@ describe('handles held open across operations, directories removed under them (l
     await fx?.close();
   });
 
-  it('streams 954402, 9600800, 9603300, 1044202, 2203102, 2300500 and 2400100: every result as in the plain directory, no wait cut by the bound; the mirror equals the primary', {
+  it('streams 954402, 9600800, 9603300, 1044202, 2203102, 2300500, 2400100 and 100: every result as in the plain directory, no wait cut by the bound; the mirror equals the primary', {
     timeout: 180_000,
   }, async () => {
     const c = await fx.connect();
-    for (const [seed, ops, dirs, falloc, bytes] of [
-      [954402, 955, 1, 0, 0],
-      [9600800, 816, 1, 0, 0],
-      [9603300, 337, 1, 0, 0],
-      [1044202, 1500, 0, 0, 0],
-      [2203102, 1416, 1, 0, 0],
-      [2300500, 1500, 1, 1, 0],
-      [2400100, 1500, 1, 0, 1],
+    for (const [seed, ops, dirs, falloc, bytes, meta] of [
+      [954402, 955, 1, 0, 0, 0],
+      [9600800, 816, 1, 0, 0, 0],
+      [9603300, 337, 1, 0, 0, 0],
+      [1044202, 1500, 0, 0, 0, 0],
+      [2203102, 1416, 1, 0, 0, 0],
+      [2300500, 1500, 1, 1, 0, 0],
+      [2400100, 1500, 1, 0, 1, 0],
+      [100, 870, 0, 0, 0, 1],
     ]) {
       const ref = path.join(fx.base, `ref${seed}`);
       const dir = path.join(fx.mnt, `d${seed}`);
       await fsp.mkdir(ref);
       await sh(`mkdir '${dir}'`, { timeoutMs: 30_000 });
-      const env = `HANDLE_DIFF_DIRS=${dirs} HANDLE_DIFF_FALLOCATE=${falloc} HANDLE_DIFF_BYTES=${bytes}`;
+      const env = `HANDLE_DIFF_DIRS=${dirs} HANDLE_DIFF_FALLOCATE=${falloc} HANDLE_DIFF_BYTES=${bytes} HANDLE_DIFF_META=${meta}`;
       const r = await sh(`${env} ${PYTHON} '${SCRIPT}' '${ref}' '${dir}' ${seed} ${ops}`, {
         timeoutMs: 120_000,
       });
