@@ -721,7 +721,11 @@ def op_chown():
 def op_chmod_name():
     name = rng.choice(NAMES)
     pr, pt = paths(name)
-    mode = rng.choice([0o4755, 0o2755, 0o6755, 0o2745, 0o1777, 0o644, 0o600])
+    # setgid without group execute (0o2745) only with root alone: a write or truncate by a user
+    # outside the file's group clears that bit on a local filesystem; the kernel's FUSE code
+    # clears setgid only together with group execute (fuse_setattr: the server's job with
+    # FUSE_HANDLE_KILLPRIV_V2, which high-level libfuse 3.14 cannot pass on). A known limit.
+    mode = rng.choice([0o4755, 0o2755, 0o6755, 0o2755 if USER else 0o2745, 0o1777, 0o644, 0o600])
     both('chmod %s %o' % (name, mode), lambda: os.chmod(pr, mode), lambda: os.chmod(pt, mode))
 
 

@@ -181,8 +181,10 @@ export function createFuseHandlers(ops: VolumeOps, opts: AdapterOptions): Record
       tryCall('setxattr', cb, () => ops.setxattr(path, name, value, flags), status('setxattr', cb)),
     getxattr: (path: string, name: string, _position: number, cb: Cb) =>
       tryCall('getxattr', cb, () => ops.getxattr(path, name), value('getxattr', cb)),
-    listxattr: (path: string, cb: Cb) =>
-      tryCall('listxattr', cb, () => ops.listxattr(path), value('listxattr', cb)),
+    listxattr: (path: string, cb: Cb) => {
+      const ctx = opts.context();
+      tryCall('listxattr', cb, () => ops.listxattr(path, ctx), value('listxattr', cb));
+    },
     removexattr: (path: string, name: string, cb: Cb) =>
       tryCall('removexattr', cb, () => ops.removexattr(path, name), status('removexattr', cb)),
   };

@@ -1220,9 +1220,17 @@ export class VolumeOps {
     return value;
   }
 
-  async listxattr(path: string): Promise<Array<string | Buffer>> {
+  /**
+   * ctx: the caller. trusted.* names are listed to root only, as a local filesystem lists them
+   * to CAP_SYS_ADMIN only (ext4's trusted list handler); the kernel's FUSE code passes the
+   * server's list on unfiltered, where reading or setting them is refused to others by the VFS
+   * itself. (uid 0 stands for the capability: FUSE tells no capabilities.)
+   */
+  async listxattr(path: string, ctx?: CallerContext): Promise<Array<string | Buffer>> {
     let names = this.onEntry(path, listXattrs);
     if (names.some((n) => POSIX_ACL_NAMES.has(n))) names = names.filter((n) => !POSIX_ACL_NAMES.has(n));
+    if (ctx !== undefined && ctx.uid !== 0 && names.some((n) => n.startsWith(TRUSTED_PREFIX)))
+      names = names.filter((n) => !n.startsWith(TRUSTED_PREFIX));
     // A name that is not UTF-8 goes back to the kernel as its bytes (src/posix/byte-names.ts).
     return names.map(fsPath);
   }
@@ -1511,6 +1519,8 @@ function lstatNow(p: string): fs.BigIntStats {
 function isDir(st: fs.Stats | undefined): boolean {
   return st !== undefined && (st.mode & S_IFMT) === S_IFDIR;
 }
+
+const TRUSTED_PREFIX = 'trusted.';
 
 function sameFile(a: fs.Stats, b: fs.Stats): boolean {
   return a.ino === b.ino && a.dev === b.dev;
