@@ -123,8 +123,14 @@ export function createFuseHandlers(ops: VolumeOps, opts: AdapterOptions): Record
         () => ops.fallocate(fh, mode, offset, len, path ?? undefined),
         status('fallocate', cb),
       ),
-    unlink: (path: string, cb: Cb) => tryCall('unlink', cb, () => ops.unlink(path), status('unlink', cb)),
-    rmdir: (path: string, cb: Cb) => tryCall('rmdir', cb, () => ops.rmdir(path), status('rmdir', cb)),
+    unlink: (path: string, cb: Cb) => {
+      const ctx = opts.context();
+      tryCall('unlink', cb, () => ops.unlink(path, ctx), status('unlink', cb));
+    },
+    rmdir: (path: string, cb: Cb) => {
+      const ctx = opts.context();
+      tryCall('rmdir', cb, () => ops.rmdir(path, ctx), status('rmdir', cb));
+    },
     mkdir: (path: string, mode: number, cb: Cb) => {
       const ctx = opts.context();
       tryCall('mkdir', cb, () => ops.mkdir(path, mode, ctx), status('mkdir', cb));
@@ -151,24 +157,30 @@ export function createFuseHandlers(ops: VolumeOps, opts: AdapterOptions): Record
             to,
             followsHide === 0 || followsHide === 1 ? followsHide === 1 : undefined,
             flags ?? 0,
+            opts.context(),
           ),
         status('rename', cb),
       ),
     // "#FH": a node without a path, changed through its handle (fuse-native level 12).
-    chmod: (path: string, mode: number, cb: Cb) =>
+    chmod: (path: string, mode: number, cb: Cb) => {
+      const ctx = opts.context();
       tryCall(
         'chmod',
         cb,
-        () => (isHandlePath(path) ? ops.fchmod(handleOf(path), mode) : ops.chmod(path, mode)),
+        () => (isHandlePath(path) ? ops.fchmod(handleOf(path), mode, ctx) : ops.chmod(path, mode, ctx)),
         status('chmod', cb),
-      ),
-    chown: (path: string, uid: number, gid: number, cb: Cb) =>
+      );
+    },
+    chown: (path: string, uid: number, gid: number, cb: Cb) => {
+      const ctx = opts.context();
       tryCall(
         'chown',
         cb,
-        () => (isHandlePath(path) ? ops.fchown(handleOf(path), uid, gid) : ops.chown(path, uid, gid)),
+        () =>
+          isHandlePath(path) ? ops.fchown(handleOf(path), uid, gid, ctx) : ops.chown(path, uid, gid, ctx),
         status('chown', cb),
-      ),
+      );
+    },
     utimens: (path: string, atime: bigint | null, mtime: bigint | null, cb: Cb) =>
       tryCall(
         'utimens',

@@ -89,6 +89,8 @@ const S_IFREG = 0o100000;
 const RENAME_NOREPLACE = 1;
 const S_IFDIR = 0o040000;
 const S_ISGID = 0o2000;
+const S_ISUID = 0o4000;
+const S_ISVTX = 0o1000;
 const NO_ID = 0xffffffff;
 const XATTR_CREATE = 1;
 const XATTR_REPLACE = 2;
@@ -770,11 +772,39 @@ export class VolumeOps {
 
   // ---- namespace ----------------------------------------------------------------------------
 
-  async unlink(path: string): Promise<void> {
+  /** ctx: the caller, for the sticky directory's rule (stickyOnly). */
+  async unlink(path: string, ctx?: CallerContext): Promise<void> {
     // A hidden name (libfuse's removal at the last close): nothing the kernel shows moves, and no
     // name is invalidated (KernelNames.hiddenNameRemoving says why).
     const hidden = this.kernelNames !== undefined && isHiddenPath(path);
-    await this.guarded([path], () => this.unlinkNow(path, hidden), !hidden);
+    await this.guarded(
+      [path],
+      () => {
+        if (notRoot(ctx)) this.stickyOnly(path, ctx!);
+        return this.unlinkNow(path, hidden);
+      },
+      !hidden,
+    );
+  }
+
+  /**
+   * The sticky directory's rule again, on the primary, for a caller other than root: an entry of
+   * a sticky directory goes only by its owner's or the directory's owner's hand (EPERM). The
+   * kernel checked it from the victim's kernel inode, whose owner a chown through another name
+   * of the file can have left stale (one kernel inode per name: bench/handle-diff.py --user,
+   * stream 42500). libfuse's own removal of a hidden name at the last close runs with the
+   * closer's identity and is not checked (the unlink that hid the file was).
+   */
+  private stickyOnly(path: string, ctx: CallerContext): void {
+    if (isHiddenPath(path)) return;
+    const slash = path.lastIndexOf('/');
+    const parent = slash <= 0 ? '/' : path.slice(0, slash);
+    this.paths.at([parent, path], (dir, entry) => {
+      const d = fs.lstatSync(dir!);
+      if ((d.mode & S_ISVTX) === 0 || d.uid === ctx.uid) return;
+      const e = lstatOrUndefined(entry!);
+      if (e !== undefined && e.uid !== ctx.uid) throw errnoError('EPERM', 'sticky directory');
+    });
   }
 
   /**
@@ -918,8 +948,9 @@ export class VolumeOps {
     return applied.then(() => (node.refs === 0 ? this.cache.discard(node) : undefined));
   }
 
-  async rmdir(path: string): Promise<void> {
+  async rmdir(path: string, ctx?: CallerContext): Promise<void> {
     await this.guarded([path], async () => {
+      if (notRoot(ctx)) this.stickyOnly(path, ctx!);
       try {
         this.paths.at([path], (b) => fs.rmdirSync(b));
       } catch (err) {
@@ -1020,7 +1051,13 @@ export class VolumeOps {
    * `to` exists, checked and done in one synchronous step: the kernel holds both directories for
    * the request, and nothing else changes the primary while it is mounted).
    */
-  async rename(from: string, to: string, followsHide?: boolean, flags = 0): Promise<void> {
+  async rename(
+    from: string,
+    to: string,
+    followsHide?: boolean,
+    flags = 0,
+    ctx?: CallerContext,
+  ): Promise<void> {
     if ((flags & ~RENAME_NOREPLACE) !== 0) throw errnoError('EINVAL');
     // Taken before the passes: a hide of `to` counts only as the step just before this one.
     const hidden = this.hides.take(to);
@@ -1028,6 +1065,11 @@ export class VolumeOps {
     await this.guarded([from, to], async () => {
       const src = this.lstatIfAny(from);
       const dest = this.lstatIfAny(to);
+      // The sticky rule for what goes (stickyOnly); two names of one file: nothing goes.
+      if (notRoot(ctx) && !(src && dest && sameFile(src, dest))) {
+        this.stickyOnly(from, ctx!);
+        if (dest) this.stickyOnly(to, ctx!);
+      }
       // (libfuse hides an open target before any rename, NOREPLACE too; the kernel never sends
       // that one: its lookup of `to` finds the open file, and it fails with EEXIST itself.)
       if (flags & RENAME_NOREPLACE && src && dest) throw errnoError('EEXIST');
@@ -1109,18 +1151,28 @@ export class VolumeOps {
     });
   }
 
-  async chmod(path: string, mode: number): Promise<void> {
+  /**
+   * ctx: the caller (chmod, chown: see ownerOnly). The kernel checks ownership before it sends
+   * either, from the inode it has for the name used; another name of the file may have changed
+   * the owner since (one kernel inode per name), so the owner is checked here again on the
+   * primary for callers other than root.
+   */
+  async chmod(path: string, mode: number, ctx?: CallerContext): Promise<void> {
     await this.guarded([path], async () => {
-      this.paths.at([path], (b) => fs.chmodSync(b, mode & 0o7777));
+      this.paths.at([path], (b) => {
+        if (notRoot(ctx)) ownerOnly(fs.lstatSync(b), ctx!, mode);
+        fs.chmodSync(b, mode & 0o7777);
+      });
       await this.sink.apply({ op: 'chmod', path, mode: mode & 0o7777 });
     });
   }
 
-  async chown(path: string, uid: number, gid: number): Promise<void> {
+  async chown(path: string, uid: number, gid: number, ctx?: CallerContext): Promise<void> {
     await this.guarded([path], async () => {
       const u = uid === NO_ID ? -1 : uid;
       const g = gid === NO_ID ? -1 : gid;
       const st = this.paths.at([path], (b) => {
+        if (notRoot(ctx)) ownerOnly(fs.lstatSync(b), ctx!, undefined, u);
         fs.lchownSync(b, u, g);
         return fs.lstatSync(b);
       });
@@ -1165,15 +1217,17 @@ export class VolumeOps {
     await this.kernelNames?.changed([node.ino], this.changedThrough(node, undefined, fh));
   }
 
-  async fchmod(fh: number, mode: number): Promise<void> {
+  async fchmod(fh: number, mode: number, ctx?: CallerContext): Promise<void> {
     await this.setattrByHandle(fh, (node) => {
+      if (notRoot(ctx)) ownerOnly(fs.fstatSync(node.fd), ctx!, mode);
       fs.fchmodSync(node.fd, mode & 0o7777);
       return { op: 'chmod', path: node.path, mode: mode & 0o7777 };
     });
   }
 
-  async fchown(fh: number, uid: number, gid: number): Promise<void> {
+  async fchown(fh: number, uid: number, gid: number, ctx?: CallerContext): Promise<void> {
     await this.setattrByHandle(fh, (node) => {
+      if (notRoot(ctx)) ownerOnly(fs.fstatSync(node.fd), ctx!, undefined, uid === NO_ID ? -1 : uid);
       fs.fchownSync(node.fd, uid === NO_ID ? -1 : uid, gid === NO_ID ? -1 : gid);
       const st = fs.fstatSync(node.fd);
       return { op: 'chown', path: node.path, uid: st.uid, gid: st.gid };
@@ -1521,6 +1575,35 @@ function isDir(st: fs.Stats | undefined): boolean {
 }
 
 const TRUSTED_PREFIX = 'trusted.';
+
+/** A caller known and not root (uid 0 stands for the capabilities: FUSE tells none). */
+function notRoot(ctx: CallerContext | undefined): boolean {
+  return ctx !== undefined && ctx.uid !== 0;
+}
+
+/**
+ * chmod and chown by a caller other than root: only the file's owner (EPERM), and chown gives a
+ * file to no one else (uid -1 or the owner's). The kernel checked the same from the attributes
+ * of the name's own kernel inode, which a change through another name of the file can have left
+ * stale (high-level libfuse keeps one per name): a user could make a file that root had just
+ * taken from them, through a hard link, setuid (bench/handle-diff.py --user found the stale
+ * owner). What the kernel checked besides (group membership for chgrp, the setgid bit a chmod
+ * drops) is left to it.
+ */
+function ownerOnly(st: fs.Stats, ctx: CallerContext, mode?: number, uid?: number): void {
+  if (st.uid === ctx.uid) {
+    if (uid !== undefined && uid !== -1 && uid !== st.uid) throw errnoError('EPERM', 'chown to another user');
+    return;
+  }
+  // The kernel's own kill of setuid/setgid when someone else writes the file (file_remove_privs:
+  // a chmod with the writer's identity) takes those bits off and nothing else: always allowed.
+  if (mode !== undefined) {
+    const was = st.mode & 0o7777;
+    const now = mode & 0o7777;
+    if ((now & ~was) === 0 && (was & ~now & ~(S_ISUID | S_ISGID)) === 0) return;
+  }
+  throw errnoError('EPERM', 'not the owner');
+}
 
 function sameFile(a: fs.Stats, b: fs.Stats): boolean {
   return a.ino === b.ino && a.dev === b.dev;

@@ -237,4 +237,49 @@ describe('root', () => {
     expect(a.mnt).toEqual(a.plain);
     expect(a.mnt.stdout).toBe('777\n');
   });
+
+  it('a user who wrote root’s world-writable setuid file loses the setuid bit (the kernel’s own chmod)', async () => {
+    const setup = 'echo x > pub/rsuid && chmod 4777 pub/rsuid';
+    await shInOk(fx.mnt, setup);
+    await shInOk(fx.plain, setup);
+    const a = await inBoth(fx, "echo more >> pub/rsuid && stat -c '%u %a' pub/rsuid", { nobody: true });
+    expect(a.mnt).toEqual(a.plain);
+    expect(a.mnt.stdout).toBe('0 777\n');
+  });
+
+  it('taking a file back through one hard link leaves its other names no owner’s rights to it', async () => {
+    // One kernel inode per name: after root's chown through A, the kernel still had B's inode
+    // with the user as owner, let the user's chmod through B pass its check, and twinfs (root on
+    // the primary) made root's file setuid; in the sticky directory the user could also rename
+    // and remove B (bench/handle-diff.py --user found the stale owner).
+    const program = `
+import errno, os, sys
+for p in ('A', 'B'):
+    if os.path.lexists(p): os.unlink(p)
+with open('A', 'w') as f: f.write('#!/bin/sh\\nid -u\\n')
+os.chown('A', ${NOBODY}, ${NOBODY})
+os.link('A', 'B')
+os.stat('B'); os.stat('A')       # both names' inodes cached, the user as owner
+os.chown('A', 0, 0)              # root takes the file back through A
+os.chmod('A', 0o755)
+pid = os.fork()
+if pid == 0:
+    os.setgroups([]); os.setgid(${NOBODY}); os.setuid(${NOBODY})
+    out = []
+    # rename and unlink first: the chown's kill of setuid makes the kernel fetch B's attributes.
+    for what, fn in (('rename', lambda: os.rename('B', 'C')), ('unlink', lambda: os.unlink('B')),
+                     ('chmod', lambda: os.chmod('B', 0o4755)), ('chown', lambda: os.chown('B', ${NOBODY}, -1))):
+        try:
+            fn(); out.append(what + ' ok')
+        except OSError as e:
+            out.append(what + ' ' + errno.errorcode[e.errno])
+    print(' '.join(out)); sys.stdout.flush(); os._exit(0)
+os.waitpid(pid, 0)
+st = os.stat('A')
+print(oct(st.st_mode & 0o7777), st.st_uid)
+`;
+    const want = 'rename EPERM unlink EPERM chmod EPERM chown EPERM\n0o755 0\n';
+    expect(await pyIn(path.join(fx.plain, 'pub'), program)).toBe(want);
+    expect(await pyIn(path.join(fx.mnt, 'pub'), program)).toBe(want);
+  });
 });
