@@ -250,6 +250,7 @@ export class TwinFs {
       forgetNoCapabilities: () => this.fuseClass?.forgetNoCapabilities?.(),
       kernelNames: this.kernelNames,
       readdirStats: this.libfuse === 3,
+      mountPoint: this.mountPoint,
     });
     if (this.kernelNames) {
       const names = this.kernelNames;

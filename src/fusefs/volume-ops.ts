@@ -8,6 +8,7 @@ import { writeAll } from '../posix/write-all.js';
 import { getXattr, listXattrs, removeXattr, setXattr } from '../posix/xattr.js';
 import { type ChangeSink, nullSink, syncAlongside, type WriteGate } from './change-sink.js';
 import { errnoError } from './errno.js';
+import { HandleNodes } from './handle-nodes.js';
 import { HiddenLinks, HiddenRenames, isHiddenEntry, isHiddenPath } from './hidden-renames.js';
 import type { KernelNames, ShownAttrs } from './kernel-names.js';
 import type { ClosedFile, NativeCreated } from './native-changes.js';
@@ -75,6 +76,8 @@ export interface VolumeOpsOptions {
   kernelNames?: KernelNames;
   /** readdir returns each entry's attributes too (readdirplus: no lookup per entry). */
   readdirStats?: boolean;
+  /** The mount point (libfuse3: ownerRefreshed stats other names through it). */
+  mountPoint?: string;
 }
 
 /** readdir's answer with attributes (readdirStats). */
@@ -153,7 +156,43 @@ export class VolumeOps {
     this.forgetNoCapabilities = opts.forgetNoCapabilities;
     this.kernelNames = opts.kernelNames;
     this.readdirStats = opts.readdirStats ?? false;
+    this.mountPoint = opts.mountPoint;
     this.primaryWriteBack = primaryWriteBackOn();
+  }
+  private readonly mountPoint: string | undefined;
+
+  /**
+   * After a chmod or chown of a file with other names the kernel knows (libfuse3, KernelNames):
+   * the kernel decides ownership (chmod, chown, utimens, the sticky directory's rule) and the
+   * setuid/setgid kill of a write from the attributes its inode of the name used holds in
+   * memory, without asking first; an invalidation only marks them old, and they are fetched
+   * again at the next stat or permission check of that name. Until then a user kept, through a
+   * hard link, rights to a file root had just taken back, or lacked those just given
+   * (bench/handle-diff.py --user, streams 42500 and 52202). So each other name is stat'ed
+   * through the mount before the change is answered, which makes the kernel fetch them now.
+   * From libuv's pool, never on the JS thread: the GETATTRs are answered by libfuse's threads
+   * or by this thread, which is not waiting. Bounded (OWNER_REFRESH_MS): a name that does not
+   * answer is left to its next use. Names without a path (their handles' keys) are not reached:
+   * fstat through such a descriptor fetches them.
+   */
+  private async ownerRefreshed(ino: number, through?: string): Promise<void> {
+    const names = this.kernelNames;
+    if (names === undefined || this.mountPoint === undefined) return;
+    const others = names.namesOf(ino).filter((n) => n !== through && !HandleNodes.isKey(n));
+    if (others.length === 0) return;
+    const root = this.mountPoint;
+    let timer: NodeJS.Timeout | undefined;
+    const bound = new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, OWNER_REFRESH_MS);
+    });
+    try {
+      await Promise.race([
+        Promise.all(others.map((n) => fsp.lstat(fsPath(`${root}${n}`)).catch(() => undefined))),
+        bound,
+      ]);
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   get openHandles(): number {
@@ -1158,16 +1197,20 @@ export class VolumeOps {
    * primary for callers other than root.
    */
   async chmod(path: string, mode: number, ctx?: CallerContext): Promise<void> {
+    let ino: number | undefined;
     await this.guarded([path], async () => {
       this.paths.at([path], (b) => {
         if (notRoot(ctx)) ownerOnly(fs.lstatSync(b), ctx!, mode);
         fs.chmodSync(b, mode & 0o7777);
+        ino = fs.lstatSync(b).ino;
       });
       await this.sink.apply({ op: 'chmod', path, mode: mode & 0o7777 });
     });
+    if (ino !== undefined) await this.ownerRefreshed(ino, path);
   }
 
   async chown(path: string, uid: number, gid: number, ctx?: CallerContext): Promise<void> {
+    let ino: number | undefined;
     await this.guarded([path], async () => {
       const u = uid === NO_ID ? -1 : uid;
       const g = gid === NO_ID ? -1 : gid;
@@ -1176,8 +1219,10 @@ export class VolumeOps {
         fs.lchownSync(b, u, g);
         return fs.lstatSync(b);
       });
+      ino = st.ino;
       await this.sink.apply({ op: 'chown', path, uid: st.uid, gid: st.gid });
     });
+    if (ino !== undefined) await this.ownerRefreshed(ino, path);
   }
 
   /** Times in ns since the epoch, set exactly; null leaves that time unchanged. */
@@ -1218,20 +1263,26 @@ export class VolumeOps {
   }
 
   async fchmod(fh: number, mode: number, ctx?: CallerContext): Promise<void> {
+    let ino: number | undefined;
     await this.setattrByHandle(fh, (node) => {
       if (notRoot(ctx)) ownerOnly(fs.fstatSync(node.fd), ctx!, mode);
       fs.fchmodSync(node.fd, mode & 0o7777);
+      ino = node.ino;
       return { op: 'chmod', path: node.path, mode: mode & 0o7777 };
     });
+    if (ino !== undefined) await this.ownerRefreshed(ino);
   }
 
   async fchown(fh: number, uid: number, gid: number, ctx?: CallerContext): Promise<void> {
+    let ino: number | undefined;
     await this.setattrByHandle(fh, (node) => {
       if (notRoot(ctx)) ownerOnly(fs.fstatSync(node.fd), ctx!, undefined, uid === NO_ID ? -1 : uid);
       fs.fchownSync(node.fd, uid === NO_ID ? -1 : uid, gid === NO_ID ? -1 : gid);
       const st = fs.fstatSync(node.fd);
+      ino = node.ino;
       return { op: 'chown', path: node.path, uid: st.uid, gid: st.gid };
     });
+    if (ino !== undefined) await this.ownerRefreshed(ino);
   }
 
   async futimens(fh: number, atime: bigint | null, mtime: bigint | null): Promise<void> {
@@ -1575,6 +1626,8 @@ function isDir(st: fs.Stats | undefined): boolean {
 }
 
 const TRUSTED_PREFIX = 'trusted.';
+/** How long a chmod or chown waits for the stats of the file's other names (ownerRefreshed). */
+const OWNER_REFRESH_MS = 2000;
 
 /** A caller known and not root (uid 0 stands for the capabilities: FUSE tells none). */
 function notRoot(ctx: CallerContext | undefined): boolean {

@@ -155,3 +155,65 @@ describe('attributes through every name of a hard link after each change and wri
     expect(seen.afterChange).toEqual(seen.primary);
   }, 90_000);
 });
+
+// The kernel decides ownership (chmod, chown, the sticky directory's rule) and the setuid kill
+// of a write from the attributes its inode of the name used holds in memory, without asking
+// first; the invalidation after a change through another name only marks them old. twinfs stats
+// the other names through the mount before answering a chmod or chown (VolumeOps.ownerRefreshed),
+// so the kernel holds the new owner and mode everywhere at once. Both directions, as a user
+// (nobody) against root's changes through the file's other name, in a 1777 directory; a plain
+// directory gives the same answers. Without the refresh a chmod by the new owner was refused
+// (EPERM, 3 of 3); the write (its open refreshes the attributes for its permission check) must
+// still drop the setuid bit root had just set through the other name.
+const OWNER_PROGRAM = `
+import errno, os, sys
+NOBODY = 65534
+def as_nobody(fn):
+    pid = os.fork()
+    if pid == 0:
+        os.setgroups([]); os.setgid(NOBODY); os.setuid(NOBODY)
+        try:
+            fn(); os._exit(0)
+        except OSError as e:
+            os._exit(e.errno)
+    _, st = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(st)
+    return 'ok' if code == 0 else errno.errorcode.get(code, str(code))
+out = []
+for i in range(3):
+    a, b = 'oa%d' % i, 'ob%d' % i
+    with open(a, 'w') as f: f.write('x')
+    os.chmod(a, 0o666)
+    os.link(a, b)
+    os.stat(a); os.stat(b)                 # both names' inodes in the kernel, root the owner
+    os.chown(a, NOBODY, NOBODY)            # given to the user through a
+    given = as_nobody(lambda: os.chmod(b, 0o600))
+    os.chown(a, 0, 0); os.chmod(a, 0o666)  # taken back
+    os.stat(b)
+    os.chmod(a, 0o4777)                    # root makes it setuid through a
+    def write():
+        with open(b, 'a') as f: f.write('y')
+    wrote = as_nobody(write)
+    out.append([given, wrote, oct(os.stat(a).st_mode & 0o7777)])
+print(out)
+`;
+
+describe('ownership through every name of a hard link (libfuse3)', () => {
+  let fx: PosixFixture;
+  beforeAll(async () => {
+    fx = await mountFixture(['--fuse', '3']);
+  });
+  afterAll(async () => {
+    await fx?.close();
+  });
+
+  it('a chmod or chown through one name holds for the kernel’s checks through the others at once', async () => {
+    const want = `${JSON.stringify(Array(3).fill(['ok', 'ok', '0o777']))
+      .replace(/"/g, "'")
+      .replace(/,/g, ', ')}\n`;
+    for (const dir of [fx.plain, fx.mnt]) {
+      await pyIn(dir, "import os; os.mkdir('own'); os.chmod('own', 0o1777)");
+      expect(await pyIn(`${dir}/own`, OWNER_PROGRAM, { timeoutMs: 60_000 })).toBe(want);
+    }
+  }, 90_000);
+});
