@@ -172,13 +172,18 @@ export class VolumeOps {
    * through the mount before the change is answered, which makes the kernel fetch them now.
    * From libuv's pool, never on the JS thread: the GETATTRs are answered by libfuse's threads
    * or by this thread, which is not waiting. Bounded (OWNER_REFRESH_MS): a name that does not
-   * answer is left to its next use. Names without a path (their handles' keys) are not reached:
-   * fstat through such a descriptor fetches them.
+   * answer is left to its next use. Names without a path (their handles' keys) and hidden names
+   * are not reached: fstat through such a descriptor fetches them.
    */
   private async ownerRefreshed(ino: number, through?: string): Promise<void> {
     const names = this.kernelNames;
     if (names === undefined || this.mountPoint === undefined) return;
-    const others = names.namesOf(ino).filter((n) => n !== through && !HandleNodes.isKey(n));
+    // Not libfuse's hidden names: a lookup of one through the mount gave the kernel a name for
+    // a node that twinfs may drop the name of itself (dropHiddenNames), and that node kept the
+    // nlink it had then (bench/handle-diff.py --user --meta --dirs, stream 62801).
+    const others = names
+      .namesOf(ino)
+      .filter((n) => n !== through && !HandleNodes.isKey(n) && !isHiddenPath(n));
     if (others.length === 0) return;
     const root = this.mountPoint;
     let timer: NodeJS.Timeout | undefined;
