@@ -482,16 +482,19 @@ def op_read_name():
     both('read whole %s' % name, lambda: whole(pr), lambda: whole(pt))
 
 
+def by_name(pool, what, fn, norm=lambda v: v):
+    """One call on a name picked from pool, in REF and in TEST."""
+    name = rng.choice(pool)
+    pr, pt = paths(name)
+    return both('%s %s' % (what, name), lambda: fn(pr), lambda: fn(pt), norm)
+
+
 def op_mkdir():
-    d = rng.choice(DIRS)
-    dr, dt = paths(d)
-    both('mkdir %s' % d, lambda: os.mkdir(dr), lambda: os.mkdir(dt))
+    by_name(DIRS, 'mkdir', os.mkdir)
 
 
 def op_rmdir():
-    d = rng.choice(DIRS)
-    dr, dt = paths(d)
-    both('rmdir %s' % d, lambda: os.rmdir(dr), lambda: os.rmdir(dt))
+    by_name(DIRS, 'rmdir', os.rmdir)
 
 
 def op_rename_dir():
@@ -756,15 +759,11 @@ def op_symlink():
 
 
 def op_readlink():
-    name = rng.choice(NAMES)
-    pr, pt = paths(name)
-    both('readlink %s' % name, lambda: os.readlink(pr), lambda: os.readlink(pt))
+    by_name(NAMES, 'readlink', os.readlink)
 
 
 def op_stat_follow():
-    name = rng.choice(NAMES)
-    pr, pt = paths(name)
-    both('stat %s' % name, lambda: os.stat(pr), lambda: os.stat(pt), st_norm)
+    by_name(NAMES, 'stat', os.stat, st_norm)
 
 
 
