@@ -161,6 +161,11 @@ export class VolumeOps {
   }
   private readonly mountPoint: string | undefined;
 
+  /** Can a chmod or chown have other names to refresh (ownerRefreshed)? */
+  private get refreshesOwners(): boolean {
+    return this.mountPoint !== undefined && this.kernelNames !== undefined && !this.kernelNames.isEmpty;
+  }
+
   /**
    * After a chmod or chown of a file with other names the kernel knows (libfuse3, KernelNames):
    * the kernel decides ownership (chmod, chown, utimens, the sticky directory's rule) and the
@@ -177,7 +182,7 @@ export class VolumeOps {
    */
   private async ownerRefreshed(ino: number, through?: string): Promise<void> {
     const names = this.kernelNames;
-    if (names === undefined || this.mountPoint === undefined) return;
+    if (!this.refreshesOwners || names === undefined || this.mountPoint === undefined) return;
     // Not libfuse's hidden names: a lookup of one through the mount gave the kernel a name for
     // a node that twinfs may drop the name of itself (dropHiddenNames), and that node kept the
     // nlink it had then (bench/handle-diff.py --user --meta --dirs, stream 62801).
@@ -1128,9 +1133,7 @@ export class VolumeOps {
       // through them its node: fstat through it kept an old size (bench/handle-diff.py --meta
       // --dirs, stream 26700).
       if (src && dest && sameFile(src, dest)) {
-        this.openNames.renamed(from, to);
-        this.kernelNames?.renamed(from, to);
-        this.kernelNames?.handles.renamed(from, to);
+        this.nodeMoved(from, to);
         return;
       }
       if (src && !dest && hiddenAs !== undefined) {
@@ -1141,9 +1144,7 @@ export class VolumeOps {
           // name until libfuse removes it at the last release. libfuse moves its node of `from`
           // to `to` all the same.
           await this.linkNow(from, to);
-          this.openNames.renamed(from, to);
-          this.kernelNames?.renamed(from, to);
-          this.kernelNames?.handles.renamed(from, to);
+          this.nodeMoved(from, to);
           return;
         }
       }
@@ -1173,9 +1174,7 @@ export class VolumeOps {
       // Update cached paths and report in one synchronous step, so a concurrent flush reports
       // its writes either before the rename under the old path or after it under the new one.
       this.cache.renamed(from, to, src && (src.mode & S_IFMT) !== S_IFDIR ? src.ino : undefined);
-      this.openNames.renamed(from, to);
-      this.kernelNames?.renamed(from, to);
-      this.kernelNames?.handles.renamed(from, to);
+      this.nodeMoved(from, to);
       this.hides.renamed(from, to);
       if (src && !isDir(src)) {
         if (isHiddenPath(to)) this.hiddenLinks.added(src.ino);
@@ -1201,13 +1200,27 @@ export class VolumeOps {
    * the owner since (one kernel inode per name), so the owner is checked here again on the
    * primary for callers other than root.
    */
+  /**
+   * libfuse moved its node of `from` (a directory: the nodes below it too) to `to`, which it
+   * does on every successful rename: what follows libfuse's nodes follows it (the names whose
+   * kernel inodes may hold dirty mmap pages, the kernel names of files with several names, the
+   * nodes of open handles).
+   */
+  private nodeMoved(from: string, to: string): void {
+    this.openNames.renamed(from, to);
+    this.kernelNames?.renamed(from, to);
+    this.kernelNames?.handles.renamed(from, to);
+  }
+
   async chmod(path: string, mode: number, ctx?: CallerContext): Promise<void> {
     let ino: number | undefined;
     await this.guarded([path], async () => {
       this.paths.at([path], (b) => {
-        if (notRoot(ctx)) ownerOnly(fs.lstatSync(b), ctx!, mode);
+        // One lstat, and only when it is needed: the owner's check or the other names' refresh.
+        const st = notRoot(ctx) || this.refreshesOwners ? fs.lstatSync(b) : undefined;
+        if (notRoot(ctx)) ownerOnly(st!, ctx!, mode);
         fs.chmodSync(b, mode & 0o7777);
-        ino = fs.lstatSync(b).ino;
+        ino = st?.ino;
       });
       await this.sink.apply({ op: 'chmod', path, mode: mode & 0o7777 });
     });
@@ -1339,7 +1352,7 @@ export class VolumeOps {
   async listxattr(path: string, ctx?: CallerContext): Promise<Array<string | Buffer>> {
     let names = this.onEntry(path, listXattrs);
     if (names.some((n) => POSIX_ACL_NAMES.has(n))) names = names.filter((n) => !POSIX_ACL_NAMES.has(n));
-    if (ctx !== undefined && ctx.uid !== 0 && names.some((n) => n.startsWith(TRUSTED_PREFIX)))
+    if (notRoot(ctx) && names.some((n) => n.startsWith(TRUSTED_PREFIX)))
       names = names.filter((n) => !n.startsWith(TRUSTED_PREFIX));
     // A name that is not UTF-8 goes back to the kernel as its bytes (src/posix/byte-names.ts).
     return names.map(fsPath);
