@@ -8,7 +8,7 @@
 // backup peer alike, so a peer host needs no FUSE build. One exception to "POSIX":
 // aesGcmSealInPlace, the repository's pack encryption without Node's per-update buffers, and
 // copyBytes, a plain memcpy between views of shared memory. seekData (lseek SEEK_DATA/SEEK_HOLE)
-// is a metadata call like the rest.
+// and cachedPages (cachestat) are metadata calls like the rest.
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -21,6 +21,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <sys/types.h>
 #include <sys/xattr.h>
@@ -495,6 +496,38 @@ static napi_value js_seek_data(napi_env env, napi_callback_info info) {
   return num(env, r < 0 ? -errno : (double)r);
 }
 
+// cachedPages(fd, offset, len): how many pages of [offset, offset + len) (len 0: to the end) the
+// page cache holds, by cachestat(2) (Linux 6.5), or -errno (-ENOSYS on older kernels). The backup
+// peer reads a large file the cache does not hold with O_DIRECT: a buffered read of a cold file
+// costs a page-cache fill and a copy per page (1.3 s of system CPU per GiB on this project's VMs,
+// against 0.04 s with O_DIRECT), which a backup that reads each byte once never gets back.
+#ifndef __NR_cachestat
+#define __NR_cachestat 451 /* the same number on every architecture (the generic table) */
+#endif
+struct twinfs_cachestat_range {
+  uint64_t off;
+  uint64_t len;
+};
+struct twinfs_cachestat {
+  uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted;
+};
+static napi_value js_cached_pages(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  int32_t fd;
+  double off, len;
+  CHECK(napi_get_value_int32(env, argv[0], &fd));
+  CHECK(napi_get_value_double(env, argv[1], &off));
+  CHECK(napi_get_value_double(env, argv[2], &len));
+  if (!(off >= 0) || !(len >= 0) || off > 9007199254740991.0 || len > 9007199254740991.0) return num(env, -EINVAL);
+  struct twinfs_cachestat_range range = {(uint64_t)off, (uint64_t)len};
+  struct twinfs_cachestat cs;
+  memset(&cs, 0, sizeof(cs));
+  long rc = syscall(__NR_cachestat, fd, &range, &cs, 0);
+  return num(env, rc < 0 ? -errno : (double)cs.nr_cache);
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"mknod", NULL, js_mknod, NULL, NULL, NULL, napi_enumerable, NULL},
@@ -512,10 +545,11 @@ static napi_value init(napi_env env, napi_value exports) {
       {"copyBytes", NULL, js_copy_bytes, NULL, NULL, NULL, napi_enumerable, NULL},
       {"fallocate", NULL, js_fallocate, NULL, NULL, NULL, napi_enumerable, NULL},
       {"seekData", NULL, js_seek_data, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"cachedPages", NULL, js_cached_pages, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
   napi_value v;
-  napi_create_uint32(env, 10, &v);
+  napi_create_uint32(env, 11, &v);
   napi_set_named_property(env, exports, "abiLevel", v);
   return exports;
 }

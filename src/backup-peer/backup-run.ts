@@ -139,6 +139,11 @@ export interface BackupResult {
    */
   sparse?: { files: number; holeBytes: number };
   /**
+   * Large files the page cache did not hold, read from the mirror with O_DIRECT
+   * (src/posix/direct-read.ts), and the bytes read that way; absent when there were none.
+   */
+  direct?: { files: number; bytes: number };
+  /**
    * How the server's change answer drove the run, when it vouched (change-plan.ts): entries
    * carried over from the parent unread, paths looked at in the mirror, subtrees walked, large
    * files stored from their changed ranges and the bytes those read from the mirror.
@@ -537,6 +542,7 @@ export class BackupRun {
         unknownSince: prep.changes?.unknown,
         sourceCheck,
         ...(copier.sparse.files > 0 ? { sparse: { ...copier.sparse } } : {}),
+        ...(copier.direct.files > 0 ? { direct: { ...copier.direct } } : {}),
         changes: named
           ? {
               carried: referenceTotals(base!.totals, ref!, parent!.entries).carriedEntries,

@@ -3,6 +3,7 @@ import type { FileHandle } from 'node:fs/promises';
 import { Readable } from 'node:stream';
 import { delay } from '../common/async.js';
 import { errnoCode, TwinError } from '../common/errors.js';
+import { directReads } from '../posix/direct-read.js';
 import { sparseReader } from '../posix/sparse.js';
 import { type EntryRecord, storedCopyKey } from './catalog.js';
 import type { MirrorReader, SourceEntry } from './mirror-source.js';
@@ -72,6 +73,8 @@ export class EntryCopier {
   readonly carriedOver = { entries: 0, rangedFiles: 0, rangedMirrorBytes: 0 };
   /** Large files read around their holes (sparseReader), and the bytes of holes not read. */
   readonly sparse = { files: 0, holeBytes: 0 };
+  /** Large files read with O_DIRECT (posix/direct-read.ts) and the bytes read that way. */
+  readonly direct = { files: 0, bytes: 0 };
   /** Paths carry() could not share: copied from the mirror, not offered for sharing again. */
   private readonly unshareable = new Set<string>();
 
@@ -353,17 +356,16 @@ export class EntryCopier {
     const { reader, writer, signal, onBytes } = this.o;
     const { fh, stat } = await openSource(reader, src);
     let counted = 0;
+    let closeAlso: (() => Promise<void>) | undefined;
     try {
       if (stat.size > SMALL_FILE && readsInto(writer)) {
         // Read straight into the target's buffers, up to the size fstat gave; a sparse file's
         // holes are not read (src/posix/sparse.ts, sparseReader).
         const size = stat.size;
-        const reader = sparseReader(
-          fh.fd,
-          size,
-          stat.blocks * 512 < size,
-          async (buf, offset, length, position) => (await fh.read(buf, offset, length, position)).bytesRead,
-        );
+        // A large file the page cache does not hold is read with O_DIRECT (posix/direct-read.ts).
+        const source = await directReads(fh, size);
+        closeAlso = source.close;
+        const reader = sparseReader(fh.fd, size, stat.blocks * 512 < size, source.read);
         let holeBytes = 0;
         const read = async (buf: Buffer, offset: number, length: number) => {
           const r = await reader.next(buf, offset, length);
@@ -376,6 +378,10 @@ export class EntryCopier {
         const r = await writer.putFileFrom(src.path, read, meta, { signal });
         checkUnchanged(src, meta, stat, await fh.stat());
         checkStored(src, counted, r.bytes, stat.size);
+        if (source.direct) {
+          this.direct.files++;
+          this.direct.bytes += source.directBytes;
+        }
         if (holeBytes > 0) {
           this.sparse.files++;
           this.sparse.holeBytes += holeBytes;
@@ -414,6 +420,7 @@ export class EntryCopier {
       onBytes?.(-counted, true);
       throw err;
     } finally {
+      await closeAlso?.();
       await fh.close().catch(() => undefined);
     }
   }

@@ -46,6 +46,11 @@ export interface PosixAddon {
    * no such seek on this filesystem). Moves the descriptor's position.
    */
   seekData(fd: number, offset: number, hole: boolean): number;
+  /**
+   * cachestat(2): how many pages of [offset, offset + len) (len 0: to the end) are in the page
+   * cache, or -errno (-ENOSYS before Linux 6.5).
+   */
+  cachedPages(fd: number, offset: number, len: number): number;
 }
 
 /** Same depth from src/posix (tests) and dist/posix (the CLI): two levels up is the package root. */
@@ -59,7 +64,7 @@ const ADDON = path.resolve(
   'Release',
   'twinfs_posix.node',
 );
-const ABI_LEVEL = 10;
+const ABI_LEVEL = 11;
 
 let addon: PosixAddon | undefined;
 

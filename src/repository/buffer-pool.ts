@@ -1,3 +1,5 @@
+import { markPageAligned } from '../posix/direct-read.js';
+
 /**
  * Buffers of shared memory kept for reuse, of sizes rounded up to a power of two: a buffer
  * taken is the smallest kept one that is large enough, else a new one.
@@ -75,6 +77,7 @@ export function pageAlignedShared(n: number): Buffer {
   try {
     const pages = Math.max(1, Math.ceil(n / WASM_PAGE));
     const mem = new (wasmMemory())({ initial: pages, maximum: pages, shared: true });
+    markPageAligned(mem.buffer);
     return Buffer.from(mem.buffer, 0, n);
   } catch {
     return Buffer.from(new SharedArrayBuffer(n));

@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { type ReadResult, zeros } from '../posix/sparse.js';
 import type { CutAnswer, IdsRequest, StreamCutAnswer } from './blob-ops.js';
+import { pageAlignedShared } from './buffer-pool.js';
 import type { Repository } from './repository.js';
 import { repoWorkers, type WorkerPool } from './worker-pool.js';
 
@@ -96,7 +97,9 @@ export class ContentCutter {
   private readonly spareSpans: Buffer[] = [];
 
   private window(): Buffer {
-    return this.spare.pop() ?? Buffer.from(new SharedArrayBuffer(WINDOW));
+    // Page-aligned: a large file the page cache does not hold is read into it with O_DIRECT
+    // (entry-copier.ts, `directReads`).
+    return this.spare.pop() ?? pageAlignedShared(WINDOW);
   }
 
   /** Room for a chunk across windows: a spare span buffer when it fits, else one of its own. */
