@@ -275,6 +275,7 @@ export const peerCommands: OperatorCommand[] = [
             unknownSince: res.unknownSince,
             changes: res.changes,
             sparse: res.sparse,
+            direct: res.direct,
             sourceCheck: res.sourceCheck && {
               checked: res.sourceCheck.checked,
               bytes: res.sourceCheck.bytes,

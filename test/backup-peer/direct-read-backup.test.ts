@@ -74,7 +74,6 @@ describe('large cold files read past the page cache (real server, real peer proc
     const b = await cli(['backup', ...common, '--full', '--json'], 120_000);
     expect(b.code, b.stderr).toBe(0);
     expect(b.last).toMatchObject({ event: 'done', totals: { files: 1, bytes: SIZE } });
-    console.log(JSON.stringify(b.last));
     expect(b.last.direct).toEqual({ files: 1, bytes: SIZE });
     // Read past the cache: it still does not hold the copy.
     expect(cachedPages(mirrorFile) * 4096).toBeLessThan(SIZE / 4);
