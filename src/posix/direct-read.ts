@@ -32,7 +32,11 @@ export function pageAlignedAt(buf: Uint8Array, offset: number): boolean {
   return aligned.has(buf.buffer) && (buf.byteOffset + offset) % DIRECT_ALIGN === 0;
 }
 
-/** `TWINFS_DIRECT_READ`: `auto` (the default: by cachestat), `always` (tests), `off`. */
+/**
+ * `TWINFS_DIRECT_READ`: `auto` (the default: files of DIRECT_MIN_BYTES or more, by cachestat),
+ * `always` (every file handed to directReads, whatever its size and the cache: tests and the
+ * stress harness), `off`.
+ */
 function mode(): 'auto' | 'always' | 'off' {
   const v = process.env.TWINFS_DIRECT_READ;
   return v === 'always' || v === 'off' ? v : 'auto';
@@ -54,7 +58,7 @@ export async function directReads(fh: FileHandle, size: number): Promise<DirectR
     (await fh.read(buf, offset, length, position)).bytesRead;
   const m = mode();
   let direct: FileHandle | undefined;
-  if (m !== 'off' && size >= DIRECT_MIN_BYTES) {
+  if (m === 'always' || (m === 'auto' && size >= DIRECT_MIN_BYTES)) {
     let cold = m === 'always';
     if (!cold) {
       const cached = posix().cachedPages(fh.fd, 0, 0);
