@@ -123,6 +123,17 @@ export function createFuseHandlers(ops: VolumeOps, opts: AdapterOptions): Record
         () => ops.fallocate(fh, mode, offset, len, path ?? undefined),
         status('fallocate', cb),
       ),
+    // SEEK_DATA / SEEK_HOLE (libfuse3, patch level 17): the offset found, or an errno (ENXIO).
+    lseek: (_path: string | null, fh: number, offset: number, whence: number, cb: Cb) => {
+      let at: number;
+      try {
+        at = ops.lseek(fh, offset, whence);
+      } catch (err) {
+        fail('lseek', cb, err);
+        return;
+      }
+      cb(0, at);
+    },
     unlink: (path: string, cb: Cb) => {
       const ctx = opts.context();
       tryCall('unlink', cb, () => ops.unlink(path, ctx), status('unlink', cb));

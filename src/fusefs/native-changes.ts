@@ -77,6 +77,7 @@ const READ_ONLY_OPS = new Set([
   'readlink',
   'statfs',
   'read',
+  'lseek',
   'write',
   'flush',
   'release',

@@ -29,6 +29,12 @@ export class OpenNames {
     }
   }
 
+  /** Whether a handle has the inode open for writing. */
+  hasInode(ino: number): boolean {
+    for (const e of this.byHandle.values()) if (e.ino === ino) return true;
+    return false;
+  }
+
   /** The distinct names (volume paths) with a handle open for writing, with their inodes. */
   list(): Array<{ path: string; ino: number }> {
     const out = new Map<string, number>();

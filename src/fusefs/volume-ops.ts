@@ -3,6 +3,7 @@ import { promises as fsp } from 'node:fs';
 import { fsPath } from '../posix/byte-names.js';
 import { FALLOC_SUPPORTED } from '../posix/fallocate.js';
 import { mknod } from '../posix/mknod.js';
+import { posix } from '../posix/native.js';
 import { nsToMs, setFdTimesNs, setTimesNs } from '../posix/set-times.js';
 import { writeAll } from '../posix/write-all.js';
 import { getXattr, listXattrs, removeXattr, setXattr } from '../posix/xattr.js';
@@ -817,6 +818,30 @@ export class VolumeOps {
       pass.done();
     }
     await this.kernelNames?.changed([node.ino], this.changedThrough(node, path, fh));
+  }
+
+  /**
+   * lseek(2) SEEK_DATA (3) or SEEK_HOLE (4) through a handle: where the file's next data or hole
+   * is, from the primary (a hole there is a hole of the file), so that `cp --sparse`, `tar -S` or
+   * qemu-img keep a sparse file sparse when they copy it out of the mount. Where the primary may
+   * not hold all of the file's bytes, the generic answer instead (the whole file is data, the
+   * one hole at its end), which is always right: while the file has cached data, and while any
+   * handle has it open for writing (a shared writable mapping keeps its handle open, and its
+   * dirty pages reach twinfs only when the kernel writes them back: the kernel sends LSEEK
+   * without writing them first). ENXIO at or past the end, as ext4 answers.
+   */
+  lseek(fh: number, offset: number, whence: number): number {
+    if (whence !== SEEK_DATA && whence !== SEEK_HOLE) throw errnoError('EINVAL', `lseek whence ${whence}`);
+    const node = this.handle(fh);
+    const size = this.statOf(fs.fstatSync(node.fd, { bigint: true })).size;
+    if (offset < 0 || offset >= size) throw errnoError('ENXIO', `lseek ${offset} of ${size}`);
+    if (!node.isDirty && !this.openNames.hasInode(node.ino)) {
+      const r = posix().seekData(node.fd, offset, whence === SEEK_HOLE);
+      if (r >= 0) return Math.min(r, size);
+      if (r === NEG_ENXIO) throw errnoError('ENXIO', `lseek ${offset}`);
+      // Any other answer (a primary without the seeks): the generic one below.
+    }
+    return whence === SEEK_DATA ? offset : size;
   }
 
   // ---- namespace ----------------------------------------------------------------------------
@@ -1715,3 +1740,8 @@ function utimensChange(path: string, atime: bigint | null, mtime: bigint | null)
     mtimeNs: ns(mtime),
   };
 }
+
+/** lseek(2)'s whence values for data and holes (Linux), and -ENXIO as the addon answers it. */
+const SEEK_DATA = 3;
+const SEEK_HOLE = 4;
+const NEG_ENXIO = -6;

@@ -1,6 +1,6 @@
 /**
  * Types for fuse-native 2.2.6 **as patched by patches/fuse-native+2.2.6.patch** (twinfs patch
- * level 16; see docs/fuse-native-patch.md). They describe what the patched index.js actually
+ * level 17; see docs/fuse-native-patch.md). They describe what the patched index.js actually
  * passes to handlers and accepts back, not upstream's README.
  *
  * Result convention: every callback's first argument is the op's result, a number: 0 for
@@ -97,6 +97,7 @@ declare module 'fuse-native' {
       | 'truncate'
       | 'ftruncate'
       | 'fallocate'
+      | 'lseek'
       | 'utimens'
       | 'readlink'
       | 'chown'
@@ -234,6 +235,18 @@ declare module 'fuse-native' {
         offset: number,
         len: number,
         cb: StatusCallback,
+      ): void;
+      /**
+       * lseek(2) with SEEK_DATA (3) or SEEK_HOLE (4) through a handle (twinfs patch, level 17;
+       * libfuse3 only): the offset asked from, answered with the offset found. ENOSYS makes the
+       * kernel answer both itself (the whole file is data) from then on.
+       */
+      lseek?(
+        path: string | null,
+        fh: number,
+        offset: number,
+        whence: number,
+        cb: (err: Result, offset?: number) => void,
       ): void;
       /**
        * atime / mtime: ns since the epoch (bigint, exact), or null = leave that time unchanged
