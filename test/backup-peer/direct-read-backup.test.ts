@@ -4,9 +4,9 @@ import * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { posix } from '../../src/posix/native.js';
 import { type ControlFixture, startControlFixture } from '../control/control-fixture.js';
 import { privatePluginState, runCli } from '../helpers/cli.js';
+import { cachedPages } from '../helpers/posix.js';
 
 /**
  * A large file of the split copy that the page cache does not hold is read with O_DIRECT by the
@@ -22,15 +22,6 @@ const cli = (args: string[], timeoutMs?: number) => runCli(args, { timeoutMs });
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
 privatePluginState('direct-read');
-
-function cachedPages(file: string): number {
-  const fd = fs.openSync(file, 'r');
-  try {
-    return posix().cachedPages(fd, 0, 0);
-  } finally {
-    fs.closeSync(fd);
-  }
-}
 
 describe('large cold files read past the page cache (real server, real peer processes)', () => {
   let fx: ControlFixture;

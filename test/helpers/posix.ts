@@ -1,4 +1,5 @@
-import { existsSync } from 'node:fs';
+import { closeSync, existsSync, openSync } from 'node:fs';
+import { posix } from '../../src/posix/native.js';
 import { asNobody, type RunResult, sh } from './proc.js';
 import { type ServerHandle, startServer, tempDirs } from './server.js';
 
@@ -9,6 +10,19 @@ import { type ServerHandle, startServer, tempDirs } from './server.js';
 
 /** The system python (pyenv shims under /root are not executable by nobody). */
 export const PYTHON = existsSync('/usr/bin/python3') ? '/usr/bin/python3' : 'python3';
+
+/**
+ * How many pages of a file the page cache holds (cachestat(2), the posix addon's cachedPages;
+ * a negative errno where the kernel has no cachestat). Opened read-only, never from a mount.
+ */
+export function cachedPages(file: string): number {
+  const fd = openSync(file, 'r');
+  try {
+    return posix().cachedPages(fd, 0, 0);
+  } finally {
+    closeSync(fd);
+  }
+}
 
 export interface PosixFixture {
   /** The mount point. */

@@ -6,8 +6,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { DIRECT_ALIGN, directReads } from '../../src/posix/direct-read.js';
-import { posix } from '../../src/posix/native.js';
 import { pageAlignedShared } from '../../src/repository/buffer-pool.js';
+import { cachedPages } from '../helpers/posix.js';
 
 /**
  * directReads (src/posix/direct-read.ts): a large file the page cache does not hold is read with
@@ -24,15 +24,6 @@ const SIZE = 9 * MiB + 12_345; // an unaligned tail
 function dropCache(file: string): void {
   const r = spawnSync('dd', [`if=${file}`, 'iflag=nocache', 'count=0', 'status=none']);
   expect(r.status, r.stderr.toString()).toBe(0);
-}
-
-function cachedPages(file: string): number {
-  const fd = fs.openSync(file, 'r');
-  try {
-    return posix().cachedPages(fd, 0, 0);
-  } finally {
-    fs.closeSync(fd);
-  }
 }
 
 /** Reads the whole file in 2 MiB steps into page-aligned memory (as the backup's cutter does). */
