@@ -13,6 +13,7 @@
 //   node bench/handle-diff.mjs --extra '--fuse 2' --links=false      libfuse2 (no hard links)
 //   node bench/handle-diff.mjs --dirs                                 subdirectories, directory renames
 //   node bench/handle-diff.mjs --fallocate                            fallocate(2) in the streams too
+//   node bench/handle-diff.mjs --seek                                 lseek SEEK_DATA/SEEK_HOLE checks too
 //   node bench/handle-diff.mjs --bytes --dirs                         names that are not UTF-8 too
 //   node bench/handle-diff.mjs --meta                                 xattrs, exact times, chown, symlinks
 //   node bench/handle-diff.mjs --user --meta                          half the operations as uid 1000
@@ -54,6 +55,10 @@ const opts = parseArgs(
     bytes: {
       default: false,
       help: 'some names hold bytes that are not UTF-8 (HANDLE_DIFF_BYTES)',
+    },
+    seek: {
+      default: false,
+      help: 'lseek SEEK_DATA/SEEK_HOLE through the descriptors: no hole over data, ENXIO at the end (HANDLE_DIFF_SEEK)',
     },
     user: {
       default: false,
@@ -112,6 +117,7 @@ for (let seed = opts.seed; ; seed++) {
           HANDLE_DIFF_DIRS: opts.dirs ? '1' : '0',
           HANDLE_DIFF_FALLOCATE: opts.fallocate ? '1' : '0',
           HANDLE_DIFF_BYTES: opts.bytes ? '1' : '0',
+          HANDLE_DIFF_SEEK: opts.seek ? '1' : '0',
           HANDLE_DIFF_META: opts.meta ? '1' : '0',
           HANDLE_DIFF_USER: opts.user ? '1' : '0',
         },

@@ -118,7 +118,9 @@ describe('handles held open across operations through a 1 MiB cache', () => {
  * times and chown (HANDLE_DIFF_META=1; its op 858 saw the mtime a utimens had set ahead of now
  * after a later write, until patch level 16), and 62801 with half its operations as uid 1000 too
  * (HANDLE_DIFF_USER=1; its op 1306 saw nlink 2 through a descriptor after the first build of the
- * owner refresh had looked a hidden name up through the mount). One after the other on one server.
+ * owner refresh had looked a hidden name up through the mount), and 9100000 with lseek SEEK_DATA /
+ * SEEK_HOLE checks and fallocate (HANDLE_DIFF_SEEK=1: no range answered as a hole holds data, as
+ * VolumeOps.lseek must keep while data is cached). One after the other on one server.
  */
 describe('handles held open across operations, directories removed under them (libfuse3)', () => {
   let fx: ControlFixture;
@@ -129,11 +131,11 @@ describe('handles held open across operations, directories removed under them (l
     await fx?.close();
   });
 
-  it('streams 954402, 9600800, 9603300, 1044202, 2203102, 2300500, 2400100, 100 and 62801: every result as in the plain directory, no wait cut by the bound; the mirror equals the primary', {
+  it('streams 954402, 9600800, 9603300, 1044202, 2203102, 2300500, 2400100, 100, 62801 and 9100000: every result as in the plain directory, no wait cut by the bound; the mirror equals the primary', {
     timeout: 180_000,
   }, async () => {
     const c = await fx.connect();
-    for (const [seed, ops, dirs, falloc, bytes, meta, user = 0] of [
+    for (const [seed, ops, dirs, falloc, bytes, meta, user = 0, seek = 0] of [
       [954402, 955, 1, 0, 0, 0],
       [9600800, 816, 1, 0, 0, 0],
       [9603300, 337, 1, 0, 0, 0],
@@ -143,12 +145,13 @@ describe('handles held open across operations, directories removed under them (l
       [2400100, 1500, 1, 0, 1, 0],
       [100, 870, 0, 0, 0, 1],
       [62801, 1307, 1, 0, 0, 1, 1],
+      [9100000, 1500, 0, 1, 0, 0, 0, 1],
     ]) {
       const ref = path.join(fx.base, `ref${seed}`);
       const dir = path.join(fx.mnt, `d${seed}`);
       await fsp.mkdir(ref);
       await sh(`mkdir '${dir}'`, { timeoutMs: 30_000 });
-      const env = `HANDLE_DIFF_DIRS=${dirs} HANDLE_DIFF_FALLOCATE=${falloc} HANDLE_DIFF_BYTES=${bytes} HANDLE_DIFF_META=${meta} HANDLE_DIFF_USER=${user}`;
+      const env = `HANDLE_DIFF_DIRS=${dirs} HANDLE_DIFF_FALLOCATE=${falloc} HANDLE_DIFF_BYTES=${bytes} HANDLE_DIFF_META=${meta} HANDLE_DIFF_USER=${user} HANDLE_DIFF_SEEK=${seek}`;
       const r = await sh(`${env} ${PYTHON} '${SCRIPT}' '${ref}' '${dir}' ${seed} ${ops}`, {
         timeoutMs: 120_000,
       });
