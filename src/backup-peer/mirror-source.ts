@@ -4,6 +4,7 @@ import * as path from 'node:path';
 import { setImmediate as turn } from 'node:timers/promises';
 import { errnoCode, TwinError } from '../common/errors.js';
 import type { Item, PrepareResult } from '../control/protocol.js';
+import { openNoAtime } from '../posix/open-noatime.js';
 import { readdirNoAtime } from '../posix/readdir.js';
 import { readXattrs } from '../posix/xattr.js';
 import { SafeTree } from './safe-tree.js';
@@ -273,11 +274,8 @@ export class MirrorReader {
   async open(mirrorPath: string): Promise<{ fh: fs.promises.FileHandle; stat: fs.Stats }> {
     const file = await this.tree.resolve(mirrorPath);
     const flags = fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW;
-    // O_NOATIME: a backup must not change what the next one records (the copy's atime). Only
-    // the owner or root may ask for it: anyone else reads without it.
-    const fh = await fsp
-      .open(file, flags | fs.constants.O_NOATIME)
-      .catch((err) => (errnoCode(err) === 'EPERM' ? fsp.open(file, flags) : Promise.reject(err)));
+    // O_NOATIME where allowed: a backup must not change what the next one records.
+    const fh = await openNoAtime(file, flags);
     try {
       const stat = await fh.stat();
       if (!stat.isFile())

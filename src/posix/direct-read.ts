@@ -2,6 +2,7 @@ import * as fs from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { errnoCode } from '../common/errors.js';
 import { posix } from './native.js';
+import { openNoAtime } from './open-noatime.js';
 
 /**
  * Large files read once, past the page cache (docs/architecture.md, "Large files read with
@@ -119,9 +120,7 @@ async function reopenDirect(fd: number): Promise<FileHandle | undefined> {
   const file = `/proc/self/fd/${fd}`;
   const flags = fs.constants.O_RDONLY | fs.constants.O_DIRECT;
   try {
-    return await fs.promises
-      .open(file, flags | fs.constants.O_NOATIME)
-      .catch((err) => (errnoCode(err) === 'EPERM' ? fs.promises.open(file, flags) : Promise.reject(err)));
+    return await openNoAtime(file, flags);
   } catch {
     // No /proc, or a filesystem that refuses O_DIRECT at open (EINVAL): buffered reads.
     return undefined;
