@@ -7,7 +7,7 @@ import { shOk } from '../helpers/proc.js';
 import { type ServerHandle, startServer, tempDirs } from '../helpers/server.js';
 
 /**
- * lseek(2) SEEK_DATA / SEEK_HOLE through a real mount (libfuse3, fuse-native patch level 17,
+ * lseek(2) SEEK_DATA / SEEK_HOLE through a real mount (libfuse3, fuse-native patch level 17/18,
  * VolumeOps.lseek): a sparse file at rest shows the holes it has on the primary, as the same
  * writes give on a plain directory of the same filesystem; a file whose bytes the primary may
  * not all hold yet (cached writes, a shared writable mapping with dirty pages) is all data up
@@ -111,5 +111,19 @@ describe('SEEK_DATA and SEEK_HOLE through the mount (libfuse3)', () => {
       [2 * MiB, 2 * MiB + 4 * KiB],
       [6 * MiB, 6 * MiB + 4 * KiB],
     ]);
+  });
+
+  it('a descriptor whose node has no path left (unlinked, its directory removed) still seeks', async () => {
+    // High-level libfuse builds a path for LSEEK; such a node has none (patch level 18 answers
+    // it by the handle, as READ is: before, ESTALE).
+    const dir = path.join(mnt, 'gone');
+    const m = path.join(dir, 'img');
+    await shOk(`mkdir '${dir}' && ${sparseWrites(m)} && sync '${m}'`, { timeoutMs: 30_000 });
+    const out = JSON.parse(await shOk(`${PYTHON} '${MAP}' '${m}' orphan`, { timeoutMs: 30_000 })) as {
+      before: SeekMap;
+      after: SeekMap | { error: string };
+    };
+    expect(out.before.spans.length).toBeGreaterThan(1);
+    expect(out.after).toEqual(out.before);
   });
 });
