@@ -964,7 +964,9 @@ function sameUnencryptedFormat(theirs: RepoConfig, mine: RepoConfig): boolean {
  * (or has no putNew) may have let another creator replace it, and a retried conditional PUT whose
  * first attempt landed answers "exists" for this very object (equal bytes: a config holds a
  * random id). A condition that stored nothing and left nothing (S3's 409 for two conditional
- * writes at once) is tried again.
+ * writes at once) is tried again. A read-back that is a strict prefix of these bytes is read
+ * again (a store whose PUT answers before the bytes are readable whole), and after that is
+ * ETWIN_TARGET_FAILED, never another creator's object.
  */
 export async function createOnce(
   store: ObjectStore,
@@ -974,7 +976,19 @@ export async function createOnce(
   for (let attempt = 0; ; attempt++) {
     if (store.putNew) await store.putNew(name, bytes);
     else await store.put(name, bytes);
-    const now = await getOrUndefined(store, name);
+    let now = await getOrUndefined(store, name);
+    // A strict prefix of these bytes (empty too) is this write not yet readable whole: a store
+    // that answers a PUT before its bytes are all written (s3rver's putObject ends its write
+    // stream without waiting for it) shows the rest a moment later. Read again; never taken
+    // for another creator's object (a config holds a random id, so theirs is no prefix of it).
+    for (let look = 0; now && cutShort(now, bytes); look++) {
+      if (look >= 4)
+        throw new TwinError('ETWIN_TARGET_FAILED', `${store.spec}: ${name} was stored, but reads back cut short`, {
+          target: store.spec,
+        });
+      await new Promise((r) => setTimeout(r, 50 * (look + 1)));
+      now = await getOrUndefined(store, name);
+    }
     if (now?.equals(bytes)) return undefined;
     if (now) return now;
     if (attempt >= 4)
@@ -983,6 +997,11 @@ export async function createOnce(
       });
     await new Promise((r) => setTimeout(r, 50 * (attempt + 1)));
   }
+}
+
+/** Whether `got` is a strict prefix of `full` (an empty buffer is). */
+function cutShort(got: Buffer, full: Buffer): boolean {
+  return got.length < full.length && full.subarray(0, got.length).equals(got);
 }
 
 /** How long a look at a store holding only key files waits for the config their creator writes next. */

@@ -93,4 +93,47 @@ describe('dir: creates an object once (putNew)', () => {
     expect(repo.config.id).toBe(JSON.parse(await fsp.readFile(path.join(dir, 'made/config'), 'utf8')).id);
     expect((await fsp.readdir(path.join(dir, 'r/keys'))).length).toBe(1);
   });
+
+  /**
+   * A store that answers a PUT before its bytes are readable whole (s3rver's putObject ends its
+   * write stream and answers without waiting for it): the first read-back after the config's
+   * put gives a cut-short prefix. The cut is injected over the real dir store (the race cannot
+   * be provoked on demand); everything else is the store's own.
+   */
+  function cutReads(store: ObjectStore, times: number): ObjectStore {
+    let left = times;
+    let configPut = false;
+    const wrapped = Object.create(store) as ObjectStore & { putNew: NonNullable<ObjectStore['putNew']> };
+    wrapped.putNew = async (name: string, data: Buffer) => {
+      if (name === 'config') configPut = true;
+      return store.putNew!(name, data);
+    };
+    wrapped.get = async (name: string, range?: { start: number; end: number }) => {
+      const b = await store.get(name, range);
+      if (name === 'config' && configPut && !range && left > 0) {
+        left--;
+        return b.subarray(0, Math.floor(b.length / 3));
+      }
+      return b;
+    };
+    return wrapped;
+  }
+
+  it('a config read back cut short right after its put is read again, not taken for another creator\'s', async () => {
+    const dir = await fx.tmp();
+    const t = await fx.open(`dir:${dir}/r`);
+    const repo = await Repository.begin(cutReads(storeOf(t), 2));
+    // Before: the cut bytes were "theirs", and parseConfig failed the snapshot with
+    // ETWIN_REPO_FOREIGN "config is not a twinfs repository config".
+    await repo.written;
+    expect(repo.adopted).toBe(false);
+    expect(JSON.parse(await fsp.readFile(path.join(dir, 'r/config'), 'utf8')).id).toBe(repo.config.id);
+  });
+
+  it('a config that stays cut short is ETWIN_TARGET_FAILED, not a foreign repository', async () => {
+    const dir = await fx.tmp();
+    const t = await fx.open(`dir:${dir}/r`);
+    const repo = await Repository.begin(cutReads(storeOf(t), 1000));
+    await expect(repo.written).rejects.toMatchObject({ code: 'ETWIN_TARGET_FAILED' });
+  });
 });
