@@ -16,6 +16,7 @@ import {
   type ManifestEntry,
   type MirrorFileWriter,
   type PutResult,
+  type ReadInto,
   readsInto,
   readsMirrorFiles,
   type SnapshotWriter,
@@ -365,9 +366,10 @@ export class EntryCopier {
         // A large file the page cache does not hold is read with O_DIRECT (posix/direct-read.ts).
         const source = await directReads(fh, size);
         closeAlso = source.close;
-        const reader = sparseReader(fh.fd, size, stat.blocks * 512 < size, source.read);
+        const sparse = stat.blocks * 512 < size;
+        const reader = sparseReader(fh.fd, size, sparse, source.read);
         let holeBytes = 0;
-        const read = async (buf: Buffer, offset: number, length: number) => {
+        const read: ReadInto = async (buf: Buffer, offset: number, length: number) => {
           const r = await reader.next(buf, offset, length);
           const n = typeof r === 'number' ? r : r.hole;
           if (typeof r !== 'number') holeBytes += n;
@@ -375,6 +377,17 @@ export class EntryCopier {
           onBytes?.(n, true);
           return r;
         };
+        // Read with O_DIRECT and no holes: several windows at once (content-cutter.ts, READS).
+        if (source.direct && !sparse)
+          read.at = {
+            size,
+            read: async (buf, offset, length, position) => {
+              const n = await source.read(buf, offset, length, position);
+              counted += n;
+              onBytes?.(n, true);
+              return n;
+            },
+          };
         const r = await writer.putFileFrom(src.path, read, meta, { signal });
         checkUnchanged(src, meta, stat, await fh.stat());
         checkStored(src, counted, r.bytes, stat.size);

@@ -81,10 +81,18 @@ export function readsMirrorFiles(w: SnapshotWriter): w is SnapshotWriter & Mirro
  * next bytes and answers n, 0 at the end; the caller bounds it at the size it expects. An answer
  * `{ hole: n }` says those n bytes are zeros of a hole of the file, filled in without a read.
  */
+export type ReadInto = ((buf: Buffer, offset: number, length: number) => Promise<ReadResult>) & {
+  /**
+   * Reads at positions, for a target that reads several windows at once: `size` bytes in all,
+   * a read answering fewer than asked ends the file there. Given only for a file with no holes.
+   */
+  at?: { size: number; read(buf: Buffer, offset: number, length: number, position: number): Promise<number> };
+};
+
 export interface ReadIntoWriter {
   putFileFrom(
     path: string,
-    read: (buf: Buffer, offset: number, length: number) => Promise<ReadResult>,
+    read: ReadInto,
     meta: EntryMeta,
     opts?: { signal?: AbortSignal },
   ): Promise<PutResult>;

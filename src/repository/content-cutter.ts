@@ -15,6 +15,8 @@ import { repoWorkers, type WorkerPool } from './worker-pool.js';
 export const WINDOW = 2 * 1024 * 1024;
 /** Windows of one file in the worker's hands while the next one fills (read-ahead). */
 const AHEAD = 3;
+/** Windows of one file being read at once when its reader reads at positions (ReadInto.at). */
+const READS = 4;
 /** Files up to this size are hashed on the calling thread: cheaper than a message to a worker. */
 const INLINE_MAX = 16 * 1024;
 
@@ -23,7 +25,9 @@ const INLINE_MAX = 16 * 1024;
  * answers n (at most length), 0 at the end; `{ hole: n }` when those n bytes are zeros of a
  * hole of the file (filled in without a read: their chunks need no hashing, see zeroIds).
  */
-export type ReadInto = (buf: Buffer, offset: number, length: number) => Promise<ReadResult>;
+import type { ReadInto } from '../backup-peer/target.js';
+
+export type { ReadInto };
 
 export interface Blob {
   id: string;
@@ -225,8 +229,41 @@ export class ContentCutter {
         if (steps.length > AHEAD) await steps[steps.length - 1 - AHEAD];
       }
     };
+    /** Reads at positions in flight (ReadInto.at), in file order. */
+    const reading: Array<{ buf: Buffer; want: number; n: Promise<number> }> = [];
     try {
-      if (typeof source === 'function') {
+      if (typeof source === 'function' && source.at) {
+        // Read straight into the windows, READS of them at once, each sent in order when read.
+        const at = source.at;
+        let pos = 0;
+        const issue = () => {
+          while (reading.length < READS && pos < at.size) {
+            const buf = this.window();
+            const want = Math.min(WINDOW, at.size - pos);
+            const n = at.read(buf, 0, want, pos);
+            n.catch(() => undefined);
+            reading.push({ buf, want, n });
+            pos += want;
+          }
+        };
+        issue();
+        while (reading.length > 0) {
+          if (signal?.aborted) throw onCancel();
+          const r = reading[0]!;
+          const n = await r.n;
+          reading.shift();
+          // The window made for the next read-into (empty) is kept for later reads.
+          if (fill === 0 && win.length > 0 && this.spare.length < SPARE) this.spare.push(win);
+          win = r.buf;
+          fill = 0;
+          if (n > 0) await added(n);
+          // Fewer bytes than asked: the file ends here (it shrank; the caller's checks say so).
+          if (n < r.want) break;
+          issue();
+        }
+        // Reads past a short one: settled before the end (their windows are not reused).
+        await Promise.allSettled(reading.splice(0).map((r) => r.n));
+      } else if (typeof source === 'function') {
         // Read straight into the windows: no buffer per read, no copy into the window.
         for (;;) {
           if (signal?.aborted) throw onCancel();
@@ -259,6 +296,7 @@ export class ContentCutter {
     } catch (err) {
       // The workers forget the stream (its tail and hash); what is in flight settles first.
       // The windows of a failed stream are not reused (a worker may still be reading one).
+      await Promise.allSettled(reading.map((r) => r.n));
       await Promise.allSettled(steps);
       await Promise.allSettled(
         [cutter, hasher].map((worker) => this.pool.run({ op: 'drop', stream }, [], { worker })),

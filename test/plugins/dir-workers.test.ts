@@ -181,6 +181,47 @@ describe('dir repository: the worker path', () => {
     expect(got).toEqual(whole.blobs.map((b) => b.id));
   });
 
+  it('a file read at positions, several windows at once and answered out of order, is cut as its stream is; a short read ends it there', async () => {
+    const dir = await fx.tmp();
+    const t = await open(`dir:${dir}/r`);
+    await firstSnapshot(t, pseudoRandom(MiB, 6));
+    const data = pseudoRandom(9 * WINDOW + 333_333, 8);
+    const cutter = new ContentCutter(t.repo, pool(2));
+    const whole = await cutter.whole(data);
+    // Later windows answer first: each read waits longer the earlier its position.
+    let inFlight = 0;
+    let most = 0;
+    const positional = (end: number) => {
+      const read = async () => {
+        throw new Error('read through the function while `at` is given');
+      };
+      const at = {
+        size: data.length,
+        async read(buf: Buffer, offset: number, length: number, position: number) {
+          inFlight++;
+          most = Math.max(most, inFlight);
+          await new Promise((r) => setTimeout(r, Math.max(0, 40 - position / WINDOW)));
+          inFlight--;
+          const n = Math.max(0, Math.min(length, end - position));
+          data.copy(buf, offset, position, position + n);
+          return n;
+        },
+      };
+      return Object.assign(read, { at });
+    };
+    const got: string[] = [];
+    const r = await cutter.stream(positional(data.length), async (blobs) => {
+      for (const b of blobs) got.push(b.id);
+    });
+    expect(r).toEqual({ hash: sha256(data), size: data.length });
+    expect(got).toEqual(whole.blobs.map((b) => b.id));
+    expect(most).toBeGreaterThan(1);
+    // The file ends early (it shrank after its size was taken): what was read, and no more.
+    const short = 4 * WINDOW + 1234;
+    const cutShort = await cutter.stream(positional(short), async () => undefined);
+    expect(cutShort).toEqual({ hash: sha256(data.subarray(0, short)), size: short });
+  });
+
   it('work any worker can do goes to the one with the least queued: not to a worker still holding a large window', async () => {
     const dir = await fx.tmp();
     process.env.TWINFS_PASSWORD = 'worker test';
