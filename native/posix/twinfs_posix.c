@@ -18,6 +18,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -528,6 +529,26 @@ static napi_value js_cached_pages(napi_env env, napi_callback_info info) {
   return num(env, rc < 0 ? -errno : (double)cs.nr_cache);
 }
 
+// adviseHuge(buf): madvise(MADV_HUGEPAGE) over the 2 MiB-aligned part of buf's memory; the
+// bytes advised, or -errno. With transparent huge pages in `madvise` mode (Debian's default), a
+// large buffer touched for the first time then costs a fault per 2 MiB instead of one per 4 KiB
+// (~11 µs each on this project's VMs: the pack batches and the cutter's windows of a 1 GiB
+// backup were ~30,000 of them). Nothing changes for the bytes; a kernel without THP says -EINVAL.
+#define TWINFS_HUGE (2UL * 1024 * 1024)
+static napi_value js_advise_huge(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  void *data;
+  size_t len;
+  CHECK(napi_get_buffer_info(env, argv[0], &data, &len));
+  uintptr_t start = ((uintptr_t)data + TWINFS_HUGE - 1) & ~(TWINFS_HUGE - 1);
+  uintptr_t end = ((uintptr_t)data + len) & ~(TWINFS_HUGE - 1);
+  if (end <= start) return num(env, 0);
+  if (madvise((void *)start, end - start, MADV_HUGEPAGE) != 0) return num(env, -errno);
+  return num(env, (double)(end - start));
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"mknod", NULL, js_mknod, NULL, NULL, NULL, napi_enumerable, NULL},
@@ -546,10 +567,11 @@ static napi_value init(napi_env env, napi_value exports) {
       {"fallocate", NULL, js_fallocate, NULL, NULL, NULL, napi_enumerable, NULL},
       {"seekData", NULL, js_seek_data, NULL, NULL, NULL, napi_enumerable, NULL},
       {"cachedPages", NULL, js_cached_pages, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"adviseHuge", NULL, js_advise_huge, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
   napi_value v;
-  napi_create_uint32(env, 11, &v);
+  napi_create_uint32(env, 12, &v);
   napi_set_named_property(env, exports, "abiLevel", v);
   return exports;
 }

@@ -51,6 +51,11 @@ export interface PosixAddon {
    * cache, or -errno (-ENOSYS before Linux 6.5).
    */
   cachedPages(fd: number, offset: number, len: number): number;
+  /**
+   * madvise(MADV_HUGEPAGE) over the 2 MiB-aligned part of the buffer's memory: the bytes
+   * advised, or -errno. Transparent huge pages for a large buffer's first touch.
+   */
+  adviseHuge(buf: Uint8Array): number;
 }
 
 /** Same depth from src/posix (tests) and dist/posix (the CLI): two levels up is the package root. */
@@ -64,7 +69,7 @@ const ADDON = path.resolve(
   'Release',
   'twinfs_posix.node',
 );
-const ABI_LEVEL = 11;
+const ABI_LEVEL = 12;
 
 let addon: PosixAddon | undefined;
 
