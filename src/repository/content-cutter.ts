@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { type ReadResult, zeros } from '../posix/sparse.js';
+import { zeros } from '../posix/sparse.js';
 import type { CutAnswer, IdsRequest, StreamCutAnswer } from './blob-ops.js';
 import { pageAlignedShared } from './buffer-pool.js';
 import type { Repository } from './repository.js';

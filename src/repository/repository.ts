@@ -983,9 +983,13 @@ export async function createOnce(
     // for another creator's object (a config holds a random id, so theirs is no prefix of it).
     for (let look = 0; now && cutShort(now, bytes); look++) {
       if (look >= 4)
-        throw new TwinError('ETWIN_TARGET_FAILED', `${store.spec}: ${name} was stored, but reads back cut short`, {
-          target: store.spec,
-        });
+        throw new TwinError(
+          'ETWIN_TARGET_FAILED',
+          `${store.spec}: ${name} was stored, but reads back cut short`,
+          {
+            target: store.spec,
+          },
+        );
       await new Promise((r) => setTimeout(r, 50 * (look + 1)));
       now = await getOrUndefined(store, name);
     }

@@ -119,7 +119,7 @@ describe('dir: creates an object once (putNew)', () => {
     return wrapped;
   }
 
-  it('a config read back cut short right after its put is read again, not taken for another creator\'s', async () => {
+  it("a config read back cut short right after its put is read again, not taken for another creator's", async () => {
     const dir = await fx.tmp();
     const t = await fx.open(`dir:${dir}/r`);
     const repo = await Repository.begin(cutReads(storeOf(t), 2));
