@@ -590,19 +590,10 @@ def xattr_target():
     user.* on a symlink on both sides) or a descriptor."""
     h = pick_handle()
     if h and rng.random() < 0.4:
-        return ('fd %s' % h.name, h.fds[0], h.fds[1], nameless_xattr)
+        return ('fd %s' % h.name, h.fds[0], h.fds[1], None)
     name = rng.choice(NAMES)
     pr, pt = paths(name)
     return (name, pr, pt, None)
-
-
-def nameless_xattr(r, t):
-    """A known limit: xattr calls through a descriptor whose kernel node has no path left (its
-    name unlinked while open, then its directory removed or renamed over; the file may have
-    other names by then) fail with ESTALE (docs/reliability.md, "Handles held open across
-    operations", item 9): high-level libfuse builds a path for them and has no handle to use.
-    A local filesystem never answers ESTALE."""
-    return 'xattr through a descriptor of a node without a path: ESTALE' if t == ('err', 'ESTALE') else None
 
 
 def undo_on_ref(r, key, limit):

@@ -122,25 +122,46 @@ static napi_value js_flock(napi_env env, napi_callback_info info) {
   return result(env, rc);
 }
 
-// llistxattr(path): the names of a path's own xattrs (a symlink's, not its target's), as an
-// array of strings, or a negative errno.
+// The xattr calls take a path (the entry itself: l*xattr) or, since ABI level 13, a descriptor
+// (f*xattr): a file open in twinfs whose name is gone (unlinked while open, its directory then
+// removed) has no path left, only its descriptor. The path form gives `p`; the descriptor form
+// gives `fd` and a non-NULL `p` of "" so that the callers' checks stay as they were.
+static char *xattr_target(napi_env env, napi_value v, int *fd) {
+  napi_valuetype t;
+  *fd = -1;
+  if (napi_typeof(env, v, &t) == napi_ok && t == napi_number) {
+    int32_t n;
+    if (napi_get_value_int32(env, v, &n) != napi_ok || n < 0) return NULL;
+    *fd = n;
+    return strdup("");
+  }
+  return path_arg(env, v);
+}
+#define X_LIST(p, fd, buf, n) ((fd) >= 0 ? flistxattr((fd), (buf), (n)) : llistxattr((p), (buf), (n)))
+#define X_GET(p, fd, name, buf, n) ((fd) >= 0 ? fgetxattr((fd), (name), (buf), (n)) : lgetxattr((p), (name), (buf), (n)))
+#define X_SET(p, fd, name, v, n, f) ((fd) >= 0 ? fsetxattr((fd), (name), (v), (n), (f)) : lsetxattr((p), (name), (v), (n), (f)))
+#define X_REMOVE(p, fd, name) ((fd) >= 0 ? fremovexattr((fd), (name)) : lremovexattr((p), (name)))
+
+// llistxattr(path | fd): the names of a path's own xattrs (a symlink's, not its target's), or of
+// an open file's, as an array of strings, or a negative errno.
 static napi_value js_llistxattr(napi_env env, napi_callback_info info) {
   size_t argc = 1;
   napi_value argv[1];
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  char *p = path_arg(env, argv[0]);
+  int fd;
+  char *p = xattr_target(env, argv[0], &fd);
   if (!p) return num(env, -EINVAL);
   char *buf = NULL;
   ssize_t n;
   for (;;) {  // the list may grow between the size query and the read: ERANGE, ask again
-    n = llistxattr(p, NULL, 0);
+    n = X_LIST(p, fd, NULL, 0);
     if (n <= 0) break;
     buf = realloc(buf, (size_t)n);
     if (!buf) {
       free(p);
       return num(env, -ENOMEM);
     }
-    ssize_t got = llistxattr(p, buf, (size_t)n);
+    ssize_t got = X_LIST(p, fd, buf, (size_t)n);
     if (got >= 0 || errno != ERANGE) {
       n = got;
       break;
@@ -166,12 +187,13 @@ static napi_value js_llistxattr(napi_env env, napi_callback_info info) {
   return arr;
 }
 
-// lgetxattr(path, name): the value as a Buffer, or a negative errno (ENODATA: no such xattr).
+// lgetxattr(path | fd, name): the value as a Buffer, or a negative errno (ENODATA: no such xattr).
 static napi_value js_lgetxattr(napi_env env, napi_callback_info info) {
   size_t argc = 2;
   napi_value argv[2];
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  char *p = path_arg(env, argv[0]);
+  int fd;
+  char *p = xattr_target(env, argv[0], &fd);
   char *name = path_arg(env, argv[1]);
   if (!p || !name) {
     free(p);
@@ -181,7 +203,7 @@ static napi_value js_lgetxattr(napi_env env, napi_callback_info info) {
   char *buf = NULL;
   ssize_t n;
   for (;;) {
-    n = lgetxattr(p, name, NULL, 0);
+    n = X_GET(p, fd, name, NULL, 0);
     if (n < 0) break;
     buf = realloc(buf, n > 0 ? (size_t)n : 1);
     if (!buf) {
@@ -189,7 +211,7 @@ static napi_value js_lgetxattr(napi_env env, napi_callback_info info) {
       errno = ENOMEM;
       break;
     }
-    ssize_t got = lgetxattr(p, name, buf, (size_t)n);
+    ssize_t got = X_GET(p, fd, name, buf, (size_t)n);
     if (got >= 0 || errno != ERANGE) {
       n = got;
       break;
@@ -209,7 +231,7 @@ static napi_value js_lgetxattr(napi_env env, napi_callback_info info) {
   return out;
 }
 
-// lsetxattr(path, name, value, flags): flags 0, XATTR_CREATE (1) or XATTR_REPLACE (2).
+// lsetxattr(path | fd, name, value, flags): flags 0, XATTR_CREATE (1) or XATTR_REPLACE (2).
 static napi_value js_lsetxattr(napi_env env, napi_callback_info info) {
   size_t argc = 4;
   napi_value argv[4];
@@ -219,23 +241,25 @@ static napi_value js_lsetxattr(napi_env env, napi_callback_info info) {
   int32_t flags;
   CHECK(napi_get_buffer_info(env, argv[2], &data, &len));
   CHECK(napi_get_value_int32(env, argv[3], &flags));
-  char *p = path_arg(env, argv[0]);
+  int fd;
+  char *p = xattr_target(env, argv[0], &fd);
   char *name = path_arg(env, argv[1]);
-  int rc = p && name ? lsetxattr(p, name, data, len, flags) : (errno = EINVAL, -1);
+  int rc = p && name ? X_SET(p, fd, name, data, len, flags) : (errno = EINVAL, -1);
   napi_value r = result(env, rc);
   free(p);
   free(name);
   return r;
 }
 
-// lremovexattr(path, name).
+// lremovexattr(path | fd, name).
 static napi_value js_lremovexattr(napi_env env, napi_callback_info info) {
   size_t argc = 2;
   napi_value argv[2];
   CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  char *p = path_arg(env, argv[0]);
+  int fd;
+  char *p = xattr_target(env, argv[0], &fd);
   char *name = path_arg(env, argv[1]);
-  int rc = p && name ? lremovexattr(p, name) : (errno = EINVAL, -1);
+  int rc = p && name ? X_REMOVE(p, fd, name) : (errno = EINVAL, -1);
   napi_value r = result(env, rc);
   free(p);
   free(name);
@@ -571,7 +595,7 @@ static napi_value init(napi_env env, napi_value exports) {
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
   napi_value v;
-  napi_create_uint32(env, 12, &v);
+  napi_create_uint32(env, 13, &v);
   napi_set_named_property(env, exports, "abiLevel", v);
   return exports;
 }

@@ -200,16 +200,40 @@ export function createFuseHandlers(ops: VolumeOps, opts: AdapterOptions): Record
           isHandlePath(path) ? ops.futimens(handleOf(path), atime, mtime) : ops.utimens(path, atime, mtime),
         status('utimens', cb),
       ),
+    // "#FH": a node without a path, by a handle of it (fuse-native level 19).
     setxattr: (path: string, name: string, value: Buffer, _position: number, flags: number, cb: Cb) =>
-      tryCall('setxattr', cb, () => ops.setxattr(path, name, value, flags), status('setxattr', cb)),
+      tryCall(
+        'setxattr',
+        cb,
+        () =>
+          isHandlePath(path)
+            ? ops.fsetxattr(handleOf(path), name, value, flags)
+            : ops.setxattr(path, name, value, flags),
+        status('setxattr', cb),
+      ),
     getxattr: (path: string, name: string, _position: number, cb: Cb) =>
-      tryCall('getxattr', cb, () => ops.getxattr(path, name), value('getxattr', cb)),
+      tryCall(
+        'getxattr',
+        cb,
+        () => (isHandlePath(path) ? ops.fgetxattr(handleOf(path), name) : ops.getxattr(path, name)),
+        value('getxattr', cb),
+      ),
     listxattr: (path: string, cb: Cb) => {
       const ctx = opts.context();
-      tryCall('listxattr', cb, () => ops.listxattr(path, ctx), value('listxattr', cb));
+      tryCall(
+        'listxattr',
+        cb,
+        () => (isHandlePath(path) ? ops.flistxattr(handleOf(path), ctx) : ops.listxattr(path, ctx)),
+        value('listxattr', cb),
+      );
     },
     removexattr: (path: string, name: string, cb: Cb) =>
-      tryCall('removexattr', cb, () => ops.removexattr(path, name), status('removexattr', cb)),
+      tryCall(
+        'removexattr',
+        cb,
+        () => (isHandlePath(path) ? ops.fremovexattr(handleOf(path), name) : ops.removexattr(path, name)),
+        status('removexattr', cb),
+      ),
   };
 }
 

@@ -116,6 +116,19 @@ const NATIVE_HANDLES = 0x40000000;
 const O_ACCMODE = 0o3;
 const POSIX_ACL_NAMES = new Set(['system.posix_acl_access', 'system.posix_acl_default']);
 
+/**
+ * The names listxattr shows: no POSIX ACLs (not supported through the mount, see setxattr), and
+ * trusted.* to root only (as ext4 lists them to CAP_SYS_ADMIN only). A name that is not UTF-8
+ * goes back to the kernel as its bytes (src/posix/byte-names.ts).
+ */
+function shownXattrNames(all: string[], ctx?: CallerContext): Array<string | Buffer> {
+  let names = all;
+  if (names.some((n) => POSIX_ACL_NAMES.has(n))) names = names.filter((n) => !POSIX_ACL_NAMES.has(n));
+  if (notRoot(ctx) && names.some((n) => n.startsWith(TRUSTED_PREFIX)))
+    names = names.filter((n) => !n.startsWith(TRUSTED_PREFIX));
+  return names.map(fsPath);
+}
+
 /** POSIX ACLs are not supported through the mount (see VolumeOps.setxattr). */
 function refuseAcl(name: string): void {
   if (POSIX_ACL_NAMES.has(name))
@@ -1375,12 +1388,7 @@ export class VolumeOps {
    * itself. (uid 0 stands for the capability: FUSE tells no capabilities.)
    */
   async listxattr(path: string, ctx?: CallerContext): Promise<Array<string | Buffer>> {
-    let names = this.onEntry(path, listXattrs);
-    if (names.some((n) => POSIX_ACL_NAMES.has(n))) names = names.filter((n) => !POSIX_ACL_NAMES.has(n));
-    if (notRoot(ctx) && names.some((n) => n.startsWith(TRUSTED_PREFIX)))
-      names = names.filter((n) => !n.startsWith(TRUSTED_PREFIX));
-    // A name that is not UTF-8 goes back to the kernel as its bytes (src/posix/byte-names.ts).
-    return names.map(fsPath);
+    return shownXattrNames(this.onEntry(path, listXattrs), ctx);
   }
 
   async removexattr(path: string, name: string): Promise<void> {
@@ -1388,6 +1396,41 @@ export class VolumeOps {
     await this.guarded([path], async () => {
       this.onEntry(path, (entry) => removeXattr(entry, name));
       await this.sink.apply({ op: 'removexattr', path, name });
+    });
+  }
+
+  /*
+   * The xattr calls of a node without a path, by a handle of it (fuse-native level 19 names it
+   * "#FH"): a descriptor of a file unlinked while open whose directory was then removed. The
+   * file's descriptor in the cache is what they go through (f*xattr); the same rules as by path.
+   * A nameless file's change reaches neither the mirror nor the change record (setattrByHandle).
+   */
+
+  async fsetxattr(fh: number, name: string, value: Buffer, flags: number): Promise<void> {
+    refuseAcl(name);
+    const copy = Buffer.from(value);
+    await this.setattrByHandle(fh, (node) => {
+      setXattr(node.fd, name, copy, flags & (XATTR_CREATE | XATTR_REPLACE));
+      return { op: 'setxattr', path: node.path, name, value: copy };
+    });
+  }
+
+  async fgetxattr(fh: number, name: string): Promise<Buffer> {
+    refuseAcl(name);
+    const value = getXattr(this.handle(fh).fd, name);
+    if (value === undefined) throw errnoError('ENODATA', `handle ${fh}: no ${name}`);
+    return value;
+  }
+
+  async flistxattr(fh: number, ctx?: CallerContext): Promise<Array<string | Buffer>> {
+    return shownXattrNames(listXattrs(this.handle(fh).fd), ctx);
+  }
+
+  async fremovexattr(fh: number, name: string): Promise<void> {
+    refuseAcl(name);
+    await this.setattrByHandle(fh, (node) => {
+      removeXattr(node.fd, name);
+      return { op: 'removexattr', path: node.path, name };
     });
   }
 

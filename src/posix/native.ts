@@ -13,10 +13,11 @@ export interface PosixAddon {
   mknod(path: string, mode: number, dev: number): number;
   utimensat(path: string, atimeNs: bigint | null, mtimeNs: bigint | null, nofollow: boolean): number;
   flock(fd: number, exclusive: boolean, nonblocking: boolean): number;
-  llistxattr(path: string): string[] | number;
-  lgetxattr(path: string, name: string): Buffer | number;
-  lsetxattr(path: string, name: string, value: Buffer, flags: number): number;
-  lremovexattr(path: string, name: string): number;
+  /** The xattr calls take a path (l*xattr) or, since ABI level 13, a descriptor (f*xattr). */
+  llistxattr(path: string | number): string[] | number;
+  lgetxattr(path: string | number, name: string): Buffer | number;
+  lsetxattr(path: string | number, name: string, value: Buffer, flags: number): number;
+  lremovexattr(path: string | number, name: string): number;
   readdirNoAtime(path: string): string[] | number;
   openDirBeneath(root: string, rel: string): number;
   /** sync_file_range(SYNC_FILE_RANGE_WRITE) in the thread pool: resolves 0 or -errno. */
@@ -69,7 +70,7 @@ const ADDON = path.resolve(
   'Release',
   'twinfs_posix.node',
 );
-const ABI_LEVEL = 12;
+const ABI_LEVEL = 13;
 
 let addon: PosixAddon | undefined;
 

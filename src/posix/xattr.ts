@@ -3,10 +3,11 @@ import { posix } from './native.js';
 
 /**
  * Extended attributes of a path itself, never through a symlink (l*xattr(2); fs-xattr follows
- * symlinks). POSIX ACLs are the xattrs system.posix_acl_access and system.posix_acl_default,
+ * symlinks), or of an open file by its descriptor (a number: f*xattr(2), for a file whose name
+ * is gone). POSIX ACLs are the xattrs system.posix_acl_access and system.posix_acl_default,
  * so copying xattrs copies ACLs.
  */
-export function listXattrs(path: string): string[] {
+export function listXattrs(path: string | number): string[] {
   const r = posix().llistxattr(path);
   if (typeof r === 'number') {
     // A filesystem without xattrs has none to list.
@@ -18,7 +19,7 @@ export function listXattrs(path: string): string[] {
 }
 
 /** A value, or undefined when the attribute is gone (removed between list and get is no error). */
-export function getXattr(path: string, name: string): Buffer | undefined {
+export function getXattr(path: string | number, name: string): Buffer | undefined {
   const r = posix().lgetxattr(path, name);
   if (typeof r !== 'number') return r;
   if (r === -61 /* ENODATA */) return undefined;
@@ -37,10 +38,10 @@ export function readXattrs(path: string): Map<string, Buffer> {
 }
 
 /** flags: 0, or XATTR_CREATE (1) / XATTR_REPLACE (2), answered EEXIST / ENODATA by the filesystem. */
-export function setXattr(path: string, name: string, value: Buffer, flags = 0): void {
+export function setXattr(path: string | number, name: string, value: Buffer, flags = 0): void {
   check(posix().lsetxattr(path, name, value, flags), `lsetxattr ${path} ${name}`);
 }
 
-export function removeXattr(path: string, name: string): void {
+export function removeXattr(path: string | number, name: string): void {
   check(posix().lremovexattr(path, name), `lremovexattr ${path} ${name}`);
 }

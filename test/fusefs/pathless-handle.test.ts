@@ -221,6 +221,50 @@ for i in range(3):
 print(json.dumps(out))
 `;
 
+// Extended attributes through such a descriptor (fuse-native level 19: answered by a handle of
+// the node; libfuse builds a path for every xattr request and the kernel sends no handle, so
+// each failed with ESTALE before). A read-only and a write-only descriptor, and a file with
+// another name left: its xattrs change there too.
+const XATTRS = `
+import errno, json, os
+def attempt(f):
+    try:
+        return f()
+    except OSError as e:
+        return errno.errorcode[e.errno]
+out = {}
+os.mkdir('x')
+with open('x/a', 'wb') as f:
+    f.write(b'a' * 10)
+os.setxattr('x/a', 'user.before', b'1')
+rd = os.open('x/a', os.O_RDONLY)
+wr = os.open('x/a', os.O_WRONLY)
+os.link('x/a', 'kept')
+os.unlink('x/a')
+os.rmdir('x')
+out['get'] = attempt(lambda: os.getxattr(rd, 'user.before').decode())
+out['set'] = attempt(lambda: os.setxattr(wr, 'user.after', b'22') or 'ok')
+out['create'] = attempt(lambda: os.setxattr(rd, 'user.after', b'x', os.XATTR_CREATE) or 'ok')
+out['list'] = attempt(lambda: sorted(os.listxattr(rd)))
+out['keptSees'] = sorted(os.listxattr('kept'))
+out['keptValue'] = os.getxattr('kept', 'user.after').decode()
+out['remove'] = attempt(lambda: os.removexattr(wr, 'user.before') or 'ok')
+out['missing'] = attempt(lambda: os.getxattr(rd, 'user.before'))
+out['keptAfter'] = sorted(os.listxattr('kept'))
+os.close(rd)
+os.close(wr)
+# No other name: only the descriptors know the file.
+os.mkdir('y')
+fd = os.open('y/b', os.O_CREAT | os.O_RDWR, 0o644)
+os.write(fd, b'b')
+os.unlink('y/b')
+os.rmdir('y')
+out['alone'] = [attempt(lambda: os.setxattr(fd, 'user.k', b'v') or 'ok'), attempt(lambda: os.getxattr(fd, 'user.k').decode()),
+                attempt(lambda: os.listxattr(fd))]
+os.close(fd)
+print(json.dumps(out))
+`;
+
 describe('descriptors of files whose directory went (libfuse3)', () => {
   let fx: PosixFixture;
   beforeAll(async () => {
@@ -247,6 +291,24 @@ describe('descriptors of files whose directory went (libfuse3)', () => {
         [0, 1, '0o640', 20, 20],
       ],
       dirFsync: ['ok', 'ok'],
+    });
+  }, 90_000);
+
+  it('fgetxattr, fsetxattr, flistxattr and fremovexattr answer by the handle', async () => {
+    await pyIn(fx.mnt, "import os; os.mkdir('xa')");
+    const seen = JSON.parse(await pyIn(`${fx.mnt}/xa`, XATTRS, { timeoutMs: 60_000 }));
+    // Patch level 18: every call through those descriptors failed with ESTALE.
+    expect(seen).toEqual({
+      get: '1',
+      set: 'ok',
+      create: 'EEXIST',
+      list: ['user.after', 'user.before'],
+      keptSees: ['user.after', 'user.before'],
+      keptValue: '22',
+      remove: 'ok',
+      missing: 'ENODATA',
+      keptAfter: ['user.after'],
+      alone: ['ok', 'v', ['user.k']],
     });
   }, 90_000);
 
