@@ -1,4 +1,5 @@
-import { mkdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
 
 /** The minor number of a FUSE mount's device: its connection's number (/sys/fs/fuse/connections/N). */
 export function fuseMinor(mnt: string): number | undefined {
@@ -19,6 +20,8 @@ const TRACEFS = '/sys/kernel/tracing';
 export function traceFuseRequests(mnt: string): { counts(): Map<string, number>; stop(): void } {
   const conn = fuseMinor(mnt);
   if (conn === undefined) throw new Error(`${mnt} is not a FUSE mount`);
+  // A machine without systemd may not have tracefs mounted (systemd mounts it at boot): mount it.
+  if (!existsSync(`${TRACEFS}/instances`)) execFileSync('mount', ['-t', 'tracefs', 'tracefs', TRACEFS]);
   const dir = `${TRACEFS}/instances/twinfs-test-${process.pid}-${conn}`;
   mkdirSync(dir);
   const event = `${dir}/events/fuse/fuse_request_send`;
