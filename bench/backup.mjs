@@ -90,7 +90,10 @@ const opts = parseArgs(
       default: 'twinfs,cp,rsync,mount-cp,restic',
       help: 'full: which copies to run (all five for the report)',
     },
-    verify: { default: false, help: 'diff -r the first snapshot of each tree against the mirror' },
+    verify: {
+      default: false,
+      help: 'restore the first snapshot of each tree and diff -r it against the mirror',
+    },
     'cpu-prof': { default: '', help: 'write a V8 CPU profile of every twinfs backup run into this dir' },
     'alt-cli': {
       default: '',
@@ -496,14 +499,19 @@ log(
 );
 if (!fs.existsSync(path.join(mirror, 'device.json'))) throw new Error(`${mirror} holds no device.json`);
 
+// The dir: target is a repository (docs/repository.md): the snapshot is restored into a scratch
+// directory (`twinfs restore ID --to DIR --target dir:TARGET`) and that compared with the mirror.
 async function verifySnapshot(target, id, subtree) {
+  const to = path.join(d.work, `verify-${id}`);
+  await runMeasured(cliPath, ['restore', id, '--to', to, '--target', `dir:${target}`]);
   const r = await runMeasured('diff', [
     '-r',
     '--no-dereference',
     path.join(mirrorData, subtree),
-    path.join(target, id, subtree),
+    path.join(to, subtree),
   ]);
-  log(`verify: snapshot ${id}${subtree} equals the mirror (diff -r, ${fmt(r.ms / 1000, 1)} s)`);
+  rm(to);
+  log(`verify: snapshot ${id}${subtree} restored equals the mirror (diff -r, ${fmt(r.ms / 1000, 1)} s)`);
 }
 
 const out = { trees: { mixed, inc } };
