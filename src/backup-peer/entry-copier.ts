@@ -369,25 +369,20 @@ export class EntryCopier {
         const sparse = stat.blocks * 512 < size;
         const reader = sparseReader(fh.fd, size, sparse, source.read);
         let holeBytes = 0;
-        const read: ReadInto = async (buf: Buffer, offset: number, length: number) => {
-          const r = await reader.next(buf, offset, length);
-          const n = typeof r === 'number' ? r : r.hole;
-          if (typeof r !== 'number') holeBytes += n;
+        const count = (n: number) => {
           counted += n;
           onBytes?.(n, true);
+          return n;
+        };
+        const read: ReadInto = async (buf: Buffer, offset: number, length: number) => {
+          const r = await reader.next(buf, offset, length);
+          if (typeof r !== 'number') holeBytes += r.hole;
+          count(typeof r === 'number' ? r : r.hole);
           return r;
         };
         // Read with O_DIRECT and no holes: several windows at once (content-cutter.ts, READS).
         if (source.direct && !sparse)
-          read.at = {
-            size,
-            read: async (buf, offset, length, position) => {
-              const n = await source.read(buf, offset, length, position);
-              counted += n;
-              onBytes?.(n, true);
-              return n;
-            },
-          };
+          read.at = { size, read: async (...a) => count(await source.read(...a)) };
         const r = await writer.putFileFrom(src.path, read, meta, { signal });
         checkUnchanged(src, meta, stat, await fh.stat());
         checkStored(src, counted, r.bytes, stat.size);
