@@ -8,13 +8,16 @@
 // backup peer alike, so a peer host needs no FUSE build. One exception to "POSIX":
 // aesGcmSealInPlace, the repository's pack encryption without Node's per-update buffers, and
 // copyBytes, a plain memcpy between views of shared memory. seekData (lseek SEEK_DATA/SEEK_HOLE)
-// and cachedPages (cachestat) are metadata calls like the rest.
+// and cachedPages (cachestat) are metadata calls like the rest. cdcCut is the repository's
+// content-defined chunking (FastCDC), the one other compute helper.
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <node_api.h>
 #include "byte-names.h"
+#include <math.h>
 #include <openssl/evp.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -574,6 +577,143 @@ static napi_value js_advise_huge(napi_env env, napi_callback_info info) {
   return num(env, (double)(end - start));
 }
 
+// cdcCut(parts, min, avg, max): the chunk boundaries FastCDC gives for the bytes of `parts`
+// laid end to end, as the repository's chunker has cut them since its first format (the
+// `fastcdc` crate 1.x, through @dstanesc/wasm-chunking-fastcdc-node's compute_chunks): a
+// Uint32Array of each chunk's start (0 first) and then the total length ([0] for no bytes), or
+// -EINVAL when min < 64, avg < 256, max < 1024 or the total is 4 GiB or more. The same cut as the
+// WebAssembly's, byte for byte (test/plugins/native-cdc.test.ts compares them), without copying
+// the parts into WebAssembly memory first and compiled with -O2 where the module was built for
+// size: a large file's cut is the one serial pass per file in a backup.
+//
+// The algorithm (Xia et al., FastCDC, USENIX ATC 2016, in the 31-bit, right-shifting variant of
+// the ronomon/deduplication JavaScript reference that the crate's 1.x follows): a chunk starting
+// at s is at most `max` and at least `min` long (or what is left); from s + min on, a gear hash
+// h = (h >> 1) + GEAR[byte] is rolled over each byte, and the chunk ends just after the first
+// byte where h has none of the mask's bits set: the strict mask (log2(avg) + 1 low bits) up to
+// s + avg - min(avg, 1.5 min), the easy one (log2(avg) - 1 bits) after it. The gear table is
+// AES-256-CTR's key stream for an all-zero key and counter block (256 big-endian words, each with
+// its high bit cleared), made here with OpenSSL once per process rather than carried as
+// constants.
+static uint32_t cdc_gear[256];
+static int cdc_gear_ok;
+static pthread_once_t cdc_gear_once = PTHREAD_ONCE_INIT;
+
+static void cdc_gear_make(void) {
+  unsigned char key[32] = {0}, iv[16] = {0}, zero[1024] = {0}, out[1024 + 16];
+  EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+  int n = 0, fin = 0;
+  int ok = ctx != NULL && EVP_EncryptInit_ex(ctx, EVP_aes_256_ctr(), NULL, key, iv) == 1 &&
+           EVP_EncryptUpdate(ctx, out, &n, zero, (int)sizeof(zero)) == 1 &&
+           EVP_EncryptFinal_ex(ctx, out + n, &fin) == 1 && n + fin == (int)sizeof(zero);
+  EVP_CIPHER_CTX_free(ctx);
+  if (!ok) return;
+  for (int i = 0; i < 256; i++) {
+    const unsigned char *b = out + 4 * i;
+    cdc_gear[i] = (((uint32_t)b[0] << 24) | ((uint32_t)b[1] << 16) | ((uint32_t)b[2] << 8) | b[3]) & 0x7fffffffu;
+  }
+  cdc_gear_ok = 1;
+}
+
+// The parts as one sequence of bytes: part k holds [at[k], at[k] + len[k]).
+struct cdc_seq {
+  const unsigned char **ptr;
+  size_t *at, *len;
+  uint32_t n;
+};
+
+// Rolls the hash over the bytes [from, to) of seq; the position just after the first byte
+// where (hash & mask) == 0, or 0 when there is none (a cut never ends at 0). *k is the part to
+// start looking in (moved on as the scan goes; positions only grow within one call of cdcCut).
+static size_t cdc_scan(const struct cdc_seq *seq, uint32_t *k, size_t from, size_t to, uint32_t mask,
+                       uint32_t *hash) {
+  uint32_t h = *hash;
+  while (from < to) {
+    while (*k < seq->n && seq->at[*k] + seq->len[*k] <= from) (*k)++;
+    if (*k >= seq->n) break;
+    const unsigned char *p = seq->ptr[*k] + (from - seq->at[*k]);
+    size_t end = seq->at[*k] + seq->len[*k];
+    if (end > to) end = to;
+    const unsigned char *e = p + (end - from);
+    const unsigned char *q = p;
+    while (q < e) {
+      h = (h >> 1) + cdc_gear[*q++];
+      if ((h & mask) == 0) {
+        *hash = h;
+        return from + (size_t)(q - p);
+      }
+    }
+    from = end;
+  }
+  *hash = h;
+  return 0;
+}
+
+static napi_value js_cdc_cut(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  uint32_t nparts;
+  double dmin, davg, dmax;
+  CHECK(napi_get_array_length(env, argv[0], &nparts));
+  CHECK(napi_get_value_double(env, argv[1], &dmin));
+  CHECK(napi_get_value_double(env, argv[2], &davg));
+  CHECK(napi_get_value_double(env, argv[3], &dmax));
+  if (!(dmin >= 64 && davg >= 256 && dmax >= 1024) || dmin > 4294967295.0 || davg > 268435456.0 ||
+      dmax > 4294967295.0 || nparts > 1024)
+    return num(env, -EINVAL);
+  pthread_once(&cdc_gear_once, cdc_gear_make);
+  if (!cdc_gear_ok) return num(env, -EIO);
+  size_t min = (size_t)dmin, avg = (size_t)davg, max = (size_t)dmax;
+  const unsigned char *ptr[1024];
+  size_t at[1024], len[1024];
+  size_t total = 0;
+  for (uint32_t i = 0; i < nparts; i++) {
+    napi_value part;
+    void *data;
+    CHECK(napi_get_element(env, argv[0], i, &part));
+    CHECK(napi_get_buffer_info(env, part, &data, &len[i]));
+    ptr[i] = data;
+    at[i] = total;
+    total += len[i];
+  }
+  if (total > 0xffffffffu) return num(env, -EINVAL);
+  struct cdc_seq seq = {ptr, at, len, nparts};
+  unsigned bits = (unsigned)lround(log2((double)avg));
+  uint32_t mask_s = (uint32_t)((1ull << (bits + 1)) - 1), mask_l = (uint32_t)((1ull << (bits - 1)) - 1);
+  size_t lead = min + (min + 1) / 2;
+  if (lead > avg) lead = avg;
+  // Each chunk's start, then the end: at most total / min + 2 words.
+  size_t cap = total / min + 2, count = 0;
+  uint32_t *starts = malloc(cap * sizeof(uint32_t));
+  if (starts == NULL) return num(env, -ENOMEM);
+  size_t s = 0;
+  uint32_t k = 0;
+  while (s < total) {
+    starts[count++] = (uint32_t)s;
+    size_t size = total - s;
+    if (size <= min) break;
+    if (size > max) size = max;
+    size_t center = avg - lead;
+    if (center > size) center = size;
+    uint32_t h = 0;
+    size_t end = cdc_scan(&seq, &k, s + min, s + center, mask_s, &h);
+    if (end == 0) end = cdc_scan(&seq, &k, s + (center > min ? center : min), s + size, mask_l, &h);
+    s = end != 0 ? end : s + size;
+  }
+  starts[count++] = (uint32_t)total;
+  napi_value ab, out;
+  void *dst;
+  napi_status st = napi_create_arraybuffer(env, count * sizeof(uint32_t), &dst, &ab);
+  if (st == napi_ok) {
+    memcpy(dst, starts, count * sizeof(uint32_t));
+    st = napi_create_typedarray(env, napi_uint32_array, count, ab, 0, &out);
+  }
+  free(starts);
+  CHECK(st);
+  return out;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"mknod", NULL, js_mknod, NULL, NULL, NULL, napi_enumerable, NULL},
@@ -593,10 +733,11 @@ static napi_value init(napi_env env, napi_value exports) {
       {"seekData", NULL, js_seek_data, NULL, NULL, NULL, napi_enumerable, NULL},
       {"cachedPages", NULL, js_cached_pages, NULL, NULL, NULL, napi_enumerable, NULL},
       {"adviseHuge", NULL, js_advise_huge, NULL, NULL, NULL, napi_enumerable, NULL},
+      {"cdcCut", NULL, js_cdc_cut, NULL, NULL, NULL, napi_enumerable, NULL},
   };
   napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
   napi_value v;
-  napi_create_uint32(env, 13, &v);
+  napi_create_uint32(env, 14, &v);
   napi_set_named_property(env, exports, "abiLevel", v);
   return exports;
 }

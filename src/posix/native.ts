@@ -57,6 +57,12 @@ export interface PosixAddon {
    * advised, or -errno. Transparent huge pages for a large buffer's first touch.
    */
   adviseHuge(buf: Uint8Array): number;
+  /**
+   * FastCDC's cut of the parts laid end to end, as the repository's WebAssembly chunker gives it
+   * (`compute_chunks`: each chunk's start, 0 first, then the total length; [0] for no bytes), or
+   * -EINVAL (min < 64, avg < 256, max < 1024, 4 GiB or more in all). Since ABI level 14.
+   */
+  cdcCut(parts: Uint8Array[], min: number, avg: number, max: number): Uint32Array | number;
 }
 
 /** Same depth from src/posix (tests) and dist/posix (the CLI): two levels up is the package root. */
@@ -70,7 +76,7 @@ const ADDON = path.resolve(
   'Release',
   'twinfs_posix.node',
 );
-const ABI_LEVEL = 13;
+const ABI_LEVEL = 14;
 
 let addon: PosixAddon | undefined;
 

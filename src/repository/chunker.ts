@@ -29,11 +29,37 @@ export interface ChunkerParams {
 /** The sizes new repositories get: a changed MiB costs about 1.5 MiB (docs/repository.md). */
 export const DEFAULT_CHUNKER: ChunkerParams = { min: 64 * 1024, avg: 256 * 1024, max: 1024 * 1024 };
 
+/** The posix addon's cdcCut once it loaded; null when it did not or is switched off. */
+let nativeCut:
+  | ((parts: Uint8Array[], min: number, avg: number, max: number) => Uint32Array | number)
+  | null
+  | undefined;
+
+/**
+ * The addon's FastCDC (native/posix, `cdcCut`): the same cut as the WebAssembly module's, byte
+ * for byte (test/plugins/native-cdc.test.ts), reading the parts where they are instead of
+ * copying them into the module's memory, and with no module to compile in each worker thread.
+ * `TWINFS_NATIVE_CDC=0` keeps the WebAssembly (a build without the addon falls back to it).
+ */
+function native(): typeof nativeCut {
+  if (nativeCut === undefined)
+    try {
+      const addon = posix();
+      nativeCut =
+        process.env.TWINFS_NATIVE_CDC === '0'
+          ? null
+          : (parts, min, avg, max) => addon.cdcCut(parts, min, avg, max);
+    } catch {
+      nativeCut = null;
+    }
+  return nativeCut;
+}
+
 /** The chunks of a buffer (views into it). */
 export function cut(data: Buffer, p: ChunkerParams): Buffer[] {
   if (data.length === 0) return [];
   if (data.length <= p.min) return [data];
-  const offs = fastcdc().compute_chunks(data, p.min, p.avg, p.max);
+  const offs = cutOffsets([data], p);
   const out: Buffer[] = [];
   let prev = 0;
   for (const o of offs) {
@@ -47,13 +73,25 @@ export function cut(data: Buffer, p: ChunkerParams): Buffer[] {
 
 /**
  * The chunk end offsets of parts laid end to end (a stream's carried tail, then its next
- * window), as compute_chunks gives them for the joined bytes: the parts are copied straight
- * into the chunker's WebAssembly memory, never joined in a buffer of their own first (a copy
- * per window less on the one serial pass of a large file). Mirrors the module's own
+ * window), as compute_chunks gives them for the joined bytes: the addon's cut reads the parts
+ * where they are; without it, the parts are copied straight into the chunker's WebAssembly
+ * memory, never joined in a buffer of their own first. The WebAssembly path mirrors the module's own
  * compute_chunks glue (wasm-bindgen: the input is handed over and freed by the callee, the
  * answer copied out and freed here); test/plugins/dir-workers.test.ts checks both agree.
  */
 export function cutOffsets(parts: Uint8Array[], p: ChunkerParams): Uint32Array {
+  const n = native();
+  if (n) {
+    const got = n(parts, p.min, p.avg, p.max);
+    if (typeof got !== 'number') return got;
+    if (got === -22) throw new Error(`FastCDC refused the chunk sizes ${p.min}/${p.avg}/${p.max}`);
+    // Anything else (the gear table not made): the WebAssembly.
+  }
+  return wasmCutOffsets(parts, p);
+}
+
+/** cutOffsets through the WebAssembly module (the fallback; exported for the tests that compare). */
+export function wasmCutOffsets(parts: Uint8Array[], p: ChunkerParams): Uint32Array {
   const w = fastcdc().__wasm;
   let len = 0;
   for (const part of parts) len += part.length;

@@ -9,7 +9,14 @@ import { MirrorReader } from '../../src/backup-peer/mirror-source.js';
 import { type ManifestEntry, readsMirrorFiles } from '../../src/backup-peer/target.js';
 import { posix } from '../../src/posix/native.js';
 import { BlobWriter } from '../../src/repository/blob-writer.js';
-import { copyInto, copyShared, cut, cutOffsets, DEFAULT_CHUNKER } from '../../src/repository/chunker.js';
+import {
+  copyInto,
+  copyShared,
+  cut,
+  cutOffsets,
+  DEFAULT_CHUNKER,
+  wasmCutOffsets,
+} from '../../src/repository/chunker.js';
 import { ContentCutter, WINDOW } from '../../src/repository/content-cutter.js';
 import { checkRepository } from '../../src/repository/index.js';
 import { looksIncompressible } from '../../src/repository/pack.js';
@@ -248,11 +255,16 @@ describe('dir repository: the worker path', () => {
     const data = pseudoRandom(3 * MiB + 4321, 41);
     const { min, avg, max } = DEFAULT_CHUNKER;
     const whole = [...(fastcdc.compute_chunks(data, min, avg, max) as Uint32Array)];
-    const offsets = (parts: Uint8Array[]) => [...cutOffsets(parts, DEFAULT_CHUNKER)];
-    expect(offsets([data])).toEqual(whole);
-    expect(offsets([data.subarray(0, 1000), data.subarray(1000, 2 * MiB), data.subarray(2 * MiB)])).toEqual(
-      whole,
-    );
+    // The addon's cut (the default) and the WebAssembly fallback alike.
+    for (const cutter of [cutOffsets, wasmCutOffsets]) {
+      const by = (parts: Uint8Array[]) => [...cutter(parts, DEFAULT_CHUNKER)];
+      expect(by([data]), cutter.name).toEqual(whole);
+      expect(
+        by([data.subarray(0, 1000), data.subarray(1000, 2 * MiB), data.subarray(2 * MiB)]),
+        cutter.name,
+      ).toEqual(whole);
+    }
+    const offsets = (parts: Uint8Array[]) => [...wasmCutOffsets(parts, DEFAULT_CHUNKER)];
     // The chunks cut() makes of it end there.
     expect(cut(data, DEFAULT_CHUNKER).map((c) => c.byteOffset + c.length)).toEqual(
       whole.filter((o) => o > 0),
@@ -279,10 +291,11 @@ describe('dir repository: the worker path', () => {
       const win = new Uint8Array(new SharedArrayBuffer(data.length + 16), winAt, data.length - tailLen);
       win.set(data.subarray(tailLen));
       const whole = [...(fastcdc.compute_chunks(data, min, avg, max) as Uint32Array)];
-      expect(
-        [...cutOffsets([data.subarray(0, tailLen), win], DEFAULT_CHUNKER)],
-        `${tailLen}/${winAt}`,
-      ).toEqual(whole);
+      for (const cutter of [cutOffsets, wasmCutOffsets])
+        expect(
+          [...cutter([data.subarray(0, tailLen), win], DEFAULT_CHUNKER)],
+          `${cutter.name} ${tailLen}/${winAt}`,
+        ).toEqual(whole);
     }
   });
 
