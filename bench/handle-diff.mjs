@@ -30,6 +30,7 @@ import {
   run,
   startTwinfs,
   tempBase,
+  threadStates,
 } from './lib.mjs';
 
 const SCRIPT = path.join(path.dirname(fileURLToPath(import.meta.url)), 'handle-diff.py');
@@ -153,7 +154,19 @@ for (let seed = opts.seed; ; seed++) {
       }
     }
   } finally {
-    await srv.stop();
+    // A stop that takes long (one seed in 386 did not exit within the 120 s bound, 2026-12-07)
+    // is told with what the server said on stderr: its shutdown steps name themselves there
+    // when one takes over STEP_NOTICE_MS (src/cli/serve.ts).
+    const s0 = Date.now();
+    let states;
+    const code = await srv.stop(120_000, { onSlow: (pid) => (states = threadStates(pid)) });
+    const stopSecs = (Date.now() - s0) / 1000;
+    if (stopSecs > 20) {
+      problems.push(`server stop took ${stopSecs.toFixed(1)} s (exit ${code})`);
+      const tail = srv.stderr().slice(-3000);
+      if (tail) problems.push(`server stderr: ${tail}`);
+      if (states) problems.push(`server threads 30 s after SIGTERM:\n${states}`);
+    }
   }
   if (problems.length) failed++;
   const secs = (Date.now() - t0) / 1000;

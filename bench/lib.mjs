@@ -575,16 +575,21 @@ export async function startTwinfs(o) {
     spawnedAt: t0,
     waitEvent,
     stderr: () => stderr,
-    /** SIGTERM (the server writes everything back and unmounts) and wait; SIGKILL after timeoutMs. */
-    async stop(timeoutMs = 120_000) {
+    /**
+     * SIGTERM (the server writes everything back and unmounts) and wait; SIGKILL after
+     * timeoutMs. `onSlow(pid)` runs once if it is still alive after slowMs (to look at it).
+     */
+    async stop(timeoutMs = 120_000, { slowMs = 30_000, onSlow } = {}) {
       if (proc.exitCode === null && proc.signalCode === null) {
         proc.kill('SIGTERM');
         let t;
+        const slow = onSlow ? setTimeout(() => onSlow(proc.pid), slowMs) : undefined;
         const r = await Promise.race([
           exited,
           new Promise((res) => (t = setTimeout(() => res('timeout'), timeoutMs))),
         ]);
         clearTimeout(t);
+        clearTimeout(slow);
         if (r === 'timeout') {
           proc.kill('SIGKILL');
           await exited;
@@ -595,6 +600,36 @@ export async function startTwinfs(o) {
       return exited;
     },
   };
+}
+
+/**
+ * What each thread of a process is doing, from /proc: name, state and the kernel function it
+ * sleeps in (wchan), one line per thread; the main thread's kernel stack when readable (root).
+ */
+export function threadStates(pid) {
+  const lines = [];
+  let tasks = [];
+  try {
+    tasks = fs.readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return `pid ${pid}: gone`;
+  }
+  for (const t of tasks) {
+    const read = (f) => {
+      try {
+        return fs.readFileSync(`/proc/${pid}/task/${t}/${f}`, 'utf8').trim();
+      } catch {
+        return '?';
+      }
+    };
+    const stat = read('stat');
+    const state = stat.slice(stat.lastIndexOf(')') + 2).split(' ')[0];
+    lines.push(`${t} ${read('comm')} ${state} ${read('wchan')}`);
+  }
+  try {
+    lines.push(`main thread's kernel stack:\n${fs.readFileSync(`/proc/${pid}/stack`, 'utf8')}`);
+  } catch {}
+  return lines.join('\n');
 }
 
 /**
