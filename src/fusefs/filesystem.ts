@@ -16,6 +16,7 @@ import { watchMount } from './mount-watch.js';
 import {
   NativeChanges,
   nativeCreateFromEnv,
+  nativeSetattrFromEnv,
   nativeUnlinkCachedFromEnv,
   nativeUnlinkFromEnv,
   nativeWriteFromEnv,
@@ -512,6 +513,8 @@ export class TwinFs {
             settle: (landed, unused) => this.cache.settleOutside(landed, unused),
           },
         },
+      // chmod and utimens by path: after the fact like creates, under the same hold.
+      creates && nativeSetattrFromEnv(),
     );
     // Off while an open handle's node has no path (HandleNodes.onAnyGone).
     const handles = this.kernelNames?.handles;

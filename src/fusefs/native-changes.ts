@@ -56,6 +56,7 @@ export type NativeChangeBinding = Pick<
   Fuse,
   | 'nativeUnlink'
   | 'nativeCreate'
+  | 'nativeSetattr'
   | 'nativeWriteBudget'
   | 'takeNativeChanges'
   | 'endNativeChange'
@@ -118,6 +119,18 @@ export function nativeWriteFromEnv(env: NodeJS.ProcessEnv = process.env): boolea
   return env.TWINFS_NATIVE_WRITE !== '0';
 }
 
+/** A chmod (mode) or utimens (ns, null where not set) done natively, as the queue has it. */
+export type NativeSetattr = ['m', number] | ['t', bigint | null, bigint | null];
+
+/**
+ * chmod and utimens by path answered in libfuse's threads too (native-setattr.h), the default
+ * with native creates; TWINFS_NATIVE_SETATTR=0 keeps them on the JS thread (docs/architecture.md,
+ * "chmod and utimens in libfuse's threads").
+ */
+export function nativeSetattrFromEnv(env: NodeJS.ProcessEnv = process.env): boolean {
+  return env.TWINFS_NATIVE_SETATTR !== '0';
+}
+
 /**
  * libfuse3: unlinks answered in libfuse's worker thread (native-unlink.h), each reported here
  * in the primary's order as VolumeOps.unlink would have reported it. Order is kept by three
@@ -144,7 +157,8 @@ export class NativeChanges implements Disposable {
    * writes: (with creates only) a new file's writes until JS takes its create (nativeWritten); carry:
    * each with a copy of its bytes (the sink makes its copy from them); space: where the room
    * they may take on the primary is reserved (granted NATIVE_WRITE_GRANT at a time, topped up
-   * as their reports come in).
+   * as their reports come in). setattrs: chmod and utimens by path (with creates only: the same
+   * hold covers them; nativeSetattr).
    */
   constructor(
     private readonly fuse: NativeChangeBinding,
@@ -154,6 +168,7 @@ export class NativeChanges implements Disposable {
     private readonly cached = true,
     private readonly creates = false,
     private readonly writes: { carry: boolean; space: NativeWriteSpace } | false = false,
+    private readonly setattrs = false,
   ) {
     fuse.onNativeChanges = () => this.take(false);
     this.inhibitor = inhibitor;
@@ -255,6 +270,8 @@ export class NativeChanges implements Disposable {
     writes: number;
     writeFallbacks: number;
     releases: number;
+    setattrs: number;
+    setattrFallbacks: number;
     enabled: boolean;
   } {
     return {
@@ -264,6 +281,8 @@ export class NativeChanges implements Disposable {
       writes: 0,
       writeFallbacks: 0,
       releases: 0,
+      setattrs: 0,
+      setattrFallbacks: 0,
       ...this.fuse.nativeUnlinkStats(),
       enabled: this.enabled,
     };
@@ -272,6 +291,7 @@ export class NativeChanges implements Disposable {
   dispose(): void {
     this.set(false);
     this.fuse.nativeCreate?.(false);
+    if (this.setattrs) this.fuse.nativeSetattr?.(false);
     // Every native write was reported (set took the queue): the rest of the grant goes back.
     if (this.writes && this.granted > 0) this.writes.space.settle(0, this.granted);
     this.granted = 0;
@@ -285,6 +305,7 @@ export class NativeChanges implements Disposable {
     // When turned off, the native side is quiet once this returns: report what it did.
     this.fuse.nativeUnlink(on, this.cached);
     if (this.creates) this.fuse.nativeCreate?.(on, this.writes !== false, this.writes && this.writes.carry);
+    if (this.setattrs) this.fuse.nativeSetattr?.(on);
     if (!on) this.take(false);
   }
 
@@ -302,6 +323,16 @@ export class NativeChanges implements Disposable {
           .nativeUnlinked(path, what)
           .catch((err) =>
             this.log(`reporting the unlink of ${path} failed: ${(err as Error)?.stack ?? err}`),
+          );
+        continue;
+      }
+      if (typeof (what as unknown[])[0] === 'string') {
+        // ['m', mode] or ['t', atime, mtime] (native-setattr.h)
+        const set = what as NativeSetattr;
+        this.ops
+          .nativeSetattr(path, set)
+          .catch((err) =>
+            this.log(`reporting a native setattr of ${path} failed: ${(err as Error)?.stack ?? err}`),
           );
         continue;
       }

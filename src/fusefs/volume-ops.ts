@@ -12,7 +12,7 @@ import { errnoError } from './errno.js';
 import { HandleNodes } from './handle-nodes.js';
 import { HiddenLinks, HiddenRenames, isHiddenEntry, isHiddenPath } from './hidden-renames.js';
 import type { KernelNames, ShownAttrs } from './kernel-names.js';
-import type { ClosedFile, NativeCreated } from './native-changes.js';
+import type { ClosedFile, NativeCreated, NativeSetattr } from './native-changes.js';
 import { OpenNames } from './open-names.js';
 import { parentOf, type VolumePaths } from './volume-paths.js';
 import type { FileNode, WritebackCache } from './writeback-cache.js';
@@ -1009,6 +1009,20 @@ export class VolumeOps {
   private stampBehind(path: string): void {
     const before = this.sink.beforeChange?.(path);
     if (before instanceof Promise) before.catch(() => undefined);
+  }
+
+  /**
+   * A chmod or utimens libfuse's thread made on the primary (native-setattr.h: a file with one
+   * name or a directory; for utimens, one the cache holds no data of, so no write-back moves
+   * its mtime and nothing is pinned). Reported as chmod and utimens report theirs: the path's
+   * stamp and intent behind the change (the sink's hold precedes it), then the sink's change,
+   * queued synchronously. No other name to refresh (one name).
+   */
+  nativeSetattr(path: string, set: NativeSetattr): Promise<void> {
+    this.stampBehind(path);
+    return this.sink.apply(
+      set[0] === 'm' ? { op: 'chmod', path, mode: set[1] & 0o7777 } : utimensChange(path, set[1], set[2]),
+    );
   }
 
   nativeUnlinked(path: string, ino: number): Promise<void> {

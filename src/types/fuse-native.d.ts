@@ -1,6 +1,6 @@
 /**
  * Types for fuse-native 2.2.6 **as patched by patches/fuse-native+2.2.6.patch** (twinfs patch
- * level 19; see docs/fuse-native-patch.md). They describe what the patched index.js actually
+ * level 20; see docs/fuse-native-patch.md). They describe what the patched index.js actually
  * passes to handlers and accepts back, not upstream's README.
  *
  * Result convention: every callback's first argument is the op's result, a number: 0 for
@@ -439,6 +439,13 @@ declare module 'fuse-native' {
      */
     nativeCreate?(enabled: boolean, writes?: boolean, carry?: boolean): boolean;
     /**
+     * libfuse3, native-setattr.h (patch level 20): whether chmod and utimens by path may be done
+     * in libfuse's worker thread (also needs nativeUnlink enabled): a regular file with one name
+     * or a directory; chmod by root or the owner; utimens of a file JS holds no data of. false:
+     * once it returns, every native one is queued. Absent on older builds.
+     */
+    nativeSetattr?(enabled: boolean): boolean;
+    /**
      * Adds bytes to the space native writes may take on the primary (reserved for them by the
      * caller); negative: no bound. None until the first call (patch level 9).
      */
@@ -446,11 +453,19 @@ declare module 'fuse-native' {
     /**
      * The unlinks, creates and writes done natively, in order, as [path, ino, ...] (a create has
      * [ino, fd, fh, mode, uid, gid] in place of ino; a write '' as its path and [fh, offset,
-     * data (a copy) or its length]), or null; begin: a JS change starts.
+     * data (a copy) or its length]; a chmod ['m', mode], a utimens ['t', atime, mtime] in ns,
+     * null where not set), or null; begin: a JS change starts.
      */
     takeNativeChanges(
       begin: boolean,
-    ): Array<string | number | number[] | [number, number, Buffer | number]> | null;
+    ): Array<
+      | string
+      | number
+      | number[]
+      | [number, number, Buffer | number]
+      | ['m', number]
+      | ['t', bigint | null, bigint | null]
+    > | null;
     /** The JS change begun by takeNativeChanges(true) ended. */
     endNativeChange(): void;
     /** cached: of the answered, unlinks of files JS held cached data of (0 on older builds). */
@@ -467,6 +482,9 @@ declare module 'fuse-native' {
       writeFallbacks?: number;
       /** Releases of natively created files done natively, before JS took their create. */
       releases?: number;
+      /** chmod and utimens done natively, and tried and passed to JS (patch level 20). */
+      setattrs?: number;
+      setattrFallbacks?: number;
     };
     /** Called on the JS thread when native unlinks are queued and no op took them. */
     onNativeChanges: (() => void) | null;

@@ -1,0 +1,208 @@
+import { promises as fsp } from 'node:fs';
+import * as path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { ControlClient } from '../../src/control/client.js';
+import {
+  type ControlFixture,
+  pyStormDuringPrepares,
+  startControlFixture,
+  status,
+  waitUntil,
+} from '../control/control-fixture.js';
+import { pyIn, shIn } from '../helpers/posix.js';
+
+/**
+ * The libfuse3 path answers chmod and utimens by path in libfuse's threads (native-setattr.h in
+ * the fuse-native patch, level 20; TWINFS_NATIVE_SETATTR=0 turns it off) for a regular file with
+ * one name or a directory, and hands each change to JS through the native unlinks' queue. The
+ * mode and the times (to the ns, `touch`'s "now" included) must reach the primary, the mount, the
+ * mirror of a prepare and the change record, in the primary's order with every other change; a
+ * file with two names, a utimens of a file the cache holds data of, and anything during a freeze
+ * go to JS.
+ */
+
+type Stats = {
+  enabled: boolean;
+  busy: number;
+  setattrs: number;
+  setattrFallbacks: number;
+};
+
+/** Times in ns of a path as a child process sees it through the mount: [mode, atime, mtime]. */
+const STAT_NS = `
+import os, sys
+for p in sys.argv[1:]:
+    st = os.lstat(p)
+    print(oct(st.st_mode & 0o7777), st.st_atime_ns, st.st_mtime_ns)
+`;
+
+/** chmod/utime storm of one worker over files made in d<N> (argv: N, rounds). */
+const STORM = `
+import os, sys
+w, rounds = int(sys.argv[1]), int(sys.argv[2])
+d = 'd%d' % w
+os.makedirs(d, exist_ok=True)
+for i in range(6):
+    open('%s/f%d' % (d, i), 'ab').close()
+for r in range(rounds):
+    for i in range(6):
+        p = '%s/f%d' % (d, i)
+        os.chmod(p, 0o600 | ((r + i) % 8) << 3)
+        t = (1_600_000_000 + w * 100_000 + r * 1000 + i) * 10**9 + 123_456_789
+        os.utime(p, ns=(t, t + 1))
+    os.chmod(d, 0o750 if r % 2 else 0o755)
+`;
+
+describe("chmod and utimens answered in libfuse's threads (libfuse3)", () => {
+  let fx: ControlFixture;
+  let c: ControlClient;
+  const stats = async () => (await status(c)).fs.kernelCache.nativeUnlink as Stats;
+  const py = (code: string) => pyIn(fx.mnt, `import os\n${code}\n`);
+  const seen = async (...paths: string[]) =>
+    (await pyIn(fx.mnt, STAT_NS, { args: paths, timeoutMs: 30_000 })).trim().split('\n');
+
+  beforeAll(async () => {
+    fx = await startControlFixture({ args: ['--fuse', '3'] });
+    c = await fx.connect();
+  });
+  afterAll(async () => {
+    await fx?.close();
+  });
+
+  it('of files with one name and of a directory: the mount, the primary, the mirror of a prepare and the change record have them, to the ns', async () => {
+    await py("os.mkdir('s')\nfor i in range(4): open('s/f%d' % i, 'wb').close()");
+    // Settled: the files' creates reported, their (empty) data nowhere but on the primary.
+    await c.request('flush');
+    const g0 = await c.prepare({ volume: true });
+    await c.release(g0.backupId);
+    const before = await stats();
+    expect(before.enabled).toBe(true);
+    await py(
+      [
+        "os.chmod('s/f0', 0o640)",
+        "os.chmod('s/f1', 0o2751)",
+        'os.utime("s/f2", ns=(1_500_000_000_111_222_333, 1_400_000_000_444_555_666))',
+        "os.chmod('s', 0o750)",
+        'os.utime("s", ns=(1_300_000_000_000_000_001, 1_300_000_000_000_000_002))',
+      ].join('\n'),
+    );
+    // Both times to the filesystem's now (utimensat with no times: UTIME_NOW), by path: resolved
+    // where it is made. (`touch` of an existing file sets them through its descriptor: JS's.)
+    await py("os.utime('s/f3')");
+    const after = await stats();
+    expect(after.setattrs - before.setattrs, JSON.stringify([before, after])).toBe(6);
+    expect(after.busy).toBe(0);
+
+    const [f0, f1, f2, dir] = await seen('s/f0', 's/f1', 's/f2', 's');
+    expect(f0!.split(' ')[0]).toBe('0o640');
+    expect(f1!.split(' ')[0]).toBe('0o2751');
+    expect(f2!.split(' ').slice(1)).toEqual(['1500000000111222333', '1400000000444555666']);
+    expect(dir!.split(' ')).toEqual(['0o750', '1300000000000000001', '1300000000000000002']);
+
+    const p = await c.prepare({ subtree: '/s' }, { since: g0.generation });
+    try {
+      expect(p.changes?.unknown).toBeUndefined();
+      for (const f of ['/s/f0', '/s/f1', '/s/f2', '/s/f3']) expect(p.changes?.changed).toContain(f);
+      for (const f of ['s/f0', 's/f1', 's/f2', 's/f3', 's']) {
+        const [a, m] = await Promise.all([
+          fsp.lstat(path.join(fx.primary, f), { bigint: true }),
+          fsp.lstat(path.join(p.mirrorRoot, f), { bigint: true }),
+        ]);
+        expect([m.mode, m.mtimeNs], f).toEqual([a.mode, a.mtimeNs]);
+      }
+      const f3 = await fsp.lstat(path.join(p.mirrorRoot, 's/f3'), { bigint: true });
+      // The touch's now, not the file's creation time and not an omitted time.
+      expect(f3.mtimeNs).toBeGreaterThan(BigInt(Date.now() - 120_000) * 1_000_000n);
+      const f2m = await fsp.lstat(path.join(p.mirrorRoot, 's/f2'), { bigint: true });
+      expect(f2m.atimeNs).toBe(1_500_000_000_111_222_333n);
+    } finally {
+      await c.release(p.backupId);
+    }
+  });
+
+  it('a file with two names, a utimens of a file with cached data, and changes during a freeze go to JS', async () => {
+    await py("open('h1', 'wb').close()\nos.link('h1', 'h2')\nopen('cached', 'wb').close()");
+    await c.request('flush');
+    let s0 = await stats();
+    await py("os.chmod('h1', 0o604)");
+    let s1 = await stats();
+    expect(s1.setattrs).toBe(s0.setattrs);
+    expect(s1.setattrFallbacks).toBeGreaterThan(s0.setattrFallbacks);
+    // JS refreshed the other name's kernel inode: its mode through h2 is the new one.
+    expect((await seen('h2'))[0]!.split(' ')[0]).toBe('0o604');
+
+    // Data cached by JS (an existing file, written in a second open): the write-back would move
+    // the mtime, which JS puts back; so its utimens is JS's.
+    s0 = await stats();
+    await py(
+      "fd = os.open('cached', os.O_WRONLY)\nos.write(fd, b'x' * 5000)\nos.close(fd)\nos.utime('cached', ns=(1_200_000_000_000_000_000, 1_200_000_000_000_000_007))",
+    );
+    s1 = await stats();
+    expect(s1.setattrs).toBe(s0.setattrs);
+    await c.request('flush');
+    const st = await fsp.lstat(path.join(fx.primary, 'cached'), { bigint: true });
+    expect([st.size, st.mtimeNs]).toEqual([5000n, 1_200_000_000_000_000_007n]);
+
+    await py("open('fz', 'wb').close()");
+    const f: any = await c.request('freeze', { selector: { paths: ['/fz'] }, timeoutMs: 60_000 });
+    try {
+      expect((await stats()).enabled).toBe(false);
+      s0 = await stats();
+      const r = await shIn(fx.mnt, 'chmod 0640 h1 && touch -d @1000000000 fz2', { timeoutMs: 30_000 });
+      expect(r.code).toBe(0);
+      s1 = await stats();
+      expect(s1.setattrs).toBe(s0.setattrs);
+      expect(s1.setattrFallbacks).toBe(s0.setattrFallbacks);
+    } finally {
+      await c.request('thaw', { freezeId: f.freezeId });
+    }
+    await waitUntil(async () => (await stats()).enabled, 5000, 'native changes back on');
+  });
+
+  it('chmod and utime storms from child processes during prepare loops: the mirror and the change record follow the primary', async () => {
+    const g0 = await c.prepare({ volume: true });
+    await c.release(g0.backupId);
+    const before = await stats();
+    const WORKERS = 3;
+    const ROUNDS = 15;
+    const prepares = await pyStormDuringPrepares(fx, c, {
+      script: STORM,
+      workers: WORKERS,
+      args: [String(ROUNDS)],
+      since: g0.generation,
+      pauseMs: 20,
+    });
+    expect(prepares).toBeGreaterThan(0);
+    const after = await stats();
+    expect(after.setattrs - before.setattrs).toBeGreaterThan(WORKERS * 6);
+    expect(after.busy).toBe(0);
+
+    const last = await c.prepare({ volume: true }, { since: g0.generation });
+    try {
+      const ch = last.changes!;
+      expect(ch.unknown).toBeUndefined();
+      const r = ROUNDS - 1;
+      for (let w = 0; w < WORKERS; w++) {
+        const dm = await fsp.lstat(path.join(last.mirrorRoot, `d${w}`));
+        expect(dm.mode & 0o777).toBe(r % 2 ? 0o750 : 0o755);
+        for (let i = 0; i < 6; i++) {
+          const p = `d${w}/f${i}`;
+          expect(ch.changed).toContain(`/${p}`);
+          const m = await fsp.lstat(path.join(last.mirrorRoot, p), { bigint: true });
+          const t = BigInt(1_600_000_000 + w * 100_000 + r * 1000 + i) * 1_000_000_000n + 123_456_789n;
+          expect([Number(m.mode) & 0o777, m.atimeNs, m.mtimeNs], p).toEqual([
+            0o600 | (((r + i) % 8) << 3),
+            t,
+            t + 1n,
+          ]);
+        }
+      }
+    } finally {
+      await c.release(last.backupId);
+    }
+    await c.request('flush');
+    const v: any = await c.request('verify', { content: true });
+    expect(v.differences).toEqual([]);
+    expect(v.ok).toBe(true);
+  });
+});
