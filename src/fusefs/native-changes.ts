@@ -60,6 +60,7 @@ export type NativeChangeBinding = Pick<
   | 'nativeWriteBudget'
   | 'takeNativeChanges'
   | 'endNativeChange'
+  | 'pollNativeChanges'
   | 'nativeUnlinkStats'
   | 'onNativeChanges'
 >;
@@ -143,9 +144,18 @@ export function nativeSetattrFromEnv(env: NodeJS.ProcessEnv = process.env): bool
  *   synchronously before it counts (WriteInhibitor.onWillInhibit), so a split that follows
  *   sees every change the primary had before it; they come back when no inhibition is left.
  */
+/**
+ * How long a change made natively may wait for JS while such changes keep coming (ms): JS then
+ * takes the queue on this timer instead of being woken for each (fuse_native_changes_poll).
+ */
+const POLL_MS = 20;
+
 export class NativeChanges implements Disposable {
   private enabled = false;
   private disposed = false;
+  /** Taking the queue on a timer (the native side wakes JS no more meanwhile). */
+  private polling = false;
+  private pollTimer: NodeJS.Timeout | undefined;
   private readonly subs: Disposable[] = [];
 
   /**
@@ -289,6 +299,8 @@ export class NativeChanges implements Disposable {
   }
 
   dispose(): void {
+    clearTimeout(this.pollTimer);
+    this.pollTimer = undefined;
     this.set(false);
     this.fuse.nativeCreate?.(false);
     if (this.setattrs) this.fuse.nativeSetattr?.(false);
@@ -309,9 +321,35 @@ export class NativeChanges implements Disposable {
     if (!on) this.take(false);
   }
 
-  private take(begin: boolean): void {
+  /**
+   * Changes made natively come in runs (`rm -r`, `chmod -R`, `tar x`): once JS took one, it takes
+   * the queue every POLL_MS while more keep coming, and the native side no longer wakes it for
+   * each (a wake cost ~10 µs of the change's answer and ~20 µs of CPU here, docs/benchmarks.md
+   * "chmod and utimens in libfuse's threads"). A tick that finds nothing turns the timer off,
+   * which the native side allows only with the queue empty, under the lock changes are queued
+   * under: no change is left waiting unwoken.
+   */
+  private keepTaking(): void {
+    if (this.disposed || this.fuse.pollNativeChanges === undefined) return;
+    if (!this.polling) {
+      this.polling = true;
+      this.fuse.pollNativeChanges(true);
+    }
+    this.pollTimer ??= setTimeout(() => this.pollTick(), POLL_MS).unref();
+  }
+
+  private pollTick(): void {
+    this.pollTimer = undefined;
+    if (this.disposed || this.take(false) > 0) return;
+    if (this.fuse.pollNativeChanges!(false)) this.polling = false;
+    // Something was queued between the take and the check: take it (and go on polling).
+    else this.take(false);
+  }
+
+  /** Reports what the native side did since the last take; the number of entries. */
+  private take(begin: boolean): number {
     const done = this.fuse.takeNativeChanges(begin);
-    if (done === null) return;
+    if (done === null) return 0;
     // Files created and closed natively in this batch (fd -1): their writes are reported by path.
     let closed: Map<number, ClosedFile> | undefined;
     let written = 0;
@@ -362,5 +400,7 @@ export class NativeChanges implements Disposable {
       }
       this.grant();
     }
+    if (done.length > 0) this.keepTaking();
+    return done.length / 2;
   }
 }

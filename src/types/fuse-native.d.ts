@@ -468,6 +468,12 @@ declare module 'fuse-native' {
     > | null;
     /** The JS change begun by takeNativeChanges(true) ended. */
     endNativeChange(): void;
+    /**
+     * Patch level 20: on, JS takes the queue on a timer and native changes no longer wake it
+     * (onNativeChanges); off only when the queue is empty: false (still on) when something is
+     * queued. true on builds without it.
+     */
+    pollNativeChanges?(on: boolean): boolean;
     /** cached: of the answered, unlinks of files JS held cached data of (0 on older builds). */
     nativeUnlinkStats(): {
       answered: number;

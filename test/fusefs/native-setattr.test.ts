@@ -159,6 +159,39 @@ describe("chmod and utimens answered in libfuse's threads (libfuse3)", () => {
     await waitUntil(async () => (await stats()).enabled, 5000, 'native changes back on');
   });
 
+  it('the last of a run of native changes reaches the mirror by itself, with no request after it', async () => {
+    // A run engages the timer that takes the queue (no wake per change); the timer turns off only
+    // with the queue empty. Nothing here asks the server anything until the mirror has the last
+    // change: a change left queued and unwoken would stay off the mirror.
+    await py("os.mkdir('run')\nfor i in range(40): open('run/f%d' % i, 'wb').close()");
+    await c.request('flush');
+    const before = await stats();
+    for (let round = 0; round < 3; round++) {
+      await py(
+        `for i in range(1, 40): os.chmod('run/f%d' % i, 0o600 + ${round})\nos.unlink('run/f0') if ${round} == 0 else None`,
+      );
+      const last = path.join(fx.mirrorRoot, 'run/f39');
+      await waitUntil(
+        async () => ((await fsp.lstat(last)).mode & 0o777) === 0o600 + round,
+        3000,
+        `round ${round}: the mirror has the last chmod`,
+      );
+      await waitUntil(
+        async () =>
+          !(await fsp.lstat(path.join(fx.mirrorRoot, 'run/f0')).then(
+            () => true,
+            () => false,
+          )),
+        3000,
+        'the mirror has the unlink',
+      );
+      // Idle long enough for the timer to find the queue empty and turn itself off.
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const after = await stats();
+    expect(after.setattrs - before.setattrs).toBeGreaterThanOrEqual(3 * 39);
+  });
+
   it('chmod and utime storms from child processes during prepare loops: the mirror and the change record follow the primary', async () => {
     const g0 = await c.prepare({ volume: true });
     await c.release(g0.backupId);
