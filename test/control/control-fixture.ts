@@ -371,6 +371,21 @@ export async function expectMirrorSettledExact(
   return v;
 }
 
+/** The volume's change generation now (a volume prepare, released at once): a base for `since`. */
+export async function volumeGeneration(c: ControlClient): Promise<GenerationMsg> {
+  const p = await c.prepare({ volume: true });
+  await c.release(p.backupId);
+  return p.generation;
+}
+
+/** Writes everything back, then expects the mirror to equal the primary, content included. */
+export async function expectMirrorClean(c: ControlClient): Promise<void> {
+  await c.request('flush');
+  const v: any = await c.request('verify', { content: true });
+  expect(v.differences).toEqual([]);
+  expect(v.ok).toBe(true);
+}
+
 /**
  * Runs `workers` copies of a Python script in the mount (its arguments: the worker's index, then
  * `args`) while volume prepares (incremental since `since`) and their releases loop, `pauseMs`

@@ -6,9 +6,11 @@ import type { ControlClient } from '../../src/control/client.js';
 import { TwinFs } from '../../src/fusefs/index.js';
 import {
   type ControlFixture,
+  expectMirrorClean,
   pyStormDuringPrepares,
   startControlFixture,
   status,
+  volumeGeneration,
   waitUntil,
 } from '../control/control-fixture.js';
 import { unmountAll } from '../helpers/mounts.js';
@@ -78,8 +80,7 @@ describe("create answered in libfuse's threads (libfuse3)", () => {
   });
 
   it('files created natively reach the primary, the mirror and a prepare with their data, modes and change entries', async () => {
-    const g0 = await c.prepare({ volume: true });
-    await c.release(g0.backupId);
+    const since = await volumeGeneration(c);
     const before = await stats();
     expect(before.enabled).toBe(true);
     await py(
@@ -98,7 +99,7 @@ describe("create answered in libfuse's threads (libfuse3)", () => {
       const r = await shIn(fx.mnt, `cat a/f${i}`, { timeoutMs: 30_000 });
       expect(r.stdout).toBe(want.toString());
     }
-    const p = await c.prepare({ subtree: '/a' }, { since: g0.generation });
+    const p = await c.prepare({ subtree: '/a' }, { since: since });
     try {
       expect(p.changes?.unknown).toBeUndefined();
       for (let i = 0; i < 20; i++) {
@@ -231,8 +232,7 @@ describe("create answered in libfuse's threads (libfuse3)", () => {
   });
 
   it('create/write/rename/unlink storms from child processes during prepare loops: mirror and change record follow the primary', async () => {
-    const g0 = await c.prepare({ volume: true });
-    await c.release(g0.backupId);
+    const since = await volumeGeneration(c);
     const before = await stats();
     const WORKERS = 3;
     const ROUNDS = 20;
@@ -240,7 +240,7 @@ describe("create answered in libfuse's threads (libfuse3)", () => {
       script: STORM,
       workers: WORKERS,
       args: [String(ROUNDS)],
-      since: g0.generation,
+      since: since,
       pauseMs: 20,
     });
     expect(prepares).toBeGreaterThan(0);
@@ -249,7 +249,7 @@ describe("create answered in libfuse's threads (libfuse3)", () => {
     expect(after.creates - before.creates).toBeGreaterThan(WORKERS * 4);
     expect(after.busy).toBe(0);
 
-    const last = await c.prepare({ volume: true }, { since: g0.generation });
+    const last = await c.prepare({ volume: true }, { since: since });
     try {
       const ch = last.changes!;
       expect(ch.unknown).toBeUndefined();
@@ -269,10 +269,7 @@ describe("create answered in libfuse's threads (libfuse3)", () => {
     } finally {
       await c.release(last.backupId);
     }
-    await c.request('flush');
-    const v: any = await c.request('verify', { content: true });
-    expect(v.differences).toEqual([]);
-    expect(v.ok).toBe(true);
+    await expectMirrorClean(c);
   });
 });
 

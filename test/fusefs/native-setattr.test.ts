@@ -4,9 +4,11 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ControlClient } from '../../src/control/client.js';
 import {
   type ControlFixture,
+  expectMirrorClean,
   pyStormDuringPrepares,
   startControlFixture,
   status,
+  volumeGeneration,
   waitUntil,
 } from '../control/control-fixture.js';
 import { pyIn, shIn } from '../helpers/posix.js';
@@ -73,8 +75,7 @@ describe("chmod and utimens answered in libfuse's threads (libfuse3)", () => {
     await py("os.mkdir('s')\nfor i in range(4): open('s/f%d' % i, 'wb').close()");
     // Settled: the files' creates reported, their (empty) data nowhere but on the primary.
     await c.request('flush');
-    const g0 = await c.prepare({ volume: true });
-    await c.release(g0.backupId);
+    const since = await volumeGeneration(c);
     const before = await stats();
     expect(before.enabled).toBe(true);
     await py(
@@ -99,7 +100,7 @@ describe("chmod and utimens answered in libfuse's threads (libfuse3)", () => {
     expect(f2!.split(' ').slice(1)).toEqual(['1500000000111222333', '1400000000444555666']);
     expect(dir!.split(' ')).toEqual(['0o750', '1300000000000000001', '1300000000000000002']);
 
-    const p = await c.prepare({ subtree: '/s' }, { since: g0.generation });
+    const p = await c.prepare({ subtree: '/s' }, { since: since });
     try {
       expect(p.changes?.unknown).toBeUndefined();
       for (const f of ['/s/f0', '/s/f1', '/s/f2', '/s/f3']) expect(p.changes?.changed).toContain(f);
@@ -193,8 +194,7 @@ describe("chmod and utimens answered in libfuse's threads (libfuse3)", () => {
   });
 
   it('chmod and utime storms from child processes during prepare loops: the mirror and the change record follow the primary', async () => {
-    const g0 = await c.prepare({ volume: true });
-    await c.release(g0.backupId);
+    const since = await volumeGeneration(c);
     const before = await stats();
     const WORKERS = 3;
     const ROUNDS = 15;
@@ -202,7 +202,7 @@ describe("chmod and utimens answered in libfuse's threads (libfuse3)", () => {
       script: STORM,
       workers: WORKERS,
       args: [String(ROUNDS)],
-      since: g0.generation,
+      since: since,
       pauseMs: 20,
     });
     expect(prepares).toBeGreaterThan(0);
@@ -210,7 +210,7 @@ describe("chmod and utimens answered in libfuse's threads (libfuse3)", () => {
     expect(after.setattrs - before.setattrs).toBeGreaterThan(WORKERS * 6);
     expect(after.busy).toBe(0);
 
-    const last = await c.prepare({ volume: true }, { since: g0.generation });
+    const last = await c.prepare({ volume: true }, { since: since });
     try {
       const ch = last.changes!;
       expect(ch.unknown).toBeUndefined();
@@ -233,9 +233,6 @@ describe("chmod and utimens answered in libfuse's threads (libfuse3)", () => {
     } finally {
       await c.release(last.backupId);
     }
-    await c.request('flush');
-    const v: any = await c.request('verify', { content: true });
-    expect(v.differences).toEqual([]);
-    expect(v.ok).toBe(true);
+    await expectMirrorClean(c);
   });
 });
