@@ -133,6 +133,12 @@ export function nativeSetattrFromEnv(env: NodeJS.ProcessEnv = process.env): bool
 }
 
 /**
+ * How long a change made natively may wait for JS while such changes keep coming (ms): JS then
+ * takes the queue on this timer instead of being woken for each (fuse_native_changes_poll).
+ */
+const POLL_MS = 20;
+
+/**
  * libfuse3: unlinks answered in libfuse's worker thread (native-unlink.h), each reported here
  * in the primary's order as VolumeOps.unlink would have reported it. Order is kept by three
  * rules:
@@ -143,13 +149,10 @@ export function nativeSetattrFromEnv(env: NodeJS.ProcessEnv = process.env): bool
  * - an inhibition (freeze, prepare) turns native unlinks off and reports the queue
  *   synchronously before it counts (WriteInhibitor.onWillInhibit), so a split that follows
  *   sees every change the primary had before it; they come back when no inhibition is left.
+ * Creates, writes and releases of new files, and chmod and utimens (native-create.h,
+ * native-setattr.h) go through the same queue; while changes keep coming, JS takes it on a
+ * timer rather than being woken for each (keepTaking).
  */
-/**
- * How long a change made natively may wait for JS while such changes keep coming (ms): JS then
- * takes the queue on this timer instead of being woken for each (fuse_native_changes_poll).
- */
-const POLL_MS = 20;
-
 export class NativeChanges implements Disposable {
   private enabled = false;
   private disposed = false;
