@@ -375,6 +375,7 @@ export async function expectMirrorSettledExact(
 export async function volumeGeneration(c: ControlClient): Promise<GenerationMsg> {
   const p = await c.prepare({ volume: true });
   await c.release(p.backupId);
+  if (p.generation === undefined) throw new Error('the volume prepare answered no generation');
   return p.generation;
 }
 
