@@ -379,6 +379,24 @@ export async function volumeGeneration(c: ControlClient): Promise<GenerationMsg>
   return p.generation;
 }
 
+/**
+ * A storm of `workers` python processes (pyStormDuringPrepares) measured from a base taken right
+ * before it: the base generation, and `stats` before and after (at least one prepare ran during
+ * it, or the storm proved nothing about prepares).
+ */
+export async function stormFromBase<S>(
+  fx: ControlFixture,
+  c: ControlClient,
+  o: { script: string; workers: number; args: string[]; pauseMs: number },
+  stats: () => Promise<S>,
+): Promise<{ since: GenerationMsg; before: S; after: S }> {
+  const since = await volumeGeneration(c);
+  const before = await stats();
+  const prepares = await pyStormDuringPrepares(fx, c, { ...o, since });
+  expect(prepares).toBeGreaterThan(0);
+  return { since, before, after: await stats() };
+}
+
 /** Writes everything back, then expects the mirror to equal the primary, content included. */
 export async function expectMirrorClean(c: ControlClient): Promise<void> {
   await c.request('flush');

@@ -7,9 +7,9 @@ import { TwinFs } from '../../src/fusefs/index.js';
 import {
   type ControlFixture,
   expectMirrorClean,
-  pyStormDuringPrepares,
   startControlFixture,
   status,
+  stormFromBase,
   volumeGeneration,
   waitUntil,
 } from '../control/control-fixture.js';
@@ -232,19 +232,14 @@ describe("create answered in libfuse's threads (libfuse3)", () => {
   });
 
   it('create/write/rename/unlink storms from child processes during prepare loops: mirror and change record follow the primary', async () => {
-    const since = await volumeGeneration(c);
-    const before = await stats();
     const WORKERS = 3;
     const ROUNDS = 20;
-    const prepares = await pyStormDuringPrepares(fx, c, {
-      script: STORM,
-      workers: WORKERS,
-      args: [String(ROUNDS)],
-      since: since,
-      pauseMs: 20,
-    });
-    expect(prepares).toBeGreaterThan(0);
-    const after = await stats();
+    const { since, before, after } = await stormFromBase(
+      fx,
+      c,
+      { script: STORM, workers: WORKERS, args: [String(ROUNDS)], pauseMs: 20 },
+      stats,
+    );
     // Creates between prepares were answered natively (none while a prepare inhibits).
     expect(after.creates - before.creates).toBeGreaterThan(WORKERS * 4);
     expect(after.busy).toBe(0);

@@ -5,9 +5,9 @@ import type { ControlClient } from '../../src/control/client.js';
 import {
   type ControlFixture,
   expectMirrorClean,
-  pyStormDuringPrepares,
   startControlFixture,
   status,
+  stormFromBase,
   volumeGeneration,
   waitUntil,
 } from '../control/control-fixture.js';
@@ -194,19 +194,14 @@ describe("chmod and utimens answered in libfuse's threads (libfuse3)", () => {
   });
 
   it('chmod and utime storms from child processes during prepare loops: the mirror and the change record follow the primary', async () => {
-    const since = await volumeGeneration(c);
-    const before = await stats();
     const WORKERS = 3;
     const ROUNDS = 15;
-    const prepares = await pyStormDuringPrepares(fx, c, {
-      script: STORM,
-      workers: WORKERS,
-      args: [String(ROUNDS)],
-      since: since,
-      pauseMs: 20,
-    });
-    expect(prepares).toBeGreaterThan(0);
-    const after = await stats();
+    const { since, before, after } = await stormFromBase(
+      fx,
+      c,
+      { script: STORM, workers: WORKERS, args: [String(ROUNDS)], pauseMs: 20 },
+      stats,
+    );
     expect(after.setattrs - before.setattrs).toBeGreaterThan(WORKERS * 6);
     expect(after.busy).toBe(0);
 

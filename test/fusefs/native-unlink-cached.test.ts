@@ -5,11 +5,10 @@ import type { ControlClient } from '../../src/control/client.js';
 import {
   type ControlFixture,
   expectMirrorClean,
-  pyStormDuringPrepares,
   sleep,
   startControlFixture,
   status,
-  volumeGeneration,
+  stormFromBase,
 } from '../control/control-fixture.js';
 import { pyIn } from '../helpers/posix.js';
 
@@ -103,19 +102,14 @@ describe("unlink of a cached file answered in libfuse's threads (libfuse3)", () 
   });
 
   it('create/write/rename/unlink storms on shared names during prepares: mirror equals primary, no bytes of a gone file anywhere', async () => {
-    const since = await volumeGeneration(c);
-    const before = await unlinks();
     const WORKERS = 4;
     const ROUNDS = 3000;
-    const prepares = await pyStormDuringPrepares(fx, c, {
-      script: STORM,
-      workers: WORKERS,
-      args: [String(ROUNDS), '1'],
-      since: since,
-      pauseMs: 30,
-    });
-    expect(prepares).toBeGreaterThan(0);
-    const after = await unlinks();
+    const { since, before, after } = await stormFromBase(
+      fx,
+      c,
+      { script: STORM, workers: WORKERS, args: [String(ROUNDS), '1'], pauseMs: 30 },
+      unlinks,
+    );
     expect(after.cached - before.cached).toBeGreaterThan(0);
     expect(after.busy).toBe(0);
 

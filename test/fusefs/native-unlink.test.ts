@@ -5,11 +5,10 @@ import type { ControlClient } from '../../src/control/client.js';
 import {
   type ControlFixture,
   expectMirrorClean,
-  pyStormDuringPrepares,
   sleep,
   startControlFixture,
   status,
-  volumeGeneration,
+  stormFromBase,
   waitUntil,
 } from '../control/control-fixture.js';
 import { pyIn, shIn } from '../helpers/posix.js';
@@ -126,19 +125,14 @@ describe("unlink answered in libfuse's threads (libfuse3)", () => {
   });
 
   it('create/unlink storms from child processes during prepare loops: mirror and change record follow the primary', async () => {
-    const since = await volumeGeneration(c);
-    const before = await unlinks();
     const WORKERS = 3;
     const ROUNDS = 25;
-    const prepares = await pyStormDuringPrepares(fx, c, {
-      script: STORM,
-      workers: WORKERS,
-      args: [String(ROUNDS)],
-      since: since,
-      pauseMs: 20,
-    });
-    expect(prepares).toBeGreaterThan(0);
-    const after = await unlinks();
+    const { since, before, after } = await stormFromBase(
+      fx,
+      c,
+      { script: STORM, workers: WORKERS, args: [String(ROUNDS)], pauseMs: 20 },
+      unlinks,
+    );
     // Many of the storm's ~1,490 unlinks were answered natively, between prepares. How many
     // depends on how much of the storm's time prepares hold the volume (native unlinks are off
     // while one inhibits), which grows with the load: 255 and 290 at load 17-20.
