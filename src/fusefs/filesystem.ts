@@ -16,6 +16,7 @@ import { watchMount } from './mount-watch.js';
 import {
   NativeChanges,
   nativeCreateFromEnv,
+  nativeRenameFromEnv,
   nativeSetattrFromEnv,
   nativeUnlinkCachedFromEnv,
   nativeUnlinkFromEnv,
@@ -515,6 +516,8 @@ export class TwinFs {
         },
       // chmod and utimens by path: after the fact like creates, under the same hold.
       creates && nativeSetattrFromEnv(),
+      // Renames of files: likewise.
+      creates && nativeRenameFromEnv(),
     );
     // Off while an open handle's node has no path (HandleNodes.onAnyGone).
     const handles = this.kernelNames?.handles;

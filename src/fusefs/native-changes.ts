@@ -57,6 +57,7 @@ export type NativeChangeBinding = Pick<
   | 'nativeUnlink'
   | 'nativeCreate'
   | 'nativeSetattr'
+  | 'nativeRename'
   | 'nativeWriteBudget'
   | 'takeNativeChanges'
   | 'endNativeChange'
@@ -133,6 +134,15 @@ export function nativeSetattrFromEnv(env: NodeJS.ProcessEnv = process.env): bool
 }
 
 /**
+ * Renames of files answered in libfuse's threads too (native-rename.h), the default with native
+ * creates; TWINFS_NATIVE_RENAME=0 keeps them on the JS thread (docs/architecture.md, "Renames in
+ * libfuse's threads").
+ */
+export function nativeRenameFromEnv(env: NodeJS.ProcessEnv = process.env): boolean {
+  return env.TWINFS_NATIVE_RENAME !== '0';
+}
+
+/**
  * How long a change made natively may wait for JS while such changes keep coming (ms): JS then
  * takes the queue on this timer instead of being woken for each (fuse_native_changes_poll).
  */
@@ -150,7 +160,7 @@ const POLL_MS = 20;
  *   synchronously before it counts (WriteInhibitor.onWillInhibit), so a split that follows
  *   sees every change the primary had before it; they come back when no inhibition is left.
  * Creates, writes and releases of new files, and chmod and utimens (native-create.h,
- * native-setattr.h) go through the same queue; while changes keep coming, JS takes it on a
+ * native-setattr.h) and renames of files (native-rename.h) go through the same queue; while changes keep coming, JS takes it on a
  * timer rather than being woken for each (keepTaking).
  */
 export class NativeChanges implements Disposable {
@@ -171,7 +181,7 @@ export class NativeChanges implements Disposable {
    * each with a copy of its bytes (the sink makes its copy from them); space: where the room
    * they may take on the primary is reserved (granted NATIVE_WRITE_GRANT at a time, topped up
    * as their reports come in). setattrs: chmod and utimens by path (with creates only: the same
-   * hold covers them; nativeSetattr).
+   * hold covers them; nativeSetattr). renames: of files (likewise; nativeRenamed).
    */
   constructor(
     private readonly fuse: NativeChangeBinding,
@@ -182,6 +192,7 @@ export class NativeChanges implements Disposable {
     private readonly creates = false,
     private readonly writes: { carry: boolean; space: NativeWriteSpace } | false = false,
     private readonly setattrs = false,
+    private readonly renames = false,
   ) {
     fuse.onNativeChanges = () => this.take(false);
     this.inhibitor = inhibitor;
@@ -285,6 +296,8 @@ export class NativeChanges implements Disposable {
     releases: number;
     setattrs: number;
     setattrFallbacks: number;
+    renames: number;
+    renameFallbacks: number;
     enabled: boolean;
   } {
     return {
@@ -296,6 +309,8 @@ export class NativeChanges implements Disposable {
       releases: 0,
       setattrs: 0,
       setattrFallbacks: 0,
+      renames: 0,
+      renameFallbacks: 0,
       ...this.fuse.nativeUnlinkStats(),
       enabled: this.enabled,
     };
@@ -307,6 +322,7 @@ export class NativeChanges implements Disposable {
     this.set(false);
     this.fuse.nativeCreate?.(false);
     if (this.setattrs) this.fuse.nativeSetattr?.(false);
+    if (this.renames) this.fuse.nativeRename?.(false);
     // Every native write was reported (set took the queue): the rest of the grant goes back.
     if (this.writes && this.granted > 0) this.writes.space.settle(0, this.granted);
     this.granted = 0;
@@ -321,6 +337,7 @@ export class NativeChanges implements Disposable {
     this.fuse.nativeUnlink(on, this.cached);
     if (this.creates) this.fuse.nativeCreate?.(on, this.writes !== false, this.writes && this.writes.carry);
     if (this.setattrs) this.fuse.nativeSetattr?.(on);
+    if (this.renames) this.fuse.nativeRename?.(on);
     if (!on) this.take(false);
   }
 
@@ -364,6 +381,18 @@ export class NativeChanges implements Disposable {
           .nativeUnlinked(path, what)
           .catch((err) =>
             this.log(`reporting the unlink of ${path} failed: ${(err as Error)?.stack ?? err}`),
+          );
+        continue;
+      }
+      if ((what as unknown[])[0] === 'r') {
+        // ['r', to, ino, replaced ino or 0] (native-rename.h)
+        const [, to, ino, replaced] = what as ['r', string, number, number];
+        // A file created and closed natively in this batch: its later writes come by its new name.
+        if (closed) for (const f of closed.values()) if (f.path === path) f.path = to;
+        this.ops
+          .nativeRenamed(path, to, ino, replaced)
+          .catch((err) =>
+            this.log(`reporting the rename of ${path} to ${to} failed: ${(err as Error)?.stack ?? err}`),
           );
         continue;
       }

@@ -1025,6 +1025,31 @@ export class VolumeOps {
     );
   }
 
+  /**
+   * A rename libfuse3's worker thread already did on the primary (native-rename.h), reported in
+   * its turn: the bookkeeping of rename() after its rename(2). The native side did it only for a
+   * non-directory with one name that the cache holds no unwritten data of, onto nothing or onto
+   * such a file (not open: libfuse hides an open target first, and that request is JS's), not a
+   * hidden name, with no inhibition active and no other change in flight here. What follows
+   * libfuse's node of `from` moves to `to` (nodeMoved); a replaced file the cache still knows
+   * (clean) has no name left.
+   */
+  nativeRenamed(from: string, to: string, ino: number, replacedIno: number): Promise<void> {
+    this.forgetNoCapabilities?.();
+    this.hides.touched(from);
+    this.hides.take(to);
+    this.stampBehind(from);
+    this.stampBehind(to);
+    const replaced = replacedIno !== 0 ? this.cache.get(replacedIno) : undefined;
+    this.cache.renamed(from, to, ino);
+    this.nodeMoved(from, to);
+    if (replaced) replaced.nameless = true;
+    // Queued now, synchronously: the sink sees it before any change JS makes after this call.
+    const applied = this.sink.apply({ op: 'rename', path: to, from });
+    if (!replaced) return applied;
+    return applied.then(() => (replaced.refs === 0 ? this.cache.discard(replaced) : undefined));
+  }
+
   nativeUnlinked(path: string, ino: number): Promise<void> {
     this.forgetNoCapabilities?.();
     this.hides.touched(path);

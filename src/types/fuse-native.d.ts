@@ -1,6 +1,6 @@
 /**
  * Types for fuse-native 2.2.6 **as patched by patches/fuse-native+2.2.6.patch** (twinfs patch
- * level 20; see docs/fuse-native-patch.md). They describe what the patched index.js actually
+ * level 21; see docs/fuse-native-patch.md). They describe what the patched index.js actually
  * passes to handlers and accepts back, not upstream's README.
  *
  * Result convention: every callback's first argument is the op's result, a number: 0 for
@@ -446,6 +446,13 @@ declare module 'fuse-native' {
      */
     nativeSetattr?(enabled: boolean): boolean;
     /**
+     * libfuse3, native-rename.h (patch level 21): whether RENAME may be done in libfuse's worker
+     * thread (also needs nativeUnlink enabled): a non-directory with one name that JS holds no
+     * data of, onto nothing or onto such a file, no flags, not the second half of a rename onto
+     * an open file. false: once it returns, every native one is queued. Absent on older builds.
+     */
+    nativeRename?(enabled: boolean): boolean;
+    /**
      * Adds bytes to the space native writes may take on the primary (reserved for them by the
      * caller); negative: no bound. None until the first call (patch level 9).
      */
@@ -454,7 +461,7 @@ declare module 'fuse-native' {
      * The unlinks, creates and writes done natively, in order, as [path, ino, ...] (a create has
      * [ino, fd, fh, mode, uid, gid] in place of ino; a write '' as its path and [fh, offset,
      * data (a copy) or its length]; a chmod ['m', mode], a utimens ['t', atime, mtime] in ns,
-     * null where not set), or null; begin: a JS change starts.
+     * null where not set; a rename ['r', to, ino, replaced ino or 0]), or null; begin: a JS change starts.
      */
     takeNativeChanges(
       begin: boolean,
@@ -465,6 +472,7 @@ declare module 'fuse-native' {
       | [number, number, Buffer | number]
       | ['m', number]
       | ['t', bigint | null, bigint | null]
+      | ['r', string, number, number]
     > | null;
     /** The JS change begun by takeNativeChanges(true) ended. */
     endNativeChange(): void;
@@ -491,6 +499,9 @@ declare module 'fuse-native' {
       /** chmod and utimens done natively, and tried and passed to JS (patch level 20). */
       setattrs?: number;
       setattrFallbacks?: number;
+      /** Renames done natively, and tried and passed to JS (patch level 21). */
+      renames?: number;
+      renameFallbacks?: number;
     };
     /** Called on the JS thread when native unlinks are queued and no op took them. */
     onNativeChanges: (() => void) | null;
