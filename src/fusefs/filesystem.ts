@@ -16,6 +16,7 @@ import { watchMount } from './mount-watch.js';
 import {
   NativeChanges,
   nativeCreateFromEnv,
+  nativeEntriesFromEnv,
   nativeRenameFromEnv,
   nativeSetattrFromEnv,
   nativeUnlinkCachedFromEnv,
@@ -518,6 +519,8 @@ export class TwinFs {
       creates && nativeSetattrFromEnv(),
       // Renames of files: likewise.
       creates && nativeRenameFromEnv(),
+      // mkdir, symlink and rmdir: likewise.
+      creates && nativeEntriesFromEnv(),
     );
     // Off while an open handle's node has no path (HandleNodes.onAnyGone).
     const handles = this.kernelNames?.handles;

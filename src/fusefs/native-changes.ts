@@ -58,6 +58,7 @@ export type NativeChangeBinding = Pick<
   | 'nativeCreate'
   | 'nativeSetattr'
   | 'nativeRename'
+  | 'nativeEntries'
   | 'nativeWriteBudget'
   | 'takeNativeChanges'
   | 'endNativeChange'
@@ -142,6 +143,21 @@ export function nativeRenameFromEnv(env: NodeJS.ProcessEnv = process.env): boole
   return env.TWINFS_NATIVE_RENAME !== '0';
 }
 
+/** A mkdir, symlink or rmdir done natively, as the queue has it (native-entries.h). */
+export type NativeEntry =
+  | ['d', number, number, number]
+  | ['s', string, number, number, bigint, bigint]
+  | ['x'];
+
+/**
+ * mkdir, symlink and rmdir answered in libfuse's threads too (native-entries.h), the default
+ * with native creates; TWINFS_NATIVE_ENTRIES=0 keeps them on the JS thread (docs/architecture.md,
+ * "mkdir, symlink and rmdir in libfuse's threads").
+ */
+export function nativeEntriesFromEnv(env: NodeJS.ProcessEnv = process.env): boolean {
+  return env.TWINFS_NATIVE_ENTRIES !== '0';
+}
+
 /**
  * How long a change made natively may wait for JS while such changes keep coming (ms): JS then
  * takes the queue on this timer instead of being woken for each (fuse_native_changes_poll).
@@ -160,7 +176,8 @@ const POLL_MS = 20;
  *   synchronously before it counts (WriteInhibitor.onWillInhibit), so a split that follows
  *   sees every change the primary had before it; they come back when no inhibition is left.
  * Creates, writes and releases of new files, and chmod and utimens (native-create.h,
- * native-setattr.h) and renames of files (native-rename.h) go through the same queue; while changes keep coming, JS takes it on a
+ * native-setattr.h), renames of files (native-rename.h), and mkdir, symlink and rmdir
+ * (native-entries.h) go through the same queue; while changes keep coming, JS takes it on a
  * timer rather than being woken for each (keepTaking).
  */
 export class NativeChanges implements Disposable {
@@ -181,7 +198,8 @@ export class NativeChanges implements Disposable {
    * each with a copy of its bytes (the sink makes its copy from them); space: where the room
    * they may take on the primary is reserved (granted NATIVE_WRITE_GRANT at a time, topped up
    * as their reports come in). setattrs: chmod and utimens by path (with creates only: the same
-   * hold covers them; nativeSetattr). renames: of files (likewise; nativeRenamed).
+   * hold covers them; nativeSetattr). renames: of files (likewise; nativeRenamed). entries:
+   * mkdir, symlink and rmdir (likewise; nativeEntry).
    */
   constructor(
     private readonly fuse: NativeChangeBinding,
@@ -193,6 +211,7 @@ export class NativeChanges implements Disposable {
     private readonly writes: { carry: boolean; space: NativeWriteSpace } | false = false,
     private readonly setattrs = false,
     private readonly renames = false,
+    private readonly entries = false,
   ) {
     fuse.onNativeChanges = () => this.take(false);
     this.inhibitor = inhibitor;
@@ -298,6 +317,8 @@ export class NativeChanges implements Disposable {
     setattrFallbacks: number;
     renames: number;
     renameFallbacks: number;
+    entries: number;
+    entryFallbacks: number;
     enabled: boolean;
   } {
     return {
@@ -311,6 +332,8 @@ export class NativeChanges implements Disposable {
       setattrFallbacks: 0,
       renames: 0,
       renameFallbacks: 0,
+      entries: 0,
+      entryFallbacks: 0,
       ...this.fuse.nativeUnlinkStats(),
       enabled: this.enabled,
     };
@@ -323,6 +346,7 @@ export class NativeChanges implements Disposable {
     this.fuse.nativeCreate?.(false);
     if (this.setattrs) this.fuse.nativeSetattr?.(false);
     if (this.renames) this.fuse.nativeRename?.(false);
+    if (this.entries) this.fuse.nativeEntries?.(false);
     // Every native write was reported (set took the queue): the rest of the grant goes back.
     if (this.writes && this.granted > 0) this.writes.space.settle(0, this.granted);
     this.granted = 0;
@@ -338,6 +362,7 @@ export class NativeChanges implements Disposable {
     if (this.creates) this.fuse.nativeCreate?.(on, this.writes !== false, this.writes && this.writes.carry);
     if (this.setattrs) this.fuse.nativeSetattr?.(on);
     if (this.renames) this.fuse.nativeRename?.(on);
+    if (this.entries) this.fuse.nativeEntries?.(on);
     if (!on) this.take(false);
   }
 
@@ -384,7 +409,16 @@ export class NativeChanges implements Disposable {
           );
         continue;
       }
-      if ((what as unknown[])[0] === 'r') {
+      const kind = (what as unknown[])[0];
+      if (kind === 'd' || kind === 's' || kind === 'x') {
+        this.ops
+          .nativeEntry(path, what as NativeEntry)
+          .catch((err) =>
+            this.log(`reporting a native ${kind} of ${path} failed: ${(err as Error)?.stack ?? err}`),
+          );
+        continue;
+      }
+      if (kind === 'r') {
         // ['r', to, ino, replaced ino or 0] (native-rename.h)
         const [, to, ino, replaced] = what as ['r', string, number, number];
         // A file created and closed natively in this batch: its later writes come by its new name.

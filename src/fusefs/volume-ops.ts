@@ -12,7 +12,7 @@ import { errnoError } from './errno.js';
 import { HandleNodes } from './handle-nodes.js';
 import { HiddenLinks, HiddenRenames, isHiddenEntry, isHiddenPath } from './hidden-renames.js';
 import type { KernelNames, ShownAttrs } from './kernel-names.js';
-import type { ClosedFile, NativeCreated, NativeSetattr } from './native-changes.js';
+import type { ClosedFile, NativeCreated, NativeEntry, NativeSetattr } from './native-changes.js';
 import { OpenNames } from './open-names.js';
 import { parentOf, type VolumePaths } from './volume-paths.js';
 import type { FileNode, WritebackCache } from './writeback-cache.js';
@@ -1048,6 +1048,31 @@ export class VolumeOps {
     const applied = this.sink.apply({ op: 'rename', path: to, from });
     if (!replaced) return applied;
     return applied.then(() => (replaced.refs === 0 ? this.cache.discard(replaced) : undefined));
+  }
+
+  /**
+   * A mkdir, symlink or rmdir libfuse3's worker thread already did on the primary
+   * (native-entries.h), reported in its turn as mkdir, symlink and rmdir report theirs: the
+   * path's stamp behind the change (the sink's hold precedes it), then the sink's change with the
+   * new entry's attributes as the primary has them. The native side did it only when no owner
+   * change was needed (ownFor), for rmdir of an empty directory (nothing of it is JS's), not for
+   * a hidden name, with no inhibition active and no other change in flight here.
+   */
+  nativeEntry(path: string, e: NativeEntry): Promise<void> {
+    this.forgetNoCapabilities?.();
+    this.hides.touched(path);
+    this.stampBehind(path);
+    if (e[0] === 'x') return this.sink.apply({ op: 'rmdir', path });
+    if (e[0] === 'd') return this.sink.apply({ op: 'mkdir', path, mode: e[1], uid: e[2], gid: e[3] });
+    return this.sink.apply({
+      op: 'symlink',
+      path,
+      target: e[1],
+      uid: e[2],
+      gid: e[3],
+      atimeNs: String(e[4]),
+      mtimeNs: String(e[5]),
+    });
   }
 
   nativeUnlinked(path: string, ino: number): Promise<void> {

@@ -1,6 +1,6 @@
 /**
  * Types for fuse-native 2.2.6 **as patched by patches/fuse-native+2.2.6.patch** (twinfs patch
- * level 21; see docs/fuse-native-patch.md). They describe what the patched index.js actually
+ * level 22; see docs/fuse-native-patch.md). They describe what the patched index.js actually
  * passes to handlers and accepts back, not upstream's README.
  *
  * Result convention: every callback's first argument is the op's result, a number: 0 for
@@ -453,6 +453,13 @@ declare module 'fuse-native' {
      */
     nativeRename?(enabled: boolean): boolean;
     /**
+     * libfuse3, native-entries.h (patch level 22): whether MKDIR, SYMLINK and RMDIR may be done
+     * in libfuse's worker thread (also needs nativeUnlink enabled): no owner change needed (the
+     * caller is the server's user and group, or the server is not root); rmdir of an empty
+     * directory. false: once it returns, every native one is queued. Absent on older builds.
+     */
+    nativeEntries?(enabled: boolean): boolean;
+    /**
      * Adds bytes to the space native writes may take on the primary (reserved for them by the
      * caller); negative: no bound. None until the first call (patch level 9).
      */
@@ -461,7 +468,8 @@ declare module 'fuse-native' {
      * The unlinks, creates and writes done natively, in order, as [path, ino, ...] (a create has
      * [ino, fd, fh, mode, uid, gid] in place of ino; a write '' as its path and [fh, offset,
      * data (a copy) or its length]; a chmod ['m', mode], a utimens ['t', atime, mtime] in ns,
-     * null where not set; a rename ['r', to, ino, replaced ino or 0]), or null; begin: a JS change starts.
+     * null where not set; a rename ['r', to, ino, replaced ino or 0]; a mkdir ['d', mode, uid, gid], a symlink ['s',
+     * target, uid, gid, atime, mtime], an rmdir ['x']), or null; begin: a JS change starts.
      */
     takeNativeChanges(
       begin: boolean,
@@ -473,6 +481,9 @@ declare module 'fuse-native' {
       | ['m', number]
       | ['t', bigint | null, bigint | null]
       | ['r', string, number, number]
+      | ['d', number, number, number]
+      | ['s', string, number, number, bigint, bigint]
+      | ['x']
     > | null;
     /** The JS change begun by takeNativeChanges(true) ended. */
     endNativeChange(): void;
@@ -502,6 +513,9 @@ declare module 'fuse-native' {
       /** Renames done natively, and tried and passed to JS (patch level 21). */
       renames?: number;
       renameFallbacks?: number;
+      /** mkdir, symlink and rmdir done natively, and tried and passed to JS (patch level 22). */
+      entries?: number;
+      entryFallbacks?: number;
     };
     /** Called on the JS thread when native unlinks are queued and no op took them. */
     onNativeChanges: (() => void) | null;
