@@ -92,6 +92,14 @@ export interface ChangeSink {
    * stay with the JS path.
    */
   changesAhead?(report: () => void): Promise<Disposable>;
+  /**
+   * Optional: whether the sink follows the primary change for change right now, so that changes
+   * may be answered before it has them at no cost to it (a mirror with no split held, no resync,
+   * copy, repair or broken pair: it reads nothing of the primary by path that a change running
+   * ahead could have moved). Renames, mkdir, symlink and rmdir are answered in libfuse's threads
+   * only while this says true (native-changes.ts); absent: always.
+   */
+  following?(): boolean;
 }
 
 export const nullSink: ChangeSink = { apply: async () => undefined };

@@ -199,7 +199,9 @@ export class NativeChanges implements Disposable {
    * they may take on the primary is reserved (granted NATIVE_WRITE_GRANT at a time, topped up
    * as their reports come in). setattrs: chmod and utimens by path (with creates only: the same
    * hold covers them; nativeSetattr). renames: of files (likewise; nativeRenamed). entries:
-   * mkdir, symlink and rmdir (likewise; nativeEntry).
+   * mkdir, symlink and rmdir (likewise; nativeEntry). following: whether the sink follows the
+   * primary change for change (ChangeSink.following); renames and entries are done natively only
+   * then (see structural).
    */
   constructor(
     private readonly fuse: NativeChangeBinding,
@@ -212,6 +214,7 @@ export class NativeChanges implements Disposable {
     private readonly setattrs = false,
     private readonly renames = false,
     private readonly entries = false,
+    private readonly following: () => boolean = () => true,
   ) {
     fuse.onNativeChanges = () => this.take(false);
     this.inhibitor = inhibitor;
@@ -361,9 +364,31 @@ export class NativeChanges implements Disposable {
     this.fuse.nativeUnlink(on, this.cached);
     if (this.creates) this.fuse.nativeCreate?.(on, this.writes !== false, this.writes && this.writes.carry);
     if (this.setattrs) this.fuse.nativeSetattr?.(on);
+    this.setStructural(on && this.following());
+    if (!on) this.take(false);
+  }
+
+  /** Renames, mkdir, symlink and rmdir done natively now (see structural). */
+  private structuralOn = false;
+
+  /**
+   * Renames, mkdir, symlink and rmdir change where names are, which a mirror that does not follow
+   * the primary change for change (a split held, a resync, copy, repair, broken pairs) reads from
+   * the primary by path when their turn comes (a resync's replay, a heal, a relink): on the JS
+   * path those are then answered only once the mirror has them, so the primary never runs far
+   * ahead of its queue (change-routing.ts, mayAnswerBehind). Done natively they would not wait:
+   * so they are done natively only while the sink follows. Checked at every take of the queue
+   * (every JS op, every poll tick, every wake): a mirror that stops following is seen at the
+   * latest with the next change JS hears of, as a change JS answered behind just before would
+   * be; inhibitions (splits) turn everything off first in any case. The stress run that found it:
+   * rmdir done natively while a resync replayed held changes found the mirror's directory not
+   * empty (test/fusefs/native-entries.test.ts, storms under load).
+   */
+  private setStructural(on: boolean): void {
+    if (on === this.structuralOn) return;
+    this.structuralOn = on;
     if (this.renames) this.fuse.nativeRename?.(on);
     if (this.entries) this.fuse.nativeEntries?.(on);
-    if (!on) this.take(false);
   }
 
   /**
@@ -393,6 +418,7 @@ export class NativeChanges implements Disposable {
 
   /** Reports what the native side did since the last take; the number of entries. */
   private take(begin: boolean): number {
+    if (this.enabled && (this.renames || this.entries)) this.setStructural(this.following());
     const done = this.fuse.takeNativeChanges(begin);
     if (done === null) return 0;
     // Files created and closed natively in this batch (fd -1): their writes are reported by path.

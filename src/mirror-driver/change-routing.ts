@@ -176,6 +176,14 @@ export class ChangeRouter {
    * two renames later, and the queued rename of their directory then found its target full.
    */
   private mayAnswerBehind(): boolean {
+    return this.following() && this.c.queue.length <= MAX_BEHIND;
+  }
+
+  /**
+   * The mirror follows the primary entry for entry (see mayAnswerBehind, less the queue's length):
+   * what ChangeSink.following answers.
+   */
+  following(): boolean {
     const c = this.c;
     return (
       c.splits.size === 0 &&
@@ -186,8 +194,7 @@ export class ChangeRouter {
       !c.repairer.running &&
       c.broken.paths.size === 0 &&
       c.broken.healing.size === 0 &&
-      c.leftBehind.size === 0 &&
-      c.queue.length <= MAX_BEHIND
+      c.leftBehind.size === 0
     );
   }
 

@@ -250,6 +250,10 @@ export class MirrorDriver implements ChangeSink {
     return this.router.changesAhead(report);
   }
 
+  following(): boolean {
+    return this.router.following();
+  }
+
   // ---- split / resync (split-control.ts, resync.ts) -------------------------------------------
 
   /**

@@ -185,8 +185,9 @@ describe("mkdir, symlink and rmdir answered in libfuse's threads (libfuse3)", ()
       { script: STORM, workers: WORKERS, args: [String(ROUNDS)], pauseMs: 20 },
       stats,
     );
-    // Many fall back (a JS change of another worker in flight, a prepare's inhibition): enough do not.
-    expect(after.entries - before.entries).toBeGreaterThan(WORKERS * ROUNDS);
+    // Most go to JS: a JS change of another worker in flight, and above all the loop's splits
+    // (natively only while the mirror follows: native-changes.ts, setStructural). Some do not.
+    expect(after.entries - before.entries).toBeGreaterThan(0);
     expect(after.busy).toBe(0);
 
     const last = await c.prepare({ volume: true }, { since });
