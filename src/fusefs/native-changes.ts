@@ -122,8 +122,8 @@ export function nativeWriteFromEnv(env: NodeJS.ProcessEnv = process.env): boolea
   return env.TWINFS_NATIVE_WRITE !== '0';
 }
 
-/** A chmod (mode) or utimens (ns, null where not set) done natively, as the queue has it. */
-export type NativeSetattr = ['m', number] | ['t', bigint | null, bigint | null];
+/** A chmod (mode), chown (the owner after it) or utimens (ns, null where not set) done natively, as the queue has it. */
+export type NativeSetattr = ['m', number] | ['o', number, number] | ['t', bigint | null, bigint | null];
 
 /**
  * chmod and utimens by path answered in libfuse's threads too (native-setattr.h), the default
@@ -457,7 +457,7 @@ export class NativeChanges implements Disposable {
         continue;
       }
       if (typeof (what as unknown[])[0] === 'string') {
-        // ['m', mode] or ['t', atime, mtime] (native-setattr.h)
+        // ['m', mode], ['o', uid, gid] or ['t', atime, mtime] (native-setattr.h)
         const set = what as NativeSetattr;
         this.ops
           .nativeSetattr(path, set)

@@ -1,6 +1,6 @@
 /**
  * Types for fuse-native 2.2.6 **as patched by patches/fuse-native+2.2.6.patch** (twinfs patch
- * level 22; see docs/fuse-native-patch.md). They describe what the patched index.js actually
+ * level 23; see docs/fuse-native-patch.md). They describe what the patched index.js actually
  * passes to handlers and accepts back, not upstream's README.
  *
  * Result convention: every callback's first argument is the op's result, a number: 0 for
@@ -479,6 +479,7 @@ declare module 'fuse-native' {
       | number[]
       | [number, number, Buffer | number]
       | ['m', number]
+      | ['o', number, number]
       | ['t', bigint | null, bigint | null]
       | ['r', string, number, number]
       | ['d', number, number, number]

@@ -14,9 +14,9 @@ import {
 import { pyIn, shIn } from '../helpers/posix.js';
 
 /**
- * The libfuse3 path answers chmod and utimens by path in libfuse's threads (native-setattr.h in
- * the fuse-native patch, level 20; TWINFS_NATIVE_SETATTR=0 turns it off) for a regular file with
- * one name or a directory, and hands each change to JS through the native unlinks' queue. The
+ * The libfuse3 path answers chmod, chown (root's: level 23) and utimens by path in libfuse's
+ * threads (native-setattr.h in the fuse-native patch, level 20; TWINFS_NATIVE_SETATTR=0 turns it
+ * off) for a regular file with one name or a directory, and hands each change to JS through the native unlinks' queue. The
  * mode and the times (to the ns, `touch`'s "now" included) must reach the primary, the mount, the
  * mirror of a prepare and the change record, in the primary's order with every other change; a
  * file with two names, a utimens of a file the cache holds data of, and anything during a freeze
@@ -50,6 +50,7 @@ for r in range(rounds):
     for i in range(6):
         p = '%s/f%d' % (d, i)
         os.chmod(p, 0o600 | ((r + i) % 8) << 3)
+        os.chown(p, 1000 + r, 2000 + i)
         t = (1_600_000_000 + w * 100_000 + r * 1000 + i) * 10**9 + 123_456_789
         os.utime(p, ns=(t, t + 1))
     os.chmod(d, 0o750 if r % 2 else 0o755)
@@ -84,6 +85,8 @@ describe("chmod and utimens answered in libfuse's threads (libfuse3)", () => {
         "os.chmod('s/f1', 0o2751)",
         'os.utime("s/f2", ns=(1_500_000_000_111_222_333, 1_400_000_000_444_555_666))',
         "os.chmod('s', 0o750)",
+        "os.chown('s/f0', 1234, 5678)",
+        "os.chown('s', -1, 4321)",
         'os.utime("s", ns=(1_300_000_000_000_000_001, 1_300_000_000_000_000_002))',
       ].join('\n'),
     );
@@ -91,7 +94,7 @@ describe("chmod and utimens answered in libfuse's threads (libfuse3)", () => {
     // where it is made. (`touch` of an existing file sets them through its descriptor: JS's.)
     await py("os.utime('s/f3')");
     const after = await stats();
-    expect(after.setattrs - before.setattrs, JSON.stringify([before, after])).toBe(6);
+    expect(after.setattrs - before.setattrs, JSON.stringify([before, after])).toBe(8);
     expect(after.busy).toBe(0);
 
     const [f0, f1, f2, dir] = await seen('s/f0', 's/f1', 's/f2', 's');
@@ -109,8 +112,13 @@ describe("chmod and utimens answered in libfuse's threads (libfuse3)", () => {
           fsp.lstat(path.join(fx.primary, f), { bigint: true }),
           fsp.lstat(path.join(p.mirrorRoot, f), { bigint: true }),
         ]);
-        expect([m.mode, m.mtimeNs], f).toEqual([a.mode, a.mtimeNs]);
+        expect([m.mode, m.uid, m.gid, m.mtimeNs], f).toEqual([a.mode, a.uid, a.gid, a.mtimeNs]);
       }
+      const [f0p, dirp] = await Promise.all([
+        fsp.lstat(path.join(fx.primary, 's/f0')),
+        fsp.lstat(path.join(fx.primary, 's')),
+      ]);
+      expect([f0p.uid, f0p.gid, dirp.uid, dirp.gid]).toEqual([1234, 5678, 0, 4321]);
       const f3 = await fsp.lstat(path.join(p.mirrorRoot, 's/f3'), { bigint: true });
       // The touch's now, not the file's creation time and not an omitted time.
       expect(f3.mtimeNs).toBeGreaterThan(BigInt(Date.now() - 120_000) * 1_000_000n);
@@ -131,6 +139,13 @@ describe("chmod and utimens answered in libfuse's threads (libfuse3)", () => {
     expect(s1.setattrFallbacks).toBeGreaterThan(s0.setattrFallbacks);
     // JS refreshed the other name's kernel inode: its mode through h2 is the new one.
     expect((await seen('h2'))[0]!.split(' ')[0]).toBe('0o604');
+    // So is its owner after a chown through h1.
+    s0 = await stats();
+    await py(
+      "os.chown('h1', 4242, 4343)\nst = os.lstat('h2')\nassert (st.st_uid, st.st_gid) == (4242, 4343), st",
+    );
+    s1 = await stats();
+    expect(s1.setattrs).toBe(s0.setattrs);
 
     // Data cached by JS (an existing file, written in a second open): the write-back would move
     // the mtime, which JS puts back; so its utimens is JS's.
@@ -218,8 +233,10 @@ describe("chmod and utimens answered in libfuse's threads (libfuse3)", () => {
           expect(ch.changed).toContain(`/${p}`);
           const m = await fsp.lstat(path.join(last.mirrorRoot, p), { bigint: true });
           const t = BigInt(1_600_000_000 + w * 100_000 + r * 1000 + i) * 1_000_000_000n + 123_456_789n;
-          expect([Number(m.mode) & 0o777, m.atimeNs, m.mtimeNs], p).toEqual([
+          expect([Number(m.mode) & 0o777, m.uid, m.gid, m.atimeNs, m.mtimeNs], p).toEqual([
             0o600 | (((r + i) % 8) << 3),
+            BigInt(1000 + r),
+            BigInt(2000 + i),
             t,
             t + 1n,
           ]);
