@@ -30,6 +30,11 @@
 // to one SQLite database in WAL mode (synchronous FULL: an fsync of the WAL per commit; the
 // -shm index shared through mmap, the write lock taken with fcntl): commits per second, and the
 // server's CPU per commit (a database's pattern: small writes, then fsync, writers taking turns);
+// untar (not in the default): `tar -xf` of a source-like tree made once per run (--untar-files
+// files of 200 B–16 KiB in directories of 20, one symlink per 10 files, modes 0644/0755/0600,
+// owners 0 and 1000, mtimes of a year ago) into the mount as root (owners, modes and times kept:
+// create, write, close, chown, chmod, utimens, mkdir, symlink), then `rm -rf` of it: seconds of
+// each and the server's CPU per entry;
 // append (not in the default)
 // times 10 × --files 100-byte O_APPEND writes to one new file (a log); tools (not in the default) runs
 // `find . -ls`, `ls -lR` and `git status` on a git checkout of --tools-files files (100 per
@@ -83,11 +88,12 @@ const opts = parseArgs(
     'time-limit': { default: 1200, help: 'abort (and clean up) after this many seconds' },
     workloads: {
       default: 'seq,small,read,meta,walk',
-      help: 'comma list of seq,small,read,meta,walk,tools,append,ops,falloc',
+      help: 'comma list of seq,small,read,meta,walk,tools,append,ops,falloc,sqlite,untar',
     },
     'falloc-mb': { default: 256, help: 'posix_fallocate size in the falloc workload, MiB' },
     'ops-n': { default: 2000, help: 'operations of each kind in the ops workload' },
     'tools-files': { default: 10000, help: 'files in the tools workload (find, ls -lR, git status)' },
+    'untar-files': { default: 4000, help: 'files in the untar workload' },
     'sqlite-writers': { default: 4, help: 'writer processes in the sqlite workload' },
     'sqlite-commits': { default: 500, help: 'commits per writer in the sqlite workload' },
   },
@@ -117,7 +123,7 @@ const SMALL = opts['small-mb'];
 const FILES = opts.files;
 const WANT = new Set(String(opts.workloads).split(','));
 for (const w of WANT)
-  if (!['seq', 'small', 'read', 'meta', 'walk', 'tools', 'append', 'ops', 'falloc', 'sqlite'].includes(w))
+  if (!['seq', 'small', 'read', 'meta', 'walk', 'tools', 'append', 'ops', 'falloc', 'sqlite', 'untar'].includes(w))
     throw new Error(`unknown workload ${w}`);
 const OPS = [
   'rename',
@@ -172,6 +178,32 @@ for i in range(n):
     c.commit()
 print(time.perf_counter() - t)
 `;
+// The untar workload's tree, made once (argv: DIR FILES); prints the number of entries.
+const UNTAR_TREE_PY = `
+import os, random, sys, time
+root, n = sys.argv[1], int(sys.argv[2])
+r = random.Random(7)
+old = time.time() - 365 * 86400
+entries = 0
+for i in range(n):
+    d = os.path.join(root, 'src', 'm%d' % (i // 400), 'd%d' % (i // 20))
+    if not os.path.isdir(d):
+        os.makedirs(d)
+        entries += 1
+    p = os.path.join(d, 'f%d.c' % i)
+    with open(p, 'wb') as f:
+        f.write(r.randbytes(r.randint(200, 16384)))
+    os.chmod(p, r.choice([0o644, 0o644, 0o755, 0o600]))
+    os.chown(p, r.choice([0, 1000]), r.choice([0, 1000]))
+    os.utime(p, (old + i, old + i))
+    entries += 1
+    if i % 10 == 0:
+        os.symlink('f%d.c' % i, os.path.join(d, 'l%d' % i))
+        entries += 1
+print(entries)
+`;
+let untarBall;
+let untarEntries = 0;
 const STRESS_NG = ['/usr/bin/stress-ng', '/usr/local/bin/stress-ng'].find((p) => fs.existsSync(p));
 const TOOLS = [
   ['find', 'find', ['.', '-ls']],
@@ -300,6 +332,32 @@ for (let rep = 0; rep < opts.reps; rep++) {
       if (chk.stdout.trim() !== 'ok') throw new Error(`${t}: sqlite integrity_check: ${chk.stdout}`);
       await run('rm', ['-rf', dir]);
     }
+    if (WANT.has('untar')) {
+      if (untarBall === undefined) {
+        const src = `${base}/untar-src`;
+        await run('mkdir', ['-p', src]);
+        r = await run('python3', ['-c', UNTAR_TREE_PY, src, String(opts['untar-files'])], { timeoutMs: 600_000 });
+        untarEntries = Number(r.stdout.trim());
+        untarBall = `${base}/untar.tar`;
+        await run('tar', ['-cf', untarBall, '-C', src, '.']);
+        await run('rm', ['-rf', src]);
+      }
+      const dir = `${m}/cmp-untar`;
+      await run('mkdir', ['-p', dir]);
+      dropCaches(base);
+      c = cpuSeconds(pid);
+      let t0 = performance.now();
+      await run('tar', ['-xf', untarBall, '-C', dir], { timeoutMs: 600_000 });
+      add(t, 'untar', (performance.now() - t0) / 1000);
+      add(t, 'untarcpu', ((cpuSeconds(pid) - c) * 1e6) / untarEntries);
+      // At rest first (the write-backs of the untar done), then the removal alone.
+      await run('sleep', ['3']);
+      c = cpuSeconds(pid);
+      t0 = performance.now();
+      await run('rm', ['-rf', dir], { timeoutMs: 600_000 });
+      add(t, 'rmrf', (performance.now() - t0) / 1000);
+      add(t, 'rmrfcpu', ((cpuSeconds(pid) - c) * 1e6) / untarEntries);
+    }
     if (WANT.has('append')) {
       c = cpuSeconds(pid);
       const ap = await worker('append', ['--file', `${m}/cmp-append`, '--n', String(FILES * 10)]);
@@ -397,6 +455,10 @@ const COLS = [
   ...(STRESS_NG ? [['falloc', 'stress-ng fallocate ops/s', 'stressng', 1]] : []),
   ['sqlite', 'SQLite WAL commits/s', 'sqlite', 0],
   ['sqlite', 'µs CPU/commit', 'sqlitecpu', 0],
+  ['untar', 'tar -xf s', 'untar', 2],
+  ['untar', 'µs CPU/entry (tar)', 'untarcpu', 0],
+  ['untar', 'rm -rf s', 'rmrf', 2],
+  ['untar', 'µs CPU/entry (rm)', 'rmrfcpu', 0],
   ['append', 'appends/s (100 B, O_APPEND)', 'append', 0],
   ['append', 'µs CPU/append', 'appendcpu', 0],
   ['walk', 'walk 1 entries/s', 'walk1', 0],
