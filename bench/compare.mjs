@@ -123,7 +123,11 @@ const SMALL = opts['small-mb'];
 const FILES = opts.files;
 const WANT = new Set(String(opts.workloads).split(','));
 for (const w of WANT)
-  if (!['seq', 'small', 'read', 'meta', 'walk', 'tools', 'append', 'ops', 'falloc', 'sqlite', 'untar'].includes(w))
+  if (
+    !['seq', 'small', 'read', 'meta', 'walk', 'tools', 'append', 'ops', 'falloc', 'sqlite', 'untar'].includes(
+      w,
+    )
+  )
     throw new Error(`unknown workload ${w}`);
 const OPS = [
   'rename',
@@ -336,7 +340,9 @@ for (let rep = 0; rep < opts.reps; rep++) {
       if (untarBall === undefined) {
         const src = `${base}/untar-src`;
         await run('mkdir', ['-p', src]);
-        r = await run('python3', ['-c', UNTAR_TREE_PY, src, String(opts['untar-files'])], { timeoutMs: 600_000 });
+        r = await run('python3', ['-c', UNTAR_TREE_PY, src, String(opts['untar-files'])], {
+          timeoutMs: 600_000,
+        });
         untarEntries = Number(r.stdout.trim());
         untarBall = `${base}/untar.tar`;
         await run('tar', ['-cf', untarBall, '-C', src, '.']);
