@@ -129,6 +129,45 @@ describe("chmod and utimens answered in libfuse's threads (libfuse3)", () => {
     }
   });
 
+  it("through a descriptor (tar's fchown, fchmod and futimens of each file it writes) too, with the same results", async () => {
+    await py("os.mkdir('t')");
+    await c.request('flush');
+    const before = await stats();
+    await py(
+      [
+        'for i in range(5):',
+        "    fd = os.open('t/f%d' % i, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)",
+        "    os.write(fd, b'%d' % i * 100)",
+        '    os.utime(fd, ns=(1_000_000_000_000_000_000 + i, 1_100_000_000_000_000_000 + i))',
+        '    os.fchown(fd, 500 + i, 600 + i)',
+        '    os.fchmod(fd, 0o640 + i)',
+        '    os.close(fd)',
+      ].join('\n'),
+    );
+    const after = await stats();
+    // chown and chmod always (nothing else in flight); the utimens unless JS took the file's
+    // create before it and holds its data.
+    expect(after.setattrs - before.setattrs, JSON.stringify([before, after])).toBeGreaterThanOrEqual(10);
+    const p = await c.prepare({ subtree: '/t' });
+    try {
+      for (let i = 0; i < 5; i++) {
+        const f = `t/f${i}`;
+        for (const root of [fx.primary, p.mirrorRoot]) {
+          const st = await fsp.lstat(path.join(root, f), { bigint: true });
+          expect([Number(st.mode) & 0o7777, st.uid, st.gid, st.mtimeNs, st.size], `${root} ${f}`).toEqual([
+            0o640 + i,
+            BigInt(500 + i),
+            BigInt(600 + i),
+            1_100_000_000_000_000_000n + BigInt(i),
+            100n,
+          ]);
+        }
+      }
+    } finally {
+      await c.release(p.backupId);
+    }
+  });
+
   it('a file with two names, a utimens of a file with cached data, and changes during a freeze go to JS', async () => {
     await py("open('h1', 'wb').close()\nos.link('h1', 'h2')\nopen('cached', 'wb').close()");
     await c.request('flush');
