@@ -345,6 +345,32 @@ export async function status(c: ControlClient): Promise<any> {
 }
 
 /**
+ * The server's counts of changes answered in libfuse's threads (`status().fs.kernelCache.
+ * nativeUnlink`: native-unlink.h, native-create.h, native-setattr.h, native-rename.h,
+ * native-entries.h).
+ */
+export interface NativeChangeStats {
+  enabled: boolean;
+  busy: number;
+  answered: number;
+  fallbacks: number;
+  creates: number;
+  createFallbacks: number;
+  writes: number;
+  writeFallbacks: number;
+  setattrs: number;
+  setattrFallbacks: number;
+  renames: number;
+  renameFallbacks: number;
+  entries: number;
+  entryFallbacks: number;
+}
+
+export async function nativeChangeStats(c: ControlClient): Promise<NativeChangeStats> {
+  return (await status(c)).fs.kernelCache.nativeUnlink;
+}
+
+/**
  * Flushes the cache, waits until the mirror's queue is empty and no split is held, and checks the
  * mirror: nothing broken (in the status and in the server's events) and a content `verify` with no
  * differences. Returns the verify reply for further checks.
@@ -395,6 +421,38 @@ export async function stormFromBase<S>(
   const prepares = await pyStormDuringPrepares(fx, c, { ...o, since });
   expect(prepares).toBeGreaterThan(0);
   return { since, before, after: await stats() };
+}
+
+/**
+ * The storm case of the native-change tests: `workers` copies of `script` (arguments: the
+ * worker's index and `rounds`) while volume prepares loop; at least `minNative` changes done in
+ * libfuse's threads (`native` picks the count), none in flight after; then a prepare since the
+ * storm's base, whose changes must be vouched for, is handed to `check` (with the last round's
+ * number) before its release, and the mirror must equal the primary.
+ */
+export async function nativeStorm(
+  fx: ControlFixture,
+  c: ControlClient,
+  o: { script: string; workers: number; rounds: number; minNative: number },
+  native: (s: NativeChangeStats) => number,
+  check: (last: Awaited<ReturnType<ControlClient['prepare']>>, lastRound: number) => Promise<void>,
+): Promise<void> {
+  const { since, before, after } = await stormFromBase(
+    fx,
+    c,
+    { script: o.script, workers: o.workers, args: [String(o.rounds)], pauseMs: 20 },
+    () => nativeChangeStats(c),
+  );
+  expect(native(after) - native(before)).toBeGreaterThanOrEqual(o.minNative);
+  expect(after.busy).toBe(0);
+  const last = await c.prepare({ volume: true }, { since });
+  try {
+    expect(last.changes?.unknown).toBeUndefined();
+    await check(last, o.rounds - 1);
+  } finally {
+    await c.release(last.backupId);
+  }
+  await expectMirrorClean(c);
 }
 
 /** Writes everything back, then expects the mirror to equal the primary, content included. */

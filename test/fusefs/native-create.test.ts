@@ -7,8 +7,8 @@ import { TwinFs } from '../../src/fusefs/index.js';
 import {
   type ControlFixture,
   expectMirrorClean,
+  nativeChangeStats,
   startControlFixture,
-  status,
   stormFromBase,
   volumeGeneration,
   waitUntil,
@@ -32,17 +32,6 @@ import {
  * must see every create in the primary's order (with the unlinks and JS's own changes); a
  * create needing an owner change, or made while a freeze or prepare inhibits writes, goes to JS.
  */
-
-type Stats = {
-  answered: number;
-  fallbacks: number;
-  busy: number;
-  enabled: boolean;
-  creates: number;
-  createFallbacks: number;
-  writes: number;
-  writeFallbacks: number;
-};
 
 /** Create/write/rename/unlink storm of one worker in directory c<N> (argv: N, rounds). */
 const STORM = `
@@ -68,7 +57,7 @@ for r in range(rounds):
 describe("create answered in libfuse's threads (libfuse3)", () => {
   let fx: ControlFixture;
   let c: ControlClient;
-  const stats = async () => (await status(c)).fs.kernelCache.nativeUnlink as Stats;
+  const stats = () => nativeChangeStats(c);
   const py = (code: string) => pyIn(fx.mnt, `import os\n${code}\n`);
 
   beforeAll(async () => {

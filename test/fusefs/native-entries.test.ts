@@ -5,9 +5,9 @@ import type { ControlClient } from '../../src/control/client.js';
 import {
   type ControlFixture,
   expectMirrorClean,
+  nativeChangeStats,
+  nativeStorm,
   startControlFixture,
-  status,
-  stormFromBase,
   volumeGeneration,
 } from '../control/control-fixture.js';
 import { pyIn, shIn } from '../helpers/posix.js';
@@ -21,13 +21,6 @@ import { pyIn, shIn } from '../helpers/posix.js';
  * mkdir, an rmdir of a directory holding libfuse's hidden name of an open file, and anything
  * during a freeze go to JS; errors are the syscall's.
  */
-
-type Stats = {
-  enabled: boolean;
-  busy: number;
-  entries: number;
-  entryFallbacks: number;
-};
 
 /** mkdir/symlink/rmdir storm of one worker in e<N> (argv: N, rounds). */
 const STORM = `
@@ -58,7 +51,7 @@ for r in range(rounds):
 describe("mkdir, symlink and rmdir answered in libfuse's threads (libfuse3)", () => {
   let fx: ControlFixture;
   let c: ControlClient;
-  const stats = async () => (await status(c)).fs.kernelCache.nativeUnlink as Stats;
+  const stats = () => nativeChangeStats(c);
   const py = (code: string) => pyIn(fx.mnt, `import os, errno\n${code}\n`);
 
   beforeAll(async () => {
@@ -178,33 +171,22 @@ describe("mkdir, symlink and rmdir answered in libfuse's threads (libfuse3)", ()
 
   it('mkdir, symlink and rmdir storms from child processes during prepare loops: the mirror and the change record follow the primary', async () => {
     const WORKERS = 3;
-    const ROUNDS = 10;
-    const { since, before, after } = await stormFromBase(
-      fx,
-      c,
-      { script: STORM, workers: WORKERS, args: [String(ROUNDS)], pauseMs: 20 },
-      stats,
-    );
     // Most go to JS: a JS change of another worker in flight, and above all the loop's splits
     // (natively only while the mirror follows: native-changes.ts, setStructural). Some do not.
-    expect(after.entries - before.entries).toBeGreaterThan(0);
-    expect(after.busy).toBe(0);
-
-    const last = await c.prepare({ volume: true }, { since });
-    try {
-      const ch = last.changes!;
-      expect(ch.unknown).toBeUndefined();
-      const r = ROUNDS - 1;
-      for (let w = 0; w < WORKERS; w++) {
-        expect((await fsp.readdir(path.join(last.mirrorRoot, `e${w}`))).sort()).toEqual(['d3']);
-        const d3 = await fsp.lstat(path.join(last.mirrorRoot, `e${w}/d3`));
-        expect(d3.mode & 0o7777).toBe(0o700 + ((r + 3) % 8) * 0o10);
-        expect(await fsp.readlink(path.join(last.mirrorRoot, `e${w}/d3/sub/ln`))).toBe(`../t${r}-3`);
-        expect(ch.changed).toEqual(expect.arrayContaining([`/e${w}/d3`, `/e${w}/d3/sub/ln`]));
-      }
-    } finally {
-      await c.release(last.backupId);
-    }
-    await expectMirrorClean(c);
+    await nativeStorm(
+      fx,
+      c,
+      { script: STORM, workers: WORKERS, rounds: 10, minNative: 1 },
+      (s) => s.entries,
+      async (last, r) => {
+        for (let w = 0; w < WORKERS; w++) {
+          expect((await fsp.readdir(path.join(last.mirrorRoot, `e${w}`))).sort()).toEqual(['d3']);
+          const d3 = await fsp.lstat(path.join(last.mirrorRoot, `e${w}/d3`));
+          expect(d3.mode & 0o7777).toBe(0o700 + ((r + 3) % 8) * 0o10);
+          expect(await fsp.readlink(path.join(last.mirrorRoot, `e${w}/d3/sub/ln`))).toBe(`../t${r}-3`);
+          expect(last.changes!.changed).toEqual(expect.arrayContaining([`/e${w}/d3`, `/e${w}/d3/sub/ln`]));
+        }
+      },
+    );
   });
 });

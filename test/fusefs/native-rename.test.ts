@@ -5,9 +5,10 @@ import type { ControlClient } from '../../src/control/client.js';
 import {
   type ControlFixture,
   expectMirrorClean,
+  type NativeChangeStats,
+  nativeChangeStats,
+  nativeStorm,
   startControlFixture,
-  status,
-  stormFromBase,
   volumeGeneration,
 } from '../control/control-fixture.js';
 import { pyIn, shIn } from '../helpers/posix.js';
@@ -22,13 +23,6 @@ import { pyIn, shIn } from '../helpers/posix.js';
  * with two names, a file with cached data, a rename onto an open file, RENAME_NOREPLACE and
  * anything during a freeze go to JS.
  */
-
-type Stats = {
-  enabled: boolean;
-  busy: number;
-  renames: number;
-  renameFallbacks: number;
-};
 
 /** The names in a directory as a child process sees them through the mount, sorted. */
 const LIST = `
@@ -74,7 +68,7 @@ for r in range(rounds):
 describe("renames answered in libfuse's threads (libfuse3)", () => {
   let fx: ControlFixture;
   let c: ControlClient;
-  const stats = async () => (await status(c)).fs.kernelCache.nativeUnlink as Stats;
+  const stats = () => nativeChangeStats(c);
   const py = (code: string) => pyIn(fx.mnt, `import os\n${code}\n`);
   const list = async (dir: string) => (await pyIn(fx.mnt, LIST, { args: [dir], timeoutMs: 30_000 })).trim();
   const text = (root: string, p: string) => fsp.readFile(path.join(root, p), 'utf8');
@@ -190,7 +184,7 @@ describe("renames answered in libfuse's threads (libfuse3)", () => {
     await py("open('j/fz', 'w').write('frozen')\nopen('j/other', 'w').write('other')");
     await c.request('flush');
     const f: any = await c.request('freeze', { selector: { paths: ['/j/fz'] }, timeoutMs: 60_000 });
-    let s2: Stats;
+    let s2: NativeChangeStats;
     try {
       expect((await stats()).enabled).toBe(false);
       s2 = await stats();
@@ -209,7 +203,7 @@ describe("renames answered in libfuse's threads (libfuse3)", () => {
     await py("os.mkdir('h')\nfor i in range(3): open('h/f%d' % i, 'w').write('held %d' % i)");
     await c.request('flush');
     const p = await c.prepare({ subtree: '/h' });
-    let s0: Stats;
+    let s0: NativeChangeStats;
     try {
       s0 = await stats();
       await py("os.rename('h/f0', 'h/g0')\nos.rename('h/f1', 'x1')\nos.mkdir('h/d')");
@@ -267,34 +261,23 @@ describe("renames answered in libfuse's threads (libfuse3)", () => {
 
   it('rename storms from child processes during prepare loops: the mirror and the change record follow the primary', async () => {
     const WORKERS = 3;
-    const ROUNDS = 12;
-    const { since, before, after } = await stormFromBase(
-      fx,
-      c,
-      { script: STORM, workers: WORKERS, args: [String(ROUNDS)], pauseMs: 20 },
-      stats,
-    );
     // Most go to JS: a JS change of another worker in flight, and above all the loop's splits
     // (natively only while the mirror follows: native-changes.ts, setStructural). Some do not.
-    expect(after.renames - before.renames).toBeGreaterThan(0);
-    expect(after.busy).toBe(0);
-
-    const last = await c.prepare({ volume: true }, { since });
-    try {
-      const ch = last.changes!;
-      expect(ch.unknown).toBeUndefined();
-      const r = ROUNDS - 1;
-      for (let w = 0; w < WORKERS; w++) {
-        const names = (await fsp.readdir(path.join(last.mirrorRoot, `r${w}`))).sort();
-        expect(names).toEqual(['f0', 'f1', 'f3', 'link']);
-        expect(await text(last.mirrorRoot, `r${w}/f3`)).toBe(`${w}-${r}-4 `.repeat(54));
-        expect(await text(last.mirrorRoot, `r${w}/f0`)).toBe(`${`${w}-${r}-0 `.repeat(50)}after ${r}`);
-        expect(await fsp.readlink(path.join(last.mirrorRoot, `r${w}/link`))).toBe('f1');
-        expect(ch.changed).toEqual(expect.arrayContaining([`/r${w}/f0`, `/r${w}/f3`]));
-      }
-    } finally {
-      await c.release(last.backupId);
-    }
-    await expectMirrorClean(c);
+    await nativeStorm(
+      fx,
+      c,
+      { script: STORM, workers: WORKERS, rounds: 12, minNative: 1 },
+      (s) => s.renames,
+      async (last, r) => {
+        for (let w = 0; w < WORKERS; w++) {
+          const names = (await fsp.readdir(path.join(last.mirrorRoot, `r${w}`))).sort();
+          expect(names).toEqual(['f0', 'f1', 'f3', 'link']);
+          expect(await text(last.mirrorRoot, `r${w}/f3`)).toBe(`${w}-${r}-4 `.repeat(54));
+          expect(await text(last.mirrorRoot, `r${w}/f0`)).toBe(`${`${w}-${r}-0 `.repeat(50)}after ${r}`);
+          expect(await fsp.readlink(path.join(last.mirrorRoot, `r${w}/link`))).toBe('f1');
+          expect(last.changes!.changed).toEqual(expect.arrayContaining([`/r${w}/f0`, `/r${w}/f3`]));
+        }
+      },
+    );
   });
 });

@@ -5,8 +5,8 @@ import type { ControlClient } from '../../src/control/client.js';
 import {
   type ControlFixture,
   expectMirrorClean,
+  nativeChangeStats,
   startControlFixture,
-  status,
   stormFromBase,
   volumeGeneration,
   waitUntil,
@@ -22,13 +22,6 @@ import { pyIn, shIn } from '../helpers/posix.js';
  * file with two names, a utimens of a file the cache holds data of, and anything during a freeze
  * go to JS.
  */
-
-type Stats = {
-  enabled: boolean;
-  busy: number;
-  setattrs: number;
-  setattrFallbacks: number;
-};
 
 /** Times in ns of a path as a child process sees it through the mount: [mode, atime, mtime]. */
 const STAT_NS = `
@@ -59,7 +52,7 @@ for r in range(rounds):
 describe("chmod and utimens answered in libfuse's threads (libfuse3)", () => {
   let fx: ControlFixture;
   let c: ControlClient;
-  const stats = async () => (await status(c)).fs.kernelCache.nativeUnlink as Stats;
+  const stats = () => nativeChangeStats(c);
   const py = (code: string) => pyIn(fx.mnt, `import os\n${code}\n`);
   const seen = async (...paths: string[]) =>
     (await pyIn(fx.mnt, STAT_NS, { args: paths, timeoutMs: 30_000 })).trim().split('\n');
