@@ -188,20 +188,32 @@ describe("create answered in libfuse's threads (libfuse3)", () => {
     }
   });
 
-  it('a create by another user, or while a freeze inhibits writes, goes to JS', async () => {
-    await py("os.mkdir('pub')\nos.chmod('pub', 0o777)");
+  it("a create by another user gets that user as owner (the setgid parent's group), natively; a create while a freeze inhibits writes goes to JS", async () => {
+    await py(
+      "os.mkdir('pub')\nos.chmod('pub', 0o777)\nos.mkdir('sg')\nos.chown('sg', 0, 4242)\nos.chmod('sg', 0o2777)",
+    );
+    await c.request('flush');
     const before = await stats();
     const r = await shIn(
-      path.join(fx.mnt, 'pub'),
-      "setpriv --reuid=65534 --regid=65534 --clear-groups sh -c 'echo x > mine'",
+      fx.mnt,
+      "setpriv --reuid=65534 --regid=65534 --clear-groups sh -c 'echo x > pub/mine && echo y > sg/theirs'",
       { timeoutMs: 30_000 },
     );
-    expect(r.code).toBe(0);
-    const st = await fsp.lstat(path.join(fx.primary, 'pub/mine'));
-    expect([st.uid, st.gid]).toEqual([65534, 65534]);
+    expect(r.code, r.stderr).toBe(0);
     const mid = await stats();
-    expect(mid.creates).toBe(before.creates);
-    expect(mid.createFallbacks).toBeGreaterThan(before.createFallbacks);
+    expect(mid.creates - before.creates, JSON.stringify([before, mid])).toBe(2);
+    const p = await c.prepare({ volume: true });
+    try {
+      for (const root of [fx.primary, p.mirrorRoot]) {
+        const [a, b] = await Promise.all([
+          fsp.lstat(path.join(root, 'pub/mine')),
+          fsp.lstat(path.join(root, 'sg/theirs')),
+        ]);
+        expect([a.uid, a.gid, b.uid, b.gid, a.size, b.size], root).toEqual([65534, 65534, 65534, 4242, 2, 2]);
+      }
+    } finally {
+      await c.release(p.backupId);
+    }
 
     await py("open('fz', 'wb').close()");
     const f: any = await c.request('freeze', { selector: { paths: ['/fz'] }, timeoutMs: 60_000 });
