@@ -201,7 +201,7 @@ export class NativeChanges implements Disposable {
    * hold covers them; nativeSetattr). renames: of files (likewise; nativeRenamed). entries:
    * mkdir, symlink and rmdir (likewise; nativeEntry). following: whether the sink follows the
    * primary change for change (ChangeSink.following); renames and entries are done natively only
-   * then (see structural).
+   * then (see setStructural).
    */
   constructor(
     private readonly fuse: NativeChangeBinding,
@@ -368,7 +368,7 @@ export class NativeChanges implements Disposable {
     if (!on) this.take(false);
   }
 
-  /** Renames, mkdir, symlink and rmdir done natively now (see structural). */
+  /** Renames, mkdir, symlink and rmdir done natively now (see setStructural). */
   private structuralOn = false;
 
   /**
@@ -380,9 +380,9 @@ export class NativeChanges implements Disposable {
    * so they are done natively only while the sink follows. Checked at every take of the queue
    * (every JS op, every poll tick, every wake): a mirror that stops following is seen at the
    * latest with the next change JS hears of, as a change JS answered behind just before would
-   * be; inhibitions (splits) turn everything off first in any case. The stress run that found it:
-   * rmdir done natively while a resync replayed held changes found the mirror's directory not
-   * empty (test/fusefs/native-entries.test.ts, storms under load).
+   * be; inhibitions (splits) turn everything off first in any case. What found it: the storm case
+   * of test/fusefs/native-entries.test.ts under load, where an rmdir done natively while a resync
+   * replayed held changes found the mirror's directory not empty.
    */
   private setStructural(on: boolean): void {
     if (on === this.structuralOn) return;
