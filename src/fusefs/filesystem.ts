@@ -521,7 +521,7 @@ export class TwinFs {
       creates && nativeRenameFromEnv(),
       // mkdir, symlink and rmdir: likewise.
       creates && nativeEntriesFromEnv(),
-      sink.following ? () => sink.following!() : undefined,
+      sink.following?.bind(sink),
     );
     // Off while an open handle's node has no path (HandleNodes.onAnyGone).
     const handles = this.kernelNames?.handles;

@@ -1,5 +1,6 @@
 import type Fuse from 'fuse-native';
 import type { Disposable } from '../common/lifecycle.js';
+import type { NativeChangeStats } from './native-stats.js';
 import type { VolumeOps } from './volume-ops.js';
 import type { WriteInhibitor } from './write-inhibitor.js';
 
@@ -306,40 +307,8 @@ export class NativeChanges implements Disposable {
     if (!this.disposed) this.take(false);
   }
 
-  stats(): {
-    answered: number;
-    fallbacks: number;
-    busy: number;
-    cached: number;
-    creates: number;
-    createFallbacks: number;
-    writes: number;
-    writeFallbacks: number;
-    releases: number;
-    setattrs: number;
-    setattrFallbacks: number;
-    renames: number;
-    renameFallbacks: number;
-    entries: number;
-    entryFallbacks: number;
-    enabled: boolean;
-  } {
-    return {
-      cached: 0,
-      creates: 0,
-      createFallbacks: 0,
-      writes: 0,
-      writeFallbacks: 0,
-      releases: 0,
-      setattrs: 0,
-      setattrFallbacks: 0,
-      renames: 0,
-      renameFallbacks: 0,
-      entries: 0,
-      entryFallbacks: 0,
-      ...this.fuse.nativeUnlinkStats(),
-      enabled: this.enabled,
-    };
+  stats(): NativeChangeStats {
+    return { ...this.fuse.nativeUnlinkStats(), enabled: this.enabled };
   }
 
   dispose(): void {
@@ -348,8 +317,6 @@ export class NativeChanges implements Disposable {
     this.set(false);
     this.fuse.nativeCreate?.(false);
     if (this.setattrs) this.fuse.nativeSetattr?.(false);
-    if (this.renames) this.fuse.nativeRename?.(false);
-    if (this.entries) this.fuse.nativeEntries?.(false);
     // Every native write was reported (set took the queue): the rest of the grant goes back.
     if (this.writes && this.granted > 0) this.writes.space.settle(0, this.granted);
     this.granted = 0;

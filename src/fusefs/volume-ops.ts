@@ -1037,19 +1037,12 @@ export class VolumeOps {
    * (clean) has no name left.
    */
   nativeRenamed(from: string, to: string, ino: number, replacedIno: number): Promise<void> {
-    this.forgetNoCapabilities?.();
-    this.hides.touched(from);
-    this.hides.take(to);
-    this.stampBehind(from);
-    this.stampBehind(to);
+    this.beforeNativeChange(from, to);
     const replaced = replacedIno !== 0 ? this.cache.get(replacedIno) : undefined;
     this.cache.renamed(from, to, ino);
     this.nodeMoved(from, to);
     if (replaced) replaced.nameless = true;
-    // Queued now, synchronously: the sink sees it before any change JS makes after this call.
-    const applied = this.sink.apply({ op: 'rename', path: to, from });
-    if (!replaced) return applied;
-    return applied.then(() => (replaced.refs === 0 ? this.cache.discard(replaced) : undefined));
+    return this.droppedWhenReported(this.sink.apply({ op: 'rename', path: to, from }), replaced);
   }
 
   /**
@@ -1061,9 +1054,7 @@ export class VolumeOps {
    * a hidden name, with no inhibition active and no other change in flight here.
    */
   nativeEntry(path: string, e: NativeEntry): Promise<void> {
-    this.forgetNoCapabilities?.();
-    this.hides.touched(path);
-    this.stampBehind(path);
+    this.beforeNativeChange(path);
     if (e[0] === 'x') return this.sink.apply({ op: 'rmdir', path });
     if (e[0] === 'd') return this.sink.apply({ op: 'mkdir', path, mode: e[1], uid: e[2], gid: e[3] });
     return this.sink.apply({
@@ -1077,13 +1068,36 @@ export class VolumeOps {
     });
   }
 
-  nativeUnlinked(path: string, ino: number): Promise<void> {
+  /**
+   * What `guarded` does before a JS change, for a namespace change libfuse's thread already made
+   * at these paths: lookups forget what they knew of names and capabilities, a hide of the name
+   * is not the one just before a rename any more, and the change record's stamp is taken now (the
+   * primary already changed; the record took the queue before any answer); its intent line is
+   * written behind the change, which the sink's intent for the whole volume covers
+   * (ChangeSink.changesAhead).
+   */
+  private beforeNativeChange(...paths: string[]): void {
     this.forgetNoCapabilities?.();
-    this.hides.touched(path);
-    // The change record's stamp, now (the primary already changed; the record took the queue
-    // before any answer); its intent line is written behind the change, which the sink's intent
-    // for the whole volume covers (ChangeSink.changesAhead).
-    this.stampBehind(path);
+    for (const p of paths) {
+      this.hides.touched(p);
+      this.stampBehind(p);
+    }
+  }
+
+  /**
+   * A file whose last name a change reported as `applied` took (marked nameless before): its
+   * cached data goes once the sink has the change, unless a handle still holds the file
+   * (libfuse's removal of a hidden name at its node's last release, while another node of the
+   * file stays open: its name dropped by rmdir, handle-nodes.ts, keeps reading and writing it, as
+   * in unlinkNow; dropping the data there lost the writes a read through that handle then missed).
+   */
+  private droppedWhenReported(applied: Promise<void>, node: FileNode | undefined): Promise<void> {
+    if (!node) return applied;
+    return applied.then(() => (node.refs === 0 ? this.cache.discard(node) : undefined));
+  }
+
+  nativeUnlinked(path: string, ino: number): Promise<void> {
+    this.beforeNativeChange(path);
     this.kernelNames?.remove(path);
     this.kernelNames?.handles.forget(path);
     this.hides.removed(path);
@@ -1092,13 +1106,7 @@ export class VolumeOps {
     const node = this.cache.get(ino);
     if (node) node.nameless = true;
     // Queued now, synchronously: the sink sees it before any change JS makes after this call.
-    const applied = this.sink.apply({ op: 'unlink', path });
-    if (!node) return applied;
-    // Its cached data goes with it, unless a handle still holds the file: libfuse's removal of
-    // a hidden name at its node's last release, while another node of the file stays open (its
-    // name dropped by rmdir, handle-nodes.ts) keeps reading and writing it, as in unlinkNow.
-    // Dropping the data there lost the writes a read through that handle then missed.
-    return applied.then(() => (node.refs === 0 ? this.cache.discard(node) : undefined));
+    return this.droppedWhenReported(this.sink.apply({ op: 'unlink', path }), node);
   }
 
   async rmdir(path: string, ctx?: CallerContext): Promise<void> {

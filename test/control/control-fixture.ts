@@ -5,6 +5,7 @@ import { expect } from 'vitest';
 import WebSocket from 'ws';
 import { ControlClient, type ControlClientOptions } from '../../src/control/client.js';
 import type { GenerationMsg } from '../../src/control/protocol.js';
+import type { NativeChangeStats } from '../../src/fusefs/native-stats.js';
 import { pyIn } from '../helpers/posix.js';
 import { controlServeArgs, ROOT, type ServerHandle, startServer, tempDirs } from '../helpers/server.js';
 
@@ -349,22 +350,7 @@ export async function status(c: ControlClient): Promise<any> {
  * nativeUnlink`: native-unlink.h, native-create.h, native-setattr.h, native-rename.h,
  * native-entries.h).
  */
-export interface NativeChangeStats {
-  enabled: boolean;
-  busy: number;
-  answered: number;
-  fallbacks: number;
-  creates: number;
-  createFallbacks: number;
-  writes: number;
-  writeFallbacks: number;
-  setattrs: number;
-  setattrFallbacks: number;
-  renames: number;
-  renameFallbacks: number;
-  entries: number;
-  entryFallbacks: number;
-}
+export type { NativeChangeStats };
 
 export async function nativeChangeStats(c: ControlClient): Promise<NativeChangeStats> {
   return (await status(c)).fs.kernelCache.nativeUnlink;

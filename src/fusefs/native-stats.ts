@@ -1,0 +1,31 @@
+/**
+ * What `status().fs.kernelCache.nativeUnlink` says of the changes answered in libfuse's threads
+ * (NativeChanges.stats): the patched fuse-native's counts (Fuse.nativeUnlinkStats; native-unlink.h,
+ * native-create.h, native-setattr.h, native-rename.h, native-entries.h) and whether they are on.
+ * Apart from native-changes.ts so that tests can name it without fuse-native's declarations.
+ */
+export interface NativeChangeStats {
+  /** Unlinks done natively, and tried and passed to JS. */
+  answered: number;
+  fallbacks: number;
+  /** JS ops in flight that may change the primary. */
+  busy: number;
+  /** Of the answered unlinks, those of files JS held cached data of. */
+  cached: number;
+  creates: number;
+  createFallbacks: number;
+  /** Writes to natively created files done natively, and passed to JS. */
+  writes: number;
+  writeFallbacks: number;
+  /** Releases of natively created files done natively, before JS took their create. */
+  releases: number;
+  /** chmod, chown and utimens done natively, and tried and passed to JS. */
+  setattrs: number;
+  setattrFallbacks: number;
+  renames: number;
+  renameFallbacks: number;
+  /** mkdir, symlink and rmdir done natively, and tried and passed to JS. */
+  entries: number;
+  entryFallbacks: number;
+  enabled: boolean;
+}
