@@ -494,30 +494,11 @@ declare module 'fuse-native' {
      * queued. true on builds without it.
      */
     pollNativeChanges?(on: boolean): boolean;
-    /** cached: of the answered, unlinks of files JS held cached data of. */
-    nativeUnlinkStats(): {
-      answered: number;
-      fallbacks: number;
-      busy: number;
-      cached: number;
-      /** Creates done natively, and tried and passed to JS. */
-      creates: number;
-      createFallbacks: number;
-      /** Writes to natively created files done natively, and passed to JS (patch level 9). */
-      writes: number;
-      writeFallbacks: number;
-      /** Releases of natively created files done natively, before JS took their create. */
-      releases: number;
-      /** chmod and utimens done natively, and tried and passed to JS (patch level 20). */
-      setattrs: number;
-      setattrFallbacks: number;
-      /** Renames done natively, and tried and passed to JS (patch level 21). */
-      renames: number;
-      renameFallbacks: number;
-      /** mkdir, symlink and rmdir done natively, and tried and passed to JS (patch level 22). */
-      entries: number;
-      entryFallbacks: number;
-    };
+    /**
+     * Counts of the changes done natively and of the tries passed to JS (every field present;
+     * src/fusefs/native-stats.ts says what each is).
+     */
+    nativeUnlinkStats(): Omit<import('../fusefs/native-stats.js').NativeChangeStats, 'enabled'>;
     /** Called on the JS thread when native unlinks are queued and no op took them. */
     onNativeChanges: (() => void) | null;
 
