@@ -103,6 +103,7 @@ const opts = parseArgs(
       default: '',
       help: 'run every twinfs backup under `perf record` (on-CPU samples, every thread; --perf-basic-prof names JS frames) into this dir',
     },
+    'perf-freq': { default: 499, help: 'with --perf: samples per second and thread' },
     timeline: {
       type: 'boolean',
       default: false,
@@ -342,7 +343,17 @@ async function twinfsBackup({ subtree, target, catalog, cli = cliPath }) {
     // machine does not inflate them, and the kernel's and libuv's work is counted too.
     fs.mkdirSync(opts.perf, { recursive: true });
     const file = path.join(opts.perf, `backup-${++profN}.data`);
-    nodeArgs.unshift('record', '-F', '499', '-o', file, '--', process.execPath, '--perf-basic-prof');
+    nodeArgs.unshift(
+      'record',
+      ...(process.env.PERF_G ? ['-g'] : []),
+      '-F',
+      String(opts['perf-freq']),
+      '-o',
+      file,
+      '--',
+      process.execPath,
+      '--perf-basic-prof',
+    );
     exe = 'perf';
   }
   const args = [

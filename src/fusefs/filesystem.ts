@@ -17,6 +17,7 @@ import {
   NativeChanges,
   nativeCreateFromEnv,
   nativeEntriesFromEnv,
+  nativeOpenFromEnv,
   nativeRenameFromEnv,
   nativeSetattrFromEnv,
   nativeUnlinkCachedFromEnv,
@@ -522,6 +523,8 @@ export class TwinFs {
       // mkdir, symlink and rmdir: likewise.
       creates && nativeEntriesFromEnv(),
       sink.following?.bind(sink),
+      // Read-only opens, their reads and releases: no change to report, the handle only.
+      creates && nativeOpenFromEnv(),
     );
     // Off while an open handle's node has no path (HandleNodes.onAnyGone).
     const handles = this.kernelNames?.handles;

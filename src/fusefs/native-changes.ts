@@ -60,6 +60,7 @@ export type NativeChangeBinding = Pick<
   | 'nativeSetattr'
   | 'nativeRename'
   | 'nativeEntries'
+  | 'nativeOpen'
   | 'nativeWriteBudget'
   | 'takeNativeChanges'
   | 'endNativeChange'
@@ -159,6 +160,23 @@ export function nativeEntriesFromEnv(env: NodeJS.ProcessEnv = process.env): bool
   return env.TWINFS_NATIVE_ENTRIES !== '0';
 }
 
+/** A read-only open done natively, as the queue has it (native-open.h): its fd a duplicate for the cache. */
+export interface NativeOpened {
+  ino: number;
+  fd: number;
+  fh: number;
+  writable: boolean;
+}
+
+/**
+ * Read-only opens, with their reads and releases, answered in libfuse's threads too
+ * (native-open.h), the default with native creates; TWINFS_NATIVE_OPEN=0 keeps them on the JS
+ * thread (docs/architecture.md, "Read-only opens and their reads in libfuse's threads").
+ */
+export function nativeOpenFromEnv(env: NodeJS.ProcessEnv = process.env): boolean {
+  return env.TWINFS_NATIVE_OPEN !== '0';
+}
+
 /**
  * How long a change made natively may wait for JS while such changes keep coming (ms): JS then
  * takes the queue on this timer instead of being woken for each (fuse_native_changes_poll).
@@ -216,6 +234,7 @@ export class NativeChanges implements Disposable {
     private readonly renames = false,
     private readonly entries = false,
     private readonly following: () => boolean = () => true,
+    private readonly opens = false,
   ) {
     fuse.onNativeChanges = () => this.take(false);
     this.inhibitor = inhibitor;
@@ -317,6 +336,7 @@ export class NativeChanges implements Disposable {
     this.set(false);
     this.fuse.nativeCreate?.(false);
     if (this.setattrs) this.fuse.nativeSetattr?.(false);
+    if (this.opens) this.fuse.nativeOpen?.(false);
     // Every native write was reported (set took the queue): the rest of the grant goes back.
     if (this.writes && this.granted > 0) this.writes.space.settle(0, this.granted);
     this.granted = 0;
@@ -331,6 +351,7 @@ export class NativeChanges implements Disposable {
     this.fuse.nativeUnlink(on, this.cached);
     if (this.creates) this.fuse.nativeCreate?.(on, this.writes !== false, this.writes && this.writes.carry);
     if (this.setattrs) this.fuse.nativeSetattr?.(on);
+    if (this.opens) this.fuse.nativeOpen?.(on);
     this.setStructural(on && this.following());
     if (!on) this.take(false);
   }
@@ -403,6 +424,17 @@ export class NativeChanges implements Disposable {
         continue;
       }
       const kind = (what as unknown[])[0];
+      if (kind === 'O') {
+        // ['O', ino, fd, fh, writable] (native-open.h): the handle registered now, before the
+        // op that took the queue may name it.
+        const [, ino, fd, fh, writable] = what as ['O', number, number, number, number];
+        try {
+          this.ops.nativeOpened(path, { ino, fd, fh, writable: writable !== 0 });
+        } catch (err) {
+          this.log(`taking the native open of ${path} failed: ${(err as Error)?.stack ?? err}`);
+        }
+        continue;
+      }
       if (kind === 'd' || kind === 's' || kind === 'x') {
         this.ops
           .nativeEntry(path, what as NativeEntry)

@@ -1,7 +1,7 @@
 /**
  * What `status().fs.kernelCache.nativeUnlink` says of the changes answered in libfuse's threads
  * (NativeChanges.stats): the patched fuse-native's counts (Fuse.nativeUnlinkStats; native-unlink.h,
- * native-create.h, native-setattr.h, native-rename.h, native-entries.h) and whether they are on.
+ * native-create.h, native-setattr.h, native-rename.h, native-entries.h, native-open.h) and whether they are on.
  * Apart from native-changes.ts so that tests can name it without fuse-native's declarations.
  */
 export interface NativeChangeStats {
@@ -27,5 +27,13 @@ export interface NativeChangeStats {
   /** mkdir, symlink and rmdir done natively, and tried and passed to JS. */
   entries: number;
   entryFallbacks: number;
+  /** Read-only opens done natively, and tried and passed to JS (native-open.h). */
+  opens: number;
+  openFallbacks: number;
+  /** READs of natively opened handles answered natively, and passed to JS (JS held data of the file). */
+  openReads: number;
+  openReadFallbacks: number;
+  /** RELEASEs of natively opened handles JS never took (nothing reached JS of them). */
+  openReleases: number;
   enabled: boolean;
 }

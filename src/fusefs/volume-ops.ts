@@ -12,7 +12,13 @@ import { errnoError } from './errno.js';
 import { HandleNodes } from './handle-nodes.js';
 import { HiddenLinks, HiddenRenames, isHiddenEntry, isHiddenPath } from './hidden-renames.js';
 import type { KernelNames, ShownAttrs } from './kernel-names.js';
-import type { ClosedFile, NativeCreated, NativeEntry, NativeSetattr } from './native-changes.js';
+import type {
+  ClosedFile,
+  NativeCreated,
+  NativeEntry,
+  NativeOpened,
+  NativeSetattr,
+} from './native-changes.js';
 import { OpenNames } from './open-names.js';
 import { parentOf, type VolumePaths } from './volume-paths.js';
 import type { FileNode, WritebackCache } from './writeback-cache.js';
@@ -973,6 +979,35 @@ export class VolumeOps {
     this.openNames.add(c.fh, path, node.ino);
     this.kernelNames?.handles.opened(c.fh, path, node.ino);
     return this.sink.apply({ op: 'create', path, mode: c.mode, uid: c.uid, gid: c.gid });
+  }
+
+  /**
+   * A read-only open libfuse3's thread did (native-open.h), taken from the queue before any op
+   * that may name its handle: what open() does after its open(2), synchronously. `fd` is a
+   * duplicate of the native handle's descriptor (opened as openCacheFd opens, `writable` as it
+   * says), for the cache to adopt; the native side keeps its own for the handle's reads and
+   * closes it at the handle's RELEASE, which reaches JS from now on. No JS op ran between the open
+   * and this take (each takes the queue first), and the native changes after it in the queue are
+   * reported after it: the path still names the opened file here, as for open().
+   */
+  nativeOpened(path: string, o: NativeOpened): void {
+    const existing = this.cache.get(o.ino);
+    let node: FileNode;
+    if (existing && !existing.dead) {
+      if (o.fd >= 0) closeQuietly(o.fd);
+      existing.refs++;
+      // As openAt: the name it was opened under names it now.
+      existing.path = path;
+      existing.nameless = false;
+      node = existing;
+    } else {
+      // The native side could not duplicate its descriptor (EMFILE): the handle stays unknown
+      // here, and an op naming it gets EBADF (handle()).
+      if (o.fd < 0) throw new Error(`no descriptor for the native open of ${path} (handle ${o.fh})`);
+      node = this.cache.adopt(o.ino, path, o.fd, o.writable, fstatFd(o.fd).size);
+    }
+    this.handles.set(o.fh, node);
+    this.kernelNames?.handles.opened(o.fh, path, node.ino);
   }
 
   /**

@@ -1,0 +1,185 @@
+import { promises as fsp } from 'node:fs';
+import * as path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { ControlClient } from '../../src/control/client.js';
+import {
+  type ControlFixture,
+  expectMirrorClean,
+  nativeChangeStats,
+  startControlFixture,
+} from '../control/control-fixture.js';
+import { pyIn, shIn } from '../helpers/posix.js';
+
+/**
+ * The libfuse3 path answers read-only OPENs in libfuse's threads (native-open.h in the fuse-native
+ * patch, level 26; the default, TWINFS_NATIVE_OPEN=0 turns it off), with their READs (pread on the
+ * primary) while JS holds no data of the file the primary lacks, and their RELEASE. What must
+ * hold: a read returns what the file holds, cached data JS has not written back included; a
+ * handle JS takes (any op that reaches it takes the queue) keeps working through JS and natively;
+ * a file opened natively can still be opened for writing and written (the cache adopts the
+ * native descriptor as its own, read-write where the primary allows); renames, unlinks and writes
+ * of files open natively, by other processes at once, change nothing a reader must not see.
+ */
+
+/**
+ * One worker (argv: N, rounds): files r<N>/f<i> rewritten whole through a held read-write
+ * descriptor (small writes: the cache holds them), then read back through fresh read-only opens
+ * (native) and compared; a renamed copy read too, and now and then unlinked while open.
+ */
+const STORM = `
+import os, sys
+w, rounds = sys.argv[1], int(sys.argv[2])
+d = 'r' + w
+os.makedirs(d, exist_ok=True)
+def rd(p):
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        out = b''
+        while True:
+            b = os.read(fd, 65536)
+            if not b: return out
+            out += b
+    finally:
+        os.close(fd)
+keep = {}
+for i in range(6):
+    p = '%s/f%d' % (d, i)
+    with open(p, 'wb') as f: f.write(b'start %d\\n' % i)
+    keep[i] = os.open(p, os.O_RDWR)
+bad = 0
+for r in range(rounds):
+    for i in range(6):
+        p = '%s/f%d' % (d, i)
+        want = (b'%s round %d file %d;' % (w.encode(), r, i)) * (1 + (r * 7 + i) % 40)
+        fd = keep[i]
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, want, 0)
+        got = rd(p)
+        if got != want:
+            bad += 1
+            print('MISMATCH', p, r, len(got), len(want), flush=True)
+        # A read-only descriptor held across a rename and an unlink of its name.
+        q = p + '.old'
+        with open(q, 'wb') as f: f.write(want)
+        h = os.open(q, os.O_RDONLY)
+        os.rename(q, q + '2')
+        if i % 2 == 0: os.unlink(q + '2')
+        if os.pread(h, len(want) + 10, 0) != want:
+            bad += 1
+            print('MISMATCH held', q, r, flush=True)
+        os.close(h)
+        if i % 2 == 1: os.unlink(q + '2')
+print('bad', bad)
+`;
+
+describe("read-only opens answered in libfuse's threads (libfuse3)", () => {
+  let fx: ControlFixture;
+  let c: ControlClient;
+  const stats = () => nativeChangeStats(c);
+  const py = (code: string) => pyIn(fx.mnt, `import os\n${code}\n`, { timeoutMs: 60_000 });
+
+  beforeAll(async () => {
+    // Write-backs far off: data written through JS stays in its cache for the whole test.
+    fx = await startControlFixture({ args: ['--fuse', '3', '--writeback-ms', '600000'] });
+    c = await fx.connect();
+  });
+  afterAll(async () => {
+    await fx?.close();
+  });
+
+  it('opens, reads and closes of files at rest never reach JS, and read what the primary has', async () => {
+    await py(
+      "os.mkdir('rest')\nfor i in range(30): open('rest/f%d' % i, 'wb').write(bytes([i]) * (1000 * i + 7))",
+    );
+    // Written back: JS holds nothing of them.
+    await c.request('flush');
+    const before = await stats();
+    expect(before.enabled).toBe(true);
+    const out = await py(
+      "import hashlib\nfor i in range(30):\n  fd = os.open('rest/f%d' % i, os.O_RDONLY)\n  b = os.read(fd, 1 << 20)\n  os.close(fd)\n  print(i, len(b), hashlib.sha256(b).hexdigest())",
+    );
+    const after = await stats();
+    for (const [k, line] of out.trim().split('\n').entries()) {
+      const want = Buffer.alloc(1000 * k + 7, k);
+      const [i, len] = line.split(' ');
+      expect([Number(i), Number(len)]).toEqual([k, want.length]);
+      expect(await fsp.readFile(path.join(fx.primary, `rest/f${k}`))).toEqual(want);
+    }
+    expect(after.opens - before.opens).toBe(30);
+    // The kernel kept no pages of them (written through the mount, the pages were dropped at the
+    // write-back's invalidation) or kept them: READs natively, none to JS.
+    expect(after.openReadFallbacks).toBe(before.openReadFallbacks);
+    // Nothing else reached JS between an open and its close: every release dropped its entry.
+    expect(after.openReleases - before.openReleases).toBe(30);
+    expect(after.busy).toBe(0);
+  });
+
+  it('a read sees data JS holds and the primary lacks; the handle JS took keeps reading, and a writer can open the file after', async () => {
+    await py("open('held', 'wb').write(b'a' * 10000)");
+    await c.request('flush');
+    // A writer keeps the file open and writes through JS's cache (nothing written back).
+    const r = await py(
+      [
+        "w = os.open('held', os.O_RDWR)",
+        "os.pwrite(w, b'B' * 3000, 2000)",
+        // A native open of the same file reads the cached bytes (its READs go to JS).
+        "fd = os.open('held', os.O_RDONLY)",
+        'a = os.pread(fd, 20000, 0)',
+        // Another op through the writer (JS) takes the queue: JS adopts the reader's handle.
+        'os.fsync(w)',
+        "os.pwrite(w, b'C' * 10, 0)",
+        'b = os.pread(fd, 20000, 0)',
+        // SEEK_DATA goes to JS with the native handle.
+        'e = os.lseek(fd, 0, os.SEEK_DATA)',
+        'os.close(fd)',
+        'os.close(w)',
+        // A read-write open after a native read-only one (the cache's descriptor is read-write).
+        "x = os.open('held', os.O_RDONLY)",
+        "y = os.open('held', os.O_RDWR)",
+        "os.pwrite(y, b'D', 9999)",
+        'z = os.pread(x, 20000, 0)',
+        'os.close(y)',
+        'os.close(x)',
+        "print(a == b'a' * 2000 + b'B' * 3000 + b'a' * 5000, b == b'C' * 10 + a[10:], e, z == b[:9999] + b'D')",
+      ].join('\n'),
+    );
+    expect(r.trim()).toBe('True True 0 True');
+    const s = await stats();
+    expect(s.openReadFallbacks).toBeGreaterThan(0);
+    await c.request('flush');
+    const want = Buffer.alloc(10000, 'a');
+    want.fill('B', 2000, 5000);
+    want.fill('C', 0, 10);
+    want.write('D', 9999);
+    expect(await fsp.readFile(path.join(fx.primary, 'held'))).toEqual(want);
+  });
+
+  it('reads through a descriptor survive a rename and an unlink of its name', async () => {
+    await py("open('ren', 'wb').write(b'x' * 5000)");
+    await c.request('flush');
+    const before = await stats();
+    const r = await py(
+      "fd = os.open('ren', os.O_RDONLY)\nos.rename('ren', 'ren2')\na = os.pread(fd, 9000, 0)\nos.unlink('ren2')\nb = os.pread(fd, 9000, 100)\nos.close(fd)\nprint(len(a), len(b), os.path.exists('ren2'))",
+    );
+    expect(r.trim()).toBe('5000 4900 False');
+    const after = await stats();
+    expect(after.opens - before.opens).toBe(1);
+    const left = (await fsp.readdir(fx.primary)).filter((n) => n.startsWith('.fuse_hidden'));
+    expect(left).toEqual([]);
+  });
+
+  it('storms of rewrites, renames and unlinks of files read through native opens read exactly what was written', async () => {
+    const before = await stats();
+    const runs = [1, 2, 3].map((w) =>
+      pyIn(fx.mnt, STORM, { args: [String(w), "60"], timeoutMs: 240_000 }),
+    );
+    const outs = await Promise.all(runs);
+    for (const o of outs) expect(o.trim().split('\n').at(-1)).toBe('bad 0');
+    const after = await stats();
+    expect(after.opens - before.opens).toBeGreaterThan(100);
+    expect(after.openReadFallbacks - before.openReadFallbacks).toBeGreaterThan(0);
+    await expectMirrorClean(c);
+    const left = (await shIn(fx.primary, 'find . -name ".fuse_hidden*" | wc -l')).stdout.trim();
+    expect(left).toBe('0');
+  });
+});
