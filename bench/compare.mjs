@@ -33,7 +33,8 @@
 // untar (not in the default): `tar -xf` of a source-like tree made once per run (--untar-files
 // files of 200 B–16 KiB in directories of 20, one symlink per 10 files, modes 0644/0755/0600,
 // owners 0 and 1000, mtimes of a year ago) into the mount as root (owners, modes and times kept:
-// create, write, close, chown, chmod, utimens, mkdir, symlink), then `rm -rf` of it: seconds of
+// create, write, close, chown, chmod, utimens, mkdir, symlink), then every file read once with
+// `cat` (page cache dropped first, then again warm: opens, reads, closes), then `rm -rf` of it: seconds of
 // each and the server's CPU per entry; --untar-user UID runs both as that user instead (what a
 // root server's users do: every entry then needs an owner change);
 // append (not in the default)
@@ -368,8 +369,20 @@ for (let rep = 0; rep < opts.reps; rep++) {
       else await run('tar', ['-xf', untarBall, '-C', dir], { timeoutMs: 600_000 });
       add(t, 'untar', (performance.now() - t0) / 1000);
       add(t, 'untarcpu', ((cpuSeconds(pid) - c) * 1e6) / untarEntries);
-      // At rest first (the write-backs of the untar done), then the removal alone.
+      // At rest first (the write-backs of the untar done), then every file read once (`cat`
+      // through xargs: an open, reads and a close each), the page cache dropped first (cold)
+      // and again right after (warm: the pages kept, the opens and closes only), then the
+      // removal alone.
       await run('sleep', ['3']);
+      const readAll = `cd '${dir}' && find . -type f -print0 | xargs -0 cat > /dev/null`;
+      for (const pass of ['catcold', 'catwarm']) {
+        if (pass === 'catcold') dropCaches(base);
+        c = cpuSeconds(pid);
+        t0 = performance.now();
+        await run('sh', ['-c', who ? `${su} sh -c "${readAll}"` : readAll], { timeoutMs: 600_000 });
+        add(t, pass, (performance.now() - t0) / 1000);
+        add(t, `${pass}cpu`, ((cpuSeconds(pid) - c) * 1e6) / untarEntries);
+      }
       c = cpuSeconds(pid);
       t0 = performance.now();
       if (who) await run('sh', ['-c', `${su} sh -c 'rm -rf "$0"/*' '${dir}'`], { timeoutMs: 600_000 });
@@ -476,6 +489,10 @@ const COLS = [
   ['sqlite', 'µs CPU/commit', 'sqlitecpu', 0],
   ['untar', 'tar -xf s', 'untar', 2],
   ['untar', 'µs CPU/entry (tar)', 'untarcpu', 0],
+  ['untar', 'cat every file, cold s', 'catcold', 2],
+  ['untar', 'µs CPU/entry (cat cold)', 'catcoldcpu', 0],
+  ['untar', 'cat every file, warm s', 'catwarm', 2],
+  ['untar', 'µs CPU/entry (cat warm)', 'catwarmcpu', 0],
   ['untar', 'rm -rf s', 'rmrf', 2],
   ['untar', 'µs CPU/entry (rm)', 'rmrfcpu', 0],
   ['append', 'appends/s (100 B, O_APPEND)', 'append', 0],
