@@ -11,7 +11,8 @@
 //
 // A variant is NAME|CLI|SERVE ARGS|ENV (all but NAME optional; CLI defaults to this checkout's
 // dist, snapshotted). Workloads: dd 1 MiB + conv=fsync of --seq-mb, dd bs=4k of --small-mb
-// (no fsync), a cached read (dd bs=1M of a --read-mb file read once before through the same
+// (no fsync), a cold read (dd bs=1M of a --read-mb file, page cache dropped) and a cached read
+// (dd bs=1M of the same file, read once before through the same
 // mount: served from the kernel's page cache where it is kept across opens; --read-passes timed
 // passes per rep, each a sample of the median), bench/worker.mjs
 // meta on --files files, and bench/worker.mjs walk (readdir + lstat of a tree of --files files at
@@ -260,7 +261,13 @@ for (let rep = 0; rep < opts.reps; rep++) {
         `count=${opts['read-mb']}`,
         'conv=fsync',
       ]);
-      await run('dd', [`if=${m}/cmp-read`, 'of=/dev/null', 'bs=1M']);
+      // Cold first (the page cache dropped: every byte through the server, from the disk),
+      // which also puts the file in the page cache for the cached passes.
+      dropCaches(base);
+      c = cpuSeconds(pid);
+      r = await run('dd', [`if=${m}/cmp-read`, 'of=/dev/null', 'bs=1M'], DD);
+      add(t, 'readcold', opts['read-mb'] / ddSeconds(r));
+      add(t, 'readcoldcpu', ((cpuSeconds(pid) - c) * 1000) / opts['read-mb']);
       // Several timed passes per rep, each a sample of the median: one pass of 256 MiB from the
       // page cache takes ~40 ms, and single passes of one variant moved by ±30% between reps.
       for (let pass = 0; pass < opts['read-passes']; pass++) {
@@ -474,6 +481,8 @@ const COLS = [
   ['seq', 'faults/MiB', 'seqflt', 1],
   ['small', '4k write MiB/s', 'small', 1],
   ['small', 'µs CPU/write', 'smallcpu', 0],
+  ['read', 'cold read MiB/s', 'readcold', 1],
+  ['read', 'ms CPU/MiB cold', 'readcoldcpu', 2],
   ['read', 'cached read MiB/s', 'read', 1],
   ['read', 'ms CPU/MiB read', 'readcpu', 2],
   ['meta', 'create/s', 'create', 0],

@@ -129,7 +129,14 @@ export interface TwinFsStatus {
       { queued: number; done: number; sent: number; slow: number; maxMs: number }
     >;
     /** getattrs answered in libfuse's threads / passed on to JS, inodes with cached attributes, getxattrs answered there. */
-    native?: { answered: number; fallbacks: number; cached: number; xattrs: number; flushes: number };
+    native?: {
+      answered: number;
+      fallbacks: number;
+      cached: number;
+      xattrs: number;
+      flushes: number;
+      readlinks: number;
+    };
     /** Unlinks answered in libfuse's threads (native-changes.ts), passed to JS, JS ops in flight. */
     nativeUnlink?: {
       answered: number;

@@ -416,13 +416,14 @@ declare module 'fuse-native' {
     ): boolean;
     /** Whether a flush (close(2)) may be answered natively: the flush handler would do nothing. */
     setNativeFlush(native: boolean): void;
-    /** getattrs answered natively / passed on to JS, inodes with cached attributes, getxattrs and flushes answered natively. */
+    /** getattrs answered natively / passed on to JS, inodes with cached attributes, getxattrs, flushes and readlinks (level 26) answered natively. */
     nativeAttributeStats(): {
       answered: number;
       fallbacks: number;
       cached: number;
       xattrs: number;
       flushes: number;
+      readlinks: number;
     };
     /**
      * libfuse3, patch level 7 (native-unlink.h): whether UNLINK may be done in libfuse's worker

@@ -7,6 +7,7 @@ import {
   expectMirrorClean,
   nativeChangeStats,
   startControlFixture,
+  status,
 } from '../control/control-fixture.js';
 import { pyIn, shIn } from '../helpers/posix.js';
 
@@ -168,11 +169,33 @@ describe("read-only opens answered in libfuse's threads (libfuse3)", () => {
     expect(left).toEqual([]);
   });
 
+  it("readlink is answered natively with the primary's target bytes (not UTF-8, cut to the caller's buffer); a missing name or a file goes to JS", async () => {
+    const readlinks = async (): Promise<number> => (await status(c)).fs.kernelCache.native.readlinks;
+    const before = await readlinks();
+    const r = await py(
+      [
+        "os.symlink(b'tgt-\\xff\\xfe/' + b'x' * 300, b'l1')",
+        "os.symlink('plain', 'l2')",
+        "open('notlink', 'w').close()",
+        "a = os.readlink(b'l1')",
+        "b = os.readlink('l2')",
+        'errs = []',
+        "for p in ('missing', 'notlink'):",
+        '  try: os.readlink(p)',
+        '  except OSError as e: errs.append(e.errno)',
+        "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nbuf = ctypes.create_string_buffer(16)\nn = libc.readlink(b'l1', buf, 16)",
+        "print(a == b'tgt-\\xff\\xfe/' + b'x' * 300, b, errs, n, buf.raw[:n])",
+      ].join('\n'),
+    );
+    expect(r.trim()).toBe("True plain [2, 22] 16 b'tgt-\\xff\\xfe/xxxxxxxxx'");
+    expect(await fsp.readlink(path.join(fx.primary, 'l2'))).toBe('plain');
+    // Two readlinks answered here (plus the cut one: three); the errors went to JS.
+    expect((await readlinks()) - before).toBe(3);
+  });
+
   it('storms of rewrites, renames and unlinks of files read through native opens read exactly what was written', async () => {
     const before = await stats();
-    const runs = [1, 2, 3].map((w) =>
-      pyIn(fx.mnt, STORM, { args: [String(w), "60"], timeoutMs: 240_000 }),
-    );
+    const runs = [1, 2, 3].map((w) => pyIn(fx.mnt, STORM, { args: [String(w), '60'], timeoutMs: 240_000 }));
     const outs = await Promise.all(runs);
     for (const o of outs) expect(o.trim().split('\n').at(-1)).toBe('bad 0');
     const after = await stats();
