@@ -52,6 +52,10 @@ const opts = parseArgs(
     ops: { default: 1500, help: 'operations per process' },
     reps: { default: 3, help: 'repetitions (each target once per rep, order rotated; median wall)' },
     targets: { default: ALL.join(','), help: `comma list of ${ALL.join(', ')}` },
+    'twinfs-env': {
+      default: '',
+      help: 'environment of the twinfs servers, K=V[,K=V...] (e.g. TWINFS_NATIVE_OPEN=0 for an A/B)',
+    },
     skip: { default: '', help: 'operation types left out of the stream (comma list, e.g. mmap,fallocate)' },
     strict: { default: false, help: 'stat(2) attributes that disagree with the model fail the run' },
     'run-in': { default: '', help: 'only run the processes in this directory (no mounts) and report' },
@@ -151,7 +155,15 @@ for (const t of targets) {
       stateDir: d[`${id}-state`],
       mirror: t.endsWith('+mirror') ? d[`${id}-mirror`] : undefined,
       cli: opts.cli || undefined,
-      env: { TWINFS_FUSE: t.startsWith('twinfs3') ? '3' : '2' },
+      env: {
+        ...Object.fromEntries(
+          opts['twinfs-env']
+            .split(',')
+            .filter(Boolean)
+            .map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]),
+        ),
+        TWINFS_FUSE: t.startsWith('twinfs3') ? '3' : '2',
+      },
       nodeArgs: opts['cpu-prof'] ? ['--cpu-prof', '--cpu-prof-dir', path.resolve(opts['cpu-prof'], id)] : [],
       verbose: opts.verbose,
     });
