@@ -24,8 +24,10 @@ import { pyIn, shIn } from '../helpers/posix.js';
 
 /**
  * One worker (argv: N, rounds): files r<N>/f<i> rewritten whole through a held read-write
- * descriptor (small writes: the cache holds them), then read back through fresh read-only opens
- * (native) and compared; a renamed copy read too, and now and then unlinked while open.
+ * descriptor (small writes: the cache holds them) while a read-only descriptor opened before
+ * (natively, the file clean) is open, then read through it and through a fresh open, and
+ * compared; every other round the file is written back (fsync); a copy read through a
+ * descriptor held across a rename and an unlink of its name.
  */
 const STORM = `
 import os, sys
@@ -53,12 +55,19 @@ for r in range(rounds):
         p = '%s/f%d' % (d, i)
         want = (b'%s round %d file %d;' % (w.encode(), r, i)) * (1 + (r * 7 + i) % 40)
         fd = keep[i]
+        # Opened while the file is clean (natively), then rewritten through JS's cache: the
+        # reader's READs must see the cached bytes.
+        h0 = os.open(p, os.O_RDONLY)
         os.ftruncate(fd, 0)
         os.pwrite(fd, want, 0)
+        got0 = os.pread(h0, len(want) + 10, 0)
+        os.close(h0)
         got = rd(p)
-        if got != want:
+        if got != want or got0 != want:
             bad += 1
-            print('MISMATCH', p, r, len(got), len(want), flush=True)
+            print('MISMATCH', p, r, len(got), len(got0), len(want), flush=True)
+        # Written back on every other round: the next round's open is native again.
+        if r % 2 == 0: os.fsync(fd)
         # A read-only descriptor held across a rename and an unlink of its name.
         q = p + '.old'
         with open(q, 'wb') as f: f.write(want)
@@ -118,15 +127,20 @@ describe("read-only opens answered in libfuse's threads (libfuse3)", () => {
   it('a read sees data JS holds and the primary lacks; the handle JS took keeps reading, and a writer can open the file after', async () => {
     await py("open('held', 'wb').write(b'a' * 10000)");
     await c.request('flush');
-    // A writer keeps the file open and writes through JS's cache (nothing written back).
+    const before = await stats();
     const r = await py(
       [
+        // Opened natively (JS holds nothing of the file yet).
+        "fd = os.open('held', os.O_RDONLY)",
+        // A writer's open reaches JS (which takes the reader's handle first); its writes stay in
+        // JS's cache (nothing written back): the reader's READs go to JS from now on.
         "w = os.open('held', os.O_RDWR)",
         "os.pwrite(w, b'B' * 3000, 2000)",
-        // A native open of the same file reads the cached bytes (its READs go to JS).
-        "fd = os.open('held', os.O_RDONLY)",
         'a = os.pread(fd, 20000, 0)',
-        // Another op through the writer (JS) takes the queue: JS adopts the reader's handle.
+        // A second reader while JS holds data: its open goes to JS.
+        "g = os.open('held', os.O_RDONLY)",
+        'a2 = os.pread(g, 20000, 0)',
+        'os.close(g)',
         'os.fsync(w)',
         "os.pwrite(w, b'C' * 10, 0)",
         'b = os.pread(fd, 20000, 0)',
@@ -141,12 +155,13 @@ describe("read-only opens answered in libfuse's threads (libfuse3)", () => {
         'z = os.pread(x, 20000, 0)',
         'os.close(y)',
         'os.close(x)',
-        "print(a == b'a' * 2000 + b'B' * 3000 + b'a' * 5000, b == b'C' * 10 + a[10:], e, z == b[:9999] + b'D')",
+        "print(a == b'a' * 2000 + b'B' * 3000 + b'a' * 5000, a2 == a, b == b'C' * 10 + a[10:], e, z == b[:9999] + b'D')",
       ].join('\n'),
     );
-    expect(r.trim()).toBe('True True 0 True');
+    expect(r.trim()).toBe('True True True 0 True');
     const s = await stats();
-    expect(s.openReadFallbacks).toBeGreaterThan(0);
+    expect(s.openReadFallbacks).toBeGreaterThan(before.openReadFallbacks);
+    expect(s.openFallbacks).toBeGreaterThan(before.openFallbacks);
     await c.request('flush');
     const want = Buffer.alloc(10000, 'a');
     want.fill('B', 2000, 5000);
