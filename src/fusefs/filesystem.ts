@@ -33,6 +33,7 @@ import {
   type NativeMountOptions,
   nativeAttributesFromEnv,
 } from './native-options.js';
+import type { NativeAttributeStats } from './native-stats.js';
 import { SpaceAccount } from './space-account.js';
 import { type CallerContext, VolumeOps } from './volume-ops.js';
 import { VolumePaths } from './volume-paths.js';
@@ -129,14 +130,7 @@ export interface TwinFsStatus {
       { queued: number; done: number; sent: number; slow: number; maxMs: number }
     >;
     /** getattrs answered in libfuse's threads / passed on to JS, inodes with cached attributes, getxattrs answered there. */
-    native?: {
-      answered: number;
-      fallbacks: number;
-      cached: number;
-      xattrs: number;
-      flushes: number;
-      readlinks: number;
-    };
+    native?: NativeAttributeStats;
     /** Unlinks answered in libfuse's threads (native-changes.ts), passed to JS, JS ops in flight. */
     nativeUnlink?: {
       answered: number;

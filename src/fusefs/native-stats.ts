@@ -37,3 +37,17 @@ export interface NativeChangeStats {
   openReleases: number;
   enabled: boolean;
 }
+
+/**
+ * What `status().fs.kernelCache.native` says of the requests answered from the primary in
+ * libfuse's threads (Fuse.nativeAttributeStats; native-attrs.h): getattrs answered there and
+ * passed on to JS, inodes with cached attributes, getxattrs, flushes and readlinks answered there.
+ */
+export interface NativeAttributeStats {
+  answered: number;
+  fallbacks: number;
+  cached: number;
+  xattrs: number;
+  flushes: number;
+  readlinks: number;
+}

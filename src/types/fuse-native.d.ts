@@ -417,14 +417,7 @@ declare module 'fuse-native' {
     /** Whether a flush (close(2)) may be answered natively: the flush handler would do nothing. */
     setNativeFlush(native: boolean): void;
     /** getattrs answered natively / passed on to JS, inodes with cached attributes, getxattrs, flushes and readlinks (level 26) answered natively. */
-    nativeAttributeStats(): {
-      answered: number;
-      fallbacks: number;
-      cached: number;
-      xattrs: number;
-      flushes: number;
-      readlinks: number;
-    };
+    nativeAttributeStats(): import('../fusefs/native-stats.js').NativeAttributeStats;
     /**
      * libfuse3, patch level 7 (native-unlink.h): whether UNLINK may be done in libfuse's worker
      * thread (needs nativeAttributes). false: once it returns, every native unlink is queued.
