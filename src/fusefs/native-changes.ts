@@ -197,7 +197,9 @@ const POLL_MS = 20;
  * Creates, writes and releases of new files, and chmod and utimens (native-create.h,
  * native-setattr.h), renames of files (native-rename.h), and mkdir, symlink and rmdir
  * (native-entries.h) go through the same queue; while changes keep coming, JS takes it on a
- * timer rather than being woken for each (keepTaking).
+ * timer rather than being woken for each (keepTaking). So do read-only opens (native-open.h):
+ * not changes, but handles JS must know before any op that may name one (nativeOpened); one
+ * closed before JS took it leaves the queue without reaching JS.
  */
 export class NativeChanges implements Disposable {
   private enabled = false;
