@@ -468,7 +468,8 @@ async function prepareLoop(
     } catch (err) {
       const code = err instanceof RemoteError ? err.code : ((err as Error).message ?? 'error');
       report.prepares.failed[code] = (report.prepares.failed[code] ?? 0) + 1;
-      report.failureMessages[`prepare ${code}`] ??= (err as Error).message;
+      report.failureMessages[`prepare ${code}`] ??=
+        `${(err as Error).message} (selector ${JSON.stringify(selector)})`;
       o.log(`prepare ${JSON.stringify(selector)} failed: ${code}`);
       await sleep(rng.int(200));
       continue;
