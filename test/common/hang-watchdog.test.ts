@@ -52,7 +52,7 @@ describe('a test file whose worker is blocked', () => {
       HANG_DIR: dirs.base,
     });
     expect(r.code, r.out).toBe(1);
-    expect(r.out).toMatch(/last seen: .*unfinished tests: "reads its own mount synchronously"/);
+    expect(r.out).toMatch(/last seen: .*unfinished tests: "opens its own mount for writing synchronously"/);
     // Only the connection of the mount the blocked call names (other runs' mounts are left alone).
     const aborted = r.out.split('\n').filter((l) => l.includes('aborted fuse connection'));
     expect(new Set(aborted.map((l) => l.trim()))).toEqual(
