@@ -104,6 +104,11 @@ const opts = parseArgs(
       help: 'run every twinfs backup under `perf record` (on-CPU samples, every thread; --perf-basic-prof names JS frames) into this dir',
     },
     'perf-freq': { default: 499, help: 'with --perf: samples per second and thread' },
+    'perf-callgraph': {
+      type: 'boolean',
+      default: false,
+      help: 'with --perf: record call graphs (perf record -g)',
+    },
     timeline: {
       type: 'boolean',
       default: false,
@@ -345,7 +350,7 @@ async function twinfsBackup({ subtree, target, catalog, cli = cliPath }) {
     const file = path.join(opts.perf, `backup-${++profN}.data`);
     nodeArgs.unshift(
       'record',
-      ...(process.env.PERF_G ? ['-g'] : []),
+      ...(opts['perf-callgraph'] ? ['-g'] : []),
       '-F',
       String(opts['perf-freq']),
       '-o',

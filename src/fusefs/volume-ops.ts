@@ -393,11 +393,7 @@ export class VolumeOps {
         closeQuietly(openCacheFd(backing, flags).fd);
         throw errnoError('EBUSY', `${path} is cached read-only; close it everywhere and reopen`);
       }
-      existing.refs++;
-      // A hard link may have been opened under another name, since unlinked: report changes
-      // under a name that exists.
-      existing.path = path;
-      existing.nameless = false;
+      this.openedAgain(existing, path);
       return this.appending(this.newHandle(existing, path, wantsWrite(flags)), flags);
     }
     const { fd, writable } = openCacheFd(backing, flags);
@@ -406,6 +402,15 @@ export class VolumeOps {
       this.newHandle(this.cache.adopt(fst.ino, path, fd, writable, fst.size), path, wantsWrite(flags)),
       flags,
     );
+  }
+
+  /** One more handle of a node the cache holds, opened under `path`. */
+  private openedAgain(node: FileNode, path: string): void {
+    node.refs++;
+    // A hard link may have been opened under another name, since unlinked: report changes
+    // under a name that exists.
+    node.path = path;
+    node.nameless = false;
   }
 
   /**
@@ -995,10 +1000,7 @@ export class VolumeOps {
     let node: FileNode;
     if (existing && !existing.dead) {
       if (o.fd >= 0) closeQuietly(o.fd);
-      existing.refs++;
-      // As openAt: the name it was opened under names it now.
-      existing.path = path;
-      existing.nameless = false;
+      this.openedAgain(existing, path);
       node = existing;
     } else {
       // The native side could not duplicate its descriptor (EMFILE): the handle stays unknown
