@@ -723,31 +723,16 @@ function toInhibitSelector(sel: Selector) {
 async function listingError(e: NodeJS.ErrnoException, root: string, sel: Selector): Promise<TwinError> {
   const p =
     typeof e.path === 'string' && e.path.startsWith(`${root}/`) ? e.path.slice(root.length) : undefined;
-  const chosen = [...(sel.paths ?? []), ...(sel.subtrees ?? [])];
+  const selected = p !== undefined && [...(sel.paths ?? []), ...(sel.subtrees ?? [])].includes(p);
   const rootThere = await fsp.stat(root).then(
     (st) => st.isDirectory(),
     () => false,
   );
-  if (rootThere && (e.code === 'ENOENT' || e.code === 'ENOTDIR')) {
-    // The selected path the copy lacks. Not only by the error's path: node:fs decodes the path
-    // of an error with U+FFFD where a name has a byte that is not UTF-8 (a path it was given as
-    // bytes, src/posix/byte-paths.ts), which then equals no selected path.
-    let missing = p !== undefined && chosen.includes(p) ? p : undefined;
-    for (const s of chosen) {
-      if (missing !== undefined) break;
-      if (
-        !(await fsp.lstat(`${root}${s}`).then(
-          () => true,
-          () => false,
-        ))
-      )
-        missing = s;
-    }
-    if (missing !== undefined)
-      return new TwinError('ETWIN_NOT_FOUND', `no such file on the volume at the split instant: ${missing}`, {
-        path: missing,
-      });
-  }
+  // e.path names the path as the listing gave it, non-UTF-8 bytes included (byte-paths.ts).
+  if (selected && rootThere && (e.code === 'ENOENT' || e.code === 'ENOTDIR'))
+    return new TwinError('ETWIN_NOT_FOUND', `no such file on the volume at the split instant: ${p}`, {
+      path: p,
+    });
   return new TwinError(
     'ETWIN_MIRROR_BROKEN',
     `the mirror's copy of the selection cannot be listed (${e.code ?? e.message}${p !== undefined ? ` at ${p}` : ''}); run a repair`,

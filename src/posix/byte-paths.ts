@@ -94,11 +94,48 @@ function convert(args: unknown[], count: number): unknown[] {
   return out;
 }
 
+/**
+ * An error of a call whose path arguments went to node:fs as bytes names them as they were given:
+ * node:fs decodes a Buffer path into the error's `path` and `dest` with U+FFFD for each byte that
+ * is not UTF-8, which is another name (a caller comparing it with its own paths finds none).
+ */
+function namedAsGiven(err: unknown, given: unknown[], sent: unknown[]): unknown {
+  const e = err as { path?: unknown; dest?: unknown } | null;
+  if (e && typeof e === 'object') {
+    if (sent[0] !== given[0] && typeof e.path === 'string') e.path = given[0];
+    if (sent[1] !== given[1] && typeof e.dest === 'string') e.dest = given[1];
+  }
+  return err;
+}
+
+/** original(...sent), its error (thrown, rejected or called back) named as `given` (namedAsGiven). */
+function callNaming(original: Fn, self: unknown, given: unknown[], sent: unknown[]): unknown {
+  if (sent === given) return original.apply(self, sent);
+  const cb = sent[sent.length - 1];
+  if (typeof cb === 'function') {
+    const withCb = sent.slice();
+    withCb[withCb.length - 1] = (err: unknown, ...r: unknown[]) =>
+      cb(err ? namedAsGiven(err, given, sent) : err, ...r);
+    return original.apply(self, withCb);
+  }
+  let r: unknown;
+  try {
+    r = original.apply(self, sent);
+  } catch (err) {
+    throw namedAsGiven(err, given, sent);
+  }
+  if (r instanceof Promise)
+    return r.catch((err) => {
+      throw namedAsGiven(err, given, sent);
+    });
+  return r;
+}
+
 function wrapArgs(obj: Record<string, unknown>, name: string, count: number): void {
   const original = obj[name] as Fn | undefined;
   if (typeof original !== 'function') return;
   const wrapped = function (this: unknown, ...args: unknown[]) {
-    return original.apply(this, convert(args, count));
+    return callNaming(original, this, args, convert(args, count));
   };
   copyProps(original, wrapped);
   obj[name] = wrapped;
@@ -109,7 +146,7 @@ function wrapSyncNames(obj: Record<string, unknown>, name: string): void {
   if (typeof original !== 'function') return;
   const wrapped = function (this: unknown, ...args: unknown[]) {
     const a = convert(args, 1);
-    const r = original.apply(this, a);
+    const r = callNaming(original, this, args, a);
     return lossy(r) ? decoded(original.apply(this, asBuffers(a))) : r;
   };
   copyProps(original, wrapped);
@@ -121,7 +158,7 @@ function wrapPromiseNames(obj: Record<string, unknown>, name: string): void {
   if (typeof original !== 'function') return;
   const wrapped = async function (this: unknown, ...args: unknown[]) {
     const a = convert(args, 1);
-    const r = await original.apply(this, a);
+    const r = await callNaming(original, this, args, a);
     return lossy(r) ? decoded(await original.apply(this, asBuffers(a))) : r;
   };
   obj[name] = wrapped;
@@ -133,9 +170,11 @@ function wrapCallbackNames(obj: Record<string, unknown>, name: string): void {
   const wrapped = function (this: unknown, ...args: unknown[]) {
     const cb = args[args.length - 1];
     if (typeof cb !== 'function') return original.apply(this, convert(args, 1));
-    const a = convert(args.slice(0, -1), 1);
+    const given = args.slice(0, -1);
+    const a = convert(given, 1);
     return original.call(this, ...a, (err: unknown, r: unknown) => {
-      if (err || !lossy(r)) return cb(err, r);
+      if (err) return cb(namedAsGiven(err, given, a), r);
+      if (!lossy(r)) return cb(err, r);
       original.call(this, ...asBuffers(a), (err2: unknown, r2: unknown) =>
         cb(err2, err2 ? undefined : decoded(r2)),
       );
