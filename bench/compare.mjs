@@ -19,8 +19,9 @@
 // rest, twice, 1.1 s apart). --bare adds the primary directory itself as a target (no server).
 // --workloads picks some of seq,small,read,meta,walk,tools,append,ops; ops (not in the default) times
 // --ops-n of each single-file metadata operation in a row (bench/worker.mjs ops: rename, chmod,
-// chown, utime, truncate, setxattr, link/unlink of a second name, open+close, readlink,
-// mkdir/rmdir, stat of a missing name): µs per operation as the caller sees it, and the server's CPU per operation;
+// chown, utime, truncate, setxattr, link/unlink of a second name, open+close, an existing file
+// written again with O_TRUNC (rewrite) and in place (update: open O_RDWR, 4 KiB at 0, close),
+// readlink, mkdir/rmdir, stat of a missing name): µs per operation as the caller sees it, and the server's CPU per operation;
 // falloc (not in the default): posix_fallocate of --falloc-mb into a new file (now fallocate(2)
 // through the mount; glibc's one-byte-per-block fallback where a filesystem refuses it), --ops-n
 // fallocate(2) PUNCH_HOLE|KEEP_SIZE calls of 4 KiB at random pages of a written 16 MiB file (no
@@ -145,6 +146,8 @@ const OPS = [
   'setxattr',
   'link',
   'openclose',
+  'rewrite',
+  'update',
   'readlink',
   'mkdir',
   'statmissing',

@@ -79,6 +79,7 @@ if (mode === 'meta') {
   const n = Number(a.n ?? 1000);
   const f = `${a.dir}/ops-a`;
   const g = `${a.dir}/ops-b`;
+  const PAGE = Buffer.alloc(4096, 0x72);
   fs.writeFileSync(f, Buffer.alloc(100, 0x6f));
   fs.symlinkSync('ops-a', `${a.dir}/ops-l`);
   const steps = {
@@ -92,6 +93,14 @@ if (mode === 'meta') {
     setxattr: null,
     link: (i) => (i % 2 === 0 ? fs.linkSync(f, g) : fs.unlinkSync(g)),
     openclose: () => fs.closeSync(fs.openSync(f, 'r')),
+    // An existing file written again: as a shell's `>` or a compiler's fopen("w") (O_TRUNC), and
+    // in place, as `dd conv=notrunc` or a program that updates a record (O_RDWR, 4 KiB at 0).
+    rewrite: () => fs.writeFileSync(f, PAGE),
+    update: () => {
+      const fd = fs.openSync(f, 'r+');
+      fs.writeSync(fd, PAGE, 0, PAGE.length, 0);
+      fs.closeSync(fd);
+    },
     readlink: () => fs.readlinkSync(`${a.dir}/ops-l`),
     mkdir: (i) => (i % 2 === 0 ? fs.mkdirSync(g) : fs.rmdirSync(g)),
     // A name that is not there, as a compiler's include search or Python's imports ask.

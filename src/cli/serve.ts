@@ -258,7 +258,14 @@ export async function serve(args: ServeArgs): Promise<number> {
         .then(() => shutdownStep('SMB', () => smb?.dispose(), STEP_BOUND_MS))
         // Not bounded: cached data is written back however long that takes (a second signal
         // exits at once).
-        .then(() => shutdownStep('the write-back and unmount', () => fs.unmount()))
+        .then(() =>
+          shutdownStep(
+            'the write-back and unmount',
+            () => fs.unmount(),
+            undefined,
+            () => fs.unmountProgress(),
+          ),
+        )
         .finally(() => shutdownStep('the mirror', () => mirror?.dispose()))
         // Held until everything is written back and the journal closed: only then may another
         // server take the volume.
@@ -325,13 +332,22 @@ const STEP_NOTICE_MS = 5_000;
  * One step of the shutdown, told on stderr when it takes longer than STEP_NOTICE_MS (a stop
  * that hung said only that it was stopping). With a bound, a step still running then is left
  * behind, said so, and the shutdown goes on, as after a failure of such a step: the volume's
- * write-back and unmount must not wait on a peer's socket or a plugin.
+ * write-back and unmount must not wait on a peer's socket or a plugin. `progress` adds where
+ * the step is to each notice.
  */
-async function shutdownStep(what: string, run: () => unknown, boundMs?: number): Promise<void> {
+async function shutdownStep(
+  what: string,
+  run: () => unknown,
+  boundMs?: number,
+  progress?: () => string,
+): Promise<void> {
   const started = Date.now();
   const notice = setInterval(() => {
     const s = Math.round((Date.now() - started) / 1000);
-    process.stderr.write(`twinfs: stopping: still waiting for ${what} after ${s} s\n`);
+    const where = progress?.();
+    process.stderr.write(
+      `twinfs: stopping: still waiting for ${what} after ${s} s${where ? ` (${where})` : ''}\n`,
+    );
   }, STEP_NOTICE_MS);
   let bound: NodeJS.Timeout | undefined;
   try {

@@ -164,6 +164,8 @@ export class TwinFs {
   private fuse: any;
   private fuseClass: any;
   private unmounting: Promise<void> | null = null;
+  /** Where the unmount is (unmountProgress), for a stop that takes long to say what it waits on. */
+  private unmountPhase = '';
   private nativeChangeTarget: Record<string, (...args: any[]) => void> | undefined;
   private nativeChanges:
     | { changes: NativeChanges; handlers: Record<string, (...args: any[]) => void> }
@@ -524,8 +526,8 @@ export class TwinFs {
       // mkdir, symlink and rmdir: likewise.
       creates && nativeEntriesFromEnv(),
       sink.following?.bind(sink),
-      // Read-only opens, their reads and releases: no change to report, the handle only.
-      creates && nativeOpenFromEnv(),
+      // Opens of existing files, their reads and releases: no change to report, the handle only.
+      creates ? nativeOpenFromEnv() : false,
     );
     // Off while an open handle's node has no path (HandleNodes.onAnyGone).
     const handles = this.kernelNames?.handles;
@@ -634,13 +636,25 @@ export class TwinFs {
     return this.unmounting;
   }
 
+  /**
+   * What the unmount is waiting on, with the cache's dirty files and bytes and the files still
+   * open: what a stop that takes long says (serve.ts). Empty before the unmount starts.
+   */
+  unmountProgress(): string {
+    if (!this.unmounting) return '';
+    const c = this.cache.getStats();
+    return `${this.unmountPhase}; ${c.dirtyFiles} file(s) with ${c.dirtyBytes} byte(s) not written back, ${c.openFiles} open`;
+  }
+
   private async doUnmount(): Promise<void> {
     const errors: unknown[] = [];
     // Unlinks done natively first: the data of a file they removed is dropped, not written back
     // (nor spilled under a path that no longer names it).
     this.nativeChanges?.changes.drain();
+    this.unmountPhase = 'writing back before detaching';
     // A failure here is retried after detaching (and then spilled): not reported twice.
     await this.cache.flushAll().catch(() => undefined);
+    this.unmountPhase = 'detaching the mount (fusermount -uz)';
     try {
       await new Promise<void>((resolve, reject) =>
         this.fuse.unmount((err: Error | null) => (err ? reject(err) : resolve())),
@@ -657,6 +671,7 @@ export class TwinFs {
     }
     let spilled = false;
     this.nativeChanges?.changes.drain();
+    this.unmountPhase = 'writing back after detaching';
     try {
       await this.cache.flushAll();
     } catch (err) {
@@ -665,11 +680,13 @@ export class TwinFs {
       errors.push(await this.spillUnwritten(err));
       spilled = true;
     }
+    this.unmountPhase = "closing (the cache's last write-back and sync, the FUSE connection)";
     try {
       await this.store.dispose();
     } catch (err) {
       errors.push(err);
     }
+    this.unmountPhase = 'checking the mount is gone';
     if (!spilled) await this.spill?.removeIfEmpty().catch(() => undefined);
     if ((await isMountPoint(this.mountPoint)).mounted)
       errors.push(new TwinError('ETWIN_UNMOUNT_FAILED', `${this.mountPoint} is still mounted`));

@@ -160,22 +160,32 @@ export function nativeEntriesFromEnv(env: NodeJS.ProcessEnv = process.env): bool
   return env.TWINFS_NATIVE_ENTRIES !== '0';
 }
 
-/** A read-only open done natively, as the queue has it (native-open.h): its fd a duplicate for the cache. */
+/** An open done natively, as the queue has it (native-open.h): its fd a duplicate for the cache. */
 export interface NativeOpened {
   ino: number;
   fd: number;
   fh: number;
+  /** The descriptor may write (opened read-write, as openCacheFd opens). */
   writable: boolean;
+  /** The file was opened for writing (O_WRONLY or O_RDWR; fuse-native level 27). */
+  write: boolean;
 }
 
 /**
- * Read-only opens, with their reads and releases, answered in libfuse's threads too
+ * Opens of existing files (read-only, and for writing without O_TRUNC or O_APPEND since
+ * fuse-native level 27), with their reads and releases, answered in libfuse's threads too
  * (native-open.h), the default with native creates; TWINFS_NATIVE_OPEN=0 keeps them on the JS
- * thread (docs/architecture.md, "Read-only opens and their reads in libfuse's threads").
+ * thread, TWINFS_NATIVE_OPEN=read the opens for writing (docs/architecture.md, "Read-only opens
+ * and their reads in libfuse's threads").
  */
-export function nativeOpenFromEnv(env: NodeJS.ProcessEnv = process.env): boolean {
-  return env.TWINFS_NATIVE_OPEN !== '0';
+export function nativeOpenFromEnv(env: NodeJS.ProcessEnv = process.env): NativeOpens {
+  if (env.TWINFS_NATIVE_OPEN === '0') return false;
+  // TWINFS_NATIVE_OPEN=read: read-only opens only, as level 26 (for comparison).
+  return env.TWINFS_NATIVE_OPEN === 'read' ? 'read' : 'all';
 }
+
+/** Which opens libfuse's threads answer: none, read-only ones, or those for writing too. */
+export type NativeOpens = false | 'read' | 'all';
 
 /**
  * How long a change made natively may wait for JS while such changes keep coming (ms): JS then
@@ -197,9 +207,10 @@ const POLL_MS = 20;
  * Creates, writes and releases of new files, and chmod and utimens (native-create.h,
  * native-setattr.h), renames of files (native-rename.h), and mkdir, symlink and rmdir
  * (native-entries.h) go through the same queue; while changes keep coming, JS takes it on a
- * timer rather than being woken for each (keepTaking). So do read-only opens (native-open.h):
- * not changes, but handles JS must know before any op that may name one (nativeOpened); one
- * closed before JS took it leaves the queue without reaching JS.
+ * timer rather than being woken for each (keepTaking). So do opens (native-open.h): not
+ * changes, but handles JS must know before any op that may name one (nativeOpened); one closed
+ * before JS took it leaves the queue without reaching JS (it wrote nothing: its first WRITE
+ * would have reached JS, which takes the queue first).
  */
 export class NativeChanges implements Disposable {
   private enabled = false;
@@ -236,7 +247,7 @@ export class NativeChanges implements Disposable {
     private readonly renames = false,
     private readonly entries = false,
     private readonly following: () => boolean = () => true,
-    private readonly opens = false,
+    private readonly opens: NativeOpens = false,
   ) {
     fuse.onNativeChanges = () => this.take(false);
     this.inhibitor = inhibitor;
@@ -353,7 +364,7 @@ export class NativeChanges implements Disposable {
     this.fuse.nativeUnlink(on, this.cached);
     if (this.creates) this.fuse.nativeCreate?.(on, this.writes !== false, this.writes && this.writes.carry);
     if (this.setattrs) this.fuse.nativeSetattr?.(on);
-    if (this.opens) this.fuse.nativeOpen?.(on);
+    if (this.opens) this.fuse.nativeOpen?.(on, this.opens === 'all');
     this.setStructural(on && this.following());
     if (!on) this.take(false);
   }
@@ -427,11 +438,11 @@ export class NativeChanges implements Disposable {
       }
       const kind = (what as unknown[])[0];
       if (kind === 'O') {
-        // ['O', ino, fd, fh, writable] (native-open.h): the handle registered now, before the
-        // op that took the queue may name it.
-        const [, ino, fd, fh, writable] = what as ['O', number, number, number, number];
+        // ['O', ino, fd, fh, writable, write] (native-open.h): the handle registered now,
+        // before the op that took the queue may name it.
+        const [, ino, fd, fh, writable, write] = what as ['O', number, number, number, number, number];
         try {
-          this.ops.nativeOpened(path, { ino, fd, fh, writable: writable !== 0 });
+          this.ops.nativeOpened(path, { ino, fd, fh, writable: writable !== 0, write: write === 1 });
         } catch (err) {
           this.log(`taking the native open of ${path} failed: ${(err as Error)?.stack ?? err}`);
         }

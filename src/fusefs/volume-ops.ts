@@ -987,19 +987,27 @@ export class VolumeOps {
   }
 
   /**
-   * A read-only open libfuse3's thread did (native-open.h), taken from the queue before any op
-   * that may name its handle: what open() does after its open(2), synchronously. `fd` is a
-   * duplicate of the native handle's descriptor (opened as openCacheFd opens, `writable` as it
-   * says), for the cache to adopt; the native side keeps its own for the handle's reads and
-   * closes it at the handle's RELEASE, which reaches JS from now on. No JS op ran between the open
-   * and this take (each takes the queue first), and the native changes after it in the queue are
-   * reported after it: the path still names the opened file here, as for open().
+   * An open libfuse3's thread did (native-open.h), taken from the queue before any op that may
+   * name its handle: what open() does after its open(2), synchronously. `fd` is a duplicate of
+   * the native handle's descriptor (opened as openCacheFd opens, `writable` as it says), for the
+   * cache to adopt; the native side keeps its own for the handle's reads and closes it at the
+   * handle's RELEASE, which reaches JS from now on. No JS op ran between the open and this take
+   * (each takes the queue first), and the native changes after it in the queue are reported
+   * after it: the path still names the opened file here, as for open(). An open for writing
+   * (level 27: never O_APPEND, never with a read-only descriptor) is noted as open() notes one
+   * (openNames). Where the cache holds the file through a read-only descriptor (the primary
+   * refused writing when it was opened, ETXTBSY or EROFS, and allows it now: the native open
+   * read-write succeeded), open() would refuse with EBUSY, but this open was answered already:
+   * the node takes this read-write descriptor instead (FileNode.upgrade).
    */
   nativeOpened(path: string, o: NativeOpened): void {
     const existing = this.cache.get(o.ino);
     let node: FileNode;
     if (existing && !existing.dead) {
-      if (o.fd >= 0) closeQuietly(o.fd);
+      if (o.write && !existing.writable && o.fd >= 0 && o.writable) existing.upgrade(o.fd);
+      // A duplicate (the native handle keeps its own descriptor until its RELEASE): closing it
+      // releases no file and never waits, so not through libuv's pool (a thread's wake).
+      else if (o.fd >= 0) fs.closeSync(o.fd);
       this.openedAgain(existing, path);
       node = existing;
     } else {
@@ -1009,6 +1017,7 @@ export class VolumeOps {
       node = this.cache.adopt(o.ino, path, o.fd, o.writable, fstatFd(o.fd).size);
     }
     this.handles.set(o.fh, node);
+    if (o.write) this.openNames.add(o.fh, path, node.ino);
     this.kernelNames?.handles.opened(o.fh, path, node.ino);
   }
 

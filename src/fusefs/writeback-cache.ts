@@ -59,13 +59,29 @@ export class FileNode {
   reserved = 0;
   readonly readAhead = new ReadAheadState();
 
+  /** Descriptors the node had before an upgrade: open until the node closes (reads may run on them). */
+  readonly retiredFds: number[] = [];
+
   constructor(
     readonly ino: number,
     path: string,
-    readonly fd: number,
-    readonly writable: boolean,
+    /** The descriptor reads, write-backs and syncs use (replaced only by upgrade). */
+    public fd: number,
+    public writable: boolean,
   ) {
     this.path = path;
+  }
+
+  /**
+   * Takes a read-write descriptor of the same file in place of a read-only one, which wrote
+   * nothing (VolumeOps.nativeOpened): the old one stays open until the node closes, as a read
+   * started on it may still be running.
+   */
+  upgrade(fd: number): void {
+    if (this.writable) throw new Error(`upgrade of a writable node (${this.path})`);
+    this.retiredFds.push(this.fd);
+    this.fd = fd;
+    this.writable = true;
   }
 
   /** Logical end of the file as far as cached data goes (0 when clean). */
@@ -614,7 +630,7 @@ export class WritebackCache {
       failure = err;
     }
     await this.earlyWriteBacks.forgetAll();
-    for (const n of this.nodes.values()) closeQuietly(n.fd);
+    for (const n of this.nodes.values()) for (const fd of [n.fd, ...n.retiredFds]) closeQuietly(fd);
     this.nodes.clear();
     this.dirtyOrder.clear();
     for (const w of this.roomWaiters.splice(0)) w.resolve();
@@ -899,6 +915,7 @@ export class WritebackCache {
     const running = this.earlyWriteBacks.forget(node.fd);
     if (running) await running;
     await closeFd(node.fd);
+    for (const fd of node.retiredFds) await closeFd(fd);
   }
 }
 

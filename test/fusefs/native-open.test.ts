@@ -171,6 +171,110 @@ describe("read-only opens answered in libfuse's threads (libfuse3)", () => {
     expect(await fsp.readFile(path.join(fx.primary, 'held'))).toEqual(want);
   });
 
+  it('opens for writing of files at rest are answered natively (not O_APPEND); what is written through them reaches the primary and the mirror, and one closed without writing never reaches JS', async () => {
+    const before = await atRest(
+      "os.mkdir('w')\nfor i in range(20): open('w/f%d' % i, 'wb').write(b'%02d' % i * 100)",
+    );
+    const r = await py(
+      [
+        // Ten writers: O_WRONLY and O_RDWR, a write each, one through a shared mapping.
+        'import mmap',
+        'for i in range(10):',
+        "  fd = os.open('w/f%d' % i, os.O_WRONLY if i % 2 else os.O_RDWR)",
+        '  if i == 4:',
+        '    m = mmap.mmap(fd, 200)',
+        "    m[10:20] = b'M' * 10",
+        '    m.close()',
+        "  else: os.pwrite(fd, b'W%d' % i * 5, 50)",
+        '  os.close(fd)',
+        // Ten opened for writing and closed without a write (a read through one).
+        'for i in range(10, 20):',
+        "  fd = os.open('w/f%d' % i, os.O_RDWR)",
+        '  if i == 10: got = os.pread(fd, 4, 0)',
+        '  os.close(fd)',
+        // An append goes to JS (it places the write at its own end of the file).
+        "fd = os.open('w/f0', os.O_WRONLY | os.O_APPEND)",
+        "os.write(fd, b'END')",
+        'os.close(fd)',
+        'print(got)',
+      ].join('\n'),
+    );
+    expect(r.trim()).toBe("b'1010'");
+    const after = await stats();
+    expect(after.opens - before.opens).toBe(20);
+    // The ten that wrote nothing left the queue at their RELEASE without reaching JS.
+    expect(after.openReleases - before.openReleases).toBe(10);
+    expect(after.openFallbacks - before.openFallbacks).toBe(1);
+    await c.request('flush');
+    for (let i = 0; i < 20; i++) {
+      const want = Buffer.from(`${String(i).padStart(2, '0')}`.repeat(100));
+      if (i === 4) want.fill('M', 10, 20);
+      else if (i < 10) want.write(`W${i}`.repeat(5), 50);
+      const got = await fsp.readFile(path.join(fx.primary, 'w', `f${i}`));
+      expect(got.toString()).toBe(i === 0 ? `${want}END` : want.toString());
+    }
+    await expectMirrorClean(c);
+  });
+
+  it("a writer's open of a file JS holds data of is answered natively too; reads through it see the cached bytes", async () => {
+    await atRest("open('wh', 'wb').write(b'a' * 8000)");
+    const before = await stats();
+    const r = await py(
+      [
+        "fd = os.open('wh', os.O_RDWR)",
+        // Small writes: JS's cache holds them (nothing written back: the write-back is far off).
+        "os.pwrite(fd, b'B' * 100, 1000)",
+        "g = os.open('wh', os.O_RDWR)",
+        'a = os.pread(g, 9000, 0)',
+        "os.pwrite(g, b'C' * 100, 7950)",
+        'b = os.pread(fd, 9000, 0)',
+        'os.close(g)',
+        'os.close(fd)',
+        "print(a == b'a' * 1000 + b'B' * 100 + b'a' * 6900, b == a[:7950] + b'C' * 100)",
+      ].join('\n'),
+    );
+    expect(r.trim()).toBe('True True');
+    const after = await stats();
+    // Both opens natively: the second while JS held data of the file.
+    expect(after.opens - before.opens).toBe(2);
+    expect(after.openReadFallbacks).toBeGreaterThan(before.openReadFallbacks);
+    await c.request('flush');
+    const want = Buffer.alloc(8050, 'a');
+    want.fill('B', 1000, 1100);
+    want.fill('C', 7950, 8050);
+    expect(await fsp.readFile(path.join(fx.primary, 'wh'))).toEqual(want);
+  });
+
+  it('a file the cache holds read-only (the primary said ETXTBSY) takes the read-write descriptor of a later native open for writing, and its writes reach the primary', async () => {
+    // A program run from the primary itself: while it runs, the server's open(O_RDWR) of it
+    // fails with ETXTBSY, so a reader's native open gets a read-only descriptor, which the cache
+    // adopts when JS takes the handle (SEEK_DATA reaches JS). Once it has exited, a writer's
+    // native open gets a read-write one: the cache's node must write back through that.
+    const prog = path.join(fx.primary, 'prog');
+    await fsp.copyFile('/bin/sleep', prog);
+    await fsp.chmod(prog, 0o755);
+    const r = await py(
+      [
+        'import subprocess, time',
+        `p = subprocess.Popen([${JSON.stringify(prog)}, '60'])`,
+        'time.sleep(0.3)',
+        "fd = os.open('prog', os.O_RDONLY)",
+        'os.lseek(fd, 0, os.SEEK_DATA)',
+        'p.kill()',
+        'p.wait()',
+        "w = os.open('prog', os.O_RDWR)",
+        "os.pwrite(w, b'XYZ', 0)",
+        // Written back through the cache's descriptor: it must be the read-write one.
+        'os.fsync(w)',
+        'os.close(w)',
+        'print(os.pread(fd, 3, 0))',
+        'os.close(fd)',
+      ].join('\n'),
+    );
+    expect(r.trim()).toBe("b'XYZ'");
+    expect((await fsp.readFile(prog)).subarray(0, 3).toString()).toBe('XYZ');
+  });
+
   it('reads through a descriptor survive a rename and an unlink of its name', async () => {
     const before = await atRest("open('ren', 'wb').write(b'x' * 5000)");
     const r = await py(
