@@ -365,6 +365,15 @@ declare module 'fuse-native' {
      * handlers: they may still run afterwards. err.unmountFailure is set if fusermount failed.
      */
     unmount(cb: (err?: (Error & { unmountFailure?: boolean }) | null) => void): void;
+    /**
+     * Where the unmount is (twinfs patch): '' before it starts, then "fusermount -uz running (pid
+     * N)", "… exited (CODE) after N ms, its output not closed yet", "fusermount -uz done after N
+     * ms; native unmount done". nanoresource's state beside it: a close queued behind an open.
+     */
+    readonly closeState?: string;
+    readonly opened?: boolean;
+    readonly closing?: boolean;
+    readonly closed?: boolean;
     /** Fuse[code.toUpperCase()] or -1 (EPERM) for unknown codes, e.g. fuse.errno('ENOENT') === -2. */
     errno(code: string): number;
     /** 2 or 3: which libfuse this instance uses. */

@@ -61,3 +61,53 @@ describe('twinfs serve: a shutdown step that never ends is left behind, the volu
     expect(await fsp.readFile(path.join(t.dirs.primary!, 'f'), 'utf8')).toBe('kept through a stuck plugin');
   }, 60_000);
 });
+
+/**
+ * The detach: fuse-native's close runs `fusermount -uz` through a shell and calls back once the
+ * child's output is closed. Here a `fusermount` first in PATH unmounts for real and leaves a
+ * process behind that holds that output (the way a stop hung in a handle-diff seed: the mount
+ * gone, the callback never called). The stop must say where the close is, go on once the
+ * kernel has dropped the mount, and still write everything back and exit 0.
+ */
+describe('twinfs serve: a detach whose callback never comes, the mount gone', () => {
+  let t: Awaited<ReturnType<typeof tempDirs>>;
+  let srv: ServerHandle | undefined;
+  beforeAll(async () => {
+    t = await tempDirs('primary', 'mnt', 'bin');
+    const real = (await shOk('command -v fusermount || command -v fusermount3')).trim();
+    await fsp.writeFile(
+      path.join(t.dirs.bin!, 'fusermount'),
+      `#!/bin/sh\n${JSON.stringify(real)} "$@"\nrc=$?\nsleep 41.5 &\nexit $rc\n`,
+      { mode: 0o755 },
+    );
+  });
+  afterAll(async () => {
+    await srv?.kill().catch(() => undefined);
+    await unmountAll(t.dirs.mnt!);
+    // The sleep that held the output.
+    await shOk(`pkill -x -f 'sleep 41.5' || true`);
+    await t?.cleanup();
+  });
+
+  it('SIGTERM: the stop goes on 10 s after the kernel dropped the mount, says where the close was, writes back, exits 0', async () => {
+    srv = await startServer({
+      primary: t.dirs.primary!,
+      mount: t.dirs.mnt!,
+      args: ['--writeback-ms', '60000'],
+      env: { ...process.env, PATH: `${t.dirs.bin}:${process.env.PATH}` },
+    });
+    await shOk(`printf 'kept through a stuck detach' > '${t.dirs.mnt}/f'`, { timeoutMs: 10_000 });
+    const started = Date.now();
+    const code = await srv.stop(40_000);
+    expect(code, srv.stderr()).toBe(0);
+    expect(srv.stderr()).toMatch(
+      /still waiting for the write-back and unmount after \d+ s \(detaching the mount: fusermount -uz exited \(0\) after \d+ ms, its output not closed yet/,
+    );
+    expect(srv.stderr()).toMatch(
+      /did not call back 10 s after the kernel dropped the mount .*going on without it/,
+    );
+    expect(Date.now() - started).toBeLessThan(30_000);
+    expect(await isMounted(t.dirs.mnt!)).toBe(false);
+    expect(await fsp.readFile(path.join(t.dirs.primary!, 'f'), 'utf8')).toBe('kept through a stuck detach');
+  }, 60_000);
+});
