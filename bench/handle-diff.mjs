@@ -161,6 +161,10 @@ for (let seed = opts.seed; ; seed++) {
     let states;
     const code = await srv.stop(120_000, { onSlow: (pid) => (states = threadStates(pid)) });
     const stopSecs = (Date.now() - s0) / 1000;
+    // A detach whose callback never came (the stop goes on 10 s after the kernel dropped the
+    // mount, src/fusefs/filesystem.ts detachedWithoutCallback): told with where the close was.
+    const detach = /[^\n]*did not call back[^\n]*/.exec(srv.stderr())?.[0];
+    if (detach) problems.push(`server stop: ${detach} (${stopSecs.toFixed(1)} s)`);
     if (stopSecs > 20) {
       problems.push(`server stop took ${stopSecs.toFixed(1)} s (exit ${code})`);
       const tail = srv.stderr().slice(-3000);
