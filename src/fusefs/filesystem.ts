@@ -145,16 +145,16 @@ export interface TwinFsStatus {
   mountLost?: string;
 }
 
-/**
- * The first server's filesystem: a FUSE mount of the primary directory with a write-back cache.
- * `TwinFs.mount()` checks everything first and throws a TwinError (nothing mounted) when a
- * check fails; `unmount()` writes every cached byte back before and after detaching.
- */
 /** How often a detach waiting for fuse-native's close checks the kernel's mount table (ms). */
 const DETACH_POLL_MS = 500;
 /** How long after the kernel dropped the mount the close's callback may still take (ms). */
 const DETACH_GRACE_MS = 10_000;
 
+/**
+ * The first server's filesystem: a FUSE mount of the primary directory with a write-back cache.
+ * `TwinFs.mount()` checks everything first and throws a TwinError (nothing mounted) when a
+ * check fails; `unmount()` writes every cached byte back before and after detaching.
+ */
 export class TwinFs {
   readonly cache: WritebackCache;
   readonly inhibitor: WriteInhibitor | undefined;
