@@ -124,13 +124,20 @@ export function nativeWriteFromEnv(env: NodeJS.ProcessEnv = process.env): boolea
   return env.TWINFS_NATIVE_WRITE !== '0';
 }
 
-/** A chmod (mode), chown (the owner after it) or utimens (ns, null where not set) done natively, as the queue has it. */
-export type NativeSetattr = ['m', number] | ['o', number, number] | ['t', bigint | null, bigint | null];
+/**
+ * A chmod (mode), chown (the owner after it), utimens (ns, null where not set) or setxattr of a
+ * user.* name (name, a copy of the value; fuse-native level 27) done natively, as the queue has it.
+ */
+export type NativeSetattr =
+  | ['m', number]
+  | ['o', number, number]
+  | ['t', bigint | null, bigint | null]
+  | ['X', string, Buffer];
 
 /**
- * chmod and utimens by path answered in libfuse's threads too (native-setattr.h), the default
- * with native creates; TWINFS_NATIVE_SETATTR=0 keeps them on the JS thread (docs/architecture.md,
- * "chmod and utimens in libfuse's threads").
+ * chmod, chown, utimens and setxattr of user.* names answered in libfuse's threads too
+ * (native-setattr.h), the default with native creates; TWINFS_NATIVE_SETATTR=0 keeps them on the
+ * JS thread (docs/architecture.md, "chmod and utimens in libfuse's threads").
  */
 export function nativeSetattrFromEnv(env: NodeJS.ProcessEnv = process.env): boolean {
   return env.TWINFS_NATIVE_SETATTR !== '0';
@@ -469,7 +476,7 @@ export class NativeChanges implements Disposable {
         continue;
       }
       if (typeof (what as unknown[])[0] === 'string') {
-        // ['m', mode], ['o', uid, gid] or ['t', atime, mtime] (native-setattr.h)
+        // ['m', mode], ['o', uid, gid], ['t', atime, mtime] or ['X', name, value] (native-setattr.h)
         const set = what as NativeSetattr;
         this.ops
           .nativeSetattr(path, set)

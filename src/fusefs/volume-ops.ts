@@ -1058,7 +1058,8 @@ export class VolumeOps {
   }
 
   /**
-   * A chmod, chown (by root) or utimens libfuse's thread made on the primary (native-setattr.h:
+   * A chmod, chown (by root), utimens or setxattr of a user.* name (level 27) libfuse's thread
+   * made on the primary (native-setattr.h:
    * a file with one name or a directory; for utimens, one the cache holds no data of, so no
    * write-back moves its mtime and nothing is pinned). Reported as chmod, chown and utimens
    * report theirs (chown: the owner as the primary has it after the change): the path's
@@ -1068,6 +1069,7 @@ export class VolumeOps {
   nativeSetattr(path: string, set: NativeSetattr): Promise<void> {
     this.stampBehind(path);
     if (set[0] === 'o') return this.sink.apply({ op: 'chown', path, uid: set[1], gid: set[2] });
+    if (set[0] === 'X') return this.sink.apply({ op: 'setxattr', path, name: set[1], value: set[2] });
     return this.sink.apply(
       set[0] === 'm' ? { op: 'chmod', path, mode: set[1] & 0o7777 } : utimensChange(path, set[1], set[2]),
     );

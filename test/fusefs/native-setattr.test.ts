@@ -122,6 +122,50 @@ describe("chmod and utimens answered in libfuse's threads (libfuse3)", () => {
     }
   });
 
+  it('setxattr of user.* names too (level 27): the primary answers EEXIST and ENODATA, the mirror of a prepare and the change record have them; other names and a file with two names go to JS', async () => {
+    await py(
+      "os.mkdir('x')\nfor i in range(3): open('x/f%d' % i, 'wb').close()\nos.link('x/f2', 'x/f2.lnk')",
+    );
+    await c.request('flush');
+    const since = await volumeGeneration(c);
+    const before = await stats();
+    const r = await py(
+      [
+        "os.setxattr('x/f0', 'user.a', b'1')",
+        "os.setxattr('x/f0', 'user.b', bytes(range(256)) * 4)",
+        "os.setxattr('x/f1', 'user.empty', b'')",
+        "os.setxattr('x', 'user.dir', b'd')",
+        'errs = []',
+        "for args in (('x/f0', 'user.a', b'2', os.XATTR_CREATE), ('x/f0', 'user.none', b'2', os.XATTR_REPLACE)):",
+        '  try: os.setxattr(*args)',
+        '  except OSError as e: errs.append(e.errno)',
+        // Not user.*, and a file with a second name: JS's.
+        "os.setxattr('x/f1', 'trusted.t', b't')",
+        "os.setxattr('x/f2', 'user.two', b'2')",
+        "print(errs, os.getxattr('x/f0', 'user.a'), len(os.getxattr('x/f0', 'user.b')), os.getxattr('x/f1', 'user.empty'), os.getxattr('x/f2.lnk', 'user.two'))",
+      ].join('\n'),
+    );
+    expect(r.trim()).toBe("[17, 61] b'1' 1024 b'' b'2'");
+    const after = await stats();
+    expect(after.setattrs - before.setattrs).toBe(4);
+    expect(after.setattrFallbacks - before.setattrFallbacks).toBe(1);
+    const attrsAt = (root: string) =>
+      pyIn(
+        root,
+        "import os\nfor p, n in (('x/f0', 'user.a'), ('x/f0', 'user.b'), ('x/f1', 'user.empty'), ('x', 'user.dir'), ('x/f1', 'trusted.t'), ('x/f2', 'user.two')):\n  import hashlib; print(p, n, hashlib.sha256(os.getxattr(p, n)).hexdigest()[:16])",
+      );
+    const onPrimary = await attrsAt(fx.primary);
+    const p = await c.prepare({ subtree: '/x' }, { since });
+    try {
+      expect(p.changes?.unknown).toBeUndefined();
+      for (const f of ['/x/f0', '/x/f1']) expect(p.changes?.changed).toContain(f);
+      expect(await attrsAt(p.mirrorRoot)).toBe(onPrimary);
+    } finally {
+      await c.release(p.backupId);
+    }
+    await expectMirrorClean(c);
+  });
+
   it("through a descriptor (tar's fchown, fchmod and futimens of each file it writes) too, with the same results", async () => {
     await py("os.mkdir('t')");
     await c.request('flush');
