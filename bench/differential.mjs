@@ -26,6 +26,7 @@ import {
   parseArgs,
   run,
   startTwinfs,
+  stopChecked,
   tempBase,
 } from './lib.mjs';
 
@@ -125,7 +126,7 @@ for (let first = opts.seed; ; first += opts.procs) {
       }
     }
   } finally {
-    await srv.stop();
+    await stopChecked(srv, problems);
   }
   if (problems.length) failed++;
   log(

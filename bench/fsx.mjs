@@ -29,6 +29,7 @@ import {
   run,
   startBench,
   startTwinfs,
+  stopChecked,
   waitMirrorIdle,
 } from './lib.mjs';
 
@@ -164,7 +165,9 @@ for (const cfg of opts.configs.split(',')) {
     for (const n of allNames(name))
       await expectSame(cfg, 'in the idle mirror', path.join(mirrorRoot, n), model(i, last));
   await client.close();
-  const code = await srv.stop();
+  const stopProblems = [];
+  const code = await stopChecked(srv, stopProblems);
+  for (const d of stopProblems) failures.push({ cfg, what: 'server stop', d });
   if (code !== 0) failures.push({ cfg, what: 'server exit', d: String(code) });
   for (const [i, name] of names.entries())
     for (const n of allNames(name)) {

@@ -29,8 +29,8 @@ import {
   parseArgs,
   run,
   startTwinfs,
+  stopChecked,
   tempBase,
-  threadStates,
 } from './lib.mjs';
 
 const SCRIPT = path.join(path.dirname(fileURLToPath(import.meta.url)), 'handle-diff.py');
@@ -154,23 +154,7 @@ for (let seed = opts.seed; ; seed++) {
       }
     }
   } finally {
-    // A stop that takes long (one seed in 386 did not exit within the 120 s bound, 2026-12-07)
-    // is told with what the server said on stderr: its shutdown steps name themselves there
-    // when one takes over STEP_NOTICE_MS (src/cli/serve.ts).
-    const s0 = Date.now();
-    let states;
-    const code = await srv.stop(120_000, { onSlow: (pid) => (states = threadStates(pid)) });
-    const stopSecs = (Date.now() - s0) / 1000;
-    // A detach whose callback never came (the stop goes on 10 s after the kernel dropped the
-    // mount, src/fusefs/filesystem.ts detachedWithoutCallback): told with where the close was.
-    const detach = /[^\n]*did not call back[^\n]*/.exec(srv.stderr())?.[0];
-    if (detach) problems.push(`server stop: ${detach} (${stopSecs.toFixed(1)} s)`);
-    if (stopSecs > 20) {
-      problems.push(`server stop took ${stopSecs.toFixed(1)} s (exit ${code})`);
-      const tail = srv.stderr().slice(-3000);
-      if (tail) problems.push(`server stderr: ${tail}`);
-      if (states) problems.push(`server threads 30 s after SIGTERM:\n${states}`);
-    }
+    await stopChecked(srv, problems);
   }
   if (problems.length) failed++;
   const secs = (Date.now() - t0) / 1000;

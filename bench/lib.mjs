@@ -603,6 +603,30 @@ export async function startTwinfs(o) {
 }
 
 /**
+ * Stops a harness's server (startTwinfs's handle) and tells in `problems` what a stop must not
+ * do: take over 20 s (one in a few hundred stops of the harnesses waited for good until
+ * fuse-native level 28: docs/reliability.md, "A stop that waited for good on libuv's signal
+ * lock"), told with the server's stderr tail and its threads 30 s after SIGTERM; or go on without
+ * the detach's callback (src/fusefs/filesystem.ts detachedWithoutCallback), told with where the
+ * close was. Returns the exit code.
+ */
+export async function stopChecked(srv, problems) {
+  const s0 = Date.now();
+  let states;
+  const code = await srv.stop(120_000, { onSlow: (pid) => (states = threadStates(pid)) });
+  const stopSecs = (Date.now() - s0) / 1000;
+  const detach = /[^\n]*did not call back[^\n]*/.exec(srv.stderr())?.[0];
+  if (detach) problems.push(`server stop: ${detach} (${stopSecs.toFixed(1)} s)`);
+  if (stopSecs > 20) {
+    problems.push(`server stop took ${stopSecs.toFixed(1)} s (exit ${code})`);
+    const tail = srv.stderr().slice(-3000);
+    if (tail) problems.push(`server stderr: ${tail}`);
+    if (states) problems.push(`server threads 30 s after SIGTERM:\n${states}`);
+  }
+  return code;
+}
+
+/**
  * What each thread of a process is doing, from /proc: name, state and the kernel function it
  * sleeps in (wchan), one line per thread; the main thread's kernel stack when readable (root).
  */
@@ -624,7 +648,11 @@ export function threadStates(pid) {
     };
     const stat = read('stat');
     const state = stat.slice(stat.lastIndexOf(')') + 2).split(' ')[0];
-    lines.push(`${t} ${read('comm')} ${state} ${read('wchan')}`);
+    // SigBlk: a thread that waits on a lock a signal handler took shows whether it can take signals.
+    const blocked = /SigBlk:\s*(\S+)/.exec(read('status'))?.[1] ?? '?';
+    lines.push(
+      `${t} ${read('comm')} ${state} ${read('wchan')} sigblk=${blocked} syscall=${read('syscall').split(' ').slice(0, 3).join(' ')}`,
+    );
   }
   try {
     lines.push(`main thread's kernel stack:\n${fs.readFileSync(`/proc/${pid}/stack`, 'utf8')}`);
