@@ -19,7 +19,8 @@
 // rest, twice, 1.1 s apart). --bare adds the primary directory itself as a target (no server).
 // --workloads picks some of seq,small,read,meta,walk,tools,append,ops; ops (not in the default) times
 // --ops-n of each single-file metadata operation in a row (bench/worker.mjs ops: rename, chmod,
-// chown, utime, truncate, setxattr, link/unlink of a second name, open+close, an existing file
+// chown, utime, truncate, setxattr, link/unlink of a second name, open+close, a directory's
+// open+close (opendir), an existing file
 // written again with O_TRUNC (rewrite) and in place (update: open O_RDWR, 4 KiB at 0, close),
 // readlink, mkdir/rmdir, stat of a missing name): µs per operation as the caller sees it, and the server's CPU per operation;
 // falloc (not in the default): posix_fallocate of --falloc-mb into a new file (now fallocate(2)
@@ -96,6 +97,7 @@ const opts = parseArgs(
     },
     'falloc-mb': { default: 256, help: 'posix_fallocate size in the falloc workload, MiB' },
     'ops-n': { default: 2000, help: 'operations of each kind in the ops workload' },
+    'ops-only': { default: '', help: 'comma-separated: only these operations of the ops workload' },
     'tools-files': { default: 10000, help: 'files in the tools workload (find, ls -lR, git status)' },
     'untar-files': { default: 4000, help: 'files in the untar workload' },
     'untar-user': {
@@ -146,12 +148,15 @@ const OPS = [
   'setxattr',
   'link',
   'openclose',
+  'opendir',
   'rewrite',
   'update',
   'readlink',
   'mkdir',
   'statmissing',
 ];
+const OPS_ONLY = String(opts['ops-only']).split(',').filter(Boolean);
+const OPS_RUN = OPS.filter((o) => OPS_ONLY.length === 0 || OPS_ONLY.includes(o));
 // The falloc workload's timed calls, in a child (never in this process: it serves nothing, but
 // the mounts are touched from children throughout). argv: FILE MIB N; prints JSON.
 const FALLOC_PY = `
@@ -295,7 +300,7 @@ for (let rep = 0; rep < opts.reps; rep++) {
     }
     if (WANT.has('ops')) {
       await run('mkdir', ['-p', `${m}/cmp-ops`]);
-      for (const op of OPS) {
+      for (const op of OPS_RUN) {
         c = cpuSeconds(pid);
         const o = await worker('ops', ['--dir', `${m}/cmp-ops`, '--op', op, '--n', String(opts['ops-n'])]);
         add(t, `op-${op}`, (o.ms * 1000) / o.n);
@@ -534,7 +539,7 @@ if (WANT.has('ops')) {
       'operation',
       ...names.flatMap((t, j) => (j === 0 ? [`${t} µs`, 'µs CPU'] : [`${t} µs`, `× ${names[0]}`, 'µs CPU'])),
     ],
-    OPS.map((op) => [
+    OPS_RUN.map((op) => [
       op,
       ...names.flatMap((t, j) => {
         const us = md(t, `op-${op}`);

@@ -31,7 +31,8 @@
 //       of rename (a → b, b → a), chmod, chown, utime, truncate (to 0..6 bytes; Node opens the
 //       file, ftruncates and closes it), setxattr,
 //       link (a second name made and removed: two operations per round, each counted),
-//       openclose (open O_RDONLY, close), readlink, mkdir (mkdir then rmdir, each counted),
+//       openclose (open O_RDONLY, close), opendir (a directory opened O_RDONLY|O_DIRECTORY and
+//       closed: OPENDIR and RELEASEDIR), readlink, mkdir (mkdir then rmdir, each counted),
 //       statmissing (stat of a name that does not exist).
 import * as fs from 'node:fs';
 
@@ -82,6 +83,7 @@ if (mode === 'meta') {
   const PAGE = Buffer.alloc(4096, 0x72);
   fs.writeFileSync(f, Buffer.alloc(100, 0x6f));
   fs.symlinkSync('ops-a', `${a.dir}/ops-l`);
+  fs.mkdirSync(`${a.dir}/ops-d`);
   const steps = {
     rename: (i) => (i % 2 === 0 ? fs.renameSync(f, g) : fs.renameSync(g, f)),
     chmod: (i) => fs.chmodSync(f, 0o600 | (i & 0o77)),
@@ -93,6 +95,8 @@ if (mode === 'meta') {
     setxattr: null,
     link: (i) => (i % 2 === 0 ? fs.linkSync(f, g) : fs.unlinkSync(g)),
     openclose: () => fs.closeSync(fs.openSync(f, 'r')),
+    opendir: () =>
+      fs.closeSync(fs.openSync(`${a.dir}/ops-d`, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY)),
     // An existing file written again: as a shell's `>` or a compiler's fopen("w") (O_TRUNC), and
     // in place, as `dd conv=notrunc` or a program that updates a record (O_RDWR, 4 KiB at 0).
     rewrite: () => fs.writeFileSync(f, PAGE),
@@ -118,7 +122,7 @@ if (mode === 'meta') {
     for (let i = 0; i < n; i++) step(i);
     ms = now() - t;
   }
-  for (const p of [f, g, `${a.dir}/ops-l`]) fs.rmSync(p, { recursive: true, force: true });
+  for (const p of [f, g, `${a.dir}/ops-l`, `${a.dir}/ops-d`]) fs.rmSync(p, { recursive: true, force: true });
   process.stdout.write(`${JSON.stringify({ op: a.op, n, ms })}\n`);
 } else if (mode === 'files') {
   // One phase of meta on its own (bench/create-unlink.mjs): --op create (O_CREAT|O_EXCL, --size
