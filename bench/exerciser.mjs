@@ -29,6 +29,7 @@ import { fileURLToPath } from 'node:url';
 import {
   commonOptions,
   cpuSeconds,
+  envPairs,
   fmt,
   installCleanup,
   loadavg,
@@ -155,15 +156,7 @@ for (const t of targets) {
       stateDir: d[`${id}-state`],
       mirror: t.endsWith('+mirror') ? d[`${id}-mirror`] : undefined,
       cli: opts.cli || undefined,
-      env: {
-        ...Object.fromEntries(
-          opts['twinfs-env']
-            .split(',')
-            .filter(Boolean)
-            .map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]),
-        ),
-        TWINFS_FUSE: t.startsWith('twinfs3') ? '3' : '2',
-      },
+      env: { ...envPairs(opts['twinfs-env'], ','), TWINFS_FUSE: t.startsWith('twinfs3') ? '3' : '2' },
       nodeArgs: opts['cpu-prof'] ? ['--cpu-prof', '--cpu-prof-dir', path.resolve(opts['cpu-prof'], id)] : [],
       verbose: opts.verbose,
     });

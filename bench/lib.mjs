@@ -685,14 +685,21 @@ export async function startVariant(base, i, spec) {
       .split(' ')
       .filter(Boolean)
       .map((a) => (a === '@MIRROR@' || a === '@SHM@' || a === '@LOOP@' ? dd[`r${i}`] : a)),
-    env: Object.fromEntries(
-      (env ?? '')
-        .split(' ')
-        .filter(Boolean)
-        .map((kv) => kv.split('=')),
-    ),
+    env: envPairs(env, ' '),
   });
   return { name, mount: dd[`m${i}`], server };
+}
+
+/** `K=V` words separated by sep as an object (each split at its first `=`: a value may hold one). */
+export function envPairs(text, sep) {
+  return Object.fromEntries(
+    (text ?? '')
+      .split(sep)
+      .filter(Boolean)
+      .map((kv) =>
+        kv.includes('=') ? [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)] : [kv, ''],
+      ),
+  );
 }
 
 /**

@@ -10,7 +10,16 @@ import { mountFixture, type PosixFixture, shInOk } from '../helpers/posix.js';
 // in ~60 of bench/differential.mjs, 2026-12-07 16:55). Now no signal but the faults reaches the
 // threads of the native layer. Seen from outside: the SigBlk mask of every thread waiting for a
 // request on /dev/fuse.
-const SIGNALS = { SIGHUP: 1, SIGUSR1: 10, SIGSEGV: 11, SIGPIPE: 13, SIGALRM: 14, SIGTERM: 15, SIGCHLD: 17, SIGWINCH: 28 };
+const SIGNALS = {
+  SIGHUP: 1,
+  SIGUSR1: 10,
+  SIGSEGV: 11,
+  SIGPIPE: 13,
+  SIGALRM: 14,
+  SIGTERM: 15,
+  SIGCHLD: 17,
+  SIGWINCH: 28,
+};
 
 function blocked(mask: bigint, signal: number): boolean {
   return ((mask >> BigInt(signal - 1)) & 1n) === 1n;
