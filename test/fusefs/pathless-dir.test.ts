@@ -91,6 +91,53 @@ for fd in fds:
 print('done')
 `;
 
+// Several processes at once, each in its own directory tree, with a seeded random order of
+// renames of the directory and its parent, renames onto it and removals while a descriptor of
+// it is open (a second descriptor of the same directory now and then): once removed, fstat says
+// nlink 0 and fchmod works, every time.
+const CONCURRENT = `
+import errno, json, os, random, sys
+rng = random.Random(int(sys.argv[1]))
+me = 'w' + sys.argv[1]
+os.mkdir(me)
+bad = []
+done = 0
+for i in range(int(sys.argv[2])):
+    parent = '%s/p%d' % (me, i)
+    os.makedirs(parent + '/d')
+    fds = [os.open(parent + '/d', os.O_RDONLY | os.O_DIRECTORY)]
+    if rng.random() < 0.3:
+        fds.append(os.open(parent + '/d', os.O_RDONLY | os.O_DIRECTORY))
+    where = parent + '/d'
+    for _ in range(rng.randrange(3)):
+        if rng.random() < 0.5:
+            os.rename(parent, parent + 'x')
+            parent += 'x'
+            where = parent + '/' + where.rsplit('/', 1)[1]
+        else:
+            new = parent + '/e%d' % rng.randrange(100)
+            os.rename(where, new)
+            where = new
+    if rng.random() < 0.5:
+        os.rmdir(where)
+    else:
+        os.mkdir(parent + '/over')
+        os.rename(parent + '/over', where)
+        os.rmdir(where)
+    for fd in fds:
+        try:
+            st = os.fstat(fd)
+            os.fchmod(fd, 0o700)
+            if st.st_nlink != 0 or (os.fstat(fd).st_mode & 0o777) != 0o700:
+                bad.append([i, where, st.st_nlink])
+        except OSError as e:
+            bad.append([i, where, errno.errorcode[e.errno]])
+        os.close(fd)
+    os.rmdir(parent)
+    done += 1
+print(json.dumps({'done': done, 'bad': bad[:5], 'badCount': len(bad)}))
+`;
+
 function serverFds(pid: number): number {
   return readdirSync(`/proc/${pid}/fd`).length;
 }
@@ -123,6 +170,24 @@ describe('descriptors of directories removed or renamed over (libfuse3)', () => 
     );
     expect(st).toBe('0o710');
   }, 120_000);
+
+  it('holds under several processes renaming and removing open directories at once', async () => {
+    const pid = fx.srv.proc.pid!;
+    await pyIn(fx.mnt, "import os; os.mkdir('cc')");
+    const before = serverFds(pid);
+    const runs = await Promise.all(
+      [1, 2, 3, 4].map((seed) =>
+        pyIn(`${fx.mnt}/cc`, CONCURRENT, { args: [String(seed), '150'], timeoutMs: 120_000 }),
+      ),
+    );
+    for (const out of runs) expect(JSON.parse(out)).toEqual({ done: 150, bad: [], badCount: 0 });
+    let after = serverFds(pid);
+    for (let i = 0; i < 50 && after > before; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      after = serverFds(pid);
+    }
+    expect(after).toBeLessThanOrEqual(before);
+  }, 180_000);
 
   it('keeps no descriptor once the handles closed', async () => {
     const pid = fx.srv.proc.pid!;
