@@ -142,6 +142,16 @@ function serverFds(pid: number): number {
   return readdirSync(`/proc/${pid}/fd`).length;
 }
 
+/** The server's descriptors once down to `before`, or after 5 s (RELEASEDIR goes behind close(2)). */
+async function serverFdsAfter(pid: number, before: number): Promise<number> {
+  let n = serverFds(pid);
+  for (let i = 0; i < 50 && n > before; i++) {
+    await new Promise((r) => setTimeout(r, 100));
+    n = serverFds(pid);
+  }
+  return n;
+}
+
 describe('descriptors of directories removed or renamed over (libfuse3)', () => {
   let fx: PosixFixture;
   beforeAll(async () => {
@@ -181,12 +191,7 @@ describe('descriptors of directories removed or renamed over (libfuse3)', () => 
       ),
     );
     for (const out of runs) expect(JSON.parse(out)).toEqual({ done: 150, bad: [], badCount: 0 });
-    let after = serverFds(pid);
-    for (let i = 0; i < 50 && after > before; i++) {
-      await new Promise((r) => setTimeout(r, 100));
-      after = serverFds(pid);
-    }
-    expect(after).toBeLessThanOrEqual(before);
+    expect(await serverFdsAfter(pid, before)).toBeLessThanOrEqual(before);
   }, 180_000);
 
   it('keeps no descriptor once the handles closed', async () => {
@@ -194,13 +199,7 @@ describe('descriptors of directories removed or renamed over (libfuse3)', () => 
     await pyIn(fx.mnt, "import os; os.mkdir('many')");
     const before = serverFds(pid);
     expect((await pyIn(`${fx.mnt}/many`, MANY, { timeoutMs: 60_000 })).trim()).toBe('done');
-    // RELEASEDIR goes behind close(2): give the server a moment to close what it held.
-    let after = serverFds(pid);
-    for (let i = 0; i < 50 && after > before; i++) {
-      await new Promise((r) => setTimeout(r, 100));
-      after = serverFds(pid);
-    }
-    expect(after).toBeLessThanOrEqual(before);
+    expect(await serverFdsAfter(pid, before)).toBeLessThanOrEqual(before);
   }, 120_000);
 });
 
