@@ -717,7 +717,10 @@ export class TwinFs {
    * back DETACH_GRACE_MS later (said in the log, with where its close was): the detach is done,
    * and what the unmount does next needs nothing from that callback. A stop hung there for good
    * in 1 of 41 handle-diff seeds (2026-12-07): the mount gone, fusermount's child gone, the
-   * callback never called. Returns at once when `called` says it came.
+   * callback never called. The cause found later (fuse-native level 28: a libfuse worker
+   * cancelled inside libuv's signal handler lost the child's SIGCHLD) is fixed; this stays for a
+   * callback that waits on fusermount's output held by a process it left behind
+   * (test/cli/shutdown-steps.test.ts). Returns at once when `called` says it came.
    */
   private async detachedWithoutCallback(called: () => boolean): Promise<void> {
     let goneAt = 0;
