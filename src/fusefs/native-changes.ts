@@ -22,7 +22,8 @@ export interface NativeCreated {
 }
 
 /**
- * A file created, written and closed natively before JS took its create (native-create.h): its
+ * A file created, written and closed natively before JS took its create (native-create.h), or
+ * opened, written and closed natively before JS took its open (native-open.h, level 29): its
  * writes are reported by its path.
  */
 export interface ClosedFile {
@@ -181,18 +182,24 @@ export interface NativeOpened {
 /**
  * Opens of existing files (read-only, and for writing without O_TRUNC or O_APPEND since
  * fuse-native level 27), with their reads and releases, answered in libfuse's threads too
- * (native-open.h), the default with native creates; TWINFS_NATIVE_OPEN=0 keeps them on the JS
- * thread, TWINFS_NATIVE_OPEN=read the opens for writing (docs/architecture.md, "Read-only opens
- * and their reads in libfuse's threads").
+ * (native-open.h), the default with native creates, and since level 29 the WRITEs of such a
+ * handle until JS takes its open (with native writes on); TWINFS_NATIVE_OPEN=0 keeps them on the
+ * JS thread, TWINFS_NATIVE_OPEN=read the opens for writing, TWINFS_NATIVE_OPEN=open their writes
+ * (docs/architecture.md, "Read-only opens and their reads in libfuse's threads", "Writes through
+ * opens in libfuse's threads").
  */
 export function nativeOpenFromEnv(env: NodeJS.ProcessEnv = process.env): NativeOpens {
   if (env.TWINFS_NATIVE_OPEN === '0') return false;
-  // TWINFS_NATIVE_OPEN=read: read-only opens only, as level 26 (for comparison).
-  return env.TWINFS_NATIVE_OPEN === 'read' ? 'read' : 'all';
+  // For comparison: read, read-only opens only, as level 26; open, the writes to JS, as level 27.
+  if (env.TWINFS_NATIVE_OPEN === 'read') return 'read';
+  return env.TWINFS_NATIVE_OPEN === 'open' ? 'open' : 'all';
 }
 
-/** Which opens libfuse's threads answer: none, read-only ones, or those for writing too. */
-export type NativeOpens = false | 'read' | 'all';
+/**
+ * Which opens libfuse's threads answer: none, read-only ones, those for writing too, or those
+ * and their writes until JS takes the open (all).
+ */
+export type NativeOpens = false | 'read' | 'open' | 'all';
 
 /**
  * How long a change made natively may wait for JS while such changes keep coming (ms): JS then
@@ -371,7 +378,9 @@ export class NativeChanges implements Disposable {
     this.fuse.nativeUnlink(on, this.cached);
     if (this.creates) this.fuse.nativeCreate?.(on, this.writes !== false, this.writes && this.writes.carry);
     if (this.setattrs) this.fuse.nativeSetattr?.(on);
-    if (this.opens) this.fuse.nativeOpen?.(on, this.opens === 'all');
+    // Writes through them only with native writes (their carry and space budget are those).
+    if (this.opens)
+      this.fuse.nativeOpen?.(on, this.opens !== 'read', this.opens === 'all' && this.writes !== false);
     this.setStructural(on && this.following());
     if (!on) this.take(false);
   }
@@ -429,7 +438,8 @@ export class NativeChanges implements Disposable {
     if (this.enabled && (this.renames || this.entries)) this.setStructural(this.following());
     const done = this.fuse.takeNativeChanges(begin);
     if (done === null) return 0;
-    // Files created and closed natively in this batch (fd -1): their writes are reported by path.
+    // Files created (or opened, level 29) and closed natively in this batch: their writes are
+    // reported by path.
     let closed: Map<number, ClosedFile> | undefined;
     let written = 0;
     for (let i = 0; i < done.length; i += 2) {
@@ -445,9 +455,22 @@ export class NativeChanges implements Disposable {
       }
       const kind = (what as unknown[])[0];
       if (kind === 'O') {
-        // ['O', ino, fd, fh, writable, write] (native-open.h): the handle registered now,
-        // before the op that took the queue may name it.
-        const [, ino, fd, fh, writable, write] = what as ['O', number, number, number, number, number];
+        // ['O', ino, fd, fh, writable, write, closed] (native-open.h): the handle registered now,
+        // before the op that took the queue may name it; one that wrote natively and was
+        // released before this take (closed, level 29) is gone: its writes come by path.
+        const [, ino, fd, fh, writable, write, gone] = what as [
+          'O',
+          number,
+          number,
+          number,
+          number,
+          number,
+          number?,
+        ];
+        if (gone === 1) {
+          (closed ??= new Map()).set(fh, { path, ino });
+          continue;
+        }
         try {
           this.ops.nativeOpened(path, { ino, fd, fh, writable: writable !== 0, write: write === 1 });
         } catch (err) {
@@ -466,7 +489,7 @@ export class NativeChanges implements Disposable {
       if (kind === 'r') {
         // ['r', to, ino, replaced ino or 0] (native-rename.h)
         const [, to, ino, replaced] = what as ['r', string, number, number];
-        // A file created and closed natively in this batch: its later writes come by its new name.
+        // A file created or opened and closed natively in this batch: its later writes come by its new name.
         if (closed) for (const f of closed.values()) if (f.path === path) f.path = to;
         this.ops
           .nativeRenamed(path, to, ino, replaced)

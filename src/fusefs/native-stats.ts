@@ -35,6 +35,11 @@ export interface NativeChangeStats {
   openReadFallbacks: number;
   /** RELEASEs of natively opened handles JS never took (nothing reached JS of them). */
   openReleases: number;
+  /** WRITEs of natively opened handles done natively before JS took the open, and passed to JS (level 29). */
+  openWrites: number;
+  openWriteFallbacks: number;
+  /** RELEASEs of natively opened handles that wrote natively, before JS took the open (their writes reach JS by path). */
+  openWriteReleases: number;
   enabled: boolean;
 }
 

@@ -1022,27 +1022,28 @@ export class VolumeOps {
   }
 
   /**
-   * A write libfuse3's thread did to a file it created (native-create.h), before JS took the
-   * create: the bookkeeping of writeDirect after the primary's write, in its turn. The file is
-   * the create's (registered by nativeCreated in the same take, just before, or `closed`: closed
-   * natively too), which no JS op touched meanwhile: nothing of it is cached, it has one name, no
-   * read-ahead. `data` is a copy of the bytes when the sink wants them (the mirror's copy), else
-   * their count.
+   * A write libfuse3's thread did to a file it created (native-create.h) before JS took the
+   * create, or through a handle it opened (native-open.h, level 29) before JS took the open: the
+   * bookkeeping of writeDirect after the primary's write, in its turn. The file is the
+   * create's or the open's (registered by nativeCreated or nativeOpened in the same take, just
+   * before, or `closed`: closed natively too), which no JS op touched meanwhile: nothing of it
+   * the primary lacks is cached, it has one name. A clean node the cache keeps of an existing
+   * file (JS opened it before) learns the new size, and its read-ahead windows are dropped.
+   * `data` is a copy of the bytes when the sink wants them (the mirror's copy), else their count.
    */
   nativeWritten(fh: number, offset: number, data: Buffer | number, closed?: ClosedFile): Promise<void> {
-    const node = closed ? undefined : this.handles.get(fh);
+    const known = closed ? this.cache.get(closed.ino) : undefined;
+    const node = closed ? (known && !known.dead ? known : undefined) : this.handles.get(fh);
     const path = closed?.path ?? node?.path;
     if (path === undefined) return Promise.reject(new Error(`no file for native handle ${fh}`));
     const len = typeof data === 'number' ? data : data.length;
-    const named = !node?.nameless;
+    const named = closed !== undefined || !node?.nameless;
     if (named) this.stampBehind(path);
     if (node) {
       node.contentChanged();
-      this.kernelNames?.forgetRecorded(node.ino);
       this.cache.primaryWritten(node, offset, len);
-    } else if (closed) {
-      this.kernelNames?.forgetRecorded(closed.ino);
     }
+    this.kernelNames?.forgetRecorded(closed?.ino ?? node!.ino);
     if (!named || typeof data === 'number') return Promise.resolve();
     return this.sink.apply({ op: 'write', path, offset, data });
   }

@@ -1,6 +1,6 @@
 /**
  * Types for fuse-native 2.2.6 **as patched by patches/fuse-native+2.2.6.patch** (twinfs patch
- * level 28; see docs/fuse-native-patch.md). They describe what the patched index.js actually
+ * level 29; see docs/fuse-native-patch.md). They describe what the patched index.js actually
  * passes to handlers and accepts back, not upstream's README.
  *
  * Result convention: every callback's first argument is the op's result, a number: 0 for
@@ -467,10 +467,12 @@ declare module 'fuse-native' {
      * O_CREAT or O_DIRECT, of a regular file, read-only (level 26) or for writing without
      * O_APPEND (level 27); their READs are answered there too while JS holds no data of the file
      * the primary lacks, and their RELEASE; the handle reaches JS in takeNativeChanges as
-     * ['O', ino, fd (a duplicate, or -1), fh, writable, write] before any op that may name it.
-     * false: later opens go to JS; writers false: opens for writing do. Absent on older builds.
+     * ['O', ino, fd (a duplicate, or -1), fh, writable, write, closed] before any op that may
+     * name it. writes (level 29; needs nativeCreate's writes): the WRITEs of such a handle too,
+     * until JS takes its open (closed 1: it was released natively after them, fd -1). false:
+     * later opens go to JS; writers false: opens for writing do. Absent on older builds.
      */
-    nativeOpen?(enabled: boolean, writers?: boolean): boolean;
+    nativeOpen?(enabled: boolean, writers?: boolean, writes?: boolean): boolean;
     /**
      * Adds bytes to the space native writes may take on the primary (reserved for them by the
      * caller); negative: no bound. None until the first call (patch level 9).

@@ -1,0 +1,342 @@
+import { createHash } from 'node:crypto';
+import { promises as fsp } from 'node:fs';
+import * as path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { ControlClient } from '../../src/control/client.js';
+import {
+  type ControlFixture,
+  expectMirrorClean,
+  nativeChangeStats,
+  nativeStorm,
+  startControlFixture,
+} from '../control/control-fixture.js';
+import { pyIn } from '../helpers/posix.js';
+
+/**
+ * Since fuse-native level 29 the WRITEs of a handle opened in libfuse's threads (native-open.h)
+ * are done there too, until JS takes the open (any op JS is handed takes the queue first): for a
+ * file with one name that JS holds no data of the primary lacks, with no JS change in flight.
+ * What must hold: every byte reaches the primary, the mount's reads, the mirror and the change
+ * record, in order with everything JS does; a file with a second name, one JS holds data of, an
+ * O_APPEND writer, a write after JS took the handle, all go to JS; a clean node the cache keeps of
+ * the file (JS has it open) sees the new size and bytes; TWINFS_NATIVE_OPEN=open turns it off.
+ */
+
+const sha = (b: Buffer | string) => createHash('sha256').update(b).digest('hex');
+
+/**
+ * One worker (argv: N, rounds, seed): files r<N>/f0..f5 and a model of their bytes; each round a
+ * seeded random mix of opens that write and close (the native path while nothing else is in
+ * flight), writes through a descriptor held all along (JS's), truncations, a second name made,
+ * written through and removed (JS's), writes through a shared mapping, fsyncs, renames over
+ * another file, and reads through fresh opens compared with the model. At the end the number of
+ * mismatches and each file's SHA-256 go to r<N>.result.
+ */
+const STORM = `
+import os, sys, random, mmap, hashlib
+w, rounds, seed = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+rnd = random.Random(seed * 1000 + w)
+d = 'r%d' % w
+os.makedirs(d, exist_ok=True)
+N = 6
+model = {}
+for i in range(N):
+    b = bytearray(b'%d:%d;' % (w, i) * (100 + 37 * i))
+    with open('%s/f%d' % (d, i), 'wb') as f: f.write(b)
+    model[i] = b
+def put(i, off, data):
+    m = model[i]
+    if len(m) < off: m.extend(b'\\0' * (off - len(m)))
+    m[off:off + len(data)] = data
+def data(r, k):
+    return (b'<%d.%d.%d>' % (w, r, k)) * rnd.randint(1, 900)
+def readall(p):
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        out = b''
+        while True:
+            b = os.read(fd, 1 << 20)
+            if not b: return out
+            out += b
+    finally:
+        os.close(fd)
+held = os.open('%s/f0' % d, os.O_RDWR)
+bad = 0
+for r in range(rounds):
+    for k in range(8):
+        i = rnd.randrange(N)
+        p = '%s/f%d' % (d, i)
+        op = rnd.choice(['ow', 'ow', 'ow', 'held', 'trunc', 'link', 'mmap', 'fsync', 'rename', 'read'])
+        if op == 'ow':
+            fd = os.open(p, os.O_RDWR if rnd.random() < 0.5 else os.O_WRONLY)
+            for j in range(rnd.randint(1, 3)):
+                off = rnd.randint(0, len(model[i]) + 3000)
+                b = data(r, k)
+                os.pwrite(fd, b, off)
+                put(i, off, b)
+            os.close(fd)
+        elif op == 'held':
+            off = rnd.randint(0, len(model[0]) + 100)
+            b = data(r, k)
+            os.pwrite(held, b, off)
+            put(0, off, b)
+        elif op == 'trunc':
+            n = rnd.randint(0, len(model[i]) + 500)
+            os.truncate(p, n)
+            m = model[i]
+            if n < len(m): del m[n:]
+            else: m.extend(b'\\0' * (n - len(m)))
+        elif op == 'link':
+            q = '%s/l%d' % (d, i)
+            os.link(p, q)
+            fd = os.open(p, os.O_WRONLY)
+            b = data(r, k)
+            off = len(model[i])
+            os.pwrite(fd, b, off)
+            put(i, off, b)
+            os.close(fd)
+            st = os.stat(q)
+            if st.st_size != len(model[i]) or st.st_nlink != 2:
+                bad += 1
+                print('MISMATCH link', q, st.st_size, len(model[i]), st.st_nlink, flush=True)
+            os.unlink(q)
+        elif op == 'mmap':
+            if len(model[i]) < 64: continue
+            fd = os.open(p, os.O_RDWR)
+            n = min(len(model[i]), 8192)
+            mm = mmap.mmap(fd, n)
+            off = rnd.randint(0, n - 16)
+            b = b'M%02d' % (r % 100) * 5
+            mm[off:off + len(b)] = b
+            put(i, off, b)
+            mm.close()
+            os.close(fd)
+        elif op == 'fsync':
+            fd = os.open(p, os.O_RDWR)
+            b = data(r, k)
+            off = rnd.randint(0, len(model[i]))
+            os.pwrite(fd, b, off)
+            put(i, off, b)
+            os.fsync(fd)
+            os.pwrite(fd, b[:7], 0)
+            put(i, 0, b[:7])
+            os.close(fd)
+        elif op == 'rename':
+            j = rnd.randrange(1, N)
+            if j == i or i == 0: continue
+            os.rename(p, '%s/f%d' % (d, j))
+            model[j] = model[i]
+            b = bytearray(b'new %d %d;' % (r, k))
+            with open(p, 'wb') as f: f.write(b)
+            model[i] = b
+        got = readall(p)
+        if got != bytes(model[i]):
+            bad += 1
+            print('MISMATCH', op, p, r, k, len(got), len(model[i]), flush=True)
+os.close(held)
+with open(d + '.result', 'w') as f:
+    f.write('bad %d\\n' % bad)
+    for i in range(N): f.write('f%d %s\\n' % (i, hashlib.sha256(bytes(model[i])).hexdigest()))
+print('bad', bad)
+`;
+
+describe("writes through opens answered in libfuse's threads (libfuse3, level 29)", () => {
+  let fx: ControlFixture;
+  let c: ControlClient;
+  const stats = () => nativeChangeStats(c);
+  const py = (code: string) => pyIn(fx.mnt, `import os, time\n${code}\n`, { timeoutMs: 60_000 });
+
+  beforeAll(async () => {
+    fx = await startControlFixture({ args: ['--fuse', '3'] });
+    c = await fx.connect();
+  });
+  afterAll(async () => {
+    await fx?.close();
+  });
+
+  it('open, write and close of files at rest never wait for JS; every byte reaches the primary, reads and the mirror', async () => {
+    await py("os.mkdir('a')\nfor i in range(6): open('a/f%d' % i, 'wb').write(b'%d' % i * 5000)");
+    await c.request('flush');
+    const before = await stats();
+    // Each file after a quiet pause (JS's timer-driven takes stop once the queue stays empty), so
+    // nothing takes the open between it and its close: its writes are all done natively.
+    const r = await py(
+      [
+        'for i in range(6):',
+        '  time.sleep(0.25)',
+        "  fd = os.open('a/f%d' % i, os.O_RDWR if i % 2 else os.O_WRONLY)",
+        "  os.pwrite(fd, b'X%d' % i * 100, 1000)",
+        // Past the end (a hole between) and over the start.
+        "  os.pwrite(fd, b'E%d' % i * 50, 7000 + i)",
+        "  os.pwrite(fd, b'S', 0)",
+        '  os.close(fd)',
+        "print(' '.join(str(os.stat('a/f%d' % i).st_size) for i in range(6)))",
+      ].join('\n'),
+    );
+    const after = await stats();
+    expect(after.openWrites - before.openWrites).toBe(18);
+    expect(after.openWriteReleases - before.openWriteReleases).toBe(6);
+    expect(after.busy).toBe(0);
+    const want = (i: number) => {
+      const b = Buffer.alloc(7000 + i + 100);
+      b.fill(String(i), 0, 5000);
+      b.write(`X${i}`.repeat(100), 1000);
+      b.write(`E${i}`.repeat(50), 7000 + i);
+      b.write('S', 0);
+      return b;
+    };
+    expect(r.trim()).toBe([0, 1, 2, 3, 4, 5].map((i) => want(i).length).join(' '));
+    const read = await py(
+      "import hashlib\nfor i in range(6): print(hashlib.sha256(open('a/f%d' % i, 'rb').read()).hexdigest())",
+    );
+    expect(read.trim().split('\n')).toEqual([0, 1, 2, 3, 4, 5].map((i) => sha(want(i))));
+    for (let i = 0; i < 6; i++)
+      expect(await fsp.readFile(path.join(fx.primary, 'a', `f${i}`))).toEqual(want(i));
+    await expectMirrorClean(c);
+  });
+
+  it('a file with a second name, one JS holds data of, an O_APPEND writer and a handle JS took write through JS; the other name shows the new size', async () => {
+    await py(
+      "os.mkdir('b')\nfor n in ('two', 'held', 'app', 'took'): open('b/' + n, 'wb').write(b'z' * 4000)",
+    );
+    await py("os.link('b/two', 'b/two2')");
+    await c.request('flush');
+    const before = await stats();
+    const r = await py(
+      [
+        'time.sleep(0.25)',
+        // Two names: JS's write (it invalidates the other name's attributes).
+        "fd = os.open('b/two', os.O_WRONLY)",
+        "os.pwrite(fd, b'T' * 3000, 3000)",
+        'os.close(fd)',
+        "a = os.stat('b/two2').st_size",
+        // JS holds data of it: a write through a handle JS took (a truncate reached it) stays in
+        // its cache, and a later native open's write must not go around it.
+        "h = os.open('b/held', os.O_RDWR)",
+        'os.ftruncate(h, 4000)',
+        "os.pwrite(h, b'H' * 10, 0)",
+        'time.sleep(0.25)',
+        "fd = os.open('b/held', os.O_RDWR)",
+        "os.pwrite(fd, b'N' * 5, 2)",
+        'os.close(fd)',
+        'os.close(h)',
+        // O_APPEND: JS places it.
+        'time.sleep(0.25)',
+        "fd = os.open('b/app', os.O_WRONLY | os.O_APPEND)",
+        "os.write(fd, b'END')",
+        'os.close(fd)',
+        // The first write natively, then an fsync (JS takes the handle), then the next through JS.
+        'time.sleep(0.25)',
+        "fd = os.open('b/took', os.O_RDWR)",
+        "os.pwrite(fd, b'1', 0)",
+        'os.fsync(fd)',
+        "os.pwrite(fd, b'2', 1)",
+        'os.close(fd)',
+        "print(a, open('b/held', 'rb').read(12), os.stat('b/app').st_size, open('b/took', 'rb').read(3))",
+      ].join('\n'),
+    );
+    expect(r.trim()).toBe("6000 b'HHNNNNNHHHzz' 4003 b'12z'");
+    const after = await stats();
+    // Only the first write of `took` was done natively.
+    expect(after.openWrites - before.openWrites).toBe(1);
+    // two's write and held's went to JS from here (took's second reached JS with its handle taken).
+    expect(after.openWriteFallbacks - before.openWriteFallbacks).toBeGreaterThanOrEqual(2);
+    await expectMirrorClean(c);
+    expect((await fsp.readFile(path.join(fx.primary, 'b', 'held'))).subarray(0, 12).toString()).toBe(
+      'HHNNNNNHHHzz',
+    );
+  });
+
+  it("a clean node JS keeps of the file (open through JS) sees the native write's bytes and size", async () => {
+    await py("os.mkdir('c')\nopen('c/f', 'wb').write(b'a' * 3000)");
+    await c.request('flush');
+    const before = await stats();
+    const r = await py(
+      [
+        // Opened by JS (O_APPEND), read through (JS's read-ahead may keep a window of it).
+        "j = os.open('c/f', os.O_RDWR | os.O_APPEND)",
+        'x = os.pread(j, 10000, 0)',
+        'time.sleep(0.25)',
+        "fd = os.open('c/f', os.O_WRONLY)",
+        "os.pwrite(fd, b'B' * 2000, 2500)",
+        'os.close(fd)',
+        'y = os.pread(j, 10000, 0)',
+        // Appended where the file ends now.
+        "os.write(j, b'C')",
+        'os.close(j)',
+        "z = open('c/f', 'rb').read()",
+        "print(len(x), y == b'a' * 2500 + b'B' * 2000, len(z), z[-2:])",
+      ].join('\n'),
+    );
+    expect(r.trim()).toBe("3000 True 4501 b'BC'");
+    const after = await stats();
+    expect(after.openWrites - before.openWrites).toBe(1);
+    await expectMirrorClean(c);
+  });
+
+  it('seeded storms of opens that write, held writers, truncations, links, mappings and renames during prepare loops: reads, the primary, the mirror and the change record agree', async () => {
+    const WORKERS = 3;
+    const ROUNDS = 40;
+    const SEED = 29;
+    await nativeStorm(
+      fx,
+      c,
+      {
+        script: STORM.replace('int(sys.argv[3])', String(SEED)),
+        workers: WORKERS,
+        rounds: ROUNDS,
+        minNative: 1,
+      },
+      (s) => s.openWrites,
+      async (last) => {
+        for (let w = 0; w < WORKERS; w++) {
+          const result = (await fsp.readFile(path.join(fx.primary, `r${w}.result`), 'utf8'))
+            .trim()
+            .split('\n');
+          expect(result[0]).toBe('bad 0');
+          for (const line of result.slice(1)) {
+            const [name, hex] = line.split(' ');
+            // The model's bytes, at the primary and in the split mirror.
+            expect(sha(await fsp.readFile(path.join(fx.primary, `r${w}`, name!))), `r${w}/${name}`).toBe(hex);
+            expect(
+              sha(await fsp.readFile(path.join(last.mirrorRoot, `r${w}`, name!))),
+              `mirror r${w}/${name}`,
+            ).toBe(hex);
+          }
+          expect(last.changes!.changed).toEqual(expect.arrayContaining([`/r${w}/f0`]));
+        }
+      },
+    );
+  });
+});
+
+describe('TWINFS_NATIVE_OPEN=open: writes through native opens go to JS (level 27)', () => {
+  let fx: ControlFixture;
+  let c: ControlClient;
+  beforeAll(async () => {
+    fx = await startControlFixture({ args: ['--fuse', '3'], env: { TWINFS_NATIVE_OPEN: 'open' } });
+    c = await fx.connect();
+  });
+  afterAll(async () => {
+    await fx?.close();
+  });
+
+  it('opens for writing are native, their writes are not', async () => {
+    await pyIn(fx.mnt, "open('f', 'wb').write(b'a' * 100)\n", { timeoutMs: 30_000 });
+    await c.request('flush');
+    const before = await nativeChangeStats(c);
+    await pyIn(
+      fx.mnt,
+      "import os, time\ntime.sleep(0.25)\nfd = os.open('f', os.O_RDWR)\nos.pwrite(fd, b'W', 5)\nos.close(fd)\n",
+      {
+        timeoutMs: 30_000,
+      },
+    );
+    const after = await nativeChangeStats(c);
+    expect(after.opens - before.opens).toBe(1);
+    expect(after.openWrites).toBe(before.openWrites);
+    await c.request('flush');
+    expect((await fsp.readFile(path.join(fx.primary, 'f'))).toString()).toBe(`aaaaaW${'a'.repeat(94)}`);
+    await expectMirrorClean(c);
+  });
+});
