@@ -64,6 +64,7 @@ export type NativeChangeBinding = Pick<
   | 'nativeOpen'
   | 'nativeWriteBudget'
   | 'takeNativeChanges'
+  | 'nativeChangesQueued'
   | 'endNativeChange'
   | 'pollNativeChanges'
   | 'nativeUnlinkStats'
@@ -208,6 +209,14 @@ export type NativeOpens = false | 'read' | 'open' | 'all';
 const POLL_MS = 20;
 
 /**
+ * How long a take on the timer leaves an open JS has not taken in the queue (ms): a program that
+ * opens a file, writes and closes it within this time does it all in libfuse's threads, unless an
+ * op reaches JS meanwhile (fuse-native level 29, NativeChanges.take). Longer-lived handles are
+ * taken after it, and their writes go to JS's cache.
+ */
+const OPEN_HOLD_MS = 200;
+
+/**
  * libfuse3: unlinks answered in libfuse's worker thread (native-unlink.h), each reported here
  * in the primary's order as VolumeOps.unlink would have reported it. Order is kept by three
  * rules:
@@ -263,7 +272,7 @@ export class NativeChanges implements Disposable {
     private readonly following: () => boolean = () => true,
     private readonly opens: NativeOpens = false,
   ) {
-    fuse.onNativeChanges = () => this.take(false);
+    fuse.onNativeChanges = () => this.take(false, true);
     this.inhibitor = inhibitor;
     this.subs.push(
       inhibitor.onWillInhibit(() => this.set(false)),
@@ -427,16 +436,28 @@ export class NativeChanges implements Disposable {
 
   private pollTick(): void {
     this.pollTimer = undefined;
-    if (this.disposed || this.take(false) > 0) return;
+    if (this.disposed || this.take(false, true) > 0 || this.held) return;
     if (this.fuse.pollNativeChanges!(false)) this.polling = false;
     // Something was queued between the take and the check: take it (and go on polling).
-    else this.take(false);
+    else this.take(false, true);
   }
 
-  /** Reports what the native side did since the last take; the number of entries. */
-  private take(begin: boolean): number {
+  /** The last take on the timer or a wake left a young open (and what follows) queued. */
+  private held = false;
+
+  /**
+   * Reports what the native side did since the last take; the number of entries. onTimer: a take
+   * no op asked for (the poll's timer, a wake): it leaves an open JS has not taken, still open
+   * and younger than OPEN_HOLD_MS, queued with what follows (fuse-native level 29), so that its
+   * WRITEs can still be done natively; the timer keeps going until the queue is taken whole.
+   * Every op's take (which may name the handle), an inhibition's and a drain's take everything.
+   */
+  private take(begin: boolean, onTimer = false): number {
     if (this.enabled && (this.renames || this.entries)) this.setStructural(this.following());
-    const done = this.fuse.takeNativeChanges(begin);
+    const hold = onTimer && this.opens === 'all' && this.writes !== false ? OPEN_HOLD_MS : 0;
+    const done = this.fuse.takeNativeChanges(begin, hold);
+    this.held = hold > 0 && this.fuse.nativeChangesQueued?.() === true;
+    if (this.held) this.keepTaking();
     if (done === null) return 0;
     // Files created (or opened, level 29) and closed natively in this batch: their writes are
     // reported by path.

@@ -484,9 +484,12 @@ declare module 'fuse-native' {
      * data (a copy) or its length]; a chmod ['m', mode], a utimens ['t', atime, mtime] in ns,
      * null where not set; a rename ['r', to, ino, replaced ino or 0]; a mkdir ['d', mode, uid, gid], a symlink ['s',
      * target, uid, gid, atime, mtime], an rmdir ['x']), or null; begin: a JS change starts.
+     * holdMs (level 29; never with begin): the take stops at the first open JS has not taken that
+     * is still open and was queued less than holdMs ago, leaving it and what follows queued.
      */
     takeNativeChanges(
       begin: boolean,
+      holdMs?: number,
     ): Array<
       | string
       | number
@@ -500,6 +503,8 @@ declare module 'fuse-native' {
       | ['s', string, number, number, bigint, bigint]
       | ['x']
     > | null;
+    /** Whether anything is queued (level 29: a take with a hold may leave entries). */
+    nativeChangesQueued?(): boolean;
     /** The JS change begun by takeNativeChanges(true) ended. */
     endNativeChange(): void;
     /**
