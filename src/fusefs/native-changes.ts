@@ -458,10 +458,14 @@ export class NativeChanges implements Disposable {
     const done = this.fuse.takeNativeChanges(begin, hold);
     this.held = hold > 0 && this.fuse.nativeChangesQueued?.() === true;
     if (this.held) this.keepTaking();
-    if (done === null) return 0;
-    // Files created (or opened, level 29) and closed natively in this batch: their writes are
-    // reported by path.
-    let closed: Map<number, ClosedFile> | undefined;
+    if (done === null) {
+      if (!this.held) this.closedFiles = undefined;
+      return 0;
+    }
+    // Files created (or opened, level 29) and closed natively: their writes are reported by path.
+    // Kept across takes while one leaves entries queued: a take on the timer stops at a young
+    // open, which may sit between such a file's entry and its later writes.
+    let closed = this.closedFiles;
     let written = 0;
     for (let i = 0; i < done.length; i += 2) {
       const path = done[i] as string;
@@ -556,6 +560,11 @@ export class NativeChanges implements Disposable {
       this.grant();
     }
     if (done.length > 0) this.keepTaking();
+    // Nothing left queued: no write of a file closed so far can still come.
+    this.closedFiles = this.held ? closed : undefined;
     return done.length / 2;
   }
+
+  /** Files closed natively whose writes a later take may still bring (see take). */
+  private closedFiles: Map<number, ClosedFile> | undefined;
 }
