@@ -44,7 +44,13 @@ describe('getattr and getxattr answered natively (libfuse3)', () => {
 
   beforeAll(async () => {
     // Cached data stays cached until fsync: the overlay is what the stats below must show.
-    fx = await startControlFixture({ args: ['--fuse', '3', '--writeback-ms', '600000'] });
+    // Writes through opens of files at rest are done in libfuse's threads since level 29 and never
+    // cached; this test is about data JS's cache holds, so its writes go to JS (native-open-writes.test.ts
+    // covers the native path).
+    fx = await startControlFixture({
+      args: ['--fuse', '3', '--writeback-ms', '600000'],
+      env: { TWINFS_NATIVE_OPEN: 'open' },
+    });
     c = await fx.connect();
   });
   afterAll(async () => {
