@@ -186,8 +186,8 @@ export interface NativeOpened {
  * (native-open.h), the default with native creates, and since level 29 the WRITEs of such a
  * handle until JS takes its open (with native writes on); TWINFS_NATIVE_OPEN=0 keeps them on the
  * JS thread, TWINFS_NATIVE_OPEN=read the opens for writing, TWINFS_NATIVE_OPEN=open their writes
- * (docs/architecture.md, "Read-only opens and their reads in libfuse's threads", "Writes through
- * opens in libfuse's threads").
+ * (docs/architecture.md, "Read-only opens and their reads in libfuse's threads", its bullets on
+ * writes through such a handle and on takes that leave a young open queued).
  */
 export function nativeOpenFromEnv(env: NodeJS.ProcessEnv = process.env): NativeOpens {
   if (env.TWINFS_NATIVE_OPEN === '0') return false;
@@ -514,7 +514,8 @@ export class NativeChanges implements Disposable {
       if (kind === 'r') {
         // ['r', to, ino, replaced ino or 0] (native-rename.h)
         const [, to, ino, replaced] = what as ['r', string, number, number];
-        // A file created or opened and closed natively in this batch: its later writes come by its new name.
+        // A file created or opened and closed natively (this take or one that left entries
+        // queued): its later writes come by its new name.
         if (closed) for (const f of closed.values()) if (f.path === path) f.path = to;
         this.ops
           .nativeRenamed(path, to, ino, replaced)
