@@ -91,9 +91,18 @@ export interface StressReport {
   restore: { snapshot?: string; checked: number; differences: string[] };
   broken: Array<Record<string, unknown>>;
   serverExit: number | null;
+  /**
+   * How long the server's stop took (SIGTERM to exit), ms. Over SLOW_STOP_MS it is a problem
+   * of the run: a stop that waits on something (bench/lib.mjs stopChecked, the other harnesses'
+   * rule; docs/reliability.md, "A stop that waited for good on libuv's signal lock").
+   */
+  stopMs: number | null;
   /** ms since the start at which each phase ended. */
   phases: Record<string, number>;
 }
+
+/** A stop slower than this is a problem of the run (the other harnesses' bound, bench/lib.mjs). */
+const SLOW_STOP_MS = 20_000;
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const REGISTER = path.join(HERE, 'register.mjs');
@@ -116,6 +125,8 @@ export function problems(r: StressReport): string[] {
       out.push(`mirror differs from primary: ${JSON.stringify(d)}`);
   for (const b of r.broken) out.push(`broken pair: ${JSON.stringify(b)}`);
   if (r.serverExit !== 0) out.push(`twinfs serve exited with ${r.serverExit}`);
+  if (r.stopMs !== null && r.stopMs > SLOW_STOP_MS)
+    out.push(`the server took ${r.stopMs} ms to stop (more than ${SLOW_STOP_MS} ms)`);
   for (const d of r.restore.differences.slice(0, 20)) out.push(`restore of the last snapshot: ${d}`);
   return out;
 }
@@ -152,6 +163,7 @@ export async function runStress(o: StressOptions): Promise<StressReport> {
     restore: { checked: 0, differences: [] },
     broken: [],
     serverExit: null,
+    stopMs: null,
     phases: {},
   };
   const phase = (name: string) => {
@@ -306,7 +318,9 @@ export async function runStress(o: StressOptions): Promise<StressReport> {
       else report.restore.differences.push(`the last backup failed: ${last.error}`);
       phase('last backup');
     }
+    const stopAt = now();
     report.serverExit = await srv.stop(120_000);
+    report.stopMs = Math.round(now() - stopAt);
     phase('stopped');
     if (report.restore.snapshot) {
       await restoreAndCompare(
