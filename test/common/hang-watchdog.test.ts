@@ -61,9 +61,7 @@ describe('a test file whose worker is blocked', () => {
     // The blocked thread waits for a FUSE answer in the fsync(2) of the file on the mount (its
     // write is answered in libfuse's threads since fuse-native level 29), and SIGKILL alone did
     // not end it.
-    expect(r.out).toMatch(
-      new RegExp(`task \\d+ [SD] request_wait_answer syscall 74 ${dirs.dirs.mnt}/x\n`),
-    );
+    expect(r.out).toMatch(new RegExp(`task \\d+ [SD] request_wait_answer syscall 74 ${dirs.dirs.mnt}/x\n`));
     expect(r.out).toMatch(/needed an abort/);
     expect(r.out).not.toMatch(/; 0 needed an abort/);
     expect(fuseMountedAt(dirs.dirs.mnt!)).toBe(false);
