@@ -411,7 +411,7 @@ export async function stormFromBase<S>(
 
 /**
  * The storm case of the native-change tests: `workers` copies of `script` (arguments: the
- * worker's index and `rounds`) while volume prepares loop; at least `minNative` changes done in
+ * worker's index, `rounds` and `args`) while volume prepares loop; at least `minNative` changes done in
  * libfuse's threads (`native` picks the count), none in flight after; then a prepare since the
  * storm's base, whose changes must be vouched for, is handed to `check` (with the last round's
  * number) before its release, and the mirror must equal the primary.
@@ -419,14 +419,14 @@ export async function stormFromBase<S>(
 export async function nativeStorm(
   fx: ControlFixture,
   c: ControlClient,
-  o: { script: string; workers: number; rounds: number; minNative: number },
+  o: { script: string; workers: number; rounds: number; minNative: number; args?: string[] },
   native: (s: NativeChangeStats) => number,
   check: (last: Awaited<ReturnType<ControlClient['prepare']>>, lastRound: number) => Promise<void>,
 ): Promise<void> {
   const { since, before, after } = await stormFromBase(
     fx,
     c,
-    { script: o.script, workers: o.workers, args: [String(o.rounds)], pauseMs: 20 },
+    { script: o.script, workers: o.workers, args: [String(o.rounds), ...(o.args ?? [])], pauseMs: 20 },
     () => nativeChangeStats(c),
   );
   expect(native(after) - native(before)).toBeGreaterThanOrEqual(o.minNative);
