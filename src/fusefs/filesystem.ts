@@ -32,6 +32,7 @@ import {
   libfuseFromEnv,
   type NativeMountOptions,
   nativeAttributesFromEnv,
+  nativeNoFlushFromEnv,
 } from './native-options.js';
 import type { NativeAttributeStats } from './native-stats.js';
 import { SpaceAccount } from './space-account.js';
@@ -56,6 +57,11 @@ export interface TwinFsOptions {
   writebackMs?: number;
   writeThrough?: boolean;
   flushOnClose?: boolean;
+  /**
+   * libfuse3: files created or opened in libfuse's threads with one name skip their FLUSH
+   * (FOPEN_NOFLUSH; fuse-native level 30). Default: nativeNoFlushFromEnv (on).
+   */
+  nativeNoFlush?: boolean;
   /** Receives every change after it reached the primary (the mirror driver). */
   sink?: ChangeSink;
   /** Decides when changes may proceed (the freeze). Default: a WriteInhibitor. */
@@ -224,8 +230,7 @@ export class TwinFs {
         (path, ino) => inhibitor?.isHeld(path, ino) ?? false,
         // A close must reach the flush handler while page write-backs' invalidations are out.
         () => {
-          if (this.nativeAttributes)
-            this.fuse?.setNativeFlush(this.flushIsNative(this.cache.hasPendingErrors));
+          if (this.nativeAttributes) this.updateNativeFlush(this.cache.hasPendingErrors);
         },
         delayMs > 0 ? (paths) => later(() => sendBehind(paths)) : sendBehind,
       );
@@ -244,7 +249,7 @@ export class TwinFs {
             set: (ino, end, bytes, lastWriteMs, onlyMore) =>
               this.fuse?.setCachedAttributes(ino, end, bytes, lastWriteMs, onlyMore),
             clear: (ino) => this.fuse?.setCachedAttributes(ino, -1, 0, 0, false),
-            errorsPending: (pending) => this.fuse?.setNativeFlush(this.flushIsNative(pending)),
+            errorsPending: (pending) => this.updateNativeFlush(pending),
           }
         : undefined,
       limitBytes: opts.cacheBytes,
@@ -477,7 +482,7 @@ export class TwinFs {
     for (const node of this.cache.allNodes())
       if (node.isDirty)
         this.fuse.setCachedAttributes(node.ino, node.cachedEnd, node.cachedBytes, node.lastWriteAt, false);
-    this.fuse.setNativeFlush(this.flushIsNative(this.cache.hasPendingErrors));
+    this.updateNativeFlush(this.cache.hasPendingErrors);
     this.fuse.nativeAttributes(this.paths.root);
   }
 
@@ -550,6 +555,15 @@ export class TwinFs {
     this.nativeChanges = { changes, handlers: changes.wrap(this.nativeChangeTarget) };
     // Disposed at unmount after the cache's last write-back: the queue is reported first.
     this.store.add(changes);
+  }
+
+  /**
+   * Tells libfuse's threads whether a FLUSH may be answered there, and whether the files they
+   * create or open with one name may skip it altogether (nativeNoFlushFromEnv).
+   */
+  private updateNativeFlush(errorsPending: boolean): void {
+    const native = this.flushIsNative(errorsPending);
+    this.fuse?.setNativeFlush(native, native && (this.opts.nativeNoFlush ?? nativeNoFlushFromEnv()));
   }
 
   /** A flush (close(2)) has nothing to do in JS: no write-back on close, no error to report. */

@@ -134,7 +134,9 @@ export type NativeSetattr =
   | ['m', number]
   | ['o', number, number]
   | ['t', bigint | null, bigint | null]
-  | ['X', string, Buffer];
+  | ['X', string, Buffer]
+  /** A truncate by path (level 30): the size, the file's inode. */
+  | ['z', number, number];
 
 /**
  * chmod, chown, utimens and setxattr of user.* names answered in libfuse's threads too
@@ -524,8 +526,20 @@ export class NativeChanges implements Disposable {
           );
         continue;
       }
+      if (kind === 'T') {
+        // ['T', fh, size] (native-create.h, level 30): an ftruncate through a handle JS had not
+        // taken, in its turn among the handle's writes.
+        const [, fh, size] = what as ['T', number, number];
+        this.ops
+          .nativeTruncated(fh, size, closed?.get(fh))
+          .catch((err) =>
+            this.log(`reporting a truncation through handle ${fh} failed: ${(err as Error)?.stack ?? err}`),
+          );
+        continue;
+      }
       if (typeof (what as unknown[])[0] === 'string') {
-        // ['m', mode], ['o', uid, gid], ['t', atime, mtime] or ['X', name, value] (native-setattr.h)
+        // ['m', mode], ['o', uid, gid], ['t', atime, mtime], ['X', name, value] or ['z', size,
+        // ino] (native-setattr.h)
         const set = what as NativeSetattr;
         this.ops
           .nativeSetattr(path, set)

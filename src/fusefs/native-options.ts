@@ -110,6 +110,16 @@ export function nativeAttributesFromEnv(env: NodeJS.ProcessEnv = process.env): b
   return env.TWINFS_NATIVE_ATTRS !== '0';
 }
 
+/**
+ * Files created or opened in libfuse's threads with one name are opened with FOPEN_NOFLUSH while
+ * JS's flush would do nothing (fuse-native level 30, native-attrs.h): their close(2) sends no
+ * FLUSH. A write-back error of data JS cached for such a file after its open is then reported
+ * by the next fsync(2), not by the close. TWINFS_NATIVE_NOFLUSH=0 keeps the FLUSH (comparison).
+ */
+export function nativeNoFlushFromEnv(env: NodeJS.ProcessEnv = process.env): boolean {
+  return env.TWINFS_NATIVE_NOFLUSH !== '0';
+}
+
 /** TWINFS_CACHE_READDIR=0 makes every opendir read the listing again (for comparison). */
 export function cacheReaddirFromEnv(env: NodeJS.ProcessEnv = process.env): boolean {
   return env.TWINFS_CACHE_READDIR !== '0';

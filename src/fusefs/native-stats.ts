@@ -40,13 +40,17 @@ export interface NativeChangeStats {
   openWriteFallbacks: number;
   /** RELEASEs of natively opened handles that wrote natively, before JS took the open (their writes reach JS by path). */
   openWriteReleases: number;
+  /** ftruncates (and open(O_TRUNC)'s truncations) through a created or opened handle done natively before JS took it, and passed to JS (level 30). */
+  truncates: number;
+  truncateFallbacks: number;
   enabled: boolean;
 }
 
 /**
  * What `status().fs.kernelCache.native` says of the requests answered from the primary in
  * libfuse's threads (Fuse.nativeAttributeStats; native-attrs.h): getattrs answered there and
- * passed on to JS, inodes with cached attributes, getxattrs, flushes and readlinks answered there.
+ * passed on to JS, inodes with cached attributes, getxattrs, flushes and readlinks answered there,
+ * and the creates and opens there whose close sends no FLUSH.
  */
 export interface NativeAttributeStats {
   answered: number;
@@ -55,4 +59,6 @@ export interface NativeAttributeStats {
   xattrs: number;
   flushes: number;
   readlinks: number;
+  /** Creates and opens answered with FOPEN_NOFLUSH (level 30): their close(2) sends no FLUSH. */
+  noflushOpens: number;
 }

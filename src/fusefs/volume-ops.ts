@@ -1049,6 +1049,28 @@ export class VolumeOps {
   }
 
   /**
+   * An ftruncate libfuse3's thread did through a handle JS had not taken (native-create.h,
+   * level 30: ftruncate(2), or the truncation of an open(O_TRUNC)), on the conditions of a native
+   * write (one name, no data of it cached, nothing in flight here): the bookkeeping of
+   * cache.truncate after the primary's, in its turn among the handle's writes.
+   */
+  nativeTruncated(fh: number, size: number, closed?: ClosedFile): Promise<void> {
+    const known = closed ? this.cache.get(closed.ino) : undefined;
+    const node = closed ? (known && !known.dead ? known : undefined) : this.handles.get(fh);
+    const path = closed?.path ?? node?.path;
+    if (path === undefined) return Promise.reject(new Error(`no file for native handle ${fh}`));
+    const named = closed !== undefined || !node?.nameless;
+    if (named) this.stampBehind(path);
+    if (node) {
+      node.contentChanged();
+      this.cache.primaryTruncated(node, size);
+    }
+    this.kernelNames?.forgetRecorded(closed?.ino ?? node!.ino);
+    if (!named) return Promise.resolve();
+    return this.sink.apply({ op: 'truncate', path, size });
+  }
+
+  /**
    * The change record's stamp and intent of a change libfuse's thread already made on the
    * primary (native creates, writes, unlinks): taken now, not waited for; what precedes the
    * change is the sink's hold (ChangeSink.changesAhead).
@@ -1059,8 +1081,8 @@ export class VolumeOps {
   }
 
   /**
-   * A chmod, chown (by root), utimens or setxattr of a user.* name (level 27) libfuse's thread
-   * made on the primary (native-setattr.h:
+   * A chmod, chown (by root), utimens, setxattr of a user.* name (level 27) or truncate by path
+   * (level 30) libfuse's thread made on the primary (native-setattr.h:
    * a file with one name or a directory; for utimens, one the cache holds no data of, so no
    * write-back moves its mtime and nothing is pinned). Reported as chmod, chown and utimens
    * report theirs (chown: the owner as the primary has it after the change): the path's
@@ -1069,6 +1091,17 @@ export class VolumeOps {
    */
   nativeSetattr(path: string, set: NativeSetattr): Promise<void> {
     this.stampBehind(path);
+    if (set[0] === 'z') {
+      // A truncate by path (level 30; truncate(2), an open(O_TRUNC)) of a file the cache holds
+      // no data of: a clean node kept of it learns the primary's new end, as after truncate.
+      const node = this.cache.get(set[2]);
+      if (node && !node.dead) {
+        node.contentChanged();
+        this.cache.primaryTruncated(node, set[1]);
+      }
+      this.kernelNames?.forgetRecorded(set[2]);
+      return this.sink.apply({ op: 'truncate', path, size: set[1] });
+    }
     if (set[0] === 'o') return this.sink.apply({ op: 'chown', path, uid: set[1], gid: set[2] });
     if (set[0] === 'X') return this.sink.apply({ op: 'setxattr', path, name: set[1], value: set[2] });
     return this.sink.apply(

@@ -309,6 +309,14 @@ export class WritebackCache {
   }
 
   /**
+   * The primary's file was truncated to size outside the cache (a native ftruncate of a file
+   * whose data the cache holds none of): as truncate's mark, growing makes a hole, not space.
+   */
+  primaryTruncated(node: FileNode, size: number): void {
+    node.primarySize = Math.min(node.primarySize, size);
+  }
+
+  /**
    * Reserves n bytes of the primary's free space for writes made outside the cache (native
    * writes), so they cannot take what cached data was promised, when at least `floor` bytes more
    * are free; the count it got (n or 0). undefined: no space account (such writes need no bound).

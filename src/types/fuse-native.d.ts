@@ -1,6 +1,6 @@
 /**
  * Types for fuse-native 2.2.6 **as patched by patches/fuse-native+2.2.6.patch** (twinfs patch
- * level 29; see docs/fuse-native-patch.md). They describe what the patched index.js actually
+ * level 30; see docs/fuse-native-patch.md). They describe what the patched index.js actually
  * passes to handlers and accepts back, not upstream's README.
  *
  * Result convention: every callback's first argument is the op's result, a number: 0 for
@@ -423,9 +423,9 @@ declare module 'fuse-native' {
       lastWriteMs: number,
       onlyMore: boolean,
     ): boolean;
-    /** Whether a flush (close(2)) may be answered natively: the flush handler would do nothing. */
-    setNativeFlush(native: boolean): void;
-    /** getattrs answered natively / passed on to JS, inodes with cached attributes, getxattrs, flushes and readlinks (level 26) answered natively. */
+    /** Whether a flush (close(2)) may be answered natively: the flush handler would do nothing; noflush (level 30): files created or opened natively with one name skip their FLUSH. */
+    setNativeFlush(native: boolean, noflush?: boolean): void;
+    /** getattrs answered natively / passed on to JS, inodes with cached attributes, getxattrs, flushes and readlinks (level 26) answered natively, creates and opens answered with FOPEN_NOFLUSH (level 30). */
     nativeAttributeStats(): import('../fusefs/native-stats.js').NativeAttributeStats;
     /**
      * libfuse3, patch level 7 (native-unlink.h): whether UNLINK may be done in libfuse's worker

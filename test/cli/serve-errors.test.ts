@@ -230,9 +230,10 @@ describe('twinfs serve: bad input fails clearly and mounts nothing', () => {
         mount: d.mnt!,
         args: ['--writeback-ms', '600000'],
       });
-      // Made first: the cache takes writes to a file JS knows (a new file's go to the primary).
+      // Made first, then appended to (O_APPEND opens are JS's): the cache takes the write (a new
+      // file's, and those through an open JS has not taken, go to the primary natively).
       await shOk(`: > ${q(path.join(d.mnt!, signal))}`);
-      await shOk(`printf ${signal} > ${q(path.join(d.mnt!, signal))}`);
+      await shOk(`printf ${signal} >> ${q(path.join(d.mnt!, signal))}`);
       expect(await fsp.readFile(path.join(d.primary!, signal), 'utf8')).toBe('');
       srv.proc.kill(signal);
       expect(await srv.exited).toBe(0);

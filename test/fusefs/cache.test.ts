@@ -547,7 +547,15 @@ describe('in-process mount: dirty limit and write-back errors', () => {
     // Without the space reservation: this is the write-back failing after writes were accepted
     // (another process took the space meanwhile), which the reservation cannot prevent. With it
     // the writes below would fail at once (test/fusefs/spill.test.ts, the reported case).
-    tfs = await TwinFs.mount({ primary: small, mount: t.dirs.smnt!, writebackMs: 300, reserveSpace: false });
+    // With every close sending its FLUSH (nativeNoFlush false): the opens below are answered in
+    // libfuse's threads, and with FOPEN_NOFLUSH their close would send none (the next test).
+    tfs = await TwinFs.mount({
+      primary: small,
+      mount: t.dirs.smnt!,
+      writebackMs: 300,
+      reserveSpace: false,
+      nativeNoFlush: false,
+    });
     const m = t.dirs.smnt!;
     // Files the cache takes writes of (a new file's go to the primary at once: the next test).
     await existing(`${m}/a.bin`);
@@ -556,16 +564,20 @@ describe('in-process mount: dirty limit and write-back errors', () => {
     await sh(`dd if=/dev/zero of='${small}/filler' bs=4k 2>/dev/null`);
     const a = bytes(256 * 1024, 51);
     const b = bytes(200 * 1024, 52);
+    // Each open answered in libfuse's thread, its truncation and writes too until JS takes the
+    // handle: the first fsync hands it to JS, whose cache then takes the writes.
     const [fsyncRun, closeRun] = await Promise.all([
       runSteps([
         { op: 'open', path: `${m}/a.bin`, flags: 'w' },
+        { op: 'fsync' },
         { op: 'write', off: 0, len: a.length, seed: 51, chunk: 64 * 1024 },
         { op: 'fsync' },
         { op: 'close' },
       ]),
-      // No fsync: the background write-back fails, and close() must say so.
+      // No fsync after the writes: the background write-back fails, and close() must say so.
       runSteps([
         { op: 'open', path: `${m}/b.bin`, flags: 'w' },
+        { op: 'fsync' },
         { op: 'write', off: 0, len: b.length, seed: 52, chunk: 64 * 1024 },
         { op: 'sleep', ms: 1500 },
         { op: 'close' },
@@ -582,10 +594,10 @@ describe('in-process mount: dirty limit and write-back errors', () => {
     expect(fresh.map((s) => s.code ?? 'ok')).toEqual(['ok', 'ENOSPC', 'ok']);
     expect(fresh[1]!.bytes ?? 0).toBe(0);
     expect(tfs.status().cache.dirtyBytes).toBe(dirty);
-    expect(fsyncRun.slice(0, 3).map((s) => s.code ?? 'ok')).toEqual(['ok', 'ok', 'ENOSPC']);
+    expect(fsyncRun.slice(0, 4).map((s) => s.code ?? 'ok')).toEqual(['ok', 'ok', 'ok', 'ENOSPC']);
     // fsync took the error; close reports it again only if a background retry failed meanwhile.
-    expect(['ok', 'ENOSPC']).toContain(fsyncRun[3]!.code ?? 'ok');
-    expect(closeRun.map((s) => s.code ?? 'ok')).toEqual(['ok', 'ok', 'ok', 'ENOSPC']);
+    expect(['ok', 'ENOSPC']).toContain(fsyncRun[4]!.code ?? 'ok');
+    expect(closeRun.map((s) => s.code ?? 'ok')).toEqual(['ok', 'ok', 'ok', 'ok', 'ENOSPC']);
     const st = tfs.status().cache;
     expect(st.writeErrors).toBeGreaterThan(0);
     expect(st.dirtyBytes).toBeGreaterThanOrEqual(a.length + b.length);
@@ -613,6 +625,58 @@ describe('in-process mount: dirty limit and write-back errors', () => {
       { op: 'close' },
     ]);
     expect(again.every((s) => s.ok)).toBe(true);
+    await tfs.unmount();
+    tfs = undefined;
+  });
+
+  it('a full primary and handles whose close sends no FLUSH: the write-back errors wait for the next close or fsync of the file, the data stays cached and lands once space is freed', async () => {
+    const small = path.join(t.dirs.small!, 'noflush');
+    await fsp.mkdir(small);
+    await mountTmpfs(small, 'size=1m');
+    mounted.push(small);
+    tfs = await TwinFs.mount({ primary: small, mount: t.dirs.smnt!, writebackMs: 300, reserveSpace: false });
+    const m = t.dirs.smnt!;
+    await existing(`${m}/c.bin`);
+    await existing(`${m}/e.bin`);
+    await sh(`dd if=/dev/zero of='${small}/filler' bs=4k 2>/dev/null`);
+    const noflush = () => tfs!.status().kernelCache?.native?.noflushOpens ?? 0;
+    const before = noflush();
+    const c = bytes(192 * 1024, 54);
+    const e = bytes(64 * 1024, 55);
+    // Opened in libfuse's thread with FOPEN_NOFLUSH; the fsync hands the handle to JS, whose
+    // cache takes the writes; their write-back fails; the close sends nothing to report it.
+    const cached = (f: string, len: number, seed: number) => [
+      { op: 'open', path: f, flags: 'r+' },
+      { op: 'fsync' },
+      { op: 'write', off: 0, len, seed, chunk: 64 * 1024 },
+      { op: 'close' },
+    ];
+    const run = await runSteps([
+      { op: 'sleep', ms: 300 },
+      ...cached(`${m}/c.bin`, c.length, 54),
+      ...cached(`${m}/e.bin`, e.length, 55),
+      { op: 'sleep', ms: 1500 },
+    ]);
+    expect(noflush()).toBe(before + 2);
+    expect(run.every((s) => s.ok)).toBe(true);
+    expect(tfs.status().cache.writeErrors).toBeGreaterThan(0);
+    expect(tfs.status().cache.dirtyBytes).toBeGreaterThanOrEqual(c.length + e.length);
+    // Not lost: while an error waits, no open skips its FLUSH, so the next close of c reports
+    // it; the next fsync of e does.
+    const next = await runSteps([
+      { op: 'open', path: `${m}/c.bin`, flags: 'r+' },
+      { op: 'close' },
+      { op: 'open', path: `${m}/e.bin`, flags: 'r+' },
+      { op: 'fsync' },
+    ]);
+    expect(next.map((s) => s.code ?? 'ok')).toEqual(['ok', 'ENOSPC', 'ok', 'ENOSPC']);
+    expect(noflush()).toBe(before + 2);
+    // Room again: the background retry writes both back, and the data is exact.
+    await fsp.unlink(path.join(small, 'filler'));
+    await waitFor(() => tfs!.status().cache.dirtyBytes === 0, 10_000);
+    expect(tfs.status().cache.dirtyBytes).toBe(0);
+    expect(sha(await primaryBytes(path.join(small, 'c.bin')))).toBe(sha(c));
+    expect(sha(await primaryBytes(path.join(small, 'e.bin')))).toBe(sha(e));
     await tfs.unmount();
     tfs = undefined;
   });

@@ -46,10 +46,11 @@ describe('getattr and getxattr answered natively (libfuse3)', () => {
     // Cached data stays cached until fsync: the overlay is what the stats below must show.
     // Writes through opens of files at rest are done in libfuse's threads since level 29 and never
     // cached; this test is about data JS's cache holds, so its writes go to JS (native-open-writes.test.ts
-    // covers the native path).
+    // covers the native path). Every writer's close sends its FLUSH too (TWINFS_NATIVE_NOFLUSH=0):
+    // the tests below count the FLUSHes answered natively (native-noflush.test.ts covers the rest).
     fx = await startControlFixture({
       args: ['--fuse', '3', '--writeback-ms', '600000'],
-      env: { TWINFS_NATIVE_OPEN: 'open' },
+      env: { TWINFS_NATIVE_OPEN: 'open', TWINFS_NATIVE_NOFLUSH: '0' },
     });
     c = await fx.connect();
   });

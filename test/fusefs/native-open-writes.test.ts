@@ -37,7 +37,7 @@ import os, sys, random, mmap, hashlib
 w, rounds, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 # 'writes' (argv 4): mostly opens that write, few ops that reach JS.
 OPS = ['ow'] * 8 + ['read'] if sys.argv[4:] == ['writes'] else \
-    ['ow', 'ow', 'ow', 'held', 'trunc', 'link', 'mmap', 'fsync', 'rename', 'read']
+    ['ow', 'ow', 'ow', 'ot', 'ft', 'held', 'trunc', 'link', 'mmap', 'fsync', 'rename', 'read']
 rnd = random.Random('%s/%d' % (w, seed))
 d = 'r' + w
 os.makedirs(d, exist_ok=True)
@@ -77,6 +77,32 @@ for r in range(rounds):
                 b = data(r, k)
                 os.pwrite(fd, b, off)
                 put(i, off, b)
+            os.close(fd)
+        elif op == 'ot':
+            # open(O_TRUNC): the kernel truncates after the OPEN (level 30: natively).
+            fd = os.open(p, os.O_WRONLY | os.O_TRUNC)
+            model[i] = bytearray()
+            b = data(r, k)
+            off = rnd.randint(0, 50)
+            os.pwrite(fd, b, off)
+            put(i, off, b)
+            os.close(fd)
+        elif op == 'ft':
+            # ftruncate through a handle between its writes (level 30: natively while queued).
+            fd = os.open(p, os.O_RDWR)
+            b = data(r, k)
+            off = rnd.randint(0, len(model[i]) + 100)
+            os.pwrite(fd, b, off)
+            put(i, off, b)
+            n = rnd.randint(0, len(model[i]) + 2000)
+            os.ftruncate(fd, n)
+            m = model[i]
+            if n < len(m): del m[n:]
+            else: m.extend(b'\\0' * (n - len(m)))
+            b = data(r, k)
+            off = rnd.randint(0, n + 100)
+            os.pwrite(fd, b, off)
+            put(i, off, b)
             os.close(fd)
         elif op == 'held':
             off = rnd.randint(0, len(model[0]) + 100)
@@ -213,10 +239,11 @@ describe("writes through opens answered in libfuse's threads (libfuse3, level 29
         "os.pwrite(fd, b'T' * 3000, 3000)",
         'os.close(fd)',
         "a = os.stat('b/two2').st_size",
-        // JS holds data of it: a write through a handle JS took (a truncate reached it) stays in
-        // its cache, and a later native open's write must not go around it.
+        // JS holds data of it: a write through a handle JS took (an fsync reached it; a truncation
+        // through it is native since level 30) stays in its cache, and a later native open's
+        // write must not go around it.
         "h = os.open('b/held', os.O_RDWR)",
-        'os.ftruncate(h, 4000)',
+        'os.fsync(h)',
         "os.pwrite(h, b'H' * 10, 0)",
         'time.sleep(0.25)',
         "fd = os.open('b/held', os.O_RDWR)",
@@ -302,6 +329,68 @@ describe("writes through opens answered in libfuse's threads (libfuse3, level 29
     expect(r.trim()).toBe("3000 True 4501 b'BC'");
     const after = await stats();
     expect(after.openWrites - before.openWrites).toBe(1);
+    await expectMirrorClean(c);
+  });
+
+  it('open(O_TRUNC) and ftruncate through handles JS has not taken are done natively, in order with the writes; a second name and a taken handle go to JS', async () => {
+    await py(
+      "os.mkdir('t')\nfor n in ('a', 'b', 'two', 'took'): open('t/' + n, 'wb').write(b'z' * 3000)\nos.link('t/two', 't/two2')",
+    );
+    await c.request('flush');
+    const before = await stats();
+    const r = await py(
+      [
+        // Rewritten as an editor saves: open(O_TRUNC), write, close.
+        'time.sleep(0.25)',
+        "fd = os.open('t/a', os.O_WRONLY | os.O_TRUNC)",
+        "os.write(fd, b'new a')",
+        'os.close(fd)',
+        // Written, cut, grown (a hole), written past the cut.
+        'time.sleep(0.25)',
+        "fd = os.open('t/b', os.O_RDWR)",
+        "os.pwrite(fd, b'B' * 100, 2900)",
+        'os.ftruncate(fd, 1000)',
+        "os.pwrite(fd, b'E', 1500)",
+        'os.ftruncate(fd, 1200)',
+        'os.close(fd)',
+        // A created file cut while still the create's.
+        "fd = os.open('t/new', os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644)",
+        "os.write(fd, b'n' * 5000)",
+        'os.ftruncate(fd, 100)',
+        "os.pwrite(fd, b'N', 200)",
+        'os.close(fd)',
+        // Two names: JS's, and the other name shows the new size.
+        'time.sleep(0.25)',
+        "fd = os.open('t/two', os.O_RDWR)",
+        'os.ftruncate(fd, 10)',
+        'os.close(fd)',
+        // A handle JS took (fsync): JS's.
+        'time.sleep(0.25)',
+        "fd = os.open('t/took', os.O_RDWR)",
+        'os.fsync(fd)',
+        'os.ftruncate(fd, 20)',
+        'os.close(fd)',
+        "print(os.stat('t/two2').st_size, os.stat('t/took').st_size, os.stat('t/b').st_size)",
+      ].join('\n'),
+    );
+    expect(r.trim()).toBe('10 20 1200');
+    const after = await stats();
+    // a's truncation and b's two; new's too unless a take on the timer took its create first
+    // (creates are not held back as opens are).
+    expect(after.truncates - before.truncates).toBeGreaterThanOrEqual(3);
+    expect(after.truncates - before.truncates).toBeLessThanOrEqual(4);
+    expect(after.truncateFallbacks - before.truncateFallbacks).toBeGreaterThanOrEqual(2);
+    // A write JS answered (new's, if JS took its create first) is in its cache until the write-back.
+    await c.request('flush');
+    const wantB = Buffer.concat([Buffer.alloc(1000, 'z'), Buffer.alloc(200)]);
+    const wantNew = Buffer.concat([Buffer.alloc(100, 'n'), Buffer.alloc(100), Buffer.from('N')]);
+    expect(await fsp.readFile(path.join(fx.primary, 't', 'a'))).toEqual(Buffer.from('new a'));
+    expect(await fsp.readFile(path.join(fx.primary, 't', 'b'))).toEqual(wantB);
+    expect(await fsp.readFile(path.join(fx.primary, 't', 'new'))).toEqual(wantNew);
+    const read = await py(
+      "import hashlib\nfor n in ('a', 'b', 'new'): print(hashlib.sha256(open('t/' + n, 'rb').read()).hexdigest())",
+    );
+    expect(read.trim().split('\n')).toEqual([Buffer.from('new a'), wantB, wantNew].map(sha));
     await expectMirrorClean(c);
   });
 

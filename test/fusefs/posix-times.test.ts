@@ -231,6 +231,7 @@ describe('utimens of a file with cached data (mirror on, write-back held back)',
       `import os
 os.close(os.open('cached', os.O_CREAT | os.O_WRONLY, 0o644))  # a new file's writes skip the cache
 fd = os.open('cached', os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
+os.fsync(fd)  # JS takes the handle: its writes go to the cache (else natively to the primary)
 os.write(fd, b'y' * 100000)
 os.close(fd)
 os.utime('cached', ns=(${A}, ${M}))

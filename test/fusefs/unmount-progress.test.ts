@@ -38,9 +38,10 @@ describe('TwinFs.unmountProgress', () => {
     };
     tfs = await TwinFs.mount({ primary: t.dirs.primary!, mount: t.dirs.mnt!, writebackMs: 600_000, sink });
     const f = path.join(t.dirs.mnt!, 'f');
-    // An existing file: the cache takes its writes (a new file's go to the primary natively).
+    // An existing file opened O_APPEND (JS's): the cache takes its writes (a new file's, and
+    // those through an open JS has not taken, go to the primary natively).
     await shOk(`: > '${f}'`);
-    await shOk(`printf 0123456789 > '${f}'`);
+    await shOk(`printf 0123456789 >> '${f}'`);
     expect(tfs.unmountProgress()).toBe('');
     expect(tfs.status().cache.dirtyBytes).toBe(10);
 
