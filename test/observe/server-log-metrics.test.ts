@@ -64,10 +64,11 @@ describe('server log and metrics through a backup sequence', () => {
     let tokenFile: string;
     ({ srv, controlUrl, httpUrl, mirrorData, operatorToken, readToken, tokenFile } = o);
     expect((srv.events.find((e) => e.event === 'mounted') as any).control.tokenFile).toBe(tokenFile);
-    // d/big made first: the bytes written to a file JS knows go through the write-back cache
-    // (counted below); a new file's go to the primary in libfuse's thread.
+    // d/big made first, then appended to (O_APPEND opens are JS's): the bytes go through the
+    // write-back cache (counted below); a new file's, and those through an open JS has not
+    // taken, go to the primary in libfuse's thread.
     await run(
-      `set -e; cd '${t.dirs.mnt}'; mkdir d; : > d/big; head -c 300000 /dev/urandom > d/big; echo a > a.txt; sync`,
+      `set -e; cd '${t.dirs.mnt}'; mkdir d; : > d/big; head -c 300000 /dev/urandom >> d/big; echo a > a.txt; sync`,
     );
 
     // A wrong token: refused, and logged without the token.
