@@ -114,7 +114,8 @@ export function nativeAttributesFromEnv(env: NodeJS.ProcessEnv = process.env): b
  * Files created or opened in libfuse's threads with one name are opened with FOPEN_NOFLUSH while
  * JS's flush would do nothing (fuse-native level 30, native-attrs.h): their close(2) sends no
  * FLUSH. A write-back error of data JS cached for such a file after its open is then reported
- * by the next fsync(2), not by the close. TWINFS_NATIVE_NOFLUSH=0 keeps the FLUSH (comparison).
+ * by the next fsync(2) of the file, or a later close that sends its FLUSH (none is skipped while
+ * an error waits), not by that close. TWINFS_NATIVE_NOFLUSH=0 keeps the FLUSH (comparison).
  */
 export function nativeNoFlushFromEnv(env: NodeJS.ProcessEnv = process.env): boolean {
   return env.TWINFS_NATIVE_NOFLUSH !== '0';

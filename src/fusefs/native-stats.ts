@@ -40,7 +40,7 @@ export interface NativeChangeStats {
   openWriteFallbacks: number;
   /** RELEASEs of natively opened handles that wrote natively, before JS took the open (their writes reach JS by path). */
   openWriteReleases: number;
-  /** ftruncates (and open(O_TRUNC)'s truncations) through a created or opened handle done natively before JS took it, and passed to JS (level 30). */
+  /** Truncations done natively (level 30): by path (truncate(2), an open(O_TRUNC)'s) and ftruncates through a created or opened handle before JS took it; and those tried and passed to JS. */
   truncates: number;
   truncateFallbacks: number;
   enabled: boolean;

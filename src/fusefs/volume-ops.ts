@@ -1032,41 +1032,66 @@ export class VolumeOps {
    * `data` is a copy of the bytes when the sink wants them (the mirror's copy), else their count.
    */
   nativeWritten(fh: number, offset: number, data: Buffer | number, closed?: ClosedFile): Promise<void> {
-    const known = closed ? this.cache.get(closed.ino) : undefined;
-    const node = closed ? (known && !known.dead ? known : undefined) : this.handles.get(fh);
-    const path = closed?.path ?? node?.path;
-    if (path === undefined) return Promise.reject(new Error(`no file for native handle ${fh}`));
+    const f = this.nativeHandleFile(fh, closed);
+    if (f === undefined) return Promise.reject(new Error(`no file for native handle ${fh}`));
     const len = typeof data === 'number' ? data : data.length;
-    const named = closed !== undefined || !node?.nameless;
-    if (named) this.stampBehind(path);
-    if (node) {
-      node.contentChanged();
-      this.cache.primaryWritten(node, offset, len);
+    if (f.named) this.stampBehind(f.path);
+    if (f.node) {
+      f.node.contentChanged();
+      this.cache.primaryWritten(f.node, offset, len);
     }
-    this.kernelNames?.forgetRecorded(closed?.ino ?? node!.ino);
-    if (!named || typeof data === 'number') return Promise.resolve();
-    return this.sink.apply({ op: 'write', path, offset, data });
+    this.kernelNames?.forgetRecorded(f.ino);
+    if (!f.named || typeof data === 'number') return Promise.resolve();
+    return this.sink.apply({ op: 'write', path: f.path, offset, data });
   }
 
   /**
    * An ftruncate libfuse3's thread did through a handle JS had not taken (native-create.h,
-   * level 30: ftruncate(2), or the truncation of an open(O_TRUNC)), on the conditions of a native
-   * write (one name, no data of it cached, nothing in flight here): the bookkeeping of
-   * cache.truncate after the primary's, in its turn among the handle's writes.
+   * level 30), on the conditions of a native write (one name, no data of it cached, nothing in
+   * flight here), in its turn among the handle's writes.
    */
   nativeTruncated(fh: number, size: number, closed?: ClosedFile): Promise<void> {
+    const f = this.nativeHandleFile(fh, closed);
+    if (f === undefined) return Promise.reject(new Error(`no file for native handle ${fh}`));
+    if (!f.named) {
+      if (f.node) this.truncatedBehind(f.node, size);
+      this.kernelNames?.forgetRecorded(f.ino);
+      return Promise.resolve();
+    }
+    this.stampBehind(f.path);
+    return this.reportTruncated(f.path, f.ino, size, f.node);
+  }
+
+  /**
+   * The file a native handle's write or truncation is of: the handle's node, or for a handle
+   * closed natively (`closed`) its path and the node the cache may still keep of it. `named`:
+   * the change is reported (a node with no name left is not, as the cache's write-back does).
+   */
+  private nativeHandleFile(
+    fh: number,
+    closed?: ClosedFile,
+  ): { node: FileNode | undefined; path: string; ino: number; named: boolean } | undefined {
     const known = closed ? this.cache.get(closed.ino) : undefined;
     const node = closed ? (known && !known.dead ? known : undefined) : this.handles.get(fh);
     const path = closed?.path ?? node?.path;
-    if (path === undefined) return Promise.reject(new Error(`no file for native handle ${fh}`));
-    const named = closed !== undefined || !node?.nameless;
-    if (named) this.stampBehind(path);
-    if (node) {
-      node.contentChanged();
-      this.cache.primaryTruncated(node, size);
-    }
-    this.kernelNames?.forgetRecorded(closed?.ino ?? node!.ino);
-    if (!named) return Promise.resolve();
+    if (path === undefined) return undefined;
+    return { node, path, ino: closed?.ino ?? node!.ino, named: closed !== undefined || !node?.nameless };
+  }
+
+  /** A clean node of a file truncated on the primary outside the cache learns its new end. */
+  private truncatedBehind(node: FileNode, size: number): void {
+    node.contentChanged();
+    this.cache.primaryTruncated(node, size);
+  }
+
+  /**
+   * The bookkeeping of cache.truncate after a truncation libfuse's thread made on the primary
+   * (native-create.h's ftruncate, native-setattr.h's truncate by path), the path's stamp taken:
+   * a clean node JS keeps of the file, the kernel's recorded attributes, the sink's change.
+   */
+  private reportTruncated(path: string, ino: number, size: number, node?: FileNode): Promise<void> {
+    if (node) this.truncatedBehind(node, size);
+    this.kernelNames?.forgetRecorded(ino);
     return this.sink.apply({ op: 'truncate', path, size });
   }
 
@@ -1093,14 +1118,9 @@ export class VolumeOps {
     this.stampBehind(path);
     if (set[0] === 'z') {
       // A truncate by path (level 30; truncate(2), an open(O_TRUNC)) of a file the cache holds
-      // no data of: a clean node kept of it learns the primary's new end, as after truncate.
+      // no data of.
       const node = this.cache.get(set[2]);
-      if (node && !node.dead) {
-        node.contentChanged();
-        this.cache.primaryTruncated(node, set[1]);
-      }
-      this.kernelNames?.forgetRecorded(set[2]);
-      return this.sink.apply({ op: 'truncate', path, size: set[1] });
+      return this.reportTruncated(path, set[2], set[1], node && !node.dead ? node : undefined);
     }
     if (set[0] === 'o') return this.sink.apply({ op: 'chown', path, uid: set[1], gid: set[2] });
     if (set[0] === 'X') return this.sink.apply({ op: 'setxattr', path, name: set[1], value: set[2] });
