@@ -1053,13 +1053,8 @@ export class VolumeOps {
   nativeTruncated(fh: number, size: number, closed?: ClosedFile): Promise<void> {
     const f = this.nativeHandleFile(fh, closed);
     if (f === undefined) return Promise.reject(new Error(`no file for native handle ${fh}`));
-    if (!f.named) {
-      if (f.node) this.truncatedBehind(f.node, size);
-      this.kernelNames?.forgetRecorded(f.ino);
-      return Promise.resolve();
-    }
-    this.stampBehind(f.path);
-    return this.reportTruncated(f.path, f.ino, size, f.node);
+    if (f.named) this.stampBehind(f.path);
+    return this.reportTruncated(f.named ? f.path : undefined, f.ino, size, f.node);
   }
 
   /**
@@ -1078,21 +1073,24 @@ export class VolumeOps {
     return { node, path, ino: closed?.ino ?? node!.ino, named: closed !== undefined || !node?.nameless };
   }
 
-  /** A clean node of a file truncated on the primary outside the cache learns its new end. */
-  private truncatedBehind(node: FileNode, size: number): void {
-    node.contentChanged();
-    this.cache.primaryTruncated(node, size);
-  }
-
   /**
    * The bookkeeping of cache.truncate after a truncation libfuse's thread made on the primary
    * (native-create.h's ftruncate, native-setattr.h's truncate by path), the path's stamp taken:
-   * a clean node JS keeps of the file, the kernel's recorded attributes, the sink's change.
+   * a clean node JS keeps of the file learns its new end, the kernel's recorded attributes go,
+   * and the sink gets the change (none without a path: a node with no name left).
    */
-  private reportTruncated(path: string, ino: number, size: number, node?: FileNode): Promise<void> {
-    if (node) this.truncatedBehind(node, size);
+  private reportTruncated(
+    path: string | undefined,
+    ino: number,
+    size: number,
+    node?: FileNode,
+  ): Promise<void> {
+    if (node) {
+      node.contentChanged();
+      this.cache.primaryTruncated(node, size);
+    }
     this.kernelNames?.forgetRecorded(ino);
-    return this.sink.apply({ op: 'truncate', path, size });
+    return path === undefined ? Promise.resolve() : this.sink.apply({ op: 'truncate', path, size });
   }
 
   /**
