@@ -537,6 +537,19 @@ export class NativeChanges implements Disposable {
           );
         continue;
       }
+      if (kind === 'A') {
+        // ['A', fh, size before, size after, mtime ns or null, length] (native-create.h, level
+        // 31): an fallocate that only allocates, through a handle JS had not taken. Its length
+        // counts as written for the space reserved for native writes (the space it may take).
+        const [, fh, before, after, mtimeNs, len] = what as ['A', number, number, number, bigint | null, number];
+        written += len;
+        this.ops
+          .nativeAllocated(fh, before, after, mtimeNs, closed?.get(fh))
+          .catch((err) =>
+            this.log(`reporting an fallocate through handle ${fh} failed: ${(err as Error)?.stack ?? err}`),
+          );
+        continue;
+      }
       if (typeof (what as unknown[])[0] === 'string') {
         // ['m', mode], ['o', uid, gid], ['t', atime, mtime], ['X', name, value] or ['z', size,
         // ino] (native-setattr.h)

@@ -43,6 +43,9 @@ export interface NativeChangeStats {
   /** Truncations done natively (level 30): by path (truncate(2), an open(O_TRUNC)'s) and ftruncates through a created or opened handle before JS took it; and those tried and passed to JS. */
   truncates: number;
   truncateFallbacks: number;
+  /** fallocates that only allocate (modes 0 and KEEP_SIZE) through a created or opened handle before JS took it, done natively (level 31); and those tried and passed to JS. */
+  fallocates: number;
+  fallocateFallbacks: number;
   enabled: boolean;
 }
 

@@ -1058,6 +1058,44 @@ export class VolumeOps {
   }
 
   /**
+   * An fallocate libfuse3's thread did through a handle JS had not taken (native-create.h, level
+   * 31): mode 0 or KEEP_SIZE (allocation, no byte changed), on the conditions of a native write,
+   * in its turn among the handle's writes. Reported as WritebackCache.fallocate reports the
+   * primary's call: a size it changed as a truncate, a moved mtime (ext4 moves it in every mode)
+   * as a utimens to the ns; a clean node JS keeps of the file learns the new end.
+   */
+  async nativeAllocated(
+    fh: number,
+    before: number,
+    after: number,
+    mtimeNs: bigint | null,
+    closed?: ClosedFile,
+  ): Promise<void> {
+    const f = this.nativeHandleFile(fh, closed);
+    if (f === undefined) throw new Error(`no file for native handle ${fh}`);
+    if (f.named) this.stampBehind(f.path);
+    if (f.node) {
+      f.node.contentChanged();
+      this.cache.primaryAllocated(f.node, after);
+    }
+    this.kernelNames?.forgetRecorded(f.ino);
+    if (!f.named) return;
+    const changes: Promise<void>[] = [];
+    if (after !== before) changes.push(this.sink.apply({ op: 'truncate', path: f.path, size: after }));
+    if (mtimeNs !== null)
+      changes.push(
+        this.sink.apply({
+          op: 'utimens',
+          path: f.path,
+          atime: null,
+          mtime: nsToMs(mtimeNs),
+          mtimeNs: String(mtimeNs),
+        }),
+      );
+    await Promise.all(changes);
+  }
+
+  /**
    * The file a native handle's write or truncation is of: the handle's node, or for a handle
    * closed natively (`closed`) its path and the node the cache may still keep of it. `named`:
    * the change is reported (a node with no name left is not, as the cache's write-back does).

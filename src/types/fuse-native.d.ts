@@ -1,6 +1,6 @@
 /**
  * Types for fuse-native 2.2.6 **as patched by patches/fuse-native+2.2.6.patch** (twinfs patch
- * level 30; see docs/fuse-native-patch.md). They describe what the patched index.js actually
+ * level 31; see docs/fuse-native-patch.md). They describe what the patched index.js actually
  * passes to handlers and accepts back, not upstream's README.
  *
  * Result convention: every callback's first argument is the op's result, a number: 0 for
