@@ -15,6 +15,7 @@ import { isMountPoint, listMountPoints, preflight } from './mount-checks.js';
 import { watchMount } from './mount-watch.js';
 import {
   NativeChanges,
+  type NativeOpens,
   nativeCreateFromEnv,
   nativeEntriesFromEnv,
   nativeOpenFromEnv,
@@ -62,6 +63,12 @@ export interface TwinFsOptions {
    * (FOPEN_NOFLUSH; fuse-native level 30). Default: nativeNoFlushFromEnv (on).
    */
   nativeNoFlush?: boolean;
+  /**
+   * libfuse3: which opens libfuse's threads answer, and whether their WRITEs are done there before
+   * and after JS took the open ('all', fuse-native level 31) or only before ('queued', levels 29
+   * and 30). Default: nativeOpenFromEnv ('all').
+   */
+  nativeOpens?: NativeOpens;
   /** Receives every change after it reached the primary (the mirror driver). */
   sink?: ChangeSink;
   /** Decides when changes may proceed (the freeze). Default: a WriteInhibitor. */
@@ -537,7 +544,7 @@ export class TwinFs {
       creates && nativeEntriesFromEnv(),
       sink.following?.bind(sink),
       // Opens of existing files, their reads and releases: no change to report, the handle only.
-      creates ? nativeOpenFromEnv() : false,
+      creates ? (this.opts.nativeOpens ?? nativeOpenFromEnv()) : false,
     );
     // Off while an open handle's node has no path (HandleNodes.onAnyGone).
     const handles = this.kernelNames?.handles;

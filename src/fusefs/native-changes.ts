@@ -193,16 +193,20 @@ export interface NativeOpened {
  */
 export function nativeOpenFromEnv(env: NodeJS.ProcessEnv = process.env): NativeOpens {
   if (env.TWINFS_NATIVE_OPEN === '0') return false;
-  // For comparison: read, read-only opens only, as level 26; open, the writes to JS, as level 27.
+  // For comparison: read, read-only opens only, as level 26; open, the writes to JS, as level 27;
+  // queued, the writes natively only until JS takes the open, as levels 29 and 30.
   if (env.TWINFS_NATIVE_OPEN === 'read') return 'read';
+  if (env.TWINFS_NATIVE_OPEN === 'queued') return 'queued';
   return env.TWINFS_NATIVE_OPEN === 'open' ? 'open' : 'all';
 }
 
 /**
- * Which opens libfuse's threads answer: none, read-only ones, those for writing too, or those
- * and their writes until JS takes the open (all).
+ * Which opens libfuse's threads answer: none, read-only ones, those for writing too, those and
+ * their writes until JS takes the open (queued), or those and their writes before and after JS
+ * took the open (all, level 31: while the file has one name, JS holds no data of it and no JS
+ * change is in flight).
  */
-export type NativeOpens = false | 'read' | 'open' | 'all';
+export type NativeOpens = false | 'read' | 'open' | 'queued' | 'all';
 
 /**
  * How long a change made natively may wait for JS while such changes keep coming (ms): JS then
@@ -391,7 +395,12 @@ export class NativeChanges implements Disposable {
     if (this.setattrs) this.fuse.nativeSetattr?.(on);
     // Writes through them only with native writes (their carry and space budget are those).
     if (this.opens)
-      this.fuse.nativeOpen?.(on, this.opens !== 'read', this.opens === 'all' && this.writes !== false);
+      this.fuse.nativeOpen?.(
+        on,
+        this.opens !== 'read',
+        (this.opens === 'all' || this.opens === 'queued') && this.writes !== false,
+        this.opens === 'all',
+      );
     this.setStructural(on && this.following());
     if (!on) this.take(false);
   }
@@ -456,7 +465,8 @@ export class NativeChanges implements Disposable {
    */
   private take(begin: boolean, onTimer = false): number {
     if (this.enabled && (this.renames || this.entries)) this.setStructural(this.following());
-    const hold = onTimer && this.opens === 'all' && this.writes !== false ? OPEN_HOLD_MS : 0;
+    const hold =
+      onTimer && (this.opens === 'all' || this.opens === 'queued') && this.writes !== false ? OPEN_HOLD_MS : 0;
     const done = this.fuse.takeNativeChanges(begin, hold);
     this.held = hold > 0 && this.fuse.nativeChangesQueued?.() === true;
     if (this.held) this.keepTaking();

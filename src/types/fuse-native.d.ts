@@ -472,7 +472,7 @@ declare module 'fuse-native' {
      * until JS takes its open (closed 1: it was released natively after them, fd -1). false:
      * later opens go to JS; writers false: opens for writing do. Absent on older builds.
      */
-    nativeOpen?(enabled: boolean, writers?: boolean, writes?: boolean): boolean;
+    nativeOpen?(enabled: boolean, writers?: boolean, writes?: boolean, taken?: boolean): boolean;
     /**
      * Adds bytes to the space native writes may take on the primary (reserved for them by the
      * caller); negative: no bound. None until the first call (patch level 9).

@@ -555,6 +555,10 @@ describe('in-process mount: dirty limit and write-back errors', () => {
       writebackMs: 300,
       reserveSpace: false,
       nativeNoFlush: false,
+      // Writes through a native open only until JS takes it (levels 29-30): the fsyncs below hand
+      // each handle to JS, whose cache then takes its writes. With 'all' (level 31) they would go
+      // on natively and meet the full primary at once (the large write's case, last test).
+      nativeOpens: 'queued',
     });
     const m = t.dirs.smnt!;
     // Files the cache takes writes of (a new file's go to the primary at once: the next test).
@@ -634,7 +638,14 @@ describe('in-process mount: dirty limit and write-back errors', () => {
     await fsp.mkdir(small);
     await mountTmpfs(small, 'size=1m');
     mounted.push(small);
-    tfs = await TwinFs.mount({ primary: small, mount: t.dirs.smnt!, writebackMs: 300, reserveSpace: false });
+    // 'queued': as the test before, so that the fsync hands each handle and its writes to JS.
+    tfs = await TwinFs.mount({
+      primary: small,
+      mount: t.dirs.smnt!,
+      writebackMs: 300,
+      reserveSpace: false,
+      nativeOpens: 'queued',
+    });
     const m = t.dirs.smnt!;
     await existing(`${m}/c.bin`);
     await existing(`${m}/e.bin`);

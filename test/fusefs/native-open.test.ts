@@ -133,10 +133,13 @@ describe("read-only opens answered in libfuse's threads (libfuse3)", () => {
       [
         // Opened natively (JS holds nothing of the file yet).
         "fd = os.open('held', os.O_RDONLY)",
-        // A writer's open reaches JS (which takes the reader's handle first); its writes stay in
-        // JS's cache (nothing written back): the reader's READs go to JS from now on.
+        // A writer's write while the file has a second name reaches JS (which takes the reader's
+        // handle first) and stays in its cache (nothing written back): the reader's READs go to
+        // JS from now on.
         "w = os.open('held', os.O_RDWR)",
+        "os.link('held', 'held.2')",
         "os.pwrite(w, b'B' * 3000, 2000)",
+        "os.unlink('held.2')",
         'a = os.pread(fd, 20000, 0)',
         // A second reader while JS holds data: its open goes to JS.
         "g = os.open('held', os.O_RDONLY)",
@@ -224,11 +227,12 @@ describe("read-only opens answered in libfuse's threads (libfuse3)", () => {
     const r = await py(
       [
         "fd = os.open('wh', os.O_RDWR)",
-        // An fsync reaches JS, which takes the handle: its small writes then stay in JS's cache
-        // (nothing written back: the write-back is far off). Without it the write would be done
-        // natively (level 29, native-open-writes.test.ts; a truncation too since level 30).
-        'os.fsync(fd)',
+        // A write while the file has a second name goes to JS and stays in its cache (nothing
+        // written back: the write-back is far off). With one name it would be done natively
+        // (levels 29-31, native-open-writes.test.ts), before and after JS took the handle.
+        "os.link('wh', 'wh.2')",
         "os.pwrite(fd, b'B' * 100, 1000)",
+        "os.unlink('wh.2')",
         "g = os.open('wh', os.O_RDWR)",
         'a = os.pread(g, 9000, 0)',
         "os.pwrite(g, b'C' * 100, 7950)",
