@@ -42,8 +42,13 @@ export interface NativeWriteSpace {
   settle(landed: number, unused: number): void;
 }
 
-/** What native writes may put on the primary before JS takes their queue (reserved ahead). */
-const NATIVE_WRITE_GRANT = 1024 * 1024;
+/**
+ * What native writes may put on the primary before JS takes their queue (reserved ahead). Level
+ * 31 wakes JS for a take once less than half of it is left (NATIVE_WRITE_BUDGET_LOW in
+ * native-unlink.h, 2 MiB): a writer at ~20,000 4 KiB writes a second used 1 MiB up between two
+ * takes, and its next write went to JS's cache (with every later one while JS held the data).
+ */
+const NATIVE_WRITE_GRANT = 4 * 1024 * 1024;
 /**
  * Native writes stop while the primary has less than this free beyond what the cache promised:
  * near a full disk every write takes the cache's path, whose reservation answers ENOSPC exactly.

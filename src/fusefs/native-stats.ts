@@ -46,6 +46,8 @@ export interface NativeChangeStats {
   /** fallocates that only allocate (modes 0 and KEEP_SIZE) through a created or opened handle before JS took it, done natively (level 31); and those tried and passed to JS. */
   fallocates: number;
   fallocateFallbacks: number;
+  /** Native writes that found the queue at its bounds and waited for JS's take (level 31). */
+  writeWaits: number;
   enabled: boolean;
 }
 

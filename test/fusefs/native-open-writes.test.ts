@@ -33,11 +33,15 @@ const sha = (b: Buffer | string) => createHash('sha256').update(b).digest('hex')
  * mismatches and each file's SHA-256 go to r<N>.result.
  */
 const STORM = `
-import os, sys, random, mmap, hashlib
+import os, sys, random, mmap, hashlib, ctypes
 w, rounds, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 # 'writes' (argv 4): mostly opens that write, few ops that reach JS.
 OPS = ['ow'] * 8 + ['read'] if sys.argv[4:] == ['writes'] else \
-    ['ow', 'ow', 'ow', 'ot', 'ft', 'held', 'trunc', 'link', 'mmap', 'fsync', 'rename', 'read']
+    ['ow', 'ow', 'ow', 'ot', 'ft', 'fa', 'held', 'trunc', 'link', 'mmap', 'fsync', 'rename', 'read']
+libc = ctypes.CDLL(None, use_errno=True)
+def fall(fd, mode, off, n):
+    if libc.fallocate(fd, mode, ctypes.c_long(off), ctypes.c_long(n)) != 0:
+        raise OSError(ctypes.get_errno(), 'fallocate')
 rnd = random.Random('%s/%d' % (w, seed))
 d = 'r' + w
 os.makedirs(d, exist_ok=True)
@@ -104,6 +108,28 @@ for r in range(rounds):
             os.pwrite(fd, b, off)
             put(i, off, b)
             os.close(fd)
+        elif op == 'fa':
+            # fallocate through a handle between its writes (level 31: natively, modes 0 and
+            # KEEP_SIZE), and through the descriptor held all along (JS took it long ago).
+            fd = os.open(p, os.O_RDWR) if rnd.random() < 0.7 else None
+            h, j = (fd, i) if fd is not None else (held, 0)
+            b = data(r, k)
+            off = rnd.randint(0, len(model[j]) + 100)
+            os.pwrite(h, b, off)
+            put(j, off, b)
+            off = rnd.randint(0, len(model[j]) + 3000)
+            n = rnd.randint(1, 5000)
+            if rnd.random() < 0.5:
+                os.posix_fallocate(h, off, n)
+                m = model[j]
+                if off + n > len(m): m.extend(b'\\0' * (off + n - len(m)))
+            else:
+                fall(h, 1, off, n)
+            b = data(r, k)
+            off = rnd.randint(0, len(model[j]) + 100)
+            os.pwrite(h, b, off)
+            put(j, off, b)
+            if fd is not None: os.close(fd)
         elif op == 'held':
             off = rnd.randint(0, len(model[0]) + 100)
             b = data(r, k)
@@ -398,6 +424,93 @@ describe("writes through opens answered in libfuse's threads (libfuse3, level 29
       "import hashlib\nfor n in ('a', 'b', 'new'): print(hashlib.sha256(open('t/' + n, 'rb').read()).hexdigest())",
     );
     expect(read.trim().split('\n')).toEqual([Buffer.from('new a'), wantB, wantNew].map(sha));
+    await expectMirrorClean(c);
+  });
+
+  it('fallocate that only allocates (modes 0 and KEEP_SIZE) through created and opened handles is done natively, also after JS took the handle; size and mtime reach the mirror; PUNCH_HOLE goes to JS (level 31)', async () => {
+    await py("os.mkdir('fa')\nfor n in ('old', 'keep'): open('fa/' + n, 'wb').write(b'o' * 5000)");
+    await c.request('flush');
+    const before = await stats();
+    const r = await py(
+      [
+        'import ctypes',
+        'libc = ctypes.CDLL(None, use_errno=True)',
+        'def fall(fd, mode, off, n):',
+        '    if libc.fallocate(fd, mode, ctypes.c_long(off), ctypes.c_long(n)) != 0:',
+        "        raise OSError(ctypes.get_errno(), 'fallocate')",
+        // A created file grown by an allocation, then written past it.
+        "fd = os.open('fa/new', os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644)",
+        "os.write(fd, b'n' * 100)",
+        'os.posix_fallocate(fd, 0, 70000)',
+        "os.pwrite(fd, b'E', 80000)",
+        'os.close(fd)',
+        // An opened file: mode 0 inside and past the end after JS took the handle (fsync), then
+        // PUNCH_HOLE (bytes change: JS's).
+        'time.sleep(0.25)',
+        "fd = os.open('fa/old', os.O_RDWR)",
+        'os.fsync(fd)',
+        'time.sleep(0.02)',
+        'os.posix_fallocate(fd, 1000, 9000)',
+        'b = os.fstat(fd).st_size',
+        'fall(fd, 3, 0, 4096)',
+        'os.close(fd)',
+        // KEEP_SIZE past the end: the size stays, the mtime moves (ext4), and only the reported
+        // mtime brings the mirror's along.
+        'time.sleep(0.25)',
+        "fd = os.open('fa/keep', os.O_RDWR)",
+        'time.sleep(0.02)',
+        'fall(fd, 1, 4000, 100000)',
+        'a = os.fstat(fd).st_size',
+        'os.close(fd)',
+        "print(a, b, os.stat('fa/new').st_size, open('fa/old', 'rb').read(4097) == b'\\0' * 4096 + b'o')",
+      ].join('\n'),
+    );
+    expect(r.trim()).toBe('5000 10000 80001 True');
+    const after = await stats();
+    // old's and keep's; new's too unless a take on the timer took its create first (creates are
+    // not held back as opens are).
+    expect(after.fallocates - before.fallocates).toBeGreaterThanOrEqual(2);
+    expect(after.fallocates - before.fallocates).toBeLessThanOrEqual(3);
+    const want = {
+      new: Buffer.concat([Buffer.alloc(100, 'n'), Buffer.alloc(79900), Buffer.from('E')]),
+      old: Buffer.concat([Buffer.alloc(4096), Buffer.alloc(5000 - 4096, 'o'), Buffer.alloc(5000)]),
+      keep: Buffer.alloc(5000, 'o'),
+    };
+    for (const [n, b] of Object.entries(want))
+      expect(await fsp.readFile(path.join(fx.primary, 'fa', n)), n).toEqual(b);
+    await expectMirrorClean(c);
+  });
+
+  it('a writer holding its open past the take writes natively throughout, faster than the timer empties the queue; a second name sends its writes to JS, and the other name shows the new size (level 31)', async () => {
+    await py("open('lw', 'wb').write(b'.' * 8192)");
+    await c.request('flush');
+    const before = await stats();
+    const N = 3000;
+    const r = await py(
+      [
+        "fd = os.open('lw', os.O_RDWR)",
+        // Past the open's hold (200 ms): JS's timer takes it.
+        'time.sleep(0.4)',
+        `for i in range(${N}): os.pwrite(fd, (b'%06d' % i) * 682 + b'....', (i * 4096) % (1 << 20))`,
+        "os.link('lw', 'lw2')",
+        "os.pwrite(fd, b'L' * 10, 2 << 20)",
+        "print(os.stat('lw2').st_size)",
+        'os.close(fd)',
+        "os.unlink('lw2')",
+      ].join('\n'),
+    );
+    expect(r.trim()).toBe(String((2 << 20) + 10));
+    const after = await stats();
+    expect(after.openWrites - before.openWrites).toBe(N);
+    expect(after.openWriteFallbacks - before.openWriteFallbacks).toBe(1);
+    const want = Buffer.alloc((2 << 20) + 10);
+    for (let i = 0; i < N; i++) {
+      const block = Buffer.from(`${String(i).padStart(6, '0').repeat(682)}....`);
+      block.copy(want, (i * 4096) % (1 << 20));
+    }
+    want.fill('L', 2 << 20);
+    await c.request('flush');
+    expect(sha(await fsp.readFile(path.join(fx.primary, 'lw')))).toBe(sha(want));
     await expectMirrorClean(c);
   });
 
