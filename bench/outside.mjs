@@ -7,10 +7,15 @@
 // a checksum that every read checks: sequential writes, then random reads, random writes, random
 // reads, sequential reads and random reads and writes; the last step's MiB/s), in the bare
 // directory, through bindfs and through twinfs with a mirror, interleaved per rep. Ratios are
-// to bindfs. After the twinfs runs: flush, `verify --content` and the broken pairs. Exit 1 when a
+// to bindfs. fio (Debian's, with the issue's shapes): small files (one 4 KiB file per IO, laid out
+// by fio with its default fallocate first: files per second over the whole run, layout included),
+// 4 KiB random writes with a CRC32C in every block that fio reads back and checks after the writes
+// (IOPS of the writes; a bad block is an error), and a 1 MiB sequential write with the fsync at its
+// end (MiB/s). After the twinfs runs: flush, `verify --content` and the broken pairs. Exit 1 when a
 // workload reports an error on twinfs or the mirror differs.
 //
 //   node bench/outside.mjs --reps 3 --seconds 20
+//   node bench/outside.mjs --only fio --reps 5          # the fio workloads alone
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import {
@@ -33,6 +38,13 @@ const opts = parseArgs(
     files: { default: 2000, help: 'fs_mark files per thread per rep' },
     'pm-transactions': { default: 20000, help: 'postmark transactions per rep (1,000 files of 0.5–64 KiB)' },
     'sb-seconds': { default: 5, help: 'sysbench fileio: seconds of each of its six steps' },
+    'fio-files': { default: 3000, help: 'fio small files: files per rep' },
+    'fio-mib': { default: 64, help: 'fio random 4 KiB writes: MiB written (and verified) per rep' },
+    'fio-seq-mib': { default: 512, help: 'fio sequential 1 MiB writes + fsync: MiB per rep' },
+    only: {
+      default: '',
+      help: 'comma-separated workload prefixes (dbench, fs_mark, postmark, sysbench, fio)',
+    },
     dir: { default: '/tmp', help: 'parent of the temporary directories' },
     'time-limit': { default: 3600, help: 'abort (and clean up) after this many seconds' },
   },
@@ -151,6 +163,90 @@ async function sysbench(dir) {
   return { value, errors };
 }
 
+/**
+ * One fio job in DIR/fio (removed after): its JSON report's first job, the wall time of the whole
+ * run (layout included) and the errors (fio's exit status, the job's error, a verify failure).
+ */
+async function fioJob(dir, args) {
+  const d = path.join(dir, 'fio');
+  fs.mkdirSync(d, { recursive: true });
+  const t0 = process.hrtime.bigint();
+  const r = await run('fio', [`--directory=${d}`, '--output-format=json', ...args], {
+    check: false,
+    timeoutMs: 900_000,
+  });
+  const wall = Number(process.hrtime.bigint() - t0) / 1e9;
+  let job;
+  try {
+    job = JSON.parse(r.stdout.slice(r.stdout.indexOf('{'))).jobs[0];
+  } catch {
+    job = undefined;
+  }
+  const errors = (r.code === 0 ? 0 : 1) + (job === undefined || job.error ? 1 : 0);
+  if (errors)
+    log(
+      `fio ${args[0]} in ${dir}: exit ${r.code} ${r.stderr.split('\n').filter(Boolean).slice(-2).join(' | ')}`,
+    );
+  await run('rm', ['-rf', d], { check: false, timeoutMs: 120_000 });
+  return { job, wall, errors };
+}
+
+async function fioSmallFiles(dir) {
+  const n = Number(opts['fio-files']);
+  const { wall, errors } = await fioJob(dir, [
+    '--name=small',
+    '--rw=write',
+    '--bs=4k',
+    '--filesize=4k',
+    `--nrfiles=${n}`,
+    '--openfiles=1',
+    '--file_service_type=sequential',
+    '--ioengine=sync',
+  ]);
+  return { value: Math.round(n / wall), errors };
+}
+
+async function fioRandWrite(dir) {
+  const { job, errors } = await fioJob(dir, [
+    '--name=randwrite',
+    '--rw=randwrite',
+    '--bs=4k',
+    `--size=${opts['fio-mib']}m`,
+    '--ioengine=psync',
+    '--end_fsync=1',
+    '--verify=crc32c',
+  ]);
+  return { value: Math.round(job?.write?.iops ?? Number.NaN), errors };
+}
+
+async function fioSeqWrite(dir) {
+  const { job, errors } = await fioJob(dir, [
+    '--name=seqwrite',
+    '--rw=write',
+    '--bs=1m',
+    `--size=${opts['fio-seq-mib']}m`,
+    '--ioengine=psync',
+    '--end_fsync=1',
+  ]);
+  return { value: Math.round(((job?.write?.bw_bytes ?? Number.NaN) / 1048576) * 10) / 10, errors };
+}
+
+const WORKLOADS = [
+  ['dbench MB/s', dbench],
+  ['fs_mark files/s', fsmark],
+  ['postmark transactions/s', postmark],
+  ['sysbench fileio rndrw MiB/s (checksums on)', sysbench],
+  ['fio small files: files/s (layout included)', fioSmallFiles],
+  ['fio 4 KiB random writes: IOPS (crc32c verified)', fioRandWrite],
+  ['fio 1 MiB sequential write + fsync: MiB/s', fioSeqWrite],
+].filter(
+  ([w]) =>
+    !opts.only ||
+    String(opts.only)
+      .split(',')
+      .some((o) => w.startsWith(o.trim())),
+);
+
 const base = fs.mkdtempSync(path.join(opts.dir, 'twinfs-outside-'));
 const d = mkdirs(base, 'bare', 'bsrc', 'bmnt', 'primary', 'mnt', 'mirror', 'state');
 const bindfs = await startBindfs(d.bsrc, d.bmnt);
@@ -159,12 +255,7 @@ const targets = { bare: d.bare, bindfs: d.bmnt, 'twinfs + mirror': d.mnt };
 const results = {};
 for (let rep = 0; rep < opts.reps; rep++) {
   for (const [name, dir] of Object.entries(targets)) {
-    for (const [w, fn] of [
-      ['dbench MB/s', dbench],
-      ['fs_mark files/s', fsmark],
-      ['postmark transactions/s', postmark],
-      ['sysbench fileio rndrw MiB/s (checksums on)', sysbench],
-    ]) {
+    for (const [w, fn] of WORKLOADS) {
       const r = await fn(dir);
       (results[w] ??= {})[name] ??= [];
       results[w][name].push(r);

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything twinfs needs on a fresh Debian machine with Node 20, as root:
 # Debian packages (libfuse3-dev for the libfuse3 build, the default, libfuse2 and fuse; attr, rsync,
-# bindfs, restic and stress-ng for tests and benchmarks (dbench, fsmark, postmark and sysbench for bench/outside.mjs); git, gcc, make and sqlite3 for the real-program test; samba and smbclient for `twinfs serve --smb` and its tests;
+# bindfs, restic and stress-ng for tests and benchmarks (dbench, fsmark, postmark, sysbench and fio for bench/outside.mjs); git, gcc, make and sqlite3 for the real-program test; samba and smbclient for `twinfs serve --smb` and its tests;
 # ceph-mon, ceph-osd, radosgw and ceph-common for the one-node Ceph cluster whose RADOS Gateway
 # the s3 target is tested against, see scripts/ceph-rgw.sh; chromium for the status page's
 # browser test, driven by puppeteer-core, which never downloads a browser of its own) when
@@ -14,7 +14,7 @@ need=()
 # fusermount: Debian's `fuse`, or `fuse3` where it replaced `fuse` (installing `fuse` would remove it).
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 installed fuse || installed fuse3 || need+=(fuse)
-for pkg in libfuse2 attr rsync bindfs restic stress-ng dbench fsmark postmark sysbench tar python3 make gcc g++ git samba smbclient sqlite3 openssl strace chromium; do
+for pkg in libfuse2 attr rsync bindfs restic stress-ng dbench fsmark postmark sysbench fio tar python3 make gcc g++ git samba smbclient sqlite3 openssl strace chromium; do
   installed "$pkg" || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then
