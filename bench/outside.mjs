@@ -16,20 +16,32 @@
 //
 //   node bench/outside.mjs --reps 3 --seconds 20
 //   node bench/outside.mjs --only fio --reps 5          # the fio workloads alone
+//   node bench/outside.mjs --only fio --variant 'twinfs||--control 127.0.0.1:0' \
+//     --variant 'old|/tmp/old/dist/cli/main.js|--control 127.0.0.1:0'
+//
+// --variant NAME|CLI|SERVE ARGS|ENV as in bench/compare.mjs (CLI defaults to this checkout's dist,
+// snapshotted; @MIRROR@ becomes a fresh directory); default: 'twinfs + mirror' (--mirror). Each
+// server's CPU per workload (all its threads, /proc) is printed beside the rates.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import {
   checkMirror,
   controlClient,
+  cpuSeconds,
   installCleanup,
   log,
   mkdirs,
   parseArgs,
   run,
+  snapshotDist,
   startBindfs,
-  startMirroredTwinfs,
+  startVariant,
+  takeRepeated,
 } from './lib.mjs';
 
+const argv = process.argv.slice(2);
+const variants = takeRepeated(argv, '--variant');
+if (variants.length === 0) variants.push('twinfs + mirror||--mirror @MIRROR@ --control 127.0.0.1:0');
 const opts = parseArgs(
   {
     reps: { default: 3, help: 'repetitions (median reported)' },
@@ -49,6 +61,7 @@ const opts = parseArgs(
     'time-limit': { default: 3600, help: 'abort (and clean up) after this many seconds' },
   },
   'node bench/outside.mjs [options]',
+  argv,
 );
 installCleanup({ timeLimitSec: opts['time-limit'] });
 
@@ -248,37 +261,58 @@ const WORKLOADS = [
 );
 
 const base = fs.mkdtempSync(path.join(opts.dir, 'twinfs-outside-'));
-const d = mkdirs(base, 'bare', 'bsrc', 'bmnt', 'primary', 'mnt', 'mirror', 'state');
+log(snapshotDist(base));
+const d = mkdirs(base, 'bare', 'bsrc', 'bmnt');
 const bindfs = await startBindfs(d.bsrc, d.bmnt);
-const srv = await startMirroredTwinfs(d);
-const targets = { bare: d.bare, bindfs: d.bmnt, 'twinfs + mirror': d.mnt };
+const servers = [];
+for (const [i, spec] of variants.entries()) servers.push(await startVariant(base, i, spec));
+const targets = [
+  { name: 'bare', dir: d.bare, pid: null },
+  { name: 'bindfs', dir: d.bmnt, pid: bindfs.pid },
+  ...servers.map((v) => ({ name: v.name, dir: v.mount, pid: v.server.pid })),
+];
 const results = {};
 for (let rep = 0; rep < opts.reps; rep++) {
-  for (const [name, dir] of Object.entries(targets)) {
+  for (const t of targets) {
     for (const [w, fn] of WORKLOADS) {
-      const r = await fn(dir);
-      (results[w] ??= {})[name] ??= [];
-      results[w][name].push(r);
-      log(`rep ${rep + 1} ${name} ${w}: ${r.value}${r.errors ? ` (${r.errors} error(s))` : ''}`);
+      const c0 = t.pid ? cpuSeconds(t.pid) : 0;
+      const r = await fn(t.dir);
+      r.cpu = t.pid ? cpuSeconds(t.pid) - c0 : Number.NaN;
+      (results[w] ??= {})[t.name] ??= [];
+      results[w][t.name].push(r);
+      log(
+        `rep ${rep + 1} ${t.name} ${w}: ${r.value}${t.pid ? ` (server CPU ${r.cpu.toFixed(2)} s)` : ''}${r.errors ? ` (${r.errors} error(s))` : ''}`,
+      );
     }
   }
 }
-const c = await controlClient(srv.url, srv.token);
-const { differences, broken } = await checkMirror(c);
-c.close();
-await srv.stop();
+let bad = 0;
+for (const v of servers) {
+  if (!v.server.url) continue;
+  const c = await controlClient(v.server.url, v.server.token);
+  const st = await c.request('status');
+  if (st.mirror) {
+    const { differences, broken } = await checkMirror(c);
+    bad += differences.length + broken.length;
+    log(`${v.name}: mirror: ${differences.length} difference(s), ${broken.length} broken pair(s)`);
+  }
+  c.close();
+}
+for (const v of servers) await v.server.stop();
 await bindfs.stop();
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
-let bad = differences.length + broken.length;
-console.log('| workload | bare | bindfs | twinfs + mirror | twinfs / bindfs |');
-console.log('|---|---|---|---|---|');
+const names = servers.map((v) => v.name);
+console.log(
+  `| workload | bare | bindfs (server CPU s) | ${names.map((n) => `${n} (server CPU s)`).join(' | ')} | ${names.map((n) => `${n} / bindfs`).join(' | ')} |`,
+);
+console.log(`|---|---|---|${names.map(() => '---|').join('')}${names.map(() => '---|').join('')}`);
 for (const [w, per] of Object.entries(results)) {
   const m = Object.fromEntries(Object.entries(per).map(([k, rs]) => [k, median(rs.map((r) => r.value))]));
-  bad += per['twinfs + mirror'].reduce((n, r) => n + r.errors, 0);
+  const cpu = Object.fromEntries(Object.entries(per).map(([k, rs]) => [k, median(rs.map((r) => r.cpu))]));
+  for (const n of names) bad += per[n].reduce((x, r) => x + r.errors, 0);
   console.log(
-    `| ${w} | ${m.bare} | ${m.bindfs} | ${m['twinfs + mirror']} | ${(m['twinfs + mirror'] / m.bindfs).toFixed(2)} |`,
+    `| ${w} | ${m.bare} | ${m.bindfs} (${cpu.bindfs.toFixed(2)}) | ${names.map((n) => `${m[n]} (${cpu[n].toFixed(2)})`).join(' | ')} | ${names.map((n) => (m[n] / m.bindfs).toFixed(2)).join(' | ')} |`,
   );
 }
-log(`mirror: ${differences.length} difference(s), ${broken.length} broken pair(s)`);
 fs.rmSync(base, { recursive: true, force: true });
 process.exit(bad ? 1 : 0);

@@ -471,7 +471,9 @@ export class NativeChanges implements Disposable {
   private take(begin: boolean, onTimer = false): number {
     if (this.enabled && (this.renames || this.entries)) this.setStructural(this.following());
     const hold =
-      onTimer && (this.opens === 'all' || this.opens === 'queued') && this.writes !== false ? OPEN_HOLD_MS : 0;
+      onTimer && (this.opens === 'all' || this.opens === 'queued') && this.writes !== false
+        ? OPEN_HOLD_MS
+        : 0;
     const done = this.fuse.takeNativeChanges(begin, hold);
     this.held = hold > 0 && this.fuse.nativeChangesQueued?.() === true;
     if (this.held) this.keepTaking();
@@ -556,7 +558,14 @@ export class NativeChanges implements Disposable {
         // ['A', fh, size before, size after, mtime ns or null, length] (native-create.h, level
         // 31): an fallocate that only allocates, through a handle JS had not taken. Its length
         // counts as written for the space reserved for native writes (the space it may take).
-        const [, fh, before, after, mtimeNs, len] = what as ['A', number, number, number, bigint | null, number];
+        const [, fh, before, after, mtimeNs, len] = what as [
+          'A',
+          number,
+          number,
+          number,
+          bigint | null,
+          number,
+        ];
         written += len;
         this.ops
           .nativeAllocated(fh, before, after, mtimeNs, closed?.get(fh))
