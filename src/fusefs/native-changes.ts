@@ -556,8 +556,9 @@ export class NativeChanges implements Disposable {
       }
       if (kind === 'A') {
         // ['A', fh, size before, size after, mtime ns or null, length] (native-create.h, level
-        // 31): an fallocate that only allocates, through a handle JS had not taken. Its length
-        // counts as written for the space reserved for native writes (the space it may take).
+        // 31): an fallocate that only allocates, through a handle whose writes are native. Its
+        // length counts as written for the space reserved for native writes (the space it may
+        // take).
         const [, fh, before, after, mtimeNs, len] = what as [
           'A',
           number,

@@ -35,15 +35,15 @@ export interface NativeChangeStats {
   openReadFallbacks: number;
   /** RELEASEs of natively opened handles JS never took (nothing reached JS of them). */
   openReleases: number;
-  /** WRITEs of natively opened handles done natively before JS took the open, and passed to JS (level 29). */
+  /** WRITEs of natively opened handles done natively (before JS took the open, level 29; also after, level 31), and passed to JS. */
   openWrites: number;
   openWriteFallbacks: number;
   /** RELEASEs of natively opened handles that wrote natively, before JS took the open (their writes reach JS by path). */
   openWriteReleases: number;
-  /** Truncations done natively (level 30): by path (truncate(2), an open(O_TRUNC)'s) and ftruncates through a created or opened handle before JS took it; and those tried and passed to JS. */
+  /** Truncations done natively (level 30): by path (truncate(2), an open(O_TRUNC)'s) and ftruncates through a created handle before JS took it or an opened one (also after, level 31); and those tried and passed to JS. */
   truncates: number;
   truncateFallbacks: number;
-  /** fallocates that only allocate (modes 0 and KEEP_SIZE) through a created or opened handle before JS took it, done natively (level 31); and those tried and passed to JS. */
+  /** fallocates that only allocate (modes 0 and KEEP_SIZE) through a created handle before JS took it or an opened one, done natively (level 31); and those tried and passed to JS. */
   fallocates: number;
   fallocateFallbacks: number;
   /** Native writes that found the queue at its bounds and waited for JS's take (level 31). */

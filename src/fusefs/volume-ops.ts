@@ -1047,8 +1047,9 @@ export class VolumeOps {
 
   /**
    * An ftruncate libfuse3's thread did through a handle JS had not taken (native-create.h,
-   * level 30), on the conditions of a native write (one name, no data of it cached, nothing in
-   * flight here), in its turn among the handle's writes.
+   * level 30), or since level 31 through an opened one JS took, on the conditions of a native
+   * write (one name, no data of it cached, nothing in flight here), in its turn among the
+   * handle's writes.
    */
   nativeTruncated(fh: number, size: number, closed?: ClosedFile): Promise<void> {
     const f = this.nativeHandleFile(fh, closed);
@@ -1058,9 +1059,10 @@ export class VolumeOps {
   }
 
   /**
-   * An fallocate libfuse3's thread did through a handle JS had not taken (native-create.h, level
-   * 31): mode 0 or KEEP_SIZE (allocation, no byte changed), on the conditions of a native write,
-   * in its turn among the handle's writes. Reported as WritebackCache.fallocate reports the
+   * An fallocate libfuse3's thread did (native-create.h, level 31) through a created handle JS
+   * had not taken or an opened one (before or after JS took it): mode 0 or KEEP_SIZE
+   * (allocation, no byte changed), on the conditions of a native write, in its turn among the
+   * handle's writes. Reported as WritebackCache.fallocate reports the
    * primary's call: a size it changed as a truncate, a moved mtime (ext4 moves it in every mode)
    * as a utimens to the ns; a clean node JS keeps of the file learns the new end.
    */

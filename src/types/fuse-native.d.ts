@@ -469,8 +469,10 @@ declare module 'fuse-native' {
      * the primary lacks, and their RELEASE; the handle reaches JS in takeNativeChanges as
      * ['O', ino, fd (a duplicate, or -1), fh, writable, write, closed] before any op that may
      * name it. writes (level 29; needs nativeCreate's writes): the WRITEs of such a handle too,
-     * until JS takes its open (closed 1: it was released natively after them, fd -1). false:
-     * later opens go to JS; writers false: opens for writing do. Absent on older builds.
+     * until JS takes its open (closed 1: it was released natively after them, fd -1); taken
+     * (level 31) after the take too, while the file has one name and JS holds no data of it, and
+     * their ftruncates and fallocates (modes 0 and KEEP_SIZE). false: later opens go to JS;
+     * writers false: opens for writing do. Absent on older builds.
      */
     nativeOpen?(enabled: boolean, writers?: boolean, writes?: boolean, taken?: boolean): boolean;
     /**
