@@ -219,30 +219,25 @@ async function fioSmallFiles(dir) {
   return { value: Math.round(n / wall), errors };
 }
 
-async function fioRandWrite(dir) {
-  const { job, errors } = await fioJob(dir, [
-    '--name=randwrite',
-    '--rw=randwrite',
-    '--bs=4k',
-    `--size=${opts['fio-mib']}m`,
-    '--ioengine=psync',
-    '--end_fsync=1',
-    '--verify=crc32c',
-  ]);
-  return { value: Math.round(job?.write?.iops ?? Number.NaN), errors };
+/** A write job through psync with the fsync at its end; `value` picks the figure from its report. */
+async function fioWriteJob(dir, args, value) {
+  const { job, errors } = await fioJob(dir, [...args, '--ioengine=psync', '--end_fsync=1']);
+  return { value: value(job?.write ?? {}), errors };
 }
 
-async function fioSeqWrite(dir) {
-  const { job, errors } = await fioJob(dir, [
-    '--name=seqwrite',
-    '--rw=write',
-    '--bs=1m',
-    `--size=${opts['fio-seq-mib']}m`,
-    '--ioengine=psync',
-    '--end_fsync=1',
-  ]);
-  return { value: Math.round(((job?.write?.bw_bytes ?? Number.NaN) / 1048576) * 10) / 10, errors };
-}
+const fioRandWrite = (dir) =>
+  fioWriteJob(
+    dir,
+    ['--name=randwrite', '--rw=randwrite', '--bs=4k', `--size=${opts['fio-mib']}m`, '--verify=crc32c'],
+    (w) => Math.round(w.iops ?? Number.NaN),
+  );
+
+const fioSeqWrite = (dir) =>
+  fioWriteJob(
+    dir,
+    ['--name=seqwrite', '--rw=write', '--bs=1m', `--size=${opts['fio-seq-mib']}m`],
+    (w) => Math.round(((w.bw_bytes ?? Number.NaN) / 1048576) * 10) / 10,
+  );
 
 const WORKLOADS = [
   ['dbench MB/s', dbench],

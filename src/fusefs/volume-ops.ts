@@ -1078,22 +1078,14 @@ export class VolumeOps {
     if (f.named) this.stampBehind(f.path);
     if (f.node) {
       f.node.contentChanged();
-      this.cache.primaryAllocated(f.node, after);
+      // Its end on the primary, as a write's ending there would move it.
+      this.cache.primaryWritten(f.node, after, 0);
     }
     this.kernelNames?.forgetRecorded(f.ino);
     if (!f.named) return;
     const changes: Promise<void>[] = [];
     if (after !== before) changes.push(this.sink.apply({ op: 'truncate', path: f.path, size: after }));
-    if (mtimeNs !== null)
-      changes.push(
-        this.sink.apply({
-          op: 'utimens',
-          path: f.path,
-          atime: null,
-          mtime: nsToMs(mtimeNs),
-          mtimeNs: String(mtimeNs),
-        }),
-      );
+    if (mtimeNs !== null) changes.push(this.sink.apply(utimensChange(f.path, null, mtimeNs)));
     await Promise.all(changes);
   }
 

@@ -317,14 +317,6 @@ export class WritebackCache {
   }
 
   /**
-   * The primary's file was allocated to size outside the cache (a native fallocate, mode 0 or
-   * KEEP_SIZE, of a file whose data the cache holds none of): its end there.
-   */
-  primaryAllocated(node: FileNode, size: number): void {
-    node.primarySize = Math.max(node.primarySize, size);
-  }
-
-  /**
    * Reserves n bytes of the primary's free space for writes made outside the cache (native
    * writes), so they cannot take what cached data was promised, when at least `floor` bytes more
    * are free; the count it got (n or 0). undefined: no space account (such writes need no bound).

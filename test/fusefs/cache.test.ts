@@ -3,7 +3,13 @@ import * as fs from 'node:fs';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type Change, type ChangeSink, nullSink, TwinFs } from '../../src/fusefs/index.js';
+import {
+  type Change,
+  type ChangeSink,
+  nullSink,
+  TwinFs,
+  type TwinFsOptions,
+} from '../../src/fusefs/index.js';
 import { WritebackCache } from '../../src/fusefs/writeback-cache.js';
 import { FIXTURES, isMounted, mountTmpfs, runSteps, unmountAll, waitFor } from '../helpers/mounts.js';
 import { mountFixture, type PosixFixture } from '../helpers/posix.js';
@@ -433,6 +439,24 @@ describe('in-process mount: dirty limit and write-back errors', () => {
     await t?.cleanup();
   });
 
+  /**
+   * A primary that is full: a 1 MiB tmpfs (in `sub` of the small directory, or the directory
+   * itself), a server on it with `opts`, `files` made through the mount before (a new file's
+   * writes go to the primary at once; these the cache takes), then the primary filled behind the
+   * server's back.
+   */
+  async function fullPrimary(sub: string, opts: Partial<TwinFsOptions>, files: string[] = []) {
+    const small = sub ? path.join(t.dirs.small!, sub) : t.dirs.small!;
+    if (sub) await fsp.mkdir(small);
+    await mountTmpfs(small, 'size=1m');
+    mounted.push(small);
+    const m = t.dirs.smnt!;
+    tfs = await TwinFs.mount({ primary: small, mount: m, ...opts });
+    for (const f of files) await existing(`${m}/${f}`);
+    await sh(`dd if=/dev/zero of='${small}/filler' bs=4k 2>/dev/null`);
+    return { small, m };
+  }
+
   it('throttles writers at the dirty limit: 64 MiB through a 1 MiB cache succeeds', async () => {
     const src = path.join(t.dirs.src!, 'big');
     await fsp.writeFile(src, bytes(64 * MiB, 41));
@@ -541,31 +565,19 @@ describe('in-process mount: dirty limit and write-back errors', () => {
   );
 
   it('a full primary: fsync and close report ENOSPC, the data stays cached and lands once space is freed', async () => {
-    const small = t.dirs.small!;
-    await mountTmpfs(small, 'size=1m');
-    mounted.push(small);
     // Without the space reservation: this is the write-back failing after writes were accepted
     // (another process took the space meanwhile), which the reservation cannot prevent. With it
     // the writes below would fail at once (test/fusefs/spill.test.ts, the reported case).
     // With every close sending its FLUSH (nativeNoFlush false): the opens below are answered in
     // libfuse's threads, and with FOPEN_NOFLUSH their close would send none (the next test).
-    tfs = await TwinFs.mount({
-      primary: small,
-      mount: t.dirs.smnt!,
-      writebackMs: 300,
-      reserveSpace: false,
-      nativeNoFlush: false,
-      // Writes through a native open only until JS takes it (levels 29-30): the fsyncs below hand
-      // each handle to JS, whose cache then takes its writes. With 'all' (level 31) they would go
-      // on natively and meet the full primary at once (the large write's case, last test).
-      nativeOpens: 'queued',
-    });
-    const m = t.dirs.smnt!;
-    // Files the cache takes writes of (a new file's go to the primary at once: the next test).
-    await existing(`${m}/a.bin`);
-    await existing(`${m}/b.bin`);
-    // Fill the primary behind the server's back.
-    await sh(`dd if=/dev/zero of='${small}/filler' bs=4k 2>/dev/null`);
+    // Writes through a native open only until JS takes it (levels 29-30): the fsyncs below hand
+    // each handle to JS, whose cache then takes its writes. With 'all' (level 31) they would go on
+    // natively and meet the full primary at once (the large write's case, last test).
+    const { small, m } = await fullPrimary(
+      '',
+      { writebackMs: 300, reserveSpace: false, nativeNoFlush: false, nativeOpens: 'queued' },
+      ['a.bin', 'b.bin'],
+    );
     const a = bytes(256 * 1024, 51);
     const b = bytes(200 * 1024, 52);
     // Each open answered in libfuse's thread, its truncation and writes too until JS takes the
@@ -634,22 +646,12 @@ describe('in-process mount: dirty limit and write-back errors', () => {
   });
 
   it('a full primary and handles whose close sends no FLUSH: the write-back errors wait for the next close or fsync of the file, the data stays cached and lands once space is freed', async () => {
-    const small = path.join(t.dirs.small!, 'noflush');
-    await fsp.mkdir(small);
-    await mountTmpfs(small, 'size=1m');
-    mounted.push(small);
     // 'queued': as the test before, so that the fsync hands each handle and its writes to JS.
-    tfs = await TwinFs.mount({
-      primary: small,
-      mount: t.dirs.smnt!,
-      writebackMs: 300,
-      reserveSpace: false,
-      nativeOpens: 'queued',
-    });
-    const m = t.dirs.smnt!;
-    await existing(`${m}/c.bin`);
-    await existing(`${m}/e.bin`);
-    await sh(`dd if=/dev/zero of='${small}/filler' bs=4k 2>/dev/null`);
+    const { small, m } = await fullPrimary(
+      'noflush',
+      { writebackMs: 300, reserveSpace: false, nativeOpens: 'queued' },
+      ['c.bin', 'e.bin'],
+    );
     const noflush = () => tfs!.status().kernelCache?.native?.noflushOpens ?? 0;
     const before = noflush();
     const c = bytes(192 * 1024, 54);
@@ -711,13 +713,7 @@ describe('in-process mount: dirty limit and write-back errors', () => {
   });
 
   it('a full primary: a large write (not cached) fails at once with ENOSPC and leaves nothing behind', async () => {
-    const small = path.join(t.dirs.small!, 'again');
-    await fsp.mkdir(small);
-    await mountTmpfs(small, 'size=1m');
-    mounted.push(small);
-    const m = t.dirs.smnt!;
-    tfs = await TwinFs.mount({ primary: small, mount: m, writebackMs: 600_000 });
-    await sh(`dd if=/dev/zero of='${small}/filler' bs=4k 2>/dev/null`);
+    const { m } = await fullPrimary('again', { writebackMs: 600_000 });
     const r = await runSteps([
       { op: 'open', path: `${m}/big.bin`, flags: 'w' },
       { op: 'write', off: 0, len: 512 * 1024, seed: 61 },
